@@ -1,0 +1,3 @@
+module github.com/moat-fw/moat
+
+go 1.26.8

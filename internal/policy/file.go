@@ -1,0 +1,268 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// DefaultPath is where moat keeps its policy.
+const DefaultPath = "/etc/moat/moat.conf"
+
+// maxErrors bounds how many problems one parse reports.
+const maxErrors = 20
+
+// maxFileSize bounds the policy file; a bigger one is refused unread.
+const maxFileSize = 64 << 20
+
+// Document is a policy file as lines of text, so that edits keep the
+// admin's comments, blank lines and order.
+type Document struct {
+	Name  string
+	Lines []string
+}
+
+// ReadDocument reads a policy file. A missing file is an empty document.
+func ReadDocument(name string) (*Document, error) {
+	f, err := os.Open(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return &Document{Name: name}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read policy: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read policy: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("read policy %s: not a regular file", name)
+	}
+	if st.Size() > maxFileSize {
+		return nil, fmt.Errorf("read policy %s: %d bytes is more than the %d allowed", name, st.Size(), maxFileSize)
+	}
+	data := make([]byte, st.Size())
+	if _, err := f.ReadAt(data, 0); err != nil && st.Size() > 0 {
+		return nil, fmt.Errorf("read policy %s: %w", name, err)
+	}
+	return NewDocument(name, data), nil
+}
+
+// NewDocument splits file contents into lines.
+func NewDocument(name string, data []byte) *Document {
+	text := strings.TrimSuffix(string(data), "\n")
+	d := &Document{Name: name}
+	if text != "" || len(data) > 0 {
+		d.Lines = strings.Split(text, "\n")
+	}
+	if len(d.Lines) == 1 && d.Lines[0] == "" {
+		d.Lines = nil
+	}
+	return d
+}
+
+// Bytes is the document as file contents.
+func (d *Document) Bytes() []byte {
+	if len(d.Lines) == 0 {
+		return nil
+	}
+	return []byte(strings.Join(d.Lines, "\n") + "\n")
+}
+
+// Write saves the document atomically (temporary file, fsync, rename).
+func (d *Document) Write() error {
+	dir := filepath.Dir(d.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write policy: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".moat.conf.*")
+	if err != nil {
+		return fmt.Errorf("write policy: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(d.Bytes()); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write policy %s: %w", d.Name, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write policy %s: %w", d.Name, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write policy %s: %w", d.Name, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write policy %s: %w", d.Name, err)
+	}
+	if err := os.Rename(tmp.Name(), d.Name); err != nil {
+		return fmt.Errorf("write policy %s: %w", d.Name, err)
+	}
+	return nil
+}
+
+// lineStatement parses one line; ok is false for blank and comment lines.
+func lineStatement(d *Document, i int, svc Services) (st Statement, ok bool, err error) {
+	st, ok, err = ParseLine(d.Lines[i], Pos{File: d.Name, Line: i + 1}, svc)
+	if err != nil || !ok {
+		return Statement{}, false, err
+	}
+	if st.Kind == StmtRule {
+		st.Rule.Text = ruleText(d.Lines[i])
+	}
+	return st, true, nil
+}
+
+// ruleText is the rule as written: the line without its '#' comment.
+func ruleText(line string) string {
+	toks, err := Lex(line)
+	if err != nil || len(toks) == 0 {
+		return strings.TrimSpace(line)
+	}
+	runes := []rune(line)
+	last := toks[len(toks)-1]
+	end := last.Col - 1 + len([]rune(last.Text))
+	if last.Quoted {
+		end += 2
+	}
+	if end > len(runes) {
+		end = len(runes)
+	}
+	return strings.TrimSpace(string(runes[:end]))
+}
+
+// Policy parses the whole document. All problems are reported (up to a
+// limit), each as FILE:LINE:COL: message.
+func (d *Document) Policy(svc Services) (*Policy, error) {
+	p := New()
+	var errs []error
+	for i := range d.Lines {
+		st, ok, err := lineStatement(d, i, svc)
+		if err != nil {
+			errs = append(errs, err)
+			if len(errs) == maxErrors {
+				errs = append(errs, fmt.Errorf("%s: too many errors, stopping", d.Name))
+				break
+			}
+			continue
+		}
+		if !ok {
+			continue
+		}
+		switch st.Kind {
+		case StmtRule:
+			p.Rules = append(p.Rules, st.Rule)
+		case StmtDefault:
+			p.Defaults[st.DefaultDir] = st.DefaultAction
+			p.DefaultPos[st.DefaultDir] = Pos{File: d.Name, Line: i + 1, Col: 1}
+		case StmtBackend:
+			p.Backend = st.Backend
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return p, nil
+}
+
+// ruleLines lists the indexes of the lines that hold rules, in order.
+func (d *Document) ruleLines() []int {
+	var idx []int
+	for i, line := range d.Lines {
+		toks, err := Lex(line)
+		if err != nil || len(toks) == 0 {
+			continue
+		}
+		switch strings.ToLower(toks[0].Text) {
+		case "allow", "deny", "reject", "limit", "route":
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// RuleCount is how many rules the document holds.
+func (d *Document) RuleCount() int { return len(d.ruleLines()) }
+
+// AppendLine adds a line at the end.
+func (d *Document) AppendLine(line string) {
+	d.Lines = append(d.Lines, line)
+}
+
+// InsertRule puts line before rule number n (1-based).
+func (d *Document) InsertRule(n int, line string) error {
+	idx := d.ruleLines()
+	if len(idx) == 0 && n == 1 {
+		d.AppendLine(line)
+		return nil
+	}
+	if n < 1 || n > len(idx) {
+		return fmt.Errorf("invalid position %d: expected 1 to %d", n, len(idx))
+	}
+	at := idx[n-1]
+	d.Lines = append(d.Lines[:at], append([]string{line}, d.Lines[at:]...)...)
+	return nil
+}
+
+// DeleteRule removes rule number n (1-based) and returns its line.
+func (d *Document) DeleteRule(n int) (string, error) {
+	idx := d.ruleLines()
+	if n < 1 || n > len(idx) {
+		if len(idx) == 0 {
+			return "", fmt.Errorf("invalid rule number %d: there are no rules", n)
+		}
+		return "", fmt.Errorf("invalid rule number %d: expected 1 to %d", n, len(idx))
+	}
+	at := idx[n-1]
+	line := d.Lines[at]
+	d.Lines = append(d.Lines[:at], d.Lines[at+1:]...)
+	return line, nil
+}
+
+// FindRule returns the number (1-based) of the first rule equal to r, or 0.
+func (d *Document) FindRule(r Rule, svc Services) int {
+	for n, i := range d.ruleLines() {
+		st, ok, err := lineStatement(d, i, svc)
+		if err == nil && ok && st.Kind == StmtRule && st.Rule.Equal(r) {
+			return n + 1
+		}
+	}
+	return 0
+}
+
+// SetDefault writes 'default ACTION DIRECTION', replacing the line that set
+// it before, or else putting it before the first rule.
+func (d *Document) SetDefault(dir Direction, act Action) {
+	line := fmt.Sprintf("default %s %s", act, DirectionWord(dir))
+	last, firstRule := -1, -1
+	for i := range d.Lines {
+		st, ok, err := lineStatement(d, i, nil)
+		if err != nil || !ok {
+			// Rules with service names fail without services; they are
+			// still rules for placement.
+			if firstRule < 0 && err != nil {
+				if toks, lerr := Lex(d.Lines[i]); lerr == nil && len(toks) > 0 && !strings.EqualFold(toks[0].Text, "default") {
+					firstRule = i
+				}
+			}
+			continue
+		}
+		if st.Kind == StmtDefault && st.DefaultDir == dir {
+			last = i
+		}
+		if st.Kind == StmtRule && firstRule < 0 {
+			firstRule = i
+		}
+	}
+	switch {
+	case last >= 0:
+		d.Lines[last] = line
+	case firstRule >= 0:
+		d.Lines = append(d.Lines[:firstRule], append([]string{line}, d.Lines[firstRule:]...)...)
+	default:
+		d.AppendLine(line)
+	}
+}

@@ -1,0 +1,159 @@
+package policy
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+// testServices is a fixed service table so grammar tests do not depend on
+// the machine's /etc/services.
+var testServices = ParseServices([]byte(`
+ssh 22/tcp
+smtp 25/tcp mail
+domain 53/tcp
+domain 53/udp
+http 80/tcp www
+auth 113/tcp authentication tap ident
+ntp 123/udp
+https 443/tcp
+https 443/udp
+`))
+
+func summary(r Rule) string {
+	s := fmt.Sprintf("%s %s %s %s %s %s %s %s", r.Direction, r.Action, r.Proto,
+		AddrString(r.From), r.FromPort, AddrString(r.To), r.ToPort, r.Family)
+	if r.InIface != "" {
+		s += " in=" + r.InIface
+	}
+	if r.OutIface != "" {
+		s += " out=" + r.OutIface
+	}
+	if r.Log != "" {
+		s += " log=" + string(r.Log)
+	}
+	if r.Comment != "" {
+		s += " comment=" + r.Comment
+	}
+	if r.Rate != nil {
+		s += fmt.Sprintf(" rate=%d/%d", r.Rate.Count, r.Rate.Seconds)
+	}
+	return s
+}
+
+type grammarCase struct {
+	line, want string
+	lineNo     int
+}
+
+func readCases(t *testing.T, name string) []grammarCase {
+	t.Helper()
+	f, err := os.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var cases []grammarCase
+	sc := bufio.NewScanner(f)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") || strings.TrimSpace(line) == "" {
+			continue
+		}
+		in, want, ok := strings.Cut(line, " => ")
+		if !ok {
+			t.Fatalf("%s:%d: no ' => '", name, n)
+		}
+		cases = append(cases, grammarCase{in, want, n})
+	}
+	return cases
+}
+
+func parseLine(line string) (Statement, error) {
+	st, _, err := ParseLine(line, Pos{File: "moat.conf", Line: 1}, testServices)
+	return st, err
+}
+
+func TestGrammarAccepted(t *testing.T) {
+	cases := readCases(t, "testdata/accept.txt")
+	if len(cases) < 100 {
+		t.Fatalf("only %d accepted cases; want at least 100", len(cases))
+	}
+	for _, c := range cases {
+		st, err := parseLine(c.line)
+		if err != nil {
+			t.Errorf("accept.txt:%d: %q: %v", c.lineNo, c.line, err)
+			continue
+		}
+		if st.Kind != StmtRule {
+			t.Errorf("accept.txt:%d: %q: not a rule", c.lineNo, c.line)
+			continue
+		}
+		if got := summary(st.Rule); got != c.want {
+			t.Errorf("accept.txt:%d: %q\n got %s\nwant %s", c.lineNo, c.line, got, c.want)
+		}
+	}
+	t.Logf("%d accepted lines checked", len(cases))
+}
+
+func TestGrammarRejected(t *testing.T) {
+	cases := readCases(t, "testdata/reject.txt")
+	if len(cases) < 100 {
+		t.Fatalf("only %d rejected cases; want at least 100", len(cases))
+	}
+	for _, c := range cases {
+		st, err := parseLine(c.line)
+		if err == nil {
+			t.Errorf("reject.txt:%d: %q accepted as %+v; want error containing %q", c.lineNo, c.line, st, c.want)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("reject.txt:%d: %q\n got error %q\nwant it to contain %q", c.lineNo, c.line, err, c.want)
+		}
+		if !strings.HasPrefix(err.Error(), "moat.conf:1:") {
+			t.Errorf("reject.txt:%d: error %q does not name file and line", c.lineNo, err)
+		}
+	}
+	t.Logf("%d rejected lines checked", len(cases))
+}
+
+func TestDefaultsAndBackend(t *testing.T) {
+	for line, want := range map[string]string{
+		"default deny incoming":   "in deny",
+		"default allow outgoing":  "out allow",
+		"default reject routed":   "route reject",
+		"default deny":            "in deny",
+		"DEFAULT REJECT OUTGOING": "out reject",
+	} {
+		st, err := parseLine(line)
+		if err != nil || st.Kind != StmtDefault {
+			t.Fatalf("%q: %v %+v", line, err, st)
+		}
+		if got := fmt.Sprintf("%s %s", st.DefaultDir, st.DefaultAction); got != want {
+			t.Errorf("%q: got %s want %s", line, got, want)
+		}
+	}
+	st, err := parseLine("backend iptables")
+	if err != nil || st.Kind != StmtBackend || st.Backend != BackendIptables {
+		t.Fatalf("backend: %v %+v", err, st)
+	}
+}
+
+func TestErrorColumn(t *testing.T) {
+	_, err := parseLine("allow from 203.0.113.0/24 to 2001:db8::1 port 99999/tcp")
+	if err == nil || !strings.HasPrefix(err.Error(), "moat.conf:1:") {
+		t.Fatalf("got %v", err)
+	}
+	_, err = parseLine("allow to any port 70000 proto tcp")
+	if err == nil || !strings.HasPrefix(err.Error(), "moat.conf:1:19: bad port '70000'") {
+		t.Fatalf("column: got %v", err)
+	}
+	_, err = ParseStatement(ArgsTokens([]string{"allow", "to", "any", "port", "0"}), Pos{}, testServices)
+	if err == nil || !strings.HasPrefix(err.Error(), "argument 5: bad port '0'") {
+		t.Fatalf("argument: got %v", err)
+	}
+}

@@ -1,0 +1,693 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// StmtKind is the kind of a policy statement.
+type StmtKind int
+
+const (
+	StmtRule StmtKind = iota + 1
+	StmtDefault
+	StmtBackend
+)
+
+// Statement is one parsed line of policy.
+type Statement struct {
+	Kind          StmtKind
+	Rule          Rule      // StmtRule
+	DefaultDir    Direction // StmtDefault
+	DefaultAction Action    // StmtDefault
+	Backend       Backend   // StmtBackend
+}
+
+// Protocols moat accepts after 'proto': ufw's list plus ICMP for each family.
+var Protocols = []string{"tcp", "udp", "icmp", "ipv6-icmp", "esp", "ah", "gre", "igmp", "vrrp", "ipv6"}
+
+// portless protocols cannot have a port clause.
+var portless = map[string]bool{"icmp": true, "ipv6-icmp": true, "esp": true, "ah": true, "gre": true, "igmp": true, "vrrp": true, "ipv6": true}
+
+// v4only protocols exist only in IPv4 ("ipv6" is IPv6-in-IPv4, protocol 41).
+var v4only = map[string]bool{"icmp": true, "igmp": true, "ipv6": true}
+var v6only = map[string]bool{"ipv6-icmp": true}
+
+// maxPortItems is ufw's limit (and iptables multiport's): 15 ports, a range
+// counting as two.
+const maxPortItems = 15
+
+var numericPorts = regexp.MustCompile(`^\d([0-9,:]*\d)*$`)
+var ifaceName = regexp.MustCompile(`^[a-zA-Z0-9_\-.+,=%@]+$`)
+
+type parser struct {
+	toks []Token
+	i    int
+	pos  Pos // file and line; Col is set per error
+	svc  Services
+}
+
+func (p *parser) errAt(t Token, format string, args ...any) *Error {
+	pos := p.pos
+	pos.Col = t.Col
+	return &Error{Pos: pos, Msg: fmt.Sprintf(format, args...)}
+}
+
+// errEnd reports a missing word after the last token.
+func (p *parser) errEnd(format string, args ...any) *Error {
+	pos := p.pos
+	if n := len(p.toks); n > 0 {
+		last := p.toks[n-1]
+		if pos.File == "" {
+			pos.Col = last.Col + 1
+		} else {
+			pos.Col = last.Col + len([]rune(last.Text)) + 1
+			if last.Quoted {
+				pos.Col += 2
+			}
+		}
+	} else {
+		pos.Col = 1
+	}
+	return &Error{Pos: pos, Msg: fmt.Sprintf(format, args...)}
+}
+
+func (p *parser) peek() (Token, bool) {
+	if p.i < len(p.toks) {
+		return p.toks[p.i], true
+	}
+	return Token{}, false
+}
+
+func (p *parser) next() (Token, bool) {
+	t, ok := p.peek()
+	if ok {
+		p.i++
+	}
+	return t, ok
+}
+
+// ParseLine lexes and parses one policy line; pos names the file and line.
+// ok is false for a blank or comment-only line.
+func ParseLine(line string, pos Pos, svc Services) (st Statement, ok bool, err error) {
+	toks, lerr := Lex(line)
+	if lerr != nil {
+		lerr.Pos.File, lerr.Pos.Line = pos.File, pos.Line
+		return Statement{}, false, lerr
+	}
+	if len(toks) == 0 {
+		return Statement{}, false, nil
+	}
+	st, err = ParseStatement(toks, pos, svc)
+	return st, err == nil, err
+}
+
+// ParseStatement parses one statement from its tokens. pos names the file
+// and line (File empty for command-line arguments). svc resolves service
+// names.
+func ParseStatement(toks []Token, pos Pos, svc Services) (Statement, error) {
+	p := &parser{toks: toks, pos: pos, svc: svc}
+	first, ok := p.peek()
+	if !ok {
+		return Statement{}, p.errEnd("empty statement: expected a rule such as 'allow 22/tcp' or 'default deny incoming'")
+	}
+	switch strings.ToLower(first.Text) {
+	case "default":
+		return p.parseDefault()
+	case "backend":
+		return p.parseBackend()
+	case "allow", "deny", "reject", "limit", "route":
+		r, err := p.parseRule()
+		if err != nil {
+			return Statement{}, err
+		}
+		return Statement{Kind: StmtRule, Rule: r}, nil
+	case "enable", "disable", "reset", "status", "show", "delete", "insert", "prepend", "reload", "logging":
+		return Statement{}, p.errAt(first, "'%s' is a command, not a policy statement: expected allow, deny, reject, limit, route, default or backend", first.Text)
+	default:
+		return Statement{}, p.errAt(first, "unknown statement '%s': expected allow, deny, reject, limit, route, default or backend", first.Text)
+	}
+}
+
+func (p *parser) parseDefault() (Statement, error) {
+	p.next()
+	at, ok := p.next()
+	if !ok {
+		return Statement{}, p.errEnd("'default' needs a policy: expected allow, deny or reject")
+	}
+	var act Action
+	switch strings.ToLower(at.Text) {
+	case "allow":
+		act = Allow
+	case "deny":
+		act = Deny
+	case "reject":
+		act = Reject
+	default:
+		return Statement{}, p.errAt(at, "invalid default policy '%s': expected allow, deny or reject", at.Text)
+	}
+	dir := In
+	if dt, ok := p.next(); ok {
+		switch strings.ToLower(dt.Text) {
+		case "incoming", "input", "in":
+			dir = In
+		case "outgoing", "output", "out":
+			dir = Out
+		case "routed", "forward", "route":
+			dir = Route
+		default:
+			return Statement{}, p.errAt(dt, "invalid direction '%s': expected incoming, outgoing or routed", dt.Text)
+		}
+	}
+	if t, ok := p.next(); ok {
+		return Statement{}, p.errAt(t, "unexpected '%s' after the default policy", t.Text)
+	}
+	return Statement{Kind: StmtDefault, DefaultDir: dir, DefaultAction: act}, nil
+}
+
+func (p *parser) parseBackend() (Statement, error) {
+	p.next()
+	t, ok := p.next()
+	if !ok {
+		return Statement{}, p.errEnd("'backend' needs a value: expected auto, nftables or iptables")
+	}
+	b := Backend(strings.ToLower(t.Text))
+	if b != BackendAuto && b != BackendNftables && b != BackendIptables {
+		return Statement{}, p.errAt(t, "unknown backend '%s': expected auto, nftables or iptables", t.Text)
+	}
+	if t, ok := p.next(); ok {
+		return Statement{}, p.errAt(t, "unexpected '%s' after the backend name", t.Text)
+	}
+	return Statement{Kind: StmtBackend, Backend: b}, nil
+}
+
+// ruleWords are the words with a meaning in a rule; anything else where a
+// keyword is expected is an error.
+var ruleWords = map[string]bool{"in": true, "out": true, "on": true, "log": true, "log-all": true, "proto": true,
+	"from": true, "to": true, "port": true, "app": true, "comment": true, "rate": true}
+
+func (p *parser) parseRule() (Rule, error) {
+	start, _ := p.peek()
+	r := Rule{Direction: In, Proto: "any", Pos: p.pos}
+	r.Pos.Col = start.Col
+	route := false
+	if strings.EqualFold(start.Text, "route") {
+		route = true
+		r.Direction = Route
+		p.next()
+	}
+	at, ok := p.next()
+	if !ok {
+		return r, p.errEnd("'route' needs an action: expected allow, deny, reject or limit")
+	}
+	switch strings.ToLower(at.Text) {
+	case "allow", "deny", "reject", "limit":
+		r.Action = Action(strings.ToLower(at.Text))
+	default:
+		return r, p.errAt(at, "unknown action '%s': expected allow, deny, reject or limit", at.Text)
+	}
+
+	// comment and rate may stand anywhere after the action (as in ufw);
+	// take them out first so the rest has a fixed shape.
+	rest, err := p.takeOptions(&r)
+	if err != nil {
+		return r, err
+	}
+	p.toks, p.i = rest, 0
+
+	if err := p.parseDirection(&r, route); err != nil {
+		return r, err
+	}
+	if t, ok := p.peek(); ok && (strings.EqualFold(t.Text, "log") || strings.EqualFold(t.Text, "log-all")) {
+		r.Log = LogMode(strings.ToLower(t.Text))
+		p.next()
+		// ufw lets log stand between a route rule's two interfaces.
+		if route {
+			if err := p.parseDirection(&r, route); err != nil {
+				return r, err
+			}
+		}
+	}
+
+	remaining := p.toks[p.i:]
+	if len(remaining) == 1 && !ruleWords[strings.ToLower(remaining[0].Text)] {
+		if r.InIface != "" || r.OutIface != "" {
+			return r, p.errAt(remaining[0], "'%s' after an interface needs the full syntax: expected e.g. 'allow in on eth0 to any port 22 proto tcp'", remaining[0].Text)
+		}
+		if route {
+			return r, p.errAt(remaining[0], "a route rule needs the full syntax: expected e.g. 'route allow in on eth1 out on eth2 to any port 80 proto tcp'")
+		}
+		if err := p.parseSimple(&r, remaining[0]); err != nil {
+			return r, err
+		}
+	} else if err := p.parseFull(&r); err != nil {
+		return r, err
+	}
+	if err := p.finish(&r, start); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// takeOptions removes 'comment TEXT' and 'rate N/Ts' from the tokens after
+// the action and returns the others.
+func (p *parser) takeOptions(r *Rule) ([]Token, error) {
+	var rest []Token
+	seen := map[string]bool{}
+	toks := p.toks[p.i:]
+	for i := 0; i < len(toks); i++ {
+		word := strings.ToLower(toks[i].Text)
+		if toks[i].Quoted || (word != "comment" && word != "rate") {
+			rest = append(rest, toks[i])
+			continue
+		}
+		if seen[word] {
+			return nil, p.errAt(toks[i], "'%s' given twice", word)
+		}
+		seen[word] = true
+		if i+1 >= len(toks) {
+			if word == "comment" {
+				return nil, p.errEnd("'comment' needs a text: expected e.g. comment 'web server'")
+			}
+			return nil, p.errEnd("'rate' needs a value: expected e.g. rate 6/30s")
+		}
+		val := toks[i+1]
+		i++
+		if word == "comment" {
+			if err := checkComment(val.Text); err != "" {
+				return nil, p.errAt(val, "%s", err)
+			}
+			r.Comment = val.Text
+			continue
+		}
+		rate, msg := parseRate(val.Text)
+		if msg != "" {
+			return nil, p.errAt(val, "%s", msg)
+		}
+		r.Rate = &rate
+	}
+	return rest, nil
+}
+
+// maxComment is the room an nftables rule comment leaves after moat's tag.
+const maxComment = 100
+
+func checkComment(c string) string {
+	if len(c) > maxComment {
+		return fmt.Sprintf("comment is %d bytes long; at most %d are allowed", len(c), maxComment)
+	}
+	if strings.ContainsAny(c, "'\"\\`$") {
+		return "comment may not contain quotes, backslashes, '`' or '$'"
+	}
+	for _, ch := range c {
+		if ch < 0x20 || ch == 0x7f {
+			return "comment may not contain control characters"
+		}
+	}
+	return ""
+}
+
+// parseRate reads "N/Ts" (T seconds; 'm' and 'h' suffixes also work): the
+// Nth new connection from one source within T is refused.
+func parseRate(s string) (Rate, string) {
+	const want = "expected COUNT/TIME such as 6/30s, 10/1m or 100/1h (COUNT from 2 to 10000)"
+	n, t, ok := strings.Cut(s, "/")
+	if !ok {
+		return Rate{}, fmt.Sprintf("invalid rate '%s': %s", s, want)
+	}
+	count, err := strconv.Atoi(n)
+	if err != nil || count < 2 || count > 10000 {
+		return Rate{}, fmt.Sprintf("invalid rate count '%s': %s", n, want)
+	}
+	mult := 0
+	switch {
+	case strings.HasSuffix(t, "s"):
+		mult = 1
+	case strings.HasSuffix(t, "m"):
+		mult = 60
+	case strings.HasSuffix(t, "h"):
+		mult = 3600
+	}
+	if mult == 0 {
+		return Rate{}, fmt.Sprintf("invalid rate time '%s': %s", t, want)
+	}
+	v, err := strconv.Atoi(t[:len(t)-1])
+	if err != nil || v < 1 || v*mult > 86400 {
+		return Rate{}, fmt.Sprintf("invalid rate time '%s': %s (at most one day)", t, want)
+	}
+	return Rate{Count: count, Seconds: v * mult, Burst: count - 1}, ""
+}
+
+func (p *parser) parseDirection(r *Rule, route bool) error {
+	seen := map[string]bool{}
+	for {
+		t, ok := p.peek()
+		if !ok {
+			return nil
+		}
+		word := strings.ToLower(t.Text)
+		if word != "in" && word != "out" {
+			return nil
+		}
+		if seen[word] {
+			return p.errAt(t, "'%s' given twice", word)
+		}
+		if !route && len(seen) > 0 {
+			return p.errAt(t, "a rule is either 'in' or 'out'; for traffic passing through, use 'route %s in on IFACE out on IFACE'", r.Action)
+		}
+		seen[word] = true
+		p.next()
+		if !route {
+			r.Direction = Direction(word)
+		}
+		on, ok := p.peek()
+		if !ok || !strings.EqualFold(on.Text, "on") {
+			if route {
+				return p.errAt(t, "'%s' in a route rule needs an interface: expected '%s on IFACE'", word, word)
+			}
+			continue
+		}
+		p.next()
+		name, ok := p.next()
+		if !ok {
+			return p.errEnd("'on' needs an interface name")
+		}
+		if msg := checkIface(name.Text); msg != "" {
+			return p.errAt(name, "%s", msg)
+		}
+		if word == "in" {
+			r.InIface = name.Text
+		} else {
+			r.OutIface = name.Text
+		}
+	}
+}
+
+func checkIface(name string) string {
+	switch {
+	case name == "":
+		return "interface name is empty"
+	case len(name) > 15:
+		return fmt.Sprintf("interface name '%s' is too long: at most 15 characters", name)
+	case strings.Contains(name, "!"):
+		return fmt.Sprintf("bad interface name '%s': '!' is reserved", name)
+	case strings.Contains(name, ":"):
+		return fmt.Sprintf("bad interface name '%s': interface aliases (eth0:1) cannot be filtered; use the device name", name)
+	case name == "." || name == "..":
+		return "bad interface name: can't use '.' or '..'"
+	case strings.Contains(strings.TrimSuffix(name, "+"), "+"):
+		return fmt.Sprintf("bad interface name '%s': '+' is a wildcard only at the end (eth+)", name)
+	case !ifaceName.MatchString(name):
+		return fmt.Sprintf("bad interface name '%s': expected letters, digits and _-.+,=%%@", name)
+	}
+	return ""
+}
+
+// parseSimple reads ufw's simple syntax: PORT[/PROTO] or SERVICE[/PROTO].
+func (p *parser) parseSimple(r *Rule, t Token) error {
+	spec, proto, hasProto := strings.Cut(t.Text, "/")
+	if hasProto {
+		proto = strings.ToLower(proto)
+		if proto != "tcp" && proto != "udp" {
+			return p.errAt(t, "invalid protocol '%s' in '%s': expected PORT/tcp or PORT/udp (other protocols need 'proto')", proto, t.Text)
+		}
+		r.Proto = proto
+	}
+	if spec == "" {
+		return p.errAt(t, "missing port in '%s': expected e.g. 22/tcp", t.Text)
+	}
+	ports, svcProtos, err := p.parsePorts(t, spec)
+	if err != nil {
+		return err
+	}
+	r.ToPort = ports
+	if !hasProto && svcProtos != nil {
+		r.Proto = protoOf(svcProtos)
+	}
+	return nil
+}
+
+func protoOf(protos []string) string {
+	if len(protos) == 1 {
+		return protos[0]
+	}
+	return "any"
+}
+
+// parseFull reads ufw's full syntax: [proto P] [from ADDR [port P]] [to ADDR [port P]] in any order.
+func (p *parser) parseFull(r *Rule) error {
+	var fromSvc, toSvc []string
+	seen := map[string]bool{}
+	var last string     // "from" or "to": the clause a 'port' belongs to
+	var prevPort string // the clause whose port was just read
+	for {
+		t, ok := p.next()
+		if !ok {
+			break
+		}
+		word := strings.ToLower(t.Text)
+		if t.Quoted {
+			word = ""
+		}
+		switch word {
+		case "proto", "from", "to":
+			if seen[word] {
+				return p.errAt(t, "'%s' given twice", word)
+			}
+			seen[word] = true
+			v, ok := p.next()
+			if !ok {
+				if word == "proto" {
+					return p.errEnd("'proto' needs a protocol: expected one of %s", strings.Join(Protocols, ", "))
+				}
+				return p.errEnd("'%s' needs an address: expected any, an IP address or a CIDR", word)
+			}
+			if word == "proto" {
+				proto := strings.ToLower(v.Text)
+				if proto == "icmpv6" {
+					proto = "ipv6-icmp"
+				}
+				if !contains(Protocols, proto) && proto != "any" {
+					return p.errAt(v, "unsupported protocol '%s': expected one of %s", v.Text, strings.Join(Protocols, ", "))
+				}
+				r.Proto = proto
+				last = ""
+				continue
+			}
+			addr, msg := parseAddr(v.Text)
+			if msg != "" {
+				return p.errAt(v, "%s", msg)
+			}
+			if word == "from" {
+				r.From = addr
+			} else {
+				r.To = addr
+			}
+			last = word
+		case "port":
+			if last == "" && prevPort != "" {
+				return p.errAt(t, "'port' given twice for '%s'", prevPort)
+			}
+			if last == "" {
+				return p.errAt(t, "'port' must follow 'from ADDR' or 'to ADDR': expected e.g. 'to any port 22'")
+			}
+			key := last + " port"
+			if seen[key] {
+				return p.errAt(t, "'port' given twice for '%s'", last)
+			}
+			seen[key] = true
+			v, ok := p.next()
+			if !ok {
+				return p.errEnd("'port' needs a port: expected e.g. 22, 80,443, 6000:6007 or a service name")
+			}
+			ports, protos, err := p.parsePorts(v, v.Text)
+			if err != nil {
+				return err
+			}
+			if last == "from" {
+				r.FromPort, fromSvc = ports, protos
+			} else {
+				r.ToPort, toSvc = ports, protos
+			}
+			prevPort, last = last, ""
+			continue
+		case "app":
+			return p.errAt(t, "application profiles ('app') are not supported: expected 'port' with a port number or service name")
+		case "in", "out", "on":
+			return p.errAt(t, "'%s' must come right after the action: expected e.g. 'allow in on eth0 to any port 80'", t.Text)
+		case "log", "log-all":
+			return p.errAt(t, "'%s' must come right after the action or interface: expected e.g. 'allow log 22/tcp'", t.Text)
+		default:
+			return p.errAt(t, "unexpected '%s': expected proto, from, to, port or comment", t.Text)
+		}
+		prevPort = ""
+	}
+	if !seen["from"] && !seen["to"] && r.InIface == "" && r.OutIface == "" {
+		if seen["proto"] {
+			return p.errEnd("a 'proto' rule needs a 'from' or 'to' clause, as in ufw: expected e.g. 'allow proto %s from any'", r.Proto)
+		}
+		return p.errEnd("incomplete rule: expected a port (allow 22/tcp), a 'from' or 'to' clause (allow from 203.0.113.0/24), or an interface (allow in on eth0)")
+	}
+	if r.Proto == "any" {
+		protos := []string(nil)
+		switch {
+		case fromSvc != nil && toSvc != nil:
+			for _, x := range fromSvc {
+				if contains(toSvc, x) {
+					protos = append(protos, x)
+				}
+			}
+			if len(protos) == 0 {
+				return p.errEnd("the 'from' and 'to' services share no protocol")
+			}
+		case fromSvc != nil:
+			protos = fromSvc
+		case toSvc != nil:
+			protos = toSvc
+		}
+		if protos != nil {
+			r.Proto = protoOf(protos)
+		}
+	}
+	return nil
+}
+
+// parsePorts reads a port list. For a service name it also returns the
+// protocols the service is registered for.
+func (p *parser) parsePorts(t Token, spec string) (Ports, []string, error) {
+	if numericPorts.MatchString(spec) {
+		if strings.Count(spec, ",")+strings.Count(spec, ":") >= maxPortItems {
+			return nil, nil, p.errAt(t, "too many ports in '%s': at most %d, a range counting as two", spec, maxPortItems)
+		}
+		var ports Ports
+		for _, item := range strings.Split(spec, ",") {
+			a, b, isRange := strings.Cut(item, ":")
+			first, err1 := portNum(a)
+			last := first
+			var err2 error
+			if isRange {
+				if strings.Contains(b, ":") {
+					return nil, nil, p.errAt(t, "bad port range '%s': expected FIRST:LAST", item)
+				}
+				last, err2 = portNum(b)
+			}
+			if err1 != nil || err2 != nil {
+				return nil, nil, p.errAt(t, "bad port '%s': ports are 1 to 65535", item)
+			}
+			if isRange && first >= last {
+				return nil, nil, p.errAt(t, "bad port range '%s': the first port must be lower than the last", item)
+			}
+			ports = append(ports, PortRange{first, last})
+		}
+		return ports, nil, nil
+	}
+	if strings.ContainsAny(spec, ",:") {
+		return nil, nil, p.errAt(t, "bad port '%s': lists and ranges must be numeric (80,443 or 6000:6007)", spec)
+	}
+	if spec == "any" {
+		return nil, nil, nil
+	}
+	if p.svc == nil {
+		return nil, nil, p.errAt(t, "bad port '%s': no service names are available", spec)
+	}
+	s, ok := p.svc[spec]
+	if !ok {
+		return nil, nil, p.errAt(t, "bad port '%s': expected a port number (1-65535), a list, a range or a service name from %s", spec, ServicesFile)
+	}
+	return Ports{{s.Port, s.Port}}, s.Protos, nil
+}
+
+func portNum(s string) (uint16, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 65535 {
+		return 0, errors.New("bad port")
+	}
+	return uint16(n), nil
+}
+
+// parseAddr reads any, an address or a CIDR; the CIDR is masked to its
+// network.
+func parseAddr(s string) (netip.Prefix, string) {
+	if strings.EqualFold(s, "any") {
+		return netip.Prefix{}, ""
+	}
+	if strings.Contains(s, "%") {
+		return netip.Prefix{}, fmt.Sprintf("bad address '%s': scoped addresses (%%zone) cannot be filtered; use 'in on IFACE'", s)
+	}
+	var pfx netip.Prefix
+	if strings.Contains(s, "/") {
+		pp, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Sprintf("bad address '%s': expected any, an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32", s)
+		}
+		pfx = pp.Masked()
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Sprintf("bad address '%s': expected any, an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32", s)
+		}
+		pfx = netip.PrefixFrom(a, a.BitLen())
+	}
+	if pfx.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Sprintf("bad address '%s': IPv4-mapped IPv6 addresses are not filtered as such; write the IPv4 address", s)
+	}
+	return pfx, ""
+}
+
+func familyOf(p netip.Prefix) Family {
+	switch {
+	case !p.IsValid():
+		return FamilyAny
+	case p.Addr().Is4():
+		return FamilyV4
+	default:
+		return FamilyV6
+	}
+}
+
+// finish checks what can only be checked on the whole rule.
+func (p *parser) finish(r *Rule, start Token) error {
+	hasPorts := len(r.FromPort) > 0 || len(r.ToPort) > 0
+	if hasPorts && portless[r.Proto] {
+		return p.errAt(start, "invalid port with protocol '%s': ports exist only for tcp and udp", r.Proto)
+	}
+	multi := len(r.FromPort) > 1 || len(r.ToPort) > 1 ||
+		(len(r.FromPort) == 1 && r.FromPort[0].First != r.FromPort[0].Last) ||
+		(len(r.ToPort) == 1 && r.ToPort[0].First != r.ToPort[0].Last)
+	if multi && r.Proto == "any" {
+		return p.errAt(start, "lists and ranges of ports need a protocol: expected e.g. '80,443/tcp' or 'proto tcp'")
+	}
+	ff, tf := familyOf(r.From), familyOf(r.To)
+	if ff != FamilyAny && tf != FamilyAny && ff != tf {
+		return p.errAt(start, "mixed IP versions for 'from' (%s) and 'to' (%s): a rule is for IPv4 or IPv6", AddrString(r.From), AddrString(r.To))
+	}
+	r.Family = ff
+	if r.Family == FamilyAny {
+		r.Family = tf
+	}
+	switch {
+	case v4only[r.Proto] && r.Family == FamilyV6:
+		return p.errAt(start, "protocol '%s' is IPv4 only, but the rule has an IPv6 address", r.Proto)
+	case v6only[r.Proto] && r.Family == FamilyV4:
+		return p.errAt(start, "protocol '%s' is IPv6 only, but the rule has an IPv4 address", r.Proto)
+	case v4only[r.Proto]:
+		r.Family = FamilyV4
+	case v6only[r.Proto]:
+		r.Family = FamilyV6
+	}
+	if r.Rate != nil && r.Action != Limit {
+		return p.errAt(start, "'rate' goes with 'limit' rules only")
+	}
+	if r.Action == Limit && r.Rate == nil {
+		rate := DefaultLimit
+		r.Rate = &rate
+	}
+	if r.Direction == Route && r.Action == Limit {
+		return p.errAt(start, "'limit' is for incoming or outgoing connections, not routed traffic")
+	}
+	return nil
+}

@@ -1,0 +1,89 @@
+package policy
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Service is a named port from /etc/services with the protocols it is
+// registered for.
+type Service struct {
+	Port   uint16
+	Protos []string // "tcp", "udp" (others are ignored)
+}
+
+// Services maps service names and aliases to ports.
+type Services map[string]Service
+
+// ServicesFile is where service names are read from.
+const ServicesFile = "/etc/services"
+
+var (
+	systemOnce     sync.Once
+	systemServices Services
+	systemErr      error
+)
+
+// SystemServices reads /etc/services once.
+func SystemServices() (Services, error) {
+	systemOnce.Do(func() {
+		data, err := os.ReadFile(ServicesFile)
+		if err != nil {
+			systemErr = fmt.Errorf("read service names: %w", err)
+			return
+		}
+		systemServices = ParseServices(data)
+	})
+	return systemServices, systemErr
+}
+
+// ParseServices reads the services(5) format: "name port/proto aliases...".
+// Malformed lines are skipped, as libc does.
+func ParseServices(data []byte) Services {
+	s := Services{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		portStr, proto, ok := strings.Cut(f[1], "/")
+		if !ok || (proto != "tcp" && proto != "udp") {
+			continue
+		}
+		port, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil || port == 0 {
+			continue
+		}
+		for _, name := range append([]string{f[0]}, f[2:]...) {
+			svc := s[name]
+			if len(svc.Protos) > 0 && svc.Port != uint16(port) {
+				continue // first definition wins, as in getservbyname
+			}
+			svc.Port = uint16(port)
+			if !contains(svc.Protos, proto) {
+				svc.Protos = append(svc.Protos, proto)
+			}
+			s[name] = svc
+		}
+	}
+	return s
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
