@@ -1,0 +1,248 @@
+package ruleset
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"go4.org/netipx"
+
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// minSetSize is how many consecutive address-only rules become a set. Two
+// is enough: a set lookup costs one rule whatever its size.
+const minSetSize = 2
+
+var (
+	linkLocal6 = netip.MustParsePrefix("fe80::/10")
+)
+
+// ICMP types accepted as built-ins: errors the network needs. Echo request
+// is left to the policy (ping is allowed or denied like any service).
+var (
+	icmp4Errors = []uint8{3, 11, 12}      // destination-unreachable, time-exceeded, parameter-problem
+	icmp6Errors = []uint8{1, 2, 3, 4}     // destination-unreachable, packet-too-big, time-exceeded, parameter-problem
+	icmp6ND     = []uint8{133, 134, 135, 136} // router solicit/advert, neighbour solicit/advert
+	icmp6MLD    = []uint8{130, 131, 132, 143} // multicast listener query/report/done, MLDv2 report
+)
+
+func builtin(id, text string) Origin {
+	return Origin{ID: "builtin:" + id, Text: text}
+}
+
+// Builtins returns the rules moat puts first in a chain.
+func Builtins(h Hook) []Rule {
+	var rs []Rule
+	switch h {
+	case Input:
+		rs = []Rule{
+			{Match: Match{InIface: "lo"}, Verdict: Accept, Origin: builtin("loopback", "accept loopback traffic")},
+			{Match: Match{CTStates: []CTState{CTInvalid}}, Verdict: Drop, Origin: builtin("invalid", "drop packets conntrack marks invalid")},
+			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept replies of established connections")},
+			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "accept ICMP errors (unreachable, time exceeded, parameter problem)")},
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6Errors}, Verdict: Accept, Origin: builtin("icmpv6", "accept ICMPv6 errors (unreachable, packet too big, time exceeded, parameter problem)")},
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6ND, HopLimit: 255}, Verdict: Accept, Origin: builtin("ndp", "accept IPv6 neighbour discovery and router advertisements (hop limit 255)")},
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6MLD, Src: []netip.Prefix{linkLocal6}}, Verdict: Accept, Origin: builtin("mld", "accept IPv6 multicast listener discovery from link-local addresses")},
+			{Match: Match{Family: policy.FamilyV4, Protos: []string{"udp"}, SPorts: ports(67), DPorts: ports(68)}, Verdict: Accept, Origin: builtin("dhcp", "accept DHCP replies to this host's client")},
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"udp"}, Src: []netip.Prefix{linkLocal6}, SPorts: ports(547), DPorts: ports(546)}, Verdict: Accept, Origin: builtin("dhcpv6", "accept DHCPv6 replies to this host's client")},
+		}
+	case Output:
+		rs = []Rule{
+			{Match: Match{OutIface: "lo"}, Verdict: Accept, Origin: builtin("loopback", "accept loopback traffic")},
+			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept packets of established connections")},
+			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "send ICMP errors")},
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6Errors}, Verdict: Accept, Origin: builtin("icmpv6", "send ICMPv6 errors")},
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6ND, HopLimit: 255}, Verdict: Accept, Origin: builtin("ndp", "send IPv6 neighbour discovery")},
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6MLD}, Verdict: Accept, Origin: builtin("mld", "send IPv6 multicast listener reports")},
+			{Match: Match{Family: policy.FamilyV4, Protos: []string{"udp"}, SPorts: ports(68), DPorts: ports(67)}, Verdict: Accept, Origin: builtin("dhcp", "send DHCP requests")},
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"udp"}, SPorts: ports(546), DPorts: ports(547)}, Verdict: Accept, Origin: builtin("dhcpv6", "send DHCPv6 requests")},
+		}
+	case Forward:
+		rs = []Rule{
+			{Match: Match{CTStates: []CTState{CTInvalid}}, Verdict: Drop, Origin: builtin("invalid", "drop packets conntrack marks invalid")},
+			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept packets of established connections")},
+			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "forward ICMP errors")},
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6Errors}, Verdict: Accept, Origin: builtin("icmpv6", "forward ICMPv6 errors")},
+		}
+	}
+	return rs
+}
+
+func ports(p uint16) policy.Ports { return policy.Ports{{First: p, Last: p}} }
+
+var hookOf = map[policy.Direction]Hook{policy.In: Input, policy.Out: Output, policy.Route: Forward}
+var dirOf = map[Hook]policy.Direction{Input: policy.In, Output: policy.Out, Forward: policy.Route}
+
+var verdictOf = map[policy.Action]Verdict{policy.Allow: Accept, policy.Deny: Drop, policy.Reject: Reject, policy.Limit: Accept}
+
+// Compile turns a validated policy into a ruleset.
+func Compile(p *policy.Policy) *Ruleset {
+	rs := &Ruleset{}
+	for _, h := range Hooks {
+		dir := dirOf[h]
+		var user []policy.Rule
+		for _, r := range p.Rules {
+			if r.Direction == dir {
+				user = append(user, r)
+			}
+		}
+		def := verdictOf[p.Defaults[dir]]
+		c := &Chain{Hook: h, Default: def, DefaultOrigin: defaultOrigin(p, dir)}
+		// Forwarded traffic is left alone (no built-ins, accept) until the
+		// admin writes a route rule or a routed default.
+		if h != Forward || len(user) > 0 || def != Accept {
+			c.Rules = Builtins(h)
+		}
+		c.Rules = append(c.Rules, compileRules(rs, h, user)...)
+		rs.Chains = append(rs.Chains, c)
+	}
+	return rs
+}
+
+func defaultOrigin(p *policy.Policy, dir policy.Direction) Origin {
+	o := Origin{ID: "default:" + string(hookOf[dir])}
+	word := policy.DirectionWord(dir)
+	if pos, ok := p.DefaultPos[dir]; ok && pos.Line > 0 {
+		o.Line = pos.Line
+		o.Text = fmt.Sprintf("default %s %s", p.Defaults[dir], word)
+	} else {
+		o.Text = fmt.Sprintf("default %s %s (built-in)", p.Defaults[dir], word)
+	}
+	return o
+}
+
+// ruleOrigin names a policy rule by its line.
+func ruleOrigin(r policy.Rule) Origin {
+	return Origin{ID: "L" + strconv.Itoa(r.Pos.Line), Line: r.Pos.Line, Text: r.Text}
+}
+
+// setKey says whether a rule can join an address set, and which: rules
+// that match only a source (or only a destination) address, with the same
+// action, family and side, and nothing else.
+func setKey(r policy.Rule) (key string, ok bool) {
+	if r.Action == policy.Limit || r.Proto != "any" || len(r.FromPort) > 0 || len(r.ToPort) > 0 ||
+		r.InIface != "" || r.OutIface != "" || r.Log != policy.LogNone {
+		return "", false
+	}
+	from, to := r.From.IsValid(), r.To.IsValid()
+	if from == to {
+		return "", false
+	}
+	// A /0 is "all of one family", which ipset cannot hold; keep it a rule.
+	if (from && r.From.Bits() == 0) || (to && r.To.Bits() == 0) {
+		return "", false
+	}
+	side := "src"
+	if to {
+		side = "dst"
+	}
+	return string(r.Action) + "_" + side, true
+}
+
+// compileRules compiles a chain's user rules in order. Runs of consecutive
+// address-only rules with the same action become one set lookup per
+// family, so per-packet cost does not grow with their number; order is
+// kept, since only neighbours are merged.
+func compileRules(rs *Ruleset, h Hook, rules []policy.Rule) []Rule {
+	var out []Rule
+	for i := 0; i < len(rules); {
+		key, ok := setKey(rules[i])
+		j := i + 1
+		if ok {
+			for j < len(rules) {
+				if k, ok := setKey(rules[j]); !ok || k != key {
+					break
+				}
+				j++
+			}
+		}
+		if !ok || j-i < minSetSize {
+			out = append(out, compileRule(rules[i])...)
+			i++
+			continue
+		}
+		out = append(out, compileSetRules(rs, h, key, rules[i:j])...)
+		i = j
+	}
+	return out
+}
+
+func compileSetRules(rs *Ruleset, h Hook, key string, group []policy.Rule) []Rule {
+	var out []Rule
+	for _, fam := range []policy.Family{policy.FamilyV4, policy.FamilyV6} {
+		suffix := "4"
+		if fam == policy.FamilyV6 {
+			suffix = "6"
+		}
+		set := &Set{Name: fmt.Sprintf("%s_%s%s_%d", h, key, suffix, len(rs.Sets)+1), Family: fam}
+		for _, r := range group {
+			addr := r.From
+			if !addr.IsValid() {
+				addr = r.To
+			}
+			if r.Family == fam {
+				set.Entries = append(set.Entries, SetEntry{Prefix: addr, Origin: ruleOrigin(r)})
+			}
+		}
+		if len(set.Entries) == 0 {
+			continue
+		}
+		rs.Sets = append(rs.Sets, set)
+		first, last := set.Entries[0].Origin.Line, set.Entries[len(set.Entries)-1].Origin.Line
+		m := Match{Family: fam}
+		if strings.HasSuffix(key, "_src") {
+			m.SrcSet = set.Name
+		} else {
+			m.DstSet = set.Name
+		}
+		out = append(out, Rule{
+			Match:   m,
+			Verdict: verdictOf[group[0].Action],
+			Origin: Origin{ID: "set:" + set.Name, Line: first,
+				Text: fmt.Sprintf("%d address rules (lines %d-%d) in set %s", len(set.Entries), first, last, set.Name)},
+		})
+	}
+	return out
+}
+
+// compileRule turns one policy rule into kernel-neutral rules.
+func compileRule(r policy.Rule) []Rule {
+	m := Match{Family: r.Family, InIface: r.InIface, OutIface: r.OutIface, SPorts: r.FromPort, DPorts: r.ToPort}
+	switch {
+	case r.Proto != "any":
+		m.Protos = []string{r.Proto}
+	case len(r.FromPort) > 0 || len(r.ToPort) > 0:
+		m.Protos = []string{"tcp", "udp"}
+	}
+	if r.From.IsValid() {
+		m.Src = []netip.Prefix{r.From}
+	}
+	if r.To.IsValid() {
+		m.Dst = []netip.Prefix{r.To}
+	}
+	out := Rule{Match: m, Verdict: verdictOf[r.Action], Origin: ruleOrigin(r), Comment: r.Comment}
+	if r.Action == policy.Limit {
+		rate := *r.Rate
+		out.Limit = &rate
+	}
+	if r.Log != policy.LogNone {
+		out.Log = fmt.Sprintf("[moat %s %s] ", out.Origin.ID, r.Action)
+	}
+	return []Rule{out}
+}
+
+// mergePrefixes merges set entries into disjoint prefixes.
+func mergePrefixes(entries []SetEntry) []netip.Prefix {
+	var b netipx.IPSetBuilder
+	for _, e := range entries {
+		b.AddPrefix(e.Prefix)
+	}
+	s, err := b.IPSet()
+	if err != nil {
+		// Only invalid prefixes make this fail, and the parser admits none.
+		return nil
+	}
+	return s.Prefixes()
+}

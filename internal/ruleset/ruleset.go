@@ -1,0 +1,152 @@
+// Package ruleset is the backend-neutral form of a compiled policy: chains
+// of match→verdict rules and named address sets. Both backends render it,
+// and the evaluator walks it, so what moat explains is what the kernel gets.
+package ruleset
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// Hook is where in the packet path a chain runs.
+type Hook string
+
+const (
+	Input   Hook = "input"
+	Output  Hook = "output"
+	Forward Hook = "forward"
+)
+
+// Hooks lists the chains in the order they are rendered.
+var Hooks = []Hook{Input, Output, Forward}
+
+// Verdict is a final decision about a packet.
+type Verdict string
+
+const (
+	Accept Verdict = "accept"
+	Drop   Verdict = "drop"
+	Reject Verdict = "reject" // tcp reset for TCP, ICMP port unreachable otherwise
+)
+
+// Origin says where a kernel rule comes from: a line of the policy, a
+// built-in default, a default policy, or a set of address rules.
+type Origin struct {
+	// ID is short and has no spaces; it tags the kernel rule (comment) so
+	// counters can be read back: "L12", "builtin:loopback", "default:input".
+	ID   string `json:"id"`
+	Line int    `json:"line,omitempty"`
+	Text string `json:"text"`
+}
+
+// CTState is a conntrack state.
+type CTState string
+
+const (
+	CTInvalid     CTState = "invalid"
+	CTEstablished CTState = "established"
+	CTRelated     CTState = "related"
+	CTNew         CTState = "new"
+	CTUntracked   CTState = "untracked"
+)
+
+// Match is what a rule matches. Empty fields match anything.
+type Match struct {
+	Family   policy.Family // FamilyAny or empty: both
+	InIface  string        // a trailing '+' matches a prefix, as in iptables
+	OutIface string
+	// Protos lists transport protocols ("tcp", "udp", "icmp", "ipv6-icmp",
+	// "esp", ...); empty is any. Ports need tcp or udp.
+	Protos    []string
+	Src, Dst  []netip.Prefix // of the rule's family; empty is any
+	SrcSet    string         // name of an address set; with Family set
+	DstSet    string
+	SPorts    policy.Ports
+	DPorts    policy.Ports
+	ICMPTypes []uint8 // with Protos icmp or ipv6-icmp
+	CTStates  []CTState
+	HopLimit  uint8 // exact IPv6 hop limit (255 for neighbour discovery); 0 any
+}
+
+// Rule is a match with a verdict.
+type Rule struct {
+	Match
+	Verdict Verdict
+	// Limit makes the rule a rate limit: new connections from one source
+	// over the rate are rejected, the others get Verdict.
+	Limit *policy.Rate
+	// Log is a log prefix; empty means no logging.
+	Log     string
+	Origin  Origin
+	Comment string // the admin's comment, shown beside the rule
+}
+
+// Chain is one base chain: its rules, then its default.
+type Chain struct {
+	Hook          Hook
+	Rules         []Rule
+	Default       Verdict
+	DefaultOrigin Origin
+}
+
+// SetEntry is one address of a set with the rule that put it there.
+type SetEntry struct {
+	Prefix netip.Prefix
+	Origin Origin
+}
+
+// Set is a named set of networks of one family.
+type Set struct {
+	Name    string
+	Family  policy.Family // FamilyV4 or FamilyV6
+	Entries []SetEntry    // in policy order, as written
+}
+
+// Prefixes returns the set's networks merged into the fewest disjoint
+// prefixes, as the kernel gets them.
+func (s *Set) Prefixes() []netip.Prefix {
+	return mergePrefixes(s.Entries)
+}
+
+// Ruleset is a whole compiled policy.
+type Ruleset struct {
+	Chains []*Chain
+	Sets   []*Set
+}
+
+// Chain returns the chain for a hook.
+func (rs *Ruleset) Chain(h Hook) *Chain {
+	for _, c := range rs.Chains {
+		if c.Hook == h {
+			return c
+		}
+	}
+	return nil
+}
+
+// Set returns a set by name.
+func (rs *Ruleset) Set(name string) *Set {
+	for _, s := range rs.Sets {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// Tag is the kernel comment of a rule: its origin ID, then the admin's
+// comment if any.
+func (r *Rule) Tag() string {
+	if r.Comment == "" {
+		return r.Origin.ID
+	}
+	return r.Origin.ID + " " + r.Comment
+}
+
+// OriginID reads the origin ID back from a kernel comment.
+func OriginID(comment string) string {
+	id, _, _ := strings.Cut(comment, " ")
+	return id
+}
