@@ -22,8 +22,8 @@ var (
 // ICMP types accepted as built-ins: errors the network needs. Echo request
 // is left to the policy (ping is allowed or denied like any service).
 var (
-	icmp4Errors = []uint8{3, 11, 12}      // destination-unreachable, time-exceeded, parameter-problem
-	icmp6Errors = []uint8{1, 2, 3, 4}     // destination-unreachable, packet-too-big, time-exceeded, parameter-problem
+	icmp4Errors = []uint8{3, 11, 12}          // destination-unreachable, time-exceeded, parameter-problem
+	icmp6Errors = []uint8{1, 2, 3, 4}         // destination-unreachable, packet-too-big, time-exceeded, parameter-problem
 	icmp6ND     = []uint8{133, 134, 135, 136} // router solicit/advert, neighbour solicit/advert
 	icmp6MLD    = []uint8{130, 131, 132, 143} // multicast listener query/report/done, MLDv2 report
 )

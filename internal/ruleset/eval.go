@@ -21,8 +21,8 @@ type Packet struct {
 	// to be an echo request (ping).
 	ICMPType    uint8
 	HasICMPType bool
-	CTState  CTState
-	HopLimit uint8
+	CTState     CTState
+	HopLimit    uint8
 }
 
 // Family of the packet, from its addresses.
