@@ -196,3 +196,27 @@ func DirectionWord(d Direction) string {
 		return "routed"
 	}
 }
+
+// RuleJSON is the stable JSON shape of a rule that scripts rely on.
+type RuleJSON struct {
+	Action       Action    `json:"action"`
+	Direction    Direction `json:"direction"`
+	InterfaceIn  string    `json:"interface_in"`
+	InterfaceOut string    `json:"interface_out"`
+	Proto        string    `json:"proto"`
+	From         string    `json:"from"`
+	FromPort     string    `json:"from_port"`
+	To           string    `json:"to"`
+	ToPort       string    `json:"to_port"`
+	Family       Family    `json:"family"`
+	Comment      string    `json:"comment"`
+	Log          LogMode   `json:"log,omitempty"`
+	Rate         *Rate     `json:"rate,omitempty"`
+}
+
+// JSON returns the rule in its JSON shape.
+func (r Rule) JSON() RuleJSON {
+	return RuleJSON{Action: r.Action, Direction: r.Direction, InterfaceIn: r.InIface, InterfaceOut: r.OutIface,
+		Proto: r.Proto, From: AddrString(r.From), FromPort: r.FromPort.String(), To: AddrString(r.To),
+		ToPort: r.ToPort.String(), Family: r.Family, Comment: r.Comment, Log: r.Log, Rate: r.Rate}
+}

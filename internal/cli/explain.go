@@ -1,0 +1,247 @@
+package cli
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+const explainLong = `Tell what moat does with a packet, and which rule decides: a line of the
+policy file, a default, or a built-in rule. It evaluates the same compiled
+ruleset the kernel gets, in userspace; it needs no root and sends nothing.
+
+  moat explain [in|out|route] PROTO [from ADDR] [port P] [to ADDR] [port P]
+               [on IFACE] [in on IFACE] [out on IFACE] [type N] [state S]
+
+PROTO is tcp, udp, icmp, ipv6-icmp (icmpv6), esp, ah, gre, ...; 'to port 80'
+leaves the address out. An ICMP packet is an echo request unless 'type N'
+says otherwise; S is new (default), established, related or invalid. A
+missing address is one that no 'from'/'to' rule names.`
+
+type explanation struct {
+	Verdict string          `json:"verdict"`
+	Decided string          `json:"decided_by"`
+	Origin  ruleset.Origin  `json:"origin"`
+	Chain   ruleset.Hook    `json:"chain"`
+	Packet  explainedPacket `json:"packet"`
+	Limited string          `json:"rate_limit,omitempty"`
+}
+
+type explainedPacket struct {
+	Direction string `json:"direction"`
+	Proto     string `json:"proto"`
+	From      string `json:"from"`
+	FromPort  uint16 `json:"from_port,omitempty"`
+	To        string `json:"to"`
+	ToPort    uint16 `json:"to_port,omitempty"`
+	InIface   string `json:"interface_in,omitempty"`
+	OutIface  string `json:"interface_out,omitempty"`
+}
+
+func (a *app) explainCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "explain [in|out|route] PROTO [from ADDR] [to ADDR] [port P] ...",
+		Short: "Show the verdict for a packet and the rule that decides it",
+		Long:  explainLong,
+		Example: `  moat explain in tcp from 203.0.113.5 to port 80
+  moat explain in udp from 2001:db8::5 to port 53
+  moat explain in icmp from 198.51.100.7
+  moat explain out tcp to 203.0.113.9 port 25
+  moat explain route tcp in on eth1 out on eth2 to 192.0.2.10 port 80`,
+		GroupID: "inspect",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pkt, err := parsePacket(args)
+			if err != nil {
+				return fmt.Errorf("explain: %w", err)
+			}
+			p, err := a.loadPolicy()
+			if err != nil {
+				return err
+			}
+			d, err := ruleset.Compile(p).Evaluate(pkt)
+			if err != nil {
+				return err
+			}
+			ex := explanation{Verdict: strings.ToUpper(string(d.Verdict)), Origin: d.Origin, Chain: d.Chain,
+				Packet: explainedPacket{Direction: map[ruleset.Hook]string{ruleset.Input: "in", ruleset.Output: "out", ruleset.Forward: "route"}[pkt.Hook],
+					Proto: pkt.Proto, From: addrOrAny(pkt.Src), FromPort: pkt.SPort, To: addrOrAny(pkt.Dst), ToPort: pkt.DPort,
+					InIface: pkt.InIface, OutIface: pkt.OutIface}}
+			switch {
+			case d.Origin.Line > 0:
+				ex.Decided = fmt.Sprintf("%s:%d: %s", a.config, d.Origin.Line, d.Origin.Text)
+			default:
+				ex.Decided = d.Origin.Text
+			}
+			if d.Limit != nil {
+				ex.Limited = fmt.Sprintf("a source's %dth new connection within %d s is rejected", d.Limit.Count, d.Limit.Seconds)
+			}
+			if a.json {
+				return a.printJSON(ex)
+			}
+			a.printf("%s\n  decided by %s\n", ex.Verdict, ex.Decided)
+			if ex.Limited != "" {
+				a.printf("  rate limit: %s\n", ex.Limited)
+			}
+			return nil
+		},
+	}
+}
+
+func addrOrAny(a netip.Addr) string {
+	if a.IsUnspecified() {
+		return "any"
+	}
+	return a.String()
+}
+
+// parsePacket reads the packet description of 'moat explain'.
+func parsePacket(args []string) (ruleset.Packet, error) {
+	p := ruleset.Packet{Hook: ruleset.Input}
+	i := 0
+	switch strings.ToLower(args[0]) {
+	case "in", "incoming":
+		i++
+	case "out", "outgoing":
+		p.Hook = ruleset.Output
+		i++
+	case "route", "routed", "forward":
+		p.Hook = ruleset.Forward
+		i++
+	}
+	if i >= len(args) {
+		return p, fmt.Errorf("missing protocol: expected tcp, udp, icmp, ipv6-icmp, ...")
+	}
+	p.Proto = strings.ToLower(args[i])
+	if p.Proto == "icmpv6" {
+		p.Proto = "ipv6-icmp"
+	}
+	switch p.Proto {
+	case "tcp", "udp", "icmp", "ipv6-icmp", "esp", "ah", "gre", "igmp", "vrrp", "ipv6":
+	default:
+		return p, fmt.Errorf("unknown protocol %q: expected tcp, udp, icmp, ipv6-icmp, esp, ah, gre, igmp, vrrp or ipv6", args[i])
+	}
+	i++
+	side := ""
+	next := func(what string) (string, error) {
+		if i+1 >= len(args) {
+			return "", fmt.Errorf("'%s' needs a value", what)
+		}
+		i++
+		return args[i], nil
+	}
+	for ; i < len(args); i++ {
+		word := strings.ToLower(args[i])
+		switch word {
+		case "from", "to":
+			side = word
+			if i+1 < len(args) && !isExplainKeyword(args[i+1]) {
+				i++
+				addr, err := netip.ParseAddr(args[i])
+				if err != nil || addr.Zone() != "" {
+					return p, fmt.Errorf("bad address %q: expected an IP address", args[i])
+				}
+				if word == "from" {
+					p.Src = addr.Unmap()
+				} else {
+					p.Dst = addr.Unmap()
+				}
+			}
+		case "port":
+			v, err := next("port")
+			if err != nil {
+				return p, err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 65535 {
+				return p, fmt.Errorf("bad port %q: expected 1 to 65535", v)
+			}
+			switch side {
+			case "from":
+				p.SPort = uint16(n)
+			case "to":
+				p.DPort = uint16(n)
+			default:
+				return p, fmt.Errorf("'port' must follow 'from' or 'to'")
+			}
+		case "on", "in", "out":
+			dir := word
+			if word != "on" {
+				if i+1 >= len(args) || strings.ToLower(args[i+1]) != "on" {
+					return p, fmt.Errorf("'%s' needs 'on IFACE'", word)
+				}
+				i++
+			} else if p.Hook == ruleset.Output {
+				dir = "out"
+			} else {
+				dir = "in"
+			}
+			v, err := next("on")
+			if err != nil {
+				return p, err
+			}
+			if dir == "in" {
+				p.InIface = v
+			} else {
+				p.OutIface = v
+			}
+		case "type":
+			v, err := next("type")
+			if err != nil {
+				return p, err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > 255 {
+				return p, fmt.Errorf("bad ICMP type %q: expected 0 to 255", v)
+			}
+			p.ICMPType, p.HasICMPType = uint8(n), true
+		case "state":
+			v, err := next("state")
+			if err != nil {
+				return p, err
+			}
+			switch st := ruleset.CTState(strings.ToLower(v)); st {
+			case ruleset.CTNew, ruleset.CTEstablished, ruleset.CTRelated, ruleset.CTInvalid:
+				p.CTState = st
+			default:
+				return p, fmt.Errorf("bad state %q: expected new, established, related or invalid", v)
+			}
+		default:
+			return p, fmt.Errorf("unexpected %q: expected from, to, port, on, type or state", args[i])
+		}
+	}
+	if p.Src.IsValid() && p.Dst.IsValid() && p.Src.Is4() != p.Dst.Is4() {
+		return p, fmt.Errorf("mixed IP versions for 'from' and 'to'")
+	}
+	v6 := p.Proto == "ipv6-icmp" || (p.Src.IsValid() && p.Src.Is6()) || (p.Dst.IsValid() && p.Dst.Is6())
+	if v6 && p.Proto == "icmp" {
+		return p, fmt.Errorf("icmp is IPv4: use ipv6-icmp for IPv6")
+	}
+	unspec := netip.IPv4Unspecified()
+	if v6 {
+		unspec = netip.IPv6Unspecified()
+	}
+	if !p.Src.IsValid() {
+		p.Src = unspec
+	}
+	if !p.Dst.IsValid() {
+		p.Dst = unspec
+	}
+	if p.HopLimit == 0 {
+		p.HopLimit = 64
+	}
+	return p, nil
+}
+
+func isExplainKeyword(s string) bool {
+	switch strings.ToLower(s) {
+	case "from", "to", "port", "on", "in", "out", "type", "state":
+		return true
+	}
+	return false
+}

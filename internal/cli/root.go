@@ -1,0 +1,216 @@
+// Package cli is moat's command line: ufw's commands, plus show, explain,
+// check and lab.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moat-fw/moat/internal/backend"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// Version is set at build time (-ldflags "-X .../cli.Version=...").
+var Version = "dev"
+
+// app holds the global flags and what the commands share.
+type app struct {
+	config  string
+	backend string
+	dryRun  bool
+	json    bool
+	force   bool
+	verbose bool
+
+	out, errOut io.Writer
+	log         *slog.Logger
+}
+
+// exitError carries an exit code for errors that are not failures of moat
+// (a lab probe that disagreed, a refused change).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// Main runs the command line and returns the process exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	a := &app{out: stdout, errOut: stderr}
+	root := a.rootCommand()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "moat: %v\n", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
+
+const rootLong = `moat hardens a Linux server's firewall from one policy, for IPv4 and IPv6.
+
+The policy is ufw's rule syntax, one command a line, in /etc/moat/moat.conf
+(--config or MOAT_CONFIG to use another file). Commands that change it edit
+that file, keeping your comments and order, and apply it at once when moat
+is active. moat owns its own table (nftables: inet moat) or chains
+(iptables: MOAT-INPUT, MOAT-OUTPUT, MOAT-FORWARD) and never touches rules
+of other tools.
+
+Quick start:
+  moat default deny incoming      # drop what is not allowed
+  moat allow 22/tcp               # keep SSH reachable
+  moat enable                     # apply now
+  moat status verbose             # what is applied, with counters
+
+Rule syntax (as ufw):
+  moat allow|deny|reject|limit [in|out] [on IFACE] [log|log-all] PORT[/PROTO]
+  moat allow|deny|reject|limit [in|out] [on IFACE] [log|log-all] [proto PROTO]
+       [from ADDR [port PORT]] [to ADDR [port PORT]] [comment TEXT]
+  moat route allow in on IFACE out on IFACE [proto ..] [from ..] [to ..]
+  PORT is 22, 80,443 (up to 15), 6000:6007 or a name from /etc/services;
+  lists and ranges need /tcp or /udp. ADDR is any, an address or a CIDR.
+  PROTO is tcp, udp, icmp, ipv6-icmp, esp, ah, gre, igmp, vrrp or ipv6.
+  limit refuses a source's 6th new connection within 30 s (rate N/Ts to change).
+
+moat acts on the network namespace it runs in: 'ip netns exec NS moat ...'
+manages NS.`
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "moat",
+		Short:         "Server-hardening firewall: one ufw-style policy for nftables or iptables",
+		Long:          rootLong,
+		Version:       Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRun: func(cmd *cobra.Command, args []string) {
+			level := slog.LevelWarn
+			if a.verbose {
+				level = slog.LevelDebug
+			}
+			a.log = slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: level}))
+		},
+	}
+	def := os.Getenv("MOAT_CONFIG")
+	if def == "" {
+		def = policy.DefaultPath
+	}
+	f := root.PersistentFlags()
+	f.StringVarP(&a.config, "config", "c", def, "policy file (env MOAT_CONFIG)")
+	f.StringVar(&a.backend, "backend", "", "backend: auto, nftables or iptables (default: the policy's 'backend', else auto)")
+	f.BoolVar(&a.dryRun, "dry-run", false, "show what would change; change nothing")
+	f.BoolVar(&a.json, "json", false, "print JSON for scripts")
+	f.BoolVarP(&a.verbose, "verbose", "v", false, "log what moat does")
+	root.AddGroup(&cobra.Group{ID: "rules", Title: "Rules:"}, &cobra.Group{ID: "state", Title: "Firewall:"}, &cobra.Group{ID: "inspect", Title: "Inspect:"})
+	root.AddCommand(a.ruleCommands()...)
+	root.AddCommand(a.defaultCommand(), a.insertCommand(), a.prependCommand(), a.deleteCommand())
+	root.AddCommand(a.enableCommand(), a.disableCommand(), a.reloadCommand(), a.resetCommand())
+	root.AddCommand(a.statusCommand(), a.showCommand(), a.explainCommand(), a.checkCommand())
+	root.AddCommand(a.labCommand())
+	return root
+}
+
+// services returns the system's service names, or nil if it has none (then
+// a rule naming a service fails with a clear message).
+func (a *app) services() policy.Services {
+	svc, err := policy.SystemServices()
+	if err != nil {
+		a.log.Debug("no service names", "err", err)
+		return nil
+	}
+	return svc
+}
+
+// loadDocument reads the policy file.
+func (a *app) loadDocument() (*policy.Document, error) {
+	return policy.ReadDocument(a.config)
+}
+
+// loadPolicy reads and validates the policy file.
+func (a *app) loadPolicy() (*policy.Policy, error) {
+	d, err := a.loadDocument()
+	if err != nil {
+		return nil, err
+	}
+	return d.Policy(a.services())
+}
+
+// backendFor picks the backend: the flag, else the policy, else auto.
+func (a *app) backendFor(p *policy.Policy) (backend.Backend, error) {
+	name := policy.Backend(a.backend)
+	if name == "" && p != nil {
+		name = p.Backend
+	}
+	return backend.ForName(name)
+}
+
+// activeBackend returns the backend whose moat rules are loaded, if any.
+func (a *app) activeBackend(ctx context.Context) (backend.Backend, error) {
+	for _, b := range backend.All() {
+		if b.Available() != nil {
+			continue
+		}
+		ok, err := b.Active(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return b, nil
+		}
+	}
+	return nil, nil
+}
+
+// apply compiles the policy and loads it; moat's rules in the other
+// backend, if any, are removed afterwards so only one set is live.
+func (a *app) apply(ctx context.Context, p *policy.Policy) (backend.Backend, error) {
+	b, err := a.backendFor(p)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Available(); err != nil {
+		return nil, err
+	}
+	rs := ruleset.Compile(p)
+	if err := b.Apply(ctx, rs); err != nil {
+		return nil, fmt.Errorf("apply %s: %w", a.config, err)
+	}
+	a.log.Info("applied", "backend", b.Name(), "rules", len(p.Rules))
+	for _, other := range backend.All() {
+		if other.Name() == b.Name() || other.Available() != nil {
+			continue
+		}
+		if ok, err := other.Active(ctx); err == nil && ok {
+			if err := other.Remove(ctx); err != nil {
+				return b, fmt.Errorf("remove moat's %s rules after switching to %s: %w", other.Name(), b.Name(), err)
+			}
+		}
+	}
+	return b, nil
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (a *app) printf(format string, args ...any) {
+	fmt.Fprintf(a.out, format, args...)
+}

@@ -1,0 +1,268 @@
+package cli
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+type statusRule struct {
+	Number int `json:"number"`
+	Line   int `json:"line"`
+	policy.RuleJSON
+	Text      string `json:"text"`
+	CounterID string `json:"counter_id"`
+	Packets   uint64 `json:"packets"`
+	Bytes     uint64 `json:"bytes"`
+}
+
+type statusBuiltin struct {
+	Chain   ruleset.Hook `json:"chain"`
+	ID      string       `json:"id"`
+	Text    string       `json:"text"`
+	Packets uint64       `json:"packets"`
+	Bytes   uint64       `json:"bytes"`
+}
+
+type statusDefault struct {
+	Policy  policy.Action `json:"policy"`
+	Line    int           `json:"line,omitempty"`
+	Packets uint64        `json:"packets"`
+	Bytes   uint64        `json:"bytes"`
+}
+
+type statusReport struct {
+	Status   string                   `json:"status"`
+	Backend  string                   `json:"backend,omitempty"`
+	Config   string                   `json:"config"`
+	Defaults map[string]statusDefault `json:"defaults"`
+	Rules    []statusRule             `json:"rules"`
+	Builtins []statusBuiltin          `json:"builtins"`
+}
+
+func (a *app) statusCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status [numbered|verbose]",
+		Short: "Show whether moat is active and its rules (verbose: with counters)",
+		Example: `  moat status
+  moat status numbered      # positions for 'moat delete N' and 'moat insert N'
+  moat status verbose       # defaults, built-ins, packet and byte counters
+  moat status --json        # everything, for scripts`,
+		GroupID:   "inspect",
+		Args:      cobra.MaximumNArgs(1),
+		ValidArgs: []string{"numbered", "verbose"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mode := ""
+			if len(args) == 1 {
+				mode = args[0]
+				if mode != "numbered" && mode != "verbose" {
+					return fmt.Errorf("unknown status mode %q: expected numbered or verbose", mode)
+				}
+			}
+			rep, err := a.status(cmd)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(rep)
+			}
+			a.printStatus(rep, mode)
+			return nil
+		},
+	}
+}
+
+func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
+	p, err := a.loadPolicy()
+	if err != nil {
+		return nil, err
+	}
+	rep := &statusReport{Status: "inactive", Config: a.config, Defaults: map[string]statusDefault{}, Rules: []statusRule{}, Builtins: []statusBuiltin{}}
+	b, err := a.activeBackend(cmd.Context())
+	if err != nil {
+		return nil, err
+	}
+	counters := map[string]ruleset.Counter{}
+	if b != nil {
+		rep.Status, rep.Backend = "active", b.Name()
+		if counters, err = b.Counters(cmd.Context()); err != nil {
+			return nil, err
+		}
+	}
+	rs := ruleset.Compile(p)
+	inSet := map[int]string{}
+	for _, s := range rs.Sets {
+		for _, e := range s.Entries {
+			inSet[e.Origin.Line] = "set:" + s.Name
+		}
+	}
+	for i, r := range p.Rules {
+		id := "L" + strconv.Itoa(r.Pos.Line)
+		if s, ok := inSet[r.Pos.Line]; ok {
+			id = s
+		}
+		c := counters[id]
+		rep.Rules = append(rep.Rules, statusRule{Number: i + 1, Line: r.Pos.Line, RuleJSON: r.JSON(), Text: r.Text,
+			CounterID: id, Packets: c.Packets, Bytes: c.Bytes})
+	}
+	for _, ch := range rs.Chains {
+		seen := map[string]bool{}
+		for _, r := range ch.Rules {
+			if !strings.HasPrefix(r.Origin.ID, "builtin:") || seen[r.Origin.ID] {
+				continue
+			}
+			seen[r.Origin.ID] = true
+			c := counters[r.Origin.ID]
+			rep.Builtins = append(rep.Builtins, statusBuiltin{Chain: ch.Hook, ID: r.Origin.ID, Text: r.Origin.Text, Packets: c.Packets, Bytes: c.Bytes})
+		}
+		c := counters[ch.DefaultOrigin.ID]
+		dir := map[ruleset.Hook]policy.Direction{ruleset.Input: policy.In, ruleset.Output: policy.Out, ruleset.Forward: policy.Route}[ch.Hook]
+		rep.Defaults[policy.DirectionWord(dir)] = statusDefault{Policy: p.Defaults[dir], Line: ch.DefaultOrigin.Line, Packets: c.Packets, Bytes: c.Bytes}
+	}
+	return rep, nil
+}
+
+func (a *app) printStatus(rep *statusReport, mode string) {
+	a.printf("Status: %s\n", rep.Status)
+	if rep.Status != "active" && mode != "verbose" {
+		return
+	}
+	verbose := mode == "verbose"
+	if verbose {
+		if rep.Backend != "" {
+			a.printf("Backend: %s\n", rep.Backend)
+		}
+		a.printf("Policy: %s\n", rep.Config)
+		a.printf("Default: %s (incoming), %s (outgoing), %s (routed)\n",
+			rep.Defaults["incoming"].Policy, rep.Defaults["outgoing"].Policy, rep.Defaults["routed"].Policy)
+	}
+	if len(rep.Rules) == 0 && !verbose {
+		return
+	}
+	a.printf("\n")
+	tw := tabwriter.NewWriter(a.out, 2, 8, 2, ' ', 0)
+	head := "To\tAction\tFrom"
+	if mode == "numbered" {
+		head = "     " + head
+	}
+	if verbose {
+		head += "\tPackets\tBytes"
+	}
+	fmt.Fprintln(tw, head+"\t")
+	fmt.Fprintln(tw, strings.NewReplacer("To", "--", "Action", "------", "From", "----", "Packets", "-------", "Bytes", "-----").Replace(head)+"\t")
+	for _, r := range rep.Rules {
+		row := fmt.Sprintf("%s\t%s\t%s", toColumn(r.RuleJSON), actionColumn(r.RuleJSON), fromColumn(r.RuleJSON))
+		if mode == "numbered" {
+			row = fmt.Sprintf("[%2d] %s", r.Number, row)
+		}
+		if verbose {
+			mark := ""
+			if strings.HasPrefix(r.CounterID, "set:") {
+				mark = "*"
+			}
+			row += fmt.Sprintf("\t%d%s\t%d%s", r.Packets, mark, r.Bytes, mark)
+		}
+		if r.Comment != "" {
+			row += "\t# " + r.Comment
+		} else {
+			row += "\t"
+		}
+		fmt.Fprintln(tw, row)
+	}
+	tw.Flush()
+	if !verbose {
+		return
+	}
+	for _, r := range rep.Rules {
+		if strings.HasPrefix(r.CounterID, "set:") {
+			a.printf("* address rules next to each other share one set and one counter\n")
+			break
+		}
+	}
+	a.printf("\nDefaults:\n")
+	tw = tabwriter.NewWriter(a.out, 2, 8, 2, ' ', 0)
+	for _, d := range []string{"incoming", "outgoing", "routed"} {
+		def := rep.Defaults[d]
+		where := "built-in"
+		if def.Line > 0 {
+			where = fmt.Sprintf("line %d", def.Line)
+		}
+		fmt.Fprintf(tw, "  %s %s\t(%s)\t%d packets\t%d bytes\n", strings.ToUpper(string(def.Policy)), d, where, def.Packets, def.Bytes)
+	}
+	tw.Flush()
+	a.printf("\nBuilt-in rules (see 'moat show'):\n")
+	tw = tabwriter.NewWriter(a.out, 2, 8, 2, ' ', 0)
+	for _, b := range rep.Builtins {
+		fmt.Fprintf(tw, "  %s\t%s\t%d packets\t%d bytes\n", b.Chain, b.Text, b.Packets, b.Bytes)
+	}
+	tw.Flush()
+}
+
+func actionColumn(r policy.RuleJSON) string {
+	dir := map[policy.Direction]string{policy.In: "IN", policy.Out: "OUT", policy.Route: "FWD"}[r.Direction]
+	s := strings.ToUpper(string(r.Action)) + " " + dir
+	if r.Log != "" {
+		s += " (" + string(r.Log) + ")"
+	}
+	if r.Rate != nil && *r.Rate != policy.DefaultLimit {
+		s += fmt.Sprintf(" %d/%ds", r.Rate.Count, r.Rate.Seconds)
+	}
+	return s
+}
+
+// endpoint writes one side of a rule as ufw does: "22/tcp", "192.0.2.1
+// 80/tcp", "Anywhere", "Anywhere (v6)", "... on eth0".
+func endpoint(addr, port, proto string, fam policy.Family, iface string, showProto bool) string {
+	s := "Anywhere"
+	if addr != "any" {
+		if p, err := netip.ParsePrefix(addr); err == nil && p.IsSingleIP() {
+			addr = p.Addr().String()
+		}
+		s = addr
+	}
+	if port != "any" {
+		if addr == "any" {
+			s = port
+		} else {
+			s += " " + port
+		}
+		if proto != "any" {
+			s += "/" + proto
+		}
+	} else if showProto && proto != "any" {
+		s += "/" + proto
+	}
+	if addr == "any" && fam == policy.FamilyV6 {
+		s += " (v6)"
+	}
+	if iface != "" {
+		s += " on " + iface
+	}
+	return s
+}
+
+func toColumn(r policy.RuleJSON) string {
+	iface := r.InterfaceIn
+	if r.Direction == policy.Out {
+		iface = r.InterfaceOut
+	}
+	if r.Direction == policy.Route {
+		iface = r.InterfaceOut
+	}
+	return endpoint(r.To, r.ToPort, r.Proto, r.Family, iface, r.FromPort == "any")
+}
+
+func fromColumn(r policy.RuleJSON) string {
+	iface := ""
+	if r.Direction == policy.Route {
+		iface = r.InterfaceIn
+	}
+	return endpoint(r.From, r.FromPort, r.Proto, r.Family, iface, false)
+}

@@ -1,0 +1,263 @@
+// Package ipt renders a ruleset for iptables: moat's own chains (MOAT-INPUT,
+// MOAT-OUTPUT, MOAT-FORWARD) loaded with one iptables-restore --noflush and
+// one ip6tables-restore --noflush, and address sets loaded with ipset
+// restore. It works with both iptables-nft and iptables-legacy.
+package ipt
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// ChainName is moat's chain for a hook.
+func ChainName(h ruleset.Hook) string { return "MOAT-" + strings.ToUpper(string(h)) }
+
+var builtinChain = map[ruleset.Hook]string{ruleset.Input: "INPUT", ruleset.Output: "OUTPUT", ruleset.Forward: "FORWARD"}
+
+// SetPrefix starts the name of every ipset moat owns.
+const SetPrefix = "moat-"
+
+// IPSetName is the ipset that holds a ruleset set.
+func IPSetName(name string) string { return SetPrefix + name }
+
+var protoNumbers = map[string]string{"esp": "50", "ah": "51", "gre": "47", "igmp": "2", "vrrp": "112", "ipv6": "41"}
+
+// Render writes the iptables-restore input that makes moat's chains of one
+// family hold rs. haveJump says which built-in chains already jump to
+// moat's; the others get a jump inserted first.
+func Render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool) string {
+	var b strings.Builder
+	b.WriteString("*filter\n")
+	for _, c := range rs.Chains {
+		// Declaring a chain under --noflush empties it; the rules follow.
+		fmt.Fprintf(&b, ":%s - [0:0]\n", ChainName(c.Hook))
+	}
+	for _, c := range rs.Chains {
+		chain := ChainName(c.Hook)
+		for i := range c.Rules {
+			for _, line := range RuleLines(&c.Rules[i], fam) {
+				fmt.Fprintf(&b, "-A %s %s\n", chain, line)
+			}
+		}
+		def := ruleset.Rule{Verdict: c.Default, Origin: c.DefaultOrigin}
+		for _, line := range RuleLines(&def, fam) {
+			// A default of accept returns to the built-in chain, so the
+			// rules other tools put there still decide, as they do beside
+			// moat's nftables table.
+			line = strings.Replace(line, "-j ACCEPT", "-j RETURN", 1)
+			fmt.Fprintf(&b, "-A %s %s\n", chain, line)
+		}
+	}
+	for _, c := range rs.Chains {
+		if !haveJump[builtinChain[c.Hook]] {
+			fmt.Fprintf(&b, "-I %s 1 -j %s\n", builtinChain[c.Hook], ChainName(c.Hook))
+		}
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// RuleLines renders one neutral rule as iptables rule arguments for one
+// family (none if the rule is for the other family). One neutral rule can
+// need several: one per protocol, per ICMP type, a LOG rule, a rate limit's
+// reject before its accept.
+func RuleLines(r *ruleset.Rule, fam policy.Family) []string {
+	if r.Family != "" && r.Family != policy.FamilyAny && r.Family != fam {
+		return nil
+	}
+	var out []string
+	comment := "-m comment --comment " + quote(r.Tag())
+	for _, m := range matchVariants(r.Match, fam) {
+		if r.Log != "" {
+			out = append(out, join(m, comment, "-j LOG --log-prefix "+quote(r.Log)))
+		}
+		if r.Limit != nil {
+			n, unit := ruleset.RateUnit(*r.Limit)
+			name := "moat_" + r.Origin.ID + "_" + famSuffix(fam)
+			over := fmt.Sprintf("-m conntrack --ctstate NEW -m hashlimit --hashlimit-above %d/%s --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name %s --hashlimit-htable-expire %d",
+				n, unitAbbrev(unit), r.Limit.Burst, name, 2*r.Limit.Seconds*1000)
+			out = append(out, join(m, over, comment, rejectTarget(m)))
+			out = append(out, join(m, comment, "-j ACCEPT"))
+			continue
+		}
+		switch r.Verdict {
+		case ruleset.Accept:
+			out = append(out, join(m, comment, "-j ACCEPT"))
+		case ruleset.Drop:
+			out = append(out, join(m, comment, "-j DROP"))
+		case ruleset.Reject:
+			if strings.Contains(m, "-p ") {
+				out = append(out, join(m, comment, rejectTarget(m)))
+			} else {
+				out = append(out, join(m, "-p tcp", comment, "-j REJECT --reject-with tcp-reset"))
+				out = append(out, join(m, comment, "-j REJECT"))
+			}
+		}
+	}
+	return out
+}
+
+func rejectTarget(m string) string {
+	if strings.Contains(m, "-p tcp") {
+		return "-j REJECT --reject-with tcp-reset"
+	}
+	return "-j REJECT"
+}
+
+func famSuffix(f policy.Family) string {
+	if f == policy.FamilyV6 {
+		return "6"
+	}
+	return "4"
+}
+
+func unitAbbrev(unit string) string {
+	switch unit {
+	case "second":
+		return "sec"
+	case "minute":
+		return "min"
+	}
+	return unit
+}
+
+// matchVariants renders a match as iptables arguments; it gives several
+// when iptables needs a rule per protocol or per ICMP type.
+func matchVariants(m ruleset.Match, fam policy.Family) []string {
+	var common []string
+	if m.InIface != "" {
+		common = append(common, "-i "+m.InIface)
+	}
+	if m.OutIface != "" {
+		common = append(common, "-o "+m.OutIface)
+	}
+	if len(m.Src) > 0 {
+		common = append(common, "-s "+prefixList(m.Src))
+	}
+	if len(m.Dst) > 0 {
+		common = append(common, "-d "+prefixList(m.Dst))
+	}
+	if len(m.CTStates) > 0 {
+		states := make([]string, len(m.CTStates))
+		for i, s := range m.CTStates {
+			states[i] = strings.ToUpper(string(s))
+		}
+		common = append(common, "-m conntrack --ctstate "+strings.Join(states, ","))
+	}
+	if m.HopLimit != 0 {
+		common = append(common, fmt.Sprintf("-m hl --hl-eq %d", m.HopLimit))
+	}
+	if m.SrcSet != "" {
+		common = append(common, "-m set --match-set "+IPSetName(m.SrcSet)+" src")
+	}
+	if m.DstSet != "" {
+		common = append(common, "-m set --match-set "+IPSetName(m.DstSet)+" dst")
+	}
+	base := strings.Join(common, " ")
+	if len(m.Protos) == 0 {
+		return []string{base}
+	}
+	var out []string
+	for _, p := range m.Protos {
+		proto := p
+		if n, ok := protoNumbers[p]; ok {
+			proto = n
+		}
+		pm := join(base, "-p "+proto)
+		switch {
+		case len(m.ICMPTypes) > 0:
+			opt := "--icmp-type"
+			if p == "ipv6-icmp" {
+				opt = "--icmpv6-type"
+			}
+			for _, t := range m.ICMPTypes {
+				out = append(out, join(pm, fmt.Sprintf("%s %d", opt, t)))
+			}
+		default:
+			out = append(out, join(pm, portMatch(m.SPorts, "sport"), portMatch(m.DPorts, "dport")))
+		}
+	}
+	return out
+}
+
+// portMatch writes a port match: --dport for one port or range, multiport
+// for a list.
+func portMatch(ps policy.Ports, dir string) string {
+	if len(ps) == 0 {
+		return ""
+	}
+	items := make([]string, len(ps))
+	for i, r := range ps {
+		if r.First == r.Last {
+			items[i] = strconv.Itoa(int(r.First))
+		} else {
+			items[i] = fmt.Sprintf("%d:%d", r.First, r.Last)
+		}
+	}
+	if len(ps) == 1 {
+		return "--" + dir + " " + items[0]
+	}
+	return "-m multiport --" + dir + "s " + strings.Join(items, ",")
+}
+
+func prefixList(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func join(parts ...string) string {
+	var out []string
+	for _, p := range parts {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// quote writes a string as iptables-restore reads a quoted argument. Tags
+// and log prefixes never hold quotes (the parser refuses them in comments).
+func quote(s string) string { return `"` + s + `"` }
+
+// RenderSets writes the ipset restore input that loads the sets of rs:
+// each set is filled under a temporary name and swapped in, so a lookup
+// never sees a half-filled set. existing names the ipsets already there.
+func RenderSets(rs *ruleset.Ruleset, existing map[string]bool) string {
+	var b strings.Builder
+	for _, s := range rs.Sets {
+		family := "inet"
+		if s.Family == policy.FamilyV6 {
+			family = "inet6"
+		}
+		prefixes := s.Prefixes()
+		maxelem := 65536
+		for maxelem < 2*len(prefixes) {
+			maxelem *= 2
+		}
+		name, tmp := IPSetName(s.Name), tmpSetName(s.Name)
+		opts := fmt.Sprintf("hash:net family %s maxelem %d", family, maxelem)
+		if !existing[name] {
+			fmt.Fprintf(&b, "create %s %s\n", name, opts)
+		}
+		if existing[tmp] {
+			fmt.Fprintf(&b, "destroy %s\n", tmp)
+		}
+		fmt.Fprintf(&b, "create %s %s\n", tmp, opts)
+		for _, p := range prefixes {
+			fmt.Fprintf(&b, "add %s %s\n", tmp, p)
+		}
+		fmt.Fprintf(&b, "swap %s %s\n", tmp, name)
+		fmt.Fprintf(&b, "destroy %s\n", tmp)
+	}
+	return b.String()
+}
+
+func tmpSetName(name string) string { return "moatnew-" + name }

@@ -1,0 +1,191 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// Outcome is what a probe saw.
+type Outcome string
+
+const (
+	// Open: the TCP handshake completed, the UDP service answered, or the
+	// echo reply came back.
+	Open Outcome = "open"
+	// Refused: a TCP reset or an ICMP unreachable came back (REJECT, or no
+	// listener).
+	Refused Outcome = "refused"
+	// Timeout: nothing came back in time (DROP).
+	Timeout Outcome = "timeout"
+)
+
+// DropWait is how long a probe waits before calling a packet dropped. A
+// packet that passes crosses a veth in microseconds, so a few hundred
+// milliseconds is ample even on a loaded machine.
+const DropWait = 400 * time.Millisecond
+
+// Probe describes one connection attempt.
+type Probe struct {
+	Proto string         // "tcp", "udp" or "icmp" (ICMPv6 for IPv6 addresses)
+	Src   netip.Addr     // source address to use; zero: the kernel chooses
+	Dst   netip.AddrPort // port ignored for icmp
+	Wait  time.Duration  // zero: DropWait
+}
+
+func (p Probe) String() string {
+	src := "auto"
+	if p.Src.IsValid() {
+		src = p.Src.String()
+	}
+	if p.Proto == "icmp" {
+		return fmt.Sprintf("%s %s→%s", p.Proto, src, p.Dst.Addr())
+	}
+	return fmt.Sprintf("%s %s→%s", p.Proto, src, p.Dst)
+}
+
+// Send runs the probe from inside ns.
+func (ns *NS) Send(ctx context.Context, p Probe) (Outcome, error) {
+	if p.Wait == 0 {
+		p.Wait = DropWait
+	}
+	var out Outcome
+	var perr error
+	err := ns.Do(func() error {
+		switch p.Proto {
+		case "tcp":
+			out, perr = probeTCP(ctx, p)
+		case "udp":
+			out, perr = probeUDP(ctx, p)
+		case "icmp":
+			out, perr = probeICMP(ctx, p)
+		default:
+			perr = fmt.Errorf("unknown probe protocol %q", p.Proto)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return out, perr
+}
+
+func localAddr(network string, src netip.Addr) net.Addr {
+	if !src.IsValid() {
+		return nil
+	}
+	if network == "tcp" {
+		return &net.TCPAddr{IP: src.AsSlice()}
+	}
+	return &net.UDPAddr{IP: src.AsSlice()}
+}
+
+// classify maps a socket error to an outcome.
+func classify(err error) (Outcome, error) {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return Open, nil
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH),
+		errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return Refused, nil
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return Timeout, nil
+	}
+	return "", err
+}
+
+func probeTCP(ctx context.Context, p Probe) (Outcome, error) {
+	d := net.Dialer{Timeout: p.Wait, LocalAddr: localAddr("tcp", p.Src)}
+	c, err := d.DialContext(ctx, "tcp", p.Dst.String())
+	if err == nil {
+		c.Close()
+	}
+	return classify(err)
+}
+
+func probeUDP(ctx context.Context, p Probe) (Outcome, error) {
+	d := net.Dialer{LocalAddr: localAddr("udp", p.Src)}
+	c, err := d.DialContext(ctx, "udp", p.Dst.String())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(p.Wait)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	c.SetDeadline(deadline)
+	if _, err := c.Write([]byte("moat-probe")); err != nil {
+		return classify(err)
+	}
+	buf := make([]byte, 64)
+	_, err = c.Read(buf)
+	return classify(err)
+}
+
+func probeICMP(ctx context.Context, p Probe) (Outcome, error) {
+	dst := p.Dst.Addr()
+	network, listen := "ip4:icmp", "0.0.0.0"
+	var typ icmp.Type = ipv4.ICMPTypeEcho
+	var replyType icmp.Type = ipv4.ICMPTypeEchoReply
+	proto := 1
+	if dst.Is6() {
+		network, listen, typ, replyType, proto = "ip6:ipv6-icmp", "::", ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58
+	}
+	if p.Src.IsValid() {
+		listen = p.Src.String()
+	}
+	c, err := icmp.ListenPacket(network, listen)
+	if err != nil {
+		return "", fmt.Errorf("icmp socket: %w", err)
+	}
+	defer c.Close()
+	id := int(counter.Add(1) & 0xffff)
+	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("moat-probe")}}
+	wb, err := msg.Marshal(nil)
+	if err != nil {
+		return "", err
+	}
+	if _, err := c.WriteTo(wb, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		return classify(err)
+	}
+	deadline := time.Now().Add(p.Wait)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	c.SetReadDeadline(deadline)
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return classify(err)
+		}
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil {
+			continue
+		}
+		fromIP, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
+		if fromIP.Unmap() != dst {
+			continue
+		}
+		switch m.Type {
+		case replyType:
+			if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id {
+				return Open, nil
+			}
+		case ipv4.ICMPTypeDestinationUnreachable, ipv6.ICMPTypeDestinationUnreachable:
+			return Refused, nil
+		}
+	}
+}

@@ -1,0 +1,108 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+)
+
+// Services are listeners running in a namespace.
+type Services struct {
+	mu      sync.Mutex
+	closers []func() error
+	wg      sync.WaitGroup
+}
+
+// Close stops every listener and waits for their goroutines.
+func (s *Services) Close() error {
+	s.mu.Lock()
+	closers := s.closers
+	s.closers = nil
+	s.mu.Unlock()
+	var errs []error
+	for _, c := range closers {
+		if err := c(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// ServeTCP listens on every address of the namespace (both families) on
+// port, and answers each connection with a short banner.
+func (s *Services) ServeTCP(ns *NS, port uint16) error {
+	var l net.Listener
+	err := ns.Do(func() error {
+		var err error
+		l, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("listen tcp/%d in %s: %w", port, ns.Name, err)
+	}
+	s.add(l.Close)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("moat lab\n"))
+			c.Close()
+		}
+	}()
+	return nil
+}
+
+// ServeUDP answers every datagram on port (both families) with an echo.
+func (s *Services) ServeUDP(ns *NS, port uint16) error {
+	var pc net.PacketConn
+	err := ns.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", fmt.Sprintf("[::]:%d", port))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("listen udp/%d in %s: %w", port, ns.Name, err)
+	}
+	s.add(pc.Close)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	return nil
+}
+
+func (s *Services) add(c func() error) {
+	s.mu.Lock()
+	s.closers = append(s.closers, c)
+	s.mu.Unlock()
+}
+
+// ServeAll starts TCP and UDP listeners on each port.
+func (s *Services) ServeAll(ctx context.Context, ns *NS, tcp, udp []uint16) error {
+	for _, p := range tcp {
+		if err := s.ServeTCP(ns, p); err != nil {
+			return err
+		}
+	}
+	for _, p := range udp {
+		if err := s.ServeUDP(ns, p); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
