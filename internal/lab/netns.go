@@ -51,6 +51,15 @@ func NewNS(name string) (*NS, error) {
 	if err != nil {
 		return nil, err
 	}
+	// No duplicate address detection on links made later: a router whose
+	// link-local address is still tentative cannot send the neighbour
+	// solicitations that forwarding needs, for a second or more.
+	for _, key := range []string{"net/ipv6/conf/default/accept_dad", "net/ipv6/conf/all/accept_dad"} {
+		if err := ns.Sysctl(key, "0"); err != nil {
+			ns.Close()
+			return nil, err
+		}
+	}
 	if err := ns.linkUp("lo"); err != nil {
 		ns.Close()
 		return nil, err

@@ -38,6 +38,7 @@ const DropWait = 400 * time.Millisecond
 type Probe struct {
 	Proto string         // "tcp", "udp" or "icmp" (ICMPv6 for IPv6 addresses)
 	Src   netip.Addr     // source address to use; zero: the kernel chooses
+	SPort uint16         // source port to use; zero: the kernel chooses
 	Dst   netip.AddrPort // port ignored for icmp
 	Wait  time.Duration  // zero: DropWait
 }
@@ -79,14 +80,18 @@ func (ns *NS) Send(ctx context.Context, p Probe) (Outcome, error) {
 	return out, perr
 }
 
-func localAddr(network string, src netip.Addr) net.Addr {
-	if !src.IsValid() {
+func localAddr(network string, src netip.Addr, port uint16) net.Addr {
+	if !src.IsValid() && port == 0 {
 		return nil
 	}
-	if network == "tcp" {
-		return &net.TCPAddr{IP: src.AsSlice()}
+	var ip net.IP
+	if src.IsValid() {
+		ip = src.AsSlice()
 	}
-	return &net.UDPAddr{IP: src.AsSlice()}
+	if network == "tcp" {
+		return &net.TCPAddr{IP: ip, Port: int(port)}
+	}
+	return &net.UDPAddr{IP: ip, Port: int(port)}
 }
 
 // classify maps a socket error to an outcome.
@@ -96,8 +101,12 @@ func classify(err error) (Outcome, error) {
 	case err == nil:
 		return Open, nil
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH),
-		errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		errors.Is(err, syscall.ENETUNREACH):
 		return Refused, nil
+	case errors.Is(err, syscall.EPERM):
+		// A packet this host sends that its own firewall drops fails
+		// with EPERM: it never left, as good as unanswered.
+		return Timeout, nil
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():
 		return Timeout, nil
@@ -106,7 +115,7 @@ func classify(err error) (Outcome, error) {
 }
 
 func probeTCP(ctx context.Context, p Probe) (Outcome, error) {
-	d := net.Dialer{Timeout: p.Wait, LocalAddr: localAddr("tcp", p.Src)}
+	d := net.Dialer{Timeout: p.Wait, LocalAddr: localAddr("tcp", p.Src, p.SPort)}
 	c, err := d.DialContext(ctx, "tcp", p.Dst.String())
 	if err == nil {
 		c.Close()
@@ -115,7 +124,7 @@ func probeTCP(ctx context.Context, p Probe) (Outcome, error) {
 }
 
 func probeUDP(ctx context.Context, p Probe) (Outcome, error) {
-	d := net.Dialer{LocalAddr: localAddr("udp", p.Src)}
+	d := net.Dialer{LocalAddr: localAddr("udp", p.Src, p.SPort)}
 	c, err := d.DialContext(ctx, "udp", p.Dst.String())
 	if err != nil {
 		return "", err
@@ -126,9 +135,11 @@ func probeUDP(ctx context.Context, p Probe) (Outcome, error) {
 		deadline = dl
 	}
 	c.SetDeadline(deadline)
-	if _, err := c.Write([]byte("moat-probe")); err != nil {
+	if _, err := c.Write([]byte("moat-probe")); err != nil && !errors.Is(err, syscall.EPERM) {
 		return classify(err)
 	}
+	// EPERM: this host's firewall stopped the datagram. If it rejected it,
+	// an ICMP error reaches the socket next; if it dropped it, nothing.
 	buf := make([]byte, 64)
 	_, err = c.Read(buf)
 	return classify(err)
@@ -157,7 +168,7 @@ func probeICMP(ctx context.Context, p Probe) (Outcome, error) {
 	if err != nil {
 		return "", err
 	}
-	if _, err := c.WriteTo(wb, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+	if _, err := c.WriteTo(wb, &net.IPAddr{IP: dst.AsSlice()}); err != nil && !errors.Is(err, syscall.EPERM) {
 		return classify(err)
 	}
 	deadline := time.Now().Add(p.Wait)
@@ -185,7 +196,32 @@ func probeICMP(ctx context.Context, p Probe) (Outcome, error) {
 				return Open, nil
 			}
 		case ipv4.ICMPTypeDestinationUnreachable, ipv6.ICMPTypeDestinationUnreachable:
-			return Refused, nil
+			if u, ok := m.Body.(*icmp.DstUnreach); ok && quotesEcho(u.Data, dst.Is6(), id) {
+				return Refused, nil
+			}
 		}
 	}
+}
+
+// quotesEcho reports whether an ICMP error quotes our echo request (the
+// raw socket sees every ICMP message, also errors for other probes).
+func quotesEcho(data []byte, v6 bool, id int) bool {
+	var icmpStart int
+	var echoType byte
+	if v6 {
+		if len(data) < 40 || data[6] != 58 {
+			return false
+		}
+		icmpStart, echoType = 40, 128
+	} else {
+		if len(data) < 20 || data[9] != 1 {
+			return false
+		}
+		icmpStart, echoType = int(data[0]&0x0f)*4, 8
+	}
+	if len(data) < icmpStart+6 {
+		return false
+	}
+	h := data[icmpStart:]
+	return h[0] == echoType && int(h[4])<<8|int(h[5]) == id
 }

@@ -56,6 +56,15 @@ func NewTopology(prefix string, withBackend bool) (_ *Topology, err error) {
 	if t.Client, err = NewNS(UniqueName(prefix + "-cli")); err != nil {
 		return nil, err
 	}
+	if withBackend {
+		// Forwarding is switched on before any link exists: flipping it
+		// later resets IPv6 state on the links already up.
+		for _, key := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv6/conf/default/forwarding"} {
+			if err = t.Server.Sysctl(key, "1"); err != nil {
+				return nil, err
+			}
+		}
+	}
 	clientAddrs := []netip.Prefix{netip.PrefixFrom(ClientV4, 24), netip.PrefixFrom(ClientV6, 64)}
 	for _, a := range ClientAlt {
 		clientAddrs = append(clientAddrs, netip.PrefixFrom(a, a.BitLen()))
@@ -73,11 +82,6 @@ func NewTopology(prefix string, withBackend bool) (_ *Topology, err error) {
 	if err = link(t.Server, "eth1", []netip.Prefix{netip.PrefixFrom(RouterV4, 24), netip.PrefixFrom(RouterV6, 64)},
 		t.Backend, "eth0", []netip.Prefix{netip.PrefixFrom(BackendV4, 24), netip.PrefixFrom(BackendV6, 64)}); err != nil {
 		return nil, err
-	}
-	for _, kv := range [][2]string{{"net/ipv4/ip_forward", "1"}, {"net/ipv6/conf/all/forwarding", "1"}} {
-		if err = t.Server.Sysctl(kv[0], kv[1]); err != nil {
-			return nil, err
-		}
 	}
 	if err = defaultRoutes(t.Client, ServerV4, ServerV6); err != nil {
 		return nil, err

@@ -1,0 +1,232 @@
+// Package e2e proves moat's behaviour with real packets: each test builds
+// its own network namespaces, applies a policy in the server namespace with
+// the real moat binary, and sends traffic from the client (and, for routed
+// traffic, a backend behind the server).
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/lab"
+)
+
+var moatBin string
+
+var backends = []string{"nftables", "iptables"}
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() != 0 {
+			if os.Getenv("CI") != "" {
+				fmt.Fprintln(os.Stderr, "e2e: CI must run these tests as root")
+				return 1
+			}
+			fmt.Fprintln(os.Stderr, "e2e: skipped, needs root for network namespaces")
+			return 0
+		}
+		dir, err := os.MkdirTemp("", "moat-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		moatBin = filepath.Join(dir, "moat")
+		build := exec.Command("go", "build", "-o", moatBin, "../cmd/moat")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: build moat:", err)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// Ports the hosts listen on.
+var (
+	serverTCP  = []uint16{22, 25, 53, 80, 113, 443, 2222, 5432, 6000, 6003, 6007, 8080}
+	serverUDP  = []uint16{53, 123, 6000, 6007}
+	clientTCP  = []uint16{25, 80}
+	clientUDP  = []uint16{53}
+	backendTCP = []uint16{80, 443}
+	backendUDP = []uint16{53}
+)
+
+// env is one test's namespaces, listeners and policy file.
+type env struct {
+	t       *testing.T
+	topo    *lab.Topology
+	dir     string
+	conf    string
+	backend string
+}
+
+func newEnv(t *testing.T, backend string, routed bool) *env {
+	t.Helper()
+	topo, err := lab.NewTopology("moate2e", routed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	svc := &lab.Services{}
+	t.Cleanup(func() { svc.Close() })
+	ctx := context.Background()
+	if err := svc.ServeAll(ctx, topo.Server, serverTCP, serverUDP); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.ServeAll(ctx, topo.Client, clientTCP, clientUDP); err != nil {
+		t.Fatal(err)
+	}
+	if routed {
+		if err := svc.ServeAll(ctx, topo.Backend, backendTCP, backendUDP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	return &env{t: t, topo: topo, dir: dir, conf: filepath.Join(dir, "moat.conf"), backend: backend}
+}
+
+// moat runs the moat binary in the server namespace.
+func (e *env) moat(args ...string) (string, error) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full := append([]string{"--config", e.conf, "--backend", e.backend}, args...)
+	out, err := e.topo.Server.Run(ctx, moatBin, full...)
+	return string(out), err
+}
+
+func (e *env) mustMoat(args ...string) string {
+	e.t.Helper()
+	out, err := e.moat(args...)
+	if err != nil {
+		e.t.Fatalf("moat %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// apply writes the policy file and enables it.
+func (e *env) apply(policy string) {
+	e.t.Helper()
+	if err := os.WriteFile(e.conf, []byte(policy), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	e.mustMoat("enable")
+}
+
+// ns names a host of the topology.
+func (e *env) ns(name string) *lab.NS {
+	switch name {
+	case "client":
+		return e.topo.Client
+	case "server":
+		return e.topo.Server
+	case "backend":
+		return e.topo.Backend
+	}
+	e.t.Fatalf("unknown host %q", name)
+	return nil
+}
+
+// parseProbe reads "HOST[/SRC[:SPORT]] PROTO DST[:PORT] EXPECT", e.g.
+// "client tcp 192.0.2.1:22 open", "client/192.0.2.3 udp [2001:db8::1]:53 timeout",
+// "client/192.0.2.2:1500 tcp 192.0.2.1:80 open", "server icmp 2001:db8::2 open".
+func (e *env) parseProbe(spec string) lab.Check {
+	e.t.Helper()
+	f := strings.Fields(spec)
+	if len(f) != 4 {
+		e.t.Fatalf("bad probe %q", spec)
+	}
+	host, src, _ := strings.Cut(f[0], "/")
+	c := lab.Check{Name: spec, From: e.ns(host), Expect: lab.Outcome(f[3])}
+	c.Probe.Proto = f[1]
+	if src != "" {
+		if ap, err := netip.ParseAddrPort(src); err == nil {
+			c.Probe.Src, c.Probe.SPort = ap.Addr(), ap.Port()
+		} else {
+			c.Probe.Src = netip.MustParseAddr(src)
+		}
+	}
+	if ap, err := netip.ParseAddrPort(f[2]); err == nil {
+		c.Probe.Dst = ap
+	} else {
+		c.Probe.Dst = netip.AddrPortFrom(netip.MustParseAddr(f[2]), 0)
+	}
+	return c
+}
+
+// expect sends the probes (at once, or one after another when seq) and
+// fails the test for every outcome that differs.
+func (e *env) expect(seq bool, specs ...string) {
+	e.t.Helper()
+	var checks []lab.Check
+	for _, s := range specs {
+		checks = append(checks, e.parseProbe(s))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var results []lab.Result
+	if seq {
+		for _, c := range checks {
+			results = append(results, lab.RunChecks(ctx, []lab.Check{c})...)
+		}
+	} else {
+		results = lab.RunChecks(ctx, checks)
+	}
+	for _, r := range results {
+		if !r.OK() {
+			e.t.Errorf("%s [%s]: observed %s (err %v)", r.Name, e.backend, r.Observed, r.Err)
+		}
+	}
+}
+
+// counter returns the packets counted for a status rule number (0: the
+// incoming default), read from `moat status --json`.
+func (e *env) counter(rule int) uint64 {
+	e.t.Helper()
+	var st struct {
+		Rules []struct {
+			Number  int    `json:"number"`
+			Packets uint64 `json:"packets"`
+		} `json:"rules"`
+		Defaults map[string]struct {
+			Packets uint64 `json:"packets"`
+		} `json:"defaults"`
+	}
+	out := e.mustMoat("status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		e.t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if rule == 0 {
+		return st.Defaults["incoming"].Packets
+	}
+	for _, r := range st.Rules {
+		if r.Number == rule {
+			return r.Packets
+		}
+	}
+	e.t.Fatalf("no rule %d in status:\n%s", rule, out)
+	return 0
+}
+
+func requireBackend(t *testing.T, name string) {
+	t.Helper()
+	for _, prog := range map[string][]string{"nftables": {"nft"}, "iptables": {"iptables-restore", "ip6tables-restore", "ipset"}}[name] {
+		if _, err := exec.LookPath(prog); err != nil {
+			t.Fatalf("%s backend: %s is not installed", name, prog)
+		}
+	}
+}
