@@ -46,10 +46,6 @@ func Render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool) st
 		}
 		def := ruleset.Rule{Verdict: c.Default, Origin: c.DefaultOrigin}
 		for _, line := range RuleLines(&def, fam) {
-			// A default of accept returns to the built-in chain, so the
-			// rules other tools put there still decide, as they do beside
-			// moat's nftables table.
-			line = strings.Replace(line, "-j ACCEPT", "-j RETURN", 1)
 			fmt.Fprintf(&b, "-A %s %s\n", chain, line)
 		}
 	}
@@ -61,6 +57,13 @@ func Render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool) st
 	b.WriteString("COMMIT\n")
 	return b.String()
 }
+
+// acceptTarget: moat's accept returns to the built-in chain, so rules other
+// tools put there still decide, exactly as an accept in moat's nftables
+// table lets other tables see the packet. Both backends then give the same
+// verdict: moat refuses what its policy refuses and adds no exceptions to
+// other tools' refusals.
+const acceptTarget = "-j RETURN"
 
 // RuleLines renders one neutral rule as iptables rule arguments for one
 // family (none if the rule is for the other family). One neutral rule can
@@ -82,12 +85,12 @@ func RuleLines(r *ruleset.Rule, fam policy.Family) []string {
 			over := fmt.Sprintf("-m conntrack --ctstate NEW -m hashlimit --hashlimit-above %d/%s --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name %s --hashlimit-htable-expire %d",
 				n, unitAbbrev(unit), r.Limit.Burst, name, 2*r.Limit.Seconds*1000)
 			out = append(out, join(m, over, comment, rejectTarget(m)))
-			out = append(out, join(m, comment, "-j ACCEPT"))
+			out = append(out, join(m, comment, acceptTarget))
 			continue
 		}
 		switch r.Verdict {
 		case ruleset.Accept:
-			out = append(out, join(m, comment, "-j ACCEPT"))
+			out = append(out, join(m, comment, acceptTarget))
 		case ruleset.Drop:
 			out = append(out, join(m, comment, "-j DROP"))
 		case ruleset.Reject:

@@ -106,3 +106,57 @@ func (s *Services) ServeAll(ctx context.Context, ns *NS, tcp, udp []uint16) erro
 	}
 	return ctx.Err()
 }
+
+// ServeEcho listens on port (both families) and echoes what each
+// connection sends until it closes: a long-lived flow for tests.
+func (s *Services) ServeEcho(ns *NS, port uint16) error {
+	var l net.Listener
+	err := ns.Do(func() error {
+		var err error
+		l, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("listen tcp/%d in %s: %w", port, ns.Name, err)
+	}
+	s.add(l.Close)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.add(c.Close)
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer c.Close()
+				buf := make([]byte, 512)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := c.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return nil
+}
+
+// Dial opens a TCP connection from inside ns.
+func (ns *NS) Dial(ctx context.Context, dst string) (net.Conn, error) {
+	var c net.Conn
+	err := ns.Do(func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, "tcp", dst)
+		return err
+	})
+	return c, err
+}
