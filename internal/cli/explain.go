@@ -115,7 +115,7 @@ func parsePacket(args []string) (ruleset.Packet, error) {
 		i++
 	}
 	if i >= len(args) {
-		return p, fmt.Errorf("missing protocol: expected tcp, udp, icmp, ipv6-icmp, ...")
+		return p, fmt.Errorf("missing protocol: expected tcp, udp, icmp, ipv6-icmp, esp, ah or gre")
 	}
 	p.Proto = strings.ToLower(args[i])
 	if p.Proto == "icmpv6" {

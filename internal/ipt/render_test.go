@@ -1,0 +1,139 @@
+package ipt
+
+import (
+	"context"
+	"flag"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// The same policy as the nftables golden test, so the two renderings can
+// be read side by side.
+func goldenRuleset(t *testing.T) *ruleset.Ruleset {
+	data, err := os.ReadFile("../nft/testdata/golden.policy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := policy.ParseServices([]byte("auth 113/tcp\n"))
+	p, err := policy.NewDocument("moat.conf", data).Policy(svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ruleset.Compile(p)
+}
+
+func TestGoldenScript(t *testing.T) {
+	got, err := New().Script(goldenRuleset(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const file = "testdata/golden.ipt"
+	if *update {
+		if err := os.WriteFile(file, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("script differs from %s (go test -update to accept):\n%s", file, got)
+	}
+}
+
+// call is one program run seen through the Runner seam.
+type call struct {
+	args  string
+	stdin string
+}
+
+type fakeHost struct {
+	calls []call
+	save  map[string]string
+	sets  string
+}
+
+func (f *fakeHost) run(_ context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+	f.calls = append(f.calls, call{name + " " + strings.Join(args, " "), string(stdin)})
+	switch name {
+	case "iptables-save", "ip6tables-save":
+		return []byte(f.save[name]), nil
+	case "ipset":
+		if len(args) > 0 && args[0] == "list" {
+			return []byte(f.sets), nil
+		}
+	}
+	return nil, nil
+}
+
+// Apply runs one restore per family and no per-rule commands, adds the
+// jumps only where missing, and removes only moat's stale ipsets.
+func TestApplyCommands(t *testing.T) {
+	host := &fakeHost{
+		save: map[string]string{
+			"iptables-save":  "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A INPUT -j DOCKER-USER\nCOMMIT\n",
+			"ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n",
+		},
+		sets: "moat-input_deny_src4_1\nmoat-input_old_9\ndocker-set\n",
+	}
+	b := &Backend{Run: host.run}
+	if err := b.Apply(context.Background(), goldenRuleset(t)); err != nil {
+		t.Fatal(err)
+	}
+	var cmds []string
+	for _, c := range host.calls {
+		cmds = append(cmds, c.args)
+	}
+	want := []string{
+		"iptables-save -t filter", "ip6tables-save -t filter", "ipset list -n",
+		"ipset restore",
+		"iptables-restore -w 5 --noflush", "ip6tables-restore -w 5 --noflush",
+		"ipset restore",
+	}
+	if strings.Join(cmds, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("commands:\n%s\nwant:\n%s", strings.Join(cmds, "\n"), strings.Join(want, "\n"))
+	}
+	v4, v6 := host.calls[4].stdin, host.calls[5].stdin
+	if strings.Contains(v4, "-I INPUT 1 -j MOAT-INPUT") || !strings.Contains(v4, "-I OUTPUT 1 -j MOAT-OUTPUT") {
+		t.Errorf("IPv4 jumps wrong (INPUT has one already):\n%s", v4)
+	}
+	if !strings.Contains(v6, "-I INPUT 1 -j MOAT-INPUT") {
+		t.Errorf("IPv6 jump missing:\n%s", v6)
+	}
+	if strings.Contains(v6, "203.0.113") || strings.Contains(v4, "2001:db8") {
+		t.Errorf("a family got the other's addresses")
+	}
+	sets := host.calls[3].stdin
+	if strings.Contains(sets, "create moat-input_deny_src4_1 ") || !strings.Contains(sets, "swap moatnew-input_deny_src4_1 moat-input_deny_src4_1") {
+		t.Errorf("set load:\n%s", sets)
+	}
+	if got := host.calls[6].stdin; got != "destroy moat-input_old_9\n" {
+		t.Errorf("stale sets: %q (docker-set must stay)", got)
+	}
+}
+
+func TestCounters(t *testing.T) {
+	out := map[string]ruleset.Counter{}
+	data := []byte(`*filter
+:INPUT ACCEPT [10:600]
+[5:300] -A INPUT -j MOAT-INPUT
+[3:180] -A MOAT-INPUT -p tcp -m tcp --dport 22 -m comment --comment "L6 admins" -j RETURN
+[1:60] -A MOAT-INPUT -p tcp -m tcp --dport 8080 -m comment --comment L13 -j LOG --log-prefix "[moat L13 allow] "
+[1:60] -A MOAT-INPUT -p tcp -m tcp --dport 8080 -m comment --comment L13 -j RETURN
+[2:120] -A MOAT-INPUT -m comment --comment default:input -j DROP
+COMMIT
+`)
+	if err := addCounters(out, data); err != nil {
+		t.Fatal(err)
+	}
+	if out["L6"].Packets != 3 || out["L13"].Packets != 1 || out["default:input"].Bytes != 120 || len(out) != 3 {
+		t.Fatalf("%+v", out)
+	}
+}
