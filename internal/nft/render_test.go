@@ -11,7 +11,6 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
-
 func goldenRuleset(t *testing.T) *ruleset.Ruleset {
 	svc := policy.ParseServices([]byte("auth 113/tcp\n"))
 	data, err := os.ReadFile("testdata/golden.policy")
