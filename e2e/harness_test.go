@@ -63,7 +63,7 @@ var (
 
 // env is one test's namespaces, listeners and policy file.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	topo    *lab.Topology
 	dir     string
 	conf    string

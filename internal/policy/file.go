@@ -138,6 +138,7 @@ func ruleText(line string) string {
 // limit), each as FILE:LINE:COL: message.
 func (d *Document) Policy(svc Services) (*Policy, error) {
 	p := New()
+	p.Rules = make([]Rule, 0, len(d.Lines))
 	var errs []error
 	for i := range d.Lines {
 		st, ok, err := lineStatement(d, i, svc)

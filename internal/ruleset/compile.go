@@ -82,10 +82,10 @@ func Compile(p *policy.Policy) *Ruleset {
 	rs := &Ruleset{}
 	for _, h := range Hooks {
 		dir := dirOf[h]
-		var user []policy.Rule
-		for _, r := range p.Rules {
-			if r.Direction == dir {
-				user = append(user, r)
+		var user []*policy.Rule
+		for i := range p.Rules {
+			if p.Rules[i].Direction == dir {
+				user = append(user, &p.Rules[i])
 			}
 		}
 		def := verdictOf[p.Defaults[dir]]
@@ -114,14 +114,14 @@ func defaultOrigin(p *policy.Policy, dir policy.Direction) Origin {
 }
 
 // ruleOrigin names a policy rule by its line.
-func ruleOrigin(r policy.Rule) Origin {
+func ruleOrigin(r *policy.Rule) Origin {
 	return Origin{ID: "L" + strconv.Itoa(r.Pos.Line), Line: r.Pos.Line, Text: r.Text}
 }
 
 // setKey says whether a rule can join an address set, and which: rules
 // that match only a source (or only a destination) address, with the same
 // action, family and side, and nothing else.
-func setKey(r policy.Rule) (key string, ok bool) {
+func setKey(r *policy.Rule) (key string, ok bool) {
 	if r.Action == policy.Limit || r.Proto != "any" || len(r.FromPort) > 0 || len(r.ToPort) > 0 ||
 		r.InIface != "" || r.OutIface != "" || r.Log != policy.LogNone {
 		return "", false
@@ -145,7 +145,7 @@ func setKey(r policy.Rule) (key string, ok bool) {
 // address-only rules with the same action become one set lookup per
 // family, so per-packet cost does not grow with their number; order is
 // kept, since only neighbours are merged.
-func compileRules(rs *Ruleset, h Hook, rules []policy.Rule) []Rule {
+func compileRules(rs *Ruleset, h Hook, rules []*policy.Rule) []Rule {
 	var out []Rule
 	for i := 0; i < len(rules); {
 		key, ok := setKey(rules[i])
@@ -169,7 +169,7 @@ func compileRules(rs *Ruleset, h Hook, rules []policy.Rule) []Rule {
 	return out
 }
 
-func compileSetRules(rs *Ruleset, h Hook, key string, group []policy.Rule) []Rule {
+func compileSetRules(rs *Ruleset, h Hook, key string, group []*policy.Rule) []Rule {
 	var out []Rule
 	for _, fam := range []policy.Family{policy.FamilyV4, policy.FamilyV6} {
 		suffix := "4"
@@ -177,6 +177,7 @@ func compileSetRules(rs *Ruleset, h Hook, key string, group []policy.Rule) []Rul
 			suffix = "6"
 		}
 		set := &Set{Name: fmt.Sprintf("%s_%s%s_%d", h, key, suffix, len(rs.Sets)+1), Family: fam}
+		set.Entries = make([]SetEntry, 0, len(group))
 		for _, r := range group {
 			addr := r.From
 			if !addr.IsValid() {
@@ -208,7 +209,7 @@ func compileSetRules(rs *Ruleset, h Hook, key string, group []policy.Rule) []Rul
 }
 
 // compileRule turns one policy rule into kernel-neutral rules.
-func compileRule(r policy.Rule) []Rule {
+func compileRule(r *policy.Rule) []Rule {
 	m := Match{Family: r.Family, InIface: r.InIface, OutIface: r.OutIface, SPorts: r.FromPort, DPorts: r.ToPort}
 	switch {
 	case r.Proto != "any":
