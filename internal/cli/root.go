@@ -161,9 +161,13 @@ func (a *app) backendFor(p *policy.Policy) (backend.Backend, error) {
 }
 
 // activeBackend returns the backend whose moat rules are loaded, if any.
+// When no backend can even be asked (no root, no tools), that is an error,
+// not "inactive".
 func (a *app) activeBackend(ctx context.Context) (backend.Backend, error) {
+	var unusable []error
 	for _, b := range backend.All() {
-		if b.Available() != nil {
+		if err := b.Available(); err != nil {
+			unusable = append(unusable, err)
 			continue
 		}
 		ok, err := b.Active(ctx)
@@ -173,6 +177,12 @@ func (a *app) activeBackend(ctx context.Context) (backend.Backend, error) {
 		if ok {
 			return b, nil
 		}
+	}
+	if len(unusable) == len(backend.All()) {
+		if os.Geteuid() != 0 {
+			unusable = append([]error{errors.New("moat needs root to read or change the firewall")}, unusable...)
+		}
+		return nil, errors.Join(unusable...)
 	}
 	return nil, nil
 }
