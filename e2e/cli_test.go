@@ -209,7 +209,7 @@ func TestIPNetnsExec(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "nftables", false)
 	writeFile(t, e.conf, "allow 80/tcp\n")
-	out, err := exec.CommandContext(context.Background(), "ip", "netns", "exec", e.topo.Server.Name, moatBin, "--config", e.conf, "enable").CombinedOutput()
+	out, err := exec.CommandContext(context.Background(), "ip", "netns", "exec", e.topo.Server.Name, moatBin, "--config", e.conf, "--state-dir", e.stateDir(), "enable").CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}

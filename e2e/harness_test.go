@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		moatBin = filepath.Join(dir, "moat")
+		// Every moat the tests start keeps its state here, never in the
+		// host's /var/lib/moat (tests that need their own pass --state-dir).
+		os.Setenv("MOAT_STATE_DIR", filepath.Join(dir, "state"))
 		build := exec.Command("go", "build", "-o", moatBin, "../cmd/moat")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
@@ -104,10 +107,13 @@ func (e *env) moat(args ...string) (string, error) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	full := append([]string{"--config", e.conf, "--backend", e.backend}, args...)
+	full := append([]string{"--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir()}, args...)
 	out, err := e.topo.Server.Run(ctx, moatBin, full...)
 	return string(out), err
 }
+
+// stateDir keeps each test's saved ruleset and pending confirmation apart.
+func (e *env) stateDir() string { return filepath.Join(e.dir, "state") }
 
 func (e *env) mustMoat(args ...string) string {
 	e.t.Helper()

@@ -31,6 +31,10 @@ type Backend interface {
 	Remove(ctx context.Context) error
 	// Counters are the kernel's counters by origin ID.
 	Counters(ctx context.Context) (map[string]ruleset.Counter, error)
+	// Snapshot captures everything moat owns (nil: nothing); Restore makes
+	// moat's state exactly a snapshot again, set contents included.
+	Snapshot(ctx context.Context) ([]byte, error)
+	Restore(ctx context.Context, snap []byte) error
 }
 
 // ForName returns the backend with that name; "auto" detects it.

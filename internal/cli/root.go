@@ -10,12 +10,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/safeapply"
 )
 
 // Version is set at build time (-ldflags "-X .../cli.Version=...").
@@ -25,10 +27,13 @@ var Version = "dev"
 type app struct {
 	config  string
 	backend string
-	dryRun  bool
-	json    bool
-	force   bool
-	verbose bool
+	dryRun   bool
+	json     bool
+	force    bool
+	verbose  bool
+	stateDir string
+	confirm  time.Duration
+	noWait   bool
 
 	out, errOut io.Writer
 	log         *slog.Logger
@@ -117,12 +122,21 @@ func (a *app) rootCommand() *cobra.Command {
 	f.BoolVar(&a.dryRun, "dry-run", false, "show what would change; change nothing")
 	f.BoolVar(&a.json, "json", false, "print JSON for scripts")
 	f.BoolVarP(&a.verbose, "verbose", "v", false, "log what moat does")
+	f.BoolVarP(&a.force, "force", "f", false, "apply even if it cuts an SSH session; do not ask")
+	stateDef := os.Getenv("MOAT_STATE_DIR")
+	if stateDef == "" {
+		stateDef = safeapply.DefaultStateDir
+	}
+	f.StringVar(&a.stateDir, "state-dir", stateDef, "where moat keeps its state: saved ruleset, pending confirmation (env MOAT_STATE_DIR)")
+	f.DurationVar(&a.confirm, "confirm", 0, "apply, then roll back after this long (e.g. 60s) unless 'moat confirm' is run")
+	f.BoolVar(&a.noWait, "no-wait", false, "with --confirm: return at once instead of waiting for the confirmation")
 	root.AddGroup(&cobra.Group{ID: "rules", Title: "Rules:"}, &cobra.Group{ID: "state", Title: "Firewall:"}, &cobra.Group{ID: "inspect", Title: "Inspect:"})
 	root.AddCommand(a.ruleCommands()...)
 	root.AddCommand(a.defaultCommand(), a.insertCommand(), a.prependCommand(), a.deleteCommand())
 	root.AddCommand(a.enableCommand(), a.disableCommand(), a.reloadCommand(), a.resetCommand())
 	root.AddCommand(a.statusCommand(), a.showCommand(), a.explainCommand(), a.checkCommand())
 	root.AddCommand(a.labCommand())
+	root.AddCommand(a.initCommand(), a.confirmCommand(), a.rollbackCommand(), a.restoreCommand(), a.watchdogCommand())
 	return root
 }
 
@@ -187,19 +201,49 @@ func (a *app) activeBackend(ctx context.Context) (backend.Backend, error) {
 	return nil, nil
 }
 
-// apply compiles the policy and loads it; moat's rules in the other
-// backend, if any, are removed afterwards so only one set is live.
-func (a *app) apply(ctx context.Context, p *policy.Policy) (backend.Backend, error) {
+// applyOpts says what else an apply does.
+type applyOpts struct {
+	// policyText is the policy file's text being applied (saved for boot).
+	policyText []byte
+	// oldPolicy is the file's text before the change, for a rollback;
+	// hadPolicy is false when there was no file.
+	oldPolicy []byte
+	hadPolicy bool
+	// persist saves the policy for boot even if it was not saved before.
+	persist bool
+}
+
+// apply compiles the policy and loads it, after checking that it keeps the
+// admin's SSH sessions. With --confirm it first arms a rollback. moat's
+// rules in the other backend, if any, are removed afterwards so only one
+// set is live. When moat persists across reboots, the new policy is saved.
+func (a *app) apply(ctx context.Context, p *policy.Policy, opts applyOpts) (backend.Backend, *safeapply.Pending, error) {
 	b, err := a.backendFor(p)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := b.Available(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rs := ruleset.Compile(p)
+	if err := a.checkLockout(rs, p); err != nil {
+		return nil, nil, err
+	}
+	prev, err := a.activeBackend(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var pending *safeapply.Pending
+	if a.confirm > 0 {
+		if pending, err = a.arm(ctx, b, prev, opts); err != nil {
+			return nil, nil, err
+		}
+	}
 	if err := b.Apply(ctx, rs); err != nil {
-		return nil, fmt.Errorf("apply %s: %w", a.config, err)
+		if pending != nil {
+			safeapply.Disarm(a.stateDir)
+		}
+		return nil, nil, fmt.Errorf("apply %s: %w", a.config, err)
 	}
 	a.log.Info("applied", "backend", b.Name(), "rules", len(p.Rules))
 	for _, other := range backend.All() {
@@ -208,11 +252,16 @@ func (a *app) apply(ctx context.Context, p *policy.Policy) (backend.Backend, err
 		}
 		if ok, err := other.Active(ctx); err == nil && ok {
 			if err := other.Remove(ctx); err != nil {
-				return b, fmt.Errorf("remove moat's %s rules after switching to %s: %w", other.Name(), b.Name(), err)
+				return b, pending, fmt.Errorf("remove moat's %s rules after switching to %s: %w", other.Name(), b.Name(), err)
 			}
 		}
 	}
-	return b, nil
+	if pending == nil && (opts.persist || safeapply.Enabled(a.stateDir)) {
+		if err := safeapply.Save(a.stateDir, safeapply.Saved{Backend: b.Name(), Policy: string(opts.policyText), Source: a.config}); err != nil {
+			return b, nil, err
+		}
+	}
+	return b, pending, nil
 }
 
 func (a *app) printJSON(v any) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/safeapply"
 )
 
 var ruleHelp = map[string]string{
@@ -142,8 +143,15 @@ func (a *app) commit(ctx context.Context, doc *policy.Document, done string) err
 	if err != nil {
 		return err
 	}
+	var pending *safeapply.Pending
 	if active != nil {
-		if _, err := a.apply(ctx, p); err != nil {
+		old, err := policy.ReadDocument(doc.Name)
+		if err != nil {
+			return err
+		}
+		_, statErr := os.Stat(doc.Name)
+		opts := applyOpts{policyText: doc.Bytes(), oldPolicy: old.Bytes(), hadPolicy: statErr == nil}
+		if _, pending, err = a.apply(ctx, p, opts); err != nil {
 			return err
 		}
 	}
@@ -154,7 +162,7 @@ func (a *app) commit(ctx context.Context, doc *policy.Document, done string) err
 	if active == nil {
 		a.printf("moat is inactive: 'moat enable' applies the policy\n")
 	}
-	return nil
+	return a.waitConfirm(ctx, pending)
 }
 
 func (a *app) deleteCommand() *cobra.Command {
@@ -245,7 +253,11 @@ and check it against the kernel without changing anything.`,
 }
 
 func (a *app) enable(ctx context.Context) error {
-	p, err := a.loadPolicy()
+	doc, err := a.loadDocument()
+	if err != nil {
+		return err
+	}
+	p, err := doc.Policy(a.services())
 	if err != nil {
 		return err
 	}
@@ -268,12 +280,16 @@ func (a *app) enable(ctx context.Context) error {
 		}
 		return nil
 	}
-	b, err := a.apply(ctx, p)
+	_, statErr := os.Stat(a.config)
+	b, pending, err := a.apply(ctx, p, applyOpts{policyText: doc.Bytes(), oldPolicy: doc.Bytes(), hadPolicy: statErr == nil, persist: true})
 	if err != nil {
 		return err
 	}
 	a.printf("moat is active (%s): %d rules from %s\n", b.Name(), len(p.Rules), a.config)
-	return nil
+	if pending == nil {
+		a.installBootHook(ctx)
+	}
+	return a.waitConfirm(ctx, pending)
 }
 
 func (a *app) reloadCommand() *cobra.Command {
@@ -307,18 +323,22 @@ func (a *app) disableCommand() *cobra.Command {
 				a.printf("would remove moat's rules (dry run: nothing changed)\n")
 				return nil
 			}
-			if err := removeAll(cmd.Context()); err != nil {
+			if err := a.removeAll(cmd.Context()); err != nil {
 				return err
 			}
-			a.printf("moat is inactive: its rules are removed; the policy file is kept\n")
+			a.printf("moat is inactive: its rules and boot hook are removed; the policy file is kept\n")
 			return nil
 		},
 	}
 }
 
-// removeAll removes moat's rules from every backend that has them.
-func removeAll(ctx context.Context) error {
+// removeAll removes moat's rules from every backend that has them, the
+// saved ruleset, the boot hook and any pending confirmation.
+func (a *app) removeAll(ctx context.Context) error {
 	var errs []error
+	if err := safeapply.Disarm(a.stateDir); err != nil {
+		errs = append(errs, err)
+	}
 	for _, b := range backend.All() {
 		if b.Available() != nil {
 			continue
@@ -327,6 +347,7 @@ func removeAll(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, safeapply.Forget(a.stateDir), a.removeBootHook(ctx))
 	return errors.Join(errs...)
 }
 
@@ -365,7 +386,7 @@ answers yes (needed when there is no terminal).`,
 				}
 				a.printf("Backed up %s to %s\n", a.config, backup.Name)
 			}
-			if err := removeAll(cmd.Context()); err != nil {
+			if err := a.removeAll(cmd.Context()); err != nil {
 				return err
 			}
 			empty := &policy.Document{Name: a.config, Lines: []string{"# moat policy: one rule a line, in ufw's syntax ('moat --help')"}}
@@ -376,7 +397,6 @@ answers yes (needed when there is no terminal).`,
 			return nil
 		},
 	}
-	cmd.Flags().BoolVarP(&a.force, "force", "f", false, "do not ask")
 	return cmd
 }
 

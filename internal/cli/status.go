@@ -6,11 +6,13 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/safeapply"
 )
 
 type statusRule struct {
@@ -38,8 +40,16 @@ type statusDefault struct {
 	Bytes   uint64        `json:"bytes"`
 }
 
+type statusPending struct {
+	Applied     time.Time `json:"applied"`
+	Deadline    time.Time `json:"deadline"`
+	SecondsLeft int       `json:"seconds_left"`
+}
+
 type statusReport struct {
-	Status   string                   `json:"status"`
+	Status     string         `json:"status"`
+	Persistent bool           `json:"persistent"`
+	Pending    *statusPending `json:"pending_confirmation,omitempty"`
 	Backend  string                   `json:"backend,omitempty"`
 	Config   string                   `json:"config"`
 	Defaults map[string]statusDefault `json:"defaults"`
@@ -84,7 +94,11 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := &statusReport{Status: "inactive", Config: a.config, Defaults: map[string]statusDefault{}, Rules: []statusRule{}, Builtins: []statusBuiltin{}}
+	rep := &statusReport{Status: "inactive", Config: a.config, Defaults: map[string]statusDefault{}, Rules: []statusRule{}, Builtins: []statusBuiltin{},
+		Persistent: safeapply.Enabled(a.stateDir)}
+	if pend, err := safeapply.LoadPending(a.stateDir); err == nil {
+		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(time.Until(pend.Deadline).Seconds()))}
+	}
 	b, err := a.activeBackend(cmd.Context())
 	if err != nil {
 		return nil, err
@@ -131,6 +145,10 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 
 func (a *app) printStatus(rep *statusReport, mode string) {
 	a.printf("Status: %s\n", rep.Status)
+	if rep.Pending != nil {
+		a.printf("Pending: the change applied at %s rolls back in %ds unless 'moat confirm' is run\n",
+			rep.Pending.Applied.Format(time.TimeOnly), rep.Pending.SecondsLeft)
+	}
 	if rep.Status != "active" && mode != "verbose" {
 		return
 	}
@@ -140,6 +158,11 @@ func (a *app) printStatus(rep *statusReport, mode string) {
 			a.printf("Backend: %s\n", rep.Backend)
 		}
 		a.printf("Policy: %s\n", rep.Config)
+		persist := "no ('moat enable' saves it for boot)"
+		if rep.Persistent {
+			persist = "yes (saved in " + a.stateDir + ")"
+		}
+		a.printf("Persistent: %s\n", persist)
 		a.printf("Default: %s (incoming), %s (outgoing), %s (routed)\n",
 			rep.Defaults["incoming"].Policy, rep.Defaults["outgoing"].Policy, rep.Defaults["routed"].Policy)
 	}

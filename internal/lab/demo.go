@@ -82,7 +82,7 @@ func Demo(ctx context.Context, moatPath, backend string, out io.Writer) (bool, e
 	}
 	fmt.Fprintf(out, "Lab: client %s (%s, %s) ── server %s (%s, %s)\n", topo.Client.Name, ClientV4, ClientV6, topo.Server.Name, ServerV4, ServerV6)
 	fmt.Fprintf(out, "Policy applied in the server:\n%s\n", DemoPolicy)
-	args := []string{"--config", conf}
+	args := []string{"--config", conf, "--state-dir", filepath.Join(dir, "state")}
 	if backend != "" {
 		args = append(args, "--backend", backend)
 	}

@@ -191,3 +191,39 @@ func parseCounters(data []byte) (map[string]ruleset.Counter, error) {
 	}
 	return out, nil
 }
+
+// Snapshot returns moat's table as `nft list table` prints it (set
+// elements and their timeouts included), or nil when there is none.
+func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
+	active, err := b.Active(ctx)
+	if err != nil || !active {
+		return nil, err
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "nft", "list", "table", "inet", TableName)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("nftables: snapshot table inet %s: %w: %s", TableName, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// Restore makes moat's table exactly a snapshot, in one transaction
+// (delete and recreate); an empty snapshot removes the table.
+func (b *Backend) Restore(ctx context.Context, snap []byte) error {
+	if len(bytes.TrimSpace(snap)) == 0 {
+		return b.Remove(ctx)
+	}
+	if !bytes.HasPrefix(bytes.TrimSpace(snap), []byte("table inet "+TableName+" {")) {
+		return fmt.Errorf("nftables: restore: not a snapshot of table inet %s", TableName)
+	}
+	script := "table inet " + TableName + " {}\ndelete table inet " + TableName + "\n" + string(snap)
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
+	cmd.Stdin = bytes.NewReader([]byte(script))
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("nftables: restore table inet %s: %w: %s", TableName, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return nil
+}

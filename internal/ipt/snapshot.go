@@ -1,0 +1,201 @@
+package ipt
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// A snapshot is moat's part of the host in three sections: its ipsets as
+// `ipset save` writes them, and its chains, rules and jumps per family as
+// iptables-save writes them.
+const (
+	secSets = "# moat snapshot: ipset"
+	secV4   = "# moat snapshot: ip"
+	secV6   = "# moat snapshot: ip6"
+)
+
+// Snapshot returns what moat owns, or nil when it owns nothing.
+func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
+	st, err := b.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(st.has[policy.FamilyV4]) == 0 && len(st.has[policy.FamilyV6]) == 0 && len(st.sets) == 0 {
+		return nil, nil
+	}
+	var out bytes.Buffer
+	out.WriteString(secSets + "\n")
+	for name := range st.sets {
+		if !strings.HasPrefix(name, SetPrefix) {
+			continue
+		}
+		data, err := b.Run(ctx, nil, "ipset", "save", name)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot ipset %s: %w", name, err)
+		}
+		out.Write(data)
+	}
+	for _, f := range families {
+		data, err := b.Run(ctx, nil, f.save, "-t", "filter")
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s rules: %w", f.fam, err)
+		}
+		if f.fam == policy.FamilyV4 {
+			out.WriteString(secV4 + "\n")
+		} else {
+			out.WriteString(secV6 + "\n")
+		}
+		sc := bufio.NewScanner(bytes.NewReader(data))
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.HasPrefix(line, ":MOAT-") || strings.HasPrefix(line, "-A MOAT-") || isJump(line) {
+				out.WriteString(line + "\n")
+			}
+		}
+	}
+	return out.Bytes(), nil
+}
+
+func isJump(line string) bool {
+	f := strings.Fields(line)
+	return len(f) == 4 && f[0] == "-A" && f[2] == "-j" && f[3] == "MOAT-"+f[1]
+}
+
+// Restore makes moat's part of the host exactly a snapshot: sets are
+// refilled and swapped in, each family's chains are replaced in one
+// restore, and what the snapshot lacks is removed. An empty snapshot
+// removes everything moat owns.
+func (b *Backend) Restore(ctx context.Context, snap []byte) error {
+	if len(bytes.TrimSpace(snap)) == 0 {
+		return b.Remove(ctx)
+	}
+	sections := map[string][]string{}
+	sec := ""
+	for _, line := range strings.Split(string(snap), "\n") {
+		switch line {
+		case secSets, secV4, secV6:
+			sec = line
+			continue
+		}
+		if sec == "" && strings.TrimSpace(line) != "" {
+			return fmt.Errorf("iptables restore: not a moat snapshot")
+		}
+		if line != "" {
+			sections[sec] = append(sections[sec], line)
+		}
+	}
+	st, err := b.read(ctx)
+	if err != nil {
+		return err
+	}
+	keepSets := map[string]bool{}
+	if len(sections[secSets]) > 0 {
+		script, names, err := swapSetsScript(sections[secSets], st.sets)
+		if err != nil {
+			return err
+		}
+		if _, err := b.Run(ctx, []byte(script), "ipset", "restore"); err != nil {
+			return fmt.Errorf("restore ipsets: %w", err)
+		}
+		keepSets = names
+	}
+	for _, f := range families {
+		lines := sections[secV4]
+		if f.fam == policy.FamilyV6 {
+			lines = sections[secV6]
+		}
+		var s strings.Builder
+		s.WriteString("*filter\n")
+		declared := map[string]bool{}
+		for _, l := range lines {
+			if strings.HasPrefix(l, ":MOAT-") {
+				name, _, _ := strings.Cut(l[1:], " ")
+				declared[name] = true
+				fmt.Fprintf(&s, ":%s - [0:0]\n", name)
+			}
+		}
+		for name := range st.has[f.fam] {
+			if !declared[name] {
+				fmt.Fprintf(&s, ":%s - [0:0]\n", name) // empty it, then delete below
+			}
+		}
+		for _, l := range lines {
+			if strings.HasPrefix(l, "-A MOAT-") {
+				s.WriteString(l + "\n")
+			}
+		}
+		for _, l := range lines {
+			if isJump(l) {
+				builtin := strings.Fields(l)[1]
+				if !st.jumps[f.fam][builtin] {
+					fmt.Fprintf(&s, "-I %s 1 -j MOAT-%s\n", builtin, builtin)
+				}
+			}
+		}
+		for name := range st.has[f.fam] {
+			if !declared[name] {
+				builtin := strings.TrimPrefix(name, "MOAT-")
+				if st.jumps[f.fam][builtin] {
+					fmt.Fprintf(&s, "-D %s -j %s\n", builtin, name)
+				}
+				fmt.Fprintf(&s, "-X %s\n", name)
+			}
+		}
+		s.WriteString("COMMIT\n")
+		if _, err := b.Run(ctx, []byte(s.String()), f.restore, "-w", "5", "--noflush"); err != nil {
+			return fmt.Errorf("restore %s rules: %w", f.fam, err)
+		}
+	}
+	var stale []string
+	for name := range st.sets {
+		if !keepSets[name] {
+			stale = append(stale, name)
+		}
+	}
+	return b.destroySets(ctx, stale)
+}
+
+// swapSetsScript turns `ipset save` output into a restore that fills each
+// set under a temporary name and swaps it in (or renames it, for a set
+// that does not exist now).
+func swapSetsScript(lines []string, existing map[string]bool) (string, map[string]bool, error) {
+	var s strings.Builder
+	names := map[string]bool{}
+	var order []string
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) < 2 || !strings.HasPrefix(f[1], SetPrefix) {
+			return "", nil, fmt.Errorf("iptables restore: unexpected ipset line %q", l)
+		}
+		name := f[1]
+		tmp := tmpSetName(strings.TrimPrefix(name, SetPrefix))
+		switch f[0] {
+		case "create":
+			if existing[tmp] {
+				fmt.Fprintf(&s, "destroy %s\n", tmp)
+			}
+			fmt.Fprintf(&s, "create %s %s\n", tmp, strings.Join(f[2:], " "))
+			names[name] = true
+			order = append(order, name)
+		case "add":
+			fmt.Fprintf(&s, "add %s %s\n", tmp, strings.Join(f[2:], " "))
+		default:
+			return "", nil, fmt.Errorf("iptables restore: unexpected ipset command %q", f[0])
+		}
+	}
+	for _, name := range order {
+		tmp := tmpSetName(strings.TrimPrefix(name, SetPrefix))
+		if existing[name] {
+			fmt.Fprintf(&s, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
+		} else {
+			fmt.Fprintf(&s, "rename %s %s\n", tmp, name)
+		}
+	}
+	return s.String(), names, nil
+}

@@ -1,0 +1,310 @@
+package safeapply
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Restorer puts moat's kernel state back to a snapshot.
+type Restorer interface {
+	Restore(ctx context.Context, snap []byte) error
+}
+
+// RestoreFunc adapts a function to Restorer.
+type RestoreFunc func(ctx context.Context, snap []byte) error
+
+// Restore calls f.
+func (f RestoreFunc) Restore(ctx context.Context, snap []byte) error { return f(ctx, snap) }
+
+// Pending is an applied change waiting for `moat confirm`.
+type Pending struct {
+	ID          string    `json:"id"`
+	Backend     string    `json:"backend"`
+	Deadline    time.Time `json:"deadline"`
+	Created     time.Time `json:"created"`
+	WatchdogPID int       `json:"watchdog_pid"`
+	BootID      string    `json:"boot_id"`
+	PolicyPath  string    `json:"policy_path"`
+	// HadPolicy is false when there was no policy file before the change.
+	HadPolicy bool `json:"had_policy"`
+	// PrevBackend had moat's rules before the change ("" if none).
+	PrevBackend string `json:"prev_backend"`
+	// Persist: on confirm, save the policy for boot.
+	Persist bool `json:"persist"`
+}
+
+// Outcome is how the last pending change ended.
+type Outcome struct {
+	ID      string    `json:"id"`
+	Outcome string    `json:"outcome"` // "confirmed" or "rolled back"
+	Time    time.Time `json:"time"`
+}
+
+const outcomeFile = "last-outcome.json"
+
+func writeOutcome(dir, id, outcome string) {
+	data, _ := json.Marshal(Outcome{ID: id, Outcome: outcome, Time: time.Now()})
+	writeFileAtomic(filepath.Join(dir, outcomeFile), data, 0o600)
+}
+
+// LastOutcome reads how the last pending change ended.
+func LastOutcome(dir string) (*Outcome, error) {
+	data, err := os.ReadFile(filepath.Join(dir, outcomeFile))
+	if err != nil {
+		return nil, err
+	}
+	var o Outcome
+	if err := json.Unmarshal(data, &o); err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
+
+const (
+	pendingFile  = "pending.json"
+	snapshotFile = "pending.snapshot"
+	policyFile   = "pending.policy"
+	lockFile     = "lock"
+	// LogFile is where the watchdog writes what it did.
+	LogFile = "moat.log"
+)
+
+// ErrNoPending means there is no change waiting for confirmation.
+var ErrNoPending = errors.New("no change is waiting for confirmation")
+
+func bootID() string {
+	data, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(data))
+}
+
+// lock takes the state directory's lock, so a confirm and a rollback
+// firing at the same moment cannot interleave.
+func lock(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock state: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock state: %w", err)
+	}
+	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+}
+
+// LoadPending returns the change waiting for confirmation, or ErrNoPending.
+// A pending change from an earlier boot is stale: nothing can roll it back
+// any more, and the boot loaded the saved ruleset anyway.
+func LoadPending(dir string) (*Pending, error) {
+	data, err := os.ReadFile(filepath.Join(dir, pendingFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNoPending
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read pending change: %w", err)
+	}
+	var p Pending
+	if err := json.Unmarshal(data, &p); err != nil {
+		return nil, fmt.Errorf("read pending change: %w", err)
+	}
+	if p.BootID != bootID() {
+		clearPending(dir)
+		return nil, ErrNoPending
+	}
+	return &p, nil
+}
+
+func clearPending(dir string) {
+	for _, f := range []string{pendingFile, snapshotFile, policyFile} {
+		os.Remove(filepath.Join(dir, f))
+	}
+}
+
+// writeFileAtomic writes a file by temporary file and rename.
+func writeFileAtomic(name string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), name)
+}
+
+// Arm records what to go back to (the kernel snapshot and the policy file
+// as it was) and starts a watchdog: a separate process in its own session,
+// so the terminal closing, SIGHUP, or the caller being killed do not stop
+// it. self is the moat binary; args are the global flags it needs
+// (state directory).
+func Arm(dir string, p *Pending, snapshot, oldPolicy []byte, wait time.Duration, self string, args []string) (*Pending, error) {
+	unlock, err := lock(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if old, err := LoadPending(dir); err == nil {
+		return nil, fmt.Errorf("a change applied at %s is still waiting for confirmation: run 'moat confirm' or 'moat rollback' first", old.Created.Format(time.TimeOnly))
+	}
+	idb := make([]byte, 8)
+	rand.Read(idb)
+	p.ID, p.Created, p.Deadline, p.BootID = hex.EncodeToString(idb), time.Now(), time.Now().Add(wait), bootID()
+	if err := writeFileAtomic(filepath.Join(dir, snapshotFile), snapshot, 0o600); err != nil {
+		return nil, fmt.Errorf("save snapshot: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, policyFile), oldPolicy, 0o600); err != nil {
+		return nil, fmt.Errorf("save policy: %w", err)
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("watchdog log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(self, append(append([]string{}, args...), "watchdog", p.ID)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start rollback watchdog: %w", err)
+	}
+	p.WatchdogPID = cmd.Process.Pid
+	cmd.Process.Release()
+	data, _ := json.MarshalIndent(p, "", "  ")
+	if err := writeFileAtomic(filepath.Join(dir, pendingFile), data, 0o600); err != nil {
+		syscall.Kill(p.WatchdogPID, syscall.SIGTERM)
+		return nil, fmt.Errorf("save pending change: %w", err)
+	}
+	return p, nil
+}
+
+// Confirm keeps the change: the rollback is disarmed.
+func Confirm(dir string) (*Pending, error) {
+	unlock, err := lock(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	p, err := LoadPending(dir)
+	if err != nil {
+		return nil, err
+	}
+	clearPending(dir)
+	stopWatchdog(p)
+	writeOutcome(dir, p.ID, "confirmed")
+	return p, nil
+}
+
+// Disarm drops a pending change without restoring anything (the change
+// failed to apply, or moat's rules were removed altogether).
+func Disarm(dir string) error {
+	unlock, err := lock(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	p, err := LoadPending(dir)
+	if err != nil {
+		return nil
+	}
+	clearPending(dir)
+	stopWatchdog(p)
+	return nil
+}
+
+func stopWatchdog(p *Pending) {
+	if p.WatchdogPID > 0 && p.WatchdogPID != os.Getpid() {
+		syscall.Kill(p.WatchdogPID, syscall.SIGTERM)
+	}
+}
+
+// Rollback restores the state before the pending change (kernel and policy
+// file) and disarms the watchdog. id, when set, must match the pending
+// change (the watchdog only rolls back its own).
+func Rollback(ctx context.Context, dir, id string, r Restorer, log *slog.Logger) (*Pending, error) {
+	unlock, err := lock(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	p, err := LoadPending(dir)
+	if err != nil {
+		return nil, err
+	}
+	if id != "" && p.ID != id {
+		return nil, ErrNoPending
+	}
+	snap, err := os.ReadFile(filepath.Join(dir, snapshotFile))
+	if err != nil {
+		return nil, fmt.Errorf("rollback: read snapshot: %w", err)
+	}
+	if err := r.Restore(ctx, snap); err != nil {
+		return nil, fmt.Errorf("rollback: %w", err)
+	}
+	old, err := os.ReadFile(filepath.Join(dir, policyFile))
+	if err != nil {
+		return nil, fmt.Errorf("rollback: read saved policy: %w", err)
+	}
+	if p.HadPolicy {
+		if err := writeFileAtomic(p.PolicyPath, old, 0o644); err != nil {
+			return nil, fmt.Errorf("rollback: restore %s: %w", p.PolicyPath, err)
+		}
+	} else if err := os.Remove(p.PolicyPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("rollback: remove %s: %w", p.PolicyPath, err)
+	}
+	clearPending(dir)
+	if id == "" {
+		stopWatchdog(p)
+	}
+	writeOutcome(dir, p.ID, "rolled back")
+	log.Warn("rolled back an unconfirmed change", "applied", p.Created.Format(time.RFC3339), "deadline", p.Deadline.Format(time.RFC3339), "backend", p.Backend, "policy", p.PolicyPath)
+	return p, nil
+}
+
+// Watch is the watchdog: it waits for the deadline of change id and rolls
+// it back unless it was confirmed or rolled back meanwhile.
+func Watch(ctx context.Context, dir, id string, r Restorer, log *slog.Logger) error {
+	for {
+		p, err := LoadPending(dir)
+		if err != nil || p.ID != id {
+			return nil // confirmed or rolled back: nothing to do
+		}
+		left := time.Until(p.Deadline)
+		if left <= 0 {
+			_, err := Rollback(ctx, dir, id, r, log)
+			if errors.Is(err, ErrNoPending) {
+				return nil
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(left, 200*time.Millisecond)):
+		}
+	}
+}

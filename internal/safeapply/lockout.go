@@ -1,0 +1,209 @@
+package safeapply
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// minLimitBurst: a limit that lets a source open fewer new connections at
+// once than this would refuse an admin who reconnects and copies a file.
+const minLimitBurst = 3
+
+// Problem is a session the new ruleset would cut.
+type Problem struct {
+	Session  Session
+	Decision ruleset.Decision
+	Why      string
+	Fixes    []string // moat commands that would keep the session
+}
+
+// IfaceFor names the interface packets from addr arrive on (the route back
+// to it), so rules with 'in on IFACE' are judged right.
+func IfaceFor(addr netip.Addr) string {
+	routes, err := netlink.RouteGet(net.IP(addr.AsSlice()))
+	if err != nil || len(routes) == 0 {
+		return ""
+	}
+	l, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return ""
+	}
+	return l.Attrs().Name
+}
+
+// newConnection is the packet that opens a session again: what the policy
+// must accept for the admin to reconnect. (The live flow itself rides on
+// conntrack's established state, but the next one must be let in.)
+func newConnection(s Session, iface string) ruleset.Packet {
+	return ruleset.Packet{Hook: ruleset.Input, Proto: "tcp", Src: s.Client.Addr(), Dst: s.Server.Addr(),
+		SPort: s.Client.Port(), DPort: s.Server.Port(), CTState: ruleset.CTNew, InIface: iface}
+}
+
+// CheckSessions evaluates a reconnect of every session under the new
+// ruleset. ifaceFor may be nil.
+func CheckSessions(rs *ruleset.Ruleset, p *policy.Policy, sessions []Session, ifaceFor func(netip.Addr) string) []Problem {
+	var problems []Problem
+	for _, s := range sessions {
+		iface := ""
+		if ifaceFor != nil {
+			iface = ifaceFor(s.Client.Addr())
+		}
+		d, err := rs.Evaluate(newConnection(s, iface))
+		if err != nil {
+			continue
+		}
+		var why string
+		switch {
+		case d.Verdict != ruleset.Accept:
+			why = fmt.Sprintf("would be %s by %s", verdictWord(d.Verdict), originText(d.Origin))
+		case d.Limit != nil && d.Limit.Burst < minLimitBurst:
+			why = fmt.Sprintf("is rate-limited by %s to %d new connections at once (a reconnect and a file copy need %d)",
+				originText(d.Origin), d.Limit.Burst, minLimitBurst)
+		default:
+			continue
+		}
+		problems = append(problems, Problem{Session: s, Decision: d, Why: why, Fixes: fixes(p, s, d)})
+	}
+	return problems
+}
+
+func verdictWord(v ruleset.Verdict) string {
+	switch v {
+	case ruleset.Drop:
+		return "dropped"
+	case ruleset.Reject:
+		return "rejected"
+	}
+	return string(v)
+}
+
+func originText(o ruleset.Origin) string {
+	if o.Line > 0 {
+		return fmt.Sprintf("line %d: %s", o.Line, o.Text)
+	}
+	return o.Text
+}
+
+// fixes proposes rules that keep the session: an allow placed before the
+// rule that cuts it (or at the end, when a default cuts it).
+func fixes(p *policy.Policy, s Session, d ruleset.Decision) []string {
+	port := s.Server.Port()
+	narrow := fmt.Sprintf("allow proto tcp from %s to any port %d", s.Client.Addr(), port)
+	wide := fmt.Sprintf("allow %d/tcp", port)
+	pos := 0
+	if d.Origin.Line > 0 {
+		for i, r := range p.Rules {
+			if r.Pos.Line == d.Origin.Line {
+				pos = i + 1
+				break
+			}
+		}
+	}
+	if pos > 0 {
+		return []string{fmt.Sprintf("moat insert %d %s", pos, narrow), fmt.Sprintf("moat insert %d %s", pos, wide)}
+	}
+	return []string{"moat " + wide, "moat " + narrow}
+}
+
+// LockoutError is returned when a change would cut an SSH session.
+type LockoutError struct {
+	Problems []Problem
+}
+
+func (e *LockoutError) Error() string {
+	var b strings.Builder
+	b.WriteString("refusing to apply: it would cut your SSH access\n")
+	for _, p := range e.Problems {
+		fmt.Fprintf(&b, "  session %s\n    %s\n", p.Session, p.Why)
+		if len(p.Fixes) > 0 {
+			fmt.Fprintf(&b, "    to keep it, first run: %s\n", p.Fixes[0])
+			for _, f := range p.Fixes[1:] {
+				fmt.Fprintf(&b, "                       or: %s\n", f)
+			}
+		}
+	}
+	b.WriteString("  (--force applies anyway; with --confirm 60s it is rolled back unless confirmed)")
+	return b.String()
+}
+
+// PortWarnings reports sshd ports that a new connection from anywhere could
+// no longer reach (when no session is there to protect, moat warns instead
+// of refusing: the admin may be on the console).
+func PortWarnings(rs *ruleset.Ruleset, st SSHState) []string {
+	var out []string
+	for _, l := range st.Listen {
+		dst := l.Addr()
+		src := netip.MustParseAddr("203.0.113.1")
+		if dst.Is6() {
+			src = netip.MustParseAddr("2001:db8::1")
+		}
+		if dst.IsLoopback() {
+			continue // loopback is always accepted
+		}
+		d, err := rs.Evaluate(ruleset.Packet{Hook: ruleset.Input, Proto: "tcp", Src: src, Dst: dst, SPort: 40000, DPort: l.Port(), CTState: ruleset.CTNew})
+		if err == nil && d.Verdict != ruleset.Accept {
+			out = append(out, fmt.Sprintf("new SSH connections to port %d would be %s by %s", l.Port(), verdictWord(d.Verdict), originText(d.Origin)))
+		}
+	}
+	return dedupe(out)
+}
+
+// OutgoingWarnings tells what a restrictive outgoing policy breaks: DNS to
+// the resolvers in resolvConf, and NTP.
+func OutgoingWarnings(rs *ruleset.Ruleset, resolvConf string) []string {
+	var out []string
+	var servers []netip.Addr
+	if data, err := os.ReadFile(resolvConf); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 2 && f[0] == "nameserver" {
+				if a, err := netip.ParseAddr(f[1]); err == nil && !a.IsLoopback() {
+					servers = append(servers, a.WithZone(""))
+				}
+			}
+		}
+	}
+	if len(servers) == 0 {
+		servers = []netip.Addr{netip.MustParseAddr("192.0.2.53")} // any resolver
+	}
+	for _, ns := range servers {
+		for _, proto := range []string{"udp", "tcp"} {
+			d, err := rs.Evaluate(ruleset.Packet{Hook: ruleset.Output, Proto: proto, Src: unspecified(ns), Dst: ns, SPort: 40000, DPort: 53, CTState: ruleset.CTNew})
+			if err == nil && d.Verdict != ruleset.Accept {
+				out = append(out, fmt.Sprintf("DNS (%s to %s port 53) would be %s by %s: add 'moat allow out 53'", proto, ns, verdictWord(d.Verdict), originText(d.Origin)))
+			}
+		}
+	}
+	d, err := rs.Evaluate(ruleset.Packet{Hook: ruleset.Output, Proto: "udp", Src: netip.IPv4Unspecified(), Dst: netip.MustParseAddr("192.0.2.123"), SPort: 123, DPort: 123, CTState: ruleset.CTNew})
+	if err == nil && d.Verdict != ruleset.Accept {
+		out = append(out, fmt.Sprintf("NTP (udp port 123) would be %s by %s: add 'moat allow out 123/udp'", verdictWord(d.Verdict), originText(d.Origin)))
+	}
+	return dedupe(out)
+}
+
+func unspecified(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
+}
+
+func dedupe(in []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range in {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,179 @@
+package safeapply
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/moat-fw/moat/packaging"
+)
+
+// Saved is what `moat restore` loads at boot.
+type Saved struct {
+	Backend string    `json:"backend"`
+	Policy  string    `json:"policy"` // the policy file's text as applied
+	Source  string    `json:"source"` // the policy file it came from
+	Saved   time.Time `json:"saved"`
+}
+
+const savedFile = "saved.json"
+
+// Save records the applied policy for the next boot (atomically).
+func Save(dir string, s Saved) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("save ruleset: %w", err)
+	}
+	s.Saved = time.Now().UTC()
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, savedFile), data, 0o600); err != nil {
+		return fmt.Errorf("save ruleset: %w", err)
+	}
+	return nil
+}
+
+// LoadSaved reads what Save wrote.
+func LoadSaved(dir string) (*Saved, error) {
+	data, err := os.ReadFile(filepath.Join(dir, savedFile))
+	if err != nil {
+		return nil, fmt.Errorf("read saved ruleset: %w", err)
+	}
+	var s Saved
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("read saved ruleset %s: %w", filepath.Join(dir, savedFile), err)
+	}
+	if s.Backend == "" {
+		return nil, fmt.Errorf("read saved ruleset %s: no backend", filepath.Join(dir, savedFile))
+	}
+	return &s, nil
+}
+
+// Enabled reports whether a ruleset is saved for boot.
+func Enabled(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, savedFile))
+	return err == nil
+}
+
+// Forget removes the saved ruleset.
+func Forget(dir string) error {
+	if err := os.Remove(filepath.Join(dir, savedFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove saved ruleset: %w", err)
+	}
+	return nil
+}
+
+// FailClosedPolicy is what boot loads when the saved ruleset is missing or
+// broken: nothing comes in but SSH, so the admin can still log in and fix
+// it.
+func FailClosedPolicy(sshdConfig string) string {
+	ports := SSHDConfigPorts(sshdConfig)
+	var b strings.Builder
+	b.WriteString("# moat fail-closed ruleset: the saved ruleset was missing or broken\n")
+	b.WriteString("default deny incoming\ndefault allow outgoing\n")
+	for _, p := range ports {
+		fmt.Fprintf(&b, "allow %d/tcp comment 'sshd (fail-closed)'\n", p)
+	}
+	return b.String()
+}
+
+// SSHDConfigPorts reads the Port lines of sshd_config (22 if none), for
+// boot time, when sshd is not running yet.
+func SSHDConfigPorts(path string) []uint16 {
+	data, err := os.ReadFile(path)
+	seen := map[uint16]bool{}
+	if err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 2 && strings.EqualFold(f[0], "Port") {
+				if n, err := strconv.ParseUint(f[1], 10, 16); err == nil && n > 0 {
+					seen[uint16(n)] = true
+				}
+			}
+			if len(f) >= 2 && strings.EqualFold(f[0], "ListenAddress") {
+				// ListenAddress ADDR:PORT or [ADDR]:PORT also opens a port.
+				if ap, err := netip.ParseAddrPort(f[1]); err == nil && ap.Port() > 0 {
+					seen[ap.Port()] = true
+				}
+			}
+		}
+	}
+	if len(seen) == 0 {
+		return []uint16{22}
+	}
+	var out []uint16
+	for p := range seen {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Systemd manages the boot unit. Dir is where units go
+// (/etc/systemd/system); the unit is only installed where systemd runs.
+type Systemd struct {
+	Dir string
+}
+
+const unitName = "moat.service"
+
+// Running reports whether systemd is the init system here.
+func (s Systemd) Running() bool {
+	st, err := os.Stat("/run/systemd/system")
+	return err == nil && st.IsDir()
+}
+
+// Install writes the unit with this binary's path and enables it.
+func (s Systemd) Install(ctx context.Context, self string) error {
+	unit := strings.ReplaceAll(packaging.MoatService, packaging.UnitExecPath, self)
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return fmt.Errorf("install %s: %w", unitName, err)
+	}
+	if err := writeFileAtomic(filepath.Join(s.Dir, unitName), []byte(unit), 0o644); err != nil {
+		return fmt.Errorf("install %s: %w", unitName, err)
+	}
+	for _, args := range [][]string{{"daemon-reload"}, {"enable", unitName}} {
+		if out, err := exec.CommandContext(ctx, "systemctl", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// Uninstall disables and removes the unit, if it is there.
+func (s Systemd) Uninstall(ctx context.Context) error {
+	path := filepath.Join(s.Dir, unitName)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if out, err := exec.CommandContext(ctx, "systemctl", "disable", unitName).CombinedOutput(); err != nil {
+		return fmt.Errorf("systemctl disable %s: %w: %s", unitName, err, strings.TrimSpace(string(out)))
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	exec.CommandContext(ctx, "systemctl", "daemon-reload").Run()
+	return nil
+}
+
+// DefaultStateDir is where moat keeps its state.
+const DefaultStateDir = "/var/lib/moat"
+
+// InHostNamespace reports whether this process runs in the network
+// namespace of PID 1: only then does a boot unit make sense (and tests in
+// their own namespaces never touch the host's init system).
+func InHostNamespace() bool {
+	self, err1 := os.Readlink("/proc/self/ns/net")
+	init, err2 := os.Readlink("/proc/1/ns/net")
+	return err1 == nil && err2 == nil && self == init
+}

@@ -1,0 +1,13 @@
+// Package packaging ships the files moat installs on a host.
+package packaging
+
+import _ "embed"
+
+// MoatService is the systemd unit that loads the saved ruleset at boot.
+//
+//go:embed systemd/moat.service
+var MoatService string
+
+// UnitExecPath is the moat path written in MoatService, replaced by the
+// real one when the unit is installed.
+const UnitExecPath = "/usr/local/sbin/moat"
