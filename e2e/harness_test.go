@@ -75,6 +75,23 @@ type env struct {
 
 func newEnv(t *testing.T, backend string, routed bool) *env {
 	t.Helper()
+	return newEnvPorts(t, backend, routed, serverTCP)
+}
+
+// newSSHEnv leaves ports 22 and 2222 of the server free for a real sshd.
+func newSSHEnv(t *testing.T, backend string) *env {
+	t.Helper()
+	var tcp []uint16
+	for _, p := range serverTCP {
+		if p != 22 && p != 2222 {
+			tcp = append(tcp, p)
+		}
+	}
+	return newEnvPorts(t, backend, false, tcp)
+}
+
+func newEnvPorts(t *testing.T, backend string, routed bool, tcp []uint16) *env {
+	t.Helper()
 	topo, err := lab.NewTopology("moate2e", routed)
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +104,7 @@ func newEnv(t *testing.T, backend string, routed bool) *env {
 	svc := &lab.Services{}
 	t.Cleanup(func() { svc.Close() })
 	ctx := context.Background()
-	if err := svc.ServeAll(ctx, topo.Server, serverTCP, serverUDP); err != nil {
+	if err := svc.ServeAll(ctx, topo.Server, tcp, serverUDP); err != nil {
 		t.Fatal(err)
 	}
 	if err := svc.ServeAll(ctx, topo.Client, clientTCP, clientUDP); err != nil {

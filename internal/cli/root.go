@@ -256,6 +256,9 @@ func (a *app) apply(ctx context.Context, p *policy.Policy, opts applyOpts) (back
 			}
 		}
 	}
+	if err := safeapply.RecordApplied(a.stateDir, opts.policyText); err != nil {
+		return b, pending, err
+	}
 	if pending == nil && (opts.persist || safeapply.Enabled(a.stateDir)) {
 		if err := safeapply.Save(a.stateDir, safeapply.Saved{Backend: b.Name(), Policy: string(opts.policyText), Source: a.config}); err != nil {
 			return b, nil, err

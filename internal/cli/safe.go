@@ -76,9 +76,14 @@ func (a *app) arm(ctx context.Context, next, prev backend.Backend, opts applyOpt
 	if err != nil {
 		return nil, fmt.Errorf("find the moat binary for the watchdog: %w", err)
 	}
-	p := &safeapply.Pending{Backend: next.Name(), PrevBackend: prevName, PolicyPath: a.config, HadPolicy: opts.hadPolicy,
+	// The file goes back to what is applied now, when moat knows it.
+	oldPolicy, hadPolicy := opts.oldPolicy, opts.hadPolicy
+	if applied, ok := safeapply.LastApplied(a.stateDir); ok && prev != nil {
+		oldPolicy, hadPolicy = applied, true
+	}
+	p := &safeapply.Pending{Backend: next.Name(), PrevBackend: prevName, PolicyPath: a.config, HadPolicy: hadPolicy,
 		Persist: opts.persist || safeapply.Enabled(a.stateDir)}
-	return safeapply.Arm(a.stateDir, p, snap, opts.oldPolicy, a.confirm, self, a.watchdogArgs())
+	return safeapply.Arm(a.stateDir, p, snap, oldPolicy, a.confirm, self, a.watchdogArgs())
 }
 
 // restorerFor puts back the backend that had moat's rules before the

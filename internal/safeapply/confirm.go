@@ -269,6 +269,13 @@ func Rollback(ctx context.Context, dir, id string, r Restorer, log *slog.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("rollback: read saved policy: %w", err)
 	}
+	// Keep the unconfirmed policy beside the restored one, so the admin's
+	// edits are not lost.
+	if cur, err := os.ReadFile(p.PolicyPath); err == nil && string(cur) != string(old) {
+		if err := writeFileAtomic(p.PolicyPath+".unconfirmed", cur, 0o644); err != nil {
+			log.Warn("could not keep the unconfirmed policy", "err", err)
+		}
+	}
 	if p.HadPolicy {
 		if err := writeFileAtomic(p.PolicyPath, old, 0o644); err != nil {
 			return nil, fmt.Errorf("rollback: restore %s: %w", p.PolicyPath, err)
@@ -281,7 +288,8 @@ func Rollback(ctx context.Context, dir, id string, r Restorer, log *slog.Logger)
 		stopWatchdog(p)
 	}
 	writeOutcome(dir, p.ID, "rolled back")
-	log.Warn("rolled back an unconfirmed change", "applied", p.Created.Format(time.RFC3339), "deadline", p.Deadline.Format(time.RFC3339), "backend", p.Backend, "policy", p.PolicyPath)
+	log.Warn("rolled back an unconfirmed change", "applied", p.Created.Format(time.RFC3339), "deadline", p.Deadline.Format(time.RFC3339),
+		"backend", p.Backend, "policy", p.PolicyPath, "unconfirmed_policy_kept_in", p.PolicyPath+".unconfirmed")
 	return p, nil
 }
 

@@ -177,3 +177,23 @@ func InHostNamespace() bool {
 	init, err2 := os.Readlink("/proc/1/ns/net")
 	return err1 == nil && err2 == nil && self == init
 }
+
+const appliedFile = "applied.conf"
+
+// RecordApplied keeps the text of the policy now in the kernel, so that a
+// rollback can put the policy file back to what was really applied.
+func RecordApplied(dir string, policyText []byte) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("record applied policy: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, appliedFile), policyText, 0o600); err != nil {
+		return fmt.Errorf("record applied policy: %w", err)
+	}
+	return nil
+}
+
+// LastApplied returns the policy text last applied, if moat recorded one.
+func LastApplied(dir string) ([]byte, bool) {
+	data, err := os.ReadFile(filepath.Join(dir, appliedFile))
+	return data, err == nil
+}

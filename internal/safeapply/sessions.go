@@ -80,7 +80,7 @@ func FindSSH(procRoot, sshConn string) (SSHState, error) {
 			continue
 		}
 		for _, l := range st.Listen {
-			if e.local.Port() == l.Port() && (l.Addr().IsUnspecified() || l.Addr() == e.local.Addr()) {
+			if e.local.Port() == l.Port() && listensOn(l.Addr(), e.local.Addr()) {
 				s := Session{Client: e.remote, Server: e.local, Source: "established connection to sshd"}
 				if !seen[s.Client.String()+s.Server.String()] {
 					seen[s.Client.String()+s.Server.String()] = true
@@ -103,6 +103,20 @@ func FindSSH(procRoot, sshConn string) (SSHState, error) {
 		}
 	}
 	return st, nil
+}
+
+// listensOn reports whether a socket listening on l accepts connections
+// to a: its own address, 0.0.0.0 for IPv4, :: for both (dual-stack).
+func listensOn(l, a netip.Addr) bool {
+	switch {
+	case l == a:
+		return true
+	case l == netip.IPv6Unspecified():
+		return true
+	case l == netip.IPv4Unspecified():
+		return a.Is4()
+	}
+	return false
 }
 
 // parseSSHConnection reads "CLIENT_IP CLIENT_PORT SERVER_IP SERVER_PORT".

@@ -1,0 +1,194 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/lab"
+)
+
+// sshd is a real OpenSSH server in the server namespace, with a key the
+// client namespace logs in with.
+type sshd struct {
+	e    *env
+	dir  string
+	port uint16
+	key  string
+}
+
+func requireSSH(t testing.TB) {
+	t.Helper()
+	for _, p := range []string{"/usr/sbin/sshd", "ssh", "ssh-keygen"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Fatalf("%s is not installed (openssh-server, openssh-client)", p)
+		}
+	}
+}
+
+// startSSHD starts sshd on port in the server namespace; it is killed when
+// the test ends.
+func (e *env) startSSHD(port uint16) *sshd {
+	e.t.Helper()
+	requireSSH(e.t)
+	dir := filepath.Join(e.dir, fmt.Sprintf("sshd%d", port))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil { // privilege separation directory
+		e.t.Fatal(err)
+	}
+	s := &sshd{e: e, dir: dir, port: port, key: filepath.Join(dir, "client")}
+	for _, k := range []string{"host", "client"} {
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
+			e.t.Fatalf("ssh-keygen: %v\n%s", err, out)
+		}
+	}
+	pub, err := os.ReadFile(s.key + ".pub")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	writeFile(e.t, filepath.Join(dir, "authorized_keys"), string(pub))
+	conf := fmt.Sprintf(`Port %d
+ListenAddress 0.0.0.0
+ListenAddress ::
+HostKey %s/host
+PidFile %s/sshd.pid
+AuthorizedKeysFile %s/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+`, port, dir, dir, dir)
+	writeFile(e.t, filepath.Join(dir, "sshd_config"), conf)
+	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := e.topo.Server.Start(cmd); err != nil {
+		e.t.Fatalf("start sshd: %v", err)
+	}
+	e.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := e.topo.Client.Send(context.Background(), lab.Probe{Proto: "tcp", Dst: netip.AddrPortFrom(lab.ServerV4, port)})
+		if out == lab.Open {
+			return s
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("sshd does not answer on port %d", port)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *sshd) sshArgs(addr netip.Addr, command ...string) []string {
+	return append([]string{"-i", s.key, "-p", fmt.Sprint(s.port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "BatchMode=yes", "-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR", "root@" + addr.String()}, command...)
+}
+
+// session is a live SSH login from the client namespace running cat, so
+// the test can tell whether it still carries data.
+type session struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Reader
+	n   int
+}
+
+func (s *sshd) login(addr netip.Addr) *session {
+	t := s.e.t
+	t.Helper()
+	cmd := exec.Command("ssh", s.sshArgs(addr, "cat")...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := s.e.topo.Client.Start(cmd); err != nil {
+		t.Fatalf("ssh: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sess := &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+	if err := sess.alive(5 * time.Second); err != nil {
+		t.Fatalf("ssh login to %s: %v", addr, err)
+	}
+	return sess
+}
+
+// alive sends a line through the session and waits for it to come back.
+func (s *session) alive(wait time.Duration) error {
+	s.n++
+	want := fmt.Sprintf("ping %d\n", s.n)
+	if _, err := io.WriteString(s.in, want); err != nil {
+		return err
+	}
+	got := make(chan string, 1)
+	go func() {
+		line, _ := s.out.ReadString('\n')
+		got <- line
+	}()
+	select {
+	case line := <-got:
+		if line != want {
+			return fmt.Errorf("session answered %q", line)
+		}
+		return nil
+	case <-time.After(wait):
+		return fmt.Errorf("session silent for %s", wait)
+	}
+}
+
+func (s *session) kill() {
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	s.cmd.Wait()
+}
+
+// canLogin opens a new SSH connection and runs true.
+func (s *sshd) canLogin(addr netip.Addr) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := s.e.topo.Client.Run(ctx, "ssh", s.sshArgs(addr, "true")...)
+	return err == nil
+}
+
+// chainCounters are the policy counters of built-in chains in
+// iptables-save output, which traffic changes.
+var chainCounters = regexp.MustCompile(` \[\d+:\d+\]$`)
+
+// kernelState is moat's and everyone's rules, without counters.
+func (e *env) kernelState() string {
+	e.t.Helper()
+	if e.backend == "nftables" {
+		return e.run("server", "nft", "-s", "list", "ruleset")
+	}
+	var b strings.Builder
+	for _, prog := range []string{"iptables-save", "ip6tables-save"} {
+		for _, line := range strings.Split(e.run("server", prog), "\n") {
+			if !strings.HasPrefix(line, "#") {
+				b.WriteString(chainCounters.ReplaceAllString(line, "") + "\n")
+			}
+		}
+	}
+	// ipset picks a random hash seed (initval) for each set it creates.
+	sets := regexp.MustCompile(` initval 0x[0-9a-f]+`).ReplaceAllString(e.run("server", "ipset", "save"), "")
+	lines := strings.Split(sets, "\n")
+	sort.Strings(lines)
+	b.WriteString(strings.Join(lines, "\n"))
+	return b.String()
+}
