@@ -25,8 +25,8 @@ var Version = "dev"
 
 // app holds the global flags and what the commands share.
 type app struct {
-	config  string
-	backend string
+	config   string
+	backend  string
 	dryRun   bool
 	json     bool
 	force    bool

@@ -47,14 +47,14 @@ type statusPending struct {
 }
 
 type statusReport struct {
-	Status     string         `json:"status"`
-	Persistent bool           `json:"persistent"`
-	Pending    *statusPending `json:"pending_confirmation,omitempty"`
-	Backend  string                   `json:"backend,omitempty"`
-	Config   string                   `json:"config"`
-	Defaults map[string]statusDefault `json:"defaults"`
-	Rules    []statusRule             `json:"rules"`
-	Builtins []statusBuiltin          `json:"builtins"`
+	Status     string                   `json:"status"`
+	Persistent bool                     `json:"persistent"`
+	Pending    *statusPending           `json:"pending_confirmation,omitempty"`
+	Backend    string                   `json:"backend,omitempty"`
+	Config     string                   `json:"config"`
+	Defaults   map[string]statusDefault `json:"defaults"`
+	Rules      []statusRule             `json:"rules"`
+	Builtins   []statusBuiltin          `json:"builtins"`
 }
 
 func (a *app) statusCommand() *cobra.Command {
