@@ -1,0 +1,122 @@
+package guard
+
+import (
+	"regexp"
+	"strings"
+)
+
+// Syslog banners before the message. Only text before the message is
+// examined here, and only when the line starts like a log line (a priority
+// or a timestamp): a bare message is taken whole, so words of a message
+// can never be mistaken for a banner.
+var (
+	priRe     = regexp.MustCompile(`^<\d{1,3}>`)
+	bsdTimeRe = regexp.MustCompile(`^[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)? +`)
+	isoTimeRe = regexp.MustCompile(`^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? +`)
+	// RFC 5424 header after the timestamp: HOST APP PROCID MSGID SD.
+	rfc5424Re = regexp.MustCompile(`^(\S+) (\S+) (\S+) (\S+) (-|\[.*?\]) ?`)
+	// "<10.5>" (FreeBSD syslogd -v), "auth.info" (busybox, socklog).
+	sourceRe   = regexp.MustCompile(`^<\d+\.\d+> +`)
+	facilityRe = regexp.MustCompile(`^[a-z0-9]+\.[a-z]+:? +`)
+	// PROG[PID]: or PROG: or PROG[PID] (rsyslog 8 without colon).
+	progRe = regexp.MustCompile(`^([A-Za-z0-9_./-]+)(?:\[\d+\]:?|:) +`)
+)
+
+// ourProgs are the programs whose messages the parser reads.
+var ourProgs = map[string]bool{"sshd": true, "sshd-session": true, "dropbear": true}
+
+// ParseLine reads one log line as syslog, RFC 5424, ISO-timestamped,
+// busybox or socklog writes it, or a bare message.
+func ParseLine(line string) (Event, bool) {
+	prog, msg, ok := splitBanner(strings.TrimRight(line, "\r\n"))
+	if !ok {
+		return Event{}, false
+	}
+	if i := strings.LastIndexByte(prog, '/'); i >= 0 {
+		prog = prog[i+1:]
+	}
+	if prog != "" && !ourProgs[prog] {
+		return Event{}, false
+	}
+	return ParseMessage(prog, msg)
+}
+
+// splitBanner returns the program ("" if the line names none) and the
+// message. ok is false for a line of another program's form.
+func splitBanner(s string) (prog, msg string, ok bool) {
+	rfc := false
+	if m := priRe.FindString(s); m != "" {
+		s = s[len(m):]
+		if strings.HasPrefix(s, "1 ") {
+			rfc = true
+			s = s[2:]
+		}
+	}
+	for round := 0; round < 2; round++ {
+		t := bsdTimeRe.FindString(s)
+		if t == "" {
+			t = isoTimeRe.FindString(s)
+		}
+		if t == "" {
+			if round == 0 && !rfc && len(s) > 0 && s[0] != '<' {
+				return "", s, true // a bare message
+			}
+			break
+		}
+		s = s[len(t):]
+		if m := rfc5424Re.FindStringSubmatch(s); m != nil && (rfc || isProcID(m[3]) && m[4] == "-") {
+			return m[2], s[len(m[0]):], true
+		}
+		if rfc {
+			return "", "", false
+		}
+		s = strings.TrimPrefix(s, sourceRe.FindString(s))
+		// Up to two words may stand before the program: a host name and a
+		// facility.level (busybox), or facility.level: alone (socklog,
+		// which may repeat a whole banner after it).
+		if f := facilityRe.FindString(s); f != "" && strings.HasSuffix(strings.TrimSpace(f), ":") {
+			s = s[len(f):]
+			if progRe.MatchString(s) || bsdTimeRe.MatchString(s) || isoTimeRe.MatchString(s) {
+				if prog, msg, ok := progMessage(s); ok {
+					return prog, msg, true
+				}
+				continue
+			}
+			return "", s, true
+		}
+		if prog, msg, ok := progMessage(s); ok {
+			return prog, msg, true
+		}
+		return "", s, true // timestamp, then the message
+	}
+	return "", "", false
+}
+
+// progMessage finds PROG[PID]: at the start, or after a host name, or after
+// a host name and a facility.level.
+func progMessage(s string) (prog, msg string, ok bool) {
+	rest := s
+	for skip := 0; skip < 3; skip++ {
+		if m := progRe.FindStringSubmatch(rest); m != nil {
+			return m[1], rest[len(m[0]):], true
+		}
+		word, after, found := strings.Cut(rest, " ")
+		if !found || word == "" || (skip == 1 && !facilityRe.MatchString(word+" ")) {
+			return "", "", false
+		}
+		rest = strings.TrimLeft(after, " ")
+	}
+	return "", "", false
+}
+
+func isProcID(s string) bool {
+	if s == "-" {
+		return true
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
