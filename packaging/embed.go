@@ -8,6 +8,11 @@ import _ "embed"
 //go:embed systemd/moat.service
 var MoatService string
 
+// GuardService is the systemd unit that runs 'moat guard'.
+//
+//go:embed systemd/moat-guard.service
+var GuardService string
+
 // UnitExecPath is the moat path written in MoatService, replaced by the
 // real one when the unit is installed.
 const UnitExecPath = "/usr/local/sbin/moat"

@@ -5,6 +5,7 @@ package backend
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -35,6 +36,11 @@ type Backend interface {
 	// moat's state exactly a snapshot again, set contents included.
 	Snapshot(ctx context.Context) ([]byte, error)
 	Restore(ctx context.Context, snap []byte) error
+	// Ban puts addresses in the ban sets with their timeouts (in one
+	// batch); Unban takes them out; Bans lists them with the time left.
+	Ban(ctx context.Context, bans []ruleset.Ban) error
+	Unban(ctx context.Context, addrs []netip.Addr) error
+	Bans(ctx context.Context) ([]ruleset.Ban, error)
 }
 
 // ForName returns the backend with that name; "auto" detects it.

@@ -130,13 +130,15 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVar(&a.stateDir, "state-dir", stateDef, "where moat keeps its state: saved ruleset, pending confirmation (env MOAT_STATE_DIR)")
 	f.DurationVar(&a.confirm, "confirm", 0, "apply, then roll back after this long (e.g. 60s) unless 'moat confirm' is run")
 	f.BoolVar(&a.noWait, "no-wait", false, "with --confirm: return at once instead of waiting for the confirmation")
-	root.AddGroup(&cobra.Group{ID: "rules", Title: "Rules:"}, &cobra.Group{ID: "state", Title: "Firewall:"}, &cobra.Group{ID: "inspect", Title: "Inspect:"})
+	root.AddGroup(&cobra.Group{ID: "rules", Title: "Rules:"}, &cobra.Group{ID: "state", Title: "Firewall:"},
+		&cobra.Group{ID: "guard", Title: "Brute-force guard:"}, &cobra.Group{ID: "inspect", Title: "Inspect:"})
 	root.AddCommand(a.ruleCommands()...)
 	root.AddCommand(a.defaultCommand(), a.insertCommand(), a.prependCommand(), a.deleteCommand())
 	root.AddCommand(a.enableCommand(), a.disableCommand(), a.reloadCommand(), a.resetCommand())
 	root.AddCommand(a.statusCommand(), a.showCommand(), a.explainCommand(), a.checkCommand())
 	root.AddCommand(a.labCommand())
 	root.AddCommand(a.initCommand(), a.confirmCommand(), a.rollbackCommand(), a.restoreCommand(), a.watchdogCommand())
+	root.AddCommand(a.guardCommand(), a.banCommand(), a.unbanCommand(), a.bansCommand())
 	return root
 }
 

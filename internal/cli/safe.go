@@ -315,6 +315,9 @@ is kept unless --force.`,
 			for _, p := range ports {
 				lines = append(lines, fmt.Sprintf("allow %d/tcp comment 'sshd'", p))
 			}
+			lines = append(lines,
+				"# Ban addresses that fail to log in 5 times in 10 minutes ('moat guard' runs it).",
+				"guard sshd maxretry 5 findtime 10m bantime 1h bantime-max 1w bantime-factor 2")
 			newDoc := &policy.Document{Name: a.config, Lines: lines}
 			if _, err := newDoc.Policy(a.services()); err != nil {
 				return err
@@ -328,8 +331,10 @@ is kept unless --force.`,
 			}
 			a.printf("Wrote %s:\n%s\n", a.config, newDoc.Bytes())
 			a.printf("It drops incoming connections except SSH (ports %s, %s) and lets this host\n"+
-				"connect out. Replies to its own connections always get back in. Add what else\n"+
-				"must be reachable ('moat allow 80,443/tcp'), then 'moat enable' (or 'moat enable --confirm 60s').\n",
+				"connect out. Replies to its own connections always get back in. The guard bans\n"+
+				"addresses that keep failing to log in, once 'moat guard' runs (moat-guard.service).\n"+
+				"Add what else must be reachable ('moat allow 80,443/tcp'), then 'moat enable'\n"+
+				"(or 'moat enable --confirm 60s').\n",
 				portList(ports), where)
 			return nil
 		},

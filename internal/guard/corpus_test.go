@@ -11,7 +11,7 @@ const corpusPath = "../../../shared/testdata/sshguard/tests.txt"
 
 type corpusCase struct {
 	line, expect, mode, section string
-	lineNo                     int
+	lineNo                      int
 }
 
 // readCorpus reads sshguard's test corpus: three lines a case (log line,

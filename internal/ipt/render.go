@@ -19,6 +19,9 @@ func ChainName(h ruleset.Hook) string { return "MOAT-" + strings.ToUpper(string(
 
 var builtinChain = map[ruleset.Hook]string{ruleset.Input: "INPUT", ruleset.Output: "OUTPUT", ruleset.Forward: "FORWARD"}
 
+// MaxBans bounds each family's ban set.
+const MaxBans = 1 << 20
+
 // SetPrefix starts the name of every ipset moat owns.
 const SetPrefix = "moat-"
 
@@ -239,6 +242,13 @@ func RenderSets(rs *ruleset.Ruleset, existing map[string]bool) string {
 		family := "inet"
 		if s.Family == policy.FamilyV6 {
 			family = "inet6"
+		}
+		if s.Bans {
+			// Never swapped or flushed: bans outlive a re-apply.
+			if !existing[IPSetName(s.Name)] {
+				fmt.Fprintf(&b, "create %s hash:ip family %s timeout 0 maxelem %d comment\n", IPSetName(s.Name), family, MaxBans)
+			}
+			continue
 		}
 		prefixes := s.Prefixes()
 		maxelem := 65536

@@ -81,7 +81,7 @@ func TestApplyCommands(t *testing.T) {
 			"iptables-save":  "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A INPUT -j DOCKER-USER\nCOMMIT\n",
 			"ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n",
 		},
-		sets: "moat-input_deny_src4_1\nmoat-input_old_9\ndocker-set\n",
+		sets: "moat-input_deny_src4_3\nmoat-input_old_9\nmoat-ban4\nmoat-ban6\ndocker-set\n",
 	}
 	b := &Backend{Run: host.run}
 	if err := b.Apply(context.Background(), goldenRuleset(t)); err != nil {
@@ -111,7 +111,7 @@ func TestApplyCommands(t *testing.T) {
 		t.Errorf("a family got the other's addresses")
 	}
 	sets := host.calls[3].stdin
-	if strings.Contains(sets, "create moat-input_deny_src4_1 ") || !strings.Contains(sets, "swap moatnew-input_deny_src4_1 moat-input_deny_src4_1") {
+	if strings.Contains(sets, "create moat-input_deny_src4_3 ") || !strings.Contains(sets, "swap moatnew-input_deny_src4_3 moat-input_deny_src4_3") || strings.Contains(sets, "moat-ban") {
 		t.Errorf("set load:\n%s", sets)
 	}
 	if got := host.calls[6].stdin; got != "destroy moat-input_old_9\n" {

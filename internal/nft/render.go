@@ -59,13 +59,21 @@ func Build(tx *knftables.Transaction, rs *ruleset.Ruleset, existing Existing) {
 	}
 	sets := map[string]*knftables.Set{}
 	var order []string
+	keep := map[string]bool{}
 	for _, s := range rs.Sets {
 		typ := "ipv4_addr"
 		if s.Family == policy.FamilyV6 {
 			typ = "ipv6_addr"
 		}
-		sets[s.Name] = &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.IntervalFlag},
-			Comment: knftables.PtrTo(fmt.Sprintf("%d policy addresses", len(s.Entries)))}
+		if s.Bans {
+			// Never flushed: bans outlive a re-apply.
+			sets[s.Name] = &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.TimeoutFlag},
+				Comment: knftables.PtrTo("bans: 'moat bans' lists them")}
+			keep[s.Name] = true
+		} else {
+			sets[s.Name] = &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.IntervalFlag},
+				Comment: knftables.PtrTo(fmt.Sprintf("%d policy addresses", len(s.Entries)))}
+		}
 		order = append(order, s.Name)
 	}
 	for _, c := range rs.Chains {
@@ -101,7 +109,9 @@ func Build(tx *knftables.Transaction, rs *ruleset.Ruleset, existing Existing) {
 	}
 	for _, name := range order {
 		tx.Add(sets[name])
-		tx.Flush(sets[name])
+		if !keep[name] {
+			tx.Flush(sets[name])
+		}
 	}
 	for _, s := range rs.Sets {
 		for _, p := range s.Prefixes() {

@@ -161,6 +161,12 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 			p.DefaultPos[st.DefaultDir] = Pos{File: d.Name, Line: i + 1, Col: 1}
 		case StmtBackend:
 			p.Backend = st.Backend
+		case StmtGuard:
+			for _, g := range st.GuardSettings {
+				p.Guard.set(g)
+			}
+		case StmtAllowlist:
+			p.Guard.Allowlist = append(p.Guard.Allowlist, st.Allowlist...)
 		}
 	}
 	if len(errs) > 0 {

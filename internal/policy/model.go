@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Action is what a rule does with a matching packet.
@@ -161,6 +162,24 @@ func (r Rule) Key() string {
 	return b.String()
 }
 
+// Guard holds the brute-force guard's settings.
+type Guard struct {
+	Enabled       bool
+	MaxRetry      int
+	FindTime      time.Duration
+	BanTime       time.Duration
+	BanTimeMax    time.Duration
+	BanTimeFactor float64
+	// WeakWeight is what one piece of weaker evidence (a pre-auth
+	// disconnect, a bad protocol banner) counts for; a failed login is 1.
+	WeakWeight float64
+	Allowlist  []netip.Prefix
+}
+
+// DefaultGuard are fail2ban's familiar numbers, with escalation.
+var DefaultGuard = Guard{MaxRetry: 5, FindTime: 10 * time.Minute, BanTime: time.Hour, BanTimeMax: 7 * 24 * time.Hour,
+	BanTimeFactor: 2, WeakWeight: 0.5}
+
 // Policy is a whole validated policy: defaults, rules in order, settings.
 type Policy struct {
 	Defaults map[Direction]Action
@@ -168,6 +187,7 @@ type Policy struct {
 	DefaultPos map[Direction]Pos
 	Rules      []Rule
 	Backend    Backend
+	Guard      Guard
 }
 
 // BuiltinDefaults are the defaults when the policy does not set them: those
@@ -178,7 +198,7 @@ var BuiltinDefaults = map[Direction]Action{In: Deny, Out: Allow, Route: Allow}
 
 // New returns an empty policy with the built-in defaults.
 func New() *Policy {
-	p := &Policy{Defaults: map[Direction]Action{}, DefaultPos: map[Direction]Pos{}, Backend: BackendAuto}
+	p := &Policy{Defaults: map[Direction]Action{}, DefaultPos: map[Direction]Pos{}, Backend: BackendAuto, Guard: DefaultGuard}
 	for d, a := range BuiltinDefaults {
 		p.Defaults[d] = a
 	}
@@ -219,4 +239,24 @@ func (r Rule) JSON() RuleJSON {
 	return RuleJSON{Action: r.Action, Direction: r.Direction, InterfaceIn: r.InIface, InterfaceOut: r.OutIface,
 		Proto: r.Proto, From: AddrString(r.From), FromPort: r.FromPort.String(), To: AddrString(r.To),
 		ToPort: r.ToPort.String(), Family: r.Family, Comment: r.Comment, Log: r.Log, Rate: r.Rate}
+}
+
+// set applies one validated setting.
+func (g *Guard) set(s GuardSetting) {
+	switch s.Name {
+	case "enable":
+		g.Enabled = s.Value == "yes"
+	case "maxretry":
+		g.MaxRetry, _ = strconv.Atoi(s.Value)
+	case "findtime":
+		g.FindTime, _ = ParseDuration(s.Value)
+	case "bantime":
+		g.BanTime, _ = ParseDuration(s.Value)
+	case "bantime-max":
+		g.BanTimeMax, _ = ParseDuration(s.Value)
+	case "bantime-factor":
+		g.BanTimeFactor, _ = strconv.ParseFloat(s.Value, 64)
+	case "weak":
+		g.WeakWeight, _ = strconv.ParseFloat(s.Value, 64)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // StmtKind is the kind of a policy statement.
@@ -16,6 +17,8 @@ const (
 	StmtRule StmtKind = iota + 1
 	StmtDefault
 	StmtBackend
+	StmtGuard
+	StmtAllowlist
 )
 
 // Statement is one parsed line of policy.
@@ -25,6 +28,16 @@ type Statement struct {
 	DefaultDir    Direction // StmtDefault
 	DefaultAction Action    // StmtDefault
 	Backend       Backend   // StmtBackend
+	// StmtGuard: settings given (name → value); "enable" is "yes" or "no".
+	GuardSettings []GuardSetting
+	Allowlist     []netip.Prefix // StmtAllowlist
+}
+
+// GuardSetting is one 'guard' setting as written.
+type GuardSetting struct {
+	Name  string
+	Value string
+	Pos   Pos
 }
 
 // Protocols moat accepts after 'proto': ufw's list plus ICMP for each family.
@@ -120,6 +133,10 @@ func ParseStatement(toks []Token, pos Pos, svc Services) (Statement, error) {
 		return p.parseDefault()
 	case "backend":
 		return p.parseBackend()
+	case "guard":
+		return p.parseGuard()
+	case "allowlist":
+		return p.parseAllowlist()
 	case "allow", "deny", "reject", "limit", "route":
 		r, err := p.parseRule()
 		if err != nil {
@@ -127,9 +144,9 @@ func ParseStatement(toks []Token, pos Pos, svc Services) (Statement, error) {
 		}
 		return Statement{Kind: StmtRule, Rule: r}, nil
 	case "enable", "disable", "reset", "status", "show", "delete", "insert", "prepend", "reload", "logging":
-		return Statement{}, p.errAt(first, "'%s' is a command, not a policy statement: expected allow, deny, reject, limit, route, default or backend", first.Text)
+		return Statement{}, p.errAt(first, "'%s' is a command, not a policy statement: expected allow, deny, reject, limit, route, default, backend, guard or allowlist", first.Text)
 	default:
-		return Statement{}, p.errAt(first, "unknown statement '%s': expected allow, deny, reject, limit, route, default or backend", first.Text)
+		return Statement{}, p.errAt(first, "unknown statement '%s': expected allow, deny, reject, limit, route, default, backend, guard or allowlist", first.Text)
 	}
 }
 
@@ -183,6 +200,126 @@ func (p *parser) parseBackend() (Statement, error) {
 		return Statement{}, p.errAt(t, "unexpected '%s' after the backend name", t.Text)
 	}
 	return Statement{Kind: StmtBackend, Backend: b}, nil
+}
+
+// guardSettings are the settings 'guard' takes, with what each expects.
+var guardSettings = map[string]string{
+	"maxretry":       "a count from 1 to 1000",
+	"findtime":       "a duration such as 10m",
+	"bantime":        "a duration such as 1h",
+	"bantime-max":    "a duration such as 1w",
+	"bantime-factor": "a factor from 1 to 100",
+	"weak":           "a weight from 0 to 1 (0 ignores pre-auth disconnects and bad banners)",
+}
+
+// parseGuard reads 'guard sshd [on|off] [SETTING VALUE]...' or
+// 'guard SETTING VALUE...'.
+func (p *parser) parseGuard() (Statement, error) {
+	p.next()
+	st := Statement{Kind: StmtGuard}
+	t, ok := p.peek()
+	if !ok {
+		return st, p.errEnd("'guard' needs 'sshd' or a setting: expected e.g. 'guard sshd' or 'guard maxretry 5'")
+	}
+	if strings.EqualFold(t.Text, "sshd") {
+		p.next()
+		val := "yes"
+		if t, ok := p.peek(); ok && (strings.EqualFold(t.Text, "on") || strings.EqualFold(t.Text, "off")) {
+			p.next()
+			if strings.EqualFold(t.Text, "off") {
+				val = "no"
+			}
+		}
+		st.GuardSettings = append(st.GuardSettings, GuardSetting{Name: "enable", Value: val, Pos: p.posOf(t)})
+	}
+	for {
+		name, ok := p.next()
+		if !ok {
+			break
+		}
+		key := strings.ToLower(name.Text)
+		want, known := guardSettings[key]
+		if !known {
+			return st, p.errAt(name, "unknown guard setting '%s': expected maxretry, findtime, bantime, bantime-max, bantime-factor or weak", name.Text)
+		}
+		v, ok := p.next()
+		if !ok {
+			return st, p.errEnd("'%s' needs %s", key, want)
+		}
+		if msg := checkGuardValue(key, v.Text); msg != "" {
+			return st, p.errAt(v, "invalid %s '%s': expected %s", key, v.Text, want)
+		}
+		st.GuardSettings = append(st.GuardSettings, GuardSetting{Name: key, Value: v.Text, Pos: p.posOf(v)})
+	}
+	return st, nil
+}
+
+func (p *parser) posOf(t Token) Pos {
+	pos := p.pos
+	pos.Col = t.Col
+	return pos
+}
+
+func checkGuardValue(key, v string) string {
+	switch key {
+	case "maxretry":
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return "bad"
+		}
+	case "findtime", "bantime", "bantime-max":
+		d, err := ParseDuration(v)
+		if err != nil || d < time.Second || d > 365*24*time.Hour {
+			return "bad"
+		}
+	case "bantime-factor":
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 1 || f > 100 {
+			return "bad"
+		}
+	case "weak":
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 || f > 1 {
+			return "bad"
+		}
+	}
+	return ""
+}
+
+// ParseDuration reads durations as admins write them: 90s, 10m, 1h, 2d,
+// 1w, or Go's forms such as 1h30m.
+func ParseDuration(s string) (time.Duration, error) {
+	for suffix, unit := range map[string]time.Duration{"d": 24 * time.Hour, "w": 7 * 24 * time.Hour} {
+		if n, ok := strings.CutSuffix(s, suffix); ok {
+			v, err := strconv.Atoi(n)
+			if err != nil || v < 0 {
+				return 0, fmt.Errorf("bad duration %q", s)
+			}
+			return time.Duration(v) * unit, nil
+		}
+	}
+	return time.ParseDuration(s)
+}
+
+// parseAllowlist reads 'allowlist CIDR...': addresses the guard never bans.
+func (p *parser) parseAllowlist() (Statement, error) {
+	p.next()
+	st := Statement{Kind: StmtAllowlist}
+	for {
+		t, ok := p.next()
+		if !ok {
+			break
+		}
+		a, msg := parseAddr(t.Text)
+		if msg != "" || !a.IsValid() {
+			return st, p.errAt(t, "bad allowlist address '%s': expected an IP address or a CIDR", t.Text)
+		}
+		st.Allowlist = append(st.Allowlist, a)
+	}
+	if len(st.Allowlist) == 0 {
+		return st, p.errEnd("'allowlist' needs addresses: expected e.g. 'allowlist 198.51.100.0/24 2001:db8:1::/48'")
+	}
+	return st, nil
 }
 
 // ruleWords are the words with a meaning in a rule; anything else where a

@@ -34,7 +34,7 @@ func BenchmarkParseCompile(b *testing.B) {
 					b.Fatal(err)
 				}
 				rs := Compile(p)
-				if len(rs.Sets) != 1 || len(rs.Sets[0].Prefixes()) == 0 {
+				if len(rs.Sets) != 3 || len(rs.Sets[2].Prefixes()) == 0 {
 					b.Fatal("no set")
 				}
 			}

@@ -39,6 +39,10 @@ func Builtins(h Hook) []Rule {
 	case Input:
 		rs = []Rule{
 			{Match: Match{InIface: "lo"}, Verdict: Accept, Origin: builtin("loopback", "accept loopback traffic")},
+			// Before established: a ban also ends the banned address's
+			// open connections.
+			{Match: Match{Family: policy.FamilyV4, SrcSet: BanSet4}, Verdict: Drop, Origin: builtin("ban", "drop addresses banned by the guard or 'moat ban'")},
+			{Match: Match{Family: policy.FamilyV6, SrcSet: BanSet6}, Verdict: Drop, Origin: builtin("ban", "drop addresses banned by the guard or 'moat ban'")},
 			{Match: Match{CTStates: []CTState{CTInvalid}}, Verdict: Drop, Origin: builtin("invalid", "drop packets conntrack marks invalid")},
 			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept replies of established connections")},
 			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "accept ICMP errors (unreachable, time exceeded, parameter problem)")},
@@ -79,7 +83,7 @@ var verdictOf = map[policy.Action]Verdict{policy.Allow: Accept, policy.Deny: Dro
 
 // Compile turns a validated policy into a ruleset.
 func Compile(p *policy.Policy) *Ruleset {
-	rs := &Ruleset{}
+	rs := &Ruleset{Sets: []*Set{{Name: BanSet4, Family: policy.FamilyV4, Bans: true}, {Name: BanSet6, Family: policy.FamilyV6, Bans: true}}}
 	for _, h := range Hooks {
 		dir := dirOf[h]
 		var user []*policy.Rule

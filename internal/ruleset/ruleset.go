@@ -6,6 +6,7 @@ package ruleset
 import (
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
 )
@@ -102,7 +103,16 @@ type Set struct {
 	Name    string
 	Family  policy.Family // FamilyV4 or FamilyV6
 	Entries []SetEntry    // in policy order, as written
+	// Bans marks a set of single addresses with per-element timeouts that
+	// the guard and 'moat ban' fill; applying a policy keeps its contents.
+	Bans bool
 }
+
+// Ban set names, one per family.
+const (
+	BanSet4 = "ban4"
+	BanSet6 = "ban6"
+)
 
 // Prefixes returns the set's networks merged into the fewest disjoint
 // prefixes, as the kernel gets them.
@@ -149,4 +159,36 @@ func (r *Rule) Tag() string {
 func OriginID(comment string) string {
 	id, _, _ := strings.Cut(comment, " ")
 	return id
+}
+
+// Ban is an address in a ban set.
+type Ban struct {
+	Addr netip.Addr `json:"address"`
+	// Timeout is the ban's length when it is set; Expires is the time
+	// left when it is read back.
+	Timeout time.Duration `json:"-"`
+	Expires time.Duration `json:"-"`
+	Reason  string        `json:"reason"`
+}
+
+// BanSetFor is the ban set of an address's family.
+func BanSetFor(a netip.Addr) string {
+	if a.Is4() {
+		return BanSet4
+	}
+	return BanSet6
+}
+
+// CleanReason makes a ban reason safe to write into nft and ipset input.
+func CleanReason(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '\'' && c != '`' && c != '$' {
+			b.WriteRune(c)
+		}
+		if b.Len() >= 100 {
+			break
+		}
+	}
+	return b.String()
 }

@@ -34,8 +34,8 @@ limit 2222/tcp
 allow in on eth1 to any port 80 proto tcp
 allow proto icmp from 198.51.100.0/24
 `))
-	if len(rs.Sets) != 2 {
-		t.Fatalf("want 2 sets (v4, v6 of the first three denies), got %d", len(rs.Sets))
+	if len(rs.Sets) != 4 || rs.Sets[2].Bans || rs.Sets[3].Bans {
+		t.Fatalf("want the 2 ban sets and 2 sets (v4, v6 of the first three denies), got %d", len(rs.Sets))
 	}
 	cases := []struct {
 		p       Packet
@@ -101,7 +101,7 @@ deny from 198.51.100.0/24
 	if d.Verdict != Drop || d.Origin.ID != "L5" {
 		t.Fatalf("got %+v", d)
 	}
-	if got := rs.Sets[1].Prefixes(); len(got) != 2 {
+	if got := rs.Sets[3].Prefixes(); len(got) != 2 {
 		t.Fatalf("merged prefixes %v", got)
 	}
 }

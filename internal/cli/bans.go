@@ -1,0 +1,198 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moat-fw/moat/internal/backend"
+	"github.com/moat-fw/moat/internal/guard"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/safeapply"
+)
+
+// banBackend is the backend holding moat's ban sets.
+func (a *app) banBackend(ctx context.Context) (backend.Backend, error) {
+	b, err := a.activeBackend(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if b == nil {
+		return nil, errors.New("moat is not active: the ban sets live in moat's rules ('moat enable' first)")
+	}
+	return b, nil
+}
+
+func parseBanAddr(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		if _, perr := netip.ParsePrefix(s); perr == nil {
+			return netip.Addr{}, fmt.Errorf("%q is a network: bans are for addresses; 'moat deny from %s' blocks a network", s, s)
+		}
+		return netip.Addr{}, fmt.Errorf("bad address %q: expected an IPv4 or IPv6 address", s)
+	}
+	if a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("bad address %q: no zone", s)
+	}
+	return a.Unmap(), nil
+}
+
+func (a *app) banCommand() *cobra.Command {
+	var dur, reason string
+	cmd := &cobra.Command{
+		Use:   "ban ADDRESS...",
+		Short: "Ban addresses now, in the kernel, for a while (default: the guard's bantime)",
+		Long: `Put addresses in moat's ban sets: every packet from them is dropped, their
+open connections too, until the ban expires in the kernel (also if moat is
+not running). Works with or without 'moat guard'. An address with a live SSH
+session here, or on the guard's allowlist, is refused unless --force.`,
+		Example: `  moat ban 203.0.113.7
+  moat ban 2001:db8::66 --for 2h --reason 'scanning'`,
+		GroupID: "guard",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := a.loadPolicy()
+			if err != nil {
+				return err
+			}
+			d := p.Guard.BanTime
+			if dur != "" {
+				if d, err = policy.ParseDuration(dur); err != nil || d < time.Second {
+					return fmt.Errorf("bad --for %q: expected a duration such as 90s, 2h or 7d", dur)
+				}
+			}
+			st, _ := safeapply.FindSSH("/proc", os.Getenv("SSH_CONNECTION"))
+			var bans []ruleset.Ban
+			for _, s := range args {
+				addr, err := parseBanAddr(s)
+				if err != nil {
+					return err
+				}
+				if !a.force {
+					for _, sess := range st.Sessions {
+						if sess.Client.Addr() == addr {
+							return &exitError{code: exitLockout, err: fmt.Errorf("refusing to ban %s: it has a live SSH session here (%s); --force bans it anyway", addr, sess)}
+						}
+					}
+					if guard.Allowed(p.Guard.Allowlist, addr) {
+						return fmt.Errorf("refusing to ban %s: it is on the allowlist; --force bans it anyway", addr)
+					}
+				}
+				bans = append(bans, ruleset.Ban{Addr: addr, Timeout: d, Reason: "manual: " + reason})
+			}
+			if a.dryRun {
+				for _, b := range bans {
+					a.printf("would ban %s for %s\n", b.Addr, d)
+				}
+				return nil
+			}
+			b, err := a.banBackend(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := b.Ban(cmd.Context(), bans); err != nil {
+				return err
+			}
+			if err := guard.RecordManualBans(a.stateDir, bans, time.Now()); err != nil {
+				fmt.Fprintf(a.errOut, "moat: warning: banned, but the ban history was not saved: %v\n", err)
+			}
+			for _, b := range bans {
+				a.printf("Banned %s for %s\n", b.Addr, d)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dur, "for", "", "how long (90s, 2h, 7d; default: the guard's bantime)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why, shown by 'moat bans'")
+	return cmd
+}
+
+func (a *app) unbanCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "unban ADDRESS...",
+		Short:   "Lift bans now",
+		GroupID: "guard",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var addrs []netip.Addr
+			for _, s := range args {
+				addr, err := parseBanAddr(s)
+				if err != nil {
+					return err
+				}
+				addrs = append(addrs, addr)
+			}
+			if a.dryRun {
+				a.printf("would unban %v\n", addrs)
+				return nil
+			}
+			b, err := a.banBackend(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := b.Unban(cmd.Context(), addrs); err != nil {
+				return err
+			}
+			if err := guard.RecordUnbans(a.stateDir, addrs); err != nil {
+				fmt.Fprintf(a.errOut, "moat: warning: unbanned, but the ban history was not saved: %v\n", err)
+			}
+			for _, ad := range addrs {
+				a.printf("Unbanned %s\n", ad)
+			}
+			return nil
+		},
+	}
+}
+
+type banJSON struct {
+	Address     string `json:"address"`
+	Reason      string `json:"reason"`
+	SecondsLeft int64  `json:"seconds_left"`
+	BanCount    int    `json:"ban_count"`
+}
+
+func (a *app) bansCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "bans",
+		Short:   "List banned addresses: reason, time left, how often banned",
+		GroupID: "guard",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := a.banBackend(cmd.Context())
+			if err != nil {
+				return err
+			}
+			bans, err := b.Bans(cmd.Context())
+			if err != nil {
+				return err
+			}
+			counts := guard.BanCounts(a.stateDir)
+			sort.Slice(bans, func(i, j int) bool { return bans[i].Addr.Less(bans[j].Addr) })
+			list := make([]banJSON, 0, len(bans))
+			for _, ban := range bans {
+				list = append(list, banJSON{Address: ban.Addr.String(), Reason: ban.Reason, SecondsLeft: int64(ban.Expires.Seconds()), BanCount: counts[ban.Addr]})
+			}
+			if a.json {
+				return a.printJSON(list)
+			}
+			if len(list) == 0 {
+				a.printf("No bans\n")
+				return nil
+			}
+			tw := tabwriter.NewWriter(a.out, 2, 8, 2, ' ', 0)
+			fmt.Fprintln(tw, "ADDRESS\tTIME LEFT\tBANS\tREASON")
+			for _, l := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", l.Address, time.Duration(l.SecondsLeft)*time.Second, l.BanCount, l.Reason)
+			}
+			return tw.Flush()
+		},
+	}
+}

@@ -1,0 +1,236 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sort"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+
+	"github.com/moat-fw/moat/internal/guard"
+)
+
+const guardLong = `Follow sshd's log and ban addresses that fail to log in too often, in
+kernel sets with timeouts: bans expire even if moat is down, survive
+'moat apply', and are put back after a restart.
+
+Settings live in the policy file:
+  guard sshd                          # turn the guard on ('moat init' writes it)
+  guard maxretry 5 findtime 10m       # 5 failures within 10 minutes...
+  guard bantime 1h bantime-max 1w     # ...ban for 1h, repeat offenders longer,
+  guard bantime-factor 2              # ×2 each time, at most a week
+  guard weak 0.5                      # pre-auth disconnects, bad banners count half
+  allowlist 198.51.100.0/24 2001:db8:1::/48   # never banned
+
+The log is journald (through 'journalctl -f -o json', resuming from a saved
+cursor) or a file (--log-file; found by itself when there is no journal),
+followed across rotation by rename and by truncation. Runs in the
+foreground as a systemd Type=notify service (packaging/systemd/
+moat-guard.service) or on its own.`
+
+func (a *app) guardCommand() *cobra.Command {
+	var logFile, journalctl, metrics string
+	cmd := &cobra.Command{
+		Use:     "guard",
+		Short:   "Stop SSH brute force: follow sshd's log, ban offenders in the kernel",
+		Long:    guardLong,
+		GroupID: "guard",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.runGuard(cmd.Context(), logFile, journalctl, metrics)
+		},
+	}
+	cmd.Flags().StringVar(&logFile, "log-file", "", "follow this file (/var/log/auth.log) instead of journald")
+	cmd.Flags().StringVar(&journalctl, "journalctl", "journalctl", "the journalctl program")
+	cmd.Flags().MarkHidden("journalctl")
+	cmd.Flags().StringVar(&metrics, "metrics-listen", "", "serve Prometheus metrics on this address (127.0.0.1:9550)")
+	cmd.AddCommand(a.guardCheckCommand())
+	return cmd
+}
+
+// pickSource: --log-file, else journald when it runs, else the usual files.
+func pickSource(logFile, journalctl string, st *guard.State) (guard.Source, string, error) {
+	if logFile != "" {
+		return &guard.FileSource{Path: logFile, From: filePos(st, logFile)}, "file " + logFile, nil
+	}
+	if _, err := exec.LookPath(journalctl); err == nil {
+		if _, err := os.Stat("/run/systemd/journal/socket"); err == nil || journalctl != "journalctl" {
+			return &guard.JournalSource{Journalctl: journalctl, Cursor: st.JournalCursor}, "journald", nil
+		}
+	}
+	for _, f := range []string{"/var/log/auth.log", "/var/log/secure", "/var/log/messages"} {
+		if _, err := os.Stat(f); err == nil {
+			return &guard.FileSource{Path: f, From: filePos(st, f)}, "file " + f, nil
+		}
+	}
+	return nil, "", errors.New("no log to follow: no journald and no /var/log/auth.log; use --log-file")
+}
+
+func filePos(st *guard.State, path string) *guard.FilePos {
+	if st.File != nil && st.File.Path == path {
+		return st.File
+	}
+	return nil
+}
+
+func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr string) error {
+	p, err := a.loadPolicy()
+	if err != nil {
+		return err
+	}
+	if !p.Guard.Enabled {
+		return fmt.Errorf("the guard is off in %s: add 'guard sshd'", a.config)
+	}
+	b, err := a.banBackend(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := guard.LoadState(a.stateDir)
+	if err != nil {
+		return err
+	}
+	src, what, err := pickSource(logFile, journalctl, st)
+	if err != nil {
+		return err
+	}
+	svc := &guard.Service{Cfg: p.Guard, Bans: b, StateDir: a.stateDir, Log: a.log.With("component", "guard")}
+	if metricsAddr != "" {
+		svc.Metrics = guard.NewMetrics()
+		go func() {
+			if err := svc.Metrics.Serve(ctx, metricsAddr); err != nil {
+				a.log.Error("metrics", "err", err)
+			}
+		}()
+	}
+	svc.Ready = func() {
+		fmt.Fprintf(a.errOut, "moat guard: following %s (%s backend; ban after %d failures in %s, for %s up to %s)\n",
+			what, b.Name(), p.Guard.MaxRetry, p.Guard.FindTime, p.Guard.BanTime, p.Guard.BanTimeMax)
+		daemon.SdNotify(false, daemon.SdNotifyReady)
+	}
+	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
+		go func() {
+			t := time.NewTicker(interval / 2)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+				}
+			}
+		}()
+	}
+	err = svc.Run(ctx, src)
+	daemon.SdNotify(false, daemon.SdNotifyStopping)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+type checkLine struct {
+	Line    int    `json:"line"`
+	Match   bool   `json:"match"`
+	Kind    string `json:"kind,omitempty"`
+	Addr    string `json:"addr,omitempty"`
+	User    string `json:"user,omitempty"`
+	Service string `json:"service,omitempty"`
+}
+
+type checkSummary struct {
+	Lines     int            `json:"lines"`
+	Matched   int            `json:"matched"`
+	Addresses int            `json:"addresses"`
+	ByKind    map[string]int `json:"by_kind"`
+	Top       []addrCount    `json:"top_addresses"`
+}
+
+type addrCount struct {
+	Addr     string `json:"addr"`
+	Failures int    `json:"failures"`
+}
+
+func (a *app) guardCheckCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check FILE|-",
+		Short: "Show what the guard sees in log lines (like fail2ban-regex)",
+		Long: `Read log lines (syslog, RFC 5424, ISO timestamps, or journalctl -o json)
+and print one JSON object a line: {"line": N, "match": true|false, "kind":
+"...", "addr": "...", "user": "..."}. "match" is true for lines that count
+against an address; a successful login shows its kind with match false.
+A last line {"summary": ...} counts lines, failures by kind and addresses.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var in io.Reader = os.Stdin
+			if args[0] != "-" {
+				f, err := os.Open(args[0])
+				if err != nil {
+					return fmt.Errorf("guard check: %w", err)
+				}
+				defer f.Close()
+				in = f
+			}
+			return a.guardCheck(in)
+		},
+	}
+}
+
+func (a *app) guardCheck(in io.Reader) error {
+	enc := json.NewEncoder(a.out)
+	sum := checkSummary{ByKind: map[string]int{}}
+	perAddr := map[string]int{}
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		sum.Lines++
+		text := sc.Text()
+		var ev guard.Event
+		var ok bool
+		if len(text) > 0 && text[0] == '{' {
+			if l, err := guard.ParseJournalEntry([]byte(text)); err == nil {
+				ev, ok = guard.ParseMessage(l.Prog, l.Text)
+			}
+		} else {
+			ev, ok = guard.ParseLine(text)
+		}
+		out := checkLine{Line: sum.Lines}
+		if ok {
+			out.Match = ev.Kind.Failure()
+			out.Kind, out.Addr, out.User, out.Service = string(ev.Kind), ev.Addr.String(), ev.User, ev.Service
+			if out.Match {
+				sum.Matched++
+				sum.ByKind[out.Kind]++
+				perAddr[out.Addr]++
+			}
+		}
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("guard check: %w", err)
+	}
+	sum.Addresses = len(perAddr)
+	for ad, n := range perAddr {
+		sum.Top = append(sum.Top, addrCount{ad, n})
+	}
+	sort.Slice(sum.Top, func(i, j int) bool {
+		if sum.Top[i].Failures != sum.Top[j].Failures {
+			return sum.Top[i].Failures > sum.Top[j].Failures
+		}
+		return sum.Top[i].Addr < sum.Top[j].Addr
+	})
+	if len(sum.Top) > 10 {
+		sum.Top = sum.Top[:10]
+	}
+	return enc.Encode(map[string]checkSummary{"summary": sum})
+}

@@ -1,0 +1,122 @@
+package guard
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"time"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// Allowed reports whether an address is on the allowlist.
+func Allowed(list []netip.Prefix, a netip.Addr) bool {
+	for _, p := range list {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+type failure struct {
+	at     time.Time
+	weight float64
+	kind   Kind
+}
+
+// Detector counts failures per address within findtime and decides bans,
+// longer for repeat offenders.
+type Detector struct {
+	cfg     policy.Guard
+	fails   map[netip.Addr][]failure
+	history map[netip.Addr]*Record
+	seen    int
+}
+
+// NewDetector starts from a ban history (may be nil).
+func NewDetector(cfg policy.Guard, history map[netip.Addr]*Record) *Detector {
+	if history == nil {
+		history = map[netip.Addr]*Record{}
+	}
+	return &Detector{cfg: cfg, fails: map[netip.Addr][]failure{}, history: history}
+}
+
+// History is the ban history the detector keeps up to date.
+func (d *Detector) History() map[netip.Addr]*Record { return d.history }
+
+// Observe takes one event and returns a ban when the address reached
+// maxretry within findtime.
+func (d *Detector) Observe(ev Event, now time.Time) (ruleset.Ban, bool) {
+	if !ev.Kind.Failure() || !ev.Addr.IsValid() || Allowed(d.cfg.Allowlist, ev.Addr) {
+		return ruleset.Ban{}, false
+	}
+	weight := 1.0
+	if ev.Kind.Weak() {
+		weight = d.cfg.WeakWeight
+	}
+	if weight <= 0 {
+		return ruleset.Ban{}, false
+	}
+	if r := d.history[ev.Addr]; r != nil && r.Until.After(now) {
+		return ruleset.Ban{}, false // banned already; stragglers in the log
+	}
+	d.seen++
+	if d.seen%4096 == 0 {
+		d.sweep(now)
+	}
+	cutoff := now.Add(-d.cfg.FindTime)
+	list := d.fails[ev.Addr][:0:0]
+	sum := weight
+	for _, f := range d.fails[ev.Addr] {
+		if f.at.After(cutoff) {
+			list = append(list, f)
+			sum += f.weight
+		}
+	}
+	list = append(list, failure{at: now, weight: weight, kind: ev.Kind})
+	if sum+1e-9 < float64(d.cfg.MaxRetry) {
+		d.fails[ev.Addr] = list
+		return ruleset.Ban{}, false
+	}
+	delete(d.fails, ev.Addr)
+	r := d.history[ev.Addr]
+	if r == nil {
+		r = &Record{}
+		d.history[ev.Addr] = r
+	}
+	dur := d.BanTime(r.Count)
+	r.Count++
+	r.LastBan, r.Until = now, now.Add(dur)
+	r.Reason = fmt.Sprintf("guard: %d failures in %s, last %s (ban %d)", len(list), d.cfg.FindTime, ev.Kind, r.Count)
+	return ruleset.Ban{Addr: ev.Addr, Timeout: dur, Reason: r.Reason}, true
+}
+
+// BanTime is the length of an address's next ban after prior bans:
+// bantime × factor^prior, at most bantime-max.
+func (d *Detector) BanTime(prior int) time.Duration {
+	max := d.cfg.BanTimeMax
+	if max < d.cfg.BanTime {
+		max = d.cfg.BanTime
+	}
+	f := float64(d.cfg.BanTime) * math.Pow(d.cfg.BanTimeFactor, float64(prior))
+	if f >= float64(max) || math.IsInf(f, 0) || math.IsNaN(f) {
+		return max
+	}
+	return time.Duration(f)
+}
+
+// sweep forgets failures older than findtime, so memory follows the
+// attackers of the last findtime, not of all time.
+func (d *Detector) sweep(now time.Time) {
+	cutoff := now.Add(-d.cfg.FindTime)
+	for a, list := range d.fails {
+		if len(list) == 0 || !list[len(list)-1].at.After(cutoff) {
+			delete(d.fails, a)
+		}
+	}
+}
+
+// Tracked is how many addresses have recent failures.
+func (d *Detector) Tracked() int { return len(d.fails) }

@@ -1,0 +1,201 @@
+package guard
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Line is one log line from a source, with where to resume after it.
+type Line struct {
+	Text string
+	Prog string    // the program, when the source knows it (journald)
+	Time time.Time // when the line was written, if known; else when read
+	// Resume position after this line.
+	Cursor string
+	File   *FilePos
+}
+
+// maxLine bounds a log line; longer lines are cut (their head is parsed).
+const maxLine = 64 << 10
+
+// FileSource follows a log file across rotation by rename (logrotate's
+// default: the file is renamed and a new one created) and by truncation
+// (copytruncate), without losing or re-reading lines.
+type FileSource struct {
+	Path string
+	// From is where to resume (nil: at the end of the file, as a new
+	// follower should not ban for old lines).
+	From *FilePos
+	// Poll is how often the file is checked besides inotify events.
+	Poll time.Duration
+}
+
+type openFile struct {
+	f      *os.File
+	r      *bufio.Reader
+	inode  uint64
+	offset int64
+	buf    []byte // an incomplete last line
+}
+
+func inodeOf(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}
+
+func (s *FileSource) open(resume bool) (*openFile, error) {
+	f, err := os.Open(s.Path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	o := &openFile{f: f, inode: inodeOf(fi)}
+	switch {
+	case !resume:
+		// A new file after rotation: read it from the start.
+	case s.From != nil && s.From.Inode == o.inode && s.From.Offset <= fi.Size():
+		o.offset = s.From.Offset
+	case s.From != nil && s.From.Inode == o.inode:
+		o.offset = 0 // truncated while we were away
+	case s.From != nil:
+		o.offset = 0 // rotated while we were away: the new file is all new
+	default:
+		o.offset = fi.Size()
+	}
+	if _, err := f.Seek(o.offset, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	o.r = bufio.NewReaderSize(f, 64<<10)
+	return o, nil
+}
+
+// drain sends every complete line from the current offset on.
+func (s *FileSource) drain(ctx context.Context, o *openFile, out chan<- Line) error {
+	for {
+		chunk, err := o.r.ReadSlice('\n')
+		if len(chunk) > 0 && len(o.buf) < maxLine {
+			o.buf = append(o.buf, chunk[:min(len(chunk), maxLine-len(o.buf))]...)
+		}
+		o.offset += int64(len(chunk))
+		if err == nil {
+			text := string(trimEOL(o.buf))
+			o.buf = o.buf[:0]
+			select {
+			case out <- Line{Text: text, Time: time.Now(), File: &FilePos{Path: s.Path, Inode: o.inode, Offset: o.offset}}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+}
+
+func trimEOL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// Run sends lines until ctx ends.
+func (s *FileSource) Run(ctx context.Context, out chan<- Line) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("follow %s: %w", s.Path, err)
+	}
+	defer w.Close()
+	// Watch the directory: renames and re-creations of the file show there.
+	if err := w.Add(filepath.Dir(s.Path)); err != nil {
+		return fmt.Errorf("follow %s: %w", s.Path, err)
+	}
+	cur, err := s.open(true)
+	for err != nil {
+		// The file may not exist yet (a fresh system); wait for it.
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("follow %s: %w", s.Path, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		cur, err = s.open(false)
+	}
+	defer func() { cur.f.Close() }()
+	poll := s.Poll
+	if poll == 0 {
+		poll = time.Second
+	}
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
+	check := func() error {
+		// Truncated (copytruncate)? Start over at the beginning.
+		if fi, err := cur.f.Stat(); err == nil && fi.Size() < cur.offset {
+			if _, err := cur.f.Seek(0, io.SeekStart); err != nil {
+				return err
+			}
+			cur.offset, cur.buf = 0, cur.buf[:0]
+			cur.r.Reset(cur.f)
+		}
+		if err := s.drain(ctx, cur, out); err != nil {
+			return err
+		}
+		// Replaced (rename and create)? Finish the old file, then the new.
+		fi, err := os.Stat(s.Path)
+		if err != nil || inodeOf(fi) == cur.inode {
+			return nil
+		}
+		next, err := s.open(false)
+		if err != nil {
+			return nil // not there yet; the next event or tick retries
+		}
+		cur.f.Close()
+		cur = next
+		return s.drain(ctx, cur, out)
+	}
+	if err := check(); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev, ok := <-w.Events:
+			if !ok {
+				return errors.New("follow: watcher closed")
+			}
+			if filepath.Clean(ev.Name) != filepath.Clean(s.Path) {
+				continue
+			}
+		case err := <-w.Errors:
+			return fmt.Errorf("follow %s: %w", s.Path, err)
+		case <-tick.C:
+		}
+		if err := check(); err != nil {
+			return fmt.Errorf("follow %s: %w", s.Path, err)
+		}
+	}
+}

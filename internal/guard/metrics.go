@@ -1,0 +1,61 @@
+package guard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the guard's Prometheus metrics.
+type Metrics struct {
+	Registry   *prometheus.Registry
+	Lines      prometheus.Counter
+	Failures   *prometheus.CounterVec
+	BansTotal  prometheus.Counter
+	BansActive prometheus.Gauge
+	BanLatency prometheus.Histogram
+}
+
+// NewMetrics registers the guard's metrics in a registry of their own.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry:   prometheus.NewRegistry(),
+		Lines:      prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_guard_lines_read_total", Help: "Log lines read."}),
+		Failures:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_guard_failures_total", Help: "Failures seen, by kind."}, []string{"kind"}),
+		BansTotal:  prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_guard_bans_total", Help: "Bans made since start."}),
+		BansActive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "moat_guard_bans_active", Help: "Bans in force (from the ban history)."}),
+		BanLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "moat_guard_ban_latency_seconds",
+			Help:    "Time from the log line that triggered a ban to the ban being in the kernel.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+	}
+	m.Registry.MustRegister(m.Lines, m.Failures, m.BansTotal, m.BansActive, m.BanLatency,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// Serve answers /metrics on addr until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,206 @@
+package guard
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// Banner is what the guard needs of a backend.
+type Banner interface {
+	Ban(ctx context.Context, bans []ruleset.Ban) error
+	Bans(ctx context.Context) ([]ruleset.Ban, error)
+}
+
+// Source sends log lines until its context ends.
+type Source interface {
+	Run(ctx context.Context, out chan<- Line) error
+}
+
+// Service is the long-running guard.
+type Service struct {
+	Cfg      policy.Guard
+	Bans     Banner
+	StateDir string
+	Log      *slog.Logger
+	Metrics  *Metrics // may be nil
+	// Ready is called once the source runs (sd_notify READY=1).
+	Ready func()
+	// SaveEvery is how often the read position is saved without bans.
+	SaveEvery time.Duration
+}
+
+// maxBatch bounds how many bans go to the kernel in one call.
+const maxBatch = 1000
+
+// Restore puts back bans the history says are active but the kernel lost
+// (a reboot, a crash while moat's rules were reloaded), with the time they
+// have left. It returns how many it re-inserted.
+func (s *Service) Restore(ctx context.Context, st *State, now time.Time) (int, error) {
+	live, err := s.Bans.Bans(ctx)
+	if err != nil {
+		return 0, err
+	}
+	have := map[netip.Addr]bool{}
+	for _, b := range live {
+		have[b.Addr] = true
+	}
+	var missing []ruleset.Ban
+	for a, r := range st.Bans {
+		if left := r.Until.Sub(now); left > time.Second && !have[a] {
+			missing = append(missing, ruleset.Ban{Addr: a, Timeout: left, Reason: r.Reason})
+		}
+	}
+	if err := s.Bans.Ban(ctx, missing); err != nil {
+		return 0, err
+	}
+	return len(missing), nil
+}
+
+// Run follows the source, detects and bans until ctx ends.
+func (s *Service) Run(ctx context.Context, src Source) error {
+	st, err := LoadState(s.StateDir)
+	if err != nil {
+		return err
+	}
+	n, err := s.Restore(ctx, st, time.Now())
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		s.Log.Info("re-inserted bans the kernel had lost", "count", n)
+	}
+	det := NewDetector(s.Cfg, st.Bans)
+	srcCtx, stopSrc := context.WithCancel(ctx)
+	defer stopSrc()
+	lines := make(chan Line, 4096)
+	errc := make(chan error, 1)
+	go func() { errc <- src.Run(srcCtx, lines) }()
+	if s.Ready != nil {
+		s.Ready()
+	}
+	every := s.SaveEvery
+	if every == 0 {
+		every = 2 * time.Second
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+
+	var batch []ruleset.Ban
+	var seen []time.Time // when each banned line was written, for latency
+	dirty := map[netip.Addr]bool{}
+	var pos *Line // the last line processed: where to resume
+	moved := false
+
+	save := func() error {
+		if !moved && len(dirty) == 0 {
+			return nil
+		}
+		err := UpdateState(s.StateDir, func(disk *State) error {
+			for a := range dirty {
+				disk.Bans[a] = det.History()[a]
+			}
+			if pos != nil {
+				if pos.Cursor != "" {
+					disk.JournalCursor = pos.Cursor
+				}
+				if pos.File != nil {
+					disk.File = pos.File
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			dirty, moved = map[netip.Addr]bool{}, false
+		}
+		return err
+	}
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := s.Bans.Ban(ctx, batch); err != nil {
+			return err
+		}
+		done := time.Now()
+		for i, b := range batch {
+			s.Log.Warn("banned", "address", b.Addr, "for", b.Timeout.String(), "reason", b.Reason)
+			if s.Metrics != nil {
+				s.Metrics.BansTotal.Inc()
+				s.Metrics.BanLatency.Observe(done.Sub(seen[i]).Seconds())
+			}
+		}
+		batch, seen = batch[:0], seen[:0]
+		return save() // history first on disk, so a crash keeps escalation
+	}
+	handle := func(l Line) {
+		pos, moved = &l, true
+		if s.Metrics != nil {
+			s.Metrics.Lines.Inc()
+		}
+		var ev Event
+		var ok bool
+		if l.Prog != "" {
+			ev, ok = ParseMessage(l.Prog, l.Text)
+		} else {
+			ev, ok = ParseLine(l.Text)
+		}
+		if !ok || !ev.Kind.Failure() {
+			return
+		}
+		if s.Metrics != nil {
+			s.Metrics.Failures.WithLabelValues(string(ev.Kind)).Inc()
+		}
+		if ban, ok := det.Observe(ev, time.Now()); ok {
+			batch = append(batch, ban)
+			seen = append(seen, l.Time)
+			dirty[ban.Addr] = true
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			stopSrc()
+			return errors.Join(flush(), save())
+		case err := <-errc:
+			return errors.Join(err, flush(), save())
+		case <-tick.C:
+			if s.Metrics != nil {
+				s.Metrics.BansActive.Set(float64(activeBans(det.History(), time.Now())))
+			}
+			if err := save(); err != nil {
+				s.Log.Error("save guard state", "err", err)
+			}
+		case l := <-lines:
+			handle(l)
+			// Take what else is waiting, then ban it all in one batch.
+		more:
+			for len(batch) < maxBatch {
+				select {
+				case l := <-lines:
+					handle(l)
+				default:
+					break more
+				}
+			}
+			if err := flush(); err != nil {
+				return errors.Join(err, save())
+			}
+		}
+	}
+}
+
+func activeBans(h map[netip.Addr]*Record, now time.Time) int {
+	n := 0
+	for _, r := range h {
+		if r.Until.After(now) {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,92 @@
+package ipt
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// Ban adds addresses to moat's ban ipsets in one ipset restore; -exist
+// gives an address already banned its new timeout.
+func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
+	if len(bans) == 0 {
+		return nil
+	}
+	var s strings.Builder
+	for _, ban := range bans {
+		secs := max(int64(ban.Timeout.Seconds()), 1)
+		fmt.Fprintf(&s, "add %s %s timeout %d", IPSetName(ruleset.BanSetFor(ban.Addr)), ban.Addr, secs)
+		if r := ruleset.CleanReason(ban.Reason); r != "" {
+			fmt.Fprintf(&s, " comment %q", r)
+		}
+		s.WriteString(" -exist\n")
+	}
+	if _, err := b.Run(ctx, []byte(s.String()), "ipset", "restore"); err != nil {
+		return fmt.Errorf("ban: %w ('moat enable' loads moat's ipsets)", err)
+	}
+	return nil
+}
+
+// Unban removes addresses from the ban ipsets (absent ones are fine).
+func (b *Backend) Unban(ctx context.Context, addrs []netip.Addr) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	var s strings.Builder
+	for _, a := range addrs {
+		fmt.Fprintf(&s, "del %s %s -exist\n", IPSetName(ruleset.BanSetFor(a)), a)
+	}
+	if _, err := b.Run(ctx, []byte(s.String()), "ipset", "restore"); err != nil {
+		return fmt.Errorf("unban: %w", err)
+	}
+	return nil
+}
+
+// Bans lists the banned addresses with the time left.
+func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
+	var out []ruleset.Ban
+	for _, set := range []string{ruleset.BanSet4, ruleset.BanSet6} {
+		data, err := b.Run(ctx, nil, "ipset", "save", IPSetName(set))
+		if err != nil {
+			return nil, fmt.Errorf("list bans: %w ('moat enable' loads moat's ipsets)", err)
+		}
+		out = append(out, parseBanSave(data)...)
+	}
+	return out, nil
+}
+
+// parseBanSave reads `add SET ADDR timeout N [comment "X"]` lines.
+func parseBanSave(data []byte) []ruleset.Ban {
+	var out []ruleset.Ban
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 || f[0] != "add" {
+			continue
+		}
+		a, err := netip.ParseAddr(f[2])
+		if err != nil {
+			continue
+		}
+		ban := ruleset.Ban{Addr: a}
+		for i := 3; i+1 < len(f); i++ {
+			switch f[i] {
+			case "timeout":
+				n, _ := strconv.Atoi(f[i+1])
+				ban.Expires = time.Duration(n) * time.Second
+			case "comment":
+				_, c, _ := strings.Cut(sc.Text(), `comment "`)
+				ban.Reason = strings.TrimSuffix(strings.TrimSpace(c), `"`)
+			}
+		}
+		out = append(out, ban)
+	}
+	return out
+}
