@@ -41,6 +41,13 @@ func requireSSH(t testing.TB) {
 // the test ends.
 func (e *env) startSSHD(port uint16) *sshd {
 	e.t.Helper()
+	return e.startSSHDWith(port, "", "")
+}
+
+// startSSHDWith adds config lines and, with logFile, writes sshd's log
+// there (sshd -E) for the guard to follow.
+func (e *env) startSSHDWith(port uint16, extra, logFile string) *sshd {
+	e.t.Helper()
 	requireSSH(e.t)
 	dir := filepath.Join(e.dir, fmt.Sprintf("sshd%d", port))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -60,7 +67,8 @@ func (e *env) startSSHD(port uint16) *sshd {
 		e.t.Fatal(err)
 	}
 	writeFile(e.t, filepath.Join(dir, "authorized_keys"), string(pub))
-	conf := fmt.Sprintf(`Port %d
+	// sshd keeps the first value of a keyword: extra lines go first.
+	conf := extra + fmt.Sprintf(`Port %d
 ListenAddress 0.0.0.0
 ListenAddress ::
 HostKey %s/host
@@ -72,14 +80,26 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
+MaxStartups 100:30:200
+LoginGraceTime 20
 `, port, dir, dir, dir)
 	writeFile(e.t, filepath.Join(dir, "sshd_config"), conf)
-	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	args := []string{"-D", "-e", "-f", filepath.Join(dir, "sshd_config")}
+	if logFile != "" {
+		args = append(args, "-E", logFile)
+	}
+	cmd := exec.Command("/usr/sbin/sshd", args...)
+	// No pipes (sshd's children would hold them open after it is killed),
+	// and a process group, so the cleanup ends the per-connection children
+	// too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := e.topo.Server.Start(cmd); err != nil {
 		e.t.Fatalf("start sshd: %v", err)
 	}
-	e.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	e.t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		out, _ := e.topo.Client.Send(context.Background(), lab.Probe{Proto: "tcp", Dst: netip.AddrPortFrom(lab.ServerV4, port)})

@@ -33,6 +33,9 @@ type Detector struct {
 	fails   map[netip.Addr][]failure
 	history map[netip.Addr]*Record
 	seen    int
+	// StillBanned says whether the kernel still holds an address's ban
+	// (nil: trust the history).
+	StillBanned func(netip.Addr) bool
 }
 
 // NewDetector starts from a ban history (may be nil).
@@ -59,8 +62,11 @@ func (d *Detector) Observe(ev Event, now time.Time) (ruleset.Ban, bool) {
 	if weight <= 0 {
 		return ruleset.Ban{}, false
 	}
-	if r := d.history[ev.Addr]; r != nil && r.Until.After(now) {
-		return ruleset.Ban{}, false // banned already; stragglers in the log
+	// A banned address can send nothing: its lines are stragglers of
+	// connections that were open, unless the ban is gone ('moat unban', a
+	// lost set), which StillBanned asks the kernel.
+	if r := d.history[ev.Addr]; r != nil && r.Until.After(now) && (d.StillBanned == nil || d.StillBanned(ev.Addr)) {
+		return ruleset.Ban{}, false
 	}
 	d.seen++
 	if d.seen%4096 == 0 {

@@ -30,7 +30,7 @@ func TestDetectorBansAndEscalates(t *testing.T) {
 	if !ok || ban.Timeout != 10*time.Second || ban.Addr.String() != a {
 		t.Fatalf("third failure: %+v %v", ban, ok)
 	}
-	// While banned, stragglers do not count; after it, escalation: 20s, then 35s (capped).
+	// While banned, stragglers do not count; later, escalation: 20s, then 35s (capped).
 	if _, ok := d.Observe(ev(FailedPassword, a), t0.Add(3*time.Second)); ok {
 		t.Fatal("banned again while banned")
 	}

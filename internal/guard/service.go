@@ -76,6 +76,7 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 		s.Log.Info("re-inserted bans the kernel had lost", "count", n)
 	}
 	det := NewDetector(s.Cfg, st.Bans)
+	det.StillBanned = s.kernelBanCheck(ctx)
 	srcCtx, stopSrc := context.WithCancel(ctx)
 	defer stopSrc()
 	lines := make(chan Line, 4096)
@@ -203,4 +204,26 @@ func activeBans(h map[netip.Addr]*Record, now time.Time) int {
 		}
 	}
 	return n
+}
+
+// kernelBanCheck answers from the kernel's ban list, read at most once a
+// second: it is only asked about lines from addresses the history says are
+// banned, which are rare.
+func (s *Service) kernelBanCheck(ctx context.Context) func(netip.Addr) bool {
+	var at time.Time
+	live := map[netip.Addr]bool{}
+	return func(a netip.Addr) bool {
+		if time.Since(at) > time.Second {
+			bans, err := s.Bans.Bans(ctx)
+			if err != nil {
+				return true // unsure: do not ban twice
+			}
+			live = make(map[netip.Addr]bool, len(bans))
+			for _, b := range bans {
+				live[b.Addr] = true
+			}
+			at = time.Now()
+		}
+		return live[a]
+	}
 }

@@ -39,6 +39,9 @@ func Builtins(h Hook) []Rule {
 	case Input:
 		rs = []Rule{
 			{Match: Match{InIface: "lo"}, Verdict: Accept, Origin: builtin("loopback", "accept loopback traffic")},
+			// Neighbour discovery first: a host with one banned address
+			// must still resolve ours for its other addresses.
+			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6ND, HopLimit: 255}, Verdict: Accept, Origin: builtin("ndp", "accept IPv6 neighbour discovery and router advertisements (hop limit 255)")},
 			// Before established: a ban also ends the banned address's
 			// open connections.
 			{Match: Match{Family: policy.FamilyV4, SrcSet: BanSet4}, Verdict: Drop, Origin: builtin("ban", "drop addresses banned by the guard or 'moat ban'")},
@@ -47,7 +50,6 @@ func Builtins(h Hook) []Rule {
 			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept replies of established connections")},
 			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "accept ICMP errors (unreachable, time exceeded, parameter problem)")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6Errors}, Verdict: Accept, Origin: builtin("icmpv6", "accept ICMPv6 errors (unreachable, packet too big, time exceeded, parameter problem)")},
-			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6ND, HopLimit: 255}, Verdict: Accept, Origin: builtin("ndp", "accept IPv6 neighbour discovery and router advertisements (hop limit 255)")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6MLD, Src: []netip.Prefix{linkLocal6}}, Verdict: Accept, Origin: builtin("mld", "accept IPv6 multicast listener discovery from link-local addresses")},
 			{Match: Match{Family: policy.FamilyV4, Protos: []string{"udp"}, SPorts: ports(67), DPorts: ports(68)}, Verdict: Accept, Origin: builtin("dhcp", "accept DHCP replies to this host's client")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"udp"}, Src: []netip.Prefix{linkLocal6}, SPorts: ports(547), DPorts: ports(546)}, Verdict: Accept, Origin: builtin("dhcpv6", "accept DHCPv6 replies to this host's client")},

@@ -1,0 +1,265 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/moat-fw/moat/internal/lab"
+)
+
+// failLogin makes one real SSH password login from src that fails: sshd
+// logs "Invalid user" and "Failed password for invalid user".
+func (e *env) failLogin(src, dst netip.Addr, user string) error {
+	var conn net.Conn
+	err := e.topo.Client.Do(func() error {
+		d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+		var err error
+		conn, err = d.Dial("tcp", netip.AddrPortFrom(dst, 22).String())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	cfg := &ssh.ClientConfig{User: user, Auth: []ssh.AuthMethod{ssh.Password("wrong password")},
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second}
+	c, _, _, err := ssh.NewClientConn(conn, dst.String(), cfg)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("login as %s succeeded", user)
+	}
+	return nil
+}
+
+// startGuard runs `moat guard` in the server namespace until the test ends
+// (or stop is called).
+func (e *env) startGuard(args ...string) (stop func()) {
+	e.t.Helper()
+	full := append([]string{"--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir(), "guard"}, args...)
+	cmd := exec.Command(moatBin, full...)
+	logf, _ := os.Create(filepath.Join(e.dir, fmt.Sprintf("guard-%d.log", time.Now().UnixNano())))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := e.topo.Server.Start(cmd); err != nil {
+		e.t.Fatal(err)
+	}
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+			logf.Close()
+		}
+	}
+	e.t.Cleanup(stop)
+	// Ready once it says what it follows.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, _ := os.ReadFile(logf.Name())
+		if strings.Contains(string(data), "moat guard: following") {
+			return stop
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("guard did not start:\n%s", data)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitFor polls cond until it holds or the wait runs out.
+func waitFor(t testing.TB, wait time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", wait, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (e *env) probeSSH(src, dst netip.Addr) lab.Outcome {
+	out, _ := e.topo.Client.Send(context.Background(), lab.Probe{Proto: "tcp", Src: src, Dst: netip.AddrPortFrom(dst, 22), Wait: 300 * time.Millisecond})
+	return out
+}
+
+type banJSON struct {
+	Address     string `json:"address"`
+	Reason      string `json:"reason"`
+	SecondsLeft int64  `json:"seconds_left"`
+	BanCount    int    `json:"ban_count"`
+}
+
+func (e *env) bans() map[string]banJSON {
+	e.t.Helper()
+	var list []banJSON
+	out := e.mustMoat("bans", "--json")
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		e.t.Fatalf("bans --json: %v\n%s", err, out)
+	}
+	m := map[string]banJSON{}
+	for _, b := range list {
+		m[b.Address] = b
+	}
+	return m
+}
+
+// Real failed password logins against a real sshd get the client banned
+// in the kernel after maxretry failures, on both backends, IPv4 and IPv6;
+// the ban expires; allowlisted clients and successful logins are never
+// banned.
+func TestGuardBansBruteForce(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			logFile := filepath.Join(e.dir, "sshd.log")
+			srv := e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
+			// Each failed attempt logs two failures (Invalid user, Failed
+			// password); weak evidence is off so the count is exact.
+			e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 4 findtime 1m bantime 3s weak 0\nallowlist 192.0.2.3 2001:db8::3\n")
+			e.startGuard("--log-file", logFile)
+
+			for _, fam := range []struct{ client, alt, server netip.Addr }{
+				{lab.ClientV4, lab.ClientAlt[0], lab.ServerV4},
+				{lab.ClientV6, lab.ClientAlt[2], lab.ServerV6},
+			} {
+				// Successful logins (key) do not count.
+				for i := 0; i < 3; i++ {
+					if !srv.canLogin(fam.server) {
+						t.Fatalf("key login to %s failed", fam.server)
+					}
+				}
+				// The allowlisted address fails many times and stays in.
+				for i := 0; i < 4; i++ {
+					if err := e.failLogin(fam.alt, fam.server, "nobody-here"); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := e.failLogin(fam.client, fam.server, "admin"); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(300 * time.Millisecond) // the guard has read the lines
+				if out := e.probeSSH(fam.client, fam.server); out != lab.Open {
+					t.Fatalf("%s banned after 2 of 4 failures: %s", fam.client, out)
+				}
+				start := time.Now()
+				if err := e.failLogin(fam.client, fam.server, "admin"); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, 3*time.Second, fam.client.String()+" not banned after 4 failures", func() bool {
+					return e.probeSSH(fam.client, fam.server) == lab.Timeout
+				})
+				t.Logf("%s banned %s after its 4th failure", fam.client, time.Since(start).Round(time.Millisecond))
+				if ban, ok := e.bans()[fam.client.String()]; !ok || !strings.Contains(ban.Reason, "guard: ") || ban.BanCount != 1 {
+					t.Errorf("moat bans: %+v", e.bans())
+				}
+				if out := e.probeSSH(fam.alt, fam.server); out != lab.Open {
+					t.Errorf("allowlisted %s: %s", fam.alt, out)
+				}
+				if _, ok := e.bans()[lab.ClientAlt[1].String()]; ok {
+					t.Errorf("a key login was banned")
+				}
+				// The ban expires by itself in the kernel.
+				waitFor(t, 6*time.Second, "ban of "+fam.client.String()+" did not expire", func() bool {
+					return e.probeSSH(fam.client, fam.server) == lab.Open
+				})
+			}
+		})
+	}
+}
+
+// Bans survive a re-apply, a guard crash (kill -9) and even the kernel
+// losing them; escalation goes on after the restart.
+func TestGuardSurvivesCrash(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			logFile := filepath.Join(e.dir, "sshd.log")
+			e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
+			policy := "default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 1m bantime 30s bantime-factor 3 weak 0\n"
+			e.apply(policy)
+			stop := e.startGuard("--log-file", logFile)
+			e.failLogin(lab.ClientV4, lab.ServerV4, "root-not")
+			waitFor(t, 3*time.Second, "not banned", func() bool { return e.probeSSH(lab.ClientV4, lab.ServerV4) == lab.Timeout })
+
+			e.mustMoat("enable") // a re-apply keeps the ban
+			if e.probeSSH(lab.ClientV4, lab.ServerV4) != lab.Timeout {
+				t.Fatal("re-apply dropped the ban")
+			}
+			// Crash the guard, then lose the kernel's bans (disable, enable).
+			stop()
+			e.mustMoat("disable")
+			e.mustMoat("enable")
+			if e.probeSSH(lab.ClientV4, lab.ServerV4) != lab.Open {
+				t.Fatal("disable did not clear the bans")
+			}
+			e.startGuard("--log-file", logFile)
+			waitFor(t, 3*time.Second, "restart did not re-insert the ban", func() bool {
+				return e.probeSSH(lab.ClientV4, lab.ServerV4) == lab.Timeout
+			})
+			if left := e.bans()[lab.ClientV4.String()].SecondsLeft; left > 30 || left < 20 {
+				t.Errorf("re-inserted ban has %ds left; want what was left of 30s", left)
+			}
+			// Unban, fail again: the second ban is 3 × 30s.
+			e.mustMoat("unban", lab.ClientV4.String())
+			e.failLogin(lab.ClientV4, lab.ServerV4, "root-not")
+			waitFor(t, 3*time.Second, "not banned again", func() bool {
+				ban, ok := e.bans()[lab.ClientV4.String()]
+				return ok && ban.BanCount == 2
+			})
+			if left := e.bans()[lab.ClientV4.String()].SecondsLeft; left < 80 || left > 90 {
+				t.Errorf("second ban: %ds left, want about 90", left)
+			}
+		})
+	}
+}
+
+// moat ban, bans and unban work without the guard, on both backends.
+func TestManualBans(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			if _, err := e.moat("ban", "192.0.2.3"); err == nil {
+				t.Error("ban worked with moat inactive")
+			}
+			e.apply("default allow incoming\nallowlist 192.0.2.4\n")
+			e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "--for", "2s", "--reason", "test")
+			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
+			bans := e.bans()
+			if ban := bans["192.0.2.3"]; ban.Reason != "manual: test" || ban.SecondsLeft > 2 || ban.BanCount != 1 {
+				t.Errorf("bans: %+v", bans)
+			}
+			if _, err := e.moat("ban", "192.0.2.4"); err == nil {
+				t.Error("banned an allowlisted address without --force")
+			}
+			if _, err := e.moat("ban", "203.0.113.0/24"); err == nil {
+				t.Error("banned a network")
+			}
+			waitFor(t, 4*time.Second, "manual ban did not expire", func() bool { return len(e.bans()) == 0 })
+			e.mustMoat("ban", "2001:db8::3")
+			e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+			e.mustMoat("unban", "2001:db8::3")
+			e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+		})
+	}
+}
