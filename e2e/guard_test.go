@@ -45,8 +45,8 @@ func (e *env) failLogin(src, dst netip.Addr, user string) error {
 }
 
 // startGuard runs `moat guard` in the server namespace until the test ends
-// (or stop is called).
-func (e *env) startGuard(args ...string) (stop func()) {
+// (or stop is called with the signal to end it by).
+func (e *env) startGuard(args ...string) (stop func(syscall.Signal)) {
 	e.t.Helper()
 	full := append([]string{"--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir(), "guard"}, args...)
 	cmd := exec.Command(moatBin, full...)
@@ -56,15 +56,15 @@ func (e *env) startGuard(args ...string) (stop func()) {
 		e.t.Fatal(err)
 	}
 	stopped := false
-	stop = func() {
+	stop = func(sig syscall.Signal) {
 		if !stopped {
 			stopped = true
-			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Process.Signal(sig)
 			cmd.Wait()
 			logf.Close()
 		}
 	}
-	e.t.Cleanup(stop)
+	e.t.Cleanup(func() { stop(syscall.SIGTERM) })
 	// Ready once it says what it follows.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -204,7 +204,7 @@ func TestGuardSurvivesCrash(t *testing.T) {
 				t.Fatal("re-apply dropped the ban")
 			}
 			// Crash the guard, then lose the kernel's bans (disable, enable).
-			stop()
+			stop(syscall.SIGKILL)
 			e.mustMoat("disable")
 			e.mustMoat("enable")
 			if e.probeSSH(lab.ClientV4, lab.ServerV4) != lab.Open {
@@ -256,7 +256,11 @@ func TestManualBans(t *testing.T) {
 				t.Error("banned a network")
 			}
 			waitFor(t, 4*time.Second, "manual ban did not expire", func() bool { return len(e.bans()) == 0 })
-			e.mustMoat("ban", "2001:db8::3")
+			e.mustMoat("ban", "2001:db8::3", "--for", "1m")
+			e.mustMoat("ban", "2001:db8::3", "--for", "2h") // a new length for a banned address
+			if left := e.bans()["2001:db8::3"].SecondsLeft; left < 7000 {
+				t.Errorf("re-ban kept the old length: %ds left", left)
+			}
 			e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
 			e.mustMoat("unban", "2001:db8::3")
 			e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 open")

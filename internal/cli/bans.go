@@ -98,6 +98,16 @@ session here, or on the guard's allowlist, is refused unless --force.`,
 			if err != nil {
 				return err
 			}
+			// An address banned already gets the new length.
+			if live, err := b.Bans(cmd.Context()); err == nil {
+				have := map[netip.Addr]bool{}
+				for _, l := range live {
+					have[l.Addr] = true
+				}
+				for i := range bans {
+					bans[i].Replace = have[bans[i].Addr]
+				}
+			}
 			if err := b.Ban(cmd.Context(), bans); err != nil {
 				return err
 			}

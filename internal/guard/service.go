@@ -38,6 +38,10 @@ type Service struct {
 // maxBatch bounds how many bans go to the kernel in one call.
 const maxBatch = 1000
 
+// compactAt is the journal size (bytes) past which it is folded into the
+// state file.
+const compactAt = 16 << 20
+
 // Restore puts back bans the history says are active but the kernel lost
 // (a reboot, a crash while moat's rules were reloaded), with the time they
 // have left. It returns how many it re-inserted.
@@ -98,28 +102,31 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 	var pos *Line // the last line processed: where to resume
 	moved := false
 
+	// save appends the new bans and the read position to the journal; when
+	// the journal has grown, it is folded into the state file.
 	save := func() error {
 		if !moved && len(dirty) == 0 {
 			return nil
 		}
-		err := UpdateState(s.StateDir, func(disk *State) error {
-			for a := range dirty {
-				disk.Bans[a] = det.History()[a]
-			}
-			if pos != nil {
-				if pos.Cursor != "" {
-					disk.JournalCursor = pos.Cursor
-				}
-				if pos.File != nil {
-					disk.File = pos.File
-				}
-			}
-			return nil
-		})
-		if err == nil {
-			dirty, moved = map[netip.Addr]bool{}, false
+		recs := make(map[netip.Addr]*Record, len(dirty))
+		for a := range dirty {
+			r := *det.History()[a]
+			recs[a] = &r
 		}
-		return err
+		var cursor string
+		var file *FilePos
+		if pos != nil {
+			cursor, file = pos.Cursor, pos.File
+		}
+		size, err := Append(s.StateDir, recs, cursor, file)
+		if err != nil {
+			return err
+		}
+		dirty, moved = map[netip.Addr]bool{}, false
+		if size > compactAt {
+			return UpdateState(s.StateDir, func(*State) error { return nil })
+		}
+		return nil
 	}
 	flush := func() error {
 		if len(batch) == 0 {

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,15 +38,83 @@ type State struct {
 
 const (
 	stateFile     = "guard.json"
+	journalFile   = "guard.journal"
 	stateLockFile = "guard.lock"
 )
+
+// journalEntry is one appended change: bans made, or the read position.
+// Appending costs the size of the change, not of the whole history, so the
+// guard can record every batch of bans at once (and a crash loses none);
+// UpdateState folds the journal into guard.json.
+type journalRecord struct {
+	Bans   map[netip.Addr]*Record `json:"bans,omitempty"`
+	Cursor string                 `json:"cursor,omitempty"`
+	File   *FilePos               `json:"file,omitempty"`
+}
+
+func (st *State) apply(j journalRecord) {
+	for a, r := range j.Bans {
+		st.Bans[a] = r
+	}
+	if j.Cursor != "" {
+		st.JournalCursor = j.Cursor
+	}
+	if j.File != nil {
+		st.File = j.File
+	}
+}
+
+// Append records a change in the journal (under the lock, fsynced) and
+// returns how many records the journal holds.
+func Append(dir string, bans map[netip.Addr]*Record, cursor string, file *FilePos) (int, error) {
+	unlock, err := lockState(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	data, err := json.Marshal(journalRecord{Bans: bans, Cursor: cursor, File: file})
+	if err != nil {
+		return 0, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, journalFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("guard journal: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Write(append(data, '\n')); err != nil {
+		return 0, fmt.Errorf("guard journal: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("guard journal: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return int(fi.Size()), nil
+}
+
+func lockState(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("guard state: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(dir, stateLockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("guard state lock: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("guard state lock: %w", err)
+	}
+	return func() { syscall.Flock(int(lf.Fd()), syscall.LOCK_UN); lf.Close() }, nil
+}
 
 // LoadState reads the guard's state; a missing file is an empty state.
 func LoadState(dir string) (*State, error) {
 	st := &State{Bans: map[netip.Addr]*Record{}}
 	data, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return st, nil
+		return st, replayJournal(dir, st)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read guard state: %w", err)
@@ -56,24 +125,40 @@ func LoadState(dir string) (*State, error) {
 	if st.Bans == nil {
 		st.Bans = map[netip.Addr]*Record{}
 	}
-	return st, nil
+	return st, replayJournal(dir, st)
+}
+
+// replayJournal applies the journal's records; a torn last line (a crash
+// mid-write) is ignored.
+func replayJournal(dir string, st *State) error {
+	f, err := os.Open(filepath.Join(dir, journalFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read guard journal: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 256<<20)
+	for sc.Scan() {
+		var j journalRecord
+		if json.Unmarshal(sc.Bytes(), &j) == nil {
+			st.apply(j)
+		}
+	}
+	return sc.Err()
 }
 
 // UpdateState changes the state under a lock (the service and the ban
-// commands share it) and writes it atomically: temp file, fsync, rename.
+// commands share it), writes it atomically (temp file, fsync, rename) with
+// the journal folded in, and empties the journal.
 func UpdateState(dir string, fn func(*State) error) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("guard state: %w", err)
-	}
-	lf, err := os.OpenFile(filepath.Join(dir, stateLockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err := lockState(dir)
 	if err != nil {
-		return fmt.Errorf("guard state lock: %w", err)
+		return err
 	}
-	defer lf.Close()
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("guard state lock: %w", err)
-	}
-	defer syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
+	defer unlock()
 	st, err := LoadState(dir)
 	if err != nil {
 		return err
@@ -101,7 +186,13 @@ func UpdateState(dir string, fn func(*State) error) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("write guard state: %w", err)
 	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, stateFile))
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, stateFile)); err != nil {
+		return fmt.Errorf("write guard state: %w", err)
+	}
+	if err := os.Remove(filepath.Join(dir, journalFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("fold guard journal: %w", err)
+	}
+	return nil
 }
 
 // RecordManualBans adds bans made by 'moat ban' to the history.

@@ -169,6 +169,10 @@ type Ban struct {
 	Timeout time.Duration `json:"-"`
 	Expires time.Duration `json:"-"`
 	Reason  string        `json:"reason"`
+	// Replace: the address may be banned already and must get this
+	// timeout (slower on nftables; the guard never needs it, since it only
+	// bans addresses whose ban is gone).
+	Replace bool `json:"-"`
 }
 
 // BanSetFor is the ban set of an address's family.

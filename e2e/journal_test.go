@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/guard"
+)
+
+// journalEntries writes `journalctl -o json` entries of failed logins.
+func journalEntries(t *testing.T, path string, first int, addr string, n int) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := 0; i < n; i++ {
+		c := first + i
+		msg := fmt.Sprintf("Failed password for invalid user guest%d from %s port %d ssh2", c, addr, 40000+c)
+		ident := "sshd-session"
+		if c%2 == 0 {
+			ident = "sshd"
+		}
+		e := map[string]string{"MESSAGE": msg, "SYSLOG_IDENTIFIER": ident, "_COMM": ident, "_PID": "4242",
+			"__CURSOR": fmt.Sprintf("s=feed;i=%x;b=boot;m=%x;t=%x;x=%x", c, c, c, c), "__REALTIME_TIMESTAMP": fmt.Sprint(time.Now().UnixMicro())}
+		data, _ := json.Marshal(e)
+		fmt.Fprintln(f, string(data))
+	}
+	// A successful login and an entry with MESSAGE as bytes (not UTF-8).
+	fmt.Fprintf(f, `{"MESSAGE":"Accepted publickey for admin from 198.51.100.2 port 50000 ssh2","SYSLOG_IDENTIFIER":"sshd","__CURSOR":"s=feed;i=ok%d"}`+"\n", first)
+	fmt.Fprintf(f, `{"MESSAGE":[73,110,118,97,108,105,100,32,117,115,101,114,32,255,32,102,114,111,109,32,49,57,56,46,53,49,46,49,48,48,46,50],"SYSLOG_IDENTIFIER":"sshd","__CURSOR":"s=feed;i=bytes%d"}`+"\n", first)
+}
+
+// The journald source, with a recorded stream played by a stand-in
+// journalctl: it bans, saves the cursor, and resumes after it without
+// reading anything twice. Metrics count what it did.
+func TestGuardJournald(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	fake := filepath.Join(e.dir, "journalctl")
+	if out, err := exec.Command("go", "build", "-o", fake, "./testdata/fakejournalctl").CombinedOutput(); err != nil {
+		t.Fatalf("build the stand-in: %v\n%s", err, out)
+	}
+	rec, argsFile := filepath.Join(e.dir, "journal.json"), filepath.Join(e.dir, "journalctl.args")
+	os.Setenv("FAKE_JOURNAL", rec) // inherited by the guard and its journalctl
+	os.Setenv("FAKE_JOURNAL_ARGS", argsFile)
+	journalEntries(t, rec, 1, "203.0.113.50", 3)
+	e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1h weak 0\n")
+
+	stop := e.startGuard("--journalctl", fake, "--metrics-listen", "127.0.0.1:9550")
+	waitFor(t, 5*time.Second, "203.0.113.50 not banned from the journal", func() bool {
+		_, ok := e.bans()["203.0.113.50"]
+		return ok
+	})
+	if _, ok := e.bans()["198.51.100.2"]; ok {
+		t.Error("the address of a successful login was banned")
+	}
+	metrics := e.scrape(t, "127.0.0.1:9550")
+	for _, want := range []string{"moat_guard_lines_read_total 5", `moat_guard_failures_total{kind="failed_password"} 3`,
+		`moat_guard_failures_total{kind="invalid_user"} 1`, "moat_guard_bans_total 1", "moat_guard_ban_latency_seconds_count 1"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	stop(syscall.SIGTERM)
+
+	if st, err := guard.LoadState(e.stateDir()); err != nil || st.JournalCursor != "s=feed;i=bytes1" {
+		t.Errorf("cursor not saved: %+v %v", st, err)
+	}
+	// More entries arrive; the guard restarts after the saved cursor.
+	e.mustMoat("unban", "203.0.113.50")
+	journalEntries(t, rec, 10, "203.0.113.51", 3)
+	e.startGuard("--journalctl", fake)
+	waitFor(t, 5*time.Second, "203.0.113.51 not banned after the restart", func() bool {
+		_, ok := e.bans()["203.0.113.51"]
+		return ok
+	})
+	time.Sleep(300 * time.Millisecond)
+	if _, ok := e.bans()["203.0.113.50"]; ok {
+		t.Error("old journal entries were read again after the restart")
+	}
+	args, _ := os.ReadFile(argsFile)
+	lines := strings.Split(strings.TrimSpace(string(args)), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "--lines=0") || !strings.Contains(lines[0], "--output=json") ||
+		!strings.Contains(lines[0], "SYSLOG_IDENTIFIER=sshd-session") || !strings.Contains(lines[1], "--after-cursor=s=feed;i=bytes1") {
+		t.Errorf("journalctl arguments:\n%s", args)
+	}
+}
+
+// scrape reads /metrics from inside the server namespace.
+func (e *env) scrape(t *testing.T, addr string) string {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, a string) (net.Conn, error) { return e.topo.Server.Dial(ctx, a) }}}
+	resp, err := client.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return string(data)
+}

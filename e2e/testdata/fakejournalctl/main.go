@@ -1,0 +1,58 @@
+// Command fakejournalctl stands in for journalctl in tests: it records its
+// arguments, plays a recorded `journalctl -o json` stream (after the entry
+// named by --after-cursor, if any) and then, with --follow, waits to be
+// killed, as journalctl does.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+func main() {
+	if f := os.Getenv("FAKE_JOURNAL_ARGS"); f != "" {
+		if out, err := os.OpenFile(f, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+			fmt.Fprintln(out, strings.Join(os.Args[1:], " "))
+			out.Close()
+		}
+	}
+	after, follow := "", false
+	for _, a := range os.Args[1:] {
+		if c, ok := strings.CutPrefix(a, "--after-cursor="); ok {
+			after = c
+		}
+		if a == "--follow" || a == "-f" {
+			follow = true
+		}
+	}
+	in, err := os.Open(os.Getenv("FAKE_JOURNAL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	sc := bufio.NewScanner(in)
+	playing := after == ""
+	for sc.Scan() {
+		var e struct {
+			Cursor string `json:"__CURSOR"`
+		}
+		if json.Unmarshal(sc.Bytes(), &e) != nil {
+			continue
+		}
+		if playing {
+			fmt.Println(sc.Text())
+		}
+		if e.Cursor == after {
+			playing = true
+		}
+	}
+	if follow {
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+}
