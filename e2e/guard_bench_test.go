@@ -157,6 +157,7 @@ func BenchmarkGuardMemory100k(b *testing.B) {
 					time.Sleep(100 * time.Millisecond)
 				}
 				took := time.Since(t0)
+				time.Sleep(3 * time.Second) // past the guard's next tick
 				full := rssKB(b, pid)
 				b.ReportMetric(float64(idle)/1024, "MB-rss-idle")
 				b.ReportMetric(float64(full)/1024, "MB-rss-100k")

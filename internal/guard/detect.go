@@ -1,7 +1,6 @@
 package guard
 
 import (
-	"fmt"
 	"math"
 	"net/netip"
 	"time"
@@ -95,7 +94,7 @@ func (d *Detector) Observe(ev Event, now time.Time) (ruleset.Ban, bool) {
 	dur := d.BanTime(r.Count)
 	r.Count++
 	r.LastBan, r.Until = now, now.Add(dur)
-	r.Reason = fmt.Sprintf("guard: %d failures in %s, last %s (ban %d)", len(list), d.cfg.FindTime, ev.Kind, r.Count)
+	r.Reason = reasonFor(ev.Kind)
 	return ruleset.Ban{Addr: ev.Addr, Timeout: dur, Reason: r.Reason}, true
 }
 
@@ -126,3 +125,21 @@ func (d *Detector) sweep(now time.Time) {
 
 // Tracked is how many addresses have recent failures.
 func (d *Detector) Tracked() int { return len(d.fails) }
+
+// reasons are shared strings, one per kind: a history of 100k bans holds
+// no reason text of its own.
+var reasons = map[Kind]string{}
+
+func init() {
+	for _, k := range []Kind{FailedPassword, FailedPublickey, FailedKbdInt, FailedOther, InvalidUser, NotAllowed, RootRefused,
+		PAMFailure, MaxAuthAttempts, TooManyFailures, Negotiation, PreauthDisconnect, BadProtocol, NoIdentification, LoginTimeout, Penalty} {
+		reasons[k] = "guard: maxretry reached, last " + string(k)
+	}
+}
+
+func reasonFor(k Kind) string {
+	if r, ok := reasons[k]; ok {
+		return r
+	}
+	return "guard: maxretry reached"
+}

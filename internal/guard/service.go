@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
@@ -101,6 +102,7 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 	dirty := map[netip.Addr]bool{}
 	var pos *Line // the last line processed: where to resume
 	moved := false
+	burst := 0 // bans since the last tick
 
 	// save appends the new bans and the read position to the journal; when
 	// the journal has grown, it is folded into the state file.
@@ -143,6 +145,7 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 				s.Metrics.BanLatency.Observe(done.Sub(seen[i]).Seconds())
 			}
 		}
+		burst += len(batch)
 		batch, seen = batch[:0], seen[:0]
 		return save() // history first on disk, so a crash keeps escalation
 	}
@@ -178,6 +181,12 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 		case err := <-errc:
 			return errors.Join(err, flush(), save())
 		case <-tick.C:
+			if burst > 1000 {
+				// A wave of bans leaves garbage (log lines, scripts, JSON);
+				// give it back now rather than holding the peak for minutes.
+				debug.FreeOSMemory()
+			}
+			burst = 0
 			if s.Metrics != nil {
 				s.Metrics.BansActive.Set(float64(activeBans(det.History(), time.Now())))
 			}
