@@ -287,7 +287,7 @@ func (a *app) enable(ctx context.Context) error {
 	}
 	a.printf("moat is active (%s): %d rules from %s\n", b.Name(), len(p.Rules), a.config)
 	if pending == nil {
-		a.installBootHook(ctx)
+		a.installBootHook(ctx, p.Guard.Enabled)
 	}
 	return a.waitConfirm(ctx, pending)
 }

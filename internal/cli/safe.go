@@ -144,24 +144,37 @@ func (a *app) waitConfirm(ctx context.Context, p *safeapply.Pending) error {
 	}
 }
 
-// installBootHook installs the systemd unit where systemd runs the host.
-func (a *app) installBootHook(ctx context.Context) {
+// installBootHook installs the systemd units where systemd runs the host:
+// moat.service always, moat-guard.service (started now) when the policy
+// turns the guard on.
+func (a *app) installBootHook(ctx context.Context, guardOn bool) {
 	sd := safeapply.Systemd{Dir: "/etc/systemd/system"}
 	switch {
 	case !safeapply.InHostNamespace():
 		a.printf("Saved for 'moat restore' (not the host's network namespace: no boot unit installed)\n")
 	case !sd.Running():
-		a.printf("Saved for 'moat restore'; systemd is not running here, so run 'moat restore' early at boot yourself\n")
+		a.printf("Saved for 'moat restore'; systemd is not running here, so run 'moat restore' early at boot yourself")
+		if guardOn {
+			a.printf(", and 'moat guard' as a service")
+		}
+		a.printf("\n")
 	default:
 		self, err := os.Executable()
 		if err == nil {
-			err = sd.Install(ctx, self)
+			err = sd.Install(ctx, safeapply.BootUnit, self)
 		}
 		if err != nil {
 			fmt.Fprintf(a.errOut, "moat: warning: rules are applied and saved, but the boot unit failed: %v\n", err)
 			return
 		}
 		a.printf("Enabled at boot (moat.service loads the saved ruleset before the network comes up)\n")
+		if guardOn {
+			if err := sd.Install(ctx, safeapply.GuardUnit, self); err != nil {
+				fmt.Fprintf(a.errOut, "moat: warning: the guard's unit failed: %v\n", err)
+				return
+			}
+			a.printf("Guard running (moat-guard.service)\n")
+		}
 	}
 }
 
@@ -170,7 +183,7 @@ func (a *app) removeBootHook(ctx context.Context) error {
 	if !safeapply.InHostNamespace() || !sd.Running() {
 		return nil
 	}
-	return sd.Uninstall(ctx)
+	return errors.Join(sd.Uninstall(ctx, safeapply.GuardUnit), sd.Uninstall(ctx, safeapply.BootUnit))
 }
 
 func (a *app) confirmCommand() *cobra.Command {
@@ -194,7 +207,8 @@ that the connection works is the proof the new rules let you in.`,
 				if err := safeapply.Save(a.stateDir, safeapply.Saved{Backend: p.Backend, Policy: string(doc.Bytes()), Source: p.PolicyPath}); err != nil {
 					return err
 				}
-				a.installBootHook(cmd.Context())
+				pol, _ := doc.Policy(a.services())
+				a.installBootHook(cmd.Context(), pol != nil && pol.Guard.Enabled)
 			}
 			a.printf("Confirmed: the change applied at %s stays\n", p.Created.Format(time.TimeOnly))
 			return nil

@@ -119,13 +119,25 @@ func SSHDConfigPorts(path string) []uint16 {
 	return out
 }
 
-// Systemd manages the boot unit. Dir is where units go
-// (/etc/systemd/system); the unit is only installed where systemd runs.
+// Systemd manages moat's units. Dir is where units go
+// (/etc/systemd/system); units are only installed where systemd runs.
 type Systemd struct {
 	Dir string
 }
 
-const unitName = "moat.service"
+// Unit is a unit moat installs.
+type Unit struct {
+	Name string
+	Text string
+	// Start also starts it now (the guard); the boot unit only runs at boot.
+	Start bool
+}
+
+// Units are moat.service and moat-guard.service.
+var (
+	BootUnit  = Unit{Name: "moat.service", Text: packaging.MoatService}
+	GuardUnit = Unit{Name: "moat-guard.service", Text: packaging.GuardService, Start: true}
+)
 
 // Running reports whether systemd is the init system here.
 func (s Systemd) Running() bool {
@@ -133,37 +145,49 @@ func (s Systemd) Running() bool {
 	return err == nil && st.IsDir()
 }
 
-// Install writes the unit with this binary's path and enables it.
-func (s Systemd) Install(ctx context.Context, self string) error {
-	unit := strings.ReplaceAll(packaging.MoatService, packaging.UnitExecPath, self)
-	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
-		return fmt.Errorf("install %s: %w", unitName, err)
-	}
-	if err := writeFileAtomic(filepath.Join(s.Dir, unitName), []byte(unit), 0o644); err != nil {
-		return fmt.Errorf("install %s: %w", unitName, err)
-	}
-	for _, args := range [][]string{{"daemon-reload"}, {"enable", unitName}} {
-		if out, err := exec.CommandContext(ctx, "systemctl", args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-		}
+func systemctl(ctx context.Context, args ...string) error {
+	if out, err := exec.CommandContext(ctx, "systemctl", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
 
-// Uninstall disables and removes the unit, if it is there.
-func (s Systemd) Uninstall(ctx context.Context) error {
-	path := filepath.Join(s.Dir, unitName)
+// Install writes a unit with this binary's path and enables it (and
+// starts it, for the guard).
+func (s Systemd) Install(ctx context.Context, u Unit, self string) error {
+	text := strings.ReplaceAll(u.Text, packaging.UnitExecPath, self)
+	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return fmt.Errorf("install %s: %w", u.Name, err)
+	}
+	if err := writeFileAtomic(filepath.Join(s.Dir, u.Name), []byte(text), 0o644); err != nil {
+		return fmt.Errorf("install %s: %w", u.Name, err)
+	}
+	if err := systemctl(ctx, "daemon-reload"); err != nil {
+		return err
+	}
+	if u.Start {
+		return systemctl(ctx, "enable", "--now", u.Name)
+	}
+	return systemctl(ctx, "enable", u.Name)
+}
+
+// Uninstall stops, disables and removes a unit, if it is there.
+func (s Systemd) Uninstall(ctx context.Context, u Unit) error {
+	path := filepath.Join(s.Dir, u.Name)
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if out, err := exec.CommandContext(ctx, "systemctl", "disable", unitName).CombinedOutput(); err != nil {
-		return fmt.Errorf("systemctl disable %s: %w: %s", unitName, err, strings.TrimSpace(string(out)))
+	args := []string{"disable", u.Name}
+	if u.Start {
+		args = []string{"disable", "--now", u.Name}
+	}
+	if err := systemctl(ctx, args...); err != nil {
+		return err
 	}
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
-	exec.CommandContext(ctx, "systemctl", "daemon-reload").Run()
-	return nil
+	return systemctl(ctx, "daemon-reload")
 }
 
 // DefaultStateDir is where moat keeps its state.
