@@ -113,3 +113,44 @@ func (e *env) scrape(t *testing.T, addr string) string {
 	data, _ := io.ReadAll(resp.Body)
 	return string(data)
 }
+
+// moat guard check reads files and stdin, syslog and journald JSON, and
+// prints a JSON object a line, then a summary.
+func TestGuardCheck(t *testing.T) {
+	t.Parallel()
+	conf := filepath.Join(t.TempDir(), "moat.conf")
+	out, err := moatHost(t, conf, "guard", "check", "../../shared/testdata/sshguard/tests.txt")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var sum struct {
+		Summary struct {
+			Lines, Matched int
+		} `json:"summary"`
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil || sum.Summary.Matched < 60 || sum.Summary.Lines != len(lines)-1 {
+		t.Errorf("summary %+v %v", sum, err)
+	}
+	cmd := exec.Command(moatBin, "--config", conf, "guard", "check", "-")
+	cmd.Stdin = strings.NewReader("Nov 25 11:40:01 srv sshd[1]: Failed password for root from 198.51.100.9 port 22 ssh2\n" +
+		"Nov 25 11:40:01 srv sshd[1]: Invalid user root from 198.51.100.9 from 203.0.113.66 port 51000\n" +
+		`{"MESSAGE":"Accepted publickey for admin from 2001:db8::5 port 1 ssh2","SYSLOG_IDENTIFIER":"sshd"}` + "\n" +
+		"something else\n")
+	data, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`{"line":1,"match":true,"kind":"failed_password","addr":"198.51.100.9","user":"root","service":"sshd"}`,
+		`{"line":2,"match":true,"kind":"invalid_user","addr":"203.0.113.66","user":"root from 198.51.100.9","service":"sshd"}`,
+		`{"line":3,"match":false,"kind":"accepted","addr":"2001:db8::5","user":"admin","service":"sshd"}`,
+		`{"line":4,"match":false}`,
+	}
+	got := strings.Split(strings.TrimSpace(string(data)), "\n")
+	for i, w := range want {
+		if got[i] != w {
+			t.Errorf("line %d:\n got %s\nwant %s", i+1, got[i], w)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // testServices is a fixed service table so grammar tests do not depend on
@@ -155,5 +156,44 @@ func TestErrorColumn(t *testing.T) {
 	_, err = ParseStatement(ArgsTokens([]string{"allow", "to", "any", "port", "0"}), Pos{}, testServices)
 	if err == nil || !strings.HasPrefix(err.Error(), "argument 5: bad port '0'") {
 		t.Fatalf("argument: got %v", err)
+	}
+}
+
+func TestGuardStatements(t *testing.T) {
+	d := NewDocument("moat.conf", []byte("guard sshd maxretry 3 findtime 5m\nguard bantime 2h bantime-max 2w bantime-factor 1.5 weak 0\nallowlist 198.51.100.0/24 2001:db8:1::/48\nallowlist 203.0.113.7\n"))
+	p, err := d.Policy(testServices)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := p.Guard
+	if !g.Enabled || g.MaxRetry != 3 || g.FindTime != 5*time.Minute || g.BanTime != 2*time.Hour || g.BanTimeMax != 14*24*time.Hour ||
+		g.BanTimeFactor != 1.5 || g.WeakWeight != 0 || len(g.Allowlist) != 3 || g.Allowlist[2].String() != "203.0.113.7/32" {
+		t.Fatalf("%+v", g)
+	}
+	if p := New(); p.Guard.Enabled || p.Guard.MaxRetry != 5 || p.Guard.BanTime != time.Hour {
+		t.Fatalf("defaults: %+v", p.Guard)
+	}
+	off, _ := NewDocument("moat.conf", []byte("guard sshd\nguard sshd off\n")).Policy(testServices)
+	if off.Guard.Enabled {
+		t.Fatal("guard sshd off did not turn it off")
+	}
+	for line, want := range map[string]string{
+		"guard":                       "'guard' needs 'sshd' or a setting",
+		"guard sshd maxretry":         "'maxretry' needs a count",
+		"guard maxretry 0":            "invalid maxretry '0'",
+		"guard maxretry many":         "invalid maxretry",
+		"guard findtime 10":           "invalid findtime '10'",
+		"guard bantime 2y":            "invalid bantime",
+		"guard bantime-factor 0.5":    "invalid bantime-factor",
+		"guard weak 2":                "invalid weak '2'",
+		"guard nginx":                 "unknown guard setting 'nginx'",
+		"allowlist":                   "'allowlist' needs addresses",
+		"allowlist 198.51.100.0/33":   "bad allowlist address",
+		"allowlist any":               "bad allowlist address 'any'",
+		"guard sshd maxretry 5 extra": "unknown guard setting 'extra'",
+	} {
+		if _, err := parseLine(line); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", line, err, want)
+		}
 	}
 }
