@@ -172,6 +172,12 @@ func (s *FileSource) Run(ctx context.Context, out chan<- Line) error {
 		if err != nil {
 			return nil // not there yet; the next event or tick retries
 		}
+		// Lines may have reached the old file since the drain above (the
+		// writer reopens only after the rename): take them first.
+		if err := s.drain(ctx, cur, out); err != nil {
+			next.f.Close()
+			return err
+		}
 		cur.f.Close()
 		cur = next
 		return s.drain(ctx, cur, out)

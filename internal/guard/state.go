@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -170,24 +171,8 @@ func UpdateState(dir string, fn func(*State) error) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+stateFile+".*")
-	if err != nil {
-		return fmt.Errorf("write guard state: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write guard state: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write guard state: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write guard state: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, stateFile)); err != nil {
-		return fmt.Errorf("write guard state: %w", err)
+	if err := atomicfile.WriteFile(filepath.Join(dir, stateFile), data, 0o600); err != nil {
+		return fmt.Errorf("guard state: %w", err)
 	}
 	if err := os.Remove(filepath.Join(dir, journalFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("fold guard journal: %w", err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -66,7 +67,8 @@ func (b *Backend) Unban(ctx context.Context, addrs []netip.Addr) error {
 	}
 	var script strings.Builder
 	for set, keys := range bySet {
-		uniq := dedupe(keys)
+		slices.Sort(keys)
+		uniq := slices.Compact(keys)
 		var els []string
 		for _, k := range uniq {
 			els = append(els, k+" timeout 1s")
@@ -75,18 +77,6 @@ func (b *Backend) Unban(ctx context.Context, addrs []netip.Addr) error {
 		fmt.Fprintf(&script, "delete element inet %s %s { %s }\n", TableName, set, strings.Join(uniq, ", "))
 	}
 	return b.runScript(ctx, "unban", script.String())
-}
-
-func dedupe(in []string) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, s := range in {
-		if !seen[s] {
-			seen[s] = true
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 func (b *Backend) runScript(ctx context.Context, what, script string) error {

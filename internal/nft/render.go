@@ -6,6 +6,7 @@ package nft
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -195,7 +196,7 @@ func rejectVerdicts(m ruleset.Match) []rejectVerdict {
 	switch {
 	case len(m.Protos) == 1 && m.Protos[0] == "tcp":
 		return []rejectVerdict{{"", "reject with tcp reset"}}
-	case len(m.Protos) > 0 && !contains(m.Protos, "tcp"):
+	case len(m.Protos) > 0 && !slices.Contains(m.Protos, "tcp"):
 		return []rejectVerdict{{"", "reject"}}
 	default:
 		return []rejectVerdict{{"meta l4proto tcp", "reject with tcp reset"}, {"", "reject"}}
@@ -357,13 +358,4 @@ func set(items []string) string {
 		return items[0]
 	}
 	return "{ " + strings.Join(items, ", ") + " }"
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

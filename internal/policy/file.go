@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/moat-fw/moat/internal/atomicfile"
 )
 
 // DefaultPath is where moat keeps its policy.
@@ -74,32 +76,11 @@ func (d *Document) Bytes() []byte {
 
 // Write saves the document atomically (temporary file, fsync, rename).
 func (d *Document) Write() error {
-	dir := filepath.Dir(d.Name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(d.Name), 0o755); err != nil {
 		return fmt.Errorf("write policy: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, ".moat.conf.*")
-	if err != nil {
+	if err := atomicfile.WriteFile(d.Name, d.Bytes(), 0o644); err != nil {
 		return fmt.Errorf("write policy: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(d.Bytes()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write policy %s: %w", d.Name, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write policy %s: %w", d.Name, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write policy %s: %w", d.Name, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write policy %s: %w", d.Name, err)
-	}
-	if err := os.Rename(tmp.Name(), d.Name); err != nil {
-		return fmt.Errorf("write policy %s: %w", d.Name, err)
 	}
 	return nil
 }

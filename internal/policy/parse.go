@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -608,7 +609,7 @@ func (p *parser) parseFull(r *Rule) error {
 				if proto == "icmpv6" {
 					proto = "ipv6-icmp"
 				}
-				if !contains(Protocols, proto) && proto != "any" {
+				if !slices.Contains(Protocols, proto) && proto != "any" {
 					return p.errAt(v, "unsupported protocol '%s': expected one of %s", v.Text, strings.Join(Protocols, ", "))
 				}
 				r.Proto = proto
@@ -674,7 +675,7 @@ func (p *parser) parseFull(r *Rule) error {
 		switch {
 		case fromSvc != nil && toSvc != nil:
 			for _, x := range fromSvc {
-				if contains(toSvc, x) {
+				if slices.Contains(toSvc, x) {
 					protos = append(protos, x)
 				}
 			}

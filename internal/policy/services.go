@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,20 +71,11 @@ func ParseServices(data []byte) Services {
 				continue // first definition wins, as in getservbyname
 			}
 			svc.Port = uint16(port)
-			if !contains(svc.Protos, proto) {
+			if !slices.Contains(svc.Protos, proto) {
 				svc.Protos = append(svc.Protos, proto)
 			}
 			s[name] = svc
 		}
 	}
 	return s
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

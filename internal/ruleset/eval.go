@@ -3,6 +3,7 @@ package ruleset
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/moat-fw/moat/internal/policy"
@@ -87,10 +88,10 @@ func (rs *Ruleset) matches(m *Match, p Packet) (Origin, bool) {
 	if m.OutIface != "" && !ifaceMatch(m.OutIface, p.OutIface) {
 		return Origin{}, false
 	}
-	if len(m.CTStates) > 0 && !containsState(m.CTStates, p.CTState) {
+	if len(m.CTStates) > 0 && !slices.Contains(m.CTStates, p.CTState) {
 		return Origin{}, false
 	}
-	if len(m.Protos) > 0 && !contains(m.Protos, p.Proto) {
+	if len(m.Protos) > 0 && !slices.Contains(m.Protos, p.Proto) {
 		return Origin{}, false
 	}
 	if !prefixesContain(m.Src, p.Src) || !prefixesContain(m.Dst, p.Dst) {
@@ -157,24 +158,6 @@ func prefixesContain(ps []netip.Prefix, a netip.Addr) bool {
 	}
 	for _, p := range ps {
 		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-func containsState(list []CTState, s CTState) bool {
-	for _, x := range list {
-		if x == s {
 			return true
 		}
 	}

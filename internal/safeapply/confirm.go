@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/moat-fw/moat/internal/atomicfile"
 )
 
 // Restorer puts moat's kernel state back to a snapshot.
@@ -55,7 +57,7 @@ const outcomeFile = "last-outcome.json"
 
 func writeOutcome(dir, id, outcome string) {
 	data, _ := json.Marshal(Outcome{ID: id, Outcome: outcome, Time: time.Now()})
-	writeFileAtomic(filepath.Join(dir, outcomeFile), data, 0o600)
+	atomicfile.WriteFile(filepath.Join(dir, outcomeFile), data, 0o600)
 }
 
 // LastOutcome reads how the last pending change ended.
@@ -133,31 +135,6 @@ func clearPending(dir string) {
 	}
 }
 
-// writeFileAtomic writes a file by temporary file and rename.
-func writeFileAtomic(name string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), name)
-}
-
 // Arm records what to go back to (the kernel snapshot and the policy file
 // as it was) and starts a watchdog: a separate process in its own session,
 // so the terminal closing, SIGHUP, or the caller being killed do not stop
@@ -175,10 +152,10 @@ func Arm(dir string, p *Pending, snapshot, oldPolicy []byte, wait time.Duration,
 	idb := make([]byte, 8)
 	rand.Read(idb)
 	p.ID, p.Created, p.Deadline, p.BootID = hex.EncodeToString(idb), time.Now(), time.Now().Add(wait), bootID()
-	if err := writeFileAtomic(filepath.Join(dir, snapshotFile), snapshot, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, snapshotFile), snapshot, 0o600); err != nil {
 		return nil, fmt.Errorf("save snapshot: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, policyFile), oldPolicy, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, policyFile), oldPolicy, 0o600); err != nil {
 		return nil, fmt.Errorf("save policy: %w", err)
 	}
 	logf, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -195,7 +172,7 @@ func Arm(dir string, p *Pending, snapshot, oldPolicy []byte, wait time.Duration,
 	p.WatchdogPID = cmd.Process.Pid
 	cmd.Process.Release()
 	data, _ := json.MarshalIndent(p, "", "  ")
-	if err := writeFileAtomic(filepath.Join(dir, pendingFile), data, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, pendingFile), data, 0o600); err != nil {
 		syscall.Kill(p.WatchdogPID, syscall.SIGTERM)
 		return nil, fmt.Errorf("save pending change: %w", err)
 	}
@@ -272,12 +249,12 @@ func Rollback(ctx context.Context, dir, id string, r Restorer, log *slog.Logger)
 	// Keep the unconfirmed policy beside the restored one, so the admin's
 	// edits are not lost.
 	if cur, err := os.ReadFile(p.PolicyPath); err == nil && string(cur) != string(old) {
-		if err := writeFileAtomic(p.PolicyPath+".unconfirmed", cur, 0o644); err != nil {
+		if err := atomicfile.WriteFile(p.PolicyPath+".unconfirmed", cur, 0o644); err != nil {
 			log.Warn("could not keep the unconfirmed policy", "err", err)
 		}
 	}
 	if p.HadPolicy {
-		if err := writeFileAtomic(p.PolicyPath, old, 0o644); err != nil {
+		if err := atomicfile.WriteFile(p.PolicyPath, old, 0o644); err != nil {
 			return nil, fmt.Errorf("rollback: restore %s: %w", p.PolicyPath, err)
 		}
 	} else if err := os.Remove(p.PolicyPath); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/packaging"
 )
 
@@ -37,7 +38,7 @@ func Save(dir string, s Saved) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, savedFile), data, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, savedFile), data, 0o600); err != nil {
 		return fmt.Errorf("save ruleset: %w", err)
 	}
 	return nil
@@ -159,7 +160,7 @@ func (s Systemd) Install(ctx context.Context, u Unit, self string) error {
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
 		return fmt.Errorf("install %s: %w", u.Name, err)
 	}
-	if err := writeFileAtomic(filepath.Join(s.Dir, u.Name), []byte(text), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(s.Dir, u.Name), []byte(text), 0o644); err != nil {
 		return fmt.Errorf("install %s: %w", u.Name, err)
 	}
 	if err := systemctl(ctx, "daemon-reload"); err != nil {
@@ -210,7 +211,7 @@ func RecordApplied(dir string, policyText []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("record applied policy: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, appliedFile), policyText, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, appliedFile), policyText, 0o600); err != nil {
 		return fmt.Errorf("record applied policy: %w", err)
 	}
 	return nil
