@@ -176,6 +176,16 @@ func (a *app) backendFor(p *policy.Policy) (backend.Backend, error) {
 	return backend.ForName(name)
 }
 
+// policyAndBackend loads the policy and picks its backend.
+func (a *app) policyAndBackend() (*policy.Policy, backend.Backend, error) {
+	p, err := a.loadPolicy()
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := a.backendFor(p)
+	return p, b, err
+}
+
 // activeBackend returns the backend whose moat rules are loaded, if any.
 // When no backend can even be asked (no root, no tools), that is an error,
 // not "inactive".

@@ -422,11 +422,7 @@ func (a *app) checkCommand() *cobra.Command {
 		GroupID: "inspect",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := a.loadPolicy()
-			if err != nil {
-				return err
-			}
-			b, err := a.backendFor(p)
+			p, b, err := a.policyAndBackend()
 			if err != nil {
 				return err
 			}
@@ -452,11 +448,7 @@ renderer.`,
 		GroupID: "inspect",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := a.loadPolicy()
-			if err != nil {
-				return err
-			}
-			b, err := a.backendFor(p)
+			p, b, err := a.policyAndBackend()
 			if err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 )
@@ -34,6 +35,14 @@ func (s *Services) Close() error {
 // ServeTCP listens on every address of the namespace (both families) on
 // port, and answers each connection with a short banner.
 func (s *Services) ServeTCP(ns *NS, port uint16) error {
+	return s.serveTCP(ns, port, func(c net.Conn) {
+		c.Write([]byte("moat lab\n"))
+	})
+}
+
+// serveTCP accepts connections on port (both families) and runs handle
+// on each in its own goroutine, then closes it.
+func (s *Services) serveTCP(ns *NS, port uint16, handle func(net.Conn)) error {
 	var l net.Listener
 	err := ns.Do(func() error {
 		var err error
@@ -52,8 +61,13 @@ func (s *Services) ServeTCP(ns *NS, port uint16) error {
 			if err != nil {
 				return
 			}
-			c.Write([]byte("moat lab\n"))
-			c.Close()
+			s.add(c.Close)
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer c.Close()
+				handle(c)
+			}()
 		}
 	}()
 	return nil
@@ -110,43 +124,9 @@ func (s *Services) ServeAll(ctx context.Context, ns *NS, tcp, udp []uint16) erro
 // ServeEcho listens on port (both families) and echoes what each
 // connection sends until it closes: a long-lived flow for tests.
 func (s *Services) ServeEcho(ns *NS, port uint16) error {
-	var l net.Listener
-	err := ns.Do(func() error {
-		var err error
-		l, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		return err
+	return s.serveTCP(ns, port, func(c net.Conn) {
+		io.Copy(c, c)
 	})
-	if err != nil {
-		return fmt.Errorf("listen tcp/%d in %s: %w", port, ns.Name, err)
-	}
-	s.add(l.Close)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s.add(c.Close)
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer c.Close()
-				buf := make([]byte, 512)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return nil
 }
 
 // Dial opens a TCP connection from inside ns.
