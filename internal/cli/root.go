@@ -78,10 +78,15 @@ is active. moat owns its own table (nftables: inet moat) or chains
 of other tools.
 
 Quick start:
-  moat default deny incoming      # drop what is not allowed
-  moat allow 22/tcp               # keep SSH reachable
-  moat enable                     # apply now
+  moat init                       # first policy: deny incoming, allow SSH's real ports, guard on
+  moat allow 80,443/tcp           # what else must be reachable
+  moat enable --confirm 60s       # apply and save for boot; rolled back unless...
+  moat confirm                    # ...confirmed from a new SSH connection
   moat status verbose             # what is applied, with counters
+  moat guard                      # ban SSH brute-forcers (moat-guard.service)
+
+moat refuses any change that would cut a live SSH session (exit code 3;
+--force overrides).
 
 Rule syntax (as ufw):
   moat allow|deny|reject|limit [in|out] [on IFACE] [log|log-all] PORT[/PROTO]

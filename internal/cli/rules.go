@@ -240,10 +240,14 @@ func (a *app) enableCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:     "enable",
 		Aliases: []string{"apply"},
-		Short:   "Apply the policy now (moat apply is the same)",
+		Short:   "Apply the policy now and keep it across reboots (moat apply is the same)",
 		Long: `Apply the policy file now, atomically: the kernel gets the whole new
-ruleset or keeps the old one. With --dry-run, print what would be loaded
-and check it against the kernel without changing anything.`,
+ruleset or keeps the old one. The policy is saved for 'moat restore', and
+where systemd runs the host, moat.service (and moat-guard.service with
+'guard sshd') is installed and enabled. A change that would cut a live SSH
+session is refused (--force overrides); --confirm 60s rolls it back unless
+'moat confirm' runs in time. With --dry-run, print what would be loaded and
+check it against the kernel without changing anything.`,
 		GroupID: "state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
