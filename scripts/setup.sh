@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what moat needs on a Debian machine (run as root): the kernel
 # tools for both backends, iproute2 for namespaces, netbase for service
-# names, and openssh-server for the lockout and guard tests.
+# names, and OpenSSH for the lockout and guard tests. Go itself must be
+# there already (/usr/local/go or on PATH), at the version go.mod names.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-  nftables iptables ipset iproute2 kmod netbase procps openssh-server ca-certificates >/dev/null
-if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ]; then
-  apt-get install -y -qq --no-install-recommends golang-go >/dev/null
+  nftables iptables ipset iproute2 kmod netbase procps openssh-server openssh-client ca-certificates >/dev/null
+export PATH="$PATH:/usr/local/go/bin"
+if ! command -v go >/dev/null 2>&1; then
+  echo "moat setup: Go is not installed: install Go $(sed -n 's/^go //p' "$(dirname "$0")/../go.mod") or later" >&2
+  exit 1
 fi
-echo "moat setup: packages installed"
+echo "moat setup: packages installed; $(go version)"
