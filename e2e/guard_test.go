@@ -243,6 +243,9 @@ func TestManualBans(t *testing.T) {
 			}
 			e.apply("default allow incoming\nallowlist 192.0.2.4\n")
 			e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "--for", "2s", "--reason", "test")
+			if out := e.mustMoat("status", "verbose"); !strings.Contains(out, "2 active bans") {
+				t.Errorf("status verbose does not count the bans:\n%s", out)
+			}
 			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
 				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
 			bans := e.bans()

@@ -49,6 +49,8 @@ type statusPending struct {
 type statusReport struct {
 	Status     string                   `json:"status"`
 	Persistent bool                     `json:"persistent"`
+	Guard      bool                     `json:"guard"`
+	BansActive int                      `json:"bans_active"`
 	Pending    *statusPending           `json:"pending_confirmation,omitempty"`
 	Backend    string                   `json:"backend,omitempty"`
 	Config     string                   `json:"config"`
@@ -104,10 +106,14 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		return nil, err
 	}
 	counters := map[string]ruleset.Counter{}
+	rep.Guard = p.Guard.Enabled
 	if b != nil {
 		rep.Status, rep.Backend = "active", b.Name()
 		if counters, err = b.Counters(cmd.Context()); err != nil {
 			return nil, err
+		}
+		if bans, err := b.Bans(cmd.Context()); err == nil {
+			rep.BansActive = len(bans)
 		}
 	}
 	rs := ruleset.Compile(p)
@@ -163,6 +169,11 @@ func (a *app) printStatus(rep *statusReport, mode string) {
 			persist = "yes (saved in " + a.stateDir + ")"
 		}
 		a.printf("Persistent: %s\n", persist)
+		guardState := "off (add 'guard sshd')"
+		if rep.Guard {
+			guardState = "on ('moat guard' or moat-guard.service runs it)"
+		}
+		a.printf("Guard: %s; %d active bans ('moat bans' lists them)\n", guardState, rep.BansActive)
 		a.printf("Default: %s (incoming), %s (outgoing), %s (routed)\n",
 			rep.Defaults["incoming"].Policy, rep.Defaults["outgoing"].Policy, rep.Defaults["routed"].Policy)
 	}
