@@ -55,6 +55,7 @@ func (e *env) startGuard(args ...string) (stop func(syscall.Signal)) {
 	if err := e.topo.Server.Start(cmd); err != nil {
 		e.t.Fatal(err)
 	}
+	e.guard = cmd
 	stopped := false
 	stop = func(sig syscall.Signal) {
 		if !stopped {
@@ -269,4 +270,31 @@ func TestManualBans(t *testing.T) {
 			e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 open")
 		})
 	}
+}
+
+// SIGHUP makes a running guard read its settings again.
+func TestGuardReload(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	logFile := filepath.Join(e.dir, "auth.log")
+	writeFile(t, logFile, "")
+	e.apply("default deny incoming\nguard sshd maxretry 5 weak 0\n")
+	e.startGuard("--log-file", logFile)
+	line := "Nov 25 11:40:01 srv sshd[1]: Failed password for root from 203.0.113.60 port 2 ssh2\n"
+	f, _ := os.OpenFile(logFile, os.O_APPEND|os.O_WRONLY, 0o644)
+	defer f.Close()
+	f.WriteString(line)
+	time.Sleep(300 * time.Millisecond)
+	if len(e.bans()) != 0 {
+		t.Fatal("banned after 1 of 5 failures")
+	}
+	writeFile(t, e.conf, "default deny incoming\nguard sshd maxretry 2 weak 0\n")
+	e.guard.Process.Signal(syscall.SIGHUP)
+	time.Sleep(300 * time.Millisecond)
+	f.WriteString(line)
+	waitFor(t, 3*time.Second, "the reloaded maxretry 2 did not ban", func() bool {
+		_, ok := e.bans()["203.0.113.60"]
+		return ok
+	})
 }

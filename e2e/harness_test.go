@@ -71,6 +71,7 @@ type env struct {
 	dir     string
 	conf    string
 	backend string
+	guard   *exec.Cmd // the last 'moat guard' started
 }
 
 func newEnv(t *testing.T, backend string, routed bool) *env {

@@ -9,13 +9,16 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
 	"github.com/moat-fw/moat/internal/guard"
+	"github.com/moat-fw/moat/internal/policy"
 )
 
 const guardLong = `Follow sshd's log and ban addresses that fail to log in too often, in
@@ -34,7 +37,8 @@ The log is journald (through 'journalctl -f -o json', resuming from a saved
 cursor) or a file (--log-file; found by itself when there is no journal),
 followed across rotation by rename and by truncation. Runs in the
 foreground as a systemd Type=notify service (packaging/systemd/
-moat-guard.service) or on its own.`
+moat-guard.service) or on its own. SIGHUP ('systemctl reload moat-guard')
+re-reads the settings after the policy was edited.`
 
 func (a *app) guardCommand() *cobra.Command {
 	var logFile, journalctl, metrics string
@@ -101,7 +105,32 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 	if err != nil {
 		return err
 	}
-	svc := &guard.Service{Cfg: p.Guard, Bans: b, StateDir: a.stateDir, Log: a.log.With("component", "guard")}
+	reload := make(chan policy.Guard)
+	svc := &guard.Service{Cfg: p.Guard, Bans: b, StateDir: a.stateDir, Log: a.log.With("component", "guard"), Reload: reload}
+	// SIGHUP (systemctl reload moat-guard) re-reads the guard's settings.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				np, err := a.loadPolicy()
+				if err != nil {
+					a.log.Error("reload: the policy is invalid; keeping the old settings", "err", err)
+					continue
+				}
+				fmt.Fprintf(a.errOut, "moat guard: reloaded settings from %s\n", a.config)
+				select {
+				case reload <- np.Guard:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
 	if metricsAddr != "" {
 		svc.Metrics = guard.NewMetrics()
 		go func() {

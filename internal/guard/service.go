@@ -34,6 +34,8 @@ type Service struct {
 	Ready func()
 	// SaveEvery is how often the read position is saved without bans.
 	SaveEvery time.Duration
+	// Reload delivers new settings (the policy was edited; SIGHUP).
+	Reload <-chan policy.Guard
 }
 
 // maxBatch bounds how many bans go to the kernel in one call.
@@ -180,6 +182,9 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 			return errors.Join(flush(), save())
 		case err := <-errc:
 			return errors.Join(err, flush(), save())
+		case cfg := <-s.Reload:
+			det.cfg = cfg
+			s.Log.Info("settings reloaded", "maxretry", cfg.MaxRetry, "findtime", cfg.FindTime, "bantime", cfg.BanTime, "allowlist", len(cfg.Allowlist))
 		case <-tick.C:
 			if burst > 1000 {
 				// A wave of bans leaves garbage (log lines, scripts, JSON);
