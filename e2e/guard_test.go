@@ -298,3 +298,47 @@ func TestGuardReload(t *testing.T) {
 		return ok
 	})
 }
+
+// As a systemd Type=notify service, the guard says READY=1 once it follows
+// its log and pings the watchdog.
+func TestGuardNotifiesSystemd(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	logFile := filepath.Join(e.dir, "auth.log")
+	writeFile(t, logFile, "")
+	e.apply("default deny incoming\nguard sshd\n")
+	sock := filepath.Join(e.dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cmd := exec.Command(moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "guard", "--log-file", logFile)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000")
+	if err := e.topo.Server.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	got := map[string]bool{}
+	buf := make([]byte, 512)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for !(got["READY=1"] && got["WATCHDOG=1"]) {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("notifications so far %v: %v", got, err)
+		}
+		for _, m := range strings.Split(string(buf[:n]), "\n") {
+			got[m] = true
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for !got["STOPPING=1"] {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no STOPPING=1 after SIGTERM: %v", got)
+		}
+		got[string(buf[:n])] = true
+	}
+}
