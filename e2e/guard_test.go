@@ -139,7 +139,10 @@ func TestGuardBansBruteForce(t *testing.T) {
 				{lab.ClientV4, lab.ClientAlt[0], lab.ServerV4},
 				{lab.ClientV6, lab.ClientAlt[2], lab.ServerV6},
 			} {
-				// Successful logins (key) do not count.
+				// Successful logins (key) do not count: if these three did,
+				// the client's first failed attempt below (two failures)
+				// would reach maxretry 4 and the "banned after 2 of 4"
+				// check would fail.
 				for i := 0; i < 3; i++ {
 					if !srv.canLogin(fam.server) {
 						t.Fatalf("key login to %s failed", fam.server)
@@ -171,9 +174,6 @@ func TestGuardBansBruteForce(t *testing.T) {
 				}
 				if out := e.probeSSH(fam.alt, fam.server); out != lab.Open {
 					t.Errorf("allowlisted %s: %s", fam.alt, out)
-				}
-				if _, ok := e.bans()[lab.ClientAlt[1].String()]; ok {
-					t.Errorf("a key login was banned")
 				}
 				// The ban expires by itself in the kernel.
 				waitFor(t, 6*time.Second, "ban of "+fam.client.String()+" did not expire", func() bool {
