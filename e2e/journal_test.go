@@ -119,7 +119,7 @@ func (e *env) scrape(t *testing.T, addr string) string {
 func TestGuardCheck(t *testing.T) {
 	t.Parallel()
 	conf := filepath.Join(t.TempDir(), "moat.conf")
-	out, err := moatHost(t, conf, "guard", "check", "../../shared/testdata/sshguard/tests.txt")
+	out, err := moatHost(t, conf, "guard", "check", "../internal/guard/testdata/sshguard/tests.txt")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}

@@ -7,7 +7,9 @@ import (
 	"testing"
 )
 
-const corpusPath = "../../../shared/testdata/sshguard/tests.txt"
+// corpusPath is sshguard's parser test corpus, copied with its licence (ISC,
+// testdata/sshguard/COPYING).
+const corpusPath = "testdata/sshguard/tests.txt"
 
 type corpusCase struct {
 	line, expect, mode, section string
@@ -19,7 +21,7 @@ type corpusCase struct {
 func readCorpus(t testing.TB) []corpusCase {
 	data, err := os.ReadFile(corpusPath)
 	if err != nil {
-		t.Fatalf("the sshguard corpus: %v (shared/ must stand beside the project)", err)
+		t.Fatalf("the sshguard corpus: %v (the copy in testdata/sshguard)", err)
 	}
 	lines := strings.Split(string(data), "\n")
 	var cases []corpusCase
