@@ -35,6 +35,9 @@ type app struct {
 	confirm  time.Duration
 	noWait   bool
 
+	// sshdConfig is sshd's configuration file (fail-closed restore, init).
+	sshdConfig string
+
 	out, errOut io.Writer
 	log         *slog.Logger
 }
@@ -133,6 +136,11 @@ func (a *app) rootCommand() *cobra.Command {
 		stateDef = safeapply.DefaultStateDir
 	}
 	f.StringVar(&a.stateDir, "state-dir", stateDef, "where moat keeps its state: saved ruleset, pending confirmation (env MOAT_STATE_DIR)")
+	sshdDef := os.Getenv("MOAT_SSHD_CONFIG")
+	if sshdDef == "" {
+		sshdDef = safeapply.DefaultSSHDConfig
+	}
+	f.StringVar(&a.sshdConfig, "sshd-config", sshdDef, "sshd's configuration, for the SSH ports of 'restore' failing closed and of 'init' (env MOAT_SSHD_CONFIG)")
 	f.DurationVar(&a.confirm, "confirm", 0, "apply, then roll back after this long (e.g. 60s) unless 'moat confirm' is run")
 	f.BoolVar(&a.noWait, "no-wait", false, "with --confirm: return at once instead of waiting for the confirmation")
 	root.AddGroup(&cobra.Group{ID: "rules", Title: "Rules:"}, &cobra.Group{ID: "state", Title: "Firewall:"},

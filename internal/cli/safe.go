@@ -262,8 +262,10 @@ func (a *app) restoreCommand() *cobra.Command {
 		Long: `Load the ruleset that 'moat enable' saved. This is what moat.service runs
 at boot, before the network is up. If the saved ruleset is missing or
 broken, moat fails closed: it loads 'default deny incoming', 'default allow
-outgoing' and allows the SSH ports of /etc/ssh/sshd_config (22 if none), so
-the admin can still log in, and exits non-zero.`,
+outgoing' and allows the SSH ports: those sshd (or systemd for it) listens
+on, and those of sshd's effective configuration ('sshd -T', else the files
+with their Include; --sshd-config), 22 if none, so the admin can still log
+in, and exits non-zero.`,
 		GroupID: "state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -281,7 +283,7 @@ the admin can still log in, and exits non-zero.`,
 				}
 			}
 			failErr := err
-			text := safeapply.FailClosedPolicy("/etc/ssh/sshd_config")
+			text := safeapply.FailClosedPolicy(a.sshdConfig)
 			fp, perr := policy.NewDocument("fail-closed", []byte(text)).Policy(nil)
 			if perr != nil {
 				return errors.Join(failErr, perr)
@@ -301,8 +303,9 @@ func (a *app) initCommand() *cobra.Command {
 		Use:   "init",
 		Short: "Write a first policy that keeps SSH open (does not apply it)",
 		Long: `Write a first policy file: 'default deny incoming', 'default allow
-outgoing', and an allow rule for each port sshd listens on (found in /proc,
-or read from /etc/ssh/sshd_config when sshd is not running). It does not
+outgoing', and an allow rule for each SSH port: those sshd (or systemd for
+it) listens on, found in /proc, and those of sshd's effective configuration
+('sshd -T', else the files with their Include; --sshd-config). It does not
 apply it: review it, then run 'moat enable'. An existing policy with rules
 is kept unless --force.`,
 		GroupID: "state",
@@ -315,12 +318,7 @@ is kept unless --force.`,
 			if doc.RuleCount() > 0 && !a.force {
 				return fmt.Errorf("%s already has %d rules: use --force to replace it", a.config, doc.RuleCount())
 			}
-			ports, where := []uint16(nil), ""
-			if st, err := safeapply.FindSSH("/proc", ""); err == nil && len(st.Listen) > 0 {
-				ports, where = st.Ports(), "sshd listens on"
-			} else {
-				ports, where = safeapply.SSHDConfigPorts("/etc/ssh/sshd_config"), "from /etc/ssh/sshd_config (sshd is not running)"
-			}
+			ports, where := safeapply.SSHDPorts(cmd.Context(), "/proc", a.sshdConfig)
 			lines := []string{
 				"# moat policy, written by 'moat init': one rule a line, in ufw's syntax ('moat --help').",
 				"default deny incoming",

@@ -5,12 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -86,38 +83,6 @@ func FailClosedPolicy(sshdConfig string) string {
 		fmt.Fprintf(&b, "allow %d/tcp comment 'sshd (fail-closed)'\n", p)
 	}
 	return b.String()
-}
-
-// SSHDConfigPorts reads the Port lines of sshd_config (22 if none), for
-// boot time, when sshd is not running yet.
-func SSHDConfigPorts(path string) []uint16 {
-	data, err := os.ReadFile(path)
-	seen := map[uint16]bool{}
-	if err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			f := strings.Fields(line)
-			if len(f) >= 2 && strings.EqualFold(f[0], "Port") {
-				if n, err := strconv.ParseUint(f[1], 10, 16); err == nil && n > 0 {
-					seen[uint16(n)] = true
-				}
-			}
-			if len(f) >= 2 && strings.EqualFold(f[0], "ListenAddress") {
-				// ListenAddress ADDR:PORT or [ADDR]:PORT also opens a port.
-				if ap, err := netip.ParseAddrPort(f[1]); err == nil && ap.Port() > 0 {
-					seen[ap.Port()] = true
-				}
-			}
-		}
-	}
-	if len(seen) == 0 {
-		return []uint16{22}
-	}
-	var out []uint16
-	for p := range seen {
-		out = append(out, p)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
 }
 
 // Systemd manages moat's units. Dir is where units go

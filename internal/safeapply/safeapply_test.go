@@ -1,7 +1,6 @@
 package safeapply
 
 import (
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -93,23 +92,5 @@ func TestCheckSessions(t *testing.T) {
 		if c.cut && !strings.Contains(strings.Join(problems[0].Fixes, "\n"), c.fix) {
 			t.Errorf("%q: fixes %v lack %q", c.policy, problems[0].Fixes, c.fix)
 		}
-	}
-}
-
-func TestSSHDConfigPorts(t *testing.T) {
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "sshd_config")
-	for text, want := range map[string]string{
-		"":                                 "[22]",
-		"Port 2222\n#Port 23\nport 2200\n": "[2200 2222]",
-		"ListenAddress 192.0.2.1:2022\nListenAddress [2001:db8::1]:2023\nListenAddress 0.0.0.0\n": "[2022 2023]",
-	} {
-		os.WriteFile(conf, []byte(text), 0o644)
-		if got := fmt.Sprint(SSHDConfigPorts(conf)); got != want {
-			t.Errorf("%q: got %v want %s", text, SSHDConfigPorts(conf), want)
-		}
-	}
-	if p := FailClosedPolicy(filepath.Join(dir, "missing")); !strings.Contains(p, "allow 22/tcp") || !strings.Contains(p, "default deny incoming") {
-		t.Errorf("fail-closed policy:\n%s", p)
 	}
 }
