@@ -167,3 +167,31 @@ func TestFailClosedFollowsSSHDInclude(t *testing.T) {
 		})
 	}
 }
+
+// moat's edits keep a 0600 policy file 0600 and a symlinked one linked.
+func TestEditKeepsFileModeAndLink(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real.conf")
+	writeFile(t, real, "default deny incoming\nallow 22/tcp\n")
+	if err := os.Chmod(real, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "moat.conf")
+	if err := os.Symlink("real.conf", link); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"allow", "80/tcp"}, {"delete", "1"}, {"default", "reject", "incoming"}, {"insert", "1", "deny", "from", "203.0.113.0/24"}} {
+		if out, err := moatHost(t, link, args...); err != nil {
+			t.Fatalf("moat %v: %v\n%s", args, err, out)
+		}
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the symlink was replaced by a file")
+	}
+	fi, _ := os.Stat(real)
+	data, _ := os.ReadFile(real)
+	if fi.Mode().Perm() != 0o600 || string(data) != "default reject incoming\ndeny from 203.0.113.0/24\nallow 80/tcp\n" {
+		t.Errorf("mode %v, contents:\n%s", fi.Mode().Perm(), data)
+	}
+}

@@ -6,8 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-
-	"github.com/moat-fw/moat/internal/atomicfile"
+	"syscall"
 )
 
 // DefaultPath is where moat keeps its policy.
@@ -74,15 +73,117 @@ func (d *Document) Bytes() []byte {
 	return []byte(strings.Join(d.Lines, "\n") + "\n")
 }
 
-// Write saves the document atomically (temporary file, fsync, rename).
+// Write saves the document atomically (WriteFile).
 func (d *Document) Write() error {
-	if err := os.MkdirAll(filepath.Dir(d.Name), 0o755); err != nil {
-		return fmt.Errorf("write policy: %w", err)
-	}
-	if err := atomicfile.WriteFile(d.Name, d.Bytes(), 0o644); err != nil {
+	if err := WriteFile(d.Name, d.Bytes()); err != nil {
 		return fmt.Errorf("write policy: %w", err)
 	}
 	return nil
+}
+
+// newFileMode is the mode of a policy file moat creates.
+const newFileMode = 0o644
+
+// maxSymlinks bounds a chain of symbolic links, as the kernel does.
+const maxSymlinks = 40
+
+// WriteFile replaces the contents of the policy file name atomically, as
+// an admin's editor would keep it: through a symbolic link (the link stays,
+// its target gets the new contents), with the file's mode and owner. The
+// data goes to a temporary file in the target's directory, which is synced,
+// given the old file's mode and owner, and renamed over the target; then
+// the directory is synced. A new file gets mode 0644 (its directory is
+// created 0755).
+func WriteFile(name string, data []byte) error {
+	target, err := resolveLinks(name)
+	if err != nil {
+		return err
+	}
+	mode, uid, gid := os.FileMode(newFileMode), -1, -1
+	fi, err := os.Stat(target)
+	switch {
+	case err == nil:
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s: not a regular file", target)
+		}
+		mode = fi.Mode().Perm() | fi.Mode()&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky)
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			uid, gid = int(st.Uid), int(st.Gid)
+		}
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			return err
+		}
+	default:
+		return err
+	}
+	dir := filepath.Dir(target)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(target)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(data)
+	if err == nil && uid >= 0 {
+		if tfi, serr := tmp.Stat(); serr != nil {
+			err = serr
+		} else if st, ok := tfi.Sys().(*syscall.Stat_t); ok && (int(st.Uid) != uid || int(st.Gid) != gid) {
+			err = tmp.Chown(uid, gid)
+		}
+	}
+	if err == nil {
+		// After chown, which clears set-id bits.
+		err = tmp.Chmod(mode)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), target)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", target, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// resolveLinks follows name through symbolic links to the file they name,
+// which need not exist yet (a dangling link is written through too).
+func resolveLinks(name string) (string, error) {
+	cur := name
+	for range maxSymlinks {
+		// The link's directory may be a link itself: a relative target
+		// is resolved from where the directory really is.
+		if dir, err := filepath.EvalSymlinks(filepath.Dir(cur)); err == nil {
+			cur = filepath.Join(dir, filepath.Base(cur))
+		}
+		fi, err := os.Lstat(cur)
+		if errors.Is(err, os.ErrNotExist) {
+			return cur, nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			return cur, nil
+		}
+		link, err := os.Readlink(cur)
+		if err != nil {
+			return "", err
+		}
+		if !filepath.IsAbs(link) {
+			link = filepath.Join(filepath.Dir(cur), link)
+		}
+		cur = link
+	}
+	return "", fmt.Errorf("%s: too many levels of symbolic links", name)
 }
 
 // lineStatement parses one line; ok is false for blank and comment lines.

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -123,5 +124,83 @@ func TestQuoteArgsRoundTrip(t *testing.T) {
 	toks, err := Lex(line)
 	if err != nil || len(toks) != 4 || toks[3].Text != "ssh for admins" {
 		t.Fatalf("%q -> %+v %v", line, toks, err)
+	}
+}
+
+// An edit keeps the file as the admin set it up: its mode, its owner, and
+// a symbolic link to it (written through, never replaced).
+func TestWriteKeepsModeOwnerAndLink(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "etc-real", "moat.conf")
+	if err := os.MkdirAll(filepath.Dir(real), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(real, []byte("allow 22/tcp\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(real, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// moat.conf → ../etc-real/moat.conf through a linked directory.
+	if err := os.Symlink("etc-real", filepath.Join(dir, "etc-link")); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "conf", "moat.conf")
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../etc-link/moat.conf", link); err != nil {
+		t.Fatal(err)
+	}
+	d, err := ReadDocument(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.AppendLine("allow 80/tcp")
+	if err := d.Write(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the link was replaced: %v %v", fi.Mode(), err)
+	}
+	data, _ := os.ReadFile(real)
+	if string(data) != "allow 22/tcp\nallow 80/tcp\n" {
+		t.Fatalf("target holds %q", data)
+	}
+	fi, _ := os.Stat(real)
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600", fi.Mode().Perm())
+	}
+	if st := fi.Sys().(*syscall.Stat_t); os.Geteuid() == 0 && (st.Uid != 65534 || st.Gid != 65534) {
+		t.Errorf("owner %d:%d, want 65534:65534", st.Uid, st.Gid)
+	}
+	for _, d := range []string{filepath.Dir(real), filepath.Dir(link)} {
+		if entries, _ := os.ReadDir(d); len(entries) != 1 {
+			t.Errorf("temporary files left in %s: %v", d, entries)
+		}
+	}
+
+	// A dangling link creates its target; a loop is an error, not a hang.
+	dangling := filepath.Join(dir, "dangling.conf")
+	os.Symlink("new/target.conf", dangling)
+	if err := WriteFile(dangling, []byte("allow 22/tcp\n")); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(dir, "new/target.conf")); string(data) != "allow 22/tcp\n" {
+		t.Errorf("dangling link target holds %q", data)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "new/target.conf")); fi.Mode().Perm() != 0o644 {
+		t.Errorf("new file mode %v", fi.Mode().Perm())
+	}
+	loop := filepath.Join(dir, "loop")
+	os.Symlink("loop", loop)
+	if err := WriteFile(loop, nil); err == nil || !strings.Contains(err.Error(), "symbolic links") {
+		t.Errorf("loop: %v", err)
+	}
+	// A directory is not a policy file.
+	if err := WriteFile(filepath.Dir(real), nil); err == nil {
+		t.Errorf("wrote over a directory")
 	}
 }
