@@ -249,6 +249,12 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 			}
 		case StmtAllowlist:
 			p.Guard.Allowlist = append(p.Guard.Allowlist, st.Allowlist...)
+		case StmtBlocklist:
+			if err := addBlocklist(p, st.Blocklist); err != nil {
+				errs = append(errs, err)
+			}
+		case StmtPortscan:
+			p.Portscan = st.Portscan
 		}
 	}
 	if len(errs) > 0 {

@@ -188,6 +188,9 @@ type Policy struct {
 	Rules      []Rule
 	Backend    Backend
 	Guard      Guard
+	// Blocklists in the order written; Portscan is the scan trap.
+	Blocklists []Blocklist
+	Portscan   Portscan
 }
 
 // BuiltinDefaults are the defaults when the policy does not set them: those

@@ -20,6 +20,8 @@ const (
 	StmtBackend
 	StmtGuard
 	StmtAllowlist
+	StmtBlocklist
+	StmtPortscan
 )
 
 // Statement is one parsed line of policy.
@@ -32,6 +34,8 @@ type Statement struct {
 	// StmtGuard: settings given (name → value); "enable" is "yes" or "no".
 	GuardSettings []GuardSetting
 	Allowlist     []netip.Prefix // StmtAllowlist
+	Blocklist     Blocklist      // StmtBlocklist
+	Portscan      Portscan       // StmtPortscan
 }
 
 // GuardSetting is one 'guard' setting as written.
@@ -138,6 +142,8 @@ func ParseStatement(toks []Token, pos Pos, svc Services) (Statement, error) {
 		return p.parseGuard()
 	case "allowlist":
 		return p.parseAllowlist()
+	case "blocklist":
+		return p.parseBlocklist()
 	case "allow", "deny", "reject", "limit", "route":
 		r, err := p.parseRule()
 		if err != nil {
@@ -145,9 +151,9 @@ func ParseStatement(toks []Token, pos Pos, svc Services) (Statement, error) {
 		}
 		return Statement{Kind: StmtRule, Rule: r}, nil
 	case "enable", "disable", "reset", "status", "show", "delete", "insert", "prepend", "reload", "logging":
-		return Statement{}, p.errAt(first, "'%s' is a command, not a policy statement: expected allow, deny, reject, limit, route, default, backend, guard or allowlist", first.Text)
+		return Statement{}, p.errAt(first, "'%s' is a command, not a policy statement: expected allow, deny, reject, limit, route, default, backend, guard, allowlist or blocklist", first.Text)
 	default:
-		return Statement{}, p.errAt(first, "unknown statement '%s': expected allow, deny, reject, limit, route, default, backend, guard or allowlist", first.Text)
+		return Statement{}, p.errAt(first, "unknown statement '%s': expected allow, deny, reject, limit, route, default, backend, guard, allowlist or blocklist", first.Text)
 	}
 }
 
@@ -221,6 +227,9 @@ func (p *parser) parseGuard() (Statement, error) {
 	t, ok := p.peek()
 	if !ok {
 		return st, p.errEnd("'guard' needs 'sshd' or a setting: expected e.g. 'guard sshd' or 'guard maxretry 5'")
+	}
+	if strings.EqualFold(t.Text, "portscan") {
+		return p.parsePortscan()
 	}
 	if strings.EqualFold(t.Text, "sshd") {
 		p.next()

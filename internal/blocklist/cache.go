@@ -1,0 +1,257 @@
+package blocklist
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/moat-fw/moat/internal/atomicfile"
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// Dir is the directory under moat's state directory that keeps the lists.
+const Dir = "blocklists"
+
+// MaxFileSize bounds a list file (and a download).
+const MaxFileSize = 64 << 20
+
+// Meta is what moat knows about a list besides its contents.
+type Meta struct {
+	Name   string `json:"name"`
+	Source string `json:"source"` // "url" or "file"
+	Where  string `json:"where"`  // the URL or path the contents came from
+	// ETag and LastModified come from the server, for conditional requests.
+	ETag         string `json:"etag,omitempty"`
+	LastModified string `json:"last_modified,omitempty"`
+	// Updated is when the contents last changed; Checked when the source
+	// was last read successfully (a 304 counts); Attempted when it was
+	// last tried.
+	Updated   time.Time `json:"updated"`
+	Checked   time.Time `json:"checked"`
+	Attempted time.Time `json:"attempted"`
+	LastError string    `json:"last_error,omitempty"`
+	Networks  int       `json:"networks"`
+	V4        int       `json:"ipv4"`
+	V6        int       `json:"ipv6"`
+	Lines     int       `json:"entries_as_written"`
+	SHA256    string    `json:"sha256"` // of the cached list file
+}
+
+func listPath(stateDir, name string) string { return filepath.Join(stateDir, Dir, name+".list") }
+func metaPath(stateDir, name string) string { return filepath.Join(stateDir, Dir, name+".json") }
+
+// ReadMeta reads a list's metadata; a missing file is a zero Meta.
+func ReadMeta(stateDir, name string) (Meta, error) {
+	data, err := os.ReadFile(metaPath(stateDir, name))
+	if errors.Is(err, os.ErrNotExist) {
+		return Meta{Name: name}, nil
+	}
+	if err != nil {
+		return Meta{Name: name}, fmt.Errorf("blocklist %s: %w", name, err)
+	}
+	var m Meta
+	if err := json.Unmarshal(data, &m); err != nil || m.Name != name {
+		return Meta{Name: name}, fmt.Errorf("blocklist %s: %s is damaged; it is rewritten at the next update", name, metaPath(stateDir, name))
+	}
+	return m, nil
+}
+
+// WriteMeta saves a list's metadata atomically.
+func WriteMeta(stateDir string, m Meta) error {
+	if err := os.MkdirAll(filepath.Join(stateDir, Dir), 0o700); err != nil {
+		return fmt.Errorf("blocklist %s: %w", m.Name, err)
+	}
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(metaPath(stateDir, m.Name), data, 0o600)
+}
+
+// Canonical writes merged prefixes as a list file: one network a line.
+func Canonical(name string, l *List) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# moat blocklist %s: %s, merged\n", name, Describe(l))
+	for _, p := range l.Prefixes() {
+		b.WriteString(p.String())
+		b.WriteByte('\n')
+	}
+	return b.Bytes()
+}
+
+// ReadCache reads the last good copy of a list. ok is false when there is
+// none (or it does not match its recorded checksum: then err says so).
+func ReadCache(stateDir, name string, m Meta) (l *List, ok bool, err error) {
+	path := listPath(stateDir, name)
+	data, err := readCapped(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	sum := sha256.Sum256(data)
+	if m.SHA256 != "" && hex.EncodeToString(sum[:]) != m.SHA256 {
+		return nil, false, fmt.Errorf("blocklist %s: the saved copy %s does not match its checksum; it is ignored", name, path)
+	}
+	l, err = Parse(bytes.NewReader(data), path)
+	if err != nil {
+		return nil, false, fmt.Errorf("blocklist %s: the saved copy is damaged, ignored: %w", name, err)
+	}
+	return l, true, nil
+}
+
+// WriteCache saves a good list and its metadata (list first, each
+// atomically: a crash in between leaves a list whose checksum the old
+// metadata does not match, which is then refetched).
+func WriteCache(stateDir string, m *Meta, l *List) error {
+	if err := os.MkdirAll(filepath.Join(stateDir, Dir), 0o700); err != nil {
+		return fmt.Errorf("blocklist %s: %w", m.Name, err)
+	}
+	data := Canonical(m.Name, l)
+	if err := atomicfile.WriteFile(listPath(stateDir, m.Name), data, 0o600); err != nil {
+		return fmt.Errorf("blocklist %s: %w", m.Name, err)
+	}
+	sum := sha256.Sum256(data)
+	m.SHA256 = hex.EncodeToString(sum[:])
+	m.Networks, m.V4, m.V6 = len(l.V4)+len(l.V6), len(l.V4), len(l.V6)
+	return WriteMeta(stateDir, *m)
+}
+
+// Remove deletes a list's saved copy and metadata.
+func Remove(stateDir, name string) error {
+	return errors.Join(rmIfExists(listPath(stateDir, name)), rmIfExists(metaPath(stateDir, name)))
+}
+
+func rmIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Saved lists the names of the lists kept in the state directory.
+func Saved(stateDir string) []string {
+	ents, _ := os.ReadDir(filepath.Join(stateDir, Dir))
+	var out []string
+	for _, e := range ents {
+		if n, ok := strings.CutSuffix(e.Name(), ".json"); ok && policy.CheckBlocklistName(n) == "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func readCapped(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("%s: larger than %d MB", path, MaxFileSize>>20)
+	}
+	return data, nil
+}
+
+// ReadFile reads and parses a list file (for 'blocklist NAME file PATH').
+func ReadFile(path string) (*List, error) {
+	data, err := readCapped(path)
+	if err != nil {
+		return nil, fmt.Errorf("read blocklist file: %w", err)
+	}
+	return Parse(bytes.NewReader(data), path)
+}
+
+// Loaded is what Load found for one list.
+type Loaded struct {
+	Prefixes []netip.Prefix
+	Meta     Meta
+	// Warning is set when the list is not what its source holds now (a
+	// malformed or refused file, a url list never fetched); the old copy,
+	// or nothing, is used.
+	Warning error
+}
+
+// Load gives a list's contents for an apply: a file list is read and
+// checked again (a good one becomes the saved copy); a url list comes from
+// the saved copy. A file list that is malformed or refused keeps the saved
+// copy, with a warning; if there is none, that is an error.
+func Load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time) (Loaded, error) {
+	m, merr := ReadMeta(stateDir, bl.Name)
+	if m.Where != bl.Where() {
+		// Another source now: what was saved is not this list.
+		m = Meta{Name: bl.Name}
+	}
+	cached, have, cerr := ReadCache(stateDir, bl.Name, m)
+	if m.SHA256 == "" {
+		have = false
+	}
+	if bl.Source == policy.BlocklistFile {
+		l, err := ReadFile(bl.Path)
+		if err == nil {
+			err = Check(bl.Name, l, pr)
+		}
+		if err == nil {
+			m.Source, m.Where = string(bl.Source), bl.Where()
+			changed := !have || !samePrefixes(cached.Prefixes(), l.Prefixes())
+			if changed {
+				m.Updated = now
+			}
+			m.Checked, m.Attempted, m.LastError, m.Lines = now, now, "", len(l.Entries)
+			if changed || merr != nil {
+				if err := WriteCache(stateDir, &m, l); err != nil {
+					return Loaded{}, err
+				}
+			} else if err := WriteMeta(stateDir, m); err != nil {
+				return Loaded{}, err
+			}
+			return Loaded{Prefixes: l.Prefixes(), Meta: m}, nil
+		}
+		if !have {
+			return Loaded{}, fmt.Errorf("blocklist %s: %w (and there is no earlier good copy to keep)", bl.Name, errors.Join(err, cerr))
+		}
+		return Loaded{Prefixes: cached.Prefixes(), Meta: m,
+			Warning: fmt.Errorf("blocklist %s: %w; keeping the copy of %s (%d networks)", bl.Name, err, m.Updated.Format(time.RFC3339), m.Networks)}, nil
+	}
+	if !have {
+		w := fmt.Errorf("blocklist %s: not fetched yet; run 'moat blocklist update %s'", bl.Name, bl.Name)
+		if cerr != nil {
+			w = errors.Join(cerr, w)
+		}
+		return Loaded{Meta: m, Warning: w}, nil
+	}
+	return Loaded{Prefixes: cached.Prefixes(), Meta: m}, nil
+}
+
+func samePrefixes(a, b []netip.Prefix) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
