@@ -3,19 +3,30 @@
 package atomicfile
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
-// WriteFile writes data to a temporary file beside name, syncs it, and
-// renames it over name.
+// WriteFile writes data to a new file beside name (created O_EXCL and
+// O_NOFOLLOW, mode 0600 until it is complete, so nobody can plant a link or
+// open it half-written), syncs it, gives it perm, renames it over name and
+// syncs the directory. A symbolic link at name is replaced, not followed.
 func WriteFile(name string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*")
+	tmp, err := createTemp(name)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	defer os.Remove(tmp.Name())
+	renamed := false
+	defer func() {
+		if !renamed {
+			os.Remove(tmp.Name())
+		}
+	}()
 	_, err = tmp.Write(data)
 	if err == nil {
 		err = tmp.Chmod(perm)
@@ -28,9 +39,45 @@ func WriteFile(name string, data []byte, perm os.FileMode) error {
 	}
 	if err == nil {
 		err = os.Rename(tmp.Name(), name)
+		renamed = err == nil
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(name))
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
+}
+
+func createTemp(name string) (*os.File, error) {
+	dir, base := filepath.Split(name)
+	if dir == "" {
+		dir = "."
+	}
+	for try := 0; ; try++ {
+		var rnd [8]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return nil, err
+		}
+		path := filepath.Join(dir, "."+base+"."+hex.EncodeToString(rnd[:])+".tmp")
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+		if errors.Is(err, os.ErrExist) && try < 100 {
+			continue
+		}
+		return f, err
+	}
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return err
 	}
 	return nil
 }

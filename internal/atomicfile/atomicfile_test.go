@@ -28,3 +28,26 @@ func TestWriteFile(t *testing.T) {
 		t.Fatal("wrote into a missing directory")
 	}
 }
+
+// A symbolic link at the name is replaced, never written through: the
+// file it points to keeps its contents.
+func TestWriteFileReplacesLink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	if err := os.WriteFile(target, []byte("keep\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Join(dir, "f")
+	if err := os.Symlink(target, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(name, []byte("new\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(target); string(data) != "keep\n" {
+		t.Fatalf("wrote through the link: target holds %q", data)
+	}
+	if fi, err := os.Lstat(name); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("%s is not a regular file: %v %v", name, fi, err)
+	}
+}

@@ -10,12 +10,12 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
+	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // Restorer puts moat's kernel state back to a snapshot.
@@ -57,12 +57,12 @@ const outcomeFile = "last-outcome.json"
 
 func writeOutcome(dir, id, outcome string) {
 	data, _ := json.Marshal(Outcome{ID: id, Outcome: outcome, Time: time.Now()})
-	atomicfile.WriteFile(filepath.Join(dir, outcomeFile), data, 0o600)
+	statedir.WriteFile(dir, outcomeFile, data)
 }
 
 // LastOutcome reads how the last pending change ended.
 func LastOutcome(dir string) (*Outcome, error) {
-	data, err := os.ReadFile(filepath.Join(dir, outcomeFile))
+	data, err := statedir.ReadFile(dir, outcomeFile)
 	if err != nil {
 		return nil, err
 	}
@@ -93,25 +93,18 @@ func bootID() string {
 // lock takes the state directory's lock, so a confirm and a rollback
 // firing at the same moment cannot interleave.
 func lock(dir string) (func(), error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("state directory: %w", err)
-	}
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	l, err := statedir.WaitLock(dir, lockFile, nil)
 	if err != nil {
 		return nil, fmt.Errorf("lock state: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock state: %w", err)
-	}
-	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+	return l.Unlock, nil
 }
 
 // LoadPending returns the change waiting for confirmation, or ErrNoPending.
 // A pending change from an earlier boot is stale: nothing can roll it back
 // any more, and the boot loaded the saved ruleset anyway.
 func LoadPending(dir string) (*Pending, error) {
-	data, err := os.ReadFile(filepath.Join(dir, pendingFile))
+	data, err := statedir.ReadFile(dir, pendingFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNoPending
 	}
@@ -131,7 +124,7 @@ func LoadPending(dir string) (*Pending, error) {
 
 func clearPending(dir string) {
 	for _, f := range []string{pendingFile, snapshotFile, policyFile} {
-		os.Remove(filepath.Join(dir, f))
+		statedir.Remove(dir, f)
 	}
 }
 
@@ -152,13 +145,13 @@ func Arm(dir string, p *Pending, snapshot, oldPolicy []byte, wait time.Duration,
 	idb := make([]byte, 8)
 	rand.Read(idb)
 	p.ID, p.Created, p.Deadline, p.BootID = hex.EncodeToString(idb), time.Now(), time.Now().Add(wait), bootID()
-	if err := atomicfile.WriteFile(filepath.Join(dir, snapshotFile), snapshot, 0o600); err != nil {
+	if err := statedir.WriteFile(dir, snapshotFile, snapshot); err != nil {
 		return nil, fmt.Errorf("save snapshot: %w", err)
 	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, policyFile), oldPolicy, 0o600); err != nil {
+	if err := statedir.WriteFile(dir, policyFile, oldPolicy); err != nil {
 		return nil, fmt.Errorf("save policy: %w", err)
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := statedir.OpenFile(dir, LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, statedir.Perm)
 	if err != nil {
 		return nil, fmt.Errorf("watchdog log: %w", err)
 	}
@@ -172,7 +165,7 @@ func Arm(dir string, p *Pending, snapshot, oldPolicy []byte, wait time.Duration,
 	p.WatchdogPID = cmd.Process.Pid
 	cmd.Process.Release()
 	data, _ := json.MarshalIndent(p, "", "  ")
-	if err := atomicfile.WriteFile(filepath.Join(dir, pendingFile), data, 0o600); err != nil {
+	if err := statedir.WriteFile(dir, pendingFile, data); err != nil {
 		syscall.Kill(p.WatchdogPID, syscall.SIGTERM)
 		return nil, fmt.Errorf("save pending change: %w", err)
 	}
@@ -235,14 +228,14 @@ func Rollback(ctx context.Context, dir, id string, r Restorer, log *slog.Logger)
 	if id != "" && p.ID != id {
 		return nil, ErrNoPending
 	}
-	snap, err := os.ReadFile(filepath.Join(dir, snapshotFile))
+	snap, err := statedir.ReadFile(dir, snapshotFile)
 	if err != nil {
 		return nil, fmt.Errorf("rollback: read snapshot: %w", err)
 	}
 	if err := r.Restore(ctx, snap); err != nil {
 		return nil, fmt.Errorf("rollback: %w", err)
 	}
-	old, err := os.ReadFile(filepath.Join(dir, policyFile))
+	old, err := statedir.ReadFile(dir, policyFile)
 	if err != nil {
 		return nil, fmt.Errorf("rollback: read saved policy: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
+	"github.com/moat-fw/moat/internal/statedir"
 	"github.com/moat-fw/moat/packaging"
 )
 
@@ -27,7 +28,7 @@ const savedFile = "saved.json"
 
 // Save records the applied policy for the next boot (atomically).
 func Save(dir string, s Saved) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := statedir.Ensure(dir); err != nil {
 		return fmt.Errorf("save ruleset: %w", err)
 	}
 	s.Saved = time.Now().UTC()
@@ -35,7 +36,7 @@ func Save(dir string, s Saved) error {
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, savedFile), data, 0o600); err != nil {
+	if err := statedir.WriteFile(dir, savedFile, data); err != nil {
 		return fmt.Errorf("save ruleset: %w", err)
 	}
 	return nil
@@ -43,7 +44,7 @@ func Save(dir string, s Saved) error {
 
 // LoadSaved reads what Save wrote.
 func LoadSaved(dir string) (*Saved, error) {
-	data, err := os.ReadFile(filepath.Join(dir, savedFile))
+	data, err := statedir.ReadFile(dir, savedFile)
 	if err != nil {
 		return nil, fmt.Errorf("read saved ruleset: %w", err)
 	}
@@ -65,7 +66,7 @@ func Enabled(dir string) bool {
 
 // Forget removes the saved ruleset.
 func Forget(dir string) error {
-	if err := os.Remove(filepath.Join(dir, savedFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := statedir.Remove(dir, savedFile); err != nil {
 		return fmt.Errorf("remove saved ruleset: %w", err)
 	}
 	return nil
@@ -173,10 +174,10 @@ const appliedFile = "applied.conf"
 // RecordApplied keeps the text of the policy now in the kernel, so that a
 // rollback can put the policy file back to what was really applied.
 func RecordApplied(dir string, policyText []byte) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := statedir.Ensure(dir); err != nil {
 		return fmt.Errorf("record applied policy: %w", err)
 	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, appliedFile), policyText, 0o600); err != nil {
+	if err := statedir.WriteFile(dir, appliedFile, policyText); err != nil {
 		return fmt.Errorf("record applied policy: %w", err)
 	}
 	return nil
@@ -184,6 +185,6 @@ func RecordApplied(dir string, policyText []byte) error {
 
 // LastApplied returns the policy text last applied, if moat recorded one.
 func LastApplied(dir string) ([]byte, bool) {
-	data, err := os.ReadFile(filepath.Join(dir, appliedFile))
+	data, err := statedir.ReadFile(dir, appliedFile)
 	return data, err == nil
 }
