@@ -10,7 +10,7 @@ import (
 // rule it accepts keeps its meaning when its line is parsed again.
 func FuzzParseDocument(f *testing.F) {
 	f.Add([]byte(sample))
-	for _, name := range []string{"testdata/accept.txt", "testdata/reject.txt"} {
+	for _, name := range []string{"testdata/accept.txt", "testdata/reject.txt", "testdata/numbers.txt"} {
 		data, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)

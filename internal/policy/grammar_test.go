@@ -197,3 +197,68 @@ func TestGuardStatements(t *testing.T) {
 		}
 	}
 }
+
+// Every number of the grammar is bounded and checked where it is read, and
+// the error points at the wrong part (testdata/numbers.txt).
+func TestNumberBounds(t *testing.T) {
+	data, err := os.ReadFile("testdata/numbers.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, line := range strings.Split(string(data), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Split(line, " => ")
+		if len(f) != 3 {
+			t.Fatalf("numbers.txt:%d: want LINE => COLUMN => MESSAGE", i+1)
+		}
+		n++
+		st, err := parseLine(f[0])
+		if err == nil {
+			t.Errorf("numbers.txt:%d: %q accepted as %+v", i+1, f[0], st)
+			continue
+		}
+		if want := "moat.conf:1:" + f[1] + ": "; !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("numbers.txt:%d: %q: error %q, want it at %s", i+1, f[0], err, want)
+		}
+		if !strings.Contains(err.Error(), f[2]) {
+			t.Errorf("numbers.txt:%d: %q: error %q lacks %q", i+1, f[0], err, f[2])
+		}
+	}
+	if n < 50 {
+		t.Fatalf("only %d cases", n)
+	}
+	// The bounds themselves are accepted, with the values written.
+	for line, want := range map[string]string{
+		"limit 22/tcp rate 10/86400s":      "10/86400",
+		"limit 22/tcp rate 10000/24h":      "10000/86400",
+		"limit 22/tcp rate 2/1440m":        "2/86400",
+		"limit 22/tcp rate 0000000006/30s": "6/30",
+	} {
+		st, err := parseLine(line)
+		if err != nil {
+			t.Errorf("%q: %v", line, err)
+			continue
+		}
+		if got := fmt.Sprintf("%d/%d", st.Rule.Rate.Count, st.Rule.Rate.Seconds); got != want {
+			t.Errorf("%q: rate %s, want %s", line, got, want)
+		}
+	}
+	for _, line := range []string{"allow 65535/tcp", "allow 1:65535/tcp", "allow from 0.0.0.0/0", "allow to ::/128",
+		"guard maxretry 1000 bantime 365d findtime 1s bantime-factor 100 weak 0", "guard bantime 52w weak 1.0 bantime-factor 1.5"} {
+		if _, err := parseLine(line); err != nil {
+			t.Errorf("%q: %v", line, err)
+		}
+	}
+	// ParseDuration (also 'moat ban --for') never overflows.
+	for _, s := range []string{"106751991167301d", "15250284452472w", "99999999999999999999d", "-1d", "+1h", "5215w"} {
+		if d, err := ParseDuration(s); err == nil {
+			t.Errorf("ParseDuration(%q) = %v", s, d)
+		}
+	}
+	if d, err := ParseDuration("2d"); err != nil || d != 48*time.Hour {
+		t.Errorf("2d: %v %v", d, err)
+	}
+}

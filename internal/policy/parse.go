@@ -75,6 +75,20 @@ func (p *parser) errAt(t Token, format string, args ...any) *Error {
 	return &Error{Pos: pos, Msg: fmt.Sprintf(format, args...)}
 }
 
+// errAtOffset reports an error at byte off of the token's text (the part
+// of a '22,99999' or '10/99h' that is wrong).
+func (p *parser) errAtOffset(t Token, off int, format string, args ...any) *Error {
+	e := p.errAt(t, format, args...)
+	// On the command line the column is the argument's number.
+	if p.pos.File != "" && off > 0 && off <= len(t.Text) {
+		e.Pos.Col += len([]rune(t.Text[:off]))
+		if t.Quoted {
+			e.Pos.Col++
+		}
+	}
+	return e
+}
+
 // errEnd reports a missing word after the last token.
 func (p *parser) errEnd(format string, args ...any) *Error {
 	pos := p.pos
@@ -273,8 +287,7 @@ func (p *parser) posOf(t Token) Pos {
 func checkGuardValue(key, v string) string {
 	switch key {
 	case "maxretry":
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
+		if _, ok := parseCount(v, 1, 1000); !ok {
 			return "bad"
 		}
 	case "findtime", "bantime", "bantime-max":
@@ -283,32 +296,78 @@ func checkGuardValue(key, v string) string {
 			return "bad"
 		}
 	case "bantime-factor":
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f < 1 || f > 100 {
+		if f, ok := parseDecimal(v); !ok || f < 1 || f > 100 {
 			return "bad"
 		}
 	case "weak":
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f < 0 || f > 1 {
+		if f, ok := parseDecimal(v); !ok || f < 0 || f > 1 {
 			return "bad"
 		}
 	}
 	return ""
 }
 
+// maxDigits bounds every number in the grammar: no value moat takes needs
+// more digits, and none can then overflow on the way in.
+const maxDigits = 10
+
+var decimal = regexp.MustCompile(`^[0-9]{1,10}(\.[0-9]{1,10})?$`)
+
+// parseCount reads a plain decimal integer (digits only: no sign, no
+// spaces, no hex) from min to max.
+func parseCount(s string, min, max int) (int, bool) {
+	if s == "" || len(s) > maxDigits {
+		return 0, false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < min || n > max {
+		return 0, false
+	}
+	return n, true
+}
+
+// parseDecimal reads "2" or "1.5": no sign, exponent, hex, NaN or Inf.
+func parseDecimal(s string) (float64, bool) {
+	if !decimal.MatchString(s) {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	return f, err == nil
+}
+
+// maxDuration bounds ParseDuration's days and weeks (and keeps them far
+// from overflowing time.Duration).
+const maxDuration = 100 * 365 * 24 * time.Hour
+
 // ParseDuration reads durations as admins write them: 90s, 10m, 1h, 2d,
-// 1w, or Go's forms such as 1h30m.
+// 1w, or Go's forms such as 1h30m. Negative durations and durations that
+// would overflow are errors.
 func ParseDuration(s string) (time.Duration, error) {
 	for suffix, unit := range map[string]time.Duration{"d": 24 * time.Hour, "w": 7 * 24 * time.Hour} {
 		if n, ok := strings.CutSuffix(s, suffix); ok {
-			v, err := strconv.Atoi(n)
-			if err != nil || v < 0 {
-				return 0, fmt.Errorf("bad duration %q", s)
+			v, ok := parseCount(n, 0, int(maxDuration/unit))
+			if !ok {
+				return 0, fmt.Errorf("bad duration %q: expected a number of %s up to %d", s, map[string]string{"d": "days", "w": "weeks"}[suffix], maxDuration/unit)
 			}
 			return time.Duration(v) * unit, nil
 		}
 	}
-	return time.ParseDuration(s)
+	if strings.HasPrefix(s, "-") || strings.HasPrefix(s, "+") {
+		return 0, fmt.Errorf("bad duration %q: expected e.g. 90s, 10m, 1h, 2d or 1w", s)
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("bad duration %q: expected e.g. 90s, 10m, 1h, 2d or 1w", s)
+	}
+	if d > maxDuration {
+		return 0, fmt.Errorf("bad duration %q: at most %d days", s, maxDuration/(24*time.Hour))
+	}
+	return d, nil
 }
 
 // parseAllowlist reads 'allowlist CIDR...': addresses the guard never bans.
@@ -320,7 +379,10 @@ func (p *parser) parseAllowlist() (Statement, error) {
 		if !ok {
 			break
 		}
-		a, msg := parseAddr(t.Text)
+		a, off, msg := parseAddrAt(t.Text)
+		if msg != "" && off > 0 {
+			return st, p.errAtOffset(t, off, "bad allowlist address: %s", strings.TrimPrefix(msg, "bad address "))
+		}
 		if msg != "" || !a.IsValid() {
 			return st, p.errAt(t, "bad allowlist address '%s': expected an IP address or a CIDR", t.Text)
 		}
@@ -431,9 +493,9 @@ func (p *parser) takeOptions(r *Rule) ([]Token, error) {
 			r.Comment = val.Text
 			continue
 		}
-		rate, msg := parseRate(val.Text)
+		rate, off, msg := parseRate(val.Text)
 		if msg != "" {
-			return nil, p.errAt(val, "%s", msg)
+			return nil, p.errAtOffset(val, off, "%s", msg)
 		}
 		r.Rate = &rate
 	}
@@ -459,17 +521,19 @@ func checkComment(c string) string {
 }
 
 // parseRate reads "N/Ts" (T seconds; 'm' and 'h' suffixes also work): the
-// Nth new connection from one source within T is refused.
-func parseRate(s string) (Rate, string) {
-	const want = "expected COUNT/TIME such as 6/30s, 10/1m or 100/1h (COUNT from 2 to 10000)"
+// Nth new connection from one source within T is refused. On error, off is
+// where in s the bad part starts.
+func parseRate(s string) (r Rate, off int, msg string) {
+	const want = "expected COUNT/TIME such as 6/30s, 10/1m or 100/1h (COUNT from 2 to 10000, TIME at most one day)"
 	n, t, ok := strings.Cut(s, "/")
 	if !ok {
-		return Rate{}, fmt.Sprintf("invalid rate '%s': %s", s, want)
+		return Rate{}, 0, fmt.Sprintf("invalid rate '%s': %s", s, want)
 	}
-	count, err := strconv.Atoi(n)
-	if err != nil || count < 2 || count > 10000 {
-		return Rate{}, fmt.Sprintf("invalid rate count '%s': %s", n, want)
+	count, ok := parseCount(n, 2, 10000)
+	if !ok {
+		return Rate{}, 0, fmt.Sprintf("invalid rate count '%s': %s", n, want)
 	}
+	off = len(n) + 1
 	mult := 0
 	switch {
 	case strings.HasSuffix(t, "s"):
@@ -480,13 +544,15 @@ func parseRate(s string) (Rate, string) {
 		mult = 3600
 	}
 	if mult == 0 {
-		return Rate{}, fmt.Sprintf("invalid rate time '%s': %s", t, want)
+		return Rate{}, off, fmt.Sprintf("invalid rate time '%s': %s", t, want)
 	}
-	v, err := strconv.Atoi(t[:len(t)-1])
-	if err != nil || v < 1 || v*mult > 86400 {
-		return Rate{}, fmt.Sprintf("invalid rate time '%s': %s (at most one day)", t, want)
+	// Bounded before multiplying: 10/5124095576030432h must not wrap
+	// around into another rate.
+	v, ok := parseCount(t[:len(t)-1], 1, 86400/mult)
+	if !ok {
+		return Rate{}, off, fmt.Sprintf("invalid rate time '%s': %s (at most one day)", t, want)
 	}
-	return Rate{Count: count, Seconds: v * mult, Burst: count - 1}, ""
+	return Rate{Count: count, Seconds: v * mult, Burst: count - 1}, 0, ""
 }
 
 func (p *parser) parseDirection(r *Rule, route bool) error {
@@ -625,9 +691,9 @@ func (p *parser) parseFull(r *Rule) error {
 				last = ""
 				continue
 			}
-			addr, msg := parseAddr(v.Text)
+			addr, off, msg := parseAddrAt(v.Text)
 			if msg != "" {
-				return p.errAt(v, "%s", msg)
+				return p.errAtOffset(v, off, "%s", msg)
 			}
 			if word == "from" {
 				r.From = addr
@@ -711,6 +777,7 @@ func (p *parser) parsePorts(t Token, spec string) (Ports, []string, error) {
 			return nil, nil, p.errAt(t, "too many ports in '%s': at most %d, a range counting as two", spec, maxPortItems)
 		}
 		var ports Ports
+		off := 0 // of item in the token (spec starts the token)
 		for _, item := range strings.Split(spec, ",") {
 			a, b, isRange := strings.Cut(item, ":")
 			first, err1 := portNum(a)
@@ -718,17 +785,21 @@ func (p *parser) parsePorts(t Token, spec string) (Ports, []string, error) {
 			var err2 error
 			if isRange {
 				if strings.Contains(b, ":") {
-					return nil, nil, p.errAt(t, "bad port range '%s': expected FIRST:LAST", item)
+					return nil, nil, p.errAtOffset(t, off, "bad port range '%s': expected FIRST:LAST", item)
 				}
 				last, err2 = portNum(b)
 			}
-			if err1 != nil || err2 != nil {
-				return nil, nil, p.errAt(t, "bad port '%s': ports are 1 to 65535", item)
+			if err1 != nil {
+				return nil, nil, p.errAtOffset(t, off, "bad port '%s': ports are 1 to 65535", item)
+			}
+			if err2 != nil {
+				return nil, nil, p.errAtOffset(t, off+len(a)+1, "bad port '%s': ports are 1 to 65535", item)
 			}
 			if isRange && first >= last {
-				return nil, nil, p.errAt(t, "bad port range '%s': the first port must be lower than the last", item)
+				return nil, nil, p.errAtOffset(t, off, "bad port range '%s': the first port must be lower than the last", item)
 			}
 			ports = append(ports, PortRange{first, last})
+			off += len(item) + 1
 		}
 		return ports, nil, nil
 	}
@@ -749,40 +820,49 @@ func (p *parser) parsePorts(t Token, spec string) (Ports, []string, error) {
 }
 
 func portNum(s string) (uint16, error) {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > 65535 {
+	n, ok := parseCount(s, 1, 65535)
+	if !ok {
 		return 0, errors.New("bad port")
 	}
 	return uint16(n), nil
 }
 
-// parseAddr reads any, an address or a CIDR; the CIDR is masked to its
-// network.
-func parseAddr(s string) (netip.Prefix, string) {
+// parseAddrAt reads any, an address or a CIDR; the CIDR is masked to its
+// network. On error it also says where in s the error is (the prefix
+// length of '203.0.113.0/33').
+func parseAddrAt(s string) (netip.Prefix, int, string) {
 	if strings.EqualFold(s, "any") {
-		return netip.Prefix{}, ""
+		return netip.Prefix{}, 0, ""
 	}
 	if strings.Contains(s, "%") {
-		return netip.Prefix{}, fmt.Sprintf("bad address '%s': scoped addresses (%%zone) cannot be filtered; use 'in on IFACE'", s)
+		return netip.Prefix{}, 0, fmt.Sprintf("bad address '%s': scoped addresses (%%zone) cannot be filtered; use 'in on IFACE'", s)
 	}
 	var pfx netip.Prefix
-	if strings.Contains(s, "/") {
+	if addrText, bitsText, ok := strings.Cut(s, "/"); ok {
+		a, err := netip.ParseAddr(addrText)
+		if err != nil {
+			return netip.Prefix{}, 0, fmt.Sprintf("bad address '%s': expected any, an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32", s)
+		}
+		_, ok = parseCount(bitsText, 0, a.BitLen())
+		if !ok || (len(bitsText) > 1 && bitsText[0] == '0') {
+			return netip.Prefix{}, len(addrText) + 1, fmt.Sprintf("bad address '%s': prefix length '%s' is out of range: expected 0 to %d for an IPv%d address", s, bitsText, a.BitLen(), map[int]int{32: 4, 128: 6}[a.BitLen()])
+		}
 		pp, err := netip.ParsePrefix(s)
 		if err != nil {
-			return netip.Prefix{}, fmt.Sprintf("bad address '%s': expected any, an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32", s)
+			return netip.Prefix{}, 0, fmt.Sprintf("bad address '%s': expected any, an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32", s)
 		}
 		pfx = pp.Masked()
 	} else {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
-			return netip.Prefix{}, fmt.Sprintf("bad address '%s': expected any, an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32", s)
+			return netip.Prefix{}, 0, fmt.Sprintf("bad address '%s': expected any, an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32", s)
 		}
 		pfx = netip.PrefixFrom(a, a.BitLen())
 	}
 	if pfx.Addr().Is4In6() {
-		return netip.Prefix{}, fmt.Sprintf("bad address '%s': IPv4-mapped IPv6 addresses are not filtered as such; write the IPv4 address", s)
+		return netip.Prefix{}, 0, fmt.Sprintf("bad address '%s': IPv4-mapped IPv6 addresses are not filtered as such; write the IPv4 address", s)
 	}
-	return pfx, ""
+	return pfx, 0, ""
 }
 
 func familyOf(p netip.Prefix) Family {
