@@ -79,7 +79,9 @@ func connect(b *testing.B, ctx context.Context, ns *lab.NS, dst netip.AddrPort) 
 	if err != nil {
 		b.Fatalf("connect %s: %v", dst, err)
 	}
-	c.Close()
+	if err := c.Close(); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // newBenchEnv is newEnv for benchmarks (testing.TB has no Parallel).
@@ -89,9 +91,13 @@ func newBenchEnv(b *testing.B, backend string) *env {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { topo.Close() })
+	b.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			b.Error(err)
+		}
+	})
 	svc := &lab.Services{}
-	b.Cleanup(func() { svc.Close() })
+	b.Cleanup(func() { _ = svc.Close() }) // also closes sockets the peers ended
 	if err := svc.ServeTCP(topo.Server, 22); err != nil {
 		b.Fatal(err)
 	}

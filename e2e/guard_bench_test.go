@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -41,8 +42,12 @@ func appendLog(b *testing.B, path, text string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	f.WriteString(text)
-	f.Close()
+	if _, err := f.WriteString(text); err != nil {
+		b.Fatal(errors.Join(err, f.Close()))
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // BenchmarkBanLatency measures the time from a failure line being written

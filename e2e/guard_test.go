@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -32,14 +33,15 @@ func (e *env) failLogin(src, dst netip.Addr, user string) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	defer func() { _ = conn.Close() }() // the login attempt is over
+	if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		return err
+	}
 	cfg := &ssh.ClientConfig{User: user, Auth: []ssh.AuthMethod{ssh.Password("wrong password")},
 		HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second}
 	c, _, _, err := ssh.NewClientConn(conn, dst.String(), cfg)
 	if err == nil {
-		c.Close()
-		return fmt.Errorf("login as %s succeeded", user)
+		return errors.Join(fmt.Errorf("login as %s succeeded", user), c.Close())
 	}
 	return nil
 }
@@ -60,9 +62,13 @@ func (e *env) startGuard(args ...string) (stop func(syscall.Signal)) {
 	stop = func(sig syscall.Signal) {
 		if !stopped {
 			stopped = true
-			cmd.Process.Signal(sig)
-			cmd.Wait()
-			logf.Close()
+			if err := cmd.Process.Signal(sig); err != nil {
+				e.t.Errorf("stop the guard: %v", err)
+			}
+			_ = cmd.Wait() // exits by the signal
+			if err := logf.Close(); err != nil {
+				e.t.Error(err)
+			}
 		}
 	}
 	e.t.Cleanup(func() { stop(syscall.SIGTERM) })
@@ -197,7 +203,9 @@ func TestGuardSurvivesCrash(t *testing.T) {
 			policy := "default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 1m bantime 30s bantime-factor 3 weak 0\n"
 			e.apply(policy)
 			stop := e.startGuard("--log-file", logFile)
-			e.failLogin(lab.ClientV4, lab.ServerV4, "root-not")
+			if err := e.failLogin(lab.ClientV4, lab.ServerV4, "root-not"); err != nil {
+				t.Fatal(err)
+			}
 			waitFor(t, 3*time.Second, "not banned", func() bool { return e.probeSSH(lab.ClientV4, lab.ServerV4) == lab.Timeout })
 
 			e.mustMoat("enable") // a re-apply keeps the ban
@@ -220,7 +228,9 @@ func TestGuardSurvivesCrash(t *testing.T) {
 			}
 			// Unban, fail again: the second ban is 3 × 30s.
 			e.mustMoat("unban", lab.ClientV4.String())
-			e.failLogin(lab.ClientV4, lab.ServerV4, "root-not")
+			if err := e.failLogin(lab.ClientV4, lab.ServerV4, "root-not"); err != nil {
+				t.Fatal(err)
+			}
 			waitFor(t, 3*time.Second, "not banned again", func() bool {
 				ban, ok := e.bans()[lab.ClientV4.String()]
 				return ok && ban.BanCount == 2
@@ -282,17 +292,26 @@ func TestGuardReload(t *testing.T) {
 	e.apply("default deny incoming\nguard sshd maxretry 5 weak 0\n")
 	e.startGuard("--log-file", logFile)
 	line := "Nov 25 11:40:01 srv sshd[1]: Failed password for root from 203.0.113.60 port 2 ssh2\n"
-	f, _ := os.OpenFile(logFile, os.O_APPEND|os.O_WRONLY, 0o644)
-	defer f.Close()
-	f.WriteString(line)
+	f, err := os.OpenFile(logFile, os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	if _, err := f.WriteString(line); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(300 * time.Millisecond)
 	if len(e.bans()) != 0 {
 		t.Fatal("banned after 1 of 5 failures")
 	}
 	writeFile(t, e.conf, "default deny incoming\nguard sshd maxretry 2 weak 0\n")
-	e.guard.Process.Signal(syscall.SIGHUP)
+	if err := e.guard.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(300 * time.Millisecond)
-	f.WriteString(line)
+	if _, err := f.WriteString(line); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, 3*time.Second, "the reloaded maxretry 2 did not ban", func() bool {
 		_, ok := e.bans()["203.0.113.60"]
 		return ok
@@ -313,16 +332,18 @@ func TestGuardNotifiesSystemd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	cmd := exec.Command(moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "guard", "--log-file", logFile)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000")
 	if err := e.topo.Server.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }() // gone already when the test passed
 	got := map[string]bool{}
 	buf := make([]byte, 512)
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	for !(got["READY=1"] && got["WATCHDOG=1"]) {
 		n, err := conn.Read(buf)
 		if err != nil {
@@ -332,8 +353,12 @@ func TestGuardNotifiesSystemd(t *testing.T) {
 			got[m] = true
 		}
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	for !got["STOPPING=1"] {
 		n, err := conn.Read(buf)
 		if err != nil {

@@ -38,11 +38,14 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer os.RemoveAll(dir)
+		defer func() { _ = os.RemoveAll(dir) }() // a temp dir; the exit code is decided
 		moatBin = filepath.Join(dir, "moat")
 		// Every moat the tests start keeps its state here, never in the
 		// host's /var/lib/moat (tests that need their own pass --state-dir).
-		os.Setenv("MOAT_STATE_DIR", filepath.Join(dir, "state"))
+		if err := os.Setenv("MOAT_STATE_DIR", filepath.Join(dir, "state")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		build := exec.Command("go", "build", "-o", moatBin, "../cmd/moat")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
@@ -103,7 +106,7 @@ func newEnvPorts(t *testing.T, backend string, routed bool, tcp []uint16) *env {
 		}
 	})
 	svc := &lab.Services{}
-	t.Cleanup(func() { svc.Close() })
+	t.Cleanup(func() { _ = svc.Close() }) // also closes sockets the peers ended
 	ctx := context.Background()
 	if err := svc.ServeAll(ctx, topo.Server, tcp, serverUDP); err != nil {
 		t.Fatal(err)

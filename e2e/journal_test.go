@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -25,7 +26,11 @@ func journalEntries(t *testing.T, path string, first int, addr string, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() {
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}()
 	for i := 0; i < n; i++ {
 		c := first + i
 		msg := fmt.Sprintf("Failed password for invalid user guest%d from %s port %d ssh2", c, addr, 40000+c)
@@ -55,8 +60,11 @@ func TestGuardJournald(t *testing.T) {
 		t.Fatalf("build the stand-in: %v\n%s", err, out)
 	}
 	rec, argsFile := filepath.Join(e.dir, "journal.json"), filepath.Join(e.dir, "journalctl.args")
-	os.Setenv("FAKE_JOURNAL", rec) // inherited by the guard and its journalctl
-	os.Setenv("FAKE_JOURNAL_ARGS", argsFile)
+	// Inherited by the guard and its journalctl (t.Setenv refuses a
+	// parallel test).
+	if err := errors.Join(os.Setenv("FAKE_JOURNAL", rec), os.Setenv("FAKE_JOURNAL_ARGS", argsFile)); err != nil {
+		t.Fatal(err)
+	}
 	journalEntries(t, rec, 1, "203.0.113.50", 3)
 	e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1h weak 0\n")
 
@@ -109,7 +117,7 @@ func (e *env) scrape(t *testing.T, addr string) string {
 	if err != nil {
 		t.Fatalf("metrics: %v", err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read whole below
 	data, _ := io.ReadAll(resp.Body)
 	return string(data)
 }

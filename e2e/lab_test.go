@@ -50,12 +50,14 @@ func TestLabCleansUpOnInterrupt(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for !hasNamespaces(cmd.Process.Pid) {
 		if time.Now().After(deadline) {
-			cmd.Process.Kill()
+			_ = cmd.Process.Kill() // the test fails anyway
 			t.Fatalf("lab made no namespaces:\n%s", out.String())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
 	err := cmd.Wait()
 	if err == nil {
 		t.Errorf("lab succeeded although interrupted:\n%s", out.String())

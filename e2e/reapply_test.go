@@ -22,7 +22,7 @@ func TestReapplyIsAtomic(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, b, false)
 			var svc lab.Services
-			t.Cleanup(func() { svc.Close() })
+			t.Cleanup(func() { _ = svc.Close() }) // also closes sockets the peers ended
 			if err := svc.ServeEcho(e.topo.Server, 7000); err != nil {
 				t.Fatal(err)
 			}
@@ -46,7 +46,7 @@ func TestReapplyIsAtomic(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close()
+				defer func() { _ = c.Close() }()
 				conns = append(conns, c)
 			}
 			var wg sync.WaitGroup
@@ -64,7 +64,10 @@ func TestReapplyIsAtomic(t *testing.T) {
 							return
 						default:
 						}
-						c.SetDeadline(time.Now().Add(2 * time.Second))
+						if err := c.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+							failures.Store(fmt.Sprintf("flow %s deadline", flows[i]), err)
+							return
+						}
 						if _, err := c.Write([]byte("ping")); err != nil {
 							failures.Store(fmt.Sprintf("flow %s write", flows[i]), err)
 							return

@@ -152,8 +152,10 @@ func TestConfirmOrRollback(t *testing.T) {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			cmd.Process.Signal(syscall.SIGKILL)
-			cmd.Wait()
+			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = cmd.Wait() // killed: the error says only that
 			sess.kill()
 			if !strings.Contains(e.mustMoat("status"), "rolls back in") {
 				t.Errorf("status shows no pending confirmation")
@@ -217,7 +219,9 @@ func (e *env) pendingFile() map[string]any {
 		return nil
 	}
 	var p map[string]any
-	json.Unmarshal(data, &p)
+	if err := json.Unmarshal(data, &p); err != nil {
+		e.t.Fatalf("pending.json: %v\n%s", err, data)
+	}
 	return p
 }
 

@@ -97,8 +97,8 @@ LoginGraceTime 20
 		e.t.Fatalf("start sshd: %v", err)
 	}
 	e.t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // gone already if it died
+		_ = cmd.Wait()
 	})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -143,7 +143,7 @@ func (s *sshd) login(addr netip.Addr) *session {
 	if err := s.e.topo.Client.Start(cmd); err != nil {
 		t.Fatalf("ssh: %v", err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // may be gone already
 	sess := &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
 	if err := sess.alive(5 * time.Second); err != nil {
 		t.Fatalf("ssh login to %s: %v", addr, err)
@@ -175,8 +175,8 @@ func (s *session) alive(wait time.Duration) error {
 }
 
 func (s *session) kill() {
-	s.cmd.Process.Signal(syscall.SIGKILL)
-	s.cmd.Wait()
+	_ = s.cmd.Process.Signal(syscall.SIGKILL) // may be gone already
+	_ = s.cmd.Wait()
 }
 
 // canLogin opens a new SSH connection and runs true.

@@ -24,7 +24,7 @@ func WriteFile(name string, data []byte, perm os.FileMode) error {
 	renamed := false
 	defer func() {
 		if !renamed {
-			os.Remove(tmp.Name())
+			_ = os.Remove(tmp.Name()) // the error that stopped us is what counts
 		}
 	}()
 	_, err = tmp.Write(data)

@@ -61,8 +61,7 @@ func (s *FileSource) open(resume bool) (*openFile, error) {
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
-		return nil, err
+		return nil, errors.Join(err, f.Close())
 	}
 	o := &openFile{f: f, inode: inodeOf(fi)}
 	switch {
@@ -78,8 +77,7 @@ func (s *FileSource) open(resume bool) (*openFile, error) {
 		o.offset = fi.Size()
 	}
 	if _, err := f.Seek(o.offset, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
+		return nil, errors.Join(err, f.Close())
 	}
 	o.r = bufio.NewReaderSize(f, 64<<10)
 	return o, nil
@@ -126,7 +124,7 @@ func (s *FileSource) Run(ctx context.Context, out chan<- Line) error {
 	if err != nil {
 		return fmt.Errorf("follow %s: %w", s.Path, err)
 	}
-	defer w.Close()
+	defer func() { _ = w.Close() }() // stops watching; nothing to lose
 	// Watch the directory: renames and re-creations of the file show there.
 	if err := w.Add(filepath.Dir(s.Path)); err != nil {
 		return fmt.Errorf("follow %s: %w", s.Path, err)
@@ -144,7 +142,7 @@ func (s *FileSource) Run(ctx context.Context, out chan<- Line) error {
 		}
 		cur, err = s.open(false)
 	}
-	defer func() { cur.f.Close() }()
+	defer func() { _ = cur.f.Close() }() // read only
 	poll := s.Poll
 	if poll == 0 {
 		poll = time.Second
@@ -175,10 +173,11 @@ func (s *FileSource) Run(ctx context.Context, out chan<- Line) error {
 		// Lines may have reached the old file since the drain above (the
 		// writer reopens only after the rename): take them first.
 		if err := s.drain(ctx, cur, out); err != nil {
-			next.f.Close()
+			return errors.Join(err, next.f.Close())
+		}
+		if err := cur.f.Close(); err != nil {
 			return err
 		}
-		cur.f.Close()
 		cur = next
 		return s.drain(ctx, cur, out)
 	}

@@ -40,7 +40,9 @@ func appendLines(t *testing.T, path string, from, to int) {
 	for i := from; i < to; i++ {
 		fmt.Fprintf(f, "line %d\n", i)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func startFollow(t *testing.T, s *FileSource) <-chan Line {

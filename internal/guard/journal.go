@@ -95,7 +95,9 @@ func (s *JournalSource) Run(ctx context.Context, out chan<- Line) error {
 		select {
 		case out <- l:
 		case <-ctx.Done():
-			cmd.Wait()
+			// journalctl is killed with the context; its exit status
+			// says only that.
+			_ = cmd.Wait()
 			return ctx.Err()
 		}
 	}

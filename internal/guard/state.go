@@ -81,7 +81,7 @@ func Append(dir string, bans map[netip.Addr]*Record, cursor string, file *FilePo
 	if err != nil {
 		return 0, fmt.Errorf("guard journal: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // after Sync, closing loses nothing
 	if _, err := f.Write(append(data, '\n')); err != nil {
 		return 0, fmt.Errorf("guard journal: %w", err)
 	}
@@ -104,10 +104,10 @@ func lockState(dir string) (func(), error) {
 		return nil, fmt.Errorf("guard state lock: %w", err)
 	}
 	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("guard state lock: %w", err)
+		return nil, errors.Join(fmt.Errorf("guard state lock: %w", err), lf.Close())
 	}
-	return func() { syscall.Flock(int(lf.Fd()), syscall.LOCK_UN); lf.Close() }, nil
+	// Closing the only descriptor releases the lock.
+	return func() { _ = lf.Close() }, nil
 }
 
 // LoadState reads the guard's state; a missing file is an empty state.
@@ -139,7 +139,7 @@ func replayJournal(dir string, st *State) error {
 	if err != nil {
 		return fmt.Errorf("read guard journal: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 256<<20)
 	for sc.Scan() {

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -57,14 +58,14 @@ allow 22/tcp             # SSH stays reachable
 // DemoPolicy in the server with the moat binary at moatPath, probes with
 // real packets and prints a table and `moat status verbose`. It reports
 // whether every observation matched the policy.
-func Demo(ctx context.Context, moatPath, backend string, out io.Writer) (bool, error) {
+func Demo(ctx context.Context, moatPath, backend string, out io.Writer) (_ bool, err error) {
 	topo, err := NewTopology("moatlab", false)
 	if err != nil {
 		return false, err
 	}
-	defer topo.Close()
+	defer func() { err = errors.Join(err, topo.Close()) }()
 	var svc Services
-	defer svc.Close()
+	defer func() { err = errors.Join(err, svc.Close()) }()
 	if err := svc.ServeAll(ctx, topo.Server, []uint16{22, 80}, []uint16{53}); err != nil {
 		return false, err
 	}
@@ -75,7 +76,7 @@ func Demo(ctx context.Context, moatPath, backend string, out io.Writer) (bool, e
 	if err != nil {
 		return false, err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { err = errors.Join(err, os.RemoveAll(dir)) }()
 	conf := filepath.Join(dir, "moat.conf")
 	if err := os.WriteFile(conf, []byte(DemoPolicy), 0o644); err != nil {
 		return false, err
@@ -135,6 +136,8 @@ func PrintResults(out io.Writer, results []Result) bool {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.Expect, obs, mark)
 	}
-	tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return false // the table did not reach the reader: nothing is proven
+	}
 	return ok
 }

@@ -25,9 +25,13 @@ func TestTopologyWithoutFirewall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { topo.Close() })
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	var svc Services
-	t.Cleanup(func() { svc.Close() })
+	t.Cleanup(func() { _ = svc.Close() }) // closes sockets the test may have ended
 	for _, ns := range []*NS{topo.Server, topo.Client, topo.Backend} {
 		if err := svc.ServeAll(context.Background(), ns, []uint16{80}, []uint16{53}); err != nil {
 			t.Fatal(err)

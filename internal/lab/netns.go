@@ -56,13 +56,11 @@ func NewNS(name string) (*NS, error) {
 	// solicitations that forwarding needs, for a second or more.
 	for _, key := range []string{"net/ipv6/conf/default/accept_dad", "net/ipv6/conf/all/accept_dad"} {
 		if err := ns.Sysctl(key, "0"); err != nil {
-			ns.Close()
-			return nil, err
+			return nil, errors.Join(err, ns.Close())
 		}
 	}
 	if err := ns.linkUp("lo"); err != nil {
-		ns.Close()
-		return nil, err
+		return nil, errors.Join(err, ns.Close())
 	}
 	return ns, nil
 }
@@ -73,11 +71,11 @@ func (ns *NS) Close() error {
 	if ns == nil {
 		return nil
 	}
-	ns.handle.Close()
+	herr := ns.handle.Close()
 	if err := netns.DeleteNamed(ns.Name); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("delete namespace %s: %w", ns.Name, err)
+		return errors.Join(herr, fmt.Errorf("delete namespace %s: %w", ns.Name, err))
 	}
-	return nil
+	return herr
 }
 
 // Do runs fn with the calling goroutine's thread inside the namespace.
@@ -102,7 +100,7 @@ func onThread(fn func() error) error {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("get current namespace: %w", err)
 	}
-	defer orig.Close()
+	defer func() { _ = orig.Close() }() // a descriptor of a namespace that stays
 	ferr := fn()
 	if err := netns.Set(orig); err != nil {
 		return errors.Join(ferr, fmt.Errorf("return to original namespace: %w", err))

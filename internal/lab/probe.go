@@ -118,7 +118,7 @@ func probeTCP(ctx context.Context, p Probe) (Outcome, error) {
 	d := net.Dialer{Timeout: p.Wait, LocalAddr: localAddr("tcp", p.Src, p.SPort)}
 	c, err := d.DialContext(ctx, "tcp", p.Dst.String())
 	if err == nil {
-		c.Close()
+		return classify(c.Close())
 	}
 	return classify(err)
 }
@@ -129,12 +129,14 @@ func probeUDP(ctx context.Context, p Probe) (Outcome, error) {
 	if err != nil {
 		return "", err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }() // the outcome is decided by then
 	deadline := time.Now().Add(p.Wait)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	c.SetDeadline(deadline)
+	if err := c.SetDeadline(deadline); err != nil {
+		return "", err
+	}
 	if _, err := c.Write([]byte("moat-probe")); err != nil && !errors.Is(err, syscall.EPERM) {
 		return classify(err)
 	}
@@ -161,7 +163,7 @@ func probeICMP(ctx context.Context, p Probe) (Outcome, error) {
 	if err != nil {
 		return "", fmt.Errorf("icmp socket: %w", err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }() // the outcome is decided by then
 	id := int(counter.Add(1) & 0xffff)
 	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("moat-probe")}}
 	wb, err := msg.Marshal(nil)
@@ -175,7 +177,9 @@ func probeICMP(ctx context.Context, p Probe) (Outcome, error) {
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	c.SetReadDeadline(deadline)
+	if err := c.SetReadDeadline(deadline); err != nil {
+		return "", err
+	}
 	buf := make([]byte, 1500)
 	for {
 		n, from, err := c.ReadFrom(buf)

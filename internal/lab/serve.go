@@ -36,7 +36,7 @@ func (s *Services) Close() error {
 // port, and answers each connection with a short banner.
 func (s *Services) ServeTCP(ns *NS, port uint16) error {
 	return s.serveTCP(ns, port, func(c net.Conn) {
-		c.Write([]byte("moat lab\n"))
+		_, _ = c.Write([]byte("moat lab\n")) // a client that left early is no fault
 	})
 }
 
@@ -65,7 +65,7 @@ func (s *Services) serveTCP(ns *NS, port uint16, handle func(net.Conn)) error {
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
-				defer c.Close()
+				defer func() { _ = c.Close() }() // Close also runs from Services.Close
 				handle(c)
 			}()
 		}
@@ -94,7 +94,7 @@ func (s *Services) ServeUDP(ns *NS, port uint16) error {
 			if err != nil {
 				return
 			}
-			pc.WriteTo(buf[:n], from)
+			_, _ = pc.WriteTo(buf[:n], from) // a lost echo is what a probe may see
 		}
 	}()
 	return nil
@@ -125,7 +125,7 @@ func (s *Services) ServeAll(ctx context.Context, ns *NS, tcp, udp []uint16) erro
 // connection sends until it closes: a long-lived flow for tests.
 func (s *Services) ServeEcho(ns *NS, port uint16) error {
 	return s.serveTCP(ns, port, func(c net.Conn) {
-		io.Copy(c, c)
+		_, _ = io.Copy(c, c) // ends when the peer closes or resets
 	})
 }
 

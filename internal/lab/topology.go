@@ -47,7 +47,7 @@ func NewTopology(prefix string, withBackend bool) (_ *Topology, err error) {
 	t := &Topology{}
 	defer func() {
 		if err != nil {
-			t.Close()
+			err = errors.Join(err, t.Close())
 		}
 	}()
 	if t.Server, err = NewNS(UniqueName(prefix + "-srv")); err != nil {

@@ -55,7 +55,7 @@ func readCases(t *testing.T, name string) []grammarCase {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var cases []grammarCase
 	sc := bufio.NewScanner(f)
 	n := 0

@@ -55,9 +55,17 @@ type Outcome struct {
 
 const outcomeFile = "last-outcome.json"
 
-func writeOutcome(dir, id, outcome string) {
-	data, _ := json.Marshal(Outcome{ID: id, Outcome: outcome, Time: time.Now()})
-	statedir.WriteFile(dir, outcomeFile, data)
+// writeOutcome records how change id ended, for the command waiting for
+// it and for 'moat confirm' after a rollback.
+func writeOutcome(dir, id, outcome string) error {
+	data, err := json.Marshal(Outcome{ID: id, Outcome: outcome, Time: time.Now()})
+	if err == nil {
+		err = statedir.WriteFile(dir, outcomeFile, data)
+	}
+	if err != nil {
+		return fmt.Errorf("record that the change was %s: %w", outcome, err)
+	}
+	return nil
 }
 
 // LastOutcome reads how the last pending change ended.
@@ -116,16 +124,22 @@ func LoadPending(dir string) (*Pending, error) {
 		return nil, fmt.Errorf("read pending change: %w", err)
 	}
 	if p.BootID != bootID() {
-		clearPending(dir)
+		if err := clearPending(dir); err != nil {
+			return nil, err
+		}
 		return nil, ErrNoPending
 	}
 	return &p, nil
 }
 
-func clearPending(dir string) {
+func clearPending(dir string) error {
+	var errs []error
 	for _, f := range []string{pendingFile, snapshotFile, policyFile} {
-		statedir.Remove(dir, f)
+		if err := statedir.Remove(dir, f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("clear pending change: %w", err))
+		}
 	}
+	return errors.Join(errs...)
 }
 
 // Arm records what to go back to (the kernel snapshot and the policy file
@@ -143,7 +157,9 @@ func Arm(dir string, p *Pending, snapshot, oldPolicy []byte, wait time.Duration,
 		return nil, fmt.Errorf("a change applied at %s is still waiting for confirmation: run 'moat confirm' or 'moat rollback' first", old.Created.Format(time.TimeOnly))
 	}
 	idb := make([]byte, 8)
-	rand.Read(idb)
+	if _, err := rand.Read(idb); err != nil {
+		return nil, fmt.Errorf("change id: %w", err)
+	}
 	p.ID, p.Created, p.Deadline, p.BootID = hex.EncodeToString(idb), time.Now(), time.Now().Add(wait), bootID()
 	if err := statedir.WriteFile(dir, snapshotFile, snapshot); err != nil {
 		return nil, fmt.Errorf("save snapshot: %w", err)
@@ -155,7 +171,8 @@ func Arm(dir string, p *Pending, snapshot, oldPolicy []byte, wait time.Duration,
 	if err != nil {
 		return nil, fmt.Errorf("watchdog log: %w", err)
 	}
-	defer logf.Close()
+	// The watchdog has its own descriptor once started; ours only goes.
+	defer func() { _ = logf.Close() }()
 	cmd := exec.Command(self, append(append([]string{}, args...), "watchdog", p.ID)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -163,11 +180,15 @@ func Arm(dir string, p *Pending, snapshot, oldPolicy []byte, wait time.Duration,
 		return nil, fmt.Errorf("start rollback watchdog: %w", err)
 	}
 	p.WatchdogPID = cmd.Process.Pid
-	cmd.Process.Release()
-	data, _ := json.MarshalIndent(p, "", "  ")
-	if err := statedir.WriteFile(dir, pendingFile, data); err != nil {
-		syscall.Kill(p.WatchdogPID, syscall.SIGTERM)
-		return nil, fmt.Errorf("save pending change: %w", err)
+	if err := cmd.Process.Release(); err != nil {
+		return nil, errors.Join(fmt.Errorf("start rollback watchdog: %w", err), stopWatchdog(p))
+	}
+	data, err := json.MarshalIndent(p, "", "  ")
+	if err == nil {
+		err = statedir.WriteFile(dir, pendingFile, data)
+	}
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("save pending change: %w", err), stopWatchdog(p))
 	}
 	return p, nil
 }
@@ -183,9 +204,12 @@ func Confirm(dir string) (*Pending, error) {
 	if err != nil {
 		return nil, err
 	}
-	clearPending(dir)
-	stopWatchdog(p)
-	writeOutcome(dir, p.ID, "confirmed")
+	if err := clearPending(dir); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(stopWatchdog(p), writeOutcome(dir, p.ID, "confirmed")); err != nil {
+		return p, fmt.Errorf("confirmed, but: %w", err)
+	}
 	return p, nil
 }
 
@@ -201,15 +225,21 @@ func Disarm(dir string) error {
 	if err != nil {
 		return nil
 	}
-	clearPending(dir)
-	stopWatchdog(p)
-	return nil
+	if err := clearPending(dir); err != nil {
+		return err
+	}
+	return stopWatchdog(p)
 }
 
-func stopWatchdog(p *Pending) {
+// stopWatchdog ends the watchdog of p; one that is gone already is fine
+// (and one that lives on finds no pending change and exits by itself).
+func stopWatchdog(p *Pending) error {
 	if p.WatchdogPID > 0 && p.WatchdogPID != os.Getpid() {
-		syscall.Kill(p.WatchdogPID, syscall.SIGTERM)
+		if err := syscall.Kill(p.WatchdogPID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("stop the rollback watchdog (pid %d): %w", p.WatchdogPID, err)
+		}
 	}
+	return nil
 }
 
 // Rollback restores the state before the pending change (kernel and policy
@@ -253,11 +283,16 @@ func Rollback(ctx context.Context, dir, id string, r Restorer, log *slog.Logger)
 	} else if err := os.Remove(p.PolicyPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("rollback: remove %s: %w", p.PolicyPath, err)
 	}
-	clearPending(dir)
-	if id == "" {
-		stopWatchdog(p)
+	if err := clearPending(dir); err != nil {
+		return nil, fmt.Errorf("rollback: %w", err)
 	}
-	writeOutcome(dir, p.ID, "rolled back")
+	var stopErr error
+	if id == "" {
+		stopErr = stopWatchdog(p)
+	}
+	if err := errors.Join(stopErr, writeOutcome(dir, p.ID, "rolled back")); err != nil {
+		log.Warn("rolled back, but", "err", err)
+	}
 	log.Warn("rolled back an unconfirmed change", "applied", p.Created.Format(time.RFC3339), "deadline", p.Deadline.Format(time.RFC3339),
 		"backend", p.Backend, "policy", p.PolicyPath, "unconfirmed_policy_kept_in", p.PolicyPath+".unconfirmed")
 	return p, nil
