@@ -54,7 +54,7 @@ func (a *app) guardCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&logFile, "log-file", "", "follow this file (/var/log/auth.log) instead of journald")
 	cmd.Flags().StringVar(&journalctl, "journalctl", "journalctl", "the journalctl program")
-	cmd.Flags().MarkHidden("journalctl")
+	cmd.Flags().Lookup("journalctl").Hidden = true
 	cmd.Flags().StringVar(&metrics, "metrics-listen", "", "serve Prometheus metrics on this address (127.0.0.1:9550)")
 	cmd.AddCommand(a.guardCheckCommand())
 	return cmd
@@ -97,6 +97,15 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 	if err != nil {
 		return err
 	}
+	release, err := guard.HoldRunning(a.stateDir)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := release(); err != nil {
+			a.log.Warn("guard: release the run lock", "err", err)
+		}
+	}()
 	st, err := guard.LoadState(a.stateDir)
 	if err != nil {
 		return err
@@ -142,7 +151,7 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 	svc.Ready = func() {
 		fmt.Fprintf(a.errOut, "moat guard: following %s (%s backend; ban after %d failures in %s, for %s up to %s)\n",
 			what, b.Name(), p.Guard.MaxRetry, p.Guard.FindTime, p.Guard.BanTime, p.Guard.BanTimeMax)
-		daemon.SdNotify(false, daemon.SdNotifyReady)
+		a.sdNotify(daemon.SdNotifyReady)
 	}
 	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
 		go func() {
@@ -153,13 +162,13 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 				case <-ctx.Done():
 					return
 				case <-t.C:
-					daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+					a.sdNotify(daemon.SdNotifyWatchdog)
 				}
 			}
 		}()
 	}
 	err = svc.Run(ctx, src)
-	daemon.SdNotify(false, daemon.SdNotifyStopping)
+	a.sdNotify(daemon.SdNotifyStopping)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
@@ -205,7 +214,7 @@ A last line {"summary": ...} counts lines, failures by kind and addresses.`,
 				if err != nil {
 					return fmt.Errorf("guard check: %w", err)
 				}
-				defer f.Close()
+				defer func() { _ = f.Close() }() // read only
 				in = f
 			}
 			return a.guardCheck(in)
@@ -262,4 +271,13 @@ func (a *app) guardCheck(in io.Reader) error {
 		sum.Top = sum.Top[:10]
 	}
 	return enc.Encode(map[string]checkSummary{"summary": sum})
+}
+
+// sdNotify tells systemd the guard's state; outside systemd it does
+// nothing. A failure is logged: systemd then restarts the guard by its
+// watchdog, which is the right outcome.
+func (a *app) sdNotify(state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		a.log.Warn("sd_notify", "state", state, "err", err)
+	}
 }

@@ -112,12 +112,13 @@ func (a *app) rootCommand() *cobra.Command {
 		Version:       Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRun: func(cmd *cobra.Command, args []string) {
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			level := slog.LevelWarn
 			if a.verbose {
 				level = slog.LevelDebug
 			}
 			a.log = slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: level}))
+			return a.needRoot(cmd)
 		},
 	}
 	def := os.Getenv("MOAT_CONFIG")
@@ -265,10 +266,11 @@ func (a *app) apply(ctx context.Context, p *policy.Policy, opts applyOpts) (back
 		}
 	}
 	if err := b.Apply(ctx, rs); err != nil {
+		err = fmt.Errorf("apply %s: %w", a.config, err)
 		if pending != nil {
-			safeapply.Disarm(a.stateDir)
+			err = errors.Join(err, safeapply.Disarm(a.stateDir))
 		}
-		return nil, nil, fmt.Errorf("apply %s: %w", a.config, err)
+		return nil, nil, err
 	}
 	a.log.Info("applied", "backend", b.Name(), "rules", len(p.Rules))
 	for _, other := range backend.All() {

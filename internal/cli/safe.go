@@ -196,8 +196,11 @@ that the connection works is the proof the new rules let you in.`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := safeapply.Confirm(a.stateDir)
-			if err != nil {
+			if p == nil {
 				return err
+			}
+			if err != nil {
+				fmt.Fprintf(a.errOut, "moat: warning: %v\n", err)
 			}
 			if p.Persist {
 				doc, err := policy.ReadDocument(p.PolicyPath)
@@ -276,6 +279,9 @@ in, and exits non-zero.`,
 				p, err = policy.NewDocument("saved:"+saved.Source, []byte(saved.Policy)).Policy(a.services())
 			}
 			if err == nil {
+				p.Source = saved.Source // the file to edit, named in the kernel
+			}
+			if err == nil {
 				a.backend = saved.Backend
 				if _, _, err = a.apply(ctx, p, applyOpts{policyText: []byte(saved.Policy)}); err == nil {
 					a.printf("Restored the saved ruleset (%s, saved %s from %s)\n", saved.Backend, saved.Saved.Format(time.RFC3339), saved.Source)
@@ -288,6 +294,7 @@ in, and exits non-zero.`,
 			if perr != nil {
 				return errors.Join(failErr, perr)
 			}
+			fp.Source = a.config
 			a.backend, a.force = "", true // at boot no session exists to protect
 			if _, _, err := a.apply(ctx, fp, applyOpts{}); err != nil {
 				return fmt.Errorf("restore failed (%v) and so did the fail-closed ruleset: %w", failErr, err)
@@ -316,7 +323,7 @@ is kept unless --force.`,
 				return err
 			}
 			if doc.RuleCount() > 0 && !a.force {
-				return fmt.Errorf("%s already has %d rules: use --force to replace it", a.config, doc.RuleCount())
+				return fmt.Errorf("%s already has %s: use --force to replace it", a.config, count(doc.RuleCount(), "rule"))
 			}
 			ports, where := safeapply.SSHDPorts(cmd.Context(), "/proc", a.sshdConfig)
 			lines := []string{

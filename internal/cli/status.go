@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/moat-fw/moat/internal/guard"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -34,10 +35,14 @@ type statusBuiltin struct {
 }
 
 type statusDefault struct {
-	Policy  policy.Action `json:"policy"`
-	Line    int           `json:"line,omitempty"`
-	Packets uint64        `json:"packets"`
-	Bytes   uint64        `json:"bytes"`
+	Policy policy.Action `json:"policy"`
+	// Disabled: moat leaves this traffic alone (routed traffic while the
+	// policy has no route rule and no routed default), as ufw's
+	// "disabled (routed)".
+	Disabled bool   `json:"disabled,omitempty"`
+	Line     int    `json:"line,omitempty"`
+	Packets  uint64 `json:"packets"`
+	Bytes    uint64 `json:"bytes"`
 }
 
 type statusPending struct {
@@ -47,16 +52,20 @@ type statusPending struct {
 }
 
 type statusReport struct {
-	Status     string                   `json:"status"`
-	Persistent bool                     `json:"persistent"`
-	Guard      bool                     `json:"guard"`
-	BansActive int                      `json:"bans_active"`
-	Pending    *statusPending           `json:"pending_confirmation,omitempty"`
-	Backend    string                   `json:"backend,omitempty"`
-	Config     string                   `json:"config"`
-	Defaults   map[string]statusDefault `json:"defaults"`
-	Rules      []statusRule             `json:"rules"`
-	Builtins   []statusBuiltin          `json:"builtins"`
+	Status     string `json:"status"`
+	Persistent bool   `json:"persistent"`
+	// Guard is true only while a guard process really runs (it holds its
+	// lock in the state directory); GuardConfigured is 'guard sshd'.
+	Guard           bool                     `json:"guard"`
+	GuardPID        int                      `json:"guard_pid,omitempty"`
+	GuardConfigured bool                     `json:"guard_configured"`
+	BansActive      int                      `json:"bans_active"`
+	Pending         *statusPending           `json:"pending_confirmation,omitempty"`
+	Backend         string                   `json:"backend,omitempty"`
+	Config          string                   `json:"config"`
+	Defaults        map[string]statusDefault `json:"defaults"`
+	Rules           []statusRule             `json:"rules"`
+	Builtins        []statusBuiltin          `json:"builtins"`
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -85,8 +94,7 @@ func (a *app) statusCommand() *cobra.Command {
 			if a.json {
 				return a.printJSON(rep)
 			}
-			a.printStatus(rep, mode)
-			return nil
+			return a.printStatus(rep, mode)
 		},
 	}
 }
@@ -106,7 +114,8 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		return nil, err
 	}
 	counters := map[string]ruleset.Counter{}
-	rep.Guard = p.Guard.Enabled
+	rep.GuardConfigured = p.Guard.Enabled
+	rep.GuardPID, rep.Guard = guard.Running(a.stateDir)
 	if b != nil {
 		rep.Status, rep.Backend = "active", b.Name()
 		if counters, err = b.Counters(cmd.Context()); err != nil {
@@ -144,19 +153,20 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		}
 		c := counters[ch.DefaultOrigin.ID]
 		dir := map[ruleset.Hook]policy.Direction{ruleset.Input: policy.In, ruleset.Output: policy.Out, ruleset.Forward: policy.Route}[ch.Hook]
-		rep.Defaults[policy.DirectionWord(dir)] = statusDefault{Policy: p.Defaults[dir], Line: ch.DefaultOrigin.Line, Packets: c.Packets, Bytes: c.Bytes}
+		rep.Defaults[policy.DirectionWord(dir)] = statusDefault{Policy: p.Defaults[dir], Line: ch.DefaultOrigin.Line, Packets: c.Packets, Bytes: c.Bytes,
+			Disabled: ch.Hook == ruleset.Forward && len(ch.Rules) == 0 && ch.DefaultOrigin.Line == 0}
 	}
 	return rep, nil
 }
 
-func (a *app) printStatus(rep *statusReport, mode string) {
+func (a *app) printStatus(rep *statusReport, mode string) error {
 	a.printf("Status: %s\n", rep.Status)
 	if rep.Pending != nil {
 		a.printf("Pending: the change applied at %s rolls back in %ds unless 'moat confirm' is run\n",
 			rep.Pending.Applied.Format(time.TimeOnly), rep.Pending.SecondsLeft)
 	}
 	if rep.Status != "active" && mode != "verbose" {
-		return
+		return nil
 	}
 	verbose := mode == "verbose"
 	if verbose {
@@ -169,16 +179,12 @@ func (a *app) printStatus(rep *statusReport, mode string) {
 			persist = "yes (saved in " + a.stateDir + ")"
 		}
 		a.printf("Persistent: %s\n", persist)
-		guardState := "off (add 'guard sshd')"
-		if rep.Guard {
-			guardState = "on ('moat guard' or moat-guard.service runs it)"
-		}
-		a.printf("Guard: %s; %d active bans ('moat bans' lists them)\n", guardState, rep.BansActive)
+		a.printf("Guard: %s; %s ('moat bans' lists them)\n", guardState(rep), count(rep.BansActive, "active ban"))
 		a.printf("Default: %s (incoming), %s (outgoing), %s (routed)\n",
-			rep.Defaults["incoming"].Policy, rep.Defaults["outgoing"].Policy, rep.Defaults["routed"].Policy)
+			defaultWord(rep.Defaults["incoming"]), defaultWord(rep.Defaults["outgoing"]), defaultWord(rep.Defaults["routed"]))
 	}
 	if len(rep.Rules) == 0 && !verbose {
-		return
+		return nil
 	}
 	a.printf("\n")
 	tw := tabwriter.NewWriter(a.out, 2, 8, 2, ' ', 0)
@@ -210,9 +216,11 @@ func (a *app) printStatus(rep *statusReport, mode string) {
 		}
 		fmt.Fprintln(tw, row)
 	}
-	tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
 	if !verbose {
-		return
+		return nil
 	}
 	for _, r := range rep.Rules {
 		if strings.HasPrefix(r.CounterID, "set:") {
@@ -228,15 +236,43 @@ func (a *app) printStatus(rep *statusReport, mode string) {
 		if def.Line > 0 {
 			where = fmt.Sprintf("line %d", def.Line)
 		}
+		if def.Disabled {
+			fmt.Fprintf(tw, "  DISABLED %s\t(no route rule or routed default: moat leaves it to the kernel and other tools)\t\t\n", d)
+			continue
+		}
 		fmt.Fprintf(tw, "  %s %s\t(%s)\t%d packets\t%d bytes\n", strings.ToUpper(string(def.Policy)), d, where, def.Packets, def.Bytes)
 	}
-	tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
 	a.printf("\nBuilt-in rules (see 'moat show'):\n")
 	tw = tabwriter.NewWriter(a.out, 2, 8, 2, ' ', 0)
 	for _, b := range rep.Builtins {
 		fmt.Fprintf(tw, "  %s\t%s\t%d packets\t%d bytes\n", b.Chain, b.Text, b.Packets, b.Bytes)
 	}
-	tw.Flush()
+	return tw.Flush()
+}
+
+// guardState says whether the guard really runs, not only whether the
+// policy turns it on.
+func guardState(rep *statusReport) string {
+	switch {
+	case rep.Guard && rep.GuardConfigured:
+		return fmt.Sprintf("on (pid %d)", rep.GuardPID)
+	case rep.Guard:
+		return fmt.Sprintf("running (pid %d), but the policy has no 'guard sshd' any more", rep.GuardPID)
+	case rep.GuardConfigured:
+		return "NOT RUNNING although the policy has 'guard sshd' (start moat-guard.service, or 'moat guard')"
+	}
+	return "off (add 'guard sshd')"
+}
+
+// defaultWord is a default as ufw prints it: "deny", "disabled".
+func defaultWord(d statusDefault) string {
+	if d.Disabled {
+		return "disabled"
+	}
+	return string(d.Policy)
 }
 
 func actionColumn(r policy.RuleJSON) string {

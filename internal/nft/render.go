@@ -40,7 +40,7 @@ type Existing map[string][]string
 // one transaction: chains are flushed and refilled, sets are flushed and
 // refilled, and objects the new ruleset no longer has are deleted.
 func Build(tx *knftables.Transaction, rs *ruleset.Ruleset, existing Existing) {
-	tx.Add(&knftables.Table{Comment: knftables.PtrTo("managed by moat: edit /etc/moat/moat.conf, not this table")})
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo(rs.SourceComment())})
 	want := map[string]bool{}
 	for _, c := range rs.Chains {
 		name := string(c.Hook)

@@ -34,7 +34,7 @@ func ReadDocument(name string) (*Document, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
@@ -220,6 +220,7 @@ func ruleText(line string) string {
 // limit), each as FILE:LINE:COL: message.
 func (d *Document) Policy(svc Services) (*Policy, error) {
 	p := New()
+	p.Source = d.Name
 	p.Rules = make([]Rule, 0, len(d.Lines))
 	var errs []error
 	for i := range d.Lines {

@@ -191,6 +191,8 @@ type Policy struct {
 	// Blocklists in the order written; Portscan is the scan trap.
 	Blocklists []Blocklist
 	Portscan   Portscan
+	// Source is the file the policy was read from.
+	Source string
 }
 
 // BuiltinDefaults are the defaults when the policy does not set them: those

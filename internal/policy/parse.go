@@ -453,6 +453,9 @@ func (p *parser) parseRule() (Rule, error) {
 		if err := p.parseSimple(&r, remaining[0]); err != nil {
 			return r, err
 		}
+	} else if len(remaining) > 1 && !ruleWords[strings.ToLower(remaining[0].Text)] && !route &&
+		r.InIface == "" && r.OutIface == "" && p.isShortForm(r, remaining[0]) {
+		return r, p.shortFormTail(remaining[0], remaining[1])
 	} else if err := p.parseFull(&r); err != nil {
 		return r, err
 	}
@@ -735,7 +738,7 @@ func (p *parser) parseFull(r *Rule) error {
 		case "log", "log-all":
 			return p.errAt(t, "'%s' must come right after the action or interface: expected e.g. 'allow log 22/tcp'", t.Text)
 		default:
-			return p.errAt(t, "unexpected '%s': expected proto, from, to, port or comment", t.Text)
+			return p.errAt(t, "unexpected '%s': expected proto, from, to, port or comment%s", t.Text, didYouMean(t.Text, keywordWords))
 		}
 		prevPort = ""
 	}

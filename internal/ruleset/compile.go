@@ -85,7 +85,8 @@ var verdictOf = map[policy.Action]Verdict{policy.Allow: Accept, policy.Deny: Dro
 
 // Compile turns a validated policy into a ruleset.
 func Compile(p *policy.Policy) *Ruleset {
-	rs := &Ruleset{Sets: []*Set{{Name: BanSet4, Family: policy.FamilyV4, Bans: true}, {Name: BanSet6, Family: policy.FamilyV6, Bans: true}}}
+	rs := &Ruleset{Sets: []*Set{{Name: BanSet4, Family: policy.FamilyV4, Bans: true}, {Name: BanSet6, Family: policy.FamilyV6, Bans: true}},
+		Source: p.Source}
 	for _, h := range Hooks {
 		dir := dirOf[h]
 		var user []*policy.Rule

@@ -124,6 +124,31 @@ func (s *Set) Prefixes() []netip.Prefix {
 type Ruleset struct {
 	Chains []*Chain
 	Sets   []*Set
+	// Source is the policy file the ruleset comes from, named in the
+	// kernel (nftables table comment) so an admin who finds the table
+	// knows which file to edit.
+	Source string
+}
+
+// SourceComment is the comment that names the policy file in the kernel:
+// "managed by moat: edit FILE, not this table". A path too long for a
+// kernel comment, or with characters that need quoting, is left out.
+func (rs *Ruleset) SourceComment() string {
+	src := rs.Source
+	if src == "" {
+		src = policy.DefaultPath
+	}
+	c := "managed by moat: edit " + src + ", not this table"
+	ok := len(c) <= 120
+	for _, r := range src {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+@:,", r)) {
+			ok = false
+		}
+	}
+	if !ok {
+		return "managed by moat: edit its policy file ('moat status verbose' names it), not this table"
+	}
+	return c
 }
 
 // Chain returns the chain for a hook.
