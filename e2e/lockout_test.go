@@ -104,8 +104,8 @@ func (e *env) runSSHD(s sshdSetup, srv *sshd, conf string, probe netip.Addr) {
 		e.t.Fatalf("start %s: %v", name, err)
 	}
 	e.t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // gone already if it died
+		_ = cmd.Wait()
 	})
 	deadline := time.Now().Add(5 * time.Second)
 	for !srv.canLogin(probe) {

@@ -185,18 +185,24 @@ func TestLoadFileList(t *testing.T) {
 	if _, err := Load(state, bl, Protect{}, now); err == nil || !strings.Contains(err.Error(), "no earlier good copy") {
 		t.Errorf("missing file, no copy: %v", err)
 	}
-	os.WriteFile(path, []byte("192.0.2.0/24\n"), 0o644)
+	if err := os.WriteFile(path, []byte("192.0.2.0/24\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ld, err := Load(state, bl, Protect{}, now)
 	if err != nil || ld.Warning != nil || !same(ld.Prefixes, prefixes("192.0.2.0/24")) {
 		t.Fatalf("good file: %+v %v", ld, err)
 	}
-	os.WriteFile(path, []byte("192.0.2.0/24\n198.51.100.0/33\n"), 0o644)
+	if err := os.WriteFile(path, []byte("192.0.2.0/24\n198.51.100.0/33\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ld, err = Load(state, bl, Protect{}, now)
 	if err != nil || ld.Warning == nil || !strings.Contains(ld.Warning.Error(), path+":2: bad entry") || !same(ld.Prefixes, prefixes("192.0.2.0/24")) {
 		t.Errorf("malformed file keeps the old copy: %+v %v", ld, err)
 	}
 	// A damaged saved copy is noticed, not trusted.
-	os.WriteFile(listPath(state, "local"), []byte("0.0.0.0/0\n"), 0o600)
+	if err := os.WriteFile(listPath(state, "local"), []byte("0.0.0.0/0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Load(state, bl, Protect{}, now); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Errorf("damaged copy: %v", err)
 	}

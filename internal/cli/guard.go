@@ -101,11 +101,7 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := release(); err != nil {
-			a.log.Warn("guard: release the run lock", "err", err)
-		}
-	}()
+	defer release()
 	st, err := guard.LoadState(a.stateDir)
 	if err != nil {
 		return err

@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // runFile is held locked (flock) by a running guard for its whole life and
@@ -21,59 +22,32 @@ var ErrRunning = errors.New("another moat guard is running")
 // HoldRunning marks this process as the running guard of the state in dir
 // until release is called (or the process ends). A second guard on the
 // same state gets ErrRunning, naming the first one's PID.
-func HoldRunning(dir string) (release func() error, err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("guard: %w", err)
+func HoldRunning(dir string) (release func(), err error) {
+	l, err := statedir.TryLock(dir, runFile)
+	var held *statedir.HeldError
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("%w (pid %d)", ErrRunning, held.PID)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, runFile), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("guard: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		pid, _ := readPID(f)
-		return nil, errors.Join(fmt.Errorf("%w (pid %d)", ErrRunning, pid), f.Close())
-	}
-	if err := writePID(f, os.Getpid()); err != nil {
-		return nil, errors.Join(fmt.Errorf("guard: write %s: %w", f.Name(), err), f.Close())
-	}
-	return func() error {
-		// Empty the file first: a reader between the two steps must not
-		// see the PID of a guard that is stopping.
-		return errors.Join(f.Truncate(0), syscall.Flock(int(f.Fd()), syscall.LOCK_UN), f.Close())
-	}, nil
+	return l.Unlock, nil
 }
 
-// Running reports whether a guard holds the state in dir, and its PID.
+// Running reports whether a guard holds the state in dir, and its PID (0
+// while a starting guard has not written it yet). It changes nothing.
 func Running(dir string) (pid int, ok bool) {
-	f, err := os.Open(filepath.Join(dir, runFile))
+	f, err := statedir.OpenFile(dir, runFile, os.O_RDONLY, 0)
 	if err != nil {
 		return 0, false
 	}
-	defer func() { _ = f.Close() }() // read-only: nothing to lose
+	defer func() { _ = f.Close() }() // read only
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err == nil {
-		// Nobody holds it: no guard runs.
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		// Nobody holds it: no guard runs. Closing releases our lock.
 		return 0, false
 	}
-	pid, _ = readPID(f) // 0 while a starting guard has not written it yet
-	return pid, true
-}
-
-func readPID(f *os.File) (int, error) {
 	buf := make([]byte, 32)
-	n, err := f.ReadAt(buf, 0)
-	if n == 0 {
-		return 0, fmt.Errorf("read %s: %w", f.Name(), err)
-	}
-	return strconv.Atoi(strings.TrimSpace(string(buf[:n])))
-}
-
-func writePID(f *os.File, pid int) error {
-	if err := f.Truncate(0); err != nil {
-		return err
-	}
-	if _, err := f.WriteAt([]byte(strconv.Itoa(pid)+"\n"), 0); err != nil {
-		return err
-	}
-	return f.Sync()
+	n, _ := f.ReadAt(buf, 0) // io.EOF with the PID read is the normal case
+	pid, _ = strconv.Atoi(strings.TrimSpace(string(buf[:n])))
+	return pid, true
 }

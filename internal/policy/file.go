@@ -122,7 +122,9 @@ func WriteFile(name string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
+	// After the rename this finds nothing; before it, the error that
+	// stopped us is what counts.
+	defer func() { _ = os.Remove(tmp.Name()) }()
 	_, err = tmp.Write(data)
 	if err == nil && uid >= 0 {
 		if tfi, serr := tmp.Stat(); serr != nil {
@@ -147,9 +149,13 @@ func WriteFile(name string, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", target, err)
 	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+	// Make the rename durable; the file is in place either way.
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil
+	}
+	if err := errors.Join(d.Sync(), d.Close()); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("write %s: sync directory: %w", target, err)
 	}
 	return nil
 }

@@ -184,7 +184,9 @@ func TestWriteKeepsModeOwnerAndLink(t *testing.T) {
 
 	// A dangling link creates its target; a loop is an error, not a hang.
 	dangling := filepath.Join(dir, "dangling.conf")
-	os.Symlink("new/target.conf", dangling)
+	if err := os.Symlink("new/target.conf", dangling); err != nil {
+		t.Fatal(err)
+	}
 	if err := WriteFile(dangling, []byte("allow 22/tcp\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +197,9 @@ func TestWriteKeepsModeOwnerAndLink(t *testing.T) {
 		t.Errorf("new file mode %v", fi.Mode().Perm())
 	}
 	loop := filepath.Join(dir, "loop")
-	os.Symlink("loop", loop)
+	if err := os.Symlink("loop", loop); err != nil {
+		t.Fatal(err)
+	}
 	if err := WriteFile(loop, nil); err == nil || !strings.Contains(err.Error(), "symbolic links") {
 		t.Errorf("loop: %v", err)
 	}

@@ -164,7 +164,7 @@ func (p *sshdParser) file(path string, depth int) error {
 	if err != nil {
 		return fmt.Errorf("read sshd config: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	data, err := readBounded(f, sshdMaxFileSize)
 	if err != nil {
 		return fmt.Errorf("read sshd config %s: %w", path, err)

@@ -138,16 +138,13 @@ func OpenFile(dir, name string, flag int, perm os.FileMode) (*os.File, error) {
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
-		return nil, err
+		return nil, errors.Join(err, f.Close())
 	}
 	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, &UnsafeError{Path: path, Reason: "is not a regular file", Fix: "rm " + path}
+		return nil, errors.Join(&UnsafeError{Path: path, Reason: "is not a regular file", Fix: "rm " + path}, f.Close())
 	}
 	if err := setBlocking(f); err != nil {
-		f.Close()
-		return nil, err
+		return nil, errors.Join(err, f.Close())
 	}
 	return f, nil
 }
@@ -178,7 +175,7 @@ func ReadFile(dir, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	return io.ReadAll(f)
 }
 
@@ -248,8 +245,7 @@ func lock(dir, name string, waiting func(int), wait bool) (*Lock, error) {
 	if errors.Is(err, syscall.EWOULDBLOCK) {
 		held := &HeldError{Path: f.Name(), PID: readPID(f)}
 		if !wait {
-			f.Close()
-			return nil, held
+			return nil, errors.Join(held, f.Close())
 		}
 		if waiting != nil {
 			waiting(held.PID)
@@ -257,12 +253,12 @@ func lock(dir, name string, waiting func(int), wait bool) (*Lock, error) {
 		err = flock(f, syscall.LOCK_EX)
 	}
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		return nil, errors.Join(fmt.Errorf("lock %s: %w", f.Name(), err), f.Close())
 	}
-	// The PID, for whoever finds the lock held.
+	// The PID, for whoever finds the lock held (a courtesy: the lock
+	// itself is the flock).
 	if err := f.Truncate(0); err == nil {
-		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return &Lock{f: f}, nil
 }
@@ -292,8 +288,10 @@ func (l *Lock) Unlock() {
 	if l == nil || l.f == nil {
 		return
 	}
-	l.f.Truncate(0)
-	syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
-	l.f.Close()
+	// Closing the descriptor releases the flock whatever the first two
+	// say; the PID is only a courtesy.
+	_ = l.f.Truncate(0)
+	_ = syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
+	_ = l.f.Close()
 	l.f = nil
 }

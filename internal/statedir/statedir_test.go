@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func newDir(t *testing.T) string {
@@ -30,7 +31,9 @@ func TestEnsureCreates0700(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if fi, _ := os.Stat(filepath.Join(dir, "x")); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("file mode %v", fi.Mode())
 	}
@@ -88,10 +91,14 @@ func TestRefuseWritableAncestor(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(mid, 0o777)
+	if err := os.Chmod(mid, 0o777); err != nil {
+		t.Fatal(err)
+	}
 	wantUnsafe(t, Check(dir), mid, "above the state directory")
 	// With the sticky bit (like /tmp), others cannot rename our directory.
-	os.Chmod(mid, 0o777|os.ModeSticky)
+	if err := os.Chmod(mid, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
 	if err := Check(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -102,9 +109,13 @@ func TestRefuseWritableAncestor(t *testing.T) {
 func TestNoFollow(t *testing.T) {
 	dir := newDir(t)
 	victim := filepath.Join(t.TempDir(), "victim")
-	os.WriteFile(victim, []byte("precious\n"), 0o644)
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, name := range []string{"moat.log", "guard.journal", "guard.json", "lock"} {
-		os.Symlink(victim, filepath.Join(dir, name))
+		if err := os.Symlink(victim, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_, err := OpenFile(dir, "moat.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, Perm)
 	wantUnsafe(t, err, "symbolic link", "moat.log")
@@ -170,7 +181,7 @@ func TestLockNamesHolder(t *testing.T) {
 			t.Fatalf("took a held lock: %v", l2)
 		default:
 		}
-		syscall.Nanosleep(&syscall.Timespec{Nsec: 1e6}, nil)
+		time.Sleep(time.Millisecond)
 	}
 	l.Unlock()
 	l2 := <-done
