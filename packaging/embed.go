@@ -15,4 +15,4 @@ var GuardService string
 
 // UnitExecPath is the moat path written in MoatService, replaced by the
 // real one when the unit is installed.
-const UnitExecPath = "/usr/local/sbin/moat"
+const UnitExecPath = "/usr/sbin/moat"

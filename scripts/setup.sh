@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what moat needs on a Debian machine (run as root): the kernel
 # tools for both backends, iproute2 for namespaces, netbase for service
-# names, and OpenSSH for the lockout and guard tests. Go itself must be
+# names, OpenSSH for the lockout and guard tests, and lintian, man-db and
+# systemd (systemd-analyze) for the package checks (scripts/ci-package.sh). Go itself must be
 # there already (/usr/local/go or on PATH), at the version go.mod names.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-  nftables iptables ipset iproute2 kmod netbase procps openssh-server openssh-client ca-certificates >/dev/null
+  nftables iptables ipset iproute2 kmod netbase procps openssh-server openssh-client ca-certificates \
+  lintian man-db systemd >/dev/null
 export PATH="$PATH:/usr/local/go/bin"
 if ! command -v go >/dev/null 2>&1; then
   echo "moat setup: Go is not installed: install Go $(sed -n 's/^go //p' "$(dirname "$0")/../go.mod") or later" >&2

@@ -109,7 +109,7 @@ func (a *app) rootCommand() *cobra.Command {
 		Use:           "moat",
 		Short:         "Server-hardening firewall: one ufw-style policy for nftables or iptables",
 		Long:          rootLong,
-		Version:       Version,
+		Version:       readBuildInfo().Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -121,6 +121,7 @@ func (a *app) rootCommand() *cobra.Command {
 			return a.needRoot(cmd)
 		},
 	}
+	root.SetVersionTemplate(readBuildInfo().String())
 	def := os.Getenv("MOAT_CONFIG")
 	if def == "" {
 		def = policy.DefaultPath
@@ -153,6 +154,8 @@ func (a *app) rootCommand() *cobra.Command {
 	root.AddCommand(a.labCommand())
 	root.AddCommand(a.initCommand(), a.confirmCommand(), a.rollbackCommand(), a.restoreCommand(), a.watchdogCommand())
 	root.AddCommand(a.guardCommand(), a.banCommand(), a.unbanCommand(), a.bansCommand())
+	root.AddCommand(a.versionCommand())
+	a.addCompletions(root)
 	return root
 }
 

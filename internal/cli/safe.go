@@ -148,7 +148,7 @@ func (a *app) waitConfirm(ctx context.Context, p *safeapply.Pending) error {
 // moat.service always, moat-guard.service (started now) when the policy
 // turns the guard on.
 func (a *app) installBootHook(ctx context.Context, guardOn bool) {
-	sd := safeapply.Systemd{Dir: "/etc/systemd/system"}
+	sd := safeapply.HostSystemd
 	switch {
 	case !safeapply.InHostNamespace():
 		a.printf("Saved for 'moat restore' (not the host's network namespace: no boot unit installed)\n")
@@ -179,7 +179,7 @@ func (a *app) installBootHook(ctx context.Context, guardOn bool) {
 }
 
 func (a *app) removeBootHook(ctx context.Context) error {
-	sd := safeapply.Systemd{Dir: "/etc/systemd/system"}
+	sd := safeapply.HostSystemd
 	if !safeapply.InHostNamespace() || !sd.Running() {
 		return nil
 	}

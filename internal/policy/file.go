@@ -368,3 +368,13 @@ func (d *Document) SetDefault(dir Direction, act Action) {
 		d.AppendLine(line)
 	}
 }
+
+// RuleTexts lists the rules as written (without comments), in order: rule
+// N is RuleTexts()[N-1].
+func (d *Document) RuleTexts() []string {
+	var out []string
+	for _, i := range d.ruleLines() {
+		out = append(out, ruleText(d.Lines[i]))
+	}
+	return out
+}

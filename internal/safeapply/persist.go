@@ -3,11 +3,11 @@ package safeapply
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -86,10 +86,24 @@ func FailClosedPolicy(sshdConfig string) string {
 	return b.String()
 }
 
-// Systemd manages moat's units. Dir is where units go
-// (/etc/systemd/system); units are only installed where systemd runs.
+// Systemd manages moat's units. Dir is where moat writes units
+// (/etc/systemd/system); VendorDirs are where a package puts them
+// (/usr/lib/systemd/system, /lib/systemd/system). Units are only installed
+// where systemd runs.
 type Systemd struct {
-	Dir string
+	Dir        string
+	VendorDirs []string
+	// BinDirs are the installed locations moat may run from when it writes
+	// a unit itself (nil: InstalledDirs).
+	BinDirs []string
+	// Run runs systemctl with these arguments (nil: the real one).
+	Run func(ctx context.Context, args ...string) error
+}
+
+// HostSystemd is systemd on this host.
+var HostSystemd = Systemd{
+	Dir:        "/etc/systemd/system",
+	VendorDirs: []string{"/usr/lib/systemd/system", "/lib/systemd/system"},
 }
 
 // Unit is a unit moat installs.
@@ -106,55 +120,118 @@ var (
 	GuardUnit = Unit{Name: "moat-guard.service", Text: packaging.GuardService, Start: true}
 )
 
+// writtenMark starts every unit moat writes itself, so that moat removes
+// only those (never a unit the admin wrote or overrode).
+const writtenMark = "# Written by 'moat enable' (moat's built-in copy of the unit).\n"
+
+// InstalledDirs are where moat may run from when it writes a unit itself:
+// installed locations, never a build or source folder.
+var InstalledDirs = []string{"/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin"}
+
+// NotInstalledError says the unit was not written because the running
+// binary is not installed.
+type NotInstalledError struct{ Path string }
+
+func (e *NotInstalledError) Error() string {
+	return fmt.Sprintf("moat runs from %s, which is not an installed location: install the package, or 'install -m 0755 %s /usr/local/sbin/moat' and run 'moat enable' from there, so the unit does not depend on a build folder", e.Path, e.Path)
+}
+
 // Running reports whether systemd is the init system here.
 func (s Systemd) Running() bool {
 	st, err := os.Stat("/run/systemd/system")
 	return err == nil && st.IsDir()
 }
 
-func systemctl(ctx context.Context, args ...string) error {
+func (s Systemd) systemctl(ctx context.Context, args ...string) error {
+	if s.Run != nil {
+		return s.Run(ctx, args...)
+	}
 	if out, err := exec.CommandContext(ctx, "systemctl", args...).CombinedOutput(); err != nil {
 		return fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
 
-// Install writes a unit with this binary's path and enables it (and
-// starts it, for the guard).
+// Packaged returns the path of the unit a package installed, if any.
+func (s Systemd) Packaged(u Unit) (string, bool) {
+	for _, d := range s.VendorDirs {
+		p := filepath.Join(d, u.Name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+// ownUnit reports whether the unit in Dir was written by moat.
+func (s Systemd) ownUnit(u Unit) bool {
+	data, err := os.ReadFile(filepath.Join(s.Dir, u.Name))
+	return err == nil && strings.HasPrefix(string(data), writtenMark)
+}
+
+// Install enables a unit (and starts it, for the guard). The packaged unit
+// is used when there is one (a copy moat wrote earlier is removed, so it
+// does not shadow it); otherwise moat writes its built-in copy with self's
+// path, but only when self is installed (see InstalledDirs): a unit never
+// points into a build folder.
 func (s Systemd) Install(ctx context.Context, u Unit, self string) error {
-	text := strings.ReplaceAll(u.Text, packaging.UnitExecPath, self)
-	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
-		return fmt.Errorf("install %s: %w", u.Name, err)
+	if _, ok := s.Packaged(u); ok {
+		if s.ownUnit(u) {
+			if err := os.Remove(filepath.Join(s.Dir, u.Name)); err != nil {
+				return fmt.Errorf("install %s: remove moat's old copy: %w", u.Name, err)
+			}
+		}
+	} else {
+		if real, err := filepath.EvalSymlinks(self); err == nil {
+			self = real
+		}
+		bins := s.BinDirs
+		if bins == nil {
+			bins = InstalledDirs
+		}
+		if !slices.Contains(bins, filepath.Dir(self)) {
+			return &NotInstalledError{Path: self}
+		}
+		text := writtenMark + strings.ReplaceAll(u.Text, packaging.UnitExecPath, self)
+		if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+			return fmt.Errorf("install %s: %w", u.Name, err)
+		}
+		if err := atomicfile.WriteFile(filepath.Join(s.Dir, u.Name), []byte(text), 0o644); err != nil {
+			return fmt.Errorf("install %s: %w", u.Name, err)
+		}
 	}
-	if err := atomicfile.WriteFile(filepath.Join(s.Dir, u.Name), []byte(text), 0o644); err != nil {
-		return fmt.Errorf("install %s: %w", u.Name, err)
-	}
-	if err := systemctl(ctx, "daemon-reload"); err != nil {
+	if err := s.systemctl(ctx, "daemon-reload"); err != nil {
 		return err
 	}
 	if u.Start {
-		return systemctl(ctx, "enable", "--now", u.Name)
+		return s.systemctl(ctx, "enable", "--now", u.Name)
 	}
-	return systemctl(ctx, "enable", u.Name)
+	return s.systemctl(ctx, "enable", u.Name)
 }
 
-// Uninstall stops, disables and removes a unit, if it is there.
+// Uninstall stops and disables a unit, and removes it if moat wrote it
+// (a packaged unit stays, disabled).
 func (s Systemd) Uninstall(ctx context.Context, u Unit) error {
 	path := filepath.Join(s.Dir, u.Name)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+	_, packaged := s.Packaged(u)
+	_, err := os.Stat(path)
+	written := err == nil
+	if !packaged && !written {
 		return nil
 	}
 	args := []string{"disable", u.Name}
 	if u.Start {
 		args = []string{"disable", "--now", u.Name}
 	}
-	if err := systemctl(ctx, args...); err != nil {
+	if err := s.systemctl(ctx, args...); err != nil {
 		return err
 	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("remove %s: %w", path, err)
+	if written && (s.ownUnit(u) || !packaged) {
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("remove %s: %w", path, err)
+		}
 	}
-	return systemctl(ctx, "daemon-reload")
+	return s.systemctl(ctx, "daemon-reload")
 }
 
 // DefaultStateDir is where moat keeps its state.
