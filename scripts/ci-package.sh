@@ -42,11 +42,31 @@ fi
 # From here on: inside a private network namespace.
 [ "$(readlink /proc/self/ns/net)" != "${MOAT_CI_HOST_NS:-}" ] || fail "not in a private network namespace"
 ip link set lo up
-trap 'dpkg --purge moat >/dev/null 2>&1 || true' EXIT
+trap 'dpkg_wait --purge moat >/dev/null 2>&1 || true' EXIT
 
 # Minimal Debian images exclude documentation from packages
 # (/etc/dpkg/dpkg.cfg.d/excludes); this test checks the man pages.
-dpkg_install() { dpkg --path-include='/usr/share/man/*' --path-include='/usr/share/doc/moat/*' -i "$1"; }
+dpkg_install() { dpkg_wait --path-include='/usr/share/man/*' --path-include='/usr/share/doc/moat/*' -i "$1"; }
+
+# dpkg, waiting (up to 2 minutes) while apt or dpkg holds its lock.
+dpkg_wait() {
+	local out i
+	for i in $(seq 60); do
+		if out=$(dpkg "$@" 2>&1); then
+			echo "$out"
+			return 0
+		fi
+		case "$out" in
+		*"lock was locked"* | *"dpkg status database is locked"*) sleep 2 ;;
+		*)
+			echo "$out"
+			return 1
+			;;
+		esac
+	done
+	echo "$out"
+	return 1
+}
 
 firewall() {
 	{
@@ -104,14 +124,14 @@ rm -f /tmp/moat-ci-nft.$$
 iptables-save | grep -q MOAT-INPUT || fail "no iptables rules to purge"
 nft list table inet moat >/dev/null || fail "no nftables rules to purge"
 
-out=$(dpkg --remove moat 2>&1) || fail "dpkg --remove: $out"
+out=$(dpkg_wait --remove moat 2>&1) || fail "dpkg --remove: $out"
 echo "$out" | grep -q "leaves the active firewall" || fail "remove did not say it leaves the firewall: $out"
 iptables-save | grep -q MOAT-INPUT || fail "removing the package removed moat's rules"
 [ -f /etc/moat/moat.conf ] || fail "remove deleted the configuration"
 [ ! -e /usr/sbin/moat ] || fail "remove left /usr/sbin/moat"
 say "removed: rules and configuration stay"
 
-out=$(dpkg --purge moat 2>&1) || fail "dpkg --purge: $out"
+out=$(dpkg_wait --purge moat 2>&1) || fail "dpkg --purge: $out"
 left=$(firewall | grep -i moat || true)
 [ -z "$left" ] || fail "purge left rules: $left"
 for p in /usr/sbin/moat /etc/moat /var/lib/moat /lib/systemd/system/moat.service \
