@@ -150,9 +150,9 @@ func TestGuardCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		`{"line":1,"match":true,"kind":"failed_password","addr":"198.51.100.9","user":"root","service":"sshd"}`,
-		`{"line":2,"match":true,"kind":"invalid_user","addr":"203.0.113.66","user":"root from 198.51.100.9","service":"sshd"}`,
-		`{"line":3,"match":false,"kind":"accepted","addr":"2001:db8::5","user":"admin","service":"sshd"}`,
+		`{"line":1,"match":true,"kind":"failed_password","addr":"198.51.100.9","user":"root","service":"sshd","pid":1,"reason":"counts: failed_password"}`,
+		`{"line":2,"match":true,"kind":"invalid_user","addr":"203.0.113.66","user":"root from 198.51.100.9","service":"sshd","pid":1,"reason":"counts: invalid_user"}`,
+		`{"line":3,"match":false,"kind":"accepted","addr":"2001:db8::5","user":"admin","service":"sshd","reason":"login"}`,
 		`{"line":4,"match":false}`,
 	}
 	got := strings.Split(strings.TrimSpace(string(data)), "\n")

@@ -53,7 +53,8 @@ func (a *app) banCommand() *cobra.Command {
 		Long: `Put addresses in moat's ban sets: every packet from them is dropped, their
 open connections too, until the ban expires in the kernel (also if moat is
 not running). Works with or without 'moat guard'. An address with a live SSH
-session here, or on the guard's allowlist, is refused unless --force.`,
+session here, or on the guard's allowlist, is refused unless --force; this
+host's own addresses (any interface's, loopback) are always refused.`,
 		Example: `  moat ban 203.0.113.7
   moat ban 2001:db8::66 --for 2h --reason 'scanning'`,
 		GroupID: "guard",
@@ -70,11 +71,17 @@ session here, or on the guard's allowlist, is refused unless --force.`,
 				}
 			}
 			st, _ := safeapply.FindSSH("/proc", os.Getenv("SSH_CONNECTION"))
+			// This host's own addresses are refused even with --force: a ban
+			// of them cuts the server off from itself.
+			own := &guard.Protector{Sessions: func() ([]netip.Addr, error) { return nil, nil }}
 			var bans []ruleset.Ban
 			for _, s := range args {
 				addr, err := parseBanAddr(s)
 				if err != nil {
 					return err
+				}
+				if why, refused := own.Refuse(addr); refused {
+					return &exitError{code: exitLockout, err: fmt.Errorf("refusing to ban %s: %s", addr, why)}
 				}
 				if !a.force {
 					for _, sess := range st.Sessions {

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"sort"
 	"syscall"
 	"time"
@@ -178,6 +180,16 @@ type checkLine struct {
 	Addr    string `json:"addr,omitempty"`
 	User    string `json:"user,omitempty"`
 	Service string `json:"service,omitempty"`
+	PID     int    `json:"pid,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	// Also: further failures this line makes count (a connection's
+	// address-less lines, once it is known).
+	Also []checkCount `json:"also,omitempty"`
+}
+
+type checkCount struct {
+	Kind string `json:"kind"`
+	Addr string `json:"addr"`
 }
 
 type checkSummary struct {
@@ -186,6 +198,9 @@ type checkSummary struct {
 	Addresses int            `json:"addresses"`
 	ByKind    map[string]int `json:"by_kind"`
 	Top       []addrCount    `json:"top_addresses"`
+	// Open are connections still holding rejected keys at the end of the
+	// input: each counts once if it ends without a login.
+	Open []checkCount `json:"open_connections,omitempty"`
 }
 
 type addrCount struct {
@@ -194,16 +209,32 @@ type addrCount struct {
 }
 
 func (a *app) guardCheckCommand() *cobra.Command {
-	return &cobra.Command{
+	var locals []string
+	cmd := &cobra.Command{
 		Use:   "check FILE|-",
-		Short: "Show what the guard sees in log lines (like fail2ban-regex)",
-		Long: `Read log lines (syslog, RFC 5424, ISO timestamps, or journalctl -o json)
-and print one JSON object a line: {"line": N, "match": true|false, "kind":
-"...", "addr": "...", "user": "..."}. "match" is true for lines that count
-against an address; a successful login shows its kind with match false.
-A last line {"summary": ...} counts lines, failures by kind and addresses.`,
+		Short: "Show what the guard sees in log lines, and why (like fail2ban-regex)",
+		Long: `Read log lines (syslog, RFC 5424, ISO timestamps, journalctl's short
+forms and -o cat, sshd -E, or journalctl -o json) and print one JSON object
+a line: {"line": N, "match": true|false, "kind": "...", "addr": "...",
+"user": "...", "reason": "..."}. "match" is true for lines that count
+against an address, judged as the running guard judges them: a rejected
+key is held with its sshd connection (by PID, or client address and port)
+and counts once only if that connection ends without a login; lines
+naming no address count against their connection's; a line with the
+server's and the client's address (OpenSSH 9.8's timeout) counts against
+the one that is not this host's (--local adds addresses of the host the
+log comes from). A last line {"summary": ...} counts lines, failures by
+kind and addresses, and the connections still open at the end.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var extra []netip.Addr
+			for _, l := range locals {
+				ad, err := netip.ParseAddr(l)
+				if err != nil {
+					return fmt.Errorf("bad --local %q: expected an IPv4 or IPv6 address", l)
+				}
+				extra = append(extra, ad.Unmap())
+			}
 			var in io.Reader = os.Stdin
 			if args[0] != "-" {
 				f, err := os.Open(args[0])
@@ -213,15 +244,21 @@ A last line {"summary": ...} counts lines, failures by kind and addresses.`,
 				defer func() { _ = f.Close() }() // read only
 				in = f
 			}
-			return a.guardCheck(in)
+			return a.guardCheck(in, extra)
 		},
 	}
+	cmd.Flags().StringSliceVar(&locals, "local", nil, "an address of the host the log comes from (besides this host's)")
+	return cmd
 }
 
-func (a *app) guardCheck(in io.Reader) error {
+func (a *app) guardCheck(in io.Reader, locals []netip.Addr) error {
 	enc := json.NewEncoder(a.out)
 	sum := checkSummary{ByKind: map[string]int{}}
 	perAddr := map[string]int{}
+	prot := &guard.Protector{}
+	judge := guard.NewJudge(func(ad netip.Addr) bool {
+		return slices.Contains(locals, ad) || prot.IsLocal(ad)
+	})
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
@@ -232,18 +269,27 @@ func (a *app) guardCheck(in io.Reader) error {
 		if len(text) > 0 && text[0] == '{' {
 			if l, err := guard.ParseJournalEntry([]byte(text)); err == nil {
 				ev, ok = guard.ParseMessage(l.Prog, l.Text)
+				ev.PID = l.PID
 			}
 		} else {
 			ev, ok = guard.ParseLine(text)
 		}
 		out := checkLine{Line: sum.Lines}
 		if ok {
-			out.Match = ev.Kind.Failure()
-			out.Kind, out.Addr, out.User, out.Service = string(ev.Kind), ev.Addr.String(), ev.User, ev.Service
-			if out.Match {
+			v := judge.Judge(ev, time.Now())
+			out.Kind, out.User, out.Service, out.PID, out.Reason = string(ev.Kind), ev.User, ev.Service, ev.PID, v.Reason
+			if ev.Addr.IsValid() && !ev.Other.IsValid() {
+				out.Addr = ev.Addr.String()
+			}
+			for i, c := range v.Count {
+				if i == 0 {
+					out.Match, out.Kind, out.Addr = true, string(c.Kind), c.Addr.String()
+				} else {
+					out.Also = append(out.Also, checkCount{string(c.Kind), c.Addr.String()})
+				}
 				sum.Matched++
-				sum.ByKind[out.Kind]++
-				perAddr[out.Addr]++
+				sum.ByKind[string(c.Kind)]++
+				perAddr[c.Addr.String()]++
 			}
 		}
 		if err := enc.Encode(out); err != nil {
@@ -252,6 +298,9 @@ func (a *app) guardCheck(in io.Reader) error {
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("guard check: %w", err)
+	}
+	for _, c := range judge.Open() {
+		sum.Open = append(sum.Open, checkCount{string(c.Kind), c.Addr.String()})
 	}
 	sum.Addresses = len(perAddr)
 	for ad, n := range perAddr {

@@ -35,6 +35,11 @@ type Detector struct {
 	// StillBanned says whether the kernel still holds an address's ban
 	// (nil: trust the history).
 	StillBanned func(netip.Addr) bool
+	// Refuse is asked when an address reached maxretry, before the ban:
+	// a refused address (this host's, a logged-in admin's) is not banned
+	// and Refused is told why (both may be nil).
+	Refuse  func(netip.Addr) (why string, refused bool)
+	Refused func(ev Event, why string)
 }
 
 // NewDetector starts from a ban history (may be nil).
@@ -86,6 +91,14 @@ func (d *Detector) Observe(ev Event, now time.Time) (ruleset.Ban, bool) {
 		return ruleset.Ban{}, false
 	}
 	delete(d.fails, ev.Addr)
+	if d.Refuse != nil {
+		if why, refused := d.Refuse(ev.Addr); refused {
+			if d.Refused != nil {
+				d.Refused(ev, why)
+			}
+			return ruleset.Ban{}, false
+		}
+	}
 	r := d.history[ev.Addr]
 	if r == nil {
 		r = &Record{}
@@ -132,6 +145,7 @@ var reasons = map[Kind]string{}
 
 func init() {
 	for _, k := range []Kind{FailedPassword, FailedPublickey, FailedKbdInt, FailedOther, InvalidUser, NotAllowed, RootRefused,
+		FailedHostbased, FailedNone, FailedGSSAPI, ClientAuthFail,
 		PAMFailure, MaxAuthAttempts, TooManyFailures, Negotiation, PreauthDisconnect, BadProtocol, NoIdentification, LoginTimeout, Penalty} {
 		reasons[k] = "guard: maxretry reached, last " + string(k)
 	}

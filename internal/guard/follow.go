@@ -18,6 +18,7 @@ import (
 type Line struct {
 	Text string
 	Prog string    // the program, when the source knows it (journald)
+	PID  int       // the program's process, when the source knows it (journald)
 	Time time.Time // when the line was written, if known; else when read
 	// Resume position after this line.
 	Cursor string

@@ -38,6 +38,8 @@ type journalEntry struct {
 	Message    json.RawMessage `json:"MESSAGE"`
 	Identifier string          `json:"SYSLOG_IDENTIFIER"`
 	Comm       string          `json:"_COMM"`
+	PID        string          `json:"_PID"`
+	SyslogPID  string          `json:"SYSLOG_PID"`
 	Cursor     string          `json:"__CURSOR"`
 	Realtime   string          `json:"__REALTIME_TIMESTAMP"`
 }
@@ -63,6 +65,13 @@ func ParseJournalEntry(data []byte) (Line, error) {
 	l := Line{Text: msg, Prog: e.Identifier, Cursor: e.Cursor, Time: time.Now()}
 	if l.Prog == "" {
 		l.Prog = e.Comm
+	}
+	// The process, which ties the lines of one sshd connection together.
+	for _, p := range []string{e.PID, e.SyslogPID} {
+		if n, err := strconv.Atoi(p); err == nil && n > 0 {
+			l.PID = n
+			break
+		}
 	}
 	if us, err := strconv.ParseInt(e.Realtime, 10, 64); err == nil {
 		l.Time = time.UnixMicro(us)

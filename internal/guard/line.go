@@ -2,6 +2,7 @@ package guard
 
 import (
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -13,13 +14,18 @@ var (
 	priRe     = regexp.MustCompile(`^<\d{1,3}>`)
 	bsdTimeRe = regexp.MustCompile(`^[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)? +`)
 	isoTimeRe = regexp.MustCompile(`^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? +`)
+	// journalctl's other short forms: -o short-full ("Wed 2026-11-25
+	// 11:40:01 UTC"), short-unix, short-monotonic and short-delta.
+	fullTimeRe = regexp.MustCompile(`^[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]{1,6} +`)
+	unixTimeRe = regexp.MustCompile(`^\d{9,11}\.\d{1,9} +`)
+	monoTimeRe = regexp.MustCompile(`^\[ *\d+\.\d+(?: <[ \d.]+>)?\] +`)
 	// RFC 5424 header after the timestamp: HOST APP PROCID MSGID SD.
 	rfc5424Re = regexp.MustCompile(`^(\S+) (\S+) (\S+) (\S+) (-|\[.*?\]) ?`)
 	// "<10.5>" (FreeBSD syslogd -v), "auth.info" (busybox, socklog).
 	sourceRe   = regexp.MustCompile(`^<\d+\.\d+> +`)
 	facilityRe = regexp.MustCompile(`^[a-z0-9]+\.[a-z]+:? +`)
 	// PROG[PID]: or PROG: or PROG[PID] (rsyslog 8 without colon).
-	progRe = regexp.MustCompile(`^([A-Za-z0-9_./-]+)(?:\[\d+\]:?|:) +`)
+	progRe = regexp.MustCompile(`^([A-Za-z0-9_./-]+)(?:\[(\d{1,10})\]:?|:) +`)
 )
 
 // ourProgs are the programs whose messages the parser reads.
@@ -28,7 +34,7 @@ var ourProgs = map[string]bool{"sshd": true, "sshd-session": true, "dropbear": t
 // ParseLine reads one log line as syslog, RFC 5424, ISO-timestamped,
 // busybox or socklog writes it, or a bare message.
 func ParseLine(line string) (Event, bool) {
-	prog, msg, ok := splitBanner(strings.TrimRight(line, "\r\n"))
+	prog, pid, msg, ok := splitBanner(strings.TrimRight(line, "\r\n"))
 	if !ok {
 		return Event{}, false
 	}
@@ -38,12 +44,33 @@ func ParseLine(line string) (Event, bool) {
 	if prog != "" && !ourProgs[prog] {
 		return Event{}, false
 	}
-	return ParseMessage(prog, msg)
+	ev, ok := ParseMessage(prog, msg)
+	ev.PID = pid
+	return ev, ok
 }
 
-// splitBanner returns the program ("" if the line names none) and the
-// message. ok is false for a line of another program's form.
-func splitBanner(s string) (prog, msg string, ok bool) {
+// timestamp finds a timestamp at the start of s.
+func timestamp(s string) string {
+	for _, re := range []*regexp.Regexp{bsdTimeRe, isoTimeRe, fullTimeRe, unixTimeRe, monoTimeRe} {
+		if t := re.FindString(s); t != "" {
+			return t
+		}
+	}
+	return ""
+}
+
+func atoiPID(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0
+	}
+	return n
+}
+
+// splitBanner returns the program ("" if the line names none), its PID (0
+// if none) and the message. ok is false for a line of another program's
+// form.
+func splitBanner(s string) (prog string, pid int, msg string, ok bool) {
 	rfc := false
 	if m := priRe.FindString(s); m != "" {
 		s = s[len(m):]
@@ -53,22 +80,24 @@ func splitBanner(s string) (prog, msg string, ok bool) {
 		}
 	}
 	for round := 0; round < 2; round++ {
-		t := bsdTimeRe.FindString(s)
-		if t == "" {
-			t = isoTimeRe.FindString(s)
-		}
+		t := timestamp(s)
 		if t == "" {
 			if round == 0 && !rfc && len(s) > 0 && s[0] != '<' {
-				return "", s, true // a bare message
+				// "sshd[PID]: message" without a timestamp; no message of
+				// sshd's own starts that way, so this is never client text.
+				if m := progRe.FindStringSubmatch(s); m != nil && ourProgs[m[1]] && m[2] != "" {
+					return m[1], atoiPID(m[2]), s[len(m[0]):], true
+				}
+				return "", 0, s, true // a bare message
 			}
 			break
 		}
 		s = s[len(t):]
 		if m := rfc5424Re.FindStringSubmatch(s); m != nil && (rfc || isProcID(m[3]) && m[4] == "-") {
-			return m[2], s[len(m[0]):], true
+			return m[2], atoiPID(m[3]), s[len(m[0]):], true
 		}
 		if rfc {
-			return "", "", false
+			return "", 0, "", false
 		}
 		s = strings.TrimPrefix(s, sourceRe.FindString(s))
 		// Up to two words may stand before the program: a host name and a
@@ -76,37 +105,37 @@ func splitBanner(s string) (prog, msg string, ok bool) {
 		// which may repeat a whole banner after it).
 		if f := facilityRe.FindString(s); f != "" && strings.HasSuffix(strings.TrimSpace(f), ":") {
 			s = s[len(f):]
-			if progRe.MatchString(s) || bsdTimeRe.MatchString(s) || isoTimeRe.MatchString(s) {
-				if prog, msg, ok := progMessage(s); ok {
-					return prog, msg, true
+			if progRe.MatchString(s) || timestamp(s) != "" {
+				if prog, pid, msg, ok := progMessage(s); ok {
+					return prog, pid, msg, true
 				}
 				continue
 			}
-			return "", s, true
+			return "", 0, s, true
 		}
-		if prog, msg, ok := progMessage(s); ok {
-			return prog, msg, true
+		if prog, pid, msg, ok := progMessage(s); ok {
+			return prog, pid, msg, true
 		}
-		return "", s, true // timestamp, then the message
+		return "", 0, s, true // timestamp, then the message
 	}
-	return "", "", false
+	return "", 0, "", false
 }
 
 // progMessage finds PROG[PID]: at the start, or after a host name, or after
 // a host name and a facility.level.
-func progMessage(s string) (prog, msg string, ok bool) {
+func progMessage(s string) (prog string, pid int, msg string, ok bool) {
 	rest := s
 	for skip := 0; skip < 3; skip++ {
 		if m := progRe.FindStringSubmatch(rest); m != nil {
-			return m[1], rest[len(m[0]):], true
+			return m[1], atoiPID(m[2]), rest[len(m[0]):], true
 		}
 		word, after, found := strings.Cut(rest, " ")
 		if !found || word == "" || (skip == 1 && !facilityRe.MatchString(word+" ")) {
-			return "", "", false
+			return "", 0, "", false
 		}
 		rest = strings.TrimLeft(after, " ")
 	}
-	return "", "", false
+	return "", 0, "", false
 }
 
 func isProcID(s string) bool {

@@ -18,7 +18,7 @@ func TestParseLine(t *testing.T) {
 		{"<38>1 2026-11-25T11:40:01Z srv sshd 812 - - Failed keyboard-interactive/pam for root from 198.51.100.7 port 4 ssh2", FailedKbdInt, "198.51.100.7", "root"},
 		{"Nov 25 11:40:01 srv sshd[812]: Invalid user  from 203.0.113.9 port 22", InvalidUser, "203.0.113.9", ""},
 		{"Nov 25 11:40:01 srv sshd[812]: Invalid user admin from ::ffff:203.0.113.9 port 22", InvalidUser, "203.0.113.9", "admin"},
-		{"Nov 25 11:40:01 srv sshd[812]: Disconnecting authenticating user root 203.0.113.9 port 4: Too many authentication failures [preauth]", PreauthDisconnect, "203.0.113.9", "root"},
+		{"Nov 25 11:40:01 srv sshd[812]: Disconnecting authenticating user root 203.0.113.9 port 4: Too many authentication failures [preauth]", TooManyFailures, "203.0.113.9", "root"},
 		{"Nov 25 11:40:01 srv sshd[812]: Accepted publickey for admin from 198.51.100.2 port 50000 ssh2: ED25519 SHA256:x", Accepted, "198.51.100.2", "admin"},
 		{"Nov 25 11:40:01 srv sshd[812]: Accepted password for admin from 198.51.100.2 port 50000 ssh2", Accepted, "198.51.100.2", "admin"},
 		// Another program's message in sshd's words does not count.

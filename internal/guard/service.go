@@ -36,6 +36,9 @@ type Service struct {
 	SaveEvery time.Duration
 	// Reload delivers new settings (the policy was edited; SIGHUP).
 	Reload <-chan policy.Guard
+	// Protect refuses bans of this host's and its admins' addresses
+	// (default: a Protector with Cfg's allowlist).
+	Protect *Protector
 }
 
 // maxBatch bounds how many bans go to the kernel in one call.
@@ -84,6 +87,20 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 	}
 	det := NewDetector(s.Cfg, st.Bans)
 	det.StillBanned = s.kernelBanCheck(ctx)
+	prot := s.Protect
+	if prot == nil {
+		prot = &Protector{Allowlist: s.Cfg.Allowlist}
+	}
+	judge := NewJudge(prot.IsLocal)
+	var cur *Line // the line being judged, for the log of a refusal
+	det.Refuse = prot.Refuse
+	det.Refused = func(ev Event, why string) {
+		line := ""
+		if cur != nil {
+			line = cur.Text
+		}
+		s.Log.Warn("refused to ban", "address", ev.Addr, "why", why, "kind", ev.Kind, "line", line)
+	}
 	srcCtx, stopSrc := context.WithCancel(ctx)
 	defer stopSrc()
 	lines := make(chan Line, 4096)
@@ -151,6 +168,18 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 		batch, seen = batch[:0], seen[:0]
 		return save() // history first on disk, so a crash keeps escalation
 	}
+	observe := func(evs []Event, at time.Time) {
+		for _, ev := range evs {
+			if s.Metrics != nil {
+				s.Metrics.Failures.WithLabelValues(string(ev.Kind)).Inc()
+			}
+			if ban, ok := det.Observe(ev, time.Now()); ok {
+				batch = append(batch, ban)
+				seen = append(seen, at)
+				dirty[ban.Addr] = true
+			}
+		}
+	}
 	handle := func(l Line) {
 		pos, moved = &l, true
 		if s.Metrics != nil {
@@ -160,20 +189,16 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 		var ok bool
 		if l.Prog != "" {
 			ev, ok = ParseMessage(l.Prog, l.Text)
+			ev.PID = l.PID
 		} else {
 			ev, ok = ParseLine(l.Text)
 		}
-		if !ok || !ev.Kind.Failure() {
+		if !ok {
 			return
 		}
-		if s.Metrics != nil {
-			s.Metrics.Failures.WithLabelValues(string(ev.Kind)).Inc()
-		}
-		if ban, ok := det.Observe(ev, time.Now()); ok {
-			batch = append(batch, ban)
-			seen = append(seen, l.Time)
-			dirty[ban.Addr] = true
-		}
+		cur = &l
+		observe(judge.Judge(ev, time.Now()).Count, l.Time)
+		cur = nil
 	}
 	for {
 		select {
@@ -184,6 +209,7 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 			return errors.Join(err, flush(), save())
 		case cfg := <-s.Reload:
 			det.cfg = cfg
+			prot.Allowlist = cfg.Allowlist
 			s.Log.Info("settings reloaded", "maxretry", cfg.MaxRetry, "findtime", cfg.FindTime, "bantime", cfg.BanTime, "allowlist", len(cfg.Allowlist))
 		case <-tick.C:
 			if burst > 1000 {
@@ -192,6 +218,12 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 				debug.FreeOSMemory()
 			}
 			burst = 0
+			// Connections silent past the judge's idle time have ended:
+			// what they held counts now.
+			observe(judge.Sweep(time.Now()), time.Now())
+			if err := flush(); err != nil {
+				s.Log.Error("ban", "err", err)
+			}
 			if s.Metrics != nil {
 				s.Metrics.BansActive.Set(float64(activeBans(det.History(), time.Now())))
 			}
