@@ -111,11 +111,20 @@ func (a *app) addRule(ctx context.Context, args []string, pos int) error {
 	if err != nil {
 		return err
 	}
-	if n := doc.FindRule(st.Rule, a.services()); n > 0 {
-		a.printf("Skipping adding existing rule (rule %d)\n", n)
-		return nil
-	}
 	line := policy.QuoteArgs(args)
+	// As ufw: a rule that matches the same packets as an existing one
+	// replaces it in place (a second one could never match).
+	if n, old := doc.FindMatch(st.Rule, a.services()); n > 0 {
+		if old.Equal(st.Rule) {
+			a.printf("Skipping adding existing rule (rule %d)\n", n)
+			return nil
+		}
+		before, err := doc.ReplaceRule(n, line)
+		if err != nil {
+			return err
+		}
+		return a.commit(ctx, doc, fmt.Sprintf("Rule updated (rule %d): %s -> %s", n, before, line))
+	}
 	verb := "added"
 	if pos > 0 {
 		verb = "inserted"
@@ -135,6 +144,7 @@ func (a *app) commit(ctx context.Context, doc *policy.Document, done string) err
 	if err != nil {
 		return fmt.Errorf("the change would make the policy invalid, nothing changed:\n%w", err)
 	}
+	a.warnCovered(p)
 	if a.dryRun {
 		a.printf("%s (dry run: %s not changed)\n", done, doc.Name)
 		return nil
@@ -265,6 +275,7 @@ func (a *app) enable(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.warnCovered(p)
 	if a.dryRun {
 		b, err := a.backendFor(p)
 		if err != nil {
@@ -430,6 +441,7 @@ func (a *app) checkCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			a.warnCovered(p)
 			tested := " (not tested against the kernel: that needs root)"
 			if os.Geteuid() == 0 && b.Available() == nil {
 				if err := b.Check(cmd.Context(), ruleset.Compile(p)); err != nil {

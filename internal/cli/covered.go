@@ -1,0 +1,16 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// warnCovered warns about every rule that an earlier rule fully covers: it
+// can never match, which is never what the admin meant.
+func (a *app) warnCovered(p *policy.Policy) {
+	for _, c := range ruleset.Shadowed(p) {
+		fmt.Fprintf(a.errOut, "moat: warning: %s\n", c)
+	}
+}

@@ -1,0 +1,54 @@
+package policy
+
+import (
+	"strings"
+)
+
+// MatchKey is the canonical form of what a rule matches: direction,
+// interfaces, protocol, addresses, ports and family, but not its action,
+// logging, rate or comment. Two rules with the same MatchKey compete for
+// exactly the same packets, and only the first can ever decide; ufw then
+// updates the existing rule instead of adding a dead one.
+func (r Rule) MatchKey() string {
+	var b strings.Builder
+	b.WriteString(string(r.Direction))
+	for _, s := range []string{r.InIface, r.OutIface, r.Proto,
+		AddrString(r.From), r.FromPort.String(), AddrString(r.To), r.ToPort.String(), string(r.Family)} {
+		b.WriteByte('|')
+		b.WriteString(s)
+	}
+	return b.String()
+}
+
+// FindMatch returns the number (1-based) of the first rule that matches
+// the same packets as r, with that rule, or 0.
+func (d *Document) FindMatch(r Rule, svc Services) (int, Rule) {
+	want := r.MatchKey()
+	for n, i := range d.ruleLines() {
+		st, ok, err := lineStatement(d, i, svc)
+		if err == nil && ok && st.Kind == StmtRule && st.Rule.MatchKey() == want {
+			return n + 1, st.Rule
+		}
+	}
+	return 0, Rule{}
+}
+
+// ReplaceRule writes line in place of rule number n (1-based), keeping the
+// old line's indentation and '#' comment, and returns the old rule text.
+func (d *Document) ReplaceRule(n int, line string) (string, error) {
+	idx := d.ruleLines()
+	if n < 1 || n > len(idx) {
+		_, err := d.DeleteRule(n) // the same message for a bad number
+		return "", err
+	}
+	at := idx[n-1]
+	old := d.Lines[at]
+	text := ruleText(old)
+	start := strings.Index(old, text)
+	if start < 0 {
+		d.Lines[at] = line
+		return strings.TrimSpace(old), nil
+	}
+	d.Lines[at] = old[:start] + line + old[start+len(text):]
+	return text, nil
+}

@@ -1,0 +1,39 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestFindMatchAndReplace(t *testing.T) {
+	svc := ParseServices([]byte("ssh 22/tcp\nhttp 80/tcp\n"))
+	d := NewDocument("moat.conf", []byte("# admins\n  allow 22/tcp   # keep me\nallow 80/tcp\n"))
+	parse := func(s string) Rule {
+		st, err := ParseStatement(ArgsTokens(strings.Fields(s)), Pos{}, svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Rule
+	}
+	for _, c := range []struct {
+		rule string
+		want int
+	}{
+		{"limit ssh", 1}, {"deny 22/tcp", 1}, {"allow proto tcp from any to any port 22", 1}, {"limit 22", 0},
+		{"allow 22/udp", 0}, {"allow in on eth0 to any port 22 proto tcp", 0}, {"reject http", 2}, {"allow 80", 0},
+	} {
+		if n, _ := d.FindMatch(parse(c.rule), svc); n != c.want {
+			t.Errorf("FindMatch(%q) = %d, want %d", c.rule, n, c.want)
+		}
+	}
+	old, err := d.ReplaceRule(1, "limit ssh")
+	if err != nil || old != "allow 22/tcp" {
+		t.Fatalf("ReplaceRule: %q %v", old, err)
+	}
+	if got := string(d.Bytes()); got != "# admins\n  limit ssh   # keep me\nallow 80/tcp\n" {
+		t.Errorf("after ReplaceRule:\n%s", got)
+	}
+	if _, err := d.ReplaceRule(3, "allow 1/tcp"); err == nil {
+		t.Error("ReplaceRule(3) of 2 rules succeeded")
+	}
+}

@@ -1,0 +1,156 @@
+package ruleset
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// Covered is a rule that can never decide a packet: an earlier rule of the
+// same direction matches every packet it matches (first match wins).
+type Covered struct {
+	Rule policy.Rule // the rule that never matches
+	By   policy.Rule // the earlier rule that takes all its packets
+}
+
+// String says what is wrong and what to do, naming both lines.
+func (c Covered) String() string {
+	same := "takes all its packets first"
+	if c.By.MatchKey() == c.Rule.MatchKey() {
+		same = "matches exactly the same packets first"
+	}
+	return fmt.Sprintf("%s:%d: '%s' never matches: line %d '%s' %s (delete one, or move line %d above line %d)",
+		c.Rule.Pos.File, c.Rule.Pos.Line, c.Rule.Text, c.By.Pos.Line, c.By.Text, same, c.Rule.Pos.Line, c.By.Pos.Line)
+}
+
+// Shadowed lists the policy's rules that an earlier rule fully covers, in
+// policy order: for every action, family and direction. Coverage is judged
+// on sets: families, interfaces (with '+' wildcards), protocols (a port
+// rule without a protocol means tcp and udp), source and destination
+// networks (CIDR containment) and port lists and ranges. Only single
+// earlier rules count, so it never calls a rule dead that is not.
+func Shadowed(p *policy.Policy) []Covered {
+	var out []Covered
+	for i := range p.Rules {
+		for j := 0; j < i; j++ {
+			if covers(&p.Rules[j], &p.Rules[i]) {
+				out = append(out, Covered{Rule: p.Rules[i], By: p.Rules[j]})
+				break
+			}
+		}
+	}
+	return out
+}
+
+// covers reports whether every packet that b matches is matched by a.
+func covers(a, b *policy.Rule) bool {
+	return a.Direction == b.Direction &&
+		familiesCover(a, b) &&
+		ifaceCovers(a.InIface, b.InIface) && ifaceCovers(a.OutIface, b.OutIface) &&
+		protosCover(a, b) &&
+		prefixCovers(a.From, b.From) && prefixCovers(a.To, b.To) &&
+		portsCover(a.FromPort, b.FromPort) && portsCover(a.ToPort, b.ToPort)
+}
+
+// families is the set of IP families a rule matches.
+func families(r *policy.Rule) []policy.Family {
+	switch {
+	case r.Family == policy.FamilyV4 || r.Proto == "icmp" || r.From.Addr().Is4() || r.To.Addr().Is4():
+		return []policy.Family{policy.FamilyV4}
+	case r.Family == policy.FamilyV6 || r.Proto == "ipv6-icmp" || r.From.Addr().Is6() || r.To.Addr().Is6():
+		return []policy.Family{policy.FamilyV6}
+	}
+	return []policy.Family{policy.FamilyV4, policy.FamilyV6}
+}
+
+func familiesCover(a, b *policy.Rule) bool {
+	fa := families(a)
+	for _, f := range families(b) {
+		if !slices.Contains(fa, f) {
+			return false
+		}
+	}
+	return true
+}
+
+// ifaceCovers: "" is any interface; "eth+" is every name starting "eth".
+func ifaceCovers(a, b string) bool {
+	switch {
+	case a == "":
+		return true
+	case b == "":
+		return false
+	case strings.HasSuffix(a, "+"):
+		return strings.HasPrefix(strings.TrimSuffix(b, "+"), strings.TrimSuffix(a, "+"))
+	}
+	return a == b
+}
+
+// protos is the set of protocols a rule matches; nil is every protocol.
+// ufw's "allow 22" (ports, no protocol) means tcp and udp.
+func protos(r *policy.Rule) []string {
+	if r.Proto != "any" && r.Proto != "" {
+		return []string{r.Proto}
+	}
+	if len(r.FromPort) > 0 || len(r.ToPort) > 0 {
+		return []string{"tcp", "udp"}
+	}
+	return nil
+}
+
+func protosCover(a, b *policy.Rule) bool {
+	pa, pb := protos(a), protos(b)
+	if pa == nil {
+		return true
+	}
+	if pb == nil {
+		return false
+	}
+	for _, p := range pb {
+		if !slices.Contains(pa, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// prefixCovers: an invalid prefix is any address.
+func prefixCovers(a, b netip.Prefix) bool {
+	switch {
+	case !a.IsValid():
+		return true
+	case !b.IsValid():
+		return false
+	}
+	return a.Addr().Is4() == b.Addr().Is4() && a.Bits() <= b.Bits() && a.Contains(b.Addr())
+}
+
+// portsCover: every port of b is one of a's (nil is any port).
+func portsCover(a, b policy.Ports) bool {
+	if len(a) == 0 {
+		return true
+	}
+	if len(b) == 0 {
+		return false
+	}
+	for _, r := range b {
+		// Walk r through a's ranges, which may overlap and come in any order.
+		next := int(r.First)
+		for progress := true; progress && next <= int(r.Last); {
+			progress = false
+			for _, x := range a {
+				if int(x.First) <= next && next <= int(x.Last) {
+					next = int(x.Last) + 1
+					progress = true
+				}
+			}
+		}
+		if next <= int(r.Last) {
+			return false
+		}
+	}
+	return true
+}
