@@ -43,6 +43,28 @@ type Backend interface {
 	Bans(ctx context.Context) ([]ruleset.Ban, error)
 }
 
+// Fingerprinter is a backend that can hash what moat's table or chains
+// hold, without counters, bans or rate-limit state: record it after an
+// apply, and a different value later means a change made outside moat.
+// "" means nothing is loaded. Both backends implement it.
+type Fingerprinter interface {
+	Fingerprint(ctx context.Context) (string, error)
+}
+
+// SplitDetector is a backend whose apply is not one commit (iptables: one
+// per family). Split describes moat's rules being left half old, half new
+// by an interrupted apply ("" when they are not); the next Apply repairs
+// it. `status` shows it.
+type SplitDetector interface {
+	Split(ctx context.Context) (string, error)
+}
+
+var (
+	_ Fingerprinter = (*nft.Backend)(nil)
+	_ Fingerprinter = (*ipt.Backend)(nil)
+	_ SplitDetector = (*ipt.Backend)(nil)
+)
+
 // ForName returns the backend with that name; "auto" detects it.
 func ForName(name policy.Backend) (Backend, error) {
 	switch name {

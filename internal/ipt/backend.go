@@ -4,37 +4,29 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // Runner runs a program with arguments and standard input and returns its
 // standard output. It is the seam tests use to see exact commands.
-type Runner func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error)
+type Runner = execrun.Runner
 
-// ExecRunner runs programs for real (never through a shell).
-func ExecRunner(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		return nil, fmt.Errorf("%s: %w: %s", name, err, msg)
-	}
-	return stdout.Bytes(), nil
-}
+// ExecRunner runs programs for real (never through a shell), with input
+// that cannot be cut short.
+var ExecRunner = execrun.Exec
 
 // Backend programs moat's iptables chains and ipsets.
 type Backend struct {
@@ -57,15 +49,13 @@ var families = []family{
 	{policy.FamilyV6, "ip6tables-save", "ip6tables-restore"},
 }
 
-// Available reports whether the iptables tools and ipset can be run here.
+// Available reports whether the iptables tools and ipset can be run here
+// (found on the PATH; permission and kernel show on first use).
 func (b *Backend) Available() error {
 	for _, prog := range []string{"iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore", "ipset"} {
 		if _, err := exec.LookPath(prog); err != nil {
 			return fmt.Errorf("iptables backend: %s not found: %w", prog, err)
 		}
-	}
-	if _, err := b.Run(context.Background(), nil, "iptables-save", "-t", "filter"); err != nil {
-		return fmt.Errorf("iptables backend: %w", err)
 	}
 	return nil
 }
@@ -88,63 +78,113 @@ func (b *Backend) Script(rs *ruleset.Ruleset) (string, error) {
 type state struct {
 	jumps map[policy.Family]map[string]bool // built-in chain → jumps to moat's
 	has   map[policy.Family]map[string]bool // moat chains present
+	gen   map[policy.Family]string          // generation of moat's rules
 	sets  map[string]bool                   // ipsets present
+	lines map[policy.Family][]string        // moat's lines of iptables-save
 }
 
 func (b *Backend) read(ctx context.Context) (*state, error) {
-	st := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{}, sets: map[string]bool{}}
+	st := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
+		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{}}
 	for _, f := range families {
 		out, err := b.Run(ctx, nil, f.save, "-t", "filter")
 		if err != nil {
 			return nil, fmt.Errorf("read %s rules: %w", f.fam, err)
 		}
-		st.jumps[f.fam], st.has[f.fam] = parseSave(out)
+		sv := parseSave(out)
+		st.jumps[f.fam], st.has[f.fam], st.gen[f.fam], st.lines[f.fam] = sv.jumps, sv.chains, sv.gen, sv.lines
 	}
 	out, err := b.Run(ctx, nil, "ipset", "list", "-n")
 	if err != nil {
 		return nil, fmt.Errorf("list ipsets: %w", err)
 	}
 	for _, name := range strings.Fields(string(out)) {
-		if strings.HasPrefix(name, SetPrefix) || strings.HasPrefix(name, "moatnew-") {
+		if ownSet(name) {
 			st.sets[name] = true
 		}
 	}
 	return st, nil
 }
 
+// ownSet says whether an ipset is moat's: its sets, sets being filled, and
+// throwaway sets of a check.
+func ownSet(name string) bool {
+	return strings.HasPrefix(name, SetPrefix) || strings.HasPrefix(name, "moatnew-") || strings.HasPrefix(name, checkPrefix)
+}
+
+type saved struct {
+	jumps, chains map[string]bool
+	gen           string
+	lines         []string // moat's chains, rules and jumps, without counters
+}
+
 // parseSave finds in iptables-save output which built-in chains jump to a
-// moat chain, and which moat chains exist.
-func parseSave(out []byte) (jumps, chains map[string]bool) {
-	jumps, chains = map[string]bool{}, map[string]bool{}
+// moat chain, which moat chains exist, and the generation of moat's rules.
+func parseSave(out []byte) saved {
+	sv := saved{jumps: map[string]bool{}, chains: map[string]bool{}}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
 		if strings.HasPrefix(line, ":MOAT-") {
 			name, _, _ := strings.Cut(line[1:], " ")
-			chains[name] = true
+			sv.chains[name] = true
+			sv.lines = append(sv.lines, ":"+name)
+		}
+		if strings.HasPrefix(line, "-A MOAT-") || isJump(line) {
+			sv.lines = append(sv.lines, line)
 		}
 		f := strings.Fields(line)
 		if len(f) == 4 && f[0] == "-A" && f[2] == "-j" && f[3] == "MOAT-"+f[1] {
-			jumps[f[1]] = true
+			sv.jumps[f[1]] = true
+		}
+		if strings.HasPrefix(line, "-A "+GenChain+" ") {
+			if _, rest, ok := strings.Cut(commentOf(line), genTag+" "); ok {
+				sv.gen = rest
+			}
 		}
 	}
-	return jumps, chains
+	return sv
 }
 
-// Check loads the rules with --test (nothing changes). Sets cannot be
-// tested without creating them, so rules using sets are checked against
-// the sets only when they exist.
-func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) error {
+// checkPrefix starts the names of the throwaway ipsets a check creates.
+const checkPrefix = "moatchk"
+
+// Check loads the rules with iptables-restore --test, changing nothing
+// moat uses: the sets the rules refer to are created empty under
+// throwaway names first (the set match needs them in the kernel) and
+// destroyed afterwards.
+func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 	st, err := b.read(ctx)
 	if err != nil {
 		return err
 	}
-	for _, f := range families {
-		script := Render(rs, f.fam, st.jumps[f.fam])
-		if len(rs.Sets) > 0 {
-			continue
+	names := Names{}
+	var create strings.Builder
+	tag := strconv.FormatInt(int64(os.Getpid())%1000000, 36)
+	for i, s := range rs.Sets {
+		name := fmt.Sprintf("%s%s-%d", checkPrefix, tag, i)
+		names[s.Name] = name
+		if st.sets[name] {
+			fmt.Fprintf(&create, "destroy %s\n", name)
 		}
+		fmt.Fprintf(&create, "%s\n", createLine(s, name))
+	}
+	if create.Len() > 0 {
+		if _, err := b.Run(ctx, []byte(create.String()), "ipset", "restore"); err != nil {
+			return fmt.Errorf("iptables check: create throwaway ipsets: %w", err)
+		}
+		defer func() {
+			var del []string
+			for _, s := range rs.Sets {
+				del = append(del, names[s.Name])
+			}
+			err = errors.Join(err, b.destroySets(context.WithoutCancel(ctx), del))
+		}()
+	}
+	gen := Generation(rs, names)
+	for _, f := range families {
+		script := render(rs, f.fam, st.jumps[f.fam], names, gen)
 		if _, err := b.Run(ctx, []byte(script), f.restore, "-w", "5", "--noflush", "--test"); err != nil {
 			return fmt.Errorf("iptables check (%s): %w", f.fam, err)
 		}
@@ -152,41 +192,145 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) error {
 	return nil
 }
 
-// Apply loads rs: sets first (swapped in whole), then one restore per
-// family (atomic per family), then the sets the rules no longer use go.
+// Apply loads rs. Sets that are not there yet are loaded whole first
+// (their names are hashes of their contents), then one restore per family
+// switches the rules (atomic per family), then the sets no rule uses any
+// more are destroyed. The two families cannot switch in one commit: if
+// moat dies between them, their generations differ, Split reports it and
+// the next Apply rewrites both. Nothing changed: nothing is sent.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	st, err := b.read(ctx)
 	if err != nil {
 		return err
 	}
-	if sets := RenderSets(rs, st.sets); sets != "" {
+	names := SetNames(rs)
+	gen := Generation(rs, names)
+	if sets := renderSets(rs, st.sets, names); sets != "" {
 		if _, err := b.Run(ctx, []byte(sets), "ipset", "restore"); err != nil {
 			return fmt.Errorf("load ipsets: %w", err)
 		}
 	}
 	for _, f := range families {
-		script := Render(rs, f.fam, st.jumps[f.fam])
+		if st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam) {
+			continue
+		}
+		script := render(rs, f.fam, st.jumps[f.fam], names, gen)
 		if _, err := b.Run(ctx, []byte(script), f.restore, "-w", "5", "--noflush"); err != nil {
 			return fmt.Errorf("load %s rules: %w", f.fam, err)
 		}
 	}
-	want := map[string]bool{}
-	for _, s := range rs.Sets {
-		want[IPSetName(s.Name)] = true
+	used := map[string]bool{}
+	for _, n := range names {
+		used[n] = true
 	}
 	var stale []string
 	for name := range st.sets {
-		if !want[name] {
+		if !used[name] && !strings.HasPrefix(name, checkPrefix) {
 			stale = append(stale, name)
 		}
 	}
 	return b.destroySets(ctx, stale)
 }
 
+// jumpsComplete says whether every chain of rs has its jump.
+func (b *Backend) jumpsComplete(rs *ruleset.Ruleset, st *state, fam policy.Family) bool {
+	for _, c := range rs.Chains {
+		if !st.jumps[fam][builtinChain[c.Hook]] {
+			return false
+		}
+	}
+	return true
+}
+
+// Split describes a difference between the IPv4 and IPv6 rules' generations
+// (an apply was cut between the two families); "" when there is none.
+// The next Apply repairs it.
+func (b *Backend) Split(ctx context.Context) (string, error) {
+	st, err := b.read(ctx)
+	if err != nil {
+		return "", err
+	}
+	return splitOf(st), nil
+}
+
+func splitOf(st *state) string {
+	g4, g6 := st.gen[policy.FamilyV4], st.gen[policy.FamilyV6]
+	has4, has6 := len(st.has[policy.FamilyV4]) > 0, len(st.has[policy.FamilyV6]) > 0
+	if g4 == g6 && has4 == has6 {
+		return ""
+	}
+	show := func(has bool, g string) string {
+		switch {
+		case !has:
+			return "absent"
+		case g == "":
+			return "of unknown generation"
+		}
+		return "generation " + g
+	}
+	return fmt.Sprintf("moat's IPv4 rules are %s, its IPv6 rules %s: an apply was interrupted between the two families ('moat reload' repairs it)",
+		show(has4, g4), show(has6, g6))
+}
+
+// Fingerprint is a hash of moat's chains, rules and jumps in both
+// families and of the sets they use (name, type, size), without counters
+// or bans; "" when moat has nothing loaded. Compare it with the
+// fingerprint taken after moat's own apply to see changes made outside.
+func (b *Backend) Fingerprint(ctx context.Context) (string, error) {
+	st, err := b.read(ctx)
+	if err != nil {
+		return "", err
+	}
+	if len(st.has[policy.FamilyV4]) == 0 && len(st.has[policy.FamilyV6]) == 0 {
+		return "", nil
+	}
+	h := sha256.New()
+	used := map[string]bool{}
+	for _, f := range families {
+		fmt.Fprintf(h, "# %s\n", f.fam)
+		for _, l := range st.lines[f.fam] {
+			fmt.Fprintln(h, l)
+			if _, rest, ok := strings.Cut(l, "--match-set "); ok {
+				name, _, _ := strings.Cut(rest, " ")
+				used[name] = true
+			}
+		}
+	}
+	for _, name := range sortedKeys(used) {
+		if name == IPSetName(ruleset.BanSet4) || name == IPSetName(ruleset.BanSet6) {
+			continue
+		}
+		out, err := b.Run(ctx, nil, "ipset", "list", "-t", name)
+		if err != nil {
+			fmt.Fprintf(h, "set %s missing\n", name)
+			continue
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "Size in memory") || strings.HasPrefix(l, "References") {
+				continue
+			}
+			fmt.Fprintln(h, regexpInitval.ReplaceAllString(l, ""))
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+var regexpInitval = regexp.MustCompile(` initval 0x[0-9a-f]+`)
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
 func (b *Backend) destroySets(ctx context.Context, names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
+	names = slices.Sorted(slices.Values(names))
 	var s strings.Builder
 	for _, n := range names {
 		fmt.Fprintf(&s, "destroy %s\n", n)
@@ -199,12 +343,16 @@ func (b *Backend) destroySets(ctx context.Context, names []string) error {
 
 // Active reports whether moat's chains are loaded.
 func (b *Backend) Active(ctx context.Context) (bool, error) {
-	out, err := b.Run(ctx, nil, "iptables-save", "-t", "filter")
-	if err != nil {
-		return false, fmt.Errorf("read iptables rules: %w", err)
+	for _, f := range families {
+		out, err := b.Run(ctx, nil, f.save, "-t", "filter")
+		if err != nil {
+			return false, fmt.Errorf("read %s rules: %w", f.fam, err)
+		}
+		if len(parseSave(out).chains) > 0 {
+			return true, nil
+		}
 	}
-	_, chains := parseSave(out)
-	return len(chains) > 0, nil
+	return false, nil
 }
 
 // Remove deletes moat's jumps, chains and ipsets, and nothing else.
@@ -219,13 +367,13 @@ func (b *Backend) Remove(ctx context.Context) error {
 		}
 		var s strings.Builder
 		s.WriteString("*filter\n")
-		for name := range st.has[f.fam] {
+		for _, name := range sortedKeys(st.has[f.fam]) {
 			fmt.Fprintf(&s, ":%s - [0:0]\n", name)
 		}
-		for builtin := range st.jumps[f.fam] {
+		for _, builtin := range sortedKeys(st.jumps[f.fam]) {
 			fmt.Fprintf(&s, "-D %s -j MOAT-%s\n", builtin, builtin)
 		}
-		for name := range st.has[f.fam] {
+		for _, name := range sortedKeys(st.has[f.fam]) {
 			fmt.Fprintf(&s, "-X %s\n", name)
 		}
 		s.WriteString("COMMIT\n")
@@ -233,11 +381,7 @@ func (b *Backend) Remove(ctx context.Context) error {
 			return fmt.Errorf("remove %s rules: %w", f.fam, err)
 		}
 	}
-	var names []string
-	for n := range st.sets {
-		names = append(names, n)
-	}
-	return b.destroySets(ctx, names)
+	return b.destroySets(ctx, sortedKeys(st.sets))
 }
 
 // Counters reads the counters of moat's rules, summed by origin ID over
@@ -279,7 +423,7 @@ func addCounters(out map[string]ruleset.Counter, data []byte) error {
 			return fmt.Errorf("parse iptables counters %q: %w", line, err)
 		}
 		tag := commentOf(line)
-		if tag == "" || strings.Contains(line, "-j LOG") {
+		if tag == "" || strings.Contains(line, "-j LOG") || strings.HasPrefix(tag, genTag) {
 			continue
 		}
 		id := ruleset.OriginID(tag)

@@ -5,6 +5,8 @@
 package ipt
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -30,34 +32,97 @@ func IPSetName(name string) string { return SetPrefix + name }
 
 var protoNumbers = map[string]string{"esp": "50", "ah": "51", "gre": "47", "igmp": "2", "vrrp": "112", "ipv6": "41"}
 
+// Names maps a ruleset set to the ipset that holds it.
+type Names map[string]string
+
+// SetNames are the ipsets of rs. A policy set's name is a hash of its
+// contents: a set that changes is loaded whole under a new name before
+// the rules switch to it, so each family's rules always see complete
+// sets, and a set that did not change is not sent again. Ban sets keep
+// fixed names and their contents.
+func SetNames(rs *ruleset.Ruleset) Names {
+	n := Names{}
+	for _, s := range rs.Sets {
+		if s.Bans {
+			n[s.Name] = IPSetName(s.Name)
+			continue
+		}
+		n[s.Name] = SetPrefix + contentHash(s)
+	}
+	return n
+}
+
+// contentHash identifies a policy set by its family and networks.
+func contentHash(s *ruleset.Set) string {
+	h := sha256.New()
+	h.Write([]byte(s.Family))
+	for _, p := range s.Prefixes() {
+		h.Write([]byte{0})
+		h.Write([]byte(p.String()))
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
+}
+
+// GenChain holds one rule whose comment names the generation of moat's
+// rules in that family. No packet goes through it (nothing jumps to it);
+// two families with different generations mean an apply was cut between
+// them.
+const GenChain = "MOAT-GEN"
+
+const genTag = "moat:gen"
+
+// Generation is a hash of both families' rules of rs (set names included,
+// so of the sets' contents too).
+func Generation(rs *ruleset.Ruleset, names Names) string {
+	h := sha256.New()
+	for _, f := range []policy.Family{policy.FamilyV4, policy.FamilyV6} {
+		h.Write([]byte(body(rs, f, names)))
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
 // Render writes the iptables-restore input that makes moat's chains of one
 // family hold rs. haveJump says which built-in chains already jump to
 // moat's; the others get a jump inserted first.
 func Render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool) string {
+	names := SetNames(rs)
+	return render(rs, fam, haveJump, names, Generation(rs, names))
+}
+
+func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool, names Names, gen string) string {
 	var b strings.Builder
 	b.WriteString("*filter\n")
 	for _, c := range rs.Chains {
 		// Declaring a chain under --noflush empties it; the rules follow.
 		fmt.Fprintf(&b, ":%s - [0:0]\n", ChainName(c.Hook))
 	}
-	for _, c := range rs.Chains {
-		chain := ChainName(c.Hook)
-		for i := range c.Rules {
-			for _, line := range RuleLines(&c.Rules[i], fam) {
-				fmt.Fprintf(&b, "-A %s %s\n", chain, line)
-			}
-		}
-		def := ruleset.Rule{Verdict: c.Default, Origin: c.DefaultOrigin}
-		for _, line := range RuleLines(&def, fam) {
-			fmt.Fprintf(&b, "-A %s %s\n", chain, line)
-		}
-	}
+	fmt.Fprintf(&b, ":%s - [0:0]\n", GenChain)
+	fmt.Fprintf(&b, "-A %s -m comment --comment \"%s %s\" -j RETURN\n", GenChain, genTag, gen)
+	b.WriteString(body(rs, fam, names))
 	for _, c := range rs.Chains {
 		if !haveJump[builtinChain[c.Hook]] {
 			fmt.Fprintf(&b, "-I %s 1 -j %s\n", builtinChain[c.Hook], ChainName(c.Hook))
 		}
 	}
 	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// body is the rules of moat's chains for one family.
+func body(rs *ruleset.Ruleset, fam policy.Family, names Names) string {
+	var b strings.Builder
+	for _, c := range rs.Chains {
+		chain := ChainName(c.Hook)
+		for i := range c.Rules {
+			for _, line := range ruleLines(&c.Rules[i], fam, names) {
+				fmt.Fprintf(&b, "-A %s %s\n", chain, line)
+			}
+		}
+		def := ruleset.Rule{Verdict: c.Default, Origin: c.DefaultOrigin}
+		for _, line := range ruleLines(&def, fam, names) {
+			fmt.Fprintf(&b, "-A %s %s\n", chain, line)
+		}
+	}
 	return b.String()
 }
 
@@ -73,12 +138,16 @@ const acceptTarget = "-j RETURN"
 // need several: one per protocol, per ICMP type, a LOG rule, a rate limit's
 // reject before its accept.
 func RuleLines(r *ruleset.Rule, fam policy.Family) []string {
+	return ruleLines(r, fam, nil)
+}
+
+func ruleLines(r *ruleset.Rule, fam policy.Family, names Names) []string {
 	if r.Family != "" && r.Family != policy.FamilyAny && r.Family != fam {
 		return nil
 	}
 	var out []string
 	comment := "-m comment --comment " + quote(r.Tag())
-	for _, m := range matchVariants(r.Match, fam) {
+	for _, m := range matchVariants(r.Match, fam, names) {
 		if r.Log != "" {
 			out = append(out, join(m, comment, "-j LOG --log-prefix "+quote(r.Log)))
 		}
@@ -134,7 +203,7 @@ func unitAbbrev(unit string) string {
 
 // matchVariants renders a match as iptables arguments; it gives several
 // when iptables needs a rule per protocol or per ICMP type.
-func matchVariants(m ruleset.Match, fam policy.Family) []string {
+func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 	var common []string
 	if m.InIface != "" {
 		common = append(common, "-i "+m.InIface)
@@ -159,10 +228,10 @@ func matchVariants(m ruleset.Match, fam policy.Family) []string {
 		common = append(common, fmt.Sprintf("-m hl --hl-eq %d", m.HopLimit))
 	}
 	if m.SrcSet != "" {
-		common = append(common, "-m set --match-set "+IPSetName(m.SrcSet)+" src")
+		common = append(common, "-m set --match-set "+names.of(m.SrcSet)+" src")
 	}
 	if m.DstSet != "" {
-		common = append(common, "-m set --match-set "+IPSetName(m.DstSet)+" dst")
+		common = append(common, "-m set --match-set "+names.of(m.DstSet)+" dst")
 	}
 	base := strings.Join(common, " ")
 	if len(m.Protos) == 0 {
@@ -233,44 +302,64 @@ func join(parts ...string) string {
 // and log prefixes never hold quotes (the parser refuses them in comments).
 func quote(s string) string { return `"` + s + `"` }
 
-// RenderSets writes the ipset restore input that loads the sets of rs:
-// each set is filled under a temporary name and swapped in, so a lookup
-// never sees a half-filled set. existing names the ipsets already there.
+// of is the ipset of a ruleset set (moat-NAME when unmapped).
+func (n Names) of(set string) string {
+	if name, ok := n[set]; ok {
+		return name
+	}
+	return IPSetName(set)
+}
+
+// RenderSets writes the ipset restore input that loads the sets of rs
+// that are not there yet: a policy set is filled under a temporary name
+// and renamed when whole, so a set of that name is always complete; ban
+// sets are created empty and never touched again. existing names the
+// ipsets already there.
 func RenderSets(rs *ruleset.Ruleset, existing map[string]bool) string {
+	return renderSets(rs, existing, SetNames(rs))
+}
+
+func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names) string {
 	var b strings.Builder
+	done := map[string]bool{}
 	for _, s := range rs.Sets {
-		family := "inet"
-		if s.Family == policy.FamilyV6 {
-			family = "inet6"
-		}
-		if s.Bans {
-			// Never swapped or flushed: bans outlive a re-apply.
-			if !existing[IPSetName(s.Name)] {
-				fmt.Fprintf(&b, "create %s hash:ip family %s timeout 0 maxelem %d comment\n", IPSetName(s.Name), family, MaxBans)
-			}
+		name := names.of(s.Name)
+		if existing[name] || done[name] {
 			continue
 		}
-		prefixes := s.Prefixes()
-		maxelem := 65536
-		for maxelem < 2*len(prefixes) {
-			maxelem *= 2
+		done[name] = true
+		if s.Bans {
+			fmt.Fprintf(&b, "%s\n", createLine(s, name))
+			continue
 		}
-		name, tmp := IPSetName(s.Name), tmpSetName(s.Name)
-		opts := fmt.Sprintf("hash:net family %s maxelem %d", family, maxelem)
-		if !existing[name] {
-			fmt.Fprintf(&b, "create %s %s\n", name, opts)
-		}
+		tmp := tmpSetName(name)
 		if existing[tmp] {
 			fmt.Fprintf(&b, "destroy %s\n", tmp)
 		}
-		fmt.Fprintf(&b, "create %s %s\n", tmp, opts)
-		for _, p := range prefixes {
+		fmt.Fprintf(&b, "%s\n", createLine(s, tmp))
+		for _, p := range s.Prefixes() {
 			fmt.Fprintf(&b, "add %s %s\n", tmp, p)
 		}
-		fmt.Fprintf(&b, "swap %s %s\n", tmp, name)
-		fmt.Fprintf(&b, "destroy %s\n", tmp)
+		fmt.Fprintf(&b, "rename %s %s\n", tmp, name)
 	}
 	return b.String()
 }
 
-func tmpSetName(name string) string { return "moatnew-" + name }
+// createLine is the ipset create command for a ruleset set under a name.
+func createLine(s *ruleset.Set, name string) string {
+	family := "inet"
+	if s.Family == policy.FamilyV6 {
+		family = "inet6"
+	}
+	if s.Bans {
+		return fmt.Sprintf("create %s hash:ip family %s timeout 0 maxelem %d comment", name, family, MaxBans)
+	}
+	maxelem := 65536
+	for maxelem < 2*len(s.Entries) {
+		maxelem *= 2
+	}
+	return fmt.Sprintf("create %s hash:net family %s maxelem %d", name, family, maxelem)
+}
+
+// tmpSetName is where a set is filled before it is renamed or swapped in.
+func tmpSetName(name string) string { return "moatnew-" + strings.TrimPrefix(name, SetPrefix) }

@@ -30,7 +30,7 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 	}
 	var out bytes.Buffer
 	out.WriteString(secSets + "\n")
-	for name := range st.sets {
+	for _, name := range sortedKeys(st.sets) {
 		if !strings.HasPrefix(name, SetPrefix) {
 			continue
 		}
@@ -120,7 +120,7 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 				fmt.Fprintf(&s, ":%s - [0:0]\n", name)
 			}
 		}
-		for name := range st.has[f.fam] {
+		for _, name := range sortedKeys(st.has[f.fam]) {
 			if !declared[name] {
 				fmt.Fprintf(&s, ":%s - [0:0]\n", name) // empty it, then delete below
 			}
@@ -138,7 +138,7 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 				}
 			}
 		}
-		for name := range st.has[f.fam] {
+		for _, name := range sortedKeys(st.has[f.fam]) {
 			if !declared[name] {
 				builtin := strings.TrimPrefix(name, "MOAT-")
 				if st.jumps[f.fam][builtin] {
@@ -153,7 +153,7 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 		}
 	}
 	var stale []string
-	for name := range st.sets {
+	for _, name := range sortedKeys(st.sets) {
 		if !keepSets[name] {
 			stale = append(stale, name)
 		}
@@ -174,7 +174,7 @@ func swapSetsScript(lines []string, existing map[string]bool) (string, map[strin
 			return "", nil, fmt.Errorf("iptables restore: unexpected ipset line %q", l)
 		}
 		name := f[1]
-		tmp := tmpSetName(strings.TrimPrefix(name, SetPrefix))
+		tmp := tmpSetName(name)
 		switch f[0] {
 		case "create":
 			if existing[tmp] {
@@ -190,7 +190,7 @@ func swapSetsScript(lines []string, existing map[string]bool) (string, map[strin
 		}
 	}
 	for _, name := range order {
-		tmp := tmpSetName(strings.TrimPrefix(name, SetPrefix))
+		tmp := tmpSetName(name)
 		if existing[name] {
 			fmt.Fprintf(&s, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
 		} else {

@@ -3,104 +3,263 @@ package nft
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os/exec"
-	"sync"
+	"slices"
+	"strings"
 
 	"sigs.k8s.io/knftables"
 
+	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // Backend programs moat's nftables table.
+//
+// It reaches the kernel through one of two seams: NFT, a
+// knftables.Interface (tests pass knftables.NewFake), or, when NFT is nil,
+// the nft program run through Run with the whole transaction as one input
+// file. The program path is the real one: it costs one nft process per
+// apply, and sends each set as one element list, which knftables cannot.
 type Backend struct {
-	once sync.Once
-	nft  knftables.Interface
-	err  error
+	NFT knftables.Interface
+	Run execrun.Runner
+	// Full makes every Apply rewrite the whole table instead of sending
+	// only what changed since the last apply.
+	Full bool
 }
 
-// New returns the nftables backend; nothing runs until it is used.
-func New() *Backend { return &Backend{} }
+// New returns the nftables backend driving the nft program.
+func New() *Backend { return &Backend{Run: execrun.Exec} }
+
+// NewWith returns a backend on an injected knftables.Interface (for
+// example knftables.NewFake(knftables.InetFamily, nft.TableName)); run
+// is used for the few reads knftables cannot do (nil: none available).
+func NewWith(nft knftables.Interface, run execrun.Runner) *Backend {
+	return &Backend{NFT: nft, Run: run}
+}
 
 // Name is the backend's name.
 func (b *Backend) Name() string { return "nftables" }
 
-func (b *Backend) iface() (knftables.Interface, error) {
-	b.once.Do(func() {
-		b.nft, b.err = knftables.New(knftables.InetFamily, TableName)
-		if b.err != nil {
-			b.err = fmt.Errorf("nftables: %w", b.err)
-		}
-	})
-	return b.nft, b.err
-}
-
-// Available reports whether nft can be used here (binary, permission, kernel).
+// Available reports whether nft can be used here: the program exists and
+// the kernel answers (checked over netlink, no process).
 func (b *Backend) Available() error {
-	_, err := b.iface()
-	return err
+	if b.NFT != nil {
+		return nil
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		return fmt.Errorf("nftables: nft not found: %w", err)
+	}
+	return kernelAvailable()
 }
 
 // Script is the nft script that loads rs into an empty table, as `moat
 // show` prints it. It needs neither root nor nft.
 func (b *Backend) Script(rs *ruleset.Ruleset) (string, error) {
 	fake := knftables.NewFake(knftables.InetFamily, TableName)
-	tx := fake.NewTransaction()
-	Build(tx, rs, nil)
-	return tx.String(), nil
+	return fullPlan(fake.NewTransaction(), want(rs), nil).Script(), nil
 }
 
-func (b *Backend) existing(ctx context.Context, nft knftables.Interface) (Existing, error) {
-	ex := Existing{}
-	for _, typ := range []string{"chain", "set"} {
-		names, err := nft.List(ctx, typ)
-		if knftables.IsNotFound(err) {
-			return Existing{}, nil
+func (b *Backend) newTx() *knftables.Transaction {
+	if b.NFT != nil {
+		return b.NFT.NewTransaction()
+	}
+	return knftables.NewFake(knftables.InetFamily, TableName).NewTransaction()
+}
+
+// commit runs a plan as one transaction.
+func (b *Backend) commit(ctx context.Context, p *Plan, check bool) error {
+	if b.NFT != nil {
+		tx := p.intoTx()
+		if check {
+			return b.NFT.Check(ctx, tx)
 		}
+		return b.NFT.Run(ctx, tx)
+	}
+	args := []string{"-f", "-"}
+	if check {
+		args = []string{"--check", "-f", "-"}
+	}
+	_, err := b.Run(ctx, []byte(p.Script()), "nft", args...)
+	return err
+}
+
+// isNotFound says whether an nft error means "no such table or object".
+func isNotFound(err error) bool {
+	return err != nil && (knftables.IsNotFound(err) || strings.Contains(err.Error(), "No such file or directory"))
+}
+
+// listObjects returns the names of the objects in moat's table by type;
+// an absent table has none.
+func (b *Backend) listObjects(ctx context.Context) (map[string][]string, error) {
+	if b.NFT != nil {
+		all, err := b.NFT.ListAll(ctx)
+		if isNotFound(err) {
+			return map[string][]string{}, nil
+		}
+		return all, err
+	}
+	out, err := b.Run(ctx, nil, "nft", "-j", "-t", "list", "table", "inet", TableName)
+	if isNotFound(err) {
+		return map[string][]string{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Nftables []map[string]struct {
+			Name string `json:"name"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return nil, fmt.Errorf("parse nft output: %w", err)
+	}
+	res := map[string][]string{}
+	for _, obj := range doc.Nftables {
+		for typ, o := range obj {
+			if typ == "chain" || typ == "set" || typ == "map" {
+				res[typ] = append(res[typ], o.Name)
+			}
+		}
+	}
+	return res, nil
+}
+
+// readRecord reads the sync set; ok is false when there is none to trust.
+func (b *Backend) readRecord(ctx context.Context) (record, bool) {
+	var comments []string
+	if b.NFT != nil {
+		els, err := b.NFT.ListElements(ctx, "set", SyncSet)
 		if err != nil {
-			return nil, fmt.Errorf("list %ss of table inet %s: %w", typ, TableName, err)
+			return nil, false
 		}
-		ex[typ] = names
+		for _, e := range els {
+			if e.Comment != nil {
+				comments = append(comments, *e.Comment)
+			}
+		}
+	} else {
+		out, err := b.Run(ctx, nil, "nft", "-j", "list", "set", "inet", TableName, SyncSet)
+		if err != nil {
+			return nil, false
+		}
+		els, err := parseSetJSON(out)
+		if err != nil {
+			return nil, false
+		}
+		for _, e := range els {
+			comments = append(comments, e.Comment)
+		}
 	}
-	return ex, nil
+	return parseRecord(comments)
 }
 
-func (b *Backend) transaction(ctx context.Context, rs *ruleset.Ruleset) (knftables.Interface, *knftables.Transaction, error) {
-	nft, err := b.iface()
-	if err != nil {
-		return nil, nil, err
+// setPrefixes reads a policy set's elements from the kernel.
+func (b *Backend) setPrefixes(ctx context.Context, name string) ([]netip.Prefix, error) {
+	var vals []string
+	if b.NFT != nil {
+		els, err := b.NFT.ListElements(ctx, "set", name)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range els {
+			vals = append(vals, strings.Join(e.Key, " "))
+		}
+	} else {
+		out, err := b.Run(ctx, nil, "nft", "-j", "list", "set", "inet", TableName, name)
+		if err != nil {
+			return nil, err
+		}
+		els, err := parseSetJSON(out)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range els {
+			vals = append(vals, e.Val)
+		}
 	}
-	ex, err := b.existing(ctx, nft)
-	if err != nil {
-		return nil, nil, err
+	out := make([]netip.Prefix, 0, len(vals))
+	for _, v := range vals {
+		p, err := parsePrefix(v)
+		if err != nil {
+			return nil, fmt.Errorf("set %s holds %q: %w", name, v, err)
+		}
+		out = append(out, p)
 	}
-	tx := nft.NewTransaction()
-	Build(tx, rs, ex)
-	return nft, tx, nil
+	return out, nil
 }
 
-// Check asks the kernel whether rs would load (nft --check), changing nothing.
+func parsePrefix(v string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(v); err == nil {
+		return p, nil
+	}
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// plan computes the transaction that makes moat's table hold rs: only the
+// difference when the sync set says what the table holds, else the whole
+// table.
+func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full bool) (*Plan, error) {
+	d := want(rs)
+	if !full {
+		if old, ok := b.readRecord(ctx); ok && canPatch(d, old) {
+			current := map[string][]netip.Prefix{}
+			for _, s := range changedSets(d, old) {
+				ps, err := b.setPrefixes(ctx, s.set.Name)
+				if err != nil {
+					current = nil
+					break
+				}
+				current[s.set.Name] = ps
+			}
+			if current != nil {
+				return patchPlan(b.newTx(), d, old, current), nil
+			}
+		}
+	}
+	existing, err := b.listObjects(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list table inet %s: %w", TableName, err)
+	}
+	return fullPlan(b.newTx(), d, existing), nil
+}
+
+// Check asks the kernel whether rs would load (nft --check), changing
+// nothing. It checks the whole table, not only a difference.
 func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) error {
-	nft, tx, err := b.transaction(ctx, rs)
+	p, err := b.plan(ctx, rs, true)
 	if err != nil {
-		return err
+		return fmt.Errorf("nftables check: %w", err)
 	}
-	if err := nft.Check(ctx, tx); err != nil {
+	if err := b.commit(ctx, p, true); err != nil {
 		return fmt.Errorf("nftables check: %w", err)
 	}
 	return nil
 }
 
-// Apply replaces the contents of moat's table with rs in one transaction:
-// either all of it takes effect or none does.
+// Apply makes moat's table hold rs in one transaction: either all of it
+// takes effect or none does. Only what changed since the last apply is
+// sent (chains whose rules changed, set elements added and deleted),
+// unless b.Full is set or moat's record of the table is missing.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
-	nft, tx, err := b.transaction(ctx, rs)
+	p, err := b.plan(ctx, rs, b.Full)
 	if err != nil {
-		return err
+		return fmt.Errorf("nftables apply: %w", err)
 	}
-	if err := nft.Run(ctx, tx); err != nil {
+	if p.Empty() {
+		return nil
+	}
+	if err := b.commit(ctx, p, false); err != nil {
 		return fmt.Errorf("nftables apply: %w", err)
 	}
 	return nil
@@ -108,44 +267,52 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 
 // Active reports whether moat's table is loaded.
 func (b *Backend) Active(ctx context.Context) (bool, error) {
-	nft, err := b.iface()
-	if err != nil {
-		return false, err
+	if b.NFT != nil {
+		_, err := b.NFT.List(ctx, "chain")
+		if isNotFound(err) {
+			return false, nil
+		}
+		return err == nil, err
 	}
-	_, err = nft.List(ctx, "chain")
-	if knftables.IsNotFound(err) {
-		return false, nil
-	}
+	out, err := b.Run(ctx, nil, "nft", "list", "tables", "inet")
 	if err != nil {
 		return false, fmt.Errorf("nftables: %w", err)
 	}
-	return true, nil
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(line) == "table inet "+TableName {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
-// Remove deletes moat's table and nothing else.
+// Remove deletes moat's table and nothing else (one transaction that
+// works whether or not the table exists).
 func (b *Backend) Remove(ctx context.Context) error {
-	active, err := b.Active(ctx)
-	if err != nil || !active {
-		return err
+	if b.NFT != nil {
+		tx := b.NFT.NewTransaction()
+		tx.Add(&knftables.Table{})
+		tx.Delete(&knftables.Table{})
+		return b.NFT.Run(ctx, tx)
 	}
-	nft, _ := b.iface()
-	tx := nft.NewTransaction()
-	tx.Delete(&knftables.Table{})
-	if err := nft.Run(ctx, tx); err != nil && !knftables.IsNotFound(err) {
+	script := "table inet " + TableName + " {}\ndelete table inet " + TableName + "\n"
+	if _, err := b.Run(ctx, []byte(script), "nft", "-f", "-"); err != nil {
 		return fmt.Errorf("nftables: remove table inet %s: %w", TableName, err)
 	}
 	return nil
 }
 
-// Counters reads the kernel's counters of moat's rules, summed by origin ID.
+// Counters reads the kernel's counters of moat's rules, summed by origin
+// ID. Set contents are not read (nft --terse), so large sets cost nothing.
 func (b *Backend) Counters(ctx context.Context) (map[string]ruleset.Counter, error) {
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "nft", "-j", "list", "table", "inet", TableName)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("nftables: list table inet %s: %w: %s", TableName, err, bytes.TrimSpace(stderr.Bytes()))
+	if b.Run == nil {
+		return nil, errors.New("nftables: counters need the nft program")
 	}
-	return parseCounters(stdout.Bytes())
+	out, err := b.Run(ctx, nil, "nft", "-j", "-t", "list", "table", "inet", TableName)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: list table inet %s: %w", TableName, err)
+	}
+	return parseCounters(out)
 }
 
 // parseCounters reads `nft -j list table` output: each rule's comment tag
@@ -195,17 +362,17 @@ func parseCounters(data []byte) (map[string]ruleset.Counter, error) {
 // Snapshot returns moat's table as `nft list table` prints it (set
 // elements and their timeouts included), or nil when there is none.
 func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
-	active, err := b.Active(ctx)
-	if err != nil || !active {
-		return nil, err
+	if b.Run == nil {
+		return nil, errors.New("nftables: snapshots need the nft program")
 	}
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "nft", "list", "table", "inet", TableName)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("nftables: snapshot table inet %s: %w: %s", TableName, err, bytes.TrimSpace(stderr.Bytes()))
+	out, err := b.Run(ctx, nil, "nft", "list", "table", "inet", TableName)
+	if isNotFound(err) {
+		return nil, nil
 	}
-	return stdout.Bytes(), nil
+	if err != nil {
+		return nil, fmt.Errorf("nftables: snapshot table inet %s: %w", TableName, err)
+	}
+	return out, nil
 }
 
 // Restore makes moat's table exactly a snapshot, in one transaction
@@ -217,13 +384,159 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 	if !bytes.HasPrefix(bytes.TrimSpace(snap), []byte("table inet "+TableName+" {")) {
 		return fmt.Errorf("nftables: restore: not a snapshot of table inet %s", TableName)
 	}
+	if b.Run == nil {
+		return errors.New("nftables: restore needs the nft program")
+	}
 	script := "table inet " + TableName + " {}\ndelete table inet " + TableName + "\n" + string(snap)
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
-	cmd.Stdin = bytes.NewReader([]byte(script))
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("nftables: restore table inet %s: %w: %s", TableName, err, bytes.TrimSpace(stderr.Bytes()))
+	if _, err := b.Run(ctx, []byte(script), "nft", "-f", "-"); err != nil {
+		return fmt.Errorf("nftables: restore table inet %s: %w", TableName, err)
 	}
 	return nil
+}
+
+// Fingerprint is a hash of what moat's table holds that only a change of
+// the ruleset alters: chains, rules, set definitions and policy set
+// elements; not counters, handles, bans or rate-limit state. It is ""
+// when the table is absent. Compare it with the fingerprint taken after
+// moat's own apply to see changes made outside moat.
+func (b *Backend) Fingerprint(ctx context.Context) (string, error) {
+	if b.Run == nil {
+		return "", errors.New("nftables: fingerprint needs the nft program")
+	}
+	out, err := b.Run(ctx, nil, "nft", "-j", "list", "table", "inet", TableName)
+	if isNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("nftables: list table inet %s: %w", TableName, err)
+	}
+	return fingerprint(out)
+}
+
+// fingerprint hashes `nft -j list table` output without what changes by
+// itself.
+func fingerprint(data []byte) (string, error) {
+	var doc struct {
+		Nftables []map[string]map[string]any `json:"nftables"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return "", fmt.Errorf("nftables: fingerprint: %w", err)
+	}
+	h := sha256.New()
+	for _, obj := range doc.Nftables {
+		for typ, o := range obj {
+			if typ == "metainfo" {
+				continue
+			}
+			delete(o, "handle")
+			if typ == "set" {
+				flags, _ := json.Marshal(o["flags"])
+				if strings.Contains(string(flags), "timeout") || strings.Contains(string(flags), "dynamic") {
+					delete(o, "elem") // bans and rate-limit state
+				}
+			}
+			if typ == "rule" {
+				if exprs, ok := o["expr"].([]any); ok {
+					for _, e := range exprs {
+						if m, ok := e.(map[string]any); ok {
+							delete(m, "counter")
+						}
+					}
+				}
+			}
+			line, err := json.Marshal(map[string]any{typ: o})
+			if err != nil {
+				return "", err
+			}
+			h.Write(line)
+			h.Write([]byte{'\n'})
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// setElement is one element of `nft -j list set` output.
+type setElement struct {
+	Val     string
+	Timeout int64
+	Expires int64
+	Comment string
+}
+
+// parseSetJSON reads the elements of `nft -j list set` output: plain
+// values, prefixes, and elements with timeouts and comments.
+func parseSetJSON(data []byte) ([]setElement, error) {
+	var doc struct {
+		Nftables []struct {
+			Set *struct {
+				Elem []json.RawMessage `json:"elem"`
+			} `json:"set"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("nftables: parse set: %w", err)
+	}
+	var out []setElement
+	for _, o := range doc.Nftables {
+		if o.Set == nil {
+			continue
+		}
+		for _, raw := range o.Set.Elem {
+			el, err := parseElem(raw)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, el)
+		}
+	}
+	return out, nil
+}
+
+func parseElem(raw json.RawMessage) (setElement, error) {
+	var el struct {
+		Elem struct {
+			Val     json.RawMessage `json:"val"`
+			Timeout int64           `json:"timeout"`
+			Expires int64           `json:"expires"`
+			Comment string          `json:"comment"`
+		} `json:"elem"`
+	}
+	if json.Unmarshal(raw, &el) == nil && el.Elem.Val != nil {
+		v, err := elemValue(el.Elem.Val)
+		return setElement{Val: v, Timeout: el.Elem.Timeout, Expires: el.Elem.Expires, Comment: el.Elem.Comment}, err
+	}
+	v, err := elemValue(raw)
+	return setElement{Val: v}, err
+}
+
+// elemValue reads a value: "192.0.2.1", 22, or {"prefix": {"addr": ..., "len": ...}}.
+func elemValue(raw json.RawMessage) (string, error) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String(), nil
+	}
+	var p struct {
+		Prefix *struct {
+			Addr string `json:"addr"`
+			Len  int    `json:"len"`
+		} `json:"prefix"`
+	}
+	if json.Unmarshal(raw, &p) == nil && p.Prefix != nil {
+		return fmt.Sprintf("%s/%d", p.Prefix.Addr, p.Prefix.Len), nil
+	}
+	return "", fmt.Errorf("nftables: unexpected set element %s", raw)
+}
+
+// sortedKeys returns a map's keys in order, so scripts are byte-stable.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }

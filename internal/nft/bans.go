@@ -1,21 +1,20 @@
 package nft
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 	"time"
+
+	"sigs.k8s.io/knftables"
 
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // Ban sets elements are written with our own nft script: knftables has no
-// per-element timeout or comment.
+// per-element timeout.
 
 // Ban adds addresses to the ban sets in one transaction. A ban marked
 // Replace gets its new timeout even if the address is banned already (add,
@@ -30,10 +29,31 @@ func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
 	for _, ban := range bans {
 		last[ban.Addr] = ban
 	}
+	addrs := make([]netip.Addr, 0, len(last))
+	for a := range last {
+		addrs = append(addrs, a)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	if b.NFT != nil {
+		tx := b.NFT.NewTransaction()
+		for _, a := range addrs {
+			el := &knftables.Element{Set: ruleset.BanSetFor(a), Key: []string{a.String()}}
+			if r := ruleset.CleanReason(last[a].Reason); r != "" {
+				el.Comment = knftables.PtrTo(r)
+			}
+			if last[a].Replace {
+				tx.Add(el)
+				tx.Delete(&knftables.Element{Set: el.Set, Key: el.Key})
+			}
+			tx.Add(el)
+		}
+		return b.NFT.Run(ctx, tx)
+	}
 	bySet := map[string][]string{}
 	replace := map[string][]string{}
 	keys := map[string][]string{}
-	for a, ban := range last {
+	for _, a := range addrs {
+		ban := last[a]
 		set := ruleset.BanSetFor(a)
 		el := fmt.Sprintf("%s timeout %dms", a, max(ban.Timeout.Milliseconds(), 1000))
 		if r := ruleset.CleanReason(ban.Reason); r != "" {
@@ -46,8 +66,8 @@ func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
 		}
 	}
 	var script strings.Builder
-	for set, els := range bySet {
-		fmt.Fprintf(&script, "add element inet %s %s { %s }\n", TableName, set, strings.Join(els, ", "))
+	for _, set := range sortedKeys(bySet) {
+		fmt.Fprintf(&script, "add element inet %s %s { %s }\n", TableName, set, strings.Join(bySet[set], ", "))
 		if len(keys[set]) > 0 {
 			fmt.Fprintf(&script, "delete element inet %s %s { %s }\n", TableName, set, strings.Join(keys[set], ", "))
 			fmt.Fprintf(&script, "add element inet %s %s { %s }\n", TableName, set, strings.Join(replace[set], ", "))
@@ -56,40 +76,48 @@ func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
 	return b.runScript(ctx, "ban", script.String())
 }
 
-// Unban removes addresses from the ban sets (absent ones are fine).
+// Unban removes addresses from the ban sets (absent ones are fine: each
+// is added with a short timeout first, so the delete always finds it).
 func (b *Backend) Unban(ctx context.Context, addrs []netip.Addr) error {
 	if len(addrs) == 0 {
 		return nil
 	}
+	sorted := slices.Clone(addrs)
+	slices.SortFunc(sorted, netip.Addr.Compare)
+	sorted = slices.Compact(sorted)
+	if b.NFT != nil {
+		tx := b.NFT.NewTransaction()
+		for _, a := range sorted {
+			el := &knftables.Element{Set: ruleset.BanSetFor(a), Key: []string{a.String()}}
+			tx.Add(el)
+			tx.Delete(el)
+		}
+		return b.NFT.Run(ctx, tx)
+	}
 	bySet := map[string][]string{}
-	for _, a := range addrs {
+	for _, a := range sorted {
 		bySet[ruleset.BanSetFor(a)] = append(bySet[ruleset.BanSetFor(a)], a.String())
 	}
 	var script strings.Builder
-	for set, keys := range bySet {
-		slices.Sort(keys)
-		uniq := slices.Compact(keys)
-		var els []string
-		for _, k := range uniq {
-			els = append(els, k+" timeout 1s")
+	for _, set := range sortedKeys(bySet) {
+		keys := bySet[set]
+		els := make([]string, len(keys))
+		for i, k := range keys {
+			els[i] = k + " timeout 1s"
 		}
 		fmt.Fprintf(&script, "add element inet %s %s { %s }\n", TableName, set, strings.Join(els, ", "))
-		fmt.Fprintf(&script, "delete element inet %s %s { %s }\n", TableName, set, strings.Join(uniq, ", "))
+		fmt.Fprintf(&script, "delete element inet %s %s { %s }\n", TableName, set, strings.Join(keys, ", "))
 	}
 	return b.runScript(ctx, "unban", script.String())
 }
 
 func (b *Backend) runScript(ctx context.Context, what, script string) error {
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
+	if _, err := b.Run(ctx, []byte(script), "nft", "-f", "-"); err != nil {
+		msg := err.Error()
 		if strings.Contains(msg, "No such file or directory") {
 			return fmt.Errorf("nftables %s: moat's table is not loaded ('moat enable' first): %s", what, firstLine(msg))
 		}
-		return fmt.Errorf("nftables %s: %w: %s", what, err, firstLine(msg))
+		return fmt.Errorf("nftables %s: %s", what, firstLine(msg))
 	}
 	return nil
 }
@@ -103,13 +131,29 @@ func firstLine(s string) string {
 func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
 	var out []ruleset.Ban
 	for _, set := range []string{ruleset.BanSet4, ruleset.BanSet6} {
-		var stdout, stderr bytes.Buffer
-		cmd := exec.CommandContext(ctx, "nft", "-j", "list", "set", "inet", TableName, set)
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("nftables: list bans: %w: %s ('moat enable' loads moat's table)", err, firstLine(strings.TrimSpace(stderr.String())))
+		if b.NFT != nil {
+			els, err := b.NFT.ListElements(ctx, "set", set)
+			if err != nil {
+				return nil, fmt.Errorf("nftables: list bans: %w", err)
+			}
+			for _, e := range els {
+				a, err := netip.ParseAddr(strings.Join(e.Key, ""))
+				if err != nil {
+					continue
+				}
+				ban := ruleset.Ban{Addr: a}
+				if e.Comment != nil {
+					ban.Reason = *e.Comment
+				}
+				out = append(out, ban)
+			}
+			continue
 		}
-		bans, err := parseBanSet(stdout.Bytes())
+		data, err := b.Run(ctx, nil, "nft", "-j", "list", "set", "inet", TableName, set)
+		if err != nil {
+			return nil, fmt.Errorf("nftables: list bans: %s ('moat enable' loads moat's table)", firstLine(err.Error()))
+		}
+		bans, err := parseBanSet(data)
 		if err != nil {
 			return nil, err
 		}
@@ -119,43 +163,18 @@ func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
 }
 
 func parseBanSet(data []byte) ([]ruleset.Ban, error) {
-	var doc struct {
-		Nftables []struct {
-			Set *struct {
-				Elem []json.RawMessage `json:"elem"`
-			} `json:"set"`
-		} `json:"nftables"`
-	}
-	if err := json.Unmarshal(data, &doc); err != nil {
+	els, err := parseSetJSON(data)
+	if err != nil {
 		return nil, fmt.Errorf("nftables: parse bans: %w", err)
 	}
 	var out []ruleset.Ban
-	for _, o := range doc.Nftables {
-		if o.Set == nil {
+	for _, el := range els {
+		a, err := netip.ParseAddr(el.Val)
+		if err != nil {
 			continue
 		}
-		for _, raw := range o.Set.Elem {
-			var el struct {
-				Elem struct {
-					Val     string `json:"val"`
-					Timeout int64  `json:"timeout"`
-					Expires int64  `json:"expires"`
-					Comment string `json:"comment"`
-				} `json:"elem"`
-			}
-			var plain string
-			if json.Unmarshal(raw, &plain) == nil {
-				el.Elem.Val = plain
-			} else if err := json.Unmarshal(raw, &el); err != nil {
-				return nil, fmt.Errorf("nftables: parse ban element: %w", err)
-			}
-			a, err := netip.ParseAddr(el.Elem.Val)
-			if err != nil {
-				continue
-			}
-			out = append(out, ruleset.Ban{Addr: a, Timeout: time.Duration(el.Elem.Timeout) * time.Second,
-				Expires: time.Duration(el.Elem.Expires) * time.Second, Reason: el.Elem.Comment})
-		}
+		out = append(out, ruleset.Ban{Addr: a, Timeout: time.Duration(el.Timeout) * time.Second,
+			Expires: time.Duration(el.Expires) * time.Second, Reason: el.Comment})
 	}
 	return out, nil
 }

@@ -2,8 +2,11 @@ package nft
 
 import (
 	"flag"
+	"net/netip"
 	"os"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -57,3 +60,15 @@ func TestParseCounters(t *testing.T) {
 		t.Fatalf("%+v", c)
 	}
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func banOf(addrs ...string) []ruleset.Ban {
+	var out []ruleset.Ban
+	for _, a := range addrs {
+		out = append(out, ruleset.Ban{Addr: mustAddr(a), Timeout: time.Hour, Reason: "test"})
+	}
+	return out
+}
+
+func slicesSort(s []string) { slices.Sort(s) }

@@ -1,0 +1,250 @@
+package nft
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// kernelNS makes a network namespace of the test's own and returns a
+// runner that runs programs inside it, recording each nft input.
+func kernelNS(t testing.TB) (*recorder, *lab.NS) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	ns, err := lab.NewNS(lab.UniqueName("moatnft"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return &recorder{ns: ns}, ns
+}
+
+type recorder struct {
+	ns     *lab.NS
+	mu     sync.Mutex
+	inputs []string
+}
+
+func (r *recorder) run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+	if stdin != nil {
+		r.mu.Lock()
+		r.inputs = append(r.inputs, string(stdin))
+		r.mu.Unlock()
+	}
+	var out []byte
+	err := r.ns.Do(func() error {
+		var err error
+		out, err = execrun.Exec(ctx, stdin, name, args...)
+		return err
+	})
+	return out, err
+}
+
+func (r *recorder) last() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.inputs) == 0 {
+		return ""
+	}
+	return r.inputs[len(r.inputs)-1]
+}
+
+func compile(t testing.TB, text string) *ruleset.Ruleset {
+	t.Helper()
+	p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices([]byte("ssh 22/tcp\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ruleset.Compile(p)
+}
+
+func denyList(n, skip int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		if i == skip {
+			continue
+		}
+		// Never adjacent, so merging leaves one element per rule.
+		fmt.Fprintf(&b, "deny from 2001:db8:%x:%x::/64\n", i>>7, 2*(i&127))
+		fmt.Fprintf(&b, "deny from 198.18.%d.%d\n", i>>7, 2*(i&127))
+	}
+	return b.String()
+}
+
+func listTable(t *testing.T, r *recorder) string {
+	t.Helper()
+	out, err := r.run(context.Background(), nil, "nft", "-s", "list", "table", "inet", TableName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// A change applied as a difference leaves the kernel exactly as a whole
+// apply of the new policy does, sends only what changed, and keeps bans.
+func TestKernelPatchEqualsFull(t *testing.T) {
+	ctx := context.Background()
+	patched, _ := kernelNS(t)
+	fresh, _ := kernelNS(t)
+	head := "default deny incoming\nallow 22/tcp\n"
+	before := compile(t, head+denyList(3000, -1))
+	after := compile(t, head+"allow 8080/tcp\n"+denyList(3001, 7))
+
+	b := &Backend{Run: patched.run}
+	if err := b.Apply(ctx, before); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(patched.last(), "add element inet moat input_deny_src"); n != 2 {
+		t.Errorf("first apply: %d element commands for the two sets, want one list each", n)
+	}
+	if err := b.Ban(ctx, []ruleset.Ban{{Addr: mustAddr("203.0.113.9"), Timeout: 3600e9, Reason: "test"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(ctx, after); err != nil {
+		t.Fatal(err)
+	}
+	script := patched.last()
+	if strings.Contains(script, "flush chain inet moat output") || strings.Contains(script, "add set") {
+		t.Errorf("a one-rule change rewrote more than the input chain:\n%.2000s", script)
+	}
+	for _, want := range []string{
+		"delete element inet moat input_deny_src4_3 { 198.18.0.14/32 }",
+		"delete element inet moat input_deny_src6_4 { 2001:db8:0:e::/64 }",
+		"add element inet moat input_deny_src4_3 { 198.18.23.112/32 }",
+		"add element inet moat input_deny_src6_4 { 2001:db8:17:70::/64 }",
+		"flush chain inet moat input",
+	} {
+		if !strings.Contains(script, want) {
+			t.Errorf("the difference lacks %q:\n%.3000s", want, script)
+		}
+	}
+	if len(script) > 20000 {
+		t.Errorf("the difference is %d bytes; the sets hold 6000 entries and 3 changed", len(script))
+	}
+	if bans, err := b.Bans(ctx); err != nil || len(bans) != 1 {
+		t.Errorf("bans after a patch: %v %v", bans, err)
+	}
+	before2 := len(patched.inputs)
+	if err := b.Apply(ctx, after); err != nil {
+		t.Fatal(err)
+	}
+	if len(patched.inputs) != before2 {
+		t.Errorf("applying the same ruleset again sent %q", patched.last())
+	}
+
+	f := &Backend{Run: fresh.run}
+	if err := f.Apply(ctx, after); err != nil {
+		t.Fatal(err)
+	}
+	got, want := stripBans(listTable(t, patched)), stripBans(listTable(t, fresh))
+	if got != want {
+		t.Errorf("patched table differs from a fresh apply:\n--- patched\n%.4000s\n--- fresh\n%.4000s", got, want)
+	}
+	// A full re-apply over the patched table changes nothing either.
+	b.Full = true
+	if err := b.Apply(ctx, after); err != nil {
+		t.Fatal(err)
+	}
+	if got := stripBans(listTable(t, patched)); got != want {
+		t.Errorf("full re-apply differs from a fresh apply")
+	}
+	if bans, err := b.Bans(ctx); err != nil || len(bans) != 1 {
+		t.Errorf("bans after a full apply: %v %v", bans, err)
+	}
+}
+
+// stripBans drops the ban sets' elements (the fresh table has none).
+func stripBans(s string) string {
+	var out []string
+	skip := false
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, "elements = {") && strings.Contains(line, "timeout") {
+			skip = !strings.HasSuffix(line, "}")
+			continue
+		}
+		if skip {
+			skip = !strings.HasSuffix(strings.TrimSpace(line), "}")
+			continue
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n")
+}
+
+// A record that does not match the kernel (the table deleted, the sync
+// set emptied by hand) makes the next apply rewrite everything.
+func TestKernelLostRecordFallsBackToFull(t *testing.T) {
+	ctx := context.Background()
+	r, _ := kernelNS(t)
+	b := &Backend{Run: r.run}
+	rs := compile(t, "default deny incoming\nallow 22/tcp\n"+denyList(10, -1))
+	if err := b.Apply(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.run(ctx, []byte("flush set inet moat moat_sync\nflush chain inet moat input\n"), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(r.last(), "add rule inet moat input tcp dport 22") {
+		t.Errorf("no full rewrite after the record was lost:\n%s", r.last())
+	}
+	if err := b.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Remove(ctx); err != nil {
+		t.Errorf("removing an absent table: %v", err)
+	}
+	if ok, err := b.Active(ctx); ok || err != nil {
+		t.Errorf("active after remove: %v %v", ok, err)
+	}
+	if err := b.Apply(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Active(ctx); !ok || err != nil {
+		t.Errorf("not active after apply: %v %v", ok, err)
+	}
+}
+
+// The fingerprint ignores bans and counters but sees a rule added by hand.
+func TestKernelFingerprint(t *testing.T) {
+	ctx := context.Background()
+	r, _ := kernelNS(t)
+	b := &Backend{Run: r.run}
+	if fp, err := b.Fingerprint(ctx); fp != "" || err != nil {
+		t.Fatalf("fingerprint of no table: %q %v", fp, err)
+	}
+	if err := b.Apply(ctx, compile(t, "default deny incoming\nallow 22/tcp\n"+denyList(5, -1))); err != nil {
+		t.Fatal(err)
+	}
+	fp1, err := b.Fingerprint(ctx)
+	if err != nil || fp1 == "" {
+		t.Fatal(fp1, err)
+	}
+	if err := b.Ban(ctx, []ruleset.Ban{{Addr: mustAddr("2001:db8::7"), Timeout: 3600e9}}); err != nil {
+		t.Fatal(err)
+	}
+	if fp, _ := b.Fingerprint(ctx); fp != fp1 {
+		t.Errorf("a ban changed the fingerprint")
+	}
+	if _, err := r.run(ctx, []byte("add rule inet moat input tcp dport 9999 accept\n"), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if fp, _ := b.Fingerprint(ctx); fp == fp1 {
+		t.Errorf("a rule added by hand did not change the fingerprint")
+	}
+	if _, err := r.run(ctx, []byte("add element inet moat input_deny_src4_3 { 192.0.2.0/24 }\n"), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+}

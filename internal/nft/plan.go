@@ -1,0 +1,448 @@
+package nft
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// SyncSet is the small set in moat's table that records what moat last
+// loaded: one element per chain and set, its comment a hash of what was
+// sent. It lives and dies with the table (a snapshot restores it with the
+// contents it describes), so the next apply can send only the difference.
+const SyncSet = "moat_sync"
+
+// syncVersion changes whenever the hashes below are computed differently.
+const syncVersion = "moat-sync-v1"
+
+type setKind int
+
+const (
+	policySet setKind = iota // filled from the policy, replaced on apply
+	banSet                   // timeouts, filled by the guard; never flushed
+	limitSet                 // dynamic, filled by the kernel
+)
+
+// wantChain is one base chain as moat wants it.
+type wantChain struct {
+	chain *knftables.Chain
+	rules []*knftables.Rule
+	hash  string
+}
+
+// wantSet is one named set as moat wants it.
+type wantSet struct {
+	set   *knftables.Set
+	kind  setKind
+	elems []netip.Prefix // policy sets: merged, sorted
+	def   string         // hash of the definition
+	data  string         // hash of the elements
+}
+
+// desired is moat's whole table for a ruleset, object by object, in the
+// order objects are written.
+type desired struct {
+	comment string // the table's
+	chains  []*wantChain
+	sets    []*wantSet
+}
+
+func hash(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// setDef is the nftables set that holds a ruleset set.
+func setDef(s *ruleset.Set) (*knftables.Set, setKind) {
+	typ := "ipv4_addr"
+	if s.Family == policy.FamilyV6 {
+		typ = "ipv6_addr"
+	}
+	if s.Bans {
+		// Never flushed: bans outlive a re-apply.
+		return &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.TimeoutFlag},
+			Comment: knftables.PtrTo("bans: 'moat bans' lists them")}, banSet
+	}
+	return &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.IntervalFlag},
+		Comment: knftables.PtrTo("policy addresses: 'moat status' names their lines")}, policySet
+}
+
+// objectText renders one knftables object as its add command, for hashing.
+func objectText(objs ...knftables.Object) string {
+	tx := knftables.NewFake(knftables.InetFamily, TableName).NewTransaction()
+	for _, o := range objs {
+		tx.Add(o)
+	}
+	return tx.String()
+}
+
+// want computes the table moat wants for rs.
+func want(rs *ruleset.Ruleset) *desired {
+	d := &desired{comment: rs.SourceComment()}
+	for _, s := range rs.Sets {
+		set, kind := setDef(s)
+		w := &wantSet{set: set, kind: kind, def: hash(objectText(set))}
+		if kind == policySet {
+			w.elems = s.Prefixes()
+			parts := make([]string, len(w.elems))
+			for i, p := range w.elems {
+				parts[i] = p.String()
+			}
+			w.data = hash(parts...)
+		}
+		d.sets = append(d.sets, w)
+	}
+	seen := map[string]bool{}
+	for _, c := range rs.Chains {
+		name := string(c.Hook)
+		pol := knftables.AcceptPolicy
+		if c.Default != ruleset.Accept {
+			pol = knftables.DropPolicy
+		}
+		wc := &wantChain{chain: &knftables.Chain{
+			Name:     name,
+			Type:     knftables.PtrTo(knftables.FilterType),
+			Hook:     knftables.PtrTo(hookOf[c.Hook]),
+			Priority: knftables.PtrTo(knftables.FilterPriority),
+			Policy:   knftables.PtrTo(pol),
+		}}
+		parts := []string{objectText(wc.chain)}
+		for i := range c.Rules {
+			r := &c.Rules[i]
+			if r.Limit != nil {
+				for _, fam := range limitFamilies(r) {
+					name := limitSetName(r, fam)
+					if seen[name] {
+						continue
+					}
+					seen[name] = true
+					typ := "ipv4_addr"
+					if fam == policy.FamilyV6 {
+						typ = "ipv6_addr"
+					}
+					set := &knftables.Set{Name: name, Type: typ,
+						Flags:   []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+						Timeout: knftables.PtrTo(limitTimeout(r.Limit)), Size: knftables.PtrTo[uint64](65535),
+						Comment: knftables.PtrTo("per-source rate of " + r.Origin.ID)}
+					d.sets = append(d.sets, &wantSet{set: set, kind: limitSet, def: hash(objectText(set))})
+				}
+			}
+			for _, text := range RuleTexts(r) {
+				wc.rules = append(wc.rules, &knftables.Rule{Chain: name, Rule: text, Comment: knftables.PtrTo(r.Tag())})
+			}
+		}
+		def := ruleset.Rule{Verdict: c.Default, Origin: c.DefaultOrigin}
+		for _, text := range RuleTexts(&def) {
+			wc.rules = append(wc.rules, &knftables.Rule{Chain: name, Rule: text, Comment: knftables.PtrTo(def.Tag())})
+		}
+		for _, r := range wc.rules {
+			parts = append(parts, r.Rule, *r.Comment)
+		}
+		wc.hash = hash(parts...)
+		d.chains = append(d.chains, wc)
+	}
+	return d
+}
+
+// record is what the sync set holds: key ("chain input", "set ban4") to
+// hash ("DEF" for sets without policy elements, "DEF DATA" for policy
+// sets, the rules' hash for chains).
+type record map[string]string
+
+func (d *desired) record() record {
+	r := record{}
+	for _, c := range d.chains {
+		r["chain "+c.chain.Name] = c.hash
+	}
+	for _, s := range d.sets {
+		v := s.def
+		if s.kind == policySet {
+			v += " " + s.data
+		}
+		r["set "+s.set.Name] = v
+	}
+	return r
+}
+
+// syncElements are the sync set's elements for a record, in a stable order.
+func (r record) elements() []*knftables.Element {
+	keys := make([]string, 0, len(r))
+	for k := range r {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := []*knftables.Element{{Set: SyncSet, Key: []string{"1"}, Comment: knftables.PtrTo(syncVersion)}}
+	for i, k := range keys {
+		out = append(out, &knftables.Element{Set: SyncSet, Key: []string{strconv.Itoa(i + 2)},
+			Comment: knftables.PtrTo(k + " " + r[k])})
+	}
+	return out
+}
+
+// parseRecord reads the sync set's element comments back; ok is false
+// when they are not a record this version of moat wrote.
+func parseRecord(comments []string) (record, bool) {
+	r := record{}
+	version := false
+	for _, c := range comments {
+		if c == syncVersion {
+			version = true
+			continue
+		}
+		f := strings.Fields(c)
+		if len(f) < 3 {
+			return nil, false
+		}
+		r[f[0]+" "+f[1]] = strings.Join(f[2:], " ")
+	}
+	return r, version
+}
+
+var syncSetDef = &knftables.Set{Name: SyncSet, Type: "inet_service",
+	Comment: knftables.PtrTo("what moat loaded (hashes), for partial updates")}
+
+// elementList is one command that adds or deletes many elements of a set
+// at once: the kernel builds an interval set from one list in one go,
+// where one command per element makes it quadratic.
+type elementList struct {
+	verb  string // "add" or "delete"
+	set   string
+	items []string
+}
+
+// Plan is one nftables transaction: knftables objects, then whole element
+// lists.
+type Plan struct {
+	tx    *knftables.Transaction
+	lists []elementList
+	// Full is true when the plan rewrites the whole table.
+	Full bool
+}
+
+// Empty says whether the plan changes nothing.
+func (p *Plan) Empty() bool { return p.tx.NumOperations() == 0 && len(p.lists) == 0 }
+
+// Script is the plan as `nft -f` input.
+func (p *Plan) Script() string {
+	var b strings.Builder
+	b.WriteString(p.tx.String())
+	for _, l := range p.lists {
+		if len(l.items) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "%s element inet %s %s { %s }\n", l.verb, TableName, l.set, strings.Join(l.items, ", "))
+	}
+	return b.String()
+}
+
+// intoTx moves the element lists into the transaction, one element at a
+// time, for an Interface (knftables.Fake) that runs transactions itself.
+func (p *Plan) intoTx() *knftables.Transaction {
+	for _, l := range p.lists {
+		for _, item := range l.items {
+			el := &knftables.Element{Set: l.set, Key: []string{item}}
+			if l.verb == "delete" {
+				p.tx.Delete(el)
+			} else {
+				p.tx.Add(el)
+			}
+		}
+	}
+	p.lists = nil
+	return p.tx
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// fullPlan rewrites moat's table whole in one transaction: chains flushed
+// and refilled, policy and limit sets re-created and filled with one
+// element list each, ban sets kept with their bans, objects the ruleset no
+// longer has deleted. existing lists the table's objects by type.
+func fullPlan(tx *knftables.Transaction, d *desired, existing map[string][]string) *Plan {
+	p := &Plan{tx: tx, Full: true}
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo(d.comment)})
+	wantChains := map[string]bool{}
+	for _, c := range d.chains {
+		wantChains[c.chain.Name] = true
+		tx.Add(c.chain)
+		tx.Flush(&knftables.Chain{Name: c.chain.Name})
+	}
+	has := map[string]map[string]bool{"chain": {}, "set": {}}
+	for typ := range has {
+		for _, n := range existing[typ] {
+			has[typ][n] = true
+		}
+	}
+	// Other chains (none of moat's own, but a table is moat's whole) are
+	// emptied first so no rule refers to a set deleted below.
+	var stale []string
+	for _, n := range existing["chain"] {
+		if !wantChains[n] {
+			stale = append(stale, n)
+		}
+	}
+	slices.Sort(stale)
+	for _, n := range stale {
+		tx.Flush(&knftables.Chain{Name: n})
+	}
+	wantSets := map[string]bool{SyncSet: true}
+	for _, s := range d.sets {
+		wantSets[s.set.Name] = true
+	}
+	var staleSets []string
+	for _, n := range existing["set"] {
+		if !wantSets[n] {
+			staleSets = append(staleSets, n)
+		}
+	}
+	slices.Sort(staleSets)
+	for _, n := range staleSets {
+		tx.Delete(&knftables.Set{Name: n})
+	}
+	for _, n := range stale {
+		tx.Delete(&knftables.Chain{Name: n})
+	}
+	for _, s := range d.sets {
+		if s.kind != banSet && has["set"][s.set.Name] {
+			// Re-created, so a changed definition takes effect (the
+			// kernel ignores a changed comment or timeout on "add").
+			tx.Delete(&knftables.Set{Name: s.set.Name})
+		}
+		tx.Add(s.set)
+		if s.kind == policySet {
+			p.lists = append(p.lists, elementList{verb: "add", set: s.set.Name, items: prefixStrings(s.elems)})
+		}
+	}
+	if has["set"][SyncSet] {
+		tx.Delete(&knftables.Set{Name: SyncSet})
+	}
+	tx.Add(syncSetDef)
+	for _, el := range d.record().elements() {
+		tx.Add(el)
+	}
+	for _, c := range d.chains {
+		for _, r := range c.rules {
+			tx.Add(r)
+		}
+	}
+	return p
+}
+
+// canPatch says whether the table recorded as old can be turned into d by
+// patching: the same chains and sets with the same definitions.
+func canPatch(d *desired, old record) bool {
+	now := d.record()
+	if len(now) != len(old) {
+		return false
+	}
+	for _, c := range d.chains {
+		if _, ok := old["chain "+c.chain.Name]; !ok {
+			return false
+		}
+	}
+	for _, s := range d.sets {
+		v, ok := old["set "+s.set.Name]
+		if !ok {
+			return false
+		}
+		def, _, _ := strings.Cut(v, " ")
+		if def != s.def {
+			return false
+		}
+	}
+	return true
+}
+
+// changedSets lists the policy sets whose elements differ from the record.
+func changedSets(d *desired, old record) []*wantSet {
+	var out []*wantSet
+	for _, s := range d.sets {
+		if s.kind == policySet && old["set "+s.set.Name] != s.def+" "+s.data {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// patchPlan sends only what differs from the record: chains whose rules
+// changed are flushed and refilled, policy sets get element deletes and
+// adds (current holds their elements now, read from the kernel), and the
+// record is rewritten. Nothing changed: an empty plan.
+func patchPlan(tx *knftables.Transaction, d *desired, old record, current map[string][]netip.Prefix) *Plan {
+	p := &Plan{tx: tx}
+	var changed []*wantChain
+	for _, c := range d.chains {
+		if old["chain "+c.chain.Name] != c.hash {
+			changed = append(changed, c)
+			tx.Add(c.chain)
+			tx.Flush(&knftables.Chain{Name: c.chain.Name})
+		}
+	}
+	sets := changedSets(d, old)
+	for _, s := range sets {
+		del, add := diffPrefixes(current[s.set.Name], s.elems)
+		p.lists = append(p.lists, elementList{verb: "delete", set: s.set.Name, items: prefixStrings(del)})
+		p.lists = append(p.lists, elementList{verb: "add", set: s.set.Name, items: prefixStrings(add)})
+	}
+	if len(changed) == 0 && len(sets) == 0 {
+		return p
+	}
+	tx.Flush(syncSetDef)
+	for _, el := range d.record().elements() {
+		tx.Add(el)
+	}
+	for _, c := range changed {
+		for _, r := range c.rules {
+			tx.Add(r)
+		}
+	}
+	return p
+}
+
+// diffPrefixes returns what to delete from old and add to it to get new.
+func diffPrefixes(old, new []netip.Prefix) (del, add []netip.Prefix) {
+	in := make(map[netip.Prefix]bool, len(old))
+	for _, p := range old {
+		in[p] = true
+	}
+	keep := make(map[netip.Prefix]bool, len(new))
+	for _, p := range new {
+		keep[p] = true
+		if !in[p] {
+			add = append(add, p)
+		}
+	}
+	for _, p := range old {
+		if !keep[p] {
+			del = append(del, p)
+		}
+	}
+	slices.SortFunc(del, comparePrefix)
+	return del, add
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
