@@ -30,7 +30,7 @@ func Exec(ctx context.Context, stdin []byte, name string, args ...string) ([]byt
 		if err != nil {
 			return nil, fmt.Errorf("%s: input: %w", name, err)
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }() // read-only for us; the program has its own copy
 		cmd.Stdin = f
 	}
 	var stdout, stderr bytes.Buffer
@@ -55,13 +55,13 @@ func inputFile(data []byte) (*os.File, error) {
 	}
 	f := os.NewFile(uintptr(fd), "moat-input")
 	if _, err := f.Write(data); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one to report
 		return nil, err
 	}
 	// Sealed: nobody can change the input once written.
 	_, _ = unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE|unix.F_SEAL_SEAL)
 	if _, err := f.Seek(0, 0); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one to report
 		return nil, err
 	}
 	return f, nil
@@ -72,13 +72,13 @@ func tempInput(data []byte) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	os.Remove(f.Name())
+	_ = os.Remove(f.Name()) // unlinked while open: nothing is left behind; a failure leaves a temp file, not an error
 	if _, err := f.Write(data); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one to report
 		return nil, err
 	}
 	if _, err := f.Seek(0, 0); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one to report
 		return nil, err
 	}
 	return f, nil

@@ -24,7 +24,11 @@ func kernelBackend(t *testing.T) *Backend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ns.Close() })
+	t.Cleanup(func() {
+		if err := ns.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	return &Backend{Run: func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
 		var out []byte
 		err := ns.Do(func() error {

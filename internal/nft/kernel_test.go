@@ -25,7 +25,11 @@ func kernelNS(t testing.TB) (*recorder, *lab.NS) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ns.Close() })
+	t.Cleanup(func() {
+		if err := ns.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	return &recorder{ns: ns}, ns
 }
 
