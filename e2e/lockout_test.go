@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -193,5 +195,216 @@ func TestEditKeepsFileModeAndLink(t *testing.T) {
 	data, _ := os.ReadFile(real)
 	if fi.Mode().Perm() != 0o600 || string(data) != "default reject incoming\ndeny from 203.0.113.0/24\nallow 80/tcp\n" {
 		t.Errorf("mode %v, contents:\n%s", fi.Mode().Perm(), data)
+	}
+}
+
+// loginFrom is sshd.login from another namespace, to an address that may
+// carry a zone (fe80::1%eth0).
+func (s *sshd) loginFrom(ns *lab.NS, addr netip.Addr) *session {
+	t := s.e.t
+	t.Helper()
+	cmd := exec.Command("ssh", s.sshArgs(addr, "cat")...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := ns.Start(cmd); err != nil {
+		t.Fatalf("ssh: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sess := &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+	if err := sess.alive(5 * time.Second); err != nil {
+		t.Fatalf("ssh login to %s: %v", addr, err)
+	}
+	return sess
+}
+
+// canLoginFrom opens a new SSH connection from ns and runs true.
+func (s *sshd) canLoginFrom(ns *lab.NS, addr netip.Addr) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := ns.Run(ctx, "ssh", s.sshArgs(addr, "true")...)
+	return err == nil
+}
+
+// refused runs a moat command that must be refused for cutting SSH, and
+// checks that the kernel and the file stayed as they were.
+func (e *env) refused(wants []string, args ...string) string {
+	e.t.Helper()
+	kernel := e.kernelState()
+	file, _ := os.ReadFile(e.conf)
+	out, err := e.moat(args...)
+	if exitCode(err) != 3 {
+		e.t.Fatalf("moat %v was not refused (err %v):\n%s", args, err, out)
+	}
+	for _, w := range append([]string{"refusing to apply", "to keep it, first run: moat "}, wants...) {
+		if !strings.Contains(out, w) {
+			e.t.Errorf("refusal lacks %q:\n%s", w, out)
+		}
+	}
+	if after := e.kernelState(); after != kernel {
+		e.t.Errorf("kernel changed although refused")
+	}
+	if after, _ := os.ReadFile(e.conf); string(after) != string(file) {
+		e.t.Errorf("policy file changed although refused:\n%s", after)
+	}
+	return out
+}
+
+// A socket-activated sshd (systemd-socket-activate listens, sshd -i
+// serves each connection): the session is found by sshd's own socket,
+// the port by the listener systemd holds for it.
+func TestLockoutSocketActivated(t *testing.T) {
+	if _, err := exec.LookPath("systemd-socket-activate"); err != nil {
+		t.Fatalf("systemd-socket-activate is not installed (systemd)")
+	}
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			s := sshdSetup{name: "sshd-activated", port: 2222, inetd: true,
+				wrap: []string{"systemd-socket-activate", "-l", "2222", "-a", "--inetd"},
+				conf: sshdCommon,
+			}
+			srv, conf := e.prepareSSHD(s)
+			e.apply("default allow incoming\n")
+			e.runSSHD(s, srv, conf, lab.ServerV4)
+			sess := srv.login(lab.ServerV4)
+			sess6 := srv.login(lab.ServerV6)
+
+			e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "→ 192.0.2.1:2222", "moat allow 2222/tcp"}, "default", "deny", "incoming")
+			e.refused([]string{"session 192.0.2.2:"}, "prepend", "deny", "from", "192.0.2.0/24")
+			// init sees the port systemd listens on for sshd.
+			initOut := e.mustMoat("--dry-run", "--force", "--sshd-config", filepath.Join(e.dir, "none"), "init")
+			if !strings.Contains(initOut, "allow 2222/tcp") {
+				t.Errorf("init does not allow the activated port:\n%s", initOut)
+			}
+			for _, s := range []*session{sess, sess6} {
+				if err := s.alive(3 * time.Second); err != nil {
+					t.Errorf("session cut: %v", err)
+				}
+			}
+			// Allowed first, the same change goes through.
+			e.mustMoat("allow", "2222/tcp")
+			e.mustMoat("default", "deny", "incoming")
+			if !srv.canLogin(lab.ServerV4) || !srv.canLogin(lab.ServerV6) {
+				t.Errorf("no new login after the allowed change")
+			}
+		})
+	}
+}
+
+// A rule on source ports cuts every reconnect from those ports, even when
+// the live session's own port is not among them.
+func TestLockoutSourcePorts(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			srv := e.startSSHD(22)
+			e.apply("default deny incoming\nallow 22/tcp\n")
+			// The client's session comes from 50000-60999, outside the rule;
+			// the server's namespace has Linux's default range 32768-60999.
+			if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "50000 60999"); err != nil {
+				t.Fatal(err)
+			}
+			sess := srv.login(lab.ServerV4)
+			sess6 := srv.login(lab.ServerV6)
+			e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "a reconnect from source port 32768 would be rejected by line 2"},
+				"prepend", "reject", "proto", "tcp", "from", "any", "port", "32768:45000", "to", "any", "port", "22")
+			// IANA's range (Windows, macOS clients) counts too.
+			e.refused([]string{"source port 61000"}, "prepend", "deny", "proto", "tcp", "from", "any", "port", "61000:65535", "to", "any", "port", "22")
+			// Ports no client uses as its source are fine.
+			e.mustMoat("prepend", "deny", "proto", "tcp", "from", "any", "port", "1:1023", "to", "any", "port", "22")
+
+			// The danger was real: forced through, a client whose source
+			// port falls in the range cannot log in; the live sessions stay.
+			e.mustMoat("--force", "prepend", "reject", "proto", "tcp", "from", "any", "port", "32768:45000", "to", "any", "port", "22")
+			if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "32768 45000"); err != nil {
+				t.Fatal(err)
+			}
+			if srv.canLogin(lab.ServerV4) || srv.canLogin(lab.ServerV6) {
+				t.Errorf("a login from source port 32768-45000 got through the reject rule")
+			}
+			for _, s := range []*session{sess, sess6} {
+				if err := s.alive(3 * time.Second); err != nil {
+					t.Errorf("live session cut: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// linkLocal returns the IPv6 link-local address of dev in ns.
+func linkLocal(t *testing.T, ns *lab.NS, dev string) netip.Addr {
+	t.Helper()
+	out, err := ns.Run(context.Background(), "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	f := strings.Fields(string(out))
+	for i, w := range f {
+		if w == "inet6" && i+1 < len(f) {
+			return netip.MustParsePrefix(f[i+1]).Addr()
+		}
+	}
+	t.Fatalf("no link-local address on %s:\n%s", dev, out)
+	return netip.Addr{}
+}
+
+// A session over an IPv6 link-local address, on a server with several
+// interfaces (every one with a route to fe80::/64): the session's
+// interface is its socket's, so a rule on that interface is refused and a
+// rule on the other is not.
+func TestLockoutLinkLocal(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			var tcp []uint16
+			for _, p := range serverTCP {
+				if p != 22 && p != 2222 {
+					tcp = append(tcp, p)
+				}
+			}
+			e := newEnvPorts(t, b, true, tcp)
+			srv := e.startSSHD(22)
+			e.apply("default allow incoming\n")
+			// The backend (behind the server's eth1) and the client (eth0)
+			// both log in over link-local addresses.
+			viaEth1 := linkLocal(t, e.topo.Server, "eth1").WithZone("eth0")
+			viaEth0 := linkLocal(t, e.topo.Server, "eth0").WithZone("eth0")
+			sess1 := srv.loginFrom(e.topo.Backend, viaEth1)
+			out := e.refused([]string{"session [fe80::", "%eth1]:", "(it comes in on eth1)"},
+				"prepend", "deny", "in", "on", "eth1", "to", "any", "port", "22", "proto", "tcp")
+			if strings.Contains(out, "%eth0") {
+				t.Errorf("the eth1 session was taken for eth0:\n%s", out)
+			}
+			// A rule on eth0 cuts no session yet: it applies.
+			e.mustMoat("prepend", "deny", "in", "on", "eth0", "to", "any", "port", "22", "proto", "tcp")
+			if err := sess1.alive(3 * time.Second); err != nil {
+				t.Errorf("eth1 session cut: %v", err)
+			}
+			if !srv.canLoginFrom(e.topo.Backend, viaEth1) {
+				t.Errorf("no new login over eth1")
+			}
+			// Now a client session over eth0's link-local address; the eth0
+			// rule is in the way of its reconnect, so deleting...
+			e.mustMoat("delete", "1")
+			sess0 := srv.loginFrom(e.topo.Client, viaEth0)
+			e.refused([]string{"%eth0]:", "(it comes in on eth0)"}, "prepend", "deny", "in", "on", "eth0", "to", "any", "port", "22", "proto", "tcp")
+			for _, s := range []*session{sess0, sess1} {
+				if err := s.alive(3 * time.Second); err != nil {
+					t.Errorf("session cut: %v", err)
+				}
+			}
+		})
 	}
 }

@@ -308,8 +308,9 @@ func TestRestoreAtBoot(t *testing.T) {
 func TestInitFindsSSHPort(t *testing.T) {
 	t.Parallel()
 	e := newSSHEnv(t, "nftables")
-	e.startSSHD(2222)
-	out := e.mustMoat("init")
+	srv := e.startSSHD(2222)
+	// sshd's own configuration (the host's /etc/ssh is another sshd's).
+	out := e.mustMoat("--sshd-config", filepath.Join(srv.dir, "sshd_config"), "init")
 	data, _ := os.ReadFile(e.conf)
 	for _, want := range []string{"default deny incoming", "default allow outgoing", "allow 2222/tcp comment 'sshd'"} {
 		if !strings.Contains(string(data), want) {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -26,8 +27,13 @@ type Problem struct {
 }
 
 // IfaceFor names the interface packets from addr arrive on (the route back
-// to it), so rules with 'in on IFACE' are judged right.
+// to it), so rules with 'in on IFACE' are judged right. A scoped address
+// (fe80::1%eth1) names its interface itself: for link-local addresses the
+// routing table cannot tell, every interface has a route to fe80::/64.
 func IfaceFor(addr netip.Addr) string {
+	if addr.Zone() != "" {
+		return addr.Zone()
+	}
 	routes, err := netlink.RouteGet(net.IP(addr.AsSlice()))
 	if err != nil || len(routes) == 0 {
 		return ""
@@ -39,40 +45,94 @@ func IfaceFor(addr netip.Addr) string {
 	return l.Attrs().Name
 }
 
-// newConnection is the packet that opens a session again: what the policy
-// must accept for the admin to reconnect. (The live flow itself rides on
-// conntrack's established state, but the next one must be let in.)
-func newConnection(s Session, iface string) ruleset.Packet {
-	return ruleset.Packet{Hook: ruleset.Input, Proto: "tcp", Src: s.Client.Addr(), Dst: s.Server.Addr(),
-		SPort: s.Client.Port(), DPort: s.Server.Port(), CTState: ruleset.CTNew, InIface: iface}
+// newConnection is the packet that opens a session again from source port
+// sport: what the policy must accept for the admin to reconnect. (The live
+// flow itself rides on conntrack's established state, but the next one
+// must be let in.)
+func newConnection(s Session, iface string, sport uint16) ruleset.Packet {
+	return ruleset.Packet{Hook: ruleset.Input, Proto: "tcp", Src: s.Client.Addr().WithZone(""), Dst: s.Server.Addr().WithZone(""),
+		SPort: sport, DPort: s.Server.Port(), CTState: ruleset.CTNew, InIface: iface}
+}
+
+// sourcePorts are the source ports to try for a reconnect of s: one in
+// each stretch of its reconnect ranges that the input rules' source port
+// matches treat alike (the range ends and every rule's range ends, inside
+// and just outside), and the session's own port. Trying these is the same
+// as trying every port of the ranges.
+func sourcePorts(rs *ruleset.Ruleset, s Session) []uint16 {
+	seen := map[uint16]bool{}
+	var out []uint16
+	add := func(p int, r policy.PortRange) {
+		if p >= int(r.First) && p <= int(r.Last) && !seen[uint16(p)] {
+			seen[uint16(p)] = true
+			out = append(out, uint16(p))
+		}
+	}
+	add(int(s.Client.Port()), policy.PortRange{First: 0, Last: 65535})
+	var edges []policy.PortRange
+	if c := rs.Chain(ruleset.Input); c != nil {
+		for _, r := range c.Rules {
+			edges = append(edges, r.SPorts...)
+		}
+	}
+	for _, r := range s.ReconnectPorts {
+		add(int(r.First), r)
+		add(int(r.Last), r)
+		for _, e := range edges {
+			for _, p := range []int{int(e.First) - 1, int(e.First), int(e.Last), int(e.Last) + 1} {
+				add(p, r)
+			}
+		}
+	}
+	// The session's own port first, then the lowest port that is cut.
+	slices.Sort(out[1:])
+	return out
 }
 
 // CheckSessions evaluates a reconnect of every session under the new
-// ruleset. ifaceFor may be nil.
+// ruleset, from every source port the client may use (Session.
+// ReconnectPorts) and on the interface the session runs over (the zone of
+// a link-local client, else ifaceFor, which may be nil).
 func CheckSessions(rs *ruleset.Ruleset, p *policy.Policy, sessions []Session, ifaceFor func(netip.Addr) string) []Problem {
 	var problems []Problem
 	for _, s := range sessions {
-		iface := ""
-		if ifaceFor != nil {
+		iface := s.Client.Addr().Zone()
+		if iface == "" && ifaceFor != nil {
 			iface = ifaceFor(s.Client.Addr())
 		}
-		d, err := rs.Evaluate(newConnection(s, iface))
-		if err != nil {
-			continue
+		for _, sport := range sourcePorts(rs, s) {
+			d, err := rs.Evaluate(newConnection(s, iface, sport))
+			if err != nil {
+				continue
+			}
+			from := ""
+			if sport != s.Client.Port() {
+				from = fmt.Sprintf("a reconnect from source port %d ", sport)
+			}
+			var why string
+			switch {
+			case d.Verdict != ruleset.Accept:
+				why = fmt.Sprintf("%swould be %s by %s", from, verdictWord(d.Verdict), originText(d.Origin))
+			case d.Limit != nil && d.Limit.Burst < minLimitBurst:
+				why = fmt.Sprintf("%sis rate-limited by %s to %d new connections at once (a reconnect and a file copy need %d)",
+					from, originText(d.Origin), d.Limit.Burst, minLimitBurst)
+			default:
+				continue
+			}
+			if iface != "" && ruleUsesIface(rs, d) {
+				why += fmt.Sprintf(" (it comes in on %s)", iface)
+			}
+			problems = append(problems, Problem{Session: s, Decision: d, Why: why, Fixes: fixes(p, s, d)})
+			break
 		}
-		var why string
-		switch {
-		case d.Verdict != ruleset.Accept:
-			why = fmt.Sprintf("would be %s by %s", verdictWord(d.Verdict), originText(d.Origin))
-		case d.Limit != nil && d.Limit.Burst < minLimitBurst:
-			why = fmt.Sprintf("is rate-limited by %s to %d new connections at once (a reconnect and a file copy need %d)",
-				originText(d.Origin), d.Limit.Burst, minLimitBurst)
-		default:
-			continue
-		}
-		problems = append(problems, Problem{Session: s, Decision: d, Why: why, Fixes: fixes(p, s, d)})
 	}
 	return problems
+}
+
+// ruleUsesIface reports whether the deciding rule names an interface.
+func ruleUsesIface(rs *ruleset.Ruleset, d ruleset.Decision) bool {
+	c := rs.Chain(d.Chain)
+	return c != nil && d.Index >= 0 && d.Index < len(c.Rules) && c.Rules[d.Index].InIface != ""
 }
 
 func verdictWord(v ruleset.Verdict) string {
@@ -96,7 +156,7 @@ func originText(o ruleset.Origin) string {
 // rule that cuts it (or at the end, when a default cuts it).
 func fixes(p *policy.Policy, s Session, d ruleset.Decision) []string {
 	port := s.Server.Port()
-	narrow := fmt.Sprintf("allow proto tcp from %s to any port %d", s.Client.Addr(), port)
+	narrow := fmt.Sprintf("allow proto tcp from %s to any port %d", s.Client.Addr().WithZone(""), port)
 	wide := fmt.Sprintf("allow %d/tcp", port)
 	pos := 0
 	if d.Origin.Line > 0 {

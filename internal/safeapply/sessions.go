@@ -15,13 +15,25 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/policy"
 )
 
-// Session is a live SSH connection: Client is the admin's end.
+// Session is a live SSH connection: Client is the admin's end. For an
+// IPv6 link-local client, Client's zone names the interface the session
+// runs over (from the socket itself).
 type Session struct {
 	Client netip.AddrPort `json:"client"`
 	Server netip.AddrPort `json:"server"`
 	Source string         `json:"source"` // how it was found
+	// ReconnectPorts are the source ports a new connection of the client
+	// may come from: this namespace's ephemeral range
+	// (net.ipv4.ip_local_port_range) and IANA's (49152-65535, used by
+	// Windows, macOS and the BSDs). Empty: only Client's port.
+	ReconnectPorts policy.Ports `json:"reconnect_ports,omitempty"`
 }
 
 func (s Session) String() string {
@@ -30,7 +42,7 @@ func (s Session) String() string {
 
 // SSHState is what moat knows of sshd in its network namespace.
 type SSHState struct {
-	Listen   []netip.AddrPort // sshd's listening sockets
+	Listen   []netip.AddrPort // sshd's listening sockets (systemd's, when it activates sshd)
 	Sessions []Session
 }
 
@@ -55,38 +67,114 @@ type tcpEntry struct {
 	inode         string
 }
 
+// ianaEphemeral is the dynamic port range of RFC 6335, which most
+// non-Linux clients take their source ports from.
+var ianaEphemeral = policy.PortRange{First: 49152, Last: 65535}
+
 // FindSSH reads sshd's listening ports and established sessions from
 // procRoot ("/proc"), and adds the SSH_CONNECTION of this process (sshConn
 // is its value, empty if none). Only sockets of the network namespace moat
 // runs in are seen: /proc/net is this process's namespace.
+//
+// Sessions are the connections sshd's processes hold whose local end is
+// an SSH listening socket, and those of inetd-style sshd (sshd -i, as
+// started by a systemd socket with Accept=yes or by inetd). Listening
+// sockets are those of the sshd daemon and, when sshd is socket-activated,
+// those of PID 1, systemd-socket-activate or inetd on a port such a
+// session uses or on port 22. Connections sshd holds for port forwarding
+// are not sessions.
 func FindSSH(procRoot, sshConn string) (SSHState, error) {
+	f := &sshFinder{procRoot: procRoot, hintPorts: []uint16{22}, sockIface: sockDiagIfaces}
+	return f.find(sshConn)
+}
+
+// sshFinder holds what FindSSH reads, so tests can feed a fake /proc and
+// socket table.
+type sshFinder struct {
+	procRoot string
+	// hintPorts are ports that count as SSH for a socket-activation
+	// listener even when no session proves it.
+	hintPorts []uint16
+	// sockIface maps socket inodes to the interface the socket is bound
+	// to (for link-local peers, the one the connection runs over); nil
+	// or an error: unknown.
+	sockIface func(inodes map[string]bool) (map[string]string, error)
+}
+
+// procSockets are the socket inodes of processes, by role.
+type procSockets struct {
+	daemon    map[string]bool // sshd daemons: listening sockets are SSH's
+	sshd      map[string]bool // every sshd process (sessions, forwards)
+	inetd     map[string]bool // sshd -i: its connection is a session
+	activator map[string]bool // PID 1, systemd-socket-activate, inetd
+}
+
+func (f *sshFinder) find(sshConn string) (SSHState, error) {
 	var st SSHState
-	entries, err := readTCP(procRoot)
+	entries, err := readTCP(f.procRoot)
 	if err != nil {
 		return st, err
 	}
-	inodes, err := sshdSocketInodes(procRoot)
+	listening := map[string]bool{}
+	for _, e := range entries {
+		if e.state == "0A" {
+			listening[e.inode] = true
+		}
+	}
+	socks, err := sshdSockets(f.procRoot, listening)
 	if err != nil {
 		return st, err
+	}
+	reconnect := f.reconnectPorts()
+	// The daemon's listeners.
+	for _, e := range entries {
+		if e.state == "0A" && socks.daemon[e.inode] {
+			st.Listen = append(st.Listen, e.local)
+		}
+	}
+	// Connections of sshd -i: sessions by themselves; their local port is
+	// an SSH port whoever listens on it.
+	inetdPorts := map[uint16]bool{}
+	for _, e := range entries {
+		if e.state == "01" && socks.inetd[e.inode] {
+			inetdPorts[e.local.Port()] = true
+		}
+	}
+	hint := map[uint16]bool{}
+	for _, p := range f.hintPorts {
+		hint[p] = true
 	}
 	for _, e := range entries {
-		if e.state == "0A" && inodes[e.inode] {
+		if e.state != "0A" || socks.daemon[e.inode] {
+			continue
+		}
+		if inetdPorts[e.local.Port()] || (socks.activator[e.inode] && hint[e.local.Port()]) {
 			st.Listen = append(st.Listen, e.local)
 		}
 	}
 	seen := map[string]bool{}
+	var inodes []string // of st.Sessions
+	add := func(e tcpEntry, source string) {
+		s := Session{Client: e.remote, Server: e.local, Source: source, ReconnectPorts: reconnect}
+		key := s.Client.String() + " " + s.Server.String()
+		if !seen[key] {
+			seen[key] = true
+			st.Sessions = append(st.Sessions, s)
+			inodes = append(inodes, e.inode)
+		}
+	}
 	for _, e := range entries {
 		if e.state != "01" {
 			continue
 		}
-		for _, l := range st.Listen {
-			if e.local.Port() == l.Port() && listensOn(l.Addr(), e.local.Addr()) {
-				s := Session{Client: e.remote, Server: e.local, Source: "established connection to sshd"}
-				if !seen[s.Client.String()+s.Server.String()] {
-					seen[s.Client.String()+s.Server.String()] = true
-					st.Sessions = append(st.Sessions, s)
-				}
-				break
+		switch {
+		case socks.inetd[e.inode]:
+			add(e, "connection of sshd -i")
+		case listened(st.Listen, e.local):
+			if socks.sshd[e.inode] {
+				add(e, "connection held by sshd")
+			} else {
+				add(e, "established connection to sshd")
 			}
 		}
 	}
@@ -94,15 +182,139 @@ func FindSSH(procRoot, sshConn string) (SSHState, error) {
 	// variable is inherited across `ip netns exec` and sudo, and may name a
 	// session of another namespace. It finds sessions of an SSH server moat
 	// does not recognise by name (dropbear, a renamed sshd).
-	if s, ok := parseSSHConnection(sshConn); ok && !seen[s.Client.String()+s.Server.String()] {
+	if s, ok := parseSSHConnection(sshConn); ok {
 		for _, e := range entries {
 			if e.state == "01" && e.local == s.Server && e.remote == s.Client {
-				st.Sessions = append(st.Sessions, s)
+				add(e, s.Source)
 				break
 			}
 		}
 	}
+	f.setZones(st.Sessions, inodes)
 	return st, nil
+}
+
+// listened reports whether a connection to local reached one of the
+// listening sockets.
+func listened(listen []netip.AddrPort, local netip.AddrPort) bool {
+	for _, l := range listen {
+		if local.Port() == l.Port() && listensOn(l.Addr(), local.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// reconnectPorts reads the namespace's ephemeral port range and adds
+// IANA's.
+func (f *sshFinder) reconnectPorts() policy.Ports {
+	out := policy.Ports{ianaEphemeral}
+	data, err := os.ReadFile(filepath.Join(f.procRoot, "sys/net/ipv4/ip_local_port_range"))
+	if err != nil {
+		return out
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) != 2 {
+		return out
+	}
+	lo, err1 := strconv.ParseUint(fields[0], 10, 16)
+	hi, err2 := strconv.ParseUint(fields[1], 10, 16)
+	if err1 != nil || err2 != nil || lo == 0 || lo > hi {
+		return out
+	}
+	return policy.Ports{{First: uint16(lo), Last: uint16(hi)}, ianaEphemeral}
+}
+
+// setZones gives link-local clients the zone of the interface their
+// socket runs over. The routing table cannot tell: every interface has a
+// route to fe80::/64. The kernel binds an accepted link-local connection to
+// the interface it came in on, and sock_diag reports it. Where sock_diag
+// cannot say, the neighbour table may: if exactly one interface has the
+// client as a neighbour, it is that one.
+func (f *sshFinder) setZones(sessions []Session, inodes []string) {
+	want := map[string]bool{}
+	for i, s := range sessions {
+		if needsZone(s.Client.Addr()) {
+			want[inodes[i]] = true
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	var byInode map[string]string
+	if f.sockIface != nil {
+		byInode, _ = f.sockIface(want)
+	}
+	for i, s := range sessions {
+		if !needsZone(s.Client.Addr()) {
+			continue
+		}
+		zone := byInode[inodes[i]]
+		if zone == "" {
+			zone = neighbourIface(s.Client.Addr())
+		}
+		if zone != "" {
+			sessions[i].Client = netip.AddrPortFrom(s.Client.Addr().WithZone(zone), s.Client.Port())
+		}
+	}
+}
+
+func needsZone(a netip.Addr) bool {
+	return a.Is6() && (a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast()) && a.Zone() == ""
+}
+
+// sockDiagIfaces asks the kernel (NETLINK_SOCK_DIAG, as ss does) which
+// interface each TCP socket of this namespace is bound to.
+func sockDiagIfaces(inodes map[string]bool) (map[string]string, error) {
+	out := map[string]string{}
+	names := map[uint32]string{}
+	for _, family := range []uint8{unix.AF_INET6, unix.AF_INET} {
+		socks, err := netlink.SocketDiagTCP(family)
+		if err != nil {
+			return out, fmt.Errorf("sock_diag: %w", err)
+		}
+		for _, s := range socks {
+			inode := strconv.FormatUint(uint64(s.INode), 10)
+			if !inodes[inode] || s.ID.Interface == 0 {
+				continue
+			}
+			name, ok := names[s.ID.Interface]
+			if !ok {
+				if l, err := netlink.LinkByIndex(int(s.ID.Interface)); err == nil {
+					name = l.Attrs().Name
+				}
+				names[s.ID.Interface] = name
+			}
+			if name != "" {
+				out[inode] = name
+			}
+		}
+	}
+	return out, nil
+}
+
+// neighbourIface names the only interface with addr in its neighbour
+// table, or "" if none or several.
+func neighbourIface(addr netip.Addr) string {
+	neighs, err := netlink.NeighList(0, netlink.FAMILY_V6)
+	if err != nil {
+		return ""
+	}
+	found := map[int]bool{}
+	for _, n := range neighs {
+		if a, ok := netip.AddrFromSlice(n.IP); ok && a == addr.WithZone("") {
+			found[n.LinkIndex] = true
+		}
+	}
+	if len(found) != 1 {
+		return ""
+	}
+	for idx := range found {
+		if l, err := netlink.LinkByIndex(idx); err == nil {
+			return l.Attrs().Name
+		}
+	}
+	return ""
 }
 
 // listensOn reports whether a socket listening on l accepts connections
@@ -192,27 +404,50 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(addr.Unmap(), uint16(port)), nil
 }
 
-// sshdSocketInodes returns the socket inodes held by sshd processes
-// (OpenSSH's daemon, and its per-session sshd-session processes).
-func sshdSocketInodes(procRoot string) (map[string]bool, error) {
+// sshdSockets returns the socket inodes held by sshd processes (OpenSSH's
+// daemon, its per-session processes, sshd -i) and by the programs that
+// listen for a socket-activated sshd. listening tells which inodes are
+// listening sockets.
+//
+// An sshd whose parent is not an sshd is a daemon if it holds a listening
+// socket, else an inetd-style sshd (sshd -i: setproctitle hides the -i
+// once it runs). The children of either are per-session processes: the
+// sockets only they hold are port forwardings.
+func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error) {
+	socks := procSockets{daemon: map[string]bool{}, sshd: map[string]bool{}, inetd: map[string]bool{}, activator: map[string]bool{}}
 	dirs, err := os.ReadDir(procRoot)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", procRoot, err)
+		return socks, fmt.Errorf("read %s: %w", procRoot, err)
 	}
-	inodes := map[string]bool{}
+	type proc struct {
+		ppid      int
+		sshd      bool
+		activator bool
+		inodes    []string
+	}
+	procs := map[int]*proc{}
 	for _, d := range dirs {
-		if _, err := strconv.Atoi(d.Name()); err != nil {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
 			continue
 		}
-		comm, err := os.ReadFile(filepath.Join(procRoot, d.Name(), "comm"))
+		dir := filepath.Join(procRoot, d.Name())
+		comm, err := os.ReadFile(filepath.Join(dir, "comm"))
 		if err != nil {
 			continue // the process has gone
 		}
 		name := strings.TrimSpace(string(comm))
-		if name != "sshd" && !strings.HasPrefix(name, "sshd-") {
+		exe, _ := os.Readlink(filepath.Join(dir, "exe"))
+		exe = strings.TrimSuffix(filepath.Base(exe), " (deleted)")
+		p := &proc{ppid: readPPid(dir)}
+		p.sshd = isSSHD(name) || isSSHD(exe)
+		// systemd-socket-activate's comm is cut to 15 characters.
+		p.activator = pid == 1 || name == "systemd" || strings.HasPrefix(name, "systemd-socket") || name == "inetd" || name == "xinetd"
+		if !p.sshd && !p.activator {
 			continue
 		}
-		fdDir := filepath.Join(procRoot, d.Name(), "fd")
+		procs[pid] = p
+		fdDir := filepath.Join(dir, "fd")
 		fds, err := os.ReadDir(fdDir)
 		if err != nil {
 			continue
@@ -223,9 +458,55 @@ func sshdSocketInodes(procRoot string) (map[string]bool, error) {
 				continue
 			}
 			if inode, ok := strings.CutPrefix(target, "socket:["); ok {
-				inodes[strings.TrimSuffix(inode, "]")] = true
+				p.inodes = append(p.inodes, strings.TrimSuffix(inode, "]"))
 			}
 		}
 	}
-	return inodes, nil
+	for _, p := range procs {
+		for _, inode := range p.inodes {
+			if p.activator {
+				socks.activator[inode] = true
+			}
+			if p.sshd {
+				socks.sshd[inode] = true
+			}
+		}
+		if !p.sshd {
+			continue
+		}
+		if parent := procs[p.ppid]; parent != nil && parent.sshd {
+			continue // a per-session process
+		}
+		listens := false
+		for _, inode := range p.inodes {
+			listens = listens || listening[inode]
+		}
+		for _, inode := range p.inodes {
+			if listens {
+				socks.daemon[inode] = true
+			} else {
+				socks.inetd[inode] = true
+			}
+		}
+	}
+	return socks, nil
+}
+
+func isSSHD(name string) bool {
+	return name == "sshd" || strings.HasPrefix(name, "sshd-")
+}
+
+// readPPid reads the parent PID from /proc/PID/status (0 if unknown).
+func readPPid(dir string) int {
+	data, err := os.ReadFile(filepath.Join(dir, "status"))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
 }

@@ -1,0 +1,247 @@
+package safeapply
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// procBuilder writes a fake /proc: processes with their sockets, and the
+// namespace's TCP table.
+type procBuilder struct {
+	t     *testing.T
+	root  string
+	tcp   []string
+	tcp6  []string
+	inode int
+}
+
+func newProc(t *testing.T) *procBuilder {
+	b := &procBuilder{t: t, root: t.TempDir(), inode: 1000}
+	return b
+}
+
+// procAddr writes an address as /proc/net/tcp does: 32-bit words in host
+// byte order, the port in hex.
+func procAddr(ap netip.AddrPort) string {
+	raw := ap.Addr().AsSlice()
+	out := make([]byte, len(raw))
+	for i := 0; i < len(raw); i += 4 {
+		binary.NativeEndian.PutUint32(out[i:], binary.BigEndian.Uint32(raw[i:]))
+	}
+	return fmt.Sprintf("%X:%04X", out, ap.Port())
+}
+
+// sock adds a socket ("0A" listen, "01" established) and returns its inode.
+func (b *procBuilder) sock(state, local, remote string) string {
+	b.inode++
+	l, r := netip.MustParseAddrPort(local), netip.MustParseAddrPort(remote)
+	line := fmt.Sprintf("   0: %s %s %s 00000000:00000000 00:00000000 00000000     0        0 %d 1 0 100 0 0 10 0", procAddr(l), procAddr(r), state, b.inode)
+	if l.Addr().Is4() {
+		b.tcp = append(b.tcp, line)
+	} else {
+		b.tcp6 = append(b.tcp6, line)
+	}
+	return fmt.Sprint(b.inode)
+}
+
+func (b *procBuilder) proc(pid, ppid int, comm string, inodes ...string) {
+	dir := filepath.Join(b.root, fmt.Sprint(pid))
+	b.must(os.MkdirAll(filepath.Join(dir, "fd"), 0o755))
+	b.must(os.WriteFile(filepath.Join(dir, "comm"), []byte(comm+"\n"), 0o644))
+	b.must(os.WriteFile(filepath.Join(dir, "status"), []byte(fmt.Sprintf("Name:\t%s\nPPid:\t%d\n", comm, ppid)), 0o644))
+	for i, in := range inodes {
+		b.must(os.Symlink("socket:["+in+"]", filepath.Join(dir, "fd", fmt.Sprint(i+3))))
+	}
+}
+
+func (b *procBuilder) must(err error) {
+	if err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func (b *procBuilder) write(portRange string) string {
+	header := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+	b.must(os.MkdirAll(filepath.Join(b.root, "net"), 0o755))
+	b.must(os.WriteFile(filepath.Join(b.root, "net/tcp"), []byte(header+strings.Join(b.tcp, "\n")+"\n"), 0o644))
+	b.must(os.WriteFile(filepath.Join(b.root, "net/tcp6"), []byte(header+strings.Join(b.tcp6, "\n")+"\n"), 0o644))
+	if portRange != "" {
+		b.must(os.MkdirAll(filepath.Join(b.root, "sys/net/ipv4"), 0o755))
+		b.must(os.WriteFile(filepath.Join(b.root, "sys/net/ipv4/ip_local_port_range"), []byte(portRange), 0o644))
+	}
+	return b.root
+}
+
+func find(t *testing.T, root string, iface map[string]string) SSHState {
+	t.Helper()
+	f := &sshFinder{procRoot: root, hintPorts: []uint16{22}, sockIface: func(map[string]bool) (map[string]string, error) { return iface, nil }}
+	st, err := f.find("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func sessionList(st SSHState) string {
+	var s []string
+	for _, x := range st.Sessions {
+		s = append(s, x.Client.String()+">"+x.Server.String())
+	}
+	return strings.Join(s, " ")
+}
+
+// A socket-activated sshd (systemd listens, sshd -i serves one connection)
+// has its sessions and its port found.
+func TestFindSSHSocketActivated(t *testing.T) {
+	for _, c := range []struct {
+		name, activator string
+		activatorPID    int
+		port            uint16
+	}{
+		{"systemd (PID 1) ssh.socket", "systemd", 1, 22},
+		{"systemd-socket-activate", "systemd-socket-", 50, 2222},
+		{"inetd", "xinetd", 60, 2200},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := newProc(t)
+			lis := b.sock("0A", fmt.Sprintf("0.0.0.0:%d", c.port), "0.0.0.0:0")
+			lis6 := b.sock("0A", fmt.Sprintf("[::]:%d", c.port), "[::]:0")
+			conn := b.sock("01", fmt.Sprintf("192.0.2.1:%d", c.port), "192.0.2.2:50000")
+			other := b.sock("0A", "0.0.0.0:631", "0.0.0.0:0") // cups, also socket-activated
+			b.proc(c.activatorPID, 0, c.activator, lis, lis6, other)
+			b.proc(300, c.activatorPID, "sshd", conn)       // sshd -i: the monitor
+			b.proc(301, 300, "sshd", conn)                  // its session child
+			b.proc(400, c.activatorPID, "nginx", lis, conn) // never mind others
+			st := find(t, b.write("32768 60999"), nil)
+			if got := sessionList(st); got != fmt.Sprintf("192.0.2.2:50000>192.0.2.1:%d", c.port) {
+				t.Errorf("sessions %q", got)
+			}
+			if got := fmt.Sprint(st.Ports()); got != fmt.Sprintf("[%d]", c.port) {
+				t.Errorf("ports %s (631 is not SSH)", got)
+			}
+			if len(st.Sessions) == 1 && st.Sessions[0].ReconnectPorts.String() != "32768:60999,49152:65535" {
+				t.Errorf("reconnect ports %s", st.Sessions[0].ReconnectPorts)
+			}
+		})
+	}
+	// With no session yet, systemd's listener on 22 is sshd's; on another
+	// port nothing says so.
+	b := newProc(t)
+	l22 := b.sock("0A", "[::]:22", "[::]:0")
+	l80 := b.sock("0A", "[::]:80", "[::]:0")
+	b.proc(1, 0, "systemd", l22, l80)
+	if st := find(t, b.write(""), nil); fmt.Sprint(st.Listen) != "[[::]:22]" || len(st.Sessions) != 0 {
+		t.Errorf("idle socket activation: %v %v", st.Listen, st.Sessions)
+	}
+}
+
+// Sockets sshd holds for port forwarding are neither SSH ports nor
+// sessions: a -R listener of a session, connections into it, and -L
+// connections out.
+func TestFindSSHIgnoresForwarding(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:22", "0.0.0.0:0")
+	sess := b.sock("01", "192.0.2.1:22", "192.0.2.2:50000")
+	fwdL := b.sock("0A", "0.0.0.0:8080", "0.0.0.0:0")
+	fwdIn := b.sock("01", "192.0.2.1:8080", "198.51.100.7:40000")
+	fwdOut := b.sock("01", "192.0.2.1:41000", "203.0.113.9:80")
+	b.proc(100, 1, "sshd", lis)
+	b.proc(101, 100, "sshd", sess)
+	b.proc(102, 101, "sshd", sess, fwdL, fwdIn, fwdOut)
+	st := find(t, b.write(""), nil)
+	if got := fmt.Sprint(st.Listen); got != "[0.0.0.0:22]" {
+		t.Errorf("listen %s", got)
+	}
+	if got := sessionList(st); got != "192.0.2.2:50000>192.0.2.1:22" {
+		t.Errorf("sessions %q", got)
+	}
+}
+
+// IPv4 sessions on a dual-stack (::) listener appear in tcp6 as
+// IPv4-mapped addresses: they are IPv4 sessions. A listener on one address
+// takes sessions to that address only.
+func TestFindSSHMappedAndBoundAddresses(t *testing.T) {
+	b := newProc(t)
+	lis6 := b.sock("0A", "[::]:22", "[::]:0")
+	mapped := b.sock("01", "[::ffff:192.0.2.1]:22", "[::ffff:192.0.2.2]:50000")
+	lisOne := b.sock("0A", "198.51.100.1:2222", "0.0.0.0:0")
+	toOne := b.sock("01", "198.51.100.1:2222", "198.51.100.2:50001")
+	notSSH := b.sock("01", "192.0.2.1:2222", "192.0.2.3:50002") // another server's port 2222 on another address
+	b.proc(100, 1, "sshd", lis6, lisOne)
+	b.proc(101, 100, "sshd", mapped)
+	b.proc(102, 100, "sshd", toOne)
+	b.proc(200, 1, "other", notSSH)
+	st := find(t, b.write(""), nil)
+	if got := sessionList(st); got != "198.51.100.2:50001>198.51.100.1:2222 192.0.2.2:50000>192.0.2.1:22" {
+		t.Errorf("sessions %q", got)
+	}
+	if len(st.Sessions) != 2 || !st.Sessions[1].Client.Addr().Is4() {
+		t.Fatalf("mapped session not IPv4: %v", st.Sessions)
+	}
+}
+
+// A link-local session carries the interface its socket is bound to.
+func TestFindSSHLinkLocalZone(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "[::]:22", "[::]:0")
+	ll := b.sock("01", "[fe80::1]:22", "[fe80::2]:50000")
+	gl := b.sock("01", "[2001:db8::1]:22", "[2001:db8::2]:50001")
+	b.proc(100, 1, "sshd", lis)
+	b.proc(101, 100, "sshd", ll, gl)
+	st := find(t, b.write(""), map[string]string{ll: "eth1"})
+	if got := sessionList(st); got != "[fe80::2%eth1]:50000>[fe80::1]:22 [2001:db8::2]:50001>[2001:db8::1]:22" {
+		t.Errorf("sessions %q", got)
+	}
+}
+
+func TestCheckSessionsReconnect(t *testing.T) {
+	wide := policy.Ports{{First: 32768, Last: 60999}, ianaEphemeral}
+	v4 := Session{Client: netip.MustParseAddrPort("192.0.2.2:50000"), Server: netip.MustParseAddrPort("192.0.2.1:22"), Source: "test", ReconnectPorts: wide}
+	ll := Session{Client: netip.MustParseAddrPort("[fe80::2%eth1]:50000"), Server: netip.MustParseAddrPort("[fe80::1]:22"), Source: "test", ReconnectPorts: wide}
+	for _, c := range []struct {
+		policy string
+		s      Session
+		want   string // "" no problem, else a fragment of Why
+	}{
+		// The session's own port (50000) passes; reconnects from 32768:45000 do not.
+		{"reject proto tcp from any port 32768:45000 to any port 22\nallow 22/tcp\n", v4, "a reconnect from source port 32768 would be rejected by line 1"},
+		{"deny proto tcp from any port 60000:61000 to any port 22\nallow 22/tcp\n", v4, "source port 60000"},
+		{"deny proto tcp from any port 65535 to any port 22\nallow 22/tcp\n", v4, "source port 65535"},
+		{"deny proto tcp from any port 1:1023 to any port 22\nallow 22/tcp\n", v4, ""},
+		{"deny proto tcp from any port 50000 to any port 22\nallow 22/tcp\n", v4, "would be dropped by line 1"},
+		{"default deny incoming\nallow proto tcp from any port 32768:65535 to any port 22\n", v4, ""},
+		{"default deny incoming\nallow proto tcp from any port 40000:65535 to any port 22\n", v4, "source port 32768"},
+		// The interface is the socket's, not the routing table's guess.
+		{"default allow incoming\ndeny in on eth1 to any port 22 proto tcp\n", ll, "(it comes in on eth1)"},
+		{"default allow incoming\ndeny in on eth+ to any port 22 proto tcp\n", ll, "dropped by line 2"},
+		{"default allow incoming\ndeny in on eth0 to any port 22 proto tcp\n", ll, ""},
+		// Routed traffic is not the host's sessions.
+		{"default deny routed\nroute deny proto tcp to any port 22\nallow 22/tcp\n", v4, ""},
+		{"default deny outgoing\nallow 22/tcp\n", v4, ""},
+	} {
+		p, err := policy.NewDocument("moat.conf", []byte(c.policy)).Policy(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		problems := CheckSessions(ruleset.Compile(p), p, []Session{c.s}, func(netip.Addr) string { return "eth0" })
+		switch {
+		case c.want == "" && len(problems) > 0:
+			t.Errorf("%q: refused: %s", c.policy, problems[0].Why)
+		case c.want != "" && len(problems) == 0:
+			t.Errorf("%q: not refused, want %q", c.policy, c.want)
+		case c.want != "" && !strings.Contains(problems[0].Why, c.want):
+			t.Errorf("%q: %q lacks %q", c.policy, problems[0].Why, c.want)
+		}
+		if len(problems) > 0 && strings.Contains(strings.Join(problems[0].Fixes, " "), "%") {
+			t.Errorf("a fix names a scoped address: %v", problems[0].Fixes)
+		}
+	}
+}
