@@ -37,7 +37,7 @@ func (e *env) inKernel(a netip.Addr) bool {
 	return err == nil
 }
 
-func appendLog(b *testing.B, path, text string) {
+func appendLog(b testing.TB, path, text string) {
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		b.Fatal(err)

@@ -52,6 +52,9 @@ func (e *env) startGuard(args ...string) (stop func(syscall.Signal)) {
 	e.t.Helper()
 	full := append([]string{"--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir(), "guard"}, args...)
 	cmd := exec.Command(moatBin, full...)
+	if len(e.guardEnv) > 0 {
+		cmd.Env = append(os.Environ(), e.guardEnv...)
+	}
 	logf, _ := os.Create(filepath.Join(e.dir, fmt.Sprintf("guard-%d.log", time.Now().UnixNano())))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := e.topo.Server.Start(cmd); err != nil {

@@ -75,6 +75,9 @@ type env struct {
 	conf    string
 	backend string
 	guard   *exec.Cmd // the last 'moat guard' started
+	// guardEnv is added to the environment of 'moat guard' (not set with
+	// os.Setenv: tests run in parallel).
+	guardEnv []string
 }
 
 func newEnv(t *testing.T, backend string, routed bool) *env {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -38,14 +37,14 @@ func journalEntries(t *testing.T, path string, first int, addr string, n int) {
 		if c%2 == 0 {
 			ident = "sshd"
 		}
-		e := map[string]string{"MESSAGE": msg, "SYSLOG_IDENTIFIER": ident, "_COMM": ident, "_PID": "4242",
+		e := map[string]string{"MESSAGE": msg, "SYSLOG_IDENTIFIER": ident, "_COMM": ident, "_PID": "4242", "_UID": "0",
 			"__CURSOR": fmt.Sprintf("s=feed;i=%x;b=boot;m=%x;t=%x;x=%x", c, c, c, c), "__REALTIME_TIMESTAMP": fmt.Sprint(time.Now().UnixMicro())}
 		data, _ := json.Marshal(e)
 		fmt.Fprintln(f, string(data))
 	}
 	// A successful login and an entry with MESSAGE as bytes (not UTF-8).
-	fmt.Fprintf(f, `{"MESSAGE":"Accepted publickey for admin from 198.51.100.2 port 50000 ssh2","SYSLOG_IDENTIFIER":"sshd","__CURSOR":"s=feed;i=ok%d"}`+"\n", first)
-	fmt.Fprintf(f, `{"MESSAGE":[73,110,118,97,108,105,100,32,117,115,101,114,32,255,32,102,114,111,109,32,49,57,56,46,53,49,46,49,48,48,46,50],"SYSLOG_IDENTIFIER":"sshd","__CURSOR":"s=feed;i=bytes%d"}`+"\n", first)
+	fmt.Fprintf(f, `{"MESSAGE":"Accepted publickey for admin from 198.51.100.2 port 50000 ssh2","SYSLOG_IDENTIFIER":"sshd","_COMM":"sshd","_UID":"0","__CURSOR":"s=feed;i=ok%d"}`+"\n", first)
+	fmt.Fprintf(f, `{"MESSAGE":[73,110,118,97,108,105,100,32,117,115,101,114,32,255,32,102,114,111,109,32,49,57,56,46,53,49,46,49,48,48,46,50],"SYSLOG_IDENTIFIER":"sshd","_EXE":"/usr/sbin/sshd","_UID":"0","__CURSOR":"s=feed;i=bytes%d"}`+"\n", first)
 }
 
 // The journald source, with a recorded stream played by a stand-in
@@ -60,11 +59,7 @@ func TestGuardJournald(t *testing.T) {
 		t.Fatalf("build the stand-in: %v\n%s", err, out)
 	}
 	rec, argsFile := filepath.Join(e.dir, "journal.json"), filepath.Join(e.dir, "journalctl.args")
-	// Inherited by the guard and its journalctl (t.Setenv refuses a
-	// parallel test).
-	if err := errors.Join(os.Setenv("FAKE_JOURNAL", rec), os.Setenv("FAKE_JOURNAL_ARGS", argsFile)); err != nil {
-		t.Fatal(err)
-	}
+	e.guardEnv = []string{"FAKE_JOURNAL=" + rec, "FAKE_JOURNAL_ARGS=" + argsFile} // inherited by its journalctl
 	journalEntries(t, rec, 1, "203.0.113.50", 3)
 	e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1h weak 0\n")
 
@@ -103,8 +98,66 @@ func TestGuardJournald(t *testing.T) {
 	args, _ := os.ReadFile(argsFile)
 	lines := strings.Split(strings.TrimSpace(string(args)), "\n")
 	if len(lines) != 2 || !strings.Contains(lines[0], "--lines=0") || !strings.Contains(lines[0], "--output=json") ||
-		!strings.Contains(lines[0], "SYSLOG_IDENTIFIER=sshd-session") || !strings.Contains(lines[1], "--after-cursor=s=feed;i=bytes1") {
+		!strings.Contains(lines[0], "SYSLOG_IDENTIFIER=sshd-session") || !strings.Contains(lines[0], "_UID=0") || !strings.Contains(lines[1], "--after-cursor=s=feed;i=bytes1") {
 		t.Errorf("journalctl arguments:\n%s", args)
+	}
+}
+
+// A local user's `logger -t sshd` lands in the journal with
+// SYSLOG_IDENTIFIER=sshd but journald's own _UID, _COMM and _EXE: it must
+// not count. One entry of 5 MiB must not stop the guard. Both are counted
+// in moat_guard_lines_skipped_total, and the guard goes on banning.
+func TestGuardJournaldTrust(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	fake := filepath.Join(e.dir, "journalctl")
+	if out, err := exec.Command("go", "build", "-o", fake, "./testdata/fakejournalctl").CombinedOutput(); err != nil {
+		t.Fatalf("build the stand-in: %v\n%s", err, out)
+	}
+	rec := filepath.Join(e.dir, "journal.json")
+	f, err := os.Create(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(fields map[string]string) {
+		data, _ := json.Marshal(fields)
+		if _, err := f.Write(append(data, '\n')); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 6; i++ {
+		// What `logger -t sshd -i` run by uid 1000 in a login session gives.
+		write(map[string]string{"MESSAGE": fmt.Sprintf("Failed password for root from 203.0.113.60 port %d ssh2", 40000+i),
+			"SYSLOG_IDENTIFIER": "sshd", "SYSLOG_PID": "812", "_COMM": "logger", "_EXE": "/usr/bin/logger", "_UID": "1000", "_GID": "1000",
+			"_SYSTEMD_UNIT": "session-3.scope", "_PID": "9999", "__CURSOR": fmt.Sprintf("s=t;i=logger%d", i)})
+	}
+	write(map[string]string{"MESSAGE": "Failed password for " + strings.Repeat("A", 5<<20) + " from 203.0.113.62 port 1 ssh2",
+		"SYSLOG_IDENTIFIER": "sshd", "_COMM": "sshd", "_UID": "0", "__CURSOR": "s=t;i=huge"})
+	for i := 0; i < 3; i++ {
+		write(map[string]string{"MESSAGE": fmt.Sprintf("Failed password for root from 203.0.113.61 port %d ssh2", 41000+i),
+			"SYSLOG_IDENTIFIER": "sshd-session", "_COMM": "sshd-session", "_EXE": "/usr/lib/openssh/sshd-session", "_UID": "0",
+			"_SYSTEMD_UNIT": "ssh.service", "_PID": "4242", "__CURSOR": fmt.Sprintf("s=t;i=real%d", i)})
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.guardEnv = []string{"FAKE_JOURNAL=" + rec, "FAKE_JOURNAL_ARGS=" + filepath.Join(e.dir, "args")}
+	e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1h weak 0\n")
+	e.startGuard("--journalctl", fake, "--metrics-listen", "127.0.0.1:9551")
+	waitFor(t, 10*time.Second, "203.0.113.61 not banned after the forged and the huge entries", func() bool {
+		_, ok := e.bans()["203.0.113.61"]
+		return ok
+	})
+	if _, ok := e.bans()["203.0.113.60"]; ok {
+		t.Error("entries a local user wrote with logger got 203.0.113.60 banned")
+	}
+	metrics := e.scrape(t, "127.0.0.1:9551")
+	for _, want := range []string{`moat_guard_lines_skipped_total{reason="untrusted"} 6`, `moat_guard_lines_skipped_total{reason="too_long"} 1`,
+		"moat_guard_lines_read_total 10", "moat_guard_bans_total 1"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }
 

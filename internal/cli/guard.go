@@ -99,21 +99,13 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 	if err != nil {
 		return err
 	}
-	release, err := guard.HoldRunning(a.stateDir)
-	if err != nil {
-		return err
-	}
-	defer release()
-	st, err := guard.LoadState(a.stateDir)
-	if err != nil {
-		return err
-	}
-	src, what, err := pickSource(logFile, journalctl, st)
-	if err != nil {
-		return err
-	}
 	reload := make(chan policy.Guard)
 	svc := &guard.Service{Cfg: p.Guard, Bans: b, StateDir: a.stateDir, Log: a.log.With("component", "guard"), Reload: reload}
+	// Refuse at once when another guard runs on this state.
+	if err := svc.Lock(); err != nil {
+		return err
+	}
+	var what string
 	// SIGHUP (systemctl reload moat-guard) re-reads the guard's settings.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -165,7 +157,11 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 			}
 		}()
 	}
-	err = svc.Run(ctx, src)
+	err = svc.RunWith(ctx, func(st *guard.State) (guard.Source, error) {
+		src, w, err := pickSource(logFile, journalctl, st)
+		what = w
+		return src, err
+	})
 	a.sdNotify(daemon.SdNotifyStopping)
 	if errors.Is(err, context.Canceled) {
 		return nil

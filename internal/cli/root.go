@@ -18,6 +18,7 @@ import (
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // Version is set at build time (-ldflags "-X .../cli.Version=...").
@@ -252,6 +253,10 @@ func (a *app) apply(ctx context.Context, p *policy.Policy, opts applyOpts) (back
 		return nil, nil, err
 	}
 	if err := b.Available(); err != nil {
+		return nil, nil, err
+	}
+	// Refuse an unsafe state directory before the kernel changes.
+	if err := statedir.Ensure(a.stateDir); err != nil {
 		return nil, nil, err
 	}
 	rs := ruleset.Compile(p)

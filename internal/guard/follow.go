@@ -23,9 +23,21 @@ type Line struct {
 	// Resume position after this line.
 	Cursor string
 	File   *FilePos
+	// Skip, when set, says why the source passed the line over (it is not
+	// parsed; it still moves the resume position): SkipTooLong,
+	// SkipUntrusted.
+	Skip string
 }
 
-// maxLine bounds a log line; longer lines are cut (their head is parsed).
+// Reasons a line is skipped (the moat_guard_lines_skipped_total label).
+const (
+	SkipTooLong   = "too_long"
+	SkipUntrusted = "untrusted"
+)
+
+// maxLine bounds a log file's line. sshd writes lines of at most about
+// 1 KB (OpenSSH's log buffer), so a longer line is not sshd's: it is
+// skipped whole, never cut and parsed.
 const maxLine = 64 << 10
 
 // FileSource follows a log file across rotation by rename (logrotate's
@@ -46,6 +58,7 @@ type openFile struct {
 	inode  uint64
 	offset int64
 	buf    []byte // an incomplete last line
+	long   bool   // the line being read is past maxLine: skip it
 }
 
 func inodeOf(fi os.FileInfo) uint64 {
@@ -88,15 +101,21 @@ func (s *FileSource) open(resume bool) (*openFile, error) {
 func (s *FileSource) drain(ctx context.Context, o *openFile, out chan<- Line) error {
 	for {
 		chunk, err := o.r.ReadSlice('\n')
-		if len(chunk) > 0 && len(o.buf) < maxLine {
-			o.buf = append(o.buf, chunk[:min(len(chunk), maxLine-len(o.buf))]...)
+		if !o.long && len(o.buf)+len(chunk) > maxLine+2 { // +2: CR LF
+			o.long, o.buf = true, o.buf[:0]
+		}
+		if !o.long {
+			o.buf = append(o.buf, chunk...)
 		}
 		o.offset += int64(len(chunk))
 		if err == nil {
-			text := string(trimEOL(o.buf))
-			o.buf = o.buf[:0]
+			l := Line{Text: string(trimEOL(o.buf)), Time: time.Now(), File: &FilePos{Path: s.Path, Inode: o.inode, Offset: o.offset}}
+			if o.long {
+				l.Skip = SkipTooLong
+			}
+			o.buf, o.long = o.buf[:0], false
 			select {
-			case out <- Line{Text: text, Time: time.Now(), File: &FilePos{Path: s.Path, Inode: o.inode, Offset: o.offset}}:
+			case out <- l:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -156,7 +175,7 @@ func (s *FileSource) Run(ctx context.Context, out chan<- Line) error {
 			if _, err := cur.f.Seek(0, io.SeekStart); err != nil {
 				return err
 			}
-			cur.offset, cur.buf = 0, cur.buf[:0]
+			cur.offset, cur.buf, cur.long = 0, cur.buf[:0], false
 			cur.r.Reset(cur.f)
 		}
 		if err := s.drain(ctx, cur, out); err != nil {

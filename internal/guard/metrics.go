@@ -17,6 +17,7 @@ import (
 type Metrics struct {
 	Registry   *prometheus.Registry
 	Lines      prometheus.Counter
+	Skipped    *prometheus.CounterVec
 	Failures   *prometheus.CounterVec
 	BansTotal  prometheus.Counter
 	BansActive prometheus.Gauge
@@ -26,8 +27,10 @@ type Metrics struct {
 // NewMetrics registers the guard's metrics in a registry of their own.
 func NewMetrics() *Metrics {
 	m := &Metrics{
-		Registry:   prometheus.NewRegistry(),
-		Lines:      prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_guard_lines_read_total", Help: "Log lines read."}),
+		Registry: prometheus.NewRegistry(),
+		Lines:    prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_guard_lines_read_total", Help: "Log lines read."}),
+		Skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_guard_lines_skipped_total",
+			Help: "Log lines not parsed, by reason: too_long (past the source's bound), untrusted (not written by sshd)."}, []string{"reason"}),
 		Failures:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_guard_failures_total", Help: "Failures seen, by kind."}, []string{"kind"}),
 		BansTotal:  prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_guard_bans_total", Help: "Bans made since start."}),
 		BansActive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "moat_guard_bans_active", Help: "Bans in force (from the ban history)."}),
@@ -35,8 +38,11 @@ func NewMetrics() *Metrics {
 			Help:    "Time from the log line that triggered a ban to the ban being in the kernel.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 	}
-	m.Registry.MustRegister(m.Lines, m.Failures, m.BansTotal, m.BansActive, m.BanLatency,
+	m.Registry.MustRegister(m.Lines, m.Skipped, m.Failures, m.BansTotal, m.BansActive, m.BanLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, r := range []string{SkipTooLong, SkipUntrusted} {
+		m.Skipped.WithLabelValues(r) // shown at 0 from the start
+	}
 	return m
 }
 

@@ -2,7 +2,6 @@ package guard
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -12,27 +11,12 @@ import (
 )
 
 // runFile is held locked (flock) by a running guard for its whole life and
-// holds its PID. The kernel drops the lock when the process dies, even by
+// holds its PID (Service.Lock). The kernel drops the lock when the process dies, even by
 // kill -9, so a stale file never passes for a running guard.
 const runFile = "guard.pid"
 
 // ErrRunning says another guard already follows the log with this state.
 var ErrRunning = errors.New("another moat guard is running")
-
-// HoldRunning marks this process as the running guard of the state in dir
-// until release is called (or the process ends). A second guard on the
-// same state gets ErrRunning, naming the first one's PID.
-func HoldRunning(dir string) (release func(), err error) {
-	l, err := statedir.TryLock(dir, runFile)
-	var held *statedir.HeldError
-	if errors.As(err, &held) {
-		return nil, fmt.Errorf("%w (pid %d)", ErrRunning, held.PID)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("guard: %w", err)
-	}
-	return l.Unlock, nil
-}
 
 // Running reports whether a guard holds the state in dir, and its PID (0
 // while a starting guard has not written it yet). It changes nothing.

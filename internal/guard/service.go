@@ -3,13 +3,17 @@ package guard
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime/debug"
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // Banner is what the guard needs of a backend.
@@ -39,14 +43,49 @@ type Service struct {
 	// Protect refuses bans of this host's and its admins' addresses
 	// (default: a Protector with Cfg's allowlist).
 	Protect *Protector
+
+	instance  *statedir.Lock
+	stateSize int64 // of guard.json after the last fold
+}
+
+// keep is how long history is kept after a ban ended: bantime-max (the
+// longest a ban can last), at least bantime.
+func (s *Service) keep() time.Duration {
+	return max(s.Cfg.BanTime, s.Cfg.BanTimeMax)
+}
+
+func fileSize(dir, name string) int64 {
+	fi, err := os.Lstat(filepath.Join(dir, name))
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// compact drops history older than bantime-max (from memory too) and folds
+// the journal into guard.json. Everything in memory has been appended to
+// the journal before, so the files hold the same history.
+func (s *Service) compact(history map[netip.Addr]*Record) error {
+	now := time.Now()
+	pruneHistory(history, now, s.keep())
+	err := updateState(s.StateDir, s.Log, func(st *State) error {
+		st.Prune(now, s.keep())
+		return nil
+	})
+	s.stateSize = fileSize(s.StateDir, stateFile)
+	return err
 }
 
 // maxBatch bounds how many bans go to the kernel in one call.
 const maxBatch = 1000
 
 // compactAt is the journal size (bytes) past which it is folded into the
-// state file.
-const compactAt = 16 << 20
+// state file, unless the state file is larger: folding rewrites the whole
+// history, so it waits until the journal is as large as the history.
+const compactAt = 4 << 20
+
+// pruneEvery is how often history older than bantime-max is dropped.
+const pruneEvery = time.Hour
 
 // Restore puts back bans the history says are active but the kernel lost
 // (a reboot, a crash while moat's rules were reloaded), with the time they
@@ -74,7 +113,65 @@ func (s *Service) Restore(ctx context.Context, st *State, now time.Time) (int, e
 
 // Run follows the source, detects and bans until ctx ends.
 func (s *Service) Run(ctx context.Context, src Source) error {
-	st, err := LoadState(s.StateDir)
+	return s.RunWith(ctx, func(*State) (Source, error) { return src, nil })
+}
+
+// AlreadyRunningError says another guard holds the state directory. It
+// is ErrRunning.
+type AlreadyRunningError struct {
+	Dir string
+	PID int
+}
+
+func (e *AlreadyRunningError) Error() string {
+	return fmt.Sprintf("%v (pid %d) on the state directory %s: two guards would ban twice and overwrite each other's history; stop it first (systemctl stop moat-guard)",
+		ErrRunning, e.PID, e.Dir)
+}
+
+func (e *AlreadyRunningError) Unwrap() error { return ErrRunning }
+
+// Lock takes the guard's instance lock (guard.pid in the state directory,
+// see Running), or returns an *AlreadyRunningError naming the PID that
+// holds it. RunWith takes it itself; call Lock first to refuse before
+// doing anything else.
+func (s *Service) Lock() error {
+	if s.instance != nil {
+		return nil
+	}
+	l, err := statedir.TryLock(s.StateDir, runFile)
+	var held *statedir.HeldError
+	if errors.As(err, &held) {
+		return &AlreadyRunningError{Dir: s.StateDir, PID: held.PID}
+	}
+	if err != nil {
+		return fmt.Errorf("guard: %w", err)
+	}
+	s.instance = l
+	return nil
+}
+
+// RunWith is Run with a source chosen from the saved state (where to
+// resume), read once the instance lock is held.
+func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)) error {
+	if err := s.Lock(); err != nil {
+		return err
+	}
+	defer func() { s.instance.Unlock(); s.instance = nil }()
+	// Start from a compact, pruned state: the journal folded in, a corrupt
+	// file moved aside, history older than bantime-max dropped.
+	var st *State
+	err := updateState(s.StateDir, s.Log, func(loaded *State) error {
+		if n := loaded.Prune(time.Now(), s.keep()); n > 0 {
+			s.Log.Info("forgot ban history older than bantime-max", "addresses", n, "kept_for", s.keep().String())
+		}
+		st = loaded
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.stateSize = fileSize(s.StateDir, stateFile)
+	src, err := pick(st)
 	if err != nil {
 		return err
 	}
@@ -115,6 +212,7 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	lastPrune := time.Now()
 
 	var batch []ruleset.Ban
 	var seen []time.Time // when each banned line was written, for latency
@@ -144,8 +242,8 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 			return err
 		}
 		dirty, moved = map[netip.Addr]bool{}, false
-		if size > compactAt {
-			return UpdateState(s.StateDir, func(*State) error { return nil })
+		if size > max(compactAt, s.stateSize) {
+			return s.compact(det.History())
 		}
 		return nil
 	}
@@ -180,16 +278,35 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 			}
 		}
 	}
+	skipped := map[string]bool{}
+	skip := func(reason string) {
+		if s.Metrics != nil {
+			s.Metrics.Skipped.WithLabelValues(reason).Inc()
+		}
+		if !skipped[reason] {
+			skipped[reason] = true // once: the lines may be a flood
+			s.Log.Warn("skipping log lines (counted in moat_guard_lines_skipped_total)", "reason", reason)
+		}
+	}
 	handle := func(l Line) {
-		pos, moved = &l, true
+		if l.Cursor != "" || l.File != nil {
+			pos, moved = &l, true
+		}
 		if s.Metrics != nil {
 			s.Metrics.Lines.Inc()
+		}
+		if l.Skip != "" {
+			skip(l.Skip)
+			return
 		}
 		var ev Event
 		var ok bool
 		if l.Prog != "" {
 			ev, ok = ParseMessage(l.Prog, l.Text)
 			ev.PID = l.PID
+		} else if !TrustedFileLine(l.Text) {
+			skip(SkipUntrusted)
+			return
 		} else {
 			ev, ok = ParseLine(l.Text)
 		}
@@ -208,7 +325,7 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 		case err := <-errc:
 			return errors.Join(err, flush(), save())
 		case cfg := <-s.Reload:
-			det.cfg = cfg
+			det.cfg, s.Cfg = cfg, cfg
 			prot.Allowlist = cfg.Allowlist
 			s.Log.Info("settings reloaded", "maxretry", cfg.MaxRetry, "findtime", cfg.FindTime, "bantime", cfg.BanTime, "allowlist", len(cfg.Allowlist))
 		case <-tick.C:
@@ -229,6 +346,11 @@ func (s *Service) Run(ctx context.Context, src Source) error {
 			}
 			if err := save(); err != nil {
 				s.Log.Error("save guard state", "err", err)
+			} else if time.Since(lastPrune) > pruneEvery {
+				lastPrune = time.Now()
+				if err := s.compact(det.History()); err != nil {
+					s.Log.Error("compact guard state", "err", err)
+				}
 			}
 		case l := <-lines:
 			handle(l)

@@ -1,18 +1,20 @@
 package guard
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"syscall"
+	"sort"
+	"strings"
 	"time"
 
-	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // Record is an address's ban history, kept for escalation.
@@ -21,6 +23,14 @@ type Record struct {
 	LastBan time.Time `json:"last_ban"`
 	Until   time.Time `json:"until"`
 	Reason  string    `json:"reason"`
+}
+
+// ended is when the record's last ban ended (or was lifted).
+func (r *Record) ended() time.Time {
+	if r.LastBan.After(r.Until) {
+		return r.LastBan
+	}
+	return r.Until
 }
 
 // FilePos is where the file source stopped reading.
@@ -38,12 +48,19 @@ type State struct {
 }
 
 const (
-	stateFile     = "guard.json"
-	journalFile   = "guard.journal"
-	stateLockFile = "guard.lock"
+	stateFile   = "guard.json"
+	journalFile = "guard.journal"
+	// stateLockFile serializes changes of guard.json and the journal
+	// (the guard, 'moat ban', 'moat unban'); held for milliseconds.
+	stateLockFile = "guard.state.lock"
+	// corruptKeep is how many corrupt state files are kept aside.
+	corruptKeep = 5
+	// maxJournalRecord bounds one journal record (a batch of at most
+	// maxBatch bans is about 150 KB); a longer line is damage, skipped.
+	maxJournalRecord = 64 << 20
 )
 
-// journalEntry is one appended change: bans made, or the read position.
+// journalRecord is one appended change: bans made, or the read position.
 // Appending costs the size of the change, not of the whole history, so the
 // guard can record every batch of bans at once (and a crash loses none);
 // UpdateState folds the journal into guard.json.
@@ -55,7 +72,9 @@ type journalRecord struct {
 
 func (st *State) apply(j journalRecord) {
 	for a, r := range j.Bans {
-		st.Bans[a] = r
+		if r != nil && a.IsValid() {
+			st.Bans[a] = r
+		}
 	}
 	if j.Cursor != "" {
 		st.JournalCursor = j.Cursor
@@ -65,9 +84,33 @@ func (st *State) apply(j journalRecord) {
 	}
 }
 
+// Prune forgets addresses whose last ban ended more than keep ago (the
+// guard passes bantime-max): escalation only looks that far back, and the
+// history must not grow with every address ever banned. It returns how
+// many it forgot.
+func (st *State) Prune(now time.Time, keep time.Duration) int {
+	return pruneHistory(st.Bans, now, keep)
+}
+
+func pruneHistory(h map[netip.Addr]*Record, now time.Time, keep time.Duration) int {
+	if keep <= 0 {
+		return 0
+	}
+	cutoff := now.Add(-keep)
+	n := 0
+	for a, r := range h {
+		if r.ended().Before(cutoff) {
+			delete(h, a)
+			n++
+		}
+	}
+	return n
+}
+
 // Append records a change in the journal (under the lock, fsynced) and
-// returns how many records the journal holds.
-func Append(dir string, bans map[netip.Addr]*Record, cursor string, file *FilePos) (int, error) {
+// returns the journal's size in bytes. A torn last record (a crash
+// mid-write) is closed off first, so it cannot swallow this one.
+func Append(dir string, bans map[netip.Addr]*Record, cursor string, file *FilePos) (int64, error) {
 	unlock, err := lockState(dir)
 	if err != nil {
 		return 0, err
@@ -77,92 +120,173 @@ func Append(dir string, bans map[netip.Addr]*Record, cursor string, file *FilePo
 	if err != nil {
 		return 0, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, journalFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := statedir.OpenFile(dir, journalFile, os.O_CREATE|os.O_RDWR|os.O_APPEND, statedir.Perm)
 	if err != nil {
 		return 0, fmt.Errorf("guard journal: %w", err)
 	}
 	defer func() { _ = f.Close() }() // after Sync, closing loses nothing
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("guard journal: %w", err)
+	}
+	if size := fi.Size(); size > 0 {
+		last := make([]byte, 1)
+		if _, err := f.ReadAt(last, size-1); err != nil {
+			return 0, fmt.Errorf("guard journal: %w", err)
+		}
+		if last[0] != '\n' {
+			data = append([]byte{'\n'}, data...)
+		}
+	}
 	if _, err := f.Write(append(data, '\n')); err != nil {
 		return 0, fmt.Errorf("guard journal: %w", err)
 	}
 	if err := f.Sync(); err != nil {
 		return 0, fmt.Errorf("guard journal: %w", err)
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return int(fi.Size()), nil
+	return fi.Size() + int64(len(data)) + 1, nil
 }
 
 func lockState(dir string) (func(), error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	l, err := statedir.WaitLock(dir, stateLockFile, nil)
+	if err != nil {
 		return nil, fmt.Errorf("guard state: %w", err)
 	}
-	lf, err := os.OpenFile(filepath.Join(dir, stateLockFile), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("guard state lock: %w", err)
-	}
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		return nil, errors.Join(fmt.Errorf("guard state lock: %w", err), lf.Close())
-	}
-	// Closing the only descriptor releases the lock.
-	return func() { _ = lf.Close() }, nil
+	return l.Unlock, nil
 }
 
-// LoadState reads the guard's state; a missing file is an empty state.
+// CorruptError says guard.json cannot be read as a state.
+type CorruptError struct {
+	Path string
+	Err  error
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("guard state %s is corrupt: %v", e.Path, e.Err)
+}
+func (e *CorruptError) Unwrap() error { return e.Err }
+
+// LoadState reads the guard's state (guard.json, then the journal); a
+// missing file is an empty state, an unreadable guard.json a
+// *CorruptError. It changes nothing on disk.
 func LoadState(dir string) (*State, error) {
-	st := &State{Bans: map[netip.Addr]*Record{}}
-	data, err := os.ReadFile(filepath.Join(dir, stateFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return st, replayJournal(dir, st)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read guard state: %w", err)
-	}
-	if err := json.Unmarshal(data, st); err != nil {
-		return nil, fmt.Errorf("read guard state %s: %w", filepath.Join(dir, stateFile), err)
-	}
-	if st.Bans == nil {
-		st.Bans = map[netip.Addr]*Record{}
-	}
-	return st, replayJournal(dir, st)
+	st, _, err := loadState(dir)
+	return st, err
 }
 
-// replayJournal applies the journal's records; a torn last line (a crash
-// mid-write) is ignored.
-func replayJournal(dir string, st *State) error {
-	f, err := os.Open(filepath.Join(dir, journalFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read guard journal: %w", err)
-	}
-	defer func() { _ = f.Close() }() // read only
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 256<<20)
-	for sc.Scan() {
-		var j journalRecord
-		if json.Unmarshal(sc.Bytes(), &j) == nil {
-			st.apply(j)
+// loadState also returns how many journal lines were damaged (skipped).
+func loadState(dir string) (*State, int, error) {
+	st := &State{Bans: map[netip.Addr]*Record{}}
+	data, err := statedir.ReadFile(dir, stateFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, 0, fmt.Errorf("read guard state: %w", err)
+	default:
+		if err := json.Unmarshal(data, st); err != nil {
+			return nil, 0, &CorruptError{Path: filepath.Join(dir, stateFile), Err: err}
+		}
+		if st.Bans == nil {
+			st.Bans = map[netip.Addr]*Record{}
+		}
+		for a, r := range st.Bans {
+			if r == nil || !a.IsValid() {
+				delete(st.Bans, a)
+			}
 		}
 	}
-	return sc.Err()
+	bad, err := replayJournal(dir, st)
+	return st, bad, err
+}
+
+// replayJournal applies the journal's records. A damaged record (a torn
+// last line after a crash mid-write, or worse) is skipped and counted.
+func replayJournal(dir string, st *State) (int, error) {
+	f, err := statedir.OpenFile(dir, journalFile, os.O_RDONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read guard journal: %w", err)
+	}
+	defer func() { _ = f.Close() }() // read only
+	lr := newLineReader(f, maxJournalRecord)
+	bad := 0
+	for {
+		line, _, tooLong, err := lr.next()
+		if tooLong {
+			bad++
+		} else if len(line) > 0 {
+			var j journalRecord
+			if json.Unmarshal(line, &j) == nil {
+				st.apply(j)
+			} else {
+				bad++
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return bad, nil
+		}
+		if err != nil {
+			return bad, fmt.Errorf("read guard journal: %w", err)
+		}
+	}
+}
+
+// quarantine moves a corrupt guard.json aside (guard.json.corrupt-TIME),
+// keeping the newest few, and returns where it went.
+func quarantine(dir string) (string, error) {
+	name := stateFile + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000000000")
+	if err := os.Rename(filepath.Join(dir, stateFile), filepath.Join(dir, name)); err != nil {
+		return "", fmt.Errorf("move corrupt guard state aside: %w", err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var old []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), stateFile+".corrupt-") {
+			old = append(old, e.Name())
+		}
+	}
+	sort.Strings(old)
+	for len(old) > corruptKeep {
+		_ = statedir.Remove(dir, old[0]) // only a bound on kept copies
+		old = old[1:]
+	}
+	return filepath.Join(dir, name), nil
 }
 
 // UpdateState changes the state under a lock (the service and the ban
 // commands share it), writes it atomically (temp file, fsync, rename) with
-// the journal folded in, and empties the journal.
+// the journal folded in, and empties the journal. A corrupt guard.json is
+// moved aside (logged loudly to slog's default logger) and the state starts
+// over from the journal: losing escalation history is better than a guard
+// or a ban command that can never run again.
 func UpdateState(dir string, fn func(*State) error) error {
+	return updateState(dir, slog.Default(), fn)
+}
+
+func updateState(dir string, log *slog.Logger, fn func(*State) error) error {
 	unlock, err := lockState(dir)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	st, err := LoadState(dir)
+	st, bad, err := loadState(dir)
+	var corrupt *CorruptError
+	if errors.As(err, &corrupt) {
+		aside, qerr := quarantine(dir)
+		if qerr != nil {
+			return errors.Join(err, qerr)
+		}
+		log.Error("the guard's state was corrupt: moved aside, starting with an empty ban history (bans in the kernel stay)",
+			"file", corrupt.Path, "kept_as", aside, "err", corrupt.Err)
+		st, bad, err = loadState(dir)
+	}
 	if err != nil {
 		return err
+	}
+	if bad > 0 {
+		log.Warn("skipped damaged records in the guard's journal (a crash mid-write)", "file", filepath.Join(dir, journalFile), "records", bad)
 	}
 	if err := fn(st); err != nil {
 		return err
@@ -171,10 +295,10 @@ func UpdateState(dir string, fn func(*State) error) error {
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, stateFile), data, 0o600); err != nil {
+	if err := statedir.WriteFile(dir, stateFile, data); err != nil {
 		return fmt.Errorf("guard state: %w", err)
 	}
-	if err := os.Remove(filepath.Join(dir, journalFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := statedir.Remove(dir, journalFile); err != nil {
 		return fmt.Errorf("fold guard journal: %w", err)
 	}
 	return nil

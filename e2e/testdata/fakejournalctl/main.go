@@ -34,20 +34,25 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	sc := bufio.NewScanner(in)
+	// Lines of any length (journalctl has no bound): a Scanner would stop
+	// at 64 KiB.
+	r := bufio.NewReader(in)
 	playing := after == ""
-	for sc.Scan() {
+	for {
+		line, err := r.ReadBytes('\n')
 		var e struct {
 			Cursor string `json:"__CURSOR"`
 		}
-		if json.Unmarshal(sc.Bytes(), &e) != nil {
-			continue
+		if len(line) > 0 && json.Unmarshal(line, &e) == nil {
+			if playing {
+				os.Stdout.Write(line)
+			}
+			if e.Cursor == after {
+				playing = true
+			}
 		}
-		if playing {
-			fmt.Println(sc.Text())
-		}
-		if e.Cursor == after {
-			playing = true
+		if err != nil {
+			break
 		}
 	}
 	if follow {

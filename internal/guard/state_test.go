@@ -1,0 +1,282 @@
+package guard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+func stateDir(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(t.TempDir(), "state")
+}
+
+// appendRaw writes text at the end of the journal, as a crash or damage
+// leaves it.
+func appendRaw(t *testing.T, dir, text string) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(dir, journalFile), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteString(text)
+	if err = errors.Join(err, f.Close()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func rec(count int, until time.Time) map[netip.Addr]*Record {
+	return map[netip.Addr]*Record{netip.MustParseAddr("203.0.113.1"): {Count: count, LastBan: until.Add(-time.Hour), Until: until}}
+}
+
+// kill -9 while the guard appends leaves a torn last record: it is skipped
+// when read, and the next append must not be glued onto it (which lost the
+// next record too).
+func TestJournalTornRecord(t *testing.T) {
+	dir := stateDir(t)
+	now := time.Now().Truncate(time.Second)
+	if _, err := Append(dir, rec(1, now), "c1", nil); err != nil {
+		t.Fatal(err)
+	}
+	appendRaw(t, dir, `{"bans":{"203.0.113.2":{"count":9,"la`) // the crash
+	st, err := LoadState(dir)
+	if err != nil || st.JournalCursor != "c1" || len(st.Bans) != 1 {
+		t.Fatalf("after a torn record: %+v %v", st, err)
+	}
+	// The guard restarts and records more; the same fault again, then more.
+	for i, c := range []string{"c2", "c3"} {
+		if _, err := Append(dir, map[netip.Addr]*Record{netip.MustParseAddr("198.51.100.7"): {Count: i + 1, Until: now}}, c, nil); err != nil {
+			t.Fatal(err)
+		}
+		appendRaw(t, dir, `{"cursor":"torn`)
+	}
+	st, err = LoadState(dir)
+	if err != nil || st.JournalCursor != "c3" || st.Bans[netip.MustParseAddr("198.51.100.7")].Count != 2 {
+		t.Fatalf("records after torn ones were lost: %+v %v", st, err)
+	}
+	// Folding heals the journal, and says so.
+	var logbuf bytes.Buffer
+	if err := updateState(dir, slog.New(slog.NewTextHandler(&logbuf, nil)), func(*State) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logbuf.String(), "records=3") {
+		t.Errorf("damaged records not reported: %s", logbuf.String())
+	}
+	if st, err = LoadState(dir); err != nil || st.JournalCursor != "c3" || len(st.Bans) != 2 {
+		t.Fatalf("after folding: %+v %v", st, err)
+	}
+}
+
+// A journal record longer than any the guard writes is damage: skipped,
+// not a guard that can never start again.
+func TestJournalHugeLine(t *testing.T) {
+	dir := stateDir(t)
+	if _, err := Append(dir, nil, "c1", nil); err != nil {
+		t.Fatal(err)
+	}
+	appendRaw(t, dir, strings.Repeat("x", maxJournalRecord+10)+"\n")
+	if _, err := Append(dir, nil, "c2", nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := LoadState(dir); err != nil || st.JournalCursor != "c2" {
+		t.Fatalf("%+v %v", st, err)
+	}
+}
+
+// A corrupt guard.json is loud, moved aside, and the guard (or 'moat ban')
+// goes on with an empty history instead of failing for good; the same
+// fault twice keeps both copies.
+func TestCorruptStateKeptAside(t *testing.T) {
+	dir := stateDir(t)
+	now := time.Now()
+	if err := RecordManualBans(dir, []ruleset.Ban{{Addr: netip.MustParseAddr("203.0.113.5"), Timeout: time.Hour}}, now); err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 2; round++ {
+		garbage := []byte("{\"bans\": {\"203.0.113.5\": {\"count\": 1, tr")
+		if err := os.WriteFile(filepath.Join(dir, stateFile), garbage, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var ce *CorruptError
+		if _, err := LoadState(dir); !errors.As(err, &ce) || !strings.Contains(err.Error(), filepath.Join(dir, stateFile)) {
+			t.Fatalf("round %d: corrupt state not reported as such: %v", round, err)
+		}
+		var logbuf bytes.Buffer
+		err := updateState(dir, slog.New(slog.NewTextHandler(&logbuf, nil)), func(st *State) error {
+			if len(st.Bans) != 0 {
+				t.Errorf("history from a corrupt file: %v", st.Bans)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if !strings.Contains(logbuf.String(), "level=ERROR") || !strings.Contains(logbuf.String(), "corrupt") {
+			t.Errorf("round %d: not loud: %s", round, logbuf.String())
+		}
+		kept, _ := filepath.Glob(filepath.Join(dir, stateFile+".corrupt-*"))
+		if len(kept) != round {
+			t.Fatalf("round %d: kept %v", round, kept)
+		}
+		if data, _ := os.ReadFile(kept[round-1]); !bytes.Equal(data, garbage) {
+			t.Errorf("the corrupt file was not kept as it was: %q", data)
+		}
+		if _, err := LoadState(dir); err != nil {
+			t.Fatalf("round %d: still unreadable: %v", round, err)
+		}
+	}
+}
+
+func TestPrune(t *testing.T) {
+	now := time.Now()
+	st := &State{Bans: map[netip.Addr]*Record{
+		netip.MustParseAddr("203.0.113.1"): {Count: 3, LastBan: now.Add(-30 * 24 * time.Hour), Until: now.Add(-29 * 24 * time.Hour)}, // old
+		netip.MustParseAddr("203.0.113.2"): {Count: 3, LastBan: now.Add(-8 * 24 * time.Hour), Until: now.Add(-6 * 24 * time.Hour)},   // ended 6d ago
+		netip.MustParseAddr("203.0.113.3"): {Count: 1, LastBan: now.Add(-time.Minute), Until: now.Add(time.Hour)},                    // active
+		netip.MustParseAddr("203.0.113.4"): {Count: 2, LastBan: now.Add(-10 * 24 * time.Hour)},                                       // unbanned long ago
+		netip.MustParseAddr("203.0.113.5"): {Count: 2, LastBan: now.Add(-time.Hour)},                                                 // unbanned recently
+	}}
+	if n := st.Prune(now, 7*24*time.Hour); n != 2 {
+		t.Fatalf("pruned %d, want 2", n)
+	}
+	for _, a := range []string{"203.0.113.2", "203.0.113.3", "203.0.113.5"} {
+		if st.Bans[netip.MustParseAddr(a)] == nil {
+			t.Errorf("%s forgotten", a)
+		}
+	}
+}
+
+type fakeBanner struct {
+	mu   sync.Mutex
+	bans []ruleset.Ban
+}
+
+func (f *fakeBanner) Ban(_ context.Context, b []ruleset.Ban) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.bans = append(f.bans, b...)
+	return nil
+}
+
+func (f *fakeBanner) Bans(context.Context) ([]ruleset.Ban, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]ruleset.Ban(nil), f.bans...), nil
+}
+
+type chanSource chan Line
+
+func (c chanSource) Run(ctx context.Context, out chan<- Line) error {
+	for {
+		select {
+		case l := <-c:
+			out <- l
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func newService(dir string, log *slog.Logger) *Service {
+	return &Service{Cfg: testGuard(), Bans: &fakeBanner{}, StateDir: dir, Log: log, Metrics: NewMetrics(), SaveEvery: 20 * time.Millisecond}
+}
+
+// A second guard on the same state directory refuses to start and names
+// the first one's PID; once the first stops, it can start.
+func TestSecondGuardRefused(t *testing.T) {
+	dir := stateDir(t)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	first := newService(dir, log)
+	first.Ready = func() { close(ready) }
+	done := make(chan error, 1)
+	go func() { done <- first.Run(ctx, make(chanSource)) }()
+	<-ready
+	err := newService(dir, log).Run(context.Background(), make(chanSource))
+	var running *AlreadyRunningError
+	if !errors.As(err, &running) || running.PID != os.Getpid() || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("second guard: %v", err)
+	}
+	cancel()
+	<-done
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	second := newService(dir, log)
+	second.Ready = cancel2
+	if err := second.Run(ctx2, make(chanSource)); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("after the first stopped: %v", err)
+	}
+}
+
+// Overlong and untrusted lines are counted, move the read position, and
+// the guard goes on banning.
+func TestServiceSkips(t *testing.T) {
+	dir := stateDir(t)
+	svc := newService(dir, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
+	src := make(chanSource, 16)
+	src <- Line{Skip: SkipTooLong, Cursor: "c1"}
+	src <- Line{Skip: SkipUntrusted, Cursor: "c2"}
+	// Through syslog without sshd's tag and PID: 'logger -t sshd'.
+	for i := 0; i < 5; i++ {
+		src <- Line{Text: "Nov 25 11:40:01 srv sshd: Failed password for root from 203.0.113.9 port 22 ssh2"}
+	}
+	for i := 0; i < 3; i++ {
+		src <- Line{Text: "Nov 25 11:40:01 srv sshd[12]: Failed password for root from 203.0.113.10 port 22 ssh2", Cursor: "c3"}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx, src) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		bans, _ := svc.Bans.Bans(ctx)
+		if len(bans) > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	bans, _ := svc.Bans.Bans(context.Background())
+	if len(bans) != 1 || bans[0].Addr != netip.MustParseAddr("203.0.113.10") {
+		t.Fatalf("bans %v", bans)
+	}
+	for reason, want := range map[string]float64{SkipTooLong: 1, SkipUntrusted: 6} {
+		if got := counterValue(t, svc.Metrics, "moat_guard_lines_skipped_total", reason); got != want {
+			t.Errorf("skipped %s = %v, want %v", reason, got, want)
+		}
+	}
+	if st, err := LoadState(dir); err != nil || st.JournalCursor != "c3" {
+		t.Errorf("cursor %+v %v", st, err)
+	}
+}
+
+func counterValue(t *testing.T, m *Metrics, name, label string) float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			for _, lp := range mt.GetLabel() {
+				if lp.GetValue() == label {
+					return mt.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return -1
+}
