@@ -101,6 +101,11 @@ host's own addresses (any interface's, loopback) are always refused.`,
 				}
 				return nil
 			}
+			unlock, err := a.engine().Lock(cmd.Context(), a.commandLine(cmd))
+			if err != nil {
+				return err
+			}
+			defer unlock()
 			b, err := a.banBackend(cmd.Context())
 			if err != nil {
 				return err
@@ -151,6 +156,11 @@ func (a *app) unbanCommand() *cobra.Command {
 				a.printf("would unban %v\n", addrs)
 				return nil
 			}
+			unlock, err := a.engine().Lock(cmd.Context(), a.commandLine(cmd))
+			if err != nil {
+				return err
+			}
+			defer unlock()
 			b, err := a.banBackend(cmd.Context())
 			if err != nil {
 				return err

@@ -15,10 +15,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moat-fw/moat/internal/backend"
+	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/policy"
-	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
-	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // Version is set at build time (-ldflags "-X .../cli.Version=...").
@@ -41,6 +40,13 @@ type app struct {
 
 	out, errOut io.Writer
 	log         *slog.Logger
+
+	// args are the command-line arguments (for messages and the journal).
+	args []string
+	// eng is the apply engine (a.engine() builds it); engineHook lets
+	// tests replace its options (fake backends, clock).
+	eng        *engine.Engine
+	engineHook func(*engine.Options)
 }
 
 // exitError carries an exit code for errors that are not failures of moat
@@ -55,7 +61,12 @@ func (e *exitError) Unwrap() error { return e.err }
 
 // Main runs the command line and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := &app{out: stdout, errOut: stderr}
+	return run(ctx, args, stdout, stderr, nil)
+}
+
+// run is Main with a hook for the engine's options (tests).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, hook func(*engine.Options)) int {
+	a := &app{out: stdout, errOut: stderr, args: args, engineHook: hook}
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetOut(stdout)
@@ -68,6 +79,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
+	}
+	var le *safeapply.LockoutError
+	if errors.As(err, &le) {
+		return exitLockout
 	}
 	return 1
 }
@@ -229,77 +244,6 @@ func (a *app) activeBackend(ctx context.Context) (backend.Backend, error) {
 		return nil, errors.Join(unusable...)
 	}
 	return nil, nil
-}
-
-// applyOpts says what else an apply does.
-type applyOpts struct {
-	// policyText is the policy file's text being applied (saved for boot).
-	policyText []byte
-	// oldPolicy is the file's text before the change, for a rollback;
-	// hadPolicy is false when there was no file.
-	oldPolicy []byte
-	hadPolicy bool
-	// persist saves the policy for boot even if it was not saved before.
-	persist bool
-}
-
-// apply compiles the policy and loads it, after checking that it keeps the
-// admin's SSH sessions. With --confirm it first arms a rollback. moat's
-// rules in the other backend, if any, are removed afterwards so only one
-// set is live. When moat persists across reboots, the new policy is saved.
-func (a *app) apply(ctx context.Context, p *policy.Policy, opts applyOpts) (backend.Backend, *safeapply.Pending, error) {
-	b, err := a.backendFor(p)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := b.Available(); err != nil {
-		return nil, nil, err
-	}
-	// Refuse an unsafe state directory before the kernel changes.
-	if err := statedir.Ensure(a.stateDir); err != nil {
-		return nil, nil, err
-	}
-	rs := ruleset.Compile(p)
-	if err := a.checkLockout(rs, p); err != nil {
-		return nil, nil, err
-	}
-	prev, err := a.activeBackend(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	var pending *safeapply.Pending
-	if a.confirm > 0 {
-		if pending, err = a.arm(ctx, b, prev, opts); err != nil {
-			return nil, nil, err
-		}
-	}
-	if err := b.Apply(ctx, rs); err != nil {
-		err = fmt.Errorf("apply %s: %w", a.config, err)
-		if pending != nil {
-			err = errors.Join(err, safeapply.Disarm(a.stateDir))
-		}
-		return nil, nil, err
-	}
-	a.log.Info("applied", "backend", b.Name(), "rules", len(p.Rules))
-	for _, other := range backend.All() {
-		if other.Name() == b.Name() || other.Available() != nil {
-			continue
-		}
-		if ok, err := other.Active(ctx); err == nil && ok {
-			if err := other.Remove(ctx); err != nil {
-				return b, pending, fmt.Errorf("remove moat's %s rules after switching to %s: %w", other.Name(), b.Name(), err)
-			}
-		}
-	}
-	if err := safeapply.RecordApplied(a.stateDir, opts.policyText); err != nil {
-		return b, pending, err
-	}
-	if pending == nil && (opts.persist || safeapply.Enabled(a.stateDir)) {
-		if err := safeapply.Save(a.stateDir, safeapply.Saved{Backend: b.Name(), Policy: string(opts.policyText), Source: a.config}); err != nil {
-			return b, nil, err
-		}
-	}
-	return b, pending, nil
 }
 
 func (a *app) printJSON(v any) error {

@@ -5,17 +5,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
-	"github.com/moat-fw/moat/internal/backend"
+	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
-	"github.com/moat-fw/moat/internal/safeapply"
 )
 
 var ruleHelp = map[string]string{
@@ -49,7 +50,7 @@ func (a *app) ruleCommands() []*cobra.Command {
 			GroupID: "rules",
 			Args:    cobra.MinimumNArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				return a.addRule(cmd.Context(), append([]string{word}, args...), 0)
+				return a.addRule(cmd, append([]string{word}, args...), 0)
 			},
 		})
 	}
@@ -68,7 +69,7 @@ func (a *app) insertCommand() *cobra.Command {
 			if err != nil || n < 1 {
 				return fmt.Errorf("cannot insert at position %q: expected a rule number from 1", args[0])
 			}
-			return a.addRule(cmd.Context(), args[1:], n)
+			return a.addRule(cmd, args[1:], n)
 		},
 	}
 }
@@ -81,7 +82,7 @@ func (a *app) prependCommand() *cobra.Command {
 		GroupID: "rules",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.addRule(cmd.Context(), args, 1)
+			return a.addRule(cmd, args, 1)
 		},
 	}
 }
@@ -96,7 +97,7 @@ func (a *app) parseArgs(args []string) (policy.Statement, error) {
 }
 
 // addRule appends (pos 0) or inserts (before rule pos) a rule.
-func (a *app) addRule(ctx context.Context, args []string, pos int) error {
+func (a *app) addRule(cmd *cobra.Command, args []string, pos int) error {
 	st, err := a.parseArgs(args)
 	if err != nil {
 		return err
@@ -107,72 +108,81 @@ func (a *app) addRule(ctx context.Context, args []string, pos int) error {
 	if a.dryRun && a.json {
 		return a.printJSON(st.Rule.JSON())
 	}
-	doc, err := a.loadDocument()
-	if err != nil {
-		return err
-	}
 	line := policy.QuoteArgs(args)
-	// As ufw: a rule that matches the same packets as an existing one
-	// replaces it in place (a second one could never match).
-	if n, old := doc.FindMatch(st.Rule, a.services()); n > 0 {
-		if old.Equal(st.Rule) {
-			a.printf("Skipping adding existing rule (rule %d)\n", n)
-			return nil
+	return a.edit(cmd, func(doc *policy.Document) (string, bool, error) {
+		// As ufw: a rule that matches the same packets as an existing one
+		// replaces it in place (a second one could never match).
+		if n, old := doc.FindMatch(st.Rule, a.services()); n > 0 {
+			if old.Equal(st.Rule) {
+				return fmt.Sprintf("Skipping adding existing rule (rule %d)", n), false, nil
+			}
+			before, err := doc.ReplaceRule(n, line)
+			if err != nil {
+				return "", false, err
+			}
+			return fmt.Sprintf("Rule updated (rule %d): %s -> %s", n, before, line), true, nil
 		}
-		before, err := doc.ReplaceRule(n, line)
-		if err != nil {
-			return err
+		if pos > 0 {
+			if err := doc.InsertRule(pos, line); err != nil {
+				return "", false, err
+			}
+			return "Rule inserted: " + line, true, nil
 		}
-		return a.commit(ctx, doc, fmt.Sprintf("Rule updated (rule %d): %s -> %s", n, before, line))
-	}
-	verb := "added"
-	if pos > 0 {
-		verb = "inserted"
-		if err := doc.InsertRule(pos, line); err != nil {
-			return err
-		}
-	} else {
 		doc.AppendLine(line)
-	}
-	return a.commit(ctx, doc, fmt.Sprintf("Rule %s: %s", verb, line))
+		return "Rule added: " + line, true, nil
+	})
 }
 
-// commit validates the edited document, applies it if moat is active, and
-// saves it. Nothing is saved or applied if any step before fails.
-func (a *app) commit(ctx context.Context, doc *policy.Document, done string) error {
-	p, err := doc.Policy(a.services())
-	if err != nil {
-		return fmt.Errorf("the change would make the policy invalid, nothing changed:\n%w", err)
-	}
-	a.warnCovered(p)
+// edit changes the policy file under moat's lock and applies it when moat
+// is active. Nothing is saved or applied if any step before fails.
+func (a *app) edit(cmd *cobra.Command, fn func(*policy.Document) (string, bool, error)) error {
 	if a.dryRun {
-		a.printf("%s (dry run: %s not changed)\n", done, doc.Name)
-		return nil
-	}
-	active, err := a.activeBackend(ctx)
-	if err != nil {
-		return err
-	}
-	var pending *safeapply.Pending
-	if active != nil {
-		old, err := policy.ReadDocument(doc.Name)
+		doc, err := a.loadDocument()
 		if err != nil {
 			return err
 		}
-		_, statErr := os.Stat(doc.Name)
-		opts := applyOpts{policyText: doc.Bytes(), oldPolicy: old.Bytes(), hadPolicy: statErr == nil}
-		if _, pending, err = a.apply(ctx, p, opts); err != nil {
+		msg, changed, err := fn(doc)
+		if err != nil {
 			return err
 		}
+		if changed {
+			p, err := doc.Policy(a.services())
+			if err != nil {
+				return fmt.Errorf("the change would make the policy invalid, nothing changed:\n%w", err)
+			}
+			a.warnCovered(p)
+			msg += " (dry run: " + doc.Name + " not changed)"
+		}
+		a.printf("%s\n", msg)
+		return nil
 	}
-	if err := doc.Write(); err != nil {
+	var pending *engine.Pending
+	err := a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
+		res, err := eng.Edit(ctx, a.change(cmd), fn)
+		if err != nil {
+			return err
+		}
+		if res.Policy != nil {
+			a.warnCovered(res.Policy)
+		}
+		a.printf("%s\n", res.Message)
+		switch {
+		case res.Unchanged:
+		case res.Inactive:
+			a.printf("moat is inactive: 'moat enable' applies the policy\n")
+		case res.FailClosed != nil:
+			a.printf("moat is FAIL-CLOSED since %s (%s): %s was changed but not applied; 'moat enable' applies it\n",
+				res.FailClosed.Time.Local().Format(time.DateTime), res.FailClosed.FailReason, a.config)
+		default:
+			a.report(res)
+		}
+		pending = res.Pending
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	a.printf("%s\n", done)
-	if active == nil {
-		a.printf("moat is inactive: 'moat enable' applies the policy\n")
-	}
-	return a.waitConfirm(ctx, pending)
+	return a.waitConfirm(cmd.Context(), pending)
 }
 
 func (a *app) deleteCommand() *cobra.Command {
@@ -184,34 +194,31 @@ func (a *app) deleteCommand() *cobra.Command {
 		GroupID: "rules",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			doc, err := a.loadDocument()
-			if err != nil {
-				return err
-			}
 			n, numErr := strconv.Atoi(args[0])
-			if numErr == nil && len(args) == 1 {
-				line, err := doc.DeleteRule(n)
-				if err != nil {
+			byNumber := numErr == nil && len(args) == 1
+			var st policy.Statement
+			if !byNumber {
+				var err error
+				if st, err = a.parseArgs(args); err != nil {
 					return err
 				}
-				return a.commit(cmd.Context(), doc, "Rule deleted: "+strings.TrimSpace(line))
+				if st.Kind != policy.StmtRule {
+					return fmt.Errorf("'%s' is not a rule", strings.Join(args, " "))
+				}
 			}
-			st, err := a.parseArgs(args)
-			if err != nil {
-				return err
-			}
-			if st.Kind != policy.StmtRule {
-				return fmt.Errorf("'%s' is not a rule", strings.Join(args, " "))
-			}
-			n = doc.FindRule(st.Rule, a.services())
-			if n == 0 {
-				return errors.New("could not delete non-existent rule: 'moat status numbered' lists the rules")
-			}
-			line, err := doc.DeleteRule(n)
-			if err != nil {
-				return err
-			}
-			return a.commit(cmd.Context(), doc, "Rule deleted: "+strings.TrimSpace(line))
+			return a.edit(cmd, func(doc *policy.Document) (string, bool, error) {
+				n := n
+				if !byNumber {
+					if n = doc.FindRule(st.Rule, a.services()); n == 0 {
+						return "", false, errors.New("could not delete non-existent rule: 'moat status numbered' lists the rules")
+					}
+				}
+				line, err := doc.DeleteRule(n)
+				if err != nil {
+					return "", false, err
+				}
+				return "Rule deleted: " + strings.TrimSpace(line), true, nil
+			})
 		},
 	}
 }
@@ -235,13 +242,10 @@ set a routed default or write a route rule.`,
 			if err != nil {
 				return err
 			}
-			doc, err := a.loadDocument()
-			if err != nil {
-				return err
-			}
-			doc.SetDefault(st.DefaultDir, st.DefaultAction)
-			return a.commit(cmd.Context(), doc, fmt.Sprintf("Default %s policy changed to '%s'",
-				policy.DirectionWord(st.DefaultDir), st.DefaultAction))
+			return a.edit(cmd, func(doc *policy.Document) (string, bool, error) {
+				doc.SetDefault(st.DefaultDir, st.DefaultAction)
+				return fmt.Sprintf("Default %s policy changed to '%s'", policy.DirectionWord(st.DefaultDir), st.DefaultAction), true, nil
+			})
 		},
 	}
 }
@@ -261,50 +265,68 @@ check it against the kernel without changing anything.`,
 		GroupID: "state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.enable(cmd.Context())
+			return a.enable(cmd, false)
 		},
 	}
 }
 
-func (a *app) enable(ctx context.Context) error {
-	doc, err := a.loadDocument()
+// enable applies the policy file and saves it for boot (reload: only if
+// moat is active).
+func (a *app) enable(cmd *cobra.Command, reload bool) error {
+	if a.dryRun {
+		return a.dryRunApply(cmd.Context())
+	}
+	var pending *engine.Pending
+	err := a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
+		var res *engine.Result
+		var err error
+		if reload {
+			res, err = eng.Reload(ctx, a.change(cmd))
+		} else {
+			res, err = eng.Enable(ctx, a.change(cmd))
+		}
+		if err != nil {
+			return err
+		}
+		if res.Inactive {
+			a.printf("moat is inactive: nothing reloaded ('moat enable' applies the policy)\n")
+			return nil
+		}
+		a.warnCovered(res.Policy)
+		a.report(res)
+		a.printf("moat is active (%s): %s from %s\n", res.Applied.Backend, count(len(res.Policy.Rules), "rule"), a.config)
+		if res.Pending == nil {
+			a.installBootHook(ctx, res.Policy.Guard.Enabled)
+		}
+		pending = res.Pending
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	p, err := doc.Policy(a.services())
+	return a.waitConfirm(cmd.Context(), pending)
+}
+
+// dryRunApply prints what would be loaded and checks it with the kernel.
+func (a *app) dryRunApply(ctx context.Context) error {
+	p, b, err := a.policyAndBackend()
 	if err != nil {
 		return err
 	}
 	a.warnCovered(p)
-	if a.dryRun {
-		b, err := a.backendFor(p)
-		if err != nil {
-			return err
-		}
-		rs := ruleset.Compile(p)
-		script, err := b.Script(rs)
-		if err != nil {
-			return err
-		}
-		a.printf("%s", script)
-		if b.Available() == nil {
-			if err := b.Check(ctx, rs); err != nil {
-				return err
-			}
-			a.printf("# dry run: the kernel accepts this ruleset; nothing was changed\n")
-		}
-		return nil
-	}
-	_, statErr := os.Stat(a.config)
-	b, pending, err := a.apply(ctx, p, applyOpts{policyText: doc.Bytes(), oldPolicy: doc.Bytes(), hadPolicy: statErr == nil, persist: true})
+	rs := ruleset.Compile(p)
+	script, err := b.Script(rs)
 	if err != nil {
 		return err
 	}
-	a.printf("moat is active (%s): %s from %s\n", b.Name(), count(len(p.Rules), "rule"), a.config)
-	if pending == nil {
-		a.installBootHook(ctx, p.Guard.Enabled)
+	a.printf("%s", script)
+	if b.Available() == nil {
+		if err := b.Check(ctx, rs); err != nil {
+			return err
+		}
+		a.printf("# dry run: the kernel accepts this ruleset; nothing was changed\n")
 	}
-	return a.waitConfirm(ctx, pending)
+	return nil
 }
 
 func (a *app) reloadCommand() *cobra.Command {
@@ -314,15 +336,7 @@ func (a *app) reloadCommand() *cobra.Command {
 		GroupID: "state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			active, err := a.activeBackend(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if active == nil {
-				a.printf("moat is inactive: nothing reloaded ('moat enable' applies the policy)\n")
-				return nil
-			}
-			return a.enable(cmd.Context())
+			return a.enable(cmd, true)
 		},
 	}
 }
@@ -338,32 +352,15 @@ func (a *app) disableCommand() *cobra.Command {
 				a.printf("would remove moat's rules (dry run: nothing changed)\n")
 				return nil
 			}
-			if err := a.removeAll(cmd.Context()); err != nil {
-				return err
-			}
-			a.printf("moat is inactive: its rules and boot hook are removed; the policy file is kept\n")
-			return nil
+			return a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
+				if err := errors.Join(eng.Disable(ctx), a.removeBootHook(ctx)); err != nil {
+					return err
+				}
+				a.printf("moat is inactive: its rules and boot hook are removed; the policy file is kept\n")
+				return nil
+			})
 		},
 	}
-}
-
-// removeAll removes moat's rules from every backend that has them, the
-// saved ruleset, the boot hook and any pending confirmation.
-func (a *app) removeAll(ctx context.Context) error {
-	var errs []error
-	if err := safeapply.Disarm(a.stateDir); err != nil {
-		errs = append(errs, err)
-	}
-	for _, b := range backend.All() {
-		if b.Available() != nil {
-			continue
-		}
-		if err := b.Remove(ctx); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	errs = append(errs, safeapply.Forget(a.stateDir), a.removeBootHook(ctx))
-	return errors.Join(errs...)
 }
 
 func (a *app) resetCommand() *cobra.Command {
@@ -390,26 +387,17 @@ answers yes (needed when there is no terminal).`,
 					return nil
 				}
 			}
-			doc, err := a.loadDocument()
-			if err != nil {
-				return err
-			}
-			if len(doc.Lines) > 0 {
-				backup := &policy.Document{Name: a.config + "." + time.Now().UTC().Format("20060102T150405Z") + ".bak", Lines: doc.Lines}
-				if err := backup.Write(); err != nil {
+			return a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
+				backup, err := eng.Reset(ctx, a.config)
+				if backup != "" {
+					a.printf("Backed up %s to %s\n", a.config, backup)
+				}
+				if err := errors.Join(err, a.removeBootHook(ctx)); err != nil {
 					return err
 				}
-				a.printf("Backed up %s to %s\n", a.config, backup.Name)
-			}
-			if err := a.removeAll(cmd.Context()); err != nil {
-				return err
-			}
-			empty := &policy.Document{Name: a.config, Lines: []string{"# moat policy: one rule a line, in ufw's syntax ('moat --help')"}}
-			if err := empty.Write(); err != nil {
-				return err
-			}
-			a.printf("moat is inactive and its policy is empty\n")
-			return nil
+				a.printf("moat is inactive and its policy is empty\n")
+				return nil
+			})
 		},
 	}
 	return cmd
@@ -417,13 +405,18 @@ answers yes (needed when there is no terminal).`,
 
 // confirm asks a yes/no question on the terminal.
 func confirm(cmd *cobra.Command, question string) (bool, error) {
-	st, err := os.Stdin.Stat()
-	if err != nil || st.Mode()&os.ModeCharDevice == 0 {
-		return false, errors.New("refusing to ask without a terminal: use --force")
+	noTerminal := errors.New("refusing to ask without a terminal: use --force to answer yes")
+	if f, ok := cmd.InOrStdin().(*os.File); ok {
+		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+			return false, noTerminal
+		}
 	}
 	fmt.Fprint(cmd.OutOrStdout(), question)
 	line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
-	if err != nil {
+	if errors.Is(err, io.EOF) && strings.TrimSpace(line) == "" {
+		return false, noTerminal
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
 		return false, fmt.Errorf("read answer: %w", err)
 	}
 	answer := strings.ToLower(strings.TrimSpace(line))

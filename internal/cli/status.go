@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/guard"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -106,7 +107,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	}
 	rep := &statusReport{Status: "inactive", Config: a.config, Defaults: map[string]statusDefault{}, Rules: []statusRule{}, Builtins: []statusBuiltin{},
 		Persistent: safeapply.Enabled(a.stateDir)}
-	if pend, err := safeapply.LoadPending(a.stateDir); err == nil {
+	if pend, err := engine.LoadPending(a.stateDir); err == nil {
 		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(time.Until(pend.Deadline).Seconds()))}
 	}
 	b, err := a.activeBackend(cmd.Context())

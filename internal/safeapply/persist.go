@@ -245,23 +245,3 @@ func InHostNamespace() bool {
 	init, err2 := os.Readlink("/proc/1/ns/net")
 	return err1 == nil && err2 == nil && self == init
 }
-
-const appliedFile = "applied.conf"
-
-// RecordApplied keeps the text of the policy now in the kernel, so that a
-// rollback can put the policy file back to what was really applied.
-func RecordApplied(dir string, policyText []byte) error {
-	if err := statedir.Ensure(dir); err != nil {
-		return fmt.Errorf("record applied policy: %w", err)
-	}
-	if err := statedir.WriteFile(dir, appliedFile, policyText); err != nil {
-		return fmt.Errorf("record applied policy: %w", err)
-	}
-	return nil
-}
-
-// LastApplied returns the policy text last applied, if moat recorded one.
-func LastApplied(dir string) ([]byte, bool) {
-	data, err := statedir.ReadFile(dir, appliedFile)
-	return data, err == nil
-}

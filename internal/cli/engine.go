@@ -1,0 +1,150 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moat-fw/moat/internal/backend"
+	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/statedir"
+)
+
+// engine returns the apply engine, wired to the real kernel, /proc and
+// the moat binary (tests replace the options through a.engineHook).
+func (a *app) engine() *engine.Engine {
+	if a.eng != nil {
+		return a.eng
+	}
+	var backends []engine.Backend
+	for _, b := range backend.All() {
+		backends = append(backends, b)
+	}
+	o := engine.Options{
+		StateDir: a.stateDir,
+		Backends: backends,
+		Detect:   func() engine.Backend { return backend.Detect() },
+		FindSSH: func() (safeapply.SSHState, error) {
+			return safeapply.FindSSH("/proc", os.Getenv("SSH_CONNECTION"))
+		},
+		IfaceFor:         safeapply.IfaceFor,
+		ResolvConf:       "/etc/resolv.conf",
+		StartWatchdog:    a.startWatchdog,
+		FailClosedPolicy: func() string { return safeapply.FailClosedPolicy(a.sshdConfig) },
+		Services:         a.services(),
+		Log:              a.log,
+		Warn:             func(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) },
+	}
+	if a.engineHook != nil {
+		a.engineHook(&o)
+	}
+	a.eng = engine.New(o)
+	return a.eng
+}
+
+// locked runs fn holding moat's state lock (every command that changes
+// moat's state runs this way, so two never interleave).
+func (a *app) locked(cmd *cobra.Command, fn func(ctx context.Context, eng *engine.Engine) error) error {
+	ctx := cmd.Context()
+	eng := a.engine()
+	unlock, err := eng.Lock(ctx, a.commandLine(cmd))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return fn(ctx, eng)
+}
+
+// commandLine is the command as the admin typed it, for the lock's
+// "waiting for" message and the journal.
+func (a *app) commandLine(cmd *cobra.Command) string {
+	if len(a.args) > 0 {
+		return "moat " + strings.Join(a.args, " ")
+	}
+	return cmd.CommandPath()
+}
+
+// change is the engine request the global flags make.
+func (a *app) change(cmd *cobra.Command) engine.Change {
+	return engine.Change{Command: a.commandLine(cmd), Path: a.config, Backend: a.backend, Force: a.force, Confirm: a.confirm}
+}
+
+// startWatchdog starts 'moat watchdog ID' in its own session (no
+// terminal; the caller's death, SIGHUP and the SSH session being cut do
+// not stop it), logging to the state directory.
+func (a *app) startWatchdog(id string) (int, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 0, fmt.Errorf("find the moat binary for the watchdog: %w", err)
+	}
+	logf, err := statedir.OpenFile(a.stateDir, engine.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, statedir.Perm)
+	if err != nil {
+		return 0, fmt.Errorf("watchdog log: %w", err)
+	}
+	defer func() { _ = logf.Close() }() // the watchdog has its own descriptor
+	args := []string{"--state-dir", a.stateDir, "--config", a.config}
+	if a.verbose {
+		args = append(args, "--verbose")
+	}
+	cmd := exec.Command(self, append(args, "watchdog", id)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start rollback watchdog: %w", err)
+	}
+	pid := cmd.Process.Pid
+	// Reap it if it dies while this process still runs (a zombie would
+	// look alive), without waiting for it.
+	go func() { _ = cmd.Wait() }()
+	return pid, nil
+}
+
+// report prints what an apply did that the admin must know.
+func (a *app) report(res *engine.Result) {
+	if res.Switched != "" && res.Applied != nil {
+		a.printf("Backend changed from %s to %s: moat's %s rules were removed\n", res.Switched, res.Applied.Backend, res.Switched)
+	}
+}
+
+// waitConfirm tells the admin what to do and, unless --no-wait, waits for
+// the confirmation or the rollback.
+func (a *app) waitConfirm(ctx context.Context, p *engine.Pending) error {
+	if p == nil {
+		return nil
+	}
+	a.printf("Waiting for confirmation: from a NEW connection, run 'moat confirm' before %s (%s from now),\n"+
+		"or the previous rules come back. 'moat rollback' goes back at once.\n",
+		p.Deadline.Format(time.TimeOnly), time.Until(p.Deadline).Round(time.Second))
+	if a.noWait {
+		return nil
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if o, err := engine.LastOutcome(a.stateDir); err == nil && o.ID == p.ID {
+			if o.Outcome == "confirmed" {
+				a.printf("Confirmed: the new rules stay.\n")
+				return nil
+			}
+			return &exitError{code: exitRolledBack, err: fmt.Errorf("not confirmed in time: the previous rules are back (%s)", o.Reason)}
+		}
+		if time.Now().After(p.Deadline.Add(10 * time.Second)) {
+			return errors.New("the rollback watchdog did not act: check 'moat status' and " + filepath.Join(a.stateDir, engine.LogFile))
+		}
+		select {
+		case <-ctx.Done():
+			a.printf("Stopped waiting; the rollback is still armed.\n")
+			return nil
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,419 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/safeapply"
+)
+
+// Change is what a command asks of the engine.
+type Change struct {
+	// Command is the command line, for the journal and messages.
+	Command string
+	// Path is the policy file.
+	Path string
+	// Backend is an explicit backend (--backend); "" keeps the applied one
+	// unless the policy's 'backend' line changed.
+	Backend string
+	// Force applies even if it cuts a live SSH session.
+	Force bool
+	// Confirm, when set, arms a rollback after this long unless Confirm.
+	Confirm time.Duration
+}
+
+// Result says what a change did.
+type Result struct {
+	// Message is what the edit said ("Rule added: ...").
+	Message string
+	// Unchanged: the edit changed nothing (nothing written or applied).
+	Unchanged bool
+	// Applied is what is now in the kernel (nil: nothing was applied).
+	Applied *Applied
+	// Inactive: moat's rules are not loaded, only the file changed.
+	Inactive bool
+	// FailClosed: moat runs the fail-closed ruleset; only the file changed.
+	FailClosed *Applied
+	// Switched is the backend moat's rules were moved away from ("" none).
+	Switched string
+	// Pending is the armed confirmation (nil: none).
+	Pending *Pending
+	// Persisted: the policy was saved for boot.
+	Persisted bool
+	// Policy is the policy the file now holds.
+	Policy *policy.Policy
+}
+
+// saveMode says whether an apply updates the ruleset saved for boot.
+type saveMode int
+
+const (
+	saveIfEnabled saveMode = iota // when one is saved already
+	saveAlways                    // moat enable
+	saveNever                     // moat restore, fail-closed
+)
+
+// plan is one apply.
+type plan struct {
+	ch  Change
+	doc *policy.Document // the new policy text
+	p   *policy.Policy
+	// backend, when set, is used as is (restore).
+	backend string
+	// prevFile is the file's contents before; hadFile false if none.
+	prevFile  []byte
+	hadFile   bool
+	writeFile bool
+	save      saveMode
+	source    string
+	// failReason makes this the fail-closed ruleset.
+	failReason string
+}
+
+// current is the state an apply starts from.
+type current struct {
+	applied *Applied
+	kernel  []string
+}
+
+func (e *Engine) current(ctx context.Context) (*current, error) {
+	a, err := LoadApplied(e.o.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	k, err := e.kernel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &current{applied: a, kernel: k}, nil
+}
+
+// readPolicy reads the policy file and whether it exists.
+func readPolicy(path string) (*policy.Document, []byte, bool, error) {
+	doc, err := policy.ReadDocument(path)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	_, statErr := os.Stat(path)
+	return doc, doc.Bytes(), statErr == nil, nil
+}
+
+// Edit changes the policy file with edit and, when moat is active, applies
+// the result, all under the lock the caller holds. edit returns the
+// message to print and whether it changed anything. Nothing is written or
+// applied if the edited policy is invalid or the apply is refused.
+func (e *Engine) Edit(ctx context.Context, ch Change, edit func(*policy.Document) (string, bool, error)) (*Result, error) {
+	if err := e.mustHoldLock(); err != nil {
+		return nil, err
+	}
+	doc, prev, had, err := readPolicy(ch.Path)
+	if err != nil {
+		return nil, err
+	}
+	msg, changed, err := edit(doc)
+	if err != nil {
+		return nil, err
+	}
+	if !changed {
+		return &Result{Message: msg, Unchanged: true}, nil
+	}
+	p, err := doc.Policy(e.o.Services)
+	if err != nil {
+		return nil, fmt.Errorf("the change would make the policy invalid, nothing changed:\n%w", err)
+	}
+	cur, err := e.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Message: msg, Policy: p}
+	switch {
+	case len(cur.kernel) == 0:
+		res.Inactive = true
+	case cur.applied != nil && cur.applied.FailClosed:
+		res.FailClosed = cur.applied
+	default:
+		return e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, prevFile: prev, hadFile: had, writeFile: true, save: saveIfEnabled, source: ch.Path}, res)
+	}
+	if err := doc.Write(); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// Enable applies the policy file and saves it for boot.
+func (e *Engine) Enable(ctx context.Context, ch Change) (*Result, error) {
+	if err := e.mustHoldLock(); err != nil {
+		return nil, err
+	}
+	doc, prev, had, err := readPolicy(ch.Path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := doc.Policy(e.o.Services)
+	if err != nil {
+		return nil, err
+	}
+	cur, err := e.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, prevFile: prev, hadFile: had, save: saveAlways, source: ch.Path}, &Result{Policy: p})
+}
+
+// Reload applies the policy file again if moat is active (Inactive
+// otherwise).
+func (e *Engine) Reload(ctx context.Context, ch Change) (*Result, error) {
+	if err := e.mustHoldLock(); err != nil {
+		return nil, err
+	}
+	k, err := e.kernel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(k) == 0 {
+		return &Result{Inactive: true}, nil
+	}
+	return e.Enable(ctx, ch)
+}
+
+// choose picks the backend of an apply: an explicit --backend; else the
+// backend applied now, as long as the policy's 'backend' line is what it
+// was then; else the policy's line (auto detects).
+func (e *Engine) choose(p *policy.Policy, pl plan, cur *current) (Backend, error) {
+	switch a := cur.applied; {
+	case pl.backend != "":
+		return e.backend(pl.backend)
+	case pl.ch.Backend != "":
+		return e.backend(pl.ch.Backend)
+	case a != nil && !a.FailClosed && a.Setting == string(p.Backend):
+		return e.backend(a.Backend)
+	case a == nil && len(cur.kernel) == 1 && (p.Backend == "" || p.Backend == policy.BackendAuto):
+		return e.backend(cur.kernel[0])
+	}
+	return e.backend(string(p.Backend))
+}
+
+func newID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// apply is the one path by which a ruleset reaches the kernel:
+//
+//  1. pick the backend, compile, check the SSH sessions;
+//  2. write the intent (journal) with what was there before;
+//  3. with --confirm, arm the rollback (snapshot, pending state, watchdog);
+//  4. load the ruleset, atomically; remove moat's rules from the backend
+//     it replaces;
+//  5. write the policy file, the applied record, the boot record;
+//  6. remove the intent.
+//
+// A failure before 4 changes nothing; a kill -9 between 2 and 6 is undone
+// by the next command (Lock).
+func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) (*Result, error) {
+	dir := e.o.StateDir
+	b, err := e.choose(pl.p, pl, cur)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Available(); err != nil {
+		return nil, err
+	}
+	rs := ruleset.Compile(pl.p)
+	if err := e.checkLockout(rs, pl.p, pl.ch.Force || pl.failReason != ""); err != nil {
+		return nil, err
+	}
+	persist := pl.save == saveAlways || (pl.save == saveIfEnabled && safeapply.Enabled(dir))
+	next := &Applied{Backend: b.Name(), Setting: string(pl.p.Backend), Policy: string(pl.doc.Bytes()), Source: pl.source,
+		Time: e.o.Now().UTC(), FailClosed: pl.failReason != "", FailReason: pl.failReason}
+	prevSaved, _ := readState(dir, savedFile) // nil: none
+	in := &Intent{PID: os.Getpid(), Command: pl.ch.Command, Time: e.o.Now().UTC(), Prev: cur.applied, Next: next,
+		Path: pl.ch.Path, PrevFile: pl.prevFile, HadFile: pl.hadFile, FileChanged: pl.writeFile, PrevSaved: prevSaved}
+	// One change at a time: a rollback puts back the state before the
+	// pending change, so nothing may be built on top of it.
+	if old, err := LoadPending(dir); err == nil {
+		return nil, fmt.Errorf("the change applied at %s is waiting for confirmation: run 'moat confirm' or 'moat rollback' first",
+			old.Created.Local().Format(time.TimeOnly))
+	} else if !errors.Is(err, ErrNoPending) {
+		return nil, err
+	}
+	if pl.ch.Confirm > 0 {
+		in.Pending = newID()
+	}
+	if err := writeJSON(dir, IntentFile, in); err != nil {
+		return nil, fmt.Errorf("journal the change: %w", err)
+	}
+	if err := e.step("intent"); err != nil {
+		return nil, err
+	}
+	var pend *Pending
+	if in.Pending != "" {
+		if pend, err = e.arm(ctx, in.Pending, pl, cur, b, persist); err != nil {
+			if IsCrash(err) {
+				return nil, err
+			}
+			return nil, errors.Join(fmt.Errorf("arm the rollback (nothing was applied): %w", err), removeState(dir, IntentFile))
+		}
+	}
+	if err := b.Apply(ctx, rs); err != nil {
+		var errs []error
+		if pend != nil {
+			errs = append(errs, e.disarm(pend))
+		}
+		errs = append(errs, removeState(dir, IntentFile))
+		return nil, errors.Join(append([]error{fmt.Errorf("apply %s: %w", pl.source, err)}, errs...)...)
+	}
+	if err := e.step("kernel"); err != nil {
+		return nil, err
+	}
+	e.o.Log.Info("applied", "backend", b.Name(), "rules", len(pl.p.Rules))
+	for _, name := range cur.kernel {
+		if name == b.Name() {
+			continue
+		}
+		old, err := e.backend(name)
+		if err == nil {
+			err = old.Remove(ctx)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("remove moat's %s rules after switching to %s: %w", name, b.Name(), err)
+		}
+		res.Switched = name
+	}
+	if err := e.step("switched"); err != nil {
+		return nil, err
+	}
+	if pl.writeFile {
+		if err := pl.doc.Write(); err != nil {
+			return nil, err
+		}
+		if err := e.step("file"); err != nil {
+			return nil, err
+		}
+	}
+	if pend != nil {
+		next.Pending = pend.ID
+	}
+	if err := writeApplied(dir, next); err != nil {
+		return nil, fmt.Errorf("record what is applied: %w", err)
+	}
+	if err := e.step("applied"); err != nil {
+		return nil, err
+	}
+	if pend == nil && persist {
+		if err := safeapply.Save(dir, safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source}); err != nil {
+			return nil, err
+		}
+		res.Persisted = true
+		if err := e.step("saved"); err != nil {
+			return nil, err
+		}
+	}
+	if err := removeState(dir, IntentFile); err != nil {
+		return nil, err
+	}
+	if err := e.step("done"); err != nil {
+		return nil, err
+	}
+	res.Applied, res.Pending = next, pend
+	return res, nil
+}
+
+const savedFile = "saved.json"
+
+// Disable removes moat's rules from every backend that has them, the
+// saved ruleset, the records and any pending confirmation. The policy file
+// stays.
+func (e *Engine) Disable(ctx context.Context) error {
+	if err := e.mustHoldLock(); err != nil {
+		return err
+	}
+	dir := e.o.StateDir
+	var errs []error
+	if p, err := LoadPending(dir); err == nil {
+		errs = append(errs, clearPending(dir))
+		p.Watchdog.Stop()
+	}
+	for _, b := range e.o.Backends {
+		if b.Available() != nil {
+			continue
+		}
+		if err := b.Remove(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("remove moat's %s rules: %w", b.Name(), err))
+		}
+	}
+	errs = append(errs, safeapply.Forget(dir), removeState(dir, AppliedFile))
+	return errors.Join(errs...)
+}
+
+// Reset removes moat's rules (as Disable) and empties the policy file,
+// keeping the old one as FILE.TIMESTAMP.bak. It returns the backup's name
+// ("" when the file was empty).
+func (e *Engine) Reset(ctx context.Context, path string) (string, error) {
+	if err := e.mustHoldLock(); err != nil {
+		return "", err
+	}
+	doc, err := policy.ReadDocument(path)
+	if err != nil {
+		return "", err
+	}
+	backup := ""
+	if len(doc.Lines) > 0 {
+		bak := &policy.Document{Name: path + "." + e.o.Now().UTC().Format("20060102T150405Z") + ".bak", Lines: doc.Lines}
+		if err := bak.Write(); err != nil {
+			return "", err
+		}
+		backup = bak.Name
+	}
+	if err := e.Disable(ctx); err != nil {
+		return backup, err
+	}
+	empty := &policy.Document{Name: path, Lines: []string{"# moat policy: one rule a line, in ufw's syntax ('moat --help')"}}
+	return backup, empty.Write()
+}
+
+// applyText compiles a policy text and loads it with the named backend,
+// removing moat's rules from the others (used to go back to a recorded
+// state: no lockout check, no records).
+func (e *Engine) applyText(ctx context.Context, name, text, source string) error {
+	p, err := policy.NewDocument("applied", []byte(text)).Policy(e.o.Services)
+	if err != nil {
+		return err
+	}
+	p.Source = source
+	b, err := e.backend(name)
+	if err != nil {
+		return err
+	}
+	if err := b.Apply(ctx, ruleset.Compile(p)); err != nil {
+		return err
+	}
+	return e.removeExcept(ctx, b.Name())
+}
+
+// removeExcept removes moat's rules from every backend but keep.
+func (e *Engine) removeExcept(ctx context.Context, keep ...string) error {
+	var errs []error
+	for _, b := range e.o.Backends {
+		if slices.Contains(keep, b.Name()) || b.Available() != nil {
+			continue
+		}
+		ok, err := b.Active(ctx)
+		if err == nil && ok {
+			err = b.Remove(ctx)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remove moat's %s rules: %w", b.Name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,521 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/moat-fw/moat/internal/atomicfile"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/safeapply"
+)
+
+// arm records what to go back to and starts the watchdog, before the
+// kernel changes. The snapshot, the old policy and pending.json are
+// written and fsynced first, the snapshot is read back and checked against
+// its checksum, and only then is the watchdog started; it finds
+// pending.json on its first look. Any failure leaves nothing armed.
+func (e *Engine) arm(ctx context.Context, id string, pl plan, cur *current, next Backend, persist bool) (*Pending, error) {
+	dir := e.o.StateDir
+	var snap []byte
+	prevName := ""
+	if len(cur.kernel) > 0 {
+		prevName = cur.kernel[0]
+		prev, err := e.backend(prevName)
+		if err != nil {
+			return nil, err
+		}
+		if snap, err = prev.Snapshot(ctx); err != nil {
+			return nil, fmt.Errorf("snapshot before --confirm: %w", err)
+		}
+	}
+	// The file goes back to what is applied now, when moat knows it, so a
+	// change that was not confirmed is gone for good (its text is kept as
+	// FILE.unconfirmed); otherwise to what it was.
+	oldPolicy, hadPolicy := pl.prevFile, pl.hadFile
+	if cur.applied != nil && prevName != "" && !cur.applied.FailClosed {
+		oldPolicy, hadPolicy = []byte(cur.applied.Policy), true
+	}
+	now := e.o.Now()
+	p := &Pending{ID: id, Backend: next.Name(), PrevBackend: prevName, Prev: cur.applied, PolicyPath: pl.ch.Path, HadPolicy: hadPolicy,
+		Persist: persist, Created: now, Deadline: now.Add(pl.ch.Confirm), BootID: bootID(),
+		SnapshotSHA256: Hash(snap), PolicySHA256: Hash(oldPolicy)}
+	if err := writeState(dir, snapshotFile, snap); err != nil {
+		return nil, fmt.Errorf("save snapshot: %w", err)
+	}
+	if err := writeState(dir, policyFile, oldPolicy); err != nil {
+		return nil, fmt.Errorf("save policy: %w", err)
+	}
+	if got, err := readState(dir, snapshotFile); err != nil || Hash(got) != p.SnapshotSHA256 {
+		return nil, errors.Join(fmt.Errorf("the snapshot in %s does not read back as written", dir), err, clearPending(dir))
+	}
+	if err := writeJSON(dir, pendingFile, p); err != nil {
+		return nil, errors.Join(fmt.Errorf("save pending change: %w", err), clearPending(dir))
+	}
+	if err := e.step("pending"); err != nil {
+		return nil, err
+	}
+	if e.o.StartWatchdog != nil {
+		pid, err := e.o.StartWatchdog(id)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("start the rollback watchdog: %w", err), clearPending(dir))
+		}
+		if pid > 0 {
+			p.Watchdog = identify(pid, "watchdog", id)
+			if p.Watchdog.Start == 0 {
+				return nil, errors.Join(fmt.Errorf("the rollback watchdog (PID %d) died at once: see %s", pid, filepath.Join(dir, LogFile)), clearPending(dir))
+			}
+			if err := writeJSON(dir, pendingFile, p); err != nil {
+				p.Watchdog.Stop()
+				return nil, errors.Join(fmt.Errorf("save pending change: %w", err), clearPending(dir))
+			}
+		}
+	}
+	if err := e.step("armed"); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// disarm drops an armed rollback whose change never reached the kernel.
+func (e *Engine) disarm(p *Pending) error {
+	err := clearPending(e.o.StateDir)
+	p.Watchdog.Stop()
+	return err
+}
+
+// Confirm keeps the pending change: the watchdog is stopped, and the
+// change is saved for boot when moat is enabled. After a rollback it says
+// when the change was rolled back.
+func (e *Engine) Confirm(ctx context.Context) (*Pending, error) {
+	if err := e.mustHoldLock(); err != nil {
+		return nil, err
+	}
+	dir := e.o.StateDir
+	p, err := LoadPending(dir)
+	if errors.Is(err, ErrNoPending) {
+		if o, oerr := LastOutcome(dir); oerr == nil && o.Outcome == "rolled back" {
+			return nil, fmt.Errorf("nothing to confirm: the change applied at %s was rolled back at %s (%s)",
+				o.Applied.Local().Format(time.DateTime), o.Time.Local().Format(time.DateTime), o.Reason)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return p, e.finishConfirm(p)
+}
+
+// finishConfirm marks p as confirming (from then on no rollback happens,
+// and if moat dies, the next command finishes the confirmation), saves it
+// for boot, and clears the pending state.
+func (e *Engine) finishConfirm(p *Pending) error {
+	dir := e.o.StateDir
+	if p.State != stateConfirming {
+		p.State = stateConfirming
+		if err := writeJSON(dir, pendingFile, p); err != nil {
+			return fmt.Errorf("confirm: %w", err)
+		}
+		if err := e.step("confirm-marked"); err != nil {
+			return err
+		}
+	}
+	p.Watchdog.Stop()
+	a, err := LoadApplied(dir)
+	if err != nil {
+		return err
+	}
+	if a != nil && a.Pending == p.ID {
+		if p.Persist {
+			if err := safeapply.Save(dir, safeapply.Saved{Backend: a.Backend, Policy: a.Policy, Source: a.Source}); err != nil {
+				return err
+			}
+		}
+		a.Pending = ""
+		if err := writeApplied(dir, a); err != nil {
+			return err
+		}
+	}
+	if err := e.step("confirm-saved"); err != nil {
+		return err
+	}
+	if err := clearPending(dir); err != nil {
+		return err
+	}
+	return writeOutcome(dir, Outcome{ID: p.ID, Outcome: "confirmed", Time: e.o.Now(), Applied: p.Created})
+}
+
+// Rollback restores the state before the pending change (kernel, policy
+// file, records) and stops the watchdog. id, when set, must match the
+// pending change (the watchdog only rolls back its own). reason goes into
+// the outcome ("moat rollback", "deadline").
+func (e *Engine) Rollback(ctx context.Context, id, reason string) (*Pending, error) {
+	if err := e.mustHoldLock(); err != nil {
+		return nil, err
+	}
+	dir := e.o.StateDir
+	p, err := LoadPending(dir)
+	if err != nil {
+		return nil, err
+	}
+	if id != "" && p.ID != id {
+		return nil, ErrNoPending
+	}
+	if p.State == stateConfirming {
+		return nil, errors.New("the pending change is being confirmed")
+	}
+	if p.State != stateRollingBack {
+		p.State = stateRollingBack
+		if err := writeJSON(dir, pendingFile, p); err != nil {
+			return nil, fmt.Errorf("rollback: %w", err)
+		}
+		if err := e.step("rollback-marked"); err != nil {
+			return nil, err
+		}
+	}
+	record, err := e.restoreKernel(ctx, p)
+	if err != nil {
+		return nil, fmt.Errorf("rollback: %w", err)
+	}
+	if err := e.step("rollback-kernel"); err != nil {
+		return nil, err
+	}
+	if err := e.restoreFile(p); err != nil {
+		return nil, fmt.Errorf("rollback: %w", err)
+	}
+	if err := writeApplied(dir, record); err != nil {
+		return nil, fmt.Errorf("rollback: %w", err)
+	}
+	if err := e.step("rollback-records"); err != nil {
+		return nil, err
+	}
+	if err := clearPending(dir); err != nil {
+		return nil, fmt.Errorf("rollback: %w", err)
+	}
+	if id == "" {
+		p.Watchdog.Stop()
+	}
+	e.o.Log.Warn("rolled back an unconfirmed change", "applied", p.Created.Format(time.RFC3339), "deadline", p.Deadline.Format(time.RFC3339),
+		"reason", reason, "backend", p.Backend, "policy", p.PolicyPath, "unconfirmed_policy_kept_in", p.PolicyPath+".unconfirmed")
+	if err := writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created, Reason: reason}); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// restoreKernel puts moat's rules back as they were before p, and returns
+// the applied record that goes with them. The snapshot is used only if it
+// matches its checksum; otherwise the applied record of before, then the
+// ruleset saved for boot, then the fail-closed ruleset. Never "leave it".
+func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error) {
+	dir := e.o.StateDir
+	if p.PrevBackend == "" {
+		// Nothing of moat's was loaded before: remove what the change put in.
+		return nil, e.removeExcept(ctx)
+	}
+	var errs []error
+	snap, err := readState(dir, snapshotFile)
+	if err == nil && Hash(snap) != p.SnapshotSHA256 {
+		err = fmt.Errorf("%s does not match its checksum", filepath.Join(dir, snapshotFile))
+	}
+	if err == nil {
+		var prev Backend
+		if prev, err = e.backend(p.PrevBackend); err == nil {
+			if err = prev.Restore(ctx, snap); err == nil {
+				if err = e.removeExcept(ctx, prev.Name()); err == nil {
+					return p.Prev, nil
+				}
+			}
+		}
+	}
+	errs = append(errs, fmt.Errorf("restore the snapshot: %w", err))
+	e.warn(fmt.Sprintf("rollback: cannot restore the snapshot (%v); loading the previous policy instead", err))
+	if p.Prev != nil {
+		err := e.applyText(ctx, p.Prev.Backend, p.Prev.Policy, p.Prev.Source)
+		if err == nil {
+			return p.Prev, nil
+		}
+		errs = append(errs, fmt.Errorf("load the previous policy: %w", err))
+	}
+	if s, err := safeapply.LoadSaved(dir); err == nil {
+		if err = e.applyText(ctx, s.Backend, s.Policy, s.Source); err == nil {
+			e.warn("rollback: loaded the ruleset saved for boot")
+			return &Applied{Backend: s.Backend, Policy: s.Policy, Source: s.Source, Time: e.o.Now().UTC(), Setting: settingOf(s.Policy, e.o.Services)}, nil
+		}
+		errs = append(errs, fmt.Errorf("load the saved ruleset: %w", err))
+	} else {
+		errs = append(errs, err)
+	}
+	reason := errors.Join(errs...).Error()
+	rec, err := e.loadFailClosed(ctx, reason, p.PolicyPath)
+	if err != nil {
+		return nil, errors.Join(append(errs, err)...)
+	}
+	e.warn("rollback: nothing else could be loaded: moat is FAIL-CLOSED (only SSH comes in)")
+	return rec, nil
+}
+
+// settingOf is the 'backend' line of a policy text.
+func settingOf(text string, svc policy.Services) string {
+	p, err := policy.NewDocument("saved", []byte(text)).Policy(svc)
+	if err != nil {
+		return ""
+	}
+	return string(p.Backend)
+}
+
+// loadFailClosed loads the fail-closed ruleset (auto backend) and returns
+// its record; it never touches saved.json.
+func (e *Engine) loadFailClosed(ctx context.Context, reason, path string) (*Applied, error) {
+	text := e.o.FailClosedPolicy()
+	b, err := e.backend("auto")
+	if err != nil {
+		return nil, err
+	}
+	if err := e.applyText(ctx, b.Name(), text, path); err != nil {
+		return nil, fmt.Errorf("load the fail-closed ruleset: %w", err)
+	}
+	return &Applied{Backend: b.Name(), Policy: text, Source: path, Time: e.o.Now().UTC(), FailClosed: true, FailReason: reason}, nil
+}
+
+// restoreFile puts the policy file back as it was before p, keeping the
+// unconfirmed one beside it.
+func (e *Engine) restoreFile(p *Pending) error {
+	dir := e.o.StateDir
+	old, err := readState(dir, policyFile)
+	if err == nil && Hash(old) != p.PolicySHA256 {
+		err = errors.New("does not match its checksum")
+	}
+	if err != nil {
+		if p.Prev == nil {
+			e.warn(fmt.Sprintf("rollback: the saved policy %s is unusable (%v): %s is left as it is", filepath.Join(dir, policyFile), err, p.PolicyPath))
+			return nil
+		}
+		e.warn(fmt.Sprintf("rollback: the saved policy %s is unusable (%v): %s gets the policy applied before", filepath.Join(dir, policyFile), err, p.PolicyPath))
+		old = []byte(p.Prev.Policy)
+	}
+	cur, err := os.ReadFile(p.PolicyPath)
+	if err == nil && string(cur) != string(old) {
+		if err := atomicfile.WriteFile(p.PolicyPath+".unconfirmed", cur, 0o600); err != nil {
+			e.warn(fmt.Sprintf("could not keep the unconfirmed policy: %v", err))
+		}
+	}
+	if p.HadPolicy {
+		doc := policy.NewDocument(p.PolicyPath, old)
+		if err := doc.Write(); err != nil {
+			return err
+		}
+		return nil
+	}
+	if err := os.Remove(p.PolicyPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", p.PolicyPath, err)
+	}
+	return nil
+}
+
+// Watch is the watchdog: it waits for the deadline of change id and then
+// rolls it back, unless it was confirmed or rolled back meanwhile. The
+// arming command writes pending.json before starting it; if it is not
+// there (yet), Watch looks again for a few seconds before it concludes
+// that the change is settled.
+func (e *Engine) Watch(ctx context.Context, id string) error {
+	var missingSince time.Time
+	for {
+		p, err := LoadPending(e.o.StateDir)
+		switch {
+		case err == nil && p.ID == id:
+			missingSince = time.Time{}
+			if !e.o.Now().Before(p.Deadline) {
+				return e.expire(ctx, id)
+			}
+			if err := sleep(ctx, min(p.Deadline.Sub(e.o.Now()), 200*time.Millisecond)); err != nil {
+				return err
+			}
+			continue
+		case err == nil || errors.Is(err, ErrNoPending):
+			if o, oerr := LastOutcome(e.o.StateDir); oerr == nil && o.ID == id {
+				return nil
+			}
+			if err == nil {
+				return nil // another change is pending: this one is settled
+			}
+		default:
+			e.o.Log.Error("watchdog: read the pending change", "err", err)
+		}
+		if missingSince.IsZero() {
+			missingSince = time.Now()
+		} else if time.Since(missingSince) > 10*time.Second {
+			return nil
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(max(d, time.Millisecond)):
+		return nil
+	}
+}
+
+// expire rolls back change id at its deadline, under the lock.
+func (e *Engine) expire(ctx context.Context, id string) error {
+	unlock, err := e.Lock(ctx, "moat watchdog "+id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := e.Rollback(ctx, id, "not confirmed by the deadline"); err != nil && !errors.Is(err, ErrNoPending) {
+		return err
+	}
+	return nil
+}
+
+// repair runs under the lock before every state change: it undoes a change
+// whose command died half way (the intent journal), and rolls back a
+// pending change whose deadline has passed (its watchdog was killed, or
+// is about to act).
+func (e *Engine) repair(ctx context.Context) error {
+	dir := e.o.StateDir
+	in, err := LoadIntent(dir)
+	if err != nil {
+		return fmt.Errorf("%w: a moat command was interrupted and its journal is unreadable; check moat's rules and remove it", err)
+	}
+	if in != nil {
+		if err := e.undo(ctx, in); err != nil {
+			return fmt.Errorf("undo the interrupted '%s' (PID %d, %s): %w", sanitize(in.Command), in.PID, in.Time.Local().Format(time.DateTime), err)
+		}
+		e.warn(fmt.Sprintf("'%s' (PID %d, %s) was interrupted half way: undone, moat's rules, %s and its records are as before it",
+			sanitize(in.Command), in.PID, in.Time.Local().Format(time.DateTime), in.Path))
+	}
+	p, err := LoadPending(dir)
+	switch {
+	case err != nil:
+	case p.State == stateConfirming:
+		if err := e.finishConfirm(p); err != nil {
+			return fmt.Errorf("finish the interrupted confirmation: %w", err)
+		}
+	case p.State == stateRollingBack:
+		if _, err := e.Rollback(ctx, p.ID, "moat rollback (finished after an interruption)"); err != nil {
+			return fmt.Errorf("finish the interrupted rollback: %w", err)
+		}
+		e.warn(fmt.Sprintf("the interrupted rollback of the change applied at %s is finished", p.Created.Local().Format(time.TimeOnly)))
+	case !e.o.Now().Before(p.Deadline):
+		if _, err := e.Rollback(ctx, p.ID, "not confirmed by the deadline"); err != nil {
+			return err
+		}
+		e.warn(fmt.Sprintf("the change applied at %s was not confirmed by its deadline: rolled back", p.Created.Local().Format(time.TimeOnly)))
+	}
+	return nil
+}
+
+// undo puts everything back as the intent says it was before.
+func (e *Engine) undo(ctx context.Context, in *Intent) error {
+	dir := e.o.StateDir
+	if in.Pending != "" {
+		if p, err := LoadPending(dir); err == nil && p.ID == in.Pending {
+			if err := clearPending(dir); err != nil {
+				return err
+			}
+			p.Watchdog.Stop()
+			if err := writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created,
+				Reason: "the command that applied it was interrupted"}); err != nil {
+				return err
+			}
+		}
+	}
+	if in.Prev != nil {
+		if err := e.applyText(ctx, in.Prev.Backend, in.Prev.Policy, in.Prev.Source); err != nil {
+			return err
+		}
+	} else if err := e.removeExcept(ctx); err != nil {
+		return err
+	}
+	if in.FileChanged {
+		if in.HadFile {
+			if err := policy.NewDocument(in.Path, in.PrevFile).Write(); err != nil {
+				return err
+			}
+		} else if err := os.Remove(in.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if err := writeApplied(dir, in.Prev); err != nil {
+		return err
+	}
+	if in.PrevSaved != nil {
+		if err := writeState(dir, savedFile, in.PrevSaved); err != nil {
+			return err
+		}
+	} else if err := removeState(dir, savedFile); err != nil {
+		return err
+	}
+	return removeState(dir, IntentFile)
+}
+
+// Restore loads the ruleset saved for boot. If it is missing or broken,
+// it loads the fail-closed ruleset instead (only SSH comes in), records
+// that loudly, leaves saved.json as it is, and returns an error: a second
+// restore fails closed again until an admin applies a good policy.
+func (e *Engine) Restore(ctx context.Context, ch Change) (*Result, error) {
+	if err := e.mustHoldLock(); err != nil {
+		return nil, err
+	}
+	cur, err := e.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	saved, err := safeapply.LoadSaved(e.o.StateDir)
+	var p *policy.Policy
+	var doc *policy.Document
+	if err == nil {
+		doc = policy.NewDocument("saved:"+saved.Source, []byte(saved.Policy))
+		if p, err = doc.Policy(e.o.Services); err == nil {
+			p.Source = saved.Source // the file to edit, named in the kernel
+		}
+	}
+	if err == nil {
+		res, aerr := e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, backend: saved.Backend, save: saveNever, source: saved.Source}, &Result{Policy: p})
+		if aerr == nil || IsCrash(aerr) {
+			return res, aerr
+		}
+		err = aerr
+		if cur, err = e.current(ctx); err != nil {
+			return nil, errors.Join(aerr, err)
+		}
+		err = aerr
+	}
+	failErr := err
+	text := e.o.FailClosedPolicy()
+	fdoc := policy.NewDocument("fail-closed", []byte(text))
+	fp, perr := fdoc.Policy(nil)
+	if perr != nil {
+		return nil, errors.Join(failErr, perr)
+	}
+	fp.Source = ch.Path
+	ch.Force = true // at boot no session exists to protect
+	res, aerr := e.apply(ctx, cur, plan{ch: ch, doc: fdoc, p: fp, backend: "auto", save: saveNever, source: ch.Path, failReason: failErr.Error()}, &Result{Policy: fp})
+	if aerr != nil {
+		return nil, fmt.Errorf("restore failed (%v) and so did the fail-closed ruleset: %w", failErr, aerr)
+	}
+	return res, &FailClosedError{Reason: failErr, Policy: text}
+}
+
+// FailClosedError says that restore loaded the fail-closed ruleset.
+type FailClosedError struct {
+	Reason error
+	Policy string
+}
+
+func (f *FailClosedError) Error() string {
+	return fmt.Sprintf("restore failed, loaded the fail-closed ruleset instead (SSH open, everything else incoming dropped):\n  %v\n%s",
+		f.Reason, f.Policy)
+}
+
+func (f *FailClosedError) Unwrap() error { return f.Reason }

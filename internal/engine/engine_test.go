@@ -1,0 +1,531 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/safeapply"
+)
+
+// rig is an engine on fake backends, a temporary state directory and
+// policy file, and a clock the test moves.
+type rig struct {
+	t        *testing.T
+	dir      string
+	conf     string
+	nft, ipt *Fake
+	now      time.Time
+	mu       sync.Mutex
+	warnings []string
+	crashAt  string // checkpoint that simulates kill -9 (once)
+	eng      *Engine
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	d := t.TempDir()
+	r := &rig{t: t, dir: filepath.Join(d, "state"), conf: filepath.Join(d, "moat.conf"),
+		nft: NewFake("nftables"), ipt: NewFake("iptables"), now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	r.eng = r.newEngine()
+	return r
+}
+
+func (r *rig) newEngine() *Engine {
+	return New(Options{
+		StateDir:         r.dir,
+		Backends:         []Backend{r.nft, r.ipt},
+		Detect:           func() Backend { return r.nft },
+		FailClosedPolicy: func() string { return "default deny incoming\nallow 22/tcp comment 'sshd (fail-closed)'\n" },
+		Now: func() time.Time {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return r.now
+		},
+		Warn: func(m string) {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			r.warnings = append(r.warnings, m)
+		},
+		Checkpoint: func(step string) error {
+			if r.crashAt != "" && step == r.crashAt {
+				r.crashAt = ""
+				return errors.New("killed at " + step)
+			}
+			return nil
+		},
+	})
+}
+
+func (r *rig) advance(d time.Duration) {
+	r.mu.Lock()
+	r.now = r.now.Add(d)
+	r.mu.Unlock()
+}
+
+// do runs fn holding the lock, as every CLI command does.
+func (r *rig) do(fn func(ctx context.Context, e *Engine) error) error {
+	ctx := context.Background()
+	unlock, err := r.eng.Lock(ctx, "moat test")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return fn(ctx, r.eng)
+}
+
+func (r *rig) must(err error) {
+	r.t.Helper()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *rig) write(text string) {
+	r.t.Helper()
+	r.must(os.WriteFile(r.conf, []byte(text), 0o644))
+}
+
+func (r *rig) file() string {
+	data, _ := os.ReadFile(r.conf)
+	return string(data)
+}
+
+func (r *rig) ch(confirm time.Duration) Change {
+	return Change{Command: "moat test", Path: r.conf, Confirm: confirm}
+}
+
+func (r *rig) enable(ch Change) (*Result, error) {
+	var res *Result
+	err := r.do(func(ctx context.Context, e *Engine) error {
+		var err error
+		res, err = e.Enable(ctx, ch)
+		return err
+	})
+	return res, err
+}
+
+// add appends a rule line, as 'moat allow ...' does.
+func (r *rig) add(ch Change, line string) (*Result, error) {
+	var res *Result
+	err := r.do(func(ctx context.Context, e *Engine) error {
+		var err error
+		res, err = e.Edit(ctx, ch, func(d *policy.Document) (string, bool, error) {
+			d.AppendLine(line)
+			return "Rule added: " + line, true, nil
+		})
+		return err
+	})
+	return res, err
+}
+
+// compiled is what a fake holds after loading text from the file conf.
+func compiled(t *testing.T, text, conf string) string {
+	t.Helper()
+	p, err := policy.NewDocument(conf, []byte(text)).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(ruleset.Compile(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// kernelIs checks that exactly one fake holds text (or none, for "").
+func (r *rig) kernelIs(backend, text string) {
+	r.t.Helper()
+	for _, f := range []*Fake{r.nft, r.ipt} {
+		want := ""
+		if f.Name() == backend && text != "" {
+			want = compiled(r.t, text, r.conf)
+		}
+		if got := f.Loaded(); got != want {
+			r.t.Errorf("%s holds the wrong ruleset (want the one of %q)", f.Name(), text)
+		}
+	}
+}
+
+// expire lets the deadline pass and runs the watchdog.
+func (r *rig) expire(p *Pending) {
+	r.t.Helper()
+	r.advance(p.Deadline.Sub(r.now) + time.Second)
+	r.must(r.eng.Watch(context.Background(), p.ID))
+}
+
+const base = "default deny incoming\nallow 22/tcp\n"
+
+// Issue 7, defect 1: after any number of unconfirmed changes the policy
+// file and the kernel are exactly as before the first, and a later plain
+// change does not bring a rolled-back rule back.
+func TestUnconfirmedChangesLeaveNoTrace(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	for _, port := range []string{"443", "8080"} {
+		res, err := r.add(r.ch(2*time.Second), "allow "+port+"/tcp")
+		r.must(err)
+		r.kernelIs("nftables", base+"allow "+port+"/tcp\n")
+		r.expire(res.Pending)
+		if got := r.file(); got != base {
+			t.Fatalf("after the rollback of %s the file is:\n%s", port, got)
+		}
+		r.kernelIs("nftables", base)
+	}
+	_, err = r.add(r.ch(0), "allow 9999/tcp")
+	r.must(err)
+	want := base + "allow 9999/tcp\n"
+	if got := r.file(); got != want {
+		t.Errorf("file after a plain allow:\n%s", got)
+	}
+	r.kernelIs("nftables", want)
+	a, err := LoadApplied(r.dir)
+	r.must(err)
+	if a.Policy != want || a.Pending != "" {
+		t.Errorf("applied record: %+v", a)
+	}
+}
+
+// Issue 7, defect 5: a plain command keeps the applied backend; a change
+// of backend is explicit and removes the old backend's rules.
+func TestPlainCommandKeepsBackend(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	ch := r.ch(0)
+	ch.Backend = "iptables"
+	_, err := r.enable(ch)
+	r.must(err)
+	r.kernelIs("iptables", base)
+	res, err := r.add(r.ch(0), "allow 80/tcp")
+	r.must(err)
+	if res.Switched != "" || res.Applied.Backend != "iptables" {
+		t.Errorf("a plain allow moved the rules: %+v", res)
+	}
+	r.kernelIs("iptables", base+"allow 80/tcp\n")
+	// The policy's backend line changes: that is explicit.
+	r.write("backend nftables\n" + base)
+	res, err = r.enable(r.ch(0))
+	r.must(err)
+	if res.Switched != "iptables" || res.Applied.Backend != "nftables" {
+		t.Errorf("switch by the backend line: %+v", res)
+	}
+	r.kernelIs("nftables", "backend nftables\n"+base)
+	// --backend is explicit too.
+	ch.Backend = "iptables"
+	res, err = r.enable(ch)
+	r.must(err)
+	if res.Switched != "nftables" {
+		t.Errorf("switch by --backend: %+v", res)
+	}
+	r.kernelIs("iptables", "backend nftables\n"+base)
+}
+
+// Issue 8: a corrupted snapshot falls back to the policy applied before;
+// if that cannot load either, to the saved ruleset, then fail-closed.
+func TestCorruptSnapshotFallsBack(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	res, err := r.add(r.ch(time.Second), "allow 443/tcp")
+	r.must(err)
+	r.must(os.WriteFile(filepath.Join(r.dir, snapshotFile), []byte("garbage"), 0o600))
+	r.expire(res.Pending)
+	r.kernelIs("nftables", base)
+	if r.file() != base {
+		t.Errorf("file: %s", r.file())
+	}
+
+	// Snapshot gone and the previous policy fails to load once: the saved
+	// ruleset is loaded.
+	res, err = r.add(r.ch(time.Second), "allow 443/tcp")
+	r.must(err)
+	r.must(os.Remove(filepath.Join(r.dir, snapshotFile)))
+	applies := 0
+	r.nft.Fail = func(op string) error {
+		if op == "apply" {
+			if applies++; applies == 1 {
+				return errors.New("injected")
+			}
+		}
+		return nil
+	}
+	r.expire(res.Pending)
+	r.nft.Fail = nil
+	r.kernelIs("nftables", base)
+
+	// Nothing loads but the fail-closed ruleset.
+	res, err = r.add(r.ch(time.Second), "allow 443/tcp")
+	r.must(err)
+	r.must(os.Remove(filepath.Join(r.dir, snapshotFile)))
+	r.must(os.WriteFile(filepath.Join(r.dir, savedFile), []byte("{"), 0o600))
+	applies = 0
+	r.nft.Fail = func(op string) error {
+		if op == "apply" {
+			if applies++; applies == 1 {
+				return errors.New("injected")
+			}
+		}
+		return nil
+	}
+	r.expire(res.Pending)
+	r.nft.Fail = nil
+	a, err := LoadApplied(r.dir)
+	r.must(err)
+	if a == nil || !a.FailClosed {
+		t.Fatalf("not fail-closed after every fallback failed: %+v", a)
+	}
+	r.kernelIs("nftables", a.Policy)
+}
+
+// Issue 8: a fail-closed restore stays fail-closed, and loud, until an
+// admin applies a good policy; saved.json is never overwritten by it.
+func TestRestoreTwiceStaysFailClosed(t *testing.T) {
+	r := newRig(t)
+	r.must(os.MkdirAll(r.dir, 0o700))
+	r.must(os.WriteFile(filepath.Join(r.dir, savedFile), []byte("{not json"), 0o600))
+	for i := 0; i < 2; i++ {
+		err := r.do(func(ctx context.Context, e *Engine) error {
+			_, err := e.Restore(ctx, r.ch(0))
+			return err
+		})
+		var fc *FailClosedError
+		if !errors.As(err, &fc) {
+			t.Fatalf("restore %d: %v", i+1, err)
+		}
+		if data, _ := os.ReadFile(filepath.Join(r.dir, savedFile)); string(data) != "{not json" {
+			t.Fatalf("restore %d overwrote saved.json:\n%s", i+1, data)
+		}
+		a, err := LoadApplied(r.dir)
+		r.must(err)
+		if a == nil || !a.FailClosed || !strings.Contains(a.FailReason, "saved") {
+			t.Fatalf("restore %d: record %+v", i+1, a)
+		}
+	}
+	// A plain edit does not apply on top of fail-closed.
+	r.write(base)
+	res, err := r.add(r.ch(0), "allow 80/tcp")
+	r.must(err)
+	if res.FailClosed == nil || res.Applied != nil {
+		t.Errorf("edit while fail-closed: %+v", res)
+	}
+	// The admin applies a good policy: restore works again.
+	_, err = r.enable(r.ch(0))
+	r.must(err)
+	r.must(r.do(func(ctx context.Context, e *Engine) error {
+		_, err := e.Restore(ctx, r.ch(0))
+		return err
+	}))
+	a, _ := LoadApplied(r.dir)
+	if a.FailClosed {
+		t.Errorf("still fail-closed after a good enable and restore")
+	}
+	r.kernelIs("nftables", base+"allow 80/tcp\n")
+}
+
+// Issue 7: confirm after a rollback says when it was rolled back.
+func TestConfirmAfterRollbackSaysWhen(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	res, err := r.add(r.ch(time.Second), "allow 443/tcp")
+	r.must(err)
+	r.expire(res.Pending)
+	err = r.do(func(ctx context.Context, e *Engine) error { _, err := e.Confirm(ctx); return err })
+	if err == nil || !strings.Contains(err.Error(), "was rolled back at") {
+		t.Errorf("confirm after rollback: %v", err)
+	}
+}
+
+// Issue 8: a change is refused before the kernel changes when the
+// rollback cannot be armed.
+func TestArmFailureChangesNothing(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	r.eng.o.StartWatchdog = func(string) (int, error) { return 0, errors.New("no fork today") }
+	_, err = r.add(r.ch(time.Second), "allow 443/tcp")
+	if err == nil || !strings.Contains(err.Error(), "nothing was applied") {
+		t.Fatalf("arm failure: %v", err)
+	}
+	r.kernelIs("nftables", base)
+	if r.file() != base {
+		t.Errorf("file changed: %s", r.file())
+	}
+	if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
+		t.Errorf("pending left: %v", err)
+	}
+	if in, _ := LoadIntent(r.dir); in != nil {
+		t.Errorf("intent left: %+v", in)
+	}
+}
+
+// kill -9 at every step of a change: the next command puts back the state
+// before it (or, past the last step, keeps the change whole).
+func TestKillAtEveryStep(t *testing.T) {
+	steps := []string{"intent", "pending", "armed", "kernel", "switched", "file", "applied", "saved", "done"}
+	for _, confirm := range []time.Duration{0, time.Minute} {
+		for _, step := range steps {
+			t.Run(fmt.Sprintf("%s/confirm=%v", step, confirm), func(t *testing.T) {
+				r := newRig(t)
+				r.write(base)
+				_, err := r.enable(r.ch(0))
+				r.must(err)
+				r.crashAt = step
+				_, err = r.add(r.ch(confirm), "allow 443/tcp")
+				crashed := IsCrash(err)
+				if err != nil && !crashed {
+					t.Fatal(err)
+				}
+				// The next command repairs.
+				r.must(r.do(func(context.Context, *Engine) error { return nil }))
+				want := base
+				if !crashed || step == "done" {
+					want = base + "allow 443/tcp\n"
+				}
+				if r.file() != want {
+					t.Errorf("file:\n%s\nwant:\n%s", r.file(), want)
+				}
+				r.kernelIs("nftables", want)
+				a, err := LoadApplied(r.dir)
+				r.must(err)
+				if a == nil || a.Policy != want {
+					t.Errorf("applied record: %+v", a)
+				}
+				s, err := safeapply.LoadSaved(r.dir)
+				r.must(err)
+				if confirm == 0 && s.Policy != want {
+					t.Errorf("saved: %q, want %q", s.Policy, want)
+				}
+				if in, _ := LoadIntent(r.dir); in != nil {
+					t.Errorf("intent left")
+				}
+				if crashed && step != "done" && !strings.Contains(strings.Join(r.warnings, "\n"), "interrupted") {
+					t.Errorf("the repair was not reported: %q", r.warnings)
+				}
+			})
+		}
+	}
+}
+
+// Two commands at once never lose an update: 20 engines (as 20 processes)
+// add a rule each, under the lock.
+func TestParallelEditsSerialize(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e := r.newEngine()
+			unlock, err := e.Lock(context.Background(), fmt.Sprintf("moat allow %d", 1000+i))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer unlock()
+			_, err = e.Edit(context.Background(), r.ch(0), func(d *policy.Document) (string, bool, error) {
+				d.AppendLine(fmt.Sprintf("allow %d/tcp", 1000+i))
+				return "", true, nil
+			})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		r.must(err)
+	}
+	doc, err := policy.ReadDocument(r.conf)
+	r.must(err)
+	if n := doc.RuleCount(); n != 21 {
+		t.Errorf("%d rules in the file, want 21:\n%s", n, r.file())
+	}
+	r.kernelIs("nftables", r.file())
+	if !strings.Contains(strings.Join(r.warnings, "\n"), "waiting for PID") {
+		t.Logf("no command had to wait (possible, but unlikely): %q", r.warnings)
+	}
+}
+
+// moat confirm signals the watchdog only: a process that merely has the
+// recorded PID, or the right PID but another start time or command line,
+// is left alone.
+func TestStopSignalsOnlyTheWatchdog(t *testing.T) {
+	start := func(args ...string) *exec.Cmd {
+		cmd := exec.Command("/bin/sh", append([]string{"-c", "sleep 30"}, args...)...)
+		r := cmd.Start()
+		if r != nil {
+			t.Fatal(r)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		time.Sleep(50 * time.Millisecond) // let it exec
+		return cmd
+	}
+	alive := func(cmd *exec.Cmd) bool { return procStart(cmd.Process.Pid) != 0 }
+
+	other := start("x", "y")
+	p := identify(other.Process.Pid, "watchdog", "abc")
+	p.Stop()
+	time.Sleep(50 * time.Millisecond)
+	if !alive(other) {
+		t.Fatal("a process without the watchdog's arguments was killed")
+	}
+	wrongStart := identify(other.Process.Pid, "x", "y")
+	wrongStart.Start++
+	wrongStart.Stop()
+	time.Sleep(50 * time.Millisecond)
+	if !alive(other) {
+		t.Fatal("a process with another start time was killed")
+	}
+
+	wd := start("watchdog", "abc")
+	p = identify(wd.Process.Pid, "watchdog", "abc")
+	if !p.Alive() {
+		t.Fatal("the watchdog is not recognized")
+	}
+	p.Stop()
+	_ = wd.Wait()
+	if p.Alive() {
+		t.Fatal("the watchdog was not stopped")
+	}
+}
+
+// The lock says who holds it.
+func TestLockSaysWhoHoldsIt(t *testing.T) {
+	r := newRig(t)
+	unlock, err := r.eng.Lock(context.Background(), "moat allow 80/tcp")
+	r.must(err)
+	other := r.newEngine()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err = other.Lock(ctx, "moat deny 25")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("second lock: %v", err)
+	}
+	want := fmt.Sprintf("waiting for PID %d (moat allow 80/tcp)", os.Getpid())
+	if !strings.Contains(strings.Join(r.warnings, "\n"), want) {
+		t.Errorf("warnings %q lack %q", r.warnings, want)
+	}
+	unlock()
+	unlock2, err := other.Lock(context.Background(), "moat deny 25")
+	r.must(err)
+	unlock2()
+}

@@ -1,0 +1,115 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/moat-fw/moat/internal/statedir"
+)
+
+// Lock serializes every command that changes moat's state: one flock on
+// STATE_DIR/lock, held across read, modify, apply and write. A command
+// that has to wait says for whom (the holder writes its PID and command
+// line into the lock file). The lock dies with its process, so kill -9
+// never leaves it stuck.
+//
+// After taking the lock, Lock finishes or undoes whatever an interrupted
+// command left behind (Repair).
+func (e *Engine) Lock(ctx context.Context, command string) (unlock func(), err error) {
+	if e.lockf != nil {
+		return nil, errors.New("moat's state lock is already held by this command")
+	}
+	dir := e.o.StateDir
+	f, err := statedir.OpenFile(dir, lockFile, os.O_CREATE|os.O_RDWR, statedir.Perm)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", filepath.Join(dir, lockFile), err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			_ = f.Close()
+			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+		e.warn(fmt.Sprintf("waiting for %s to finish", holder(f)))
+		if err := flockWait(ctx, f); err != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+	}
+	owner := fmt.Sprintf("%d %s\n", os.Getpid(), command)
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(owner), 0)
+	}
+	e.lockf = f
+	unlock = func() {
+		if e.lockf != f {
+			return
+		}
+		_ = f.Truncate(0)
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		_ = f.Close()
+		e.lockf = nil
+	}
+	if err := e.repair(ctx); err != nil {
+		unlock()
+		return nil, err
+	}
+	return unlock, nil
+}
+
+// flockWait blocks for the lock, giving up when ctx ends.
+func flockWait(ctx context.Context, f *os.File) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// holder describes who holds the lock: "PID 123 (moat allow 80/tcp)".
+func holder(f *os.File) string {
+	buf := make([]byte, 512)
+	n, _ := f.ReadAt(buf, 0)
+	line, _, _ := strings.Cut(string(buf[:n]), "\n")
+	pid, cmd, _ := strings.Cut(line, " ")
+	if _, err := strconv.Atoi(pid); err != nil {
+		return "another moat command"
+	}
+	return fmt.Sprintf("PID %s (%s)", pid, sanitize(cmd))
+}
+
+// sanitize keeps a command line printable (it is shown to the admin).
+func sanitize(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
+	if len(s) > 200 {
+		s = s[:200] + "..."
+	}
+	return s
+}
+
+func (e *Engine) mustHoldLock() error {
+	if e.lockf == nil {
+		return errors.New("internal error: a state change without moat's state lock")
+	}
+	return nil
+}

@@ -1,0 +1,42 @@
+package engine
+
+import (
+	"fmt"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/safeapply"
+)
+
+// checkLockout refuses a ruleset that would cut a live SSH session (a
+// *safeapply.LockoutError) unless force, which says so loudly, and warns
+// about what else it breaks.
+func (e *Engine) checkLockout(rs *ruleset.Ruleset, p *policy.Policy, force bool) error {
+	if e.o.FindSSH == nil {
+		return nil
+	}
+	st, err := e.o.FindSSH()
+	if err != nil {
+		e.warn(fmt.Sprintf("cannot look for SSH sessions (%v); the lockout check is skipped", err))
+		return nil
+	}
+	e.o.Log.Debug("ssh", "listen", st.Listen, "sessions", len(st.Sessions))
+	if problems := safeapply.CheckSessions(rs, p, st.Sessions, e.o.IfaceFor); len(problems) > 0 {
+		lerr := &safeapply.LockoutError{Problems: problems}
+		if !force {
+			return lerr
+		}
+		e.warn(fmt.Sprintf("WARNING: --force: applying although it cuts SSH access:\n%s", lerr))
+	}
+	if len(st.Sessions) == 0 {
+		for _, w := range safeapply.PortWarnings(rs, st) {
+			e.warn(w)
+		}
+	}
+	if p.Defaults[policy.Out] != policy.Allow && e.o.ResolvConf != "" {
+		for _, w := range safeapply.OutgoingWarnings(rs, e.o.ResolvConf) {
+			e.warn(w)
+		}
+	}
+	return nil
+}

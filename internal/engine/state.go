@@ -1,0 +1,189 @@
+package engine
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/moat-fw/moat/internal/statedir"
+)
+
+// The files of the state directory that the engine owns.
+const (
+	// AppliedFile records what moat last put in the kernel (Applied).
+	AppliedFile = "applied.json"
+	// IntentFile is the journal of a change in progress (Intent).
+	IntentFile   = "intent.json"
+	pendingFile  = "pending.json"
+	snapshotFile = "pending.snapshot"
+	policyFile   = "pending.policy"
+	outcomeFile  = "last-outcome.json"
+	lockFile     = "lock"
+	// LogFile is where the watchdog writes what it did.
+	LogFile = "moat.log"
+)
+
+// Applied is the record of what moat last put in the kernel: the one
+// source of truth for "what is applied" that status, explain and drift
+// reporting read (the policy file may have changed since; the kernel may
+// have been changed by hand). It is written after the kernel took the
+// ruleset and before the command reports success, and removed when moat's
+// rules are removed.
+type Applied struct {
+	// Backend is the backend that holds moat's rules: nftables or iptables.
+	Backend string `json:"backend"`
+	// Setting is what the policy's 'backend' line said when it was applied
+	// ("auto", "nftables", "iptables", or "" for no line): a plain command
+	// keeps Backend unless this line changes or --backend is given.
+	Setting string `json:"backend_setting"`
+	// Policy is the policy text that was compiled and applied.
+	Policy string `json:"policy"`
+	// PolicySHA256 is the hex SHA-256 of Policy: compare it with the
+	// policy file's to see whether the file has unapplied changes.
+	PolicySHA256 string `json:"policy_sha256"`
+	// Source is the policy file (for the fail-closed ruleset too).
+	Source string `json:"source"`
+	// Time is when it was applied.
+	Time time.Time `json:"time"`
+	// FailClosed: 'moat restore' could not load the saved ruleset and put
+	// in the fail-closed ruleset (only SSH in); FailReason says why.
+	FailClosed bool   `json:"fail_closed"`
+	FailReason string `json:"fail_reason,omitempty"`
+	// Pending is the ID of the --confirm change this record belongs to
+	// while it waits for 'moat confirm' (empty once confirmed).
+	Pending string `json:"pending,omitempty"`
+}
+
+// Hash is the hex SHA-256 of a policy text, as Applied.PolicySHA256.
+func Hash(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// LoadApplied reads the applied record; nil, nil when there is none
+// (moat is not active, or it was applied by a moat without the record).
+func LoadApplied(dir string) (*Applied, error) {
+	data, err := readState(dir, AppliedFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var a Applied
+	if err := json.Unmarshal(data, &a); err != nil {
+		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, AppliedFile), err)
+	}
+	if a.PolicySHA256 != Hash([]byte(a.Policy)) {
+		return nil, fmt.Errorf("read %s: the policy does not match its checksum", filepath.Join(dir, AppliedFile))
+	}
+	return &a, nil
+}
+
+func writeApplied(dir string, a *Applied) error {
+	if a == nil {
+		return removeState(dir, AppliedFile)
+	}
+	a.PolicySHA256 = Hash([]byte(a.Policy))
+	return writeJSON(dir, AppliedFile, a)
+}
+
+// Intent is the journal of a change in progress: written (fsynced) before
+// the kernel is touched and removed once the kernel, the policy file and
+// the records all hold the change. If moat dies in between, the next
+// state-changing command finds it and undoes the change (Repair).
+type Intent struct {
+	PID     int       `json:"pid"`
+	Command string    `json:"command"`
+	Time    time.Time `json:"time"`
+	// Prev is what was applied before (nil: nothing); Next the change.
+	Prev *Applied `json:"prev"`
+	Next *Applied `json:"next"`
+	// Path is the policy file; PrevFile its contents before (HadFile false
+	// when there was no file). FileChanged: the command writes the file.
+	Path        string `json:"path"`
+	PrevFile    []byte `json:"prev_file"`
+	HadFile     bool   `json:"had_file"`
+	FileChanged bool   `json:"file_changed"`
+	// PrevSaved is saved.json before (nil: none).
+	PrevSaved []byte `json:"prev_saved"`
+	// Pending is the ID of the confirmation this change armed, if any.
+	Pending string `json:"pending,omitempty"`
+}
+
+// LoadIntent reads the journal of an interrupted change; nil, nil if none.
+func LoadIntent(dir string) (*Intent, error) {
+	data, err := readState(dir, IntentFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var in Intent
+	if err := json.Unmarshal(data, &in); err != nil {
+		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, IntentFile), err)
+	}
+	return &in, nil
+}
+
+// Outcome is how the last pending change ended.
+type Outcome struct {
+	ID      string    `json:"id"`
+	Outcome string    `json:"outcome"` // "confirmed" or "rolled back"
+	Time    time.Time `json:"time"`
+	// Applied is when the change was applied; Reason why it was rolled
+	// back ("deadline", "moat rollback", ...).
+	Applied time.Time `json:"applied"`
+	Reason  string    `json:"reason,omitempty"`
+}
+
+// LastOutcome reads how the last pending change ended.
+func LastOutcome(dir string) (*Outcome, error) {
+	data, err := readState(dir, outcomeFile)
+	if err != nil {
+		return nil, err
+	}
+	var o Outcome
+	if err := json.Unmarshal(data, &o); err != nil {
+		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, outcomeFile), err)
+	}
+	return &o, nil
+}
+
+func writeOutcome(dir string, o Outcome) error {
+	if err := writeJSON(dir, outcomeFile, o); err != nil {
+		return fmt.Errorf("record the outcome of change %s: %w", o.ID, err)
+	}
+	return nil
+}
+
+// readState reads a file of the state directory (statedir: no symbolic
+// links, only regular files, a directory only root can change).
+func readState(dir, name string) ([]byte, error) {
+	return statedir.ReadFile(dir, name)
+}
+
+func writeState(dir, name string, data []byte) error {
+	return statedir.WriteFile(dir, name, data)
+}
+
+func writeJSON(dir, name string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return writeState(dir, name, data)
+}
+
+func removeState(dir, name string) error {
+	if err := statedir.Remove(dir, name); err != nil {
+		return fmt.Errorf("remove %s: %w", filepath.Join(dir, name), err)
+	}
+	return nil
+}
