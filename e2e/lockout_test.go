@@ -278,7 +278,11 @@ func TestLockoutSocketActivated(t *testing.T) {
 			sess := srv.login(lab.ServerV4)
 			sess6 := srv.login(lab.ServerV6)
 
-			e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "→ 192.0.2.1:2222", "moat allow 2222/tcp"}, "default", "deny", "incoming")
+			// systemd's socket is dual-stack: the IPv4 session is IPv4-mapped
+			// in /proc/net/tcp6, and must be judged as IPv4.
+			if out := e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "→ 192.0.2.1:2222", "moat allow 2222/tcp"}, "default", "deny", "incoming"); strings.Contains(out, "::ffff:") {
+				t.Errorf("an IPv4 session shown as IPv4-mapped:\n%s", out)
+			}
 			e.refused([]string{"session 192.0.2.2:"}, "prepend", "deny", "from", "192.0.2.0/24")
 			// init sees the port systemd listens on for sshd.
 			initOut := e.mustMoat("--dry-run", "--force", "--sshd-config", filepath.Join(e.dir, "none"), "init")
@@ -404,6 +408,65 @@ func TestLockoutLinkLocal(t *testing.T) {
 				if err := s.alive(3 * time.Second); err != nil {
 					t.Errorf("session cut: %v", err)
 				}
+			}
+		})
+	}
+}
+
+// More of the same class, each with a real sshd: an sshd on one address
+// and port only (ListenAddress ADDR:PORT, its Port line unused), an
+// interface wildcard, and SSH forwarded through the host, which is not the
+// host's. (OpenSSH's own listeners are IPv6-only; IPv4-mapped sessions come
+// from systemd's dual-stack sockets: TestLockoutSocketActivated.)
+func TestLockoutMoreSessions(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			var tcp []uint16
+			for _, p := range serverTCP {
+				if p != 22 && p != 2222 {
+					tcp = append(tcp, p)
+				}
+			}
+			e := newEnvPorts(t, b, true, tcp)
+			e.apply("default allow incoming\n")
+
+			// One address, one port: 'Port 22' is unused when every
+			// ListenAddress has its port.
+			one := sshdSetup{name: "sshd-one", port: 2222, conf: func(dir string) string {
+				return "Port 22\nListenAddress 192.0.2.1:2222\n" + sshdCommon(dir)
+			}}
+			srvOne, confOne := e.prepareSSHD(one)
+			e.runSSHD(one, srvOne, confOne, lab.ServerV4)
+			sessOne := srvOne.login(lab.ServerV4)
+			e.refused([]string{"→ 192.0.2.1:2222", "moat insert 1 allow 2222/tcp"}, "prepend", "reject", "proto", "tcp", "to", "192.0.2.1", "port", "2222")
+			e.refused([]string{"session 192.0.2.2:", "(it comes in on eth0)"}, "prepend", "deny", "in", "on", "eth+", "to", "any", "port", "2222", "proto", "tcp")
+			// The sshd on one address is not reachable on the others: a rule
+			// for the server's other address cuts no SSH session.
+			e.mustMoat("prepend", "deny", "proto", "tcp", "to", "198.51.100.1", "port", "2222")
+			initOut := e.mustMoat("--dry-run", "--force", "--sshd-config", confOne, "init")
+			if !strings.Contains(initOut, "allow 2222/tcp") {
+				t.Errorf("init misses 2222:\n%s", initOut)
+			}
+
+			// SSH from the client to the backend, forwarded by the server:
+			// not a session of the server; a route rule is not refused for it.
+			fwd := sshdSetup{name: "sshd-backend", port: 22, ns: e.topo.Backend, conf: func(dir string) string {
+				return "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\n" + sshdCommon(dir)
+			}}
+			srvFwd, confFwd := e.prepareSSHD(fwd)
+			e.runSSHD(fwd, srvFwd, confFwd, lab.BackendV4)
+			sessFwd := srvFwd.login(lab.BackendV4)
+			e.mustMoat("route", "allow", "in", "on", "eth0", "out", "on", "eth1", "to", "198.51.100.2", "port", "22", "proto", "tcp")
+			e.mustMoat("default", "deny", "routed")
+			for _, s := range []*session{sessOne, sessFwd} {
+				if err := s.alive(3 * time.Second); err != nil {
+					t.Errorf("session cut: %v", err)
+				}
+			}
+			if !srvOne.canLogin(lab.ServerV4) || !srvFwd.canLogin(lab.BackendV4) {
+				t.Errorf("a new login fails")
 			}
 		})
 	}

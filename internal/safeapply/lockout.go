@@ -208,9 +208,17 @@ func PortWarnings(rs *ruleset.Ruleset, st SSHState) []string {
 		if dst.IsLoopback() {
 			continue // loopback is always accepted
 		}
-		d, err := rs.Evaluate(ruleset.Packet{Hook: ruleset.Input, Proto: "tcp", Src: src, Dst: dst, SPort: 40000, DPort: l.Port(), CTState: ruleset.CTNew})
-		if err == nil && d.Verdict != ruleset.Accept {
-			out = append(out, fmt.Sprintf("new SSH connections to port %d would be %s by %s", l.Port(), verdictWord(d.Verdict), originText(d.Origin)))
+		s := Session{Client: netip.AddrPortFrom(src, 40000), Server: l, ReconnectPorts: st.ReconnectPorts}
+		for _, sport := range sourcePorts(rs, s) {
+			d, err := rs.Evaluate(newConnection(s, "", sport))
+			if err == nil && d.Verdict != ruleset.Accept {
+				from := ""
+				if sport != 40000 {
+					from = fmt.Sprintf(" from source port %d", sport)
+				}
+				out = append(out, fmt.Sprintf("new SSH connections to port %d%s would be %s by %s", l.Port(), from, verdictWord(d.Verdict), originText(d.Origin)))
+				break
+			}
 		}
 	}
 	return dedupe(out)

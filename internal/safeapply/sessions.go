@@ -44,6 +44,9 @@ func (s Session) String() string {
 type SSHState struct {
 	Listen   []netip.AddrPort // sshd's listening sockets (systemd's, when it activates sshd)
 	Sessions []Session
+	// ReconnectPorts are the source ports clients connect from (see
+	// Session.ReconnectPorts).
+	ReconnectPorts policy.Ports
 }
 
 // Ports returns the distinct ports sshd listens on, sorted.
@@ -126,6 +129,7 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 		return st, err
 	}
 	reconnect := f.reconnectPorts()
+	st.ReconnectPorts = reconnect
 	// The daemon's listeners.
 	for _, e := range entries {
 		if e.state == "0A" && socks.daemon[e.inode] {
@@ -439,13 +443,14 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 		name := strings.TrimSpace(string(comm))
 		exe, _ := os.Readlink(filepath.Join(dir, "exe"))
 		exe = strings.TrimSuffix(filepath.Base(exe), " (deleted)")
-		p := &proc{ppid: readPPid(dir)}
+		p := &proc{}
 		p.sshd = isSSHD(name) || isSSHD(exe)
 		// systemd-socket-activate's comm is cut to 15 characters.
 		p.activator = pid == 1 || name == "systemd" || strings.HasPrefix(name, "systemd-socket") || name == "inetd" || name == "xinetd"
 		if !p.sshd && !p.activator {
 			continue
 		}
+		p.ppid = readPPid(dir)
 		procs[pid] = p
 		fdDir := filepath.Join(dir, "fd")
 		fds, err := os.ReadDir(fdDir)

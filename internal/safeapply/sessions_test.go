@@ -245,3 +245,23 @@ func TestCheckSessionsReconnect(t *testing.T) {
 		}
 	}
 }
+
+// Without sessions, moat warns about SSH ports new connections cannot
+// reach, from any source port a client may use.
+func TestPortWarningsSourcePorts(t *testing.T) {
+	st := SSHState{Listen: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:22")}, ReconnectPorts: policy.Ports{{First: 32768, Last: 60999}, ianaEphemeral}}
+	for pol, want := range map[string]string{
+		"allow 22/tcp\n": "",
+		"reject proto tcp from any port 32768:39999 to any port 22\nallow 22/tcp\n": "from source port 32768 would be rejected by line 1",
+		"default deny incoming\n": "port 22 would be dropped by line 1: default deny incoming",
+	} {
+		p, err := policy.NewDocument("moat.conf", []byte(pol)).Policy(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Join(PortWarnings(ruleset.Compile(p), st), "\n")
+		if (want == "") != (got == "") || !strings.Contains(got, want) {
+			t.Errorf("%q: warnings %q, want %q", pol, got, want)
+		}
+	}
+}
