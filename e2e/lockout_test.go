@@ -216,7 +216,7 @@ func (s *sshd) loginFrom(ns *lab.NS, addr netip.Addr) *session {
 	if err := ns.Start(cmd); err != nil {
 		t.Fatalf("ssh: %v", err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // may be gone already
 	sess := &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
 	if err := sess.alive(5 * time.Second); err != nil {
 		t.Fatalf("ssh login to %s: %v", addr, err)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what moat needs on a Debian machine (run as root): the kernel
 # tools for both backends, iproute2 for namespaces, netbase for service
-# names, OpenSSH for the lockout and guard tests, and lintian, man-db and
+# names, OpenSSH for the lockout and guard tests (systemd-socket-activate,
+# from systemd, for socket-activated sshd), and lintian, man-db and
 # systemd (systemd-analyze) for the package checks (scripts/ci-package.sh). Go itself must be
 # there already (/usr/local/go or on PATH), at the version go.mod names.
 set -euo pipefail
