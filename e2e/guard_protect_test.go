@@ -24,11 +24,13 @@ func appendLines(t *testing.T, path string, lines ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	for _, l := range lines {
 		if _, err := fmt.Fprintln(f, l); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -249,12 +251,12 @@ func (e *env) goLogin(src, dst netip.Addr, user string, auth ssh.AuthMethod) err
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // a test connection; nothing to lose
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	cfg := &ssh.ClientConfig{User: user, Auth: []ssh.AuthMethod{auth}, HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second}
 	c, _, _, err := ssh.NewClientConn(conn, dst.String(), cfg)
 	if err == nil {
-		c.Close()
+		_ = c.Close() // the login is all the test wanted
 	}
 	return err
 }
@@ -273,7 +275,7 @@ func (e *env) rawBanner(src, dst netip.Addr, banner string) {
 	if err != nil {
 		return
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // a test connection; nothing to lose
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 	_, _ = conn.Write([]byte(banner))
 	buf := make([]byte, 512)
