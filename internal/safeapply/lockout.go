@@ -91,12 +91,12 @@ func sourcePorts(rs *ruleset.Ruleset, s Session) []uint16 {
 
 // CheckSessions evaluates a reconnect of every session under the new
 // ruleset, from every source port the client may use (Session.
-// ReconnectPorts) and on the interface the session runs over (the zone of
-// a link-local client, else ifaceFor, which may be nil).
+// ReconnectPorts) and on the interface the session runs over (Session.
+// Iface, else ifaceFor, which may be nil).
 func CheckSessions(rs *ruleset.Ruleset, p *policy.Policy, sessions []Session, ifaceFor func(netip.Addr) string) []Problem {
 	var problems []Problem
 	for _, s := range sessions {
-		iface := s.Client.Addr().Zone()
+		iface := s.Iface
 		if iface == "" && ifaceFor != nil {
 			iface = ifaceFor(s.Client.Addr())
 		}

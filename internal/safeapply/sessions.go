@@ -22,13 +22,14 @@ import (
 	"github.com/moat-fw/moat/internal/policy"
 )
 
-// Session is a live SSH connection: Client is the admin's end. For an
-// IPv6 link-local client, Client's zone names the interface the session
-// runs over (from the socket itself).
+// Session is a live SSH connection: Client is the admin's end (no zone).
 type Session struct {
 	Client netip.AddrPort `json:"client"`
 	Server netip.AddrPort `json:"server"`
 	Source string         `json:"source"` // how it was found
+	// Iface is the interface the session runs over when the socket says
+	// so: for an IPv6 link-local client, the one it is bound to.
+	Iface string `json:"iface,omitempty"`
 	// ReconnectPorts are the source ports a new connection of the client
 	// may come from: this namespace's ephemeral range
 	// (net.ipv4.ip_local_port_range) and IANA's (49152-65535, used by
@@ -37,7 +38,11 @@ type Session struct {
 }
 
 func (s Session) String() string {
-	return fmt.Sprintf("%s → %s (%s)", s.Client, s.Server, s.Source)
+	client := s.Client.String()
+	if s.Iface != "" && s.Client.Addr().Is6() && s.Client.Addr().IsLinkLocalUnicast() {
+		client = netip.AddrPortFrom(s.Client.Addr().WithZone(s.Iface), s.Client.Port()).String()
+	}
+	return fmt.Sprintf("%s → %s (%s)", client, s.Server, s.Source)
 }
 
 // SSHState is what moat knows of sshd in its network namespace.
@@ -194,7 +199,7 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 			}
 		}
 	}
-	f.setZones(st.Sessions, inodes)
+	f.setIfaces(st.Sessions, inodes)
 	return st, nil
 }
 
@@ -229,18 +234,17 @@ func (f *sshFinder) reconnectPorts() policy.Ports {
 	return policy.Ports{{First: uint16(lo), Last: uint16(hi)}, ianaEphemeral}
 }
 
-// setZones gives link-local clients the zone of the interface their
-// socket runs over. The routing table cannot tell: every interface has a
-// route to fe80::/64. The kernel binds an accepted link-local connection to
-// the interface it came in on, and sock_diag reports it. Where sock_diag
+// setIfaces gives link-local sessions the interface their socket runs
+// over. The routing table cannot tell: every interface has a route to
+// fe80::/64. The kernel binds an accepted link-local connection to the
+// interface it came in on, and sock_diag reports it. Where sock_diag
 // cannot say, the neighbour table may: if exactly one interface has the
-// client as a neighbour, it is that one.
-func (f *sshFinder) setZones(sessions []Session, inodes []string) {
+// client as a neighbour, it is that one. Other sessions get the interface
+// only if their socket is bound to one (SO_BINDTODEVICE, VRF).
+func (f *sshFinder) setIfaces(sessions []Session, inodes []string) {
 	want := map[string]bool{}
-	for i, s := range sessions {
-		if needsZone(s.Client.Addr()) {
-			want[inodes[i]] = true
-		}
+	for _, in := range inodes {
+		want[in] = true
 	}
 	if len(want) == 0 {
 		return
@@ -250,21 +254,11 @@ func (f *sshFinder) setZones(sessions []Session, inodes []string) {
 		byInode, _ = f.sockIface(want)
 	}
 	for i, s := range sessions {
-		if !needsZone(s.Client.Addr()) {
-			continue
-		}
-		zone := byInode[inodes[i]]
-		if zone == "" {
-			zone = neighbourIface(s.Client.Addr())
-		}
-		if zone != "" {
-			sessions[i].Client = netip.AddrPortFrom(s.Client.Addr().WithZone(zone), s.Client.Port())
+		sessions[i].Iface = byInode[inodes[i]]
+		if sessions[i].Iface == "" && s.Client.Addr().Is6() && s.Client.Addr().IsLinkLocalUnicast() {
+			sessions[i].Iface = neighbourIface(s.Client.Addr())
 		}
 	}
-}
-
-func needsZone(a netip.Addr) bool {
-	return a.Is6() && (a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast()) && a.Zone() == ""
 }
 
 // sockDiagIfaces asks the kernel (NETLINK_SOCK_DIAG, as ss does) which

@@ -189,7 +189,7 @@ func TestFindSSHMappedAndBoundAddresses(t *testing.T) {
 }
 
 // A link-local session carries the interface its socket is bound to.
-func TestFindSSHLinkLocalZone(t *testing.T) {
+func TestFindSSHLinkLocalIface(t *testing.T) {
 	b := newProc(t)
 	lis := b.sock("0A", "[::]:22", "[::]:0")
 	ll := b.sock("01", "[fe80::1]:22", "[fe80::2]:50000")
@@ -197,15 +197,21 @@ func TestFindSSHLinkLocalZone(t *testing.T) {
 	b.proc(100, 1, "sshd", lis)
 	b.proc(101, 100, "sshd", ll, gl)
 	st := find(t, b.write(""), map[string]string{ll: "eth1"})
-	if got := sessionList(st); got != "[fe80::2%eth1]:50000>[fe80::1]:22 [2001:db8::2]:50001>[2001:db8::1]:22" {
+	if got := sessionList(st); got != "[fe80::2]:50000>[fe80::1]:22 [2001:db8::2]:50001>[2001:db8::1]:22" {
 		t.Errorf("sessions %q", got)
+	}
+	if st.Sessions[0].Iface != "eth1" || st.Sessions[1].Iface != "" {
+		t.Errorf("interfaces %q %q", st.Sessions[0].Iface, st.Sessions[1].Iface)
+	}
+	if got := st.Sessions[0].String(); !strings.HasPrefix(got, "[fe80::2%eth1]:50000 → ") {
+		t.Errorf("shown as %s", got)
 	}
 }
 
 func TestCheckSessionsReconnect(t *testing.T) {
 	wide := policy.Ports{{First: 32768, Last: 60999}, ianaEphemeral}
 	v4 := Session{Client: netip.MustParseAddrPort("192.0.2.2:50000"), Server: netip.MustParseAddrPort("192.0.2.1:22"), Source: "test", ReconnectPorts: wide}
-	ll := Session{Client: netip.MustParseAddrPort("[fe80::2%eth1]:50000"), Server: netip.MustParseAddrPort("[fe80::1]:22"), Source: "test", ReconnectPorts: wide}
+	ll := Session{Client: netip.MustParseAddrPort("[fe80::2]:50000"), Server: netip.MustParseAddrPort("[fe80::1]:22"), Source: "test", ReconnectPorts: wide, Iface: "eth1"}
 	for _, c := range []struct {
 		policy string
 		s      Session
