@@ -164,11 +164,17 @@ func (j *Judge) Judge(ev Event, now time.Time) Verdict {
 	// none, and to those held for it.
 	if ev.Addr.IsValid() && !c.addr.IsValid() {
 		c.addr, c.port = ev.Addr, ev.Port
-		for _, p := range c.pending {
-			p.Addr, p.Port = c.addr, c.port
-			v.Count = append(v.Count, p)
-		}
-		if len(c.pending) > 0 {
+		switch {
+		case len(c.pending) > 0 && ev.Kind.Ends() && ev.Kind.Failure():
+			// The same end told twice (a kex error, then "banner
+			// exchange: ... invalid format"): this line counts for both.
+			v.Reason += fmt.Sprintf("%d earlier address-less line(s) of this connection are told again here; ", len(c.pending))
+		case len(c.pending) > 0:
+			for _, p := range c.pending {
+				p.Addr, p.Port = c.addr, c.port
+				v.Count = append(v.Count, p)
+				c.ended = c.ended || p.Kind.Ends()
+			}
 			v.Reason += fmt.Sprintf("%d earlier address-less failure(s) of this connection count against %s; ", len(c.pending), c.addr)
 		}
 		c.pending = nil

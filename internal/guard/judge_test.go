@@ -126,7 +126,7 @@ func TestJudgeAddresslessLines(t *testing.T) {
 	got := feed(j, t0,
 		"Nov 25 11:40:01 srv sshd[31]: error: kex_exchange_identification: client sent invalid protocol identifier \"GET / HTTP/1.1\"",
 		"Nov 25 11:40:01 srv sshd[31]: banner exchange: Connection from 2001:db8::31 port 5000: invalid format")
-	if len(got) != 2 || got[0].Addr != netip.MustParseAddr("2001:db8::31") || got[0].Kind != BadProtocol {
+	if len(got) != 1 || got[0].Addr != netip.MustParseAddr("2001:db8::31") || got[0].Kind != BadProtocol {
 		t.Fatalf("held kex line: %+v", got)
 	}
 	got = feed(j, t0,
@@ -139,6 +139,13 @@ func TestJudgeAddresslessLines(t *testing.T) {
 	got = feed(j, t0, "Disconnecting: Too many authentication failures [preauth]", "kex_exchange_identification: read: Connection reset by peer")
 	if len(got) != 0 {
 		t.Fatalf("address-less lines without a PID counted: %+v", got)
+	}
+	// A held kex error released by a line that is no failure counts.
+	got = feed(j, t0,
+		"Nov 25 11:40:01 srv sshd[33]: error: kex_exchange_identification: Connection closed by remote host",
+		"Nov 25 11:40:01 srv sshd[33]: Connection closed by 203.0.113.33 port 5000")
+	if len(got) != 1 || got[0].Addr != netip.MustParseAddr("203.0.113.33") || got[0].Kind != NoIdentification {
+		t.Fatalf("kex before the address: %+v", got)
 	}
 	// PID reuse: a new connection on the same PID starts afresh.
 	got = feed(j, t0,
