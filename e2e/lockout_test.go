@@ -471,3 +471,40 @@ func TestLockoutMoreSessions(t *testing.T) {
 		})
 	}
 }
+
+// Rule positions on the command line are plain numbers within bounds; a
+// refused one changes nothing.
+func TestRulePositionBounds(t *testing.T) {
+	t.Parallel()
+	conf := filepath.Join(t.TempDir(), "moat.conf")
+	writeFile(t, conf, "allow 22/tcp\nallow 80/tcp\n")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"insert", "0", "allow", "443/tcp"}, "cannot insert at position \"0\""},
+		{[]string{"insert", "+1", "allow", "443/tcp"}, "cannot insert at position \"+1\""},
+		{[]string{"insert", "0x1", "allow", "443/tcp"}, "cannot insert at position"},
+		{[]string{"insert", "99999999999999999999", "allow", "443/tcp"}, "cannot insert at position"},
+		{[]string{"insert", "18446744073709551617", "allow", "443/tcp"}, "cannot insert at position"},
+		{[]string{"insert", "4", "allow", "443/tcp"}, "expected 1 to 2"},
+		{[]string{"delete", "+1"}, "invalid rule"},
+		{[]string{"delete", "0"}, "invalid rule number 0"},
+		{[]string{"delete", "3"}, "expected 1 to 2"},
+		{[]string{"delete", "18446744073709551617"}, "invalid rule number 18446744073709551617"},
+	} {
+		out, err := moatHost(t, conf, c.args...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("moat %v: err %v, want %q:\n%s", c.args, err, c.want, out)
+		}
+	}
+	if data, _ := os.ReadFile(conf); string(data) != "allow 22/tcp\nallow 80/tcp\n" {
+		t.Errorf("file changed:\n%s", data)
+	}
+	if out, err := moatHost(t, conf, "insert", "2", "allow", "443/tcp"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if data, _ := os.ReadFile(conf); string(data) != "allow 22/tcp\nallow 443/tcp\nallow 80/tcp\n" {
+		t.Errorf("insert 2:\n%s", data)
+	}
+}

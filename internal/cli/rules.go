@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -65,8 +64,8 @@ func (a *app) insertCommand() *cobra.Command {
 		GroupID: "rules",
 		Args:    cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 1 {
+			n, _, ok := policy.RuleNumber(args[0])
+			if !ok {
 				return fmt.Errorf("cannot insert at position %q: expected a rule number from 1", args[0])
 			}
 			return a.addRule(cmd, args[1:], n)
@@ -194,8 +193,11 @@ func (a *app) deleteCommand() *cobra.Command {
 		GroupID: "rules",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, numErr := strconv.Atoi(args[0])
-			byNumber := numErr == nil && len(args) == 1
+			n, isNumber, ok := policy.RuleNumber(args[0])
+			byNumber := isNumber && len(args) == 1
+			if byNumber && !ok {
+				return fmt.Errorf("invalid rule number %s: expected 1 to the number of rules ('moat status numbered')", args[0])
+			}
 			var st policy.Statement
 			if !byNumber {
 				var err error

@@ -921,3 +921,18 @@ func (p *parser) finish(r *Rule, start Token) error {
 	}
 	return nil
 }
+
+// maxRuleNumber bounds a rule position ('moat insert N', 'moat delete N').
+const maxRuleNumber = 99999999
+
+// RuleNumber reads a rule position as 'moat status numbered' shows it:
+// digits only (no sign, no hex), from 1. isNumber says whether s is
+// meant as one (only digits), ok whether it is a valid one.
+func RuleNumber(s string) (n int, isNumber, ok bool) {
+	isNumber = s != ""
+	for _, c := range s {
+		isNumber = isNumber && c >= '0' && c <= '9'
+	}
+	n, ok = parseCount(s, 1, maxRuleNumber)
+	return n, isNumber, ok
+}
