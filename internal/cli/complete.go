@@ -35,6 +35,8 @@ func (a *app) completeRule(words []string, toComplete string, route bool) []stri
 			return filterPrefix([]string{"any\tevery address"}, toComplete)
 		case "port":
 			return filterPrefix(a.serviceCompletions(), toComplete)
+		case "app":
+			return filterPrefix(a.appCompletions(), toComplete)
 		case "on":
 			return filterPrefix(interfaceNames(), toComplete)
 		case "comment", "rate":
@@ -81,7 +83,7 @@ func (a *app) completeRule(words []string, toComplete string, route bool) []stri
 		// Right after 'from ADDR' or 'to ADDR': that address's port.
 		switch strings.ToLower(words[n-2]) {
 		case "from", "to":
-			out = append(out, "port")
+			out = append(out, "port", "app")
 		}
 	}
 	if !seen["comment"] {
@@ -123,15 +125,6 @@ func (a *app) serviceCompletions() []string {
 	sort.Strings(names)
 	return names
 }
-
-// appCompletions lists the application profiles (names may hold spaces:
-// the shell quotes them).
-func (a *app) appCompletions() []string {
-	return appProfileCompletions()
-}
-
-// appProfileCompletions is replaced once application profiles exist.
-var appProfileCompletions = func() []string { return nil }
 
 // interfaceNames lists this namespace's interfaces.
 func interfaceNames() []string {

@@ -41,6 +41,7 @@ func (a *app) engine() *engine.Engine {
 		StartWatchdog:    a.startWatchdog,
 		FailClosedPolicy: func() string { return safeapply.FailClosedPolicy(a.sshdConfig) },
 		Services:         a.services(),
+		Apps:             a.apps(),
 		Log:              a.log,
 		Warn:             func(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) },
 	}

@@ -108,12 +108,14 @@ moat refuses any change that would cut a live SSH session (exit code 3;
 --force overrides).
 
 Rule syntax (as ufw):
-  moat allow|deny|reject|limit [in|out] [on IFACE] [log|log-all] PORT[/PROTO]
+  moat allow|deny|reject|limit [in|out] [on IFACE] [log|log-all] PORT[/PROTO]|PROFILE
   moat allow|deny|reject|limit [in|out] [on IFACE] [log|log-all] [proto PROTO]
-       [from ADDR [port PORT]] [to ADDR [port PORT]] [comment TEXT]
+       [from ADDR [port PORT|app PROFILE]] [to ADDR [port PORT|app PROFILE]] [comment TEXT]
   moat route allow in on IFACE out on IFACE [proto ..] [from ..] [to ..]
+  moat route allow PORT[/PROTO]
   PORT is 22, 80,443 (up to 15), 6000:6007 or a name from /etc/services;
-  lists and ranges need /tcp or /udp. ADDR is any, an address or a CIDR.
+  lists and ranges need /tcp or /udp. PROFILE is an application profile
+  ('moat app list'). ADDR is any, an address, a CIDR or ADDR/NETMASK.
   PROTO is tcp, udp, icmp, ipv6-icmp, esp, ah, gre, igmp, vrrp or ipv6.
   limit refuses a source's 6th new connection within 30 s (rate N/Ts to change).
 
@@ -170,7 +172,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.AddCommand(a.labCommand())
 	root.AddCommand(a.initCommand(), a.confirmCommand(), a.rollbackCommand(), a.restoreCommand(), a.watchdogCommand())
 	root.AddCommand(a.guardCommand(), a.banCommand(), a.unbanCommand(), a.bansCommand())
-	root.AddCommand(a.versionCommand())
+	root.AddCommand(a.versionCommand(), a.appCommand())
 	a.addCompletions(root)
 	return root
 }
@@ -188,7 +190,11 @@ func (a *app) services() policy.Services {
 
 // loadDocument reads the policy file.
 func (a *app) loadDocument() (*policy.Document, error) {
-	return policy.ReadDocument(a.config)
+	d, err := policy.ReadDocument(a.config)
+	if d != nil {
+		d.Apps = a.apps()
+	}
+	return d, err
 }
 
 // loadPolicy reads and validates the policy file.

@@ -88,7 +88,7 @@ func (a *app) prependCommand() *cobra.Command {
 
 // parseArgs parses command-line words as one policy statement.
 func (a *app) parseArgs(args []string) (policy.Statement, error) {
-	st, err := policy.ParseStatement(policy.ArgsTokens(args), policy.Pos{}, a.services())
+	st, err := policy.ParseStatementApps(policy.ArgsTokens(args), policy.Pos{}, a.services(), a.apps())
 	if err != nil {
 		return st, fmt.Errorf("invalid rule '%s': %w", strings.Join(args, " "), err)
 	}
@@ -97,6 +97,7 @@ func (a *app) parseArgs(args []string) (policy.Statement, error) {
 
 // addRule appends (pos 0) or inserts (before rule pos) a rule.
 func (a *app) addRule(cmd *cobra.Command, args []string, pos int) error {
+	args = a.normalizeNetmasks(args)
 	st, err := a.parseArgs(args)
 	if err != nil {
 		return err

@@ -133,13 +133,18 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 			inSet[e.Origin.Line] = "set:" + s.Name
 		}
 	}
-	for i, r := range p.Rules {
+	num, lastLine := 0, -1
+	for _, r := range p.Rules {
+		// A profile with several protocols is one line, one number.
+		if r.Pos.Line != lastLine || r.Pos.Line == 0 {
+			num, lastLine = num+1, r.Pos.Line
+		}
 		id := "L" + strconv.Itoa(r.Pos.Line)
 		if s, ok := inSet[r.Pos.Line]; ok {
 			id = s
 		}
 		c := counters[id]
-		rep.Rules = append(rep.Rules, statusRule{Number: i + 1, Line: r.Pos.Line, RuleJSON: r.JSON(), Text: r.Text,
+		rep.Rules = append(rep.Rules, statusRule{Number: num, Line: r.Pos.Line, RuleJSON: r.JSON(), Text: r.Text,
 			CounterID: id, Packets: c.Packets, Bytes: c.Bytes})
 	}
 	for _, ch := range rs.Chains {

@@ -118,6 +118,7 @@ func (e *Engine) Edit(ctx context.Context, ch Change, edit func(*policy.Document
 	if err != nil {
 		return nil, err
 	}
+	doc.Apps = e.o.Apps // so that edits find rules that name profiles
 	msg, changed, err := edit(doc)
 	if err != nil {
 		return nil, err
@@ -125,7 +126,7 @@ func (e *Engine) Edit(ctx context.Context, ch Change, edit func(*policy.Document
 	if !changed {
 		return &Result{Message: msg, Unchanged: true}, nil
 	}
-	p, err := doc.Policy(e.o.Services)
+	p, err := e.policyOf(doc)
 	if err != nil {
 		return nil, fmt.Errorf("the change would make the policy invalid, nothing changed:\n%w", err)
 	}
@@ -157,7 +158,7 @@ func (e *Engine) Enable(ctx context.Context, ch Change) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := doc.Policy(e.o.Services)
+	p, err := e.policyOf(doc)
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +311,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		return nil, err
 	}
 	if pend == nil && persist {
-		if err := safeapply.Save(dir, safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source}); err != nil {
+		if err := safeapply.Save(dir, safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source, Apps: appPorts(e.o.Apps)}); err != nil {
 			return nil, err
 		}
 		res.Persisted = true
@@ -385,7 +386,7 @@ func (e *Engine) Reset(ctx context.Context, path string) (string, error) {
 // removing moat's rules from the others (used to go back to a recorded
 // state: no lockout check, no records).
 func (e *Engine) applyText(ctx context.Context, name, text, source string) error {
-	p, err := policy.NewDocument("applied", []byte(text)).Policy(e.o.Services)
+	p, err := e.policyOf(policy.NewDocument("applied", []byte(text)))
 	if err != nil {
 		return err
 	}

@@ -129,7 +129,7 @@ func (e *Engine) finishConfirm(p *Pending) error {
 	}
 	if a != nil && a.Pending == p.ID {
 		if p.Persist {
-			if err := safeapply.Save(dir, safeapply.Saved{Backend: a.Backend, Policy: a.Policy, Source: a.Source}); err != nil {
+			if err := safeapply.Save(dir, safeapply.Saved{Backend: a.Backend, Policy: a.Policy, Source: a.Source, Apps: appPorts(e.o.Apps)}); err != nil {
 				return err
 			}
 		}
@@ -242,7 +242,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 	if s, err := safeapply.LoadSaved(dir); err == nil {
 		if err = e.applyText(ctx, s.Backend, s.Policy, s.Source); err == nil {
 			e.warn("rollback: loaded the ruleset saved for boot")
-			return &Applied{Backend: s.Backend, Policy: s.Policy, Source: s.Source, Time: e.o.Now().UTC(), Setting: settingOf(s.Policy, e.o.Services)}, nil
+			return &Applied{Backend: s.Backend, Policy: s.Policy, Source: s.Source, Time: e.o.Now().UTC(), Setting: e.settingOf(s.Policy)}, nil
 		}
 		errs = append(errs, fmt.Errorf("load the saved ruleset: %w", err))
 	} else {
@@ -258,8 +258,8 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 }
 
 // settingOf is the 'backend' line of a policy text.
-func settingOf(text string, svc policy.Services) string {
-	p, err := policy.NewDocument("saved", []byte(text)).Policy(svc)
+func (e *Engine) settingOf(text string) string {
+	p, err := e.policyOf(policy.NewDocument("saved", []byte(text)))
 	if err != nil {
 		return ""
 	}
@@ -476,7 +476,11 @@ func (e *Engine) Restore(ctx context.Context, ch Change) (*Result, error) {
 	var doc *policy.Document
 	if err == nil {
 		doc = policy.NewDocument("saved:"+saved.Source, []byte(saved.Policy))
-		if p, err = doc.Policy(e.o.Services); err == nil {
+		if saved.Apps != nil {
+			// The profiles as they were when the ruleset was saved.
+			doc.Apps = policy.AppsFromPorts(saved.Apps)
+		}
+		if p, err = e.policyOf(doc); err == nil {
 			p.Source = saved.Source // the file to edit, named in the kernel
 		}
 	}

@@ -62,6 +62,8 @@ type Options struct {
 	StartWatchdog func(id string) (int, error)
 	// Services resolves service names in policies (nil: none).
 	Services policy.Services
+	// Apps are the application profiles policies may name (nil: none).
+	Apps policy.Apps
 	// Now is the clock.
 	Now func() time.Time
 	// Log records what the engine does; Warn tells the admin (stderr).

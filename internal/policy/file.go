@@ -23,6 +23,8 @@ const maxFileSize = 64 << 20
 type Document struct {
 	Name  string
 	Lines []string
+	// Apps are the application profiles rules may name (nil: none).
+	Apps Apps
 }
 
 // ReadDocument reads a policy file. A missing file is an empty document.
@@ -194,12 +196,15 @@ func resolveLinks(name string) (string, error) {
 
 // lineStatement parses one line; ok is false for blank and comment lines.
 func lineStatement(d *Document, i int, svc Services) (st Statement, ok bool, err error) {
-	st, ok, err = ParseLine(d.Lines[i], Pos{File: d.Name, Line: i + 1}, svc)
+	st, ok, err = ParseLineApps(d.Lines[i], Pos{File: d.Name, Line: i + 1}, svc, d.Apps)
 	if err != nil || !ok {
 		return Statement{}, false, err
 	}
 	if st.Kind == StmtRule {
 		st.Rule.Text = ruleText(d.Lines[i])
+		for j := range st.More {
+			st.More[j].Text = st.Rule.Text
+		}
 	}
 	return st, true, nil
 }
@@ -245,6 +250,7 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 		switch st.Kind {
 		case StmtRule:
 			p.Rules = append(p.Rules, st.Rule)
+			p.Rules = append(p.Rules, st.More...)
 		case StmtDefault:
 			p.Defaults[st.DefaultDir] = st.DefaultAction
 			p.DefaultPos[st.DefaultDir] = Pos{File: d.Name, Line: i + 1, Col: 1}

@@ -128,6 +128,9 @@ type Rule struct {
 	Family    Family
 	Pos       Pos    // where the rule was written
 	Text      string // the rule as written, without comment or trailing space
+	// FromApp and ToApp name the application profiles the ports come from
+	// ("" when none): the rule follows the profile when it changes.
+	FromApp, ToApp string
 }
 
 // AddrString writes an address as a CIDR, or "any".
@@ -152,7 +155,8 @@ func (r Rule) Key() string {
 	b.WriteByte('|')
 	b.WriteString(string(r.Action))
 	for _, s := range []string{r.InIface, r.OutIface, string(r.Log), r.Proto,
-		AddrString(r.From), r.FromPort.String(), AddrString(r.To), r.ToPort.String(), r.Comment, string(r.Family)} {
+		AddrString(r.From), r.FromPort.String(), AddrString(r.To), r.ToPort.String(), r.Comment, string(r.Family),
+		r.FromApp, r.ToApp} {
 		b.WriteByte('|')
 		b.WriteString(s)
 	}
@@ -237,13 +241,16 @@ type RuleJSON struct {
 	Comment      string    `json:"comment"`
 	Log          LogMode   `json:"log,omitempty"`
 	Rate         *Rate     `json:"rate,omitempty"`
+	FromApp      string    `json:"from_app,omitempty"`
+	ToApp        string    `json:"to_app,omitempty"`
 }
 
 // JSON returns the rule in its JSON shape.
 func (r Rule) JSON() RuleJSON {
 	return RuleJSON{Action: r.Action, Direction: r.Direction, InterfaceIn: r.InIface, InterfaceOut: r.OutIface,
 		Proto: r.Proto, From: AddrString(r.From), FromPort: r.FromPort.String(), To: AddrString(r.To),
-		ToPort: r.ToPort.String(), Family: r.Family, Comment: r.Comment, Log: r.Log, Rate: r.Rate}
+		ToPort: r.ToPort.String(), Family: r.Family, Comment: r.Comment, Log: r.Log, Rate: r.Rate,
+		FromApp: r.FromApp, ToApp: r.ToApp}
 }
 
 // set applies one validated setting.

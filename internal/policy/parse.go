@@ -36,6 +36,9 @@ type Statement struct {
 	Allowlist     []netip.Prefix // StmtAllowlist
 	Blocklist     Blocklist      // StmtBlocklist
 	Portscan      Portscan       // StmtPortscan
+	// More are further rules of a StmtRule whose application profile has
+	// ports of several protocols (137,138/udp|139,445/tcp).
+	More []Rule
 }
 
 // GuardSetting is one 'guard' setting as written.
@@ -67,6 +70,8 @@ type parser struct {
 	i    int
 	pos  Pos // file and line; Col is set per error
 	svc  Services
+	apps Apps   // application profiles (nil: none)
+	more []Rule // further rules of a profile with several protocols
 }
 
 func (p *parser) errAt(t Token, format string, args ...any) *Error {
@@ -126,6 +131,11 @@ func (p *parser) next() (Token, bool) {
 // ParseLine lexes and parses one policy line; pos names the file and line.
 // ok is false for a blank or comment-only line.
 func ParseLine(line string, pos Pos, svc Services) (st Statement, ok bool, err error) {
+	return ParseLineApps(line, pos, svc, nil)
+}
+
+// ParseLineApps is ParseLine with application profiles.
+func ParseLineApps(line string, pos Pos, svc Services, apps Apps) (st Statement, ok bool, err error) {
 	toks, lerr := Lex(line)
 	if lerr != nil {
 		lerr.Pos.File, lerr.Pos.Line = pos.File, pos.Line
@@ -134,7 +144,7 @@ func ParseLine(line string, pos Pos, svc Services) (st Statement, ok bool, err e
 	if len(toks) == 0 {
 		return Statement{}, false, nil
 	}
-	st, err = ParseStatement(toks, pos, svc)
+	st, err = ParseStatementApps(toks, pos, svc, apps)
 	return st, err == nil, err
 }
 
@@ -142,7 +152,14 @@ func ParseLine(line string, pos Pos, svc Services) (st Statement, ok bool, err e
 // and line (File empty for command-line arguments). svc resolves service
 // names.
 func ParseStatement(toks []Token, pos Pos, svc Services) (Statement, error) {
-	p := &parser{toks: toks, pos: pos, svc: svc}
+	return ParseStatementApps(toks, pos, svc, nil)
+}
+
+// ParseStatementApps is ParseStatement with application profiles: a rule
+// naming a profile gets its ports (and, for a profile with several
+// protocols, Statement.More holds the rules of the others).
+func ParseStatementApps(toks []Token, pos Pos, svc Services, apps Apps) (Statement, error) {
+	p := &parser{toks: toks, pos: pos, svc: svc, apps: apps}
 	first, ok := p.peek()
 	if !ok {
 		return Statement{}, p.errEnd("empty statement: expected a rule such as 'allow 22/tcp' or 'default deny incoming'")
@@ -163,7 +180,7 @@ func ParseStatement(toks []Token, pos Pos, svc Services) (Statement, error) {
 		if err != nil {
 			return Statement{}, err
 		}
-		return Statement{Kind: StmtRule, Rule: r}, nil
+		return Statement{Kind: StmtRule, Rule: r, More: p.more}, nil
 	case "enable", "disable", "reset", "status", "show", "delete", "insert", "prepend", "reload", "logging":
 		return Statement{}, p.errAt(first, "'%s' is a command, not a policy statement: expected allow, deny, reject, limit, route, default, backend, guard, allowlist or blocklist", first.Text)
 	default:
@@ -447,13 +464,11 @@ func (p *parser) parseRule() (Rule, error) {
 		if r.InIface != "" || r.OutIface != "" {
 			return r, p.errAt(remaining[0], "'%s' after an interface needs the full syntax: expected e.g. 'allow in on eth0 to any port 22 proto tcp'", remaining[0].Text)
 		}
-		if route {
-			return r, p.errAt(remaining[0], "a route rule needs the full syntax: expected e.g. 'route allow in on eth1 out on eth2 to any port 80 proto tcp'")
-		}
-		if err := p.parseSimple(&r, remaining[0]); err != nil {
+		// ufw's short route form: 'route allow 80/tcp'.
+		if err := p.parseSimpleOrApp(&r, remaining[0]); err != nil {
 			return r, err
 		}
-	} else if len(remaining) > 1 && !ruleWords[strings.ToLower(remaining[0].Text)] && !route &&
+	} else if len(remaining) > 1 && !ruleWords[strings.ToLower(remaining[0].Text)] &&
 		r.InIface == "" && r.OutIface == "" && p.isShortForm(r, remaining[0]) {
 		return r, p.shortFormTail(remaining[0], remaining[1])
 	} else if err := p.parseFull(&r); err != nil {
@@ -461,6 +476,11 @@ func (p *parser) parseRule() (Rule, error) {
 	}
 	if err := p.finish(&r, start); err != nil {
 		return r, err
+	}
+	for i := range p.more {
+		if err := p.finish(&p.more[i], start); err != nil {
+			return r, err
+		}
 	}
 	return r, nil
 }
@@ -623,6 +643,63 @@ func checkIface(name string) string {
 	return ""
 }
 
+// parseSimpleOrApp reads ufw's simple syntax: a port, a service, or an
+// application profile (a port or service of that name wins, as in ufw).
+func (p *parser) parseSimpleOrApp(r *Rule, t Token) error {
+	err := p.parseSimple(r, t)
+	if err == nil || p.apps == nil {
+		return err
+	}
+	if app, ok := p.apps.Lookup(t.Text); ok {
+		r.ToApp = app.Name
+		return p.expandApps(r, nil, app)
+	}
+	if strings.ContainsAny(t.Text, "/,:") || (t.Text != "" && t.Text[0] >= '0' && t.Text[0] <= '9') {
+		return err
+	}
+	return p.errAt(t, "%s", p.apps.unknownMsg(t.Text, false))
+}
+
+// expandApps gives r the ports of its profiles. A profile with ports of
+// several protocols makes one rule per protocol: r is the first, p.more
+// the others.
+func (p *parser) expandApps(r *Rule, from, to *App) error {
+	anyPart := []AppPart{{Proto: "any"}}
+	fparts, tparts := anyPart, anyPart
+	if from != nil {
+		fparts = from.Parts
+	}
+	if to != nil {
+		tparts = to.Parts
+	}
+	var rules []Rule
+	for _, fp := range fparts {
+		for _, tp := range tparts {
+			proto := fp.Proto
+			if proto == "any" {
+				proto = tp.Proto
+			} else if tp.Proto != "any" && tp.Proto != proto {
+				continue
+			}
+			c := *r
+			c.Proto = proto
+			if from != nil {
+				c.FromPort = fp.Ports
+			}
+			if to != nil {
+				c.ToPort = tp.Ports
+			}
+			rules = append(rules, c)
+		}
+	}
+	if len(rules) == 0 {
+		return p.errEnd("the profiles '%s' and '%s' share no protocol", from.Name, to.Name)
+	}
+	*r = rules[0]
+	p.more = rules[1:]
+	return nil
+}
+
 // parseSimple reads ufw's simple syntax: PORT[/PROTO] or SERVICE[/PROTO].
 func (p *parser) parseSimple(r *Rule, t Token) error {
 	spec, proto, hasProto := strings.Cut(t.Text, "/")
@@ -657,6 +734,7 @@ func protoOf(protos []string) string {
 // parseFull reads ufw's full syntax: [proto P] [from ADDR [port P]] [to ADDR [port P]] in any order.
 func (p *parser) parseFull(r *Rule) error {
 	var fromSvc, toSvc []string
+	var fromApp, toApp *App
 	seen := map[string]bool{}
 	var last string     // "from" or "to": the clause a 'port' belongs to
 	var prevPort string // the clause whose port was just read
@@ -732,7 +810,29 @@ func (p *parser) parseFull(r *Rule) error {
 			prevPort, last = last, ""
 			continue
 		case "app":
-			return p.errAt(t, "application profiles ('app') are not supported: expected 'port' with a port number or service name")
+			if last == "" {
+				return p.errAt(t, "'app' must follow 'from ADDR' or 'to ADDR': expected e.g. 'to any app OpenSSH'")
+			}
+			key := last + " port"
+			if seen[key] {
+				return p.errAt(t, "'port' or 'app' given twice for '%s'", last)
+			}
+			seen[key] = true
+			v, ok := p.next()
+			if !ok {
+				return p.errEnd("'app' needs a profile name: expected e.g. 'app OpenSSH' ('moat app list' lists them)")
+			}
+			app, ok := p.apps.Lookup(v.Text)
+			if !ok {
+				return p.errAt(v, "%s", p.apps.unknownMsg(v.Text, true))
+			}
+			if last == "from" {
+				fromApp, r.FromApp = app, app.Name
+			} else {
+				toApp, r.ToApp = app, app.Name
+			}
+			prevPort, last = last, ""
+			continue
 		case "in", "out", "on":
 			return p.errAt(t, "'%s' must come right after the action: expected e.g. 'allow in on eth0 to any port 80'", t.Text)
 		case "log", "log-all":
@@ -741,6 +841,12 @@ func (p *parser) parseFull(r *Rule) error {
 			return p.errAt(t, "unexpected '%s': expected proto, from, to, port or comment%s", t.Text, didYouMean(t.Text, keywordWords))
 		}
 		prevPort = ""
+	}
+	if fromApp != nil || toApp != nil {
+		if seen["proto"] {
+			return p.errEnd("'proto' cannot go with 'app': the profile says which protocols")
+		}
+		return p.expandApps(r, fromApp, toApp)
 	}
 	if !seen["from"] && !seen["to"] && r.InIface == "" && r.OutIface == "" {
 		if seen["proto"] {
@@ -846,6 +952,15 @@ func parseAddrAt(s string) (netip.Prefix, int, string) {
 		if err != nil {
 			return netip.Prefix{}, 0, fmt.Sprintf("bad address '%s': expected any, an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32", s)
 		}
+		if strings.Contains(bitsText, ".") {
+			// A dotted netmask, as ufw accepts: 10.0.0.1/255.255.255.0.
+			bits, msg := netmaskBits(a, bitsText)
+			if msg != "" {
+				return netip.Prefix{}, len(addrText) + 1, fmt.Sprintf("bad address '%s': %s", s, msg)
+			}
+			bitsText = strconv.Itoa(bits)
+			s = addrText + "/" + bitsText
+		}
 		_, ok = parseCount(bitsText, 0, a.BitLen())
 		if !ok || (len(bitsText) > 1 && bitsText[0] == '0') {
 			return netip.Prefix{}, len(addrText) + 1, fmt.Sprintf("bad address '%s': prefix length '%s' is out of range: expected 0 to %d for an IPv%d address", s, bitsText, a.BitLen(), map[int]int{32: 4, 128: 6}[a.BitLen()])
@@ -935,4 +1050,42 @@ func RuleNumber(s string) (n int, isNumber, ok bool) {
 	}
 	n, ok = parseCount(s, 1, maxRuleNumber)
 	return n, isNumber, ok
+}
+
+// netmaskBits turns a dotted IPv4 netmask into a prefix length. A mask
+// whose one bits are not contiguous (255.0.255.0) matches no CIDR: nftables
+// sets and ipset hold CIDRs only, so it is refused.
+func netmaskBits(a netip.Addr, mask string) (int, string) {
+	m, err := netip.ParseAddr(mask)
+	if err != nil || !m.Is4() {
+		return 0, fmt.Sprintf("netmask '%s' is not valid: expected a prefix length (/24) or a dotted netmask (/255.255.255.0)", mask)
+	}
+	if !a.Is4() {
+		return 0, fmt.Sprintf("a dotted netmask '%s' goes with an IPv4 address only: expected a prefix length such as /64", mask)
+	}
+	b := m.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	ones := 0
+	for ones < 32 && v&(1<<(31-ones)) != 0 {
+		ones++
+	}
+	if ones < 32 && v<<ones != 0 {
+		return 0, fmt.Sprintf("netmask '%s' is not contiguous: moat takes masks of consecutive one bits only (a CIDR); write the networks it means as CIDRs", mask)
+	}
+	return ones, ""
+}
+
+// NormalizeNetmask returns the CIDR written for an address with a dotted
+// netmask ('10.0.0.1/255.255.255.0' → '10.0.0.0/24'); ok is false for
+// anything else.
+func NormalizeNetmask(s string) (string, bool) {
+	_, maskText, found := strings.Cut(s, "/")
+	if !found || !strings.Contains(maskText, ".") {
+		return "", false
+	}
+	pfx, _, msg := parseAddrAt(s)
+	if msg != "" || !pfx.IsValid() {
+		return "", false
+	}
+	return pfx.String(), true
 }

@@ -65,5 +65,8 @@ func (p *parser) shortFormTail(port, extra Token) *Error {
 // isShortForm says whether t reads as the port of a rule's short form
 // ('22/tcp', 'ssh'), without changing r.
 func (p *parser) isShortForm(r Rule, t Token) bool {
+	if _, ok := p.apps.Lookup(t.Text); ok {
+		return true
+	}
 	return p.parseSimple(&r, t) == nil
 }

@@ -160,9 +160,13 @@ func fixes(p *policy.Policy, s Session, d ruleset.Decision) []string {
 	wide := fmt.Sprintf("allow %d/tcp", port)
 	pos := 0
 	if d.Origin.Line > 0 {
-		for i, r := range p.Rules {
+		num, lastLine := 0, -1
+		for _, r := range p.Rules {
+			if r.Pos.Line != lastLine {
+				num, lastLine = num+1, r.Pos.Line
+			}
 			if r.Pos.Line == d.Origin.Line {
-				pos = i + 1
+				pos = num
 				break
 			}
 		}

@@ -18,10 +18,13 @@ import (
 
 // Saved is what `moat restore` loads at boot.
 type Saved struct {
-	Backend string    `json:"backend"`
-	Policy  string    `json:"policy"` // the policy file's text as applied
-	Source  string    `json:"source"` // the policy file it came from
-	Saved   time.Time `json:"saved"`
+	Backend string `json:"backend"`
+	Policy  string `json:"policy"` // the policy file's text as applied
+	Source  string `json:"source"` // the policy file it came from
+	// Apps are the application profiles' ports when it was saved (name →
+	// ports), so a profile removed later does not break the boot.
+	Apps  map[string]string `json:"apps,omitempty"`
+	Saved time.Time         `json:"saved"`
 }
 
 const savedFile = "saved.json"
