@@ -125,3 +125,55 @@ func TestSSHDPorts(t *testing.T) {
 		t.Errorf("fail-closed policy:\n%s", p)
 	}
 }
+
+// No configuration line makes the reader panic, and what it takes as a
+// port is one.
+func FuzzSSHDConfigLine(f *testing.F) {
+	for _, s := range []string{"Port 22", "port=2222", "ListenAddress [2001:db8::1]:2200", "ListenAddress fe80::1%eth0",
+		"ListenAddress host.example:22 rdomain x", "Include \"a b\" c", "Match User x", "ListenAddress [::1", "ListenAddress :", "\tPort\t\"22\" # c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		key, args := sshdLine(line)
+		if key == "listenaddress" && len(args) > 0 {
+			aps, ok := parseListenAddress(args[0], 0)
+			for _, ap := range aps {
+				if !ok || !ap.Addr().IsValid() || ap.Addr().Zone() != "" {
+					t.Fatalf("%q: %v", line, aps)
+				}
+			}
+		}
+		dir := t.TempDir()
+		conf := filepath.Join(dir, "sshd_config")
+		if err := os.WriteFile(conf, []byte(line+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		l, _ := parseSSHDConfig(conf, dir)
+		for _, p := range l.Ports() {
+			if p == 0 {
+				t.Fatalf("%q: port 0", line)
+			}
+		}
+	})
+}
+
+// A configuration too big or including itself still gives the ports read.
+func TestParseSSHDConfigHostile(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big")
+	writeConf(t, big, "Port 2202\n"+strings.Repeat("# x\n", sshdMaxFileSize/4+1))
+	main := filepath.Join(dir, "sshd_config")
+	writeConf(t, main, "Port 2201\nInclude "+big+"\nInclude "+dir+"/many/*\n")
+	for i := range 20 {
+		writeConf(t, filepath.Join(dir, "many", fmt.Sprint(i)), "Include "+dir+"/many/*\n")
+	}
+	l, err := parseSSHDConfig(main, dir)
+	if err == nil || !strings.Contains(fmt.Sprint(l.Ports()), "2201") {
+		t.Errorf("ports %v err %v", l.Ports(), err)
+	}
+	writeConf(t, main, "Port 2201\nInclude "+dir+"/many/*\n")
+	l, err = parseSSHDConfig(main, dir)
+	if err == nil || !strings.Contains(err.Error(), "more than") || !strings.Contains(fmt.Sprint(l.Ports()), "2201") {
+		t.Errorf("ports %v err %v", l.Ports(), err)
+	}
+}
