@@ -59,7 +59,7 @@ func newConnection(s Session, iface string, sport uint16) ruleset.Packet {
 // matches treat alike (the range ends and every rule's range ends, inside
 // and just outside), and the session's own port. Trying these is the same
 // as trying every port of the ranges.
-func sourcePorts(rs *ruleset.Ruleset, s Session) []uint16 {
+func sourcePorts(rs *ruleset.Ruleset, s Session, iface string) []uint16 {
 	seen := map[uint16]bool{}
 	var out []uint16
 	add := func(p int, r policy.PortRange) {
@@ -69,10 +69,16 @@ func sourcePorts(rs *ruleset.Ruleset, s Session) []uint16 {
 		}
 	}
 	add(int(s.Client.Port()), policy.PortRange{First: 0, Last: 65535})
+	// Only rules that could match the reconnect but for its source port
+	// split the ranges: a policy with many source-port rules for other
+	// traffic does not multiply the evaluations.
 	var edges []policy.PortRange
 	if c := rs.Chain(ruleset.Input); c != nil {
-		for _, r := range c.Rules {
-			edges = append(edges, r.SPorts...)
+		pkt := newConnection(s, iface, 0)
+		for i := range c.Rules {
+			if len(c.Rules[i].SPorts) > 0 && mayMatch(&c.Rules[i].Match, pkt) {
+				edges = append(edges, c.Rules[i].SPorts...)
+			}
 		}
 	}
 	for _, r := range s.ReconnectPorts {
@@ -89,6 +95,37 @@ func sourcePorts(rs *ruleset.Ruleset, s Session) []uint16 {
 	return out
 }
 
+// mayMatch reports whether m could match p whatever p's source port: it
+// errs on the side of yes (address sets, for instance, are not looked up).
+func mayMatch(m *ruleset.Match, p ruleset.Packet) bool {
+	if m.Family != "" && m.Family != policy.FamilyAny && m.Family != p.Family() {
+		return false
+	}
+	if m.InIface != "" && p.InIface != "" {
+		if prefix, wild := strings.CutSuffix(m.InIface, "+"); (wild && !strings.HasPrefix(p.InIface, prefix)) || (!wild && m.InIface != p.InIface) {
+			return false
+		}
+	}
+	if len(m.Protos) > 0 && !slices.Contains(m.Protos, p.Proto) {
+		return false
+	}
+	if len(m.CTStates) > 0 && !slices.Contains(m.CTStates, p.CTState) {
+		return false
+	}
+	in := func(ps []netip.Prefix, a netip.Addr) bool {
+		if len(ps) == 0 {
+			return true
+		}
+		for _, q := range ps {
+			if q.Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
+	return in(m.Src, p.Src) && in(m.Dst, p.Dst) && m.DPorts.Contains(p.DPort)
+}
+
 // CheckSessions evaluates a reconnect of every session under the new
 // ruleset, from every source port the client may use (Session.
 // ReconnectPorts) and on the interface the session runs over (Session.
@@ -100,7 +137,7 @@ func CheckSessions(rs *ruleset.Ruleset, p *policy.Policy, sessions []Session, if
 		if iface == "" && ifaceFor != nil {
 			iface = ifaceFor(s.Client.Addr())
 		}
-		for _, sport := range sourcePorts(rs, s) {
+		for _, sport := range sourcePorts(rs, s, iface) {
 			d, err := rs.Evaluate(newConnection(s, iface, sport))
 			if err != nil {
 				continue
@@ -213,7 +250,7 @@ func PortWarnings(rs *ruleset.Ruleset, st SSHState) []string {
 			continue // loopback is always accepted
 		}
 		s := Session{Client: netip.AddrPortFrom(src, 40000), Server: l, ReconnectPorts: st.ReconnectPorts}
-		for _, sport := range sourcePorts(rs, s) {
+		for _, sport := range sourcePorts(rs, s, "") {
 			d, err := rs.Evaluate(newConnection(s, "", sport))
 			if err == nil && d.Verdict != ruleset.Accept {
 				from := ""

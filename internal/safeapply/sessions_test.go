@@ -271,3 +271,25 @@ func TestPortWarningsSourcePorts(t *testing.T) {
 		}
 	}
 }
+
+// Source-port rules for other traffic do not multiply the evaluations;
+// those that could match the reconnect do split the ranges.
+func TestSourcePortsCandidates(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("default deny incoming\nallow 22/tcp\n")
+	for i := range 2000 {
+		fmt.Fprintf(&b, "deny proto tcp from any port %d:%d to any port 80\n", 1024+i*30, 1024+i*30+10)
+	}
+	b.WriteString("deny proto udp from any port 40000:41000 to any port 22\n")
+	b.WriteString("deny proto tcp from 198.51.100.0/24 port 42000:43000 to any port 22\n")
+	b.WriteString("deny proto tcp from 192.0.2.0/24 port 44000:45000 to any port 22\n")
+	p, err := policy.NewDocument("moat.conf", []byte(b.String())).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Session{Client: netip.MustParseAddrPort("192.0.2.2:50000"), Server: netip.MustParseAddrPort("192.0.2.1:22"), ReconnectPorts: policy.Ports{{First: 32768, Last: 60999}, ianaEphemeral}}
+	got := fmt.Sprint(sourcePorts(ruleset.Compile(p), s, "eth0"))
+	if got != "[50000 32768 43999 44000 45000 45001 49152 60999 65535]" {
+		t.Errorf("candidates %s", got)
+	}
+}
