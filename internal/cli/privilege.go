@@ -23,7 +23,7 @@ var rootCommands = map[string]bool{
 
 // needRoot returns the error for a command that needs root run without it.
 func (a *app) needRoot(cmd *cobra.Command) error {
-	if os.Geteuid() == 0 || a.dryRun {
+	if os.Geteuid() == 0 || a.dryRun || a.engineHook != nil {
 		return nil
 	}
 	path := strings.Fields(cmd.CommandPath()) // "moat guard check"

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,6 +34,10 @@ func Exec(ctx context.Context, stdin []byte, name string, args ...string) ([]byt
 		defer func() { _ = f.Close() }() // read-only for us; the program has its own copy
 		cmd.Stdin = f
 	}
+	// If moat is killed, the tool dies with it: the lock moat held is
+	// free at once, and an orphan must not commit its change after the
+	// next moat command has repaired the state.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
