@@ -26,7 +26,8 @@ func (a *app) engine() *engine.Engine {
 		return a.eng
 	}
 	var backends []engine.Backend
-	for _, b := range backend.All() {
+	a.kernel = backend.All()
+	for _, b := range a.kernel {
 		backends = append(backends, b)
 	}
 	o := engine.Options{
@@ -62,6 +63,7 @@ func (a *app) locked(cmd *cobra.Command, fn func(ctx context.Context, eng *engin
 		return err
 	}
 	defer unlock()
+	a.repairDrift(ctx)
 	return fn(ctx, eng)
 }
 

@@ -12,8 +12,11 @@ import (
 )
 
 const explainLong = `Tell what moat does with a packet, and which rule decides: a line of the
-policy file, a default, or a built-in rule. It evaluates the same compiled
-ruleset the kernel gets, in userspace; it needs no root and sends nothing.
+policy file, a default, or a built-in rule. It evaluates, in userspace, the
+ruleset moat applied (what the kernel does now); it says so when the policy
+file differs, when moat is fail-closed, or when moat's rules in the kernel
+were changed by hand. Inactive, or without root, it evaluates the policy
+file. It sends nothing.
 
   moat explain [in|out|route] PROTO [from ADDR] [port P] [to ADDR] [port P]
                [on IFACE] [in on IFACE] [out on IFACE] [type N] [state S]
@@ -30,6 +33,11 @@ type explanation struct {
 	Chain   ruleset.Hook    `json:"chain"`
 	Packet  explainedPacket `json:"packet"`
 	Limited string          `json:"rate_limit,omitempty"`
+	// Evaluated is "applied" (what moat put in the kernel) or "file" (the
+	// policy file: moat inactive, not root, or nothing recorded); Notes
+	// say when the file, what is applied, or the kernel differ.
+	Evaluated string   `json:"evaluated"`
+	Notes     []string `json:"notes"`
 }
 
 type explainedPacket struct {
@@ -60,21 +68,28 @@ func (a *app) explainCommand() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("explain: %w", err)
 			}
-			p, err := a.loadPolicy()
+			src, err := a.explainPolicy(cmd.Context())
 			if err != nil {
 				return err
 			}
-			d, err := ruleset.Compile(p).Evaluate(pkt)
+			d, err := ruleset.Compile(src.policy).Evaluate(pkt)
 			if err != nil {
 				return err
 			}
 			ex := explanation{Verdict: strings.ToUpper(string(d.Verdict)), Origin: d.Origin, Chain: d.Chain,
 				Packet: explainedPacket{Direction: map[ruleset.Hook]string{ruleset.Input: "in", ruleset.Output: "out", ruleset.Forward: "route"}[pkt.Hook],
 					Proto: pkt.Proto, From: addrOrAny(pkt.Src), FromPort: pkt.SPort, To: addrOrAny(pkt.Dst), ToPort: pkt.DPort,
-					InIface: pkt.InIface, OutIface: pkt.OutIface}}
+					InIface: pkt.InIface, OutIface: pkt.OutIface},
+				Evaluated: src.evaluated, Notes: src.notes}
+			if ex.Notes == nil {
+				ex.Notes = []string{}
+			}
 			switch {
 			case d.Origin.Line > 0:
-				ex.Decided = fmt.Sprintf("%s:%d: %s", a.config, d.Origin.Line, d.Origin.Text)
+				ex.Decided = fmt.Sprintf("%s:%d: %s", src.where, d.Origin.Line, d.Origin.Text)
+				if src.where != a.config {
+					ex.Decided = fmt.Sprintf("%s, line %d: %s", src.where, d.Origin.Line, d.Origin.Text)
+				}
 			default:
 				ex.Decided = d.Origin.Text
 			}
@@ -87,6 +102,9 @@ func (a *app) explainCommand() *cobra.Command {
 			a.printf("%s\n  decided by %s\n", ex.Verdict, ex.Decided)
 			if ex.Limited != "" {
 				a.printf("  rate limit: %s\n", ex.Limited)
+			}
+			for _, n := range ex.Notes {
+				a.printf("  note: %s\n", n)
 			}
 			return nil
 		},

@@ -47,6 +47,9 @@ type app struct {
 	// tests replace its options (fake backends, clock).
 	eng        *engine.Engine
 	engineHook func(*engine.Options)
+	// kernel are the real backends the engine drives (repairDrift sets
+	// them to rewrite whole).
+	kernel []backend.Backend
 }
 
 // exitError carries an exit code for errors that are not failures of moat

@@ -25,6 +25,10 @@ type statusRule struct {
 	CounterID string `json:"counter_id"`
 	Packets   uint64 `json:"packets"`
 	Bytes     uint64 `json:"bytes"`
+	// Applied: the kernel has this rule; InFile: moat.conf has it. A rule
+	// of the file that is not applied is listed, marked "not applied".
+	Applied bool `json:"applied"`
+	InFile  bool `json:"in_file"`
 }
 
 type statusBuiltin struct {
@@ -67,6 +71,7 @@ type statusReport struct {
 	Defaults        map[string]statusDefault `json:"defaults"`
 	Rules           []statusRule             `json:"rules"`
 	Builtins        []statusBuiltin          `json:"builtins"`
+	statusTruth
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -101,51 +106,81 @@ func (a *app) statusCommand() *cobra.Command {
 }
 
 func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
-	p, err := a.loadPolicy()
-	if err != nil {
-		return nil, err
-	}
+	ctx := cmd.Context()
+	filePolicy, fileErr := a.loadPolicy()
 	rep := &statusReport{Status: "inactive", Config: a.config, Defaults: map[string]statusDefault{}, Rules: []statusRule{}, Builtins: []statusBuiltin{},
-		Persistent: safeapply.Enabled(a.stateDir)}
+		Persistent: safeapply.Enabled(a.stateDir), statusTruth: statusTruth{InSync: true}}
 	if pend, err := engine.LoadPending(a.stateDir); err == nil {
 		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(time.Until(pend.Deadline).Seconds()))}
 	}
-	b, err := a.activeBackend(cmd.Context())
+	b, err := a.activeBackend(ctx)
 	if err != nil {
 		return nil, err
 	}
-	counters := map[string]ruleset.Counter{}
-	rep.GuardConfigured = p.Guard.Enabled
+	if b == nil && fileErr != nil {
+		return nil, fileErr
+	}
 	rep.GuardPID, rep.Guard = guard.Running(a.stateDir)
+	// What the rules, defaults and counters are read from: what is applied
+	// when moat is active and knows it, else the file.
+	shown := filePolicy
+	counters := map[string]ruleset.Counter{}
 	if b != nil {
 		rep.Status, rep.Backend = "active", b.Name()
-		if counters, err = b.Counters(cmd.Context()); err != nil {
+		if counters, err = b.Counters(ctx); err != nil {
 			return nil, err
 		}
-		if bans, err := b.Bans(cmd.Context()); err == nil {
+		if bans, err := b.Bans(ctx); err == nil {
 			rep.BansActive = len(bans)
 		}
+		applied, err := a.compare(ctx, b, filePolicy, fileErr, rep)
+		if err != nil {
+			return nil, err
+		}
+		if applied != nil {
+			shown = applied
+		}
 	}
-	rs := ruleset.Compile(p)
+	if filePolicy != nil {
+		rep.GuardConfigured = filePolicy.Guard.Enabled
+	}
+	rs := ruleset.Compile(shown)
 	inSet := map[int]string{}
 	for _, s := range rs.Sets {
 		for _, e := range s.Entries {
 			inSet[e.Origin.Line] = "set:" + s.Name
 		}
 	}
-	num, lastLine := 0, -1
-	for _, r := range p.Rules {
-		// A profile with several protocols is one line, one number.
-		if r.Pos.Line != lastLine || r.Pos.Line == 0 {
-			num, lastLine = num+1, r.Pos.Line
+	// Rule numbers are the file's, for 'moat delete N' and 'moat insert N'.
+	fileNumber := map[string]int{}
+	if filePolicy != nil {
+		nums := ruleNumbers(filePolicy)
+		for i, r := range filePolicy.Rules {
+			if _, ok := fileNumber[r.Key()]; !ok {
+				fileNumber[r.Key()] = nums[i]
+			}
 		}
+	}
+	shownKeys := map[string]bool{}
+	for _, r := range shown.Rules {
 		id := "L" + strconv.Itoa(r.Pos.Line)
 		if s, ok := inSet[r.Pos.Line]; ok {
 			id = s
 		}
 		c := counters[id]
-		rep.Rules = append(rep.Rules, statusRule{Number: num, Line: r.Pos.Line, RuleJSON: r.JSON(), Text: r.Text,
-			CounterID: id, Packets: c.Packets, Bytes: c.Bytes})
+		n, inFile := fileNumber[r.Key()]
+		shownKeys[r.Key()] = true
+		rep.Rules = append(rep.Rules, statusRule{Number: n, Line: r.Pos.Line, RuleJSON: r.JSON(), Text: r.Text,
+			CounterID: id, Packets: c.Packets, Bytes: c.Bytes, Applied: b != nil && !rep.missing[id], InFile: inFile || shown == filePolicy})
+	}
+	if b != nil && shown != filePolicy && filePolicy != nil {
+		// Rules of the file that the kernel does not have: shown, marked.
+		nums := ruleNumbers(filePolicy)
+		for i, r := range filePolicy.Rules {
+			if !shownKeys[r.Key()] {
+				rep.Rules = append(rep.Rules, statusRule{Number: nums[i], Line: r.Pos.Line, RuleJSON: r.JSON(), Text: r.Text, InFile: true})
+			}
+		}
 	}
 	for _, ch := range rs.Chains {
 		seen := map[string]bool{}
@@ -159,7 +194,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		}
 		c := counters[ch.DefaultOrigin.ID]
 		dir := map[ruleset.Hook]policy.Direction{ruleset.Input: policy.In, ruleset.Output: policy.Out, ruleset.Forward: policy.Route}[ch.Hook]
-		rep.Defaults[policy.DirectionWord(dir)] = statusDefault{Policy: p.Defaults[dir], Line: ch.DefaultOrigin.Line, Packets: c.Packets, Bytes: c.Bytes,
+		rep.Defaults[policy.DirectionWord(dir)] = statusDefault{Policy: shown.Defaults[dir], Line: ch.DefaultOrigin.Line, Packets: c.Packets, Bytes: c.Bytes,
 			Disabled: ch.Hook == ruleset.Forward && len(ch.Rules) == 0 && ch.DefaultOrigin.Line == 0}
 	}
 	return rep, nil
@@ -167,6 +202,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 
 func (a *app) printStatus(rep *statusReport, mode string) error {
 	a.printf("Status: %s\n", rep.Status)
+	a.printTruth(rep)
 	if rep.Pending != nil {
 		a.printf("Pending: the change applied at %s rolls back in %ds unless 'moat confirm' is run\n",
 			rep.Pending.Applied.Format(time.TimeOnly), rep.Pending.SecondsLeft)
@@ -206,7 +242,11 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 	for _, r := range rep.Rules {
 		row := fmt.Sprintf("%s\t%s\t%s", toColumn(r.RuleJSON), actionColumn(r.RuleJSON), fromColumn(r.RuleJSON))
 		if mode == "numbered" {
-			row = fmt.Sprintf("[%2d] %s", r.Number, row)
+			if r.Number > 0 {
+				row = fmt.Sprintf("[%2d] %s", r.Number, row)
+			} else {
+				row = "[--] " + row
+			}
 		}
 		if verbose {
 			mark := ""
@@ -215,11 +255,14 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 			}
 			row += fmt.Sprintf("\t%d%s\t%d%s", r.Packets, mark, r.Bytes, mark)
 		}
-		if r.Comment != "" {
-			row += "\t# " + r.Comment
-		} else {
-			row += "\t"
+		tail := []string{}
+		if m := ruleMark(rep, r); m != "" {
+			tail = append(tail, m)
 		}
+		if r.Comment != "" {
+			tail = append(tail, "# "+r.Comment)
+		}
+		row += "\t" + strings.Join(tail, " ")
 		fmt.Fprintln(tw, row)
 	}
 	if err := tw.Flush(); err != nil {
@@ -341,4 +384,18 @@ func fromColumn(r policy.RuleJSON) string {
 		iface = r.InterfaceIn
 	}
 	return endpoint(r.From, r.FromPort, r.Proto, r.Family, iface, false)
+}
+
+// ruleNumbers are the rules' positions as 'moat delete N' counts them: one
+// per line (an application profile with several protocols is one line).
+func ruleNumbers(p *policy.Policy) []int {
+	nums := make([]int, len(p.Rules))
+	num, lastLine := 0, -1
+	for i, r := range p.Rules {
+		if r.Pos.Line != lastLine || r.Pos.Line == 0 {
+			num, lastLine = num+1, r.Pos.Line
+		}
+		nums[i] = num
+	}
+	return nums
 }

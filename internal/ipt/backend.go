@@ -31,6 +31,9 @@ var ExecRunner = execrun.Exec
 // Backend programs moat's iptables chains and ipsets.
 type Backend struct {
 	Run Runner
+	// Full makes Apply rewrite moat's chains even when their generation
+	// says they hold the ruleset already (they were changed by hand).
+	Full bool
 }
 
 // New returns the iptables backend.
@@ -211,7 +214,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		}
 	}
 	for _, f := range families {
-		if st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam) {
+		if !b.Full && st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam) {
 			continue
 		}
 		script := render(rs, f.fam, st.jumps[f.fam], names, gen)

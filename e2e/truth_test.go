@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// statusTruth is what `moat status --json` says about file, applied and
+// kernel.
+type statusTruth struct {
+	InSync         bool     `json:"in_sync"`
+	FileNotApplied bool     `json:"file_not_applied"`
+	KernelChanged  []string `json:"kernel_changed"`
+	FailClosed     *struct {
+		Reason string `json:"reason"`
+	} `json:"fail_closed"`
+	Rules []struct {
+		Number  int    `json:"number"`
+		ToPort  string `json:"to_port"`
+		Applied bool   `json:"applied"`
+		InFile  bool   `json:"in_file"`
+	} `json:"rules"`
+}
+
+func (e *env) truth() statusTruth {
+	e.t.Helper()
+	out := e.mustMoat("status", "--json")
+	var st statusTruth
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		e.t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return st
+}
+
+// applied reports, per destination port, whether status says the rule is
+// applied; absent ports are missing from status.
+func (st statusTruth) applied() map[string]bool {
+	m := map[string]bool{}
+	for _, r := range st.Rules {
+		m[r.ToPort] = r.Applied
+	}
+	return m
+}
+
+// status and explain say what the kernel does: a hand edit of moat.conf
+// is "not applied" until 'moat reload' (and explain answers with what is
+// applied), a rule added or removed in moat's table/chains by hand is
+// "changed outside moat", and after 'moat restore' fell back to the
+// fail-closed ruleset status says FAIL-CLOSED and lists only what is
+// applied. Each claim is checked against real packets, IPv4 and IPv6.
+func TestStatusTellsWhatIsApplied(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			e.apply("default deny incoming\nallow 22/tcp\n")
+			if st := e.truth(); !st.InSync || st.FileNotApplied || len(st.KernelChanged) > 0 {
+				t.Fatalf("status right after enable: %+v", st)
+			}
+
+			// 1. A hand edit of the policy file.
+			writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 8080/tcp\n")
+			out := e.mustMoat("status", "numbered")
+			for _, want := range []string{"Changes in " + e.conf + " not applied (moat reload)", "[ 2] 8080/tcp", "(not applied)"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("status after a hand edit lacks %q:\n%s", want, out)
+				}
+			}
+			if st := e.truth(); st.InSync || !st.FileNotApplied || st.applied()["8080"] || !st.applied()["22"] {
+				t.Errorf("status --json after a hand edit: %+v", st)
+			}
+			ex := e.mustMoat("explain", "in", "tcp", "from", "192.0.2.2", "to", "port", "8080")
+			if !strings.HasPrefix(ex, "DROP\n") || !strings.Contains(ex, "differs from what is applied") {
+				t.Errorf("explain of a rule only in the file:\n%s", ex)
+			}
+			e.expect(false, "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:8080 timeout")
+			e.mustMoat("reload")
+			if st := e.truth(); !st.InSync || !st.applied()["8080"] {
+				t.Errorf("status after reload: %+v", st)
+			}
+			if ex := e.mustMoat("explain", "in", "tcp", "to", "port", "8080"); !strings.HasPrefix(ex, "ACCEPT\n") || strings.Contains(ex, "note:") {
+				t.Errorf("explain after reload:\n%s", ex)
+			}
+			e.expect(false, "client tcp 192.0.2.1:8080 open", "client tcp [2001:db8::1]:8080 open")
+
+			// 2. moat's table/chains changed by hand: a rule added, one removed.
+			if b == "nftables" {
+				e.run("server", "nft", "insert", "rule", "inet", "moat", "input", "tcp", "dport", "6000", "accept")
+				handle := regexp.MustCompile(`comment "L3" # handle (\d+)`).FindStringSubmatch(e.run("server", "nft", "-a", "list", "chain", "inet", "moat", "input"))
+				if handle == nil {
+					t.Fatal("no rule L3 in moat's table")
+				}
+				e.run("server", "nft", "delete", "rule", "inet", "moat", "input", "handle", handle[1])
+			} else {
+				for _, prog := range []string{"iptables", "ip6tables"} {
+					e.run("server", prog, "-I", "MOAT-INPUT", "-p", "tcp", "--dport", "6000", "-j", "RETURN")
+					e.run("server", prog, "-D", "MOAT-INPUT", "-p", "tcp", "--dport", "8080", "-m", "comment", "--comment", "L3", "-j", "RETURN")
+				}
+			}
+			e.expect(false, "client tcp 192.0.2.1:6000 open", "client tcp [2001:db8::1]:8080 timeout")
+			out = e.mustMoat("status")
+			what := map[string]string{"nftables": "moat's table was changed outside moat (moat reload repairs it)",
+				"iptables": "moat's chains were changed outside moat (moat reload repairs it)"}[b]
+			for _, want := range []string{what, "moat did not load", "lacks 1 rule moat loaded: L3", "(NOT IN THE KERNEL: removed outside moat)"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("status after a change by hand lacks %q:\n%s", want, out)
+				}
+			}
+			if st := e.truth(); st.InSync || len(st.KernelChanged) == 0 || st.applied()["8080"] {
+				t.Errorf("status --json after a change by hand: %+v", st)
+			}
+			if ex := e.mustMoat("explain", "in", "tcp", "to", "port", "6000"); !strings.Contains(ex, "changed outside moat") {
+				t.Errorf("explain after a change by hand:\n%s", ex)
+			}
+			e.mustMoat("reload")
+			if st := e.truth(); !st.InSync {
+				t.Errorf("status after reload repaired the kernel: %+v", st)
+			}
+			e.expect(false, "client tcp 192.0.2.1:6000 timeout", "client tcp [2001:db8::1]:8080 open")
+
+			// 3. Boot with an unreadable saved ruleset: fail-closed.
+			writeFile(t, filepath.Join(e.stateDir(), "saved.json"), "{not json")
+			if out, err := e.moat("restore"); err == nil {
+				t.Fatalf("restore of a broken saved ruleset succeeded:\n%s", out)
+			}
+			out = e.mustMoat("status")
+			for _, want := range []string{"Status: active", "FAIL-CLOSED since ", ": the saved ruleset was unreadable (", "only SSH is open",
+				"22/tcp", "# sshd (fail-closed)", "8080/tcp", "(not applied)"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("status after fail-closed restore lacks %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(out, "Changes in") {
+				t.Errorf("fail-closed status blames the file instead:\n%s", out)
+			}
+			st := e.truth()
+			if st.InSync || st.FailClosed == nil || !strings.Contains(st.FailClosed.Reason, "saved") || st.applied()["8080"] {
+				t.Errorf("status --json after fail-closed restore: %+v", st)
+			}
+			if ex := e.mustMoat("explain", "in", "tcp", "to", "port", "8080"); !strings.HasPrefix(ex, "DROP\n") || !strings.Contains(ex, "FAIL-CLOSED") {
+				t.Errorf("explain while fail-closed:\n%s", ex)
+			}
+			e.expect(false, "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:8080 timeout",
+				"client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open")
+			if err := os.Remove(filepath.Join(e.stateDir(), "saved.json")); err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -1,0 +1,31 @@
+package cli
+
+import (
+	"time"
+
+	"github.com/moat-fw/moat/internal/engine"
+)
+
+// appliedState is what moat last put in the kernel, as the engine records
+// it: the one thing status and explain trust for "what is applied" (the
+// policy file may have changed since, the kernel may have been changed by
+// hand).
+type appliedState struct {
+	Known      bool // false: nothing recorded (moat inactive, or applied by an older moat)
+	Backend    string
+	Policy     string
+	Time       time.Time
+	FailClosed bool
+	FailReason string
+}
+
+// loadApplied reads what is applied; an unreadable record counts as
+// unknown (status then says so).
+func (a *app) loadApplied() appliedState {
+	rec, err := engine.LoadApplied(a.stateDir)
+	if err != nil || rec == nil {
+		return appliedState{}
+	}
+	return appliedState{Known: true, Backend: rec.Backend, Policy: rec.Policy, Time: rec.Time,
+		FailClosed: rec.FailClosed, FailReason: rec.FailReason}
+}

@@ -1,0 +1,87 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/moat-fw/moat/internal/drift"
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// explainSource is the policy explain evaluates, and what to say about it.
+type explainSource struct {
+	policy *policy.Policy
+	// evaluated is "applied" (what moat put in the kernel) or "file".
+	evaluated string
+	// where names the lines' file in "decided by".
+	where string
+	notes []string
+}
+
+// explainPolicy picks what explain evaluates: what is applied when moat is
+// active and knows it (that is what the kernel does), else the file; with
+// a note whenever the two differ or the kernel was changed.
+func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
+	file, fileErr := a.loadPolicy()
+	fromFile := func(note string) (*explainSource, error) {
+		if fileErr != nil {
+			return nil, fileErr
+		}
+		src := &explainSource{policy: file, evaluated: "file", where: a.config}
+		if note != "" {
+			src.notes = append(src.notes, note)
+		}
+		return src, nil
+	}
+	if os.Geteuid() != 0 {
+		return fromFile("as " + a.config + " says: only root can read what is applied")
+	}
+	b, err := a.activeBackend(ctx)
+	if err != nil {
+		return fromFile(fmt.Sprintf("as %s says: cannot read what is applied (%v)", a.config, err))
+	}
+	if b == nil {
+		return fromFile("moat is inactive: this is what " + a.config + " does once applied ('moat enable')")
+	}
+	st := a.loadApplied()
+	var applied *policy.Policy
+	if st.Known {
+		applied, err = policy.NewDocument(a.config, []byte(st.Policy)).Policy(a.services())
+	}
+	if !st.Known || err != nil {
+		return fromFile("what moat applied is not recorded: this is " + a.config + " ('moat reload' applies and records it)")
+	}
+	src := &explainSource{policy: applied, evaluated: "applied", where: a.config}
+	want, err := b.Script(ruleset.Compile(applied))
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case st.FailClosed:
+		src.where = "the fail-closed ruleset"
+		src.notes = append(src.notes, fmt.Sprintf("FAIL-CLOSED since %s: the fail-closed ruleset is applied (only SSH is open), not %s ('moat reload' applies it)",
+			st.Time.Local().Format(time.DateTime), a.config))
+	case fileErr != nil:
+		src.where = "the applied policy"
+		src.notes = append(src.notes, fmt.Sprintf("%s is invalid: this is what is applied (%v)", a.config, fileErr))
+	default:
+		got, err := b.Script(ruleset.Compile(file))
+		if err != nil {
+			return nil, err
+		}
+		if got != want {
+			src.where = "the applied policy (recorded " + st.Time.Local().Format(time.DateTime) + ")"
+			src.notes = append(src.notes, fmt.Sprintf("%s differs from what is applied: this is what the kernel does now ('moat reload' applies the file)", a.config))
+		}
+	}
+	if kernel, err := drift.Read(ctx, b.Name(), execrun.Exec); err == nil {
+		if diff := drift.Compare(drift.ParseScript(b.Name(), want), kernel); len(diff) > 0 {
+			src.notes = append(src.notes, fmt.Sprintf("moat's rules in the kernel were changed outside moat (%s): the kernel may decide otherwise ('moat reload' repairs it)", diff[0]))
+		}
+	}
+	return src, nil
+}

@@ -1,0 +1,59 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/moat-fw/moat/internal/backend"
+	"github.com/moat-fw/moat/internal/drift"
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/ipt"
+	"github.com/moat-fw/moat/internal/nft"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// repairDrift makes the next apply rewrite moat's rules whole when they
+// are not what moat applied (changed by hand): a partial update trusts
+// moat's record of what is loaded, and would leave the hand-made change in
+// place. It runs under the state lock, before every state change.
+func (a *app) repairDrift(ctx context.Context) {
+	st := a.loadApplied()
+	for _, b := range a.kernel {
+		if !st.Known || b.Name() != st.Backend || b.Available() != nil {
+			continue
+		}
+		why := a.driftReason(ctx, b, st)
+		if why == "" {
+			continue
+		}
+		switch fb := b.(type) {
+		case *nft.Backend:
+			fb.Full = true
+		case *ipt.Backend:
+			fb.Full = true
+		}
+		fmt.Fprintf(a.errOut, "moat: %s: the next apply rewrites moat's rules whole\n", why)
+	}
+}
+
+// driftReason says why moat's rules in the kernel cannot be trusted to be
+// what moat applied, or "".
+func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedState) string {
+	applied, err := policy.NewDocument(a.config, []byte(st.Policy)).Policy(a.services())
+	if err != nil {
+		return "the record of what moat applied is unreadable"
+	}
+	want, err := b.Script(ruleset.Compile(applied))
+	if err != nil {
+		return "" // the apply itself will say what is wrong
+	}
+	kernel, err := drift.Read(ctx, b.Name(), execrun.Exec)
+	if err != nil {
+		return ""
+	}
+	if diff := drift.Compare(drift.ParseScript(b.Name(), want), kernel); len(diff) > 0 {
+		return "moat's rules were changed outside moat (" + diff[0] + ")"
+	}
+	return ""
+}

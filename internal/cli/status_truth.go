@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"time"
+
+	"github.com/moat-fw/moat/internal/backend"
+	"github.com/moat-fw/moat/internal/drift"
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// statusFailClosed says that 'moat restore' fell back to the fail-closed
+// ruleset: only SSH comes in.
+type statusFailClosed struct {
+	Since  time.Time `json:"since"`
+	Reason string    `json:"reason"`
+}
+
+// statusTruth is how the policy file, what moat applied, and moat's rules
+// in the kernel compare.
+type statusTruth struct {
+	// InSync: all three agree (and moat is not fail-closed).
+	InSync bool `json:"in_sync"`
+	// FileNotApplied: moat.conf differs from what is applied ('moat
+	// reload'); FileError: moat.conf does not even parse.
+	FileNotApplied bool   `json:"file_not_applied"`
+	FileError      string `json:"file_error,omitempty"`
+	// AppliedUnknown: moat is active but what it applied is not recorded
+	// (an older moat applied it); rules are then read from the file.
+	AppliedUnknown bool              `json:"applied_unknown,omitempty"`
+	FailClosed     *statusFailClosed `json:"fail_closed,omitempty"`
+	// KernelChanged lists how moat's table or chains differ from what moat
+	// loaded: changes made outside moat ('moat reload' repairs them).
+	KernelChanged []string `json:"kernel_changed,omitempty"`
+	// missing are the origin tags of applied rules the kernel lacks.
+	missing map[string]bool
+}
+
+// compare fills the truth fields of rep for active backend b and returns
+// the applied policy (nil when it is not recorded).
+func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Policy, fileErr error, rep *statusReport) (*policy.Policy, error) {
+	defer func() {
+		rep.InSync = !rep.FileNotApplied && !rep.AppliedUnknown && rep.FailClosed == nil && len(rep.KernelChanged) == 0
+	}()
+	if fileErr != nil {
+		rep.FileNotApplied, rep.FileError = true, fileErr.Error()
+	}
+	st := a.loadApplied()
+	if !st.Known {
+		rep.AppliedUnknown = true
+		return nil, nil
+	}
+	applied, err := policy.NewDocument(a.config, []byte(st.Policy)).Policy(a.services())
+	if err != nil {
+		rep.AppliedUnknown = true
+		return nil, nil
+	}
+	if st.FailClosed {
+		rep.FailClosed = &statusFailClosed{Since: st.Time, Reason: st.FailReason}
+	}
+	want, err := b.Script(ruleset.Compile(applied))
+	if err != nil {
+		return nil, err
+	}
+	if file != nil {
+		got, err := b.Script(ruleset.Compile(file))
+		if err != nil {
+			return nil, err
+		}
+		otherBackend := a.backend == "" && file.Backend != policy.BackendAuto && file.Backend != "" && string(file.Backend) != b.Name()
+		rep.FileNotApplied = got != want || otherBackend
+	}
+	kernel, err := drift.Read(ctx, b.Name(), execrun.Exec)
+	if err != nil {
+		return nil, err
+	}
+	wantLayout := drift.ParseScript(b.Name(), want)
+	rep.KernelChanged = drift.Compare(wantLayout, kernel)
+	rep.missing = drift.Missing(wantLayout, kernel)
+	if sd, ok := b.(backend.SplitDetector); ok {
+		if msg, err := sd.Split(ctx); err == nil && msg != "" {
+			rep.KernelChanged = append(rep.KernelChanged, msg)
+		}
+	}
+	return applied, nil
+}
+
+// printTruth writes what differs between file, applied and kernel.
+func (a *app) printTruth(rep *statusReport) {
+	if rep.Status != "active" {
+		return
+	}
+	if fc := rep.FailClosed; fc != nil {
+		reason := fc.Reason
+		if reason == "" {
+			reason = "no reason recorded"
+		}
+		a.printf("FAIL-CLOSED since %s: the saved ruleset was unreadable (%s); only SSH is open ('moat reload' applies %s)\n",
+			fc.Since.Local().Format(time.DateTime), reason, rep.Config)
+	}
+	switch {
+	case rep.FileError != "":
+		a.printf("%s is invalid; what is applied stays until it is fixed:\n%s\n", rep.Config, rep.FileError)
+	case rep.FileNotApplied && rep.FailClosed == nil:
+		a.printf("Changes in %s not applied (moat reload)\n", rep.Config)
+	case rep.AppliedUnknown:
+		a.printf("What moat applied is not recorded (an older moat?): the rules below are %s's; 'moat reload' applies and records it\n", rep.Config)
+	}
+	if len(rep.KernelChanged) > 0 {
+		what := "moat's table was changed outside moat"
+		if rep.Backend == "iptables" {
+			what = "moat's chains were changed outside moat"
+		}
+		a.printf("%s (moat reload repairs it):\n", what)
+		for _, c := range rep.KernelChanged {
+			a.printf("  - %s\n", c)
+		}
+	}
+}
+
+// ruleMark says when a listed rule is not what the kernel does.
+func ruleMark(rep *statusReport, r statusRule) string {
+	switch {
+	case rep.Status != "active":
+		return ""
+	case rep.missing[r.CounterID]:
+		return "(NOT IN THE KERNEL: removed outside moat)"
+	case !r.Applied:
+		return "(not applied)"
+	case !r.InFile:
+		return "(applied; not in " + rep.Config + ")"
+	}
+	return ""
+}

@@ -1,0 +1,376 @@
+// Package drift tells whether moat's rules in the kernel are still what
+// moat loaded: it reads the layout of moat's table (nftables) or chains
+// (iptables) — each chain's rules by their origin tag and verdict, chain
+// policies and hooks, the jumps into moat's chains — and compares it with
+// the layout of the script moat would load for the applied policy. A rule
+// added, removed, reordered or given another verdict by hand ('nft add
+// rule inet moat ...', 'iptables -I MOAT-INPUT ...'), a changed chain
+// policy or a lost jump all show; counters, bans and rate-limit state do
+// not count.
+package drift
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// Rule is one kernel rule as drift sees it.
+type Rule struct {
+	Tag     string // origin ID from the rule's comment ("L3", "builtin:icmp"); "" when it has none
+	Verdict string // accept, drop, reject, return, log, jump ...; "" when it has none
+}
+
+func (r Rule) String() string {
+	tag := r.Tag
+	if tag == "" {
+		tag = "a rule without moat's tag"
+	}
+	if r.Verdict == "" {
+		return tag
+	}
+	return tag + " (" + r.Verdict + ")"
+}
+
+// Chain is one of moat's chains.
+type Chain struct {
+	Head  string // nftables: "hook input priority 0 policy drop"; iptables: ""
+	Rules []Rule
+}
+
+// Layout is moat's rules in the kernel, or in a script.
+type Layout struct {
+	// Chains by name: "input" (nftables), "ip MOAT-INPUT" (iptables).
+	Chains map[string]*Chain
+	// Jumps present into moat's chains: "ip INPUT" (iptables only).
+	Jumps map[string]bool
+}
+
+func newLayout() *Layout { return &Layout{Chains: map[string]*Chain{}, Jumps: map[string]bool{}} }
+
+func (l *Layout) chain(name string) *Chain {
+	c, ok := l.Chains[name]
+	if !ok {
+		c = &Chain{}
+		l.Chains[name] = c
+	}
+	return c
+}
+
+// Empty says that moat has nothing loaded.
+func (l *Layout) Empty() bool { return len(l.Chains) == 0 }
+
+var verdicts = []string{"accept", "drop", "reject", "return", "jump", "goto", "queue"}
+
+// ParseNftScript reads the layout of a script as the nft backend renders
+// it ('moat show').
+func ParseNftScript(script string) *Layout {
+	l := newLayout()
+	sc := bufio.NewScanner(strings.NewReader(script))
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "add chain inet moat "):
+			name, spec, _ := strings.Cut(strings.TrimPrefix(line, "add chain inet moat "), " ")
+			l.chain(name).Head = nftHead(spec)
+		case strings.HasPrefix(line, "add rule inet moat "):
+			rest := strings.TrimPrefix(line, "add rule inet moat ")
+			name, body, _ := strings.Cut(rest, " ")
+			r := Rule{}
+			if i := strings.LastIndex(body, ` comment "`); i >= 0 {
+				r.Tag = ruleset.OriginID(strings.TrimSuffix(body[i+len(` comment "`):], `"`))
+				body = body[:i]
+			}
+			for _, w := range strings.Fields(body) {
+				if slices.Contains(verdicts, w) {
+					r.Verdict = w
+				}
+			}
+			c := l.chain(name)
+			c.Rules = append(c.Rules, r)
+		}
+	}
+	return l
+}
+
+// nftHead normalizes "{ type filter hook input priority 0 ; policy drop ; }".
+func nftHead(spec string) string {
+	f := strings.Fields(strings.NewReplacer("{", " ", "}", " ", ";", " ").Replace(spec))
+	var hook, prio, pol string
+	for i := 0; i+1 < len(f); i++ {
+		switch f[i] {
+		case "hook":
+			hook = f[i+1]
+		case "priority":
+			prio = f[i+1]
+		case "policy":
+			pol = f[i+1]
+		}
+	}
+	if prio == "filter" {
+		prio = "0"
+	}
+	if hook == "" {
+		return ""
+	}
+	return fmt.Sprintf("hook %s priority %s policy %s", hook, prio, pol)
+}
+
+// ParseNftJSON reads the layout of `nft -j list table inet moat`.
+func ParseNftJSON(data []byte) (*Layout, error) {
+	var doc struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("read nft -j output: %w", err)
+	}
+	l := newLayout()
+	for _, obj := range doc.Nftables {
+		if raw, ok := obj["chain"]; ok {
+			var c struct {
+				Name, Hook, Policy string
+				Prio               json.Number `json:"prio"`
+			}
+			if err := json.Unmarshal(raw, &c); err != nil {
+				return nil, fmt.Errorf("read nft chain: %w", err)
+			}
+			head := ""
+			if c.Hook != "" {
+				head = fmt.Sprintf("hook %s priority %s policy %s", c.Hook, c.Prio, c.Policy)
+			}
+			l.chain(c.Name).Head = head
+		}
+		if raw, ok := obj["rule"]; ok {
+			var r struct {
+				Chain   string                       `json:"chain"`
+				Comment string                       `json:"comment"`
+				Expr    []map[string]json.RawMessage `json:"expr"`
+			}
+			if err := json.Unmarshal(raw, &r); err != nil {
+				return nil, fmt.Errorf("read nft rule: %w", err)
+			}
+			rule := Rule{Tag: ruleset.OriginID(r.Comment)}
+			for _, e := range r.Expr {
+				for k := range e {
+					if slices.Contains(verdicts, k) {
+						rule.Verdict = k
+					}
+				}
+			}
+			c := l.chain(r.Chain)
+			c.Rules = append(c.Rules, rule)
+		}
+	}
+	return l, nil
+}
+
+// ParseIptScript reads the layout of the iptables-restore input the ipt
+// backend renders ('moat show').
+func ParseIptScript(script string) *Layout {
+	l := newLayout()
+	fam := ""
+	sc := bufio.NewScanner(strings.NewReader(script))
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "# iptables-restore"):
+			fam = "ip"
+		case strings.HasPrefix(line, "# ip6tables-restore"):
+			fam = "ip6"
+		case strings.HasPrefix(line, "# "):
+			fam = ""
+		case fam != "":
+			iptLine(l, fam, line)
+		}
+	}
+	return l
+}
+
+// ParseIptSave reads the layout of `iptables-save -t filter` (v4) and
+// `ip6tables-save -t filter` (v6).
+func ParseIptSave(v4, v6 []byte) *Layout {
+	l := newLayout()
+	for fam, data := range map[string][]byte{"ip": v4, "ip6": v6} {
+		sc := bufio.NewScanner(strings.NewReader(string(data)))
+		sc.Buffer(make([]byte, 1<<20), 64<<20)
+		for sc.Scan() {
+			iptLine(l, fam, sc.Text())
+		}
+	}
+	return l
+}
+
+func iptLine(l *Layout, fam, line string) {
+	f := strings.Fields(line)
+	switch {
+	case strings.HasPrefix(line, ":MOAT-"):
+		l.chain(fam + " " + strings.TrimPrefix(f[0], ":"))
+	case len(f) >= 3 && (f[0] == "-A" || f[0] == "-I") && strings.HasPrefix(f[1], "MOAT-"):
+		r := Rule{Tag: ruleset.OriginID(commentOf(line))}
+		if i := slices.Index(f, "-j"); i >= 0 && i+1 < len(f) {
+			r.Verdict = strings.ToLower(f[i+1])
+		}
+		c := l.chain(fam + " " + f[1])
+		c.Rules = append(c.Rules, r)
+	case len(f) >= 3 && (f[0] == "-A" || f[0] == "-I") && f[len(f)-2] == "-j" && f[len(f)-1] == "MOAT-"+f[1]:
+		// A jump into moat's chain from a built-in one, rule by nothing else.
+		if (f[0] == "-A" && len(f) == 4) || (f[0] == "-I" && len(f) == 5) {
+			l.Jumps[fam+" "+f[1]] = true
+		}
+	}
+}
+
+// commentOf extracts the --comment argument of an iptables line.
+func commentOf(line string) string {
+	_, rest, ok := strings.Cut(line, "--comment ")
+	if !ok {
+		return ""
+	}
+	if strings.HasPrefix(rest, `"`) {
+		end := strings.IndexByte(rest[1:], '"')
+		if end < 0 {
+			return ""
+		}
+		return rest[1 : end+1]
+	}
+	word, _, _ := strings.Cut(rest, " ")
+	return word
+}
+
+// Compare lists how got (the kernel) differs from want (what moat loaded),
+// in words, most telling first; nil when they agree.
+func Compare(want, got *Layout) []string {
+	var out []string
+	names := map[string]bool{}
+	for n := range want.Chains {
+		names[n] = true
+	}
+	for n := range got.Chains {
+		names[n] = true
+	}
+	var sorted []string
+	for n := range names {
+		sorted = append(sorted, n)
+	}
+	slices.Sort(sorted)
+	for _, n := range sorted {
+		w, g := want.Chains[n], got.Chains[n]
+		switch {
+		case g == nil:
+			out = append(out, fmt.Sprintf("chain %s is missing", n))
+			continue
+		case w == nil:
+			out = append(out, fmt.Sprintf("chain %s was added (moat does not make it)", n))
+			continue
+		}
+		if w.Head != g.Head {
+			out = append(out, fmt.Sprintf("chain %s: %s, moat loaded %s", n, orNone(g.Head), orNone(w.Head)))
+		}
+		out = append(out, compareRules(n, w.Rules, g.Rules)...)
+	}
+	var jumps []string
+	for j := range want.Jumps {
+		if !got.Jumps[j] {
+			fam, builtin, _ := strings.Cut(j, " ")
+			jumps = append(jumps, fmt.Sprintf("%s chain %s no longer jumps to MOAT-%s", map[string]string{"ip": "iptables", "ip6": "ip6tables"}[fam], builtin, builtin))
+		}
+	}
+	slices.Sort(jumps)
+	return append(out, jumps...)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no hook"
+	}
+	return s
+}
+
+// compareRules says how a chain's rules differ: rules added, missing, or
+// changed, by their tags.
+func compareRules(chain string, want, got []Rule) []string {
+	if slices.Equal(want, got) {
+		return nil
+	}
+	count := func(rs []Rule) map[Rule]int {
+		m := map[Rule]int{}
+		for _, r := range rs {
+			m[r]++
+		}
+		return m
+	}
+	wc, gc := count(want), count(got)
+	var out []string
+	var added, missing []string
+	for _, r := range got {
+		if gc[r] > wc[r] {
+			added = append(added, r.String())
+			gc[r]--
+		}
+	}
+	gc = count(got)
+	for _, r := range want {
+		if wc[r] > gc[r] {
+			missing = append(missing, r.String())
+			wc[r]--
+		}
+	}
+	if len(added) > 0 {
+		out = append(out, fmt.Sprintf("chain %s has %s moat did not load: %s", chain, plural(len(added), "rule"), short(added)))
+	}
+	if len(missing) > 0 {
+		out = append(out, fmt.Sprintf("chain %s lacks %s moat loaded: %s", chain, plural(len(missing), "rule"), short(missing)))
+	}
+	if len(out) == 0 {
+		out = append(out, fmt.Sprintf("chain %s holds moat's rules in another order", chain))
+	}
+	return out
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+func short(items []string) string {
+	uniq := []string{}
+	for _, s := range items {
+		if !slices.Contains(uniq, s) {
+			uniq = append(uniq, s)
+		}
+	}
+	if len(uniq) > 4 {
+		return strings.Join(uniq[:4], ", ") + fmt.Sprintf(" and %d more", len(uniq)-4)
+	}
+	return strings.Join(uniq, ", ")
+}
+
+// Missing returns the tags of rules that want has and got lacks (in any
+// chain): the policy lines whose rules are gone from the kernel.
+func Missing(want, got *Layout) map[string]bool {
+	out := map[string]bool{}
+	for name, w := range want.Chains {
+		have := map[string]int{}
+		if g := got.Chains[name]; g != nil {
+			for _, r := range g.Rules {
+				have[r.Tag]++
+			}
+		}
+		for _, r := range w.Rules {
+			if have[r.Tag] > 0 {
+				have[r.Tag]--
+			} else if r.Tag != "" {
+				out[r.Tag] = true
+			}
+		}
+	}
+	return out
+}

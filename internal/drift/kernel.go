@@ -1,0 +1,45 @@
+package drift
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/execrun"
+)
+
+// Read reads moat's layout from the kernel for a backend ("nftables" or
+// "iptables"), with run executing the tools (execrun.Exec for real). An
+// nftables kernel without moat's table gives an empty layout.
+func Read(ctx context.Context, backend string, run execrun.Runner) (*Layout, error) {
+	switch backend {
+	case "nftables":
+		out, err := run(ctx, nil, "nft", "-j", "list", "table", "inet", "moat")
+		if err != nil {
+			if strings.Contains(err.Error(), "No such file or directory") {
+				return newLayout(), nil
+			}
+			return nil, fmt.Errorf("read moat's nftables table: %w", err)
+		}
+		return ParseNftJSON(out)
+	case "iptables":
+		v4, err := run(ctx, nil, "iptables-save", "-t", "filter")
+		if err != nil {
+			return nil, fmt.Errorf("read moat's iptables chains: %w", err)
+		}
+		v6, err := run(ctx, nil, "ip6tables-save", "-t", "filter")
+		if err != nil {
+			return nil, fmt.Errorf("read moat's ip6tables chains: %w", err)
+		}
+		return ParseIptSave(v4, v6), nil
+	}
+	return nil, fmt.Errorf("drift: unknown backend %q", backend)
+}
+
+// ParseScript reads the layout of a backend's script ('moat show').
+func ParseScript(backend, script string) *Layout {
+	if backend == "iptables" {
+		return ParseIptScript(script)
+	}
+	return ParseNftScript(script)
+}
