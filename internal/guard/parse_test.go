@@ -2,7 +2,9 @@ package guard
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseLine(t *testing.T) {
@@ -91,21 +93,79 @@ func TestParseMessageJournald(t *testing.T) {
 	}
 }
 
+// fuzzSeeds are the log forms the parser reads, hostile ones included.
+var fuzzSeeds = []string{
+	"Nov 25 11:40:01 srv sshd[1]: Invalid user root from 198.51.100.9 from 203.0.113.66 port 51000",
+	"Nov 25 11:40:01 srv sshd-session[7]: Failed publickey for root from 203.0.113.66 port 51000 ssh2: ED25519-CERT SHA256:a ID x from 198.51.100.9 port 22 ssh2: (serial 1) CA ED25519 SHA256:b",
+	"Nov 25 11:40:01 srv sshd-session[7]: Failed publickey for invalid user a from 198.51.100.9 port 1 ssh2: x from 203.0.113.66 port 51000 ssh2: ED25519 SHA256:b",
+	"sshd[7]: Connection from 203.0.113.66 port 51000 on 192.0.2.1 port 22 rdomain \"\"",
+	"sshd[7]: Disconnecting: Too many authentication failures [preauth]",
+	"sshd[7]: error: kex_exchange_identification: client sent invalid protocol identifier \"x from 198.51.100.9 port 1\"",
+	"sshd[1]: Timeout before authentication for connection from 192.0.2.1 to 203.0.113.66, pid = 7",
+	"maximum authentication attempts exceeded for root from 203.0.113.66 port 51000 ssh2 [preauth]",
+	"Nov 25 11:40:01 srv sshd[7]: [ID 800047 auth.info] Failed password for root from 203.0.113.66 port 5",
+	"Nov 25 11:40:01 srv sshd[7]: error: PAM: Authentication failure for x from 203.0.113.66 via 192.0.2.1",
+	"Nov 25 11:40:01 srv sshd[7]: Received disconnect from 203.0.113.66 port 5:3: com.jcraft.jsch.JSchException: Auth fail [preauth]",
+	"Wed 2026-11-25 11:40:01 UTC srv sshd[7]: Failed hostbased for root from 203.0.113.66 port 5 ssh2: ED25519 SHA256:x, client user \"a\", client host \"b\"",
+	"[  123.000001 <    0.000123>] srv sshd[7]: Accepted publickey for root from 203.0.113.66 port 5 ssh2: ED25519 SHA256:x",
+}
+
 func FuzzParseLine(f *testing.F) {
 	for _, c := range readCorpus(f) {
 		f.Add(c.line)
 	}
-	f.Add("Nov 25 11:40:01 srv sshd[1]: Invalid user root from 198.51.100.9 from 203.0.113.66 port 51000")
+	for _, s := range fuzzSeeds {
+		f.Add(s)
+	}
 	f.Fuzz(func(t *testing.T, line string) {
 		ev, ok := ParseLine(line)
 		if !ok {
 			return
 		}
-		if !ev.Addr.IsValid() || ev.Addr.Is4In6() || ev.Addr.Zone() != "" {
+		if ev.Addr.IsValid() && (ev.Addr.Is4In6() || ev.Addr.Zone() != "") || ev.Other.IsValid() && !ev.Addr.IsValid() {
 			t.Fatalf("%q: bad address %v", line, ev.Addr)
 		}
-		if ev.Kind == "" || (ev.Service != "sshd" && ev.Service != "dropbear") {
+		if !ev.Addr.IsValid() && !ev.Kind.Failure() {
+			t.Fatalf("%q: a %s without an address", line, ev.Kind)
+		}
+		if ev.Kind == "" || ev.Kind[0] == '?' || (ev.Service != "sshd" && ev.Service != "dropbear") || ev.PID < 0 {
 			t.Fatalf("%q: incomplete event %+v", line, ev)
+		}
+		for _, c := range NewJudge(nil).Judge(ev, time.Unix(1e9, 0)).Count {
+			if !c.Addr.IsValid() || !c.Kind.Failure() {
+				t.Fatalf("%q: counted %+v", line, c)
+			}
+		}
+	})
+}
+
+// FuzzJudge feeds one judge a log (lines split at newlines): it never
+// panics, stays within its bound, and counts only valid addresses.
+func FuzzJudge(f *testing.F) {
+	f.Add(strings.Join(fuzzSeeds, "\n"))
+	f.Add("sshd[7]: Failed publickey for root from 203.0.113.6 port 5 ssh2: RSA SHA256:x\nsshd[7]: Disconnecting: Too many authentication failures [preauth]\nsshd[7]: Accepted publickey for root from 203.0.113.6 port 5 ssh2")
+	f.Fuzz(func(t *testing.T, log string) {
+		j := NewJudge(func(a netip.Addr) bool { return a == netip.MustParseAddr("192.0.2.1") })
+		j.MaxConns = 4
+		t0 := time.Unix(1e9, 0)
+		for i, line := range strings.Split(log, "\n") {
+			ev, ok := ParseLine(line)
+			if !ok {
+				continue
+			}
+			for _, c := range j.Judge(ev, t0.Add(time.Duration(i)*time.Second)).Count {
+				if !c.Addr.IsValid() || c.Addr == netip.MustParseAddr("192.0.2.1") && ev.Other.IsValid() {
+					t.Fatalf("line %d %q: counted %+v", i, line, c)
+				}
+			}
+			if j.Tracked() > 4 {
+				t.Fatalf("%d connections tracked", j.Tracked())
+			}
+		}
+		for _, c := range j.Sweep(t0.Add(24 * time.Hour)) {
+			if !c.Addr.IsValid() {
+				t.Fatalf("swept %+v", c)
+			}
 		}
 	})
 }
