@@ -35,6 +35,12 @@ Settings live in the policy file:
   guard weak 0.5                      # pre-auth disconnects, bad banners count half
   allowlist 198.51.100.0/24 2001:db8:1::/48   # never banned
 
+Each sshd connection is judged whole: rejected keys an agent offers before
+the right one count only if the connection ends without a login, and then
+once; password failures count each. The server's own addresses, loopback,
+logged-in SSH sessions and the allowlist are never banned ('moat guard
+check FILE' shows the judgement of every line, and why).
+
 The log is journald (through 'journalctl -f -o json', resuming from a saved
 cursor) or a file (--log-file; found by itself when there is no journal),
 followed across rotation by rename and by truncation. Runs in the
