@@ -54,11 +54,10 @@ func newConnection(s Session, iface string, sport uint16) ruleset.Packet {
 		SPort: sport, DPort: s.Server.Port(), CTState: ruleset.CTNew, InIface: iface}
 }
 
-// sourcePorts are the source ports to try for a reconnect of s: one in
-// each stretch of its reconnect ranges that the input rules' source port
-// matches treat alike (the range ends and every rule's range ends, inside
-// and just outside), and the session's own port. Trying these is the same
-// as trying every port of the ranges.
+// sourcePorts are the source ports to try for a reconnect of s: the first
+// of each stretch of its reconnect ranges that the input rules' source
+// port matches treat alike, and the session's own port. Trying these is
+// the same as trying every port of the ranges.
 func sourcePorts(rs *ruleset.Ruleset, s Session, iface string) []uint16 {
 	seen := map[uint16]bool{}
 	var out []uint16
@@ -81,13 +80,13 @@ func sourcePorts(rs *ruleset.Ruleset, s Session, iface string) []uint16 {
 			}
 		}
 	}
+	// Each stretch starts at a range's first port or where a rule's
+	// source ports start or end; its first port stands for all of it.
 	for _, r := range s.ReconnectPorts {
 		add(int(r.First), r)
-		add(int(r.Last), r)
 		for _, e := range edges {
-			for _, p := range []int{int(e.First) - 1, int(e.First), int(e.Last), int(e.Last) + 1} {
-				add(p, r)
-			}
+			add(int(e.First), r)
+			add(int(e.Last)+1, r)
 		}
 	}
 	// The session's own port first, then the lowest port that is cut.
@@ -137,10 +136,17 @@ func CheckSessions(rs *ruleset.Ruleset, p *policy.Policy, sessions []Session, if
 		if iface == "" && ifaceFor != nil {
 			iface = ifaceFor(s.Client.Addr())
 		}
-		for _, sport := range sourcePorts(rs, s, iface) {
-			d, err := rs.Evaluate(newConnection(s, iface, sport))
+		// The input rules that could decide a reconnect of s, in order:
+		// the others cannot match it from any port, so leaving them out
+		// changes no first match and makes each evaluation cheaper.
+		small, index := relevantRules(rs, newConnection(s, iface, 0))
+		for _, sport := range sourcePorts(small, s, iface) {
+			d, err := small.Evaluate(newConnection(s, iface, sport))
 			if err != nil {
 				continue
+			}
+			if d.Index >= 0 {
+				d.Index = index[d.Index]
 			}
 			from := ""
 			if sport != s.Client.Port() {
@@ -164,6 +170,30 @@ func CheckSessions(rs *ruleset.Ruleset, p *policy.Policy, sessions []Session, if
 		}
 	}
 	return problems
+}
+
+// relevantRules returns rs with an input chain of only the rules that may
+// match p whatever its source port (mayMatch), and the index in rs of each.
+func relevantRules(rs *ruleset.Ruleset, p ruleset.Packet) (*ruleset.Ruleset, []int) {
+	small := *rs
+	small.Chains = make([]*ruleset.Chain, len(rs.Chains))
+	var index []int
+	for i, c := range rs.Chains {
+		small.Chains[i] = c
+		if c.Hook != ruleset.Input {
+			continue
+		}
+		in := *c
+		in.Rules = nil
+		for j := range c.Rules {
+			if mayMatch(&c.Rules[j].Match, p) {
+				in.Rules = append(in.Rules, c.Rules[j])
+				index = append(index, j)
+			}
+		}
+		small.Chains[i] = &in
+	}
+	return &small, index
 }
 
 // ruleUsesIface reports whether the deciding rule names an interface.
