@@ -102,6 +102,12 @@ func (s *Service) Restore(ctx context.Context, st *State, now time.Time) (int, e
 	var missing []ruleset.Ban
 	for a, r := range st.Bans {
 		if left := r.Until.Sub(now); left > time.Second && !have[a] {
+			// An address may have become this host's, or a logged-in
+			// admin's, since it was banned.
+			if why, refused := s.protector().Refuse(a); refused {
+				s.Log.Warn("refused to ban", "address", a, "why", why, "line", "(a ban of the history, put back at start)")
+				continue
+			}
 			missing = append(missing, ruleset.Ban{Addr: a, Timeout: left, Reason: r.Reason})
 		}
 	}
@@ -109,6 +115,14 @@ func (s *Service) Restore(ctx context.Context, st *State, now time.Time) (int, e
 		return 0, err
 	}
 	return len(missing), nil
+}
+
+// protector is Protect, or one made from the settings' allowlist.
+func (s *Service) protector() *Protector {
+	if s.Protect == nil {
+		s.Protect = &Protector{Allowlist: s.Cfg.Allowlist}
+	}
+	return s.Protect
 }
 
 // Run follows the source, detects and bans until ctx ends.
@@ -184,10 +198,7 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 	}
 	det := NewDetector(s.Cfg, st.Bans)
 	det.StillBanned = s.kernelBanCheck(ctx)
-	prot := s.Protect
-	if prot == nil {
-		prot = &Protector{Allowlist: s.Cfg.Allowlist}
-	}
+	prot := s.protector()
 	judge := NewJudge(prot.IsLocal)
 	var cur *Line // the line being judged, for the log of a refusal
 	det.Refuse = prot.Refuse
@@ -337,7 +348,9 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 			burst = 0
 			// Connections silent past the judge's idle time have ended:
 			// what they held counts now.
+			cur = &Line{Text: "(connections silent too long: what they held)"}
 			observe(judge.Sweep(time.Now()), time.Now())
+			cur = nil
 			if err := flush(); err != nil {
 				s.Log.Error("ban", "err", err)
 			}
