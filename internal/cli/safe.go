@@ -26,6 +26,9 @@ const (
 // moat.service always, moat-guard.service (started now) when the policy
 // turns the guard on.
 func (a *app) installBootHook(ctx context.Context, guardOn bool) {
+	if a.engineHook != nil {
+		return // a test's fake engine: never the host's init system
+	}
 	sd := safeapply.HostSystemd
 	switch {
 	case !safeapply.InHostNamespace():
@@ -57,6 +60,9 @@ func (a *app) installBootHook(ctx context.Context, guardOn bool) {
 }
 
 func (a *app) removeBootHook(ctx context.Context) error {
+	if a.engineHook != nil {
+		return nil // a test's fake engine: never the host's init system
+	}
 	sd := safeapply.HostSystemd
 	if !safeapply.InHostNamespace() || !sd.Running() {
 		return nil
