@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -38,6 +39,9 @@ type explanation struct {
 	// say when the file, what is applied, or the kernel differ.
 	Evaluated string   `json:"evaluated"`
 	Notes     []string `json:"notes"`
+	// OtherFiltering is filtering outside moat that sees this packet and
+	// can drop it although moat accepts it.
+	OtherFiltering []foreign.Finding `json:"other_filtering"`
 }
 
 type explainedPacket struct {
@@ -84,6 +88,18 @@ func (a *app) explainCommand() *cobra.Command {
 			if ex.Notes == nil {
 				ex.Notes = []string{}
 			}
+			// moat lets it through; other filtering may not.
+			ex.OtherFiltering = []foreign.Finding{}
+			if d.Verdict == ruleset.Accept {
+				for _, f := range src.foreign {
+					if f.Sees(string(d.Chain)) {
+						ex.OtherFiltering = append(ex.OtherFiltering, f)
+					}
+				}
+			}
+			if src.foreignErr != nil {
+				ex.Notes = append(ex.Notes, fmt.Sprintf("could not look for other filtering: %v", src.foreignErr))
+			}
 			switch {
 			case d.Origin.Line > 0:
 				ex.Decided = fmt.Sprintf("%s:%d: %s", src.where, d.Origin.Line, d.Origin.Text)
@@ -102,6 +118,12 @@ func (a *app) explainCommand() *cobra.Command {
 			a.printf("%s\n  decided by %s\n", ex.Verdict, ex.Decided)
 			if ex.Limited != "" {
 				a.printf("  rate limit: %s\n", ex.Limited)
+			}
+			if len(ex.OtherFiltering) > 0 {
+				a.printf("  but other filtering also sees this packet and can still drop it:\n")
+				for _, f := range ex.OtherFiltering {
+					a.printf("    - %s\n", f)
+				}
 			}
 			for _, n := range ex.Notes {
 				a.printf("  note: %s\n", n)

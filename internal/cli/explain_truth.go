@@ -8,6 +8,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/drift"
 	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
@@ -20,6 +21,9 @@ type explainSource struct {
 	// where names the lines' file in "decided by".
 	where string
 	notes []string
+	// foreign is the filtering outside moat (root only).
+	foreign    []foreign.Finding
+	foreignErr error
 }
 
 // explainPolicy picks what explain evaluates: what is applied when moat is
@@ -45,7 +49,11 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 		return fromFile(fmt.Sprintf("as %s says: cannot read what is applied (%v)", a.config, err))
 	}
 	if b == nil {
-		return fromFile("moat is inactive: this is what " + a.config + " does once applied ('moat enable')")
+		src, err := fromFile("moat is inactive: this is what " + a.config + " does once applied ('moat enable')")
+		if src != nil {
+			src.foreign, src.foreignErr = a.foreignFilters(ctx)
+		}
+		return src, err
 	}
 	st := a.loadApplied()
 	var applied *policy.Policy
@@ -78,6 +86,7 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 			src.notes = append(src.notes, fmt.Sprintf("%s differs from what is applied: this is what the kernel does now ('moat reload' applies the file)", a.config))
 		}
 	}
+	src.foreign, src.foreignErr = a.foreignFilters(ctx)
 	if kernel, err := drift.Read(ctx, b.Name(), execrun.Exec); err == nil {
 		if diff := drift.Compare(drift.ParseScript(b.Name(), want), kernel); len(diff) > 0 {
 			src.notes = append(src.notes, fmt.Sprintf("moat's rules in the kernel were changed outside moat (%s): the kernel may decide otherwise ('moat reload' repairs it)", diff[0]))

@@ -175,6 +175,7 @@ func (a *app) edit(cmd *cobra.Command, fn func(*policy.Document) (string, bool, 
 				res.FailClosed.Time.Local().Format(time.DateTime), res.FailClosed.FailReason, a.config)
 		default:
 			a.report(res)
+			a.warnForeignLockout(ctx)
 		}
 		pending = res.Pending
 		return nil
@@ -297,6 +298,7 @@ func (a *app) enable(cmd *cobra.Command, reload bool) error {
 		}
 		a.warnCovered(res.Policy)
 		a.report(res)
+		a.warnForeignLockout(ctx)
 		a.printf("moat is active (%s): %s from %s\n", res.Applied.Backend, count(len(res.Policy.Rules), "rule"), a.config)
 		if res.Pending == nil {
 			a.installBootHook(ctx, res.Policy.Guard.Enabled)

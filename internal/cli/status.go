@@ -121,6 +121,9 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		return nil, fileErr
 	}
 	rep.GuardPID, rep.Guard = guard.Running(a.stateDir)
+	if rep.OtherFiltering, err = a.foreignFilters(ctx); err != nil {
+		return nil, err
+	}
 	// What the rules, defaults and counters are read from: what is applied
 	// when moat is active and knows it, else the file.
 	shown := filePolicy
@@ -203,6 +206,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 func (a *app) printStatus(rep *statusReport, mode string) error {
 	a.printf("Status: %s\n", rep.Status)
 	a.printTruth(rep)
+	a.printForeign(rep)
 	if rep.Pending != nil {
 		a.printf("Pending: the change applied at %s rolls back in %ds unless 'moat confirm' is run\n",
 			rep.Pending.Applied.Format(time.TimeOnly), rep.Pending.SecondsLeft)

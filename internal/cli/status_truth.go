@@ -7,6 +7,7 @@ import (
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/drift"
 	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
@@ -36,6 +37,9 @@ type statusTruth struct {
 	KernelChanged []string `json:"kernel_changed,omitempty"`
 	// missing are the origin tags of applied rules the kernel lacks.
 	missing map[string]bool
+	// OtherFiltering is filtering outside moat that also sees the packets:
+	// it can drop what moat allows.
+	OtherFiltering []foreign.Finding `json:"other_filtering"`
 }
 
 // compare fills the truth fields of rep for active backend b and returns

@@ -1,0 +1,378 @@
+// Package foreign finds filtering outside moat that also sees the packets
+// moat filters, in moat's network namespace: nftables base chains of other
+// tables (a drop policy, drop or reject rules reachable from them),
+// iptables and ip6tables filter-table rules and DROP policies outside
+// moat's chains, and the tools behind them when their chains say so (ufw,
+// firewalld, Docker). moat's accept only means "moat does not object": any
+// of these can still drop the packet.
+package foreign
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/execrun"
+)
+
+// Finding is one place outside moat that can drop packets.
+type Finding struct {
+	// Tool is who owns it: "ufw", "firewalld", "docker", or "" (unknown:
+	// another table or chain).
+	Tool string `json:"tool,omitempty"`
+	// Where names it: "nftables table inet foreign, chain input" or
+	// "iptables filter chain INPUT".
+	Where string `json:"where"`
+	// What it does: "policy drop", "3 drop/reject rules".
+	What string `json:"what"`
+	// Hooks are the packet paths it sees: input, output, forward,
+	// prerouting, postrouting.
+	Hooks []string `json:"hooks"`
+}
+
+func (f Finding) String() string {
+	s := f.Where + ": " + f.What
+	if f.Tool != "" {
+		s = f.Tool + ": " + s
+	}
+	return s + " (" + strings.Join(f.Hooks, ", ") + ")"
+}
+
+// Sees says whether the finding sees packets of a moat chain ("input",
+// "output" or "forward").
+func (f Finding) Sees(chain string) bool {
+	for _, h := range f.Hooks {
+		switch {
+		case h == chain,
+			h == "prerouting" && (chain == "input" || chain == "forward"),
+			h == "postrouting" && (chain == "output" || chain == "forward"):
+			return true
+		}
+	}
+	return false
+}
+
+// Detect reads the kernel's rulesets with run (execrun.Exec for real).
+// A tool that is missing is skipped; one that fails is an error.
+func Detect(ctx context.Context, run execrun.Runner, has func(prog string) bool) ([]Finding, error) {
+	var out []Finding
+	nftXtables := false // iptables-nft: its tables show in nft too; read them as iptables
+	if has("iptables") {
+		if v, err := run(ctx, nil, "iptables", "-V"); err == nil && strings.Contains(string(v), "nf_tables") {
+			nftXtables = true
+		}
+	}
+	if has("nft") {
+		data, err := run(ctx, nil, "nft", "-j", "list", "ruleset")
+		if err != nil {
+			return nil, fmt.Errorf("read the nftables ruleset: %w", err)
+		}
+		f, err := FromNftJSON(data, nftXtables)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, f...)
+	}
+	for _, prog := range []string{"iptables-save", "ip6tables-save"} {
+		if !has(prog) {
+			continue
+		}
+		data, err := run(ctx, nil, prog, "-t", "filter")
+		if err != nil {
+			return nil, fmt.Errorf("read the %s filter table: %w", strings.TrimSuffix(prog, "-save"), err)
+		}
+		out = append(out, FromIptablesSave(strings.TrimSuffix(prog, "-save"), data)...)
+	}
+	return group(out), nil
+}
+
+// xtablesNames are the tables iptables-nft makes.
+var xtablesNames = []string{"filter", "raw", "mangle", "nat", "security"}
+
+var hooks = []string{"prerouting", "input", "forward", "output", "postrouting"}
+
+// FromNftJSON reads `nft -j list ruleset`. moat's own table is skipped, and
+// so are iptables-nft's tables when skipXtables (iptables-save reports
+// them, with iptables' names).
+func FromNftJSON(data []byte, skipXtables bool) ([]Finding, error) {
+	var doc struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("read nft -j output: %w", err)
+	}
+	type chainKey struct{ family, table, name string }
+	type chainInfo struct {
+		hook, policy string
+		prio         json.Number
+		drops        int
+		targets      []string
+	}
+	chains := map[chainKey]*chainInfo{}
+	var order []chainKey
+	get := func(k chainKey) *chainInfo {
+		c, ok := chains[k]
+		if !ok {
+			c = &chainInfo{}
+			chains[k] = c
+			order = append(order, k)
+		}
+		return c
+	}
+	skip := func(family, table string) bool {
+		if family == "inet" && table == "moat" {
+			return true
+		}
+		return skipXtables && (family == "ip" || family == "ip6") && slices.Contains(xtablesNames, table)
+	}
+	for _, obj := range doc.Nftables {
+		if raw, ok := obj["chain"]; ok {
+			var c struct {
+				Family, Table, Name, Hook, Policy string
+				Prio                              json.Number `json:"prio"`
+			}
+			if err := json.Unmarshal(raw, &c); err != nil {
+				return nil, fmt.Errorf("read nft chain: %w", err)
+			}
+			if skip(c.Family, c.Table) {
+				continue
+			}
+			ci := get(chainKey{c.Family, c.Table, c.Name})
+			ci.hook, ci.policy, ci.prio = c.Hook, c.Policy, c.Prio
+		}
+		if raw, ok := obj["rule"]; ok {
+			var r struct {
+				Family, Table, Chain string
+				Expr                 json.RawMessage `json:"expr"`
+			}
+			if err := json.Unmarshal(raw, &r); err != nil {
+				return nil, fmt.Errorf("read nft rule: %w", err)
+			}
+			if skip(r.Family, r.Table) {
+				continue
+			}
+			ci := get(chainKey{r.Family, r.Table, r.Chain})
+			var expr any
+			if err := json.Unmarshal(r.Expr, &expr); err != nil {
+				return nil, fmt.Errorf("read nft rule: %w", err)
+			}
+			if hasKey(expr, "drop") || hasKey(expr, "reject") {
+				ci.drops++
+			}
+			ci.targets = append(ci.targets, targets(expr)...)
+		}
+	}
+	var out []Finding
+	for _, k := range order {
+		base := chains[k]
+		if !slices.Contains(hooks, base.hook) || k.family == "bridge" || k.family == "netdev" || k.family == "arp" {
+			continue
+		}
+		// Drops in the base chain and every chain it jumps to.
+		drops, seen := 0, map[string]bool{}
+		var walk func(name string)
+		walk = func(name string) {
+			if seen[name] {
+				return
+			}
+			seen[name] = true
+			c := chains[chainKey{k.family, k.table, name}]
+			if c == nil {
+				return
+			}
+			drops += c.drops
+			for _, t := range c.targets {
+				walk(t)
+			}
+		}
+		walk(k.name)
+		where := fmt.Sprintf("nftables table %s %s, chain %s (hook %s, priority %s)", k.family, k.table, k.name, base.hook, base.prio)
+		tool := ""
+		if k.table == "firewalld" {
+			tool = "firewalld"
+		}
+		if base.policy == "drop" {
+			out = append(out, Finding{Tool: tool, Where: where, What: "policy drop", Hooks: []string{base.hook}})
+		}
+		if drops > 0 {
+			out = append(out, Finding{Tool: tool, Where: where, What: count(drops, "drop/reject rule"), Hooks: []string{base.hook}})
+		}
+	}
+	return out, nil
+}
+
+// hasKey says whether a JSON value holds key at any depth.
+func hasKey(v any, key string) bool {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if k == key || hasKey(e, key) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if hasKey(e, key) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// targets are the chains a rule jumps or goes to.
+func targets(v any) []string {
+	var out []string
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if k == "jump" || k == "goto" {
+				if m, ok := e.(map[string]any); ok {
+					if t, ok := m["target"].(string); ok {
+						out = append(out, t)
+					}
+				}
+			}
+			out = append(out, targets(e)...)
+		}
+	case []any:
+		for _, e := range x {
+			out = append(out, targets(e)...)
+		}
+	}
+	return out
+}
+
+var builtinHook = map[string]string{"INPUT": "input", "FORWARD": "forward", "OUTPUT": "output"}
+
+// FromIptablesSave reads `iptables-save -t filter` (tool "iptables") or
+// ip6tables-save's: DROP policies of the built-in chains, and DROP or
+// REJECT rules reachable from them, outside moat's MOAT-* chains.
+func FromIptablesSave(tool string, data []byte) []Finding {
+	policies := map[string]string{}
+	rules := map[string][][]string{} // chain -> rules' words
+	var order []string
+	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		f := strings.Fields(line)
+		switch {
+		case strings.HasPrefix(line, ":") && len(f) >= 2:
+			name := strings.TrimPrefix(f[0], ":")
+			policies[name] = f[1]
+			order = append(order, name)
+		case len(f) >= 2 && f[0] == "-A":
+			rules[f[1]] = append(rules[f[1]], f)
+		}
+	}
+	var out []Finding
+	for _, builtin := range []string{"INPUT", "FORWARD", "OUTPUT"} {
+		hook := builtinHook[builtin]
+		if _, ok := policies[builtin]; !ok {
+			continue
+		}
+		if policies[builtin] == "DROP" {
+			tool2 := ""
+			switch {
+			case hasPrefixChain(order, "ufw-"):
+				tool2 = "ufw"
+			case hasPrefixChain(order, "IN_") || hasPrefixChain(order, "INPUT_direct"):
+				tool2 = "firewalld"
+			case builtin == "FORWARD" && hasPrefixChain(order, "DOCKER"):
+				tool2 = "docker"
+			}
+			out = append(out, Finding{Tool: tool2, Where: fmt.Sprintf("%s filter chain %s", tool, builtin), What: "policy DROP", Hooks: []string{hook}})
+		}
+		// Drops per owner, in the chains reachable from the built-in one.
+		byOwner := map[string]int{}
+		chainsOf := map[string][]string{}
+		seen := map[string]bool{}
+		var walk func(chain string)
+		walk = func(chain string) {
+			if seen[chain] || strings.HasPrefix(chain, "MOAT-") {
+				return
+			}
+			seen[chain] = true
+			for _, r := range rules[chain] {
+				target := ""
+				for i := 2; i+1 < len(r); i++ {
+					if r[i] == "-j" || r[i] == "-g" {
+						target = r[i+1]
+					}
+				}
+				switch target {
+				case "DROP", "REJECT":
+					o := owner(chain)
+					byOwner[o]++
+					if !slices.Contains(chainsOf[o], chain) {
+						chainsOf[o] = append(chainsOf[o], chain)
+					}
+				case "", "ACCEPT", "RETURN", "LOG", "NFLOG", "MARK", "CONNMARK", "CT", "TCPMSS", "NOTRACK", "AUDIT":
+				default:
+					walk(target)
+				}
+			}
+		}
+		walk(builtin)
+		for _, o := range []string{"", "ufw", "docker", "firewalld"} {
+			if n := byOwner[o]; n > 0 {
+				out = append(out, Finding{Tool: o, Where: fmt.Sprintf("%s filter chain %s", tool, strings.Join(chainsOf[o], ", ")),
+					What: count(n, "DROP/REJECT rule"), Hooks: []string{hook}})
+			}
+		}
+	}
+	return out
+}
+
+func hasPrefixChain(chains []string, prefix string) bool {
+	for _, c := range chains {
+		if strings.HasPrefix(c, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// owner guesses the tool behind a chain by its name.
+func owner(chain string) string {
+	switch {
+	case strings.HasPrefix(chain, "ufw-"), strings.HasPrefix(chain, "ufw6-"):
+		return "ufw"
+	case strings.HasPrefix(chain, "DOCKER"):
+		return "docker"
+	case strings.HasPrefix(chain, "IN_"), strings.HasPrefix(chain, "FWDI_"), strings.HasPrefix(chain, "FWDO_"),
+		strings.HasSuffix(chain, "_direct"), strings.HasSuffix(chain, "_ZONES"), strings.HasSuffix(chain, "_ZONES_SOURCE"):
+		return "firewalld"
+	}
+	return ""
+}
+
+// group merges findings that say the same (policy and rules of one place).
+func group(in []Finding) []Finding {
+	var out []Finding
+	for _, f := range in {
+		merged := false
+		for i := range out {
+			if out[i].Where == f.Where && out[i].Tool == f.Tool && slices.Equal(out[i].Hooks, f.Hooks) {
+				out[i].What += ", " + f.What
+				merged = true
+				break
+			}
+		}
+		if !merged {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}

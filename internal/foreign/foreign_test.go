@@ -1,0 +1,85 @@
+package foreign
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+)
+
+func fixture(t *testing.T, name string) []byte {
+	t.Helper()
+	data, err := os.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// The fixtures are a namespace with moat (iptables backend) applied and,
+// outside moat: table inet foreign (input: policy drop, a drop rule, a
+// jump to a chain with a reject rule), iptables FORWARD policy DROP, a
+// ufw-user-input chain with a DROP rule, DOCKER-USER with a DROP rule, and
+// an ip6tables REJECT rule in OUTPUT.
+func TestDetect(t *testing.T) {
+	files := map[string]string{"nft": "ruleset.json", "iptables-save": "iptables.save", "ip6tables-save": "ip6tables.save"}
+	run := func(_ context.Context, _ []byte, name string, args ...string) ([]byte, error) {
+		if name == "iptables" {
+			return []byte("iptables v1.8.9 (nf_tables)\n"), nil
+		}
+		if f, ok := files[name]; ok {
+			return fixture(t, f), nil
+		}
+		return nil, errors.New("unexpected " + name)
+	}
+	got, err := Detect(context.Background(), run, func(string) bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, f := range got {
+		lines = append(lines, f.String())
+	}
+	want := []string{
+		"nftables table inet foreign, chain input (hook input, priority 10): policy drop, 2 drop/reject rules (input)",
+		"ufw: iptables filter chain ufw-user-input: 1 DROP/REJECT rule (input)",
+		"ufw: iptables filter chain FORWARD: policy DROP (forward)",
+		"docker: iptables filter chain DOCKER-USER: 1 DROP/REJECT rule (forward)",
+		"ip6tables filter chain OUTPUT: 1 DROP/REJECT rule (output)",
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+	for _, f := range got {
+		if strings.Contains(f.Where, "MOAT") || strings.Contains(f.Where, "moat") {
+			t.Errorf("moat's own rules reported: %s", f)
+		}
+	}
+	if !got[0].Sees("input") || got[0].Sees("output") || !got[2].Sees("forward") || got[4].Sees("input") {
+		t.Errorf("Sees is wrong: %+v", got)
+	}
+	// Without iptables-nft, the xtables tables of nft are nft's to report.
+	f, err := FromNftJSON(fixture(t, "ruleset.json"), false)
+	if err != nil || len(f) < 2 {
+		t.Errorf("nft view with xtables tables: %v %v", f, err)
+	}
+}
+
+func TestPreroutingSeesInputAndForward(t *testing.T) {
+	f := Finding{Hooks: []string{"prerouting"}}
+	if !f.Sees("input") || !f.Sees("forward") || f.Sees("output") {
+		t.Errorf("%+v", f)
+	}
+}
+
+func FuzzFromIptablesSave(f *testing.F) {
+	if data, err := os.ReadFile("testdata/iptables.save"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte(":INPUT DROP [0:0]\n-A INPUT -j X\n-A X -j X\n-A X -g Y\n-A Y -j DROP\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_ = FromIptablesSave("iptables", data)
+		_, _ = FromNftJSON(data, true)
+	})
+}
