@@ -508,3 +508,63 @@ func TestRulePositionBounds(t *testing.T) {
 		t.Errorf("insert 2:\n%s", data)
 	}
 }
+
+// dropbear (small servers, appliances) is an SSH server too: a connection
+// to it is protected like an OpenSSH session.
+func TestLockoutDropbear(t *testing.T) {
+	for _, p := range []string{"dropbear", "dropbearkey"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Fatalf("%s is not installed (dropbear-bin)", p)
+		}
+	}
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			dir := filepath.Join(e.dir, "dropbear")
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			key := filepath.Join(dir, "host_ed25519")
+			if out, err := exec.Command("dropbearkey", "-t", "ed25519", "-f", key).CombinedOutput(); err != nil {
+				t.Fatalf("dropbearkey: %v\n%s", err, out)
+			}
+			cmd := exec.Command("dropbear", "-F", "-E", "-s", "-p", "2222", "-r", key, "-P", filepath.Join(dir, "pid"))
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			if err := e.topo.Server.Start(cmd); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // gone already if it died
+				_ = cmd.Wait()
+			})
+			e.apply("default allow incoming\n")
+			// A connection to dropbear, held open before authenticating.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			var conn interface{ Close() error }
+			for {
+				c, err := e.topo.Client.Dial(ctx, "192.0.2.1:2222")
+				if err == nil {
+					conn = c
+					buf := make([]byte, 4)
+					if _, err := c.Read(buf); err != nil || string(buf) != "SSH-" {
+						t.Fatalf("dropbear banner: %q %v", buf, err)
+					}
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatalf("dropbear does not answer: %v", err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			t.Cleanup(func() { _ = conn.Close() })
+			e.refused([]string{"session 192.0.2.2:", "→ 192.0.2.1:2222", "moat allow 2222/tcp"}, "default", "deny", "incoming")
+			out := e.mustMoat("--dry-run", "--force", "--sshd-config", filepath.Join(e.dir, "none"), "init")
+			if !strings.Contains(out, "allow 2222/tcp") {
+				t.Errorf("init misses dropbear's port:\n%s", out)
+			}
+		})
+	}
+}

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs what moat needs on a Debian machine (run as root): the kernel
 # tools for both backends, iproute2 for namespaces, netbase for service
-# names, OpenSSH for the lockout and guard tests (systemd-socket-activate,
-# from systemd, for socket-activated sshd), and lintian, man-db and
+# names, OpenSSH and dropbear for the lockout and guard tests
+# (systemd-socket-activate, from systemd, for socket-activated sshd), and
+# lintian, man-db and
 # systemd (systemd-analyze) for the package checks (scripts/ci-package.sh). Go itself must be
 # there already (/usr/local/go or on PATH), at the version go.mod names.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-  nftables iptables ipset iproute2 kmod netbase procps openssh-server openssh-client ca-certificates \
+  nftables iptables ipset iproute2 kmod netbase procps openssh-server openssh-client dropbear-bin ca-certificates \
   lintian man-db systemd >/dev/null
 export PATH="$PATH:/usr/local/go/bin"
 if ! command -v go >/dev/null 2>&1; then

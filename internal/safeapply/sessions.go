@@ -491,8 +491,11 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 	return socks, nil
 }
 
+// isSSHD reports whether a process name is an SSH server's: OpenSSH's
+// sshd (and sshd-session, sshd-auth), or dropbear, which runs the same
+// way (a listening daemon, a child per connection, or dropbear -i).
 func isSSHD(name string) bool {
-	return name == "sshd" || strings.HasPrefix(name, "sshd-")
+	return name == "sshd" || strings.HasPrefix(name, "sshd-") || name == "dropbear"
 }
 
 // readPPid reads the parent PID from /proc/PID/status (0 if unknown).

@@ -293,3 +293,17 @@ func TestSourcePortsCandidates(t *testing.T) {
 		t.Errorf("candidates %s", got)
 	}
 }
+
+// dropbear is an SSH server too: its daemon's port and its children's
+// connections count.
+func TestFindSSHDropbear(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:2202", "0.0.0.0:0")
+	conn := b.sock("01", "192.0.2.1:2202", "192.0.2.2:50000")
+	b.proc(100, 1, "dropbear", lis)
+	b.proc(101, 100, "dropbear", conn)
+	st := find(t, b.write(""), nil)
+	if fmt.Sprint(st.Ports()) != "[2202]" || sessionList(st) != "192.0.2.2:50000>192.0.2.1:2202" {
+		t.Errorf("ports %v sessions %q", st.Ports(), sessionList(st))
+	}
+}
