@@ -63,20 +63,20 @@ func (b *Backend) Available() error {
 // show` prints it. It needs neither root nor nft.
 func (b *Backend) Script(rs *ruleset.Ruleset) (string, error) {
 	fake := knftables.NewFake(knftables.InetFamily, TableName)
-	return fullPlan(fake.NewTransaction(), want(rs), nil).Script(), nil
+	return fullPlan(newPlan(fake.NewTransaction, true), want(rs), nil).Script(), nil
 }
 
-func (b *Backend) newTx() *knftables.Transaction {
+func (b *Backend) newPlan() *Plan {
 	if b.NFT != nil {
-		return b.NFT.NewTransaction()
+		return newPlan(b.NFT.NewTransaction, false)
 	}
-	return knftables.NewFake(knftables.InetFamily, TableName).NewTransaction()
+	return newPlan(knftables.NewFake(knftables.InetFamily, TableName).NewTransaction, true)
 }
 
 // commit runs a plan as one transaction.
 func (b *Backend) commit(ctx context.Context, p *Plan, check bool) error {
 	if b.NFT != nil {
-		tx := p.intoTx()
+		tx := p.single()
 		if check {
 			return b.NFT.Check(ctx, tx)
 		}
@@ -223,7 +223,7 @@ func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full bool) (*Pl
 				current[s.set.Name] = ps
 			}
 			if current != nil {
-				return patchPlan(b.newTx(), d, old, current), nil
+				return patchPlan(b.newPlan(), d, old, current), nil
 			}
 		}
 	}
@@ -231,7 +231,7 @@ func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full bool) (*Pl
 	if err != nil {
 		return nil, fmt.Errorf("list table inet %s: %w", TableName, err)
 	}
-	return fullPlan(b.newTx(), d, existing), nil
+	return fullPlan(b.newPlan(), d, existing), nil
 }
 
 // Check asks the kernel whether rs would load (nft --check), changing

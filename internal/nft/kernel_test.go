@@ -108,8 +108,11 @@ func TestKernelPatchEqualsFull(t *testing.T) {
 	if err := b.Apply(ctx, before); err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(patched.last(), "add element inet moat input_deny_src"); n != 2 {
-		t.Errorf("first apply: %d element commands for the two sets, want one list each", n)
+	if n := strings.Count(patched.last(), "add element inet moat input_deny_src"); n != 0 {
+		t.Errorf("first apply: %d element commands for the two sets, want them created with their elements", n)
+	}
+	if n := strings.Count(patched.last(), "elements = {"); n != 2 {
+		t.Errorf("first apply: %d sets created with their elements, want 2", n)
 	}
 	if err := b.Ban(ctx, []ruleset.Ban{{Addr: mustAddr("203.0.113.9"), Timeout: 3600e9, Reason: "test"}}); err != nil {
 		t.Fatal(err)
@@ -122,9 +125,9 @@ func TestKernelPatchEqualsFull(t *testing.T) {
 		t.Errorf("a one-rule change rewrote more than the input chain:\n%.2000s", script)
 	}
 	for _, want := range []string{
-		"delete element inet moat input_deny_src4_3 { 198.18.0.14/32 }",
+		"delete element inet moat input_deny_src4_3 { 198.18.0.14 }",
 		"delete element inet moat input_deny_src6_4 { 2001:db8:0:e::/64 }",
-		"add element inet moat input_deny_src4_3 { 198.18.23.112/32 }",
+		"add element inet moat input_deny_src4_3 { 198.18.23.112 }",
 		"add element inet moat input_deny_src6_4 { 2001:db8:17:70::/64 }",
 		"flush chain inet moat input",
 	} {

@@ -214,61 +214,106 @@ func parseRecord(comments []string) (record, bool) {
 var syncSetDef = &knftables.Set{Name: SyncSet, Type: "inet_service",
 	Comment: knftables.PtrTo("what moat loaded (hashes), for partial updates")}
 
-// elementList is one command that adds or deletes many elements of a set
-// at once: the kernel builds an interval set from one list in one go,
-// where one command per element makes it quadratic.
-type elementList struct {
-	verb  string // "add" or "delete"
-	set   string
-	items []string
-}
-
-// Plan is one nftables transaction: knftables objects, then whole element
-// lists.
+// Plan is one nftables transaction, in order: knftables objects and raw
+// commands that knftables cannot write (a set created with all its
+// elements, element lists). The kernel builds an interval set from one
+// list in one go, where one command per element makes it quadratic, and
+// nft needs half the memory for a set declared with its elements.
 type Plan struct {
-	tx    *knftables.Transaction
-	lists []elementList
+	newTx func() *knftables.Transaction
+	// script: raw commands are kept as text; otherwise (an Interface that
+	// runs transactions itself, knftables.Fake) they become objects.
+	script bool
+	parts  []any // *knftables.Transaction or string
 	// Full is true when the plan rewrites the whole table.
 	Full bool
 }
 
+func newPlan(newTx func() *knftables.Transaction, script bool) *Plan {
+	return &Plan{newTx: newTx, script: script}
+}
+
+// tx is the transaction to add objects to: the last part, or a new one.
+func (p *Plan) tx() *knftables.Transaction {
+	if n := len(p.parts); n > 0 {
+		if tx, ok := p.parts[n-1].(*knftables.Transaction); ok {
+			return tx
+		}
+	}
+	tx := p.newTx()
+	p.parts = append(p.parts, tx)
+	return tx
+}
+
+// addSet creates a set with its elements in one command.
+func (p *Plan) addSet(set *knftables.Set, items []string) {
+	if !p.script || len(items) == 0 {
+		p.tx().Add(set)
+		p.elements("add", set.Name, items)
+		return
+	}
+	def := strings.TrimSuffix(strings.TrimSpace(objectText(set)), "}")
+	p.parts = append(p.parts, def+"elements = { "+strings.Join(items, ", ")+" } ; }\n")
+}
+
+// elements adds or deletes many elements of a set in one command.
+func (p *Plan) elements(verb, set string, items []string) {
+	if len(items) == 0 {
+		return
+	}
+	if !p.script {
+		tx := p.tx()
+		for _, item := range items {
+			el := &knftables.Element{Set: set, Key: []string{item}}
+			if verb == "delete" {
+				tx.Delete(el)
+			} else {
+				tx.Add(el)
+			}
+		}
+		return
+	}
+	p.parts = append(p.parts, fmt.Sprintf("%s element inet %s %s { %s }\n", verb, TableName, set, strings.Join(items, ", ")))
+}
+
 // Empty says whether the plan changes nothing.
-func (p *Plan) Empty() bool { return p.tx.NumOperations() == 0 && len(p.lists) == 0 }
+func (p *Plan) Empty() bool {
+	for _, part := range p.parts {
+		if tx, ok := part.(*knftables.Transaction); !ok || tx.NumOperations() > 0 {
+			return false
+		}
+	}
+	return true
+}
 
 // Script is the plan as `nft -f` input.
 func (p *Plan) Script() string {
 	var b strings.Builder
-	b.WriteString(p.tx.String())
-	for _, l := range p.lists {
-		if len(l.items) == 0 {
-			continue
+	for _, part := range p.parts {
+		switch v := part.(type) {
+		case *knftables.Transaction:
+			b.WriteString(v.String())
+		case string:
+			b.WriteString(v)
 		}
-		fmt.Fprintf(&b, "%s element inet %s %s { %s }\n", l.verb, TableName, l.set, strings.Join(l.items, ", "))
 	}
 	return b.String()
 }
 
-// intoTx moves the element lists into the transaction, one element at a
-// time, for an Interface (knftables.Fake) that runs transactions itself.
-func (p *Plan) intoTx() *knftables.Transaction {
-	for _, l := range p.lists {
-		for _, item := range l.items {
-			el := &knftables.Element{Set: l.set, Key: []string{item}}
-			if l.verb == "delete" {
-				p.tx.Delete(el)
-			} else {
-				p.tx.Add(el)
-			}
-		}
-	}
-	p.lists = nil
-	return p.tx
+// single is the plan as one transaction (for a plan built without script).
+func (p *Plan) single() *knftables.Transaction {
+	return p.tx()
 }
 
+// prefixStrings writes networks as nft does: a single address bare.
 func prefixStrings(ps []netip.Prefix) []string {
 	out := make([]string, len(ps))
 	for i, p := range ps {
-		out[i] = p.String()
+		if p.IsSingleIP() {
+			out[i] = p.Addr().String()
+		} else {
+			out[i] = p.String()
+		}
 	}
 	return out
 }
@@ -277,8 +322,9 @@ func prefixStrings(ps []netip.Prefix) []string {
 // and refilled, policy and limit sets re-created and filled with one
 // element list each, ban sets kept with their bans, objects the ruleset no
 // longer has deleted. existing lists the table's objects by type.
-func fullPlan(tx *knftables.Transaction, d *desired, existing map[string][]string) *Plan {
-	p := &Plan{tx: tx, Full: true}
+func fullPlan(p *Plan, d *desired, existing map[string][]string) *Plan {
+	p.Full = true
+	tx := p.tx()
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo(d.comment)})
 	wantChains := map[string]bool{}
 	for _, c := range d.chains {
@@ -327,11 +373,13 @@ func fullPlan(tx *knftables.Transaction, d *desired, existing map[string][]strin
 			// kernel ignores a changed comment or timeout on "add").
 			tx.Delete(&knftables.Set{Name: s.set.Name})
 		}
-		tx.Add(s.set)
 		if s.kind == policySet {
-			p.lists = append(p.lists, elementList{verb: "add", set: s.set.Name, items: prefixStrings(s.elems)})
+			p.addSet(s.set, prefixStrings(s.elems))
+		} else {
+			p.tx().Add(s.set)
 		}
 	}
+	tx = p.tx()
 	if has["set"][SyncSet] {
 		tx.Delete(&knftables.Set{Name: SyncSet})
 	}
@@ -387,8 +435,8 @@ func changedSets(d *desired, old record) []*wantSet {
 // changed are flushed and refilled, policy sets get element deletes and
 // adds (current holds their elements now, read from the kernel), and the
 // record is rewritten. Nothing changed: an empty plan.
-func patchPlan(tx *knftables.Transaction, d *desired, old record, current map[string][]netip.Prefix) *Plan {
-	p := &Plan{tx: tx}
+func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefix) *Plan {
+	tx := p.tx()
 	var changed []*wantChain
 	for _, c := range d.chains {
 		if old["chain "+c.chain.Name] != c.hash {
@@ -400,12 +448,13 @@ func patchPlan(tx *knftables.Transaction, d *desired, old record, current map[st
 	sets := changedSets(d, old)
 	for _, s := range sets {
 		del, add := diffPrefixes(current[s.set.Name], s.elems)
-		p.lists = append(p.lists, elementList{verb: "delete", set: s.set.Name, items: prefixStrings(del)})
-		p.lists = append(p.lists, elementList{verb: "add", set: s.set.Name, items: prefixStrings(add)})
+		p.elements("delete", s.set.Name, prefixStrings(del))
+		p.elements("add", s.set.Name, prefixStrings(add))
 	}
 	if len(changed) == 0 && len(sets) == 0 {
 		return p
 	}
+	tx = p.tx()
 	tx.Flush(syncSetDef)
 	for _, el := range d.record().elements() {
 		tx.Add(el)

@@ -1,6 +1,8 @@
 package ruleset
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
@@ -65,5 +67,69 @@ func TestCoveredMessage(t *testing.T) {
 	want := "/etc/moat/moat.conf:3: 'limit 22/tcp' never matches: line 2 'allow 22/tcp' matches exactly the same packets first (delete one, or move line 3 above line 2)"
 	if len(cv) != 1 || cv[0].String() != want {
 		t.Fatalf("got %v\nwant %s", cv, want)
+	}
+}
+
+// The indexed search finds exactly what comparing every pair finds.
+func TestShadowedIndexMatchesPairs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	addrs := []string{"", "", "198.51.100.0/24", "198.51.100.7", "198.51.0.0/16", "0.0.0.0/0", "2001:db8::/32", "2001:db8::5", "2001:db8:1::/48", "::/0"}
+	ports := []string{"", "", " port 22", " port 80", " port 20:30"}
+	actions := []string{"allow", "deny", "reject"}
+	for round := 0; round < 200; round++ {
+		var b strings.Builder
+		for i := 0; i < 30; i++ {
+			from, to := addrs[rng.IntN(len(addrs))], addrs[rng.IntN(len(addrs))]
+			line := actions[rng.IntN(3)]
+			if from == "" && to == "" {
+				line += " 22/tcp"
+			} else {
+				if from == "" {
+					from = "any"
+				}
+				if to == "" {
+					to = "any"
+				}
+				line += " from " + from + ports[rng.IntN(len(ports))] + " to " + to + ports[rng.IntN(len(ports))]
+			}
+			b.WriteString(line + "\n")
+		}
+		p, err := policy.NewDocument("moat.conf", []byte(b.String())).Policy(nil)
+		if err != nil {
+			continue // mixed families and the like
+		}
+		got := Shadowed(p)
+		var want []Covered
+		for i := range p.Rules {
+			for j := 0; j < i; j++ {
+				if covers(&p.Rules[j], &p.Rules[i]) {
+					want = append(want, Covered{Rule: p.Rules[i], By: p.Rules[j]})
+					break
+				}
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("policy:\n%s\ngot %d covered, want %d", b.String(), len(got), len(want))
+		}
+		for k := range got {
+			if got[k].Rule.Pos != want[k].Rule.Pos || got[k].By.Pos != want[k].By.Pos {
+				t.Fatalf("policy:\n%s\n%v\nwant %v", b.String(), got[k], want[k])
+			}
+		}
+	}
+}
+
+func BenchmarkShadowed100k(b *testing.B) {
+	var s strings.Builder
+	s.WriteString("allow 22/tcp\n")
+	for i := 0; i < 100000; i++ {
+		fmt.Fprintf(&s, "deny from 10.%d.%d.%d\n", i>>16, i>>8&255, i&255)
+	}
+	p, err := policy.NewDocument("moat.conf", []byte(s.String())).Policy(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		Shadowed(p)
 	}
 }
