@@ -2,10 +2,12 @@ package cli
 
 import (
 	"context"
+	"syscall"
 	"time"
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/drift"
+	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/policy"
@@ -40,24 +42,56 @@ type statusTruth struct {
 	// OtherFiltering is filtering outside moat that also sees the packets:
 	// it can drop what moat allows.
 	OtherFiltering []foreign.Finding `json:"other_filtering"`
+	// Interrupted is a change that a moat command began and did not
+	// finish (killed); the next state-changing command undoes it.
+	Interrupted *statusInterrupted `json:"interrupted,omitempty"`
+}
+
+type statusInterrupted struct {
+	Command string    `json:"command"`
+	Time    time.Time `json:"time"`
+	PID     int       `json:"pid"`
+	// Running: the process still runs (the change is in progress, not
+	// interrupted).
+	Running bool `json:"running"`
+}
+
+// interrupted reads the engine's journal of a change in progress.
+func (a *app) interrupted() *statusInterrupted {
+	in, err := engine.LoadIntent(a.stateDir)
+	if err != nil || in == nil {
+		return nil
+	}
+	return &statusInterrupted{Command: in.Command, Time: in.Time, PID: in.PID,
+		Running: in.PID > 0 && syscall.Kill(in.PID, 0) == nil}
 }
 
 // compare fills the truth fields of rep for active backend b and returns
 // the applied policy (nil when it is not recorded).
 func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Policy, fileErr error, rep *statusReport) (*policy.Policy, error) {
 	defer func() {
-		rep.InSync = !rep.FileNotApplied && !rep.AppliedUnknown && rep.FailClosed == nil && len(rep.KernelChanged) == 0
+		rep.InSync = !rep.FileNotApplied && !rep.AppliedUnknown && rep.FailClosed == nil && len(rep.KernelChanged) == 0 && rep.Interrupted == nil
 	}()
 	if fileErr != nil {
 		rep.FileNotApplied, rep.FileError = true, fileErr.Error()
 	}
-	st := a.loadApplied()
-	if !st.Known {
-		rep.AppliedUnknown = true
-		return nil, nil
-	}
-	applied, err := policy.NewDocument(a.config, []byte(st.Policy)).Policy(a.services())
+	kernel, err := drift.Read(ctx, b.Name(), execrun.Exec)
 	if err != nil {
+		return nil, err
+	}
+	st := a.loadApplied()
+	var applied *policy.Policy
+	if st.Known {
+		applied, err = policy.NewDocument(a.config, []byte(st.Policy)).Policy(a.services())
+	}
+	if !st.Known || err != nil {
+		// Nothing recorded (an older moat applied it): when the kernel
+		// holds exactly the file's rules, the file is what is applied.
+		if file != nil {
+			if script, err := b.Script(ruleset.Compile(file)); err == nil && len(drift.Compare(drift.ParseScript(b.Name(), script), kernel)) == 0 {
+				return file, nil
+			}
+		}
 		rep.AppliedUnknown = true
 		return nil, nil
 	}
@@ -76,10 +110,6 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 		otherBackend := a.backend == "" && file.Backend != policy.BackendAuto && file.Backend != "" && string(file.Backend) != b.Name()
 		rep.FileNotApplied = got != want || otherBackend
 	}
-	kernel, err := drift.Read(ctx, b.Name(), execrun.Exec)
-	if err != nil {
-		return nil, err
-	}
 	wantLayout := drift.ParseScript(b.Name(), want)
 	rep.KernelChanged = drift.Compare(wantLayout, kernel)
 	rep.missing = drift.Missing(wantLayout, kernel)
@@ -93,6 +123,14 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 
 // printTruth writes what differs between file, applied and kernel.
 func (a *app) printTruth(rep *statusReport) {
+	if in := rep.Interrupted; in != nil {
+		if in.Running {
+			a.printf("In progress: '%s' (pid %d) is changing moat's state\n", in.Command, in.PID)
+		} else {
+			a.printf("INTERRUPTED: '%s' died at %s in the middle of a change; the next moat command that changes something undoes it\n",
+				in.Command, in.Time.Local().Format(time.DateTime))
+		}
+	}
 	if rep.Status != "active" {
 		return
 	}
