@@ -27,8 +27,8 @@ type Session struct {
 	Client netip.AddrPort `json:"client"`
 	Server netip.AddrPort `json:"server"`
 	Source string         `json:"source"` // how it was found
-	// Iface is the interface the session runs over when the socket says
-	// so: for an IPv6 link-local client, the one it is bound to.
+	// Iface is the interface an IPv6 link-local session runs over: the
+	// one its socket is bound to.
 	Iface string `json:"iface,omitempty"`
 	// ReconnectPorts are the source ports a new connection of the client
 	// may come from: this namespace's ephemeral range
@@ -39,7 +39,7 @@ type Session struct {
 
 func (s Session) String() string {
 	client := s.Client.String()
-	if s.Iface != "" && s.Client.Addr().Is6() && s.Client.Addr().IsLinkLocalUnicast() {
+	if s.Iface != "" && isLinkLocal(s.Client.Addr()) {
 		client = netip.AddrPortFrom(s.Client.Addr().WithZone(s.Iface), s.Client.Port()).String()
 	}
 	return fmt.Sprintf("%s → %s (%s)", client, s.Server, s.Source)
@@ -239,12 +239,15 @@ func (f *sshFinder) reconnectPorts() policy.Ports {
 // fe80::/64. The kernel binds an accepted link-local connection to the
 // interface it came in on, and sock_diag reports it. Where sock_diag
 // cannot say, the neighbour table may: if exactly one interface has the
-// client as a neighbour, it is that one. Other sessions get the interface
-// only if their socket is bound to one (SO_BINDTODEVICE, VRF).
+// client as a neighbour, it is that one. (Other sessions are bound to a
+// device only in a VRF, whose device is not the one packets come in on:
+// they keep the route back to the client.)
 func (f *sshFinder) setIfaces(sessions []Session, inodes []string) {
 	want := map[string]bool{}
-	for _, in := range inodes {
-		want[in] = true
+	for i, s := range sessions {
+		if isLinkLocal(s.Client.Addr()) {
+			want[inodes[i]] = true
+		}
 	}
 	if len(want) == 0 {
 		return
@@ -254,19 +257,26 @@ func (f *sshFinder) setIfaces(sessions []Session, inodes []string) {
 		byInode, _ = f.sockIface(want)
 	}
 	for i, s := range sessions {
+		if !isLinkLocal(s.Client.Addr()) {
+			continue
+		}
 		sessions[i].Iface = byInode[inodes[i]]
-		if sessions[i].Iface == "" && s.Client.Addr().Is6() && s.Client.Addr().IsLinkLocalUnicast() {
+		if sessions[i].Iface == "" {
 			sessions[i].Iface = neighbourIface(s.Client.Addr())
 		}
 	}
 }
 
+func isLinkLocal(a netip.Addr) bool {
+	return a.Is6() && a.IsLinkLocalUnicast()
+}
+
 // sockDiagIfaces asks the kernel (NETLINK_SOCK_DIAG, as ss does) which
-// interface each TCP socket of this namespace is bound to.
+// interface each IPv6 TCP socket of this namespace is bound to.
 func sockDiagIfaces(inodes map[string]bool) (map[string]string, error) {
 	out := map[string]string{}
 	names := map[uint32]string{}
-	for _, family := range []uint8{unix.AF_INET6, unix.AF_INET} {
+	for _, family := range []uint8{unix.AF_INET6} {
 		socks, err := netlink.SocketDiagTCP(family)
 		if err != nil {
 			return out, fmt.Errorf("sock_diag: %w", err)
