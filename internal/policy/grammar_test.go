@@ -247,7 +247,8 @@ func TestNumberBounds(t *testing.T) {
 		}
 	}
 	for _, line := range []string{"allow 65535/tcp", "allow 1:65535/tcp", "allow from 0.0.0.0/0", "allow to ::/128",
-		"guard maxretry 1000 bantime 365d findtime 1s bantime-factor 100 weak 0", "guard bantime 52w weak 1.0 bantime-factor 1.5"} {
+		"guard maxretry 1000 bantime 365d findtime 1s bantime-factor 100 weak 0", "guard bantime 52w weak 1.0 bantime-factor 1.5",
+		"guard weak .5 bantime-factor 2."} {
 		if _, err := parseLine(line); err != nil {
 			t.Errorf("%q: %v", line, err)
 		}

@@ -328,7 +328,7 @@ func checkGuardValue(key, v string) string {
 // more digits, and none can then overflow on the way in.
 const maxDigits = 10
 
-var decimal = regexp.MustCompile(`^[0-9]{1,10}(\.[0-9]{1,10})?$`)
+var decimal = regexp.MustCompile(`^([0-9]{1,10}(\.[0-9]{0,10})?|\.[0-9]{1,10})$`)
 
 // parseCount reads a plain decimal integer (digits only: no sign, no
 // spaces, no hex) from min to max.
