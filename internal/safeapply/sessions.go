@@ -190,7 +190,7 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 	// SSH_CONNECTION counts only if that connection exists here: the
 	// variable is inherited across `ip netns exec` and sudo, and may name a
 	// session of another namespace. It finds sessions of an SSH server moat
-	// does not recognise by name (dropbear, a renamed sshd).
+	// does not recognise by name (a renamed sshd, another server).
 	if s, ok := parseSSHConnection(sshConn); ok {
 		for _, e := range entries {
 			if e.state == "01" && e.local == s.Server && e.remote == s.Client {
