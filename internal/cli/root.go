@@ -175,7 +175,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.AddCommand(a.labCommand())
 	root.AddCommand(a.initCommand(), a.confirmCommand(), a.rollbackCommand(), a.restoreCommand(), a.watchdogCommand())
 	root.AddCommand(a.guardCommand(), a.banCommand(), a.unbanCommand(), a.bansCommand())
-	root.AddCommand(a.versionCommand(), a.appCommand())
+	root.AddCommand(a.versionCommand(), a.appCommand(), a.importCommand())
 	a.addCompletions(root)
 	return root
 }
