@@ -16,3 +16,11 @@ var GuardService string
 // UnitExecPath is the moat path written in MoatService, replaced by the
 // real one when the unit is installed.
 const UnitExecPath = "/usr/sbin/moat"
+
+// BlocklistService and BlocklistTimer fetch the policy's url blocklists.
+//
+//go:embed systemd/moat-blocklist.service
+var BlocklistService string
+
+//go:embed systemd/moat-blocklist.timer
+var BlocklistTimer string

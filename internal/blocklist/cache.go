@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // Dir is the directory under moat's state directory that keeps the lists.
@@ -46,12 +46,13 @@ type Meta struct {
 	SHA256    string    `json:"sha256"` // of the cached list file
 }
 
+func listDir(stateDir string) string        { return filepath.Join(stateDir, Dir) }
 func listPath(stateDir, name string) string { return filepath.Join(stateDir, Dir, name+".list") }
 func metaPath(stateDir, name string) string { return filepath.Join(stateDir, Dir, name+".json") }
 
 // ReadMeta reads a list's metadata; a missing file is a zero Meta.
 func ReadMeta(stateDir, name string) (Meta, error) {
-	data, err := os.ReadFile(metaPath(stateDir, name))
+	data, err := statedir.ReadFile(listDir(stateDir), name+".json")
 	if errors.Is(err, os.ErrNotExist) {
 		return Meta{Name: name}, nil
 	}
@@ -67,14 +68,17 @@ func ReadMeta(stateDir, name string) (Meta, error) {
 
 // WriteMeta saves a list's metadata atomically.
 func WriteMeta(stateDir string, m Meta) error {
-	if err := os.MkdirAll(filepath.Join(stateDir, Dir), 0o700); err != nil {
-		return fmt.Errorf("blocklist %s: %w", m.Name, err)
-	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(metaPath(stateDir, m.Name), data, 0o600)
+	if err := statedir.Ensure(stateDir); err != nil {
+		return err
+	}
+	if err := statedir.WriteFile(listDir(stateDir), m.Name+".json", data); err != nil {
+		return fmt.Errorf("blocklist %s: %w", m.Name, err)
+	}
+	return nil
 }
 
 // Canonical writes merged prefixes as a list file: one network a line.
@@ -92,7 +96,7 @@ func Canonical(name string, l *List) []byte {
 // none (or it does not match its recorded checksum: then err says so).
 func ReadCache(stateDir, name string, m Meta) (l *List, ok bool, err error) {
 	path := listPath(stateDir, name)
-	data, err := readCapped(path)
+	data, err := statedir.ReadFile(listDir(stateDir), name+".list")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -114,11 +118,11 @@ func ReadCache(stateDir, name string, m Meta) (l *List, ok bool, err error) {
 // atomically: a crash in between leaves a list whose checksum the old
 // metadata does not match, which is then refetched).
 func WriteCache(stateDir string, m *Meta, l *List) error {
-	if err := os.MkdirAll(filepath.Join(stateDir, Dir), 0o700); err != nil {
-		return fmt.Errorf("blocklist %s: %w", m.Name, err)
+	if err := statedir.Ensure(stateDir); err != nil {
+		return err
 	}
 	data := Canonical(m.Name, l)
-	if err := atomicfile.WriteFile(listPath(stateDir, m.Name), data, 0o600); err != nil {
+	if err := statedir.WriteFile(listDir(stateDir), m.Name+".list", data); err != nil {
 		return fmt.Errorf("blocklist %s: %w", m.Name, err)
 	}
 	sum := sha256.Sum256(data)
@@ -129,14 +133,7 @@ func WriteCache(stateDir string, m *Meta, l *List) error {
 
 // Remove deletes a list's saved copy and metadata.
 func Remove(stateDir, name string) error {
-	return errors.Join(rmIfExists(listPath(stateDir, name)), rmIfExists(metaPath(stateDir, name)))
-}
-
-func rmIfExists(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
+	return errors.Join(statedir.Remove(listDir(stateDir), name+".list"), statedir.Remove(listDir(stateDir), name+".json"))
 }
 
 // Saved lists the names of the lists kept in the state directory.
@@ -194,10 +191,11 @@ type Loaded struct {
 }
 
 // Load gives a list's contents for an apply: a file list is read and
-// checked again (a good one becomes the saved copy); a url list comes from
-// the saved copy. A file list that is malformed or refused keeps the saved
-// copy, with a warning; if there is none, that is an error.
-func Load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time) (Loaded, error) {
+// checked again (with save, a good one becomes the saved copy); a url list
+// comes from the saved copy. A file list that is malformed or refused
+// keeps the saved copy, with a warning; if there is none, that is an
+// error.
+func Load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save bool) (Loaded, error) {
 	m, merr := ReadMeta(stateDir, bl.Name)
 	if m.Where != bl.Where() {
 		// Another source now: what was saved is not this list.
@@ -219,6 +217,9 @@ func Load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time) (Loa
 				m.Updated = now
 			}
 			m.Checked, m.Attempted, m.LastError, m.Lines = now, now, "", len(l.Entries)
+			if !save {
+				return Loaded{Prefixes: l.Prefixes(), Meta: m}, nil
+			}
 			if changed || merr != nil {
 				if err := WriteCache(stateDir, &m, l); err != nil {
 					return Loaded{}, err
@@ -254,4 +255,30 @@ func samePrefixes(a, b []netip.Prefix) bool {
 		}
 	}
 	return true
+}
+
+// Fill loads the contents of a policy's lists that are not loaded yet (see
+// Load), for compiling; warnings go to warn. A list that cannot be loaded
+// at all is an error.
+func Fill(stateDir string, p *policy.Policy, pr Protect, now time.Time, save bool, warn func(string)) error {
+	var errs []error
+	for i := range p.Blocklists {
+		bl := &p.Blocklists[i]
+		if bl.Prefixes != nil {
+			continue
+		}
+		ld, err := Load(stateDir, bl, pr, now, save)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if ld.Warning != nil && warn != nil {
+			warn(ld.Warning.Error())
+		}
+		bl.Prefixes = ld.Prefixes
+		if bl.Prefixes == nil {
+			bl.Prefixes = []netip.Prefix{}
+		}
+	}
+	return errors.Join(errs...)
 }

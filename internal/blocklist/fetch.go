@@ -93,7 +93,7 @@ func (f *Fetcher) Fetch(ctx context.Context, url string, m Meta) (*Response, err
 		max = MaxFileSize
 	}
 	if resp.ContentLength > max {
-		return nil, fmt.Errorf("fetch %s: %d bytes is more than the %d allowed", url, resp.ContentLength, max)
+		return nil, fmt.Errorf("fetch %s: %d bytes, more than the %d bytes allowed", url, resp.ContentLength, max)
 	}
 	var body bytes.Buffer
 	n, err := io.Copy(&body, io.LimitReader(resp.Body, max+1))

@@ -67,7 +67,7 @@ func TestUpdateOverHTTPS(t *testing.T) {
 	pr := Protect{Sessions: []netip.Addr{netip.MustParseAddr("203.0.113.50")}}
 
 	// Not fetched yet: an apply loads nothing and says so.
-	ld, err := Load(dir, bl, pr, now)
+	ld, err := Load(dir, bl, pr, now, true)
 	if err != nil || ld.Prefixes != nil || ld.Warning == nil || !strings.Contains(ld.Warning.Error(), "not fetched yet") {
 		t.Fatalf("before the first fetch: %+v %v", ld, err)
 	}
@@ -82,7 +82,7 @@ func TestUpdateOverHTTPS(t *testing.T) {
 	if err := SaveResult(dir, r); err != nil {
 		t.Fatal(err)
 	}
-	ld, err = Load(dir, bl, pr, now)
+	ld, err = Load(dir, bl, pr, now, true)
 	if err != nil || ld.Warning != nil || len(ld.Prefixes) != 2 || ld.Meta.Networks != 2 || ld.Meta.ETag == "" {
 		t.Fatalf("after the first fetch: %+v %v", ld, err)
 	}
@@ -105,7 +105,7 @@ func TestUpdateOverHTTPS(t *testing.T) {
 
 	keeps := func(what string) {
 		t.Helper()
-		ld, err := Load(dir, bl, pr, now)
+		ld, err := Load(dir, bl, pr, now, true)
 		if err != nil || !same(ld.Prefixes, prefixes("192.0.2.0/24", "2001:db8:1::/48")) {
 			t.Errorf("%s: the old copy is gone: %+v %v", what, ld, err)
 		}
@@ -148,7 +148,7 @@ func TestUpdateOverHTTPS(t *testing.T) {
 	if err := SaveResult(dir, r); err != nil {
 		t.Fatal(err)
 	}
-	if ld, _ := Load(dir, bl, pr, now); !same(ld.Prefixes, prefixes("198.51.100.0/24", "2001:db8:1::/48")) || ld.Meta.LastError != "" {
+	if ld, _ := Load(dir, bl, pr, now, true); !same(ld.Prefixes, prefixes("198.51.100.0/24", "2001:db8:1::/48")) || ld.Meta.LastError != "" {
 		t.Errorf("after save: %+v", ld)
 	}
 }
@@ -182,20 +182,20 @@ func TestLoadFileList(t *testing.T) {
 	path := filepath.Join(dir, "bad.netset")
 	bl := &policy.Blocklist{Name: "local", Source: policy.BlocklistFile, Path: path}
 	now := time.Now()
-	if _, err := Load(state, bl, Protect{}, now); err == nil || !strings.Contains(err.Error(), "no earlier good copy") {
+	if _, err := Load(state, bl, Protect{}, now, true); err == nil || !strings.Contains(err.Error(), "no earlier good copy") {
 		t.Errorf("missing file, no copy: %v", err)
 	}
 	if err := os.WriteFile(path, []byte("192.0.2.0/24\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ld, err := Load(state, bl, Protect{}, now)
+	ld, err := Load(state, bl, Protect{}, now, true)
 	if err != nil || ld.Warning != nil || !same(ld.Prefixes, prefixes("192.0.2.0/24")) {
 		t.Fatalf("good file: %+v %v", ld, err)
 	}
 	if err := os.WriteFile(path, []byte("192.0.2.0/24\n198.51.100.0/33\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ld, err = Load(state, bl, Protect{}, now)
+	ld, err = Load(state, bl, Protect{}, now, true)
 	if err != nil || ld.Warning == nil || !strings.Contains(ld.Warning.Error(), path+":2: bad entry") || !same(ld.Prefixes, prefixes("192.0.2.0/24")) {
 		t.Errorf("malformed file keeps the old copy: %+v %v", ld, err)
 	}
@@ -203,7 +203,7 @@ func TestLoadFileList(t *testing.T) {
 	if err := os.WriteFile(listPath(state, "local"), []byte("0.0.0.0/0\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load(state, bl, Protect{}, now); err == nil || !strings.Contains(err.Error(), "checksum") {
+	if _, err := Load(state, bl, Protect{}, now, true); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Errorf("damaged copy: %v", err)
 	}
 }

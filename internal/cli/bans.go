@@ -205,6 +205,9 @@ func (a *app) bansCommand() *cobra.Command {
 			sort.Slice(bans, func(i, j int) bool { return bans[i].Addr.Less(bans[j].Addr) })
 			list := make([]banJSON, 0, len(bans))
 			for _, ban := range bans {
+				if ban.Reason == "" { // only the kernel's port scan trap adds bans without one
+					ban.Reason = ruleset.ReasonPortscan
+				}
 				list = append(list, banJSON{Address: ban.Addr.String(), Reason: ban.Reason, SecondsLeft: int64(ban.Expires.Seconds()), BanCount: counts[ban.Addr]})
 			}
 			if a.json {

@@ -76,6 +76,9 @@ func (a *app) explainCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := a.fillBlocklists(src.policy); err != nil {
+				return err
+			}
 			d, err := ruleset.Compile(src.policy).Evaluate(pkt)
 			if err != nil {
 				return err

@@ -107,6 +107,12 @@ Quick start:
   moat status verbose             # what is applied, with counters
   moat guard                      # ban SSH brute-forcers (moat-guard.service)
 
+Blocklists and port scans (policy lines; 'moat blocklist --help'):
+  blocklist drop url https://www.spamhaus.org/drop/drop.txt [refresh 24h]
+  blocklist local file /etc/moat/lists/bad.netset
+  guard portscan ports 10 within 60s bantime 1h   # banned in the kernel
+  moat blocklist update [NAME]    # fetch over HTTPS, swap in only the difference
+
 moat refuses any change that would cut a live SSH session (exit code 3;
 --force overrides).
 
@@ -175,6 +181,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.AddCommand(a.labCommand())
 	root.AddCommand(a.initCommand(), a.confirmCommand(), a.rollbackCommand(), a.restoreCommand(), a.watchdogCommand())
 	root.AddCommand(a.guardCommand(), a.banCommand(), a.unbanCommand(), a.bansCommand())
+	root.AddCommand(a.blocklistCommand())
 	root.AddCommand(a.versionCommand(), a.appCommand(), a.importCommand())
 	a.addCompletions(root)
 	return root

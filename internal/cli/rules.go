@@ -302,6 +302,7 @@ func (a *app) enable(cmd *cobra.Command, reload bool) error {
 		a.printf("moat is active (%s): %s from %s\n", res.Applied.Backend, count(len(res.Policy.Rules), "rule"), a.config)
 		if res.Pending == nil {
 			a.installBootHook(ctx, res.Policy.Guard.Enabled)
+			a.installBlocklistTimer(ctx, res.Policy)
 		}
 		pending = res.Pending
 		return nil
@@ -440,6 +441,9 @@ func (a *app) checkCommand() *cobra.Command {
 				return err
 			}
 			a.warnCovered(p)
+			if err := a.fillBlocklists(p); err != nil {
+				return err
+			}
 			tested := " (not tested against the kernel: that needs root)"
 			if os.Geteuid() == 0 && b.Available() == nil {
 				if err := b.Check(cmd.Context(), ruleset.Compile(p)); err != nil {
@@ -466,6 +470,9 @@ renderer.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, b, err := a.policyAndBackend()
 			if err != nil {
+				return err
+			}
+			if err := a.fillBlocklists(p); err != nil {
 				return err
 			}
 			script, err := b.Script(ruleset.Compile(p))

@@ -67,7 +67,7 @@ func (a *app) removeBootHook(ctx context.Context) error {
 	if !safeapply.InHostNamespace() || !sd.Running() {
 		return nil
 	}
-	return errors.Join(sd.Uninstall(ctx, safeapply.GuardUnit), sd.Uninstall(ctx, safeapply.BootUnit))
+	return errors.Join(a.removeBlocklistTimer(ctx), sd.Uninstall(ctx, safeapply.GuardUnit), sd.Uninstall(ctx, safeapply.BootUnit))
 }
 
 func (a *app) confirmCommand() *cobra.Command {
@@ -87,6 +87,7 @@ that the connection works is the proof the new rules let you in.`,
 				if p.Persist {
 					pol, _ := a.loadPolicy()
 					a.installBootHook(ctx, pol != nil && pol.Guard.Enabled)
+					a.installBlocklistTimer(ctx, pol)
 				}
 				a.printf("Confirmed: the change applied at %s stays\n", p.Created.Format(time.TimeOnly))
 				return nil

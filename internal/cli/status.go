@@ -72,6 +72,7 @@ type statusReport struct {
 	Rules           []statusRule             `json:"rules"`
 	Builtins        []statusBuiltin          `json:"builtins"`
 	statusTruth
+	Blocklists []blocklistInfo `json:"blocklists"`
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -147,6 +148,9 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	}
 	if filePolicy != nil {
 		rep.GuardConfigured = filePolicy.Guard.Enabled
+	}
+	if shown != nil {
+		rep.Blocklists = blocklistStatus(shown, a.stateDir, time.Now())
 	}
 	rs := ruleset.Compile(shown)
 	inSet := map[int]string{}
@@ -230,6 +234,7 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 		a.printf("Default: %s (incoming), %s (outgoing), %s (routed)\n",
 			defaultWord(rep.Defaults["incoming"]), defaultWord(rep.Defaults["outgoing"]), defaultWord(rep.Defaults["routed"]))
 	}
+	a.printBlocklists(rep.Blocklists)
 	if len(rep.Rules) == 0 && !verbose {
 		return nil
 	}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
-	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 )
 
@@ -229,7 +228,10 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if err := b.Available(); err != nil {
 		return nil, err
 	}
-	rs := ruleset.Compile(pl.p)
+	rs, err := e.compile(pl.p, true)
+	if err != nil {
+		return nil, err
+	}
 	if err := e.checkLockout(rs, pl.p, pl.ch.Force || pl.failReason != ""); err != nil {
 		return nil, err
 	}
@@ -395,7 +397,11 @@ func (e *Engine) applyText(ctx context.Context, name, text, source string) error
 	if err != nil {
 		return err
 	}
-	if err := b.Apply(ctx, ruleset.Compile(p)); err != nil {
+	rs, err := e.compile(p, false)
+	if err != nil {
+		return err
+	}
+	if err := b.Apply(ctx, rs); err != nil {
 		return err
 	}
 	return e.removeExcept(ctx, b.Name())

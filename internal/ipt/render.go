@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -45,6 +46,11 @@ func SetNames(rs *ruleset.Ruleset) Names {
 	for _, s := range rs.Sets {
 		if s.Bans {
 			n[s.Name] = IPSetName(s.Name)
+			continue
+		}
+		if s.ScanWindow > 0 {
+			// Filled by the kernel; a new window is a new set.
+			n[s.Name] = IPSetName(fmt.Sprintf("%s-%d", s.Name, int64(s.ScanWindow/time.Second)))
 			continue
 		}
 		n[s.Name] = SetPrefix + contentHash(s)
@@ -147,6 +153,9 @@ func ruleLines(r *ruleset.Rule, fam policy.Family, names Names) []string {
 	}
 	var out []string
 	comment := "-m comment --comment " + quote(r.Tag())
+	if r.Trap != nil {
+		return trapLines(r, fam, names, comment)
+	}
 	for _, m := range matchVariants(r.Match, fam, names) {
 		if r.Log != "" {
 			out = append(out, join(m, comment, "-j LOG --log-prefix "+quote(r.Log)))
@@ -328,7 +337,7 @@ func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names) stri
 			continue
 		}
 		done[name] = true
-		if s.Bans {
+		if s.Bans || s.ScanWindow > 0 {
 			fmt.Fprintf(&b, "%s\n", createLine(s, name))
 			continue
 		}
@@ -353,6 +362,9 @@ func createLine(s *ruleset.Set, name string) string {
 	}
 	if s.Bans {
 		return fmt.Sprintf("create %s hash:ip family %s timeout 0 maxelem %d comment", name, family, MaxBans)
+	}
+	if s.ScanWindow > 0 {
+		return fmt.Sprintf("create %s hash:ip,port family %s timeout %d maxelem 65536", name, family, int64(s.ScanWindow/time.Second))
 	}
 	maxelem := 65536
 	for maxelem < 2*len(s.Entries) {

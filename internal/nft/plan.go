@@ -72,9 +72,12 @@ func setDef(s *ruleset.Set) (*knftables.Set, setKind) {
 		typ = "ipv6_addr"
 	}
 	if s.Bans {
-		// Never flushed: bans outlive a re-apply.
-		return &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.TimeoutFlag},
-			Comment: knftables.PtrTo("bans: 'moat bans' lists them")}, banSet
+		// Never flushed: bans outlive a re-apply. Dynamic, so the port
+		// scan trap can add to it from the packet path (nft makes a set it
+		// sees so used dynamic, and a set's flags never change), with an
+		// explicit size (a dynamic set's default is 65535).
+		return &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+			Size: knftables.PtrTo[uint64](MaxBans), Comment: knftables.PtrTo("bans: 'moat bans' lists them")}, banSet
 	}
 	return &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.IntervalFlag},
 		Comment: knftables.PtrTo("policy addresses: 'moat status' names their lines")}, policySet
@@ -93,6 +96,12 @@ func objectText(objs ...knftables.Object) string {
 func want(rs *ruleset.Ruleset) *desired {
 	d := &desired{comment: rs.SourceComment()}
 	for _, s := range rs.Sets {
+		if s.ScanWindow > 0 {
+			for _, ts := range trapSets(s) {
+				d.sets = append(d.sets, &wantSet{set: ts, kind: limitSet, def: hash(objectText(ts))})
+			}
+			continue
+		}
 		set, kind := setDef(s)
 		w := &wantSet{set: set, kind: kind, def: hash(objectText(set))}
 		if kind == policySet {

@@ -60,6 +60,9 @@ func limitTimeout(r *policy.Rate) time.Duration {
 // over-limit reject and its accept; a reject of TCP and other traffic gives
 // a TCP reset and an ICMP reject.
 func RuleTexts(r *ruleset.Rule) []string {
+	if r.Trap != nil {
+		return []string{trapText(r)}
+	}
 	if r.Limit != nil {
 		var out []string
 		for _, fam := range limitFamilies(r) {

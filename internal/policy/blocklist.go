@@ -177,7 +177,7 @@ func CheckListURL(s string) string {
 var portscanSettings = map[string]string{
 	"ports":   "a count of distinct ports from 2 to 1000",
 	"within":  "a window from 1s to 1d, such as 60s",
-	"bantime": "a ban length from 1m to 24d, such as 1h",
+	"bantime": "a ban length from 1s to 24d, such as 1h",
 }
 
 // parsePortscan reads 'guard portscan [on|off] [ports N] [within D]
@@ -226,7 +226,7 @@ func (p *parser) parsePortscan() (Statement, error) {
 		case "bantime":
 			// ipset timeouts stop at 2147483 seconds (24.8 days).
 			d, err := ParseDuration(v.Text)
-			if err != nil || d < time.Minute || d > 24*24*time.Hour || d%time.Second != 0 {
+			if err != nil || d < time.Second || d > 24*24*time.Hour || d%time.Second != 0 {
 				return Statement{}, bad
 			}
 			ps.BanTime = d

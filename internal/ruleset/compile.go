@@ -102,7 +102,13 @@ func Compile(p *policy.Policy) *Ruleset {
 		if h != Forward || len(user) > 0 || def != Accept {
 			c.Rules = Builtins(h)
 		}
+		if h == Input {
+			c.Rules = insertBlocklists(rs, p, c.Rules)
+		}
 		c.Rules = append(c.Rules, compileRules(rs, h, user)...)
+		if h == Input {
+			c.Rules = append(c.Rules, compileTrap(rs, p, def)...)
+		}
 		rs.Chains = append(rs.Chains, c)
 	}
 	return rs

@@ -63,6 +63,9 @@ func (rs *Ruleset) Evaluate(p Packet) (Decision, error) {
 	}
 	for i := range c.Rules {
 		r := &c.Rules[i]
+		if r.Trap != nil {
+			continue // counts ports, decides nothing
+		}
 		origin, ok := rs.matches(&r.Match, p)
 		if !ok {
 			continue

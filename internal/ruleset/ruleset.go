@@ -82,6 +82,10 @@ type Rule struct {
 	Log     string
 	Origin  Origin
 	Comment string // the admin's comment, shown beside the rule
+	// Trap makes the rule the port scan trap: it gives no verdict (the
+	// packet goes on to the next rule) but counts, in the kernel, the
+	// distinct ports a source tries, and bans it when there are too many.
+	Trap *ScanTrap
 }
 
 // Chain is one base chain: its rules, then its default.
@@ -106,6 +110,13 @@ type Set struct {
 	// Bans marks a set of single addresses with per-element timeouts that
 	// the guard and 'moat ban' fill; applying a policy keeps its contents.
 	Bans bool
+	// Blocklist names the policy blocklist whose networks the set holds
+	// (the list minus the allowlist and loopback).
+	Blocklist string
+	// ScanWindow marks the port scan trap's dynamic set: (source,
+	// protocol, port) entries the kernel adds, each expiring after
+	// ScanWindow. It has no Entries.
+	ScanWindow time.Duration
 }
 
 // Ban set names, one per family.

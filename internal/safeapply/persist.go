@@ -115,12 +115,17 @@ type Unit struct {
 	Text string
 	// Start also starts it now (the guard); the boot unit only runs at boot.
 	Start bool
+	// WriteOnly units are written but not enabled (a timer starts them).
+	WriteOnly bool
 }
 
 // Units are moat.service and moat-guard.service.
 var (
 	BootUnit  = Unit{Name: "moat.service", Text: packaging.MoatService}
 	GuardUnit = Unit{Name: "moat-guard.service", Text: packaging.GuardService, Start: true}
+	// BlocklistUnits fetch url blocklists: the service, then its timer.
+	BlocklistUnits = []Unit{{Name: "moat-blocklist.service", Text: packaging.BlocklistService, WriteOnly: true},
+		{Name: "moat-blocklist.timer", Text: packaging.BlocklistTimer, Start: true}}
 )
 
 // writtenMark starts every unit moat writes itself, so that moat removes
@@ -206,6 +211,9 @@ func (s Systemd) Install(ctx context.Context, u Unit, self string) error {
 	if err := s.systemctl(ctx, "daemon-reload"); err != nil {
 		return err
 	}
+	if u.WriteOnly {
+		return nil
+	}
 	if u.Start {
 		return s.systemctl(ctx, "enable", "--now", u.Name)
 	}
@@ -223,6 +231,9 @@ func (s Systemd) Uninstall(ctx context.Context, u Unit) error {
 		return nil
 	}
 	args := []string{"disable", u.Name}
+	if u.WriteOnly {
+		args = []string{"stop", u.Name}
+	}
 	if u.Start {
 		args = []string{"disable", "--now", u.Name}
 	}

@@ -1,0 +1,433 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moat-fw/moat/internal/blocklist"
+	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/statedir"
+)
+
+const blocklistLong = `Blocklists are lists of networks whose packets moat drops before anything
+else looks at them (before conntrack, so they never create state), named in
+the policy:
+
+  blocklist drop url https://www.spamhaus.org/drop/drop.txt refresh 12h
+  blocklist fh1 url https://iplists.firehol.org/files/firehol_level1.netset
+  blocklist cn file /etc/moat/lists/cn.zone
+
+A list holds one address, CIDR or range (192.0.2.1-192.0.2.9) a line, IPv4
+and IPv6, with '#' or ';' comments: Spamhaus DROP/EDROP (text or JSON),
+FireHOL .netset and ipdeny .zone files read as they are. Overlaps are
+merged. A line moat cannot read refuses the whole list (FILE:LINE says
+where) and the last good copy stays in force. A list that covers your live
+SSH session, or more than half of the IPv4 or IPv6 address space, is
+refused with the reason. The allowlist ('allowlist CIDR...') wins over
+every list, and loopback is never blocked.
+
+url lists are fetched over HTTPS only by 'moat blocklist update' (never by
+an apply, which uses the last good copy in the state directory), with
+conditional requests (ETag, If-Modified-Since), a 64 MB cap and a timeout.
+'moat enable' installs moat-blocklist.timer, which runs
+'moat blocklist update --due' every hour; a list is fetched when its
+refresh (default 24h) has passed. When moat is active the new contents are
+swapped in at once, in one transaction that sends only the difference.`
+
+func (a *app) blocklistCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "blocklist",
+		Short: "Fetch and list the policy's blocklists",
+		Long:  blocklistLong,
+		Example: `  moat blocklist update            # fetch every list now, swap in what changed
+  moat blocklist update drop       # one list
+  moat blocklist list              # entries, source, last update, age`,
+		GroupID: "guard",
+	}
+	cmd.AddCommand(a.blocklistUpdateCommand(), a.blocklistListCommand())
+	return cmd
+}
+
+// blocklistInfo is one list as 'blocklist list' and 'status' show it.
+type blocklistInfo struct {
+	Name      string    `json:"name"`
+	Source    string    `json:"source"`
+	Where     string    `json:"where"`
+	Networks  int       `json:"networks"`
+	IPv4      int       `json:"ipv4"`
+	IPv6      int       `json:"ipv6"`
+	Updated   time.Time `json:"updated,omitempty"`
+	Checked   time.Time `json:"checked,omitempty"`
+	AgeSecs   int64     `json:"age_seconds"`
+	Refresh   string    `json:"refresh,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+}
+
+// blocklistStatus describes the policy's lists from their saved copies.
+func blocklistStatus(p *policy.Policy, stateDir string, now time.Time) []blocklistInfo {
+	out := []blocklistInfo{}
+	for _, bl := range p.Blocklists {
+		m, err := blocklist.ReadMeta(stateDir, bl.Name)
+		info := blocklistInfo{Name: bl.Name, Source: string(bl.Source), Where: bl.Where()}
+		if bl.Source == policy.BlocklistURL {
+			info.Refresh = bl.Refresh.String()
+		}
+		switch {
+		case err != nil:
+			info.LastError = err.Error()
+		case m.Where != bl.Where() || m.SHA256 == "":
+			info.LastError = "not loaded yet"
+			if bl.Source == policy.BlocklistURL {
+				info.LastError = "not fetched yet: run 'moat blocklist update " + bl.Name + "'"
+			}
+		default:
+			info.Networks, info.IPv4, info.IPv6 = m.Networks, m.V4, m.V6
+			info.Updated, info.Checked, info.LastError = m.Updated, m.Checked, m.LastError
+			if !m.Checked.IsZero() {
+				info.AgeSecs = int64(now.Sub(m.Checked).Seconds())
+			}
+		}
+		out = append(out, info)
+	}
+	return out
+}
+
+// printBlocklists writes the lists as a table.
+func (a *app) printBlocklists(list []blocklistInfo) {
+	if len(list) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "Blocklist\tNetworks\tUpdated\tChecked\tSource")
+	for _, l := range list {
+		updated, checked := "never", "never"
+		if !l.Updated.IsZero() {
+			updated = l.Updated.Local().Format("2006-01-02 15:04")
+		}
+		if !l.Checked.IsZero() {
+			checked = ago(time.Duration(l.AgeSecs)*time.Second) + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", l.Name, l.Networks, updated, checked, l.Where)
+		if l.LastError != "" {
+			fmt.Fprintf(tw, "  last problem:\t%s\n", l.LastError)
+		}
+	}
+	_ = tw.Flush() // a.out errors show on the next write
+}
+
+func ago(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < 48*time.Hour:
+		return d.Round(time.Minute).String()
+	default:
+		return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
+	}
+}
+
+// fillBlocklists loads the contents of the policy's lists from their files
+// and saved copies, for commands that compile without applying (show,
+// explain, check). Warnings are printed.
+func (a *app) fillBlocklists(p *policy.Policy) error {
+	return blocklist.Fill(a.stateDir, p, blocklist.Protect{}, time.Now(), false, func(msg string) {
+		fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg)
+	})
+}
+
+// lockBlocklists keeps two updates (the timer's and the admin's) apart.
+func (a *app) lockBlocklists() (func(), error) {
+	if err := statedir.Ensure(a.stateDir); err != nil {
+		return nil, err
+	}
+	l, err := statedir.WaitLock(a.stateDir, "blocklist.lock", func(pid int) {
+		fmt.Fprintf(a.errOut, "moat: waiting for another blocklist update (PID %d)\n", pid)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l.Unlock, nil
+}
+
+var errFailClosed = errors.New("moat runs the fail-closed ruleset: the new copies are kept for the next 'moat enable'")
+
+type updateJSON struct {
+	Name     string `json:"name"`
+	Outcome  string `json:"outcome"` // updated, unchanged, failed, skipped
+	Networks int    `json:"networks"`
+	Added    int    `json:"added"`
+	Removed  int    `json:"removed"`
+	Message  string `json:"message,omitempty"`
+}
+
+func (a *app) blocklistUpdateCommand() *cobra.Command {
+	var due bool
+	var timeout time.Duration
+	var maxSize int64
+	cmd := &cobra.Command{
+		Use:   "update [NAME]",
+		Short: "Fetch the url lists (or re-read the file lists) and swap in what changed",
+		Long: `Fetch each url blocklist of the policy (or only NAME) over HTTPS, re-read each
+file list, check them, keep the good ones as the last good copy in the state
+directory and, when moat is active, swap the new contents into the kernel in
+one transaction that sends only the difference. A failed or malformed
+fetch, or a refused list, keeps the old copy and says why (exit code 1).`,
+		Example: `  moat blocklist update
+  moat blocklist update drop
+  moat blocklist update --due      # only lists whose refresh has passed (the timer)`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if maxSize < 1 || maxSize > blocklist.MaxFileSize {
+				return fmt.Errorf("--max-size %d: expected 1 to %d bytes", maxSize, blocklist.MaxFileSize)
+			}
+			f := &blocklist.Fetcher{Timeout: timeout, MaxBytes: maxSize, UserAgent: "moat/" + Version}
+			return a.blocklistUpdate(cmd, args, due, f)
+		},
+	}
+	cmd.Flags().BoolVar(&due, "due", false, "only the lists whose refresh interval has passed since they were last checked")
+	cmd.Flags().DurationVar(&timeout, "timeout", blocklist.DefaultTimeout, "give up on a download after this long")
+	cmd.Flags().Int64Var(&maxSize, "max-size", blocklist.MaxFileSize, "refuse a download larger than this many bytes")
+	return cmd
+}
+
+func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *blocklist.Fetcher) error {
+	ctx := cmd.Context()
+	doc, err := a.loadDocument()
+	if err != nil {
+		return err
+	}
+	// The rules in force are what was applied last, not edits not yet
+	// applied: an update must not sneak them in.
+	text := doc.Bytes()
+	if applied, err := engine.LoadApplied(a.stateDir); err == nil && applied != nil && !applied.FailClosed {
+		text = []byte(applied.Policy)
+	}
+	p, err := policy.NewDocument(a.config, text).Policy(a.services())
+	if err != nil {
+		return err
+	}
+	filePolicy, err := doc.Policy(a.services())
+	if err != nil {
+		return err
+	}
+	var todo []*policy.Blocklist
+	for i := range p.Blocklists {
+		if len(args) == 0 || p.Blocklists[i].Name == args[0] {
+			todo = append(todo, &p.Blocklists[i])
+		}
+	}
+	if len(args) == 1 && len(todo) == 0 {
+		if _, ok := filePolicy.Blocklist(args[0]); ok {
+			return fmt.Errorf("blocklist %s is in %s but not applied yet: run 'moat reload' (or 'moat enable') first", args[0], a.config)
+		}
+		return fmt.Errorf("no blocklist %s in %s", args[0], a.config)
+	}
+	if len(todo) == 0 {
+		a.printf("No blocklists in %s\n", a.config)
+		return nil
+	}
+	unlock, err := a.lockBlocklists()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	now := time.Now()
+	var sessions []netip.Addr
+	if st, err := safeapply.FindSSH("/proc", os.Getenv("SSH_CONNECTION")); err == nil {
+		for _, s := range st.Sessions {
+			sessions = append(sessions, s.Client.Addr().Unmap())
+		}
+	}
+	var results []*blocklist.Result
+	report := map[string]*updateJSON{}
+	var order []string
+	failed := 0
+	for _, bl := range todo {
+		rep := &updateJSON{Name: bl.Name}
+		report[bl.Name], order = rep, append(order, bl.Name)
+		if due && bl.Source == policy.BlocklistURL {
+			if m, err := blocklist.ReadMeta(a.stateDir, bl.Name); err == nil && m.Where == bl.Where() && m.SHA256 != "" && now.Sub(m.Checked) < bl.Refresh {
+				rep.Outcome, rep.Networks = "skipped", m.Networks
+				rep.Message = fmt.Sprintf("checked %s ago; refresh %s", ago(now.Sub(m.Checked)), bl.Refresh)
+				continue
+			}
+		}
+		r, err := blocklist.Update(ctx, a.stateDir, bl, f, blocklist.Protect{Sessions: sessions}, now)
+		if err != nil {
+			rep.Outcome, rep.Message = "failed", err.Error()
+			failed++
+			continue
+		}
+		results = append(results, r)
+		add, del := blocklist.Diff(r.Old.Prefixes(), r.New.Prefixes())
+		rep.Networks, rep.Added, rep.Removed = len(r.New.V4)+len(r.New.V6), len(add), len(del)
+		rep.Outcome = "updated"
+		if r.NotModified {
+			rep.Outcome = "unchanged"
+		}
+		bl.Prefixes = r.New.Prefixes()
+	}
+
+	changed := false
+	for _, r := range results {
+		changed = changed || !r.NotModified
+	}
+	applied, inactive := "", false
+	if changed {
+		lists := map[string][]netip.Prefix{}
+		for _, r := range results {
+			lists[r.Name] = r.New.Prefixes()
+		}
+		start := time.Now()
+		err := a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
+			res, err := eng.Refresh(ctx, a.change(cmd), lists)
+			if err != nil {
+				return err
+			}
+			switch {
+			case res.Inactive:
+				inactive = true
+			case res.FailClosed != nil:
+				return errFailClosed
+			default:
+				applied = fmt.Sprintf("swapped into the kernel (%s) in %s", res.Applied.Backend, time.Since(start).Round(time.Millisecond))
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errFailClosed) {
+			// The kernel is as it was; so are the saved copies.
+			for _, r := range results {
+				if !r.NotModified {
+					report[r.Name].Outcome, report[r.Name].Message = "failed", "not loaded: "+err.Error()
+				}
+			}
+			a.printUpdate(order, report)
+			return fmt.Errorf("blocklist update: the new lists were not loaded, the old ones stay: %w", err)
+		}
+		if err != nil {
+			fmt.Fprintf(a.errOut, "moat: %v\n", err)
+		}
+	}
+	for _, r := range results {
+		if err := blocklist.SaveResult(a.stateDir, r); err != nil {
+			return err
+		}
+	}
+	a.printUpdate(order, report)
+	switch {
+	case applied != "":
+		if !a.json {
+			a.printf("Changes %s\n", applied)
+		}
+	case changed && inactive:
+		if !a.json {
+			a.printf("moat is not active: the new copies are used at the next 'moat enable'\n")
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d blocklists not updated (their last good copies stay in force)", failed, len(todo))
+	}
+	return nil
+}
+
+func (a *app) printUpdate(order []string, report map[string]*updateJSON) {
+	if a.json {
+		list := make([]*updateJSON, 0, len(order))
+		for _, n := range order {
+			list = append(list, report[n])
+		}
+		_ = a.printJSON(list)
+		return
+	}
+	for _, n := range order {
+		r := report[n]
+		switch r.Outcome {
+		case "updated":
+			a.printf("%s: %d networks (+%d -%d)\n", n, r.Networks, r.Added, r.Removed)
+		case "unchanged":
+			a.printf("%s: unchanged, %d networks\n", n, r.Networks)
+		case "skipped":
+			a.printf("%s: not due (%s)\n", n, r.Message)
+		default:
+			fmt.Fprintf(a.errOut, "moat: %s: %s\n", n, r.Message)
+		}
+	}
+}
+
+func (a *app) blocklistListCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "Show each blocklist: networks, source, last update and age",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := a.loadPolicy()
+			if err != nil {
+				return err
+			}
+			list := blocklistStatus(p, a.stateDir, time.Now())
+			if a.json {
+				return a.printJSON(list)
+			}
+			if len(list) == 0 {
+				a.printf("No blocklists in %s\n", a.config)
+				return nil
+			}
+			a.printBlocklists(list)
+			return nil
+		},
+	}
+}
+
+// installBlocklistTimer installs moat-blocklist.timer where systemd runs
+// the host, when the policy has url lists (and removes it when it has
+// none).
+func (a *app) installBlocklistTimer(ctx context.Context, p *policy.Policy) {
+	sd := safeapply.HostSystemd
+	if p == nil || !safeapply.InHostNamespace() || !sd.Running() {
+		return
+	}
+	hasURL := false
+	for _, bl := range p.Blocklists {
+		hasURL = hasURL || bl.Source == policy.BlocklistURL
+	}
+	if !hasURL {
+		if err := a.removeBlocklistTimer(ctx); err != nil {
+			fmt.Fprintf(a.errOut, "moat: warning: %v\n", err)
+		}
+		return
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(a.errOut, "moat: warning: blocklist timer: %v\n", err)
+		return
+	}
+	for _, u := range safeapply.BlocklistUnits {
+		if err := sd.Install(ctx, u, self); err != nil {
+			fmt.Fprintf(a.errOut, "moat: warning: the blocklist timer failed: %v\n", err)
+			return
+		}
+	}
+	a.printf("Blocklist updates scheduled (moat-blocklist.timer)\n")
+}
+
+func (a *app) removeBlocklistTimer(ctx context.Context) error {
+	sd := safeapply.HostSystemd
+	if !safeapply.InHostNamespace() || !sd.Running() {
+		return nil
+	}
+	var errs []error
+	for i := len(safeapply.BlocklistUnits) - 1; i >= 0; i-- {
+		errs = append(errs, sd.Uninstall(ctx, safeapply.BlocklistUnits[i]))
+	}
+	return errors.Join(errs...)
+}

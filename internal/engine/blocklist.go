@@ -1,0 +1,81 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/moat-fw/moat/internal/blocklist"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// sessionAddrs are the client addresses of the live SSH sessions.
+func (e *Engine) sessionAddrs() []netip.Addr {
+	if e.o.FindSSH == nil {
+		return nil
+	}
+	st, err := e.o.FindSSH()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, s := range st.Sessions {
+		out = append(out, s.Client.Addr().Unmap())
+	}
+	return out
+}
+
+// compile loads the blocklists' contents (with save, an apply: a good file
+// list becomes the saved copy), compiles, and puts the live sessions in
+// the port scan trap's protected sets.
+func (e *Engine) compile(p *policy.Policy, save bool) (*ruleset.Ruleset, error) {
+	sessions := e.sessionAddrs()
+	if err := blocklist.Fill(e.o.StateDir, p, blocklist.Protect{Sessions: sessions}, e.o.Now(), save, e.warn); err != nil {
+		return nil, err
+	}
+	rs := ruleset.Compile(p)
+	rs.Protect(sessions)
+	return rs, nil
+}
+
+// ErrNotApplied says that there is no record of an applied policy to
+// refresh.
+var ErrNotApplied = errors.New("moat has no record of the policy it applied: run 'moat reload' first")
+
+// Refresh applies the policy that is applied now once more, with new
+// contents for some blocklists (lists: name to networks; the others come
+// from their saved copies). The policy file is neither read nor written:
+// edits not applied yet stay so. The backends send only the difference.
+// Inactive: moat's rules are not loaded, nothing is applied.
+func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]netip.Prefix) (*Result, error) {
+	if err := e.mustHoldLock(); err != nil {
+		return nil, err
+	}
+	cur, err := e.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(cur.kernel) == 0 {
+		return &Result{Inactive: true}, nil
+	}
+	if cur.applied == nil {
+		return nil, ErrNotApplied
+	}
+	if cur.applied.FailClosed {
+		return &Result{FailClosed: cur.applied}, nil
+	}
+	doc := policy.NewDocument(cur.applied.Source, []byte(cur.applied.Policy))
+	p, err := doc.Policy(e.o.Services)
+	if err != nil {
+		return nil, fmt.Errorf("the applied policy no longer parses: %w", err)
+	}
+	for i := range p.Blocklists {
+		if ps, ok := lists[p.Blocklists[i].Name]; ok {
+			p.Blocklists[i].Prefixes = ps
+		}
+	}
+	ch.Confirm = 0
+	return e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, backend: cur.applied.Backend, save: saveIfEnabled, source: cur.applied.Source}, &Result{Policy: p})
+}

@@ -1,0 +1,122 @@
+package ruleset
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+func TestBlocklistCompile(t *testing.T) {
+	p := mustPolicy(t, `default deny incoming
+allowlist 198.51.100.64/26
+allow 22/tcp
+blocklist drop url https://lists.example/drop.txt
+blocklist local file /etc/moat/local.netset
+`)
+	p.Blocklists[0].Prefixes = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("2001:db8:bad::/48")}
+	p.Blocklists[1].Prefixes = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	rs := Compile(p)
+	drop4 := rs.Set("bl4_drop")
+	if drop4 == nil || drop4.Blocklist != "drop" || rs.Set("bl6_drop") == nil || rs.Set("bl4_local") == nil || rs.Set("bl6_local") == nil {
+		t.Fatalf("sets: %+v", rs.Sets)
+	}
+	// The allowlist wins over every list and loopback is never blocked.
+	want := []string{"198.51.100.0/26", "198.51.100.128/25"}
+	got := drop4.Prefixes()
+	if len(got) != len(want) || got[0].String() != want[0] || got[1].String() != want[1] {
+		t.Errorf("bl4_drop = %v, want %v", got, want)
+	}
+	// The drops come right after the ban checks, before conntrack.
+	in := rs.Chain(Input)
+	var ids []string
+	for _, r := range in.Rules[:8] {
+		ids = append(ids, r.Origin.ID)
+	}
+	wantIDs := []string{"builtin:loopback", "builtin:ndp", "builtin:ban", "builtin:ban", "blocklist:drop", "blocklist:drop", "blocklist:local", "blocklist:local"}
+	for i := range wantIDs {
+		if ids[i] != wantIDs[i] {
+			t.Fatalf("input chain starts %v, want %v", ids, wantIDs)
+		}
+	}
+	for _, tc := range []struct {
+		src     string
+		port    uint16
+		verdict Verdict
+		origin  string
+	}{
+		{"198.51.100.7", 22, Drop, "blocklist:drop"},
+		{"198.51.100.70", 22, Accept, "L3"}, // allowlisted
+		{"203.0.113.9", 22, Drop, "blocklist:local"},
+		{"2001:db8:bad::1", 22, Drop, "blocklist:drop"},
+		{"2001:db8::1", 22, Accept, "L3"},
+		{"192.0.2.1", 80, Drop, "default:input"},
+	} {
+		dst := "192.0.2.1"
+		if netip.MustParseAddr(tc.src).Is6() {
+			dst = "2001:db8::2"
+		}
+		d, err := rs.Evaluate(in2(tc.src, dst, tc.port))
+		if err != nil || d.Verdict != tc.verdict || d.Origin.ID != tc.origin {
+			t.Errorf("%s port %d: %+v %v, want %s by %s", tc.src, tc.port, d, err, tc.verdict, tc.origin)
+		}
+		if tc.origin == "blocklist:drop" && d.Origin.Text != "blocklist drop url https://lists.example/drop.txt" {
+			t.Errorf("explain names %q", d.Origin.Text)
+		}
+	}
+}
+
+func in2(src, dst string, port uint16) Packet {
+	return Packet{Hook: Input, InIface: "eth0", Proto: "tcp", Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SPort: 40000, DPort: port}
+}
+
+func TestPortscanCompile(t *testing.T) {
+	p := mustPolicy(t, `default deny incoming
+allowlist 198.51.100.0/24 2001:db8:1::/48
+allow 22/tcp
+guard portscan ports 10 within 60s bantime 1h
+`)
+	rs := Compile(p)
+	rs.Protect([]netip.Addr{netip.MustParseAddr("203.0.113.9"), netip.MustParseAddr("::ffff:192.0.2.77")})
+	in := rs.Chain(Input)
+	var traps []*ScanTrap
+	for i, r := range in.Rules {
+		if r.Trap != nil {
+			traps = append(traps, r.Trap)
+			if i < len(in.Rules)-2 {
+				t.Errorf("trap at %d of %d: it must come after every rule", i, len(in.Rules))
+			}
+		}
+	}
+	if len(traps) != 2 || traps[0].Rate != (policy.Rate{Count: 10, Seconds: 60, Burst: 9}) || traps[0].BanTime != time.Hour || traps[0].BanSet != BanSet4 || traps[1].BanSet != BanSet6 {
+		t.Fatalf("traps: %+v", traps)
+	}
+	p4 := rs.Set(ProtectSet4).Prefixes()
+	if len(p4) != 3 || rs.Set(ScanSet4).ScanWindow != time.Minute {
+		t.Errorf("protect4 %v", p4)
+	}
+	// The trap decides nothing: a packet to a closed port still gets the default.
+	d, _ := rs.Evaluate(in2("192.0.2.9", "192.0.2.1", 80))
+	if d.Origin.ID != "default:input" {
+		t.Errorf("got %+v", d)
+	}
+	// With 'default allow incoming' no port is unallowed: no trap.
+	rs = Compile(mustPolicy(t, "default allow incoming\nguard portscan\n"))
+	for _, r := range rs.Chain(Input).Rules {
+		if r.Trap != nil {
+			t.Errorf("trap with default allow")
+		}
+	}
+	// An allowlist of everything leaves no one to trap.
+	rs = Compile(mustPolicy(t, "allowlist 0.0.0.0/0\nguard portscan\n"))
+	n := 0
+	for _, r := range rs.Chain(Input).Rules {
+		if r.Trap != nil {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d traps, want only the IPv6 one", n)
+	}
+}
