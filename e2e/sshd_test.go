@@ -97,6 +97,10 @@ LoginGraceTime 20
 		e.t.Fatalf("start sshd: %v", err)
 	}
 	e.t.Cleanup(func() {
+		// sshd's per-connection children leave its process group
+		// (setsid): end them too, or one that outlives the test (a client
+		// banned mid-connection) writes the log into a removed directory.
+		killDescendants(cmd.Process.Pid)
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // gone already if it died
 		_ = cmd.Wait()
 	})
@@ -211,4 +215,42 @@ func (e *env) kernelState() string {
 	sort.Strings(lines)
 	b.WriteString(strings.Join(lines, "\n"))
 	return b.String()
+}
+
+// killDescendants kills every process below pid (found by parent PID in
+// /proc), deepest first.
+func killDescendants(pid int) {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	children := map[int][]int{}
+	for _, d := range dirs {
+		var p int
+		if _, err := fmt.Sscan(d.Name(), &p); err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// "PID (comm) STATE PPID ...": comm may hold spaces and parens.
+		i := strings.LastIndexByte(string(data), ')')
+		if i < 0 {
+			continue
+		}
+		var state string
+		var ppid int
+		if _, err := fmt.Sscan(string(data[i+1:]), &state, &ppid); err == nil {
+			children[ppid] = append(children[ppid], p)
+		}
+	}
+	var walk func(int)
+	walk = func(p int) {
+		for _, c := range children[p] {
+			walk(c)
+			_ = syscall.Kill(c, syscall.SIGKILL) // may have exited meanwhile
+		}
+	}
+	walk(pid)
 }
