@@ -110,15 +110,11 @@ host's own addresses (any interface's, loopback) are always refused.`,
 			if err != nil {
 				return err
 			}
-			// An address banned already gets the new length.
-			if live, err := b.Bans(cmd.Context()); err == nil {
-				have := map[netip.Addr]bool{}
-				for _, l := range live {
-					have[l.Addr] = true
-				}
-				for i := range bans {
-					bans[i].Replace = have[bans[i].Addr]
-				}
+			// An address banned already gets the new length: replace every
+			// element (add, delete, add: about 15 ms more), rather than list
+			// the ban sets first, which costs seconds with 100,000 bans.
+			for i := range bans {
+				bans[i].Replace = true
 			}
 			if err := b.Ban(cmd.Context(), bans); err != nil {
 				return err

@@ -332,6 +332,18 @@ func RecordUnbans(dir string, addrs []netip.Addr) error {
 	})
 }
 
+// ActiveBans counts the bans the history says are in force: what 'moat
+// status' shows. Listing the kernel's sets instead costs seconds with
+// 100,000 bans (the kernel walks a set from its start for every part of a
+// dump); the guard puts back any ban the kernel lost when it starts.
+func ActiveBans(dir string, now time.Time) (int, error) {
+	st, err := LoadState(dir)
+	if err != nil {
+		return 0, err
+	}
+	return activeBans(st.Bans, now), nil
+}
+
 // BanCounts reads how often each address was banned (empty if unknown).
 func BanCounts(dir string) map[netip.Addr]int {
 	out := map[netip.Addr]int{}

@@ -149,6 +149,14 @@ func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
 			}
 			continue
 		}
+		if b.Read != nil {
+			bans, err := b.Read.Bans(set)
+			if err != nil {
+				return nil, fmt.Errorf("%w ('moat enable' loads moat's table)", err)
+			}
+			out = append(out, bans...)
+			continue
+		}
 		data, err := b.Run(ctx, nil, "nft", "-j", "list", "set", "inet", TableName, set)
 		if err != nil {
 			return nil, fmt.Errorf("nftables: list bans: %s ('moat enable' loads moat's table)", firstLine(err.Error()))
