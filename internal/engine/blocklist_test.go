@@ -1,0 +1,99 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+func (r *rig) setPrefixes(f *Fake, name string) []netip.Prefix {
+	r.t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rs == nil {
+		r.t.Fatalf("%s holds nothing", f.Name())
+	}
+	s := f.rs.Set(name)
+	if s == nil {
+		r.t.Fatalf("%s has no set %s", f.Name(), name)
+	}
+	return s.Prefixes()
+}
+
+func (r *rig) refresh(lists map[string][]netip.Prefix) (*Result, error) {
+	var res *Result
+	err := r.do(func(ctx context.Context, e *Engine) error {
+		var err error
+		res, err = e.Refresh(ctx, r.ch(0), lists)
+		return err
+	})
+	return res, err
+}
+
+// Refresh loads new blocklist contents into what is applied: not the
+// file's unapplied edits; nothing when moat is inactive; the kernel and
+// the records unchanged when the backend refuses.
+func TestRefreshBlocklists(t *testing.T) {
+	r := newRig(t)
+	list := filepath.Join(t.TempDir(), "local.netset")
+	r.must(os.WriteFile(list, []byte("192.0.2.0/24\n"), 0o644))
+	applied := "default deny incoming\nallow 22/tcp\nblocklist local file " + list + "\nblocklist drop url https://lists.example/drop.txt\n"
+	r.write(applied)
+
+	res, err := r.refresh(nil)
+	if err != nil || !res.Inactive {
+		t.Fatalf("inactive: %+v %v", res, err)
+	}
+	if _, err := r.enable(r.ch(0)); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.setPrefixes(r.nft, "bl4_local"); !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}) {
+		t.Fatalf("bl4_local = %v", got)
+	}
+	if !slices.ContainsFunc(r.warnings, func(w string) bool { return strings.Contains(w, "blocklist drop: not fetched yet") }) {
+		t.Errorf("no warning for the list never fetched: %v", r.warnings)
+	}
+
+	r.write(applied + "allow 80/tcp\n") // an edit not applied
+	res, err = r.refresh(map[string][]netip.Prefix{"drop": {netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8:bad::/48")}})
+	if err != nil || res.Applied == nil {
+		t.Fatalf("refresh: %+v %v", res, err)
+	}
+	if got := r.setPrefixes(r.nft, "bl6_drop"); len(got) != 1 || got[0].String() != "2001:db8:bad::/48" {
+		t.Errorf("bl6_drop = %v", got)
+	}
+	if got := r.setPrefixes(r.nft, "bl4_local"); len(got) != 1 {
+		t.Errorf("the file list was lost: %v", got)
+	}
+	r.nft.mu.Lock()
+	for _, rule := range r.nft.rs.Chain(ruleset.Input).Rules {
+		if rule.Origin.ID == "L5" {
+			t.Errorf("the unapplied 'allow 80/tcp' was swept in")
+		}
+	}
+	r.nft.mu.Unlock()
+	if !strings.Contains(r.file(), "allow 80/tcp") {
+		t.Errorf("the file was rewritten")
+	}
+
+	before := r.nft.Loaded()
+	r.nft.Fail = func(op string) error {
+		if op == "apply" {
+			return errors.New("kernel says no")
+		}
+		return nil
+	}
+	if _, err := r.refresh(map[string][]netip.Prefix{"drop": {netip.MustParsePrefix("198.51.100.0/24")}}); err == nil || !strings.Contains(err.Error(), "kernel says no") {
+		t.Errorf("a refused apply: %v", err)
+	}
+	if r.nft.Loaded() != before {
+		t.Errorf("the kernel changed although the apply failed")
+	}
+}
