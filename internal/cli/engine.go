@@ -63,7 +63,9 @@ func (a *app) locked(cmd *cobra.Command, fn func(ctx context.Context, eng *engin
 		return err
 	}
 	defer unlock()
-	a.repairDrift(ctx)
+	if !noApply[cmd.Name()] {
+		a.repairDrift(ctx)
+	}
 	return fn(ctx, eng)
 }
 

@@ -13,6 +13,10 @@ import (
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
+// noApply are the locked commands that never load a ruleset with Apply
+// (a rollback restores a snapshot whole).
+var noApply = map[string]bool{"confirm": true, "rollback": true, "disable": true, "reset": true, "watchdog": true}
+
 // repairDrift makes the next apply rewrite moat's rules whole when they
 // are not what moat applied (changed by hand): a partial update trusts
 // moat's record of what is loaded, and would leave the hand-made change in

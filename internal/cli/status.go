@@ -79,6 +79,15 @@ func (a *app) statusCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "status [numbered|verbose]",
 		Short: "Show whether moat is active and its rules (verbose: with counters)",
+		Long: `Show whether moat is active and the rules the kernel applies, numbered as
+in the policy file. status compares the policy file, what moat applied and
+moat's table or chains in the kernel, and says what differs: changes in
+the file not applied ('moat reload'), the fail-closed ruleset loaded by
+'moat restore', moat's rules changed outside moat ('moat reload' repairs
+them), a change a killed moat left half done. Rules only in the file are
+marked "not applied". It also lists filtering outside moat (other nftables
+tables, iptables rules, ufw, firewalld, Docker) that can still drop what
+moat allows.`,
 		Example: `  moat status
   moat status numbered      # positions for 'moat delete N' and 'moat insert N'
   moat status verbose       # defaults, built-ins, packet and byte counters
@@ -301,7 +310,7 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 			fmt.Fprintf(tw, "  DISABLED %s\t(no route rule or routed default: moat leaves it to the kernel and other tools)\t\t\n", d)
 			continue
 		}
-		fmt.Fprintf(tw, "  %s %s\t(%s)\t%d packets\t%d bytes\n", strings.ToUpper(string(def.Policy)), d, where, def.Packets, def.Bytes)
+		fmt.Fprintf(tw, "  %s %s\t(%s)\t%s\t%s\n", strings.ToUpper(string(def.Policy)), d, where, count(int(def.Packets), "packet"), count(int(def.Bytes), "byte"))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -309,7 +318,7 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 	a.printf("\nBuilt-in rules (see 'moat show'):\n")
 	tw = tabwriter.NewWriter(a.out, 2, 8, 2, ' ', 0)
 	for _, b := range rep.Builtins {
-		fmt.Fprintf(tw, "  %s\t%s\t%d packets\t%d bytes\n", b.Chain, b.Text, b.Packets, b.Bytes)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", b.Chain, b.Text, count(int(b.Packets), "packet"), count(int(b.Bytes), "byte"))
 	}
 	return tw.Flush()
 }
