@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"strings"
 	"testing"
+	"time"
 )
 
 // benchLines are a realistic mix: failures of several kinds, noise that
@@ -60,6 +61,29 @@ func BenchmarkParseLine(b *testing.B) {
 		}
 		if matched == 0 {
 			b.Fatal("nothing matched")
+		}
+	})
+	// The guard's whole judgement: parse, then tie the line to its
+	// connection (the lines carry sshd PIDs, as in a syslog file).
+	b.Run("parse+judge", func(b *testing.B) {
+		j := NewJudge(nil)
+		t0 := time.Unix(1e9, 0)
+		counted := 0
+		for i := 0; i < b.N; i++ {
+			for k, l := range lines {
+				if ev, ok := ParseLine(l); ok {
+					counted += len(j.Judge(ev, t0.Add(time.Duration(i*len(lines)+k)*time.Millisecond)).Count)
+				}
+			}
+		}
+		per := float64(b.Elapsed().Nanoseconds()) / float64(b.N*len(lines))
+		b.ReportMetric(per, "ns/line")
+		b.ReportMetric(1e9/per, "lines/s")
+		if base > 0 {
+			b.ReportMetric(per/base, "x-baseline")
+		}
+		if counted == 0 {
+			b.Fatal("nothing counted")
 		}
 	})
 }
