@@ -309,3 +309,19 @@ func lineDiff(a, b string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// disable with a change waiting for confirmation stops its watchdog at
+// once (SIGTERM, after checking it is the watchdog), as confirm and
+// rollback do.
+func TestDisableStopsWatchdog(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	e.apply(engineBase)
+	e.mustMoat("--confirm", "60s", "--no-wait", "enable")
+	if !e.pending() {
+		t.Fatal("no pending change")
+	}
+	e.mustMoat("disable")
+	e.assertNoWatchdog()
+}

@@ -125,7 +125,13 @@ func (a *app) watchdogCommand() *cobra.Command {
 			// Detached already (own session); a hangup must not stop it.
 			signal.Ignore(syscall.SIGHUP, syscall.SIGINT)
 			a.log = a.log.With("watchdog", args[0])
-			return a.engine().Watch(context.Background(), args[0])
+			// SIGTERM (from confirm, rollback or disable, which checked it
+			// is this process) cancels the context: stop quietly.
+			err := a.engine().Watch(cmd.Context(), args[0])
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
 		},
 	}
 }
