@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -324,4 +325,78 @@ func TestDisableStopsWatchdog(t *testing.T) {
 	}
 	e.mustMoat("disable")
 	e.assertNoWatchdog()
+}
+
+// Issue 8: a corrupted snapshot does not mean "leave it": at the deadline
+// the rollback falls back to the policy applied before.
+func TestCorruptSnapshotStillRollsBack(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			e.apply(engineBase)
+			e.mustMoat("--confirm", "2s", "--no-wait", "allow", "443/tcp")
+			e.expect(false, "client tcp 192.0.2.1:443 open")
+			writeFile(t, filepath.Join(e.stateDir(), "pending.snapshot"), "not a snapshot at all")
+			start := time.Now()
+			for e.pending() {
+				if time.Since(start) > 8*time.Second {
+					t.Fatal("the change with a corrupted snapshot was never rolled back")
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:22 open")
+			if got := e.policyFile(); got != engineBase {
+				t.Errorf("policy file after the rollback:\n%s", got)
+			}
+			if log, _ := os.ReadFile(filepath.Join(e.stateDir(), "moat.log")); !strings.Contains(string(log), "snapshot") {
+				t.Errorf("the watchdog's log does not say the snapshot was unusable:\n%s", log)
+			}
+		})
+	}
+}
+
+// Issue 8: 'moat confirm' never signals a process just because
+// pending.json names its PID: the watchdog's start time and arguments
+// must match.
+func TestConfirmSignalsOnlyTheWatchdog(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	e.apply(engineBase)
+	e.mustMoat("--confirm", "60s", "--no-wait", "allow", "443/tcp")
+	victim := exec.Command("sleep", "30")
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = victim.Process.Kill(); _ = victim.Wait() })
+	path := filepath.Join(e.stateDir(), "pending.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p map[string]any
+	if err := json.Unmarshal(data, &p); err != nil {
+		t.Fatal(err)
+	}
+	wd := p["watchdog"].(map[string]any)
+	realPID := int(wd["pid"].(float64))
+	wd["pid"] = victim.Process.Pid
+	data, _ = json.Marshal(p)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.mustMoat("confirm")
+	time.Sleep(200 * time.Millisecond)
+	if err := victim.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("confirm signalled the process pending.json named: %v", err)
+	}
+	// The real watchdog stops by itself: its change is confirmed.
+	waitFor(t, 5*time.Second, "the watchdog to exit", func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d/cmdline", realPID))
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", realPID))
+		return err != nil || strings.Contains(string(st), ") Z ")
+	})
+	e.expect(false, "client tcp 192.0.2.1:443 open")
 }
