@@ -45,6 +45,11 @@ func Shadowed(p *policy.Policy) []Covered {
 		b := &p.Rules[i]
 		best := -1
 		try := func(j int) {
+			// Rules of one line (an application profile's protocols) are
+			// one rule to the admin: never one covering the other.
+			if b.Pos.Line > 0 && p.Rules[j].Pos.Line == b.Pos.Line {
+				return
+			}
 			if (best < 0 || j < best) && covers(&p.Rules[j], b) {
 				best = j
 			}
