@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/policy"
 )
 
 // appliedState is what moat last put in the kernel, as the engine records
@@ -28,4 +29,13 @@ func (a *app) loadApplied() appliedState {
 	}
 	return appliedState{Known: true, Backend: rec.Backend, Policy: rec.Policy, Time: rec.Time,
 		FailClosed: rec.FailClosed, FailReason: rec.FailReason}
+}
+
+// parseApplied compiles a recorded policy text as the engine did: with
+// the system's services and application profiles, its lines named after
+// the policy file.
+func (a *app) parseApplied(text string) (*policy.Policy, error) {
+	doc := policy.NewDocument(a.config, []byte(text))
+	doc.Apps = a.apps()
+	return doc.Policy(a.services())
 }

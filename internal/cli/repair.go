@@ -9,7 +9,6 @@ import (
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
-	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -44,7 +43,7 @@ func (a *app) repairDrift(ctx context.Context) {
 // driftReason says why moat's rules in the kernel cannot be trusted to be
 // what moat applied, or "".
 func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedState) string {
-	applied, err := policy.NewDocument(a.config, []byte(st.Policy)).Policy(a.services())
+	applied, err := a.parseApplied(st.Policy)
 	if err != nil {
 		return "the record of what moat applied is unreadable"
 	}

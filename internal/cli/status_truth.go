@@ -82,7 +82,7 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 	st := a.loadApplied()
 	var applied *policy.Policy
 	if st.Known {
-		applied, err = policy.NewDocument(a.config, []byte(st.Policy)).Policy(a.services())
+		applied, err = a.parseApplied(st.Policy)
 	}
 	if !st.Known || err != nil {
 		// Nothing recorded (an older moat applied it): when the kernel
