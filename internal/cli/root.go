@@ -182,7 +182,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.AddCommand(a.initCommand(), a.confirmCommand(), a.rollbackCommand(), a.restoreCommand(), a.watchdogCommand())
 	root.AddCommand(a.guardCommand(), a.banCommand(), a.unbanCommand(), a.bansCommand())
 	root.AddCommand(a.blocklistCommand())
-	root.AddCommand(a.versionCommand(), a.appCommand(), a.importCommand())
+	root.AddCommand(a.versionCommand(), a.appCommand(), a.importCommand(), a.loggingCommand(), a.logCommand())
 	a.addCompletions(root)
 	return root
 }

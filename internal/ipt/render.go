@@ -157,7 +157,7 @@ func ruleLines(r *ruleset.Rule, fam policy.Family, names Names) []string {
 		return trapLines(r, fam, names, comment)
 	}
 	for _, m := range matchVariants(r.Match, fam, names) {
-		if r.Log != "" {
+		if r.Log != "" && r.Verdict != ruleset.Log {
 			out = append(out, join(m, comment, "-j LOG --log-prefix "+quote(r.Log)))
 		}
 		if r.Limit != nil {
@@ -170,6 +170,12 @@ func ruleLines(r *ruleset.Rule, fam policy.Family, names Names) []string {
 			continue
 		}
 		switch r.Verdict {
+		case ruleset.Log:
+			limit := ""
+			if r.LogLimited {
+				limit = "-m limit --limit 3/min --limit-burst 10"
+			}
+			out = append(out, join(m, limit, comment, "-j LOG --log-prefix "+quote(r.Log)))
 		case ruleset.Accept:
 			out = append(out, join(m, comment, acceptTarget))
 		case ruleset.Drop:

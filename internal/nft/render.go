@@ -81,6 +81,10 @@ func RuleTexts(r *ruleset.Rule) []string {
 		}
 		return append(out, join(matchExprs(r.Match), "counter", logExpr(r.Log), "accept"))
 	}
+	if r.Verdict == ruleset.Log {
+		// Log and go on to the next rule (no verdict).
+		return []string{join(matchExprs(r.Match), logLimit(r), "counter", logExpr(r.Log))}
+	}
 	if r.Verdict == ruleset.Reject {
 		var out []string
 		for _, v := range rejectVerdicts(r.Match) {
@@ -104,6 +108,14 @@ func rejectVerdicts(m ruleset.Match) []rejectVerdict {
 	default:
 		return []rejectVerdict{{"meta l4proto tcp", "reject with tcp reset"}, {"", "reject"}}
 	}
+}
+
+// logLimit is ufw's rate limit for log rules: 3 a minute, bursts of 10.
+func logLimit(r *ruleset.Rule) string {
+	if !r.LogLimited {
+		return ""
+	}
+	return "limit rate 3/minute burst 10 packets"
 }
 
 func logExpr(prefix string) string {

@@ -266,6 +266,8 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 			if err := addBlocklist(p, st.Blocklist); err != nil {
 				errs = append(errs, err)
 			}
+		case StmtLogging:
+			p.Logging = st.Logging
 		case StmtPortscan:
 			p.Portscan = st.Portscan
 		}

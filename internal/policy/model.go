@@ -195,6 +195,8 @@ type Policy struct {
 	// Blocklists in the order written; Portscan is the scan trap.
 	Blocklists []Blocklist
 	Portscan   Portscan
+	// Logging is the level of kernel logging ('logging LEVEL', as ufw).
+	Logging LogLevel
 	// Source is the file the policy was read from.
 	Source string
 }

@@ -22,6 +22,7 @@ const (
 	StmtAllowlist
 	StmtBlocklist
 	StmtPortscan
+	StmtLogging
 )
 
 // Statement is one parsed line of policy.
@@ -36,6 +37,7 @@ type Statement struct {
 	Allowlist     []netip.Prefix // StmtAllowlist
 	Blocklist     Blocklist      // StmtBlocklist
 	Portscan      Portscan       // StmtPortscan
+	Logging       LogLevel       // StmtLogging
 	// More are further rules of a StmtRule whose application profile has
 	// ports of several protocols (137,138/udp|139,445/tcp).
 	More []Rule
@@ -175,13 +177,15 @@ func ParseStatementApps(toks []Token, pos Pos, svc Services, apps Apps) (Stateme
 		return p.parseAllowlist()
 	case "blocklist":
 		return p.parseBlocklist()
+	case "logging":
+		return p.parseLogging()
 	case "allow", "deny", "reject", "limit", "route":
 		r, err := p.parseRule()
 		if err != nil {
 			return Statement{}, err
 		}
 		return Statement{Kind: StmtRule, Rule: r, More: p.more}, nil
-	case "enable", "disable", "reset", "status", "show", "delete", "insert", "prepend", "reload", "logging":
+	case "enable", "disable", "reset", "status", "show", "delete", "insert", "prepend", "reload":
 		return Statement{}, p.errAt(first, "'%s' is a command, not a policy statement: expected allow, deny, reject, limit, route, default, backend, guard, allowlist or blocklist", first.Text)
 	default:
 		return Statement{}, p.errAt(first, "unknown statement '%s': expected allow, deny, reject, limit, route, default, backend, guard, allowlist or blocklist", first.Text)

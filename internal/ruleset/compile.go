@@ -109,6 +109,7 @@ func Compile(p *policy.Policy) *Ruleset {
 		if h == Input {
 			c.Rules = append(c.Rules, compileTrap(rs, p, def)...)
 		}
+		addLogging(c, p.Logging)
 		rs.Chains = append(rs.Chains, c)
 	}
 	return rs

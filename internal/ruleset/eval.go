@@ -66,6 +66,9 @@ func (rs *Ruleset) Evaluate(p Packet) (Decision, error) {
 		if r.Trap != nil {
 			continue // counts ports, decides nothing
 		}
+		if r.Verdict == Log {
+			continue // logs and goes on
+		}
 		origin, ok := rs.matches(&r.Match, p)
 		if !ok {
 			continue

@@ -30,6 +30,9 @@ const (
 	Accept Verdict = "accept"
 	Drop   Verdict = "drop"
 	Reject Verdict = "reject" // tcp reset for TCP, ICMP port unreachable otherwise
+	// Log logs the packet (with Rule.Log as prefix) and goes on to the
+	// next rule: the logging levels' rules.
+	Log Verdict = "log"
 )
 
 // Origin says where a kernel rule comes from: a line of the policy, a
@@ -79,7 +82,10 @@ type Rule struct {
 	// over the rate are rejected, the others get Verdict.
 	Limit *policy.Rate
 	// Log is a log prefix; empty means no logging.
-	Log     string
+	Log string
+	// LogLimited rate-limits a Log rule as ufw does (3 a minute, bursts
+	// of 10).
+	LogLimited bool
 	Origin  Origin
 	Comment string // the admin's comment, shown beside the rule
 	// Trap makes the rule the port scan trap: it gives no verdict (the
