@@ -23,13 +23,13 @@ func logRules(rs *Ruleset) string {
 
 func TestLoggingLevels(t *testing.T) {
 	cases := map[string]string{
-		"":                "",
-		"logging off":     "",
-		"logging low":     "input [MOAT BLOCK][] limited",
-		"logging on":      "input [MOAT BLOCK][] limited",
-		"logging medium":  "input [MOAT INVALID][invalid] limited; input [MOAT BLOCK][] limited; output [MOAT ALLOW][new] limited",
-		"logging high":    "input [MOAT AUDIT][] limited; input [MOAT INVALID][invalid] unlimited; input [MOAT BLOCK][] unlimited; output [MOAT AUDIT][] limited; output [MOAT ALLOW][new] unlimited",
-		"logging full":    "input [MOAT AUDIT][] unlimited; input [MOAT INVALID][invalid] unlimited; input [MOAT BLOCK][] unlimited; output [MOAT AUDIT][] unlimited; output [MOAT ALLOW][new] unlimited",
+		"":               "",
+		"logging off":    "",
+		"logging low":    "input [MOAT BLOCK][] limited",
+		"logging on":     "input [MOAT BLOCK][] limited",
+		"logging medium": "input [MOAT INVALID][invalid] limited; input [MOAT BLOCK][] limited; output [MOAT ALLOW][new] limited",
+		"logging high":   "input [MOAT AUDIT][] limited; input [MOAT INVALID][invalid] unlimited; input [MOAT BLOCK][] unlimited; output [MOAT AUDIT][] limited; output [MOAT ALLOW][new] unlimited",
+		"logging full":   "input [MOAT AUDIT][] unlimited; input [MOAT INVALID][invalid] unlimited; input [MOAT BLOCK][] unlimited; output [MOAT AUDIT][] unlimited; output [MOAT ALLOW][new] unlimited",
 		"logging low\ndefault deny outgoing\nroute allow 80/tcp\ndefault deny routed": "input [MOAT BLOCK][] limited; output [MOAT BLOCK][] limited; forward [MOAT BLOCK][] limited",
 	}
 	for text, want := range cases {

@@ -86,8 +86,8 @@ type Rule struct {
 	// LogLimited rate-limits a Log rule as ufw does (3 a minute, bursts
 	// of 10).
 	LogLimited bool
-	Origin  Origin
-	Comment string // the admin's comment, shown beside the rule
+	Origin     Origin
+	Comment    string // the admin's comment, shown beside the rule
 	// Trap makes the rule the port scan trap: it gives no verdict (the
 	// packet goes on to the next rule) but counts, in the kernel, the
 	// distinct ports a source tries, and bans it when there are too many.
