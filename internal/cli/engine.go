@@ -69,6 +69,19 @@ func (a *app) locked(cmd *cobra.Command, fn func(ctx context.Context, eng *engin
 	return fn(ctx, eng)
 }
 
+// lockedToRemove is locked for disable and reset: no repair first, so a
+// broken state never stands in the way of removing moat.
+func (a *app) lockedToRemove(cmd *cobra.Command, fn func(ctx context.Context, eng *engine.Engine) error) error {
+	ctx := cmd.Context()
+	eng := a.engine()
+	unlock, err := eng.LockToRemove(ctx, a.commandLine(cmd))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return fn(ctx, eng)
+}
+
 // commandLine is the command as the admin typed it, for the lock's
 // "waiting for" message and the journal.
 func (a *app) commandLine(cmd *cobra.Command) string {

@@ -358,7 +358,7 @@ func (a *app) disableCommand() *cobra.Command {
 				a.printf("would remove moat's rules (dry run: nothing changed)\n")
 				return nil
 			}
-			return a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
+			return a.lockedToRemove(cmd, func(ctx context.Context, eng *engine.Engine) error {
 				if err := errors.Join(eng.Disable(ctx), a.removeBootHook(ctx)); err != nil {
 					return err
 				}
@@ -393,7 +393,7 @@ answers yes (needed when there is no terminal).`,
 					return nil
 				}
 			}
-			return a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
+			return a.lockedToRemove(cmd, func(ctx context.Context, eng *engine.Engine) error {
 				backup, err := eng.Reset(ctx, a.config)
 				if backup != "" {
 					a.printf("Backed up %s to %s\n", a.config, backup)

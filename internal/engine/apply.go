@@ -86,7 +86,10 @@ type current struct {
 func (e *Engine) current(ctx context.Context) (*current, error) {
 	a, err := LoadApplied(e.o.StateDir)
 	if err != nil {
-		return nil, err
+		// Unreadable: what is applied is unknown. Say so; the apply that
+		// follows writes a good record.
+		e.warn(fmt.Sprintf("%v: what moat applied is unknown; this change replaces the record", err))
+		a = nil
 	}
 	k, err := e.kernel(ctx)
 	if err != nil {
@@ -342,8 +345,10 @@ func (e *Engine) Disable(ctx context.Context) error {
 	}
 	dir := e.o.StateDir
 	var errs []error
-	if p, err := LoadPending(dir); err == nil {
-		errs = append(errs, clearPending(dir))
+	p, err := LoadPending(dir)
+	// Cleared even when unreadable: nothing is left to roll back to.
+	errs = append(errs, clearPending(dir))
+	if err == nil {
 		p.Watchdog.Stop()
 	}
 	for _, b := range e.o.Backends {
@@ -354,7 +359,7 @@ func (e *Engine) Disable(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("remove moat's %s rules: %w", b.Name(), err))
 		}
 	}
-	errs = append(errs, safeapply.Forget(dir), removeState(dir, AppliedFile))
+	errs = append(errs, safeapply.Forget(dir), removeState(dir, AppliedFile), removeState(dir, IntentFile))
 	return errors.Join(errs...)
 }
 

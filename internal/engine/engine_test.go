@@ -529,3 +529,37 @@ func TestLockSaysWhoHoldsIt(t *testing.T) {
 	r.must(err)
 	unlock2()
 }
+
+// Corrupted state files never leave the admin stuck: every state change
+// either works or fails naming the file, and disable always gets back to
+// a clean state from which enable works.
+func TestCorruptStateFiles(t *testing.T) {
+	for _, name := range []string{AppliedFile, pendingFile, snapshotFile, policyFile, IntentFile, savedFile, outcomeFile} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
+			r.must(err)
+			r.must(os.WriteFile(filepath.Join(r.dir, name), []byte("\x00{garbage"), 0o600))
+			_, err = r.add(r.ch(0), "allow 80/tcp")
+			if err != nil && !strings.Contains(err.Error(), r.dir) && !strings.Contains(err.Error(), "waiting for confirmation") {
+				t.Errorf("an error that does not name the state: %v", err)
+			}
+			unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
+			r.must(err)
+			r.must(r.eng.Disable(context.Background()))
+			unlock()
+			r.kernelIs("nftables", "")
+			for _, f := range []string{AppliedFile, pendingFile, IntentFile, savedFile} {
+				if _, err := os.Stat(filepath.Join(r.dir, f)); err == nil {
+					t.Errorf("%s left after disable", f)
+				}
+			}
+			_, err = r.enable(r.ch(0))
+			r.must(err)
+			r.kernelIs("nftables", r.file())
+		})
+	}
+}

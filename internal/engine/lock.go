@@ -23,6 +23,18 @@ import (
 // After taking the lock, Lock finishes or undoes whatever an interrupted
 // command left behind (Repair).
 func (e *Engine) Lock(ctx context.Context, command string) (unlock func(), err error) {
+	return e.lock(ctx, command, true)
+}
+
+// LockToRemove takes the lock without repairing anything first: for
+// disable and reset, which remove moat's rules and state whatever they
+// are, so a state that cannot be repaired never locks the admin out of
+// the way back.
+func (e *Engine) LockToRemove(ctx context.Context, command string) (unlock func(), err error) {
+	return e.lock(ctx, command, false)
+}
+
+func (e *Engine) lock(ctx context.Context, command string, repair bool) (unlock func(), err error) {
 	if e.lockf != nil {
 		return nil, errors.New("moat's state lock is already held by this command")
 	}
@@ -56,9 +68,12 @@ func (e *Engine) Lock(ctx context.Context, command string) (unlock func(), err e
 		_ = f.Close()
 		e.lockf = nil
 	}
+	if !repair {
+		return unlock, nil
+	}
 	if err := e.repair(ctx); err != nil {
 		unlock()
-		return nil, err
+		return nil, fmt.Errorf("%w\n('moat disable' removes moat's rules and state whatever they are)", err)
 	}
 	return unlock, nil
 }
