@@ -285,3 +285,51 @@ func (e *env) rawBanner(src, dst netip.Addr, banner string) {
 		}
 	}
 }
+
+// Issue 12, the port scan trap: a scan whose packets carry the server's
+// own address as their source (spoofed: IPv6 reaches the input chain, and
+// the trap banned the server's own address before it checked the source
+// type; IPv4 is tried too, with local sources accepted) bans nothing of
+// the server, while the same scan from a client's address is banned.
+// Both backends.
+func TestPortscanNeverBansServer(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			// A second address of the server for the scans to aim at (the
+			// first is their spoofed source), and IPv4 local sources let in.
+			e.run("server", "ip", "addr", "add", "192.0.2.5/24", "dev", "eth0")
+			e.run("server", "ip", "addr", "add", "2001:db8::5/64", "dev", "eth0", "nodad")
+			for _, k := range []string{"net/ipv4/conf/all/accept_local", "net/ipv4/conf/eth0/accept_local"} {
+				if err := e.topo.Server.Sysctl(k, "1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, k := range []string{"net/ipv4/conf/all/rp_filter", "net/ipv4/conf/eth0/rp_filter"} {
+				if err := e.topo.Server.Sysctl(k, "0"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.apply("default deny incoming\nallow 80/tcp\nguard portscan ports 10 within 60s bantime 1m\n")
+			target4, target6 := netip.MustParseAddr("192.0.2.5"), netip.MustParseAddr("2001:db8::5")
+			e.nmapScan(lab.ServerV4, target4)
+			e.nmapScan(lab.ServerV6, target6)
+			e.nmapScan(lab.ClientAlt[0], target4) // the control: a client's scan is trapped
+			e.nmapScan(lab.ClientAlt[2], target6)
+			waitFor(t, 3*time.Second, "the clients' scans were not banned", func() bool {
+				bans := e.bans()
+				_, a := bans[lab.ClientAlt[0].String()]
+				_, b := bans[lab.ClientAlt[2].String()]
+				return a && b
+			})
+			for _, a := range []netip.Addr{lab.ServerV4, lab.ServerV6, target4, target6} {
+				if _, ok := e.bans()[a.String()]; ok {
+					t.Errorf("the trap banned the server's own %s: %v", a, e.bans())
+				}
+			}
+			e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
+		})
+	}
+}

@@ -24,7 +24,9 @@ func trapLines(r *ruleset.Rule, fam policy.Family, names Names, comment string) 
 	scan := names.of(t.PortSet)
 	var out []string
 	for _, proto := range []string{"tcp", "udp"} {
-		m := fmt.Sprintf("-p %s -m conntrack --ctstate NEW -m set ! --match-set %s src -m set ! --match-set %s src,dst",
+		// addrtype: the host's own addresses (any interface's, loopback)
+		// are never trapped, looked up when the packet comes.
+		m := fmt.Sprintf("-p %s -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set %s src -m set ! --match-set %s src,dst",
 			proto, names.of(t.ProtectSet), scan)
 		out = append(out,
 			join(m, fmt.Sprintf("-m hashlimit --hashlimit-above %d/%s --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name moat_scan%s --hashlimit-htable-expire %d",

@@ -28,10 +28,10 @@ func TestTrapAndBlocklistRender(t *testing.T) {
 	protect := names["protect4"]
 	for _, want := range []string{
 		"-A MOAT-INPUT -m set --match-set " + names["bl4_drop"] + ` src -m comment --comment "blocklist:drop" -j DROP`,
-		"-A MOAT-INPUT -p tcp -m conntrack --ctstate NEW -m set ! --match-set " + protect + " src -m set ! --match-set moat-scan4-60 src,dst " +
+		"-A MOAT-INPUT -p tcp -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set " + protect + " src -m set ! --match-set moat-scan4-60 src,dst " +
 			"-m hashlimit --hashlimit-above 9/min --hashlimit-burst 9 --hashlimit-mode srcip --hashlimit-name moat_scan4 --hashlimit-htable-expire 120000 " +
 			`-m comment --comment "portscan" -j SET --add-set moat-ban4 src --timeout 3600 --exist`,
-		"-A MOAT-INPUT -p udp -m conntrack --ctstate NEW -m set ! --match-set " + protect + ` src -m set ! --match-set moat-scan4-60 src,dst -m comment --comment "portscan" -j SET --add-set moat-scan4-60 src,dst --exist`,
+		"-A MOAT-INPUT -p udp -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set " + protect + ` src -m set ! --match-set moat-scan4-60 src,dst -m comment --comment "portscan" -j SET --add-set moat-scan4-60 src,dst --exist`,
 	} {
 		if !strings.Contains(v4, want) {
 			t.Errorf("IPv4 rules lack %q:\n%s", want, v4)

@@ -28,7 +28,9 @@ func trapText(r *ruleset.Rule) string {
 		ip = "ip6"
 	}
 	n, unit := ruleset.RateUnit(t.Rate)
-	return fmt.Sprintf("ct state new meta l4proto { tcp, udp } %[1]s saddr != @%[2]s "+
+	// fib saddr type != local: the host's own addresses (any interface's,
+	// loopback) are never trapped, looked up when the packet comes.
+	return fmt.Sprintf("ct state new meta l4proto { tcp, udp } fib saddr type != local %[1]s saddr != @%[2]s "+
 		"%[1]s saddr . meta l4proto . th dport != @%[3]s add @%[3]s { %[1]s saddr . meta l4proto . th dport } "+
 		"update @%[4]s { %[1]s saddr limit rate over %[5]d/%[6]s burst %[7]d packets } "+
 		"add @%[8]s { %[1]s saddr timeout %[9]ds } counter",
