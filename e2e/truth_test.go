@@ -204,3 +204,44 @@ func TestStatusWithoutRecordAndInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// An address added by hand to one of moat's policy sets is a change
+// outside moat too: status names the set and the address, and reload
+// takes it out again (the set is filled anew, not trusted by its name).
+func TestHandAddedSetElement(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			e.apply("default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.4\n")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout")
+			if b == "nftables" {
+				set := regexp.MustCompile(`ip saddr @(\S+) [^\n]*comment "set:`).FindStringSubmatch(e.run("server", "nft", "list", "chain", "inet", "moat", "input"))
+				if set == nil {
+					t.Fatal("no set rule in moat's table")
+				}
+				e.run("server", "nft", "add", "element", "inet", "moat", set[1], "{ 192.0.2.2 }")
+			} else {
+				set := regexp.MustCompile(`--match-set (moat-[0-9a-f]+) src`).FindStringSubmatch(e.run("server", "iptables-save", "-t", "filter"))
+				if set == nil {
+					t.Fatal("no set rule in moat's chains")
+				}
+				e.run("server", "ipset", "add", set[1], "192.0.2.2")
+			}
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout")
+			out := e.mustMoat("status")
+			if !strings.Contains(out, "holds other addresses than moat loaded: +192.0.2.2/32") || !strings.Contains(out, "changed outside moat") {
+				t.Errorf("status after an address was added by hand:\n%s", out)
+			}
+			if out := e.mustMoat("reload"); !strings.Contains(out, "rewrites moat's rules whole") {
+				t.Errorf("reload does not say it repairs:\n%s", out)
+			}
+			if st := e.truth(); !st.InSync {
+				t.Errorf("status after reload: %+v", st)
+			}
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+				"client/192.0.2.4 tcp 192.0.2.1:80 timeout")
+		})
+	}
+}

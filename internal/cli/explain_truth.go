@@ -87,10 +87,8 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 		}
 	}
 	src.foreign, src.foreignErr = a.foreignFilters(ctx)
-	if kernel, err := drift.Read(ctx, b.Name(), execrun.Exec); err == nil {
-		if diff := drift.Compare(drift.ParseScript(b.Name(), want), kernel); len(diff) > 0 {
-			src.notes = append(src.notes, fmt.Sprintf("moat's rules in the kernel were changed outside moat (%s): the kernel may decide otherwise ('moat reload' repairs it)", diff[0]))
-		}
+	if diff, _, err := drift.Against(ctx, b.Name(), want, execrun.Exec); err == nil && len(diff) > 0 {
+		src.notes = append(src.notes, fmt.Sprintf("moat's rules in the kernel were changed outside moat (%s): the kernel may decide otherwise ('moat reload' repairs it)", diff[0]))
 	}
 	return src, nil
 }

@@ -51,11 +51,7 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 	if err != nil {
 		return "" // the apply itself will say what is wrong
 	}
-	kernel, err := drift.Read(ctx, b.Name(), execrun.Exec)
-	if err != nil {
-		return ""
-	}
-	if diff := drift.Compare(drift.ParseScript(b.Name(), want), kernel); len(diff) > 0 {
+	if diff, _, err := drift.Against(ctx, b.Name(), want, execrun.Exec); err == nil && len(diff) > 0 {
 		return "moat's rules were changed outside moat (" + diff[0] + ")"
 	}
 	return ""

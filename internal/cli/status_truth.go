@@ -75,12 +75,9 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 	if fileErr != nil {
 		rep.FileNotApplied, rep.FileError = true, fileErr.Error()
 	}
-	kernel, err := drift.Read(ctx, b.Name(), execrun.Exec)
-	if err != nil {
-		return nil, err
-	}
 	st := a.loadApplied()
 	var applied *policy.Policy
+	var err error
 	if st.Known {
 		applied, err = a.parseApplied(st.Policy)
 	}
@@ -88,7 +85,15 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 		// Nothing recorded (an older moat applied it): when the kernel
 		// holds exactly the file's rules, the file is what is applied.
 		if file != nil {
-			if script, err := b.Script(ruleset.Compile(file)); err == nil && len(drift.Compare(drift.ParseScript(b.Name(), script), kernel)) == 0 {
+			script, err := b.Script(ruleset.Compile(file))
+			if err != nil {
+				return nil, err
+			}
+			diff, _, err := drift.Against(ctx, b.Name(), script, execrun.Exec)
+			if err != nil {
+				return nil, err
+			}
+			if len(diff) == 0 {
 				return file, nil
 			}
 		}
@@ -110,9 +115,9 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 		otherBackend := a.backend == "" && file.Backend != policy.BackendAuto && file.Backend != "" && string(file.Backend) != b.Name()
 		rep.FileNotApplied = got != want || otherBackend
 	}
-	wantLayout := drift.ParseScript(b.Name(), want)
-	rep.KernelChanged = drift.Compare(wantLayout, kernel)
-	rep.missing = drift.Missing(wantLayout, kernel)
+	if rep.KernelChanged, rep.missing, err = drift.Against(ctx, b.Name(), want, execrun.Exec); err != nil {
+		return nil, err
+	}
 	if sd, ok := b.(backend.SplitDetector); ok {
 		if msg, err := sd.Split(ctx); err == nil && msg != "" {
 			rep.KernelChanged = append(rep.KernelChanged, msg)

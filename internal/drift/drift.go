@@ -48,9 +48,23 @@ type Layout struct {
 	Chains map[string]*Chain
 	// Jumps present into moat's chains: "ip INPUT" (iptables only).
 	Jumps map[string]bool
+	// Sets are the addresses of moat's policy sets (not bans, not
+	// rate-limit state), by set name as the kernel knows it.
+	Sets map[string]*addrs
 }
 
-func newLayout() *Layout { return &Layout{Chains: map[string]*Chain{}, Jumps: map[string]bool{}} }
+func newLayout() *Layout {
+	return &Layout{Chains: map[string]*Chain{}, Jumps: map[string]bool{}, Sets: map[string]*addrs{}}
+}
+
+func (l *Layout) set(name string) *addrs {
+	s, ok := l.Sets[name]
+	if !ok {
+		s = &addrs{}
+		l.Sets[name] = s
+	}
+	return s
+}
 
 func (l *Layout) chain(name string) *Chain {
 	c, ok := l.Chains[name]
@@ -75,6 +89,20 @@ func ParseNftScript(script string) *Layout {
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
+		case strings.HasPrefix(line, "add set inet moat "):
+			name, spec, _ := strings.Cut(strings.TrimPrefix(line, "add set inet moat "), " ")
+			if policySetSpec(spec) {
+				s := l.set(name)
+				if _, elems, ok := strings.Cut(spec, "elements = {"); ok {
+					elems, _, _ = strings.Cut(elems, "}")
+					s.addText(elems)
+				}
+			}
+		case strings.HasPrefix(line, "add element inet moat "):
+			name, spec, _ := strings.Cut(strings.TrimPrefix(line, "add element inet moat "), " ")
+			if s, ok := l.Sets[name]; ok {
+				s.addText(strings.Trim(spec, "{} "))
+			}
 		case strings.HasPrefix(line, "add chain inet moat "):
 			name, spec, _ := strings.Cut(strings.TrimPrefix(line, "add chain inet moat "), " ")
 			l.chain(name).Head = nftHead(spec)
@@ -131,6 +159,22 @@ func ParseNftJSON(data []byte) (*Layout, error) {
 	}
 	l := newLayout()
 	for _, obj := range doc.Nftables {
+		if raw, ok := obj["set"]; ok {
+			var s struct {
+				Name  string            `json:"name"`
+				Flags []string          `json:"flags"`
+				Elem  []json.RawMessage `json:"elem"`
+			}
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return nil, fmt.Errorf("read nft set: %w", err)
+			}
+			if slices.Contains(s.Flags, "interval") && !slices.Contains(s.Flags, "timeout") && !slices.Contains(s.Flags, "dynamic") {
+				set := l.set(s.Name)
+				for _, e := range s.Elem {
+					set.addJSON(e)
+				}
+			}
+		}
 		if raw, ok := obj["chain"]; ok {
 			var c struct {
 				Name, Hook, Policy string
@@ -173,6 +217,7 @@ func ParseNftJSON(data []byte) (*Layout, error) {
 // backend renders ('moat show').
 func ParseIptScript(script string) *Layout {
 	l := newLayout()
+	tmpNames := map[string]*addrs{}
 	fam := ""
 	sc := bufio.NewScanner(strings.NewReader(script))
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
@@ -183,13 +228,52 @@ func ParseIptScript(script string) *Layout {
 			fam = "ip"
 		case strings.HasPrefix(line, "# ip6tables-restore"):
 			fam = "ip6"
+		case strings.HasPrefix(line, "# ipset restore"):
+			fam = "ipset"
 		case strings.HasPrefix(line, "# "):
 			fam = ""
+		case fam == "ipset":
+			ipsetLine(l, line, tmpNames)
 		case fam != "":
 			iptLine(l, fam, line)
 		}
 	}
 	return l
+}
+
+// ipsetLine reads the ipset restore input of a policy set: filled under a
+// temporary name, then renamed or swapped to its own.
+func ipsetLine(l *Layout, line string, tmp map[string]*addrs) {
+	f := strings.Fields(line)
+	switch {
+	case len(f) == 3 && f[0] == "add":
+		s, ok := tmp[f[1]]
+		if !ok {
+			s = &addrs{}
+			tmp[f[1]] = s
+		}
+		s.addText(f[2])
+	case len(f) == 3 && (f[0] == "rename" || f[0] == "swap"):
+		if s, ok := tmp[f[1]]; ok {
+			l.Sets[f[2]] = s
+		}
+	}
+}
+
+// ParseIpsetList reads `ipset list NAME` into l.Sets[name].
+func ParseIpsetList(l *Layout, name string, data []byte) {
+	s := l.set(name)
+	members := false
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "Members:") {
+			members = true
+			continue
+		}
+		if members && strings.TrimSpace(line) != "" {
+			word, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+			s.addText(word)
+		}
+	}
 }
 
 // ParseIptSave reads the layout of `iptables-save -t filter` (v4) and
@@ -273,6 +357,21 @@ func Compare(want, got *Layout) []string {
 			out = append(out, fmt.Sprintf("chain %s: %s, moat loaded %s", n, orNone(g.Head), orNone(w.Head)))
 		}
 		out = append(out, compareRules(n, w.Rules, g.Rules)...)
+	}
+	var setNames []string
+	for n := range want.Sets {
+		setNames = append(setNames, n)
+	}
+	slices.Sort(setNames)
+	for _, n := range setNames {
+		g, ok := got.Sets[n]
+		if !ok {
+			out = append(out, fmt.Sprintf("set %s is missing", n))
+			continue
+		}
+		if d := want.Sets[n].diff(g); d != "" {
+			out = append(out, fmt.Sprintf("set %s holds other addresses than moat loaded: %s", n, d))
+		}
 	}
 	var jumps []string
 	for j := range want.Jumps {

@@ -1,6 +1,8 @@
 package drift
 
 import (
+	"context"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -22,7 +24,10 @@ func TestScriptMatchesKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	iptKernel := ParseIptSave([]byte(read(t, "iptables.save4")), []byte(read(t, "iptables.save6")))
+	iptKernel, err := Read(context.Background(), "iptables", fakeKernel(t, nil), ParseScript("iptables", read(t, "iptables.script")))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name         string
 		script, kern *Layout
@@ -42,6 +47,86 @@ func TestScriptMatchesKernel(t *testing.T) {
 	}
 	if h := nftKernel.Chains["input"].Head; h != "hook input priority 0 policy drop" {
 		t.Errorf("nft input chain head %q", h)
+	}
+	if len(nftKernel.Sets) != 2 || len(iptKernel.Sets) != 2 {
+		t.Errorf("policy sets read: nft %d, ipt %d; want 2 each", len(nftKernel.Sets), len(iptKernel.Sets))
+	}
+}
+
+// fakeKernel answers like the kernel of the fixtures; edit changes a
+// tool's output first.
+func fakeKernel(t *testing.T, edit func(name string, args []string, out string) string) func(context.Context, []byte, string, ...string) ([]byte, error) {
+	return func(_ context.Context, _ []byte, name string, args ...string) ([]byte, error) {
+		var out string
+		switch {
+		case name == "iptables-save":
+			out = read(t, "iptables.save4")
+		case name == "ip6tables-save":
+			out = read(t, "iptables.save6")
+		case name == "nft":
+			out = read(t, "nftables.json")
+		case name == "ipset" && len(args) == 2 && args[0] == "list":
+			data, err := os.ReadFile("testdata/ipset." + args[1])
+			if err != nil {
+				return nil, errors.New("ipset v7.17: The set with the given name does not exist")
+			}
+			out = string(data)
+		default:
+			return nil, errors.New("unexpected " + name)
+		}
+		if edit != nil {
+			out = edit(name, args, out)
+		}
+		return []byte(out), nil
+	}
+}
+
+// An address added to (or taken from) one of moat's policy sets by hand
+// shows, on both backends; the kernel merging what moat wrote does not.
+func TestSetContents(t *testing.T) {
+	ctx := context.Background()
+	for _, b := range []string{"nftables", "iptables"} {
+		script := read(t, b+".script")
+		diff, _, err := Against(ctx, b, script, fakeKernel(t, nil))
+		if err != nil || diff != nil {
+			t.Errorf("%s: unchanged kernel: %q %v", b, diff, err)
+		}
+	}
+	added := func(name string, args []string, out string) string {
+		switch name {
+		case "nft":
+			return strings.Replace(out, `{"prefix": {"addr": "198.51.100.0", "len": 24}}`, `{"prefix": {"addr": "198.51.100.0", "len": 24}}, "203.0.113.9"`, 1)
+		case "ipset":
+			if strings.Contains(out, "198.51.100.0/24") {
+				return out + "203.0.113.9\n"
+			}
+		}
+		return out
+	}
+	for _, b := range []string{"nftables", "iptables"} {
+		diff, _, err := Against(ctx, b, read(t, b+".script"), fakeKernel(t, added))
+		if err != nil || len(diff) != 1 || !strings.Contains(diff[0], "holds other addresses than moat loaded: +203.0.113.9/32") {
+			t.Errorf("%s: an address added by hand: %q %v", b, diff, err)
+		}
+	}
+	removed := func(name string, args []string, out string) string {
+		if name == "ipset" {
+			return strings.Replace(out, "198.51.100.0/24\n", "", 1)
+		}
+		return out
+	}
+	diff, _, err := Against(ctx, "iptables", read(t, "iptables.script"), fakeKernel(t, removed))
+	if err != nil || len(diff) != 1 || !strings.Contains(diff[0], "-198.51.100.0/24") {
+		t.Errorf("an address removed by hand: %q %v", diff, err)
+	}
+	gone := func(name string, args []string, out string) string {
+		if name == "ipset" && strings.Contains(out, "2001:db8") {
+			return ""
+		}
+		return out
+	}
+	if diff, _, _ := Against(ctx, "iptables", read(t, "iptables.script"), fakeKernel(t, gone)); len(diff) != 1 || !strings.Contains(diff[0], "-2001:db8::/63") {
+		t.Errorf("a set emptied by hand: %q", diff)
 	}
 }
 

@@ -9,9 +9,10 @@ import (
 )
 
 // Read reads moat's layout from the kernel for a backend ("nftables" or
-// "iptables"), with run executing the tools (execrun.Exec for real). An
-// nftables kernel without moat's table gives an empty layout.
-func Read(ctx context.Context, backend string, run execrun.Runner) (*Layout, error) {
+// "iptables"), with run executing the tools (execrun.Exec for real); for
+// iptables, the ipsets that want names are listed too. An nftables kernel
+// without moat's table gives an empty layout.
+func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout) (*Layout, error) {
 	switch backend {
 	case "nftables":
 		out, err := run(ctx, nil, "nft", "-j", "list", "table", "inet", "moat")
@@ -31,7 +32,15 @@ func Read(ctx context.Context, backend string, run execrun.Runner) (*Layout, err
 		if err != nil {
 			return nil, fmt.Errorf("read moat's ip6tables chains: %w", err)
 		}
-		return ParseIptSave(v4, v6), nil
+		l := ParseIptSave(v4, v6)
+		for name := range want.Sets {
+			out, err := run(ctx, nil, "ipset", "list", name)
+			if err != nil {
+				continue // missing: Compare says so
+			}
+			ParseIpsetList(l, name, out)
+		}
+		return l, nil
 	}
 	return nil, fmt.Errorf("drift: unknown backend %q", backend)
 }
@@ -42,4 +51,16 @@ func ParseScript(backend, script string) *Layout {
 		return ParseIptScript(script)
 	}
 	return ParseNftScript(script)
+}
+
+// Against compares moat's rules in the kernel with the script moat renders
+// for what it applied: how they differ (nil: not at all), and the tags of
+// the rules the kernel lacks.
+func Against(ctx context.Context, backend, script string, run execrun.Runner) ([]string, map[string]bool, error) {
+	want := ParseScript(backend, script)
+	got, err := Read(ctx, backend, run, want)
+	if err != nil {
+		return nil, nil, err
+	}
+	return Compare(want, got), Missing(want, got), nil
 }

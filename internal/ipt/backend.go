@@ -208,7 +208,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	}
 	names := SetNames(rs)
 	gen := Generation(rs, names)
-	if sets := renderSets(rs, st.sets, names); sets != "" {
+	if sets := renderSets(rs, st.sets, names, b.Full); sets != "" {
 		if _, err := b.Run(ctx, []byte(sets), "ipset", "restore"); err != nil {
 			return fmt.Errorf("load ipsets: %w", err)
 		}

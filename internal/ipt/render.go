@@ -331,15 +331,18 @@ func (n Names) of(set string) string {
 // sets are created empty and never touched again. existing names the
 // ipsets already there.
 func RenderSets(rs *ruleset.Ruleset, existing map[string]bool) string {
-	return renderSets(rs, existing, SetNames(rs))
+	return renderSets(rs, existing, SetNames(rs), false)
 }
 
-func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names) string {
+func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names, refill bool) string {
 	var b strings.Builder
 	done := map[string]bool{}
 	for _, s := range rs.Sets {
 		name := names.of(s.Name)
-		if existing[name] || done[name] {
+		// refill (a full apply): a policy set that exists may have been
+		// changed by hand, so it is filled again and swapped in.
+		again := refill && !s.Bans && s.ScanWindow == 0
+		if (existing[name] && !again) || done[name] {
 			continue
 		}
 		done[name] = true
@@ -354,6 +357,11 @@ func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names) stri
 		fmt.Fprintf(&b, "%s\n", createLine(s, tmp))
 		for _, p := range s.Prefixes() {
 			fmt.Fprintf(&b, "add %s %s\n", tmp, p)
+		}
+		if existing[name] {
+			// The rules keep pointing at the name while it is swapped.
+			fmt.Fprintf(&b, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
+			continue
 		}
 		fmt.Fprintf(&b, "rename %s %s\n", tmp, name)
 	}
@@ -381,3 +389,4 @@ func createLine(s *ruleset.Set, name string) string {
 
 // tmpSetName is where a set is filled before it is renamed or swapped in.
 func tmpSetName(name string) string { return "moatnew-" + strings.TrimPrefix(name, SetPrefix) }
+

@@ -196,3 +196,32 @@ func TestApplyNothingChanged(t *testing.T) {
 }
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// A full apply fills moat's existing policy sets anew and swaps them in
+// (an address added by hand goes), but never touches the ban sets.
+func TestRenderSetsRefill(t *testing.T) {
+	rs := goldenRuleset(t)
+	names := SetNames(rs)
+	existing := map[string]bool{}
+	var policySet string
+	for _, s := range rs.Sets {
+		existing[names.of(s.Name)] = true
+		if !s.Bans && s.ScanWindow == 0 && policySet == "" {
+			policySet = names.of(s.Name)
+		}
+	}
+	if policySet == "" {
+		t.Fatal("the golden policy has no policy set")
+	}
+	if got := renderSets(rs, existing, names, false); got != "" {
+		t.Errorf("a partial apply re-sent existing sets:\n%s", got)
+	}
+	got := renderSets(rs, existing, names, true)
+	tmp := tmpSetName(policySet)
+	if !strings.Contains(got, "create "+tmp+" ") || !strings.Contains(got, "swap "+tmp+" "+policySet+"\ndestroy "+tmp+"\n") {
+		t.Errorf("a full apply does not refill %s:\n%s", policySet, got)
+	}
+	if strings.Contains(got, "moat-ban4") || strings.Contains(got, "rename ") {
+		t.Errorf("a full apply touches the ban sets or renames over an existing set:\n%s", got)
+	}
+}
