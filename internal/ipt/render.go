@@ -389,4 +389,3 @@ func createLine(s *ruleset.Set, name string) string {
 
 // tmpSetName is where a set is filled before it is renamed or swapped in.
 func tmpSetName(name string) string { return "moatnew-" + strings.TrimPrefix(name, SetPrefix) }
-
