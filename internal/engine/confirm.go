@@ -322,13 +322,25 @@ func (e *Engine) restoreFile(p *Pending) error {
 // that the change is settled.
 func (e *Engine) Watch(ctx context.Context, id string) error {
 	var missingSince time.Time
+	retry := time.Second
 	for {
 		p, err := LoadPending(e.o.StateDir)
 		switch {
 		case err == nil && p.ID == id:
 			missingSince = time.Time{}
 			if !e.o.Now().Before(p.Deadline) {
-				return e.expire(ctx, id)
+				err := e.expire(ctx, id)
+				if err == nil || IsCrash(err) || ctx.Err() != nil {
+					return err
+				}
+				// The rollback failed (a backend refused, a disk error):
+				// the admin may be locked out, so keep trying.
+				e.o.Log.Error("watchdog: rollback failed; trying again", "err", err, "in", retry)
+				if err := sleep(ctx, retry); err != nil {
+					return err
+				}
+				retry = min(2*retry, 30*time.Second)
+				continue
 			}
 			if err := sleep(ctx, min(p.Deadline.Sub(e.o.Now()), 200*time.Millisecond)); err != nil {
 				return err

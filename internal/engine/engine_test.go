@@ -563,3 +563,61 @@ func TestCorruptStateFiles(t *testing.T) {
 		})
 	}
 }
+
+// The same fault twice: a backend that refuses every apply changes
+// nothing, each time; a rollback that fails at the deadline is tried
+// again until it works.
+func TestSameFaultTwice(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	r.nft.Fail = func(op string) error {
+		if op == "apply" {
+			return errors.New("kernel says no")
+		}
+		return nil
+	}
+	for i := 0; i < 2; i++ {
+		for _, confirm := range []time.Duration{0, time.Minute} {
+			if _, err := r.add(r.ch(confirm), "allow 443/tcp"); err == nil {
+				t.Fatal("an apply the kernel refused succeeded")
+			}
+			if r.file() != base {
+				t.Fatalf("file changed by a refused apply:\n%s", r.file())
+			}
+			if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
+				t.Fatalf("pending left by a refused apply: %v", err)
+			}
+			if in, _ := LoadIntent(r.dir); in != nil {
+				t.Fatalf("intent left by a refused apply")
+			}
+		}
+	}
+	r.nft.Fail = nil
+	r.kernelIs("nftables", base)
+
+	// Every fallback of the rollback fails at the deadline; the watchdog
+	// tries again and the next attempt works.
+	res, err := r.add(r.ch(time.Second), "allow 443/tcp")
+	r.must(err)
+	fails := 0
+	r.nft.Fail = func(op string) error {
+		if op == "restore" || op == "apply" {
+			if fails < 4 { // snapshot, previous policy, saved ruleset, fail-closed: all refused once
+				fails++
+				return errors.New("busy")
+			}
+		}
+		return nil
+	}
+	r.advance(2 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r.must(r.eng.Watch(ctx, res.Pending.ID))
+	r.nft.Fail = nil
+	r.kernelIs("nftables", base)
+	if r.file() != base {
+		t.Errorf("file after the retried rollback:\n%s", r.file())
+	}
+}
