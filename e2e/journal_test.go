@@ -196,8 +196,12 @@ func TestGuardCheck(t *testing.T) {
 	cmd := exec.Command(moatBin, "--config", conf, "guard", "check", "-")
 	cmd.Stdin = strings.NewReader("Nov 25 11:40:01 srv sshd[1]: Failed password for root from 198.51.100.9 port 22 ssh2\n" +
 		"Nov 25 11:40:01 srv sshd[1]: Invalid user root from 198.51.100.9 from 203.0.113.66 port 51000\n" +
-		`{"MESSAGE":"Accepted publickey for admin from 2001:db8::5 port 1 ssh2","SYSLOG_IDENTIFIER":"sshd"}` + "\n" +
-		"something else\n")
+		`{"MESSAGE":"Accepted publickey for admin from 2001:db8::5 port 1 ssh2","SYSLOG_IDENTIFIER":"sshd","_COMM":"sshd","_UID":"0","_PID":"7","_EXE":"/usr/sbin/sshd"}` + "\n" +
+		"something else\n" +
+		// What the guard skips, guard check reports: logger's entries, and
+		// syslog lines without sshd's tag and PID.
+		`{"MESSAGE":"Failed password for root from 198.51.100.9 port 22 ssh2","SYSLOG_IDENTIFIER":"sshd","_COMM":"logger","_UID":"1000","_PID":"8"}` + "\n" +
+		"Nov 25 11:40:01 srv sshd: Failed password for root from 198.51.100.9 port 22 ssh2\n")
 	data, err := cmd.Output()
 	if err != nil {
 		t.Fatal(err)
@@ -205,8 +209,10 @@ func TestGuardCheck(t *testing.T) {
 	want := []string{
 		`{"line":1,"match":true,"kind":"failed_password","addr":"198.51.100.9","user":"root","service":"sshd","pid":1,"reason":"counts: failed_password"}`,
 		`{"line":2,"match":true,"kind":"invalid_user","addr":"203.0.113.66","user":"root from 198.51.100.9","service":"sshd","pid":1,"reason":"counts: invalid_user"}`,
-		`{"line":3,"match":false,"kind":"accepted","addr":"2001:db8::5","user":"admin","service":"sshd","reason":"login"}`,
+		`{"line":3,"match":false,"kind":"accepted","addr":"2001:db8::5","user":"admin","service":"sshd","pid":7,"reason":"login"}`,
 		`{"line":4,"match":false}`,
+		`{"line":5,"match":false,"reason":"not counted: a journal entry sshd did not write (its _COMM, _EXE, _UID or unit)"}`,
+		`{"line":6,"match":false,"kind":"failed_password","reason":"not counted: a syslog line without sshd's tag and PID (anyone can write those)"}`,
 	}
 	got := strings.Split(strings.TrimSpace(string(data)), "\n")
 	for i, w := range want {

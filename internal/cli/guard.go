@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"slices"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -265,18 +266,31 @@ func (a *app) guardCheck(in io.Reader, locals []netip.Addr) error {
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
 		sum.Lines++
-		text := sc.Text()
+		text := strings.TrimPrefix(sc.Text(), "\x1e") // journalctl -o json-seq
 		var ev guard.Event
 		var ok bool
+		untrusted := ""
 		if len(text) > 0 && text[0] == '{' {
-			if l, err := guard.ParseJournalEntry([]byte(text)); err == nil {
+			l, err := guard.ParseTrustedJournalEntry([]byte(text))
+			switch {
+			case errors.Is(err, guard.ErrUntrusted):
+				untrusted = "not counted: a journal entry sshd did not write (its _COMM, _EXE, _UID or unit)"
+			case err == nil:
 				ev, ok = guard.ParseMessage(l.Prog, l.Text)
 				ev.PID = l.PID
 			}
+		} else if !guard.TrustedFileLine(text) {
+			untrusted = "not counted: a syslog line without sshd's tag and PID (anyone can write those)"
 		} else {
 			ev, ok = guard.ParseLine(text)
 		}
-		out := checkLine{Line: sum.Lines}
+		out := checkLine{Line: sum.Lines, Reason: untrusted}
+		if untrusted != "" {
+			// Say what the line would have been, as the guard skips it.
+			if uev, uok := guard.ParseLine(text); uok && len(text) > 0 && text[0] != '{' {
+				out.Kind = string(uev.Kind)
+			}
+		}
 		if ok {
 			v := judge.Judge(ev, time.Now())
 			out.Kind, out.User, out.Service, out.PID, out.Reason = string(ev.Kind), ev.User, ev.Service, ev.PID, v.Reason
