@@ -43,9 +43,9 @@ table ip6 fwdonly {
 			writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 8080/tcp\nallow 6007/tcp\n")
 			out := e.mustMoat("enable")
 			for _, want := range []string{
-				"moat: warning: the lockout check judges moat's rules only; this can still drop new SSH connections: nftables table inet foreign, chain input (hook input, priority 10): 1 drop/reject rule (input)",
-				"can still drop new SSH connections: iptables filter chain INPUT: 1 DROP/REJECT rule (input)",
-				"can still drop new SSH connections: ufw: ip6tables filter chain ufw-user-input: 1 DROP/REJECT rule (input)",
+				"moat: warning: the lockout check judges moat's rules only; this also filters incoming packets and may drop new SSH connections: nftables table inet foreign, chain input (hook input, priority 10): 1 drop/reject rule (input)",
+				"may drop new SSH connections: iptables filter chain INPUT: 1 DROP/REJECT rule (input)",
+				"may drop new SSH connections: ufw: ip6tables filter chain ufw-user-input: 1 DROP/REJECT rule (input)",
 			} {
 				if !strings.Contains(out, want) {
 					t.Errorf("enable does not warn %q:\n%s", want, out)
@@ -54,7 +54,7 @@ table ip6 fwdonly {
 			if strings.Contains(out, "fwdonly") || strings.Contains(out, "DOCKER") {
 				t.Errorf("enable warns about forward-only filtering as if it could cut SSH:\n%s", out)
 			}
-			if out := e.mustMoat("allow", "443/tcp"); !strings.Contains(out, "can still drop new SSH connections: nftables table inet foreign") {
+			if out := e.mustMoat("allow", "443/tcp"); !strings.Contains(out, "may drop new SSH connections: nftables table inet foreign") {
 				t.Errorf("a rule command does not warn:\n%s", out)
 			}
 

@@ -29,7 +29,7 @@ func (a *app) warnForeignLockout(ctx context.Context) {
 	}
 	for _, f := range found {
 		if f.Sees("input") {
-			fmt.Fprintf(a.errOut, "moat: warning: the lockout check judges moat's rules only; this can still drop new SSH connections: %s\n", f)
+			fmt.Fprintf(a.errOut, "moat: warning: the lockout check judges moat's rules only; this also filters incoming packets and may drop new SSH connections: %s\n", f)
 		}
 	}
 }

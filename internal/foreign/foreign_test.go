@@ -83,3 +83,10 @@ func FuzzFromIptablesSave(f *testing.F) {
 		_, _ = FromNftJSON(data, true)
 	})
 }
+
+func TestHostileNamesArePrinted(t *testing.T) {
+	f := FromIptablesSave("iptables", []byte(":INPUT ACCEPT [0:0]\n:\x1b]0;pwned\x07X - [0:0]\n-A INPUT -j \x1b]0;pwned\x07X\n-A \x1b]0;pwned\x07X -j DROP\n"))
+	if len(f) != 1 || strings.ContainsAny(f[0].String(), "\x1b\x07") {
+		t.Errorf("%q", f)
+	}
+}
