@@ -242,7 +242,13 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	next := &Applied{Backend: b.Name(), Setting: string(pl.p.Backend), Policy: string(pl.doc.Bytes()), Source: pl.source,
 		Time: e.o.Now().UTC(), FailClosed: pl.failReason != "", FailReason: pl.failReason}
 	prevSaved, _ := readState(dir, savedFile) // nil: none
-	in := &Intent{PID: os.Getpid(), Command: pl.ch.Command, Time: e.o.Now().UTC(), Prev: cur.applied, Next: next,
+	// What to go back to is what the kernel holds: a record without moat's
+	// rules in the kernel is stale (a reboot, a flush by hand).
+	prev := cur.applied
+	if len(cur.kernel) == 0 {
+		prev = nil
+	}
+	in := &Intent{PID: os.Getpid(), Command: pl.ch.Command, Time: e.o.Now().UTC(), Prev: prev, Next: next,
 		Path: pl.ch.Path, PrevFile: pl.prevFile, HadFile: pl.hadFile, FileChanged: pl.writeFile, PrevSaved: prevSaved}
 	// One change at a time: a rollback puts back the state before the
 	// pending change, so nothing may be built on top of it.

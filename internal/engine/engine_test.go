@@ -621,3 +621,37 @@ func TestSameFaultTwice(t *testing.T) {
 		t.Errorf("file after the retried rollback:\n%s", r.file())
 	}
 }
+
+// The watchdog waits for its pending state if it is not there yet, and
+// then rolls the change back at the deadline.
+func TestWatchdogWaitsForPending(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	res, err := r.add(r.ch(time.Second), "allow 443/tcp")
+	r.must(err)
+	pend := filepath.Join(r.dir, pendingFile)
+	hidden := pend + ".hidden"
+	r.must(os.Rename(pend, hidden))
+	r.advance(2 * time.Second)
+	done := make(chan error, 1)
+	go func() { done <- r.newEngine().Watch(context.Background(), res.Pending.ID) }()
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("the watchdog gave up before its pending state appeared: %v", err)
+	default:
+	}
+	r.must(os.Rename(hidden, pend))
+	select {
+	case err := <-done:
+		r.must(err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watchdog did not act")
+	}
+	r.kernelIs("nftables", base)
+	if r.file() != base {
+		t.Errorf("file: %s", r.file())
+	}
+}
