@@ -68,6 +68,10 @@ type conn struct {
 // maxPending bounds the address-less failures held for one connection.
 const maxPending = 8
 
+// maxUser bounds the user name kept with a connection (sshd writes at
+// most 100 bytes of it).
+const maxUser = 256
+
 // Verdict is the judge's decision on one line.
 type Verdict struct {
 	// Count are the failures to count now, each with its client's
@@ -154,6 +158,9 @@ func (j *Judge) Judge(ev Event, now time.Time) Verdict {
 		j.conns[key] = c
 	}
 	c.last = now
+	if len(ev.User) > maxUser {
+		ev.User = ev.User[:maxUser] // memory per connection stays bounded
+	}
 	if ev.User != "" {
 		c.user = ev.User
 	}
