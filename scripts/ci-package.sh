@@ -79,12 +79,12 @@ firewall() {
 
 before=$(firewall)
 out=$(dpkg_install "$MOAT_OLD_DEB" 2>&1) || fail "dpkg -i: $out"
-echo "$out" | grep -q "The firewall was not changed" || fail "postinst did not say the firewall is unchanged: $out"
+grep -q "The firewall was not changed" <<<"$out" || fail "postinst did not say the firewall is unchanged: $out"
 [ "$(firewall)" = "$before" ] || fail "installing changed the firewall"
 say "installed $MOAT_OLD; the firewall is unchanged"
 
-moat version | grep -qx "moat $MOAT_OLD" || fail "moat version: $(moat version)"
-moat --version | grep -q "^commit: " || fail "moat --version: $(moat --version)"
+grep -qx "moat $MOAT_OLD" <<<"$(moat version)" || fail "moat version: $(moat version)"
+grep -q "^commit: " <<<"$(moat --version)" || fail "moat --version: $(moat --version)"
 man -w moat >/dev/null || fail "man -w moat"
 man -w moat.conf >/dev/null || fail "man -w moat.conf"
 man -w moat-allow >/dev/null || fail "man -w moat-allow"
@@ -95,13 +95,17 @@ for f in /usr/share/bash-completion/completions/moat /usr/share/zsh/vendor-compl
 done
 bash -c 'source /usr/share/bash-completion/completions/moat && complete -p moat' >/dev/null ||
 	fail "the bash completion does not register"
-moat __complete allow proto '' 2>/dev/null | grep -qx tcp || fail "completion of protocols"
-moat __complete default '' 2>/dev/null | grep -qx deny || fail "completion of default"
+grep -qx tcp <<<"$(moat __complete allow proto '' 2>/dev/null)" || fail "completion of protocols"
+grep -qx deny <<<"$(moat __complete default '' 2>/dev/null)" || fail "completion of default"
+moat app list >/dev/null || fail "moat app list"
+[ -d /etc/moat/apps.d ] || fail "no /etc/moat/apps.d"
 grep -qx 'ExecStart=/usr/sbin/moat restore' /lib/systemd/system/moat.service || fail "moat.service ExecStart"
 grep -qx 'ExecStart=/usr/sbin/moat guard' /lib/systemd/system/moat-guard.service || fail "moat-guard.service ExecStart"
-systemd-analyze verify /lib/systemd/system/moat.service /lib/systemd/system/moat-guard.service ||
+grep -qx 'ExecStart=/usr/sbin/moat blocklist update --due' /lib/systemd/system/moat-blocklist.service || fail "moat-blocklist.service ExecStart"
+systemd-analyze verify /lib/systemd/system/moat.service /lib/systemd/system/moat-guard.service \
+	/lib/systemd/system/moat-blocklist.service /lib/systemd/system/moat-blocklist.timer ||
 	fail "systemd-analyze verify"
-dpkg-query -W -f='${Conffiles}\n' moat | grep -q '^ /etc/moat/moat.conf ' || fail "moat.conf is not a conffile"
+grep -q '^ /etc/moat/moat.conf ' <<<"$(dpkg-query -W -f='${Conffiles}\n' moat)" || fail "moat.conf is not a conffile"
 say "version, man pages, completions, units and conffile: ok"
 
 # The admin edits the policy and turns moat on (in this namespace).
@@ -111,7 +115,7 @@ nft list table inet moat >/dev/null || fail "moat enable loaded no rules"
 applied=$(firewall)
 
 out=$(dpkg_install "$MOAT_NEW_DEB" 2>&1) || fail "upgrade: $out"
-moat version | grep -qx "moat $MOAT_NEW" || fail "after the upgrade, moat version: $(moat version)"
+grep -qx "moat $MOAT_NEW" <<<"$(moat version)" || fail "after the upgrade, moat version: $(moat version)"
 grep -q "^allow 2222/tcp comment 'ci edit'" /etc/moat/moat.conf || fail "the upgrade lost the edit of moat.conf"
 [ "$(firewall)" = "$applied" ] || fail "upgrading changed the firewall"
 say "upgraded to $MOAT_NEW: moat.conf edit kept, the firewall is unchanged"
@@ -121,12 +125,12 @@ moat show --backend nftables >/tmp/moat-ci-nft.$$
 moat --force --backend iptables reload >/dev/null
 nft -f /tmp/moat-ci-nft.$$
 rm -f /tmp/moat-ci-nft.$$
-iptables-save | grep -q MOAT-INPUT || fail "no iptables rules to purge"
+grep -q MOAT-INPUT <<<"$(iptables-save)" || fail "no iptables rules to purge"
 nft list table inet moat >/dev/null || fail "no nftables rules to purge"
 
 out=$(dpkg_wait --remove moat 2>&1) || fail "dpkg --remove: $out"
-echo "$out" | grep -q "leaves the active firewall" || fail "remove did not say it leaves the firewall: $out"
-iptables-save | grep -q MOAT-INPUT || fail "removing the package removed moat's rules"
+grep -q "leaves the active firewall" <<<"$out" || fail "remove did not say it leaves the firewall: $out"
+grep -q MOAT-INPUT <<<"$(iptables-save)" || fail "removing the package removed moat's rules"
 [ -f /etc/moat/moat.conf ] || fail "remove deleted the configuration"
 [ ! -e /usr/sbin/moat ] || fail "remove left /usr/sbin/moat"
 say "removed: rules and configuration stay"
@@ -135,13 +139,14 @@ out=$(dpkg_wait --purge moat 2>&1) || fail "dpkg --purge: $out"
 left=$(firewall | grep -i moat || true)
 [ -z "$left" ] || fail "purge left rules: $left"
 for p in /usr/sbin/moat /etc/moat /var/lib/moat /lib/systemd/system/moat.service \
-	/lib/systemd/system/moat-guard.service /usr/share/doc/moat /usr/share/man/man8/moat.8.gz \
+	/lib/systemd/system/moat-guard.service /lib/systemd/system/moat-blocklist.service \
+	/lib/systemd/system/moat-blocklist.timer /usr/share/doc/moat /usr/share/man/man8/moat.8.gz \
 	/usr/share/man/man5/moat.conf.5.gz /usr/share/bash-completion/completions/moat \
 	/usr/share/zsh/vendor-completions/_moat /usr/share/fish/vendor_completions.d/moat.fish \
-	/usr/share/lintian/overrides/moat; do
+	/usr/share/lintian/overrides/moat /etc/moat/apps.d; do
 	[ ! -e "$p" ] || fail "purge left $p"
 done
 ls /usr/share/man/man8/moat-* >/dev/null 2>&1 && fail "purge left man pages"
-! dpkg-query -W moat >/dev/null 2>&1 || dpkg-query -W -f='${Status}\n' moat | grep -q not-installed ||
+! dpkg-query -W moat >/dev/null 2>&1 || grep -q not-installed <<<"$(dpkg-query -W -f='${Status}' moat)" ||
 	fail "dpkg still knows moat: $(dpkg-query -W -f='${Status}' moat)"
 say "purged: no rules, files or state of moat left"

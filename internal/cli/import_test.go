@@ -9,8 +9,11 @@ import (
 	"testing"
 )
 
+// runMoat runs moat with its state in the test's own folder, never the
+// host's /var/lib/moat.
 func runMoat(t *testing.T, args ...string) (string, int) {
 	t.Helper()
+	args = append([]string{"--state-dir", filepath.Join(t.TempDir(), "state")}, args...)
 	var out bytes.Buffer
 	code := Main(context.Background(), args, &out, &out)
 	return out.String(), code

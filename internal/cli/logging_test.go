@@ -1,11 +1,14 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestLogSummary(t *testing.T) {
@@ -54,4 +57,54 @@ func TestLoggingCommand(t *testing.T) {
 	if out, code := runMoat(t, "--config", conf, "logging", "loud"); code == 0 || !strings.Contains(out, "expected off, low, medium, high or full") {
 		t.Errorf("logging loud: %d %s", code, out)
 	}
+}
+
+func TestLogFollow(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "kern.log")
+	if err := os.WriteFile(f, []byte("old host kernel: [MOAT BLOCK] SRC=203.0.113.1 DST=192.0.2.1 PROTO=TCP DPT=1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan int)
+	go func() {
+		done <- Main(ctx, []string{"--state-dir", t.TempDir(), "log", "--follow", "--json", "--file", f}, &out, &out)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	fh, err := os.OpenFile(f, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = fh.WriteString("host kernel: [MOAT BLOCK] IN=eth0 SRC=203.0.113.2 DST=192.0.2.1 PROTO=UDP DPT=53\n")
+	_ = fh.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "203.0.113.2") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	got := out.String()
+	if !strings.Contains(got, `"src":"203.0.113.2"`) || !strings.Contains(got, `"dport":53`) || strings.Contains(got, "203.0.113.1") {
+		t.Errorf("follow printed:\n%s", got)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
