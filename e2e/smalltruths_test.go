@@ -107,15 +107,19 @@ func TestNonRootOneLine(t *testing.T) {
 		return string(out), err
 	}
 	for _, args := range [][]string{{"status"}, {"status", "verbose"}, {"enable"}, {"disable"}, {"reload"}, {"allow", "80/tcp"},
-		{"delete", "1"}, {"bans"}, {"ban", "203.0.113.9"}, {"restore"}, {"rollback"}, {"guard"}} {
+		{"delete", "1"}, {"bans"}, {"ban", "203.0.113.9"}, {"restore"}, {"rollback"}, {"guard"}, {"logging", "on"}, {"blocklist", "update"}} {
 		out, err := run(args...)
-		want := "moat: 'moat " + args[0] + "' needs root: it reads or changes the firewall (run it with sudo)\n"
+		name := args[0]
+		if name == "blocklist" {
+			name += " " + args[1]
+		}
+		want := "moat: 'moat " + name + "' needs root: it reads or changes the firewall (run it with sudo)\n"
 		if err == nil || out != want {
 			t.Errorf("moat %v as nobody: err %v, output:\n%s\nwant exactly:\n%s", args, err, out, want)
 		}
 	}
 	for _, args := range [][]string{{"check"}, {"show", "--backend", "nftables"}, {"explain", "in", "tcp", "to", "port", "22"},
-		{"--dry-run", "allow", "80/tcp"}, {"guard", "check", "-"}} {
+		{"--dry-run", "allow", "80/tcp"}, {"guard", "check", "-"}, {"blocklist", "list"}, {"app", "list"}} {
 		if out, err := run(args...); err != nil {
 			t.Errorf("moat %v as nobody: %v\n%s", args, err, out)
 		}

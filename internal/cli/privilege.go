@@ -19,6 +19,7 @@ var rootCommands = map[string]bool{
 	"enable": true, "reload": true, "disable": true, "reset": true,
 	"status": true, "confirm": true, "rollback": true, "restore": true, "watchdog": true,
 	"guard": true, "ban": true, "unban": true, "bans": true, "lab": true,
+	"logging": true, "blocklist update": true,
 }
 
 // needRoot returns the error for a command that needs root run without it.
@@ -27,8 +28,9 @@ func (a *app) needRoot(cmd *cobra.Command) error {
 		return nil
 	}
 	path := strings.Fields(cmd.CommandPath()) // "moat guard check"
-	if len(path) != 2 || !rootCommands[path[1]] {
+	name := strings.Join(path[1:], " ")
+	if !rootCommands[name] {
 		return nil
 	}
-	return fmt.Errorf("'moat %s' needs root: it reads or changes the firewall (run it with sudo)", path[1])
+	return fmt.Errorf("'moat %s' needs root: it reads or changes the firewall (run it with sudo)", name)
 }
