@@ -40,6 +40,7 @@ is kept as FILE.TIME.bak).`,
   moat import ufw --from /srv/old/etc/ufw --defaults /srv/old/etc/default/ufw`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			from = filepath.Clean(from)
 			defs := defaults
 			if defs == "" {
 				defs = "/etc/default/ufw"
@@ -92,6 +93,10 @@ func (a *app) finishImport(res *importer.Result, source string, write, replace b
 	kept := res.Lines[:0:0]
 	for _, l := range res.Lines {
 		if _, _, err := policy.ParseLineApps(l, policy.Pos{}, svc, apps); err != nil {
+			var pe *policy.Error
+			if errors.As(err, &pe) {
+				err = errors.New(pe.Msg)
+			}
 			res.Notes = append(res.Notes, fmt.Sprintf("not imported: %s: %v", l, err))
 			continue
 		}

@@ -113,6 +113,11 @@ Blocklists and port scans (policy lines; 'moat blocklist --help'):
   guard portscan ports 10 within 60s bantime 1h   # banned in the kernel
   moat blocklist update [NAME]    # fetch over HTTPS, swap in only the difference
 
+Coming from ufw or fail2ban: 'moat import ufw', 'moat import fail2ban'
+print the equivalent policy (--write puts it in the policy file). ufw's
+application profiles work ('moat allow OpenSSH', 'moat app list'), and
+'moat logging low' logs what the default policy blocks ('moat log').
+
 moat refuses any change that would cut a live SSH session (exit code 3;
 --force overrides).
 
