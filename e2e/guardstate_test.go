@@ -73,12 +73,13 @@ func TestGuardHostileStateDir(t *testing.T) {
 		}
 		must(t, os.Remove(link))
 	}
-	// moat ban records its bans in the history: not through a link either.
-	link := filepath.Join(e.stateDir(), "guard.json")
+	// moat ban appends its bans to the history's journal: not through a
+	// link either.
+	link := filepath.Join(e.stateDir(), "guard.journal")
 	must(t, os.Symlink(victim, link))
 	out, _ := e.moat("ban", "203.0.113.71")
 	if !strings.Contains(out, "symbolic link") {
-		t.Errorf("moat ban with guard.json a link:\n%s", out)
+		t.Errorf("moat ban with guard.journal a link:\n%s", out)
 	}
 	if data, _ := os.ReadFile(victim); string(data) != "root:x:0:0::/root:/bin/bash\n" {
 		t.Errorf("the link's target was written: %q", data)

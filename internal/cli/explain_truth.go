@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/drift"
-	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -87,7 +86,7 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 		}
 	}
 	src.foreign, src.foreignErr = a.foreignFilters(ctx)
-	if diff, _, err := drift.Against(ctx, b.Name(), want, execrun.Exec); err == nil && len(diff) > 0 {
+	if diff, _, err := drift.Against(ctx, b.Name(), want, nil); err == nil && len(diff) > 0 {
 		src.notes = append(src.notes, fmt.Sprintf("moat's rules in the kernel were changed outside moat (%s): the kernel may decide otherwise ('moat reload' repairs it)", diff[0]))
 	}
 	return src, nil

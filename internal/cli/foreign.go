@@ -7,16 +7,17 @@ import (
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/foreign"
+	"github.com/moat-fw/moat/internal/nft"
 )
 
 // foreignFilters finds filtering outside moat in this network namespace
 // (other nftables tables, iptables rules outside moat's chains, ufw,
 // firewalld, Docker).
 func (a *app) foreignFilters(ctx context.Context) ([]foreign.Finding, error) {
-	return foreign.Detect(ctx, execrun.Exec, func(prog string) bool {
+	return foreign.DetectWith(ctx, execrun.Exec, func(prog string) bool {
 		_, err := exec.LookPath(prog)
 		return err == nil
-	})
+	}, nft.ListTables)
 }
 
 // warnForeignLockout tells the admin that the lockout check only judged

@@ -6,7 +6,6 @@ import (
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/drift"
-	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -51,7 +50,7 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 	if err != nil {
 		return "" // the apply itself will say what is wrong
 	}
-	if diff, _, err := drift.Against(ctx, b.Name(), want, execrun.Exec); err == nil && len(diff) > 0 {
+	if diff, _, err := drift.Against(ctx, b.Name(), want, nil); err == nil && len(diff) > 0 {
 		return "moat's rules were changed outside moat (" + diff[0] + ")"
 	}
 	return ""

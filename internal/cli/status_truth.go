@@ -8,7 +8,6 @@ import (
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/drift"
 	"github.com/moat-fw/moat/internal/engine"
-	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -89,7 +88,7 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 			if err != nil {
 				return nil, err
 			}
-			diff, _, err := drift.Against(ctx, b.Name(), script, execrun.Exec)
+			diff, _, err := drift.Against(ctx, b.Name(), script, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -115,7 +114,7 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 		otherBackend := a.backend == "" && file.Backend != policy.BackendAuto && file.Backend != "" && string(file.Backend) != b.Name()
 		rep.FileNotApplied = got != want || otherBackend
 	}
-	if rep.KernelChanged, rep.missing, err = drift.Against(ctx, b.Name(), want, execrun.Exec); err != nil {
+	if rep.KernelChanged, rep.missing, err = drift.Against(ctx, b.Name(), want, nil); err != nil {
 		return nil, err
 	}
 	if sd, ok := b.(backend.SplitDetector); ok {

@@ -11,10 +11,16 @@ import (
 // Read reads moat's layout from the kernel for a backend ("nftables" or
 // "iptables"), with run executing the tools (execrun.Exec for real); for
 // iptables, the ipsets that want names are listed too. An nftables kernel
-// without moat's table gives an empty layout.
+// without moat's table gives an empty layout. With run nil, nftables is
+// read over netlink (no nft process, and a cost that does not grow with the
+// bans: nft fetches every ban before any listing), iptables with
+// execrun.Exec.
 func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout) (*Layout, error) {
 	switch backend {
 	case "nftables":
+		if run == nil {
+			return readNftNetlink()
+		}
 		out, err := run(ctx, nil, "nft", "-j", "list", "table", "inet", "moat")
 		if err != nil {
 			if strings.Contains(err.Error(), "No such file or directory") {
@@ -24,6 +30,9 @@ func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout)
 		}
 		return ParseNftJSON(out)
 	case "iptables":
+		if run == nil {
+			run = execrun.Exec
+		}
 		v4, err := run(ctx, nil, "iptables-save", "-t", "filter")
 		if err != nil {
 			return nil, fmt.Errorf("read moat's iptables chains: %w", err)

@@ -90,3 +90,48 @@ func TestHostileNamesArePrinted(t *testing.T) {
 		t.Errorf("%q", f)
 	}
 }
+
+// With a table lister, moat's own table is never listed (nft would fetch
+// every ban in it), and the others give the same findings.
+func TestDetectWithTables(t *testing.T) {
+	files := map[string]string{"iptables-save": "iptables.save", "ip6tables-save": "ip6tables.save"}
+	var listed []string
+	run := func(_ context.Context, _ []byte, name string, args ...string) ([]byte, error) {
+		if name == "iptables" {
+			return []byte("iptables v1.8.9 (nf_tables)\n"), nil
+		}
+		if name == "nft" {
+			listed = append(listed, strings.Join(args, " "))
+			if strings.Join(args, " ") != "-j list table inet foreign" {
+				return nil, errors.New("unexpected nft " + strings.Join(args, " "))
+			}
+			return fixture(t, "ruleset.json"), nil
+		}
+		if f, ok := files[name]; ok {
+			return fixture(t, f), nil
+		}
+		return nil, errors.New("unexpected " + name)
+	}
+	tables := func() ([][2]string, error) { return [][2]string{{"inet", "moat"}, {"inet", "foreign"}}, nil }
+	got, err := DetectWith(context.Background(), run, func(string) bool { return true }, tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Detect(context.Background(), func(ctx context.Context, in []byte, name string, args ...string) ([]byte, error) {
+		if name == "nft" {
+			return fixture(t, "ruleset.json"), nil
+		}
+		return run(ctx, in, name, args...)
+	}, func(string) bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != 1 || len(got) != len(want) {
+		t.Fatalf("listed %q; got %v, want %v", listed, got, want)
+	}
+	for i := range got {
+		if got[i].String() != want[i].String() {
+			t.Errorf("%d: %s, want %s", i, got[i], want[i])
+		}
+	}
+}

@@ -68,12 +68,41 @@ type journalRecord struct {
 	Bans   map[netip.Addr]*Record `json:"bans,omitempty"`
 	Cursor string                 `json:"cursor,omitempty"`
 	File   *FilePos               `json:"file,omitempty"`
+	// Manual bans ('moat ban') count one more ban each; Unbans lift
+	// bans and keep the counts. They are changes, not whole records, so
+	// the ban commands append without reading the history.
+	Manual []manualBan  `json:"manual,omitempty"`
+	Unbans []netip.Addr `json:"unbans,omitempty"`
+}
+
+type manualBan struct {
+	Addr   netip.Addr `json:"addr"`
+	At     time.Time  `json:"at"`
+	Until  time.Time  `json:"until"`
+	Reason string     `json:"reason,omitempty"`
 }
 
 func (st *State) apply(j journalRecord) {
 	for a, r := range j.Bans {
 		if r != nil && a.IsValid() {
 			st.Bans[a] = r
+		}
+	}
+	for _, m := range j.Manual {
+		if !m.Addr.IsValid() {
+			continue
+		}
+		r := st.Bans[m.Addr]
+		if r == nil {
+			r = &Record{}
+			st.Bans[m.Addr] = r
+		}
+		r.Count++
+		r.LastBan, r.Until, r.Reason = m.At, m.Until, m.Reason
+	}
+	for _, a := range j.Unbans {
+		if r := st.Bans[a]; r != nil {
+			r.Until = time.Time{}
 		}
 	}
 	if j.Cursor != "" {
@@ -111,12 +140,16 @@ func pruneHistory(h map[netip.Addr]*Record, now time.Time, keep time.Duration) i
 // returns the journal's size in bytes. A torn last record (a crash
 // mid-write) is closed off first, so it cannot swallow this one.
 func Append(dir string, bans map[netip.Addr]*Record, cursor string, file *FilePos) (int64, error) {
+	return appendRecord(dir, journalRecord{Bans: bans, Cursor: cursor, File: file})
+}
+
+func appendRecord(dir string, rec journalRecord) (int64, error) {
 	unlock, err := lockState(dir)
 	if err != nil {
 		return 0, err
 	}
 	defer unlock()
-	data, err := json.Marshal(journalRecord{Bans: bans, Cursor: cursor, File: file})
+	data, err := json.Marshal(rec)
 	if err != nil {
 		return 0, err
 	}
@@ -304,32 +337,21 @@ func updateState(dir string, log *slog.Logger, fn func(*State) error) error {
 	return nil
 }
 
-// RecordManualBans adds bans made by 'moat ban' to the history.
+// RecordManualBans adds bans made by 'moat ban' to the history: one
+// appended journal record, whatever the size of the history.
 func RecordManualBans(dir string, bans []ruleset.Ban, now time.Time) error {
-	return UpdateState(dir, func(st *State) error {
-		for _, b := range bans {
-			r := st.Bans[b.Addr]
-			if r == nil {
-				r = &Record{}
-				st.Bans[b.Addr] = r
-			}
-			r.Count++
-			r.LastBan, r.Until, r.Reason = now, now.Add(b.Timeout), b.Reason
-		}
-		return nil
-	})
+	rec := journalRecord{}
+	for _, b := range bans {
+		rec.Manual = append(rec.Manual, manualBan{Addr: b.Addr, At: now, Until: now.Add(b.Timeout), Reason: b.Reason})
+	}
+	_, err := appendRecord(dir, rec)
+	return err
 }
 
 // RecordUnbans marks lifted bans (the history of counts stays).
 func RecordUnbans(dir string, addrs []netip.Addr) error {
-	return UpdateState(dir, func(st *State) error {
-		for _, a := range addrs {
-			if r := st.Bans[a]; r != nil {
-				r.Until = time.Time{}
-			}
-		}
-		return nil
-	})
+	_, err := appendRecord(dir, journalRecord{Unbans: addrs})
+	return err
 }
 
 // ActiveBans counts the bans the history says are in force: what 'moat

@@ -102,6 +102,9 @@ func TestCorruptStateKeptAside(t *testing.T) {
 	if err := RecordManualBans(dir, []ruleset.Ban{{Addr: netip.MustParseAddr("203.0.113.5"), Timeout: time.Hour}}, now); err != nil {
 		t.Fatal(err)
 	}
+	if err := UpdateState(dir, func(*State) error { return nil }); err != nil { // into guard.json
+		t.Fatal(err)
+	}
 	for round := 1; round <= 2; round++ {
 		garbage := []byte("{\"bans\": {\"203.0.113.5\": {\"count\": 1, tr")
 		if err := os.WriteFile(filepath.Join(dir, stateFile), garbage, 0o600); err != nil {
@@ -279,4 +282,41 @@ func counterValue(t *testing.T, m *Metrics, name, label string) float64 {
 		}
 	}
 	return -1
+}
+
+// 'moat ban' and 'moat unban' append changes: counts add up, an unban
+// keeps the count, and folding keeps it all.
+func TestManualBansJournaled(t *testing.T) {
+	dir := stateDir(t)
+	a := netip.MustParseAddr("2001:db8::5")
+	now := time.Now().Truncate(time.Second)
+	for i := 0; i < 2; i++ {
+		if err := RecordManualBans(dir, []ruleset.Ban{{Addr: a, Timeout: time.Hour, Reason: "manual: x"}}, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := ActiveBans(dir, now); err != nil || n != 1 {
+		t.Fatalf("active %d %v", n, err)
+	}
+	if err := RecordUnbans(dir, []netip.Addr{a}); err != nil {
+		t.Fatal(err)
+	}
+	for _, fold := range []bool{false, true} {
+		if fold {
+			if err := UpdateState(dir, func(*State) error { return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st, err := LoadState(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := st.Bans[a]
+		if r == nil || r.Count != 2 || !r.Until.IsZero() || r.Reason != "manual: x" || !r.LastBan.Equal(now) {
+			t.Errorf("fold=%v: %+v", fold, r)
+		}
+		if n, _ := ActiveBans(dir, now); n != 0 {
+			t.Errorf("fold=%v: %d active after the unban", fold, n)
+		}
+	}
 }

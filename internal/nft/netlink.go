@@ -27,6 +27,28 @@ func kernelAvailable() error {
 	return nil
 }
 
+// ListTables lists every nftables table of this network namespace (family
+// as nft names it, and name) over netlink, without fetching any set.
+func ListTables() ([][2]string, error) {
+	c, err := gnft.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	tables, err := c.ListTables()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: list tables: %w", err)
+	}
+	fams := map[gnft.TableFamily]string{gnft.TableFamilyIPv4: "ip", gnft.TableFamilyIPv6: "ip6", gnft.TableFamilyINet: "inet",
+		gnft.TableFamilyARP: "arp", gnft.TableFamilyBridge: "bridge", gnft.TableFamilyNetdev: "netdev"}
+	out := make([][2]string, 0, len(tables))
+	for _, t := range tables {
+		if f, ok := fams[t.Family]; ok {
+			out = append(out, [2]string{f, t.Name})
+		}
+	}
+	return out, nil
+}
+
 // Reader reads moat's table from the kernel without the nft program.
 //
 // Every `nft list ...` (even `list tables`, even --terse) makes nft 1.0.x
@@ -95,7 +117,7 @@ func (r NetlinkReader) Counters() (map[string]ruleset.Counter, error) {
 			return nil, fmt.Errorf("nftables: list chain %s: %w", ch.Name, err)
 		}
 		for _, rule := range rules {
-			id := ruleset.OriginID(ruleComment(rule.UserData))
+			id := ruleset.OriginID(RuleComment(rule.UserData))
 			if id == "" {
 				continue
 			}
@@ -112,9 +134,9 @@ func (r NetlinkReader) Counters() (map[string]ruleset.Counter, error) {
 	return out, nil
 }
 
-// ruleComment finds the comment in a rule's user data: TLVs of a type
+// RuleComment finds the comment in a rule's user data: TLVs of a type
 // byte and a length byte, the comment (type 0) NUL-terminated.
-func ruleComment(ud []byte) string {
+func RuleComment(ud []byte) string {
 	for len(ud) >= 2 {
 		typ, n := ud[0], int(ud[1])
 		if len(ud) < 2+n {
@@ -138,8 +160,33 @@ func ruleComment(ud []byte) string {
 // n²: with google/nftables' page-sized reads, 200,000 bans took 50 s.
 const dumpBuffer = 32 << 10
 
-// Bans dumps one set's elements.
+// Elem is one set element as the kernel dumps it.
+type Elem struct {
+	Key     []byte
+	End     bool // the end of an interval (the first value after it)
+	Timeout time.Duration
+	Expires time.Duration
+	Comment string
+}
+
+// Bans dumps one ban set's elements.
 func (NetlinkReader) Bans(set string) ([]ruleset.Ban, error) {
+	els, err := DumpElements(set)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ruleset.Ban, 0, len(els))
+	for _, e := range els {
+		if a, ok := netip.AddrFromSlice(e.Key); ok && !e.End {
+			out = append(out, ruleset.Ban{Addr: a.Unmap(), Timeout: e.Timeout, Expires: e.Expires, Reason: e.Comment})
+		}
+	}
+	return out, nil
+}
+
+// DumpElements dumps the elements of one set of moat's table, in parts of
+// dumpBuffer.
+func DumpElements(set string) ([]Elem, error) {
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{MessageBufferSize: dumpBuffer})
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
@@ -164,28 +211,28 @@ func (NetlinkReader) Bans(set string) ([]ruleset.Ban, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: list set %s: %w", set, err)
 	}
-	var out []ruleset.Ban
+	var out []Elem
 	for _, m := range msgs {
 		if len(m.Data) < 4 {
 			continue
 		}
-		bans, err := parseElemList(m.Data[4:])
+		els, err := parseElemList(m.Data[4:])
 		if err != nil {
 			return nil, fmt.Errorf("nftables: list set %s: %w", set, err)
 		}
-		out = append(out, bans...)
+		out = append(out, els...)
 	}
 	return out, nil
 }
 
 // parseElemList reads the elements of one NFT_MSG_NEWSETELEM message.
-func parseElemList(data []byte) ([]ruleset.Ban, error) {
+func parseElemList(data []byte) ([]Elem, error) {
 	ad, err := netlink.NewAttributeDecoder(data)
 	if err != nil {
 		return nil, err
 	}
 	ad.ByteOrder = binary.BigEndian
-	var out []ruleset.Ban
+	var out []Elem
 	for ad.Next() {
 		if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
 			continue
@@ -195,8 +242,7 @@ func parseElemList(data []byte) ([]ruleset.Ban, error) {
 				if list.Type() != unix.NFTA_LIST_ELEM {
 					continue
 				}
-				var ban ruleset.Ban
-				end := false
+				var e Elem
 				list.Nested(func(el *netlink.AttributeDecoder) error {
 					el.ByteOrder = binary.BigEndian
 					for el.Next() {
@@ -205,27 +251,25 @@ func parseElemList(data []byte) ([]ruleset.Ban, error) {
 							el.Nested(func(k *netlink.AttributeDecoder) error {
 								for k.Next() {
 									if k.Type() == unix.NFTA_DATA_VALUE {
-										if a, ok := netip.AddrFromSlice(k.Bytes()); ok {
-											ban.Addr = a.Unmap()
-										}
+										e.Key = k.Bytes()
 									}
 								}
 								return nil
 							})
 						case unix.NFTA_SET_ELEM_FLAGS:
-							end = el.Uint32()&unix.NFT_SET_ELEM_INTERVAL_END != 0
+							e.End = el.Uint32()&unix.NFT_SET_ELEM_INTERVAL_END != 0
 						case unix.NFTA_SET_ELEM_TIMEOUT:
-							ban.Timeout = time.Duration(el.Uint64()) * time.Millisecond
+							e.Timeout = time.Duration(el.Uint64()) * time.Millisecond
 						case unix.NFTA_SET_ELEM_EXPIRATION:
-							ban.Expires = time.Duration(el.Uint64()) * time.Millisecond
+							e.Expires = time.Duration(el.Uint64()) * time.Millisecond
 						case unix.NFTA_SET_ELEM_USERDATA:
-							ban.Reason = ruleComment(el.Bytes()) // comment: type 0, as a rule's
+							e.Comment = RuleComment(el.Bytes()) // comment: type 0, as a rule's
 						}
 					}
 					return nil
 				})
-				if ban.Addr.IsValid() && !end {
-					out = append(out, ban)
+				if e.Key != nil {
+					out = append(out, e)
 				}
 			}
 			return nil

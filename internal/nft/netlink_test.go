@@ -21,8 +21,8 @@ func TestRuleComment(t *testing.T) {
 		{[]byte{0}, ""},
 		{nil, ""},
 	} {
-		if got := ruleComment(c.ud); got != c.want {
-			t.Errorf("ruleComment(%q) = %q, want %q", c.ud, got, c.want)
+		if got := RuleComment(c.ud); got != c.want {
+			t.Errorf("RuleComment(%q) = %q, want %q", c.ud, got, c.want)
 		}
 	}
 }
@@ -55,15 +55,15 @@ func TestParseElemList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bans, err := parseElemList(data)
-	if err != nil || len(bans) != 2 {
-		t.Fatalf("%v %v", bans, err)
+	els, err := parseElemList(data)
+	if err != nil || len(els) != 2 {
+		t.Fatalf("%v %v", els, err)
 	}
-	if b := bans[0]; b.Addr != netip.MustParseAddr("2001:db8::7") || b.Timeout != time.Hour || b.Expires != 30*time.Minute || b.Reason != "guard: x" {
-		t.Errorf("first %+v", b)
+	if e := els[0]; string(e.Key) != string(netip.MustParseAddr("2001:db8::7").AsSlice()) || e.Timeout != time.Hour || e.Expires != 30*time.Minute || e.Comment != "guard: x" || e.End {
+		t.Errorf("first %+v", e)
 	}
-	if b := bans[1]; b.Addr != netip.MustParseAddr("192.0.2.9") || b.Timeout != time.Minute {
-		t.Errorf("second %+v", b)
+	if e := els[1]; string(e.Key) != string(netip.MustParseAddr("192.0.2.9").AsSlice()) || e.Timeout != time.Minute {
+		t.Errorf("second %+v", e)
 	}
 	for i := range data {
 		_, _ = parseElemList(data[:i]) // must not panic

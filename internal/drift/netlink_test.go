@@ -1,0 +1,157 @@
+package drift
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/nft"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// The netlink reader gives the layout `nft -j list table` gives, for a
+// policy with every kind of rule, and both see an empty table alike; bans
+// and counters read over netlink match nft's.
+func TestNetlinkLayoutMatchesNft(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	ns, err := lab.NewNS(lab.UniqueName("moatdrift"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ns.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	ctx := context.Background()
+	run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		var out []byte
+		err := ns.Do(func() error {
+			var err error
+			out, err = execrun.Exec(ctx, stdin, name, args...)
+			return err
+		})
+		return out, err
+	}
+	read := func(r execrun.Runner) *Layout {
+		t.Helper()
+		var l *Layout
+		if err := ns.Do(func() error {
+			var err error
+			l, err = Read(ctx, "nftables", r, newLayout())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	if got := read(nil); !got.Empty() {
+		t.Fatalf("no table, yet %+v", got)
+	}
+	p, err := policy.NewDocument("moat.conf", []byte(`default deny incoming
+default allow outgoing
+allow 22/tcp
+limit 2222/tcp
+deny from 203.0.113.0/24
+deny from 198.51.100.128/25
+deny from 198.51.100.7
+deny from 2001:db8:dead::/48
+deny from 2001:db8:beef::1
+reject proto udp from 198.51.100.7 to any port 53
+allow log from 2001:db8:1::/48 to any port 80,443 proto tcp
+deny out 25/tcp
+route allow in on veth0 out on veth1
+guard sshd
+`)).Policy(policy.ParseServices([]byte("ssh 22/tcp\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &nft.Backend{Run: run}
+	if err := b.Apply(ctx, ruleset.Compile(p)); err != nil {
+		t.Fatal(err)
+	}
+	bans := []ruleset.Ban{{Addr: netip.MustParseAddr("192.0.2.77"), Timeout: time.Hour, Reason: "guard: test"},
+		{Addr: netip.MustParseAddr("2001:db8::77"), Timeout: 2 * time.Hour, Reason: "manual: x"}}
+	if err := b.Ban(ctx, bans); err != nil {
+		t.Fatal(err)
+	}
+	want, got := read(run), read(nil)
+	if want.Empty() {
+		t.Fatal("nft read nothing")
+	}
+	if d := cmp.Diff(want.Chains, got.Chains); d != "" {
+		t.Errorf("netlink layout differs from nft's (-nft +netlink):\n%s", d)
+	}
+	if len(want.Sets) == 0 || len(want.Sets) != len(got.Sets) {
+		t.Errorf("policy sets: nft %d, netlink %d", len(want.Sets), len(got.Sets))
+	}
+	if d := Compare(want, got); d != nil {
+		t.Errorf("netlink layout differs from nft's: %q", d)
+	}
+	// A set changed by hand shows.
+	if err := ns.Do(func() error {
+		for name := range want.Sets {
+			_, err := execrun.Exec(ctx, nil, "nft", "add", "element", "inet", "moat", name, "{ "+map[bool]string{true: "2001:db8:cafe::/64", false: "192.0.2.128/26"}[strings.Contains(name, "6")]+" }")
+			return err
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if d := Compare(want, read(nil)); d == nil {
+		t.Error("an element added by hand went unseen over netlink")
+	}
+	var nlBans []ruleset.Ban
+	var nlCounters map[string]ruleset.Counter
+	if err := ns.Do(func() error {
+		var err error
+		if nlCounters, err = (nft.NetlinkReader{}).Counters(); err != nil {
+			return err
+		}
+		for _, set := range []string{ruleset.BanSet4, ruleset.BanSet6} {
+			bs, err := (nft.NetlinkReader{}).Bans(set)
+			if err != nil {
+				return err
+			}
+			nlBans = append(nlBans, bs...)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	nftBans, err := b.Bans(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nlBans) != 2 || len(nftBans) != 2 {
+		t.Fatalf("bans: netlink %v, nft %v", nlBans, nftBans)
+	}
+	for i := range nlBans {
+		n, w := nlBans[i], nftBans[i]
+		if n.Addr != w.Addr || n.Reason != w.Reason || n.Timeout != w.Timeout || (n.Expires-w.Expires).Abs() > 2*time.Second {
+			t.Errorf("ban %d: netlink %+v, nft %+v", i, n, w)
+		}
+	}
+	nftCounters, err := b.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nlCounters) == 0 || len(nlCounters) != len(nftCounters) {
+		t.Errorf("counters: netlink %d, nft %d", len(nlCounters), len(nftCounters))
+	}
+	for id := range nftCounters {
+		if _, ok := nlCounters[id]; !ok {
+			t.Errorf("netlink lacks the counter of %s", id)
+		}
+	}
+}
