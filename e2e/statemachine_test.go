@@ -224,12 +224,21 @@ func TestStateMachineKernel(t *testing.T) {
 				}
 				var st struct {
 					Status, Backend string
+					KernelChanged   []string `json:"kernel_changed"`
+					FileNotApplied  bool     `json:"file_not_applied"`
+					AppliedUnknown  bool     `json:"applied_unknown"`
 				}
 				if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
 					fail("status --json: %d\n%s", code, out)
 				}
 				if want := map[bool]string{true: "active", false: "inactive"}[m.active]; st.Status != want || (m.active && st.Backend != b) {
 					fail("status says %s (%s), model active=%v", st.Status, st.Backend, m.active)
+				}
+				if len(st.KernelChanged) > 0 || st.AppliedUnknown {
+					fail("status says kernel changed %q, applied unknown %v", st.KernelChanged, st.AppliedUnknown)
+				}
+				if m.active && st.FileNotApplied != (m.file != m.applied) {
+					fail("status file_not_applied %v, model file != applied %v\nfile:\n%s\napplied:\n%s", st.FileNotApplied, m.file != m.applied, m.file, m.applied)
 				}
 				if (e.pending()) != (m.pend != nil) {
 					fail("pending confirmation: %v, model %v", e.pending(), m.pend != nil)
