@@ -132,8 +132,14 @@ func TestGuardNeverBansServer(t *testing.T) {
 // check counts them (it judges lines, not bans), the guard refuses them.
 func (e *env) agreeProtected(logFile string, maxretry int, weak float64, protected map[string]bool) {
 	e.t.Helper()
-	weights, _ := e.guardCheck(logFile, weak)
+	weights, lines := e.guardCheck(logFile, weak)
 	bans := e.bans()
+	// guard check says why the guard refused them.
+	for _, l := range lines {
+		if l.Match && protected[l.Addr] && !strings.Contains(l.Reason, l.Addr+" is never banned: ") {
+			e.t.Errorf("guard check does not say %s is never banned: %+v", l.Addr, l)
+		}
+	}
 	for a, w := range weights {
 		if _, banned := bans[a]; !protected[a] && (w >= float64(maxretry)) != banned {
 			e.t.Errorf("guard check counts %s %.1f times (maxretry %d); banned: %v", a, w, maxretry, banned)

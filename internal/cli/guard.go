@@ -204,6 +204,13 @@ type checkSummary struct {
 	// Open are connections still holding rejected keys at the end of the
 	// input: each counts once if it ends without a login.
 	Open []checkCount `json:"open_connections,omitempty"`
+	// Never are counted addresses the guard would refuse to ban here.
+	Never []neverBanned `json:"never_banned,omitempty"`
+}
+
+type neverBanned struct {
+	Addr string `json:"addr"`
+	Why  string `json:"why"`
 }
 
 type addrCount struct {
@@ -226,8 +233,11 @@ and counts once only if that connection ends without a login; lines
 naming no address count against their connection's; a line with the
 server's and the client's address (OpenSSH 9.8's timeout) counts against
 the one that is not this host's (--local adds addresses of the host the
-log comes from). A last line {"summary": ...} counts lines, failures by
-kind and addresses, and the connections still open at the end.`,
+log comes from). Addresses the guard would never ban (this host's,
+loopback, logged-in sessions', the allowlist's) are named in the reason.
+A last line {"summary": ...} counts lines, failures by kind and
+addresses, and lists the connections still open at the end and the
+addresses never banned.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var extra []netip.Addr
@@ -258,7 +268,14 @@ func (a *app) guardCheck(in io.Reader, locals []netip.Addr) error {
 	enc := json.NewEncoder(a.out)
 	sum := checkSummary{ByKind: map[string]int{}}
 	perAddr := map[string]int{}
+	// The addresses the guard would never ban here: this host's, its
+	// logged-in sessions', the policy's allowlist (when there is a policy),
+	// and --local.
 	prot := &guard.Protector{}
+	if p, err := a.loadPolicy(); err == nil {
+		prot.Allowlist = p.Guard.Allowlist
+	}
+	refused := map[netip.Addr]string{}
 	judge := guard.NewJudge(func(ad netip.Addr) bool {
 		return slices.Contains(locals, ad) || prot.IsLocal(ad)
 	})
@@ -298,6 +315,17 @@ func (a *app) guardCheck(in io.Reader, locals []netip.Addr) error {
 				out.Addr = ev.Addr.String()
 			}
 			for i, c := range v.Count {
+				why, never := prot.Refuse(c.Addr)
+				if slices.Contains(locals, c.Addr) {
+					why, never = "it is an address of the log's host (--local)", true
+				}
+				if never {
+					out.Reason += fmt.Sprintf("; %s is never banned: %s", c.Addr, why)
+					if _, seen := refused[c.Addr]; !seen {
+						refused[c.Addr] = why
+						sum.Never = append(sum.Never, neverBanned{c.Addr.String(), why})
+					}
+				}
 				if i == 0 {
 					out.Match, out.Kind, out.Addr = true, string(c.Kind), c.Addr.String()
 				} else {
