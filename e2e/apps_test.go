@@ -36,7 +36,18 @@ func TestAppProfiles(t *testing.T) {
 				"client tcp 192.0.2.1:2222 timeout", "client tcp 192.0.2.1:8080 timeout")
 			// The rule follows the profile: after it changes, reload.
 			write("2222/tcp")
+			// status says why the kernel differs: the profile, not a hand change.
+			if out := e.mustMoat("status"); !strings.Contains(out, "Application profiles changed since they were applied (moat reload)") ||
+				strings.Contains(out, "changed outside moat") {
+				t.Errorf("status after a profile changed:\n%s", out)
+			}
+			if ex := e.mustMoat("explain", "in", "tcp", "to", "port", "22"); !strings.HasPrefix(ex, "ACCEPT\n") || !strings.Contains(ex, "application profiles changed") {
+				t.Errorf("explain after a profile changed (the kernel still opens 22):\n%s", ex)
+			}
 			e.mustMoat("reload")
+			if out := e.mustMoat("status"); strings.Contains(out, "Application profiles changed") {
+				t.Errorf("status after reload:\n%s", out)
+			}
 			e.expect(false, "client tcp 192.0.2.1:2222 open", "client tcp [2001:db8::1]:2222 open",
 				"client tcp 192.0.2.1:22 timeout", "client tcp 192.0.2.1:80 open")
 			// An unknown profile changes nothing and names close ones.

@@ -63,7 +63,15 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 		return fromFile("what moat applied is not recorded: this is " + a.config + " ('moat reload' applies and records it)")
 	}
 	src := &explainSource{policy: applied, evaluated: "applied", where: a.config}
-	want, err := b.Script(ruleset.Compile(applied))
+	if usesApps(applied) {
+		if then, changed := a.appliedWithApps(b, st.Policy); then != nil {
+			src.policy = then
+			if changed {
+				src.notes = append(src.notes, "application profiles changed since they were applied: this is what the kernel does now ('moat reload' applies them)")
+			}
+		}
+	}
+	want, err := b.Script(ruleset.Compile(src.policy))
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/safeapply"
 )
 
 // statusFailClosed says that 'moat restore' fell back to the fail-closed
@@ -41,6 +42,9 @@ type statusTruth struct {
 	// OtherFiltering is filtering outside moat that also sees the packets:
 	// it can drop what moat allows.
 	OtherFiltering []foreign.Finding `json:"other_filtering"`
+	// AppsChanged: an application profile the applied policy names has
+	// changed since it was applied ('moat reload' applies it).
+	AppsChanged bool `json:"apps_changed,omitempty"`
 	// Interrupted is a change that a moat command began and did not
 	// finish (killed); the next state-changing command undoes it.
 	Interrupted *statusInterrupted `json:"interrupted,omitempty"`
@@ -102,6 +106,12 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 	if st.FailClosed {
 		rep.FailClosed = &statusFailClosed{Since: st.Time, Reason: st.FailReason}
 	}
+	if usesApps(applied) {
+		// What was applied is the text with the profiles of then.
+		if then, changed := a.appliedWithApps(b, st.Policy); then != nil {
+			applied, rep.AppsChanged = then, changed
+		}
+	}
 	want, err := b.Script(ruleset.Compile(applied))
 	if err != nil {
 		return nil, err
@@ -112,11 +122,12 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 			return nil, err
 		}
 		otherBackend := a.backend == "" && file.Backend != policy.BackendAuto && file.Backend != "" && string(file.Backend) != b.Name()
-		rep.FileNotApplied = got != want || otherBackend
+		rep.FileNotApplied = got != want || otherBackend || rep.AppsChanged
 	}
 	if rep.KernelChanged, rep.missing, err = drift.Against(ctx, b.Name(), want, nil); err != nil {
 		return nil, err
 	}
+
 	if sd, ok := b.(backend.SplitDetector); ok {
 		if msg, err := sd.Split(ctx); err == nil && msg != "" {
 			rep.KernelChanged = append(rep.KernelChanged, msg)
@@ -149,6 +160,8 @@ func (a *app) printTruth(rep *statusReport) {
 	switch {
 	case rep.FileError != "":
 		a.printf("%s is invalid; what is applied stays until it is fixed:\n%s\n", rep.Config, rep.FileError)
+	case rep.AppsChanged:
+		a.printf("Application profiles changed since they were applied (moat reload)\n")
 	case rep.FileNotApplied && rep.FailClosed == nil:
 		a.printf("Changes in %s not applied (moat reload)\n", rep.Config)
 	case rep.AppliedUnknown:
@@ -179,4 +192,38 @@ func ruleMark(rep *statusReport, r statusRule) string {
 		return "(applied; not in " + rep.Config + ")"
 	}
 	return ""
+}
+
+// usesApps says whether a policy names application profiles.
+func usesApps(p *policy.Policy) bool {
+	for _, r := range p.Rules {
+		if r.FromApp != "" || r.ToApp != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// appliedWithApps is the applied policy compiled with the application
+// profiles as they were when it was applied (saved with the boot ruleset),
+// and whether they differ from the profiles now; nil when that is not
+// known.
+func (a *app) appliedWithApps(b backend.Backend, text string) (*policy.Policy, bool) {
+	saved, err := safeapply.LoadSaved(a.stateDir)
+	if err != nil || saved.Apps == nil || saved.Policy != text {
+		return nil, false
+	}
+	doc := policy.NewDocument(a.config, []byte(text))
+	doc.Apps = policy.AppsFromPorts(saved.Apps)
+	then, err := doc.Policy(a.services())
+	if err != nil {
+		return nil, false
+	}
+	now, err := a.parseApplied(text)
+	if err != nil {
+		return then, true
+	}
+	s1, err1 := b.Script(ruleset.Compile(then))
+	s2, err2 := b.Script(ruleset.Compile(now))
+	return then, err1 != nil || err2 != nil || s1 != s2
 }
