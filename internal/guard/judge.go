@@ -226,6 +226,8 @@ func (j *Judge) Judge(ev Event, now time.Time) Verdict {
 		switch {
 		case held > 0 && !c.accepted:
 			v.Reason += fmt.Sprintf("counts once (%s): the connection ended without a login after %d rejected %s(s)", counted[0].Kind, held, method(c.heldKind))
+		case len(counted) == 0 && ev.Kind.Failure():
+			v.Reason += "not counted: the connection had logged in"
 		case ev.Kind.Failure():
 			v.Reason += "counts: " + string(ev.Kind)
 			if ev.Kind.Weak() {
