@@ -214,25 +214,34 @@ func TestHandAddedSetElement(t *testing.T) {
 			requireBackend(t, b)
 			t.Parallel()
 			e := newEnv(t, b, false)
-			e.apply("default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.4\n")
-			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout")
+			e.apply("default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.4\ndeny from 2001:db8::3\ndeny from 2001:db8::4\n")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+				"client/2001:db8::2 tcp [2001:db8::1]:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
 			if b == "nftables" {
-				set := regexp.MustCompile(`ip saddr @(\S+) [^\n]*comment "set:`).FindStringSubmatch(e.run("server", "nft", "list", "chain", "inet", "moat", "input"))
-				if set == nil {
-					t.Fatal("no set rule in moat's table")
+				ruleset := e.run("server", "nft", "list", "chain", "inet", "moat", "input")
+				for fam, addr := range map[string]string{"ip": "192.0.2.2", "ip6": "2001:db8::2"} {
+					set := regexp.MustCompile(fam + ` saddr @(\S+) [^\n]*comment "set:`).FindStringSubmatch(ruleset)
+					if set == nil {
+						t.Fatalf("no %s set rule in moat's table", fam)
+					}
+					e.run("server", "nft", "add", "element", "inet", "moat", set[1], "{ "+addr+" }")
 				}
-				e.run("server", "nft", "add", "element", "inet", "moat", set[1], "{ 192.0.2.2 }")
 			} else {
-				set := regexp.MustCompile(`--match-set (moat-[0-9a-f]+) src`).FindStringSubmatch(e.run("server", "iptables-save", "-t", "filter"))
-				if set == nil {
-					t.Fatal("no set rule in moat's chains")
+				for prog, addr := range map[string]string{"iptables-save": "192.0.2.2", "ip6tables-save": "2001:db8::2"} {
+					set := regexp.MustCompile(`--match-set (moat-[0-9a-f]+) src`).FindStringSubmatch(e.run("server", prog, "-t", "filter"))
+					if set == nil {
+						t.Fatal("no set rule in moat's chains")
+					}
+					e.run("server", "ipset", "add", set[1], addr)
 				}
-				e.run("server", "ipset", "add", set[1], "192.0.2.2")
 			}
-			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout", "client/2001:db8::2 tcp [2001:db8::1]:80 timeout")
 			out := e.mustMoat("status")
-			if !strings.Contains(out, "holds other addresses than moat loaded: +192.0.2.2/32") || !strings.Contains(out, "changed outside moat") {
-				t.Errorf("status after an address was added by hand:\n%s", out)
+			for _, want := range []string{"holds other addresses than moat loaded: +192.0.2.2/32", "holds other addresses than moat loaded: +2001:db8::2/128",
+				"changed outside moat"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("status after addresses were added by hand lacks %q:\n%s", want, out)
+				}
 			}
 			if out := e.mustMoat("reload"); !strings.Contains(out, "rewrites moat's rules whole") {
 				t.Errorf("reload does not say it repairs:\n%s", out)
@@ -241,7 +250,8 @@ func TestHandAddedSetElement(t *testing.T) {
 				t.Errorf("status after reload: %+v", st)
 			}
 			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
-				"client/192.0.2.4 tcp 192.0.2.1:80 timeout")
+				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
+				"client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
 		})
 	}
 }
