@@ -318,7 +318,9 @@ func (b *Backend) Fingerprint(ctx context.Context) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-var regexpInitval = regexp.MustCompile(` initval 0x[0-9a-f]+`)
+// The hash seed is random and the hash size grows with it: neither is
+// part of what moat loaded.
+var regexpInitval = regexp.MustCompile(` (initval 0x[0-9a-f]+|hashsize [0-9]+)`)
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))

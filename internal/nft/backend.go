@@ -217,14 +217,20 @@ func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full bool) (*Pl
 	d := want(rs)
 	if !full {
 		if old, ok := b.readRecord(ctx); ok && canPatch(d, old) {
+			// Reading a set back through nft's JSON costs about as much
+			// as loading it, so only a reader that is cheap (knftables'
+			// Fake, in tests) is asked; otherwise changed sets are
+			// replaced whole within the transaction.
 			current := map[string][]netip.Prefix{}
-			for _, s := range changedSets(d, old) {
-				ps, err := b.setPrefixes(ctx, s.set.Name)
-				if err != nil {
-					current = nil
-					break
+			if b.NFT != nil {
+				for _, s := range changedSets(d, old) {
+					ps, err := b.setPrefixes(ctx, s.set.Name)
+					if err != nil {
+						current = nil
+						break
+					}
+					current[s.set.Name] = ps
 				}
-				current[s.set.Name] = ps
 			}
 			if current != nil {
 				return patchPlan(b.newPlan(), d, old, current), nil

@@ -440,10 +440,18 @@ func changedSets(d *desired, old record) []*wantSet {
 	return out
 }
 
+// maxDeletes is how many element deletes a patch sends before it
+// replaces the set instead: nft (1.0.6) fetches the whole set for the
+// first delete from an interval set and spends tens of milliseconds per
+// further one, while flushing and re-adding costs one set load.
+const maxDeletes = 8
+
 // patchPlan sends only what differs from the record: chains whose rules
-// changed are flushed and refilled, policy sets get element deletes and
-// adds (current holds their elements now, read from the kernel), and the
-// record is rewritten. Nothing changed: an empty plan.
+// changed are flushed and refilled, and policy sets whose elements
+// changed get element adds (and a few deletes) when current holds their
+// elements as the kernel has them, else are flushed and refilled with one
+// element list, in the same transaction. The record is rewritten.
+// Nothing changed: an empty plan.
 func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefix) *Plan {
 	tx := p.tx()
 	var changed []*wantChain
@@ -456,9 +464,17 @@ func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefi
 	}
 	sets := changedSets(d, old)
 	for _, s := range sets {
-		del, add := diffPrefixes(current[s.set.Name], s.elems)
-		p.elements("delete", s.set.Name, prefixStrings(del))
-		p.elements("add", s.set.Name, prefixStrings(add))
+		have, ok := current[s.set.Name]
+		if ok {
+			del, add := diffPrefixes(have, s.elems)
+			if len(del) <= maxDeletes {
+				p.elements("delete", s.set.Name, prefixStrings(del))
+				p.elements("add", s.set.Name, prefixStrings(add))
+				continue
+			}
+		}
+		p.tx().Flush(s.set)
+		p.elements("add", s.set.Name, prefixStrings(s.elems))
 	}
 	if len(changed) == 0 && len(sets) == 0 {
 		return p

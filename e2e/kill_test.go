@@ -1,0 +1,213 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/ipt"
+	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/nft"
+)
+
+// kernelView reads moat's rules in a namespace the way `status` can:
+// the fingerprint of what is loaded, and (iptables) a split between the
+// families.
+type kernelView interface {
+	Fingerprint(ctx context.Context) (string, error)
+}
+
+func nsRunner(ns *lab.NS) execrun.Runner {
+	return func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		var out []byte
+		err := ns.Do(func() error {
+			var err error
+			out, err = execrun.Exec(ctx, stdin, name, args...)
+			return err
+		})
+		return out, err
+	}
+}
+
+func viewOf(backend string, ns *lab.NS) (kernelView, func(context.Context) (string, error)) {
+	if backend == "iptables" {
+		b := &ipt.Backend{Run: nsRunner(ns)}
+		return b, b.Split
+	}
+	b := &nft.Backend{Run: nsRunner(ns)}
+	return b, func(context.Context) (string, error) { return "", nil }
+}
+
+// bigPolicy is a 50k-rule policy: two rules, then deny rules for 25,000
+// IPv4 and 25,000 IPv6 sources, shifted by shift so two policies differ
+// in a few thousand entries, and extra rules.
+func bigPolicy(shift int, extra string) string {
+	var b strings.Builder
+	b.WriteString("default deny incoming\nallow 22/tcp\n" + extra)
+	for i := shift; i < shift+25000; i++ {
+		fmt.Fprintf(&b, "deny from 198.18.%d.%d\n", i>>7&255, 2*(i&127))
+		fmt.Fprintf(&b, "deny from 2001:db8:%x:%x::/64\n", i>>7, 2*(i&127))
+	}
+	return b.String()
+}
+
+// TestKillDuringKernelApply kills `moat enable` with SIGKILL at random points
+// while it applies a 50k-rule policy over another one, 30 times per
+// backend. After each kill (and once the tools moat started are done),
+// the kernel must hold wholly the old or wholly the new ruleset, or, on
+// iptables, moat must report the families split, and the next run must
+// repair it. Then real packets prove the last policy filters.
+func TestKillDuringKernelApply(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			requireBackend(t, backend)
+			e := newEnv(t, backend, false)
+			ctx := context.Background()
+			view, split := viewOf(backend, e.topo.Server)
+			policies := []string{bigPolicy(0, ""), bigPolicy(3000, "allow 80/tcp\n")}
+			fps := make([]string, 2)
+			var change time.Duration // how long an apply over the other policy takes
+			for i, p := range policies {
+				start := time.Now()
+				e.apply(p)
+				change = time.Since(start)
+				fp, err := view.Fingerprint(ctx)
+				if err != nil || fp == "" {
+					t.Fatalf("fingerprint: %q %v", fp, err)
+				}
+				fps[i] = fp
+			}
+			if fps[0] == fps[1] {
+				t.Fatal("the two policies load the same rules")
+			}
+			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
+			cur := 1
+			counts := map[string]int{}
+			defer func() { t.Logf("an apply over the other policy took %v", change) }()
+			const kills = 30
+			for k := 0; k < kills; k++ {
+				next := 1 - cur
+				writeFile(t, e.conf, policies[next])
+				// The first part of a run reads and checks the policy:
+				// aim most kills at the rest.
+				delay := change/5 + time.Duration(rng.Int64N(int64(change)))
+				t0 := time.Now()
+				exited := e.killMoatAfter(delay, "enable", "--force")
+				waited := time.Since(t0)
+				fp, err := view.Fingerprint(ctx)
+				if err != nil {
+					t.Fatalf("kill %d: fingerprint: %v", k, err)
+				}
+				if testing.Verbose() {
+					t.Logf("kill %d: after %v, done after %v (exited by itself: %v)", k, delay, waited, exited)
+				}
+				switch {
+				case exited:
+					counts["finished"]++
+					if fp != fps[next] {
+						t.Fatalf("kill %d: moat finished but the kernel does not hold the new ruleset:\n%s", k, e.moatKernel())
+					}
+					cur = next
+				case fp == fps[next]:
+					counts["new"]++
+					cur = next
+				case fp == fps[cur]:
+					counts["old"]++
+				default:
+					s, err := split(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if s == "" {
+						t.Fatalf("kill %d after %v: the kernel is neither the old nor the new ruleset, and no split is reported:\n%s", k, delay, e.moatKernel())
+					}
+					counts["split"]++
+					t.Logf("kill %d after %v: %s", k, delay, s)
+					e.mustMoat("enable", "--force")
+					if s, _ := split(ctx); s != "" {
+						t.Fatalf("kill %d: split not repaired: %s", k, s)
+					}
+					if fp, _ := view.Fingerprint(ctx); fp != fps[next] {
+						t.Fatalf("kill %d: the repair did not load the new ruleset", k)
+					}
+					cur = next
+				}
+			}
+			t.Logf("%s: %d kills: %v", backend, kills, counts)
+			// Whatever the last kill left, one more run makes it whole,
+			// and real packets prove it.
+			writeFile(t, e.conf, policies[1])
+			e.mustMoat("enable", "--force")
+			e.expect(false,
+				"client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open",
+				"client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:443 timeout",
+				"client tcp [2001:db8::1]:443 timeout")
+		})
+	}
+}
+
+// killMoatAfter starts moat in the server namespace in a process group of
+// its own, sends it SIGKILL after delay, and waits until every program it
+// started has ended too. It says whether moat had exited by itself first.
+func (e *env) killMoatAfter(delay time.Duration, args ...string) bool {
+	e.t.Helper()
+	full := append([]string{"--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir()}, args...)
+	cmd := exec.Command(moatBin, full...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := e.topo.Server.Start(cmd); err != nil {
+		e.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	exited := false
+	select {
+	case err := <-done:
+		exited = true
+		if err != nil {
+			e.t.Fatalf("moat %v: %v", args, err)
+		}
+	case <-time.After(delay):
+		if err := syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			e.t.Fatal(err)
+		}
+		if err := <-done; err == nil {
+			exited = true
+		}
+	}
+	// nft, iptables-restore or ipset may still be running: they got
+	// their whole input and finish on their own.
+	deadline := time.Now().Add(60 * time.Second)
+	for syscall.Kill(-cmd.Process.Pid, 0) == nil {
+		if time.Now().After(deadline) {
+			e.t.Fatal("programs moat started are still running after 60 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return exited
+}
+
+// moatKernel is what moat has loaded, for failure messages.
+func (e *env) moatKernel() string {
+	if e.backend == "nftables" {
+		out, _ := e.topo.Server.Run(context.Background(), "nft", "-t", "list", "table", "inet", "moat")
+		return string(out)
+	}
+	var b strings.Builder
+	for _, prog := range [][]string{{"iptables-save", "-t", "filter"}, {"ip6tables-save", "-t", "filter"}, {"ipset", "list", "-t"}} {
+		out, _ := e.topo.Server.Run(context.Background(), prog[0], prog[1:]...)
+		for _, l := range strings.Split(string(out), "\n") {
+			if !strings.HasPrefix(l, "-A MOAT-") || strings.Contains(l, "GEN") {
+				b.WriteString(l + "\n")
+			}
+		}
+	}
+	return b.String()
+}
