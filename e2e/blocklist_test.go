@@ -22,7 +22,7 @@ import (
 // bigList writes a list of n networks that merge into n entries (every
 // other /32 of 100.64.0.0/10 and every other /64 of 2001:db8:f000::/36:
 // set contents only, no packet goes there), plus the extra lines.
-func bigList(t *testing.T, path string, n int, extra ...string) {
+func bigList(t testing.TB, path string, n int, extra ...string) {
 	t.Helper()
 	var b strings.Builder
 	b.WriteString("; a big list in Spamhaus' layout\n")

@@ -84,7 +84,7 @@ func (f *Fetcher) Fetch(ctx context.Context, url string, m Meta) (*Response, err
 	defer func() { _ = resp.Body.Close() }() // read below; a close error loses nothing
 	switch {
 	case resp.StatusCode == http.StatusNotModified:
-		return &Response{NotModified: true, ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")}, nil
+		return &Response{NotModified: true, ETag: validator(resp.Header.Get("ETag")), LastModified: validator(resp.Header.Get("Last-Modified"))}, nil
 	case resp.StatusCode != http.StatusOK:
 		return nil, fmt.Errorf("fetch %s: server answered %s", url, resp.Status)
 	}
@@ -103,7 +103,23 @@ func (f *Fetcher) Fetch(ctx context.Context, url string, m Meta) (*Response, err
 	if n > max {
 		return nil, fmt.Errorf("fetch %s: more than the %d bytes allowed", url, max)
 	}
-	return &Response{Body: body.Bytes(), ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")}, nil
+	return &Response{Body: body.Bytes(), ETag: validator(resp.Header.Get("ETag")), LastModified: validator(resp.Header.Get("Last-Modified"))}, nil
+}
+
+// validator keeps an ETag or Last-Modified the server sent only if it can
+// be sent back as a header: printable ASCII, at most 256 bytes. Anything
+// else is dropped (the next request is unconditional), so a hostile
+// server cannot make every later request fail.
+func validator(v string) string {
+	if len(v) > 256 {
+		return ""
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] > 0x7e {
+			return ""
+		}
+	}
+	return v
 }
 
 // Result is what an update of one list did.

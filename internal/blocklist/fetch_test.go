@@ -207,3 +207,36 @@ func TestLoadFileList(t *testing.T) {
 		t.Errorf("damaged copy: %v", err)
 	}
 }
+
+// A hostile server's validators must not stick and break later requests.
+func TestHostileValidators(t *testing.T) {
+	n := 0
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n++
+		if inm := r.Header.Get("If-None-Match"); inm != "" && inm != `"ok"` {
+			t.Errorf("sent back %q", inm)
+		}
+		w.Header()["Etag"] = []string{strings.Repeat("x", 300)}
+		w.Header()["Last-Modified"] = []string{"Tue, 25 Nov \xc3\xa9"}
+		fmt.Fprintln(w, "192.0.2.1")
+	}))
+	t.Cleanup(srv.Close)
+	f := &Fetcher{Client: srv.Client()}
+	dir := t.TempDir()
+	bl := &policy.Blocklist{Name: "h", Source: policy.BlocklistURL, URL: srv.URL}
+	for i := 0; i < 2; i++ {
+		r, err := Update(context.Background(), dir, bl, f, Protect{}, time.Now())
+		if err != nil {
+			t.Fatalf("update %d: %v", i, err)
+		}
+		if r.Meta.ETag != "" || r.Meta.LastModified != "" {
+			t.Errorf("kept %q %q", r.Meta.ETag, r.Meta.LastModified)
+		}
+		if err := SaveResult(dir, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d requests", n)
+	}
+}

@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkBlocklistRefresh measures 'moat blocklist update' when 100 of a
+// list's networks change, with 1,000 and 100,000 networks loaded: the whole
+// command (HTTPS download from the namespace's loopback, parse, checks,
+// apply) and the part that loads the kernel ('swapped into the kernel in
+// ...'). The baseline, in the same run, is the same 100 deletes and 100 adds
+// written by hand into a set of the same size in a table of its own (nft -f)
+// or an ipset of its own (ipset restore).
+//
+//	go test -run XXX -bench BlocklistRefresh -benchtime 5x -timeout 30m ./e2e/
+func BenchmarkBlocklistRefresh(b *testing.B) {
+	for _, be := range backends {
+		for _, n := range []int{1000, 100000} {
+			b.Run(fmt.Sprintf("%s/networks-%d", be, n), func(b *testing.B) {
+				e := newBenchEnv(b, be)
+				ls := e.startListServer()
+				dir := b.TempDir()
+				bigList(b, filepath.Join(dir, "a"), n)
+				bigList(b, filepath.Join(dir, "b"), n)
+				lists := [2]string{}
+				for i, name := range []string{"a", "b"} {
+					data, err := os.ReadFile(filepath.Join(dir, name))
+					if err != nil {
+						b.Fatal(err)
+					}
+					lists[i] = string(data)
+				}
+				// b: the first 100 IPv4 networks replaced by 100 others.
+				lines := strings.Split(lists[1], "\n")
+				var old, repl []string
+				for i := 1; i <= 100; i++ {
+					a := 0x64400000 + 2*uint32(i-1)
+					old = append(old, fmt.Sprintf("%d.%d.%d.%d", a>>24, a>>16&0xff, a>>8&0xff, a&0xff))
+					r := 0x64400001 + 2*uint32(i-1) // the odd neighbours: no merging
+					lines[i] = fmt.Sprintf("%d.%d.%d.%d", r>>24, r>>16&0xff, r>>8&0xff, r&0xff)
+					repl = append(repl, lines[i])
+				}
+				lists[1] = strings.Join(lines, "\n")
+				ls.set("/big.txt", lists[0], 0)
+				e.apply(fmt.Sprintf("default deny incoming\nallow 22/tcp\nblocklist big url %s\n", ls.url("/big.txt")))
+				if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
+					b.Fatalf("first update: %v\n%s", err, out)
+				}
+				base := e.baselineSet(be, lists[0])
+				swapped := regexp.MustCompile(`swapped into the kernel \([a-z]+\) in ([0-9.]+)(ms|s|µs)`)
+				var total, kernel, hand time.Duration
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					for turn := 1; turn <= 2; turn++ {
+						ls.set("/big.txt", lists[turn%2], 0)
+						t0 := time.Now()
+						out, err := e.moatTLS(ls, "blocklist", "update")
+						total += time.Since(t0)
+						if err != nil || !strings.Contains(out, "(+100 -100)") {
+							b.Fatalf("update: %v\n%s", err, out)
+						}
+						m := swapped.FindStringSubmatch(out)
+						if m == nil {
+							b.Fatalf("no kernel time in:\n%s", out)
+						}
+						v, _ := strconv.ParseFloat(m[1], 64)
+						kernel += time.Duration(v * float64(map[string]time.Duration{"ms": time.Millisecond, "s": time.Second, "µs": time.Microsecond}[m[2]]))
+						del, add := old, repl
+						if turn == 2 {
+							del, add = repl, old
+						}
+						t0 = time.Now()
+						base(del, add)
+						hand += time.Since(t0)
+					}
+				}
+				b.StopTimer()
+				per := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(2*b.N) }
+				b.ReportMetric(per(total), "ms-update")
+				b.ReportMetric(per(kernel), "ms-kernel")
+				b.ReportMetric(per(hand), "ms-baseline")
+				b.ReportMetric(per(kernel)/per(hand), "x-baseline-kernel")
+			})
+		}
+	}
+}
+
+// baselineSet loads a list into a set of its own in the server namespace
+// and returns a function that sends one change by hand: deletes, then adds,
+// in one nft -f or one ipset restore.
+func (e *env) baselineSet(be, list string) func(del, add []string) {
+	e.t.Helper()
+	var v4 []string
+	for _, l := range strings.Split(list, "\n") {
+		f, _, _ := strings.Cut(l, ";")
+		f = strings.TrimSpace(f)
+		if f != "" && !strings.Contains(f, ":") {
+			v4 = append(v4, f)
+		}
+	}
+	run := func(stdin, prog string, args ...string) {
+		path := filepath.Join(e.dir, "baseline.in")
+		writeFile(e.t, path, stdin)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if out, err := e.topo.Server.Run(ctx, prog, append(args, path)...); err != nil {
+			e.t.Fatalf("%s: %v\n%.2000s", prog, err, out)
+		}
+	}
+	if be == "nftables" {
+		run("table inet benchbase {\n\tset s {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { "+strings.Join(v4, ", ")+" }\n\t}\n}\n", "nft", "-f")
+		return func(del, add []string) {
+			run("delete element inet benchbase s { "+strings.Join(del, ", ")+" }\nadd element inet benchbase s { "+strings.Join(add, ", ")+" }\n", "nft", "-f")
+		}
+	}
+	var s strings.Builder
+	s.WriteString("create benchbase hash:net family inet maxelem 262144\n")
+	for _, p := range v4 {
+		s.WriteString("add benchbase " + p + "\n")
+	}
+	run(s.String(), "ipset", "restore", "-file")
+	return func(del, add []string) {
+		var s strings.Builder
+		for _, p := range del {
+			s.WriteString("del benchbase " + p + "\n")
+		}
+		for _, p := range add {
+			s.WriteString("add benchbase " + p + "\n")
+		}
+		run(s.String(), "ipset", "restore", "-file")
+	}
+}
