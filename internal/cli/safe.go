@@ -176,6 +176,14 @@ is kept unless --force.`,
 		GroupID: "state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !a.dryRun {
+				// Read and write the policy under moat's lock, as every edit.
+				unlock, err := a.engine().Lock(cmd.Context(), a.commandLine(cmd))
+				if err != nil {
+					return err
+				}
+				defer unlock()
+			}
 			doc, err := a.loadDocument()
 			if err != nil {
 				return err

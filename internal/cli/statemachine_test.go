@@ -32,15 +32,24 @@ type smModel struct {
 	file    string
 	active  bool
 	applied string // policy text in the kernel when active
-	saved   string // saved.json's policy ("" none)
+	saved   string // saved.json's policy ("" none, smCorrupt: garbage)
 	pend    *smPending
+	// failClosed: restore could not load saved.json and loaded the
+	// fail-closed ruleset; edits are not applied until enable.
+	failClosed bool
 }
 
 type smPending struct {
-	prevFile, prevApplied string
-	prevActive            bool
-	persist               bool
+	prevFile, prevApplied  string
+	prevActive, prevFailed bool
+	persist                bool
 }
+
+// smCorrupt stands for a saved.json that is not JSON.
+const smCorrupt = "{corrupt"
+
+// smFailClosed is the fail-closed policy the rig's engine loads.
+const smFailClosed = "default deny incoming\nallow 22/tcp\n"
 
 func (m smModel) clone() smModel {
 	c := m
@@ -78,7 +87,7 @@ func (r *smRig) hook(o *engine.Options) {
 	o.FindSSH = nil
 	o.StartWatchdog = func(string) (int, error) { return 0, nil }
 	o.Now = func() time.Time { return r.now }
-	o.FailClosedPolicy = func() string { return "default deny incoming\nallow 22/tcp\n" }
+	o.FailClosedPolicy = func() string { return smFailClosed }
 	o.Checkpoint = func(step string) error {
 		if r.crashAt != "" && step == r.crashAt {
 			r.crashAt, r.crashed = "", true
@@ -142,7 +151,8 @@ func (r *smRig) check(m smModel) {
 	}
 	for name, f := range r.fakes {
 		want := ""
-		if m.active && name == r.backend {
+		// Fail-closed loads with the detected backend (the rig's nftables).
+		if m.active && (name == r.backend && !m.failClosed || name == "nftables" && m.failClosed) {
 			want = r.compiled(m.applied)
 		}
 		if got := f.Loaded(); got != want {
@@ -156,11 +166,18 @@ func (r *smRig) check(m smModel) {
 	switch {
 	case !m.active && a != nil:
 		r.fail("applied record while inactive: %+v", a)
-	case m.active && (a == nil || a.Policy != m.applied || a.Backend != r.backend):
-		r.fail("applied record %+v, model applied:\n%s", a, m.applied)
+	case m.active && (a == nil || a.Policy != m.applied || a.FailClosed != m.failClosed):
+		r.fail("applied record %+v, model fail-closed %v, applied:\n%s", a, m.failClosed, m.applied)
+	case m.active && !m.failClosed && a.Backend != r.backend:
+		r.fail("applied with %s, not %s", a.Backend, r.backend)
 	}
 	s, err := safeapply.LoadSaved(r.state)
+	raw, _ := os.ReadFile(filepath.Join(r.state, "saved.json"))
 	switch {
+	case m.saved == smCorrupt:
+		if string(raw) != smCorrupt {
+			r.fail("the corrupt saved.json was replaced by:\n%s", raw)
+		}
 	case m.saved == "" && err == nil:
 		r.fail("saved.json exists, model has none")
 	case m.saved != "" && (err != nil || s.Policy != m.saved):
@@ -197,7 +214,7 @@ func (r *smRig) editModel(m smModel, newFile string, confirm bool) (smModel, boo
 	}
 	n := m.clone()
 	n.file = newFile
-	if !m.active {
+	if !m.active || m.failClosed {
 		return n, true
 	}
 	n.applied = newFile
@@ -286,13 +303,13 @@ func (r *smRig) step(m smModel) smModel {
 	case op < 60: // enable
 		if m.pend == nil {
 			next = m.clone()
-			next.active, next.applied = true, m.file
+			next.active, next.applied, next.failClosed = true, m.file, false
 			if confirm {
 				prevFile := m.file
-				if m.active {
+				if m.active && !m.failClosed {
 					prevFile = m.applied
 				}
-				next.pend = &smPending{prevFile: prevFile, prevApplied: m.applied, prevActive: m.active, persist: true}
+				next.pend = &smPending{prevFile: prevFile, prevApplied: m.applied, prevActive: m.active, prevFailed: m.failClosed, persist: true}
 			} else {
 				next.saved = m.file
 			}
@@ -305,7 +322,7 @@ func (r *smRig) step(m smModel) smModel {
 	case op < 65: // reload
 		if m.active && m.pend == nil {
 			next = m.clone()
-			next.applied, next.saved = m.file, m.file
+			next.applied, next.saved, next.failClosed = m.file, m.file, false
 		}
 		out, code = r.moat("--backend", r.backend, "reload")
 		if (!m.active || m.pend == nil) != (code == 0) && !r.crashed {
@@ -328,6 +345,7 @@ func (r *smRig) step(m smModel) smModel {
 		if m.pend != nil {
 			next = m.clone()
 			next.file, next.applied, next.active, next.pend = m.pend.prevFile, m.pend.prevApplied, m.pend.prevActive, nil
+			next.failClosed = m.pend.prevFailed
 			if !next.active {
 				next.applied = ""
 			}
@@ -346,21 +364,43 @@ func (r *smRig) step(m smModel) smModel {
 				}
 			}
 		}
-	case op < 84: // restore (a reboot would empty the kernel first)
-		if m.pend == nil && m.saved != "" {
-			next = m.clone()
-			next.active, next.applied = true, m.saved
+	case op < 84: // a reboot: the kernel is empty, then the boot unit runs restore
+		if m.pend != nil {
+			return m // a pending change is stale after a real reboot (boot ID); not modelled
 		}
-		if m.pend != nil || m.saved == "" {
-			return m // fail-closed and refusals have their own tests
+		if r.rng.IntN(4) == 0 && m.saved != "" {
+			// ... and saved.json got corrupted meanwhile.
+			if err := os.WriteFile(filepath.Join(r.state, "saved.json"), []byte(smCorrupt), 0o600); err != nil {
+				r.fail("%v", err)
+			}
+			m.saved = smCorrupt
+			r.log = append(r.log, "(saved.json corrupted)")
+		}
+		for _, f := range r.fakes {
+			if err := f.Remove(context.Background()); err != nil {
+				r.fail("%v", err)
+			}
+		}
+		r.log = append(r.log, "(reboot)")
+		m = m.clone()
+		m.active, m.applied, m.failClosed = false, "", false
+		next = m.clone()
+		next.active = true
+		if m.saved == "" || m.saved == smCorrupt {
+			next.applied, next.failClosed = smFailClosed, true
+		} else {
+			next.applied = m.saved
 		}
 		out, code = r.moat("restore")
-		if code != 0 && !r.crashed {
-			r.fail("restore: exit %d\n%s", code, out)
+		if (code == 0) != !next.failClosed && !r.crashed {
+			r.fail("restore: exit %d, model fail-closed %v\n%s", code, next.failClosed, out)
 		}
 		undoable = true
 	case op < 88: // disable
 		next = smModel{file: m.file}
+		if m.saved == smCorrupt {
+			next.saved = "" // disable removes it
+		}
 		out, code = r.moat("disable")
 		if code != 0 && !r.crashed {
 			r.fail("disable: exit %d\n%s", code, out)
