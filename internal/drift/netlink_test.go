@@ -129,6 +129,24 @@ guard sshd
 	}); err != nil {
 		t.Fatal(err)
 	}
+	for addr, want := range map[string]bool{"192.0.2.77": true, "2001:db8::77": true, "192.0.2.78": false, "2001:db8::78": false, "::ffff:192.0.2.77": true} {
+		var got bool
+		if err := ns.Do(func() error {
+			var err error
+			got, err = b.Banned(ctx, netip.MustParseAddr(addr)) // over nft: b has no netlink reader
+			if err != nil || got != want {
+				return err
+			}
+			set := ruleset.BanSetFor(netip.MustParseAddr(addr).Unmap())
+			got, err = (nft.NetlinkReader{}).Banned(set, netip.MustParseAddr(addr).Unmap())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("Banned(%s) = %v, want %v", addr, got, want)
+		}
+	}
 	nftBans, err := b.Bans(ctx)
 	if err != nil {
 		t.Fatal(err)

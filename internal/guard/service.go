@@ -22,6 +22,12 @@ type Banner interface {
 	Bans(ctx context.Context) ([]ruleset.Ban, error)
 }
 
+// BanChecker is a Banner that can say whether one address is banned
+// without listing every ban (both backends are).
+type BanChecker interface {
+	Banned(ctx context.Context, a netip.Addr) (bool, error)
+}
+
 // Source sends log lines until its context ends.
 type Source interface {
 	Run(ctx context.Context, out chan<- Line) error
@@ -394,10 +400,18 @@ func activeBans(h map[netip.Addr]*Record, now time.Time) int {
 	return n
 }
 
-// kernelBanCheck answers from the kernel's ban list, read at most once a
-// second: it is only asked about lines from addresses the history says are
-// banned, which are rare.
+// kernelBanCheck asks the kernel whether an address is still banned: one
+// lookup when the backend can (BanChecker), else from the whole ban list,
+// read at most once a second. It is only asked about lines from addresses
+// the history says are banned.
 func (s *Service) kernelBanCheck(ctx context.Context) func(netip.Addr) bool {
+	if bc, ok := s.Bans.(BanChecker); ok {
+		// One lookup per question: listing 200,000 bans costs seconds.
+		return func(a netip.Addr) bool {
+			banned, err := bc.Banned(ctx, a)
+			return banned || err != nil // unsure: do not ban twice
+		}
+	}
 	var at time.Time
 	live := map[netip.Addr]bool{}
 	return func(a netip.Addr) bool {

@@ -320,3 +320,75 @@ func TestManualBansJournaled(t *testing.T) {
 		}
 	}
 }
+
+// The ban index counts what the whole history counts, through bans,
+// unbans, guard appends and folds in any order; an index that does not
+// match guard.json (edited by hand, damaged) is not used.
+func TestIndexCountsLikeHistory(t *testing.T) {
+	dir := stateDir(t)
+	now := time.Now()
+	slow := func() int {
+		st, err := LoadState(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return activeBans(st.Bans, now)
+	}
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}) }
+	rnd := uint32(7)
+	next := func(n int) int { rnd = rnd*1103515245 + 12345; return int(rnd>>16) % n }
+	for step := 0; step < 300; step++ {
+		a := addr(next(40))
+		switch next(5) {
+		case 0:
+			if err := RecordManualBans(dir, []ruleset.Ban{{Addr: a, Timeout: time.Duration(next(3)-1) * time.Hour}}, now); err != nil {
+				t.Fatal(err)
+			}
+		case 1:
+			if err := RecordUnbans(dir, []netip.Addr{a}); err != nil {
+				t.Fatal(err)
+			}
+		case 2:
+			if _, err := Append(dir, map[netip.Addr]*Record{a: {Count: 1, LastBan: now, Until: now.Add(time.Duration(next(3)-1) * time.Hour)}}, "", nil); err != nil {
+				t.Fatal(err)
+			}
+		case 3:
+			if err := UpdateState(dir, func(*State) error { return nil }); err != nil {
+				t.Fatal(err)
+			}
+		case 4:
+			continue
+		}
+		fast, err := ActiveBans(dir, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := slow(); fast != want {
+			t.Fatalf("step %d: index counts %d, history %d", step, fast, want)
+		}
+	}
+	if _, err := countFromIndex(dir, now); err != nil {
+		t.Fatalf("the index was never usable: %v", err)
+	}
+	// guard.json changed behind moat's back: the index is stale.
+	if err := os.WriteFile(filepath.Join(dir, stateFile), []byte(`{"bans":{}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := countFromIndex(dir, now); !errors.Is(err, errStaleIndex) {
+		t.Errorf("a stale index was used: %v", err)
+	}
+	if n, err := ActiveBans(dir, now); err != nil || n != slow() {
+		t.Errorf("fallback: %d %v, want %d", n, err, slow())
+	}
+	// A damaged index is not used either.
+	if err := UpdateState(dir, func(*State) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, indexFile))
+	if err := os.WriteFile(filepath.Join(dir, indexFile), data[:len(data)-5], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := countFromIndex(dir, now); err == nil {
+		t.Error("a truncated index was used")
+	}
+}

@@ -49,6 +49,19 @@ func (b *Backend) Unban(ctx context.Context, addrs []netip.Addr) error {
 	return nil
 }
 
+// Banned reports whether addr is banned: one 'ipset test', not a listing.
+func (b *Backend) Banned(ctx context.Context, addr netip.Addr) (bool, error) {
+	addr = addr.Unmap()
+	out, err := b.Run(ctx, nil, "ipset", "test", IPSetName(ruleset.BanSetFor(addr)), addr.String())
+	if err == nil {
+		return true, nil
+	}
+	if strings.Contains(string(out)+err.Error(), "is NOT in set") {
+		return false, nil
+	}
+	return false, fmt.Errorf("test ban of %s: %w", addr, err)
+}
+
 // Bans lists the banned addresses with the time left.
 func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
 	var out []ruleset.Ban

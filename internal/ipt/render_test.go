@@ -2,6 +2,7 @@ package ipt
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"net/netip"
 	"os"
@@ -223,5 +224,28 @@ func TestRenderSetsRefill(t *testing.T) {
 	}
 	if strings.Contains(got, "moat-ban4") || strings.Contains(got, "rename ") {
 		t.Errorf("a full apply touches the ban sets or renames over an existing set:\n%s", got)
+	}
+}
+
+// Banned asks ipset about one address; "is NOT in set" is a no, any other
+// failure an error.
+func TestBannedIpsetTest(t *testing.T) {
+	var args []string
+	answer := func(out string, err error) *Backend {
+		return &Backend{Run: func(_ context.Context, _ []byte, name string, a ...string) ([]byte, error) {
+			args = append([]string{name}, a...)
+			return []byte(out), err
+		}}
+	}
+	ok, err := answer("", nil).Banned(context.Background(), netip.MustParseAddr("::ffff:192.0.2.7"))
+	if !ok || err != nil || strings.Join(args, " ") != "ipset test moat-ban4 192.0.2.7" {
+		t.Errorf("banned: %v %v %q", ok, err, args)
+	}
+	ok, err = answer("", errors.New("exit status 1: 2001:db8::7 is NOT in set moat-ban6.")).Banned(context.Background(), netip.MustParseAddr("2001:db8::7"))
+	if ok || err != nil || args[2] != "moat-ban6" {
+		t.Errorf("not banned: %v %v %q", ok, err, args)
+	}
+	if _, err = answer("", errors.New("exit status 1: The set with the given name does not exist")).Banned(context.Background(), netip.MustParseAddr("192.0.2.7")); err == nil {
+		t.Error("a missing set passed for not banned")
 	}
 }

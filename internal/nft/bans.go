@@ -127,6 +127,25 @@ func firstLine(s string) string {
 	return line
 }
 
+// Banned reports whether addr is banned, with one lookup (no listing).
+func (b *Backend) Banned(ctx context.Context, addr netip.Addr) (bool, error) {
+	addr = addr.Unmap()
+	set := ruleset.BanSetFor(addr)
+	if b.Read != nil {
+		return b.Read.Banned(set, addr)
+	}
+	bans, err := b.Bans(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, ban := range bans {
+		if ban.Addr == addr {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // Bans lists the banned addresses with the time left.
 func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
 	var out []ruleset.Ban
