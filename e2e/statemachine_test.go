@@ -29,12 +29,14 @@ type kmodel struct {
 	file    string
 	active  bool
 	applied string
+	saved   string // saved.json's policy ("" none)
 	pend    *kpending
 }
 
 type kpending struct {
 	prevFile, prevApplied string
 	prevActive            bool
+	persist               bool
 }
 
 // opens lists the pool ports the model's applied policy lets in.
@@ -82,7 +84,9 @@ func TestStateMachineKernel(t *testing.T) {
 				if m.active {
 					n.applied = next
 					if confirm {
-						n.pend = &kpending{prevFile: m.applied, prevApplied: m.applied, prevActive: true}
+						n.pend = &kpending{prevFile: m.applied, prevApplied: m.applied, prevActive: true, persist: m.saved != ""}
+					} else if m.saved != "" {
+						n.saved = next
 					}
 				}
 				return n
@@ -128,7 +132,9 @@ func TestStateMachineKernel(t *testing.T) {
 							if m.active {
 								prev = m.applied
 							}
-							next.pend = &kpending{prevFile: prev, prevApplied: m.applied, prevActive: m.active}
+							next.pend = &kpending{prevFile: prev, prevApplied: m.applied, prevActive: m.active, persist: true}
+						} else {
+							next.saved = m.file
 						}
 					}
 					_, code := moat(append(cflags, "enable")...)
@@ -137,7 +143,7 @@ func TestStateMachineKernel(t *testing.T) {
 					}
 				case op < 62: // reload
 					if m.active && m.pend == nil {
-						next.applied = m.file
+						next.applied, next.saved = m.file, m.file
 					}
 					_, code := moat("reload")
 					if (code == 0) != (!m.active || m.pend == nil) {
@@ -146,6 +152,9 @@ func TestStateMachineKernel(t *testing.T) {
 				case op < 70: // confirm
 					if m.pend != nil {
 						next.pend = nil
+						if m.pend.persist {
+							next.saved = m.applied
+						}
 					}
 					_, code := moat("confirm")
 					if (code == 0) != (m.pend != nil) {
@@ -153,7 +162,7 @@ func TestStateMachineKernel(t *testing.T) {
 					}
 				case op < 76: // rollback
 					if m.pend != nil {
-						next = kmodel{file: m.pend.prevFile, active: m.pend.prevActive, applied: m.pend.prevApplied}
+						next = kmodel{file: m.pend.prevFile, active: m.pend.prevActive, applied: m.pend.prevApplied, saved: m.saved}
 					}
 					_, code := moat("rollback")
 					if (code == 0) != (m.pend != nil) {
@@ -239,6 +248,14 @@ func TestStateMachineKernel(t *testing.T) {
 				}
 				if m.active && st.FileNotApplied != (m.file != m.applied) {
 					fail("status file_not_applied %v, model file != applied %v\nfile:\n%s\napplied:\n%s", st.FileNotApplied, m.file != m.applied, m.file, m.applied)
+				}
+				saved, err := os.ReadFile(filepath.Join(e.stateDir(), "saved.json"))
+				var sv struct{ Policy string }
+				switch {
+				case m.saved == "" && err == nil:
+					fail("saved.json exists, the model has none:\n%s", saved)
+				case m.saved != "" && (err != nil || json.Unmarshal(saved, &sv) != nil || sv.Policy != m.saved):
+					fail("saved.json: %v\n%s\nmodel:\n%s", err, saved, m.saved)
 				}
 				if (e.pending()) != (m.pend != nil) {
 					fail("pending confirmation: %v, model %v", e.pending(), m.pend != nil)
