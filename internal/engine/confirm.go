@@ -498,7 +498,12 @@ func (e *Engine) Restore(ctx context.Context, ch Change) (*Result, error) {
 	}
 	if err == nil {
 		res, aerr := e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, backend: saved.Backend, save: saveNever, source: saved.Source}, &Result{Policy: p})
-		if aerr == nil || IsCrash(aerr) {
+		// A good saved ruleset that would cut a live SSH session is
+		// refused like any change (nothing applied, exit 3): it is not
+		// broken, and failing closed instead would drop every other
+		// service and record it as unreadable.
+		var lockout *safeapply.LockoutError
+		if aerr == nil || IsCrash(aerr) || errors.As(aerr, &lockout) {
 			return res, aerr
 		}
 		err = aerr

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -654,4 +655,50 @@ func TestWatchdogWaitsForPending(t *testing.T) {
 	if r.file() != base {
 		t.Errorf("file: %s", r.file())
 	}
+}
+
+// A good saved ruleset that would cut a live SSH session: 'moat restore'
+// refuses it like any change (a LockoutError, nothing applied) instead of
+// loading the fail-closed ruleset, which dropped every other service and
+// called the saved ruleset unreadable.
+func TestRestoreRefusedByLockoutDoesNotFailClose(t *testing.T) {
+	r := newRig(t)
+	r.write(base + "allow 2222/tcp\nallow 80/tcp\n")
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	// The saved ruleset lacks the port the admin's session now uses.
+	saved, err := safeapply.LoadSaved(r.dir)
+	r.must(err)
+	saved.Policy = base + "allow 80/tcp\n"
+	r.must(safeapply.Save(r.dir, *saved))
+	session := safeapply.Session{Client: netip.MustParseAddrPort("192.0.2.2:40000"), Server: netip.MustParseAddrPort("192.0.2.1:2222"), Source: "test"}
+	r.eng.o.FindSSH = func() (safeapply.SSHState, error) {
+		return safeapply.SSHState{Listen: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:2222")}, Sessions: []safeapply.Session{session}}, nil
+	}
+	err = r.do(func(ctx context.Context, e *Engine) error {
+		_, err := e.Restore(ctx, r.ch(0))
+		return err
+	})
+	var lockout *safeapply.LockoutError
+	if !errors.As(err, &lockout) {
+		t.Fatalf("restore: want a lockout refusal, got %v", err)
+	}
+	var fc *FailClosedError
+	if errors.As(err, &fc) {
+		t.Fatalf("restore failed closed: %v", err)
+	}
+	a, err := LoadApplied(r.dir)
+	r.must(err)
+	if a == nil || a.FailClosed {
+		t.Errorf("record after a refused restore: %+v", a)
+	}
+	r.kernelIs("nftables", base+"allow 2222/tcp\nallow 80/tcp\n")
+	// --force applies the saved ruleset, still not fail-closed.
+	ch := r.ch(0)
+	ch.Force = true
+	r.must(r.do(func(ctx context.Context, e *Engine) error {
+		_, err := e.Restore(ctx, ch)
+		return err
+	}))
+	r.kernelIs("nftables", base+"allow 80/tcp\n")
 }

@@ -1,0 +1,56 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/lab"
+)
+
+// 'moat restore' of a good saved ruleset that would cut the live session
+// (on 2222, which the saved ruleset lacks) is refused like any change: exit
+// 3, nothing changed, port 80 still open. It used to load the fail-closed
+// ruleset instead, dropping every other service and calling the saved
+// ruleset unreadable.
+func TestRestoreRefusedByLockout(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			srv := e.startSSHD(2222)
+			e.apply("default deny incoming\nallow 22/tcp\nallow 2222/tcp\nallow 80/tcp\n")
+			sess := srv.login(lab.ServerV4)
+			sess6 := srv.login(lab.ServerV6)
+			savedPath := filepath.Join(e.stateDir(), "saved.json")
+			data, err := os.ReadFile(savedPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var saved map[string]any
+			if err := json.Unmarshal(data, &saved); err != nil {
+				t.Fatal(err)
+			}
+			saved["policy"] = "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
+			data, err = json.Marshal(saved)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, savedPath, string(data))
+			e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "moat allow 2222/tcp"}, "restore")
+			if st := e.mustMoat("status"); strings.Contains(st, "FAIL-CLOSED") {
+				t.Errorf("status after a refused restore:\n%s", st)
+			}
+			e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
+			for _, s := range []*session{sess, sess6} {
+				if err := s.alive(3 * time.Second); err != nil {
+					t.Errorf("live session cut: %v", err)
+				}
+			}
+		})
+	}
+}
