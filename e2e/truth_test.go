@@ -255,3 +255,48 @@ func TestHandAddedSetElement(t *testing.T) {
 		})
 	}
 }
+
+// A rule of moat's changed in place by hand, keeping its tag and verdict,
+// is found by comparing the kernel, rule by rule, with what loading the
+// applied policy into an empty scratch namespace gives.
+func TestRuleChangedInPlace(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+			if b == "nftables" {
+				handle := regexp.MustCompile(`comment "L3" # handle (\d+)`).FindStringSubmatch(e.run("server", "nft", "-a", "list", "chain", "inet", "moat", "input"))
+				if handle == nil {
+					t.Fatal("no rule L3 in moat's table")
+				}
+				e.run("server", "nft", "replace", "rule", "inet", "moat", "input", "handle", handle[1], "tcp", "dport", "8080", "counter", "accept", "comment", `"L3"`)
+			} else {
+				for _, prog := range []string{"iptables", "ip6tables"} {
+					n := 0
+					for i, l := range strings.Split(e.run("server", prog, "-S", "MOAT-INPUT"), "\n") {
+						if strings.Contains(l, "--comment L3") {
+							n = i // -S prints the chain's -N line first
+							break
+						}
+					}
+					if n == 0 {
+						t.Fatalf("no rule L3 in %s MOAT-INPUT", prog)
+					}
+					e.run("server", prog, "-R", "MOAT-INPUT", fmt.Sprint(n), "-p", "tcp", "--dport", "8080", "-m", "comment", "--comment", "L3", "-j", "RETURN")
+				}
+			}
+			e.expect(false, "client tcp 192.0.2.1:8080 open", "client tcp [2001:db8::1]:80 timeout")
+			out := e.mustMoat("status")
+			if !strings.Contains(out, "changed outside moat (moat reload repairs it)") || !strings.Contains(out, "1 rule changed in place (tag and verdict kept): L3") {
+				t.Errorf("status after a rule was changed in place:\n%s", out)
+			}
+			e.mustMoat("reload")
+			if st := e.truth(); !st.InSync {
+				t.Errorf("status after reload: %+v", st)
+			}
+			e.expect(false, "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:80 open", "client tcp 192.0.2.1:80 open")
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/moat-fw/moat/internal/drift"
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
+	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -50,8 +51,25 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 	if err != nil {
 		return "" // the apply itself will say what is wrong
 	}
-	if diff, _, err := drift.Against(ctx, b.Name(), want, nil); err == nil && len(diff) > 0 {
+	diff, _, err := drift.Against(ctx, b.Name(), want, nil)
+	if err == nil && len(diff) == 0 {
+		diff = a.changedInPlace(ctx, b, applied, want)
+	}
+	if len(diff) > 0 {
 		return "moat's rules were changed outside moat (" + diff[0] + ")"
 	}
 	return ""
+}
+
+// changedInPlace compares moat's rules in the kernel, rule by rule, with
+// what loading the applied policy into an empty scratch namespace gives:
+// a rule changed by hand that kept its tag and verdict shows only there.
+// When the comparison cannot be made it says nothing (logged).
+func (a *app) changedInPlace(ctx context.Context, b backend.Backend, applied *policy.Policy, script string) []string {
+	diff, err := drift.InPlace(ctx, b.Name(), ruleset.Compile(applied), script)
+	if err != nil {
+		a.log.Debug("compare with a scratch namespace", "err", err)
+		return nil
+	}
+	return diff
 }

@@ -127,6 +127,9 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 	if rep.KernelChanged, rep.missing, err = drift.Against(ctx, b.Name(), want, nil); err != nil {
 		return nil, err
 	}
+	if len(rep.KernelChanged) == 0 {
+		rep.KernelChanged = a.changedInPlace(ctx, b, applied, want)
+	}
 
 	if sd, ok := b.(backend.SplitDetector); ok {
 		if msg, err := sd.Split(ctx); err == nil && msg != "" {

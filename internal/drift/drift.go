@@ -23,6 +23,10 @@ import (
 type Rule struct {
 	Tag     string // origin ID from the rule's comment ("L3", "builtin:icmp"); "" when it has none
 	Verdict string // accept, drop, reject, return, log, jump ...; "" when it has none
+	// Body is the whole rule as the kernel lists it (without counters),
+	// when read from a kernel; "" from a script. Two kernels' layouts are
+	// compared on it too (a rule changed in place keeps tag and verdict).
+	Body string
 }
 
 func (r Rule) String() string {
@@ -235,7 +239,7 @@ func ParseIptScript(script string) *Layout {
 		case fam == "ipset":
 			ipsetLine(l, line, tmpNames)
 		case fam != "":
-			iptLine(l, fam, line)
+			iptLine(l, fam, line, false)
 		}
 	}
 	return l
@@ -284,19 +288,24 @@ func ParseIptSave(v4, v6 []byte) *Layout {
 		sc := bufio.NewScanner(strings.NewReader(string(data)))
 		sc.Buffer(make([]byte, 1<<20), 64<<20)
 		for sc.Scan() {
-			iptLine(l, fam, sc.Text())
+			iptLine(l, fam, sc.Text(), true)
 		}
 	}
 	return l
 }
 
-func iptLine(l *Layout, fam, line string) {
+// iptLine reads one line; body keeps the whole line with each rule (a
+// kernel's listing, not a script).
+func iptLine(l *Layout, fam, line string, body bool) {
 	f := strings.Fields(line)
 	switch {
 	case strings.HasPrefix(line, ":MOAT-"):
 		l.chain(fam + " " + strings.TrimPrefix(f[0], ":"))
 	case len(f) >= 3 && (f[0] == "-A" || f[0] == "-I") && strings.HasPrefix(f[1], "MOAT-"):
 		r := Rule{Tag: ruleset.OriginID(commentOf(line))}
+		if body {
+			r.Body = fam + " " + line
+		}
 		if i := slices.Index(f, "-j"); i >= 0 && i+1 < len(f) {
 			r.Verdict = strings.ToLower(f[i+1])
 		}
@@ -412,6 +421,22 @@ func compareRules(chain string, want, got []Rule) []string {
 	if slices.Equal(want, got) {
 		return nil
 	}
+	// Bodies count only when both sides have them (two kernels).
+	bodies := hasBodies(want) && hasBodies(got)
+	origWant, origGot := want, got
+	want, got = withoutBodies(want), withoutBodies(got)
+	if slices.Equal(want, got) {
+		if !bodies {
+			return nil
+		}
+		var changed []string
+		for i := range origWant {
+			if origWant[i].Body != origGot[i].Body {
+				changed = append(changed, origWant[i].String())
+			}
+		}
+		return []string{fmt.Sprintf("chain %s: %s changed in place (tag and verdict kept): %s", chain, plural(len(changed), "rule"), short(changed))}
+	}
 	count := func(rs []Rule) map[Rule]int {
 		m := map[Rule]int{}
 		for _, r := range rs {
@@ -485,6 +510,24 @@ func Missing(want, got *Layout) map[string]bool {
 				out[r.Tag] = true
 			}
 		}
+	}
+	return out
+}
+
+func hasBodies(rs []Rule) bool {
+	for _, r := range rs {
+		if r.Body == "" {
+			return false
+		}
+	}
+	return len(rs) > 0
+}
+
+func withoutBodies(rs []Rule) []Rule {
+	out := make([]Rule, len(rs))
+	for i, r := range rs {
+		r.Body = ""
+		out[i] = r
 	}
 	return out
 }

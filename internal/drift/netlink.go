@@ -2,9 +2,11 @@ package drift
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -73,7 +75,7 @@ func readNftNetlink() (*Layout, error) {
 			return nil, fmt.Errorf("read moat's nftables chain %s: %w", ch.Name, err)
 		}
 		for _, r := range rules {
-			rule := Rule{Tag: ruleset.OriginID(nft.RuleComment(r.UserData))}
+			rule := Rule{Tag: ruleset.OriginID(nft.RuleComment(r.UserData)), Body: exprBody(r.Exprs)}
 			for _, e := range r.Exprs {
 				if v := verdictOf(e); v != "" {
 					rule.Verdict = v
@@ -170,4 +172,35 @@ func verdictOf(e expr.Any) string {
 		return "queue"
 	}
 	return ""
+}
+
+// exprBody is what a rule matches and does, comparable between two kernels
+// (network namespaces): its expressions as JSON, without counters and
+// without the set IDs the kernel hands out (set names stay).
+func exprBody(exprs []expr.Any) string {
+	var out []any
+	for _, e := range exprs {
+		switch x := e.(type) {
+		case *expr.Counter:
+			continue
+		case *expr.Lookup:
+			c := *x
+			c.SetID = 0
+			if strings.HasPrefix(c.SetName, "__set") {
+				c.SetName = "__set" // anonymous sets are numbered per table, in creation order
+			}
+			out = append(out, map[string]any{"lookup": c})
+		case *expr.Dynset:
+			c := *x
+			c.SetID = 0
+			out = append(out, map[string]any{"dynset": c})
+		default:
+			out = append(out, map[string]any{fmt.Sprintf("%T", e): e})
+		}
+	}
+	data, err := json.Marshal(out)
+	if err != nil {
+		return fmt.Sprintf("unreadable: %v", err)
+	}
+	return string(data)
 }

@@ -89,6 +89,11 @@ guard sshd
 	if want.Empty() {
 		t.Fatal("nft read nothing")
 	}
+	// netlink reads also each rule's body (for comparing two kernels); nft
+	// -j is compared on tags and verdicts.
+	for _, c := range got.Chains {
+		c.Rules = withoutBodies(c.Rules)
+	}
 	if d := cmp.Diff(want.Chains, got.Chains); d != "" {
 		t.Errorf("netlink layout differs from nft's (-nft +netlink):\n%s", d)
 	}
