@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/knftables"
 
@@ -241,7 +242,57 @@ func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full bool) (*Pl
 	if err != nil {
 		return nil, fmt.Errorf("list table inet %s: %w", TableName, err)
 	}
-	return fullPlan(b.newPlan(), d, existing), nil
+	migrate, err := b.banSetsToMigrate(ctx, d, existing)
+	if err != nil {
+		return nil, err
+	}
+	return fullPlanMigrating(b.newPlan(), d, existing, migrate), nil
+}
+
+// banSetsToMigrate finds the ban sets whose definition changed since moat
+// loaded them (a table of an earlier moat: ban sets without the dynamic
+// flag the port scan trap needs), with their bans to put back. Without a
+// record of the old definitions, ban sets are re-created all the same.
+func (b *Backend) banSetsToMigrate(ctx context.Context, d *desired, existing map[string][]string) (map[string][]string, error) {
+	if b.Run == nil || len(existing["set"]) == 0 {
+		return nil, nil
+	}
+	old, haveRecord := b.readRecord(ctx)
+	var names []string
+	for _, s := range d.sets {
+		if s.kind != banSet || !slices.Contains(existing["set"], s.set.Name) {
+			continue
+		}
+		if v, ok := old["set "+s.set.Name]; haveRecord && ok {
+			if def, _, _ := strings.Cut(v, " "); def == s.def {
+				continue
+			}
+		}
+		names = append(names, s.set.Name)
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	bans, err := b.Bans(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the bans to keep across a ban set's new definition: %w", err)
+	}
+	migrate := map[string][]string{}
+	for _, n := range names {
+		migrate[n] = []string{}
+	}
+	for _, ban := range bans {
+		set := ruleset.BanSetFor(ban.Addr)
+		if _, ok := migrate[set]; !ok || ban.Expires <= 0 {
+			continue
+		}
+		el := fmt.Sprintf("%s timeout %ds", ban.Addr, max(int64((ban.Expires+time.Second-1)/time.Second), 1))
+		if r := ruleset.CleanReason(ban.Reason); r != "" {
+			el += fmt.Sprintf(" comment %q", r)
+		}
+		migrate[set] = append(migrate[set], el)
+	}
+	return migrate, nil
 }
 
 // Check asks the kernel whether rs would load (nft --check), changing

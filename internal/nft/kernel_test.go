@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/lab"
@@ -290,5 +291,44 @@ func TestKernelManyDeletesRefill(t *testing.T) {
 	}
 	if got, want := stripBans(listTable(t, patched)), stripBans(listTable(t, fresh)); got != want {
 		t.Errorf("refilled table differs from a fresh apply:\n--- refilled\n%.3000s\n--- fresh\n%.3000s", got, want)
+	}
+}
+
+// A table an earlier moat loaded has ban sets without the dynamic flag
+// the port scan trap needs, and a set's flags cannot change in place: the
+// next apply re-creates them and puts their bans back.
+func TestKernelMigratesOldBanSets(t *testing.T) {
+	ctx := context.Background()
+	r, _ := kernelNS(t)
+	old := "table inet moat {\n" +
+		"\tset ban4 { type ipv4_addr; flags timeout; comment \"bans\"; elements = { 203.0.113.9 timeout 1h comment \"guard: test\" } }\n" +
+		"\tset ban6 { type ipv6_addr; flags timeout; }\n" +
+		"\tchain input { type filter hook input priority 0; policy drop; ip saddr @ban4 drop; }\n}\n"
+	if _, err := r.run(ctx, []byte(old), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	b := &Backend{Run: r.run}
+	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\nguard portscan\n")).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Apply(ctx, ruleset.Compile(p)); err != nil {
+		t.Fatalf("apply over an old table: %v", err)
+	}
+	bans, err := b.Bans(ctx)
+	if err != nil || len(bans) != 1 || bans[0].Addr.String() != "203.0.113.9" || bans[0].Reason != "guard: test" || bans[0].Expires < 59*time.Minute {
+		t.Errorf("bans after the migration: %+v %v", bans, err)
+	}
+	if table := listTable(t, r); !strings.Contains(table, "flags dynamic,timeout") {
+		t.Errorf("ban sets not dynamic:\n%.2000s", table)
+	}
+	// The next full apply knows the new definition: nothing re-created.
+	n := len(r.inputs)
+	b.Full = true
+	if err := b.Apply(ctx, ruleset.Compile(p)); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.inputs) == n || strings.Contains(r.last(), "delete set inet moat ban4") {
+		t.Errorf("full apply sent nothing or re-created the ban set again:\n%.2000s", r.last())
 	}
 }

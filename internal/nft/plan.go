@@ -332,6 +332,13 @@ func prefixStrings(ps []netip.Prefix) []string {
 // element list each, ban sets kept with their bans, objects the ruleset no
 // longer has deleted. existing lists the table's objects by type.
 func fullPlan(p *Plan, d *desired, existing map[string][]string) *Plan {
+	return fullPlanMigrating(p, d, existing, nil)
+}
+
+// fullPlanMigrating is fullPlan that also re-creates the ban sets named in
+// migrate (their definition changed: a set's flags cannot change in place)
+// and puts their bans back (elements as 'ADDR timeout Ns comment "..."').
+func fullPlanMigrating(p *Plan, d *desired, existing map[string][]string, migrate map[string][]string) *Plan {
 	p.Full = true
 	tx := p.tx()
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo(d.comment)})
@@ -377,15 +384,19 @@ func fullPlan(p *Plan, d *desired, existing map[string][]string) *Plan {
 		tx.Delete(&knftables.Chain{Name: n})
 	}
 	for _, s := range d.sets {
-		if s.kind != banSet && has["set"][s.set.Name] {
+		bans, migrating := migrate[s.set.Name]
+		if (s.kind != banSet || migrating) && has["set"][s.set.Name] {
 			// Re-created, so a changed definition takes effect (the
 			// kernel ignores a changed comment or timeout on "add").
-			tx.Delete(&knftables.Set{Name: s.set.Name})
+			p.tx().Delete(&knftables.Set{Name: s.set.Name})
 		}
 		if s.kind == policySet {
 			p.addSet(s.set, prefixStrings(s.elems))
 		} else {
 			p.tx().Add(s.set)
+		}
+		if migrating {
+			p.elements("add", s.set.Name, bans)
 		}
 	}
 	tx = p.tx()
