@@ -296,7 +296,7 @@ func (e *Engine) restoreFile(p *Pending) error {
 		e.warn(fmt.Sprintf("rollback: the saved policy %s is unusable (%v): %s gets the policy applied before", filepath.Join(dir, policyFile), err, p.PolicyPath))
 		old = []byte(p.Prev.Policy)
 	}
-	cur, err := os.ReadFile(p.PolicyPath)
+	cur, err := policy.ReadFile(p.PolicyPath)
 	if err == nil && string(cur) != string(old) {
 		if err := atomicfile.WriteFile(p.PolicyPath+".unconfirmed", cur, 0o600); err != nil {
 			e.warn(fmt.Sprintf("could not keep the unconfirmed policy: %v", err))

@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,11 +30,26 @@ type Document struct {
 
 // ReadDocument reads a policy file. A missing file is an empty document.
 func ReadDocument(name string) (*Document, error) {
-	f, err := os.Open(name)
+	data, err := ReadFile(name)
 	if errors.Is(err, os.ErrNotExist) {
 		return &Document{Name: name}, nil
 	}
 	if err != nil {
+		return nil, err
+	}
+	return NewDocument(name, data), nil
+}
+
+// ReadFile reads a policy file whole. Only a regular file of at most 64
+// MiB is read: it is opened without blocking (a FIFO put in its place
+// would otherwise hang moat, the lock it holds and a rollback that reads
+// the file), and a device (/dev/zero) or directory is refused unread.
+func ReadFile(name string) ([]byte, error) {
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
 	defer func() { _ = f.Close() }() // read only
@@ -47,11 +63,15 @@ func ReadDocument(name string) (*Document, error) {
 	if st.Size() > maxFileSize {
 		return nil, fmt.Errorf("read policy %s: %d bytes is more than the %d allowed", name, st.Size(), maxFileSize)
 	}
-	data := make([]byte, st.Size())
-	if _, err := f.ReadAt(data, 0); err != nil && st.Size() > 0 {
+	// Bounded again while reading: the file may grow after Stat.
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
 		return nil, fmt.Errorf("read policy %s: %w", name, err)
 	}
-	return NewDocument(name, data), nil
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("read policy %s: more than the %d bytes allowed", name, maxFileSize)
+	}
+	return data, nil
 }
 
 // NewDocument splits file contents into lines.

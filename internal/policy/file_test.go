@@ -6,6 +6,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 const sample = `# moat policy
@@ -206,5 +207,38 @@ func TestWriteKeepsModeOwnerAndLink(t *testing.T) {
 	// A directory is not a policy file.
 	if err := WriteFile(filepath.Dir(real), nil); err == nil {
 		t.Errorf("wrote over a directory")
+	}
+}
+
+// A FIFO, a device or a directory in the policy file's place is refused at
+// once: opened blocking, a FIFO hung every command (and the lock it holds,
+// and the rollback that reads the file) for good, deaf to SIGTERM.
+func TestReadDocumentNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(fifo, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{fifo, link, "/dev/zero", dir} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := ReadDocument(name)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+				t.Errorf("%s: %v", name, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("ReadDocument(%s) hangs", name)
+		}
+	}
+	if d, err := ReadDocument(filepath.Join(dir, "missing")); err != nil || len(d.Lines) != 0 {
+		t.Errorf("missing file: %v %v", d, err)
 	}
 }

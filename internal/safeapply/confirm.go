@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
+	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/statedir"
 )
 
@@ -271,7 +272,7 @@ func Rollback(ctx context.Context, dir, id string, r Restorer, log *slog.Logger)
 	}
 	// Keep the unconfirmed policy beside the restored one, so the admin's
 	// edits are not lost.
-	if cur, err := os.ReadFile(p.PolicyPath); err == nil && string(cur) != string(old) {
+	if cur, err := policy.ReadFile(p.PolicyPath); err == nil && string(cur) != string(old) {
 		if err := atomicfile.WriteFile(p.PolicyPath+".unconfirmed", cur, 0o644); err != nil {
 			log.Warn("could not keep the unconfirmed policy", "err", err)
 		}

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -160,11 +161,16 @@ func (p *sshdParser) file(path string, depth int) error {
 	if p.files++; p.files > sshdMaxFiles {
 		return fmt.Errorf("%s: more than %d files included", path, sshdMaxFiles)
 	}
-	f, err := os.Open(path)
+	// Without blocking: a FIFO among the Included files must not hang
+	// the fail-closed restore at boot.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("read sshd config: %w", err)
 	}
 	defer func() { _ = f.Close() }() // read only
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return fmt.Errorf("read sshd config %s: not a regular file", path)
+	}
 	data, err := readBounded(f, sshdMaxFileSize)
 	if err != nil {
 		return fmt.Errorf("read sshd config %s: %w", path, err)

@@ -7,7 +7,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func writeConf(t *testing.T, path, text string) {
@@ -175,5 +177,31 @@ func TestParseSSHDConfigHostile(t *testing.T) {
 	l, err = parseSSHDConfig(main, dir)
 	if err == nil || !strings.Contains(err.Error(), "more than") || !strings.Contains(fmt.Sprint(l.Ports()), "2201") {
 		t.Errorf("ports %v err %v", l.Ports(), err)
+	}
+}
+
+// A FIFO among the Included files is refused at once: opened blocking, it
+// hung the fail-closed restore at boot for good.
+func TestParseSSHDConfigFIFO(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.conf"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	main := filepath.Join(dir, "sshd_config")
+	writeConf(t, main, "Port 2201\nInclude "+dir+"/*.conf\n")
+	done := make(chan error, 1)
+	var l SSHDListen
+	go func() {
+		var err error
+		l, err = parseSSHDConfig(main, dir)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") || !strings.Contains(fmt.Sprint(l.Ports()), "2201") {
+			t.Errorf("ports %v err %v", l.Ports(), err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("parseSSHDConfig hangs on a FIFO")
 	}
 }
