@@ -197,7 +197,7 @@ func (e *env) killMoatAfter(delay time.Duration, args ...string) bool {
 // moatKernel is what moat has loaded, for failure messages.
 func (e *env) moatKernel() string {
 	if e.backend == "nftables" {
-		out, _ := e.topo.Server.Run(context.Background(), "nft", "-t", "list", "table", "inet", "moat")
+		out, _ := e.topo.Server.Run(context.Background(), "nft", "-t", "-a", "list", "table", "inet", "moat")
 		return string(out)
 	}
 	var b strings.Builder
