@@ -149,6 +149,11 @@ func (b *Backend) readRecord(ctx context.Context) (record, bool) {
 				comments = append(comments, *e.Comment)
 			}
 		}
+	} else if r, ok := b.Read.(interface{ SyncComments() ([]string, error) }); ok {
+		var err error
+		if comments, err = r.SyncComments(); err != nil {
+			return nil, false
+		}
 	} else {
 		out, err := b.Run(ctx, nil, "nft", "-j", "list", "set", "inet", TableName, SyncSet)
 		if err != nil {

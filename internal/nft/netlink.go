@@ -339,3 +339,25 @@ func parseElemList(data []byte) ([]Elem, error) {
 	}
 	return out, ad.Err()
 }
+
+// SyncComments reads the comments of the sync set's elements: moat's
+// record of what it loaded (see SyncSet), one small set, no process.
+func (NetlinkReader) SyncComments() ([]string, error) {
+	c, err := gnft.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	s, err := c.GetSetByName(moatTable, SyncSet)
+	if err != nil {
+		return nil, err
+	}
+	els, err := c.GetSetElements(s)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(els))
+	for _, e := range els {
+		out = append(out, e.Comment)
+	}
+	return out, nil
+}

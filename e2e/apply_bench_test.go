@@ -1,0 +1,220 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/lab"
+)
+
+// Apply-time and change-time benchmarks: moat against the best
+// hand-written input for the kernel tools, of the same size, measured in
+// the same run, each in a fresh network namespace.
+//
+//	go test -run XXX -bench 'Apply|Change' -benchtime 3x -timeout 30m ./e2e/
+
+// blockSizes are the numbers of address entries (half IPv4, half IPv6).
+var blockSizes = []int{1000, 10000, 100000}
+
+// blockAddrs returns n sources: n/2 IPv4 addresses and n/2 IPv6 /64s,
+// none adjacent, so merging keeps one set element each.
+func blockAddrs(n int) (v4, v6 []string) {
+	for i := 0; i < n/2; i++ {
+		v4 = append(v4, fmt.Sprintf("10.%d.%d.%d", i>>15&255, i>>7&255, 2*(i&127)))
+		v6 = append(v6, fmt.Sprintf("2001:db8:%x:%x::/64", i>>7, 2*(i&127)))
+	}
+	return v4, v6
+}
+
+// blockPolicy is moat's policy for n entries.
+func blockPolicy(n int) string {
+	v4, v6 := blockAddrs(n)
+	var b strings.Builder
+	b.WriteString("default deny incoming\n")
+	for i := range v4 {
+		fmt.Fprintf(&b, "deny from %s\ndeny from %s\n", v4[i], v6[i])
+	}
+	b.WriteString("allow 22/tcp\n")
+	return b.String()
+}
+
+// handNft is the best hand-written nftables ruleset for the same policy:
+// two interval sets declared with their elements, three rules.
+func handNft(n int) string {
+	v4, v6 := blockAddrs(n)
+	return "table inet hand {\n" +
+		"\tset b4 { type ipv4_addr; flags interval; elements = { " + strings.Join(v4, ", ") + " }; }\n" +
+		"\tset b6 { type ipv6_addr; flags interval; elements = { " + strings.Join(v6, ", ") + " }; }\n" +
+		"\tchain input { type filter hook input priority 0; policy drop;\n" +
+		"\t\tct state established,related accept\n\t\tip saddr @b4 drop\n\t\tip6 saddr @b6 drop\n\t\ttcp dport 22 accept\n\t}\n}\n"
+}
+
+// handIpt is the same for iptables: one ipset restore, one restore per
+// family.
+func handIpt(n int) (ipset, v4rules, v6rules string) {
+	v4, v6 := blockAddrs(n)
+	var s strings.Builder
+	s.WriteString("create b4 hash:net family inet maxelem 1048576\ncreate b6 hash:net family inet6 maxelem 1048576\n")
+	for i := range v4 {
+		fmt.Fprintf(&s, "add b4 %s\nadd b6 %s\n", v4[i], v6[i])
+	}
+	rules := func(set string) string {
+		return "*filter\n:INPUT DROP [0:0]\n-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n" +
+			"-A INPUT -m set --match-set " + set + " src -j DROP\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n"
+	}
+	return s.String(), rules("b4"), rules("b6")
+}
+
+// runIn runs a program in a namespace with stdin from a file and returns
+// its peak resident memory in KB.
+func runIn(b *testing.B, ns *lab.NS, stdin string, name string, args ...string) int64 {
+	b.Helper()
+	var rss int64
+	err := ns.Do(func() error {
+		cmd := exec.CommandContext(context.Background(), name, args...)
+		if stdin != "" {
+			f, err := os.Open(stdin)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = f.Close() }() // read-only
+			cmd.Stdin = f
+		}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s %v: %w\n%s", name, args, err, out)
+		}
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			rss = ru.Maxrss
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return rss
+}
+
+func benchNS(b *testing.B) *lab.NS {
+	b.Helper()
+	ns, err := lab.NewNS(lab.UniqueName("moatbench"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ns
+}
+
+// moatIn runs moat with a policy file and state directory in ns.
+func moatIn(b *testing.B, ns *lab.NS, dir, backend string, args ...string) int64 {
+	b.Helper()
+	full := append([]string{"--config", filepath.Join(dir, "moat.conf"), "--backend", backend, "--state-dir", filepath.Join(dir, "state")}, args...)
+	return runIn(b, ns, "", moatBin, full...)
+}
+
+// BenchmarkApply: a first apply of n address entries into an empty
+// namespace, moat (parse, checks, compile, kernel) against `nft -f` or
+// `ipset restore` + `iptables-restore` + `ip6tables-restore` of the
+// hand-written ruleset. Reports seconds per apply, moat's peak RSS and the
+// ratio to the baseline.
+func BenchmarkApply(b *testing.B) {
+	for _, backend := range backends {
+		for _, n := range blockSizes {
+			b.Run(fmt.Sprintf("%s/entries-%d", backend, n), func(b *testing.B) {
+				dir := b.TempDir()
+				writeFile(b, filepath.Join(dir, "moat.conf"), blockPolicy(n))
+				hand := filepath.Join(dir, "hand")
+				ipsetIn, v4In, v6In := handIpt(n)
+				writeFile(b, hand+".nft", handNft(n))
+				writeFile(b, hand+".ipset", ipsetIn)
+				writeFile(b, hand+".v4", v4In)
+				writeFile(b, hand+".v6", v6In)
+				var base, moat time.Duration
+				var rss int64
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					ns1, ns2 := benchNS(b), benchNS(b)
+					if err := os.RemoveAll(filepath.Join(dir, "state")); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					start := time.Now()
+					if backend == "nftables" {
+						runIn(b, ns1, hand+".nft", "nft", "-f", "-")
+					} else {
+						runIn(b, ns1, hand+".ipset", "ipset", "restore")
+						runIn(b, ns1, hand+".v4", "iptables-restore", "-w", "5")
+						runIn(b, ns1, hand+".v6", "ip6tables-restore", "-w", "5")
+					}
+					base += time.Since(start)
+					start = time.Now()
+					rss = max(rss, moatIn(b, ns2, dir, backend, "enable", "--force"))
+					moat += time.Since(start)
+					b.StopTimer()
+					if err := errors.Join(ns1.Close(), ns2.Close()); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+				b.ReportMetric(moat.Seconds()/float64(b.N), "s-moat")
+				b.ReportMetric(base.Seconds()/float64(b.N), "s-baseline")
+				b.ReportMetric(float64(rss)/1024, "MB-rss-moat")
+				b.ReportMetric(float64(moat)/float64(base), "x-baseline")
+			})
+		}
+	}
+}
+
+// BenchmarkChange: with n entries applied, `moat allow 8080/tcp` then
+// `moat delete allow 8080/tcp` (each a whole command: read, check, send
+// the difference), against the fixed cost of the kernel tool: `nft -f`
+// of a one-rule ruleset, or `iptables-restore` of a one-rule chain.
+// n = 0 shows a command's fixed cost.
+func BenchmarkChange(b *testing.B) {
+	for _, backend := range backends {
+		for _, n := range append([]int{0}, blockSizes...) {
+			b.Run(fmt.Sprintf("%s/entries-%d", backend, n), func(b *testing.B) {
+				dir := b.TempDir()
+				writeFile(b, filepath.Join(dir, "moat.conf"), blockPolicy(n))
+				one := filepath.Join(dir, "one")
+				writeFile(b, one+".nft", "table inet one {\n\tchain input { type filter hook input priority 0; policy accept; tcp dport 22 accept; }\n}\n")
+				writeFile(b, one+".v4", "*filter\n:ONE - [0:0]\n-A ONE -p tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+				ns := benchNS(b)
+				b.Cleanup(func() {
+					if err := ns.Close(); err != nil {
+						b.Error(err)
+					}
+				})
+				moatIn(b, ns, dir, backend, "enable", "--force")
+				var base, moat time.Duration
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					start := time.Now()
+					if backend == "nftables" {
+						runIn(b, ns, one+".nft", "nft", "-f", "-")
+					} else {
+						runIn(b, ns, one+".v4", "iptables-restore", "-w", "5", "--noflush")
+					}
+					base += time.Since(start)
+					start = time.Now()
+					if i%2 == 0 {
+						moatIn(b, ns, dir, backend, "allow", "8080/tcp")
+					} else {
+						moatIn(b, ns, dir, backend, "delete", "allow", "8080/tcp")
+					}
+					moat += time.Since(start)
+				}
+				b.ReportMetric(float64(moat.Microseconds())/1000/float64(b.N), "ms-moat")
+				b.ReportMetric(float64(base.Microseconds())/1000/float64(b.N), "ms-baseline")
+				b.ReportMetric(float64(moat)/float64(base), "x-baseline")
+			})
+		}
+	}
+}
