@@ -68,12 +68,12 @@ func Lex(line string) ([]Token, *Error) {
 				return nil, &Error{Pos: Pos{Col: i + 1}, Msg: "a closing quote must end the word"}
 			}
 		default:
-			if c < 0x20 || c == 0x7f {
+			if isControl(c) {
 				return nil, &Error{Pos: Pos{Col: i + 1}, Msg: fmt.Sprintf("control character %U is not allowed", c)}
 			}
 			start := i
 			for i < len(runes) && !strings.ContainsRune(" \t\r'\"#", runes[i]) {
-				if runes[i] < 0x20 || runes[i] == 0x7f {
+				if isControl(runes[i]) {
 					return nil, &Error{Pos: Pos{Col: i + 1}, Msg: fmt.Sprintf("control character %U is not allowed", runes[i])}
 				}
 				i++
@@ -85,6 +85,12 @@ func Lex(line string) ([]Token, *Error) {
 		}
 	}
 	return toks, nil
+}
+
+// isControl reports C0 and C1 control characters and DEL: a C1 CSI
+// (U+009B) is an escape sequence on many terminals that show the rule.
+func isControl(c rune) bool {
+	return c < 0x20 || (c >= 0x7f && c <= 0x9f)
 }
 
 // ArgsTokens turns command-line arguments into tokens; the column of each is

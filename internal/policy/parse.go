@@ -540,8 +540,13 @@ func checkComment(c string) string {
 		return "comment may not contain quotes, backslashes, '`' or '$'"
 	}
 	for _, ch := range c {
-		if ch < 0x20 || ch == 0x7f {
+		if isControl(ch) {
 			return "comment may not contain control characters"
+		}
+		// Bidirectional overrides make 'moat status' show a rule's text
+		// in another order than it has.
+		if (ch >= 0x202a && ch <= 0x202e) || (ch >= 0x2066 && ch <= 0x2069) {
+			return fmt.Sprintf("comment may not contain bidirectional control characters (%U)", ch)
 		}
 	}
 	return ""
@@ -637,6 +642,8 @@ func checkIface(name string) string {
 		return fmt.Sprintf("bad interface name '%s': '!' is reserved", name)
 	case strings.Contains(name, ":"):
 		return fmt.Sprintf("bad interface name '%s': interface aliases (eth0:1) cannot be filtered; use the device name", name)
+	case name == "+":
+		return "bad interface name '+': it would match every interface; leave out 'in on'/'out on'"
 	case name == "." || name == "..":
 		return "bad interface name: can't use '.' or '..'"
 	case strings.Contains(strings.TrimSuffix(name, "+"), "+"):
