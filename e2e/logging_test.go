@@ -51,10 +51,14 @@ func TestLoggingBlocked(t *testing.T) {
 			requireBackend(t, b)
 			t.Parallel()
 			e := newEnv(t, b, false)
-			e.apply("default deny incoming\nallow 22/tcp\nlogging low\n")
+			e.apply("default deny incoming\nallow log 22/tcp\nlogging low\n")
 			e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open")
 			if n := e.logCount("logging:block:input"); n != 0 {
 				t.Errorf("allowed connections were logged as blocked: %d", n)
+			}
+			// 'log' logs the rule's new connections (not their other packets).
+			if n := e.logCount("log:L2"); n != 2 {
+				t.Errorf("'allow log 22/tcp' logged %d packets, want the 2 new connections", n)
 			}
 			e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp [2001:db8::1]:80 timeout", "client udp 192.0.2.1:53 timeout")
 			if n := e.logCount("logging:block:input"); n < 3 {

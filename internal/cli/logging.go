@@ -62,6 +62,7 @@ is 0 by default).`,
 type blockLine struct {
 	Time  string `json:"time,omitempty"`
 	Kind  string `json:"kind"`
+	Rule  string `json:"rule,omitempty"` // "L12": the line of a rule written with 'log'
 	In    string `json:"in,omitempty"`
 	Src   string `json:"src"`
 	Dst   string `json:"dst"`
@@ -94,9 +95,18 @@ func parseKernelLog(line string) (blockLine, bool) {
 		}
 	}
 	rest := line[i+len("[MOAT "):]
-	kind, rest, ok := strings.Cut(rest, "]")
+	head, rest, ok := strings.Cut(rest, "]")
 	if !ok {
 		return b, false
+	}
+	// "[MOAT BLOCK]" (a logging level) or "[MOAT BLOCK L12]" (a rule
+	// written with 'log', named by its line).
+	kind, rule, _ := strings.Cut(head, " ")
+	if rule != "" {
+		if n, err := strconv.Atoi(strings.TrimPrefix(rule, "L")); err != nil || n < 1 || !strings.HasPrefix(rule, "L") {
+			return b, false
+		}
+		b.Rule = rule
 	}
 	switch kind {
 	case "BLOCK", "ALLOW", "INVALID", "AUDIT":

@@ -243,7 +243,20 @@ func compileRule(r *policy.Rule) []Rule {
 		out.Limit = &rate
 	}
 	if r.Log != policy.LogNone {
-		out.Log = fmt.Sprintf("[moat %s %s] ", out.Origin.ID, r.Action)
+		// As ufw: a separate log rule, rate limited (3 a minute, bursts of
+		// 10), 'log' for new connections only, 'log-all' for every packet.
+		// The prefix names the line; its counter has its own tag.
+		kind := "ALLOW"
+		if r.Action == policy.Deny || r.Action == policy.Reject {
+			kind = "BLOCK"
+		}
+		lm := m
+		if r.Log == policy.LogNew {
+			lm.CTStates = []CTState{CTNew}
+		}
+		log := Rule{Match: lm, Verdict: Log, LogLimited: true, Log: fmt.Sprintf("[MOAT %s %s] ", kind, out.Origin.ID),
+			Origin: Origin{ID: "log:" + out.Origin.ID, Line: out.Origin.Line, Text: "log: " + r.Text}}
+		return []Rule{log, out}
 	}
 	return []Rule{out}
 }
