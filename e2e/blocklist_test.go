@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -129,7 +130,7 @@ func (ls *listServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	etag := fmt.Sprintf(`"%d-%d"`, len(body), strings.Count(body, "."))
+	etag := fmt.Sprintf(`"%x"`, sha256.Sum256([]byte(body)))
 	if r.Header.Get("If-None-Match") == etag {
 		ls.notModified++
 		w.WriteHeader(http.StatusNotModified)
@@ -232,6 +233,29 @@ func TestBlocklistUpdate(t *testing.T) {
 			if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 || list[0].Networks != 2 ||
 				list[0].Where != ls.url("/drop.txt") || time.Since(list[0].Updated) > time.Minute || list[0].Error != "" {
 				t.Errorf("blocklist list: %v\n%s", err, out)
+			}
+			// Two updates at once (the timer's and the admin's): one waits
+			// for the other; both succeed and the kernel holds the list.
+			ls.set("/drop.txt", "192.0.2.3\n2001:db8::3\n", 0)
+			errs := make(chan error, 2)
+			for i := 0; i < 2; i++ {
+				go func() {
+					out, err := e.moatTLS(ls, "blocklist", "update")
+					if err != nil {
+						err = fmt.Errorf("%w: %s", err, out)
+					}
+					errs <- err
+				}()
+			}
+			for i := 0; i < 2; i++ {
+				if err := <-errs; err != nil {
+					t.Errorf("concurrent update: %v", err)
+				}
+			}
+			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/192.0.2.4 tcp 192.0.2.1:80 open")
+			ls.set("/drop.txt", "192.0.2.4\n2001:db8::4\n", 0)
+			if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
+				t.Fatalf("update: %v\n%s", err, out)
 			}
 			// A restart of the machine: the saved copy comes back without a fetch.
 			ls.set("/drop.txt", "", http.StatusServiceUnavailable)

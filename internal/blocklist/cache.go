@@ -237,8 +237,8 @@ func Load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save
 	}
 	if !have {
 		w := fmt.Errorf("blocklist %s: not fetched yet; run 'moat blocklist update %s'", bl.Name, bl.Name)
-		if cerr != nil {
-			w = errors.Join(cerr, w)
+		if err := errors.Join(merr, cerr); err != nil {
+			w = errors.Join(err, w)
 		}
 		return Loaded{Meta: m, Warning: w}, nil
 	}

@@ -240,3 +240,43 @@ func TestHostileValidators(t *testing.T) {
 		t.Errorf("%d requests", n)
 	}
 }
+
+// Damaged state files are noticed and never trusted: a garbage metadata
+// file makes the saved copy unusable (said so), and the next update
+// starts afresh and works.
+func TestDamagedMeta(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("If-None-Match") != "" {
+			t.Errorf("a conditional request from damaged state")
+		}
+		w.Header().Set("ETag", `"v1"`)
+		fmt.Fprintln(w, "192.0.2.1")
+	}))
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	bl := &policy.Blocklist{Name: "d", Source: policy.BlocklistURL, URL: srv.URL}
+	r, err := Update(context.Background(), dir, bl, &Fetcher{Client: srv.Client()}, Protect{}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := SaveResult(dir, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(metaPath(dir, "d"), []byte(`{"name":"d","etag":"\"v1\"","sha256":`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ld, err := Load(dir, bl, Protect{}, time.Now(), false)
+	if err != nil || ld.Prefixes != nil || ld.Warning == nil || !strings.Contains(ld.Warning.Error(), "is damaged") {
+		t.Errorf("damaged metadata: %+v %v", ld, err)
+	}
+	r, err = Update(context.Background(), dir, bl, &Fetcher{Client: srv.Client()}, Protect{}, time.Now())
+	if err != nil || r.NotModified || len(r.New.V4) != 1 {
+		t.Fatalf("update after damage: %+v %v", r, err)
+	}
+	if err := SaveResult(dir, r); err != nil {
+		t.Fatal(err)
+	}
+	if ld, err := Load(dir, bl, Protect{}, time.Now(), false); err != nil || len(ld.Prefixes) != 1 || ld.Warning != nil {
+		t.Errorf("after the repair: %+v %v", ld, err)
+	}
+}
