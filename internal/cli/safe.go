@@ -75,7 +75,9 @@ func (a *app) confirmCommand() *cobra.Command {
 		Use:   "confirm",
 		Short: "Keep a change applied with --confirm (run it from a new connection)",
 		Long: `Keep the change applied with --confirm. Run it over a NEW SSH connection:
-that the connection works is the proof the new rules let you in.`,
+that the connection works is the proof the new rules let you in. The
+change is saved for boot if moat is enabled. Too late (the deadline
+passed), it says when the change was rolled back.`,
 		GroupID: "state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -100,6 +102,9 @@ func (a *app) rollbackCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:     "rollback",
 		Short:   "Undo a change applied with --confirm, now",
+		Long: `Undo the change applied with --confirm now: moat's rules, the policy file
+and the saved state go back to what they were before it (the unconfirmed
+policy is kept as FILE.unconfirmed).`,
 		GroupID: "state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -133,7 +133,7 @@ func (p Proc) is() bool {
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
 	if len(p.Marker) == 0 {
-		return true
+		return false // no arguments to check: never signal it
 	}
 	for i := range args {
 		if i+len(p.Marker) <= len(args) && equal(args[i:i+len(p.Marker)], p.Marker) {
