@@ -100,8 +100,8 @@ passed), it says when the change was rolled back.`,
 
 func (a *app) rollbackCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "rollback",
-		Short:   "Undo a change applied with --confirm, now",
+		Use:   "rollback",
+		Short: "Undo a change applied with --confirm, now",
 		Long: `Undo the change applied with --confirm now: moat's rules, the policy file
 and the saved state go back to what they were before it (the unconfirmed
 policy is kept as FILE.unconfirmed).`,
