@@ -54,3 +54,39 @@ func TestRestoreRefusedByLockout(t *testing.T) {
 		})
 	}
 }
+
+// --dry-run says what the real command would do: refuse a change that
+// cuts the live session (exit 3, the same message), not "Rule updated" and
+// exit 0. With --force it warns; nothing changes either way.
+func TestDryRunRunsLockoutCheck(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			srv := e.startSSHD(22)
+			e.apply("default deny incoming\nallow 22/tcp\n")
+			sess := srv.login(lab.ServerV6)
+			e.refused([]string{"session [2001:db8::2]:", "would be dropped by line 2: deny 22/tcp"}, "--dry-run", "deny", "22/tcp")
+			e.refused([]string{"would be dropped by line 2: deny from 2001:db8::/32"}, "--dry-run", "insert", "1", "deny", "from", "2001:db8::/32")
+			e.refused([]string{"would be dropped by line 1: default deny incoming"}, "--dry-run", "delete", "1")
+			kernel := e.kernelState()
+			out, err := e.moat("--dry-run", "--force", "deny", "22/tcp")
+			if err != nil || !strings.Contains(out, "--force would apply although it cuts SSH access") || !strings.Contains(out, "dry run") {
+				t.Errorf("--dry-run --force (err %v):\n%s", err, out)
+			}
+			// enable --dry-run of a file that cuts the session.
+			writeFile(t, e.conf, "default deny incoming\nallow 80/tcp\n")
+			out, err = e.moat("--dry-run", "enable")
+			if exitCode(err) != 3 || !strings.Contains(out, "refusing to apply") {
+				t.Errorf("enable --dry-run of a cutting policy (err %v):\n%s", err, out)
+			}
+			if e.kernelState() != kernel {
+				t.Errorf("a dry run changed the kernel")
+			}
+			if err := sess.alive(3 * time.Second); err != nil {
+				t.Errorf("live session cut: %v", err)
+			}
+		})
+	}
+}

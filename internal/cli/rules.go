@@ -16,6 +16,7 @@ import (
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/safeapply"
 )
 
 var ruleHelp = map[string]string{
@@ -151,6 +152,13 @@ func (a *app) edit(cmd *cobra.Command, fn func(*policy.Document) (string, bool, 
 				return fmt.Errorf("the change would make the policy invalid, nothing changed:\n%w", err)
 			}
 			a.warnCovered(p)
+			// The real command applies when moat is active: it would be
+			// refused if it cut a live SSH session, and so is the dry run.
+			if st, err := a.engine().State(cmd.Context()); err == nil && len(st.Kernel) > 0 && (st.Applied == nil || !st.Applied.FailClosed) {
+				if err := a.dryRunLockout(p); err != nil {
+					return err
+				}
+			}
 			msg += " (dry run: " + doc.Name + " not changed)"
 		}
 		a.printf("%s\n", msg)
@@ -313,6 +321,18 @@ func (a *app) enable(cmd *cobra.Command, reload bool) error {
 	return a.waitConfirm(cmd.Context(), pending)
 }
 
+// dryRunLockout runs the lockout check of an apply of p: the refusal the
+// real command would give (exit 3), or with --force a warning.
+func (a *app) dryRunLockout(p *policy.Policy) error {
+	err := a.engine().CheckLockout(p)
+	var le *safeapply.LockoutError
+	if a.force && errors.As(err, &le) {
+		fmt.Fprintf(a.errOut, "moat: warning: --force would apply although it cuts SSH access (dry run: nothing changed):\n%s\n", le)
+		return nil
+	}
+	return err
+}
+
 // dryRunApply prints what would be loaded and checks it with the kernel.
 func (a *app) dryRunApply(ctx context.Context) error {
 	p, b, err := a.policyAndBackend()
@@ -320,6 +340,9 @@ func (a *app) dryRunApply(ctx context.Context) error {
 		return err
 	}
 	a.warnCovered(p)
+	if err := a.dryRunLockout(p); err != nil {
+		return err
+	}
 	rs := ruleset.Compile(p)
 	script, err := b.Script(rs)
 	if err != nil {

@@ -40,3 +40,15 @@ func (e *Engine) checkLockout(rs *ruleset.Ruleset, p *policy.Policy, force bool)
 	}
 	return nil
 }
+
+// CheckLockout is the lockout check an apply of p would run, for a dry
+// run: p is compiled as an apply compiles it, a *safeapply.LockoutError
+// says which live session it would cut, and the warnings an apply gives
+// are given. Nothing is changed and no lock is needed.
+func (e *Engine) CheckLockout(p *policy.Policy) error {
+	rs, err := e.compile(p, false)
+	if err != nil {
+		return err
+	}
+	return e.checkLockout(rs, p, false)
+}
