@@ -84,6 +84,9 @@ func randomUFWRules(r *rand.Rand, apps bool) [][]string {
 	// ufw6-reject-input empty, so its IPv6 default drops instead (moat
 	// rejects, as the policy says).
 	rules = append(rules, []string{"default", pick("deny", "deny", "allow"), "incoming"})
+	if r.IntN(3) == 0 {
+		rules = append(rules, []string{"default", "deny", "outgoing"})
+	}
 	addrs := []string{"192.0.2.3", "192.0.2.2/31", "2001:db8::3", "2001:db8::/126", "192.0.2.0/255.255.255.252", "2001:db8::2"}
 	n := 3 + r.IntN(6)
 	limits := 0
@@ -98,7 +101,7 @@ func randomUFWRules(r *rand.Rand, apps bool) [][]string {
 				act = "allow"
 			}
 		}
-		switch r.IntN(7) {
+		switch r.IntN(9) {
 		case 0:
 			rules = append(rules, []string{act, pick("22", "53", "80", "443", "2222", "5432", "8080", "123") + pick("", "/tcp", "/udp")})
 		case 1:
@@ -121,6 +124,16 @@ func randomUFWRules(r *rand.Rand, apps bool) [][]string {
 			rules = append(rules, []string{act, "from", addr})
 		case 5:
 			rules = append(rules, []string{act, "to", "any", "port", pick("25", "53", "113", "123"), "comment", "rule " + pick("a", "b", "c")})
+		case 7, 8:
+			// Outgoing rules, probed from the server to the client.
+			if act == "limit" {
+				act = "allow"
+			}
+			if r.IntN(2) == 0 {
+				rules = append(rules, []string{act, "out", pick("25", "80", "53") + pick("", "/tcp", "/udp")})
+			} else {
+				rules = append(rules, []string{act, "out", "to", pick("192.0.2.2", "2001:db8::2", "192.0.2.0/24"), "port", pick("25", "80", "53")})
+			}
 		case 6:
 			if apps {
 				rules = append(rules, []string{act, "OpenSSH"})
@@ -146,6 +159,12 @@ func diffProbes(e *env) []lab.Check {
 		for _, p := range []uint16{53, 123, 6000} {
 			specs = append(specs, fmt.Sprintf("client/%s udp %s:%d any", src, dst, p))
 		}
+	}
+	for _, dst := range []string{"192.0.2.2", "[2001:db8::2]"} {
+		for _, p := range []uint16{25, 80} {
+			specs = append(specs, fmt.Sprintf("server tcp %s:%d any", dst, p))
+		}
+		specs = append(specs, fmt.Sprintf("server udp %s:53 any", dst))
 	}
 	var checks []lab.Check
 	for _, s := range specs {
