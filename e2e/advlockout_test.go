@@ -90,3 +90,61 @@ func TestDryRunRunsLockoutCheck(t *testing.T) {
 		})
 	}
 }
+
+// A multi-homed server with source-based policy routing (an uplink per
+// address): the main table sends replies to the admin out of eth0, but the
+// admin's session runs over eth1, as the rule for the server's eth1
+// address routes it. The session's interface is the route back from the
+// address it connected to: a rule on eth1 is refused; before, the main
+// table's eth0 was taken and the rule cut every reconnect.
+func TestLockoutPolicyRouting(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			var tcp []uint16
+			for _, p := range serverTCP {
+				if p != 22 && p != 2222 {
+					tcp = append(tcp, p)
+				}
+			}
+			e := newEnvPorts(t, b, true, tcp)
+			srv := e.startSSHD(22)
+			e.apply("default deny incoming\nallow 22/tcp\n")
+			for _, cmd := range [][]string{
+				{"ip", "route", "add", "198.51.100.2/32", "via", "192.0.2.2", "dev", "eth0"},
+				{"ip", "rule", "add", "from", "198.51.100.1", "lookup", "100"},
+				{"ip", "route", "add", "198.51.100.0/24", "dev", "eth1", "table", "100"},
+				{"ip", "-6", "route", "add", "2001:db8:1::2/128", "via", "2001:db8::2", "dev", "eth0"},
+				{"ip", "-6", "rule", "add", "from", "2001:db8:1::1", "lookup", "100"},
+				{"ip", "-6", "route", "add", "2001:db8:1::/64", "dev", "eth1", "table", "100"},
+			} {
+				e.run("server", cmd...)
+			}
+			if out := e.run("server", "ip", "route", "get", "198.51.100.2"); !strings.Contains(out, "dev eth0") {
+				t.Fatalf("the main table should route to the admin over eth0:\n%s", out)
+			}
+			sess := srv.loginFrom(e.topo.Backend, lab.RouterV4)
+			sess6 := srv.loginFrom(e.topo.Backend, lab.RouterV6)
+			e.refused([]string{"session 198.51.100.2:", "session [2001:db8:1::2]:", "(it comes in on eth1)"},
+				"prepend", "deny", "in", "on", "eth1", "to", "any", "port", "22", "proto", "tcp")
+			// eth0 carries no session: that rule applies.
+			e.mustMoat("prepend", "deny", "in", "on", "eth0", "to", "any", "port", "22", "proto", "tcp")
+			if !srv.canLoginFrom(e.topo.Backend, lab.RouterV4) || !srv.canLoginFrom(e.topo.Backend, lab.RouterV6) {
+				t.Errorf("no new login over eth1 with a rule on eth0")
+			}
+			// The danger was real: forced through, the eth1 rule stops
+			// every new login of the admin.
+			e.mustMoat("delete", "1")
+			e.mustMoat("--force", "prepend", "deny", "in", "on", "eth1", "to", "any", "port", "22", "proto", "tcp")
+			if srv.canLoginFrom(e.topo.Backend, lab.RouterV4) || srv.canLoginFrom(e.topo.Backend, lab.RouterV6) {
+				t.Errorf("a login over eth1 got through 'deny in on eth1'")
+			}
+			for _, s := range []*session{sess, sess6} {
+				if err := s.alive(3 * time.Second); err != nil {
+					t.Errorf("live session cut: %v", err)
+				}
+			}
+		})
+	}
+}

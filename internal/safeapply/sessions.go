@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -92,7 +93,7 @@ var ianaEphemeral = policy.PortRange{First: 49152, Last: 65535}
 // session uses or on port 22. Connections sshd holds for port forwarding
 // are not sessions.
 func FindSSH(procRoot, sshConn string) (SSHState, error) {
-	f := &sshFinder{procRoot: procRoot, hintPorts: []uint16{22}, sockIface: sockDiagIfaces}
+	f := &sshFinder{procRoot: procRoot, hintPorts: []uint16{22}, sockIface: sockDiagIfaces, routeIface: replyIface}
 	return f.find(sshConn)
 }
 
@@ -107,6 +108,9 @@ type sshFinder struct {
 	// to (for link-local peers, the one the connection runs over); nil
 	// or an error: unknown.
 	sockIface func(inodes map[string]bool) (map[string]string, error)
+	// routeIface names the interface of the route back to client from
+	// the session's own address (nil or "": unknown).
+	routeIface func(client, server netip.Addr) string
 }
 
 // procSockets are the socket inodes of processes, by role.
@@ -234,7 +238,8 @@ func (f *sshFinder) reconnectPorts() policy.Ports {
 	return policy.Ports{{First: uint16(lo), Last: uint16(hi)}, ianaEphemeral}
 }
 
-// setIfaces gives link-local sessions the interface their socket runs
+// setIfaces gives each session the interface it runs over. Link-local
+// sessions: the one their socket runs
 // over. The routing table cannot tell: every interface has a route to
 // fe80::/64. The kernel binds an accepted link-local connection to the
 // interface it came in on, and sock_diag reports it. Where sock_diag
@@ -243,6 +248,15 @@ func (f *sshFinder) reconnectPorts() policy.Ports {
 // device only in a VRF, whose device is not the one packets come in on:
 // they keep the route back to the client.)
 func (f *sshFinder) setIfaces(sessions []Session, inodes []string) {
+	// The others: the route back to the client from the address it
+	// connected to. With source-based policy routing (a host with an
+	// uplink per address) the main table's route to the client names
+	// another interface than the one the session runs over.
+	for i, s := range sessions {
+		if !isLinkLocal(s.Client.Addr()) && f.routeIface != nil {
+			sessions[i].Iface = f.routeIface(s.Client.Addr(), s.Server.Addr())
+		}
+	}
 	want := map[string]bool{}
 	for i, s := range sessions {
 		if isLinkLocal(s.Client.Addr()) {
@@ -299,6 +313,20 @@ func sockDiagIfaces(inodes map[string]bool) (map[string]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// replyIface names the interface of the route to client with source
+// address server (ip route get CLIENT from SERVER), "" if unknown.
+func replyIface(client, server netip.Addr) string {
+	routes, err := netlink.RouteGetWithOptions(net.IP(client.WithZone("").AsSlice()), &netlink.RouteGetOptions{SrcAddr: net.IP(server.WithZone("").AsSlice())})
+	if err != nil || len(routes) == 0 {
+		return ""
+	}
+	l, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return ""
+	}
+	return l.Attrs().Name
 }
 
 // neighbourIface names the only interface with addr in its neighbour

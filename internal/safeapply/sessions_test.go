@@ -307,3 +307,39 @@ func TestFindSSHDropbear(t *testing.T) {
 		t.Errorf("ports %v sessions %q", st.Ports(), sessionList(st))
 	}
 }
+
+// A session's interface is the route back to the client from the address
+// the client connected to (source-based policy routing: an uplink per
+// address), asked with both; link-local sessions keep their socket's.
+func TestFindSSHSessionIface(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "[::]:22", "[::]:0")
+	conn := b.sock("01", "198.51.100.1:22", "203.0.113.5:50000")
+	conn6 := b.sock("01", "[fe80::1]:22", "[fe80::2]:50001")
+	b.proc(100, 1, "sshd", lis)
+	b.proc(200, 100, "sshd", conn, conn6)
+	var asked []string
+	f := &sshFinder{procRoot: b.write(""), hintPorts: []uint16{22},
+		sockIface: func(map[string]bool) (map[string]string, error) { return map[string]string{conn6: "eth2"}, nil },
+		routeIface: func(client, server netip.Addr) string {
+			asked = append(asked, client.String()+" from "+server.String())
+			if server == netip.MustParseAddr("198.51.100.1") {
+				return "eth1"
+			}
+			return "eth0"
+		}}
+	st, err := f.find("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, s := range st.Sessions {
+		got[s.Client.Addr().String()] = s.Iface
+	}
+	if got["203.0.113.5"] != "eth1" || got["fe80::2"] != "eth2" || len(got) != 2 {
+		t.Errorf("interfaces %v", got)
+	}
+	if fmt.Sprint(asked) != "[203.0.113.5 from 198.51.100.1]" {
+		t.Errorf("routes asked: %v", asked)
+	}
+}
