@@ -65,9 +65,12 @@ func TestBlocklistFile100k(t *testing.T) {
 			if !strings.Contains(out, "blocklist big file "+list) || !strings.Contains(out, "DROP") {
 				t.Errorf("explain does not name the list:\n%s", out)
 			}
-			st := e.mustMoat("status")
-			if !strings.Contains(st, "big") || !strings.Contains(st, "100003") {
-				t.Errorf("status does not show the list:\n%s", st)
+			st := e.mustMoat("status", "verbose")
+			if !strings.Contains(st, "big") || !strings.Contains(st, "100003") || !strings.Contains(st, "blocklist big file "+list) {
+				t.Errorf("status does not show the list and its counter:\n%s", st)
+			}
+			if strings.Contains(st, "changed outside moat") {
+				t.Errorf("status sees drift in a blocklist set:\n%s", st)
 			}
 			// A malformed list is refused whole and the last good copy stays.
 			writeFile(t, list, "192.0.2.9\nnot-an-address\n")

@@ -14,6 +14,7 @@ import (
 	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 	"github.com/moat-fw/moat/internal/statedir"
 )
@@ -135,13 +136,26 @@ func ago(d time.Duration) string {
 	}
 }
 
-// fillBlocklists loads the contents of the policy's lists from their files
-// and saved copies, for commands that compile without applying (show,
-// explain, check). Warnings are printed.
-func (a *app) fillBlocklists(p *policy.Policy) error {
-	return blocklist.Fill(a.stateDir, p, blocklist.Protect{}, time.Now(), false, func(msg string) {
-		fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg)
-	})
+// compile is ruleset.Compile with the blocklists' contents loaded from
+// their files and saved copies (nothing is written), so that show,
+// explain, status and the drift checks see what an apply loads. Problems
+// (a list never fetched, a broken file) are warned about once.
+func (a *app) compile(p *policy.Policy) *ruleset.Ruleset {
+	if p != nil {
+		warn := func(msg string) {
+			if a.warned == nil {
+				a.warned = map[string]bool{}
+			}
+			if !a.warned[msg] {
+				a.warned[msg] = true
+				fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg)
+			}
+		}
+		if err := blocklist.Fill(a.stateDir, p, blocklist.Protect{}, time.Now(), false, warn); err != nil {
+			warn(err.Error())
+		}
+	}
+	return ruleset.Compile(p)
 }
 
 // lockBlocklists keeps two updates (the timer's and the admin's) apart.

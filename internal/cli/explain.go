@@ -76,10 +76,7 @@ func (a *app) explainCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := a.fillBlocklists(src.policy); err != nil {
-				return err
-			}
-			d, err := ruleset.Compile(src.policy).Evaluate(pkt)
+			d, err := a.compile(src.policy).Evaluate(pkt)
 			if err != nil {
 				return err
 			}

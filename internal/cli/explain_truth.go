@@ -9,7 +9,6 @@ import (
 	"github.com/moat-fw/moat/internal/drift"
 	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/policy"
-	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // explainSource is the policy explain evaluates, and what to say about it.
@@ -71,7 +70,7 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 			}
 		}
 	}
-	want, err := b.Script(ruleset.Compile(src.policy))
+	want, err := b.Script(a.compile(src.policy))
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +83,7 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 		src.where = "the applied policy"
 		src.notes = append(src.notes, fmt.Sprintf("%s is invalid: this is what is applied (%v)", a.config, fileErr))
 	default:
-		got, err := b.Script(ruleset.Compile(file))
+		got, err := b.Script(a.compile(file))
 		if err != nil {
 			return nil, err
 		}

@@ -9,7 +9,6 @@ import (
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
-	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // noApply are the locked commands that never load a ruleset with Apply
@@ -47,7 +46,7 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 	if err != nil {
 		return "the record of what moat applied is unreadable"
 	}
-	want, err := b.Script(ruleset.Compile(applied))
+	want, err := b.Script(a.compile(applied))
 	if err != nil {
 		return "" // the apply itself will say what is wrong
 	}
@@ -66,7 +65,7 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 // a rule changed by hand that kept its tag and verdict shows only there.
 // When the comparison cannot be made it says nothing (logged).
 func (a *app) changedInPlace(ctx context.Context, b backend.Backend, applied *policy.Policy, script string) []string {
-	diff, err := drift.InPlace(ctx, b.Name(), ruleset.Compile(applied), script)
+	diff, err := drift.InPlace(ctx, b.Name(), a.compile(applied), script)
 	if err != nil {
 		a.log.Debug("compare with a scratch namespace", "err", err)
 		return nil

@@ -45,7 +45,9 @@ type app struct {
 	args []string
 	// eng is the apply engine (a.engine() builds it); engineHook lets
 	// tests replace its options (fake backends, clock).
-	eng        *engine.Engine
+	eng *engine.Engine
+	// warned holds the blocklist warnings said already (compile).
+	warned     map[string]bool
 	engineHook func(*engine.Options)
 	// kernel are the real backends the engine drives (repairDrift sets
 	// them to rewrite whole).

@@ -15,7 +15,6 @@ import (
 
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/policy"
-	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 )
 
@@ -343,7 +342,7 @@ func (a *app) dryRunApply(ctx context.Context) error {
 	if err := a.dryRunLockout(p); err != nil {
 		return err
 	}
-	rs := ruleset.Compile(p)
+	rs := a.compile(p)
 	script, err := b.Script(rs)
 	if err != nil {
 		return err
@@ -464,12 +463,9 @@ func (a *app) checkCommand() *cobra.Command {
 				return err
 			}
 			a.warnCovered(p)
-			if err := a.fillBlocklists(p); err != nil {
-				return err
-			}
 			tested := " (not tested against the kernel: that needs root)"
 			if os.Geteuid() == 0 && b.Available() == nil {
-				if err := b.Check(cmd.Context(), ruleset.Compile(p)); err != nil {
+				if err := b.Check(cmd.Context(), a.compile(p)); err != nil {
 					return err
 				}
 				tested = ""
@@ -495,10 +491,7 @@ renderer.`,
 			if err != nil {
 				return err
 			}
-			if err := a.fillBlocklists(p); err != nil {
-				return err
-			}
-			script, err := b.Script(ruleset.Compile(p))
+			script, err := b.Script(a.compile(p))
 			if err != nil {
 				return err
 			}

@@ -163,7 +163,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	if shown != nil {
 		rep.Blocklists = blocklistStatus(shown, a.stateDir, time.Now())
 	}
-	rs := ruleset.Compile(shown)
+	rs := a.compile(shown)
 	inSet := map[int]string{}
 	for _, s := range rs.Sets {
 		for _, e := range s.Entries {
@@ -204,7 +204,10 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	for _, ch := range rs.Chains {
 		seen := map[string]bool{}
 		for _, r := range ch.Rules {
-			if !strings.HasPrefix(r.Origin.ID, "builtin:") || seen[r.Origin.ID] {
+			// Built-ins, and the blocklists' drops and the scan trap (their
+			// counters show what they caught).
+			listed := strings.HasPrefix(r.Origin.ID, "blocklist:") || r.Origin.ID == "portscan"
+			if !(strings.HasPrefix(r.Origin.ID, "builtin:") || listed) || seen[r.Origin.ID] {
 				continue
 			}
 			seen[r.Origin.ID] = true

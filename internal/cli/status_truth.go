@@ -10,7 +10,6 @@ import (
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/policy"
-	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 )
 
@@ -88,7 +87,7 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 		// Nothing recorded (an older moat applied it): when the kernel
 		// holds exactly the file's rules, the file is what is applied.
 		if file != nil {
-			script, err := b.Script(ruleset.Compile(file))
+			script, err := b.Script(a.compile(file))
 			if err != nil {
 				return nil, err
 			}
@@ -112,12 +111,12 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 			applied, rep.AppsChanged = then, changed
 		}
 	}
-	want, err := b.Script(ruleset.Compile(applied))
+	want, err := b.Script(a.compile(applied))
 	if err != nil {
 		return nil, err
 	}
 	if file != nil {
-		got, err := b.Script(ruleset.Compile(file))
+		got, err := b.Script(a.compile(file))
 		if err != nil {
 			return nil, err
 		}
@@ -226,7 +225,7 @@ func (a *app) appliedWithApps(b backend.Backend, text string) (*policy.Policy, b
 	if err != nil {
 		return then, true
 	}
-	s1, err1 := b.Script(ruleset.Compile(then))
-	s2, err2 := b.Script(ruleset.Compile(now))
+	s1, err1 := b.Script(a.compile(then))
+	s2, err2 := b.Script(a.compile(now))
 	return then, err1 != nil || err2 != nil || s1 != s2
 }
