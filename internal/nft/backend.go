@@ -136,17 +136,18 @@ func (b *Backend) listObjects(ctx context.Context) (map[string][]string, error) 
 	return res, nil
 }
 
-// readRecord reads the sync set; ok is false when there is none to trust.
+// readRecord reads the sync chain; ok is false when there is none to
+// trust.
 func (b *Backend) readRecord(ctx context.Context) (record, bool) {
 	var comments []string
 	if b.NFT != nil {
-		els, err := b.NFT.ListElements(ctx, "set", SyncSet)
+		rules, err := b.NFT.ListRules(ctx, SyncChain)
 		if err != nil {
 			return nil, false
 		}
-		for _, e := range els {
-			if e.Comment != nil {
-				comments = append(comments, *e.Comment)
+		for _, r := range rules {
+			if r.Comment != nil {
+				comments = append(comments, *r.Comment)
 			}
 		}
 	} else if r, ok := b.Read.(interface{ SyncComments() ([]string, error) }); ok {
@@ -155,19 +156,36 @@ func (b *Backend) readRecord(ctx context.Context) (record, bool) {
 			return nil, false
 		}
 	} else {
-		out, err := b.Run(ctx, nil, "nft", "-j", "list", "set", "inet", TableName, SyncSet)
+		out, err := b.Run(ctx, nil, "nft", "-j", "list", "chain", "inet", TableName, SyncChain)
 		if err != nil {
 			return nil, false
 		}
-		els, err := parseSetJSON(out)
-		if err != nil {
+		if comments, err = ruleComments(out); err != nil {
 			return nil, false
-		}
-		for _, e := range els {
-			comments = append(comments, e.Comment)
 		}
 	}
 	return parseRecord(comments)
+}
+
+// ruleComments reads the rules' comments of `nft -j list chain` output.
+func ruleComments(data []byte) ([]string, error) {
+	var doc struct {
+		Nftables []struct {
+			Rule *struct {
+				Comment string `json:"comment"`
+			} `json:"rule"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, o := range doc.Nftables {
+		if o.Rule != nil {
+			out = append(out, o.Rule.Comment)
+		}
+	}
+	return out, nil
 }
 
 // setPrefixes reads a policy set's elements from the kernel.

@@ -204,7 +204,7 @@ func TestKernelLostRecordFallsBackToFull(t *testing.T) {
 	if err := b.Apply(ctx, rs); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.run(ctx, []byte("flush set inet moat moat_sync\nflush chain inet moat input\n"), "nft", "-f", "-"); err != nil {
+	if _, err := r.run(ctx, []byte("flush chain inet moat moat_sync\nflush chain inet moat input\n"), "nft", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Apply(ctx, rs); err != nil {

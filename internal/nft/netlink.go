@@ -340,24 +340,20 @@ func parseElemList(data []byte) ([]Elem, error) {
 	return out, ad.Err()
 }
 
-// SyncComments reads the comments of the sync set's elements: moat's
-// record of what it loaded (see SyncSet), one small set, no process.
+// SyncComments reads the comments of the sync chain's rules: moat's
+// record of what it loaded (see SyncChain), a few rules, no process.
 func (NetlinkReader) SyncComments() ([]string, error) {
 	c, err := gnft.New()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	s, err := c.GetSetByName(moatTable, SyncSet)
+	rules, err := c.GetRules(moatTable, &gnft.Chain{Name: SyncChain, Table: moatTable})
 	if err != nil {
 		return nil, err
 	}
-	els, err := c.GetSetElements(s)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, 0, len(els))
-	for _, e := range els {
-		out = append(out, e.Comment)
+	out := make([]string, 0, len(rules))
+	for _, r := range rules {
+		out = append(out, RuleComment(r.UserData))
 	}
 	return out, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	"sigs.k8s.io/knftables"
@@ -15,14 +14,17 @@ import (
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
-// SyncSet is the small set in moat's table that records what moat last
-// loaded: one element per chain and set, its comment a hash of what was
-// sent. It lives and dies with the table (a snapshot restores it with the
-// contents it describes), so the next apply can send only the difference.
-const SyncSet = "moat_sync"
+// SyncChain is a chain of moat's table that records what moat last
+// loaded: one rule per chain and set, its comment a hash of what was sent.
+// Nothing jumps to it, so no packet ever sees it. It lives and dies with
+// the table (a snapshot restores it with the contents it describes), so
+// the next apply can send only the difference. A chain rather than a set:
+// writing set elements makes nft fetch every element of every set first
+// (0.7 s with 100k entries), writing rules does not.
+const SyncChain = "moat_sync"
 
 // syncVersion changes whenever the hashes below are computed differently.
-const syncVersion = "moat-sync-v1"
+const syncVersion = "moat-sync-v2"
 
 type setKind int
 
@@ -186,22 +188,21 @@ func (d *desired) record() record {
 	return r
 }
 
-// syncElements are the sync set's elements for a record, in a stable order.
-func (r record) elements() []*knftables.Element {
+// rules are the sync chain's rules for a record, in a stable order.
+func (r record) rules() []*knftables.Rule {
 	keys := make([]string, 0, len(r))
 	for k := range r {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	out := []*knftables.Element{{Set: SyncSet, Key: []string{"1"}, Comment: knftables.PtrTo(syncVersion)}}
-	for i, k := range keys {
-		out = append(out, &knftables.Element{Set: SyncSet, Key: []string{strconv.Itoa(i + 2)},
-			Comment: knftables.PtrTo(k + " " + r[k])})
+	out := []*knftables.Rule{{Chain: SyncChain, Rule: "return", Comment: knftables.PtrTo(syncVersion)}}
+	for _, k := range keys {
+		out = append(out, &knftables.Rule{Chain: SyncChain, Rule: "return", Comment: knftables.PtrTo(k + " " + r[k])})
 	}
 	return out
 }
 
-// parseRecord reads the sync set's element comments back; ok is false
+// parseRecord reads the sync chain's rule comments back; ok is false
 // when they are not a record this version of moat wrote.
 func parseRecord(comments []string) (record, bool) {
 	r := record{}
@@ -220,8 +221,8 @@ func parseRecord(comments []string) (record, bool) {
 	return r, version
 }
 
-var syncSetDef = &knftables.Set{Name: SyncSet, Type: "inet_service",
-	Comment: knftables.PtrTo("what moat loaded (hashes), for partial updates")}
+var syncChainDef = &knftables.Chain{Name: SyncChain,
+	Comment: knftables.PtrTo("what moat loaded (hashes), for partial updates; never jumped to")}
 
 // Plan is one nftables transaction, in order: knftables objects and raw
 // commands that knftables cannot write (a set created with all its
@@ -345,6 +346,9 @@ func fullPlanMigrating(p *Plan, d *desired, existing map[string][]string, migrat
 	wantChains := map[string]bool{}
 	for _, c := range d.chains {
 		wantChains[c.chain.Name] = true
+	}
+	wantChains[SyncChain] = true
+	for _, c := range d.chains {
 		tx.Add(c.chain)
 		tx.Flush(&knftables.Chain{Name: c.chain.Name})
 	}
@@ -366,7 +370,7 @@ func fullPlanMigrating(p *Plan, d *desired, existing map[string][]string, migrat
 	for _, n := range stale {
 		tx.Flush(&knftables.Chain{Name: n})
 	}
-	wantSets := map[string]bool{SyncSet: true}
+	wantSets := map[string]bool{}
 	for _, s := range d.sets {
 		wantSets[s.set.Name] = true
 	}
@@ -400,12 +404,10 @@ func fullPlanMigrating(p *Plan, d *desired, existing map[string][]string, migrat
 		}
 	}
 	tx = p.tx()
-	if has["set"][SyncSet] {
-		tx.Delete(&knftables.Set{Name: SyncSet})
-	}
-	tx.Add(syncSetDef)
-	for _, el := range d.record().elements() {
-		tx.Add(el)
+	tx.Add(syncChainDef)
+	tx.Flush(syncChainDef)
+	for _, r := range d.record().rules() {
+		tx.Add(r)
 	}
 	for _, c := range d.chains {
 		for _, r := range c.rules {
@@ -491,9 +493,9 @@ func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefi
 		return p
 	}
 	tx = p.tx()
-	tx.Flush(syncSetDef)
-	for _, el := range d.record().elements() {
-		tx.Add(el)
+	tx.Flush(syncChainDef)
+	for _, r := range d.record().rules() {
+		tx.Add(r)
 	}
 	for _, c := range changed {
 		for _, r := range c.rules {
