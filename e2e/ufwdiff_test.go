@@ -76,8 +76,9 @@ func (s *ufwSandbox) ufw(args ...string) string {
 	return string(out)
 }
 
-// randomUFWRules is a rule set in ufw's CLI syntax.
-func randomUFWRules(r *rand.Rand, apps bool) [][]string {
+// randomUFWRules is a rule set in ufw's CLI syntax; routed sets also
+// have route rules (the server forwards to a backend host).
+func randomUFWRules(r *rand.Rand, apps, routed bool) [][]string {
 	pick := func(xs ...string) string { return xs[r.IntN(len(xs))] }
 	var rules [][]string
 	// Not 'default reject incoming': ufw 0.36 with iptables-nft leaves
@@ -86,6 +87,23 @@ func randomUFWRules(r *rand.Rand, apps bool) [][]string {
 	rules = append(rules, []string{"default", pick("deny", "deny", "allow"), "incoming"})
 	if r.IntN(3) == 0 {
 		rules = append(rules, []string{"default", "deny", "outgoing"})
+	}
+	if routed {
+		rules = append(rules, []string{"default", pick("deny", "allow"), "routed"})
+		for range 1 + r.IntN(3) {
+			act := pick("allow", "deny", "reject")
+			switch r.IntN(3) {
+			case 0:
+				rules = append(rules, []string{"route", act, pick("80", "443", "53") + pick("/tcp", "/udp", "")})
+			case 1:
+				rules = append(rules, []string{"route", act, "in", "on", "eth0", "out", "on", "eth1", "to", pick("198.51.100.2", "2001:db8:1::2", "any"), "port", pick("80", "443")})
+			case 2:
+				if act == "reject" {
+					act = "deny" // see 'reject from IPV6' below
+				}
+				rules = append(rules, []string{"route", act, "from", pick("192.0.2.3", "2001:db8::3", "192.0.2.2/31")})
+			}
+		}
 	}
 	addrs := []string{"192.0.2.3", "192.0.2.2/31", "2001:db8::3", "2001:db8::/126", "192.0.2.0/255.255.255.252", "2001:db8::2"}
 	n := 3 + r.IntN(6)
@@ -146,8 +164,20 @@ func randomUFWRules(r *rand.Rand, apps bool) [][]string {
 }
 
 // diffProbes are sent in both labs.
-func diffProbes(e *env) []lab.Check {
+func diffProbes(e *env, routed bool) []lab.Check {
 	var specs []string
+	if routed {
+		for _, src := range []string{"192.0.2.2", "192.0.2.3", "2001:db8::2", "2001:db8::3"} {
+			dst := "198.51.100.2"
+			if strings.Contains(src, ":") {
+				dst = "[2001:db8:1::2]"
+			}
+			for _, p := range []uint16{80, 443} {
+				specs = append(specs, fmt.Sprintf("client/%s tcp %s:%d any", src, dst, p))
+			}
+			specs = append(specs, fmt.Sprintf("client/%s udp %s:53 any", src, dst))
+		}
+	}
 	for _, src := range []string{"192.0.2.2", "192.0.2.3", "2001:db8::2", "2001:db8::3"} {
 		dst := "192.0.2.1"
 		if strings.Contains(src, ":") {
@@ -173,7 +203,7 @@ func diffProbes(e *env) []lab.Check {
 	return checks
 }
 
-func observe(t *testing.T, e *env) map[string]lab.Outcome {
+func observe(t *testing.T, e *env, routed bool) map[string]lab.Outcome {
 	t.Helper()
 	// All probes go at once: the kernel's ICMP rate limit would turn some
 	// rejects (ICMP port unreachable) into timeouts, by timing alone.
@@ -186,7 +216,7 @@ func observe(t *testing.T, e *env) map[string]lab.Outcome {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	out := map[string]lab.Outcome{}
-	for _, r := range lab.RunChecks(ctx, diffProbes(e)) {
+	for _, r := range lab.RunChecks(ctx, diffProbes(e, routed)) {
 		if r.Err != nil {
 			t.Fatalf("%s: %v", r.Name, r.Err)
 		}
@@ -212,12 +242,13 @@ func TestUFWDifferential(t *testing.T) {
 	r := rand.New(rand.NewPCG(seed, 0))
 	sets := make([][][]string, 4)
 	for i := range sets {
-		sets[i] = randomUFWRules(r, apps)
+		sets[i] = randomUFWRules(r, apps, i%2 == 1)
 	}
 	for i, rules := range sets {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			t.Parallel()
-			ue := newEnv(t, "iptables", false)
+			routed := i%2 == 1
+			ue := newEnv(t, "iptables", routed)
 			sb := newUFWSandbox(t, ue.topo.Server)
 			var script []string
 			for _, rule := range rules {
@@ -225,11 +256,17 @@ func TestUFWDifferential(t *testing.T) {
 				script = append(script, "ufw "+strings.Join(rule, " "))
 			}
 			sb.ufw("--force", "enable")
-			want := observe(t, ue)
+			want := observe(t, ue, routed)
+			tally := map[lab.Outcome]int{}
+			for _, o := range want {
+				tally[o]++
+			}
+			t.Logf("ufw's verdicts: %d open, %d refused, %d timeout (%d rules, routed %v)",
+				tally[lab.Open], tally[lab.Refused], tally[lab.Timeout], len(rules), routed)
 
 			var policy string
 			for _, b := range backends {
-				me := newEnv(t, b, false)
+				me := newEnv(t, b, routed)
 				me.mustMoat("import", "ufw", "--from", filepath.Join(sb.dir, "etc-ufw"), "--defaults", filepath.Join(sb.dir, "default-ufw"), "--write")
 				data, err := os.ReadFile(me.conf)
 				if err != nil {
@@ -237,7 +274,7 @@ func TestUFWDifferential(t *testing.T) {
 				}
 				policy = string(data)
 				me.mustMoat("enable")
-				got := observe(t, me)
+				got := observe(t, me, routed)
 				for probe, w := range want {
 					if got[probe] != w {
 						t.Errorf("%s: ufw %s, moat (%s) %s\nrules:\n  %s\nmoat policy:\n%s", probe, w, b, got[probe],
