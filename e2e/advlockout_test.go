@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"encoding/json"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -144,6 +146,59 @@ func TestLockoutPolicyRouting(t *testing.T) {
 				if err := s.alive(3 * time.Second); err != nil {
 					t.Errorf("live session cut: %v", err)
 				}
+			}
+		})
+	}
+}
+
+// The admin comes in through a reverse tunnel the server opened (ssh -N
+// -R to a bastion, here the client's sshd): 'default deny outgoing' leaves
+// the live tunnel up (conntrack) but would stop it from ever being opened
+// again, so moat names it, with the rule to add.
+func TestOutgoingTunnelWarned(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			s := sshdSetup{name: "bastion", port: 22, ns: e.topo.Client,
+				conf: func(dir string) string {
+					return "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\n" + sshdCommon(dir)
+				}}
+			bastion, conf := e.prepareSSHD(s)
+			e.runSSHD(s, bastion, conf, lab.ClientV4)
+			e.apply("default deny incoming\n")
+			for _, addr := range []netip.Addr{lab.ClientV4, lab.ClientV6} {
+				cmd := exec.Command("ssh", append([]string{"-N", "-R", "2200:localhost:22"}, bastion.sshArgs(addr)...)...)
+				if err := e.topo.Server.Start(cmd); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for strings.Count(e.run("server", "ss", "-tn", "state", "established"), ":22 ") < 2 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the tunnels did not come up:\n%s", e.run("server", "ss", "-tnp"))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			out := e.mustMoat("default", "deny", "outgoing")
+			for _, w := range []string{"SSH connection to 192.0.2.2:22", "SSH connection to [2001:db8::2]:22", "moat allow out to 192.0.2.2 port 22 proto tcp"} {
+				if !strings.Contains(out, w) {
+					t.Errorf("no warning %q:\n%s", w, out)
+				}
+			}
+			// The warning is true: the server cannot open it again.
+			if bastion.canLoginFrom(e.topo.Server, lab.ClientV4) || bastion.canLoginFrom(e.topo.Server, lab.ClientV6) {
+				t.Errorf("a new SSH connection got out through 'default deny outgoing'")
+			}
+			e.mustMoat("allow", "out", "to", "192.0.2.2", "port", "22", "proto", "tcp")
+			e.mustMoat("allow", "out", "to", "2001:db8::2", "port", "22", "proto", "tcp")
+			if !bastion.canLoginFrom(e.topo.Server, lab.ClientV4) || !bastion.canLoginFrom(e.topo.Server, lab.ClientV6) {
+				t.Errorf("the suggested rule does not let the tunnel out")
+			}
+			if out := e.mustMoat("reload"); strings.Contains(out, "SSH connection to") {
+				t.Errorf("warned although allowed:\n%s", out)
 			}
 		})
 	}

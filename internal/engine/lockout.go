@@ -28,6 +28,9 @@ func (e *Engine) checkLockout(rs *ruleset.Ruleset, p *policy.Policy, force bool)
 		}
 		e.warn(fmt.Sprintf("WARNING: --force: applying although it cuts SSH access:\n%s", lerr))
 	}
+	for _, w := range safeapply.OutgoingSSHWarnings(rs, st.Outgoing, e.o.IfaceFor) {
+		e.warn(w)
+	}
 	if len(st.Sessions) == 0 {
 		for _, w := range safeapply.PortWarnings(rs, st) {
 			e.warn(w)

@@ -295,6 +295,29 @@ func PortWarnings(rs *ruleset.Ruleset, st SSHState) []string {
 	return dedupe(out)
 }
 
+// OutgoingSSHWarnings names the SSH connections this host opened (a
+// reverse tunnel, ssh -R, that the admin may come in through) that the new
+// rules would not let it open again: the live one rides on conntrack, but
+// once it drops, the tunnel and the way in are gone. ifaceFor (may be
+// nil) names the interface towards an address.
+func OutgoingSSHWarnings(rs *ruleset.Ruleset, conns []OutgoingSSH, ifaceFor func(netip.Addr) string) []string {
+	var out []string
+	for _, c := range conns {
+		iface := ""
+		if ifaceFor != nil {
+			iface = ifaceFor(c.Remote.Addr())
+		}
+		d, err := rs.Evaluate(ruleset.Packet{Hook: ruleset.Output, Proto: "tcp", Src: c.Local.Addr().WithZone(""), Dst: c.Remote.Addr().WithZone(""),
+			SPort: c.Local.Port(), DPort: c.Remote.Port(), CTState: ruleset.CTNew, OutIface: iface})
+		if err != nil || d.Verdict == ruleset.Accept {
+			continue
+		}
+		out = append(out, fmt.Sprintf("this host's SSH connection to %s (ssh: a reverse tunnel you come in through?) could not be opened again: it would be %s by %s; add 'moat allow out to %s port %d proto tcp'",
+			c.Remote, verdictWord(d.Verdict), originText(d.Origin), c.Remote.Addr().WithZone(""), c.Remote.Port()))
+	}
+	return dedupe(out)
+}
+
 // OutgoingWarnings tells what a restrictive outgoing policy breaks: DNS to
 // the resolvers in resolvConf, and NTP.
 func OutgoingWarnings(rs *ruleset.Ruleset, resolvConf string) []string {

@@ -94,3 +94,35 @@ func TestCheckSessions(t *testing.T) {
 		}
 	}
 }
+
+// The SSH connections this host opened (a reverse tunnel) are named when
+// the new rules would not let it open them again.
+func TestOutgoingSSHWarnings(t *testing.T) {
+	conns := []OutgoingSSH{{Local: netip.MustParseAddrPort("192.0.2.1:40000"), Remote: netip.MustParseAddrPort("198.51.100.7:22")},
+		{Local: netip.MustParseAddrPort("[2001:db8::1]:40001"), Remote: netip.MustParseAddrPort("[2001:db8:5::7]:2222")}}
+	for _, c := range []struct {
+		policy string
+		want   []string
+	}{
+		{"default deny outgoing\n", []string{"to 198.51.100.7:22 ", "'moat allow out to 198.51.100.7 port 22 proto tcp'", "to [2001:db8:5::7]:2222 ", "default deny outgoing"}},
+		{"default deny outgoing\nallow out 22,2222/tcp\n", nil},
+		{"deny out to 2001:db8:5::/48\n", []string{"to [2001:db8:5::7]:2222 ", "line 1: deny out to 2001:db8:5::/48"}},
+		{"default deny incoming\n", nil},
+		{"default deny outgoing\nallow out on eth0 to any port 22,2222 proto tcp\n", nil},
+		{"default deny outgoing\nallow out on eth1 to any port 22,2222 proto tcp\n", []string{"198.51.100.7:22"}},
+	} {
+		p, err := policy.NewDocument("moat.conf", []byte(c.policy)).Policy(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Join(OutgoingSSHWarnings(ruleset.Compile(p), conns, func(netip.Addr) string { return "eth0" }), "\n")
+		if (got == "") != (len(c.want) == 0) {
+			t.Errorf("%q: warnings %q", c.policy, got)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%q: warnings lack %q:\n%s", c.policy, w, got)
+			}
+		}
+	}
+}

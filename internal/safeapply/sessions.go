@@ -53,6 +53,15 @@ type SSHState struct {
 	// ReconnectPorts are the source ports clients connect from (see
 	// Session.ReconnectPorts).
 	ReconnectPorts policy.Ports
+	// Outgoing are the SSH connections this host opened (ssh, autossh):
+	// a reverse tunnel (ssh -R) or a jump the admin may come in through.
+	Outgoing []OutgoingSSH
+}
+
+// OutgoingSSH is an established SSH connection opened from this host.
+type OutgoingSSH struct {
+	Local  netip.AddrPort `json:"local"`
+	Remote netip.AddrPort `json:"remote"`
 }
 
 // Ports returns the distinct ports sshd listens on, sorted.
@@ -119,6 +128,7 @@ type procSockets struct {
 	sshd      map[string]bool // every sshd process (sessions, forwards)
 	inetd     map[string]bool // sshd -i: its connection is a session
 	activator map[string]bool // PID 1, systemd-socket-activate, inetd
+	client    map[string]bool // ssh and autossh: connections this host opened
 }
 
 func (f *sshFinder) find(sshConn string) (SSHState, error) {
@@ -189,6 +199,11 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 			} else {
 				add(e, "established connection to sshd")
 			}
+		}
+	}
+	for _, e := range entries {
+		if e.state == "01" && socks.client[e.inode] && !socks.sshd[e.inode] && !listened(st.Listen, e.local) {
+			st.Outgoing = append(st.Outgoing, OutgoingSSH{Local: e.local, Remote: e.remote})
 		}
 	}
 	// SSH_CONNECTION counts only if that connection exists here: the
@@ -450,7 +465,7 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 // once it runs). The children of either are per-session processes: the
 // sockets only they hold are port forwardings.
 func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error) {
-	socks := procSockets{daemon: map[string]bool{}, sshd: map[string]bool{}, inetd: map[string]bool{}, activator: map[string]bool{}}
+	socks := procSockets{daemon: map[string]bool{}, sshd: map[string]bool{}, inetd: map[string]bool{}, activator: map[string]bool{}, client: map[string]bool{}}
 	dirs, err := os.ReadDir(procRoot)
 	if err != nil {
 		return socks, fmt.Errorf("read %s: %w", procRoot, err)
@@ -459,6 +474,7 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 		ppid      int
 		sshd      bool
 		activator bool
+		client    bool
 		inodes    []string
 	}
 	procs := map[int]*proc{}
@@ -479,7 +495,8 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 		p.sshd = isSSHD(name) || isSSHD(exe)
 		// systemd-socket-activate's comm is cut to 15 characters.
 		p.activator = pid == 1 || name == "systemd" || strings.HasPrefix(name, "systemd-socket") || name == "inetd" || name == "xinetd"
-		if !p.sshd && !p.activator {
+		p.client = name == "ssh" || name == "autossh"
+		if !p.sshd && !p.activator && !p.client {
 			continue
 		}
 		p.ppid = readPPid(dir)
@@ -501,6 +518,9 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 	}
 	for _, p := range procs {
 		for _, inode := range p.inodes {
+			if p.client {
+				socks.client[inode] = true
+			}
 			if p.activator {
 				socks.activator[inode] = true
 			}

@@ -343,3 +343,26 @@ func TestFindSSHSessionIface(t *testing.T) {
 		t.Errorf("routes asked: %v", asked)
 	}
 }
+
+// Connections ssh and autossh opened are found (not sshd's, not to an
+// SSH port of this host).
+func TestFindSSHOutgoing(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:22", "0.0.0.0:0")
+	in := b.sock("01", "192.0.2.1:22", "192.0.2.2:50000")
+	tunnel := b.sock("01", "192.0.2.1:40000", "198.51.100.7:22")
+	auto := b.sock("01", "[2001:db8::1]:40001", "[2001:db8:5::7]:2222")
+	web := b.sock("01", "192.0.2.1:40002", "198.51.100.8:443")
+	b.proc(100, 1, "sshd", lis)
+	b.proc(101, 100, "sshd", in)
+	b.proc(200, 1, "ssh", tunnel)
+	b.proc(201, 1, "autossh", auto)
+	b.proc(202, 1, "curl", web)
+	st := find(t, b.write(""), nil)
+	if got := fmt.Sprint(st.Outgoing); got != "[{192.0.2.1:40000 198.51.100.7:22} {[2001:db8::1]:40001 [2001:db8:5::7]:2222}]" {
+		t.Errorf("outgoing %s", got)
+	}
+	if got := sessionList(st); got != "192.0.2.2:50000>192.0.2.1:22" {
+		t.Errorf("sessions %q", got)
+	}
+}
