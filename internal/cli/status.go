@@ -131,7 +131,9 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		return nil, fileErr
 	}
 	rep.GuardPID, rep.Guard = guard.Running(a.stateDir)
-	rep.Interrupted = a.interrupted()
+	if rep.Interrupted = a.interrupted(); rep.Interrupted != nil {
+		rep.InSync = false
+	}
 	if rep.OtherFiltering, err = a.foreignFilters(ctx); err != nil {
 		return nil, err
 	}
