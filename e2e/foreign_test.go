@@ -39,6 +39,7 @@ table ip6 fwdonly {
 			e.run("server", "iptables", "-N", "DOCKER-USER")
 			e.run("server", "iptables", "-A", "FORWARD", "-j", "DOCKER-USER")
 			e.run("server", "iptables", "-P", "FORWARD", "DROP")
+			e.run("server", "ip6tables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "6003", "-j", "DROP")
 
 			writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 8080/tcp\nallow 6007/tcp\n")
 			out := e.mustMoat("enable")
@@ -66,6 +67,7 @@ table ip6 fwdonly {
 				"  - iptables filter chain INPUT: 1 DROP/REJECT rule (input)",
 				"  - ufw: ip6tables filter chain ufw-user-input: 1 DROP/REJECT rule (input)",
 				"  - docker: iptables filter chain FORWARD: policy DROP (forward)",
+				"  - ip6tables raw chain PREROUTING: 1 DROP/REJECT rule (prerouting)",
 			} {
 				if !strings.Contains(out, want) {
 					t.Errorf("status lacks %q:\n%s", want, out)
@@ -81,7 +83,7 @@ table ip6 fwdonly {
 					Hooks []string `json:"hooks"`
 				} `json:"other_filtering"`
 			}
-			if err := json.Unmarshal([]byte(e.mustMoat("status", "--json")), &st); err != nil || len(st.Other) != 5 {
+			if err := json.Unmarshal([]byte(e.mustMoat("status", "--json")), &st); err != nil || len(st.Other) != 6 {
 				t.Errorf("status --json other_filtering: %v %+v", err, st.Other)
 			}
 
@@ -99,7 +101,8 @@ table ip6 fwdonly {
 			// What they say is what the kernel does.
 			e.expect(false, "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:8080 timeout",
 				"client tcp 192.0.2.1:6007 timeout", "client tcp [2001:db8::1]:6007 refused",
-				"client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:22 open")
+				"client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:22 open",
+				"client tcp [2001:db8::1]:6003 timeout", "client tcp 192.0.2.1:6003 timeout")
 		})
 	}
 }

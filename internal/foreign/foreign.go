@@ -111,9 +111,9 @@ func DetectWith(ctx context.Context, run execrun.Runner, has func(prog string) b
 		if !has(prog) {
 			continue
 		}
-		data, err := run(ctx, nil, prog, "-t", "filter")
+		data, err := run(ctx, nil, prog)
 		if err != nil {
-			return nil, fmt.Errorf("read the %s filter table: %w", strings.TrimSuffix(prog, "-save"), err)
+			return nil, fmt.Errorf("read the %s tables: %w", strings.TrimSuffix(prog, "-save"), err)
 		}
 		out = append(out, FromIptablesSave(strings.TrimSuffix(prog, "-save"), data)...)
 	}
@@ -277,19 +277,43 @@ func targets(v any) []string {
 	return out
 }
 
-var builtinHook = map[string]string{"INPUT": "input", "FORWARD": "forward", "OUTPUT": "output"}
+// filteringTables are the iptables tables whose rules can drop packets
+// (nat cannot).
+var filteringTables = []string{"raw", "mangle", "filter", "security"}
 
-// FromIptablesSave reads `iptables-save -t filter` (tool "iptables") or
-// ip6tables-save's: DROP policies of the built-in chains, and DROP or
-// REJECT rules reachable from them, outside moat's MOAT-* chains.
+// FromIptablesSave reads `iptables-save` (tool "iptables") or
+// ip6tables-save's: in the filter, raw, mangle and security tables, DROP
+// policies of the built-in chains, and DROP or REJECT rules reachable from
+// them, outside moat's MOAT-* chains. Input without table lines is read as
+// the filter table.
 func FromIptablesSave(tool string, data []byte) []Finding {
-	policies := map[string]string{}
-	rules := map[string][][]string{} // chain -> rules' words
-	var order []string
+	tables := map[string][]string{}
+	table := "filter"
 	sc := bufio.NewScanner(strings.NewReader(string(data)))
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		if strings.HasPrefix(line, "*") {
+			table = strings.TrimPrefix(line, "*")
+			continue
+		}
+		tables[table] = append(tables[table], line)
+	}
+	var out []Finding
+	for _, t := range filteringTables {
+		out = append(out, fromTable(tool, t, tables[t])...)
+	}
+	return out
+}
+
+var builtinHook = map[string]string{"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", "OUTPUT": "output", "POSTROUTING": "postrouting"}
+
+// fromTable reads one table of iptables-save output.
+func fromTable(tool, table string, lines []string) []Finding {
+	policies := map[string]string{}
+	rules := map[string][][]string{} // chain -> rules' words
+	var order []string
+	for _, line := range lines {
 		f := strings.Fields(line)
 		switch {
 		case strings.HasPrefix(line, ":") && len(f) >= 2:
@@ -301,7 +325,7 @@ func FromIptablesSave(tool string, data []byte) []Finding {
 		}
 	}
 	var out []Finding
-	for _, builtin := range []string{"INPUT", "FORWARD", "OUTPUT"} {
+	for _, builtin := range []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"} {
 		hook := builtinHook[builtin]
 		if _, ok := policies[builtin]; !ok {
 			continue
@@ -316,7 +340,7 @@ func FromIptablesSave(tool string, data []byte) []Finding {
 			case builtin == "FORWARD" && hasPrefixChain(order, "DOCKER"):
 				tool2 = "docker"
 			}
-			out = append(out, Finding{Tool: tool2, Where: fmt.Sprintf("%s filter chain %s", tool, builtin), What: "policy DROP", Hooks: []string{hook}})
+			out = append(out, Finding{Tool: tool2, Where: fmt.Sprintf("%s %s chain %s", tool, table, builtin), What: "policy DROP", Hooks: []string{hook}})
 		}
 		// Drops per owner, in the chains reachable from the built-in one.
 		byOwner := map[string]int{}
@@ -351,7 +375,7 @@ func FromIptablesSave(tool string, data []byte) []Finding {
 		walk(builtin)
 		for _, o := range []string{"", "ufw", "docker", "firewalld"} {
 			if n := byOwner[o]; n > 0 {
-				out = append(out, Finding{Tool: o, Where: fmt.Sprintf("%s filter chain %s", tool, strings.Join(chainsOf[o], ", ")),
+				out = append(out, Finding{Tool: o, Where: fmt.Sprintf("%s %s chain %s", tool, table, strings.Join(chainsOf[o], ", ")),
 					What: count(n, "DROP/REJECT rule"), Hooks: []string{hook}})
 			}
 		}

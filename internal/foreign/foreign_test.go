@@ -135,3 +135,18 @@ func TestDetectWithTables(t *testing.T) {
 		}
 	}
 }
+
+func TestRawAndMangleTables(t *testing.T) {
+	save := "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -p tcp --dport 6003 -j DROP\nCOMMIT\n" +
+		"*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j DROP\nCOMMIT\n" +
+		"*mangle\n:PREROUTING ACCEPT [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n" +
+		"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j MOAT-INPUT\n:MOAT-INPUT - [0:0]\n-A MOAT-INPUT -j DROP\nCOMMIT\n"
+	var got []string
+	for _, f := range FromIptablesSave("iptables", []byte(save)) {
+		got = append(got, f.String())
+	}
+	want := "iptables raw chain PREROUTING: 1 DROP/REJECT rule (prerouting)\niptables mangle chain FORWARD: policy DROP (forward)"
+	if strings.Join(got, "\n") != want {
+		t.Errorf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), want)
+	}
+}
