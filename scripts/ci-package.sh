@@ -19,9 +19,24 @@ if [ -z "${MOAT_CI_PACKAGE_NETNS:-}" ]; then
 	if dpkg-query -W moat >/dev/null 2>&1; then
 		fail "a moat package is installed on this machine already; this test installs and purges its own"
 	fi
-	if [ -e /etc/moat ] || [ -e /var/lib/moat ]; then
-		fail "/etc/moat or /var/lib/moat exists (not from a package): this test would purge it"
-	fi
+	# moat's folders from other runs (a source install, the tests) are
+	# moved aside while the package is installed and purged, and put back.
+	saved=()
+	restore() {
+		for d in "${saved[@]}"; do
+			rm -rf "$d"
+			mv "$d.ci-package-saved" "$d"
+		done
+	}
+	trap restore EXIT
+	for d in /etc/moat /var/lib/moat; do
+		if [ -e "$d" ]; then
+			[ ! -e "$d.ci-package-saved" ] || fail "$d.ci-package-saved exists: an earlier run was interrupted; put it back first"
+			mv "$d" "$d.ci-package-saved"
+			saved+=("$d")
+			say "moved $d aside for the test"
+		fi
+	done
 	base=$(tr -d '[:space:]' <packaging/VERSION)
 	old="$base~ci1" new="$base~ci2"
 	rm -rf dist
@@ -36,7 +51,8 @@ if [ -z "${MOAT_CI_PACKAGE_NETNS:-}" ]; then
 	say "lintian: clean"
 	MOAT_CI_HOST_NS=$(readlink /proc/self/ns/net)
 	export MOAT_CI_PACKAGE_NETNS=1 MOAT_CI_HOST_NS MOAT_OLD=$old MOAT_NEW=$new MOAT_OLD_DEB=$olddeb MOAT_NEW_DEB=$newdeb
-	exec unshare --net -- bash "$0"
+	unshare --net -- bash "$0"
+	exit $?
 fi
 
 # From here on: inside a private network namespace.
