@@ -43,11 +43,12 @@ type wantChain struct {
 
 // wantSet is one named set as moat wants it.
 type wantSet struct {
-	set   *knftables.Set
-	kind  setKind
-	elems []netip.Prefix // policy sets: merged, sorted
-	def   string         // hash of the definition
-	data  string         // hash of the elements
+	set    *knftables.Set
+	kind   setKind
+	src    *ruleset.Set // policy sets: where the elements come from
+	merged []netip.Prefix
+	def    string // hash of the definition
+	data   string // hash of the elements
 }
 
 // desired is moat's whole table for a ruleset, object by object, in the
@@ -65,6 +66,42 @@ func hash(parts ...string) string {
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// entriesHash identifies a policy set's entries cheaply (no merge, no
+// text) and whatever their order: each entry is hashed on its own
+// (FNV-1a of address and length, then a 64-bit mixer) and the hashes
+// summed and xored, so the same entries in any order give the same
+// record, and a set whose entries did not change sends nothing.
+func entriesHash(s *ruleset.Set) string {
+	var sum, xor uint64
+	for _, e := range s.Entries {
+		a := e.Prefix.Addr().As16()
+		h := uint64(14695981039346656037)
+		for _, c := range a {
+			h = (h ^ uint64(c)) * 1099511628211
+		}
+		h = (h ^ uint64(e.Prefix.Bits())) * 1099511628211
+		sum += mix64(h)
+		xor ^= mix64(h ^ 0x9e3779b97f4a7c15)
+	}
+	return fmt.Sprintf("%016x%016x", sum, xor)
+}
+
+// mix64 is splitmix64's finalizer.
+func mix64(z uint64) uint64 {
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	return z ^ z>>31
+}
+
+// elems are a policy set's networks, merged and sorted, as the kernel
+// gets them (computed when the set is sent).
+func (w *wantSet) elems() []netip.Prefix {
+	if w.merged == nil && w.src != nil {
+		w.merged = w.src.Prefixes()
+	}
+	return w.merged
 }
 
 // setDef is the nftables set that holds a ruleset set.
@@ -107,12 +144,8 @@ func want(rs *ruleset.Ruleset) *desired {
 		set, kind := setDef(s)
 		w := &wantSet{set: set, kind: kind, def: hash(objectText(set))}
 		if kind == policySet {
-			w.elems = s.Prefixes()
-			parts := make([]string, len(w.elems))
-			for i, p := range w.elems {
-				parts[i] = p.String()
-			}
-			w.data = hash(parts...)
+			w.src = s
+			w.data = entriesHash(s)
 		}
 		d.sets = append(d.sets, w)
 	}
@@ -395,7 +428,7 @@ func fullPlanMigrating(p *Plan, d *desired, existing map[string][]string, migrat
 			p.tx().Delete(&knftables.Set{Name: s.set.Name})
 		}
 		if s.kind == policySet {
-			p.addSet(s.set, prefixStrings(s.elems))
+			p.addSet(s.set, prefixStrings(s.elems()))
 		} else {
 			p.tx().Add(s.set)
 		}
@@ -479,7 +512,7 @@ func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefi
 	for _, s := range sets {
 		have, ok := current[s.set.Name]
 		if ok {
-			del, add := diffPrefixes(have, s.elems)
+			del, add := diffPrefixes(have, s.elems())
 			if len(del) <= maxDeletes {
 				p.elements("delete", s.set.Name, prefixStrings(del))
 				p.elements("add", s.set.Name, prefixStrings(add))
@@ -487,7 +520,7 @@ func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefi
 			}
 		}
 		p.tx().Flush(s.set)
-		p.elements("add", s.set.Name, prefixStrings(s.elems))
+		p.elements("add", s.set.Name, prefixStrings(s.elems()))
 	}
 	if len(changed) == 0 && len(sets) == 0 {
 		return p
