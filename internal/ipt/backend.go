@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 
+	gnft "github.com/google/nftables"
+
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -34,10 +36,14 @@ type Backend struct {
 	// Full makes Apply rewrite moat's chains even when their generation
 	// says they hold the ruleset already (they were changed by hand).
 	Full bool
+	// Netlink lets Active answer without starting iptables-save where
+	// the iptables tools are the nf_tables kind: moat's chains are then
+	// chains of the nftables tables "ip filter" and "ip6 filter".
+	Netlink bool
 }
 
 // New returns the iptables backend.
-func New() *Backend { return &Backend{Run: ExecRunner} }
+func New() *Backend { return &Backend{Run: ExecRunner, Netlink: true} }
 
 // Name is the backend's name.
 func (b *Backend) Name() string { return "iptables" }
@@ -348,6 +354,11 @@ func (b *Backend) destroySets(ctx context.Context, names []string) error {
 
 // Active reports whether moat's chains are loaded.
 func (b *Backend) Active(ctx context.Context) (bool, error) {
+	if b.Netlink && !legacyTables() {
+		if ok, err := chainsOverNetlink(); err == nil {
+			return ok, nil
+		}
+	}
 	for _, f := range families {
 		out, err := b.Run(ctx, nil, f.save, "-t", "filter")
 		if err != nil {
@@ -455,4 +466,38 @@ func commentOf(line string) string {
 	}
 	word, _, _ := strings.Cut(rest, " ")
 	return word
+}
+
+// legacyTables says whether the legacy x_tables hold tables (then moat's
+// chains may be there, out of nftables' sight).
+func legacyTables() bool {
+	for _, f := range []string{"/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"} {
+		data, err := os.ReadFile(f)
+		if err == nil && len(bytes.TrimSpace(data)) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// chainsOverNetlink says whether a MOAT- chain exists in the nftables
+// tables iptables-nft uses (ip filter, ip6 filter).
+func chainsOverNetlink() (bool, error) {
+	c, err := gnft.New()
+	if err != nil {
+		return false, err
+	}
+	chains, err := c.ListChains()
+	if err != nil {
+		return false, err
+	}
+	for _, ch := range chains {
+		if ch.Table == nil || ch.Table.Name != "filter" || !strings.HasPrefix(ch.Name, "MOAT-") {
+			continue
+		}
+		if ch.Table.Family == gnft.TableFamilyIPv4 || ch.Table.Family == gnft.TableFamilyIPv6 {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -157,3 +157,53 @@ func TestKernelApplyChange(t *testing.T) {
 		t.Errorf("ipsets after remove: %q", out)
 	}
 }
+
+// Active answers over netlink (no iptables-save) the same as by reading
+// iptables-save, before and after an apply and after a remove.
+func TestKernelActiveOverNetlink(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	ns, err := lab.NewNS(lab.UniqueName("moatipt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ns.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	ctx := context.Background()
+	var saves int
+	b := &Backend{Netlink: true, Run: func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		if strings.HasSuffix(name, "-save") {
+			saves++
+		}
+		return execrun.Exec(ctx, stdin, name, args...)
+	}}
+	in := func(fn func() error) {
+		t.Helper()
+		if err := ns.Do(fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(want bool) {
+		t.Helper()
+		in(func() error {
+			saves = 0
+			ok, err := b.Active(ctx)
+			if err != nil || ok != want {
+				t.Errorf("active: %v %v, want %v", ok, err, want)
+			}
+			if saves > 0 && !legacyTables() {
+				t.Errorf("Active started iptables-save %d times", saves)
+			}
+			return nil
+		})
+	}
+	check(false)
+	in(func() error { return b.Apply(ctx, compile(t, "default deny incoming\nallow 22/tcp\n")) })
+	check(true)
+	in(func() error { return b.Remove(ctx) })
+	check(false)
+}
