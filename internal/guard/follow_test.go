@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -126,5 +127,42 @@ func TestParseJournalEntry(t *testing.T) {
 	}
 	if ev, ok := ParseMessage(l.Prog, l.Text); !ok || ev.Addr.String() != "1.2.3.4" {
 		t.Fatalf("byte message: %+v %v", ev, ok)
+	}
+}
+
+// A line past maxLine is skipped whole, never cut and parsed (its head
+// could read as a failure), with the read position after it; the lines
+// after it come through. It used to be cut to its first 64 KiB.
+func TestFollowSkipsOverlongLine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "auth.log")
+	appendLines(t, path, 0, 0)
+	ch := startFollow(t, &FileSource{Path: path, Poll: 100 * time.Millisecond})
+	long := "Nov 25 11:40:01 srv sshd[812]: Failed password for root from 203.0.113.9 port 22 ssh2 " + strings.Repeat("x", maxLine)
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(long + "\nline 1\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var got []Line
+	timeout := time.After(5 * time.Second)
+	for len(got) < 2 {
+		select {
+		case l := <-ch:
+			got = append(got, l)
+		case <-timeout:
+			t.Fatalf("got %d lines", len(got))
+		}
+	}
+	if got[0].Skip != SkipTooLong || got[0].Text != "" || got[0].File.Offset != int64(len(long)+1) {
+		t.Errorf("the long line: skip %q, %d bytes of text, offset %d", got[0].Skip, len(got[0].Text), got[0].File.Offset)
+	}
+	if got[1].Skip != "" || got[1].Text != "line 1" || got[1].File.Offset != int64(len(long)+1+len("line 1\n")) {
+		t.Errorf("the next line: %+v", got[1])
 	}
 }
