@@ -135,26 +135,34 @@ func (e *env) probe(spec string) lab.Outcome {
 	return res[0].Observed
 }
 
-// The trap never bans the admin's live SSH session, even when it scans.
+// The trap never bans the admin's live SSH session, even when it scans;
+// both backends.
 func TestPortscanSparesSession(t *testing.T) {
-	t.Parallel()
-	e := newSSHEnv(t, "nftables")
-	srv := e.startSSHD(22)
-	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
-	sess := srv.login(lab.ServerV4)
-	// Applied while the session is live: its address is protected.
-	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard portscan ports 5 within 60s bantime 1h\n")
-	e.mustMoat("reload")
-	e.nmapScan(lab.ClientV4, lab.ServerV4)
-	if bans := e.bans(); len(bans) != 0 {
-		t.Errorf("the admin's address was banned: %+v", bans)
-	}
-	if err := sess.alive(3 * time.Second); err != nil {
-		t.Errorf("session cut: %v", err)
-	}
-	e.expect(false, "client tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 open")
-	e.nmapScan(netip.MustParseAddr("192.0.2.3"), lab.ServerV4)
-	if _, ok := e.bans()["192.0.2.3"]; !ok {
-		t.Errorf("another scanner was not banned")
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			srv := e.startSSHD(22)
+			e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+			sess := srv.login(lab.ServerV4)
+			// Applied while the session is live: its address is protected.
+			writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard portscan ports 5 within 60s bantime 1h\n")
+			if out := e.mustMoat("-v", "reload"); !strings.Contains(out, "sessions=1") {
+				t.Errorf("reload did not see the session:\n%s", out)
+			}
+			e.nmapScan(lab.ClientV4, lab.ServerV4)
+			if bans := e.bans(); len(bans) != 0 {
+				t.Errorf("the admin's address was banned: %+v", bans)
+			}
+			if err := sess.alive(3 * time.Second); err != nil {
+				t.Errorf("session cut: %v", err)
+			}
+			e.expect(false, "client tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 open")
+			e.nmapScan(netip.MustParseAddr("192.0.2.3"), lab.ServerV4)
+			if _, ok := e.bans()["192.0.2.3"]; !ok {
+				t.Errorf("another scanner was not banned")
+			}
+		})
 	}
 }
