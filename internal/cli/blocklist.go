@@ -42,7 +42,9 @@ conditional requests (ETag, If-Modified-Since), a 64 MB cap and a timeout.
 'moat enable' installs moat-blocklist.timer, which runs
 'moat blocklist update --due' every hour; a list is fetched when its
 refresh (default 24h) has passed. When moat is active the new contents are
-swapped in at once, in one transaction that sends only the difference.`
+swapped in at once and atomically (nftables: element adds and deletes in
+one transaction, or the set refilled in it when many networks went away;
+iptables: the new set loaded whole, then the rules switch to it).`
 
 func (a *app) blocklistCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -193,7 +195,7 @@ func (a *app) blocklistUpdateCommand() *cobra.Command {
 		Long: `Fetch each url blocklist of the policy (or only NAME) over HTTPS, re-read each
 file list, check them, keep the good ones as the last good copy in the state
 directory and, when moat is active, swap the new contents into the kernel in
-one transaction that sends only the difference. A failed or malformed
+one transaction. A failed or malformed
 fetch, or a refused list, keeps the old copy and says why (exit code 1).`,
 		Example: `  moat blocklist update
   moat blocklist update drop

@@ -113,7 +113,7 @@ Blocklists and port scans (policy lines; 'moat blocklist --help'):
   blocklist drop url https://www.spamhaus.org/drop/drop.txt [refresh 24h]
   blocklist local file /etc/moat/lists/bad.netset
   guard portscan ports 10 within 60s bantime 1h   # banned in the kernel
-  moat blocklist update [NAME]    # fetch over HTTPS, swap in only the difference
+  moat blocklist update [NAME]    # fetch over HTTPS, swap the new contents in
 
 Coming from ufw or fail2ban: 'moat import ufw', 'moat import fail2ban'
 print the equivalent policy (--write puts it in the policy file). ufw's
