@@ -25,10 +25,7 @@ func Loaded(ctx context.Context, backend string, rs *ruleset.Ruleset, want *Layo
 		err error
 	}
 	done := make(chan result, 1)
-	go func() {
-		// Never unlocked: the runtime ends the thread with the goroutine,
-		// and the namespace with it.
-		runtime.LockOSThread()
+	go onOtherThread(func() {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			done <- result{err: fmt.Errorf("a scratch network namespace: %w", err)}
 			return
@@ -48,13 +45,36 @@ func Loaded(ctx context.Context, backend string, rs *ruleset.Ruleset, want *Layo
 		}
 		l, err := Read(ctx, backend, nil, want)
 		done <- result{l, err}
-	}()
+	})
 	select {
 	case r := <-done:
 		return r.l, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// onOtherThread runs fn locked to a thread that is not the main one and
+// ends with it (never unlocked: the runtime ends the thread with the
+// goroutine, and a namespace fn enters with it). The main thread cannot
+// end: the runtime keeps it, locked and idle, in whatever namespace fn
+// left it, and /proc/self/net is the main thread's namespace, so the
+// lockout check read an empty socket table there and found no SSH
+// session. On the main thread, it holds it while another goroutine
+// (which cannot run there meanwhile) does the work.
+func onOtherThread(fn func()) {
+	runtime.LockOSThread()
+	if unix.Gettid() != unix.Getpid() {
+		fn()
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		onOtherThread(fn)
+	}()
+	<-done
+	runtime.UnlockOSThread()
 }
 
 // InPlace compares moat's rules in the kernel with what loading rs into an

@@ -401,8 +401,17 @@ func parseSSHConnection(v string) (Session, bool) {
 
 func readTCP(procRoot string) ([]tcpEntry, error) {
 	var out []tcpEntry
+	// /proc/net is the main thread's namespace; the calling thread's is
+	// the one moat works in (a thread that entered another namespace must
+	// not blind the check).
+	dir := procRoot
+	if procRoot == "/proc" {
+		if _, err := os.Stat("/proc/thread-self/net"); err == nil {
+			dir = "/proc/thread-self"
+		}
+	}
 	for _, name := range []string{"net/tcp", "net/tcp6"} {
-		data, err := os.ReadFile(filepath.Join(procRoot, name))
+		data, err := os.ReadFile(filepath.Join(dir, name))
 		if os.IsNotExist(err) {
 			continue // no IPv6 in this kernel
 		}

@@ -37,6 +37,19 @@ func TestSockDiagLinkLocal(t *testing.T) {
 	if f := strings.Fields(string(out)); len(f) > 3 {
 		ll = netip.MustParsePrefix(f[3]).Addr()
 	}
+	// The backend's own link-local address must be past duplicate address
+	// detection, or it dials from its global address (not link-local, so
+	// bound to no interface): the test failed about one run in five.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		out, err := topo.Backend.Run(context.Background(), "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link", "tentative")
+		if err == nil && strings.TrimSpace(string(out)) == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the backend's link-local address stays tentative: %s %v", out, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	var ln net.Listener
 	if err := topo.Server.Do(func() error {
 		var err error
