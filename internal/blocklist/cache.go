@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
@@ -149,7 +150,9 @@ func Saved(stateDir string) []string {
 }
 
 func readCapped(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// Without blocking: a FIFO named as a list file would hang every
+	// apply, and the lock it holds, before the check below.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
