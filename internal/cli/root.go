@@ -152,6 +152,10 @@ func (a *app) rootCommand() *cobra.Command {
 				level = slog.LevelDebug
 			}
 			a.log = slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: level}))
+			if cmd.Flags().Changed("confirm") && a.confirm <= 0 {
+				// 0 or less used to apply at once with nothing armed.
+				return fmt.Errorf("--confirm %s: want a positive duration such as 60s (leave --confirm out to apply without a rollback)", a.confirm)
+			}
 			return a.needRoot(cmd)
 		},
 	}

@@ -29,6 +29,16 @@ type Change struct {
 	Confirm time.Duration
 }
 
+// check refuses a request that cannot mean what it says: a negative
+// --confirm used to apply the change at once, with no rollback armed, and
+// save it for boot.
+func (ch Change) check() error {
+	if ch.Confirm < 0 {
+		return fmt.Errorf("--confirm %s: want a positive duration such as 60s; nothing changed", ch.Confirm)
+	}
+	return nil
+}
+
 // Result says what a change did.
 type Result struct {
 	// Message is what the edit said ("Rule added: ...").
@@ -116,6 +126,9 @@ func (e *Engine) Edit(ctx context.Context, ch Change, edit func(*policy.Document
 	if err := e.mustHoldLock(); err != nil {
 		return nil, err
 	}
+	if err := ch.check(); err != nil {
+		return nil, err
+	}
 	doc, prev, had, err := readPolicy(ch.Path)
 	if err != nil {
 		return nil, err
@@ -154,6 +167,9 @@ func (e *Engine) Edit(ctx context.Context, ch Change, edit func(*policy.Document
 // Enable applies the policy file and saves it for boot.
 func (e *Engine) Enable(ctx context.Context, ch Change) (*Result, error) {
 	if err := e.mustHoldLock(); err != nil {
+		return nil, err
+	}
+	if err := ch.check(); err != nil {
 		return nil, err
 	}
 	doc, prev, had, err := readPolicy(ch.Path)
@@ -224,6 +240,9 @@ func newID() string {
 // by the next command (Lock).
 func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) (*Result, error) {
 	dir := e.o.StateDir
+	if err := pl.ch.check(); err != nil {
+		return nil, err
+	}
 	b, err := e.choose(pl.p, pl, cur)
 	if err != nil {
 		return nil, err

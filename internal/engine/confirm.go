@@ -166,10 +166,15 @@ func (e *Engine) Rollback(ctx context.Context, id, reason string) (*Pending, err
 	if p.State == stateConfirming {
 		return nil, errors.New("the pending change is being confirmed")
 	}
+	// Writes to the state directory may fail (a full disk): the kernel
+	// goes back first whatever they do, since the admin may be locked
+	// out. The mark only lets the next command finish a rollback that
+	// was cut short; without it, the deadline still rolls it back.
 	if p.State != stateRollingBack {
 		p.State = stateRollingBack
 		if err := writeJSON(dir, pendingFile, p); err != nil {
-			return nil, fmt.Errorf("rollback: %w", err)
+			e.warn(fmt.Sprintf("rollback: %v (rolling back anyway)", err))
+			e.o.Log.Error("rollback: cannot mark the pending change; rolling back anyway", "err", err)
 		}
 		if err := e.step("rollback-marked"); err != nil {
 			return nil, err
@@ -186,7 +191,12 @@ func (e *Engine) Rollback(ctx context.Context, id, reason string) (*Pending, err
 		return nil, fmt.Errorf("rollback: %w", err)
 	}
 	if err := writeApplied(dir, record); err != nil {
-		return nil, fmt.Errorf("rollback: %w", err)
+		// The record would still claim the unconfirmed change: no record
+		// ("moat's rules without a record") is the truth told less well.
+		e.warn(fmt.Sprintf("rollback: %v; removing %s instead", err, filepath.Join(dir, AppliedFile)))
+		if rerr := removeState(dir, AppliedFile); rerr != nil {
+			return nil, fmt.Errorf("rollback: %w", errors.Join(err, rerr))
+		}
 	}
 	if err := e.step("rollback-records"); err != nil {
 		return nil, err
@@ -200,7 +210,9 @@ func (e *Engine) Rollback(ctx context.Context, id, reason string) (*Pending, err
 	e.o.Log.Warn("rolled back an unconfirmed change", "applied", p.Created.Format(time.RFC3339), "deadline", p.Deadline.Format(time.RFC3339),
 		"reason", reason, "backend", p.Backend, "policy", p.PolicyPath, "unconfirmed_policy_kept_in", p.PolicyPath+".unconfirmed")
 	if err := writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created, Reason: reason}); err != nil {
-		return p, err
+		// The rollback itself is done; only 'moat confirm' cannot say when.
+		e.warn(err.Error())
+		e.o.Log.Error("rollback done, outcome not recorded", "err", err)
 	}
 	return p, nil
 }

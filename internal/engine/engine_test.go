@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -701,4 +702,94 @@ func TestRestoreRefusedByLockoutDoesNotFailClose(t *testing.T) {
 		return err
 	}))
 	r.kernelIs("nftables", base+"allow 80/tcp\n")
+}
+
+// fullDisk mounts a tiny tmpfs as the rig's state directory (root only)
+// and returns a function that fills it to the last byte.
+func fullDisk(t *testing.T, r *rig) (fill func(), free func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	r.must(os.MkdirAll(r.dir, 0o700))
+	if err := syscall.Mount("tmpfs", r.dir, "tmpfs", 0, "size=64k,mode=0700"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(r.dir, syscall.MNT_DETACH) })
+	filler := filepath.Join(r.dir, "fill")
+	fill = func() {
+		f, err := os.Create(filler)
+		r.must(err)
+		defer func() { _ = f.Close() }()
+		buf := make([]byte, 512)
+		for {
+			if _, err := f.Write(buf); err != nil {
+				return // ENOSPC: full
+			}
+		}
+	}
+	free = func() { r.must(os.Remove(filler)) }
+	return fill, free
+}
+
+// The deadline passes while the state directory's disk is full (/var
+// full of logs at 3 a.m.): the unconfirmed change must still leave the
+// kernel. The rollback used to stop at its first write (marking
+// pending.json "rolling back"), so the watchdog retried in silence (its
+// log is on the same disk) and the change stayed in force until space was
+// freed.
+func TestRollbackOnFullDisk(t *testing.T) {
+	r := newRig(t)
+	fill, free := fullDisk(t, r)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	res, err := r.add(r.ch(time.Second), "allow 443/tcp")
+	r.must(err)
+	fill()
+	r.advance(2 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err = r.eng.Watch(ctx, res.Pending.ID)
+	r.kernelIs("nftables", base)
+	if r.file() != base {
+		t.Errorf("file after the rollback on a full disk:\n%s", r.file())
+	}
+	if err != nil {
+		t.Errorf("watchdog on a full disk: %v", err)
+	}
+	// Nothing claims the unconfirmed change is applied.
+	if a, err := LoadApplied(r.dir); err == nil && a != nil && a.Policy != base {
+		t.Errorf("applied record after the rollback: %+v", a)
+	}
+	if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
+		t.Errorf("pending left: %v", err)
+	}
+	free()
+	// Once there is room again, everything works.
+	_, err = r.add(r.ch(0), "allow 80/tcp")
+	r.must(err)
+	r.kernelIs("nftables", base+"allow 80/tcp\n")
+}
+
+// A negative --confirm used to apply at once, with no rollback armed,
+// and save the change for boot.
+func TestNegativeConfirmRefused(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	for _, d := range []time.Duration{-5 * time.Second, -1} {
+		if _, err := r.add(r.ch(d), "allow 443/tcp"); err == nil || !strings.Contains(err.Error(), "--confirm") {
+			t.Errorf("--confirm %v: %v", d, err)
+		}
+		ch := r.ch(d)
+		if _, err := r.enable(ch); err == nil {
+			t.Errorf("enable --confirm %v accepted", d)
+		}
+	}
+	r.kernelIs("nftables", base)
+	if r.file() != base {
+		t.Errorf("file: %s", r.file())
+	}
 }
