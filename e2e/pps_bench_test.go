@@ -43,7 +43,7 @@ func BenchmarkPacketRate(b *testing.B) {
 		variants = append(variants, variant{fmt.Sprintf("moat-%s-100000-bans-10k", backend), backend, 100000, true})
 	}
 	for _, flows := range []string{"one-flow", "new-flows"} {
-		baseline := 0.0
+		baseline, hand := 0.0, 0.0
 		for _, v := range variants {
 			b.Run(flows+"/"+v.name, func(b *testing.B) {
 				topo, err := lab.NewTopology("moatpps", false)
@@ -75,13 +75,23 @@ func BenchmarkPacketRate(b *testing.B) {
 					}
 				}
 				run(topo.Server, "table inet count {\n\tchain in { type filter hook input priority 1000; udp dport 9 counter drop; }\n}\n", "nft", "-f", "-")
-				pps := blast(b, topo, flows == "new-flows", time.Second)
+				// The machine is shared: the best of several short rounds.
+				pps := 0.0
+				for round := 0; round < 5; round++ {
+					pps = max(pps, blast(b, topo, flows == "new-flows", 300*time.Millisecond))
+				}
 				b.ReportMetric(pps, "pps")
-				if v.name == "no-firewall" {
+				switch v.name {
+				case "no-firewall":
 					baseline = pps
+				case "hand-nft-100k":
+					hand = pps
 				}
 				if baseline > 0 {
 					b.ReportMetric(pps/baseline, "x-no-firewall")
+				}
+				if hand > 0 {
+					b.ReportMetric(pps/hand, "x-hand-nft")
 				}
 			})
 		}
@@ -130,6 +140,7 @@ func blast(b *testing.B, topo *lab.Topology, newFlows bool, d time.Duration) flo
 	}); err != nil {
 		b.Fatal(err)
 	}
+	before := countAtEnd(b, topo)
 	var sent int
 	err := topo.Client.Do(func() error {
 		i, err := net.InterfaceByName("eth0")
@@ -167,6 +178,16 @@ func blast(b *testing.B, topo *lab.Topology, newFlows bool, d time.Duration) flo
 		b.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond)
+	got := countAtEnd(b, topo) - before
+	if got < sent/2 {
+		b.Logf("only %d of %d packets reached the end of the input path", got, sent)
+	}
+	return float64(got) / d.Seconds()
+}
+
+// countAtEnd reads the packets counted at the end of the input path.
+func countAtEnd(b *testing.B, topo *lab.Topology) int {
+	b.Helper()
 	out, err := topo.Server.Run(context.Background(), "nft", "list", "table", "inet", "count")
 	if err != nil {
 		b.Fatal(err)
@@ -175,11 +196,11 @@ func blast(b *testing.B, topo *lab.Topology, newFlows bool, d time.Duration) flo
 	if m == nil {
 		b.Fatalf("no counter:\n%s", out)
 	}
-	got, _ := strconv.Atoi(string(m[1]))
-	if got < sent/2 {
-		b.Logf("only %d of %d packets reached the end of the input path", got, sent)
+	n, err := strconv.Atoi(string(m[1]))
+	if err != nil {
+		b.Fatal(err)
 	}
-	return float64(got) / d.Seconds()
+	return n
 }
 
 // udpFrame is an Ethernet frame with an IPv4 UDP packet from the client
