@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"net/netip"
 	"os"
@@ -199,6 +200,43 @@ func TestOutgoingTunnelWarned(t *testing.T) {
 			}
 			if out := e.mustMoat("reload"); strings.Contains(out, "SSH connection to") {
 				t.Errorf("warned although allowed:\n%s", out)
+			}
+		})
+	}
+}
+
+// moat in a PID namespace of its own (as in a container with the host's
+// network) sees none of sshd's processes; it used to find no session and
+// let 'delete allow 22/tcp' through. Connections to port 22 count then.
+func TestLockoutSSHDNotVisible(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			srv := e.startSSHD(22)
+			e.apply("default deny incoming\nallow 22/tcp\n")
+			sess := srv.login(lab.ServerV4)
+			sess6 := srv.login(lab.ServerV6)
+			kernel := e.kernelState()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			args := []string{"--pid", "--fork", "--mount-proc", moatBin, "--config", e.conf, "--backend", b, "--state-dir", e.stateDir(), "delete", "allow", "22/tcp"}
+			out, err := e.topo.Server.Run(ctx, "unshare", args...)
+			if !strings.Contains(string(out), "refusing to apply") || !strings.Contains(string(out), "session 192.0.2.2:") ||
+				!strings.Contains(string(out), "session [2001:db8::2]:") || !strings.Contains(string(out), "not visible") {
+				t.Errorf("moat in its own PID namespace was not refused (err %v):\n%s", err, out)
+			}
+			if e.kernelState() != kernel {
+				t.Errorf("kernel changed although refused")
+			}
+			for _, s := range []*session{sess, sess6} {
+				if err := s.alive(3 * time.Second); err != nil {
+					t.Errorf("live session cut: %v", err)
+				}
+			}
+			if !srv.canLogin(lab.ServerV4) || !srv.canLogin(lab.ServerV6) {
+				t.Errorf("no new login")
 			}
 		})
 	}

@@ -175,6 +175,18 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 			st.Listen = append(st.Listen, e.local)
 		}
 	}
+	// No SSH server process in sight at all, yet this namespace has
+	// connections: moat may run in a PID namespace of its own (a
+	// container with the host's network) and see none of sshd's
+	// processes. Then a listener on port 22 is taken for sshd's.
+	unseen := len(socks.sshd) == 0 && len(st.Listen) == 0
+	if unseen {
+		for _, e := range entries {
+			if e.state == "0A" && hint[e.local.Port()] {
+				st.Listen = append(st.Listen, e.local)
+			}
+		}
+	}
 	seen := map[string]bool{}
 	var inodes []string // of st.Sessions
 	add := func(e tcpEntry, source string) {
@@ -194,9 +206,12 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 		case socks.inetd[e.inode]:
 			add(e, "connection of sshd -i")
 		case listened(st.Listen, e.local):
-			if socks.sshd[e.inode] {
+			switch {
+			case socks.sshd[e.inode]:
 				add(e, "connection held by sshd")
-			} else {
+			case unseen:
+				add(e, fmt.Sprintf("connection to port %d; sshd's processes are not visible from here", e.local.Port()))
+			default:
 				add(e, "established connection to sshd")
 			}
 		}

@@ -366,3 +366,28 @@ func TestFindSSHOutgoing(t *testing.T) {
 		t.Errorf("sessions %q", got)
 	}
 }
+
+// moat in a PID namespace of its own (a container with the host's
+// network) sees no sshd process: connections to a listener on port 22
+// count then; with any sshd in sight, only its own listeners do.
+func TestFindSSHProcessesNotVisible(t *testing.T) {
+	b := newProc(t)
+	b.sock("0A", "0.0.0.0:22", "0.0.0.0:0")
+	b.sock("0A", "[::]:80", "[::]:0")
+	b.sock("01", "192.0.2.1:22", "192.0.2.2:50000")
+	b.sock("01", "[2001:db8::1]:80", "[2001:db8::2]:50001")
+	st := find(t, b.write(""), nil)
+	if got := sessionList(st); got != "192.0.2.2:50000>192.0.2.1:22" {
+		t.Errorf("sessions %q", got)
+	}
+	if len(st.Sessions) == 1 && !strings.Contains(st.Sessions[0].Source, "not visible") {
+		t.Errorf("source %q", st.Sessions[0].Source)
+	}
+	// An sshd in sight (on 2222): port 22 is someone else's.
+	lis := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
+	b.proc(100, 1, "sshd", lis)
+	st = find(t, b.write(""), nil)
+	if got := sessionList(st); got != "" || fmt.Sprint(st.Ports()) != "[2222]" {
+		t.Errorf("with sshd on 2222: sessions %q ports %v", got, st.Ports())
+	}
+}
