@@ -418,6 +418,14 @@ func (e *Engine) repair(ctx context.Context) error {
 		e.warn(fmt.Sprintf("'%s' (PID %d, %s) was interrupted half way: undone, moat's rules, %s and its records are as before it",
 			sanitize(in.Command), in.PID, in.Time.Local().Format(time.DateTime), in.Path))
 	}
+	if sp, err := loadStalePending(dir); err != nil {
+		e.warn(fmt.Sprintf("%v: ignored", err))
+	} else if sp != nil {
+		if err := e.dropStale(sp); err != nil {
+			return fmt.Errorf("the change applied at %s was waiting for confirmation when the system restarted: %w",
+				sp.Created.Local().Format(time.DateTime), err)
+		}
+	}
 	p, err := LoadPending(dir)
 	switch {
 	case err != nil:
@@ -437,6 +445,39 @@ func (e *Engine) repair(ctx context.Context) error {
 		e.warn(fmt.Sprintf("the change applied at %s was not confirmed by its deadline: rolled back", p.Created.Local().Format(time.TimeOnly)))
 	}
 	return nil
+}
+
+// dropStale ends a pending change of an earlier boot. The restart
+// ended it unconfirmed: the boot loaded the ruleset saved before it (or
+// nothing), so only the policy file and the records still hold it. They go
+// back to what they were before the change, as a rollback at the deadline
+// would have left them (the unconfirmed text is kept as FILE.unconfirmed);
+// the kernel is left to what the boot loaded. A confirmation that the
+// restart cut short is finished instead.
+func (e *Engine) dropStale(p *Pending) error {
+	if p.State == stateConfirming {
+		return e.finishConfirm(p)
+	}
+	dir := e.o.StateDir
+	if err := e.restoreFile(p); err != nil {
+		return err
+	}
+	a, err := LoadApplied(dir)
+	if err == nil && a != nil && a.Pending == p.ID {
+		err = writeApplied(dir, p.Prev)
+	}
+	if err != nil {
+		return err
+	}
+	if err := clearPending(dir); err != nil {
+		return err
+	}
+	reason := "the system restarted before it was confirmed"
+	e.o.Log.Warn("dropped an unconfirmed change", "applied", p.Created.Format(time.RFC3339), "reason", reason,
+		"policy", p.PolicyPath, "unconfirmed_policy_kept_in", p.PolicyPath+".unconfirmed")
+	e.warn(fmt.Sprintf("the change applied at %s was not confirmed before the system restarted: %s is back as it was before it (the unconfirmed one is kept as %s.unconfirmed)",
+		p.Created.Local().Format(time.DateTime), p.PolicyPath, p.PolicyPath))
+	return writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created, Reason: reason})
 }
 
 // undo puts everything back as the intent says it was before.

@@ -793,3 +793,75 @@ func TestNegativeConfirmRefused(t *testing.T) {
 		t.Errorf("file: %s", r.file())
 	}
 }
+
+// rebootWith makes the pending change one of an earlier boot and empties
+// the "kernel", as a reboot does.
+func (r *rig) reboot() {
+	r.t.Helper()
+	path := filepath.Join(r.dir, pendingFile)
+	data, err := os.ReadFile(path)
+	r.must(err)
+	var p map[string]any
+	r.must(json.Unmarshal(data, &p))
+	p["boot_id"] = "an-earlier-boot"
+	data, err = json.Marshal(p)
+	r.must(err)
+	r.must(os.WriteFile(path, data, 0o600))
+	r.must(r.nft.Remove(context.Background()))
+	r.must(r.ipt.Remove(context.Background()))
+}
+
+// The host restarts while a --confirm change waits (the admin was locked
+// out and power-cycled it, or the watchdog was killed): the boot loads the
+// ruleset saved before the change, and the unconfirmed change must be gone
+// from the policy file too. It used to stay in moat.conf, ignored as
+// "stale", and the next plain 'moat allow' applied it for real.
+func TestRebootDropsUnconfirmedChange(t *testing.T) {
+	for _, enabled := range []bool{true, false} {
+		t.Run(fmt.Sprintf("enabled=%v", enabled), func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			if enabled {
+				_, err := r.enable(r.ch(0))
+				r.must(err)
+			} else {
+				// Active, not saved for boot: applied by a plain reload.
+				r.must(r.do(func(ctx context.Context, e *Engine) error {
+					_, err := e.Enable(ctx, r.ch(0))
+					if err == nil {
+						err = safeapply.Forget(r.dir)
+					}
+					return err
+				}))
+			}
+			_, err := r.add(r.ch(time.Hour), "allow 443/tcp")
+			r.must(err)
+			r.reboot()
+			if enabled {
+				r.must(r.do(func(ctx context.Context, e *Engine) error {
+					_, err := e.Restore(ctx, r.ch(0))
+					return err
+				}))
+				r.kernelIs("nftables", base)
+			} else {
+				r.must(r.do(func(context.Context, *Engine) error { return nil })) // the next command
+			}
+			if r.file() != base {
+				t.Errorf("after the reboot the file holds the unconfirmed change:\n%s", r.file())
+			}
+			if o, err := LastOutcome(r.dir); err != nil || o.Outcome != "rolled back" {
+				t.Errorf("outcome: %+v, %v", o, err)
+			}
+			if enabled {
+				_, err = r.add(r.ch(0), "allow 9999/tcp")
+				r.must(err)
+				r.kernelIs("nftables", base+"allow 9999/tcp\n")
+			}
+			for _, f := range []string{pendingFile, snapshotFile, policyFile} {
+				if _, err := os.Stat(filepath.Join(r.dir, f)); err == nil {
+					t.Errorf("%s left after the reboot", f)
+				}
+			}
+		})
+	}
+}

@@ -70,6 +70,32 @@ func bootID() string {
 // A pending change from an earlier boot is stale: nothing can roll it back
 // any more, and the boot loaded the saved ruleset anyway.
 func LoadPending(dir string) (*Pending, error) {
+	p, err := readPending(dir)
+	if err != nil {
+		return nil, err
+	}
+	if p.BootID != bootID() {
+		return nil, ErrNoPending
+	}
+	return p, nil
+}
+
+// loadStalePending returns a pending change recorded during an earlier
+// boot (nil: none). The restart ended it unconfirmed: repair rolls its
+// policy file back.
+func loadStalePending(dir string) (*Pending, error) {
+	p, err := readPending(dir)
+	if errors.Is(err, ErrNoPending) {
+		return nil, nil
+	}
+	if err != nil || p.BootID == bootID() {
+		return nil, err
+	}
+	return p, nil
+}
+
+// readPending reads pending.json, whatever boot it belongs to.
+func readPending(dir string) (*Pending, error) {
 	data, err := readState(dir, pendingFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNoPending
@@ -80,9 +106,6 @@ func LoadPending(dir string) (*Pending, error) {
 	var p Pending
 	if err := json.Unmarshal(data, &p); err != nil {
 		return nil, fmt.Errorf("read pending change %s: %w", filepath.Join(dir, pendingFile), err)
-	}
-	if p.BootID != bootID() {
-		return nil, ErrNoPending
 	}
 	return &p, nil
 }
