@@ -3,6 +3,7 @@ package guard
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 )
@@ -60,7 +61,16 @@ type conn struct {
 	// closing lines ("maximum authentication attempts exceeded", then
 	// "Disconnecting ...: Too many authentication failures"), and the
 	// connection counts once.
-	ended   bool
+	ended bool
+	// closes are the kinds of closing lines read (those that End). A
+	// connection writes at most a few, each once ("maximum authentication
+	// attempts exceeded", then "Disconnecting ...: Too many authentication
+	// failures"), then nothing: a later line with this key that does not
+	// close, or that repeats a closing kind, is a new connection with the
+	// same key: the same client address and port (sshd -E, where a client
+	// picks its port), or a reused PID. ConnClosed may come twice
+	// ("Received disconnect", then "Disconnected from user").
+	closes  []Kind
 	pending []Event // address-less failures waiting for the address
 	last    time.Time
 }
@@ -149,7 +159,7 @@ func (j *Judge) Judge(ev Event, now time.Time) Verdict {
 		v.Count = append(v.Count, j.finish(c, Event{}, now)...)
 		c = nil // replaced below
 	}
-	if c != nil && ev.Kind == ConnOpened {
+	if c != nil && (ev.Kind == ConnOpened || c.reopened(ev.Kind)) {
 		v.Count = append(v.Count, j.finish(c, Event{}, now)...)
 		c = nil
 	}
@@ -158,6 +168,9 @@ func (j *Judge) Judge(ev Event, now time.Time) Verdict {
 		j.conns[key] = c
 	}
 	c.last = now
+	if ev.Kind.Ends() && len(c.closes) < maxCloses {
+		c.closes = append(c.closes, ev.Kind)
+	}
 	if len(ev.User) > maxUser {
 		ev.User = ev.User[:maxUser] // memory per connection stays bounded
 	}
@@ -244,6 +257,22 @@ func (j *Judge) Judge(ev Event, now time.Time) Verdict {
 		}
 	}
 	return v
+}
+
+// maxCloses bounds the closing kinds kept per connection.
+const maxCloses = 4
+
+// reopened reports whether a line of kind k with this connection's key is
+// a new connection: this one wrote a closing line before, and k does not
+// close, or repeats a closing kind.
+func (c *conn) reopened(k Kind) bool {
+	if len(c.closes) == 0 {
+		return false
+	}
+	if !k.Ends() {
+		return true
+	}
+	return k != ConnClosed && slices.Contains(c.closes, k)
 }
 
 // finish ends a connection: it counts once if it held failures and did

@@ -1,0 +1,110 @@
+package e2e
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/moat-fw/moat/internal/lab"
+)
+
+// wrongKeysFromPort makes one connection from src:port offering only the
+// wrong keys, and ends it with a reset (no TIME_WAIT), so the next
+// connection can bind the same port at once, as an attacker's can.
+func (e *env) wrongKeysFromPort(srv *sshd, src netip.Addr, port int, dst netip.Addr, keys []string) error {
+	var signers []ssh.Signer
+	for _, k := range keys {
+		data, err := os.ReadFile(k)
+		if err != nil {
+			return err
+		}
+		s, err := ssh.ParsePrivateKey(data)
+		if err != nil {
+			return err
+		}
+		signers = append(signers, s)
+	}
+	var conn net.Conn
+	err := e.topo.Client.Do(func() error {
+		d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice(), Port: port},
+			Control: func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				err := c.Control(func(fd uintptr) {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+				})
+				if err != nil {
+					return err
+				}
+				return serr
+			}}
+		var err error
+		conn, err = d.Dial("tcp", netip.AddrPortFrom(dst, srv.port).String())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	_ = conn.(*net.TCPConn).SetLinger(0) // close with a reset
+	defer func() { _ = conn.Close() }()  // a test connection; nothing to lose
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	cfg := &ssh.ClientConfig{User: "root", HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second,
+		Auth: []ssh.AuthMethod{ssh.PublicKeys(signers...)}}
+	if c, _, _, err := ssh.NewClientConn(conn, dst.String(), cfg); err == nil {
+		_ = c.Close()
+		return net.ErrClosed
+	}
+	return nil
+}
+
+// An attacker who binds one source port for every connection, at sshd's
+// default LogLevel INFO (sshd -E: no PIDs, so the guard tells connections
+// apart by client address and port, and INFO logs no "Connection from"
+// line): each connection offering only wrong keys counts, and maxretry
+// connections ban him. Before, the first connection's record swallowed
+// every later one with the same address and port: one failure counted,
+// however many connections. Both backends, IPv4 and IPv6.
+func TestGuardFixedSourcePort(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			logFile := filepath.Join(e.dir, "sshd.log")
+			srv := e.startSSHDWith(22, "", logFile)
+			e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
+			e.startGuard("--log-file", logFile)
+			// More keys than MaxAuthTries (6): sshd ends each connection with
+			// "Too many authentication failures", logged at INFO.
+			keys := srv.wrongKeys(7)
+			for _, c := range []struct{ src, dst netip.Addr }{{lab.ClientAlt[0], lab.ServerV4}, {lab.ClientAlt[2], lab.ServerV6}} {
+				for i := 1; i <= 3; i++ {
+					if err := e.wrongKeysFromPort(srv, c.src, 40022, c.dst, keys); err != nil {
+						t.Fatalf("connection %d from %s port 40022: %v", i, c.src, err)
+					}
+					time.Sleep(300 * time.Millisecond) // the guard has read the lines
+					// Asked of the ban list, not by a probe: a probe that
+					// sends no banner counts too (weak).
+					_, banned := e.bans()[c.src.String()]
+					if banned != (i == 3) {
+						data, _ := os.ReadFile(logFile)
+						t.Fatalf("after %d connections from %s port 40022 with only wrong keys: banned %v (maxretry 3)\nsshd log:\n%s", i, c.src, banned, data)
+					}
+				}
+				if out := e.probeSSH(c.src, c.dst); out != lab.Timeout {
+					t.Errorf("%s banned, but its packets pass: %s", c.src, out)
+				}
+			}
+			// A colleague from another address is not affected.
+			if !srv.loginWithKeys(lab.ClientV4, lab.ServerV4, append(append([]string{}, keys[:2]...), srv.key)) {
+				t.Errorf("colleague locked out: %v", e.bans())
+			}
+			e.agree(logFile, 3, 0.5)
+		})
+	}
+}
