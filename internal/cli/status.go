@@ -121,7 +121,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	rep := &statusReport{Status: "inactive", Config: a.config, Defaults: map[string]statusDefault{}, Rules: []statusRule{}, Builtins: []statusBuiltin{},
 		Persistent: safeapply.Enabled(a.stateDir), statusTruth: statusTruth{InSync: true}}
 	if pend, err := engine.LoadPending(a.stateDir); err == nil {
-		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(time.Until(pend.Deadline).Seconds()))}
+		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(pend.Left().Seconds()))}
 	}
 	b, err := a.activeBackend(ctx)
 	if err != nil {

@@ -41,7 +41,7 @@ func (e *Engine) arm(ctx context.Context, id string, pl plan, cur *current, next
 	}
 	now := e.o.Now()
 	p := &Pending{ID: id, Backend: next.Name(), PrevBackend: prevName, Prev: cur.applied, PolicyPath: pl.ch.Path, HadPolicy: hadPolicy,
-		Persist: persist, Created: now, Deadline: now.Add(pl.ch.Confirm), BootID: bootID(),
+		Persist: persist, Created: now, Deadline: now.Add(pl.ch.Confirm), DeadlineUptime: deadlineAt(e.o.Uptime(), pl.ch.Confirm), BootID: bootID(),
 		SnapshotSHA256: Hash(snap), PolicySHA256: Hash(oldPolicy)}
 	if err := writeState(dir, snapshotFile, snap); err != nil {
 		return nil, fmt.Errorf("save snapshot: %w", err)
@@ -79,6 +79,9 @@ func (e *Engine) arm(ctx context.Context, id string, pl plan, cur *current, next
 	}
 	return p, nil
 }
+
+// left is how long p has before its deadline, on the engine's clocks.
+func (e *Engine) left(p *Pending) time.Duration { return p.left(e.o.Now(), e.o.Uptime()) }
 
 // disarm drops an armed rollback whose change never reached the kernel.
 func (e *Engine) disarm(p *Pending) error {
@@ -340,7 +343,7 @@ func (e *Engine) Watch(ctx context.Context, id string) error {
 		switch {
 		case err == nil && p.ID == id:
 			missingSince = time.Time{}
-			if !e.o.Now().Before(p.Deadline) {
+			if e.left(p) <= 0 {
 				err := e.expire(ctx, id)
 				if err == nil || IsCrash(err) || ctx.Err() != nil {
 					return err
@@ -354,7 +357,7 @@ func (e *Engine) Watch(ctx context.Context, id string) error {
 				retry = min(2*retry, 30*time.Second)
 				continue
 			}
-			if err := sleep(ctx, min(p.Deadline.Sub(e.o.Now()), 200*time.Millisecond)); err != nil {
+			if err := sleep(ctx, min(e.left(p), 200*time.Millisecond)); err != nil {
 				return err
 			}
 			continue
@@ -438,7 +441,7 @@ func (e *Engine) repair(ctx context.Context) error {
 			return fmt.Errorf("finish the interrupted rollback: %w", err)
 		}
 		e.warn(fmt.Sprintf("the interrupted rollback of the change applied at %s is finished", p.Created.Local().Format(time.TimeOnly)))
-	case !e.o.Now().Before(p.Deadline):
+	case e.left(p) <= 0:
 		if _, err := e.Rollback(ctx, p.ID, "not confirmed by the deadline"); err != nil {
 			return err
 		}

@@ -64,8 +64,11 @@ type Options struct {
 	Services policy.Services
 	// Apps are the application profiles policies may name (nil: none).
 	Apps policy.Apps
-	// Now is the clock.
-	Now func() time.Time
+	// Now is the wall clock. Uptime is the time since boot (CLOCK_BOOTTIME:
+	// it never jumps, and counts a suspend), which deadlines are measured
+	// on; nil with Now set follows Now (a test's clock).
+	Now    func() time.Time
+	Uptime func() time.Duration
 	// Log records what the engine does; Warn tells the admin (stderr).
 	Log  *slog.Logger
 	Warn func(msg string)
@@ -84,6 +87,14 @@ type Engine struct {
 
 // New returns an engine; missing options get safe defaults.
 func New(o Options) *Engine {
+	if o.Uptime == nil {
+		if o.Now == nil {
+			o.Uptime = bootTime
+		} else {
+			now := o.Now
+			o.Uptime = func() time.Duration { return now().Sub(time.Unix(0, 0)) }
+		}
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -28,6 +29,7 @@ type rig struct {
 	conf     string
 	nft, ipt *Fake
 	now      time.Time
+	up       time.Duration // the clock since boot
 	mu       sync.Mutex
 	warnings []string
 	crashAt  string // checkpoint that simulates kill -9 (once)
@@ -38,7 +40,7 @@ func newRig(t *testing.T) *rig {
 	t.Helper()
 	d := t.TempDir()
 	r := &rig{t: t, dir: filepath.Join(d, "state"), conf: filepath.Join(d, "moat.conf"),
-		nft: NewFake("nftables"), ipt: NewFake("iptables"), now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+		nft: NewFake("nftables"), ipt: NewFake("iptables"), now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), up: time.Hour}
 	r.eng = r.newEngine()
 	return r
 }
@@ -53,6 +55,11 @@ func (r *rig) newEngine() *Engine {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			return r.now
+		},
+		Uptime: func() time.Duration {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return r.up
 		},
 		Warn: func(m string) {
 			r.mu.Lock()
@@ -70,6 +77,14 @@ func (r *rig) newEngine() *Engine {
 }
 
 func (r *rig) advance(d time.Duration) {
+	r.mu.Lock()
+	r.now = r.now.Add(d)
+	r.up += d
+	r.mu.Unlock()
+}
+
+// setWall sets the wall clock alone (date -s, NTP stepping it).
+func (r *rig) setWall(d time.Duration) {
 	r.mu.Lock()
 	r.now = r.now.Add(d)
 	r.mu.Unlock()
@@ -162,7 +177,7 @@ func (r *rig) kernelIs(backend, text string) {
 // expire lets the deadline pass and runs the watchdog.
 func (r *rig) expire(p *Pending) {
 	r.t.Helper()
-	r.advance(p.Deadline.Sub(r.now) + time.Second)
+	r.advance(p.Deadline.Sub(p.Created) + time.Second)
 	r.must(r.eng.Watch(context.Background(), p.ID))
 }
 
@@ -864,4 +879,48 @@ func TestRebootDropsUnconfirmedChange(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The wall clock is set back an hour (date -s, NTP stepping a clock that
+// ran fast) while a --confirm change waits: the rollback must still come
+// at its deadline, not an hour late; set forward, not early. The deadline
+// used to be wall-clock time only.
+func TestDeadlineIgnoresWallClockJumps(t *testing.T) {
+	for _, jump := range []time.Duration{-time.Hour, time.Hour} {
+		t.Run(jump.String(), func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			res, err := r.add(r.ch(10*time.Second), "allow 443/tcp")
+			r.must(err)
+			r.setWall(jump)
+			r.advance(5 * time.Second)
+			// Half way: the change stays whatever the wall clock says.
+			r.must(r.do(func(context.Context, *Engine) error { return nil }))
+			r.kernelIs("nftables", base+"allow 443/tcp\n")
+			r.advance(6 * time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if err := r.eng.Watch(ctx, res.Pending.ID); err != nil {
+				t.Fatalf("the watchdog did not roll back at the deadline: %v", err)
+			}
+			r.kernelIs("nftables", base)
+		})
+	}
+}
+
+// --confirm near the largest duration does not wrap into the past.
+func TestHugeConfirmDoesNotWrap(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	res, err := r.add(r.ch(time.Duration(math.MaxInt64)), "allow 443/tcp")
+	r.must(err)
+	if left := r.eng.left(res.Pending); left < 100*365*24*time.Hour {
+		t.Errorf("--confirm of the largest duration rolls back in %v", left)
+	}
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	r.kernelIs("nftables", base+"allow 443/tcp\n")
 }

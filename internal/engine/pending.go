@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,8 +21,12 @@ type Pending struct {
 	ID       string    `json:"id"`
 	Backend  string    `json:"backend"`
 	Deadline time.Time `json:"deadline"`
-	Created  time.Time `json:"created"`
-	BootID   string    `json:"boot_id"`
+	// DeadlineUptime is the deadline on the clock since boot (the wall
+	// clock may be set back or forward meanwhile); 0 in records of older
+	// versions, which use Deadline.
+	DeadlineUptime time.Duration `json:"deadline_uptime_ns,omitempty"`
+	Created        time.Time     `json:"created"`
+	BootID         string        `json:"boot_id"`
 	// Watchdog is the process that rolls the change back at the deadline.
 	Watchdog Proc `json:"watchdog"`
 	// PolicyPath is the policy file; HadPolicy is false when there was no
@@ -197,4 +202,40 @@ func (p Proc) Stop() {
 		return
 	}
 	_ = unix.PidfdSendSignal(fd, syscall.SIGTERM, nil, 0)
+}
+
+// bootTime is CLOCK_BOOTTIME: the time since boot, suspend included.
+func bootTime() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
+// left is how long p has before its deadline on the clock since boot
+// (a pending change never outlives its boot), or on the wall clock for
+// a record without it.
+func (p *Pending) left(now time.Time, uptime time.Duration) time.Duration {
+	if p.DeadlineUptime > 0 && uptime > 0 {
+		return p.DeadlineUptime - uptime
+	}
+	return p.Deadline.Sub(now)
+}
+
+// Left is how long the pending change has before it is rolled back
+// (0 or less: due now).
+func (p *Pending) Left() time.Duration { return p.left(time.Now(), bootTime()) }
+
+// deadlineAt is the uptime at which a change applied at uptime and
+// confirmable for d rolls back (saturated: --confirm 2562047h must not
+// wrap into the past).
+func deadlineAt(uptime, d time.Duration) time.Duration {
+	if uptime <= 0 {
+		return 0
+	}
+	if d > math.MaxInt64-uptime {
+		return math.MaxInt64
+	}
+	return uptime + d
 }
