@@ -241,3 +241,38 @@ func TestLockoutSSHDNotVisible(t *testing.T) {
 		})
 	}
 }
+
+// A NAT between the admin and the server may give a reconnect any
+// unprivileged source port, outside every client's own range: a rule on
+// 1024-32767 is refused; forced through, a client whose port lands there
+// (as a NAT maps it) cannot log in.
+func TestLockoutNATSourcePorts(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			srv := e.startSSHD(22)
+			e.apply("default deny incoming\nallow 22/tcp\n")
+			if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "50000 60999"); err != nil {
+				t.Fatal(err)
+			}
+			sess := srv.login(lab.ServerV4)
+			sess6 := srv.login(lab.ServerV6)
+			e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "a reconnect from source port 1024 would be rejected by line 2"},
+				"prepend", "reject", "proto", "tcp", "from", "any", "port", "1024:32767", "to", "any", "port", "22")
+			e.mustMoat("--force", "prepend", "reject", "proto", "tcp", "from", "any", "port", "1024:32767", "to", "any", "port", "22")
+			if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "20000 20100"); err != nil {
+				t.Fatal(err)
+			}
+			if srv.canLogin(lab.ServerV4) || srv.canLogin(lab.ServerV6) {
+				t.Errorf("a login from source port 20000-20100 got through the reject rule")
+			}
+			for _, s := range []*session{sess, sess6} {
+				if err := s.alive(3 * time.Second); err != nil {
+					t.Errorf("live session cut: %v", err)
+				}
+			}
+		})
+	}
+}

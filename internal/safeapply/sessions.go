@@ -33,8 +33,10 @@ type Session struct {
 	Iface string `json:"iface,omitempty"`
 	// ReconnectPorts are the source ports a new connection of the client
 	// may come from: this namespace's ephemeral range
-	// (net.ipv4.ip_local_port_range) and IANA's (49152-65535, used by
-	// Windows, macOS and the BSDs). Empty: only Client's port.
+	// (net.ipv4.ip_local_port_range), IANA's (49152-65535, used by
+	// Windows, macOS and the BSDs), and every unprivileged port
+	// (1024-65535), which a NAT between the client and this host may map
+	// it to. Empty: only Client's port.
 	ReconnectPorts policy.Ports `json:"reconnect_ports,omitempty"`
 }
 
@@ -88,6 +90,11 @@ type tcpEntry struct {
 // ianaEphemeral is the dynamic port range of RFC 6335, which most
 // non-Linux clients take their source ports from.
 var ianaEphemeral = policy.PortRange{First: 49152, Last: 65535}
+
+// natPorts are the ports a NAT between the client and this host (a home
+// router, carrier-grade NAT) may give a connection: any unprivileged one
+// (Linux's masquerading keeps ports below 1024 below, and others above).
+var natPorts = policy.PortRange{First: 1024, Last: 65535}
 
 // FindSSH reads sshd's listening ports and established sessions from
 // procRoot ("/proc"), and adds the SSH_CONNECTION of this process (sshConn
@@ -249,9 +256,9 @@ func listened(listen []netip.AddrPort, local netip.AddrPort) bool {
 }
 
 // reconnectPorts reads the namespace's ephemeral port range and adds
-// IANA's.
+// IANA's and those a NAT may pick.
 func (f *sshFinder) reconnectPorts() policy.Ports {
-	out := policy.Ports{ianaEphemeral}
+	out := policy.Ports{ianaEphemeral, natPorts}
 	data, err := os.ReadFile(filepath.Join(f.procRoot, "sys/net/ipv4/ip_local_port_range"))
 	if err != nil {
 		return out
@@ -265,7 +272,7 @@ func (f *sshFinder) reconnectPorts() policy.Ports {
 	if err1 != nil || err2 != nil || lo == 0 || lo > hi {
 		return out
 	}
-	return policy.Ports{{First: uint16(lo), Last: uint16(hi)}, ianaEphemeral}
+	return policy.Ports{{First: uint16(lo), Last: uint16(hi)}, ianaEphemeral, natPorts}
 }
 
 // setIfaces gives each session the interface it runs over. Link-local

@@ -127,7 +127,7 @@ func TestFindSSHSocketActivated(t *testing.T) {
 			if got := fmt.Sprint(st.Ports()); got != fmt.Sprintf("[%d]", c.port) {
 				t.Errorf("ports %s (631 is not SSH)", got)
 			}
-			if len(st.Sessions) == 1 && st.Sessions[0].ReconnectPorts.String() != "32768:60999,49152:65535" {
+			if len(st.Sessions) == 1 && st.Sessions[0].ReconnectPorts.String() != "32768:60999,49152:65535,1024:65535" {
 				t.Errorf("reconnect ports %s", st.Sessions[0].ReconnectPorts)
 			}
 		})
@@ -389,5 +389,37 @@ func TestFindSSHProcessesNotVisible(t *testing.T) {
 	st = find(t, b.write(""), nil)
 	if got := sessionList(st); got != "" || fmt.Sprint(st.Ports()) != "[2222]" {
 		t.Errorf("with sshd on 2222: sessions %q ports %v", got, st.Ports())
+	}
+}
+
+// A NAT between the admin and the server may map a reconnect to any
+// unprivileged source port: a rule on 1024-32767 (outside every client's
+// own range) cuts it; one on ports below 1024 does not.
+func TestCheckSessionsNATPorts(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:22", "0.0.0.0:0")
+	conn := b.sock("01", "192.0.2.1:22", "192.0.2.2:50000")
+	b.proc(100, 1, "sshd", lis)
+	b.proc(101, 100, "sshd", conn)
+	st := find(t, b.write("32768 60999"), nil)
+	for _, c := range []struct {
+		rule string
+		cut  string
+	}{
+		{"deny proto tcp from any port 1024:32767 to any port 22", "a reconnect from source port 1024 "},
+		{"deny proto tcp from any port 20000 to any port 22", "a reconnect from source port 20000 "},
+		{"deny proto tcp from any port 1:1023 to any port 22", ""},
+	} {
+		p, err := policy.NewDocument("moat.conf", []byte(c.rule+"\nallow 22/tcp\n")).Policy(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		problems := CheckSessions(ruleset.Compile(p), p, st.Sessions, nil)
+		switch {
+		case c.cut == "" && len(problems) > 0:
+			t.Errorf("%s: %s", c.rule, problems[0].Why)
+		case c.cut != "" && (len(problems) == 0 || !strings.Contains(problems[0].Why, c.cut)):
+			t.Errorf("%s: problems %+v, want %q", c.rule, problems, c.cut)
+		}
 	}
 }
