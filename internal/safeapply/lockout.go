@@ -223,7 +223,14 @@ func originText(o ruleset.Origin) string {
 // rule that cuts it (or at the end, when a default cuts it).
 func fixes(p *policy.Policy, s Session, d ruleset.Decision) []string {
 	port := s.Server.Port()
-	narrow := fmt.Sprintf("allow proto tcp from %s to any port %d", s.Client.Addr().WithZone(""), port)
+	// An IPv6 client's address changes within its /64 (privacy
+	// addresses rotate daily): a rule for the /128 would keep this
+	// session and lock out tomorrow's.
+	from := s.Client.Addr().WithZone("").String()
+	if a := s.Client.Addr().WithZone(""); a.Is6() && !a.IsLinkLocalUnicast() {
+		from = netip.PrefixFrom(a, 64).Masked().String()
+	}
+	narrow := fmt.Sprintf("allow proto tcp from %s to any port %d", from, port)
 	wide := fmt.Sprintf("allow %d/tcp", port)
 	pos := 0
 	if d.Origin.Line > 0 {

@@ -126,3 +126,29 @@ func TestOutgoingSSHWarnings(t *testing.T) {
 		}
 	}
 }
+
+// The narrow fix for an IPv6 session names the client's /64: privacy
+// addresses rotate within it, and a rule for today's /128 locks out
+// tomorrow's.
+func TestFixesIPv6Prefix(t *testing.T) {
+	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\n")).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ client, want string }{
+		{"[2001:db8:0:1:a:b:c:d]:50000", "moat allow proto tcp from 2001:db8:0:1::/64 to any port 22"},
+		{"[fe80::2]:50000", "moat allow proto tcp from fe80::2 to any port 22"},
+		{"192.0.2.2:50000", "moat allow proto tcp from 192.0.2.2 to any port 22"},
+	} {
+		s := Session{Client: netip.MustParseAddrPort(c.client), Server: netip.MustParseAddrPort("[::]:22"), Source: "test"}
+		if s.Client.Addr().Is4() {
+			s.Server = netip.MustParseAddrPort("192.0.2.1:22")
+		} else {
+			s.Server = netip.MustParseAddrPort("[2001:db8::1]:22")
+		}
+		problems := CheckSessions(ruleset.Compile(p), p, []Session{s}, nil)
+		if len(problems) != 1 || !strings.Contains(strings.Join(problems[0].Fixes, "\n"), c.want) {
+			t.Errorf("%s: fixes %+v, want %q", c.client, problems, c.want)
+		}
+	}
+}
