@@ -69,13 +69,19 @@ func inodeOf(fi os.FileInfo) uint64 {
 }
 
 func (s *FileSource) open(resume bool) (*openFile, error) {
-	f, err := os.Open(s.Path)
+	// O_NONBLOCK: opening a FIFO for reading would wait for a writer,
+	// and hang the guard where anyone who may write the log's directory
+	// put one. Only a regular file is a log.
+	f, err := os.OpenFile(s.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, errors.Join(err, f.Close())
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, errors.Join(fmt.Errorf("not a regular file (mode %s): not a log", fi.Mode().Type()), f.Close())
 	}
 	o := &openFile{f: f, inode: inodeOf(fi)}
 	switch {
