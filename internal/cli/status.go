@@ -54,6 +54,11 @@ type statusPending struct {
 	Applied     time.Time `json:"applied"`
 	Deadline    time.Time `json:"deadline"`
 	SecondsLeft int       `json:"seconds_left"`
+	// WatchdogPID is the process that rolls the change back at the
+	// deadline; WatchdogRunning false: it is gone (killed), and nothing
+	// rolls the change back until the next moat command.
+	WatchdogPID     int  `json:"watchdog_pid,omitempty"`
+	WatchdogRunning bool `json:"watchdog_running"`
 }
 
 type statusReport struct {
@@ -121,7 +126,8 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	rep := &statusReport{Status: "inactive", Config: a.config, Defaults: map[string]statusDefault{}, Rules: []statusRule{}, Builtins: []statusBuiltin{},
 		Persistent: safeapply.Enabled(a.stateDir), statusTruth: statusTruth{InSync: true}}
 	if pend, err := engine.LoadPending(a.stateDir); err == nil {
-		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(pend.Left().Seconds()))}
+		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(pend.Left().Seconds())),
+			WatchdogPID: pend.Watchdog.PID, WatchdogRunning: pend.Watchdog.Alive()}
 	}
 	b, err := a.activeBackend(ctx)
 	if err != nil {
@@ -231,6 +237,10 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 	if rep.Pending != nil {
 		a.printf("Pending: the change applied at %s rolls back in %ds unless 'moat confirm' is run\n",
 			rep.Pending.Applied.Format(time.TimeOnly), rep.Pending.SecondsLeft)
+		if rep.Pending.WatchdogPID > 0 && !rep.Pending.WatchdogRunning {
+			a.printf("WARNING: its rollback watchdog (PID %d) is gone: nothing rolls it back until the next moat command that changes state\n"+
+				"  (which starts a new watchdog, or rolls it back if the deadline passed); 'moat rollback' now, or 'moat confirm'\n", rep.Pending.WatchdogPID)
+		}
 	}
 	if rep.Status != "active" && mode != "verbose" {
 		return nil

@@ -446,8 +446,33 @@ func (e *Engine) repair(ctx context.Context) error {
 			return err
 		}
 		e.warn(fmt.Sprintf("the change applied at %s was not confirmed by its deadline: rolled back", p.Created.Local().Format(time.TimeOnly)))
+	case p.Watchdog.PID > 0 && p.Watchdog.PID != os.Getpid() && !p.Watchdog.Alive() && e.o.StartWatchdog != nil:
+		e.rearm(p)
 	}
 	return nil
+}
+
+// rearm starts a new watchdog for a pending change whose watchdog is gone
+// (kill -9, the OOM killer, a 'pkill moat'): nothing else would roll the
+// change back at its deadline.
+func (e *Engine) rearm(p *Pending) {
+	old := p.Watchdog.PID
+	pid, err := e.o.StartWatchdog(p.ID)
+	if err == nil && pid > 0 {
+		p.Watchdog = identify(pid, "watchdog", p.ID)
+		if p.Watchdog.Start == 0 {
+			err = fmt.Errorf("the new watchdog (PID %d) died at once: see %s", pid, filepath.Join(e.o.StateDir, LogFile))
+		} else {
+			err = writeJSON(e.o.StateDir, pendingFile, p)
+		}
+	}
+	if err != nil {
+		e.warn(fmt.Sprintf("the rollback watchdog (PID %d) of the change applied at %s is gone and could not be restarted (%v): run 'moat rollback' or 'moat confirm'",
+			old, p.Created.Local().Format(time.TimeOnly), err))
+		return
+	}
+	e.warn(fmt.Sprintf("the rollback watchdog (PID %d) of the change applied at %s was gone: a new one (PID %d) rolls it back in %s unless 'moat confirm' is run",
+		old, p.Created.Local().Format(time.TimeOnly), pid, e.left(p).Round(time.Second)))
 }
 
 // dropStale ends a pending change of an earlier boot. The restart

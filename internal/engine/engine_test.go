@@ -924,3 +924,50 @@ func TestHugeConfirmDoesNotWrap(t *testing.T) {
 	r.must(r.do(func(context.Context, *Engine) error { return nil }))
 	r.kernelIs("nftables", base+"allow 443/tcp\n")
 }
+
+// The watchdog is killed (kill -9, the OOM killer, 'pkill moat') while a
+// change waits: nothing rolled it back at the deadline unless a command
+// happened to run after it. The next state-changing command starts a new
+// watchdog for it.
+func TestKilledWatchdogIsRestarted(t *testing.T) {
+	r := newRig(t)
+	var procs []*exec.Cmd
+	t.Cleanup(func() {
+		for _, c := range procs {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	})
+	r.eng.o.StartWatchdog = func(id string) (int, error) {
+		// A stand-in with the watchdog's arguments.
+		c := exec.Command("/bin/sh", "-c", "sleep 30", "watchdog", id)
+		if err := c.Start(); err != nil {
+			return 0, err
+		}
+		procs = append(procs, c)
+		time.Sleep(50 * time.Millisecond) // let it exec
+		return c.Process.Pid, nil
+	}
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
+	r.must(err)
+	first := res.Pending.Watchdog
+	if !first.Alive() {
+		t.Fatal("the first watchdog is not recognized")
+	}
+	r.must(procs[0].Process.Kill())
+	_ = procs[0].Wait()
+	r.advance(10 * time.Second)
+	r.must(r.do(func(context.Context, *Engine) error { return nil })) // the next command
+	p, err := LoadPending(r.dir)
+	r.must(err)
+	if p.Watchdog.PID == first.PID || !p.Watchdog.Alive() {
+		t.Fatalf("no new watchdog: %+v (the killed one was %d)", p.Watchdog, first.PID)
+	}
+	if !strings.Contains(strings.Join(r.warnings, "\n"), "was gone: a new one") {
+		t.Errorf("the restart was not reported: %q", r.warnings)
+	}
+	r.kernelIs("nftables", base+"allow 443/tcp\n")
+}
