@@ -276,3 +276,56 @@ func TestLockoutNATSourcePorts(t *testing.T) {
 		})
 	}
 }
+
+// The admin reaches a host behind this one through it (SSH routed by the
+// server, as a jump to an internal host): 'default deny routed' leaves the
+// live connection up (conntrack) but would cut the next one, so moat names
+// it, with the route rule to add.
+func TestForwardedSSHWarned(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			var tcp []uint16
+			for _, p := range serverTCP {
+				if p != 22 && p != 2222 {
+					tcp = append(tcp, p)
+				}
+			}
+			e := newEnvPorts(t, b, true, tcp)
+			s := sshdSetup{name: "inside", port: 22, ns: e.topo.Backend,
+				conf: func(dir string) string {
+					return "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\n" + sshdCommon(dir)
+				}}
+			inside, conf := e.prepareSSHD(s)
+			e.runSSHD(s, inside, conf, lab.BackendV4)
+			e.apply("default deny incoming\nallow 22/tcp\n")
+			sess := inside.login(lab.BackendV4)
+			sess6 := inside.login(lab.BackendV6)
+			out := e.mustMoat("default", "deny", "routed")
+			for _, w := range []string{"routes from 192.0.2.2 to 198.51.100.2:22", "routes from 2001:db8::2 to [2001:db8:1::2]:22",
+				"moat route allow proto tcp from 192.0.2.2 to 198.51.100.2 port 22"} {
+				if !strings.Contains(out, w) {
+					t.Errorf("no warning %q:\n%s", w, out)
+				}
+			}
+			// The warning is true: no new connection gets through.
+			if inside.canLogin(lab.BackendV4) || inside.canLogin(lab.BackendV6) {
+				t.Errorf("a routed SSH login got through 'default deny routed'")
+			}
+			for _, s := range []*session{sess, sess6} {
+				if err := s.alive(3 * time.Second); err != nil {
+					t.Errorf("live routed session cut: %v", err)
+				}
+			}
+			e.mustMoat("route", "allow", "proto", "tcp", "from", "192.0.2.2", "to", "198.51.100.2", "port", "22")
+			e.mustMoat("route", "allow", "proto", "tcp", "from", "2001:db8::2", "to", "2001:db8:1::2", "port", "22")
+			if !inside.canLogin(lab.BackendV4) || !inside.canLogin(lab.BackendV6) {
+				t.Errorf("the suggested route rules do not let SSH through")
+			}
+			if out := e.mustMoat("reload"); strings.Contains(out, "routes from") {
+				t.Errorf("warned although allowed:\n%s", out)
+			}
+		})
+	}
+}

@@ -37,6 +37,7 @@ func (a *app) engine() *engine.Engine {
 		FindSSH: func() (safeapply.SSHState, error) {
 			return safeapply.FindSSH("/proc", os.Getenv("SSH_CONNECTION"))
 		},
+		FindForwarded:    safeapply.FindForwardedSSH,
 		IfaceFor:         safeapply.IfaceFor,
 		ResolvConf:       "/etc/resolv.conf",
 		StartWatchdog:    a.startWatchdog,

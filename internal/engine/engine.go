@@ -50,8 +50,11 @@ type Options struct {
 	// FindSSH finds the live SSH sessions and sshd's ports; nil skips the
 	// lockout check. IfaceFor says on which interface a client's packets
 	// arrive.
-	FindSSH  func() (safeapply.SSHState, error)
-	IfaceFor func(netip.Addr) string
+	FindSSH func() (safeapply.SSHState, error)
+	// FindForwarded lists the SSH connections this host routes (nil:
+	// none are looked for).
+	FindForwarded func() ([]safeapply.ForwardedSSH, error)
+	IfaceFor      func(netip.Addr) string
 	// ResolvConf is read for the warnings of 'default deny outgoing'.
 	ResolvConf string
 	// FailClosedPolicy is the policy 'moat restore' loads when the saved

@@ -31,6 +31,15 @@ func (e *Engine) checkLockout(rs *ruleset.Ruleset, p *policy.Policy, force bool)
 	for _, w := range safeapply.OutgoingSSHWarnings(rs, st.Outgoing, e.o.IfaceFor) {
 		e.warn(w)
 	}
+	// SSH routed to hosts behind this one: only when the new rules
+	// filter routed traffic at all (a conntrack dump is not free).
+	if fc := rs.Chain(ruleset.Forward); fc != nil && (len(fc.Rules) > 0 || fc.Default != ruleset.Accept) && e.o.FindForwarded != nil {
+		if fwd, err := e.o.FindForwarded(); err == nil {
+			for _, w := range safeapply.ForwardedSSHWarnings(rs, fwd, e.o.IfaceFor) {
+				e.warn(w)
+			}
+		}
+	}
 	if len(st.Sessions) == 0 {
 		for _, w := range safeapply.PortWarnings(rs, st) {
 			e.warn(w)

@@ -152,3 +152,27 @@ func TestFixesIPv6Prefix(t *testing.T) {
 		}
 	}
 }
+
+// SSH this host routes is named when the new rules would not let the
+// next connection through.
+func TestForwardedSSHWarnings(t *testing.T) {
+	conns := []ForwardedSSH{{Client: netip.MustParseAddrPort("192.0.2.2:50000"), Server: netip.MustParseAddrPort("10.0.0.5:22")}}
+	for _, c := range []struct {
+		policy, want string
+	}{
+		{"default deny routed\n", "routes from 192.0.2.2 to 10.0.0.5:22 could not be made again: it would be dropped by line 1: default deny routed; add 'moat route allow proto tcp from 192.0.2.2 to 10.0.0.5 port 22'"},
+		{"default deny routed\nroute allow proto tcp to 10.0.0.0/8 port 22\n", ""},
+		{"route reject in on eth0 to 10.0.0.5\n", "rejected by line 1"},
+		{"route reject in on eth1 to 10.0.0.5\n", ""},
+		{"default deny incoming\n", ""},
+	} {
+		p, err := policy.NewDocument("moat.conf", []byte(c.policy)).Policy(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Join(ForwardedSSHWarnings(ruleset.Compile(p), conns, func(netip.Addr) string { return "eth0" }), "\n")
+		if (c.want == "" && got != "") || !strings.Contains(got, c.want) {
+			t.Errorf("%q: warnings %q, want %q", c.policy, got, c.want)
+		}
+	}
+}
