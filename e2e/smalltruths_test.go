@@ -91,11 +91,14 @@ func TestNonRootOneLine(t *testing.T) {
 	writeFile(t, conf, "default deny incoming\nallow 22/tcp\n")
 	// The built binary lives in a directory only root may enter.
 	bin := filepath.Join(dir, "moat")
-	data, err := os.ReadFile(moatBin)
-	if err != nil {
-		t.Fatal(err)
+	// Copied by a child process: a file this process opens for writing is
+	// inherited by every child the parallel tests fork until it execs,
+	// and exec of a file open for writing fails with ETXTBSY ("text file
+	// busy").
+	if out, err := exec.Command("cp", moatBin, bin).CombinedOutput(); err != nil {
+		t.Fatalf("cp %s %s: %v\n%s", moatBin, bin, err, out)
 	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
+	if err := os.Chmod(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	run := func(args ...string) (string, error) {

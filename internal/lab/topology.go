@@ -128,7 +128,48 @@ func link(a *NS, aName string, aAddrs []netip.Prefix, b *NS, bName string, bAddr
 	if err := waitOperUp(a, aName); err != nil {
 		return err
 	}
-	return waitOperUp(b, bName)
+	if err := waitOperUp(b, bName); err != nil {
+		return err
+	}
+	if err := waitLinkLocal(a, aName); err != nil {
+		return err
+	}
+	return waitLinkLocal(b, bName)
+}
+
+// waitLinkLocal waits until the link has its IPv6 link-local address, past
+// the tentative state. The kernel adds it only once the carrier is seen
+// (after the link reports up) and clears "tentative" from a work queue
+// even without duplicate address detection: until then there is no
+// fe80::/64 route (a link-local dial fails with "network is unreachable")
+// or the kernel picks a global source address for a link-local
+// destination.
+func waitLinkLocal(ns *NS, name string) error {
+	h, err := netlink.NewHandleAt(ns.handle)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", ns.Name, err)
+	}
+	defer h.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("find %s in %s: %w", name, ns.Name, err)
+		}
+		addrs, err := h.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			return fmt.Errorf("addresses of %s in %s: %w", name, ns.Name, err)
+		}
+		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s in %s has no usable IPv6 link-local address after 5s: %v", name, ns.Name, addrs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func configure(ns *NS, name string, addrs []netip.Prefix) error {
