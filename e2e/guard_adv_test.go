@@ -108,3 +108,52 @@ func TestGuardFixedSourcePort(t *testing.T) {
 		})
 	}
 }
+
+// Long bans reach the kernel. nft (1.0.6) refused a timeout written with
+// nine digits or more ("115200000ms: value too large"): every ban of 28
+// hours or more failed, so a guard with bantime 2d (or the sixth
+// escalated ban of the defaults, 32h) exited at its first ban, and at
+// every restart when putting the ban back. ipset refuses timeouts past
+// 2147483 s (24.8 days), which bantime-max allows: such a ban is held
+// that long. Both backends, IPv4 and IPv6.
+func TestGuardLongBans(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			logFile := filepath.Join(e.dir, "sshd.log")
+			e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
+			// Each failed attempt logs two failures (Invalid user, Failed
+			// password).
+			e.apply("default allow incoming\nguard sshd maxretry 2 bantime 2d bantime-max 365d weak 0\n")
+			e.startGuard("--log-file", logFile)
+			for _, c := range []struct{ src, dst netip.Addr }{{lab.ClientAlt[0], lab.ServerV4}, {lab.ClientAlt[2], lab.ServerV6}} {
+				if err := e.failLogin(c.src, c.dst, "nobody-here"); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, 5*time.Second, c.src.String()+" not banned for 2d", func() bool {
+					return e.bans()[c.src.String()].SecondsLeft > 47*3600
+				})
+				if out := e.probeSSH(c.src, c.dst); out != lab.Timeout {
+					t.Errorf("%s banned, but its packets pass: %s", c.src, out)
+				}
+			}
+			// Manual bans of 30 days and 100 weeks.
+			e.mustMoat("ban", "192.0.2.4", "--for", "30d")
+			e.mustMoat("ban", "2001:db8::4", "--for", "100w")
+			want := map[string]int64{"192.0.2.4": 30 * 86400, "2001:db8::4": 100 * 7 * 86400}
+			if b == "iptables" {
+				want = map[string]int64{"192.0.2.4": 2147483, "2001:db8::4": 2147483}
+			}
+			bans := e.bans()
+			for a, w := range want {
+				if left := bans[a].SecondsLeft; left < w-5 || left > w {
+					t.Errorf("%s: %ds left, want %d", a, left, w)
+				}
+			}
+			e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.2 tcp 192.0.2.1:80 open")
+		})
+	}
+}

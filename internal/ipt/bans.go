@@ -13,6 +13,18 @@ import (
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
+// maxIPSetTimeout is the longest timeout ipset takes (seconds, about 24.8
+// days: "'2592000' is out of range 0-2147483").
+const maxIPSetTimeout = 2147483
+
+// ipsetTimeout is a ban's timeout in seconds for ipset: at least 1s, at
+// most maxIPSetTimeout. A longer ban (bantime-max 30d, 'moat ban --for
+// 30d') is held that long by the kernel rather than refused; the guard
+// bans again at the address's next failures after it.
+func ipsetTimeout(d time.Duration) int64 {
+	return min(max(int64(d.Seconds()), 1), maxIPSetTimeout)
+}
+
 // Ban adds addresses to moat's ban ipsets in one ipset restore; -exist
 // gives an address already banned its new timeout.
 func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
@@ -21,7 +33,7 @@ func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
 	}
 	var s strings.Builder
 	for _, ban := range bans {
-		secs := max(int64(ban.Timeout.Seconds()), 1)
+		secs := ipsetTimeout(ban.Timeout)
 		fmt.Fprintf(&s, "add %s %s timeout %d", IPSetName(ruleset.BanSetFor(ban.Addr)), ban.Addr, secs)
 		if r := ruleset.CleanReason(ban.Reason); r != "" {
 			fmt.Fprintf(&s, " comment %q", r)

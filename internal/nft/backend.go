@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
-	"time"
 
 	"sigs.k8s.io/knftables"
 
@@ -309,7 +308,7 @@ func (b *Backend) banSetsToMigrate(ctx context.Context, d *desired, existing map
 		if _, ok := migrate[set]; !ok || ban.Expires <= 0 {
 			continue
 		}
-		el := fmt.Sprintf("%s timeout %ds", ban.Addr, max(int64((ban.Expires+time.Second-1)/time.Second), 1))
+		el := fmt.Sprintf("%s timeout %s", ban.Addr, timeout(ban.Expires))
 		if r := ruleset.CleanReason(ban.Reason); r != "" {
 			el += fmt.Sprintf(" comment %q", r)
 		}

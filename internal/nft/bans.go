@@ -55,7 +55,7 @@ func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
 	for _, a := range addrs {
 		ban := last[a]
 		set := ruleset.BanSetFor(a)
-		el := fmt.Sprintf("%s timeout %dms", a, max(ban.Timeout.Milliseconds(), 1000))
+		el := fmt.Sprintf("%s timeout %s", a, timeout(ban.Timeout))
 		if r := ruleset.CleanReason(ban.Reason); r != "" {
 			el += fmt.Sprintf(" comment %q", r)
 		}

@@ -105,7 +105,7 @@ func TestBanScriptDeterministic(t *testing.T) {
 			t.Fatalf("script %d differs:\n%s\n---\n%s", i, scripts[i], scripts[i%2])
 		}
 	}
-	if !strings.HasPrefix(scripts[0], "add element inet moat ban4 { 198.51.100.3 timeout 3600000ms comment \"test\", 203.0.113.7") {
+	if !strings.HasPrefix(scripts[0], "add element inet moat ban4 { 198.51.100.3 timeout 1h comment \"test\", 203.0.113.7") {
 		t.Errorf("ban script:\n%s", scripts[0])
 	}
 }
