@@ -374,6 +374,12 @@ func (e *Engine) Disable(ctx context.Context) error {
 	// Cleared even when unreadable: nothing is left to roll back to.
 	errs = append(errs, clearPending(dir))
 	if err == nil {
+		// The outcome first: a watchdog that is stopped (SIGSTOP) and
+		// resumes later must find its change settled, not roll it back
+		// from its copy on top of the disable.
+		if oerr := writeOutcome(dir, Outcome{ID: p.ID, Outcome: "disabled", Time: e.o.Now(), Applied: p.Created, Reason: "moat disable"}); oerr != nil {
+			e.warn(oerr.Error())
+		}
 		p.Watchdog.Stop()
 	}
 	for _, b := range e.o.Backends {

@@ -158,14 +158,19 @@ func (e *Engine) Rollback(ctx context.Context, id, reason string) (*Pending, err
 	if err := e.mustHoldLock(); err != nil {
 		return nil, err
 	}
-	dir := e.o.StateDir
-	p, err := LoadPending(dir)
+	p, err := LoadPending(e.o.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	if id != "" && p.ID != id {
 		return nil, ErrNoPending
 	}
+	return e.rollback(ctx, p, id, reason)
+}
+
+// rollback rolls p back (Rollback, after reading it).
+func (e *Engine) rollback(ctx context.Context, p *Pending, id, reason string) (*Pending, error) {
+	dir := e.o.StateDir
 	if p.State == stateConfirming {
 		return nil, errors.New("the pending change is being confirmed")
 	}
@@ -335,16 +340,41 @@ func (e *Engine) restoreFile(p *Pending) error {
 // arming command writes pending.json before starting it; if it is not
 // there (yet), Watch looks again for a few seconds before it concludes
 // that the change is settled.
+//
+// Once it has read its change, it keeps that copy: if pending.json then
+// becomes unreadable or disappears without the change being confirmed or
+// rolled back (no outcome for it), the copy is rolled back at the deadline
+// (a damaged or deleted record used to make it give up, leaving the
+// unconfirmed change in force for good).
 func (e *Engine) Watch(ctx context.Context, id string) error {
 	var missingSince time.Time
+	var known *Pending
+	lost := false // logged that the record is gone
 	retry := time.Second
 	for {
 		p, err := LoadPending(e.o.StateDir)
+		if err == nil && p.ID == id {
+			known = p
+		}
+		settled := false
+		if err == nil && p.ID != id {
+			settled = true // another change is pending: this one is settled
+		} else if err != nil {
+			if o, oerr := LastOutcome(e.o.StateDir); oerr == nil && o.ID == id {
+				settled = true
+			}
+		}
 		switch {
-		case err == nil && p.ID == id:
+		case settled:
+			return nil
+		case known != nil:
 			missingSince = time.Time{}
-			if e.left(p) <= 0 {
-				err := e.expire(ctx, id)
+			if err != nil && !lost {
+				lost = true
+				e.o.Log.Error("watchdog: the pending change's record is unreadable or gone; rolling back from the copy read earlier at the deadline", "err", err)
+			}
+			if e.left(known) <= 0 {
+				err := e.expire(ctx, known)
 				if err == nil || IsCrash(err) || ctx.Err() != nil {
 					return err
 				}
@@ -357,18 +387,11 @@ func (e *Engine) Watch(ctx context.Context, id string) error {
 				retry = min(2*retry, 30*time.Second)
 				continue
 			}
-			if err := sleep(ctx, min(e.left(p), 200*time.Millisecond)); err != nil {
+			if err := sleep(ctx, min(e.left(known), 200*time.Millisecond)); err != nil {
 				return err
 			}
 			continue
-		case err == nil || errors.Is(err, ErrNoPending):
-			if o, oerr := LastOutcome(e.o.StateDir); oerr == nil && o.ID == id {
-				return nil
-			}
-			if err == nil {
-				return nil // another change is pending: this one is settled
-			}
-		default:
+		case !errors.Is(err, ErrNoPending):
 			e.o.Log.Error("watchdog: read the pending change", "err", err)
 		}
 		if missingSince.IsZero() {
@@ -391,14 +414,29 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// expire rolls back change id at its deadline, under the lock.
-func (e *Engine) expire(ctx context.Context, id string) error {
+// expire rolls back change known.ID at its deadline, under the lock. If
+// its record is unreadable or gone and it was neither confirmed nor rolled
+// back, the copy the watchdog read is rolled back.
+func (e *Engine) expire(ctx context.Context, known *Pending) error {
+	id := known.ID
 	unlock, err := e.Lock(ctx, "moat watchdog "+id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if _, err := e.Rollback(ctx, id, "not confirmed by the deadline"); err != nil && !errors.Is(err, ErrNoPending) {
+	p, err := LoadPending(e.o.StateDir)
+	if err == nil {
+		if p.ID != id {
+			return nil
+		}
+		known = p
+	} else if o, oerr := LastOutcome(e.o.StateDir); oerr == nil && o.ID == id {
+		return nil
+	} else {
+		e.warn(fmt.Sprintf("the record of the change applied at %s is unreadable or gone (%v): rolling back what the watchdog read of it",
+			known.Created.Local().Format(time.TimeOnly), err))
+	}
+	if _, err := e.rollback(ctx, known, id, "not confirmed by the deadline"); err != nil && !errors.Is(err, ErrNoPending) {
 		return err
 	}
 	return nil

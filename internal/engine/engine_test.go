@@ -971,3 +971,79 @@ func TestKilledWatchdogIsRestarted(t *testing.T) {
 	}
 	r.kernelIs("nftables", base+"allow 443/tcp\n")
 }
+
+// The watchdog read its change, then pending.json is damaged or deleted
+// (a disk error, an admin tidying up): the change must still be rolled
+// back at the deadline. The watchdog used to give up after 10 s and leave
+// the unconfirmed change in force for good.
+func TestWatchdogRollsBackWhenRecordLost(t *testing.T) {
+	for _, damage := range []string{"garbage", "truncated", "deleted", "directory"} {
+		t.Run(damage, func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
+			r.must(err)
+			done := make(chan error, 1)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			go func() { done <- r.newEngine().Watch(ctx, res.Pending.ID) }()
+			time.Sleep(300 * time.Millisecond) // it has read its change
+			path := filepath.Join(r.dir, pendingFile)
+			switch damage {
+			case "garbage":
+				r.must(os.WriteFile(path, []byte("\x00{garbage"), 0o600))
+			case "truncated":
+				r.must(os.Truncate(path, 10))
+			case "deleted":
+				r.must(os.Remove(path))
+			case "directory":
+				r.must(os.Remove(path))
+				r.must(os.Mkdir(path, 0o700))
+				t.Cleanup(func() { _ = os.Remove(path) })
+			}
+			time.Sleep(300 * time.Millisecond)
+			r.advance(2 * time.Minute)
+			select {
+			case err := <-done:
+				if damage == "directory" && err != nil {
+					// pending.json cannot be replaced while a directory
+					// stands there; the kernel must be back all the same.
+					t.Logf("watchdog: %v", err)
+				} else {
+					r.must(err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("the watchdog did not act")
+			}
+			r.kernelIs("nftables", base)
+			if r.file() != base {
+				t.Errorf("file: %s", r.file())
+			}
+		})
+	}
+}
+
+// disable while the watchdog is paused (SIGSTOP): when it resumes, it
+// finds its change settled and does not roll the disabled rules back in.
+func TestWatchdogAfterDisable(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
+	r.must(err)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.newEngine().Watch(ctx, res.Pending.ID) }()
+	time.Sleep(300 * time.Millisecond) // it has read its change
+	unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
+	r.must(err)
+	r.must(r.eng.Disable(context.Background()))
+	unlock()
+	r.advance(2 * time.Minute)
+	r.must(<-done)
+	r.kernelIs("nftables", "")
+}
