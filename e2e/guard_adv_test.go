@@ -139,6 +139,10 @@ func TestGuardLongBans(t *testing.T) {
 					t.Errorf("%s banned, but its packets pass: %s", c.src, out)
 				}
 			}
+			// Never a client's address: refused, nothing in the set.
+			if out, err := e.moat("ban", "255.255.255.255"); err == nil {
+				t.Errorf("banned the limited broadcast: %s", out)
+			}
 			// Manual bans of 30 days and 100 weeks.
 			e.mustMoat("ban", "192.0.2.4", "--for", "30d")
 			e.mustMoat("ban", "2001:db8::4", "--for", "100w")

@@ -84,7 +84,10 @@ func TestProtector(t *testing.T) {
 		Fresh:     time.Nanosecond,
 	}
 	for a, want := range map[string]bool{"192.0.2.1": true, "127.0.0.5": true, "::1": true, "::ffff:192.0.2.1": true, "2001:db8::7": true,
-		"198.51.100.4": true, "203.0.113.9": false, "192.0.2.2": false} {
+		"198.51.100.4": true, "203.0.113.9": false, "192.0.2.2": false,
+		// Never a client's: 'moat ban 255.255.255.255' put the limited
+		// broadcast in the ban set, while multicast was refused.
+		"255.255.255.255": true, "::ffff:255.255.255.255": true, "0.0.0.0": true, "::": true, "ff02::1": true, "224.0.0.1": true} {
 		if why, got := p.Refuse(netip.MustParseAddr(a)); got != want {
 			t.Errorf("%s: refused %v (%s); want %v", a, got, why, want)
 		}

@@ -84,6 +84,9 @@ func (p *Protector) IsLocal(a netip.Addr) bool {
 	return p.local[a]
 }
 
+// limitedBroadcast is 255.255.255.255, never a client's address.
+var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
 // Refuse says why an address must not be banned, or ok false.
 func (p *Protector) Refuse(a netip.Addr) (why string, refused bool) {
 	a = a.Unmap().WithZone("")
@@ -92,7 +95,7 @@ func (p *Protector) Refuse(a netip.Addr) (why string, refused bool) {
 		return "not an address", true
 	case a.IsLoopback():
 		return "it is a loopback address", true
-	case a.IsUnspecified() || a.IsMulticast():
+	case a.IsUnspecified() || a.IsMulticast() || a == limitedBroadcast:
 		return "it is not a host's address", true
 	case Allowed(p.Allowlist, a):
 		return "it is on the allowlist", true
