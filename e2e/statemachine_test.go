@@ -183,6 +183,10 @@ func TestStateMachineKernel(t *testing.T) {
 					next.file = m.applied
 				case op < 86: // disable
 					next = kmodel{file: m.file}
+					if m.pend != nil {
+						// The unconfirmed change leaves the file too.
+						next.file = m.pend.prevFile
+					}
 					if _, code := moat("disable"); code != 0 {
 						fail("disable: exit %d", code)
 					}

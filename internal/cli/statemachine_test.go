@@ -398,6 +398,10 @@ func (r *smRig) step(m smModel) smModel {
 		undoable = true
 	case op < 88: // disable
 		next = smModel{file: m.file}
+		if m.pend != nil {
+			// The unconfirmed change leaves the file too.
+			next.file = m.pend.prevFile
+		}
 		if m.saved == smCorrupt {
 			next.saved = "" // disable removes it
 		}

@@ -371,6 +371,17 @@ func (e *Engine) Disable(ctx context.Context) error {
 	dir := e.o.StateDir
 	var errs []error
 	p, err := LoadPending(dir)
+	if err == nil && p.State != stateConfirming {
+		// The change was never confirmed: it leaves the policy file too
+		// (kept as FILE.unconfirmed), or the next 'moat enable' would
+		// apply it for good. Best effort: disable must always work.
+		if ferr := e.restoreFile(p); ferr != nil {
+			e.warn(fmt.Sprintf("disable: could not put %s back as it was before the unconfirmed change: %v", p.PolicyPath, ferr))
+		} else {
+			e.warn(fmt.Sprintf("the unconfirmed change applied at %s was dropped: %s is as it was before it (the unconfirmed one is kept as %s.unconfirmed)",
+				p.Created.Local().Format(time.TimeOnly), p.PolicyPath, p.PolicyPath))
+		}
+	}
 	// Cleared even when unreadable: nothing is left to roll back to.
 	errs = append(errs, clearPending(dir))
 	if err == nil {

@@ -1047,3 +1047,29 @@ func TestWatchdogAfterDisable(t *testing.T) {
 	r.must(<-done)
 	r.kernelIs("nftables", "")
 }
+
+// disable during a pending change: the change was never confirmed, so it
+// leaves the policy file too. It stayed there, and the next 'moat enable'
+// applied it for good.
+func TestDisableDropsUnconfirmedChange(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
+	r.must(err)
+	unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
+	r.must(err)
+	r.must(r.eng.Disable(context.Background()))
+	unlock()
+	r.kernelIs("nftables", "")
+	if r.file() != base {
+		t.Errorf("after disable the file holds the unconfirmed change:\n%s", r.file())
+	}
+	if data, err := os.ReadFile(r.conf + ".unconfirmed"); err != nil || !strings.Contains(string(data), "443") {
+		t.Errorf("the unconfirmed policy was not kept: %q, %v", data, err)
+	}
+	_, err = r.enable(r.ch(0))
+	r.must(err)
+	r.kernelIs("nftables", base)
+}
