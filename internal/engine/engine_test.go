@@ -1073,3 +1073,33 @@ func TestDisableDropsUnconfirmedChange(t *testing.T) {
 	r.must(err)
 	r.kernelIs("nftables", base)
 }
+
+// The lock's holder is stopped (SIGSTOP, Ctrl-Z): it would never finish,
+// and the waiting command said only "waiting for PID N to finish". It
+// says the holder is stopped and how to let it go on, and Ctrl-C (the
+// context) ends the wait.
+func TestLockHeldByStoppedProcess(t *testing.T) {
+	r := newRig(t)
+	holder := exec.Command("sleep", "30")
+	r.must(holder.Start())
+	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+	r.must(holder.Process.Signal(syscall.SIGSTOP))
+	waitStopped := time.Now().Add(2 * time.Second)
+	for procState(fmt.Sprint(holder.Process.Pid)) != "T" && time.Now().Before(waitStopped) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	unlock, err := r.eng.Lock(context.Background(), "moat test")
+	r.must(err)
+	defer unlock()
+	// The lock file names the stopped process as its holder.
+	r.must(os.WriteFile(filepath.Join(r.dir, lockFile), []byte(fmt.Sprintf("%d moat allow 80/tcp\n", holder.Process.Pid)), 0o600))
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := r.newEngine().Lock(ctx, "moat deny 25"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("second lock: %v", err)
+	}
+	want := fmt.Sprintf("PID %d (moat allow 80/tcp), which is STOPPED", holder.Process.Pid)
+	if !strings.Contains(strings.Join(r.warnings, "\n"), want) {
+		t.Errorf("warnings %q lack %q", r.warnings, want)
+	}
+}

@@ -105,7 +105,30 @@ func holder(f *os.File) string {
 	if _, err := strconv.Atoi(pid); err != nil {
 		return "another moat command"
 	}
-	return fmt.Sprintf("PID %s (%s)", pid, sanitize(cmd))
+	s := fmt.Sprintf("PID %s (%s)", pid, sanitize(cmd))
+	if procState(pid) == "T" || procState(pid) == "t" {
+		// It would never finish by itself: say how to let it.
+		s += fmt.Sprintf(", which is STOPPED (SIGSTOP, Ctrl-Z or a debugger): 'kill -CONT %s' lets it finish; Ctrl-C gives up waiting", pid)
+	}
+	return s
+}
+
+// procState is the state letter of a process (/proc/PID/stat field 3),
+// "" if it is gone.
+func procState(pid string) string {
+	data, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return ""
+	}
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
 }
 
 // sanitize keeps a command line printable (it is shown to the admin).
