@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -164,4 +165,40 @@ func TestRestartDropsUnconfirmedChange(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The watchdog is killed while the command that armed it waits in the
+// foreground for the confirmation: the waiting command gets a new
+// watchdog started, and the change is rolled back at its deadline (exit
+// 4). It used to wait, then say the watchdog "did not act", and leave the
+// change in force.
+func TestKilledWatchdogWhileWaiting(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	e.apply(engineBase)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.moat("--confirm", "3s", "allow", "443/tcp")
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the pending change", func() bool {
+		p := e.pendingFile()
+		wd, _ := p["watchdog"].(map[string]any)
+		pid, _ := wd["pid"].(float64)
+		return pid > 0
+	})
+	if err := syscall.Kill(e.watchdogPID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !strings.Contains(fmt.Sprint(err), "exit status 4") {
+			t.Errorf("the waiting command: %v, want exit 4 (rolled back)", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the waiting command did not return")
+	}
+	e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:22 open")
+	e.assertNoWatchdog()
 }

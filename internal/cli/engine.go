@@ -148,6 +148,7 @@ func (a *app) waitConfirm(ctx context.Context, p *engine.Pending) error {
 	}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	replaced := map[int]bool{}
 	for {
 		if o, err := engine.LastOutcome(a.stateDir); err == nil && o.ID == p.ID {
 			if o.Outcome == "confirmed" {
@@ -155,6 +156,18 @@ func (a *app) waitConfirm(ctx context.Context, p *engine.Pending) error {
 				return nil
 			}
 			return &exitError{code: exitRolledBack, err: fmt.Errorf("not confirmed in time: the previous rules are back (%s)", o.Reason)}
+		}
+		if w := p.Watchdog; w.PID > 0 && !replaced[w.PID] && !w.Alive() {
+			// The watchdog is gone (killed) and the change is not settled:
+			// taking the lock runs the repair, which starts a new watchdog
+			// (or rolls the change back if its deadline passed).
+			replaced[w.PID] = true
+			if unlock, err := a.engine().Lock(ctx, "moat (waiting for confirmation)"); err == nil {
+				unlock()
+			}
+			if np, err := engine.LoadPending(a.stateDir); err == nil && np.ID == p.ID {
+				p = np
+			}
 		}
 		if time.Now().After(p.Deadline.Add(10 * time.Second)) {
 			return errors.New("the rollback watchdog did not act: check 'moat status' and " + filepath.Join(a.stateDir, engine.LogFile))
