@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"encoding/json"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -159,5 +162,32 @@ func TestGuardLongBans(t *testing.T) {
 			e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
 				"client/192.0.2.2 tcp 192.0.2.1:80 open")
 		})
+	}
+}
+
+// 'moat guard check' reads lines as the guard does: a line longer than
+// the guard takes is reported skipped, and reading goes on. It stopped at
+// a line past 4 MiB ("bufio.Scanner: token too long", exit 1, no
+// summary) and judged lines of 64 KiB to 4 MiB that the guard's file
+// source skips, so the check disagreed with the guard.
+func TestGuardCheckLongLines(t *testing.T) {
+	fail := "Failed password for invalid user x from 192.0.2.50 port 22 ssh2\n"
+	log := filepath.Join(t.TempDir(), "auth.log")
+	writeFile(t, log, fail+"Failed password for invalid user "+strings.Repeat("A", 100<<10)+" from 192.0.2.51 port 22 ssh2\n"+
+		strings.Repeat("B", 5<<20)+"\n"+fail)
+	out, err := exec.Command(moatBin, "--config", filepath.Join(t.TempDir(), "none.conf"), "--state-dir", t.TempDir(), "guard", "check", log).Output()
+	if err != nil {
+		t.Fatalf("guard check: %v\n%.2000s", err, out)
+	}
+	var matched []string
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, l := range lines {
+		var c checkJSON
+		if json.Unmarshal([]byte(l), &c) == nil && c.Match {
+			matched = append(matched, c.Addr)
+		}
+	}
+	if len(lines) != 5 || strings.Join(matched, " ") != "192.0.2.50 192.0.2.50" || !strings.Contains(lines[2], "skips it") {
+		t.Fatalf("guard check counted %v:\n%.3000s", matched, out)
 	}
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"os/signal"
 	"slices"
 	"sort"
-	"strings"
 	"syscall"
 	"time"
 
@@ -279,11 +277,13 @@ func (a *app) guardCheck(in io.Reader, locals []netip.Addr) error {
 	judge := guard.NewJudge(func(ad netip.Addr) bool {
 		return slices.Contains(locals, ad) || prot.IsLocal(ad)
 	})
-	sc := bufio.NewScanner(in)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
+	// Lines are read as the guard's sources read them: one too long for
+	// the guard is skipped here too, and reading goes on.
+	err := guard.ReadLines(in, func(text, skip string) error {
 		sum.Lines++
-		text := strings.TrimPrefix(sc.Text(), "\x1e") // journalctl -o json-seq
+		if skip != "" {
+			return enc.Encode(checkLine{Line: sum.Lines, Reason: "not counted: longer than any line of sshd's; the guard skips it"})
+		}
 		var ev guard.Event
 		var ok bool
 		untrusted := ""
@@ -336,11 +336,9 @@ func (a *app) guardCheck(in io.Reader, locals []netip.Addr) error {
 				perAddr[c.Addr.String()]++
 			}
 		}
-		if err := enc.Encode(out); err != nil {
-			return err
-		}
-	}
-	if err := sc.Err(); err != nil {
+		return enc.Encode(out)
+	})
+	if err != nil {
 		return fmt.Errorf("guard check: %w", err)
 	}
 	for _, c := range judge.Open() {
