@@ -118,6 +118,11 @@ func (d *Detector) BanTime(prior int) time.Duration {
 	if max < d.cfg.BanTime {
 		max = d.cfg.BanTime
 	}
+	// A negative count (a damaged state file) is none: never shorter than
+	// bantime.
+	if prior < 0 {
+		prior = 0
+	}
 	f := float64(d.cfg.BanTime) * math.Pow(d.cfg.BanTimeFactor, float64(prior))
 	if f >= float64(max) || math.IsInf(f, 0) || math.IsNaN(f) {
 		return max
