@@ -316,7 +316,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 			err = old.Remove(ctx)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("remove moat's %s rules after switching to %s: %w", name, b.Name(), err)
+			return nil, e.failAfterKernel(ctx, in, fmt.Errorf("remove moat's %s rules after switching to %s: %w", name, b.Name(), err))
 		}
 		res.Switched = name
 	}
@@ -325,7 +325,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	}
 	if pl.writeFile {
 		if err := pl.doc.Write(); err != nil {
-			return nil, err
+			return nil, e.failAfterKernel(ctx, in, err)
 		}
 		if err := e.step("file"); err != nil {
 			return nil, err
@@ -335,14 +335,14 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		next.Pending = pend.ID
 	}
 	if err := writeApplied(dir, next); err != nil {
-		return nil, fmt.Errorf("record what is applied: %w", err)
+		return nil, e.failAfterKernel(ctx, in, fmt.Errorf("record what is applied: %w", err))
 	}
 	if err := e.step("applied"); err != nil {
 		return nil, err
 	}
 	if pend == nil && persist {
 		if err := safeapply.Save(dir, safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source, Apps: appPorts(e.o.Apps)}); err != nil {
-			return nil, err
+			return nil, e.failAfterKernel(ctx, in, err)
 		}
 		res.Persisted = true
 		if err := e.step("saved"); err != nil {
@@ -357,6 +357,17 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	}
 	res.Applied, res.Pending = next, pend
 	return res, nil
+}
+
+// failAfterKernel handles a failure after the kernel took the change (a
+// full disk, a read-only /etc): the change is undone at once, so the
+// command's error is the whole truth. It used to return the error with
+// the change live in the kernel until the next command undid it.
+func (e *Engine) failAfterKernel(ctx context.Context, in *Intent, err error) error {
+	if uerr := e.undo(ctx, in); uerr != nil {
+		return fmt.Errorf("%w\nthe kernel had the change already, and undoing it failed too (%v): the next moat command undoes it", err, uerr)
+	}
+	return fmt.Errorf("%w\nthe change was undone: moat's rules and %s are as they were", err, in.Path)
 }
 
 const savedFile = "saved.json"

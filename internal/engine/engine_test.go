@@ -1103,3 +1103,45 @@ func TestLockHeldByStoppedProcess(t *testing.T) {
 		t.Errorf("warnings %q lack %q", r.warnings, want)
 	}
 }
+
+// The state disk fills up after the kernel took a change, before its
+// records are written: the command fails, and its error must be the whole
+// truth. The change stayed in the kernel (443 open) until the next
+// command undid it.
+func TestFullDiskAfterKernelUndoesAtOnce(t *testing.T) {
+	for _, confirm := range []time.Duration{0, time.Minute} {
+		t.Run(confirm.String(), func(t *testing.T) {
+			r := newRig(t)
+			fill, free := fullDisk(t, r)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			r.eng.o.Checkpoint = func(step string) error {
+				if step == "kernel" {
+					fill()
+				}
+				return nil
+			}
+			_, err = r.add(r.ch(confirm), "allow 443/tcp")
+			if err == nil {
+				t.Fatal("the change succeeded on a full disk")
+			}
+			r.kernelIs("nftables", base)
+			if r.file() != base {
+				t.Errorf("file: %s", r.file())
+			}
+			r.eng.o.Checkpoint = nil
+			free()
+			r.must(r.do(func(context.Context, *Engine) error { return nil }))
+			r.kernelIs("nftables", base)
+			a, err := LoadApplied(r.dir)
+			r.must(err)
+			if a == nil || a.Policy != base {
+				t.Errorf("applied: %+v", a)
+			}
+			if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
+				t.Errorf("pending left: %v", err)
+			}
+		})
+	}
+}
