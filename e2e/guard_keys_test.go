@@ -43,15 +43,13 @@ func (s *sshd) wrongKeys(n int) []string {
 func (s *sshd) loginWithKeys(src, dst netip.Addr, keys []string) bool {
 	args := []string{"-b", src.String(), "-p", fmt.Sprint(s.port), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
 		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-		"-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR"}
+		"-o", "LogLevel=ERROR"}
 	for _, k := range keys {
 		args = append(args, "-i", k)
 	}
 	args = append(args, "root@"+dst.String(), "true")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, err := s.e.topo.Client.Run(ctx, "ssh", args...)
-	return err == nil
+	s.e.t.Helper()
+	return sshWorks(s.e.t, s.e.topo.Client, args)
 }
 
 // checkJSON is one line of 'moat guard check'.

@@ -218,7 +218,7 @@ func (s *sshd) loginFrom(ns *lab.NS, addr netip.Addr) *session {
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // may be gone already
 	sess := &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
-	if err := sess.alive(5 * time.Second); err != nil {
+	if err := sess.alive(20 * time.Second); err != nil { // see login
 		t.Fatalf("ssh login to %s: %v", addr, err)
 	}
 	return sess
@@ -226,10 +226,8 @@ func (s *sshd) loginFrom(ns *lab.NS, addr netip.Addr) *session {
 
 // canLoginFrom opens a new SSH connection from ns and runs true.
 func (s *sshd) canLoginFrom(ns *lab.NS, addr netip.Addr) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, err := ns.Run(ctx, "ssh", s.sshArgs(addr, "true")...)
-	return err == nil
+	s.e.t.Helper()
+	return sshWorks(s.e.t, ns, s.sshArgs(addr, "true"))
 }
 
 // refused runs a moat command that must be refused for cutting SSH, and

@@ -146,6 +146,7 @@ func TestConfirmOrRollback(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			deadline := e.pendingDeadline()
+			id, _ := e.pendingFile()["id"].(string)
 			for e.tcpOpen(22) {
 				if time.Since(start) > 4*time.Second {
 					t.Fatal("the new rules never took effect")
@@ -161,11 +162,34 @@ func TestConfirmOrRollback(t *testing.T) {
 				t.Errorf("status shows no pending confirmation")
 			}
 
-			for !srv.canLogin(lab.ServerV4) {
-				if time.Now().After(deadline.Add(2 * time.Second)) {
-					t.Fatalf("no SSH login %s after the deadline", time.Since(deadline))
+			// The watchdog rolls back by itself, not before the deadline,
+			// and then SSH logins work again. How late after the deadline it
+			// acts depends on the machine's load (it is a process that
+			// wakes every 200ms, then restores the kernel): that is measured
+			// and logged, not asserted; a watchdog that has not acted 15s
+			// after the deadline has failed.
+			var outcome struct {
+				ID      string    `json:"id"`
+				Outcome string    `json:"outcome"`
+				Time    time.Time `json:"time"`
+			}
+			for {
+				data, err := os.ReadFile(filepath.Join(e.stateDir(), "last-outcome.json"))
+				if err == nil && json.Unmarshal(data, &outcome) == nil && outcome.ID == id {
+					break
 				}
-				time.Sleep(100 * time.Millisecond)
+				if time.Now().After(deadline.Add(15 * time.Second)) {
+					log, _ := os.ReadFile(filepath.Join(e.stateDir(), "moat.log"))
+					t.Fatalf("no rollback %s after the deadline (%s); last outcome %s; moat.log:\n%s", time.Since(deadline), deadline.Format(time.RFC3339Nano), data, log)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if outcome.Outcome != "rolled back" || outcome.Time.Before(deadline) {
+				t.Errorf("outcome %q at %s, want rolled back at or after the deadline %s", outcome.Outcome, outcome.Time, deadline)
+			}
+			t.Logf("rolled back %s after the deadline", outcome.Time.Sub(deadline))
+			if !srv.canLogin(lab.ServerV4) {
+				t.Errorf("no SSH login after the rollback")
 			}
 			if after := e.kernelState(); after != before {
 				t.Errorf("rollback did not restore the rules exactly:\nbefore:\n%s\nafter:\n%s", before, after)
