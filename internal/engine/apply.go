@@ -85,6 +85,8 @@ type plan struct {
 	source    string
 	// failReason makes this the fail-closed ruleset.
 	failReason string
+	// restore: 'moat restore' (at boot no session can exist yet).
+	restore bool
 }
 
 // current is the state an apply starts from.
@@ -254,7 +256,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if err != nil {
 		return nil, err
 	}
-	if err := e.checkLockout(rs, pl.p, pl.ch.Force || pl.failReason != ""); err != nil {
+	if err := e.checkLockout(rs, pl.p, pl.ch.Force || pl.failReason != "", pl.restore); err != nil {
 		return nil, err
 	}
 	persist := pl.save == saveAlways || (pl.save == saveIfEnabled && safeapply.Enabled(dir))

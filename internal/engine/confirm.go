@@ -616,7 +616,7 @@ func (e *Engine) Restore(ctx context.Context, ch Change) (*Result, error) {
 		}
 	}
 	if err == nil {
-		res, aerr := e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, backend: saved.Backend, save: saveNever, source: saved.Source}, &Result{Policy: p})
+		res, aerr := e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, backend: saved.Backend, save: saveNever, source: saved.Source, restore: true}, &Result{Policy: p})
 		// A good saved ruleset that would cut a live SSH session is
 		// refused like any change (nothing applied, exit 3): it is not
 		// broken, and failing closed instead would drop every other

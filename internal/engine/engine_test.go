@@ -1145,3 +1145,51 @@ func TestFullDiskAfterKernelUndoesAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// When the live SSH sessions cannot be determined, a change is refused
+// (a LockoutError, exit 3, nothing applied) instead of skipping the
+// lockout check with a warning; --force applies it; 'moat restore' (at
+// boot no session can exist yet) still loads the saved ruleset.
+func TestUnknownSessionsFailClosed(t *testing.T) {
+	r := newRig(t)
+	r.write(base + "allow 80/tcp\n")
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	r.eng.o.FindSSH = func() (safeapply.SSHState, error) {
+		return safeapply.SSHState{}, errors.New("read /proc/net/tcp: injected failure")
+	}
+	_, err = r.add(r.ch(0), "allow 443/tcp")
+	var lockout *safeapply.LockoutError
+	if !errors.As(err, &lockout) {
+		t.Fatalf("apply with unknown sessions: want a refusal, got %v", err)
+	}
+	if !strings.Contains(err.Error(), "injected failure") || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("refusal does not say why or how to override: %v", err)
+	}
+	r.kernelIs("nftables", base+"allow 80/tcp\n")
+	// The dry run's check refuses it too.
+	r.must(r.do(func(ctx context.Context, e *Engine) error {
+		p, perr := e.policyOf(policy.NewDocument("test", []byte(base+"allow 443/tcp\n")))
+		r.must(perr)
+		if err := e.CheckLockout(p); !errors.As(err, &lockout) {
+			t.Errorf("dry run with unknown sessions: want a refusal, got %v", err)
+		}
+		return nil
+	}))
+	// --force overrides.
+	ch := r.ch(0)
+	ch.Force = true
+	_, err = r.enable(ch)
+	r.must(err)
+	// restore (boot) is not refused: the saved ruleset is loaded.
+	r.write(base + "allow 80/tcp\nallow 8080/tcp\n")
+	r.must(r.do(func(ctx context.Context, e *Engine) error {
+		_, err := e.Restore(ctx, r.ch(0))
+		return err
+	}))
+	a, err := LoadApplied(r.dir)
+	r.must(err)
+	if a == nil || a.FailClosed {
+		t.Errorf("record after restore with unknown sessions: %+v", a)
+	}
+}

@@ -10,14 +10,24 @@ import (
 
 // checkLockout refuses a ruleset that would cut a live SSH session (a
 // *safeapply.LockoutError) unless force, which says so loudly, and warns
-// about what else it breaks.
-func (e *Engine) checkLockout(rs *ruleset.Ruleset, p *policy.Policy, force bool) error {
+// about what else it breaks. When the live sessions cannot be determined
+// it refuses too (fail closed), unless force or restore: 'moat restore'
+// runs at boot, where no session can exist yet, and must not leave the
+// host without its firewall.
+func (e *Engine) checkLockout(rs *ruleset.Ruleset, p *policy.Policy, force, restore bool) error {
 	if e.o.FindSSH == nil {
 		return nil
 	}
 	st, err := e.o.FindSSH()
 	if err != nil {
-		e.warn(fmt.Sprintf("cannot look for SSH sessions (%v); the lockout check is skipped", err))
+		switch {
+		case restore:
+			e.warn(fmt.Sprintf("cannot look for SSH sessions (%v); restoring without the lockout check", err))
+		case force:
+			e.warn(fmt.Sprintf("WARNING: --force: applying although the live SSH sessions cannot be determined (%v)", err))
+		default:
+			return &safeapply.LockoutError{Unknown: err}
+		}
 		return nil
 	}
 	e.o.Log.Debug("ssh", "listen", st.Listen, "sessions", len(st.Sessions))
@@ -62,5 +72,5 @@ func (e *Engine) CheckLockout(p *policy.Policy) error {
 	if err != nil {
 		return err
 	}
-	return e.checkLockout(rs, p, false)
+	return e.checkLockout(rs, p, false, false)
 }

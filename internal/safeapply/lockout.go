@@ -254,10 +254,18 @@ func fixes(p *policy.Policy, s Session, d ruleset.Decision) []string {
 // LockoutError is returned when a change would cut an SSH session.
 type LockoutError struct {
 	Problems []Problem
+	// Unknown, when set, says the live SSH sessions could not be
+	// determined, so the change could not be checked (fail closed).
+	Unknown error
 }
 
 func (e *LockoutError) Error() string {
 	var b strings.Builder
+	if e.Unknown != nil {
+		fmt.Fprintf(&b, "refusing to apply: cannot tell which SSH sessions are live, so cannot check that the change keeps them: %v\n", e.Unknown)
+		b.WriteString("  (--force applies anyway; with --confirm 60s it is rolled back unless confirmed)")
+		return b.String()
+	}
 	b.WriteString("refusing to apply: it would cut your SSH access\n")
 	for _, p := range e.Problems {
 		fmt.Fprintf(&b, "  session %s\n    %s\n", p.Session, p.Why)
