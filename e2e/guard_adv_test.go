@@ -191,3 +191,36 @@ func TestGuardCheckLongLines(t *testing.T) {
 		t.Fatalf("guard check counted %v:\n%.3000s", matched, out)
 	}
 }
+
+// A reload that finds 'guard sshd off' stops the guard (exit 0, so
+// systemd's Restart=on-failure leaves it stopped): it went on banning
+// with the settings of a guard the admin had turned off.
+func TestGuardReloadOff(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	logFile := filepath.Join(e.dir, "auth.log")
+	writeFile(t, logFile, "")
+	e.apply("default allow incoming\nguard sshd maxretry 1 weak 0\n")
+	e.startGuard("--log-file", logFile)
+	writeFile(t, e.conf, "default allow incoming\nguard sshd off\n")
+	if err := e.guard.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.guard.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("the guard turned off exited with %v; want 0", err)
+		}
+	case <-time.After(3 * time.Second):
+		f, err := os.OpenFile(logFile, os.O_APPEND|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, _ = f.WriteString("Nov 25 11:40:01 srv sshd[1]: Failed password for root from 203.0.113.61 port 2 ssh2\n")
+			_ = f.Close()
+		}
+		time.Sleep(300 * time.Millisecond)
+		t.Fatalf("the guard still runs after a reload with 'guard sshd off' (bans: %v)", e.bans())
+	}
+}

@@ -45,7 +45,8 @@ cursor) or a file (--log-file; found by itself when there is no journal),
 followed across rotation by rename and by truncation. Runs in the
 foreground as a systemd Type=notify service (packaging/systemd/
 moat-guard.service) or on its own. SIGHUP ('systemctl reload moat-guard')
-re-reads the settings after the policy was edited.`
+re-reads the settings after the policy was edited; with 'guard sshd off'
+the guard stops (exit 0; bans already made run out).`
 
 func (a *app) guardCommand() *cobra.Command {
 	var logFile, journalctl, metrics string
@@ -111,6 +112,10 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 		return err
 	}
 	var what string
+	// A reload that finds the guard turned off ends it (exit 0: systemd's
+	// Restart=on-failure leaves it stopped).
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	// SIGHUP (systemctl reload moat-guard) re-reads the guard's settings.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -125,6 +130,11 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 				if err != nil {
 					a.log.Error("reload: the policy is invalid; keeping the old settings", "err", err)
 					continue
+				}
+				if !np.Guard.Enabled {
+					fmt.Fprintf(a.errOut, "moat guard: the guard is off in %s ('guard sshd off'): stopping; bans already made run out\n", a.config)
+					stop()
+					return
 				}
 				fmt.Fprintf(a.errOut, "moat guard: reloaded settings from %s\n", a.config)
 				select {
