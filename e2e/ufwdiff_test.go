@@ -21,8 +21,9 @@ import (
 // ufw's state and moat applies it (both backends) in a fresh lab, and the
 // same probes must get the same verdicts.
 
-// ufwSandbox runs ufw in ns with a private copy of /etc/ufw and
-// /etc/default/ufw bound over the real ones.
+// ufwSandbox runs ufw in ns with a private copy of /etc/ufw, /lib/ufw
+// (ufw's state directory) and /etc/default/ufw bound over the real ones,
+// and a private /run; it refuses to run in the host's network namespace.
 type ufwSandbox struct {
 	t   *testing.T
 	ns  *lab.NS
@@ -34,6 +35,9 @@ func newUFWSandbox(t *testing.T, ns *lab.NS) *ufwSandbox {
 	dir := t.TempDir()
 	if out, err := exec.Command("cp", "-a", "/etc/ufw", filepath.Join(dir, "etc-ufw")).CombinedOutput(); err != nil {
 		t.Fatalf("copy /etc/ufw: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("cp", "-a", "/lib/ufw", filepath.Join(dir, "lib-ufw")).CombinedOutput(); err != nil {
+		t.Fatalf("copy /lib/ufw: %v\n%s", err, out)
 	}
 	defs, err := os.ReadFile("/etc/default/ufw")
 	if err != nil {
@@ -57,18 +61,29 @@ func newUFWSandbox(t *testing.T, ns *lab.NS) *ufwSandbox {
 }
 
 const ufwSandboxScript = `set -e
+# $2: the test process's (the host's) network namespace.
+here=$(readlink /proc/self/ns/net)
+if [ -z "$here" ] || [ -z "$2" ] || [ "$here" = "$2" ]; then
+	echo "refusing to run ufw in the host's network namespace ($here)" >&2
+	exit 99
+fi
 mount --make-rprivate /
 mount --bind "$1/etc-ufw" /etc/ufw
+mount --bind "$1/lib-ufw" /lib/ufw
 mount --bind "$1/default-ufw" /etc/default/ufw
 mount --bind "$1/run" /run
-shift
+shift 2
 exec ufw "$@"`
 
 func (s *ufwSandbox) ufw(args ...string) string {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	full := append([]string{"-m", "--", "sh", "-c", ufwSandboxScript, "sh", s.dir}, args...)
+	hostNet, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	full := append([]string{"-m", "--", "sh", "-c", ufwSandboxScript, "sh", s.dir, hostNet}, args...)
 	out, err := s.ns.Run(ctx, "unshare", full...)
 	if err != nil {
 		s.t.Fatalf("ufw %s: %v\n%s", strings.Join(args, " "), err, out)

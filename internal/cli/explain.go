@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moat-fw/moat/internal/foreign"
+	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -91,8 +92,10 @@ func (a *app) explainCommand() *cobra.Command {
 			// moat lets it through; other filtering may not.
 			ex.OtherFiltering = []foreign.Finding{}
 			if d.Verdict == ruleset.Accept {
+				// A packet without addresses may be of either family.
+				known := pkt.Src.IsValid() || pkt.Dst.IsValid()
 				for _, f := range src.foreign {
-					if f.Sees(string(d.Chain)) {
+					if f.Sees(string(d.Chain)) && (!known || f.SeesFamily(pkt.Family() == policy.FamilyV6)) {
 						ex.OtherFiltering = append(ex.OtherFiltering, f)
 					}
 				}

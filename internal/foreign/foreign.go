@@ -55,6 +55,19 @@ func (f Finding) Sees(chain string) bool {
 	return false
 }
 
+// SeesFamily says whether the finding sees IPv6 packets (v6) or IPv4
+// ones (!v6): iptables and nftables ip tables see IPv4 only, ip6tables
+// and ip6 tables IPv6 only, the others (inet, ...) both.
+func (f Finding) SeesFamily(v6 bool) bool {
+	switch {
+	case strings.HasPrefix(f.Where, "iptables "), strings.HasPrefix(f.Where, "nftables table ip "):
+		return !v6
+	case strings.HasPrefix(f.Where, "ip6tables "), strings.HasPrefix(f.Where, "nftables table ip6 "):
+		return v6
+	}
+	return true
+}
+
 // Detect reads the kernel's rulesets with run (execrun.Exec for real).
 // A tool that is missing is skipped; one that fails is an error.
 func Detect(ctx context.Context, run execrun.Runner, has func(prog string) bool) ([]Finding, error) {
@@ -333,7 +346,7 @@ func fromTable(tool, table string, lines []string) []Finding {
 		if policies[builtin] == "DROP" {
 			tool2 := ""
 			switch {
-			case hasPrefixChain(order, "ufw-"):
+			case hasPrefixChain(order, "ufw-") || hasPrefixChain(order, "ufw6-"): // ip6tables: ufw6-before-input, ...
 				tool2 = "ufw"
 			case hasPrefixChain(order, "IN_") || hasPrefixChain(order, "INPUT_direct"):
 				tool2 = "firewalld"

@@ -150,3 +150,35 @@ func TestRawAndMangleTables(t *testing.T) {
 		t.Errorf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), want)
 	}
 }
+
+// ufw's ip6tables chains are named ufw6-*: a DROP policy beside them is
+// ufw's too (it was reported without an owner).
+func TestUFW6PolicyOwner(t *testing.T) {
+	save := "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:ufw6-before-input - [0:0]\n" +
+		"-A INPUT -j ufw6-before-input\n-A ufw6-before-input -m rt --rt-type 0 -j DROP\nCOMMIT\n"
+	got := FromIptablesSave("ip6tables", []byte(save))
+	if len(got) == 0 {
+		t.Fatal("no findings")
+	}
+	for _, f := range got {
+		if f.Tool != "ufw" {
+			t.Errorf("not ufw's: %s", f)
+		}
+	}
+}
+
+func TestSeesFamily(t *testing.T) {
+	for where, want := range map[string][2]bool{ // v4, v6
+		"iptables filter chain INPUT":                                        {true, false},
+		"ip6tables filter chain INPUT":                                       {false, true},
+		"nftables table ip filter, chain INPUT (hook input, priority 0)":     {true, false},
+		"nftables table ip6 filter, chain INPUT (hook input, priority 0)":    {false, true},
+		"nftables table inet foreign, chain input (hook input, priority 10)": {true, true},
+		"nftables table ip6x weird, chain c (hook input, priority 0)":        {true, true},
+	} {
+		f := Finding{Where: where}
+		if f.SeesFamily(false) != want[0] || f.SeesFamily(true) != want[1] {
+			t.Errorf("%s: SeesFamily(v4, v6) = %v, %v; want %v", where, f.SeesFamily(false), f.SeesFamily(true), want)
+		}
+	}
+}
