@@ -266,6 +266,11 @@ func TestRuleChangedInPlace(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, b, false)
 			e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+			// Commands trust the fingerprint taken after the apply: the
+			// change below must change it.
+			if _, err := os.Stat(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
+				t.Fatalf("no fingerprint recorded after the apply: %v", err)
+			}
 			if b == "nftables" {
 				handle := regexp.MustCompile(`comment "L3" # handle (\d+)`).FindStringSubmatch(e.run("server", "nft", "-a", "list", "chain", "inet", "moat", "input"))
 				if handle == nil {
@@ -288,6 +293,13 @@ func TestRuleChangedInPlace(t *testing.T) {
 				}
 			}
 			e.expect(false, "client tcp 192.0.2.1:8080 open", "client tcp [2001:db8::1]:80 timeout")
+			// A locked command that applies nothing (the rule is there
+			// already) must not take the changed rules for moat's own.
+			for i := range 2 {
+				if out, err := e.moat("allow", "22/tcp"); !strings.Contains(out, "changed outside moat") {
+					t.Errorf("allow %d after a rule was changed in place did not notice (err %v):\n%s", i, err, out)
+				}
+			}
 			out := e.mustMoat("status")
 			if !strings.Contains(out, "changed outside moat (moat reload repairs it)") || !strings.Contains(out, "1 rule changed in place (tag and verdict kept): L3") {
 				t.Errorf("status after a rule was changed in place:\n%s", out)

@@ -64,10 +64,15 @@ func (a *app) locked(cmd *cobra.Command, fn func(ctx context.Context, eng *engin
 		return err
 	}
 	defer unlock()
-	if !noApply[cmd.Name()] {
-		a.repairDrift(ctx)
+	if noApply[cmd.Name()] {
+		return fn(ctx, eng)
 	}
-	return fn(ctx, eng)
+	before, clean := a.repairDrift(ctx)
+	if err := fn(ctx, eng); err != nil {
+		return err
+	}
+	a.afterChange(ctx, before, clean)
+	return nil
 }
 
 // lockedToRemove is locked for disable and reset: no repair first, so a

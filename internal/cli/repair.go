@@ -9,6 +9,7 @@ import (
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // noApply are the locked commands that never load a ruleset with Apply
@@ -19,16 +20,27 @@ var noApply = map[string]bool{"confirm": true, "rollback": true, "disable": true
 // are not what moat applied (changed by hand): a partial update trusts
 // moat's record of what is loaded, and would leave the hand-made change in
 // place. It runs under the state lock, before every state change.
-func (a *app) repairDrift(ctx context.Context) {
+//
+// The kernel's fingerprint, recorded after moat's own apply, decides it
+// fast; only when it differs (or none is recorded) are the rules compared
+// in full, which says what changed. It returns the applied record and
+// whether the kernel was found to hold what moat applied.
+func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 	st := a.loadApplied()
+	clean := true
 	for _, b := range a.kernel {
 		if !st.Known || b.Name() != st.Backend || b.Available() != nil {
 			continue
 		}
-		why := a.driftReason(ctx, b, st)
-		if why == "" {
+		if a.unchangedSinceApply(ctx, b, st) {
 			continue
 		}
+		why := a.driftReason(ctx, b, st)
+		if why == "" {
+			a.recordFingerprint(ctx, b, st)
+			continue
+		}
+		clean = false
 		switch fb := b.(type) {
 		case *nft.Backend:
 			fb.Full = true
@@ -36,6 +48,28 @@ func (a *app) repairDrift(ctx context.Context) {
 			fb.Full = true
 		}
 		fmt.Fprintf(a.errOut, "moat: %s: the next apply rewrites moat's rules whole\n", why)
+	}
+	return st, clean
+}
+
+// afterChange records the fingerprint of moat's rules once a locked
+// command succeeded: when the kernel held what moat applied before it
+// (clean), or the command applied anew (a rewrite after drift is whole).
+// A command that found drift and did not apply leaves no fingerprint, so
+// the next one compares in full again.
+func (a *app) afterChange(ctx context.Context, before appliedState, clean bool) {
+	st := a.loadApplied()
+	if !st.Known {
+		_ = statedir.Remove(a.stateDir, fingerprintFile)
+		return
+	}
+	if !clean && st.Time.Equal(before.Time) && st.Policy == before.Policy {
+		return
+	}
+	for _, b := range a.kernel {
+		if b.Name() == st.Backend && b.Available() == nil {
+			a.recordFingerprint(ctx, b, st)
+		}
 	}
 }
 

@@ -123,11 +123,15 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 		otherBackend := a.backend == "" && file.Backend != policy.BackendAuto && file.Backend != "" && string(file.Backend) != b.Name()
 		rep.FileNotApplied = got != want || otherBackend || rep.AppsChanged
 	}
-	if rep.KernelChanged, rep.missing, err = drift.Against(ctx, b.Name(), want, nil); err != nil {
-		return nil, err
-	}
-	if len(rep.KernelChanged) == 0 {
-		rep.KernelChanged = a.changedInPlace(ctx, b, applied, want)
+	// The fingerprint recorded after moat's apply says fast that nothing
+	// changed; otherwise the full comparison says what did.
+	if !a.unchangedSinceApply(ctx, b, st) {
+		if rep.KernelChanged, rep.missing, err = drift.Against(ctx, b.Name(), want, nil); err != nil {
+			return nil, err
+		}
+		if len(rep.KernelChanged) == 0 {
+			rep.KernelChanged = a.changedInPlace(ctx, b, applied, want)
+		}
 	}
 
 	if sd, ok := b.(backend.SplitDetector); ok {
