@@ -174,7 +174,7 @@ func (a *app) waitConfirm(ctx context.Context, p *engine.Pending) error {
 				p = np
 			}
 		}
-		if time.Now().After(p.Deadline.Add(10 * time.Second)) {
+		if p.Left() < -10*time.Second {
 			return errors.New("the rollback watchdog did not act: check 'moat status' and " + filepath.Join(a.stateDir, engine.LogFile))
 		}
 		select {

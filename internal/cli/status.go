@@ -59,6 +59,9 @@ type statusPending struct {
 	// rolls the change back until the next moat command.
 	WatchdogPID     int  `json:"watchdog_pid,omitempty"`
 	WatchdogRunning bool `json:"watchdog_running"`
+	// WatchdogStopped: it is there but stopped (SIGSTOP): the rollback
+	// waits until it is continued or the next moat command runs.
+	WatchdogStopped bool `json:"watchdog_stopped,omitempty"`
 }
 
 type statusReport struct {
@@ -127,7 +130,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		Persistent: safeapply.Enabled(a.stateDir), statusTruth: statusTruth{InSync: true}}
 	if pend, err := engine.LoadPending(a.stateDir); err == nil {
 		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(pend.Left().Seconds())),
-			WatchdogPID: pend.Watchdog.PID, WatchdogRunning: pend.Watchdog.Alive()}
+			WatchdogPID: pend.Watchdog.PID, WatchdogRunning: pend.Watchdog.Alive(), WatchdogStopped: pend.Watchdog.Stopped()}
 	}
 	b, err := a.activeBackend(ctx)
 	if err != nil {
@@ -240,6 +243,10 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 		if rep.Pending.WatchdogPID > 0 && !rep.Pending.WatchdogRunning {
 			a.printf("WARNING: its rollback watchdog (PID %d) is gone: nothing rolls it back until the next moat command that changes state\n"+
 				"  (which starts a new watchdog, or rolls it back if the deadline passed); 'moat rollback' now, or 'moat confirm'\n", rep.Pending.WatchdogPID)
+		}
+		if rep.Pending.WatchdogStopped {
+			a.printf("WARNING: its rollback watchdog (PID %d) is STOPPED (SIGSTOP): it rolls nothing back until 'kill -CONT %d';\n"+
+				"  the next moat command that changes state rolls the change back if the deadline passed\n", rep.Pending.WatchdogPID, rep.Pending.WatchdogPID)
 		}
 	}
 	if rep.Status != "active" && mode != "verbose" {

@@ -1193,3 +1193,33 @@ func TestUnknownSessionsFailClosed(t *testing.T) {
 		t.Errorf("record after restore with unknown sessions: %+v", a)
 	}
 }
+
+// Stopped tells a stopped watchdog (for status) from a running one, and
+// never reports a process that is not the recorded one.
+func TestProcStopped(t *testing.T) {
+	c := exec.Command("/bin/sh", "-c", "sleep 30", "watchdog", "abc")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
+	time.Sleep(50 * time.Millisecond)
+	p := identify(c.Process.Pid, "watchdog", "abc")
+	if p.Stopped() {
+		t.Fatal("a running watchdog reported stopped")
+	}
+	if err := c.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil := time.Now().Add(2 * time.Second)
+	for !p.Stopped() && time.Now().Before(waitUntil) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !p.Stopped() {
+		t.Fatal("a stopped watchdog is not reported")
+	}
+	other := p
+	other.Marker = []string{"watchdog", "xyz"}
+	if other.Stopped() {
+		t.Error("a process with other arguments reported as the stopped watchdog")
+	}
+}

@@ -183,6 +183,16 @@ func equal(a, b []string) bool {
 	return true
 }
 
+// Stopped reports whether the process is the one recorded and is stopped
+// (SIGSTOP, Ctrl-Z, a debugger): it acts on nothing until continued.
+func (p Proc) Stopped() bool {
+	if !p.is() {
+		return false
+	}
+	st := procState(strconv.Itoa(p.PID))
+	return st == "T" || st == "t"
+}
+
 // Alive reports whether the process still runs (the same one).
 func (p Proc) Alive() bool { return p.is() }
 
