@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -79,17 +80,45 @@ func Detect(ctx context.Context, run execrun.Runner, has func(prog string) bool)
 // except moat's own. nft fetches every element of every set it lists, so
 // `nft -j list ruleset` cost 10 to 20 s with 200,000 bans in moat's sets;
 // a table without them costs milliseconds. With tables nil, the whole
-// ruleset is read at once.
+// ruleset is read at once. With tables, iptables and ip6tables are read
+// (and `iptables -V` asked) only when their family has iptables-nft's
+// tables in nftables or legacy x_tables tables loaded.
 func DetectWith(ctx context.Context, run execrun.Runner, has func(prog string) bool, tables func() ([][2]string, error)) ([]Finding, error) {
 	var out []Finding
+	var list [][2]string
+	listed := false
+	if has("nft") && tables != nil {
+		var err error
+		if list, err = tables(); err != nil {
+			return nil, fmt.Errorf("list the nftables tables: %w", err)
+		}
+		listed = true
+	}
+	// Which iptables families hold tables: with the tables listed, only
+	// those with iptables-nft's tables in nftables or legacy x_tables
+	// tables loaded (no process is started for a host without iptables
+	// rules); otherwise both.
+	xt := map[string]bool{"ip": !listed, "ip6": !listed}
+	if listed {
+		for _, t := range list {
+			if (t[0] == "ip" || t[0] == "ip6") && slices.Contains(xtablesNames, t[1]) {
+				xt[t[0]] = true
+			}
+		}
+		for fam, f := range legacyTableNames {
+			if data, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(data)) != "" {
+				xt[fam] = true
+			}
+		}
+	}
 	nftXtables := false // iptables-nft: its tables show in nft too; read them as iptables
-	if has("iptables") {
+	if has("iptables") && (xt["ip"] || xt["ip6"]) {
 		if v, err := run(ctx, nil, "iptables", "-V"); err == nil && strings.Contains(string(v), "nf_tables") {
 			nftXtables = true
 		}
 	}
 	if has("nft") {
-		if tables == nil {
+		if !listed {
 			data, err := run(ctx, nil, "nft", "-j", "list", "ruleset")
 			if err != nil {
 				return nil, fmt.Errorf("read the nftables ruleset: %w", err)
@@ -100,13 +129,12 @@ func DetectWith(ctx context.Context, run execrun.Runner, has func(prog string) b
 			}
 			out = append(out, f...)
 		} else {
-			list, err := tables()
-			if err != nil {
-				return nil, fmt.Errorf("list the nftables tables: %w", err)
-			}
 			for _, t := range list {
 				if t[0] == "inet" && t[1] == "moat" {
 					continue
+				}
+				if nftXtables && (t[0] == "ip" || t[0] == "ip6") && slices.Contains(xtablesNames, t[1]) {
+					continue // read below with iptables' names
 				}
 				data, err := run(ctx, nil, "nft", "-j", "list", "table", t[0], t[1])
 				if err != nil {
@@ -120,18 +148,22 @@ func DetectWith(ctx context.Context, run execrun.Runner, has func(prog string) b
 			}
 		}
 	}
-	for _, prog := range []string{"iptables-save", "ip6tables-save"} {
-		if !has(prog) {
+	for _, p := range []struct{ fam, prog string }{{"ip", "iptables-save"}, {"ip6", "ip6tables-save"}} {
+		if !has(p.prog) || !xt[p.fam] {
 			continue
 		}
-		data, err := run(ctx, nil, prog)
+		data, err := run(ctx, nil, p.prog)
 		if err != nil {
-			return nil, fmt.Errorf("read the %s tables: %w", strings.TrimSuffix(prog, "-save"), err)
+			return nil, fmt.Errorf("read the %s tables: %w", strings.TrimSuffix(p.prog, "-save"), err)
 		}
-		out = append(out, FromIptablesSave(strings.TrimSuffix(prog, "-save"), data)...)
+		out = append(out, FromIptablesSave(strings.TrimSuffix(p.prog, "-save"), data)...)
 	}
 	return group(out), nil
 }
+
+// legacyTableNames are where the legacy x_tables modules list the tables
+// they hold, by nftables family name.
+var legacyTableNames = map[string]string{"ip": "/proc/net/ip_tables_names", "ip6": "/proc/net/ip6_tables_names"}
 
 // xtablesNames are the tables iptables-nft makes.
 var xtablesNames = []string{"filter", "raw", "mangle", "nat", "security"}

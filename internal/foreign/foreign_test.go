@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -112,7 +113,10 @@ func TestDetectWithTables(t *testing.T) {
 		}
 		return nil, errors.New("unexpected " + name)
 	}
-	tables := func() ([][2]string, error) { return [][2]string{{"inet", "moat"}, {"inet", "foreign"}}, nil }
+	noLegacy(t)
+	tables := func() ([][2]string, error) {
+		return [][2]string{{"inet", "moat"}, {"inet", "foreign"}, {"ip", "filter"}, {"ip6", "filter"}}, nil
+	}
 	got, err := DetectWith(context.Background(), run, func(string) bool { return true }, tables)
 	if err != nil {
 		t.Fatal(err)
@@ -180,5 +184,46 @@ func TestSeesFamily(t *testing.T) {
 		if f.SeesFamily(false) != want[0] || f.SeesFamily(true) != want[1] {
 			t.Errorf("%s: SeesFamily(v4, v6) = %v, %v; want %v", where, f.SeesFamily(false), f.SeesFamily(true), want)
 		}
+	}
+}
+
+// noLegacy makes the legacy x_tables modules look unloaded.
+func noLegacy(t *testing.T) {
+	saved := legacyTableNames
+	t.Cleanup(func() { legacyTableNames = saved })
+	legacyTableNames = map[string]string{"ip": "/nonexistent/ip_tables_names", "ip6": "/nonexistent/ip6_tables_names"}
+}
+
+// With only moat's table in nftables and no legacy x_tables table loaded,
+// there is nothing to read: no process is started (iptables -V and the
+// two iptables-save cost more than the rest of a command).
+func TestDetectStartsNothingWithoutOtherTables(t *testing.T) {
+	noLegacy(t)
+	var ran []string
+	run := func(_ context.Context, _ []byte, name string, args ...string) ([]byte, error) {
+		ran = append(ran, name)
+		return nil, errors.New("unexpected " + name)
+	}
+	tables := func() ([][2]string, error) { return [][2]string{{"inet", "moat"}}, nil }
+	got, err := DetectWith(context.Background(), run, func(string) bool { return true }, tables)
+	if err != nil || len(got) != 0 || len(ran) != 0 {
+		t.Fatalf("got %v, %v; ran %q", got, err, ran)
+	}
+	// A legacy table loaded for IPv4 only: iptables is read, not ip6tables.
+	dir := t.TempDir()
+	legacyTableNames = map[string]string{"ip": filepath.Join(dir, "v4"), "ip6": filepath.Join(dir, "v6")}
+	if err := os.WriteFile(legacyTableNames["ip"], []byte("filter\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run = func(_ context.Context, _ []byte, name string, args ...string) ([]byte, error) {
+		ran = append(ran, name)
+		if name == "iptables" {
+			return []byte("iptables v1.8.9 (legacy)\n"), nil
+		}
+		return []byte("*filter\n:INPUT DROP [0:0]\nCOMMIT\n"), nil
+	}
+	got, err = DetectWith(context.Background(), run, func(string) bool { return true }, tables)
+	if err != nil || len(got) != 1 || strings.Join(ran, " ") != "iptables iptables-save" {
+		t.Fatalf("got %v, %v; ran %q", got, err, ran)
 	}
 }
