@@ -420,6 +420,18 @@ func sleep(ctx context.Context, d time.Duration) error {
 func (e *Engine) expire(ctx context.Context, known *Pending) error {
 	id := known.ID
 	unlock, err := e.Lock(ctx, "moat watchdog "+id)
+	if err != nil && ctx.Err() == nil && e.lockIsJunk() {
+		// The lock file is a directory, a FIFO or a link: every command
+		// refuses it, so none can be racing; the rollback must not wait
+		// for an admin to notice. A fresh lock file replaces it.
+		path := filepath.Join(e.o.StateDir, lockFile)
+		e.o.Log.Error("watchdog: the lock file is not a regular file; replacing it to roll back", "path", path, "err", err)
+		e.warn(fmt.Sprintf("%s is not a regular file (%v): replaced, to roll back the change applied at %s", path, err, known.Created.Local().Format(time.TimeOnly)))
+		if rerr := removeState(e.o.StateDir, lockFile); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		unlock, err = e.Lock(ctx, "moat watchdog "+id)
+	}
 	if err != nil {
 		return err
 	}
@@ -440,6 +452,13 @@ func (e *Engine) expire(ctx context.Context, known *Pending) error {
 		return err
 	}
 	return nil
+}
+
+// lockIsJunk reports whether the lock file is there but not a regular
+// file.
+func (e *Engine) lockIsJunk() bool {
+	fi, err := os.Lstat(filepath.Join(e.o.StateDir, lockFile))
+	return err == nil && !fi.Mode().IsRegular()
 }
 
 // repair runs under the lock before every state change: it undoes a change

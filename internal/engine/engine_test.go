@@ -1223,3 +1223,44 @@ func TestProcStopped(t *testing.T) {
 		t.Error("a process with other arguments reported as the stopped watchdog")
 	}
 }
+
+// The lock file is replaced by a directory, a FIFO or a symbolic link
+// (a confused admin, a bad restore of /var/lib): every command refuses it,
+// naming it, and the watchdog must still roll back at the deadline. It
+// retried for ever and the change stayed in force.
+func TestWatchdogRollsBackWhenLockFileIsJunk(t *testing.T) {
+	for _, junk := range []string{"directory", "fifo", "symlink"} {
+		t.Run(junk, func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			res, err := r.add(r.ch(time.Second), "allow 443/tcp")
+			r.must(err)
+			lock := filepath.Join(r.dir, lockFile)
+			r.must(os.Remove(lock))
+			switch junk {
+			case "directory":
+				r.must(os.Mkdir(lock, 0o700))
+			case "fifo":
+				r.must(syscall.Mkfifo(lock, 0o600))
+			case "symlink":
+				r.must(os.Symlink("/nonexistent-moat-lock", lock))
+			}
+			// Every command refuses it, naming it, without hanging.
+			if err := r.do(func(context.Context, *Engine) error { return nil }); err == nil || !strings.Contains(err.Error(), lock) {
+				t.Errorf("a command with the lock a %s: %v", junk, err)
+			}
+			r.advance(2 * time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := r.newEngine().Watch(ctx, res.Pending.ID); err != nil {
+				t.Fatalf("watchdog: %v", err)
+			}
+			r.kernelIs("nftables", base)
+			if r.file() != base {
+				t.Errorf("file: %s", r.file())
+			}
+		})
+	}
+}
