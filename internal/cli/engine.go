@@ -160,6 +160,9 @@ func (a *app) waitConfirm(ctx context.Context, p *engine.Pending) error {
 				a.printf("Confirmed: the new rules stay.\n")
 				return nil
 			}
+			if o.Outcome == "disabled" {
+				return &exitError{code: exitRolledBack, err: errors.New("moat was disabled while the change waited for confirmation: moat's rules are removed")}
+			}
 			return &exitError{code: exitRolledBack, err: fmt.Errorf("not confirmed in time: the previous rules are back (%s)", o.Reason)}
 		}
 		if w := p.Watchdog; w.PID > 0 && !replaced[w.PID] && !w.Alive() {
