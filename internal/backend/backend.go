@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
@@ -41,6 +42,10 @@ type Backend interface {
 	Ban(ctx context.Context, bans []ruleset.Ban) error
 	Unban(ctx context.Context, addrs []netip.Addr) error
 	Bans(ctx context.Context) ([]ruleset.Ban, error)
+	// Protect puts addresses that logged in over SSH in the port scan
+	// trap's login sets for ttl (refreshed if there already): the trap
+	// never bans them. It fails when no trap is loaded.
+	Protect(ctx context.Context, addrs []netip.Addr, ttl time.Duration) error
 }
 
 // Fingerprinter is a backend that can hash what moat's table or chains

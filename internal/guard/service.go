@@ -28,6 +28,41 @@ type BanChecker interface {
 	Banned(ctx context.Context, a netip.Addr) (bool, error)
 }
 
+// LoginProtector is a Banner that can exempt addresses that logged in over
+// SSH from the port scan trap for a while (both backends are).
+type LoginProtector interface {
+	Protect(ctx context.Context, addrs []netip.Addr, ttl time.Duration) error
+}
+
+// LoginProtectTTL is how long an address that logged in over SSH stays
+// exempt from the port scan trap; each login starts it again.
+const LoginProtectTTL = 24 * time.Hour
+
+// protectLogin exempts a login's address from the port scan trap (the
+// trap's protected sets only hold the sessions live at the last apply): an
+// admin who logged in since is not banned for probing ports. A login
+// line older than the TTL (a replayed log) protects nothing.
+func (s *Service) protectLogin(ctx context.Context, ev Event, at time.Time) {
+	p, ok := s.Bans.(LoginProtector)
+	if !ok || ev.Kind != Accepted || !ev.Addr.IsValid() {
+		return
+	}
+	ttl := LoginProtectTTL
+	if !at.IsZero() {
+		ttl -= time.Since(at)
+	}
+	if ttl <= time.Second {
+		return
+	}
+	a := ev.Addr.Unmap()
+	if err := p.Protect(ctx, []netip.Addr{a}, ttl); err != nil {
+		// No trap loaded, or moat inactive: nothing to exempt from.
+		s.Log.Debug("login not exempted from the port scan trap", "addr", a, "err", err)
+		return
+	}
+	s.Log.Info("login exempted from the port scan trap", "addr", a, "for", ttl.Round(time.Second))
+}
+
 // Source sends log lines until its context ends.
 type Source interface {
 	Run(ctx context.Context, out chan<- Line) error
@@ -331,6 +366,7 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 			return
 		}
 		cur = &l
+		s.protectLogin(ctx, ev, l.Time)
 		observe(judge.Judge(ev, time.Now()).Count, l.Time)
 		cur = nil
 	}

@@ -306,7 +306,8 @@ func (b *Backend) Fingerprint(ctx context.Context) (string, error) {
 		}
 	}
 	for _, name := range sortedKeys(used) {
-		if name == IPSetName(ruleset.BanSet4) || name == IPSetName(ruleset.BanSet6) {
+		if name == IPSetName(ruleset.BanSet4) || name == IPSetName(ruleset.BanSet6) ||
+			name == IPSetName(ruleset.LoginSet4) || name == IPSetName(ruleset.LoginSet6) {
 			continue
 		}
 		out, err := b.Run(ctx, nil, "ipset", "list", "-t", name)

@@ -115,3 +115,21 @@ func parseBanSave(data []byte) []ruleset.Ban {
 	}
 	return out
 }
+
+// Protect puts addresses in the port scan trap's login ipsets for ttl
+// (-exist gives one there already its new timeout), so the trap never
+// bans an admin who logged in after the last apply.
+func (b *Backend) Protect(ctx context.Context, addrs []netip.Addr, ttl time.Duration) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	var s strings.Builder
+	for _, a := range addrs {
+		a = a.Unmap()
+		fmt.Fprintf(&s, "add %s %s timeout %d -exist\n", IPSetName(ruleset.LoginSetFor(a)), a, ipsetTimeout(ttl))
+	}
+	if _, err := b.Run(ctx, []byte(s.String()), "ipset", "restore"); err != nil {
+		return fmt.Errorf("protect a login from the port scan trap: %w", err)
+	}
+	return nil
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -247,5 +248,20 @@ func TestBannedIpsetTest(t *testing.T) {
 	}
 	if _, err = answer("", errors.New("exit status 1: The set with the given name does not exist")).Banned(context.Background(), netip.MustParseAddr("192.0.2.7")); err == nil {
 		t.Error("a missing set passed for not banned")
+	}
+}
+
+// Protect adds to the login ipsets with the timeout; -exist refreshes it.
+func TestProtectIpset(t *testing.T) {
+	var stdin string
+	b := &Backend{Run: func(_ context.Context, in []byte, _ string, _ ...string) ([]byte, error) {
+		stdin = string(in)
+		return nil, nil
+	}}
+	if err := b.Protect(context.Background(), []netip.Addr{netip.MustParseAddr("::ffff:192.0.2.7"), netip.MustParseAddr("2001:db8::9")}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if want := "add moat-login4 192.0.2.7 timeout 3600 -exist\nadd moat-login6 2001:db8::9 timeout 3600 -exist\n"; stdin != want {
+		t.Errorf("protect:\n%s\nwant:\n%s", stdin, want)
 	}
 }

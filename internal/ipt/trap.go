@@ -26,8 +26,8 @@ func trapLines(r *ruleset.Rule, fam policy.Family, names Names, comment string) 
 	for _, proto := range []string{"tcp", "udp"} {
 		// addrtype: the host's own addresses (any interface's, loopback)
 		// are never trapped, looked up when the packet comes.
-		m := fmt.Sprintf("-p %s -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set %s src -m set ! --match-set %s src,dst",
-			proto, names.of(t.ProtectSet), scan)
+		m := fmt.Sprintf("-p %s -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set %s src -m set ! --match-set %s src -m set ! --match-set %s src,dst",
+			proto, names.of(t.ProtectSet), names.of(t.LoginSet), scan)
 		out = append(out,
 			join(m, fmt.Sprintf("-m hashlimit --hashlimit-above %d/%s --hashlimit-burst %d --hashlimit-mode srcip --hashlimit-name moat_scan%s --hashlimit-htable-expire %d",
 				n, unitAbbrev(unit), t.Rate.Burst, famSuffix(fam), 2*t.Rate.Seconds*1000),

@@ -21,17 +21,19 @@ func TestTrapAndBlocklistRender(t *testing.T) {
 	}
 	sets := RenderSets(rs, nil)
 	if !strings.Contains(sets, "create moat-scan4-60 hash:ip,port family inet timeout 60 maxelem 65536\n") ||
-		!strings.Contains(sets, "create moat-scan6-60 hash:ip,port family inet6 timeout 60 maxelem 65536\n") {
+		!strings.Contains(sets, "create moat-scan6-60 hash:ip,port family inet6 timeout 60 maxelem 65536\n") ||
+		!strings.Contains(sets, "create moat-login4 hash:ip family inet timeout 0 ") ||
+		!strings.Contains(sets, "create moat-login6 hash:ip family inet6 timeout 0 ") {
 		t.Errorf("sets:\n%s", sets)
 	}
 	v4 := Render(rs, policy.FamilyV4, nil)
 	protect := names["protect4"]
 	for _, want := range []string{
 		"-A MOAT-INPUT -m set --match-set " + names["bl4_drop"] + ` src -m comment --comment "blocklist:drop" -j DROP`,
-		"-A MOAT-INPUT -p tcp -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set " + protect + " src -m set ! --match-set moat-scan4-60 src,dst " +
+		"-A MOAT-INPUT -p tcp -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set " + protect + " src -m set ! --match-set moat-login4 src -m set ! --match-set moat-scan4-60 src,dst " +
 			"-m hashlimit --hashlimit-above 9/min --hashlimit-burst 9 --hashlimit-mode srcip --hashlimit-name moat_scan4 --hashlimit-htable-expire 120000 " +
 			`-m comment --comment "portscan" -j SET --add-set moat-ban4 src --timeout 3600 --exist`,
-		"-A MOAT-INPUT -p udp -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set " + protect + ` src -m set ! --match-set moat-scan4-60 src,dst -m comment --comment "portscan" -j SET --add-set moat-scan4-60 src,dst --exist`,
+		"-A MOAT-INPUT -p udp -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set " + protect + ` src -m set ! --match-set moat-login4 src -m set ! --match-set moat-scan4-60 src,dst -m comment --comment "portscan" -j SET --add-set moat-scan4-60 src,dst --exist`,
 	} {
 		if !strings.Contains(v4, want) {
 			t.Errorf("IPv4 rules lack %q:\n%s", want, v4)

@@ -205,3 +205,45 @@ func parseBanSet(data []byte) ([]ruleset.Ban, error) {
 	}
 	return out, nil
 }
+
+// Protect puts addresses in the port scan trap's login sets for ttl (a
+// new timeout for one there already: add, delete, add), so the trap never
+// bans an admin who logged in after the last apply. Without a trap (no
+// login set) it fails like a ban without moat's table.
+func (b *Backend) Protect(ctx context.Context, addrs []netip.Addr, ttl time.Duration) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	sorted := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		sorted = append(sorted, a.Unmap())
+	}
+	slices.SortFunc(sorted, netip.Addr.Compare)
+	sorted = slices.Compact(sorted)
+	if b.NFT != nil {
+		tx := b.NFT.NewTransaction()
+		for _, a := range sorted {
+			el := &knftables.Element{Set: ruleset.LoginSetFor(a), Key: []string{a.String()}}
+			tx.Add(el)
+			tx.Delete(el)
+			tx.Add(el)
+		}
+		return b.NFT.Run(ctx, tx)
+	}
+	bySet := map[string][]string{}
+	for _, a := range sorted {
+		bySet[ruleset.LoginSetFor(a)] = append(bySet[ruleset.LoginSetFor(a)], a.String())
+	}
+	var script strings.Builder
+	for _, set := range sortedKeys(bySet) {
+		keys := bySet[set]
+		els := make([]string, len(keys))
+		for i, k := range keys {
+			els[i] = fmt.Sprintf("%s timeout %s", k, timeout(ttl))
+		}
+		fmt.Fprintf(&script, "add element inet %s %s { %s }\n", TableName, set, strings.Join(els, ", "))
+		fmt.Fprintf(&script, "delete element inet %s %s { %s }\n", TableName, set, strings.Join(keys, ", "))
+		fmt.Fprintf(&script, "add element inet %s %s { %s }\n", TableName, set, strings.Join(els, ", "))
+	}
+	return b.runScript(ctx, "protect a login from the port scan trap", script.String())
+}

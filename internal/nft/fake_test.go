@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/knftables"
 )
@@ -107,5 +108,27 @@ func TestBanScriptDeterministic(t *testing.T) {
 	}
 	if !strings.HasPrefix(scripts[0], "add element inet moat ban4 { 198.51.100.3 timeout 1h comment \"test\", 203.0.113.7") {
 		t.Errorf("ban script:\n%s", scripts[0])
+	}
+}
+
+// Protect writes the login sets with the timeout, refreshing one there
+// already (add, delete, add), per family, mapped addresses unmapped.
+func TestProtectScript(t *testing.T) {
+	var script string
+	b := &Backend{Run: func(_ context.Context, stdin []byte, _ string, _ ...string) ([]byte, error) {
+		script = string(stdin)
+		return nil, nil
+	}}
+	if err := b.Protect(context.Background(), []netip.Addr{mustAddr("2001:db8::9"), mustAddr("::ffff:192.0.2.7"), mustAddr("192.0.2.7")}, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	want := "add element inet moat login4 { 192.0.2.7 timeout 1d }\n" +
+		"delete element inet moat login4 { 192.0.2.7 }\n" +
+		"add element inet moat login4 { 192.0.2.7 timeout 1d }\n" +
+		"add element inet moat login6 { 2001:db8::9 timeout 1d }\n" +
+		"delete element inet moat login6 { 2001:db8::9 }\n" +
+		"add element inet moat login6 { 2001:db8::9 timeout 1d }\n"
+	if script != want {
+		t.Errorf("protect script:\n%s\nwant:\n%s", script, want)
 	}
 }

@@ -115,8 +115,12 @@ func setDef(s *ruleset.Set) (*knftables.Set, setKind) {
 		// scan trap can add to it from the packet path (nft makes a set it
 		// sees so used dynamic, and a set's flags never change), with an
 		// explicit size (a dynamic set's default is 65535).
+		comment := "bans: 'moat bans' lists them"
+		if s.Name == ruleset.LoginSet4 || s.Name == ruleset.LoginSet6 {
+			comment = "port scan trap: addresses the guard saw log in over SSH"
+		}
 		return &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
-			Size: knftables.PtrTo[uint64](MaxBans), Comment: knftables.PtrTo("bans: 'moat bans' lists them")}, banSet
+			Size: knftables.PtrTo[uint64](MaxBans), Comment: knftables.PtrTo(comment)}, banSet
 	}
 	return &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.IntervalFlag},
 		Comment: knftables.PtrTo("policy addresses: 'moat status' names their lines")}, policySet

@@ -30,11 +30,11 @@ func trapText(r *ruleset.Rule) string {
 	n, unit := ruleset.RateUnit(t.Rate)
 	// fib saddr type != local: the host's own addresses (any interface's,
 	// loopback) are never trapped, looked up when the packet comes.
-	return fmt.Sprintf("ct state new meta l4proto { tcp, udp } fib saddr type != local %[1]s saddr != @%[2]s "+
+	return fmt.Sprintf("ct state new meta l4proto { tcp, udp } fib saddr type != local %[1]s saddr != @%[2]s %[1]s saddr != @%[10]s "+
 		"%[1]s saddr . meta l4proto . th dport != @%[3]s add @%[3]s { %[1]s saddr . meta l4proto . th dport } "+
 		"update @%[4]s { %[1]s saddr limit rate over %[5]d/%[6]s burst %[7]d packets } "+
 		"add @%[8]s { %[1]s saddr timeout %[9]ds } counter",
-		ip, t.ProtectSet, t.PortSet, scanRateSet(t.PortSet), n, unit, t.Rate.Burst, t.BanSet, int64(t.BanTime/time.Second))
+		ip, t.ProtectSet, t.PortSet, scanRateSet(t.PortSet), n, unit, t.Rate.Burst, t.BanSet, int64(t.BanTime/time.Second), t.LoginSet)
 }
 
 // trapSets are the nftables sets of a trap's port set: the set of

@@ -25,8 +25,10 @@ func TestTrapAndBlocklistScript(t *testing.T) {
 		`add set inet moat scan4 { type ipv4_addr . inet_proto . inet_service ; flags dynamic,timeout ; timeout 60s ; size 65535 ;`,
 		`add set inet moat scan6_rate { type ipv6_addr ; flags dynamic,timeout ; timeout 120s ; size 65535 ;`,
 		`add rule inet moat input ip saddr @bl4_drop counter drop comment "blocklist:drop"`,
-		`add rule inet moat input ct state new meta l4proto { tcp, udp } fib saddr type != local ip saddr != @protect4 ip saddr . meta l4proto . th dport != @scan4 add @scan4 { ip saddr . meta l4proto . th dport } update @scan4_rate { ip saddr limit rate over 9/minute burst 9 packets } add @ban4 { ip saddr timeout 3600s } counter comment "portscan"`,
-		`ip6 saddr != @protect6 ip6 saddr . meta l4proto . th dport != @scan6 add @scan6`,
+		`add rule inet moat input ct state new meta l4proto { tcp, udp } fib saddr type != local ip saddr != @protect4 ip saddr != @login4 ip saddr . meta l4proto . th dport != @scan4 add @scan4 { ip saddr . meta l4proto . th dport } update @scan4_rate { ip saddr limit rate over 9/minute burst 9 packets } add @ban4 { ip saddr timeout 3600s } counter comment "portscan"`,
+		`ip6 saddr != @protect6 ip6 saddr != @login6 ip6 saddr . meta l4proto . th dport != @scan6 add @scan6`,
+		`add set inet moat login4 { type ipv4_addr ; flags dynamic,timeout ; size 1048576 ;`,
+		`add set inet moat login6 { type ipv6_addr ; flags dynamic,timeout ; size 1048576 ;`,
 	} {
 		if !strings.Contains(script, want) {
 			t.Errorf("script lacks %q:\n%s", want, script)

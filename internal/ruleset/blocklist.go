@@ -17,7 +17,20 @@ const (
 	ProtectSet6 = "protect6"
 	ScanSet4    = "scan4" // (source, protocol, port) tried recently
 	ScanSet6    = "scan6"
+	// LoginSet4 and LoginSet6 hold the addresses the guard saw log in
+	// over SSH since the last apply, each with a timeout: never trapped
+	// either (an admin who logged in after the apply, then probes).
+	LoginSet4 = "login4"
+	LoginSet6 = "login6"
 )
+
+// LoginSetFor is the login set of an address's family.
+func LoginSetFor(a netip.Addr) string {
+	if a.Unmap().Is4() {
+		return LoginSet4
+	}
+	return LoginSet6
+}
 
 // ReasonPortscan is the reason shown for a ban the kernel's trap made
 // (those elements carry no comment).
@@ -34,7 +47,10 @@ type ScanTrap struct {
 	BanTime    time.Duration
 	PortSet    string
 	ProtectSet string
-	BanSet     string
+	// LoginSet: addresses that logged in over SSH (the guard adds them
+	// with a timeout), never trapped.
+	LoginSet string
+	BanSet   string
 }
 
 // BlocklistSetName is the kernel set of a blocklist for one family.
@@ -125,9 +141,9 @@ func compileTrap(rs *Ruleset, p *policy.Policy, def Verdict) []Rule {
 		Text: fmt.Sprintf("guard portscan: ban for %s a source trying %d ports no rule allows within %s", ps.BanTime, ps.Ports, ps.Within)}
 	var out []Rule
 	for _, f := range []struct {
-		fam                policy.Family
-		protect, scan, ban string
-	}{{policy.FamilyV4, ProtectSet4, ScanSet4, BanSet4}, {policy.FamilyV6, ProtectSet6, ScanSet6, BanSet6}} {
+		fam                       policy.Family
+		protect, login, scan, ban string
+	}{{policy.FamilyV4, ProtectSet4, LoginSet4, ScanSet4, BanSet4}, {policy.FamilyV6, ProtectSet6, LoginSet6, ScanSet6, BanSet6}} {
 		protect := &Set{Name: f.protect, Family: f.fam}
 		for _, a := range p.Guard.Allowlist {
 			if familyOf(a) == f.fam {
@@ -137,10 +153,12 @@ func compileTrap(rs *Ruleset, p *policy.Policy, def Verdict) []Rule {
 		if slices.ContainsFunc(protect.Entries, func(e SetEntry) bool { return e.Prefix.Bits() == 0 }) {
 			continue // everyone is allowlisted: no trap for this family
 		}
-		rs.Sets = append(rs.Sets, protect, &Set{Name: f.scan, Family: f.fam, ScanWindow: ps.Within})
+		// The login set is kept across applies like a ban set (single
+		// addresses with timeouts the guard writes).
+		rs.Sets = append(rs.Sets, protect, &Set{Name: f.login, Family: f.fam, Bans: true}, &Set{Name: f.scan, Family: f.fam, ScanWindow: ps.Within})
 		out = append(out, Rule{
 			Match:  Match{Family: f.fam, Protos: []string{"tcp", "udp"}, CTStates: []CTState{CTNew}},
-			Trap:   &ScanTrap{Family: f.fam, Rate: rate, BanTime: ps.BanTime, PortSet: f.scan, ProtectSet: f.protect, BanSet: f.ban},
+			Trap:   &ScanTrap{Family: f.fam, Rate: rate, BanTime: ps.BanTime, PortSet: f.scan, ProtectSet: f.protect, LoginSet: f.login, BanSet: f.ban},
 			Origin: origin,
 		})
 	}
