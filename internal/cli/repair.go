@@ -32,7 +32,7 @@ func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 		if !st.Known || b.Name() != st.Backend || b.Available() != nil {
 			continue
 		}
-		if a.unchangedSinceApply(ctx, b, st) {
+		if a.unchangedSinceApply(ctx, b, st, true) {
 			continue
 		}
 		why := a.driftReason(ctx, b, st)

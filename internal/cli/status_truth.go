@@ -125,7 +125,7 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 	}
 	// The fingerprint recorded after moat's apply says fast that nothing
 	// changed; otherwise the full comparison says what did.
-	if !a.unchangedSinceApply(ctx, b, st) {
+	if !a.unchangedSinceApply(ctx, b, st, false) {
 		if rep.KernelChanged, rep.missing, err = drift.Against(ctx, b.Name(), want, nil); err != nil {
 			return nil, err
 		}
