@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -174,9 +175,17 @@ func writeState(dir, name string, data []byte) error {
 }
 
 func writeJSON(dir, name string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
+	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
+	}
+	// Indented for the admin's eyes when small; a large policy (100,000
+	// lines) is written compact: indenting it cost a pass over megabytes.
+	if len(data) < 64<<10 {
+		var buf bytes.Buffer
+		if json.Indent(&buf, data, "", "  ") == nil {
+			data = buf.Bytes()
+		}
 	}
 	return writeState(dir, name, data)
 }

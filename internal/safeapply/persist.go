@@ -1,6 +1,7 @@
 package safeapply
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -35,9 +36,17 @@ func Save(dir string, s Saved) error {
 		return fmt.Errorf("save ruleset: %w", err)
 	}
 	s.Saved = time.Now().UTC()
-	data, err := json.MarshalIndent(s, "", "  ")
+	data, err := json.Marshal(s)
 	if err != nil {
 		return err
+	}
+	// Indented for the admin's eyes when small; a large policy (100,000
+	// lines) is written compact: indenting it cost a pass over megabytes.
+	if len(data) < 64<<10 {
+		var buf bytes.Buffer
+		if json.Indent(&buf, data, "", "  ") == nil {
+			data = buf.Bytes()
+		}
 	}
 	if err := statedir.WriteFile(dir, savedFile, data); err != nil {
 		return fmt.Errorf("save ruleset: %w", err)
