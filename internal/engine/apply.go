@@ -383,6 +383,17 @@ func (e *Engine) Disable(ctx context.Context) error {
 	}
 	dir := e.o.StateDir
 	var errs []error
+	if in, err := LoadIntent(dir); err == nil && in != nil && in.FileChanged {
+		// A command that died half way had written the policy file: it
+		// goes back too, as the repair would have put it (disable takes
+		// no repair, so that a broken state cannot block it).
+		if ferr := e.undoFile(in); ferr != nil {
+			e.warn(fmt.Sprintf("disable: could not put %s back as it was before the interrupted '%s': %v", in.Path, sanitize(in.Command), ferr))
+		} else {
+			e.warn(fmt.Sprintf("'%s' (PID %d, %s) was interrupted half way: %s is as it was before it",
+				sanitize(in.Command), in.PID, in.Time.Local().Format(time.DateTime), in.Path))
+		}
+	}
 	p, err := LoadPending(dir)
 	if err == nil && p.State != stateConfirming {
 		// The change was never confirmed: it leaves the policy file too

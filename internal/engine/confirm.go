@@ -565,6 +565,17 @@ func (e *Engine) dropStale(p *Pending) error {
 	return writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created, Reason: reason})
 }
 
+// undoFile puts the policy file back as the intent says it was before.
+func (e *Engine) undoFile(in *Intent) error {
+	if in.HadFile {
+		return policy.NewDocument(in.Path, in.PrevFile).Write()
+	}
+	if err := os.Remove(in.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 // undo puts everything back as the intent says it was before.
 func (e *Engine) undo(ctx context.Context, in *Intent) error {
 	dir := e.o.StateDir
@@ -588,11 +599,7 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 		return err
 	}
 	if in.FileChanged {
-		if in.HadFile {
-			if err := policy.NewDocument(in.Path, in.PrevFile).Write(); err != nil {
-				return err
-			}
-		} else if err := os.Remove(in.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := e.undoFile(in); err != nil {
 			return err
 		}
 	}

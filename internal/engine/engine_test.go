@@ -1264,3 +1264,32 @@ func TestWatchdogRollsBackWhenLockFileIsJunk(t *testing.T) {
 		})
 	}
 }
+
+// A command is killed after it wrote the policy file, and the next
+// command is 'moat disable' (which takes no repair, so that a broken state
+// cannot block it): the half-done change must not stay in the file, where
+// the next 'moat enable' applied it without a word.
+func TestDisableAfterInterruptedEdit(t *testing.T) {
+	for _, step := range []string{"file", "applied", "saved"} {
+		t.Run(step, func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			r.crashAt = step
+			if _, err := r.add(r.ch(0), "allow 443/tcp"); !IsCrash(err) {
+				t.Fatalf("no crash: %v", err)
+			}
+			unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
+			r.must(err)
+			r.must(r.eng.Disable(context.Background()))
+			unlock()
+			if r.file() != base {
+				t.Errorf("after disable the file holds the interrupted change:\n%s", r.file())
+			}
+			if !strings.Contains(strings.Join(r.warnings, "\n"), "interrupted") {
+				t.Errorf("not reported: %q", r.warnings)
+			}
+		})
+	}
+}
