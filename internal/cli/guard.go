@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"slices"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -158,19 +159,15 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 			what, b.Name(), p.Guard.MaxRetry, p.Guard.FindTime, p.Guard.BanTime, p.Guard.BanTimeMax)
 		a.sdNotify(daemon.SdNotifyReady)
 	}
+	svc.Status = func(msg string) {
+		// One line: a newline in an error would start another assignment.
+		a.sdNotify("STATUS=" + strings.Join(strings.Fields(msg), " "))
+	}
 	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
-		go func() {
-			t := time.NewTicker(interval / 2)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					a.sdNotify(daemon.SdNotifyWatchdog)
-				}
-			}
-		}()
+		// Pinged only while the main loop makes progress or waits idle and
+		// healthy: a guard stuck in a kernel call is restarted.
+		svc.BeatEvery = guard.WatchdogBeat(interval)
+		go svc.Watchdog(ctx, interval, func() { a.sdNotify(daemon.SdNotifyWatchdog) })
 	}
 	err = svc.RunWith(ctx, func(st *guard.State) (guard.Source, error) {
 		src, w, err := pickSource(logFile, journalctl, st)

@@ -22,6 +22,12 @@ type Metrics struct {
 	BansTotal  prometheus.Counter
 	BansActive prometheus.Gauge
 	BanLatency prometheus.Histogram
+	// BanErrors counts ban calls the kernel refused (each is retried).
+	BanErrors prometheus.Counter
+	// BanFailing is 1 while the last ban call failed.
+	BanFailing prometheus.Gauge
+	// BansPending is bans wanted and waiting for a retry.
+	BansPending prometheus.Gauge
 }
 
 // NewMetrics registers the guard's metrics in a registry of their own.
@@ -37,8 +43,14 @@ func NewMetrics() *Metrics {
 		BanLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "moat_guard_ban_latency_seconds",
 			Help:    "Time from the log line that triggered a ban to the ban being in the kernel.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		BanErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "moat_guard_ban_errors_total",
+			Help: "Ban calls the kernel refused (a full ban set, nft or ipset failing); their bans are kept and retried."}),
+		BanFailing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "moat_guard_ban_failing",
+			Help: "1 while the kernel refuses the guard's bans (the last call failed), else 0."}),
+		BansPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "moat_guard_bans_pending",
+			Help: "Bans wanted but not yet in the kernel, waiting for a retry."}),
 	}
-	m.Registry.MustRegister(m.Lines, m.Skipped, m.Failures, m.BansTotal, m.BansActive, m.BanLatency,
+	m.Registry.MustRegister(m.Lines, m.Skipped, m.Failures, m.BansTotal, m.BansActive, m.BanLatency, m.BanErrors, m.BanFailing, m.BansPending,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{SkipTooLong, SkipUntrusted} {
 		m.Skipped.WithLabelValues(r) // shown at 0 from the start

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
@@ -84,9 +85,19 @@ type Service struct {
 	// Protect refuses bans of this host's and its admins' addresses
 	// (default: a Protector with Cfg's allowlist).
 	Protect *Protector
+	// Status, when set, is told the guard's state in a line for the
+	// service manager (sd_notify STATUS=): bans failing, bans landing again.
+	Status func(string)
+	// BeatEvery is how often an idle main loop stamps its heartbeat
+	// (default SaveEvery); see Alive.
+	BeatEvery time.Duration
+	// RetryMin is the first backoff after a refused ban call (default a
+	// second); it doubles up to a minute.
+	RetryMin time.Duration
 
 	instance  *statedir.Lock
-	stateSize int64 // of guard.json after the last fold
+	beat      atomic.Int64 // unix nanoseconds of the main loop's last progress
+	stateSize int64        // of guard.json after the last fold
 }
 
 // keep is how long history is kept after a ban ended: bantime-max (the
@@ -152,6 +163,9 @@ func (s *Service) Restore(ctx context.Context, st *State, now time.Time) (int, e
 			missing = append(missing, ruleset.Ban{Addr: a, Timeout: left, Reason: r.Reason})
 		}
 	}
+	if len(missing) == 0 {
+		return 0, nil
+	}
 	if err := s.Bans.Ban(ctx, missing); err != nil {
 		return 0, err
 	}
@@ -165,6 +179,58 @@ func (s *Service) protector() *Protector {
 	}
 	return s.Protect
 }
+
+// Alive says whether the main loop (the one that reads lines and bans)
+// made progress, or waited idle and healthy, within the last within. The
+// systemd watchdog is pinged only then: a loop stuck in a kernel call or
+// a lock stops the pings, and systemd restarts the guard.
+func (s *Service) Alive(within time.Duration) bool {
+	at := s.beat.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) <= within
+}
+
+// Watchdog calls ping (sd_notify WATCHDOG=1) every interval/3 while the
+// main loop is Alive within interval/2, until ctx ends. interval is the
+// service manager's watchdog timeout; set BeatEvery below interval/2
+// (WatchdogBeat) so an idle loop stays alive.
+func (s *Service) Watchdog(ctx context.Context, interval time.Duration, ping func()) {
+	t := time.NewTicker(max(interval/3, time.Millisecond))
+	defer t.Stop()
+	stale := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if s.Alive(interval / 2) {
+				stale = false
+				ping()
+			} else if !stale {
+				stale = true
+				s.Log.Error("the guard's main loop made no progress: not pinging the watchdog (systemd restarts a guard that stays stuck)",
+					"last_progress", time.Unix(0, s.beat.Load()))
+			}
+		}
+	}
+}
+
+// WatchdogBeat is the BeatEvery for a watchdog timeout of interval.
+func WatchdogBeat(interval time.Duration) time.Duration {
+	return max(interval/4, time.Millisecond)
+}
+
+func (s *Service) stamp() { s.beat.Store(time.Now().UnixNano()) }
+
+// retryMax bounds the backoff of ban calls the kernel refused.
+const retryMax = time.Minute
+
+// maxWanted bounds the bans kept in memory for a retry; past it they
+// are only in the history, and put back from there on recovery.
+const maxWanted = 1 << 16
+
+// failingLoud is how many ban calls in a row must fail before the guard
+// reports that it cannot ban at all (status line, error log).
+const failingLoud = 5
 
 // Run follows the source, detects and bans until ctx ends.
 func (s *Service) Run(ctx context.Context, src Source) error {
@@ -230,14 +296,23 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 	if err != nil {
 		return err
 	}
-	n, err := s.Restore(ctx, st, time.Now())
-	if err != nil {
-		return err
+	s.stamp()
+	// A kernel that refuses the lost bans (a full set, nft failing) must
+	// not stop the guard: they are retried with the failed bans below.
+	restore := func() error {
+		n, err := s.Restore(ctx, st, time.Now())
+		if err != nil {
+			return fmt.Errorf("put back the bans the kernel lost: %w", err)
+		}
+		if n > 0 {
+			s.Log.Info("re-inserted bans the kernel had lost", "count", n)
+		}
+		return nil
 	}
-	if n > 0 {
-		s.Log.Info("re-inserted bans the kernel had lost", "count", n)
-	}
+	restoreErr := restore()
+	needRestore := restoreErr != nil
 	det := NewDetector(s.Cfg, st.Bans)
+	st.Bans = det.History() // a restore after a failure reads the live history
 	det.StillBanned = s.kernelBanCheck(ctx)
 	prot := s.protector()
 	judge := NewJudge(prot.IsLocal)
@@ -267,7 +342,21 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 	lastPrune := time.Now()
 
 	var batch []ruleset.Ban
-	var seen []time.Time // when each banned line was written, for latency
+	var seen []time.Time  // when each banned line was written, for latency
+	var until []time.Time // when each ban of batch ends (for a retry)
+	// A failed ban call keeps its bans in batch (the history has them as
+	// wanted, on disk too) and retries them after a backoff; the loop goes
+	// on reading and judging meanwhile.
+	var retryC <-chan time.Time
+	var retryTimer *time.Timer
+	defer func() {
+		if retryTimer != nil {
+			retryTimer.Stop()
+		}
+	}()
+	backoff := time.Duration(0)
+	failing := 0 // ban calls failed in a row
+	var failingSince time.Time
 	dirty := map[netip.Addr]bool{}
 	var pos *Line // the last line processed: where to resume
 	moved := false
@@ -299,23 +388,112 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 		}
 		return nil
 	}
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+	setPending := func() {
+		if s.Metrics != nil {
+			s.Metrics.BansPending.Set(float64(len(batch)))
 		}
-		if err := s.Bans.Ban(ctx, batch); err != nil {
-			return err
+	}
+	// fail records a refused ban call and arms the retry.
+	fail := func(err error, addrs []netip.Addr) {
+		failing++
+		if failing == 1 {
+			failingSince = time.Now()
 		}
-		done := time.Now()
-		for i, b := range batch {
-			s.Log.Warn("banned", "address", b.Addr, "for", b.Timeout.String(), "reason", b.Reason)
-			if s.Metrics != nil {
-				s.Metrics.BansTotal.Inc()
-				s.Metrics.BanLatency.Observe(done.Sub(seen[i]).Seconds())
+		first := s.RetryMin
+		if first <= 0 {
+			first = time.Second
+		}
+		backoff = min(max(2*backoff, first), max(retryMax, first))
+		if s.Metrics != nil {
+			s.Metrics.BanErrors.Inc()
+			s.Metrics.BanFailing.Set(1)
+		}
+		shown := addrs[:min(len(addrs), 20)]
+		s.Log.Error("ban failed; kept as wanted and retried", "addresses", shown, "count", len(addrs), "err", err, "retry_in", backoff.String(), "failed_in_a_row", failing)
+		if failing == failingLoud {
+			msg := fmt.Sprintf("cannot ban: the kernel refused %d ban calls in a row since %s: %v", failing, failingSince.UTC().Format(time.RFC3339), err)
+			s.Log.Error(msg)
+			if s.Status != nil {
+				s.Status(msg)
 			}
 		}
-		burst += len(batch)
-		batch, seen = batch[:0], seen[:0]
+		if retryTimer != nil {
+			retryTimer.Stop()
+		}
+		retryTimer = time.NewTimer(backoff)
+		retryC = retryTimer.C
+	}
+	recovered := func() {
+		if failing == 0 {
+			return
+		}
+		s.Log.Info("bans land again", "failed_in_a_row", failing, "since", failingSince)
+		if failing >= failingLoud && s.Status != nil {
+			s.Status("banning")
+		}
+		failing, backoff = 0, 0
+		if s.Metrics != nil {
+			s.Metrics.BanFailing.Set(0)
+		}
+	}
+	flush := func() error {
+		if needRestore && retryC == nil {
+			if err := restore(); err != nil {
+				fail(err, nil)
+			} else {
+				needRestore = false
+			}
+		}
+		if len(batch) == 0 || retryC != nil {
+			setPending()
+			return save() // failed bans are wanted: history on disk
+		}
+		if failing > 0 {
+			// Bans that waited for a retry get what is left of their time.
+			now := time.Now()
+			keep := 0
+			for i := range batch {
+				if left := until[i].Sub(now); left > time.Second {
+					batch[i].Timeout = left.Round(time.Second)
+					batch[keep], seen[keep], until[keep] = batch[i], seen[i], until[i]
+					keep++
+				}
+			}
+			batch, seen, until = batch[:keep], seen[:keep], until[:keep]
+			if len(batch) == 0 {
+				recovered()
+				setPending()
+				return save()
+			}
+		}
+		for len(batch) > 0 {
+			n := min(maxBatch, len(batch))
+			if err := s.Bans.Ban(ctx, batch[:n]); err != nil {
+				if ctx.Err() != nil {
+					return save()
+				}
+				addrs := make([]netip.Addr, len(batch))
+				for i, b := range batch {
+					addrs[i] = b.Addr
+				}
+				fail(err, addrs)
+				setPending()
+				return save() // the history holds them as wanted
+			}
+			recovered()
+			done := time.Now()
+			for i, b := range batch[:n] {
+				s.Log.Warn("banned", "address", b.Addr, "for", b.Timeout.String(), "reason", b.Reason)
+				if s.Metrics != nil {
+					s.Metrics.BansTotal.Inc()
+					s.Metrics.BanLatency.Observe(done.Sub(seen[i]).Seconds())
+				}
+			}
+			burst += n
+			batch, seen, until = batch[n:], seen[n:], until[n:]
+		}
+		batch, seen, until = batch[:0], seen[:0], until[:0]
+		setPending()
 		return save() // history first on disk, so a crash keeps escalation
 	}
 	observe := func(evs []Event, at time.Time) {
@@ -324,9 +502,17 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 				s.Metrics.Failures.WithLabelValues(string(ev.Kind)).Inc()
 			}
 			if ban, ok := det.Observe(ev, time.Now()); ok {
+				dirty[ban.Addr] = true
+				if len(batch) >= maxWanted {
+					// The kernel has refused bans for long: the history
+					// holds this one as wanted; a restore puts it in once
+					// bans land again.
+					needRestore = true
+					continue
+				}
 				batch = append(batch, ban)
 				seen = append(seen, at)
-				dirty[ban.Addr] = true
+				until = append(until, time.Now().Add(ban.Timeout))
 			}
 		}
 	}
@@ -370,8 +556,25 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 		observe(judge.Judge(ev, time.Now()).Count, l.Time)
 		cur = nil
 	}
+	if restoreErr != nil {
+		fail(restoreErr, nil)
+	}
+	beatEvery := s.BeatEvery
+	if beatEvery <= 0 {
+		beatEvery = every
+	}
+	beat := time.NewTicker(beatEvery)
+	defer beat.Stop()
 	for {
+		s.stamp()
 		select {
+		case <-beat.C:
+			// Idle and healthy: the stamp above says so.
+		case <-retryC:
+			retryC, retryTimer = nil, nil
+			if err := flush(); err != nil {
+				s.Log.Error("save guard state", "err", err)
+			}
 		case <-ctx.Done():
 			stopSrc()
 			return errors.Join(flush(), save())
@@ -394,7 +597,7 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 			observe(judge.Sweep(time.Now()), time.Now())
 			cur = nil
 			if err := flush(); err != nil {
-				s.Log.Error("ban", "err", err)
+				s.Log.Error("save guard state", "err", err)
 			}
 			if s.Metrics != nil {
 				s.Metrics.BansActive.Set(float64(activeBans(det.History(), time.Now())))
