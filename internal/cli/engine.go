@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,12 +32,10 @@ func (a *app) engine() *engine.Engine {
 		backends = append(backends, b)
 	}
 	o := engine.Options{
-		StateDir: a.stateDir,
-		Backends: backends,
-		Detect:   func() engine.Backend { return backend.Detect() },
-		FindSSH: func() (safeapply.SSHState, error) {
-			return safeapply.FindSSH("/proc", os.Getenv("SSH_CONNECTION"))
-		},
+		StateDir:         a.stateDir,
+		Backends:         backends,
+		Detect:           func() engine.Backend { return backend.Detect() },
+		FindSSH:          recentSSH(),
 		FindForwarded:    safeapply.FindForwardedSSH,
 		IfaceFor:         safeapply.IfaceFor,
 		ResolvConf:       "/etc/resolv.conf",
@@ -186,5 +185,30 @@ func (a *app) waitConfirm(ctx context.Context, p *engine.Pending) error {
 			return nil
 		case <-tick.C:
 		}
+	}
+}
+
+// recentSSH finds the live SSH sessions, reusing what it found less than a
+// second ago: one command looks twice (a scan of every process's sockets,
+// tens of milliseconds), and no session comes or goes that matters in
+// between. A long-running process (the watchdog) looks anew each time.
+func recentSSH() func() (safeapply.SSHState, error) {
+	var (
+		mu   sync.Mutex
+		when time.Time
+		st   safeapply.SSHState
+	)
+	return func() (safeapply.SSHState, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !when.IsZero() && time.Since(when) < time.Second {
+			return st, nil
+		}
+		found, err := safeapply.FindSSH("/proc", os.Getenv("SSH_CONNECTION"))
+		if err != nil {
+			return found, err
+		}
+		st, when = found, time.Now()
+		return st, nil
 	}
 }
