@@ -41,6 +41,7 @@ func (e *env) waitRolledBack(wait time.Duration) {
 // first write, so the watchdog retried in silence (its log is on the same
 // disk) and 443 stayed open.
 func TestRollbackOnFullStateDisk(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -86,6 +87,7 @@ func TestRollbackOnFullStateDisk(t *testing.T) {
 // says so, and the next state-changing command starts a new one that rolls
 // the change back at its deadline. Nothing rolled it back before.
 func TestKilledWatchdogIsReplaced(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -127,6 +129,7 @@ func (e *env) assertNoWatchdogLeftAfter(fn func()) {
 // ruleset saved before the change, and the change must leave moat.conf
 // too: it stayed there and the next plain 'moat allow' opened 443 again.
 func TestRestartDropsUnconfirmedChange(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -20,6 +20,7 @@ import (
 // ruleset instead, dropping every other service and calling the saved
 // ruleset unreadable.
 func TestRestoreRefusedByLockout(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -62,6 +63,7 @@ func TestRestoreRefusedByLockout(t *testing.T) {
 // cuts the live session (exit 3, the same message), not "Rule updated" and
 // exit 0. With --force it warns; nothing changes either way.
 func TestDryRunRunsLockoutCheck(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -101,6 +103,7 @@ func TestDryRunRunsLockoutCheck(t *testing.T) {
 // address it connected to: a rule on eth1 is refused; before, the main
 // table's eth0 was taken and the rule cut every reconnect.
 func TestLockoutPolicyRouting(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -157,6 +160,7 @@ func TestLockoutPolicyRouting(t *testing.T) {
 // the live tunnel up (conntrack) but would stop it from ever being opened
 // again, so moat names it, with the rule to add.
 func TestOutgoingTunnelWarned(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -209,6 +213,7 @@ func TestOutgoingTunnelWarned(t *testing.T) {
 // network) sees none of sshd's processes; it used to find no session and
 // let 'delete allow 22/tcp' through. Connections to port 22 count then.
 func TestLockoutSSHDNotVisible(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -247,6 +252,7 @@ func TestLockoutSSHDNotVisible(t *testing.T) {
 // 1024-32767 is refused; forced through, a client whose port lands there
 // (as a NAT maps it) cannot log in.
 func TestLockoutNATSourcePorts(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -282,6 +288,7 @@ func TestLockoutNATSourcePorts(t *testing.T) {
 // live connection up (conntrack) but would cut the next one, so moat names
 // it, with the route rule to add.
 func TestForwardedSSHWarned(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

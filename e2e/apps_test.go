@@ -60,6 +60,7 @@ func TestAppProfiles(t *testing.T) {
 }
 
 func TestDottedNetmaskAndRouteShortForm(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -189,6 +189,7 @@ var behaviourCases = []behaviourCase{
 }
 
 func TestBehaviourMatrix(t *testing.T) {
+	t.Parallel()
 	if len(behaviourCases) < 40 {
 		t.Fatalf("only %d behaviour cases; want at least 40", len(behaviourCases))
 	}

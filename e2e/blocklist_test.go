@@ -44,6 +44,7 @@ func bigList(t testing.TB, path string, n int, extra ...string) {
 // are dropped, from an unlisted one accepted, IPv4 and IPv6; the allowlist
 // wins; explain names the list; status shows it.
 func TestBlocklistFile100k(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -166,6 +167,7 @@ func (e *env) moatTLS(ls *listServer, args ...string) (string, error) {
 // an unchanged list is a 304, failures and malformed or oversized lists
 // keep the old copy and say so, a changed list takes effect at once.
 func TestBlocklistUpdate(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -100,6 +100,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 }
 
 func TestEditCommandsApplyLive(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -144,6 +145,7 @@ func TestEditCommandsApplyLive(t *testing.T) {
 }
 
 func TestStatusAndCounters(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

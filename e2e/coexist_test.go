@@ -41,6 +41,7 @@ func (e *env) foreignState() string {
 }
 
 func TestCoexistence(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -11,6 +11,7 @@ import (
 // refuses a source's sixth quick connection (IPv4 and IPv6), counted by the
 // kernel. Before, the limit came after the allow and never matched.
 func TestLimitUpdatesAllow(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -52,6 +53,7 @@ func TestLimitUpdatesAllow(t *testing.T) {
 // for every action and both families; a rule that still matches something
 // is not.
 func TestCoveredRulesWarned(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

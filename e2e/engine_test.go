@@ -40,6 +40,7 @@ const engineBase = "default deny incoming\nallow 22/tcp\n"
 // change does not bring a rolled-back rule back. confirm then says when
 // the change was rolled back.
 func TestRolledBackChangesStayGone(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -108,6 +109,7 @@ func TestPlainCommandKeepsBackend(t *testing.T) {
 // Issue 8: the confirm watchdog never misses its own change: 50 short
 // deadlines in a row, each rolled back, the kernel and file exactly back.
 func TestConfirmRaceLoop(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -143,6 +145,7 @@ func TestConfirmRaceLoop(t *testing.T) {
 // Issue 8: 20 parallel 'moat allow' lose nothing; the file and the kernel
 // agree afterwards (a reload changes nothing in the kernel).
 func TestParallelAllows(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -189,6 +192,7 @@ func TestParallelAllows(t *testing.T) {
 // not overwritten, the next restore fails closed again, a rule edit is not
 // applied on top, until the admin applies a good policy.
 func TestRestoreTwiceStaysFailClosed(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -244,6 +248,7 @@ func TestResetWithoutTerminal(t *testing.T) {
 // agreement (the change wholly there or wholly undone), and says so when it
 // had to repair.
 func TestKillDuringApply(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -330,6 +335,7 @@ func TestDisableStopsWatchdog(t *testing.T) {
 // Issue 8: a corrupted snapshot does not mean "leave it": at the deadline
 // the rollback falls back to the policy applied before.
 func TestCorruptSnapshotStillRollsBack(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -13,6 +13,7 @@ import (
 // outside moat's chains, and chains that show ufw and Docker. The packets
 // prove it: moat allows 8080 and 6007, the foreign rules drop them.
 func TestOtherFilteringNamed(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -73,6 +73,7 @@ func (e *env) wrongKeysFromPort(srv *sshd, src netip.Addr, port int, dst netip.A
 // every later one with the same address and port: one failure counted,
 // however many connections. Both backends, IPv4 and IPv6.
 func TestGuardFixedSourcePort(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -120,6 +121,7 @@ func TestGuardFixedSourcePort(t *testing.T) {
 // 2147483 s (24.8 days), which bantime-max allows: such a ban is held
 // that long. Both backends, IPv4 and IPv6.
 func TestGuardLongBans(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

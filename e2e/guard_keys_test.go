@@ -135,6 +135,7 @@ func (e *env) agree(logFile string, maxretry int, weak float64) {
 // wrong passwords is banned by the passwords. 'moat guard check' agrees
 // with the running guard. Both backends, IPv4 and IPv6.
 func TestGuardAgentKeys(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

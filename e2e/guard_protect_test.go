@@ -51,6 +51,7 @@ func (e *env) guardLog() string {
 // against the client; the admin's session stays up; 'moat ban' refuses
 // the server's addresses even with --force.
 func TestGuardNeverBansServer(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -155,6 +156,7 @@ func (e *env) agreeProtected(logFile string, maxretry int, weak float64, protect
 // client itself, with a real sshd at LogLevel VERBOSE and a CA-signed
 // certificate. Both backends, IPv4 and IPv6.
 func TestGuardHostileFields(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -299,6 +301,7 @@ func (e *env) rawBanner(src, dst netip.Addr, banner string) {
 // the server, while the same scan from a client's address is banned.
 // Both backends.
 func TestPortscanNeverBansServer(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

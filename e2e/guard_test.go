@@ -132,6 +132,7 @@ func (e *env) bans() map[string]banJSON {
 // the ban expires; allowlisted clients and successful logins are never
 // banned.
 func TestGuardBansBruteForce(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -196,6 +197,7 @@ func TestGuardBansBruteForce(t *testing.T) {
 // Bans survive a re-apply, a guard crash (kill -9) and even the kernel
 // losing them; escalation goes on after the restart.
 func TestGuardSurvivesCrash(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -247,6 +249,7 @@ func TestGuardSurvivesCrash(t *testing.T) {
 
 // moat ban, bans and unban work without the guard, on both backends.
 func TestManualBans(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -65,6 +65,7 @@ func bigPolicy(shift int, extra string) string {
 // iptables, moat must report the families split, and the next run must
 // repair it. Then real packets prove the last policy filters.
 func TestKillDuringKernelApply(t *testing.T) {
+	t.Parallel()
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()

@@ -14,6 +14,7 @@ import (
 // `moat lab`, the README's demo, passes on both backends and leaves no
 // namespace behind.
 func TestLabDemo(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -109,7 +109,9 @@ func (e *env) runSSHD(s sshdSetup, srv *sshd, conf string, probe netip.Addr) {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // gone already if it died
 		_ = cmd.Wait()
 	})
-	deadline := time.Now().Add(5 * time.Second)
+	// sshd starts in well under a second on an idle machine, several on
+	// a loaded one; one that never lets the client in fails at 20s.
+	deadline := time.Now().Add(20 * time.Second)
 	for !srv.canLogin(probe) {
 		if time.Now().After(deadline) {
 			e.t.Fatalf("sshd (%s) does not let the client in on port %d", s.name, s.port)
@@ -130,6 +132,7 @@ func (e *env) brokenSaved() {
 // Fail-closed restore keeps the SSH port that only an Include'd file of
 // sshd_config names: at boot (sshd not running yet) and with a live session.
 func TestFailClosedFollowsSSHDInclude(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -258,6 +261,7 @@ func (e *env) refused(wants []string, args ...string) string {
 // serves each connection): the session is found by sshd's own socket,
 // the port by the listener systemd holds for it.
 func TestLockoutSocketActivated(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("systemd-socket-activate"); err != nil {
 		t.Fatalf("systemd-socket-activate is not installed (systemd)")
 	}
@@ -305,6 +309,7 @@ func TestLockoutSocketActivated(t *testing.T) {
 // A rule on source ports cuts every reconnect from those ports, even when
 // the live session's own port is not among them.
 func TestLockoutSourcePorts(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -366,6 +371,7 @@ func linkLocal(t *testing.T, ns *lab.NS, dev string) netip.Addr {
 // interface is its socket's, so a rule on that interface is refused and a
 // rule on the other is not.
 func TestLockoutLinkLocal(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -417,6 +423,7 @@ func TestLockoutLinkLocal(t *testing.T) {
 // host's. (OpenSSH's own listeners are IPv6-only; IPv4-mapped sessions come
 // from systemd's dual-stack sockets: TestLockoutSocketActivated.)
 func TestLockoutMoreSessions(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -510,6 +517,7 @@ func TestRulePositionBounds(t *testing.T) {
 // dropbear (small servers, appliances) is an SSH server too: a connection
 // to it is protected like an OpenSSH session.
 func TestLockoutDropbear(t *testing.T) {
+	t.Parallel()
 	for _, p := range []string{"dropbear", "dropbearkey"} {
 		if _, err := exec.LookPath(p); err != nil {
 			t.Fatalf("%s is not installed (dropbear-bin)", p)

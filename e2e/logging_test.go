@@ -46,6 +46,7 @@ func (e *env) logCount(id string) int {
 // 'logging low' logs what the default policy blocks (rate limited), and
 // nothing that a rule allows; 'logging off' removes the rule.
 func TestLoggingBlocked(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

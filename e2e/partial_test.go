@@ -13,6 +13,7 @@ import (
 // unchanged sets kept), and the kernel filters exactly as the policy says,
 // bans included.
 func TestPartialSync(t *testing.T) {
+	t.Parallel()
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()

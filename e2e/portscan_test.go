@@ -60,6 +60,7 @@ func (e *env) connectScan(src, dst netip.Addr, ports int) {
 // client using only the allowed port is never banned, an allowlisted
 // scanner never; both backends, IPv4 and IPv6.
 func TestPortscanBanned(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -138,6 +139,7 @@ func (e *env) probe(spec string) lab.Outcome {
 // The trap never bans the admin's live SSH session, even when it scans;
 // both backends.
 func TestPortscanSparesSession(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -16,6 +16,7 @@ import (
 // Re-applying is atomic: while the policy is applied 50 times, a denied
 // port is never seen open and an established flow is never cut.
 func TestReapplyIsAtomic(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -44,6 +44,7 @@ var lockoutCases = []lockoutCase{
 // For each dangerous change moat refuses without --force, names the session
 // and a fix, and leaves the kernel, the file and the session as they were.
 func TestLockoutRefused(t *testing.T) {
+	t.Parallel()
 	if len(lockoutCases) < 8 {
 		t.Fatalf("only %d dangerous changes", len(lockoutCases))
 	}
@@ -121,6 +122,7 @@ func TestLockoutForce(t *testing.T) {
 // A change applied with --confirm that cuts SSH comes back by itself, even
 // when moat and the session are killed; a confirmed change stays.
 func TestConfirmOrRollback(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -283,6 +285,7 @@ func (e *env) assertNoWatchdog() {
 // moat restore in a fresh namespace loads exactly the saved ruleset; a
 // broken saved ruleset fails closed with SSH open.
 func TestRestoreAtBoot(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

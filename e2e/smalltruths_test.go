@@ -16,6 +16,7 @@ import (
 // "Guard: on" only while a guard runs, and the table names the policy file
 // really used.
 func TestStatusSmallTruths(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -104,7 +104,8 @@ LoginGraceTime 20
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // gone already if it died
 		_ = cmd.Wait()
 	})
-	deadline := time.Now().Add(5 * time.Second)
+	// See runSSHD: a loaded machine takes seconds to start sshd.
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		out, _ := e.topo.Client.Send(context.Background(), lab.Probe{Proto: "tcp", Dst: netip.AddrPortFrom(lab.ServerV4, port)})
 		if out == lab.Open {

@@ -48,6 +48,7 @@ func (m kmodel) open(port uint16) bool {
 }
 
 func TestStateMachineKernel(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

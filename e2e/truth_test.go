@@ -56,6 +56,7 @@ func (st statusTruth) applied() map[string]bool {
 // fail-closed ruleset status says FAIL-CLOSED and lists only what is
 // applied. Each claim is checked against real packets, IPv4 and IPv6.
 func TestStatusTellsWhatIsApplied(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -161,6 +162,7 @@ func TestStatusTellsWhatIsApplied(t *testing.T) {
 // trusts the file only when the kernel holds exactly its rules; a change
 // that a killed moat left half done is reported until it is undone.
 func TestStatusWithoutRecordAndInterrupted(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -209,6 +211,7 @@ func TestStatusWithoutRecordAndInterrupted(t *testing.T) {
 // outside moat too: status names the set and the address, and reload
 // takes it out again (the set is filled anew, not trusted by its name).
 func TestHandAddedSetElement(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
@@ -260,6 +263,7 @@ func TestHandAddedSetElement(t *testing.T) {
 // is found by comparing the kernel, rule by rule, with what loading the
 // applied policy into an empty scratch namespace gives.
 func TestRuleChangedInPlace(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

@@ -241,6 +241,7 @@ func observe(t *testing.T, e *env, routed bool) map[string]lab.Outcome {
 }
 
 func TestUFWDifferential(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("ufw"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal("ufw is not installed (scripts/setup.sh installs it)")
