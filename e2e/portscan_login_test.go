@@ -18,6 +18,7 @@ import (
 // session stays up; another client scanning is banned; IPv4 and IPv6,
 // both backends.
 func TestPortscanSparesLoginAfterApply(t *testing.T) {
+	t.Parallel()
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)

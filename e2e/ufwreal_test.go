@@ -62,6 +62,7 @@ func hostUFWState(t *testing.T) string {
 // and moat says so: the apply warns, status (and its JSON) names ufw, and
 // explain says moat accepts port 80 but ufw can still drop it.
 func TestRealUFWNamed(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("ufw"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal("ufw is not installed (scripts/setup.sh installs it)")
