@@ -231,6 +231,17 @@ func lineStatement(d *Document, i int, svc Services) (st Statement, ok bool, err
 
 // ruleText is the rule as written: the line without its '#' comment.
 func ruleText(line string) string {
+	if !strings.Contains(line, "#") {
+		// No comment: the tokens run from the first character that is
+		// not a blank to the last (anything else is a lexing error, which
+		// gives the same), so the line need not be lexed a second time.
+		return strings.TrimSpace(line)
+	}
+	return ruleTextLexed(line)
+}
+
+// ruleTextLexed is ruleText by the tokens.
+func ruleTextLexed(line string) string {
 	toks, err := Lex(line)
 	if err != nil || len(toks) == 0 {
 		return strings.TrimSpace(line)
