@@ -542,11 +542,12 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 		if l.Prog != "" {
 			ev, ok = ParseMessage(l.Prog, l.Text)
 			ev.PID = l.PID
-		} else if !TrustedFileLine(l.Text) {
-			skip(SkipUntrusted)
-			return
 		} else {
-			ev, ok = ParseLine(l.Text)
+			var trusted bool
+			if ev, ok, trusted = parseFileLine(l.Text); !trusted {
+				skip(SkipUntrusted)
+				return
+			}
 		}
 		if !ok {
 			return

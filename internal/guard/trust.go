@@ -15,6 +15,11 @@ import "strings"
 func TrustedFileLine(line string) bool {
 	s := strings.TrimRight(line, "\r\n")
 	prog, pid, _, ok := splitBanner(s)
+	return trustedBanner(s, prog, pid, ok)
+}
+
+// trustedBanner is TrustedFileLine's judgement of s's split banner.
+func trustedBanner(s, prog string, pid int, ok bool) bool {
 	switch {
 	case !ok:
 		return false
@@ -25,4 +30,19 @@ func TrustedFileLine(line string) bool {
 		// The program's own name, exactly (no path), and a PID.
 		return ourProgs[prog] && pid > 0
 	}
+}
+
+// parseFileLine is TrustedFileLine and, for a trusted line, ParseLine,
+// with the banner split once (the guard's loop runs it on every line).
+func parseFileLine(line string) (ev Event, ok, trusted bool) {
+	s := strings.TrimRight(line, "\r\n")
+	prog, pid, msg, sok := splitBanner(s)
+	if !trustedBanner(s, prog, pid, sok) {
+		return Event{}, false, false
+	}
+	// A trusted line's program is "" or one of ourProgs, without a path:
+	// ParseLine's checks of it have nothing left to do.
+	ev, ok = ParseMessage(prog, msg)
+	ev.PID = pid
+	return ev, ok, true
 }

@@ -30,3 +30,33 @@ func TestTrustedFileLine(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseFileLine: the guard's loop splits a line's banner once;
+// parseFileLine must say what TrustedFileLine and then ParseLine say.
+func FuzzParseFileLine(f *testing.F) {
+	for _, c := range readCorpus(f) {
+		f.Add(c.line)
+	}
+	for _, s := range fuzzSeeds {
+		f.Add(s)
+	}
+	f.Add("Nov 25 11:40:01 srv sshd[812]: Failed password for root from 198.51.100.9 port 22 ssh2\r\n")
+	f.Add("Nov 25 11:40:01 srv /usr/sbin/sshd[812]: Failed password for root from 198.51.100.9 port 22 ssh2")
+	f.Add("Failed password for root from 2001:db8::9 port 22 ssh2")
+	f.Fuzz(func(t *testing.T, line string) {
+		ev, ok, trusted := parseFileLine(line)
+		if want := TrustedFileLine(line); trusted != want {
+			t.Fatalf("%q: trusted %v, TrustedFileLine says %v", line, trusted, want)
+		}
+		if !trusted {
+			if ok || ev != (Event{}) {
+				t.Fatalf("%q: untrusted, yet an event %+v", line, ev)
+			}
+			return
+		}
+		wev, wok := ParseLine(line)
+		if ok != wok || ev != wev {
+			t.Fatalf("%q: parseFileLine = %+v, %v; ParseLine = %+v, %v", line, ev, ok, wev, wok)
+		}
+	})
+}
