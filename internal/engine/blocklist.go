@@ -67,7 +67,7 @@ func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]neti
 		return &Result{FailClosed: cur.applied}, nil
 	}
 	doc := policy.NewDocument(cur.applied.Source, []byte(cur.applied.Policy))
-	p, err := doc.Policy(e.o.Services)
+	p, err := e.policyOf(doc)
 	if err != nil {
 		return nil, fmt.Errorf("the applied policy no longer parses: %w", err)
 	}

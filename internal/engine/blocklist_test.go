@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -95,5 +96,27 @@ func TestRefreshBlocklists(t *testing.T) {
 	}
 	if r.nft.Loaded() != before {
 		t.Errorf("the kernel changed although the apply failed")
+	}
+}
+
+// A refresh parses the applied policy with the engine's application
+// profiles, as the apply did: a policy naming a profile used to fail
+// with "the applied policy no longer parses".
+func TestRefreshWithProfile(t *testing.T) {
+	r := newRig(t)
+	r.eng.o.Apps = policy.AppsFromPorts(map[string]string{"Web": "8080/tcp"})
+	r.write("default deny incoming\nallow 22/tcp\nallow Web\nblocklist drop url https://lists.example/drop.txt\n")
+	if _, err := r.enable(r.ch(0)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.refresh(map[string][]netip.Prefix{"drop": {netip.MustParsePrefix("203.0.113.0/24")}})
+	if err != nil || res.Applied == nil {
+		t.Fatalf("refresh: %+v %v", res, err)
+	}
+	if got := r.setPrefixes(r.nft, "bl4_drop"); len(got) != 1 || got[0].String() != "203.0.113.0/24" {
+		t.Errorf("bl4_drop = %v", got)
+	}
+	if !strings.Contains(r.nft.Loaded(), "8080") {
+		t.Errorf("the profile's port is not loaded: %s", r.nft.Loaded())
 	}
 }
