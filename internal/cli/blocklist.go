@@ -227,7 +227,7 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 	if applied, err := engine.LoadApplied(a.stateDir); err == nil && applied != nil && !applied.FailClosed {
 		text = []byte(applied.Policy)
 	}
-	p, err := policy.NewDocument(a.config, text).Policy(a.services())
+	p, err := a.parseApplied(string(text))
 	if err != nil {
 		return err
 	}
