@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -164,23 +165,11 @@ func (p Proc) is() bool {
 		return false // no arguments to check: never signal it
 	}
 	for i := range args {
-		if i+len(p.Marker) <= len(args) && equal(args[i:i+len(p.Marker)], p.Marker) {
+		if i+len(p.Marker) <= len(args) && slices.Equal(args[i:i+len(p.Marker)], p.Marker) {
 			return true
 		}
 	}
 	return false
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Stopped reports whether the process is the one recorded and is stopped
