@@ -198,7 +198,7 @@ func LoadIntent(dir string) (*Intent, error) {
 // Outcome is how the last pending change ended.
 type Outcome struct {
 	ID      string    `json:"id"`
-	Outcome string    `json:"outcome"` // "confirmed" or "rolled back"
+	Outcome string    `json:"outcome"` // "confirmed", "rolled back" or "disabled"
 	Time    time.Time `json:"time"`
 	// Applied is when the change was applied; Reason why it was rolled
 	// back ("deadline", "moat rollback", ...).
