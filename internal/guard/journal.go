@@ -58,10 +58,6 @@ type journalEntry struct {
 	Realtime   string          `json:"__REALTIME_TIMESTAMP"`
 }
 
-// sshdPrograms are the names sshd's and dropbear's processes and binaries
-// have.
-var sshdPrograms = map[string]bool{"sshd": true, "sshd-session": true, "dropbear": true}
-
 // sshdUnit reports whether a systemd unit is one that runs sshd or
 // dropbear: ssh.service (Debian), sshd.service (Red Hat, Arch),
 // dropbear.service, and the per-connection instances of socket
@@ -89,7 +85,8 @@ func (e *journalEntry) Trusted() bool {
 	if e.UID != "0" {
 		return false
 	}
-	return sshdPrograms[e.Comm] || (e.Exe != "" && sshdPrograms[path.Base(e.Exe)]) || sshdUnit(e.Unit)
+	// ourProgs: the names of sshd's and dropbear's processes and binaries.
+	return ourProgs[e.Comm] || (e.Exe != "" && ourProgs[path.Base(e.Exe)]) || sshdUnit(e.Unit)
 }
 
 // ErrUntrusted marks a journal entry that does not come from sshd.
