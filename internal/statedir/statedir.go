@@ -263,6 +263,21 @@ func lock(dir, name string, waiting func(int), wait bool) (*Lock, error) {
 	return &Lock{f: f}, nil
 }
 
+// Held reports whether a process holds the lock name in dir, and its PID
+// (0 while it has not written it yet). It creates nothing and takes
+// nothing: a lock file left by a dead holder is not held.
+func Held(dir, name string) (pid int, held bool) {
+	f, err := OpenFile(dir, name, os.O_RDONLY, 0)
+	if err != nil {
+		return 0, false
+	}
+	defer func() { _ = f.Close() }() // read only; closing drops our lock
+	if err := flock(f, syscall.LOCK_SH|syscall.LOCK_NB); err == nil {
+		return 0, false // nobody holds it
+	}
+	return readPID(f), true
+}
+
 func flock(f *os.File, how int) error {
 	for {
 		err := syscall.Flock(int(f.Fd()), how)

@@ -160,6 +160,12 @@ func TestLockNamesHolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if pid, ok := Held(dir, "guard.lock"); !ok || pid != os.Getpid() {
+		t.Fatalf("Held = %d, %v; want %d, true", pid, ok, os.Getpid())
+	}
+	if pid, ok := Held(dir, "other.lock"); ok || pid != 0 {
+		t.Fatalf("Held of a missing lock = %d, %v", pid, ok)
+	}
 	_, err = TryLock(dir, "guard.lock")
 	var held *HeldError
 	if !errors.As(err, &held) || held.PID != os.Getpid() || !strings.Contains(err.Error(), "PID "+strconv.Itoa(os.Getpid())) {
@@ -189,6 +195,9 @@ func TestLockNamesHolder(t *testing.T) {
 		t.Errorf("waiting callback got PID %d", waitedFor.Load())
 	}
 	l2.Unlock()
+	if pid, ok := Held(dir, "guard.lock"); ok {
+		t.Fatalf("Held after Unlock = %d, true", pid)
+	}
 	if l3, err := TryLock(dir, "guard.lock"); err != nil {
 		t.Fatal(err)
 	} else {
