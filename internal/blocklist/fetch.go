@@ -86,7 +86,8 @@ func (f *Fetcher) Fetch(ctx context.Context, url string, m Meta) (*Response, err
 	case resp.StatusCode == http.StatusNotModified:
 		return &Response{NotModified: true, ETag: validator(resp.Header.Get("ETag")), LastModified: validator(resp.Header.Get("Last-Modified"))}, nil
 	case resp.StatusCode != http.StatusOK:
-		return nil, fmt.Errorf("fetch %s: server answered %s", url, resp.Status)
+		// resp.Status carries the server's own reason phrase (any bytes).
+		return nil, fmt.Errorf("fetch %s: server answered %d %s", url, resp.StatusCode, http.StatusText(resp.StatusCode))
 	}
 	max := f.MaxBytes
 	if max <= 0 {
