@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // Rule is one kernel rule as drift sees it.
@@ -392,20 +393,9 @@ func Compare(want, got *Layout) []string {
 	slices.Sort(jumps)
 	out = append(out, jumps...)
 	for i := range out {
-		out[i] = printable(out[i])
+		out[i] = termtext.Printable(out[i])
 	}
 	return out
-}
-
-// printable drops control characters: names and comments read from the
-// kernel never reach the admin's terminal raw.
-func printable(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return -1
-		}
-		return r
-	}, s)
 }
 
 func orNone(s string) string {

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // Finding is one place outside moat that can drop packets.
@@ -35,7 +36,7 @@ type Finding struct {
 }
 
 func (f Finding) String() string {
-	s := printable(f.Where) + ": " + f.What
+	s := termtext.Printable(f.Where) + ": " + f.What
 	if f.Tool != "" {
 		s = f.Tool + ": " + s
 	}
@@ -475,16 +476,4 @@ func count(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
-}
-
-// printable drops control characters from names read from the kernel
-// (chain and table names are the other tools' to choose): they never
-// reach the admin's terminal.
-func printable(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return -1
-		}
-		return r
-	}, s)
 }

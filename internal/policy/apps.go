@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // App is an application profile in ufw's INI format
@@ -161,13 +163,7 @@ func ParseApps(file string, data []byte) ([]*App, []string) {
 
 // clean keeps printable text only (profiles are shown to the admin).
 func clean(s string) string {
-	s = strings.TrimSpace(s)
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return -1
-		}
-		return r
-	}, s)
+	return termtext.Printable(strings.TrimSpace(s))
 }
 
 // checkAppName says what is wrong with a profile name, or "".
