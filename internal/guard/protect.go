@@ -161,7 +161,7 @@ func LoggedInClients(procRoot string) ([]netip.Addr, error) {
 			continue
 		}
 		title := strings.TrimRight(string(bytes.ReplaceAll(cmd, []byte{0}, []byte{' '})), " ")
-		if !sessionTitle.MatchString(title) {
+		if !sessionTitle.MatchString(title) || !rootSSHDParent(procRoot, d.Name()) {
 			continue
 		}
 		fdDir := filepath.Join(procRoot, d.Name(), "fd")
@@ -203,6 +203,52 @@ func LoggedInClients(procRoot string) ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// rootSSHDParent reports whether process pid's parent is an sshd run by
+// root: a logged-in session's process is the child of its root monitor
+// ("sshd: user [priv]"). Any local user can start a program named sshd
+// with a session's title holding a connection to an address of his
+// choice; its parent is his own, so it never shields that address.
+func rootSSHDParent(procRoot, pid string) bool {
+	ppid, _ := procStatus(filepath.Join(procRoot, pid))
+	if ppid <= 0 {
+		return false
+	}
+	dir := filepath.Join(procRoot, strconv.Itoa(ppid))
+	comm, err := os.ReadFile(filepath.Join(dir, "comm"))
+	if err != nil {
+		return false
+	}
+	if name := strings.TrimSpace(string(comm)); name != "sshd" && name != "sshd-session" {
+		return false
+	}
+	_, uid := procStatus(dir)
+	return uid == 0
+}
+
+// procStatus reads a process's parent and real user ID from its status
+// file (-1 each when unknown).
+func procStatus(dir string) (ppid, uid int) {
+	ppid, uid = -1, -1
+	data, err := os.ReadFile(filepath.Join(dir, "status"))
+	if err != nil {
+		return ppid, uid
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+			if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				ppid = n
+			}
+		} else if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				if n, err := strconv.Atoi(f[0]); err == nil {
+					uid = n
+				}
+			}
+		}
+	}
+	return ppid, uid
 }
 
 // procAddr reads the address of "0100007F:0016" (32-bit words in host
