@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 func read(t *testing.T, name string) string {
@@ -202,11 +204,20 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"nftables":[{"rule":{"chain":"input","comment":"L1","expr":[{"accept":null}]}}]}`))
 	f.Add([]byte("-A MOAT-INPUT -m comment --comment \"L1 x\" -j RETURN\n-A INPUT -j MOAT-INPUT\n:MOAT-X - [0:0]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		var out []string
 		if l, err := ParseNftJSON(data); err == nil {
-			_ = Compare(l, newLayout())
+			out = append(out, Compare(l, newLayout())...)
+			out = append(out, Compare(newLayout(), l)...)
 		}
 		l := ParseIptSave(data, data)
-		_ = Compare(ParseIptScript(string(data)), l)
+		out = append(out, Compare(ParseIptScript(string(data)), l)...)
 		_ = ParseNftScript(string(data))
+		// What drift reports goes to the admin's terminal: names and
+		// comments read from the kernel never carry control characters.
+		for _, line := range out {
+			if line != termtext.Printable(line) {
+				t.Fatalf("drift report %q carries control characters", line)
+			}
+		}
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 func fixture(t *testing.T, name string) []byte {
@@ -80,8 +82,15 @@ func FuzzFromIptablesSave(f *testing.F) {
 	}
 	f.Add([]byte(":INPUT DROP [0:0]\n-A INPUT -j X\n-A X -j X\n-A X -g Y\n-A Y -j DROP\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_ = FromIptablesSave("iptables", data)
-		_, _ = FromNftJSON(data, true)
+		found := FromIptablesSave("iptables", data)
+		more, _ := FromNftJSON(data, true)
+		// A finding is shown on the admin's terminal: the names in it are
+		// the other tools' (or an attacker's) to choose.
+		for _, f := range append(found, more...) {
+			if s := f.String(); s != termtext.Printable(s) {
+				t.Fatalf("finding %q carries control characters", s)
+			}
+		}
 	})
 }
 
