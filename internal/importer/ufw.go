@@ -253,14 +253,9 @@ func (t tuple) words(family string) ([]string, []string) {
 	// At least one clause: 'allow in to any' rather than 'allow in'.
 	clause("to", t.dst, t.dport, t.dapp, addr(t.src) == "any" && t.sport == "any" && t.sapp == "")
 	if c := t.comment; c != "" {
-		clean := strings.Map(func(r rune) rune {
-			if strings.ContainsRune("'\"\\`$", r) || r < 0x20 || r == 0x7f {
-				return -1
-			}
-			return r
-		}, c)
+		clean := policy.CleanComment(c)
 		if clean != c {
-			notes = append(notes, fmt.Sprintf("%s:%d: the comment lost characters moat does not allow in comments (quotes, backslashes, '`', '$', control characters)", t.file, t.line))
+			notes = append(notes, fmt.Sprintf("%s:%d: the comment lost characters moat does not allow in comments (quotes, backslashes, '`', '$', control characters, bidirectional controls, bytes past the first 100)", t.file, t.line))
 		}
 		if clean != "" {
 			w = append(w, "comment", clean)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // StmtKind is the kind of a policy statement.
@@ -550,6 +551,23 @@ func checkComment(c string) string {
 		}
 	}
 	return ""
+}
+
+// CleanComment makes text from elsewhere (an imported ufw comment) a
+// comment checkComment takes: the characters it refuses are dropped and
+// the text is cut, on a character boundary, to the bytes allowed.
+func CleanComment(c string) string {
+	var b strings.Builder
+	for _, ch := range c {
+		if strings.ContainsRune("'\"\\`$", ch) || isControl(ch) || (ch >= 0x202a && ch <= 0x202e) || (ch >= 0x2066 && ch <= 0x2069) {
+			continue
+		}
+		if b.Len()+utf8.RuneLen(ch) > maxComment {
+			break
+		}
+		b.WriteRune(ch)
+	}
+	return b.String()
 }
 
 // parseRate reads "N/Ts" (T seconds; 'm' and 'h' suffixes also work): the

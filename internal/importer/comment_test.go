@@ -1,0 +1,43 @@
+package importer
+
+import (
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// TestImportUFWHostileComment: a ufw comment is anyone's text (ufw keeps it
+// hex-encoded). What the import makes of it is a line moat's parser takes,
+// so the rule is kept: no C1 control (an 8-bit CSI), no bidirectional
+// override, no more bytes than a comment may have.
+func TestImportUFWHostileComment(t *testing.T) {
+	for name, c := range map[string]string{
+		"c1":   "ssh\u009b2Jfrom office",
+		"bidi": "ssh \u202egnp.exe",
+		"long": strings.Repeat("é", 80),
+	} {
+		dir := t.TempDir()
+		rules := "*filter\n### RULES ###\n\n### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in comment=" +
+			hex.EncodeToString([]byte(c)) + "\n-A ufw-user-input -p tcp --dport 22 -j ACCEPT\n\n### END RULES ###\nCOMMIT\n"
+		if err := os.WriteFile(filepath.Join(dir, "user.rules"), []byte(rules), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		res, err := ImportUFW(UFWSource{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Lines) != 1 {
+			t.Fatalf("%s: lines %q, want the one rule", name, res.Lines)
+		}
+		if _, _, err := policy.ParseLine(res.Lines[0], policy.Pos{}, nil); err != nil {
+			t.Errorf("%s: moat refuses the imported line %q: %v", name, res.Lines[0], err)
+		}
+		if !strings.Contains(strings.Join(res.Notes, "\n"), "the comment lost characters") {
+			t.Errorf("%s: no note that the comment changed: %q", name, res.Notes)
+		}
+	}
+}
