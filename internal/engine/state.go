@@ -246,17 +246,9 @@ func writeJSON(dir, name string, v any) error {
 
 // marshalState is the text writeJSON writes for v.
 func marshalState(name string, v any) ([]byte, error) {
-	data, err := json.Marshal(v)
+	data, err := statedir.MarshalJSON(v)
 	if err != nil {
 		return nil, fmt.Errorf("write %s: %w", name, err)
-	}
-	// Indented for the admin's eyes when small; a large policy (100,000
-	// lines) is written compact: indenting it cost a pass over megabytes.
-	if len(data) < 64<<10 {
-		var buf bytes.Buffer
-		if json.Indent(&buf, data, "", "  ") == nil {
-			data = buf.Bytes()
-		}
 	}
 	return data, nil
 }

@@ -1,7 +1,6 @@
 package safeapply
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -32,21 +31,10 @@ const savedFile = "saved.json"
 
 // Save records the applied policy for the next boot (atomically).
 func Save(dir string, s Saved) error {
-	if err := statedir.Ensure(dir); err != nil {
-		return fmt.Errorf("save ruleset: %w", err)
-	}
 	s.Saved = time.Now().UTC()
-	data, err := json.Marshal(s)
+	data, err := statedir.MarshalJSON(s)
 	if err != nil {
 		return err
-	}
-	// Indented for the admin's eyes when small; a large policy (100,000
-	// lines) is written compact: indenting it cost a pass over megabytes.
-	if len(data) < 64<<10 {
-		var buf bytes.Buffer
-		if json.Indent(&buf, data, "", "  ") == nil {
-			data = buf.Bytes()
-		}
 	}
 	if err := statedir.WriteFile(dir, savedFile, data); err != nil {
 		return fmt.Errorf("save ruleset: %w", err)

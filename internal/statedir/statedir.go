@@ -13,6 +13,8 @@
 package statedir
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -190,6 +192,23 @@ func WriteFile(dir, name string, data []byte) error {
 		return err
 	}
 	return atomicfile.WriteFile(filepath.Join(dir, name), data, Perm)
+}
+
+// MarshalJSON is a state file's text for v: indented for the admin's eyes
+// when small (under 64 KiB), compact when large (indenting a 100,000-line
+// policy cost a pass over megabytes).
+func MarshalJSON(v any) ([]byte, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) < 64<<10 {
+		var buf bytes.Buffer
+		if json.Indent(&buf, data, "", "  ") == nil {
+			data = buf.Bytes()
+		}
+	}
+	return data, nil
 }
 
 // Remove removes name in dir (a link is removed, not its target); a missing

@@ -204,3 +204,15 @@ func TestLockNamesHolder(t *testing.T) {
 		l3.Unlock()
 	}
 }
+
+// A small state file is indented for the admin; a large one is compact.
+func TestMarshalJSON(t *testing.T) {
+	small, err := MarshalJSON(map[string]string{"a": "b"})
+	if err != nil || string(small) != "{\n  \"a\": \"b\"\n}" {
+		t.Fatalf("small: %q, %v; want indented", small, err)
+	}
+	large, err := MarshalJSON(map[string]string{"a": strings.Repeat("x", 64<<10), "b": "c"})
+	if err != nil || strings.Contains(string(large), "\n") || len(large) < 64<<10 {
+		t.Fatalf("large: %d bytes, newline %v, %v; want compact", len(large), strings.Contains(string(large), "\n"), err)
+	}
+}
