@@ -3,8 +3,6 @@
 package atomicfile
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -12,12 +10,12 @@ import (
 	"syscall"
 )
 
-// WriteFile writes data to a new file beside name (created O_EXCL and
-// O_NOFOLLOW, mode 0600 until it is complete, so nobody can plant a link or
-// open it half-written), syncs it, gives it perm, renames it over name and
-// syncs the directory. A symbolic link at name is replaced, not followed.
+// WriteFile writes data to a new file beside name (os.CreateTemp: a random
+// name created O_EXCL, which never opens a link planted there, mode 0600
+// until it is complete, so nobody can open it half-written), syncs it,
+// gives it perm, renames it over name and syncs the directory. A symbolic link at name is replaced, not followed.
 func WriteFile(name string, data []byte, perm os.FileMode) error {
-	tmp, err := createTemp(name)
+	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -48,25 +46,6 @@ func WriteFile(name string, data []byte, perm os.FileMode) error {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	return nil
-}
-
-func createTemp(name string) (*os.File, error) {
-	dir, base := filepath.Split(name)
-	if dir == "" {
-		dir = "."
-	}
-	for try := 0; ; try++ {
-		var rnd [8]byte
-		if _, err := rand.Read(rnd[:]); err != nil {
-			return nil, err
-		}
-		path := filepath.Join(dir, "."+base+"."+hex.EncodeToString(rnd[:])+".tmp")
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
-		if errors.Is(err, os.ErrExist) && try < 100 {
-			continue
-		}
-		return f, err
-	}
 }
 
 // syncDir makes a rename in dir durable.
