@@ -41,3 +41,32 @@ func TestImportUFWHostileComment(t *testing.T) {
 		}
 	}
 }
+
+// TestImportUFWHostileField: a tuple field with a control character (an
+// escape sequence in a port or an interface name) is not imported, and the
+// note does not carry it raw: notes and refused lines go to the terminal
+// and into the policy file as '# NOTE:' lines.
+func TestImportUFWHostileField(t *testing.T) {
+	dir := t.TempDir()
+	rules := "*filter\n### RULES ###\n\n### tuple ### allow tcp 22\x1b]0;owned\x07 0.0.0.0/0 any 0.0.0.0/0 in_eth0\u202e\n" +
+		"### tuple ### allow tcp 443 0.0.0.0/0 any 0.0.0.0/0 in\n### END RULES ###\nCOMMIT\n"
+	if err := os.WriteFile(filepath.Join(dir, "user.rules"), []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, err := ImportUFW(UFWSource{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Lines) != 1 || !strings.Contains(res.Lines[0], "443") {
+		t.Errorf("lines %q, want only the 443 rule", res.Lines)
+	}
+	notes := strings.Join(res.Notes, "\n")
+	if !strings.Contains(notes, "user.rules:4: not imported") {
+		t.Errorf("no note on the hostile tuple: %q", notes)
+	}
+	for _, l := range append(res.Lines, res.Notes...) {
+		if strings.ContainsAny(l, "\x1b\x07\u202e") {
+			t.Errorf("raw control characters reach the output: %q", l)
+		}
+	}
+}

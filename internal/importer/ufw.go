@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // Result is an imported policy: its lines, and notes on what could not be
@@ -148,6 +149,13 @@ func parseTuple(f []string) (tuple, string) {
 		}
 		t.comment = string(raw)
 		f = f[:len(f)-1]
+	}
+	for _, w := range f {
+		// The lines and notes made from the fields reach the terminal
+		// and the policy file.
+		if w != termtext.Printable(w) {
+			return t, fmt.Sprintf("field %q holds control characters", w)
+		}
 	}
 	switch len(f) {
 	case 7:
