@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // TestImportUFWHostileComment: a ufw comment is anyone's text (ufw keeps it
@@ -68,5 +69,29 @@ func TestImportUFWHostileField(t *testing.T) {
 		if strings.ContainsAny(l, "\x1b\x07\u202e") {
 			t.Errorf("raw control characters reach the output: %q", l)
 		}
+	}
+}
+
+// TestImportFail2banHostileValues: fail2ban's values are quoted in the
+// notes, which go to the terminal and into the policy file as '# NOTE:'
+// lines: control characters in them (an escape sequence, a carriage
+// return) never get there raw. A tab still separates list items.
+func TestImportFail2banHostileValues(t *testing.T) {
+	dir := t.TempDir()
+	jail := "[sshd]\nenabled = true\nmaxretry = 3\x1b]0;owned\x07\nbantime = 1h\r\x1b[2J\nignoreip = 192.0.2.1\t198.51.100.0/24\u202e\n"
+	if err := os.WriteFile(filepath.Join(dir, "jail.local"), []byte(jail), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, err := ImportFail2ban(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range append(res.Lines, res.Notes...) {
+		if l != termtext.Printable(l) {
+			t.Errorf("raw control characters reach the output: %q", l)
+		}
+	}
+	if !strings.Contains(strings.Join(res.Lines, "\n"), "allowlist 192.0.2.1 198.51.100.0/24") {
+		t.Errorf("the allowlist is lost: %q", res.Lines)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // iniFile is fail2ban's configuration: sections of key = value, later
@@ -23,7 +25,9 @@ func readINI(ini iniFile, data []byte) {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		raw := sc.Text()
+		// Values are quoted in notes (terminal, '# NOTE:' lines): control
+		// characters are dropped, a tab is a space.
+		raw := termtext.Printable(strings.ReplaceAll(sc.Text(), "\t", " "))
 		line := strings.TrimSpace(raw)
 		if line == "" || line[0] == '#' || line[0] == ';' {
 			continue
