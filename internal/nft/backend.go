@@ -437,7 +437,7 @@ func parseCounters(data []byte) (map[string]ruleset.Counter, error) {
 			}
 			var n ruleset.Counter
 			if err := json.Unmarshal(c, &n); err != nil {
-				return nil, errors.Join(fmt.Errorf("nftables: parse counter of %s", id), err)
+				return nil, fmt.Errorf("nftables: parse counter of %q: %w", id, err)
 			}
 			sum := out[id]
 			sum.Packets += n.Packets
