@@ -108,13 +108,7 @@ func TestLockoutPolicyRouting(t *testing.T) {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
 			t.Parallel()
-			var tcp []uint16
-			for _, p := range serverTCP {
-				if p != 22 && p != 2222 {
-					tcp = append(tcp, p)
-				}
-			}
-			e := newEnvPorts(t, b, true, tcp)
+			e := newEnvPorts(t, b, true, sshFreeTCP())
 			srv := e.startSSHD(22)
 			e.apply("default deny incoming\nallow 22/tcp\n")
 			for _, cmd := range [][]string{
@@ -293,13 +287,7 @@ func TestForwardedSSHWarned(t *testing.T) {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
 			t.Parallel()
-			var tcp []uint16
-			for _, p := range serverTCP {
-				if p != 22 && p != 2222 {
-					tcp = append(tcp, p)
-				}
-			}
-			e := newEnvPorts(t, b, true, tcp)
+			e := newEnvPorts(t, b, true, sshFreeTCP())
 			s := sshdSetup{name: "inside", port: 22, ns: e.topo.Backend,
 				conf: func(dir string) string {
 					return "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\n" + sshdCommon(dir)

@@ -88,13 +88,19 @@ func newEnv(t *testing.T, backend string, routed bool) *env {
 // newSSHEnv leaves ports 22 and 2222 of the server free for a real sshd.
 func newSSHEnv(t *testing.T, backend string) *env {
 	t.Helper()
+	return newEnvPorts(t, backend, false, sshFreeTCP())
+}
+
+// sshFreeTCP are the server's listener ports less 22 and 2222, which a
+// real sshd takes.
+func sshFreeTCP() []uint16 {
 	var tcp []uint16
 	for _, p := range serverTCP {
 		if p != 22 && p != 2222 {
 			tcp = append(tcp, p)
 		}
 	}
-	return newEnvPorts(t, backend, false, tcp)
+	return tcp
 }
 
 func newEnvPorts(t *testing.T, backend string, routed bool, tcp []uint16) *env {

@@ -376,13 +376,7 @@ func TestLockoutLinkLocal(t *testing.T) {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
 			t.Parallel()
-			var tcp []uint16
-			for _, p := range serverTCP {
-				if p != 22 && p != 2222 {
-					tcp = append(tcp, p)
-				}
-			}
-			e := newEnvPorts(t, b, true, tcp)
+			e := newEnvPorts(t, b, true, sshFreeTCP())
 			srv := e.startSSHD(22)
 			e.apply("default allow incoming\n")
 			// The backend (behind the server's eth1) and the client (eth0)
@@ -428,13 +422,7 @@ func TestLockoutMoreSessions(t *testing.T) {
 		t.Run(b, func(t *testing.T) {
 			requireBackend(t, b)
 			t.Parallel()
-			var tcp []uint16
-			for _, p := range serverTCP {
-				if p != 22 && p != 2222 {
-					tcp = append(tcp, p)
-				}
-			}
-			e := newEnvPorts(t, b, true, tcp)
+			e := newEnvPorts(t, b, true, sshFreeTCP())
 			e.apply("default allow incoming\n")
 
 			// One address, one port: 'Port 22' is unused when every
