@@ -3,8 +3,10 @@ package safeapply
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -61,5 +63,51 @@ func BenchmarkCheckSessions(b *testing.B) {
 				b.ReportMetric(per/baseline, "x-baseline")
 			})
 		}
+	}
+}
+
+// BenchmarkTCPTable reads this namespace's TCP table the ways FindSSH can:
+// /proc/net/tcp and tcp6 as os.ReadFile reads them (512-byte steps, the
+// baseline: what FindSSH did), /proc in large steps (the fallback), and
+// sock_diag (what it does). Each read of /proc and each dump walks the
+// kernel's whole established hash, which network namespaces share.
+//
+//	go test -run XXX -bench TCPTable ./internal/safeapply/     # as root for sock_diag
+func BenchmarkTCPTable(b *testing.B) {
+	var base time.Duration
+	for _, c := range []struct {
+		name string
+		read func() error
+	}{
+		{"proc-readfile", func() error {
+			for _, name := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+				if _, err := os.ReadFile(name); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"proc-large-reads", func() error { _, err := readTCP("/proc"); return err }},
+		{"sock-diag", func() error {
+			_, diag, err := kernelTCP()
+			if err == nil && !diag {
+				err = fmt.Errorf("sock_diag did not answer")
+			}
+			return err
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if err := c.read(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			per := time.Since(start) / time.Duration(b.N)
+			if c.name == "proc-readfile" {
+				base = per // the last run's (b.Run runs once with N=1 first)
+			}
+			b.ReportMetric(float64(per)/float64(base), "x-baseline")
+		})
 	}
 }

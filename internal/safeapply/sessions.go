@@ -80,11 +80,15 @@ func (s SSHState) Ports() []uint16 {
 	return ports
 }
 
-// tcpEntry is one line of /proc/net/tcp or tcp6.
+// tcpEntry is one TCP socket: a line of /proc/net/tcp or tcp6, or a
+// sock_diag message.
 type tcpEntry struct {
 	local, remote netip.AddrPort
 	state         string // "0A" listen, "01" established
 	inode         string
+	// ifindex is the device the socket is bound to (0: none); known
+	// only from sock_diag.
+	ifindex uint32
 }
 
 // ianaEphemeral is the dynamic port range of RFC 6335, which most
@@ -110,6 +114,9 @@ var natPorts = policy.PortRange{First: 1024, Last: 65535}
 // are not sessions.
 func FindSSH(procRoot, sshConn string) (SSHState, error) {
 	f := &sshFinder{procRoot: procRoot, hintPorts: []uint16{22}, sockIface: sockDiagIfaces, routeIface: replyIface}
+	if procRoot == "/proc" {
+		f.table = kernelTCP
+	}
 	return f.find(sshConn)
 }
 
@@ -117,6 +124,9 @@ func FindSSH(procRoot, sshConn string) (SSHState, error) {
 // socket table.
 type sshFinder struct {
 	procRoot string
+	// table reads the namespace's TCP sockets (diag: their ifindex is
+	// known); nil reads procRoot's net/tcp and net/tcp6.
+	table func() (entries []tcpEntry, diag bool, err error)
 	// hintPorts are ports that count as SSH for a socket-activation
 	// listener even when no session proves it.
 	hintPorts []uint16
@@ -140,7 +150,14 @@ type procSockets struct {
 
 func (f *sshFinder) find(sshConn string) (SSHState, error) {
 	var st SSHState
-	entries, err := readTCP(f.procRoot)
+	var entries []tcpEntry
+	var diag bool
+	var err error
+	if f.table != nil {
+		entries, diag, err = f.table()
+	} else {
+		entries, err = readTCP(f.procRoot)
+	}
 	if err != nil {
 		return st, err
 	}
@@ -240,7 +257,16 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 			}
 		}
 	}
-	f.setIfaces(st.Sessions, inodes)
+	var bound map[string]uint32
+	if diag {
+		bound = map[string]uint32{}
+		for _, e := range entries {
+			if e.ifindex != 0 {
+				bound[e.inode] = e.ifindex
+			}
+		}
+	}
+	f.setIfaces(st.Sessions, inodes, bound)
 	return st, nil
 }
 
@@ -284,7 +310,10 @@ func (f *sshFinder) reconnectPorts() policy.Ports {
 // client as a neighbour, it is that one. (Other sessions are bound to a
 // device only in a VRF, whose device is not the one packets come in on:
 // they keep the route back to the client.)
-func (f *sshFinder) setIfaces(sessions []Session, inodes []string) {
+//
+// bound, when not nil, is what sock_diag said of every socket (inode to
+// the index of the device it is bound to): no second dump is needed.
+func (f *sshFinder) setIfaces(sessions []Session, inodes []string, bound map[string]uint32) {
 	// The others: the route back to the client from the address it
 	// connected to. With source-based policy routing (a host with an
 	// uplink per address) the main table's route to the client names
@@ -304,7 +333,15 @@ func (f *sshFinder) setIfaces(sessions []Session, inodes []string) {
 		return
 	}
 	var byInode map[string]string
-	if f.sockIface != nil {
+	switch {
+	case bound != nil:
+		byInode = map[string]string{}
+		for inode := range want {
+			if idx := bound[inode]; idx != 0 {
+				byInode[inode] = linkName(idx)
+			}
+		}
+	case f.sockIface != nil:
 		byInode, _ = f.sockIface(want)
 	}
 	for i, s := range sessions {
@@ -326,30 +363,27 @@ func isLinkLocal(a netip.Addr) bool {
 // interface each IPv6 TCP socket of this namespace is bound to.
 func sockDiagIfaces(inodes map[string]bool) (map[string]string, error) {
 	out := map[string]string{}
-	names := map[uint32]string{}
-	for _, family := range []uint8{unix.AF_INET6} {
-		socks, err := netlink.SocketDiagTCP(family)
-		if err != nil {
-			return out, fmt.Errorf("sock_diag: %w", err)
-		}
-		for _, s := range socks {
-			inode := strconv.FormatUint(uint64(s.INode), 10)
-			if !inodes[inode] || s.ID.Interface == 0 {
-				continue
-			}
-			name, ok := names[s.ID.Interface]
-			if !ok {
-				if l, err := netlink.LinkByIndex(int(s.ID.Interface)); err == nil {
-					name = l.Attrs().Name
-				}
-				names[s.ID.Interface] = name
-			}
-			if name != "" {
-				out[inode] = name
+	socks, err := diagTCP(unix.AF_INET6)
+	if err != nil {
+		return out, err
+	}
+	for _, s := range socks {
+		if inodes[s.inode] && s.ifindex != 0 {
+			if name := linkName(s.ifindex); name != "" {
+				out[s.inode] = name
 			}
 		}
 	}
 	return out, nil
+}
+
+// linkName names the device of index idx ("" if none).
+func linkName(idx uint32) string {
+	l, err := netlink.LinkByIndex(int(idx))
+	if err != nil {
+		return ""
+	}
+	return l.Attrs().Name
 }
 
 // replyIface names the interface of the route to client with source
@@ -421,46 +455,30 @@ func parseSSHConnection(v string) (Session, bool) {
 		Server: netip.AddrPortFrom(sa.Unmap().WithZone(""), uint16(sp)), Source: "SSH_CONNECTION of this shell"}, true
 }
 
-func readTCP(procRoot string) ([]tcpEntry, error) {
+// parseProcTCP reads the lines of /proc/net/tcp or tcp6 (the first is
+// the header).
+func parseProcTCP(data []byte) []tcpEntry {
 	var out []tcpEntry
-	// /proc/net is the main thread's namespace; the calling thread's is
-	// the one moat works in (a thread that entered another namespace must
-	// not blind the check).
-	dir := procRoot
-	if procRoot == "/proc" {
-		if _, err := os.Stat("/proc/thread-self/net"); err == nil {
-			dir = "/proc/thread-self"
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	first := true
+	for sc.Scan() {
+		if first {
+			first = false
+			continue
 		}
+		f := strings.Fields(sc.Text())
+		if len(f) < 10 {
+			continue
+		}
+		local, err1 := parseProcAddr(f[1])
+		remote, err2 := parseProcAddr(f[2])
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, tcpEntry{local: local, remote: remote, state: f[3], inode: f[9]})
 	}
-	for _, name := range []string{"net/tcp", "net/tcp6"} {
-		data, err := os.ReadFile(filepath.Join(dir, name))
-		if os.IsNotExist(err) {
-			continue // no IPv6 in this kernel
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", name, err)
-		}
-		sc := bufio.NewScanner(bytes.NewReader(data))
-		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		first := true
-		for sc.Scan() {
-			if first {
-				first = false
-				continue
-			}
-			f := strings.Fields(sc.Text())
-			if len(f) < 10 {
-				continue
-			}
-			local, err1 := parseProcAddr(f[1])
-			remote, err2 := parseProcAddr(f[2])
-			if err1 != nil || err2 != nil {
-				continue
-			}
-			out = append(out, tcpEntry{local: local, remote: remote, state: f[3], inode: f[9]})
-		}
-	}
-	return out, nil
+	return out
 }
 
 // parseProcAddr reads "0100007F:0016": the address as 32-bit words in host
