@@ -1,7 +1,6 @@
 package guard
 
 import (
-	"regexp"
 	"strconv"
 	"strings"
 )
@@ -11,21 +10,21 @@ import (
 // or a timestamp): a bare message is taken whole, so words of a message
 // can never be mistaken for a banner.
 var (
-	priRe     = regexp.MustCompile(`^<\d{1,3}>`)
-	bsdTimeRe = regexp.MustCompile(`^[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)? +`)
-	isoTimeRe = regexp.MustCompile(`^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? +`)
+	priRe     = lazyRE(`^<\d{1,3}>`)
+	bsdTimeRe = lazyRE(`^[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)? +`)
+	isoTimeRe = lazyRE(`^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)? +`)
 	// journalctl's other short forms: -o short-full ("Wed 2026-11-25
 	// 11:40:01 UTC"), short-unix, short-monotonic and short-delta.
-	fullTimeRe = regexp.MustCompile(`^[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]{1,6} +`)
-	unixTimeRe = regexp.MustCompile(`^\d{9,11}\.\d{1,9} +`)
-	monoTimeRe = regexp.MustCompile(`^\[ *\d+\.\d+(?: <[ \d.]+>)?\] +`)
+	fullTimeRe = lazyRE(`^[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z0-9+-]{1,6} +`)
+	unixTimeRe = lazyRE(`^\d{9,11}\.\d{1,9} +`)
+	monoTimeRe = lazyRE(`^\[ *\d+\.\d+(?: <[ \d.]+>)?\] +`)
 	// RFC 5424 header after the timestamp: HOST APP PROCID MSGID SD.
-	rfc5424Re = regexp.MustCompile(`^(\S+) (\S+) (\S+) (\S+) (-|\[.*?\]) ?`)
+	rfc5424Re = lazyRE(`^(\S+) (\S+) (\S+) (\S+) (-|\[.*?\]) ?`)
 	// "<10.5>" (FreeBSD syslogd -v), "auth.info" (busybox, socklog).
-	sourceRe   = regexp.MustCompile(`^<\d+\.\d+> +`)
-	facilityRe = regexp.MustCompile(`^[a-z0-9]+\.[a-z]+:? +`)
+	sourceRe   = lazyRE(`^<\d+\.\d+> +`)
+	facilityRe = lazyRE(`^[a-z0-9]+\.[a-z]+:? +`)
 	// PROG[PID]: or PROG: or PROG[PID] (rsyslog 8 without colon).
-	progRe = regexp.MustCompile(`^([A-Za-z0-9_./-]+)(?:\[(\d{1,10})\]:?|:) +`)
+	progRe = lazyRE(`^([A-Za-z0-9_./-]+)(?:\[(\d{1,10})\]:?|:) +`)
 )
 
 // ourProgs are the programs whose messages the parser reads.
@@ -51,7 +50,7 @@ func ParseLine(line string) (Event, bool) {
 
 // timestamp finds a timestamp at the start of s.
 func timestamp(s string) string {
-	for _, re := range []*regexp.Regexp{bsdTimeRe, isoTimeRe, fullTimeRe, unixTimeRe, monoTimeRe} {
+	for _, re := range []*lazyRegexp{bsdTimeRe, isoTimeRe, fullTimeRe, unixTimeRe, monoTimeRe} {
 		if t := re.FindString(s); t != "" {
 			return t
 		}

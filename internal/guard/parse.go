@@ -5,7 +5,6 @@ package guard
 
 import (
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 )
@@ -119,13 +118,13 @@ const proto = `(?: ssh[12])?`
 // sides, the line counts only when the address occurs once.
 type pattern struct {
 	kind Kind
-	re   *regexp.Regexp
+	re   *lazyRegexp
 	// user, address and port group numbers (0: none).
 	user, addr, port int
 	// unique: client text stands both before and after the address, so a
 	// fake address could fit either side: such a line counts only when the
 	// address pattern occurs once.
-	unique *regexp.Regexp
+	unique *lazyRegexp
 	// tail: the group whose text decides the kind (see kindOf).
 	tail int
 	// other, connPID: groups of a second address and of a "pid = N".
@@ -133,11 +132,11 @@ type pattern struct {
 }
 
 func p(kind Kind, user, addrGroup, port int, re string) pattern {
-	return pattern{kind: kind, re: regexp.MustCompile(re), user: user, addr: addrGroup, port: port}
+	return pattern{kind: kind, re: lazyRE(re), user: user, addr: addrGroup, port: port}
 }
 
 func withUnique(pt pattern, re string) pattern {
-	pt.unique = regexp.MustCompile(re)
+	pt.unique = lazyRE(re)
 	return pt
 }
 
@@ -155,8 +154,8 @@ const (
 )
 
 var (
-	tooManyRe = regexp.MustCompile(`^Too many authentication failures(?: for .*)?(?: \[preauth\])?$`)
-	authFail  = regexp.MustCompile(`^(?:.*[^A-Za-z])?Auth (?:fail|cancel)(?:[^A-Za-z].*)? \[preauth\]$`)
+	tooManyRe = lazyRE(`^Too many authentication failures(?: for .*)?(?: \[preauth\])?$`)
+	authFail  = lazyRE(`^(?:.*[^A-Za-z])?Auth (?:fail|cancel)(?:[^A-Za-z].*)? \[preauth\]$`)
 )
 
 func kindOf(k Kind, text string) Kind {
@@ -264,7 +263,7 @@ var sshdPatterns = map[string][]pattern{
 	"Timeout": {
 		// OpenSSH 9.8 (the listener, naming the connection's process):
 		// server first; 9.9 and later: client first.
-		{kind: LoginTimeout, re: regexp.MustCompile(`^Timeout before authentication for connection from ` + addr + ` to ` + addr + `, pid = (\d+)$`),
+		{kind: LoginTimeout, re: lazyRE(`^Timeout before authentication for connection from ` + addr + ` to ` + addr + `, pid = (\d+)$`),
 			addr: 1, other: 2, connPID: 3},
 		p(LoginTimeout, 0, 1, 2, `^Timeout before authentication for `+addr+` port (\d+)$`),
 	},
@@ -319,7 +318,7 @@ func failedKind(method string) Kind {
 
 // vendorRe is a prefix some platforms put before the message (Solaris:
 // "[ID 800047 auth.info]").
-var vendorRe = regexp.MustCompile(`^\[ID \d+ [a-z0-9]+\.[a-z]+\] `)
+var vendorRe = lazyRE(`^\[ID \d+ [a-z0-9]+\.[a-z]+\] `)
 
 // ParseMessage reads one message of a known program ("sshd",
 // "sshd-session", "dropbear"; empty: unknown, both are tried, as for a

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -134,7 +133,7 @@ func InterfaceAddrs() ([]netip.Addr, error) {
 // ("sshd: root@pts/0", "sshd-session: admin@notty"); before the login it
 // is "sshd: user [priv]", "[net]", "[preauth]" or "[accepted]", so a
 // connection still guessing passwords is never mistaken for a session.
-var sessionTitle = regexp.MustCompile(`^sshd(?:-session)?: [^\s@]+@\S+$`)
+var sessionTitle = lazyRE(`^sshd(?:-session)?: [^\s@]+@\S+$`)
 
 // LoggedInClients lists the client addresses of logged-in SSH sessions:
 // established TCP connections whose socket an sshd process holds whose
