@@ -26,6 +26,8 @@ type Document struct {
 	Lines []string
 	// Apps are the application profiles rules may name (nil: none).
 	Apps Apps
+	// cache is what the lines parsed to (cache.go).
+	cache *parsed
 }
 
 // ReadDocument reads a policy file. A missing file is an empty document.
@@ -216,6 +218,9 @@ func resolveLinks(name string) (string, error) {
 
 // lineStatement parses one line; ok is false for blank and comment lines.
 func lineStatement(d *Document, i int, svc Services) (st Statement, ok bool, err error) {
+	if r, ok := fastRule(d.Lines[i], Pos{File: d.Name, Line: i + 1}); ok {
+		return Statement{Kind: StmtRule, Rule: r}, true, nil
+	}
 	st, ok, err = ParseLineApps(d.Lines[i], Pos{File: d.Name, Line: i + 1}, svc, d.Apps)
 	if err != nil || !ok {
 		return Statement{}, false, err
@@ -260,7 +265,69 @@ func ruleTextLexed(line string) string {
 
 // Policy parses the whole document. All problems are reported (up to a
 // limit), each as FILE:LINE:COL: message.
+//
+// Each line is parsed once per document: the rules come from what an
+// earlier FindRule or FindMatch parsed (index), and the policy takes them
+// over (the document parses again if asked again).
 func (d *Document) Policy(svc Services) (*Policy, error) {
+	c := d.index(svc)
+	d.cache = nil // the policy owns c.rules now
+	p := New()
+	p.Source = d.Name
+	p.Rules = c.rules[:len(c.rules):len(c.rules)]
+	var errs []error
+	for i := range d.Lines {
+		switch c.kinds[i] {
+		case lineBlank, lineRule:
+			continue
+		}
+		st, ok, err := lineStatement(d, i, svc)
+		if err != nil {
+			errs = append(errs, err)
+			if len(errs) == maxErrors {
+				errs = append(errs, fmt.Errorf("%s: too many errors, stopping", d.Name))
+				break
+			}
+			continue
+		}
+		if !ok {
+			continue
+		}
+		switch st.Kind {
+		case StmtRule:
+			// Not cached as a rule: cannot happen (index parsed the same
+			// text), but a rule is never lost.
+			return d.policySlow(svc)
+		case StmtDefault:
+			p.Defaults[st.DefaultDir] = st.DefaultAction
+			p.DefaultPos[st.DefaultDir] = Pos{File: d.Name, Line: i + 1, Col: 1}
+		case StmtBackend:
+			p.Backend = st.Backend
+		case StmtGuard:
+			for _, g := range st.GuardSettings {
+				p.Guard.set(g)
+			}
+		case StmtAllowlist:
+			p.Guard.Allowlist = append(p.Guard.Allowlist, st.Allowlist...)
+		case StmtBlocklist:
+			if err := addBlocklist(p, st.Blocklist); err != nil {
+				errs = append(errs, err)
+			}
+		case StmtLogging:
+			p.Logging = st.Logging
+		case StmtPortscan:
+			p.Portscan = st.Portscan
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return p, nil
+}
+
+// policySlow is Policy parsing every line, without the cache.
+func (d *Document) policySlow(svc Services) (*Policy, error) {
+	d.cache = nil
 	p := New()
 	p.Source = d.Name
 	p.Rules = make([]Rule, 0, len(d.Lines))
@@ -311,6 +378,9 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 
 // ruleLines lists the indexes of the lines that hold rules, in order.
 func (d *Document) ruleLines() []int {
+	if idx, ok := d.cachedRuleLines(); ok {
+		return idx
+	}
 	var idx []int
 	for i, line := range d.Lines {
 		toks, err := Lex(line)
@@ -330,6 +400,7 @@ func (d *Document) RuleCount() int { return len(d.ruleLines()) }
 
 // AppendLine adds a line at the end.
 func (d *Document) AppendLine(line string) {
+	d.insertLine(len(d.Lines), line)
 	d.Lines = append(d.Lines, line)
 }
 
@@ -344,6 +415,7 @@ func (d *Document) InsertRule(n int, line string) error {
 		return fmt.Errorf("invalid position %d: expected 1 to %d", n, len(idx))
 	}
 	at := idx[n-1]
+	d.insertLine(at, line)
 	d.Lines = append(d.Lines[:at], append([]string{line}, d.Lines[at:]...)...)
 	return nil
 }
@@ -359,19 +431,35 @@ func (d *Document) DeleteRule(n int) (string, error) {
 	}
 	at := idx[n-1]
 	line := d.Lines[at]
+	d.deleteLine(at)
 	d.Lines = append(d.Lines[:at], d.Lines[at+1:]...)
 	return line, nil
 }
 
 // FindRule returns the number (1-based) of the first rule equal to r, or 0.
 func (d *Document) FindRule(r Rule, svc Services) int {
-	for n, i := range d.ruleLines() {
-		st, ok, err := lineStatement(d, i, svc)
-		if err == nil && ok && st.Kind == StmtRule && st.Rule.Equal(r) {
-			return n + 1
+	c := d.index(svc)
+	n, k := 0, 0
+	for i, kind := range c.kinds {
+		switch kind {
+		case lineRule:
+			n++
+			if mayEqual(&c.rules[k], &r) && c.rules[k].Equal(r) {
+				return n
+			}
+		case lineBadRule:
+			n++
 		}
+		k += int(c.nrules[i])
 	}
 	return 0
+}
+
+// mayEqual is false when a and b cannot have the same Key or MatchKey:
+// what tells most rules apart, compared without building the keys.
+func mayEqual(a, b *Rule) bool {
+	return a.From == b.From && a.To == b.To && a.Direction == b.Direction && a.Proto == b.Proto &&
+		len(a.ToPort) == len(b.ToPort) && len(a.FromPort) == len(b.FromPort)
 }
 
 // SetDefault writes 'default ACTION DIRECTION', replacing the line that set

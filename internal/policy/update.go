@@ -23,12 +23,20 @@ func (r Rule) MatchKey() string {
 // FindMatch returns the number (1-based) of the first rule that matches
 // the same packets as r, with that rule, or 0.
 func (d *Document) FindMatch(r Rule, svc Services) (int, Rule) {
+	c := d.index(svc)
 	want := r.MatchKey()
-	for n, i := range d.ruleLines() {
-		st, ok, err := lineStatement(d, i, svc)
-		if err == nil && ok && st.Kind == StmtRule && st.Rule.MatchKey() == want {
-			return n + 1, st.Rule
+	n, k := 0, 0
+	for i, kind := range c.kinds {
+		switch kind {
+		case lineRule:
+			n++
+			if mayEqual(&c.rules[k], &r) && c.rules[k].MatchKey() == want {
+				return n, c.rules[k]
+			}
+		case lineBadRule:
+			n++
 		}
+		k += int(c.nrules[i])
 	}
 	return 0, Rule{}
 }

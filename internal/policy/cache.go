@@ -1,0 +1,228 @@
+package policy
+
+import (
+	"reflect"
+	"slices"
+	"strings"
+)
+
+// A command that edits a 100,000-line policy used to parse every line
+// two or three times: the search for the rule to replace or delete, the
+// numbering of rules, then the whole policy to validate and apply. The
+// document now keeps what each line parsed to (parsed), so each line is
+// parsed once per command.
+//
+// The cache can never give what a fresh parse would not: a line is
+// reused only if its text is the very text parsed, at the same index of
+// a document with the same name, service names and application profiles
+// (the only inputs of a line's parse besides its number, which is set
+// again on every use). Edits made through the Document's methods keep the
+// cache in step; any other change of Lines (another length) drops it.
+
+// lineKind is what a line parsed to.
+type lineKind uint8
+
+const (
+	lineBlank   lineKind = iota // blank or comment only
+	lineRule                    // a valid rule: its rules are in parsed.rules
+	lineOther                   // a valid statement that is not a rule
+	lineBadRule                 // invalid, but starts with a rule word (numbered as a rule)
+	lineBad                     // invalid
+)
+
+// parsed is the document's lines parsed: kinds[i] and texts[i] for line
+// i; the rules of the rule lines, in order, in rules (nrules[i] of them
+// for line i: more than one for a profile with several protocols).
+type parsed struct {
+	name   string
+	svc    uintptr
+	apps   uintptr
+	texts  []string
+	kinds  []lineKind
+	nrules []uint8
+	rules  []Rule
+}
+
+// mapID is the identity of a map (0 for nil): the cache is valid for the
+// very services and profiles it was built with.
+func mapID(m any) uintptr {
+	v := reflect.ValueOf(m)
+	if !v.IsValid() || v.IsNil() {
+		return 0
+	}
+	return uintptr(v.UnsafePointer())
+}
+
+// isRuleWord reports the words that start a rule.
+func isRuleWord(w string) bool {
+	switch w {
+	case "allow", "deny", "reject", "limit", "route":
+		return true
+	}
+	return false
+}
+
+// parseOne parses line i for the cache.
+func (d *Document) parseOne(i int, svc Services, rules []Rule) (lineKind, []Rule) {
+	if r, ok := fastRule(d.Lines[i], Pos{File: d.Name, Line: i + 1}); ok {
+		return lineRule, append(rules, r)
+	}
+	st, ok, err := lineStatement(d, i, svc)
+	switch {
+	case err != nil:
+		if toks, lerr := Lex(d.Lines[i]); lerr == nil && len(toks) > 0 && isRuleWord(strings.ToLower(toks[0].Text)) {
+			return lineBadRule, rules
+		}
+		return lineBad, rules
+	case !ok:
+		return lineBlank, rules
+	case st.Kind == StmtRule:
+		rules = append(rules, st.Rule)
+		return lineRule, append(rules, st.More...)
+	}
+	return lineOther, rules
+}
+
+// index returns the document parsed with svc, parsing only what is not
+// cached already.
+func (d *Document) index(svc Services) *parsed {
+	c := d.cache
+	sid, aid := mapID(svc), mapID(d.Apps)
+	if c == nil || c.name != d.Name || c.svc != sid || c.apps != aid || len(c.texts) != len(d.Lines) {
+		c = &parsed{name: d.Name, svc: sid, apps: aid, texts: make([]string, len(d.Lines)),
+			kinds: make([]lineKind, len(d.Lines)), nrules: make([]uint8, len(d.Lines)), rules: make([]Rule, 0, len(d.Lines))}
+		for i := range d.Lines {
+			n := len(c.rules)
+			c.kinds[i], c.rules = d.parseOne(i, svc, c.rules)
+			c.texts[i] = d.Lines[i]
+			c.nrules[i] = uint8(len(c.rules) - n)
+		}
+		d.cache = c
+		return c
+	}
+	k := 0 // index in rules of line i's first rule
+	for i, line := range d.Lines {
+		n := int(c.nrules[i])
+		if line != c.texts[i] {
+			var fresh []Rule
+			c.kinds[i], fresh = d.parseOne(i, svc, nil)
+			c.rules = slices.Replace(c.rules, k, k+n, fresh...)
+			c.texts[i], c.nrules[i], n = line, uint8(len(fresh)), len(fresh)
+		}
+		for j := k; j < k+n; j++ {
+			c.rules[j].Pos.Line = i + 1
+		}
+		k += n
+	}
+	return c
+}
+
+// cachedRuleLines is ruleLines from the cache, if there is a valid one.
+func (d *Document) cachedRuleLines() ([]int, bool) {
+	c := d.cache
+	if c == nil || c.name != d.Name || c.apps != mapID(d.Apps) || len(c.texts) != len(d.Lines) {
+		return nil, false
+	}
+	var idx []int
+	for i, line := range d.Lines {
+		if line != c.texts[i] {
+			return nil, false
+		}
+		if c.kinds[i] == lineRule || c.kinds[i] == lineBadRule {
+			idx = append(idx, i)
+		}
+	}
+	return idx, true
+}
+
+// firstRule returns the index in c.rules of line i's first rule.
+func (c *parsed) firstRule(i int) int {
+	k := 0
+	for _, n := range c.nrules[:i] {
+		k += int(n)
+	}
+	return k
+}
+
+// insertLine keeps the cache in step with a line inserted at index at
+// (parsed when next needed).
+func (d *Document) insertLine(at int, line string) {
+	c := d.cache
+	if c == nil || len(c.texts) != len(d.Lines) {
+		d.cache = nil
+		return
+	}
+	// A text that cannot be the line's: index parses it.
+	c.texts = slices.Insert(c.texts, at, line+"\n")
+	c.kinds = slices.Insert(c.kinds, at, lineBad)
+	c.nrules = slices.Insert(c.nrules, at, 0)
+}
+
+// deleteLine keeps the cache in step with the line at index at removed.
+func (d *Document) deleteLine(at int) {
+	c := d.cache
+	if c == nil || len(c.texts) != len(d.Lines) {
+		d.cache = nil
+		return
+	}
+	k := c.firstRule(at)
+	c.rules = slices.Delete(c.rules, k, k+int(c.nrules[at]))
+	c.texts = slices.Delete(c.texts, at, at+1)
+	c.kinds = slices.Delete(c.kinds, at, at+1)
+	c.nrules = slices.Delete(c.nrules, at, at+1)
+}
+
+// fastRule parses the commonest line of a large policy, 'ACTION from
+// ADDR' or 'ACTION to ADDR' (a blocklist written as rules), without the
+// lexer and the general parser: it gives exactly what they give
+// (FuzzFastRule), or ok false, and then the general parser reads the line
+// and reports what is wrong with it. Only lowercase allow, deny and
+// reject, printable ASCII words and a valid address take this path.
+func fastRule(line string, pos Pos) (r Rule, ok bool) {
+	if len(line) > maxLineLen {
+		return Rule{}, false
+	}
+	var words [3]string
+	var cols [3]int
+	n := 0
+	for i := 0; i < len(line); {
+		c := line[i]
+		if c == ' ' || c == '\t' || c == '\r' {
+			i++
+			continue
+		}
+		if n == len(words) {
+			return Rule{}, false
+		}
+		start := i
+		for i < len(line) && line[i] != ' ' && line[i] != '\t' && line[i] != '\r' {
+			c := line[i]
+			if c <= 0x20 || c >= 0x7f || c == '\'' || c == '"' || c == '#' {
+				return Rule{}, false
+			}
+			i++
+		}
+		words[n], cols[n] = line[start:i], start+1
+		n++
+	}
+	if n != len(words) || (words[1] != "from" && words[1] != "to") {
+		return Rule{}, false
+	}
+	switch Action(words[0]) {
+	case Allow, Deny, Reject:
+	default:
+		return Rule{}, false
+	}
+	addr, _, msg := parseAddrAt(words[2])
+	if msg != "" || !addr.IsValid() {
+		return Rule{}, false
+	}
+	r = Rule{Action: Action(words[0]), Direction: In, Proto: "any", Pos: pos, Family: familyOf(addr), Text: strings.TrimSpace(line)}
+	r.Pos.Col = cols[0]
+	if words[1] == "from" {
+		r.From = addr
+	} else {
+		r.To = addr
+	}
+	return r, true
+}
