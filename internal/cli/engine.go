@@ -16,6 +16,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/safeapply"
 	"github.com/moat-fw/moat/internal/statedir"
 )
@@ -29,6 +30,9 @@ func (a *app) engine() *engine.Engine {
 	var backends []engine.Backend
 	a.kernel = backend.All()
 	for _, b := range a.kernel {
+		if nb, ok := b.(*nft.Backend); ok {
+			nb.Elements = nft.DirStore(a.stateDir) // policy set changes sent as differences
+		}
 		backends = append(backends, b)
 	}
 	o := engine.Options{

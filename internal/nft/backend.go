@@ -35,11 +35,33 @@ type Backend struct {
 	// Read, when set, reads the table over netlink instead of through
 	// `nft list`, whose cost grows with the number of bans (see Reader).
 	Read Reader
+	// Netlink writes over netlink, in the calling thread's network
+	// namespace, what nft is slow at: bans, and a change of policy set
+	// elements alone (with Elements), as element deletes and adds in one
+	// transaction with moat's record.
+	Netlink bool
+	// Elements keeps what moat loaded into each policy set, so that a
+	// change of a set is sent as its difference (nil: sets are refilled).
+	Elements ElementStore
+
+	// The last transaction this backend committed: the ruleset generation
+	// before it and right after it (see LastCommit).
+	committed       bool
+	genPre, genPost uint32
+}
+
+// LastCommit says what the last transaction this backend committed found
+// and left: the ruleset generation just before it and just after it. When
+// after is before+1, nothing else was committed in between, so the kernel
+// holds what it held at generation before plus this change. ok is false
+// when nothing was committed or the generations are unknown.
+func (b *Backend) LastCommit() (before, after uint32, ok bool) {
+	return b.genPre, b.genPost, b.committed
 }
 
 // New returns the nftables backend driving the nft program, reading over
 // netlink.
-func New() *Backend { return &Backend{Run: execrun.Exec, Read: NetlinkReader{}} }
+func New() *Backend { return &Backend{Run: execrun.Exec, Read: NetlinkReader{}, Netlink: true} }
 
 // NewWith returns a backend on an injected knftables.Interface (for
 // example knftables.NewFake(knftables.InetFamily, nft.TableName)); run
@@ -234,12 +256,22 @@ func parsePrefix(v string) (netip.Prefix, error) {
 }
 
 // plan computes the transaction that makes moat's table hold rs: only the
-// difference when the sync set says what the table holds, else the whole
-// table.
-func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full bool) (*Plan, error) {
+// difference when the sync chain says what the table holds, else the whole
+// table. With netlink, a change of policy set elements alone is a netlink
+// batch of element deletes and adds (see netlinkPatch).
+func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full, netlink bool) (*Plan, error) {
 	d := want(rs)
 	if !full {
+		var gen uint32
+		if netlink {
+			// Before the record is read: the batch is committed only if
+			// nothing changed since.
+			gen, _ = Generation()
+		}
 		if old, ok := b.readRecord(ctx); ok && canPatch(d, old) {
+			if p := b.netlinkPatch(d, old, gen); p != nil {
+				return p, nil
+			}
 			// Reading a set back through nft's JSON costs about as much
 			// as loading it, so only a reader that is cheap (knftables'
 			// Fake, in tests) is asked; otherwise changed sets are
@@ -269,6 +301,57 @@ func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full bool) (*Pl
 		return nil, err
 	}
 	return fullPlanMigrating(b.newPlan(), d, existing, migrate), nil
+}
+
+// maxNetlinkElems bounds the element deletes and adds of one netlink
+// patch (about 36 bytes each in the transaction); a larger change refills
+// the sets through nft.
+const maxNetlinkElems = 400000
+
+// netlinkPatch is the difference as one netlink transaction when only
+// policy set elements changed and the element store holds what each
+// changed set was loaded with (its entries hash is the one in the kernel's
+// record): the elements to delete and to add, and the new record, sent
+// only if the ruleset generation is still gen. nil when that cannot be
+// done (chains changed, no store entry, an entry of other contents).
+func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
+	if !b.Netlink || b.Elements == nil || gen == 0 || b.NFT != nil {
+		return nil
+	}
+	for _, c := range d.chains {
+		if old["chain "+c.chain.Name] != c.hash {
+			return nil
+		}
+	}
+	sets := changedSets(d, old)
+	if len(sets) == 0 {
+		return nil
+	}
+	p := b.newPlan()
+	p.nl, p.gen, p.save = &batch{}, gen, map[string]StoredSet{}
+	n := 0
+	for _, s := range sets {
+		_, oldData, _ := strings.Cut(old["set "+s.set.Name], " ")
+		st, err := b.Elements.Load(s.set.Name)
+		if err != nil || st.Data != oldData {
+			return nil
+		}
+		now := s.elems()
+		del, add := diffElems(intervalElems(st.Prefixes), intervalElems(now))
+		if n += len(del) + len(add); n > maxNetlinkElems {
+			return nil
+		}
+		// Deletes first: a network that changed its length keeps its start
+		// address, whose element goes and comes back in one transaction.
+		p.nl.elements(deleteElems, s.set.Name, del)
+		p.nl.elements(createElems, s.set.Name, add)
+		p.save[s.set.Name] = StoredSet{Data: s.data, Prefixes: now, Ranges: RangesHash(prefixRanges(now))}
+	}
+	p.nl.flushChain(SyncChain)
+	for _, r := range d.record().rules() {
+		p.nl.returnRule(SyncChain, *r.Comment)
+	}
+	return p
 }
 
 // banSetsToMigrate finds the ban sets whose definition changed since moat
@@ -320,7 +403,7 @@ func (b *Backend) banSetsToMigrate(ctx context.Context, d *desired, existing map
 // Check asks the kernel whether rs would load (nft --check), changing
 // nothing. It checks the whole table, not only a difference.
 func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) error {
-	p, err := b.plan(ctx, rs, true)
+	p, err := b.plan(ctx, rs, true, false)
 	if err != nil {
 		return fmt.Errorf("nftables check: %w", err)
 	}
@@ -335,17 +418,79 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) error {
 // sent (chains whose rules changed, set elements added and deleted),
 // unless b.Full is set or moat's record of the table is missing.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
-	p, err := b.plan(ctx, rs, b.Full)
+	p, err := b.plan(ctx, rs, b.Full, b.Netlink)
 	if err != nil {
 		return fmt.Errorf("nftables apply: %w", err)
+	}
+	if p.nl != nil {
+		err := b.sendBatch(p)
+		if err == nil {
+			b.saveSets(p)
+			return nil
+		}
+		// Nothing was committed (another change came first, or the kernel
+		// does not hold what the store says): the same change through nft,
+		// refilling the changed sets.
+		if p, err = b.plan(ctx, rs, b.Full, false); err != nil {
+			return fmt.Errorf("nftables apply: %w", err)
+		}
 	}
 	if p.Empty() {
 		return nil
 	}
+	pre, preErr := b.generation()
 	if err := b.commit(ctx, p, false); err != nil {
 		return fmt.Errorf("nftables apply: %w", err)
 	}
+	b.track(pre, preErr)
+	b.saveSets(p)
 	return nil
+}
+
+// generation reads the ruleset generation when this backend writes over
+// netlink (the kernel of the calling thread).
+func (b *Backend) generation() (uint32, error) {
+	if !b.Netlink {
+		return 0, errors.New("not on netlink")
+	}
+	return Generation()
+}
+
+// track records a commit made at generation pre (or unknown, preErr).
+func (b *Backend) track(pre uint32, preErr error) {
+	b.committed = false
+	if preErr != nil {
+		return
+	}
+	post, err := Generation()
+	if err != nil {
+		return
+	}
+	b.committed, b.genPre, b.genPost = true, pre, post
+}
+
+// sendBatch commits a netlink patch at the generation it was planned for.
+func (b *Backend) sendBatch(p *Plan) error {
+	if err := p.nl.send(p.gen); err != nil {
+		return err
+	}
+	b.track(p.gen, nil)
+	return nil
+}
+
+// saveSets records in the element store what the plan loaded into policy
+// sets. A failure leaves an older entry, whose entries hash is not the
+// kernel's record: the next change of that set refills it whole.
+func (b *Backend) saveSets(p *Plan) {
+	if b.Elements == nil {
+		return
+	}
+	for _, name := range sortedKeys(p.save) {
+		_ = b.Elements.Save(name, p.save[name])
+	}
+	if p.Full {
+		_ = b.Elements.Keep(sortedKeys(p.save))
+	}
 }
 
 // Active reports whether moat's table is loaded.

@@ -2,12 +2,14 @@ package nft
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -48,6 +50,27 @@ func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
 			tx.Add(el)
 		}
 		return b.NFT.Run(ctx, tx)
+	}
+	if b.Netlink {
+		var tx batch
+		for _, set := range []string{ruleset.BanSet4, ruleset.BanSet6} {
+			var els, again []elem
+			for _, a := range addrs {
+				if ruleset.BanSetFor(a) != set {
+					continue
+				}
+				ban := last[a]
+				el := elem{key: a, timeout: wholeSeconds(ban.Timeout), comment: ruleset.CleanReason(ban.Reason)}
+				els = append(els, el)
+				if ban.Replace {
+					again = append(again, el)
+				}
+			}
+			tx.elements(addElems, set, els)
+			tx.elements(deleteElems, set, again)
+			tx.elements(addElems, set, again)
+		}
+		return netlinkErr("ban", tx.send(0))
 	}
 	bySet := map[string][]string{}
 	replace := map[string][]string{}
@@ -94,6 +117,20 @@ func (b *Backend) Unban(ctx context.Context, addrs []netip.Addr) error {
 		}
 		return b.NFT.Run(ctx, tx)
 	}
+	if b.Netlink {
+		var tx batch
+		for _, set := range []string{ruleset.BanSet4, ruleset.BanSet6} {
+			var els []elem
+			for _, a := range sorted {
+				if ruleset.BanSetFor(a) == set {
+					els = append(els, elem{key: a, timeout: time.Second})
+				}
+			}
+			tx.elements(addElems, set, els)
+			tx.elements(deleteElems, set, els)
+		}
+		return netlinkErr("unban", tx.send(0))
+	}
 	bySet := map[string][]string{}
 	for _, a := range sorted {
 		bySet[ruleset.BanSetFor(a)] = append(bySet[ruleset.BanSetFor(a)], a.String())
@@ -120,6 +157,24 @@ func (b *Backend) runScript(ctx context.Context, what, script string) error {
 		return fmt.Errorf("nftables %s: %s", what, firstLine(msg))
 	}
 	return nil
+}
+
+// wholeSeconds rounds a timeout up to whole seconds, at least one, as nft
+// writes it.
+func wholeSeconds(d time.Duration) time.Duration {
+	return time.Duration(max(int64((d+time.Second-1)/time.Second), 1)) * time.Second
+}
+
+// netlinkErr words an error of a netlink transaction on the ban or login
+// sets as runScript words nft's.
+func netlinkErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("nftables %s: moat's table is not loaded ('moat enable' first): %w", what, err)
+	}
+	return fmt.Errorf("nftables %s: %w", what, err)
 }
 
 func firstLine(s string) string {
@@ -229,6 +284,21 @@ func (b *Backend) Protect(ctx context.Context, addrs []netip.Addr, ttl time.Dura
 			tx.Add(el)
 		}
 		return b.NFT.Run(ctx, tx)
+	}
+	if b.Netlink {
+		var tx batch
+		for _, set := range []string{ruleset.LoginSet4, ruleset.LoginSet6} {
+			var els []elem
+			for _, a := range sorted {
+				if ruleset.LoginSetFor(a) == set {
+					els = append(els, elem{key: a, timeout: wholeSeconds(ttl)})
+				}
+			}
+			tx.elements(addElems, set, els)
+			tx.elements(deleteElems, set, els)
+			tx.elements(addElems, set, els)
+		}
+		return netlinkErr("protect a login from the port scan trap", tx.send(0))
 	}
 	bySet := map[string][]string{}
 	for _, a := range sorted {

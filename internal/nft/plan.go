@@ -274,6 +274,21 @@ type Plan struct {
 	parts  []any // *knftables.Transaction or string
 	// Full is true when the plan rewrites the whole table.
 	Full bool
+	// nl, when set, is the whole plan as a netlink transaction, to be
+	// committed only at ruleset generation gen.
+	nl  *batch
+	gen uint32
+	// save is what the plan loads into policy sets, for the element store.
+	save map[string]StoredSet
+}
+
+// loaded notes what a policy set is loaded with, for the element store.
+func (p *Plan) loaded(s *wantSet) {
+	if p.save == nil {
+		p.save = map[string]StoredSet{}
+	}
+	ps := s.elems()
+	p.save[s.set.Name] = StoredSet{Data: s.data, Prefixes: ps, Ranges: RangesHash(prefixRanges(ps))}
 }
 
 func newPlan(newTx func() *knftables.Transaction, script bool) *Plan {
@@ -433,6 +448,7 @@ func fullPlanMigrating(p *Plan, d *desired, existing map[string][]string, migrat
 		}
 		if s.kind == policySet {
 			p.addSet(s.set, prefixStrings(s.elems()))
+			p.loaded(s)
 		} else {
 			p.tx().Add(s.set)
 		}
@@ -525,6 +541,7 @@ func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefi
 		}
 		p.tx().Flush(s.set)
 		p.elements("add", s.set.Name, prefixStrings(s.elems()))
+		p.loaded(s)
 	}
 	if len(changed) == 0 && len(sets) == 0 {
 		return p
