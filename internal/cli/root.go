@@ -52,6 +52,9 @@ type app struct {
 	// kernel are the real backends the engine drives (repairDrift sets
 	// them to rewrite whole).
 	kernel []backend.Backend
+	// verified is the nftables generation at which this command found the
+	// kernel to hold what moat applied (fingerprint.go).
+	verified verifiedGen
 }
 
 // exitError carries an exit code for errors that are not failures of moat

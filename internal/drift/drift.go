@@ -56,6 +56,9 @@ type Layout struct {
 	// Sets are the addresses of moat's policy sets (not bans, not
 	// rate-limit state), by set name as the kernel knows it.
 	Sets map[string]*addrs
+	// Loaded are policy sets not read from the kernel, by name: the
+	// nft.RangesHash of what moat loaded into them (ReadNftLoaded).
+	Loaded map[string]string
 }
 
 func newLayout() *Layout {

@@ -4,8 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"slices"
+
+	"github.com/moat-fw/moat/internal/nft"
 )
 
 // Fingerprint is a hash of a layout read from a kernel: chain heads, every
@@ -14,7 +15,7 @@ import (
 // are not part of a layout, so they do not change it. Two reads of an
 // unchanged kernel give the same fingerprint; a rule added, removed,
 // reordered or changed in place, or a set element added or removed, gives
-// another.
+// another. A set in l.Loaded counts as holding what moat loaded.
 func Fingerprint(l *Layout) (string, error) {
 	h := sha256.New()
 	for _, name := range sortedKeys(l.Chains) {
@@ -29,20 +30,26 @@ func Fingerprint(l *Layout) (string, error) {
 			fmt.Fprintf(h, "jump %q\n", j)
 		}
 	}
-	for _, name := range sortedKeys(l.Sets) {
-		s := l.Sets[name]
+	sets := map[string]string{}
+	for name, s := range l.Sets {
 		set, err := s.b.IPSet()
 		if err != nil {
 			return "", fmt.Errorf("fingerprint set %s: %w", name, err)
 		}
-		fmt.Fprintf(h, "set %q\n", name)
-		for _, r := range set.Ranges() {
-			_, _ = io.WriteString(h, r.String())
-			_, _ = h.Write([]byte{'\n'})
-		}
+		sets[name] = nft.RangesHash(set.Ranges())
 		for _, b := range s.bad {
-			fmt.Fprintf(h, "other %q\n", b)
+			sets[name] += fmt.Sprintf(" other %q", b)
 		}
+	}
+	for name, hash := range l.Loaded {
+		if _, ok := sets[name]; !ok {
+			sets[name] = hash
+		}
+	}
+	// A set by the hash of its address ranges, so that the ranges of what
+	// moat loaded stand for a set not read back (Loaded).
+	for _, name := range sortedKeys(sets) {
+		fmt.Fprintf(h, "set %q %s\n", name, sets[name])
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -20,7 +20,15 @@ import (
 // ParseNftJSON reads `nft -j list table inet moat`: nft 1.0.x fetches every
 // element of every set before any listing, which took 10 to 20 s with
 // 200,000 bans; chains and rules over netlink cost the same with none.
-func readNftNetlink() (*Layout, error) {
+func readNftNetlink() (*Layout, error) { return ReadNftLoaded(nil) }
+
+// ReadNftLoaded is the layout of moat's table read over netlink, but a
+// policy set for which loaded gives the hash of what moat loaded into it
+// is not read back (with 100,000 networks the dump costs about 0.3 s):
+// its hash stands in the layout's Loaded. Use it only when the kernel is
+// known to hold what moat loaded (nothing but moat's own transaction was
+// committed since the kernel was last compared).
+func ReadNftLoaded(loaded func(set string) (string, bool)) (*Layout, error) {
 	c, err := gnft.New()
 	if err != nil {
 		return nil, fmt.Errorf("read moat's nftables table: %w", err)
@@ -47,6 +55,15 @@ func readNftNetlink() (*Layout, error) {
 		// Policy sets only: not bans, not rate-limit state.
 		if !s.Interval || s.HasTimeout || s.Dynamic || s.Anonymous {
 			continue
+		}
+		if loaded != nil {
+			if hash, ok := loaded(s.Name); ok {
+				if l.Loaded == nil {
+					l.Loaded = map[string]string{}
+				}
+				l.Loaded[s.Name] = hash
+				continue
+			}
 		}
 		els, err := nft.DumpElements(s.Name)
 		if err != nil {

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -159,3 +160,31 @@ func (d DirStore) Keep(sets []string) error {
 
 // storePath is a set's file (tests).
 func (d DirStore) storePath(set string) string { return filepath.Join(string(d), storeName(set)) }
+
+// LoadedRanges returns, for drift.ReadNftLoaded, the hash of the address
+// ranges moat loaded into each policy set, as the element store recorded
+// them for the entries hash that moat's record in the kernel names (a set
+// without such an entry is read from the kernel). It trusts the kernel to
+// hold what moat loaded: call it only when nothing but moat's own
+// transaction was committed since the kernel was last compared.
+func (b *Backend) LoadedRanges(ctx context.Context) func(set string) (string, bool) {
+	if b.Elements == nil {
+		return nil
+	}
+	old, ok := b.readRecord(ctx)
+	if !ok {
+		return nil
+	}
+	return func(set string) (string, bool) {
+		v, ok := old["set "+set]
+		_, data, cut := strings.Cut(v, " ")
+		if !ok || !cut {
+			return "", false
+		}
+		st, err := b.Elements.Load(set)
+		if err != nil || st.Data != data {
+			return "", false
+		}
+		return st.Ranges, true
+	}
+}
