@@ -111,3 +111,37 @@ func BenchmarkTCPTable(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFindSSH is the whole search for SSH sessions on this machine
+// (the TCP table and every process's name and, for sshd and the socket
+// activators, its sockets), against the floor of that work in the same
+// run: listing /proc and reading each process's name with os.ReadFile.
+//
+//	go test -run XXX -bench FindSSH ./internal/safeapply/     # as root
+func BenchmarkFindSSH(b *testing.B) {
+	var base time.Duration
+	b.Run("baseline-readfile-comm", func(b *testing.B) {
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			dirs, err := os.ReadDir("/proc")
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, d := range dirs {
+				if d.Name()[0] >= '0' && d.Name()[0] <= '9' {
+					_, _ = os.ReadFile("/proc/" + d.Name() + "/comm")
+				}
+			}
+		}
+		base = time.Since(start) / time.Duration(b.N)
+	})
+	b.Run("find-ssh", func(b *testing.B) {
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			if _, err := FindSSH("/proc", ""); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(time.Since(start)/time.Duration(b.N))/float64(base), "x-baseline")
+	})
+}

@@ -527,13 +527,14 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 		inodes    []string
 	}
 	procs := map[int]*proc{}
+	var buf [64]byte
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(d.Name())
 		if err != nil {
 			continue
 		}
 		dir := filepath.Join(procRoot, d.Name())
-		comm, err := os.ReadFile(filepath.Join(dir, "comm"))
+		comm, err := readSmall(filepath.Join(dir, "comm"), buf[:])
 		if err != nil {
 			continue // the process has gone
 		}
@@ -607,7 +608,8 @@ func isSSHD(name string) bool {
 
 // readPPid reads the parent PID from /proc/PID/status (0 if unknown).
 func readPPid(dir string) int {
-	data, err := os.ReadFile(filepath.Join(dir, "status"))
+	var buf [4096]byte
+	data, err := readSmall(filepath.Join(dir, "status"), buf[:])
 	if err != nil {
 		return 0
 	}
@@ -618,4 +620,34 @@ func readPPid(dir string) int {
 		}
 	}
 	return 0
+}
+
+// readSmall reads the start of a file, up to len(buf) bytes, in one
+// read: what /proc/PID/comm and status hold. os.ReadFile spends nine
+// system calls on a /proc file (it registers the file with Go's poller
+// and reads until end of file); this spends three, and the scan of every
+// process was a tenth of a command's time.
+func readSmall(path string, buf []byte) ([]byte, error) {
+	var fd int
+	var err error
+	for {
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer func() { _ = unix.Close(fd) }() // read-only
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		return buf[:n], nil
+	}
 }
