@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,15 +22,30 @@ func appDirs() []string {
 }
 
 // apps reads the application profiles; broken files are warned about
-// (with --verbose) and skipped.
+// (with --verbose) and skipped. What was read less than a second ago from
+// the same directories is reused: a command reads the policy and builds
+// the engine, each needing the profiles, and no profile that matters
+// changes in between; the guard, which reloads the policy hours later,
+// reads them anew.
 func (a *app) apps() policy.Apps {
-	apps, warns := policy.LoadApps(appDirs())
-	for _, w := range warns {
-		if a.log != nil {
-			a.log.Warn(w)
+	dirs := strings.Join(appDirs(), "\x00")
+	if a.appsRead.when.IsZero() || a.appsRead.dirs != dirs || time.Since(a.appsRead.when) >= time.Second {
+		apps, warns := policy.LoadApps(appDirs())
+		for _, w := range warns {
+			if a.log != nil {
+				a.log.Warn(w)
+			}
 		}
+		a.appsRead.apps, a.appsRead.dirs, a.appsRead.when = apps, dirs, time.Now()
 	}
-	return apps
+	return a.appsRead.apps
+}
+
+// appsCache is what apps read last.
+type appsCache struct {
+	apps policy.Apps
+	dirs string
+	when time.Time
 }
 
 func (a *app) appCompletions() []string {

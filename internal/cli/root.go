@@ -55,6 +55,8 @@ type app struct {
 	// verified is the nftables generation at which this command found the
 	// kernel to hold what moat applied (fingerprint.go).
 	verified verifiedGen
+	// appsRead is what apps read last.
+	appsRead appsCache
 }
 
 // exitError carries an exit code for errors that are not failures of moat
