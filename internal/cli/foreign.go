@@ -14,10 +14,10 @@ import (
 // (other nftables tables, iptables rules outside moat's chains, ufw,
 // firewalld, Docker).
 func (a *app) foreignFilters(ctx context.Context) ([]foreign.Finding, error) {
-	return foreign.DetectWith(ctx, execrun.Exec, func(prog string) bool {
+	return foreign.DetectOver(ctx, execrun.Exec, func(prog string) bool {
 		_, err := exec.LookPath(prog)
 		return err == nil
-	}, nft.ListTables)
+	}, nft.ListTables, foreign.XtablesOnlyMoat)
 }
 
 // warnForeignLockout tells the admin that the lockout check only judged

@@ -85,6 +85,16 @@ func Detect(ctx context.Context, run execrun.Runner, has func(prog string) bool)
 // (and `iptables -V` asked) only when their family has iptables-nft's
 // tables in nftables or legacy x_tables tables loaded.
 func DetectWith(ctx context.Context, run execrun.Runner, has func(prog string) bool, tables func() ([][2]string, error)) ([]Finding, error) {
+	return DetectOver(ctx, run, has, tables, nil)
+}
+
+// DetectOver is DetectWith where onlyMoat (XtablesOnlyMoat for real; nil:
+// never) may prove over netlink that a family's iptables-nft tables are
+// moat's filter table alone, holding nothing outside moat's chains: that
+// family's iptables-save (and `iptables -V`, when no family needs it) is
+// not started, nor its table read with nft. The iptables backend's own
+// chains made every command start three processes for this.
+func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) bool, tables func() ([][2]string, error), onlyMoat func(family string) (bool, error)) ([]Finding, error) {
 	var out []Finding
 	var list [][2]string
 	listed := false
@@ -100,15 +110,30 @@ func DetectWith(ctx context.Context, run execrun.Runner, has func(prog string) b
 	// tables loaded (no process is started for a host without iptables
 	// rules); otherwise both.
 	xt := map[string]bool{"ip": !listed, "ip6": !listed}
+	moatFilter := map[string]bool{} // family → its filter table is moat's alone
 	if listed {
 		for _, t := range list {
 			if (t[0] == "ip" || t[0] == "ip6") && slices.Contains(xtablesNames, t[1]) {
 				xt[t[0]] = true
 			}
 		}
+		legacy := map[string]bool{}
 		for fam, f := range legacyTableNames {
 			if data, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(data)) != "" {
 				xt[fam] = true
+				legacy[fam] = true
+			}
+		}
+		// A family whose only iptables table is iptables-nft's filter
+		// table, holding moat's chains and jumps alone, has nothing to
+		// find.
+		for _, fam := range []string{"ip", "ip6"} {
+			if !xt[fam] || legacy[fam] || onlyMoat == nil || !onlyFilter(list, fam) {
+				continue
+			}
+			if ok, err := onlyMoat(fam); err == nil && ok {
+				xt[fam] = false
+				moatFilter[fam] = true
 			}
 		}
 	}
@@ -137,6 +162,9 @@ func DetectWith(ctx context.Context, run execrun.Runner, has func(prog string) b
 				if nftXtables && (t[0] == "ip" || t[0] == "ip6") && slices.Contains(xtablesNames, t[1]) {
 					continue // read below with iptables' names
 				}
+				if moatFilter[t[0]] && t[1] == "filter" {
+					continue // moat's chains and jumps alone
+				}
 				data, err := run(ctx, nil, "nft", "-j", "list", "table", t[0], t[1])
 				if err != nil {
 					return nil, fmt.Errorf("read the nftables table %s %s: %w", t[0], t[1], err)
@@ -160,6 +188,21 @@ func DetectWith(ctx context.Context, run execrun.Runner, has func(prog string) b
 		out = append(out, FromIptablesSave(strings.TrimSuffix(p.prog, "-save"), data)...)
 	}
 	return group(out), nil
+}
+
+// onlyFilter says whether family's only iptables-nft table in list is
+// filter.
+func onlyFilter(list [][2]string, family string) bool {
+	filter := false
+	for _, t := range list {
+		if t[0] == family && slices.Contains(xtablesNames, t[1]) {
+			if t[1] != "filter" {
+				return false
+			}
+			filter = true
+		}
+	}
+	return filter
 }
 
 // legacyTableNames are where the legacy x_tables modules list the tables

@@ -1,0 +1,171 @@
+package foreign
+
+import (
+	"context"
+	"errors"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/ipt"
+	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/nft"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// A family whose only iptables-nft table is a filter table proven moat's
+// alone is not read: no iptables -V, no iptables-save, no nft listing of
+// it. The other family, another table, or a failed proof read as before.
+func TestDetectOverSkipsMoatOnlyFilter(t *testing.T) {
+	noLegacy(t)
+	var ran []string
+	run := func(_ context.Context, _ []byte, name string, args ...string) ([]byte, error) {
+		ran = append(ran, strings.Join(append([]string{name}, args...), " "))
+		switch name {
+		case "iptables":
+			return []byte("iptables v1.8.9 (nf_tables)\n"), nil
+		case "ip6tables-save":
+			return []byte("*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j REJECT\nCOMMIT\n"), nil
+		case "iptables-save":
+			return []byte("*filter\n:INPUT DROP [0:0]\nCOMMIT\n"), nil
+		}
+		return nil, errors.New("unexpected " + name)
+	}
+	has := func(string) bool { return true }
+	tables := func() ([][2]string, error) {
+		return [][2]string{{"inet", "moat"}, {"ip", "filter"}, {"ip6", "filter"}}, nil
+	}
+	proven := map[string]bool{"ip": true, "ip6": true}
+	var asked []string
+	onlyMoat := func(fam string) (bool, error) {
+		asked = append(asked, fam)
+		return proven[fam], nil
+	}
+	got, err := DetectOver(context.Background(), run, has, tables, onlyMoat)
+	if err != nil || len(got) != 0 || len(ran) != 0 {
+		t.Fatalf("both families moat's alone: got %v, %v; ran %q", got, err, ran)
+	}
+	proven["ip6"] = false
+	ran = nil
+	got, err = DetectOver(context.Background(), run, has, tables, onlyMoat)
+	if err != nil || len(got) != 1 || strings.Join(ran, "; ") != "iptables -V; ip6tables-save" {
+		t.Fatalf("IPv6 not proven: got %v, %v; ran %q", got, err, ran)
+	}
+	// Without the proof, or when it fails, both are read.
+	for _, o := range []func(string) (bool, error){nil, func(string) (bool, error) { return true, errors.New("netlink") }} {
+		ran = nil
+		got, err = DetectOver(context.Background(), run, has, tables, o)
+		if err != nil || len(got) != 2 || strings.Join(ran, "; ") != "iptables -V; iptables-save; ip6tables-save" {
+			t.Fatalf("no proof: got %v, %v; ran %q", got, err, ran)
+		}
+	}
+	// Another iptables-nft table of the family (nat: Docker): not asked.
+	asked, ran = nil, nil
+	tables = func() ([][2]string, error) {
+		return [][2]string{{"inet", "moat"}, {"ip", "filter"}, {"ip", "nat"}, {"ip6", "filter"}}, nil
+	}
+	proven["ip6"] = true
+	if _, err := DetectOver(context.Background(), run, has, tables, onlyMoat); err != nil || slices.Contains(asked, "ip") || strings.Join(ran, "; ") != "iptables -V; iptables-save" {
+		t.Fatalf("with a nat table: asked %q, ran %q, %v", asked, ran, err)
+	}
+}
+
+// On the real kernel: moat's iptables chains alone are proven moat's, and
+// anything an admin adds outside them (a DROP policy, a drop rule, a
+// conditional jump, another chain, a rule in ip6tables only) is not, for
+// that family; whatever the proof says, DetectOver finds what Detect
+// (iptables-save) finds.
+func TestXtablesOnlyMoatKernel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run this test as root")
+		}
+		t.Skip("needs root for a network namespace")
+	}
+	t.Parallel()
+	ns, err := lab.NewNS(lab.UniqueName("moatfx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Close() })
+	ctx := context.Background()
+	run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		var out []byte
+		err := ns.Do(func() error {
+			var err error
+			out, err = execrun.Exec(ctx, stdin, name, args...)
+			return err
+		})
+		return out, err
+	}
+	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\ndeny from 192.0.2.0/24\n")).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&ipt.Backend{Run: run}).Apply(ctx, ruleset.Compile(p)); err != nil {
+		t.Fatal(err)
+	}
+	has := func(string) bool { return true }
+	check := func(name string, want4, want6 bool) {
+		t.Helper()
+		var got4, got6 bool
+		var full, fast []Finding
+		err := ns.Do(func() error {
+			var err error
+			if got4, err = XtablesOnlyMoat("ip"); err != nil {
+				return err
+			}
+			if got6, err = XtablesOnlyMoat("ip6"); err != nil {
+				return err
+			}
+			if full, err = Detect(ctx, execrun.Exec, has); err != nil {
+				return err
+			}
+			fast, err = DetectOver(ctx, execrun.Exec, has, nft.ListTables, XtablesOnlyMoat)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got4 != want4 || got6 != want6 {
+			t.Errorf("%s: moat's alone: IPv4 %v, IPv6 %v; want %v, %v", name, got4, got6, want4, want6)
+		}
+		if a, b := findings(full), findings(fast); a != b {
+			t.Errorf("%s: iptables-save finds:\n%s\nthe fast path:\n%s", name, a, b)
+		}
+	}
+	check("moat alone", true, true)
+	for _, c := range []struct {
+		name         string
+		cmd          []string
+		undo         []string
+		want4, want6 bool
+	}{
+		{"INPUT policy DROP", []string{"iptables", "-P", "INPUT", "DROP"}, []string{"iptables", "-P", "INPUT", "ACCEPT"}, false, true},
+		{"a drop rule in INPUT", []string{"iptables", "-A", "INPUT", "-s", "198.51.100.7", "-j", "DROP"}, []string{"iptables", "-D", "INPUT", "-s", "198.51.100.7", "-j", "DROP"}, false, true},
+		{"a conditional jump to moat", []string{"iptables", "-I", "INPUT", "-p", "tcp", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "INPUT", "-p", "tcp", "-j", "MOAT-INPUT"}, false, true},
+		{"another chain", []string{"iptables", "-N", "other"}, []string{"iptables", "-X", "other"}, false, true},
+		{"an ip6tables REJECT in OUTPUT", []string{"ip6tables", "-A", "OUTPUT", "-j", "REJECT"}, []string{"ip6tables", "-D", "OUTPUT", "-j", "REJECT"}, true, false},
+		{"FORWARD jumps to moat's INPUT chain", []string{"iptables", "-A", "FORWARD", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "FORWARD", "-j", "MOAT-INPUT"}, false, true},
+	} {
+		if out, err := run(ctx, nil, c.cmd[0], c.cmd[1:]...); err != nil {
+			t.Fatalf("%s: %v\n%s", c.name, err, out)
+		}
+		check(c.name, c.want4, c.want6)
+		if out, err := run(ctx, nil, c.undo[0], c.undo[1:]...); err != nil {
+			t.Fatalf("undo %s: %v\n%s", c.name, err, out)
+		}
+		check("after undoing "+c.name, true, true)
+	}
+}
+
+func findings(f []Finding) string {
+	var s []string
+	for _, x := range f {
+		s = append(s, x.String())
+	}
+	return strings.Join(s, "\n")
+}
