@@ -9,6 +9,7 @@ import (
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/drift"
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/statedir"
 )
@@ -29,6 +30,10 @@ type kernelRecord struct {
 	// element: 0.6 s with 100,000).
 	Generation    uint32 `json:"nft_generation,omitempty"`
 	HasGeneration bool   `json:"has_nft_generation,omitempty"`
+	// Sets: the fingerprint covers ipsets of the policy (iptables), whose
+	// contents change without moving the generation: it alone cannot
+	// vouch for them.
+	Sets bool `json:"ipsets,omitempty"`
 }
 
 // verifiedGen is an nftables ruleset generation at which moat's table was
@@ -42,25 +47,48 @@ type verifiedGen struct {
 // rule bodies, policy set elements) or chains (iptables: the backend's
 // fingerprint of its chains, jumps and sets), without counters, bans or
 // rate-limit state.
-func (a *app) kernelFingerprint(ctx context.Context, b backend.Backend) (string, error) {
+//
+// sets says the fingerprint covers policy ipsets (see kernelRecord.Sets).
+func (a *app) kernelFingerprint(ctx context.Context, b backend.Backend) (fp string, sets bool, err error) {
 	if b.Name() == "nftables" {
 		l, err := drift.Read(ctx, "nftables", nil, nil)
 		if err != nil {
-			return "", err
+			return "", false, err
 		}
 		if l.Empty() {
-			return "", nil
+			return "", false, nil
 		}
-		return drift.Fingerprint(l)
+		fp, err := drift.Fingerprint(l)
+		return fp, false, err
+	}
+	if ib, ok := b.(*ipt.Backend); ok {
+		return ib.FingerprintSets(ctx)
 	}
 	f, ok := b.(backend.Fingerprinter)
 	if !ok {
-		return "", errNoFingerprint
+		return "", false, errNoFingerprint
 	}
-	return f.Fingerprint(ctx)
+	fp, err = f.Fingerprint(ctx)
+	return fp, true, err
 }
 
 var errNoFingerprint = errors.New("the backend cannot fingerprint its rules")
+
+// generationTracks says whether every change to moat's rules of b moves
+// the nftables ruleset generation: nftables, and iptables when its tools
+// are the nf_tables kind (moat's chains are chains of the nftables tables
+// ip filter and ip6 filter; legacy x_tables are not). Then an unchanged
+// generation vouches for the recorded fingerprint, and iptables-save need
+// not run (three processes per command before).
+func generationTracks(b backend.Backend) bool {
+	switch b := b.(type) {
+	case *nft.Backend:
+		return true
+	case *ipt.Backend:
+		return b.InNftables()
+	}
+	return b.Name() == "nftables"
+}
 
 // unchangedSinceApply says whether the kernel holds exactly what moat left
 // there for the applied record st: the nftables generation has not moved
@@ -80,16 +108,16 @@ func (a *app) unchangedSinceApply(ctx context.Context, b backend.Backend, st app
 	}
 	var gen uint32
 	hasGen := false
-	if b.Name() == "nftables" {
+	if generationTracks(b) {
 		if gen, err = nft.Generation(); err == nil {
 			hasGen = true
-			if rec.HasGeneration && gen == rec.Generation {
+			if rec.HasGeneration && gen == rec.Generation && !rec.Sets {
 				a.verified = verifiedGen{gen: gen, ok: true}
 				return true
 			}
 		}
 	}
-	fp, err := a.kernelFingerprint(ctx, b)
+	fp, _, err := a.kernelFingerprint(ctx, b)
 	if err != nil || fp != rec.Fingerprint {
 		return false
 	}
@@ -123,7 +151,7 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		a.writeKernelRecord(rec)
 		return
 	}
-	if b.Name() == "nftables" {
+	if generationTracks(b) {
 		// Before the fingerprint: a change in between moves the
 		// generation, so the next command reads the fingerprint anew.
 		if gen, err := nft.Generation(); err == nil {
@@ -131,7 +159,8 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 			a.verified = verifiedGen{gen: gen, ok: true}
 		}
 	}
-	fp, err := a.kernelFingerprint(ctx, b)
+	fp, sets, err := a.kernelFingerprint(ctx, b)
+	rec.Sets = sets
 	if err != nil || fp == "" {
 		a.log.Debug("fingerprint moat's rules", "err", err)
 		_ = statedir.Remove(a.stateDir, fingerprintFile)

@@ -286,12 +286,20 @@ func splitOf(st *state) string {
 // or bans; "" when moat has nothing loaded. Compare it with the
 // fingerprint taken after moat's own apply to see changes made outside.
 func (b *Backend) Fingerprint(ctx context.Context) (string, error) {
+	fp, _, err := b.FingerprintSets(ctx)
+	return fp, err
+}
+
+// FingerprintSets is Fingerprint, also saying whether it covers sets
+// other than the bans' and the login exemptions' (sets: whose headers an
+// ipset command may change without touching any chain).
+func (b *Backend) FingerprintSets(ctx context.Context) (fp string, sets bool, err error) {
 	st, err := b.read(ctx)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	if len(st.has[policy.FamilyV4]) == 0 && len(st.has[policy.FamilyV6]) == 0 {
-		return "", nil
+		return "", false, nil
 	}
 	h := sha256.New()
 	used := map[string]bool{}
@@ -310,6 +318,7 @@ func (b *Backend) Fingerprint(ctx context.Context) (string, error) {
 			name == IPSetName(ruleset.LoginSet4) || name == IPSetName(ruleset.LoginSet6) {
 			continue
 		}
+		sets = true
 		out, err := b.Run(ctx, nil, "ipset", "list", "-t", name)
 		if err != nil {
 			fmt.Fprintf(h, "set %s missing\n", name)
@@ -322,7 +331,15 @@ func (b *Backend) Fingerprint(ctx context.Context) (string, error) {
 			fmt.Fprintln(h, regexpInitval.ReplaceAllString(l, ""))
 		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hex.EncodeToString(h.Sum(nil)), sets, nil
+}
+
+// InNftables says whether moat's chains can only be in nftables (the
+// iptables tools are the nf_tables kind here: no legacy x_tables table is
+// loaded): then every change to them moves the nftables ruleset
+// generation. A later legacy table makes it false again.
+func (b *Backend) InNftables() bool {
+	return b.Netlink && !legacyTables()
 }
 
 // The hash seed is random and the hash size grows with it: neither is
