@@ -282,7 +282,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if pl.ch.Confirm > 0 {
 		in.Pending = newID()
 	}
-	if err := writeJSON(dir, IntentFile, in); err != nil {
+	if err := writeIntent(dir, in); err != nil {
 		return nil, fmt.Errorf("journal the change: %w", err)
 	}
 	if err := e.step("intent"); err != nil {
@@ -343,8 +343,11 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		return nil, err
 	}
 	if pend == nil && persist {
-		if err := safeapply.Save(dir, safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source, Apps: appPorts(e.o.Apps)}); err != nil {
-			return nil, e.failAfterKernel(ctx, in, err)
+		s := safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source, Apps: appPorts(e.o.Apps)}
+		if !savedHolds(dir, prevSaved, s) {
+			if err := safeapply.Save(dir, s); err != nil {
+				return nil, e.failAfterKernel(ctx, in, err)
+			}
 		}
 		res.Persisted = true
 		if err := e.step("saved"); err != nil {
@@ -353,6 +356,9 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	}
 	if err := removeState(dir, IntentFile); err != nil {
 		return nil, err
+	}
+	if err := collectTexts(dir); err != nil {
+		e.o.Log.Debug("collect state texts", "err", err)
 	}
 	if err := e.step("done"); err != nil {
 		return nil, err
@@ -426,7 +432,10 @@ func (e *Engine) Disable(ctx context.Context) error {
 		}
 	}
 	errs = append(errs, safeapply.Forget(dir), removeState(dir, AppliedFile), removeState(dir, IntentFile))
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return collectTexts(dir)
 }
 
 // Reset removes moat's rules (as Disable) and empties the policy file,

@@ -2,8 +2,6 @@ package engine
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/moat-fw/moat/internal/statedir"
+	"github.com/moat-fw/moat/internal/statetext"
 )
 
 // The files of the state directory that the engine owns.
@@ -44,8 +43,13 @@ type Applied struct {
 	// ("auto", "nftables", "iptables", or "" for no line): a plain command
 	// keeps Backend unless this line changes or --backend is given.
 	Setting string `json:"backend_setting"`
-	// Policy is the policy text that was compiled and applied.
+	// Policy is the policy text that was compiled and applied. On disk,
+	// a large one is in a file of its own (PolicyFile) and this is empty.
 	Policy string `json:"policy"`
+	// PolicyFile names the file of the state directory that holds Policy
+	// (statetext: policy.<sha256>); empty in memory, and for a small
+	// policy, which the record holds itself.
+	PolicyFile string `json:"policy_file,omitempty"`
 	// PolicySHA256 is the hex SHA-256 of Policy: compare it with the
 	// policy file's to see whether the file has unapplied changes.
 	PolicySHA256 string `json:"policy_sha256"`
@@ -64,8 +68,7 @@ type Applied struct {
 
 // Hash is the hex SHA-256 of a policy text, as Applied.PolicySHA256.
 func Hash(data []byte) string {
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
+	return statetext.Hash(string(data))
 }
 
 // LoadApplied reads the applied record; nil, nil when there is none
@@ -90,19 +93,62 @@ func LoadApplied(dir string) (*Applied, error) {
 	if err := json.Unmarshal(data, &a); err != nil {
 		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, AppliedFile), err)
 	}
-	if a.PolicySHA256 != Hash([]byte(a.Policy)) {
+	if err := loadText(dir, &a); err != nil {
+		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, AppliedFile), err)
+	}
+	if a.PolicySHA256 != statetext.Hash(a.Policy) {
 		return nil, fmt.Errorf("read %s: the policy does not match its checksum", filepath.Join(dir, AppliedFile))
 	}
 	appliedMemo.put(data, a)
 	return &a, nil
 }
 
+// loadText reads the policy of a record from its file, if it has one.
+func loadText(dir string, a *Applied) error {
+	if a == nil || a.PolicyFile == "" {
+		return nil
+	}
+	if a.Policy != "" {
+		return fmt.Errorf("the record has a policy and names the file %q too", a.PolicyFile)
+	}
+	text, err := statetext.Get(dir, a.PolicyFile)
+	if err != nil {
+		return err
+	}
+	a.Policy, a.PolicyFile = text, ""
+	return nil
+}
+
+// storeText is a as written to disk: a large policy is stored in a file of
+// its own, which the copy names.
+func storeText(dir string, a *Applied) (*Applied, error) {
+	if a == nil {
+		return nil, nil
+	}
+	rec := *a
+	rec.PolicyFile = ""
+	if len(rec.Policy) < statetext.InlineMax {
+		return &rec, nil
+	}
+	name, err := statetext.Put(dir, rec.Policy)
+	if err != nil {
+		return nil, err
+	}
+	rec.PolicySHA256 = statetext.Hash(rec.Policy)
+	rec.Policy, rec.PolicyFile = "", name
+	return &rec, nil
+}
+
 func writeApplied(dir string, a *Applied) error {
 	if a == nil {
 		return removeState(dir, AppliedFile)
 	}
-	a.PolicySHA256 = Hash([]byte(a.Policy))
-	data, err := marshalState(AppliedFile, a)
+	a.PolicySHA256 = statetext.Hash(a.Policy)
+	rec, err := storeText(dir, a)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", AppliedFile, err)
+	}
+	data, err := marshalState(AppliedFile, rec)
 	if err != nil {
 		return err
 	}
@@ -169,10 +215,13 @@ type Intent struct {
 	Next *Applied `json:"next"`
 	// Path is the policy file; PrevFile its contents before (HadFile false
 	// when there was no file). FileChanged: the command writes the file.
-	Path        string `json:"path"`
-	PrevFile    []byte `json:"prev_file"`
-	HadFile     bool   `json:"had_file"`
-	FileChanged bool   `json:"file_changed"`
+	Path     string `json:"path"`
+	PrevFile []byte `json:"prev_file"`
+	// PrevFileStored names the file of the state directory that holds
+	// PrevFile when it is large (statetext); empty in memory.
+	PrevFileStored string `json:"prev_file_stored,omitempty"`
+	HadFile        bool   `json:"had_file"`
+	FileChanged    bool   `json:"file_changed"`
 	// PrevSaved is saved.json before (nil: none).
 	PrevSaved []byte `json:"prev_saved"`
 	// Pending is the ID of the confirmation this change armed, if any.
@@ -192,7 +241,39 @@ func LoadIntent(dir string) (*Intent, error) {
 	if err := json.Unmarshal(data, &in); err != nil {
 		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, IntentFile), err)
 	}
+	err = errors.Join(loadText(dir, in.Prev), loadText(dir, in.Next))
+	if err == nil && in.PrevFileStored != "" {
+		var text string
+		if len(in.PrevFile) > 0 {
+			err = fmt.Errorf("the journal has the policy file and names the file %q too", in.PrevFileStored)
+		} else if text, err = statetext.Get(dir, in.PrevFileStored); err == nil {
+			in.PrevFile, in.PrevFileStored = []byte(text), ""
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, IntentFile), err)
+	}
 	return &in, nil
+}
+
+// writeIntent writes the journal, its large texts in files of their own.
+func writeIntent(dir string, in *Intent) error {
+	rec := *in
+	var err error
+	if rec.Prev, err = storeText(dir, in.Prev); err != nil {
+		return err
+	}
+	if rec.Next, err = storeText(dir, in.Next); err != nil {
+		return err
+	}
+	rec.PrevFileStored = ""
+	if len(rec.PrevFile) >= statetext.InlineMax {
+		if rec.PrevFileStored, err = statetext.Put(dir, string(rec.PrevFile)); err != nil {
+			return err
+		}
+		rec.PrevFile = nil
+	}
+	return writeJSON(dir, IntentFile, &rec)
 }
 
 // Outcome is how the last pending change ended.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/statedir"
+	"github.com/moat-fw/moat/internal/statetext"
 	"github.com/moat-fw/moat/packaging"
 )
 
@@ -20,7 +21,10 @@ import (
 type Saved struct {
 	Backend string `json:"backend"`
 	Policy  string `json:"policy"` // the policy file's text as applied
-	Source  string `json:"source"` // the policy file it came from
+	// PolicyFile names the state file that holds a large Policy
+	// (statetext: policy.<sha256>); empty in memory.
+	PolicyFile string `json:"policy_file,omitempty"`
+	Source     string `json:"source"` // the policy file it came from
 	// Apps are the application profiles' ports when it was saved (name →
 	// ports), so a profile removed later does not break the boot.
 	Apps  map[string]string `json:"apps,omitempty"`
@@ -32,6 +36,14 @@ const savedFile = "saved.json"
 // Save records the applied policy for the next boot (atomically).
 func Save(dir string, s Saved) error {
 	s.Saved = time.Now().UTC()
+	s.PolicyFile = ""
+	if len(s.Policy) >= statetext.InlineMax {
+		name, err := statetext.Put(dir, s.Policy)
+		if err != nil {
+			return fmt.Errorf("save ruleset: %w", err)
+		}
+		s.Policy, s.PolicyFile = "", name
+	}
 	data, err := statedir.MarshalJSON(s)
 	if err != nil {
 		return err
@@ -54,6 +66,16 @@ func LoadSaved(dir string) (*Saved, error) {
 	}
 	if s.Backend == "" {
 		return nil, fmt.Errorf("read saved ruleset %s: no backend", filepath.Join(dir, savedFile))
+	}
+	if s.PolicyFile != "" {
+		if s.Policy != "" {
+			return nil, fmt.Errorf("read saved ruleset %s: it has a policy and names the file %q too", filepath.Join(dir, savedFile), s.PolicyFile)
+		}
+		text, err := statetext.Get(dir, s.PolicyFile)
+		if err != nil {
+			return nil, fmt.Errorf("read saved ruleset %s: %w", filepath.Join(dir, savedFile), err)
+		}
+		s.Policy, s.PolicyFile = text, ""
 	}
 	return &s, nil
 }

@@ -1,0 +1,235 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/statetext"
+)
+
+// storeAll sends every policy text to a file of its own for the test.
+func storeAll(t *testing.T) {
+	old := statetext.InlineMax
+	statetext.InlineMax = 1
+	t.Cleanup(func() { statetext.InlineMax = old })
+}
+
+// texts lists the text files of the state directory.
+func texts(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if statetext.IsName(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// The state machine's tests, with every policy text in a file of its own
+// (as a large policy's is): kill -9 at every step, corrupt files, the
+// same fault twice, confirm and rollback.
+func TestStoredTexts(t *testing.T) {
+	storeAll(t)
+	for name, fn := range map[string]func(*testing.T){
+		"KillAtEveryStep":                 TestKillAtEveryStep,
+		"CorruptStateFiles":               TestCorruptStateFiles,
+		"SameFaultTwice":                  TestSameFaultTwice,
+		"DisableAfterInterruptedEdit":     TestDisableAfterInterruptedEdit,
+		"UnconfirmedChangesLeaveNoTrace":  TestUnconfirmedChangesLeaveNoTrace,
+		"RollbackOnFullDisk":              TestRollbackOnFullDisk,
+		"RebootDropsUnconfirmedChange":    TestRebootDropsUnconfirmedChange,
+		"DisableDropsUnconfirmedChange":   TestDisableDropsUnconfirmedChange,
+		"FullDiskAfterKernelUndoesAtOnce": TestFullDiskAfterKernelUndoesAtOnce,
+		"RestoreTwiceStaysFailClosed":     TestRestoreTwiceStaysFailClosed,
+		"WatchdogRollsBackWhenRecordLost": TestWatchdogRollsBackWhenRecordLost,
+	} {
+		t.Run(name, fn)
+	}
+}
+
+// The records name their texts instead of holding them; only the texts a
+// record names are kept; disable leaves none.
+func TestStoredTextsOnDisk(t *testing.T) {
+	storeAll(t)
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	for _, line := range []string{"allow 443/tcp", "allow 80/tcp", "deny from 192.0.2.7"} {
+		_, err := r.add(r.ch(0), line)
+		r.must(err)
+	}
+	want := r.file()
+	for _, f := range []string{AppliedFile, savedFile} {
+		data, err := os.ReadFile(filepath.Join(r.dir, f))
+		r.must(err)
+		if strings.Contains(string(data), "allow 443/tcp") {
+			t.Errorf("%s holds the policy:\n%s", f, data)
+		}
+		if !strings.Contains(string(data), `"policy_file"`) {
+			t.Errorf("%s names no text file:\n%s", f, data)
+		}
+	}
+	if got := texts(t, r.dir); !slices.Equal(got, []string{statetext.Name(statetext.Hash(want))}) {
+		t.Errorf("texts kept: %q, want only the applied one", got)
+	}
+	a, err := decodeFresh(t, r.dir)
+	if err != nil || a.Policy != want || a.PolicyFile != "" {
+		t.Fatalf("applied: %+v %v", a, err)
+	}
+	s, err := safeapply.LoadSaved(r.dir)
+	if err != nil || s.Policy != want || s.PolicyFile != "" {
+		t.Fatalf("saved: %+v %v", s, err)
+	}
+	// A text changed on disk is refused, not applied: the record is
+	// unknown, and the next change writes a good one.
+	path := filepath.Join(r.dir, statetext.Name(statetext.Hash(want)))
+	r.must(os.WriteFile(path, []byte("default allow incoming\n"), 0o600))
+	if _, err := decodeFresh(t, r.dir); err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Errorf("a changed text was read: %v", err)
+	}
+	if _, err := safeapply.LoadSaved(r.dir); err == nil {
+		t.Error("a changed saved text was read")
+	}
+	_, err = r.add(r.ch(0), "allow 8080/tcp")
+	r.must(err)
+	if a, err := decodeFresh(t, r.dir); err != nil || a.Policy != r.file() {
+		t.Errorf("after the next change: %+v %v", a, err)
+	}
+	unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
+	r.must(err)
+	r.must(r.eng.Disable(context.Background()))
+	unlock()
+	if got := texts(t, r.dir); len(got) > 0 {
+		t.Errorf("texts left after disable: %q", got)
+	}
+}
+
+// State files written by the version before (every text inside its JSON
+// record) still load, and an interrupted change it journaled is undone.
+func TestOldStateFilesLoad(t *testing.T) {
+	r := newRig(t)
+	big := base + strings.Repeat("deny from 192.0.2.9\n", 1) // any text: the old format held them all inline
+	r.write(big)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	r.crashAt = "saved"
+	if _, err := r.add(r.ch(0), "allow 443/tcp"); !IsCrash(err) {
+		t.Fatalf("no crash: %v", err)
+	}
+	// What the version before wrote: the same records, texts inline.
+	for _, f := range []string{AppliedFile, savedFile, IntentFile} {
+		data, err := os.ReadFile(filepath.Join(r.dir, f))
+		r.must(err)
+		if strings.Contains(string(data), "policy_file") || strings.Contains(string(data), "prev_file_stored") {
+			t.Fatalf("%s is not in the old format:\n%s", f, data)
+		}
+	}
+	in, err := LoadIntent(r.dir)
+	r.must(err)
+	if string(in.PrevFile) != big || in.Prev == nil || in.Prev.Policy != big {
+		t.Fatalf("old intent: %+v", in)
+	}
+	// The new version (texts in files) repairs and carries on.
+	storeAll(t)
+	appliedMemo.put(nil, Applied{})
+	r.eng = r.newEngine()
+	_, err = r.add(r.ch(0), "allow 80/tcp")
+	r.must(err)
+	want := big + "allow 80/tcp\n"
+	if r.file() != want {
+		t.Errorf("file:\n%s\nwant:\n%s", r.file(), want)
+	}
+	r.kernelIs("nftables", want)
+	if a, err := decodeFresh(t, r.dir); err != nil || a.Policy != want {
+		t.Errorf("applied: %+v %v", a, err)
+	}
+	if s, err := safeapply.LoadSaved(r.dir); err != nil || s.Policy != want {
+		t.Errorf("saved: %+v %v", s, err)
+	}
+	// And a saved.json of the old format restores at boot.
+	r2 := newRig(t)
+	r2.write(base)
+	statetext.InlineMax = 1 << 30
+	_, err = r2.enable(r2.ch(0))
+	r2.must(err)
+	statetext.InlineMax = 1
+	r2.must(r2.do(func(ctx context.Context, e *Engine) error {
+		r2.must(e.Disable(ctx))
+		return nil
+	}))
+	r2.must(safeapply.Save(r2.dir, safeapply.Saved{Backend: "nftables", Policy: base, Source: r2.conf}))
+	data, _ := os.ReadFile(filepath.Join(r2.dir, savedFile))
+	var old map[string]any
+	r2.must(json.Unmarshal(data, &old))
+	if old["policy_file"] == nil {
+		t.Fatalf("saved.json not in files: %s", data)
+	}
+	statetext.InlineMax = 1 << 30
+	r2.must(safeapply.Save(r2.dir, safeapply.Saved{Backend: "nftables", Policy: base, Source: r2.conf}))
+	statetext.InlineMax = 1
+	r2.must(r2.do(func(ctx context.Context, e *Engine) error {
+		_, err := e.Restore(ctx, r2.ch(0))
+		return err
+	}))
+	r2.kernelIs("nftables", base)
+}
+
+// saved.json is not written again when it would hold what it holds.
+func TestSavedNotRewrittenWhenUnchanged(t *testing.T) {
+	for _, stored := range []bool{false, true} {
+		t.Run(map[bool]string{false: "inline", true: "stored"}[stored], func(t *testing.T) {
+			if stored {
+				storeAll(t)
+			}
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			ino := func() uint64 {
+				fi, err := os.Stat(filepath.Join(r.dir, savedFile))
+				r.must(err)
+				return fi.Sys().(*syscall.Stat_t).Ino
+			}
+			before := ino()
+			r.advance(time.Minute)
+			_, err = r.enable(r.ch(0))
+			r.must(err)
+			if ino() != before {
+				t.Error("saved.json written again with the same contents")
+			}
+			_, err = r.add(r.ch(0), "allow 443/tcp")
+			r.must(err)
+			if ino() == before {
+				t.Error("saved.json not written for a changed policy")
+			}
+			s, err := safeapply.LoadSaved(r.dir)
+			if err != nil || s.Policy != r.file() {
+				t.Errorf("saved: %+v %v", s, err)
+			}
+			// A text file that lost its text is written again.
+			if stored {
+				path := filepath.Join(r.dir, statetext.Name(statetext.Hash(r.file())))
+				r.must(os.Remove(path))
+				_, err = r.enable(r.ch(0))
+				r.must(err)
+				if s, err := safeapply.LoadSaved(r.dir); err != nil || s.Policy != r.file() {
+					t.Errorf("saved after its text was removed: %v", err)
+				}
+			}
+		})
+	}
+}

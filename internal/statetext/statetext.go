@@ -1,0 +1,169 @@
+// Package statetext keeps the large texts of moat's state (the policy as
+// applied, as saved for boot, as it was before a change) in files of
+// their own in the state directory, named by their SHA-256:
+// policy.<sha256>. The JSON records name the file and the checksum
+// instead of holding the text.
+//
+// A record of a 100,000-line policy used to carry it inside its JSON
+// (2.7 MB, base64 for a []byte), four times over in the journal of a
+// change: each command encoded, wrote and fsynced about 15 MB and
+// decoded much of it again. A text is now written once, when it is new;
+// the records that name it stay small. Small texts (under InlineMax)
+// stay inside their record, where the admin reads them.
+//
+// A text file is written (fsynced, renamed, directory fsynced) before any
+// record names it, and every read checks the checksum, so a kill -9 at
+// any point leaves either the old record or the new one with its text.
+// Files no record names any more are removed by Collect, under moat's
+// lock.
+package statetext
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"github.com/moat-fw/moat/internal/statedir"
+)
+
+// InlineMax is the size from which a text goes to a file of its own (a
+// variable so that tests can send every text there).
+var InlineMax = 64 << 10
+
+// prefix starts the name of every text file.
+const prefix = "policy."
+
+// Hash is the hex SHA-256 of a text. A command hashes the same 100,000-
+// line policy several times (the records, the journal, the checks): the
+// checksum of the last large text is kept, by its address and length (a
+// Go string never changes).
+func Hash(text string) string {
+	if len(text) < InlineMax {
+		return hashOf(text)
+	}
+	key := hashKey{unsafe.StringData(text), len(text)}
+	lastMu.Lock()
+	if last.key == key {
+		sum := last.sum
+		lastMu.Unlock()
+		return sum
+	}
+	lastMu.Unlock()
+	sum := hashOf(text)
+	lastMu.Lock()
+	last.key, last.sum, last.text = key, sum, text
+	lastMu.Unlock()
+	return sum
+}
+
+func hashOf(text string) string {
+	sum := sha256.Sum256([]byte(text))
+	return hex.EncodeToString(sum[:])
+}
+
+type hashKey struct {
+	p *byte
+	n int
+}
+
+var (
+	lastMu sync.Mutex
+	last   struct {
+		key  hashKey
+		sum  string
+		text string // keeps the text alive, so its address is not reused
+	}
+)
+
+// Name is the file that holds the text with this checksum.
+func Name(sum string) string { return prefix + sum }
+
+// IsName reports whether name is a text file's name: policy. and 64
+// lowercase hex digits.
+func IsName(name string) bool {
+	sum, ok := strings.CutPrefix(name, prefix)
+	if !ok || len(sum) != sha256.Size*2 {
+		return false
+	}
+	for _, c := range sum {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// known are the text files this process wrote or checked, by path: they
+// need not be read again to know they hold their text.
+var known sync.Map
+
+// Put stores text in dir and returns its file's name. A file that holds
+// the text already is kept as it is.
+func Put(dir, text string) (string, error) {
+	sum := Hash(text)
+	name := Name(sum)
+	path := filepath.Join(dir, name)
+	if _, ok := known.Load(path); ok {
+		if _, err := os.Lstat(path); err == nil {
+			return name, nil
+		}
+	}
+	if data, err := statedir.ReadFile(dir, name); err == nil && Hash(string(data)) == sum {
+		known.Store(path, true)
+		return name, nil
+	}
+	if err := statedir.WriteFile(dir, name, []byte(text)); err != nil {
+		return "", fmt.Errorf("store text: %w", err)
+	}
+	known.Store(path, true)
+	return name, nil
+}
+
+// Get reads the text a record names: name must be a text file's name,
+// and the file must hold the text with the checksum in its name.
+func Get(dir, name string) (string, error) {
+	if !IsName(name) {
+		return "", fmt.Errorf("%q is not the name of a state text (policy.SHA256)", name)
+	}
+	sum := strings.TrimPrefix(name, prefix)
+	data, err := statedir.ReadFile(dir, name)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", filepath.Join(dir, name), err)
+	}
+	text := string(data)
+	if Hash(text) != sum {
+		known.Delete(filepath.Join(dir, name))
+		return "", fmt.Errorf("read %s: the text does not match its checksum", filepath.Join(dir, name))
+	}
+	known.Store(filepath.Join(dir, name), true)
+	return text, nil
+}
+
+// Collect removes the text files of dir that are not in keep. The caller
+// holds moat's lock and names every file a record of dir names.
+func Collect(dir string, keep map[string]bool) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("collect state texts: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if !IsName(e.Name()) || keep[e.Name()] {
+			continue
+		}
+		known.Delete(filepath.Join(dir, e.Name()))
+		if err := statedir.Remove(dir, e.Name()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
