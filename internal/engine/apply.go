@@ -260,7 +260,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		return nil, err
 	}
 	persist := pl.save == saveAlways || (pl.save == saveIfEnabled && safeapply.Enabled(dir))
-	next := &Applied{Backend: b.Name(), Setting: string(pl.p.Backend), Policy: string(pl.doc.Bytes()), Source: pl.source,
+	next := &Applied{Backend: b.Name(), Setting: string(pl.p.Backend), Policy: pl.doc.Text(), Source: pl.source,
 		Time: e.o.Now().UTC(), FailClosed: pl.failReason != "", FailReason: pl.failReason}
 	prevSaved, _ := readState(dir, savedFile) // nil: none
 	// What to go back to is what the kernel holds: a record without moat's

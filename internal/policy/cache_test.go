@@ -276,3 +276,12 @@ func BenchmarkDocumentEdit(b *testing.B) {
 	b.ReportMetric(cached/float64(b.N)*1000, "ms-edit")
 	b.ReportMetric(cached/base, "x-baseline")
 }
+
+func TestTextIsBytes(t *testing.T) {
+	for _, in := range []string{"", "\n", "a", "a\n", "a\n\nb\n", "# x\r\n  deny from 192.0.2.1\n\n\n"} {
+		d := NewDocument("f", []byte(in))
+		if d.Text() != string(d.Bytes()) {
+			t.Errorf("%q: Text %q, Bytes %q", in, d.Text(), d.Bytes())
+		}
+	}
+}

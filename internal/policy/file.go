@@ -94,7 +94,35 @@ func (d *Document) Bytes() []byte {
 	if len(d.Lines) == 0 {
 		return nil
 	}
-	return []byte(strings.Join(d.Lines, "\n") + "\n")
+	n := len(d.Lines)
+	for _, l := range d.Lines {
+		n += len(l)
+	}
+	b := make([]byte, 0, n)
+	for _, l := range d.Lines {
+		b = append(b, l...)
+		b = append(b, '\n')
+	}
+	return b
+}
+
+// Text is the document as file contents, as a string (Bytes, without a
+// copy more).
+func (d *Document) Text() string {
+	if len(d.Lines) == 0 {
+		return ""
+	}
+	n := len(d.Lines)
+	for _, l := range d.Lines {
+		n += len(l)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, l := range d.Lines {
+		b.WriteString(l)
+		b.WriteByte('\n')
+	}
+	return b.String()
 }
 
 // Write saves the document atomically (WriteFile).

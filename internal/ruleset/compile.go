@@ -191,7 +191,15 @@ func compileSetRules(rs *Ruleset, h Hook, key string, group []*policy.Rule) []Ru
 			suffix = "6"
 		}
 		set := &Set{Name: fmt.Sprintf("%s_%s%s_%d", h, key, suffix, len(rs.Sets)+1), Family: fam}
-		set.Entries = make([]SetEntry, 0, len(group))
+		n := 0
+		for _, r := range group {
+			if r.Family == fam {
+				n++
+			}
+		}
+		// Exactly as many as this family has: with 100,000 rules, room
+		// for the whole group in each family held 7 MB for nothing.
+		set.Entries = make([]SetEntry, 0, n)
 		for _, r := range group {
 			addr := r.From
 			if !addr.IsValid() {

@@ -63,8 +63,10 @@ func Hash(text string) string {
 }
 
 func hashOf(text string) string {
-	sum := sha256.Sum256([]byte(text))
-	return hex.EncodeToString(sum[:])
+	h := sha256.New()
+	// Without copying the text: Write neither keeps nor changes it.
+	h.Write(unsafe.Slice(unsafe.StringData(text), len(text)))
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 type hashKey struct {
