@@ -40,6 +40,9 @@ type Backend struct {
 	// the iptables tools are the nf_tables kind: moat's chains are then
 	// chains of the nftables tables "ip filter" and "ip6 filter".
 	Netlink bool
+	// available: Available found every program once (a command asked
+	// several times, each looking up five programs on the PATH).
+	available bool
 }
 
 // New returns the iptables backend.
@@ -61,11 +64,15 @@ var families = []family{
 // Available reports whether the iptables tools and ipset can be run here
 // (found on the PATH; permission and kernel show on first use).
 func (b *Backend) Available() error {
+	if b.available {
+		return nil
+	}
 	for _, prog := range []string{"iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore", "ipset"} {
 		if _, err := exec.LookPath(prog); err != nil {
 			return fmt.Errorf("iptables backend: %s not found: %w", prog, err)
 		}
 	}
+	b.available = true
 	return nil
 }
 

@@ -48,6 +48,9 @@ type Backend struct {
 	// before it and right after it (see LastCommit).
 	committed       bool
 	genPre, genPost uint32
+	// available: Available succeeded once (a command asked four times,
+	// each a netlink round trip).
+	available bool
 }
 
 // LastCommit says what the last transaction this backend committed found
@@ -79,10 +82,17 @@ func (b *Backend) Available() error {
 	if b.NFT != nil {
 		return nil
 	}
+	if b.available {
+		return nil
+	}
 	if _, err := exec.LookPath("nft"); err != nil {
 		return fmt.Errorf("nftables: nft not found: %w", err)
 	}
-	return kernelAvailable()
+	if err := kernelAvailable(); err != nil {
+		return err
+	}
+	b.available = true
+	return nil
 }
 
 // Script is the nft script that loads rs into an empty table, as `moat
