@@ -51,3 +51,34 @@ func TestWriteFileReplacesLink(t *testing.T) {
 		t.Fatalf("%s is not a regular file: %v %v", name, fi, err)
 	}
 }
+
+// WriteCache replaces the file as WriteFile does (contents, mode, a link
+// replaced and not followed, no temporary file left), without the syncs.
+func TestWriteCache(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	if err := os.WriteFile(target, []byte("keep\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Join(dir, "f")
+	if err := os.Symlink(target, name); err != nil {
+		t.Fatal(err)
+	}
+	for _, content := range []string{"one\n", "two\n"} {
+		if err := WriteCache(name, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if data, err := os.ReadFile(name); err != nil || string(data) != content {
+			t.Fatalf("%q %v", data, err)
+		}
+	}
+	if data, _ := os.ReadFile(target); string(data) != "keep\n" {
+		t.Fatalf("wrote through the link: %q", data)
+	}
+	if fi, err := os.Lstat(name); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%v %v", fi, err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+}

@@ -213,7 +213,7 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 func (a *app) writeKernelRecord(rec kernelRecord) {
 	data, err := json.Marshal(rec)
 	if err == nil {
-		err = statedir.WriteFile(a.stateDir, fingerprintFile, data)
+		err = statedir.WriteCache(a.stateDir, fingerprintFile, data) // a cache: checked on reading
 	}
 	if err != nil {
 		a.log.Debug("record the fingerprint of moat's rules", "err", err)

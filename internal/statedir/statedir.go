@@ -194,6 +194,19 @@ func WriteFile(dir, name string, data []byte) error {
 	return atomicfile.WriteFile(filepath.Join(dir, name), data, Perm)
 }
 
+// WriteCache is WriteFile without the fsyncs (atomicfile.WriteCache): for
+// a file that may be old, empty or missing after a power failure because
+// its reader checks it and rebuilds it (kernel-fingerprint.json).
+func WriteCache(dir, name string, data []byte) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if err := Ensure(dir); err != nil {
+		return err
+	}
+	return atomicfile.WriteCache(filepath.Join(dir, name), data, Perm)
+}
+
 // MarshalJSON is a state file's text for v: indented for the admin's eyes
 // when small (under 64 KiB), compact when large (indenting a 100,000-line
 // policy cost a pass over megabytes).
