@@ -100,6 +100,17 @@ type state struct {
 }
 
 func (b *Backend) read(ctx context.Context) (*state, error) {
+	return b.readState(ctx, true)
+}
+
+// readRules is read without the ipsets present (st.sets stays empty):
+// for what needs only the chains (the fingerprint, Split), one process
+// less.
+func (b *Backend) readRules(ctx context.Context) (*state, error) {
+	return b.readState(ctx, false)
+}
+
+func (b *Backend) readState(ctx context.Context, withSets bool) (*state, error) {
 	st := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
 		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{}}
 	for _, f := range families {
@@ -109,6 +120,9 @@ func (b *Backend) read(ctx context.Context) (*state, error) {
 		}
 		sv := parseSave(out)
 		st.jumps[f.fam], st.has[f.fam], st.gen[f.fam], st.lines[f.fam] = sv.jumps, sv.chains, sv.gen, sv.lines
+	}
+	if !withSets {
+		return st, nil
 	}
 	out, err := b.Run(ctx, nil, "ipset", "list", "-n")
 	if err != nil {
@@ -262,7 +276,7 @@ func (b *Backend) jumpsComplete(rs *ruleset.Ruleset, st *state, fam policy.Famil
 // (an apply was cut between the two families); "" when there is none.
 // The next Apply repairs it.
 func (b *Backend) Split(ctx context.Context) (string, error) {
-	st, err := b.read(ctx)
+	st, err := b.readRules(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -301,7 +315,7 @@ func (b *Backend) Fingerprint(ctx context.Context) (string, error) {
 // other than the bans' and the login exemptions' (sets: whose headers an
 // ipset command may change without touching any chain).
 func (b *Backend) FingerprintSets(ctx context.Context) (fp string, sets bool, err error) {
-	st, err := b.read(ctx)
+	st, err := b.readRules(ctx)
 	if err != nil {
 		return "", false, err
 	}
