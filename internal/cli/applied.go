@@ -12,12 +12,14 @@ import (
 // policy file may have changed since, the kernel may have been changed by
 // hand).
 type appliedState struct {
-	Known      bool // false: nothing recorded (moat inactive, or applied by an older moat)
-	Backend    string
-	Policy     string
-	Time       time.Time
-	FailClosed bool
-	FailReason string
+	Known   bool // false: nothing recorded (moat inactive, or applied by an older moat)
+	Backend string
+	Policy  string
+	// PolicySHA256 is the checksum of Policy (LoadApplied checked it).
+	PolicySHA256 string
+	Time         time.Time
+	FailClosed   bool
+	FailReason   string
 }
 
 // loadApplied reads what is applied; an unreadable record counts as
@@ -27,7 +29,7 @@ func (a *app) loadApplied() appliedState {
 	if err != nil || rec == nil {
 		return appliedState{}
 	}
-	return appliedState{Known: true, Backend: rec.Backend, Policy: rec.Policy, Time: rec.Time,
+	return appliedState{Known: true, Backend: rec.Backend, Policy: rec.Policy, PolicySHA256: rec.PolicySHA256, Time: rec.Time,
 		FailClosed: rec.FailClosed, FailReason: rec.FailReason}
 }
 

@@ -8,7 +8,6 @@ import (
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/drift"
-	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/statedir"
@@ -134,7 +133,7 @@ func (a *app) unchangedSinceApply(ctx context.Context, b backend.Backend, st app
 }
 
 func (r kernelRecord) matches(st appliedState) bool {
-	return st.Known && r.Backend == st.Backend && r.Time.Equal(st.Time) && r.PolicySHA256 == engine.Hash([]byte(st.Policy))
+	return st.Known && r.Backend == st.Backend && r.Time.Equal(st.Time) && r.PolicySHA256 == st.PolicySHA256
 }
 
 // recordFingerprint stores the kernel's fingerprint for the applied record
@@ -143,7 +142,7 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 	if !st.Known || b.Name() != st.Backend {
 		return
 	}
-	rec := kernelRecord{Backend: st.Backend, PolicySHA256: engine.Hash([]byte(st.Policy)), Time: st.Time}
+	rec := kernelRecord{Backend: st.Backend, PolicySHA256: st.PolicySHA256, Time: st.Time}
 	if fp, gen, ok := a.loadedFingerprint(ctx, b); ok {
 		a.log.Debug("fingerprint of moat's rules taken from what moat loaded", "generation", gen)
 		rec.Fingerprint, rec.Generation, rec.HasGeneration = fp, gen, true

@@ -169,9 +169,7 @@ func (a *app) edit(cmd *cobra.Command, fn func(*policy.Document) (string, bool, 
 		if err != nil {
 			return err
 		}
-		if res.Policy != nil {
-			a.warnCovered(res.Policy)
-		}
+		a.printCovered(res.Covered)
 		a.printf("%s\n", res.Message)
 		switch {
 		case res.Unchanged:
@@ -303,10 +301,10 @@ func (a *app) enable(cmd *cobra.Command, reload bool) error {
 			a.printf("moat is inactive: nothing reloaded ('moat enable' applies the policy)\n")
 			return nil
 		}
-		a.warnCovered(res.Policy)
+		a.printCovered(res.Covered)
 		a.report(res)
 		a.warnForeignLockout(ctx)
-		a.printf("moat is active (%s): %s from %s\n", res.Applied.Backend, count(len(res.Policy.Rules), "rule"), a.config)
+		a.printf("moat is active (%s): %s from %s\n", res.Applied.Backend, count(res.Rules, "rule"), a.config)
 		if res.Pending == nil {
 			a.installBootHook(ctx, res.Policy.Guard.Enabled)
 			a.installBlocklistTimer(ctx, res.Policy)

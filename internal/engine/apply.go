@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 )
 
@@ -57,8 +59,26 @@ type Result struct {
 	Pending *Pending
 	// Persisted: the policy was saved for boot.
 	Persisted bool
-	// Policy is the policy the file now holds.
+	// Policy is the policy the file now holds. Once an apply compiled it,
+	// its Rules are released (nil): at 100,000 rules they are 32 MB, most
+	// of what the command would hold while the kernel loads the ruleset.
+	// Rules and Covered say what callers need of them.
 	Policy *policy.Policy
+	// Rules is how many rules the policy has.
+	Rules int
+	// Covered are the policy's rules that an earlier rule covers, so they
+	// never match (ruleset.Shadowed); filled by Edit and Enable.
+	Covered []ruleset.Covered
+}
+
+// bigPolicy is the number of rules from which an apply collects its
+// garbage once the rules are compiled (about 3 MB of rules).
+const bigPolicy = 10000
+
+// noteRules records what callers need of the policy's rules.
+func (res *Result) noteRules(p *policy.Policy) {
+	res.Rules = len(p.Rules)
+	res.Covered = ruleset.Shadowed(p)
 }
 
 // saveMode says whether an apply updates the ruleset saved for boot.
@@ -152,6 +172,7 @@ func (e *Engine) Edit(ctx context.Context, ch Change, edit func(*policy.Document
 		return nil, err
 	}
 	res := &Result{Message: msg, Policy: p}
+	res.noteRules(p)
 	switch {
 	case len(cur.kernel) == 0:
 		res.Inactive = true
@@ -186,7 +207,9 @@ func (e *Engine) Enable(ctx context.Context, ch Change) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, prevFile: prev, hadFile: had, save: saveAlways, source: ch.Path}, &Result{Policy: p})
+	res := &Result{Policy: p}
+	res.noteRules(p)
+	return e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, prevFile: prev, hadFile: had, save: saveAlways, source: ch.Path}, res)
 }
 
 // Reload applies the policy file again if moat is active (Inactive
@@ -259,6 +282,15 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if err := e.checkLockout(rs, pl.p, pl.ch.Force || pl.failReason != "", pl.restore); err != nil {
 		return nil, err
 	}
+	// The ruleset has what the kernel needs: the rules go (Result.Policy).
+	res.Rules = len(pl.p.Rules)
+	pl.p.Rules = nil
+	if res.Rules >= bigPolicy {
+		// The heap may grow to twice what was live at the last collection,
+		// when the rules were: collect now, so the kernel load that follows
+		// (rendering, sending, state files) grows from what is left.
+		runtime.GC()
+	}
 	persist := pl.save == saveAlways || (pl.save == saveIfEnabled && safeapply.Enabled(dir))
 	next := &Applied{Backend: b.Name(), Setting: string(pl.p.Backend), Policy: pl.doc.Text(), Source: pl.source,
 		Time: e.o.Now().UTC(), FailClosed: pl.failReason != "", FailReason: pl.failReason}
@@ -308,7 +340,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if err := e.step("kernel"); err != nil {
 		return nil, err
 	}
-	e.o.Log.Info("applied", "backend", b.Name(), "rules", len(pl.p.Rules))
+	e.o.Log.Info("applied", "backend", b.Name(), "rules", res.Rules)
 	for _, name := range cur.kernel {
 		if name == b.Name() {
 			continue

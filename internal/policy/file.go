@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -65,15 +66,18 @@ func ReadFile(name string) ([]byte, error) {
 	if st.Size() > maxFileSize {
 		return nil, fmt.Errorf("read policy %s: %d bytes is more than the %d allowed", name, st.Size(), maxFileSize)
 	}
-	// Bounded again while reading: the file may grow after Stat.
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
-	if err != nil {
+	// Bounded again while reading: the file may grow after Stat. The
+	// buffer is sized once (io.ReadAll grew a 2.7 MB policy through
+	// twice its size).
+	var buf bytes.Buffer
+	buf.Grow(int(st.Size()) + bytes.MinRead)
+	if _, err := buf.ReadFrom(io.LimitReader(f, maxFileSize+1)); err != nil {
 		return nil, fmt.Errorf("read policy %s: %w", name, err)
 	}
-	if len(data) > maxFileSize {
+	if buf.Len() > maxFileSize {
 		return nil, fmt.Errorf("read policy %s: more than the %d bytes allowed", name, maxFileSize)
 	}
-	return data, nil
+	return buf.Bytes(), nil
 }
 
 // NewDocument splits file contents into lines.

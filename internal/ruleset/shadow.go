@@ -39,7 +39,16 @@ func (c Covered) String() string {
 // by one without a network on that side.
 func Shadowed(p *policy.Policy) []Covered {
 	var out []Covered
-	byFrom, byTo := newPrefixIndex(), newPrefixIndex()
+	nFrom, nTo := 0, 0
+	for i := range p.Rules {
+		switch {
+		case p.Rules[i].From.IsValid():
+			nFrom++
+		case p.Rules[i].To.IsValid():
+			nTo++
+		}
+	}
+	byFrom, byTo := newPrefixIndex(nFrom, len(p.Rules)), newPrefixIndex(nTo, len(p.Rules))
 	var rest []int // earlier rules with neither network
 	for i := range p.Rules {
 		b := &p.Rules[i]
@@ -91,8 +100,14 @@ type prefixIndex struct {
 	bits [2]map[int]bool        // prefix lengths present, by family (0: IPv4)
 }
 
-func newPrefixIndex() *prefixIndex {
-	return &prefixIndex{head: map[netip.Prefix]int32{}, bits: [2]map[int]bool{{}, {}}}
+// newPrefixIndex makes an index for n networks of rules numbered below
+// rules (sized at once: growing a map of 100,000 copies it over and over).
+func newPrefixIndex(n, rules int) *prefixIndex {
+	x := &prefixIndex{head: make(map[netip.Prefix]int32, n), bits: [2]map[int]bool{{}, {}}}
+	if n > 0 {
+		x.next = make([]int32, rules)
+	}
+	return x
 }
 
 func famIndex(p netip.Prefix) int {
@@ -107,6 +122,7 @@ func (x *prefixIndex) add(p netip.Prefix, i int) {
 	for len(x.next) <= i {
 		x.next = append(x.next, -1)
 	}
+	x.next[i] = -1
 	if j, ok := x.head[p]; ok {
 		x.next[i] = j
 	}
