@@ -9,13 +9,16 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -519,53 +522,13 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 	if err != nil {
 		return socks, fmt.Errorf("read %s: %w", procRoot, err)
 	}
-	type proc struct {
-		ppid      int
-		sshd      bool
-		activator bool
-		client    bool
-		inodes    []string
-	}
-	procs := map[int]*proc{}
-	var buf [64]byte
+	var pids []procEntry
 	for _, d := range dirs {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		dir := filepath.Join(procRoot, d.Name())
-		comm, err := readSmall(filepath.Join(dir, "comm"), buf[:])
-		if err != nil {
-			continue // the process has gone
-		}
-		name := strings.TrimSpace(string(comm))
-		exe, _ := os.Readlink(filepath.Join(dir, "exe"))
-		exe = strings.TrimSuffix(filepath.Base(exe), " (deleted)")
-		p := &proc{}
-		p.sshd = isSSHD(name) || isSSHD(exe)
-		// systemd-socket-activate's comm is cut to 15 characters.
-		p.activator = pid == 1 || name == "systemd" || strings.HasPrefix(name, "systemd-socket") || name == "inetd" || name == "xinetd"
-		p.client = name == "ssh" || name == "autossh"
-		if !p.sshd && !p.activator && !p.client {
-			continue
-		}
-		p.ppid = readPPid(dir)
-		procs[pid] = p
-		fdDir := filepath.Join(dir, "fd")
-		fds, err := os.ReadDir(fdDir)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-			if err != nil {
-				continue
-			}
-			if inode, ok := strings.CutPrefix(target, "socket:["); ok {
-				p.inodes = append(p.inodes, strings.TrimSuffix(inode, "]"))
-			}
+		if pid, err := strconv.Atoi(d.Name()); err == nil {
+			pids = append(pids, procEntry{pid, d.Name()})
 		}
 	}
+	procs := scanProcs(procRoot, pids)
 	for _, p := range procs {
 		for _, inode := range p.inodes {
 			if p.client {
@@ -597,6 +560,88 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 		}
 	}
 	return socks, nil
+}
+
+// proc is what sshdSockets reads of one process of interest.
+type proc struct {
+	ppid      int
+	sshd      bool
+	activator bool
+	client    bool
+	inodes    []string
+}
+
+// scanProcs reads the processes pids under procRoot and returns those of
+// interest (SSH servers, socket activators, SSH clients) with their
+// sockets. The processes are shared out among a few goroutines, as many
+// as Go runs at once (up to 4): each costs a few system calls, and a
+// server runs hundreds. /proc does not depend on the network namespace
+// of the thread reading it, so any thread may.
+func scanProcs(procRoot string, pids []procEntry) map[int]*proc {
+	workers := min(runtime.GOMAXPROCS(0), 4, max(len(pids)/64, 1))
+	parts := make([]map[int]*proc, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			found := map[int]*proc{}
+			var buf [64]byte
+			for i := w; i < len(pids); i += workers {
+				if p := scanProc(procRoot, pids[i], buf[:]); p != nil {
+					found[pids[i].pid] = p
+				}
+			}
+			parts[w] = found
+		})
+	}
+	wg.Wait()
+	procs := map[int]*proc{}
+	for _, part := range parts {
+		maps.Copy(procs, part)
+	}
+	return procs
+}
+
+// procEntry is a process directory of /proc: its PID and its name.
+type procEntry struct {
+	pid  int
+	name string
+}
+
+// scanProc reads one process: nil if it is gone or of no interest.
+func scanProc(procRoot string, e procEntry, buf []byte) *proc {
+	pid := e.pid
+	dir := filepath.Join(procRoot, e.name)
+	comm, err := readSmall(filepath.Join(dir, "comm"), buf)
+	if err != nil {
+		return nil // the process has gone
+	}
+	name := strings.TrimSpace(string(comm))
+	exe, _ := os.Readlink(filepath.Join(dir, "exe"))
+	exe = strings.TrimSuffix(filepath.Base(exe), " (deleted)")
+	p := &proc{}
+	p.sshd = isSSHD(name) || isSSHD(exe)
+	// systemd-socket-activate's comm is cut to 15 characters.
+	p.activator = pid == 1 || name == "systemd" || strings.HasPrefix(name, "systemd-socket") || name == "inetd" || name == "xinetd"
+	p.client = name == "ssh" || name == "autossh"
+	if !p.sshd && !p.activator && !p.client {
+		return nil
+	}
+	p.ppid = readPPid(dir)
+	fdDir := filepath.Join(dir, "fd")
+	fds, err := os.ReadDir(fdDir)
+	if err != nil {
+		return p
+	}
+	for _, fd := range fds {
+		target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
+		if err != nil {
+			continue
+		}
+		if inode, ok := strings.CutPrefix(target, "socket:["); ok {
+			p.inodes = append(p.inodes, strings.TrimSuffix(inode, "]"))
+		}
+	}
+	return p
 }
 
 // isSSHD reports whether a process name is an SSH server's: OpenSSH's

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -421,5 +423,48 @@ func TestCheckSessionsNATPorts(t *testing.T) {
 		case c.cut != "" && (len(problems) == 0 || !strings.Contains(problems[0].Why, c.cut)):
 			t.Errorf("%s: problems %+v, want %q", c.rule, problems, c.cut)
 		}
+	}
+}
+
+// On a host with hundreds of processes the scan is shared out among
+// goroutines: every sshd, its per-session children and the activators
+// are found wherever they fall, as one goroutine finds them.
+func TestFindSSHManyProcesses(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:22", "0.0.0.0:0")
+	b.proc(1, 0, "systemd")
+	b.proc(97, 1, "sshd", lis)
+	var want []string
+	for i := range 400 {
+		pid := 1000 + i
+		if i%50 == 7 {
+			port := 50000 + i
+			c := b.sock("01", "192.0.2.1:22", fmt.Sprintf("192.0.2.2:%d", port))
+			b.proc(pid, 97, "sshd", c)
+			want = append(want, fmt.Sprintf("192.0.2.2:%d>192.0.2.1:22", port))
+			continue
+		}
+		b.proc(pid, 1, "bash")
+	}
+	root := b.write("")
+	dirs, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []procEntry
+	for _, d := range dirs {
+		if pid, err := strconv.Atoi(d.Name()); err == nil {
+			pids = append(pids, procEntry{pid, d.Name()})
+		}
+	}
+	if got := scanProcs(root, pids); len(got) != 2+len(want) || got[97] == nil || got[1] == nil {
+		t.Fatalf("scan found %d processes of interest, want %d", len(got), 2+len(want))
+	}
+	st := find(t, root, nil)
+	got := strings.Split(sessionList(st), " ")
+	sort.Strings(got)
+	sort.Strings(want)
+	if strings.Join(got, " ") != strings.Join(want, " ") || len(st.Listen) != 1 {
+		t.Errorf("sessions %v listen %v, want %v", got, st.Listen, want)
 	}
 }
