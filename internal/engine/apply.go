@@ -69,16 +69,44 @@ type Result struct {
 	// Covered are the policy's rules that an earlier rule covers, so they
 	// never match (ruleset.Shadowed); filled by Edit and Enable.
 	Covered []ruleset.Covered
+	// wantCovered: Covered is to be filled (Edit, Enable).
+	wantCovered bool
 }
 
 // bigPolicy is the number of rules from which an apply collects its
-// garbage once the rules are compiled (about 3 MB of rules).
+// garbage once the rules are released (about 3 MB of rules).
 const bigPolicy = 10000
 
-// noteRules records what callers need of the policy's rules.
+// noteRules records what callers need of the policy's rules, when no
+// apply does (an edit while moat is inactive or fail-closed).
 func (res *Result) noteRules(p *policy.Policy) {
 	res.Rules = len(p.Rules)
 	res.Covered = ruleset.Shadowed(p)
+}
+
+// releaseRules takes the rules from the policy of an apply. The search for
+// covered rules (when wanted) runs meanwhile, beside the kernel load, and
+// then, for a large policy, a collection: the heap may grow to twice what
+// was live at the last one, when the rules were, so the kernel load grows
+// from what is left instead. wait gives the covered rules.
+func (res *Result) releaseRules(p *policy.Policy) (wait func() []ruleset.Covered) {
+	rules := p.Rules
+	res.Rules = len(rules)
+	p.Rules = nil
+	done := make(chan []ruleset.Covered, 1)
+	go func() {
+		var covered []ruleset.Covered
+		if res.wantCovered {
+			covered = ruleset.Shadowed(&policy.Policy{Rules: rules})
+		}
+		n := len(rules)
+		rules = nil
+		if n >= bigPolicy {
+			runtime.GC()
+		}
+		done <- covered
+	}()
+	return func() []ruleset.Covered { return <-done }
 }
 
 // saveMode says whether an apply updates the ruleset saved for boot.
@@ -171,8 +199,7 @@ func (e *Engine) Edit(ctx context.Context, ch Change, edit func(*policy.Document
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Message: msg, Policy: p}
-	res.noteRules(p)
+	res := &Result{Message: msg, Policy: p, wantCovered: true}
 	switch {
 	case len(cur.kernel) == 0:
 		res.Inactive = true
@@ -181,6 +208,7 @@ func (e *Engine) Edit(ctx context.Context, ch Change, edit func(*policy.Document
 	default:
 		return e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, prevFile: prev, hadFile: had, writeFile: true, save: saveIfEnabled, source: ch.Path}, res)
 	}
+	res.noteRules(p)
 	if err := doc.Write(); err != nil {
 		return nil, err
 	}
@@ -207,8 +235,7 @@ func (e *Engine) Enable(ctx context.Context, ch Change) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Policy: p}
-	res.noteRules(p)
+	res := &Result{Policy: p, wantCovered: true}
 	return e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, prevFile: prev, hadFile: had, save: saveAlways, source: ch.Path}, res)
 }
 
@@ -283,14 +310,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		return nil, err
 	}
 	// The ruleset has what the kernel needs: the rules go (Result.Policy).
-	res.Rules = len(pl.p.Rules)
-	pl.p.Rules = nil
-	if res.Rules >= bigPolicy {
-		// The heap may grow to twice what was live at the last collection,
-		// when the rules were: collect now, so the kernel load that follows
-		// (rendering, sending, state files) grows from what is left.
-		runtime.GC()
-	}
+	covered := res.releaseRules(pl.p)
 	persist := pl.save == saveAlways || (pl.save == saveIfEnabled && safeapply.Enabled(dir))
 	next := &Applied{Backend: b.Name(), Setting: string(pl.p.Backend), Policy: pl.doc.Text(), Source: pl.source,
 		Time: e.o.Now().UTC(), FailClosed: pl.failReason != "", FailReason: pl.failReason}
@@ -396,6 +416,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		return nil, err
 	}
 	res.Applied, res.Pending = next, pend
+	res.Covered = covered()
 	return res, nil
 }
 

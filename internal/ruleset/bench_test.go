@@ -24,7 +24,7 @@ func blocklistPolicy(n int) []byte {
 //	go test -run XXX -bench ParseCompile -benchmem ./internal/ruleset/
 func BenchmarkParseCompile(b *testing.B) {
 	var baseline float64
-	for _, n := range []int{1000, 100000} {
+	for _, n := range []int{1000, 100000, 500000} {
 		data := blocklistPolicy(n)
 		b.Run(fmt.Sprintf("rules-%d", n), func(b *testing.B) {
 			b.ReportAllocs()
