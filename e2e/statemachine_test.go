@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -55,7 +56,15 @@ func TestStateMachineKernel(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, b, false)
 			seed := uint64(time.Now().UnixNano())
-			t.Logf("seed %d", seed)
+			if v := os.Getenv("MOAT_STATEMACHINE_SEED_" + b); v != "" {
+				// Replays a failed run: the seed its log printed.
+				s, err := strconv.ParseUint(v, 10, 64)
+				if err != nil {
+					t.Fatalf("MOAT_STATEMACHINE_SEED_%s: %v", b, err)
+				}
+				seed = s
+			}
+			t.Logf("seed %d (MOAT_STATEMACHINE_SEED_%s replays it)", seed, b)
 			rng := rand.New(rand.NewPCG(seed, 11))
 			m := kmodel{file: engineBase}
 			writeFile(t, e.conf, m.file)
