@@ -388,16 +388,26 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if pend != nil {
 		next.Pending = pend.ID
 	}
-	if err := writeApplied(dir, next); err != nil {
+	// The boot record, when it is rewritten, goes into the same directory
+	// right after the applied record: its directory sync makes both
+	// renames durable (one disk flush less; the journal still undoes the
+	// change if the machine stops before).
+	var save *safeapply.Saved
+	if pend == nil && persist {
+		s := safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source, Apps: appPorts(e.o.Apps)}
+		if !savedHolds(dir, prevSaved, s) {
+			save = &s
+		}
+	}
+	if err := writeAppliedSync(dir, next, save == nil); err != nil {
 		return nil, e.failAfterKernel(ctx, in, fmt.Errorf("record what is applied: %w", err))
 	}
 	if err := e.step("applied"); err != nil {
 		return nil, err
 	}
 	if pend == nil && persist {
-		s := safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source, Apps: appPorts(e.o.Apps)}
-		if !savedHolds(dir, prevSaved, s) {
-			if err := safeapply.Save(dir, s); err != nil {
+		if save != nil {
+			if err := safeapply.Save(dir, *save); err != nil {
 				return nil, e.failAfterKernel(ctx, in, err)
 			}
 		}

@@ -140,6 +140,13 @@ func storeText(dir string, a *Applied) (*Applied, error) {
 }
 
 func writeApplied(dir string, a *Applied) error {
+	return writeAppliedSync(dir, a, true)
+}
+
+// writeAppliedSync is writeApplied; without dirSync the directory is not
+// synced (the caller writes another state file right after, whose sync
+// makes both renames durable).
+func writeAppliedSync(dir string, a *Applied, dirSync bool) error {
 	if a == nil {
 		return removeState(dir, AppliedFile)
 	}
@@ -152,7 +159,11 @@ func writeApplied(dir string, a *Applied) error {
 	if err != nil {
 		return err
 	}
-	if err := writeState(dir, AppliedFile, data); err != nil {
+	write := writeState
+	if !dirSync {
+		write = statedir.WriteFileSyncDirLater
+	}
+	if err := write(dir, AppliedFile, data); err != nil {
 		return err
 	}
 	// What reading these bytes back gives, when JSON keeps every field

@@ -194,6 +194,24 @@ func WriteFile(dir, name string, data []byte) error {
 	return atomicfile.WriteFile(filepath.Join(dir, name), data, Perm)
 }
 
+// WriteFileSyncDirLater is WriteFile leaving the directory's sync to the
+// caller (SyncDir, or a WriteFile into dir right after, which syncs it):
+// see atomicfile.WriteFileSyncDirLater.
+func WriteFileSyncDirLater(dir, name string, data []byte) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if err := Ensure(dir); err != nil {
+		return err
+	}
+	return atomicfile.WriteFileSyncDirLater(filepath.Join(dir, name), data, Perm)
+}
+
+// SyncDir makes the renames done in dir durable.
+func SyncDir(dir string) error {
+	return atomicfile.SyncDir(dir)
+}
+
 // WriteCache is WriteFile without the fsyncs (atomicfile.WriteCache): for
 // a file that may be old, empty or missing after a power failure because
 // its reader checks it and rebuilds it (kernel-fingerprint.json).
