@@ -50,33 +50,24 @@ func Shadowed(p *policy.Policy) []Covered {
 	}
 	byFrom, byTo := newPrefixIndex(nFrom, len(p.Rules)), newPrefixIndex(nTo, len(p.Rules))
 	var rest []int // earlier rules with neither network
+	s := search{rules: p.Rules}
 	for i := range p.Rules {
 		b := &p.Rules[i]
-		best := -1
-		try := func(j int) {
-			// Rules of one line (an application profile's protocols) are
-			// one rule to the admin: never one covering the other.
-			if b.Pos.Line > 0 && p.Rules[j].Pos.Line == b.Pos.Line {
-				return
-			}
-			if (best < 0 || j < best) && covers(&p.Rules[j], b) {
-				best = j
-			}
-		}
+		s.b, s.best = b, -1
 		for _, j := range rest {
-			if best >= 0 && j > best {
+			if s.best >= 0 && j > s.best {
 				break
 			}
-			try(j)
+			s.try(j)
 		}
 		if b.From.IsValid() {
-			byFrom.candidates(b.From, try)
+			byFrom.candidates(b.From, &s)
 		}
 		if b.To.IsValid() {
-			byTo.candidates(b.To, try)
+			byTo.candidates(b.To, &s)
 		}
-		if best >= 0 {
-			out = append(out, Covered{Rule: p.Rules[i], By: p.Rules[best]})
+		if s.best >= 0 {
+			out = append(out, Covered{Rule: p.Rules[i], By: p.Rules[s.best]})
 		}
 		switch {
 		case b.From.IsValid():
@@ -90,6 +81,26 @@ func Shadowed(p *policy.Policy) []Covered {
 	return out
 }
 
+// search is the search for the first earlier rule that covers b (a
+// struct rather than a closure: a closure per rule cost an allocation
+// each).
+type search struct {
+	rules []policy.Rule
+	b     *policy.Rule
+	best  int // the covering rule found so far, or -1
+}
+
+func (s *search) try(j int) {
+	// Rules of one line (an application profile's protocols) are one rule
+	// to the admin: never one covering the other.
+	if s.b.Pos.Line > 0 && s.rules[j].Pos.Line == s.b.Pos.Line {
+		return
+	}
+	if (s.best < 0 || j < s.best) && covers(&s.rules[j], s.b) {
+		s.best = j
+	}
+}
+
 // prefixIndex finds the rules whose network contains a given one. The
 // rules of one network are a chain through next (by rule index), so a
 // policy of 100,000 address rules costs one map entry each and no slice
@@ -97,13 +108,16 @@ func Shadowed(p *policy.Policy) []Covered {
 type prefixIndex struct {
 	head map[netip.Prefix]int32 // the last rule added of each network
 	next []int32                // by rule index: the one added before it of the same network, or -1
-	bits [2]map[int]bool        // prefix lengths present, by family (0: IPv4)
+	// lens are the prefix lengths present, by family (0: IPv4); has says
+	// which are (a map walked for every rule cost more than the lookups).
+	lens [2][]int
+	has  [2][129]bool
 }
 
 // newPrefixIndex makes an index for n networks of rules numbered below
 // rules (sized at once: growing a map of 100,000 copies it over and over).
 func newPrefixIndex(n, rules int) *prefixIndex {
-	x := &prefixIndex{head: make(map[netip.Prefix]int32, n), bits: [2]map[int]bool{{}, {}}}
+	x := &prefixIndex{head: make(map[netip.Prefix]int32, n)}
 	if n > 0 {
 		x.next = make([]int32, rules)
 	}
@@ -127,12 +141,15 @@ func (x *prefixIndex) add(p netip.Prefix, i int) {
 		x.next[i] = j
 	}
 	x.head[p] = int32(i)
-	x.bits[famIndex(p)][p.Bits()] = true
+	if f, b := famIndex(p), p.Bits(); !x.has[f][b] {
+		x.has[f][b] = true
+		x.lens[f] = append(x.lens[f], b)
+	}
 }
 
-// candidates calls fn with every indexed rule whose network contains p.
-func (x *prefixIndex) candidates(p netip.Prefix, fn func(int)) {
-	for bits := range x.bits[famIndex(p)] {
+// candidates tries every indexed rule whose network contains p.
+func (x *prefixIndex) candidates(p netip.Prefix, s *search) {
+	for _, bits := range x.lens[famIndex(p)] {
 		if bits > p.Bits() {
 			continue
 		}
@@ -142,7 +159,7 @@ func (x *prefixIndex) candidates(p netip.Prefix, fn func(int)) {
 		}
 		j, ok := x.head[q]
 		for ok && j >= 0 {
-			fn(int(j))
+			s.try(int(j))
 			j = x.next[j]
 		}
 	}
@@ -158,25 +175,26 @@ func covers(a, b *policy.Rule) bool {
 		portsCover(a.FromPort, b.FromPort) && portsCover(a.ToPort, b.ToPort)
 }
 
+// The IP families a rule matches, as bits (no slice per comparison: the
+// check compares 100,000 rules).
+const (
+	famV4 uint8 = 1 << iota
+	famV6
+)
+
 // families is the set of IP families a rule matches.
-func families(r *policy.Rule) []policy.Family {
+func families(r *policy.Rule) uint8 {
 	switch {
 	case r.Family == policy.FamilyV4 || r.Proto == "icmp" || r.From.Addr().Is4() || r.To.Addr().Is4():
-		return []policy.Family{policy.FamilyV4}
+		return famV4
 	case r.Family == policy.FamilyV6 || r.Proto == "ipv6-icmp" || r.From.Addr().Is6() || r.To.Addr().Is6():
-		return []policy.Family{policy.FamilyV6}
+		return famV6
 	}
-	return []policy.Family{policy.FamilyV4, policy.FamilyV6}
+	return famV4 | famV6
 }
 
 func familiesCover(a, b *policy.Rule) bool {
-	fa := families(a)
-	for _, f := range families(b) {
-		if !slices.Contains(fa, f) {
-			return false
-		}
-	}
-	return true
+	return families(b)&^families(a) == 0
 }
 
 // ifaceCovers: "" is any interface; "eth+" is every name starting "eth".
@@ -192,28 +210,30 @@ func ifaceCovers(a, b string) bool {
 	return a == b
 }
 
-// protos is the set of protocols a rule matches; nil is every protocol.
-// ufw's "allow 22" (ports, no protocol) means tcp and udp.
-func protos(r *policy.Rule) []string {
+// protos is the set of protocols a rule matches: n of ps, or every
+// protocol (all). ufw's "allow 22" (ports, no protocol) means tcp and udp.
+func protos(r *policy.Rule) (ps [2]string, n int, all bool) {
 	if r.Proto != "any" && r.Proto != "" {
-		return []string{r.Proto}
+		ps[0] = r.Proto
+		return ps, 1, false
 	}
 	if len(r.FromPort) > 0 || len(r.ToPort) > 0 {
-		return []string{"tcp", "udp"}
+		return [2]string{"tcp", "udp"}, 2, false
 	}
-	return nil
+	return ps, 0, true
 }
 
 func protosCover(a, b *policy.Rule) bool {
-	pa, pb := protos(a), protos(b)
-	if pa == nil {
+	pa, na, allA := protos(a)
+	pb, nb, allB := protos(b)
+	if allA {
 		return true
 	}
-	if pb == nil {
+	if allB {
 		return false
 	}
-	for _, p := range pb {
-		if !slices.Contains(pa, p) {
+	for _, p := range pb[:nb] {
+		if !slices.Contains(pa[:na], p) {
 			return false
 		}
 	}
