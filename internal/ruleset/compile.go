@@ -130,7 +130,14 @@ func defaultOrigin(p *policy.Policy, dir policy.Direction) Origin {
 
 // ruleOrigin names a policy rule by its line.
 func ruleOrigin(r *policy.Rule) Origin {
-	return Origin{ID: "L" + strconv.Itoa(r.Pos.Line), Line: r.Pos.Line, Text: r.Text}
+	return Origin{ID: lineID(r.Pos.Line), Line: r.Pos.Line, Text: r.Text}
+}
+
+// lineID is "L" and the line number, in one allocation (there is one per
+// rule of a 100,000-line policy).
+func lineID(line int) string {
+	var buf [24]byte
+	return string(strconv.AppendInt(append(buf[:0], 'L'), int64(line), 10))
 }
 
 // setKey says whether a rule can join an address set, and which: rules
@@ -149,11 +156,21 @@ func setKey(r *policy.Rule) (key string, ok bool) {
 	if (from && r.From.Bits() == 0) || (to && r.To.Bits() == 0) {
 		return "", false
 	}
-	side := "src"
+	side := 0
 	if to {
-		side = "dst"
+		side = 1
 	}
-	return string(r.Action) + "_" + side, true
+	if k, ok := setKeys[r.Action]; ok {
+		return k[side], true
+	}
+	return string(r.Action) + "_" + [2]string{"src", "dst"}[side], true
+}
+
+// setKeys are setKey's keys, made once rather than for every rule.
+var setKeys = map[policy.Action][2]string{
+	policy.Allow:  {"allow_src", "allow_dst"},
+	policy.Deny:   {"deny_src", "deny_dst"},
+	policy.Reject: {"reject_src", "reject_dst"},
 }
 
 // compileRules compiles a chain's user rules in order. Runs of consecutive
