@@ -347,7 +347,7 @@ func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
 			return nil
 		}
 		now := s.elems()
-		del, add := diffElems(intervalElems(st.Prefixes), intervalElems(now))
+		del, add := diffIntervals(st.Prefixes, now)
 		if n += len(del) + len(add); n > maxNetlinkElems {
 			return nil
 		}
@@ -355,7 +355,7 @@ func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
 		// address, whose element goes and comes back in one transaction.
 		p.nl.elements(deleteElems, s.set.Name, del)
 		p.nl.elements(createElems, s.set.Name, add)
-		p.save[s.set.Name] = StoredSet{Data: s.data, Prefixes: now, Ranges: RangesHash(prefixRanges(now))}
+		p.save[s.set.Name] = StoredSet{Data: s.data, Prefixes: now, Ranges: prefixesHash(now)}
 	}
 	p.nl.flushChain(SyncChain)
 	for _, r := range d.record().rules() {

