@@ -14,6 +14,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/guard"
+	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -27,6 +28,9 @@ func (a *app) banBackend(ctx context.Context) (backend.Backend, error) {
 	}
 	if b == nil {
 		return nil, errors.New("moat is not active: the ban sets live in moat's rules ('moat enable' first)")
+	}
+	if nb, ok := b.(*nft.Backend); ok {
+		nb.AfterBan = a.banCommitted
 	}
 	return b, nil
 }

@@ -111,6 +111,7 @@ func (a *app) unchangedSinceApply(ctx context.Context, b backend.Backend, st app
 		if gen, err = nft.Generation(); err == nil {
 			hasGen = true
 			if rec.HasGeneration && gen == rec.Generation && !rec.Sets {
+				a.log.Debug("moat's table unchanged since its fingerprint was taken", "generation", gen)
 				a.verified = verifiedGen{gen: gen, ok: true}
 				return true
 			}
@@ -207,6 +208,29 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 		return "", 0, false // something was committed while the chains were read
 	}
 	return fp, now, true
+}
+
+// banCommitted keeps the recorded fingerprint current across moat's own
+// bans (the guard's, 'moat ban'): a transaction that changed only ban or
+// login set elements, which the fingerprint leaves out, and that went
+// from generation before to after with nothing else committed, leaves the
+// table as the record says it was at before. Without this, every ban would
+// make the next command read every policy set back from the kernel. The
+// guard runs without the state lock: a record rewritten meanwhile by a
+// command is at another generation and is left alone (a stale write is
+// still a true statement, at worst for an older applied record, which
+// the next command does not trust).
+func (a *app) banCommitted(before, after uint32) {
+	data, err := statedir.ReadFile(a.stateDir, fingerprintFile)
+	if err != nil {
+		return
+	}
+	var rec kernelRecord
+	if json.Unmarshal(data, &rec) != nil || rec.Backend != "nftables" || !rec.HasGeneration || rec.Generation != before || rec.Fingerprint == "" {
+		return
+	}
+	rec.Generation = after
+	a.writeKernelRecord(rec)
 }
 
 func (a *app) writeKernelRecord(rec kernelRecord) {

@@ -43,6 +43,11 @@ type Backend struct {
 	// Elements keeps what moat loaded into each policy set, so that a
 	// change of a set is sent as its difference (nil: sets are refilled).
 	Elements ElementStore
+	// AfterBan, when set, is told of each transaction of bans, unbans or
+	// login exemptions (Netlink only) that took the ruleset generation
+	// from before to after with nothing else committed in between: the
+	// rest of the table is then what it was at before.
+	AfterBan func(before, after uint32)
 
 	// The last transaction this backend committed: the ruleset generation
 	// before it and right after it (see LastCommit).

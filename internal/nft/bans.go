@@ -70,7 +70,7 @@ func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
 			tx.elements(deleteElems, set, again)
 			tx.elements(addElems, set, again)
 		}
-		return netlinkErr("ban", tx.send(0))
+		return netlinkErr("ban", b.sendBans(&tx))
 	}
 	bySet := map[string][]string{}
 	replace := map[string][]string{}
@@ -129,7 +129,7 @@ func (b *Backend) Unban(ctx context.Context, addrs []netip.Addr) error {
 			tx.elements(addElems, set, els)
 			tx.elements(deleteElems, set, els)
 		}
-		return netlinkErr("unban", tx.send(0))
+		return netlinkErr("unban", b.sendBans(&tx))
 	}
 	bySet := map[string][]string{}
 	for _, a := range sorted {
@@ -157,6 +157,30 @@ func (b *Backend) runScript(ctx context.Context, what, script string) error {
 		return fmt.Errorf("nftables %s: %s", what, firstLine(msg))
 	}
 	return nil
+}
+
+// sendBans commits a transaction that touches only the ban and login sets.
+// With AfterBan set, it is sent for the ruleset generation read just
+// before (tried again if another change came first), and AfterBan learns
+// that the generation went from G to G+1 by this transaction alone.
+func (b *Backend) sendBans(tx *batch) error {
+	if b.AfterBan != nil {
+		for range 3 {
+			gen, err := Generation()
+			if err != nil || gen == ^uint32(0) {
+				break
+			}
+			err = tx.send(gen)
+			if errors.Is(err, errGenerationMoved) {
+				continue
+			}
+			if err == nil {
+				b.AfterBan(gen, gen+1)
+			}
+			return err
+		}
+	}
+	return tx.send(0)
 }
 
 // wholeSeconds rounds a timeout up to whole seconds, at least one, as nft
@@ -298,7 +322,7 @@ func (b *Backend) Protect(ctx context.Context, addrs []netip.Addr, ttl time.Dura
 			tx.elements(deleteElems, set, els)
 			tx.elements(addElems, set, els)
 		}
-		return netlinkErr("protect a login from the port scan trap", tx.send(0))
+		return netlinkErr("protect a login from the port scan trap", b.sendBans(&tx))
 	}
 	bySet := map[string][]string{}
 	for _, a := range sorted {
