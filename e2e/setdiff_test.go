@@ -30,6 +30,10 @@ func TestSetDiffRefresh(t *testing.T) {
 				"client/192.0.2.3 tcp 192.0.2.1:22 timeout", "client/2001:db8::3 tcp [2001:db8::1]:22 timeout",
 				"client/192.0.2.4 tcp 192.0.2.1:22 open", "client/2001:db8::4 tcp [2001:db8::1]:22 open")
 
+			setBefore := ""
+			if backend == "iptables" {
+				setBefore = e.ipsetHolding("192.0.2.3")
+			}
 			// Refreshed: .3 delisted, .4 listed, and 50 networks gone.
 			bigList(t, list, 1950, "192.0.2.4", "2001:db8::4")
 			out := e.mustMoat("--verbose", "reload")
@@ -47,6 +51,9 @@ func TestSetDiffRefresh(t *testing.T) {
 				// kernel with the recorded fingerprint, and they agree.
 				e.run("server", "nft", "add", "table", "inet", "other")
 				e.run("server", "nft", "delete", "table", "inet", "other")
+			} else if after := e.ipsetHolding("192.0.2.4"); after != setBefore {
+				// Changed in place, not loaded whole under another name.
+				t.Errorf("the list's ipset changed from %s to %s", setBefore, after)
 			}
 			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
 				t.Errorf("status sees drift after the refresh:\n%s", st)

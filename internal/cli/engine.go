@@ -16,8 +16,10 @@ import (
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/setstore"
 	"github.com/moat-fw/moat/internal/statedir"
 )
 
@@ -30,8 +32,12 @@ func (a *app) engine() *engine.Engine {
 	var backends []engine.Backend
 	a.kernel = backend.All()
 	for _, b := range a.kernel {
-		if nb, ok := b.(*nft.Backend); ok {
-			nb.Elements = nft.DirStore(a.stateDir) // policy set changes sent as differences
+		// Policy set changes are sent as differences.
+		switch kb := b.(type) {
+		case *nft.Backend:
+			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "nft-set."}
+		case *ipt.Backend:
+			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "ipset."}
 		}
 		backends = append(backends, b)
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
@@ -20,6 +21,7 @@ import (
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
 // Runner runs a program with arguments and standard input and returns its
@@ -43,6 +45,10 @@ type Backend struct {
 	// available: Available found every program once (a command asked
 	// several times, each looking up five programs on the PATH).
 	available bool
+	// Elements keeps what moat loaded into each policy ipset, so that a
+	// change of a set's networks is sent as adds and deletes (nil: a
+	// changed set is loaded whole and swapped in).
+	Elements setstore.Store
 }
 
 // New returns the iptables backend.
@@ -97,6 +103,18 @@ type state struct {
 	gen   map[policy.Family]string          // generation of moat's rules
 	sets  map[string]bool                   // ipsets present
 	lines map[policy.Family][]string        // moat's lines of iptables-save
+	held  map[policy.Family]contents        // MOAT-GEN's record of each policy set's contents
+	rules map[policy.Family]string          // MOAT-GEN's hash of the rules
+}
+
+// held is what MOAT-GEN says a policy set holds, when both families say
+// the same ("" when unknown).
+func (st *state) heldBy(name string) string {
+	h4, h6 := st.held[policy.FamilyV4][name], st.held[policy.FamilyV6][name]
+	if h4 != h6 {
+		return ""
+	}
+	return h4
 }
 
 func (b *Backend) read(ctx context.Context) (*state, error) {
@@ -112,7 +130,8 @@ func (b *Backend) readRules(ctx context.Context) (*state, error) {
 
 func (b *Backend) readState(ctx context.Context, withSets bool) (*state, error) {
 	st := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
-		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{}}
+		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{},
+		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}}
 	for _, f := range families {
 		out, err := b.Run(ctx, nil, f.save, "-t", "filter")
 		if err != nil {
@@ -120,6 +139,7 @@ func (b *Backend) readState(ctx context.Context, withSets bool) (*state, error) 
 		}
 		sv := parseSave(out)
 		st.jumps[f.fam], st.has[f.fam], st.gen[f.fam], st.lines[f.fam] = sv.jumps, sv.chains, sv.gen, sv.lines
+		st.held[f.fam], st.rules[f.fam] = sv.held, sv.rules
 	}
 	if !withSets {
 		return st, nil
@@ -144,14 +164,15 @@ func ownSet(name string) bool {
 
 type saved struct {
 	jumps, chains map[string]bool
-	gen           string
+	gen, rules    string
+	held          contents
 	lines         []string // moat's chains, rules and jumps, without counters
 }
 
 // parseSave finds in iptables-save output which built-in chains jump to a
 // moat chain, which moat chains exist, and the generation of moat's rules.
 func parseSave(out []byte) saved {
-	sv := saved{jumps: map[string]bool{}, chains: map[string]bool{}}
+	sv := saved{jumps: map[string]bool{}, chains: map[string]bool{}, held: contents{}}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -169,8 +190,17 @@ func parseSave(out []byte) saved {
 			sv.jumps[f[1]] = true
 		}
 		if strings.HasPrefix(line, "-A "+GenChain+" ") {
-			if _, rest, ok := strings.Cut(commentOf(line), genTag+" "); ok {
+			c := commentOf(line)
+			if _, rest, ok := strings.Cut(c, genTag+" "); ok {
 				sv.gen = rest
+			}
+			if _, rest, ok := strings.Cut(c, rulesTag+" "); ok {
+				sv.rules = rest
+			}
+			if _, rest, ok := strings.Cut(c, setTag+" "); ok {
+				if name, hash, ok := strings.Cut(rest, " "); ok {
+					sv.held[name] = hash
+				}
 			}
 		}
 	}
@@ -212,9 +242,10 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 			err = errors.Join(err, b.destroySets(context.WithoutCancel(ctx), del))
 		}()
 	}
-	gen := Generation(rs, names)
+	c := contentsOf(rs, names)
+	gen := generation(rs, names, c)
 	for _, f := range families {
-		script := render(rs, f.fam, st.jumps[f.fam], names, gen)
+		script := render(rs, f.fam, st.jumps[f.fam], names, gen, c)
 		if _, err := b.Run(ctx, []byte(script), f.restore, "-w", "5", "--noflush", "--test"); err != nil {
 			return fmt.Errorf("iptables check (%s): %w", f.fam, err)
 		}
@@ -222,21 +253,72 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 	return nil
 }
 
-// Apply loads rs. Sets that are not there yet are loaded whole first
-// (their names are hashes of their contents), then one restore per family
-// switches the rules (atomic per family), then the sets no rule uses any
-// more are destroyed. The two families cannot switch in one commit: if
-// moat dies between them, their generations differ, Split reports it and
-// the next Apply rewrites both. Nothing changed: nothing is sent.
+// Apply loads rs. Sets that are not there yet are loaded whole first,
+// then one restore per family switches the rules (atomic per family),
+// then the sets no rule uses any more are destroyed. The two families
+// cannot switch in one commit: if moat dies between them, their
+// generations differ, Split reports it and the next Apply rewrites both.
+//
+// A policy set whose networks changed keeps its name: with a record in
+// Elements of what it holds (the contents MOAT-GEN names), it gets the
+// networks added and then those deleted, in one ipset restore, so an
+// address listed before and after is never out of it; without one it is
+// filled whole under a temporary name and swapped in. Before either, the
+// set's record leaves MOAT-GEN (and its entry Elements), so a moat killed
+// half way leaves a set that the next apply loads whole. Only the
+// MOAT-GEN chain is rewritten when the rules themselves did not change.
+// Nothing changed: nothing is sent.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	st, err := b.read(ctx)
 	if err != nil {
 		return err
 	}
 	names := SetNames(rs)
-	gen := Generation(rs, names)
-	if sets := renderSets(rs, st.sets, names, b.Full); sets != "" {
-		if _, err := b.Run(ctx, []byte(sets), "ipset", "restore"); err != nil {
+	merged := map[string][]netip.Prefix{}
+	c := contents{}
+	for _, s := range rs.Sets {
+		if !s.Bans && s.ScanWindow == 0 {
+			n := names.of(s.Name)
+			merged[n] = s.Prefixes()
+			c[n] = contentHashOf(s, merged[n])
+		}
+	}
+	rh := rulesHash(rs, names)
+	gen := generation(rs, names, c)
+
+	var diff strings.Builder
+	refill := map[string]bool{}
+	var changing []string
+	for _, n := range sortedKeys(c) {
+		held := st.heldBy(n)
+		switch {
+		case !st.sets[n]:
+			continue // new: loaded whole
+		case !b.Full && held == c[n]:
+			continue // holds it already
+		}
+		changing = append(changing, n)
+		old, ok := b.stored(n, held)
+		if b.Full || !ok {
+			refill[n] = true
+			continue
+		}
+		add, del := diffPrefixes(old.Prefixes, merged[n])
+		for _, p := range add {
+			fmt.Fprintf(&diff, "add %s %s\n", n, p)
+		}
+		for _, p := range del {
+			fmt.Fprintf(&diff, "del %s %s\n", n, p)
+		}
+	}
+	if len(changing) > 0 {
+		if err := b.markChanging(ctx, st, changing); err != nil {
+			return err
+		}
+	}
+	sets := renderSets(rs, st.sets, names, func(n string) bool { return refill[n] }) + diff.String()
+	if sets != "" {
+		if _, err := b.Run(ctx, []byte(sets), "ipset", "-exist", "restore"); err != nil {
 			return fmt.Errorf("load ipsets: %w", err)
 		}
 	}
@@ -244,11 +326,16 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		if !b.Full && st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam) {
 			continue
 		}
-		script := render(rs, f.fam, st.jumps[f.fam], names, gen)
+		script := render(rs, f.fam, st.jumps[f.fam], names, gen, c)
+		if !b.Full && st.rules[f.fam] == rh && b.jumpsComplete(rs, st, f.fam) {
+			// The rules are as they were: only the record changes.
+			script = "*filter\n" + genChainRules(gen, rh, c) + "COMMIT\n"
+		}
 		if _, err := b.Run(ctx, []byte(script), f.restore, "-w", "5", "--noflush"); err != nil {
 			return fmt.Errorf("load %s rules: %w", f.fam, err)
 		}
 	}
+	b.remember(c, merged, st)
 	used := map[string]bool{}
 	for _, n := range names {
 		used[n] = true
@@ -260,6 +347,84 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		}
 	}
 	return b.destroySets(ctx, stale)
+}
+
+// stored is the record of what a set holds, when it is the contents held.
+func (b *Backend) stored(name, held string) (setstore.Set, bool) {
+	if b.Elements == nil || held == "" {
+		return setstore.Set{}, false
+	}
+	s, err := b.Elements.Load(name)
+	return s, err == nil && s.Data == held
+}
+
+// markChanging takes the records of the sets about to change out of
+// MOAT-GEN in both families, and their entries out of Elements, before
+// any of them is touched: a set without a record is loaded whole by the
+// next apply, so a change cut short never passes for complete.
+func (b *Backend) markChanging(ctx context.Context, st *state, names []string) error {
+	for _, n := range names {
+		if b.Elements != nil {
+			if err := b.Elements.Forget(n); err != nil {
+				return fmt.Errorf("forget the record of ipset %s: %w", n, err)
+			}
+		}
+	}
+	for _, f := range families {
+		keep := contents{}
+		for n, h := range st.held[f.fam] {
+			if !slices.Contains(names, n) {
+				keep[n] = h
+			}
+		}
+		script := "*filter\n" + genChainRules(dirty, st.rules[f.fam], keep) + "COMMIT\n"
+		if _, err := b.Run(ctx, []byte(script), f.restore, "-w", "5", "--noflush"); err != nil {
+			return fmt.Errorf("mark %s sets as changing: %w", f.fam, err)
+		}
+	}
+	return nil
+}
+
+// remember records in Elements what each policy set now holds (those
+// already recorded for these contents are left as they are).
+func (b *Backend) remember(c contents, merged map[string][]netip.Prefix, st *state) {
+	if b.Elements == nil {
+		return
+	}
+	for _, n := range sortedKeys(c) {
+		if old, err := b.Elements.Load(n); err == nil && old.Data == c[n] {
+			continue
+		}
+		_ = b.Elements.Save(n, setstore.Set{Data: c[n], Prefixes: merged[n]})
+	}
+	_ = b.Elements.Keep(sortedKeys(c))
+}
+
+// diffPrefixes walks two sorted network lists: what to add to old and to
+// delete from it to get new.
+func diffPrefixes(old, new []netip.Prefix) (add, del []netip.Prefix) {
+	i, j := 0, 0
+	for i < len(old) || j < len(new) {
+		switch {
+		case j == len(new) || i < len(old) && comparePrefix(old[i], new[j]) < 0:
+			del = append(del, old[i])
+			i++
+		case i == len(old) || comparePrefix(old[i], new[j]) > 0:
+			add = append(add, new[j])
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return add, del
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }
 
 // jumpsComplete says whether every chain of rs has its jump.

@@ -36,11 +36,11 @@ var protoNumbers = map[string]string{"esp": "50", "ah": "51", "gre": "47", "igmp
 // Names maps a ruleset set to the ipset that holds it.
 type Names map[string]string
 
-// SetNames are the ipsets of rs. A policy set's name is a hash of its
-// contents: a set that changes is loaded whole under a new name before
-// the rules switch to it, so each family's rules always see complete
-// sets, and a set that did not change is not sent again. Ban sets keep
-// fixed names and their contents.
+// SetNames are the ipsets of rs. A policy set keeps its name while its
+// contents change (moat-NAME, or moat- and a hash of NAME when that would
+// be too long for ipset): a change of its networks is sent as the
+// networks added and deleted (Apply), and MOAT-GEN records which contents
+// each set holds. Ban sets keep fixed names and their contents.
 func SetNames(rs *ruleset.Ruleset) Names {
 	n := Names{}
 	for _, s := range rs.Sets {
@@ -53,33 +53,81 @@ func SetNames(rs *ruleset.Ruleset) Names {
 			n[s.Name] = IPSetName(fmt.Sprintf("%s-%d", s.Name, int64(s.ScanWindow/time.Second)))
 			continue
 		}
-		n[s.Name] = SetPrefix + contentHash(s)
+		n[s.Name] = policySetName(s.Name)
 	}
 	return n
 }
 
+// policySetName is the ipset of a policy set: its temporary twin
+// (moatnew-...) must fit ipset's 31 characters too.
+func policySetName(name string) string {
+	if len(SetPrefix+name) <= 28 && !strings.ContainsAny(name, " \t") {
+		return SetPrefix + name
+	}
+	h := sha256.Sum256([]byte(name))
+	return SetPrefix + hex.EncodeToString(h[:])[:12]
+}
+
 // contentHash identifies a policy set by its family and networks.
 func contentHash(s *ruleset.Set) string {
+	return contentHashOf(s, s.Prefixes())
+}
+
+func contentHashOf(s *ruleset.Set, ps []netip.Prefix) string {
 	h := sha256.New()
 	h.Write([]byte(s.Family))
-	for _, p := range s.Prefixes() {
+	for _, p := range ps {
 		h.Write([]byte{0})
 		h.Write([]byte(p.String()))
 	}
 	return hex.EncodeToString(h.Sum(nil))[:12]
 }
 
-// GenChain holds one rule whose comment names the generation of moat's
-// rules in that family. No packet goes through it (nothing jumps to it);
-// two families with different generations mean an apply was cut between
-// them.
+// contents are the content hashes of rs's policy sets, by ipset name.
+type contents map[string]string
+
+func contentsOf(rs *ruleset.Ruleset, names Names) contents {
+	c := contents{}
+	for _, s := range rs.Sets {
+		if !s.Bans && s.ScanWindow == 0 {
+			c[names.of(s.Name)] = contentHash(s)
+		}
+	}
+	return c
+}
+
+// GenChain holds rules whose comments name the generation of moat's rules
+// in that family and the contents of each policy set (a hash of its
+// networks). No packet goes through it (nothing jumps to it); two
+// families with different generations mean an apply was cut between them.
 const GenChain = "MOAT-GEN"
 
-const genTag = "moat:gen"
+const (
+	genTag   = "moat:gen"
+	rulesTag = "moat:rules"
+	setTag   = "moat:set"
+	// dirty is the generation while sets are being changed in place: a
+	// set without its record in MOAT-GEN is loaded whole next time.
+	dirty = "changing"
+)
 
-// Generation is a hash of both families' rules of rs (set names included,
-// so of the sets' contents too).
+// Generation is a hash of both families' rules of rs (set names included)
+// and of its policy sets' contents.
 func Generation(rs *ruleset.Ruleset, names Names) string {
+	return generation(rs, names, contentsOf(rs, names))
+}
+
+func generation(rs *ruleset.Ruleset, names Names, c contents) string {
+	h := sha256.New()
+	h.Write([]byte(rulesHash(rs, names)))
+	for _, name := range sortedKeys(c) {
+		fmt.Fprintf(h, "set %s %s\n", name, c[name])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// rulesHash is a hash of both families' rules of rs (set names included).
+func rulesHash(rs *ruleset.Ruleset, names Names) string {
 	h := sha256.New()
 	for _, f := range []policy.Family{policy.FamilyV4, policy.FamilyV6} {
 		h.Write([]byte(body(rs, f, names)))
@@ -87,23 +135,38 @@ func Generation(rs *ruleset.Ruleset, names Names) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
+// genChainRules is the MOAT-GEN chain: the generation, the hash of the
+// rules, and the contents of each policy set.
+func genChainRules(gen, rules string, c contents) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, ":%s - [0:0]\n", GenChain)
+	fmt.Fprintf(&b, "-A %s -m comment --comment \"%s %s\" -j RETURN\n", GenChain, genTag, gen)
+	if rules != "" {
+		fmt.Fprintf(&b, "-A %s -m comment --comment \"%s %s\" -j RETURN\n", GenChain, rulesTag, rules)
+	}
+	for _, name := range sortedKeys(c) {
+		fmt.Fprintf(&b, "-A %s -m comment --comment \"%s %s %s\" -j RETURN\n", GenChain, setTag, name, c[name])
+	}
+	return b.String()
+}
+
 // Render writes the iptables-restore input that makes moat's chains of one
 // family hold rs. haveJump says which built-in chains already jump to
 // moat's; the others get a jump inserted first.
 func Render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool) string {
 	names := SetNames(rs)
-	return render(rs, fam, haveJump, names, Generation(rs, names))
+	c := contentsOf(rs, names)
+	return render(rs, fam, haveJump, names, generation(rs, names, c), c)
 }
 
-func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool, names Names, gen string) string {
+func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool, names Names, gen string, c contents) string {
 	var b strings.Builder
 	b.WriteString("*filter\n")
 	for _, c := range rs.Chains {
 		// Declaring a chain under --noflush empties it; the rules follow.
 		fmt.Fprintf(&b, ":%s - [0:0]\n", ChainName(c.Hook))
 	}
-	fmt.Fprintf(&b, ":%s - [0:0]\n", GenChain)
-	fmt.Fprintf(&b, "-A %s -m comment --comment \"%s %s\" -j RETURN\n", GenChain, genTag, gen)
+	b.WriteString(genChainRules(gen, rulesHash(rs, names), c))
 	b.WriteString(body(rs, fam, names))
 	for _, c := range rs.Chains {
 		if !haveJump[builtinChain[c.Hook]] {
@@ -331,17 +394,20 @@ func (n Names) of(set string) string {
 // sets are created empty and never touched again. existing names the
 // ipsets already there.
 func RenderSets(rs *ruleset.Ruleset, existing map[string]bool) string {
-	return renderSets(rs, existing, SetNames(rs), false)
+	return renderSets(rs, existing, SetNames(rs), func(string) bool { return false })
 }
 
-func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names, refill bool) string {
+// renderSets loads the sets not there yet, and the policy sets that refill
+// names (their contents are not known to be the wanted ones), whole.
+func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names, refill func(name string) bool) string {
 	var b strings.Builder
 	done := map[string]bool{}
 	for _, s := range rs.Sets {
 		name := names.of(s.Name)
-		// refill (a full apply): a policy set that exists may have been
-		// changed by hand, so it is filled again and swapped in.
-		again := refill && !s.Bans && s.ScanWindow == 0
+		// A policy set that exists but may hold other networks (changed
+		// by hand, or changed by moat without a record of what it holds)
+		// is filled again and swapped in.
+		again := !s.Bans && s.ScanWindow == 0 && refill(name)
 		if (existing[name] && !again) || done[name] {
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -84,7 +86,8 @@ func TestApplyCommands(t *testing.T) {
 			"iptables-save":  "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A INPUT -j DOCKER-USER\nCOMMIT\n",
 			"ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n",
 		},
-		sets: "moat-input_deny_src4_3\nmoat-input_old_9\nmoat-ban4\nmoat-ban6\ndocker-set\n",
+		// moat-3fa9c1b2d4e5: a set named by an earlier moat (a hash of its contents).
+		sets: "moat-3fa9c1b2d4e5\nmoat-input_old_9\nmoat-ban4\nmoat-ban6\ndocker-set\n",
 	}
 	b := &Backend{Run: host.run}
 	if err := b.Apply(context.Background(), goldenRuleset(t)); err != nil {
@@ -96,7 +99,7 @@ func TestApplyCommands(t *testing.T) {
 	}
 	want := []string{
 		"iptables-save -t filter", "ip6tables-save -t filter", "ipset list -n",
-		"ipset restore",
+		"ipset -exist restore",
 		"iptables-restore -w 5 --noflush", "ip6tables-restore -w 5 --noflush",
 		"ipset restore",
 	}
@@ -122,7 +125,7 @@ func TestApplyCommands(t *testing.T) {
 	if !strings.Contains(v4, "--match-set "+v4set+" src") {
 		t.Errorf("IPv4 rules do not use the new set %s", v4set)
 	}
-	if got := host.calls[6].stdin; got != "destroy moat-input_deny_src4_3\ndestroy moat-input_old_9\n" {
+	if got := host.calls[6].stdin; got != "destroy moat-3fa9c1b2d4e5\ndestroy moat-input_old_9\n" {
 		t.Errorf("stale sets: %q (docker-set must stay)", got)
 	}
 }
@@ -155,9 +158,7 @@ func TestApplyNothingChanged(t *testing.T) {
 	names := SetNames(rs)
 	gen := Generation(rs, names)
 	save := func(g string) string {
-		return "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n:MOAT-OUTPUT - [0:0]\n:MOAT-FORWARD - [0:0]\n:MOAT-GEN - [0:0]\n" +
-			"-A INPUT -j MOAT-INPUT\n-A OUTPUT -j MOAT-OUTPUT\n-A FORWARD -j MOAT-FORWARD\n" +
-			"-A MOAT-GEN -m comment --comment \"moat:gen " + g + "\" -j RETURN\nCOMMIT\n"
+		return kernelSave(g, rulesHash(rs, names), contentsOf(rs, names))
 	}
 	var sets []string
 	for _, n := range names {
@@ -199,6 +200,117 @@ func TestApplyNothingChanged(t *testing.T) {
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
 
+// kernelSave is iptables-save output of moat's chains (empty) and its
+// MOAT-GEN record.
+func kernelSave(gen, rules string, c contents) string {
+	return "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n:MOAT-OUTPUT - [0:0]\n:MOAT-FORWARD - [0:0]\n" +
+		genChainRules(gen, rules, c) + "-A INPUT -j MOAT-INPUT\n-A OUTPUT -j MOAT-OUTPUT\n-A FORWARD -j MOAT-FORWARD\nCOMMIT\n"
+}
+
+// A change of a policy set's networks keeps the set: with a record of
+// what it holds, the networks added and then those deleted go in one
+// ipset restore, after MOAT-GEN (both families) stopped vouching for the
+// set and its record was forgotten, and only MOAT-GEN is rewritten after;
+// without a record (forgotten: moat died half way), the set is filled
+// whole and swapped in. Fails before: a refresh re-sent every network
+// under a new set name and rewrote both families' rules.
+func TestApplySetDiff(t *testing.T) {
+	head := "default deny incoming\nallow 22/tcp\n"
+	var deny strings.Builder
+	for i := range 200 {
+		fmt.Fprintf(&deny, "deny from 198.18.%d.%d\n", i/100, 2*(i%100))
+	}
+	before, after := compileText(t, head+deny.String()), compileText(t, head+strings.Replace(deny.String(), "deny from 198.18.0.0\n", "deny from 203.0.113.0/24\n", 1))
+	names := SetNames(after)
+	set := names["input_deny_src4_3"]
+	store := setstore.Dir{Path: t.TempDir(), Prefix: "ipset."}
+	var old []netip.Prefix
+	for _, s := range before.Sets {
+		if s.Name == "input_deny_src4_3" {
+			old = s.Prefixes()
+		}
+	}
+	cb := contentsOf(before, SetNames(before))
+	if err := store.Save(set, setstore.Set{Data: cb[set], Prefixes: old}); err != nil {
+		t.Fatal(err)
+	}
+	kernel := kernelSave(generation(before, SetNames(before), cb), rulesHash(before, SetNames(before)), cb)
+	host := &fakeHost{save: map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}, sets: set + "\nmoat-ban4\nmoat-ban6\n"}
+	b := &Backend{Run: host.run, Elements: store}
+	if err := b.Apply(context.Background(), after); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range host.calls {
+		if c.stdin != "" {
+			got = append(got, c.args+"\n"+c.stdin)
+		}
+	}
+	ca := contentsOf(after, names)
+	want := []string{
+		"iptables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), contents{}) + "COMMIT\n",
+		"ip6tables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), contents{}) + "COMMIT\n",
+		"ipset -exist restore\nadd " + set + " 203.0.113.0/24\ndel " + set + " 198.18.0.0/32\n",
+		"iptables-restore -w 5 --noflush\n*filter\n" + genChainRules(generation(after, names, ca), rulesHash(after, names), ca) + "COMMIT\n",
+		"ip6tables-restore -w 5 --noflush\n*filter\n" + genChainRules(generation(after, names, ca), rulesHash(after, names), ca) + "COMMIT\n",
+	}
+	if strings.Join(got, "--\n") != strings.Join(want, "--\n") {
+		t.Fatalf("sent:\n%s\nwant:\n%s", strings.Join(got, "--\n"), strings.Join(want, "--\n"))
+	}
+	if s, err := store.Load(set); err != nil || s.Data != ca[set] {
+		t.Errorf("record after the change: %+v %v", s.Data, err)
+	}
+
+	// moat killed after MOAT-GEN was marked: no record, no entry. The next
+	// apply (here: back to before) fills the set whole.
+	_ = store.Forget(set)
+	delete(cb, set)
+	dirtyKernel := kernelSave(dirty, rulesHash(before, SetNames(before)), contents{})
+	host.save = map[string]string{"iptables-save": dirtyKernel, "ip6tables-save": dirtyKernel}
+	host.calls = nil
+	if err := b.Apply(context.Background(), before); err != nil {
+		t.Fatal(err)
+	}
+	var sets string
+	for _, c := range host.calls {
+		if strings.HasPrefix(c.args, "ipset -exist restore") {
+			sets = c.stdin
+		}
+	}
+	if !strings.Contains(sets, "swap "+tmpSetName(set)+" "+set+"\n") || strings.Count(sets, "\nadd ") != 200 {
+		t.Errorf("after an interrupted change the set is not refilled whole:\n%.600s", sets)
+	}
+
+	// A corrupted entry: refilled whole too.
+	kernel = kernelSave(generation(before, SetNames(before), contentsOf(before, SetNames(before))), rulesHash(before, SetNames(before)), contentsOf(before, SetNames(before)))
+	host.save = map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}
+	data, _ := os.ReadFile(store.File(set))
+	data[len(data)/2] ^= 0x40
+	_ = os.WriteFile(store.File(set), data, 0o600)
+	host.calls = nil
+	if err := b.Apply(context.Background(), after); err != nil {
+		t.Fatal(err)
+	}
+	sets = ""
+	for _, c := range host.calls {
+		if strings.HasPrefix(c.args, "ipset -exist restore") {
+			sets = c.stdin
+		}
+	}
+	if !strings.Contains(sets, "swap "+tmpSetName(set)+" "+set+"\n") {
+		t.Errorf("a corrupted record was used:\n%.600s", sets)
+	}
+}
+
+func compileText(t *testing.T, text string) *ruleset.Ruleset {
+	t.Helper()
+	p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices([]byte("ssh 22/tcp\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ruleset.Compile(p)
+}
+
 // A full apply fills moat's existing policy sets anew and swaps them in
 // (an address added by hand goes), but never touches the ban sets.
 func TestRenderSetsRefill(t *testing.T) {
@@ -215,10 +327,10 @@ func TestRenderSetsRefill(t *testing.T) {
 	if policySet == "" {
 		t.Fatal("the golden policy has no policy set")
 	}
-	if got := renderSets(rs, existing, names, false); got != "" {
+	if got := renderSets(rs, existing, names, func(string) bool { return false }); got != "" {
 		t.Errorf("a partial apply re-sent existing sets:\n%s", got)
 	}
-	got := renderSets(rs, existing, names, true)
+	got := renderSets(rs, existing, names, func(string) bool { return true })
 	tmp := tmpSetName(policySet)
 	if !strings.Contains(got, "create "+tmp+" ") || !strings.Contains(got, "swap "+tmp+" "+policySet+"\ndestroy "+tmp+"\n") {
 		t.Errorf("a full apply does not refill %s:\n%s", policySet, got)

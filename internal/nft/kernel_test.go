@@ -14,6 +14,7 @@ import (
 	"github.com/moat-fw/moat/internal/lab"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
 // kernelNS makes a network namespace of the test's own and returns a
@@ -360,7 +361,7 @@ func BenchmarkKernelChange(b *testing.B) {
 				ctx := context.Background()
 				r, ns := kernelNS(b)
 				// As moat runs: programs and netlink in the namespace.
-				be := &Backend{Run: execrun.Exec, Read: NetlinkReader{}, Netlink: true, Elements: DirStore(b.TempDir())}
+				be := &Backend{Run: execrun.Exec, Read: NetlinkReader{}, Netlink: true, Elements: setstore.Dir{Path: b.TempDir(), Prefix: "nft-set."}}
 				apply := func(rs *ruleset.Ruleset) error { return ns.Do(func() error { return be.Apply(ctx, rs) }) }
 				head := "default deny incoming\nallow 22/tcp\n"
 				deny := denyRange(0, n/2)

@@ -17,6 +17,7 @@ import (
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/lab"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
 // nlKernel is a backend as moat runs it (nft for whole loads, netlink for
@@ -27,12 +28,12 @@ type nlKernel struct {
 	ns    *lab.NS
 	rec   *recorder
 	be    *Backend
-	store DirStore
+	store setstore.Dir
 }
 
 func newNLKernel(t testing.TB) *nlKernel {
 	rec, ns := kernelNS(t)
-	k := &nlKernel{t: t, ns: ns, rec: rec, store: DirStore(t.TempDir())}
+	k := &nlKernel{t: t, ns: ns, rec: rec, store: setstore.Dir{Path: t.TempDir(), Prefix: "nft-set."}}
 	run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
 		if stdin != nil {
 			rec.mu.Lock()
@@ -145,23 +146,23 @@ func TestKernelSetDiffFallsBack(t *testing.T) {
 		name   string
 		break_ func(k *nlKernel, saved []byte)
 	}{
-		{"missing", func(k *nlKernel, _ []byte) { _ = os.Remove(k.store.storePath(set4)) }},
+		{"missing", func(k *nlKernel, _ []byte) { _ = os.Remove(k.store.File(set4)) }},
 		{"corrupted", func(k *nlKernel, _ []byte) {
-			data, err := os.ReadFile(k.store.storePath(set4))
+			data, err := os.ReadFile(k.store.File(set4))
 			if err != nil {
 				t.Fatal(err)
 			}
 			data[len(data)/2] ^= 1
-			if err := os.WriteFile(k.store.storePath(set4), data, 0o600); err != nil {
+			if err := os.WriteFile(k.store.File(set4), data, 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"cut-short", func(k *nlKernel, _ []byte) {
-			data, _ := os.ReadFile(k.store.storePath(set4))
-			_ = os.WriteFile(k.store.storePath(set4), data[:len(data)-40], 0o600)
+			data, _ := os.ReadFile(k.store.File(set4))
+			_ = os.WriteFile(k.store.File(set4), data[:len(data)-40], 0o600)
 		}},
 		{"stale (killed before the store was written)", func(k *nlKernel, saved []byte) {
-			if err := os.WriteFile(k.store.storePath(set4), saved, 0o600); err != nil {
+			if err := os.WriteFile(k.store.File(set4), saved, 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -181,7 +182,7 @@ func TestKernelSetDiffFallsBack(t *testing.T) {
 		t.Run(strings.Fields(tc.name)[0], func(t *testing.T) {
 			k := newNLKernel(t)
 			k.apply(a)
-			saved, err := os.ReadFile(k.store.storePath(set4))
+			saved, err := os.ReadFile(k.store.File(set4))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,50 +1,26 @@
 package nft
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
-	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
 	"go4.org/netipx"
 
-	"github.com/moat-fw/moat/internal/statedir"
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
-// ElementStore keeps, outside the kernel, the networks moat loaded into
-// each policy set, so that a change of a set is sent as element deletes
-// and adds without reading the set back from the kernel (a dump of
-// 100,000 networks costs about 0.3 s). Each entry is tied to the hash of
-// the set's entries that moat's record in the kernel (SyncChain) holds: an
-// entry whose hash is not the kernel's record is not used, and the set is
-// refilled whole instead.
-type ElementStore interface {
-	// Load returns the networks saved for a set with the entries hash
-	// they were saved for, and the hash of their address ranges.
-	Load(set string) (StoredSet, error)
-	// Save records what a set was loaded with.
-	Save(set string, s StoredSet) error
-	// Keep removes the entries of sets not named.
-	Keep(sets []string) error
-}
+// ElementStore keeps what moat loaded into each policy set (see
+// setstore): a change of a set is then sent as element deletes and adds.
+// An entry is used only when its Data is the entries hash that moat's
+// record in the kernel (SyncChain) holds for the set.
+type ElementStore = setstore.Store
 
-// StoredSet is what moat loaded into one policy set.
-type StoredSet struct {
-	// Data is the hash of the set's entries as moat's record in the kernel
-	// names it (the second half of its value in SyncChain).
-	Data string
-	// Prefixes are the set's networks, merged and sorted, as sent.
-	Prefixes []netip.Prefix
-	// Ranges is RangesHash of the networks.
-	Ranges string
-}
+// StoredSet is one entry of an ElementStore.
+type StoredSet = setstore.Set
 
 // RangesHash hashes the address ranges that networks cover (sorted and
 // not overlapping, adjacent ones joined), so the same addresses give the
@@ -115,95 +91,6 @@ func mergePrefixes(ps []netip.Prefix) []netip.Prefix {
 	}
 	return out
 }
-
-// DirStore is an ElementStore in files of a state directory, one a set
-// (nft-set.NAME): a header line (format, entries hash, ranges hash, count),
-// 17 bytes a network (address as 16 bytes, prefix length), and a SHA-256
-// of all that before it, so a file cut short or changed is not used.
-type DirStore string
-
-const storeMagic = "moat-nft-set-v1"
-
-func storeName(set string) string { return "nft-set." + set }
-
-// Load reads a set's file.
-func (d DirStore) Load(set string) (StoredSet, error) {
-	data, err := statedir.ReadFile(string(d), storeName(set))
-	if err != nil {
-		return StoredSet{}, err
-	}
-	if len(data) < sha256.Size {
-		return StoredSet{}, fmt.Errorf("%s: cut short", storeName(set))
-	}
-	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
-	if want := sha256.Sum256(body); !bytes.Equal(want[:], sum) {
-		return StoredSet{}, fmt.Errorf("%s: checksum does not match", storeName(set))
-	}
-	head, rest, ok := bytes.Cut(body, []byte{'\n'})
-	f := strings.Fields(string(head))
-	var n int
-	if !ok || len(f) != 4 || f[0] != storeMagic {
-		return StoredSet{}, fmt.Errorf("%s: not a set record of this moat", storeName(set))
-	}
-	if _, err := fmt.Sscanf(f[3], "%d", &n); err != nil || n < 0 || n*17 != len(rest) {
-		return StoredSet{}, fmt.Errorf("%s: bad length", storeName(set))
-	}
-	s := StoredSet{Data: f[1], Ranges: f[2], Prefixes: make([]netip.Prefix, n)}
-	for i := range n {
-		rec := rest[i*17 : i*17+17]
-		a := netip.AddrFrom16([16]byte(rec[:16]))
-		bits := int(rec[16])
-		if a.Is4In6() {
-			a = a.Unmap()
-		}
-		p, err := a.Prefix(bits)
-		if err != nil || p.Addr() != a {
-			return StoredSet{}, fmt.Errorf("%s: bad network %d", storeName(set), i)
-		}
-		s.Prefixes[i] = p
-	}
-	return s, nil
-}
-
-// Save writes a set's file (atomically: a new file renamed over the old).
-func (d DirStore) Save(set string, s StoredSet) error {
-	var b bytes.Buffer
-	b.Grow(64 + 17*len(s.Prefixes) + sha256.Size)
-	fmt.Fprintf(&b, "%s %s %s %d\n", storeMagic, s.Data, s.Ranges, len(s.Prefixes))
-	for _, p := range s.Prefixes {
-		a := p.Addr().As16()
-		b.Write(a[:])
-		b.WriteByte(byte(p.Bits()))
-	}
-	sum := sha256.Sum256(b.Bytes())
-	b.Write(sum[:])
-	return statedir.WriteFile(string(d), storeName(set), b.Bytes())
-}
-
-// Keep removes the files of sets not named.
-func (d DirStore) Keep(sets []string) error {
-	keep := map[string]bool{}
-	for _, s := range sets {
-		keep[storeName(s)] = true
-	}
-	entries, err := os.ReadDir(string(d))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var errs error
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "nft-set.") && !keep[e.Name()] {
-			errs = errors.Join(errs, statedir.Remove(string(d), e.Name()))
-		}
-	}
-	return errs
-}
-
-// storePath is a set's file (tests).
-func (d DirStore) storePath(set string) string { return filepath.Join(string(d), storeName(set)) }
 
 // LoadedRanges returns, for drift.ReadNftLoaded, the hash of the address
 // ranges moat loaded into each policy set, as the element store recorded

@@ -1,0 +1,63 @@
+package setstore
+
+import (
+	"net/netip"
+	"os"
+	"slices"
+	"testing"
+)
+
+// A saved set reads back as saved; a file cut short, changed, planted as
+// a link or of another format is refused, never half used.
+func TestDirRoundTripAndDamage(t *testing.T) {
+	d := Dir{Path: t.TempDir(), Prefix: "x."}
+	in := Set{Data: "abc", Ranges: "", Prefixes: []netip.Prefix{
+		netip.MustParsePrefix("0.0.0.0/8"), netip.MustParsePrefix("198.18.0.0/32"),
+		netip.MustParsePrefix("2001:db8::/64"), netip.MustParsePrefix("::ffff:0.0.0.0/96")}}
+	if err := d.Save("s", in); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.Load("s")
+	if err != nil || got.Data != "abc" || got.Ranges != "" || !slices.Equal(got.Prefixes, in.Prefixes) {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	data, _ := os.ReadFile(d.File("s"))
+	for name, bad := range map[string][]byte{
+		"cut":     data[:len(data)-5],
+		"flipped": append(append([]byte{}, data[:30]...), append([]byte{data[30] ^ 1}, data[31:]...)...),
+		"empty":   nil,
+		"text":    []byte("moat-set-v2 abc - 1\n"),
+	} {
+		if err := os.WriteFile(d.File("s"), bad, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Load("s"); err == nil {
+			t.Errorf("%s: loaded", name)
+		}
+	}
+	if err := d.Save("s", Set{Data: "has space"}); err == nil {
+		t.Error("a record with a space was saved")
+	}
+	_ = os.Remove(d.File("s"))
+	if err := os.Symlink("/etc/passwd", d.File("s")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Load("s"); err == nil {
+		t.Error("loaded through a link")
+	}
+	if err := d.Save("t", in); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Keep([]string{"t"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(d.File("s")); !os.IsNotExist(err) {
+		t.Errorf("Keep left s: %v", err)
+	}
+	if err := d.Forget("t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Load("t"); err == nil {
+		t.Error("a forgotten set loaded")
+	}
+}
