@@ -264,9 +264,10 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 // networks added and then those deleted, in one ipset restore, so an
 // address listed before and after is never out of it; without one it is
 // filled whole under a temporary name and swapped in. Before either, the
-// set's record leaves MOAT-GEN (and its entry Elements), so a moat killed
-// half way leaves a set that the next apply loads whole. Only the
-// MOAT-GEN chain is rewritten when the rules themselves did not change.
+// set's entry leaves Elements (without Elements: its record leaves
+// MOAT-GEN), so a moat killed half way leaves a set that the next apply
+// loads whole. Only the MOAT-GEN chain is rewritten when the rules
+// themselves did not change.
 // Nothing changed: nothing is sent.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	st, err := b.read(ctx)
@@ -294,7 +295,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		switch {
 		case !st.sets[n]:
 			continue // new: loaded whole
-		case !b.Full && held == c[n]:
+		case !b.Full && held == c[n] && b.vouched(n, held):
 			continue // holds it already
 		}
 		changing = append(changing, n)
@@ -349,6 +350,17 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	return b.destroySets(ctx, stale)
 }
 
+// vouched says whether nothing can have changed a set since MOAT-GEN
+// recorded its contents: with Elements, its entry there (removed before
+// moat changes the set, written when the change is whole) is for them.
+func (b *Backend) vouched(name, held string) bool {
+	if b.Elements == nil {
+		return true
+	}
+	data, err := b.Elements.Data(name)
+	return err == nil && data == held
+}
+
 // stored is the record of what a set holds, when it is the contents held.
 func (b *Backend) stored(name, held string) (setstore.Set, bool) {
 	if b.Elements == nil || held == "" {
@@ -358,17 +370,19 @@ func (b *Backend) stored(name, held string) (setstore.Set, bool) {
 	return s, err == nil && s.Data == held
 }
 
-// markChanging takes the records of the sets about to change out of
-// MOAT-GEN in both families, and their entries out of Elements, before
-// any of them is touched: a set without a record is loaded whole by the
-// next apply, so a change cut short never passes for complete.
+// markChanging makes the next apply load whole the sets about to change
+// if this one is cut short, before any of them is touched: their entries
+// leave Elements (a set MOAT-GEN records as holding the wanted contents
+// counts as holding them only with its entry there); without Elements,
+// their records leave MOAT-GEN in both families.
 func (b *Backend) markChanging(ctx context.Context, st *state, names []string) error {
-	for _, n := range names {
-		if b.Elements != nil {
+	if b.Elements != nil {
+		for _, n := range names {
 			if err := b.Elements.Forget(n); err != nil {
 				return fmt.Errorf("forget the record of ipset %s: %w", n, err)
 			}
 		}
+		return nil
 	}
 	for _, f := range families {
 		keep := contents{}

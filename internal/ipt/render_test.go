@@ -209,11 +209,12 @@ func kernelSave(gen, rules string, c contents) string {
 
 // A change of a policy set's networks keeps the set: with a record of
 // what it holds, the networks added and then those deleted go in one
-// ipset restore, after MOAT-GEN (both families) stopped vouching for the
-// set and its record was forgotten, and only MOAT-GEN is rewritten after;
-// without a record (forgotten: moat died half way), the set is filled
-// whole and swapped in. Fails before: a refresh re-sent every network
-// under a new set name and rewrote both families' rules.
+// ipset restore, after the record was forgotten, and only MOAT-GEN is
+// rewritten after; without a record (forgotten: moat died half way, so
+// MOAT-GEN still names the old contents), the set is filled whole and
+// swapped in, even when MOAT-GEN names the wanted contents. Fails before:
+// a refresh re-sent every network under a new set name and rewrote both
+// families' rules.
 func TestApplySetDiff(t *testing.T) {
 	head := "default deny incoming\nallow 22/tcp\n"
 	var deny strings.Builder
@@ -248,8 +249,6 @@ func TestApplySetDiff(t *testing.T) {
 	}
 	ca := contentsOf(after, names)
 	want := []string{
-		"iptables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), contents{}) + "COMMIT\n",
-		"ip6tables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), contents{}) + "COMMIT\n",
 		"ipset -exist restore\nadd " + set + " 203.0.113.0/24\ndel " + set + " 198.18.0.0/32\n",
 		"iptables-restore -w 5 --noflush\n*filter\n" + genChainRules(generation(after, names, ca), rulesHash(after, names), ca) + "COMMIT\n",
 		"ip6tables-restore -w 5 --noflush\n*filter\n" + genChainRules(generation(after, names, ca), rulesHash(after, names), ca) + "COMMIT\n",
@@ -261,12 +260,11 @@ func TestApplySetDiff(t *testing.T) {
 		t.Errorf("record after the change: %+v %v", s.Data, err)
 	}
 
-	// moat killed after MOAT-GEN was marked: no record, no entry. The next
-	// apply (here: back to before) fills the set whole.
+	// moat killed after the set changed, before MOAT-GEN did: the entry
+	// is gone, MOAT-GEN names the old contents. The next apply (here: back
+	// to those very contents) fills the set whole.
 	_ = store.Forget(set)
-	delete(cb, set)
-	dirtyKernel := kernelSave(dirty, rulesHash(before, SetNames(before)), contents{})
-	host.save = map[string]string{"iptables-save": dirtyKernel, "ip6tables-save": dirtyKernel}
+	host.save = map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}
 	host.calls = nil
 	if err := b.Apply(context.Background(), before); err != nil {
 		t.Fatal(err)
@@ -279,6 +277,17 @@ func TestApplySetDiff(t *testing.T) {
 	}
 	if !strings.Contains(sets, "swap "+tmpSetName(set)+" "+set+"\n") || strings.Count(sets, "\nadd ") != 200 {
 		t.Errorf("after an interrupted change the set is not refilled whole:\n%.600s", sets)
+	}
+
+	// Without an element store, MOAT-GEN stops naming the set's contents
+	// before the set is touched.
+	host.calls = nil
+	bare := &Backend{Run: host.run}
+	if err := bare.Apply(context.Background(), after); err != nil {
+		t.Fatal(err)
+	}
+	if len(host.calls) < 5 || !strings.Contains(host.calls[3].stdin, "moat:gen "+dirty) || strings.Contains(host.calls[3].stdin, setTag) || !strings.HasPrefix(host.calls[5].args, "ipset") {
+		t.Errorf("without a store, the record was not withdrawn first: %+v", host.calls)
 	}
 
 	// A corrupted entry: refilled whole too.

@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -30,6 +31,8 @@ type Store interface {
 	Keep(sets []string) error
 	// Forget removes a set's entry.
 	Forget(set string) error
+	// Data is the Data of a set's entry, read from its header alone.
+	Data(set string) (string, error)
 }
 
 // Set is what moat loaded into one policy set.
@@ -102,6 +105,25 @@ func (d Dir) Load(set string) (Set, error) {
 		s.Prefixes[i] = p
 	}
 	return s, nil
+}
+
+// Data reads the Data of a set's file from its header alone (the
+// networks are not read or checked: for "is there an entry for these
+// contents", not for using them).
+func (d Dir) Data(set string) (string, error) {
+	f, err := statedir.OpenFile(d.Path, d.name(set), os.O_RDONLY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = f.Close() }() // read only
+	buf := make([]byte, 256)
+	n, _ := io.ReadFull(f, buf)
+	head, _, ok := bytes.Cut(buf[:n], []byte{'\n'})
+	fields := strings.Fields(string(head))
+	if !ok || len(fields) != 4 || fields[0] != storeMagic {
+		return "", fmt.Errorf("%s: not a set record of this moat", d.name(set))
+	}
+	return fields[1], nil
 }
 
 // Save writes a set's file (atomically: a new file renamed over the old).
