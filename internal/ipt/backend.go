@@ -264,10 +264,10 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 // networks added and then those deleted, in one ipset restore, so an
 // address listed before and after is never out of it; without one it is
 // filled whole under a temporary name and swapped in. Before either, the
-// set's entry leaves Elements (without Elements: its record leaves
-// MOAT-GEN), so a moat killed half way leaves a set that the next apply
-// loads whole. Only the MOAT-GEN chain is rewritten when the rules
-// themselves did not change.
+// set's record leaves MOAT-GEN and its entry Elements, so a moat killed
+// half way leaves a set that Split reports and the next apply loads
+// whole. Only the MOAT-GEN chain is rewritten when the rules themselves
+// did not change.
 // Nothing changed: nothing is sent.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	st, err := b.read(ctx)
@@ -370,11 +370,12 @@ func (b *Backend) stored(name, held string) (setstore.Set, bool) {
 	return s, err == nil && s.Data == held
 }
 
-// markChanging makes the next apply load whole the sets about to change
-// if this one is cut short, before any of them is touched: their entries
-// leave Elements (a set MOAT-GEN records as holding the wanted contents
-// counts as holding them only with its entry there); without Elements,
-// their records leave MOAT-GEN in both families.
+// markChanging takes the records of the sets about to change out of
+// MOAT-GEN in both families (generation "changing", which Split reports),
+// and their entries out of Elements, before any of them is touched: ipset
+// changes a set line by line, not in one transaction, so a moat killed
+// half way leaves a set that is neither the old nor the new one; it is
+// then reported, and the next apply loads it whole.
 func (b *Backend) markChanging(ctx context.Context, st *state, names []string) error {
 	if b.Elements != nil {
 		for _, n := range names {
@@ -382,7 +383,6 @@ func (b *Backend) markChanging(ctx context.Context, st *state, names []string) e
 				return fmt.Errorf("forget the record of ipset %s: %w", n, err)
 			}
 		}
-		return nil
 	}
 	for _, f := range families {
 		keep := contents{}
@@ -464,6 +464,9 @@ func (b *Backend) Split(ctx context.Context) (string, error) {
 
 func splitOf(st *state) string {
 	g4, g6 := st.gen[policy.FamilyV4], st.gen[policy.FamilyV6]
+	if g4 == dirty && g6 == dirty {
+		return "moat was changing its ipsets when it stopped: some may hold part of a change ('moat reload' loads them whole)"
+	}
 	has4, has6 := len(st.has[policy.FamilyV4]) > 0, len(st.has[policy.FamilyV6]) > 0
 	if g4 == g6 && has4 == has6 {
 		return ""

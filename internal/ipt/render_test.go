@@ -209,10 +209,11 @@ func kernelSave(gen, rules string, c contents) string {
 
 // A change of a policy set's networks keeps the set: with a record of
 // what it holds, the networks added and then those deleted go in one
-// ipset restore, after the record was forgotten, and only MOAT-GEN is
-// rewritten after; without a record (forgotten: moat died half way, so
-// MOAT-GEN still names the old contents), the set is filled whole and
-// swapped in, even when MOAT-GEN names the wanted contents. Fails before:
+// ipset restore, after MOAT-GEN (both families) stopped naming the set's
+// contents and its record was forgotten, and only MOAT-GEN is rewritten
+// after; killed half way, Split says so; without a record (forgotten:
+// moat died half way), the set is filled whole and swapped in, even when
+// MOAT-GEN names the wanted contents. Fails before:
 // a refresh re-sent every network under a new set name and rewrote both
 // families' rules.
 func TestApplySetDiff(t *testing.T) {
@@ -249,6 +250,8 @@ func TestApplySetDiff(t *testing.T) {
 	}
 	ca := contentsOf(after, names)
 	want := []string{
+		"iptables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), contents{}) + "COMMIT\n",
+		"ip6tables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), contents{}) + "COMMIT\n",
 		"ipset -exist restore\nadd " + set + " 203.0.113.0/24\ndel " + set + " 198.18.0.0/32\n",
 		"iptables-restore -w 5 --noflush\n*filter\n" + genChainRules(generation(after, names, ca), rulesHash(after, names), ca) + "COMMIT\n",
 		"ip6tables-restore -w 5 --noflush\n*filter\n" + genChainRules(generation(after, names, ca), rulesHash(after, names), ca) + "COMMIT\n",
@@ -279,15 +282,11 @@ func TestApplySetDiff(t *testing.T) {
 		t.Errorf("after an interrupted change the set is not refilled whole:\n%.600s", sets)
 	}
 
-	// Without an element store, MOAT-GEN stops naming the set's contents
-	// before the set is touched.
-	host.calls = nil
-	bare := &Backend{Run: host.run}
-	if err := bare.Apply(context.Background(), after); err != nil {
-		t.Fatal(err)
-	}
-	if len(host.calls) < 5 || !strings.Contains(host.calls[3].stdin, "moat:gen "+dirty) || strings.Contains(host.calls[3].stdin, setTag) || !strings.HasPrefix(host.calls[5].args, "ipset") {
-		t.Errorf("without a store, the record was not withdrawn first: %+v", host.calls)
+	// Killed while the set changed: both families say so, and Split too.
+	dirtyKernel := kernelSave(dirty, rulesHash(before, SetNames(before)), contents{})
+	host.save = map[string]string{"iptables-save": dirtyKernel, "ip6tables-save": dirtyKernel}
+	if split, err := b.Split(context.Background()); err != nil || !strings.Contains(split, "changing its ipsets") {
+		t.Errorf("an interrupted set change is not reported: %q %v", split, err)
 	}
 
 	// A corrupted entry: refilled whole too.
