@@ -3,19 +3,22 @@ package ipt
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/lab"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
 // kernelBackend is a backend whose programs run in a network namespace of
 // the test's own.
-func kernelBackend(t *testing.T) *Backend {
+func kernelBackend(t testing.TB) *Backend {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace")
@@ -40,7 +43,7 @@ func kernelBackend(t *testing.T) *Backend {
 	}}
 }
 
-func compile(t *testing.T, text string) *ruleset.Ruleset {
+func compile(t testing.TB, text string) *ruleset.Ruleset {
 	t.Helper()
 	p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices([]byte("ssh 22/tcp\n")))
 	if err != nil {
@@ -206,4 +209,79 @@ func TestKernelActiveOverNetlink(t *testing.T) {
 	check(true)
 	in(func() error { return b.Remove(ctx) })
 	check(false)
+}
+
+// BenchmarkKernelChange is the backend's share of a change with 100,000
+// entries loaded, against iptables-restore --noflush of a one-rule chain
+// of its own in the same namespace, in the same run:
+//
+//   - rule: one rule more (both families' chains rewritten);
+//   - element: one `deny from` more in the run of a set (one ipset add);
+//   - refresh: 100 of the set's networks replaced by 100 others (200 lines
+//     of one ipset restore);
+//   - ban: one address banned (one ipset restore).
+//
+// Each change also announces itself in MOAT-GEN first and records itself
+// there after (two iptables-restore per family).
+//
+//	go test -run XXX -bench KernelChange -benchtime 10x ./internal/ipt/
+func BenchmarkKernelChange(b *testing.B) {
+	deny := func(from, to int) string {
+		var s strings.Builder
+		for i := from; i < to; i++ {
+			fmt.Fprintf(&s, "deny from 2001:db8:%x:%x::/64\n", i>>7, 2*(i&127))
+			fmt.Fprintf(&s, "deny from 198.%d.%d.%d\n", 18+i>>15, i>>7&255, 2*(i&127))
+		}
+		return s.String()
+	}
+	const n = 100000
+	for _, kind := range []string{"rule", "element", "refresh", "ban"} {
+		b.Run(fmt.Sprintf("entries-%d/%s", n, kind), func(b *testing.B) {
+			ctx := context.Background()
+			be := kernelBackend(b)
+			be.Elements = setstore.Dir{Path: b.TempDir(), Prefix: "ipset."}
+			head := "default deny incoming\nallow 22/tcp\n"
+			base := deny(0, n/2)
+			var states []*ruleset.Ruleset
+			switch kind {
+			case "rule":
+				states = []*ruleset.Ruleset{compile(b, head+base), compile(b, head+"allow 8080/tcp\n"+base)}
+			case "element":
+				states = []*ruleset.Ruleset{compile(b, head+base), compile(b, head+base+"deny from 192.0.2.77\n")}
+			case "refresh":
+				states = []*ruleset.Ruleset{compile(b, head+base), compile(b, head+deny(50, n/2+50))}
+			case "ban":
+				states = []*ruleset.Ruleset{compile(b, head+base)}
+			}
+			for _, rs := range append(states, states[0]) {
+				if err := be.Apply(ctx, rs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			one := []byte("*filter\n:BENCHBASE - [0:0]\n-A BENCHBASE -p tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+			var base0, moat time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				if _, err := be.Run(ctx, one, "iptables-restore", "-w", "5", "--noflush"); err != nil {
+					b.Fatal(err)
+				}
+				base0 += time.Since(start)
+				start = time.Now()
+				var err error
+				if kind == "ban" {
+					err = be.Ban(ctx, []ruleset.Ban{{Addr: netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), Timeout: time.Hour, Reason: "manual: bench", Replace: true}})
+				} else {
+					err = be.Apply(ctx, states[(i+1)%len(states)])
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				moat += time.Since(start)
+			}
+			b.ReportMetric(float64(moat.Microseconds())/1000/float64(b.N), "ms-backend")
+			b.ReportMetric(float64(base0.Microseconds())/1000/float64(b.N), "ms-baseline")
+			b.ReportMetric(float64(moat)/float64(base0), "x-baseline")
+		})
+	}
 }
