@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 	"github.com/moat-fw/moat/internal/statetext"
 )
@@ -232,4 +234,71 @@ func TestSavedNotRewrittenWhenUnchanged(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The records exactly as the version before statetext wrote them
+// (testdata/state-015d496, written by that commit's engine: texts inline,
+// the journal's policy file and saved.json base64) load, and the
+// interrupted change they journal is undone by this version, which then
+// applies the next change with its texts in files.
+func TestStateFilesOfVersionBefore(t *testing.T) {
+	storeAll(t)
+	r := newRig(t)
+	const fixtureSource = "/nonexistent/moat-fixture/moat.conf"
+	old := "default deny incoming\nallow 22/tcp\n"
+	r.must(os.MkdirAll(r.dir, 0o700))
+	for _, f := range []string{AppliedFile, savedFile, IntentFile} {
+		data, err := os.ReadFile(filepath.Join("testdata", "state-015d496", f))
+		r.must(err)
+		// The records name the policy file: this test's own.
+		text := strings.ReplaceAll(string(data), fixtureSource, r.conf)
+		if strings.Contains(text, `"path": "/nonexistent`) {
+			t.Fatal("fixture path not replaced")
+		}
+		r.must(os.WriteFile(filepath.Join(r.dir, f), []byte(text), 0o600))
+	}
+	appliedMemo.put(nil, Applied{})
+	a, err := LoadApplied(r.dir)
+	if err != nil || a == nil || a.Policy != old || a.Backend != "nftables" || a.Source != r.conf {
+		t.Fatalf("applied record of the version before: %+v %v", a, err)
+	}
+	s, err := safeapply.LoadSaved(r.dir)
+	if err != nil || s.Policy != old {
+		t.Fatalf("saved.json of the version before: %+v %v", s, err)
+	}
+	in, err := LoadIntent(r.dir)
+	if err != nil || in == nil || string(in.PrevFile) != old || in.Prev.Policy != old || !strings.HasSuffix(in.Next.Policy, "allow 443/tcp\n") {
+		t.Fatalf("journal of the version before: %+v %v", in, err)
+	}
+	// The interrupted change had written the file and loaded the kernel.
+	r.write(old + "allow 443/tcp\n")
+	r.must(r.nft.Apply(context.Background(), mustCompile(t, old+"allow 443/tcp\n", r.conf)))
+	_, err = r.add(r.ch(0), "allow 80/tcp")
+	r.must(err)
+	want := old + "allow 80/tcp\n"
+	if r.file() != want {
+		t.Errorf("file after repair and change:\n%s", r.file())
+	}
+	r.kernelIs("nftables", want)
+	if !strings.Contains(strings.Join(r.warnings, "\n"), "interrupted") {
+		t.Errorf("the repair was not reported: %q", r.warnings)
+	}
+	if a, err := decodeFresh(t, r.dir); err != nil || a.Policy != want {
+		t.Errorf("applied after: %+v %v", a, err)
+	}
+	if s, err := safeapply.LoadSaved(r.dir); err != nil || s.Policy != want {
+		t.Errorf("saved after: %+v %v", s, err)
+	}
+	if got := texts(t, r.dir); !slices.Equal(got, []string{statetext.Name(statetext.Hash(want))}) {
+		t.Errorf("texts: %q", got)
+	}
+}
+
+func mustCompile(t *testing.T, text, conf string) *ruleset.Ruleset {
+	t.Helper()
+	p, err := policy.NewDocument(conf, []byte(text)).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ruleset.Compile(p)
 }
