@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -170,7 +171,14 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 			listening[e.inode] = true
 		}
 	}
-	socks, err := sshdSockets(f.procRoot, listening)
+	// The listeners a socket activator may hold for sshd: on a hint port.
+	hinted := map[string]bool{}
+	for _, e := range entries {
+		if e.state == "0A" && slices.Contains(f.hintPorts, e.local.Port()) {
+			hinted[e.inode] = true
+		}
+	}
+	socks, err := sshdSockets(f.procRoot, listening, hinted)
 	if err != nil {
 		return st, err
 	}
@@ -516,7 +524,12 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 // socket, else an inetd-style sshd (sshd -i: setproctitle hides the -i
 // once it runs). The children of either are per-session processes: the
 // sockets only they hold are port forwardings.
-func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error) {
+//
+// The activators' sockets count only for a listener on a hint port that
+// no sshd daemon holds (hinted are the listeners on hint ports): when
+// there is none, their sockets are not read (PID 1 holds hundreds of
+// descriptors, each a readlink, and a classic sshd daemon owns port 22).
+func sshdSockets(procRoot string, listening, hinted map[string]bool) (procSockets, error) {
 	socks := procSockets{daemon: map[string]bool{}, sshd: map[string]bool{}, inetd: map[string]bool{}, activator: map[string]bool{}, client: map[string]bool{}}
 	dirs, err := os.ReadDir(procRoot)
 	if err != nil {
@@ -530,15 +543,14 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 	}
 	procs := scanProcs(procRoot, pids)
 	for _, p := range procs {
-		for _, inode := range p.inodes {
-			if p.client {
-				socks.client[inode] = true
-			}
-			if p.activator {
-				socks.activator[inode] = true
-			}
-			if p.sshd {
+		if p.sshd {
+			for _, inode := range p.inodes {
 				socks.sshd[inode] = true
+			}
+		}
+		if p.client {
+			for _, inode := range p.inodes {
+				socks.client[inode] = true
 			}
 		}
 		if !p.sshd {
@@ -559,6 +571,24 @@ func sshdSockets(procRoot string, listening map[string]bool) (procSockets, error
 			}
 		}
 	}
+	needActivators := false
+	for inode := range hinted {
+		needActivators = needActivators || !socks.daemon[inode]
+	}
+	for _, p := range procs {
+		if !p.activator {
+			continue
+		}
+		if !p.fdsRead {
+			if !needActivators {
+				continue
+			}
+			p.inodes = readSocketInodes(p.dir)
+		}
+		for _, inode := range p.inodes {
+			socks.activator[inode] = true
+		}
+	}
 	return socks, nil
 }
 
@@ -569,6 +599,10 @@ type proc struct {
 	activator bool
 	client    bool
 	inodes    []string
+	// fdsRead: inodes were read (an activator's alone are read later,
+	// from dir, and only when needed).
+	fdsRead bool
+	dir     string
 }
 
 // scanProcs reads the processes pids under procRoot and returns those of
@@ -627,21 +661,31 @@ func scanProc(procRoot string, e procEntry, buf []byte) *proc {
 		return nil
 	}
 	p.ppid = readPPid(dir)
+	p.dir = dir
+	if p.sshd || p.client {
+		p.inodes, p.fdsRead = readSocketInodes(dir), true
+	}
+	return p
+}
+
+// readSocketInodes lists the inodes of the sockets process dir holds.
+func readSocketInodes(dir string) []string {
 	fdDir := filepath.Join(dir, "fd")
 	fds, err := os.ReadDir(fdDir)
 	if err != nil {
-		return p
+		return nil
 	}
+	var inodes []string
 	for _, fd := range fds {
 		target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
 		if err != nil {
 			continue
 		}
 		if inode, ok := strings.CutPrefix(target, "socket:["); ok {
-			p.inodes = append(p.inodes, strings.TrimSuffix(inode, "]"))
+			inodes = append(inodes, strings.TrimSuffix(inode, "]"))
 		}
 	}
-	return p
+	return inodes
 }
 
 // isSSHD reports whether a process name is an SSH server's: OpenSSH's
