@@ -39,6 +39,7 @@ type kernelRecord struct {
 // found to be what moat applied (the recorded fingerprint).
 type verifiedGen struct {
 	gen uint32
+	fp  string // the fingerprint found there
 	ok  bool
 }
 
@@ -112,7 +113,7 @@ func (a *app) unchangedSinceApply(ctx context.Context, b backend.Backend, st app
 			hasGen = true
 			if rec.HasGeneration && gen == rec.Generation && !rec.Sets {
 				a.log.Debug("moat's table unchanged since its fingerprint was taken", "generation", gen)
-				a.verified = verifiedGen{gen: gen, ok: true}
+				a.verified = verifiedGen{gen: gen, fp: rec.Fingerprint, ok: true}
 				return true
 			}
 		}
@@ -124,7 +125,7 @@ func (a *app) unchangedSinceApply(ctx context.Context, b backend.Backend, st app
 	if hasGen {
 		// Read before the fingerprint: a change in between moved the
 		// generation past it, so it never vouches for more than was read.
-		a.verified = verifiedGen{gen: gen, ok: true}
+		a.verified = verifiedGen{gen: gen, fp: fp, ok: true}
 		if refresh {
 			rec.Generation, rec.HasGeneration = gen, true
 			a.writeKernelRecord(rec)
@@ -147,16 +148,16 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 	if fp, gen, ok := a.loadedFingerprint(ctx, b); ok {
 		a.log.Debug("fingerprint of moat's rules taken from what moat loaded", "generation", gen)
 		rec.Fingerprint, rec.Generation, rec.HasGeneration = fp, gen, true
-		a.verified = verifiedGen{gen: gen, ok: true}
+		a.verified = verifiedGen{gen: gen, fp: fp, ok: true}
 		a.writeKernelRecord(rec)
 		return
 	}
+	a.verified = verifiedGen{}
 	if generationTracks(b) {
 		// Before the fingerprint: a change in between moves the
 		// generation, so the next command reads the fingerprint anew.
 		if gen, err := nft.Generation(); err == nil {
 			rec.Generation, rec.HasGeneration = gen, true
-			a.verified = verifiedGen{gen: gen, ok: true}
 		}
 	}
 	fp, sets, err := a.kernelFingerprint(ctx, b)
@@ -167,6 +168,9 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		return
 	}
 	rec.Fingerprint = fp
+	if rec.HasGeneration {
+		a.verified = verifiedGen{gen: rec.Generation, fp: fp, ok: true}
+	}
 	a.writeKernelRecord(rec)
 }
 
@@ -192,7 +196,7 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 	}
 	before, after, committed := nb.LastCommit()
 	switch {
-	case committed && before == a.verified.gen && after == before+1 && now == after:
+	case committed && (before == a.verified.gen || a.recordVouches(before)) && after == before+1 && now == after:
 	case !committed && now == a.verified.gen:
 	default:
 		return "", 0, false
@@ -231,6 +235,24 @@ func (a *app) banCommitted(before, after uint32) {
 	}
 	rec.Generation = after
 	a.writeKernelRecord(rec)
+}
+
+// recordVouches says whether the recorded fingerprint, moved on by the
+// guard's bans since this command verified the table (banCommitted), says
+// that the table was still what this command verified at generation gen.
+// Every record states what the table was at its generation, so one at gen
+// with the verified fingerprint vouches for gen.
+func (a *app) recordVouches(gen uint32) bool {
+	if !a.verified.ok || a.verified.fp == "" {
+		return false
+	}
+	data, err := statedir.ReadFile(a.stateDir, fingerprintFile)
+	if err != nil {
+		return false
+	}
+	var rec kernelRecord
+	return json.Unmarshal(data, &rec) == nil && rec.Backend == "nftables" && !rec.Sets &&
+		rec.HasGeneration && rec.Generation == gen && rec.Fingerprint == a.verified.fp
 }
 
 func (a *app) writeKernelRecord(rec kernelRecord) {

@@ -275,14 +275,21 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		return err
 	}
 	names := SetNames(rs)
-	merged := map[string][]netip.Prefix{}
 	c := contents{}
+	sets := map[string]*ruleset.Set{}
 	for _, s := range rs.Sets {
 		if !s.Bans && s.ScanWindow == 0 {
 			n := names.of(s.Name)
-			merged[n] = s.Prefixes()
-			c[n] = contentHashOf(s, merged[n])
+			c[n], sets[n] = contentHash(s), s
 		}
+	}
+	// Merged only for the sets that need their networks.
+	nets := map[string][]netip.Prefix{}
+	networks := func(n string) []netip.Prefix {
+		if _, ok := nets[n]; !ok {
+			nets[n] = merged(sets[n])
+		}
+		return nets[n]
 	}
 	rh := rulesHash(rs, names)
 	gen := generation(rs, names, c)
@@ -304,7 +311,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			refill[n] = true
 			continue
 		}
-		add, del := diffPrefixes(old.Prefixes, merged[n])
+		add, del := diffPrefixes(old.Prefixes, networks(n))
 		for _, p := range add {
 			fmt.Fprintf(&diff, "add %s %s\n", n, p)
 		}
@@ -317,9 +324,9 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			return err
 		}
 	}
-	sets := renderSets(rs, st.sets, names, func(n string) bool { return refill[n] }) + diff.String()
-	if sets != "" {
-		if _, err := b.Run(ctx, []byte(sets), "ipset", "-exist", "restore"); err != nil {
+	load := renderSets(rs, st.sets, names, func(n string) bool { return refill[n] }) + diff.String()
+	if load != "" {
+		if _, err := b.Run(ctx, []byte(load), "ipset", "-exist", "restore"); err != nil {
 			return fmt.Errorf("load ipsets: %w", err)
 		}
 	}
@@ -336,7 +343,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			return fmt.Errorf("load %s rules: %w", f.fam, err)
 		}
 	}
-	b.remember(c, merged, st)
+	b.remember(c, networks)
 	used := map[string]bool{}
 	for _, n := range names {
 		used[n] = true
@@ -401,15 +408,15 @@ func (b *Backend) markChanging(ctx context.Context, st *state, names []string) e
 
 // remember records in Elements what each policy set now holds (those
 // already recorded for these contents are left as they are).
-func (b *Backend) remember(c contents, merged map[string][]netip.Prefix, st *state) {
+func (b *Backend) remember(c contents, networks func(string) []netip.Prefix) {
 	if b.Elements == nil {
 		return
 	}
 	for _, n := range sortedKeys(c) {
-		if old, err := b.Elements.Load(n); err == nil && old.Data == c[n] {
+		if data, err := b.Elements.Data(n); err == nil && data == c[n] {
 			continue
 		}
-		_ = b.Elements.Save(n, setstore.Set{Data: c[n], Prefixes: merged[n]})
+		_ = b.Elements.Save(n, setstore.Set{Data: c[n], Prefixes: networks(n)})
 	}
 	_ = b.Elements.Keep(sortedKeys(c))
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
 // ChainName is moat's chain for a hook.
@@ -68,19 +69,19 @@ func policySetName(name string) string {
 	return SetPrefix + hex.EncodeToString(h[:])[:12]
 }
 
-// contentHash identifies a policy set by its family and networks.
+// contentHash identifies a policy set by its family and entries, whatever
+// their order (no merge: it is computed for every set at every apply).
 func contentHash(s *ruleset.Set) string {
-	return contentHashOf(s, s.Prefixes())
+	return string(s.Family) + setstore.EntriesHash(s.Entries)[:20]
 }
 
-func contentHashOf(s *ruleset.Set, ps []netip.Prefix) string {
-	h := sha256.New()
-	h.Write([]byte(s.Family))
-	for _, p := range ps {
-		h.Write([]byte{0})
-		h.Write([]byte(p.String()))
+// merged are a policy set's networks, merged and sorted.
+func merged(s *ruleset.Set) []netip.Prefix {
+	ps := make([]netip.Prefix, len(s.Entries))
+	for i, e := range s.Entries {
+		ps[i] = e.Prefix
 	}
-	return hex.EncodeToString(h.Sum(nil))[:12]
+	return setstore.Merge(ps)
 }
 
 // contents are the content hashes of rs's policy sets, by ipset name.
@@ -421,7 +422,7 @@ func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names, refi
 			fmt.Fprintf(&b, "destroy %s\n", tmp)
 		}
 		fmt.Fprintf(&b, "%s\n", createLine(s, tmp))
-		for _, p := range s.Prefixes() {
+		for _, p := range merged(s) {
 			fmt.Fprintf(&b, "add %s %s\n", tmp, p)
 		}
 		if existing[name] {

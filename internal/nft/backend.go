@@ -49,6 +49,9 @@ type Backend struct {
 	// rest of the table is then what it was at before.
 	AfterBan func(before, after uint32)
 
+	// beforeSend, in tests, runs before each netlink transaction is sent.
+	beforeSend func()
+
 	// The last transaction this backend committed: the ruleset generation
 	// before it and right after it (see LastCommit).
 	committed       bool
@@ -437,16 +440,18 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	if err != nil {
 		return fmt.Errorf("nftables apply: %w", err)
 	}
-	if p.nl != nil {
+	for try := 0; p.nl != nil; try++ {
 		err := b.sendBatch(p)
 		if err == nil {
 			b.saveSets(p)
 			return nil
 		}
-		// Nothing was committed (another change came first, or the kernel
-		// does not hold what the store says): the same change through nft,
-		// refilling the changed sets.
-		if p, err = b.plan(ctx, rs, b.Full, false); err != nil {
+		// Nothing was committed. Another change came first (a ban from the
+		// guard): plan again at the new generation, a few times. Or the
+		// kernel does not hold what the store says: the same change
+		// through nft, refilling the changed sets.
+		netlink := errors.Is(err, errGenerationMoved) && try < 3
+		if p, err = b.plan(ctx, rs, b.Full, netlink); err != nil {
 			return fmt.Errorf("nftables apply: %w", err)
 		}
 	}
@@ -486,6 +491,9 @@ func (b *Backend) track(pre uint32, preErr error) {
 
 // sendBatch commits a netlink patch at the generation it was planned for.
 func (b *Backend) sendBatch(p *Plan) error {
+	if b.beforeSend != nil {
+		b.beforeSend()
+	}
 	if err := p.nl.send(p.gen); err != nil {
 		return err
 	}

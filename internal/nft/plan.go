@@ -12,6 +12,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
 // SyncChain is a chain of moat's table that records what moat last
@@ -68,32 +69,10 @@ func hash(parts ...string) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-// entriesHash identifies a policy set's entries cheaply (no merge, no
-// text) and whatever their order: each entry is hashed on its own
-// (FNV-1a of address and length, then a 64-bit mixer) and the hashes
-// summed and xored, so the same entries in any order give the same
-// record, and a set whose entries did not change sends nothing.
-func entriesHash(s *ruleset.Set) string {
-	var sum, xor uint64
-	for _, e := range s.Entries {
-		a := e.Prefix.Addr().As16()
-		h := uint64(14695981039346656037)
-		for _, c := range a {
-			h = (h ^ uint64(c)) * 1099511628211
-		}
-		h = (h ^ uint64(e.Prefix.Bits())) * 1099511628211
-		sum += mix64(h)
-		xor ^= mix64(h ^ 0x9e3779b97f4a7c15)
-	}
-	return fmt.Sprintf("%016x%016x", sum, xor)
-}
-
-// mix64 is splitmix64's finalizer.
-func mix64(z uint64) uint64 {
-	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
-	z = (z ^ z>>27) * 0x94d049bb133111eb
-	return z ^ z>>31
-}
+// entriesHash identifies a policy set's entries cheaply and whatever their
+// order (setstore.EntriesHash), so a set whose entries did not change
+// sends nothing.
+func entriesHash(s *ruleset.Set) string { return setstore.EntriesHash(s.Entries) }
 
 // elems are a policy set's networks, merged and sorted, as the kernel
 // gets them (computed when the set is sent).
@@ -103,7 +82,7 @@ func (w *wantSet) elems() []netip.Prefix {
 		for i, e := range w.src.Entries {
 			ps[i] = e.Prefix
 		}
-		w.merged = mergePrefixes(ps)
+		w.merged = setstore.Merge(ps)
 	}
 	return w.merged
 }

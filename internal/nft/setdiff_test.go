@@ -412,12 +412,47 @@ func TestMergePrefixesMatchesNetipx(t *testing.T) {
 		}
 		s, _ := b.IPSet()
 		want := s.Prefixes()
-		got := mergePrefixes(in)
+		got := setstore.Merge(in)
 		if !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
 			t.Fatalf("%v:\ngot  %v\nwant %v", in, got, want)
 		}
 		if prefixesHash(got) != RangesHash(s.Ranges()) {
 			t.Fatalf("%v: ranges hash differs", in)
 		}
+	}
+}
+
+// A change committed by someone else between moat's plan and its netlink
+// transaction (a ban from the guard) makes the kernel refuse the
+// transaction whole; moat plans again at the new generation and still
+// sends only the difference (no nft, no refill), and the kernel ends up
+// exactly as a fresh load.
+func TestKernelSetDiffRetriesAfterOtherCommit(t *testing.T) {
+	k := newNLKernel(t)
+	head := "default deny incoming\nallow 22/tcp\n"
+	k.apply(compile(t, head+denyList(300, -1)))
+	other := 0
+	k.be.beforeSend = func() {
+		if other < 2 {
+			other++
+			// In the namespace already (called within k.do).
+			if _, err := execrun.Exec(context.Background(), []byte(fmt.Sprintf("add table inet other%d\n", other)), "nft", "-f", "-"); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	n := len(k.rec.inputs)
+	after := compile(t, head+denyList(300, 7))
+	k.apply(after)
+	if other != 2 || len(k.rec.inputs) != n {
+		t.Errorf("%d other commits, %d nft runs (want 2 and none):\n%.500s", other, len(k.rec.inputs)-n, k.rec.last())
+	}
+	if before, after, ok := k.be.LastCommit(); !ok || after != before+1 {
+		t.Errorf("last commit %d -> %d (%v)", before, after, ok)
+	}
+	fresh := newNLKernel(t)
+	fresh.apply(after)
+	if got, want := k.table(), fresh.table(); got != want {
+		t.Errorf("table differs from a fresh load:\n%.2000s\n---\n%.2000s", got, want)
 	}
 }

@@ -15,8 +15,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
+	"go4.org/netipx"
+
+	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/statedir"
 )
 
@@ -181,3 +185,89 @@ func (d Dir) File(set string) string { return filepath.Join(d.Path, d.name(set))
 // Forget removes a set's entry (before the set is changed in a way that
 // may not complete: an entry must never outlive the contents it names).
 func (d Dir) Forget(set string) error { return statedir.Remove(d.Path, d.name(set)) }
+
+// Merge is the smallest list of networks that covers the same
+// addresses as ps, sorted: what netipx's IPSet.Prefixes gives, in a
+// quarter of its time (one sort, one pass).
+func Merge(ps []netip.Prefix) []netip.Prefix {
+	sorted := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		sorted[i] = p.Masked()
+	}
+	slices.SortFunc(sorted, ComparePrefix)
+	out := make([]netip.Prefix, 0, len(sorted))
+	for i := 0; i < len(sorted); {
+		from, to := sorted[i].Addr(), LastAddr(sorted[i])
+		for i++; i < len(sorted); i++ {
+			a := sorted[i].Addr()
+			if a.BitLen() != from.BitLen() {
+				break
+			}
+			// to at the top of the address space covers all that follows.
+			if next := to.Next(); next.IsValid() && next.Less(a) {
+				break
+			}
+			if last := LastAddr(sorted[i]); to.Less(last) {
+				to = last
+			}
+		}
+		r := netipx.IPRangeFrom(from, to)
+		if p, ok := r.Prefix(); ok {
+			out = append(out, p)
+		} else {
+			out = r.AppendPrefixes(out)
+		}
+	}
+	return out
+}
+
+// ComparePrefix orders networks by address, then length.
+func ComparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// LastAddr is the last address of a network.
+func LastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As16()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	for i := bits; i < 128; i++ {
+		a[i/8] |= 1 << (7 - i%8)
+	}
+	out := netip.AddrFrom16(a)
+	if p.Addr().Is4() {
+		return out.Unmap()
+	}
+	return out
+}
+
+// EntriesHash identifies a set's entries cheaply (no merge, no text) and
+// whatever their order: each entry is hashed on its own (FNV-1a of
+// address and length, then a 64-bit mixer) and the hashes summed and
+// xored, so the same entries in any order give the same value.
+func EntriesHash(entries []ruleset.SetEntry) string {
+	var sum, xor uint64
+	for _, e := range entries {
+		a := e.Prefix.Addr().As16()
+		h := uint64(14695981039346656037)
+		for _, c := range a {
+			h = (h ^ uint64(c)) * 1099511628211
+		}
+		h = (h ^ uint64(e.Prefix.Bits())) * 1099511628211
+		sum += mix64(h)
+		xor ^= mix64(h ^ 0x9e3779b97f4a7c15)
+	}
+	return fmt.Sprintf("%016x%016x", sum, xor)
+}
+
+// mix64 is splitmix64's finalizer.
+func mix64(z uint64) uint64 {
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	return z ^ z>>31
+}
