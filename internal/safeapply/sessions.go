@@ -618,7 +618,7 @@ func scanProcs(procRoot string, pids []procEntry) map[int]*proc {
 	for w := range workers {
 		wg.Go(func() {
 			found := map[int]*proc{}
-			var buf [64]byte
+			var buf [512]byte
 			for i := w; i < len(pids); i += workers {
 				if p := scanProc(procRoot, pids[i], buf[:]); p != nil {
 					found[pids[i].pid] = p
@@ -645,11 +645,24 @@ type procEntry struct {
 func scanProc(procRoot string, e procEntry, buf []byte) *proc {
 	pid := e.pid
 	dir := filepath.Join(procRoot, e.name)
-	comm, err := readSmall(filepath.Join(dir, "comm"), buf)
-	if err != nil {
-		return nil // the process has gone
+	// stat names the process, its parent and whether it is a kernel
+	// thread (which holds no files: its exe, a readlink, is not asked).
+	name, ppid := "", -1
+	if data, err := readSmall(filepath.Join(dir, "stat"), buf); err == nil {
+		if comm, pp, flags, ok := parseStat(data); ok {
+			if flags&pfKthread != 0 {
+				return nil
+			}
+			name, ppid = strings.TrimSpace(comm), pp
+		}
 	}
-	name := strings.TrimSpace(string(comm))
+	if ppid < 0 {
+		comm, err := readSmall(filepath.Join(dir, "comm"), buf)
+		if err != nil {
+			return nil // the process has gone
+		}
+		name = strings.TrimSpace(string(comm))
+	}
 	exe, _ := os.Readlink(filepath.Join(dir, "exe"))
 	exe = strings.TrimSuffix(filepath.Base(exe), " (deleted)")
 	p := &proc{}
@@ -660,12 +673,39 @@ func scanProc(procRoot string, e procEntry, buf []byte) *proc {
 	if !p.sshd && !p.activator && !p.client {
 		return nil
 	}
-	p.ppid = readPPid(dir)
+	p.ppid = ppid
+	if ppid < 0 {
+		p.ppid = readPPid(dir)
+	}
 	p.dir = dir
 	if p.sshd || p.client {
 		p.inodes, p.fdsRead = readSocketInodes(dir), true
 	}
 	return p
+}
+
+// pfKthread is the kernel's flag for its own threads (PF_KTHREAD).
+const pfKthread = 0x00200000
+
+// parseStat reads the start of /proc/PID/stat: "PID (COMM) STATE PPID
+// PGRP SESSION TTY_NR TPGID FLAGS ...". COMM may hold anything, spaces
+// and parentheses too: it ends at the last ')'.
+func parseStat(data []byte) (comm string, ppid int, flags uint64, ok bool) {
+	s := string(data)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return "", 0, 0, false
+	}
+	f := strings.Fields(s[end+1:])
+	if len(f) < 7 {
+		return "", 0, 0, false
+	}
+	pp, err1 := strconv.Atoi(f[1])
+	fl, err2 := strconv.ParseUint(f[6], 10, 64)
+	if err1 != nil || err2 != nil || pp < 0 {
+		return "", 0, 0, false
+	}
+	return s[open+1 : end], pp, fl, true
 }
 
 // readSocketInodes lists the inodes of the sockets process dir holds.

@@ -468,3 +468,70 @@ func TestFindSSHManyProcesses(t *testing.T) {
 		t.Errorf("sessions %v listen %v, want %v", got, st.Listen, want)
 	}
 }
+
+// /proc/PID/stat gives the name, the parent and the kernel-thread flag in
+// one read; a name may hold spaces and parentheses (it ends at the last
+// ')'), and anything malformed is not taken.
+func TestParseStat(t *testing.T) {
+	for _, c := range []struct {
+		in    string
+		comm  string
+		ppid  int
+		flags uint64
+		ok    bool
+	}{
+		{"1234 (sshd) S 1 1234 1234 0 -1 4194560 100 0 0 0", "sshd", 1, 4194560, true},
+		{"99 (evil) S 1 2 3 0 -1 0 (sshd)) S 7 1 1 0 -1 2097152 0", "evil) S 1 2 3 0 -1 0 (sshd)", 7, 2097152, true},
+		{"2 (kthreadd) S 0 0 0 0 -1 2129984 0", "kthreadd", 0, 2129984, true},
+		{"5 (a b\nc) R 4 5 5 0 -1 0 0", "a b\nc", 4, 0, true},
+		{"5 (x) R 4 5", "", 0, 0, false},
+		{"5 x) R 4 5 5 0 -1 0 0", "", 0, 0, false},
+		{"5 (x) R -4 5 5 0 -1 0 0", "", 0, 0, false},
+		{"", "", 0, 0, false},
+	} {
+		comm, ppid, flags, ok := parseStat([]byte(c.in))
+		if comm != c.comm || ppid != c.ppid || flags != c.flags || ok != c.ok {
+			t.Errorf("%q: %q %d %#x %v", c.in, comm, ppid, flags, ok)
+		}
+	}
+	// The real one: this process, and the kernel's thread daemon.
+	data, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	comm, ppid, flags, ok := parseStat(data)
+	own, _ := os.ReadFile("/proc/self/comm")
+	if !ok || comm != strings.TrimSpace(string(own)) || ppid != os.Getppid() || flags&pfKthread != 0 {
+		t.Errorf("/proc/self/stat: %q %d %#x %v", comm, ppid, flags, ok)
+	}
+	if data, err := os.ReadFile("/proc/2/stat"); err == nil && strings.Contains(string(data), "(kthreadd)") {
+		if _, _, flags, ok := parseStat(data); !ok || flags&pfKthread == 0 {
+			t.Errorf("kthreadd is not a kernel thread: %q", data)
+		}
+	}
+}
+
+// With stat files (a real /proc), names and parents come from them and a
+// kernel thread is skipped whatever it is called.
+func TestFindSSHFromStat(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:22", "0.0.0.0:0")
+	conn := b.sock("01", "192.0.2.1:22", "192.0.2.2:50000")
+	other := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
+	b.proc(100, 1, "sshd", lis)
+	b.proc(101, 100, "sshd", conn)
+	b.proc(3, 2, "sshd", other) // a kernel thread by that name: skipped
+	stat := func(pid, ppid int, comm string, flags uint64) {
+		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "stat"), []byte(fmt.Sprintf("%d (%s) S %d %d %d 0 -1 %d 0 0", pid, comm, ppid, pid, pid, flags)), 0o644))
+		// comm and status say otherwise: stat is what counts.
+		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "comm"), []byte("bash\n"), 0o644))
+		b.must(os.Remove(filepath.Join(b.root, fmt.Sprint(pid), "status")))
+	}
+	stat(100, 1, "sshd", 0x400100)
+	stat(101, 100, "sshd", 0x400100)
+	stat(3, 2, "sshd", pfKthread)
+	st := find(t, b.write(""), nil)
+	if fmt.Sprint(st.Listen) != "[0.0.0.0:22]" || sessionList(st) != "192.0.2.2:50000>192.0.2.1:22" || st.Sessions[0].Source != "connection held by sshd" {
+		t.Errorf("listen %v sessions %q (%+v)", st.Listen, sessionList(st), st.Sessions)
+	}
+}
