@@ -364,7 +364,7 @@ func (b *Backend) vouched(name, held string) bool {
 	if b.Elements == nil {
 		return true
 	}
-	data, err := b.Elements.Data(name)
+	data, _, err := b.Elements.Head(name)
 	return err == nil && data == held
 }
 
@@ -413,7 +413,7 @@ func (b *Backend) remember(c contents, networks func(string) []netip.Prefix) {
 		return
 	}
 	for _, n := range sortedKeys(c) {
-		if data, err := b.Elements.Data(n); err == nil && data == c[n] {
+		if data, _, err := b.Elements.Head(n); err == nil && data == c[n] {
 			continue
 		}
 		_ = b.Elements.Save(n, setstore.Set{Data: c[n], Prefixes: networks(n)})

@@ -279,6 +279,14 @@ func parsePrefix(v string) (netip.Prefix, error) {
 // batch of element deletes and adds (see netlinkPatch).
 func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full, netlink bool) (*Plan, error) {
 	d := want(rs)
+	p, err := b.planFor(ctx, d, full, netlink)
+	if p != nil {
+		p.want = d
+	}
+	return p, err
+}
+
+func (b *Backend) planFor(ctx context.Context, d *desired, full, netlink bool) (*Plan, error) {
 	if !full {
 		var gen uint32
 		if netlink {
@@ -456,6 +464,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		}
 	}
 	if p.Empty() {
+		b.saveSets(p)
 		return nil
 	}
 	pre, preErr := b.generation()
@@ -513,6 +522,24 @@ func (b *Backend) saveSets(p *Plan) {
 	}
 	if p.Full {
 		_ = b.Elements.Keep(sortedKeys(p.save))
+		return
+	}
+	// A set this plan did not touch holds what the kernel's record names
+	// (its entries did not change): its entry is written if it has none
+	// for them (moat upgraded, the entry lost), or the next fingerprint
+	// would read the set back from the kernel, and the next change of it
+	// refill it whole.
+	if p.want == nil {
+		return
+	}
+	for _, s := range p.want.sets {
+		if _, saved := p.save[s.set.Name]; s.kind != policySet || saved {
+			continue
+		}
+		if data, _, err := b.Elements.Head(s.set.Name); err != nil || data != s.data {
+			ps := s.elems()
+			_ = b.Elements.Save(s.set.Name, StoredSet{Data: s.data, Prefixes: ps, Ranges: prefixesHash(ps)})
+		}
 	}
 }
 

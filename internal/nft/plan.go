@@ -263,6 +263,8 @@ type Plan struct {
 	gen uint32
 	// save is what the plan loads into policy sets, for the element store.
 	save map[string]StoredSet
+	// want is the table the plan makes.
+	want *desired
 }
 
 // loaded notes what a policy set is loaded with, for the element store.

@@ -456,3 +456,32 @@ func TestKernelSetDiffRetriesAfterOtherCommit(t *testing.T) {
 		t.Errorf("table differs from a fresh load:\n%.2000s\n---\n%.2000s", got, want)
 	}
 }
+
+// A set a change does not touch gets its element record back when it has
+// none for its entries (moat upgraded, the record lost), also when the
+// apply changes nothing; else every later fingerprint would read it back
+// from the kernel and its next change would refill it.
+func TestKernelRecordsUntouchedSets(t *testing.T) {
+	k := newNLKernel(t)
+	head := "default deny incoming\nallow 22/tcp\n"
+	a := compile(t, head+denyList(300, -1))
+	k.apply(a)
+	set6 := "input_deny_src6_4"
+	for _, rs := range []*ruleset.Ruleset{compile(t, head+denyList(300, -1)+"deny from 192.0.2.77\n"), a, a} {
+		if err := os.Remove(k.store.File(set6)); err != nil {
+			t.Fatal(err)
+		}
+		k.apply(rs)
+		st, err := k.store.Load(set6)
+		if err != nil || len(st.Prefixes) != 300 {
+			t.Fatalf("record of the untouched set: %d networks, %v", len(st.Prefixes), err)
+		}
+	}
+	var ranges func(string) (string, bool)
+	if err := k.do(func() error { ranges = k.be.LoadedRanges(context.Background()); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ranges(set6); !ok {
+		t.Error("the restored record does not stand for the set")
+	}
+}

@@ -76,10 +76,10 @@ func (b *Backend) LoadedRanges(ctx context.Context) func(set string) (string, bo
 		if !ok || !cut {
 			return "", false
 		}
-		st, err := b.Elements.Load(set)
-		if err != nil || st.Data != data {
+		got, ranges, err := b.Elements.Head(set)
+		if err != nil || got != data || ranges == "" {
 			return "", false
 		}
-		return st.Ranges, true
+		return ranges, true
 	}
 }

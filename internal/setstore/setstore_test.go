@@ -3,6 +3,7 @@ package setstore
 import (
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 )
@@ -48,11 +49,17 @@ func TestDirRoundTripAndDamage(t *testing.T) {
 	if err := d.Save("t", in); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(d.Path, ".x.t.123.tmp"), []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Keep([]string{"t"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Lstat(d.File("s")); !os.IsNotExist(err) {
 		t.Errorf("Keep left s: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(d.Path, ".x.*")); len(left) != 0 {
+		t.Errorf("Keep left temporary files: %v", left)
 	}
 	if err := d.Forget("t"); err != nil {
 		t.Fatal(err)
