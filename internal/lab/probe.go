@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 // Outcome is what a probe saw.
@@ -114,13 +115,83 @@ func classify(err error) (Outcome, error) {
 	return "", err
 }
 
+// probeTCP connects with the socket calls themselves, not net.Dial: the
+// kernel decides whether the handshake completed within the wait. With
+// Dial, a process starved of CPU for longer than the wait (the parallel
+// CI run on two shared cores) ran its deadline timer before the goroutine
+// that the SYN-ACK had woken, and reported a connection that had been
+// answered in microseconds as dropped. poll(2) looks at the socket once
+// more after its timeout: a late thread still sees the answer, and a
+// dropped SYN (retransmitted only after a second) still times out.
 func probeTCP(ctx context.Context, p Probe) (Outcome, error) {
-	d := net.Dialer{Timeout: p.Wait, LocalAddr: localAddr("tcp", p.Src, p.SPort)}
-	c, err := d.DialContext(ctx, "tcp", p.Dst.String())
-	if err == nil {
-		return classify(c.Close())
+	dst := netip.AddrPortFrom(p.Dst.Addr().Unmap(), p.Dst.Port())
+	family := unix.AF_INET6
+	if dst.Addr().Is4() {
+		family = unix.AF_INET
 	}
-	return classify(err)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("tcp socket: %w", err)
+	}
+	defer func() { _ = unix.Close(fd) }() // a probe's socket: nothing to flush
+	if p.Src.IsValid() || p.SPort != 0 {
+		src := p.Src.Unmap()
+		if !src.IsValid() {
+			src = netip.IPv6Unspecified()
+			if family == unix.AF_INET {
+				src = netip.IPv4Unspecified()
+			}
+		}
+		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(src, p.SPort))); err != nil {
+			return "", fmt.Errorf("bind %s: %w", netip.AddrPortFrom(src, p.SPort), err)
+		}
+	}
+	switch err := unix.Connect(fd, sockaddr(dst)); {
+	case err == nil:
+		return Open, nil
+	case !errors.Is(err, unix.EINPROGRESS):
+		return classify(err)
+	}
+	deadline := time.Now().Add(p.Wait)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	for {
+		ms := max(time.Until(deadline).Milliseconds(), 0)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(fds, int(ms))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("poll: %w", err)
+		}
+		if n == 0 {
+			return Timeout, nil
+		}
+		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			return "", fmt.Errorf("getsockopt: %w", err)
+		}
+		if soErr == 0 {
+			return Open, nil
+		}
+		return classify(unix.Errno(soErr))
+	}
+}
+
+// sockaddr converts an address and port for the socket calls.
+func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+	if a := ap.Addr(); a.Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}
+	}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if z := ap.Addr().Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.ZoneId = uint32(ifi.Index)
+		}
+	}
+	return sa
 }
 
 func probeUDP(ctx context.Context, p Probe) (Outcome, error) {

@@ -1,0 +1,79 @@
+package lab
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// spin burns CPU without a function call, so that with asynchronous
+// preemption off (GODEBUG=asyncpreemptoff=1) nothing else runs on its P.
+//
+//go:noinline
+func spin(n int) int {
+	x := 0
+	for i := 0; i < n; i++ {
+		x += i ^ x
+	}
+	return x
+}
+
+var sink int
+
+// A probe whose process gets no CPU for longer than its wait, while the
+// answer comes back at once, is an open port, not a dropped packet. The
+// parallel CI run on two shared cores starved test processes that long:
+// net.Dial's deadline timer then ran before the goroutine the SYN-ACK had
+// woken, and TestStateMachineKernel read an open port as a drop (once on
+// each backend). The child process here is that machine in small: one P
+// (GOMAXPROCS=1), held for 800ms by a loop that cannot be preempted,
+// right after the probe sent its SYN to a listener on loopback.
+func TestProbeStarved(t *testing.T) {
+	if os.Getenv("MOAT_LAB_STARVED_CHILD") == "1" {
+		starvedChild()
+		return
+	}
+	t.Parallel()
+	for i := 0; i < 3; i++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestProbeStarved$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "MOAT_LAB_STARVED_CHILD=1", "GOMAXPROCS=1", "GODEBUG=asyncpreemptoff=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		if !strings.Contains(string(out), "outcome: open\n") {
+			t.Fatalf("a starved probe of an open port: %s", out)
+		}
+	}
+}
+
+func starvedChild() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer func() { _ = ln.Close() }()
+	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	// How many turns of the loop take 800ms here and now.
+	start := time.Now()
+	sink += spin(1 << 24)
+	n := int(float64(1<<24) * float64(800*time.Millisecond) / float64(max(time.Since(start), time.Microsecond)))
+	res := make(chan string, 1)
+	go func() {
+		out, err := probeTCP(context.Background(), Probe{Proto: "tcp", Dst: netip.AddrPortFrom(dst.Addr(), dst.Port()), Wait: 200 * time.Millisecond})
+		if err != nil {
+			res <- "error " + err.Error()
+			return
+		}
+		res <- string(out)
+	}()
+	runtime.Gosched() // the probe sends its SYN, then waits
+	sink += spin(n)
+	println("outcome: " + <-res)
+}
