@@ -155,6 +155,18 @@ func TestConfirmOrRollback(t *testing.T) {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
+			// The IPv4 rules are in before the command is done (the IPv6
+			// ones, the records, the journal follow): killed before its
+			// journal is gone, it is an interrupted command, which the
+			// next one undoes (kill_test.go), not a change waiting for
+			// confirmation. Under the parallel CI run that window lasted
+			// longer than the probe above.
+			for e.intentLeft() {
+				if time.Since(start) > 10*time.Second {
+					t.Fatal("the command never finished applying (its journal stays)")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
@@ -252,6 +264,12 @@ func (e *env) pendingFile() map[string]any {
 }
 
 func (e *env) pending() bool { return e.pendingFile() != nil }
+
+// intentLeft says whether the journal of a change in progress is there.
+func (e *env) intentLeft() bool {
+	_, err := os.Stat(filepath.Join(e.stateDir(), "intent.json"))
+	return err == nil
+}
 
 func (e *env) pendingDeadline() time.Time {
 	p := e.pendingFile()
