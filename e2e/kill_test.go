@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -182,6 +183,8 @@ func (e *env) killMoatAfter(delay time.Duration, args ...string) bool {
 	full := append([]string{"--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir()}, args...)
 	cmd := exec.Command(moatBin, full...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := e.topo.Server.Start(cmd); err != nil {
 		e.t.Fatal(err)
 	}
@@ -192,7 +195,7 @@ func (e *env) killMoatAfter(delay time.Duration, args ...string) bool {
 	case err := <-done:
 		exited = true
 		if err != nil {
-			e.t.Fatalf("moat %v: %v", args, err)
+			e.t.Fatalf("moat %v: %v\n%s", args, err, out.Bytes())
 		}
 	case <-time.After(delay):
 		if err := syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {

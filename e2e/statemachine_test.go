@@ -297,7 +297,7 @@ func TestStateMachineKernel(t *testing.T) {
 				e.expect(false, probes...)
 				checked++
 				if t.Failed() {
-					fail("packets disagree with the model (applied:\n%s)", m.applied)
+					fail("packets disagree with the model (applied:\n%s)\nmoat's rules in the kernel:\n%s", m.applied, e.moatKernel())
 				}
 			}
 			t.Logf("%d of 60 steps checked with packets", checked)
