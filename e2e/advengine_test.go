@@ -149,7 +149,8 @@ func TestRestartDropsUnconfirmedChange(t *testing.T) {
 			defer cancel()
 			flush := [][]string{{"nft", "flush", "ruleset"}}
 			if b == "iptables" {
-				flush = [][]string{{"iptables", "-F"}, {"iptables", "-X"}, {"ip6tables", "-F"}, {"ip6tables", "-X"}, {"ipset", "destroy"}}
+				flush = [][]string{{"iptables", "-F"}, {"iptables", "-X"}, {"ip6tables", "-F"}, {"ip6tables", "-X"},
+					{"iptables", "-t", "raw", "-F"}, {"iptables", "-t", "raw", "-X"}, {"ip6tables", "-t", "raw", "-F"}, {"ip6tables", "-t", "raw", "-X"}, {"ipset", "destroy"}}
 			}
 			for _, c := range flush {
 				if out, err := e.topo.Server.Run(ctx, c[0], c[1:]...); err != nil {

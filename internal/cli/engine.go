@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/guard"
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -46,6 +48,7 @@ func (a *app) engine() *engine.Engine {
 		Backends:         backends,
 		Detect:           func() engine.Backend { return backend.Detect() },
 		FindSSH:          recentSSH(),
+		LoggedIn:         func() ([]netip.Addr, error) { return guard.LoggedInClients("/proc") },
 		FindForwarded:    safeapply.FindForwardedSSH,
 		IfaceFor:         safeapply.IfaceFor,
 		ResolvConf:       "/etc/resolv.conf",

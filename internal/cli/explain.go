@@ -119,6 +119,9 @@ func (a *app) explainCommand() *cobra.Command {
 				return a.printJSON(ex)
 			}
 			a.printf("%s\n  decided by %s\n", ex.Verdict, ex.Decided)
+			if d.Chain == ruleset.Prerouting {
+				a.printf("  in the prerouting chain, before conntrack: the packet makes no conntrack state\n")
+			}
 			if ex.Limited != "" {
 				a.printf("  rate limit: %s\n", ex.Limited)
 			}

@@ -225,6 +225,9 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 			c := counters[r.Origin.ID]
 			rep.Builtins = append(rep.Builtins, statusBuiltin{Chain: ch.Hook, ID: r.Origin.ID, Text: r.Origin.Text, Packets: c.Packets, Bytes: c.Bytes})
 		}
+		if !ch.HasDefault() {
+			continue // the chain before conntrack: no default of its own
+		}
 		c := counters[ch.DefaultOrigin.ID]
 		dir := map[ruleset.Hook]policy.Direction{ruleset.Input: policy.In, ruleset.Output: policy.Out, ruleset.Forward: policy.Route}[ch.Hook]
 		rep.Defaults[policy.DirectionWord(dir)] = statusDefault{Policy: shown.Defaults[dir], Line: ch.DefaultOrigin.Line, Packets: c.Packets, Bytes: c.Bytes,

@@ -33,11 +33,11 @@ func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout)
 		if run == nil {
 			run = execrun.Exec
 		}
-		v4, err := run(ctx, nil, "iptables-save", "-t", "filter")
+		v4, err := run(ctx, nil, "iptables-save") // filter and raw: every table
 		if err != nil {
 			return nil, fmt.Errorf("read moat's iptables chains: %w", err)
 		}
-		v6, err := run(ctx, nil, "ip6tables-save", "-t", "filter")
+		v6, err := run(ctx, nil, "ip6tables-save")
 		if err != nil {
 			return nil, fmt.Errorf("read moat's ip6tables chains: %w", err)
 		}

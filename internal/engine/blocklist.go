@@ -27,16 +27,37 @@ func (e *Engine) sessionAddrs() []netip.Addr {
 	return out
 }
 
+// loggedInAddrs are the clients of logged-in SSH sessions (Options.
+// LoggedIn), else of every live session.
+func (e *Engine) loggedInAddrs(sessions []netip.Addr) []netip.Addr {
+	if e.o.LoggedIn == nil {
+		return sessions
+	}
+	addrs, err := e.o.LoggedIn()
+	if err != nil {
+		e.warn(fmt.Sprintf("cannot tell which SSH sessions are logged in (%v): every live session is protected", err))
+		return sessions
+	}
+	out := make([]netip.Addr, len(addrs))
+	for i, a := range addrs {
+		out[i] = a.Unmap()
+	}
+	return out
+}
+
 // compile loads the blocklists' contents (with save, an apply: a good file
-// list becomes the saved copy), compiles, and puts the live sessions in
-// the port scan trap's protected sets.
+// list becomes the saved copy), compiles, and puts the clients of the
+// logged-in SSH sessions in the protected sets: the drops before
+// conntrack and the port scan trap spare them. (A connection still
+// guessing passwords is no session to spare: its address could not be
+// banned until the next apply.)
 func (e *Engine) compile(p *policy.Policy, save bool) (*ruleset.Ruleset, error) {
 	sessions := e.sessionAddrs()
 	if err := blocklist.Fill(e.o.StateDir, p, blocklist.Protect{Sessions: sessions}, e.o.Now(), save, e.warn); err != nil {
 		return nil, err
 	}
 	rs := ruleset.Compile(p)
-	rs.Protect(sessions)
+	rs.Protect(e.loggedInAddrs(sessions))
 	return rs, nil
 }
 

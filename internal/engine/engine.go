@@ -51,6 +51,11 @@ type Options struct {
 	// lockout check. IfaceFor says on which interface a client's packets
 	// arrive.
 	FindSSH func() (safeapply.SSHState, error)
+	// LoggedIn lists the clients of logged-in SSH sessions, which the
+	// protected sets hold (never dropped before conntrack, never
+	// trapped); a connection still guessing passwords is not one. Nil:
+	// the clients of every session FindSSH finds.
+	LoggedIn func() ([]netip.Addr, error)
 	// FindForwarded lists the SSH connections this host routes (nil:
 	// none are looked for).
 	FindForwarded func() ([]safeapply.ForwardedSSH, error)

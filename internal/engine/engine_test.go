@@ -1293,3 +1293,33 @@ func TestDisableAfterInterruptedEdit(t *testing.T) {
 		})
 	}
 }
+
+// The protected sets (spared by the drops before conntrack and by the
+// port scan trap) hold the clients of logged-in SSH sessions only: a
+// connection still guessing passwords when the policy is applied must
+// not make its address unbannable until the next apply.
+func TestProtectedAreLoggedInSessions(t *testing.T) {
+	r := newRig(t)
+	admin, guesser := netip.MustParseAddrPort("192.0.2.2:40000"), netip.MustParseAddrPort("198.51.100.7:40001")
+	r.eng.o.FindSSH = func() (safeapply.SSHState, error) {
+		return safeapply.SSHState{Listen: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:22")}, Sessions: []safeapply.Session{
+			{Client: admin, Server: netip.MustParseAddrPort("192.0.2.1:22"), Source: "test"},
+			{Client: guesser, Server: netip.MustParseAddrPort("192.0.2.1:22"), Source: "test"}}}, nil
+	}
+	r.eng.o.LoggedIn = func() ([]netip.Addr, error) { return []netip.Addr{admin.Addr()}, nil }
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	protect := r.nft.rs.Set(ruleset.ProtectSet4)
+	if protect == nil || len(protect.Entries) != 1 || protect.Entries[0].Prefix.Addr() != admin.Addr() {
+		t.Fatalf("protect4: %+v, want only the logged-in %s", protect, admin.Addr())
+	}
+	// Without a way to tell, every session is protected.
+	r.eng.o.LoggedIn = func() ([]netip.Addr, error) { return nil, errors.New("no /proc") }
+	r.write(base + "allow 80/tcp\n")
+	_, err = r.enable(r.ch(0))
+	r.must(err)
+	if protect := r.nft.rs.Set(ruleset.ProtectSet4); len(protect.Entries) != 2 {
+		t.Errorf("protect4 without LoggedIn: %+v", protect)
+	}
+}

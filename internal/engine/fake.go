@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -111,14 +112,29 @@ func (f *Fake) Restore(_ context.Context, snap []byte) error {
 	return nil
 }
 
-// Loaded returns the loaded ruleset as JSON ("" when none), to compare.
+// Loaded returns the loaded ruleset as JSON ("" when none), to compare,
+// without the live sessions in the protected sets (they depend on who is
+// logged in at the apply, not on the policy).
 func (f *Fake) Loaded() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.rs == nil {
 		return ""
 	}
-	data, err := json.Marshal(f.rs)
+	rs := *f.rs
+	rs.Sets = make([]*ruleset.Set, len(f.rs.Sets))
+	for i, s := range f.rs.Sets {
+		rs.Sets[i] = s
+		if s.Protect {
+			c := *s
+			c.Entries = slices.DeleteFunc(slices.Clone(s.Entries), func(e ruleset.SetEntry) bool { return e.Origin.ID == "session" })
+			if len(c.Entries) == 0 {
+				c.Entries = nil
+			}
+			rs.Sets[i] = &c
+		}
+	}
+	data, err := json.Marshal(&rs)
 	if err != nil {
 		return "unmarshalable ruleset: " + err.Error()
 	}

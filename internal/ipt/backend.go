@@ -133,7 +133,7 @@ func (b *Backend) readState(ctx context.Context, withSets bool) (*state, error) 
 		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{},
 		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}}
 	for _, f := range families {
-		out, err := b.Run(ctx, nil, f.save, "-t", "filter")
+		out, err := b.Run(ctx, nil, f.save) // every table: moat's chains are in filter and raw
 		if err != nil {
 			return nil, fmt.Errorf("read %s rules: %w", f.fam, err)
 		}
@@ -610,17 +610,33 @@ func (b *Backend) Remove(ctx context.Context) error {
 			continue
 		}
 		var s strings.Builder
-		s.WriteString("*filter\n")
-		for _, name := range sortedKeys(st.has[f.fam]) {
-			fmt.Fprintf(&s, ":%s - [0:0]\n", name)
+		for _, t := range tables {
+			var chains, jumps []string
+			for _, name := range sortedKeys(st.has[f.fam]) {
+				if tableOf(name) == t {
+					chains = append(chains, name)
+				}
+			}
+			for _, builtin := range sortedKeys(st.jumps[f.fam]) {
+				if tableOf(builtin) == t {
+					jumps = append(jumps, builtin)
+				}
+			}
+			if len(chains) == 0 && len(jumps) == 0 {
+				continue
+			}
+			fmt.Fprintf(&s, "*%s\n", t)
+			for _, name := range chains {
+				fmt.Fprintf(&s, ":%s - [0:0]\n", name)
+			}
+			for _, builtin := range jumps {
+				fmt.Fprintf(&s, "-D %s -j MOAT-%s\n", builtin, builtin)
+			}
+			for _, name := range chains {
+				fmt.Fprintf(&s, "-X %s\n", name)
+			}
+			s.WriteString("COMMIT\n")
 		}
-		for _, builtin := range sortedKeys(st.jumps[f.fam]) {
-			fmt.Fprintf(&s, "-D %s -j MOAT-%s\n", builtin, builtin)
-		}
-		for _, name := range sortedKeys(st.has[f.fam]) {
-			fmt.Fprintf(&s, "-X %s\n", name)
-		}
-		s.WriteString("COMMIT\n")
 		if _, err := b.Run(ctx, []byte(s.String()), f.restore, "-w", "5", "--noflush"); err != nil {
 			return fmt.Errorf("remove %s rules: %w", f.fam, err)
 		}
@@ -633,7 +649,7 @@ func (b *Backend) Remove(ctx context.Context) error {
 func (b *Backend) Counters(ctx context.Context) (map[string]ruleset.Counter, error) {
 	out := map[string]ruleset.Counter{}
 	for _, f := range families {
-		data, err := b.Run(ctx, nil, f.save, "-c", "-t", "filter")
+		data, err := b.Run(ctx, nil, f.save, "-c")
 		if err != nil {
 			return nil, fmt.Errorf("read %s counters: %w", f.fam, err)
 		}

@@ -139,8 +139,8 @@ func TestKernelApplyChange(t *testing.T) {
 	}
 	out, _ := b.Run(ctx, nil, "ipset", "list", "-n")
 	names := strings.Fields(string(out))
-	if len(names) != 4 {
-		t.Errorf("ipsets after a change: %v (want two ban sets and two policy sets)", names)
+	if len(names) != 8 {
+		t.Errorf("ipsets after a change: %v (want two ban sets, two login sets, two protected sets and two policy sets)", names)
 	}
 	if split, err := b.Split(ctx); split != "" || err != nil {
 		t.Errorf("split after a clean apply: %q %v", split, err)

@@ -21,7 +21,33 @@ import (
 // ChainName is moat's chain for a hook.
 func ChainName(h ruleset.Hook) string { return "MOAT-" + strings.ToUpper(string(h)) }
 
-var builtinChain = map[ruleset.Hook]string{ruleset.Input: "INPUT", ruleset.Output: "OUTPUT", ruleset.Forward: "FORWARD"}
+var builtinChain = map[ruleset.Hook]string{ruleset.Input: "INPUT", ruleset.Output: "OUTPUT", ruleset.Forward: "FORWARD", ruleset.Prerouting: "PREROUTING"}
+
+// Tables moat writes: the raw table's PREROUTING runs before conntrack
+// (the drops of banned and blocklisted sources), filter holds the rest.
+const (
+	tableRaw    = "raw"
+	tableFilter = "filter"
+)
+
+// tables lists them in the order they are restored.
+var tables = []string{tableRaw, tableFilter}
+
+func tableOfHook(h ruleset.Hook) string {
+	if h == ruleset.Prerouting {
+		return tableRaw
+	}
+	return tableFilter
+}
+
+// tableOf is the table of a moat chain or of the built-in chain that
+// jumps to one (MOAT-PREROUTING and PREROUTING: raw).
+func tableOf(chain string) string {
+	if strings.TrimPrefix(chain, "MOAT-") == "PREROUTING" {
+		return tableRaw
+	}
+	return tableFilter
+}
 
 // MaxBans bounds each family's ban set.
 const MaxBans = 1 << 20
@@ -131,7 +157,9 @@ func generation(rs *ruleset.Ruleset, names Names, c contents) string {
 func rulesHash(rs *ruleset.Ruleset, names Names) string {
 	h := sha256.New()
 	for _, f := range []policy.Family{policy.FamilyV4, policy.FamilyV6} {
-		h.Write([]byte(body(rs, f, names)))
+		for _, t := range tables {
+			h.Write([]byte(body(rs, f, names, t)))
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
@@ -162,31 +190,50 @@ func Render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool) st
 
 func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool, names Names, gen string, c contents) string {
 	var b strings.Builder
-	b.WriteString("*filter\n")
-	for _, c := range rs.Chains {
-		// Declaring a chain under --noflush empties it; the rules follow.
-		fmt.Fprintf(&b, ":%s - [0:0]\n", ChainName(c.Hook))
-	}
-	b.WriteString(genChainRules(gen, rulesHash(rs, names), c))
-	b.WriteString(body(rs, fam, names))
-	for _, c := range rs.Chains {
-		if !haveJump[builtinChain[c.Hook]] {
-			fmt.Fprintf(&b, "-I %s 1 -j %s\n", builtinChain[c.Hook], ChainName(c.Hook))
+	for _, t := range tables {
+		var chains []*ruleset.Chain
+		for _, ch := range rs.Chains {
+			if tableOfHook(ch.Hook) == t {
+				chains = append(chains, ch)
+			}
 		}
+		if len(chains) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "*%s\n", t)
+		for _, ch := range chains {
+			// Declaring a chain under --noflush empties it; the rules follow.
+			fmt.Fprintf(&b, ":%s - [0:0]\n", ChainName(ch.Hook))
+		}
+		if t == tableFilter {
+			b.WriteString(genChainRules(gen, rulesHash(rs, names), c))
+		}
+		b.WriteString(body(rs, fam, names, t))
+		for _, ch := range chains {
+			if !haveJump[builtinChain[ch.Hook]] {
+				fmt.Fprintf(&b, "-I %s 1 -j %s\n", builtinChain[ch.Hook], ChainName(ch.Hook))
+			}
+		}
+		b.WriteString("COMMIT\n")
 	}
-	b.WriteString("COMMIT\n")
 	return b.String()
 }
 
-// body is the rules of moat's chains for one family.
-func body(rs *ruleset.Ruleset, fam policy.Family, names Names) string {
+// body is the rules of moat's chains of one table for one family.
+func body(rs *ruleset.Ruleset, fam policy.Family, names Names, table string) string {
 	var b strings.Builder
 	for _, c := range rs.Chains {
+		if tableOfHook(c.Hook) != table {
+			continue
+		}
 		chain := ChainName(c.Hook)
 		for i := range c.Rules {
 			for _, line := range ruleLines(&c.Rules[i], fam, names) {
 				fmt.Fprintf(&b, "-A %s %s\n", chain, line)
 			}
+		}
+		if !c.HasDefault() {
+			continue
 		}
 		def := ruleset.Rule{Verdict: c.Default, Origin: c.DefaultOrigin}
 		for _, line := range ruleLines(&def, fam, names) {
@@ -306,8 +353,23 @@ func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 	if m.HopLimit != 0 {
 		common = append(common, fmt.Sprintf("-m hl --hl-eq %d", m.HopLimit))
 	}
+	if m.NotInIface != "" {
+		common = append(common, "! -i "+m.NotInIface)
+	}
 	if m.SrcSet != "" {
 		common = append(common, "-m set --match-set "+names.of(m.SrcSet)+" src")
+	}
+	// The exemptions follow the set lookup: only a listed source pays them.
+	for _, s := range m.ExceptSrcSets {
+		common = append(common, "-m set ! --match-set "+names.of(s)+" src")
+	}
+	switch {
+	case m.LocalDst && fam == policy.FamilyV6:
+		// IPv6 addrtype calls every global address UNICAST, local or not;
+		// LOCAL asks the routes (multicast is left to the input chain).
+		common = append(common, "-m addrtype --dst-type LOCAL")
+	case m.LocalDst:
+		common = append(common, "-m addrtype ! --dst-type UNICAST")
 	}
 	if m.DstSet != "" {
 		common = append(common, "-m set --match-set "+names.of(m.DstSet)+" dst")

@@ -98,7 +98,7 @@ func TestApplyCommands(t *testing.T) {
 		cmds = append(cmds, c.args)
 	}
 	want := []string{
-		"iptables-save -t filter", "ip6tables-save -t filter", "ipset list -n",
+		"iptables-save ", "ip6tables-save ", "ipset list -n",
 		"ipset -exist restore",
 		"iptables-restore -w 5 --noflush", "ip6tables-restore -w 5 --noflush",
 		"ipset restore",
@@ -107,7 +107,8 @@ func TestApplyCommands(t *testing.T) {
 		t.Fatalf("commands:\n%s\nwant:\n%s", strings.Join(cmds, "\n"), strings.Join(want, "\n"))
 	}
 	v4, v6 := host.calls[4].stdin, host.calls[5].stdin
-	if strings.Contains(v4, "-I INPUT 1 -j MOAT-INPUT") || !strings.Contains(v4, "-I OUTPUT 1 -j MOAT-OUTPUT") {
+	if strings.Contains(v4, "-I INPUT 1 -j MOAT-INPUT") || !strings.Contains(v4, "-I OUTPUT 1 -j MOAT-OUTPUT") ||
+		!strings.Contains(v4, "*raw\n:MOAT-PREROUTING - [0:0]\n") || !strings.Contains(v4, "-I PREROUTING 1 -j MOAT-PREROUTING\nCOMMIT\n*filter\n") {
 		t.Errorf("IPv4 jumps wrong (INPUT has one already):\n%s", v4)
 	}
 	if !strings.Contains(v6, "-I INPUT 1 -j MOAT-INPUT") {
@@ -203,7 +204,8 @@ func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
 // kernelSave is iptables-save output of moat's chains (empty) and its
 // MOAT-GEN record.
 func kernelSave(gen, rules string, c contents) string {
-	return "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n:MOAT-OUTPUT - [0:0]\n:MOAT-FORWARD - [0:0]\n" +
+	return "*raw\n:PREROUTING ACCEPT [0:0]\n:MOAT-PREROUTING - [0:0]\n-A PREROUTING -j MOAT-PREROUTING\nCOMMIT\n" +
+		"*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n:MOAT-OUTPUT - [0:0]\n:MOAT-FORWARD - [0:0]\n" +
 		genChainRules(gen, rules, c) + "-A INPUT -j MOAT-INPUT\n-A OUTPUT -j MOAT-OUTPUT\n-A FORWARD -j MOAT-FORWARD\nCOMMIT\n"
 }
 
@@ -236,8 +238,13 @@ func TestApplySetDiff(t *testing.T) {
 	if err := store.Save(set, setstore.Set{Data: cb[set], Prefixes: old}); err != nil {
 		t.Fatal(err)
 	}
+	for _, n := range []string{"moat-protect4", "moat-protect6"} {
+		if err := store.Save(n, setstore.Set{Data: cb[n]}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	kernel := kernelSave(generation(before, SetNames(before), cb), rulesHash(before, SetNames(before)), cb)
-	host := &fakeHost{save: map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}, sets: set + "\nmoat-ban4\nmoat-ban6\n"}
+	host := &fakeHost{save: map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}, sets: set + "\nmoat-ban4\nmoat-ban6\nmoat-login4\nmoat-login6\nmoat-protect4\nmoat-protect6\n"}
 	b := &Backend{Run: host.run, Elements: store}
 	if err := b.Apply(context.Background(), after); err != nil {
 		t.Fatal(err)
@@ -249,9 +256,11 @@ func TestApplySetDiff(t *testing.T) {
 		}
 	}
 	ca := contentsOf(after, names)
+	// The protected sets stay as they are: MOAT-GEN keeps naming them.
+	keep := contents{"moat-protect4": cb["moat-protect4"], "moat-protect6": cb["moat-protect6"]}
 	want := []string{
-		"iptables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), contents{}) + "COMMIT\n",
-		"ip6tables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), contents{}) + "COMMIT\n",
+		"iptables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), keep) + "COMMIT\n",
+		"ip6tables-restore -w 5 --noflush\n*filter\n" + genChainRules(dirty, rulesHash(before, SetNames(before)), keep) + "COMMIT\n",
 		"ipset -exist restore\nadd " + set + " 203.0.113.0/24\ndel " + set + " 198.18.0.0/32\n",
 		"iptables-restore -w 5 --noflush\n*filter\n" + genChainRules(generation(after, names, ca), rulesHash(after, names), ca) + "COMMIT\n",
 		"ip6tables-restore -w 5 --noflush\n*filter\n" + genChainRules(generation(after, names, ca), rulesHash(after, names), ca) + "COMMIT\n",

@@ -41,7 +41,7 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 		out.Write(data)
 	}
 	for _, f := range families {
-		data, err := b.Run(ctx, nil, f.save, "-t", "filter")
+		data, err := b.Run(ctx, nil, f.save)
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s rules: %w", f.fam, err)
 		}
@@ -111,43 +111,72 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 			lines = sections[secV6]
 		}
 		var s strings.Builder
-		s.WriteString("*filter\n")
-		declared := map[string]bool{}
-		for _, l := range lines {
-			if strings.HasPrefix(l, ":MOAT-") {
-				name, _, _ := strings.Cut(l[1:], " ")
-				declared[name] = true
-				fmt.Fprintf(&s, ":%s - [0:0]\n", name)
+		for _, t := range tables {
+			// lineTable: the table of a snapshot line, from its chain.
+			lineTable := func(l string) string {
+				if strings.HasPrefix(l, ":") {
+					name, _, _ := strings.Cut(l[1:], " ")
+					return tableOf(name)
+				}
+				return tableOf(strings.Fields(l)[1])
 			}
-		}
-		for _, name := range sortedKeys(st.has[f.fam]) {
-			if !declared[name] {
-				fmt.Fprintf(&s, ":%s - [0:0]\n", name) // empty it, then delete below
-			}
-		}
-		for _, l := range lines {
-			if strings.HasPrefix(l, "-A MOAT-") {
-				s.WriteString(l + "\n")
-			}
-		}
-		for _, l := range lines {
-			if isJump(l) {
-				builtin := strings.Fields(l)[1]
-				if !st.jumps[f.fam][builtin] {
-					fmt.Fprintf(&s, "-I %s 1 -j MOAT-%s\n", builtin, builtin)
+			var tl []string
+			for _, l := range lines {
+				if lineTable(l) == t {
+					tl = append(tl, l)
 				}
 			}
-		}
-		for _, name := range sortedKeys(st.has[f.fam]) {
-			if !declared[name] {
+			var stale []string
+			declared := map[string]bool{}
+			for _, l := range tl {
+				if strings.HasPrefix(l, ":MOAT-") {
+					name, _, _ := strings.Cut(l[1:], " ")
+					declared[name] = true
+				}
+			}
+			for _, name := range sortedKeys(st.has[f.fam]) {
+				if !declared[name] && tableOf(name) == t {
+					stale = append(stale, name)
+				}
+			}
+			if len(tl) == 0 && len(stale) == 0 {
+				continue
+			}
+			fmt.Fprintf(&s, "*%s\n", t)
+			for _, l := range tl {
+				if strings.HasPrefix(l, ":MOAT-") {
+					name, _, _ := strings.Cut(l[1:], " ")
+					fmt.Fprintf(&s, ":%s - [0:0]\n", name)
+				}
+			}
+			for _, name := range stale {
+				fmt.Fprintf(&s, ":%s - [0:0]\n", name) // empty it, then delete below
+			}
+			for _, l := range tl {
+				if strings.HasPrefix(l, "-A MOAT-") {
+					s.WriteString(l + "\n")
+				}
+			}
+			for _, l := range tl {
+				if isJump(l) {
+					builtin := strings.Fields(l)[1]
+					if !st.jumps[f.fam][builtin] {
+						fmt.Fprintf(&s, "-I %s 1 -j MOAT-%s\n", builtin, builtin)
+					}
+				}
+			}
+			for _, name := range stale {
 				builtin := strings.TrimPrefix(name, "MOAT-")
 				if st.jumps[f.fam][builtin] {
 					fmt.Fprintf(&s, "-D %s -j %s\n", builtin, name)
 				}
 				fmt.Fprintf(&s, "-X %s\n", name)
 			}
+			s.WriteString("COMMIT\n")
 		}
-		s.WriteString("COMMIT\n")
+		if s.Len() == 0 {
+			continue
+		}
 		if _, err := b.Run(ctx, []byte(s.String()), f.restore, "-w", "5", "--noflush"); err != nil {
 			return fmt.Errorf("restore %s rules: %w", f.fam, err)
 		}

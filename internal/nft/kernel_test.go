@@ -172,7 +172,7 @@ func TestKernelPatchEqualsFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got := stripBans(listTable(t, patched)); got != want {
-		t.Errorf("full re-apply differs from a fresh apply")
+		t.Errorf("full re-apply differs from a fresh apply:\n--- patched\n%s\n--- fresh\n%s", got, want)
 	}
 	if bans, err := b.Bans(ctx); err != nil || len(bans) != 1 {
 		t.Errorf("bans after a full apply: %v %v", bans, err)

@@ -105,8 +105,12 @@ func setDef(s *ruleset.Set) (*knftables.Set, setKind) {
 		return &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 			Size: knftables.PtrTo[uint64](MaxBans), Comment: knftables.PtrTo(comment)}, banSet
 	}
+	comment := "policy addresses: 'moat status' names their lines"
+	if s.Protect {
+		comment = "allowlist and SSH sessions at apply: never dropped before conntrack nor trapped"
+	}
 	return &knftables.Set{Name: s.Name, Type: typ, Flags: []knftables.SetFlag{knftables.IntervalFlag},
-		Comment: knftables.PtrTo("policy addresses: 'moat status' names their lines")}, policySet
+		Comment: knftables.PtrTo(comment)}, policySet
 }
 
 // objectText renders one knftables object as its add command, for hashing.
@@ -147,7 +151,7 @@ func want(rs *ruleset.Ruleset) *desired {
 			Name:     name,
 			Type:     knftables.PtrTo(knftables.FilterType),
 			Hook:     knftables.PtrTo(hookOf[c.Hook]),
-			Priority: knftables.PtrTo(knftables.FilterPriority),
+			Priority: knftables.PtrTo(chainPriority(c.Hook)),
 			Policy:   knftables.PtrTo(pol),
 		}}
 		parts := []string{objectText(wc.chain)}
@@ -177,6 +181,9 @@ func want(rs *ruleset.Ruleset) *desired {
 		}
 		def := ruleset.Rule{Verdict: c.Default, Origin: c.DefaultOrigin}
 		for _, text := range RuleTexts(&def) {
+			if !c.HasDefault() {
+				break
+			}
 			wc.rules = append(wc.rules, &knftables.Rule{Chain: name, Rule: text, Comment: knftables.PtrTo(def.Tag())})
 		}
 		for _, r := range wc.rules {

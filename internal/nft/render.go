@@ -22,6 +22,16 @@ const TableName = "moat"
 
 var hookOf = map[ruleset.Hook]knftables.BaseChainHook{
 	ruleset.Input: knftables.InputHook, ruleset.Output: knftables.OutputHook, ruleset.Forward: knftables.ForwardHook,
+	ruleset.Prerouting: knftables.PreroutingHook,
+}
+
+// chainPriority: the prerouting chain runs before conntrack (raw, -300),
+// the others at filter priority.
+func chainPriority(h ruleset.Hook) knftables.BaseChainPriority {
+	if h == ruleset.Prerouting {
+		return knftables.RawPriority
+	}
+	return knftables.FilterPriority
 }
 
 // protoNumbers are written as numbers so the script does not depend on
@@ -167,6 +177,16 @@ func matchExprs(m ruleset.Match) string {
 	}
 	if m.SrcSet != "" {
 		e = append(e, ipKw+" saddr @"+m.SrcSet)
+	}
+	// The exemptions follow the set lookup: only a listed source pays them.
+	if m.NotInIface != "" {
+		e = append(e, "iifname != "+ifname(m.NotInIface))
+	}
+	for _, s := range m.ExceptSrcSets {
+		e = append(e, ipKw+" saddr != @"+s)
+	}
+	if m.LocalDst {
+		e = append(e, "fib daddr type != unicast")
 	}
 	if len(m.Dst) > 0 {
 		e = append(e, addrKw(m.Dst[0])+" daddr "+prefixList(m.Dst))

@@ -93,24 +93,33 @@ func BlocklistPrefixes(list, allowlist []netip.Prefix) (v4, v6 []netip.Prefix) {
 	return v4, v6
 }
 
-// insertBlocklists puts a drop rule per blocklist and family right after
-// the ban checks: before conntrack looks at the packet, so a listed source
-// never creates state, and before any rule of the policy.
-func insertBlocklists(rs *Ruleset, p *policy.Policy, rules []Rule) []Rule {
-	if len(p.Blocklists) == 0 {
-		return rules
+// compilePrerouting is the chain before conntrack: the drops of banned
+// and blocklisted sources, so they never create conntrack state (a ban
+// also ends the address's open connections). A drop spares loopback,
+// forwarded packets (it is the input chain's job, moved earlier), the
+// allowlist and the admin's live sessions at the apply (protectN): those
+// checks come after the set lookup in the same rule, so a packet from a
+// source in no list pays one lookup per set. The login sets (addresses
+// that logged in within a day, which the trap spares) are not spared
+// here: the guard must still ban an address that logged in once and
+// then guesses passwords, and it never bans a live session itself.
+// IPv6 neighbour discovery goes on first (a host with one banned address
+// must still resolve ours for its other addresses); it stands after the
+// IPv4 drops so that IPv4 packets skip it cheaply.
+func compilePrerouting(rs *Ruleset, p *policy.Policy) *Chain {
+	c := &Chain{Hook: Prerouting, Default: Accept, DefaultOrigin: Origin{ID: "default:prerouting", Text: "not banned or blocklisted: on to conntrack and the input chain"}}
+	protected := protectSets(rs, p)
+	type list struct {
+		set    map[policy.Family]string
+		origin Origin
 	}
-	at := 0
-	for i, r := range rules {
-		if r.Origin.ID == "builtin:ban" {
-			at = i + 1
-		}
-	}
-	var drops []Rule
+	lists := []list{{map[policy.Family]string{policy.FamilyV4: BanSet4, policy.FamilyV6: BanSet6},
+		builtin("ban", "drop addresses banned by the guard or 'moat ban' (before conntrack)")}}
 	for i := range p.Blocklists {
 		bl := &p.Blocklists[i]
 		origin := BlocklistOrigin(bl)
 		v4, v6 := BlocklistPrefixes(bl.Prefixes, p.Guard.Allowlist)
+		names := map[policy.Family]string{}
 		for _, fam := range []struct {
 			f policy.Family
 			p []netip.Prefix
@@ -121,10 +130,57 @@ func insertBlocklists(rs *Ruleset, p *policy.Policy, rules []Rule) []Rule {
 				set.Entries[j] = SetEntry{Prefix: pfx, Origin: origin}
 			}
 			rs.Sets = append(rs.Sets, set)
-			drops = append(drops, Rule{Match: Match{Family: fam.f, SrcSet: set.Name}, Verdict: Drop, Origin: origin})
+			names[fam.f] = set.Name
+		}
+		lists = append(lists, list{names, origin})
+	}
+	for _, f := range []struct {
+		fam     policy.Family
+		protect string
+	}{{policy.FamilyV4, ProtectSet4}, {policy.FamilyV6, ProtectSet6}} {
+		if f.fam == policy.FamilyV6 {
+			c.Rules = append(c.Rules, Rule{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6ND, HopLimit: 255}, Verdict: Accept,
+				Origin: builtin("ndp-early", "let IPv6 neighbour discovery (hop limit 255) past the ban and blocklist drops")})
+		}
+		if !protected[f.fam] {
+			continue // the allowlist holds all of this family: nothing is dropped
+		}
+		for _, l := range lists {
+			c.Rules = append(c.Rules, Rule{Match: Match{Family: f.fam, SrcSet: l.set[f.fam], NotInIface: "lo",
+				ExceptSrcSets: []string{f.protect}, LocalDst: true}, Verdict: Drop, Origin: l.origin})
 		}
 	}
-	return slices.Concat(rules[:at], drops, rules[at:])
+	return c
+}
+
+// protectSets adds the sets of the addresses never dropped before
+// conntrack nor trapped: protectN (the allowlist, and the live sessions
+// that Protect adds); loginN (the guard's logins since the apply, kept
+// across applies like bans) always exist. A family whose allowlist holds
+// everything (a /0) gets no protectN; the result says which have one.
+func protectSets(rs *Ruleset, p *policy.Policy) map[policy.Family]bool {
+	out := map[policy.Family]bool{}
+	for _, f := range []struct {
+		fam            policy.Family
+		protect, login string
+	}{{policy.FamilyV4, ProtectSet4, LoginSet4}, {policy.FamilyV6, ProtectSet6, LoginSet6}} {
+		if rs.Set(f.protect) != nil {
+			out[f.fam] = true
+			continue
+		}
+		protect := &Set{Name: f.protect, Family: f.fam, Protect: true}
+		for _, a := range p.Guard.Allowlist {
+			if familyOf(a) == f.fam {
+				protect.Entries = append(protect.Entries, SetEntry{Prefix: a, Origin: Origin{ID: "allowlist", Text: "allowlist " + a.String()}})
+			}
+		}
+		if slices.ContainsFunc(protect.Entries, func(e SetEntry) bool { return e.Prefix.Bits() == 0 }) {
+			continue
+		}
+		rs.Sets = append(rs.Sets, protect) // the login sets are made first, with the ban sets
+		out[f.fam] = true
+	}
+	return out
 }
 
 // compileTrap adds the port scan trap at the end of the input chain, where
@@ -144,18 +200,10 @@ func compileTrap(rs *Ruleset, p *policy.Policy, def Verdict) []Rule {
 		fam                       policy.Family
 		protect, login, scan, ban string
 	}{{policy.FamilyV4, ProtectSet4, LoginSet4, ScanSet4, BanSet4}, {policy.FamilyV6, ProtectSet6, LoginSet6, ScanSet6, BanSet6}} {
-		protect := &Set{Name: f.protect, Family: f.fam}
-		for _, a := range p.Guard.Allowlist {
-			if familyOf(a) == f.fam {
-				protect.Entries = append(protect.Entries, SetEntry{Prefix: a, Origin: Origin{ID: "allowlist", Text: "allowlist " + a.String()}})
-			}
-		}
-		if slices.ContainsFunc(protect.Entries, func(e SetEntry) bool { return e.Prefix.Bits() == 0 }) {
+		if !protectSets(rs, p)[f.fam] {
 			continue // everyone is allowlisted: no trap for this family
 		}
-		// The login set is kept across applies like a ban set (single
-		// addresses with timeouts the guard writes).
-		rs.Sets = append(rs.Sets, protect, &Set{Name: f.login, Family: f.fam, Bans: true}, &Set{Name: f.scan, Family: f.fam, ScanWindow: ps.Within})
+		rs.Sets = append(rs.Sets, &Set{Name: f.scan, Family: f.fam, ScanWindow: ps.Within})
 		out = append(out, Rule{
 			Match:  Match{Family: f.fam, Protos: []string{"tcp", "udp"}, CTStates: []CTState{CTNew}},
 			Trap:   &ScanTrap{Family: f.fam, Rate: rate, BanTime: ps.BanTime, PortSet: f.scan, ProtectSet: f.protect, LoginSet: f.login, BanSet: f.ban},
@@ -172,8 +220,8 @@ func familyOf(p netip.Prefix) policy.Family {
 	return policy.FamilyV6
 }
 
-// Protect adds the admin's live session addresses to the trap's protected
-// sets, so the trap never bans them. It does nothing without a trap.
+// Protect adds the admin's live session addresses to the protected sets,
+// so neither the drops before conntrack nor the trap ever hit them.
 func (rs *Ruleset) Protect(addrs []netip.Addr) {
 	for _, a := range addrs {
 		a = a.Unmap()

@@ -2,6 +2,8 @@ package ruleset
 
 import (
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,16 +30,25 @@ blocklist local file /etc/moat/local.netset
 	if len(got) != len(want) || got[0].String() != want[0] || got[1].String() != want[1] {
 		t.Errorf("bl4_drop = %v, want %v", got, want)
 	}
-	// The drops come right after the ban checks, before conntrack.
-	in := rs.Chain(Input)
+	// The drops are in the chain before conntrack: IPv4 (ban, lists),
+	// neighbour discovery, IPv6 (ban, lists).
+	pre := rs.Chain(Prerouting)
 	var ids []string
-	for _, r := range in.Rules[:8] {
+	for _, r := range pre.Rules {
 		ids = append(ids, r.Origin.ID)
 	}
-	wantIDs := []string{"builtin:loopback", "builtin:ndp", "builtin:ban", "builtin:ban", "blocklist:drop", "blocklist:drop", "blocklist:local", "blocklist:local"}
-	for i := range wantIDs {
-		if ids[i] != wantIDs[i] {
-			t.Fatalf("input chain starts %v, want %v", ids, wantIDs)
+	wantIDs := []string{"builtin:ban", "blocklist:drop", "blocklist:local", "builtin:ndp-early", "builtin:ban", "blocklist:drop", "blocklist:local"}
+	if !slices.Equal(ids, wantIDs) {
+		t.Fatalf("prerouting chain %v, want %v", ids, wantIDs)
+	}
+	for _, r := range pre.Rules {
+		if r.Verdict == Drop && (r.NotInIface != "lo" || !r.LocalDst || !slices.Equal(r.ExceptSrcSets, []string{ProtectSet4}) && !slices.Equal(r.ExceptSrcSets, []string{ProtectSet6})) {
+			t.Errorf("drop %+v: want loopback, forwarded packets and the protected set exempt", r)
+		}
+	}
+	for _, r := range rs.Chain(Input).Rules {
+		if r.Origin.ID == "builtin:ban" || strings.HasPrefix(r.Origin.ID, "blocklist:") {
+			t.Errorf("input chain still has %s", r.Origin.ID)
 		}
 	}
 	for _, tc := range []struct {
@@ -118,5 +129,33 @@ guard portscan ports 10 within 60s bantime 1h
 	}
 	if n != 1 {
 		t.Errorf("%d traps, want only the IPv6 one", n)
+	}
+}
+
+// TestPreroutingSpares: the drops before conntrack never hit a live
+// session, loopback or a forwarded packet, and explain names the chain.
+func TestPreroutingSpares(t *testing.T) {
+	p := mustPolicy(t, "default deny incoming\nallow 22/tcp\nroute allow 22/tcp\nblocklist big file /nonexistent\n")
+	p.Blocklists[0].Prefixes = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8:bad::/48")}
+	rs := Compile(p)
+	rs.Protect([]netip.Addr{netip.MustParseAddr("203.0.113.9"), netip.MustParseAddr("2001:db8:bad::9")})
+	for _, tc := range []struct {
+		pkt     Packet
+		verdict Verdict
+		chain   Hook
+		origin  string
+	}{
+		{in2("203.0.113.7", "192.0.2.1", 22), Drop, Prerouting, "blocklist:big"},
+		{in2("2001:db8:bad::7", "2001:db8::2", 22), Drop, Prerouting, "blocklist:big"},
+		{in2("203.0.113.9", "192.0.2.1", 22), Accept, Input, "L2"},       // live session
+		{in2("2001:db8:bad::9", "2001:db8::2", 22), Accept, Input, "L2"}, // live session
+		{Packet{Hook: Input, InIface: "lo", Proto: "tcp", Src: netip.MustParseAddr("203.0.113.7"), Dst: netip.MustParseAddr("203.0.113.7"), DPort: 80}, Accept, Input, "builtin:loopback"},
+		{Packet{Hook: Forward, InIface: "eth0", OutIface: "eth1", Proto: "tcp", Src: netip.MustParseAddr("203.0.113.7"), Dst: netip.MustParseAddr("198.51.100.1"), DPort: 22}, Accept, Forward, "L3"},
+		{Packet{Hook: Input, InIface: "eth0", Proto: "ipv6-icmp", ICMPType: 135, HasICMPType: true, HopLimit: 255, Src: netip.MustParseAddr("2001:db8:bad::7"), Dst: netip.MustParseAddr("2001:db8::2")}, Accept, Input, "builtin:ndp"},
+	} {
+		d, err := rs.Evaluate(tc.pkt)
+		if err != nil || d.Verdict != tc.verdict || d.Chain != tc.chain || d.Origin.ID != tc.origin {
+			t.Errorf("%+v: %+v %v, want %s in %s by %s", tc.pkt, d, err, tc.verdict, tc.chain, tc.origin)
+		}
 	}
 }

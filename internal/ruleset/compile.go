@@ -39,16 +39,16 @@ func Builtins(h Hook) []Rule {
 	switch h {
 	case Input:
 		rs = []Rule{
+			// Established first: most packets are, and the rules it
+			// overtakes accept too (so the order changes no verdict).
+			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept replies of established connections")},
 			{Match: Match{InIface: "lo"}, Verdict: Accept, Origin: builtin("loopback", "accept loopback traffic")},
 			// Neighbour discovery first: a host with one banned address
 			// must still resolve ours for its other addresses.
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6ND, HopLimit: 255}, Verdict: Accept, Origin: builtin("ndp", "accept IPv6 neighbour discovery and router advertisements (hop limit 255)")},
-			// Before established: a ban also ends the banned address's
-			// open connections.
-			{Match: Match{Family: policy.FamilyV4, SrcSet: BanSet4}, Verdict: Drop, Origin: builtin("ban", "drop addresses banned by the guard or 'moat ban'")},
-			{Match: Match{Family: policy.FamilyV6, SrcSet: BanSet6}, Verdict: Drop, Origin: builtin("ban", "drop addresses banned by the guard or 'moat ban'")},
+			// Bans and blocklists are dropped before conntrack, in the
+			// prerouting chain (Prerouting).
 			{Match: Match{CTStates: []CTState{CTInvalid}}, Verdict: Drop, Origin: builtin("invalid", "drop packets conntrack marks invalid")},
-			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept replies of established connections")},
 			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "accept ICMP errors (unreachable, time exceeded, parameter problem)")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6Errors}, Verdict: Accept, Origin: builtin("icmpv6", "accept ICMPv6 errors (unreachable, packet too big, time exceeded, parameter problem)")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6MLD, Src: []netip.Prefix{linkLocal6}}, Verdict: Accept, Origin: builtin("mld", "accept IPv6 multicast listener discovery from link-local addresses")},
@@ -57,8 +57,8 @@ func Builtins(h Hook) []Rule {
 		}
 	case Output:
 		rs = []Rule{
-			{Match: Match{OutIface: "lo"}, Verdict: Accept, Origin: builtin("loopback", "accept loopback traffic")},
 			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept packets of established connections")},
+			{Match: Match{OutIface: "lo"}, Verdict: Accept, Origin: builtin("loopback", "accept loopback traffic")},
 			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "send ICMP errors")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6Errors}, Verdict: Accept, Origin: builtin("icmpv6", "send ICMPv6 errors")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6ND, HopLimit: 255}, Verdict: Accept, Origin: builtin("ndp", "send IPv6 neighbour discovery")},
@@ -68,8 +68,8 @@ func Builtins(h Hook) []Rule {
 		}
 	case Forward:
 		rs = []Rule{
-			{Match: Match{CTStates: []CTState{CTInvalid}}, Verdict: Drop, Origin: builtin("invalid", "drop packets conntrack marks invalid")},
 			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept packets of established connections")},
+			{Match: Match{CTStates: []CTState{CTInvalid}}, Verdict: Drop, Origin: builtin("invalid", "drop packets conntrack marks invalid")},
 			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "forward ICMP errors")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6Errors}, Verdict: Accept, Origin: builtin("icmpv6", "forward ICMPv6 errors")},
 		}
@@ -86,7 +86,10 @@ var verdictOf = map[policy.Action]Verdict{policy.Allow: Accept, policy.Deny: Dro
 
 // Compile turns a validated policy into a ruleset.
 func Compile(p *policy.Policy) *Ruleset {
-	rs := &Ruleset{Sets: []*Set{{Name: BanSet4, Family: policy.FamilyV4, Bans: true}, {Name: BanSet6, Family: policy.FamilyV6, Bans: true}},
+	// The sets kept across applies first (a full apply re-creates the
+	// others after them).
+	rs := &Ruleset{Sets: []*Set{{Name: BanSet4, Family: policy.FamilyV4, Bans: true}, {Name: BanSet6, Family: policy.FamilyV6, Bans: true},
+		{Name: LoginSet4, Family: policy.FamilyV4, Bans: true}, {Name: LoginSet6, Family: policy.FamilyV6, Bans: true}},
 		Source: p.Source}
 	for _, h := range Hooks {
 		dir := dirOf[h]
@@ -103,9 +106,6 @@ func Compile(p *policy.Policy) *Ruleset {
 		if h != Forward || len(user) > 0 || def != Accept {
 			c.Rules = Builtins(h)
 		}
-		if h == Input {
-			c.Rules = insertBlocklists(rs, p, c.Rules)
-		}
 		c.Rules = append(c.Rules, compileRules(rs, h, user)...)
 		if h == Input {
 			c.Rules = append(c.Rules, compileTrap(rs, p, def)...)
@@ -113,6 +113,9 @@ func Compile(p *policy.Policy) *Ruleset {
 		addLogging(c, p.Logging)
 		rs.Chains = append(rs.Chains, c)
 	}
+	// Compiled last so the policy sets keep their names (numbered in
+	// order), rendered first.
+	rs.Chains = append([]*Chain{compilePrerouting(rs, p)}, rs.Chains...)
 	return rs
 }
 
@@ -208,7 +211,9 @@ func compileSetRules(rs *Ruleset, h Hook, key string, group []*policy.Rule) []Ru
 		if fam == policy.FamilyV6 {
 			suffix = "6"
 		}
-		set := &Set{Name: fmt.Sprintf("%s_%s%s_%d", h, key, suffix, len(rs.Sets)+1), Family: fam}
+		// Numbered by position, the login sets not counted: names stay
+		// what moat gave before those were made first.
+		set := &Set{Name: fmt.Sprintf("%s_%s%s_%d", h, key, suffix, len(rs.Sets)+1-2), Family: fam}
 		n := 0
 		for _, r := range group {
 			if r.Family == fam {

@@ -61,6 +61,24 @@ func (rs *Ruleset) Evaluate(p Packet) (Decision, error) {
 	if c == nil {
 		return Decision{}, fmt.Errorf("evaluate: no %s chain", p.Hook)
 	}
+	// An incoming packet meets the chain before conntrack first: a drop
+	// there is final, an accept only ends that chain.
+	if pre := rs.Chain(Prerouting); pre != nil && (p.Hook == Input || p.Hook == Forward) {
+		for i := range pre.Rules {
+			r := &pre.Rules[i]
+			origin, ok := rs.matches(&r.Match, p)
+			if !ok {
+				continue
+			}
+			if origin.ID == "" {
+				origin = r.Origin
+			}
+			if r.Verdict == Drop || r.Verdict == Reject {
+				return Decision{Verdict: r.Verdict, Origin: origin, Chain: Prerouting, Index: i}, nil
+			}
+			break
+		}
+	}
 	for i := range c.Rules {
 		r := &c.Rules[i]
 		if r.Trap != nil {
@@ -119,6 +137,19 @@ func (rs *Ruleset) matches(m *Match, p Packet) (Origin, bool) {
 	}
 	if m.HopLimit != 0 && p.HopLimit != m.HopLimit {
 		return Origin{}, false
+	}
+	if m.NotInIface != "" && ifaceMatch(m.NotInIface, p.InIface) {
+		return Origin{}, false
+	}
+	if m.LocalDst && p.Hook != Input {
+		return Origin{}, false
+	}
+	for _, name := range m.ExceptSrcSets {
+		if s := rs.Set(name); s != nil {
+			if _, ok := s.lookup(p.Src); ok {
+				return Origin{}, false
+			}
+		}
 	}
 	var origin Origin
 	for _, ref := range []struct {

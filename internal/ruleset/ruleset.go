@@ -18,6 +18,12 @@ const (
 	Input   Hook = "input"
 	Output  Hook = "output"
 	Forward Hook = "forward"
+	// Prerouting runs before conntrack (nftables: hook prerouting
+	// priority raw; iptables: the raw table's PREROUTING). It holds only
+	// the drops of banned and blocklisted sources, so they never create
+	// conntrack state, and has no default: what it does not drop goes on
+	// to the input or forward chain.
+	Prerouting Hook = "prerouting"
 )
 
 // Hooks lists the chains in the order they are rendered.
@@ -72,6 +78,15 @@ type Match struct {
 	ICMPTypes []uint8 // with Protos icmp or ipv6-icmp
 	CTStates  []CTState
 	HopLimit  uint8 // exact IPv6 hop limit (255 for neighbour discovery); 0 any
+	// NotInIface: packets that came in on this interface never match
+	// (loopback is exempt from the drops before conntrack).
+	NotInIface string
+	// ExceptSrcSets: a source in one of these sets never matches (the
+	// allowlist and the admin's sessions are never dropped).
+	ExceptSrcSets []string
+	// LocalDst: only packets to this host match (not forwarded ones):
+	// nftables 'fib daddr type != unicast', iptables 'addrtype ! UNICAST'.
+	LocalDst bool
 }
 
 // Rule is a match with a verdict.
@@ -119,6 +134,10 @@ type Set struct {
 	// Blocklist names the policy blocklist whose networks the set holds
 	// (the list minus the allowlist and loopback).
 	Blocklist string
+	// Protect marks protect4/protect6: the allowlist and the live SSH
+	// sessions at apply time. Its contents depend on the sessions, so it
+	// keeps a fixed name (iptables) and drift does not compare them.
+	Protect bool
 	// ScanWindow marks the port scan trap's dynamic set: (source,
 	// protocol, port) entries the kernel adds, each expiring after
 	// ScanWindow. It has no Entries.
@@ -167,6 +186,10 @@ func (rs *Ruleset) SourceComment() string {
 	}
 	return c
 }
+
+// HasDefault says whether the chain ends with a counted default rule:
+// every chain but the one before conntrack, whose packets go on.
+func (c *Chain) HasDefault() bool { return c.Hook != Prerouting }
 
 // Chain returns the chain for a hook.
 func (rs *Ruleset) Chain(h Hook) *Chain {

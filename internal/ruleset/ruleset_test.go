@@ -34,8 +34,9 @@ limit 2222/tcp
 allow in on eth1 to any port 80 proto tcp
 allow proto icmp from 198.51.100.0/24
 `))
-	if len(rs.Sets) != 4 || rs.Sets[2].Bans || rs.Sets[3].Bans {
-		t.Fatalf("want the 2 ban sets and 2 sets (v4, v6 of the first three denies), got %d", len(rs.Sets))
+	// ban4, ban6, login4, login6, the policy's, then protect4, protect6.
+	if len(rs.Sets) != 8 || rs.Sets[4].Bans || rs.Sets[5].Bans || rs.Sets[4].Protect || !rs.Sets[6].Protect {
+		t.Fatalf("want the 2 ban sets, the protected and login sets and 2 sets (v4, v6 of the first three denies), got %d", len(rs.Sets))
 	}
 	cases := []struct {
 		p       Packet
@@ -101,7 +102,7 @@ deny from 198.51.100.0/24
 	if d.Verdict != Drop || d.Origin.ID != "L5" {
 		t.Fatalf("got %+v", d)
 	}
-	if got := rs.Sets[3].Prefixes(); len(got) != 2 {
+	if got := rs.Sets[5].Prefixes(); len(got) != 2 {
 		t.Fatalf("merged prefixes %v", got)
 	}
 }

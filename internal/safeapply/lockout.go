@@ -145,7 +145,7 @@ func CheckSessions(rs *ruleset.Ruleset, p *policy.Policy, sessions []Session, if
 			if err != nil {
 				continue
 			}
-			if d.Index >= 0 {
+			if d.Index >= 0 && d.Chain == ruleset.Input {
 				d.Index = index[d.Index]
 			}
 			from := ""
