@@ -350,9 +350,16 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	}
 	var stale []string
 	for name := range st.sets {
-		if !used[name] && !strings.HasPrefix(name, checkPrefix) {
-			stale = append(stale, name)
+		if used[name] || strings.HasPrefix(name, checkPrefix) {
+			continue
 		}
+		// A temporary set left by a moat killed while filling it is
+		// destroyed and made again by the restore above, which renames
+		// or swaps it away: destroying it again would fail.
+		if strings.HasPrefix(load, "destroy "+name+"\n") || strings.Contains(load, "\ndestroy "+name+"\n") {
+			continue
+		}
+		stale = append(stale, name)
 	}
 	return b.destroySets(ctx, stale)
 }

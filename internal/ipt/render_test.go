@@ -394,3 +394,26 @@ func TestProtectIpset(t *testing.T) {
 		t.Errorf("protect:\n%s\nwant:\n%s", stdin, want)
 	}
 }
+
+// A temporary set left by a moat killed while filling it is destroyed and
+// made again by the next apply's ipset restore, and not destroyed a second
+// time afterwards (ipset fails on a set that does not exist, and the
+// apply after a kill failed so: TestKillDuringKernelApply).
+func TestApplyLeftoverTemporarySet(t *testing.T) {
+	host := &fakeHost{
+		save: map[string]string{"iptables-save": "*filter\nCOMMIT\n", "ip6tables-save": "*filter\nCOMMIT\n"},
+		sets: "moat-ban4\nmoat-ban6\nmoatnew-protect4\nmoatnew-gone\n",
+	}
+	if err := (&Backend{Run: host.run}).Apply(context.Background(), goldenRuleset(t)); err != nil {
+		t.Fatal(err)
+	}
+	var restores []string
+	for _, c := range host.calls {
+		if c.args == "ipset restore" || c.args == "ipset -exist restore" {
+			restores = append(restores, c.stdin)
+		}
+	}
+	if len(restores) != 2 || !strings.Contains(restores[0], "destroy moatnew-protect4\ncreate moatnew-protect4 ") || restores[1] != "destroy moatnew-gone\n" {
+		t.Errorf("ipset restores:\n%s", strings.Join(restores, "--\n"))
+	}
+}
