@@ -24,10 +24,10 @@ type batch struct {
 	err  error
 }
 
-// elemsPerMessage bounds an element list message: its elements are one
-// netlink attribute, whose length is 16 bits (an IPv6 interval element
-// takes 36 bytes).
-const elemsPerMessage = 1000
+// listBytes bounds the element list of one message: the list is one
+// netlink attribute, whose length is 16 bits (an interval element takes
+// 36 bytes, a ban with a comment up to about 160).
+const listBytes = 32 << 10
 
 func (b *batch) add(typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) {
 	data, err := netlink.MarshalAttributes(attrs)
@@ -96,7 +96,7 @@ const (
 )
 
 // elements adds or deletes elements of a set of moat's table, in messages
-// of elemsPerMessage.
+// whose element lists stay under listBytes.
 func (b *batch) elements(op elemOp, set string, els []elem) {
 	typ := uint16(unix.NFT_MSG_NEWSETELEM)
 	var flags netlink.HeaderFlags
@@ -108,16 +108,11 @@ func (b *batch) elements(op elemOp, set string, els []elem) {
 	case deleteElems:
 		typ = unix.NFT_MSG_DELSETELEM
 	}
-	for len(els) > 0 {
-		n := min(len(els), elemsPerMessage)
-		list := make([]netlink.Attribute, 0, n)
-		for _, e := range els[:n] {
-			data, err := e.attrs()
-			if err != nil {
-				b.err = errors.Join(b.err, err)
-				return
-			}
-			list = append(list, netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: data})
+	var list []netlink.Attribute
+	size := 0
+	flush := func() {
+		if len(list) == 0 {
+			return
 		}
 		nested, err := netlink.MarshalAttributes(list)
 		if err != nil {
@@ -129,8 +124,21 @@ func (b *batch) elements(op elemOp, set string, els []elem) {
 			{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
 			{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: nested},
 		})
-		els = els[n:]
+		list, size = nil, 0
 	}
+	for _, e := range els {
+		data, err := e.attrs()
+		if err != nil {
+			b.err = errors.Join(b.err, err)
+			return
+		}
+		if size+len(data)+8 > listBytes {
+			flush()
+		}
+		list = append(list, netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: data})
+		size += len(data) + 8
+	}
+	flush()
 }
 
 // flushChain deletes every rule of a chain of moat's table.

@@ -485,3 +485,32 @@ func TestKernelRecordsUntouchedSets(t *testing.T) {
 		t.Error("the restored record does not stand for the set")
 	}
 }
+
+// One transaction of many bans with long reasons is cut into messages
+// whose element lists fit netlink's 16-bit attribute length (one list of
+// 2,000 bans with comments would have passed 300 KB, and its length
+// wrapped around).
+func TestKernelManyBansWithReasons(t *testing.T) {
+	k := newNLKernel(t)
+	k.apply(compile(t, "default deny incoming\nallow 22/tcp\n"))
+	reason := "guard: " + strings.Repeat("x", 120)
+	var bans []ruleset.Ban
+	for i := range 2000 {
+		bans = append(bans, ruleset.Ban{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), Timeout: time.Hour, Reason: reason})
+	}
+	var got []ruleset.Ban
+	err := k.do(func() error {
+		if err := k.be.Ban(context.Background(), bans); err != nil {
+			return err
+		}
+		var err error
+		got, err = k.be.Bans(context.Background())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2000 || got[0].Reason != ruleset.CleanReason(reason) {
+		t.Errorf("%d bans back (want 2000), first %+v", len(got), got[0])
+	}
+}
