@@ -231,7 +231,7 @@ func TestHandAddedSetElement(t *testing.T) {
 				}
 			} else {
 				for prog, addr := range map[string]string{"iptables-save": "192.0.2.2", "ip6tables-save": "2001:db8::2"} {
-					set := regexp.MustCompile(`--match-set (moat-[0-9a-f]+) src`).FindStringSubmatch(e.run("server", prog, "-t", "filter"))
+					set := regexp.MustCompile(`--match-set (moat-\S+) src -m comment --comment "set:`).FindStringSubmatch(e.run("server", prog, "-t", "filter"))
 					if set == nil {
 						t.Fatal("no set rule in moat's chains")
 					}
