@@ -299,3 +299,59 @@ func cpuTime() time.Duration {
 	d := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
 	return d(self.Utime) + d(self.Stime) + d(kids.Utime) + d(kids.Stime)
 }
+
+// A moat killed while it filled a policy set under its temporary name
+// (moatnew-...) leaves that set behind. The next apply destroys it and
+// fills it anew, then renames or swaps it in: it must not also count it
+// among the stale sets to destroy afterwards, which failed ("The set with
+// the given name does not exist") and made every later command fail
+// (TestKillDuringKernelApply: the repair of the interrupted command could
+// not apply the previous policy). Both ways: a set not there yet
+// (renamed in), and a set refilled whole (swapped in).
+func TestKernelApplyAfterKilledSetLoad(t *testing.T) {
+	ctx := context.Background()
+	b := kernelBackend(t)
+	rs := compile(t, "default deny incoming\nallow 22/tcp\n"+denyList(3, -1))
+	var tmps []string
+	for _, s := range rs.Sets {
+		if !s.Bans && s.ScanWindow == 0 {
+			tmps = append(tmps, tmpSetName(SetNames(rs).of(s.Name)))
+		}
+	}
+	if len(tmps) == 0 {
+		t.Fatal("no policy set")
+	}
+	leftovers := func() {
+		t.Helper()
+		for _, tmp := range tmps {
+			if _, err := b.Run(ctx, nil, "ipset", "create", tmp, "hash:net", "family", "inet"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	noTemporary := func() {
+		t.Helper()
+		out, _ := b.Run(ctx, nil, "ipset", "list", "-n")
+		if strings.Contains(string(out), "moatnew-") {
+			t.Errorf("temporary sets left: %s", out)
+		}
+	}
+	leftovers()
+	if err := b.Apply(ctx, rs); err != nil {
+		t.Fatalf("apply over a killed first load: %v", err)
+	}
+	noTemporary()
+	leftovers()
+	b.Full = true
+	if err := b.Apply(ctx, rs); err != nil {
+		t.Fatalf("a whole apply over a killed refill: %v", err)
+	}
+	noTemporary()
+	b.Full = false
+	// A leftover whose set this apply does not touch is stale: removed.
+	leftovers()
+	if err := b.Apply(ctx, rs); err != nil {
+		t.Fatalf("apply with nothing to change: %v", err)
+	}
+	noTemporary()
+}
