@@ -314,7 +314,18 @@ func TestGuardReload(t *testing.T) {
 	if err := e.guard.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Not a fixed wait: under the parallel CI run the guard may take
+	// longer to read the file again, and the line below would count
+	// under maxretry 5.
+	waitFor(t, 10*time.Second, "the guard did not say it reloaded", func() bool {
+		logs, _ := filepath.Glob(filepath.Join(e.dir, "guard-*.log"))
+		for _, l := range logs {
+			if data, _ := os.ReadFile(l); strings.Contains(string(data), "reloaded settings from") {
+				return true
+			}
+		}
+		return false
+	})
 	if _, err := f.WriteString(line); err != nil {
 		t.Fatal(err)
 	}

@@ -137,12 +137,14 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 					stop()
 					return
 				}
-				fmt.Fprintf(a.errOut, "moat guard: reloaded settings from %s\n", a.config)
 				select {
 				case reload <- np.Guard:
 				case <-ctx.Done():
 					return
 				}
+				// Once the main loop has them: every line read after this
+				// message counts with the new settings.
+				fmt.Fprintf(a.errOut, "moat guard: reloaded settings from %s\n", a.config)
 			}
 		}
 	}()
