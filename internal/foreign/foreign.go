@@ -90,9 +90,9 @@ func DetectWith(ctx context.Context, run execrun.Runner, has func(prog string) b
 
 // DetectOver is DetectWith where onlyMoat (XtablesOnlyMoat for real; nil:
 // never) may prove over netlink that a family's iptables-nft tables are
-// moat's filter table alone, holding nothing outside moat's chains: that
-// family's iptables-save (and `iptables -V`, when no family needs it) is
-// not started, nor its table read with nft. The iptables backend's own
+// moat's filter and raw tables alone, holding nothing outside moat's
+// chains: that family's iptables-save (and `iptables -V`, when no family
+// needs it) is not started, nor its tables read with nft. The iptables backend's own
 // chains made every command start three processes for this.
 func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) bool, tables func() ([][2]string, error), onlyMoat func(family string) (bool, error)) ([]Finding, error) {
 	var out []Finding
@@ -124,11 +124,11 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 				legacy[fam] = true
 			}
 		}
-		// A family whose only iptables table is iptables-nft's filter
-		// table, holding moat's chains and jumps alone, has nothing to
-		// find.
+		// A family whose only iptables tables are iptables-nft's filter
+		// and raw tables, holding moat's chains and jumps alone, has
+		// nothing to find.
 		for _, fam := range []string{"ip", "ip6"} {
-			if !xt[fam] || legacy[fam] || onlyMoat == nil || !onlyFilter(list, fam) {
+			if !xt[fam] || legacy[fam] || onlyMoat == nil || !onlyMoatTables(list, fam) {
 				continue
 			}
 			if ok, err := onlyMoat(fam); err == nil && ok {
@@ -162,7 +162,7 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 				if nftXtables && (t[0] == "ip" || t[0] == "ip6") && slices.Contains(xtablesNames, t[1]) {
 					continue // read below with iptables' names
 				}
-				if moatFilter[t[0]] && t[1] == "filter" {
+				if _, moats := moatTables[t[1]]; moatFilter[t[0]] && moats {
 					continue // moat's chains and jumps alone
 				}
 				data, err := run(ctx, nil, "nft", "-j", "list", "table", t[0], t[1])
@@ -190,19 +190,20 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 	return group(out), nil
 }
 
-// onlyFilter says whether family's only iptables-nft table in list is
-// filter.
-func onlyFilter(list [][2]string, family string) bool {
-	filter := false
+// onlyMoatTables says whether family's iptables-nft tables in list are
+// among those moat's iptables backend uses (filter, raw), and there is
+// one.
+func onlyMoatTables(list [][2]string, family string) bool {
+	found := false
 	for _, t := range list {
 		if t[0] == family && slices.Contains(xtablesNames, t[1]) {
-			if t[1] != "filter" {
+			if _, ok := moatTables[t[1]]; !ok {
 				return false
 			}
-			filter = true
+			found = true
 		}
 	}
-	return filter
+	return found
 }
 
 // legacyTableNames are where the legacy x_tables modules list the tables

@@ -2,20 +2,26 @@ package foreign
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
 
-// XtablesOnlyMoat says, over netlink, whether iptables-nft's filter table
-// of family ("ip" or "ip6") holds nothing but moat's: chains MOAT-*, and
-// the built-in chains INPUT, FORWARD and OUTPUT with policy accept whose
-// only rules are moat's jumps (-A INPUT -j MOAT-INPUT). Then iptables-save
-// would find nothing outside moat there, and need not run (it and
-// ip6tables-save took a tenth of an iptables command). Anything else
-// (another chain, a drop policy, any other rule) is false: the caller
-// reads the table with iptables-save as before.
+// moatTables are iptables-nft's tables moat's iptables backend uses, with
+// their built-in chains: filter (its rules) and raw (drops of banned
+// sources before conntrack).
+var moatTables = map[string][]string{"filter": {"INPUT", "FORWARD", "OUTPUT"}, "raw": {"PREROUTING", "OUTPUT"}}
+
+// XtablesOnlyMoat says, over netlink, whether iptables-nft's filter and
+// raw tables of family ("ip" or "ip6") hold nothing but moat's: chains
+// MOAT-*, and the built-in chains with policy accept whose only rules are
+// moat's jumps (-A INPUT -j MOAT-INPUT, -A PREROUTING -j MOAT-PREROUTING).
+// Then iptables-save would find nothing outside moat there, and need not
+// run (it and ip6tables-save took a tenth of an iptables command).
+// Anything else (another chain, a drop policy, any other rule) is false:
+// the caller reads the tables with iptables-save as before.
 func XtablesOnlyMoat(family string) (bool, error) {
 	fam := gnft.TableFamilyIPv4
 	if family == "ip6" {
@@ -31,17 +37,20 @@ func XtablesOnlyMoat(family string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("nftables: list %s chains: %w", family, err)
 	}
-	table := &gnft.Table{Family: fam, Name: "filter"}
 	for _, ch := range chains {
-		if ch.Table == nil || ch.Table.Name != "filter" || strings.HasPrefix(ch.Name, "MOAT-") {
+		if ch.Table == nil || strings.HasPrefix(ch.Name, "MOAT-") {
 			continue
 		}
-		if !builtinFilterChain(ch) {
+		builtins, ok := moatTables[ch.Table.Name]
+		if !ok {
+			continue // another table: read as nftables or refused by the caller
+		}
+		if !builtinChain(ch, builtins) {
 			return false, nil
 		}
-		rules, err := c.GetRules(table, ch)
+		rules, err := c.GetRules(&gnft.Table{Family: fam, Name: ch.Table.Name}, ch)
 		if err != nil {
-			return false, fmt.Errorf("nftables: list %s filter %s: %w", family, ch.Name, err)
+			return false, fmt.Errorf("nftables: list %s %s %s: %w", family, ch.Table.Name, ch.Name, err)
 		}
 		for _, r := range rules {
 			if !moatJump(r.Exprs, ch.Name) {
@@ -52,12 +61,10 @@ func XtablesOnlyMoat(family string) (bool, error) {
 	return true, nil
 }
 
-// builtinFilterChain: INPUT, FORWARD or OUTPUT, a base chain with policy
-// accept.
-func builtinFilterChain(ch *gnft.Chain) bool {
-	switch ch.Name {
-	case "INPUT", "FORWARD", "OUTPUT":
-	default:
+// builtinChain: one of the table's built-in chains, a base chain with
+// policy accept.
+func builtinChain(ch *gnft.Chain, builtins []string) bool {
+	if !slices.Contains(builtins, ch.Name) {
 		return false
 	}
 	return ch.Hooknum != nil && ch.Policy != nil && *ch.Policy == gnft.ChainPolicyAccept

@@ -36,7 +36,7 @@ func TestDetectOverSkipsMoatOnlyFilter(t *testing.T) {
 	}
 	has := func(string) bool { return true }
 	tables := func() ([][2]string, error) {
-		return [][2]string{{"inet", "moat"}, {"ip", "filter"}, {"ip6", "filter"}}, nil
+		return [][2]string{{"inet", "moat"}, {"ip", "filter"}, {"ip", "raw"}, {"ip6", "filter"}, {"ip6", "raw"}}, nil
 	}
 	proven := map[string]bool{"ip": true, "ip6": true}
 	var asked []string
@@ -73,10 +73,10 @@ func TestDetectOverSkipsMoatOnlyFilter(t *testing.T) {
 	}
 }
 
-// On the real kernel: moat's iptables chains alone are proven moat's, and
-// anything an admin adds outside them (a DROP policy, a drop rule, a
-// conditional jump, another chain, a rule in ip6tables only) is not, for
-// that family; whatever the proof says, DetectOver finds what Detect
+// On the real kernel: moat's iptables chains alone (filter and raw) are
+// proven moat's, and anything an admin adds outside them (a DROP policy, a
+// drop rule, a conditional jump, another chain, in either table, a rule in
+// ip6tables only) is not, for that family; whatever the proof says, DetectOver finds what Detect
 // (iptables-save) finds.
 func TestXtablesOnlyMoatKernel(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -150,6 +150,12 @@ func TestXtablesOnlyMoatKernel(t *testing.T) {
 		{"another chain", []string{"iptables", "-N", "other"}, []string{"iptables", "-X", "other"}, false, true},
 		{"an ip6tables REJECT in OUTPUT", []string{"ip6tables", "-A", "OUTPUT", "-j", "REJECT"}, []string{"ip6tables", "-D", "OUTPUT", "-j", "REJECT"}, true, false},
 		{"FORWARD jumps to moat's INPUT chain", []string{"iptables", "-A", "FORWARD", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "FORWARD", "-j", "MOAT-INPUT"}, false, true},
+		{"a drop rule in raw PREROUTING", []string{"iptables", "-t", "raw", "-I", "PREROUTING", "-s", "198.51.100.7", "-j", "DROP"}, []string{"iptables", "-t", "raw", "-D", "PREROUTING", "-s", "198.51.100.7", "-j", "DROP"}, false, true},
+		{"ip6tables raw PREROUTING policy DROP", []string{"ip6tables", "-t", "raw", "-P", "PREROUTING", "DROP"}, []string{"ip6tables", "-t", "raw", "-P", "PREROUTING", "ACCEPT"}, true, false},
+		{"another chain in raw", []string{"ip6tables", "-t", "raw", "-N", "other"}, []string{"ip6tables", "-t", "raw", "-X", "other"}, true, false},
+		// A mangle table is not moat's: DetectOver does not ask (the
+		// proof looks at filter and raw), iptables-save reads it.
+		{"a drop rule in mangle", []string{"iptables", "-t", "mangle", "-A", "PREROUTING", "-s", "198.51.100.8", "-j", "DROP"}, []string{"iptables", "-t", "mangle", "-D", "PREROUTING", "-s", "198.51.100.8", "-j", "DROP"}, true, true},
 	} {
 		if out, err := run(ctx, nil, c.cmd[0], c.cmd[1:]...); err != nil {
 			t.Fatalf("%s: %v\n%s", c.name, err, out)
