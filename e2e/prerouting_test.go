@@ -175,6 +175,15 @@ func TestDropsBeforeConntrack(t *testing.T) {
 			if !strings.Contains(ex, "DROP") || !strings.Contains(ex, "prerouting") || !strings.Contains(ex, "blocklist bad file") {
 				t.Errorf("explain of a listed source:\n%s", ex)
 			}
+			// explain asks the kernel for the bans.
+			ex = e.mustMoat("explain", "in", "tcp", "from", "192.0.2.5", "to", "port", "80")
+			if !strings.Contains(ex, "DROP") || !strings.Contains(ex, "192.0.2.5 is banned") || !strings.Contains(ex, "prerouting") {
+				t.Errorf("explain of a banned source:\n%s", ex)
+			}
+			ex = e.mustMoat("explain", "in", "tcp", "from", "2001:db8::2", "to", "port", "80")
+			if !strings.HasPrefix(ex, "ACCEPT") {
+				t.Errorf("explain of the admin's banned but protected address:\n%s", ex)
+			}
 			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
 				t.Errorf("status sees drift (the sessions in the protected sets?):\n%s", st)
 			}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -77,7 +78,28 @@ func (a *app) explainCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			d, err := a.compile(src.policy).Evaluate(pkt)
+			rs := a.compile(src.policy)
+			if src.banned != nil && pkt.Src.IsValid() {
+				// The kernel's bans are not in the policy: a banned source
+				// becomes an element of the ban set, and the evaluator
+				// says whether the ban drops this packet (the protected
+				// sets, loopback and forwarded packets are spared).
+				if banned, err := src.banned(cmd.Context(), pkt.Src.Unmap()); err != nil {
+					src.notes = append(src.notes, fmt.Sprintf("could not ask the kernel whether %s is banned: %v", pkt.Src, err))
+				} else if set := rs.Set(ruleset.BanSetFor(pkt.Src.Unmap())); banned && set != nil {
+					addr := pkt.Src.Unmap()
+					set.Entries = append(set.Entries, ruleset.SetEntry{Prefix: netip.PrefixFrom(addr, addr.BitLen()),
+						Origin: ruleset.Origin{ID: "builtin:ban", Text: addr.String() + " is banned ('moat bans' says why and until when)"}})
+					// The sessions logged in at the apply are in the
+					// kernel's protected set, not in the policy.
+					p := rs.Set(ruleset.ProtectSet4)
+					if addr.Is6() {
+						p = rs.Set(ruleset.ProtectSet6)
+					}
+					markProtected(cmd.Context(), src, p, addr)
+				}
+			}
+			d, err := rs.Evaluate(pkt)
 			if err != nil {
 				return err
 			}
@@ -136,6 +158,23 @@ func (a *app) explainCommand() *cobra.Command {
 			}
 			return nil
 		},
+	}
+}
+
+// markProtected adds addr to the compiled protected set p when the
+// kernel's holds it.
+func markProtected(ctx context.Context, src *explainSource, p *ruleset.Set, addr netip.Addr) {
+	if p == nil || src.protected == nil {
+		return
+	}
+	in, err := src.protected(ctx, addr)
+	if err != nil {
+		src.notes = append(src.notes, err.Error())
+		return
+	}
+	if in {
+		p.Entries = append(p.Entries, ruleset.SetEntry{Prefix: netip.PrefixFrom(addr, addr.BitLen()),
+			Origin: ruleset.Origin{ID: "session", Text: "an SSH session logged in when the policy was applied"}})
 	}
 }
 

@@ -3,12 +3,18 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/moat-fw/moat/internal/drift"
+	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/foreign"
+	"github.com/moat-fw/moat/internal/ipt"
+	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // explainSource is the policy explain evaluates, and what to say about it.
@@ -22,6 +28,36 @@ type explainSource struct {
 	// foreign is the filtering outside moat (root only).
 	foreign    []foreign.Finding
 	foreignErr error
+	// banned asks the kernel whether an address is banned (nil: moat is
+	// not active, or explain does not run as root); protected whether it
+	// is in the protected set (the allowlist and the SSH sessions logged
+	// in at the apply, which the drops before conntrack spare).
+	banned, protected func(context.Context, netip.Addr) (bool, error)
+}
+
+// inKernelProtectSet asks the kernel whether addr is in moat's protected
+// set of its family: one element lookup.
+func inKernelProtectSet(backendName string) func(context.Context, netip.Addr) (bool, error) {
+	return func(ctx context.Context, addr netip.Addr) (bool, error) {
+		set := ruleset.ProtectSet4
+		if addr.Is6() {
+			set = ruleset.ProtectSet6
+		}
+		var out []byte
+		var err error
+		if backendName == "iptables" {
+			out, err = execrun.Exec(ctx, nil, "ipset", "test", ipt.IPSetName(set), addr.String())
+		} else {
+			out, err = execrun.Exec(ctx, nil, "nft", "get", "element", "inet", nft.TableName, set, "{ "+addr.String()+" }")
+		}
+		switch {
+		case err == nil:
+			return true, nil
+		case strings.Contains(string(out)+err.Error(), "is NOT in set"), strings.Contains(string(out)+err.Error(), "No such file or directory"):
+			return false, nil
+		}
+		return false, fmt.Errorf("look %s up in %s: %w", addr, set, err)
+	}
 }
 
 // explainPolicy picks what explain evaluates: what is applied when moat is
@@ -62,6 +98,12 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 		return fromFile("what moat applied is not recorded: this is " + a.config + " ('moat reload' applies and records it)")
 	}
 	src := &explainSource{policy: applied, evaluated: "applied", where: a.config}
+	if bc, ok := b.(interface {
+		Banned(context.Context, netip.Addr) (bool, error)
+	}); ok {
+		src.banned = bc.Banned
+		src.protected = inKernelProtectSet(b.Name())
+	}
 	if usesApps(applied) {
 		if then, changed := a.appliedWithApps(b, st.Policy); then != nil {
 			src.policy = then
