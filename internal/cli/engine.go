@@ -17,7 +17,6 @@ import (
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/engine"
-	"github.com/moat-fw/moat/internal/guard"
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -43,12 +42,19 @@ func (a *app) engine() *engine.Engine {
 		}
 		backends = append(backends, b)
 	}
+	findSSH := recentSSH()
 	o := engine.Options{
-		StateDir:         a.stateDir,
-		Backends:         backends,
-		Detect:           func() engine.Backend { return backend.Detect() },
-		FindSSH:          recentSSH(),
-		LoggedIn:         func() ([]netip.Addr, error) { return guard.LoggedInClients("/proc") },
+		StateDir: a.stateDir,
+		Backends: backends,
+		Detect:   func() engine.Backend { return backend.Detect() },
+		FindSSH:  findSSH,
+		// The logged-in sessions come from the same scan of the
+		// processes and the same TCP table as the live ones (a second
+		// scan, and /proc/net/tcp, cost a third of a command).
+		LoggedIn: func() ([]netip.Addr, error) {
+			st, err := findSSH()
+			return st.LoggedIn, err
+		},
 		FindForwarded:    safeapply.FindForwardedSSH,
 		IfaceFor:         safeapply.IfaceFor,
 		ResolvConf:       "/etc/resolv.conf",

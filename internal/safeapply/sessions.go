@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"sort"
@@ -62,6 +63,13 @@ type SSHState struct {
 	// Outgoing are the SSH connections this host opened (ssh, autossh):
 	// a reverse tunnel (ssh -R) or a jump the admin may come in through.
 	Outgoing []OutgoingSSH
+	// LoggedIn are the clients of logged-in OpenSSH sessions: connections
+	// held by an sshd process titled "sshd: USER@TTY" (sshd-session on
+	// OpenSSH 9.8 and later) whose parent is root's sshd (the [priv]
+	// process), so a user's own program named sshd shields nobody; a
+	// connection still guessing passwords is not one. (What
+	// guard.LoggedInClients finds, from the same scan.)
+	LoggedIn []netip.Addr
 }
 
 // OutgoingSSH is an established SSH connection opened from this host.
@@ -145,6 +153,7 @@ type sshFinder struct {
 
 // procSockets are the socket inodes of processes, by role.
 type procSockets struct {
+	loggedIn  map[string]bool // held by a logged-in session's process (see SSHState.LoggedIn)
 	daemon    map[string]bool // sshd daemons: listening sockets are SSH's
 	sshd      map[string]bool // every sshd process (sessions, forwards)
 	inetd     map[string]bool // sshd -i: its connection is a session
@@ -249,6 +258,11 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 			default:
 				add(e, "established connection to sshd")
 			}
+		}
+	}
+	for _, e := range entries {
+		if e.state == "01" && socks.loggedIn[e.inode] {
+			st.LoggedIn = append(st.LoggedIn, e.remote.Addr())
 		}
 	}
 	for _, e := range entries {
@@ -530,7 +544,7 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 // there is none, their sockets are not read (PID 1 holds hundreds of
 // descriptors, each a readlink, and a classic sshd daemon owns port 22).
 func sshdSockets(procRoot string, listening, hinted map[string]bool) (procSockets, error) {
-	socks := procSockets{daemon: map[string]bool{}, sshd: map[string]bool{}, inetd: map[string]bool{}, activator: map[string]bool{}, client: map[string]bool{}}
+	socks := procSockets{daemon: map[string]bool{}, sshd: map[string]bool{}, inetd: map[string]bool{}, activator: map[string]bool{}, client: map[string]bool{}, loggedIn: map[string]bool{}}
 	dirs, err := os.ReadDir(procRoot)
 	if err != nil {
 		return socks, fmt.Errorf("read %s: %w", procRoot, err)
@@ -546,6 +560,13 @@ func sshdSockets(procRoot string, listening, hinted map[string]bool) (procSocket
 		if p.sshd {
 			for _, inode := range p.inodes {
 				socks.sshd[inode] = true
+			}
+		}
+		if p.loggedInSession() {
+			if parent := procs[p.ppid]; parent != nil && openSSH(parent.comm) && parent.uid == 0 {
+				for _, inode := range p.inodes {
+					socks.loggedIn[inode] = true
+				}
 			}
 		}
 		if p.client {
@@ -594,6 +615,9 @@ func sshdSockets(procRoot string, listening, hinted map[string]bool) (procSocket
 
 // proc is what sshdSockets reads of one process of interest.
 type proc struct {
+	comm      string
+	title     string // the command line of an OpenSSH sshd process (NULs as spaces)
+	uid       int    // the real user ID of an OpenSSH sshd process (-1: unknown)
 	ppid      int
 	sshd      bool
 	activator bool
@@ -677,11 +701,51 @@ func scanProc(procRoot string, e procEntry, buf []byte) *proc {
 	if ppid < 0 {
 		p.ppid = readPPid(dir)
 	}
+	p.comm, p.uid = name, -1
+	if openSSH(name) {
+		if cmd, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
+			p.title = strings.TrimRight(string(bytes.ReplaceAll(cmd, []byte{0}, []byte{' '})), " ")
+		}
+		p.uid = readUID(dir)
+	}
 	p.dir = dir
 	if p.sshd || p.client {
 		p.inodes, p.fdsRead = readSocketInodes(dir), true
 	}
 	return p
+}
+
+// openSSH: the process name of OpenSSH's server processes.
+func openSSH(comm string) bool { return comm == "sshd" || comm == "sshd-session" }
+
+// sessionTitle is the process title OpenSSH gives a logged-in session
+// ("sshd: root@pts/0", "sshd-session: admin@notty"); before the login it
+// is "sshd: user [priv]", "[net]", "[preauth]" or "[accepted]".
+var sessionTitle = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^sshd(?:-session)?: [^\s@]+@\S+$`) })
+
+// loggedInSession: an OpenSSH process of a logged-in session (its
+// parent is still to be checked).
+func (p *proc) loggedInSession() bool {
+	return openSSH(p.comm) && sessionTitle().MatchString(p.title)
+}
+
+// readUID reads the real user ID from /proc/PID/status (-1 if unknown).
+func readUID(dir string) int {
+	var buf [4096]byte
+	data, err := readSmall(filepath.Join(dir, "status"), buf[:])
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				if n, err := strconv.Atoi(f[0]); err == nil {
+					return n
+				}
+			}
+		}
+	}
+	return -1
 }
 
 // pfKthread is the kernel's flag for its own threads (PF_KTHREAD).

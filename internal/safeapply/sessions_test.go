@@ -535,3 +535,45 @@ func TestFindSSHFromStat(t *testing.T) {
 		t.Errorf("listen %v sessions %q (%+v)", st.Listen, sessionList(st), st.Sessions)
 	}
 }
+
+// procTitled adds a process with a command line (its title) and a real
+// user ID.
+func (b *procBuilder) procTitled(pid, ppid int, comm, title string, uid int, inodes ...string) {
+	b.proc(pid, ppid, comm, inodes...)
+	dir := filepath.Join(b.root, fmt.Sprint(pid))
+	b.must(os.WriteFile(filepath.Join(dir, "cmdline"), []byte(strings.ReplaceAll(title, " ", "\x00")+"\x00"), 0o644))
+	b.must(os.WriteFile(filepath.Join(dir, "status"), []byte(fmt.Sprintf("Name:\t%s\nPPid:\t%d\nUid:\t%d\t%d\t%d\t%d\n", comm, ppid, uid, uid, uid, uid)), 0o644))
+}
+
+// The clients of logged-in sessions are those under root's sshd whose
+// process title names a user and a terminal, IPv4 and IPv6, OpenSSH's
+// sshd and sshd-session; a session still authenticating, a user's own
+// program named sshd (under a user's sshd or a shell) holding a
+// connection to an address of his choice, are not.
+func TestFindSSHLoggedIn(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "[::]:22", "[::]:0")
+	admin := b.sock("01", "192.0.2.1:22", "198.51.100.7:50000")
+	admin6 := b.sock("01", "[2001:db8::1]:22", "[2001:db8:5::7]:50001")
+	guessing := b.sock("01", "192.0.2.1:22", "203.0.113.9:50002")
+	mallory := b.sock("01", "192.0.2.1:22", "203.0.113.66:50003")
+	mallory2 := b.sock("01", "192.0.2.1:22", "203.0.113.67:50004")
+	b.procTitled(90, 1, "sshd", "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups", 0, lis)
+	b.procTitled(100, 90, "sshd", "sshd: admin [priv]", 0)
+	b.procTitled(101, 100, "sshd", "sshd: admin@pts/0", 1000, admin)
+	b.procTitled(110, 90, "sshd-session", "sshd-session: ops [priv]", 0)
+	b.procTitled(111, 110, "sshd-session", "sshd-session: ops@notty", 1001, admin6)
+	b.procTitled(120, 90, "sshd", "sshd: root [preauth]", 0, guessing)
+	b.procTitled(200, 1, "bash", "-bash", 1000)
+	b.procTitled(201, 200, "sshd", "sshd: admin@pts/1", 1000, mallory)
+	b.procTitled(300, 1, "sshd", "sshd: mallory [priv]", 1000)
+	b.procTitled(301, 300, "sshd", "sshd: mallory@pts/2", 1000, mallory2)
+	st := find(t, b.write(""), nil)
+	got := fmt.Sprint(st.LoggedIn)
+	if got != "[198.51.100.7 2001:db8:5::7]" {
+		t.Errorf("logged in: %s, want [198.51.100.7 2001:db8:5::7]", got)
+	}
+	if len(st.Sessions) != 5 {
+		t.Errorf("live sessions: %q", sessionList(st))
+	}
+}
