@@ -498,7 +498,12 @@ func (e *Engine) Disable(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return collectTexts(dir)
+	// Texts no record names: left for the next change if they cannot be
+	// collected now (disable must always work).
+	if err := collectTexts(dir); err != nil {
+		e.o.Log.Debug("collect state texts", "err", err)
+	}
+	return nil
 }
 
 // Reset removes moat's rules (as Disable) and empties the policy file,

@@ -19,6 +19,13 @@ func FuzzStateFiles(f *testing.F) {
 	f.Add(uint8(4), []byte("\x00\xff{"))
 	f.Add(uint8(5), []byte(`{"id":"x","outcome":"rolled back"}`))
 	f.Add(uint8(1), []byte(`{"id":"1","deadline":"2999-01-01T00:00:00Z","state":"confirming","watchdog":{"pid":1,"start":1}}`))
+	// Records naming their texts in files: missing, outside the directory,
+	// of another checksum, and a text both inline and named.
+	sum := "5a46e7f0f5dbbd9890a49287a32e056d9b473453403877e183b3fc34b8f25753"
+	f.Add(uint8(0), []byte(`{"backend":"nftables","policy":"","policy_file":"policy.`+sum+`","policy_sha256":"`+sum+`"}`))
+	f.Add(uint8(0), []byte(`{"backend":"nftables","policy":"","policy_file":"../../etc/shadow","policy_sha256":"`+sum+`"}`))
+	f.Add(uint8(3), []byte(`{"backend":"nftables","policy":"allow 22/tcp\n","policy_file":"policy.`+sum+`"}`))
+	f.Add(uint8(2), []byte(`{"pid":1,"prev":{"backend":"nftables","policy_file":"policy.`+sum+`"},"prev_file_stored":"policy.`+sum+`","had_file":true,"file_changed":true,"path":"x"}`))
 	names := []string{AppliedFile, pendingFile, IntentFile, savedFile, snapshotFile, outcomeFile}
 	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
 		r := newRig(t)

@@ -37,6 +37,10 @@ import (
 // variable so that tests can send every text there).
 var InlineMax = 64 << 10
 
+// MaxSize bounds a text read back: the policy file's own bound (a larger
+// file in the state directory is no text moat wrote).
+const MaxSize = 64 << 20
+
 // prefix starts the name of every text file.
 const prefix = "policy."
 
@@ -161,12 +165,18 @@ func readText(dir, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if st.Size() > MaxSize {
+		return "", fmt.Errorf("%d bytes is more than the %d a policy may have", st.Size(), MaxSize)
+	}
 	var b strings.Builder
 	b.Grow(int(st.Size()) + 1)
 	// Up to one byte more than its size: a file that grew since is read
 	// whole all the same (the checksum decides).
-	if _, err := io.Copy(&b, f); err != nil {
+	if _, err := io.Copy(&b, io.LimitReader(f, MaxSize+1)); err != nil {
 		return "", err
+	}
+	if b.Len() > MaxSize {
+		return "", fmt.Errorf("more than the %d bytes a policy may have", MaxSize)
 	}
 	return b.String(), nil
 }

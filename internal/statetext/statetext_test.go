@@ -113,3 +113,22 @@ func TestHashMemo(t *testing.T) {
 		t.Fatal("memo gives another text's checksum")
 	}
 }
+
+// A file larger than any policy is refused unread.
+func TestGetRefusesHuge(t *testing.T) {
+	dir := t.TempDir()
+	name := Name(Hash("x"))
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(MaxSize + 1); err != nil { // sparse: costs nothing
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Get(dir, name); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("Get of a huge file: %v", err)
+	}
+}
