@@ -108,7 +108,7 @@ func (s *search) try(j int) {
 // per network (a map of slices took 17 MB).
 type prefixIndex struct {
 	head map[prefixKey]int32 // the last rule added of each network
-	next []int32                // by rule index: the one added before it of the same network, or -1
+	next []int32             // by rule index: the one added before it of the same network, or -1
 	// lens are the prefix lengths present, by family (0: IPv4); has says
 	// which are (a map walked for every rule cost more than the lookups).
 	lens [2][]int
