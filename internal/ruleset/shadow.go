@@ -1,7 +1,6 @@
 package ruleset
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -107,8 +106,8 @@ func (s *search) try(j int) {
 // policy of 100,000 address rules costs one map entry each and no slice
 // per network (a map of slices took 17 MB).
 type prefixIndex struct {
-	head map[prefixKey]int32 // the last rule added of each network
-	next []int32             // by rule index: the one added before it of the same network, or -1
+	head map[netip.Prefix]int32 // the last rule added of each network
+	next []int32                // by rule index: the one added before it of the same network, or -1
 	// lens are the prefix lengths present, by family (0: IPv4); has says
 	// which are (a map walked for every rule cost more than the lookups).
 	lens [2][]int
@@ -118,28 +117,11 @@ type prefixIndex struct {
 // newPrefixIndex makes an index for n networks of rules numbered below
 // rules (sized at once: growing a map of 100,000 copies it over and over).
 func newPrefixIndex(n, rules int) *prefixIndex {
-	x := &prefixIndex{head: make(map[prefixKey]int32, n)}
+	x := &prefixIndex{head: make(map[netip.Prefix]int32, n)}
 	if n > 0 {
 		x.next = make([]int32, rules)
 	}
 	return x
-}
-
-// prefixKey is a masked network as a map key without pointers (a
-// netip.Prefix holds one): hashed from 24 bytes, and a map of 100,000 the
-// collector need not scan.
-type prefixKey struct {
-	hi, lo uint64
-	bits   int16 // the prefix length, plus 256 for IPv4
-}
-
-func keyOf(p netip.Prefix) prefixKey {
-	a := p.Addr().As16()
-	k := prefixKey{hi: binary.BigEndian.Uint64(a[:8]), lo: binary.BigEndian.Uint64(a[8:]), bits: int16(p.Bits())}
-	if p.Addr().Is4() {
-		k.bits += 256
-	}
-	return k
 }
 
 func famIndex(p netip.Prefix) int {
@@ -155,11 +137,10 @@ func (x *prefixIndex) add(p netip.Prefix, i int) {
 		x.next = append(x.next, -1)
 	}
 	x.next[i] = -1
-	k := keyOf(p)
-	if j, ok := x.head[k]; ok {
+	if j, ok := x.head[p]; ok {
 		x.next[i] = j
 	}
-	x.head[k] = int32(i)
+	x.head[p] = int32(i)
 	if f, b := famIndex(p), p.Bits(); !x.has[f][b] {
 		x.has[f][b] = true
 		x.lens[f] = append(x.lens[f], b)
@@ -176,7 +157,7 @@ func (x *prefixIndex) candidates(p netip.Prefix, s *search) {
 		if err != nil {
 			continue
 		}
-		j, ok := x.head[keyOf(q)]
+		j, ok := x.head[q]
 		for ok && j >= 0 {
 			s.try(int(j))
 			j = x.next[j]
