@@ -385,8 +385,10 @@ func (b *Backend) stored(name, held string) (setstore.Set, bool) {
 }
 
 // markChanging takes the records of the sets about to change out of
-// MOAT-GEN in both families (generation "changing", which Split reports),
-// and their entries out of Elements, before any of them is touched: ipset
+// the IPv4 family's MOAT-GEN (generation "changing", which Split reports;
+// a set counts as holding what MOAT-GEN names only when both families
+// name the same, so one family is enough, and saves a process), and
+// their entries out of Elements, before any of them is touched: ipset
 // changes a set line by line, not in one transaction, so a moat killed
 // half way leaves a set that is neither the old nor the new one; it is
 // then reported, and the next apply loads it whole.
@@ -398,7 +400,7 @@ func (b *Backend) markChanging(ctx context.Context, st *state, names []string) e
 			}
 		}
 	}
-	for _, f := range families {
+	for _, f := range families[:1] {
 		keep := contents{}
 		for n, h := range st.held[f.fam] {
 			if !slices.Contains(names, n) {
@@ -478,7 +480,7 @@ func (b *Backend) Split(ctx context.Context) (string, error) {
 
 func splitOf(st *state) string {
 	g4, g6 := st.gen[policy.FamilyV4], st.gen[policy.FamilyV6]
-	if g4 == dirty && g6 == dirty {
+	if g4 == dirty || g6 == dirty {
 		return "moat was changing its ipsets when it stopped: some may hold part of a change ('moat reload' loads them whole)"
 	}
 	has4, has6 := len(st.has[policy.FamilyV4]) > 0, len(st.has[policy.FamilyV6]) > 0
