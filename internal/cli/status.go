@@ -37,6 +37,8 @@ type statusBuiltin struct {
 	Text    string       `json:"text"`
 	Packets uint64       `json:"packets"`
 	Bytes   uint64       `json:"bytes"`
+	// NotCounted: the rule has no counter (ruleset.Rule.Uncounted).
+	NotCounted bool `json:"not_counted,omitempty"`
 }
 
 type statusDefault struct {
@@ -223,7 +225,11 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 			}
 			seen[r.Origin.ID] = true
 			c := counters[r.Origin.ID]
-			rep.Builtins = append(rep.Builtins, statusBuiltin{Chain: ch.Hook, ID: r.Origin.ID, Text: r.Origin.Text, Packets: c.Packets, Bytes: c.Bytes})
+			b := statusBuiltin{Chain: ch.Hook, ID: r.Origin.ID, Text: r.Origin.Text, Packets: c.Packets, Bytes: c.Bytes, NotCounted: r.Uncounted}
+			if r.Uncounted {
+				b.Packets, b.Bytes = 0, 0
+			}
+			rep.Builtins = append(rep.Builtins, b)
 		}
 		if !ch.HasDefault() {
 			continue // the chain before conntrack: no default of its own
@@ -343,6 +349,10 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 	a.printf("\nBuilt-in rules (see 'moat show'):\n")
 	tw = tabwriter.NewWriter(a.out, 2, 8, 2, ' ', 0)
 	for _, b := range rep.Builtins {
+		if b.NotCounted {
+			fmt.Fprintf(tw, "  %s\t%s\t(not counted)\t\n", b.Chain, b.Text)
+			continue
+		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", b.Chain, b.Text, count(int(b.Packets), "packet"), count(int(b.Bytes), "byte"))
 	}
 	return tw.Flush()

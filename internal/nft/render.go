@@ -102,7 +102,16 @@ func RuleTexts(r *ruleset.Rule) []string {
 		}
 		return out
 	}
-	return []string{join(matchExprs(r.Match), "counter", logExpr(r.Log), string(r.Verdict))}
+	return []string{join(matchExprs(r.Match), counter(r), logExpr(r.Log), string(r.Verdict))}
+}
+
+// counter is the rule's counter, "" for a rule that has none
+// (ruleset.Rule.Uncounted).
+func counter(r *ruleset.Rule) string {
+	if r.Uncounted {
+		return ""
+	}
+	return "counter"
 }
 
 type rejectVerdict struct{ extra, verdict string }

@@ -41,7 +41,7 @@ func Builtins(h Hook) []Rule {
 		rs = []Rule{
 			// Established first: most packets are, and the rules it
 			// overtakes accept too (so the order changes no verdict).
-			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept replies of established connections")},
+			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Uncounted: true, Origin: builtin("established", "accept replies of established connections")},
 			{Match: Match{InIface: "lo"}, Verdict: Accept, Origin: builtin("loopback", "accept loopback traffic")},
 			// Neighbour discovery first: a host with one banned address
 			// must still resolve ours for its other addresses.
@@ -57,7 +57,7 @@ func Builtins(h Hook) []Rule {
 		}
 	case Output:
 		rs = []Rule{
-			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept packets of established connections")},
+			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Uncounted: true, Origin: builtin("established", "accept packets of established connections")},
 			{Match: Match{OutIface: "lo"}, Verdict: Accept, Origin: builtin("loopback", "accept loopback traffic")},
 			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "send ICMP errors")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6Errors}, Verdict: Accept, Origin: builtin("icmpv6", "send ICMPv6 errors")},
@@ -68,7 +68,7 @@ func Builtins(h Hook) []Rule {
 		}
 	case Forward:
 		rs = []Rule{
-			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Origin: builtin("established", "accept packets of established connections")},
+			{Match: Match{CTStates: []CTState{CTEstablished, CTRelated}}, Verdict: Accept, Uncounted: true, Origin: builtin("established", "accept packets of established connections")},
 			{Match: Match{CTStates: []CTState{CTInvalid}}, Verdict: Drop, Origin: builtin("invalid", "drop packets conntrack marks invalid")},
 			{Match: Match{Family: policy.FamilyV4, Protos: []string{"icmp"}, ICMPTypes: icmp4Errors}, Verdict: Accept, Origin: builtin("icmp", "forward ICMP errors")},
 			{Match: Match{Family: policy.FamilyV6, Protos: []string{"ipv6-icmp"}, ICMPTypes: icmp6Errors}, Verdict: Accept, Origin: builtin("icmpv6", "forward ICMPv6 errors")},

@@ -103,6 +103,12 @@ type Rule struct {
 	LogLimited bool
 	Origin     Origin
 	Comment    string // the admin's comment, shown beside the rule
+	// Uncounted: the rule carries no counter (nftables; iptables counts
+	// every rule). established,related is: nearly every packet passes it,
+	// its count tells the admin nothing, and the counter cost a
+	// measurable share of an established packet's path
+	// (docs/benchmarks.md, Packet rate).
+	Uncounted bool
 	// Trap makes the rule the port scan trap: it gives no verdict (the
 	// packet goes on to the next rule) but counts, in the kernel, the
 	// distinct ports a source tries, and bans it when there are too many.
