@@ -89,9 +89,17 @@ func (e *env) startGuard(args ...string) (stop func(syscall.Signal)) {
 	}
 }
 
-// waitFor polls cond until it holds or the wait runs out.
+// minWait is the least waitFor waits. The waits are bounds on something
+// that must happen (a ban, a restart), never speed checks: under the
+// parallel CI run (load 30 and more on two cores) the guard took longer
+// than 300ms, and could take longer than a few seconds, to act.
+const minWait = 10 * time.Second
+
+// waitFor polls cond until it holds or the wait (at least minWait) runs
+// out.
 func waitFor(t testing.TB, wait time.Duration, what string, cond func() bool) {
 	t.Helper()
+	wait = max(wait, minWait)
 	deadline := time.Now().Add(wait)
 	for !cond() {
 		if time.Now().After(deadline) {
