@@ -56,7 +56,9 @@ func TestRollbackOnFullStateDisk(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
 			e.apply(engineBase)
-			e.mustMoat("--confirm", "2s", "--no-wait", "allow", "443/tcp")
+			// 5s: the probes below must come before the deadline, also on
+			// a loaded machine.
+			e.mustMoat("--confirm", "5s", "--no-wait", "allow", "443/tcp")
 			e.expect(false, "client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:443 open")
 			f, err := os.Create(filepath.Join(dir, "fill"))
 			if err != nil {
@@ -94,7 +96,9 @@ func TestKilledWatchdogIsReplaced(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, b, false)
 			e.apply(engineBase)
-			e.mustMoat("--confirm", "4s", "--no-wait", "allow", "443/tcp")
+			// 10s: status and the next command must come before the
+			// deadline, also on a loaded machine.
+			e.mustMoat("--confirm", "10s", "--no-wait", "allow", "443/tcp")
 			if err := syscall.Kill(e.watchdogPID(), syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
@@ -108,7 +112,7 @@ func TestKilledWatchdogIsReplaced(t *testing.T) {
 			if !strings.Contains(out, "a new one") {
 				t.Errorf("the new watchdog was not reported:\n%s", out)
 			}
-			e.assertNoWatchdogLeftAfter(func() { e.waitRolledBack(10 * time.Second) })
+			e.assertNoWatchdogLeftAfter(func() { e.waitRolledBack(20 * time.Second) })
 			e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:22 open")
 			if got := e.policyFile(); got != engineBase {
 				t.Errorf("policy file after the rollback:\n%s", got)

@@ -220,11 +220,14 @@ func TestConfirmOrRollback(t *testing.T) {
 			}
 
 			// Confirmed: the change stays past its deadline.
-			e.mustMoat("--confirm", "2s", "--no-wait", "allow", "80/tcp")
+			// 10s: under the parallel CI run a 2s window passed before the
+			// next command could confirm.
+			e.mustMoat("--confirm", "10s", "--no-wait", "allow", "80/tcp")
+			deadline = e.pendingDeadline()
 			if out := e.mustMoat("confirm"); !strings.Contains(out, "Confirmed") {
 				t.Errorf("confirm: %s", out)
 			}
-			time.Sleep(2500 * time.Millisecond)
+			time.Sleep(time.Until(deadline) + 500*time.Millisecond)
 			e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:22 open")
 			if data, _ := os.ReadFile(e.conf); !strings.Contains(string(data), "allow 80/tcp") {
 				t.Errorf("confirmed rule missing from the file:\n%s", data)
