@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
@@ -84,15 +85,21 @@ func (res *Result) noteRules(p *policy.Policy) {
 	res.Covered = ruleset.Shadowed(p)
 }
 
-// releaseRules takes the rules from the policy of an apply. The search for
-// covered rules (when wanted) runs meanwhile, beside the kernel load, and
-// then, for a large policy, a collection: the heap may grow to twice what
-// was live at the last one, when the rules were, so the kernel load grows
-// from what is left instead. wait gives the covered rules.
-func (res *Result) releaseRules(p *policy.Policy) (wait func() []ruleset.Covered) {
+// ruleWork is what an apply does with the policy's rules beside its
+// main path: the search for covered rules (when wanted) starts with the
+// apply, beside compiling, checking and loading; once the apply released
+// the rules and the search is done, a large policy's garbage is
+// collected (the heap may grow to twice what was live at the last
+// collection, when the rules were; the kernel load then grows from what
+// is left).
+type ruleWork struct {
+	release func()
+	wait    func() []ruleset.Covered
+}
+
+func (res *Result) startRuleWork(p *policy.Policy) ruleWork {
 	rules := p.Rules
-	res.Rules = len(rules)
-	p.Rules = nil
+	released := make(chan struct{})
 	done := make(chan []ruleset.Covered, 1)
 	go func() {
 		var covered []ruleset.Covered
@@ -101,12 +108,17 @@ func (res *Result) releaseRules(p *policy.Policy) (wait func() []ruleset.Covered
 		}
 		n := len(rules)
 		rules = nil
+		<-released
 		if n >= bigPolicy {
 			runtime.GC()
 		}
 		done <- covered
 	}()
-	return func() []ruleset.Covered { return <-done }
+	var once sync.Once
+	return ruleWork{
+		release: func() { once.Do(func() { close(released) }) },
+		wait:    func() []ruleset.Covered { return <-done },
+	}
 }
 
 // saveMode says whether an apply updates the ruleset saved for boot.
@@ -302,6 +314,8 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if err := b.Available(); err != nil {
 		return nil, err
 	}
+	work := res.startRuleWork(pl.p)
+	defer work.release() // on every path: the collection waits for it
 	rs, err := e.compile(pl.p, true)
 	if err != nil {
 		return nil, err
@@ -310,7 +324,9 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		return nil, err
 	}
 	// The ruleset has what the kernel needs: the rules go (Result.Policy).
-	covered := res.releaseRules(pl.p)
+	res.Rules = len(pl.p.Rules)
+	pl.p.Rules = nil
+	work.release()
 	persist := pl.save == saveAlways || (pl.save == saveIfEnabled && safeapply.Enabled(dir))
 	next := &Applied{Backend: b.Name(), Setting: string(pl.p.Backend), Policy: pl.doc.Text(), Source: pl.source,
 		Time: e.o.Now().UTC(), FailClosed: pl.failReason != "", FailReason: pl.failReason}
@@ -426,7 +442,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		return nil, err
 	}
 	res.Applied, res.Pending = next, pend
-	res.Covered = covered()
+	res.Covered = work.wait()
 	return res, nil
 }
 
