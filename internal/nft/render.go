@@ -158,10 +158,20 @@ func join(parts ...string) string {
 func matchExprs(m ruleset.Match) string {
 	var e []string
 	if m.InIface != "" {
-		e = append(e, "iifname "+ifname(m.InIface))
+		// Loopback by index (lo is always there, index 1): an integer
+		// compare, where a name is a 16-byte one (BenchmarkPacketRate).
+		if m.InIface == "lo" {
+			e = append(e, `iif "lo"`)
+		} else {
+			e = append(e, "iifname "+ifname(m.InIface))
+		}
 	}
 	if m.OutIface != "" {
-		e = append(e, "oifname "+ifname(m.OutIface))
+		if m.OutIface == "lo" {
+			e = append(e, `oif "lo"`)
+		} else {
+			e = append(e, "oifname "+ifname(m.OutIface))
+		}
 	}
 	if len(m.CTStates) > 0 {
 		states := make([]string, len(m.CTStates))
