@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -38,7 +39,7 @@ func TestAvailableOnce(t *testing.T) {
 
 // The fingerprint reads the chains (iptables-save, ip6tables-save, every
 // table: moat's are in filter and raw) and
-// the headers of the policy sets they use, not the list of every ipset
+// the policy sets they use, members included, not the list of every ipset
 // (one process less per fingerprint); it says when it covers sets.
 func TestFingerprintCommands(t *testing.T) {
 	for _, c := range []struct {
@@ -49,7 +50,7 @@ func TestFingerprintCommands(t *testing.T) {
 		{"bans only", "*filter\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A MOAT-INPUT -m set --match-set moat-ban4 src -j DROP\nCOMMIT\n",
 			false, "iptables-save \nip6tables-save "},
 		{"a policy set", "*filter\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A MOAT-INPUT -m set --match-set moat-0123abcd src -j DROP\nCOMMIT\n",
-			true, "iptables-save \nip6tables-save \nipset list -t moat-0123abcd"},
+			true, "iptables-save \nip6tables-save \nipset list moat-0123abcd"},
 	} {
 		host := &fakeHost{save: map[string]string{"iptables-save": c.v4, "ip6tables-save": "*filter\nCOMMIT\n"}}
 		fp, sets, err := (&Backend{Run: host.run}).FingerprintSets(context.Background())
@@ -63,5 +64,36 @@ func TestFingerprintCommands(t *testing.T) {
 		if got := strings.Join(cmds, "\n"); got != c.want {
 			t.Errorf("%s: commands:\n%s\nwant:\n%s", c.name, got, c.want)
 		}
+	}
+}
+
+// A policy set whose members changed by hand while its number of entries
+// stayed (one address added, another deleted) has another fingerprint:
+// the header alone (ipset list -t) vouched for it.
+func TestFingerprintSetMembers(t *testing.T) {
+	v4 := "*filter\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A MOAT-INPUT -m set --match-set moat-0123abcd src -j DROP\nCOMMIT\n"
+	list := func(member string) string {
+		return "Name: moat-0123abcd\nType: hash:net\nRevision: 7\nHeader: family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x5c2a8e2f\n" +
+			"Size in memory: 504\nReferences: 1\nNumber of entries: 2\nMembers:\n192.0.2.4\n" + member + "\n"
+	}
+	var fps []string
+	for _, member := range []string{"192.0.2.3", "192.0.2.2"} {
+		host := &fakeHost{save: map[string]string{"iptables-save": v4, "ip6tables-save": "*filter\nCOMMIT\n"}, sets: list(member)}
+		run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+			out, err := host.run(ctx, stdin, name, args...)
+			if name == "ipset" && slices.Contains(args, "-t") { // the header alone
+				head, _, _ := strings.Cut(string(out), "Members:")
+				return []byte(head + "Members:\n"), err
+			}
+			return out, err
+		}
+		fp, _, err := (&Backend{Run: run}).FingerprintSets(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fps = append(fps, fp)
+	}
+	if fps[0] == fps[1] {
+		t.Error("a set with another member of the same count has the same fingerprint")
 	}
 }

@@ -538,7 +538,9 @@ func (b *Backend) FingerprintSets(ctx context.Context) (fp string, sets bool, er
 			continue
 		}
 		sets = true
-		out, err := b.Run(ctx, nil, "ipset", "list", "-t", name)
+		// The members too, not the header alone: an address added and
+		// another deleted by hand leave the number of entries as it was.
+		out, err := b.Run(ctx, nil, "ipset", "list", name)
 		if err != nil {
 			fmt.Fprintf(h, "set %s missing\n", name)
 			continue
