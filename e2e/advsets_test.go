@@ -1,0 +1,49 @@
+package e2e
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// A policy set edited by hand so that it keeps its element count but not
+// its contents (a listed address deleted, another added), then a set-only
+// change (deny from): the change must not be computed from moat's record of
+// what it loaded, or the address deleted by hand stays let through.
+func TestAdvSetHandSwapThenDeny(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			e.apply("default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.4\ndeny from 2001:db8::3\ndeny from 2001:db8::4\n")
+			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+			if b == "nftables" {
+				ruleset := e.run("server", "nft", "list", "chain", "inet", "moat", "input")
+				for fam, addr := range map[string][2]string{"ip": {"192.0.2.3", "192.0.2.7"}, "ip6": {"2001:db8::3", "2001:db8::7"}} {
+					set := regexp.MustCompile(fam + ` saddr @(\S+) [^\n]*comment "set:`).FindStringSubmatch(ruleset)
+					if set == nil {
+						t.Fatalf("no %s set rule in moat's table", fam)
+					}
+					e.run("server", "nft", "delete", "element", "inet", "moat", set[1], "{ "+addr[0]+" }")
+					e.run("server", "nft", "add", "element", "inet", "moat", set[1], "{ "+addr[1]+" }")
+				}
+			} else {
+				for _, addr := range [][2]string{{"192.0.2.3", "192.0.2.7"}, {"2001:db8::3", "2001:db8::7"}} {
+					set := e.ipsetHolding(addr[0])
+					e.run("server", "ipset", "del", set, addr[0])
+					e.run("server", "ipset", "add", set, addr[1])
+				}
+			}
+			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+			out := e.mustMoat("--verbose", "deny", "from", "192.0.2.6")
+			out += e.mustMoat("--verbose", "deny", "from", "2001:db8::6")
+			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
+			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+				t.Errorf("drift after the deny:\n%s\n%s", st, out)
+			}
+		})
+	}
+}
