@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -33,4 +34,80 @@ func TestHandSwappedSetElement(t *testing.T) {
 	}
 	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
 		"client/2001:db8::2 tcp [2001:db8::1]:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+}
+
+// Filtering added outside moat after moat's iptables chains were loaded
+// (so that the filter and raw tables held only moat's chains and jumps
+// when the last command looked) is still named by status: a DROP rule in
+// mangle, a drop policy on a built-in chain, a DROP in raw beside moat's
+// jump.
+func TestOtherFilteringAddedAfter(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		cmd  []string
+		want string
+	}{
+		{"mangle rule", []string{"iptables", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--dport", "6007", "-j", "DROP"}, "iptables mangle chain PREROUTING: 1 DROP/REJECT rule"},
+		{"input policy", []string{"ip6tables", "-P", "INPUT", "DROP"}, "ip6tables filter chain INPUT: policy DROP"},
+		{"raw rule", []string{"iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "6003", "-j", "DROP"}, "iptables raw chain PREROUTING: 1 DROP/REJECT rule"},
+		{"filter rule", []string{"iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "6005", "-j", "DROP"}, "iptables filter chain INPUT: 1 DROP/REJECT rule"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			requireBackend(t, "iptables")
+			t.Parallel()
+			e := newEnv(t, "iptables", false)
+			e.apply("default allow incoming\ndeny from 192.0.2.3\n")
+			e.mustMoat("allow", "443/tcp")
+			e.run("server", c.cmd...)
+			if out := e.mustMoat("status"); !strings.Contains(out, c.want) {
+				t.Errorf("status lacks %q:\n%s", c.want, out)
+			}
+		})
+	}
+}
+
+// A rule inserted by hand into moat's chain before conntrack (nftables
+// chain prerouting, iptables raw MOAT-PREROUTING) is a change outside
+// moat, seen by the next command and status, and undone by reload.
+func TestHandRuleBeforeConntrack(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			e.apply("default allow incoming\ndeny from 192.0.2.3\n")
+			e.mustMoat("allow", "443/tcp")
+			if b == "nftables" {
+				e.run("server", "nft", "insert", "rule", "inet", "moat", "prerouting", "ip", "saddr", "192.0.2.2", "drop")
+			} else {
+				e.run("server", "iptables", "-t", "raw", "-I", "MOAT-PREROUTING", "1", "-s", "192.0.2.2", "-j", "DROP")
+			}
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout")
+			if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+				t.Errorf("status does not see the hand rule:\n%s", out)
+			}
+			e.mustMoat("reload")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open")
+		})
+	}
+}
+
+// A DROP in a legacy x_tables table (iptables-legacy) beside moat's
+// iptables-nft chains is other filtering, named by status.
+func TestLegacyTableNamed(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("iptables-legacy"); err != nil {
+		t.Skip("no iptables-legacy")
+	}
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	e.apply("default allow incoming\ndeny from 192.0.2.3\n")
+	e.mustMoat("allow", "443/tcp")
+	e.run("server", "iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "6007", "-j", "DROP")
+	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:6007 timeout")
+	if out := e.mustMoat("status"); !strings.Contains(out, "iptables-legacy filter chain INPUT: 1 DROP/REJECT rule (input)") {
+		t.Errorf("status does not name the legacy DROP:\n%s", out)
+	}
 }

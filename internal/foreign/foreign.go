@@ -62,9 +62,9 @@ func (f Finding) Sees(chain string) bool {
 // and ip6 tables IPv6 only, the others (inet, ...) both.
 func (f Finding) SeesFamily(v6 bool) bool {
 	switch {
-	case strings.HasPrefix(f.Where, "iptables "), strings.HasPrefix(f.Where, "nftables table ip "):
+	case strings.HasPrefix(f.Where, "iptables "), strings.HasPrefix(f.Where, "iptables-legacy "), strings.HasPrefix(f.Where, "nftables table ip "):
 		return !v6
-	case strings.HasPrefix(f.Where, "ip6tables "), strings.HasPrefix(f.Where, "nftables table ip6 "):
+	case strings.HasPrefix(f.Where, "ip6tables "), strings.HasPrefix(f.Where, "ip6tables-legacy "), strings.HasPrefix(f.Where, "nftables table ip6 "):
 		return v6
 	}
 	return true
@@ -110,6 +110,7 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 	// tables loaded (no process is started for a host without iptables
 	// rules); otherwise both.
 	xt := map[string]bool{"ip": !listed, "ip6": !listed}
+	legacy := map[string]bool{} // family → legacy x_tables tables are loaded
 	moatFilter := map[string]bool{} // family → its filter table is moat's alone
 	if listed {
 		for _, t := range list {
@@ -117,7 +118,6 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 				xt[t[0]] = true
 			}
 		}
-		legacy := map[string]bool{}
 		for fam, f := range legacyTableNames {
 			if data, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(data)) != "" {
 				xt[fam] = true
@@ -179,6 +179,18 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 	}
 	for _, p := range []struct{ fam, prog string }{{"ip", "iptables-save"}, {"ip6", "ip6tables-save"}} {
 		if !has(p.prog) || !xt[p.fam] {
+			continue
+		}
+		data, err := run(ctx, nil, p.prog)
+		if err != nil {
+			return nil, fmt.Errorf("read the %s tables: %w", strings.TrimSuffix(p.prog, "-save"), err)
+		}
+		out = append(out, FromIptablesSave(strings.TrimSuffix(p.prog, "-save"), data)...)
+	}
+	// Legacy x_tables tables beside iptables-nft's: the nf_tables kind of
+	// iptables-save does not show them, iptables-legacy-save does.
+	for _, p := range []struct{ fam, prog string }{{"ip", "iptables-legacy-save"}, {"ip6", "ip6tables-legacy-save"}} {
+		if !nftXtables || !legacy[p.fam] || !has(p.prog) {
 			continue
 		}
 		data, err := run(ctx, nil, p.prog)

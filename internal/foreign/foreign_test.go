@@ -236,3 +236,30 @@ func TestDetectStartsNothingWithoutOtherTables(t *testing.T) {
 		t.Fatalf("got %v, %v; ran %q", got, err, ran)
 	}
 }
+
+// Legacy x_tables tables beside iptables-nft's are read with
+// iptables-legacy-save: the nf_tables kind of iptables-save does not show
+// them, and a DROP there went unnamed.
+func TestDetectLegacyBesideNft(t *testing.T) {
+	dir := t.TempDir()
+	saved := legacyTableNames
+	t.Cleanup(func() { legacyTableNames = saved })
+	legacyTableNames = map[string]string{"ip": filepath.Join(dir, "v4"), "ip6": filepath.Join(dir, "v6")}
+	if err := os.WriteFile(legacyTableNames["ip"], []byte("filter\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(_ context.Context, _ []byte, name string, args ...string) ([]byte, error) {
+		switch name {
+		case "iptables":
+			return []byte("iptables v1.8.9 (nf_tables)\n"), nil
+		case "iptables-legacy-save":
+			return []byte("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 6007 -j DROP\nCOMMIT\n"), nil
+		}
+		return []byte("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"), nil
+	}
+	tables := func() ([][2]string, error) { return [][2]string{{"inet", "moat"}}, nil }
+	got, err := DetectWith(context.Background(), run, func(string) bool { return true }, tables)
+	if err != nil || len(got) != 1 || !strings.HasPrefix(got[0].Where, "iptables-legacy filter chain INPUT") || got[0].SeesFamily(true) || !got[0].SeesFamily(false) {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+}
