@@ -110,7 +110,7 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 	// tables loaded (no process is started for a host without iptables
 	// rules); otherwise both.
 	xt := map[string]bool{"ip": !listed, "ip6": !listed}
-	legacy := map[string]bool{} // family → legacy x_tables tables are loaded
+	legacy := map[string]bool{}     // family → legacy x_tables tables are loaded
 	moatFilter := map[string]bool{} // family → its filter table is moat's alone
 	if listed {
 		for _, t := range list {
