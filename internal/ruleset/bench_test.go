@@ -34,7 +34,8 @@ func BenchmarkParseCompile(b *testing.B) {
 					b.Fatal(err)
 				}
 				rs := Compile(p)
-				if len(rs.Sets) != 3 || len(rs.Sets[2].Prefixes()) == 0 {
+				// The ban and login sets, then the address rules' one set.
+				if len(rs.Sets) != 5 || len(rs.Sets[4].Prefixes()) == 0 {
 					b.Fatal("no set")
 				}
 			}
