@@ -166,13 +166,16 @@ func (x *prefixIndex) candidates(p netip.Prefix, s *search) {
 }
 
 // covers reports whether every packet that b matches is matched by a.
+// The cheapest tests that most often fail come first: an earlier rule
+// without networks (a port rule, tried against every later rule) most
+// often fails on its ports against an address rule, which has none.
 func covers(a, b *policy.Rule) bool {
 	return a.Direction == b.Direction &&
-		familiesCover(a, b) &&
+		portsCover(a.ToPort, b.ToPort) && portsCover(a.FromPort, b.FromPort) &&
+		prefixCovers(a.From, b.From) && prefixCovers(a.To, b.To) &&
 		ifaceCovers(a.InIface, b.InIface) && ifaceCovers(a.OutIface, b.OutIface) &&
 		protosCover(a, b) &&
-		prefixCovers(a.From, b.From) && prefixCovers(a.To, b.To) &&
-		portsCover(a.FromPort, b.FromPort) && portsCover(a.ToPort, b.ToPort)
+		familiesCover(a, b)
 }
 
 // The IP families a rule matches, as bits (no slice per comparison: the
