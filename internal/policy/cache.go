@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"unsafe"
 )
 
 // A command that edits a 100,000-line policy used to parse every line
@@ -91,6 +92,9 @@ func (d *Document) index(svc Services) *parsed {
 	if c == nil || c.name != d.Name || c.svc != sid || c.apps != aid || len(c.texts) != len(d.Lines) {
 		c = &parsed{name: d.Name, svc: sid, apps: aid, texts: make([]string, len(d.Lines)),
 			kinds: make([]lineKind, len(d.Lines)), nrules: make([]uint8, len(d.Lines)), rules: make([]Rule, 0, len(d.Lines))}
+		if len(d.Lines) >= 10000 {
+			adviseHuge(unsafe.Pointer(unsafe.SliceData(c.rules)), uintptr(cap(c.rules))*unsafe.Sizeof(Rule{}))
+		}
 		for i := range d.Lines {
 			n := len(c.rules)
 			c.kinds[i], c.rules = d.parseOne(i, svc, c.rules)

@@ -285,3 +285,28 @@ func TestTextIsBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestLargeDocumentCache: a document large enough that its parsed rules
+// are advised onto huge pages (adviseHuge) parses, edits and searches
+// exactly as a fresh parse does; the hint changes nothing but the time.
+func TestLargeDocumentCache(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("default deny incoming\nallow 22/tcp\n")
+	for i := 0; i < 10000; i++ {
+		fmt.Fprintf(&b, "deny from 198.51.%d.%d\ndeny to 2001:db8:%x::/48\n", i>>8&255, i&255, i)
+	}
+	d := NewDocument("big.conf", []byte(b.String()))
+	probe := probeRules(t)
+	checkSame(t, d, testServices, probe)
+	docEdits[0](d, "allow 8080/tcp", 0)
+	if _, err := d.DeleteRule(3); err != nil {
+		t.Fatal(err)
+	}
+	checkSame(t, d, testServices, probe)
+	samePolicy(t, d, testServices)
+	p, err := d.Policy(testServices)
+	if err != nil || len(p.Rules) != 20001 || p.Rules[20000].Pos.Line != 20002 || p.Rules[20000].Text != "allow 8080/tcp" ||
+		p.Rules[2].Text != "deny from 198.51.0.1" || p.Rules[2].Pos.Line != 4 {
+		t.Fatalf("large policy: %v, %d rules, last %+v", err, len(p.Rules), p.Rules[len(p.Rules)-1])
+	}
+}
