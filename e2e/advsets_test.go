@@ -47,3 +47,32 @@ func TestAdvSetHandSwapThenDeny(t *testing.T) {
 		})
 	}
 }
+
+// Networks that merge into the whole address space (two /1 halves, as a
+// country list or a hand-written policy may give) load on both backends:
+// an ipset of type hash:net holds no /0, and the iptables apply failed.
+func TestAdvSetWholeSpaceMerged(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			e.apply("default allow incoming\nallow from 192.0.2.2\nallow from 2001:db8::2\n" +
+				"deny from 0.0.0.0/1\ndeny from 128.0.0.0/1\ndeny from ::/1\ndeny from 8000::/1\n")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
+				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+			// And changed in place to a part of it and back.
+			e.apply("default allow incoming\nallow from 192.0.2.2\nallow from 2001:db8::2\n" +
+				"deny from 0.0.0.0/1\ndeny from 128.0.0.0/2\ndeny from ::/1\ndeny from 8000::/2\n")
+			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+			e.apply("default allow incoming\nallow from 192.0.2.2\nallow from 2001:db8::2\n" +
+				"deny from 0.0.0.0/1\ndeny from 128.0.0.0/1\ndeny from ::/1\ndeny from 8000::/1\n")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+				"client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+				t.Errorf("drift:\n%s", st)
+			}
+		})
+	}
+}

@@ -107,7 +107,14 @@ func merged(s *ruleset.Set) []netip.Prefix {
 	for i, e := range s.Entries {
 		ps[i] = e.Prefix
 	}
-	return setstore.Merge(ps)
+	out := setstore.Merge(ps)
+	// hash:net holds no /0 (its smallest CIDR is 1): networks that merge
+	// into the whole address space are loaded as its two halves.
+	if len(out) == 1 && out[0].Bits() == 0 {
+		lo := netip.PrefixFrom(out[0].Addr(), 1)
+		out = []netip.Prefix{lo, netip.PrefixFrom(setstore.LastAddr(lo).Next(), 1)}
+	}
+	return out
 }
 
 // contents are the content hashes of rs's policy sets, by ipset name.

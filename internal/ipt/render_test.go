@@ -448,3 +448,26 @@ func TestApplyLeftoverTemporarySet(t *testing.T) {
 		t.Errorf("ipset restores:\n%s", strings.Join(restores, "--\n"))
 	}
 }
+
+// hash:net holds no /0: networks merging into the whole space are its
+// two halves.
+func TestMergedWholeSpace(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"0.0.0.0/1 128.0.0.0/1", "0.0.0.0/1 128.0.0.0/1"},
+		{"0.0.0.0/1 128.0.0.0/2 192.0.0.0/2", "0.0.0.0/1 128.0.0.0/1"},
+		{"::/1 8000::/1", "::/1 8000::/1"},
+		{"0.0.0.0/2 128.0.0.0/1", "0.0.0.0/2 128.0.0.0/1"},
+	} {
+		s := &ruleset.Set{}
+		for _, f := range strings.Fields(c.in) {
+			s.Entries = append(s.Entries, ruleset.SetEntry{Prefix: netip.MustParsePrefix(f)})
+		}
+		var got []string
+		for _, p := range merged(s) {
+			got = append(got, p.String())
+		}
+		if strings.Join(got, " ") != c.want {
+			t.Errorf("merged(%s) = %v, want %s", c.in, got, c.want)
+		}
+	}
+}
