@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -110,4 +112,36 @@ func TestLegacyTableNamed(t *testing.T) {
 	if out := e.mustMoat("status"); !strings.Contains(out, "iptables-legacy filter chain INPUT: 1 DROP/REJECT rule (input)") {
 		t.Errorf("status does not name the legacy DROP:\n%s", out)
 	}
+}
+
+// A rule added by hand to a chain of moat's table that a command does
+// not rewrite, while that command runs (between its drift check and its
+// commit: here from inside the nft it starts), is drift all the same:
+// the fingerprint recorded after the command must not vouch for it, so
+// the next command finds it and rewrites the table, and status says so.
+func TestHandChangeDuringCommand(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	real, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ] && mkdir "+filepath.Join(bin, "once")+" 2>/dev/null; then\n"+
+		real+" insert rule inet moat output ip daddr 192.0.2.2 tcp sport 80 drop\nfi\nexec "+real+" \"$@\"\n")
+	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "allow", "8080/tcp")
+	if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
+		t.Fatal("the command ran no nft -f: the hand change was not made during it")
+	}
+	e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:8080 open")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+		t.Errorf("status does not see the rule added during the command:\n%s", out)
+	}
+	e.mustMoat("allow", "8081/tcp")
+	e.expect(false, "client tcp 192.0.2.1:80 open")
 }

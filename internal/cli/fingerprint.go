@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/moat-fw/moat/internal/backend"
@@ -152,7 +153,21 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		a.writeKernelRecord(rec)
 		return
 	}
+	nb, isNft := b.(*nft.Backend)
+	unproven := isNft && nb.Netlink && !a.ownChangesOnly(nb, a.verified)
 	a.verified = verifiedGen{}
+	if unproven {
+		// Another program committed since this command found the table
+		// to be what moat applied, or after its own commit: a rule or
+		// element added by hand where this command's partial update did
+		// not write is in the kernel, and a fingerprint read now would
+		// vouch for it. Compare in full first.
+		if why := a.driftReason(ctx, b, st); why != "" {
+			fmt.Fprintf(a.errOut, "moat: warning: %s (while this command ran): the next apply rewrites moat's rules whole\n", why)
+			_ = statedir.Remove(a.stateDir, fingerprintFile)
+			return
+		}
+	}
 	if generationTracks(b) {
 		// Before the fingerprint: a change in between moves the
 		// generation, so the next command reads the fingerprint anew.
@@ -212,6 +227,25 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 		return "", 0, false // something was committed while the chains were read
 	}
 	return fp, now, true
+}
+
+// ownChangesOnly says whether the generations prove that nothing but
+// this command's own commit (and moat's bans, which move the record)
+// touched any table since it verified moat's table (verified): then what
+// the kernel holds now is what moat applied.
+func (a *app) ownChangesOnly(nb *nft.Backend, verified verifiedGen) bool {
+	if !verified.ok {
+		return false
+	}
+	now, err := nft.Generation()
+	if err != nil {
+		return false
+	}
+	before, after, committed := nb.LastCommit()
+	if !committed {
+		return now == verified.gen
+	}
+	return (before == verified.gen || a.recordVouches(before)) && after == before+1 && now == after
 }
 
 // banCommitted keeps the recorded fingerprint current across moat's own
