@@ -360,7 +360,12 @@ func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 	if m.HopLimit != 0 {
 		common = append(common, fmt.Sprintf("-m hl --hl-eq %d", m.HopLimit))
 	}
-	if m.NotInIface != "" {
+	// Loopback's exemption: iptables-nft compares an interface name
+	// before every match, for every packet; a packet over loopback comes
+	// from one of this host's addresses, which addrtype asks after the
+	// set lookup, for listed packets only (below).
+	loopback := m.NotInIface == "lo" && m.SrcSet != ""
+	if m.NotInIface != "" && !loopback {
 		common = append(common, "! -i "+m.NotInIface)
 	}
 	if m.SrcSet != "" {
@@ -370,13 +375,20 @@ func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 	for _, s := range m.ExceptSrcSets {
 		common = append(common, "-m set ! --match-set "+names.of(s)+" src")
 	}
+	var addrtype []string
+	if loopback {
+		addrtype = append(addrtype, "! --src-type LOCAL")
+	}
 	switch {
 	case m.LocalDst && fam == policy.FamilyV6:
 		// IPv6 addrtype calls every global address UNICAST, local or not;
 		// LOCAL asks the routes (multicast is left to the input chain).
-		common = append(common, "-m addrtype --dst-type LOCAL")
+		addrtype = append(addrtype, "--dst-type LOCAL")
 	case m.LocalDst:
-		common = append(common, "-m addrtype ! --dst-type UNICAST")
+		addrtype = append(addrtype, "! --dst-type UNICAST")
+	}
+	if len(addrtype) > 0 {
+		common = append(common, "-m addrtype "+strings.Join(addrtype, " "))
 	}
 	if m.DstSet != "" {
 		common = append(common, "-m set --match-set "+names.of(m.DstSet)+" dst")
