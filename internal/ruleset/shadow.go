@@ -39,16 +39,18 @@ func (c Covered) String() string {
 // by one without a network on that side.
 func Shadowed(p *policy.Policy) []Covered {
 	var out []Covered
-	nFrom, nTo := 0, 0
+	// How many networks of each family and length each side holds: the
+	// index's maps are sized at once.
+	var nFrom, nTo [2][129]int
 	for i := range p.Rules {
-		switch {
-		case p.Rules[i].From.IsValid():
-			nFrom++
-		case p.Rules[i].To.IsValid():
-			nTo++
+		switch r := &p.Rules[i]; {
+		case r.From.IsValid():
+			nFrom[famIndex(r.From)][r.From.Bits()]++
+		case r.To.IsValid():
+			nTo[famIndex(r.To)][r.To.Bits()]++
 		}
 	}
-	byFrom, byTo := newPrefixIndex(nFrom, len(p.Rules)), newPrefixIndex(nTo, len(p.Rules))
+	byFrom, byTo := newPrefixIndex(&nFrom, len(p.Rules)), newPrefixIndex(&nTo, len(p.Rules))
 	var rest []int // earlier rules with neither network
 	s := search{rules: p.Rules}
 	for i := range p.Rules {
@@ -106,20 +108,84 @@ func (s *search) try(j int) {
 // policy of 100,000 address rules costs one map entry each and no slice
 // per network (a map of slices took 17 MB).
 type prefixIndex struct {
-	head map[netip.Prefix]int32 // the last rule added of each network
-	next []int32                // by rule index: the one added before it of the same network, or -1
+	// The last rule added of each network, in maps keyed by one integer
+	// where it can be (such a map hashes in a few instructions, and its
+	// entries are a third of a netip.Prefix's): IPv4 networks in head4
+	// (address and length), IPv6 networks of 64 bits or fewer in
+	// head6[length] (the first 64 bits), the others in head.
+	head4 map[uint64]int32
+	head6 [65]map[uint64]int32
+	head  map[netip.Prefix]int32
+	next  []int32 // by rule index: the one added before it of the same network, or -1
 	// lens are the prefix lengths present, by family (0: IPv4); has says
 	// which are (a map walked for every rule cost more than the lookups).
 	lens [2][]int
 	has  [2][129]bool
+	// seen is a filter of the networks added (one bit per hash of a
+	// network, nil for a small index): most lookups of a large policy
+	// miss (a blocklist's networks are apart), and a bit in 128 KiB
+	// answers most misses without hashing into the map of 100,000.
+	seen []uint64
 }
 
-// newPrefixIndex makes an index for n networks of rules numbered below
-// rules (sized at once: growing a map of 100,000 copies it over and over).
-func newPrefixIndex(n, rules int) *prefixIndex {
-	x := &prefixIndex{head: make(map[netip.Prefix]int32, n)}
-	if n > 0 {
+// seenBits is the size of the filter, as a power of two of bits.
+const seenBits = 20
+
+// seenHash hashes a masked network for the filter.
+func seenHash(p netip.Prefix) uint64 {
+	var x uint64
+	if a := p.Addr(); a.Is4() {
+		b := a.As4()
+		x = uint64(b[0])<<32 | uint64(b[1])<<24 | uint64(b[2])<<16 | uint64(b[3])<<8
+	} else {
+		b := a.As16()
+		hi := uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+			uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+		lo := uint64(b[8])<<56 | uint64(b[9])<<48 | uint64(b[10])<<40 | uint64(b[11])<<32 |
+			uint64(b[12])<<24 | uint64(b[13])<<16 | uint64(b[14])<<8 | uint64(b[15])
+		x = (hi*0x9E3779B97F4A7C15 ^ lo) * 0xC2B2AE3D27D4EB4F
+		x ^= 1 << 63
+	}
+	x |= uint64(p.Bits())
+	return (x * 0x9E3779B97F4A7C15) >> (64 - seenBits)
+}
+
+// maybe reports whether q may have been added (false: it was not).
+func (x *prefixIndex) maybe(q netip.Prefix) bool {
+	if x.seen == nil {
+		return true
+	}
+	h := seenHash(q)
+	return x.seen[h>>6]&(1<<(h&63)) != 0
+}
+
+// newPrefixIndex makes an index for the networks counted in n (by
+// family and length) of rules numbered below rules (sized at once:
+// growing a map of 100,000 copies it over and over).
+func newPrefixIndex(n *[2][129]int, rules int) *prefixIndex {
+	total, n4, nBig := 0, 0, 0
+	for f := range n {
+		for b, c := range n[f] {
+			total += c
+			switch {
+			case f == 0:
+				n4 += c
+			case b > 64:
+				nBig += c
+			}
+		}
+	}
+	x := &prefixIndex{head4: make(map[uint64]int32, n4), head: make(map[netip.Prefix]int32, nBig)}
+	for b := range x.head6 {
+		if c := n[1][b]; c > 0 {
+			x.head6[b] = make(map[uint64]int32, c)
+		}
+	}
+	if total > 0 {
 		x.next = make([]int32, rules)
+	}
+	if total >= 1000 {
+		x.seen = make([]uint64, 1<<seenBits/64)
 	}
 	return x
 }
@@ -137,13 +203,62 @@ func (x *prefixIndex) add(p netip.Prefix, i int) {
 		x.next = append(x.next, -1)
 	}
 	x.next[i] = -1
-	if j, ok := x.head[p]; ok {
-		x.next[i] = j
+	if x.maybe(p) {
+		if j, ok := x.get(p); ok {
+			x.next[i] = j
+		}
 	}
-	x.head[p] = int32(i)
+	x.set(p, int32(i))
+	if x.seen != nil {
+		h := seenHash(p)
+		x.seen[h>>6] |= 1 << (h & 63)
+	}
 	if f, b := famIndex(p), p.Bits(); !x.has[f][b] {
 		x.has[f][b] = true
 		x.lens[f] = append(x.lens[f], b)
+	}
+}
+
+// key4 is an IPv4 network as head4's key.
+func key4(p netip.Prefix) uint64 {
+	b := p.Addr().As4()
+	return uint64(b[0])<<40 | uint64(b[1])<<32 | uint64(b[2])<<24 | uint64(b[3])<<16 | uint64(p.Bits())
+}
+
+// hi64 is the first 64 bits of an IPv6 address.
+func hi64(a netip.Addr) uint64 {
+	b := a.As16()
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}
+
+// get returns the last rule added of the masked network p.
+func (x *prefixIndex) get(p netip.Prefix) (int32, bool) {
+	var j int32
+	var ok bool
+	switch b := p.Bits(); {
+	case p.Addr().Is4():
+		j, ok = x.head4[key4(p)]
+	case b <= 64:
+		j, ok = x.head6[b][hi64(p.Addr())] // a nil map finds nothing
+	default:
+		j, ok = x.head[p]
+	}
+	return j, ok
+}
+
+// set records i as the last rule added of the masked network p.
+func (x *prefixIndex) set(p netip.Prefix, i int32) {
+	switch b := p.Bits(); {
+	case p.Addr().Is4():
+		x.head4[key4(p)] = i
+	case b <= 64:
+		if x.head6[b] == nil {
+			x.head6[b] = make(map[uint64]int32)
+		}
+		x.head6[b][hi64(p.Addr())] = i
+	default:
+		x.head[p] = i
 	}
 }
 
@@ -154,10 +269,10 @@ func (x *prefixIndex) candidates(p netip.Prefix, s *search) {
 			continue
 		}
 		q, err := p.Addr().Prefix(bits)
-		if err != nil {
+		if err != nil || !x.maybe(q) {
 			continue
 		}
-		j, ok := x.head[q]
+		j, ok := x.get(q)
 		for ok && j >= 0 {
 			s.try(int(j))
 			j = x.next[j]

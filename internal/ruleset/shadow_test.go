@@ -98,25 +98,69 @@ func TestShadowedIndexMatchesPairs(t *testing.T) {
 		if err != nil {
 			continue // mixed families and the like
 		}
-		got := Shadowed(p)
-		var want []Covered
-		for i := range p.Rules {
-			for j := 0; j < i; j++ {
-				if covers(&p.Rules[j], &p.Rules[i]) {
-					want = append(want, Covered{Rule: p.Rules[i], By: p.Rules[j]})
-					break
-				}
-			}
-		}
-		if len(got) != len(want) {
-			t.Fatalf("policy:\n%s\ngot %d covered, want %d", b.String(), len(got), len(want))
-		}
-		for k := range got {
-			if got[k].Rule.Pos != want[k].Rule.Pos || got[k].By.Pos != want[k].By.Pos {
-				t.Fatalf("policy:\n%s\n%v\nwant %v", b.String(), got[k], want[k])
+		samePairs(t, p, b.String())
+	}
+}
+
+// samePairs checks Shadowed against comparing every pair of rules.
+func samePairs(t *testing.T, p *policy.Policy, text string) {
+	t.Helper()
+	got := Shadowed(p)
+	var want []Covered
+	for i := range p.Rules {
+		for j := 0; j < i; j++ {
+			if covers(&p.Rules[j], &p.Rules[i]) {
+				want = append(want, Covered{Rule: p.Rules[i], By: p.Rules[j]})
+				break
 			}
 		}
 	}
+	if len(got) != len(want) {
+		t.Fatalf("policy:\n%s\ngot %d covered, want %d", text, len(got), len(want))
+	}
+	for k := range got {
+		if got[k].Rule.Pos != want[k].Rule.Pos || got[k].By.Pos != want[k].By.Pos {
+			t.Fatalf("policy:\n%s\n%v\nwant %v", text, got[k], want[k])
+		}
+	}
+}
+
+// A large policy (its index filters lookups through prefixIndex.seen)
+// still finds exactly what comparing every pair finds: networks nested
+// and repeated, both families, both sides, ports and port rules.
+func TestShadowedLargeIndexMatchesPairs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var b strings.Builder
+	addr := func() string {
+		if rng.IntN(2) == 0 {
+			return fmt.Sprintf("%s.%d/%d", []string{"192.0.2", "198.51.100", "203.0.113"}[rng.IntN(3)], rng.IntN(256),
+				[]int{32, 32, 32, 32, 32, 32, 31, 30, 29, 28, 27, 26, 25, 24}[rng.IntN(14)])
+		}
+		return fmt.Sprintf("2001:db8:%x:%x::%x/%d", rng.IntN(4), rng.IntN(16), rng.IntN(256),
+			[]int{128, 128, 128, 128, 128, 128, 124, 120, 64, 60, 56}[rng.IntN(11)])
+	}
+	actions := []string{"allow", "deny", "reject"}
+	for i := 0; i < 3000; i++ {
+		a := actions[rng.IntN(3)]
+		switch rng.IntN(10) {
+		case 0:
+			fmt.Fprintf(&b, "%s %d/tcp\n", a, 20+rng.IntN(5))
+		case 1:
+			fmt.Fprintf(&b, "%s from %s to any port %d proto tcp\n", a, addr(), 20+rng.IntN(5))
+		case 2, 3:
+			fmt.Fprintf(&b, "%s to %s\n", a, addr())
+		default:
+			fmt.Fprintf(&b, "%s from %s\n", a, addr())
+		}
+	}
+	p, err := policy.NewDocument("moat.conf", []byte(b.String())).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(Shadowed(p)); n < 500 {
+		t.Fatalf("only %d covered rules: the test would not show a lost one", n)
+	}
+	samePairs(t, p, "(3000 random rules)")
 }
 
 func BenchmarkShadowed100k(b *testing.B) {
@@ -146,5 +190,23 @@ func TestShadowedSameLine(t *testing.T) {
 	got := Shadowed(p)
 	if len(got) != 1 || got[0].Rule.Pos.Line != 4 || got[0].By.Pos.Line != 3 {
 		t.Errorf("got %v", got)
+	}
+}
+
+// BenchmarkShadowedBlocklist100k: the policy of e2e's BenchmarkChange at
+// 100,000 entries (IPv4 hosts and IPv6 /64 networks, one port rule).
+func BenchmarkShadowedBlocklist100k(b *testing.B) {
+	var s strings.Builder
+	s.WriteString("default deny incoming\n")
+	for i := 0; i < 50000; i++ {
+		fmt.Fprintf(&s, "deny from 10.%d.%d.%d\ndeny from 2001:db8:%x:%x::/64\n", i>>15&255, i>>7&255, 2*(i&127), i>>7, 2*(i&127))
+	}
+	s.WriteString("allow 22/tcp\n")
+	p, err := policy.NewDocument("moat.conf", []byte(s.String())).Policy(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		Shadowed(p)
 	}
 }
