@@ -231,17 +231,21 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 
 // ownChangesOnly says whether the generations prove that nothing but
 // this command's own commit (and moat's bans, which move the record)
-// touched any table since it verified moat's table (verified): then what
-// the kernel holds now is what moat applied.
+// touched any table since it verified moat's table (verified), or since
+// its commit rewrote the table whole: then what the kernel holds now is
+// what moat applied.
 func (a *app) ownChangesOnly(nb *nft.Backend, verified verifiedGen) bool {
-	if !verified.ok {
-		return false
-	}
 	now, err := nft.Generation()
 	if err != nil {
 		return false
 	}
 	before, after, committed := nb.LastCommit()
+	if committed && nb.LastCommitWhole() && after == before+1 && now == after {
+		return true
+	}
+	if !verified.ok {
+		return false
+	}
 	if !committed {
 		return now == verified.gen
 	}

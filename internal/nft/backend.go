@@ -55,6 +55,7 @@ type Backend struct {
 	// The last transaction this backend committed: the ruleset generation
 	// before it and right after it (see LastCommit).
 	committed       bool
+	committedWhole  bool
 	genPre, genPost uint32
 	// available: Available succeeded once (a command asked four times,
 	// each a netlink round trip).
@@ -69,6 +70,11 @@ type Backend struct {
 func (b *Backend) LastCommit() (before, after uint32, ok bool) {
 	return b.genPre, b.genPost, b.committed
 }
+
+// LastCommitWhole says whether the last transaction (see LastCommit)
+// rewrote moat's table whole: then the table held what it committed, at
+// its generation after, whatever it held before.
+func (b *Backend) LastCommitWhole() bool { return b.committedWhole }
 
 // New returns the nftables backend driving the nft program, reading over
 // netlink.
@@ -472,6 +478,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		return fmt.Errorf("nftables apply: %w", err)
 	}
 	b.track(pre, preErr)
+	b.committedWhole = b.committed && p.Full
 	b.saveSets(p)
 	return nil
 }
@@ -487,7 +494,7 @@ func (b *Backend) generation() (uint32, error) {
 
 // track records a commit made at generation pre (or unknown, preErr).
 func (b *Backend) track(pre uint32, preErr error) {
-	b.committed = false
+	b.committed, b.committedWhole = false, false
 	if preErr != nil {
 		return
 	}
