@@ -145,3 +145,34 @@ func TestHandChangeDuringCommand(t *testing.T) {
 	e.mustMoat("allow", "8081/tcp")
 	e.expect(false, "client tcp 192.0.2.1:80 open")
 }
+
+// The same after a commit that rewrote moat's table whole (the first
+// enable): the table is what moat committed only while the generation is
+// the one right after that commit; a rule added by hand after it, before
+// the fingerprint is recorded, is drift.
+func TestHandChangeAfterWholeCommit(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	real, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ] && mkdir "+filepath.Join(bin, "once")+" 2>/dev/null; then\n"+
+		real+" \"$@\"; rc=$?\n"+real+" insert rule inet moat output ip daddr 192.0.2.2 tcp sport 80 drop\nexit $rc\nfi\nexec "+real+" \"$@\"\n")
+	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
+	if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
+		t.Fatal("the enable ran no nft -f: the hand change was not made during it")
+	}
+	e.expect(false, "client tcp 192.0.2.1:80 timeout")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+		t.Errorf("status does not see the rule added after the whole commit:\n%s", out)
+	}
+	e.mustMoat("allow", "8081/tcp")
+	e.expect(false, "client tcp 192.0.2.1:80 open")
+}
