@@ -186,6 +186,13 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 			return nil, fmt.Errorf("read the %s tables: %w", strings.TrimSuffix(p.prog, "-save"), err)
 		}
 		out = append(out, FromIptablesSave(strings.TrimSuffix(p.prog, "-save"), data)...)
+		if nftXtables {
+			f, err := incompatibleChains(ctx, run, data, p.fam)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, f...)
+		}
 	}
 	// Legacy x_tables tables beside iptables-nft's: the nf_tables kind of
 	// iptables-save does not show them, iptables-legacy-save does.
@@ -200,6 +207,43 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 		out = append(out, FromIptablesSave(strings.TrimSuffix(p.prog, "-save"), data)...)
 	}
 	return group(out), nil
+}
+
+// incompatibleChains reads, as nftables, the base chains of family's
+// iptables-nft tables that iptables-save (its output save) says it cannot
+// show ("# Table `filter' contains incompatible base-chains": made with
+// nft, such as a chain on the input hook with policy drop); the built-in
+// chains are iptables-save's.
+func incompatibleChains(ctx context.Context, run execrun.Runner, save []byte, family string) ([]Finding, error) {
+	var out []Finding
+	for _, line := range strings.Split(string(save), "\n") {
+		rest, ok := strings.CutPrefix(line, "# Table `")
+		if !ok || !strings.HasSuffix(line, "' contains incompatible base-chains, use 'nft' tool to list them.") {
+			continue
+		}
+		table, _, _ := strings.Cut(rest, "'")
+		if !slices.Contains(xtablesNames, table) {
+			continue
+		}
+		data, err := run(ctx, nil, "nft", "-j", "list", "table", family, table)
+		if err != nil {
+			return nil, fmt.Errorf("read the nftables table %s %s: %w", family, table, err)
+		}
+		f, err := FromNftJSON(data, false)
+		if err != nil {
+			return nil, err
+		}
+		for _, x := range f {
+			builtin := false
+			for name := range builtinHook {
+				builtin = builtin || strings.Contains(x.Where, ", chain "+name+" (")
+			}
+			if !builtin {
+				out = append(out, x)
+			}
+		}
+	}
+	return out, nil
 }
 
 // onlyMoatTables says whether family's iptables-nft tables in list are

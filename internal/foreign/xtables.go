@@ -38,7 +38,9 @@ func XtablesOnlyMoat(family string) (bool, error) {
 		return false, fmt.Errorf("nftables: list %s chains: %w", family, err)
 	}
 	for _, ch := range chains {
-		if ch.Table == nil || strings.HasPrefix(ch.Name, "MOAT-") {
+		// moat's chains are regular chains: a base chain named MOAT-*
+		// (made with nft) filters on its own hook, is not moat's.
+		if ch.Table == nil || (strings.HasPrefix(ch.Name, "MOAT-") && ch.Hooknum == nil) {
 			continue
 		}
 		builtins, ok := moatTables[ch.Table.Name]

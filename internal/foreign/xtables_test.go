@@ -153,6 +153,9 @@ func TestXtablesOnlyMoatKernel(t *testing.T) {
 		{"a drop rule in raw PREROUTING", []string{"iptables", "-t", "raw", "-I", "PREROUTING", "-s", "198.51.100.7", "-j", "DROP"}, []string{"iptables", "-t", "raw", "-D", "PREROUTING", "-s", "198.51.100.7", "-j", "DROP"}, false, true},
 		{"ip6tables raw PREROUTING policy DROP", []string{"ip6tables", "-t", "raw", "-P", "PREROUTING", "DROP"}, []string{"ip6tables", "-t", "raw", "-P", "PREROUTING", "ACCEPT"}, true, false},
 		{"another chain in raw", []string{"ip6tables", "-t", "raw", "-N", "other"}, []string{"ip6tables", "-t", "raw", "-X", "other"}, true, false},
+		// A base chain named like moat's, made with nft (iptables-save
+		// cannot show it): it drops every IPv4 packet.
+		{"a MOAT- base chain with policy drop", []string{"nft", "add", "chain", "ip", "filter", "MOAT-EVIL", "{ type filter hook input priority -5; policy drop; }"}, []string{"nft", "delete", "chain", "ip", "filter", "MOAT-EVIL"}, false, true},
 		// A mangle table is not moat's: DetectOver does not ask (the
 		// proof looks at filter and raw), iptables-save reads it.
 		{"a drop rule in mangle", []string{"iptables", "-t", "mangle", "-A", "PREROUTING", "-s", "198.51.100.8", "-j", "DROP"}, []string{"iptables", "-t", "mangle", "-D", "PREROUTING", "-s", "198.51.100.8", "-j", "DROP"}, true, true},
@@ -161,6 +164,17 @@ func TestXtablesOnlyMoatKernel(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", c.name, err, out)
 		}
 		check(c.name, c.want4, c.want6)
+		if strings.Contains(c.name, "MOAT- base chain") {
+			var got []Finding
+			err := ns.Do(func() error {
+				var err error
+				got, err = DetectOver(ctx, execrun.Exec, has, nft.ListTables, XtablesOnlyMoat)
+				return err
+			})
+			if err != nil || !strings.Contains(findings(got), "chain MOAT-EVIL (hook input, priority -5): policy drop") {
+				t.Errorf("%s: not named: %v\n%s", c.name, err, findings(got))
+			}
+		}
 		if out, err := run(ctx, nil, c.undo[0], c.undo[1:]...); err != nil {
 			t.Fatalf("undo %s: %v\n%s", c.name, err, out)
 		}
