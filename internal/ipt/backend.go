@@ -306,21 +306,12 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			continue // holds it already
 		}
 		changing = append(changing, n)
-		_, ok := b.stored(n, held)
-		var have []netip.Prefix
-		if ok && !b.Full {
-			// The base is what the set holds, not the record: an ipset
-			// changed by hand moves no record (a count kept, the
-			// fingerprint too), and an address deleted by hand that is
-			// listed before and after would stay out of it.
-			have, err = b.members(ctx, n)
-			ok = err == nil
-		}
+		old, ok := b.stored(n, held)
 		if b.Full || !ok {
 			refill[n] = true
 			continue
 		}
-		add, del := diffPrefixes(have, networks(n))
+		add, del := diffPrefixes(old.Prefixes, networks(n))
 		for _, p := range add {
 			fmt.Fprintf(&diff, "add %s %s\n", n, p)
 		}
@@ -391,35 +382,6 @@ func (b *Backend) stored(name, held string) (setstore.Set, bool) {
 	}
 	s, err := b.Elements.Load(name)
 	return s, err == nil && s.Data == held
-}
-
-// members reads the networks an ipset holds (ipset save), sorted; an
-// error for an entry moat does not write (options, another type).
-func (b *Backend) members(ctx context.Context, name string) ([]netip.Prefix, error) {
-	out, err := b.Run(ctx, nil, "ipset", "save", name)
-	if err != nil {
-		return nil, fmt.Errorf("read ipset %s: %w", name, err)
-	}
-	var ps []netip.Prefix
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 0 || f[0] != "add" {
-			continue
-		}
-		if len(f) != 3 || f[1] != name {
-			return nil, fmt.Errorf("ipset %s: unexpected entry %q", name, l)
-		}
-		p, err := netip.ParsePrefix(f[2])
-		if a, aerr := netip.ParseAddr(f[2]); aerr == nil {
-			p, err = a.Prefix(a.BitLen())
-		}
-		if err != nil {
-			return nil, fmt.Errorf("ipset %s: entry %q: %w", name, l, err)
-		}
-		ps = append(ps, p)
-	}
-	slices.SortFunc(ps, comparePrefix)
-	return ps, nil
 }
 
 // markChanging takes the records of the sets about to change out of
