@@ -49,8 +49,8 @@ func (f Finding) Sees(chain string) bool {
 	for _, h := range f.Hooks {
 		switch {
 		case h == chain,
-			h == "prerouting" && (chain == "input" || chain == "forward"),
-			h == "postrouting" && (chain == "output" || chain == "forward"):
+			(h == "prerouting" || h == "ingress") && (chain == "input" || chain == "forward"),
+			(h == "postrouting" || h == "egress") && (chain == "output" || chain == "forward"):
 			return true
 		}
 	}
@@ -345,7 +345,10 @@ func FromNftJSON(data []byte, skipXtables bool) ([]Finding, error) {
 	var out []Finding
 	for _, k := range order {
 		base := chains[k]
-		if !slices.Contains(hooks, base.hook) || k.family == "bridge" || k.family == "netdev" || k.family == "arp" {
+		// The ingress hook (netdev, inet) sees packets before prerouting,
+		// netdev's egress after postrouting.
+		devHook := base.hook == "ingress" && (k.family == "netdev" || k.family == "inet") || base.hook == "egress" && k.family == "netdev"
+		if !devHook && (!slices.Contains(hooks, base.hook) || k.family == "bridge" || k.family == "netdev" || k.family == "arp") {
 			continue
 		}
 		// Drops in the base chain and every chain it jumps to.

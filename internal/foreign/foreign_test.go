@@ -263,3 +263,22 @@ func TestDetectLegacyBesideNft(t *testing.T) {
 		t.Fatalf("got %+v, %v", got, err)
 	}
 }
+
+// A chain on the ingress hook (netdev, or inet since Linux 5.10) drops
+// packets before moat's input chain sees them: it is other filtering that
+// can cut SSH, as prerouting is.
+func TestFromNftJSONIngress(t *testing.T) {
+	data := `{"nftables": [{"table": {"family": "netdev", "name": "evil", "handle": 1}}, {"chain": {"family": "netdev", "table": "evil", "name": "ing", "handle": 1, "type": "filter", "hook": "ingress", "prio": 0, "policy": "drop"}}, {"table": {"family": "inet", "name": "evil2", "handle": 2}}, {"chain": {"family": "inet", "table": "evil2", "name": "ing", "handle": 1, "type": "filter", "hook": "ingress", "prio": 0, "policy": "accept"}}, {"rule": {"family": "inet", "table": "evil2", "chain": "ing", "handle": 2, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "192.0.2.9"}}, {"drop": null}]}}]}`
+	got, err := FromNftJSON([]byte(data), false)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("%+v, %v", got, err)
+	}
+	for _, f := range got {
+		if !f.Sees("input") || !f.Sees("forward") || f.Sees("output") {
+			t.Errorf("%s: sees input %v, forward %v, output %v", f, f.Sees("input"), f.Sees("forward"), f.Sees("output"))
+		}
+	}
+	if findings(got) != "nftables table netdev evil, chain ing (hook ingress, priority 0): policy drop (ingress)\nnftables table inet evil2, chain ing (hook ingress, priority 0): 1 drop/reject rule (ingress)" {
+		t.Errorf("%s", findings(got))
+	}
+}
