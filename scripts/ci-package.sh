@@ -143,6 +143,8 @@ nft -f /tmp/moat-ci-nft.$$
 rm -f /tmp/moat-ci-nft.$$
 grep -q MOAT-INPUT <<<"$(iptables-save)" || fail "no iptables rules to purge"
 nft list table inet moat >/dev/null || fail "no nftables rules to purge"
+# A temporary set as a moat killed while filling a policy set leaves it.
+ipset create moatnew-input_ci_0 hash:net || fail "ipset create moatnew-input_ci_0"
 
 out=$(dpkg_wait --remove moat 2>&1) || fail "dpkg --remove: $out"
 grep -q "leaves the active firewall" <<<"$out" || fail "remove did not say it leaves the firewall: $out"
