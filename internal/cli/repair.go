@@ -9,6 +9,7 @@ import (
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/setstore"
 	"github.com/moat-fw/moat/internal/statedir"
 )
 
@@ -99,6 +100,18 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 // a rule changed by hand that kept its tag and verdict shows only there.
 // When the comparison cannot be made it says nothing (logged).
 func (a *app) changedInPlace(ctx context.Context, b backend.Backend, applied *policy.Policy, script string) []string {
+	// The protected sets, which the layout leaves out, against what moat
+	// loaded into them.
+	if nb, ok := b.(*nft.Backend); ok && nb.Netlink {
+		if nb.Elements == nil { // status: the store is only read
+			nb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "nft-set."}
+		}
+		if diff, err := drift.SessionSets(nb.LoadedRanges(ctx)); err != nil {
+			a.log.Debug("compare the protected sets", "err", err)
+		} else if len(diff) > 0 {
+			return diff
+		}
+	}
 	diff, err := drift.InPlace(ctx, b.Name(), a.compile(applied), script)
 	if err != nil {
 		a.log.Debug("compare with a scratch namespace", "err", err)

@@ -221,3 +221,37 @@ func exprBody(exprs []expr.Any) string {
 	}
 	return string(data)
 }
+
+// SessionSets compares moat's protected sets in the kernel (nftables, this
+// thread's namespace) with what moat loaded into them (loaded: the hash of
+// their address ranges as the element store recorded them, as for
+// ReadNftLoaded; nil or unknown: not compared). Compare leaves them out:
+// they hold the SSH sessions live at the apply, which a script rendered
+// now cannot know. An address added to them by hand would be spared every
+// ban, so it is drift all the same.
+func SessionSets(loaded func(set string) (string, bool)) ([]string, error) {
+	if loaded == nil {
+		return nil, nil
+	}
+	var out []string
+	for _, name := range []string{ruleset.ProtectSet4, ruleset.ProtectSet6} {
+		want, ok := loaded(name)
+		if !ok {
+			continue
+		}
+		els, err := nft.DumpElements(name)
+		if err != nil {
+			return nil, err
+		}
+		l := newLayout()
+		addIntervals(l.set(name), els)
+		set, err := l.Sets[name].b.IPSet()
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", name, err)
+		}
+		if nft.RangesHash(set.Ranges()) != want {
+			out = append(out, fmt.Sprintf("set %s holds other addresses than moat loaded (the SSH sessions and allowlist at the apply)", name))
+		}
+	}
+	return out, nil
+}
