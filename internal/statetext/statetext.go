@@ -45,26 +45,38 @@ const MaxSize = 64 << 20
 const prefix = "policy."
 
 // Hash is the hex SHA-256 of a text. A command hashes the same 100,000-
-// line policy several times (the records, the journal, the checks): the
-// checksum of the last large text is kept, by its address and length (a
-// Go string never changes).
+// line policies several times (the text before and after a change: the
+// records, the journal, the checks), from different strings of the same
+// text (the file read, the record read back): the checksums of the last
+// two large texts are kept with the texts, and a text equal to one of
+// them (the same string: one comparison of addresses; an equal copy: a
+// comparison of bytes, several times faster than SHA-256) has its
+// checksum.
 func Hash(text string) string {
 	if len(text) < InlineMax {
 		return hashOf(text)
 	}
-	key := hashKey{unsafe.StringData(text), len(text)}
 	lastMu.Lock()
-	if last.key == key {
-		sum := last.sum
-		lastMu.Unlock()
-		return sum
+	for i := range last {
+		if len(last[i].text) == len(text) && last[i].text == text {
+			sum := last[i].sum
+			last[0], last[i] = last[i], last[0] // the most recent first
+			lastMu.Unlock()
+			return sum
+		}
 	}
 	lastMu.Unlock()
 	sum := hashOf(text)
 	lastMu.Lock()
-	last.key, last.sum, last.text = key, sum, text
+	last[1], last[0] = last[0], hashed{sum: sum, text: text}
 	lastMu.Unlock()
 	return sum
+}
+
+// hashed is a text with its checksum.
+type hashed struct {
+	sum  string
+	text string
 }
 
 func hashOf(text string) string {
@@ -74,18 +86,9 @@ func hashOf(text string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-type hashKey struct {
-	p *byte
-	n int
-}
-
 var (
 	lastMu sync.Mutex
-	last   struct {
-		key  hashKey
-		sum  string
-		text string // keeps the text alive, so its address is not reused
-	}
+	last   [2]hashed
 )
 
 // Name is the file that holds the text with this checksum.

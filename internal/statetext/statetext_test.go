@@ -112,6 +112,22 @@ func TestHashMemo(t *testing.T) {
 	if Hash(u) != hashOf(u) || Hash(s) != hashOf(s) {
 		t.Fatal("memo gives another text's checksum")
 	}
+	// An equal copy (another string) has the remembered checksum; a text
+	// of the same length that differs in its last byte, its own.
+	if c := strings.Clone(s); Hash(c) != first {
+		t.Fatal("an equal copy has another checksum")
+	}
+	v := strings.Repeat("x", 9) + "z"
+	if Hash(v) != hashOf(v) || Hash(v) == first {
+		t.Fatal("memo gives a same-length text the remembered checksum")
+	}
+	// Two texts in turn (before and after a change) are both remembered;
+	// a third pushes the older out, and every checksum stays its text's.
+	for _, x := range []string{s, v, strings.Clone(s), v, u, s, u, strings.Clone(v)} {
+		if Hash(x) != hashOf(x) {
+			t.Fatalf("memo gives %q another checksum", x)
+		}
+	}
 }
 
 // A file larger than any policy is refused unread.
