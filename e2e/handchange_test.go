@@ -182,17 +182,29 @@ func TestHandChangeAfterWholeCommit(t *testing.T) {
 // every ban: it is drift, named by status and taken out by reload.
 func TestHandAddedProtectedAddress(t *testing.T) {
 	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
-	e.apply("default allow incoming\ndeny from 192.0.2.3\n")
-	e.run("server", "nft", "add", "element", "inet", "moat", "protect4", "{ 192.0.2.2 }")
-	e.mustMoat("ban", "192.0.2.2")
-	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open")
-	if out := e.mustMoat("status"); !strings.Contains(out, "set protect4 holds other addresses than moat loaded") {
-		t.Errorf("status does not see the address added to protect4:\n%s", out)
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			e.apply("default allow incoming\ndeny from 192.0.2.3\n")
+			if b == "nftables" {
+				e.run("server", "nft", "add", "element", "inet", "moat", "protect4", "{ 192.0.2.2 }")
+			} else {
+				e.run("server", "ipset", "add", "moat-protect4", "192.0.2.2")
+			}
+			e.mustMoat("ban", "192.0.2.2")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open")
+			if out := e.mustMoat("status"); !strings.Contains(out, "protect4 holds other addresses than moat loaded") {
+				t.Errorf("status does not see the address added to protect4:\n%s", out)
+			}
+			if out := e.mustMoat("reload"); !strings.Contains(out, "rewrites moat's rules whole") {
+				t.Errorf("reload does not repair:\n%s", out)
+			}
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout")
+			if st := e.truth(); !st.InSync {
+				t.Errorf("status after reload: %+v", st)
+			}
+		})
 	}
-	if out := e.mustMoat("reload"); !strings.Contains(out, "rewrites moat's rules whole") {
-		t.Errorf("reload does not repair:\n%s", out)
-	}
-	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout")
 }

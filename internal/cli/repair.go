@@ -9,6 +9,7 @@ import (
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/setstore"
 	"github.com/moat-fw/moat/internal/statedir"
 )
@@ -110,6 +111,20 @@ func (a *app) changedInPlace(ctx context.Context, b backend.Backend, applied *po
 			a.log.Debug("compare the protected sets", "err", err)
 		} else if len(diff) > 0 {
 			return diff
+		}
+	}
+	if ib, ok := b.(*ipt.Backend); ok {
+		if ib.Elements == nil { // status: the store is only read
+			ib.Elements = setstore.Dir{Path: a.stateDir, Prefix: "ipset."}
+		}
+		for _, name := range []string{ipt.IPSetName(ruleset.ProtectSet4), ipt.IPSetName(ruleset.ProtectSet6)} {
+			want, ok := ib.LoadedSet(ctx, name)
+			if !ok {
+				continue
+			}
+			if out, err := ib.Run(ctx, nil, "ipset", "list", name); err == nil && !drift.IpsetHolds(out, want) {
+				return []string{fmt.Sprintf("set %s holds other addresses than moat loaded (the SSH sessions and allowlist at the apply)", name)}
+			}
 		}
 	}
 	diff, err := drift.InPlace(ctx, b.Name(), a.compile(applied), script)

@@ -255,3 +255,21 @@ func SessionSets(loaded func(set string) (string, bool)) ([]string, error) {
 	}
 	return out, nil
 }
+
+// IpsetHolds says whether data, the output of `ipset list NAME`, holds
+// exactly the addresses of want.
+func IpsetHolds(data []byte, want []netip.Prefix) bool {
+	l := newLayout()
+	ParseIpsetList(l, "set", data)
+	s := l.set("set")
+	got, err := s.b.IPSet()
+	if err != nil || len(s.bad) > 0 {
+		return false
+	}
+	var wb netipx.IPSetBuilder
+	for _, p := range want {
+		wb.AddPrefix(p)
+	}
+	ws, err := wb.IPSet()
+	return err == nil && got.Equal(ws)
+}

@@ -49,6 +49,8 @@ func TestFingerprintCommands(t *testing.T) {
 	}{
 		{"bans only", "*filter\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A MOAT-INPUT -m set --match-set moat-ban4 src -j DROP\nCOMMIT\n",
 			false, "iptables-save \nip6tables-save "},
+		{"the protected set after the ban set", "*raw\n:MOAT-PREROUTING - [0:0]\n-A PREROUTING -j MOAT-PREROUTING\n-A MOAT-PREROUTING -m set --match-set moat-ban4 src -m set ! --match-set moat-protect4 src -j DROP\nCOMMIT\n",
+			true, "iptables-save \nip6tables-save \nipset list moat-protect4"},
 		{"a policy set", "*filter\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A MOAT-INPUT -m set --match-set moat-0123abcd src -j DROP\nCOMMIT\n",
 			true, "iptables-save \nip6tables-save \nipset list moat-0123abcd"},
 	} {

@@ -526,9 +526,13 @@ func (b *Backend) FingerprintSets(ctx context.Context) (fp string, sets bool, er
 		fmt.Fprintf(h, "# %s\n", f.fam)
 		for _, l := range st.lines[f.fam] {
 			fmt.Fprintln(h, l)
-			if _, rest, ok := strings.Cut(l, "--match-set "); ok {
-				name, _, _ := strings.Cut(rest, " ")
-				used[name] = true
+			// Every set of the line: the ban rule matches the protected
+			// set after the ban set.
+			for rest, ok := l, true; ok; {
+				if _, rest, ok = strings.Cut(rest, "--match-set "); ok {
+					name, _, _ := strings.Cut(rest, " ")
+					used[name] = true
+				}
 			}
 		}
 	}
