@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -72,6 +74,34 @@ func TestAdvSetWholeSpaceMerged(t *testing.T) {
 				"client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
 			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
 				t.Errorf("drift:\n%s", st)
+			}
+		})
+	}
+}
+
+// A refresh that grows a list past what its ipset was made for (maxelem
+// 65536 for a small list) loads: changed in place, the adds (before the
+// deletes) filled the set and ipset stopped half way with "Hash is full",
+// the update failed and left the set half changed. Both backends, real
+// packets.
+func TestAdvSetListOutgrowsSet(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			list := filepath.Join(e.dir, "grow.netset")
+			bigList(t, list, 1000, "192.0.2.3", "2001:db8::3")
+			e.apply(fmt.Sprintf("default allow incoming\nallow 22/tcp\nblocklist grow file %s\n", list))
+			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/192.0.2.4 tcp 192.0.2.1:80 open")
+			bigList(t, list, 140000, "192.0.2.3", "2001:db8::3", "192.0.2.4", "2001:db8::4")
+			e.mustMoat("blocklist", "update")
+			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
+			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") || strings.Contains(st, "changing") {
+				t.Errorf("status after the refresh:\n%s", st)
 			}
 		})
 	}

@@ -312,6 +312,13 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			continue
 		}
 		add, del := diffPrefixes(old.Prefixes, networks(n))
+		// The adds come before the deletes: a set that cannot hold both
+		// (ipset: "Hash is full" half way through the restore) is loaded
+		// whole under a temporary name, made big enough, and swapped in.
+		if peak := len(old.Prefixes) + len(add); peak > minMaxelem && peak > b.maxelem(ctx, n) {
+			refill[n] = true
+			continue
+		}
 		for _, p := range add {
 			fmt.Fprintf(&diff, "add %s %s\n", n, p)
 		}
@@ -362,6 +369,27 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		stale = append(stale, name)
 	}
 	return b.destroySets(ctx, stale)
+}
+
+// maxelem is the most entries an ipset takes (its header), 0 if unknown.
+func (b *Backend) maxelem(ctx context.Context, name string) int {
+	out, err := b.Run(ctx, nil, "ipset", "list", "-t", name)
+	if err != nil {
+		return 0
+	}
+	_, rest, ok := strings.Cut(string(out), " maxelem ")
+	if !ok {
+		return 0
+	}
+	f := strings.Fields(rest)
+	if len(f) == 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // vouched says whether nothing can have changed a set since MOAT-GEN

@@ -102,6 +102,9 @@ func contentHash(s *ruleset.Set) string {
 }
 
 // merged are a policy set's networks, merged and sorted.
+// minMaxelem is the smallest maxelem of a policy ipset.
+const minMaxelem = 65536
+
 func merged(s *ruleset.Set) []netip.Prefix {
 	ps := make([]netip.Prefix, len(s.Entries))
 	for i, e := range s.Entries {
@@ -528,7 +531,7 @@ func createLine(s *ruleset.Set, name string) string {
 	if s.ScanWindow > 0 {
 		return fmt.Sprintf("create %s hash:ip,port family %s timeout %d maxelem 65536", name, family, int64(s.ScanWindow/time.Second))
 	}
-	maxelem := 65536
+	maxelem := minMaxelem
 	for maxelem < 2*len(s.Entries) {
 		maxelem *= 2
 	}
