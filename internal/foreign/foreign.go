@@ -186,7 +186,7 @@ func DetectOver(ctx context.Context, run execrun.Runner, has func(prog string) b
 			return nil, fmt.Errorf("read the %s tables: %w", strings.TrimSuffix(p.prog, "-save"), err)
 		}
 		out = append(out, FromIptablesSave(strings.TrimSuffix(p.prog, "-save"), data)...)
-		if nftXtables {
+		if nftXtables && has("nft") {
 			f, err := incompatibleChains(ctx, run, data, p.fam)
 			if err != nil {
 				return nil, err
