@@ -98,4 +98,15 @@ func TestFingerprintSetMembers(t *testing.T) {
 	if fps[0] == fps[1] {
 		t.Error("a set with another member of the same count has the same fingerprint")
 	}
+	// The same members listed in another order (ipset lists in hash
+	// order, seeded at random per set): the same fingerprint.
+	reordered := strings.Replace(list("192.0.2.3"), "Members:\n192.0.2.4\n192.0.2.3\n", "Members:\n192.0.2.3\n192.0.2.4\n", 1)
+	host := &fakeHost{save: map[string]string{"iptables-save": v4, "ip6tables-save": "*filter\nCOMMIT\n"}, sets: reordered}
+	fp, _, err := (&Backend{Run: host.run}).FingerprintSets(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fp != fps[0] {
+		t.Error("the same members in another order give another fingerprint")
+	}
 }

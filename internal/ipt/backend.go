@@ -577,11 +577,20 @@ func (b *Backend) FingerprintSets(ctx context.Context) (fp string, sets bool, er
 			fmt.Fprintf(h, "set %s missing\n", name)
 			continue
 		}
-		for _, l := range strings.Split(string(out), "\n") {
+		// Members in order: ipset lists them in hash order, which the
+		// random seed of each set decides (the same networks loaded again,
+		// or swapped in, are listed in another order).
+		head, members, _ := strings.Cut(string(out), "Members:\n")
+		for _, l := range strings.Split(head, "\n") {
 			if strings.HasPrefix(l, "Size in memory") || strings.HasPrefix(l, "References") {
 				continue
 			}
 			fmt.Fprintln(h, regexpInitval.ReplaceAllString(l, ""))
+		}
+		lines := strings.Split(members, "\n")
+		slices.Sort(lines)
+		for _, l := range lines {
+			fmt.Fprintln(h, l)
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), sets, nil
