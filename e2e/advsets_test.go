@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"regexp"
@@ -102,6 +103,54 @@ func TestAdvSetListOutgrowsSet(t *testing.T) {
 				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
 			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") || strings.Contains(st, "changing") {
 				t.Errorf("status after the refresh:\n%s", st)
+			}
+		})
+	}
+}
+
+// IPv6 multicast to this host from a blocklisted or banned source is
+// dropped before conntrack on both backends (nftables: fib daddr type is
+// not unicast; iptables: addrtype LOCAL is not multicast, and no later
+// chain checks the sets, so it was let through to an allowed port). The
+// prerouting counters of the list and the bans prove where it stopped.
+func TestAdvSetMulticastFromListed(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			list := filepath.Join(e.dir, "bad.list")
+			writeFile(t, list, "2001:db8::3\n")
+			e.apply("default allow incoming\nblocklist bad file " + list + "\n")
+			e.mustMoat("ban", "2001:db8::4")
+			counts := func() map[string]uint64 {
+				var st struct {
+					Builtins []struct {
+						Chain   string `json:"chain"`
+						ID      string `json:"id"`
+						Packets uint64 `json:"packets"`
+					} `json:"builtins"`
+				}
+				out := e.mustMoat("status", "--json")
+				if err := json.Unmarshal([]byte(out), &st); err != nil {
+					t.Fatalf("status --json: %v\n%s", err, out)
+				}
+				seen := map[string]uint64{}
+				for _, bi := range st.Builtins {
+					if bi.Chain == "prerouting" {
+						seen[bi.ID] += bi.Packets
+					}
+				}
+				return seen
+			}
+			before := counts()
+			e.expect(false, "client/2001:db8::3 udp [ff02::fb%eth0]:5353 timeout", "client/2001:db8::4 udp [ff02::fb%eth0]:5353 timeout")
+			after := counts()
+			for _, id := range []string{"blocklist:bad", "builtin:ban"} {
+				if after[id] <= before[id] {
+					t.Errorf("multicast from a source of %s was not dropped before conntrack: %d packets, then %d", id, before[id], after[id])
+				}
 			}
 		})
 	}

@@ -382,10 +382,21 @@ func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 	if loopback {
 		addrtype = append(addrtype, "! --src-type LOCAL")
 	}
+	// IPv6 multicast to this host is not LOCAL, and no later chain
+	// checks these sets: it gets a rule of its own, which a unicast
+	// packet leaves at the address compare, before the set lookup.
+	mcast := ""
+	if m.LocalDst && fam == policy.FamilyV6 && len(m.Dst) == 0 && m.DstSet == "" && len(m.Protos) == 0 {
+		mc := append([]string{"-d ff00::/8"}, common...)
+		if len(addrtype) > 0 {
+			mc = append(mc, "-m addrtype "+strings.Join(addrtype, " "))
+		}
+		mcast = strings.Join(mc, " ")
+	}
 	switch {
 	case m.LocalDst && fam == policy.FamilyV6:
 		// IPv6 addrtype calls every global address UNICAST, local or not;
-		// LOCAL asks the routes (multicast is left to the input chain).
+		// LOCAL asks the routes (multicast: the rule above).
 		addrtype = append(addrtype, "--dst-type LOCAL")
 	case m.LocalDst:
 		addrtype = append(addrtype, "! --dst-type UNICAST")
@@ -397,6 +408,9 @@ func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 		common = append(common, "-m set --match-set "+names.of(m.DstSet)+" dst")
 	}
 	base := strings.Join(common, " ")
+	if mcast != "" {
+		return []string{base, mcast}
+	}
 	if len(m.Protos) == 0 {
 		return []string{base}
 	}
