@@ -155,3 +155,26 @@ func TestAdvSetMulticastFromListed(t *testing.T) {
 		})
 	}
 }
+
+// Forwarded packets are spared by the drops before conntrack, as the docs
+// say (the bans and lists are the input chain's): a listed and a banned
+// source reach the routed backend while this host drops them.
+func TestAdvSetForwardedSpared(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, true)
+			list := filepath.Join(e.dir, "bad.list")
+			writeFile(t, list, "192.0.2.3\n2001:db8::3\n")
+			e.apply("default allow incoming\ndefault allow routed\nblocklist bad file " + list + "\n")
+			e.mustMoat("ban", "192.0.2.4", "2001:db8::4")
+			e.expect(false,
+				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.3 tcp 198.51.100.2:80 open", "client/2001:db8::3 tcp [2001:db8:1::2]:80 open",
+				"client/192.0.2.4 tcp 198.51.100.2:80 open", "client/2001:db8::4 tcp [2001:db8:1::2]:80 open")
+		})
+	}
+}
