@@ -190,3 +190,56 @@ func TestDropsBeforeConntrack(t *testing.T) {
 		})
 	}
 }
+
+// A packet from outside that claims one of the server's own addresses as
+// its source is not loopback traffic: when that address is listed, the
+// drop before conntrack takes it on both backends (iptables spared every
+// source of type LOCAL, whatever its interface, and IPv6 has no martian
+// check after the raw table). A probe right after conntrack counts what
+// passed.
+func TestDropsBeforeConntrackSpoofedLocalSource(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newEnv(t, b, false)
+			ctx := context.Background()
+			// 192.0.2.9 and 2001:db8::9 are the server's; the client
+			// claims them too.
+			for _, ns := range []*lab.NS{e.topo.Server, e.topo.Client} {
+				for _, a := range []string{"192.0.2.9/32", "2001:db8::9/128"} {
+					if out, err := ns.Run(ctx, "ip", "addr", "add", a, "dev", "eth0", "nodad"); err != nil {
+						t.Fatalf("ip addr add %s: %v\n%s", a, err, out)
+					}
+				}
+			}
+			list := filepath.Join(e.dir, "bad.list")
+			writeFile(t, list, "192.0.2.9\n2001:db8::9\n")
+			e.apply("default allow incoming\nblocklist bad file " + list + "\n")
+			const probe = `table inet ctprobe {
+	chain pre {
+		type filter hook prerouting priority -150; policy accept;
+		iifname "eth0" ip saddr 192.0.2.9 counter comment "spoofed"
+		iifname "eth0" ip6 saddr 2001:db8::9 counter comment "spoofed"
+	}
+}
+`
+			if _, err := nsRunner(e.topo.Server)(ctx, []byte(probe), "nft", "-f", "-"); err != nil {
+				t.Fatal(err)
+			}
+			// The neighbours are learnt from genuine sources first (a
+			// solicitation from the server's own address gets no answer
+			// the client sees).
+			e.expect(true, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
+			e.expect(false, "client/192.0.2.9 udp 192.0.2.1:53 timeout", "client/2001:db8::9 udp [2001:db8::1]:53 timeout",
+				"client/192.0.2.9 tcp 192.0.2.1:80 timeout", "client/2001:db8::9 tcp [2001:db8::1]:80 timeout")
+			if n := ctProbed(t, e.topo.Server, "spoofed"); n != 0 {
+				t.Errorf("%d packets from outside with a listed source of the server's own got past the drops before conntrack", n)
+			}
+			// The server's own traffic to itself from those addresses is
+			// loopback: exempt.
+			e.expect(false, "server/192.0.2.9 tcp 192.0.2.1:80 open", "server/2001:db8::9 tcp [2001:db8::1]:80 open")
+		})
+	}
+}

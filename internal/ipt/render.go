@@ -347,6 +347,13 @@ func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 	if m.OutIface != "" {
 		common = append(common, "-o "+m.OutIface)
 	}
+	// Loopback's exemption is the interface the packet came in on, not
+	// its source: a packet from outside may claim one of this host's
+	// addresses (IPv6 has no martian check after the raw table), and
+	// '! --src-type LOCAL' let such a listed source through.
+	if m.NotInIface != "" {
+		common = append(common, "! -i "+m.NotInIface)
+	}
 	if len(m.Src) > 0 {
 		common = append(common, "-s "+prefixList(m.Src))
 	}
@@ -363,14 +370,6 @@ func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 	if m.HopLimit != 0 {
 		common = append(common, fmt.Sprintf("-m hl --hl-eq %d", m.HopLimit))
 	}
-	// Loopback's exemption: iptables-nft compares an interface name
-	// before every match, for every packet; a packet over loopback comes
-	// from one of this host's addresses, which addrtype asks after the
-	// set lookup, for listed packets only (below).
-	loopback := m.NotInIface == "lo" && m.SrcSet != ""
-	if m.NotInIface != "" && !loopback {
-		common = append(common, "! -i "+m.NotInIface)
-	}
 	if m.SrcSet != "" {
 		common = append(common, "-m set --match-set "+names.of(m.SrcSet)+" src")
 	}
@@ -378,31 +377,20 @@ func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 	for _, s := range m.ExceptSrcSets {
 		common = append(common, "-m set ! --match-set "+names.of(s)+" src")
 	}
-	var addrtype []string
-	if loopback {
-		addrtype = append(addrtype, "! --src-type LOCAL")
-	}
 	// IPv6 multicast to this host is not LOCAL, and no later chain
 	// checks these sets: it gets a rule of its own, which a unicast
 	// packet leaves at the address compare, before the set lookup.
 	mcast := ""
 	if m.LocalDst && fam == policy.FamilyV6 && len(m.Dst) == 0 && m.DstSet == "" && len(m.Protos) == 0 {
-		mc := append([]string{"-d ff00::/8"}, common...)
-		if len(addrtype) > 0 {
-			mc = append(mc, "-m addrtype "+strings.Join(addrtype, " "))
-		}
-		mcast = strings.Join(mc, " ")
+		mcast = strings.Join(append([]string{"-d ff00::/8"}, common...), " ")
 	}
 	switch {
 	case m.LocalDst && fam == policy.FamilyV6:
 		// IPv6 addrtype calls every global address UNICAST, local or not;
 		// LOCAL asks the routes (multicast: the rule above).
-		addrtype = append(addrtype, "--dst-type LOCAL")
+		common = append(common, "-m addrtype --dst-type LOCAL")
 	case m.LocalDst:
-		addrtype = append(addrtype, "! --dst-type UNICAST")
-	}
-	if len(addrtype) > 0 {
-		common = append(common, "-m addrtype "+strings.Join(addrtype, " "))
+		common = append(common, "-m addrtype ! --dst-type UNICAST")
 	}
 	if m.DstSet != "" {
 		common = append(common, "-m set --match-set "+names.of(m.DstSet)+" dst")
