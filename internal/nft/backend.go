@@ -49,8 +49,9 @@ type Backend struct {
 	// rest of the table is then what it was at before.
 	AfterBan func(before, after uint32)
 
-	// beforeSend, in tests, runs before each netlink transaction is sent.
-	beforeSend func()
+	// beforeSend, in tests, runs before each netlink transaction is sent;
+	// beforeCommit before a plan is committed through nft.
+	beforeSend, beforeCommit func()
 
 	// The last transaction this backend committed: the ruleset generation
 	// before it and right after it (see LastCommit).
@@ -450,6 +451,11 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) error {
 // sent (chains whose rules changed, set elements added and deleted),
 // unless b.Full is set or moat's record of the table is missing.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
+	// The generation before the plan reads the table: a commit through nft
+	// vouches for what it did not write (LastCommit, LastCommitWhole) only
+	// if nothing else was committed since the table was read (a chain
+	// added by hand after the read is not among those a rewrite deletes).
+	pre, preErr := b.generation()
 	p, err := b.plan(ctx, rs, b.Full, b.Netlink)
 	if err != nil {
 		return fmt.Errorf("nftables apply: %w", err)
@@ -465,6 +471,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		// kernel does not hold what the store says: the same change
 		// through nft, refilling the changed sets.
 		netlink := errors.Is(err, errGenerationMoved) && try < 3
+		pre, preErr = b.generation()
 		if p, err = b.plan(ctx, rs, b.Full, netlink); err != nil {
 			return fmt.Errorf("nftables apply: %w", err)
 		}
@@ -473,7 +480,9 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		b.saveSets(p)
 		return nil
 	}
-	pre, preErr := b.generation()
+	if b.beforeCommit != nil {
+		b.beforeCommit()
+	}
 	if err := b.commit(ctx, p, false); err != nil {
 		return fmt.Errorf("nftables apply: %w", err)
 	}

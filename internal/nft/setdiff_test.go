@@ -514,3 +514,27 @@ func TestKernelManyBansWithReasons(t *testing.T) {
 		t.Errorf("%d bans back (want 2000), first %+v", len(got), got[0])
 	}
 }
+
+// A whole rewrite vouches for the table after it (LastCommitWhole) only
+// when nothing was committed between the plan's read of the table and the
+// commit: a chain added by hand in between is not among the objects the
+// plan deletes, survives the rewrite, and must not count as moat's.
+func TestKernelWholeCommitAfterHandChange(t *testing.T) {
+	k := newNLKernel(t)
+	rs := compile(t, "default deny incoming\nallow 22/tcp\n"+denyList(20, -1))
+	k.apply(rs)
+	k.be.Full = true
+	k.be.beforeCommit = func() {
+		// In the namespace already (called within k.do).
+		if _, err := execrun.Exec(context.Background(), []byte("add chain inet moat hand { type filter hook input priority -5; policy drop; }\n"), "nft", "-f", "-"); err != nil {
+			t.Error(err)
+		}
+	}
+	k.apply(rs)
+	if !strings.Contains(listTableRaw(t, k), "chain hand") {
+		t.Fatal("the hand-made chain is gone: the test no longer shows the window")
+	}
+	if before, after, ok := k.be.LastCommit(); ok && k.be.LastCommitWhole() && after == before+1 {
+		t.Errorf("the rewrite claims the table alone (%d -> %d) with a hand-made chain in it", before, after)
+	}
+}
