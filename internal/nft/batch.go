@@ -10,6 +10,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
 // batch is one nftables transaction written over netlink: the messages
@@ -263,29 +265,12 @@ func intervalElems(ps []netip.Prefix) []elem {
 	}
 	for _, p := range ps {
 		p = p.Masked()
-		next := lastAddr(p).Next()
+		next := setstore.LastAddr(p).Next()
 		if !next.IsValid() {
 			out = append(out, elem{key: p.Addr(), open: true})
 			continue
 		}
 		out = append(out, elem{key: p.Addr()}, elem{key: next, end: true})
-	}
-	return out
-}
-
-// lastAddr is the last address of a network.
-func lastAddr(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr().As16()
-	bits := p.Bits()
-	if p.Addr().Is4() {
-		bits += 96
-	}
-	for i := bits; i < 128; i++ {
-		a[i/8] |= 1 << (7 - i%8)
-	}
-	out := netip.AddrFrom16(a)
-	if p.Addr().Is4() {
-		return out.Unmap()
 	}
 	return out
 }
@@ -300,10 +285,10 @@ func diffIntervals(old, new []netip.Prefix) (del, add []elem) {
 	i, j := 0, 0
 	for i < len(old) || j < len(new) {
 		switch {
-		case j == len(new) || i < len(old) && comparePrefix(old[i], new[j]) < 0:
+		case j == len(new) || i < len(old) && setstore.ComparePrefix(old[i], new[j]) < 0:
 			gone = append(gone, old[i])
 			i++
-		case i == len(old) || comparePrefix(old[i], new[j]) > 0:
+		case i == len(old) || setstore.ComparePrefix(old[i], new[j]) > 0:
 			come = append(come, new[j])
 			j++
 		default:

@@ -569,13 +569,6 @@ func diffPrefixes(old, new []netip.Prefix) (del, add []netip.Prefix) {
 			del = append(del, p)
 		}
 	}
-	slices.SortFunc(del, comparePrefix)
+	slices.SortFunc(del, setstore.ComparePrefix)
 	return del, add
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
 }

@@ -40,13 +40,13 @@ func prefixesHash(ps []netip.Prefix) string {
 	h := sha256.New()
 	var buf [32]byte
 	for i := 0; i < len(ps); {
-		from, to := ps[i].Masked().Addr(), lastAddr(ps[i])
+		from, to := ps[i].Masked().Addr(), setstore.LastAddr(ps[i])
 		for i++; i < len(ps); i++ {
 			next := to.Next()
 			if !next.IsValid() || ps[i].Masked().Addr() != next {
 				break
 			}
-			to = lastAddr(ps[i])
+			to = setstore.LastAddr(ps[i])
 		}
 		f, t := from.As16(), to.As16()
 		copy(buf[:16], f[:])
