@@ -179,6 +179,7 @@ func (d Dir) replace(name string, data []byte) error {
 	if err := statedir.Ensure(d.Path); err != nil {
 		return err
 	}
+	d.removeLeftTemps(name)
 	tmp, err := os.CreateTemp(d.Path, "."+name+".*.tmp")
 	if err != nil {
 		return err
@@ -195,6 +196,27 @@ func (d Dir) replace(name string, data []byte) error {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	return nil
+}
+
+// removeLeftTemps removes the temporary files of name that writes killed
+// half way left (".NAME.<digits>.tmp"; writes happen under the state
+// lock, so none is being written now). Keep removes those of every set,
+// but runs only when the whole table is loaded; a change of a set that is
+// killed again and again would otherwise leave a copy of it each time.
+func (d Dir) removeLeftTemps(name string) {
+	entries, err := os.ReadDir(d.Path)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		mid, ok := strings.CutPrefix(e.Name(), "."+name+".")
+		if !ok {
+			continue
+		}
+		if mid, ok = strings.CutSuffix(mid, ".tmp"); ok && mid != "" && strings.Trim(mid, "0123456789") == "" {
+			_ = statedir.Remove(d.Path, e.Name())
+		}
+	}
 }
 
 // Keep removes the files of sets not named.

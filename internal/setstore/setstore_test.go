@@ -68,3 +68,30 @@ func TestDirRoundTripAndDamage(t *testing.T) {
 		t.Error("a forgotten set loaded")
 	}
 }
+
+// A temporary file left by a write that was killed is removed by the next
+// write of the same set, not only by Keep (which runs on a whole load
+// only): a refresh killed again and again would otherwise pile up a copy
+// of the set each time.
+func TestSaveRemovesLeftTemporaryFiles(t *testing.T) {
+	d := Dir{Path: t.TempDir(), Prefix: "x."}
+	left := filepath.Join(d.Path, ".x.s.4242.tmp")
+	other := filepath.Join(d.Path, ".x.s.other.4242.tmp")
+	for _, f := range []string{left, other} {
+		if err := os.WriteFile(f, []byte("half"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Save("s", Set{Data: "abc", Prefixes: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(left); !os.IsNotExist(err) {
+		t.Errorf("the killed write's temporary file is still there: %v", err)
+	}
+	if _, err := os.Lstat(other); err != nil {
+		t.Errorf("another set's temporary file was removed: %v", err)
+	}
+	if got, err := d.Load("s"); err != nil || got.Data != "abc" {
+		t.Errorf("%+v %v", got, err)
+	}
+}
