@@ -325,36 +325,47 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 		if !ok {
 			continue
 		}
-		switch st.Kind {
-		case StmtRule:
+		if st.Kind == StmtRule {
 			// Not cached as a rule: cannot happen (index parsed the same
 			// text), but a rule is never lost.
 			return d.policySlow(svc)
-		case StmtDefault:
-			p.Defaults[st.DefaultDir] = st.DefaultAction
-			p.DefaultPos[st.DefaultDir] = Pos{File: d.Name, Line: i + 1, Col: 1}
-		case StmtBackend:
-			p.Backend = st.Backend
-		case StmtGuard:
-			for _, g := range st.GuardSettings {
-				p.Guard.set(g)
-			}
-		case StmtAllowlist:
-			p.Guard.Allowlist = append(p.Guard.Allowlist, st.Allowlist...)
-		case StmtBlocklist:
-			if err := addBlocklist(p, st.Blocklist); err != nil {
-				errs = append(errs, err)
-			}
-		case StmtLogging:
-			p.Logging = st.Logging
-		case StmtPortscan:
-			p.Portscan = st.Portscan
+		}
+		if err := p.add(st, Pos{File: d.Name, Line: i + 1, Col: 1}); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return p, nil
+}
+
+// add puts what statement st (of the line at pos) says into p: what
+// Policy and policySlow share.
+func (p *Policy) add(st Statement, pos Pos) error {
+	switch st.Kind {
+	case StmtRule:
+		p.Rules = append(p.Rules, st.Rule)
+		p.Rules = append(p.Rules, st.More...)
+	case StmtDefault:
+		p.Defaults[st.DefaultDir] = st.DefaultAction
+		p.DefaultPos[st.DefaultDir] = pos
+	case StmtBackend:
+		p.Backend = st.Backend
+	case StmtGuard:
+		for _, g := range st.GuardSettings {
+			p.Guard.set(g)
+		}
+	case StmtAllowlist:
+		p.Guard.Allowlist = append(p.Guard.Allowlist, st.Allowlist...)
+	case StmtBlocklist:
+		return addBlocklist(p, st.Blocklist)
+	case StmtLogging:
+		p.Logging = st.Logging
+	case StmtPortscan:
+		p.Portscan = st.Portscan
+	}
+	return nil
 }
 
 // policySlow is Policy parsing every line, without the cache.
@@ -377,29 +388,8 @@ func (d *Document) policySlow(svc Services) (*Policy, error) {
 		if !ok {
 			continue
 		}
-		switch st.Kind {
-		case StmtRule:
-			p.Rules = append(p.Rules, st.Rule)
-			p.Rules = append(p.Rules, st.More...)
-		case StmtDefault:
-			p.Defaults[st.DefaultDir] = st.DefaultAction
-			p.DefaultPos[st.DefaultDir] = Pos{File: d.Name, Line: i + 1, Col: 1}
-		case StmtBackend:
-			p.Backend = st.Backend
-		case StmtGuard:
-			for _, g := range st.GuardSettings {
-				p.Guard.set(g)
-			}
-		case StmtAllowlist:
-			p.Guard.Allowlist = append(p.Guard.Allowlist, st.Allowlist...)
-		case StmtBlocklist:
-			if err := addBlocklist(p, st.Blocklist); err != nil {
-				errs = append(errs, err)
-			}
-		case StmtLogging:
-			p.Logging = st.Logging
-		case StmtPortscan:
-			p.Portscan = st.Portscan
+		if err := p.add(st, Pos{File: d.Name, Line: i + 1, Col: 1}); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if len(errs) > 0 {
