@@ -208,12 +208,22 @@ func (b *batch) send(genID uint32) error {
 	// Acks without the request echoed (errors would repeat whole element
 	// lists).
 	_ = conn.SetOption(netlink.CapAcknowledge, true)
-	if size > 128<<10 {
-		// The whole transaction is one send; the default buffer holds
-		// about 200 KiB. As root the limit can be raised (nft does too).
+	// The whole transaction is one send, and the kernel queues an ack for
+	// each message before the send returns; the default buffers hold about
+	// 200 KiB, which the acks of about 290 messages (1 KiB or less each as
+	// the kernel counts them) overflow: the acks are lost and the read
+	// fails (ENOBUFS) although the transaction was committed. As root the
+	// limits can be raised (nft does too).
+	acks := len(b.msgs) * 1024
+	if size > 128<<10 || acks > 128<<10 {
 		if raw, err := conn.SyscallConn(); err == nil {
 			_ = raw.Control(func(fd uintptr) {
-				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size+64<<10)
+				if size > 128<<10 {
+					_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size+64<<10)
+				}
+				if acks > 128<<10 {
+					_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, acks+64<<10)
+				}
 			})
 		}
 	}

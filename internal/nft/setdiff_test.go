@@ -538,3 +538,26 @@ func TestKernelWholeCommitAfterHandChange(t *testing.T) {
 		t.Errorf("the rewrite claims the table alone (%d -> %d) with a hand-made chain in it", before, after)
 	}
 }
+
+// A transaction of as many messages as a patch may send (maxNetlinkElems
+// elements, about 450 messages of 32 KB) has every ack read back: the
+// kernel queues one per message, and a receive buffer of the default size
+// overflowed at about 290, so a committed transaction was reported
+// refused (ENOBUFS).
+func TestKernelBatchManyMessages(t *testing.T) {
+	k := newNLKernel(t)
+	k.apply(compile(t, "default deny incoming\nallow 22/tcp\n"+denyList(3, -1)))
+	var ps []netip.Prefix
+	for i := range maxNetlinkElems / 2 {
+		ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 15), byte(i >> 7), byte(i << 1)}), 32))
+	}
+	var tx batch
+	tx.elements(createElems, "input_deny_src4_3", intervalElems(ps))
+	gen := k.generation()
+	if err := k.do(func() error { return tx.send(gen) }); err != nil {
+		t.Fatalf("%d messages: %v", len(tx.msgs), err)
+	}
+	if now := k.generation(); now != gen+1 {
+		t.Errorf("generation %d -> %d", gen, now)
+	}
+}
