@@ -112,13 +112,18 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 		}
 		var s strings.Builder
 		for _, t := range tables {
-			// lineTable: the table of a snapshot line, from its chain.
+			// lineTable: the table of a snapshot line, from its chain;
+			// "" for a line moat does not restore (the file may be
+			// damaged: a line of one word is no chain).
 			lineTable := func(l string) string {
 				if strings.HasPrefix(l, ":") {
 					name, _, _ := strings.Cut(l[1:], " ")
 					return tableOf(name)
 				}
-				return tableOf(strings.Fields(l)[1])
+				if f := strings.Fields(l); len(f) >= 2 && (strings.HasPrefix(l, "-A MOAT-") || isJump(l)) {
+					return tableOf(f[1])
+				}
+				return ""
 			}
 			var tl []string
 			for _, l := range lines {
