@@ -330,6 +330,9 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		if err := b.markChanging(ctx, st, changing); err != nil {
 			return err
 		}
+		// IPv4's MOAT-GEN now says "changing": it is rewritten below
+		// even when the generation is the one it named before.
+		st.gen[families[0].fam] = dirty
 	}
 	load := renderSets(rs, st.sets, names, func(n string) bool { return refill[n] }) + diff.String()
 	if load != "" {

@@ -439,3 +439,36 @@ func TestMergedWholeSpace(t *testing.T) {
 		}
 	}
 }
+
+// A set whose record is gone (moat killed between forgetting it and
+// changing MOAT-GEN, or a state dir emptied) while MOAT-GEN still names
+// the wanted contents is refilled whole: IPv4's MOAT-GEN says "changing"
+// meanwhile, and must name the generation again after, though the
+// generation did not change. Before, the family was skipped as
+// unchanged and stayed "changing": status reported a moat stopped half
+// way after a clean apply.
+func TestApplyRefillEndsChanging(t *testing.T) {
+	rs := compileText(t, "default deny incoming\ndeny from 198.18.0.0\ndeny from 198.18.0.2\n")
+	names := SetNames(rs)
+	c := contentsOf(rs, names)
+	kernel := kernelSave(generation(rs, names, c), rulesHash(rs, names), c)
+	var sets strings.Builder
+	for _, n := range sortedKeys(c) {
+		sets.WriteString(n + "\n")
+	}
+	sets.WriteString("moat-ban4\nmoat-ban6\nmoat-login4\nmoat-login6\n")
+	host := &fakeHost{save: map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}, sets: sets.String()}
+	b := &Backend{Run: host.run, Elements: setstore.Dir{Path: t.TempDir(), Prefix: "ipset."}}
+	if err := b.Apply(context.Background(), rs); err != nil {
+		t.Fatal(err)
+	}
+	last := ""
+	for _, call := range host.calls {
+		if strings.HasPrefix(call.args, "iptables-restore") {
+			last = call.stdin
+		}
+	}
+	if !strings.Contains(last, genTag+" "+generation(rs, names, c)) {
+		t.Errorf("IPv4's MOAT-GEN is left as:\n%s", last)
+	}
+}
