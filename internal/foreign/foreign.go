@@ -433,7 +433,8 @@ var filteringTables = []string{"raw", "mangle", "filter", "security"}
 // FromIptablesSave reads `iptables-save` (tool "iptables") or
 // ip6tables-save's: in the filter, raw, mangle and security tables, DROP
 // policies of the built-in chains, and DROP or REJECT rules reachable from
-// them, outside moat's MOAT-* chains. Input without table lines is read as
+// them, outside moat's chains (moatChain: a MOAT-* chain of another table
+// is not moat's). Input without table lines is read as
 // the filter table.
 func FromIptablesSave(tool string, data []byte) []Finding {
 	tables := map[string][]string{}
@@ -497,7 +498,7 @@ func fromTable(tool, table string, lines []string) []Finding {
 		seen := map[string]bool{}
 		var walk func(chain string)
 		walk = func(chain string) {
-			if seen[chain] || strings.HasPrefix(chain, "MOAT-") {
+			if seen[chain] || moatChain(table, chain) {
 				return
 			}
 			seen[chain] = true

@@ -14,6 +14,29 @@ import (
 // sources before conntrack).
 var moatTables = map[string][]string{"filter": {"INPUT", "FORWARD", "OUTPUT"}, "raw": {"PREROUTING", "OUTPUT"}}
 
+// moatJumps are the built-in chains that jump to moat's chain of the
+// same name (MOAT-INPUT, ...) in each table: moat has no MOAT-OUTPUT in
+// raw, and a chain of that name there is someone else's.
+var moatJumps = map[string][]string{"filter": {"INPUT", "FORWARD", "OUTPUT"}, "raw": {"PREROUTING"}}
+
+// moatChain says whether chain is one of moat's chains in table: the
+// targets of moatJumps and, in filter, MOAT-GEN. A MOAT-* chain anywhere
+// else was made by someone else and filters like any other.
+func moatChain(table, chain string) bool {
+	name, ok := strings.CutPrefix(chain, "MOAT-")
+	if !ok {
+		return false
+	}
+	return slices.Contains(moatJumps[table], name) || table == "filter" && name == "GEN"
+}
+
+// builtinHooks are the hook and priority of iptables-nft's built-in
+// chains in moat's tables.
+var builtinHooks = map[string]*gnft.ChainHook{"PREROUTING": gnft.ChainHookPrerouting, "INPUT": gnft.ChainHookInput,
+	"FORWARD": gnft.ChainHookForward, "OUTPUT": gnft.ChainHookOutput}
+
+var tablePriority = map[string]*gnft.ChainPriority{"filter": gnft.ChainPriorityFilter, "raw": gnft.ChainPriorityRaw}
+
 // XtablesOnlyMoat says, over netlink, whether iptables-nft's filter and
 // raw tables of family ("ip" or "ip6") hold nothing but moat's: chains
 // MOAT-*, and the built-in chains with policy accept whose only rules are
@@ -38,16 +61,20 @@ func XtablesOnlyMoat(family string) (bool, error) {
 		return false, fmt.Errorf("nftables: list %s chains: %w", family, err)
 	}
 	for _, ch := range chains {
-		// moat's chains are regular chains: a base chain named MOAT-*
-		// (made with nft) filters on its own hook, is not moat's.
-		if ch.Table == nil || (strings.HasPrefix(ch.Name, "MOAT-") && ch.Hooknum == nil) {
+		if ch.Table == nil {
 			continue
 		}
 		builtins, ok := moatTables[ch.Table.Name]
 		if !ok {
 			continue // another table: read as nftables or refused by the caller
 		}
-		if !builtinChain(ch, builtins) {
+		// moat's chains are regular chains of their table: a base chain
+		// named MOAT-* (made with nft) filters on its own hook, and a
+		// MOAT-* chain moat does not make in this table is someone else's.
+		if ch.Hooknum == nil && moatChain(ch.Table.Name, ch.Name) {
+			continue
+		}
+		if !builtinChain(ch, ch.Table.Name, builtins) {
 			return false, nil
 		}
 		rules, err := c.GetRules(&gnft.Table{Family: fam, Name: ch.Table.Name}, ch)
@@ -55,7 +82,7 @@ func XtablesOnlyMoat(family string) (bool, error) {
 			return false, fmt.Errorf("nftables: list %s %s %s: %w", family, ch.Table.Name, ch.Name, err)
 		}
 		for _, r := range rules {
-			if !moatJump(r.Exprs, ch.Name) {
+			if !slices.Contains(moatJumps[ch.Table.Name], ch.Name) || !moatJump(r.Exprs, ch.Name) {
 				return false, nil
 			}
 		}
@@ -64,12 +91,16 @@ func XtablesOnlyMoat(family string) (bool, error) {
 }
 
 // builtinChain: one of the table's built-in chains, a base chain with
-// policy accept.
-func builtinChain(ch *gnft.Chain, builtins []string) bool {
+// policy accept on its own hook and the table's priority (a chain named
+// INPUT made with nft on another hook is not iptables' INPUT).
+func builtinChain(ch *gnft.Chain, table string, builtins []string) bool {
 	if !slices.Contains(builtins, ch.Name) {
 		return false
 	}
-	return ch.Hooknum != nil && ch.Policy != nil && *ch.Policy == gnft.ChainPolicyAccept
+	if ch.Hooknum == nil || *ch.Hooknum != *builtinHooks[ch.Name] || ch.Priority == nil || *ch.Priority != *tablePriority[table] {
+		return false
+	}
+	return ch.Policy != nil && *ch.Policy == gnft.ChainPolicyAccept
 }
 
 // moatJump: the rule is iptables-nft's "-A CHAIN -j MOAT-CHAIN" (a counter

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	gnft "github.com/google/nftables"
+
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/lab"
@@ -143,27 +145,44 @@ func TestXtablesOnlyMoatKernel(t *testing.T) {
 		cmd          []string
 		undo         []string
 		want4, want6 bool
+		in, undoIn   string // the commands' standard input
 	}{
-		{"INPUT policy DROP", []string{"iptables", "-P", "INPUT", "DROP"}, []string{"iptables", "-P", "INPUT", "ACCEPT"}, false, true},
-		{"a drop rule in INPUT", []string{"iptables", "-A", "INPUT", "-s", "198.51.100.7", "-j", "DROP"}, []string{"iptables", "-D", "INPUT", "-s", "198.51.100.7", "-j", "DROP"}, false, true},
-		{"a conditional jump to moat", []string{"iptables", "-I", "INPUT", "-p", "tcp", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "INPUT", "-p", "tcp", "-j", "MOAT-INPUT"}, false, true},
-		{"another chain", []string{"iptables", "-N", "other"}, []string{"iptables", "-X", "other"}, false, true},
-		{"an ip6tables REJECT in OUTPUT", []string{"ip6tables", "-A", "OUTPUT", "-j", "REJECT"}, []string{"ip6tables", "-D", "OUTPUT", "-j", "REJECT"}, true, false},
-		{"FORWARD jumps to moat's INPUT chain", []string{"iptables", "-A", "FORWARD", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "FORWARD", "-j", "MOAT-INPUT"}, false, true},
-		{"a drop rule in raw PREROUTING", []string{"iptables", "-t", "raw", "-I", "PREROUTING", "-s", "198.51.100.7", "-j", "DROP"}, []string{"iptables", "-t", "raw", "-D", "PREROUTING", "-s", "198.51.100.7", "-j", "DROP"}, false, true},
-		{"ip6tables raw PREROUTING policy DROP", []string{"ip6tables", "-t", "raw", "-P", "PREROUTING", "DROP"}, []string{"ip6tables", "-t", "raw", "-P", "PREROUTING", "ACCEPT"}, true, false},
-		{"another chain in raw", []string{"ip6tables", "-t", "raw", "-N", "other"}, []string{"ip6tables", "-t", "raw", "-X", "other"}, true, false},
+		{"INPUT policy DROP", []string{"iptables", "-P", "INPUT", "DROP"}, []string{"iptables", "-P", "INPUT", "ACCEPT"}, false, true, "", ""},
+		{"a drop rule in INPUT", []string{"iptables", "-A", "INPUT", "-s", "198.51.100.7", "-j", "DROP"}, []string{"iptables", "-D", "INPUT", "-s", "198.51.100.7", "-j", "DROP"}, false, true, "", ""},
+		{"a conditional jump to moat", []string{"iptables", "-I", "INPUT", "-p", "tcp", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "INPUT", "-p", "tcp", "-j", "MOAT-INPUT"}, false, true, "", ""},
+		{"another chain", []string{"iptables", "-N", "other"}, []string{"iptables", "-X", "other"}, false, true, "", ""},
+		{"an ip6tables REJECT in OUTPUT", []string{"ip6tables", "-A", "OUTPUT", "-j", "REJECT"}, []string{"ip6tables", "-D", "OUTPUT", "-j", "REJECT"}, true, false, "", ""},
+		{"FORWARD jumps to moat's INPUT chain", []string{"iptables", "-A", "FORWARD", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "FORWARD", "-j", "MOAT-INPUT"}, false, true, "", ""},
+		{"a drop rule in raw PREROUTING", []string{"iptables", "-t", "raw", "-I", "PREROUTING", "-s", "198.51.100.7", "-j", "DROP"}, []string{"iptables", "-t", "raw", "-D", "PREROUTING", "-s", "198.51.100.7", "-j", "DROP"}, false, true, "", ""},
+		{"ip6tables raw PREROUTING policy DROP", []string{"ip6tables", "-t", "raw", "-P", "PREROUTING", "DROP"}, []string{"ip6tables", "-t", "raw", "-P", "PREROUTING", "ACCEPT"}, true, false, "", ""},
+		{"another chain in raw", []string{"ip6tables", "-t", "raw", "-N", "other"}, []string{"ip6tables", "-t", "raw", "-X", "other"}, true, false, "", ""},
 		// A base chain named like moat's, made with nft (iptables-save
 		// cannot show it): it drops every IPv4 packet.
-		{"a MOAT- base chain with policy drop", []string{"nft", "add", "chain", "ip", "filter", "MOAT-EVIL", "{ type filter hook input priority -5; policy drop; }"}, []string{"nft", "delete", "chain", "ip", "filter", "MOAT-EVIL"}, false, true},
+		{"a MOAT- base chain with policy drop", []string{"nft", "add", "chain", "ip", "filter", "MOAT-EVIL", "{ type filter hook input priority -5; policy drop; }"}, []string{"nft", "delete", "chain", "ip", "filter", "MOAT-EVIL"}, false, true, "", ""},
+		// A MOAT-* chain moat does not make in that table (raw has no
+		// MOAT-OUTPUT) is someone else's: its drop counts.
+		{"raw OUTPUT jumps to a MOAT-OUTPUT of raw that drops", []string{"iptables-restore", "--noflush"}, []string{"iptables-restore", "--noflush"}, false, true,
+			"*raw\n:MOAT-OUTPUT - [0:0]\n-A MOAT-OUTPUT -d 198.51.100.9 -j DROP\n-A OUTPUT -j MOAT-OUTPUT\nCOMMIT\n",
+			"*raw\n-D OUTPUT -j MOAT-OUTPUT\n-F MOAT-OUTPUT\n-X MOAT-OUTPUT\nCOMMIT\n"},
 		// A mangle table is not moat's: DetectOver does not ask (the
 		// proof looks at filter and raw), iptables-save reads it.
-		{"a drop rule in mangle", []string{"iptables", "-t", "mangle", "-A", "PREROUTING", "-s", "198.51.100.8", "-j", "DROP"}, []string{"iptables", "-t", "mangle", "-D", "PREROUTING", "-s", "198.51.100.8", "-j", "DROP"}, true, true},
+		{"a drop rule in mangle", []string{"iptables", "-t", "mangle", "-A", "PREROUTING", "-s", "198.51.100.8", "-j", "DROP"}, []string{"iptables", "-t", "mangle", "-D", "PREROUTING", "-s", "198.51.100.8", "-j", "DROP"}, true, true, "", ""},
 	} {
-		if out, err := run(ctx, nil, c.cmd[0], c.cmd[1:]...); err != nil {
+		if out, err := run(ctx, []byte(c.in), c.cmd[0], c.cmd[1:]...); err != nil {
 			t.Fatalf("%s: %v\n%s", c.name, err, out)
 		}
 		check(c.name, c.want4, c.want6)
+		if strings.Contains(c.name, "MOAT-OUTPUT of raw") {
+			var got []Finding
+			err := ns.Do(func() error {
+				var err error
+				got, err = DetectOver(ctx, execrun.Exec, has, nft.ListTables, XtablesOnlyMoat)
+				return err
+			})
+			if err != nil || !strings.Contains(findings(got), "iptables raw chain MOAT-OUTPUT: 1 DROP/REJECT rule") {
+				t.Errorf("%s: not named: %v\n%s", c.name, err, findings(got))
+			}
+		}
 		if strings.Contains(c.name, "MOAT- base chain") {
 			var got []Finding
 			err := ns.Do(func() error {
@@ -175,7 +194,7 @@ func TestXtablesOnlyMoatKernel(t *testing.T) {
 				t.Errorf("%s: not named: %v\n%s", c.name, err, findings(got))
 			}
 		}
-		if out, err := run(ctx, nil, c.undo[0], c.undo[1:]...); err != nil {
+		if out, err := run(ctx, []byte(c.undoIn), c.undo[0], c.undo[1:]...); err != nil {
 			t.Fatalf("undo %s: %v\n%s", c.name, err, out)
 		}
 		check("after undoing "+c.name, true, true)
@@ -188,4 +207,27 @@ func findings(f []Finding) string {
 		s = append(s, x.String())
 	}
 	return strings.Join(s, "\n")
+}
+
+// A base chain named like iptables' built-in chain but on another hook or
+// priority (made with nft) is not it.
+func TestBuiltinChainHook(t *testing.T) {
+	accept := gnft.ChainPolicyAccept
+	for _, c := range []struct {
+		table, name string
+		hook        *gnft.ChainHook
+		prio        *gnft.ChainPriority
+		want        bool
+	}{
+		{"filter", "INPUT", gnft.ChainHookInput, gnft.ChainPriorityFilter, true},
+		{"raw", "PREROUTING", gnft.ChainHookPrerouting, gnft.ChainPriorityRaw, true},
+		{"filter", "INPUT", gnft.ChainHookOutput, gnft.ChainPriorityFilter, false},
+		{"filter", "INPUT", gnft.ChainHookInput, gnft.ChainPriorityMangle, false},
+		{"raw", "PREROUTING", gnft.ChainHookPrerouting, gnft.ChainPriorityFilter, false},
+	} {
+		ch := &gnft.Chain{Name: c.name, Hooknum: c.hook, Priority: c.prio, Policy: &accept}
+		if got := builtinChain(ch, c.table, moatTables[c.table]); got != c.want {
+			t.Errorf("%s %s hook %d priority %d: %v, want %v", c.table, c.name, *c.hook, *c.prio, got, c.want)
+		}
+	}
 }
