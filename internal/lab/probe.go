@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -187,8 +188,11 @@ func sockaddr(ap netip.AddrPort) unix.Sockaddr {
 	}
 	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 	if z := ap.Addr().Zone(); z != "" {
+		// A device's name, or its index (as net.Dial takes both).
 		if ifi, err := net.InterfaceByName(z); err == nil {
 			sa.ZoneId = uint32(ifi.Index)
+		} else if n, err := strconv.ParseUint(z, 10, 32); err == nil {
+			sa.ZoneId = uint32(n)
 		}
 	}
 	return sa

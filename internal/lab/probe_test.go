@@ -7,9 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // spin burns CPU without a function call, so that with asynchronous
@@ -76,4 +79,19 @@ func starvedChild() {
 	runtime.Gosched() // the probe sends its SYN, then waits
 	sink += spin(n)
 	println("outcome: " + <-res)
+}
+
+// TestSockaddrZone: a link-local destination's zone is a device's name or
+// its index, as net.Dial takes it.
+func TestSockaddrZone(t *testing.T) {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Skip("no lo:", err)
+	}
+	for _, zone := range []string{"lo", strconv.Itoa(lo.Index)} {
+		sa, ok := sockaddr(netip.MustParseAddrPort("[fe80::1%" + zone + "]:22")).(*unix.SockaddrInet6)
+		if !ok || sa.ZoneId != uint32(lo.Index) || sa.Port != 22 {
+			t.Errorf("zone %q: %+v, want zone %d", zone, sa, lo.Index)
+		}
+	}
 }
