@@ -577,3 +577,30 @@ func TestFindSSHLoggedIn(t *testing.T) {
 		t.Errorf("live sessions: %q", sessionList(st))
 	}
 }
+
+// The activators' sockets are read when one listener on port 22 is held
+// by no sshd daemon, even though a daemon holds another: a classic sshd
+// on 0.0.0.0:22 beside systemd's [::]:22 (ssh.socket), no session yet:
+// the IPv6 listener is sshd's too. (They are skipped only when every
+// such listener is a daemon's.)
+func TestFindSSHActivatorBesideDaemon(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:22", "0.0.0.0:0")
+	lis6 := b.sock("0A", "[::]:22", "[::]:0")
+	b.proc(1, 0, "systemd", lis6)
+	b.proc(200, 1, "sshd", lis) // the daemon, IPv4 only
+	st := find(t, b.write(""), nil)
+	if got := fmt.Sprint(st.Listen); got != "[0.0.0.0:22 [::]:22]" {
+		t.Errorf("listen %s, want both of port 22's listeners", got)
+	}
+	// Every listener on 22 a daemon's: the activators' are not needed,
+	// and the answer is the same without them.
+	b = newProc(t)
+	lis = b.sock("0A", "0.0.0.0:22", "0.0.0.0:0")
+	other := b.sock("0A", "0.0.0.0:631", "0.0.0.0:0")
+	b.proc(1, 0, "systemd", other)
+	b.proc(200, 1, "sshd", lis)
+	if st := find(t, b.write(""), nil); fmt.Sprint(st.Listen) != "[0.0.0.0:22]" {
+		t.Errorf("listen %v", st.Listen)
+	}
+}
