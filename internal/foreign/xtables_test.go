@@ -172,25 +172,21 @@ func TestXtablesOnlyMoatKernel(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", c.name, err, out)
 		}
 		check(c.name, c.want4, c.want6)
-		if strings.Contains(c.name, "MOAT-OUTPUT of raw") {
-			var got []Finding
-			err := ns.Do(func() error {
-				var err error
-				got, err = DetectOver(ctx, execrun.Exec, has, nft.ListTables, XtablesOnlyMoat)
-				return err
-			})
-			if err != nil || !strings.Contains(findings(got), "iptables raw chain MOAT-OUTPUT: 1 DROP/REJECT rule") {
-				t.Errorf("%s: not named: %v\n%s", c.name, err, findings(got))
+		// The chains named like moat's that are not: the fast path names
+		// them.
+		named := map[string]string{"MOAT-OUTPUT of raw": "iptables raw chain MOAT-OUTPUT: 1 DROP/REJECT rule",
+			"MOAT- base chain": "chain MOAT-EVIL (hook input, priority -5): policy drop"}
+		for key, want := range named {
+			if !strings.Contains(c.name, key) {
+				continue
 			}
-		}
-		if strings.Contains(c.name, "MOAT- base chain") {
 			var got []Finding
 			err := ns.Do(func() error {
 				var err error
 				got, err = DetectOver(ctx, execrun.Exec, has, nft.ListTables, XtablesOnlyMoat)
 				return err
 			})
-			if err != nil || !strings.Contains(findings(got), "chain MOAT-EVIL (hook input, priority -5): policy drop") {
+			if err != nil || !strings.Contains(findings(got), want) {
 				t.Errorf("%s: not named: %v\n%s", c.name, err, findings(got))
 			}
 		}
