@@ -97,7 +97,7 @@ func (d Dir) Load(set string) (Set, error) {
 	if !ok || len(fields) != 4 || fields[0] != storeMagic {
 		return Set{}, fmt.Errorf("%s: not a set record of this moat", d.name(set))
 	}
-	if _, err := fmt.Sscanf(fields[3], "%d", &n); err != nil || n < 0 || n*18 != len(rest) {
+	if _, err := fmt.Sscanf(fields[3], "%d", &n); err != nil || n < 0 || n > len(rest)/18 || n*18 != len(rest) {
 		return Set{}, fmt.Errorf("%s: bad length", d.name(set))
 	}
 	s := Set{Data: fields[1], Ranges: strings.TrimPrefix(fields[2], "-"), Prefixes: make([]netip.Prefix, n)}

@@ -1,6 +1,7 @@
 package setstore
 
 import (
+	"crypto/sha256"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -93,5 +94,21 @@ func TestSaveRemovesLeftTemporaryFiles(t *testing.T) {
 	}
 	if got, err := d.Load("s"); err != nil || got.Data != "abc" {
 		t.Errorf("%+v %v", got, err)
+	}
+}
+
+// A count whose length in bytes wraps around (n*18 overflowing to the
+// body's length) in a file whose checksum matches is refused, not a panic
+// making a slice of 10^18 networks.
+func TestLoadRefusesWrappedCount(t *testing.T) {
+	d := Dir{Path: t.TempDir(), Prefix: "x."}
+	// (2 + 2^64) / 18: times 18 it wraps to 2, the body's length.
+	body := []byte("moat-set-v2 abc - 1024819115206086201\nxx")
+	sum := sha256.Sum256(body)
+	if err := os.WriteFile(d.File("s"), append(body, sum[:]...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Load("s"); err == nil {
+		t.Error("loaded")
 	}
 }
