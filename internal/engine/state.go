@@ -78,13 +78,29 @@ func Hash(data []byte) string {
 // engine, the fingerprint after the change), and at 100,000 policy lines
 // decoding it costs about 0.1 s: a read whose bytes are exactly those last
 // decoded or written by this process reuses that record (a copy).
+//
+// A reader without moat's lock (status, explain) may read the record just
+// before a change replaces it and removes the text it names: then it
+// reads the new record (statetext.Reread).
 func LoadApplied(dir string) (*Applied, error) {
-	data, err := readState(dir, AppliedFile)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+	read := func() ([]byte, error) {
+		data, err := readState(dir, AppliedFile)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return data, err
 	}
-	if err != nil {
-		return nil, err
+	return statetext.Reread(read, func(data []byte) (*Applied, error) { return decodeApplied(dir, data) })
+}
+
+// appliedRead, when set (by tests), runs between reading the record and
+// reading the text it names.
+var appliedRead func()
+
+// decodeApplied reads the applied record's bytes (nil: there is none).
+func decodeApplied(dir string, data []byte) (*Applied, error) {
+	if data == nil {
+		return nil, nil
 	}
 	if a, ok := appliedMemo.get(data); ok {
 		return a, nil
@@ -92,6 +108,9 @@ func LoadApplied(dir string) (*Applied, error) {
 	var a Applied
 	if err := json.Unmarshal(data, &a); err != nil {
 		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, AppliedFile), err)
+	}
+	if appliedRead != nil {
+		appliedRead()
 	}
 	if err := loadText(dir, &a); err != nil {
 		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, AppliedFile), err)

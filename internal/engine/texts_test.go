@@ -302,3 +302,50 @@ func mustCompile(t *testing.T, text, conf string) *ruleset.Ruleset {
 	}
 	return ruleset.Compile(p)
 }
+
+// A reader without the lock (status, explain) that reads the applied
+// record just before a change replaces it and removes the text it names
+// reads the new record, not an error about a missing text.
+func TestLoadAppliedDuringChange(t *testing.T) {
+	storeAll(t)
+	dir := t.TempDir()
+	old := &Applied{Backend: "nftables", Policy: "allow 22/tcp\n", Time: time.Now().UTC()}
+	if err := writeApplied(dir, old); err != nil {
+		t.Fatal(err)
+	}
+	appliedMemo.put(nil, Applied{}) // a reader of another process
+	next := &Applied{Backend: "nftables", Policy: "allow 22/tcp\nallow 80/tcp\n", Time: time.Now().UTC()}
+	changes := 0
+	appliedRead = func() {
+		if changes++; changes == 1 {
+			if err := writeApplied(dir, next); err != nil {
+				t.Error(err)
+			}
+			if err := collectTexts(dir); err != nil {
+				t.Error(err)
+			}
+			if n := len(texts(t, dir)); n != 1 {
+				t.Errorf("%d texts after the change, want 1", n)
+			}
+		}
+	}
+	t.Cleanup(func() { appliedRead = nil })
+	a, err := LoadApplied(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Policy != next.Policy {
+		t.Errorf("policy %q, want the new record's %q", a.Policy, next.Policy)
+	}
+	// A text missing for good is still an error, naming the record.
+	appliedRead = nil
+	appliedMemo.put(nil, Applied{})
+	for _, name := range texts(t, dir) {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := LoadApplied(dir); err == nil || !strings.Contains(err.Error(), AppliedFile) {
+		t.Errorf("text removed: err = %v", err)
+	}
+}

@@ -54,12 +54,26 @@ func Save(dir string, s Saved) error {
 	return nil
 }
 
-// LoadSaved reads what Save wrote.
+// LoadSaved reads what Save wrote. A reader without moat's lock (status)
+// that reads the record just before a change replaces it and removes the
+// text it names reads the new record (statetext.Reread).
 func LoadSaved(dir string) (*Saved, error) {
-	data, err := statedir.ReadFile(dir, savedFile)
-	if err != nil {
-		return nil, fmt.Errorf("read saved ruleset: %w", err)
+	read := func() ([]byte, error) {
+		data, err := statedir.ReadFile(dir, savedFile)
+		if err != nil {
+			return nil, fmt.Errorf("read saved ruleset: %w", err)
+		}
+		return data, nil
 	}
+	return statetext.Reread(read, func(data []byte) (*Saved, error) { return decodeSaved(dir, data) })
+}
+
+// savedRead, when set (by tests), runs between reading the record and
+// reading the text it names.
+var savedRead func()
+
+// decodeSaved reads saved.json's bytes.
+func decodeSaved(dir string, data []byte) (*Saved, error) {
 	var s Saved
 	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, fmt.Errorf("read saved ruleset %s: %w", filepath.Join(dir, savedFile), err)
@@ -70,6 +84,9 @@ func LoadSaved(dir string) (*Saved, error) {
 	if s.PolicyFile != "" {
 		if s.Policy != "" {
 			return nil, fmt.Errorf("read saved ruleset %s: it has a policy and names the file %q too", filepath.Join(dir, savedFile), s.PolicyFile)
+		}
+		if savedRead != nil {
+			savedRead()
 		}
 		text, err := statetext.Get(dir, s.PolicyFile)
 		if err != nil {

@@ -19,6 +19,7 @@
 package statetext
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -205,4 +206,30 @@ func Collect(dir string, keep map[string]bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Reread loads a record that may name a text, for a reader without moat's
+// lock (status, explain): it may read the record just before a change
+// replaces it and removes the text it names. load reads the record's
+// bytes (what read returns); when it fails for a missing file and the
+// record has changed since, the new record is loaded (three tries at
+// most). Any other error, or a text missing from the record as it stands,
+// is load's error.
+func Reread[T any](read func() ([]byte, error), load func(data []byte) (T, error)) (T, error) {
+	data, err := read()
+	for tries := 1; ; tries++ {
+		if err != nil {
+			var zero T
+			return zero, err
+		}
+		v, lerr := load(data)
+		if lerr == nil || !errors.Is(lerr, os.ErrNotExist) || tries == 3 {
+			return v, lerr
+		}
+		again, rerr := read()
+		if rerr == nil && bytes.Equal(again, data) {
+			return v, lerr
+		}
+		data, err = again, rerr
+	}
 }
