@@ -73,6 +73,10 @@ func (a *app) kernelFingerprint(ctx context.Context, b backend.Backend) (fp stri
 	return fp, true, err
 }
 
+// fingerprintHook, in tests, runs before recordFingerprint reads the
+// fingerprint from the kernel.
+var fingerprintHook func()
+
 var errNoFingerprint = errors.New("the backend cannot fingerprint its rules")
 
 // generationTracks says whether every change to moat's rules of b moves
@@ -154,19 +158,30 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		return
 	}
 	nb, isNft := b.(*nft.Backend)
-	unproven := isNft && nb.Netlink && !a.ownChangesOnly(nb, a.verified)
+	tracked := isNft && nb.Netlink
+	// proven: the generation at which the table is known to be what moat
+	// applied (by the generations, or by a full comparison made from it).
+	proven, provenOK := uint32(0), false
+	if tracked {
+		proven, provenOK = a.ownChangesOnly(nb, a.verified)
+	}
 	a.verified = verifiedGen{}
-	if unproven {
+	if tracked && !provenOK {
 		// Another program committed since this command found the table
 		// to be what moat applied, or after its own commit: a rule or
 		// element added by hand where this command's partial update did
 		// not write is in the kernel, and a fingerprint read now would
 		// vouch for it. Compare in full first.
+		g0, err := nft.Generation()
 		if why := a.driftReason(ctx, b, st); why != "" {
 			fmt.Fprintf(a.errOut, "moat: warning: %s (while this command ran): the next apply rewrites moat's rules whole\n", why)
 			_ = statedir.Remove(a.stateDir, fingerprintFile)
 			return
 		}
+		proven, provenOK = g0, err == nil
+	}
+	if fingerprintHook != nil {
+		fingerprintHook()
 	}
 	if generationTracks(b) {
 		// Before the fingerprint: a change in between moves the
@@ -181,6 +196,19 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		a.log.Debug("fingerprint moat's rules", "err", err)
 		_ = statedir.Remove(a.stateDir, fingerprintFile)
 		return
+	}
+	if tracked {
+		// The fingerprint stands for what was proven only if nothing was
+		// committed from the proof until it was read whole: a rule added
+		// by hand in between is in it, and the next command, finding
+		// that generation or that fingerprint, would take it for moat's.
+		// Nothing is recorded then: the next command compares in full.
+		after, err := nft.Generation()
+		if !provenOK || !rec.HasGeneration || rec.Generation != proven || err != nil || after != proven {
+			a.log.Debug("the ruleset changed while moat's fingerprint was read: not recorded", "proven", proven, "now", after)
+			_ = statedir.Remove(a.stateDir, fingerprintFile)
+			return
+		}
 	}
 	rec.Fingerprint = fp
 	if rec.HasGeneration {
@@ -232,24 +260,23 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 // ownChangesOnly says whether the generations prove that nothing but
 // this command's own commit (and moat's bans, which move the record)
 // touched any table since it verified moat's table (verified), or since
-// its commit rewrote the table whole: then what the kernel holds now is
-// what moat applied.
-func (a *app) ownChangesOnly(nb *nft.Backend, verified verifiedGen) bool {
+// the table was read for its commit that rewrote it whole: then what the
+// kernel holds at generation now, which it returns, is what moat applied.
+func (a *app) ownChangesOnly(nb *nft.Backend, verified verifiedGen) (now uint32, ok bool) {
 	now, err := nft.Generation()
 	if err != nil {
-		return false
+		return 0, false
 	}
 	before, after, committed := nb.LastCommit()
-	if committed && nb.LastCommitWhole() && after == before+1 && now == after {
-		return true
+	switch {
+	case committed && nb.LastCommitWhole() && after == before+1 && now == after:
+		return now, true
+	case !verified.ok:
+		return 0, false
+	case !committed:
+		return now, now == verified.gen
 	}
-	if !verified.ok {
-		return false
-	}
-	if !committed {
-		return now == verified.gen
-	}
-	return (before == verified.gen || a.recordVouches(before)) && after == before+1 && now == after
+	return now, (before == verified.gen || a.recordVouches(before)) && after == before+1 && now == after
 }
 
 // banCommitted keeps the recorded fingerprint current across moat's own
