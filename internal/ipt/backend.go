@@ -175,8 +175,19 @@ func parseSave(out []byte) saved {
 	sv := saved{jumps: map[string]bool{}, chains: map[string]bool{}, held: contents{}}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	table := tableFilter // output without table lines is the filter table's
 	for sc.Scan() {
 		line := sc.Text()
+		if t, ok := strings.CutPrefix(line, "*"); ok {
+			table = t
+			continue
+		}
+		// moat's chains are in raw and filter: a MOAT-* chain of another
+		// table (mangle, nat) is someone else's, and a generation written
+		// there is not moat's record.
+		if !slices.Contains(tables, table) {
+			continue
+		}
 		if strings.HasPrefix(line, ":MOAT-") {
 			name, _, _ := strings.Cut(line[1:], " ")
 			sv.chains[name] = true

@@ -472,3 +472,20 @@ func TestApplyRefillEndsChanging(t *testing.T) {
 		t.Errorf("IPv4's MOAT-GEN is left as:\n%s", last)
 	}
 }
+
+// iptables-save lists every table: a MOAT-* chain, a jump to it and a
+// generation record in a table moat does not use (mangle) are not moat's.
+func TestParseSaveOtherTables(t *testing.T) {
+	out := "*mangle\n:PREROUTING ACCEPT [0:0]\n:MOAT-GEN - [0:0]\n:MOAT-PREROUTING - [0:0]\n-A PREROUTING -j MOAT-PREROUTING\n" +
+		"-A MOAT-GEN -m comment --comment \"moat:gen forged\" -j RETURN\n-A MOAT-PREROUTING -j DROP\nCOMMIT\n" +
+		"*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\nCOMMIT\n"
+	sv := parseSave([]byte(out))
+	if sv.gen != "" || sv.chains["MOAT-PREROUTING"] || sv.chains["MOAT-GEN"] || sv.jumps["PREROUTING"] || !sv.chains["MOAT-INPUT"] || !sv.jumps["INPUT"] {
+		t.Errorf("read %+v", sv)
+	}
+	for _, l := range sv.lines {
+		if strings.Contains(l, "PREROUTING") {
+			t.Errorf("mangle's line taken for moat's: %s", l)
+		}
+	}
+}

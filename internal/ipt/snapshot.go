@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/moat-fw/moat/internal/policy"
@@ -52,8 +53,19 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 		}
 		sc := bufio.NewScanner(bytes.NewReader(data))
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		table := tableFilter
 		for sc.Scan() {
 			line := sc.Text()
+			if t, ok := strings.CutPrefix(line, "*"); ok {
+				table = t
+				continue
+			}
+			// moat's chains are in raw and filter (Restore puts each line
+			// back in the table of its chain): a MOAT-* chain of mangle
+			// is not moat's, nor restored into raw.
+			if !slices.Contains(tables, table) {
+				continue
+			}
 			if strings.HasPrefix(line, ":MOAT-") || strings.HasPrefix(line, "-A MOAT-") || isJump(line) {
 				out.WriteString(line + "\n")
 			}

@@ -38,3 +38,19 @@ func TestRestoreDamagedSnapshotLine(t *testing.T) {
 		t.Errorf("the damaged line was sent:\n%s", v4)
 	}
 }
+
+// A snapshot holds moat's chains of raw and filter only: a MOAT-* chain of
+// mangle (someone else's) was taken, and Restore put its rules into raw.
+func TestSnapshotOtherTables(t *testing.T) {
+	save := "*mangle\n:PREROUTING ACCEPT [0:0]\n:MOAT-PREROUTING - [0:0]\n-A MOAT-PREROUTING -s 198.51.100.7/32 -j DROP\nCOMMIT\n" +
+		"*raw\n:PREROUTING ACCEPT [0:0]\n:MOAT-PREROUTING - [0:0]\n-A PREROUTING -j MOAT-PREROUTING\nCOMMIT\n" +
+		"*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\nCOMMIT\n"
+	host := &fakeHost{save: map[string]string{"iptables-save": save, "ip6tables-save": ""}}
+	snap, err := (&Backend{Run: host.run}).Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(snap), "198.51.100.7") || !strings.Contains(string(snap), "-A PREROUTING -j MOAT-PREROUTING\n") {
+		t.Errorf("snapshot:\n%s", snap)
+	}
+}
