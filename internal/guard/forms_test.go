@@ -130,16 +130,3 @@ func TestDetectorRefuses(t *testing.T) {
 		t.Fatal("another address not banned")
 	}
 }
-
-// Only logged-in sessions' titles count, never a connection still trying.
-func TestSessionTitle(t *testing.T) {
-	for title, want := range map[string]bool{
-		"sshd: root@pts/0": true, "sshd: admin@notty": true, "sshd-session: admin@notty": true,
-		"sshd: root [priv]": false, "sshd: unknown [net]": false, "sshd: root [preauth]": false, "sshd: [accepted]": false,
-		"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups": false, "sshd: a@b [priv]": false,
-	} {
-		if sessionTitle.MatchString(title) != want {
-			t.Errorf("%q: %v", title, !want)
-		}
-	}
-}

@@ -10,7 +10,7 @@ import (
 // needs it).
 func TestPatternsCompile(t *testing.T) {
 	all := []*lazyRegexp{priRe, bsdTimeRe, isoTimeRe, fullTimeRe, unixTimeRe, monoTimeRe, rfc5424Re,
-		sourceRe, facilityRe, progRe, tooManyRe, authFail, vendorRe, sessionTitle}
+		sourceRe, facilityRe, progRe, tooManyRe, authFail, vendorRe}
 	for _, table := range []map[string][]pattern{sshdPatterns, dropbearPatterns} {
 		for _, pts := range table {
 			for _, pt := range pts {

@@ -68,7 +68,7 @@ type SSHState struct {
 	// OpenSSH 9.8 and later) whose parent is root's sshd (the [priv]
 	// process), so a user's own program named sshd shields nobody; a
 	// connection still guessing passwords is not one. (What
-	// guard.LoggedInClients finds, from the same scan.)
+	// guard.LoggedInClients gives.)
 	LoggedIn []netip.Addr
 }
 
