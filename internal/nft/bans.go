@@ -164,6 +164,11 @@ func (b *Backend) runScript(ctx context.Context, what, script string) error {
 // before (tried again if another change came first), and AfterBan learns
 // that the generation went from G to G+1 by this transaction alone.
 func (b *Backend) sendBans(tx *batch) error {
+	if len(tx.msgs) == 0 && tx.err == nil {
+		// Nothing to commit: the generation stays, and AfterBan must not
+		// hear of a G to G+1 that someone else's commit would make.
+		return nil
+	}
 	if b.AfterBan != nil {
 		for range 3 {
 			gen, err := Generation()

@@ -561,3 +561,14 @@ func TestKernelBatchManyMessages(t *testing.T) {
 		t.Errorf("generation %d -> %d", gen, now)
 	}
 }
+
+// A transaction with nothing in it commits nothing, and AfterBan does not
+// hear of a generation step: the record moved to G+1 would vouch for the
+// next commit, whoever makes it.
+func TestEmptyBanBatchMovesNoRecord(t *testing.T) {
+	b := &Backend{Netlink: true, AfterBan: func(before, after uint32) { t.Errorf("AfterBan(%d, %d) for an empty transaction", before, after) }}
+	k := newNLKernel(t)
+	if err := k.do(func() error { return b.sendBans(&batch{}) }); err != nil {
+		t.Fatal(err)
+	}
+}
