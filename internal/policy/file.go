@@ -307,10 +307,15 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 	p := New()
 	p.Source = d.Name
 	p.Rules = c.rules[:len(c.rules):len(c.rules)]
+	return d.statements(p, svc, func(i int) bool { return c.kinds[i] == lineBlank || c.kinds[i] == lineRule })
+}
+
+// statements parses the lines into p but those done (nil: none; their
+// rules are in p already), collecting the errors.
+func (d *Document) statements(p *Policy, svc Services, done func(i int) bool) (*Policy, error) {
 	var errs []error
 	for i := range d.Lines {
-		switch c.kinds[i] {
-		case lineBlank, lineRule:
+		if done != nil && done(i) {
 			continue
 		}
 		st, ok, err := lineStatement(d, i, svc)
@@ -325,7 +330,7 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 		if !ok {
 			continue
 		}
-		if st.Kind == StmtRule {
+		if st.Kind == StmtRule && done != nil {
 			// Not cached as a rule: cannot happen (index parsed the same
 			// text), but a rule is never lost.
 			return d.policySlow(svc)
@@ -340,8 +345,7 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 	return p, nil
 }
 
-// add puts what statement st (of the line at pos) says into p: what
-// Policy and policySlow share.
+// add puts what statement st (of the line at pos) says into p.
 func (p *Policy) add(st Statement, pos Pos) error {
 	switch st.Kind {
 	case StmtRule:
@@ -374,28 +378,7 @@ func (d *Document) policySlow(svc Services) (*Policy, error) {
 	p := New()
 	p.Source = d.Name
 	p.Rules = make([]Rule, 0, len(d.Lines))
-	var errs []error
-	for i := range d.Lines {
-		st, ok, err := lineStatement(d, i, svc)
-		if err != nil {
-			errs = append(errs, err)
-			if len(errs) == maxErrors {
-				errs = append(errs, fmt.Errorf("%s: too many errors, stopping", d.Name))
-				break
-			}
-			continue
-		}
-		if !ok {
-			continue
-		}
-		if err := p.add(st, Pos{File: d.Name, Line: i + 1, Col: 1}); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return p, nil
+	return d.statements(p, svc, nil)
 }
 
 // ruleLines lists the indexes of the lines that hold rules, in order.
