@@ -17,7 +17,10 @@ import (
 // reused only if its text is the very text parsed, at the same index of
 // a document with the same name, service names and application profiles
 // (the only inputs of a line's parse besides its number, which is set
-// again on every use). Edits made through the Document's methods keep the
+// again on every use). The cache holds the very maps it was parsed with
+// (not their addresses, which a map allocated after the old one was freed
+// could take over), so another map is always seen as another; the maps
+// are not changed in place once given to a Document. Edits made through the Document's methods keep the
 // cache in step; any other change of Lines (another length) drops it.
 
 // lineKind is what a line parsed to.
@@ -36,22 +39,20 @@ const (
 // for line i: more than one for a profile with several protocols).
 type parsed struct {
 	name   string
-	svc    uintptr
-	apps   uintptr
+	svc    Services // the maps parsed with, held so no other map can take their address
+	apps   Apps
 	texts  []string
 	kinds  []lineKind
 	nrules []uint8
 	rules  []Rule
 }
 
-// mapID is the identity of a map (0 for nil): the cache is valid for the
-// very services and profiles it was built with.
-func mapID(m any) uintptr {
-	v := reflect.ValueOf(m)
-	if !v.IsValid() || v.IsNil() {
-		return 0
-	}
-	return uintptr(v.UnsafePointer())
+// sameMap reports whether a and b are the very same map (or both nil):
+// the cache is valid for the very services and profiles it was built
+// with. The cache holds the map it compares with, so that map is alive
+// and no other map can be at its address.
+func sameMap[M ~map[K]V, K comparable, V any](a, b M) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 // isRuleWord reports the words that start a rule.
@@ -88,9 +89,8 @@ func (d *Document) parseOne(i int, svc Services, rules []Rule) (lineKind, []Rule
 // cached already.
 func (d *Document) index(svc Services) *parsed {
 	c := d.cache
-	sid, aid := mapID(svc), mapID(d.Apps)
-	if c == nil || c.name != d.Name || c.svc != sid || c.apps != aid || len(c.texts) != len(d.Lines) {
-		c = &parsed{name: d.Name, svc: sid, apps: aid, texts: make([]string, len(d.Lines)),
+	if c == nil || c.name != d.Name || !sameMap(c.svc, svc) || !sameMap(c.apps, d.Apps) || len(c.texts) != len(d.Lines) {
+		c = &parsed{name: d.Name, svc: svc, apps: d.Apps, texts: make([]string, len(d.Lines)),
 			kinds: make([]lineKind, len(d.Lines)), nrules: make([]uint8, len(d.Lines)), rules: make([]Rule, 0, len(d.Lines))}
 		if len(d.Lines) >= 10000 {
 			adviseHuge(unsafe.Pointer(unsafe.SliceData(c.rules)), uintptr(cap(c.rules))*unsafe.Sizeof(Rule{}))
@@ -124,7 +124,7 @@ func (d *Document) index(svc Services) *parsed {
 // cachedRuleLines is ruleLines from the cache, if there is a valid one.
 func (d *Document) cachedRuleLines() ([]int, bool) {
 	c := d.cache
-	if c == nil || c.name != d.Name || c.apps != mapID(d.Apps) || len(c.texts) != len(d.Lines) {
+	if c == nil || c.name != d.Name || !sameMap(c.apps, d.Apps) || len(c.texts) != len(d.Lines) {
 		return nil, false
 	}
 	var idx []int

@@ -3,7 +3,9 @@ package policy
 import (
 	"fmt"
 	"reflect"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -308,5 +310,47 @@ func TestLargeDocumentCache(t *testing.T) {
 	if err != nil || len(p.Rules) != 20001 || p.Rules[20000].Pos.Line != 20002 || p.Rules[20000].Text != "allow 8080/tcp" ||
 		p.Rules[2].Text != "deny from 198.51.0.1" || p.Rules[2].Pos.Line != 4 {
 		t.Fatalf("large policy: %v, %d rules, last %+v", err, len(p.Rules), p.Rules[len(p.Rules)-1])
+	}
+}
+
+// TestCacheHoldsItsMaps: the cache knows the profiles and services it
+// was parsed with by the maps themselves. When it knew them by address
+// only, the replaced maps were freed (nothing kept them) and a new map
+// allocated at the same address would pass for the old one, with the old
+// ports. The maps must stay alive as long as the cache, and a different
+// map with the same profile name must give its own ports.
+func TestCacheHoldsItsMaps(t *testing.T) {
+	d := NewDocument("moat.conf", []byte("allow WebApp\nallow ssh\n"))
+	var freed atomic.Int32
+	func() {
+		apps := AppsFromPorts(map[string]string{"WebApp": "8080/tcp"})
+		svc := ParseServices([]byte("ssh 22/tcp\n"))
+		runtime.AddCleanup((*byte)(reflect.ValueOf(apps).UnsafePointer()), func(int) { freed.Add(1) }, 0)
+		runtime.AddCleanup((*byte)(reflect.ValueOf(svc).UnsafePointer()), func(int) { freed.Add(1) }, 0)
+		d.Apps = apps
+		if c := d.index(svc); c.rules[0].ToPort.String() != "8080" || c.rules[1].ToPort.String() != "22" {
+			t.Fatalf("parsed to %+v", c.rules)
+		}
+		d.Apps = nil // only the cache may keep the maps now
+	}()
+	for range 5 {
+		runtime.GC()
+	}
+	time.Sleep(10 * time.Millisecond) // cleanups run on their own goroutine
+	runtime.GC()
+	if n := freed.Load(); n != 0 {
+		t.Fatalf("%d of the maps the cache was built with were freed: their addresses can be taken by other maps", n)
+	}
+	d.Apps = AppsFromPorts(map[string]string{"WebApp": "9090/tcp"})
+	svc := ParseServices([]byte("ssh 2222/tcp\n"))
+	if c := d.index(svc); c.rules[0].ToPort.String() != "9090" || c.rules[1].ToPort.String() != "2222" {
+		t.Errorf("the cache gives %s and %s, want 9090 and 2222 (the new maps)", c.rules[0].ToPort, c.rules[1].ToPort)
+	}
+	p, err := d.Policy(svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Rules[0].ToPort.String() != "9090" {
+		t.Errorf("allow WebApp gives port %s, want 9090 (the new profile)", p.Rules[0].ToPort)
 	}
 }
