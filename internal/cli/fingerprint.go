@@ -145,7 +145,10 @@ func (r kernelRecord) matches(st appliedState) bool {
 
 // recordFingerprint stores the kernel's fingerprint for the applied record
 // st. Call it only when the kernel is known to hold what moat applied.
-func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appliedState) {
+// compared is the nftables generation, read before it, at which the
+// caller's full comparison found the kernel to hold it (ok false: none
+// made), so it is not made a second time.
+func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appliedState, compared verifiedGen) {
 	if !st.Known || b.Name() != st.Backend {
 		return
 	}
@@ -166,6 +169,9 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		proven, provenOK = a.ownChangesOnly(nb, a.verified)
 	}
 	a.verified = verifiedGen{}
+	if tracked && !provenOK && compared.ok {
+		proven, provenOK = compared.gen, true // checked again below: nothing committed since
+	}
 	if tracked && !provenOK {
 		// Another program committed since this command found the table
 		// to be what moat applied, or after its own commit: a rule or

@@ -53,7 +53,7 @@ func TestFingerprintNotRecordedAfterHandChange(t *testing.T) {
 		if err := b.Apply(context.Background(), rs); err != nil { // a whole load
 			return err
 		}
-		a.recordFingerprint(context.Background(), b, st)
+		a.recordFingerprint(context.Background(), b, st, verifiedGen{})
 		return nil
 	})
 	if err != nil {

@@ -37,9 +37,18 @@ func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 		if a.unchangedSinceApply(ctx, b, st, true) {
 			continue
 		}
+		// The generation before the comparison: if the kernel is found to
+		// be what moat applied, it was so at this generation, and the
+		// fingerprint recorded then needs no second comparison.
+		var compared verifiedGen
+		if nb, ok := b.(*nft.Backend); ok && nb.Netlink {
+			if g, err := nft.Generation(); err == nil {
+				compared = verifiedGen{gen: g, ok: true}
+			}
+		}
 		why := a.driftReason(ctx, b, st)
 		if why == "" {
-			a.recordFingerprint(ctx, b, st)
+			a.recordFingerprint(ctx, b, st, compared)
 			continue
 		}
 		clean = false
@@ -70,7 +79,7 @@ func (a *app) afterChange(ctx context.Context, before appliedState, clean bool) 
 	}
 	for _, b := range a.kernel {
 		if b.Name() == st.Backend && b.Available() == nil {
-			a.recordFingerprint(ctx, b, st)
+			a.recordFingerprint(ctx, b, st, verifiedGen{})
 		}
 	}
 }
@@ -78,6 +87,9 @@ func (a *app) afterChange(ctx context.Context, before appliedState, clean bool) 
 // driftReason says why moat's rules in the kernel cannot be trusted to be
 // what moat applied, or "".
 func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedState) string {
+	if driftReasonHook != nil {
+		driftReasonHook()
+	}
 	applied, err := a.parseApplied(st.Policy)
 	if err != nil {
 		return "the record of what moat applied is unreadable"
@@ -95,6 +107,9 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 	}
 	return ""
 }
+
+// driftReasonHook, in tests, runs at each full comparison.
+var driftReasonHook func()
 
 // changedInPlace compares moat's rules in the kernel, rule by rule, with
 // what loading the applied policy into an empty scratch namespace gives:

@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/backend"
+	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/nft"
+	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/statedir"
+)
+
+// When the kernel has no usable fingerprint record but holds what moat
+// applied, repairDrift compares in full once, and the fingerprint it then
+// records stands on that comparison: it is not made a second time. The
+// record is still not written when the ruleset changed after it.
+func TestRepairComparesOnce(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("no nft")
+	}
+	const text = "default deny incoming\nallow 22/tcp\n"
+	for _, handChange := range []bool{false, true} {
+		ns, err := lab.NewNS(lab.UniqueName("moatrep"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ns.Close() })
+		dir := t.TempDir()
+		rec := engine.Applied{Backend: "nftables", Policy: text, PolicySHA256: engine.Hash([]byte(text)), Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+		data, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, engine.AppliedFile), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		a := &app{stateDir: dir, config: "moat.conf", out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		p, err := a.parseApplied(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs := ruleset.Compile(p)
+		b := &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true}
+		a.kernel = []backend.Backend{b}
+		compares := 0
+		driftReasonHook = func() { compares++ }
+		fingerprintHook = nil
+		if handChange {
+			fingerprintHook = func() {
+				if _, err := execrun.Exec(context.Background(), []byte("add rule inet moat input tcp dport 6000 accept\n"), "nft", "-f", "-"); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		var clean bool
+		err = ns.Do(func() error {
+			loader := &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true}
+			if err := loader.Apply(context.Background(), rs); err != nil { // another process's whole load
+				return err
+			}
+			_, clean = a.repairDrift(context.Background())
+			return nil
+		})
+		driftReasonHook, fingerprintHook = nil, nil
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !clean {
+			t.Fatal("the kernel holding what moat applied was taken for drift")
+		}
+		if compares != 1 {
+			t.Errorf("hand change %v: %d full comparisons, want 1", handChange, compares)
+		}
+		_, err = statedir.ReadFile(dir, fingerprintFile)
+		if handChange && err == nil {
+			t.Error("a fingerprint read after a hand change was recorded")
+		}
+		if !handChange && err != nil {
+			t.Errorf("no fingerprint recorded after the comparison: %v", err)
+		}
+	}
+}
