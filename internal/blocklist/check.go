@@ -80,8 +80,27 @@ func Describe(l *List) string {
 }
 
 // Diff compares two merged prefix lists (as List.Prefixes gives them) and
-// returns what to add to old and delete from it to get new.
+// returns what to add to old and delete from it to get new, each in the
+// order of its list. Lists in order (as merged lists are) are walked side
+// by side; others go through a map.
 func Diff(old, new []netip.Prefix) (add, del []netip.Prefix) {
+	if sortedPrefixes(old) && sortedPrefixes(new) {
+		i, j := 0, 0
+		for i < len(old) && j < len(new) {
+			switch c := comparePrefix(old[i], new[j]); {
+			case c == 0:
+				i++
+				j++
+			case c < 0:
+				del = append(del, old[i])
+				i++
+			default:
+				add = append(add, new[j])
+				j++
+			}
+		}
+		return append(add, new[j:]...), append(del, old[i:]...)
+	}
 	in := make(map[netip.Prefix]struct{}, len(old))
 	for _, p := range old {
 		in[p] = struct{}{}
@@ -99,4 +118,21 @@ func Diff(old, new []netip.Prefix) (add, del []netip.Prefix) {
 		}
 	}
 	return add, del
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// sortedPrefixes: each prefix strictly after the one before.
+func sortedPrefixes(ps []netip.Prefix) bool {
+	for i := 1; i < len(ps); i++ {
+		if comparePrefix(ps[i-1], ps[i]) >= 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"go4.org/netipx"
@@ -59,10 +60,16 @@ func (e *LineError) Error() string { return fmt.Sprintf("%s:%d: %s", e.File, e.L
 // too. A malformed line refuses the whole list: the error names the file
 // and line.
 func Parse(r io.Reader, file string) (*List, error) {
+	return parse(r, file, parseLine)
+}
+
+// parse is Parse with the line reader given (the fuzz test compares the
+// fast one with parseLineSlow).
+func parse(r io.Reader, file string, lineFn func([]netip.Prefix, []byte) ([]netip.Prefix, string)) (*List, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, MaxLineLen), MaxLineLen)
 	var l List
-	var b netipx.IPSetBuilder
+	var buf []netip.Prefix
 	line := 0
 	for sc.Scan() {
 		line++
@@ -70,16 +77,16 @@ func Parse(r io.Reader, file string) (*List, error) {
 		if line == 1 {
 			text = bytes.TrimPrefix(text, []byte("\xef\xbb\xbf"))
 		}
-		prefixes, msg := parseLine(text)
+		var msg string
+		buf, msg = lineFn(buf[:0], text)
 		if msg != "" {
 			return nil, &LineError{File: file, Line: line, Msg: msg}
 		}
-		for _, p := range prefixes {
+		for _, p := range buf {
 			if len(l.Entries) >= MaxEntries {
 				return nil, &LineError{File: file, Line: line, Msg: fmt.Sprintf("more than %d entries", MaxEntries)}
 			}
 			l.Entries = append(l.Entries, Entry{Prefix: p, Line: line})
-			b.AddPrefix(p)
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -88,31 +95,108 @@ func Parse(r io.Reader, file string) (*List, error) {
 		}
 		return nil, fmt.Errorf("read %s: %w", file, err)
 	}
-	set, err := b.IPSet()
-	if err != nil {
-		return nil, fmt.Errorf("merge %s: %w", file, err)
+	l.V4, l.V6 = merge(l.Entries)
+	return &l, nil
+}
+
+// merge gives the fewest disjoint prefixes that cover the entries, IPv4
+// and IPv6 apart, each in address order: what netipx.IPSet.Prefixes gives
+// (TestMergeSameAsIPSet, FuzzParse), without its builder's copies. The
+// entries' networks become ranges, sorted; overlapping or adjacent ones
+// join; each joined range is split into prefixes again.
+func merge(entries []Entry) (v4, v6 []netip.Prefix) {
+	if len(entries) == 0 {
+		return nil, nil
 	}
-	for _, p := range set.Prefixes() {
-		if p.Addr().Is4() {
-			l.V4 = append(l.V4, p)
-		} else {
-			l.V6 = append(l.V6, p)
+	rs := make([]netipx.IPRange, len(entries))
+	for i, e := range entries {
+		rs[i] = netipx.RangeOfPrefix(e.Prefix)
+	}
+	slices.SortFunc(rs, func(a, b netipx.IPRange) int {
+		if c := a.From().Compare(b.From()); c != 0 {
+			return c
+		}
+		return a.To().Compare(b.To())
+	})
+	var out []netip.Prefix
+	flush := func(r netipx.IPRange) { out = r.AppendPrefixes(out) }
+	cur := rs[0]
+	for _, r := range rs[1:] {
+		from, to := r.From(), cur.To()
+		joins := from.BitLen() == to.BitLen() && (from.Compare(to) <= 0 || from == to.Next())
+		if !joins {
+			flush(cur)
+			cur = r
+			continue
+		}
+		if r.To().Compare(to) > 0 {
+			cur = netipx.IPRangeFrom(cur.From(), r.To())
 		}
 	}
-	return &l, nil
+	flush(cur)
+	n4 := 0
+	for n4 < len(out) && out[n4].Addr().Is4() {
+		n4++
+	}
+	if n4 > 0 {
+		v4 = out[:n4:n4]
+	}
+	if n4 < len(out) {
+		v6 = out[n4:]
+	}
+	return v4, v6
 }
 
 const want = "expected an address, a CIDR (192.0.2.0/24, 2001:db8::/32) or a range (192.0.2.1-192.0.2.9), then an optional '#' or ';' comment"
 
-// parseLine reads one line; it returns no prefixes for a blank or comment
-// line and a message for a malformed one.
-func parseLine(text []byte) ([]netip.Prefix, string) {
+// parseLine reads one line, appending its networks to dst; it adds none
+// for a blank or comment line and returns a message for a malformed one.
+// A plain line (an address or CIDR, ASCII blanks around it, an optional
+// comment) is read without copying it; every other line goes the general
+// way (parseLineSlow). Both give the same networks and messages
+// (FuzzParseFastSameAsSlow).
+func parseLine(dst []netip.Prefix, text []byte) ([]netip.Prefix, string) {
+	end := len(text)
+	if i := bytes.IndexAny(text, "#;"); i >= 0 {
+		end = i
+	}
+	start := 0
+	for start < end && asciiSpace(text[start]) {
+		start++
+	}
+	for end > start && asciiSpace(text[end-1]) {
+		end--
+	}
+	if start == end {
+		// Blank before any comment: the slow path decides (a comment
+		// line, or a line of unicode blanks).
+		return parseLineSlow(dst, text)
+	}
+	for _, c := range text[start:end] {
+		if !plainByte(c) {
+			return parseLineSlow(dst, text)
+		}
+	}
+	return parseEntry(dst, string(text[start:end]))
+}
+
+func asciiSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
+}
+
+// plainByte: a byte of an address or CIDR (no range, zone or JSON).
+func plainByte(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' || c == '.' || c == ':' || c == '/'
+}
+
+// parseLineSlow is the general reader of a line (see parseLine).
+func parseLineSlow(dst []netip.Prefix, text []byte) ([]netip.Prefix, string) {
 	s := strings.TrimSpace(string(text))
 	if s == "" || s[0] == '#' || s[0] == ';' {
-		return nil, ""
+		return dst, ""
 	}
 	if s[0] == '{' {
-		return parseJSONLine(s)
+		return parseJSONLine(dst, s)
 	}
 	if i := strings.IndexAny(s, "#;"); i >= 0 {
 		s = strings.TrimSpace(s[:i])
@@ -122,74 +206,74 @@ func parseLine(text []byte) ([]netip.Prefix, string) {
 	if strings.ContainsAny(s, " \t") {
 		a, b, ok := strings.Cut(s, "-")
 		if !ok {
-			return nil, fmt.Sprintf("bad entry %q: %s", clip(s), want)
+			return dst, fmt.Sprintf("bad entry %q: %s", clip(s), want)
 		}
 		s = strings.TrimSpace(a) + "-" + strings.TrimSpace(b)
 		if strings.ContainsAny(s, " \t") {
-			return nil, fmt.Sprintf("bad entry %q: %s", clip(s), want)
+			return dst, fmt.Sprintf("bad entry %q: %s", clip(s), want)
 		}
 	}
-	return parseEntry(s)
+	return parseEntry(dst, s)
 }
 
-func parseEntry(s string) ([]netip.Prefix, string) {
-	bad := fmt.Sprintf("bad entry %q: %s", clip(s), want)
+func parseEntry(dst []netip.Prefix, s string) ([]netip.Prefix, string) {
+	bad := func() string { return fmt.Sprintf("bad entry %q: %s", clip(s), want) }
 	if strings.Contains(s, "%") {
-		return nil, fmt.Sprintf("bad entry %q: scoped addresses (%%zone) cannot be blocked", clip(s))
+		return dst, fmt.Sprintf("bad entry %q: scoped addresses (%%zone) cannot be blocked", clip(s))
 	}
 	if first, last, ok := strings.Cut(s, "-"); ok {
 		a, err1 := netip.ParseAddr(first)
 		b, err2 := netip.ParseAddr(last)
 		if err1 != nil || err2 != nil {
-			return nil, bad
+			return dst, bad()
 		}
 		a, b = a.Unmap(), b.Unmap()
 		if a.Is4() != b.Is4() {
-			return nil, fmt.Sprintf("bad range %q: both ends must be of one IP version", clip(s))
+			return dst, fmt.Sprintf("bad range %q: both ends must be of one IP version", clip(s))
 		}
 		r := netipx.IPRangeFrom(a, b)
 		if !r.IsValid() {
-			return nil, fmt.Sprintf("bad range %q: the first address must not be above the last", clip(s))
+			return dst, fmt.Sprintf("bad range %q: the first address must not be above the last", clip(s))
 		}
-		return r.Prefixes(), ""
+		return r.AppendPrefixes(dst), ""
 	}
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return nil, bad
+			return dst, bad()
 		}
 		if p.Addr().Is4In6() {
 			if p.Bits() < 96 {
-				return nil, fmt.Sprintf("bad entry %q: an IPv4-mapped network shorter than /96", clip(s))
+				return dst, fmt.Sprintf("bad entry %q: an IPv4-mapped network shorter than /96", clip(s))
 			}
 			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 		}
-		return []netip.Prefix{p.Masked()}, ""
+		return append(dst, p.Masked()), ""
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return nil, bad
+		return dst, bad()
 	}
 	a = a.Unmap()
-	return []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}, ""
+	return append(dst, netip.PrefixFrom(a, a.BitLen())), ""
 }
 
 // parseJSONLine reads Spamhaus' JSON form: one object a line with a "cidr"
 // member; the closing metadata line has none and is skipped.
-func parseJSONLine(s string) ([]netip.Prefix, string) {
+func parseJSONLine(dst []netip.Prefix, s string) ([]netip.Prefix, string) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(s), &obj); err != nil {
-		return nil, fmt.Sprintf("bad JSON line %q: %v", clip(s), err)
+		return dst, fmt.Sprintf("bad JSON line %q: %v", clip(s), err)
 	}
 	raw, ok := obj["cidr"]
 	if !ok {
-		return nil, ""
+		return dst, ""
 	}
 	var cidr string
 	if err := json.Unmarshal(raw, &cidr); err != nil || cidr == "" || strings.ContainsAny(cidr, " -") {
-		return nil, fmt.Sprintf("bad JSON line %q: \"cidr\" must be a CIDR string", clip(s))
+		return dst, fmt.Sprintf("bad JSON line %q: \"cidr\" must be a CIDR string", clip(s))
 	}
-	return parseEntry(cidr)
+	return parseEntry(dst, cidr)
 }
 
 // clip shortens hostile text for a message.

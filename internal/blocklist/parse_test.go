@@ -5,8 +5,11 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
+
+	"go4.org/netipx"
 )
 
 func prefixes(ss ...string) []netip.Prefix {
@@ -161,4 +164,124 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// ipsetMerge is the merge as netipx.IPSetBuilder gives it, which merge
+// replaces.
+func ipsetMerge(t testing.TB, entries []Entry) (v4, v6 []netip.Prefix) {
+	var b netipx.IPSetBuilder
+	for _, e := range entries {
+		b.AddPrefix(e.Prefix)
+	}
+	set, err := b.IPSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range set.Prefixes() {
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		} else {
+			v6 = append(v6, p)
+		}
+	}
+	return v4, v6
+}
+
+// TestMergeSameAsIPSet: overlaps, adjacent networks, the ends of each
+// family's space, duplicates.
+func TestMergeSameAsIPSet(t *testing.T) {
+	for _, list := range [][]string{
+		{},
+		{"192.0.2.0/25", "192.0.2.128/25", "192.0.2.7/32"},
+		{"255.255.255.255/32", "::/128", "0.0.0.0/32", "255.255.255.254/32", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"},
+		{"0.0.0.0/0", "::/0", "192.0.2.0/24"},
+		{"198.51.100.3/32", "198.51.100.1/32", "198.51.100.2/32", "198.51.100.2/32", "2001:db8::/33", "2001:db8:8000::/33"},
+		{"203.0.113.0/24", "203.0.112.0/24", "203.0.114.0/24", "2001:db8::1/128"},
+	} {
+		var entries []Entry
+		for i, p := range prefixes(list...) {
+			entries = append(entries, Entry{Prefix: p, Line: i + 1})
+		}
+		v4, v6 := merge(entries)
+		w4, w6 := ipsetMerge(t, entries)
+		if !same(v4, w4) || !same(v6, w6) {
+			t.Errorf("%v: merge %v %v, IPSet %v %v", list, v4, v6, w4, w6)
+		}
+	}
+}
+
+// FuzzParseFastSameAsSlow: the fast reader of plain lines gives the same
+// networks, the same merge and the same errors as the general one, and the
+// merge is netipx.IPSet's.
+func FuzzParseFastSameAsSlow(f *testing.F) {
+	for _, name := range []string{"testdata/drop.txt", "testdata/firehol.netset", "testdata/cn.zone", "testdata/drop_v4.json"} {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	for _, s := range []string{
+		"192.0.2.1 ; SBL1\n2001:db8::/32 # x\n",
+		"\u00a0192.0.2.1\n", "192.0.2.1\u00a0\n", "192.0.2.1\u0085; c\n", " \t192.0.2.0/24\t \r\n",
+		"192.0.2.1/33\n", "::ffff:192.0.2.0/120\n", "::ffff:0.0.0.0/95\n", "192.0.2.1 192.0.2.2\n",
+		"1.2.3.4/24\n", "fe80::1%eth0\n", "::1:\n", "0x1.2.3.4\n", "01.2.3.4\n", "1.2.3.4/024\n",
+		"#\n;\n  ; x\n{\"cidr\":\"192.0.2.0/24\"}\n", "192.0.2.9-192.0.2.1\n", "192.0.2.0/25\n192.0.2.128/25\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, ferr := parse(bytes.NewReader(data), "f", parseLine)
+		slow, serr := parse(bytes.NewReader(data), "f", parseLineSlow)
+		if (ferr == nil) != (serr == nil) || ferr != nil && ferr.Error() != serr.Error() {
+			t.Fatalf("fast: %v\nslow: %v", ferr, serr)
+		}
+		if ferr != nil {
+			return
+		}
+		if !slices.Equal(fast.Entries, slow.Entries) || !same(fast.V4, slow.V4) || !same(fast.V6, slow.V6) {
+			t.Fatalf("fast %v\nslow %v", fast, slow)
+		}
+		w4, w6 := ipsetMerge(t, fast.Entries)
+		if !same(fast.V4, w4) || !same(fast.V6, w6) {
+			t.Fatalf("merge %v %v, IPSet %v %v", fast.V4, fast.V6, w4, w6)
+		}
+	})
+}
+
+// TestDiffSortedSameAsMap: the walk over merged lists gives what the map
+// gives; unsorted lists (and duplicates) still go through the map.
+func TestDiffSortedSameAsMap(t *testing.T) {
+	mapDiff := func(old, new []netip.Prefix) (add, del []netip.Prefix) {
+		in, keep := map[netip.Prefix]bool{}, map[netip.Prefix]bool{}
+		for _, p := range old {
+			in[p] = true
+		}
+		for _, p := range new {
+			keep[p] = true
+			if !in[p] {
+				add = append(add, p)
+			}
+		}
+		for _, p := range old {
+			if !keep[p] {
+				del = append(del, p)
+			}
+		}
+		return add, del
+	}
+	for _, c := range [][2][]string{
+		{{"192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"}, {"192.0.2.0/25", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/48"}},
+		{{}, {"192.0.2.0/24", "2001:db8::/32"}},
+		{{"192.0.2.0/24", "2001:db8::/32"}, {}},
+		{{"203.0.113.0/24", "192.0.2.0/24"}, {"192.0.2.0/24", "198.51.100.0/24"}},
+		{{"192.0.2.0/24", "192.0.2.0/24"}, {"192.0.2.0/24"}},
+	} {
+		old, new := prefixes(c[0]...), prefixes(c[1]...)
+		add, del := Diff(old, new)
+		wadd, wdel := mapDiff(old, new)
+		if !same(add, wadd) || !same(del, wdel) {
+			t.Errorf("%v: add %v del %v, want %v %v", c, add, del, wadd, wdel)
+		}
+	}
 }
