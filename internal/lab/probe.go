@@ -116,6 +116,10 @@ func classify(err error) (Outcome, error) {
 	return "", err
 }
 
+// pollSlice is the longest a TCP probe waits without looking at its
+// context.
+const pollSlice = 50 * time.Millisecond
+
 // probeTCP connects with the socket calls themselves, not net.Dial: the
 // kernel decides whether the handshake completed within the wait. With
 // Dial, a process starved of CPU for longer than the wait (the parallel
@@ -125,6 +129,9 @@ func classify(err error) (Outcome, error) {
 // more after its timeout: a late thread still sees the answer, and a
 // dropped SYN (retransmitted only after a second) still times out.
 func probeTCP(ctx context.Context, p Probe) (Outcome, error) {
+	if err := context.Cause(ctx); err != nil {
+		return "", fmt.Errorf("tcp probe %s: %w", p.Dst, err)
+	}
 	dst := netip.AddrPortFrom(p.Dst.Addr().Unmap(), p.Dst.Port())
 	family := unix.AF_INET6
 	if dst.Addr().Is4() {
@@ -158,7 +165,10 @@ func probeTCP(ctx context.Context, p Probe) (Outcome, error) {
 		deadline = dl
 	}
 	for {
-		ms := max(time.Until(deadline).Milliseconds(), 0)
+		// In slices of at most pollSlice, so that a cancelled context
+		// ends the wait; the last poll is made at or after the deadline.
+		left := time.Until(deadline)
+		ms := max(min(left, pollSlice).Milliseconds(), 0)
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
 		n, err := unix.Poll(fds, int(ms))
 		if errors.Is(err, unix.EINTR) {
@@ -168,7 +178,13 @@ func probeTCP(ctx context.Context, p Probe) (Outcome, error) {
 			return "", fmt.Errorf("poll: %w", err)
 		}
 		if n == 0 {
-			return Timeout, nil
+			if left <= pollSlice {
+				return Timeout, nil
+			}
+			if err := context.Cause(ctx); err != nil {
+				return "", fmt.Errorf("tcp probe %s: %w", dst, err)
+			}
+			continue
 		}
 		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 		if err != nil {

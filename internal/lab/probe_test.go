@@ -95,3 +95,44 @@ func TestSockaddrZone(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeHonoursCancel: a TCP probe whose SYN goes unanswered (sent
+// over a veth to a MAC address nobody has) stops when its context is
+// cancelled, not only at the end of its wait.
+func TestProbeHonoursCancel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	t.Parallel()
+	ns, err := NewNS(UniqueName("moatcancel"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Close() })
+	for _, args := range [][]string{
+		{"link", "add", "cx0", "type", "veth", "peer", "name", "cx1"},
+		{"addr", "add", "192.0.2.1/24", "dev", "cx0"},
+		{"link", "set", "cx0", "up"},
+		{"link", "set", "cx1", "up"},
+		{"neigh", "add", "192.0.2.2", "lladdr", "02:00:00:00:00:02", "dev", "cx0", "nud", "permanent"},
+	} {
+		if out, err := ns.Run(context.Background(), "ip", args...); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	go func() {
+		_, err := ns.Send(ctx, Probe{Proto: "tcp", Dst: netip.MustParseAddrPort("192.0.2.2:80"), Wait: time.Minute})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), context.Canceled.Error()) {
+			t.Errorf("a cancelled probe returned %v, want the cancellation", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a probe cancelled after 100ms still waits after 20s (its wait is a minute)")
+	}
+}
