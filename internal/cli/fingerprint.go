@@ -161,12 +161,19 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		return
 	}
 	nb, isNft := b.(*nft.Backend)
-	tracked := isNft && nb.Netlink
+	ib, isIpt := b.(*ipt.Backend)
+	// tracked: every change to moat's rules moves the generation, and
+	// this command knows which of those moves are its own. With legacy
+	// x_tables (no generation) the fingerprint is recorded as read.
+	tracked := isNft && nb.Netlink || isIpt && ib.InNftables()
 	// proven: the generation at which the table is known to be what moat
 	// applied (by the generations, or by a full comparison made from it).
 	proven, provenOK := uint32(0), false
-	if tracked {
+	switch {
+	case tracked && isNft:
 		proven, provenOK = a.ownChangesOnly(nb, a.verified)
+	case tracked:
+		proven, provenOK = a.ownRestoresOnly(ib, a.verified)
 	}
 	a.verified = verifiedGen{}
 	if tracked && !provenOK && compared.ok {
@@ -178,6 +185,7 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		// element added by hand where this command's partial update did
 		// not write is in the kernel, and a fingerprint read now would
 		// vouch for it. Compare in full first.
+		a.log.Debug("the generations do not prove moat's rules unchanged: comparing them in full before the fingerprint")
 		g0, err := nft.Generation()
 		if why := a.driftReason(ctx, b, st); why != "" {
 			fmt.Fprintf(a.errOut, "moat: warning: %s (while this command ran): the next apply rewrites moat's rules whole\n", why)
@@ -283,6 +291,25 @@ func (a *app) ownChangesOnly(nb *nft.Backend, verified verifiedGen) (now uint32,
 		return now, now == verified.gen
 	}
 	return now, (before == verified.gen || a.recordVouches(before)) && after == before+1 && now == after
+}
+
+// ownRestoresOnly is ownChangesOnly for iptables-nft: the generations
+// prove that nothing but this command's own restores committed since it
+// verified moat's chains (verified): its Apply found the generation it
+// verified, and the generation moved since by exactly the transactions
+// its restores made. A rule inserted by hand (iptables -I) between two of
+// them moves it once more. ipset changes do not move it: the fingerprint
+// reads the policy sets' members.
+func (a *app) ownRestoresOnly(ib *ipt.Backend, verified verifiedGen) (now uint32, ok bool) {
+	now, err := nft.Generation()
+	if err != nil || !verified.ok {
+		return 0, false
+	}
+	before, commits, applied, known := ib.LastApply()
+	if !applied {
+		return now, now == verified.gen
+	}
+	return now, known && before == verified.gen && now == before+commits
 }
 
 // banCommitted keeps the recorded fingerprint current across moat's own

@@ -49,6 +49,9 @@ type Backend struct {
 	// change of a set's networks is sent as adds and deletes (nil: a
 	// changed set is loaded whole and swapped in).
 	Elements setstore.Store
+	// track is what the last Apply did to the nftables ruleset
+	// generation (LastApply).
+	track commitTrack
 }
 
 // New returns the iptables backend.
@@ -281,6 +284,7 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 // did not change.
 // Nothing changed: nothing is sent.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
+	b.startTrack()
 	st, err := b.read(ctx)
 	if err != nil {
 		return err
@@ -360,7 +364,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			// The rules are as they were: only the record changes.
 			script = "*filter\n" + genChainRules(gen, rh, c) + "COMMIT\n"
 		}
-		if _, err := b.Run(ctx, []byte(script), f.restore, "-w", "5", "--noflush"); err != nil {
+		if err := b.restoreRules(ctx, f, script); err != nil {
 			return fmt.Errorf("load %s rules: %w", f.fam, err)
 		}
 	}
@@ -450,7 +454,7 @@ func (b *Backend) markChanging(ctx context.Context, st *state, names []string) e
 			}
 		}
 		script := "*filter\n" + genChainRules(dirty, st.rules[f.fam], keep) + "COMMIT\n"
-		if _, err := b.Run(ctx, []byte(script), f.restore, "-w", "5", "--noflush"); err != nil {
+		if err := b.restoreRules(ctx, f, script); err != nil {
 			return fmt.Errorf("mark %s sets as changing: %w", f.fam, err)
 		}
 	}
@@ -667,6 +671,7 @@ func (b *Backend) Active(ctx context.Context) (bool, error) {
 
 // Remove deletes moat's jumps, chains and ipsets, and nothing else.
 func (b *Backend) Remove(ctx context.Context) error {
+	b.track = commitTrack{} // its commits are no Apply's
 	st, err := b.read(ctx)
 	if err != nil {
 		return err

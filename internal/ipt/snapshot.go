@@ -84,6 +84,7 @@ func isJump(line string) bool {
 // restore, and what the snapshot lacks is removed. An empty snapshot
 // removes everything moat owns.
 func (b *Backend) Restore(ctx context.Context, snap []byte) error {
+	b.track = commitTrack{} // its commits are no Apply's
 	if len(bytes.TrimSpace(snap)) == 0 {
 		return b.Remove(ctx)
 	}
