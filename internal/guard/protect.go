@@ -125,8 +125,9 @@ func InterfaceAddrs() ([]netip.Addr, error) {
 
 // LoggedInClients lists the client addresses of logged-in SSH sessions:
 // established TCP connections held by an OpenSSH process titled
-// "sshd: USER@TTY" whose parent is root's sshd (safeapply.SSHState.
-// LoggedIn: the lockout check's scan, so both name the same clients).
+// "sshd: USER@TTY" whose parent is root's sshd, or by a dropbear session
+// with a child under root's dropbear (safeapply.SSHState.LoggedIn: the
+// lockout check's scan, so both name the same clients).
 func LoggedInClients(procRoot string) ([]netip.Addr, error) {
 	st, err := safeapply.FindSSH(procRoot, "")
 	if err != nil {

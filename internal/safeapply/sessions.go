@@ -63,12 +63,14 @@ type SSHState struct {
 	// Outgoing are the SSH connections this host opened (ssh, autossh):
 	// a reverse tunnel (ssh -R) or a jump the admin may come in through.
 	Outgoing []OutgoingSSH
-	// LoggedIn are the clients of logged-in OpenSSH sessions: connections
-	// held by an sshd process titled "sshd: USER@TTY" (sshd-session on
+	// LoggedIn are the clients of logged-in SSH sessions: connections
+	// held by an OpenSSH process titled "sshd: USER@TTY" (sshd-session on
 	// OpenSSH 9.8 and later) whose parent is root's sshd (the [priv]
-	// process), so a user's own program named sshd shields nobody; a
-	// connection still guessing passwords is not one. (What
-	// guard.LoggedInClients gives.)
+	// process), or by a root dropbear process, child of root's dropbear
+	// daemon, that has a child (the user's shell or command, forked only
+	// after the login); so a user's own program named sshd or dropbear
+	// shields nobody, and a connection still guessing passwords is not
+	// one. (What guard.LoggedInClients gives.)
 	LoggedIn []netip.Addr
 }
 
@@ -555,8 +557,13 @@ func sshdSockets(procRoot string, listening, hinted map[string]bool) (procSocket
 			pids = append(pids, procEntry{pid, d.Name()})
 		}
 	}
-	procs := scanProcs(procRoot, pids)
+	procs, parents := scanProcs(procRoot, pids)
 	for _, p := range procs {
+		if p.dropbearSession(procs, parents) {
+			for _, inode := range p.inodes {
+				socks.loggedIn[inode] = true
+			}
+		}
 		if p.sshd {
 			for _, inode := range p.inodes {
 				socks.sshd[inode] = true
@@ -617,8 +624,8 @@ func sshdSockets(procRoot string, listening, hinted map[string]bool) (procSocket
 type proc struct {
 	comm      string
 	title     string // the command line of an OpenSSH sshd process (NULs as spaces)
-	uid       int    // the real user ID of an OpenSSH sshd process (-1: unknown)
-	ppid      int
+	uid       int    // the real user ID of an OpenSSH sshd or a dropbear process (-1: unknown)
+	pid, ppid int
 	sshd      bool
 	activator bool
 	client    bool
@@ -635,28 +642,37 @@ type proc struct {
 // as Go runs at once (up to 4): each costs a few system calls, and a
 // server runs hundreds. /proc does not depend on the network namespace
 // of the thread reading it, so any thread may.
-func scanProcs(procRoot string, pids []procEntry) map[int]*proc {
+//
+// parents are the PIDs that have a child process (any process: a
+// dropbear session is known by its child, the user's shell or command).
+func scanProcs(procRoot string, pids []procEntry) (map[int]*proc, map[int]bool) {
 	workers := min(runtime.GOMAXPROCS(0), 4, max(len(pids)/64, 1))
 	parts := make([]map[int]*proc, workers)
+	partParents := make([]map[int]bool, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
-			found := map[int]*proc{}
+			found, parents := map[int]*proc{}, map[int]bool{}
 			var buf [512]byte
 			for i := w; i < len(pids); i += workers {
-				if p := scanProc(procRoot, pids[i], buf[:]); p != nil {
+				p, ppid := scanProc(procRoot, pids[i], buf[:])
+				if p != nil {
 					found[pids[i].pid] = p
 				}
+				if ppid > 1 {
+					parents[ppid] = true
+				}
 			}
-			parts[w] = found
+			parts[w], partParents[w] = found, parents
 		})
 	}
 	wg.Wait()
-	procs := map[int]*proc{}
-	for _, part := range parts {
-		maps.Copy(procs, part)
+	procs, parents := map[int]*proc{}, map[int]bool{}
+	for w := range parts {
+		maps.Copy(procs, parts[w])
+		maps.Copy(parents, partParents[w])
 	}
-	return procs
+	return procs, parents
 }
 
 // procEntry is a process directory of /proc: its PID and its name.
@@ -665,8 +681,9 @@ type procEntry struct {
 	name string
 }
 
-// scanProc reads one process: nil if it is gone or of no interest.
-func scanProc(procRoot string, e procEntry, buf []byte) *proc {
+// scanProc reads one process: nil if it is gone or of no interest, and
+// its parent's PID as /proc/PID/stat gives it (-1 if unknown).
+func scanProc(procRoot string, e procEntry, buf []byte) (*proc, int) {
 	pid := e.pid
 	dir := filepath.Join(procRoot, e.name)
 	// stat names the process, its parent and whether it is a kernel
@@ -675,7 +692,7 @@ func scanProc(procRoot string, e procEntry, buf []byte) *proc {
 	if data, err := readSmall(filepath.Join(dir, "stat"), buf); err == nil {
 		if comm, pp, flags, ok := parseStat(data); ok {
 			if flags&pfKthread != 0 {
-				return nil
+				return nil, -1
 			}
 			name, ppid = strings.TrimSpace(comm), pp
 		}
@@ -683,25 +700,28 @@ func scanProc(procRoot string, e procEntry, buf []byte) *proc {
 	if ppid < 0 {
 		comm, err := readSmall(filepath.Join(dir, "comm"), buf)
 		if err != nil {
-			return nil // the process has gone
+			return nil, -1 // the process has gone
 		}
 		name = strings.TrimSpace(string(comm))
 	}
 	exe, _ := os.Readlink(filepath.Join(dir, "exe"))
 	exe = strings.TrimSuffix(filepath.Base(exe), " (deleted)")
-	p := &proc{}
+	p := &proc{pid: pid}
 	p.sshd = isSSHD(name) || isSSHD(exe)
 	// systemd-socket-activate's comm is cut to 15 characters.
 	p.activator = pid == 1 || name == "systemd" || strings.HasPrefix(name, "systemd-socket") || name == "inetd" || name == "xinetd"
 	p.client = name == "ssh" || name == "autossh"
 	if !p.sshd && !p.activator && !p.client {
-		return nil
+		return nil, ppid
 	}
 	p.ppid = ppid
 	if ppid < 0 {
 		p.ppid = readPPid(dir)
 	}
 	p.comm, p.uid = name, -1
+	if name == "dropbear" {
+		p.uid = readUID(dir)
+	}
 	if openSSH(name) {
 		if cmd, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
 			p.title = strings.TrimRight(string(bytes.ReplaceAll(cmd, []byte{0}, []byte{' '})), " ")
@@ -712,7 +732,7 @@ func scanProc(procRoot string, e procEntry, buf []byte) *proc {
 	if p.sshd || p.client {
 		p.inodes, p.fdsRead = readSocketInodes(dir), true
 	}
-	return p
+	return p, p.ppid
 }
 
 // openSSH: the process name of OpenSSH's server processes.
@@ -727,6 +747,21 @@ var sessionTitle = sync.OnceValue(func() *regexp.Regexp { return regexp.MustComp
 // parent is still to be checked).
 func (p *proc) loggedInSession() bool {
 	return openSSH(p.comm) && sessionTitle().MatchString(p.title)
+}
+
+// dropbearSession: a process of a logged-in dropbear session. dropbear
+// sets no process title and has no privilege-separated child: the
+// connection's process, root's and a child of root's dropbear daemon,
+// forks the user's shell or command only once the user has logged in
+// (a connection still authenticating has no child). Only under a root
+// daemon of its kind, as for OpenSSH: a user's own dropbear shields
+// nobody.
+func (p *proc) dropbearSession(procs map[int]*proc, parents map[int]bool) bool {
+	if p.comm != "dropbear" || p.uid != 0 {
+		return false
+	}
+	daemon := procs[p.ppid]
+	return daemon != nil && daemon.comm == "dropbear" && daemon.uid == 0 && parents[p.pid]
 }
 
 // readUID reads the real user ID from /proc/PID/status (-1 if unknown).

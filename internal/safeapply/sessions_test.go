@@ -457,7 +457,7 @@ func TestFindSSHManyProcesses(t *testing.T) {
 			pids = append(pids, procEntry{pid, d.Name()})
 		}
 	}
-	if got := scanProcs(root, pids); len(got) != 2+len(want) || got[97] == nil || got[1] == nil {
+	if got, _ := scanProcs(root, pids); len(got) != 2+len(want) || got[97] == nil || got[1] == nil {
 		t.Fatalf("scan found %d processes of interest, want %d", len(got), 2+len(want))
 	}
 	st := find(t, root, nil)
@@ -615,5 +615,56 @@ func TestSessionTitle(t *testing.T) {
 		if sessionTitle().MatchString(title) != want {
 			t.Errorf("%q: %v", title, !want)
 		}
+	}
+}
+
+// dropbear sets no process title and keeps no privilege-separated child:
+// a connection's process (root, the daemon's child) forks the user's
+// shell or command only once the user has logged in. A logged-in dropbear
+// session is a root dropbear under root's dropbear daemon with a child
+// process; one still authenticating has none, and a user's own dropbear
+// (not root, or not under root's daemon) shields nobody.
+func TestFindSSHLoggedInDropbear(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
+	lis6 := b.sock("0A", "[::]:2222", "[::]:0")
+	admin := b.sock("01", "192.0.2.1:2222", "198.51.100.7:50000")
+	admin6 := b.sock("01", "[2001:db8::1]:2222", "[2001:db8:5::7]:50001")
+	guessing := b.sock("01", "192.0.2.1:2222", "203.0.113.9:50002")
+	mallory := b.sock("01", "192.0.2.1:2222", "203.0.113.66:50003")
+	mallory2 := b.sock("01", "192.0.2.1:2222", "203.0.113.67:50004")
+	mallory3 := b.sock("01", "192.0.2.1:2223", "203.0.113.68:50005")
+	b.procTitled(90, 1, "dropbear", "/usr/sbin/dropbear -F -p 2222", 0, lis, lis6)
+	b.procTitled(100, 90, "dropbear", "/usr/sbin/dropbear -F -p 2222", 0, admin)
+	b.procTitled(101, 100, "bash", "-bash", 1000)
+	b.procTitled(110, 90, "dropbear", "/usr/sbin/dropbear -F -p 2222", 0, admin6)
+	b.procTitled(111, 110, "sh", "sh -c rsync --server", 1001)
+	b.procTitled(120, 90, "dropbear", "/usr/sbin/dropbear -F -p 2222", 0, guessing) // no child yet
+	// A user's own dropbear daemon, and a child of it with a shell.
+	b.procTitled(200, 1, "dropbear", "dropbear -p 2223", 1000, b.sock("0A", "0.0.0.0:2223", "0.0.0.0:0"))
+	b.procTitled(201, 200, "dropbear", "dropbear -p 2223", 1000, mallory3)
+	b.procTitled(202, 201, "sh", "sh", 1000)
+	// A user's dropbear (not root) under root's daemon cannot be, but
+	// is not trusted either; nor a root dropbear under a user's shell.
+	b.procTitled(300, 90, "dropbear", "dropbear", 1000, mallory)
+	b.procTitled(301, 300, "sh", "sh", 1000)
+	b.procTitled(400, 1, "bash", "-bash", 1000)
+	b.procTitled(401, 400, "dropbear", "dropbear", 0, mallory2)
+	b.procTitled(402, 401, "sh", "sh", 1000)
+	for pid, pp := range map[int]int{90: 1, 100: 90, 101: 100, 110: 90, 111: 110, 120: 90, 200: 1, 201: 200, 202: 201, 300: 90, 301: 300, 400: 1, 401: 400, 402: 401} {
+		// /proc/PID/stat names the parents (status is read for the uid).
+		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "stat"), []byte(fmt.Sprintf("%d (x) S %d %d %d 0 -1 4194560 0 0", pid, pp, pid, pid)), 0o644))
+	}
+	b.must(filepath.WalkDir(b.root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.Name() == "stat" { // the name is comm's
+			data, _ := os.ReadFile(path)
+			comm, _ := os.ReadFile(filepath.Join(filepath.Dir(path), "comm"))
+			return os.WriteFile(path, []byte(strings.Replace(string(data), "(x)", "("+strings.TrimSpace(string(comm))+")", 1)), 0o644)
+		}
+		return err
+	}))
+	st := find(t, b.write(""), nil)
+	if got := fmt.Sprint(st.LoggedIn); got != "[198.51.100.7 2001:db8:5::7]" {
+		t.Errorf("logged in: %s, want [198.51.100.7 2001:db8:5::7]", got)
 	}
 }
