@@ -564,6 +564,13 @@ func TestFindSSHLoggedIn(t *testing.T) {
 	b.procTitled(110, 90, "sshd-session", "sshd-session: ops [priv]", 0)
 	b.procTitled(111, 110, "sshd-session", "sshd-session: ops@notty", 1001, admin6)
 	b.procTitled(120, 90, "sshd", "sshd: root [preauth]", 0, guessing)
+	// OpenSSH 10: sshd-session [priv] runs sshd-auth (as the privsep
+	// user) until the login; even one that renamed itself is not a
+	// session's.
+	guessing2 := b.sock("01", "192.0.2.1:22", "203.0.113.10:50005")
+	b.procTitled(130, 90, "sshd-session", "sshd-session: root [priv]", 0)
+	b.procTitled(131, 130, "sshd-auth", "sshd-auth: root [preauth]", 101, guessing2)
+	b.procTitled(132, 130, "sshd-auth", "sshd-auth: root@pts/9", 101)
 	b.procTitled(200, 1, "bash", "-bash", 1000)
 	b.procTitled(201, 200, "sshd", "sshd: admin@pts/1", 1000, mallory)
 	b.procTitled(300, 1, "sshd", "sshd: mallory [priv]", 1000)
@@ -573,7 +580,7 @@ func TestFindSSHLoggedIn(t *testing.T) {
 	if got != "[198.51.100.7 2001:db8:5::7]" {
 		t.Errorf("logged in: %s, want [198.51.100.7 2001:db8:5::7]", got)
 	}
-	if len(st.Sessions) != 5 {
+	if len(st.Sessions) != 6 {
 		t.Errorf("live sessions: %q", sessionList(st))
 	}
 }
@@ -611,6 +618,7 @@ func TestSessionTitle(t *testing.T) {
 		"sshd: root@pts/0": true, "sshd: admin@notty": true, "sshd-session: admin@notty": true,
 		"sshd: root [priv]": false, "sshd: unknown [net]": false, "sshd: root [preauth]": false, "sshd: [accepted]": false,
 		"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups": false, "sshd: a@b [priv]": false,
+		"sshd-auth: root [preauth]": false, "sshd-auth: root@pts/0": false,
 	} {
 		if sessionTitle().MatchString(title) != want {
 			t.Errorf("%q: %v", title, !want)
