@@ -1,0 +1,135 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/lab"
+)
+
+// startDropbear runs dropbear on port 2222 of the server, with root's
+// authorized_keys read from a mount namespace of its own where /root is
+// the test's folder (the host's /root is never touched), and returns the
+// client's key.
+func (e *env) startDropbear() (key string) {
+	t := e.t
+	t.Helper()
+	for _, p := range []string{"dropbear", "dropbearkey", "dbclient", "unshare"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Fatalf("%s is not installed (dropbear-bin, util-linux)", p)
+		}
+	}
+	dir := filepath.Join(e.dir, "dropbear")
+	home := filepath.Join(dir, "home")
+	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"host", "client"} {
+		if out, err := exec.Command("dropbearkey", "-t", "ed25519", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
+			t.Fatalf("dropbearkey: %v\n%s", err, out)
+		}
+	}
+	out, err := exec.Command("dropbearkey", "-y", "-f", filepath.Join(dir, "client")).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pub string
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "ssh-") {
+			pub = line + "\n"
+		}
+	}
+	writeFile(t, filepath.Join(home, ".ssh", "authorized_keys"), pub)
+	// The script is fixed; the paths are its arguments.
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", `mount --bind "$0" /root && exec "$@"`,
+		home, "dropbear", "-F", "-E", "-s", "-p", "2222", "-r", filepath.Join(dir, "host"), "-P", filepath.Join(dir, "pid"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := e.topo.Server.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		killDescendants(cmd.Process.Pid)
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // gone already if it died
+		_ = cmd.Wait()
+	})
+	return filepath.Join(dir, "client")
+}
+
+// dropbearLogin logs in to the server's dropbear from the client and
+// runs cat, as sshd.login does with OpenSSH.
+func (e *env) dropbearLogin(key string) *session {
+	t := e.t
+	t.Helper()
+	var sess *session
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cmd := exec.Command("dbclient", "-y", "-i", key, "-p", "2222", "root@"+lab.ServerV4.String(), "cat")
+		cmd.Env = append(os.Environ(), "HOME="+filepath.Dir(key))
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		outPipe, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := e.topo.Client.Start(cmd); err != nil {
+			t.Fatalf("dbclient: %v", err)
+		}
+		sess = &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+		if err := sess.alive(5 * time.Second); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("dropbear login: %v", err)
+		}
+		sess.kill() // dropbear not listening yet
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Cleanup(sess.kill)
+	return sess
+}
+
+// The guard never bans the client of a logged-in dropbear session (its
+// ban would drop the live flow before conntrack); it still bans another
+// address for the same lines.
+func TestGuardSparesDropbearSession(t *testing.T) {
+	t.Parallel()
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			e := newSSHEnv(t, b)
+			key := e.startDropbear()
+			logFile := filepath.Join(e.dir, "auth.log")
+			e.apply("default deny incoming\nallow 2222/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
+			admin := e.dropbearLogin(key) // from lab.ClientV4
+			e.startGuard("--log-file", logFile)
+			var lines []string
+			for i := 0; i < 3; i++ {
+				lines = append(lines,
+					fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientV4, 6000+i), // the admin
+					fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientAlt[1], 7000+i))
+			}
+			appendLines(t, logFile, lines...)
+			waitFor(t, 5*time.Second, "the other address not banned", func() bool { _, ok := e.bans()[lab.ClientAlt[1].String()]; return ok })
+			time.Sleep(300 * time.Millisecond) // every line read
+			if _, ok := e.bans()[lab.ClientV4.String()]; ok {
+				t.Errorf("the dropbear admin's address was banned: %v", e.bans())
+			}
+			if err := admin.alive(2 * time.Second); err != nil {
+				t.Fatalf("the admin's dropbear session: %v", err)
+			}
+			if log := e.guardLog(); !strings.Contains(log, "it has a logged-in SSH session here") || !strings.Contains(log, "address="+lab.ClientV4.String()) {
+				t.Errorf("no refusal logged for the admin:\n%s", log)
+			}
+		})
+	}
+}
