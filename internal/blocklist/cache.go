@@ -85,19 +85,25 @@ func WriteMeta(stateDir string, m Meta) error {
 // Canonical writes merged prefixes as a list file: one network a line.
 func Canonical(name string, l *List) []byte {
 	var b bytes.Buffer
+	b.Grow(32 + 20*(len(l.V4)+len(l.V6)))
 	fmt.Fprintf(&b, "# moat blocklist %s: %s, merged\n", name, Describe(l))
-	for _, p := range l.Prefixes() {
-		b.WriteString(p.String())
-		b.WriteByte('\n')
+	var buf []byte
+	for _, ps := range [][]netip.Prefix{l.V4, l.V6} {
+		for _, p := range ps {
+			buf = p.AppendTo(buf[:0])
+			buf = append(buf, '\n')
+			b.Write(buf)
+		}
 	}
 	return b.Bytes()
 }
 
-// ReadCache reads the last good copy of a list. ok is false when there is
-// none (or it does not match its recorded checksum: then err says so).
-func ReadCache(stateDir, name string, m Meta) (l *List, ok bool, err error) {
+// readCacheData reads the last good copy of a list as it was saved. ok is
+// false when there is none (or it does not match its recorded checksum:
+// then err says so).
+func readCacheData(stateDir, name string, m Meta) (data []byte, ok bool, err error) {
 	path := listPath(stateDir, name)
-	data, err := statedir.ReadFile(listDir(stateDir), name+".list")
+	data, err = statedir.ReadFile(listDir(stateDir), name+".list")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -108,9 +114,28 @@ func ReadCache(stateDir, name string, m Meta) (l *List, ok bool, err error) {
 	if m.SHA256 != "" && hex.EncodeToString(sum[:]) != m.SHA256 {
 		return nil, false, fmt.Errorf("blocklist %s: the saved copy %s does not match its checksum; it is ignored", name, path)
 	}
-	l, err = Parse(bytes.NewReader(data), path)
+	return data, true, nil
+}
+
+// parseCache parses a saved copy read by readCacheData.
+func parseCache(stateDir, name string, data []byte) (*List, error) {
+	l, err := Parse(bytes.NewReader(data), listPath(stateDir, name))
 	if err != nil {
-		return nil, false, fmt.Errorf("blocklist %s: the saved copy is damaged, ignored: %w", name, err)
+		return nil, fmt.Errorf("blocklist %s: the saved copy is damaged, ignored: %w", name, err)
+	}
+	return l, nil
+}
+
+// ReadCache reads the last good copy of a list. ok is false when there is
+// none (or it does not match its recorded checksum: then err says so).
+func ReadCache(stateDir, name string, m Meta) (l *List, ok bool, err error) {
+	data, ok, err := readCacheData(stateDir, name, m)
+	if !ok {
+		return nil, false, err
+	}
+	l, err = parseCache(stateDir, name, data)
+	if err != nil {
+		return nil, false, err
 	}
 	return l, true, nil
 }
@@ -119,10 +144,14 @@ func ReadCache(stateDir, name string, m Meta) (l *List, ok bool, err error) {
 // atomically: a crash in between leaves a list whose checksum the old
 // metadata does not match, which is then refetched).
 func WriteCache(stateDir string, m *Meta, l *List) error {
+	return writeCacheData(stateDir, m, l, Canonical(m.Name, l))
+}
+
+// writeCacheData is WriteCache with the list's canonical form given.
+func writeCacheData(stateDir string, m *Meta, l *List, data []byte) error {
 	if err := statedir.Ensure(stateDir); err != nil {
 		return err
 	}
-	data := Canonical(m.Name, l)
 	if err := statedir.WriteFile(listDir(stateDir), m.Name+".list", data); err != nil {
 		return fmt.Errorf("blocklist %s: %w", m.Name, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
@@ -127,28 +128,50 @@ func validator(v string) string {
 type Result struct {
 	Name        string
 	NotModified bool // the source had not changed (HTTP 304, or the same contents)
-	Old, New    *List
-	Meta        Meta
+	New         *List
+	// Add and Del are the networks the new list adds to the saved copy
+	// and takes out of it (Diff of the two, in order).
+	Add, Del []netip.Prefix
+	Meta     Meta
+	// data is New's canonical form (what SaveResult writes), when known.
+	data []byte
 }
 
 // Update reads a list's source (a download for url lists, the file for
-// file lists), checks it, and returns the old and new contents. Nothing is
-// saved: the caller saves the new copy (SaveResult) once the kernel has
-// it. On any failure the saved copy stays as it was and the error says so.
+// file lists), checks it, and returns the new contents and the difference
+// to the saved copy. Nothing is saved: the caller saves the new copy
+// (SaveResult) once the kernel has it. On any failure the saved copy stays
+// as it was and the error says so.
+//
+// The saved copy is parsed only when it is needed whole (a 304, or a
+// copy that is not moat's canonical form): a new list is compared with it
+// through their canonical forms, which are equal exactly when the
+// networks are, and whose lines differ only where networks were added or
+// removed (diffCanonical).
 func Update(ctx context.Context, stateDir string, bl *policy.Blocklist, f *Fetcher, pr Protect, now time.Time) (*Result, error) {
 	m, _ := ReadMeta(stateDir, bl.Name)
 	if m.Where != bl.Where() {
 		m = Meta{Name: bl.Name}
 	}
-	old, have, _ := ReadCache(stateDir, bl.Name, m)
+	oldData, have, _ := readCacheData(stateDir, bl.Name, m)
 	if !have || m.SHA256 == "" {
-		old, m.ETag, m.LastModified = &List{}, "", ""
+		oldData, have, m.ETag, m.LastModified = nil, false, "", ""
+	}
+	oldList := func() (*List, bool) {
+		if !have {
+			return &List{}, false
+		}
+		l, err := parseCache(stateDir, bl.Name, oldData)
+		if err != nil {
+			return &List{}, false
+		}
+		return l, true
 	}
 	m.Name, m.Source, m.Where, m.Attempted = bl.Name, string(bl.Source), bl.Where(), now
 	fail := func(err error) (*Result, error) {
 		m.LastError = err.Error()
 		_ = WriteMeta(stateDir, m)
-		if have {
+		if _, ok := oldList(); ok {
 			return nil, fmt.Errorf("%w; keeping the copy of %s (%d networks)", err, m.Updated.Format(time.RFC3339), m.Networks)
 		}
 		return nil, fmt.Errorf("%w; the list stays empty until an update succeeds", err)
@@ -162,14 +185,26 @@ func Update(ctx context.Context, stateDir string, bl *policy.Blocklist, f *Fetch
 			return fail(fmt.Errorf("blocklist %s: %w", bl.Name, ferr))
 		}
 		if resp.NotModified {
-			if !have {
+			if _, ok := oldList(); !ok && have {
+				// A saved copy that its checksum vouches for but that
+				// does not parse: fetched again, unconditionally.
+				have, oldData = false, nil
+				m.ETag, m.LastModified = "", ""
+				if resp, ferr = f.Fetch(ctx, bl.URL, m); ferr != nil {
+					return fail(fmt.Errorf("blocklist %s: %w", bl.Name, ferr))
+				}
+			}
+		}
+		if resp.NotModified {
+			old, ok := oldList()
+			if !ok {
 				return fail(fmt.Errorf("blocklist %s: the server answered 304 Not Modified, but there is no saved copy", bl.Name))
 			}
 			m.Checked, m.LastError = now, ""
 			if resp.ETag != "" {
 				m.ETag = resp.ETag
 			}
-			return &Result{Name: bl.Name, NotModified: true, Old: old, New: old, Meta: m}, nil
+			return &Result{Name: bl.Name, NotModified: true, New: old, Meta: m}, nil
 		}
 		m.ETag, m.LastModified = resp.ETag, resp.LastModified
 		l, err = Parse(bytes.NewReader(resp.Body), bl.URL)
@@ -183,17 +218,143 @@ func Update(ctx context.Context, stateDir string, bl *policy.Blocklist, f *Fetch
 		return fail(err)
 	}
 	m.Checked, m.LastError, m.Lines = now, "", len(l.Entries)
-	same := have && samePrefixes(old.Prefixes(), l.Prefixes())
-	if !same {
-		m.Updated = now
+	data := Canonical(bl.Name, l)
+	r := &Result{Name: bl.Name, New: l, Meta: m, data: data}
+	if have && bytes.Equal(oldData, data) {
+		r.NotModified = true
+		return r, nil
 	}
-	return &Result{Name: bl.Name, NotModified: same, Old: old, New: l, Meta: m}, nil
+	r.Meta.Updated = now
+	var ok bool
+	if have {
+		r.Add, r.Del, ok = diffCanonical(bl.Name, oldData, data)
+	}
+	if !ok {
+		old, _ := oldList()
+		r.Add, r.Del = Diff(old.Prefixes(), l.Prefixes())
+	}
+	if len(r.Add) == 0 && len(r.Del) == 0 && have {
+		// The same networks in a copy not written as moat writes it.
+		r.NotModified, r.Meta.Updated = true, m.Updated
+	}
+	return r, nil
+}
+
+// diffCanonical compares two lists in moat's canonical form (Canonical:
+// a header line, then one network a line, in order): lines that are equal
+// are the same network in both; only the lines that differ are parsed.
+// ok is false when old is not in that form (then the caller parses it
+// whole).
+func diffCanonical(name string, old, new []byte) (add, del []netip.Prefix, ok bool) {
+	header := []byte("# moat blocklist " + name + ": ")
+	if !bytes.HasPrefix(old, header) || !bytes.HasPrefix(new, header) {
+		return nil, nil, false
+	}
+	next := func(b []byte) (line, rest []byte) {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return b, nil
+		}
+		return b[:i], b[i+1:]
+	}
+	_, old = next(old)
+	_, new = next(new)
+	// A network of the old copy that is parsed must be written as moat
+	// writes it, and in order after the line before it (new's are moat's
+	// own).
+	var prev []byte
+	parseOld := func(line []byte) (netip.Prefix, bool) {
+		p, err := netip.ParsePrefix(string(line))
+		if err != nil || p != p.Masked() || p.String() != string(line) {
+			return p, false
+		}
+		if prev != nil {
+			q, err := netip.ParsePrefix(string(prev))
+			if err != nil || comparePrefix(q, p) >= 0 {
+				return p, false
+			}
+		}
+		prev = line
+		return p, true
+	}
+	var o, n []byte
+	for len(old) > 0 && len(new) > 0 {
+		o, old = next(old)
+		n, new = next(new)
+		if bytes.Equal(o, n) {
+			prev = o
+			continue
+		}
+		op, good := parseOld(o)
+		np, err := netip.ParsePrefix(string(n))
+		if !good || err != nil {
+			return nil, nil, false
+		}
+		// The smaller of the two is in one list only; the other line is
+		// looked at again.
+		for {
+			c := comparePrefix(op, np)
+			if c == 0 {
+				break
+			}
+			if c < 0 {
+				del = append(del, op)
+				if len(old) == 0 {
+					add = append(add, np)
+					return finishCanonical(add, del, old, new, parseOld)
+				}
+				o, old = next(old)
+				if op, good = parseOld(o); !good {
+					return nil, nil, false
+				}
+				continue
+			}
+			add = append(add, np)
+			if len(new) == 0 {
+				del = append(del, op)
+				return finishCanonical(add, del, old, new, parseOld)
+			}
+			n, new = next(new)
+			if np, err = netip.ParsePrefix(string(n)); err != nil {
+				return nil, nil, false
+			}
+		}
+	}
+	return finishCanonical(add, del, old, new, parseOld)
+}
+
+// finishCanonical adds what is left of either list once the other ended.
+func finishCanonical(add, del []netip.Prefix, old, new []byte, parseOld func([]byte) (netip.Prefix, bool)) ([]netip.Prefix, []netip.Prefix, bool) {
+	for _, line := range bytes.Split(bytes.TrimSuffix(old, []byte("\n")), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		p, ok := parseOld(line)
+		if !ok {
+			return nil, nil, false
+		}
+		del = append(del, p)
+	}
+	for _, line := range bytes.Split(bytes.TrimSuffix(new, []byte("\n")), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		p, err := netip.ParsePrefix(string(line))
+		if err != nil {
+			return nil, nil, false
+		}
+		add = append(add, p)
+	}
+	return add, del, true
 }
 
 // SaveResult keeps an update's new copy as the last good one.
 func SaveResult(stateDir string, r *Result) error {
 	if r.NotModified {
 		return WriteMeta(stateDir, r.Meta)
+	}
+	if r.data != nil {
+		return writeCacheData(stateDir, &r.Meta, r.New, r.data)
 	}
 	return WriteCache(stateDir, &r.Meta, r.New)
 }

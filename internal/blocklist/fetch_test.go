@@ -76,7 +76,7 @@ func TestUpdateOverHTTPS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.NotModified || !same(r.New.Prefixes(), prefixes("192.0.2.0/24", "2001:db8:1::/48")) || len(r.Old.Prefixes()) != 0 {
+	if r.NotModified || !same(r.New.Prefixes(), prefixes("192.0.2.0/24", "2001:db8:1::/48")) || len(r.Del) != 0 || !same(r.Add, r.New.Prefixes()) {
 		t.Fatalf("first update: %+v", r)
 	}
 	if err := SaveResult(dir, r); err != nil {
@@ -138,7 +138,7 @@ func TestUpdateOverHTTPS(t *testing.T) {
 	if err != nil || r.NotModified {
 		t.Fatalf("changed: %+v %v", r, err)
 	}
-	add, del := Diff(r.Old.Prefixes(), r.New.Prefixes())
+	add, del := r.Add, r.Del
 	if !same(add, prefixes("198.51.100.0/24")) || !same(del, prefixes("192.0.2.0/24")) {
 		t.Errorf("diff: add %v del %v", add, del)
 	}

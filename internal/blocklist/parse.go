@@ -12,10 +12,11 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"slices"
 	"strings"
 
 	"go4.org/netipx"
+
+	"github.com/moat-fw/moat/internal/netmerge"
 )
 
 // MaxLineLen bounds a list line; no entry comes close.
@@ -100,51 +101,14 @@ func parse(r io.Reader, file string, lineFn func([]netip.Prefix, []byte) ([]neti
 }
 
 // merge gives the fewest disjoint prefixes that cover the entries, IPv4
-// and IPv6 apart, each in address order: what netipx.IPSet.Prefixes gives
-// (TestMergeSameAsIPSet, FuzzParse), without its builder's copies. The
-// entries' networks become ranges, sorted; overlapping or adjacent ones
-// join; each joined range is split into prefixes again.
+// and IPv6 apart, each in address order (netmerge: what
+// netipx.IPSet.Prefixes gives, TestMergeSameAsIPSet and the fuzz tests).
 func merge(entries []Entry) (v4, v6 []netip.Prefix) {
-	if len(entries) == 0 {
-		return nil, nil
-	}
-	rs := make([]netipx.IPRange, len(entries))
+	ps := make([]netip.Prefix, len(entries))
 	for i, e := range entries {
-		rs[i] = netipx.RangeOfPrefix(e.Prefix)
+		ps[i] = e.Prefix
 	}
-	slices.SortFunc(rs, func(a, b netipx.IPRange) int {
-		if c := a.From().Compare(b.From()); c != 0 {
-			return c
-		}
-		return a.To().Compare(b.To())
-	})
-	var out []netip.Prefix
-	flush := func(r netipx.IPRange) { out = r.AppendPrefixes(out) }
-	cur := rs[0]
-	for _, r := range rs[1:] {
-		from, to := r.From(), cur.To()
-		joins := from.BitLen() == to.BitLen() && (from.Compare(to) <= 0 || from == to.Next())
-		if !joins {
-			flush(cur)
-			cur = r
-			continue
-		}
-		if r.To().Compare(to) > 0 {
-			cur = netipx.IPRangeFrom(cur.From(), r.To())
-		}
-	}
-	flush(cur)
-	n4 := 0
-	for n4 < len(out) && out[n4].Addr().Is4() {
-		n4++
-	}
-	if n4 > 0 {
-		v4 = out[:n4:n4]
-	}
-	if n4 < len(out) {
-		v6 = out[n4:]
-	}
-	return v4, v6
+	return netmerge.Split(netmerge.Merge(ps))
 }
 
 const want = "expected an address, a CIDR (192.0.2.0/24, 2001:db8::/32) or a range (192.0.2.1-192.0.2.9), then an optional '#' or ';' comment"

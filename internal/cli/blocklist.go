@@ -285,8 +285,7 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 			continue
 		}
 		results = append(results, r)
-		add, del := blocklist.Diff(r.Old.Prefixes(), r.New.Prefixes())
-		rep.Networks, rep.Added, rep.Removed = len(r.New.V4)+len(r.New.V6), len(add), len(del)
+		rep.Networks, rep.Added, rep.Removed = len(r.New.V4)+len(r.New.V6), len(r.Add), len(r.Del)
 		rep.Outcome = "updated"
 		if r.NotModified {
 			rep.Outcome = "unchanged"

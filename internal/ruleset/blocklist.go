@@ -8,6 +8,7 @@ import (
 
 	"go4.org/netipx"
 
+	"github.com/moat-fw/moat/internal/netmerge"
 	"github.com/moat-fw/moat/internal/policy"
 )
 
@@ -70,8 +71,20 @@ var neverBlocked = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.Mu
 
 // BlocklistPrefixes is what the kernel gets for a list: its networks
 // without the allowlist (which wins over every list) and loopback, merged,
-// IPv4 and IPv6 apart.
+// IPv4 and IPv6 apart. The list is merged in one sort and pass
+// (netmerge); only when the allowlist or loopback overlaps it are they cut
+// out through netipx (TestBlocklistPrefixesSameAsIPSet).
 func BlocklistPrefixes(list, allowlist []netip.Prefix) (v4, v6 []netip.Prefix) {
+	merged := netmerge.Merge(list)
+	// An invalid prefix (none comes from a parsed policy) goes the way
+	// it always went: IPSetBuilder's error, no networks.
+	cut := slices.ContainsFunc(list, func(p netip.Prefix) bool { return !p.IsValid() })
+	for _, p := range slices.Concat(allowlist, neverBlocked) {
+		cut = cut || !p.IsValid() || netmerge.Overlaps(merged, p)
+	}
+	if !cut {
+		return netmerge.Split(merged)
+	}
 	var b netipx.IPSetBuilder
 	for _, p := range list {
 		b.AddPrefix(p)

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"go4.org/netipx"
+
 	"github.com/moat-fw/moat/internal/policy"
 )
 
@@ -156,6 +158,59 @@ func TestPreroutingSpares(t *testing.T) {
 		d, err := rs.Evaluate(tc.pkt)
 		if err != nil || d.Verdict != tc.verdict || d.Chain != tc.chain || d.Origin.ID != tc.origin {
 			t.Errorf("%+v: %+v %v, want %s in %s by %s", tc.pkt, d, err, tc.verdict, tc.chain, tc.origin)
+		}
+	}
+}
+
+// blocklistPrefixesSlow is BlocklistPrefixes as it was: everything through
+// netipx.IPSetBuilder.
+func blocklistPrefixesSlow(list, allowlist []netip.Prefix) (v4, v6 []netip.Prefix) {
+	var b netipx.IPSetBuilder
+	for _, p := range list {
+		b.AddPrefix(p)
+	}
+	for _, p := range slices.Concat(allowlist, neverBlocked) {
+		b.RemovePrefix(p)
+	}
+	s, err := b.IPSet()
+	if err != nil {
+		return nil, nil
+	}
+	for _, p := range s.Prefixes() {
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		} else {
+			v6 = append(v6, p)
+		}
+	}
+	return v4, v6
+}
+
+// TestBlocklistPrefixesSameAsIPSet: the fast way (no allowlist or loopback
+// in the list) and the cut gives what IPSetBuilder gave.
+func TestBlocklistPrefixesSameAsIPSet(t *testing.T) {
+	ps := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	for _, c := range []struct{ list, allow []netip.Prefix }{
+		{ps("192.0.2.0/25", "192.0.2.128/25", "2001:db8::/48", "198.51.100.7/32"), nil},
+		{ps("192.0.2.0/24", "2001:db8::/32"), ps("192.0.2.9/32")},
+		{ps("192.0.2.0/24", "2001:db8::/32"), ps("2001:db8:1::/48", "203.0.113.0/24")},
+		{ps("0.0.0.0/0"), nil},
+		{ps("::/0", "127.0.0.1/32"), nil},
+		{ps("192.0.2.0/24"), ps("203.0.113.0/24", "192.0.1.255/32", "192.0.3.0/32")},
+		{nil, ps("192.0.2.0/24")},
+		{[]netip.Prefix{{}, netip.MustParsePrefix("192.0.2.0/24")}, nil},
+		{ps("192.0.2.0/24"), []netip.Prefix{{}}},
+	} {
+		v4, v6 := BlocklistPrefixes(c.list, c.allow)
+		w4, w6 := blocklistPrefixesSlow(c.list, c.allow)
+		if !slices.Equal(v4, w4) || !slices.Equal(v6, w6) {
+			t.Errorf("%v without %v: %v %v, want %v %v", c.list, c.allow, v4, v6, w4, w6)
 		}
 	}
 }

@@ -1,0 +1,116 @@
+package netmerge
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"go4.org/netipx"
+)
+
+func ipset(t testing.TB, ps []netip.Prefix) []netip.Prefix {
+	var b netipx.IPSetBuilder
+	for _, p := range ps {
+		b.AddPrefix(p)
+	}
+	s, err := b.IPSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Prefixes()
+}
+
+func parse(ss ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParsePrefix(s)
+	}
+	return out
+}
+
+// TestMergeSameAsIPSet: overlaps, adjacent networks, networks inside
+// others, the ends of each family's space, duplicates, unmasked and
+// invalid prefixes.
+func TestMergeSameAsIPSet(t *testing.T) {
+	for _, ps := range [][]netip.Prefix{
+		nil,
+		parse("192.0.2.0/25", "192.0.2.128/25", "192.0.2.7/32"),
+		parse("192.0.2.0/24", "192.0.2.7/32", "192.0.2.9/32"),
+		parse("255.255.255.255/32", "::/128", "0.0.0.0/32", "255.255.255.254/32", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"),
+		parse("0.0.0.0/0", "::/0", "192.0.2.0/24"),
+		parse("198.51.100.3/32", "198.51.100.1/32", "198.51.100.2/32", "198.51.100.2/32", "2001:db8::/33", "2001:db8:8000::/33"),
+		parse("203.0.113.0/24", "203.0.112.0/24", "203.0.114.0/24", "2001:db8::1/128"),
+		parse("192.0.2.77/24", "2001:db8::1/32"),
+	} {
+		if got, want := Merge(ps), ipset(t, ps); !slices.Equal(got, want) {
+			t.Errorf("%v: Merge %v, IPSet %v", ps, got, want)
+		}
+	}
+	// An invalid prefix (which IPSetBuilder reports as an error) is
+	// skipped.
+	if got := Merge([]netip.Prefix{{}, netip.MustParsePrefix("192.0.2.0/24")}); !slices.Equal(got, parse("192.0.2.0/24")) {
+		t.Errorf("Merge with an invalid prefix: %v", got)
+	}
+}
+
+// FuzzMerge: Merge is IPSet's merge; Overlaps agrees with a scan; Split
+// keeps the order.
+func FuzzMerge(f *testing.F) {
+	f.Add([]byte{192, 0, 2, 0, 24, 192, 0, 2, 128, 25, 198, 51, 100, 7, 32})
+	f.Add([]byte{255, 255, 255, 255, 32, 0, 0, 0, 0, 0, 10, 0, 0, 0, 8, 10, 1, 0, 0, 16})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// 5 bytes an IPv4 prefix; a byte of 0xff before one makes it IPv6
+		// (the 4 bytes as the top of 2001:db8::/32's neighbourhood).
+		var ps []netip.Prefix
+		for len(data) >= 5 {
+			if data[0] == 0xfe && len(data) >= 6 {
+				var a [16]byte
+				binary.BigEndian.PutUint32(a[:], 0x20010db8)
+				copy(a[4:8], data[1:5])
+				ps = append(ps, netip.PrefixFrom(netip.AddrFrom16(a), int(data[5])%129))
+				data = data[6:]
+				continue
+			}
+			a := netip.AddrFrom4([4]byte(data[:4]))
+			ps = append(ps, netip.PrefixFrom(a, int(data[4])%33))
+			data = data[5:]
+		}
+		got, want := Merge(ps), ipset(t, ps)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%v: Merge %v, IPSet %v", ps, got, want)
+		}
+		for _, p := range ps {
+			scan := false
+			for _, m := range got {
+				scan = scan || m.Overlaps(p)
+			}
+			if Overlaps(got, p) != scan {
+				t.Fatalf("Overlaps(%v, %v) = %v", got, p, !scan)
+			}
+			for _, q := range []netip.Prefix{netip.PrefixFrom(p.Addr(), 32), netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("::1/128")} {
+				scan := false
+				for _, m := range got {
+					scan = scan || m.Overlaps(q)
+				}
+				if Overlaps(got, q) != scan {
+					t.Fatalf("Overlaps(%v, %v) = %v", got, q, !scan)
+				}
+			}
+		}
+		v4, v6 := Split(got)
+		if !slices.Equal(append(slices.Clone(v4), v6...), got) {
+			t.Fatal("Split")
+		}
+		for _, p := range v4 {
+			if !p.Addr().Is4() {
+				t.Fatal("Split: v6 in v4")
+			}
+		}
+		for _, p := range v6 {
+			if p.Addr().Is4() {
+				t.Fatal("Split: v4 in v6")
+			}
+		}
+	})
+}
