@@ -61,8 +61,9 @@ func TestIptablesDriftWithGeneration(t *testing.T) {
 }
 
 type kernelRecordFile struct {
-	HasGeneration bool `json:"has_nft_generation"`
-	Sets          bool `json:"ipsets"`
+	HasGeneration bool   `json:"has_nft_generation"`
+	Sets          bool   `json:"ipsets"`
+	Protected     string `json:"protected_ipsets"`
 }
 
 func readKernelRecord(t *testing.T, e *env) kernelRecordFile {

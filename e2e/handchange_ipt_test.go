@@ -60,3 +60,44 @@ func TestIptablesHandChangeDuringCommand(t *testing.T) {
 		})
 	}
 }
+
+// With iptables-nft and no policy ipset, an unchanged generation vouches
+// for moat's chains and the protected sets' listings (two `ipset list`)
+// for the rest: the check before status starts no iptables-save of its
+// own. An address added by hand to moat-protect4 (no commit) is still
+// seen: the check then reads the fingerprint whole.
+func TestIptablesProtectedSetsVouch(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	if rec := readKernelRecord(t, e); !rec.HasGeneration || !rec.Sets || rec.Protected == "" {
+		t.Fatalf("the record of a policy without policy ipsets has no hash of the protected sets: %+v", rec)
+	}
+	real, err := exec.LookPath("iptables-save")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	log := filepath.Join(bin, "calls")
+	writeFile(t, filepath.Join(bin, "iptables-save"), "#!/bin/sh\necho \"iptables-save $*\" >> "+log+"\nexec "+real+" \"$@\"\n")
+	if err := os.Chmod(filepath.Join(bin, "iptables-save"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	plainSaves := func() (int, string) {
+		_ = os.Remove(log)
+		out := e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "status")
+		data, _ := os.ReadFile(log)
+		return strings.Count(string(data), "iptables-save \n"), out
+	}
+	// status itself reads the rules once to show them.
+	clean, _ := plainSaves()
+	if clean > 1 {
+		t.Errorf("the check before status read iptables-save although the generation and the protected sets vouch (%d runs)", clean)
+	}
+	e.run("server", "ipset", "add", "moat-protect4", "192.0.2.2")
+	n, out := plainSaves()
+	if n <= clean || !strings.Contains(out, "protect4 holds other addresses than moat loaded") {
+		t.Errorf("an address added by hand to moat-protect4: %d iptables-save runs (clean: %d), status:\n%s", n, clean, out)
+	}
+}

@@ -34,6 +34,12 @@ type kernelRecord struct {
 	// contents change without moving the generation: it alone cannot
 	// vouch for them.
 	Sets bool `json:"ipsets,omitempty"`
+	// Protected (iptables): when the only sets the fingerprint covers
+	// are the protected sets (no policy ipset), the hash of their
+	// listings, read with it. An unchanged generation vouches for the
+	// chains and this for the sets: two `ipset list` instead of
+	// iptables-save, ip6tables-save and the same two.
+	Protected string `json:"protected_ipsets,omitempty"`
 }
 
 // verifiedGen is an nftables ruleset generation at which moat's table was
@@ -50,27 +56,34 @@ type verifiedGen struct {
 // rate-limit state.
 //
 // sets says the fingerprint covers policy ipsets (see kernelRecord.Sets).
-func (a *app) kernelFingerprint(ctx context.Context, b backend.Backend) (fp string, sets bool, err error) {
+func (a *app) kernelFingerprint(ctx context.Context, b backend.Backend) (ipt.KernelPrint, error) {
 	if b.Name() == "nftables" {
 		l, err := drift.Read(ctx, "nftables", nil, nil)
 		if err != nil {
-			return "", false, err
+			return ipt.KernelPrint{}, err
 		}
 		if l.Empty() {
-			return "", false, nil
+			return ipt.KernelPrint{}, nil
 		}
 		fp, err := drift.Fingerprint(l)
-		return fp, false, err
+		return ipt.KernelPrint{Fingerprint: fp}, err
 	}
 	if ib, ok := b.(*ipt.Backend); ok {
-		return ib.FingerprintSets(ctx)
+		return ib.FingerprintKernel(ctx)
 	}
 	f, ok := b.(backend.Fingerprinter)
 	if !ok {
-		return "", false, errNoFingerprint
+		return ipt.KernelPrint{}, errNoFingerprint
 	}
-	fp, err = f.Fingerprint(ctx)
-	return fp, true, err
+	fp, err := f.Fingerprint(ctx)
+	return ipt.KernelPrint{Fingerprint: fp, Sets: true}, err
+}
+
+// protectedUnchanged says whether the protected ipsets are as the record
+// rec found them, when they are the only sets it covers (iptables).
+func (a *app) protectedUnchanged(ctx context.Context, b backend.Backend, rec kernelRecord) bool {
+	ib, ok := b.(*ipt.Backend)
+	return ok && rec.Protected != "" && ib.ProtectedFingerprint(ctx) == rec.Protected
 }
 
 // fingerprintHook, in tests, runs before recordFingerprint reads the
@@ -116,14 +129,15 @@ func (a *app) unchangedSinceApply(ctx context.Context, b backend.Backend, st app
 	if generationTracks(b) {
 		if gen, err = nft.Generation(); err == nil {
 			hasGen = true
-			if rec.HasGeneration && gen == rec.Generation && !rec.Sets {
+			if rec.HasGeneration && gen == rec.Generation && (!rec.Sets || a.protectedUnchanged(ctx, b, rec)) {
 				a.log.Debug("moat's table unchanged since its fingerprint was taken", "generation", gen)
 				a.verified = verifiedGen{gen: gen, fp: rec.Fingerprint, ok: true}
 				return true
 			}
 		}
 	}
-	fp, _, err := a.kernelFingerprint(ctx, b)
+	k, err := a.kernelFingerprint(ctx, b)
+	fp := k.Fingerprint
 	if err != nil || fp != rec.Fingerprint {
 		return false
 	}
@@ -133,6 +147,7 @@ func (a *app) unchangedSinceApply(ctx context.Context, b backend.Backend, st app
 		a.verified = verifiedGen{gen: gen, fp: fp, ok: true}
 		if refresh {
 			rec.Generation, rec.HasGeneration = gen, true
+			rec.Sets, rec.Protected = k.Sets, k.Protected
 			a.writeKernelRecord(rec)
 		}
 	}
@@ -204,8 +219,9 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 			rec.Generation, rec.HasGeneration = gen, true
 		}
 	}
-	fp, sets, err := a.kernelFingerprint(ctx, b)
-	rec.Sets = sets
+	k, err := a.kernelFingerprint(ctx, b)
+	fp := k.Fingerprint
+	rec.Sets, rec.Protected = k.Sets, k.Protected
 	if err != nil || fp == "" {
 		a.log.Debug("fingerprint moat's rules", "err", err)
 		_ = statedir.Remove(a.stateDir, fingerprintFile)

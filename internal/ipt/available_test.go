@@ -110,3 +110,34 @@ func TestFingerprintSetMembers(t *testing.T) {
 		t.Error("the same members in another order give another fingerprint")
 	}
 }
+
+// With the protected sets as the only sets besides the bans', the
+// fingerprint says the hash of their listings, which ProtectedFingerprint
+// reads again with two `ipset list` and nothing else; a member added by
+// hand changes it. With a policy set there is none.
+func TestProtectedFingerprint(t *testing.T) {
+	v4 := "*raw\n:MOAT-PREROUTING - [0:0]\n-A PREROUTING -j MOAT-PREROUTING\n-A MOAT-PREROUTING -m set --match-set moat-ban4 src -m set ! --match-set moat-protect4 src -j DROP\nCOMMIT\n"
+	v6 := strings.ReplaceAll(strings.ReplaceAll(v4, "ban4", "ban6"), "protect4", "protect6")
+	list := "Name: moat-protect4\nType: hash:net\nHeader: family inet hashsize 1024 maxelem 65536 initval 0x5c2a8e2f\nSize in memory: 504\nReferences: 1\nNumber of entries: 1\nMembers:\n192.0.2.4\n"
+	host := &fakeHost{save: map[string]string{"iptables-save": v4, "ip6tables-save": v6}, sets: list}
+	b := &Backend{Run: host.run}
+	k, err := b.FingerprintKernel(context.Background())
+	if err != nil || k.Fingerprint == "" || !k.Sets || k.Protected == "" {
+		t.Fatalf("%+v, %v", k, err)
+	}
+	host.calls = nil
+	if got := b.ProtectedFingerprint(context.Background()); got != k.Protected {
+		t.Errorf("read again: %s, with the fingerprint: %s", got, k.Protected)
+	}
+	if len(host.calls) != 2 || host.calls[0].args != "ipset list moat-protect4" || host.calls[1].args != "ipset list moat-protect6" {
+		t.Errorf("commands: %+v", host.calls)
+	}
+	host.sets = strings.Replace(list, "Number of entries: 1\nMembers:\n", "Number of entries: 2\nMembers:\n192.0.2.2\n", 1)
+	if b.ProtectedFingerprint(context.Background()) == k.Protected {
+		t.Error("a member added by hand leaves the protected sets' hash")
+	}
+	host.save["iptables-save"] = strings.Replace(v4, "COMMIT\n", "-A MOAT-PREROUTING -m set --match-set moat-0123abcd src -j DROP\nCOMMIT\n", 1)
+	if k, err := b.FingerprintKernel(context.Background()); err != nil || k.Protected != "" {
+		t.Errorf("with a policy set: %+v, %v", k, err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -559,12 +560,38 @@ func (b *Backend) Fingerprint(ctx context.Context) (string, error) {
 // other than the bans' and the login exemptions' (sets: whose headers an
 // ipset command may change without touching any chain).
 func (b *Backend) FingerprintSets(ctx context.Context) (fp string, sets bool, err error) {
+	k, err := b.FingerprintKernel(ctx)
+	return k.Fingerprint, k.Sets, err
+}
+
+// KernelPrint is the fingerprint of moat's chains and sets (Fingerprint).
+type KernelPrint struct {
+	Fingerprint string
+	// Sets: it covers sets other than the bans' and the login
+	// exemptions', which change without moving the nftables generation.
+	Sets bool
+	// Protected is the hash of the protected sets' listings alone
+	// (ProtectedFingerprint), read with the fingerprint, when they are
+	// the only such sets (no policy ipset): "" otherwise. With the
+	// chains vouched for by an unchanged generation, it vouches for the
+	// rest.
+	Protected string
+}
+
+// protectedSets are the ipsets of the clients of logged-in sessions and
+// the allowlist at the apply, which every ruleset has.
+func protectedSets() []string {
+	return []string{IPSetName(ruleset.ProtectSet4), IPSetName(ruleset.ProtectSet6)}
+}
+
+// FingerprintKernel is Fingerprint with what it covers.
+func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 	st, err := b.readRules(ctx)
 	if err != nil {
-		return "", false, err
+		return KernelPrint{}, err
 	}
 	if len(st.has[policy.FamilyV4]) == 0 && len(st.has[policy.FamilyV6]) == 0 {
-		return "", false, nil
+		return KernelPrint{}, nil
 	}
 	h := sha256.New()
 	used := map[string]bool{}
@@ -582,36 +609,66 @@ func (b *Backend) FingerprintSets(ctx context.Context) (fp string, sets bool, er
 			}
 		}
 	}
+	var k KernelPrint
+	ph := sha256.New()
+	policySets := false
 	for _, name := range sortedKeys(used) {
 		if name == IPSetName(ruleset.BanSet4) || name == IPSetName(ruleset.BanSet6) ||
 			name == IPSetName(ruleset.LoginSet4) || name == IPSetName(ruleset.LoginSet6) {
 			continue
 		}
-		sets = true
-		// The members too, not the header alone: an address added and
-		// another deleted by hand leave the number of entries as it was.
+		k.Sets = true
 		out, err := b.Run(ctx, nil, "ipset", "list", name)
-		if err != nil {
-			fmt.Fprintf(h, "set %s missing\n", name)
-			continue
-		}
-		// Members in order: ipset lists them in hash order, which the
-		// random seed of each set decides (the same networks loaded again,
-		// or swapped in, are listed in another order).
-		head, members, _ := strings.Cut(string(out), "Members:\n")
-		for _, l := range strings.Split(head, "\n") {
-			if strings.HasPrefix(l, "Size in memory") || strings.HasPrefix(l, "References") {
-				continue
-			}
-			fmt.Fprintln(h, regexpInitval.ReplaceAllString(l, ""))
-		}
-		lines := strings.Split(members, "\n")
-		slices.Sort(lines)
-		for _, l := range lines {
-			fmt.Fprintln(h, l)
+		hashSetListing(h, name, out, err)
+		if slices.Contains(protectedSets(), name) {
+			hashSetListing(ph, name, out, err)
+		} else {
+			policySets = true
 		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), sets, nil
+	k.Fingerprint = hex.EncodeToString(h.Sum(nil))
+	if k.Sets && !policySets {
+		k.Protected = hex.EncodeToString(ph.Sum(nil))
+	}
+	return k, nil
+}
+
+// ProtectedFingerprint is KernelPrint.Protected read anew: the protected
+// sets' listings alone (two ipset processes, no iptables-save).
+func (b *Backend) ProtectedFingerprint(ctx context.Context) string {
+	ph := sha256.New()
+	for _, name := range protectedSets() {
+		out, err := b.Run(ctx, nil, "ipset", "list", name)
+		hashSetListing(ph, name, out, err)
+	}
+	return hex.EncodeToString(ph.Sum(nil))
+}
+
+// hashSetListing hashes what `ipset list NAME` said (err: the set is
+// missing): the header without its size in memory, references, hash
+// seed and hash size, and the members, not in the order listed.
+func hashSetListing(h io.Writer, name string, out []byte, err error) {
+	// The members too, not the header alone: an address added and
+	// another deleted by hand leave the number of entries as it was.
+	if err != nil {
+		fmt.Fprintf(h, "set %s missing\n", name)
+		return
+	}
+	// Members in order: ipset lists them in hash order, which the
+	// random seed of each set decides (the same networks loaded again,
+	// or swapped in, are listed in another order).
+	head, members, _ := strings.Cut(string(out), "Members:\n")
+	for _, l := range strings.Split(head, "\n") {
+		if strings.HasPrefix(l, "Size in memory") || strings.HasPrefix(l, "References") {
+			continue
+		}
+		fmt.Fprintln(h, regexpInitval.ReplaceAllString(l, ""))
+	}
+	lines := strings.Split(members, "\n")
+	slices.Sort(lines)
+	for _, l := range lines {
+		fmt.Fprintln(h, l)
+	}
 }
 
 // InNftables says whether moat's chains can only be in nftables (the
