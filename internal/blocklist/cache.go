@@ -119,7 +119,7 @@ func readCacheData(stateDir, name string, m Meta) (data []byte, ok bool, err err
 
 // parseCache parses a saved copy read by readCacheData.
 func parseCache(stateDir, name string, data []byte) (*List, error) {
-	l, err := Parse(bytes.NewReader(data), listPath(stateDir, name))
+	l, err := ParseBytes(data, listPath(stateDir, name))
 	if err != nil {
 		return nil, fmt.Errorf("blocklist %s: the saved copy is damaged, ignored: %w", name, err)
 	}
@@ -209,7 +209,7 @@ func ReadFile(path string) (*List, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read blocklist file: %w", err)
 	}
-	return Parse(bytes.NewReader(data), path)
+	return ParseBytes(data, path)
 }
 
 // Loaded is what Load found for one list.

@@ -207,7 +207,7 @@ func Update(ctx context.Context, stateDir string, bl *policy.Blocklist, f *Fetch
 			return &Result{Name: bl.Name, NotModified: true, New: old, Meta: m}, nil
 		}
 		m.ETag, m.LastModified = resp.ETag, resp.LastModified
-		l, err = Parse(bytes.NewReader(resp.Body), bl.URL)
+		l, err = ParseBytes(resp.Body, bl.URL)
 	default:
 		l, err = ReadFile(bl.Path)
 	}

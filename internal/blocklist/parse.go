@@ -64,12 +64,23 @@ func Parse(r io.Reader, file string) (*List, error) {
 	return parse(r, file, parseLine)
 }
 
+// ParseBytes is Parse of a list in memory, with room made for its lines
+// at once (up to 256k: a file of blank lines must not reserve room for
+// millions of entries).
+func ParseBytes(data []byte, file string) (*List, error) {
+	return parseSized(bytes.NewReader(data), file, parseLine, min(bytes.Count(data, []byte("\n"))+1, 1<<18))
+}
+
 // parse is Parse with the line reader given (the fuzz test compares the
 // fast one with parseLineSlow).
 func parse(r io.Reader, file string, lineFn func([]netip.Prefix, []byte) ([]netip.Prefix, string)) (*List, error) {
+	return parseSized(r, file, lineFn, 0)
+}
+
+func parseSized(r io.Reader, file string, lineFn func([]netip.Prefix, []byte) ([]netip.Prefix, string), size int) (*List, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, MaxLineLen), MaxLineLen)
-	var l List
+	l := List{Entries: make([]Entry, 0, size)}
 	var buf []netip.Prefix
 	line := 0
 	for sc.Scan() {

@@ -231,10 +231,6 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 	if err != nil {
 		return err
 	}
-	filePolicy, err := doc.Policy(a.services())
-	if err != nil {
-		return err
-	}
 	var todo []*policy.Blocklist
 	for i := range p.Blocklists {
 		if len(args) == 0 || p.Blocklists[i].Name == args[0] {
@@ -242,6 +238,12 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		}
 	}
 	if len(args) == 1 && len(todo) == 0 {
+		// The policy file is parsed only to say why: its edits are not
+		// what an update loads.
+		filePolicy, err := doc.Policy(a.services())
+		if err != nil {
+			return err
+		}
 		if _, ok := filePolicy.Blocklist(args[0]); ok {
 			return fmt.Errorf("blocklist %s is in %s but not applied yet: run 'moat reload' (or 'moat enable') first", args[0], a.config)
 		}

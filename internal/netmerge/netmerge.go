@@ -17,25 +17,24 @@ import (
 // joined range is split into prefixes again, a network that joined none
 // stays as it is.
 func Merge(ps []netip.Prefix) []netip.Prefix {
-	type item struct {
-		r netipx.IPRange
-		p netip.Prefix
-	}
-	items := make([]item, 0, len(ps))
-	for _, p := range ps {
-		if r := netipx.RangeOfPrefix(p); r.IsValid() {
-			items = append(items, item{r, p.Masked()})
+	// Lists arrive in order as a rule (moat's saved copies, merged lists,
+	// most published lists): then they are walked as they are.
+	if slices.ContainsFunc(ps, func(p netip.Prefix) bool { return !p.IsValid() }) || !slices.IsSortedFunc(ps, compareMasked) {
+		clean := make([]netip.Prefix, 0, len(ps))
+		for _, p := range ps {
+			if p.IsValid() {
+				clean = append(clean, p.Masked())
+			}
 		}
+		slices.SortFunc(clean, compareMasked)
+		ps = clean
 	}
-	if len(items) == 0 {
+	if len(ps) == 0 {
 		return nil
 	}
-	sorted := slices.IsSortedFunc(items, func(a, b item) int { return compareRange(a.r, b.r) })
-	if !sorted {
-		slices.SortFunc(items, func(a, b item) int { return compareRange(a.r, b.r) })
-	}
-	out := make([]netip.Prefix, 0, len(items))
-	cur, single := items[0].r, items[0].p
+	out := make([]netip.Prefix, 0, len(ps))
+	first := ps[0].Masked()
+	cur, single := netipx.RangeOfPrefix(first), first
 	flush := func() {
 		if single.IsValid() {
 			out = append(out, single)
@@ -43,15 +42,17 @@ func Merge(ps []netip.Prefix) []netip.Prefix {
 			out = cur.AppendPrefixes(out)
 		}
 	}
-	for _, it := range items[1:] {
-		from, to := it.r.From(), cur.To()
+	for _, p := range ps[1:] {
+		p = p.Masked()
+		r := netipx.RangeOfPrefix(p)
+		from, to := r.From(), cur.To()
 		if from.BitLen() != to.BitLen() || from.Compare(to) > 0 && from != to.Next() {
 			flush()
-			cur, single = it.r, it.p
+			cur, single = r, p
 			continue
 		}
-		if it.r.To().Compare(to) > 0 {
-			cur = netipx.IPRangeFrom(cur.From(), it.r.To())
+		if r.To().Compare(to) > 0 {
+			cur = netipx.IPRangeFrom(cur.From(), r.To())
 			single = netip.Prefix{}
 		}
 		// A network inside the one before adds nothing: cur stays, and so
@@ -61,11 +62,15 @@ func Merge(ps []netip.Prefix) []netip.Prefix {
 	return out
 }
 
-func compareRange(a, b netipx.IPRange) int {
-	if c := a.From().Compare(b.From()); c != 0 {
+// compareMasked orders networks by their ranges: first address, then the
+// last (a shorter prefix, the larger range, after a longer one at the
+// same address).
+func compareMasked(a, b netip.Prefix) int {
+	a, b = a.Masked(), b.Masked()
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
 		return c
 	}
-	return a.To().Compare(b.To())
+	return b.Bits() - a.Bits()
 }
 
 // Split cuts merged prefixes (IPv4 first) into the two families.
