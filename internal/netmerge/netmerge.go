@@ -18,23 +18,35 @@ import (
 // stays as it is.
 func Merge(ps []netip.Prefix) []netip.Prefix {
 	// Lists arrive in order as a rule (moat's saved copies, merged lists,
-	// most published lists): then they are walked as they are.
-	if slices.ContainsFunc(ps, func(p netip.Prefix) bool { return !p.IsValid() }) || !slices.IsSortedFunc(ps, compareMasked) {
-		clean := make([]netip.Prefix, 0, len(ps))
-		for _, p := range ps {
-			if p.IsValid() {
-				clean = append(clean, p.Masked())
-			}
+	// most published lists): they are walked as they are, and sorted only
+	// when the walk finds a network out of order (or an invalid one).
+	if out, ok := walk(ps, true); ok {
+		return out
+	}
+	clean := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		if p.IsValid() {
+			clean = append(clean, p.Masked())
 		}
-		slices.SortFunc(clean, compareMasked)
-		ps = clean
 	}
+	slices.SortFunc(clean, compareMasked)
+	out, _ := walk(clean, false)
+	return out
+}
+
+// walk merges networks in order (compareMasked); with check, ok is false
+// at the first network out of order or invalid.
+func walk(ps []netip.Prefix, check bool) (out []netip.Prefix, ok bool) {
 	if len(ps) == 0 {
-		return nil
+		return nil, true
 	}
-	out := make([]netip.Prefix, 0, len(ps))
 	first := ps[0].Masked()
+	if check && !first.IsValid() {
+		return nil, false
+	}
+	out = make([]netip.Prefix, 0, len(ps))
 	cur, single := netipx.RangeOfPrefix(first), first
+	last := first // the network before, for the order check
 	flush := func() {
 		if single.IsValid() {
 			out = append(out, single)
@@ -44,6 +56,10 @@ func Merge(ps []netip.Prefix) []netip.Prefix {
 	}
 	for _, p := range ps[1:] {
 		p = p.Masked()
+		if check && (!p.IsValid() || compareMasked(last, p) > 0) {
+			return nil, false
+		}
+		last = p
 		r := netipx.RangeOfPrefix(p)
 		from, to := r.From(), cur.To()
 		if from.BitLen() != to.BitLen() || from.Compare(to) > 0 && from != to.Next() {
@@ -59,7 +75,7 @@ func Merge(ps []netip.Prefix) []netip.Prefix {
 		// does its single prefix.
 	}
 	flush()
-	return out
+	return out, true
 }
 
 // compareMasked orders networks by their ranges: first address, then the

@@ -80,6 +80,13 @@ func FuzzMerge(f *testing.F) {
 		if !slices.Equal(got, want) {
 			t.Fatalf("%v: Merge %v, IPSet %v", ps, got, want)
 		}
+		// The same networks in order (unmasked as given) take the walk
+		// without the sort.
+		sorted := slices.Clone(ps)
+		slices.SortStableFunc(sorted, compareMasked)
+		if got := Merge(sorted); !slices.Equal(got, want) {
+			t.Fatalf("%v in order: Merge %v, IPSet %v", sorted, got, want)
+		}
 		for _, p := range ps {
 			scan := false
 			for _, m := range got {
