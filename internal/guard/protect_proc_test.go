@@ -38,7 +38,8 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // from bans.
 func TestLoggedInClientsOnlyUnderRootSSHD(t *testing.T) {
 	root := t.TempDir()
-	fakeProc(t, root, "100", "sshd", "sshd: admin [priv]", 1, 0)
+	fakeProc(t, root, "50", "sshd", "sshd: /usr/sbin/sshd -D [listener]", 1, 0, "4000")
+	fakeProc(t, root, "100", "sshd", "sshd: admin [priv]", 50, 0)
 	fakeProc(t, root, "101", "sshd", "sshd: admin@pts/0", 100, 1000, "5001")
 	fakeProc(t, root, "200", "bash", "-bash", 1, 1000)
 	fakeProc(t, root, "201", "sshd", "sshd: admin@pts/1", 200, 1000, "5002")
@@ -50,6 +51,7 @@ func TestLoggedInClientsOnlyUnderRootSSHD(t *testing.T) {
 	}
 	// 198.51.100.7, 203.0.113.66, 203.0.113.67 connected to 192.0.2.1:22.
 	tcp := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
+		"   9: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4000 1 0 20 4 30 10 -1\n" +
 		"   0: 010200C0:0016 076433C6:C350 01 00000000:00000000 00:00000000 00000000     0        0 5001 1 0 20 4 30 10 -1\n" +
 		"   1: 010200C0:0016 427100CB:C351 01 00000000:00000000 00:00000000 00000000     0        0 5002 1 0 20 4 30 10 -1\n" +
 		"   2: 010200C0:0016 437100CB:C352 01 00000000:00000000 00:00000000 00000000     0        0 5003 1 0 20 4 30 10 -1\n"

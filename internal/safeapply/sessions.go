@@ -262,8 +262,12 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 			}
 		}
 	}
+	// Only the session's own connection, the one to the SSH server: the
+	// session's process also holds its forwarded channels (ssh -L opens
+	// connections to any address, ssh -R accepts them), whose peers are
+	// no logged-in client (TestFindSSHLoggedInNotForwardedChannels).
 	for _, e := range entries {
-		if e.state == "01" && socks.loggedIn[e.inode] {
+		if e.state == "01" && socks.loggedIn[e.inode] && (socks.inetd[e.inode] || listened(st.Listen, e.local)) {
 			st.LoggedIn = append(st.LoggedIn, e.remote.Addr())
 		}
 	}

@@ -676,3 +676,35 @@ func TestFindSSHLoggedInDropbear(t *testing.T) {
 		t.Errorf("logged in: %s, want [198.51.100.7 2001:db8:5::7]", got)
 	}
 }
+
+// A logged-in session's process also holds the sockets of its forwarded
+// channels (ssh -L: a connection it opened to any address; ssh -R with
+// GatewayPorts: connections from anyone to the forwarded port). Their
+// peers are not the session's client: a logged-in user (or anyone who
+// reaches a remote forward) must not shield an address from bans that way.
+func TestFindSSHLoggedInNotForwardedChannels(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
+	admin := b.sock("01", "192.0.2.1:2222", "198.51.100.7:50000")
+	fwdOut := b.sock("01", "192.0.2.1:40000", "203.0.113.50:80")
+	fwdLis := b.sock("0A", "0.0.0.0:8080", "0.0.0.0:0")
+	fwdIn := b.sock("01", "192.0.2.1:8080", "203.0.113.51:50001")
+	b.procTitled(90, 1, "dropbear", "/usr/sbin/dropbear -F -p 2222", 0, lis)
+	b.procTitled(100, 90, "dropbear", "/usr/sbin/dropbear -F -p 2222", 0, admin, fwdOut, fwdLis, fwdIn)
+	b.procTitled(101, 100, "bash", "-bash", 1000)
+	for pid, pp := range map[int]int{90: 1, 100: 90, 101: 100} {
+		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "stat"), []byte(fmt.Sprintf("%d (x) S %d %d %d 0 -1 4194560 0 0", pid, pp, pid, pid)), 0o644))
+	}
+	b.must(filepath.WalkDir(b.root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.Name() == "stat" {
+			data, _ := os.ReadFile(path)
+			comm, _ := os.ReadFile(filepath.Join(filepath.Dir(path), "comm"))
+			return os.WriteFile(path, []byte(strings.Replace(string(data), "(x)", "("+strings.TrimSpace(string(comm))+")", 1)), 0o644)
+		}
+		return err
+	}))
+	st := find(t, b.write(""), nil)
+	if got := fmt.Sprint(st.LoggedIn); got != "[198.51.100.7]" {
+		t.Errorf("logged in: %s, want [198.51.100.7] (not the peers of forwarded channels)", got)
+	}
+}
