@@ -25,6 +25,7 @@ func FuzzDiffCanonical(f *testing.F) {
 	f.Add([]byte("192.0.2.1\n192.0.2.3\n192.0.2.5\n"), []byte("192.0.2.2\n192.0.2.3\n192.0.2.4\n192.0.2.5\n"))
 	f.Add([]byte(""), []byte("2001:db8::1\n"))
 	f.Add([]byte("203.0.113.0/24\n"), []byte(""))
+	f.Add([]byte("0.0.0.0/0\n0.0.0.0/1"), []byte(""))
 	f.Fuzz(func(t *testing.T, a, b []byte) {
 		la, err1 := Parse(bytes.NewReader(a), "a")
 		lb, err2 := Parse(bytes.NewReader(b), "b")
@@ -46,8 +47,9 @@ func FuzzDiffCanonical(f *testing.F) {
 }
 
 // TestDiffCanonicalRefusesOtherForms: a saved copy out of order, with a
-// network written another way, or under another list's header is not
-// compared line by line.
+// network written another way, networks that overlap or are two halves of
+// one (not merged), or under another list's header is not compared line
+// by line.
 func TestDiffCanonicalRefusesOtherForms(t *testing.T) {
 	l, err := Parse(strings.NewReader("192.0.2.0/24\n198.51.100.0/24\n203.0.113.9\n"), "new")
 	if err != nil {
@@ -59,6 +61,8 @@ func TestDiffCanonicalRefusesOtherForms(t *testing.T) {
 		"# moat blocklist x: \n192.0.2.0/24\n198.51.100.000/24\n",
 		"# moat blocklist x: \n192.0.2.0/24\n198.51.100.1/24\n",
 		"# moat blocklist x: \n192.0.2.0/24\r\n198.51.100.0/24\r\n",
+		"# moat blocklist x: \n192.0.2.0/24\n192.0.2.128/25\n198.51.100.0/24\n",
+		"# moat blocklist x: \n192.0.2.0/25\n192.0.2.128/25\n198.51.100.0/24\n",
 		"# moat blocklist y: \n192.0.2.0/24\n",
 		"192.0.2.0/24\n",
 	} {

@@ -270,7 +270,11 @@ func diffCanonical(name string, old, new []byte) (add, del []netip.Prefix, ok bo
 		}
 		if prev != nil {
 			q, err := netip.ParsePrefix(string(prev))
-			if err != nil || comparePrefix(q, p) >= 0 {
+			// Merged networks are disjoint and no two of them make one
+			// network together: a copy with 0.0.0.0/0 then 0.0.0.0/1, or
+			// two halves of a /24, is no merged list, and its lines are
+			// not its networks.
+			if err != nil || comparePrefix(q, p) >= 0 || q.Overlaps(p) || halves(q, p) {
 				return p, false
 			}
 		}
@@ -321,6 +325,15 @@ func diffCanonical(name string, old, new []byte) (add, del []netip.Prefix, ok bo
 		}
 	}
 	return finishCanonical(add, del, old, new, parseOld)
+}
+
+// halves says whether q and p are the two halves of one network.
+func halves(q, p netip.Prefix) bool {
+	bits := q.Bits()
+	if bits == 0 || bits != p.Bits() || q.Addr().BitLen() != p.Addr().BitLen() {
+		return false
+	}
+	return netip.PrefixFrom(q.Addr(), bits-1).Masked() == netip.PrefixFrom(p.Addr(), bits-1).Masked()
 }
 
 // finishCanonical adds what is left of either list once the other ended.
