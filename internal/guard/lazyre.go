@@ -10,16 +10,12 @@ import (
 // a cost every moat command paid, though most never read a log line.
 type lazyRegexp struct {
 	expr string
-	once sync.Once
-	re   *regexp.Regexp
+	get  func() *regexp.Regexp
 }
 
 // lazyRE holds expr, which must compile (as regexp.MustCompile).
-func lazyRE(expr string) *lazyRegexp { return &lazyRegexp{expr: expr} }
-
-func (l *lazyRegexp) get() *regexp.Regexp {
-	l.once.Do(func() { l.re = regexp.MustCompile(l.expr) })
-	return l.re
+func lazyRE(expr string) *lazyRegexp {
+	return &lazyRegexp{expr: expr, get: sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })}
 }
 
 func (l *lazyRegexp) MatchString(s string) bool            { return l.get().MatchString(s) }
