@@ -223,12 +223,18 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 	}
 	// The rules in force are what was applied last, not edits not yet
 	// applied: an update must not sneak them in.
-	text := doc.Bytes()
+	var pre *engine.Parsed
+	var p *policy.Policy
 	if applied, err := engine.LoadApplied(a.stateDir); err == nil && applied != nil && !applied.FailClosed {
-		text = []byte(applied.Policy)
-	}
-	p, err := a.parseApplied(string(text))
-	if err != nil {
+		// Parsed once: the refresh below loads this parse if the same
+		// text is still what is applied once it holds the lock.
+		d := policy.NewDocument(applied.Source, []byte(applied.Policy))
+		d.Apps = a.apps()
+		if p, err = d.Policy(a.services()); err != nil {
+			return err
+		}
+		pre = &engine.Parsed{Source: applied.Source, Text: applied.Policy, Policy: p}
+	} else if p, err = a.parseApplied(string(doc.Bytes())); err != nil {
 		return err
 	}
 	var todo []*policy.Blocklist
@@ -267,6 +273,7 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		}
 	}
 	var results []*blocklist.Result
+	prefixes := map[string][]netip.Prefix{} // each result's networks, made once
 	report := map[string]*updateJSON{}
 	var order []string
 	failed := 0
@@ -293,6 +300,7 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 			rep.Outcome = "unchanged"
 		}
 		bl.Prefixes = r.New.Prefixes()
+		prefixes[r.Name] = bl.Prefixes
 	}
 
 	changed := false
@@ -303,11 +311,11 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 	if changed {
 		lists := map[string][]netip.Prefix{}
 		for _, r := range results {
-			lists[r.Name] = r.New.Prefixes()
+			lists[r.Name] = prefixes[r.Name]
 		}
 		start := time.Now()
 		err := a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
-			res, err := eng.Refresh(ctx, a.change(cmd), lists)
+			res, err := eng.Refresh(ctx, a.change(cmd), lists, pre)
 			if err != nil {
 				return err
 			}

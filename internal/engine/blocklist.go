@@ -65,12 +65,23 @@ func (e *Engine) compile(p *policy.Policy, save bool) (*ruleset.Ruleset, error) 
 // refresh.
 var ErrNotApplied = errors.New("moat has no record of the policy it applied: run 'moat reload' first")
 
+// Parsed is an applied policy the caller parsed already (to know which
+// lists to update): Refresh uses it instead of parsing the applied policy
+// again when it is the very text and source found applied under the lock.
+type Parsed struct {
+	Source, Text string
+	Policy       *policy.Policy
+}
+
 // Refresh applies the policy that is applied now once more, with new
 // contents for some blocklists (lists: name to networks; the others come
 // from their saved copies). The policy file is neither read nor written:
 // edits not applied yet stay so. The backends send only the difference.
-// Inactive: moat's rules are not loaded, nothing is applied.
-func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]netip.Prefix) (*Result, error) {
+// Inactive: moat's rules are not loaded, nothing is applied. pre, if not
+// nil, is the applied policy as the caller parsed it before taking the
+// lock; it is used only if it is still what is applied (else the applied
+// policy is parsed here).
+func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]netip.Prefix, pre *Parsed) (*Result, error) {
 	if err := e.mustHoldLock(); err != nil {
 		return nil, err
 	}
@@ -88,9 +99,14 @@ func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]neti
 		return &Result{FailClosed: cur.applied}, nil
 	}
 	doc := policy.NewDocument(cur.applied.Source, []byte(cur.applied.Policy))
-	p, err := e.policyOf(doc)
-	if err != nil {
-		return nil, fmt.Errorf("the applied policy no longer parses: %w", err)
+	var p *policy.Policy
+	if pre != nil && pre.Policy != nil && pre.Source == cur.applied.Source && pre.Text == cur.applied.Policy {
+		p = pre.Policy
+	} else {
+		var err error
+		if p, err = e.policyOf(doc); err != nil {
+			return nil, fmt.Errorf("the applied policy no longer parses: %w", err)
+		}
 	}
 	for i := range p.Blocklists {
 		if ps, ok := lists[p.Blocklists[i].Name]; ok {

@@ -32,7 +32,7 @@ func (r *rig) refresh(lists map[string][]netip.Prefix) (*Result, error) {
 	var res *Result
 	err := r.do(func(ctx context.Context, e *Engine) error {
 		var err error
-		res, err = e.Refresh(ctx, r.ch(0), lists)
+		res, err = e.Refresh(ctx, r.ch(0), lists, nil)
 		return err
 	})
 	return res, err
@@ -118,5 +118,68 @@ func TestRefreshWithProfile(t *testing.T) {
 	}
 	if !strings.Contains(r.nft.Loaded(), "8080") {
 		t.Errorf("the profile's port is not loaded: %s", r.nft.Loaded())
+	}
+}
+
+// A refresh uses the caller's parse of the applied policy (parsed once
+// per command) only when it is the very text and source applied under
+// the lock: a parse taken before another command applied something else
+// is not loaded.
+func TestRefreshUsesCallersParse(t *testing.T) {
+	r := newRig(t)
+	applied := "default deny incoming\nallow 22/tcp\nblocklist drop url https://lists.example/drop.txt\n"
+	r.write(applied)
+	if _, err := r.enable(r.ch(0)); err != nil {
+		t.Fatal(err)
+	}
+	a, err := LoadApplied(r.dir)
+	if err != nil || a == nil {
+		t.Fatalf("applied: %+v %v", a, err)
+	}
+	parse := func(text string) *policy.Policy {
+		p, err := policy.NewDocument(a.Source, []byte(text)).Policy(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	lists := map[string][]netip.Prefix{"drop": {netip.MustParsePrefix("203.0.113.0/24")}}
+	refresh := func(pre *Parsed) *Result {
+		var res *Result
+		r.must(r.do(func(ctx context.Context, e *Engine) error {
+			var err error
+			res, err = e.Refresh(ctx, r.ch(0), lists, pre)
+			return err
+		}))
+		if res.Applied == nil {
+			t.Fatalf("refresh: %+v", res)
+		}
+		return res
+	}
+
+	same := &Parsed{Source: a.Source, Text: a.Policy, Policy: parse(a.Policy)}
+	if res := refresh(same); res.Policy != same.Policy {
+		t.Errorf("the applied policy was parsed again although the caller's parse is of the same text")
+	}
+
+	// Parsed before the lock, applied by another command since.
+	stale := applied + "allow 80/tcp\n"
+	for _, pre := range []*Parsed{
+		{Source: a.Source, Text: stale, Policy: parse(stale)},
+		{Source: a.Source + ".other", Text: a.Policy, Policy: parse(a.Policy)},
+	} {
+		if res := refresh(pre); res.Policy == pre.Policy {
+			t.Errorf("a parse of another text or source was used: %q", pre.Source)
+		}
+		r.nft.mu.Lock()
+		for _, rule := range r.nft.rs.Chain(ruleset.Input).Rules {
+			if rule.Origin.ID == "L4" {
+				t.Errorf("the stale parse's 'allow 80/tcp' was loaded")
+			}
+		}
+		r.nft.mu.Unlock()
+	}
+	if got := r.setPrefixes(r.nft, "bl4_drop"); len(got) != 1 || got[0].String() != "203.0.113.0/24" {
+		t.Errorf("bl4_drop = %v", got)
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -178,7 +177,17 @@ func ReadFile(dir, name string) ([]byte, error) {
 		return nil, err
 	}
 	defer func() { _ = f.Close() }() // read only
-	return io.ReadAll(f)
+	// Room for the whole file at once (io.ReadAll alone grows by copies:
+	// a 1.8 MB record made 4.5 MB of allocations).
+	size := int64(0)
+	if st, err := f.Stat(); err == nil && st.Size() > 0 && st.Size() < 1<<30 {
+		size = st.Size()
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+bytes.MinRead))
+	if _, err := buf.ReadFrom(f); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // WriteFile replaces name in dir atomically (a new file beside it, fsynced,
