@@ -177,6 +177,40 @@ func TestHandChangeAfterWholeCommit(t *testing.T) {
 	e.expect(false, "client tcp 192.0.2.1:80 open")
 }
 
+// The same with an address added by hand to one of moat's policy sets
+// right after the first enable's whole commit: that commit's fingerprint
+// is taken from what moat loaded, not read back from the kernel, only
+// while the generation is the one right after the commit, so the element
+// is drift all the same (named by status, taken out by the next change).
+func TestHandElementAfterWholeCommit(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	real, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ] && mkdir "+filepath.Join(bin, "once")+" 2>/dev/null; then\n"+
+		real+" \"$@\"; rc=$?\nset=$("+real+" list sets inet | sed -n 's/.*set \\(input_deny_src4_[0-9]*\\) .*/\\1/p')\n"+
+		real+" add element inet moat \"$set\" '{ 192.0.2.2 }'\nexit $rc\nfi\nexec "+real+" \"$@\"\n")
+	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
+	e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
+	if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
+		t.Fatal("the enable ran no nft -f: the hand change was not made during it")
+	}
+	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 timeout")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+		t.Errorf("status does not see the element added after the whole commit:\n%s", out)
+	}
+	e.mustMoat("allow", "8081/tcp")
+	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+		"client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+}
+
 // An address added by hand to a protected set (the SSH sessions and the
 // allowlist at the apply, which drift's layout cannot compare) is spared
 // every ban: it is drift, named by status and taken out by reload.

@@ -87,7 +87,8 @@ func (a *app) protectedUnchanged(ctx context.Context, b backend.Backend, rec ker
 }
 
 // fingerprintHook, in tests, runs before recordFingerprint reads the
-// fingerprint from the kernel.
+// fingerprint from the kernel, or from what moat loaded (so it may run
+// twice in one record).
 var fingerprintHook func()
 
 var errNoFingerprint = errors.New("the backend cannot fingerprint its rules")
@@ -255,12 +256,16 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 // command's own transaction touched any table since the kernel was found
 // to be what moat applied: this command verified the table at generation
 // V, and its one commit went from V to V+1, which is the generation now;
-// or it committed nothing and the generation is still V. Otherwise ok is
-// false and the caller reads the kernel whole, so a set changed by hand
-// (`nft add element`, which moves the generation) is always seen.
+// or it committed nothing and the generation is still V; or its one
+// commit rewrote the table whole (a first enable, a repair: every policy
+// set deleted and created again with its elements) from what it read at
+// generation V, went from V to V+1, and V+1 is the generation now.
+// Otherwise ok is false and the caller reads the kernel whole, so a set
+// changed by hand (`nft add element`, which moves the generation) is
+// always seen.
 func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp string, gen uint32, ok bool) {
 	nb, isNft := b.(*nft.Backend)
-	if !isNft || !a.verified.ok {
+	if !isNft {
 		return "", 0, false
 	}
 	now, err := nft.Generation()
@@ -269,10 +274,19 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 	}
 	before, after, committed := nb.LastCommit()
 	switch {
+	case committed && nb.LastCommitWhole() && after == before+1 && now == after:
+		// The table is what the commit wrote, whatever it held before:
+		// the objects it did not delete were read at before, with
+		// nothing committed between that read and the commit.
+	case !a.verified.ok:
+		return "", 0, false
 	case committed && (before == a.verified.gen || a.recordVouches(before)) && after == before+1 && now == after:
 	case !committed && now == a.verified.gen:
 	default:
 		return "", 0, false
+	}
+	if fingerprintHook != nil {
+		fingerprintHook()
 	}
 	l, err := drift.ReadNftLoaded(nb.LoadedRanges(ctx))
 	if err != nil || l.Empty() {

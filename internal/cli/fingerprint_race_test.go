@@ -2,10 +2,13 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"github.com/moat-fw/moat/internal/setstore"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,5 +64,89 @@ func TestFingerprintNotRecordedAfterHandChange(t *testing.T) {
 	}
 	if _, err := statedir.ReadFile(dir, fingerprintFile); err == nil {
 		t.Error("a fingerprint read after a hand change was recorded")
+	}
+}
+
+// A first enable (a whole rewrite of moat's table from an empty kernel)
+// records the fingerprint from what it loaded, without reading its policy
+// sets back (the dump was 30% of an enable at 100,000 networks), and that
+// fingerprint is the one the kernel's table gives. With a set element
+// added by hand right after the commit, the generations no longer prove
+// the table moat's: the sets are read back, and the hand-made element is
+// drift, so nothing is recorded.
+func TestWholeCommitFingerprintFromLoaded(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("no nft")
+	}
+	for _, hand := range []bool{false, true} {
+		ns, err := lab.NewNS(lab.UniqueName("moatfp"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ns.Close() })
+		text := "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\ndeny from 198.51.100.0/24\ndeny from 2001:db8::/64\n"
+		p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs := ruleset.Compile(p)
+		dir := t.TempDir()
+		var logs strings.Builder
+		a := &app{stateDir: dir, out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+		st := appliedState{Known: true, Backend: "nftables", Policy: text, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+		b := &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true, Elements: setstore.Dir{Path: dir, Prefix: "nft-set."}}
+		var want string
+		err = ns.Do(func() error {
+			if err := b.Apply(context.Background(), rs); err != nil {
+				return err
+			}
+			if !b.LastCommitWhole() {
+				t.Error("the first apply was not a whole rewrite")
+			}
+			if hand {
+				set := ""
+				for _, s := range rs.Sets {
+					if strings.Contains(s.Name, "deny_src4") && len(s.Entries) > 0 {
+						set = s.Name
+					}
+				}
+				if set == "" {
+					t.Fatalf("no IPv4 deny set in %+v", rs.Sets)
+				}
+				if _, err := execrun.Exec(context.Background(), nil, "nft", "add", "element", "inet", "moat", set, "{ 192.0.2.2 }"); err != nil {
+					return err
+				}
+			}
+			a.recordFingerprint(context.Background(), b, st, verifiedGen{})
+			k, err := a.kernelFingerprint(context.Background(), b)
+			want = k.Fingerprint
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := statedir.ReadFile(dir, fingerprintFile)
+		if hand {
+			if err == nil {
+				t.Errorf("a fingerprint was recorded with an element added by hand after the commit: %s", data)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("no fingerprint recorded: %v", err)
+		}
+		var rec kernelRecord
+		if err := json.Unmarshal(data, &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec.Fingerprint != want || want == "" {
+			t.Errorf("recorded fingerprint %q, the kernel's table gives %q", rec.Fingerprint, want)
+		}
+		if !strings.Contains(logs.String(), "taken from what moat loaded") {
+			t.Errorf("the fingerprint after a whole commit was read back from the kernel:\n%s", logs.String())
+		}
 	}
 }
