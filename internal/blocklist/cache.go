@@ -7,14 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/moat-fw/moat/internal/boundedfile"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/statedir"
 )
@@ -183,31 +182,14 @@ func Saved(stateDir string) []string {
 func readCapped(path string) ([]byte, error) {
 	// Without blocking: a FIFO named as a list file would hang every
 	// apply, and the lock it holds, before the check below.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }() // read only
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
 	// Room for the whole file at once (io.ReadAll alone grows its buffer
 	// by copies: 9 MB of allocations for a 2.7 MB list); a file that grows
 	// meanwhile is still read to its end, up to the cap.
-	// (bytes.Buffer grows unless bytes.MinRead bytes are free.)
-	buf := bytes.NewBuffer(make([]byte, 0, min(max(st.Size(), 0), MaxFileSize)+bytes.MinRead))
-	if _, err := buf.ReadFrom(io.LimitReader(f, MaxFileSize+1)); err != nil {
-		return nil, err
-	}
-	data := buf.Bytes()
-	if len(data) > MaxFileSize {
+	data, err := boundedfile.ReadFile(path, MaxFileSize)
+	if errors.As(err, new(*boundedfile.TooLargeError)) {
 		return nil, fmt.Errorf("%s: larger than %d MB", path, MaxFileSize>>20)
 	}
-	return data, nil
+	return data, err // "PATH: not a regular file"
 }
 
 // ReadFile reads and parses a list file (for 'blocklist NAME file PATH').

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/moat-fw/moat/internal/boundedfile"
 )
 
 // Line is one log line from a source, with where to resume after it.
@@ -72,16 +74,12 @@ func (s *FileSource) open(resume bool) (*openFile, error) {
 	// O_NONBLOCK: opening a FIFO for reading would wait for a writer,
 	// and hang the guard where anyone who may write the log's directory
 	// put one. Only a regular file is a log.
-	f, err := os.OpenFile(s.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, fi, err := boundedfile.Open(s.Path)
+	if notReg := (*boundedfile.NotRegularError)(nil); errors.As(err, &notReg) {
+		return nil, fmt.Errorf("not a regular file (mode %s): not a log", notReg.Mode)
+	}
 	if err != nil {
 		return nil, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, errors.Join(err, f.Close())
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, errors.Join(fmt.Errorf("not a regular file (mode %s): not a log", fi.Mode().Type()), f.Close())
 	}
 	o := &openFile{f: f, inode: inodeOf(fi)}
 	switch {

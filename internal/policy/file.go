@@ -1,14 +1,14 @@
 package policy
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/moat-fw/moat/internal/boundedfile"
 )
 
 // DefaultPath is where moat keeps its policy.
@@ -48,36 +48,26 @@ func ReadDocument(name string) (*Document, error) {
 // would otherwise hang moat, the lock it holds and a rollback that reads
 // the file), and a device (/dev/zero) or directory is refused unread.
 func ReadFile(name string) ([]byte, error) {
-	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
+	f, st, err := boundedfile.Open(name)
+	var notReg *boundedfile.NotRegularError
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, err
+	case errors.As(err, &notReg):
+		return nil, fmt.Errorf("read policy %s: not a regular file", name)
+	case err != nil:
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
 	defer func() { _ = f.Close() }() // read only
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("read policy: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("read policy %s: not a regular file", name)
-	}
-	if st.Size() > maxFileSize {
-		return nil, fmt.Errorf("read policy %s: %d bytes is more than the %d allowed", name, st.Size(), maxFileSize)
-	}
 	// Bounded again while reading: the file may grow after Stat. The
 	// buffer is sized once (io.ReadAll grew a 2.7 MB policy through
 	// twice its size).
-	var buf bytes.Buffer
-	buf.Grow(int(st.Size()) + bytes.MinRead)
-	if _, err := buf.ReadFrom(io.LimitReader(f, maxFileSize+1)); err != nil {
+	data, err := boundedfile.ReadAll(f, st.Size(), maxFileSize)
+	if err != nil {
+		// "N bytes is more than the M allowed", "more than the M bytes allowed"
 		return nil, fmt.Errorf("read policy %s: %w", name, err)
 	}
-	if buf.Len() > maxFileSize {
-		return nil, fmt.Errorf("read policy %s: more than the %d bytes allowed", name, maxFileSize)
-	}
-	return buf.Bytes(), nil
+	return data, nil
 }
 
 // NewDocument splits file contents into lines.

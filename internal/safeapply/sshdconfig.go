@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,8 +13,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/moat-fw/moat/internal/boundedfile"
 )
 
 // DefaultSSHDConfig is sshd's main configuration file.
@@ -163,15 +163,18 @@ func (p *sshdParser) file(path string, depth int) error {
 	}
 	// Without blocking: a FIFO among the Included files must not hang
 	// the fail-closed restore at boot.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	f, st, err := boundedfile.Open(path)
+	if errors.Is(err, boundedfile.ErrNotRegular) {
+		return fmt.Errorf("read sshd config %s: not a regular file", path)
+	}
 	if err != nil {
 		return fmt.Errorf("read sshd config: %w", err)
 	}
 	defer func() { _ = f.Close() }() // read only
-	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		return fmt.Errorf("read sshd config %s: not a regular file", path)
+	data, err := boundedfile.ReadAll(f, st.Size(), sshdMaxFileSize)
+	if errors.As(err, new(*boundedfile.TooLargeError)) {
+		return fmt.Errorf("read sshd config %s: larger than %d bytes", path, sshdMaxFileSize)
 	}
-	data, err := readBounded(f, sshdMaxFileSize)
 	if err != nil {
 		return fmt.Errorf("read sshd config %s: %w", path, err)
 	}
@@ -285,17 +288,6 @@ func anyAddrs(ports []uint16) []netip.AddrPort {
 		out = append(out, netip.AddrPortFrom(netip.IPv4Unspecified(), p), netip.AddrPortFrom(netip.IPv6Unspecified(), p))
 	}
 	return out
-}
-
-func readBounded(f *os.File, max int64) ([]byte, error) {
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > max {
-		return nil, fmt.Errorf("larger than %d bytes", max)
-	}
-	return data, nil
 }
 
 // SSHDConfigPorts returns the ports to keep open for SSH when moat must

@@ -24,6 +24,7 @@ import (
 	"syscall"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
+	"github.com/moat-fw/moat/internal/boundedfile"
 )
 
 // Perm is the mode of files moat creates in its state directory.
@@ -129,20 +130,16 @@ func OpenFile(dir, name string, flag int, perm os.FileMode) (*os.File, error) {
 	}
 	path := filepath.Join(dir, name)
 	// O_NONBLOCK: a FIFO planted here must not hang moat; it is refused below.
-	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, perm)
+	f, _, err := boundedfile.OpenFile(path, flag|syscall.O_NOFOLLOW, perm)
 	if errors.Is(err, syscall.ELOOP) {
 		return nil, &UnsafeError{Path: path, Reason: "is a symbolic link; moat does not follow links in its state directory",
 			Fix: "rm " + path}
 	}
+	if errors.Is(err, boundedfile.ErrNotRegular) {
+		return nil, &UnsafeError{Path: path, Reason: "is not a regular file", Fix: "rm " + path}
+	}
 	if err != nil {
 		return nil, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, errors.Join(err, f.Close())
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, errors.Join(&UnsafeError{Path: path, Reason: "is not a regular file", Fix: "rm " + path}, f.Close())
 	}
 	if err := setBlocking(f); err != nil {
 		return nil, errors.Join(err, f.Close())

@@ -24,13 +24,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"unsafe"
 
+	"github.com/moat-fw/moat/internal/boundedfile"
 	"github.com/moat-fw/moat/internal/statedir"
 )
 
@@ -169,18 +169,17 @@ func readText(dir, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if st.Size() > MaxSize {
-		return "", fmt.Errorf("%d bytes is more than the %d a policy may have", st.Size(), MaxSize)
-	}
+	// A file that grew since Stat is read whole all the same, up to
+	// MaxSize (the checksum decides).
 	var b strings.Builder
-	b.Grow(int(st.Size()) + 1)
-	// Up to one byte more than its size: a file that grew since is read
-	// whole all the same (the checksum decides).
-	if _, err := io.Copy(&b, io.LimitReader(f, MaxSize+1)); err != nil {
-		return "", err
-	}
-	if b.Len() > MaxSize {
+	var tooLarge *boundedfile.TooLargeError
+	switch err := boundedfile.Into(&b, f, st.Size(), MaxSize); {
+	case errors.As(err, &tooLarge) && tooLarge.Size >= 0:
+		return "", fmt.Errorf("%d bytes is more than the %d a policy may have", st.Size(), MaxSize)
+	case errors.As(err, &tooLarge):
 		return "", fmt.Errorf("more than the %d bytes a policy may have", MaxSize)
+	case err != nil:
+		return "", err
 	}
 	return b.String(), nil
 }
