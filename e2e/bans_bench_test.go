@@ -14,9 +14,10 @@ import (
 
 // BenchmarkManyBans measures the commands an admin runs while the guard
 // holds 200,000 bans (in the kernel and in guard.json): 'moat status',
-// a rule edit ('moat allow' then 'moat delete', each applied to the kernel)
-// and 'moat ban' of one more address, against the same commands with no
-// bans, in the same run.
+// a rule edit ('moat allow' then 'moat delete', each applied to the kernel),
+// 'moat ban' of one more address, 'moat bans' (the first 1000) and
+// 'moat bans --all', and a --confirm apply with its 'moat confirm',
+// against the same commands with no bans, in the same run.
 //
 //	go test -run XXX -bench ManyBans -benchtime 3x -timeout 30m ./e2e/
 func BenchmarkManyBans(b *testing.B) {
@@ -36,6 +37,13 @@ func BenchmarkManyBans(b *testing.B) {
 					{"status", [][]string{{"status", "verbose"}}},
 					{"edit", [][]string{{"--force", "allow", "8080/tcp"}, {"--force", "delete", "allow", "8080/tcp"}}},
 					{"ban", [][]string{{"ban", "2001:db8:fe::1"}, {"unban", "2001:db8:fe::1"}}},
+					{"bans", [][]string{{"bans"}}},
+					{"bans-all", [][]string{{"bans", "--all"}}},
+					// A --confirm apply (the snapshot of moat's table
+					// for the rollback) and its confirm; the rule is
+					// taken out again without --confirm, outside the
+					// measure.
+					{"confirm", [][]string{{"--force", "--confirm", "1h", "--no-wait", "allow", "8081/tcp"}, {"confirm"}}},
 				}
 				took := map[string]time.Duration{}
 				b.ResetTimer()
@@ -46,6 +54,9 @@ func BenchmarkManyBans(b *testing.B) {
 							e.mustMoat(args...)
 						}
 						took[op.name] += time.Since(t0)
+						if op.name == "confirm" {
+							e.mustMoat("--force", "delete", "allow", "8081/tcp")
+						}
 					}
 				}
 				b.StopTimer()

@@ -186,18 +186,49 @@ type banJSON struct {
 	BanCount    int    `json:"ban_count"`
 }
 
+// defaultBansShown is how many bans 'moat bans' prints without --all.
+const defaultBansShown = 1000
+
 func (a *app) bansCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "bans",
-		Short:   "List banned addresses: reason, time left, how often banned",
+	var all bool
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "bans",
+		Short: "List banned addresses: reason, time left, how often banned",
+		Long: `List the banned addresses, sorted, with the reason, the time left and how
+often each was banned. Without --all at most --limit bans are read and shown
+(1000 unless given), and a last line says that there are more: reading a ban
+set of 200,000 from the kernel takes seconds. --json lists every ban, as
+--all does.`,
+		Example: `  moat bans
+  moat bans --all | grep 2001:db8::7
+  moat bans --limit 20
+  moat bans --json`,
 		GroupID: "guard",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if limit < 1 {
+				return fmt.Errorf("--limit %d: expected 1 or more", limit)
+			}
 			b, err := a.banBackend(cmd.Context())
 			if err != nil {
 				return err
 			}
-			bans, err := b.Bans(cmd.Context())
+			var bans []ruleset.Ban
+			more := false
+			switch lb, ok := b.(interface {
+				BansUpTo(ctx context.Context, n int) ([]ruleset.Ban, bool, error)
+			}); {
+			case all || a.json:
+				bans, err = b.Bans(cmd.Context())
+			case ok:
+				bans, more, err = lb.BansUpTo(cmd.Context(), limit)
+			default:
+				bans, err = b.Bans(cmd.Context())
+				if len(bans) > limit {
+					bans, more = bans[:limit], true
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -222,7 +253,25 @@ func (a *app) bansCommand() *cobra.Command {
 			for _, l := range list {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", l.Address, time.Duration(l.SecondsLeft)*time.Second, l.BanCount, l.Reason)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if more {
+				a.printf("%s\n", a.moreBans(len(list)))
+			}
+			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&all, "all", false, "list every ban (slow with many: seconds for 200,000)")
+	cmd.Flags().IntVar(&limit, "limit", defaultBansShown, "without --all, show at most this many bans")
+	return cmd
+}
+
+// moreBans is the line after a listing cut at shown bans.
+func (a *app) moreBans(shown int) string {
+	msg := fmt.Sprintf("... and more: %d shown (the first the kernel listed, sorted)", shown)
+	if n, err := guard.ActiveBans(a.stateDir, time.Now()); err == nil && n > shown {
+		msg += fmt.Sprintf(" of about %d recorded by the guard, port scan bans not counted", n)
+	}
+	return msg + "; 'moat bans --all' lists every one"
 }

@@ -230,6 +230,33 @@ func (b *Backend) Banned(ctx context.Context, addr netip.Addr) (bool, error) {
 	return false, nil
 }
 
+// BansUpTo lists at most n banned addresses (IPv4 first, in the kernel's
+// order); more says that there are others. Over netlink the dump stops
+// there: with 200,000 bans a whole dump costs seconds.
+func (b *Backend) BansUpTo(ctx context.Context, n int) (bans []ruleset.Ban, more bool, err error) {
+	r, ok := b.Read.(interface {
+		BansUpTo(set string, n int) ([]ruleset.Ban, bool, error)
+	})
+	if b.NFT != nil || !ok {
+		all, err := b.Bans(ctx)
+		if err != nil || len(all) <= n {
+			return all, false, err
+		}
+		return all[:n], true, nil
+	}
+	for _, set := range []string{ruleset.BanSet4, ruleset.BanSet6} {
+		got, m, err := r.BansUpTo(set, n-len(bans))
+		if err != nil {
+			return nil, false, fmt.Errorf("%w ('moat enable' loads moat's table)", err)
+		}
+		bans = append(bans, got...)
+		if m {
+			return bans, true, nil
+		}
+	}
+	return bans, false, nil
+}
+
 // Bans lists the banned addresses with the time left.
 func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
 	var out []ruleset.Ban

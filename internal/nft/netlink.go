@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"syscall"
 	"time"
 
 	gnft "github.com/google/nftables"
@@ -356,4 +357,105 @@ func (NetlinkReader) SyncComments() ([]string, error) {
 		out = append(out, RuleComment(r.UserData))
 	}
 	return out, nil
+}
+
+// BansUpTo dumps one ban set's elements until more than n are read
+// (more: the dump was stopped there, the set holds others). The kernel
+// walks a hash set from its start for each 32 KiB part of a dump, so a
+// whole dump of 200,000 bans costs seconds while the first parts cost
+// microseconds; the socket is closed early, which ends the dump.
+func (NetlinkReader) BansUpTo(set string, n int) (bans []ruleset.Ban, more bool, err error) {
+	els, more, err := dumpElementsUpTo(set, n)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, e := range els {
+		if a, ok := netip.AddrFromSlice(e.Key); ok && !e.End {
+			if len(bans) == n {
+				return bans, true, nil
+			}
+			bans = append(bans, ruleset.Ban{Addr: a.Unmap(), Timeout: e.Timeout, Expires: e.Expires, Reason: e.Comment})
+		}
+	}
+	return bans, more, nil
+}
+
+// dumpElementsUpTo is DumpElements stopped once more than n elements were
+// read (more is then true). It reads the socket itself: the netlink
+// package's readers drain a dump to its end.
+func dumpElementsUpTo(set string, n int) (out []Elem, more bool, err error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, false, fmt.Errorf("nftables: %w", err)
+	}
+	defer func() { _ = unix.Close(fd) }() // closing ends the kernel's dump
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, false, fmt.Errorf("nftables: %w", err)
+	}
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(TableName + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	const seq = 1
+	msg := netlink.Message{
+		Header: netlink.Header{
+			Type:     netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
+			Flags:    netlink.Request | netlink.Dump,
+			Sequence: seq,
+		},
+		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	}
+	msg.Header.Length = uint32(unix.NLMSG_HDRLEN + len(msg.Data))
+	req, err := msg.MarshalBinary()
+	if err != nil {
+		return nil, false, err
+	}
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, false, fmt.Errorf("nftables: list set %s: %w", set, err)
+	}
+	buf := make([]byte, 2*dumpBuffer)
+	for {
+		m, _, err := unix.Recvfrom(fd, buf, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("nftables: list set %s: %w", set, err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:m])
+		if err != nil {
+			return nil, false, fmt.Errorf("nftables: list set %s: %w", set, err)
+		}
+		for _, nm := range msgs {
+			if nm.Header.Seq != seq {
+				continue
+			}
+			switch nm.Header.Type {
+			case unix.NLMSG_DONE:
+				return out, false, nil
+			case unix.NLMSG_ERROR:
+				if len(nm.Data) < 4 {
+					return nil, false, fmt.Errorf("nftables: list set %s: short error message", set)
+				}
+				if code := int32(binary.NativeEndian.Uint32(nm.Data[:4])); code != 0 {
+					return nil, false, fmt.Errorf("nftables: list set %s: %w", set, syscall.Errno(-code))
+				}
+				return out, false, nil
+			}
+			if len(nm.Data) < 4 {
+				continue
+			}
+			els, err := parseElemList(nm.Data[4:])
+			if err != nil {
+				return nil, false, fmt.Errorf("nftables: list set %s: %w", set, err)
+			}
+			out = append(out, els...)
+		}
+		if len(out) > n {
+			return out, true, nil
+		}
+	}
 }
