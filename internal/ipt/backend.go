@@ -43,6 +43,10 @@ type Backend struct {
 	// the iptables tools are the nf_tables kind: moat's chains are then
 	// chains of the nftables tables "ip filter" and "ip6 filter".
 	Netlink bool
+	// IpsetNetlink reads ipsets (their names, headers and members) over
+	// netlink instead of starting `ipset list` (New sets it; tests on a
+	// fake Runner leave it off).
+	IpsetNetlink bool
 	// available: Available found every program once (a command asked
 	// several times, each looking up five programs on the PATH).
 	available bool
@@ -56,7 +60,7 @@ type Backend struct {
 }
 
 // New returns the iptables backend.
-func New() *Backend { return &Backend{Run: ExecRunner, Netlink: true} }
+func New() *Backend { return &Backend{Run: ExecRunner, Netlink: true, IpsetNetlink: true} }
 
 // Name is the backend's name.
 func (b *Backend) Name() string { return "iptables" }
@@ -148,16 +152,35 @@ func (b *Backend) readState(ctx context.Context, withSets bool) (*state, error) 
 	if !withSets {
 		return st, nil
 	}
-	out, err := b.Run(ctx, nil, "ipset", "list", "-n")
+	names, err := b.setNames(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list ipsets: %w", err)
 	}
-	for _, name := range strings.Fields(string(out)) {
+	for _, name := range names {
 		if ownSet(name) {
 			st.sets[name] = true
 		}
 	}
 	return st, nil
+}
+
+// setNames lists every ipset's name: over netlink (IpsetNetlink), else
+// with `ipset list -n`.
+func (b *Backend) setNames(ctx context.Context) ([]string, error) {
+	if b.IpsetNetlink {
+		if c, err := dialIpset(); err == nil {
+			names, err := c.names()
+			c.Close()
+			if err == nil {
+				return names, nil
+			}
+		}
+	}
+	out, err := b.Run(ctx, nil, "ipset", "list", "-n")
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(string(out)), nil
 }
 
 // ownSet says whether an ipset is moat's: its sets, sets being filled, and
@@ -392,6 +415,15 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 
 // maxelem is the most entries an ipset takes (its header), 0 if unknown.
 func (b *Backend) maxelem(ctx context.Context, name string) int {
+	if b.IpsetNetlink {
+		if c, err := dialIpset(); err == nil {
+			n := c.maxelem(name)
+			c.Close()
+			if n > 0 {
+				return n
+			}
+		}
+	}
 	out, err := b.Run(ctx, nil, "ipset", "list", "-t", name)
 	if err != nil {
 		return 0
@@ -612,16 +644,18 @@ func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 	var k KernelPrint
 	ph := sha256.New()
 	policySets := false
+	sr := b.setReader()
+	defer sr.close()
 	for _, name := range sortedKeys(used) {
 		if name == IPSetName(ruleset.BanSet4) || name == IPSetName(ruleset.BanSet6) ||
 			name == IPSetName(ruleset.LoginSet4) || name == IPSetName(ruleset.LoginSet6) {
 			continue
 		}
 		k.Sets = true
-		out, err := b.Run(ctx, nil, "ipset", "list", name)
-		hashSetListing(h, name, out, err)
+		sum := sr.digest(ctx, name)
+		h.Write(sum)
 		if slices.Contains(protectedSets(), name) {
-			hashSetListing(ph, name, out, err)
+			ph.Write(sum)
 		} else {
 			policySets = true
 		}
@@ -637,11 +671,50 @@ func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 // sets' listings alone (two ipset processes, no iptables-save).
 func (b *Backend) ProtectedFingerprint(ctx context.Context) string {
 	ph := sha256.New()
+	sr := b.setReader()
+	defer sr.close()
 	for _, name := range protectedSets() {
-		out, err := b.Run(ctx, nil, "ipset", "list", name)
-		hashSetListing(ph, name, out, err)
+		ph.Write(sr.digest(ctx, name))
 	}
 	return hex.EncodeToString(ph.Sum(nil))
+}
+
+// setReader reads the sets of one fingerprint: over one netlink socket
+// (IpsetNetlink), else, and for a set netlink cannot read, with
+// `ipset list`.
+type setReader struct {
+	b    *Backend
+	conn *ipsetConn
+}
+
+func (b *Backend) setReader() *setReader {
+	sr := &setReader{b: b}
+	if b.IpsetNetlink {
+		sr.conn, _ = dialIpset()
+	}
+	return sr
+}
+
+func (sr *setReader) close() {
+	if sr.conn != nil {
+		sr.conn.Close()
+	}
+}
+
+// digest is the hash of one set as the kernel holds it (hashSet over
+// netlink, hashSetListing of `ipset list`): the same for the same set
+// read the same way, different when a member or the header differs.
+func (sr *setReader) digest(ctx context.Context, name string) []byte {
+	if sr.conn != nil {
+		h := sha256.New()
+		if err := sr.conn.hashSet(h, name); err == nil {
+			return h.Sum(nil)
+		}
+	}
+	h := sha256.New()
+	out, err := sr.b.Run(ctx, nil, "ipset", "list", name)
+	hashSetListing(h, name, out, err)
+	return h.Sum(nil)
 }
 
 // hashSetListing hashes what `ipset list NAME` said (err: the set is

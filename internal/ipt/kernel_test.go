@@ -21,6 +21,13 @@ import (
 // the test's own.
 func kernelBackend(t testing.TB) *Backend {
 	t.Helper()
+	b, _ := kernelBackendNS(t)
+	return b
+}
+
+// kernelBackendNS is kernelBackend and its namespace.
+func kernelBackendNS(t testing.TB) (*Backend, *lab.NS) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace")
 	}
@@ -41,7 +48,7 @@ func kernelBackend(t testing.TB) *Backend {
 			return err
 		})
 		return out, err
-	}}
+	}}, ns
 }
 
 func compile(t testing.TB, text string) *ruleset.Ruleset {

@@ -1,0 +1,104 @@
+package ipt
+
+import (
+	"context"
+	"crypto/sha256"
+	"slices"
+	"testing"
+)
+
+// The digest of a set read over netlink is the same for the same members
+// and header however they were loaded (other order, another hash seed:
+// swapped in), and differs when a member is added and another deleted
+// (the count kept), when a member carries a flag (nomatch), and when the
+// set is missing; names and maxelem are read too.
+func TestIpsetNetlinkDigest(t *testing.T) {
+	b, ns := kernelBackendNS(t)
+	ctx := context.Background()
+	restore := func(script string) {
+		t.Helper()
+		if out, err := b.Run(ctx, []byte(script), "ipset", "restore"); err != nil {
+			t.Fatalf("ipset restore: %v\n%s", err, out)
+		}
+	}
+	digest := func(name string) string {
+		t.Helper()
+		var sum []byte
+		err := ns.Do(func() error {
+			c, err := dialIpset()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			h := sha256.New()
+			if err := c.hashSet(h, name); err != nil {
+				return err
+			}
+			sum = h.Sum(nil)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(sum)
+	}
+	restore("create t4 hash:net family inet maxelem 65536\nadd t4 192.0.2.0/24\nadd t4 198.51.100.7\nadd t4 203.0.113.0/25\n" +
+		"create t6 hash:net family inet6 maxelem 65536\nadd t6 2001:db8::/64\nadd t6 2001:db8:1::1\n")
+	d4, d6 := digest("t4"), digest("t6")
+	if d4 == d6 {
+		t.Fatal("two sets of other members give one digest")
+	}
+	// The same members in another order, in a set made anew (another
+	// hash seed), swapped in: the same digest.
+	restore("create n4 hash:net family inet maxelem 65536\nadd n4 203.0.113.0/25\nadd n4 198.51.100.7\nadd n4 192.0.2.0/24\nswap n4 t4\ndestroy n4\n")
+	if digest("t4") != d4 {
+		t.Error("the same members loaded again give another digest")
+	}
+	// One member more and one less: the count is kept, the digest is not.
+	restore("add t4 198.51.100.8\ndel t4 198.51.100.7\n")
+	if digest("t4") == d4 {
+		t.Error("a member replaced by hand left the digest as it was")
+	}
+	restore("del t4 198.51.100.8\nadd t4 198.51.100.7\n")
+	if digest("t4") != d4 {
+		t.Error("the members put back give another digest")
+	}
+	restore("add t4 198.51.100.0/24 nomatch\n")
+	nomatch := digest("t4")
+	restore("del t4 198.51.100.0/24\nadd t4 198.51.100.0/24\n")
+	if plain := digest("t4"); plain == nomatch || plain == d4 {
+		t.Error("a nomatch member is not told from a plain one")
+	}
+	// Another maxelem, same members: another header.
+	restore("create m4 hash:net family inet maxelem 131072\nadd m4 203.0.113.0/25\nadd m4 198.51.100.7\nadd m4 192.0.2.0/24\n")
+	restore("del t4 198.51.100.0/24\n")
+	if digest("m4") == digest("t4") {
+		t.Error("sets of other maxelem give one digest")
+	}
+	restore("create e4 hash:net family inet maxelem 65536\n")
+	if digest("e4") == digest("missing4") {
+		t.Error("an empty set and a missing one give one digest")
+	}
+	var names []string
+	var max int
+	err := ns.Do(func() error {
+		c, err := dialIpset()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		max = c.maxelem("m4")
+		names, err = c.names()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	if want := []string{"e4", "m4", "t4", "t6"}; !slices.Equal(names, want) {
+		t.Errorf("names = %v, want %v", names, want)
+	}
+	if max != 131072 {
+		t.Errorf("maxelem = %d, want 131072", max)
+	}
+}
