@@ -159,9 +159,16 @@ type session struct {
 }
 
 func (s *sshd) login(addr netip.Addr) *session {
+	s.e.t.Helper()
+	return s.loginWith(addr)
+}
+
+// loginWith is login with more ssh options (before the destination), such
+// as forwarded ports.
+func (s *sshd) loginWith(addr netip.Addr, opts ...string) *session {
 	t := s.e.t
 	t.Helper()
-	cmd := exec.Command("ssh", s.sshArgs(addr, "cat")...)
+	cmd := exec.Command("ssh", append(opts, s.sshArgs(addr, "cat")...)...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
