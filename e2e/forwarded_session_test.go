@@ -89,7 +89,7 @@ func TestForwardedChannelsShieldNoAddress(t *testing.T) {
 			e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 7000/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
 			lTarget4, lTarget6 := lab.ClientAlt[0], lab.ClientAlt[2] // 192.0.2.3, 2001:db8::3
 			rPeer4, rPeer6 := lab.ClientAlt[1], lab.ClientAlt[3]     // 192.0.2.4, 2001:db8::4
-			admin := srv.loginWith(lab.ServerV4, // from lab.ClientV4
+			admin := srv.loginWith(lab.ServerV4,                     // from lab.ClientV4
 				"-o", "ExitOnForwardFailure=yes",
 				"-L", fmt.Sprintf("127.0.0.1:9000:%s:7100", lTarget4),
 				"-L", fmt.Sprintf("127.0.0.1:9001:[%s]:7100", lTarget6),
