@@ -468,7 +468,7 @@ func (a *app) checkCommand() *cobra.Command {
 				}
 				tested = ""
 			}
-			a.printf("%s: %s, valid%s\n", a.config, count(len(p.Rules), "rule"), tested)
+			a.printf("%s: %s, valid%s\n", a.config, count(p.NumRules(), "rule"), tested)
 			return nil
 		},
 	}

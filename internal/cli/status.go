@@ -187,14 +187,14 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	fileNumber := map[string]int{}
 	if filePolicy != nil {
 		nums := ruleNumbers(filePolicy)
-		for i, r := range filePolicy.Rules {
+		for i, r := range filePolicy.RuleSeq() {
 			if _, ok := fileNumber[r.Key()]; !ok {
 				fileNumber[r.Key()] = nums[i]
 			}
 		}
 	}
 	shownKeys := map[string]bool{}
-	for _, r := range shown.Rules {
+	for _, r := range shown.RuleSeq() {
 		id := "L" + strconv.Itoa(r.Pos.Line)
 		if s, ok := inSet[r.Pos.Line]; ok {
 			id = s
@@ -208,7 +208,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	if b != nil && shown != filePolicy && filePolicy != nil {
 		// Rules of the file that the kernel does not have: shown, marked.
 		nums := ruleNumbers(filePolicy)
-		for i, r := range filePolicy.Rules {
+		for i, r := range filePolicy.RuleSeq() {
 			if !shownKeys[r.Key()] {
 				rep.Rules = append(rep.Rules, statusRule{Number: nums[i], Line: r.Pos.Line, RuleJSON: r.JSON(), Text: r.Text, InFile: true})
 			}
@@ -445,9 +445,9 @@ func fromColumn(r policy.RuleJSON) string {
 // ruleNumbers are the rules' positions as 'moat delete N' counts them: one
 // per line (an application profile with several protocols is one line).
 func ruleNumbers(p *policy.Policy) []int {
-	nums := make([]int, len(p.Rules))
+	nums := make([]int, p.NumRules())
 	num, lastLine := 0, -1
-	for i, r := range p.Rules {
+	for i, r := range p.RuleSeq() {
 		if r.Pos.Line != lastLine || r.Pos.Line == 0 {
 			num, lastLine = num+1, r.Pos.Line
 		}

@@ -202,7 +202,7 @@ func ruleMark(rep *statusReport, r statusRule) string {
 
 // usesApps says whether a policy names application profiles.
 func usesApps(p *policy.Policy) bool {
-	for _, r := range p.Rules {
+	for _, r := range p.RuleSeq() {
 		if r.FromApp != "" || r.ToApp != "" {
 			return true
 		}

@@ -81,7 +81,7 @@ const bigPolicy = 10000
 // noteRules records what callers need of the policy's rules, when no
 // apply does (an edit while moat is inactive or fail-closed).
 func (res *Result) noteRules(p *policy.Policy) {
-	res.Rules = len(p.Rules)
+	res.Rules = p.NumRules()
 	res.Covered = ruleset.Shadowed(p)
 }
 
@@ -98,15 +98,15 @@ type ruleWork struct {
 }
 
 func (res *Result) startRuleWork(p *policy.Policy) ruleWork {
-	rules := p.Rules
+	rules := p.RulesOnly()
 	released := make(chan struct{})
 	done := make(chan []ruleset.Covered, 1)
 	go func() {
 		var covered []ruleset.Covered
 		if res.wantCovered {
-			covered = ruleset.Shadowed(&policy.Policy{Rules: rules})
+			covered = ruleset.Shadowed(rules)
 		}
-		n := len(rules)
+		n := rules.NumRules()
 		rules = nil
 		<-released
 		if n >= bigPolicy {
@@ -324,8 +324,8 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		return nil, err
 	}
 	// The ruleset has what the kernel needs: the rules go (Result.Policy).
-	res.Rules = len(pl.p.Rules)
-	pl.p.Rules = nil
+	res.Rules = pl.p.NumRules()
+	pl.p.ReleaseRules()
 	work.release()
 	persist := pl.save == saveAlways || (pl.save == saveIfEnabled && safeapply.Enabled(dir))
 	next := &Applied{Backend: b.Name(), Setting: string(pl.p.Backend), Policy: pl.doc.Text(), Source: pl.source,

@@ -21,8 +21,8 @@ func TestResultRulesAndCovered(t *testing.T) {
 	if res.Applied == nil || res.Rules != 3 || len(res.Covered) != 1 {
 		t.Fatalf("enable: %d rules, covered %v", res.Rules, res.Covered)
 	}
-	if res.Policy == nil || res.Policy.Rules != nil {
-		t.Errorf("the policy's rules were kept after the apply: %d", len(res.Policy.Rules))
+	if res.Policy == nil || res.Policy.NumRules() != 0 {
+		t.Errorf("the policy's rules were kept after the apply: %d", res.Policy.NumRules())
 	}
 	res, err = r.add(r.ch(0), "allow 80/tcp")
 	r.must(err)

@@ -127,16 +127,16 @@ func TestAppRuleFollowsTheProfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(p.Rules) != 4 || p.Rules[0].ToPort.String() != "22" || p.Rules[1].Pos.Line != 2 || p.Rules[2].Pos.Line != 2 || p.Rules[2].Text != "allow Samba" {
-		t.Fatalf("rules: %+v", p.Rules)
+	if p.NumRules() != 4 || p.Rule(0).ToPort.String() != "22" || p.Rule(1).Pos.Line != 2 || p.Rule(2).Pos.Line != 2 || p.Rule(2).Text != "allow Samba" {
+		t.Fatalf("rules: %+v", p.AllRules())
 	}
 	d.Apps = AppsFromPorts(map[string]string{"OpenSSH": "2222/tcp", "Samba": "445/tcp"})
 	p, err = d.Policy(testServices)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(p.Rules) != 3 || p.Rules[0].ToPort.String() != "2222" {
-		t.Fatalf("after the profile changed: %+v", p.Rules)
+	if p.NumRules() != 3 || p.Rule(0).ToPort.String() != "2222" {
+		t.Fatalf("after the profile changed: %+v", p.AllRules())
 	}
 	// Deleting by text tells a profile rule from a port rule.
 	if n := d.FindRule(Rule{Direction: In, Action: Allow, Proto: "tcp", ToPort: Ports{{2222, 2222}}, Family: FamilyAny}, testServices); n != 0 {

@@ -4,7 +4,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"unsafe"
 )
 
 // A command that edits a 100,000-line policy used to parse every line
@@ -34,17 +33,17 @@ const (
 	lineBad                     // invalid
 )
 
-// parsed is the document's lines parsed: kinds[i] and texts[i] for line
-// i; the rules of the rule lines, in order, in rules (nrules[i] of them
-// for line i: more than one for a profile with several protocols).
+// parsed is the document's lines parsed: kinds[i] and rules.texts[i]
+// for line i; the rules of the rule lines, in order, in rules (nrules[i]
+// of them for line i: more than one for a profile with several
+// protocols), those fastRule read compact.
 type parsed struct {
 	name   string
 	svc    Services // the maps parsed with, held so no other map can take their address
 	apps   Apps
-	texts  []string
 	kinds  []lineKind
 	nrules []uint8
-	rules  []Rule
+	rules  ruleStore
 }
 
 // sameMap reports whether a and b are the very same map (or both nil):
@@ -64,42 +63,44 @@ func isRuleWord(w string) bool {
 	return false
 }
 
-// parseOne parses line i for the cache.
-func (d *Document) parseOne(i int, svc Services, rules []Rule) (lineKind, []Rule) {
+// parseOne parses line i for the cache, adding its rules to rules.
+func (d *Document) parseOne(i int, svc Services, rules *ruleStore) lineKind {
 	if r, ok := fastRule(d.Lines[i], Pos{File: d.Name, Line: i + 1}); ok {
-		return lineRule, append(rules, r)
+		rules.add(r, true)
+		return lineRule
 	}
 	st, ok, err := lineStatement(d, i, svc)
 	switch {
 	case err != nil:
 		if toks, lerr := Lex(d.Lines[i]); lerr == nil && len(toks) > 0 && isRuleWord(strings.ToLower(toks[0].Text)) {
-			return lineBadRule, rules
+			return lineBadRule
 		}
-		return lineBad, rules
+		return lineBad
 	case !ok:
-		return lineBlank, rules
+		return lineBlank
 	case st.Kind == StmtRule:
-		rules = append(rules, st.Rule)
-		return lineRule, append(rules, st.More...)
+		rules.add(st.Rule, false)
+		for _, r := range st.More {
+			rules.add(r, false)
+		}
+		return lineRule
 	}
-	return lineOther, rules
+	return lineOther
 }
 
 // index returns the document parsed with svc, parsing only what is not
 // cached already.
 func (d *Document) index(svc Services) *parsed {
 	c := d.cache
-	if c == nil || c.name != d.Name || !sameMap(c.svc, svc) || !sameMap(c.apps, d.Apps) || len(c.texts) != len(d.Lines) {
-		c = &parsed{name: d.Name, svc: svc, apps: d.Apps, texts: make([]string, len(d.Lines)),
-			kinds: make([]lineKind, len(d.Lines)), nrules: make([]uint8, len(d.Lines)), rules: make([]Rule, 0, len(d.Lines))}
-		if len(d.Lines) >= 10000 {
-			adviseHuge(unsafe.Pointer(unsafe.SliceData(c.rules)), uintptr(cap(c.rules))*unsafe.Sizeof(Rule{}))
-		}
+	if c == nil || c.name != d.Name || !sameMap(c.svc, svc) || !sameMap(c.apps, d.Apps) || len(c.rules.texts) != len(d.Lines) {
+		c = &parsed{name: d.Name, svc: svc, apps: d.Apps,
+			kinds: make([]lineKind, len(d.Lines)), nrules: make([]uint8, len(d.Lines)),
+			rules: ruleStore{name: d.Name, texts: make([]string, len(d.Lines)), ents: make([]ruleEnt, 0, len(d.Lines))}}
 		for i := range d.Lines {
-			n := len(c.rules)
-			c.kinds[i], c.rules = d.parseOne(i, svc, c.rules)
-			c.texts[i] = d.Lines[i]
-			c.nrules[i] = uint8(len(c.rules) - n)
+			n := c.rules.len()
+			c.rules.texts[i] = d.Lines[i]
+			c.kinds[i] = d.parseOne(i, svc, &c.rules)
+			c.nrules[i] = uint8(c.rules.len() - n)
 		}
 		d.cache = c
 		return c
@@ -107,14 +108,22 @@ func (d *Document) index(svc Services) *parsed {
 	k := 0 // index in rules of line i's first rule
 	for i, line := range d.Lines {
 		n := int(c.nrules[i])
-		if line != c.texts[i] {
-			var fresh []Rule
-			c.kinds[i], fresh = d.parseOne(i, svc, nil)
-			c.rules = slices.Replace(c.rules, k, k+n, fresh...)
-			c.texts[i], c.nrules[i], n = line, uint8(len(fresh)), len(fresh)
+		if line != c.rules.texts[i] {
+			c.rules.texts[i] = line
+			fresh := ruleStore{name: c.rules.name, texts: c.rules.texts}
+			c.kinds[i] = d.parseOne(i, svc, &fresh)
+			ents := make([]ruleEnt, len(fresh.ents))
+			for j, e := range fresh.ents {
+				if e.flags&entWhole != 0 {
+					e = c.rules.wholeEnt(fresh.whole[e.line])
+				}
+				ents[j] = e
+			}
+			c.rules.ents = slices.Replace(c.rules.ents, k, k+n, ents...)
+			c.nrules[i], n = uint8(len(ents)), len(ents)
 		}
 		for j := k; j < k+n; j++ {
-			c.rules[j].Pos.Line = i + 1
+			c.rules.setLine(j, i+1)
 		}
 		k += n
 	}
@@ -124,12 +133,12 @@ func (d *Document) index(svc Services) *parsed {
 // cachedRuleLines is ruleLines from the cache, if there is a valid one.
 func (d *Document) cachedRuleLines() ([]int, bool) {
 	c := d.cache
-	if c == nil || c.name != d.Name || !sameMap(c.apps, d.Apps) || len(c.texts) != len(d.Lines) {
+	if c == nil || c.name != d.Name || !sameMap(c.apps, d.Apps) || len(c.rules.texts) != len(d.Lines) {
 		return nil, false
 	}
 	var idx []int
 	for i, line := range d.Lines {
-		if line != c.texts[i] {
+		if line != c.rules.texts[i] {
 			return nil, false
 		}
 		if c.kinds[i] == lineRule || c.kinds[i] == lineBadRule {
@@ -139,7 +148,7 @@ func (d *Document) cachedRuleLines() ([]int, bool) {
 	return idx, true
 }
 
-// firstRule returns the index in c.rules of line i's first rule.
+// firstRule returns the index in c.rules.ents of line i's first rule.
 func (c *parsed) firstRule(i int) int {
 	k := 0
 	for _, n := range c.nrules[:i] {
@@ -152,12 +161,12 @@ func (c *parsed) firstRule(i int) int {
 // (parsed when next needed).
 func (d *Document) insertLine(at int, line string) {
 	c := d.cache
-	if c == nil || len(c.texts) != len(d.Lines) {
+	if c == nil || len(c.rules.texts) != len(d.Lines) {
 		d.cache = nil
 		return
 	}
 	// A text that cannot be the line's: index parses it.
-	c.texts = slices.Insert(c.texts, at, line+"\n")
+	c.rules.texts = slices.Insert(c.rules.texts, at, line+"\n")
 	c.kinds = slices.Insert(c.kinds, at, lineBad)
 	c.nrules = slices.Insert(c.nrules, at, 0)
 }
@@ -165,13 +174,13 @@ func (d *Document) insertLine(at int, line string) {
 // deleteLine keeps the cache in step with the line at index at removed.
 func (d *Document) deleteLine(at int) {
 	c := d.cache
-	if c == nil || len(c.texts) != len(d.Lines) {
+	if c == nil || len(c.rules.texts) != len(d.Lines) {
 		d.cache = nil
 		return
 	}
 	k := c.firstRule(at)
-	c.rules = slices.Delete(c.rules, k, k+int(c.nrules[at]))
-	c.texts = slices.Delete(c.texts, at, at+1)
+	c.rules.ents = slices.Delete(c.rules.ents, k, k+int(c.nrules[at]))
+	c.rules.texts = slices.Delete(c.rules.texts, at, at+1)
 	c.kinds = slices.Delete(c.kinds, at, at+1)
 	c.nrules = slices.Delete(c.nrules, at, at+1)
 }

@@ -296,7 +296,7 @@ func (d *Document) Policy(svc Services) (*Policy, error) {
 	d.cache = nil // the policy owns c.rules now
 	p := New()
 	p.Source = d.Name
-	p.Rules = c.rules[:len(c.rules):len(c.rules)]
+	p.store = &c.rules
 	return d.statements(p, svc, func(i int) bool { return c.kinds[i] == lineBlank || c.kinds[i] == lineRule })
 }
 
@@ -339,6 +339,13 @@ func (d *Document) statements(p *Policy, svc Services, done func(i int) bool) (*
 func (p *Policy) add(st Statement, pos Pos) error {
 	switch st.Kind {
 	case StmtRule:
+		if p.store != nil {
+			p.store.add(st.Rule, false)
+			for _, r := range st.More {
+				p.store.add(r, false)
+			}
+			break
+		}
 		p.Rules = append(p.Rules, st.Rule)
 		p.Rules = append(p.Rules, st.More...)
 	case StmtDefault:
@@ -439,7 +446,7 @@ func (d *Document) FindRule(r Rule, svc Services) int {
 		switch kind {
 		case lineRule:
 			n++
-			if mayEqual(&c.rules[k], &r) && c.rules[k].Equal(r) {
+			if c.rules.mayEqual(k, &r) && c.rules.rule(k).Equal(r) {
 				return n
 			}
 		case lineBadRule:

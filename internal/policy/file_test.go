@@ -29,10 +29,10 @@ func TestDocumentPolicy(t *testing.T) {
 	if p.Backend != BackendNftables || p.Defaults[In] != Deny || p.Defaults[Out] != Allow {
 		t.Fatalf("settings: %+v", p)
 	}
-	if len(p.Rules) != 3 {
-		t.Fatalf("rules: %d", len(p.Rules))
+	if p.NumRules() != 3 {
+		t.Fatalf("rules: %d", p.NumRules())
 	}
-	if r := p.Rules[0]; r.Pos.Line != 5 || r.Text != "allow 22/tcp comment 'admins'" {
+	if r := p.Rule(0); r.Pos.Line != 5 || r.Text != "allow 22/tcp comment 'admins'" {
 		t.Fatalf("rule 1 at %+v text %q", r.Pos, r.Text)
 	}
 	if p.DefaultPos[In].Line != 4 {

@@ -30,7 +30,7 @@ func FuzzParseDocument(f *testing.F) {
 			}
 			return
 		}
-		for _, r := range p.Rules {
+		for _, r := range p.AllRules() {
 			st, ok, err := ParseLine(r.Text, Pos{File: "again"}, testServices)
 			if err != nil || !ok || !st.Rule.Equal(r) {
 				t.Fatalf("rule text %q does not parse back to the same rule: %v", r.Text, err)

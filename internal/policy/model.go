@@ -189,9 +189,15 @@ type Policy struct {
 	Defaults map[Direction]Action
 	// DefaultPos records where each default was set (zero Pos: built-in).
 	DefaultPos map[Direction]Pos
-	Rules      []Rule
-	Backend    Backend
-	Guard      Guard
+	// Rules are the rules in order when the policy holds them whole (a
+	// policy built in code). A policy read from a document holds them in
+	// store instead, address-only rules compact, and Rules is nil: read
+	// them with NumRules, Rule, CompactAddrRule and RuleText, which see
+	// both.
+	Rules   []Rule
+	store   *ruleStore
+	Backend Backend
+	Guard   Guard
 	// Blocklists in the order written; Portscan is the scan trap.
 	Blocklists []Blocklist
 	Portscan   Portscan

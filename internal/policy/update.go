@@ -30,8 +30,10 @@ func (d *Document) FindMatch(r Rule, svc Services) (int, Rule) {
 		switch kind {
 		case lineRule:
 			n++
-			if mayEqual(&c.rules[k], &r) && c.rules[k].MatchKey() == want {
-				return n, c.rules[k]
+			if c.rules.mayEqual(k, &r) {
+				if got := c.rules.rule(k); got.MatchKey() == want {
+					return n, got
+				}
 			}
 		case lineBadRule:
 			n++

@@ -91,19 +91,27 @@ func Compile(p *policy.Policy) *Ruleset {
 	rs := &Ruleset{Sets: []*Set{{Name: BanSet4, Family: policy.FamilyV4, Bans: true}, {Name: BanSet6, Family: policy.FamilyV6, Bans: true},
 		{Name: LoginSet4, Family: policy.FamilyV4, Bans: true}, {Name: LoginSet6, Family: policy.FamilyV6, Bans: true}},
 		Source: p.Source}
+	byDir := map[policy.Direction]*userRules{}
+	for i := range p.NumRules() {
+		d := p.RuleDirection(i)
+		u := byDir[d]
+		if u == nil {
+			u = &userRules{p: p}
+			byDir[d] = u
+		}
+		u.idx = append(u.idx, i)
+	}
 	for _, h := range Hooks {
 		dir := dirOf[h]
-		var user []*policy.Rule
-		for i := range p.Rules {
-			if p.Rules[i].Direction == dir {
-				user = append(user, &p.Rules[i])
-			}
+		user := byDir[dir]
+		if user == nil {
+			user = &userRules{p: p}
 		}
 		def := verdictOf[p.Defaults[dir]]
 		c := &Chain{Hook: h, Default: def, DefaultOrigin: defaultOrigin(p, dir)}
 		// Forwarded traffic is left alone (no built-ins, accept) until the
 		// admin writes a route rule or a routed default.
-		if h != Forward || len(user) > 0 || def != Accept {
+		if h != Forward || len(user.idx) > 0 || def != Accept {
 			c.Rules = Builtins(h)
 		}
 		c.Rules = append(c.Rules, compileRules(rs, h, user)...)
@@ -176,65 +184,79 @@ var setKeys = map[policy.Action][2]string{
 	policy.Reject: {"reject_src", "reject_dst"},
 }
 
+// userRules are a chain's rules of a policy, by index. The policy holds
+// its address rules compact: at builds each when asked, and the pointer
+// it returns is good until the next call.
+type userRules struct {
+	p       *policy.Policy
+	idx     []int
+	scratch policy.Rule
+}
+
+func (u *userRules) at(k int) *policy.Rule { return u.p.RulePtr(u.idx[k], &u.scratch) }
+
 // compileRules compiles a chain's user rules in order. Runs of consecutive
 // address-only rules with the same action become one set lookup per
 // family, so per-packet cost does not grow with their number; order is
 // kept, since only neighbours are merged.
-func compileRules(rs *Ruleset, h Hook, rules []*policy.Rule) []Rule {
+func compileRules(rs *Ruleset, h Hook, rules *userRules) []Rule {
 	var out []Rule
-	for i := 0; i < len(rules); {
-		key, ok := setKey(rules[i])
+	for i := 0; i < len(rules.idx); {
+		key, ok := setKey(rules.at(i))
 		j := i + 1
 		if ok {
-			for j < len(rules) {
-				if k, ok := setKey(rules[j]); !ok || k != key {
+			for j < len(rules.idx) {
+				if k, ok := setKey(rules.at(j)); !ok || k != key {
 					break
 				}
 				j++
 			}
 		}
 		if !ok || j-i < minSetSize {
-			out = append(out, compileRule(rules[i])...)
+			out = append(out, compileRule(rules.at(i))...)
 			i++
 			continue
 		}
-		out = append(out, compileSetRules(rs, h, key, rules[i:j])...)
+		out = append(out, compileSetRules(rs, h, key, rules, i, j)...)
 		i = j
 	}
 	return out
 }
 
-func compileSetRules(rs *Ruleset, h Hook, key string, group []*policy.Rule) []Rule {
+func compileSetRules(rs *Ruleset, h Hook, key string, rules *userRules, from, to int) []Rule {
+	// Exactly as many entries as each family has: with 100,000 rules,
+	// room for the whole group in each family held 7 MB for nothing.
+	var n [2]int
+	for k := from; k < to; k++ {
+		if f := famSlot(rules.at(k).Family); f >= 0 {
+			n[f]++
+		}
+	}
+	entries := [2][]SetEntry{make([]SetEntry, 0, n[0]), make([]SetEntry, 0, n[1])}
+	for k := from; k < to; k++ {
+		r := rules.at(k)
+		addr, f := r.From, famSlot(r.Family)
+		if !addr.IsValid() {
+			addr = r.To
+		}
+		if f < 0 {
+			continue
+		}
+		entries[f] = append(entries[f], SetEntry{Prefix: addr, Origin: ruleOrigin(r)})
+	}
+	verdict := verdictOf[rules.at(from).Action]
 	var out []Rule
-	for _, fam := range []policy.Family{policy.FamilyV4, policy.FamilyV6} {
+	for f, fam := range []policy.Family{policy.FamilyV4, policy.FamilyV6} {
 		suffix := "4"
 		if fam == policy.FamilyV6 {
 			suffix = "6"
 		}
-		// Numbered by position, the login sets not counted: names stay
-		// what moat gave before those were made first.
-		set := &Set{Name: fmt.Sprintf("%s_%s%s_%d", h, key, suffix, len(rs.Sets)+1-2), Family: fam}
-		n := 0
-		for _, r := range group {
-			if r.Family == fam {
-				n++
-			}
-		}
-		// Exactly as many as this family has: with 100,000 rules, room
-		// for the whole group in each family held 7 MB for nothing.
-		set.Entries = make([]SetEntry, 0, n)
-		for _, r := range group {
-			addr := r.From
-			if !addr.IsValid() {
-				addr = r.To
-			}
-			if r.Family == fam {
-				set.Entries = append(set.Entries, SetEntry{Prefix: addr, Origin: ruleOrigin(r)})
-			}
-		}
-		if len(set.Entries) == 0 {
+		if len(entries[f]) == 0 {
 			continue
 		}
+		// Numbered by position, the login sets not counted: names stay
+		// what moat gave before those were made first.
+		set := &Set{Name: fmt.Sprintf("%s_%s%s_%d", h, key, suffix, len(rs.Sets)+1-2), Family: fam, Entries: entries[f]}
 		rs.Sets = append(rs.Sets, set)
 		first, last := set.Entries[0].Origin.Line, set.Entries[len(set.Entries)-1].Origin.Line
 		m := Match{Family: fam}
@@ -245,12 +267,23 @@ func compileSetRules(rs *Ruleset, h Hook, key string, group []*policy.Rule) []Ru
 		}
 		out = append(out, Rule{
 			Match:   m,
-			Verdict: verdictOf[group[0].Action],
+			Verdict: verdict,
 			Origin: Origin{ID: "set:" + set.Name, Line: first,
 				Text: fmt.Sprintf("%d address rules (lines %d-%d) in set %s", len(set.Entries), first, last, set.Name)},
 		})
 	}
 	return out
+}
+
+// famSlot is 0 for IPv4, 1 for IPv6, -1 for any.
+func famSlot(f policy.Family) int {
+	switch f {
+	case policy.FamilyV4:
+		return 0
+	case policy.FamilyV6:
+		return 1
+	}
+	return -1
 }
 
 // compileRule turns one policy rule into kernel-neutral rules.

@@ -42,19 +42,21 @@ func Shadowed(p *policy.Policy) []Covered {
 	// How many networks of each family and length each side holds: the
 	// index's maps are sized at once.
 	var nFrom, nTo [2][129]int
-	for i := range p.Rules {
-		switch r := &p.Rules[i]; {
+	n := p.NumRules()
+	var scratch policy.Rule
+	for i := range n {
+		switch r := p.RulePtr(i, &scratch); {
 		case r.From.IsValid():
 			nFrom[famIndex(r.From)][r.From.Bits()]++
 		case r.To.IsValid():
 			nTo[famIndex(r.To)][r.To.Bits()]++
 		}
 	}
-	byFrom, byTo := newPrefixIndex(&nFrom, len(p.Rules)), newPrefixIndex(&nTo, len(p.Rules))
+	byFrom, byTo := newPrefixIndex(&nFrom, n), newPrefixIndex(&nTo, n)
 	var rest []int // earlier rules with neither network
-	s := search{rules: p.Rules}
-	for i := range p.Rules {
-		b := &p.Rules[i]
+	s := search{p: p}
+	for i := range n {
+		b := p.RulePtr(i, &s.bScratch)
 		s.b, s.best = b, -1
 		for _, j := range rest {
 			if s.best >= 0 && j > s.best {
@@ -69,7 +71,7 @@ func Shadowed(p *policy.Policy) []Covered {
 			byTo.candidates(b.To, &s)
 		}
 		if s.best >= 0 {
-			out = append(out, Covered{Rule: p.Rules[i], By: p.Rules[s.best]})
+			out = append(out, Covered{Rule: *b, By: p.Rule(s.best)})
 		}
 		switch {
 		case b.From.IsValid():
@@ -85,20 +87,27 @@ func Shadowed(p *policy.Policy) []Covered {
 
 // search is the search for the first earlier rule that covers b (a
 // struct rather than a closure: a closure per rule cost an allocation
-// each).
+// each). The policy holds address rules compact: b and the rule tried are
+// built into scratch rules when they are.
 type search struct {
-	rules []policy.Rule
-	b     *policy.Rule
-	best  int // the covering rule found so far, or -1
+	p        *policy.Policy
+	b        *policy.Rule
+	best     int // the covering rule found so far, or -1
+	bScratch policy.Rule
+	jScratch policy.Rule
 }
 
 func (s *search) try(j int) {
-	// Rules of one line (an application profile's protocols) are one rule
-	// to the admin: never one covering the other.
-	if s.b.Pos.Line > 0 && s.rules[j].Pos.Line == s.b.Pos.Line {
+	if s.best >= 0 && j >= s.best {
 		return
 	}
-	if (s.best < 0 || j < s.best) && covers(&s.rules[j], s.b) {
+	r := s.p.RulePtr(j, &s.jScratch)
+	// Rules of one line (an application profile's protocols) are one rule
+	// to the admin: never one covering the other.
+	if s.b.Pos.Line > 0 && r.Pos.Line == s.b.Pos.Line {
+		return
+	}
+	if covers(r, s.b) {
 		s.best = j
 	}
 }

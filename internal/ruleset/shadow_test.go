@@ -107,10 +107,11 @@ func samePairs(t *testing.T, p *policy.Policy, text string) {
 	t.Helper()
 	got := Shadowed(p)
 	var want []Covered
-	for i := range p.Rules {
+	rules := p.AllRules()
+	for i := range rules {
 		for j := 0; j < i; j++ {
-			if covers(&p.Rules[j], &p.Rules[i]) {
-				want = append(want, Covered{Rule: p.Rules[i], By: p.Rules[j]})
+			if covers(&rules[j], &rules[i]) {
+				want = append(want, Covered{Rule: rules[i], By: rules[j]})
 				break
 			}
 		}

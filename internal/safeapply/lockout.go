@@ -235,7 +235,7 @@ func fixes(p *policy.Policy, s Session, d ruleset.Decision) []string {
 	pos := 0
 	if d.Origin.Line > 0 {
 		num, lastLine := 0, -1
-		for _, r := range p.Rules {
+		for _, r := range p.RuleSeq() {
 			if r.Pos.Line != lastLine {
 				num, lastLine = num+1, r.Pos.Line
 			}

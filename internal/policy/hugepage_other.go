@@ -1,7 +1,0 @@
-//go:build !linux
-
-package policy
-
-import "unsafe"
-
-func adviseHuge(unsafe.Pointer, uintptr) {}
