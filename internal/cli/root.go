@@ -16,6 +16,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/safeapply"
 )
@@ -76,6 +77,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // run is Main with a hook for the engine's options (tests).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, hook func(*engine.Options)) int {
+	// One netlink socket for the command's nftables reads.
+	defer nft.Share()()
 	a := &app{out: stdout, errOut: stderr, args: args, engineHook: hook}
 	root := a.rootCommand()
 	root.SetArgs(args)

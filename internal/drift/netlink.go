@@ -29,7 +29,8 @@ func readNftNetlink() (*Layout, error) { return ReadNftLoaded(nil) }
 // known to hold what moat loaded (nothing but moat's own transaction was
 // committed since the kernel was last compared).
 func ReadNftLoaded(loaded func(set string) (string, bool)) (*Layout, error) {
-	c, err := gnft.New()
+	c, done, err := nft.Conn()
+	defer done()
 	if err != nil {
 		return nil, fmt.Errorf("read moat's nftables table: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/moat-fw/moat/internal/nft"
 )
 
 // moatTables are iptables-nft's tables moat's iptables backend uses, with
@@ -52,7 +53,8 @@ func XtablesOnlyMoat(family string) (bool, error) {
 	} else if family != "ip" {
 		return false, fmt.Errorf("iptables family %q", family)
 	}
-	c, err := gnft.New()
+	c, done, err := nft.Conn()
+	defer done()
 	if err != nil {
 		return false, fmt.Errorf("nftables: %w", err)
 	}

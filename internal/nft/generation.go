@@ -14,11 +14,6 @@ import (
 // the packet path's updates of dynamic sets and expiring elements do not.
 // The same generation means that no table was changed since.
 func Generation() (uint32, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		return 0, fmt.Errorf("nftables: %w", err)
-	}
-	defer func() { _ = conn.Close() }() // read only
 	req := netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
@@ -26,7 +21,7 @@ func Generation() (uint32, error) {
 		},
 		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
 	}
-	msgs, err := conn.Execute(req)
+	msgs, err := execute(req)
 	if err != nil {
 		return 0, fmt.Errorf("nftables: ruleset generation: %w", err)
 	}

@@ -19,7 +19,8 @@ import (
 // kernelAvailable asks the kernel over netlink whether nf_tables answers
 // us (module, permission), without starting a process.
 func kernelAvailable() error {
-	c, err := gnft.New()
+	c, done, err := Conn()
+	defer done()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -32,7 +33,8 @@ func kernelAvailable() error {
 // ListTables lists every nftables table of this network namespace (family
 // as nft names it, and name) over netlink, without fetching any set.
 func ListTables() ([][2]string, error) {
-	c, err := gnft.New()
+	c, done, err := Conn()
+	defer done()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
@@ -78,7 +80,8 @@ var moatTable = &gnft.Table{Name: TableName, Family: gnft.TableFamilyINet}
 
 // TableExists lists the inet tables.
 func (NetlinkReader) TableExists() (bool, error) {
-	c, err := gnft.New()
+	c, done, err := Conn()
+	defer done()
 	if err != nil {
 		return false, fmt.Errorf("nftables: %w", err)
 	}
@@ -97,15 +100,16 @@ func (NetlinkReader) TableExists() (bool, error) {
 // Counters reads the rules of moat's chains: each rule's comment (its
 // origin) and its counter expression.
 func (r NetlinkReader) Counters() (map[string]ruleset.Counter, error) {
-	c, err := gnft.New()
-	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
-	}
 	if ok, err := r.TableExists(); err != nil || !ok {
 		if err == nil {
 			err = fmt.Errorf("no table inet %s", TableName)
 		}
 		return nil, fmt.Errorf("nftables: list table inet %s: %w", TableName, err)
+	}
+	c, done, err := Conn()
+	defer done()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	chains, err := c.ListChainsOfTableFamily(gnft.TableFamilyINet)
 	if err != nil {
@@ -167,11 +171,6 @@ const dumpBuffer = 32 << 10
 // Banned asks the kernel whether addr is in a ban set: one element lookup
 // (what `nft get element` does), whatever the size of the set.
 func (NetlinkReader) Banned(set string, addr netip.Addr) (bool, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		return false, fmt.Errorf("nftables: %w", err)
-	}
-	defer func() { _ = conn.Close() }() // read only
 	key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: addr.AsSlice()}})
 	if err != nil {
 		return false, err
@@ -199,7 +198,7 @@ func (NetlinkReader) Banned(set string, addr netip.Addr) (bool, error) {
 		},
 		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	}
-	msgs, err := conn.Execute(req)
+	msgs, err := execute(req)
 	if errors.Is(err, unix.ENOENT) {
 		return false, nil
 	}
@@ -344,7 +343,8 @@ func parseElemList(data []byte) ([]Elem, error) {
 // SyncComments reads the comments of the sync chain's rules: moat's
 // record of what it loaded (see SyncChain), a few rules, no process.
 func (NetlinkReader) SyncComments() ([]string, error) {
-	c, err := gnft.New()
+	c, done, err := Conn()
+	defer done()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/moat-fw/moat/internal/termtext"
 )
@@ -47,7 +48,7 @@ var AppDirs = []string{"/etc/ufw/applications.d", "/etc/moat/apps.d"}
 
 // appName is what ufw accepts as a profile name (it must not read as a
 // port or a keyword; checked separately).
-var appName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9 _.+()-]{0,63}$`)
+var appName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9 _.+()-]{0,63}$`) })
 
 // maxAppFile bounds one profile file (ufw's own limit is 10 MB; real
 // files are a few hundred bytes).
@@ -169,9 +170,9 @@ func clean(s string) string {
 // checkAppName says what is wrong with a profile name, or "".
 func checkAppName(name string) string {
 	switch {
-	case !appName.MatchString(name):
+	case !appName().MatchString(name):
 		return fmt.Sprintf("bad profile name %q: expected at most 64 letters, digits, spaces and _.+()-, starting with a letter or digit", name)
-	case numericPorts.MatchString(name):
+	case numericPorts().MatchString(name):
 		return fmt.Sprintf("bad profile name %q: a name cannot be a port", name)
 	case ruleWords[strings.ToLower(name)] || strings.EqualFold(name, "any"):
 		return fmt.Sprintf("bad profile name %q: a name cannot be a rule keyword", name)
@@ -192,7 +193,7 @@ func parseAppPorts(s string) ([]AppPart, string) {
 		} else if proto != "tcp" && proto != "udp" {
 			return nil, fmt.Sprintf("bad protocol in ports %q: expected tcp or udp", item)
 		}
-		if !numericPorts.MatchString(spec) {
+		if !numericPorts().MatchString(spec) {
 			return nil, fmt.Sprintf("bad ports %q: expected e.g. 22/tcp, 80,443/tcp or 60000:61000/udp", item)
 		}
 		ports, msg := parsePortList(spec)

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -63,14 +64,14 @@ const DefaultRefresh = 24 * time.Hour
 // from it (nftables, ipset: at most 31 characters) fit.
 const MaxBlocklistName = 16
 
-var blocklistName = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+var blocklistName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9_]*$`) })
 
 // CheckBlocklistName says what is wrong with a blocklist name, or "".
 func CheckBlocklistName(name string) string {
 	switch {
 	case len(name) > MaxBlocklistName:
 		return fmt.Sprintf("blocklist name '%s' is too long: at most %d characters", name, MaxBlocklistName)
-	case !blocklistName.MatchString(name):
+	case !blocklistName().MatchString(name):
 		return fmt.Sprintf("bad blocklist name '%s': expected a lowercase letter, then lowercase letters, digits or '_' (e.g. spamhaus_drop)", name)
 	}
 	return ""

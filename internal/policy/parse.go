@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -65,8 +66,8 @@ var v6only = map[string]bool{"ipv6-icmp": true}
 // counting as two.
 const maxPortItems = 15
 
-var numericPorts = regexp.MustCompile(`^\d([0-9,:]*\d)*$`)
-var ifaceName = regexp.MustCompile(`^[a-zA-Z0-9_\-.+,=%@]+$`)
+var numericPorts = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^\d([0-9,:]*\d)*$`) })
+var ifaceName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-zA-Z0-9_\-.+,=%@]+$`) })
 
 type parser struct {
 	toks []Token
@@ -333,7 +334,7 @@ func checkGuardValue(key, v string) string {
 // more digits, and none can then overflow on the way in.
 const maxDigits = 10
 
-var decimal = regexp.MustCompile(`^([0-9]{1,10}(\.[0-9]{0,10})?|\.[0-9]{1,10})$`)
+var decimal = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^([0-9]{1,10}(\.[0-9]{0,10})?|\.[0-9]{1,10})$`) })
 
 // parseCount reads a plain decimal integer (digits only: no sign, no
 // spaces, no hex) from min to max.
@@ -355,7 +356,7 @@ func parseCount(s string, min, max int) (int, bool) {
 
 // parseDecimal reads "2" or "1.5": no sign, exponent, hex, NaN or Inf.
 func parseDecimal(s string) (float64, bool) {
-	if !decimal.MatchString(s) {
+	if !decimal().MatchString(s) {
 		return 0, false
 	}
 	f, err := strconv.ParseFloat(s, 64)
@@ -666,7 +667,7 @@ func checkIface(name string) string {
 		return "bad interface name: can't use '.' or '..'"
 	case strings.Contains(strings.TrimSuffix(name, "+"), "+"):
 		return fmt.Sprintf("bad interface name '%s': '+' is a wildcard only at the end (eth+)", name)
-	case !ifaceName.MatchString(name):
+	case !ifaceName().MatchString(name):
 		return fmt.Sprintf("bad interface name '%s': expected letters, digits and _-.+,=%%@", name)
 	}
 	return ""
@@ -910,7 +911,7 @@ func (p *parser) parseFull(r *Rule) error {
 // parsePorts reads a port list. For a service name it also returns the
 // protocols the service is registered for.
 func (p *parser) parsePorts(t Token, spec string) (Ports, []string, error) {
-	if numericPorts.MatchString(spec) {
+	if numericPorts().MatchString(spec) {
 		if strings.Count(spec, ",")+strings.Count(spec, ":") >= maxPortItems {
 			return nil, nil, p.errAt(t, "too many ports in '%s': at most %d, a range counting as two", spec, maxPortItems)
 		}

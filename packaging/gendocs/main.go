@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/moat-fw/moat/internal/cli"
+	"github.com/moat-fw/moat/internal/manpage"
 )
 
 func main() {
@@ -26,7 +26,7 @@ func main() {
 		}
 		date = time.Unix(sec, 0).UTC()
 	}
-	if err := cli.ManPages(os.Args[1], date); err != nil {
+	if err := manpage.Write(os.Args[1], date); err != nil {
 		fmt.Fprintf(os.Stderr, "gendocs: %v\n", err)
 		os.Exit(1)
 	}

@@ -1,4 +1,4 @@
-package cli
+package manpage
 
 import (
 	"os"
@@ -8,9 +8,9 @@ import (
 	"time"
 )
 
-func TestManPages(t *testing.T) {
+func TestWrite(t *testing.T) {
 	dir := t.TempDir()
-	if err := ManPages(dir, time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)); err != nil {
+	if err := Write(dir, time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
 	page, err := os.ReadFile(filepath.Join(dir, "moat.8"))
