@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -54,6 +55,9 @@ type Backend struct {
 	// change of a set's networks is sent as adds and deletes (nil: a
 	// changed set is loaded whole and swapped in).
 	Elements setstore.Store
+	// lastRead is the last read of moat's chains, at the nftables
+	// generation it names (readChains).
+	lastRead *state
 	// track is what the last Apply did to the nftables ruleset
 	// generation (LastApply).
 	track commitTrack
@@ -113,6 +117,30 @@ type state struct {
 	lines map[policy.Family][]string        // moat's lines of iptables-save
 	held  map[policy.Family]contents        // MOAT-GEN's record of each policy set's contents
 	rules map[policy.Family]string          // MOAT-GEN's hash of the rules
+	// readGen is the nftables ruleset generation both families' chains
+	// were read at (the same before and after the reads), when known.
+	readGen   uint32
+	readGenOK bool
+}
+
+// clone copies st deep enough for Apply to change it.
+func (st *state) clone() *state {
+	c := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
+		gen: maps.Clone(st.gen), sets: maps.Clone(st.sets), lines: map[policy.Family][]string{},
+		held: map[policy.Family]contents{}, rules: maps.Clone(st.rules), readGen: st.readGen, readGenOK: st.readGenOK}
+	for f, m := range st.jumps {
+		c.jumps[f] = maps.Clone(m)
+	}
+	for f, m := range st.has {
+		c.has[f] = maps.Clone(m)
+	}
+	for f, l := range st.lines {
+		c.lines[f] = slices.Clone(l)
+	}
+	for f, m := range st.held {
+		c.held[f] = maps.Clone(m)
+	}
+	return c
 }
 
 // held is what MOAT-GEN says a policy set holds, when both families say
@@ -137,6 +165,44 @@ func (b *Backend) readRules(ctx context.Context) (*state, error) {
 }
 
 func (b *Backend) readState(ctx context.Context, withSets bool) (*state, error) {
+	st, err := b.readChains(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !withSets {
+		return st, nil
+	}
+	names, err := b.setNames(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list ipsets: %w", err)
+	}
+	for _, name := range names {
+		if ownSet(name) {
+			st.sets[name] = true
+		}
+	}
+	return st, nil
+}
+
+// readChains reads moat's chains of both families with iptables-save,
+// or takes them from the last read when the nftables ruleset generation
+// says that nothing was committed since (iptables-nft: every change to
+// a chain is an nf_tables transaction). A command read them twice
+// before: for the drift check's fingerprint, then for its plan.
+func (b *Backend) readChains(ctx context.Context) (*state, error) {
+	track := b.InNftables()
+	var g0 uint32
+	if track {
+		g, err := nftGeneration()
+		switch {
+		case err != nil:
+			track = false
+		case b.lastRead != nil && b.lastRead.readGen == g:
+			return b.lastRead.clone(), nil
+		default:
+			g0 = g
+		}
+	}
 	st := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
 		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{},
 		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}}
@@ -149,16 +215,13 @@ func (b *Backend) readState(ctx context.Context, withSets bool) (*state, error) 
 		st.jumps[f.fam], st.has[f.fam], st.gen[f.fam], st.lines[f.fam] = sv.jumps, sv.chains, sv.gen, sv.lines
 		st.held[f.fam], st.rules[f.fam] = sv.held, sv.rules
 	}
-	if !withSets {
-		return st, nil
-	}
-	names, err := b.setNames(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list ipsets: %w", err)
-	}
-	for _, name := range names {
-		if ownSet(name) {
-			st.sets[name] = true
+	b.lastRead = nil
+	if track {
+		// The same generation after both reads: nothing committed in
+		// between, so the two families were read in one state.
+		if g1, err := nftGeneration(); err == nil && g1 == g0 {
+			st.readGen, st.readGenOK = g0, true
+			b.lastRead = st.clone()
 		}
 	}
 	return st, nil
@@ -365,10 +428,18 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			fmt.Fprintf(&diff, "del %s %s\n", n, p)
 		}
 	}
+	// What each family's MOAT-GEN was made to hold by a restore of it
+	// alone (the rules as they were), for the fingerprint afterwards;
+	// whole: some restore rewrote the chains.
+	orig := st.clone()
+	genOnly := map[policy.Family]string{}
+	whole := false
 	if len(changing) > 0 {
-		if err := b.markChanging(ctx, st, changing); err != nil {
+		script, err := b.markChanging(ctx, st, changing)
+		if err != nil {
 			return err
 		}
+		genOnly[families[0].fam] = script
 		// IPv4's MOAT-GEN now says "changing": it is rewritten below
 		// even when the generation is the one it named before.
 		st.gen[families[0].fam] = dirty
@@ -387,12 +458,16 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		if !b.Full && st.rules[f.fam] == rh && b.jumpsComplete(rs, st, f.fam) {
 			// The rules are as they were: only the record changes.
 			script = "*filter\n" + genChainRules(gen, rh, c) + "COMMIT\n"
+			genOnly[f.fam] = script
+		} else {
+			whole = true
 		}
 		if err := b.restoreRules(ctx, f, script); err != nil {
 			return fmt.Errorf("load %s rules: %w", f.fam, err)
 		}
 	}
 	b.remember(c, networks)
+	b.track.after = b.afterApply(orig, genOnly, whole, c, networks)
 	used := map[string]bool{}
 	for _, n := range names {
 		used[n] = true
@@ -471,27 +546,28 @@ func (b *Backend) stored(name, held string) (setstore.Set, bool) {
 // changes a set line by line, not in one transaction, so a moat killed
 // half way leaves a set that is neither the old nor the new one; it is
 // then reported, and the next apply loads it whole.
-func (b *Backend) markChanging(ctx context.Context, st *state, names []string) error {
+//
+// It returns the script it restored into the IPv4 family.
+func (b *Backend) markChanging(ctx context.Context, st *state, names []string) (string, error) {
 	if b.Elements != nil {
 		for _, n := range names {
 			if err := b.Elements.Forget(n); err != nil {
-				return fmt.Errorf("forget the record of ipset %s: %w", n, err)
+				return "", fmt.Errorf("forget the record of ipset %s: %w", n, err)
 			}
 		}
 	}
-	for _, f := range families[:1] {
-		keep := contents{}
-		for n, h := range st.held[f.fam] {
-			if !slices.Contains(names, n) {
-				keep[n] = h
-			}
-		}
-		script := "*filter\n" + genChainRules(dirty, st.rules[f.fam], keep) + "COMMIT\n"
-		if err := b.restoreRules(ctx, f, script); err != nil {
-			return fmt.Errorf("mark %s sets as changing: %w", f.fam, err)
+	f := families[0]
+	keep := contents{}
+	for n, h := range st.held[f.fam] {
+		if !slices.Contains(names, n) {
+			keep[n] = h
 		}
 	}
-	return nil
+	script := "*filter\n" + genChainRules(dirty, st.rules[f.fam], keep) + "COMMIT\n"
+	if err := b.restoreRules(ctx, f, script); err != nil {
+		return "", fmt.Errorf("mark %s sets as changing: %w", f.fam, err)
+	}
+	return script, nil
 }
 
 // remember records in Elements what each policy set now holds (those
@@ -618,9 +694,15 @@ func protectedSets() []string {
 
 // FingerprintKernel is Fingerprint with what it covers.
 func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
-	st, err := b.readRules(ctx)
-	if err != nil {
-		return KernelPrint{}, err
+	after := b.takeAfter()
+	var st *state
+	if after != nil && after.st != nil {
+		st = after.st
+	} else {
+		var err error
+		if st, err = b.readRules(ctx); err != nil {
+			return KernelPrint{}, err
+		}
 	}
 	if len(st.has[policy.FamilyV4]) == 0 && len(st.has[policy.FamilyV6]) == 0 {
 		return KernelPrint{}, nil
@@ -645,6 +727,7 @@ func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 	ph := sha256.New()
 	policySets := false
 	sr := b.setReader()
+	sr.loaded = after
 	defer sr.close()
 	for _, name := range sortedKeys(used) {
 		if name == IPSetName(ruleset.BanSet4) || name == IPSetName(ruleset.BanSet6) ||
@@ -685,6 +768,9 @@ func (b *Backend) ProtectedFingerprint(ctx context.Context) string {
 type setReader struct {
 	b    *Backend
 	conn *ipsetConn
+	// loaded: the policy sets hold what the last Apply loaded into
+	// them (their headers are read, not their members).
+	loaded *afterApply
 }
 
 func (b *Backend) setReader() *setReader {
@@ -705,6 +791,12 @@ func (sr *setReader) close() {
 // netlink, hashSetListing of `ipset list`): the same for the same set
 // read the same way, different when a member or the header differs.
 func (sr *setReader) digest(ctx context.Context, name string) []byte {
+	if sr.conn != nil && sr.loaded != nil && sr.loaded.sets[name] {
+		h := sha256.New()
+		if err := sr.conn.hashSetLoaded(h, name, sr.loaded.networks(name)); err == nil {
+			return h.Sum(nil)
+		}
+	}
 	if sr.conn != nil {
 		h := sha256.New()
 		if err := sr.conn.hashSet(h, name); err == nil {

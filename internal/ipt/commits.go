@@ -22,6 +22,8 @@ type commitTrack struct {
 	known   bool   // before and commits are known
 	before  uint32 // the generation before Apply read moat's chains
 	commits uint32 // the transactions its restores made
+	// after is what the Apply left, for the fingerprint afterwards.
+	after *afterApply
 }
 
 // LastApply says what the last Apply found and did: the nftables ruleset

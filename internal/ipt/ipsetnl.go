@@ -156,16 +156,62 @@ type ipsetMember struct {
 // missing set is said to be missing. The form is moat's own, tagged so
 // that it never equals a hash of `ipset list`'s text (hashSetListing).
 func (c *ipsetConn) hashSet(h io.Writer, name string) error {
-	msgs, err := c.list(name, 0)
-	if errors.Is(err, unix.ENOENT) {
-		fmt.Fprintf(h, "set %s missing\n", name)
-		return nil
-	}
+	head, members, missing, err := c.readSet(name, 0)
 	if err != nil {
 		return err
 	}
-	var head []string
-	var members []ipsetMember
+	writeSetDigest(h, name, head, members, missing)
+	return nil
+}
+
+// hashSetLoaded is hashSet of a set whose members are nets (what moat
+// loaded into it): the header is read, the members are not. It equals
+// hashSet of the set when it holds exactly nets.
+func (c *ipsetConn) hashSetLoaded(h io.Writer, name string, nets []netip.Prefix) error {
+	head, _, missing, err := c.readSet(name, ipsetFlagListHeader)
+	if err != nil {
+		return err
+	}
+	members := make([]ipsetMember, len(nets))
+	for i, p := range nets {
+		members[i] = ipsetMember{p: p.Masked()}
+	}
+	sortMembers(members)
+	writeSetDigest(h, name, head, members, missing)
+	return nil
+}
+
+func writeSetDigest(h io.Writer, name string, head []string, members []ipsetMember, missing bool) {
+	if missing {
+		fmt.Fprintf(h, "set %s missing\n", name)
+		return
+	}
+	fmt.Fprintf(h, "set %s (netlink)\n", name)
+	for _, l := range head {
+		fmt.Fprintln(h, l)
+	}
+	hashMembers(h, members)
+}
+
+func sortMembers(members []ipsetMember) {
+	slices.SortFunc(members, func(a, b ipsetMember) int {
+		if c := comparePrefix(a.p, b.p); c != 0 {
+			return c
+		}
+		return strings.Compare(a.extra, b.extra)
+	})
+}
+
+// readSet reads a set's header lines (sorted) and members (sorted; none
+// with ipsetFlagListHeader), or says it is missing.
+func (c *ipsetConn) readSet(name string, flags uint32) (head []string, members []ipsetMember, missing bool, err error) {
+	msgs, err := c.list(name, flags)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil, true, nil
+	}
+	if err != nil {
+		return nil, nil, false, err
+	}
 	for _, m := range msgs {
 		var perr error
 		err := walkAttrs(nfPayload(m), func(typ uint16, v []byte) {
@@ -194,25 +240,15 @@ func (c *ipsetConn) hashSet(h io.Writer, name string) error {
 			}
 		})
 		if err = errors.Join(err, perr); err != nil {
-			return fmt.Errorf("%w: set %s: %w", errIpsetNetlink, name, err)
+			return nil, nil, false, fmt.Errorf("%w: set %s: %w", errIpsetNetlink, name, err)
 		}
 	}
 	// The header comes with the first message; a repeat of it in a
 	// later one says nothing more.
 	slices.Sort(head)
 	head = slices.Compact(head)
-	slices.SortFunc(members, func(a, b ipsetMember) int {
-		if c := comparePrefix(a.p, b.p); c != 0 {
-			return c
-		}
-		return strings.Compare(a.extra, b.extra)
-	})
-	fmt.Fprintf(h, "set %s (netlink)\n", name)
-	for _, l := range head {
-		fmt.Fprintln(h, l)
-	}
-	hashMembers(h, members)
-	return nil
+	sortMembers(members)
+	return head, members, false, nil
 }
 
 // hashMembers writes the members in a compact binary form (sorted).

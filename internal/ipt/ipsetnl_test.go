@@ -3,6 +3,7 @@ package ipt
 import (
 	"context"
 	"crypto/sha256"
+	"net/netip"
 	"slices"
 	"testing"
 )
@@ -78,6 +79,45 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 	restore("create e4 hash:net family inet maxelem 65536\n")
 	if digest("e4") == digest("missing4") {
 		t.Error("an empty set and a missing one give one digest")
+	}
+	// What moat loaded, with the header read: the same digest as the
+	// whole read, when the set holds exactly that.
+	loaded := func(name string, nets ...string) string {
+		t.Helper()
+		var ps []netip.Prefix
+		for _, n := range nets {
+			ps = append(ps, netip.MustParsePrefix(n))
+		}
+		var sum []byte
+		err := ns.Do(func() error {
+			c, err := dialIpset()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			h := sha256.New()
+			if err := c.hashSetLoaded(h, name, ps); err != nil {
+				return err
+			}
+			sum = h.Sum(nil)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(sum)
+	}
+	if loaded("t4", "203.0.113.0/25", "192.0.2.0/24", "198.51.100.7/32") != digest("t4") {
+		t.Error("the digest of what was loaded differs from the set's")
+	}
+	if loaded("t6", "2001:db8:1::1/128", "2001:db8::/64") != digest("t6") {
+		t.Error("the digest of what was loaded differs from the set's (IPv6)")
+	}
+	if loaded("e4") != digest("e4") || loaded("missing4") != digest("missing4") {
+		t.Error("the digest of an empty or missing set differs from its load's")
+	}
+	if loaded("t4", "203.0.113.0/25", "192.0.2.0/24", "198.51.100.8/32") == digest("t4") {
+		t.Error("a set holding other members than loaded gives the loaded digest")
 	}
 	var names []string
 	var max int
