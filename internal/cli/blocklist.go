@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -174,6 +176,10 @@ func (a *app) lockBlocklists() (func(), error) {
 	return l.Unlock, nil
 }
 
+// updatingMarker is in the state directory while an update changes the
+// kernel and saves its lists' copies.
+const updatingMarker = "blocklist-update.pending"
+
 var errFailClosed = errors.New("moat runs the fail-closed ruleset: the new copies are kept for the next 'moat enable'")
 
 type updateJSON struct {
@@ -307,8 +313,20 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 	for _, r := range results {
 		changed = changed || !r.NotModified
 	}
+	// An update killed after the kernel took its lists but before their
+	// saved copies were written left the kernel holding lists that no
+	// saved copy says: compared with the saved copies alone, a source
+	// back at the old contents looks unchanged and would never be loaded.
+	// The marker, written before the kernel changes and removed once the
+	// copies are saved, makes the next update load its lists whatever
+	// the comparison says (TestBlocklistUpdateKilledBeforeSave).
+	_, err = os.Lstat(filepath.Join(a.stateDir, updatingMarker))
+	changed = changed || err == nil && len(results) > 0
 	applied, inactive := "", false
 	if changed {
+		if err := statedir.WriteFile(a.stateDir, updatingMarker, []byte(strings.Join(order, "\n")+"\n")); err != nil {
+			return fmt.Errorf("blocklist update: %w", err)
+		}
 		lists := map[string][]netip.Prefix{}
 		for _, r := range results {
 			lists[r.Name] = prefixes[r.Name]
@@ -346,6 +364,11 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 	for _, r := range results {
 		if err := blocklist.SaveResult(a.stateDir, r); err != nil {
 			return err
+		}
+	}
+	if changed {
+		if err := statedir.Remove(a.stateDir, updatingMarker); err != nil {
+			return fmt.Errorf("blocklist update: %w", err)
 		}
 	}
 	a.printUpdate(order, report)
