@@ -21,6 +21,7 @@ import (
 	gnft "github.com/google/nftables"
 
 	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/setstore"
@@ -1020,7 +1021,8 @@ func legacyTables() bool {
 // chainsOverNetlink says whether a MOAT- chain exists in the nftables
 // tables iptables-nft uses (ip filter, ip6 filter).
 func chainsOverNetlink() (bool, error) {
-	c, err := gnft.New()
+	c, done, err := nft.Conn()
+	defer done()
 	if err != nil {
 		return false, err
 	}

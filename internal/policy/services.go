@@ -48,12 +48,16 @@ func SystemServices() (Services, error) {
 func ParseServices(data []byte) Services {
 	s := Services{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
+	var f []string // reused: /etc/services is read by every command
 	for sc.Scan() {
 		line := sc.Text()
 		if i := strings.IndexByte(line, '#'); i >= 0 {
 			line = line[:i]
 		}
-		f := strings.Fields(line)
+		f = f[:0]
+		for w := range strings.FieldsSeq(line) {
+			f = append(f, w)
+		}
 		if len(f) < 2 {
 			continue
 		}
@@ -65,7 +69,8 @@ func ParseServices(data []byte) Services {
 		if err != nil || port == 0 {
 			continue
 		}
-		for _, name := range append([]string{f[0]}, f[2:]...) {
+		f[1] = f[0] // the names: the first and the aliases
+		for _, name := range f[1:] {
 			svc := s[name]
 			if len(svc.Protos) > 0 && svc.Port != uint16(port) {
 				continue // first definition wins, as in getservbyname
