@@ -2,14 +2,17 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 )
 
@@ -243,7 +246,14 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 	if err == nil {
 		var prev Backend
 		if prev, err = e.backend(p.PrevBackend); err == nil {
+			live, known := e.bansInForce(ctx, p)
 			if err = prev.Restore(ctx, snap); err == nil {
+				if err = e.step("rollback-restored"); err != nil {
+					return nil, err
+				}
+				if known {
+					e.keepBans(ctx, prev, live)
+				}
 				if err = e.removeExcept(ctx, prev.Name()); err == nil {
 					return p.Prev, nil
 				}
@@ -685,3 +695,116 @@ func (f *FailClosedError) Error() string {
 }
 
 func (f *FailClosedError) Unwrap() error { return f.Reason }
+
+// banKeeper is a backend whose ban sets can be read and written (both
+// real backends).
+type banKeeper interface {
+	Bans(ctx context.Context) ([]ruleset.Ban, error)
+	Ban(ctx context.Context, bans []ruleset.Ban) error
+	Unban(ctx context.Context, addrs []netip.Addr) error
+}
+
+// rollbackBans is the bans in force when a rollback began (pending.bans).
+type rollbackBans struct {
+	ID    string           `json:"id"` // the pending change's
+	Taken time.Time        `json:"taken"`
+	Bans  []rollbackBanRec `json:"bans"`
+}
+
+type rollbackBanRec struct {
+	Addr   netip.Addr `json:"addr"`
+	LeftMS int64      `json:"left_ms"`
+	Reason string     `json:"reason,omitempty"`
+}
+
+// bansInForce gives the bans in force before the rollback of p: those
+// recorded by a rollback of p that was cut short after it restored the
+// snapshot (the kernel holds the snapshot's bans since), else those in
+// the ban sets of the backend the unconfirmed change loaded, recorded
+// first. known is false when they cannot be read (then the snapshot's
+// bans are what the rollback leaves).
+func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ban, known bool) {
+	dir := e.o.StateDir
+	var rec rollbackBans
+	if data, err := readState(dir, rollbackBansFile); err == nil && json.Unmarshal(data, &rec) == nil && rec.ID == p.ID {
+		gone := max(e.o.Now().Sub(rec.Taken), 0)
+		for _, b := range rec.Bans {
+			left := time.Duration(b.LeftMS)*time.Millisecond - gone
+			if left >= time.Second || b.LeftMS == 0 {
+				bans = append(bans, ruleset.Ban{Addr: b.Addr, Expires: left, Reason: b.Reason})
+			}
+		}
+		return bans, true
+	}
+	b, err := e.backend(p.Backend)
+	if err != nil {
+		return nil, false
+	}
+	k, ok := b.(banKeeper)
+	if !ok {
+		return nil, false
+	}
+	if bans, err = k.Bans(ctx); err != nil {
+		e.warn(fmt.Sprintf("rollback: cannot read the bans in force (%v): the bans are those from before the change", err))
+		return nil, false
+	}
+	rec = rollbackBans{ID: p.ID, Taken: e.o.Now(), Bans: make([]rollbackBanRec, 0, len(bans))}
+	for _, b := range bans {
+		left := b.Expires
+		if left <= 0 {
+			left = b.Timeout
+		}
+		rec.Bans = append(rec.Bans, rollbackBanRec{Addr: b.Addr.Unmap(), LeftMS: left.Milliseconds(), Reason: b.Reason})
+	}
+	if err := writeJSON(dir, rollbackBansFile, &rec); err != nil {
+		// The rollback goes on: only a second cut would lose them.
+		e.warn(fmt.Sprintf("rollback: %v", err))
+	}
+	return bans, true
+}
+
+// keepBans makes the ban sets of a restored snapshot hold the bans that
+// were in force just before the rollback, with the time they had left: a
+// rollback undoes a change of policy, not the bans made or lifted while
+// it waited for 'moat confirm' (the guard's, 'moat ban', 'moat unban',
+// the port scan trap's). The snapshot's bans are those of its time, with
+// the time they had left then.
+func (e *Engine) keepBans(ctx context.Context, b Backend, live []ruleset.Ban) {
+	k, ok := b.(banKeeper)
+	if !ok {
+		return
+	}
+	restored, err := k.Bans(ctx)
+	if err != nil {
+		e.warn(fmt.Sprintf("rollback: cannot read the restored bans (%v): the bans are those from before the change", err))
+		return
+	}
+	inLive := make(map[netip.Addr]bool, len(live))
+	for _, ban := range live {
+		inLive[ban.Addr.Unmap()] = true
+	}
+	inRestored := make(map[netip.Addr]bool, len(restored))
+	var lifted []netip.Addr
+	for _, ban := range restored {
+		a := ban.Addr.Unmap()
+		inRestored[a] = true
+		if !inLive[a] {
+			lifted = append(lifted, a)
+		}
+	}
+	put := make([]ruleset.Ban, 0, len(live))
+	for _, ban := range live {
+		a := ban.Addr.Unmap()
+		left := ban.Expires
+		if left <= 0 {
+			left = ban.Timeout
+		}
+		put = append(put, ruleset.Ban{Addr: a, Timeout: left, Reason: ban.Reason, Replace: inRestored[a]})
+	}
+	if err := k.Unban(ctx, lifted); err != nil {
+		e.warn(fmt.Sprintf("rollback: could not lift again the %d bans lifted while the change waited: %v", len(lifted), err))
+	}
+	if err := k.Ban(ctx, put); err != nil {
+		e.warn(fmt.Sprintf("rollback: could not put back the %d bans in force before it: %v (the guard puts its own back when it starts)", len(put), err))
+	}
+}

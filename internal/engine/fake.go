@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/moat-fw/moat/internal/ruleset"
 )
@@ -17,6 +19,9 @@ type Fake struct {
 	name string
 	// rs is the loaded ruleset (nil: moat's rules are not loaded).
 	rs *ruleset.Ruleset
+	// bans are the ban sets' elements (Expires: the time left, which
+	// does not run down: the fake has no clock).
+	bans map[netip.Addr]ruleset.Ban
 	// Calls lists the calls in order ("apply", "remove", "restore", ...).
 	Calls []string
 	// Unavailable makes Available fail.
@@ -76,11 +81,24 @@ func (f *Fake) Remove(context.Context) error {
 	if err := f.fault("remove"); err != nil {
 		return err
 	}
-	f.rs = nil
+	f.rs, f.bans = nil, nil
 	return nil
 }
 
-// Snapshot is the loaded ruleset as JSON (nil: none).
+// fakeSnapshot is what the fake's Snapshot holds: the ruleset and the
+// bans, as a real snapshot holds the ban sets' elements.
+type fakeSnapshot struct {
+	Ruleset *ruleset.Ruleset `json:"ruleset"`
+	Bans    []fakeBan        `json:"bans,omitempty"`
+}
+
+type fakeBan struct {
+	Addr   netip.Addr    `json:"addr"`
+	Left   time.Duration `json:"left"`
+	Reason string        `json:"reason,omitempty"`
+}
+
+// Snapshot is the loaded ruleset and the bans as JSON (nil: none).
 func (f *Fake) Snapshot(context.Context) ([]byte, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -90,7 +108,11 @@ func (f *Fake) Snapshot(context.Context) ([]byte, error) {
 	if f.rs == nil {
 		return nil, nil
 	}
-	return json.Marshal(f.rs)
+	snap := fakeSnapshot{Ruleset: f.rs}
+	for _, b := range f.bansLocked() {
+		snap.Bans = append(snap.Bans, fakeBan{Addr: b.Addr, Left: b.Expires, Reason: b.Reason})
+	}
+	return json.Marshal(&snap)
 }
 
 // Restore loads a snapshot again (empty: nothing loaded).
@@ -101,15 +123,76 @@ func (f *Fake) Restore(_ context.Context, snap []byte) error {
 		return err
 	}
 	if len(snap) == 0 {
-		f.rs = nil
+		f.rs, f.bans = nil, nil
 		return nil
 	}
-	var rs ruleset.Ruleset
-	if err := json.Unmarshal(snap, &rs); err != nil {
-		return fmt.Errorf("fake %s: not a snapshot: %w", f.name, err)
+	var s fakeSnapshot
+	if err := json.Unmarshal(snap, &s); err != nil || s.Ruleset == nil {
+		return fmt.Errorf("fake %s: not a snapshot: %v", f.name, err)
 	}
-	f.rs = &rs
+	f.rs, f.bans = s.Ruleset, map[netip.Addr]ruleset.Ban{}
+	for _, b := range s.Bans {
+		f.bans[b.Addr] = ruleset.Ban{Addr: b.Addr, Expires: b.Left, Reason: b.Reason}
+	}
 	return nil
+}
+
+// Ban puts addresses in the ban sets (moat's rules must be loaded).
+func (f *Fake) Ban(_ context.Context, bans []ruleset.Ban) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault("ban"); err != nil {
+		return err
+	}
+	if f.rs == nil {
+		return fmt.Errorf("fake %s: no ban sets loaded", f.name)
+	}
+	if f.bans == nil {
+		f.bans = map[netip.Addr]ruleset.Ban{}
+	}
+	for _, b := range bans {
+		a := b.Addr.Unmap()
+		if _, ok := f.bans[a]; ok && !b.Replace {
+			continue // an element already there keeps its timeout, as in the kernel
+		}
+		f.bans[a] = ruleset.Ban{Addr: a, Expires: b.Timeout, Reason: b.Reason}
+	}
+	return nil
+}
+
+// Unban takes addresses out of the ban sets.
+func (f *Fake) Unban(_ context.Context, addrs []netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault("unban"); err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		delete(f.bans, a.Unmap())
+	}
+	return nil
+}
+
+// Bans lists the bans, sorted.
+func (f *Fake) Bans(context.Context) ([]ruleset.Ban, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault("bans"); err != nil {
+		return nil, err
+	}
+	if f.rs == nil {
+		return nil, fmt.Errorf("fake %s: no ban sets loaded", f.name)
+	}
+	return f.bansLocked(), nil
+}
+
+func (f *Fake) bansLocked() []ruleset.Ban {
+	out := make([]ruleset.Ban, 0, len(f.bans))
+	for _, b := range f.bans {
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(a, b ruleset.Ban) int { return a.Addr.Compare(b.Addr) })
+	return out
 }
 
 // Loaded returns the loaded ruleset as JSON ("" when none), to compare,

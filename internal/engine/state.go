@@ -24,8 +24,11 @@ const (
 	pendingFile  = "pending.json"
 	snapshotFile = "pending.snapshot"
 	policyFile   = "pending.policy"
-	outcomeFile  = "last-outcome.json"
-	lockFile     = "lock"
+	// rollbackBansFile keeps the bans in force when a rollback began,
+	// for a rollback cut short between the restore and putting them back.
+	rollbackBansFile = "pending.bans"
+	outcomeFile      = "last-outcome.json"
+	lockFile         = "lock"
 	// LogFile is where the watchdog writes what it did.
 	LogFile = "moat.log"
 )

@@ -1,0 +1,90 @@
+package engine
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// A rollback undoes the unconfirmed change, not the bans made or lifted
+// while it waited: the ban sets hold the bans in force just before the
+// rollback, with the time they had left (the snapshot's are those of its
+// time). Cut short (kill -9) after the snapshot is restored, the next
+// rollback still puts back the bans in force when the first began, not
+// the snapshot's.
+func TestRollbackKeepsBansInForce(t *testing.T) {
+	for _, crash := range []string{"", "rollback-restored"} {
+		t.Run("crash-"+crash, func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			ctx := context.Background()
+			addr := netip.MustParseAddr
+			ban := func(a string, d time.Duration, why string) {
+				r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: addr(a), Timeout: d, Reason: why}}))
+			}
+			ban("203.0.113.50", time.Hour, "before")
+			ban("203.0.113.51", time.Hour, "lifted meanwhile")
+			ban("2001:db8::52", 30*time.Minute, "before, banned again meanwhile")
+			_, err = r.add(r.ch(time.Hour), "allow 443/tcp")
+			r.must(err)
+			ban("192.0.2.3", 2*time.Hour, "meanwhile")
+			r.must(r.nft.Unban(ctx, []netip.Addr{addr("203.0.113.51")}))
+			r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: addr("2001:db8::52"), Timeout: 3 * time.Hour, Reason: "again", Replace: true}}))
+
+			rollback := func() error {
+				return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
+			}
+			if crash != "" {
+				r.crashAt = crash
+				if err := rollback(); !IsCrash(err) {
+					t.Fatalf("no crash at %s: %v", crash, err)
+				}
+				r.advance(10 * time.Minute)
+				// The next command finishes the rollback.
+				r.must(r.do(func(context.Context, *Engine) error { return nil }))
+			} else {
+				r.must(rollback())
+			}
+			r.kernelIs("nftables", base)
+
+			got, err := r.nft.Bans(ctx)
+			r.must(err)
+			have := map[string]ruleset.Ban{}
+			for _, b := range got {
+				have[b.Addr.String()] = b
+			}
+			want := map[string]time.Duration{"203.0.113.50": time.Hour, "192.0.2.3": 2 * time.Hour, "2001:db8::52": 3 * time.Hour}
+			if crash != "" {
+				// The bans recorded when the first rollback began, with
+				// the 10 minutes gone since taken off.
+				for a, d := range want {
+					want[a] = d - 10*time.Minute
+				}
+			}
+			for a, left := range want {
+				b, ok := have[a]
+				if !ok {
+					t.Errorf("%s is not banned after the rollback: %+v", a, got)
+					continue
+				}
+				if b.Expires != left {
+					t.Errorf("%s: %v left, want %v", a, b.Expires, left)
+				}
+			}
+			if _, ok := have["203.0.113.51"]; ok {
+				t.Errorf("the ban lifted meanwhile is back: %+v", got)
+			}
+			if b := have["192.0.2.3"]; b.Reason != "meanwhile" {
+				t.Errorf("the ban made meanwhile lost its reason: %+v", b)
+			}
+			if _, err := readState(r.dir, rollbackBansFile); err == nil {
+				t.Errorf("%s left behind after the rollback", rollbackBansFile)
+			}
+		})
+	}
+}
