@@ -232,7 +232,14 @@ set of 200,000 from the kernel takes seconds. --json lists every ban, as
 			if err != nil {
 				return err
 			}
-			counts := guard.BanCounts(a.stateDir)
+			var shown []netip.Addr // nil: every address's count
+			if more {
+				shown = make([]netip.Addr, len(bans))
+				for i, ban := range bans {
+					shown[i] = ban.Addr
+				}
+			}
+			counts := guard.BanCounts(a.stateDir, shown)
 			sort.Slice(bans, func(i, j int) bool { return bans[i].Addr.Less(bans[j].Addr) })
 			list := make([]banJSON, 0, len(bans))
 			for _, ban := range bans {

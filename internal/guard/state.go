@@ -375,8 +375,21 @@ func ActiveBans(dir string, now time.Time) (int, error) {
 	return activeBans(st.Bans, now), nil
 }
 
-// BanCounts reads how often each address was banned (empty if unknown).
-func BanCounts(dir string) map[netip.Addr]int {
+// BanCounts reads how often each address was banned (empty if unknown):
+// only those of addrs (all when addrs is nil). It reads guard.index and
+// the journal when the index matches guard.json (milliseconds), else the
+// whole history (seconds with 200,000 addresses).
+func BanCounts(dir string, addrs []netip.Addr) map[netip.Addr]int {
+	var want map[netip.Addr]bool
+	if addrs != nil {
+		want = make(map[netip.Addr]bool, len(addrs))
+		for _, a := range addrs {
+			want[a.Unmap()] = true
+		}
+	}
+	if out, err := countsFromIndex(dir, want); err == nil {
+		return out
+	}
 	out := map[netip.Addr]int{}
 	st, err := LoadState(dir)
 	if err != nil {

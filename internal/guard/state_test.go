@@ -366,6 +366,33 @@ func TestIndexCountsLikeHistory(t *testing.T) {
 		if want := slow(); fast != want {
 			t.Fatalf("step %d: index counts %d, history %d", step, fast, want)
 		}
+		// How often each address was banned: the index and journal say
+		// what the history says, for all addresses and for some.
+		st, err := LoadState(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if counts, err := countsFromIndex(dir, nil); err == nil {
+			for a, r := range st.Bans {
+				if counts[a] != r.Count {
+					t.Fatalf("step %d: %s banned %d times by the index, %d by the history", step, a, counts[a], r.Count)
+				}
+			}
+		}
+		some := []netip.Addr{addr(next(40)), addr(next(40))}
+		got := BanCounts(dir, some)
+		for _, a := range some {
+			want := 0
+			if r := st.Bans[a]; r != nil {
+				want = r.Count
+			}
+			if got[a] != want {
+				t.Fatalf("step %d: BanCounts(%s) = %d, history %d", step, a, got[a], want)
+			}
+		}
+	}
+	if _, err := countsFromIndex(dir, nil); err != nil {
+		t.Fatalf("the index's counts were never usable: %v", err)
 	}
 	if _, err := countFromIndex(dir, now); err != nil {
 		t.Fatalf("the index was never usable: %v", err)
@@ -425,4 +452,43 @@ func FuzzJournalReplay(f *testing.F) {
 			t.Errorf("journal count %d, history %d", n, want)
 		}
 	})
+}
+
+// An index written before the counts (version 1, left by an older moat)
+// still counts active bans; the ban counts then come from the history,
+// until the next fold writes version 2.
+func TestIndexVersion1(t *testing.T) {
+	dir := stateDir(t)
+	now := time.Now()
+	a := netip.MustParseAddr("198.51.100.7")
+	for i := 0; i < 3; i++ {
+		if err := RecordManualBans(dir, []ruleset.Ban{{Addr: a, Timeout: time.Hour}}, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := UpdateState(dir, func(*State) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// The same index as version 1 wrote it: 24 bytes an address.
+	data, err := os.ReadFile(filepath.Join(dir, indexFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := append([]byte(nil), indexMagicV1...)
+	v1 = append(v1, data[8:indexHeader]...)
+	for p := indexHeader; p < len(data); p += 28 {
+		v1 = append(v1, data[p:p+24]...)
+	}
+	if err := os.WriteFile(filepath.Join(dir, indexFile), v1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := countFromIndex(dir, now); err != nil || n != 1 {
+		t.Errorf("version 1 index: %d active, %v", n, err)
+	}
+	if _, err := countsFromIndex(dir, nil); err == nil {
+		t.Errorf("counts read from a version 1 index, which has none")
+	}
+	if got := BanCounts(dir, []netip.Addr{a}); got[a] != 3 {
+		t.Errorf("BanCounts with a version 1 index: %v", got)
+	}
 }
