@@ -109,24 +109,35 @@ func (e *ruleEnt) prefix() netip.Prefix {
 
 // rule builds rule i.
 func (s *ruleStore) rule(i int) Rule {
-	e := &s.ents[i]
-	if e.flags&entWhole != 0 {
+	if e := &s.ents[i]; e.flags&entWhole != 0 {
 		return s.whole[e.line]
 	}
+	var r Rule
+	s.fill(i, &r)
+	return r
+}
+
+// fill builds compact rule i into *r, in place (a copy of a built Rule
+// cost as much as building it).
+func (s *ruleStore) fill(i int, r *Rule) {
+	e := &s.ents[i]
 	line := s.texts[e.line-1]
 	col := 0
 	for col < len(line) && isBlank(line[col]) {
 		col++
 	}
 	pfx := e.prefix()
-	r := Rule{Action: entActions[e.flags>>entActionShift], Direction: In, Proto: "any",
-		Pos: Pos{File: s.name, Line: int(e.line), Col: col + 1}, Family: familyOf(pfx), Text: strings.TrimSpace(line)}
+	fam := FamilyV6
+	if e.flags&entV4 != 0 {
+		fam = FamilyV4
+	}
+	*r = Rule{Action: entActions[e.flags>>entActionShift], Direction: In, Proto: "any",
+		Pos: Pos{File: s.name, Line: int(e.line), Col: col + 1}, Family: fam, Text: strings.TrimSpace(line)}
 	if e.flags&entTo != 0 {
 		r.To = pfx
 	} else {
 		r.From = pfx
 	}
-	return r
 }
 
 // setLine moves rule i to line (1-based).
@@ -189,7 +200,7 @@ func (p *Policy) RulePtr(i int, scratch *Rule) *Rule {
 	if e := &p.store.ents[i]; e.flags&entWhole != 0 {
 		return &p.store.whole[e.line]
 	}
-	*scratch = p.store.rule(i)
+	p.store.fill(i, scratch)
 	return scratch
 }
 
@@ -247,6 +258,14 @@ func (p *Policy) RuleText(i int) string {
 		}
 	}
 	return p.Rule(i).Text
+}
+
+// Whole is a copy of p that holds its rules whole (the same rules: the
+// tests compare what readers make of the two forms).
+func (p *Policy) Whole() *Policy {
+	q := *p
+	q.Rules, q.store = p.AllRules(), nil
+	return &q
 }
 
 // RulesOnly is a policy with p's rules and nothing else set.

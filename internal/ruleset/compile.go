@@ -195,6 +195,52 @@ type userRules struct {
 
 func (u *userRules) at(k int) *policy.Rule { return u.p.RulePtr(u.idx[k], &u.scratch) }
 
+// setKey is setKey(u.at(k)), read from the compact form when the policy
+// holds rule k so (what such a rule is: setKey's conditions hold but the
+// /0's).
+func (u *userRules) setKey(k int) (string, bool) {
+	a, ok := u.p.CompactAddrRule(u.idx[k])
+	if !ok {
+		return setKey(u.at(k))
+	}
+	if a.Prefix.Bits() == 0 {
+		return "", false
+	}
+	side := 0
+	if a.To {
+		side = 1
+	}
+	return setKeys[a.Action][side], true
+}
+
+// entry is rule k as a set entry, and its family's slot (famSlot).
+func (u *userRules) entry(k int) (SetEntry, int) {
+	if a, ok := u.p.CompactAddrRule(u.idx[k]); ok {
+		f := 1
+		if a.Prefix.Addr().Is4() {
+			f = 0
+		}
+		return SetEntry{Prefix: a.Prefix, Origin: Origin{ID: lineID(a.Line), Line: a.Line, Text: u.p.RuleText(u.idx[k])}}, f
+	}
+	r := u.at(k)
+	addr := r.From
+	if !addr.IsValid() {
+		addr = r.To
+	}
+	return SetEntry{Prefix: addr, Origin: ruleOrigin(r)}, famSlot(r.Family)
+}
+
+// family is famSlot of rule k's family.
+func (u *userRules) family(k int) int {
+	if a, ok := u.p.CompactAddrRule(u.idx[k]); ok {
+		if a.Prefix.Addr().Is4() {
+			return 0
+		}
+		return 1
+	}
+	return famSlot(u.at(k).Family)
+}
+
 // compileRules compiles a chain's user rules in order. Runs of consecutive
 // address-only rules with the same action become one set lookup per
 // family, so per-packet cost does not grow with their number; order is
@@ -202,11 +248,11 @@ func (u *userRules) at(k int) *policy.Rule { return u.p.RulePtr(u.idx[k], &u.scr
 func compileRules(rs *Ruleset, h Hook, rules *userRules) []Rule {
 	var out []Rule
 	for i := 0; i < len(rules.idx); {
-		key, ok := setKey(rules.at(i))
+		key, ok := rules.setKey(i)
 		j := i + 1
 		if ok {
 			for j < len(rules.idx) {
-				if k, ok := setKey(rules.at(j)); !ok || k != key {
+				if k, ok := rules.setKey(j); !ok || k != key {
 					break
 				}
 				j++
@@ -228,21 +274,15 @@ func compileSetRules(rs *Ruleset, h Hook, key string, rules *userRules, from, to
 	// room for the whole group in each family held 7 MB for nothing.
 	var n [2]int
 	for k := from; k < to; k++ {
-		if f := famSlot(rules.at(k).Family); f >= 0 {
+		if f := rules.family(k); f >= 0 {
 			n[f]++
 		}
 	}
 	entries := [2][]SetEntry{make([]SetEntry, 0, n[0]), make([]SetEntry, 0, n[1])}
 	for k := from; k < to; k++ {
-		r := rules.at(k)
-		addr, f := r.From, famSlot(r.Family)
-		if !addr.IsValid() {
-			addr = r.To
+		if e, f := rules.entry(k); f >= 0 {
+			entries[f] = append(entries[f], e)
 		}
-		if f < 0 {
-			continue
-		}
-		entries[f] = append(entries[f], SetEntry{Prefix: addr, Origin: ruleOrigin(r)})
 	}
 	verdict := verdictOf[rules.at(from).Action]
 	var out []Rule

@@ -45,11 +45,22 @@ func Shadowed(p *policy.Policy) []Covered {
 	n := p.NumRules()
 	var scratch policy.Rule
 	for i := range n {
-		switch r := p.RulePtr(i, &scratch); {
-		case r.From.IsValid():
-			nFrom[famIndex(r.From)][r.From.Bits()]++
-		case r.To.IsValid():
-			nTo[famIndex(r.To)][r.To.Bits()]++
+		var from, to netip.Prefix
+		if a, ok := p.CompactAddrRule(i); ok {
+			if a.To {
+				to = a.Prefix
+			} else {
+				from = a.Prefix
+			}
+		} else {
+			r := p.RulePtr(i, &scratch)
+			from, to = r.From, r.To
+		}
+		switch {
+		case from.IsValid():
+			nFrom[famIndex(from)][from.Bits()]++
+		case to.IsValid():
+			nTo[famIndex(to)][to.Bits()]++
 		}
 	}
 	byFrom, byTo := newPrefixIndex(&nFrom, n), newPrefixIndex(&nTo, n)
