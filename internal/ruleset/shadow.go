@@ -67,28 +67,40 @@ func Shadowed(p *policy.Policy) []Covered {
 	var rest []int // earlier rules with neither network
 	s := search{p: p}
 	for i := range n {
-		b := p.RulePtr(i, &s.bScratch)
-		s.b, s.best = b, -1
+		// A compact rule is built only if something is tried against it
+		// (most of a blocklist's rules meet no candidate).
+		var from, to netip.Prefix
+		s.b, s.bi, s.best = nil, i, -1
+		if a, ok := p.CompactAddrRule(i); ok {
+			if a.To {
+				to = a.Prefix
+			} else {
+				from = a.Prefix
+			}
+		} else {
+			s.b = p.RulePtr(i, &s.bScratch)
+			from, to = s.b.From, s.b.To
+		}
 		for _, j := range rest {
 			if s.best >= 0 && j > s.best {
 				break
 			}
 			s.try(j)
 		}
-		if b.From.IsValid() {
-			byFrom.candidates(b.From, &s)
+		if from.IsValid() {
+			byFrom.candidates(from, &s)
 		}
-		if b.To.IsValid() {
-			byTo.candidates(b.To, &s)
+		if to.IsValid() {
+			byTo.candidates(to, &s)
 		}
 		if s.best >= 0 {
-			out = append(out, Covered{Rule: *b, By: p.Rule(s.best)})
+			out = append(out, Covered{Rule: p.Rule(i), By: p.Rule(s.best)})
 		}
 		switch {
-		case b.From.IsValid():
-			byFrom.add(b.From, i)
-		case b.To.IsValid():
-			byTo.add(b.To, i)
+		case from.IsValid():
+			byFrom.add(from, i)
+		case to.IsValid():
+			byTo.add(to, i)
 		default:
 			rest = append(rest, i)
 		}
@@ -102,7 +114,8 @@ func Shadowed(p *policy.Policy) []Covered {
 // built into scratch rules when they are.
 type search struct {
 	p        *policy.Policy
-	b        *policy.Rule
+	b        *policy.Rule // rule bi, nil until built
+	bi       int
 	best     int // the covering rule found so far, or -1
 	bScratch policy.Rule
 	jScratch policy.Rule
@@ -111,6 +124,9 @@ type search struct {
 func (s *search) try(j int) {
 	if s.best >= 0 && j >= s.best {
 		return
+	}
+	if s.b == nil {
+		s.b = s.p.RulePtr(s.bi, &s.bScratch)
 	}
 	r := s.p.RulePtr(j, &s.jScratch)
 	// Rules of one line (an application profile's protocols) are one rule
