@@ -1,6 +1,7 @@
 package ipt
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -59,7 +60,11 @@ var errIpsetNetlink = errors.New("ipset netlink")
 type ipsetConn struct{ c *netlink.Conn }
 
 func dialIpset() (*ipsetConn, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	// Receive buffers of 64 KiB: the kernel sizes each part of a dump
+	// after the reader's buffer (up to 32 KiB), and a buffer sized to
+	// each message kept the parts at 4 KiB: 327 parts for 50,000 IPv4
+	// networks instead of 38, each a walk of the set from its start.
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{MessageBufferSize: 1 << 16})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errIpsetNetlink, err)
 	}
@@ -193,13 +198,44 @@ func writeSetDigest(h io.Writer, name string, head []string, members []ipsetMemb
 	hashMembers(h, members)
 }
 
+// sortMembers sorts members by address, then length and family, then
+// their other attributes: one order for the members read and for those
+// loaded. The comparison is of two
+// integers and a length (netip.Addr.Compare costs several times more:
+// 50,000 members are sorted at every command's drift check).
 func sortMembers(members []ipsetMember) {
-	slices.SortFunc(members, func(a, b ipsetMember) int {
-		if c := comparePrefix(a.p, b.p); c != 0 {
-			return c
+	type keyed struct {
+		hi, lo uint64
+		bits   int
+		m      *ipsetMember
+	}
+	keys := make([]keyed, len(members))
+	for i := range members {
+		m := &members[i]
+		a := m.p.Addr().As16()
+		hi, lo := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])
+		bits := m.p.Bits() + 1 // 0 for none
+		if m.p.Addr().Is4() {
+			bits += 256 // not the IPv6 member ::ffff:a.b.c.d
 		}
-		return strings.Compare(a.extra, b.extra)
+		keys[i] = keyed{hi: hi, lo: lo, bits: bits, m: m}
+	}
+	slices.SortFunc(keys, func(a, b keyed) int {
+		switch {
+		case a.hi != b.hi:
+			return cmp.Compare(a.hi, b.hi)
+		case a.lo != b.lo:
+			return cmp.Compare(a.lo, b.lo)
+		case a.bits != b.bits:
+			return a.bits - b.bits
+		}
+		return strings.Compare(a.m.extra, b.m.extra)
 	})
+	sorted := make([]ipsetMember, len(members))
+	for i, k := range keys {
+		sorted[i] = *k.m
+	}
+	copy(members, sorted)
 }
 
 // readSet reads a set's header lines (sorted) and members (sorted; none
