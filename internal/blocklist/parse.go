@@ -119,6 +119,9 @@ func merge(entries []Entry) (v4, v6 []netip.Prefix) {
 	for i, e := range entries {
 		ps[i] = e.Prefix
 	}
+	if netmerge.IsMerged(ps) {
+		return netmerge.Split(ps) // a list merged already (in order, disjoint): ps is its own copy
+	}
 	return netmerge.Split(netmerge.Merge(ps))
 }
 

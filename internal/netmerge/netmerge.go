@@ -17,6 +17,12 @@ import (
 // joined range is split into prefixes again, a network that joined none
 // stays as it is.
 func Merge(ps []netip.Prefix) []netip.Prefix {
+	// A list merged already (a saved copy, most published lists) is
+	// copied as it is: checking costs a comparison a network, the walk
+	// a range each.
+	if IsMerged(ps) {
+		return slices.Clone(ps)
+	}
 	// Lists arrive in order as a rule (moat's saved copies, merged lists,
 	// most published lists): they are walked as they are, and sorted only
 	// when the walk finds a network out of order (or an invalid one).
@@ -76,6 +82,37 @@ func walk(ps []netip.Prefix, check bool) (out []netip.Prefix, ok bool) {
 	}
 	flush()
 	return out, true
+}
+
+// IsMerged reports whether ps is what Merge gives for it: valid masked
+// networks in order (IPv4 first), none overlapping the one before, and no
+// two in a row the two halves of one network. Networks in order that do
+// not overlap make a shorter list only if two in a row are such halves:
+// of the networks covered whole by two or more of them, the smallest has
+// each half covered by one.
+func IsMerged(ps []netip.Prefix) bool {
+	for i, p := range ps {
+		if !p.IsValid() || p != p.Masked() {
+			return false
+		}
+		if i == 0 {
+			continue
+		}
+		q := ps[i-1]
+		if compareMasked(q, p) >= 0 || q.Overlaps(p) || halves(q, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// halves says whether q and p are the two halves of one network.
+func halves(q, p netip.Prefix) bool {
+	bits := q.Bits()
+	if bits == 0 || bits != p.Bits() || q.Addr().BitLen() != p.Addr().BitLen() {
+		return false
+	}
+	return netip.PrefixFrom(q.Addr(), bits-1).Masked() == netip.PrefixFrom(p.Addr(), bits-1).Masked()
 }
 
 // compareMasked orders networks by their ranges: first address, then the

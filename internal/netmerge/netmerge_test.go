@@ -80,6 +80,19 @@ func FuzzMerge(f *testing.F) {
 		if !slices.Equal(got, want) {
 			t.Fatalf("%v: Merge %v, IPSet %v", ps, got, want)
 		}
+		// IsMerged holds exactly for Merge's own results: what it
+		// accepts is kept as it is, so it must accept nothing that
+		// merging would change, and it must accept every merged list
+		// (else the shortcut never applies).
+		if !IsMerged(got) {
+			t.Fatalf("IsMerged(%v) is false for Merge's result", got)
+		}
+		if IsMerged(ps) && !slices.Equal(ps, want) {
+			t.Fatalf("IsMerged(%v) is true, but it merges to %v", ps, want)
+		}
+		if w, ok := walk(ps, true); ok && IsMerged(ps) != slices.Equal(w, ps) {
+			t.Fatalf("%v: IsMerged %v, the walk gives %v", ps, IsMerged(ps), w)
+		}
 		// The same networks in order (unmasked as given) take the walk
 		// without the sort.
 		sorted := slices.Clone(ps)

@@ -75,12 +75,19 @@ var neverBlocked = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.Mu
 // (netmerge); only when the allowlist or loopback overlaps it are they cut
 // out through netipx (TestBlocklistPrefixesSameAsIPSet).
 func BlocklistPrefixes(list, allowlist []netip.Prefix) (v4, v6 []netip.Prefix) {
-	merged := netmerge.Merge(list)
-	// An invalid prefix (none comes from a parsed policy) goes the way
-	// it always went: IPSetBuilder's error, no networks.
-	cut := slices.ContainsFunc(list, func(p netip.Prefix) bool { return !p.IsValid() })
-	for _, p := range slices.Concat(allowlist, neverBlocked) {
-		cut = cut || !p.IsValid() || netmerge.Overlaps(merged, p)
+	// A list from internal/blocklist is merged already: it is used as it
+	// is (the results share its array; nothing writes to either).
+	merged, cut := list, false
+	if !netmerge.IsMerged(list) {
+		merged = netmerge.Merge(list)
+		// An invalid prefix (none comes from a parsed policy) goes the
+		// way it always went: IPSetBuilder's error, no networks.
+		cut = slices.ContainsFunc(list, func(p netip.Prefix) bool { return !p.IsValid() })
+	}
+	for _, ps := range [][]netip.Prefix{allowlist, neverBlocked} {
+		for _, p := range ps {
+			cut = cut || !p.IsValid() || netmerge.Overlaps(merged, p)
+		}
 	}
 	if !cut {
 		return netmerge.Split(merged)

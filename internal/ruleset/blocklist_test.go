@@ -214,3 +214,26 @@ func TestBlocklistPrefixesSameAsIPSet(t *testing.T) {
 		}
 	}
 }
+
+// A list merged already (as internal/blocklist gives every list) is not
+// merged again: the compile used to copy and walk 100,000 networks a
+// second time. A list not merged still is.
+func TestBlocklistPrefixesMergedAsIs(t *testing.T) {
+	var list []netip.Prefix
+	for i := 0; i < 1000; i++ {
+		list = append(list, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, byte(i >> 7), byte(i&0x7f) * 2}), 32))
+	}
+	list = append(list, netip.MustParsePrefix("2001:db8::/64"))
+	allow := []netip.Prefix{netip.MustParsePrefix("203.0.113.7/32")}
+	var v4, v6 []netip.Prefix
+	if n := testing.AllocsPerRun(10, func() { v4, v6 = BlocklistPrefixes(list, allow) }); n > 0 {
+		t.Errorf("a merged list was copied: %v allocations", n)
+	}
+	if !slices.Equal(append(slices.Clone(v4), v6...), list) {
+		t.Errorf("a merged list came out changed")
+	}
+	halves := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/25"), netip.MustParsePrefix("192.0.2.128/25")}
+	if v4, _ := BlocklistPrefixes(halves, nil); !slices.Equal(v4, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}) {
+		t.Errorf("two halves were not merged: %v", v4)
+	}
+}
