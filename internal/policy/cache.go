@@ -136,7 +136,7 @@ func (d *Document) cachedRuleLines() ([]int, bool) {
 	if c == nil || c.name != d.Name || !sameMap(c.apps, d.Apps) || len(c.rules.texts) != len(d.Lines) {
 		return nil, false
 	}
-	var idx []int
+	idx := make([]int, 0, len(c.rules.ents))
 	for i, line := range d.Lines {
 		if line != c.rules.texts[i] {
 			return nil, false

@@ -96,7 +96,8 @@ func Compile(p *policy.Policy) *Ruleset {
 		d := p.RuleDirection(i)
 		u := byDir[d]
 		if u == nil {
-			u = &userRules{p: p}
+			// Room for the rest: a large policy is mostly one direction.
+			u = &userRules{p: p, idx: make([]int, 0, p.NumRules()-i)}
 			byDir[d] = u
 		}
 		u.idx = append(u.idx, i)
