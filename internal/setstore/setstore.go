@@ -20,6 +20,7 @@ import (
 
 	"go4.org/netipx"
 
+	"github.com/moat-fw/moat/internal/netmerge"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/statedir"
 )
@@ -255,6 +256,17 @@ func (d Dir) Forget(set string) error { return statedir.Remove(d.Path, d.name(se
 // addresses as ps, sorted: what netipx's IPSet.Prefixes gives, in a
 // quarter of its time (one sort, one pass).
 func Merge(ps []netip.Prefix) []netip.Prefix {
+	// A set compiled from a blocklist is merged already (in order,
+	// disjoint, no two in a row the halves of one network): the walk
+	// below would give it back as it is (FuzzMergeMerged).
+	if netmerge.IsMerged(ps) {
+		return slices.Clone(ps)
+	}
+	return mergeWalk(ps)
+}
+
+// mergeWalk is Merge's sort and walk.
+func mergeWalk(ps []netip.Prefix) []netip.Prefix {
 	sorted := make([]netip.Prefix, len(ps))
 	for i, p := range ps {
 		sorted[i] = p.Masked()

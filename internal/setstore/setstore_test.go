@@ -139,3 +139,49 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// Merge gives a merged list back as it is, in one copy: the walk (a sort
+// and a pass) gives it back unchanged, and every list the walk makes is
+// one that the shortcut takes.
+func FuzzMergeMerged(f *testing.F) {
+	f.Add([]byte{192, 0, 2, 0, 25, 192, 0, 2, 128, 25, 198, 51, 100, 7, 32})
+	f.Add([]byte{192, 0, 2, 0, 32, 192, 0, 2, 2, 32, 0xfe, 0, 0, 0, 0, 64, 0xfe, 0, 0, 0, 1, 64})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var ps []netip.Prefix
+		for len(data) >= 5 {
+			if data[0] == 0xfe && len(data) >= 6 {
+				var a [16]byte
+				a[0], a[1], a[2], a[3] = 0x20, 0x01, 0x0d, 0xb8
+				copy(a[4:8], data[1:5])
+				ps = append(ps, netip.PrefixFrom(netip.AddrFrom16(a), int(data[5])%129))
+				data = data[6:]
+				continue
+			}
+			ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte(data[:4])), int(data[4])%33))
+			data = data[5:]
+		}
+		if got, want := Merge(ps), mergeWalk(ps); !slices.Equal(got, want) {
+			t.Fatalf("%v: Merge %v, the walk %v", ps, got, want)
+		}
+		m := mergeWalk(ps)
+		if len(m) > 0 && !slices.Equal(mergeWalk(m), m) {
+			t.Fatalf("the walk of its own result %v changes it", m)
+		}
+	})
+}
+
+// A merged list costs one copy: the sort and walk made two and compared
+// every network with its neighbours through ranges.
+func TestMergeMergedOneCopy(t *testing.T) {
+	var ps []netip.Prefix
+	for i := 0; i < 1000; i++ {
+		ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, byte(i >> 7), byte(i&0x7f) * 2}), 32))
+	}
+	var got []netip.Prefix
+	if n := testing.AllocsPerRun(10, func() { got = Merge(ps) }); n > 1 {
+		t.Errorf("%v allocations for a merged list", n)
+	}
+	if !slices.Equal(got, ps) {
+		t.Errorf("a merged list came out changed")
+	}
+}
