@@ -92,27 +92,45 @@ func walk(ps []netip.Prefix, check bool) (out []netip.Prefix, ok bool) {
 // each half covered by one.
 func IsMerged(ps []netip.Prefix) bool {
 	for i, p := range ps {
-		if !p.IsValid() || p != p.Masked() {
+		if !p.IsValid() || p.Addr() != p.Masked().Addr() {
 			return false
 		}
 		if i == 0 {
 			continue
 		}
+		// Both masked: in order means a later start (IPv4 before IPv6);
+		// q, starting before p, overlaps it if it holds p's start.
 		q := ps[i-1]
-		if compareMasked(q, p) >= 0 || q.Overlaps(p) || halves(q, p) {
+		if q.Addr().Compare(p.Addr()) >= 0 {
+			return false
+		}
+		if q.Addr().BitLen() == p.Addr().BitLen() && (q.Contains(p.Addr()) || halves(q, p)) {
 			return false
 		}
 	}
 	return true
 }
 
-// halves says whether q and p are the two halves of one network.
+// halves says whether q and p, masked networks of one family, are the two
+// halves of one network: the same length, and their addresses differ in
+// the last bit of it alone.
 func halves(q, p netip.Prefix) bool {
 	bits := q.Bits()
-	if bits == 0 || bits != p.Bits() || q.Addr().BitLen() != p.Addr().BitLen() {
+	if bits == 0 || bits != p.Bits() {
 		return false
 	}
-	return netip.PrefixFrom(q.Addr(), bits-1).Masked() == netip.PrefixFrom(p.Addr(), bits-1).Masked()
+	if q.Addr().Is4() {
+		bits += 96 // As16 puts IPv4 in the last 32 bits
+	}
+	a, b := q.Addr().As16(), p.Addr().As16()
+	at, bit := (bits-1)/8, byte(0x80>>((bits-1)%8))
+	for k := range a {
+		x := a[k] ^ b[k]
+		if k == at && x != bit || k != at && x != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // compareMasked orders networks by their ranges: first address, then the

@@ -134,3 +134,40 @@ func FuzzMerge(f *testing.F) {
 		}
 	})
 }
+
+// IsMerged on the cases that matter: halves of one network (either
+// family), neighbours that are not halves, overlaps, order, families.
+func TestIsMerged(t *testing.T) {
+	for _, c := range []struct {
+		ps   []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"192.0.2.0/24"}, true},
+		{[]string{"192.0.2.0/25", "192.0.2.128/25"}, false},
+		{[]string{"192.0.2.64/26", "192.0.2.128/26"}, true}, // neighbours, not halves
+		{[]string{"192.0.2.0/26", "192.0.2.64/26", "192.0.2.128/25"}, false},
+		{[]string{"192.0.2.0/24", "192.0.2.7/32"}, false},
+		{[]string{"192.0.2.7/32", "192.0.2.0/24"}, false},
+		{[]string{"192.0.2.7/32", "192.0.2.7/32"}, false},
+		{[]string{"0.0.0.0/1", "128.0.0.0/1"}, false},
+		{[]string{"0.0.0.0/0", "::/0"}, true},
+		{[]string{"::/0", "0.0.0.0/0"}, false},
+		{[]string{"2001:db8::/33", "2001:db8:8000::/33"}, false},
+		{[]string{"2001:db8::/64", "2001:db8:0:2::/64"}, true},
+		{[]string{"::ffff:192.0.2.0/121", "::ffff:192.0.3.0/121"}, true},
+		{[]string{"::ffff:192.0.2.0/121", "::ffff:192.0.2.128/121"}, false},
+		{[]string{"255.255.255.254/32", "255.255.255.255/32"}, false},
+	} {
+		ps := parse(c.ps...)
+		if got := IsMerged(ps); got != c.want {
+			t.Errorf("IsMerged(%v) = %v", c.ps, got)
+		}
+		if c.want && !slices.Equal(Merge(ps), ps) {
+			t.Errorf("%v is merged, but Merge changes it to %v", c.ps, Merge(ps))
+		}
+	}
+	if IsMerged([]netip.Prefix{netip.PrefixFrom(netip.MustParseAddr("192.0.2.7"), 24)}) {
+		t.Errorf("an unmasked network counts as merged")
+	}
+}
