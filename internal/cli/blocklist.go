@@ -273,7 +273,7 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 
 	now := time.Now()
 	var sessions []netip.Addr
-	if st, err := safeapply.FindSSH("/proc", os.Getenv("SSH_CONNECTION")); err == nil {
+	if st, err := a.findSSH()(); err == nil { // the scan the engine's lockout check uses too
 		for _, s := range st.Sessions {
 			sessions = append(sessions, s.Client.Addr().Unmap())
 		}

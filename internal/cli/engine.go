@@ -42,7 +42,7 @@ func (a *app) engine() *engine.Engine {
 		}
 		backends = append(backends, b)
 	}
-	findSSH := recentSSH()
+	findSSH := a.findSSH()
 	o := engine.Options{
 		StateDir: a.stateDir,
 		Backends: backends,
@@ -207,6 +207,19 @@ func (a *app) waitConfirm(ctx context.Context, p *engine.Pending) error {
 	}
 }
 
+// findSSH is the command's one recentSSH: the engine's lockout check and
+// protected sets and a blocklist update's check of the sessions share a
+// scan.
+func (a *app) findSSH() func() (safeapply.SSHState, error) {
+	if a.sshScan == nil {
+		a.sshScan = recentSSH()
+	}
+	return a.sshScan
+}
+
+// scanSSH is the scan recentSSH reuses (tests count it).
+var scanSSH = safeapply.FindSSH
+
 // recentSSH finds the live SSH sessions, reusing what it found less than a
 // second ago: one command looks twice (a scan of every process's sockets,
 // tens of milliseconds), and no session comes or goes that matters in
@@ -223,7 +236,7 @@ func recentSSH() func() (safeapply.SSHState, error) {
 		if !when.IsZero() && time.Since(when) < time.Second {
 			return st, nil
 		}
-		found, err := safeapply.FindSSH("/proc", os.Getenv("SSH_CONNECTION"))
+		found, err := scanSSH("/proc", os.Getenv("SSH_CONNECTION"))
 		if err != nil {
 			return found, err
 		}

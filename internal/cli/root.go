@@ -26,6 +26,7 @@ var Version = "dev"
 
 // app holds the global flags and what the commands share.
 type app struct {
+	sshScan  func() (safeapply.SSHState, error) // findSSH's, made on first use
 	config   string
 	backend  string
 	dryRun   bool
