@@ -144,13 +144,12 @@ func (s *search) try(j int) {
 // policy of 100,000 address rules costs one map entry each and no slice
 // per network (a map of slices took 17 MB).
 type prefixIndex struct {
-	// The last rule added of each network, in maps keyed by one integer
-	// where it can be (such a map hashes in a few instructions, and its
-	// entries are a third of a netip.Prefix's): IPv4 networks in head4
-	// (address and length), IPv6 networks of 64 bits or fewer in
-	// head6[length] (the first 64 bits), the others in head.
-	head4 map[uint64]int32
-	head6 [65]map[uint64]int32
+	// The last rule added of each network, keyed by one integer where it
+	// can be (a key of 16 bytes with its tag, a third of a netip.Prefix
+	// map entry's): in heads, IPv4 networks by address and length (tag
+	// 0), IPv6 networks of 64 bits or fewer by their first 64 bits (tag 1
+	// + the length); the others in head.
+	heads *netTable
 	head  map[netip.Prefix]int32
 	next  []int32 // by rule index: the one added before it of the same network, or -1
 	// lens are the prefix lengths present, by family (0: IPv4); has says
@@ -199,24 +198,16 @@ func (x *prefixIndex) maybe(q netip.Prefix) bool {
 // family and length) of rules numbered below rules (sized at once:
 // growing a map of 100,000 copies it over and over).
 func newPrefixIndex(n *[2][129]int, rules int) *prefixIndex {
-	total, n4, nBig := 0, 0, 0
+	total, nBig := 0, 0
 	for f := range n {
 		for b, c := range n[f] {
 			total += c
-			switch {
-			case f == 0:
-				n4 += c
-			case b > 64:
+			if f == 1 && b > 64 {
 				nBig += c
 			}
 		}
 	}
-	x := &prefixIndex{head4: make(map[uint64]int32, n4), head: make(map[netip.Prefix]int32, nBig)}
-	for b := range x.head6 {
-		if c := n[1][b]; c > 0 {
-			x.head6[b] = make(map[uint64]int32, c)
-		}
-	}
+	x := &prefixIndex{heads: newNetTable(total - nBig), head: make(map[netip.Prefix]int32, nBig)}
 	if total > 0 {
 		x.next = make([]int32, rules)
 	}
@@ -274,9 +265,9 @@ func (x *prefixIndex) get(p netip.Prefix) (int32, bool) {
 	var ok bool
 	switch b := p.Bits(); {
 	case p.Addr().Is4():
-		j, ok = x.head4[key4(p)]
+		j, ok = x.heads.get(key4(p), 0)
 	case b <= 64:
-		j, ok = x.head6[b][hi64(p.Addr())] // a nil map finds nothing
+		j, ok = x.heads.get(hi64(p.Addr()), uint8(1+b))
 	default:
 		j, ok = x.head[p]
 	}
@@ -287,12 +278,9 @@ func (x *prefixIndex) get(p netip.Prefix) (int32, bool) {
 func (x *prefixIndex) set(p netip.Prefix, i int32) {
 	switch b := p.Bits(); {
 	case p.Addr().Is4():
-		x.head4[key4(p)] = i
+		x.heads.set(key4(p), 0, i)
 	case b <= 64:
-		if x.head6[b] == nil {
-			x.head6[b] = make(map[uint64]int32)
-		}
-		x.head6[b][hi64(p.Addr())] = i
+		x.heads.set(hi64(p.Addr()), uint8(1+b), i)
 	default:
 		x.head[p] = i
 	}
