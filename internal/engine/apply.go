@@ -393,13 +393,19 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if err := e.step("switched"); err != nil {
 		return nil, err
 	}
+	// The policy file is written while the records are: it lives in a
+	// directory of its own (/etc/moat), and its two disk flushes (the file,
+	// the directory) overlap theirs instead of coming first (three flushes
+	// waited for in a row instead of five). Both are finished before any
+	// later step and before anything is undone; until the journal is
+	// removed, a command stopped anywhere in between (kill -9, power loss)
+	// is undone whole by the next one, whichever of these files reached
+	// the disk.
+	fileDone := make(chan error, 1)
 	if pl.writeFile {
-		if err := pl.doc.Write(); err != nil {
-			return nil, e.failAfterKernel(ctx, in, err)
-		}
-		if err := e.step("file"); err != nil {
-			return nil, err
-		}
+		go func() { fileDone <- pl.doc.Write() }()
+	} else {
+		fileDone <- nil
 	}
 	if pend != nil {
 		next.Pending = pend.ID
@@ -415,18 +421,24 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 			save = &s
 		}
 	}
-	if err := writeAppliedSync(dir, next, save == nil); err != nil {
-		return nil, e.failAfterKernel(ctx, in, fmt.Errorf("record what is applied: %w", err))
+	recErr := writeAppliedSync(dir, next, save == nil)
+	if recErr != nil {
+		recErr = fmt.Errorf("record what is applied: %w", recErr)
+	} else if save != nil {
+		recErr = safeapply.Save(dir, *save)
+	}
+	if err := errors.Join(<-fileDone, recErr); err != nil {
+		return nil, e.failAfterKernel(ctx, in, err)
+	}
+	if pl.writeFile {
+		if err := e.step("file"); err != nil {
+			return nil, err
+		}
 	}
 	if err := e.step("applied"); err != nil {
 		return nil, err
 	}
 	if pend == nil && persist {
-		if save != nil {
-			if err := safeapply.Save(dir, *save); err != nil {
-				return nil, e.failAfterKernel(ctx, in, err)
-			}
-		}
 		res.Persisted = true
 		if err := e.step("saved"); err != nil {
 			return nil, err

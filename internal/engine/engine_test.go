@@ -1146,6 +1146,71 @@ func TestFullDiskAfterKernelUndoesAtOnce(t *testing.T) {
 	}
 }
 
+// The policy file's disk (/etc) fills up after the kernel took a change:
+// the file is written while the records are (their disk flushes overlap),
+// so the records may already say the change is applied when the file
+// fails. The change must still be undone whole: kernel, file and records,
+// at once or, when the undo cannot write the file either, by the next
+// command.
+func TestFullPolicyDiskAfterKernelUndoes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	r := newRig(t)
+	etc := filepath.Join(filepath.Dir(r.conf), "etc")
+	r.must(os.MkdirAll(etc, 0o755))
+	if err := syscall.Mount("tmpfs", etc, "tmpfs", 0, "size=64k,mode=0755"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(etc, syscall.MNT_DETACH) })
+	r.conf = filepath.Join(etc, "moat.conf")
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	filler := filepath.Join(etc, "fill")
+	r.eng.o.Checkpoint = func(step string) error {
+		if step == "kernel" {
+			f, err := os.Create(filler)
+			r.must(err)
+			defer func() { _ = f.Close() }()
+			buf := make([]byte, 512)
+			for {
+				if _, err := f.Write(buf); err != nil {
+					return nil // ENOSPC: full
+				}
+			}
+		}
+		return nil
+	}
+	if _, err := r.add(r.ch(0), "allow 443/tcp"); err == nil {
+		t.Fatal("the change succeeded on a full disk")
+	}
+	r.kernelIs("nftables", base)
+	if r.file() != base {
+		t.Errorf("file: %s", r.file())
+	}
+	r.eng.o.Checkpoint = nil
+	r.must(os.Remove(filler))
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	r.kernelIs("nftables", base)
+	if r.file() != base {
+		t.Errorf("file after the repair: %s", r.file())
+	}
+	a, err := LoadApplied(r.dir)
+	r.must(err)
+	if a == nil || a.Policy != base {
+		t.Errorf("applied: %+v", a)
+	}
+	s, err := safeapply.LoadSaved(r.dir)
+	r.must(err)
+	if s.Policy != base {
+		t.Errorf("saved: %q", s.Policy)
+	}
+	if in, _ := LoadIntent(r.dir); in != nil {
+		t.Errorf("intent left")
+	}
+}
+
 // When the live SSH sessions cannot be determined, a change is refused
 // (a LockoutError, exit 3, nothing applied) instead of skipping the
 // lockout check with a warning; --force applies it; 'moat restore' (at
