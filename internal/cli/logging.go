@@ -285,7 +285,9 @@ func (a *app) kernelLog(ctx context.Context, file string, follow bool) (io.ReadC
 		}
 		return f, func() error { return nil }, nil
 	}
-	args := []string{"-k", "--no-pager", "-o", "short-iso", "--grep", `\[MOAT (BLOCK|ALLOW|INVALID|AUDIT)\]`}
+	// A rule written with 'log' names its line: "[MOAT BLOCK L12]"
+	// (TestLogFromJournald).
+	args := []string{"-k", "--no-pager", "-o", "short-iso", "--grep", `\[MOAT (BLOCK|ALLOW|INVALID|AUDIT)( L[0-9]+)?\]`}
 	if follow {
 		args = append(args, "--follow", "--lines=0")
 	}
