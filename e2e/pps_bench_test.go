@@ -69,7 +69,19 @@ func BenchmarkPacketRate(b *testing.B) {
 		sent          int
 	}
 	var vs []*variant
+	// MOAT_PPS_ONLY (a regular expression) keeps only the variants it
+	// matches, besides the baselines every ratio needs.
+	var only *regexp.Regexp
+	if s := os.Getenv("MOAT_PPS_ONLY"); s != "" {
+		only = regexp.MustCompile(s)
+	}
 	add := func(name, backend, base string, setup func(b *testing.B, topo *lab.Topology, dir string)) {
+		if only != nil && name != "no-firewall" && !strings.HasPrefix(name, "hand-") && !only.MatchString(name) {
+			return
+		}
+		if base != "" && !slices.ContainsFunc(vs, func(v *variant) bool { return v.name == base }) {
+			return
+		}
 		topo, err := lab.NewTopology("moatpps", false)
 		if err != nil {
 			b.Fatal(err)
@@ -89,14 +101,15 @@ func BenchmarkPacketRate(b *testing.B) {
 		runNS(b, topo.Server, "table inet count {\n\tchain in { type filter hook input priority 1000; udp dport 9 counter drop; }\n}\n", "nft", "-f", "-")
 		vs = append(vs, &variant{name: name, backend: backend, base: base, topo: topo, sport: 1024, ns: map[string][]float64{}})
 	}
-	moatSetup := func(backend string, blocked, bans bool, after func(b *testing.B, ns *lab.NS)) func(*testing.B, *lab.Topology, string) {
+	moatBinSetup := func(bin, backend string, blocked, bans bool, after func(b *testing.B, ns *lab.NS)) func(*testing.B, *lab.Topology, string) {
 		return func(b *testing.B, topo *lab.Topology, dir string) {
 			policy := "default deny incoming\nallow 22/tcp\nallow 9/udp\n"
 			if blocked {
 				policy += "blocklist big file " + list + "\n"
 			}
 			writeFile(b, filepath.Join(dir, "moat.conf"), policy)
-			moatIn(b, topo.Server, dir, backend, "enable", "--force")
+			runIn(b, topo.Server, "", bin, "--config", filepath.Join(dir, "moat.conf"), "--backend", backend,
+				"--state-dir", filepath.Join(dir, "state"), "enable", "--force")
 			if bans {
 				banMany(b, topo.Server, dir, backend, 10000)
 			}
@@ -104,6 +117,9 @@ func BenchmarkPacketRate(b *testing.B) {
 				after(b, topo.Server)
 			}
 		}
+	}
+	moatSetup := func(backend string, blocked, bans bool, after func(b *testing.B, ns *lab.NS)) func(*testing.B, *lab.Topology, string) {
+		return moatBinSetup(moatBin, backend, blocked, bans, after)
 	}
 
 	add("no-firewall", "", "", nil)
@@ -119,10 +135,24 @@ func BenchmarkPacketRate(b *testing.B) {
 		runNS(b, topo.Server, rules4, "iptables-restore")
 		runNS(b, topo.Server, rules6, "ip6tables-restore")
 	})
+	add("hand-nftables-same-protections", "nftables", "", func(b *testing.B, topo *lab.Topology, _ string) {
+		runNS(b, topo.Server, handNftFull(v4, v6, 10000), "nft", "-f", "-")
+	})
+	add("hand-iptables-same-protections", "iptables", "", func(b *testing.B, topo *lab.Topology, _ string) {
+		sets, rules4, rules6 := handIptFull(v4, v6, 10000)
+		runNS(b, topo.Server, sets, "ipset", "restore")
+		runNS(b, topo.Server, rules4, "iptables-restore")
+		runNS(b, topo.Server, rules6, "ip6tables-restore")
+	})
 	for _, be := range backends {
 		add("moat-"+be+"-0", be, "", moatSetup(be, false, false, nil))
 		add("moat-"+be+"-100k", be, "", moatSetup(be, true, false, nil))
 		add("moat-"+be+"-100k-bans-10k", be, "", moatSetup(be, true, true, nil))
+		// MOAT_PPS_OLD names another moat binary (an older commit), measured
+		// in the same rounds: old and new taking turns.
+		if old := os.Getenv("MOAT_PPS_OLD"); old != "" {
+			add("old-moat-"+be+"-100k-bans-10k", be, "", moatBinSetup(old, be, true, true, nil))
+		}
 	}
 	// Each built-in rule's price: moat's full ruleset with ten more copies
 	// of it right before it (a rule's cost is below the noise of one
@@ -189,6 +219,9 @@ func BenchmarkPacketRate(b *testing.B) {
 				if v.backend != "" {
 					b.ReportMetric(medians[f+"/hand-"+v.backend]/ns, "x-hand")
 					b.ReportMetric(mins[f+"/hand-"+v.backend]/mins[f+"/"+v.name], "x-hand-min")
+					if same, ok := medians[f+"/hand-"+v.backend+"-same-protections"]; ok {
+						b.ReportMetric(same/ns, "x-hand-same")
+					}
 				}
 				switch {
 				case v.base != "" && strings.HasSuffix(v.name, "-x11"):
@@ -255,6 +288,74 @@ func handIptPath(v4, v6 []string, bans int) (sets, rules4, rules6 string) {
 			"-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp --dport 22 -j ACCEPT\n-A INPUT -p udp --dport 9 -j ACCEPT\nCOMMIT\n"
 	}
 	return s.String(), rules("4"), rules("6")
+}
+
+// handNftFull is handNftPath with the protections moat's default policy
+// adds, written as an admin would write them (no counters): loopback, the
+// protected set (empty) and forwarded packets spared by the early drops,
+// neighbour discovery before them, and in the input chain neighbour
+// discovery, ICMP and ICMPv6 errors, MLD and DHCP/DHCPv6 client replies,
+// without which IPv6 and DHCP break.
+func handNftFull(v4, v6 []string, bans int) string {
+	var els []string
+	for i := 0; i < bans; i++ {
+		els = append(els, fmt.Sprintf("100.64.%d.%d timeout 1h", i>>8, i&255))
+	}
+	ex4 := ` iifname != "lo" ip saddr != @protect4 fib daddr type != unicast drop`
+	ex6 := ` iifname != "lo" ip6 saddr != @protect6 fib daddr type != unicast drop`
+	nd := "ip6 hoplimit 255 icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept"
+	return "table inet hand {\n" +
+		"\tset ban4 { type ipv4_addr; flags timeout; elements = { " + strings.Join(els, ", ") + " }; }\n" +
+		"\tset ban6 { type ipv6_addr; flags timeout; }\n" +
+		"\tset protect4 { type ipv4_addr; flags interval; }\n" +
+		"\tset protect6 { type ipv6_addr; flags interval; }\n" +
+		"\tset b4 { type ipv4_addr; flags interval; elements = { " + strings.Join(v4, ", ") + " }; }\n" +
+		"\tset b6 { type ipv6_addr; flags interval; elements = { " + strings.Join(v6, ", ") + " }; }\n" +
+		"\tchain pre { type filter hook prerouting priority raw; policy accept;\n" +
+		"\t\tip saddr @ban4" + ex4 + "\n\t\tip saddr @b4" + ex4 + "\n\t\t" + nd + "\n" +
+		"\t\tip6 saddr @ban6" + ex6 + "\n\t\tip6 saddr @b6" + ex6 + "\n\t}\n" +
+		"\tchain input { type filter hook input priority 0; policy drop;\n" +
+		"\t\tct state established,related accept\n\t\tiif lo accept\n\t\t" + nd + "\n\t\tct state invalid drop\n" +
+		"\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem } accept\n" +
+		"\t\ticmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept\n" +
+		"\t\tip6 saddr fe80::/10 icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } accept\n" +
+		"\t\tmeta nfproto ipv4 udp sport 67 udp dport 68 accept\n" +
+		"\t\tip6 saddr fe80::/10 udp sport 547 udp dport 546 accept\n" +
+		"\t\ttcp dport 22 accept\n\t\tudp dport 9 accept\n\t}\n}\n"
+}
+
+// handIptFull is handIptPath with the same protections.
+func handIptFull(v4, v6 []string, bans int) (sets, rules4, rules6 string) {
+	sets, _, _ = handIptPath(v4, v6, bans)
+	sets += "create protect4 hash:net family inet\ncreate protect6 hash:net family inet6\n"
+	drop := func(set, fam, dst string) string {
+		return "-A PREROUTING ! -i lo -m set --match-set " + set + " src -m set ! --match-set protect" + fam + " src " + dst + " -j DROP\n"
+	}
+	head := "*filter\n:INPUT DROP [0:0]\n-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n"
+	tail := "-A INPUT -p tcp --dport 22 -j ACCEPT\n-A INPUT -p udp --dport 9 -j ACCEPT\nCOMMIT\n"
+	rules4 = "*raw\n" + drop("ban4", "4", "-m addrtype ! --dst-type UNICAST") + drop("b4", "4", "-m addrtype ! --dst-type UNICAST") + "COMMIT\n" +
+		head + "-A INPUT -m conntrack --ctstate INVALID -j DROP\n" +
+		"-A INPUT -p icmp --icmp-type 3 -j ACCEPT\n-A INPUT -p icmp --icmp-type 11 -j ACCEPT\n-A INPUT -p icmp --icmp-type 12 -j ACCEPT\n" +
+		"-A INPUT -p udp --sport 67 --dport 68 -j ACCEPT\n" + tail
+	ndRules := func(chain, verdict string) string {
+		var out strings.Builder
+		for _, t := range []string{"133", "134", "135", "136"} {
+			fmt.Fprintf(&out, "-A %s -m hl --hl-eq 255 -p ipv6-icmp --icmpv6-type %s -j %s\n", chain, t, verdict)
+		}
+		return out.String()
+	}
+	rules6 = "*raw\n" + ndRules("PREROUTING", "ACCEPT") +
+		drop("ban6", "6", "-m addrtype --dst-type LOCAL") + "-A PREROUTING -d ff00::/8 ! -i lo -m set --match-set ban6 src -m set ! --match-set protect6 src -j DROP\n" +
+		drop("b6", "6", "-m addrtype --dst-type LOCAL") + "-A PREROUTING -d ff00::/8 ! -i lo -m set --match-set b6 src -m set ! --match-set protect6 src -j DROP\n" +
+		"COMMIT\n" + head + ndRules("INPUT", "ACCEPT") + "-A INPUT -m conntrack --ctstate INVALID -j DROP\n"
+	for _, t := range []string{"1", "2", "3", "4"} {
+		rules6 += "-A INPUT -p ipv6-icmp --icmpv6-type " + t + " -j ACCEPT\n"
+	}
+	for _, t := range []string{"130", "131", "132", "143"} {
+		rules6 += "-A INPUT -s fe80::/10 -p ipv6-icmp --icmpv6-type " + t + " -j ACCEPT\n"
+	}
+	rules6 += "-A INPUT -s fe80::/10 -p udp --sport 547 --dport 546 -j ACCEPT\n" + tail
+	return sets, rules4, rules6
 }
 
 var nftHandle = regexp.MustCompile(`^\s*(.*?)\s*# handle (\d+)$`)
