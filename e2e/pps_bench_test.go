@@ -70,13 +70,15 @@ func BenchmarkPacketRate(b *testing.B) {
 	}
 	var vs []*variant
 	// MOAT_PPS_ONLY (a regular expression) keeps only the variants it
-	// matches, besides the baselines every ratio needs.
+	// matches, besides the baselines every ratio needs (with
+	// MOAT_PPS_STRICT=1 those too: one variant alone, for a profile).
 	var only *regexp.Regexp
 	if s := os.Getenv("MOAT_PPS_ONLY"); s != "" {
 		only = regexp.MustCompile(s)
 	}
+	strict := os.Getenv("MOAT_PPS_STRICT") == "1"
 	add := func(name, backend, base string, setup func(b *testing.B, topo *lab.Topology, dir string)) {
-		if only != nil && name != "no-firewall" && !strings.HasPrefix(name, "hand-") && !only.MatchString(name) {
+		if only != nil && (strict || name != "no-firewall" && !strings.HasPrefix(name, "hand-")) && !only.MatchString(name) {
 			return
 		}
 		if base != "" && !slices.ContainsFunc(vs, func(v *variant) bool { return v.name == base }) {

@@ -116,6 +116,9 @@ func Compile(p *policy.Policy) *Ruleset {
 			c.Rules = Builtins(h)
 		}
 		c.Rules = append(c.Rules, compileRules(rs, h, user)...)
+		if sinkOn {
+			c.Rules = sinkBuiltins(c.Rules)
+		}
 		if h == Input {
 			c.Rules = append(c.Rules, compileTrap(rs, p, def)...)
 		}
