@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -233,4 +236,141 @@ func (e *env) moatKernel() string {
 		}
 	}
 	return b.String()
+}
+
+// TestKillDuringFirstEnable kills the first `moat enable` of a 50k-rule
+// policy (no rules of moat's in the kernel before) at random points. On
+// nftables that apply is two transactions: the filled policy sets in a
+// table with no chain, then the chains and rules. After each kill the
+// kernel must filter as before (no chain of moat's: a table that holds
+// only sets filters nothing) or hold the whole new ruleset (iptables: or
+// moat reports the families split, as TestKillDuringKernelApply); the next
+// command settles what the journal says (status, read only, names the
+// interrupted command and sees no drift), and real packets prove the
+// policy once enabled.
+func TestKillDuringFirstEnable(t *testing.T) {
+	t.Parallel()
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			requireBackend(t, backend)
+			e := newEnv(t, backend, false)
+			ctx := context.Background()
+			view, split := viewOf(backend, e.topo.Server)
+			pol := bigPolicy(0, "allow 80/tcp\n")
+			start := time.Now()
+			e.apply(pol)
+			took := time.Since(start)
+			want, err := view.Fingerprint(ctx)
+			if err != nil || want == "" {
+				t.Fatalf("fingerprint: %q %v", want, err)
+			}
+			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
+			counts := map[string]int{}
+			for k := 0; k < 6; k++ {
+				e.mustMoat("disable")
+				if fp, _ := view.Fingerprint(ctx); fp != "" {
+					t.Fatalf("kill %d: moat's rules are still loaded after disable", k)
+				}
+				delay := took/5 + time.Duration(rng.Int64N(int64(took)))
+				exited := e.killMoatAfter(delay, "enable", "--force")
+				fp, err := view.Fingerprint(ctx)
+				if err != nil {
+					t.Fatalf("kill %d: fingerprint: %v", k, err)
+				}
+				chains := ""
+				if backend == "nftables" {
+					out, _ := e.topo.Server.Run(ctx, "nft", "list", "chains", "inet", "moat")
+					chains = strings.TrimSpace(strings.Join(regexpChains.FindAllString(string(out), -1), " "))
+				}
+				switch {
+				case fp == want:
+					counts["new"]++
+				case exited:
+					t.Fatalf("kill %d: moat finished but the kernel does not hold its ruleset:\n%s", k, e.moatKernel())
+				case fp == "":
+					counts["old"]++
+				case backend == "nftables" && chains == "":
+					counts["old, sets loaded"]++
+				default:
+					// iptables: one family's restore committed, the
+					// other's not; moat must say so.
+					if s, err := split(ctx); err != nil || s == "" {
+						t.Fatalf("kill %d after %v: the kernel holds part of moat's ruleset (chains %q) and no split is reported (%v):\n%.3000s", k, delay, chains, err, e.moatKernel())
+					}
+					counts["split"]++
+				}
+				// status (read only) names the interrupted command, and
+				// sees no drift; the next command settles it.
+				st := e.mustMoat("status")
+				if strings.Contains(st, "changed outside moat") {
+					t.Errorf("kill %d: status after the interrupted enable sees drift:\n%s", k, st)
+				}
+				e.mustMoat("enable", "--force")
+				if fp, _ := view.Fingerprint(ctx); fp != want {
+					t.Fatalf("kill %d: the enable after it did not load the ruleset:\n%.3000s", k, e.moatKernel())
+				}
+			}
+			t.Logf("%s: %v", backend, counts)
+			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+				t.Errorf("status sees drift:\n%s", st)
+			}
+			e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp 192.0.2.1:80 open",
+				"client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout")
+		})
+	}
+}
+
+var regexpChains = regexp.MustCompile(`chain \S+`)
+
+// A kill between the first enable's two nftables transactions (here: the
+// nft that would load the chains kills moat instead) leaves a table of
+// filled sets and no chain: nothing filters (real packets), status names
+// the interrupted command and sees no drift, and the next command undoes
+// it (the table goes with the interrupted change) and applies.
+func TestKillBetweenStageAndRules(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	real, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ]; then kill -9 $PPID; exit 1; fi\nexec "+real+" \"$@\"\n")
+	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:ffff::/48\n")
+	ctx := context.Background()
+	out, err := e.topo.Server.Run(ctx, "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
+	if err == nil {
+		t.Fatalf("moat was not killed:\n%s", out)
+	}
+	table, err := e.topo.Server.Run(ctx, "nft", "list", "table", "inet", "moat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(table), "chain ") || !strings.Contains(string(table), "198.51.100.0/24") {
+		t.Fatalf("the kill did not fall between the two transactions:\n%s", table)
+	}
+	e.expect(false, "client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:443 open")
+	st := e.mustMoat("status")
+	if !strings.Contains(st, "INTERRUPTED") || strings.Contains(st, "changed outside moat") {
+		t.Errorf("status after the kill:\n%s", st)
+	}
+	// The next change undoes the interrupted enable (moat was not
+	// enabled before it: the table goes) and only edits the file.
+	e.mustMoat("allow", "80/tcp")
+	if out, err := e.topo.Server.Run(ctx, "nft", "list", "table", "inet", "moat"); err == nil {
+		t.Errorf("moat's table is still there after the interrupted enable was undone:\n%s", out)
+	}
+	if st := e.mustMoat("status"); strings.Contains(st, "INTERRUPTED") || !strings.Contains(st, "inactive") {
+		t.Errorf("status after the next command:\n%s", st)
+	}
+	e.mustMoat("enable")
+	e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout")
+	if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+		t.Errorf("status after the enable:\n%s", st)
+	}
 }

@@ -284,16 +284,20 @@ func parsePrefix(v string) (netip.Prefix, error) {
 // difference when the sync chain says what the table holds, else the whole
 // table. With netlink, a change of policy set elements alone is a netlink
 // batch of element deletes and adds (see netlinkPatch).
-func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full, netlink bool) (*Plan, error) {
+//
+// stageAt, when not 0, is the ruleset generation read before the plan
+// reads the table: a whole plan into a table that is not there then
+// stages its filled policy sets (stage.go), to be committed at stageAt.
+func (b *Backend) plan(ctx context.Context, rs *ruleset.Ruleset, full, netlink bool, stageAt uint32) (*Plan, error) {
 	d := want(rs)
-	p, err := b.planFor(ctx, d, full, netlink)
+	p, err := b.planFor(ctx, d, full, netlink, stageAt)
 	if p != nil {
 		p.want = d
 	}
 	return p, err
 }
 
-func (b *Backend) planFor(ctx context.Context, d *desired, full, netlink bool) (*Plan, error) {
+func (b *Backend) planFor(ctx context.Context, d *desired, full, netlink bool, stageAt uint32) (*Plan, error) {
 	if !full {
 		var gen uint32
 		if netlink {
@@ -333,7 +337,15 @@ func (b *Backend) planFor(ctx context.Context, d *desired, full, netlink bool) (
 	if err != nil {
 		return nil, err
 	}
-	return fullPlanMigrating(b.newPlan(), d, existing, migrate), nil
+	p := b.newPlan()
+	if stageAt != 0 && b.Netlink && b.NFT == nil && len(existing) == 0 {
+		// No object listed: no table (or an empty one, and then the
+		// stage, which creates the table, is refused and nft does it all).
+		if p.pre, p.staged = stage(d); p.pre != nil {
+			p.gen = stageAt
+		}
+	}
+	return fullPlanMigrating(p, d, existing, migrate), nil
 }
 
 // maxNetlinkElems bounds the element deletes and adds of one netlink
@@ -436,7 +448,7 @@ func (b *Backend) banSetsToMigrate(ctx context.Context, d *desired, existing map
 // Check asks the kernel whether rs would load (nft --check), changing
 // nothing. It checks the whole table, not only a difference.
 func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) error {
-	p, err := b.plan(ctx, rs, true, false)
+	p, err := b.plan(ctx, rs, true, false, 0)
 	if err != nil {
 		return fmt.Errorf("nftables check: %w", err)
 	}
@@ -456,7 +468,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	// if nothing else was committed since the table was read (a chain
 	// added by hand after the read is not among those a rewrite deletes).
 	pre, preErr := b.generation()
-	p, err := b.plan(ctx, rs, b.Full, b.Netlink)
+	p, err := b.plan(ctx, rs, b.Full, b.Netlink, stageGen(pre, preErr))
 	if err != nil {
 		return fmt.Errorf("nftables apply: %w", err)
 	}
@@ -472,8 +484,26 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		// through nft, refilling the changed sets.
 		netlink := errors.Is(err, errGenerationMoved) && try < 3
 		pre, preErr = b.generation()
-		if p, err = b.plan(ctx, rs, b.Full, netlink); err != nil {
+		if p, err = b.plan(ctx, rs, b.Full, netlink, stageGen(pre, preErr)); err != nil {
 			return fmt.Errorf("nftables apply: %w", err)
+		}
+	}
+	staged := false
+	if p.pre != nil {
+		if b.beforeSend != nil {
+			b.beforeSend()
+		}
+		if err := p.pre.send(p.gen); err == nil {
+			// Committed alone at p.gen (the kernel refuses the stage at
+			// any other generation), right after the plan's read.
+			staged, pre, preErr = true, p.gen+1, nil
+		} else {
+			// Nothing was committed: another change came first, or the
+			// table was there. The whole table through nft alone.
+			pre, preErr = b.generation()
+			if p, err = b.plan(ctx, rs, b.Full, false, 0); err != nil {
+				return fmt.Errorf("nftables apply: %w", err)
+			}
 		}
 	}
 	if p.Empty() {
@@ -484,12 +514,24 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		b.beforeCommit()
 	}
 	if err := b.commit(ctx, p, false); err != nil {
+		if staged {
+			err = unstage(err)
+		}
 		return fmt.Errorf("nftables apply: %w", err)
 	}
 	b.track(pre, preErr)
 	b.committedWhole = b.committed && p.Full
 	b.saveSets(p)
 	return nil
+}
+
+// stageGen is the generation a plan may stage at: 0 (none) when it is
+// unknown.
+func stageGen(gen uint32, err error) uint32 {
+	if err != nil {
+		return 0
+	}
+	return gen
 }
 
 // generation reads the ruleset generation when this backend writes over

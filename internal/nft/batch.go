@@ -110,35 +110,40 @@ func (b *batch) elements(op elemOp, set string, els []elem) {
 	case deleteElems:
 		typ = unix.NFT_MSG_DELSETELEM
 	}
-	var list []netlink.Attribute
-	size := 0
+	// The element list is written as netlink.MarshalAttributes writes it,
+	// without an allocation per element (200,000 of them at 100,000
+	// networks).
+	var list, one []byte
 	flush := func() {
 		if len(list) == 0 {
-			return
-		}
-		nested, err := netlink.MarshalAttributes(list)
-		if err != nil {
-			b.err = errors.Join(b.err, err)
 			return
 		}
 		b.add(typ, flags, []netlink.Attribute{
 			{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(TableName + "\x00")},
 			{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
-			{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: nested},
+			{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: list},
 		})
-		list, size = nil, 0
+		list = nil
 	}
 	for _, e := range els {
-		data, err := e.attrs()
-		if err != nil {
-			b.err = errors.Join(b.err, err)
-			return
+		one = one[:0]
+		if e.timeout == 0 && e.comment == "" && !e.open {
+			one = appendIntervalElem(one, e.key.AsSlice(), e.end)
+		} else {
+			data, err := e.attrs()
+			if err != nil {
+				b.err = errors.Join(b.err, err)
+				return
+			}
+			one = appendAttr(one, unix.NLA_F_NESTED|unix.NFTA_LIST_ELEM, data)
 		}
-		if size+len(data)+8 > listBytes {
+		if len(list)+len(one)+4 > listBytes {
 			flush()
 		}
-		list = append(list, netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: data})
-		size += len(data) + 8
+		if list == nil {
+			list = make([]byte, 0, listBytes)
+		}
+		list = append(list, one...)
 	}
 	flush()
 }

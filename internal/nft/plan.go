@@ -374,6 +374,11 @@ type Plan struct {
 	save map[string]StoredSet
 	// want is the table the plan makes.
 	want *desired
+	// pre, when set, is the stage (stage.go): a netlink transaction,
+	// committed first at generation gen, that creates the table and the
+	// sets in staged filled; the plan only declares those sets.
+	pre    *batch
+	staged map[string]bool
 }
 
 // loaded notes what a policy set is loaded with, for the element store.
@@ -541,7 +546,11 @@ func fullPlanMigrating(p *Plan, d *desired, existing map[string][]string, migrat
 			p.tx().Delete(&knftables.Set{Name: s.set.Name})
 		}
 		if s.kind == policySet {
-			p.addSet(s.set, prefixStrings(s.elems()))
+			if p.staged[s.set.Name] {
+				p.tx().Add(s.set)
+			} else {
+				p.addSet(s.set, prefixStrings(s.elems()))
+			}
 			p.loaded(s)
 		} else {
 			p.tx().Add(s.set)
