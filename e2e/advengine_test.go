@@ -41,84 +41,74 @@ func (e *env) waitRolledBack(wait time.Duration) {
 // first write, so the watchdog retried in silence (its log is on the same
 // disk) and 443 stayed open.
 func TestRollbackOnFullStateDisk(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			dir := e.stateDir()
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				t.Fatal(err)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		dir := e.stateDir()
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256k,mode=0700"); err != nil {
+			t.Skipf("mount tmpfs: %v", err)
+		}
+		t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+		e.apply(engineBase)
+		// 5s: the probes below must come before the deadline, also on
+		// a loaded machine.
+		e.mustMoat("--confirm", "5s", "--no-wait", "allow", "443/tcp")
+		e.expect(false, "client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:443 open")
+		f, err := os.Create(filepath.Join(dir, "fill"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		for {
+			if _, err := f.Write(buf); err != nil {
+				break
 			}
-			if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256k,mode=0700"); err != nil {
-				t.Skipf("mount tmpfs: %v", err)
-			}
-			t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-			e.apply(engineBase)
-			// 5s: the probes below must come before the deadline, also on
-			// a loaded machine.
-			e.mustMoat("--confirm", "5s", "--no-wait", "allow", "443/tcp")
-			e.expect(false, "client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:443 open")
-			f, err := os.Create(filepath.Join(dir, "fill"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			buf := make([]byte, 4096)
-			for {
-				if _, err := f.Write(buf); err != nil {
-					break
-				}
-			}
-			_ = f.Close()
-			e.waitRolledBack(10 * time.Second)
-			e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:22 open")
-			if got := e.policyFile(); got != engineBase {
-				t.Errorf("policy file after the rollback:\n%s", got)
-			}
-			if err := os.Remove(filepath.Join(dir, "fill")); err != nil {
-				t.Fatal(err)
-			}
-			e.mustMoat("allow", "80/tcp")
-			e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:80 open")
-		})
-	}
+		}
+		_ = f.Close()
+		e.waitRolledBack(10 * time.Second)
+		e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:22 open")
+		if got := e.policyFile(); got != engineBase {
+			t.Errorf("policy file after the rollback:\n%s", got)
+		}
+		if err := os.Remove(filepath.Join(dir, "fill")); err != nil {
+			t.Fatal(err)
+		}
+		e.mustMoat("allow", "80/tcp")
+		e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:80 open")
+	})
 }
 
 // The watchdog is killed (kill -9, the OOM killer, 'pkill moat'): status
 // says so, and the next state-changing command starts a new one that rolls
 // the change back at its deadline. Nothing rolled it back before.
 func TestKilledWatchdogIsReplaced(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			e.apply(engineBase)
-			// 10s: status and the next command must come before the
-			// deadline, also on a loaded machine.
-			e.mustMoat("--confirm", "10s", "--no-wait", "allow", "443/tcp")
-			if err := syscall.Kill(e.watchdogPID(), syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(100 * time.Millisecond)
-			if out := e.mustMoat("status"); !strings.Contains(out, "is gone") {
-				t.Errorf("status does not say the watchdog is gone:\n%s", out)
-			}
-			// Any state-changing command (this one is refused: a change is
-			// pending) starts a new watchdog.
-			out, _ := e.moat("allow", "8080/tcp")
-			if !strings.Contains(out, "a new one") {
-				t.Errorf("the new watchdog was not reported:\n%s", out)
-			}
-			e.assertNoWatchdogLeftAfter(func() { e.waitRolledBack(20 * time.Second) })
-			e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:22 open")
-			if got := e.policyFile(); got != engineBase {
-				t.Errorf("policy file after the rollback:\n%s", got)
-			}
-		})
-	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply(engineBase)
+		// 10s: status and the next command must come before the
+		// deadline, also on a loaded machine.
+		e.mustMoat("--confirm", "10s", "--no-wait", "allow", "443/tcp")
+		if err := syscall.Kill(e.watchdogPID(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if out := e.mustMoat("status"); !strings.Contains(out, "is gone") {
+			t.Errorf("status does not say the watchdog is gone:\n%s", out)
+		}
+		// Any state-changing command (this one is refused: a change is
+		// pending) starts a new watchdog.
+		out, _ := e.moat("allow", "8080/tcp")
+		if !strings.Contains(out, "a new one") {
+			t.Errorf("the new watchdog was not reported:\n%s", out)
+		}
+		e.assertNoWatchdogLeftAfter(func() { e.waitRolledBack(20 * time.Second) })
+		e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:22 open")
+		if got := e.policyFile(); got != engineBase {
+			t.Errorf("policy file after the rollback:\n%s", got)
+		}
+	})
 }
 
 func (e *env) assertNoWatchdogLeftAfter(fn func()) {
@@ -133,46 +123,41 @@ func (e *env) assertNoWatchdogLeftAfter(fn func()) {
 // ruleset saved before the change, and the change must leave moat.conf
 // too: it stayed there and the next plain 'moat allow' opened 443 again.
 func TestRestartDropsUnconfirmedChange(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			e.apply(engineBase)
-			e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
-			e.expect(false, "client tcp 192.0.2.1:443 open")
-			if err := syscall.Kill(e.watchdogPID(), syscall.SIGKILL); err != nil {
-				t.Fatal(err)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply(engineBase)
+		e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
+		e.expect(false, "client tcp 192.0.2.1:443 open")
+		if err := syscall.Kill(e.watchdogPID(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		p := e.pendingFile()
+		p["boot_id"] = "an-earlier-boot"
+		data, _ := json.Marshal(p)
+		writeFile(t, filepath.Join(e.stateDir(), "pending.json"), string(data))
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		flush := [][]string{{"nft", "flush", "ruleset"}}
+		if b == "iptables" {
+			flush = [][]string{{"iptables", "-F"}, {"iptables", "-X"}, {"ip6tables", "-F"}, {"ip6tables", "-X"},
+				{"iptables", "-t", "raw", "-F"}, {"iptables", "-t", "raw", "-X"}, {"ip6tables", "-t", "raw", "-F"}, {"ip6tables", "-t", "raw", "-X"}, {"ipset", "destroy"}}
+		}
+		for _, c := range flush {
+			if out, err := e.topo.Server.Run(ctx, c[0], c[1:]...); err != nil {
+				t.Fatalf("%v: %v\n%s", c, err, out)
 			}
-			p := e.pendingFile()
-			p["boot_id"] = "an-earlier-boot"
-			data, _ := json.Marshal(p)
-			writeFile(t, filepath.Join(e.stateDir(), "pending.json"), string(data))
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			flush := [][]string{{"nft", "flush", "ruleset"}}
-			if b == "iptables" {
-				flush = [][]string{{"iptables", "-F"}, {"iptables", "-X"}, {"ip6tables", "-F"}, {"ip6tables", "-X"},
-					{"iptables", "-t", "raw", "-F"}, {"iptables", "-t", "raw", "-X"}, {"ip6tables", "-t", "raw", "-F"}, {"ip6tables", "-t", "raw", "-X"}, {"ipset", "destroy"}}
-			}
-			for _, c := range flush {
-				if out, err := e.topo.Server.Run(ctx, c[0], c[1:]...); err != nil {
-					t.Fatalf("%v: %v\n%s", c, err, out)
-				}
-			}
-			e.mustMoat("restore")
-			e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:22 open")
-			if got := e.policyFile(); got != engineBase {
-				t.Errorf("policy file after the restart:\n%s", got)
-			}
-			e.mustMoat("allow", "80/tcp")
-			e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:80 open")
-			if out, _ := e.moat("confirm"); !strings.Contains(out, "restarted") {
-				t.Errorf("confirm does not say the restart ended the change:\n%s", out)
-			}
-		})
-	}
+		}
+		e.mustMoat("restore")
+		e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:22 open")
+		if got := e.policyFile(); got != engineBase {
+			t.Errorf("policy file after the restart:\n%s", got)
+		}
+		e.mustMoat("allow", "80/tcp")
+		e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:80 open")
+		if out, _ := e.moat("confirm"); !strings.Contains(out, "restarted") {
+			t.Errorf("confirm does not say the restart ended the change:\n%s", out)
+		}
+	})
 }
 
 // The watchdog is killed while the command that armed it waits in the

@@ -269,3 +269,17 @@ func requireBackend(t *testing.T, name string) {
 		}
 	}
 }
+
+// eachBackend runs fn in parallel subtests, one per backend (its tools
+// checked first), and makes t parallel too.
+func eachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
+	t.Helper()
+	t.Parallel()
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			requireBackend(t, b)
+			t.Parallel()
+			fn(t, b)
+		})
+	}
+}
