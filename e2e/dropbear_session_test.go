@@ -101,35 +101,30 @@ func (e *env) dropbearLogin(key string) *session {
 // ban would drop the live flow before conntrack); it still bans another
 // address for the same lines.
 func TestGuardSparesDropbearSession(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			key := e.startDropbear()
-			logFile := filepath.Join(e.dir, "auth.log")
-			e.apply("default deny incoming\nallow 2222/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
-			admin := e.dropbearLogin(key) // from lab.ClientV4
-			e.startGuard("--log-file", logFile)
-			var lines []string
-			for i := 0; i < 3; i++ {
-				lines = append(lines,
-					fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientV4, 6000+i), // the admin
-					fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientAlt[1], 7000+i))
-			}
-			appendLines(t, logFile, lines...)
-			waitFor(t, 5*time.Second, "the other address not banned", func() bool { _, ok := e.bans()[lab.ClientAlt[1].String()]; return ok })
-			time.Sleep(300 * time.Millisecond) // every line read
-			if _, ok := e.bans()[lab.ClientV4.String()]; ok {
-				t.Errorf("the dropbear admin's address was banned: %v", e.bans())
-			}
-			if err := admin.alive(2 * time.Second); err != nil {
-				t.Fatalf("the admin's dropbear session: %v", err)
-			}
-			if log := e.guardLog(); !strings.Contains(log, "it has a logged-in SSH session here") || !strings.Contains(log, "address="+lab.ClientV4.String()) {
-				t.Errorf("no refusal logged for the admin:\n%s", log)
-			}
-		})
-	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		key := e.startDropbear()
+		logFile := filepath.Join(e.dir, "auth.log")
+		e.apply("default deny incoming\nallow 2222/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
+		admin := e.dropbearLogin(key) // from lab.ClientV4
+		e.startGuard("--log-file", logFile)
+		var lines []string
+		for i := 0; i < 3; i++ {
+			lines = append(lines,
+				fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientV4, 6000+i), // the admin
+				fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientAlt[1], 7000+i))
+		}
+		appendLines(t, logFile, lines...)
+		waitFor(t, 5*time.Second, "the other address not banned", func() bool { _, ok := e.bans()[lab.ClientAlt[1].String()]; return ok })
+		time.Sleep(300 * time.Millisecond) // every line read
+		if _, ok := e.bans()[lab.ClientV4.String()]; ok {
+			t.Errorf("the dropbear admin's address was banned: %v", e.bans())
+		}
+		if err := admin.alive(2 * time.Second); err != nil {
+			t.Fatalf("the admin's dropbear session: %v", err)
+		}
+		if log := e.guardLog(); !strings.Contains(log, "it has a logged-in SSH session here") || !strings.Contains(log, "address="+lab.ClientV4.String()) {
+			t.Errorf("no refusal logged for the admin:\n%s", log)
+		}
+	})
 }

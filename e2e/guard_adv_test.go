@@ -73,53 +73,48 @@ func (e *env) wrongKeysFromPort(srv *sshd, src netip.Addr, port int, dst netip.A
 // every later one with the same address and port: one failure counted,
 // however many connections. Both backends, IPv4 and IPv6.
 func TestGuardFixedSourcePort(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			logFile := filepath.Join(e.dir, "sshd.log")
-			srv := e.startSSHDWith(22, "", logFile)
-			e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
-			e.startGuard("--log-file", logFile)
-			// More keys than MaxAuthTries (6): sshd ends each connection with
-			// "Too many authentication failures", logged at INFO.
-			keys := srv.wrongKeys(7)
-			for _, c := range []struct{ src, dst netip.Addr }{{lab.ClientAlt[0], lab.ServerV4}, {lab.ClientAlt[2], lab.ServerV6}} {
-				for i := 1; i <= 3; i++ {
-					if err := e.wrongKeysFromPort(srv, c.src, 40022, c.dst, keys); err != nil {
-						t.Fatalf("connection %d from %s port 40022: %v", i, c.src, err)
-					}
-					// Asked of the ban list, not by a probe: a probe that
-					// sends no banner counts too (weak).
-					if i == 3 {
-						// How soon the guard reads the lines depends on the
-						// machine's load (a fixed 300ms failed under the
-						// parallel CI run): the ban is waited for.
-						waitFor(t, 5*time.Second, c.src.String()+" not banned after 3 connections from port 40022 with only wrong keys (maxretry 3)", func() bool {
-							_, banned := e.bans()[c.src.String()]
-							return banned
-						})
-						continue
-					}
-					time.Sleep(300 * time.Millisecond) // the guard has read the lines, unless the machine is very busy
-					if _, banned := e.bans()[c.src.String()]; banned {
-						data, _ := os.ReadFile(logFile)
-						t.Fatalf("after %d connections from %s port 40022 with only wrong keys: banned (maxretry 3)\nsshd log:\n%s", i, c.src, data)
-					}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		logFile := filepath.Join(e.dir, "sshd.log")
+		srv := e.startSSHDWith(22, "", logFile)
+		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
+		e.startGuard("--log-file", logFile)
+		// More keys than MaxAuthTries (6): sshd ends each connection with
+		// "Too many authentication failures", logged at INFO.
+		keys := srv.wrongKeys(7)
+		for _, c := range []struct{ src, dst netip.Addr }{{lab.ClientAlt[0], lab.ServerV4}, {lab.ClientAlt[2], lab.ServerV6}} {
+			for i := 1; i <= 3; i++ {
+				if err := e.wrongKeysFromPort(srv, c.src, 40022, c.dst, keys); err != nil {
+					t.Fatalf("connection %d from %s port 40022: %v", i, c.src, err)
 				}
-				if out := e.probeSSH(c.src, c.dst); out != lab.Timeout {
-					t.Errorf("%s banned, but its packets pass: %s", c.src, out)
+				// Asked of the ban list, not by a probe: a probe that
+				// sends no banner counts too (weak).
+				if i == 3 {
+					// How soon the guard reads the lines depends on the
+					// machine's load (a fixed 300ms failed under the
+					// parallel CI run): the ban is waited for.
+					waitFor(t, 5*time.Second, c.src.String()+" not banned after 3 connections from port 40022 with only wrong keys (maxretry 3)", func() bool {
+						_, banned := e.bans()[c.src.String()]
+						return banned
+					})
+					continue
+				}
+				time.Sleep(300 * time.Millisecond) // the guard has read the lines, unless the machine is very busy
+				if _, banned := e.bans()[c.src.String()]; banned {
+					data, _ := os.ReadFile(logFile)
+					t.Fatalf("after %d connections from %s port 40022 with only wrong keys: banned (maxretry 3)\nsshd log:\n%s", i, c.src, data)
 				}
 			}
-			// A colleague from another address is not affected.
-			if !srv.loginWithKeys(lab.ClientV4, lab.ServerV4, append(append([]string{}, keys[:2]...), srv.key)) {
-				t.Errorf("colleague locked out: %v", e.bans())
+			if out := e.probeSSH(c.src, c.dst); out != lab.Timeout {
+				t.Errorf("%s banned, but its packets pass: %s", c.src, out)
 			}
-			e.agree(logFile, 3, 0.5)
-		})
-	}
+		}
+		// A colleague from another address is not affected.
+		if !srv.loginWithKeys(lab.ClientV4, lab.ServerV4, append(append([]string{}, keys[:2]...), srv.key)) {
+			t.Errorf("colleague locked out: %v", e.bans())
+		}
+		e.agree(logFile, 3, 0.5)
+	})
 }
 
 // Long bans reach the kernel. nft (1.0.6) refused a timeout written with
@@ -130,50 +125,45 @@ func TestGuardFixedSourcePort(t *testing.T) {
 // 2147483 s (24.8 days), which bantime-max allows: such a ban is held
 // that long. Both backends, IPv4 and IPv6.
 func TestGuardLongBans(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			logFile := filepath.Join(e.dir, "sshd.log")
-			e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
-			// Each failed attempt logs two failures (Invalid user, Failed
-			// password).
-			e.apply("default allow incoming\nguard sshd maxretry 2 bantime 2d bantime-max 365d weak 0\n")
-			e.startGuard("--log-file", logFile)
-			for _, c := range []struct{ src, dst netip.Addr }{{lab.ClientAlt[0], lab.ServerV4}, {lab.ClientAlt[2], lab.ServerV6}} {
-				if err := e.failLogin(c.src, c.dst, "nobody-here"); err != nil {
-					t.Fatal(err)
-				}
-				waitFor(t, 5*time.Second, c.src.String()+" not banned for 2d", func() bool {
-					return e.bans()[c.src.String()].SecondsLeft > 47*3600
-				})
-				if out := e.probeSSH(c.src, c.dst); out != lab.Timeout {
-					t.Errorf("%s banned, but its packets pass: %s", c.src, out)
-				}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		logFile := filepath.Join(e.dir, "sshd.log")
+		e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
+		// Each failed attempt logs two failures (Invalid user, Failed
+		// password).
+		e.apply("default allow incoming\nguard sshd maxretry 2 bantime 2d bantime-max 365d weak 0\n")
+		e.startGuard("--log-file", logFile)
+		for _, c := range []struct{ src, dst netip.Addr }{{lab.ClientAlt[0], lab.ServerV4}, {lab.ClientAlt[2], lab.ServerV6}} {
+			if err := e.failLogin(c.src, c.dst, "nobody-here"); err != nil {
+				t.Fatal(err)
 			}
-			// Never a client's address: refused, nothing in the set.
-			if out, err := e.moat("ban", "255.255.255.255"); err == nil {
-				t.Errorf("banned the limited broadcast: %s", out)
+			waitFor(t, 5*time.Second, c.src.String()+" not banned for 2d", func() bool {
+				return e.bans()[c.src.String()].SecondsLeft > 47*3600
+			})
+			if out := e.probeSSH(c.src, c.dst); out != lab.Timeout {
+				t.Errorf("%s banned, but its packets pass: %s", c.src, out)
 			}
-			// Manual bans of 30 days and 100 weeks.
-			e.mustMoat("ban", "192.0.2.4", "--for", "30d")
-			e.mustMoat("ban", "2001:db8::4", "--for", "100w")
-			want := map[string]int64{"192.0.2.4": 30 * 86400, "2001:db8::4": 100 * 7 * 86400}
-			if b == "iptables" {
-				want = map[string]int64{"192.0.2.4": 2147483, "2001:db8::4": 2147483}
+		}
+		// Never a client's address: refused, nothing in the set.
+		if out, err := e.moat("ban", "255.255.255.255"); err == nil {
+			t.Errorf("banned the limited broadcast: %s", out)
+		}
+		// Manual bans of 30 days and 100 weeks.
+		e.mustMoat("ban", "192.0.2.4", "--for", "30d")
+		e.mustMoat("ban", "2001:db8::4", "--for", "100w")
+		want := map[string]int64{"192.0.2.4": 30 * 86400, "2001:db8::4": 100 * 7 * 86400}
+		if b == "iptables" {
+			want = map[string]int64{"192.0.2.4": 2147483, "2001:db8::4": 2147483}
+		}
+		bans := e.bans()
+		for a, w := range want {
+			if left := bans[a].SecondsLeft; left < w-5 || left > w {
+				t.Errorf("%s: %ds left, want %d", a, left, w)
 			}
-			bans := e.bans()
-			for a, w := range want {
-				if left := bans[a].SecondsLeft; left < w-5 || left > w {
-					t.Errorf("%s: %ds left, want %d", a, left, w)
-				}
-			}
-			e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.2 tcp 192.0.2.1:80 open")
-		})
-	}
+		}
+		e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.2 tcp 192.0.2.1:80 open")
+	})
 }
 
 // 'moat guard check' reads lines as the guard does: a line longer than

@@ -135,72 +135,67 @@ func (e *env) agree(logFile string, maxretry int, weak float64) {
 // wrong passwords is banned by the passwords. 'moat guard check' agrees
 // with the running guard. Both backends, IPv4 and IPv6.
 func TestGuardAgentKeys(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			logFile := filepath.Join(e.dir, "sshd.log")
-			srv := e.startSSHDWith(22, verboseSSHD, logFile)
-			e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
-			e.startGuard("--log-file", logFile)
-			two, five := srv.wrongKeys(2), srv.wrongKeys(5)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		logFile := filepath.Join(e.dir, "sshd.log")
+		srv := e.startSSHDWith(22, verboseSSHD, logFile)
+		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
+		e.startGuard("--log-file", logFile)
+		two, five := srv.wrongKeys(2), srv.wrongKeys(5)
 
-			// 20 logins each with 2 and with 5 rejected keys first.
-			for _, c := range []struct {
-				src, dst netip.Addr
-				wrong    []string
-			}{{lab.ClientV4, lab.ServerV4, two}, {lab.ClientV6, lab.ServerV6, five}} {
-				for i := 0; i < 20; i++ {
-					if !srv.loginWithKeys(c.src, c.dst, append(append([]string{}, c.wrong...), srv.key)) {
-						t.Fatalf("login %d from %s with %d wrong keys first failed (banned: %v)", i+1, c.src, len(c.wrong), e.bans())
-					}
+		// 20 logins each with 2 and with 5 rejected keys first.
+		for _, c := range []struct {
+			src, dst netip.Addr
+			wrong    []string
+		}{{lab.ClientV4, lab.ServerV4, two}, {lab.ClientV6, lab.ServerV6, five}} {
+			for i := 0; i < 20; i++ {
+				if !srv.loginWithKeys(c.src, c.dst, append(append([]string{}, c.wrong...), srv.key)) {
+					t.Fatalf("login %d from %s with %d wrong keys first failed (banned: %v)", i+1, c.src, len(c.wrong), e.bans())
 				}
 			}
-			// Only wrong keys: one failure per connection.
-			attacker := lab.ClientAlt[0]
-			for i := 1; i <= 3; i++ {
-				if srv.loginWithKeys(attacker, lab.ServerV4, five) {
-					t.Fatal("a login with wrong keys worked")
-				}
-				if i == 3 {
-					// The third failure bans: how soon the guard reads the
-					// lines depends on the machine's load (a fixed 300ms
-					// failed under the parallel CI run), so it is waited for.
-					waitFor(t, 5*time.Second, "not banned after 3 connections with only wrong keys (maxretry 3)", func() bool {
-						return e.probeSSH(attacker, lab.ServerV4) == lab.Timeout
-					})
-					continue
-				}
-				time.Sleep(300 * time.Millisecond) // the guard has read the lines, unless the machine is very busy
-				if e.probeSSH(attacker, lab.ServerV4) == lab.Timeout {
-					t.Fatalf("after %d connections with only wrong keys: banned (maxretry 3)", i)
-				}
+		}
+		// Only wrong keys: one failure per connection.
+		attacker := lab.ClientAlt[0]
+		for i := 1; i <= 3; i++ {
+			if srv.loginWithKeys(attacker, lab.ServerV4, five) {
+				t.Fatal("a login with wrong keys worked")
 			}
-			if r := e.bans()[attacker.String()].Reason; !strings.Contains(r, "failed_publickey") {
-				t.Errorf("ban reason %q", r)
+			if i == 3 {
+				// The third failure bans: how soon the guard reads the
+				// lines depends on the machine's load (a fixed 300ms
+				// failed under the parallel CI run), so it is waited for.
+				waitFor(t, 5*time.Second, "not banned after 3 connections with only wrong keys (maxretry 3)", func() bool {
+					return e.probeSSH(attacker, lab.ServerV4) == lab.Timeout
+				})
+				continue
 			}
-			// A wrong key, then wrong passwords (IPv6): the passwords ban.
-			mixed := lab.ClientAlt[2]
-			if err := e.keyThenPasswords(srv, mixed, lab.ServerV6, 3); err != nil {
-				t.Fatal(err)
+			time.Sleep(300 * time.Millisecond) // the guard has read the lines, unless the machine is very busy
+			if e.probeSSH(attacker, lab.ServerV4) == lab.Timeout {
+				t.Fatalf("after %d connections with only wrong keys: banned (maxretry 3)", i)
 			}
-			waitFor(t, 3*time.Second, mixed.String()+" not banned after 3 wrong passwords", func() bool {
-				return e.probeSSH(mixed, lab.ServerV6) == lab.Timeout
-			})
-			if r := e.bans()[mixed.String()].Reason; !strings.Contains(r, "failed_password") {
-				t.Errorf("ban reason %q; want the password failures", r)
-			}
-			// The colleagues were never banned, and still log in.
-			for _, c := range []struct{ src, dst netip.Addr }{{lab.ClientV4, lab.ServerV4}, {lab.ClientV6, lab.ServerV6}} {
-				if _, banned := e.bans()[c.src.String()]; banned || !srv.loginWithKeys(c.src, c.dst, append(append([]string{}, five...), srv.key)) {
-					t.Errorf("colleague %s banned or locked out: %v", c.src, e.bans())
-				}
-			}
-			e.agree(logFile, 3, 0.5)
+		}
+		if r := e.bans()[attacker.String()].Reason; !strings.Contains(r, "failed_publickey") {
+			t.Errorf("ban reason %q", r)
+		}
+		// A wrong key, then wrong passwords (IPv6): the passwords ban.
+		mixed := lab.ClientAlt[2]
+		if err := e.keyThenPasswords(srv, mixed, lab.ServerV6, 3); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 3*time.Second, mixed.String()+" not banned after 3 wrong passwords", func() bool {
+			return e.probeSSH(mixed, lab.ServerV6) == lab.Timeout
 		})
-	}
+		if r := e.bans()[mixed.String()].Reason; !strings.Contains(r, "failed_password") {
+			t.Errorf("ban reason %q; want the password failures", r)
+		}
+		// The colleagues were never banned, and still log in.
+		for _, c := range []struct{ src, dst netip.Addr }{{lab.ClientV4, lab.ServerV4}, {lab.ClientV6, lab.ServerV6}} {
+			if _, banned := e.bans()[c.src.String()]; banned || !srv.loginWithKeys(c.src, c.dst, append(append([]string{}, five...), srv.key)) {
+				t.Errorf("colleague %s banned or locked out: %v", c.src, e.bans())
+			}
+		}
+		e.agree(logFile, 3, 0.5)
+	})
 }
 
 // keyThenPasswords makes one connection offering a wrong key, then n

@@ -51,82 +51,77 @@ func (e *env) guardLog() string {
 // against the client; the admin's session stays up; 'moat ban' refuses
 // the server's addresses even with --force.
 func TestGuardNeverBansServer(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			logFile := filepath.Join(e.dir, "sshd.log")
-			srv := e.startSSHDWith(22, verboseSSHD, logFile)
-			e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
-			admin := srv.login(lab.ServerV4) // from lab.ClientV4
-			e.startGuard("--log-file", logFile)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		logFile := filepath.Join(e.dir, "sshd.log")
+		srv := e.startSSHDWith(22, verboseSSHD, logFile)
+		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
+		admin := srv.login(lab.ServerV4) // from lab.ClientV4
+		e.startGuard("--log-file", logFile)
 
-			var lines []string
-			for i := 0; i < 3; i++ {
-				lines = append(lines,
-					fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ServerV4, 5000+i),
-					fmt.Sprintf("Failed password for invalid user x from %s port %d ssh2", lab.ServerV6, 5000+i),
-					fmt.Sprintf("Invalid user x from 127.0.0.1 port %d", 5000+i),
-					fmt.Sprintf("Invalid user x from ::1 port %d", 5000+i),
-					fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientV4, 6000+i), // the admin
-					// OpenSSH 9.8: server first; 9.9: client first.
-					fmt.Sprintf("Timeout before authentication for connection from %s to %s, pid = %d", lab.ServerV4, lab.ClientAlt[1], 900+i),
-					fmt.Sprintf("Timeout before authentication for connection from %s to %s, pid = %d", lab.ClientAlt[3], lab.ServerV6, 910+i),
-					// Neither is the server's: which is the client is unknown.
-					fmt.Sprintf("Timeout before authentication for connection from 203.0.113.5 to 203.0.113.6, pid = %d", 920+i),
-				)
-			}
-			appendLines(t, logFile, lines...)
-			want := map[string]bool{lab.ClientAlt[1].String(): true, lab.ClientAlt[3].String(): true}
-			waitFor(t, 5*time.Second, "the clients of the timeout lines not banned", func() bool {
-				bans := e.bans()
-				return len(bans) >= 2
-			})
-			time.Sleep(300 * time.Millisecond) // every line read
-			for a := range e.bans() {
-				if !want[a] {
-					t.Errorf("banned %s", a)
-				}
-			}
-			if len(e.bans()) != 2 {
-				t.Errorf("bans %v; want %v", e.bans(), want)
-			}
-			if err := admin.alive(2 * time.Second); err != nil {
-				t.Fatalf("the admin's session: %v", err)
-			}
-			for _, dst := range []netip.Addr{lab.ServerV4, lab.ServerV6} {
-				if !srv.canLogin(dst) {
-					t.Errorf("new login to %s failed", dst)
-				}
-			}
-			log := e.guardLog()
-			for _, s := range []string{
-				"refused to ban", "address=" + lab.ServerV4.String(), "address=" + lab.ServerV6.String(), "address=" + lab.ClientV4.String(),
-				"it is an address of this host", "it has a logged-in SSH session here",
-				`line="Failed password for root from ` + lab.ServerV4.String(),
-			} {
-				if !strings.Contains(log, s) {
-					t.Errorf("guard log lacks %q:\n%s", s, log)
-				}
-			}
-			e.agreeProtected(logFile, 2, 1, map[string]bool{lab.ServerV4.String(): true, lab.ServerV6.String(): true, "127.0.0.1": true, "::1": true, lab.ClientV4.String(): true})
-
-			// moat ban refuses the server's own addresses, even forced.
-			for _, a := range []string{lab.ServerV4.String(), lab.ServerV6.String(), "127.0.0.1", "::1"} {
-				for _, force := range [][]string{nil, {"--force"}} {
-					out, err := e.moat(append([]string{"ban", a}, force...)...)
-					if exitCode(err) != 3 || !strings.Contains(out, "refusing to ban") {
-						t.Errorf("moat ban %s %v: exit %d\n%s", a, force, exitCode(err), out)
-					}
-				}
-			}
-			if out, err := e.moat("ban", lab.ClientV4.String()); exitCode(err) != 3 {
-				t.Errorf("moat ban of the admin's address: exit %d\n%s", exitCode(err), out)
-			}
+		var lines []string
+		for i := 0; i < 3; i++ {
+			lines = append(lines,
+				fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ServerV4, 5000+i),
+				fmt.Sprintf("Failed password for invalid user x from %s port %d ssh2", lab.ServerV6, 5000+i),
+				fmt.Sprintf("Invalid user x from 127.0.0.1 port %d", 5000+i),
+				fmt.Sprintf("Invalid user x from ::1 port %d", 5000+i),
+				fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientV4, 6000+i), // the admin
+				// OpenSSH 9.8: server first; 9.9: client first.
+				fmt.Sprintf("Timeout before authentication for connection from %s to %s, pid = %d", lab.ServerV4, lab.ClientAlt[1], 900+i),
+				fmt.Sprintf("Timeout before authentication for connection from %s to %s, pid = %d", lab.ClientAlt[3], lab.ServerV6, 910+i),
+				// Neither is the server's: which is the client is unknown.
+				fmt.Sprintf("Timeout before authentication for connection from 203.0.113.5 to 203.0.113.6, pid = %d", 920+i),
+			)
+		}
+		appendLines(t, logFile, lines...)
+		want := map[string]bool{lab.ClientAlt[1].String(): true, lab.ClientAlt[3].String(): true}
+		waitFor(t, 5*time.Second, "the clients of the timeout lines not banned", func() bool {
+			bans := e.bans()
+			return len(bans) >= 2
 		})
-	}
+		time.Sleep(300 * time.Millisecond) // every line read
+		for a := range e.bans() {
+			if !want[a] {
+				t.Errorf("banned %s", a)
+			}
+		}
+		if len(e.bans()) != 2 {
+			t.Errorf("bans %v; want %v", e.bans(), want)
+		}
+		if err := admin.alive(2 * time.Second); err != nil {
+			t.Fatalf("the admin's session: %v", err)
+		}
+		for _, dst := range []netip.Addr{lab.ServerV4, lab.ServerV6} {
+			if !srv.canLogin(dst) {
+				t.Errorf("new login to %s failed", dst)
+			}
+		}
+		log := e.guardLog()
+		for _, s := range []string{
+			"refused to ban", "address=" + lab.ServerV4.String(), "address=" + lab.ServerV6.String(), "address=" + lab.ClientV4.String(),
+			"it is an address of this host", "it has a logged-in SSH session here",
+			`line="Failed password for root from ` + lab.ServerV4.String(),
+		} {
+			if !strings.Contains(log, s) {
+				t.Errorf("guard log lacks %q:\n%s", s, log)
+			}
+		}
+		e.agreeProtected(logFile, 2, 1, map[string]bool{lab.ServerV4.String(): true, lab.ServerV6.String(): true, "127.0.0.1": true, "::1": true, lab.ClientV4.String(): true})
+
+		// moat ban refuses the server's own addresses, even forced.
+		for _, a := range []string{lab.ServerV4.String(), lab.ServerV6.String(), "127.0.0.1", "::1"} {
+			for _, force := range [][]string{nil, {"--force"}} {
+				out, err := e.moat(append([]string{"ban", a}, force...)...)
+				if exitCode(err) != 3 || !strings.Contains(out, "refusing to ban") {
+					t.Errorf("moat ban %s %v: exit %d\n%s", a, force, exitCode(err), out)
+				}
+			}
+		}
+		if out, err := e.moat("ban", lab.ClientV4.String()); exitCode(err) != 3 {
+			t.Errorf("moat ban of the admin's address: exit %d\n%s", exitCode(err), out)
+		}
+	})
 }
 
 // agreeProtected is agree for logs naming protected addresses: guard
@@ -156,95 +151,90 @@ func (e *env) agreeProtected(logFile string, maxretry int, weak float64, protect
 // client itself, with a real sshd at LogLevel VERBOSE and a CA-signed
 // certificate. Both backends, IPv4 and IPv6.
 func TestGuardHostileFields(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			logFile := filepath.Join(e.dir, "sshd.log")
-			dir := filepath.Join(e.dir, "ca")
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				t.Fatal(err)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		logFile := filepath.Join(e.dir, "sshd.log")
+		dir := filepath.Join(e.dir, "ca")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		ca := filepath.Join(dir, "ca")
+		keygen := func(args ...string) {
+			if out, err := exec.Command("ssh-keygen", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ssh-keygen %v: %v\n%s", args, err, out)
 			}
-			ca := filepath.Join(dir, "ca")
-			keygen := func(args ...string) {
-				if out, err := exec.Command("ssh-keygen", args...).CombinedOutput(); err != nil {
-					t.Fatalf("ssh-keygen %v: %v\n%s", args, err, out)
-				}
-			}
-			keygen("-q", "-t", "ed25519", "-N", "", "-f", ca)
-			srv := e.startSSHDWith(22, verboseSSHD+"TrustedUserCAKeys "+ca+".pub\n", logFile)
-			e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
-			admin := srv.login(lab.ServerV4)
-			e.startGuard("--log-file", logFile)
+		}
+		keygen("-q", "-t", "ed25519", "-N", "", "-f", ca)
+		srv := e.startSSHDWith(22, verboseSSHD+"TrustedUserCAKeys "+ca+".pub\n", logFile)
+		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
+		admin := srv.login(lab.ServerV4)
+		e.startGuard("--log-file", logFile)
 
-			for _, fam := range []struct{ attacker, victim, server netip.Addr }{
-				{lab.ClientAlt[0], lab.ClientAlt[1], lab.ServerV4},
-				{lab.ClientAlt[2], lab.ClientAlt[3], lab.ServerV6},
+		for _, fam := range []struct{ attacker, victim, server netip.Addr }{
+			{lab.ClientAlt[0], lab.ClientAlt[1], lab.ServerV4},
+			{lab.ClientAlt[2], lab.ClientAlt[3], lab.ServerV6},
+		} {
+			for vi, vector := range []struct {
+				name   string
+				attack func(i int)
+			}{
+				{"certificate key ID", func(i int) {
+					key := filepath.Join(dir, fmt.Sprintf("k-%s-%d", fam.attacker, i))
+					keygen("-q", "-t", "ed25519", "-N", "", "-f", key)
+					// A key ID imitating sshd's tail, and a principal root lacks.
+					keygen("-q", "-s", ca, "-I", fmt.Sprintf("x from %s port 22 ssh2: ED25519 SHA256:x from %s port 22", fam.victim, fam.victim),
+						"-n", "nobody-at-all", "-V", "+1h", key+".pub")
+					if srv.loginWithKeys(fam.attacker, fam.server, []string{key}) {
+						t.Fatal("login with a foreign principal's certificate worked")
+					}
+				}},
+				{"user name", func(i int) {
+					user := fmt.Sprintf("x from %s port 22 ssh2", fam.victim)
+					_ = e.goLogin(fam.attacker, fam.server, user, ssh.Password("wrong"))
+				}},
+				{"client banner", func(i int) {
+					e.rawBanner(fam.attacker, fam.server, fmt.Sprintf("x from %s port 22\r\n", fam.victim))
+				}},
 			} {
-				for vi, vector := range []struct {
-					name   string
-					attack func(i int)
-				}{
-					{"certificate key ID", func(i int) {
-						key := filepath.Join(dir, fmt.Sprintf("k-%s-%d", fam.attacker, i))
-						keygen("-q", "-t", "ed25519", "-N", "", "-f", key)
-						// A key ID imitating sshd's tail, and a principal root lacks.
-						keygen("-q", "-s", ca, "-I", fmt.Sprintf("x from %s port 22 ssh2: ED25519 SHA256:x from %s port 22", fam.victim, fam.victim),
-							"-n", "nobody-at-all", "-V", "+1h", key+".pub")
-						if srv.loginWithKeys(fam.attacker, fam.server, []string{key}) {
-							t.Fatal("login with a foreign principal's certificate worked")
-						}
-					}},
-					{"user name", func(i int) {
-						user := fmt.Sprintf("x from %s port 22 ssh2", fam.victim)
-						_ = e.goLogin(fam.attacker, fam.server, user, ssh.Password("wrong"))
-					}},
-					{"client banner", func(i int) {
-						e.rawBanner(fam.attacker, fam.server, fmt.Sprintf("x from %s port 22\r\n", fam.victim))
-					}},
-				} {
-					for i := 0; i < 2 && e.probeSSH(fam.attacker, fam.server) != lab.Timeout; i++ {
-						vector.attack(i)
-						time.Sleep(200 * time.Millisecond)
-					}
-					waitFor(t, 3*time.Second, fmt.Sprintf("%s: attacker %s not banned", vector.name, fam.attacker), func() bool {
-						_, ok := e.bans()[fam.attacker.String()]
-						return ok
-					})
-					if _, ok := e.bans()[fam.victim.String()]; ok {
-						t.Fatalf("%s: banned the victim %s named by the attacker", vector.name, fam.victim)
-					}
-					if len(e.bans()) != 1 {
-						t.Fatalf("%s: bans %v", vector.name, e.bans())
-					}
-					_, lines := e.guardCheck(logFile, 1)
-					for _, l := range lines {
-						if l.Addr == fam.victim.String() {
-							t.Fatalf("%s: guard check names the victim: %+v", vector.name, l)
-						}
-					}
-					e.mustMoat("unban", fam.attacker.String())
-					_ = vi
+				for i := 0; i < 2 && e.probeSSH(fam.attacker, fam.server) != lab.Timeout; i++ {
+					vector.attack(i)
+					time.Sleep(200 * time.Millisecond)
 				}
-			}
-			if err := admin.alive(2 * time.Second); err != nil {
-				t.Fatalf("the admin's session: %v", err)
-			}
-			data, _ := os.ReadFile(logFile)
-			hostile := 0
-			for _, l := range strings.Split(string(data), "\n") {
-				if strings.Contains(l, "-CERT") && strings.Contains(l, " ID x from ") || strings.Contains(l, "user x from") || strings.Contains(l, "identifier \"x from") {
-					hostile++
-					t.Logf("sshd wrote: %s", l)
+				waitFor(t, 3*time.Second, fmt.Sprintf("%s: attacker %s not banned", vector.name, fam.attacker), func() bool {
+					_, ok := e.bans()[fam.attacker.String()]
+					return ok
+				})
+				if _, ok := e.bans()[fam.victim.String()]; ok {
+					t.Fatalf("%s: banned the victim %s named by the attacker", vector.name, fam.victim)
 				}
+				if len(e.bans()) != 1 {
+					t.Fatalf("%s: bans %v", vector.name, e.bans())
+				}
+				_, lines := e.guardCheck(logFile, 1)
+				for _, l := range lines {
+					if l.Addr == fam.victim.String() {
+						t.Fatalf("%s: guard check names the victim: %+v", vector.name, l)
+					}
+				}
+				e.mustMoat("unban", fam.attacker.String())
+				_ = vi
 			}
-			if !strings.Contains(string(data), "-CERT") || hostile < 6 {
-				t.Errorf("sshd logged too few hostile lines (%d):\n%s", hostile, data)
+		}
+		if err := admin.alive(2 * time.Second); err != nil {
+			t.Fatalf("the admin's session: %v", err)
+		}
+		data, _ := os.ReadFile(logFile)
+		hostile := 0
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "-CERT") && strings.Contains(l, " ID x from ") || strings.Contains(l, "user x from") || strings.Contains(l, "identifier \"x from") {
+				hostile++
+				t.Logf("sshd wrote: %s", l)
 			}
-		})
-	}
+		}
+		if !strings.Contains(string(data), "-CERT") || hostile < 6 {
+			t.Errorf("sshd logged too few hostile lines (%d):\n%s", hostile, data)
+		}
+	})
 }
 
 // goLogin tries one login with the Go SSH client (any user name).
@@ -301,44 +291,39 @@ func (e *env) rawBanner(src, dst netip.Addr, banner string) {
 // the server, while the same scan from a client's address is banned.
 // Both backends.
 func TestPortscanNeverBansServer(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			// A second address of the server for the scans to aim at (the
-			// first is their spoofed source), and IPv4 local sources let in.
-			e.run("server", "ip", "addr", "add", "192.0.2.5/24", "dev", "eth0")
-			e.run("server", "ip", "addr", "add", "2001:db8::5/64", "dev", "eth0", "nodad")
-			for _, k := range []string{"net/ipv4/conf/all/accept_local", "net/ipv4/conf/eth0/accept_local"} {
-				if err := e.topo.Server.Sysctl(k, "1"); err != nil {
-					t.Fatal(err)
-				}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		// A second address of the server for the scans to aim at (the
+		// first is their spoofed source), and IPv4 local sources let in.
+		e.run("server", "ip", "addr", "add", "192.0.2.5/24", "dev", "eth0")
+		e.run("server", "ip", "addr", "add", "2001:db8::5/64", "dev", "eth0", "nodad")
+		for _, k := range []string{"net/ipv4/conf/all/accept_local", "net/ipv4/conf/eth0/accept_local"} {
+			if err := e.topo.Server.Sysctl(k, "1"); err != nil {
+				t.Fatal(err)
 			}
-			for _, k := range []string{"net/ipv4/conf/all/rp_filter", "net/ipv4/conf/eth0/rp_filter"} {
-				if err := e.topo.Server.Sysctl(k, "0"); err != nil {
-					t.Fatal(err)
-				}
+		}
+		for _, k := range []string{"net/ipv4/conf/all/rp_filter", "net/ipv4/conf/eth0/rp_filter"} {
+			if err := e.topo.Server.Sysctl(k, "0"); err != nil {
+				t.Fatal(err)
 			}
-			e.apply("default deny incoming\nallow 80/tcp\nguard portscan ports 10 within 60s bantime 1m\n")
-			target4, target6 := netip.MustParseAddr("192.0.2.5"), netip.MustParseAddr("2001:db8::5")
-			e.nmapScan(lab.ServerV4, target4)
-			e.nmapScan(lab.ServerV6, target6)
-			e.nmapScan(lab.ClientAlt[0], target4) // the control: a client's scan is trapped
-			e.nmapScan(lab.ClientAlt[2], target6)
-			waitFor(t, 3*time.Second, "the clients' scans were not banned", func() bool {
-				bans := e.bans()
-				_, a := bans[lab.ClientAlt[0].String()]
-				_, b := bans[lab.ClientAlt[2].String()]
-				return a && b
-			})
-			for _, a := range []netip.Addr{lab.ServerV4, lab.ServerV6, target4, target6} {
-				if _, ok := e.bans()[a.String()]; ok {
-					t.Errorf("the trap banned the server's own %s: %v", a, e.bans())
-				}
-			}
-			e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
+		}
+		e.apply("default deny incoming\nallow 80/tcp\nguard portscan ports 10 within 60s bantime 1m\n")
+		target4, target6 := netip.MustParseAddr("192.0.2.5"), netip.MustParseAddr("2001:db8::5")
+		e.nmapScan(lab.ServerV4, target4)
+		e.nmapScan(lab.ServerV6, target6)
+		e.nmapScan(lab.ClientAlt[0], target4) // the control: a client's scan is trapped
+		e.nmapScan(lab.ClientAlt[2], target6)
+		waitFor(t, 3*time.Second, "the clients' scans were not banned", func() bool {
+			bans := e.bans()
+			_, a := bans[lab.ClientAlt[0].String()]
+			_, b := bans[lab.ClientAlt[2].String()]
+			return a && b
 		})
-	}
+		for _, a := range []netip.Addr{lab.ServerV4, lab.ServerV6, target4, target6} {
+			if _, ok := e.bans()[a.String()]; ok {
+				t.Errorf("the trap banned the server's own %s: %v", a, e.bans())
+			}
+		}
+		e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
+	})
 }

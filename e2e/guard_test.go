@@ -140,169 +140,154 @@ func (e *env) bans() map[string]banJSON {
 // the ban expires; allowlisted clients and successful logins are never
 // banned.
 func TestGuardBansBruteForce(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			logFile := filepath.Join(e.dir, "sshd.log")
-			srv := e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
-			// Each failed attempt logs two failures (Invalid user, Failed
-			// password); weak evidence is off so the count is exact.
-			e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 4 findtime 1m bantime 3s weak 0\nallowlist 192.0.2.3 2001:db8::3\n")
-			e.startGuard("--log-file", logFile)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		logFile := filepath.Join(e.dir, "sshd.log")
+		srv := e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
+		// Each failed attempt logs two failures (Invalid user, Failed
+		// password); weak evidence is off so the count is exact.
+		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 4 findtime 1m bantime 3s weak 0\nallowlist 192.0.2.3 2001:db8::3\n")
+		e.startGuard("--log-file", logFile)
 
-			for _, fam := range []struct{ client, alt, server netip.Addr }{
-				{lab.ClientV4, lab.ClientAlt[0], lab.ServerV4},
-				{lab.ClientV6, lab.ClientAlt[2], lab.ServerV6},
-			} {
-				// Successful logins (key) do not count: if these three did,
-				// the client's first failed attempt below (two failures)
-				// would reach maxretry 4 and the "banned after 2 of 4"
-				// check would fail.
-				for i := 0; i < 3; i++ {
-					if !srv.canLogin(fam.server) {
-						t.Fatalf("key login to %s failed", fam.server)
-					}
+		for _, fam := range []struct{ client, alt, server netip.Addr }{
+			{lab.ClientV4, lab.ClientAlt[0], lab.ServerV4},
+			{lab.ClientV6, lab.ClientAlt[2], lab.ServerV6},
+		} {
+			// Successful logins (key) do not count: if these three did,
+			// the client's first failed attempt below (two failures)
+			// would reach maxretry 4 and the "banned after 2 of 4"
+			// check would fail.
+			for i := 0; i < 3; i++ {
+				if !srv.canLogin(fam.server) {
+					t.Fatalf("key login to %s failed", fam.server)
 				}
-				// The allowlisted address fails many times and stays in.
-				for i := 0; i < 4; i++ {
-					if err := e.failLogin(fam.alt, fam.server, "nobody-here"); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if err := e.failLogin(fam.client, fam.server, "admin"); err != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(300 * time.Millisecond) // the guard has read the lines
-				if out := e.probeSSH(fam.client, fam.server); out != lab.Open {
-					t.Fatalf("%s banned after 2 of 4 failures: %s", fam.client, out)
-				}
-				start := time.Now()
-				if err := e.failLogin(fam.client, fam.server, "admin"); err != nil {
-					t.Fatal(err)
-				}
-				waitFor(t, 3*time.Second, fam.client.String()+" not banned after 4 failures", func() bool {
-					return e.probeSSH(fam.client, fam.server) == lab.Timeout
-				})
-				t.Logf("%s banned %s after its 4th failure", fam.client, time.Since(start).Round(time.Millisecond))
-				if ban, ok := e.bans()[fam.client.String()]; !ok || !strings.Contains(ban.Reason, "guard: ") || ban.BanCount != 1 {
-					t.Errorf("moat bans: %+v", e.bans())
-				}
-				if out := e.probeSSH(fam.alt, fam.server); out != lab.Open {
-					t.Errorf("allowlisted %s: %s", fam.alt, out)
-				}
-				// The ban expires by itself in the kernel.
-				waitFor(t, 6*time.Second, "ban of "+fam.client.String()+" did not expire", func() bool {
-					return e.probeSSH(fam.client, fam.server) == lab.Open
-				})
 			}
-		})
-	}
+			// The allowlisted address fails many times and stays in.
+			for i := 0; i < 4; i++ {
+				if err := e.failLogin(fam.alt, fam.server, "nobody-here"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := e.failLogin(fam.client, fam.server, "admin"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond) // the guard has read the lines
+			if out := e.probeSSH(fam.client, fam.server); out != lab.Open {
+				t.Fatalf("%s banned after 2 of 4 failures: %s", fam.client, out)
+			}
+			start := time.Now()
+			if err := e.failLogin(fam.client, fam.server, "admin"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 3*time.Second, fam.client.String()+" not banned after 4 failures", func() bool {
+				return e.probeSSH(fam.client, fam.server) == lab.Timeout
+			})
+			t.Logf("%s banned %s after its 4th failure", fam.client, time.Since(start).Round(time.Millisecond))
+			if ban, ok := e.bans()[fam.client.String()]; !ok || !strings.Contains(ban.Reason, "guard: ") || ban.BanCount != 1 {
+				t.Errorf("moat bans: %+v", e.bans())
+			}
+			if out := e.probeSSH(fam.alt, fam.server); out != lab.Open {
+				t.Errorf("allowlisted %s: %s", fam.alt, out)
+			}
+			// The ban expires by itself in the kernel.
+			waitFor(t, 6*time.Second, "ban of "+fam.client.String()+" did not expire", func() bool {
+				return e.probeSSH(fam.client, fam.server) == lab.Open
+			})
+		}
+	})
 }
 
 // Bans survive a re-apply, a guard crash (kill -9) and even the kernel
 // losing them; escalation goes on after the restart.
 func TestGuardSurvivesCrash(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			logFile := filepath.Join(e.dir, "sshd.log")
-			e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
-			policy := "default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 1m bantime 30s bantime-factor 3 weak 0\n"
-			e.apply(policy)
-			stop := e.startGuard("--log-file", logFile)
-			if err := e.failLogin(lab.ClientV4, lab.ServerV4, "root-not"); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, 3*time.Second, "not banned", func() bool { return e.probeSSH(lab.ClientV4, lab.ServerV4) == lab.Timeout })
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		logFile := filepath.Join(e.dir, "sshd.log")
+		e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
+		policy := "default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 1m bantime 30s bantime-factor 3 weak 0\n"
+		e.apply(policy)
+		stop := e.startGuard("--log-file", logFile)
+		if err := e.failLogin(lab.ClientV4, lab.ServerV4, "root-not"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 3*time.Second, "not banned", func() bool { return e.probeSSH(lab.ClientV4, lab.ServerV4) == lab.Timeout })
 
-			e.mustMoat("enable") // a re-apply keeps the ban
-			if e.probeSSH(lab.ClientV4, lab.ServerV4) != lab.Timeout {
-				t.Fatal("re-apply dropped the ban")
-			}
-			// Crash the guard, then lose the kernel's bans (disable, enable).
-			stop(syscall.SIGKILL)
-			e.mustMoat("disable")
-			e.mustMoat("enable")
-			if e.probeSSH(lab.ClientV4, lab.ServerV4) != lab.Open {
-				t.Fatal("disable did not clear the bans")
-			}
-			e.startGuard("--log-file", logFile)
-			waitFor(t, 3*time.Second, "restart did not re-insert the ban", func() bool {
-				return e.probeSSH(lab.ClientV4, lab.ServerV4) == lab.Timeout
-			})
-			if left := e.bans()[lab.ClientV4.String()].SecondsLeft; left > 30 || left < 20 {
-				t.Errorf("re-inserted ban has %ds left; want what was left of 30s", left)
-			}
-			// Unban, fail again: the second ban is 3 × 30s.
-			e.mustMoat("unban", lab.ClientV4.String())
-			if err := e.failLogin(lab.ClientV4, lab.ServerV4, "root-not"); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, 3*time.Second, "not banned again", func() bool {
-				ban, ok := e.bans()[lab.ClientV4.String()]
-				return ok && ban.BanCount == 2
-			})
-			if left := e.bans()[lab.ClientV4.String()].SecondsLeft; left < 80 || left > 90 {
-				t.Errorf("second ban: %ds left, want about 90", left)
-			}
+		e.mustMoat("enable") // a re-apply keeps the ban
+		if e.probeSSH(lab.ClientV4, lab.ServerV4) != lab.Timeout {
+			t.Fatal("re-apply dropped the ban")
+		}
+		// Crash the guard, then lose the kernel's bans (disable, enable).
+		stop(syscall.SIGKILL)
+		e.mustMoat("disable")
+		e.mustMoat("enable")
+		if e.probeSSH(lab.ClientV4, lab.ServerV4) != lab.Open {
+			t.Fatal("disable did not clear the bans")
+		}
+		e.startGuard("--log-file", logFile)
+		waitFor(t, 3*time.Second, "restart did not re-insert the ban", func() bool {
+			return e.probeSSH(lab.ClientV4, lab.ServerV4) == lab.Timeout
 		})
-	}
+		if left := e.bans()[lab.ClientV4.String()].SecondsLeft; left > 30 || left < 20 {
+			t.Errorf("re-inserted ban has %ds left; want what was left of 30s", left)
+		}
+		// Unban, fail again: the second ban is 3 × 30s.
+		e.mustMoat("unban", lab.ClientV4.String())
+		if err := e.failLogin(lab.ClientV4, lab.ServerV4, "root-not"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 3*time.Second, "not banned again", func() bool {
+			ban, ok := e.bans()[lab.ClientV4.String()]
+			return ok && ban.BanCount == 2
+		})
+		if left := e.bans()[lab.ClientV4.String()].SecondsLeft; left < 80 || left > 90 {
+			t.Errorf("second ban: %ds left, want about 90", left)
+		}
+	})
 }
 
 // moat ban, bans and unban work without the guard, on both backends.
 func TestManualBans(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			if _, err := e.moat("ban", "192.0.2.3"); err == nil {
-				t.Error("ban worked with moat inactive")
-			}
-			e.apply("default allow incoming\nallowlist 192.0.2.4\n")
-			// Long enough to outlast the checks on a loaded machine (a 2s ban
-			// expired before them in the parallel CI run); expiry is
-			// checked below with a ban of its own.
-			e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "--for", "1m", "--reason", "test")
-			if out := e.mustMoat("status", "verbose"); !strings.Contains(out, "2 active bans") {
-				t.Errorf("status verbose does not count the bans:\n%s", out)
-			}
-			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
-			bans := e.bans()
-			if ban := bans["192.0.2.3"]; ban.Reason != "manual: test" || ban.SecondsLeft > 60 || ban.SecondsLeft < 1 || ban.BanCount != 1 {
-				t.Errorf("bans: %+v", bans)
-			}
-			if _, err := e.moat("ban", "192.0.2.4"); err == nil {
-				t.Error("banned an allowlisted address without --force")
-			}
-			if _, err := e.moat("ban", "203.0.113.0/24"); err == nil {
-				t.Error("banned a network")
-			}
-			e.mustMoat("unban", "192.0.2.3", "2001:db8::3")
-			start := time.Now()
-			e.mustMoat("ban", "192.0.2.5", "--for", "3s")
-			if _, ok := e.bans()["192.0.2.5"]; !ok && time.Since(start) < 3*time.Second {
-				t.Errorf("a 3s ban is not listed: %+v", e.bans())
-			}
-			waitFor(t, 10*time.Second, "manual ban did not expire", func() bool { return len(e.bans()) == 0 })
-			e.mustMoat("ban", "2001:db8::3", "--for", "1m")
-			e.mustMoat("ban", "2001:db8::3", "--for", "2h") // a new length for a banned address
-			if left := e.bans()["2001:db8::3"].SecondsLeft; left < 7000 {
-				t.Errorf("re-ban kept the old length: %ds left", left)
-			}
-			e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
-			e.mustMoat("unban", "2001:db8::3")
-			e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 open")
-		})
-	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		if _, err := e.moat("ban", "192.0.2.3"); err == nil {
+			t.Error("ban worked with moat inactive")
+		}
+		e.apply("default allow incoming\nallowlist 192.0.2.4\n")
+		// Long enough to outlast the checks on a loaded machine (a 2s ban
+		// expired before them in the parallel CI run); expiry is
+		// checked below with a ban of its own.
+		e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "--for", "1m", "--reason", "test")
+		if out := e.mustMoat("status", "verbose"); !strings.Contains(out, "2 active bans") {
+			t.Errorf("status verbose does not count the bans:\n%s", out)
+		}
+		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
+		bans := e.bans()
+		if ban := bans["192.0.2.3"]; ban.Reason != "manual: test" || ban.SecondsLeft > 60 || ban.SecondsLeft < 1 || ban.BanCount != 1 {
+			t.Errorf("bans: %+v", bans)
+		}
+		if _, err := e.moat("ban", "192.0.2.4"); err == nil {
+			t.Error("banned an allowlisted address without --force")
+		}
+		if _, err := e.moat("ban", "203.0.113.0/24"); err == nil {
+			t.Error("banned a network")
+		}
+		e.mustMoat("unban", "192.0.2.3", "2001:db8::3")
+		start := time.Now()
+		e.mustMoat("ban", "192.0.2.5", "--for", "3s")
+		if _, ok := e.bans()["192.0.2.5"]; !ok && time.Since(start) < 3*time.Second {
+			t.Errorf("a 3s ban is not listed: %+v", e.bans())
+		}
+		waitFor(t, 10*time.Second, "manual ban did not expire", func() bool { return len(e.bans()) == 0 })
+		e.mustMoat("ban", "2001:db8::3", "--for", "1m")
+		e.mustMoat("ban", "2001:db8::3", "--for", "2h") // a new length for a banned address
+		if left := e.bans()["2001:db8::3"].SecondsLeft; left < 7000 {
+			t.Errorf("re-ban kept the old length: %ds left", left)
+		}
+		e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+		e.mustMoat("unban", "2001:db8::3")
+		e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+	})
 }
 
 // SIGHUP makes a running guard read its settings again.

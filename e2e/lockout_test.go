@@ -132,45 +132,40 @@ func (e *env) brokenSaved() {
 // Fail-closed restore keeps the SSH port that only an Include'd file of
 // sshd_config names: at boot (sshd not running yet) and with a live session.
 func TestFailClosedFollowsSSHDInclude(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			s := sshdSetup{name: "sshd-include", port: 2222,
-				conf: func(dir string) string {
-					return "Include " + dir + "/sshd_config.d/*.conf\nListenAddress 0.0.0.0\nListenAddress ::\n" + sshdCommon(dir)
-				},
-				files: map[string]string{"sshd_config.d/port.conf": "# moved\nPort 2222\n"},
-			}
-			srv, conf := e.prepareSSHD(s)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		s := sshdSetup{name: "sshd-include", port: 2222,
+			conf: func(dir string) string {
+				return "Include " + dir + "/sshd_config.d/*.conf\nListenAddress 0.0.0.0\nListenAddress ::\n" + sshdCommon(dir)
+			},
+			files: map[string]string{"sshd_config.d/port.conf": "# moved\nPort 2222\n"},
+		}
+		srv, conf := e.prepareSSHD(s)
 
-			// Boot: sshd is not running yet; only its configuration knows.
-			e.brokenSaved()
-			out, err := e.moat("--sshd-config", conf, "restore")
-			if err == nil || !strings.Contains(out, "fail-closed") || !strings.Contains(out, "allow 2222/tcp") {
-				t.Fatalf("restore did not fail closed with 2222 open (err %v):\n%s", err, out)
-			}
-			e.runSSHD(s, srv, conf, lab.ServerV4)
-			e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp [2001:db8::1]:80 timeout")
+		// Boot: sshd is not running yet; only its configuration knows.
+		e.brokenSaved()
+		out, err := e.moat("--sshd-config", conf, "restore")
+		if err == nil || !strings.Contains(out, "fail-closed") || !strings.Contains(out, "allow 2222/tcp") {
+			t.Fatalf("restore did not fail closed with 2222 open (err %v):\n%s", err, out)
+		}
+		e.runSSHD(s, srv, conf, lab.ServerV4)
+		e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp [2001:db8::1]:80 timeout")
 
-			// Again with a live session on 2222 and sshd's config moved away:
-			// the port sshd really listens on is kept.
-			sess := srv.login(lab.ServerV6)
-			e.brokenSaved()
-			out, err = e.moat("--sshd-config", filepath.Join(e.dir, "none"), "restore")
-			if err == nil || !strings.Contains(out, "allow 2222/tcp") {
-				t.Fatalf("restore (err %v):\n%s", err, out)
-			}
-			if err := sess.alive(3 * time.Second); err != nil {
-				t.Errorf("live 2222 session cut by fail-closed: %v", err)
-			}
-			if !srv.canLogin(lab.ServerV4) || !srv.canLogin(lab.ServerV6) {
-				t.Errorf("no new login on 2222 after fail-closed")
-			}
-		})
-	}
+		// Again with a live session on 2222 and sshd's config moved away:
+		// the port sshd really listens on is kept.
+		sess := srv.login(lab.ServerV6)
+		e.brokenSaved()
+		out, err = e.moat("--sshd-config", filepath.Join(e.dir, "none"), "restore")
+		if err == nil || !strings.Contains(out, "allow 2222/tcp") {
+			t.Fatalf("restore (err %v):\n%s", err, out)
+		}
+		if err := sess.alive(3 * time.Second); err != nil {
+			t.Errorf("live 2222 session cut by fail-closed: %v", err)
+		}
+		if !srv.canLogin(lab.ServerV4) || !srv.canLogin(lab.ServerV6) {
+			t.Errorf("no new login on 2222 after fail-closed")
+		}
+	})
 }
 
 // moat's edits keep a 0600 policy file 0600 and a symlinked one linked.
@@ -309,44 +304,39 @@ func TestLockoutSocketActivated(t *testing.T) {
 // A rule on source ports cuts every reconnect from those ports, even when
 // the live session's own port is not among them.
 func TestLockoutSourcePorts(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			srv := e.startSSHD(22)
-			e.apply("default deny incoming\nallow 22/tcp\n")
-			// The client's session comes from 50000-60999, outside the rule;
-			// the server's namespace has Linux's default range 32768-60999.
-			if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "50000 60999"); err != nil {
-				t.Fatal(err)
-			}
-			sess := srv.login(lab.ServerV4)
-			sess6 := srv.login(lab.ServerV6)
-			e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "a reconnect from source port 32768 would be rejected by line 2"},
-				"prepend", "reject", "proto", "tcp", "from", "any", "port", "32768:45000", "to", "any", "port", "22")
-			// IANA's range (Windows, macOS clients) counts too.
-			e.refused([]string{"source port 61000"}, "prepend", "deny", "proto", "tcp", "from", "any", "port", "61000:65535", "to", "any", "port", "22")
-			// Ports no client uses as its source are fine.
-			e.mustMoat("prepend", "deny", "proto", "tcp", "from", "any", "port", "1:1023", "to", "any", "port", "22")
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		srv := e.startSSHD(22)
+		e.apply("default deny incoming\nallow 22/tcp\n")
+		// The client's session comes from 50000-60999, outside the rule;
+		// the server's namespace has Linux's default range 32768-60999.
+		if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "50000 60999"); err != nil {
+			t.Fatal(err)
+		}
+		sess := srv.login(lab.ServerV4)
+		sess6 := srv.login(lab.ServerV6)
+		e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "a reconnect from source port 32768 would be rejected by line 2"},
+			"prepend", "reject", "proto", "tcp", "from", "any", "port", "32768:45000", "to", "any", "port", "22")
+		// IANA's range (Windows, macOS clients) counts too.
+		e.refused([]string{"source port 61000"}, "prepend", "deny", "proto", "tcp", "from", "any", "port", "61000:65535", "to", "any", "port", "22")
+		// Ports no client uses as its source are fine.
+		e.mustMoat("prepend", "deny", "proto", "tcp", "from", "any", "port", "1:1023", "to", "any", "port", "22")
 
-			// The danger was real: forced through, a client whose source
-			// port falls in the range cannot log in; the live sessions stay.
-			e.mustMoat("--force", "prepend", "reject", "proto", "tcp", "from", "any", "port", "32768:45000", "to", "any", "port", "22")
-			if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "32768 45000"); err != nil {
-				t.Fatal(err)
+		// The danger was real: forced through, a client whose source
+		// port falls in the range cannot log in; the live sessions stay.
+		e.mustMoat("--force", "prepend", "reject", "proto", "tcp", "from", "any", "port", "32768:45000", "to", "any", "port", "22")
+		if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "32768 45000"); err != nil {
+			t.Fatal(err)
+		}
+		if srv.canLogin(lab.ServerV4) || srv.canLogin(lab.ServerV6) {
+			t.Errorf("a login from source port 32768-45000 got through the reject rule")
+		}
+		for _, s := range []*session{sess, sess6} {
+			if err := s.alive(3 * time.Second); err != nil {
+				t.Errorf("live session cut: %v", err)
 			}
-			if srv.canLogin(lab.ServerV4) || srv.canLogin(lab.ServerV6) {
-				t.Errorf("a login from source port 32768-45000 got through the reject rule")
-			}
-			for _, s := range []*session{sess, sess6} {
-				if err := s.alive(3 * time.Second); err != nil {
-					t.Errorf("live session cut: %v", err)
-				}
-			}
-		})
-	}
+		}
+	})
 }
 
 // linkLocal returns the IPv6 link-local address of dev in ns.
@@ -371,44 +361,39 @@ func linkLocal(t *testing.T, ns *lab.NS, dev string) netip.Addr {
 // interface is its socket's, so a rule on that interface is refused and a
 // rule on the other is not.
 func TestLockoutLinkLocal(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnvPorts(t, b, true, sshFreeTCP())
-			srv := e.startSSHD(22)
-			e.apply("default allow incoming\n")
-			// The backend (behind the server's eth1) and the client (eth0)
-			// both log in over link-local addresses.
-			viaEth1 := linkLocal(t, e.topo.Server, "eth1").WithZone("eth0")
-			viaEth0 := linkLocal(t, e.topo.Server, "eth0").WithZone("eth0")
-			sess1 := srv.loginFrom(e.topo.Backend, viaEth1)
-			out := e.refused([]string{"session [fe80::", "%eth1]:", "(it comes in on eth1)"},
-				"prepend", "deny", "in", "on", "eth1", "to", "any", "port", "22", "proto", "tcp")
-			if strings.Contains(out, "%eth0") {
-				t.Errorf("the eth1 session was taken for eth0:\n%s", out)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnvPorts(t, b, true, sshFreeTCP())
+		srv := e.startSSHD(22)
+		e.apply("default allow incoming\n")
+		// The backend (behind the server's eth1) and the client (eth0)
+		// both log in over link-local addresses.
+		viaEth1 := linkLocal(t, e.topo.Server, "eth1").WithZone("eth0")
+		viaEth0 := linkLocal(t, e.topo.Server, "eth0").WithZone("eth0")
+		sess1 := srv.loginFrom(e.topo.Backend, viaEth1)
+		out := e.refused([]string{"session [fe80::", "%eth1]:", "(it comes in on eth1)"},
+			"prepend", "deny", "in", "on", "eth1", "to", "any", "port", "22", "proto", "tcp")
+		if strings.Contains(out, "%eth0") {
+			t.Errorf("the eth1 session was taken for eth0:\n%s", out)
+		}
+		// A rule on eth0 cuts no session yet: it applies.
+		e.mustMoat("prepend", "deny", "in", "on", "eth0", "to", "any", "port", "22", "proto", "tcp")
+		if err := sess1.alive(3 * time.Second); err != nil {
+			t.Errorf("eth1 session cut: %v", err)
+		}
+		if !srv.canLoginFrom(e.topo.Backend, viaEth1) {
+			t.Errorf("no new login over eth1")
+		}
+		// Now a client session over eth0's link-local address; the eth0
+		// rule is in the way of its reconnect, so deleting...
+		e.mustMoat("delete", "1")
+		sess0 := srv.loginFrom(e.topo.Client, viaEth0)
+		e.refused([]string{"%eth0]:", "(it comes in on eth0)"}, "prepend", "deny", "in", "on", "eth0", "to", "any", "port", "22", "proto", "tcp")
+		for _, s := range []*session{sess0, sess1} {
+			if err := s.alive(3 * time.Second); err != nil {
+				t.Errorf("session cut: %v", err)
 			}
-			// A rule on eth0 cuts no session yet: it applies.
-			e.mustMoat("prepend", "deny", "in", "on", "eth0", "to", "any", "port", "22", "proto", "tcp")
-			if err := sess1.alive(3 * time.Second); err != nil {
-				t.Errorf("eth1 session cut: %v", err)
-			}
-			if !srv.canLoginFrom(e.topo.Backend, viaEth1) {
-				t.Errorf("no new login over eth1")
-			}
-			// Now a client session over eth0's link-local address; the eth0
-			// rule is in the way of its reconnect, so deleting...
-			e.mustMoat("delete", "1")
-			sess0 := srv.loginFrom(e.topo.Client, viaEth0)
-			e.refused([]string{"%eth0]:", "(it comes in on eth0)"}, "prepend", "deny", "in", "on", "eth0", "to", "any", "port", "22", "proto", "tcp")
-			for _, s := range []*session{sess0, sess1} {
-				if err := s.alive(3 * time.Second); err != nil {
-					t.Errorf("session cut: %v", err)
-				}
-			}
-		})
-	}
+		}
+	})
 }
 
 // More of the same class, each with a real sshd: an sshd on one address
@@ -417,52 +402,47 @@ func TestLockoutLinkLocal(t *testing.T) {
 // host's. (OpenSSH's own listeners are IPv6-only; IPv4-mapped sessions come
 // from systemd's dual-stack sockets: TestLockoutSocketActivated.)
 func TestLockoutMoreSessions(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnvPorts(t, b, true, sshFreeTCP())
-			e.apply("default allow incoming\n")
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnvPorts(t, b, true, sshFreeTCP())
+		e.apply("default allow incoming\n")
 
-			// One address, one port: 'Port 22' is unused when every
-			// ListenAddress has its port.
-			one := sshdSetup{name: "sshd-one", port: 2222, conf: func(dir string) string {
-				return "Port 22\nListenAddress 192.0.2.1:2222\n" + sshdCommon(dir)
-			}}
-			srvOne, confOne := e.prepareSSHD(one)
-			e.runSSHD(one, srvOne, confOne, lab.ServerV4)
-			sessOne := srvOne.login(lab.ServerV4)
-			e.refused([]string{"→ 192.0.2.1:2222", "moat insert 1 allow 2222/tcp"}, "prepend", "reject", "proto", "tcp", "to", "192.0.2.1", "port", "2222")
-			e.refused([]string{"session 192.0.2.2:", "(it comes in on eth0)"}, "prepend", "deny", "in", "on", "eth+", "to", "any", "port", "2222", "proto", "tcp")
-			// The sshd on one address is not reachable on the others: a rule
-			// for the server's other address cuts no SSH session.
-			e.mustMoat("prepend", "deny", "proto", "tcp", "to", "198.51.100.1", "port", "2222")
-			initOut := e.mustMoat("--dry-run", "--force", "--sshd-config", confOne, "init")
-			if !strings.Contains(initOut, "allow 2222/tcp") {
-				t.Errorf("init misses 2222:\n%s", initOut)
-			}
+		// One address, one port: 'Port 22' is unused when every
+		// ListenAddress has its port.
+		one := sshdSetup{name: "sshd-one", port: 2222, conf: func(dir string) string {
+			return "Port 22\nListenAddress 192.0.2.1:2222\n" + sshdCommon(dir)
+		}}
+		srvOne, confOne := e.prepareSSHD(one)
+		e.runSSHD(one, srvOne, confOne, lab.ServerV4)
+		sessOne := srvOne.login(lab.ServerV4)
+		e.refused([]string{"→ 192.0.2.1:2222", "moat insert 1 allow 2222/tcp"}, "prepend", "reject", "proto", "tcp", "to", "192.0.2.1", "port", "2222")
+		e.refused([]string{"session 192.0.2.2:", "(it comes in on eth0)"}, "prepend", "deny", "in", "on", "eth+", "to", "any", "port", "2222", "proto", "tcp")
+		// The sshd on one address is not reachable on the others: a rule
+		// for the server's other address cuts no SSH session.
+		e.mustMoat("prepend", "deny", "proto", "tcp", "to", "198.51.100.1", "port", "2222")
+		initOut := e.mustMoat("--dry-run", "--force", "--sshd-config", confOne, "init")
+		if !strings.Contains(initOut, "allow 2222/tcp") {
+			t.Errorf("init misses 2222:\n%s", initOut)
+		}
 
-			// SSH from the client to the backend, forwarded by the server:
-			// not a session of the server; a route rule is not refused for it.
-			fwd := sshdSetup{name: "sshd-backend", port: 22, ns: e.topo.Backend, conf: func(dir string) string {
-				return "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\n" + sshdCommon(dir)
-			}}
-			srvFwd, confFwd := e.prepareSSHD(fwd)
-			e.runSSHD(fwd, srvFwd, confFwd, lab.BackendV4)
-			sessFwd := srvFwd.login(lab.BackendV4)
-			e.mustMoat("route", "allow", "in", "on", "eth0", "out", "on", "eth1", "to", "198.51.100.2", "port", "22", "proto", "tcp")
-			e.mustMoat("default", "deny", "routed")
-			for _, s := range []*session{sessOne, sessFwd} {
-				if err := s.alive(3 * time.Second); err != nil {
-					t.Errorf("session cut: %v", err)
-				}
+		// SSH from the client to the backend, forwarded by the server:
+		// not a session of the server; a route rule is not refused for it.
+		fwd := sshdSetup{name: "sshd-backend", port: 22, ns: e.topo.Backend, conf: func(dir string) string {
+			return "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\n" + sshdCommon(dir)
+		}}
+		srvFwd, confFwd := e.prepareSSHD(fwd)
+		e.runSSHD(fwd, srvFwd, confFwd, lab.BackendV4)
+		sessFwd := srvFwd.login(lab.BackendV4)
+		e.mustMoat("route", "allow", "in", "on", "eth0", "out", "on", "eth1", "to", "198.51.100.2", "port", "22", "proto", "tcp")
+		e.mustMoat("default", "deny", "routed")
+		for _, s := range []*session{sessOne, sessFwd} {
+			if err := s.alive(3 * time.Second); err != nil {
+				t.Errorf("session cut: %v", err)
 			}
-			if !srvOne.canLogin(lab.ServerV4) || !srvFwd.canLogin(lab.BackendV4) {
-				t.Errorf("a new login fails")
-			}
-		})
-	}
+		}
+		if !srvOne.canLogin(lab.ServerV4) || !srvFwd.canLogin(lab.BackendV4) {
+			t.Errorf("a new login fails")
+		}
+	})
 }
 
 // Rule positions on the command line are plain numbers within bounds; a

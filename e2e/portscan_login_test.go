@@ -18,65 +18,60 @@ import (
 // session stays up; another client scanning is banned; IPv4 and IPv6,
 // both backends.
 func TestPortscanSparesLoginAfterApply(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			logFile := filepath.Join(e.dir, "sshd.log")
-			srv := e.startSSHDWith(22, verboseSSHD, logFile)
-			e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard sshd\nguard portscan ports 5 within 60s bantime 1h\n")
-			e.startGuard("--log-file", logFile, "-v") // -v: the guard logs each exemption
-			// Logged in after the apply: not in the protected sets.
-			s4 := srv.login(lab.ServerV4) // from lab.ClientV4
-			s6 := srv.login(lab.ServerV6) // from lab.ClientV6
-			exempted := func() bool {
-				seen := map[string]bool{}
-				for _, l := range strings.Split(e.guardLog(), "\n") {
-					if _, rest, ok := strings.Cut(l, `msg="login exempted from the port scan trap" `); ok {
-						for _, f := range strings.Fields(rest) {
-							seen[f] = true
-						}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		logFile := filepath.Join(e.dir, "sshd.log")
+		srv := e.startSSHDWith(22, verboseSSHD, logFile)
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard sshd\nguard portscan ports 5 within 60s bantime 1h\n")
+		e.startGuard("--log-file", logFile, "-v") // -v: the guard logs each exemption
+		// Logged in after the apply: not in the protected sets.
+		s4 := srv.login(lab.ServerV4) // from lab.ClientV4
+		s6 := srv.login(lab.ServerV6) // from lab.ClientV6
+		exempted := func() bool {
+			seen := map[string]bool{}
+			for _, l := range strings.Split(e.guardLog(), "\n") {
+				if _, rest, ok := strings.Cut(l, `msg="login exempted from the port scan trap" `); ok {
+					for _, f := range strings.Fields(rest) {
+						seen[f] = true
 					}
 				}
-				return seen["addr="+lab.ClientV4.String()] && seen["addr="+lab.ClientV6.String()]
 			}
-			for end := time.Now().Add(10 * time.Second); !exempted() && time.Now().Before(end); {
-				time.Sleep(50 * time.Millisecond)
+			return seen["addr="+lab.ClientV4.String()] && seen["addr="+lab.ClientV6.String()]
+		}
+		for end := time.Now().Add(10 * time.Second); !exempted() && time.Now().Before(end); {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !exempted() {
+			data, _ := os.ReadFile(logFile)
+			t.Fatalf("the guard did not exempt both logins:\n%s\nsshd:\n%s", e.guardLog(), data)
+		}
+		e.nmapScan(lab.ClientV4, lab.ServerV4)
+		e.nmapScan(lab.ClientV6, lab.ServerV6)
+		if bans := e.bans(); len(bans) != 0 {
+			t.Errorf("the admin who logged in after the apply was banned: %+v\n%s", bans, e.guardLog())
+		}
+		for _, s := range []*session{s4, s6} {
+			if err := s.alive(3 * time.Second); err != nil {
+				t.Errorf("session cut: %v", err)
 			}
-			if !exempted() {
-				data, _ := os.ReadFile(logFile)
-				t.Fatalf("the guard did not exempt both logins:\n%s\nsshd:\n%s", e.guardLog(), data)
+		}
+		// The guard's additions are not a change made outside moat.
+		var rep struct {
+			KernelChanged []string `json:"kernel_changed"`
+		}
+		out := e.mustMoat("status", "--json")
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.KernelChanged) != 0 {
+			t.Errorf("status sees drift after a login was exempted: %v\n%s", err, out)
+		}
+		// Another client scanning is banned.
+		other4, other6 := netip.MustParseAddr("192.0.2.3"), netip.MustParseAddr("2001:db8::3")
+		e.nmapScan(other4, lab.ServerV4)
+		e.nmapScan(other6, lab.ServerV6)
+		bans := e.bans()
+		for _, a := range []netip.Addr{other4, other6} {
+			if _, ok := bans[a.String()]; !ok {
+				t.Errorf("scanner %s was not banned: %+v", a, bans)
 			}
-			e.nmapScan(lab.ClientV4, lab.ServerV4)
-			e.nmapScan(lab.ClientV6, lab.ServerV6)
-			if bans := e.bans(); len(bans) != 0 {
-				t.Errorf("the admin who logged in after the apply was banned: %+v\n%s", bans, e.guardLog())
-			}
-			for _, s := range []*session{s4, s6} {
-				if err := s.alive(3 * time.Second); err != nil {
-					t.Errorf("session cut: %v", err)
-				}
-			}
-			// The guard's additions are not a change made outside moat.
-			var rep struct {
-				KernelChanged []string `json:"kernel_changed"`
-			}
-			out := e.mustMoat("status", "--json")
-			if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.KernelChanged) != 0 {
-				t.Errorf("status sees drift after a login was exempted: %v\n%s", err, out)
-			}
-			// Another client scanning is banned.
-			other4, other6 := netip.MustParseAddr("192.0.2.3"), netip.MustParseAddr("2001:db8::3")
-			e.nmapScan(other4, lab.ServerV4)
-			e.nmapScan(other6, lab.ServerV6)
-			bans := e.bans()
-			for _, a := range []netip.Addr{other4, other6} {
-				if _, ok := bans[a.String()]; !ok {
-					t.Errorf("scanner %s was not banned: %+v", a, bans)
-				}
-			}
-		})
-	}
+		}
+	})
 }

@@ -60,70 +60,65 @@ func (e *env) connectScan(src, dst netip.Addr, ports int) {
 // client using only the allowed port is never banned, an allowlisted
 // scanner never; both backends, IPv4 and IPv6.
 func TestPortscanBanned(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			e.apply("default deny incoming\nallow 80/tcp\nallowlist 192.0.2.4 2001:db8::4\nguard portscan ports 10 within 60s bantime 8s\n")
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\nallow 80/tcp\nallowlist 192.0.2.4 2001:db8::4\nguard portscan ports 10 within 60s bantime 8s\n")
 
-			// A client using only the allowed port, many times.
-			for i := 0; i < 30; i++ {
-				e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
+		// A client using only the allowed port, many times.
+		for i := 0; i < 30; i++ {
+			e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
+		}
+		var wg sync.WaitGroup
+		for _, s := range []struct{ src, dst netip.Addr }{
+			{netip.MustParseAddr("192.0.2.3"), lab.ServerV4},
+			{netip.MustParseAddr("2001:db8::3"), lab.ServerV6},
+			{netip.MustParseAddr("192.0.2.4"), lab.ServerV4}, // allowlisted
+			{netip.MustParseAddr("2001:db8::4"), lab.ServerV6},
+		} {
+			wg.Add(1)
+			go func() { defer wg.Done(); e.nmapScan(s.src, s.dst) }()
+		}
+		wg.Wait()
+		bans := e.bans()
+		for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
+			if ban, ok := bans[a]; !ok || ban.Reason != "portscan (kernel trap)" {
+				t.Errorf("scanner %s not banned with the trap's reason: %+v", a, bans)
 			}
-			var wg sync.WaitGroup
-			for _, s := range []struct{ src, dst netip.Addr }{
-				{netip.MustParseAddr("192.0.2.3"), lab.ServerV4},
-				{netip.MustParseAddr("2001:db8::3"), lab.ServerV6},
-				{netip.MustParseAddr("192.0.2.4"), lab.ServerV4}, // allowlisted
-				{netip.MustParseAddr("2001:db8::4"), lab.ServerV6},
-			} {
-				wg.Add(1)
-				go func() { defer wg.Done(); e.nmapScan(s.src, s.dst) }()
+		}
+		for _, a := range []string{"192.0.2.2", "2001:db8::2", "192.0.2.4", "2001:db8::4"} {
+			if _, ok := bans[a]; ok {
+				t.Errorf("%s banned: %+v", a, bans)
 			}
-			wg.Wait()
-			bans := e.bans()
-			for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
-				if ban, ok := bans[a]; !ok || ban.Reason != "portscan (kernel trap)" {
-					t.Errorf("scanner %s not banned with the trap's reason: %+v", a, bans)
-				}
-			}
-			for _, a := range []string{"192.0.2.2", "2001:db8::2", "192.0.2.4", "2001:db8::4"} {
-				if _, ok := bans[a]; ok {
-					t.Errorf("%s banned: %+v", a, bans)
-				}
-			}
-			e.expect(false,
-				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", // even the allowed port
-				"client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-				"client tcp 192.0.2.1:80 open",
-				"client/192.0.2.4 tcp 192.0.2.1:80 open",
-				"client/2001:db8::4 tcp [2001:db8::1]:80 open")
-			// The ban ends by itself, in the kernel.
-			waitFor(t, 15*time.Second, "the scanner's ban to end", func() bool {
-				return e.probe("client/192.0.2.3 tcp 192.0.2.1:80") == lab.Open && e.probe("client/2001:db8::3 tcp [2001:db8::1]:80") == lab.Open
-			})
-			// A scanner without raw sockets (plain connects) is caught too.
-			e.connectScan(netip.MustParseAddr("192.0.2.3"), lab.ServerV4, 20)
-			if _, ok := e.bans()["192.0.2.3"]; !ok {
-				t.Errorf("connect scan not banned")
-			}
-			e.mustMoat("check") // the kernel accepts the trap (iptables: on throwaway sets)
-			st := e.mustMoat("show")
-			if !strings.Contains(st, "portscan") {
-				t.Errorf("show has no trap:\n%s", st)
-			}
-			// The trap's rules are what moat loaded: no drift reported.
-			var rep struct {
-				KernelChanged []string `json:"kernel_changed"`
-			}
-			out := e.mustMoat("status", "--json")
-			if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.KernelChanged) != 0 {
-				t.Errorf("status sees drift in the trap: %v\n%s", err, out)
-			}
+		}
+		e.expect(false,
+			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", // even the allowed port
+			"client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client tcp 192.0.2.1:80 open",
+			"client/192.0.2.4 tcp 192.0.2.1:80 open",
+			"client/2001:db8::4 tcp [2001:db8::1]:80 open")
+		// The ban ends by itself, in the kernel.
+		waitFor(t, 15*time.Second, "the scanner's ban to end", func() bool {
+			return e.probe("client/192.0.2.3 tcp 192.0.2.1:80") == lab.Open && e.probe("client/2001:db8::3 tcp [2001:db8::1]:80") == lab.Open
 		})
-	}
+		// A scanner without raw sockets (plain connects) is caught too.
+		e.connectScan(netip.MustParseAddr("192.0.2.3"), lab.ServerV4, 20)
+		if _, ok := e.bans()["192.0.2.3"]; !ok {
+			t.Errorf("connect scan not banned")
+		}
+		e.mustMoat("check") // the kernel accepts the trap (iptables: on throwaway sets)
+		st := e.mustMoat("show")
+		if !strings.Contains(st, "portscan") {
+			t.Errorf("show has no trap:\n%s", st)
+		}
+		// The trap's rules are what moat loaded: no drift reported.
+		var rep struct {
+			KernelChanged []string `json:"kernel_changed"`
+		}
+		out := e.mustMoat("status", "--json")
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.KernelChanged) != 0 {
+			t.Errorf("status sees drift in the trap: %v\n%s", err, out)
+		}
+	})
 }
 
 // probe sends one probe ("HOST[/SRC] PROTO DST") and returns what it saw.
@@ -139,32 +134,27 @@ func (e *env) probe(spec string) lab.Outcome {
 // The trap never bans the admin's live SSH session, even when it scans;
 // both backends.
 func TestPortscanSparesSession(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			srv := e.startSSHD(22)
-			e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
-			sess := srv.login(lab.ServerV4)
-			// Applied while the session is live: its address is protected.
-			writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard portscan ports 5 within 60s bantime 1h\n")
-			if out := e.mustMoat("-v", "reload"); !strings.Contains(out, "sessions=1") {
-				t.Errorf("reload did not see the session:\n%s", out)
-			}
-			e.nmapScan(lab.ClientV4, lab.ServerV4)
-			if bans := e.bans(); len(bans) != 0 {
-				t.Errorf("the admin's address was banned: %+v", bans)
-			}
-			if err := sess.alive(3 * time.Second); err != nil {
-				t.Errorf("session cut: %v", err)
-			}
-			e.expect(false, "client tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 open")
-			e.nmapScan(netip.MustParseAddr("192.0.2.3"), lab.ServerV4)
-			if _, ok := e.bans()["192.0.2.3"]; !ok {
-				t.Errorf("another scanner was not banned")
-			}
-		})
-	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		srv := e.startSSHD(22)
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+		sess := srv.login(lab.ServerV4)
+		// Applied while the session is live: its address is protected.
+		writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard portscan ports 5 within 60s bantime 1h\n")
+		if out := e.mustMoat("-v", "reload"); !strings.Contains(out, "sessions=1") {
+			t.Errorf("reload did not see the session:\n%s", out)
+		}
+		e.nmapScan(lab.ClientV4, lab.ServerV4)
+		if bans := e.bans(); len(bans) != 0 {
+			t.Errorf("the admin's address was banned: %+v", bans)
+		}
+		if err := sess.alive(3 * time.Second); err != nil {
+			t.Errorf("session cut: %v", err)
+		}
+		e.expect(false, "client tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 open")
+		e.nmapScan(netip.MustParseAddr("192.0.2.3"), lab.ServerV4)
+		if _, ok := e.bans()["192.0.2.3"]; !ok {
+			t.Errorf("another scanner was not banned")
+		}
+	})
 }

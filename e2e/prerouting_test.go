@@ -72,123 +72,118 @@ func ctProbed(t *testing.T, ns *lab.NS, comment string) int {
 // status counts the drops and explain names the chain. Both backends,
 // IPv4 and IPv6, real packets.
 func TestDropsBeforeConntrack(t *testing.T) {
-	t.Parallel()
 	requireSSH(t)
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			ctx := context.Background()
-			// Two more client addresses to ban (never a listed or
-			// allowlisted one).
-			for _, a := range []string{"192.0.2.5/24", "2001:db8::5/64"} {
-				if out, err := e.topo.Client.Run(ctx, "ip", "addr", "add", a, "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
-					t.Fatalf("ip addr add %s: %v\n%s", a, err, out)
-				}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		ctx := context.Background()
+		// Two more client addresses to ban (never a listed or
+		// allowlisted one).
+		for _, a := range []string{"192.0.2.5/24", "2001:db8::5/64"} {
+			if out, err := e.topo.Client.Run(ctx, "ip", "addr", "add", a, "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
+				t.Fatalf("ip addr add %s: %v\n%s", a, err, out)
 			}
-			srv := e.startSSHD(22)
-			admin4, admin6 := srv.login(lab.ServerV4), srv.login(lab.ServerV6) // from 192.0.2.2, 2001:db8::2
-			list := filepath.Join(e.dir, "bad.list")
-			writeFile(t, list, "192.0.2.3\n192.0.2.4\n192.0.2.2\n2001:db8::3\n2001:db8::4\n2001:db8::2\n")
-			// The list covers the admin: it is refused with the reason.
-			writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\nallowlist 192.0.2.4 2001:db8::4\nblocklist bad file "+list+"\n")
-			if out, err := e.moat("enable"); err == nil {
-				t.Fatalf("a list covering the admin's session was applied:\n%s", out)
-			}
-			// The server's own addresses are listed too: its connections to
-			// itself come over loopback, which is exempt.
-			writeFile(t, list, "192.0.2.3\n192.0.2.4\n2001:db8::3\n2001:db8::4\n192.0.2.1\n2001:db8::1\n")
-			e.mustMoat("enable")
-			e.mustMoat("ban", "192.0.2.5", "2001:db8::5")
-			// The admin's addresses are banned too, on purpose.
-			e.mustMoat("ban", "--force", "192.0.2.2", "2001:db8::2")
+		}
+		srv := e.startSSHD(22)
+		admin4, admin6 := srv.login(lab.ServerV4), srv.login(lab.ServerV6) // from 192.0.2.2, 2001:db8::2
+		list := filepath.Join(e.dir, "bad.list")
+		writeFile(t, list, "192.0.2.3\n192.0.2.4\n192.0.2.2\n2001:db8::3\n2001:db8::4\n2001:db8::2\n")
+		// The list covers the admin: it is refused with the reason.
+		writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\nallowlist 192.0.2.4 2001:db8::4\nblocklist bad file "+list+"\n")
+		if out, err := e.moat("enable"); err == nil {
+			t.Fatalf("a list covering the admin's session was applied:\n%s", out)
+		}
+		// The server's own addresses are listed too: its connections to
+		// itself come over loopback, which is exempt.
+		writeFile(t, list, "192.0.2.3\n192.0.2.4\n2001:db8::3\n2001:db8::4\n192.0.2.1\n2001:db8::1\n")
+		e.mustMoat("enable")
+		e.mustMoat("ban", "192.0.2.5", "2001:db8::5")
+		// The admin's addresses are banned too, on purpose.
+		e.mustMoat("ban", "--force", "192.0.2.2", "2001:db8::2")
 
-			// Refused sources: no packet gets through, no state is made.
-			if _, err := nsRunner(e.topo.Server)(ctx, []byte(ctProbe), "nft", "-f", "-"); err != nil {
-				t.Fatal(err)
+		// Refused sources: no packet gets through, no state is made.
+		if _, err := nsRunner(e.topo.Server)(ctx, []byte(ctProbe), "nft", "-f", "-"); err != nil {
+			t.Fatal(err)
+		}
+		before := conntrackCount(t, e.topo.Server)
+		e.expect(false,
+			"client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+			"client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.5 tcp 192.0.2.1:80 timeout",
+			"client/2001:db8::5 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.3 udp 192.0.2.1:53 timeout",
+			"client/2001:db8::5 udp [2001:db8::1]:53 timeout",
+		)
+		if after := conntrackCount(t, e.topo.Server); after != before {
+			t.Errorf("banned and blocklisted sources made %d conntrack entries", after-before)
+		}
+		if n := ctProbed(t, e.topo.Server, "refused"); n != 0 {
+			t.Errorf("conntrack saw %d new packets from banned and blocklisted sources", n)
+		}
+		// The allowlist wins over the list, the admin's sessions over
+		// their ban: their new connections pass (and make state, which
+		// shows the count above could have moved).
+		e.expect(false,
+			"client/192.0.2.4 tcp 192.0.2.1:80 open",
+			"client/2001:db8::4 tcp [2001:db8::1]:80 open",
+			"client/192.0.2.2 tcp 192.0.2.1:80 open",
+			"client/2001:db8::2 tcp [2001:db8::1]:80 open",
+			"server tcp 192.0.2.1:80 open",
+			"server tcp [2001:db8::1]:80 open",
+		)
+		if after := conntrackCount(t, e.topo.Server); after <= before {
+			t.Errorf("allowed connections made no conntrack entries (%d, then %d): the count proves nothing", before, after)
+		}
+		if n := ctProbed(t, e.topo.Server, "allowed"); n < 2 {
+			t.Errorf("the probe saw %d new packets from the allowlisted source: it proves nothing", n)
+		}
+		for _, s := range []*session{admin4, admin6} {
+			if err := s.alive(5 * time.Second); err != nil {
+				t.Errorf("the admin's session after its ban: %v", err)
 			}
-			before := conntrackCount(t, e.topo.Server)
-			e.expect(false,
-				"client/192.0.2.3 tcp 192.0.2.1:80 timeout",
-				"client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.5 tcp 192.0.2.1:80 timeout",
-				"client/2001:db8::5 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.3 udp 192.0.2.1:53 timeout",
-				"client/2001:db8::5 udp [2001:db8::1]:53 timeout",
-			)
-			if after := conntrackCount(t, e.topo.Server); after != before {
-				t.Errorf("banned and blocklisted sources made %d conntrack entries", after-before)
-			}
-			if n := ctProbed(t, e.topo.Server, "refused"); n != 0 {
-				t.Errorf("conntrack saw %d new packets from banned and blocklisted sources", n)
-			}
-			// The allowlist wins over the list, the admin's sessions over
-			// their ban: their new connections pass (and make state, which
-			// shows the count above could have moved).
-			e.expect(false,
-				"client/192.0.2.4 tcp 192.0.2.1:80 open",
-				"client/2001:db8::4 tcp [2001:db8::1]:80 open",
-				"client/192.0.2.2 tcp 192.0.2.1:80 open",
-				"client/2001:db8::2 tcp [2001:db8::1]:80 open",
-				"server tcp 192.0.2.1:80 open",
-				"server tcp [2001:db8::1]:80 open",
-			)
-			if after := conntrackCount(t, e.topo.Server); after <= before {
-				t.Errorf("allowed connections made no conntrack entries (%d, then %d): the count proves nothing", before, after)
-			}
-			if n := ctProbed(t, e.topo.Server, "allowed"); n < 2 {
-				t.Errorf("the probe saw %d new packets from the allowlisted source: it proves nothing", n)
-			}
-			for _, s := range []*session{admin4, admin6} {
-				if err := s.alive(5 * time.Second); err != nil {
-					t.Errorf("the admin's session after its ban: %v", err)
-				}
-			}
-			if !srv.canLogin(lab.ServerV4) || !srv.canLogin(lab.ServerV6) {
-				t.Error("the admin cannot log in again")
-			}
+		}
+		if !srv.canLogin(lab.ServerV4) || !srv.canLogin(lab.ServerV6) {
+			t.Error("the admin cannot log in again")
+		}
 
-			// status counts the drops where they happen; explain names the
-			// chain.
-			var st struct {
-				Builtins []struct {
-					Chain   string `json:"chain"`
-					ID      string `json:"id"`
-					Packets uint64 `json:"packets"`
-				} `json:"builtins"`
+		// status counts the drops where they happen; explain names the
+		// chain.
+		var st struct {
+			Builtins []struct {
+				Chain   string `json:"chain"`
+				ID      string `json:"id"`
+				Packets uint64 `json:"packets"`
+			} `json:"builtins"`
+		}
+		out := e.mustMoat("status", "--json")
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, out)
+		}
+		seen := map[string]uint64{}
+		for _, bi := range st.Builtins {
+			if bi.Chain == "prerouting" {
+				seen[bi.ID] = bi.Packets
 			}
-			out := e.mustMoat("status", "--json")
-			if err := json.Unmarshal([]byte(out), &st); err != nil {
-				t.Fatalf("status --json: %v\n%s", err, out)
-			}
-			seen := map[string]uint64{}
-			for _, bi := range st.Builtins {
-				if bi.Chain == "prerouting" {
-					seen[bi.ID] = bi.Packets
-				}
-			}
-			if seen["builtin:ban"] < 2 || seen["blocklist:bad"] < 2 {
-				t.Errorf("status counts in the prerouting chain: %v\n%s", seen, out)
-			}
-			ex := e.mustMoat("explain", "in", "tcp", "from", "192.0.2.3", "to", "port", "80")
-			if !strings.Contains(ex, "DROP") || !strings.Contains(ex, "prerouting") || !strings.Contains(ex, "blocklist bad file") {
-				t.Errorf("explain of a listed source:\n%s", ex)
-			}
-			// explain asks the kernel for the bans.
-			ex = e.mustMoat("explain", "in", "tcp", "from", "192.0.2.5", "to", "port", "80")
-			if !strings.Contains(ex, "DROP") || !strings.Contains(ex, "192.0.2.5 is banned") || !strings.Contains(ex, "prerouting") {
-				t.Errorf("explain of a banned source:\n%s", ex)
-			}
-			ex = e.mustMoat("explain", "in", "tcp", "from", "2001:db8::2", "to", "port", "80")
-			if !strings.HasPrefix(ex, "ACCEPT") {
-				t.Errorf("explain of the admin's banned but protected address:\n%s", ex)
-			}
-			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-				t.Errorf("status sees drift (the sessions in the protected sets?):\n%s", st)
-			}
-		})
-	}
+		}
+		if seen["builtin:ban"] < 2 || seen["blocklist:bad"] < 2 {
+			t.Errorf("status counts in the prerouting chain: %v\n%s", seen, out)
+		}
+		ex := e.mustMoat("explain", "in", "tcp", "from", "192.0.2.3", "to", "port", "80")
+		if !strings.Contains(ex, "DROP") || !strings.Contains(ex, "prerouting") || !strings.Contains(ex, "blocklist bad file") {
+			t.Errorf("explain of a listed source:\n%s", ex)
+		}
+		// explain asks the kernel for the bans.
+		ex = e.mustMoat("explain", "in", "tcp", "from", "192.0.2.5", "to", "port", "80")
+		if !strings.Contains(ex, "DROP") || !strings.Contains(ex, "192.0.2.5 is banned") || !strings.Contains(ex, "prerouting") {
+			t.Errorf("explain of a banned source:\n%s", ex)
+		}
+		ex = e.mustMoat("explain", "in", "tcp", "from", "2001:db8::2", "to", "port", "80")
+		if !strings.HasPrefix(ex, "ACCEPT") {
+			t.Errorf("explain of the admin's banned but protected address:\n%s", ex)
+		}
+		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+			t.Errorf("status sees drift (the sessions in the protected sets?):\n%s", st)
+		}
+	})
 }
 
 // A packet from outside that claims one of the server's own addresses as
