@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -144,7 +145,9 @@ func stage(d *desired) (*batch, map[string]bool) {
 			return nil, nil
 		}
 		if s.kind == policySet {
-			tx.elements(createElems, s.set.Name, intervalElems(s.elems()))
+			w := tx.elementWriter(createElems, s.set.Name)
+			eachIntervalElem(s.elems(), w.add)
+			w.flush()
 		}
 		names[s.set.Name] = true
 	}
@@ -181,7 +184,16 @@ func appendAttr(b []byte, typ uint16, v []byte) []byte {
 // appendIntervalElem appends one element of an interval set as attrs
 // encodes it, for an element with no timeout, comment or open mark: a
 // list entry with the key, and the end flag for an end.
-func appendIntervalElem(b []byte, key []byte, end bool) []byte {
+func appendIntervalElem(b []byte, addr netip.Addr, end bool) []byte {
+	var raw [16]byte
+	key := raw[:4]
+	if addr.Is4() {
+		a := addr.As4()
+		copy(key, a[:])
+	} else {
+		raw = addr.As16()
+		key = raw[:]
+	}
 	value := 4 + len(key) // NFTA_DATA_VALUE, padded (4 or 16 bytes: none)
 	keyAttr := 4 + value
 	size := 4 + keyAttr
