@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -223,6 +224,13 @@ fetch, or a refused list, keeps the old copy and says why (exit code 1).`,
 
 func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *blocklist.Fetcher) error {
 	ctx := cmd.Context()
+	if os.Getenv("GOGC") == "" {
+		// An update of a 100,000-network list allocates about 35 MB in a
+		// few large slices and lives a tenth of a second: collecting half
+		// as often saves about 7% of its CPU for 1 to 3 MB more RSS
+		// (GOGC 200 against 100, interleaved runs; docs/benchmarks.md).
+		defer debug.SetGCPercent(debug.SetGCPercent(200))
+	}
 	doc, err := a.loadDocument()
 	if err != nil {
 		return err
