@@ -156,6 +156,11 @@ func (b *Backend) listObjects(ctx context.Context) (map[string][]string, error) 
 		}
 		return all, err
 	}
+	if r, ok := b.Read.(interface {
+		Objects() (map[string][]string, error)
+	}); ok {
+		return r.Objects()
+	}
 	out, err := b.Run(ctx, nil, "nft", "-j", "-t", "list", "table", "inet", TableName)
 	if isNotFound(err) {
 		return map[string][]string{}, nil
@@ -415,6 +420,15 @@ func (b *Backend) banSetsToMigrate(ctx context.Context, d *desired, existing map
 		}
 		if v, ok := old["set "+s.set.Name]; haveRecord && ok {
 			if def, _, _ := strings.Cut(v, " "); def == s.def {
+				continue
+			}
+		} else if r, ok := b.Read.(interface {
+			SetIs(*knftables.Set) (bool, error)
+		}); ok {
+			// No record of it (the first apply after an upgrade, a
+			// record lost): the kernel's definition says. Reading the
+			// bans to put them back cost seconds at 200,000.
+			if same, err := r.SetIs(s.set); err == nil && same {
 				continue
 			}
 		}
