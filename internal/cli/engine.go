@@ -217,6 +217,20 @@ func (a *app) findSSH() func() (safeapply.SSHState, error) {
 	return a.sshScan
 }
 
+// prefetchSSH starts the command's scan for SSH sessions (a few
+// milliseconds: every process's stat and exe) while the lock is taken and
+// the state and the kernel are read; the lockout check, which must see
+// the sessions before anything is applied, waits for it and uses what it
+// found, as it uses any scan of the last second. Only when a policy is
+// applied: an edit of an inactive policy applies and checks nothing.
+func (a *app) prefetchSSH() {
+	if _, err := os.Lstat(filepath.Join(a.stateDir, engine.AppliedFile)); err != nil {
+		return
+	}
+	scan := a.findSSH()           // set before the goroutine: it is not locked
+	go func() { _, _ = scan() }() // an error is found again by the check
+}
+
 // scanSSH is the scan recentSSH reuses (tests count it).
 var scanSSH = safeapply.FindSSH
 

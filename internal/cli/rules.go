@@ -163,6 +163,7 @@ func (a *app) edit(cmd *cobra.Command, fn func(*policy.Document) (string, bool, 
 		a.printf("%s\n", msg)
 		return nil
 	}
+	a.prefetchSSH()
 	var pending *engine.Pending
 	err := a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
 		res, err := eng.Edit(ctx, a.change(cmd), fn)
