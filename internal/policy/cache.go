@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -65,8 +66,13 @@ func isRuleWord(w string) bool {
 
 // parseOne parses line i for the cache, adding its rules to rules.
 func (d *Document) parseOne(i int, svc Services, rules *ruleStore) lineKind {
-	if r, ok := fastRule(d.Lines[i], Pos{File: d.Name, Line: i + 1}); ok {
-		rules.add(r, true)
+	if f, ok := fastParse(d.Lines[i]); ok {
+		if e, ok := rules.fastEnt(f, i+1); ok {
+			rules.ents = append(rules.ents, e)
+		} else {
+			r, _ := fastRule(d.Lines[i], Pos{File: d.Name, Line: i + 1})
+			rules.add(r, true)
+		}
 		return lineRule
 	}
 	st, ok, err := lineStatement(d, i, svc)
@@ -192,8 +198,33 @@ func (d *Document) deleteLine(at int) {
 // and reports what is wrong with it. Only lowercase allow, deny and
 // reject, printable ASCII words and a valid address take this path.
 func fastRule(line string, pos Pos) (r Rule, ok bool) {
-	if len(line) > maxLineLen {
+	f, ok := fastParse(line)
+	if !ok {
 		return Rule{}, false
+	}
+	r = Rule{Action: f.action, Direction: In, Proto: "any", Pos: pos, Family: familyOf(f.addr), Text: strings.TrimSpace(line)}
+	r.Pos.Col = f.col
+	if f.to {
+		r.To = f.addr
+	} else {
+		r.From = f.addr
+	}
+	return r, true
+}
+
+// fastLine is what fastParse read: the action, the address, which side
+// it is on, and the column of the first word.
+type fastLine struct {
+	action Action
+	addr   netip.Prefix
+	to     bool
+	col    int
+}
+
+// fastParse is fastRule's reading of line, without building the Rule.
+func fastParse(line string) (f fastLine, ok bool) {
+	if len(line) > maxLineLen {
+		return f, false
 	}
 	var words [3]string
 	var cols [3]int
@@ -205,13 +236,13 @@ func fastRule(line string, pos Pos) (r Rule, ok bool) {
 			continue
 		}
 		if n == len(words) {
-			return Rule{}, false
+			return f, false
 		}
 		start := i
 		for i < len(line) && line[i] != ' ' && line[i] != '\t' && line[i] != '\r' {
 			c := line[i]
 			if c <= 0x20 || c >= 0x7f || c == '\'' || c == '"' || c == '#' {
-				return Rule{}, false
+				return f, false
 			}
 			i++
 		}
@@ -219,23 +250,22 @@ func fastRule(line string, pos Pos) (r Rule, ok bool) {
 		n++
 	}
 	if n != len(words) || (words[1] != "from" && words[1] != "to") {
-		return Rule{}, false
+		return f, false
 	}
 	switch Action(words[0]) {
-	case Allow, Deny, Reject:
+	case Allow:
+		f.action = Allow
+	case Deny:
+		f.action = Deny
+	case Reject:
+		f.action = Reject
 	default:
-		return Rule{}, false
+		return f, false
 	}
 	addr, _, msg := parseAddrAt(words[2])
 	if msg != "" || !addr.IsValid() {
-		return Rule{}, false
+		return f, false
 	}
-	r = Rule{Action: Action(words[0]), Direction: In, Proto: "any", Pos: pos, Family: familyOf(addr), Text: strings.TrimSpace(line)}
-	r.Pos.Col = cols[0]
-	if words[1] == "from" {
-		r.From = addr
-	} else {
-		r.To = addr
-	}
-	return r, true
+	f.addr, f.to, f.col = addr, words[1] == "to", cols[0]
+	return f, true
 }

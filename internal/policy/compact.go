@@ -47,29 +47,34 @@ type ruleStore struct {
 // compactEnt returns r as a compact entry, if r is exactly what
 // rule(that entry) builds: what fastRule gives for the line texts[line-1].
 func (s *ruleStore) compactEnt(r *Rule) (ruleEnt, bool) {
+	pfx, to := r.From, false
+	if !pfx.IsValid() {
+		pfx, to = r.To, true
+	}
+	return s.fastEnt(fastLine{action: r.Action, addr: pfx, to: to}, r.Pos.Line)
+}
+
+// fastEnt is the compact entry of what fastParse read from line (1-based).
+func (s *ruleStore) fastEnt(f fastLine, line int) (ruleEnt, bool) {
 	var e ruleEnt
 	act := -1
 	for i, a := range entActions {
-		if r.Action == a {
+		if f.action == a {
 			act = i
 		}
 	}
-	if act < 0 {
+	if act < 0 || !f.addr.IsValid() || f.addr.Addr().Zone() != "" {
 		return e, false
 	}
-	pfx := r.From
-	if !pfx.IsValid() {
-		pfx, e.flags = r.To, entTo
+	if f.to {
+		e.flags = entTo
 	}
-	if !pfx.IsValid() || pfx.Addr().Zone() != "" {
-		return e, false
-	}
-	if pfx.Addr().Is4() {
+	if f.addr.Addr().Is4() {
 		e.flags |= entV4
 	}
 	e.flags |= uint8(act) << entActionShift
-	e.addr, e.bits, e.line = pfx.Addr().As16(), uint8(pfx.Bits()), int32(r.Pos.Line)
-	if int(e.line) != r.Pos.Line || e.line < 1 || int(e.line) > len(s.texts) {
+	e.addr, e.bits, e.line = f.addr.Addr().As16(), uint8(f.addr.Bits()), int32(line)
+	if int(e.line) != line || e.line < 1 || int(e.line) > len(s.texts) {
 		return e, false
 	}
 	return e, true

@@ -40,6 +40,11 @@ func compactCheck(t *testing.T, line string) {
 			t.Fatalf("%q: mayEqual(%+v) differs", line, probe)
 		}
 	}
+	// The document's parse takes the same line to the same rule.
+	d := &Document{Name: "f.conf", Lines: []string{"# one", "", line}}
+	if c := d.index(nil); c.rules.len() != 1 || c.rules.ents[0].flags&entWhole != 0 || !reflect.DeepEqual(c.rules.rule(0), r) {
+		t.Fatalf("%q: the document's parse gives %d rules, want the one fastRule reads", line, c.rules.len())
+	}
 	s.setLine(0, 2)
 	if s.texts[1] = line; s.rule(0).Pos.Line != 2 {
 		t.Fatalf("%q: moved to line 2, says %d", line, s.rule(0).Pos.Line)
