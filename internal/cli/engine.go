@@ -39,6 +39,7 @@ func (a *app) engine() *engine.Engine {
 			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "nft-set."}
 		case *ipt.Backend:
 			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "ipset."}
+			kb.StateDir = a.stateDir
 		}
 		backends = append(backends, b)
 	}

@@ -49,6 +49,10 @@ type Backend struct {
 	// netlink instead of starting `ipset list` (New sets it; tests on a
 	// fake Runner leave it off).
 	IpsetNetlink bool
+	// StateDir, when set, keeps moat's chains as last read, for the
+	// next command while the nftables generation has not moved
+	// (chainCacheFile).
+	StateDir string
 	// available: Available found every program once (a command asked
 	// several times, each looking up five programs on the PATH).
 	available bool
@@ -201,6 +205,10 @@ func (b *Backend) readChains(ctx context.Context) (*state, error) {
 		case b.lastRead != nil && b.lastRead.readGen == g:
 			return b.lastRead.clone(), nil
 		default:
+			if st := b.loadChainCache(g); st != nil {
+				b.lastRead = st.clone()
+				return st, nil
+			}
 			g0 = g
 		}
 	}
@@ -223,6 +231,7 @@ func (b *Backend) readChains(ctx context.Context) (*state, error) {
 		if g1, err := nftGeneration(); err == nil && g1 == g0 {
 			st.readGen, st.readGenOK = g0, true
 			b.lastRead = st.clone()
+			b.saveChainCache(st)
 		}
 	}
 	return st, nil
@@ -699,6 +708,12 @@ func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 	var st *state
 	if after != nil && after.st != nil {
 		st = after.st
+		// The chains as moat's restores made them, at the generation
+		// now: the next read (this command's, or the next command's
+		// check and plan) need not run iptables-save.
+		st.readGen, st.readGenOK = after.gen, true
+		b.lastRead = st.clone()
+		b.saveChainCache(st)
 	} else {
 		var err error
 		if st, err = b.readRules(ctx); err != nil {

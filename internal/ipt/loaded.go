@@ -79,6 +79,10 @@ func predictChains(orig *state, genOnly map[policy.Family]string) *state {
 			return nil
 		}
 		st.lines[fam] = slices.Concat(lines[:first], genRuleLines(script), lines[last+1:])
+		// And the record MOAT-GEN now holds, read from those lines as
+		// from iptables-save (the state serves the next read too).
+		sv := parseSave([]byte(strings.Join(st.lines[fam], "\n")))
+		st.gen[fam], st.held[fam], st.rules[fam] = sv.gen, sv.held, sv.rules
 	}
 	return st
 }

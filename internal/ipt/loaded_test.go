@@ -1,6 +1,10 @@
 package ipt
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
 	"slices"
 
 	"context"
@@ -138,6 +142,10 @@ func TestPredictChainsRefusesOtherGenRules(t *testing.T) {
 	if st == nil || !slices.Equal(st.lines[v4], want) {
 		t.Fatalf("predicted %v, want %v", st, want)
 	}
+	// The record as the lines now say it, as a read would give it.
+	if st.gen[v4] != "g2" || st.rules[v4] != "r1" || st.held[v4]["moat-a"] != "ipx" {
+		t.Errorf("predicted record: generation %q, rules %q, held %v", st.gen[v4], st.rules[v4], st.held[v4])
+	}
 	for name, lines := range map[string][]string{
 		"rule added":  slices.Concat([]string{":MOAT-GEN"}, gen, []string{"-A MOAT-GEN -j ACCEPT"}),
 		"not one run": slices.Concat([]string{":MOAT-GEN"}, gen[:1], []string{"-A MOAT-INPUT -j DROP"}, gen[1:]),
@@ -147,5 +155,126 @@ func TestPredictChainsRefusesOtherGenRules(t *testing.T) {
 		if st := predictChains(base(lines), map[policy.Family]string{v4: script}); st != nil {
 			t.Errorf("%s: predicted %v", name, st.lines[v4])
 		}
+	}
+}
+
+// The chains recorded in the state directory serve the next command
+// (another Backend, as another process) while the nftables generation
+// has not moved: its drift check and plan run no iptables-save. A rule
+// added by hand moves the generation: they are read again and the rule
+// is in the fingerprint. A record of another network namespace (or
+// boot) is not read, even at the same generation.
+func TestKernelChainCache(t *testing.T) {
+	_, ns := kernelBackendNS(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here: no generation tracks moat's chains")
+		}
+		saves := 0
+		newBackend := func() *Backend {
+			return &Backend{Netlink: true, IpsetNetlink: true, StateDir: dir, Elements: setstore.Dir{Path: dir, Prefix: "ipset."},
+				Run: func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+					if strings.HasSuffix(name, "tables-save") {
+						saves++
+					}
+					return execrun.Exec(ctx, stdin, name, args...)
+				}}
+		}
+		head := "default deny incoming\nallow 22/tcp\n"
+		b := newBackend()
+		if err := b.Apply(ctx, compile(t, head+denyList(50, -1))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Fingerprint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The next command: check, set change, fingerprint.
+		saves = 0
+		b = newBackend()
+		fp, err := b.Fingerprint(ctx)
+		if err != nil || fp == "" {
+			t.Fatal(fp, err)
+		}
+		if err := b.Apply(ctx, compile(t, head+denyList(51, 3))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Fingerprint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if saves != 0 {
+			t.Errorf("a command after a recorded read ran iptables-save %d times", saves)
+		}
+		// The record made from the restores is what a read gives.
+		gen, err := nftGeneration()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cached := newBackend().loadChainCache(gen)
+		read, err := (&Backend{Run: execrun.Exec}).readChains(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cached == nil {
+			t.Fatal("no record of the chains after a set change")
+		}
+		cached.readGen, cached.readGenOK = 0, false
+		if !reflect.DeepEqual(cached, read) {
+			t.Errorf("the record after a set change differs from a read:\n%+v\n%+v", cached, read)
+		}
+		// A rule change: the chains are read back once, after it.
+		b = newBackend()
+		saves = 0
+		if err := b.Apply(ctx, compile(t, head+"allow 80/tcp\n"+denyList(51, 3))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Fingerprint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if saves != 2 {
+			t.Errorf("a rule change ran iptables-save %d times, want 2 (the read after its restores)", saves)
+		}
+		fresh := &Backend{Run: execrun.Exec, Netlink: true, IpsetNetlink: true}
+		before, _ := fresh.Fingerprint(ctx)
+		if out, err := execrun.Exec(ctx, nil, "iptables", "-A", "MOAT-INPUT", "-p", "tcp", "--dport", "9999", "-j", "RETURN"); err != nil {
+			t.Fatalf("iptables: %v %s", err, out)
+		}
+		saves = 0
+		b = newBackend()
+		fp, err = b.Fingerprint(ctx)
+		if want, _ := fresh.Fingerprint(ctx); err != nil || fp == before || fp != want || saves != 2 {
+			t.Errorf("after a rule added by hand: fingerprint %q (%v, %d saves), before %q, read whole %q", fp, err, saves, before, want)
+		}
+		// The record, made for another namespace at this very generation.
+		data, err := os.ReadFile(filepath.Join(dir, chainCacheFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c chainCache
+		if err := json.Unmarshal(data, &c); err != nil {
+			t.Fatal(err)
+		}
+		for name, edit := range map[string]func(*chainCache){
+			"namespace": func(c *chainCache) { c.NetNS++ },
+			"boot":      func(c *chainCache) { c.Boot = "another boot" },
+		} {
+			other := c
+			edit(&other)
+			other.Lines = map[policy.Family][]string{}
+			data, _ := json.Marshal(other)
+			if err := os.WriteFile(filepath.Join(dir, chainCacheFile), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			saves = 0
+			b = newBackend()
+			if fp2, err := b.Fingerprint(ctx); err != nil || fp2 != fp || saves != 2 {
+				t.Errorf("a record of another %s: fingerprint %q (%v, %d saves), want %q read", name, fp2, err, saves, fp)
+			}
+		}
+		return b.Remove(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

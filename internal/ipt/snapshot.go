@@ -108,8 +108,10 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 		return err
 	}
 	keepSets := map[string]bool{}
+	setScript := ""
 	if len(sections[secSets]) > 0 {
 		script, names, err := swapSetsScript(sections[secSets], st.sets)
+		setScript = script
 		if err != nil {
 			return err
 		}
@@ -201,9 +203,13 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 	}
 	var stale []string
 	for _, name := range sortedKeys(st.sets) {
-		if !keepSets[name] {
-			stale = append(stale, name)
+		// A temporary set left by a moat killed while it filled it is
+		// destroyed and made again by the set restore above, which
+		// swaps it away: destroying it once more failed the restore.
+		if keepSets[name] || strings.HasPrefix(setScript, "destroy "+name+"\n") || strings.Contains(setScript, "\ndestroy "+name+"\n") {
+			continue
 		}
+		stale = append(stale, name)
 	}
 	return b.destroySets(ctx, stale)
 }

@@ -54,3 +54,31 @@ func TestSnapshotOtherTables(t *testing.T) {
 		t.Errorf("snapshot:\n%s", snap)
 	}
 }
+
+// A temporary set left by a moat killed while it filled it (moatnew-*)
+// is destroyed and made again by the snapshot's set restore, which swaps
+// it away: it is not destroyed a second time (ipset then failed the
+// whole undo with "The set with the given name does not exist"); a
+// leftover temporary set of a set the snapshot lacks is removed.
+func TestRestoreLeftoverTemporarySet(t *testing.T) {
+	host := &fakeHost{save: map[string]string{}, sets: "moat-a\nmoatnew-a\nmoatnew-gone\n"}
+	b := &Backend{Run: host.run}
+	snap := secSets + "\ncreate moat-a hash:net family inet maxelem 65536\nadd moat-a 192.0.2.0/24\n" +
+		secV4 + "\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n"
+	if err := b.Restore(context.Background(), []byte(snap)); err != nil {
+		t.Fatal(err)
+	}
+	destroyed := map[string]int{}
+	for _, c := range host.calls {
+		if c.args == "ipset restore" {
+			for _, l := range strings.Split(c.stdin, "\n") {
+				if name, ok := strings.CutPrefix(l, "destroy "); ok {
+					destroyed[name]++
+				}
+			}
+		}
+	}
+	if destroyed["moatnew-a"] != 2 || destroyed["moatnew-gone"] != 1 || destroyed["moat-a"] != 0 {
+		t.Errorf("destroyed %v, want moatnew-a twice in the set restore (before and after the swap), moatnew-gone once, moat-a never", destroyed)
+	}
+}

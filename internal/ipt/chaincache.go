@@ -1,0 +1,115 @@
+package ipt
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/statedir"
+)
+
+// chainCacheFile keeps, in the state directory, moat's chains as last
+// read (or as its own restores made them, checked by the generations),
+// with the nftables ruleset generation they were at. Every command read
+// them with iptables-save and ip6tables-save to plan; while the
+// generation has not moved, nothing changed any chain (iptables-nft:
+// every change is an nf_tables transaction) and the record stands for
+// them. The generation counts from boot in each network namespace: the
+// record names the boot and the namespace (its cookie, never reused
+// while the machine runs), and any other is not read.
+const chainCacheFile = "ipt-chains.json"
+
+type chainCache struct {
+	Boot  string                            `json:"boot_id"`
+	NetNS uint64                            `json:"netns_cookie"`
+	Gen   uint32                            `json:"nft_generation"`
+	Jumps map[policy.Family]map[string]bool `json:"jumps"`
+	Has   map[policy.Family]map[string]bool `json:"chains"`
+	Gens  map[policy.Family]string          `json:"generations"`
+	Lines map[policy.Family][]string        `json:"lines"`
+	Held  map[policy.Family]contents        `json:"held"`
+	Rules map[policy.Family]string          `json:"rules"`
+}
+
+// hostIdentity is the boot and the network namespace this process runs
+// in; ok is false when either cannot be told (then nothing is cached).
+func hostIdentity() (boot string, netns uint64, ok bool) {
+	data, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", 0, false
+	}
+	boot = strings.TrimSpace(string(data))
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", 0, false
+	}
+	defer unix.Close(fd)
+	// SO_NETNS_COOKIE (Linux 5.14): a namespace's number for the boot.
+	netns, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil || boot == "" || netns == 0 {
+		return "", 0, false
+	}
+	return boot, netns, true
+}
+
+// loadChainCache is the cached chains when they are at generation gen
+// in this boot and namespace, else nil.
+func (b *Backend) loadChainCache(gen uint32) *state {
+	if b.StateDir == "" {
+		return nil
+	}
+	data, err := statedir.ReadFile(b.StateDir, chainCacheFile)
+	if err != nil {
+		return nil
+	}
+	var c chainCache
+	if json.Unmarshal(data, &c) != nil || c.Gen != gen {
+		return nil
+	}
+	boot, netns, ok := hostIdentity()
+	if !ok || c.Boot != boot || c.NetNS != netns {
+		return nil
+	}
+	st := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
+		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{},
+		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}, readGen: gen, readGenOK: true}
+	for _, f := range families {
+		st.jumps[f.fam] = orEmpty(c.Jumps[f.fam])
+		st.has[f.fam] = orEmpty(c.Has[f.fam])
+		st.gen[f.fam], st.lines[f.fam], st.rules[f.fam] = c.Gens[f.fam], c.Lines[f.fam], c.Rules[f.fam]
+		st.held[f.fam] = contents(orEmpty(c.Held[f.fam]))
+	}
+	return st
+}
+
+func orEmpty[V any](m map[string]V) map[string]V {
+	if m == nil {
+		return map[string]V{}
+	}
+	return m
+}
+
+// saveChainCache records st, read (or made by moat's own restores) at
+// generation st.readGen; a record that cannot be written is removed.
+func (b *Backend) saveChainCache(st *state) {
+	if b.StateDir == "" || !st.readGenOK {
+		return
+	}
+	boot, netns, ok := hostIdentity()
+	if !ok {
+		_ = statedir.Remove(b.StateDir, chainCacheFile)
+		return
+	}
+	c := chainCache{Boot: boot, NetNS: netns, Gen: st.readGen, Jumps: st.jumps, Has: st.has, Gens: st.gen,
+		Lines: st.lines, Held: st.held, Rules: st.rules}
+	data, err := json.Marshal(c)
+	if err == nil {
+		err = statedir.WriteCache(b.StateDir, chainCacheFile, data)
+	}
+	if err != nil {
+		_ = statedir.Remove(b.StateDir, chainCacheFile)
+	}
+}
