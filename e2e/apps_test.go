@@ -60,33 +60,28 @@ func TestAppProfiles(t *testing.T) {
 }
 
 func TestDottedNetmaskAndRouteShortForm(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, true)
-			e.apply("default deny incoming\ndefault deny routed\nroute allow 80/tcp\n")
-			out := e.mustMoat("allow", "from", "192.0.2.3/255.255.255.254", "to", "any", "port", "80")
-			if !strings.Contains(out, "192.0.2.3/255.255.255.254 is written as the CIDR 192.0.2.2/31") {
-				t.Errorf("no note about the netmask:\n%s", out)
-			}
-			data, err := os.ReadFile(e.conf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(string(data), "allow from 192.0.2.2/31 to any port 80\n") {
-				t.Errorf("policy file:\n%s", data)
-			}
-			e.expect(false,
-				"client tcp 198.51.100.2:80 open", "client tcp [2001:db8:1::2]:80 open",
-				"client tcp 198.51.100.2:443 timeout", "client udp 198.51.100.2:53 timeout",
-				"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/192.0.2.2 tcp 192.0.2.1:80 open",
-				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client tcp [2001:db8::1]:80 timeout")
-			out, err = e.moat("allow", "from", "192.0.2.3/255.0.255.0")
-			if err == nil || !strings.Contains(out, "not contiguous") {
-				t.Errorf("non-contiguous mask: %v\n%s", err, out)
-			}
-		})
-	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, true)
+		e.apply("default deny incoming\ndefault deny routed\nroute allow 80/tcp\n")
+		out := e.mustMoat("allow", "from", "192.0.2.3/255.255.255.254", "to", "any", "port", "80")
+		if !strings.Contains(out, "192.0.2.3/255.255.255.254 is written as the CIDR 192.0.2.2/31") {
+			t.Errorf("no note about the netmask:\n%s", out)
+		}
+		data, err := os.ReadFile(e.conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(data), "allow from 192.0.2.2/31 to any port 80\n") {
+			t.Errorf("policy file:\n%s", data)
+		}
+		e.expect(false,
+			"client tcp 198.51.100.2:80 open", "client tcp [2001:db8:1::2]:80 open",
+			"client tcp 198.51.100.2:443 timeout", "client udp 198.51.100.2:53 timeout",
+			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/192.0.2.2 tcp 192.0.2.1:80 open",
+			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client tcp [2001:db8::1]:80 timeout")
+		out, err = e.moat("allow", "from", "192.0.2.3/255.0.255.0")
+		if err == nil || !strings.Contains(out, "not contiguous") {
+			t.Errorf("non-contiguous mask: %v\n%s", err, out)
+		}
+	})
 }

@@ -20,82 +20,77 @@ import (
 // limited read stops early; the bans shown are real ones, sorted, each
 // once. Both backends.
 func TestBansListLimit(t *testing.T) {
-	t.Parallel()
-	for _, be := range backends {
-		t.Run(be, func(t *testing.T) {
-			requireBackend(t, be)
-			t.Parallel()
-			e := newEnv(t, be, false)
-			e.apply("default deny incoming\nallow 22/tcp\n")
-			bk, err := backend.ForName(policy.Backend(be))
-			if err != nil {
-				t.Fatal(err)
+	eachBackend(t, func(t *testing.T, be string) {
+		e := newEnv(t, be, false)
+		e.apply("default deny incoming\nallow 22/tcp\n")
+		bk, err := backend.ForName(policy.Backend(be))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]bool{}
+		var bans []ruleset.Ban
+		for i := 0; i < 1500; i++ {
+			a4 := netip.AddrFrom4([4]byte{198, 51, byte(100 + i/250), byte(1 + i%250)})
+			if i >= 250*4 {
+				a4 = netip.AddrFrom4([4]byte{203, 0, 113, byte(1 + i%250)})
 			}
-			want := map[string]bool{}
-			var bans []ruleset.Ban
-			for i := 0; i < 1500; i++ {
-				a4 := netip.AddrFrom4([4]byte{198, 51, byte(100 + i/250), byte(1 + i%250)})
-				if i >= 250*4 {
-					a4 = netip.AddrFrom4([4]byte{203, 0, 113, byte(1 + i%250)})
-				}
-				for _, a := range []netip.Addr{a4, banAddr(i)} {
-					bans = append(bans, ruleset.Ban{Addr: a, Timeout: time.Hour, Reason: "test: listed"})
-					want[a.String()] = true
-				}
+			for _, a := range []netip.Addr{a4, banAddr(i)} {
+				bans = append(bans, ruleset.Ban{Addr: a, Timeout: time.Hour, Reason: "test: listed"})
+				want[a.String()] = true
 			}
-			if err := e.topo.Server.Do(func() error { return bk.Ban(context.Background(), bans) }); err != nil {
-				t.Fatal(err)
-			}
-			total := len(want)
+		}
+		if err := e.topo.Server.Do(func() error { return bk.Ban(context.Background(), bans) }); err != nil {
+			t.Fatal(err)
+		}
+		total := len(want)
 
-			rows := func(out string) []string {
-				var got []string
-				for _, l := range strings.Split(out, "\n") {
-					f := strings.Fields(l)
-					if len(f) == 0 || f[0] == "ADDRESS" || f[0] == "..." {
-						continue
-					}
-					if !want[f[0]] {
-						t.Errorf("not a ban: %q", l)
-					}
-					got = append(got, f[0])
+		rows := func(out string) []string {
+			var got []string
+			for _, l := range strings.Split(out, "\n") {
+				f := strings.Fields(l)
+				if len(f) == 0 || f[0] == "ADDRESS" || f[0] == "..." {
+					continue
 				}
-				for i := 1; i < len(got); i++ {
-					if !netip.MustParseAddr(got[i-1]).Less(netip.MustParseAddr(got[i])) {
-						t.Errorf("not sorted, or twice: %s then %s", got[i-1], got[i])
-					}
+				if !want[f[0]] {
+					t.Errorf("not a ban: %q", l)
 				}
-				return got
+				got = append(got, f[0])
 			}
-			for _, c := range []struct {
-				args []string
-				n    int
-				more bool
-			}{
-				{[]string{"bans"}, 1000, true},
-				{[]string{"bans", "--limit", "5"}, 5, true},
-				{[]string{"bans", "--limit", "1500"}, 1500, true}, // IPv4 whole, then IPv6 cut
-				{[]string{"bans", "--limit", "1499"}, 1499, true}, // IPv4 cut
-				{[]string{"bans", "--limit", fmt.Sprint(total)}, total, false},
-				{[]string{"bans", "--all"}, total, false},
-			} {
-				out := e.mustMoat(c.args...)
-				if got := rows(out); len(got) != c.n {
-					t.Errorf("moat %s: %d bans shown, want %d", strings.Join(c.args, " "), len(got), c.n)
-				}
-				if more := strings.Contains(out, "... and more: "); more != c.more || more && !strings.Contains(out, "'moat bans --all'") {
-					t.Errorf("moat %s: the line saying there are more: %v, want %v\n%.300s", strings.Join(c.args, " "), more, c.more, out[max(0, len(out)-300):])
+			for i := 1; i < len(got); i++ {
+				if !netip.MustParseAddr(got[i-1]).Less(netip.MustParseAddr(got[i])) {
+					t.Errorf("not sorted, or twice: %s then %s", got[i-1], got[i])
 				}
 			}
-			var list []struct {
-				Address string `json:"address"`
+			return got
+		}
+		for _, c := range []struct {
+			args []string
+			n    int
+			more bool
+		}{
+			{[]string{"bans"}, 1000, true},
+			{[]string{"bans", "--limit", "5"}, 5, true},
+			{[]string{"bans", "--limit", "1500"}, 1500, true}, // IPv4 whole, then IPv6 cut
+			{[]string{"bans", "--limit", "1499"}, 1499, true}, // IPv4 cut
+			{[]string{"bans", "--limit", fmt.Sprint(total)}, total, false},
+			{[]string{"bans", "--all"}, total, false},
+		} {
+			out := e.mustMoat(c.args...)
+			if got := rows(out); len(got) != c.n {
+				t.Errorf("moat %s: %d bans shown, want %d", strings.Join(c.args, " "), len(got), c.n)
 			}
-			if err := json.Unmarshal([]byte(e.mustMoat("bans", "--json")), &list); err != nil || len(list) != total {
-				t.Errorf("--json: %d bans, %v; want every one (%d)", len(list), err, total)
+			if more := strings.Contains(out, "... and more: "); more != c.more || more && !strings.Contains(out, "'moat bans --all'") {
+				t.Errorf("moat %s: the line saying there are more: %v, want %v\n%.300s", strings.Join(c.args, " "), more, c.more, out[max(0, len(out)-300):])
 			}
-			if out, err := e.moat("bans", "--limit", "0"); err == nil {
-				t.Errorf("--limit 0 accepted:\n%s", out)
-			}
-		})
-	}
+		}
+		var list []struct {
+			Address string `json:"address"`
+		}
+		if err := json.Unmarshal([]byte(e.mustMoat("bans", "--json")), &list); err != nil || len(list) != total {
+			t.Errorf("--json: %d bans, %v; want every one (%d)", len(list), err, total)
+		}
+		if out, err := e.moat("bans", "--limit", "0"); err == nil {
+			t.Errorf("--limit 0 accepted:\n%s", out)
+		}
+	})
 }

@@ -54,62 +54,57 @@ func restoreDir(t *testing.T, src, dst string) {
 // to the new list must leave it. Real packets, both backends, IPv4 and
 // IPv6; status sees no drift.
 func TestBlocklistUpdateKilledBeforeSave(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			list := filepath.Join(e.dir, "bad.list")
-			old := "192.0.2.3\n2001:db8::3\n"
-			new := "192.0.2.4\n2001:db8::4\n"
-			writeFile(t, list, old)
-			e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist bad file %s\n", list))
-			oldDrops := []string{
-				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open",
-			}
-			newDrops := []string{
-				"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open",
-				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
-			}
-			e.expect(false, oldDrops...)
-			saved := filepath.Join(e.stateDir(), "blocklists")
-			before := filepath.Join(e.dir, "saved-before")
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		list := filepath.Join(e.dir, "bad.list")
+		old := "192.0.2.3\n2001:db8::3\n"
+		new := "192.0.2.4\n2001:db8::4\n"
+		writeFile(t, list, old)
+		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist bad file %s\n", list))
+		oldDrops := []string{
+			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open",
+		}
+		newDrops := []string{
+			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open",
+			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+		}
+		e.expect(false, oldDrops...)
+		saved := filepath.Join(e.stateDir(), "blocklists")
+		before := filepath.Join(e.dir, "saved-before")
 
-			// The killed update: the kernel has the new list, the saved
-			// copy is the old one, and the marker the update wrote before
-			// the kernel batch is there.
-			killedAfterKernel := func() {
-				writeFile(t, list, new)
-				copyDir(t, saved, before)
-				e.mustMoat("blocklist", "update")
-				restoreDir(t, before, saved)
-				writeFile(t, filepath.Join(e.stateDir(), "blocklist-update.pending"), "bad\n")
-			}
-			killedAfterKernel()
-			e.expect(false, newDrops...)
-
-			// Back to the old list.
-			writeFile(t, list, old)
+		// The killed update: the kernel has the new list, the saved
+		// copy is the old one, and the marker the update wrote before
+		// the kernel batch is there.
+		killedAfterKernel := func() {
+			writeFile(t, list, new)
+			copyDir(t, saved, before)
 			e.mustMoat("blocklist", "update")
-			e.expect(false, oldDrops...)
-			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-				t.Errorf("status sees drift:\n%s", st)
-			}
+			restoreDir(t, before, saved)
+			writeFile(t, filepath.Join(e.stateDir(), "blocklist-update.pending"), "bad\n")
+		}
+		killedAfterKernel()
+		e.expect(false, newDrops...)
 
-			// The same kill, then the new list again: loaded and kept.
-			killedAfterKernel()
-			out := e.mustMoat("blocklist", "update")
-			e.expect(false, newDrops...)
-			if got := strings.TrimSpace(e.mustMoat("blocklist", "update")); !strings.Contains(got, "unchanged") {
-				t.Errorf("a third update of the same list:\n%s (the one before said %s)", got, out)
-			}
-			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-				t.Errorf("status sees drift:\n%s", st)
-			}
-		})
-	}
+		// Back to the old list.
+		writeFile(t, list, old)
+		e.mustMoat("blocklist", "update")
+		e.expect(false, oldDrops...)
+		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+			t.Errorf("status sees drift:\n%s", st)
+		}
+
+		// The same kill, then the new list again: loaded and kept.
+		killedAfterKernel()
+		out := e.mustMoat("blocklist", "update")
+		e.expect(false, newDrops...)
+		if got := strings.TrimSpace(e.mustMoat("blocklist", "update")); !strings.Contains(got, "unchanged") {
+			t.Errorf("a third update of the same list:\n%s (the one before said %s)", got, out)
+		}
+		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+			t.Errorf("status sees drift:\n%s", st)
+		}
+	})
 }
 
 // shiftedList writes a list of n networks starting shift entries in
@@ -157,59 +152,54 @@ func (e *env) blocklistSets(name string) string {
 // reload of that file loads, real packets agree, and status sees no
 // drift. Both backends.
 func TestBlocklistUpdateKilled(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			list := filepath.Join(e.dir, "bad.list")
-			lists := []func(){
-				func() { shiftedList(t, list, 20_000, 0, "192.0.2.3", "2001:db8::3") },
-				func() { shiftedList(t, list, 20_000, 3_000, "192.0.2.4", "2001:db8::4") },
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		list := filepath.Join(e.dir, "bad.list")
+		lists := []func(){
+			func() { shiftedList(t, list, 20_000, 0, "192.0.2.3", "2001:db8::3") },
+			func() { shiftedList(t, list, 20_000, 3_000, "192.0.2.4", "2001:db8::4") },
+		}
+		probes := [][]string{{
+			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open",
+		}, {
+			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open",
+			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+		}}
+		lists[0]()
+		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist bad file %s\n", list))
+		lists[1]()
+		start := time.Now()
+		e.mustMoat("blocklist", "update")
+		took := time.Since(start)
+		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+		cur := 1
+		for k := 0; k < 8; k++ {
+			next := 1 - cur
+			lists[next]()
+			delay := time.Duration(rng.Int64N(int64(took) * 6 / 5))
+			exited := e.killMoatAfter(delay, "blocklist", "update")
+			// The file stays at the new list, or goes back.
+			final := next
+			if rng.IntN(2) == 0 {
+				final = cur
+				lists[final]()
 			}
-			probes := [][]string{{
-				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open",
-			}, {
-				"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open",
-				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
-			}}
-			lists[0]()
-			e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist bad file %s\n", list))
-			lists[1]()
-			start := time.Now()
-			e.mustMoat("blocklist", "update")
-			took := time.Since(start)
-			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-			cur := 1
-			for k := 0; k < 8; k++ {
-				next := 1 - cur
-				lists[next]()
-				delay := time.Duration(rng.Int64N(int64(took) * 6 / 5))
-				exited := e.killMoatAfter(delay, "blocklist", "update")
-				// The file stays at the new list, or goes back.
-				final := next
-				if rng.IntN(2) == 0 {
-					final = cur
-					lists[final]()
-				}
-				out := e.mustMoat("blocklist", "update")
-				e.expect(false, probes[final]...)
-				got := e.blocklistSets("bad")
-				e.mustMoat("reload")
-				if want := e.blocklistSets("bad"); got != want {
-					t.Fatalf("kill %d after %v (exited: %v), file at list %d: the sets after the update differ from a reload's (%d and %d bytes); the update said:\n%s",
-						k, delay, exited, final, len(got), len(want), out)
-				}
-				if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-					t.Fatalf("kill %d: status sees drift:\n%s", k, st)
-				}
-				cur = final
+			out := e.mustMoat("blocklist", "update")
+			e.expect(false, probes[final]...)
+			got := e.blocklistSets("bad")
+			e.mustMoat("reload")
+			if want := e.blocklistSets("bad"); got != want {
+				t.Fatalf("kill %d after %v (exited: %v), file at list %d: the sets after the update differ from a reload's (%d and %d bytes); the update said:\n%s",
+					k, delay, exited, final, len(got), len(want), out)
 			}
-			t.Logf("an update took %v", took)
-		})
-	}
+			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+				t.Fatalf("kill %d: status sees drift:\n%s", k, st)
+			}
+			cur = final
+		}
+		t.Logf("an update took %v", took)
+	})
 }
 
 // Two 'moat blocklist update' at once, on lists whose saved copies are in
@@ -219,77 +209,72 @@ func TestBlocklistUpdateKilled(t *testing.T) {
 // saved copies are the files' contents (a further update finds nothing
 // changed), real packets agree and status sees no drift. Both backends.
 func TestBlocklistUpdateTwoAtOnce(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			la, lb := filepath.Join(e.dir, "a.list"), filepath.Join(e.dir, "b.list")
-			shiftedList(t, la, 20_000, 0, "192.0.2.3")
-			shiftedList(t, lb, 20_000, 50_000, "2001:db8::3")
-			e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist a file %s\nblocklist b file %s\n", la, lb))
-			waited := 0 // rounds in which one update waited for the other's lock
-			for round := 0; round < 3; round++ {
-				// Each round moves the probe addresses between the lists.
-				v4, v6 := "192.0.2.4", "2001:db8::4"
-				if round%2 == 1 {
-					v4, v6 = "192.0.2.3", "2001:db8::3"
-				}
-				shiftedList(t, la, 20_000, 1000*(round+1), v6)
-				shiftedList(t, lb, 20_000, 50_000+1000*(round+1), v4)
-				errs := make(chan error, 2)
-				outs := make([]string, 2)
-				for i, args := range [][]string{{"blocklist", "update"}, {"blocklist", "update", "a"}} {
-					go func() {
-						var err error
-						outs[i], err = e.moat(args...)
-						errs <- err
-					}()
-				}
-				// In the last round the file of a changes again while they
-				// run.
-				last := round == 2
-				if last {
-					time.Sleep(100 * time.Millisecond)
-					shiftedList(t, la, 20_000, 1000*(round+1)+500, v6)
-				}
-				for range 2 {
-					if err := <-errs; err != nil {
-						t.Fatalf("round %d: an update failed: %v\n%s\n%s", round, err, outs[0], outs[1])
-					}
-				}
-				if strings.Contains(outs[0]+outs[1], "waiting for another blocklist update") {
-					waited++
-				}
-				if last {
-					// The last change of a may have come after both read it.
-					e.mustMoat("blocklist", "update")
-				}
-				if out := e.mustMoat("blocklist", "update"); strings.Count(out, "unchanged") != 2 {
-					t.Errorf("round %d: an update after both changed something:\n%s", round, out)
-				}
-				other4, other6 := "192.0.2.3", "2001:db8::3"
-				if round%2 == 1 {
-					other4, other6 = "192.0.2.4", "2001:db8::4"
-				}
-				e.expect(false,
-					"client/"+v4+" tcp 192.0.2.1:80 timeout", "client/"+v6+" tcp [2001:db8::1]:80 timeout",
-					"client/"+other4+" tcp 192.0.2.1:80 open", "client/"+other6+" tcp [2001:db8::1]:80 open")
-				got := e.blocklistSets("a") + e.blocklistSets("b")
-				if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-					t.Fatalf("round %d: status sees drift:\n%s", round, st)
-				}
-				e.mustMoat("reload")
-				if want := e.blocklistSets("a") + e.blocklistSets("b"); got != want {
-					t.Fatalf("round %d: the sets after the updates differ from a reload's (%d and %d bytes)", round, len(got), len(want))
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		la, lb := filepath.Join(e.dir, "a.list"), filepath.Join(e.dir, "b.list")
+		shiftedList(t, la, 20_000, 0, "192.0.2.3")
+		shiftedList(t, lb, 20_000, 50_000, "2001:db8::3")
+		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist a file %s\nblocklist b file %s\n", la, lb))
+		waited := 0 // rounds in which one update waited for the other's lock
+		for round := 0; round < 3; round++ {
+			// Each round moves the probe addresses between the lists.
+			v4, v6 := "192.0.2.4", "2001:db8::4"
+			if round%2 == 1 {
+				v4, v6 = "192.0.2.3", "2001:db8::3"
+			}
+			shiftedList(t, la, 20_000, 1000*(round+1), v6)
+			shiftedList(t, lb, 20_000, 50_000+1000*(round+1), v4)
+			errs := make(chan error, 2)
+			outs := make([]string, 2)
+			for i, args := range [][]string{{"blocklist", "update"}, {"blocklist", "update", "a"}} {
+				go func() {
+					var err error
+					outs[i], err = e.moat(args...)
+					errs <- err
+				}()
+			}
+			// In the last round the file of a changes again while they
+			// run.
+			last := round == 2
+			if last {
+				time.Sleep(100 * time.Millisecond)
+				shiftedList(t, la, 20_000, 1000*(round+1)+500, v6)
+			}
+			for range 2 {
+				if err := <-errs; err != nil {
+					t.Fatalf("round %d: an update failed: %v\n%s\n%s", round, err, outs[0], outs[1])
 				}
 			}
-			// Each takes hundreds of milliseconds and they start together:
-			// that neither ever waited means they ran at the same time.
-			if waited == 0 {
-				t.Error("no update waited for the other: the updates are not kept apart")
+			if strings.Contains(outs[0]+outs[1], "waiting for another blocklist update") {
+				waited++
 			}
-		})
-	}
+			if last {
+				// The last change of a may have come after both read it.
+				e.mustMoat("blocklist", "update")
+			}
+			if out := e.mustMoat("blocklist", "update"); strings.Count(out, "unchanged") != 2 {
+				t.Errorf("round %d: an update after both changed something:\n%s", round, out)
+			}
+			other4, other6 := "192.0.2.3", "2001:db8::3"
+			if round%2 == 1 {
+				other4, other6 = "192.0.2.4", "2001:db8::4"
+			}
+			e.expect(false,
+				"client/"+v4+" tcp 192.0.2.1:80 timeout", "client/"+v6+" tcp [2001:db8::1]:80 timeout",
+				"client/"+other4+" tcp 192.0.2.1:80 open", "client/"+other6+" tcp [2001:db8::1]:80 open")
+			got := e.blocklistSets("a") + e.blocklistSets("b")
+			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+				t.Fatalf("round %d: status sees drift:\n%s", round, st)
+			}
+			e.mustMoat("reload")
+			if want := e.blocklistSets("a") + e.blocklistSets("b"); got != want {
+				t.Fatalf("round %d: the sets after the updates differ from a reload's (%d and %d bytes)", round, len(got), len(want))
+			}
+		}
+		// Each takes hundreds of milliseconds and they start together:
+		// that neither ever waited means they ran at the same time.
+		if waited == 0 {
+			t.Error("no update waited for the other: the updates are not kept apart")
+		}
+	})
 }

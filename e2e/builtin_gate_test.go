@@ -26,106 +26,101 @@ import (
 // Real packets, both backends, IPv4 and IPv6; the built-ins' counters
 // count them.
 func TestBuiltinsBehindGates(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			svc := &lab.Services{}
-			t.Cleanup(func() { _ = svc.Close() })
-			for _, p := range []uint16{68, 546} {
-				if err := svc.ServeUDP(e.topo.Server, p); err != nil {
-					t.Fatal(err)
-				}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		svc := &lab.Services{}
+		t.Cleanup(func() { _ = svc.Close() })
+		for _, p := range []uint16{68, 546} {
+			if err := svc.ServeUDP(e.topo.Server, p); err != nil {
+				t.Fatal(err)
 			}
-			// The denies of the DHCP ports come after the built-ins in
-			// ufw's order: the built-ins must stop before them, where
-			// allow 22/tcp lets them pass.
-			e.apply("default deny incoming\nallow 22/tcp\ndeny 68/udp\ndeny 546/udp\nallow 53/udp\n")
-			ctx := context.Background()
-			probe := func(src netip.Addr, sport uint16, dst netip.AddrPort, want lab.Outcome) {
-				t.Helper()
-				got, err := e.topo.Client.Send(ctx, lab.Probe{Proto: "udp", Src: src, SPort: sport, Dst: dst})
-				if err != nil {
-					t.Fatalf("udp %s:%d → %s: %v", src, sport, dst, err)
-				}
-				if got != want {
-					t.Errorf("udp %s:%d → %s: %s, want %s", src, sport, dst, got, want)
-				}
+		}
+		// The denies of the DHCP ports come after the built-ins in
+		// ufw's order: the built-ins must stop before them, where
+		// allow 22/tcp lets them pass.
+		e.apply("default deny incoming\nallow 22/tcp\ndeny 68/udp\ndeny 546/udp\nallow 53/udp\n")
+		ctx := context.Background()
+		probe := func(src netip.Addr, sport uint16, dst netip.AddrPort, want lab.Outcome) {
+			t.Helper()
+			got, err := e.topo.Client.Send(ctx, lab.Probe{Proto: "udp", Src: src, SPort: sport, Dst: dst})
+			if err != nil {
+				t.Fatalf("udp %s:%d → %s: %v", src, sport, dst, err)
 			}
-			v4 := func(p uint16) netip.AddrPort { return netip.AddrPortFrom(lab.ServerV4, p) }
-			v6 := func(p uint16) netip.AddrPort { return netip.AddrPortFrom(lab.ServerV6, p) }
-			// DHCP: server port 67 to client port 68 only.
-			probe(lab.ClientV4, 67, v4(68), lab.Open)
-			probe(lab.ClientV4, 66, v4(68), lab.Timeout)
-			probe(lab.ClientV4, 67, v4(69), lab.Timeout)
-			// A packet the gate lets in but no built-in takes goes on to
-			// the policy: allow 53/udp.
-			probe(lab.ClientV4, 67, v4(53), lab.Open)
-			probe(lab.ClientV6, 547, v6(53), lab.Open)
-			// DHCPv6: port 547 to 546, from a link-local address only.
-			probe(lab.ClientV6, 547, v6(546), lab.Timeout)
-			ll := linkLocal(t, e.topo.Client, "eth0").WithZone("eth0")
-			if got := udpFromLinkLocal(t, e.topo.Client, ll, 547, v6(546)); got != lab.Open {
-				t.Errorf("udp [%s]:547 → %s: %s, want open", ll, v6(546), got)
+			if got != want {
+				t.Errorf("udp %s:%d → %s: %s, want %s", src, sport, dst, got, want)
 			}
-			if got := udpFromLinkLocal(t, e.topo.Client, ll, 548, v6(546)); got != lab.Timeout {
-				t.Errorf("udp [%s]:548 → %s: %s, want timeout", ll, v6(546), got)
+		}
+		v4 := func(p uint16) netip.AddrPort { return netip.AddrPortFrom(lab.ServerV4, p) }
+		v6 := func(p uint16) netip.AddrPort { return netip.AddrPortFrom(lab.ServerV6, p) }
+		// DHCP: server port 67 to client port 68 only.
+		probe(lab.ClientV4, 67, v4(68), lab.Open)
+		probe(lab.ClientV4, 66, v4(68), lab.Timeout)
+		probe(lab.ClientV4, 67, v4(69), lab.Timeout)
+		// A packet the gate lets in but no built-in takes goes on to
+		// the policy: allow 53/udp.
+		probe(lab.ClientV4, 67, v4(53), lab.Open)
+		probe(lab.ClientV6, 547, v6(53), lab.Open)
+		// DHCPv6: port 547 to 546, from a link-local address only.
+		probe(lab.ClientV6, 547, v6(546), lab.Timeout)
+		ll := linkLocal(t, e.topo.Client, "eth0").WithZone("eth0")
+		if got := udpFromLinkLocal(t, e.topo.Client, ll, 547, v6(546)); got != lab.Open {
+			t.Errorf("udp [%s]:547 → %s: %s, want open", ll, v6(546), got)
+		}
+		if got := udpFromLinkLocal(t, e.topo.Client, ll, 548, v6(546)); got != lab.Timeout {
+			t.Errorf("udp [%s]:548 → %s: %s, want timeout", ll, v6(546), got)
+		}
+		// ICMP that no built-in takes (echo) falls through to the
+		// default drop.
+		e.expect(false, "client icmp 192.0.2.1 timeout", "client icmp 2001:db8::1 timeout")
+		// MLD from a link-local source is accepted (counted), from a
+		// global one is not.
+		before := e.builtinPackets("builtin:mld")
+		sendMLDQuery(t, e.topo.Client, ll)
+		if n := e.builtinPackets("builtin:mld"); n <= before {
+			t.Errorf("builtin:mld counted %d packets after an MLD query from %s, %d before", n, ll, before)
+		}
+		for id, min := range map[string]uint64{"builtin:dhcp": 1, "builtin:dhcpv6": 1} {
+			if n := e.builtinPackets(id); n < min {
+				t.Errorf("%s counted %d packets, want at least %d", id, n, min)
 			}
-			// ICMP that no built-in takes (echo) falls through to the
-			// default drop.
-			e.expect(false, "client icmp 192.0.2.1 timeout", "client icmp 2001:db8::1 timeout")
-			// MLD from a link-local source is accepted (counted), from a
-			// global one is not.
-			before := e.builtinPackets("builtin:mld")
-			sendMLDQuery(t, e.topo.Client, ll)
-			if n := e.builtinPackets("builtin:mld"); n <= before {
-				t.Errorf("builtin:mld counted %d packets after an MLD query from %s, %d before", n, ll, before)
-			}
-			for id, min := range map[string]uint64{"builtin:dhcp": 1, "builtin:dhcpv6": 1} {
-				if n := e.builtinPackets(id); n < min {
-					t.Errorf("%s counted %d packets, want at least %d", id, n, min)
-				}
-			}
-			if out := e.mustMoat("status"); !strings.Contains(out, "Status: active") || strings.Contains(out, "changed outside moat") {
-				t.Errorf("status after the probes:\n%s", out)
-			}
-			if b == "iptables" {
-				// established,related has no tag on iptables (no counter to
-				// find, and the comment match cost every packet it
-				// decides): deleting it by hand is still drift.
-				e.run("server", "iptables", "-D", "MOAT-INPUT", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
-				if out := e.mustMoat("status"); !strings.Contains(out, "lacks 1 rule moat loaded: a rule without moat's tag (return)") {
-					t.Errorf("status after a hand deletion of established,related:\n%s", out)
-				}
-				e.mustMoat("reload")
-				if out := e.mustMoat("status"); strings.Contains(out, "changed outside moat") {
-					t.Errorf("status after reload:\n%s", out)
-				}
-				e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open")
-				return
-			}
-			// A rule deleted by hand from a gated chain is drift, and a
-			// reload puts it back.
-			for _, line := range strings.Split(e.run("server", "nft", "-a", "list", "chain", "inet", "moat", "input_icmp"), "\n") {
-				if _, h, ok := strings.Cut(line, `comment "builtin:mld" # handle `); ok {
-					e.run("server", "nft", "delete", "rule", "inet", "moat", "input_icmp", "handle", strings.TrimSpace(h))
-				}
-			}
-			if out := e.mustMoat("status"); !strings.Contains(out, "chain input_icmp lacks 1 rule moat loaded: builtin:mld") {
-				t.Errorf("status after a hand deletion in input_icmp:\n%s", out)
+		}
+		if out := e.mustMoat("status"); !strings.Contains(out, "Status: active") || strings.Contains(out, "changed outside moat") {
+			t.Errorf("status after the probes:\n%s", out)
+		}
+		if b == "iptables" {
+			// established,related has no tag on iptables (no counter to
+			// find, and the comment match cost every packet it
+			// decides): deleting it by hand is still drift.
+			e.run("server", "iptables", "-D", "MOAT-INPUT", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
+			if out := e.mustMoat("status"); !strings.Contains(out, "lacks 1 rule moat loaded: a rule without moat's tag (return)") {
+				t.Errorf("status after a hand deletion of established,related:\n%s", out)
 			}
 			e.mustMoat("reload")
 			if out := e.mustMoat("status"); strings.Contains(out, "changed outside moat") {
 				t.Errorf("status after reload:\n%s", out)
 			}
-			sendMLDQuery(t, e.topo.Client, ll)
-			if n := e.builtinPackets("builtin:mld"); n == 0 {
-				t.Errorf("builtin:mld counted nothing after reload and an MLD query")
+			e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open")
+			return
+		}
+		// A rule deleted by hand from a gated chain is drift, and a
+		// reload puts it back.
+		for _, line := range strings.Split(e.run("server", "nft", "-a", "list", "chain", "inet", "moat", "input_icmp"), "\n") {
+			if _, h, ok := strings.Cut(line, `comment "builtin:mld" # handle `); ok {
+				e.run("server", "nft", "delete", "rule", "inet", "moat", "input_icmp", "handle", strings.TrimSpace(h))
 			}
-		})
-	}
+		}
+		if out := e.mustMoat("status"); !strings.Contains(out, "chain input_icmp lacks 1 rule moat loaded: builtin:mld") {
+			t.Errorf("status after a hand deletion in input_icmp:\n%s", out)
+		}
+		e.mustMoat("reload")
+		if out := e.mustMoat("status"); strings.Contains(out, "changed outside moat") {
+			t.Errorf("status after reload:\n%s", out)
+		}
+		sendMLDQuery(t, e.topo.Client, ll)
+		if n := e.builtinPackets("builtin:mld"); n == 0 {
+			t.Errorf("builtin:mld counted nothing after reload and an MLD query")
+		}
+	})
 }
 
 // builtinPackets is a built-in's packet count in 'moat status --json'.

@@ -100,85 +100,75 @@ func TestBadInputChangesNothing(t *testing.T) {
 }
 
 func TestEditCommandsApplyLive(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			writeFile(t, e.conf, "# my server\ndefault deny incoming\n\n# ssh for admins\nallow 22/tcp\n")
-			e.mustMoat("enable")
-			e.expect(false, "client tcp 192.0.2.1:80 timeout")
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		writeFile(t, e.conf, "# my server\ndefault deny incoming\n\n# ssh for admins\nallow 22/tcp\n")
+		e.mustMoat("enable")
+		e.expect(false, "client tcp 192.0.2.1:80 timeout")
 
-			e.mustMoat("allow", "80/tcp", "comment", "web server")
-			e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
-			if out := e.mustMoat("allow", "80/tcp", "comment", "web server"); !strings.Contains(out, "Skipping adding existing rule") {
-				t.Errorf("duplicate rule: %s", out)
+		e.mustMoat("allow", "80/tcp", "comment", "web server")
+		e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
+		if out := e.mustMoat("allow", "80/tcp", "comment", "web server"); !strings.Contains(out, "Skipping adding existing rule") {
+			t.Errorf("duplicate rule: %s", out)
+		}
+		e.mustMoat("insert", "1", "deny", "from", "192.0.2.3")
+		e.mustMoat("prepend", "deny", "from", "2001:db8::3")
+		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.2 tcp 192.0.2.1:80 open")
+
+		numbered := e.mustMoat("status", "numbered")
+		for _, want := range []string{"[ 1] Anywhere (v6)", "2001:db8::3", "[ 2] Anywhere", "192.0.2.3", "[ 3] 22/tcp", "[ 4] 80/tcp", "# web server"} {
+			if !strings.Contains(numbered, want) {
+				t.Errorf("status numbered lacks %q:\n%s", want, numbered)
 			}
-			e.mustMoat("insert", "1", "deny", "from", "192.0.2.3")
-			e.mustMoat("prepend", "deny", "from", "2001:db8::3")
-			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.2 tcp 192.0.2.1:80 open")
+		}
+		e.mustMoat("delete", "2")
+		e.mustMoat("delete", "deny", "from", "2001:db8::3")
+		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
 
-			numbered := e.mustMoat("status", "numbered")
-			for _, want := range []string{"[ 1] Anywhere (v6)", "2001:db8::3", "[ 2] Anywhere", "192.0.2.3", "[ 3] 22/tcp", "[ 4] 80/tcp", "# web server"} {
-				if !strings.Contains(numbered, want) {
-					t.Errorf("status numbered lacks %q:\n%s", want, numbered)
-				}
-			}
-			e.mustMoat("delete", "2")
-			e.mustMoat("delete", "deny", "from", "2001:db8::3")
-			e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+		e.mustMoat("default", "reject", "incoming")
+		e.expect(false, "client tcp 192.0.2.1:443 refused")
+		e.mustMoat("delete", "allow", "80/tcp", "comment", "web server")
+		e.expect(false, "client tcp 192.0.2.1:80 refused")
 
-			e.mustMoat("default", "reject", "incoming")
-			e.expect(false, "client tcp 192.0.2.1:443 refused")
-			e.mustMoat("delete", "allow", "80/tcp", "comment", "web server")
-			e.expect(false, "client tcp 192.0.2.1:80 refused")
-
-			data, _ := os.ReadFile(e.conf)
-			want := "# my server\ndefault reject incoming\n\n# ssh for admins\nallow 22/tcp\n"
-			if string(data) != want {
-				t.Errorf("policy file:\n%s\nwant:\n%s", data, want)
-			}
-		})
-	}
+		data, _ := os.ReadFile(e.conf)
+		want := "# my server\ndefault reject incoming\n\n# ssh for admins\nallow 22/tcp\n"
+		if string(data) != want {
+			t.Errorf("policy file:\n%s\nwant:\n%s", data, want)
+		}
+	})
 }
 
 func TestStatusAndCounters(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			if out := e.mustMoat("status"); strings.TrimSpace(out) != "Status: inactive" {
-				t.Errorf("before enable: %q", out)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		if out := e.mustMoat("status"); strings.TrimSpace(out) != "Status: inactive" {
+			t.Errorf("before enable: %q", out)
+		}
+		e.apply("default deny incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.4\nallow 22/tcp comment 'ssh'\n")
+		e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open", "client tcp 192.0.2.1:80 timeout",
+			"client/192.0.2.3 tcp 192.0.2.1:22 timeout")
+		if n := e.counter(3); n < 2 {
+			t.Errorf("allow 22/tcp counted %d packets after two connections", n)
+		}
+		if n := e.counter(1); n < 1 {
+			t.Errorf("deny from 192.0.2.3 (in a set) counted %d packets", n)
+		}
+		if n := e.counter(0); n < 1 {
+			t.Errorf("default deny counted %d packets after a dropped probe", n)
+		}
+		out := e.mustMoat("status", "verbose")
+		for _, want := range []string{"Status: active", "Backend: " + b, "Default: deny (incoming), allow (outgoing)", "22/tcp", "ALLOW IN", "# ssh", "Built-in rules", "established"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("status verbose lacks %q:\n%s", want, out)
 			}
-			e.apply("default deny incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.4\nallow 22/tcp comment 'ssh'\n")
-			e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open", "client tcp 192.0.2.1:80 timeout",
-				"client/192.0.2.3 tcp 192.0.2.1:22 timeout")
-			if n := e.counter(3); n < 2 {
-				t.Errorf("allow 22/tcp counted %d packets after two connections", n)
-			}
-			if n := e.counter(1); n < 1 {
-				t.Errorf("deny from 192.0.2.3 (in a set) counted %d packets", n)
-			}
-			if n := e.counter(0); n < 1 {
-				t.Errorf("default deny counted %d packets after a dropped probe", n)
-			}
-			out := e.mustMoat("status", "verbose")
-			for _, want := range []string{"Status: active", "Backend: " + b, "Default: deny (incoming), allow (outgoing)", "22/tcp", "ALLOW IN", "# ssh", "Built-in rules", "established"} {
-				if !strings.Contains(out, want) {
-					t.Errorf("status verbose lacks %q:\n%s", want, out)
-				}
-			}
-			e.mustMoat("disable")
-			if out := e.mustMoat("status"); strings.TrimSpace(out) != "Status: inactive" {
-				t.Errorf("after disable: %q", out)
-			}
-			e.expect(false, "client tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:22 open")
-		})
-	}
+		}
+		e.mustMoat("disable")
+		if out := e.mustMoat("status"); strings.TrimSpace(out) != "Status: inactive" {
+			t.Errorf("after disable: %q", out)
+		}
+		e.expect(false, "client tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:22 open")
+	})
 }
 
 // Switching backend removes moat's rules from the old one.

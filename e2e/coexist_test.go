@@ -41,54 +41,49 @@ func (e *env) foreignState() string {
 }
 
 func TestCoexistence(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			nftFile := e.dir + "/foreign.nft"
-			writeFile(t, nftFile, foreignNft)
-			e.run("server", "nft", "-f", nftFile)
-			for _, prog := range []string{"iptables", "ip6tables"} {
-				e.run("server", prog, "-N", "FOREIGN")
-				e.run("server", prog, "-A", "FOREIGN", "-p", "tcp", "--dport", "6007", "-j", "DROP")
-				e.run("server", prog, "-A", "INPUT", "-j", "FOREIGN")
-			}
-			e.run("server", "ipset", "create", "foreign-set", "hash:ip")
-			e.run("server", "ipset", "add", "foreign-set", "192.0.2.99")
-			before := e.foreignState()
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		nftFile := e.dir + "/foreign.nft"
+		writeFile(t, nftFile, foreignNft)
+		e.run("server", "nft", "-f", nftFile)
+		for _, prog := range []string{"iptables", "ip6tables"} {
+			e.run("server", prog, "-N", "FOREIGN")
+			e.run("server", prog, "-A", "FOREIGN", "-p", "tcp", "--dport", "6007", "-j", "DROP")
+			e.run("server", prog, "-A", "INPUT", "-j", "FOREIGN")
+		}
+		e.run("server", "ipset", "create", "foreign-set", "hash:ip")
+		e.run("server", "ipset", "add", "foreign-set", "192.0.2.99")
+		before := e.foreignState()
 
-			steps := []struct {
-				what string
-				do   func()
-			}{
-				{"apply", func() { e.apply("default allow incoming\nallow 8080/tcp\ndeny from 192.0.2.3\ndeny from 192.0.2.4\n") }},
-				{"re-apply", func() { e.apply("default deny incoming\nallow 8080/tcp\nallow 6007/tcp\nallow 22/tcp\n") }},
-				{"disable", func() { e.mustMoat("disable") }},
-				{"enable", func() { e.mustMoat("enable") }},
-				{"reset", func() { e.mustMoat("reset", "--force") }},
+		steps := []struct {
+			what string
+			do   func()
+		}{
+			{"apply", func() { e.apply("default allow incoming\nallow 8080/tcp\ndeny from 192.0.2.3\ndeny from 192.0.2.4\n") }},
+			{"re-apply", func() { e.apply("default deny incoming\nallow 8080/tcp\nallow 6007/tcp\nallow 22/tcp\n") }},
+			{"disable", func() { e.mustMoat("disable") }},
+			{"enable", func() { e.mustMoat("enable") }},
+			{"reset", func() { e.mustMoat("reset", "--force") }},
+		}
+		for _, s := range steps {
+			s.do()
+			if after := e.foreignState(); after != before {
+				t.Fatalf("after %s, foreign rules changed:\nbefore:\n%s\nafter:\n%s", s.what, before, after)
 			}
-			for _, s := range steps {
-				s.do()
-				if after := e.foreignState(); after != before {
-					t.Fatalf("after %s, foreign rules changed:\nbefore:\n%s\nafter:\n%s", s.what, before, after)
-				}
-				if s.what == "re-apply" {
-					// moat allows 8080 and 6007, but the foreign drops still
-					// decide: moat only adds its own verdicts.
-					e.expect(false, "client tcp 192.0.2.1:8080 timeout", "client tcp 192.0.2.1:6007 timeout",
-						"client tcp [2001:db8::1]:6007 timeout", "client tcp 192.0.2.1:22 open")
-				}
+			if s.what == "re-apply" {
+				// moat allows 8080 and 6007, but the foreign drops still
+				// decide: moat only adds its own verdicts.
+				e.expect(false, "client tcp 192.0.2.1:8080 timeout", "client tcp 192.0.2.1:6007 timeout",
+					"client tcp [2001:db8::1]:6007 timeout", "client tcp 192.0.2.1:22 open")
 			}
-			// After reset moat is gone: only the foreign drops remain.
-			e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:6007 timeout")
-			if out := e.run("server", "nft", "list", "tables"); strings.Contains(out, "moat") {
-				t.Errorf("moat's table left after reset:\n%s", out)
-			}
-			if out := e.run("server", "iptables-save"); strings.Contains(out, "MOAT-") {
-				t.Errorf("moat's chains left after reset:\n%s", out)
-			}
-		})
-	}
+		}
+		// After reset moat is gone: only the foreign drops remain.
+		e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:6007 timeout")
+		if out := e.run("server", "nft", "list", "tables"); strings.Contains(out, "moat") {
+			t.Errorf("moat's table left after reset:\n%s", out)
+		}
+		if out := e.run("server", "iptables-save"); strings.Contains(out, "MOAT-") {
+			t.Errorf("moat's chains left after reset:\n%s", out)
+		}
+	})
 }

@@ -73,27 +73,22 @@ func TestOtherFilteringAddedAfter(t *testing.T) {
 // chain prerouting, iptables raw MOAT-PREROUTING) is a change outside
 // moat, seen by the next command and status, and undone by reload.
 func TestHandRuleBeforeConntrack(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			e.apply("default allow incoming\ndeny from 192.0.2.3\n")
-			e.mustMoat("allow", "443/tcp")
-			if b == "nftables" {
-				e.run("server", "nft", "insert", "rule", "inet", "moat", "prerouting", "ip", "saddr", "192.0.2.2", "drop")
-			} else {
-				e.run("server", "iptables", "-t", "raw", "-I", "MOAT-PREROUTING", "1", "-s", "192.0.2.2", "-j", "DROP")
-			}
-			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout")
-			if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
-				t.Errorf("status does not see the hand rule:\n%s", out)
-			}
-			e.mustMoat("reload")
-			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open")
-		})
-	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default allow incoming\ndeny from 192.0.2.3\n")
+		e.mustMoat("allow", "443/tcp")
+		if b == "nftables" {
+			e.run("server", "nft", "insert", "rule", "inet", "moat", "prerouting", "ip", "saddr", "192.0.2.2", "drop")
+		} else {
+			e.run("server", "iptables", "-t", "raw", "-I", "MOAT-PREROUTING", "1", "-s", "192.0.2.2", "-j", "DROP")
+		}
+		e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout")
+		if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+			t.Errorf("status does not see the hand rule:\n%s", out)
+		}
+		e.mustMoat("reload")
+		e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open")
+	})
 }
 
 // A DROP in a legacy x_tables table (iptables-legacy) beside moat's
@@ -215,30 +210,25 @@ func TestHandElementAfterWholeCommit(t *testing.T) {
 // allowlist at the apply, which drift's layout cannot compare) is spared
 // every ban: it is drift, named by status and taken out by reload.
 func TestHandAddedProtectedAddress(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			e.apply("default allow incoming\ndeny from 192.0.2.3\n")
-			if b == "nftables" {
-				e.run("server", "nft", "add", "element", "inet", "moat", "protect4", "{ 192.0.2.2 }")
-			} else {
-				e.run("server", "ipset", "add", "moat-protect4", "192.0.2.2")
-			}
-			e.mustMoat("ban", "192.0.2.2")
-			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open")
-			if out := e.mustMoat("status"); !strings.Contains(out, "protect4 holds other addresses than moat loaded") {
-				t.Errorf("status does not see the address added to protect4:\n%s", out)
-			}
-			if out := e.mustMoat("reload"); !strings.Contains(out, "rewrites moat's rules whole") {
-				t.Errorf("reload does not repair:\n%s", out)
-			}
-			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout")
-			if st := e.truth(); !st.InSync {
-				t.Errorf("status after reload: %+v", st)
-			}
-		})
-	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default allow incoming\ndeny from 192.0.2.3\n")
+		if b == "nftables" {
+			e.run("server", "nft", "add", "element", "inet", "moat", "protect4", "{ 192.0.2.2 }")
+		} else {
+			e.run("server", "ipset", "add", "moat-protect4", "192.0.2.2")
+		}
+		e.mustMoat("ban", "192.0.2.2")
+		e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open")
+		if out := e.mustMoat("status"); !strings.Contains(out, "protect4 holds other addresses than moat loaded") {
+			t.Errorf("status does not see the address added to protect4:\n%s", out)
+		}
+		if out := e.mustMoat("reload"); !strings.Contains(out, "rewrites moat's rules whole") {
+			t.Errorf("reload does not repair:\n%s", out)
+		}
+		e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout")
+		if st := e.truth(); !st.InSync {
+			t.Errorf("status after reload: %+v", st)
+		}
+	})
 }

@@ -249,76 +249,71 @@ func (e *env) moatKernel() string {
 // interrupted command and sees no drift), and real packets prove the
 // policy once enabled.
 func TestKillDuringFirstEnable(t *testing.T) {
-	t.Parallel()
-	for _, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			requireBackend(t, backend)
-			e := newEnv(t, backend, false)
-			ctx := context.Background()
-			view, split := viewOf(backend, e.topo.Server)
-			pol := bigPolicy(0, "allow 80/tcp\n")
-			start := time.Now()
-			e.apply(pol)
-			took := time.Since(start)
-			want, err := view.Fingerprint(ctx)
-			if err != nil || want == "" {
-				t.Fatalf("fingerprint: %q %v", want, err)
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		ctx := context.Background()
+		view, split := viewOf(backend, e.topo.Server)
+		pol := bigPolicy(0, "allow 80/tcp\n")
+		start := time.Now()
+		e.apply(pol)
+		took := time.Since(start)
+		want, err := view.Fingerprint(ctx)
+		if err != nil || want == "" {
+			t.Fatalf("fingerprint: %q %v", want, err)
+		}
+		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
+		counts := map[string]int{}
+		for k := 0; k < 6; k++ {
+			e.mustMoat("disable")
+			if fp, _ := view.Fingerprint(ctx); fp != "" {
+				t.Fatalf("kill %d: moat's rules are still loaded after disable", k)
 			}
-			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
-			counts := map[string]int{}
-			for k := 0; k < 6; k++ {
-				e.mustMoat("disable")
-				if fp, _ := view.Fingerprint(ctx); fp != "" {
-					t.Fatalf("kill %d: moat's rules are still loaded after disable", k)
-				}
-				delay := took/5 + time.Duration(rng.Int64N(int64(took)))
-				exited := e.killMoatAfter(delay, "enable", "--force")
-				fp, err := view.Fingerprint(ctx)
-				if err != nil {
-					t.Fatalf("kill %d: fingerprint: %v", k, err)
-				}
-				chains := ""
-				if backend == "nftables" {
-					out, _ := e.topo.Server.Run(ctx, "nft", "list", "chains", "inet", "moat")
-					chains = strings.TrimSpace(strings.Join(regexpChains.FindAllString(string(out), -1), " "))
-				}
-				switch {
-				case fp == want:
-					counts["new"]++
-				case exited:
-					t.Fatalf("kill %d: moat finished but the kernel does not hold its ruleset:\n%s", k, e.moatKernel())
-				case fp == "":
-					counts["old"]++
-				case backend == "nftables" && chains == "":
-					counts["old, sets loaded"]++
-				default:
-					// iptables: one family's restore committed, the
-					// other's not; moat must say so.
-					if s, err := split(ctx); err != nil || s == "" {
-						t.Fatalf("kill %d after %v: the kernel holds part of moat's ruleset (chains %q) and no split is reported (%v):\n%.3000s", k, delay, chains, err, e.moatKernel())
-					}
-					counts["split"]++
-				}
-				// status (read only) names the interrupted command, and
-				// sees no drift; the next command settles it.
-				st := e.mustMoat("status")
-				if strings.Contains(st, "changed outside moat") {
-					t.Errorf("kill %d: status after the interrupted enable sees drift:\n%s", k, st)
-				}
-				e.mustMoat("enable", "--force")
-				if fp, _ := view.Fingerprint(ctx); fp != want {
-					t.Fatalf("kill %d: the enable after it did not load the ruleset:\n%.3000s", k, e.moatKernel())
-				}
+			delay := took/5 + time.Duration(rng.Int64N(int64(took)))
+			exited := e.killMoatAfter(delay, "enable", "--force")
+			fp, err := view.Fingerprint(ctx)
+			if err != nil {
+				t.Fatalf("kill %d: fingerprint: %v", k, err)
 			}
-			t.Logf("%s: %v", backend, counts)
-			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-				t.Errorf("status sees drift:\n%s", st)
+			chains := ""
+			if backend == "nftables" {
+				out, _ := e.topo.Server.Run(ctx, "nft", "list", "chains", "inet", "moat")
+				chains = strings.TrimSpace(strings.Join(regexpChains.FindAllString(string(out), -1), " "))
 			}
-			e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp 192.0.2.1:80 open",
-				"client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout")
-		})
-	}
+			switch {
+			case fp == want:
+				counts["new"]++
+			case exited:
+				t.Fatalf("kill %d: moat finished but the kernel does not hold its ruleset:\n%s", k, e.moatKernel())
+			case fp == "":
+				counts["old"]++
+			case backend == "nftables" && chains == "":
+				counts["old, sets loaded"]++
+			default:
+				// iptables: one family's restore committed, the
+				// other's not; moat must say so.
+				if s, err := split(ctx); err != nil || s == "" {
+					t.Fatalf("kill %d after %v: the kernel holds part of moat's ruleset (chains %q) and no split is reported (%v):\n%.3000s", k, delay, chains, err, e.moatKernel())
+				}
+				counts["split"]++
+			}
+			// status (read only) names the interrupted command, and
+			// sees no drift; the next command settles it.
+			st := e.mustMoat("status")
+			if strings.Contains(st, "changed outside moat") {
+				t.Errorf("kill %d: status after the interrupted enable sees drift:\n%s", k, st)
+			}
+			e.mustMoat("enable", "--force")
+			if fp, _ := view.Fingerprint(ctx); fp != want {
+				t.Fatalf("kill %d: the enable after it did not load the ruleset:\n%.3000s", k, e.moatKernel())
+			}
+		}
+		t.Logf("%s: %v", backend, counts)
+		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+			t.Errorf("status sees drift:\n%s", st)
+		}
+		e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp 192.0.2.1:80 open",
+			"client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout")
+	})
 }
 
 var regexpChains = regexp.MustCompile(`chain \S+`)

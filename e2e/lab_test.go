@@ -14,28 +14,23 @@ import (
 // `moat lab`, the README's demo, passes on both backends and leaves no
 // namespace behind.
 func TestLabDemo(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			cmd := exec.Command(moatBin, "--backend", b, "lab")
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("moat lab: %v\n%s", err, out)
+	eachBackend(t, func(t *testing.T, b string) {
+		cmd := exec.Command(moatBin, "--backend", b, "lab")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("moat lab: %v\n%s", err, out)
+		}
+		for _, want := range []string{"IPv4 ssh client→server tcp/22", "IPv6 ping client→server", "All observations match the policy.",
+			"$ moat status verbose", "Backend: " + b} {
+			if !bytes.Contains(out, []byte(want)) {
+				t.Errorf("lab output lacks %q:\n%s", want, out)
 			}
-			for _, want := range []string{"IPv4 ssh client→server tcp/22", "IPv6 ping client→server", "All observations match the policy.",
-				"$ moat status verbose", "Backend: " + b} {
-				if !bytes.Contains(out, []byte(want)) {
-					t.Errorf("lab output lacks %q:\n%s", want, out)
-				}
-			}
-			if n := strings.Count(string(out), " ok\n"); n != 14 {
-				t.Errorf("%d probes ok, want 14:\n%s", n, out)
-			}
-			assertNoNamespaces(t, cmd.Process.Pid)
-		})
-	}
+		}
+		if n := strings.Count(string(out), " ok\n"); n != 14 {
+			t.Errorf("%d probes ok, want 14:\n%s", n, out)
+		}
+		assertNoNamespaces(t, cmd.Process.Pid)
+	})
 }
 
 // Ctrl-C in the middle of the lab still removes its namespaces.

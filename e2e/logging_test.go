@@ -46,34 +46,29 @@ func (e *env) logCount(id string) int {
 // 'logging low' logs what the default policy blocks (rate limited), and
 // nothing that a rule allows; 'logging off' removes the rule.
 func TestLoggingBlocked(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			e.apply("default deny incoming\nallow log 22/tcp\nlogging low\n")
-			e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open")
-			if n := e.logCount("logging:block:input"); n != 0 {
-				t.Errorf("allowed connections were logged as blocked: %d", n)
-			}
-			// 'log' logs the rule's new connections (not their other packets).
-			if n := e.logCount("log:L2"); n != 2 {
-				t.Errorf("'allow log 22/tcp' logged %d packets, want the 2 new connections", n)
-			}
-			e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp [2001:db8::1]:80 timeout", "client udp 192.0.2.1:53 timeout")
-			if n := e.logCount("logging:block:input"); n < 3 {
-				t.Errorf("blocked packets logged: %d, want at least 3", n)
-			}
-			out := e.mustMoat("show")
-			if !strings.Contains(out, "[MOAT BLOCK]") || !strings.Contains(out, "3/min") {
-				t.Errorf("show lacks the rate-limited log rule:\n%s", out)
-			}
-			e.mustMoat("logging", "off")
-			if strings.Contains(e.mustMoat("show"), "MOAT BLOCK") {
-				t.Error("logging off left the log rule")
-			}
-			e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:22 open")
-		})
-	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\nallow log 22/tcp\nlogging low\n")
+		e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open")
+		if n := e.logCount("logging:block:input"); n != 0 {
+			t.Errorf("allowed connections were logged as blocked: %d", n)
+		}
+		// 'log' logs the rule's new connections (not their other packets).
+		if n := e.logCount("log:L2"); n != 2 {
+			t.Errorf("'allow log 22/tcp' logged %d packets, want the 2 new connections", n)
+		}
+		e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp [2001:db8::1]:80 timeout", "client udp 192.0.2.1:53 timeout")
+		if n := e.logCount("logging:block:input"); n < 3 {
+			t.Errorf("blocked packets logged: %d, want at least 3", n)
+		}
+		out := e.mustMoat("show")
+		if !strings.Contains(out, "[MOAT BLOCK]") || !strings.Contains(out, "3/min") {
+			t.Errorf("show lacks the rate-limited log rule:\n%s", out)
+		}
+		e.mustMoat("logging", "off")
+		if strings.Contains(e.mustMoat("show"), "MOAT BLOCK") {
+			t.Error("logging off left the log rule")
+		}
+		e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:22 open")
+	})
 }

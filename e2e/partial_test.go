@@ -13,53 +13,48 @@ import (
 // unchanged sets kept), and the kernel filters exactly as the policy says,
 // bans included.
 func TestPartialSync(t *testing.T) {
-	t.Parallel()
-	for _, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			requireBackend(t, backend)
-			e := newEnv(t, backend, false)
-			var deny strings.Builder
-			for i := 0; i < 2000; i++ {
-				fmt.Fprintf(&deny, "deny from 198.18.%d.%d\ndeny from 2001:db8:ff:%x::/64\n", i>>8, i&255, i)
-			}
-			base := "default deny incoming\n" + deny.String() + "allow 22/tcp\n"
-			e.apply(base)
-			e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "test")
-			kernelBefore := e.moatKernel()
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		var deny strings.Builder
+		for i := 0; i < 2000; i++ {
+			fmt.Fprintf(&deny, "deny from 198.18.%d.%d\ndeny from 2001:db8:ff:%x::/64\n", i>>8, i&255, i)
+		}
+		base := "default deny incoming\n" + deny.String() + "allow 22/tcp\n"
+		e.apply(base)
+		e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "test")
+		kernelBefore := e.moatKernel()
 
-			// One rule more: only that reaches the kernel.
-			e.mustMoat("allow", "80/tcp")
-			e.expect(false,
-				"client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open",
-				"client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open",
-				"client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout",
-				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:22 timeout")
-			if backend == "nftables" {
-				// The deny sets were not sent again: their elements are
-				// the same objects (same kernel handles).
-				if a, b := setHandles(kernelBefore), setHandles(e.moatKernel()); a != b || a == "" {
-					t.Errorf("sets were re-created by a one-rule change:\n%s\n%s", a, b)
-				}
+		// One rule more: only that reaches the kernel.
+		e.mustMoat("allow", "80/tcp")
+		e.expect(false,
+			"client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open",
+			"client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open",
+			"client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout",
+			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:22 timeout")
+		if backend == "nftables" {
+			// The deny sets were not sent again: their elements are
+			// the same objects (same kernel handles).
+			if a, b := setHandles(kernelBefore), setHandles(e.moatKernel()); a != b || a == "" {
+				t.Errorf("sets were re-created by a one-rule change:\n%s\n%s", a, b)
 			}
+		}
 
-			// The client's other address joins the deny list: the set
-			// changes, the rules stay, the ban stays.
-			writeFile(t, e.conf, "default deny incoming\ndeny from 192.0.2.4\ndeny from 2001:db8::4\n"+deny.String()+"allow 22/tcp\nallow 80/tcp\n")
-			e.mustMoat("reload")
-			e.expect(false,
-				"client/192.0.2.4 tcp 192.0.2.1:22 timeout", "client/2001:db8::4 tcp [2001:db8::1]:22 timeout",
-				"client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:80 open",
-				"client/192.0.2.3 tcp 192.0.2.1:22 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+		// The client's other address joins the deny list: the set
+		// changes, the rules stay, the ban stays.
+		writeFile(t, e.conf, "default deny incoming\ndeny from 192.0.2.4\ndeny from 2001:db8::4\n"+deny.String()+"allow 22/tcp\nallow 80/tcp\n")
+		e.mustMoat("reload")
+		e.expect(false,
+			"client/192.0.2.4 tcp 192.0.2.1:22 timeout", "client/2001:db8::4 tcp [2001:db8::1]:22 timeout",
+			"client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:80 open",
+			"client/192.0.2.3 tcp 192.0.2.1:22 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
 
-			// And back: the address is reachable again.
-			e.mustMoat("delete", "deny", "from", "192.0.2.4")
-			e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:22 open", "client/2001:db8::4 tcp [2001:db8::1]:22 timeout")
-			if out := e.mustMoat("bans"); !strings.Contains(out, "192.0.2.3") || !strings.Contains(out, "2001:db8::3") {
-				t.Errorf("bans lost by partial applies:\n%s", out)
-			}
-		})
-	}
+		// And back: the address is reachable again.
+		e.mustMoat("delete", "deny", "from", "192.0.2.4")
+		e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:22 open", "client/2001:db8::4 tcp [2001:db8::1]:22 timeout")
+		if out := e.mustMoat("bans"); !strings.Contains(out, "192.0.2.3") || !strings.Contains(out, "2001:db8::3") {
+			t.Errorf("bans lost by partial applies:\n%s", out)
+		}
+	})
 }
 
 // setHandles lists the handles of moat's nftables sets, from `nft -t -a`

@@ -10,37 +10,32 @@ import (
 // packets dropped), a ban lifted meanwhile stays lifted, a ban from before
 // stays; the change's rule is gone. Both backends, IPv4 and IPv6.
 func TestRollbackKeepsBansMadeMeanwhile(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
-			e.mustMoat("ban", "203.0.113.50", "2001:db8::50", "--for", "1h", "--reason", "before")
-			e.mustMoat("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
-			e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
-			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:443 open")
-			e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
-			e.mustMoat("unban", "203.0.113.51")
-			e.mustMoat("rollback")
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+		e.mustMoat("ban", "203.0.113.50", "2001:db8::50", "--for", "1h", "--reason", "before")
+		e.mustMoat("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
+		e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
+		e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:443 open")
+		e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
+		e.mustMoat("unban", "203.0.113.51")
+		e.mustMoat("rollback")
 
-			bans := e.bans()
-			for _, a := range []string{"203.0.113.50", "2001:db8::50", "192.0.2.3", "2001:db8::3"} {
-				if _, ok := bans[a]; !ok {
-					t.Errorf("%s is no longer banned after the rollback: %+v", a, bans)
-				}
+		bans := e.bans()
+		for _, a := range []string{"203.0.113.50", "2001:db8::50", "192.0.2.3", "2001:db8::3"} {
+			if _, ok := bans[a]; !ok {
+				t.Errorf("%s is no longer banned after the rollback: %+v", a, bans)
 			}
-			if ban, ok := bans["192.0.2.3"]; ok && (!strings.Contains(ban.Reason, "meanwhile") || ban.SecondsLeft < 3000) {
-				t.Errorf("the ban made meanwhile lost its reason or time: %+v", ban)
-			}
-			if _, ok := bans["203.0.113.51"]; ok {
-				t.Errorf("the ban lifted meanwhile is back after the rollback")
-			}
-			e.expect(false,
-				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
-				"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
-		})
-	}
+		}
+		if ban, ok := bans["192.0.2.3"]; ok && (!strings.Contains(ban.Reason, "meanwhile") || ban.SecondsLeft < 3000) {
+			t.Errorf("the ban made meanwhile lost its reason or time: %+v", ban)
+		}
+		if _, ok := bans["203.0.113.51"]; ok {
+			t.Errorf("the ban lifted meanwhile is back after the rollback")
+		}
+		e.expect(false,
+			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
+			"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
+	})
 }

@@ -122,131 +122,126 @@ func TestLockoutForce(t *testing.T) {
 // A change applied with --confirm that cuts SSH comes back by itself, even
 // when moat and the session are killed; a confirmed change stays.
 func TestConfirmOrRollback(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newSSHEnv(t, b)
-			srv := e.startSSHD(22)
-			good := "default deny incoming\ndeny from 203.0.113.0/24\ndeny from 198.51.100.0/24\nallow 22/tcp\n"
-			e.apply(good)
-			sess := srv.login(lab.ServerV4)
-			before := e.kernelState()
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		srv := e.startSSHD(22)
+		good := "default deny incoming\ndeny from 203.0.113.0/24\ndeny from 198.51.100.0/24\nallow 22/tcp\n"
+		e.apply(good)
+		sess := srv.login(lab.ServerV4)
+		before := e.kernelState()
 
-			writeFile(t, e.conf, "default deny incoming\nallow 80/tcp\n")
-			cmd := exec.Command(moatBin, "--config", e.conf, "--backend", b, "--state-dir", e.stateDir(), "--force", "--confirm", "5s", "enable")
-			if err := e.topo.Server.Start(cmd); err != nil {
-				t.Fatal(err)
+		writeFile(t, e.conf, "default deny incoming\nallow 80/tcp\n")
+		cmd := exec.Command(moatBin, "--config", e.conf, "--backend", b, "--state-dir", e.stateDir(), "--force", "--confirm", "5s", "enable")
+		if err := e.topo.Server.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		// Wait until the cutting rules are in, then kill moat and the session.
+		for !e.pending() {
+			if time.Since(start) > 5*time.Second {
+				t.Fatal("no pending confirmation appeared")
 			}
-			start := time.Now()
-			// Wait until the cutting rules are in, then kill moat and the session.
-			for !e.pending() {
-				if time.Since(start) > 5*time.Second {
-					t.Fatal("no pending confirmation appeared")
-				}
-				time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond)
+		}
+		deadline := e.pendingDeadline()
+		id, _ := e.pendingFile()["id"].(string)
+		for e.tcpOpen(22) {
+			if time.Since(start) > 4*time.Second {
+				t.Fatal("the new rules never took effect")
 			}
-			deadline := e.pendingDeadline()
-			id, _ := e.pendingFile()["id"].(string)
-			for e.tcpOpen(22) {
-				if time.Since(start) > 4*time.Second {
-					t.Fatal("the new rules never took effect")
-				}
-				time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond)
+		}
+		// The IPv4 rules are in before the command is done (the IPv6
+		// ones, the records, the journal follow): killed before its
+		// journal is gone, it is an interrupted command, which the
+		// next one undoes (kill_test.go), not a change waiting for
+		// confirmation. Under the parallel CI run that window lasted
+		// longer than the probe above.
+		for e.intentLeft() {
+			if time.Since(start) > 10*time.Second {
+				t.Fatal("the command never finished applying (its journal stays)")
 			}
-			// The IPv4 rules are in before the command is done (the IPv6
-			// ones, the records, the journal follow): killed before its
-			// journal is gone, it is an interrupted command, which the
-			// next one undoes (kill_test.go), not a change waiting for
-			// confirmation. Under the parallel CI run that window lasted
-			// longer than the probe above.
-			for e.intentLeft() {
-				if time.Since(start) > 10*time.Second {
-					t.Fatal("the command never finished applying (its journal stays)")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			_ = cmd.Wait() // killed: the error says only that
-			sess.kill()
-			if !strings.Contains(e.mustMoat("status"), "rolls back in") {
-				t.Errorf("status shows no pending confirmation")
-			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait() // killed: the error says only that
+		sess.kill()
+		if !strings.Contains(e.mustMoat("status"), "rolls back in") {
+			t.Errorf("status shows no pending confirmation")
+		}
 
-			// The watchdog rolls back by itself, not before the deadline,
-			// and then SSH logins work again. How late after the deadline it
-			// acts depends on the machine's load (it is a process that
-			// wakes every 200ms, then restores the kernel): that is measured
-			// and logged, not asserted; a watchdog that has not acted 15s
-			// after the deadline has failed.
-			var outcome struct {
-				ID      string    `json:"id"`
-				Outcome string    `json:"outcome"`
-				Time    time.Time `json:"time"`
+		// The watchdog rolls back by itself, not before the deadline,
+		// and then SSH logins work again. How late after the deadline it
+		// acts depends on the machine's load (it is a process that
+		// wakes every 200ms, then restores the kernel): that is measured
+		// and logged, not asserted; a watchdog that has not acted 15s
+		// after the deadline has failed.
+		var outcome struct {
+			ID      string    `json:"id"`
+			Outcome string    `json:"outcome"`
+			Time    time.Time `json:"time"`
+		}
+		for {
+			data, err := os.ReadFile(filepath.Join(e.stateDir(), "last-outcome.json"))
+			if err == nil && json.Unmarshal(data, &outcome) == nil && outcome.ID == id {
+				break
 			}
-			for {
-				data, err := os.ReadFile(filepath.Join(e.stateDir(), "last-outcome.json"))
-				if err == nil && json.Unmarshal(data, &outcome) == nil && outcome.ID == id {
-					break
-				}
-				if time.Now().After(deadline.Add(15 * time.Second)) {
-					log, _ := os.ReadFile(filepath.Join(e.stateDir(), "moat.log"))
-					t.Fatalf("no rollback %s after the deadline (%s); last outcome %s; moat.log:\n%s", time.Since(deadline), deadline.Format(time.RFC3339Nano), data, log)
-				}
-				time.Sleep(50 * time.Millisecond)
+			if time.Now().After(deadline.Add(15 * time.Second)) {
+				log, _ := os.ReadFile(filepath.Join(e.stateDir(), "moat.log"))
+				t.Fatalf("no rollback %s after the deadline (%s); last outcome %s; moat.log:\n%s", time.Since(deadline), deadline.Format(time.RFC3339Nano), data, log)
 			}
-			if outcome.Outcome != "rolled back" || outcome.Time.Before(deadline) {
-				t.Errorf("outcome %q at %s, want rolled back at or after the deadline %s", outcome.Outcome, outcome.Time, deadline)
-			}
-			t.Logf("rolled back %s after the deadline", outcome.Time.Sub(deadline))
-			if !srv.canLogin(lab.ServerV4) {
-				t.Errorf("no SSH login after the rollback")
-			}
-			if after := e.kernelState(); after != before {
-				t.Errorf("rollback did not restore the rules exactly:\nbefore:\n%s\nafter:\n%s", before, after)
-			}
-			if data, _ := os.ReadFile(e.conf); string(data) != good {
-				t.Errorf("rollback did not restore the policy file:\n%s", data)
-			}
-			if e.pending() {
-				t.Errorf("pending confirmation left after rollback")
-			}
-			e.assertNoWatchdog()
-			if log, _ := os.ReadFile(filepath.Join(e.stateDir(), "moat.log")); !strings.Contains(string(log), "rolled back") {
-				t.Errorf("rollback not logged:\n%s", log)
-			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if outcome.Outcome != "rolled back" || outcome.Time.Before(deadline) {
+			t.Errorf("outcome %q at %s, want rolled back at or after the deadline %s", outcome.Outcome, outcome.Time, deadline)
+		}
+		t.Logf("rolled back %s after the deadline", outcome.Time.Sub(deadline))
+		if !srv.canLogin(lab.ServerV4) {
+			t.Errorf("no SSH login after the rollback")
+		}
+		if after := e.kernelState(); after != before {
+			t.Errorf("rollback did not restore the rules exactly:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		if data, _ := os.ReadFile(e.conf); string(data) != good {
+			t.Errorf("rollback did not restore the policy file:\n%s", data)
+		}
+		if e.pending() {
+			t.Errorf("pending confirmation left after rollback")
+		}
+		e.assertNoWatchdog()
+		if log, _ := os.ReadFile(filepath.Join(e.stateDir(), "moat.log")); !strings.Contains(string(log), "rolled back") {
+			t.Errorf("rollback not logged:\n%s", log)
+		}
 
-			// Confirmed: the change stays past its deadline.
-			// 10s: under the parallel CI run a 2s window passed before the
-			// next command could confirm.
-			e.mustMoat("--confirm", "10s", "--no-wait", "allow", "80/tcp")
-			deadline = e.pendingDeadline()
-			if out := e.mustMoat("confirm"); !strings.Contains(out, "Confirmed") {
-				t.Errorf("confirm: %s", out)
-			}
-			time.Sleep(time.Until(deadline) + 500*time.Millisecond)
-			e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:22 open")
-			if data, _ := os.ReadFile(e.conf); !strings.Contains(string(data), "allow 80/tcp") {
-				t.Errorf("confirmed rule missing from the file:\n%s", data)
-			}
-			e.assertNoWatchdog()
+		// Confirmed: the change stays past its deadline.
+		// 10s: under the parallel CI run a 2s window passed before the
+		// next command could confirm.
+		e.mustMoat("--confirm", "10s", "--no-wait", "allow", "80/tcp")
+		deadline = e.pendingDeadline()
+		if out := e.mustMoat("confirm"); !strings.Contains(out, "Confirmed") {
+			t.Errorf("confirm: %s", out)
+		}
+		time.Sleep(time.Until(deadline) + 500*time.Millisecond)
+		e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:22 open")
+		if data, _ := os.ReadFile(e.conf); !strings.Contains(string(data), "allow 80/tcp") {
+			t.Errorf("confirmed rule missing from the file:\n%s", data)
+		}
+		e.assertNoWatchdog()
 
-			// moat rollback goes back at once; waiting in the foreground reports it.
-			out, err := e.moat("--confirm", "1s", "allow", "443/tcp")
-			if exitCode(err) != 4 || !strings.Contains(out, "previous rules are back") {
-				t.Errorf("unconfirmed foreground apply: %v\n%s", err, out)
-			}
-			e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:80 open")
-			e.mustMoat("--confirm", "30s", "--no-wait", "allow", "443/tcp")
-			e.expect(false, "client tcp 192.0.2.1:443 open")
-			e.mustMoat("rollback")
-			e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:80 open")
-			e.assertNoWatchdog()
-		})
-	}
+		// moat rollback goes back at once; waiting in the foreground reports it.
+		out, err := e.moat("--confirm", "1s", "allow", "443/tcp")
+		if exitCode(err) != 4 || !strings.Contains(out, "previous rules are back") {
+			t.Errorf("unconfirmed foreground apply: %v\n%s", err, out)
+		}
+		e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:80 open")
+		e.mustMoat("--confirm", "30s", "--no-wait", "allow", "443/tcp")
+		e.expect(false, "client tcp 192.0.2.1:443 open")
+		e.mustMoat("rollback")
+		e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:80 open")
+		e.assertNoWatchdog()
+	})
 }
 
 func (e *env) tcpOpen(port uint16) bool {
@@ -306,50 +301,45 @@ func (e *env) assertNoWatchdog() {
 // moat restore in a fresh namespace loads exactly the saved ruleset; a
 // broken saved ruleset fails closed with SSH open.
 func TestRestoreAtBoot(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			e.apply("default deny incoming\ndeny from 203.0.113.0/24\ndeny from 2001:db8:bad::/48\nallow 22/tcp\nlimit 2222/tcp\nallow out 53\n")
-			want := e.mustMoat("show")
-			kernel := e.kernelState()
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\ndeny from 203.0.113.0/24\ndeny from 2001:db8:bad::/48\nallow 22/tcp\nlimit 2222/tcp\nallow out 53\n")
+		want := e.mustMoat("show")
+		kernel := e.kernelState()
 
-			// A reboot: a fresh namespace, the same state directory.
-			fresh := newEnv(t, b, false)
-			fresh.conf = e.conf
-			fresh.dir = e.dir
-			out := fresh.mustMoat("restore")
-			if !strings.Contains(out, "Restored the saved ruleset") {
-				t.Errorf("restore: %s", out)
-			}
-			if got := fresh.kernelState(); got != kernel {
-				t.Errorf("restored rules differ:\nsaved:\n%s\nrestored:\n%s", kernel, got)
-			}
-			if got := fresh.mustMoat("show"); got != want {
-				t.Errorf("moat show differs after restore")
-			}
-			fresh.expect(false, "client tcp 192.0.2.1:22 open", "client tcp 192.0.2.1:80 timeout")
+		// A reboot: a fresh namespace, the same state directory.
+		fresh := newEnv(t, b, false)
+		fresh.conf = e.conf
+		fresh.dir = e.dir
+		out := fresh.mustMoat("restore")
+		if !strings.Contains(out, "Restored the saved ruleset") {
+			t.Errorf("restore: %s", out)
+		}
+		if got := fresh.kernelState(); got != kernel {
+			t.Errorf("restored rules differ:\nsaved:\n%s\nrestored:\n%s", kernel, got)
+		}
+		if got := fresh.mustMoat("show"); got != want {
+			t.Errorf("moat show differs after restore")
+		}
+		fresh.expect(false, "client tcp 192.0.2.1:22 open", "client tcp 192.0.2.1:80 timeout")
 
-			// A broken saved ruleset: SSH stays reachable, the rest is closed.
-			broken := newEnv(t, b, false)
-			broken.dir = e.dir
-			writeFile(t, filepath.Join(e.stateDir(), "saved.json"), "{not json")
-			out, err := broken.moat("restore")
-			if err == nil || !strings.Contains(out, "fail-closed") {
-				t.Errorf("broken saved ruleset: err %v\n%s", err, out)
-			}
-			broken.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open", "client tcp 192.0.2.1:80 timeout",
-				"server tcp 192.0.2.2:80 open")
+		// A broken saved ruleset: SSH stays reachable, the rest is closed.
+		broken := newEnv(t, b, false)
+		broken.dir = e.dir
+		writeFile(t, filepath.Join(e.stateDir(), "saved.json"), "{not json")
+		out, err := broken.moat("restore")
+		if err == nil || !strings.Contains(out, "fail-closed") {
+			t.Errorf("broken saved ruleset: err %v\n%s", err, out)
+		}
+		broken.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open", "client tcp 192.0.2.1:80 timeout",
+			"server tcp 192.0.2.2:80 open")
 
-			// disable removes the saved ruleset too.
-			e.mustMoat("disable")
-			if _, err := os.Stat(filepath.Join(e.stateDir(), "saved.json")); !os.IsNotExist(err) {
-				t.Errorf("saved ruleset left after disable")
-			}
-		})
-	}
+		// disable removes the saved ruleset too.
+		e.mustMoat("disable")
+		if _, err := os.Stat(filepath.Join(e.stateDir(), "saved.json")); !os.IsNotExist(err) {
+			t.Errorf("saved ruleset left after disable")
+		}
+	})
 }
 
 // moat init writes a policy that allows the port sshd really listens on.

@@ -16,58 +16,53 @@ import (
 // "Guard: on" only while a guard runs, and the table names the policy file
 // really used.
 func TestStatusSmallTruths(t *testing.T) {
-	t.Parallel()
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			requireBackend(t, b)
-			t.Parallel()
-			e := newEnv(t, b, false)
-			writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nguard sshd\n")
-			if out := e.mustMoat("enable"); !strings.Contains(out, ": 1 rule from "+e.conf) {
-				t.Errorf("enable with one rule says:\n%s", out)
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nguard sshd\n")
+		if out := e.mustMoat("enable"); !strings.Contains(out, ": 1 rule from "+e.conf) {
+			t.Errorf("enable with one rule says:\n%s", out)
+		}
+		if out := e.mustMoat("check"); !strings.Contains(out, ": 1 rule, valid") {
+			t.Errorf("check with one rule says:\n%s", out)
+		}
+		out := e.mustMoat("status", "verbose")
+		for _, want := range []string{"Default: deny (incoming), allow (outgoing), disabled (routed)", "DISABLED routed",
+			"Guard: NOT RUNNING although the policy has 'guard sshd'", "; 0 active bans"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("status verbose lacks %q:\n%s", want, out)
 			}
-			if out := e.mustMoat("check"); !strings.Contains(out, ": 1 rule, valid") {
-				t.Errorf("check with one rule says:\n%s", out)
-			}
-			out := e.mustMoat("status", "verbose")
-			for _, want := range []string{"Default: deny (incoming), allow (outgoing), disabled (routed)", "DISABLED routed",
-				"Guard: NOT RUNNING although the policy has 'guard sshd'", "; 0 active bans"} {
-				if !strings.Contains(out, want) {
-					t.Errorf("status verbose lacks %q:\n%s", want, out)
-				}
-			}
-			if strings.Contains(out, "Guard: on") {
-				t.Errorf("status says the guard is on while none runs:\n%s", out)
-			}
+		}
+		if strings.Contains(out, "Guard: on") {
+			t.Errorf("status says the guard is on while none runs:\n%s", out)
+		}
 
-			logFile := filepath.Join(e.dir, "auth.log")
-			writeFile(t, logFile, "")
-			stop := e.startGuard("--log-file", logFile)
-			waitFor(t, 5*time.Second, "status never saw the running guard", func() bool {
-				return strings.Contains(e.mustMoat("status", "verbose"), "Guard: on (pid ")
-			})
-			// A second guard on the same state is refused, naming the first.
-			if out, err := e.moat("guard", "--log-file", logFile); err == nil || !strings.Contains(out, "another moat guard is running (pid ") {
-				t.Errorf("a second guard: err %v\n%s", err, out)
-			}
-			stop(syscall.SIGKILL) // even kill -9 leaves no stale "on"
-			if out := e.mustMoat("status", "verbose"); !strings.Contains(out, "Guard: NOT RUNNING") {
-				t.Errorf("status after the guard was killed:\n%s", out)
-			}
-
-			// A routed default or a route rule turns routed filtering on.
-			writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nroute allow in on eth9 out on eth8\n")
-			e.mustMoat("reload")
-			if out := e.mustMoat("status", "verbose"); !strings.Contains(out, "allow (routed)") || strings.Contains(out, "disabled") {
-				t.Errorf("status with a route rule:\n%s", out)
-			}
-			if b == "nftables" {
-				if out := e.run("server", "nft", "list", "table", "inet", "moat"); !strings.Contains(out, "edit "+e.conf+", not this table") {
-					t.Errorf("the table does not name --config %s:\n%s", e.conf, out)
-				}
-			}
+		logFile := filepath.Join(e.dir, "auth.log")
+		writeFile(t, logFile, "")
+		stop := e.startGuard("--log-file", logFile)
+		waitFor(t, 5*time.Second, "status never saw the running guard", func() bool {
+			return strings.Contains(e.mustMoat("status", "verbose"), "Guard: on (pid ")
 		})
-	}
+		// A second guard on the same state is refused, naming the first.
+		if out, err := e.moat("guard", "--log-file", logFile); err == nil || !strings.Contains(out, "another moat guard is running (pid ") {
+			t.Errorf("a second guard: err %v\n%s", err, out)
+		}
+		stop(syscall.SIGKILL) // even kill -9 leaves no stale "on"
+		if out := e.mustMoat("status", "verbose"); !strings.Contains(out, "Guard: NOT RUNNING") {
+			t.Errorf("status after the guard was killed:\n%s", out)
+		}
+
+		// A routed default or a route rule turns routed filtering on.
+		writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nroute allow in on eth9 out on eth8\n")
+		e.mustMoat("reload")
+		if out := e.mustMoat("status", "verbose"); !strings.Contains(out, "allow (routed)") || strings.Contains(out, "disabled") {
+			t.Errorf("status with a route rule:\n%s", out)
+		}
+		if b == "nftables" {
+			if out := e.run("server", "nft", "list", "table", "inet", "moat"); !strings.Contains(out, "edit "+e.conf+", not this table") {
+				t.Errorf("the table does not name --config %s:\n%s", e.conf, out)
+			}
+		}
+	})
 }
 
 // Run as another user, a command that needs root says so in one line, and
