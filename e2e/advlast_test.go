@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
@@ -21,23 +20,7 @@ func TestAdvLastUpdateSameAsReload(t *testing.T) {
 		list := filepath.Join(e.dir, "l.netset")
 		writeFile(t, list, "192.0.2.3\n")
 		e.apply(fmt.Sprintf("default deny incoming\nallow 22/tcp\nblocklist l file %s\n", list))
-		sets := func() string {
-			var out string
-			if backend == "nftables" {
-				out = e.run("server", "nft", "list", "set", "inet", "moat", "bl4_l") + e.run("server", "nft", "list", "set", "inet", "moat", "bl6_l")
-			} else {
-				out = e.run("server", "ipset", "list")
-			}
-			var keep []string
-			for _, l := range strings.Split(out, "\n") {
-				if strings.Contains(l, "Size in memory") || strings.Contains(l, "References") || strings.Contains(l, "Name:") {
-					continue
-				}
-				keep = append(keep, strings.TrimSpace(l))
-			}
-			slices.Sort(keep)
-			return strings.Join(keep, "\n")
-		}
+		sets := func() string { return e.blocklistSets("l") }
 		steps := []struct{ content, dropped, open string }{
 			{"198.51.100.0/25\r\n192.0.2.8/29 \t; x\n198.51.100.128/25\n192.0.2.8/30\n192.0.2.6\n::ffff:192.0.2.4\n", "client/192.0.2.4 tcp 192.0.2.1:22", "client/192.0.2.3 tcp 192.0.2.1:22"},
 			{"2001:db8::3\n2001:db8::/127\n2001:db8:1::/48\n", "client/2001:db8::3 tcp [2001:db8::1]:22", "client/192.0.2.4 tcp 192.0.2.1:22"},

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/termtext"
 )
@@ -320,7 +321,7 @@ func iptLine(l *Layout, fam, line string, body bool) {
 	case strings.HasPrefix(line, ":MOAT-"):
 		l.chain(fam + " " + strings.TrimPrefix(f[0], ":"))
 	case len(f) >= 3 && (f[0] == "-A" || f[0] == "-I") && strings.HasPrefix(f[1], "MOAT-"):
-		r := Rule{Tag: ruleset.OriginID(commentOf(line))}
+		r := Rule{Tag: ruleset.OriginID(ipt.CommentOf(line))}
 		if body {
 			r.Body = fam + " " + line
 		}
@@ -335,23 +336,6 @@ func iptLine(l *Layout, fam, line string, body bool) {
 			l.Jumps[fam+" "+f[1]] = true
 		}
 	}
-}
-
-// commentOf extracts the --comment argument of an iptables line.
-func commentOf(line string) string {
-	_, rest, ok := strings.Cut(line, "--comment ")
-	if !ok {
-		return ""
-	}
-	if strings.HasPrefix(rest, `"`) {
-		end := strings.IndexByte(rest[1:], '"')
-		if end < 0 {
-			return ""
-		}
-		return rest[1 : end+1]
-	}
-	word, _, _ := strings.Cut(rest, " ")
-	return word
 }
 
 // Compare lists how got (the kernel) differs from want (what moat loaded),

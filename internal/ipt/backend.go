@@ -301,7 +301,7 @@ func parseSave(out []byte) saved {
 			sv.jumps[f[1]] = true
 		}
 		if strings.HasPrefix(line, "-A "+GenChain+" ") {
-			c := commentOf(line)
+			c := CommentOf(line)
 			if _, rest, ok := strings.Cut(c, genTag+" "); ok {
 				sv.gen = rest
 			}
@@ -991,7 +991,7 @@ func addCounters(out map[string]ruleset.Counter, data []byte) error {
 		if err := errors.Join(err1, err2); err != nil {
 			return fmt.Errorf("parse iptables counters %q: %w", line, err)
 		}
-		tag := commentOf(line)
+		tag := CommentOf(line)
 		if tag == "" || strings.Contains(line, "-j LOG") || strings.HasPrefix(tag, genTag) {
 			continue
 		}
@@ -1004,8 +1004,9 @@ func addCounters(out map[string]ruleset.Counter, data []byte) error {
 	return sc.Err()
 }
 
-// commentOf extracts the --comment argument of an iptables-save line.
-func commentOf(line string) string {
+// CommentOf extracts the --comment argument of an iptables-save line (drift
+// reads its layouts through it too).
+func CommentOf(line string) string {
 	_, rest, ok := strings.Cut(line, "--comment ")
 	if !ok {
 		return ""
