@@ -18,6 +18,7 @@ import (
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/nft"
 )
 
@@ -28,17 +29,7 @@ type kernelView interface {
 	Fingerprint(ctx context.Context) (string, error)
 }
 
-func nsRunner(ns *lab.NS) execrun.Runner {
-	return func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
-		var out []byte
-		err := ns.Do(func() error {
-			var err error
-			out, err = execrun.Exec(ctx, stdin, name, args...)
-			return err
-		})
-		return out, err
-	}
-}
+func nsRunner(ns *lab.NS) execrun.Runner { return labtest.Runner(ns) }
 
 func viewOf(backend string, ns *lab.NS) (kernelView, func(context.Context) (string, error)) {
 	if backend == "iptables" {

@@ -3,7 +3,6 @@ package drift
 import (
 	"context"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/moat-fw/moat/internal/execrun"
-	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -21,28 +20,9 @@ import (
 // policy with every kind of rule, and both see an empty table alike; bans
 // and counters read over netlink match nft's.
 func TestNetlinkLayoutMatchesNft(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	ns, err := lab.NewNS(lab.UniqueName("moatdrift"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	ns := labtest.NS(t, "moatdrift")
 	ctx := context.Background()
-	run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
-		var out []byte
-		err := ns.Do(func() error {
-			var err error
-			out, err = execrun.Exec(ctx, stdin, name, args...)
-			return err
-		})
-		return out, err
-	}
+	run := labtest.Runner(ns)
 	read := func(r execrun.Runner) *Layout {
 		t.Helper()
 		var l *Layout

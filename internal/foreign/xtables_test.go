@@ -12,7 +12,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/ipt"
-	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -88,21 +88,9 @@ func TestXtablesOnlyMoatKernel(t *testing.T) {
 		t.Skip("needs root for a network namespace")
 	}
 	t.Parallel()
-	ns, err := lab.NewNS(lab.UniqueName("moatfx"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ns.Close() })
+	ns := labtest.NS(t, "moatfx")
 	ctx := context.Background()
-	run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
-		var out []byte
-		err := ns.Do(func() error {
-			var err error
-			out, err = execrun.Exec(ctx, stdin, name, args...)
-			return err
-		})
-		return out, err
-	}
+	run := labtest.Runner(ns)
 	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\ndeny from 192.0.2.0/24\n")).Policy(nil)
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/setstore"
@@ -28,27 +28,8 @@ func kernelBackend(t testing.TB) *Backend {
 // kernelBackendNS is kernelBackend and its namespace.
 func kernelBackendNS(t testing.TB) (*Backend, *lab.NS) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	ns, err := lab.NewNS(lab.UniqueName("moatipt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return &Backend{Run: func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
-		var out []byte
-		err := ns.Do(func() error {
-			var err error
-			out, err = execrun.Exec(ctx, stdin, name, args...)
-			return err
-		})
-		return out, err
-	}}, ns
+	ns := labtest.NS(t, "moatipt")
+	return &Backend{Run: labtest.Runner(ns)}, ns
 }
 
 func compile(t testing.TB, text string) *ruleset.Ruleset {
@@ -172,18 +153,7 @@ func TestKernelApplyChange(t *testing.T) {
 // Active answers over netlink (no iptables-save) the same as by reading
 // iptables-save, before and after an apply and after a remove.
 func TestKernelActiveOverNetlink(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	ns, err := lab.NewNS(lab.UniqueName("moatipt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	ns := labtest.NS(t, "moatipt")
 	ctx := context.Background()
 	var saves int
 	b := &Backend{Netlink: true, Run: func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {

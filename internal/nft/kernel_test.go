@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/setstore"
@@ -22,18 +22,7 @@ import (
 // runner that runs programs inside it, recording each nft input.
 func kernelNS(t testing.TB) (*recorder, *lab.NS) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	ns, err := lab.NewNS(lab.UniqueName("moatnft"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	ns := labtest.NS(t, "moatnft")
 	return &recorder{ns: ns}, ns
 }
 
@@ -49,13 +38,7 @@ func (r *recorder) run(ctx context.Context, stdin []byte, name string, args ...s
 		r.inputs = append(r.inputs, string(stdin))
 		r.mu.Unlock()
 	}
-	var out []byte
-	err := r.ns.Do(func() error {
-		var err error
-		out, err = execrun.Exec(ctx, stdin, name, args...)
-		return err
-	})
-	return out, err
+	return labtest.Runner(r.ns)(ctx, stdin, name, args...)
 }
 
 func (r *recorder) last() string {
