@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"github.com/moat-fw/moat/internal/setstore"
 	"io"
 	"log/slog"
 	"os"
@@ -13,10 +12,11 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/execrun"
-	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/setstore"
 	"github.com/moat-fw/moat/internal/statedir"
 )
 
@@ -32,11 +32,7 @@ func TestFingerprintNotRecordedAfterHandChange(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("no nft")
 	}
-	ns, err := lab.NewNS(lab.UniqueName("moatfp"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ns.Close() })
+	ns := labtest.NS(t, "moatfp")
 	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\n")).Policy(policy.ParseServices(nil))
 	if err != nil {
 		t.Fatal(err)
@@ -82,11 +78,7 @@ func TestWholeCommitFingerprintFromLoaded(t *testing.T) {
 		t.Skip("no nft")
 	}
 	for _, hand := range []bool{false, true} {
-		ns, err := lab.NewNS(lab.UniqueName("moatfp"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = ns.Close() })
+		ns := labtest.NS(t, "moatfp")
 		text := "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\ndeny from 198.51.100.0/24\ndeny from 2001:db8::/64\n"
 		p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices(nil))
 		if err != nil {

@@ -14,7 +14,7 @@ import (
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/execrun"
-	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/statedir"
@@ -33,11 +33,7 @@ func TestRepairComparesOnce(t *testing.T) {
 	}
 	const text = "default deny incoming\nallow 22/tcp\n"
 	for _, handChange := range []bool{false, true} {
-		ns, err := lab.NewNS(lab.UniqueName("moatrep"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = ns.Close() })
+		ns := labtest.NS(t, "moatrep")
 		dir := t.TempDir()
 		rec := engine.Applied{Backend: "nftables", Policy: text, PolicySHA256: engine.Hash([]byte(text)), Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 		data, err := json.Marshal(rec)

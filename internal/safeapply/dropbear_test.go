@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/labtest"
 )
 
 // A real dropbear in a namespace: the client of a logged-in session is
@@ -30,11 +30,7 @@ func TestFindSSHLoggedInRealDropbear(t *testing.T) {
 		}
 	}
 	t.Parallel()
-	ns, err := lab.NewNS(lab.UniqueName("moatdb"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ns.Close() })
+	ns := labtest.NS(t, "moatdb")
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
 		{"addr", "add", "192.0.2.1/32", "dev", "lo"},
