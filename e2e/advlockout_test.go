@@ -24,8 +24,7 @@ func TestRestoreRefusedByLockout(t *testing.T) {
 		e := newSSHEnv(t, b)
 		srv := e.startSSHD(2222)
 		e.apply("default deny incoming\nallow 22/tcp\nallow 2222/tcp\nallow 80/tcp\n")
-		sess := srv.login(lab.ServerV4)
-		sess6 := srv.login(lab.ServerV6)
+		sess, sess6 := srv.loginBoth()
 		savedPath := filepath.Join(e.stateDir(), "saved.json")
 		data, err := os.ReadFile(savedPath)
 		if err != nil {
@@ -46,11 +45,7 @@ func TestRestoreRefusedByLockout(t *testing.T) {
 			t.Errorf("status after a refused restore:\n%s", st)
 		}
 		e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
-		for _, s := range []*session{sess, sess6} {
-			if err := s.alive(3 * time.Second); err != nil {
-				t.Errorf("live session cut: %v", err)
-			}
-		}
+		assertAlive(t, "live session", sess, sess6)
 	})
 }
 
@@ -126,11 +121,7 @@ func TestLockoutPolicyRouting(t *testing.T) {
 		if srv.canLoginFrom(e.topo.Backend, lab.RouterV4) || srv.canLoginFrom(e.topo.Backend, lab.RouterV6) {
 			t.Errorf("a login over eth1 got through 'deny in on eth1'")
 		}
-		for _, s := range []*session{sess, sess6} {
-			if err := s.alive(3 * time.Second); err != nil {
-				t.Errorf("live session cut: %v", err)
-			}
-		}
+		assertAlive(t, "live session", sess, sess6)
 	})
 }
 
@@ -191,8 +182,7 @@ func TestLockoutSSHDNotVisible(t *testing.T) {
 		e := newSSHEnv(t, b)
 		srv := e.startSSHD(22)
 		e.apply("default deny incoming\nallow 22/tcp\n")
-		sess := srv.login(lab.ServerV4)
-		sess6 := srv.login(lab.ServerV6)
+		sess, sess6 := srv.loginBoth()
 		kernel := e.kernelState()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -205,11 +195,7 @@ func TestLockoutSSHDNotVisible(t *testing.T) {
 		if e.kernelState() != kernel {
 			t.Errorf("kernel changed although refused")
 		}
-		for _, s := range []*session{sess, sess6} {
-			if err := s.alive(3 * time.Second); err != nil {
-				t.Errorf("live session cut: %v", err)
-			}
-		}
+		assertAlive(t, "live session", sess, sess6)
 		if !srv.canLogin(lab.ServerV4) || !srv.canLogin(lab.ServerV6) {
 			t.Errorf("no new login")
 		}
@@ -228,8 +214,7 @@ func TestLockoutNATSourcePorts(t *testing.T) {
 		if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "50000 60999"); err != nil {
 			t.Fatal(err)
 		}
-		sess := srv.login(lab.ServerV4)
-		sess6 := srv.login(lab.ServerV6)
+		sess, sess6 := srv.loginBoth()
 		e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "a reconnect from source port 1024 would be rejected by line 2"},
 			"prepend", "reject", "proto", "tcp", "from", "any", "port", "1024:32767", "to", "any", "port", "22")
 		e.mustMoat("--force", "prepend", "reject", "proto", "tcp", "from", "any", "port", "1024:32767", "to", "any", "port", "22")
@@ -239,11 +224,7 @@ func TestLockoutNATSourcePorts(t *testing.T) {
 		if srv.canLogin(lab.ServerV4) || srv.canLogin(lab.ServerV6) {
 			t.Errorf("a login from source port 20000-20100 got through the reject rule")
 		}
-		for _, s := range []*session{sess, sess6} {
-			if err := s.alive(3 * time.Second); err != nil {
-				t.Errorf("live session cut: %v", err)
-			}
-		}
+		assertAlive(t, "live session", sess, sess6)
 	})
 }
 
@@ -274,11 +255,7 @@ func TestForwardedSSHWarned(t *testing.T) {
 		if inside.canLogin(lab.BackendV4) || inside.canLogin(lab.BackendV6) {
 			t.Errorf("a routed SSH login got through 'default deny routed'")
 		}
-		for _, s := range []*session{sess, sess6} {
-			if err := s.alive(3 * time.Second); err != nil {
-				t.Errorf("live routed session cut: %v", err)
-			}
-		}
+		assertAlive(t, "live routed session", sess, sess6)
 		e.mustMoat("route", "allow", "proto", "tcp", "from", "192.0.2.2", "to", "198.51.100.2", "port", "22")
 		e.mustMoat("route", "allow", "proto", "tcp", "from", "2001:db8::2", "to", "2001:db8:1::2", "port", "22")
 		if !inside.canLogin(lab.BackendV4) || !inside.canLogin(lab.BackendV6) {

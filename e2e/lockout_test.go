@@ -272,8 +272,7 @@ func TestLockoutSocketActivated(t *testing.T) {
 			srv, conf := e.prepareSSHD(s)
 			e.apply("default allow incoming\n")
 			e.runSSHD(s, srv, conf, lab.ServerV4)
-			sess := srv.login(lab.ServerV4)
-			sess6 := srv.login(lab.ServerV6)
+			sess, sess6 := srv.loginBoth()
 
 			// systemd's socket is dual-stack: the IPv4 session is IPv4-mapped
 			// in /proc/net/tcp6, and must be judged as IPv4.
@@ -286,11 +285,7 @@ func TestLockoutSocketActivated(t *testing.T) {
 			if !strings.Contains(initOut, "allow 2222/tcp") {
 				t.Errorf("init does not allow the activated port:\n%s", initOut)
 			}
-			for _, s := range []*session{sess, sess6} {
-				if err := s.alive(3 * time.Second); err != nil {
-					t.Errorf("session cut: %v", err)
-				}
-			}
+			assertAlive(t, "session", sess, sess6)
 			// Allowed first, the same change goes through.
 			e.mustMoat("allow", "2222/tcp")
 			e.mustMoat("default", "deny", "incoming")
@@ -313,8 +308,7 @@ func TestLockoutSourcePorts(t *testing.T) {
 		if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "50000 60999"); err != nil {
 			t.Fatal(err)
 		}
-		sess := srv.login(lab.ServerV4)
-		sess6 := srv.login(lab.ServerV6)
+		sess, sess6 := srv.loginBoth()
 		e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "a reconnect from source port 32768 would be rejected by line 2"},
 			"prepend", "reject", "proto", "tcp", "from", "any", "port", "32768:45000", "to", "any", "port", "22")
 		// IANA's range (Windows, macOS clients) counts too.
@@ -331,11 +325,7 @@ func TestLockoutSourcePorts(t *testing.T) {
 		if srv.canLogin(lab.ServerV4) || srv.canLogin(lab.ServerV6) {
 			t.Errorf("a login from source port 32768-45000 got through the reject rule")
 		}
-		for _, s := range []*session{sess, sess6} {
-			if err := s.alive(3 * time.Second); err != nil {
-				t.Errorf("live session cut: %v", err)
-			}
-		}
+		assertAlive(t, "live session", sess, sess6)
 	})
 }
 
@@ -388,11 +378,7 @@ func TestLockoutLinkLocal(t *testing.T) {
 		e.mustMoat("delete", "1")
 		sess0 := srv.loginFrom(e.topo.Client, viaEth0)
 		e.refused([]string{"%eth0]:", "(it comes in on eth0)"}, "prepend", "deny", "in", "on", "eth0", "to", "any", "port", "22", "proto", "tcp")
-		for _, s := range []*session{sess0, sess1} {
-			if err := s.alive(3 * time.Second); err != nil {
-				t.Errorf("session cut: %v", err)
-			}
-		}
+		assertAlive(t, "session", sess0, sess1)
 	})
 }
 
@@ -434,11 +420,7 @@ func TestLockoutMoreSessions(t *testing.T) {
 		sessFwd := srvFwd.login(lab.BackendV4)
 		e.mustMoat("route", "allow", "in", "on", "eth0", "out", "on", "eth1", "to", "198.51.100.2", "port", "22", "proto", "tcp")
 		e.mustMoat("default", "deny", "routed")
-		for _, s := range []*session{sessOne, sessFwd} {
-			if err := s.alive(3 * time.Second); err != nil {
-				t.Errorf("session cut: %v", err)
-			}
-		}
+		assertAlive(t, "session", sessOne, sessFwd)
 		if !srvOne.canLogin(lab.ServerV4) || !srvFwd.canLogin(lab.BackendV4) {
 			t.Errorf("a new login fails")
 		}

@@ -50,11 +50,7 @@ func TestPortscanSparesLoginAfterApply(t *testing.T) {
 		if bans := e.bans(); len(bans) != 0 {
 			t.Errorf("the admin who logged in after the apply was banned: %+v\n%s", bans, e.guardLog())
 		}
-		for _, s := range []*session{s4, s6} {
-			if err := s.alive(3 * time.Second); err != nil {
-				t.Errorf("session cut: %v", err)
-			}
-		}
+		assertAlive(t, "session", s4, s6)
 		// The guard's additions are not a change made outside moat.
 		var rep struct {
 			KernelChanged []string `json:"kernel_changed"`

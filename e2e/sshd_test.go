@@ -163,6 +163,13 @@ func (s *sshd) login(addr netip.Addr) *session {
 	return s.loginWith(addr)
 }
 
+// loginBoth logs in to the server's IPv4 and IPv6 addresses (from the
+// client's 192.0.2.2 and 2001:db8::2).
+func (s *sshd) loginBoth() (v4, v6 *session) {
+	s.e.t.Helper()
+	return s.login(lab.ServerV4), s.login(lab.ServerV6)
+}
+
 // loginWith is login with more ssh options (before the destination), such
 // as forwarded ports.
 func (s *sshd) loginWith(addr netip.Addr, opts ...string) *session {
@@ -288,4 +295,15 @@ func killDescendants(pid int) {
 		}
 	}
 	walk(pid)
+}
+
+// assertAlive fails the test for each session that no longer carries
+// data ("WHAT cut: ...").
+func assertAlive(t testing.TB, what string, sessions ...*session) {
+	t.Helper()
+	for _, s := range sessions {
+		if err := s.alive(3 * time.Second); err != nil {
+			t.Errorf("%s cut: %v", what, err)
+		}
+	}
 }
