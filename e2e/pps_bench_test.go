@@ -443,11 +443,7 @@ func iptCopyRules(b *testing.B, ns *lab.NS, tag string, n int) {
 				continue
 			}
 			pos[f[1]]++
-			tagged := strings.Contains(line, `--comment "`+tag+`"`) || strings.Contains(line, "--comment "+tag+" ")
-			if tag == "builtin:established" { // untagged: no counter to find
-				tagged = strings.Contains(line, "--ctstate RELATED,ESTABLISHED -j RETURN") && !strings.Contains(line, "--comment")
-			}
-			if strings.HasPrefix(f[1], "MOAT-") && tagged {
+			if strings.HasPrefix(f[1], "MOAT-") && (strings.Contains(line, `--comment "`+tag+`"`) || strings.Contains(line, "--comment "+tag+" ")) {
 				if specs == nil {
 					chain, first = f[1], pos[f[1]]
 				}

@@ -274,13 +274,6 @@ func ruleLines(r *ruleset.Rule, fam policy.Family, names Names) []string {
 	}
 	var out []string
 	comment := "-m comment --comment " + quote(r.Tag())
-	if r.Uncounted && r.Trap == nil {
-		// iptables-nft runs the comment match (an xt match: no native
-		// form) on every packet the rule decides, and an uncounted rule's
-		// tag finds no counter: established,related, which nearly every
-		// packet passes, goes without (BenchmarkPacketRate).
-		comment = ""
-	}
 	if r.Trap != nil {
 		return trapLines(r, fam, names, comment)
 	}
