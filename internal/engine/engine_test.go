@@ -174,6 +174,16 @@ func (r *rig) kernelIs(backend, text string) {
 	}
 }
 
+// backAtBase checks that the nftables fake holds base's ruleset, and the
+// policy file base, as after a rollback to it.
+func (r *rig) backAtBase() {
+	r.t.Helper()
+	r.kernelIs("nftables", base)
+	if r.file() != base {
+		r.t.Errorf("the policy file is not back at base:\n%s", r.file())
+	}
+}
+
 // expire lets the deadline pass and runs the watchdog.
 func (r *rig) expire(p *Pending) {
 	r.t.Helper()
@@ -260,10 +270,7 @@ func TestCorruptSnapshotFallsBack(t *testing.T) {
 	r.must(err)
 	r.must(os.WriteFile(filepath.Join(r.dir, snapshotFile), []byte("garbage"), 0o600))
 	r.expire(res.Pending)
-	r.kernelIs("nftables", base)
-	if r.file() != base {
-		t.Errorf("file: %s", r.file())
-	}
+	r.backAtBase()
 
 	// Snapshot gone and the previous policy fails to load once: the saved
 	// ruleset is loaded.
@@ -379,10 +386,7 @@ func TestArmFailureChangesNothing(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "nothing was applied") {
 		t.Fatalf("arm failure: %v", err)
 	}
-	r.kernelIs("nftables", base)
-	if r.file() != base {
-		t.Errorf("file changed: %s", r.file())
-	}
+	r.backAtBase()
 	if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
 		t.Errorf("pending left: %v", err)
 	}
@@ -633,10 +637,7 @@ func TestSameFaultTwice(t *testing.T) {
 	defer cancel()
 	r.must(r.eng.Watch(ctx, res.Pending.ID))
 	r.nft.Fail = nil
-	r.kernelIs("nftables", base)
-	if r.file() != base {
-		t.Errorf("file after the retried rollback:\n%s", r.file())
-	}
+	r.backAtBase()
 }
 
 // The watchdog waits for its pending state if it is not there yet, and
@@ -667,10 +668,7 @@ func TestWatchdogWaitsForPending(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the watchdog did not act")
 	}
-	r.kernelIs("nftables", base)
-	if r.file() != base {
-		t.Errorf("file: %s", r.file())
-	}
+	r.backAtBase()
 }
 
 // A good saved ruleset that would cut a live SSH session: 'moat restore'
@@ -766,10 +764,7 @@ func TestRollbackOnFullDisk(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	err = r.eng.Watch(ctx, res.Pending.ID)
-	r.kernelIs("nftables", base)
-	if r.file() != base {
-		t.Errorf("file after the rollback on a full disk:\n%s", r.file())
-	}
+	r.backAtBase()
 	if err != nil {
 		t.Errorf("watchdog on a full disk: %v", err)
 	}
@@ -803,10 +798,7 @@ func TestNegativeConfirmRefused(t *testing.T) {
 			t.Errorf("enable --confirm %v accepted", d)
 		}
 	}
-	r.kernelIs("nftables", base)
-	if r.file() != base {
-		t.Errorf("file: %s", r.file())
-	}
+	r.backAtBase()
 }
 
 // rebootWith makes the pending change one of an earlier boot and empties
@@ -1017,10 +1009,7 @@ func TestWatchdogRollsBackWhenRecordLost(t *testing.T) {
 			case <-time.After(15 * time.Second):
 				t.Fatal("the watchdog did not act")
 			}
-			r.kernelIs("nftables", base)
-			if r.file() != base {
-				t.Errorf("file: %s", r.file())
-			}
+			r.backAtBase()
 		})
 	}
 }
@@ -1126,10 +1115,7 @@ func TestFullDiskAfterKernelUndoesAtOnce(t *testing.T) {
 			if err == nil {
 				t.Fatal("the change succeeded on a full disk")
 			}
-			r.kernelIs("nftables", base)
-			if r.file() != base {
-				t.Errorf("file: %s", r.file())
-			}
+			r.backAtBase()
 			r.eng.o.Checkpoint = nil
 			free()
 			r.must(r.do(func(context.Context, *Engine) error { return nil }))
@@ -1185,17 +1171,11 @@ func TestFullPolicyDiskAfterKernelUndoes(t *testing.T) {
 	if _, err := r.add(r.ch(0), "allow 443/tcp"); err == nil {
 		t.Fatal("the change succeeded on a full disk")
 	}
-	r.kernelIs("nftables", base)
-	if r.file() != base {
-		t.Errorf("file: %s", r.file())
-	}
+	r.backAtBase()
 	r.eng.o.Checkpoint = nil
 	r.must(os.Remove(filler))
 	r.must(r.do(func(context.Context, *Engine) error { return nil }))
-	r.kernelIs("nftables", base)
-	if r.file() != base {
-		t.Errorf("file after the repair: %s", r.file())
-	}
+	r.backAtBase()
 	a, err := LoadApplied(r.dir)
 	r.must(err)
 	if a == nil || a.Policy != base {
@@ -1322,10 +1302,7 @@ func TestWatchdogRollsBackWhenLockFileIsJunk(t *testing.T) {
 			if err := r.newEngine().Watch(ctx, res.Pending.ID); err != nil {
 				t.Fatalf("watchdog: %v", err)
 			}
-			r.kernelIs("nftables", base)
-			if r.file() != base {
-				t.Errorf("file: %s", r.file())
-			}
+			r.backAtBase()
 		})
 	}
 }
