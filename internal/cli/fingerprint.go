@@ -30,6 +30,12 @@ type kernelRecord struct {
 	// element: 0.6 s with 100,000).
 	Generation    uint32 `json:"nft_generation,omitempty"`
 	HasGeneration bool   `json:"has_nft_generation,omitempty"`
+	// Boot and NetNS: where Generation counts (nft.GenerationScope). It
+	// counts from boot in each network namespace: a record kept across a
+	// reboot, or read in another namespace, may find its number again
+	// with other tables behind it (genHere).
+	Boot  string `json:"boot_id,omitempty"`
+	NetNS uint64 `json:"netns_cookie,omitempty"`
 	// Sets: the fingerprint covers ipsets of the policy (iptables), whose
 	// contents change without moving the generation: it alone cannot
 	// vouch for them.
@@ -130,7 +136,7 @@ func (a *app) unchangedSinceApply(ctx context.Context, b backend.Backend, st app
 	if generationTracks(b) {
 		if gen, err = nft.Generation(); err == nil {
 			hasGen = true
-			if rec.HasGeneration && gen == rec.Generation && (!rec.Sets || a.protectedUnchanged(ctx, b, rec)) {
+			if rec.genHere() && gen == rec.Generation && (!rec.Sets || a.protectedUnchanged(ctx, b, rec)) {
 				a.log.Debug("moat's table unchanged since its fingerprint was taken", "generation", gen)
 				a.verified = verifiedGen{gen: gen, fp: rec.Fingerprint, ok: true}
 				return true
@@ -153,6 +159,16 @@ func (a *app) unchangedSinceApply(ctx context.Context, b backend.Backend, st app
 		}
 	}
 	return true
+}
+
+// genHere says whether the record's generation counts here: it has one,
+// taken in this boot and this network namespace.
+func (r kernelRecord) genHere() bool {
+	if !r.HasGeneration {
+		return false
+	}
+	boot, netns, ok := nft.GenerationScope()
+	return ok && r.Boot == boot && r.NetNS == netns
 }
 
 func (r kernelRecord) matches(st appliedState) bool {
@@ -358,7 +374,7 @@ func (a *app) banCommitted(before, after uint32) {
 		return
 	}
 	var rec kernelRecord
-	if json.Unmarshal(data, &rec) != nil || rec.Backend != "nftables" || !rec.HasGeneration || rec.Generation != before || rec.Fingerprint == "" {
+	if json.Unmarshal(data, &rec) != nil || rec.Backend != "nftables" || !rec.genHere() || rec.Generation != before || rec.Fingerprint == "" {
 		return
 	}
 	rec.Generation = after
@@ -380,10 +396,18 @@ func (a *app) recordVouches(gen uint32) bool {
 	}
 	var rec kernelRecord
 	return json.Unmarshal(data, &rec) == nil && rec.Backend == "nftables" && !rec.Sets &&
-		rec.HasGeneration && rec.Generation == gen && rec.Fingerprint == a.verified.fp
+		rec.genHere() && rec.Generation == gen && rec.Fingerprint == a.verified.fp
 }
 
 func (a *app) writeKernelRecord(rec kernelRecord) {
+	rec.Boot, rec.NetNS = "", 0
+	if rec.HasGeneration {
+		if boot, netns, ok := nft.GenerationScope(); ok {
+			rec.Boot, rec.NetNS = boot, netns
+		} else {
+			rec.Generation, rec.HasGeneration = 0, false
+		}
+	}
 	data, err := json.Marshal(rec)
 	if err == nil {
 		err = statedir.WriteCache(a.stateDir, fingerprintFile, data) // a cache: checked on reading

@@ -2,11 +2,8 @@ package ipt
 
 import (
 	"encoding/json"
-	"os"
-	"strings"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/statedir"
 )
@@ -36,24 +33,7 @@ type chainCache struct {
 
 // hostIdentity is the boot and the network namespace this process runs
 // in; ok is false when either cannot be told (then nothing is cached).
-func hostIdentity() (boot string, netns uint64, ok bool) {
-	data, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return "", 0, false
-	}
-	boot = strings.TrimSpace(string(data))
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return "", 0, false
-	}
-	defer unix.Close(fd)
-	// SO_NETNS_COOKIE (Linux 5.14): a namespace's number for the boot.
-	netns, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-	if err != nil || boot == "" || netns == 0 {
-		return "", 0, false
-	}
-	return boot, netns, true
-}
+func hostIdentity() (boot string, netns uint64, ok bool) { return nft.GenerationScope() }
 
 // loadChainCache is the cached chains when they are at generation gen
 // in this boot and namespace, else nil.

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -44,4 +46,28 @@ func Generation() (uint32, error) {
 		}
 	}
 	return 0, errors.New("nftables: the kernel did not say the ruleset generation")
+}
+
+// GenerationScope names where a generation counts: the boot (its id) and
+// the calling thread's network namespace (its cookie, never reused while
+// the machine runs). The generation counts from boot in each namespace,
+// so a generation recorded with another scope says nothing here. ok is
+// false when either cannot be told.
+func GenerationScope() (boot string, netns uint64, ok bool) {
+	data, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", 0, false
+	}
+	boot = strings.TrimSpace(string(data))
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", 0, false
+	}
+	defer unix.Close(fd)
+	// SO_NETNS_COOKIE (Linux 5.14): a namespace's number for the boot.
+	netns, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil || boot == "" || netns == 0 {
+		return "", 0, false
+	}
+	return boot, netns, true
 }

@@ -1,0 +1,204 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/moat-fw/moat/internal/nft"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Adversary of the nftables speed-ups (the first enable's stage, the
+// fingerprint taken from what was loaded): hand changes made at the
+// moments the fast paths trust the generations.
+
+// nftWrapper writes an nft into a fresh directory that, on the first
+// 'nft -f' only, runs pre (shell, with $nft the real nft) before the real
+// transaction and post after it, and returns the directory (for PATH)
+// and the marker that says it ran.
+func nftWrapper(t *testing.T, pre, post string) (bin, once string) {
+	t.Helper()
+	real := realNft(t)
+	bin = t.TempDir()
+	once = filepath.Join(bin, "once")
+	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nnft="+real+"\nif [ \"$1\" = -f ] && mkdir "+once+" 2>/dev/null; then\n"+
+		pre+"\n$nft \"$@\"; rc=$?\n"+post+"\nexit $rc\nfi\nexec $nft \"$@\"\n")
+	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin, once
+}
+
+func realNft(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{"/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	t.Skip("no nft")
+	return ""
+}
+
+// moatWith runs moat in the server namespace with bin first in PATH.
+func (e *env) moatWith(bin string, args ...string) string {
+	e.t.Helper()
+	full := append([]string{"env", "PATH=" + bin + ":" + os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir()}, args...)
+	return e.run("server", full...)
+}
+
+// policySet4 is the shell that puts the name of moat's IPv4 source deny set
+// in $set.
+const policySet4 = "set=$($nft list sets inet | sed -n 's/.*set \\(input_deny_src4_[0-9]*\\) .*/\\1/p')"
+
+// An element added by hand to a set the first enable staged, between the
+// stage's netlink transaction and nft's (nft only declares the staged sets,
+// so the element stays): the fingerprint must not vouch for it; status
+// names the drift and the next change takes the element out.
+func TestAdvHandElementBetweenStageAndRules(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	bin, once := nftWrapper(t, policySet4+"\n$nft add element inet moat \"$set\" '{ 192.0.2.2 }'", "")
+	writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
+	e.moatWith(bin, "enable")
+	if _, err := os.Stat(once); err != nil {
+		t.Fatal("the enable ran no nft -f")
+	}
+	if out := e.run("server", "nft", "list", "table", "inet", "moat"); !strings.Contains(out, "192.0.2.2") {
+		t.Fatalf("the hand element was not made between the stage and the rules (no stage?):\n%s", out)
+	}
+	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 timeout")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+		t.Errorf("status does not see the element added between the stage and the rules:\n%s", out)
+	}
+	e.mustMoat("allow", "8081/tcp")
+	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+		"client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+}
+
+// An element deleted by hand from a staged set in the same window: the
+// deny it made is gone from the kernel; moat must not record the table as
+// its own (status names the drift, the next change puts the element back).
+func TestAdvHandDeleteBetweenStageAndRules(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	bin, once := nftWrapper(t, policySet4+"\n$nft delete element inet moat \"$set\" '{ 192.0.2.3 }'", "")
+	writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
+	e.moatWith(bin, "enable")
+	if _, err := os.Stat(once); err != nil {
+		t.Fatal("the enable ran no nft -f")
+	}
+	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 open")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+		t.Errorf("status does not see the element deleted between the stage and the rules:\n%s", out)
+	}
+	e.mustMoat("allow", "8081/tcp")
+	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+}
+
+// A hand-made table inet moat before the first enable, holding a set with
+// the very name moat gives its IPv4 deny set (another type) used by a hand
+// base chain that drops 192.0.2.4: there is a table, so nothing is staged;
+// the whole commit replaces the hand objects; packets follow the policy
+// and no drift is reported.
+func TestAdvHandTableWithMoatsSetNames(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	pol := "default allow incoming\ndeny from 192.0.2.3\ndeny from 2001:db8::3\n"
+	// Learn the set's name from a first enable, then start again.
+	e.apply(pol)
+	names := e.run("server", "nft", "list", "sets", "inet")
+	set := ""
+	for _, f := range strings.Fields(names) {
+		if strings.HasPrefix(f, "input_deny_src4_") {
+			set = f
+		}
+	}
+	if set == "" {
+		t.Fatalf("no input_deny_src4_ set:\n%s", names)
+	}
+	e.mustMoat("disable")
+	script := "table inet moat {\n set " + set + " { type ipv4_addr; elements = { 192.0.2.4, 192.0.2.6 } }\n" +
+		" set hand { type inet_service; }\n" +
+		" chain input { type filter hook input priority 0; policy accept; ip saddr @" + set + " drop; }\n}\n"
+	writeFile(t, filepath.Join(e.dir, "hand.nft"), script)
+	e.run("server", "nft", "-f", filepath.Join(e.dir, "hand.nft"))
+	e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout")
+	e.mustMoat("enable", "--force")
+	e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+		"client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+	if out := e.mustMoat("status"); strings.Contains(out, "changed outside moat") {
+		t.Errorf("status sees drift after the whole commit over the hand table:\n%s", out)
+	}
+	if out := e.run("server", "nft", "list", "table", "inet", "moat"); strings.Contains(out, "192.0.2.4") || strings.Contains(out, "inet_service") {
+		t.Errorf("hand objects left in moat's table:\n%s", out)
+	}
+}
+
+// The generation recorded with the fingerprint counts from boot in each
+// network namespace: a record taken in one namespace must not vouch for
+// another's table that happens to be at the same generation (a state dir
+// kept across a reboot, a container's namespace made again). Here a second
+// namespace holds moat's table with a rule added by hand, brought to the
+// very generation of the record: status run there with the first
+// namespace's state must still see the hand rule.
+func TestAdvFingerprintRecordOtherNamespace(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	a := newEnv(t, "nftables", false)
+	b := newEnv(t, "nftables", false)
+	gen := func(e *env) uint32 {
+		var g uint32
+		if err := e.topo.Server.Do(func() (err error) { g, err = nft.Generation(); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	pad := func(e *env) {
+		e.run("server", "nft", "add", "table", "inet", "advpad")
+		e.run("server", "nft", "delete", "table", "inet", "advpad")
+	}
+	// Namespace b: moat's table as a copy of a's, with a hand drop of
+	// port 80, at a small generation.
+	a.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	table := a.run("server", "nft", "list", "table", "inet", "moat")
+	writeFile(t, filepath.Join(b.dir, "moat.nft"), table)
+	b.run("server", "nft", "-f", filepath.Join(b.dir, "moat.nft"))
+	b.run("server", "nft", "insert", "rule", "inet", "moat", "input", "tcp", "dport", "80", "drop")
+	// a's record must be at a later generation than b's: pad a, then
+	// a change that records the fingerprint anew.
+	for gen(a) <= gen(b)+2 {
+		pad(a)
+	}
+	a.mustMoat("allow", "8080/tcp")
+	data, err := os.ReadFile(filepath.Join(a.stateDir(), "kernel-fingerprint.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		Gen uint32 `json:"nft_generation"`
+	}
+	if err := json.Unmarshal(data, &rec); err != nil || rec.Gen == 0 {
+		t.Fatalf("record: %v %s", err, data)
+	}
+	for gen(b) < rec.Gen {
+		pad(b)
+	}
+	if g := gen(b); g != rec.Gen {
+		t.Fatalf("b at generation %d, the record at %d", g, rec.Gen)
+	}
+	b.expect(false, "client tcp 192.0.2.1:80 timeout")
+	out, err := b.topo.Server.Run(context.Background(), moatBin, "--config", a.conf, "--backend", "nftables", "--state-dir", a.stateDir(), "status")
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "changed outside moat") {
+		t.Errorf("a record of another namespace at the same generation vouched for a table changed by hand:\n%s", out)
+	}
+}
