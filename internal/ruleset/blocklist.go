@@ -92,6 +92,14 @@ func BlocklistPrefixes(list, allowlist []netip.Prefix) (v4, v6 []netip.Prefix) {
 	if !cut {
 		return netmerge.Split(merged)
 	}
+	return ipsetPrefixes(list, allowlist)
+}
+
+// ipsetPrefixes is list less allowlist and the networks never blocked,
+// through netipx.IPSetBuilder: the general way, which BlocklistPrefixes
+// took for every list before it merged plain lists itself
+// (TestBlocklistPrefixesSameAsIPSet compares the two).
+func ipsetPrefixes(list, allowlist []netip.Prefix) (v4, v6 []netip.Prefix) {
 	var b netipx.IPSetBuilder
 	for _, p := range list {
 		b.AddPrefix(p)
