@@ -145,9 +145,38 @@ func link(a *NS, aName string, aAddrs []netip.Prefix, b *NS, bName string, bAddr
 // or the kernel picks a global source address for a link-local
 // destination.
 func waitLinkLocal(ns *NS, name string) error {
+	var addrs []netlink.Addr
+	return waitLink(ns, name, func(h *netlink.Handle, l netlink.Link) (bool, error) {
+		var err error
+		if addrs, err = h.AddrList(l, netlink.FAMILY_V6); err != nil {
+			return false, fmt.Errorf("addresses of %s in %s: %w", name, ns.Name, err)
+		}
+		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+				return true, nil
+			}
+		}
+		return false, nil
+	}, func() error {
+		return fmt.Errorf("%s in %s has no usable IPv6 link-local address after 5s: %v", name, ns.Name, addrs)
+	})
+}
+
+// handleIn is a netlink handle in ns.
+func handleIn(ns *NS) (*netlink.Handle, error) {
 	h, err := netlink.NewHandleAt(ns.handle)
 	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", ns.Name, err)
+		return nil, fmt.Errorf("netlink in %s: %w", ns.Name, err)
+	}
+	return h, nil
+}
+
+// waitLink reads the link name in ns every 5 ms until ready says it is
+// ready, for 5 s at most; then the error is notReady's.
+func waitLink(ns *NS, name string, ready func(h *netlink.Handle, l netlink.Link) (bool, error), notReady func() error) error {
+	h, err := handleIn(ns)
+	if err != nil {
+		return err
 	}
 	defer h.Close()
 	deadline := time.Now().Add(5 * time.Second)
@@ -156,26 +185,20 @@ func waitLinkLocal(ns *NS, name string) error {
 		if err != nil {
 			return fmt.Errorf("find %s in %s: %w", name, ns.Name, err)
 		}
-		addrs, err := h.AddrList(l, netlink.FAMILY_V6)
-		if err != nil {
-			return fmt.Errorf("addresses of %s in %s: %w", name, ns.Name, err)
-		}
-		for _, a := range addrs {
-			if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
-				return nil
-			}
+		if ok, err := ready(h, l); ok || err != nil {
+			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s in %s has no usable IPv6 link-local address after 5s: %v", name, ns.Name, addrs)
+			return notReady()
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 }
 
 func configure(ns *NS, name string, addrs []netip.Prefix) error {
-	h, err := netlink.NewHandleAt(ns.handle)
+	h, err := handleIn(ns)
 	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", ns.Name, err)
+		return err
 	}
 	defer h.Close()
 	l, err := h.LinkByName(name)
@@ -205,31 +228,19 @@ func configure(ns *NS, name string, addrs []netip.Prefix) error {
 // waitOperUp waits until the link has carrier, so that the first packets
 // of a test are not lost to a link still coming up.
 func waitOperUp(ns *NS, name string) error {
-	h, err := netlink.NewHandleAt(ns.handle)
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", ns.Name, err)
-	}
-	defer h.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		l, err := h.LinkByName(name)
-		if err != nil {
-			return fmt.Errorf("find %s in %s: %w", name, ns.Name, err)
-		}
-		if l.Attrs().OperState == netlink.OperUp {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s in %s is not up after 5s (state %s)", name, ns.Name, l.Attrs().OperState)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var state netlink.LinkOperState
+	return waitLink(ns, name, func(_ *netlink.Handle, l netlink.Link) (bool, error) {
+		state = l.Attrs().OperState
+		return state == netlink.OperUp, nil
+	}, func() error {
+		return fmt.Errorf("%s in %s is not up after 5s (state %s)", name, ns.Name, state)
+	})
 }
 
 func (ns *NS) linkUp(name string) error {
-	h, err := netlink.NewHandleAt(ns.handle)
+	h, err := handleIn(ns)
 	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", ns.Name, err)
+		return err
 	}
 	defer h.Close()
 	l, err := h.LinkByName(name)
@@ -243,9 +254,9 @@ func (ns *NS) linkUp(name string) error {
 }
 
 func defaultRoutes(ns *NS, gw4, gw6 netip.Addr) error {
-	h, err := netlink.NewHandleAt(ns.handle)
+	h, err := handleIn(ns)
 	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", ns.Name, err)
+		return err
 	}
 	defer h.Close()
 	for _, gw := range []netip.Addr{gw4, gw6} {
