@@ -12,8 +12,8 @@ import (
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/lab"
 	"github.com/moat-fw/moat/internal/labtest"
-	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/rulesettest"
 	"github.com/moat-fw/moat/internal/setstore"
 )
 
@@ -34,11 +34,7 @@ func kernelBackendNS(t testing.TB) (*Backend, *lab.NS) {
 
 func compile(t testing.TB, text string) *ruleset.Ruleset {
 	t.Helper()
-	p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices([]byte("ssh 22/tcp\n")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ruleset.Compile(p)
+	return rulesettest.Compile(t, text, "ssh 22/tcp\n")
 }
 
 func denyList(n, skip int) string {

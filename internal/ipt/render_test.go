@@ -13,6 +13,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/rulesettest"
 	"github.com/moat-fw/moat/internal/setstore"
 )
 
@@ -21,16 +22,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // The same policy as the nftables golden test, so the two renderings can
 // be read side by side.
 func goldenRuleset(t *testing.T) *ruleset.Ruleset {
-	data, err := os.ReadFile("../nft/testdata/golden.policy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc := policy.ParseServices([]byte("auth 113/tcp\n"))
-	p, err := policy.NewDocument("moat.conf", data).Policy(svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ruleset.Compile(p)
+	return rulesettest.CompileFile(t, "../nft/testdata/golden.policy", "auth 113/tcp\n")
 }
 
 func TestGoldenScript(t *testing.T) {
@@ -39,18 +31,7 @@ func TestGoldenScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	const file = "testdata/golden.ipt"
-	if *update {
-		if err := os.WriteFile(file, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != string(want) {
-		t.Errorf("script differs from %s (go test -update to accept):\n%s", file, got)
-	}
+	rulesettest.Golden(t, file, got, *update)
 }
 
 // call is one program run seen through the Runner seam.

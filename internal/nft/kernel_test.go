@@ -15,6 +15,7 @@ import (
 	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/rulesettest"
 	"github.com/moat-fw/moat/internal/setstore"
 )
 
@@ -52,11 +53,7 @@ func (r *recorder) last() string {
 
 func compile(t testing.TB, text string) *ruleset.Ruleset {
 	t.Helper()
-	p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices([]byte("ssh 22/tcp\n")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ruleset.Compile(p)
+	return rulesettest.Compile(t, text, "ssh 22/tcp\n")
 }
 
 func denyList(n, skip int) string {

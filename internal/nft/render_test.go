@@ -3,28 +3,18 @@ package nft
 import (
 	"flag"
 	"net/netip"
-	"os"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/rulesettest"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
 func goldenRuleset(t *testing.T) *ruleset.Ruleset {
-	svc := policy.ParseServices([]byte("auth 113/tcp\n"))
-	data, err := os.ReadFile("testdata/golden.policy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := policy.NewDocument("moat.conf", data).Policy(svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ruleset.Compile(p)
+	return rulesettest.CompileFile(t, "testdata/golden.policy", "auth 113/tcp\n")
 }
 
 func TestGoldenScript(t *testing.T) {
@@ -33,18 +23,7 @@ func TestGoldenScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	const file = "testdata/golden.nft"
-	if *update {
-		if err := os.WriteFile(file, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != string(want) {
-		t.Errorf("script differs from %s (go test -update to accept):\n%s", file, got)
-	}
+	rulesettest.Golden(t, file, got, *update)
 }
 
 func TestParseCounters(t *testing.T) {
