@@ -3,12 +3,18 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
 
-	"github.com/moat-fw/moat/internal/nft"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/nft"
 )
 
 // Adversary of the nftables speed-ups (the first enable's stage, the
@@ -200,5 +206,97 @@ func TestAdvFingerprintRecordOtherNamespace(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "changed outside moat") {
 		t.Errorf("a record of another namespace at the same generation vouched for a table changed by hand:\n%s", out)
+	}
+}
+
+// Real packets from listed sources while a first enable stages its sets
+// (the table and filled sets over netlink, then nft's chains and rules):
+// default deny with 'allow from' the client's .3 addresses among 50,000
+// entries. A packet that met moat's rules with an empty or half-filled
+// allow set would be dropped; every one must pass, before, during and
+// after each enable. A source not listed (.4) goes from open (no firewall
+// yet) to dropped once, never back.
+func TestAdvPacketsDuringStagedEnable(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	var b strings.Builder
+	b.WriteString("default deny incoming\nallow 22/tcp\n")
+	for i := range 12500 {
+		fmt.Fprintf(&b, "allow from 198.18.%d.%d\nallow from 2001:db8:%x:%x::/64\n", i>>7&255, 2*(i&127), i>>7, 2*(i&127))
+	}
+	b.WriteString("allow from 192.0.2.3\nallow from 2001:db8::3\n")
+	for i := range 12500 {
+		fmt.Fprintf(&b, "deny from 198.19.%d.%d\ndeny from 2001:db8:f%x:%x::/64\n", i>>7&255, 2*(i&127), i>>7, 2*(i&127))
+	}
+	writeFile(t, e.conf, b.String())
+	probe := func(src, dst string) lab.Probe {
+		return lab.Probe{Proto: "tcp", Src: netip.MustParseAddr(src), Dst: netip.MustParseAddrPort(dst)}
+	}
+	listed := []lab.Probe{probe("192.0.2.3", "192.0.2.1:80"), probe("2001:db8::3", "[2001:db8::1]:80")}
+	other := probe("192.0.2.4", "192.0.2.1:80")
+	ctx := context.Background()
+	for round := range 3 {
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var bad []string
+		sent, nbad := 0, 0
+		for _, p := range append(listed, listed...) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					out, err := e.topo.Client.Send(ctx, p)
+					mu.Lock()
+					sent++
+					if err != nil || out != lab.Open {
+						nbad++
+						if len(bad) < 20 {
+							bad = append(bad, fmt.Sprintf("%s: %s %v", p, out, err))
+						}
+					}
+					mu.Unlock()
+					time.Sleep(5 * time.Millisecond)
+				}
+			}()
+		}
+		var seq []lab.Outcome // the unlisted source's outcomes, repeats left out
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				out, _ := e.topo.Client.Send(ctx, other)
+				mu.Lock()
+				if len(seq) == 0 || seq[len(seq)-1] != out {
+					seq = append(seq, out)
+				}
+				mu.Unlock()
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+		e.mustMoat("enable")
+		time.Sleep(200 * time.Millisecond)
+		close(stop)
+		wg.Wait()
+		if nbad > 0 {
+			t.Errorf("round %d: packets from a listed source dropped during the enable (%d of %d):\n%s", round, nbad, sent, strings.Join(bad, "\n"))
+		}
+		if len(seq) > 2 || (len(seq) == 2 && seq[0] != lab.Open) {
+			t.Errorf("round %d: the unlisted source's outcomes, in turn: %v", round, seq)
+		}
+		t.Logf("round %d: %d listed probes, unlisted %v", round, sent, seq)
+		e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 open")
+		e.mustMoat("disable")
 	}
 }
