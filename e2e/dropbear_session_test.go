@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/labtest"
 )
 
 // startDropbear runs dropbear on port 2222 of the server, with root's
@@ -21,35 +22,7 @@ import (
 func (e *env) startDropbear() (key string) {
 	t := e.t
 	t.Helper()
-	for _, p := range []string{"dropbear", "dropbearkey", "dbclient", "unshare"} {
-		if _, err := exec.LookPath(p); err != nil {
-			t.Fatalf("%s is not installed (dropbear-bin, util-linux)", p)
-		}
-	}
-	dir := filepath.Join(e.dir, "dropbear")
-	home := filepath.Join(dir, "home")
-	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"host", "client"} {
-		if out, err := exec.Command("dropbearkey", "-t", "ed25519", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
-			t.Fatalf("dropbearkey: %v\n%s", err, out)
-		}
-	}
-	out, err := exec.Command("dropbearkey", "-y", "-f", filepath.Join(dir, "client")).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pub string
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(line, "ssh-") {
-			pub = line + "\n"
-		}
-	}
-	writeFile(t, filepath.Join(home, ".ssh", "authorized_keys"), pub)
-	// The script is fixed; the paths are its arguments.
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", `mount --bind "$0" /root && exec "$@"`,
-		home, "dropbear", "-F", "-E", "-s", "-p", "2222", "-r", filepath.Join(dir, "host"), "-P", filepath.Join(dir, "pid"))
+	cmd, key := labtest.Dropbear(t, filepath.Join(e.dir, "dropbear"), "2222")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := e.topo.Server.Start(cmd); err != nil {
 		t.Fatal(err)
@@ -59,7 +32,7 @@ func (e *env) startDropbear() (key string) {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // gone already if it died
 		_ = cmd.Wait()
 	})
-	return filepath.Join(dir, "client")
+	return key
 }
 
 // dropbearLogin logs in to the server's dropbear from the client and

@@ -24,11 +24,6 @@ func TestFindSSHLoggedInRealDropbear(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace")
 	}
-	for _, p := range []string{"dropbear", "dropbearkey", "dbclient", "unshare", "mount"} {
-		if _, err := exec.LookPath(p); err != nil {
-			t.Fatalf("%s is not installed (dropbear-bin, util-linux, mount): %v", p, err)
-		}
-	}
 	t.Parallel()
 	ns := labtest.NS(t, "moatdb")
 	for _, args := range [][]string{
@@ -42,34 +37,13 @@ func TestFindSSHLoggedInRealDropbear(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	home := filepath.Join(dir, "home")
+	server, id := labtest.Dropbear(t, dir, "192.0.2.1:2299")
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(os.MkdirAll(filepath.Join(home, ".ssh"), 0o700))
-	must(os.Chmod(home, 0o700))
-	for _, k := range []string{"hostkey", "id"} {
-		if out, err := exec.Command("dropbearkey", "-t", "ed25519", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
-			t.Fatalf("dropbearkey: %v\n%s", err, out)
-		}
-	}
-	out, err := exec.Command("dropbearkey", "-y", "-f", filepath.Join(dir, "id")).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pub string
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(line, "ssh-") {
-			pub = line + "\n"
-		}
-	}
-	must(os.WriteFile(filepath.Join(home, ".ssh", "authorized_keys"), []byte(pub), 0o600))
-	// The script is fixed; the paths are its arguments.
-	server := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", `mount --bind "$0" /root && exec "$@"`,
-		home, "dropbear", "-F", "-E", "-s", "-p", "192.0.2.1:2299", "-r", filepath.Join(dir, "hostkey"), "-P", filepath.Join(dir, "pid"))
 	var serverLog strings.Builder
 	server.Stdout, server.Stderr = &serverLog, &serverLog
 	must(ns.Start(server))
@@ -85,6 +59,7 @@ func TestFindSSHLoggedInRealDropbear(t *testing.T) {
 
 	// A connection still authenticating: it read the banner, nothing more.
 	var guessing net.Conn
+	var err error
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		err = ns.Do(func() error {
@@ -107,7 +82,7 @@ func TestFindSSHLoggedInRealDropbear(t *testing.T) {
 		t.Fatalf("dropbear banner: %v", err)
 	}
 	// A logged-in session: cat runs until the client's input closes.
-	client := exec.Command("dbclient", "-y", "-i", filepath.Join(dir, "id"), "-b", "198.51.100.7", "-p", "2299", "root@192.0.2.1", "cat")
+	client := exec.Command("dbclient", "-y", "-i", id, "-b", "198.51.100.7", "-p", "2299", "root@192.0.2.1", "cat")
 	client.Env = append(os.Environ(), "HOME="+dir)
 	stdin, err := client.StdinPipe()
 	must(err)
