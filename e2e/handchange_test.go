@@ -173,37 +173,52 @@ func TestHandChangeAfterWholeCommit(t *testing.T) {
 }
 
 // The same with an address added by hand to one of moat's policy sets
-// right after the first enable's whole commit: that commit's fingerprint
-// is taken from what moat loaded, not read back from the kernel, only
-// while the generation is the one right after the commit, so the element
-// is drift all the same (named by status, taken out by the next change).
+// right after the first enable's whole commit, or between its two
+// transactions (the sets are staged over netlink before the nft
+// transaction that adds the rules): that commit's fingerprint is taken
+// from what moat loaded, not read back from the kernel, only while the
+// generation is the one right after the commit and the commit followed
+// the stage at once, so the element is drift all the same (named by
+// status, taken out by the next change).
 func TestHandElementAfterWholeCommit(t *testing.T) {
 	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
-	real, err := exec.LookPath("nft")
-	if err != nil {
-		t.Fatal(err)
+	for _, when := range []string{"after", "between"} {
+		t.Run(when, func(t *testing.T) {
+			t.Parallel()
+			requireBackend(t, "nftables")
+			e := newEnv(t, "nftables", false)
+			real, err := exec.LookPath("nft")
+			if err != nil {
+				t.Fatal(err)
+			}
+			bin := t.TempDir()
+			hand := "set=$(" + real + " list sets inet | sed -n 's/.*set \\(input_deny_src4_[0-9]*\\) .*/\\1/p')\n" +
+				real + " add element inet moat \"$set\" '{ 192.0.2.2 }' || exit 9\n"
+			script := "#!/bin/sh\nif [ \"$1\" = -f ] && mkdir " + filepath.Join(bin, "once") + " 2>/dev/null; then\n"
+			if when == "after" {
+				script += real + " \"$@\"; rc=$?\n" + hand + "exit $rc\n"
+			} else {
+				script += hand + "exec " + real + " \"$@\"\n"
+			}
+			script += "fi\nexec " + real + " \"$@\"\n"
+			writeFile(t, filepath.Join(bin, "nft"), script)
+			if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
+			e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
+			if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
+				t.Fatal("the enable ran no nft -f: the hand change was not made during it")
+			}
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 timeout")
+			if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+				t.Errorf("status does not see the element added %s the whole commit:\n%s", when, out)
+			}
+			e.mustMoat("allow", "8081/tcp")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+				"client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+		})
 	}
-	bin := t.TempDir()
-	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ] && mkdir "+filepath.Join(bin, "once")+" 2>/dev/null; then\n"+
-		real+" \"$@\"; rc=$?\nset=$("+real+" list sets inet | sed -n 's/.*set \\(input_deny_src4_[0-9]*\\) .*/\\1/p')\n"+
-		real+" add element inet moat \"$set\" '{ 192.0.2.2 }'\nexit $rc\nfi\nexec "+real+" \"$@\"\n")
-	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
-	e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
-	if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
-		t.Fatal("the enable ran no nft -f: the hand change was not made during it")
-	}
-	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 timeout")
-	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
-		t.Errorf("status does not see the element added after the whole commit:\n%s", out)
-	}
-	e.mustMoat("allow", "8081/tcp")
-	e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 open", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
-		"client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
 }
 
 // An address added by hand to a protected set (the SSH sessions and the
