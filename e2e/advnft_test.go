@@ -300,3 +300,76 @@ func TestAdvPacketsDuringStagedEnable(t *testing.T) {
 		e.mustMoat("disable")
 	}
 }
+
+// The same fault twice: the first enable killed between its stage and
+// nft's transaction, then the next enable (which first undoes the killed
+// one) killed at the very same point, then a status and an enable without
+// the fault: the kernel holds the policy whole (real packets), no drift,
+// nothing interrupted left.
+func TestAdvKillBetweenStageAndRulesTwice(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	bin, _ := nftWrapper(t, "", "")
+	real := realNft(t)
+	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ]; then kill -9 $PPID; exit 1; fi\nexec "+real+" \"$@\"\n")
+	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:ffff::/48\nallow 80/tcp\n")
+	ctx := context.Background()
+	for k := range 2 {
+		out, err := e.topo.Server.Run(ctx, "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
+		if err == nil {
+			t.Fatalf("kill %d: moat was not killed:\n%s", k, out)
+		}
+		table := e.run("server", "nft", "list", "table", "inet", "moat")
+		if strings.Contains(table, "chain ") || !strings.Contains(table, "198.51.100.0/24") {
+			t.Fatalf("kill %d did not fall between the two transactions:\n%s", k, table)
+		}
+		e.expect(false, "client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:443 open")
+		if st := e.mustMoat("status"); !strings.Contains(st, "INTERRUPTED") || strings.Contains(st, "changed outside moat") {
+			t.Errorf("status after kill %d:\n%s", k, st)
+		}
+	}
+	e.mustMoat("enable")
+	e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout",
+		"client tcp [2001:db8::1]:80 open")
+	if st := e.mustMoat("status"); strings.Contains(st, "INTERRUPTED") || strings.Contains(st, "changed outside moat") || !strings.Contains(st, "active") {
+		t.Errorf("status after the enable:\n%s", st)
+	}
+	e.mustMoat("allow", "8080/tcp")
+	e.expect(false, "client tcp 192.0.2.1:8080 open")
+	if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+		t.Errorf("status after an edit:\n%s", st)
+	}
+}
+
+// A staged table left by a killed first enable whose state was lost (the
+// state directory removed, so no journal undoes it): the next enable finds
+// a table of sets and no chains, does not stage over it, replaces it whole,
+// and records it as moat's (no drift; real packets).
+func TestAdvLeftoverStageWithoutJournal(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	bin, _ := nftWrapper(t, "", "")
+	real := realNft(t)
+	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ]; then kill -9 $PPID; exit 1; fi\nexec "+real+" \"$@\"\n")
+	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:ffff::/48\nallow 80/tcp\n")
+	ctx := context.Background()
+	if out, err := e.topo.Server.Run(ctx, "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable"); err == nil {
+		t.Fatalf("moat was not killed:\n%s", out)
+	}
+	if err := os.RemoveAll(e.stateDir()); err != nil {
+		t.Fatal(err)
+	}
+	// The policy changes meanwhile: the leftover sets hold the old one.
+	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 203.0.113.0/24\nallow 80/tcp\nallow from 192.0.2.3\n")
+	e.mustMoat("enable", "--force")
+	table := e.run("server", "nft", "list", "table", "inet", "moat")
+	if strings.Contains(table, "198.51.100.0/24") || strings.Contains(table, "2001:db8:ffff::/48") {
+		t.Errorf("the leftover staged sets' elements are still in moat's table:\n%s", table)
+	}
+	e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:443 timeout", "client/192.0.2.3 tcp 192.0.2.1:443 open")
+	if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") || strings.Contains(st, "INTERRUPTED") {
+		t.Errorf("status:\n%s", st)
+	}
+}
