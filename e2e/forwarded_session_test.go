@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -80,8 +79,7 @@ func TestForwardedChannelsShieldNoAddress(t *testing.T) {
 		if err := svc.ServeEcho(e.topo.Client, 7100); err != nil {
 			t.Fatal(err)
 		}
-		logFile := filepath.Join(e.dir, "sshd.log")
-		srv := e.startSSHDWith(22, verboseSSHD+"GatewayPorts clientspecified\nAllowTcpForwarding yes\n", logFile)
+		srv, logFile := e.loggedSSHD(verboseSSHD + "GatewayPorts clientspecified\nAllowTcpForwarding yes\n")
 		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 7000/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
 		lTarget4, lTarget6 := lab.ClientAlt[0], lab.ClientAlt[2] // 192.0.2.3, 2001:db8::3
 		rPeer4, rPeer6 := lab.ClientAlt[1], lab.ClientAlt[3]     // 192.0.2.4, 2001:db8::4

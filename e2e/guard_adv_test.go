@@ -75,8 +75,7 @@ func (e *env) wrongKeysFromPort(srv *sshd, src netip.Addr, port int, dst netip.A
 func TestGuardFixedSourcePort(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newSSHEnv(t, b)
-		logFile := filepath.Join(e.dir, "sshd.log")
-		srv := e.startSSHDWith(22, "", logFile)
+		srv, logFile := e.loggedSSHD("")
 		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
 		e.startGuard("--log-file", logFile)
 		// More keys than MaxAuthTries (6): sshd ends each connection with
@@ -127,8 +126,7 @@ func TestGuardFixedSourcePort(t *testing.T) {
 func TestGuardLongBans(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newSSHEnv(t, b)
-		logFile := filepath.Join(e.dir, "sshd.log")
-		e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
+		_, logFile := e.loggedSSHD("PasswordAuthentication yes\n")
 		// Each failed attempt logs two failures (Invalid user, Failed
 		// password).
 		e.apply("default allow incoming\nguard sshd maxretry 2 bantime 2d bantime-max 365d weak 0\n")

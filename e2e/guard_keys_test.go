@@ -137,8 +137,7 @@ func (e *env) agree(logFile string, maxretry int, weak float64) {
 func TestGuardAgentKeys(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newSSHEnv(t, b)
-		logFile := filepath.Join(e.dir, "sshd.log")
-		srv := e.startSSHDWith(22, verboseSSHD, logFile)
+		srv, logFile := e.loggedSSHD(verboseSSHD)
 		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
 		e.startGuard("--log-file", logFile)
 		two, five := srv.wrongKeys(2), srv.wrongKeys(5)

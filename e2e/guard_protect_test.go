@@ -53,8 +53,7 @@ func (e *env) guardLog() string {
 func TestGuardNeverBansServer(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newSSHEnv(t, b)
-		logFile := filepath.Join(e.dir, "sshd.log")
-		srv := e.startSSHDWith(22, verboseSSHD, logFile)
+		srv, logFile := e.loggedSSHD(verboseSSHD)
 		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
 		admin := srv.login(lab.ServerV4) // from lab.ClientV4
 		e.startGuard("--log-file", logFile)

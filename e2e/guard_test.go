@@ -142,8 +142,7 @@ func (e *env) bans() map[string]banJSON {
 func TestGuardBansBruteForce(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newSSHEnv(t, b)
-		logFile := filepath.Join(e.dir, "sshd.log")
-		srv := e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
+		srv, logFile := e.loggedSSHD("PasswordAuthentication yes\n")
 		// Each failed attempt logs two failures (Invalid user, Failed
 		// password); weak evidence is off so the count is exact.
 		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 4 findtime 1m bantime 3s weak 0\nallowlist 192.0.2.3 2001:db8::3\n")
@@ -202,8 +201,7 @@ func TestGuardBansBruteForce(t *testing.T) {
 func TestGuardSurvivesCrash(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newSSHEnv(t, b)
-		logFile := filepath.Join(e.dir, "sshd.log")
-		e.startSSHDWith(22, "PasswordAuthentication yes\n", logFile)
+		_, logFile := e.loggedSSHD("PasswordAuthentication yes\n")
 		policy := "default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 1m bantime 30s bantime-factor 3 weak 0\n"
 		e.apply(policy)
 		stop := e.startGuard("--log-file", logFile)

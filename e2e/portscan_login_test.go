@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +19,7 @@ import (
 func TestPortscanSparesLoginAfterApply(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newSSHEnv(t, b)
-		logFile := filepath.Join(e.dir, "sshd.log")
-		srv := e.startSSHDWith(22, verboseSSHD, logFile)
+		srv, logFile := e.loggedSSHD(verboseSSHD)
 		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard sshd\nguard portscan ports 5 within 60s bantime 1h\n")
 		e.startGuard("--log-file", logFile, "-v") // -v: the guard logs each exemption
 		// Logged in after the apply: not in the protected sets.

@@ -118,6 +118,14 @@ LoginGraceTime 20
 	}
 }
 
+// loggedSSHD starts sshd on port 22 with the extra config lines, logging
+// to sshd.log in the test's folder for the guard to follow.
+func (e *env) loggedSSHD(extra string) (*sshd, string) {
+	e.t.Helper()
+	logFile := filepath.Join(e.dir, "sshd.log")
+	return e.startSSHDWith(22, extra, logFile), logFile
+}
+
 func (s *sshd) sshArgs(addr netip.Addr, command ...string) []string {
 	return append([]string{"-i", s.key, "-p", fmt.Sprint(s.port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
 		"-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR", "root@" + addr.String()}, command...)
