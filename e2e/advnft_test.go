@@ -373,3 +373,26 @@ func TestAdvLeftoverStageWithoutJournal(t *testing.T) {
 		t.Errorf("status:\n%s", st)
 	}
 }
+
+// moat's table made dormant by hand ('nft add table inet moat { flags
+// dormant; }': one committed change, no rule or set touched) stops every
+// base chain of it: nothing moat applied filters any more. Real packets
+// show it; status must name it as a change made outside moat, and the next
+// command must repair it.
+func TestAdvDormantTableIsDrift(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	e.expect(false, "client tcp 192.0.2.1:443 timeout")
+	e.run("server", "nft", "add", "table", "inet", "moat", "{ flags dormant; }")
+	e.expect(false, "client tcp 192.0.2.1:443 open")
+	if st := e.mustMoat("status"); !strings.Contains(st, "changed outside moat") {
+		t.Errorf("status does not see moat's table made dormant:\n%s", st)
+	}
+	e.mustMoat("allow", "8080/tcp")
+	e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:8080 open")
+	if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+		t.Errorf("status after the repair:\n%s", st)
+	}
+}

@@ -60,6 +60,10 @@ type Layout struct {
 	// Loaded are policy sets not read from the kernel, by name: the
 	// nft.RangesHash of what moat loaded into them (ReadNftLoaded).
 	Loaded map[string]string
+	// Dormant: moat's nftables table carries the dormant flag ('nft add
+	// table inet moat { flags dormant; }', one hand change that touches no
+	// chain, rule or set): none of its base chains filters.
+	Dormant bool
 }
 
 func newLayout() *Layout {
@@ -168,6 +172,16 @@ func ParseNftJSON(data []byte) (*Layout, error) {
 	}
 	l := newLayout()
 	for _, obj := range doc.Nftables {
+		if raw, ok := obj["table"]; ok {
+			var tb struct {
+				Flags json.RawMessage `json:"flags"`
+			}
+			if err := json.Unmarshal(raw, &tb); err != nil {
+				return nil, fmt.Errorf("read nft table: %w", err)
+			}
+			// nft writes one flag as a string, several as a list.
+			l.Dormant = strings.Contains(string(tb.Flags), `"dormant"`)
+		}
 		if raw, ok := obj["set"]; ok {
 			var s struct {
 				Name  string            `json:"name"`
@@ -342,6 +356,9 @@ func iptLine(l *Layout, fam, line string, body bool) {
 // in words, most telling first; nil when they agree.
 func Compare(want, got *Layout) []string {
 	var out []string
+	if got.Dormant && !want.Dormant {
+		out = append(out, "moat's table was made dormant: none of its chains filters")
+	}
 	names := map[string]bool{}
 	for n := range want.Chains {
 		names[n] = true

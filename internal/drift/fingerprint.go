@@ -18,6 +18,11 @@ import (
 // another. A set in l.Loaded counts as holding what moat loaded.
 func Fingerprint(l *Layout) (string, error) {
 	h := sha256.New()
+	if l.Dormant {
+		// Only when set: the fingerprints of tables that are not dormant
+		// stay what they were.
+		fmt.Fprintf(h, "table dormant\n")
+	}
 	for _, name := range sortedKeys(l.Chains) {
 		c := l.Chains[name]
 		fmt.Fprintf(h, "chain %q %q\n", name, c.Head)
