@@ -88,6 +88,7 @@ type listServer struct {
 	notModified int
 	srv         *httptest.Server
 	caFile      string
+	gate        func() // if set, each request first calls it (outside mu)
 }
 
 func (e *env) startListServer() *listServer {
@@ -118,6 +119,12 @@ func (ls *listServer) set(path, body string, status int) {
 }
 
 func (ls *listServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ls.mu.Lock()
+	gate := ls.gate
+	ls.mu.Unlock()
+	if gate != nil {
+		gate()
+	}
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if ls.status != 0 {

@@ -248,8 +248,13 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 			return err
 		}
 		pre = &engine.Parsed{Source: applied.Source, Text: applied.Policy, Policy: p}
-	} else if p, err = a.parseApplied(string(doc.Bytes())); err != nil {
-		return err
+	} else {
+		if p, err = a.parseApplied(string(doc.Bytes())); err != nil {
+			return err
+		}
+		// Only to check, under the lock, that the lists come from the
+		// sources the policy applied by then names.
+		pre = &engine.Parsed{Policy: p, FromFile: true}
 	}
 	var todo []*policy.Blocklist
 	for i := range p.Blocklists {

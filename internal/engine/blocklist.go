@@ -71,6 +71,10 @@ var ErrNotApplied = errors.New("moat has no record of the policy it applied: run
 type Parsed struct {
 	Source, Text string
 	Policy       *policy.Policy
+	// FromFile: Policy is a parse of the policy file (no policy was
+	// applied when the caller read it). It is never loaded; it only
+	// names the sources the lists were read from.
+	FromFile bool
 }
 
 // Refresh applies the policy that is applied now once more, with new
@@ -100,13 +104,16 @@ func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]neti
 	}
 	doc := policy.NewDocument(cur.applied.Source, []byte(cur.applied.Policy))
 	var p *policy.Policy
-	if pre != nil && pre.Policy != nil && pre.Source == cur.applied.Source && pre.Text == cur.applied.Policy {
+	if pre != nil && pre.Policy != nil && !pre.FromFile && pre.Source == cur.applied.Source && pre.Text == cur.applied.Policy {
 		p = pre.Policy
 	} else {
 		var err error
 		if p, err = e.policyOf(doc); err != nil {
 			return nil, fmt.Errorf("the applied policy no longer parses: %w", err)
 		}
+	}
+	if err := sameSources(pre, p, lists); err != nil {
+		return nil, err
 	}
 	for i := range p.Blocklists {
 		if ps, ok := lists[p.Blocklists[i].Name]; ok {
@@ -115,4 +122,27 @@ func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]neti
 	}
 	ch.Confirm = 0
 	return e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, backend: cur.applied.Backend, save: saveIfEnabled, source: cur.applied.Source}, &Result{Policy: p})
+}
+
+// sameSources refuses lists read from a source that the policy applied
+// now no longer names for them: the caller read them before taking the
+// lock (a fetch can take many seconds), and another command may have
+// applied the list from another file or URL since. Loading the old
+// source's networks would put in the kernel a list the applied policy
+// does not say (TestRefreshRefusesListsOfAnotherSource).
+func sameSources(pre *Parsed, p *policy.Policy, lists map[string][]netip.Prefix) error {
+	if pre == nil || pre.Policy == nil || pre.Policy == p {
+		return nil
+	}
+	for name := range lists {
+		was, ok1 := pre.Policy.Blocklist(name)
+		now, ok2 := p.Blocklist(name)
+		if !ok1 || !ok2 {
+			continue // not in the policy applied now: not loaded
+		}
+		if was.Source != now.Source || was.Where() != now.Where() {
+			return fmt.Errorf("blocklist %s: read from %s %s, but the policy applied meanwhile takes it from %s %s: run 'moat blocklist update' again", name, was.Source, was.Where(), now.Source, now.Where())
+		}
+	}
+	return nil
 }

@@ -183,3 +183,61 @@ func TestRefreshUsesCallersParse(t *testing.T) {
 		t.Errorf("bl4_drop = %v", got)
 	}
 }
+
+// A list read from the source the caller's parse named is not loaded
+// when the policy applied under the lock takes that list from another
+// source: an update fetches while not holding the engine's lock, and a
+// reload in that time that points the list elsewhere (another file,
+// another URL) must not be overwritten with the old source's networks.
+// Both with the caller's parse of the old applied text and with no parse
+// (the CLI then read the lists from the policy file).
+func TestRefreshRefusesListsOfAnotherSource(t *testing.T) {
+	for _, withPre := range []bool{true, false} {
+		t.Run(map[bool]string{true: "parsed", false: "file"}[withPre], func(t *testing.T) {
+			r := newRig(t)
+			dir := t.TempDir()
+			a, b := filepath.Join(dir, "a.netset"), filepath.Join(dir, "b.netset")
+			r.must(os.WriteFile(a, []byte("192.0.2.0/24\n"), 0o644))
+			r.must(os.WriteFile(b, []byte("198.51.100.0/24\n2001:db8:b::/48\n"), 0o644))
+			old := "default deny incoming\nallow 22/tcp\nblocklist drop file " + a + "\n"
+			r.write(old)
+			if _, err := r.enable(r.ch(0)); err != nil {
+				t.Fatal(err)
+			}
+			applied, err := LoadApplied(r.dir)
+			if err != nil || applied == nil {
+				t.Fatalf("applied: %+v %v", applied, err)
+			}
+			p, err := policy.NewDocument(applied.Source, []byte(old)).Policy(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pre := &Parsed{Source: applied.Source, Text: applied.Policy, Policy: p}
+			if !withPre {
+				pre = &Parsed{Policy: p, FromFile: true}
+			}
+			// The update has read a (its networks changed), then another
+			// command applies the list from b.
+			r.write("default deny incoming\nallow 22/tcp\nblocklist drop file " + b + "\n")
+			if _, err := r.enable(r.ch(0)); err != nil {
+				t.Fatal(err)
+			}
+			stale := map[string][]netip.Prefix{"drop": {netip.MustParsePrefix("203.0.113.0/24")}}
+			var res *Result
+			err = r.do(func(ctx context.Context, e *Engine) error {
+				var err error
+				res, err = e.Refresh(ctx, r.ch(0), stale, pre)
+				return err
+			})
+			if err == nil || !strings.Contains(err.Error(), "blocklist drop") {
+				t.Errorf("a list of the old source was accepted: %+v %v", res, err)
+			}
+			if got := r.setPrefixes(r.nft, "bl4_drop"); len(got) != 1 || got[0].String() != "198.51.100.0/24" {
+				t.Errorf("bl4_drop = %v, want b's 198.51.100.0/24", got)
+			}
+			if got := r.setPrefixes(r.nft, "bl6_drop"); len(got) != 1 || got[0].String() != "2001:db8:b::/48" {
+				t.Errorf("bl6_drop = %v, want b's 2001:db8:b::/48", got)
+			}
+		})
+	}
+}
