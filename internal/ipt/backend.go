@@ -243,7 +243,7 @@ func (b *Backend) setNames(ctx context.Context) ([]string, error) {
 	if b.IpsetNetlink {
 		if c, err := dialIpset(); err == nil {
 			names, err := c.names()
-			c.Close()
+			_ = c.Close() // read only
 			if err == nil {
 				return names, nil
 			}
@@ -503,7 +503,7 @@ func (b *Backend) maxelem(ctx context.Context, name string) int {
 	if b.IpsetNetlink {
 		if c, err := dialIpset(); err == nil {
 			n := c.maxelem(name)
-			c.Close()
+			_ = c.Close() // read only
 			if n > 0 {
 				return n
 			}
@@ -799,7 +799,7 @@ func (b *Backend) setReader() *setReader {
 
 func (sr *setReader) close() {
 	if sr.conn != nil {
-		sr.conn.Close()
+		_ = sr.conn.Close() // read only
 	}
 }
 

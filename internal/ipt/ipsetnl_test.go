@@ -30,7 +30,7 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			defer c.Close()
+			defer func() { _ = c.Close() }()
 			h := sha256.New()
 			if err := c.hashSet(h, name); err != nil {
 				return err
@@ -94,7 +94,7 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			defer c.Close()
+			defer func() { _ = c.Close() }()
 			h := sha256.New()
 			if err := c.hashSetLoaded(h, name, ps); err != nil {
 				return err
@@ -126,7 +126,7 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		max = c.maxelem("m4")
 		names, err = c.names()
 		return err

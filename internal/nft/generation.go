@@ -63,7 +63,7 @@ func GenerationScope() (boot string, netns uint64, ok bool) {
 	if err != nil {
 		return "", 0, false
 	}
-	defer unix.Close(fd)
+	defer func() { _ = unix.Close(fd) }() // a probe socket: nothing written
 	// SO_NETNS_COOKIE (Linux 5.14): a namespace's number for the boot.
 	netns, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
 	if err != nil || boot == "" || netns == 0 {
