@@ -238,13 +238,7 @@ func TestGuardHostileFields(t *testing.T) {
 
 // goLogin tries one login with the Go SSH client (any user name).
 func (e *env) goLogin(src, dst netip.Addr, user string, auth ssh.AuthMethod) error {
-	var conn net.Conn
-	err := e.topo.Client.Do(func() error {
-		d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
-		var err error
-		conn, err = d.Dial("tcp", netip.AddrPortFrom(dst, 22).String())
-		return err
-	})
+	conn, err := e.dialSSH(src, dst)
 	if err != nil {
 		return err
 	}

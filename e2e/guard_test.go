@@ -20,9 +20,9 @@ import (
 	"github.com/moat-fw/moat/internal/lab"
 )
 
-// failLogin makes one real SSH password login from src that fails: sshd
-// logs "Invalid user" and "Failed password for invalid user".
-func (e *env) failLogin(src, dst netip.Addr, user string) error {
+// dialSSH connects from src in the client namespace to port 22 of dst
+// (giving up after a second).
+func (e *env) dialSSH(src, dst netip.Addr) (net.Conn, error) {
 	var conn net.Conn
 	err := e.topo.Client.Do(func() error {
 		d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
@@ -30,6 +30,13 @@ func (e *env) failLogin(src, dst netip.Addr, user string) error {
 		conn, err = d.Dial("tcp", netip.AddrPortFrom(dst, 22).String())
 		return err
 	})
+	return conn, err
+}
+
+// failLogin makes one real SSH password login from src that fails: sshd
+// logs "Invalid user" and "Failed password for invalid user".
+func (e *env) failLogin(src, dst netip.Addr, user string) error {
+	conn, err := e.dialSSH(src, dst)
 	if err != nil {
 		return err
 	}
