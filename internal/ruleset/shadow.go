@@ -64,6 +64,7 @@ func Shadowed(p *policy.Policy) []Covered {
 		}
 	}
 	byFrom, byTo := newPrefixIndex(&nFrom, n), newPrefixIndex(&nTo, n)
+	markQueried(p, byFrom, byTo, &nFrom, &nTo)
 	var rest []int // earlier rules with neither network
 	s := search{p: p}
 	for i := range n {
@@ -156,6 +157,12 @@ type prefixIndex struct {
 	// which are (a map walked for every rule cost more than the lookups).
 	lens [2][]int
 	has  [2][129]bool
+	// queried, for a large index, is the networks that lookups may ask
+	// for (markQueried): a network asked for by no rule but the one that
+	// adds it is never read back, so it is not added (most of a
+	// blocklist's networks: the table's inserts, a cache miss each, were
+	// most of the search's time). nil: every network is added.
+	queried *queryFilter
 	// seen is a filter of the networks added (one bit per hash of a
 	// network, nil for a small index): most lookups of a large policy
 	// miss (a blocklist's networks are apart), and a bit in 128 KiB
@@ -230,6 +237,13 @@ func (x *prefixIndex) add(p netip.Prefix, i int) {
 		x.next = append(x.next, -1)
 	}
 	x.next[i] = -1
+	if f, b := famIndex(p), p.Bits(); !x.has[f][b] {
+		x.has[f][b] = true
+		x.lens[f] = append(x.lens[f], b)
+	}
+	if x.queried != nil && !x.queried.many(seenHash(p)) {
+		return
+	}
 	if x.maybe(p) {
 		if j, ok := x.get(p); ok {
 			x.next[i] = j
@@ -240,9 +254,90 @@ func (x *prefixIndex) add(p netip.Prefix, i int) {
 		h := seenHash(p)
 		x.seen[h>>6] |= 1 << (h & 63)
 	}
-	if f, b := famIndex(p), p.Bits(); !x.has[f][b] {
-		x.has[f][b] = true
-		x.lens[f] = append(x.lens[f], b)
+}
+
+// queryFilter counts, per hash of a network (seenHash), the lookups that
+// may ask for it, up to two: once and twice are bit sets of 2^seenBits.
+type queryFilter struct {
+	once, twice []uint64
+}
+
+func newQueryFilter() *queryFilter {
+	return &queryFilter{once: make([]uint64, 1<<seenBits/64), twice: make([]uint64, 1<<seenBits/64)}
+}
+
+func (f *queryFilter) bump(h uint64) {
+	w, bit := h>>6, uint64(1)<<(h&63)
+	if f.once[w]&bit != 0 {
+		f.twice[w] |= bit
+	} else {
+		f.once[w] |= bit
+	}
+}
+
+// many reports whether two lookups or more may ask for networks of hash h.
+func (f *queryFilter) many(h uint64) bool {
+	return f.twice[h>>6]&(1<<(h&63)) != 0
+}
+
+// markQueried fills the large indexes' query filters before the search:
+// every lookup the search can make (candidates: each network a rule has
+// on an index's side, masked to each length that index will hold up to
+// the network's own) is counted on its hash. A rule's network is looked
+// up by the rule itself (its own length), so a network is read back by
+// another rule only if its hash is counted twice or more; a collision only
+// adds a network that was not needed. The lengths are those of the whole
+// policy, a superset of what the search holds when it looks up.
+func markQueried(p *policy.Policy, byFrom, byTo *prefixIndex, nFrom, nTo *[2][129]int) {
+	if byFrom.seen == nil && byTo.seen == nil {
+		return
+	}
+	var lensFrom, lensTo [2][]int
+	for f := range 2 {
+		for b := range 129 {
+			if nFrom[f][b] > 0 {
+				lensFrom[f] = append(lensFrom[f], b)
+			}
+			if nTo[f][b] > 0 {
+				lensTo[f] = append(lensTo[f], b)
+			}
+		}
+	}
+	if byFrom.seen != nil {
+		byFrom.queried = newQueryFilter()
+	}
+	if byTo.seen != nil {
+		byTo.queried = newQueryFilter()
+	}
+	count := func(q *queryFilter, lens *[2][]int, p netip.Prefix) {
+		for _, bits := range lens[famIndex(p)] {
+			if bits > p.Bits() {
+				break
+			}
+			if m, err := p.Addr().Prefix(bits); err == nil {
+				q.bump(seenHash(m))
+			}
+		}
+	}
+	var scratch policy.Rule
+	for i := range p.NumRules() {
+		var from, to netip.Prefix
+		if a, ok := p.CompactAddrRule(i); ok {
+			if a.To {
+				to = a.Prefix
+			} else {
+				from = a.Prefix
+			}
+		} else {
+			r := p.RulePtr(i, &scratch)
+			from, to = r.From, r.To
+		}
+		if from.IsValid() && byFrom.queried != nil {
+			count(byFrom.queried, &lensFrom, from)
+		}
+		if to.IsValid() && byTo.queried != nil {
+			count(byTo.queried, &lensTo, to)
+		}
 	}
 }
 

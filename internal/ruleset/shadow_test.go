@@ -211,3 +211,43 @@ func BenchmarkShadowedBlocklist100k(b *testing.B) {
 		Shadowed(p)
 	}
 }
+
+// The same for a large destination index (its query filter, markQueried):
+// most rules name a destination network, some a source as well (they look
+// up the destination index without being added to it), so networks are
+// only read back through lookups of other rules.
+func TestShadowedLargeToIndexMatchesPairs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	var b strings.Builder
+	addr := func() string {
+		if rng.IntN(2) == 0 {
+			return fmt.Sprintf("198.51.100.%d/%d", rng.IntN(256), []int{32, 32, 32, 32, 30, 28, 24}[rng.IntN(7)])
+		}
+		return fmt.Sprintf("2001:db8:%x::%x/%d", rng.IntN(8), rng.IntN(256), []int{128, 128, 128, 124, 64, 48}[rng.IntN(6)])
+	}
+	actions := []string{"allow", "deny", "reject"}
+	for i := 0; i < 3000; i++ {
+		a := actions[rng.IntN(3)]
+		switch rng.IntN(10) {
+		case 0:
+			fmt.Fprintf(&b, "%s out %d/tcp\n", a, 20+rng.IntN(5))
+		case 1:
+			to := addr()
+			from := "192.0.2.0/24"
+			if !strings.Contains(to, ".") {
+				from = "2001:db8:ff::/48"
+			}
+			fmt.Fprintf(&b, "%s out from %s to %s\n", a, from, to)
+		default:
+			fmt.Fprintf(&b, "%s out to %s\n", a, addr())
+		}
+	}
+	p, err := policy.NewDocument("moat.conf", []byte(b.String())).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(Shadowed(p)); n < 500 {
+		t.Fatalf("only %d covered rules: the test would not show a lost one", n)
+	}
+	samePairs(t, p, "(3000 random outgoing rules)")
+}
