@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A 'moat blocklist update' fetches its lists before it takes the
@@ -61,5 +64,63 @@ func TestAdvBlocklistSourceChangedDuringFetch(t *testing.T) {
 		e.expect(false, drops...)
 		e.mustMoat("reload")
 		e.expect(false, drops...)
+	})
+}
+
+// A rollback cut short (kill -9) after it restored the snapshot leaves
+// the snapshot's ban sets in the kernel, its record of the bans in force
+// (pending.bans) and the pending change: the guard goes on banning. The
+// rollback that finishes it restores the snapshot again: the bans made
+// after the cut must stay, with the bans of the record; a ban lifted
+// while the change waited stays lifted. The cut is made by putting the
+// pending change's files back after a whole rollback, with the record it
+// would have written. Both backends, IPv4 and IPv6, real packets.
+func TestAdvRollbackCutKeepsBansMadeAfterTheCut(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+		e.mustMoat("ban", "203.0.113.50", "2001:db8::50", "--for", "1h", "--reason", "before")
+		e.mustMoat("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
+		e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
+		e.mustMoat("ban", "192.0.2.3", "--for", "1h", "--reason", "meanwhile")
+		e.mustMoat("unban", "203.0.113.51")
+
+		saved := map[string][]byte{}
+		for _, f := range []string{"pending.json", "pending.snapshot", "pending.policy"} {
+			if data, err := os.ReadFile(filepath.Join(e.stateDir(), f)); err == nil {
+				saved[f] = data
+			}
+		}
+		var p struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal(saved["pending.json"], &p); err != nil || p.ID == "" {
+			t.Fatalf("pending.json: %v\n%s", err, saved["pending.json"])
+		}
+		e.mustMoat("rollback")
+		for f, data := range saved {
+			writeFile(t, filepath.Join(e.stateDir(), f), string(data))
+		}
+		rec := fmt.Sprintf(`{"id":%q,"taken":%q,"bans":[{"addr":"203.0.113.50","left_ms":3600000,"reason":"before"},{"addr":"2001:db8::50","left_ms":3600000,"reason":"before"},{"addr":"192.0.2.3","left_ms":3600000,"reason":"meanwhile"}]}`,
+			p.ID, time.Now().UTC().Format(time.RFC3339Nano))
+		writeFile(t, filepath.Join(e.stateDir(), "pending.bans"), rec)
+
+		// After the cut: the guard bans.
+		e.mustMoat("ban", "198.51.100.9", "2001:db8::3", "--for", "1h", "--reason", "after the cut")
+		e.mustMoat("rollback")
+
+		bans := e.bans()
+		for _, a := range []string{"203.0.113.50", "2001:db8::50", "192.0.2.3", "198.51.100.9", "2001:db8::3"} {
+			if _, ok := bans[a]; !ok {
+				t.Errorf("%s is not banned after the finished rollback: %+v", a, bans)
+			}
+		}
+		if _, ok := bans["203.0.113.51"]; ok {
+			t.Errorf("the ban lifted while the change waited is back")
+		}
+		e.expect(false,
+			"client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+			"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
+			"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
 	})
 }

@@ -246,13 +246,13 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 	if err == nil {
 		var prev Backend
 		if prev, err = e.backend(p.PrevBackend); err == nil {
-			live, known := e.bansInForce(ctx, p)
+			live, known, since := e.bansInForce(ctx, p)
 			if err = prev.Restore(ctx, snap); err == nil {
 				if err = e.step("rollback-restored"); err != nil {
 					return nil, err
 				}
 				if known {
-					e.keepBans(ctx, prev, live)
+					e.keepBans(ctx, prev, live, since)
 				}
 				if err = e.removeExcept(ctx, prev.Name()); err == nil {
 					return p.Prev, nil
@@ -722,8 +722,11 @@ type rollbackBanRec struct {
 // snapshot (the kernel holds the snapshot's bans since), else those in
 // the ban sets of the backend the unconfirmed change loaded, recorded
 // first. known is false when they cannot be read (then the snapshot's
-// bans are what the rollback leaves).
-func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ban, known bool) {
+// bans are what the rollback leaves). With the record, since is what the
+// kernel's ban sets hold now (both backends'): the bans made after the
+// cut (the guard ran on) are among them, and keepBans keeps those that
+// the snapshot does not hold.
+func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ban, known bool, since []ruleset.Ban) {
 	dir := e.o.StateDir
 	var rec rollbackBans
 	if data, err := readState(dir, rollbackBansFile); err == nil && json.Unmarshal(data, &rec) == nil && rec.ID == p.ID {
@@ -734,19 +737,31 @@ func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ba
 				bans = append(bans, ruleset.Ban{Addr: b.Addr, Expires: left, Reason: b.Reason})
 			}
 		}
-		return bans, true
+		for _, name := range []string{p.PrevBackend, p.Backend} {
+			if b, err := e.backend(name); err == nil {
+				if k, ok := b.(banKeeper); ok {
+					if now, err := k.Bans(ctx); err == nil {
+						since = append(since, now...)
+					}
+				}
+			}
+			if p.Backend == p.PrevBackend {
+				break
+			}
+		}
+		return bans, true, since
 	}
 	b, err := e.backend(p.Backend)
 	if err != nil {
-		return nil, false
+		return nil, false, nil
 	}
 	k, ok := b.(banKeeper)
 	if !ok {
-		return nil, false
+		return nil, false, nil
 	}
 	if bans, err = k.Bans(ctx); err != nil {
 		e.warn(fmt.Sprintf("rollback: cannot read the bans in force (%v): the bans are those from before the change", err))
-		return nil, false
+		return nil, false, nil
 	}
 	rec = rollbackBans{ID: p.ID, Taken: e.o.Now(), Bans: make([]rollbackBanRec, 0, len(bans))}
 	for _, b := range bans {
@@ -760,7 +775,7 @@ func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ba
 		// The rollback goes on: only a second cut would lose them.
 		e.warn(fmt.Sprintf("rollback: %v", err))
 	}
-	return bans, true
+	return bans, true, nil
 }
 
 // keepBans makes the ban sets of a restored snapshot hold the bans that
@@ -768,8 +783,10 @@ func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ba
 // rollback undoes a change of policy, not the bans made or lifted while
 // it waited for 'moat confirm' (the guard's, 'moat ban', 'moat unban',
 // the port scan trap's). The snapshot's bans are those of its time, with
-// the time they had left then.
-func (e *Engine) keepBans(ctx context.Context, b Backend, live []ruleset.Ban) {
+// the time they had left then. since (a rollback finished after a cut):
+// the ban sets before this restore; those of its bans the snapshot does
+// not hold were made after the cut and are kept too.
+func (e *Engine) keepBans(ctx context.Context, b Backend, live, since []ruleset.Ban) {
 	k, ok := b.(banKeeper)
 	if !ok {
 		return
@@ -784,11 +801,18 @@ func (e *Engine) keepBans(ctx context.Context, b Backend, live []ruleset.Ban) {
 		inLive[ban.Addr.Unmap()] = true
 	}
 	inRestored := make(map[netip.Addr]bool, len(restored))
+	for _, ban := range restored {
+		inRestored[ban.Addr.Unmap()] = true
+	}
+	for _, ban := range since {
+		if a := ban.Addr.Unmap(); !inRestored[a] && !inLive[a] {
+			inLive[a] = true
+			live = append(live, ban)
+		}
+	}
 	var lifted []netip.Addr
 	for _, ban := range restored {
-		a := ban.Addr.Unmap()
-		inRestored[a] = true
-		if !inLive[a] {
+		if a := ban.Addr.Unmap(); !inLive[a] {
 			lifted = append(lifted, a)
 		}
 	}

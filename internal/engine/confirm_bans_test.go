@@ -88,3 +88,56 @@ func TestRollbackKeepsBansInForce(t *testing.T) {
 		})
 	}
 }
+
+// A rollback cut short after the restore leaves the kernel with the
+// snapshot's ban sets and the guard running: bans it makes before the
+// rollback is finished (by the next command, the watchdog, a boot) are in
+// force and must stay, as bans made while the change waited do; a ban
+// lifted while the change waited stays lifted. The finished rollback
+// restores the snapshot once more: it read only its record of the bans
+// in force when it began, and lost the bans made since the cut.
+func TestRollbackCutKeepsBansMadeAfterTheCut(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	ctx := context.Background()
+	addr := netip.MustParseAddr
+	ban := func(a string, d time.Duration, why string) {
+		r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: addr(a), Timeout: d, Reason: why}}))
+	}
+	ban("203.0.113.50", time.Hour, "before")
+	ban("203.0.113.51", time.Hour, "lifted meanwhile")
+	_, err = r.add(r.ch(time.Hour), "allow 443/tcp")
+	r.must(err)
+	ban("192.0.2.3", 2*time.Hour, "meanwhile")
+	r.must(r.nft.Unban(ctx, []netip.Addr{addr("203.0.113.51")}))
+
+	r.crashAt = "rollback-restored"
+	if err := r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err }); !IsCrash(err) {
+		t.Fatalf("no crash: %v", err)
+	}
+	r.advance(time.Minute)
+	ban("198.51.100.9", time.Hour, "after the cut")
+	ban("2001:db8::9", time.Hour, "after the cut")
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	r.kernelIs("nftables", base)
+
+	got, err := r.nft.Bans(ctx)
+	r.must(err)
+	have := map[string]ruleset.Ban{}
+	for _, b := range got {
+		have[b.Addr.String()] = b
+	}
+	for _, a := range []string{"203.0.113.50", "192.0.2.3", "198.51.100.9", "2001:db8::9"} {
+		if _, ok := have[a]; !ok {
+			t.Errorf("%s is not banned after the finished rollback: %+v", a, got)
+		}
+	}
+	if b := have["198.51.100.9"]; b.Reason != "after the cut" || b.Expires != time.Hour {
+		t.Errorf("the ban made after the cut: %+v", b)
+	}
+	if _, ok := have["203.0.113.51"]; ok {
+		t.Errorf("the ban lifted while the change waited is back: %+v", got)
+	}
+}
