@@ -214,13 +214,19 @@ func newPrefixIndex(n *[2][129]int, rules int) *prefixIndex {
 			}
 		}
 	}
-	x := &prefixIndex{heads: newNetTable(total - nBig), head: make(map[netip.Prefix]int32, nBig)}
+	x := &prefixIndex{}
 	if total > 0 {
 		x.next = make([]int32, rules)
 	}
 	if total >= 1000 {
+		// Only the networks markQueried finds looked up by another
+		// rule are added: the table grows from small (sized for all, its
+		// pages were touched all over by few inserts).
 		x.seen = make([]uint64, 1<<seenBits/64)
+		x.queried = newQueryFilter()
+		total, nBig = 0, 0
 	}
+	x.heads, x.head = newNetTable(total-nBig), make(map[netip.Prefix]int32, nBig)
 	return x
 }
 
@@ -289,7 +295,7 @@ func (f *queryFilter) many(h uint64) bool {
 // adds a network that was not needed. The lengths are those of the whole
 // policy, a superset of what the search holds when it looks up.
 func markQueried(p *policy.Policy, byFrom, byTo *prefixIndex, nFrom, nTo *[2][129]int) {
-	if byFrom.seen == nil && byTo.seen == nil {
+	if byFrom.queried == nil && byTo.queried == nil {
 		return
 	}
 	var lensFrom, lensTo [2][]int
@@ -302,12 +308,6 @@ func markQueried(p *policy.Policy, byFrom, byTo *prefixIndex, nFrom, nTo *[2][12
 				lensTo[f] = append(lensTo[f], b)
 			}
 		}
-	}
-	if byFrom.seen != nil {
-		byFrom.queried = newQueryFilter()
-	}
-	if byTo.seen != nil {
-		byTo.queried = newQueryFilter()
 	}
 	count := func(q *queryFilter, lens *[2][]int, p netip.Prefix) {
 		for _, bits := range lens[famIndex(p)] {
