@@ -124,3 +124,67 @@ func TestAdvRollbackCutKeepsBansMadeAfterTheCut(t *testing.T) {
 			"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
 	})
 }
+
+// A file list read by an update before a reload that read the edited
+// file: the update, still fetching a URL list, must not load its older
+// read over the reload's (it fails, saying to run it again); the kernel
+// keeps the edited list; the next update loads both lists and equals a
+// reload's sets. Both backends, IPv4 and IPv6, real packets.
+func TestAdvBlocklistFileEditedDuringFetch(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		ls := e.startListServer()
+		ls.set("/drop.txt", "198.51.100.7\n2001:db8:7::/48\n", 0)
+		file := filepath.Join(e.dir, "local.netset")
+		writeFile(t, file, "198.51.100.0/28\n")
+		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist local file %s\nblocklist drop url %s refresh 1h\n", file, ls.url("/drop.txt")))
+		writeFile(t, file, "192.0.2.4\n2001:db8::4\n") // read by the update
+
+		arrived, release := make(chan struct{}), make(chan struct{})
+		ls.mu.Lock()
+		ls.gate = func() { arrived <- struct{}{}; <-release }
+		ls.mu.Unlock()
+		type res struct {
+			out string
+			err error
+		}
+		done := make(chan res, 1)
+		go func() {
+			out, err := e.moatTLS(ls, "blocklist", "update")
+			done <- res{out, err}
+		}()
+		<-arrived
+		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
+		e.mustMoat("reload")
+		ls.mu.Lock()
+		ls.gate = nil
+		ls.mu.Unlock()
+		close(release)
+		r := <-done
+		if exitCode(r.err) != 1 || !strings.Contains(r.out, "run 'moat blocklist update' again") {
+			t.Errorf("the update with the older read: exit %d, want 1 saying to run it again:\n%s", exitCode(r.err), r.out)
+		}
+		drops := []string{
+			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open",
+			"client/192.0.2.2 tcp 192.0.2.1:80 open",
+		}
+		e.expect(false, drops...)
+		if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
+			t.Fatalf("the next update: %v\n%s", err, out)
+		}
+		e.expect(false, drops...)
+		sets := e.blocklistSets("local") + e.blocklistSets("drop")
+		if !strings.Contains(sets, "198.51.100.7") || !strings.Contains(sets, "2001:db8:7::/48") {
+			t.Errorf("the URL list is not loaded:\n%s", sets)
+		}
+		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+			t.Errorf("status sees drift:\n%s", st)
+		}
+		e.mustMoat("reload")
+		if got := e.blocklistSets("local") + e.blocklistSets("drop"); got != sets {
+			t.Errorf("a reload changes the sets:\n%s\nafter the update:\n%s", got, sets)
+		}
+		e.expect(false, drops...)
+	})
+}

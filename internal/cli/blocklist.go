@@ -231,6 +231,14 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		// (GOGC 200 against 100, interleaved runs; docs/benchmarks.md).
 		defer debug.SetGCPercent(debug.SetGCPercent(200))
 	}
+	// Taken before the applied policy is read: an update waiting for
+	// another would otherwise read the record that one replaces, and be
+	// refused as read before an apply (its file lists).
+	unlock, err := a.lockBlocklists()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	doc, err := a.loadDocument()
 	if err != nil {
 		return err
@@ -247,7 +255,7 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		if p, err = d.Policy(a.services()); err != nil {
 			return err
 		}
-		pre = &engine.Parsed{Source: applied.Source, Text: applied.Policy, Policy: p}
+		pre = &engine.Parsed{Source: applied.Source, Text: applied.Policy, Policy: p, Applied: applied.Time}
 	} else {
 		if p, err = a.parseApplied(string(doc.Bytes())); err != nil {
 			return err
@@ -278,12 +286,6 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		a.printf("No blocklists in %s\n", a.config)
 		return nil
 	}
-	unlock, err := a.lockBlocklists()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-
 	now := time.Now()
 	var sessions []netip.Addr
 	if st, err := a.findSSH()(); err == nil { // the scan the engine's lockout check uses too

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/policy"
@@ -75,6 +76,9 @@ type Parsed struct {
 	// applied when the caller read it). It is never loaded; it only
 	// names the sources the lists were read from.
 	FromFile bool
+	// Applied is the applied record's time when the caller read its
+	// lists (zero: no record then).
+	Applied time.Time
 }
 
 // Refresh applies the policy that is applied now once more, with new
@@ -115,6 +119,9 @@ func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]neti
 	if err := sameSources(pre, p, lists); err != nil {
 		return nil, err
 	}
+	if err := fileListsCurrent(pre, p, lists, cur.applied.Time); err != nil {
+		return nil, err
+	}
 	for i := range p.Blocklists {
 		if ps, ok := lists[p.Blocklists[i].Name]; ok {
 			p.Blocklists[i].Prefixes = ps
@@ -142,6 +149,24 @@ func sameSources(pre *Parsed, p *policy.Policy, lists map[string][]netip.Prefix)
 		}
 		if was.Source != now.Source || was.Where() != now.Where() {
 			return fmt.Errorf("blocklist %s: read from %s %s, but the policy applied meanwhile takes it from %s %s: run 'moat blocklist update' again", name, was.Source, was.Where(), now.Source, now.Where())
+		}
+	}
+	return nil
+}
+
+// fileListsCurrent refuses file lists read before a policy was applied
+// (any apply: it read every file list again and saved it): the update's
+// read may be older than the apply's, and loading it would undo an
+// edit of the list that the apply loaded
+// (TestRefreshRefusesFileListReadBeforeAnApply). A URL list is loaded:
+// an apply never fetches, the update's copy is the newest.
+func fileListsCurrent(pre *Parsed, p *policy.Policy, lists map[string][]netip.Prefix, applied time.Time) error {
+	if pre == nil || pre.Applied.Equal(applied) {
+		return nil
+	}
+	for name := range lists {
+		if bl, ok := p.Blocklist(name); ok && bl.Source == policy.BlocklistFile {
+			return fmt.Errorf("blocklist %s: a policy was applied while %s was read (and read it again): run 'moat blocklist update' again", name, bl.Path)
 		}
 	}
 	return nil

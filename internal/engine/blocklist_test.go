@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -239,5 +240,48 @@ func TestRefreshRefusesListsOfAnotherSource(t *testing.T) {
 				t.Errorf("bl6_drop = %v, want b's 2001:db8:b::/48", got)
 			}
 		})
+	}
+}
+
+// A file list read by an update before it holds the lock is not loaded
+// when a policy was applied since: that apply read the file again (its
+// contents may be newer than the update's) and saved it. The same text
+// and source applied again (a reload after editing the list) must not be
+// undone by the update's older read.
+func TestRefreshRefusesFileListReadBeforeAnApply(t *testing.T) {
+	r := newRig(t)
+	list := filepath.Join(t.TempDir(), "local.netset")
+	r.must(os.WriteFile(list, []byte("192.0.2.0/24\n"), 0o644))
+	text := "default deny incoming\nallow 22/tcp\nblocklist local file " + list + "\n"
+	r.write(text)
+	if _, err := r.enable(r.ch(0)); err != nil {
+		t.Fatal(err)
+	}
+	applied, err := LoadApplied(r.dir)
+	if err != nil || applied == nil {
+		t.Fatalf("applied: %+v %v", applied, err)
+	}
+	p, err := policy.NewDocument(applied.Source, []byte(applied.Policy)).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre := &Parsed{Source: applied.Source, Text: applied.Policy, Policy: p, Applied: applied.Time}
+	// The update read the file (now 198.51.100.0/24); the admin edits it
+	// again and reloads before the update takes the lock.
+	read := map[string][]netip.Prefix{"local": {netip.MustParsePrefix("198.51.100.0/24")}}
+	r.must(os.WriteFile(list, []byte("203.0.113.0/24\n"), 0o644))
+	r.advance(time.Second)
+	if _, err := r.enable(r.ch(0)); err != nil {
+		t.Fatal(err)
+	}
+	err = r.do(func(ctx context.Context, e *Engine) error {
+		_, err := e.Refresh(ctx, r.ch(0), read, pre)
+		return err
+	})
+	if err == nil {
+		t.Errorf("the older read of the file list was loaded over the apply's")
+	}
+	if got := r.setPrefixes(r.nft, "bl4_local"); len(got) != 1 || got[0].String() != "203.0.113.0/24" {
+		t.Errorf("bl4_local = %v, want the reload's 203.0.113.0/24", got)
 	}
 }
