@@ -396,3 +396,25 @@ func TestAdvDormantTableIsDrift(t *testing.T) {
 		t.Errorf("status after the repair:\n%s", st)
 	}
 }
+
+// The same on iptables-nft: the nftables tables that hold moat's iptables
+// chains (here ip filter) made dormant by hand stop every rule of them,
+// which iptables-save does not show: status names it, the next change
+// wakes the table.
+func TestAdvDormantIptablesTableIsDrift(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout")
+	e.run("server", "nft", "add", "table", "ip", "filter", "{ flags dormant; }")
+	e.expect(false, "client tcp 192.0.2.1:443 open")
+	if st := e.mustMoat("status"); !strings.Contains(st, "changed outside moat") {
+		t.Errorf("status does not see ip filter made dormant:\n%s", st)
+	}
+	e.mustMoat("allow", "8080/tcp")
+	e.expect(false, "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:8080 open", "client tcp [2001:db8::1]:443 timeout")
+	if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+		t.Errorf("status after the repair:\n%s", st)
+	}
+}

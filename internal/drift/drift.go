@@ -60,9 +60,10 @@ type Layout struct {
 	// Loaded are policy sets not read from the kernel, by name: the
 	// nft.RangesHash of what moat loaded into them (ReadNftLoaded).
 	Loaded map[string]string
-	// Dormant: moat's nftables table carries the dormant flag ('nft add
-	// table inet moat { flags dormant; }', one hand change that touches no
-	// chain, rule or set): none of its base chains filters.
+	// Dormant: a table holding moat's rules carries the dormant flag ('nft
+	// add table inet moat { flags dormant; }'; for iptables-nft, ip filter
+	// and the others: one hand change that touches no chain, rule or set):
+	// none of its base chains filters.
 	Dormant bool
 }
 
@@ -357,7 +358,7 @@ func iptLine(l *Layout, fam, line string, body bool) {
 func Compare(want, got *Layout) []string {
 	var out []string
 	if got.Dormant && !want.Dormant {
-		out = append(out, "moat's table was made dormant: none of its chains filters")
+		out = append(out, "a table holding moat's rules was made dormant: none of its chains filters")
 	}
 	names := map[string]bool{}
 	for n := range want.Chains {

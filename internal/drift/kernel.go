@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/nft"
 )
 
 // Read reads moat's layout from the kernel for a backend ("nftables" or
@@ -30,8 +31,12 @@ func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout)
 		}
 		return ParseNftJSON(out)
 	case "iptables":
+		dormant := false
 		if run == nil {
 			run = execrun.Exec
+			// iptables-save does not show a table made dormant.
+			d, err := nft.DormantTables(nft.XtablesTables)
+			dormant = err == nil && len(d) > 0
 		}
 		v4, err := run(ctx, nil, "iptables-save") // filter and raw: every table
 		if err != nil {
@@ -42,6 +47,7 @@ func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout)
 			return nil, fmt.Errorf("read moat's ip6tables chains: %w", err)
 		}
 		l := ParseIptSave(v4, v6)
+		l.Dormant = dormant
 		for name := range want.Sets {
 			out, err := run(ctx, nil, "ipset", "list", name)
 			if err != nil {

@@ -2,7 +2,6 @@ package drift
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -12,7 +11,6 @@ import (
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"go4.org/netipx"
-	"golang.org/x/sys/unix"
 
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -50,11 +48,7 @@ func ReadNftLoaded(loaded func(set string) (string, bool)) (*Layout, error) {
 	if table == nil {
 		return l, nil
 	}
-	// google/nftables v0.3.0 decodes NFTA_TABLE_FLAGS in the host's byte
-	// order (its decoder is not told the big-endian order): back to the
-	// bytes the kernel sent, read big-endian.
-	flags := binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, table.Flags))
-	l.Dormant = flags&unix.NFT_TABLE_F_DORMANT != 0
+	l.Dormant = nft.TableDormant(table)
 	sets, err := c.GetSets(table)
 	if err != nil {
 		return nil, fmt.Errorf("read moat's nftables sets: %w", err)

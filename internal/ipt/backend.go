@@ -381,6 +381,15 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 // did not change.
 // Nothing changed: nothing is sent.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
+	if b.InNftables() {
+		// A table made dormant by hand filters nothing, and
+		// iptables-restore leaves its flags as they are: woken first.
+		if d, err := nft.DormantTables(nft.XtablesTables); err == nil && len(d) > 0 {
+			if err := nft.WakeTables(d); err != nil {
+				return fmt.Errorf("iptables apply: %w", err)
+			}
+		}
+	}
 	b.startTrack()
 	st, err := b.read(ctx)
 	if err != nil {
@@ -724,6 +733,16 @@ func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 		return KernelPrint{}, nil
 	}
 	h := sha256.New()
+	if b.InNftables() {
+		// iptables-save does not show a table made dormant (its rules
+		// then filter nothing); only when one is, so that other
+		// fingerprints stay as they were.
+		if d, err := nft.DormantTables(nft.XtablesTables); err != nil {
+			return KernelPrint{}, err
+		} else if len(d) > 0 {
+			fmt.Fprintf(h, "# dormant %v\n", d)
+		}
+	}
 	used := map[string]bool{}
 	for _, f := range families {
 		fmt.Fprintf(h, "# %s\n", f.fam)
