@@ -128,6 +128,18 @@ type state struct {
 	readGenOK bool
 }
 
+// chainsOnly is a copy of st without the ipsets present, which the
+// generation does not vouch for (ipsets come and go without a commit:
+// an Apply destroys those no rule uses): a read taken again from it
+// lists them anew. With them kept, a second Apply in one command (the
+// undo of a killed one, then the change) destroyed a set the first had
+// destroyed already, and failed.
+func (st *state) chainsOnly() *state {
+	c := st.clone()
+	c.sets = map[string]bool{}
+	return c
+}
+
 // clone copies st deep enough for Apply to change it.
 func (st *state) clone() *state {
 	c := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
@@ -203,10 +215,10 @@ func (b *Backend) readChains(ctx context.Context) (*state, error) {
 		case err != nil:
 			track = false
 		case b.lastRead != nil && b.lastRead.readGen == g:
-			return b.lastRead.clone(), nil
+			return b.lastRead.chainsOnly(), nil
 		default:
 			if st := b.loadChainCache(g); st != nil {
-				b.lastRead = st.clone()
+				b.lastRead = st.chainsOnly()
 				return st, nil
 			}
 			g0 = g
@@ -230,7 +242,7 @@ func (b *Backend) readChains(ctx context.Context) (*state, error) {
 		// between, so the two families were read in one state.
 		if g1, err := nftGeneration(); err == nil && g1 == g0 {
 			st.readGen, st.readGenOK = g0, true
-			b.lastRead = st.clone()
+			b.lastRead = st.chainsOnly()
 			b.saveChainCache(st)
 		}
 	}
@@ -721,7 +733,7 @@ func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 		// now: the next read (this command's, or the next command's
 		// check and plan) need not run iptables-save.
 		st.readGen, st.readGenOK = after.gen, true
-		b.lastRead = st.clone()
+		b.lastRead = st.chainsOnly()
 		b.saveChainCache(st)
 	} else {
 		var err error

@@ -84,3 +84,47 @@ func TestLastApplyCountsCommits(t *testing.T) {
 		}
 	}
 }
+
+// The chains taken again from the last read (same generation) come
+// without the ipsets that read found: those are listed anew. An Apply's
+// own state, with sets it then destroyed, serves the fingerprint after
+// it; a second Apply in the same command (the undo of a killed command,
+// then the change) must not destroy them again (ipset: "The set with the
+// given name does not exist", the command failed).
+func TestReadListsSetsAnew(t *testing.T) {
+	if legacyTables() {
+		t.Skip("legacy x_tables loaded here: no generation tracks moat's chains")
+	}
+	host := &fakeHost{save: map[string]string{
+		"iptables-save":  "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\nCOMMIT\n",
+		"ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\nCOMMIT\n",
+	}, sets: "moat-a\nmoat-gone\n"}
+	old := nftGeneration
+	nftGeneration = func() (uint32, error) { return 7, nil }
+	t.Cleanup(func() { nftGeneration = old })
+	b := &Backend{Run: host.run, Netlink: true}
+	st, err := b.read(context.Background())
+	if err != nil || !st.sets["moat-gone"] {
+		t.Fatalf("first read: %v %v", st, err)
+	}
+	// The fingerprint after an Apply that destroyed moat-gone, from
+	// the Apply's own state.
+	b.track = commitTrack{known: true, before: 7, after: &afterApply{gen: 7, st: st, sets: map[string]bool{}}}
+	if _, err := b.FingerprintKernel(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	host.sets = "moat-a\n"
+	saves := len(host.calls)
+	st, err = b.read(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.sets["moat-gone"] || !st.sets["moat-a"] {
+		t.Errorf("sets after a read from the last one: %v, want moat-a alone", st.sets)
+	}
+	for _, c := range host.calls[saves:] {
+		if strings.HasSuffix(strings.Fields(c.args)[0], "tables-save") {
+			t.Errorf("the chains were read again at the same generation: %s", c.args)
+		}
+	}
+}
