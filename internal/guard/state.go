@@ -1,6 +1,8 @@
 package guard
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,6 +47,18 @@ type State struct {
 	Bans          map[netip.Addr]*Record `json:"bans"`
 	JournalCursor string                 `json:"journal_cursor,omitempty"`
 	File          *FilePos               `json:"file,omitempty"`
+	// Folded is the journal this state folded in: a fold cut short
+	// (kill -9) after guard.json was written leaves that journal, and
+	// its first Size bytes are then not replayed again ('moat ban'
+	// records count one more ban each: replayed twice, twice counted).
+	Folded *Folded `json:"folded_journal,omitempty"`
+}
+
+// Folded names a folded journal: the ID of its first record and how many
+// of its bytes were folded.
+type Folded struct {
+	ID   string `json:"id"`
+	Size int64  `json:"size"`
 }
 
 const (
@@ -73,6 +87,9 @@ type journalRecord struct {
 	// the ban commands append without reading the history.
 	Manual []manualBan  `json:"manual,omitempty"`
 	Unbans []netip.Addr `json:"unbans,omitempty"`
+	// Journal, in a journal's first record alone, is a random ID of that
+	// journal (State.Folded).
+	Journal string `json:"journal,omitempty"`
 }
 
 type manualBan struct {
@@ -162,6 +179,14 @@ func appendRecord(dir string, rec journalRecord) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("guard journal: %w", err)
 	}
+	if fi.Size() == 0 {
+		// A new journal starts with its ID (State.Folded).
+		var id [12]byte
+		if _, err := rand.Read(id[:]); err != nil {
+			return 0, fmt.Errorf("guard journal: %w", err)
+		}
+		data = append([]byte(`{"journal":"`+hex.EncodeToString(id[:])+"\"}\n"), data...)
+	}
 	if size := fi.Size(); size > 0 {
 		last := make([]byte, 1)
 		if _, err := f.ReadAt(last, size-1); err != nil {
@@ -203,21 +228,22 @@ func (e *CorruptError) Unwrap() error { return e.Err }
 // missing file is an empty state, an unreadable guard.json a
 // *CorruptError. It changes nothing on disk.
 func LoadState(dir string) (*State, error) {
-	st, _, err := loadState(dir)
+	st, _, _, err := loadState(dir)
 	return st, err
 }
 
-// loadState also returns how many journal lines were damaged (skipped).
-func loadState(dir string) (*State, int, error) {
+// loadState also returns how many journal lines were damaged (skipped),
+// and the journal as read (replayJournal).
+func loadState(dir string) (*State, int, Folded, error) {
 	st := &State{Bans: map[netip.Addr]*Record{}}
 	data, err := statedir.ReadFile(dir, stateFile)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
-		return nil, 0, fmt.Errorf("read guard state: %w", err)
+		return nil, 0, Folded{}, fmt.Errorf("read guard state: %w", err)
 	default:
 		if err := json.Unmarshal(data, st); err != nil {
-			return nil, 0, &CorruptError{Path: filepath.Join(dir, stateFile), Err: err}
+			return nil, 0, Folded{}, &CorruptError{Path: filepath.Join(dir, stateFile), Err: err}
 		}
 		if st.Bans == nil {
 			st.Bans = map[netip.Addr]*Record{}
@@ -228,40 +254,53 @@ func loadState(dir string) (*State, int, error) {
 			}
 		}
 	}
-	bad, err := replayJournal(dir, st)
-	return st, bad, err
+	bad, read, err := replayJournal(dir, st)
+	return st, bad, read, err
 }
 
-// replayJournal applies the journal's records. A damaged record (a torn
-// last line after a crash mid-write, or worse) is skipped and counted.
-func replayJournal(dir string, st *State) (int, error) {
+// replayJournal applies the journal's records, but not those st folded
+// in already (st.Folded: the same journal, left by a fold cut short). A
+// damaged record (a torn last line after a crash mid-write, or worse) is
+// skipped and counted. read is the journal as read: its ID and size,
+// what a fold of st records in st.Folded.
+func replayJournal(dir string, st *State) (bad int, read Folded, err error) {
 	f, err := statedir.OpenFile(dir, journalFile, os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, read, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read guard journal: %w", err)
+		return 0, read, fmt.Errorf("read guard journal: %w", err)
 	}
 	defer func() { _ = f.Close() }() // read only
 	lr := newLineReader(f, maxJournalRecord)
-	bad := 0
-	for {
-		line, _, tooLong, err := lr.next()
+	var skip int64 // the bytes st folded in already
+	for first := true; ; first = false {
+		line, n, tooLong, err := lr.next()
+		at := read.Size
+		read.Size += int64(n)
 		if tooLong {
 			bad++
 		} else if len(line) > 0 {
 			var j journalRecord
 			if json.Unmarshal(line, &j) == nil {
-				st.apply(j)
-			} else {
+				if first && j.Journal != "" {
+					read.ID = j.Journal
+					if st.Folded != nil && st.Folded.ID == j.Journal {
+						skip = st.Folded.Size
+					}
+				}
+				if at >= skip {
+					st.apply(j)
+				}
+			} else if at >= skip {
 				bad++
 			}
 		}
 		if errors.Is(err, io.EOF) {
-			return bad, nil
+			return bad, read, nil
 		}
 		if err != nil {
-			return bad, fmt.Errorf("read guard journal: %w", err)
+			return bad, read, fmt.Errorf("read guard journal: %w", err)
 		}
 	}
 }
@@ -304,7 +343,7 @@ func updateState(dir string, log *slog.Logger, fn func(*State) error) error {
 		return err
 	}
 	defer unlock()
-	st, bad, err := loadState(dir)
+	st, bad, read, err := loadState(dir)
 	var corrupt *CorruptError
 	if errors.As(err, &corrupt) {
 		aside, qerr := quarantine(dir)
@@ -313,7 +352,7 @@ func updateState(dir string, log *slog.Logger, fn func(*State) error) error {
 		}
 		log.Error("the guard's state was corrupt: moved aside, starting with an empty ban history (bans in the kernel stay)",
 			"file", corrupt.Path, "kept_as", aside, "err", corrupt.Err)
-		st, bad, err = loadState(dir)
+		st, bad, read, err = loadState(dir)
 	}
 	if err != nil {
 		return err
@@ -324,6 +363,10 @@ func updateState(dir string, log *slog.Logger, fn func(*State) error) error {
 	if err := fn(st); err != nil {
 		return err
 	}
+	st.Folded = nil
+	if read.ID != "" {
+		st.Folded = &read
+	}
 	data, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -331,13 +374,23 @@ func updateState(dir string, log *slog.Logger, fn func(*State) error) error {
 	if err := statedir.WriteFile(dir, stateFile, data); err != nil {
 		return fmt.Errorf("guard state: %w", err)
 	}
+	if foldKill != nil {
+		if err := foldKill("state-written"); err != nil {
+			return err
+		}
+	}
+	if err := statedir.Remove(dir, journalFile); err != nil {
+		return fmt.Errorf("fold guard journal: %w", err)
+	}
+	// The index after the journal's removal: readers of the index replay
+	// the journal without guard.json's Folded, and an index that matches
+	// guard.json while the folded journal is still there would count its
+	// bans twice. Until it is written the index does not match guard.json
+	// and readers decode guard.json.
 	if err := writeIndex(dir, st); err != nil {
 		// Only a shortcut for counting: without it, status decodes
 		// guard.json.
 		log.Warn("could not write the guard's ban index", "err", err)
-	}
-	if err := statedir.Remove(dir, journalFile); err != nil {
-		return fmt.Errorf("fold guard journal: %w", err)
 	}
 	return nil
 }
@@ -400,3 +453,6 @@ func BanCounts(dir string, addrs []netip.Addr) map[netip.Addr]int {
 	}
 	return out
 }
+
+// foldKill, set by tests, stops a fold at a step as kill -9 would.
+var foldKill func(step string) error
