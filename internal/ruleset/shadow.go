@@ -170,6 +170,10 @@ type prefixIndex struct {
 	seen []uint64
 }
 
+// bigIndex is the number of networks from which an index filters its
+// lookups (seen) and its inserts (queried); a variable for the tests.
+var bigIndex = 1000
+
 // seenBits is the size of the filter, as a power of two of bits.
 const seenBits = 20
 
@@ -218,7 +222,7 @@ func newPrefixIndex(n *[2][129]int, rules int) *prefixIndex {
 	if total > 0 {
 		x.next = make([]int32, rules)
 	}
-	if total >= 1000 {
+	if total >= bigIndex {
 		// Only the networks markQueried finds looked up by another
 		// rule are added: the table grows from small (sized for all, its
 		// pages were touched all over by few inserts).

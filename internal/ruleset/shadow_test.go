@@ -251,3 +251,51 @@ func TestShadowedLargeToIndexMatchesPairs(t *testing.T) {
 	}
 	samePairs(t, p, "(3000 random outgoing rules)")
 }
+
+// The filters of a large index (seen, queried) on small random policies
+// (TestShadowedIndexMatchesPairs's mostly mix families and are refused):
+// one family per line, nested and repeated networks on both sides, rules
+// with both, port rules between. Fails when the query filter drops any
+// needed network.
+func TestShadowedFilteredIndexMatchesPairs(t *testing.T) {
+	old := bigIndex
+	bigIndex = 1
+	t.Cleanup(func() { bigIndex = old })
+	rng := rand.New(rand.NewPCG(7, 8))
+	fams := [][]string{
+		{"", "", "198.51.100.0/24", "198.51.100.7", "198.51.0.0/16", "0.0.0.0/0", "198.51.100.0/25"},
+		{"", "", "2001:db8::/32", "2001:db8::5", "2001:db8:1::/48", "::/0", "2001:db8::/64"},
+	}
+	ports := []string{"", "", " port 22", " port 80"}
+	actions := []string{"allow", "deny", "reject"}
+	covered := 0
+	for round := 0; round < 300; round++ {
+		var b strings.Builder
+		for i := 0; i < 30; i++ {
+			addrs := fams[rng.IntN(2)]
+			from, to := addrs[rng.IntN(len(addrs))], addrs[rng.IntN(len(addrs))]
+			line := actions[rng.IntN(3)]
+			if from == "" && to == "" {
+				line += " 22/tcp"
+			} else {
+				if from == "" {
+					from = "any"
+				}
+				if to == "" {
+					to = "any"
+				}
+				line += " from " + from + ports[rng.IntN(len(ports))] + " to " + to + ports[rng.IntN(len(ports))]
+			}
+			b.WriteString(line + "\n")
+		}
+		p, err := policy.NewDocument("moat.conf", []byte(b.String())).Policy(nil)
+		if err != nil {
+			t.Fatalf("policy:\n%s\n%v", b.String(), err)
+		}
+		covered += len(Shadowed(p))
+		samePairs(t, p, b.String())
+	}
+	if covered < 1000 {
+		t.Fatalf("only %d covered rules: the test would not show a lost one", covered)
+	}
+}
