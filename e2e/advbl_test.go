@@ -188,3 +188,63 @@ func TestAdvBlocklistFileEditedDuringFetch(t *testing.T) {
 		e.expect(false, drops...)
 	})
 }
+
+// 'moat bans' with hostile --limit values refuses them (exit 1, no
+// list); the counts of bans after unban and ban again are right in the
+// limited list (counts read for the bans shown only), the whole list and
+// --json (every ban, whatever --limit says); a ban made without --reason
+// says "manual", not "manual: ". Both backends, IPv4 and IPv6.
+func TestAdvBansLimitAndCounts(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+		e.mustMoat("ban", "198.51.100.9", "2001:db8::3", "--for", "1h")
+		e.mustMoat("unban", "198.51.100.9", "2001:db8::3")
+		e.mustMoat("ban", "198.51.100.9", "2001:db8::3", "--for", "1h")
+		e.mustMoat("unban", "2001:db8::3")
+		e.mustMoat("ban", "2001:db8::3", "--for", "1h", "--reason", "again")
+		e.mustMoat("ban", "192.0.2.3", "--for", "1h", "--reason", "once")
+
+		for _, l := range []string{"0", "-1", "-9223372036854775808", "abc", "99999999999999999999", "1e3", " 5", ""} {
+			out, err := e.moat("bans", "--limit", l)
+			if exitCode(err) != 1 || strings.Contains(out, "ADDRESS") {
+				t.Errorf("--limit %q: exit %d, want 1 and no list:\n%s", l, exitCode(err), out)
+			}
+		}
+		want := map[string]int{"198.51.100.9": 2, "2001:db8::3": 3, "192.0.2.3": 1}
+		for _, args := range [][]string{{"bans"}, {"bans", "--limit", "9223372036854775807"}, {"bans", "--all"}, {"bans", "--limit", "1"}, {"bans", "--limit", "2"}} {
+			out := e.mustMoat(args...)
+			shown := 0
+			for _, line := range strings.Split(out, "\n") {
+				f := strings.Fields(line)
+				if len(f) < 4 || f[0] == "ADDRESS" || f[0] == "..." {
+					continue
+				}
+				shown++
+				if n, ok := want[f[0]]; !ok || f[2] != fmt.Sprint(n) {
+					t.Errorf("moat %v: %q, want %d bans of %s", args, line, n, f[0])
+				}
+				if f[0] == "198.51.100.9" && (len(f) != 4 || f[3] != "manual") {
+					t.Errorf("moat %v: the reason of a ban without --reason: %q", args, line)
+				}
+			}
+			if n := len(want); args[len(args)-1] == "1" && shown != 1 || args[len(args)-1] == "2" && shown != 2 || len(args) == 1 && shown != n {
+				t.Errorf("moat %v: %d bans shown\n%s", args, shown, out)
+			}
+		}
+		for _, args := range [][]string{{"bans", "--json"}, {"bans", "--json", "--limit", "1"}} {
+			var list []banJSON
+			out := e.mustMoat(args...)
+			if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != len(want) {
+				t.Errorf("moat %v: %v, %d bans, want %d:\n%s", args, err, len(list), len(want), out)
+			}
+			for _, ban := range list {
+				if ban.BanCount != want[ban.Address] {
+					t.Errorf("moat %v: %+v, want %d bans", args, ban, want[ban.Address])
+				}
+			}
+		}
+		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
+	})
+}

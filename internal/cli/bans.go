@@ -97,7 +97,11 @@ host's own addresses (any interface's, loopback) are always refused.`,
 						return fmt.Errorf("refusing to ban %s: it is on the allowlist; --force bans it anyway", addr)
 					}
 				}
-				bans = append(bans, ruleset.Ban{Addr: addr, Timeout: d, Reason: "manual: " + reason})
+				why := "manual" // not "manual: " when no --reason is given
+				if reason != "" {
+					why += ": " + reason
+				}
+				bans = append(bans, ruleset.Ban{Addr: addr, Timeout: d, Reason: why})
 			}
 			if a.dryRun {
 				for _, b := range bans {
