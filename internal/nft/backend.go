@@ -715,9 +715,22 @@ func parseCounters(data []byte) (map[string]ruleset.Counter, error) {
 	return out, nil
 }
 
-// Snapshot returns moat's table as `nft list table` prints it (set
-// elements and their timeouts included), or nil when there is none.
+// Snapshot returns moat's table, or nil when there is none. Writing over
+// netlink (Netlink), it is read over netlink without the ban sets'
+// elements (see netlinkSnapshot; a rollback puts back the bans in force);
+// otherwise, or when the table holds objects that read does not copy, it
+// is the table as `nft list table` prints it (set elements and their
+// timeouts included).
 func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
+	if b.Netlink && b.NFT == nil {
+		snap, err := netlinkSnapshot()
+		if !errors.Is(err, errSnapOther) {
+			if err != nil {
+				return nil, fmt.Errorf("nftables: snapshot table inet %s: %w", TableName, err)
+			}
+			return snap, nil
+		}
+	}
 	if b.Run == nil {
 		return nil, errors.New("nftables: snapshots need the nft program")
 	}
@@ -732,10 +745,18 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 }
 
 // Restore makes moat's table exactly a snapshot, in one transaction
-// (delete and recreate); an empty snapshot removes the table.
+// (delete and recreate); an empty snapshot removes the table. A netlink
+// snapshot's ban sets come back empty (the rollback puts back the bans in
+// force).
 func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 	if len(bytes.TrimSpace(snap)) == 0 {
 		return b.Remove(ctx)
+	}
+	if bytes.HasPrefix(snap, []byte(netlinkSnapMagic)) {
+		if err := restoreNetlink(snap); err != nil {
+			return fmt.Errorf("nftables: restore table inet %s: %w", TableName, err)
+		}
+		return nil
 	}
 	if !bytes.HasPrefix(bytes.TrimSpace(snap), []byte("table inet "+TableName+" {")) {
 		return fmt.Errorf("nftables: restore: not a snapshot of table inet %s", TableName)
