@@ -44,6 +44,9 @@ func BenchmarkManyBans(b *testing.B) {
 					// taken out again without --confirm, outside the
 					// measure.
 					{"confirm", [][]string{{"--force", "--confirm", "1h", "--no-wait", "allow", "8081/tcp"}, {"confirm"}}},
+					// A --confirm apply and its rollback by hand (the
+					// snapshot restored, the bans in force put back).
+					{"rollback", [][]string{{"--force", "--confirm", "1h", "--no-wait", "allow", "8082/tcp"}, {"rollback"}}},
 				}
 				took := map[string]time.Duration{}
 				b.ResetTimer()

@@ -246,6 +246,16 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 	if err == nil {
 		var prev Backend
 		if prev, err = e.backend(p.PrevBackend); err == nil {
+			if e.restoreKeepingBans(ctx, p, prev, snap) {
+				if err = e.step("rollback-restored"); err != nil {
+					return nil, err
+				}
+				if err = e.removeExcept(ctx, prev.Name()); err == nil {
+					return p.Prev, nil
+				}
+			}
+		}
+		if err == nil {
 			live, known, since := e.bansInForce(ctx, p)
 			if err = prev.Restore(ctx, snap); err == nil {
 				if err = e.step("rollback-restored"); err != nil {
@@ -695,6 +705,37 @@ func (f *FailClosedError) Error() string {
 }
 
 func (f *FailClosedError) Unwrap() error { return f.Reason }
+
+// banSetKeeper is a backend that can restore a snapshot leaving its ban
+// sets as they are (nftables, when the snapshot and the kernel define
+// them alike). kept false: nothing was done.
+type banSetKeeper interface {
+	RestoreKeepingBans(ctx context.Context, snap []byte) (kept bool, err error)
+}
+
+// restoreKeepingBans restores snap leaving the ban sets as they are, when
+// the change kept the backend and the backend can: the bans made and
+// lifted while the change waited are then as they are without reading or
+// loading any (with 200,000 bans, reading and loading them again took
+// seconds). Not after a rollback cut after its restore of the other kind
+// (pending.bans holds the bans in force then: the ban sets were
+// restored empty, and only that record refills them). false: nothing
+// was done (the restore that refills the ban sets follows).
+func (e *Engine) restoreKeepingBans(ctx context.Context, p *Pending, prev Backend, snap []byte) bool {
+	k, ok := prev.(banSetKeeper)
+	if !ok || p.Backend != p.PrevBackend {
+		return false
+	}
+	if _, err := readState(e.o.StateDir, rollbackBansFile); !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	kept, err := k.RestoreKeepingBans(ctx, snap)
+	if err != nil {
+		e.o.Log.Warn("rollback: restoring the snapshot with the ban sets kept failed; restoring them too", "err", err)
+		return false
+	}
+	return kept
+}
 
 // banKeeper is a backend whose ban sets can be read and written (both
 // real backends).

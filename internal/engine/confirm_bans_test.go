@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -139,5 +140,84 @@ func TestRollbackCutKeepsBansMadeAfterTheCut(t *testing.T) {
 	}
 	if _, ok := have["203.0.113.51"]; ok {
 		t.Errorf("the ban lifted while the change waited is back: %+v", got)
+	}
+}
+
+// A backend that can restore the snapshot leaving its ban sets as they
+// are (nftables, when the change kept their definitions) is asked to:
+// the bans made and lifted while the change waited are then as they are,
+// with their own time left, and none is read or loaded again (with
+// 200,000 bans that took seconds). Cut by kill -9 at any step, the next
+// command finishes it the same way. When its restore fails, the rollback
+// restores the snapshot whole and puts back the bans in force.
+func TestRollbackKeepsBanSets(t *testing.T) {
+	for _, crash := range []string{"", "rollback-marked", "rollback-restored", "rollback-kernel", "rollback-records", "keep-fails"} {
+		t.Run("crash-"+crash, func(t *testing.T) {
+			r := newRig(t)
+			r.nft.KeepBanSets = true
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			ctx := context.Background()
+			addr := netip.MustParseAddr
+			ban := func(a string, d time.Duration, why string) {
+				r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: addr(a), Timeout: d, Reason: why}}))
+			}
+			ban("203.0.113.50", time.Hour, "before")
+			ban("203.0.113.51", time.Hour, "lifted meanwhile")
+			_, err = r.add(r.ch(time.Hour), "allow 443/tcp")
+			r.must(err)
+			ban("192.0.2.3", 2*time.Hour, "meanwhile")
+			r.must(r.nft.Unban(ctx, []netip.Addr{addr("203.0.113.51")}))
+
+			rollback := func() error {
+				return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
+			}
+			r.nft.Calls = nil
+			switch crash {
+			case "":
+				r.must(rollback())
+			case "keep-fails":
+				r.nft.Fail = func(op string) error {
+					if op == "restore-keeping-bans" {
+						return errors.New("refused")
+					}
+					return nil
+				}
+				r.must(rollback())
+			default:
+				r.crashAt = crash
+				if err := rollback(); !IsCrash(err) {
+					t.Fatalf("no crash at %s: %v", crash, err)
+				}
+				r.crashAt = ""
+				r.must(r.do(func(context.Context, *Engine) error { return nil }))
+			}
+			r.kernelIs("nftables", base)
+			if crash != "keep-fails" {
+				for _, c := range r.nft.Calls {
+					if c == "bans" || c == "ban" || c == "restore" {
+						t.Errorf("the rollback called %q: the ban sets were read or loaded again (calls %v)", c, r.nft.Calls)
+					}
+				}
+			}
+			got, err := r.nft.Bans(ctx)
+			r.must(err)
+			have := map[string]ruleset.Ban{}
+			for _, b := range got {
+				have[b.Addr.String()] = b
+			}
+			for a, left := range map[string]time.Duration{"203.0.113.50": time.Hour, "192.0.2.3": 2 * time.Hour} {
+				if b, ok := have[a]; !ok || b.Expires != left {
+					t.Errorf("%s after the rollback: %+v (want %v left)", a, b, left)
+				}
+			}
+			if _, ok := have["203.0.113.51"]; ok {
+				t.Errorf("the ban lifted meanwhile is back: %+v", got)
+			}
+			if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
+				t.Errorf("pending after the rollback: %v", err)
+			}
+		})
 	}
 }

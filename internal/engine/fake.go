@@ -30,6 +30,10 @@ type Fake struct {
 	// "snapshot", "restore", "active"), that operation fails and changes
 	// nothing (as an atomic kernel transaction does).
 	Fail func(op string) error
+	// KeepBanSets makes RestoreKeepingBans restore (as nftables does when
+	// the snapshot and the kernel define the ban sets alike); without it,
+	// RestoreKeepingBans does nothing (as iptables, which lacks it).
+	KeepBanSets bool
 }
 
 // NewFake returns an empty fake backend with that name.
@@ -135,6 +139,26 @@ func (f *Fake) Restore(_ context.Context, snap []byte) error {
 		f.bans[b.Addr] = ruleset.Ban{Addr: b.Addr, Expires: b.Left, Reason: b.Reason}
 	}
 	return nil
+}
+
+// RestoreKeepingBans loads a snapshot's ruleset leaving the bans as they
+// are, with KeepBanSets and moat's rules loaded; otherwise it does
+// nothing (kept false).
+func (f *Fake) RestoreKeepingBans(_ context.Context, snap []byte) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.KeepBanSets || f.rs == nil || len(snap) == 0 {
+		return false, nil
+	}
+	if err := f.fault("restore-keeping-bans"); err != nil {
+		return false, err
+	}
+	var s fakeSnapshot
+	if err := json.Unmarshal(snap, &s); err != nil || s.Ruleset == nil {
+		return false, fmt.Errorf("fake %s: not a snapshot: %v", f.name, err)
+	}
+	f.rs = s.Ruleset
+	return true, nil
 }
 
 // Ban puts addresses in the ban sets (moat's rules must be loaded).

@@ -304,26 +304,51 @@ func parseNetlinkSnapshot(snap []byte) ([]snapMsg, error) {
 // transaction: the table (if any) deleted, then made again with the
 // snapshot's objects. Interval sets get their elements in ascending order
 // (an end before a start at the same address), as nft sends them.
-func restoreNetlink(snap []byte) error {
+//
+// With keepBans, the ban sets are left as they are (their bans, made or
+// lifted while the change waited, stay as they are) when the kernel's
+// table and ban sets have the snapshot's definitions: the transaction
+// then empties and deletes the table's chains and other sets instead of
+// the table, and makes them again. kept says whether it did; when it
+// cannot (a definition changed, no table, objects made by hand), nothing
+// is done and kept is false.
+func restoreNetlink(snap []byte, keepBans bool) (kept bool, err error) {
 	msgs, err := parseNetlinkSnapshot(snap)
 	if err != nil {
-		return fmt.Errorf("corrupt snapshot: %w", err)
+		return false, fmt.Errorf("corrupt snapshot: %w", err)
 	}
 	exists, err := NetlinkReader{}.TableExists()
 	if err != nil {
-		return err
+		return false, err
 	}
 	var tx batch
-	if exists {
+	skipSet := map[string]bool{}
+	if keepBans {
+		if !exists {
+			return false, nil
+		}
+		del, ok, err := keepBansPrelude(msgs)
+		if err != nil || !ok {
+			return false, err
+		}
+		tx.msgs = del.msgs
+		skipSet[ruleset.BanSet4+"\x00"], skipSet[ruleset.BanSet6+"\x00"] = true, true
+	} else if exists {
 		tx.deleteTable()
 	}
+	prelude := len(tx.msgs)
 	interval := map[string]bool{}
 	id := uint32(0)
 	for _, m := range msgs {
 		switch m.typ {
 		case unix.NFT_MSG_NEWTABLE:
-			tx.add(m.typ, netlink.Create|netlink.Excl, m.attrs)
+			if !keepBans {
+				tx.add(m.typ, netlink.Create|netlink.Excl, m.attrs)
+			}
 		case unix.NFT_MSG_NEWSET:
+			if skipSet[string(attr(m.attrs, setName))] {
+				continue
+			}
 			id++
 			if f := attr(m.attrs, setFlags); len(f) == 4 && binary.BigEndian.Uint32(f)&unix.NFT_SET_INTERVAL != 0 {
 				interval[string(attr(m.attrs, setName))] = true
@@ -344,13 +369,16 @@ func restoreNetlink(snap []byte) error {
 			continue
 		}
 		set := string(attr(m.attrs, elemListSet))
+		if skipSet[set] {
+			continue
+		}
 		if _, ok := bySet[set]; !ok {
 			setOrder = append(setOrder, set)
 			bySet[set] = nil
 		}
 		list, err := netlink.UnmarshalAttributes(attr(m.attrs, elemListElements))
 		if err != nil {
-			return fmt.Errorf("corrupt snapshot: set %s: %w", set, err)
+			return false, fmt.Errorf("corrupt snapshot: set %s: %w", set, err)
 		}
 		for _, e := range list {
 			bySet[set] = append(bySet[set], e.Data)
@@ -385,17 +413,119 @@ func restoreNetlink(snap []byte) error {
 			flush()
 		}
 		if tmp.err != nil {
-			return tmp.err
+			return false, tmp.err
 		}
 		els = tmp.msgs
 	}
 	// Table, sets, their elements, chains, rules.
-	nsets := 1 + int(id)
-	if exists {
-		nsets++
+	nsets := prelude + int(id)
+	if !keepBans {
+		nsets++ // the table
 	}
 	tx.msgs = slices.Concat(tx.msgs[:nsets], els, tx.msgs[nsets:])
-	return tx.send(0)
+	return keepBans, tx.send(0)
+}
+
+// keepBansPrelude checks that the kernel's table can take the snapshot
+// msgs with its ban sets kept (the table and both ban sets defined as in
+// the snapshot, no named objects or flowtables), and returns the
+// messages that empty it of all else: every chain's rules, then the
+// chains, then the sets but the ban sets (anonymous sets go with their
+// rules).
+func keepBansPrelude(msgs []snapMsg) (*batch, bool, error) {
+	name := []byte(TableName + "\x00")
+	enc := func(typ uint16, as []netlink.Attribute) string {
+		data, _ := netlink.MarshalAttributes(keep(typ, as))
+		return string(data)
+	}
+	want := map[string]string{}
+	for _, m := range msgs {
+		switch m.typ {
+		case unix.NFT_MSG_NEWTABLE:
+			want[""] = enc(m.typ, m.attrs)
+		case unix.NFT_MSG_NEWSET:
+			if n := string(attr(m.attrs, setName)); n == ruleset.BanSet4+"\x00" || n == ruleset.BanSet6+"\x00" {
+				want[n] = enc(m.typ, m.attrs)
+			}
+		}
+	}
+	if len(want) != 3 {
+		return nil, false, nil
+	}
+	tables, err := dumpMsgs(unix.NFT_MSG_GETTABLE, []netlink.Attribute{{Type: tableName, Data: name}})
+	if err != nil || len(tables) != 1 {
+		return nil, false, err
+	}
+	ta, err := attrsOf(tables[0])
+	if err != nil || enc(unix.NFT_MSG_NEWTABLE, ta) != want[""] {
+		return nil, false, err
+	}
+	for _, typ := range []uint16{unix.NFT_MSG_GETOBJ, unix.NFT_MSG_GETFLOWTABLE} {
+		objs, err := dumpMsgs(typ, []netlink.Attribute{{Type: 1, Data: name}})
+		if err != nil {
+			return nil, false, err
+		}
+		for _, o := range objs {
+			if as, err := attrsOf(o); err != nil || bytes.Equal(attr(as, 1), name) {
+				return nil, false, err
+			}
+		}
+	}
+	var tx batch
+	sets, err := dumpMsgs(unix.NFT_MSG_GETSET, []netlink.Attribute{{Type: setTable, Data: name}})
+	if err != nil {
+		return nil, false, err
+	}
+	var delSets [][]byte
+	found := 0
+	for _, s := range sets {
+		as, err := attrsOf(s)
+		if err != nil {
+			return nil, false, err
+		}
+		if !bytes.Equal(attr(as, setTable), name) {
+			continue
+		}
+		n := string(attr(as, setName))
+		if w, ok := want[n]; ok && n != "" {
+			if enc(unix.NFT_MSG_NEWSET, as) != w {
+				return nil, false, nil // redefined: made again, refilled
+			}
+			found++
+			continue
+		}
+		if f := attr(as, setFlags); len(f) == 4 && binary.BigEndian.Uint32(f)&unix.NFT_SET_ANONYMOUS != 0 {
+			continue
+		}
+		delSets = append(delSets, attr(as, setName))
+	}
+	if found != 2 {
+		return nil, false, nil
+	}
+	chains, err := dumpMsgs(unix.NFT_MSG_GETCHAIN, nil)
+	if err != nil {
+		return nil, false, err
+	}
+	var delChains [][]byte
+	for _, c := range chains {
+		as, err := attrsOf(c)
+		if err != nil {
+			return nil, false, err
+		}
+		if bytes.Equal(attr(as, chainTable), name) {
+			delChains = append(delChains, attr(as, chainName))
+		}
+	}
+	for _, c := range delChains {
+		tx.add(unix.NFT_MSG_DELRULE, 0, []netlink.Attribute{{Type: ruleTable, Data: name}, {Type: ruleChain, Data: c}})
+	}
+	for _, c := range delChains {
+		tx.add(unix.NFT_MSG_DELCHAIN, 0, []netlink.Attribute{{Type: chainTable, Data: name}, {Type: chainName, Data: c}})
+	}
+	for _, s := range delSets {
+		tx.add(unix.NFT_MSG_DELSET, 0, []netlink.Attribute{{Type: setTable, Data: name}, {Type: setName, Data: s}})
+	}
+	return &tx, true, nil
 }
 
 // elemSortKey is an element's key and whether it ends an interval.

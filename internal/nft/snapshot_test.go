@@ -181,3 +181,70 @@ func FuzzParseNetlinkSnapshot(f *testing.F) {
 		_, _ = parseNetlinkSnapshot(append([]byte(netlinkSnapMagic), data...))
 	})
 }
+
+// With the ban sets defined as in the snapshot, the restore leaves them
+// as they are: a ban made while the change waited stays, one lifted stays
+// lifted, the others keep their time left; the rest of the table is the
+// snapshot's. With a ban set redefined (or no table), nothing is done
+// and kept is false (the rollback then restores and refills them).
+func TestNetlinkRestoreKeepsBanSets(t *testing.T) {
+	ctx := context.Background()
+	r, ns := kernelNS(t)
+	b := &Backend{Run: r.run, Netlink: true}
+	if _, err := r.run(ctx, []byte(snapTable), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	want := listNoBans(t, r)
+	var snap []byte
+	if err := ns.Do(func() (err error) { snap, err = b.Snapshot(ctx); return err }); err != nil {
+		t.Fatal(err)
+	}
+	// The change: a rule more, a policy set gone, a set more; meanwhile
+	// a ban made and one lifted.
+	change := `flush chain inet moat input
+delete chain inet moat allowed
+delete set inet moat p6
+add set inet moat x { type ipv4_addr; }
+add rule inet moat input ip saddr @x accept
+add rule inet moat input ip saddr @ban4 drop
+add element inet moat ban4 { 203.0.113.7 timeout 3h comment "meanwhile" }
+delete element inet moat ban4 { 203.0.113.6 }
+`
+	if _, err := r.run(ctx, []byte(change), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	var kept bool
+	if err := ns.Do(func() (err error) { kept, err = b.RestoreKeepingBans(ctx, snap); return err }); err != nil || !kept {
+		t.Fatalf("RestoreKeepingBans: %v, %v", kept, err)
+	}
+	if got := listNoBans(t, r); got != want {
+		t.Fatalf("restored table:\n%s\nwant:\n%s", got, want)
+	}
+	out, err := r.run(ctx, nil, "nft", "list", "set", "inet", TableName, "ban4")
+	if err != nil || !strings.Contains(string(out), `203.0.113.7 timeout 3h expires`) || !strings.Contains(string(out), `203.0.113.5 timeout 1h expires`) ||
+		strings.Contains(string(out), "203.0.113.6") {
+		t.Fatalf("ban set after the restore: %s %v", out, err)
+	}
+	if out, err := r.run(ctx, nil, "nft", "list", "set", "inet", TableName, "ban6"); err != nil || !strings.Contains(string(out), "2001:db8::5") {
+		t.Fatalf("ban6 after the restore: %s %v", out, err)
+	}
+
+	// A ban set redefined by the change: nothing done.
+	if _, err := r.run(ctx, []byte("delete table inet moat\n"+strings.Replace(snapTable, "set ban6 { type ipv6_addr; flags dynamic,timeout; size 1048576; }", "set ban6 { type ipv6_addr; flags dynamic,timeout; size 65536; }", 1)), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	before := listNoBans(t, r)
+	if err := ns.Do(func() (err error) { kept, err = b.RestoreKeepingBans(ctx, snap); return err }); err != nil || kept {
+		t.Fatalf("RestoreKeepingBans with ban6 redefined: %v, %v", kept, err)
+	}
+	if got := listNoBans(t, r); got != before {
+		t.Fatalf("the table changed:\n%s", got)
+	}
+	// No table: nothing done.
+	if _, err := r.run(ctx, nil, "nft", "delete", "table", "inet", TableName); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Do(func() (err error) { kept, err = b.RestoreKeepingBans(ctx, snap); return err }); err != nil || kept {
+		t.Fatalf("RestoreKeepingBans without a table: %v, %v", kept, err)
+	}
+}
