@@ -248,3 +248,44 @@ func TestAdvBansLimitAndCounts(t *testing.T) {
 			"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
 	})
 }
+
+// A file list edited on disk and not loaded yet is no change outside
+// moat: the full comparison of the kernel with what moat applied (when
+// the recorded fingerprint is lost) took the list from the file as it is
+// now instead of the copy moat loaded, and said "changed outside moat"
+// (and made the next apply a whole rewrite). A set changed by hand is
+// still found. Both backends, IPv4 and IPv6.
+func TestAdvEditedFileListIsNoDrift(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		file := filepath.Join(e.dir, "local.netset")
+		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist local file " + file + "\n")
+		writeFile(t, file, "192.0.2.4\n2001:db8::4\n") // not loaded
+		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
+			t.Fatal(err)
+		}
+		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+			t.Errorf("status sees drift:\n%s", st)
+		}
+		out, err := e.moat("allow", "8080/tcp")
+		if err != nil || strings.Contains(out, "changed outside moat") {
+			t.Errorf("an edit: %v\n%s", err, out)
+		}
+		e.expect(false,
+			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+		// A set really changed by hand is still drift.
+		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
+			t.Fatal(err)
+		}
+		if b == "nftables" {
+			e.run("server", "nft", "add", "element", "inet", "moat", "bl4_local", "{ 198.51.100.1 }")
+		} else {
+			e.run("server", "ipset", "add", "moat-bl4_local", "198.51.100.1")
+		}
+		if st := e.mustMoat("status"); !strings.Contains(st, "changed outside moat") {
+			t.Errorf("a set changed by hand is not drift:\n%s", st)
+		}
+	})
+}

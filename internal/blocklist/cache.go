@@ -266,6 +266,31 @@ func Load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save
 	return Loaded{Prefixes: cached.Prefixes(), Meta: m}, nil
 }
 
+// FillLoaded fills the blocklists with what moat loaded: the saved copy of
+// each list, file lists too (Fill reads a file list as it is now, what
+// an apply would load). A comparison of the kernel with what moat
+// applied uses it: a list file edited since is no change outside moat.
+// A list without a saved copy of its source is filled as Fill does.
+func FillLoaded(stateDir string, p *policy.Policy, now time.Time, warn func(string)) error {
+	for i := range p.Blocklists {
+		bl := &p.Blocklists[i]
+		if bl.Prefixes != nil || bl.Source != policy.BlocklistFile {
+			continue
+		}
+		m, err := ReadMeta(stateDir, bl.Name)
+		if err != nil || m.Where != bl.Where() || m.SHA256 == "" {
+			continue
+		}
+		if cached, ok, _ := ReadCache(stateDir, bl.Name, m); ok {
+			bl.Prefixes = cached.Prefixes()
+			if bl.Prefixes == nil {
+				bl.Prefixes = []netip.Prefix{}
+			}
+		}
+	}
+	return Fill(stateDir, p, Protect{}, now, false, warn)
+}
+
 func samePrefixes(a, b []netip.Prefix) bool {
 	if len(a) != len(b) {
 		return false

@@ -147,17 +147,31 @@ func ago(d time.Duration) string {
 // (a list never fetched, a broken file) are warned about once.
 func (a *app) compile(p *policy.Policy) *ruleset.Ruleset {
 	if p != nil {
-		warn := func(msg string) {
-			if a.warned == nil {
-				a.warned = map[string]bool{}
-			}
-			if !a.warned[msg] {
-				a.warned[msg] = true
-				fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg)
-			}
+		if err := blocklist.Fill(a.stateDir, p, blocklist.Protect{}, time.Now(), false, a.warnOnce); err != nil {
+			a.warnOnce(err.Error())
 		}
-		if err := blocklist.Fill(a.stateDir, p, blocklist.Protect{}, time.Now(), false, warn); err != nil {
-			warn(err.Error())
+	}
+	return ruleset.Compile(p)
+}
+
+// warnOnce prints a warning once per command.
+func (a *app) warnOnce(msg string) {
+	if a.warned == nil {
+		a.warned = map[string]bool{}
+	}
+	if !a.warned[msg] {
+		a.warned[msg] = true
+		fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg)
+	}
+}
+
+// compileApplied compiles the policy moat applied with the blocklists it
+// loaded (their saved copies, file lists too: the file may have been
+// edited since), for comparisons with the kernel.
+func (a *app) compileApplied(p *policy.Policy) *ruleset.Ruleset {
+	if p != nil {
+		if err := blocklist.FillLoaded(a.stateDir, p, time.Now(), a.warnOnce); err != nil {
+			a.warnOnce(err.Error())
 		}
 	}
 	return ruleset.Compile(p)

@@ -112,7 +112,7 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 			}
 		}
 	}
-	want, err := b.Script(a.compile(src.policy))
+	want, err := b.Script(a.compileApplied(src.policy))
 	if err != nil {
 		return nil, err
 	}

@@ -94,7 +94,7 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 	if err != nil {
 		return "the record of what moat applied is unreadable"
 	}
-	want, err := b.Script(a.compile(applied))
+	want, err := b.Script(a.compileApplied(applied))
 	if err != nil {
 		return "" // the apply itself will say what is wrong
 	}
@@ -142,7 +142,7 @@ func (a *app) changedInPlace(ctx context.Context, b backend.Backend, applied *po
 			}
 		}
 	}
-	diff, err := drift.InPlace(ctx, b.Name(), a.compile(applied), script)
+	diff, err := drift.InPlace(ctx, b.Name(), a.compileApplied(applied), script)
 	if err != nil {
 		a.log.Debug("compare with a scratch namespace", "err", err)
 		return nil

@@ -111,7 +111,7 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 			applied, rep.AppsChanged = then, changed
 		}
 	}
-	want, err := b.Script(a.compile(applied))
+	want, err := b.Script(a.compileApplied(applied))
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +229,7 @@ func (a *app) appliedWithApps(b backend.Backend, text string) (*policy.Policy, b
 	if err != nil {
 		return then, true
 	}
-	s1, err1 := b.Script(a.compile(then))
-	s2, err2 := b.Script(a.compile(now))
+	s1, err1 := b.Script(a.compileApplied(then))
+	s2, err2 := b.Script(a.compileApplied(now))
 	return then, err1 != nil || err2 != nil || s1 != s2
 }
