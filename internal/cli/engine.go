@@ -239,11 +239,15 @@ var scanSSH = safeapply.FindSSH
 // second ago: one command looks twice (a scan of every process's sockets,
 // tens of milliseconds), and no session comes or goes that matters in
 // between. A long-running process (the watchdog) looks anew each time.
+// The scan is the one scanSSH names when it is made: a prefetch still
+// running after its command ended (an edit refused before its check)
+// never reads the variable a test swaps (TestPrefetchKeepsItsScan).
 func recentSSH() func() (safeapply.SSHState, error) {
 	var (
 		mu   sync.Mutex
 		when time.Time
 		st   safeapply.SSHState
+		scan = scanSSH
 	)
 	return func() (safeapply.SSHState, error) {
 		mu.Lock()
@@ -251,7 +255,7 @@ func recentSSH() func() (safeapply.SSHState, error) {
 		if !when.IsZero() && time.Since(when) < time.Second {
 			return st, nil
 		}
-		found, err := scanSSH("/proc", os.Getenv("SSH_CONNECTION"))
+		found, err := scan("/proc", os.Getenv("SSH_CONNECTION"))
 		if err != nil {
 			return found, err
 		}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/moat-fw/moat/internal/gctune"
 	"io"
 	"os"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/gctune"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/safeapply"
 )
@@ -134,13 +134,13 @@ func (a *app) addRule(cmd *cobra.Command, args []string, pos int) error {
 	})
 }
 
-// edit changes the policy file under moat's lock and applies it when moat
-// is active. Nothing is saved or applied if any step before fails.
 // editHeap is the heap at which an edit collects: an edit of a
 // 100,000-line policy allocates about 45 MB, most of it still held at the
 // end, and its peak stays under 60 MB (docs/benchmarks.md).
 const editHeap = 48 << 20
 
+// edit changes the policy file under moat's lock and applies it when moat
+// is active. Nothing is saved or applied if any step before fails.
 func (a *app) edit(cmd *cobra.Command, fn func(*policy.Document) (string, bool, error)) error {
 	// A short command: collect only at editHeap, unless a large policy
 	// keeps more than half of that live (gctune).

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -83,5 +84,47 @@ func TestEditPrefetchesTheScan(t *testing.T) {
 	}
 	if n := scans.Load(); n != 1 {
 		t.Errorf("%d scans of the processes in one command", n)
+	}
+}
+
+// A prefetch scans with the scan its command was made with, even when it
+// runs late (its command refused before the check, another test swapping
+// scanSSH meanwhile): it read the variable when it ran, racing with the
+// swap.
+func TestPrefetchKeepsItsScan(t *testing.T) {
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	var swapped atomic.Int32
+	old := scanSSH
+	t.Cleanup(func() { scanSSH = old })
+	scanSSH = func(string, string) (safeapply.SSHState, error) {
+		if first.CompareAndSwap(false, true) {
+			close(entered)
+			<-gate // holds the scan's lock
+			return safeapply.SSHState{}, errors.New("not cached")
+		}
+		return safeapply.SSHState{Listen: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:22")}}, nil
+	}
+	a := &app{stateDir: t.TempDir()}
+	if err := os.WriteFile(filepath.Join(a.stateDir, engine.AppliedFile), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	scan := a.findSSH()
+	firstDone := make(chan struct{})
+	go func() { _, _ = scan(); close(firstDone) }()
+	<-entered
+	a.prefetchSSH() // waits for the lock the first scan holds
+	scanSSH = func(string, string) (safeapply.SSHState, error) {
+		swapped.Add(1)
+		return safeapply.SSHState{}, nil
+	}
+	close(gate)
+	<-firstDone
+	st, err := a.findSSH()()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := swapped.Load(); n != 0 || len(st.Listen) != 1 {
+		t.Errorf("the command's scan was replaced by the one swapped in after it began: %d calls, got %+v", n, st)
 	}
 }
