@@ -169,12 +169,32 @@ func (a *app) warnOnce(msg string) {
 // loaded (their saved copies, file lists too: the file may have been
 // edited since), for comparisons with the kernel.
 func (a *app) compileApplied(p *policy.Policy) *ruleset.Ruleset {
-	if p != nil {
-		if err := blocklist.FillLoaded(a.stateDir, p, time.Now(), a.warnOnce); err != nil {
-			a.warnOnce(err.Error())
+	a.fillApplied(p)
+	return ruleset.Compile(p)
+}
+
+// compileAppliedEarlier is compileApplied in the order of a moat that did
+// not sink the built-ins (ruleset.CompileEarlierOrder): what the kernel
+// holds after an upgrade from it, until the first apply.
+func (a *app) compileAppliedEarlier(p *policy.Policy) *ruleset.Ruleset {
+	a.fillApplied(p)
+	return ruleset.CompileEarlierOrder(p)
+}
+
+// fillApplied fills p's blocklists with what moat loaded: the lists this
+// command's update loaded, then the saved copies.
+func (a *app) fillApplied(p *policy.Policy) {
+	if p == nil {
+		return
+	}
+	for i := range p.Blocklists {
+		if l, ok := a.refreshed[p.Blocklists[i].Name]; ok && p.Blocklists[i].Prefixes == nil {
+			p.Blocklists[i].Prefixes = l
 		}
 	}
-	return ruleset.Compile(p)
+	if err := blocklist.FillLoaded(a.stateDir, p, time.Now(), a.warnOnce); err != nil {
+		a.warnOnce(err.Error())
+	}
 }
 
 // lockBlocklists keeps two updates (the timer's and the admin's) apart.
@@ -372,6 +392,10 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 			case res.FailClosed != nil:
 				return errFailClosed
 			default:
+				// Their copies are saved after the lock: until then the
+				// kernel holds what no copy says (the drift check after
+				// the restores compares with these).
+				a.refreshed = lists
 				applied = fmt.Sprintf("swapped into the kernel (%s) in %s", res.Applied.Backend, time.Since(start).Round(time.Millisecond))
 			}
 			return nil

@@ -135,7 +135,7 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 		}
 	}
 	src.foreign, src.foreignErr = a.foreignFilters(ctx)
-	if diff, _, err := drift.Against(ctx, b.Name(), want, nil); err == nil && len(diff) > 0 {
+	if diff, _, err := drift.Against(ctx, b.Name(), want, nil); err == nil && len(diff) > 0 && !a.earlierOrder(ctx, b, src.policy, diff) {
 		src.notes = append(src.notes, fmt.Sprintf("moat's rules in the kernel were changed outside moat (%s): the kernel may decide otherwise ('moat reload' repairs it)", diff[0]))
 	}
 	return src, nil

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/drift"
@@ -94,18 +95,49 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 	if err != nil {
 		return "the record of what moat applied is unreadable"
 	}
-	want, err := b.Script(a.compileApplied(applied))
+	rs := a.compileApplied(applied)
+	want, err := b.Script(rs)
 	if err != nil {
 		return "" // the apply itself will say what is wrong
 	}
 	diff, _, err := drift.Against(ctx, b.Name(), want, nil)
 	if err == nil && len(diff) == 0 {
-		diff = a.changedInPlace(ctx, b, applied, want)
+		diff = a.changedInPlace(ctx, b, rs, want)
+	}
+	if len(diff) > 0 && a.earlierOrder(ctx, b, applied, diff) {
+		return earlierOrderReason
 	}
 	if len(diff) > 0 {
 		return "moat's rules were changed outside moat (" + diff[0] + ")"
 	}
 	return ""
+}
+
+// earlierOrderReason: the kernel holds moat's rules as an earlier moat
+// ordered them (earlierOrder).
+const earlierOrderReason = "moat's rules are in the order an earlier version of moat loaded them (moat was upgraded; the same verdicts), not changed by hand"
+
+// earlierOrder says whether moat's rules in the kernel, which differ from
+// what this moat renders for applied only in their order (diff), are
+// exactly what a moat that did not sink the built-ins loaded for it
+// (ruleset.CompileEarlierOrder), rule bodies included: an upgrade, no
+// hand change. Any other order, or a rule changed besides, is a hand
+// change.
+func (a *app) earlierOrder(ctx context.Context, b backend.Backend, applied *policy.Policy, diff []string) bool {
+	for _, d := range diff {
+		if !strings.HasSuffix(d, " holds moat's rules in another order") {
+			return false
+		}
+	}
+	rs := a.compileAppliedEarlier(applied)
+	script, err := b.Script(rs)
+	if err != nil {
+		return false
+	}
+	if d, _, err := drift.Against(ctx, b.Name(), script, nil); err != nil || len(d) > 0 {
+		return false
+	}
+	return len(a.changedInPlace(ctx, b, rs, script)) == 0
 }
 
 // driftReasonHook, in tests, runs at each full comparison.
@@ -115,7 +147,7 @@ var driftReasonHook func()
 // what loading the applied policy into an empty scratch namespace gives:
 // a rule changed by hand that kept its tag and verdict shows only there.
 // When the comparison cannot be made it says nothing (logged).
-func (a *app) changedInPlace(ctx context.Context, b backend.Backend, applied *policy.Policy, script string) []string {
+func (a *app) changedInPlace(ctx context.Context, b backend.Backend, rs *ruleset.Ruleset, script string) []string {
 	// The protected sets, which the layout leaves out, against what moat
 	// loaded into them.
 	if nb, ok := b.(*nft.Backend); ok && nb.Netlink {
@@ -142,7 +174,7 @@ func (a *app) changedInPlace(ctx context.Context, b backend.Backend, applied *po
 			}
 		}
 	}
-	diff, err := drift.InPlace(ctx, b.Name(), a.compileApplied(applied), script)
+	diff, err := drift.InPlace(ctx, b.Name(), rs, script)
 	if err != nil {
 		a.log.Debug("compare with a scratch namespace", "err", err)
 		return nil

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -49,7 +50,11 @@ type app struct {
 	// tests replace its options (fake backends, clock).
 	eng *engine.Engine
 	// warned holds the blocklist warnings said already (compile).
-	warned     map[string]bool
+	warned map[string]bool
+	// refreshed are the lists this command's blocklist update loaded
+	// into the kernel, by name, until their saved copies are written:
+	// fillApplied takes them over the copies.
+	refreshed  map[string][]netip.Prefix
 	engineHook func(*engine.Options)
 	// kernel are the real backends the engine drives (repairDrift sets
 	// them to rewrite whole).

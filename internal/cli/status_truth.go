@@ -36,6 +36,10 @@ type statusTruth struct {
 	// KernelChanged lists how moat's table or chains differ from what moat
 	// loaded: changes made outside moat ('moat reload' repairs them).
 	KernelChanged []string `json:"kernel_changed,omitempty"`
+	// EarlierOrder: moat's rules are as an earlier moat ordered them
+	// (upgraded since; the same verdicts): no hand change, and 'moat
+	// reload' loads this version's order.
+	EarlierOrder bool `json:"earlier_order,omitempty"`
 	// missing are the origin tags of applied rules the kernel lacks.
 	missing map[string]bool
 	// OtherFiltering is filtering outside moat that also sees the packets:
@@ -130,7 +134,10 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 			return nil, err
 		}
 		if len(rep.KernelChanged) == 0 {
-			rep.KernelChanged = a.changedInPlace(ctx, b, applied, want)
+			rep.KernelChanged = a.changedInPlace(ctx, b, a.compileApplied(applied), want)
+		}
+		if len(rep.KernelChanged) > 0 && a.earlierOrder(ctx, b, applied, rep.KernelChanged) {
+			rep.KernelChanged, rep.missing, rep.EarlierOrder = nil, nil, true
 		}
 	}
 
@@ -172,6 +179,9 @@ func (a *app) printTruth(rep *statusReport) {
 		a.printf("Changes in %s not applied (moat reload)\n", rep.Config)
 	case rep.AppliedUnknown:
 		a.printf("What moat applied is not recorded (an older moat?): the rules below are %s's; 'moat reload' applies and records it\n", rep.Config)
+	}
+	if rep.EarlierOrder {
+		a.printf("moat's rules are in the order an earlier version of moat loaded them (the same verdicts; moat was upgraded since): 'moat reload' loads this version's order\n")
 	}
 	if len(rep.KernelChanged) > 0 {
 		what := "moat's table was changed outside moat"

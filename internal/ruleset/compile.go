@@ -86,7 +86,15 @@ var dirOf = map[Hook]policy.Direction{Input: policy.In, Output: policy.Out, Forw
 var verdictOf = map[policy.Action]Verdict{policy.Allow: Accept, policy.Deny: Drop, policy.Reject: Reject, policy.Limit: Accept}
 
 // Compile turns a validated policy into a ruleset.
-func Compile(p *policy.Policy) *Ruleset {
+func Compile(p *policy.Policy) *Ruleset { return compile(p, sinkOn) }
+
+// CompileEarlierOrder is Compile in the order moat loaded before it sank
+// the built-ins (every built-in first, as ufw orders them): the same
+// verdicts, another order. After an upgrade the kernel may still hold
+// that order; drift tells it from a reordering by hand with this.
+func CompileEarlierOrder(p *policy.Policy) *Ruleset { return compile(p, false) }
+
+func compile(p *policy.Policy, sink bool) *Ruleset {
 	// The sets kept across applies first (a full apply re-creates the
 	// others after them).
 	rs := &Ruleset{Sets: []*Set{{Name: BanSet4, Family: policy.FamilyV4, Bans: true}, {Name: BanSet6, Family: policy.FamilyV6, Bans: true},
@@ -117,7 +125,7 @@ func Compile(p *policy.Policy) *Ruleset {
 			c.Rules = Builtins(h)
 		}
 		c.Rules = append(c.Rules, compileRules(rs, h, user)...)
-		if sinkOn {
+		if sink {
 			c.Rules = sinkBuiltins(c.Rules)
 		}
 		if h == Input {

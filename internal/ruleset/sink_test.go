@@ -2,6 +2,7 @@ package ruleset
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -125,4 +126,31 @@ func packets() []Packet {
 		}
 	}
 	return out
+}
+
+// TestCompileEarlierOrder: the earlier order is every built-in first (what
+// moat loaded before it sank them), the same rules otherwise.
+func TestCompileEarlierOrder(t *testing.T) {
+	p := mustPolicy(t, "default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	sunk, earlier := Compile(p), CompileEarlierOrder(p)
+	differs := false
+	for i, c := range earlier.Chains {
+		seenUser := false
+		for j, r := range c.Rules {
+			builtin := strings.HasPrefix(r.Origin.ID, "builtin:")
+			if builtin && seenUser {
+				t.Errorf("chain %d: built-in %s after a policy rule", i, r.Origin.ID)
+			}
+			seenUser = seenUser || !builtin
+			if sunk.Chains[i].Rules[j].Origin.ID != r.Origin.ID {
+				differs = true
+			}
+		}
+		if len(c.Rules) != len(sunk.Chains[i].Rules) {
+			t.Errorf("chain %d: %d rules, sunk %d", i, len(c.Rules), len(sunk.Chains[i].Rules))
+		}
+	}
+	if !differs {
+		t.Error("the earlier order is the sunk one: the test cannot tell them apart")
+	}
 }

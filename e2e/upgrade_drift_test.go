@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestUpgradeEarlierOrderNoFalseDrift: after an upgrade, the kernel holds
+// moat's rules as the earlier moat ordered them (every built-in first: it
+// did not sink them past the rules their packets cannot match), and the
+// old fingerprint record cannot vouch for them. The first commands must
+// not call that a change by hand; a real reordering by hand must still be
+// reported.
+func TestUpgradeEarlierOrderNoFalseDrift(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	list := filepath.Join(e.dir, "list.txt")
+	writeFile(t, list, "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n")
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 53/udp\nblocklist big file " + list + "\n")
+	earlier := func() {
+		t.Helper()
+		for _, prog := range []string{"iptables", "ip6tables"} {
+			var builtins, rest []string
+			for _, l := range strings.Split(e.run("server", prog, "-S", "MOAT-INPUT"), "\n") {
+				switch {
+				case !strings.HasPrefix(l, "-A "):
+				case strings.Contains(l, `"builtin:`):
+					builtins = append(builtins, l)
+				default:
+					rest = append(rest, l)
+				}
+			}
+			script := "*filter\n-F MOAT-INPUT\n" + strings.Join(append(builtins, rest...), "\n") + "\nCOMMIT\n"
+			f := filepath.Join(e.dir, prog+".rules")
+			writeFile(t, f, script)
+			e.run("server", prog+"-restore", "--noflush", f)
+		}
+		// The earlier moat's record: it cannot vouch for this kernel.
+		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	earlier()
+	out := e.mustMoat("status")
+	if strings.Contains(out, "changed outside moat") || !strings.Contains(out, "earlier version of moat") {
+		t.Errorf("status after an upgrade:\n%s", out)
+	}
+	writeFile(t, list, "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n192.0.2.3\n")
+	out = e.mustMoat("blocklist", "update")
+	if strings.Contains(out, "outside moat") || strings.Contains(out, "holds other addresses") {
+		t.Errorf("the first blocklist update after an upgrade:\n%s", out)
+	}
+	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") || strings.Contains(out, "earlier version") {
+		t.Errorf("status after the update rewrote moat's rules:\n%s", out)
+	}
+	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
+
+	// A reordering by hand of the earlier order is still a hand change.
+	e.mustMoat("reload")
+	earlier()
+	e.run("server", "iptables", "-D", "MOAT-INPUT", "-p", "tcp", "--dport", "22", "-m", "comment", "--comment", "L2", "-j", "RETURN")
+	e.run("server", "iptables", "-A", "MOAT-INPUT", "-p", "tcp", "--dport", "22", "-m", "comment", "--comment", "L2", "-j", "RETURN")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+		t.Errorf("status does not see rules reordered by hand:\n%s", out)
+	}
+}
+
+// TestFileListEditedNoFalseDrift: a file blocklist edited since moat
+// loaded it is not in the kernel yet: when the fingerprint record cannot
+// vouch (removed here, as after an upgrade), the full comparison must
+// compare with the copy moat loaded, not with the file, and 'moat
+// blocklist update' must not report the new lines as a hand change. A
+// member removed by hand is still reported.
+func TestFileListEditedNoFalseDrift(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		list := filepath.Join(e.dir, "list.txt")
+		writeFile(t, list, "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n")
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist big file " + list + "\n")
+		noRecord := func() {
+			if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+		}
+		noRecord()
+		writeFile(t, list, "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n192.0.2.3\n2001:db8::3\n")
+		if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
+			t.Errorf("status with the list file edited:\n%s", out)
+		}
+		if out := e.mustMoat("blocklist", "update"); strings.Contains(out, "outside moat") || strings.Contains(out, "holds other addresses") {
+			t.Errorf("blocklist update with the list file edited:\n%s", out)
+		}
+		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+		if backend == "iptables" {
+			noRecord()
+			e.run("server", "ipset", "del", "moat-bl4_big", "198.51.100.7")
+			if out := e.mustMoat("status"); !strings.Contains(out, "holds other addresses") {
+				t.Errorf("status does not see a member deleted by hand:\n%s", out)
+			}
+			// The update finds it, rewrites whole, and then checks what its
+			// restores left against the lists it loaded, not against the
+			// copies it saves only afterwards.
+			writeFile(t, list, "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n192.0.2.3\n2001:db8::3\n198.51.100.8\n")
+			out := e.mustMoat("blocklist", "update")
+			if !strings.Contains(out, "holds other addresses") || strings.Contains(out, "while this command ran") {
+				t.Errorf("blocklist update after a member deleted by hand:\n%s", out)
+			}
+			if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
+				t.Errorf("status after the update:\n%s", out)
+			}
+		}
+	})
+}
