@@ -369,6 +369,6 @@ func samePolicies(a, b *Policy) bool {
 	if !reflect.DeepEqual(a.AllRules(), b.AllRules()) {
 		return false
 	}
-	x.Rules, x.store, y.Rules, y.store = nil, nil, nil, nil
+	x.rules, x.store, y.rules, y.store = nil, nil, nil, nil
 	return reflect.DeepEqual(x, y)
 }

@@ -184,7 +184,7 @@ func (p *Policy) NumRules() int {
 	if p.store != nil {
 		return p.store.len()
 	}
-	return len(p.Rules)
+	return len(p.rules)
 }
 
 // Rule returns rule i (0-based) of the policy, in order.
@@ -192,7 +192,7 @@ func (p *Policy) Rule(i int) Rule {
 	if p.store != nil {
 		return p.store.rule(i)
 	}
-	return p.Rules[i]
+	return p.rules[i]
 }
 
 // RulePtr is Rule(i) without a copy where the policy holds the rule
@@ -200,7 +200,7 @@ func (p *Policy) Rule(i int) Rule {
 // built into *scratch, and scratch.
 func (p *Policy) RulePtr(i int, scratch *Rule) *Rule {
 	if p.store == nil {
-		return &p.Rules[i]
+		return &p.rules[i]
 	}
 	if e := &p.store.ents[i]; e.flags&entWhole != 0 {
 		return &p.store.whole[e.line]
@@ -269,16 +269,22 @@ func (p *Policy) RuleText(i int) string {
 // tests compare what readers make of the two forms).
 func (p *Policy) Whole() *Policy {
 	q := *p
-	q.Rules, q.store = p.AllRules(), nil
+	q.rules, q.store = p.AllRules(), nil
 	return &q
+}
+
+// SetRules makes rules the policy's rules, held whole (a policy built in
+// code; a policy read from a document is built by its parse).
+func (p *Policy) SetRules(rules []Rule) {
+	p.rules, p.store = rules, nil
 }
 
 // RulesOnly is a policy with p's rules and nothing else set.
 func (p *Policy) RulesOnly() *Policy {
-	return &Policy{Rules: p.Rules, store: p.store}
+	return &Policy{rules: p.rules, store: p.store}
 }
 
 // ReleaseRules drops the policy's rules (NumRules is 0 after).
 func (p *Policy) ReleaseRules() {
-	p.Rules, p.store = nil, nil
+	p.rules, p.store = nil, nil
 }

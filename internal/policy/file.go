@@ -346,8 +346,8 @@ func (p *Policy) add(st Statement, pos Pos) error {
 			}
 			break
 		}
-		p.Rules = append(p.Rules, st.Rule)
-		p.Rules = append(p.Rules, st.More...)
+		p.rules = append(p.rules, st.Rule)
+		p.rules = append(p.rules, st.More...)
 	case StmtDefault:
 		p.Defaults[st.DefaultDir] = st.DefaultAction
 		p.DefaultPos[st.DefaultDir] = pos
@@ -374,7 +374,7 @@ func (d *Document) policySlow(svc Services) (*Policy, error) {
 	d.cache = nil
 	p := New()
 	p.Source = d.Name
-	p.Rules = make([]Rule, 0, len(d.Lines))
+	p.rules = make([]Rule, 0, len(d.Lines))
 	return d.statements(p, svc, nil)
 }
 

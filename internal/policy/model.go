@@ -189,12 +189,13 @@ type Policy struct {
 	Defaults map[Direction]Action
 	// DefaultPos records where each default was set (zero Pos: built-in).
 	DefaultPos map[Direction]Pos
-	// Rules are the rules in order when the policy holds them whole (a
-	// policy built in code). A policy read from a document holds them in
-	// store instead, address-only rules compact, and Rules is nil: read
-	// them with NumRules, Rule, CompactAddrRule and RuleText, which see
-	// both.
-	Rules   []Rule
+	// rules are the rules in order when the policy holds them whole (a
+	// policy built in code, SetRules). A policy read from a document holds
+	// them in store instead, address-only rules compact, and rules is nil.
+	// Both are unexported so that no reader can see only one form: read
+	// the rules with NumRules, Rule, RulePtr, RuleSeq, CompactAddrRule and
+	// RuleText, which see both.
+	rules   []Rule
 	store   *ruleStore
 	Backend Backend
 	Guard   Guard

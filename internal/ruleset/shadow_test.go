@@ -183,11 +183,11 @@ func BenchmarkShadowed100k(b *testing.B) {
 // the admin, never reported as covering each other.
 func TestShadowedSameLine(t *testing.T) {
 	p := policy.New()
-	p.Rules = []policy.Rule{
+	p.SetRules([]policy.Rule{
 		{Action: policy.Allow, Direction: policy.In, Proto: "tcp", ToPort: policy.Ports{{First: 80, Last: 443}}, Pos: policy.Pos{Line: 3}, Text: "allow WWW"},
 		{Action: policy.Allow, Direction: policy.In, Proto: "tcp", ToPort: policy.Ports{{First: 443, Last: 443}}, Pos: policy.Pos{Line: 3}, Text: "allow WWW"},
 		{Action: policy.Deny, Direction: policy.In, Proto: "tcp", ToPort: policy.Ports{{First: 443, Last: 443}}, Pos: policy.Pos{Line: 4}, Text: "deny 443/tcp"},
-	}
+	})
 	got := Shadowed(p)
 	if len(got) != 1 || got[0].Rule.Pos.Line != 4 || got[0].By.Pos.Line != 3 {
 		t.Errorf("got %v", got)
