@@ -1,6 +1,7 @@
 package ruleset
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -70,15 +71,31 @@ func TestCoveredMessage(t *testing.T) {
 	}
 }
 
-// The indexed search finds exactly what comparing every pair finds.
+// The covered-rule search on small random policies (a small index: no
+// filters) finds exactly what comparing every pair finds.
 func TestShadowedIndexMatchesPairs(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	addrs := []string{"", "", "198.51.100.0/24", "198.51.100.7", "198.51.0.0/16", "0.0.0.0/0", "2001:db8::/32", "2001:db8::5", "2001:db8:1::/48", "::/0"}
+	randomPairs(t, rand.New(rand.NewPCG(1, 2)))
+}
+
+// randomPairs checks Shadowed against every pair on 300 small random
+// policies: one family per line (a line mixing them is refused, and a test
+// skipping refused policies checked few), nested and repeated networks on
+// both sides, rules with both, port rules and port ranges between. It
+// fails if the policies cover too few rules to show a lost one.
+func randomPairs(t *testing.T, rng *rand.Rand) {
+	t.Helper()
+	fams := [][]string{
+		{"", "", "198.51.100.0/24", "198.51.100.7", "198.51.0.0/16", "0.0.0.0/0", "198.51.100.0/25"},
+		{"", "", "2001:db8::/32", "2001:db8::5", "2001:db8:1::/48", "::/0", "2001:db8::/64"},
+	}
 	ports := []string{"", "", " port 22", " port 80", " port 20:30"}
+	protos := []string{"", "", "", "tcp", "udp"}
 	actions := []string{"allow", "deny", "reject"}
-	for round := 0; round < 200; round++ {
+	covered := 0
+	for round := 0; round < 300; round++ {
 		var b strings.Builder
 		for i := 0; i < 30; i++ {
+			addrs := fams[rng.IntN(2)]
 			from, to := addrs[rng.IntN(len(addrs))], addrs[rng.IntN(len(addrs))]
 			line := actions[rng.IntN(3)]
 			if from == "" && to == "" {
@@ -90,15 +107,24 @@ func TestShadowedIndexMatchesPairs(t *testing.T) {
 				if to == "" {
 					to = "any"
 				}
-				line += " from " + from + ports[rng.IntN(len(ports))] + " to " + to + ports[rng.IntN(len(ports))]
+				fp, tp := ports[rng.IntN(len(ports))], ports[rng.IntN(len(ports))]
+				line += " from " + from + fp + " to " + to + tp
+				// A range needs a protocol; others may have one.
+				if proto := protos[rng.IntN(len(protos))]; proto != "" || strings.Contains(fp+tp, ":") {
+					line += " proto " + cmp.Or(proto, "tcp")
+				}
 			}
 			b.WriteString(line + "\n")
 		}
 		p, err := policy.NewDocument("moat.conf", []byte(b.String())).Policy(nil)
 		if err != nil {
-			continue // mixed families and the like
+			t.Fatalf("policy:\n%s\n%v", b.String(), err)
 		}
+		covered += len(Shadowed(p))
 		samePairs(t, p, b.String())
+	}
+	if covered < 1000 {
+		t.Fatalf("only %d covered rules: the test would not show a lost one", covered)
 	}
 }
 
@@ -252,50 +278,12 @@ func TestShadowedLargeToIndexMatchesPairs(t *testing.T) {
 	samePairs(t, p, "(3000 random outgoing rules)")
 }
 
-// The filters of a large index (seen, queried) on small random policies
-// (TestShadowedIndexMatchesPairs's mostly mix families and are refused):
-// one family per line, nested and repeated networks on both sides, rules
-// with both, port rules between. Fails when the query filter drops any
-// needed network.
+// The filters of a large index (seen, queried) on the small random
+// policies of randomPairs. Fails when the query filter drops any needed
+// network.
 func TestShadowedFilteredIndexMatchesPairs(t *testing.T) {
 	old := bigIndex
 	bigIndex = 1
 	t.Cleanup(func() { bigIndex = old })
-	rng := rand.New(rand.NewPCG(7, 8))
-	fams := [][]string{
-		{"", "", "198.51.100.0/24", "198.51.100.7", "198.51.0.0/16", "0.0.0.0/0", "198.51.100.0/25"},
-		{"", "", "2001:db8::/32", "2001:db8::5", "2001:db8:1::/48", "::/0", "2001:db8::/64"},
-	}
-	ports := []string{"", "", " port 22", " port 80"}
-	actions := []string{"allow", "deny", "reject"}
-	covered := 0
-	for round := 0; round < 300; round++ {
-		var b strings.Builder
-		for i := 0; i < 30; i++ {
-			addrs := fams[rng.IntN(2)]
-			from, to := addrs[rng.IntN(len(addrs))], addrs[rng.IntN(len(addrs))]
-			line := actions[rng.IntN(3)]
-			if from == "" && to == "" {
-				line += " 22/tcp"
-			} else {
-				if from == "" {
-					from = "any"
-				}
-				if to == "" {
-					to = "any"
-				}
-				line += " from " + from + ports[rng.IntN(len(ports))] + " to " + to + ports[rng.IntN(len(ports))]
-			}
-			b.WriteString(line + "\n")
-		}
-		p, err := policy.NewDocument("moat.conf", []byte(b.String())).Policy(nil)
-		if err != nil {
-			t.Fatalf("policy:\n%s\n%v", b.String(), err)
-		}
-		covered += len(Shadowed(p))
-		samePairs(t, p, b.String())
-	}
-	if covered < 1000 {
-		t.Fatalf("only %d covered rules: the test would not show a lost one", covered)
-	}
+	randomPairs(t, rand.New(rand.NewPCG(7, 8)))
 }
