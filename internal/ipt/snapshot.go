@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // A snapshot is moat's part of the host in three sections: its ipsets as
@@ -33,6 +34,17 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 	out.WriteString(secSets + "\n")
 	for _, name := range sortedKeys(st.sets) {
 		if !strings.HasPrefix(name, SetPrefix) {
+			continue
+		}
+		if isBanSet(name) {
+			// Its definition only: the rollback leaves the bans in force
+			// (`ipset save` of 200,000 bans took half a second, and their
+			// restore seconds).
+			line, err := b.setCreateLine(ctx, name)
+			if err != nil {
+				return nil, fmt.Errorf("snapshot ipset %s: %w", name, err)
+			}
+			out.WriteString(line + "\n")
 			continue
 		}
 		data, err := b.Run(ctx, nil, "ipset", "save", name)
@@ -79,15 +91,80 @@ func isJump(line string) bool {
 	return len(f) == 4 && f[0] == "-A" && f[2] == "-j" && f[3] == "MOAT-"+f[1]
 }
 
+// isBanSet says whether an ipset is one of the ban sets.
+func isBanSet(name string) bool {
+	return name == IPSetName(ruleset.BanSet4) || name == IPSetName(ruleset.BanSet6)
+}
+
+// setCreateLine is the `create` line `ipset save` writes for a set, from
+// its header alone (`ipset -t list`: no member is read).
+func (b *Backend) setCreateLine(ctx context.Context, name string) (string, error) {
+	out, err := b.Run(ctx, nil, "ipset", "-t", "list", name)
+	if err != nil {
+		return "", err
+	}
+	var typ, header string
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "Type: "); ok {
+			typ = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(l, "Header: "); ok {
+			header = strings.TrimSpace(v)
+		}
+	}
+	if typ == "" || header == "" || strings.ContainsAny(typ+header, "\r") {
+		return "", fmt.Errorf("unexpected `ipset -t list %s` output", name)
+	}
+	return "create " + name + " " + typ + " " + header, nil
+}
+
+// setDefinition is a `create` line without what the kernel sets by
+// itself (the hash size grows with the members, the seed is random).
+func setDefinition(line string) string {
+	f := strings.Fields(line)
+	var out []string
+	for i := 0; i < len(f); i++ {
+		switch f[i] {
+		case "hashsize", "bucketsize", "initval":
+			i++
+			continue
+		}
+		out = append(out, f[i])
+	}
+	return strings.Join(out, " ")
+}
+
 // Restore makes moat's part of the host exactly a snapshot: sets are
 // refilled and swapped in, each family's chains are replaced in one
 // restore, and what the snapshot lacks is removed. An empty snapshot
-// removes everything moat owns.
+// removes everything moat owns. The ban sets come back as the snapshot
+// holds them: since this version, defined and empty (the rollback puts
+// back the bans in force).
 func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 	b.track = commitTrack{} // its commits are no Apply's
 	if len(bytes.TrimSpace(snap)) == 0 {
 		return b.Remove(ctx)
 	}
+	_, err := b.restore(ctx, snap, false)
+	return err
+}
+
+// RestoreKeepingBans restores a snapshot leaving the ban sets as they
+// are, when both exist with the snapshot's definitions: the bans made and
+// lifted since stay so, and none is read or loaded again (seconds with
+// 200,000 bans). kept is false (nothing done) when it cannot; Restore
+// then restores them empty.
+func (b *Backend) RestoreKeepingBans(ctx context.Context, snap []byte) (kept bool, err error) {
+	if len(bytes.TrimSpace(snap)) == 0 {
+		return false, nil
+	}
+	b.track = commitTrack{}
+	return b.restore(ctx, snap, true)
+}
+
+// restore is Restore; with keepBans it first checks that the ban sets can
+// be kept (kept false: nothing done) and then leaves them out.
+func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept bool, err error) {
 	sections := map[string][]string{}
 	sec := ""
 	for _, line := range strings.Split(string(snap), "\n") {
@@ -97,7 +174,7 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 			continue
 		}
 		if sec == "" && strings.TrimSpace(line) != "" {
-			return fmt.Errorf("iptables restore: not a moat snapshot")
+			return false, fmt.Errorf("iptables restore: not a moat snapshot")
 		}
 		if line != "" {
 			sections[sec] = append(sections[sec], line)
@@ -105,20 +182,53 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 	}
 	st, err := b.read(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	keepSets := map[string]bool{}
+	if keepBans {
+		want := map[string]string{}
+		var rest []string
+		for _, l := range sections[secSets] {
+			f := strings.Fields(l)
+			if len(f) >= 2 && isBanSet(f[1]) {
+				if f[0] == "create" {
+					want[f[1]] = setDefinition(l)
+				}
+				continue
+			}
+			rest = append(rest, l)
+		}
+		if len(want) != 2 {
+			return false, nil
+		}
+		for name, def := range want {
+			if !st.sets[name] {
+				return false, nil
+			}
+			line, err := b.setCreateLine(ctx, name)
+			if err != nil {
+				return false, fmt.Errorf("iptables restore: %w", err)
+			}
+			if setDefinition(line) != def {
+				return false, nil // redefined: made again, refilled
+			}
+			keepSets[name] = true
+		}
+		sections[secSets] = rest
+	}
 	setScript := ""
 	if len(sections[secSets]) > 0 {
 		script, names, err := swapSetsScript(sections[secSets], st.sets)
 		setScript = script
 		if err != nil {
-			return err
+			return false, err
 		}
 		if _, err := b.Run(ctx, []byte(script), "ipset", "restore"); err != nil {
-			return fmt.Errorf("restore ipsets: %w", err)
+			return false, fmt.Errorf("restore ipsets: %w", err)
 		}
-		keepSets = names
+		for name := range names {
+			keepSets[name] = true
+		}
 	}
 	for _, f := range families {
 		lines := sections[secV4]
@@ -198,7 +308,7 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 			continue
 		}
 		if _, err := b.Run(ctx, []byte(s.String()), f.restore, "-w", "5", "--noflush"); err != nil {
-			return fmt.Errorf("restore %s rules: %w", f.fam, err)
+			return false, fmt.Errorf("restore %s rules: %w", f.fam, err)
 		}
 	}
 	var stale []string
@@ -211,7 +321,7 @@ func (b *Backend) Restore(ctx context.Context, snap []byte) error {
 		}
 		stale = append(stale, name)
 	}
-	return b.destroySets(ctx, stale)
+	return keepBans, b.destroySets(ctx, stale)
 }
 
 // swapSetsScript turns `ipset save` output into a restore that fills each

@@ -2,8 +2,13 @@ package ipt
 
 import (
 	"context"
+	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // A snapshot file is state on disk: a damaged line in a family's section
@@ -80,5 +85,126 @@ func TestRestoreLeftoverTemporarySet(t *testing.T) {
 	}
 	if destroyed["moatnew-a"] != 2 || destroyed["moatnew-gone"] != 1 || destroyed["moat-a"] != 0 {
 		t.Errorf("destroyed %v, want moatnew-a twice in the set restore (before and after the swap), moatnew-gone once, moat-a never", destroyed)
+	}
+}
+
+// A snapshot holds the ban sets' definitions, not their bans. Restored
+// keeping the ban sets, the rules and policy sets are the snapshot's and
+// the bans are those in force (one made meanwhile stays, one lifted stays
+// lifted); restored whole, the ban sets come back empty (the rollback
+// then puts back the bans in force). With a ban set missing, nothing is
+// done by the keeping restore.
+func TestKernelSnapshotKeepsBanSets(t *testing.T) {
+	ctx := context.Background()
+	b := kernelBackend(t)
+	head := "default deny incoming\nallow 22/tcp\n"
+	if err := b.Apply(ctx, compile(t, head+denyList(20, -1))); err != nil {
+		t.Fatal(err)
+	}
+	ban := func(a string) {
+		t.Helper()
+		if err := b.Ban(ctx, []ruleset.Ban{{Addr: netipMust(a), Timeout: time.Hour, Reason: "r"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ban("203.0.113.9")
+	ban("203.0.113.10")
+	saved := func() string {
+		t.Helper()
+		var out []byte
+		for _, prog := range []string{"iptables-save", "ip6tables-save"} {
+			o, err := b.Run(ctx, nil, prog)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, o...)
+		}
+		o, err := b.Run(ctx, nil, "ipset", "save")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keep []string
+		for _, l := range strings.Split(string(out)+string(o), "\n") {
+			if strings.HasPrefix(l, "#") || strings.HasPrefix(l, "add moat-ban") || strings.HasPrefix(l, "create") {
+				continue // times, bans, hash sizes and seeds
+			}
+			keep = append(keep, regexp.MustCompile(`\[\d+:\d+\]`).ReplaceAllString(l, ""))
+		}
+		return strings.Join(keep, "\n")
+	}
+	want := saved()
+	snap, err := b.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(snap), "203.0.113.9") || !strings.Contains(string(snap), "create "+IPSetName(ruleset.BanSet4)+" hash:ip") {
+		t.Fatalf("snapshot:\n%s", snap)
+	}
+	change := func() {
+		t.Helper()
+		if err := b.Apply(ctx, compile(t, head+"allow 80/tcp\n"+denyList(25, 3))); err != nil {
+			t.Fatal(err)
+		}
+		ban("192.0.2.3")
+		if err := b.Unban(ctx, []netip.Addr{netipMust("203.0.113.10")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	change()
+	kept, err := b.RestoreKeepingBans(ctx, snap)
+	if err != nil || !kept {
+		t.Fatalf("RestoreKeepingBans: %v %v", kept, err)
+	}
+	if got := saved(); got != want {
+		t.Fatalf("restored:\n%s\nwant:\n%s", got, want)
+	}
+	banned := func() map[string]bool {
+		bans, err := b.Bans(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]bool{}
+		for _, x := range bans {
+			m[x.Addr.String()] = true
+		}
+		return m
+	}
+	if m := banned(); !m["203.0.113.9"] || !m["192.0.2.3"] || m["203.0.113.10"] {
+		t.Errorf("bans after the restore keeping them: %v", m)
+	}
+
+	// Restored whole: the ban sets empty.
+	change()
+	if err := b.Restore(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	if got := saved(); got != want {
+		t.Fatalf("restored:\n%s\nwant:\n%s", got, want)
+	}
+	if m := banned(); len(m) != 0 {
+		t.Errorf("bans after the whole restore: %v", m)
+	}
+
+	// A ban set redefined: nothing done.
+	if _, err := b.Run(ctx, nil, "iptables", "-F", "MOAT-INPUT"); err != nil {
+		t.Fatal(err)
+	}
+	before := saved()
+	var lines []string
+	for _, l := range strings.Split(string(snap), "\n") {
+		if strings.HasPrefix(l, "create "+IPSetName(ruleset.BanSet4)+" ") {
+			l = strings.Replace(l, " maxelem ", " maxelem 1", 1)
+		}
+		lines = append(lines, l)
+	}
+	snap2 := strings.Join(lines, "\n")
+	if snap2 == string(snap) {
+		t.Fatal("no ban set definition in the snapshot")
+	}
+	if kept, err := b.RestoreKeepingBans(ctx, []byte(snap2)); err != nil || kept {
+		t.Fatalf("RestoreKeepingBans with a ban set redefined: %v %v", kept, err)
+	}
+	if got := saved(); got != before {
+		t.Fatalf("changed:\n%s", got)
 	}
 }
