@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	gnft "github.com/google/nftables"
+	"golang.org/x/sys/unix"
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/nft"
@@ -427,6 +428,21 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	rh := rulesHash(rs, names)
 	gen := generation(rs, names, c)
 
+	// A set under the name of one of moat's policy sets that is not of
+	// their kind (made by hand: moat's rules can refer to it only once it
+	// is, for the kernel swaps only sets of one type and family) would
+	// fail every load: it is destroyed and loaded whole.
+	for _, n := range sortedKeys(c) {
+		if !st.sets[n] || st.heldBy(n) == c[n] {
+			continue
+		}
+		if kind, ok := b.foreignSet(ctx, n, sets[n].Family); ok {
+			if _, err := b.Run(ctx, nil, "ipset", "destroy", n); err != nil {
+				return fmt.Errorf("ipset %s is not one of moat's (%s) and cannot be destroyed (remove it, or what uses it, by hand): %w", n, kind, err)
+			}
+			delete(st.sets, n)
+		}
+	}
 	var diff strings.Builder
 	refill := map[string]bool{}
 	var changing []string
@@ -517,6 +533,45 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		stale = append(stale, name)
 	}
 	return b.destroySets(ctx, stale)
+}
+
+// foreignSet says whether the ipset name is not of the kind moat makes
+// its policy sets (hash:net of family fam), and what it is; false when
+// it is, or cannot be read.
+func (b *Backend) foreignSet(ctx context.Context, name string, fam policy.Family) (string, bool) {
+	want := "inet"
+	if fam == policy.FamilyV6 {
+		want = "inet6"
+	}
+	if b.IpsetNetlink {
+		if c, err := dialIpset(); err == nil {
+			typ, f, err := c.kind(name)
+			_ = c.Close() // read only
+			if err == nil && typ != "" {
+				got := map[uint8]string{unix.NFPROTO_IPV4: "inet", unix.NFPROTO_IPV6: "inet6"}[f]
+				return strings.TrimSpace(typ + " " + got), typ != "hash:net" || got != want
+			}
+		}
+	}
+	out, err := b.Run(ctx, nil, "ipset", "list", "-t", name)
+	if err != nil {
+		return "", false
+	}
+	var typ, got string
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "Type: "); ok {
+			typ = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "Header: "); ok {
+			if f := strings.Fields(v); len(f) >= 2 && f[0] == "family" {
+				got = f[1]
+			}
+		}
+	}
+	if typ == "" {
+		return "", false
+	}
+	return strings.TrimSpace(typ + " " + got), typ != "hash:net" || got != want
 }
 
 // maxelem is the most entries an ipset takes (its header), 0 if unknown.

@@ -434,3 +434,26 @@ func cString(v []byte) string {
 	}
 	return string(v)
 }
+
+// kind is a set's type and family as the kernel lists them in its header
+// ("hash:net inet"; family 0 for types without one, such as list:set).
+func (c *ipsetConn) kind(name string) (typ string, family uint8, err error) {
+	msgs, err := c.list(name, ipsetFlagListHeader)
+	if err != nil {
+		return "", 0, err
+	}
+	for _, m := range msgs {
+		err := walkAttrs(nfPayload(m), func(t uint16, v []byte) {
+			switch {
+			case t == ipsetAttrTypename && typ == "":
+				typ = cString(v)
+			case t == ipsetAttrFamily && len(v) == 1 && family == 0:
+				family = v[0]
+			}
+		})
+		if err != nil {
+			return "", 0, fmt.Errorf("%w: set %s: %w", errIpsetNetlink, name, err)
+		}
+	}
+	return typ, family, nil
+}
