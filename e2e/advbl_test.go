@@ -289,3 +289,45 @@ func TestAdvEditedFileListIsNoDrift(t *testing.T) {
 		}
 	})
 }
+
+// A rollback of a --confirm change that loaded an edited list file puts
+// back the list's saved copy with the kernel's older sets: status sees no
+// drift, an update of the list file back to the old contents finds
+// nothing to change and one with the edited contents loads them. Both
+// backends, IPv4 and IPv6, real packets.
+func TestAdvRollbackRestoresFileListCopy(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		file := filepath.Join(e.dir, "local.netset")
+		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist local file " + file + "\n")
+		writeFile(t, file, "192.0.2.4\n2001:db8::4\n")
+		e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
+		e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 open")
+		e.mustMoat("rollback")
+		old := []string{
+			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open",
+		}
+		e.expect(false, old...)
+		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+			t.Errorf("status after the rollback sees drift:\n%s", st)
+		}
+		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
+		if out := e.mustMoat("blocklist", "update"); !strings.Contains(out, "unchanged") {
+			t.Errorf("the list back at what the kernel holds:\n%s", out)
+		}
+		e.expect(false, old...)
+		writeFile(t, file, "192.0.2.4\n2001:db8::4\n")
+		e.mustMoat("blocklist", "update")
+		e.expect(false,
+			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+			t.Errorf("status sees drift:\n%s", st)
+		}
+	})
+}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -147,6 +148,9 @@ type plan struct {
 	failReason string
 	// restore: 'moat restore' (at boot no session can exist yet).
 	restore bool
+	// listCopies: with --confirm, the saved copies of the file lists
+	// before this apply saves its own (blocklist.FileCopies).
+	listCopies []byte
 }
 
 // current is the state an apply starts from.
@@ -316,6 +320,13 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	}
 	work := res.startRuleWork(pl.p)
 	defer work.release() // on every path: the collection waits for it
+	if pl.ch.Confirm > 0 {
+		// Taken before the compile saves the lists it reads: a rollback
+		// puts them back with the kernel's sets.
+		if pl.listCopies, err = blocklist.FileCopies(dir); err != nil {
+			return nil, fmt.Errorf("--confirm: %w", err)
+		}
+	}
 	rs, err := e.compile(pl.p, true)
 	if err != nil {
 		return nil, err

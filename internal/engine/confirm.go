@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
+	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -51,6 +52,9 @@ func (e *Engine) arm(ctx context.Context, id string, pl plan, cur *current, next
 	}
 	if err := writeState(dir, policyFile, oldPolicy); err != nil {
 		return nil, fmt.Errorf("save policy: %w", err)
+	}
+	if err := writeState(dir, listCopiesFile, pl.listCopies); err != nil {
+		return nil, fmt.Errorf("save the file blocklists' copies: %w", err)
 	}
 	if got, err := readState(dir, snapshotFile); err != nil || Hash(got) != p.SnapshotSHA256 {
 		return nil, errors.Join(fmt.Errorf("the snapshot in %s does not read back as written", dir), err, clearPending(dir))
@@ -250,6 +254,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 				if err = e.step("rollback-restored"); err != nil {
 					return nil, err
 				}
+				e.restoreListCopies()
 				if err = e.removeExcept(ctx, prev.Name()); err == nil {
 					return p.Prev, nil
 				}
@@ -264,6 +269,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 				if known {
 					e.keepBans(ctx, prev, live, since)
 				}
+				e.restoreListCopies()
 				if err = e.removeExcept(ctx, prev.Name()); err == nil {
 					return p.Prev, nil
 				}
@@ -871,5 +877,21 @@ func (e *Engine) keepBans(ctx context.Context, b Backend, live, since []ruleset.
 	}
 	if err := k.Ban(ctx, put); err != nil {
 		e.warn(fmt.Sprintf("rollback: could not put back the %d bans in force before it: %v (the guard puts its own back when it starts)", len(put), err))
+	}
+}
+
+// restoreListCopies puts back the saved copies of the file lists as they
+// were before the unconfirmed change (its apply saved what it read), so
+// that they say what the restored sets hold: else status would find the
+// sets "changed outside moat" and an update would compare its lists with
+// copies the kernel does not hold (TestRollbackRestoresFileListCopies).
+// A change armed by an older moat kept none: nothing to put back.
+func (e *Engine) restoreListCopies() {
+	data, err := readState(e.o.StateDir, listCopiesFile)
+	if err != nil || len(data) == 0 {
+		return
+	}
+	if err := blocklist.RestoreFileCopies(e.o.StateDir, data); err != nil {
+		e.warn(fmt.Sprintf("rollback: %v", err))
 	}
 }

@@ -3,10 +3,14 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -217,6 +221,61 @@ func TestRollbackKeepsBanSets(t *testing.T) {
 			}
 			if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
 				t.Errorf("pending after the rollback: %v", err)
+			}
+		})
+	}
+}
+
+// A rollback puts back the saved copies of file blocklists as they were
+// when the unconfirmed change was applied: that apply read the list files
+// again and saved what it loaded, the rollback restores the kernel's
+// older sets, and a saved copy left newer than the kernel made status say
+// "changed outside moat" and an update compare against what the kernel
+// does not hold. A cut after the restore (kill -9) still restores them.
+func TestRollbackRestoresFileListCopies(t *testing.T) {
+	for _, c := range []struct {
+		crash string
+		keep  bool
+	}{{"", false}, {"rollback-restored", false}, {"rollback-kernel", false}, {"", true}, {"rollback-restored", true}} {
+		crash := c.crash
+		t.Run(fmt.Sprintf("crash-%s-keep-%v", crash, c.keep), func(t *testing.T) {
+			r := newRig(t)
+			r.nft.KeepBanSets = c.keep
+			list := filepath.Join(t.TempDir(), "local.netset")
+			r.must(os.WriteFile(list, []byte("192.0.2.0/24\n"), 0o644))
+			r.write(base + "blocklist local file " + list + "\n")
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			r.must(os.WriteFile(list, []byte("198.51.100.0/24\n"), 0o644))
+			_, err = r.add(r.ch(time.Hour), "allow 443/tcp")
+			r.must(err)
+			if got := r.setPrefixes(r.nft, "bl4_local"); len(got) != 1 || got[0].String() != "198.51.100.0/24" {
+				t.Fatalf("the change did not load the edited list: %v", got)
+			}
+			r.must(os.WriteFile(list, []byte("203.0.113.0/24\n"), 0o644))
+			rollback := func() error {
+				return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
+			}
+			if crash != "" {
+				r.crashAt = crash
+				if err := rollback(); !IsCrash(err) {
+					t.Fatalf("no crash at %s: %v", crash, err)
+				}
+				r.must(r.do(func(context.Context, *Engine) error { return nil }))
+			} else {
+				r.must(rollback())
+			}
+			if got := r.setPrefixes(r.nft, "bl4_local"); len(got) != 1 || got[0].String() != "192.0.2.0/24" {
+				t.Fatalf("the rollback left bl4_local = %v", got)
+			}
+			m, err := blocklist.ReadMeta(r.dir, "local")
+			r.must(err)
+			l, ok, err := blocklist.ReadCache(r.dir, "local", m)
+			if err != nil || !ok {
+				t.Fatalf("saved copy: %v %v", ok, err)
+			}
+			if got := l.Prefixes(); len(got) != 1 || got[0].String() != "192.0.2.0/24" {
+				t.Errorf("the saved copy after the rollback holds %v, the kernel 192.0.2.0/24", got)
 			}
 		})
 	}

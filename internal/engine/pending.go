@@ -119,7 +119,7 @@ func readPending(dir string) (*Pending, error) {
 func clearPending(dir string) error {
 	var errs []error
 	// pending.json first: without it the rest is ignored.
-	for _, f := range []string{pendingFile, snapshotFile, policyFile, rollbackBansFile} {
+	for _, f := range []string{pendingFile, snapshotFile, policyFile, rollbackBansFile, listCopiesFile} {
 		errs = append(errs, removeState(dir, f))
 	}
 	return errors.Join(errs...)

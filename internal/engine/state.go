@@ -27,8 +27,11 @@ const (
 	// rollbackBansFile keeps the bans in force when a rollback began,
 	// for a rollback cut short between the restore and putting them back.
 	rollbackBansFile = "pending.bans"
-	outcomeFile      = "last-outcome.json"
-	lockFile         = "lock"
+	// listCopiesFile keeps the saved copies of the file blocklists from
+	// before the unconfirmed change, for its rollback.
+	listCopiesFile = "pending.blocklists"
+	outcomeFile    = "last-outcome.json"
+	lockFile       = "lock"
 	// LogFile is where the watchdog writes what it did.
 	LogFile = "moat.log"
 )
