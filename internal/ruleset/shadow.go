@@ -45,17 +45,7 @@ func Shadowed(p *policy.Policy) []Covered {
 	n := p.NumRules()
 	var scratch policy.Rule
 	for i := range n {
-		var from, to netip.Prefix
-		if a, ok := p.CompactAddrRule(i); ok {
-			if a.To {
-				to = a.Prefix
-			} else {
-				from = a.Prefix
-			}
-		} else {
-			r := p.RulePtr(i, &scratch)
-			from, to = r.From, r.To
-		}
+		from, to, _ := ruleNets(p, i, &scratch)
 		switch {
 		case from.IsValid():
 			nFrom[famIndex(from)][from.Bits()]++
@@ -70,18 +60,9 @@ func Shadowed(p *policy.Policy) []Covered {
 	for i := range n {
 		// A compact rule is built only if something is tried against it
 		// (most of a blocklist's rules meet no candidate).
-		var from, to netip.Prefix
-		s.b, s.bi, s.best = nil, i, -1
-		if a, ok := p.CompactAddrRule(i); ok {
-			if a.To {
-				to = a.Prefix
-			} else {
-				from = a.Prefix
-			}
-		} else {
-			s.b = p.RulePtr(i, &s.bScratch)
-			from, to = s.b.From, s.b.To
-		}
+		s.bi, s.best = i, -1
+		from, to, b := ruleNets(p, i, &s.bScratch)
+		s.b = b
 		for _, j := range rest {
 			if s.best >= 0 && j > s.best {
 				break
@@ -107,6 +88,20 @@ func Shadowed(p *policy.Policy) []Covered {
 		}
 	}
 	return out
+}
+
+// ruleNets is rule i's source and destination networks, read from the
+// compact form when the policy holds the rule so (r nil), else from the
+// rule (r, built into scratch if need be).
+func ruleNets(p *policy.Policy, i int, scratch *policy.Rule) (from, to netip.Prefix, r *policy.Rule) {
+	if a, ok := p.CompactAddrRule(i); ok {
+		if a.To {
+			return netip.Prefix{}, a.Prefix, nil
+		}
+		return a.Prefix, netip.Prefix{}, nil
+	}
+	r = p.RulePtr(i, scratch)
+	return r.From, r.To, r
 }
 
 // search is the search for the first earlier rule that covers b (a
@@ -325,17 +320,7 @@ func markQueried(p *policy.Policy, byFrom, byTo *prefixIndex, nFrom, nTo *[2][12
 	}
 	var scratch policy.Rule
 	for i := range p.NumRules() {
-		var from, to netip.Prefix
-		if a, ok := p.CompactAddrRule(i); ok {
-			if a.To {
-				to = a.Prefix
-			} else {
-				from = a.Prefix
-			}
-		} else {
-			r := p.RulePtr(i, &scratch)
-			from, to = r.From, r.To
-		}
+		from, to, _ := ruleNets(p, i, &scratch)
 		if from.IsValid() && byFrom.queried != nil {
 			count(byFrom.queried, &lensFrom, from)
 		}
