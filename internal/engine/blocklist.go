@@ -87,8 +87,11 @@ type Parsed struct {
 // edits not applied yet stay so. The backends send only the difference.
 // Inactive: moat's rules are not loaded, nothing is applied. pre, if not
 // nil, is the applied policy as the caller parsed it before taking the
-// lock; it is used only if it is still what is applied (else the applied
-// policy is parsed here).
+// lock; it is used only if it is still what is applied, by the same
+// apply (else the applied policy is parsed here: an apply of the same
+// text since, a 'moat reload' after an application profile was edited,
+// loaded what the caller's parse, made with the profiles of before, does
+// not say).
 func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]netip.Prefix, pre *Parsed) (*Result, error) {
 	if err := e.mustHoldLock(); err != nil {
 		return nil, err
@@ -108,7 +111,8 @@ func (e *Engine) Refresh(ctx context.Context, ch Change, lists map[string][]neti
 	}
 	doc := policy.NewDocument(cur.applied.Source, []byte(cur.applied.Policy))
 	var p *policy.Policy
-	if pre != nil && pre.Policy != nil && !pre.FromFile && pre.Source == cur.applied.Source && pre.Text == cur.applied.Policy {
+	if pre != nil && pre.Policy != nil && !pre.FromFile && pre.Source == cur.applied.Source && pre.Text == cur.applied.Policy &&
+		pre.Applied.Equal(cur.applied.Time) {
 		p = pre.Policy
 	} else {
 		var err error

@@ -158,16 +158,24 @@ func TestRefreshUsesCallersParse(t *testing.T) {
 		return res
 	}
 
-	same := &Parsed{Source: a.Source, Text: a.Policy, Policy: parse(a.Policy)}
+	same := &Parsed{Source: a.Source, Text: a.Policy, Policy: parse(a.Policy), Applied: a.Time}
 	if res := refresh(same); res.Policy != same.Policy {
 		t.Errorf("the applied policy was parsed again although the caller's parse is of the same text")
 	}
+	a, err = LoadApplied(r.dir)
+	if err != nil || a == nil {
+		t.Fatalf("applied: %+v %v", a, err)
+	}
 
-	// Parsed before the lock, applied by another command since.
+	// Parsed before the lock, applied by another command since: another
+	// text, another source, or the same text applied again (a reload
+	// after an application profile was edited: the parse, made with the
+	// profiles of before, would load what that reload replaced).
 	stale := applied + "allow 80/tcp\n"
 	for _, pre := range []*Parsed{
-		{Source: a.Source, Text: stale, Policy: parse(stale)},
-		{Source: a.Source + ".other", Text: a.Policy, Policy: parse(a.Policy)},
+		{Source: a.Source, Text: stale, Policy: parse(stale), Applied: a.Time},
+		{Source: a.Source + ".other", Text: a.Policy, Policy: parse(a.Policy), Applied: a.Time},
+		{Source: a.Source, Text: a.Policy, Policy: parse(stale), Applied: a.Time.Add(-time.Second)},
 	} {
 		if res := refresh(pre); res.Policy == pre.Policy {
 			t.Errorf("a parse of another text or source was used: %q", pre.Source)
