@@ -74,3 +74,33 @@ func FuzzCompactRule(f *testing.F) {
 	f.Add("deny from ::ffff:192.0.2.1")
 	f.Fuzz(compactCheck)
 }
+
+// A policy read from a document holds its rules in store, not in rules:
+// a reader of a rules field would see none. No exported field of Policy
+// may hold rules, so that every reader outside this package goes through
+// the accessors that see both forms (fails if Rules is exported again).
+func TestPolicyRulesOnlyThroughAccessors(t *testing.T) {
+	ruleType := reflect.TypeFor[Rule]()
+	typ := reflect.TypeFor[Policy]()
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		ft := f.Type
+		for ft.Kind() == reflect.Slice || ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Array {
+			ft = ft.Elem()
+		}
+		if f.IsExported() && ft == ruleType {
+			t.Errorf("Policy.%s (%s) is exported: a policy read from a document leaves it empty; read rules with NumRules, Rule, RuleSeq", f.Name, f.Type)
+		}
+	}
+	// Both forms answer the accessors alike.
+	d := NewDocument("f.conf", []byte("deny from 192.0.2.1\nallow 22/tcp\n"))
+	p, err := d.Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var q Policy
+	q.SetRules(p.AllRules())
+	if p.NumRules() != 2 || q.NumRules() != 2 || !reflect.DeepEqual(p.Rule(0), q.Rule(0)) || !reflect.DeepEqual(p.Rule(1), q.Rule(1)) {
+		t.Fatalf("document policy %d rules, SetRules policy %d rules: %+v / %+v", p.NumRules(), q.NumRules(), p.AllRules(), q.AllRules())
+	}
+}
