@@ -3,6 +3,7 @@ package drift
 import (
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -103,7 +104,20 @@ func (s *addrs) diff(got *addrs) string {
 	add("+", g, w)
 	add("-", w, g)
 	if !sameBad {
-		parts = append(parts, "other elements")
+		var extra []string
+		for _, e := range got.bad {
+			if !slices.Contains(s.bad, e) {
+				extra = append(extra, e)
+			}
+		}
+		switch {
+		case len(extra) == 0:
+			parts = append(parts, "other elements")
+		case len(extra) > 3:
+			parts = append(parts, "other elements: +"+strings.Join(extra[:3], ", +")+", +...")
+		default:
+			parts = append(parts, "other elements: +"+strings.Join(extra, ", +"))
+		}
 	}
 	return strings.Join(parts, ", ")
 }

@@ -308,7 +308,14 @@ func ParseIpsetList(l *Layout, name string, data []byte) {
 			continue
 		}
 		if members && strings.TrimSpace(line) != "" {
-			word, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+			word, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
+			if strings.TrimSpace(rest) != "" {
+				// A flag (nomatch: a hole in the network that holds
+				// the address), a timeout, a comment: moat loads plain
+				// networks only, so this member is compared as text.
+				s.bad = append(s.bad, strings.TrimSpace(line))
+				continue
+			}
 			s.addText(word)
 		}
 	}
