@@ -28,19 +28,12 @@ func TableDormant(t *gnft.Table) bool {
 	return flags&unix.NFT_TABLE_F_DORMANT != 0
 }
 
-var familyNames = map[gnft.TableFamily]string{gnft.TableFamilyIPv4: "ip", gnft.TableFamilyIPv6: "ip6", gnft.TableFamilyINet: "inet"}
-
 // DormantTables lists, of the tables named (family as nft names it, and
 // name), those in the calling thread's namespace that are dormant.
 func DormantTables(names [][2]string) ([][2]string, error) {
-	c, done, err := Conn()
-	defer done()
+	tables, err := kernelTables()
 	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
-	}
-	tables, err := c.ListTables()
-	if err != nil {
-		return nil, fmt.Errorf("nftables: list tables: %w", err)
+		return nil, err
 	}
 	var out [][2]string
 	for _, t := range tables {

@@ -3,6 +3,7 @@ package nft
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -14,13 +15,17 @@ func TestKernelDormantTables(t *testing.T) {
 	ctx := context.Background()
 	script := "table ip filter {\n flags dormant\n chain INPUT { type filter hook input priority 0; }\n}\n" +
 		"table ip6 filter {\n chain INPUT { type filter hook input priority 0; }\n}\n" +
-		"table inet other {\n flags dormant\n}\n"
+		"table inet other {\n flags dormant\n}\n" +
+		"table bridge br {\n}\n"
 	if out, err := r.run(ctx, []byte(script), "nft", "-f", "-"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	var got, after [][2]string
+	var got, after, all [][2]string
 	err := ns.Do(func() error {
 		var err error
+		if all, err = ListTables(); err != nil {
+			return err
+		}
 		if got, err = DormantTables(XtablesTables); err != nil {
 			return err
 		}
@@ -32,6 +37,10 @@ func TestKernelDormantTables(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	slices.SortFunc(all, func(a, b [2]string) int { return strings.Compare(a[0]+" "+a[1], b[0]+" "+b[1]) })
+	if want := [][2]string{{"bridge", "br"}, {"inet", "other"}, {"ip", "filter"}, {"ip6", "filter"}}; !slices.Equal(all, want) {
+		t.Errorf("ListTables: %v, want %v", all, want)
 	}
 	if !slices.Equal(got, [][2]string{{"ip", "filter"}}) {
 		t.Errorf("dormant: %v, want [[ip filter]]", got)

@@ -32,9 +32,13 @@ func kernelAvailable() error {
 	return nil
 }
 
-// ListTables lists every nftables table of this network namespace (family
-// as nft names it, and name) over netlink, without fetching any set.
-func ListTables() ([][2]string, error) {
+// familyNames are the table families as nft names them.
+var familyNames = map[gnft.TableFamily]string{gnft.TableFamilyIPv4: "ip", gnft.TableFamilyIPv6: "ip6", gnft.TableFamilyINet: "inet",
+	gnft.TableFamilyARP: "arp", gnft.TableFamilyBridge: "bridge", gnft.TableFamilyNetdev: "netdev"}
+
+// kernelTables lists the tables of the calling thread's namespace over
+// netlink, without fetching any set.
+func kernelTables() ([]*gnft.Table, error) {
 	c, done, err := Conn()
 	defer done()
 	if err != nil {
@@ -44,11 +48,19 @@ func ListTables() ([][2]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: list tables: %w", err)
 	}
-	fams := map[gnft.TableFamily]string{gnft.TableFamilyIPv4: "ip", gnft.TableFamilyIPv6: "ip6", gnft.TableFamilyINet: "inet",
-		gnft.TableFamilyARP: "arp", gnft.TableFamilyBridge: "bridge", gnft.TableFamilyNetdev: "netdev"}
+	return tables, nil
+}
+
+// ListTables lists every nftables table of this network namespace (family
+// as nft names it, and name) over netlink, without fetching any set.
+func ListTables() ([][2]string, error) {
+	tables, err := kernelTables()
+	if err != nil {
+		return nil, err
+	}
 	out := make([][2]string, 0, len(tables))
 	for _, t := range tables {
-		if f, ok := fams[t.Family]; ok {
+		if f, ok := familyNames[t.Family]; ok {
 			out = append(out, [2]string{f, t.Name})
 		}
 	}
