@@ -201,8 +201,9 @@ func (a *app) bansCommand() *cobra.Command {
 		Short: "List banned addresses: reason, time left, how often banned",
 		Long: `List the banned addresses, sorted, with the reason, the time left and how
 often each was banned. Without --all at most --limit bans are read and shown
-(1000 unless given), and a last line says that there are more: reading a ban
-set of 200,000 from the kernel takes seconds. --json lists every ban, as
+(1000 unless given): the first the kernel lists, sorted, not the first of
+all bans in order; a last line says that there are more (reading a ban
+set of 200,000 from the kernel takes seconds). --json lists every ban, as
 --all does.`,
 		Example: `  moat bans
   moat bans --all | grep 2001:db8::7
