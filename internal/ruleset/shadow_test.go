@@ -92,15 +92,21 @@ func randomPairs(t *testing.T, rng *rand.Rand) {
 	protos := []string{"", "", "", "tcp", "udp"}
 	actions := []string{"allow", "deny", "reject"}
 	covered := 0
+	var compact [2]int // rules held compact: from, to
 	for round := 0; round < 300; round++ {
 		var b strings.Builder
 		for i := 0; i < 30; i++ {
 			addrs := fams[rng.IntN(2)]
 			from, to := addrs[rng.IntN(len(addrs))], addrs[rng.IntN(len(addrs))]
 			line := actions[rng.IntN(3)]
-			if from == "" && to == "" {
+			switch {
+			case from == "" && to == "":
 				line += " 22/tcp"
-			} else {
+			case to == "" && rng.IntN(2) == 0:
+				line += " from " + from // the short form, held compact
+			case from == "" && rng.IntN(2) == 0:
+				line += " to " + to
+			default:
 				if from == "" {
 					from = "any"
 				}
@@ -120,12 +126,27 @@ func randomPairs(t *testing.T, rng *rand.Rand) {
 		if err != nil {
 			t.Fatalf("policy:\n%s\n%v", b.String(), err)
 		}
+		for i := range p.NumRules() {
+			if a, ok := p.CompactAddrRule(i); ok {
+				compact[btoi(a.To)]++
+			}
+		}
 		covered += len(Shadowed(p))
 		samePairs(t, p, b.String())
 	}
 	if covered < 1000 {
 		t.Fatalf("only %d covered rules: the test would not show a lost one", covered)
 	}
+	if compact[0] < 100 || compact[1] < 100 {
+		t.Fatalf("only %d and %d rules held compact (from, to): the test would not show their networks lost", compact[0], compact[1])
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // samePairs checks Shadowed against comparing every pair of rules.
