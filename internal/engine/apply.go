@@ -62,9 +62,10 @@ type Result struct {
 	// Persisted: the policy was saved for boot.
 	Persisted bool
 	// Policy is the policy the file now holds. Once an apply compiled it,
-	// its Rules are released (nil): at 100,000 rules they are 32 MB, most
-	// of what the command would hold while the kernel loads the ruleset.
-	// Rules and Covered say what callers need of them.
+	// its rules are released (ReleaseRules: NumRules is 0 after): even
+	// held compact, 100,000 rules are megabytes the command would hold
+	// while the kernel loads the ruleset. Rules and Covered say what
+	// callers need of them.
 	Policy *policy.Policy
 	// Rules is how many rules the policy has.
 	Rules int
