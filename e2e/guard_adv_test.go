@@ -19,7 +19,10 @@ import (
 
 // wrongKeysFromPort makes one connection from src:port offering only the
 // wrong keys, and ends it with a reset (no TIME_WAIT), so the next
-// connection can bind the same port at once, as an attacker's can.
+// connection can bind the same port at once, as an attacker's can. No
+// program starts meanwhile (lab.HoldForks): a child forked while the
+// connection is open would keep it open past its close, and the next
+// connection from the same port to the same address would not be made.
 func (e *env) wrongKeysFromPort(srv *sshd, src netip.Addr, port int, dst netip.Addr, keys []string) error {
 	var signers []ssh.Signer
 	for _, k := range keys {
@@ -33,6 +36,7 @@ func (e *env) wrongKeysFromPort(srv *sshd, src netip.Addr, port int, dst netip.A
 		}
 		signers = append(signers, s)
 	}
+	defer lab.HoldForks()() // after the connection's close
 	var conn net.Conn
 	err := e.topo.Client.Do(func() error {
 		d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice(), Port: port},

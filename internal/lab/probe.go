@@ -61,6 +61,11 @@ func (ns *NS) Send(ctx context.Context, p Probe) (Outcome, error) {
 	if p.Wait == 0 {
 		p.Wait = DropWait
 	}
+	if p.SPort != 0 && p.Proto != "icmp" {
+		// A socket bound to a fixed port must not be copied into a
+		// child process: see HoldForks.
+		defer HoldForks()()
+	}
 	var out Outcome
 	var perr error
 	err := ns.Do(func() error {
@@ -80,6 +85,25 @@ func (ns *NS) Send(ctx context.Context, p Probe) (Outcome, error) {
 		return "", err
 	}
 	return out, perr
+}
+
+// HoldForks keeps this process from forking until the function it
+// returns is called, so that no child process holds a copy of a socket
+// opened in between. Whoever opens a socket bound to a fixed port calls
+// it first, releases after closing the socket, and starts no program in
+// between (that would deadlock). fork(2) copies every descriptor into
+// the child, close-on-exec ones too, and the child lets them go only
+// when it execs: a probe's socket closed here while the child of a
+// concurrent os/exec (another parallel test running moat, nft or ip) had
+// not exec'd yet stayed bound, and the next probe from the same fixed
+// source port failed with EADDRINUSE (TestBuiltinsBehindGates in the
+// parallel CI run; TestProbeFixedPortWhileForking). Go forks only with
+// syscall.ForkLock held for writing; a reader holds off forks, never
+// other readers. Only sockets on a fixed port need this: the kernel
+// picks a free port for the others.
+func HoldForks() (release func()) {
+	syscall.ForkLock.RLock()
+	return syscall.ForkLock.RUnlock
 }
 
 func localAddr(network string, src netip.Addr, port uint16) net.Addr {
@@ -152,6 +176,14 @@ func probeTCP(ctx context.Context, p Probe) (Outcome, error) {
 		}
 		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(src, p.SPort))); err != nil {
 			return "", fmt.Errorf("bind %s: %w", netip.AddrPortFrom(src, p.SPort), err)
+		}
+	}
+	if p.SPort != 0 {
+		// Closed with a reset, not a FIN: a connection this end closes
+		// first would wait in TIME_WAIT for a minute, and the next probe
+		// from the same port to the same service would fail to bind.
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+			return "", fmt.Errorf("tcp probe linger: %w", err)
 		}
 	}
 	switch err := unix.Connect(fd, sockaddr(dst)); {

@@ -136,3 +136,71 @@ func TestProbeHonoursCancel(t *testing.T) {
 		t.Fatal("a probe cancelled after 100ms still waits after 20s (its wait is a minute)")
 	}
 }
+
+// Probes from one fixed source port, one after another, while other
+// goroutines of the process start programs, as the parallel e2e tests do
+// (moat, nft, ip). fork copies every open descriptor into the child until
+// it execs: a probe's socket closed meanwhile stayed bound in the child,
+// and the next probe's bind failed with EADDRINUSE (TestBuiltinsBehindGates
+// in the parallel CI run; here most probes failed before the fix). TCP:
+// an answered probe closed with a FIN left TIME_WAIT behind it, and the
+// next one from the same port failed to bind.
+func TestProbeFixedPortWhileForking(t *testing.T) {
+	requireRoot(t)
+	t.Parallel()
+	topo, err := NewTopology("labfork", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	var svc Services
+	t.Cleanup(func() { _ = svc.Close() })
+	if err := svc.ServeAll(context.Background(), topo.Server, []uint16{80}, []uint16{53}); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	const forkers = 4
+	for i := 0; i < forkers; i++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := exec.Command("true").Run(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		for i := 0; i < forkers; i++ {
+			<-done
+		}
+	}()
+	for _, p := range []Probe{
+		{Proto: "udp", Src: ClientV4, SPort: 67, Dst: netip.AddrPortFrom(ServerV4, 53)},
+		{Proto: "udp", Src: ClientV6, SPort: 547, Dst: netip.AddrPortFrom(ServerV6, 53)},
+		{Proto: "tcp", Src: ClientV4, SPort: 1500, Dst: netip.AddrPortFrom(ServerV4, 80)},
+		{Proto: "tcp", Src: ClientV6, SPort: 1500, Dst: netip.AddrPortFrom(ServerV6, 80)},
+	} {
+		for i := 0; i < 100; i++ {
+			got, err := topo.Client.Send(context.Background(), p)
+			if err != nil {
+				t.Fatalf("%s from port %d, probe %d: %v", p, p.SPort, i, err)
+			}
+			if got != Open {
+				t.Fatalf("%s from port %d, probe %d: %s, want open", p, p.SPort, i, got)
+			}
+		}
+	}
+}
