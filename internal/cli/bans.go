@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"sort"
@@ -18,6 +19,7 @@ import (
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // banBackend is the backend holding moat's ban sets.
@@ -260,12 +262,7 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 				a.printf("No bans\n")
 				return nil
 			}
-			tw := tabwriter.NewWriter(a.out, 2, 8, 2, ' ', 0)
-			fmt.Fprintln(tw, "ADDRESS\tTIME LEFT\tBANS\tREASON")
-			for _, l := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", l.Address, time.Duration(l.SecondsLeft)*time.Second, l.BanCount, l.Reason)
-			}
-			if err := tw.Flush(); err != nil {
+			if err := writeBanTable(a.out, list); err != nil {
 				return err
 			}
 			if more {
@@ -277,6 +274,19 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 	cmd.Flags().BoolVar(&all, "all", false, "list every ban (slow with many: seconds for 200,000)")
 	cmd.Flags().IntVar(&limit, "limit", defaultBansShown, "without --all, show at most this many bans")
 	return cmd
+}
+
+// writeBanTable prints the bans as a table. A reason is the comment of a
+// ban set's element, which anyone with nft or ipset can write: its
+// control characters (an escape sequence, a line break that would fake a
+// row) are dropped.
+func writeBanTable(w io.Writer, list []banJSON) error {
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "ADDRESS\tTIME LEFT\tBANS\tREASON")
+	for _, l := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", l.Address, time.Duration(l.SecondsLeft)*time.Second, l.BanCount, termtext.Printable(l.Reason))
+	}
+	return tw.Flush()
 }
 
 // moreBans is the line after a listing cut at shown bans.
