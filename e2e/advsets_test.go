@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"regexp"
@@ -106,23 +105,7 @@ func TestAdvSetMulticastFromListed(t *testing.T) {
 		e.apply("default allow incoming\nblocklist bad file " + list + "\n")
 		e.mustMoat("ban", "2001:db8::4")
 		counts := func() map[string]uint64 {
-			var st struct {
-				Builtins []struct {
-					Chain   string `json:"chain"`
-					ID      string `json:"id"`
-					Packets uint64 `json:"packets"`
-				} `json:"builtins"`
-			}
-			out := e.mustMoat("status", "--json")
-			if err := json.Unmarshal([]byte(out), &st); err != nil {
-				t.Fatalf("status --json: %v\n%s", err, out)
-			}
-			seen := map[string]uint64{}
-			for _, bi := range st.Builtins {
-				if bi.Chain == "prerouting" {
-					seen[bi.ID] += bi.Packets
-				}
-			}
+			seen, _ := e.preroutingPackets()
 			return seen
 		}
 		before := counts()

@@ -114,23 +114,50 @@ func TestBuiltinsBehindGates(t *testing.T) {
 // builtinPackets is a built-in's packet count in 'moat status --json'.
 func (e *env) builtinPackets(id string) uint64 {
 	e.t.Helper()
-	var st struct {
-		Builtins []struct {
-			ID      string `json:"id"`
-			Packets uint64 `json:"packets"`
-		} `json:"builtins"`
-	}
-	out := e.mustMoat("status", "--json")
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		e.t.Fatalf("status --json: %v\n%s", err, out)
-	}
-	for _, b := range st.Builtins {
+	builtins, out := e.builtinCounters()
+	for _, b := range builtins {
 		if b.ID == id {
 			return b.Packets
 		}
 	}
 	e.t.Fatalf("no built-in %s in status:\n%s", id, out)
 	return 0
+}
+
+// builtinCounter is a built-in's counter in 'moat status --json'.
+type builtinCounter struct {
+	Chain   string `json:"chain"`
+	ID      string `json:"id"`
+	Packets uint64 `json:"packets"`
+}
+
+// builtinCounters are the built-ins' counters in 'moat status --json',
+// and that output.
+func (e *env) builtinCounters() ([]builtinCounter, string) {
+	e.t.Helper()
+	var st struct {
+		Builtins []builtinCounter `json:"builtins"`
+	}
+	out := e.mustMoat("status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		e.t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return st.Builtins, out
+}
+
+// preroutingPackets are the packet counts of the built-ins in the
+// prerouting chain (the drops before conntrack) by ID, and the output of
+// 'moat status --json' they come from.
+func (e *env) preroutingPackets() (map[string]uint64, string) {
+	e.t.Helper()
+	builtins, out := e.builtinCounters()
+	seen := map[string]uint64{}
+	for _, b := range builtins {
+		if b.Chain == "prerouting" {
+			seen[b.ID] += b.Packets
+		}
+	}
+	return seen, out
 }
 
 // udpFromLinkLocal sends one datagram from a link-local address and port

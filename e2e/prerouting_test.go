@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -147,23 +146,7 @@ func TestDropsBeforeConntrack(t *testing.T) {
 
 		// status counts the drops where they happen; explain names the
 		// chain.
-		var st struct {
-			Builtins []struct {
-				Chain   string `json:"chain"`
-				ID      string `json:"id"`
-				Packets uint64 `json:"packets"`
-			} `json:"builtins"`
-		}
-		out := e.mustMoat("status", "--json")
-		if err := json.Unmarshal([]byte(out), &st); err != nil {
-			t.Fatalf("status --json: %v\n%s", err, out)
-		}
-		seen := map[string]uint64{}
-		for _, bi := range st.Builtins {
-			if bi.Chain == "prerouting" {
-				seen[bi.ID] = bi.Packets
-			}
-		}
+		seen, out := e.preroutingPackets()
 		if seen["builtin:ban"] < 2 || seen["blocklist:bad"] < 2 {
 			t.Errorf("status counts in the prerouting chain: %v\n%s", seen, out)
 		}
