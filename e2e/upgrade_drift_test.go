@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -149,4 +150,96 @@ func TestIpsetNomatchHoleIsDrift(t *testing.T) {
 	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
 		t.Errorf("status after the reload:\n%s", out)
 	}
+}
+
+// TestIpsetHandChangeDuringRefresh: a member added by hand while a
+// blocklist update runs, right before its ipset restore (after its drift
+// check read the sets), is not vouched for by the fingerprint taken from
+// what the update loaded: status reports it, and the next update repairs
+// it.
+func TestIpsetHandChangeDuringRefresh(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	list := filepath.Join(e.dir, "list.txt")
+	writeFile(t, list, "198.51.100.7\n2001:db8:5::/48\n")
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist big file " + list + "\n")
+	real, err := exec.LookPath("ipset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	once := filepath.Join(bin, "once")
+	writeFile(t, filepath.Join(bin, "ipset"), "#!/bin/sh\ncase \" $* \" in *\" restore \"*)\n"+
+		"if mkdir "+once+" 2>/dev/null; then "+real+" add moat-bl4_big 192.0.2.4; "+real+" add moat-bl6_big 2001:db8::4; fi;;\nesac\nexec "+real+" \"$@\"\n")
+	if err := os.Chmod(filepath.Join(bin, "ipset"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, list, "198.51.100.7\n198.51.100.8\n2001:db8:5::/48\n")
+	e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "blocklist", "update")
+	if _, err := os.Stat(once); err != nil {
+		t.Fatal("the update ran no ipset restore: the hand change was not made during it")
+	}
+	e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout")
+	out := e.mustMoat("status")
+	if !strings.Contains(out, "+192.0.2.4/32") || !strings.Contains(out, "+2001:db8::4/128") {
+		t.Errorf("status does not see members added during the update:\n%s", out)
+	}
+	writeFile(t, list, "198.51.100.7\n2001:db8:5::/48\n")
+	e.mustMoat("blocklist", "update")
+	e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open")
+	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
+		t.Errorf("status after the next update:\n%s", out)
+	}
+}
+
+// TestKilledUpdateBeforeRecordNoFalseDrift: 'moat blocklist update'
+// killed after the kernel took a file list, before the fingerprint record
+// and the saved copy were written: the kernel holds the file's networks,
+// the saved copy the old ones, and the update's marker names the list.
+// That is no hand change: status must not report one, and the next update
+// (or status after it) neither.
+func TestKilledUpdateBeforeRecordNoFalseDrift(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		list := filepath.Join(e.dir, "bad.list")
+		writeFile(t, list, "192.0.2.3\n2001:db8::3\n")
+		e.apply("default deny incoming\nallow 80/tcp\nblocklist bad file " + list + "\n")
+		saved := filepath.Join(e.stateDir(), "blocklists")
+		before := filepath.Join(e.dir, "saved-before")
+		writeFile(t, list, "192.0.2.4\n2001:db8::4\n")
+		copyDir(t, saved, before)
+		e.mustMoat("blocklist", "update")
+		restoreDir(t, before, saved)
+		writeFile(t, filepath.Join(e.stateDir(), "blocklist-update.pending"), "bad\n")
+		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
+			t.Fatal(err)
+		}
+		e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout")
+		if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
+			t.Errorf("status after the killed update:\n%s", out)
+		}
+		if out := e.mustMoat("blocklist", "update"); strings.Contains(out, "outside moat") {
+			t.Errorf("the update after the killed one:\n%s", out)
+		}
+		e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 open")
+		if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
+			t.Errorf("status after the next update:\n%s", out)
+		}
+		if b == "iptables" {
+			// The same kill, and a member added by hand: reported.
+			writeFile(t, list, "192.0.2.3\n2001:db8::3\n")
+			copyDir(t, saved, before)
+			e.mustMoat("blocklist", "update")
+			restoreDir(t, before, saved)
+			writeFile(t, filepath.Join(e.stateDir(), "blocklist-update.pending"), "bad\n")
+			if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
+				t.Fatal(err)
+			}
+			e.run("server", "ipset", "add", "moat-bl4_bad", "198.51.100.99")
+			if out := e.mustMoat("status"); !strings.Contains(out, "+198.51.100.99/32") {
+				t.Errorf("status does not see a member added by hand after a killed update:\n%s", out)
+			}
+		}
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -195,6 +196,45 @@ func (a *app) fillApplied(p *policy.Policy) {
 	if err := blocklist.FillLoaded(a.stateDir, p, time.Now(), a.warnOnce); err != nil {
 		a.warnOnce(err.Error())
 	}
+}
+
+// killedUpdateApplied is the applied policy text with the file lists that
+// an update killed half way named in its marker (updatingMarker) as their
+// files hold them, the other lists as fillApplied fills them: the update
+// may have been killed after the kernel took those lists and before their
+// copies were saved, so the kernel holding the file's networks is no hand
+// change. nil when no killed update names a file list.
+func (a *app) killedUpdateApplied(text string) *policy.Policy {
+	data, err := statedir.ReadFile(a.stateDir, updatingMarker)
+	if err != nil {
+		return nil
+	}
+	named := strings.Fields(string(data))
+	p, err := a.parseApplied(text)
+	if err != nil {
+		return nil
+	}
+	only := &policy.Policy{}
+	for _, bl := range p.Blocklists {
+		if bl.Source == policy.BlocklistFile && bl.Prefixes == nil && slices.Contains(named, bl.Name) {
+			only.Blocklists = append(only.Blocklists, bl)
+		}
+	}
+	if len(only.Blocklists) == 0 {
+		return nil
+	}
+	if err := blocklist.Fill(a.stateDir, only, blocklist.Protect{}, time.Now(), false, a.warnOnce); err != nil {
+		return nil
+	}
+	for i := range p.Blocklists {
+		for _, bl := range only.Blocklists {
+			if bl.Name == p.Blocklists[i].Name {
+				p.Blocklists[i].Prefixes = bl.Prefixes
+			}
+		}
+	}
+	a.fillApplied(p)
+	return p
 }
 
 // lockBlocklists keeps two updates (the timer's and the admin's) apart.

@@ -107,10 +107,33 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 	if len(diff) > 0 && a.earlierOrder(ctx, b, applied, diff) {
 		return earlierOrderReason
 	}
+	if len(diff) > 0 && a.heldByKilledUpdate(ctx, b, st) {
+		return ""
+	}
 	if len(diff) > 0 {
 		return "moat's rules were changed outside moat (" + diff[0] + ")"
 	}
 	return ""
+}
+
+// heldByKilledUpdate says whether moat's rules in the kernel are the
+// applied policy with the file lists a killed blocklist update named as
+// their files hold them (killedUpdateApplied): moat's own unfinished
+// change, which the next update completes, not a hand change.
+func (a *app) heldByKilledUpdate(ctx context.Context, b backend.Backend, st appliedState) bool {
+	p := a.killedUpdateApplied(st.Policy)
+	if p == nil {
+		return false
+	}
+	rs := ruleset.Compile(p)
+	script, err := b.Script(rs)
+	if err != nil {
+		return false
+	}
+	if d, _, err := drift.Against(ctx, b.Name(), script, nil); err != nil || len(d) > 0 {
+		return false
+	}
+	return len(a.changedInPlace(ctx, b, rs, script)) == 0
 }
 
 // earlierOrderReason: the kernel holds moat's rules as an earlier moat

@@ -139,6 +139,9 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 		if len(rep.KernelChanged) > 0 && a.earlierOrder(ctx, b, applied, rep.KernelChanged) {
 			rep.KernelChanged, rep.missing, rep.EarlierOrder = nil, nil, true
 		}
+		if len(rep.KernelChanged) > 0 && a.heldByKilledUpdate(ctx, b, st) {
+			rep.KernelChanged, rep.missing = nil, nil
+		}
 	}
 
 	if sd, ok := b.(backend.SplitDetector); ok {
