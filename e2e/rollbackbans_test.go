@@ -39,3 +39,54 @@ func TestRollbackKeepsBansMadeMeanwhile(t *testing.T) {
 			"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
 	})
 }
+
+// A --confirm change of backend rolled back: the old backend's rules come
+// back from the snapshot, whose ban sets are empty since the snapshot
+// holds their definitions only, and the bans in force (in the other
+// backend's ban sets) are put in them: one made while the change waited
+// (real packets dropped), not one lifted meanwhile. The snapshot's ban
+// sets cannot be kept here (the change removed them), so this is the
+// rollback's path that refills them. Both directions, IPv4 and IPv6.
+// (The change of backend itself does not carry the bans from before over
+// to the new backend, before this test as since: they are not in force
+// when the rollback runs, and it does not bring them back.)
+func TestRollbackOfBackendChangeRefillsBans(t *testing.T) {
+	requireBackend(t, "nftables")
+	requireBackend(t, "iptables")
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, dir[0], false)
+			plain := func(args ...string) {
+				t.Helper()
+				if out, err := e.moatPlain(args...); err != nil {
+					t.Fatalf("moat %s: %v\n%s", strings.Join(args, " "), err, out)
+				}
+			}
+			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
+			writeFile(t, e.conf, "backend "+dir[0]+"\n"+policy)
+			plain("enable")
+			writeFile(t, e.conf, "backend "+dir[1]+"\n"+policy+"allow 443/tcp\n")
+			plain("--confirm", "1h", "--no-wait", "enable")
+			plain("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:443 open")
+			plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
+			plain("unban", "203.0.113.51")
+			plain("rollback")
+
+			bans := e.bans()
+			for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
+				if _, ok := bans[a]; !ok {
+					t.Errorf("%s is not banned after the rollback: %+v", a, bans)
+				}
+			}
+			if _, ok := bans["203.0.113.51"]; ok {
+				t.Errorf("the ban lifted meanwhile is back after the rollback")
+			}
+			e.expect(false,
+				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
+				"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
+		})
+	}
+}
