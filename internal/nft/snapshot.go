@@ -312,24 +312,60 @@ func parseNetlinkSnapshot(snap []byte) ([]snapMsg, error) {
 // the table, and makes them again. kept says whether it did; when it
 // cannot (a definition changed, no table, objects made by hand), nothing
 // is done and kept is false.
+//
+// The keeping transaction is built from a read of the kernel's table and
+// committed only if the ruleset generation is still that of the read
+// (else read again, a few times: the guard's bans move it too), so a
+// change made in between cannot leave a chain or set of its own.
 func restoreNetlink(snap []byte, keepBans bool) (kept bool, err error) {
 	msgs, err := parseNetlinkSnapshot(snap)
 	if err != nil {
 		return false, fmt.Errorf("corrupt snapshot: %w", err)
 	}
+	if !keepBans {
+		return false, restoreNetlinkOnce(msgs, false, 0)
+	}
+	for range 5 {
+		gen, err := Generation()
+		if err != nil {
+			return false, err
+		}
+		err = restoreNetlinkOnce(msgs, true, gen)
+		if errors.Is(err, errCannotKeep) {
+			return false, nil
+		}
+		if !errors.Is(err, errGenerationMoved) {
+			return err == nil, err
+		}
+	}
+	return false, nil
+}
+
+// beforeKeepSend, in tests, runs before a keeping restore is sent.
+var beforeKeepSend func()
+
+// errCannotKeep: the ban sets cannot be kept (restoreNetlink).
+var errCannotKeep = errors.New("the ban sets cannot be kept")
+
+// restoreNetlinkOnce is one try of restoreNetlink, committed for
+// generation gen (0: any).
+func restoreNetlinkOnce(msgs []snapMsg, keepBans bool, gen uint32) error {
 	exists, err := NetlinkReader{}.TableExists()
 	if err != nil {
-		return false, err
+		return err
 	}
 	var tx batch
 	skipSet := map[string]bool{}
 	if keepBans {
 		if !exists {
-			return false, nil
+			return errCannotKeep
 		}
 		del, ok, err := keepBansPrelude(msgs)
-		if err != nil || !ok {
-			return false, err
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errCannotKeep
 		}
 		tx.msgs = del.msgs
 		skipSet[ruleset.BanSet4+"\x00"], skipSet[ruleset.BanSet6+"\x00"] = true, true
@@ -378,7 +414,7 @@ func restoreNetlink(snap []byte, keepBans bool) (kept bool, err error) {
 		}
 		list, err := netlink.UnmarshalAttributes(attr(m.attrs, elemListElements))
 		if err != nil {
-			return false, fmt.Errorf("corrupt snapshot: set %s: %w", set, err)
+			return fmt.Errorf("corrupt snapshot: set %s: %w", set, err)
 		}
 		for _, e := range list {
 			bySet[set] = append(bySet[set], e.Data)
@@ -413,7 +449,7 @@ func restoreNetlink(snap []byte, keepBans bool) (kept bool, err error) {
 			flush()
 		}
 		if tmp.err != nil {
-			return false, tmp.err
+			return tmp.err
 		}
 		els = tmp.msgs
 	}
@@ -423,7 +459,10 @@ func restoreNetlink(snap []byte, keepBans bool) (kept bool, err error) {
 		nsets++ // the table
 	}
 	tx.msgs = slices.Concat(tx.msgs[:nsets], els, tx.msgs[nsets:])
-	return keepBans, tx.send(0)
+	if keepBans && beforeKeepSend != nil {
+		beforeKeepSend()
+	}
+	return tx.send(gen)
 }
 
 // keepBansPrelude checks that the kernel's table can take the snapshot

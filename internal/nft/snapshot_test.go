@@ -248,3 +248,37 @@ delete element inet moat ban4 { 203.0.113.6 }
 		t.Fatalf("RestoreKeepingBans without a table: %v, %v", kept, err)
 	}
 }
+
+// A chain made by hand between the keeping restore's read of the table
+// and its commit does not survive it: the commit is for the generation
+// read, so it is refused and the restore reads the table again.
+func TestNetlinkRestoreKeepingBansRaced(t *testing.T) {
+	ctx := context.Background()
+	r, ns := kernelNS(t)
+	b := &Backend{Run: r.run, Netlink: true}
+	if _, err := r.run(ctx, []byte(snapTable), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	want := listNoBans(t, r)
+	var snap []byte
+	if err := ns.Do(func() (err error) { snap, err = b.Snapshot(ctx); return err }); err != nil {
+		t.Fatal(err)
+	}
+	tries := 0
+	beforeKeepSend = func() {
+		tries++
+		if tries == 1 {
+			if _, err := r.run(ctx, nil, "nft", "add", "chain", "inet", TableName, "hand"); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(func() { beforeKeepSend = nil })
+	var kept bool
+	if err := ns.Do(func() (err error) { kept, err = b.RestoreKeepingBans(ctx, snap); return err }); err != nil || !kept {
+		t.Fatalf("RestoreKeepingBans: %v, %v", kept, err)
+	}
+	if got := listNoBans(t, r); got != want || tries != 2 {
+		t.Fatalf("after %d tries:\n%s\nwant:\n%s", tries, got, want)
+	}
+}
