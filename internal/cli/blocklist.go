@@ -46,9 +46,12 @@ conditional requests (ETag, If-Modified-Since), a 64 MB cap and a timeout.
 'moat enable' installs moat-blocklist.timer, which runs
 'moat blocklist update --due' every hour; a list is fetched when its
 refresh (default 24h) has passed. When moat is active the new contents are
-swapped in at once and atomically (nftables: element adds and deletes in
-one transaction, or the set refilled in it when many networks went away;
-iptables: the new set loaded whole, then the rules switch to it).`
+swapped in at once (nftables: element adds and deletes in one
+transaction, or the set refilled in it when many networks went away;
+iptables: the ipset changed in place, the adds before the deletes, with
+moat's record marked "changing" until it is done, so a command cut half
+way is reported and repaired; a change the set cannot hold is loaded
+whole as a new set and the rules switched to it).`
 
 func (a *app) blocklistCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -275,8 +278,8 @@ func (a *app) blocklistUpdateCommand() *cobra.Command {
 		Short: "Fetch the url lists (or re-read the file lists) and swap in what changed",
 		Long: `Fetch each url blocklist of the policy (or only NAME) over HTTPS, re-read each
 file list, check them, keep the good ones as the last good copy in the state
-directory and, when moat is active, swap the new contents into the kernel in
-one transaction. A failed or malformed
+directory and, when moat is active, swap the new contents into the kernel
+(only what changed: 'moat blocklist --help' says how). A failed or malformed
 fetch, or a refused list, keeps the old copy and says why (exit code 1).`,
 		Example: `  moat blocklist update
   moat blocklist update drop
