@@ -266,13 +266,31 @@ func (b *Backend) setNames(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return strings.Fields(string(out)), nil
+	// One name a line: a name may hold a space.
+	var names []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if l != "" {
+			names = append(names, l)
+		}
+	}
+	return names, nil
 }
 
 // ownSet says whether an ipset is moat's: its sets, sets being filled, and
 // throwaway sets of a check.
 func ownSet(name string) bool {
-	return strings.HasPrefix(name, SetPrefix) || strings.HasPrefix(name, "moatnew-") || strings.HasPrefix(name, checkPrefix)
+	rest, ok := strings.CutPrefix(name, SetPrefix)
+	if !ok {
+		if rest, ok = strings.CutPrefix(name, "moatnew-"); !ok {
+			rest, ok = strings.CutPrefix(name, checkPrefix)
+		}
+	}
+	// Only names moat could have made: a set made by hand with a space,
+	// a quote or a newline in its name is not moat's, and would be read
+	// as other words (or another command) by ipset restore.
+	return ok && rest != "" && !strings.ContainsFunc(rest, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.')
+	})
 }
 
 type saved struct {
@@ -969,7 +987,7 @@ func (b *Backend) destroySets(ctx context.Context, names []string) error {
 		fmt.Fprintf(&s, "destroy %s\n", n)
 	}
 	if _, err := b.Run(ctx, []byte(s.String()), "ipset", "restore"); err != nil {
-		return fmt.Errorf("remove unused ipsets: %w", err)
+		return fmt.Errorf("remove unused ipsets %q: %w", names, err)
 	}
 	return nil
 }

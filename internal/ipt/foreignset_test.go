@@ -62,3 +62,35 @@ func TestKernelForeignSetWithMoatsName(t *testing.T) {
 		})
 	}
 }
+
+// Sets made by hand whose names start as moat's but hold characters moat
+// never uses (a space, a quote: ipset restore would read them as other
+// words, or another command after a newline) are not moat's: every apply
+// failed removing them as unused, after its rules were loaded. They are
+// left alone.
+func TestKernelHandSetOddName(t *testing.T) {
+	ctx := context.Background()
+	b := kernelBackend(t)
+	for _, n := range []string{"moat-a b", `moat-c"d`, "moatnew-x y"} {
+		if _, err := b.Run(ctx, nil, "ipset", "create", n, "hash:net"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, text := range []string{"default deny incoming\nallow 22/tcp\n" + denyList(3, -1), "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"} {
+		if err := b.Apply(ctx, compile(t, text)); err != nil {
+			t.Fatalf("apply with hand sets of odd names: %v", err)
+		}
+	}
+	out, _ := b.Run(ctx, nil, "ipset", "list", "-n")
+	for _, n := range []string{"moat-a b", `moat-c"d`, "moatnew-x y"} {
+		if !strings.Contains(string(out), n+"\n") {
+			t.Errorf("the hand set %q is gone: %q", n, out)
+		}
+	}
+	for _, n := range []string{"moat-a b", `moat-c"d`, "moat-e\nflush moat-bl4_x", "moat-", "moat-ok_1", "moatnew-a b"} {
+		want := n == "moat-ok_1"
+		if got := ownSet(n); got != want {
+			t.Errorf("ownSet(%q) = %v", n, got)
+		}
+	}
+}
