@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moat-fw/moat/internal/lab"
 )
 
 // A 'moat blocklist update' fetches its lists before it takes the
@@ -328,6 +330,34 @@ func TestAdvRollbackRestoresFileListCopy(t *testing.T) {
 			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
 		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
 			t.Errorf("status sees drift:\n%s", st)
+		}
+	})
+}
+
+// An apply refused (here for cutting the admin's live SSH session) after
+// it read an edited list file leaves the list's saved copy as the kernel
+// holds it: the copy was written before the check, so the next 'moat
+// blocklist update' found the file equal to it ("unchanged") and never
+// loaded the edited list. Both backends, IPv4 and IPv6, real packets.
+func TestAdvRefusedApplyKeepsFileListCopy(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newSSHEnv(t, b)
+		srv := e.startSSHD(22)
+		file := filepath.Join(e.dir, "local.netset")
+		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist local file " + file + "\n")
+		sess := srv.login(lab.ServerV6)
+		writeFile(t, file, "192.0.2.4\n2001:db8::4\n")
+		e.refused([]string{"would be dropped by line 2: deny 22/tcp"}, "deny", "22/tcp")
+		out := e.mustMoat("blocklist", "update")
+		if strings.Contains(out, "unchanged") {
+			t.Errorf("the edited list is not loaded after the refused apply:\n%s", out)
+		}
+		e.expect(false,
+			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+		if err := sess.alive(3 * time.Second); err != nil {
+			t.Errorf("live session cut: %v", err)
 		}
 	})
 }

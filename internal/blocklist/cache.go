@@ -217,6 +217,12 @@ type Loaded struct {
 // keeps the saved copy, with a warning; if there is none, that is an
 // error.
 func Load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save bool) (Loaded, error) {
+	return load(stateDir, bl, pr, now, save, nil)
+}
+
+// load is Load; with later, the saved copy is not written but its write
+// appended to later.
+func load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save bool, later *[]func() error) (Loaded, error) {
 	m, merr := ReadMeta(stateDir, bl.Name)
 	if m.Where != bl.Where() {
 		// Another source now: what was saved is not this list.
@@ -241,11 +247,13 @@ func Load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save
 			if !save {
 				return Loaded{Prefixes: l.Prefixes(), Meta: m}, nil
 			}
+			write := func() error { return WriteMeta(stateDir, m) }
 			if changed || merr != nil {
-				if err := WriteCache(stateDir, &m, l); err != nil {
-					return Loaded{}, err
-				}
-			} else if err := WriteMeta(stateDir, m); err != nil {
+				write = func() error { return WriteCache(stateDir, &m, l) }
+			}
+			if later != nil {
+				*later = append(*later, write)
+			} else if err := write(); err != nil {
 				return Loaded{}, err
 			}
 			return Loaded{Prefixes: l.Prefixes(), Meta: m}, nil
@@ -271,7 +279,7 @@ func Load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save
 // an apply would load). A comparison of the kernel with what moat
 // applied uses it: a list file edited since is no change outside moat.
 // A list without a saved copy of its source is filled as Fill does.
-func FillLoaded(stateDir string, p *policy.Policy, now time.Time, warn func(string)) error {
+func FillLoaded(stateDir string, p *policy.Policy, pr Protect, now time.Time, warn func(string)) error {
 	for i := range p.Blocklists {
 		bl := &p.Blocklists[i]
 		if bl.Prefixes != nil || bl.Source != policy.BlocklistFile {
@@ -288,7 +296,7 @@ func FillLoaded(stateDir string, p *policy.Policy, now time.Time, warn func(stri
 			}
 		}
 	}
-	return Fill(stateDir, p, Protect{}, now, false, warn)
+	return Fill(stateDir, p, pr, now, false, warn)
 }
 
 func samePrefixes(a, b []netip.Prefix) bool {
@@ -307,13 +315,32 @@ func samePrefixes(a, b []netip.Prefix) bool {
 // Load), for compiling; warnings go to warn. A list that cannot be loaded
 // at all is an error.
 func Fill(stateDir string, p *policy.Policy, pr Protect, now time.Time, save bool, warn func(string)) error {
+	return fill(stateDir, p, pr, now, save, warn, nil)
+}
+
+// FillSaveLater is Fill saving the file lists read as their new copies
+// only when save is called: an apply calls it once the kernel holds them
+// (a refused apply must leave the copies saying what the kernel holds).
+func FillSaveLater(stateDir string, p *policy.Policy, pr Protect, now time.Time, warn func(string)) (save func() error, err error) {
+	var later []func() error
+	err = fill(stateDir, p, pr, now, true, warn, &later)
+	return func() error {
+		var errs []error
+		for _, w := range later {
+			errs = append(errs, w())
+		}
+		return errors.Join(errs...)
+	}, err
+}
+
+func fill(stateDir string, p *policy.Policy, pr Protect, now time.Time, save bool, warn func(string), later *[]func() error) error {
 	var errs []error
 	for i := range p.Blocklists {
 		bl := &p.Blocklists[i]
 		if bl.Prefixes != nil {
 			continue
 		}
-		ld, err := Load(stateDir, bl, pr, now, save)
+		ld, err := load(stateDir, bl, pr, now, save, later)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -196,7 +196,7 @@ func (a *app) fillApplied(p *policy.Policy) {
 			p.Blocklists[i].Prefixes = l
 		}
 	}
-	if err := blocklist.FillLoaded(a.stateDir, p, time.Now(), a.warnOnce); err != nil {
+	if err := blocklist.FillLoaded(a.stateDir, p, blocklist.Protect{}, time.Now(), a.warnOnce); err != nil {
 		a.warnOnce(err.Error())
 	}
 }

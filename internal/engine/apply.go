@@ -328,7 +328,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 			return nil, fmt.Errorf("--confirm: %w", err)
 		}
 	}
-	rs, err := e.compile(pl.p, true)
+	rs, saveLists, err := e.compileSaveLater(pl.p, true, false)
 	if err != nil {
 		return nil, err
 	}
@@ -387,6 +387,14 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	}
 	if err := e.step("kernel"); err != nil {
 		return nil, err
+	}
+	// The kernel holds the lists: their copies say so. (A kill before
+	// this is undone by loading the policy of before with the copies as
+	// they are; one after it loads them as saved here: the copies say
+	// what the kernel holds either way, or an update finds a list file
+	// that differs from its copy and loads it.)
+	if err := saveLists(); err != nil {
+		e.warn(fmt.Sprintf("blocklists: %v (the next 'moat blocklist update' loads them again)", err))
 	}
 	e.o.Log.Info("applied", "backend", b.Name(), "rules", res.Rules)
 	for _, name := range cur.kernel {
@@ -585,7 +593,9 @@ func (e *Engine) applyText(ctx context.Context, name, text, source string) error
 	if err != nil {
 		return err
 	}
-	rs, err := e.compile(p, false)
+	// The lists it loaded then: their saved copies (a killed apply saves
+	// its own only once the kernel took them).
+	rs, _, err := e.compileSaveLater(p, false, true)
 	if err != nil {
 		return err
 	}

@@ -53,13 +53,35 @@ func (e *Engine) loggedInAddrs(sessions []netip.Addr) []netip.Addr {
 // guessing passwords is no session to spare: its address could not be
 // banned until the next apply.)
 func (e *Engine) compile(p *policy.Policy, save bool) (*ruleset.Ruleset, error) {
+	rs, _, err := e.compileSaveLater(p, save, false)
+	return rs, err
+}
+
+// compileSaveLater is compile whose file lists' new copies are saved
+// only by the save it returns (with save: an apply calls it once the
+// kernel took the change, so that a refused apply leaves the copies
+// saying what the kernel holds: TestFailedApplyKeepsFileListCopies).
+//
+// With loaded, the file lists are their saved copies (blocklist.
+// FillLoaded): going back to a recorded state loads the lists it loaded,
+// not the list files as they are now.
+func (e *Engine) compileSaveLater(p *policy.Policy, save, loaded bool) (*ruleset.Ruleset, func() error, error) {
 	sessions := e.sessionAddrs()
-	if err := blocklist.Fill(e.o.StateDir, p, blocklist.Protect{Sessions: sessions}, e.o.Now(), save, e.warn); err != nil {
-		return nil, err
+	saveLists := func() error { return nil }
+	var err error
+	if loaded {
+		err = blocklist.FillLoaded(e.o.StateDir, p, blocklist.Protect{Sessions: sessions}, e.o.Now(), e.warn)
+	} else if save {
+		saveLists, err = blocklist.FillSaveLater(e.o.StateDir, p, blocklist.Protect{Sessions: sessions}, e.o.Now(), e.warn)
+	} else {
+		err = blocklist.Fill(e.o.StateDir, p, blocklist.Protect{Sessions: sessions}, e.o.Now(), false, e.warn)
+	}
+	if err != nil {
+		return nil, nil, err
 	}
 	rs := ruleset.Compile(p)
 	rs.Protect(e.loggedInAddrs(sessions))
-	return rs, nil
+	return rs, saveLists, nil
 }
 
 // ErrNotApplied says that there is no record of an applied policy to

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
@@ -291,5 +292,60 @@ func TestRefreshRefusesFileListReadBeforeAnApply(t *testing.T) {
 	}
 	if got := r.setPrefixes(r.nft, "bl4_local"); len(got) != 1 || got[0].String() != "203.0.113.0/24" {
 		t.Errorf("bl4_local = %v, want the reload's 203.0.113.0/24", got)
+	}
+}
+
+// The file lists' saved copies say what the kernel holds after an apply
+// that fails (the kernel refuses it) or is killed before it is whole
+// (undone by the next command): they were written before the kernel took
+// the change, and after a refused apply an update found the list file
+// equal to its copy and never loaded it, though the kernel held the old
+// list.
+func TestFailedApplyKeepsFileListCopies(t *testing.T) {
+	for _, fault := range []string{"refused", "kernel", "switched", "applied"} {
+		t.Run(fault, func(t *testing.T) {
+			r := newRig(t)
+			list := filepath.Join(t.TempDir(), "local.netset")
+			r.must(os.WriteFile(list, []byte("192.0.2.0/24\n"), 0o644))
+			r.write(base + "blocklist local file " + list + "\n")
+			if _, err := r.enable(r.ch(0)); err != nil {
+				t.Fatal(err)
+			}
+			r.must(os.WriteFile(list, []byte("198.51.100.0/24\n"), 0o644))
+			if fault == "refused" {
+				r.nft.Fail = func(op string) error {
+					if op == "apply" {
+						return errors.New("kernel says no")
+					}
+					return nil
+				}
+				if _, err := r.add(r.ch(0), "allow 443/tcp"); err == nil {
+					t.Fatal("the refused apply succeeded")
+				}
+				r.nft.Fail = nil
+			} else {
+				r.crashAt = fault
+				if _, err := r.add(r.ch(0), "allow 443/tcp"); !IsCrash(err) {
+					t.Fatalf("no crash at %s: %v", fault, err)
+				}
+				r.crashAt = ""
+				r.must(r.do(func(context.Context, *Engine) error { return nil })) // undoes it
+			}
+			// (The undo of a killed apply loads the policy of before,
+			// reading the list file again.)
+			kernel := r.setPrefixes(r.nft, "bl4_local")
+			if fault == "refused" && (len(kernel) != 1 || kernel[0].String() != "192.0.2.0/24") {
+				t.Fatalf("bl4_local = %v after the refused apply", kernel)
+			}
+			m, err := blocklist.ReadMeta(r.dir, "local")
+			r.must(err)
+			l, ok, err := blocklist.ReadCache(r.dir, "local", m)
+			if err != nil || !ok {
+				t.Fatalf("saved copy: %v %v", ok, err)
+			}
+			if got := l.Prefixes(); !slices.Equal(got, kernel) {
+				t.Errorf("the saved copy holds %v, the kernel %v", got, kernel)
+			}
+		})
 	}
 }
