@@ -243,3 +243,65 @@ func TestKilledUpdateBeforeRecordNoFalseDrift(t *testing.T) {
 		}
 	})
 }
+
+// TestHiddenNftRuleInIptChains: moat's rule for port 80 replaced by hand
+// (nft, in iptables-nft's table) with one that also looks up an nftables
+// set: iptables-save lists it exactly as moat's rule, yet it drops the
+// set's addresses. Status must report it, with or without the fingerprint
+// record, and 'moat reload' repair it. IPv4 and IPv6, real packets.
+func TestHiddenNftRuleInIptChains(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	open := []string{"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open"}
+	e.expect(false, open...)
+	for _, f := range []struct{ fam, typ, addr, saddr string }{
+		{"ip", "ipv4_addr", "192.0.2.3", "ip"},
+		{"ip6", "ipv6_addr", "2001:db8::3", "ip6"},
+	} {
+		listing := e.run("server", "nft", "-a", "list", "chain", f.fam, "filter", "MOAT-INPUT")
+		handle := ""
+		for _, l := range strings.Split(listing, "\n") {
+			if strings.Contains(l, "tcp dport 80 ") {
+				handle = l[strings.LastIndex(l, " ")+1:]
+			}
+		}
+		if handle == "" {
+			t.Fatalf("no rule for port 80:\n%s", listing)
+		}
+		before := e.run("server", f.fam+"tables-save", "-t", "filter")
+		if f.fam == "ip" {
+			before = e.run("server", "iptables-save", "-t", "filter")
+		}
+		e.run("server", "nft", "add", "set", f.fam, "filter", "hs", "{ type "+f.typ+"; }")
+		e.run("server", "nft", "add", "element", f.fam, "filter", "hs", "{ "+f.addr+" }")
+		e.run("server", "nft", "insert", "rule", f.fam, "filter", "MOAT-INPUT", "position", handle,
+			f.saddr, "saddr", "!=", "@hs", "tcp", "dport", "80", "counter", "return", "comment", `"L3"`)
+		e.run("server", "nft", "delete", "rule", f.fam, "filter", "MOAT-INPUT", "handle", handle)
+		after := e.run("server", "iptables-save", "-t", "filter")
+		if f.fam == "ip6" {
+			after = e.run("server", "ip6tables-save", "-t", "filter")
+		}
+		if strings.Count(after, "--comment L3") != strings.Count(before, "--comment L3") {
+			t.Logf("%stables-save shows the hand rule otherwise now:\n%s", f.fam, after)
+		}
+	}
+	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
+	for _, record := range []bool{true, false} {
+		if !record {
+			if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+		}
+		out := e.mustMoat("status")
+		if !strings.Contains(out, "chain ip MOAT-INPUT rule") || !strings.Contains(out, "chain ip6 MOAT-INPUT rule") {
+			t.Errorf("status (record %v) does not see the hidden rules:\n%s", record, out)
+		}
+	}
+	e.mustMoat("reload")
+	e.expect(false, open...)
+	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
+		t.Errorf("status after the reload:\n%s", out)
+	}
+}

@@ -65,6 +65,9 @@ type Layout struct {
 	// and the others: one hand change that touches no chain, rule or set):
 	// none of its base chains filters.
 	Dormant bool
+	// Hidden are rules of moat's iptables-nft chains holding nftables
+	// expressions iptables-save does not show (ipt.HiddenRules).
+	Hidden []string
 }
 
 func newLayout() *Layout {
@@ -366,6 +369,9 @@ func Compare(want, got *Layout) []string {
 	var out []string
 	if got.Dormant && !want.Dormant {
 		out = append(out, "a table holding moat's rules was made dormant: none of its chains filters")
+	}
+	if len(want.Hidden) == 0 {
+		out = append(out, got.Hidden...)
 	}
 	names := map[string]bool{}
 	for n := range want.Chains {

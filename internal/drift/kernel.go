@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 )
 
@@ -32,11 +33,14 @@ func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout)
 		return ParseNftJSON(out)
 	case "iptables":
 		dormant := false
+		var hidden []string
 		if run == nil {
 			run = execrun.Exec
-			// iptables-save does not show a table made dormant.
+			// iptables-save does not show a table made dormant, nor
+			// some nftables expressions put into moat's chains.
 			d, err := nft.DormantTables(nft.XtablesTables)
 			dormant = err == nil && len(d) > 0
+			hidden, _ = ipt.HiddenRules()
 		}
 		v4, err := run(ctx, nil, "iptables-save") // filter and raw: every table
 		if err != nil {
@@ -47,7 +51,7 @@ func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout)
 			return nil, fmt.Errorf("read moat's ip6tables chains: %w", err)
 		}
 		l := ParseIptSave(v4, v6)
-		l.Dormant = dormant
+		l.Dormant, l.Hidden = dormant, hidden
 		for name := range want.Sets {
 			out, err := run(ctx, nil, "ipset", "list", name)
 			if err != nil {

@@ -827,6 +827,13 @@ func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 		} else if len(d) > 0 {
 			fmt.Fprintf(h, "# dormant %v\n", d)
 		}
+		// Rules iptables-save does not show whole: only when there are
+		// some, so that other fingerprints stay as they were.
+		if hidden, err := HiddenRules(); err != nil {
+			return KernelPrint{}, err
+		} else if len(hidden) > 0 {
+			fmt.Fprintf(h, "# hidden %q\n", hidden)
+		}
 	}
 	used := map[string]bool{}
 	for _, f := range families {

@@ -1,0 +1,84 @@
+package ipt
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/labtest"
+)
+
+// A rule of moat's chain replaced by hand with a native nftables rule
+// that iptables-save lists exactly as moat's (its set lookup left out
+// without a word) filters otherwise: HiddenRules names it and the
+// fingerprint changes. Moat's own rules, of every kind a policy makes,
+// hold none.
+func TestKernelHiddenNftRule(t *testing.T) {
+	ns := labtest.NS(t, "moatipt")
+	ctx := context.Background()
+	b := &Backend{Netlink: true, Run: labtest.Runner(ns)}
+	rs := compile(t, "default deny incoming\ndefault reject outgoing\nlogging medium\nallow 22/tcp\nlimit 2222/tcp\n"+
+		"allow from 192.0.2.0/24 to any port 80 proto tcp\nreject 25/tcp\nallow 1000:2000/udp\nallow out 53\n"+
+		"allow in on lo\nguard portscan ports 10 within 60s bantime 1h\n"+denyList(3, -1))
+	if err := b.Apply(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	var hidden []string
+	var fp1, fp2 KernelPrint
+	run := func(fn func() error) {
+		t.Helper()
+		if err := ns.Do(fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(func() (err error) {
+		if hidden, err = HiddenRules(); err != nil {
+			return err
+		}
+		fp1, err = b.FingerprintKernel(ctx)
+		return err
+	})
+	if len(hidden) > 0 {
+		t.Fatalf("moat's own rules: %v", hidden)
+	}
+	save, err := b.Run(ctx, nil, "iptables", "-S", "MOAT-INPUT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listing, _ := b.Run(ctx, nil, "nft", "-a", "list", "chain", "ip", "filter", "MOAT-INPUT")
+	handle := ""
+	for _, l := range strings.Split(string(listing), "\n") {
+		if strings.Contains(l, "tcp dport 22 ") {
+			handle = l[strings.LastIndex(l, " ")+1:]
+		}
+	}
+	if handle == "" {
+		t.Fatalf("no rule for port 22:\n%s", listing)
+	}
+	for _, args := range [][]string{
+		{"add", "set", "ip", "filter", "hs", "{ type ipv4_addr; }"},
+		{"add", "element", "ip", "filter", "hs", "{ 192.0.2.2 }"},
+		{"insert", "rule", "ip", "filter", "MOAT-INPUT", "position", handle, "ip", "saddr", "!=", "@hs", "tcp", "dport", "22", "counter", "return", "comment", `"L4"`},
+		{"delete", "rule", "ip", "filter", "MOAT-INPUT", "handle", handle},
+	} {
+		if out, err := b.Run(ctx, nil, "nft", args...); err != nil {
+			t.Fatalf("nft %v: %v\n%s", args, err, out)
+		}
+	}
+	if again, _ := b.Run(ctx, nil, "iptables", "-S", "MOAT-INPUT"); string(again) != string(save) {
+		t.Logf("iptables-save now shows the hand rule (the test's premise no longer holds):\n%s\n%s", save, again)
+	}
+	run(func() (err error) {
+		if hidden, err = HiddenRules(); err != nil {
+			return err
+		}
+		fp2, err = b.FingerprintKernel(ctx)
+		return err
+	})
+	if len(hidden) != 1 || !strings.Contains(hidden[0], "ip MOAT-INPUT") || !strings.Contains(hidden[0], "lookup") {
+		t.Errorf("hidden rules: %v", hidden)
+	}
+	if fp1.Fingerprint == fp2.Fingerprint {
+		t.Error("the fingerprint does not change with the hidden rule")
+	}
+}
