@@ -134,6 +134,12 @@ out=$(dpkg_install "$MOAT_NEW_DEB" 2>&1) || fail "upgrade: $out"
 grep -qx "moat $MOAT_NEW" <<<"$(moat version)" || fail "after the upgrade, moat version: $(moat version)"
 grep -q "^allow 2222/tcp comment 'ci edit'" /etc/moat/moat.conf || fail "the upgrade lost the edit of moat.conf"
 [ "$(firewall)" = "$applied" ] || fail "upgrading changed the firewall"
+# The first command after an upgrade tells moat's own rendering of an
+# older version from a hand change: never the latter for an upgrade.
+st=$(moat status 2>&1 || true)
+if grep -q "changed outside moat" <<<"$st"; then
+	fail "after the upgrade, status reports a change by hand: $st"
+fi
 say "upgraded to $MOAT_NEW: moat.conf edit kept, the firewall is unchanged"
 
 # moat's rules in both backends, for the purge to remove.
