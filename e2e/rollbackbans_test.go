@@ -46,10 +46,10 @@ func TestRollbackKeepsBansMadeMeanwhile(t *testing.T) {
 // backend's ban sets) are put in them: one made while the change waited
 // (real packets dropped), not one lifted meanwhile. The snapshot's ban
 // sets cannot be kept here (the change removed them), so this is the
-// rollback's path that refills them. Both directions, IPv4 and IPv6.
-// (The change of backend itself does not carry the bans from before over
-// to the new backend, before this test as since: they are not in force
-// when the rollback runs, and it does not bring them back.)
+// rollback's path that refills them. The change of backend carries the
+// bans from before over to the new backend (a source banned before stays
+// dropped while the change waits), and the rollback brings them back
+// too. Both directions, IPv4 and IPv6.
 func TestRollbackOfBackendChangeRefillsBans(t *testing.T) {
 	requireBackend(t, "nftables")
 	requireBackend(t, "iptables")
@@ -66,16 +66,18 @@ func TestRollbackOfBackendChangeRefillsBans(t *testing.T) {
 			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
 			writeFile(t, e.conf, "backend "+dir[0]+"\n"+policy)
 			plain("enable")
+			plain("ban", "192.0.2.4", "2001:db8::4", "--for", "1h", "--reason", "before")
 			writeFile(t, e.conf, "backend "+dir[1]+"\n"+policy+"allow 443/tcp\n")
 			plain("--confirm", "1h", "--no-wait", "enable")
 			plain("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
-			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:443 open")
+			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:443 open",
+				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout")
 			plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
 			plain("unban", "203.0.113.51")
 			plain("rollback")
 
 			bans := e.bans()
-			for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
+			for _, a := range []string{"192.0.2.3", "2001:db8::3", "192.0.2.4", "2001:db8::4"} {
 				if _, ok := bans[a]; !ok {
 					t.Errorf("%s is not banned after the rollback: %+v", a, bans)
 				}
@@ -85,8 +87,50 @@ func TestRollbackOfBackendChangeRefillsBans(t *testing.T) {
 			}
 			e.expect(false,
 				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
 				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
 				"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
+		})
+	}
+}
+
+// A change of backend (the policy's backend line, 'moat reload') keeps the
+// bans in force, with their time left and reason: a source banned before
+// stays dropped after the switch, and after the switch back. Both
+// directions, IPv4 and IPv6, real packets.
+func TestBackendChangeKeepsBans(t *testing.T) {
+	requireBackend(t, "nftables")
+	requireBackend(t, "iptables")
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, dir[0], false)
+			plain := func(args ...string) {
+				t.Helper()
+				if out, err := e.moatPlain(args...); err != nil {
+					t.Fatalf("moat %s: %v\n%s", strings.Join(args, " "), err, out)
+				}
+			}
+			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
+			writeFile(t, e.conf, "backend "+dir[0]+"\n"+policy)
+			plain("enable")
+			plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "before the switch")
+			for _, to := range []string{dir[1], dir[0]} {
+				writeFile(t, e.conf, "backend "+to+"\n"+policy)
+				plain("reload")
+				bans := e.bans()
+				for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
+					b, ok := bans[a]
+					if !ok {
+						t.Errorf("%s is no longer banned after the switch to %s: %+v", a, to, bans)
+					} else if !strings.Contains(b.Reason, "before the switch") || b.SecondsLeft < 3000 || b.SecondsLeft > 3600 {
+						t.Errorf("%s lost its reason or time in the switch to %s: %+v", a, to, b)
+					}
+				}
+				e.expect(false,
+					"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+					"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
+			}
 		})
 	}
 }

@@ -397,6 +397,19 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		e.warn(fmt.Sprintf("blocklists: %v (the next 'moat blocklist update' loads them again)", err))
 	}
 	e.o.Log.Info("applied", "backend", b.Name(), "rules", res.Rules)
+	// A change of backend: the bans in force go over to the new one
+	// before the old one's rules (and ban sets) are removed.
+	var from []string
+	for _, name := range cur.kernel {
+		if name != b.Name() {
+			from = append(from, name)
+		}
+	}
+	if len(from) > 0 {
+		if err := e.carryBans(ctx, switchID(in), from, b); err != nil {
+			return nil, err
+		}
+	}
 	for _, name := range cur.kernel {
 		if name == b.Name() {
 			continue
@@ -461,6 +474,11 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if pend == nil && persist {
 		res.Persisted = true
 		if err := e.step("saved"); err != nil {
+			return nil, err
+		}
+	}
+	if len(from) > 0 {
+		if err := e.dropSwitchBans(in); err != nil {
 			return nil, err
 		}
 	}

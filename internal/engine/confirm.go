@@ -605,6 +605,15 @@ func (e *Engine) undoFile(in *Intent) error {
 // undo puts everything back as the intent says it was before.
 func (e *Engine) undo(ctx context.Context, in *Intent) error {
 	dir := e.o.StateDir
+	// The undo of a change of backend carries the bans in force back to
+	// the old one (those the change carried over, recorded, and those
+	// made since in the new one's ban sets), read before anything is
+	// removed.
+	var carried []ruleset.Ban
+	switched := in.Prev != nil && in.Next != nil && in.Prev.Backend != in.Next.Backend
+	if switched {
+		carried = e.liveBans(ctx, e.recordedBans(switchID(in)), in.Next.Backend)
+	}
 	if in.Pending != "" {
 		if p, err := LoadPending(dir); err == nil && p.ID == in.Pending {
 			if err := clearPending(dir); err != nil {
@@ -618,8 +627,23 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 		}
 	}
 	if in.Prev != nil {
+		if len(carried) > 0 {
+			// clearPending removed the record: a kill from here on finds it again.
+			e.recordBans(switchID(in), carried)
+			if err := e.step("undo-bans-recorded"); err != nil {
+				return err
+			}
+		}
 		if err := e.applyText(ctx, in.Prev.Backend, in.Prev.Policy, in.Prev.Source); err != nil {
 			return err
+		}
+		if len(carried) > 0 {
+			if err := e.step("undo-applied"); err != nil {
+				return err
+			}
+			if prev, err := e.backend(in.Prev.Backend); err == nil {
+				e.putBans(ctx, prev, carried)
+			}
 		}
 	} else if err := e.removeExcept(ctx); err != nil {
 		return err
@@ -638,6 +662,11 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 		}
 	} else if err := removeState(dir, savedFile); err != nil {
 		return err
+	}
+	if switched {
+		if err := e.dropSwitchBans(in); err != nil {
+			return err
+		}
 	}
 	return removeState(dir, IntentFile)
 }

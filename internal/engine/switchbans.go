@@ -1,0 +1,151 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// A change of backend (nftables <-> iptables) loads the new backend's
+// rules with empty ban sets. The bans in force (the guard's, 'moat ban',
+// the port scan trap's) go over to it with the time they have left, as
+// they survive an edit; the undo of a switch cut short (kill -9, a failure
+// after the kernel took it) brings them back to the old backend the same
+// way. While they travel they are recorded in pending.bans (under the
+// switch's ID), so that a kill between removing the old backend's rules
+// and the end of the command loses none.
+
+// switchID names the record of the bans carried by the change of in.
+func switchID(in *Intent) string {
+	return fmt.Sprintf("switch %d %s", in.PID, in.Time.UTC().Format(time.RFC3339Nano))
+}
+
+// recordedBans reads pending.bans when it was written under id, with the
+// time gone since taken off (bans run out meanwhile are dropped).
+func (e *Engine) recordedBans(id string) []ruleset.Ban {
+	var rec rollbackBans
+	data, err := readState(e.o.StateDir, rollbackBansFile)
+	if err != nil || json.Unmarshal(data, &rec) != nil || rec.ID != id {
+		return nil
+	}
+	gone := max(e.o.Now().Sub(rec.Taken), 0)
+	var bans []ruleset.Ban
+	for _, b := range rec.Bans {
+		if !b.Addr.IsValid() {
+			continue
+		}
+		left := time.Duration(b.LeftMS)*time.Millisecond - gone
+		if left >= time.Second || b.LeftMS == 0 {
+			bans = append(bans, ruleset.Ban{Addr: b.Addr.Unmap(), Expires: left, Reason: ruleset.CleanReason(b.Reason)})
+		}
+	}
+	return bans
+}
+
+// liveBans reads the ban sets of the named backends that hold moat's
+// rules (one not loaded, or not a banKeeper, has none), adding those not
+// in have already.
+func (e *Engine) liveBans(ctx context.Context, have []ruleset.Ban, names ...string) []ruleset.Ban {
+	seen := make(map[netip.Addr]bool, len(have))
+	for _, b := range have {
+		seen[b.Addr.Unmap()] = true
+	}
+	for _, name := range names {
+		b, err := e.backend(name)
+		if err != nil || b.Available() != nil {
+			continue
+		}
+		k, ok := b.(banKeeper)
+		if !ok {
+			continue
+		}
+		if on, err := b.Active(ctx); err != nil || !on {
+			continue
+		}
+		bans, err := k.Bans(ctx)
+		if err != nil {
+			e.warn(fmt.Sprintf("change of backend: cannot read the bans in force in %s (%v): they are not carried over", name, err))
+			continue
+		}
+		for _, ban := range bans {
+			if a := ban.Addr.Unmap(); !seen[a] {
+				seen[a] = true
+				ban.Addr = a
+				have = append(have, ban)
+			}
+		}
+	}
+	return have
+}
+
+// recordBans writes bans to pending.bans under id, with the time they
+// have left now.
+func (e *Engine) recordBans(id string, bans []ruleset.Ban) {
+	rec := rollbackBans{ID: id, Taken: e.o.Now(), Bans: make([]rollbackBanRec, 0, len(bans))}
+	for _, b := range bans {
+		rec.Bans = append(rec.Bans, rollbackBanRec{Addr: b.Addr.Unmap(), LeftMS: banLeft(b).Milliseconds(), Reason: ruleset.CleanReason(b.Reason)})
+	}
+	if err := writeJSON(e.o.StateDir, rollbackBansFile, &rec); err != nil {
+		// The switch goes on: only a kill before its end would lose them.
+		e.warn(fmt.Sprintf("change of backend: %v", err))
+	}
+}
+
+// banLeft is the time a ban read back has left (or the timeout of one to
+// set).
+func banLeft(b ruleset.Ban) time.Duration {
+	if b.Expires > 0 {
+		return b.Expires
+	}
+	return b.Timeout
+}
+
+// putBans bans again in to (whose rules are loaded) the bans carried, with
+// the time they have left and their reasons (cleaned); an address banned
+// there already keeps its ban.
+func (e *Engine) putBans(ctx context.Context, to Backend, bans []ruleset.Ban) {
+	if len(bans) == 0 {
+		return
+	}
+	k, ok := to.(banKeeper)
+	if !ok {
+		return
+	}
+	put := make([]ruleset.Ban, 0, len(bans))
+	for _, b := range bans {
+		put = append(put, ruleset.Ban{Addr: b.Addr.Unmap(), Timeout: banLeft(b), Reason: ruleset.CleanReason(b.Reason)})
+	}
+	if err := k.Ban(ctx, put); err != nil {
+		e.warn(fmt.Sprintf("change of backend: could not carry the %d bans in force over to %s: %v (the guard puts its own back when it starts)", len(put), to.Name(), err))
+	}
+}
+
+// carryBans gives the bans in force in the backends moat's rules leave
+// (from) to the backend that took them (to), recording them first.
+func (e *Engine) carryBans(ctx context.Context, id string, from []string, to Backend) error {
+	bans := e.liveBans(ctx, e.recordedBans(id), from...)
+	if len(bans) == 0 {
+		return nil
+	}
+	e.recordBans(id, bans)
+	if err := e.step("switch-bans-recorded"); err != nil {
+		return err
+	}
+	e.putBans(ctx, to, bans)
+	return e.step("switch-bans")
+}
+
+// dropSwitchBans removes the record of the change of in (a record of
+// another change, or a rollback's, stays).
+func (e *Engine) dropSwitchBans(in *Intent) error {
+	var rec rollbackBans
+	data, err := readState(e.o.StateDir, rollbackBansFile)
+	if err != nil || json.Unmarshal(data, &rec) != nil || rec.ID != switchID(in) {
+		return nil
+	}
+	return removeState(e.o.StateDir, rollbackBansFile)
+}
