@@ -254,6 +254,17 @@ func (a *app) lockBlocklists() (func(), error) {
 	return l.Unlock, nil
 }
 
+// repairFirst takes moat's state lock, which repairs what an interrupted
+// command left (Engine.Lock), and lets it go.
+func (a *app) repairFirst(cmd *cobra.Command) error {
+	unlock, err := a.engine().Lock(cmd.Context(), a.commandLine(cmd))
+	if err != nil {
+		return err
+	}
+	unlock()
+	return nil
+}
+
 // updatingMarker is in the state directory while an update changes the
 // kernel and saves its lists' copies.
 const updatingMarker = "blocklist-update.pending"
@@ -316,6 +327,17 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		return err
 	}
 	defer unlock()
+	// A command interrupted half way (its journal) or a change whose
+	// rollback is due is repaired before the applied record and the lists
+	// are read: the repair restores (or rolls back) the applied record,
+	// and Refresh, finding it changed since this read, would take this
+	// command's own repair for another apply and refuse the file lists
+	// (TestBlocklistUpdateAfterKilledApply).
+	if engine.NeedsRepair(a.stateDir) {
+		if err := a.repairFirst(cmd); err != nil {
+			return err
+		}
+	}
 	doc, err := a.loadDocument()
 	if err != nil {
 		return err

@@ -1,12 +1,15 @@
 package cli
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/blocklist"
+	"github.com/moat-fw/moat/internal/engine"
 )
 
 // An update killed after the kernel took a new list but before its saved
@@ -134,5 +137,64 @@ func TestBlocklistFailedReadAfterKilledUpdate(t *testing.T) {
 	}
 	if _, err := os.Lstat(marker); err == nil {
 		t.Errorf("the marker is still there")
+	}
+}
+
+// An update killed after its apply wrote the applied record but before
+// the journal was removed (and at the other steps of its apply) is
+// undone by the next command: the undo puts back the record of before,
+// so the record the next update reads before its repair is not the one
+// in force once it holds the lock. That update must load its list all
+// the same: the apply it would see "while the file was read" is its own
+// undo, not another command's (which Refresh refuses:
+// TestRefreshRefusesFileListReadBeforeAnApply). The file stays at the
+// killed update's list, or goes back to the old one. Both backends.
+func TestBlocklistUpdateAfterKilledApply(t *testing.T) {
+	for _, b := range []string{"nftables", "iptables"} {
+		for _, step := range []string{"intent", "kernel", "applied", "saved", "done"} {
+			for _, back := range []bool{false, true} {
+				t.Run(fmt.Sprintf("%s/%s/back=%v", b, step, back), func(t *testing.T) {
+					r := newSMRig(t, b, 1)
+					list := filepath.Join(t.TempDir(), "bad.netset")
+					write := func(name, data string) {
+						t.Helper()
+						if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
+							t.Fatal(err)
+						}
+					}
+					write(list, "192.0.2.0/24\n")
+					write(r.conf, "default deny incoming\nallow 22/tcp\nblocklist bad file "+list+"\n")
+					if out, code := r.moat("--backend", b, "enable"); code != 0 {
+						t.Fatalf("enable: %d\n%s", code, out)
+					}
+					write(list, "198.51.100.0/24\n")
+					r.now = r.now.Add(time.Second)
+					r.crashAt = step
+					r.moat("blocklist", "update")
+					if !r.crashed {
+						t.Fatalf("the update never reached step %s", step)
+					}
+					want, gone := "198.51.100.0/24", "192.0.2.0/24"
+					if back {
+						write(list, "192.0.2.0/24\n")
+						want, gone = gone, want
+					}
+					r.now = r.now.Add(time.Second)
+					out, code := r.moat("blocklist", "update")
+					if code != 0 {
+						t.Fatalf("the update after one killed at %s failed: %d\n%s", step, code, out)
+					}
+					if got := r.fakes[b].Loaded(); !strings.Contains(got, want) || strings.Contains(got, gone) {
+						t.Errorf("after the update the kernel holds:\n%s\nwant %s, not %s (the update said %s)", got, want, gone, out)
+					}
+					if _, err := os.Lstat(filepath.Join(r.state, engine.IntentFile)); err == nil {
+						t.Errorf("the journal is still there")
+					}
+					if out, code := r.moat("status"); code != 0 || strings.Contains(out, "changed outside moat") {
+						t.Errorf("status: %d\n%s", code, out)
+					}
+				})
+			}
+		}
 	}
 }

@@ -151,3 +151,17 @@ func (e *Engine) mustHoldLock() error {
 	}
 	return nil
 }
+
+// NeedsRepair reports whether the state lock's repair (Lock) has work to
+// do that can change the applied record: a journal of a command
+// interrupted half way, or a change waiting for confirmation (its
+// rollback may be due). A caller that reads the applied record before
+// taking the lock (blocklist update) takes it first when so.
+func NeedsRepair(dir string) bool {
+	for _, name := range []string{IntentFile, pendingFile} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			return true
+		}
+	}
+	return false
+}
