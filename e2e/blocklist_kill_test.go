@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -275,6 +277,86 @@ func TestBlocklistUpdateTwoAtOnce(t *testing.T) {
 		// that neither ever waited means they ran at the same time.
 		if waited == 0 {
 			t.Error("no update waited for the other: the updates are not kept apart")
+		}
+	})
+}
+
+// A 'moat blocklist update' killed (SIGKILL) exactly when it removes its
+// journal: the kernel has the new list and the applied record is the
+// update's, but the journal says the command did not finish. strace
+// kills it at that unlink (nothing else in the test's timing decides
+// the step). The next update first undoes the killed one (the record of
+// before comes back) and must still load its list, from the file at the
+// new contents or back at the old: the undo is its own repair, not
+// another command's apply while the file was read. Real packets, both
+// backends, IPv4 and IPv6; the sets are a reload's, status sees no drift.
+func TestBlocklistUpdateKilledAtJournalRemoval(t *testing.T) {
+	if _, err := exec.LookPath("strace"); err != nil {
+		t.Fatalf("strace is needed (scripts/setup.sh installs it): %v", err)
+	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		list := filepath.Join(e.dir, "bad.list")
+		old := "192.0.2.3\n2001:db8::3\n"
+		new := "192.0.2.4\n2001:db8::4\n"
+		drops := map[string][]string{old: {
+			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+			"client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open",
+		}, new: {
+			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open",
+			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+		}}
+		writeFile(t, list, old)
+		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist bad file %s\n", list))
+		e.expect(false, drops[old]...)
+		intent := filepath.Join(e.stateDir(), "intent.json")
+		applied := filepath.Join(e.stateDir(), "applied.json")
+		cur, next := old, new
+		// The file stays at the killed update's list, then goes back.
+		for _, back := range []bool{false, true} {
+			writeFile(t, list, next)
+			recBefore, err := os.ReadFile(applied)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			args := []string{"-f", "-qq", "-o", "/dev/null", "-P", intent, "-e", "trace=unlink,unlinkat",
+				"-e", "inject=unlink,unlinkat:error=EIO:signal=SIGKILL",
+				moatBin, "--config", e.conf, "--backend", b, "--state-dir", e.stateDir(), "blocklist", "update"}
+			out, err := e.topo.Server.Run(ctx, "strace", args...)
+			cancel()
+			if err == nil {
+				t.Fatalf("the update was not killed at the journal's removal:\n%s", out)
+			}
+			if _, err := os.Lstat(intent); err != nil {
+				t.Fatalf("the killed update left no journal (%v):\n%s", err, out)
+			}
+			if rec, err := os.ReadFile(applied); err != nil || string(rec) == string(recBefore) {
+				t.Fatalf("the killed update did not write its applied record (%v): not the step this test is about", err)
+			}
+			e.expect(false, drops[next]...)
+			final := next
+			if back {
+				final = cur
+				writeFile(t, list, final)
+			}
+			out2 := e.mustMoat("blocklist", "update")
+			if _, err := os.Lstat(intent); err == nil {
+				t.Fatalf("the journal is still there after the update:\n%s", out2)
+			}
+			e.expect(false, drops[final]...)
+			got := e.blocklistSets("bad")
+			e.mustMoat("reload")
+			if want := e.blocklistSets("bad"); got != want {
+				t.Fatalf("the sets after the update differ from a reload's:\n%s\nreload:\n%s\nthe update said:\n%s", got, want, out2)
+			}
+			if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+				t.Fatalf("status sees drift:\n%s", st)
+			}
+			cur, next = final, old
+			if cur == old {
+				next = new
+			}
 		}
 	})
 }
