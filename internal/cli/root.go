@@ -202,7 +202,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.AddCommand(a.ruleCommands()...)
 	root.AddCommand(a.defaultCommand(), a.insertCommand(), a.prependCommand(), a.deleteCommand())
 	root.AddCommand(a.enableCommand(), a.disableCommand(), a.reloadCommand(), a.resetCommand())
-	root.AddCommand(a.statusCommand(), a.showCommand(), a.explainCommand(), a.checkCommand())
+	root.AddCommand(a.statusCommand(), a.showCommand(), a.explainCommand(), a.checkCommand(), a.auditCommand())
 	root.AddCommand(a.labCommand())
 	root.AddCommand(a.initCommand(), a.confirmCommand(), a.rollbackCommand(), a.restoreCommand(), a.watchdogCommand())
 	root.AddCommand(a.guardCommand(), a.banCommand(), a.unbanCommand(), a.bansCommand())

@@ -103,6 +103,9 @@ type tcpEntry struct {
 	// ifindex is the device the socket is bound to (0: none); known
 	// only from sock_diag.
 	ifindex uint32
+	// v6only: an IPv6 socket that takes no IPv4 (known only from
+	// sock_diag, when v6onlyKnown).
+	v6only, v6onlyKnown bool
 }
 
 // ianaEphemeral is the dynamic port range of RFC 6335, which most

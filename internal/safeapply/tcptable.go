@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -30,6 +31,10 @@ const sockDiagStates = 1<<1 | 1<<10
 // sockets in sockDiagStates (the socket id is not used by a dump).
 type inetDiagReq struct {
 	family uint8
+	// proto is IPPROTO_TCP (the zero value asks for TCP) or IPPROTO_UDP;
+	// states the socket states asked for (0: sockDiagStates).
+	proto  uint8
+	states uint32
 }
 
 func (r inetDiagReq) Len() int { return 56 }
@@ -38,8 +43,15 @@ func (r inetDiagReq) Serialize() []byte {
 	b := make([]byte, 56)
 	b[0] = r.family
 	b[1] = unix.IPPROTO_TCP
+	if r.proto != 0 {
+		b[1] = r.proto
+	}
 	// b[2] ext: no extensions (tcp_info costs the kernel per socket)
-	binary.NativeEndian.PutUint32(b[4:], sockDiagStates)
+	states := r.states
+	if states == 0 {
+		states = sockDiagStates
+	}
+	binary.NativeEndian.PutUint32(b[4:], states)
 	return b
 }
 
@@ -48,11 +60,21 @@ func (r inetDiagReq) Serialize() []byte {
 // expires, rqueue, wqueue, uid, inode.
 const sizeofInetDiagMsg = 72
 
+// inetDiagSKV6Only is the INET_DIAG_SKV6ONLY attribute.
+const inetDiagSKV6Only = 11
+
 // diagTCP dumps family's (AF_INET or AF_INET6) listening and established
 // TCP sockets of the calling thread's network namespace.
 func diagTCP(family uint8) ([]tcpEntry, error) {
+	return diagSockets(inetDiagReq{family: family})
+}
+
+// diagSockets dumps the sockets r asks for (a family, a protocol, states)
+// of the calling thread's network namespace.
+func diagSockets(r inetDiagReq) ([]tcpEntry, error) {
+	family := r.family
 	req := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
-	req.AddData(inetDiagReq{family: family})
+	req.AddData(r)
 	var out []tcpEntry
 	var bad error
 	err := req.ExecuteIter(unix.NETLINK_SOCK_DIAG, nl.SOCK_DIAG_BY_FAMILY, func(msg []byte) bool {
@@ -68,7 +90,11 @@ func diagTCP(family uint8) ([]tcpEntry, error) {
 		err = bad
 	}
 	if err != nil {
-		return nil, fmt.Errorf("sock_diag %s: %w", familyName(family), err)
+		name := familyName(family)
+		if r.proto == unix.IPPROTO_UDP {
+			name = strings.Replace(name, "tcp", "udp", 1)
+		}
+		return nil, fmt.Errorf("sock_diag %s: %w", name, err)
 	}
 	return out, nil
 }
@@ -108,6 +134,19 @@ func parseInetDiagMsg(msg []byte, family uint8) (tcpEntry, error) {
 	default:
 		e.state = fmt.Sprintf("%02X", msg[1])
 	}
+	// The attributes after the message: INET_DIAG_SKV6ONLY (11) says
+	// whether an IPv6 socket takes IPv4 too; the kernel always sends it
+	// for an IPv6 socket.
+	if family == unix.AF_INET6 {
+		if attrs, err := nl.ParseRouteAttr(msg[sizeofInetDiagMsg:]); err == nil {
+			for _, a := range attrs {
+				if a.Attr.Type == inetDiagSKV6Only && len(a.Value) >= 1 {
+					e.v6only = a.Value[0] != 0
+					e.v6onlyKnown = true
+				}
+			}
+		}
+	}
 	return e, nil
 }
 
@@ -142,6 +181,12 @@ func tcpTable(dump func(family uint8) ([]tcpEntry, error), procRoot string) (ent
 
 // readTCP reads /proc/net/tcp and tcp6 under procRoot.
 func readTCP(procRoot string) ([]tcpEntry, error) {
+	return readProcTables(procRoot, "net/tcp", "net/tcp6")
+}
+
+// readProcTables reads a table of IPv4 sockets and one of IPv6 sockets
+// (net/tcp and tcp6, or net/udp and udp6) under procRoot.
+func readProcTables(procRoot, v4, v6 string) ([]tcpEntry, error) {
 	var out []tcpEntry
 	// /proc/net is the main thread's namespace; the calling thread's is
 	// the one moat works in (a thread that entered another namespace must
@@ -152,9 +197,9 @@ func readTCP(procRoot string) ([]tcpEntry, error) {
 			dir = "/proc/thread-self"
 		}
 	}
-	for _, name := range []string{"net/tcp", "net/tcp6"} {
+	for _, name := range []string{v4, v6} {
 		data, err := readProcFile(filepath.Join(dir, name))
-		if os.IsNotExist(err) && name == "net/tcp6" {
+		if os.IsNotExist(err) && name == v6 {
 			continue // no IPv6 in this kernel
 		}
 		if err != nil {

@@ -1,0 +1,369 @@
+// Package audit tells, for each socket that takes packets from the
+// network, whether moat's applied policy lets the outside reach it, and
+// which rules allow a port nothing listens on. It only reads: the
+// listeners are given, and the verdicts come from the ruleset evaluator
+// 'moat explain' uses.
+package audit
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// Status of a socket for one family. The values are stable (JSON).
+const (
+	// Open: a source no rule names reaches it.
+	Open = "open"
+	// OpenSome: only some sources (or interfaces) reach it.
+	OpenSome = "open-some"
+	// Closed: moat drops or rejects every new connection to it.
+	Closed = "closed"
+	// Inactive: moat is not active; nothing of moat's stops it.
+	Inactive = "inactive-open"
+	// LocalOnly: bound to a loopback address.
+	LocalOnly = "local-only"
+)
+
+// Socket is what is audited: one listening socket.
+type Socket struct {
+	Proto   string // "tcp" or "udp"
+	Local   netip.AddrPort
+	V4, V6  bool // the families it takes
+	PID     int
+	Process string
+}
+
+// Finding is one socket seen from one family.
+type Finding struct {
+	Proto   string `json:"proto"`
+	Family  string `json:"family"` // "ipv4" or "ipv6"
+	Address string `json:"address"`
+	Port    uint16 `json:"port"`
+	PID     int    `json:"pid,omitempty"`
+	Process string `json:"process,omitempty"`
+	Status  string `json:"status"`
+	// From lists the sources (networks, "on IFACE") that reach it when
+	// Status is open-some.
+	From []string `json:"from,omitempty"`
+	// AllowedBy are the policy lines that let it through ("L12: allow 80/tcp").
+	AllowedBy []string `json:"allowed_by,omitempty"`
+	// Except are the blocklists and bans that still drop some sources
+	// of an open socket.
+	Except []string `json:"except,omitempty"`
+	// RateLimit: new connections over this rate from one source are rejected.
+	RateLimit string `json:"rate_limit,omitempty"`
+	// Unexplained: exposed without a policy line that allows it (moat
+	// inactive, or a default or built-in rule lets it through).
+	Unexplained bool `json:"unexplained"`
+}
+
+// Exposed says whether the outside reaches the socket (some or all of it).
+func (f Finding) Exposed() bool {
+	return f.Status == Open || f.Status == OpenSome || f.Status == Inactive
+}
+
+// UnusedAllow is a policy rule that allows a port nothing listens on.
+type UnusedAllow struct {
+	Line  int    `json:"line"`
+	Rule  string `json:"rule"`
+	Proto string `json:"proto"`
+	Ports string `json:"ports"`
+}
+
+// maxSetProbes bounds the addresses of one set tried as sources.
+const maxSetProbes = 64
+
+// Classify audits socks under rs (nil or !active: moat is not active).
+// ifaces are the network namespace's interfaces other than loopback,
+// where packets from outside come in (none: an interface no rule names).
+func Classify(socks []Socket, rs *ruleset.Ruleset, active bool, ifaces []string) []Finding {
+	if len(ifaces) == 0 {
+		ifaces = []string{""}
+	}
+	var out []Finding
+	for _, s := range socks {
+		for _, v6 := range []bool{false, true} {
+			if (v6 && !s.V6) || (!v6 && !s.V4) {
+				continue
+			}
+			out = append(out, classifyOne(s, v6, rs, active, ifaces))
+		}
+	}
+	return out
+}
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+func unspecified(v6 bool) netip.Addr {
+	if v6 {
+		return netip.IPv6Unspecified()
+	}
+	return netip.IPv4Unspecified()
+}
+
+func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []string) Finding {
+	addr := s.Local.Addr().Unmap()
+	f := Finding{Proto: s.Proto, Family: familyName(v6), Address: addr.String(), Port: s.Local.Port(), PID: s.PID, Process: s.Process}
+	if addr.IsLoopback() {
+		f.Status = LocalOnly
+		return f
+	}
+	if !active || rs == nil {
+		f.Status, f.Unexplained = Inactive, true
+		return f
+	}
+	dst := addr
+	if dst.IsUnspecified() || dst.Is4() == v6 {
+		dst = unspecified(v6)
+	}
+	pkt := ruleset.Packet{Hook: ruleset.Input, Proto: s.Proto, Src: unspecified(v6), Dst: dst,
+		SPort: 50000, DPort: s.Local.Port(), CTState: ruleset.CTNew, HopLimit: 64}
+	accepted := func(d ruleset.Decision) {
+		lines, unexplained := allowedBy(d)
+		for _, l := range lines {
+			if !slices.Contains(f.AllowedBy, l) {
+				f.AllowedBy = append(f.AllowedBy, l)
+			}
+		}
+		f.Unexplained = f.Unexplained || unexplained
+		if d.Limit != nil {
+			f.RateLimit = fmt.Sprintf("%d new connections within %d s", d.Limit.Count, d.Limit.Seconds)
+		}
+	}
+	// evalOn: the interfaces of ifaces (or iface alone) on which a
+	// packet from src is accepted.
+	evalOn := func(src netip.Addr, iface string) (on []string, all bool) {
+		try := ifaces
+		if iface != "" {
+			try = matching(ifaces, iface)
+		}
+		var ds []ruleset.Decision
+		for _, i := range try {
+			p := pkt
+			p.Src, p.InIface = src, i
+			d, err := rs.Evaluate(p)
+			if err == nil && d.Verdict == ruleset.Accept {
+				on = append(on, i)
+				ds = append(ds, d)
+			}
+		}
+		for _, d := range ds {
+			accepted(d)
+		}
+		return on, len(on) == len(try)
+	}
+	seen := map[string]bool{}
+	from := func(label string) {
+		if !seen[label] {
+			seen[label] = true
+			f.From = append(f.From, label)
+		}
+	}
+	on, all := evalOn(pkt.Src, "")
+	if all {
+		f.Status = Open
+		f.Except = exceptions(rs, pkt)
+		return f
+	}
+	for _, i := range on {
+		from("any on " + i)
+	}
+	// Not open to anyone: try the sources and interfaces the accepting
+	// rules name.
+	for _, c := range candidates(rs, pkt, v6) {
+		on, all := evalOn(c.src, c.iface)
+		switch {
+		case len(on) == 0:
+		case all && c.iface == "":
+			from(c.label)
+		default:
+			for _, i := range on {
+				from(c.label + " on " + i)
+			}
+		}
+	}
+	if len(f.From) > 0 {
+		f.Status = OpenSome
+		return f
+	}
+	f.Status, f.AllowedBy, f.Unexplained, f.RateLimit = Closed, nil, false, ""
+	return f
+}
+
+// allowedBy names the decision's policy line; unexplained when no rule
+// of the policy decided (a default policy or a built-in rule).
+func allowedBy(d ruleset.Decision) ([]string, bool) {
+	if d.Origin.Line > 0 && !strings.HasPrefix(d.Origin.ID, "default:") {
+		return []string{fmt.Sprintf("line %d: %s", d.Origin.Line, d.Origin.Text)}, false
+	}
+	return []string{d.Origin.Text}, true
+}
+
+type candidate struct {
+	src   netip.Addr
+	iface string
+	label string
+}
+
+// candidates are the sources the input chain's accepting rules for the
+// packet's protocol and port name: their networks, the networks of
+// their sets, and their interfaces (loopback excepted).
+func candidates(rs *ruleset.Ruleset, pkt ruleset.Packet, v6 bool) []candidate {
+	c := rs.Chain(ruleset.Input)
+	if c == nil {
+		return nil
+	}
+	var out []candidate
+	for _, r := range c.Rules {
+		if r.Verdict != ruleset.Accept || !protoMatch(r.Protos, pkt.Proto) || !r.DPorts.Contains(pkt.DPort) {
+			continue
+		}
+		if r.InIface == "lo" || len(r.CTStates) > 0 && !slices.Contains(r.CTStates, ruleset.CTNew) {
+			continue
+		}
+		iface := r.InIface
+		var prefixes []netip.Prefix
+		prefixes = append(prefixes, r.Src...)
+		if r.SrcSet != "" {
+			if set := rs.Set(r.SrcSet); set != nil {
+				for i, e := range set.Entries {
+					if i == maxSetProbes {
+						break
+					}
+					prefixes = append(prefixes, e.Prefix)
+				}
+			}
+		}
+		if len(prefixes) == 0 {
+			if iface != "" {
+				out = append(out, candidate{src: pkt.Src, iface: iface, label: "any"})
+			}
+			continue
+		}
+		for _, p := range prefixes {
+			if p.Addr().Is6() != v6 || p.Addr().IsLoopback() {
+				continue
+			}
+			out = append(out, candidate{src: p.Addr(), iface: iface, label: p.Masked().String()})
+		}
+	}
+	return out
+}
+
+// matching are the interfaces of ifaces a rule's interface (a trailing
+// '+' matches a prefix) names; the name itself when none does.
+func matching(ifaces []string, pattern string) []string {
+	var out []string
+	for _, i := range ifaces {
+		if p, ok := strings.CutSuffix(pattern, "+"); ok && strings.HasPrefix(i, p) || i == pattern {
+			out = append(out, i)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{strings.TrimSuffix(pattern, "+")}
+	}
+	return out
+}
+
+func protoMatch(protos []string, proto string) bool {
+	return len(protos) == 0 || slices.Contains(protos, proto)
+}
+
+// exceptions names the blocklists and ban sets that drop some sources
+// of the packet's protocol and port before they reach it.
+func exceptions(rs *ruleset.Ruleset, pkt ruleset.Packet) []string {
+	var out []string
+	add := func(s string) {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	for _, h := range []ruleset.Hook{ruleset.Prerouting, ruleset.Input} {
+		c := rs.Chain(h)
+		if c == nil {
+			continue
+		}
+		for _, r := range c.Rules {
+			if (r.Verdict != ruleset.Drop && r.Verdict != ruleset.Reject) || r.SrcSet == "" ||
+				!protoMatch(r.Protos, pkt.Proto) || !r.DPorts.Contains(pkt.DPort) {
+				continue
+			}
+			set := rs.Set(r.SrcSet)
+			switch {
+			case set == nil:
+			case set.Blocklist != "":
+				add("blocklist " + set.Blocklist)
+			}
+		}
+	}
+	return out
+}
+
+// UnusedAllows lists the input rules of the policy's lines that accept
+// new connections to TCP or UDP ports on which nothing listens (loopback
+// listeners do not count: the rule is for the outside).
+func UnusedAllows(socks []Socket, rs *ruleset.Ruleset) []UnusedAllow {
+	if rs == nil {
+		return nil
+	}
+	c := rs.Chain(ruleset.Input)
+	if c == nil {
+		return nil
+	}
+	var out []UnusedAllow
+	seen := map[string]bool{}
+	for _, r := range c.Rules {
+		if r.Verdict != ruleset.Accept || r.Origin.Line == 0 || len(r.DPorts) == 0 || r.InIface == "lo" {
+			continue
+		}
+		protos := r.Protos
+		if len(protos) == 0 {
+			protos = []string{"tcp", "udp"}
+		}
+		for _, proto := range protos {
+			if proto != "tcp" && proto != "udp" {
+				continue
+			}
+			if listened(socks, proto, r.DPorts, r.Family) {
+				continue
+			}
+			key := fmt.Sprintf("%d/%s/%s", r.Origin.Line, proto, r.DPorts)
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			out = append(out, UnusedAllow{Line: r.Origin.Line, Rule: r.Origin.Text, Proto: proto, Ports: r.DPorts.String()})
+		}
+	}
+	return out
+}
+
+func listened(socks []Socket, proto string, ports policy.Ports, fam policy.Family) bool {
+	for _, s := range socks {
+		if s.Proto != proto || s.Local.Addr().Unmap().IsLoopback() || !ports.Contains(s.Local.Port()) {
+			continue
+		}
+		switch fam {
+		case policy.FamilyV4:
+			if !s.V4 {
+				continue
+			}
+		case policy.FamilyV6:
+			if !s.V6 {
+				continue
+			}
+		}
+		return true
+	}
+	return false
+}

@@ -1,0 +1,208 @@
+package audit
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+func compile(t *testing.T, text string) (*policy.Policy, *ruleset.Ruleset) {
+	t.Helper()
+	svc := policy.ParseServices([]byte("ssh 22/tcp\nhttp 80/tcp\n"))
+	p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, ruleset.Compile(p)
+}
+
+func sock(proto, addr string, pid int, proc string) Socket {
+	ap := netip.MustParseAddrPort(addr)
+	s := Socket{Proto: proto, Local: ap, PID: pid, Process: proc}
+	switch a := ap.Addr(); {
+	case a.Is4():
+		s.V4 = true
+	case a.IsUnspecified():
+		s.V4, s.V6 = true, true
+	default:
+		s.V6 = true
+	}
+	return s
+}
+
+// find returns the finding of proto/port in family, failing if absent.
+func find(t *testing.T, fs []Finding, proto, family string, port uint16) Finding {
+	t.Helper()
+	for _, f := range fs {
+		if f.Proto == proto && f.Family == family && f.Port == port {
+			return f
+		}
+	}
+	t.Fatalf("no finding for %s %s/%d in %+v", family, proto, port, fs)
+	return Finding{}
+}
+
+const auditPolicy = `default deny incoming
+allow 22/tcp
+allow from 203.0.113.0/24 to any port 8080 proto tcp
+allow from 2001:db8:5::/48 to any port 8080 proto tcp
+limit 2222/tcp
+allow in on eth1 to any port 9000 proto tcp
+allow 53/udp
+allow 6000:6010/tcp
+allow 7777/udp
+deny 443/tcp
+`
+
+func TestClassify(t *testing.T) {
+	_, rs := compile(t, auditPolicy)
+	socks := []Socket{
+		sock("tcp", "[::]:22", 100, "sshd"),
+		sock("tcp", "0.0.0.0:8080", 101, "web"),
+		sock("tcp", "[::]:8080", 101, "web"),
+		sock("tcp", "[::]:2222", 102, "sshd"),
+		sock("tcp", "0.0.0.0:9000", 103, "admin"),
+		sock("udp", "[::]:53", 104, "dns"),
+		sock("tcp", "0.0.0.0:3306", 105, "mysqld"),
+		sock("tcp", "127.0.0.1:5432", 106, "postgres"),
+		sock("udp", "[::1]:323", 107, "chronyd"),
+		sock("tcp", "[::]:443", 108, "web"),
+		sock("tcp", "192.0.2.1:6005", 0, ""),
+	}
+	fs := Classify(socks, rs, true, []string{"eth0", "eth1"})
+	cases := []struct {
+		proto, family string
+		port          uint16
+		status        string
+		from          []string
+	}{
+		{"tcp", "ipv4", 22, Open, nil},
+		{"tcp", "ipv6", 22, Open, nil},
+		{"tcp", "ipv4", 8080, OpenSome, []string{"203.0.113.0/24"}},
+		{"tcp", "ipv6", 8080, OpenSome, []string{"2001:db8:5::/48"}},
+		{"tcp", "ipv4", 2222, Open, nil},
+		{"tcp", "ipv4", 9000, OpenSome, []string{"any on eth1"}},
+		{"udp", "ipv4", 53, Open, nil},
+		{"udp", "ipv6", 53, Open, nil},
+		{"tcp", "ipv4", 3306, Closed, nil},
+		{"tcp", "ipv4", 5432, LocalOnly, nil},
+		{"udp", "ipv6", 323, LocalOnly, nil},
+		{"tcp", "ipv6", 443, Closed, nil},
+		{"tcp", "ipv4", 6005, Open, nil},
+	}
+	for _, c := range cases {
+		f := find(t, fs, c.proto, c.family, c.port)
+		if f.Status != c.status || !slices.Equal(f.From, c.from) {
+			t.Errorf("%s %s/%d: status %s from %v, want %s from %v", c.family, c.proto, c.port, f.Status, f.From, c.status, c.from)
+		}
+		if f.Unexplained {
+			t.Errorf("%s %s/%d: unexplained, but a policy line decides", c.family, c.proto, c.port)
+		}
+	}
+	if f := find(t, fs, "tcp", "ipv4", 2222); f.RateLimit == "" || !slices.Equal(f.AllowedBy, []string{"line 5: limit 2222/tcp"}) {
+		t.Errorf("limit 2222/tcp: rate limit %q, allowed by %v", f.RateLimit, f.AllowedBy)
+	}
+	if f := find(t, fs, "tcp", "ipv4", 8080); !slices.Equal(f.AllowedBy, []string{"line 3: allow from 203.0.113.0/24 to any port 8080 proto tcp"}) {
+		t.Errorf("8080 allowed by %v", f.AllowedBy)
+	}
+	if f := find(t, fs, "tcp", "ipv4", 3306); f.AllowedBy != nil || f.Exposed() {
+		t.Errorf("closed 3306: %+v", f)
+	}
+	// A socket of one family is judged for that family only.
+	for _, f := range fs {
+		if f.Port == 6005 && f.Family != "ipv4" || f.Port == 323 && f.Family != "ipv6" {
+			t.Errorf("finding of a family the socket does not take: %+v", f)
+		}
+	}
+	if n := len(fs); n != 16 {
+		t.Errorf("%d findings, want 16 (one per family a socket takes)", n)
+	}
+}
+
+func TestClassifyInactive(t *testing.T) {
+	socks := []Socket{sock("tcp", "[::]:22", 1, "sshd"), sock("udp", "127.0.0.53:53", 2, "resolved")}
+	fs := Classify(socks, nil, false, nil)
+	for _, f := range fs {
+		want := Inactive
+		if f.Port == 53 {
+			want = LocalOnly
+		}
+		if f.Status != want || f.Unexplained != (want == Inactive) || f.Exposed() != (want == Inactive) {
+			t.Errorf("%+v: want %s", f, want)
+		}
+	}
+	if len(fs) != 3 {
+		t.Errorf("%d findings, want 3", len(fs))
+	}
+}
+
+// An exposure no policy line allows (the default, or a built-in rule)
+// is unexplained: 'moat audit' exits 1 for it.
+func TestClassifyDefaultAllow(t *testing.T) {
+	_, rs := compile(t, "default allow incoming\nallow 22/tcp\ndeny 25/tcp\n")
+	fs := Classify([]Socket{sock("tcp", "0.0.0.0:22", 1, "sshd"), sock("tcp", "0.0.0.0:8000", 2, "dev"), sock("tcp", "0.0.0.0:25", 3, "smtpd")}, rs, true, []string{"eth0"})
+	if f := find(t, fs, "tcp", "ipv4", 22); f.Status != Open || f.Unexplained {
+		t.Errorf("22: %+v", f)
+	}
+	if f := find(t, fs, "tcp", "ipv4", 8000); f.Status != Open || !f.Unexplained || len(f.AllowedBy) != 1 || strings.HasPrefix(f.AllowedBy[0], "line ") {
+		t.Errorf("8000 open by the default: %+v", f)
+	}
+	if f := find(t, fs, "tcp", "ipv4", 25); f.Status != Closed {
+		t.Errorf("25: %+v", f)
+	}
+}
+
+// Blocklists still drop some sources of an open port: the finding names
+// them; a source in the allowlist is not blocklisted.
+func TestClassifyBlocklist(t *testing.T) {
+	p, _ := compile(t, "default deny incoming\nallow 80/tcp\nblocklist bad file /nonexistent\n")
+	p.Blocklists[0].Prefixes = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8:bad::/48")}
+	rs := ruleset.Compile(p)
+	fs := Classify([]Socket{sock("tcp", "[::]:80", 1, "web")}, rs, true, []string{"eth0"})
+	for _, f := range fs {
+		if f.Status != Open || !slices.Equal(f.Except, []string{"blocklist bad"}) {
+			t.Errorf("%+v: want open except blocklist bad", f)
+		}
+	}
+}
+
+// Only sources a rule names are tried: a deny for a subnet before an
+// allow from a wider network leaves the rest open to some sources.
+func TestClassifyDenyBeforeAllow(t *testing.T) {
+	_, rs := compile(t, "default deny incoming\ndeny from 203.0.113.0/24 to any port 5000 proto tcp\nallow from 203.0.113.0/24 to any port 5000 proto tcp\nallow from 198.51.100.0/24 to any port 5000 proto tcp\n")
+	fs := Classify([]Socket{sock("tcp", "0.0.0.0:5000", 1, "app")}, rs, true, []string{"eth0"})
+	if f := find(t, fs, "tcp", "ipv4", 5000); f.Status != OpenSome || !slices.Equal(f.From, []string{"198.51.100.0/24"}) {
+		t.Errorf("%+v: want open-some from 198.51.100.0/24", f)
+	}
+	_, rs = compile(t, "default deny incoming\ndeny from 203.0.113.0/24 to any port 5000 proto tcp\nallow from 203.0.113.0/24 to any port 5000 proto tcp\n")
+	fs = Classify([]Socket{sock("tcp", "0.0.0.0:5000", 1, "app")}, rs, true, []string{"eth0"})
+	if f := find(t, fs, "tcp", "ipv4", 5000); f.Status != Closed {
+		t.Errorf("%+v: want closed (the allow is shadowed)", f)
+	}
+}
+
+func TestUnusedAllows(t *testing.T) {
+	_, rs := compile(t, auditPolicy)
+	socks := []Socket{
+		sock("tcp", "[::]:22", 1, "sshd"),
+		sock("udp", "127.0.0.1:53", 2, "dns"), // loopback: not what the rule is for
+		sock("tcp", "0.0.0.0:6003", 3, "x"),   // in the range 6000:6010
+		sock("udp", "0.0.0.0:8080", 4, "y"),   // udp, the rule is tcp
+	}
+	got := UnusedAllows(socks, rs)
+	var lines []string
+	for _, u := range got {
+		lines = append(lines, u.Proto+" "+u.Ports)
+	}
+	want := []string{"tcp 8080", "tcp 8080", "tcp 2222", "tcp 9000", "udp 53", "udp 7777"}
+	if !slices.Equal(lines, want) {
+		t.Errorf("unused allows %v, want %v", lines, want)
+	}
+	if UnusedAllows(socks, nil) != nil {
+		t.Error("no ruleset: nothing to report")
+	}
+}

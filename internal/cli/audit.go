@@ -1,0 +1,210 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moat-fw/moat/internal/audit"
+	"github.com/moat-fw/moat/internal/foreign"
+	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/termtext"
+)
+
+const auditLong = `List what is exposed: every socket that takes packets from the network in
+the network namespace moat runs in (listening TCP sockets and bound UDP
+sockets, IPv4 and IPv6, with the process that owns each where /proc tells),
+and whether the outside reaches it under the policy moat applied. Each is
+judged with the evaluator of 'moat explain', for a new connection from a
+source that no rule names, of each family the socket takes:
+
+  open to anyone         a source no rule names gets through (blocklists,
+                         bans and rate limits that still apply are named)
+  open to some sources   only the networks or interfaces listed get through
+  closed by moat         moat drops or rejects every new connection
+  moat not active: open  moat's rules are not in the kernel
+  local only             bound to a loopback address
+
+It also lists the policy lines that allow a port nothing listens on (for
+information), and warns when moat is not active, fail-closed, or when
+filtering outside moat exists (which may drop more than moat says). It
+sends nothing and changes nothing. Run it as root: other users' processes,
+the kernel's socket table and the applied ruleset need it.
+
+Exit codes: 0, nothing is exposed without a policy line that allows it;
+1, a socket is exposed although no line of the policy allows it (moat is
+not active, or a default or built-in rule lets it through); 2, the audit
+could not be made (the message says why).`
+
+type auditReport struct {
+	Active bool `json:"active"`
+	// Evaluated is "applied" or "file" as for 'moat explain'.
+	Evaluated      string              `json:"evaluated"`
+	Sockets        []audit.Finding     `json:"sockets"`
+	UnusedAllows   []audit.UnusedAllow `json:"unused_allows"`
+	Warnings       []string            `json:"warnings"`
+	OtherFiltering []foreign.Finding   `json:"other_filtering"`
+	Unexplained    int                 `json:"unexplained_exposed"`
+}
+
+var auditStatusText = map[string]string{
+	audit.Open:      "open to anyone",
+	audit.OpenSome:  "open to some sources",
+	audit.Closed:    "closed by moat",
+	audit.Inactive:  "moat not active: open",
+	audit.LocalOnly: "local only",
+}
+
+func (a *app) auditCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "audit",
+		Short: "List the listening sockets and whether the outside reaches them",
+		Long:  auditLong,
+		Example: `  # what listens here, and who can reach it
+  sudo moat audit
+  # for scripts: the exit code is 1 when something is exposed that no rule allows
+  sudo moat audit --json | jq -r '.sockets[] | select(.status == "open") | "\(.proto)/\(.port) \(.process)"'
+  # audit another network namespace (a container's)
+  sudo ip netns exec web moat audit`,
+		GroupID: "inspect",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			err := a.runAudit(cmd.Context())
+			var ee *exitError
+			if err != nil && !errors.As(err, &ee) {
+				return &exitError{code: 2, err: err}
+			}
+			return err
+		},
+	}
+}
+
+func (a *app) runAudit(ctx context.Context) error {
+	ls, err := safeapply.Listeners("/proc")
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	socks := make([]audit.Socket, len(ls))
+	for i, l := range ls {
+		socks[i] = audit.Socket{Proto: l.Proto, Local: l.Local, V4: l.V4, V6: l.V6, PID: l.PID, Process: l.Process}
+	}
+	rep := auditReport{Warnings: []string{}, OtherFiltering: []foreign.Finding{}, UnusedAllows: []audit.UnusedAllow{}}
+	b, berr := a.activeBackend(ctx)
+	var findings []audit.Finding
+	switch {
+	case berr != nil:
+		return fmt.Errorf("audit: %w", berr)
+	case b == nil:
+		rep.Evaluated = "none"
+		rep.Warnings = append(rep.Warnings, "moat is not active: nothing of moat's filters these sockets ('moat enable' applies "+a.config+")")
+		findings = audit.Classify(socks, nil, false, nil)
+		f, ferr := a.foreignFilters(ctx)
+		rep.OtherFiltering = append(rep.OtherFiltering, f...)
+		if ferr != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("could not look for other filtering: %v", ferr))
+		}
+	default:
+		src, err := a.explainPolicy(ctx)
+		if err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+		rep.Active, rep.Evaluated = true, src.evaluated
+		rep.Warnings = append(rep.Warnings, src.notes...)
+		rs := a.compile(src.policy)
+		findings = audit.Classify(socks, rs, true, outsideIfaces())
+		rep.UnusedAllows = append(rep.UnusedAllows, audit.UnusedAllows(socks, rs)...)
+		rep.OtherFiltering = append(rep.OtherFiltering, src.foreign...)
+		if src.foreignErr != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("could not look for other filtering: %v", src.foreignErr))
+		}
+	}
+	if len(rep.OtherFiltering) > 0 {
+		rep.Warnings = append(rep.Warnings, "filtering outside moat exists: it may drop what this audit calls open ('moat status' shows it)")
+	}
+	rep.Sockets = findings
+	if rep.Sockets == nil {
+		rep.Sockets = []audit.Finding{}
+	}
+	for _, f := range findings {
+		if f.Exposed() && f.Unexplained {
+			rep.Unexplained++
+		}
+	}
+	if a.json {
+		if err := a.printJSON(rep); err != nil {
+			return err
+		}
+	} else {
+		a.printAudit(rep)
+	}
+	if rep.Unexplained > 0 {
+		return &exitError{code: 1, err: fmt.Errorf("audit: %d socket(s) exposed that no line of the policy allows", rep.Unexplained)}
+	}
+	return nil
+}
+
+// outsideIfaces are this network namespace's interfaces other than
+// loopback (nil if they cannot be listed: an interface no rule names).
+func outsideIfaces() []string {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback == 0 {
+			out = append(out, i.Name)
+		}
+	}
+	return out
+}
+
+func (a *app) printAudit(rep auditReport) {
+	for _, w := range rep.Warnings {
+		a.printf("warning: %s\n", termtext.Printable(w))
+	}
+	for _, f := range rep.OtherFiltering {
+		a.printf("  other filtering: %s\n", termtext.Printable(f.String()))
+	}
+	if len(rep.Sockets) == 0 {
+		a.printf("Nothing listens in this network namespace.\n")
+	} else {
+		var sb strings.Builder
+		tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
+		_, _ = fmt.Fprintln(tw, "PROTO\tFAMILY\tADDRESS\tPORT\tPROCESS\tEXPOSURE")
+		for _, f := range rep.Sockets {
+			proc := "-"
+			if f.PID > 0 {
+				proc = termtext.Printable(f.Process) + "[" + strconv.Itoa(f.PID) + "]"
+			}
+			exp := auditStatusText[f.Status]
+			if len(f.From) > 0 {
+				exp += " (from " + strings.Join(f.From, ", ") + ")"
+			}
+			if len(f.Except) > 0 {
+				exp += " except " + strings.Join(f.Except, ", ")
+			}
+			if f.RateLimit != "" {
+				exp += ", rate limited"
+			}
+			if f.Exposed() && f.Unexplained && f.Status != audit.Inactive {
+				exp += " - no rule allows it"
+			}
+			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", f.Proto, f.Family, f.Address, f.Port, proc, termtext.Printable(exp))
+		}
+		_ = tw.Flush() // a strings.Builder does not fail
+		a.printf("%s", sb.String())
+	}
+	if len(rep.UnusedAllows) > 0 {
+		a.printf("\nRules that allow a port nothing listens on (information):\n")
+		for _, u := range rep.UnusedAllows {
+			a.printf("  line %d: %s (%s %s)\n", u.Line, termtext.Printable(u.Rule), u.Proto, u.Ports)
+		}
+	}
+}
