@@ -24,8 +24,8 @@ and whether the outside reaches it under the policy moat applied. Each is
 judged with the evaluator of 'moat explain', for a new connection from a
 source that no rule names, of each family the socket takes:
 
-  open to anyone         a source no rule names gets through (blocklists,
-                         bans and rate limits that still apply are named)
+  open to anyone         a source no rule names gets through (blocklists
+                         and rate limits that still apply are named)
   open to some sources   only the networks or interfaces listed get through
   closed by moat         moat drops or rejects every new connection
   moat not active: open  moat's rules are not in the kernel
@@ -36,6 +36,13 @@ information), and warns when moat is not active, fail-closed, or when
 filtering outside moat exists (which may drop more than moat says). It
 sends nothing and changes nothing. Run it as root: other users' processes,
 the kernel's socket table and the applied ruleset need it.
+
+--json prints one object: active, evaluated ("applied", "file" or "none"),
+sockets (one per socket and family: proto, family "ipv4"/"ipv6", address,
+port, pid, process, status "open", "open-some", "closed", "inactive-open"
+or "local-only", from, allowed_by, except, rate_limit, unexplained),
+unused_allows (line, rule, proto, ports), warnings, other_filtering and
+unexplained_exposed.
 
 Exit codes: 0, nothing is exposed without a policy line that allows it;
 1, a socket is exposed although no line of the policy allows it (moat is

@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/lab"
+)
+
+type auditFinding struct {
+	Proto       string   `json:"proto"`
+	Family      string   `json:"family"`
+	Address     string   `json:"address"`
+	Port        uint16   `json:"port"`
+	PID         int      `json:"pid"`
+	Status      string   `json:"status"`
+	From        []string `json:"from"`
+	Unexplained bool     `json:"unexplained"`
+}
+
+type auditOutput struct {
+	Active       bool           `json:"active"`
+	Sockets      []auditFinding `json:"sockets"`
+	UnusedAllows []struct {
+		Line  int    `json:"line"`
+		Proto string `json:"proto"`
+		Ports string `json:"ports"`
+	} `json:"unused_allows"`
+	Warnings []string `json:"warnings"`
+}
+
+// audit runs 'moat audit --json' in the server namespace and returns
+// what it says with its exit code.
+func (e *env) audit() (auditOutput, int) {
+	e.t.Helper()
+	out, err := e.moat("audit", "--json")
+	code := 0
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("moat audit: %v\n%s", err, out)
+	}
+	// stderr (the exit 1 message) follows the JSON document.
+	var a auditOutput
+	if err := json.NewDecoder(strings.NewReader(out)).Decode(&a); err != nil {
+		e.t.Fatalf("moat audit --json: %v\n%s", err, out)
+	}
+	return a, code
+}
+
+// TestAudit: every port 'moat audit' calls open is reachable from the
+// client with real packets, from the sources it names, and every port
+// it calls closed or local only is not, IPv4 and IPv6, TCP and UDP,
+// before moat is active and under a policy, on both backends.
+func TestAudit(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		// Loopback-only listeners, on ports nothing else listens on.
+		var closers []func() error
+		t.Cleanup(func() {
+			for _, c := range closers {
+				_ = c()
+			}
+		})
+		if err := e.topo.Server.Do(func() error {
+			l, err := net.Listen("tcp", "127.0.0.1:7070")
+			if err != nil {
+				return err
+			}
+			closers = append(closers, l.Close)
+			l6, err := net.Listen("tcp", "[::1]:7070")
+			if err != nil {
+				return err
+			}
+			closers = append(closers, l6.Close)
+			u, err := net.ListenPacket("udp", "[::1]:7071")
+			if err != nil {
+				return err
+			}
+			closers = append(closers, u.Close)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+
+		// Not active: everything outside loopback is open, and the
+		// exit code says an exposure no rule allows.
+		before, code := e.audit()
+		if before.Active || code != 1 {
+			t.Errorf("inactive: active %v, exit %d; want false, 1", before.Active, code)
+		}
+		for _, f := range before.Sockets {
+			want := "inactive-open"
+			if netip.MustParseAddr(f.Address).IsLoopback() {
+				want = "local-only"
+			}
+			if f.Status != want {
+				t.Errorf("inactive: %+v, want %s", f, want)
+			}
+		}
+		e.checkAudit(before)
+
+		e.apply(`default deny incoming
+allow 22/tcp
+allow 80/tcp
+allow from 192.0.2.3 to any port 443 proto tcp
+allow from 2001:db8::3 to any port 443 proto tcp
+reject 25/tcp
+limit 2222/tcp
+allow 53/udp
+allow from 192.0.2.2 to any port 123 proto udp
+deny 6000
+allow 9/tcp
+allow 7070/tcp
+`)
+		after, code := e.audit()
+		if !after.Active || code != 0 {
+			t.Errorf("active: active %v, exit %d; want true, 0", after.Active, code)
+		}
+		// The audit is not trivially right: the statuses the policy
+		// makes, then real packets for every socket.
+		want := map[string]string{
+			"tcp ipv4 22": "open", "tcp ipv6 22": "open", "tcp ipv4 80": "open", "tcp ipv6 80": "open",
+			"tcp ipv4 443": "open-some", "tcp ipv6 443": "open-some", "tcp ipv4 25": "closed", "tcp ipv6 5432": "closed",
+			"tcp ipv4 2222": "open", "udp ipv4 53": "open", "udp ipv6 53": "open", "udp ipv4 123": "open-some",
+			"udp ipv6 123": "closed", "udp ipv4 6000": "closed", "tcp ipv6 6000": "closed",
+			"tcp ipv4 7070": "local-only", "tcp ipv6 7070": "local-only", "udp ipv6 7071": "local-only",
+		}
+		for _, f := range after.Sockets {
+			k := f.Proto + " " + f.Family + " " + strconv.Itoa(int(f.Port))
+			if w, ok := want[k]; ok {
+				if f.Status != w {
+					t.Errorf("%s: %s (from %v), want %s", k, f.Status, f.From, w)
+				}
+				delete(want, k)
+			}
+		}
+		for k := range want {
+			t.Errorf("%s: not in the audit", k)
+		}
+		unused := map[string]bool{}
+		for _, u := range after.UnusedAllows {
+			unused[u.Proto+" "+u.Ports] = true
+		}
+		if !unused["tcp 9"] || !unused["tcp 7070"] || unused["tcp 22"] || len(after.UnusedAllows) != 2 {
+			t.Errorf("unused allows %+v, want tcp 9 and tcp 7070 (loopback only)", after.UnusedAllows)
+		}
+		e.checkAudit(after)
+	})
+}
+
+// checkAudit sends real packets from the client to every socket of the
+// audit, from an address its sources admit (open) and from one they do
+// not (open to some), and fails for each that does not match.
+func (e *env) checkAudit(a auditOutput) {
+	e.t.Helper()
+	clients := append([]netip.Addr{lab.ClientV4, lab.ClientV6}, lab.ClientAlt...)
+	var checks []lab.Check
+	add := func(f auditFinding, src netip.Addr, reach bool) {
+		dst := lab.ServerV4
+		if f.Family == "ipv6" {
+			dst = lab.ServerV6
+		}
+		p := lab.Probe{Proto: f.Proto, Src: src, Dst: netip.AddrPortFrom(dst, f.Port)}
+		checks = append(checks, lab.Check{Name: f.Proto + " " + p.Dst.String() + " from " + src.String() + " (" + f.Status + ")",
+			From: e.topo.Client, Probe: p, Expect: map[bool]lab.Outcome{true: lab.Open, false: ""}[reach]})
+	}
+	for _, f := range a.Sockets {
+		// Every socket of the server's namespace is this test's.
+		if f.PID != os.Getpid() {
+			e.t.Errorf("%s %s port %d: owned by PID %d, want this test's %d", f.Proto, f.Family, f.Port, f.PID, os.Getpid())
+		}
+		v6 := f.Family == "ipv6"
+		for _, c := range clients {
+			if c.Is6() != v6 {
+				continue
+			}
+			switch f.Status {
+			case "open", "inactive-open":
+				add(f, c, true)
+			case "closed", "local-only":
+				add(f, c, false)
+			case "open-some":
+				in := false
+				for _, s := range f.From {
+					if p, err := netip.ParsePrefix(strings.Fields(s)[0]); err == nil && p.Contains(c) {
+						in = true
+					} else if strings.HasPrefix(s, "any on ") {
+						in = true
+					}
+				}
+				add(f, c, in)
+			default:
+				e.t.Errorf("unknown status %q: %+v", f.Status, f)
+			}
+		}
+	}
+	if len(checks) == 0 {
+		e.t.Fatal("the audit listed nothing to check")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	for _, r := range lab.RunChecks(ctx, checks) {
+		if r.Err != nil {
+			e.t.Errorf("%s [%s]: %v", r.Name, e.backend, r.Err)
+			continue
+		}
+		if (r.Expect == lab.Open) != (r.Observed == lab.Open) {
+			e.t.Errorf("%s [%s]: observed %s", r.Name, e.backend, r.Observed)
+		}
+	}
+}
