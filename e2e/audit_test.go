@@ -35,7 +35,8 @@ type auditOutput struct {
 		Proto string `json:"proto"`
 		Ports string `json:"ports"`
 	} `json:"unused_allows"`
-	Warnings []string `json:"warnings"`
+	Warnings       []string          `json:"warnings"`
+	OtherFiltering []json.RawMessage `json:"other_filtering"`
 }
 
 // audit runs 'moat audit --json' in the server namespace and returns
@@ -217,5 +218,56 @@ func (e *env) checkAudit(a auditOutput) {
 		if (r.Expect == lab.Open) != (r.Observed == lab.Open) {
 			e.t.Errorf("%s [%s]: observed %s", r.Name, e.backend, r.Observed)
 		}
+	}
+}
+
+// Filtering outside moat that sees incoming packets is warned of: what
+// the audit calls open under moat's rules, another table may drop (and
+// here does, with real packets); moat not active is warned of too.
+func TestAuditOtherFiltering(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		warned := func(a auditOutput, part string) bool {
+			for _, w := range a.Warnings {
+				if strings.Contains(w, part) {
+					return true
+				}
+			}
+			return false
+		}
+		a, _ := e.audit()
+		if !warned(a, "moat is not active") || warned(a, "filtering outside moat") {
+			t.Errorf("inactive, no other filtering: warnings %q", a.Warnings)
+		}
+		e.apply("default deny incoming\nallow 80/tcp\n")
+		a, code := e.audit()
+		if code != 0 || len(a.Warnings) != 0 || len(a.OtherFiltering) != 0 {
+			t.Errorf("active, alone: exit %d, warnings %q, other filtering %s", code, a.Warnings, a.OtherFiltering)
+		}
+		e.run("server", "nft", "add", "table", "inet", "audit_other")
+		e.run("server", "nft", "add", "chain", "inet", "audit_other", "input", "{ type filter hook input priority -10; policy accept; }")
+		e.run("server", "nft", "add", "rule", "inet", "audit_other", "input", "tcp", "dport", "80", "drop")
+		a, _ = e.audit()
+		if !warned(a, "filtering outside moat") || len(a.OtherFiltering) == 0 {
+			t.Errorf("another table filters input: warnings %q, other filtering %s", a.Warnings, a.OtherFiltering)
+		}
+		for _, f := range a.Sockets {
+			if f.Port == 80 && f.Status != "open" {
+				t.Errorf("moat's rules open port 80: %+v", f)
+			}
+		}
+		// Why the warning matters: the other table drops what moat opens.
+		e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp [2001:db8::1]:80 timeout")
+	})
+}
+
+// Not as root: the audit says it cannot be made (exit 2) rather than
+// judging half of what it should.
+func TestAuditNotRoot(t *testing.T) {
+	t.Parallel()
+	out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", moatBin, "audit", "--json").CombinedOutput()
+	ee := (*exec.ExitError)(nil)
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "run it as root") {
+		t.Errorf("not root: %v\n%s", err, out)
 	}
 }

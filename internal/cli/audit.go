@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -93,6 +94,9 @@ func (a *app) auditCommand() *cobra.Command {
 }
 
 func (a *app) runAudit(ctx context.Context) error {
+	if os.Geteuid() != 0 {
+		return errors.New("audit: run it as root: what moat applied, the kernel's rules and the owners of other users' sockets are root's to read")
+	}
 	ls, err := safeapply.Listeners("/proc")
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
