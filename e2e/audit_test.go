@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,6 +26,7 @@ type auditFinding struct {
 	PID         int      `json:"pid"`
 	Status      string   `json:"status"`
 	From        []string `json:"from"`
+	Except      []string `json:"except"`
 	Unexplained bool     `json:"unexplained"`
 }
 
@@ -108,9 +111,16 @@ func TestAudit(t *testing.T) {
 				t.Errorf("inactive: %+v, want %s", f, want)
 			}
 		}
-		e.checkAudit(before)
+		e.checkAudit(before, nil)
 
-		e.apply(`default deny incoming
+		// A blocklist drops two of the client's addresses before any
+		// rule: the open ports are open to anyone else.
+		bad := filepath.Join(e.dir, "bad.list")
+		if err := os.WriteFile(bad, []byte("192.0.2.4\n2001:db8::4\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		blocked := []netip.Prefix{netip.MustParsePrefix("192.0.2.4/32"), netip.MustParsePrefix("2001:db8::4/128")}
+		e.apply("blocklist bad file " + bad + "\n" + `default deny incoming
 allow 22/tcp
 allow 80/tcp
 allow from 192.0.2.3 to any port 443 proto tcp
@@ -155,14 +165,20 @@ allow 7070/tcp
 		if !unused["tcp 9"] || !unused["tcp 7070"] || unused["tcp 22"] || len(after.UnusedAllows) != 2 {
 			t.Errorf("unused allows %+v, want tcp 9 and tcp 7070 (loopback only)", after.UnusedAllows)
 		}
-		e.checkAudit(after)
+		for _, f := range after.Sockets {
+			if f.Status == "open" && !slices.Equal(f.Except, []string{"blocklist bad"}) {
+				t.Errorf("%s %s/%d open: except %v, want the blocklist named", f.Family, f.Proto, f.Port, f.Except)
+			}
+		}
+		e.checkAudit(after, blocked)
 	})
 }
 
 // checkAudit sends real packets from the client to every socket of the
 // audit, from an address its sources admit (open) and from one they do
-// not (open to some), and fails for each that does not match.
-func (e *env) checkAudit(a auditOutput) {
+// not (open to some), and fails for each that does not match. blocked
+// are the networks of the blocklist an open socket's finding names.
+func (e *env) checkAudit(a auditOutput, blocked []netip.Prefix) {
 	e.t.Helper()
 	clients := append([]netip.Addr{lab.ClientV4, lab.ClientV6}, lab.ClientAlt...)
 	var checks []lab.Check
@@ -187,7 +203,13 @@ func (e *env) checkAudit(a auditOutput) {
 			}
 			switch f.Status {
 			case "open", "inactive-open":
-				add(f, c, true)
+				reach := true
+				for _, b := range blocked {
+					if len(f.Except) > 0 && b.Contains(c) {
+						reach = false
+					}
+				}
+				add(f, c, reach)
 			case "closed", "local-only":
 				add(f, c, false)
 			case "open-some":
