@@ -104,7 +104,9 @@ func (a *app) rollbackCommand() *cobra.Command {
 		Short: "Undo a change applied with --confirm, now",
 		Long: `Undo the change applied with --confirm now: moat's rules, the policy file
 and the saved state go back to what they were before it (the unconfirmed
-policy is kept as FILE.unconfirmed).`,
+policy is kept as FILE.unconfirmed). Past the deadline, a change not rolled
+back yet is rolled back all the same (it says the deadline passed). With no
+change waiting, it fails, saying when the last one was rolled back.`,
 		GroupID: "state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,9 @@ type smPending struct {
 	prevFile, prevApplied  string
 	prevActive, prevFailed bool
 	persist                bool
+	// deadline: from then on, the next command that takes moat's lock
+	// (its repair) rolls the change back first.
+	deadline time.Time
 }
 
 // smCorrupt stands for a saved.json that is not JSON.
@@ -72,6 +76,10 @@ type smRig struct {
 	rng      *rand.Rand
 	nextPort int
 	log      []string
+	// lost, if set, draws when a pending change's watchdog is gone and
+	// its deadline passes with no command run (kept apart from rng, so
+	// that a seed's commands stay the same with it or without).
+	lost *rand.Rand
 }
 
 func newSMRig(t *testing.T, backend string, seed uint64) *smRig {
@@ -123,6 +131,10 @@ func (r *smRig) fail(format string, args ...any) {
 	tail := r.log
 	if len(tail) > 12 {
 		tail = tail[len(tail)-12:]
+	}
+	// A replay can keep every command: MOAT_STATEMACHINE_LOG=FILE.
+	if p := os.Getenv("MOAT_STATEMACHINE_LOG"); p != "" {
+		_ = os.WriteFile(p, []byte(strings.Join(r.log, "\n")), 0o600)
 	}
 	r.t.Fatalf("%s\nlast commands:\n%s", fmt.Sprintf(format, args...), strings.Join(tail, "\n"))
 }
@@ -201,6 +213,33 @@ func (r *smRig) check(m smModel) {
 	}
 }
 
+// smConfirm is the --confirm time the rig's commands give.
+const smConfirm = 60 * time.Second
+
+// rolledBack is m after its pending change is rolled back.
+func rolledBack(m smModel) smModel {
+	if m.pend == nil {
+		return m
+	}
+	next := m.clone()
+	next.file, next.applied, next.active, next.pend = m.pend.prevFile, m.pend.prevApplied, m.pend.prevActive, nil
+	next.failClosed = m.pend.prevFailed
+	if !next.active {
+		next.applied = ""
+	}
+	return next
+}
+
+// overdue is m as a command that takes moat's lock finds it: a pending
+// change past its deadline is rolled back first (the repair), whatever
+// the command.
+func (r *smRig) overdue(m smModel) smModel {
+	if m.pend != nil && !r.now.Before(m.pend.deadline) {
+		return rolledBack(m)
+	}
+	return m
+}
+
 // ruleLines are the numbers a 'delete N' can take.
 func ruleCount(text string) int {
 	return policy.NewDocument("x", []byte(text)).RuleCount()
@@ -219,7 +258,7 @@ func (r *smRig) editModel(m smModel, newFile string, confirm bool) (smModel, boo
 	}
 	n.applied = newFile
 	if confirm {
-		n.pend = &smPending{prevFile: m.applied, prevApplied: m.applied, prevActive: true, persist: m.saved != ""}
+		n.pend = &smPending{prevFile: m.applied, prevApplied: m.applied, prevActive: true, persist: m.saved != "", deadline: r.now.Add(smConfirm)}
 	} else if m.saved != "" {
 		n.saved = newFile
 	}
@@ -233,6 +272,12 @@ func (r *smRig) step(m smModel) smModel {
 		cflags = []string{"--confirm", "60s", "--no-wait"}
 	}
 	r.now = r.now.Add(time.Second)
+	if r.lost != nil && m.pend != nil && r.lost.IntN(12) == 0 {
+		// The watchdog was killed and nothing ran until past the deadline:
+		// the next command that takes the lock rolls the change back.
+		r.now = r.now.Add(smConfirm)
+		r.log = append(r.log, "(the deadline passed, the watchdog gone)")
+	}
 	// A kill -9 at a random step of this command, one time in three.
 	steps := []string{"intent", "pending", "armed", "kernel", "switched", "file", "applied", "saved", "done",
 		"confirm-marked", "confirm-saved", "rollback-marked", "rollback-kernel", "rollback-records"}
@@ -245,6 +290,8 @@ func (r *smRig) step(m smModel) smModel {
 	var code int
 	switch op := r.rng.IntN(100); {
 	case op < 22: // allow a new port
+		m = r.overdue(m)
+		next = m
 		r.nextPort++
 		line := fmt.Sprintf("allow %d/tcp", r.nextPort)
 		doc := policy.NewDocument(r.conf, []byte(m.file))
@@ -257,6 +304,8 @@ func (r *smRig) step(m smModel) smModel {
 		}
 		undoable = true
 	case op < 32: // insert at 1
+		m = r.overdue(m)
+		next = m
 		r.nextPort++
 		line := fmt.Sprintf("deny %d/udp", r.nextPort)
 		doc := policy.NewDocument(r.conf, []byte(m.file))
@@ -273,10 +322,12 @@ func (r *smRig) step(m smModel) smModel {
 		}
 		undoable = true
 	case op < 42: // delete a rule by number
-		n := ruleCount(m.file)
+		mo := r.overdue(m)
+		n := ruleCount(mo.file)
 		if n == 0 {
-			return m
+			return m // no command runs
 		}
+		m, next = mo, mo
 		k := 1 + r.rng.IntN(n)
 		doc := policy.NewDocument(r.conf, []byte(m.file))
 		if _, err := doc.DeleteRule(k); err != nil {
@@ -290,6 +341,8 @@ func (r *smRig) step(m smModel) smModel {
 		}
 		undoable = true
 	case op < 47: // default incoming
+		m = r.overdue(m)
+		next = m
 		act := []policy.Action{policy.Allow, policy.Deny, policy.Reject}[r.rng.IntN(3)]
 		doc := policy.NewDocument(r.conf, []byte(m.file))
 		doc.SetDefault(policy.In, act)
@@ -301,6 +354,8 @@ func (r *smRig) step(m smModel) smModel {
 		}
 		undoable = true
 	case op < 60: // enable
+		m = r.overdue(m)
+		next = m
 		if m.pend == nil {
 			next = m.clone()
 			next.active, next.applied, next.failClosed = true, m.file, false
@@ -309,7 +364,8 @@ func (r *smRig) step(m smModel) smModel {
 				if m.active && !m.failClosed {
 					prevFile = m.applied
 				}
-				next.pend = &smPending{prevFile: prevFile, prevApplied: m.applied, prevActive: m.active, prevFailed: m.failClosed, persist: true}
+				next.pend = &smPending{prevFile: prevFile, prevApplied: m.applied, prevActive: m.active, prevFailed: m.failClosed, persist: true,
+					deadline: r.now.Add(smConfirm)}
 			} else {
 				next.saved = m.file
 			}
@@ -320,6 +376,8 @@ func (r *smRig) step(m smModel) smModel {
 		}
 		undoable = true
 	case op < 65: // reload
+		m = r.overdue(m)
+		next = m
 		if m.active && m.pend == nil {
 			next = m.clone()
 			next.applied, next.saved, next.failClosed = m.file, m.file, false
@@ -329,7 +387,9 @@ func (r *smRig) step(m smModel) smModel {
 			r.fail("reload: exit %d\n%s", code, out)
 		}
 		undoable = true
-	case op < 73: // confirm
+	case op < 73: // confirm: too late, it fails saying the change was rolled back
+		m = r.overdue(m)
+		next = m
 		if m.pend != nil {
 			next = m.clone()
 			if m.pend.persist {
@@ -342,15 +402,10 @@ func (r *smRig) step(m smModel) smModel {
 			r.fail("confirm: exit %d\n%s", code, out)
 		}
 	case op < 80: // rollback, or the deadline passes and the watchdog acts
-		if m.pend != nil {
-			next = m.clone()
-			next.file, next.applied, next.active, next.pend = m.pend.prevFile, m.pend.prevApplied, m.pend.prevActive, nil
-			next.failClosed = m.pend.prevFailed
-			if !next.active {
-				next.applied = ""
-			}
-		}
+		next = rolledBack(m)
 		if r.rng.IntN(2) == 0 {
+			// Past the deadline, the command's repair rolls the change
+			// back; what was asked is done: it succeeds all the same.
 			out, code = r.moat("rollback")
 			if (m.pend != nil) != (code == 0) && !r.crashed {
 				r.fail("rollback: exit %d\n%s", code, out)
@@ -447,10 +502,54 @@ func TestStateMachine(t *testing.T) {
 	for i, b := range []string{"nftables", "iptables"} {
 		t.Run(b, func(t *testing.T) {
 			t.Parallel()
-			r := newSMRig(t, b, uint64(time.Now().UnixNano())+uint64(i))
-			seed := r.rng.Uint64()
-			r.rng = rand.New(rand.NewPCG(seed, 7))
-			t.Logf("seed %d", seed)
+			seed := uint64(time.Now().UnixNano()) + uint64(i)
+			if v := os.Getenv("MOAT_STATEMACHINE_SEED_" + b); v != "" {
+				// Replays a failed run: the seed its log printed.
+				s, err := strconv.ParseUint(v, 10, 64)
+				if err != nil {
+					t.Fatalf("MOAT_STATEMACHINE_SEED_%s: %v", b, err)
+				}
+				seed = s
+			}
+			t.Logf("seed %d (MOAT_STATEMACHINE_SEED_%s replays it)", seed, b)
+			runStateMachine(t, b, seed, steps, true)
+		})
+	}
+}
+
+// smRegressions are seeds that found a defect once; they run every time.
+var smRegressions = []struct {
+	backend string
+	seed    uint64
+	steps   int
+	lost    bool // watchdogs lost at random (runStateMachine)
+}{
+	// A change left pending past its deadline with no command taking the
+	// lock in between: 'moat rollback' then had its own lock's repair roll
+	// the change back and failed with "no change is waiting for
+	// confirmation" (exit 1) right after saying it was rolled back.
+	{"iptables", 15093788259632922440, 520, false},
+}
+
+func TestStateMachineRegressions(t *testing.T) {
+	for _, c := range smRegressions {
+		t.Run(fmt.Sprintf("%s/%d", c.backend, c.seed), func(t *testing.T) {
+			t.Parallel()
+			runStateMachine(t, c.backend, c.seed, c.steps, c.lost)
+		})
+	}
+}
+
+// runStateMachine runs steps random commands from seed; with lost, a
+// pending change's watchdog is sometimes gone and its deadline passes
+// with no command run.
+func runStateMachine(t *testing.T, b string, seed uint64, steps int, lost bool) {
+	{
+		{
+			r := newSMRig(t, b, seed)
+			if lost {
+				r.lost = rand.New(rand.NewPCG(seed, 13))
+			}
 			m := smModel{file: "default deny incoming\nallow 22/tcp\n"}
 			if err := os.WriteFile(r.conf, []byte(m.file), 0o644); err != nil {
 				t.Fatal(err)
@@ -473,6 +572,66 @@ func TestStateMachine(t *testing.T) {
 				}
 			}
 			t.Logf("%d steps: %d kills repaired, %d confirmations armed, %d applies or edits", steps, kills, pend, active)
+		}
+	}
+}
+
+// TestRollbackAfterDeadline: past the deadline, 'moat rollback' finds the
+// change rolled back by its own lock's repair and succeeds (what was asked
+// is done); a second one, and 'moat confirm' too late, fail saying when the
+// change was rolled back; a rollback cut by kill -9 is finished by the next
+// 'moat rollback', which succeeds.
+func TestRollbackAfterDeadline(t *testing.T) {
+	for _, b := range []string{"nftables", "iptables"} {
+		t.Run(b, func(t *testing.T) {
+			t.Parallel()
+			r := newSMRig(t, b, 1)
+			m := smModel{file: "default deny incoming\nallow 22/tcp\n"}
+			if err := os.WriteFile(r.conf, []byte(m.file), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			expect := func(wantCode int, want []string, args ...string) {
+				t.Helper()
+				out, code := r.moat(args...)
+				if code != wantCode {
+					r.fail("moat %s: exit %d, want %d\n%s", strings.Join(args, " "), code, wantCode, out)
+				}
+				for _, w := range want {
+					if !strings.Contains(out, w) {
+						r.fail("moat %s: no %q in:\n%s", strings.Join(args, " "), w, out)
+					}
+				}
+			}
+			expect(0, nil, "--backend", b, "enable")
+			m = smModel{file: m.file, active: true, applied: m.file, saved: m.file}
+			r.check(m)
+			for _, cut := range []bool{false, true} {
+				r.now = r.now.Add(time.Second)
+				expect(0, []string{"Waiting for confirmation"}, "--confirm", "60s", "--no-wait", "allow", "1001/tcp")
+				r.now = r.now.Add(61 * time.Second)
+				if cut {
+					// The deadline's rollback, in the lock of a 'moat
+					// rollback', is killed half way; the next one finishes it.
+					r.crashAt = "rollback-kernel"
+					expect(1, []string{"killed at rollback-kernel"}, "rollback")
+					expect(0, []string{"interrupted rollback", "is finished", "Rolled back:"}, "rollback")
+				} else {
+					expect(0, []string{"was not confirmed by its deadline: rolled back", "Rolled back:"}, "rollback")
+				}
+				r.check(m)
+				if _, err := os.Stat(r.conf + ".unconfirmed"); err != nil {
+					r.fail("the unconfirmed policy is not kept: %v", err)
+				}
+				expect(1, []string{"no change is waiting for confirmation: the change applied at", "was rolled back at"}, "rollback")
+				expect(1, []string{"nothing to confirm", "was rolled back at"}, "confirm")
+				r.check(m)
+			}
+			// Too late to confirm: the confirm's own lock rolls it back.
+			r.now = r.now.Add(time.Second)
+			expect(0, []string{"Waiting for confirmation"}, "--confirm", "60s", "--no-wait", "allow", "1002/tcp")
+			r.now = r.now.Add(60 * time.Second)
+			expect(1, []string{"was not confirmed by its deadline: rolled back", "nothing to confirm", "not confirmed by the deadline"}, "confirm")
+			r.check(m)
 		})
 	}
 }

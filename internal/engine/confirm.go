@@ -161,11 +161,26 @@ func (e *Engine) finishConfirm(p *Pending) error {
 // file, records) and stops the watchdog. id, when set, must match the
 // pending change (the watchdog only rolls back its own). reason goes into
 // the outcome ("moat rollback", "deadline").
+//
+// If the repair run by this command's Lock rolled the change back already
+// (its deadline had passed, or a rollback cut short was finished), what
+// was asked is done: that change is returned with no error. With no
+// change waiting, the error (ErrNoPending) says when the last one was
+// rolled back, as Confirm does.
 func (e *Engine) Rollback(ctx context.Context, id, reason string) (*Pending, error) {
 	if err := e.mustHoldLock(); err != nil {
 		return nil, err
 	}
 	p, err := LoadPending(e.o.StateDir)
+	if errors.Is(err, ErrNoPending) {
+		if r := e.repairRolledBack; r != nil && (id == "" || r.ID == id) {
+			return r, nil
+		}
+		if o, oerr := LastOutcome(e.o.StateDir); oerr == nil && o.Outcome == "rolled back" && (id == "" || o.ID == id) {
+			return nil, fmt.Errorf("%w: the change applied at %s was rolled back at %s (%s)", ErrNoPending,
+				o.Applied.Local().Format(time.DateTime), o.Time.Local().Format(time.DateTime), o.Reason)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -523,11 +538,13 @@ func (e *Engine) repair(ctx context.Context) error {
 		if _, err := e.Rollback(ctx, p.ID, "moat rollback (finished after an interruption)"); err != nil {
 			return fmt.Errorf("finish the interrupted rollback: %w", err)
 		}
+		e.repairRolledBack = p
 		e.warn(fmt.Sprintf("the interrupted rollback of the change applied at %s is finished", p.Created.Local().Format(time.TimeOnly)))
 	case e.left(p) <= 0:
 		if _, err := e.Rollback(ctx, p.ID, "not confirmed by the deadline"); err != nil {
 			return err
 		}
+		e.repairRolledBack = p
 		e.warn(fmt.Sprintf("the change applied at %s was not confirmed by its deadline: rolled back", p.Created.Local().Format(time.TimeOnly)))
 	case p.Watchdog.PID > 0 && p.Watchdog.PID != os.Getpid() && !p.Watchdog.Alive() && e.o.StartWatchdog != nil:
 		e.rearm(p)

@@ -91,6 +91,10 @@ type Options struct {
 type Engine struct {
 	o     Options
 	lockf *os.File
+	// repairRolledBack is the pending change that the repair run by
+	// this command's Lock rolled back (its deadline had passed, or a
+	// rollback cut short was finished); nil if none.
+	repairRolledBack *Pending
 }
 
 // New returns an engine; missing options get safe defaults.

@@ -59,6 +59,7 @@ func (e *Engine) lock(ctx context.Context, command string, repair bool) (unlock 
 		_, _ = f.WriteAt([]byte(owner), 0)
 	}
 	e.lockf = f
+	e.repairRolledBack = nil
 	unlock = func() {
 		if e.lockf != f {
 			return
@@ -67,6 +68,7 @@ func (e *Engine) lock(ctx context.Context, command string, repair bool) (unlock 
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		_ = f.Close()
 		e.lockf = nil
+		e.repairRolledBack = nil
 	}
 	if !repair {
 		return unlock, nil
