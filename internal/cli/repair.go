@@ -125,7 +125,13 @@ func (a *app) heldByKilledUpdate(ctx context.Context, b backend.Backend, st appl
 	if p == nil {
 		return false
 	}
-	rs := ruleset.Compile(p)
+	return a.kernelHolds(ctx, b, ruleset.Compile(p))
+}
+
+// kernelHolds says whether moat's rules in the kernel are exactly what
+// loading rs gives: the same chains and sets (drift.Against), and each
+// rule the same as in a scratch namespace (changedInPlace).
+func (a *app) kernelHolds(ctx context.Context, b backend.Backend, rs *ruleset.Ruleset) bool {
 	script, err := b.Script(rs)
 	if err != nil {
 		return false
@@ -152,15 +158,7 @@ func (a *app) earlierOrder(ctx context.Context, b backend.Backend, applied *poli
 			return false
 		}
 	}
-	rs := a.compileAppliedEarlier(applied)
-	script, err := b.Script(rs)
-	if err != nil {
-		return false
-	}
-	if d, _, err := drift.Against(ctx, b.Name(), script, nil); err != nil || len(d) > 0 {
-		return false
-	}
-	return len(a.changedInPlace(ctx, b, rs, script)) == 0
+	return a.kernelHolds(ctx, b, a.compileAppliedEarlier(applied))
 }
 
 // driftReasonHook, in tests, runs at each full comparison.
