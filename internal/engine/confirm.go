@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -629,7 +628,8 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 	var carried []ruleset.Ban
 	switched := in.Prev != nil && in.Next != nil && in.Prev.Backend != in.Next.Backend
 	if switched {
-		carried = e.liveBans(ctx, e.recordedBans(switchID(in)), in.Next.Backend)
+		rec, _ := e.recordedBans(switchID(in))
+		carried = e.liveBans(ctx, rec, in.Next.Backend)
 	}
 	if in.Pending != "" {
 		if p, err := LoadPending(dir); err == nil && p.ID == in.Pending {
@@ -646,7 +646,7 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 	if in.Prev != nil {
 		if len(carried) > 0 {
 			// clearPending removed the record: a kill from here on finds it again.
-			e.recordBans(switchID(in), carried)
+			e.recordBans("change of backend", switchID(in), carried)
 			if err := e.step("undo-bans-recorded"); err != nil {
 				return err
 			}
@@ -820,16 +820,7 @@ type rollbackBanRec struct {
 // cut (the guard ran on) are among them, and keepBans keeps those that
 // the snapshot does not hold.
 func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ban, known bool, since []ruleset.Ban) {
-	dir := e.o.StateDir
-	var rec rollbackBans
-	if data, err := readState(dir, rollbackBansFile); err == nil && json.Unmarshal(data, &rec) == nil && rec.ID == p.ID {
-		gone := max(e.o.Now().Sub(rec.Taken), 0)
-		for _, b := range rec.Bans {
-			left := time.Duration(b.LeftMS)*time.Millisecond - gone
-			if left >= time.Second || b.LeftMS == 0 {
-				bans = append(bans, ruleset.Ban{Addr: b.Addr, Expires: left, Reason: b.Reason})
-			}
-		}
+	if rec, ok := e.recordedBans(p.ID); ok {
 		for _, name := range []string{p.PrevBackend, p.Backend} {
 			if b, err := e.backend(name); err == nil {
 				if k, ok := b.(banKeeper); ok {
@@ -842,7 +833,7 @@ func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ba
 				break
 			}
 		}
-		return bans, true, since
+		return rec, true, since
 	}
 	b, err := e.backend(p.Backend)
 	if err != nil {
@@ -856,18 +847,7 @@ func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ba
 		e.warn(fmt.Sprintf("rollback: cannot read the bans in force (%v): the bans are those from before the change", err))
 		return nil, false, nil
 	}
-	rec = rollbackBans{ID: p.ID, Taken: e.o.Now(), Bans: make([]rollbackBanRec, 0, len(bans))}
-	for _, b := range bans {
-		left := b.Expires
-		if left <= 0 {
-			left = b.Timeout
-		}
-		rec.Bans = append(rec.Bans, rollbackBanRec{Addr: b.Addr.Unmap(), LeftMS: left.Milliseconds(), Reason: b.Reason})
-	}
-	if err := writeJSON(dir, rollbackBansFile, &rec); err != nil {
-		// The rollback goes on: only a second cut would lose them.
-		e.warn(fmt.Sprintf("rollback: %v", err))
-	}
+	e.recordBans("rollback", p.ID, bans)
 	return bans, true, nil
 }
 

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -276,6 +278,72 @@ func TestRollbackRestoresFileListCopies(t *testing.T) {
 			}
 			if got := l.Prefixes(); len(got) != 1 || got[0].String() != "192.0.2.0/24" {
 				t.Errorf("the saved copy after the rollback holds %v, the kernel 192.0.2.0/24", got)
+			}
+		})
+	}
+}
+
+// pending.bans is the only record of the bans made while a change waited
+// once its rollback was cut after the restore. A broken record cannot
+// give them back: the rollback still finishes, keeps the bans the kernel
+// holds, and says loudly that the record's are lost. A record whose time
+// left is absurd (hostile, or a broken write) neither overflows nor loses
+// the ban: it is bounded by moat's longest duration.
+func TestRollbackCutWithBrokenBansRecord(t *testing.T) {
+	for _, tc := range []struct {
+		name, record string
+	}{
+		{"corrupt", "{\"id\": \"x\", \"bans\": [ {\"addr\": \"192.0.2."},
+		{"huge-left", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			ctx := context.Background()
+			_, err = r.add(r.ch(time.Hour), "allow 443/tcp")
+			r.must(err)
+			r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: netip.MustParseAddr("192.0.2.3"), Timeout: time.Hour, Reason: "meanwhile"}}))
+			r.crashAt = "rollback-restored"
+			if err := r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err }); !IsCrash(err) {
+				t.Fatalf("no crash: %v", err)
+			}
+			path := filepath.Join(r.dir, rollbackBansFile)
+			record := tc.record
+			if record == "" {
+				p, err := LoadPending(r.dir)
+				r.must(err)
+				record = fmt.Sprintf(`{"id": %q, "taken": %q, "bans": [{"addr": "192.0.2.3", "left_ms": 9223372036854775807, "reason": "huge"}]}`,
+					p.ID, r.now.Format(time.RFC3339Nano))
+			}
+			r.must(os.WriteFile(path, []byte(record), 0o600))
+			r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: netip.MustParseAddr("198.51.100.9"), Timeout: time.Hour, Reason: "after the cut"}}))
+			r.warnings = nil
+			r.must(r.do(func(context.Context, *Engine) error { return nil }))
+			r.kernelIs("nftables", base)
+			got, err := r.nft.Bans(ctx)
+			r.must(err)
+			have := map[string]ruleset.Ban{}
+			for _, b := range got {
+				have[b.Addr.String()] = b
+			}
+			if _, ok := have["198.51.100.9"]; !ok {
+				t.Errorf("the ban in the kernel is gone: %+v", got)
+			}
+			warned := slices.ContainsFunc(r.warnings, func(w string) bool { return strings.Contains(w, "pending.bans is unreadable") })
+			switch tc.name {
+			case "corrupt":
+				if !warned {
+					t.Errorf("the lost record was not reported: %q", r.warnings)
+				}
+			case "huge-left":
+				if warned {
+					t.Errorf("a readable record reported lost: %q", r.warnings)
+				}
+				if b, ok := have["192.0.2.3"]; !ok || b.Expires != 100*365*24*time.Hour {
+					t.Errorf("the recorded ban with a huge time left: %+v (all: %+v)", b, got)
+				}
 			}
 		})
 	}

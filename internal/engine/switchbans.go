@@ -3,8 +3,11 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -25,26 +28,46 @@ func switchID(in *Intent) string {
 }
 
 // recordedBans reads pending.bans when it was written under id, with the
-// time gone since taken off (bans run out meanwhile are dropped).
-func (e *Engine) recordedBans(id string) []ruleset.Ban {
+// time gone since taken off (bans run out meanwhile are dropped). ok is
+// false when it holds no record of id. A record there but unreadable is
+// said loudly: the bans only it held (those made while a change waited,
+// when a rollback was cut after its restore; those carried by a switch
+// cut after the old rules went) are lost, and the kernel's are used.
+func (e *Engine) recordedBans(id string) (bans []ruleset.Ban, ok bool) {
 	var rec rollbackBans
 	data, err := readState(e.o.StateDir, rollbackBansFile)
-	if err != nil || json.Unmarshal(data, &rec) != nil || rec.ID != id {
-		return nil
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false
+	}
+	if err == nil {
+		err = json.Unmarshal(data, &rec)
+	}
+	if err != nil {
+		e.warn(fmt.Sprintf("%s is unreadable (%v): the bans it recorded are lost; those in the kernel's ban sets are kept",
+			filepath.Join(e.o.StateDir, rollbackBansFile), err))
+		return nil, false
+	}
+	if rec.ID != id {
+		return nil, false
 	}
 	gone := max(e.o.Now().Sub(rec.Taken), 0)
-	var bans []ruleset.Ban
 	for _, b := range rec.Bans {
-		if !b.Addr.IsValid() {
+		if !b.Addr.IsValid() || b.LeftMS < 0 {
 			continue
 		}
-		left := time.Duration(b.LeftMS)*time.Millisecond - gone
-		if left >= time.Second || b.LeftMS == 0 {
-			bans = append(bans, ruleset.Ban{Addr: b.Addr.Unmap(), Expires: left, Reason: ruleset.CleanReason(b.Reason)})
+		// A hostile or broken record must not overflow the time left.
+		left := min(b.LeftMS, maxRecordedLeft.Milliseconds())
+		d := time.Duration(left)*time.Millisecond - gone
+		if d >= time.Second || b.LeftMS == 0 {
+			bans = append(bans, ruleset.Ban{Addr: b.Addr.Unmap(), Expires: d, Reason: ruleset.CleanReason(b.Reason)})
 		}
 	}
-	return bans
+	return bans, true
 }
+
+// maxRecordedLeft bounds the time left of a ban read from pending.bans
+// (moat's longest duration).
+const maxRecordedLeft = 100 * 365 * 24 * time.Hour
 
 // liveBans reads the ban sets of the named backends that hold moat's
 // rules (one not loaded, or not a banKeeper, has none), adding those not
@@ -83,15 +106,15 @@ func (e *Engine) liveBans(ctx context.Context, have []ruleset.Ban, names ...stri
 }
 
 // recordBans writes bans to pending.bans under id, with the time they
-// have left now.
-func (e *Engine) recordBans(id string, bans []ruleset.Ban) {
+// have left now. what names the command in the warning a failure gives.
+func (e *Engine) recordBans(what, id string, bans []ruleset.Ban) {
 	rec := rollbackBans{ID: id, Taken: e.o.Now(), Bans: make([]rollbackBanRec, 0, len(bans))}
 	for _, b := range bans {
 		rec.Bans = append(rec.Bans, rollbackBanRec{Addr: b.Addr.Unmap(), LeftMS: banLeft(b).Milliseconds(), Reason: ruleset.CleanReason(b.Reason)})
 	}
 	if err := writeJSON(e.o.StateDir, rollbackBansFile, &rec); err != nil {
-		// The switch goes on: only a kill before its end would lose them.
-		e.warn(fmt.Sprintf("change of backend: %v", err))
+		// The command goes on: only a kill before its end would lose them.
+		e.warn(fmt.Sprintf("%s: %v", what, err))
 	}
 }
 
@@ -127,11 +150,12 @@ func (e *Engine) putBans(ctx context.Context, to Backend, bans []ruleset.Ban) {
 // carryBans gives the bans in force in the backends moat's rules leave
 // (from) to the backend that took them (to), recording them first.
 func (e *Engine) carryBans(ctx context.Context, id string, from []string, to Backend) error {
-	bans := e.liveBans(ctx, e.recordedBans(id), from...)
+	rec, _ := e.recordedBans(id)
+	bans := e.liveBans(ctx, rec, from...)
 	if len(bans) == 0 {
 		return nil
 	}
-	e.recordBans(id, bans)
+	e.recordBans("change of backend", id, bans)
 	if err := e.step("switch-bans-recorded"); err != nil {
 		return err
 	}
