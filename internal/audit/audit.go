@@ -82,6 +82,15 @@ const maxSetProbes = 64
 // ifaces are the network namespace's interfaces other than loopback,
 // where packets from outside come in (none: an interface no rule names).
 func Classify(socks []Socket, rs *ruleset.Ruleset, active bool, ifaces []string) []Finding {
+	return ClassifyAt(socks, rs, active, ifaces, nil)
+}
+
+// ClassifyAt is Classify for a host whose addresses (other than
+// loopback) are locals: a socket bound to the wildcard address is
+// judged for packets to each of them, since a rule may allow or drop
+// packets by destination ('to ADDR'). With none of a family, the
+// wildcard address stands for them.
+func ClassifyAt(socks []Socket, rs *ruleset.Ruleset, active bool, ifaces []string, locals []netip.Addr) []Finding {
 	if len(ifaces) == 0 {
 		ifaces = []string{""}
 	}
@@ -91,7 +100,7 @@ func Classify(socks []Socket, rs *ruleset.Ruleset, active bool, ifaces []string)
 			if (v6 && !s.V6) || (!v6 && !s.V4) {
 				continue
 			}
-			out = append(out, classifyOne(s, v6, rs, active, ifaces))
+			out = append(out, classifyOne(s, v6, rs, active, ifaces, locals))
 		}
 	}
 	return out
@@ -111,7 +120,7 @@ func unspecified(v6 bool) netip.Addr {
 	return netip.IPv4Unspecified()
 }
 
-func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []string) Finding {
+func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []string, locals []netip.Addr) Finding {
 	addr := s.Local.Addr().Unmap()
 	f := Finding{Proto: s.Proto, Family: familyName(v6), Address: addr.String(), Port: s.Local.Port(), PID: s.PID, Process: s.Process}
 	if addr.IsLoopback() {
@@ -122,11 +131,25 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 		f.Status, f.Unexplained = Inactive, true
 		return f
 	}
-	dst := addr
-	if dst.IsUnspecified() || dst.Is4() == v6 {
-		dst = unspecified(v6)
+	dsts := []netip.Addr{addr}
+	if addr.IsUnspecified() || addr.Is4() == v6 {
+		dsts = nil
+		for _, l := range locals {
+			if l.Is6() == v6 && !l.IsLoopback() {
+				dsts = append(dsts, l)
+			}
+		}
+		if len(dsts) == 0 {
+			dsts = []netip.Addr{unspecified(v6)}
+		}
 	}
-	pkt := ruleset.Packet{Hook: ruleset.Input, Proto: s.Proto, Src: unspecified(v6), Dst: dst,
+	// anyone: a source no rule and no set names (not 0.0.0.0, which a
+	// bogon blocklist or a rule may name).
+	anyone, someoneUnnamed := unnamedSource(rs, v6)
+	if !someoneUnnamed {
+		anyone = unspecified(v6)
+	}
+	pkt := ruleset.Packet{Hook: ruleset.Input, Proto: s.Proto, Src: anyone, Dst: dsts[0],
 		SPort: 50000, DPort: s.Local.Port(), CTState: ruleset.CTNew, HopLimit: 64}
 	accepted := func(d ruleset.Decision) {
 		lines, unexplained := allowedBy(d)
@@ -149,12 +172,15 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 		}
 		var ds []ruleset.Decision
 		for _, i := range try {
-			p := pkt
-			p.Src, p.InIface = src, i
-			d, err := rs.Evaluate(p)
-			if err == nil && d.Verdict == ruleset.Accept {
-				on = append(on, i)
-				ds = append(ds, d)
+			for _, dst := range dsts {
+				p := pkt
+				p.Src, p.InIface, p.Dst = src, i, dst
+				d, err := rs.Evaluate(p)
+				if err == nil && d.Verdict == ruleset.Accept {
+					on = append(on, i)
+					ds = append(ds, d)
+					break
+				}
 			}
 		}
 		for _, d := range ds {
@@ -169,14 +195,16 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 			f.From = append(f.From, label)
 		}
 	}
-	on, all := evalOn(pkt.Src, "")
-	if all {
-		f.Status = Open
-		f.Except = exceptions(rs, pkt)
-		return f
-	}
-	for _, i := range on {
-		from("any on " + i)
+	if someoneUnnamed {
+		on, all := evalOn(pkt.Src, "")
+		if all {
+			f.Status = Open
+			f.Except = exceptions(rs, pkt)
+			return f
+		}
+		for _, i := range on {
+			from("any on " + i)
+		}
 	}
 	// Not open to anyone: try the sources and interfaces the accepting
 	// rules name.
@@ -198,6 +226,68 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 	}
 	f.Status, f.AllowedBy, f.Unexplained, f.RateLimit = Closed, nil, false, ""
 	return f
+}
+
+// martians are sources the kernel drops from the outside before any
+// firewall rule (zero network, loopback, multicast, v4-mapped): never
+// the outside's "anyone".
+var martians = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"), netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("224.0.0.0/4"), netip.MustParsePrefix("255.255.255.255/32"),
+	netip.MustParsePrefix("::/128"), netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("::ffff:0:0/96"), netip.MustParsePrefix("ff00::/8"),
+}
+
+// unnamedSource is the lowest address of the family, martians apart,
+// that no rule's source and no set holds (false when they cover every
+// address).
+func unnamedSource(rs *ruleset.Ruleset, v6 bool) (netip.Addr, bool) {
+	var ps []netip.Prefix
+	add := func(p netip.Prefix) {
+		if p.IsValid() && p.Addr().Is6() == v6 {
+			ps = append(ps, p.Masked())
+		}
+	}
+	for _, p := range martians {
+		add(p)
+	}
+	for _, c := range rs.Chains {
+		for _, r := range c.Rules {
+			for _, p := range r.Src {
+				add(p)
+			}
+		}
+	}
+	for _, set := range rs.Sets {
+		for _, e := range set.Entries {
+			add(e.Prefix)
+		}
+	}
+	slices.SortFunc(ps, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	cur := unspecified(v6)
+	for _, p := range ps {
+		if cur.Less(p.Addr()) {
+			return cur, true
+		}
+		next := lastAddr(p).Next()
+		if !next.IsValid() {
+			return netip.Addr{}, false // the rest of the space is covered
+		}
+		if cur.Less(next) {
+			cur = next
+		}
+	}
+	return cur, true
+}
+
+// lastAddr is the highest address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 // allowedBy names the decision's policy line; unexplained when no rule

@@ -206,3 +206,47 @@ func TestUnusedAllows(t *testing.T) {
 		t.Error("no ruleset: nothing to report")
 	}
 }
+
+// "Anyone" is a source no rule or set names: a rule allowing only
+// 0.0.0.0/8 (or ::/8) does not open its port to anyone, a blocklist
+// covering everything but a network (here only multicast, which the
+// kernel drops as a source) closes it, and one leaving a real network
+// out leaves the port open (except the blocklist).
+func TestClassifyUnnamedSource(t *testing.T) {
+	_, rs := compile(t, "default deny incoming\nallow from 0.0.0.0/8 to any port 443 proto tcp\nallow from ::/8 to any port 443 proto tcp\n")
+	fs := Classify([]Socket{sock("tcp", "[::]:443", 1, "web")}, rs, true, []string{"eth0"})
+	for _, f := range fs {
+		if f.Status != OpenSome {
+			t.Errorf("%+v: want open-some", f)
+		}
+	}
+	for _, c := range []struct {
+		list []string
+		want string
+	}{
+		{[]string{"0.0.0.0/1", "128.0.0.0/2", "192.0.0.0/3", "240.0.0.0/4", "::/1", "8000::/1"}, Closed},
+		{[]string{"0.0.0.0/1", "128.0.0.0/2", "192.0.0.0/4", "224.0.0.0/3", "::/1"}, Open},
+	} {
+		p, _ := compile(t, "default deny incoming\nallow 80/tcp\nblocklist bad file /nonexistent\n")
+		for _, s := range c.list {
+			p.Blocklists[0].Prefixes = append(p.Blocklists[0].Prefixes, netip.MustParsePrefix(s))
+		}
+		fs := Classify([]Socket{sock("tcp", "[::]:80", 1, "web")}, ruleset.Compile(p), true, []string{"eth0"})
+		if f := find(t, fs, "tcp", "ipv4", 80); f.Status != c.want {
+			t.Errorf("blocklist %v: %+v, want %s", c.list, f, c.want)
+		}
+	}
+	if a := lastAddr(netip.MustParsePrefix("192.0.2.0/24")); a != netip.MustParseAddr("192.0.2.255") {
+		t.Errorf("lastAddr: %v", a)
+	}
+}
+
+// A rule for one destination address opens a socket bound to the
+// wildcard address for packets to that address.
+func TestClassifyDestination(t *testing.T) {
+	_, rs := compile(t, "default deny incoming\nallow proto tcp from any to 192.0.2.1 port 80\n")
+	fs := ClassifyAt([]Socket{sock("tcp", "0.0.0.0:80", 1, "web")}, rs, true, []string{"eth0"}, []netip.Addr{netip.MustParseAddr("192.0.2.1")})
+	if f := find(t, fs, "tcp", "ipv4", 80); f.Status != Open {
+		t.Errorf("%+v: want open", f)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -128,7 +129,7 @@ func (a *app) runAudit(ctx context.Context) error {
 		rep.Active, rep.Evaluated = true, src.evaluated
 		rep.Warnings = append(rep.Warnings, src.notes...)
 		rs := a.compile(src.policy)
-		findings = audit.Classify(socks, rs, true, outsideIfaces())
+		findings = audit.ClassifyAt(socks, rs, true, outsideIfaces(), outsideAddrs())
 		rep.UnusedAllows = append(rep.UnusedAllows, audit.UnusedAllows(socks, rs)...)
 		rep.OtherFiltering = append(rep.OtherFiltering, src.foreign...)
 		if src.foreignErr != nil {
@@ -171,6 +172,33 @@ func outsideIfaces() []string {
 	for _, i := range ifs {
 		if i.Flags&net.FlagLoopback == 0 {
 			out = append(out, i.Name)
+		}
+	}
+	return out
+}
+
+// outsideAddrs are the addresses of this network namespace's interfaces
+// other than loopback (nil if they cannot be listed).
+func outsideAddrs() []netip.Addr {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		as, err := i.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range as {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.Unmap().IsLoopback() {
+					out = append(out, ip.Unmap())
+				}
+			}
 		}
 	}
 	return out
