@@ -13,8 +13,20 @@ import (
 )
 
 // A snapshot is moat's part of the host in three sections: its ipsets as
-// `ipset save` writes them, and its chains, rules and jumps per family as
-// iptables-save writes them.
+// `ipset save` writes them (the ban sets: their definitions only, no
+// member), and its chains, rules and jumps per family as iptables-save
+// writes them.
+//
+// It is restored in one of two ways:
+//   - keeping the ban sets (RestoreKeepingBans, the rollback of a change
+//     that kept the backend): when both ban sets exist with the
+//     snapshot's definitions (hash size and seed aside), they are left
+//     as they are (the bans made and lifted meanwhile stay so) and the
+//     rest is restored;
+//   - refilling them (Restore, and when the first cannot): the ban sets
+//     come back as the snapshot defines them, empty, and the rollback
+//     then puts back the bans in force (engine: pending.bans). An older
+//     snapshot holding members restores them.
 const (
 	secSets = "# moat snapshot: ipset"
 	secV4   = "# moat snapshot: ip"

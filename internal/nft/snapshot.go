@@ -20,10 +20,21 @@ import (
 // moat's table is read over netlink instead, without the ban sets'
 // elements: the table, its chains, sets (definitions), the elements of
 // every set but the two ban sets, and the rules, as the kernel dumps
-// them, keeping only the attributes that make each object again. The
-// restore sends them back in one transaction that deletes the table and
-// makes it again (the ban sets empty: the rollback then puts back the
-// bans in force).
+// them, keeping only the attributes that make each object again. A
+// table holding named objects or flowtables is still listed by nft, and
+// such text snapshots restore through nft -f.
+//
+// A netlink snapshot is restored in one of two ways, each one
+// transaction:
+//   - keeping the ban sets (RestoreKeepingBans, the rollback of a change
+//     that kept the backend): when the kernel's table and ban sets have
+//     the snapshot's definitions, the table's chains and other sets are
+//     emptied and deleted and made again, the ban sets left as they are
+//     (the bans made and lifted meanwhile stay so); committed only for the
+//     ruleset generation of its read of the table;
+//   - refilling them (Restore, and when the first cannot): the table is
+//     deleted and made again with the ban sets empty, and the rollback
+//     then puts back the bans in force (engine: pending.bans).
 
 // netlinkSnapMagic starts a snapshot read over netlink; a snapshot of
 // `nft list table` (taken by an older moat) starts with "table inet".
