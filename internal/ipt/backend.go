@@ -571,25 +571,33 @@ func (b *Backend) foreignSet(ctx context.Context, name string, fam policy.Family
 			}
 		}
 	}
-	out, err := b.Run(ctx, nil, "ipset", "list", "-t", name)
-	if err != nil {
+	typ, header, err := b.ipsetHeader(ctx, name)
+	if err != nil || typ == "" {
 		return "", false
 	}
-	var typ, got string
-	for _, line := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(line, "Type: "); ok {
-			typ = strings.TrimSpace(v)
-		}
-		if v, ok := strings.CutPrefix(line, "Header: "); ok {
-			if f := strings.Fields(v); len(f) >= 2 && f[0] == "family" {
-				got = f[1]
-			}
-		}
-	}
-	if typ == "" {
-		return "", false
+	var got string
+	if f := strings.Fields(header); len(f) >= 2 && f[0] == "family" {
+		got = f[1]
 	}
 	return strings.TrimSpace(typ + " " + got), typ != "hash:net" || got != want
+}
+
+// ipsetHeader reads the Type and Header lines of `ipset list -t name`
+// (the header alone: no member is read).
+func (b *Backend) ipsetHeader(ctx context.Context, name string) (typ, header string, err error) {
+	out, err := b.Run(ctx, nil, "ipset", "list", "-t", name)
+	if err != nil {
+		return "", "", err
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "Type: "); ok {
+			typ = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(l, "Header: "); ok {
+			header = strings.TrimSpace(v)
+		}
+	}
+	return typ, header, nil
 }
 
 // maxelem is the most entries an ipset takes (its header), 0 if unknown.

@@ -111,18 +111,9 @@ func isBanSet(name string) bool {
 // setCreateLine is the `create` line `ipset save` writes for a set, from
 // its header alone (`ipset -t list`: no member is read).
 func (b *Backend) setCreateLine(ctx context.Context, name string) (string, error) {
-	out, err := b.Run(ctx, nil, "ipset", "-t", "list", name)
+	typ, header, err := b.ipsetHeader(ctx, name)
 	if err != nil {
 		return "", err
-	}
-	var typ, header string
-	for _, l := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(l, "Type: "); ok {
-			typ = strings.TrimSpace(v)
-		}
-		if v, ok := strings.CutPrefix(l, "Header: "); ok {
-			header = strings.TrimSpace(v)
-		}
 	}
 	if typ == "" || header == "" || strings.ContainsAny(typ+header, "\r") {
 		return "", fmt.Errorf("unexpected `ipset -t list %s` output", name)
