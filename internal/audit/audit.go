@@ -36,6 +36,9 @@ type Socket struct {
 	V4, V6  bool // the families it takes
 	PID     int
 	Process string
+	// Device: bound to this interface (SO_BINDTODEVICE), it takes
+	// packets from it only. Empty: any.
+	Device string
 }
 
 // Finding is one socket seen from one family.
@@ -44,6 +47,8 @@ type Finding struct {
 	Family  string `json:"family"` // "ipv4" or "ipv6"
 	Address string `json:"address"`
 	Port    uint16 `json:"port"`
+	// Device is the interface the socket is bound to (SO_BINDTODEVICE).
+	Device  string `json:"device,omitempty"`
 	PID     int    `json:"pid,omitempty"`
 	Process string `json:"process,omitempty"`
 	Status  string `json:"status"`
@@ -122,7 +127,16 @@ func unspecified(v6 bool) netip.Addr {
 
 func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []string, locals []netip.Addr) Finding {
 	addr := s.Local.Addr().Unmap()
-	f := Finding{Proto: s.Proto, Family: familyName(v6), Address: addr.String(), Port: s.Local.Port(), PID: s.PID, Process: s.Process}
+	f := Finding{Proto: s.Proto, Family: familyName(v6), Address: addr.String(), Port: s.Local.Port(), PID: s.PID, Process: s.Process, Device: s.Device}
+	if s.Device != "" && !slices.Contains(ifaces, "") {
+		// Packets from outside come in on ifaces: a socket bound to
+		// another interface (loopback) takes none of them.
+		if !slices.Contains(ifaces, s.Device) {
+			f.Status = LocalOnly
+			return f
+		}
+		ifaces = []string{s.Device}
+	}
 	if addr.IsLoopback() {
 		f.Status = LocalOnly
 		return f

@@ -31,7 +31,9 @@ source that no rule names, of each family the socket takes:
   open to some sources   only the networks or interfaces listed get through
   closed by moat         moat drops or rejects every new connection
   moat not active: open  moat's rules are not in the kernel
-  local only             bound to a loopback address
+  local only             bound to a loopback address, or to a device
+                         (SO_BINDTODEVICE) packets from outside never
+                         come in on, such as lo
 
 It also lists the policy lines that allow a port nothing listens on (for
 information), and warns when moat is not active, fail-closed, or when
@@ -41,8 +43,8 @@ the kernel's socket table and the applied ruleset need it.
 
 --json prints one object: active, evaluated ("applied", "file" or "none"),
 sockets (one per socket and family: proto, family "ipv4"/"ipv6", address,
-port, pid, process, status "open", "open-some", "closed", "inactive-open"
-or "local-only", from, allowed_by, except, rate_limit, unexplained),
+port, device (SO_BINDTODEVICE), pid, process, status "open", "open-some",
+"closed", "inactive-open" or "local-only", from, allowed_by, except, rate_limit, unexplained),
 unused_allows (line, rule, proto, ports), warnings, other_filtering and
 unexplained_exposed.
 
@@ -104,7 +106,7 @@ func (a *app) runAudit(ctx context.Context) error {
 	}
 	socks := make([]audit.Socket, len(ls))
 	for i, l := range ls {
-		socks[i] = audit.Socket{Proto: l.Proto, Local: l.Local, V4: l.V4, V6: l.V6, PID: l.PID, Process: l.Process}
+		socks[i] = audit.Socket{Proto: l.Proto, Local: l.Local, V4: l.V4, V6: l.V6, PID: l.PID, Process: l.Process, Device: l.Device}
 	}
 	rep := auditReport{Warnings: []string{}, OtherFiltering: []foreign.Finding{}, UnusedAllows: []audit.UnusedAllow{}}
 	b, berr := a.activeBackend(ctx)
@@ -115,7 +117,7 @@ func (a *app) runAudit(ctx context.Context) error {
 	case b == nil:
 		rep.Evaluated = "none"
 		rep.Warnings = append(rep.Warnings, "moat is not active: nothing of moat's filters these sockets ('moat enable' applies "+a.config+")")
-		findings = audit.Classify(socks, nil, false, nil)
+		findings = audit.Classify(socks, nil, false, outsideIfaces())
 		f, ferr := a.foreignFilters(ctx)
 		rep.OtherFiltering = append(rep.OtherFiltering, f...)
 		if ferr != nil {

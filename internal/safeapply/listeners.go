@@ -2,6 +2,7 @@ package safeapply
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -25,7 +26,11 @@ type Listener struct {
 	// Process is the process's comm as the kernel gives it: any text.
 	PID     int
 	Process string
-	inode   string
+	// Device is the interface the socket is bound to (SO_BINDTODEVICE,
+	// or the zone of a link-local address): it takes packets from that
+	// interface only. Empty: any, or /proc does not tell.
+	Device string
+	inode  string
 }
 
 // udpBoundStates: an unconnected UDP socket is in the kernel's TCP_CLOSE
@@ -87,6 +92,12 @@ func listenersFrom(dump func(inetDiagReq) ([]tcpEntry, error), procRoot string) 
 
 func listenerOf(proto string, e tcpEntry) Listener {
 	l := Listener{Proto: proto, Local: e.local, inode: e.inode}
+	if e.ifindex != 0 {
+		l.Device = strconv.FormatUint(uint64(e.ifindex), 10) // the index, if the name is gone
+		if i, err := net.InterfaceByIndex(int(e.ifindex)); err == nil {
+			l.Device = i.Name
+		}
+	}
 	a := e.local.Addr()
 	switch {
 	case a.Is4():
