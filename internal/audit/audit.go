@@ -99,13 +99,24 @@ func ClassifyAt(socks []Socket, rs *ruleset.Ruleset, active bool, ifaces []strin
 	if len(ifaces) == 0 {
 		ifaces = []string{""}
 	}
+	var ctx classifyCtx
+	if rs != nil {
+		// Computed once: a blocklist may hold 100k networks.
+		for i, v6 := range []bool{false, true} {
+			ctx.anyone[i], ctx.someoneUnnamed[i] = unnamedSource(rs, v6)
+			if !ctx.someoneUnnamed[i] {
+				ctx.anyone[i] = unspecified(v6)
+			}
+		}
+		ctx.dstMatters = dstMatters(rs)
+	}
 	var out []Finding
 	for _, s := range socks {
 		for _, v6 := range []bool{false, true} {
 			if (v6 && !s.V6) || (!v6 && !s.V4) {
 				continue
 			}
-			out = append(out, classifyOne(s, v6, rs, active, ifaces, locals))
+			out = append(out, classifyOne(s, v6, rs, active, ifaces, locals, &ctx))
 		}
 	}
 	return out
@@ -125,7 +136,30 @@ func unspecified(v6 bool) netip.Addr {
 	return netip.IPv4Unspecified()
 }
 
-func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []string, locals []netip.Addr) Finding {
+// classifyCtx is what Classify works out once for all sockets.
+type classifyCtx struct {
+	anyone         [2]netip.Addr // by family: ipv4, ipv6
+	someoneUnnamed [2]bool
+	dstMatters     bool
+}
+
+// dstMatters says whether a rule of the input path matches on the
+// destination address: only then is a wildcard socket judged for each
+// of the host's addresses (the cost of the audit grows with them).
+func dstMatters(rs *ruleset.Ruleset) bool {
+	for _, h := range []ruleset.Hook{ruleset.Prerouting, ruleset.Input} {
+		if c := rs.Chain(h); c != nil {
+			for _, r := range c.Rules {
+				if len(r.Dst) > 0 || r.DstSet != "" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []string, locals []netip.Addr, cx *classifyCtx) Finding {
 	addr := s.Local.Addr().Unmap()
 	f := Finding{Proto: s.Proto, Family: familyName(v6), Address: addr.String(), Port: s.Local.Port(), PID: s.PID, Process: s.Process, Device: s.Device}
 	if s.Device != "" && !slices.Contains(ifaces, "") {
@@ -153,16 +187,17 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 				dsts = append(dsts, l)
 			}
 		}
-		if len(dsts) == 0 {
+		if len(dsts) == 0 || !cx.dstMatters {
 			dsts = []netip.Addr{unspecified(v6)}
 		}
 	}
 	// anyone: a source no rule and no set names (not 0.0.0.0, which a
 	// bogon blocklist or a rule may name).
-	anyone, someoneUnnamed := unnamedSource(rs, v6)
-	if !someoneUnnamed {
-		anyone = unspecified(v6)
+	fi := 0
+	if v6 {
+		fi = 1
 	}
+	anyone, someoneUnnamed := cx.anyone[fi], cx.someoneUnnamed[fi]
 	pkt := ruleset.Packet{Hook: ruleset.Input, Proto: s.Proto, Src: anyone, Dst: dsts[0],
 		SPort: 50000, DPort: s.Local.Port(), CTState: ruleset.CTNew, HopLimit: 64}
 	accepted := func(d ruleset.Decision) {
