@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/lab"
 )
 
 // TestAuditProbeSource: the source 'moat audit' judges "anyone" by is
@@ -100,6 +103,123 @@ func TestAuditBoundDevice(t *testing.T) {
 		}
 		if n != 12 {
 			t.Errorf("%d findings for the sockets bound to lo, want 12: %+v", n, a.Sockets)
+		}
+		e.checkAudit(a, nil)
+	})
+}
+
+// Sockets bound to one address: a secondary address of eth0, an address
+// of another interface, 127.0.0.2, ::1, an IPv6 socket on :: with
+// IPV6_V6ONLY (IPv6 only). Each is judged at its address and probed there with real packets.
+func TestAuditBoundAddresses(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.run("server", "ip", "addr", "add", "192.0.2.9/24", "dev", "eth0")
+		e.run("server", "ip", "addr", "add", "2001:db8::9/64", "dev", "eth0", "nodad")
+		e.run("server", "ip", "link", "add", "adv0", "type", "veth", "peer", "name", "adv1")
+		e.run("server", "ip", "link", "set", "adv0", "up")
+		e.run("server", "ip", "addr", "add", "198.51.100.1/24", "dev", "adv0")
+		e.run("client", "ip", "route", "add", "198.51.100.0/24", "via", lab.ServerV4.String())
+		var closers []func() error
+		t.Cleanup(func() {
+			for _, c := range closers {
+				_ = c()
+			}
+		})
+		v6only := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}}
+		if err := e.topo.Server.Do(func() error {
+			for _, l := range []struct {
+				lc   net.ListenConfig
+				net  string
+				addr string
+			}{
+				{net.ListenConfig{}, "tcp4", "192.0.2.9:8090"},
+				{net.ListenConfig{}, "tcp6", "[2001:db8::9]:8090"},
+				{net.ListenConfig{}, "tcp4", "198.51.100.1:8091"},
+				{net.ListenConfig{}, "tcp4", "127.0.0.2:8092"},
+				{net.ListenConfig{}, "tcp6", "[::1]:8092"},
+				{v6only, "tcp6", "[::]:8093"},
+			} {
+				ln, err := l.lc.Listen(context.Background(), l.net, l.addr)
+				if err != nil {
+					return err
+				}
+				closers = append(closers, ln.Close)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		e.apply("default deny incoming\nallow 8090:8093/tcp\n")
+		a, _ := e.audit()
+		got := map[string]string{}
+		for _, f := range a.Sockets {
+			if f.Port >= 8090 && f.Port <= 8093 {
+				got[f.Family+" "+f.Address+" "+strconv.Itoa(int(f.Port))] = f.Status
+			}
+		}
+		want := map[string]string{
+			"ipv4 192.0.2.9 8090": "open", "ipv6 2001:db8::9 8090": "open", "ipv4 198.51.100.1 8091": "open",
+			"ipv4 127.0.0.2 8092": "local-only", "ipv6 ::1 8092": "local-only", "ipv6 :: 8093": "open",
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("audit %v, want %v", got, want)
+		}
+		e.checkAudit(a, nil)
+		// The IPV6_V6ONLY socket takes no IPv4.
+		e.expect(false, "client tcp 192.0.2.1:8093 refused")
+	})
+}
+
+// Rate limits, interfaces, forwarding rules and a rejecting default:
+// 'limit' is open (rate limited), 'allow in on eth0' open to any on
+// eth0 when another interface exists, 'allow in on adv0' not reachable
+// from the client (on eth0), a 'route' rule opens nothing to the host.
+func TestAuditRuleKinds(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.run("server", "ip", "link", "add", "adv0", "type", "veth", "peer", "name", "adv1")
+		e.run("server", "ip", "link", "set", "adv0", "up")
+		var closers []func() error
+		t.Cleanup(func() {
+			for _, c := range closers {
+				_ = c()
+			}
+		})
+		if err := e.topo.Server.Do(func() error {
+			for p := 8100; p <= 8104; p++ {
+				ln, err := net.Listen("tcp", ":"+strconv.Itoa(p))
+				if err != nil {
+					return err
+				}
+				closers = append(closers, ln.Close)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		e.apply(`default reject incoming
+limit 8100/tcp
+allow in on eth0 to any port 8101 proto tcp
+allow in on adv0 to any port 8102 proto tcp
+route allow proto tcp from any to any port 8103
+allow in on eth0 from 192.0.2.3 to any port 8104 proto tcp
+allow in on eth0 from 2001:db8::3 to any port 8104 proto tcp
+`)
+		a, _ := e.audit()
+		want := map[string]string{"8100": "open", "8101": "open-some", "8102": "open-some", "8103": "closed", "8104": "open-some"}
+		for _, f := range a.Sockets {
+			if w, ok := want[strconv.Itoa(int(f.Port))]; ok && f.Status != w {
+				t.Errorf("%s tcp/%d: %s (from %v), want %s", f.Family, f.Port, f.Status, f.From, w)
+			}
 		}
 		e.checkAudit(a, nil)
 	})

@@ -187,6 +187,10 @@ func (e *env) checkAudit(a auditOutput, blocked []netip.Prefix) {
 		if f.Family == "ipv6" {
 			dst = lab.ServerV6
 		}
+		// A socket bound to one address is probed at it.
+		if a, err := netip.ParseAddr(f.Address); err == nil && !a.IsUnspecified() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && a.Is4() == (f.Family == "ipv4") {
+			dst = a
+		}
 		p := lab.Probe{Proto: f.Proto, Src: src, Dst: netip.AddrPortFrom(dst, f.Port)}
 		checks = append(checks, lab.Check{Name: f.Proto + " " + p.Dst.String() + " from " + src.String() + " (" + f.Status + ")",
 			From: e.topo.Client, Probe: p, Expect: map[bool]lab.Outcome{true: lab.Open, false: ""}[reach]})
@@ -215,9 +219,15 @@ func (e *env) checkAudit(a auditOutput, blocked []netip.Prefix) {
 			case "open-some":
 				in := false
 				for _, s := range f.From {
-					if p, err := netip.ParsePrefix(strings.Fields(s)[0]); err == nil && p.Contains(c) {
+					// "NET", "NET on IFACE", "any on IFACE": the client
+					// comes in on eth0.
+					src, iface, ok := strings.Cut(s, " on ")
+					if ok && iface != "eth0" {
+						continue
+					}
+					if p, err := netip.ParsePrefix(src); err == nil && p.Contains(c) {
 						in = true
-					} else if strings.HasPrefix(s, "any on ") {
+					} else if src == "any" {
 						in = true
 					}
 				}
