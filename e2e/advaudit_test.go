@@ -4,11 +4,14 @@ import (
 	"context"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -222,5 +225,101 @@ allow in on eth0 from 2001:db8::3 to any port 8104 proto tcp
 			}
 		}
 		e.checkAudit(a, nil)
+	})
+}
+
+// Fail-closed (a restore that found its saved state corrupt): the audit
+// judges the fail-closed ruleset (only SSH open), not the policy file,
+// and says so; an allow made while fail-closed opens nothing yet.
+func TestAuditFailClosed(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.apply(engineBase + "allow 80/tcp\n")
+		writeFile(t, filepath.Join(e.stateDir(), "saved.json"), "{not json")
+		boot := newEnv(t, backend, false)
+		boot.conf, boot.dir = e.conf, e.dir
+		if out, err := boot.moat("restore"); err == nil || !strings.Contains(out, "fail-closed") {
+			t.Fatalf("restore: %v\n%s", err, out)
+		}
+		_, _ = boot.moat("allow", "443/tcp")
+		a, _ := boot.audit()
+		warned := false
+		for _, w := range a.Warnings {
+			warned = warned || strings.Contains(w, "FAIL-CLOSED")
+		}
+		if !a.Active || !warned {
+			t.Errorf("fail-closed: active %v, warnings %q", a.Active, a.Warnings)
+		}
+		for _, f := range a.Sockets {
+			if (f.Port == 80 || f.Port == 443) && f.Proto == "tcp" && f.Status != "closed" {
+				t.Errorf("fail-closed: %s tcp/%d %s, want closed", f.Family, f.Port, f.Status)
+			}
+		}
+		boot.checkAudit(a, nil)
+	})
+}
+
+// A socket on the server's link-local address (zone eth0) is judged on
+// eth0 (sock_diag gives the zone as the bound device) and reached from
+// the client on the link, IPv6, TCP.
+func TestAuditLinkLocal(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		var ll netip.Addr
+		for _, f := range strings.Fields(e.run("server", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link")) {
+			if p, err := netip.ParsePrefix(f); err == nil {
+				ll = p.Addr()
+			}
+		}
+		if !ll.IsLinkLocalUnicast() {
+			t.Fatal("no link-local address on the server's eth0")
+		}
+		var closers []func() error
+		t.Cleanup(func() {
+			for _, c := range closers {
+				_ = c()
+			}
+		})
+		if err := e.topo.Server.Do(func() error {
+			ln, err := net.Listen("tcp6", netip.AddrPortFrom(ll.WithZone("eth0"), 8110).String())
+			if err != nil {
+				return err
+			}
+			closers = append(closers, ln.Close)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			policy string
+			status string
+			reach  bool
+		}{
+			{"default deny incoming\nallow 8110/tcp\n", "open", true},
+			{"default deny incoming\nallow in on adv9 to any port 8110 proto tcp\n", "closed", false},
+		} {
+			e.apply(c.policy)
+			a, _ := e.audit()
+			n := 0
+			for _, f := range a.Sockets {
+				if f.Port == 8110 {
+					n++
+					if f.Status != c.status || f.Address != ll.String() {
+						t.Errorf("%q: %+v, want %s at %s", c.policy, f, c.status, ll)
+					}
+				}
+			}
+			if n != 1 {
+				t.Errorf("%q: %d findings for port 8110, want 1", c.policy, n)
+			}
+			dst := netip.AddrPortFrom(ll.WithZone("eth0"), 8110)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			r := lab.RunChecks(ctx, []lab.Check{{Name: "link-local", From: e.topo.Client,
+				Probe: lab.Probe{Proto: "tcp", Dst: dst}, Expect: lab.Open}})[0]
+			cancel()
+			if r.Err != nil || (r.Observed == lab.Open) != c.reach {
+				t.Errorf("%q: tcp %s observed %s (%v), want reachable %v", c.policy, dst, r.Observed, r.Err, c.reach)
+			}
+		}
 	})
 }

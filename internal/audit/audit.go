@@ -218,6 +218,13 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 		try := ifaces
 		if iface != "" {
 			try = matching(ifaces, iface)
+			if s.Device != "" {
+				// Bound to a device: no other interface reaches it.
+				try = slices.DeleteFunc(try, func(i string) bool { return i != s.Device })
+				if len(try) == 0 {
+					return nil, false
+				}
+			}
 		}
 		var ds []ruleset.Decision
 		for _, i := range try {
