@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -321,5 +322,63 @@ func TestAuditLinkLocal(t *testing.T) {
 				t.Errorf("%q: tcp %s observed %s (%v), want reachable %v", c.policy, dst, r.Observed, r.Err, c.reach)
 			}
 		}
+	})
+}
+
+// The built-in DHCP rule accepts UDP from source port 67 to port 68 from
+// anyone: a DHCP client's socket on 0.0.0.0:68 is open to that source
+// port (a packet from another port is dropped), not closed.
+func TestAuditSourcePort(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		var closers []func() error
+		t.Cleanup(func() {
+			for _, c := range closers {
+				_ = c()
+			}
+		})
+		if err := e.topo.Server.Do(func() error {
+			u, err := net.ListenPacket("udp4", "0.0.0.0:68")
+			if err != nil {
+				return err
+			}
+			closers = append(closers, u.Close)
+			go func() { // echo, so a probe sees it reached
+				buf := make([]byte, 1500)
+				for {
+					n, from, err := u.ReadFrom(buf)
+					if err != nil {
+						return
+					}
+					_, _ = u.WriteTo(buf[:n], from)
+				}
+			}()
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		e.apply("default deny incoming\n")
+		a, code := e.audit()
+		var f *auditFinding
+		for i := range a.Sockets {
+			if a.Sockets[i].Port == 68 {
+				f = &a.Sockets[i]
+			}
+		}
+		if f == nil || f.Status != "open-some" || !slices.Equal(f.From, []string{"any from port 67"}) || !f.Unexplained || code != 1 {
+			t.Errorf("udp/68: %+v (exit %d), want open-some from any from port 67, unexplained (exit 1)", f, code)
+		}
+		dst := netip.AddrPortFrom(lab.ServerV4, 68)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for _, r := range lab.RunChecks(ctx, []lab.Check{
+			{Name: "from port 67", From: e.topo.Client, Probe: lab.Probe{Proto: "udp", Dst: dst, SPort: 67}, Expect: lab.Open},
+			{Name: "from port 50000", From: e.topo.Client, Probe: lab.Probe{Proto: "udp", Dst: dst, SPort: 50000}},
+		}) {
+			if r.Err != nil || (r.Observed == lab.Open) != (r.Expect == lab.Open) {
+				t.Errorf("udp %s %s: observed %s (%v)", dst, r.Name, r.Observed, r.Err)
+			}
+		}
+		e.checkAudit(a, nil)
 	})
 }

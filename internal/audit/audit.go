@@ -214,7 +214,7 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 	}
 	// evalOn: the interfaces of ifaces (or iface alone) on which a
 	// packet from src is accepted.
-	evalOn := func(src netip.Addr, iface string) (on []string, all bool) {
+	evalOn := func(src netip.Addr, sport uint16, iface string) (on []string, all bool) {
 		try := ifaces
 		if iface != "" {
 			try = matching(ifaces, iface)
@@ -231,6 +231,9 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 			for _, dst := range dsts {
 				p := pkt
 				p.Src, p.InIface, p.Dst = src, i, dst
+				if sport != 0 {
+					p.SPort = sport
+				}
 				d, err := rs.Evaluate(p)
 				if err == nil && d.Verdict == ruleset.Accept {
 					on = append(on, i)
@@ -252,7 +255,7 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 		}
 	}
 	if someoneUnnamed {
-		on, all := evalOn(pkt.Src, "")
+		on, all := evalOn(pkt.Src, 0, "")
 		if all {
 			f.Status = Open
 			f.Except = exceptions(rs, pkt)
@@ -265,7 +268,7 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 	// Not open to anyone: try the sources and interfaces the accepting
 	// rules name.
 	for _, c := range candidates(rs, pkt, v6) {
-		on, all := evalOn(c.src, c.iface)
+		on, all := evalOn(c.src, c.sport, c.iface)
 		switch {
 		case len(on) == 0:
 		case all && c.iface == "":
@@ -357,6 +360,7 @@ func allowedBy(d ruleset.Decision) ([]string, bool) {
 
 type candidate struct {
 	src   netip.Addr
+	sport uint16 // 0: any
 	iface string
 	label string
 }
@@ -378,6 +382,14 @@ func candidates(rs *ruleset.Ruleset, pkt ruleset.Packet, v6 bool) []candidate {
 			continue
 		}
 		iface := r.InIface
+		// A rule for some source ports (the built-in DHCP replies, 67
+		// to 68) lets anyone in from them.
+		var sport uint16
+		suffix := ""
+		if len(r.SPorts) > 0 {
+			sport = r.SPorts[0].First
+			suffix = fmt.Sprintf(" from port %d", sport)
+		}
 		var prefixes []netip.Prefix
 		prefixes = append(prefixes, r.Src...)
 		if r.SrcSet != "" {
@@ -391,8 +403,8 @@ func candidates(rs *ruleset.Ruleset, pkt ruleset.Packet, v6 bool) []candidate {
 			}
 		}
 		if len(prefixes) == 0 {
-			if iface != "" {
-				out = append(out, candidate{src: pkt.Src, iface: iface, label: "any"})
+			if iface != "" || sport != 0 {
+				out = append(out, candidate{src: pkt.Src, sport: sport, iface: iface, label: "any" + suffix})
 			}
 			continue
 		}
@@ -400,7 +412,7 @@ func candidates(rs *ruleset.Ruleset, pkt ruleset.Packet, v6 bool) []candidate {
 			if p.Addr().Is6() != v6 || p.Addr().IsLoopback() {
 				continue
 			}
-			out = append(out, candidate{src: p.Addr(), iface: iface, label: p.Masked().String()})
+			out = append(out, candidate{src: p.Addr(), sport: sport, iface: iface, label: p.Masked().String() + suffix})
 		}
 	}
 	return out

@@ -28,7 +28,9 @@ source that no rule names, of each family the socket takes:
 
   open to anyone         a source no rule names gets through (blocklists
                          and rate limits that still apply are named)
-  open to some sources   only the networks or interfaces listed get through
+  open to some sources   only the networks, interfaces or source ports
+                         listed get through (the built-in rule for DHCP
+                         replies opens UDP port 68 to source port 67)
   closed by moat         moat drops or rejects every new connection
   moat not active: open  moat's rules are not in the kernel
   local only             bound to a loopback address, or to a device
