@@ -382,3 +382,61 @@ func TestAuditSourcePort(t *testing.T) {
 		e.checkAudit(a, nil)
 	})
 }
+
+// A deny for a narrower network before an allow from a wider one that
+// holds the first address of the wider: the rest of the wider network
+// still gets through, so the port is open to some sources, not closed.
+func TestAuditNarrowDenyFirst(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.run("client", "ip", "addr", "add", "192.0.2.100/32", "dev", "eth0")
+		e.run("client", "ip", "addr", "add", "2001:db8::100/128", "dev", "eth0", "nodad")
+		var closers []func() error
+		t.Cleanup(func() {
+			for _, c := range closers {
+				_ = c()
+			}
+		})
+		if err := e.topo.Server.Do(func() error {
+			ln, err := net.Listen("tcp", ":8120")
+			if err != nil {
+				return err
+			}
+			closers = append(closers, ln.Close)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		e.apply(`default deny incoming
+deny from 192.0.2.0/28 to any port 8120 proto tcp
+deny from 2001:db8::/120 to any port 8120 proto tcp
+allow from 192.0.2.0/24 to any port 8120 proto tcp
+allow from 2001:db8::/64 to any port 8120 proto tcp
+`)
+		a, _ := e.audit()
+		for _, f := range a.Sockets {
+			if f.Port == 8120 && f.Status != "open-some" {
+				t.Errorf("%s tcp/8120: %s, want open-some", f.Family, f.Status)
+			}
+		}
+		var checks []lab.Check
+		for _, c := range []struct {
+			src, dst netip.Addr
+			reach    bool
+		}{
+			{netip.MustParseAddr("192.0.2.100"), lab.ServerV4, true}, {lab.ClientV4, lab.ServerV4, false},
+			{netip.MustParseAddr("2001:db8::100"), lab.ServerV6, true}, {lab.ClientV6, lab.ServerV6, false},
+		} {
+			checks = append(checks, lab.Check{Name: c.src.String(), From: e.topo.Client,
+				Probe:  lab.Probe{Proto: "tcp", Src: c.src, Dst: netip.AddrPortFrom(c.dst, 8120)},
+				Expect: map[bool]lab.Outcome{true: lab.Open, false: ""}[c.reach]})
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for _, r := range lab.RunChecks(ctx, checks) {
+			if r.Err != nil || (r.Observed == lab.Open) != (r.Expect == lab.Open) {
+				t.Errorf("tcp/8120 from %s: observed %s (%v)", r.Name, r.Observed, r.Err)
+			}
+		}
+	})
+}

@@ -103,7 +103,8 @@ func ClassifyAt(socks []Socket, rs *ruleset.Ruleset, active bool, ifaces []strin
 	if rs != nil {
 		// Computed once: a blocklist may hold 100k networks.
 		for i, v6 := range []bool{false, true} {
-			ctx.anyone[i], ctx.someoneUnnamed[i] = unnamedSource(rs, v6)
+			ctx.named[i] = namedPrefixes(rs, v6)
+			ctx.anyone[i], ctx.someoneUnnamed[i] = firstGap(ctx.named[i], netip.PrefixFrom(unspecified(v6), 0))
 			if !ctx.someoneUnnamed[i] {
 				ctx.anyone[i] = unspecified(v6)
 			}
@@ -138,7 +139,8 @@ func unspecified(v6 bool) netip.Addr {
 
 // classifyCtx is what Classify works out once for all sockets.
 type classifyCtx struct {
-	anyone         [2]netip.Addr // by family: ipv4, ipv6
+	named          [2][]netip.Prefix // sorted: what rules and sets name
+	anyone         [2]netip.Addr     // by family: ipv4, ipv6
 	someoneUnnamed [2]bool
 	dstMatters     bool
 }
@@ -267,7 +269,7 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 	}
 	// Not open to anyone: try the sources and interfaces the accepting
 	// rules name.
-	for _, c := range candidates(rs, pkt, v6) {
+	for _, c := range candidates(rs, pkt, v6, cx.named[fi]) {
 		on, all := evalOn(c.src, c.sport, c.iface)
 		switch {
 		case len(on) == 0:
@@ -297,13 +299,13 @@ var martians = []netip.Prefix{
 	netip.MustParsePrefix("::ffff:0:0/96"), netip.MustParsePrefix("ff00::/8"),
 }
 
-// unnamedSource is the lowest address of the family, martians apart,
-// that no rule's source and no set holds (false when they cover every
-// address).
-func unnamedSource(rs *ruleset.Ruleset, v6 bool) (netip.Addr, bool) {
+// namedPrefixes are the networks of the family that rules' sources and
+// sets name, and the martians, sorted.
+func namedPrefixes(rs *ruleset.Ruleset, v6 bool) []netip.Prefix {
 	var ps []netip.Prefix
 	add := func(p netip.Prefix) {
-		if p.IsValid() && p.Addr().Is6() == v6 {
+		// A /0 names every source, which is naming none.
+		if p.IsValid() && p.Addr().Is6() == v6 && p.Bits() > 0 {
 			ps = append(ps, p.Masked())
 		}
 	}
@@ -323,14 +325,29 @@ func unnamedSource(rs *ruleset.Ruleset, v6 bool) (netip.Addr, bool) {
 		}
 	}
 	slices.SortFunc(ps, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-	cur := unspecified(v6)
-	for _, p := range ps {
+	return ps
+}
+
+// firstGap is the lowest address of within that no prefix of named
+// (sorted) narrower than within holds (false when they cover it all):
+// with within the whole space, the lowest address no rule or set names.
+func firstGap(named []netip.Prefix, within netip.Prefix) (netip.Addr, bool) {
+	cur := within.Masked().Addr()
+	// The prefixes inside within start at or after its first address.
+	i, _ := slices.BinarySearchFunc(named, cur, func(p netip.Prefix, a netip.Addr) int { return p.Addr().Compare(a) })
+	for _, p := range named[i:] {
+		if !within.Contains(p.Addr()) {
+			break
+		}
+		if p.Bits() <= within.Bits() && within.Bits() > 0 {
+			continue
+		}
 		if cur.Less(p.Addr()) {
 			return cur, true
 		}
 		next := lastAddr(p).Next()
-		if !next.IsValid() {
-			return netip.Addr{}, false // the rest of the space is covered
+		if !next.IsValid() || !within.Contains(next) {
+			return netip.Addr{}, false // the rest is covered
 		}
 		if cur.Less(next) {
 			cur = next
@@ -368,7 +385,7 @@ type candidate struct {
 // candidates are the sources the input chain's accepting rules for the
 // packet's protocol and port name: their networks, the networks of
 // their sets, and their interfaces (loopback excepted).
-func candidates(rs *ruleset.Ruleset, pkt ruleset.Packet, v6 bool) []candidate {
+func candidates(rs *ruleset.Ruleset, pkt ruleset.Packet, v6 bool, named []netip.Prefix) []candidate {
 	c := rs.Chain(ruleset.Input)
 	if c == nil {
 		return nil
@@ -413,6 +430,11 @@ func candidates(rs *ruleset.Ruleset, pkt ruleset.Packet, v6 bool) []candidate {
 				continue
 			}
 			out = append(out, candidate{src: p.Addr(), sport: sport, iface: iface, label: p.Masked().String() + suffix})
+			// A narrower network a rule names (a deny before) may hold
+			// p's first address: try the first one none of them holds.
+			if a, ok := firstGap(named, p); ok && a != p.Masked().Addr() {
+				out = append(out, candidate{src: a, sport: sport, iface: iface, label: p.Masked().String() + suffix})
+			}
 		}
 	}
 	return out

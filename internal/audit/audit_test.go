@@ -281,3 +281,24 @@ func BenchmarkClassify(b *testing.B) {
 		ClassifyAt(socks, rs, true, []string{"eth0", "eth1"}, locals)
 	}
 }
+
+// A deny for a narrower network holding the first address of a wider
+// one allowed after it leaves the rest open to some sources; a rule
+// from 0.0.0.0/0 names no source.
+func TestClassifyNarrowDenyFirst(t *testing.T) {
+	_, rs := compile(t, "default deny incoming\ndeny from 198.51.100.0/28 to any port 5000 proto tcp\nallow from 198.51.100.0/24 to any port 5000 proto tcp\nallow from 0.0.0.0/0 to any port 80 proto tcp\n")
+	fs := Classify([]Socket{sock("tcp", "0.0.0.0:5000", 1, "app"), sock("tcp", "0.0.0.0:80", 1, "app")}, rs, true, []string{"eth0"})
+	if f := find(t, fs, "tcp", "ipv4", 5000); f.Status != OpenSome || !slices.Equal(f.From, []string{"198.51.100.0/24"}) {
+		t.Errorf("%+v: want open-some from 198.51.100.0/24", f)
+	}
+	if f := find(t, fs, "tcp", "ipv4", 80); f.Status != Open {
+		t.Errorf("%+v: want open", f)
+	}
+	named := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/28"), netip.MustParsePrefix("198.51.100.16/28")}
+	if a, ok := firstGap(named, netip.MustParsePrefix("198.51.100.0/24")); !ok || a != netip.MustParseAddr("198.51.100.32") {
+		t.Errorf("firstGap: %v %v", a, ok)
+	}
+	if _, ok := firstGap(named, netip.MustParsePrefix("198.51.100.0/27")); ok {
+		t.Error("firstGap of a covered network found a gap")
+	}
+}
