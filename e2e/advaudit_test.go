@@ -440,3 +440,52 @@ allow from 2001:db8::/64 to any port 8120 proto tcp
 		}
 	})
 }
+
+// moat's rules removed from the kernel behind its back (nft flush
+// ruleset, iptables -F): what the audit calls closed must not be
+// reachable, or it must say it cannot tell.
+func TestAuditRulesFlushed(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.apply("default deny incoming\nallow 22/tcp\n")
+		if backend == "nftables" {
+			e.run("server", "nft", "flush", "ruleset")
+		} else {
+			for _, c := range []string{"iptables", "ip6tables"} {
+				e.run("server", c, "-F")
+				e.run("server", c, "-X")
+				e.run("server", c, "-P", "INPUT", "ACCEPT")
+			}
+		}
+		a, code := e.audit()
+		t.Logf("exit %d, active %v, warnings %q", code, a.Active, a.Warnings)
+		e.checkAudit(a, nil)
+	})
+}
+
+// A rule inserted by hand into moat's own input chain accepts a port
+// the policy closes: the audit, which judges what moat applied, must not
+// exit 0 as if all were well (exit 2: it cannot tell).
+func TestAuditTampered(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	table := ""
+	for _, l := range strings.Split(e.run("server", "nft", "list", "tables"), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && strings.Contains(f[2], "moat") {
+			table = f[2]
+		}
+	}
+	e.run("server", "nft", "insert", "rule", "inet", table, "input", "tcp", "dport", "80", "accept")
+	a, code := e.audit()
+	warned := false
+	for _, w := range a.Warnings {
+		warned = warned || strings.Contains(w, "changed outside moat")
+	}
+	if code != 2 || !warned {
+		t.Errorf("tampered: exit %d, warnings %q; want exit 2 and the change named", code, a.Warnings)
+	}
+	// What the warning is about: the port it judges closed is open.
+	e.expect(false, "client tcp 192.0.2.1:80 open")
+}

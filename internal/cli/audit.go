@@ -47,13 +47,15 @@ the kernel's socket table and the applied ruleset need it.
 sockets (one per socket and family: proto, family "ipv4"/"ipv6", address,
 port, device (SO_BINDTODEVICE), pid, process, status "open", "open-some",
 "closed", "inactive-open" or "local-only", from, allowed_by, except, rate_limit, unexplained),
-unused_allows (line, rule, proto, ports), warnings, other_filtering and
-unexplained_exposed.
+unused_allows (line, rule, proto, ports), warnings, other_filtering,
+unexplained_exposed and kernel_changed.
 
 Exit codes: 0, nothing is exposed without a policy line that allows it;
 1, a socket is exposed although no line of the policy allows it (moat is
 not active, or a default or built-in rule lets it through); 2, the audit
-could not be made (the message says why).`
+could not be made (the message says why), or moat's rules in the kernel
+were changed outside moat (kernel_changed: the statuses are those of what
+moat applied, which the kernel no longer is).`
 
 type auditReport struct {
 	Active bool `json:"active"`
@@ -64,6 +66,9 @@ type auditReport struct {
 	Warnings       []string            `json:"warnings"`
 	OtherFiltering []foreign.Finding   `json:"other_filtering"`
 	Unexplained    int                 `json:"unexplained_exposed"`
+	// KernelChanged: moat's rules in the kernel were changed outside
+	// moat, so the kernel may decide otherwise than the statuses say.
+	KernelChanged bool `json:"kernel_changed"`
 }
 
 var auditStatusText = map[string]string{
@@ -131,6 +136,7 @@ func (a *app) runAudit(ctx context.Context) error {
 			return fmt.Errorf("audit: %w", err)
 		}
 		rep.Active, rep.Evaluated = true, src.evaluated
+		rep.KernelChanged = src.drifted != ""
 		rep.Warnings = append(rep.Warnings, src.notes...)
 		rs := a.compile(src.policy)
 		findings = audit.ClassifyAt(socks, rs, true, outsideIfaces(), outsideAddrs())
@@ -158,6 +164,9 @@ func (a *app) runAudit(ctx context.Context) error {
 		}
 	} else {
 		a.printAudit(rep)
+	}
+	if rep.KernelChanged {
+		return &exitError{code: 2, err: errors.New("audit: moat's rules in the kernel were changed outside moat: what it calls closed may be open ('moat reload' repairs it)")}
 	}
 	if rep.Unexplained > 0 {
 		return &exitError{code: 1, err: fmt.Errorf("audit: %d socket(s) exposed that no line of the policy allows", rep.Unexplained)}

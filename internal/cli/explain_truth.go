@@ -25,6 +25,9 @@ type explainSource struct {
 	// where names the lines' file in "decided by".
 	where string
 	notes []string
+	// drifted names the first change outside moat found in moat's rules
+	// in the kernel (empty: none found).
+	drifted string
 	// foreign is the filtering outside moat (root only).
 	foreign    []foreign.Finding
 	foreignErr error
@@ -137,6 +140,7 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 	src.foreign, src.foreignErr = a.foreignFilters(ctx)
 	if diff, _, err := drift.Against(ctx, b.Name(), want, nil); err == nil && len(diff) > 0 && !a.earlierOrder(ctx, b, src.policy, diff) {
 		src.notes = append(src.notes, fmt.Sprintf("moat's rules in the kernel were changed outside moat (%s): the kernel may decide otherwise ('moat reload' repairs it)", diff[0]))
+		src.drifted = diff[0]
 	}
 	return src, nil
 }
