@@ -489,3 +489,27 @@ func TestAuditTampered(t *testing.T) {
 	// What the warning is about: the port it judges closed is open.
 	e.expect(false, "client tcp 192.0.2.1:80 open")
 }
+
+// The audit judges the blocklists moat loaded into the kernel, not the
+// list files as they are now: a list file changed after the apply still
+// drops its old networks until 'moat blocklist update' or 'moat reload'.
+func TestAuditLoadedBlocklist(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		list := filepath.Join(e.dir, "bad.list")
+		if err := os.WriteFile(list, []byte("192.0.2.0/24\n2001:db8::/64\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.apply("blocklist bad file " + list + "\ndefault deny incoming\nallow from 192.0.2.0/24 to any port 443 proto tcp\nallow from 2001:db8::/64 to any port 443 proto tcp\n")
+		if err := os.WriteFile(list, []byte("198.51.100.0/24\n2001:db8:1::/64\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		a, _ := e.audit()
+		for _, f := range a.Sockets {
+			if f.Proto == "tcp" && f.Port == 443 && f.Status != "closed" {
+				t.Errorf("%s tcp/443: %s (from %v), want closed (the loaded list drops the only sources allowed)", f.Family, f.Status, f.From)
+			}
+		}
+		e.checkAudit(a, nil)
+	})
+}
