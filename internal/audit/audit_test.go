@@ -302,3 +302,19 @@ func TestClassifyNarrowDenyFirst(t *testing.T) {
 		t.Error("firstGap of a covered network found a gap")
 	}
 }
+
+// The built-in DHCP rules: UDP 68 from source port 67 (anyone, IPv4),
+// 546 from 547 (link-local sources, IPv6); exposed by a built-in rule.
+func TestClassifyDHCPClient(t *testing.T) {
+	_, rs := compile(t, "default deny incoming\n")
+	fs := Classify([]Socket{sock("udp", "0.0.0.0:68", 1, "dhcp"), sock("udp", "[::]:546", 2, "dhcp6")}, rs, true, []string{"eth0"})
+	if f := find(t, fs, "udp", "ipv4", 68); f.Status != OpenSome || !slices.Equal(f.From, []string{"any from port 67"}) || !f.Unexplained {
+		t.Errorf("68: %+v", f)
+	}
+	if f := find(t, fs, "udp", "ipv6", 546); f.Status != OpenSome || !slices.Equal(f.From, []string{"fe80::/10 from port 547"}) || !f.Unexplained {
+		t.Errorf("546: %+v", f)
+	}
+	if f := find(t, fs, "udp", "ipv4", 546); f.Status != Closed {
+		t.Errorf("546 over IPv4: %+v", f)
+	}
+}
