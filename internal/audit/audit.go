@@ -299,6 +299,17 @@ var martians = []netip.Prefix{
 	netip.MustParsePrefix("::ffff:0:0/96"), netip.MustParsePrefix("ff00::/8"),
 }
 
+// martian says whether every address of p is a martian source: no
+// packet from outside comes from it.
+func martian(p netip.Prefix) bool {
+	for _, m := range martians {
+		if m.Bits() <= p.Bits() && m.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
 // namedPrefixes are the networks of the family that rules' sources and
 // sets name, and the martians, sorted.
 func namedPrefixes(rs *ruleset.Ruleset, v6 bool) []netip.Prefix {
@@ -426,7 +437,7 @@ func candidates(rs *ruleset.Ruleset, pkt ruleset.Packet, v6 bool, named []netip.
 			continue
 		}
 		for _, p := range prefixes {
-			if p.Addr().Is6() != v6 || p.Addr().IsLoopback() {
+			if p.Addr().Is6() != v6 || martian(p) {
 				continue
 			}
 			out = append(out, candidate{src: p.Addr(), sport: sport, iface: iface, label: p.Masked().String() + suffix})

@@ -209,16 +209,22 @@ func TestUnusedAllows(t *testing.T) {
 }
 
 // "Anyone" is a source no rule or set names: a rule allowing only
-// 0.0.0.0/8 (or ::/8) does not open its port to anyone, a blocklist
+// 0.0.0.0/8 (or ::/8) does not open its port to anyone (and 0.0.0.0/8 is
+// a martian source: closed), a blocklist
 // covering everything but a network (here only multicast, which the
 // kernel drops as a source) closes it, and one leaving a real network
 // out leaves the port open (except the blocklist).
 func TestClassifyUnnamedSource(t *testing.T) {
-	_, rs := compile(t, "default deny incoming\nallow from 0.0.0.0/8 to any port 443 proto tcp\nallow from ::/8 to any port 443 proto tcp\n")
-	fs := Classify([]Socket{sock("tcp", "[::]:443", 1, "web")}, rs, true, []string{"eth0"})
-	for _, f := range fs {
-		if f.Status != OpenSome {
-			t.Errorf("%+v: want open-some", f)
+	_, rs := compile(t, "default deny incoming\nallow from 0.0.0.0/8 to any port 443 proto tcp\nallow from ::/8 to any port 443 proto tcp\nallow from 224.0.0.0/4 to any port 444 proto tcp\n")
+	fs := Classify([]Socket{sock("tcp", "[::]:443", 1, "web"), sock("tcp", "[::]:444", 1, "web")}, rs, true, []string{"eth0"})
+	// 0.0.0.0/8 and multicast sources are martians: the kernel drops them.
+	for _, c := range []struct {
+		fam    string
+		port   uint16
+		status string
+	}{{"ipv4", 443, Closed}, {"ipv6", 443, OpenSome}, {"ipv4", 444, Closed}} {
+		if f := find(t, fs, "tcp", c.fam, c.port); f.Status != c.status {
+			t.Errorf("%+v: want %s", f, c.status)
 		}
 	}
 	for _, c := range []struct {
