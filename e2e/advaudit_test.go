@@ -108,6 +108,14 @@ func TestAuditBoundDevice(t *testing.T) {
 		if n != 12 {
 			t.Errorf("%d findings for the sockets bound to lo, want 12: %+v", n, a.Sockets)
 		}
+		// Nothing outside listens on them: the rules allow ports in vain.
+		unused := map[string]bool{}
+		for _, u := range a.UnusedAllows {
+			unused[u.Proto+" "+u.Ports] = true
+		}
+		if !unused["tcp 8081:8083"] || !unused["udp 8083"] {
+			t.Errorf("unused allows %+v, want tcp 8081:8083 and udp 8083 (only sockets bound to lo)", a.UnusedAllows)
+		}
 		e.checkAudit(a, nil)
 	})
 }

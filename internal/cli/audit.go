@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -139,8 +140,14 @@ func (a *app) runAudit(ctx context.Context) error {
 		rep.KernelChanged = src.drifted != ""
 		rep.Warnings = append(rep.Warnings, src.notes...)
 		rs := a.compile(src.policy)
-		findings = audit.ClassifyAt(socks, rs, true, outsideIfaces(), outsideAddrs())
-		rep.UnusedAllows = append(rep.UnusedAllows, audit.UnusedAllows(socks, rs)...)
+		ifaces := outsideIfaces()
+		findings = audit.ClassifyAt(socks, rs, true, ifaces, outsideAddrs())
+		// A socket bound to a device the outside does not come in on
+		// (lo) listens for no rule of the outside.
+		outside := slices.DeleteFunc(slices.Clone(socks), func(s audit.Socket) bool {
+			return s.Device != "" && ifaces != nil && !slices.Contains(ifaces, s.Device)
+		})
+		rep.UnusedAllows = append(rep.UnusedAllows, audit.UnusedAllows(outside, rs)...)
 		rep.OtherFiltering = append(rep.OtherFiltering, src.foreign...)
 		if src.foreignErr != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("could not look for other filtering: %v", src.foreignErr))
