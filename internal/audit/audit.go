@@ -492,6 +492,8 @@ func exceptions(rs *ruleset.Ruleset, pkt ruleset.Packet) []string {
 			set := rs.Set(r.SrcSet)
 			switch {
 			case set == nil:
+			case len(set.Entries) == 0 || set.Family == policy.FamilyV4 && pkt.Src.Is6() || set.Family == policy.FamilyV6 && pkt.Src.Is4():
+				// Drops no source of this family.
 			case set.Blocklist != "":
 				add("blocklist " + set.Blocklist)
 			}

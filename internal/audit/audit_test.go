@@ -324,3 +324,16 @@ func TestClassifyDHCPClient(t *testing.T) {
 		t.Errorf("546 over IPv4: %+v", f)
 	}
 }
+
+// A blocklist of IPv4 networks only is no exception for IPv6.
+func TestClassifyBlocklistFamily(t *testing.T) {
+	p, _ := compile(t, "default deny incoming\nallow 80/tcp\nblocklist bad file /nonexistent\n")
+	p.Blocklists[0].Prefixes = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	fs := Classify([]Socket{sock("tcp", "[::]:80", 1, "web")}, ruleset.Compile(p), true, []string{"eth0"})
+	if f := find(t, fs, "tcp", "ipv4", 80); !slices.Equal(f.Except, []string{"blocklist bad"}) {
+		t.Errorf("ipv4: %+v", f)
+	}
+	if f := find(t, fs, "tcp", "ipv6", 80); len(f.Except) != 0 {
+		t.Errorf("ipv6: %+v, want no exception (the list holds no IPv6 network)", f)
+	}
+}
