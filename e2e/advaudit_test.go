@@ -521,3 +521,37 @@ func TestAuditLoadedBlocklist(t *testing.T) {
 		e.checkAudit(a, nil)
 	})
 }
+
+// A service address on lo (an anycast or load balancer address routed to
+// the host): a rule 'to' it opens a wildcard socket to packets for it.
+func TestAuditAddressOnLoopback(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.run("server", "ip", "addr", "add", "198.51.100.5/32", "dev", "lo")
+		e.run("client", "ip", "route", "add", "198.51.100.5/32", "via", lab.ServerV4.String())
+		var closers []func() error
+		t.Cleanup(func() {
+			for _, c := range closers {
+				_ = c()
+			}
+		})
+		if err := e.topo.Server.Do(func() error {
+			ln, err := net.Listen("tcp4", "0.0.0.0:8130")
+			if err != nil {
+				return err
+			}
+			closers = append(closers, ln.Close)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		e.apply("default deny incoming\nallow proto tcp from any to 198.51.100.5 port 8130\n")
+		a, _ := e.audit()
+		for _, f := range a.Sockets {
+			if f.Port == 8130 && f.Status != "open" {
+				t.Errorf("tcp/8130: %s, want open (at 198.51.100.5)", f.Status)
+			}
+		}
+		e.expect(false, "client tcp 198.51.100.5:8130 open", "client tcp 192.0.2.1:8130 timeout")
+	})
+}

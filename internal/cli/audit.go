@@ -197,8 +197,9 @@ func outsideIfaces() []string {
 	return out
 }
 
-// outsideAddrs are the addresses of this network namespace's interfaces
-// other than loopback (nil if they cannot be listed).
+// outsideAddrs are this network namespace's addresses other than
+// loopback ones (nil if they cannot be listed), lo's too: a service
+// address on lo (anycast, a load balancer's) is reached from outside.
 func outsideAddrs() []netip.Addr {
 	ifs, err := net.Interfaces()
 	if err != nil {
@@ -206,9 +207,6 @@ func outsideAddrs() []netip.Addr {
 	}
 	var out []netip.Addr
 	for _, i := range ifs {
-		if i.Flags&net.FlagLoopback != 0 {
-			continue
-		}
 		as, err := i.Addrs()
 		if err != nil {
 			continue
