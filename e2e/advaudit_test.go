@@ -108,6 +108,10 @@ func TestAuditBoundDevice(t *testing.T) {
 		if n != 12 {
 			t.Errorf("%d findings for the sockets bound to lo, want 12: %+v", n, a.Sockets)
 		}
+		// The table shows the device the socket is bound to.
+		if out, _ := e.moat("audit"); !strings.Contains(out, "::%lo") {
+			t.Errorf("the table does not show the device:\n%s", out)
+		}
 		// Nothing outside listens on them: the rules allow ports in vain.
 		unused := map[string]bool{}
 		for _, u := range a.UnusedAllows {

@@ -253,7 +253,11 @@ func (a *app) printAudit(rep auditReport) {
 			if f.Exposed() && f.Unexplained && f.Status != audit.Inactive {
 				exp += " - no rule allows it"
 			}
-			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", f.Proto, f.Family, f.Address, f.Port, proc, termtext.Printable(exp))
+			addr := f.Address
+			if f.Device != "" {
+				addr += "%" + termtext.Printable(f.Device) // bound to it (SO_BINDTODEVICE)
+			}
+			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", f.Proto, f.Family, addr, f.Port, proc, termtext.Printable(exp))
 		}
 		_ = tw.Flush() // a strings.Builder does not fail
 		a.printf("%s", sb.String())

@@ -85,7 +85,15 @@ func listenersFrom(dump func(inetDiagReq) ([]tcpEntry, error), procRoot string) 
 		if a.Local.Port() != b.Local.Port() {
 			return a.Local.Port() < b.Local.Port()
 		}
-		return a.Local.Addr().Less(b.Local.Addr())
+		if a.Local.Addr() != b.Local.Addr() {
+			return a.Local.Addr().Less(b.Local.Addr())
+		}
+		// The same address and port (SO_REUSEPORT, one socket per
+		// device as dnsmasq binds): not the kernel's order, which varies.
+		if a.Device != b.Device {
+			return a.Device < b.Device
+		}
+		return a.PID < b.PID
 	})
 	return out, nil
 }
