@@ -88,7 +88,8 @@ func (a *app) auditCommand() *cobra.Command {
 		Example: `  # what listens here, and who can reach it
   sudo moat audit
   # for scripts: the exit code is 1 when something is exposed that no rule allows
-  sudo moat audit --json | jq -r '.sockets[] | select(.status == "open") | "\(.proto)/\(.port) \(.process)"'
+  # (jq without -r: a process names itself, so print it JSON-escaped)
+  sudo moat audit --json | jq -c '.sockets[] | select(.status == "open") | [.proto, .port, .process]'
   # audit another network namespace (a container's)
   sudo ip netns exec web moat audit`,
 		GroupID: "inspect",
