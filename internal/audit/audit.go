@@ -62,8 +62,8 @@ type Finding struct {
 	Except []string `json:"except,omitempty"`
 	// RateLimit: new connections over this rate from one source are rejected.
 	RateLimit string `json:"rate_limit,omitempty"`
-	// Unexplained: exposed without a policy line that allows it (moat
-	// inactive, or a default or built-in rule lets it through).
+	// Unexplained: exposed without a policy line or built-in rule that
+	// allows it (moat inactive, or the default policy lets it through).
 	Unexplained bool `json:"unexplained"`
 }
 
@@ -377,11 +377,18 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return a
 }
 
-// allowedBy names the decision's policy line; unexplained when no rule
-// of the policy decided (a default policy or a built-in rule).
+// allowedBy names the decision's policy line or built-in rule;
+// unexplained when the default policy decided. A built-in rule (the DHCP
+// replies a DHCP client needs, the only built-in that opens a socket's
+// port to the outside) is moat's documented choice, as ufw's before.rules
+// are, not an exposure nobody chose: counting it would make every DHCP
+// client host exit 1.
 func allowedBy(d ruleset.Decision) ([]string, bool) {
 	if d.Origin.Line > 0 && !strings.HasPrefix(d.Origin.ID, "default:") {
 		return []string{fmt.Sprintf("line %d: %s", d.Origin.Line, d.Origin.Text)}, false
+	}
+	if strings.HasPrefix(d.Origin.ID, "builtin:") {
+		return []string{"built-in: " + d.Origin.Text}, false
 	}
 	return []string{d.Origin.Text}, true
 }

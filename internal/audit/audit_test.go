@@ -141,8 +141,8 @@ func TestClassifyInactive(t *testing.T) {
 	}
 }
 
-// An exposure no policy line allows (the default, or a built-in rule)
-// is unexplained: 'moat audit' exits 1 for it.
+// An exposure no policy line allows (the default policy) is
+// unexplained: 'moat audit' exits 1 for it.
 func TestClassifyDefaultAllow(t *testing.T) {
 	_, rs := compile(t, "default allow incoming\nallow 22/tcp\ndeny 25/tcp\n")
 	fs := Classify([]Socket{sock("tcp", "0.0.0.0:22", 1, "sshd"), sock("tcp", "0.0.0.0:8000", 2, "dev"), sock("tcp", "0.0.0.0:25", 3, "smtpd")}, rs, true, []string{"eth0"})
@@ -310,14 +310,15 @@ func TestClassifyNarrowDenyFirst(t *testing.T) {
 }
 
 // The built-in DHCP rules: UDP 68 from source port 67 (anyone, IPv4),
-// 546 from 547 (link-local sources, IPv6); exposed by a built-in rule.
+// 546 from 547 (link-local sources, IPv6); exposed by a built-in rule,
+// which is moat's documented choice: named, not unexplained.
 func TestClassifyDHCPClient(t *testing.T) {
 	_, rs := compile(t, "default deny incoming\n")
 	fs := Classify([]Socket{sock("udp", "0.0.0.0:68", 1, "dhcp"), sock("udp", "[::]:546", 2, "dhcp6")}, rs, true, []string{"eth0"})
-	if f := find(t, fs, "udp", "ipv4", 68); f.Status != OpenSome || !slices.Equal(f.From, []string{"any from port 67"}) || !f.Unexplained {
+	if f := find(t, fs, "udp", "ipv4", 68); f.Status != OpenSome || !slices.Equal(f.From, []string{"any from port 67"}) || f.Unexplained || len(f.AllowedBy) != 1 || !strings.HasPrefix(f.AllowedBy[0], "built-in: ") {
 		t.Errorf("68: %+v", f)
 	}
-	if f := find(t, fs, "udp", "ipv6", 546); f.Status != OpenSome || !slices.Equal(f.From, []string{"fe80::/10 from port 547"}) || !f.Unexplained {
+	if f := find(t, fs, "udp", "ipv6", 546); f.Status != OpenSome || !slices.Equal(f.From, []string{"fe80::/10 from port 547"}) || f.Unexplained {
 		t.Errorf("546: %+v", f)
 	}
 	if f := find(t, fs, "udp", "ipv4", 546); f.Status != Closed {

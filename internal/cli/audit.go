@@ -53,7 +53,8 @@ unexplained_exposed and kernel_changed.
 
 Exit codes: 0, nothing is exposed without a policy line that allows it;
 1, a socket is exposed although no line of the policy allows it (moat is
-not active, or a default or built-in rule lets it through); 2, the audit
+not active, or the default policy lets it through; moat's built-in rules,
+such as the DHCP replies to port 68, are named and count as allowed); 2, the audit
 could not be made (the message says why), or moat's rules in the kernel
 were changed outside moat (kernel_changed: the statuses are those of what
 moat applied, which the kernel no longer is).`
