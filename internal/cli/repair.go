@@ -154,11 +154,26 @@ const earlierOrderReason = "moat's rules are in the order an earlier version of 
 // change.
 func (a *app) earlierOrder(ctx context.Context, b backend.Backend, applied *policy.Policy, diff []string) bool {
 	for _, d := range diff {
-		if !strings.HasSuffix(d, " holds moat's rules in another order") {
+		if !layoutOnly(b.Name(), d) {
 			return false
 		}
 	}
 	return a.kernelHolds(ctx, b, a.compileAppliedEarlier(applied))
+}
+
+// layoutOnly says whether d, one difference drift found, can come from
+// the earlier layout alone: the rules in another order, and on nftables
+// the gated chains (input_icmp ...) missing and their gate rules with
+// them, the built-ins they hold inline. Only then is the kernel compared
+// with the earlier layout, which decides.
+func layoutOnly(backend, d string) bool {
+	if strings.HasSuffix(d, " holds moat's rules in another order") {
+		return true
+	}
+	if backend != "nftables" || !strings.HasPrefix(d, "chain ") {
+		return false
+	}
+	return strings.HasSuffix(d, " is missing") || strings.Contains(d, " moat did not load: ") || strings.Contains(d, " moat loaded: ")
 }
 
 // driftReasonHook, in tests, runs at each full comparison.

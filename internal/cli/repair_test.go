@@ -89,3 +89,28 @@ func TestRepairComparesOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestLayoutOnly: only differences the earlier layout can make send the
+// kernel to the comparison with it; on iptables only another order.
+func TestLayoutOnly(t *testing.T) {
+	for _, c := range []struct {
+		backend, d string
+		want       bool
+	}{
+		{"iptables", "chain MOAT-INPUT holds moat's rules in another order", true},
+		{"nftables", "chain input holds moat's rules in another order", true},
+		{"nftables", "chain input_icmp is missing", true},
+		{"nftables", "chain input has 5 rules moat did not load: builtin:icmp (accept)", true},
+		{"nftables", "chain input lacks 2 rules moat loaded: gate:icmp (jump)", true},
+		{"iptables", "chain MOAT-INPUT has 1 rule moat did not load: L1 (accept)", false},
+		{"iptables", "chain MOAT-INPUT lacks 1 rule moat loaded: L1 (accept)", false},
+		{"nftables", "chain input: 1 rule changed in place (tag and verdict kept): L1 (accept)", false},
+		{"nftables", "set ban4 is missing", false},
+		{"nftables", "chain x was added (moat does not make it)", false},
+		{"nftables", "a table holding moat's rules was made dormant: none of its chains filters", false},
+	} {
+		if got := layoutOnly(c.backend, c.d); got != c.want {
+			t.Errorf("layoutOnly(%s, %q) = %v, want %v", c.backend, c.d, got, c.want)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/moat-fw/moat/internal/policy"
@@ -41,5 +42,35 @@ func TestGateRuns(t *testing.T) {
 		if got[i] != g {
 			t.Errorf("gate at %d: %+v, want %+v", i, got[i], g)
 		}
+	}
+}
+
+// TestUngatedScript: the earlier layout (ruleset.CompileEarlierOrder, Ungated)
+// renders the built-ins inline, with no gate rule and no gated chain, as
+// moat loaded them before it gated them; Compile's rendering has the gates.
+func TestUngatedScript(t *testing.T) {
+	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\n")).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Backend{}
+	gated, err := b.Script(ruleset.Compile(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	earlier, err := b.Script(ruleset.CompileEarlierOrder(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"input_icmp", "gate:icmp", "input_udp"} {
+		if !strings.Contains(gated, s) {
+			t.Errorf("this version's script lacks %q:\n%s", s, gated)
+		}
+		if strings.Contains(earlier, s) {
+			t.Errorf("the earlier layout holds %q:\n%s", s, earlier)
+		}
+	}
+	if !strings.Contains(earlier, "builtin:icmp") || !strings.Contains(earlier, "builtin:dhcp") {
+		t.Errorf("the earlier layout lacks the built-ins:\n%s", earlier)
 	}
 }

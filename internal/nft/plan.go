@@ -156,7 +156,10 @@ func want(rs *ruleset.Ruleset) *desired {
 			Policy:   knftables.PtrTo(pol),
 		}}
 		parts := []string{objectText(wc.chain)}
-		gates := gateRuns(c.Rules)
+		var gates map[int]gate
+		if !rs.Ungated { // the earlier layout (ruleset.CompileEarlierOrder)
+			gates = gateRuns(c.Rules)
+		}
 		var subs []*wantChain
 		var sub *wantChain // the gated chain being filled, up to subEnd
 		subEnd := -1

@@ -91,8 +91,14 @@ func Compile(p *policy.Policy) *Ruleset { return compile(p, sinkOn) }
 // CompileEarlierOrder is Compile in the order moat loaded before it sank
 // the built-ins (every built-in first, as ufw orders them): the same
 // verdicts, another order. After an upgrade the kernel may still hold
-// that order; drift tells it from a reordering by hand with this.
-func CompileEarlierOrder(p *policy.Policy) *Ruleset { return compile(p, false) }
+// that order; drift tells it from a reordering by hand with this. The
+// nftables rendering of it has no gates either (Ungated), as the earlier
+// moat loaded it.
+func CompileEarlierOrder(p *policy.Policy) *Ruleset {
+	rs := compile(p, false)
+	rs.Ungated = true
+	return rs
+}
 
 func compile(p *policy.Policy, sink bool) *Ruleset {
 	// The sets kept across applies first (a full apply re-creates the

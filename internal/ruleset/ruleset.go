@@ -170,6 +170,12 @@ type Ruleset struct {
 	// kernel (nftables table comment) so an admin who finds the table
 	// knows which file to edit.
 	Source string
+	// Ungated renders the ruleset as moat loaded it before it gated the
+	// built-ins (nftables: no chains like input_icmp behind a gate rule,
+	// the built-ins inline). Only CompileEarlierOrder sets it: drift
+	// compares the kernel with that layout after an upgrade; moat never
+	// loads it.
+	Ungated bool
 }
 
 // SourceComment is the comment that names the policy file in the kernel:
