@@ -188,24 +188,36 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	if filePolicy != nil {
 		nums := ruleNumbers(filePolicy)
 		for i, r := range filePolicy.RuleSeq() {
-			if _, ok := fileNumber[r.Key()]; !ok {
-				fileNumber[r.Key()] = nums[i]
+			k := r.Key()
+			if _, ok := fileNumber[k]; !ok {
+				fileNumber[k] = nums[i]
 			}
 		}
 	}
-	shownKeys := map[string]bool{}
+	// The file's rules the kernel lacks are looked for only when the
+	// kernel's rules are not the file's: with 100,000 rules each key is a
+	// string of a few hundred bytes, built once per rule and kept once.
+	markMissing := b != nil && shown != filePolicy && filePolicy != nil
+	var shownKeys map[string]bool
+	if markMissing {
+		shownKeys = make(map[string]bool, len(fileNumber))
+	}
+	rep.Rules = make([]statusRule, 0, shown.NumRules())
 	for _, r := range shown.RuleSeq() {
 		id := "L" + strconv.Itoa(r.Pos.Line)
 		if s, ok := inSet[r.Pos.Line]; ok {
 			id = s
 		}
 		c := counters[id]
-		n, inFile := fileNumber[r.Key()]
-		shownKeys[r.Key()] = true
+		k := r.Key()
+		n, inFile := fileNumber[k]
+		if markMissing {
+			shownKeys[k] = true
+		}
 		rep.Rules = append(rep.Rules, statusRule{Number: n, Line: r.Pos.Line, RuleJSON: r.JSON(), Text: r.Text,
 			CounterID: id, Packets: c.Packets, Bytes: c.Bytes, Applied: b != nil && !rep.missing[id], InFile: inFile || shown == filePolicy})
 	}
-	if b != nil && shown != filePolicy && filePolicy != nil {
+	if markMissing {
 		// Rules of the file that the kernel does not have: shown, marked.
 		nums := ruleNumbers(filePolicy)
 		for i, r := range filePolicy.RuleSeq() {
