@@ -118,7 +118,7 @@ moat allows.`,
 				return err
 			}
 			if a.json {
-				return a.printJSON(rep)
+				return writeStatusJSON(a.out, rep)
 			}
 			return a.printStatus(rep, mode)
 		},
