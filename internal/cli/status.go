@@ -179,8 +179,9 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	rs := a.compile(shown)
 	inSet := map[int]string{}
 	for _, s := range rs.Sets {
+		id := "set:" + s.Name // one string per set, not per entry
 		for _, e := range s.Entries {
-			inSet[e.Origin.Line] = "set:" + s.Name
+			inSet[e.Origin.Line] = id
 		}
 	}
 	// Rule numbers are the file's, for 'moat delete N' and 'moat insert N'.
