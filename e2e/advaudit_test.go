@@ -60,12 +60,6 @@ allow proto tcp from any to 2001:db8::1 port 80
 func TestAuditBoundDevice(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, false)
-		var closers []func() error
-		t.Cleanup(func() {
-			for _, c := range closers {
-				_ = c()
-			}
-		})
 		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			if err := c.Control(func(fd uintptr) {
@@ -75,23 +69,7 @@ func TestAuditBoundDevice(t *testing.T) {
 			}
 			return serr
 		}}
-		if err := e.topo.Server.Do(func() error {
-			for _, a := range []string{"0.0.0.0:8081", "[::]:8082"} {
-				l, err := lc.Listen(context.Background(), "tcp", a)
-				if err != nil {
-					return err
-				}
-				closers = append(closers, l.Close)
-			}
-			u, err := lc.ListenPacket(context.Background(), "udp", "0.0.0.0:8083")
-			if err != nil {
-				return err
-			}
-			closers = append(closers, u.Close)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		listenIn(t, e.topo.Server, lc, "tcp 0.0.0.0:8081", "tcp [::]:8082", "udp 0.0.0.0:8083")
 		inactive, _ := e.audit()
 		e.checkAudit(inactive, nil)
 		e.apply("default deny incoming\nallow 8081:8083/tcp\nallow 8083/udp\n")
@@ -136,12 +114,6 @@ func TestAuditBoundAddresses(t *testing.T) {
 		e.run("server", "ip", "link", "set", "adv0", "up")
 		e.run("server", "ip", "addr", "add", "198.51.100.1/24", "dev", "adv0")
 		e.run("client", "ip", "route", "add", "198.51.100.0/24", "via", lab.ServerV4.String())
-		var closers []func() error
-		t.Cleanup(func() {
-			for _, c := range closers {
-				_ = c()
-			}
-		})
 		v6only := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			if err := c.Control(func(fd uintptr) {
@@ -151,29 +123,9 @@ func TestAuditBoundAddresses(t *testing.T) {
 			}
 			return serr
 		}}
-		if err := e.topo.Server.Do(func() error {
-			for _, l := range []struct {
-				lc   net.ListenConfig
-				net  string
-				addr string
-			}{
-				{net.ListenConfig{}, "tcp4", "192.0.2.9:8090"},
-				{net.ListenConfig{}, "tcp6", "[2001:db8::9]:8090"},
-				{net.ListenConfig{}, "tcp4", "198.51.100.1:8091"},
-				{net.ListenConfig{}, "tcp4", "127.0.0.2:8092"},
-				{net.ListenConfig{}, "tcp6", "[::1]:8092"},
-				{v6only, "tcp6", "[::]:8093"},
-			} {
-				ln, err := l.lc.Listen(context.Background(), l.net, l.addr)
-				if err != nil {
-					return err
-				}
-				closers = append(closers, ln.Close)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		listenIn(t, e.topo.Server, net.ListenConfig{}, "tcp4 192.0.2.9:8090", "tcp6 [2001:db8::9]:8090",
+			"tcp4 198.51.100.1:8091", "tcp4 127.0.0.2:8092", "tcp6 [::1]:8092")
+		listenIn(t, e.topo.Server, v6only, "tcp6 [::]:8093")
 		e.apply("default deny incoming\nallow 8090:8093/tcp\n")
 		a, _ := e.audit()
 		got := map[string]string{}
@@ -204,23 +156,8 @@ func TestAuditRuleKinds(t *testing.T) {
 		e := newEnv(t, backend, false)
 		e.run("server", "ip", "link", "add", "adv0", "type", "veth", "peer", "name", "adv1")
 		e.run("server", "ip", "link", "set", "adv0", "up")
-		var closers []func() error
-		t.Cleanup(func() {
-			for _, c := range closers {
-				_ = c()
-			}
-		})
-		if err := e.topo.Server.Do(func() error {
-			for p := 8100; p <= 8104; p++ {
-				ln, err := net.Listen("tcp", ":"+strconv.Itoa(p))
-				if err != nil {
-					return err
-				}
-				closers = append(closers, ln.Close)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
+		for p := 8100; p <= 8104; p++ {
+			listenIn(t, e.topo.Server, net.ListenConfig{}, "tcp :"+strconv.Itoa(p))
 		}
 		e.apply(`default reject incoming
 limit 8100/tcp
@@ -287,22 +224,7 @@ func TestAuditLinkLocal(t *testing.T) {
 		if !ll.IsLinkLocalUnicast() {
 			t.Fatal("no link-local address on the server's eth0")
 		}
-		var closers []func() error
-		t.Cleanup(func() {
-			for _, c := range closers {
-				_ = c()
-			}
-		})
-		if err := e.topo.Server.Do(func() error {
-			ln, err := net.Listen("tcp6", netip.AddrPortFrom(ll.WithZone("eth0"), 8110).String())
-			if err != nil {
-				return err
-			}
-			closers = append(closers, ln.Close)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		listenIn(t, e.topo.Server, net.ListenConfig{}, "tcp6 "+netip.AddrPortFrom(ll.WithZone("eth0"), 8110).String())
 		for _, c := range []struct {
 			policy string
 			status string
@@ -403,22 +325,7 @@ func TestAuditNarrowDenyFirst(t *testing.T) {
 		e := newEnv(t, backend, false)
 		e.run("client", "ip", "addr", "add", "192.0.2.100/32", "dev", "eth0")
 		e.run("client", "ip", "addr", "add", "2001:db8::100/128", "dev", "eth0", "nodad")
-		var closers []func() error
-		t.Cleanup(func() {
-			for _, c := range closers {
-				_ = c()
-			}
-		})
-		if err := e.topo.Server.Do(func() error {
-			ln, err := net.Listen("tcp", ":8120")
-			if err != nil {
-				return err
-			}
-			closers = append(closers, ln.Close)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		listenIn(t, e.topo.Server, net.ListenConfig{}, "tcp :8120")
 		e.apply(`default deny incoming
 deny from 192.0.2.0/28 to any port 8120 proto tcp
 deny from 2001:db8::/120 to any port 8120 proto tcp
@@ -533,22 +440,7 @@ func TestAuditAddressOnLoopback(t *testing.T) {
 		e := newEnv(t, backend, false)
 		e.run("server", "ip", "addr", "add", "198.51.100.5/32", "dev", "lo")
 		e.run("client", "ip", "route", "add", "198.51.100.5/32", "via", lab.ServerV4.String())
-		var closers []func() error
-		t.Cleanup(func() {
-			for _, c := range closers {
-				_ = c()
-			}
-		})
-		if err := e.topo.Server.Do(func() error {
-			ln, err := net.Listen("tcp4", "0.0.0.0:8130")
-			if err != nil {
-				return err
-			}
-			closers = append(closers, ln.Close)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		listenIn(t, e.topo.Server, net.ListenConfig{}, "tcp4 0.0.0.0:8130")
 		e.apply("default deny incoming\nallow proto tcp from any to 198.51.100.5 port 8130\n")
 		a, _ := e.audit()
 		for _, f := range a.Sockets {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -61,6 +62,29 @@ func (e *env) audit() (auditOutput, int) {
 	return a, code
 }
 
+// listenIn opens sockets in ns for the test's life, each "NETWORK
+// ADDRESS": listeners for tcp*, bound sockets for udp*; lc sets their
+// socket options (the zero value: none).
+func listenIn(t *testing.T, ns *lab.NS, lc net.ListenConfig, socks ...string) {
+	t.Helper()
+	for _, s := range socks {
+		network, addr, _ := strings.Cut(s, " ")
+		var c io.Closer
+		if err := ns.Do(func() error {
+			var err error
+			if strings.HasPrefix(network, "udp") {
+				c, err = lc.ListenPacket(context.Background(), network, addr)
+			} else {
+				c, err = lc.Listen(context.Background(), network, addr)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("listen %s in %s: %v", s, ns.Name, err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+	}
+}
+
 // TestAudit: every port 'moat audit' calls open is reachable from the
 // client with real packets, from the sources it names, and every port
 // it calls closed or local only is not, IPv4 and IPv6, TCP and UDP,
@@ -69,32 +93,7 @@ func TestAudit(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, false)
 		// Loopback-only listeners, on ports nothing else listens on.
-		var closers []func() error
-		t.Cleanup(func() {
-			for _, c := range closers {
-				_ = c()
-			}
-		})
-		if err := e.topo.Server.Do(func() error {
-			l, err := net.Listen("tcp", "127.0.0.1:7070")
-			if err != nil {
-				return err
-			}
-			closers = append(closers, l.Close)
-			l6, err := net.Listen("tcp", "[::1]:7070")
-			if err != nil {
-				return err
-			}
-			closers = append(closers, l6.Close)
-			u, err := net.ListenPacket("udp", "[::1]:7071")
-			if err != nil {
-				return err
-			}
-			closers = append(closers, u.Close)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		listenIn(t, e.topo.Server, net.ListenConfig{}, "tcp 127.0.0.1:7070", "tcp [::1]:7070", "udp [::1]:7071")
 
 		// Not active: everything outside loopback is open, and the
 		// exit code says an exposure no rule allows.
