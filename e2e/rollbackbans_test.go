@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -131,6 +132,60 @@ func TestBackendChangeKeepsBans(t *testing.T) {
 					"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
 					"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
 			}
+		})
+	}
+}
+
+// A --confirm change of backend whose snapshot is damaged on disk is
+// rolled back by loading the policy applied before: that fallback loaded
+// the old backend with empty ban sets and removed the new one's, losing
+// every ban in force. They are carried back as the snapshot's restore
+// carries them: banned before and meanwhile (real packets dropped), not
+// one lifted meanwhile. Both directions, IPv4 and IPv6.
+func TestRollbackFallbackOfBackendChangeKeepsBans(t *testing.T) {
+	requireBackend(t, "nftables")
+	requireBackend(t, "iptables")
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, dir[0], false)
+			plain := func(args ...string) {
+				t.Helper()
+				if out, err := e.moatPlain(args...); err != nil {
+					t.Fatalf("moat %s: %v\n%s", strings.Join(args, " "), err, out)
+				}
+			}
+			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
+			writeFile(t, e.conf, "backend "+dir[0]+"\n"+policy)
+			plain("enable")
+			plain("ban", "192.0.2.4", "2001:db8::4", "--for", "1h", "--reason", "before")
+			writeFile(t, e.conf, "backend "+dir[1]+"\n"+policy+"allow 443/tcp\n")
+			plain("--confirm", "1h", "--no-wait", "enable")
+			plain("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
+			plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
+			plain("unban", "203.0.113.51")
+			writeFile(t, filepath.Join(e.stateDir(), "pending.snapshot"), "damaged")
+			out, err := e.moatPlain("rollback")
+			if err != nil {
+				t.Fatalf("moat rollback: %v\n%s", err, out)
+			}
+			if !strings.Contains(out, "loading the previous policy") {
+				t.Errorf("the rollback did not take the fallback:\n%s", out)
+			}
+			bans := e.bans()
+			for _, a := range []string{"192.0.2.3", "2001:db8::3", "192.0.2.4", "2001:db8::4"} {
+				if _, ok := bans[a]; !ok {
+					t.Errorf("%s is not banned after the rollback: %+v", a, bans)
+				}
+			}
+			if _, ok := bans["203.0.113.51"]; ok {
+				t.Errorf("the ban lifted meanwhile is back after the rollback")
+			}
+			e.expect(false,
+				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
+				"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
 		})
 	}
 }

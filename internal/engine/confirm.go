@@ -292,17 +292,33 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 	}
 	errs = append(errs, fmt.Errorf("restore the snapshot: %w", err))
 	e.warn(fmt.Sprintf("rollback: cannot restore the snapshot (%v); loading the previous policy instead", err))
+	// Each fallback loads its backend with the ban sets it has (empty
+	// after a change of backend) and removes moat's rules, ban sets
+	// included, from the others: the bans in force are read (and
+	// recorded in pending.bans, so that a kill after the load still puts
+	// them back) before, and put back after, as the snapshot's restore
+	// does.
+	live, known, since := e.bansInForce(ctx, p)
+	loaded := func(name string) error {
+		if err := e.step("rollback-fallback-loaded"); err != nil {
+			return err
+		}
+		if b, err := e.backend(name); err == nil && known {
+			e.keepBans(ctx, b, live, since)
+		}
+		return nil
+	}
 	if p.Prev != nil {
 		err := e.applyText(ctx, p.Prev.Backend, p.Prev.Policy, p.Prev.Source)
 		if err == nil {
-			return p.Prev, nil
+			return p.Prev, loaded(p.Prev.Backend)
 		}
 		errs = append(errs, fmt.Errorf("load the previous policy: %w", err))
 	}
 	if s, err := safeapply.LoadSaved(dir); err == nil {
 		if err = e.applyText(ctx, s.Backend, s.Policy, s.Source); err == nil {
 			e.warn("rollback: loaded the ruleset saved for boot")
-			return &Applied{Backend: s.Backend, Policy: s.Policy, Source: s.Source, Time: e.o.Now().UTC(), Setting: e.settingOf(s.Policy)}, nil
+			return &Applied{Backend: s.Backend, Policy: s.Policy, Source: s.Source, Time: e.o.Now().UTC(), Setting: e.settingOf(s.Policy)}, loaded(s.Backend)
 		}
 		errs = append(errs, fmt.Errorf("load the saved ruleset: %w", err))
 	} else {
@@ -314,7 +330,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 		return nil, errors.Join(append(errs, err)...)
 	}
 	e.warn("rollback: nothing else could be loaded: moat is FAIL-CLOSED (only SSH comes in)")
-	return rec, nil
+	return rec, loaded(rec.Backend)
 }
 
 // settingOf is the 'backend' line of a policy text.
