@@ -17,6 +17,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/gctune"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -312,7 +313,7 @@ fetch, or a refused list, keeps the old copy and says why (exit code 1).`,
 
 func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *blocklist.Fetcher) error {
 	ctx := cmd.Context()
-	if os.Getenv("GOGC") == "" {
+	if !gctune.AdminGOGC() {
 		// An update of a 100,000-network list allocates about 35 MB in a
 		// few large slices and lives a tenth of a second: collecting half
 		// as often saves about 7% of its CPU for 1 to 3 MB more RSS

@@ -17,6 +17,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/gctune"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -86,6 +87,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hook func
 	// One netlink socket for the command's nftables reads.
 	defer nft.Share()()
 	a := &app{out: stdout, errOut: stderr, args: args, engineHook: hook}
+	for _, w := range gctune.EnvWarnings() {
+		fmt.Fprintf(stderr, "moat: warning: %s\n", w)
+	}
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetOut(stdout)

@@ -9,11 +9,13 @@
 package gctune
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"strconv"
 	"sync"
 )
 
@@ -22,13 +24,45 @@ const liveMetric = "/gc/heap/live:bytes"
 
 // Short collects only when the Go runtime's memory reaches limit bytes,
 // until a collection leaves more than half of limit live; restore puts
-// back the settings it found. Nothing changes when GOGC or GOMEMLIMIT is
-// set (the admin's choice wins).
+// back the settings it found. Nothing changes when GOGC or GOMEMLIMIT
+// holds a setting the runtime took (the admin's choice wins).
 func Short(limit int64) (restore func()) {
-	if os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" || limit <= 0 {
+	if AdminSet() || limit <= 0 {
 		return func() {}
 	}
 	return start(limit).restore
+}
+
+// AdminGOGC reports whether GOGC holds a setting the Go runtime took: a
+// whole number or "off". The runtime reads anything else as 100 without
+// a word (EnvWarnings says it), and moat's own tuning then applies.
+func AdminGOGC() bool {
+	v := os.Getenv("GOGC")
+	return v != "" && goodGOGC(v)
+}
+
+// AdminSet reports whether GOGC or GOMEMLIMIT holds the admin's setting.
+// A GOMEMLIMIT the runtime cannot read never gets here: the runtime
+// stops the program before main with "fatal error: malformed
+// GOMEMLIMIT" (docs/design.md).
+func AdminSet() bool { return AdminGOGC() || os.Getenv("GOMEMLIMIT") != "" }
+
+func goodGOGC(v string) bool {
+	if v == "off" {
+		return true
+	}
+	_, err := strconv.ParseInt(v, 10, 32)
+	return err == nil
+}
+
+// EnvWarnings says what of the collector's environment the Go runtime
+// ignored without a word: a GOGC that is neither a whole number nor
+// "off" (the runtime then uses 100).
+func EnvWarnings() []string {
+	if v, ok := os.LookupEnv("GOGC"); ok && v != "" && !goodGOGC(v) {
+		return []string{fmt.Sprintf("GOGC=%s is not a whole number or \"off\": ignored (the Go runtime uses 100)", strconv.Quote(v))}
+	}
+	return nil
 }
 
 func start(limit int64) *tuner {

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"strings"
 	"testing"
 	"time"
 )
@@ -94,4 +95,39 @@ func TestShortLeavesTheAdminsSettings(t *testing.T) {
 		t.Errorf("GC percent %d with GOGC set, want %d", p, before)
 	}
 	restore()
+}
+
+// A GOGC that is neither a whole number nor "off" is read by the Go
+// runtime as 100 without a word: it is said (EnvWarnings), and it is not
+// the admin's choice, so Short tunes as without it. A good one (and
+// "off") warns of nothing. Hostile text is quoted.
+func TestMalformedGOGC(t *testing.T) {
+	for v, bad := range map[string]bool{"bogus": true, "1e3": true, "50%": true, "\x1b[2Jx": true, "99999999999": true,
+		"150": false, "off": false, "-1": false, "0": false} {
+		t.Run(v, func(t *testing.T) {
+			t.Setenv("GOGC", v)
+			t.Setenv("GOMEMLIMIT", "")
+			w := EnvWarnings()
+			if bad != (len(w) == 1) {
+				t.Fatalf("GOGC=%q: warnings %q", v, w)
+			}
+			if bad && (!strings.Contains(w[0], "GOGC=") || strings.ContainsAny(w[0], "\x1b\n")) {
+				t.Errorf("warning %q", w[0])
+			}
+			if AdminSet() == bad {
+				t.Errorf("GOGC=%q: AdminSet %v", v, !bad)
+			}
+		})
+	}
+	t.Setenv("GOGC", "bogus")
+	t.Setenv("GOMEMLIMIT", "")
+	before := percent()
+	restore := Short(1 << 30)
+	if p := percent(); p == before {
+		t.Errorf("GOGC=bogus left the collector alone (percent %d): the runtime ignored it", p)
+	}
+	restore()
+	if p := percent(); p != before {
+		t.Errorf("GC percent %d after restore, want %d", p, before)
+	}
 }
