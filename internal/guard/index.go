@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math"
 	"net/netip"
@@ -19,30 +20,25 @@ import (
 // indexFile lists, for every address in guard.json, when its ban ends
 // and how often it was banned: 28 bytes an address (16 of address, 8 of
 // Unix nanoseconds, 4 of count), after a header naming the guard.json it
-// was made from (inode, size, mtime). 'moat status' counts active bans
-// from it and the journal in milliseconds, and 'moat bans' reads the ban
-// counts, where decoding a guard.json of 200,000 addresses takes seconds.
-// An index that does not match guard.json is ignored. Version 1 (written
-// before the counts, 24 bytes an address) still counts active bans.
+// was made from (inode, size, mtime), and ends with the CRC-32C of all
+// that. 'moat status' counts active bans from it and the journal in
+// milliseconds, and 'moat bans' reads the ban counts, where decoding a
+// guard.json of 200,000 addresses takes seconds. An index that does not
+// match guard.json, or its checksum (a damaged disk, a hand edit), is
+// ignored, and the reader that decoded guard.json instead writes it
+// again. Versions 1 and 2 (written by older moats, without a checksum)
+// are not trusted either: the first reader replaces them.
 const indexFile = "guard.index"
 
-var (
-	indexMagic   = []byte("MOATIDX2")
-	indexMagicV1 = []byte("MOATIDX1")
+var indexMagic = []byte("MOATIDX3")
+
+const (
+	indexHeader = 8 + 3*8
+	indexEntry  = 28
+	indexSum    = 4 // the CRC-32C trailer
 )
 
-const indexHeader = 8 + 3*8
-
-// indexEntry is the size of one address's entry in each version.
-func indexEntry(magic []byte) int {
-	switch {
-	case bytes.Equal(magic, indexMagic):
-		return 28
-	case bytes.Equal(magic, indexMagicV1):
-		return 24
-	}
-	return 0
-}
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // fileKey identifies one version of a file: a rename gives a new inode.
 func fileKey(fi os.FileInfo) [3]uint64 {
@@ -59,8 +55,14 @@ func writeIndex(dir string, st *State) error {
 	if err != nil {
 		return err
 	}
+	return statedir.WriteFile(dir, indexFile, indexBytes(fi, st))
+}
+
+// indexBytes is the index of st, read from or written as the guard.json
+// fi.
+func indexBytes(fi os.FileInfo, st *State) []byte {
 	var b bytes.Buffer
-	b.Grow(indexHeader + 28*len(st.Bans))
+	b.Grow(indexHeader + indexEntry*len(st.Bans) + indexSum)
 	b.Write(indexMagic)
 	for _, v := range fileKey(fi) {
 		_ = binary.Write(&b, binary.BigEndian, v) // a bytes.Buffer does not fail
@@ -75,54 +77,52 @@ func writeIndex(dir string, st *State) error {
 		_ = binary.Write(&b, binary.BigEndian, until)
 		_ = binary.Write(&b, binary.BigEndian, uint32(min(max(r.Count, 0), math.MaxUint32)))
 	}
-	return statedir.WriteFile(dir, indexFile, b.Bytes())
+	_ = binary.Write(&b, binary.BigEndian, crc32.Checksum(b.Bytes(), castagnoli))
+	return b.Bytes()
 }
 
 var errStaleIndex = errors.New("guard index does not match guard.json")
 
-// readIndex reads the index if it matches guard.json, and the size of
-// its entries.
-func readIndex(dir string) (data []byte, entry int, err error) {
+// readIndex reads the index if it matches guard.json and its checksum,
+// without its checksum.
+func readIndex(dir string) (data []byte, err error) {
 	fi, err := os.Lstat(dir + "/" + stateFile)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, 0, errStaleIndex // no guard.json: the journal alone, the slow way is fast
+		return nil, errStaleIndex // no guard.json: the journal alone, the slow way is fast
 	}
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	data, err = statedir.ReadFile(dir, indexFile)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	if len(data) < indexHeader {
-		return nil, 0, errStaleIndex
+	if len(data) < indexHeader+indexSum || !bytes.Equal(data[:8], indexMagic) || (len(data)-indexHeader-indexSum)%indexEntry != 0 {
+		return nil, errStaleIndex
 	}
-	entry = indexEntry(data[:8])
-	if entry == 0 || (len(data)-indexHeader)%entry != 0 {
-		return nil, 0, errStaleIndex
+	body := data[:len(data)-indexSum]
+	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(data[len(body):]) {
+		return nil, errStaleIndex
 	}
 	key := fileKey(fi)
 	for i, v := range key {
 		if binary.BigEndian.Uint64(data[8+8*i:]) != v {
-			return nil, 0, errStaleIndex
+			return nil, errStaleIndex
 		}
 	}
-	return data, entry, nil
+	return body, nil
 }
 
 // countsFromIndex gives how often each address was banned (only those of
 // want; all when want is nil), from an index with counts plus the
 // journal: what the history's Record.Count says.
 func countsFromIndex(dir string, want map[netip.Addr]bool) (map[netip.Addr]int, error) {
-	data, entry, err := readIndex(dir)
+	data, err := readIndex(dir)
 	if err != nil {
 		return nil, err
 	}
-	if entry != 28 {
-		return nil, errStaleIndex // version 1: no counts
-	}
 	out := map[netip.Addr]int{}
-	for p := indexHeader; p < len(data); p += entry {
+	for p := indexHeader; p < len(data); p += indexEntry {
 		a := netip.AddrFrom16([16]byte(data[p : p+16])).Unmap()
 		if want == nil || want[a] {
 			out[a] = int(binary.BigEndian.Uint32(data[p+24:]))
@@ -148,7 +148,7 @@ func countsFromIndex(dir string, want map[netip.Addr]bool) (map[netip.Addr]int, 
 
 // countFromIndex counts active bans from the index plus the journal.
 func countFromIndex(dir string, now time.Time) (int, error) {
-	data, entry, err := readIndex(dir)
+	data, err := readIndex(dir)
 	if err != nil {
 		return 0, err
 	}
@@ -158,7 +158,7 @@ func countFromIndex(dir string, now time.Time) (int, error) {
 	}
 	n := 0
 	nowNS := now.UnixNano()
-	for p := indexHeader; p < len(data); p += entry {
+	for p := indexHeader; p < len(data); p += indexEntry {
 		a := netip.AddrFrom16([16]byte(data[p : p+16])).Unmap()
 		if _, ok := over[a]; ok {
 			continue

@@ -235,15 +235,25 @@ func LoadState(dir string) (*State, error) {
 // loadState also returns how many journal lines were damaged (skipped),
 // and the journal as read (replayJournal).
 func loadState(dir string) (*State, int, Folded, error) {
+	st, err := readStateFile(dir)
+	if err != nil {
+		return nil, 0, Folded{}, err
+	}
+	bad, read, err := replayJournal(dir, st)
+	return st, bad, read, err
+}
+
+// readStateFile reads guard.json alone (an empty state when missing).
+func readStateFile(dir string) (*State, error) {
 	st := &State{Bans: map[netip.Addr]*Record{}}
 	data, err := statedir.ReadFile(dir, stateFile)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
-		return nil, 0, Folded{}, fmt.Errorf("read guard state: %w", err)
+		return nil, fmt.Errorf("read guard state: %w", err)
 	default:
 		if err := json.Unmarshal(data, st); err != nil {
-			return nil, 0, Folded{}, &CorruptError{Path: filepath.Join(dir, stateFile), Err: err}
+			return nil, &CorruptError{Path: filepath.Join(dir, stateFile), Err: err}
 		}
 		if st.Bans == nil {
 			st.Bans = map[netip.Addr]*Record{}
@@ -254,8 +264,43 @@ func loadState(dir string) (*State, int, Folded, error) {
 			}
 		}
 	}
-	bad, read, err := replayJournal(dir, st)
-	return st, bad, read, err
+	return st, nil
+}
+
+// loadIndexing is LoadState for a reader that found the index unusable
+// (damaged, stale, of an older version): guard.json is decoded anyway,
+// so its index is written again, under the state lock (no fold renames
+// guard.json meanwhile), unless a fold cut short left the journal it
+// folded in (the readers of the index replay the whole journal: its
+// bans would count twice; the guard's next fold writes it). Without the
+// lock (a reader that may not take it) nothing is written.
+func loadIndexing(dir string) (*State, error) {
+	if _, err := os.Lstat(filepath.Join(dir, stateFile)); err != nil {
+		return LoadState(dir) // no guard.json: nothing to index
+	}
+	unlock, err := lockState(dir)
+	if err != nil {
+		return LoadState(dir)
+	}
+	defer unlock()
+	before, err := os.Lstat(filepath.Join(dir, stateFile))
+	if err != nil {
+		return LoadState(dir)
+	}
+	st, err := readStateFile(dir)
+	if err != nil {
+		return nil, err
+	}
+	idx := indexBytes(before, st)
+	_, read, err := replayJournal(dir, st)
+	if err != nil {
+		return nil, err
+	}
+	after, serr := os.Lstat(filepath.Join(dir, stateFile))
+	if serr == nil && fileKey(after) == fileKey(before) && (st.Folded == nil || read.ID != st.Folded.ID) {
+		_ = statedir.WriteFile(dir, indexFile, idx) // a shortcut: without it the next reader decodes guard.json again
+	}
+	return st, nil
 }
 
 // replayJournal applies the journal's records, but not those st folded
@@ -421,7 +466,7 @@ func ActiveBans(dir string, now time.Time) (int, error) {
 	if n, err := countFromIndex(dir, now); err == nil {
 		return n, nil
 	}
-	st, err := LoadState(dir)
+	st, err := loadIndexing(dir)
 	if err != nil {
 		return 0, err
 	}
@@ -444,7 +489,7 @@ func BanCounts(dir string, addrs []netip.Addr) map[netip.Addr]int {
 		return out
 	}
 	out := map[netip.Addr]int{}
-	st, err := LoadState(dir)
+	st, err := loadIndexing(dir)
 	if err != nil {
 		return out
 	}
