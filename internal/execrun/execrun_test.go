@@ -2,6 +2,10 @@ package execrun
 
 import (
 	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -30,5 +34,54 @@ func TestErrorNamesProgramAndStderr(t *testing.T) {
 	_, err := Exec(context.Background(), nil, "sh", "-c", "echo refused >&2; exit 3")
 	if err == nil || !strings.Contains(err.Error(), "sh: exit status 3: refused") {
 		t.Fatalf("error: %v", err)
+	}
+}
+
+// ExecFrom's program reads a complete sealed file, never a pipe, holding
+// exactly what write wrote; a write that fails starts no program.
+func TestExecFromWritesAFile(t *testing.T) {
+	big := strings.Repeat("add moat-x 192.0.2.0/24\n", 200000) // 4.8 MB: many buffer flushes
+	write := func(w io.Writer) error {
+		for i := 0; i < len(big); i += 1000 {
+			if _, err := io.WriteString(w, big[i:min(i+1000, len(big))]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	out, err := ExecFrom(context.Background(), write, "readlink", "/proc/self/fd/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasPrefix(string(out), "pipe:") {
+		t.Fatalf("stdin is a pipe: %s", out)
+	}
+	got, err := ExecFrom(context.Background(), write, "cat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != big {
+		t.Fatalf("cat returned %d bytes of %d", len(got), len(big))
+	}
+	dir := t.TempDir()
+	mark := filepath.Join(dir, "ran")
+	_, err = ExecFrom(context.Background(), func(w io.Writer) error {
+		_, _ = io.WriteString(w, "half")
+		return errors.New("render failed")
+	}, "touch", mark)
+	if err == nil || !strings.Contains(err.Error(), "render failed") {
+		t.Fatalf("error: %v", err)
+	}
+	if _, err := os.Stat(mark); err == nil {
+		t.Fatal("the program ran with an input whose writing failed")
+	}
+	// Buffered hands a Runner the same bytes.
+	var seen []byte
+	fake := func(_ context.Context, stdin []byte, _ string, _ ...string) ([]byte, error) {
+		seen = stdin
+		return nil, nil
+	}
+	if _, err := Buffered(fake)(context.Background(), write, "x"); err != nil || string(seen) != big {
+		t.Fatalf("Buffered: %v, %d bytes of %d", err, len(seen), len(big))
 	}
 }

@@ -39,6 +39,10 @@ var ExecRunner = execrun.Exec
 // Backend programs moat's iptables chains and ipsets.
 type Backend struct {
 	Run Runner
+	// RunFrom, when set, runs the programs whose input is large (ipset
+	// restore of the policy sets) with that input written straight into
+	// the file they read, never whole in memory; nil: through Run.
+	RunFrom execrun.Writer
 	// Full makes Apply rewrite moat's chains even when their generation
 	// says they hold the ruleset already (they were changed by hand).
 	Full bool
@@ -70,7 +74,18 @@ type Backend struct {
 }
 
 // New returns the iptables backend.
-func New() *Backend { return &Backend{Run: ExecRunner, Netlink: true, IpsetNetlink: true} }
+func New() *Backend {
+	return &Backend{Run: ExecRunner, RunFrom: execrun.ExecFrom, Netlink: true, IpsetNetlink: true}
+}
+
+// runFrom runs a program whose input write writes: with RunFrom, or
+// written whole into memory for Run.
+func (b *Backend) runFrom(ctx context.Context, write func(io.Writer) error, name string, args ...string) ([]byte, error) {
+	if b.RunFrom != nil {
+		return b.RunFrom(ctx, write, name, args...)
+	}
+	return execrun.Buffered(b.Run)(ctx, write, name, args...)
+}
 
 // Name is the backend's name.
 func (b *Backend) Name() string { return "iptables" }
@@ -509,9 +524,20 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		// even when the generation is the one it named before.
 		st.gen[families[0].fam] = dirty
 	}
-	load := renderSets(rs, st.sets, names, func(n string) bool { return refill[n] }) + diff.String()
-	if load != "" {
-		if _, err := b.Run(ctx, []byte(load), "ipset", "-exist", "restore"); err != nil {
+	// The sets to load whole and the differences, written straight into
+	// the file ipset restore reads (at 100,000 networks 4.7 MB of text,
+	// which moat held whole, with its copies, in memory).
+	again := func(n string) bool { return refill[n] }
+	destroyed := map[string]bool{}
+	if len(setsToLoad(rs, st.sets, names, again)) > 0 || diff.Len() > 0 {
+		write := func(w io.Writer) error {
+			if err := writeSets(w, rs, st.sets, names, again, networks, destroyed); err != nil {
+				return err
+			}
+			_, err := io.WriteString(w, diff.String())
+			return err
+		}
+		if _, err := b.runFrom(ctx, write, "ipset", "-exist", "restore"); err != nil {
 			return fmt.Errorf("load ipsets: %w", err)
 		}
 	}
@@ -545,7 +571,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		// A temporary set left by a moat killed while filling it is
 		// destroyed and made again by the restore above, which renames
 		// or swaps it away: destroying it again would fail.
-		if strings.HasPrefix(load, "destroy "+name+"\n") || strings.Contains(load, "\ndestroy "+name+"\n") {
+		if destroyed[name] {
 			continue
 		}
 		stale = append(stale, name)

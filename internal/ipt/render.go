@@ -485,39 +485,11 @@ func RenderSets(rs *ruleset.Ruleset, existing map[string]bool) string {
 }
 
 // renderSets loads the sets not there yet, and the policy sets that refill
-// names (their contents are not known to be the wanted ones), whole.
+// names (their contents are not known to be the wanted ones), whole
+// (writeSets, into memory).
 func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names, refill func(name string) bool) string {
 	var b strings.Builder
-	done := map[string]bool{}
-	for _, s := range rs.Sets {
-		name := names.of(s.Name)
-		// A policy set that exists but may hold other networks (changed
-		// by hand, or changed by moat without a record of what it holds)
-		// is filled again and swapped in.
-		again := !s.Bans && s.ScanWindow == 0 && refill(name)
-		if (existing[name] && !again) || done[name] {
-			continue
-		}
-		done[name] = true
-		if s.Bans || s.ScanWindow > 0 {
-			fmt.Fprintf(&b, "%s\n", createLine(s, name))
-			continue
-		}
-		tmp := tmpSetName(name)
-		if existing[tmp] {
-			fmt.Fprintf(&b, "destroy %s\n", tmp)
-		}
-		fmt.Fprintf(&b, "%s\n", createLine(s, tmp))
-		for _, p := range merged(s) {
-			fmt.Fprintf(&b, "add %s %s\n", tmp, p)
-		}
-		if existing[name] {
-			// The rules keep pointing at the name while it is swapped.
-			fmt.Fprintf(&b, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
-			continue
-		}
-		fmt.Fprintf(&b, "rename %s %s\n", tmp, name)
-	}
+	_ = writeSets(&b, rs, existing, names, refill, nil, nil) // a Builder does not fail
 	return b.String()
 }
 
