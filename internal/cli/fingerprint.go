@@ -346,12 +346,26 @@ func (a *app) ownChangesOnly(nb *nft.Backend, verified verifiedGen) (now uint32,
 // its restores made. A rule inserted by hand (iptables -I) between two of
 // them moves it once more. ipset changes do not move it: the fingerprint
 // reads the policy sets' members.
+//
+// Without a verified table, an Apply that found none of moat's chains
+// and wrote them whole (ipt.Backend.LastApplyFresh: a first enable)
+// proves them the same way, as a whole commit does on nftables: nothing
+// of moat's was there to survive its restores, and the generation moved
+// by those restores alone. A first enable then skips the full comparison
+// (at 100,000 networks: every set read back, and the policy loaded again
+// into a scratch namespace to compare the rules in place).
 func (a *app) ownRestoresOnly(ib *ipt.Backend, verified verifiedGen) (now uint32, ok bool) {
 	now, err := nft.Generation()
-	if err != nil || !verified.ok {
+	if err != nil {
 		return 0, false
 	}
 	before, commits, applied, known := ib.LastApply()
+	if applied && known && now == before+commits && ib.LastApplyFresh() {
+		return now, true
+	}
+	if !verified.ok {
+		return 0, false
+	}
 	if !applied {
 		return now, now == verified.gen
 	}

@@ -441,6 +441,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	if err != nil {
 		return err
 	}
+	fresh := noChains(st)
 	names := SetNames(rs)
 	c := contents{}
 	sets := map[string]*ruleset.Set{}
@@ -559,6 +560,9 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	}
 	b.remember(c, networks)
 	b.track.after = b.afterApply(orig, genOnly, whole, c, networks)
+	if b.track.after != nil {
+		b.track.after.fresh = fresh && whole
+	}
 	used := map[string]bool{}
 	for _, n := range names {
 		used[n] = true

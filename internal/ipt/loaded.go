@@ -29,6 +29,43 @@ type afterApply struct {
 	// members are networks(name).
 	sets     map[string]bool
 	networks func(string) []netip.Prefix
+	// fresh: the Apply found none of moat's chains in either family
+	// (so no rule jumping to one either: iptables refuses a jump to a
+	// chain that does not exist) and its restores wrote them whole
+	// (LastApplyFresh).
+	fresh bool
+}
+
+// noChains says whether st holds none of moat's chains and no jump to
+// one, in either family.
+func noChains(st *state) bool {
+	for _, f := range families {
+		if len(st.has[f.fam]) > 0 || len(st.jumps[f.fam]) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// LastApplyFresh says whether the last Apply wrote moat's chains into a
+// kernel that had none of them (a first enable, an enable after
+// 'moat disable' or a reboot), every policy set loaded whole, and the
+// nftables ruleset generation has moved since by its own restores only
+// (before+commits of LastApply, checked here and by the caller again).
+// Then moat's chains and sets are what its restores wrote, whatever else
+// the kernel held: nothing of moat's was left to survive them, and no
+// other program committed in between, so the fingerprint taken from
+// what was loaded (FingerprintKernel) stands for the whole of them
+// without the full comparison with the applied policy. ipset changes
+// move no generation: a member added by hand meanwhile is found by the
+// next command, which reads the policy sets' members to check the record.
+func (b *Backend) LastApplyFresh() bool {
+	a := b.track.after
+	if a == nil || !a.fresh || !b.InNftables() {
+		return false
+	}
+	g, err := nftGeneration()
+	return err == nil && g == a.gen
 }
 
 // afterApply records what the Apply that read orig left: genOnly has,
