@@ -19,6 +19,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
+	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/guard"
 	"github.com/moat-fw/moat/internal/policy"
 )
@@ -107,7 +108,18 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 		return err
 	}
 	reload := make(chan policy.Guard)
-	svc := &guard.Service{Cfg: p.Guard, Bans: b, StateDir: a.stateDir, Log: a.log.With("component", "guard"), Reload: reload}
+	// moat's rules may move to the other backend while the guard runs:
+	// each ban takes the bans lock and finds the backend holding them.
+	bans := guard.NewFollowing(b,
+		func(ctx context.Context) (func(), error) { return engine.LockBans(ctx, a.stateDir, false) },
+		func(ctx context.Context) (guard.Banner, error) {
+			nb, err := a.banBackend(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return nb, nil
+		})
+	svc := &guard.Service{Cfg: p.Guard, Bans: bans, StateDir: a.stateDir, Log: a.log.With("component", "guard"), Reload: reload}
 	// Refuse at once when another guard runs on this state.
 	if err := svc.Lock(); err != nil {
 		return err
@@ -158,7 +170,7 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 	}
 	svc.Ready = func() {
 		fmt.Fprintf(a.errOut, "moat guard: following %s (%s backend; ban after %d failures in %s, for %s up to %s)\n",
-			what, b.Name(), p.Guard.MaxRetry, p.Guard.FindTime, p.Guard.BanTime, p.Guard.BanTimeMax)
+			what, bans.Name(), p.Guard.MaxRetry, p.Guard.FindTime, p.Guard.BanTime, p.Guard.BanTimeMax)
 		a.sdNotify(daemon.SdNotifyReady)
 	}
 	svc.Status = func(msg string) {

@@ -406,22 +406,18 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		}
 	}
 	if len(from) > 0 {
-		if err := e.carryBans(ctx, switchID(in), from, b); err != nil {
+		// No ban may land in the old backend between the read of its
+		// bans and the removal of its sets (the guard's wait for the
+		// lock, then finds the new backend).
+		unlockBans := e.holdBans(ctx)
+		err := e.carryBans(ctx, switchID(in), from, b)
+		if err == nil {
+			err = e.removeOld(ctx, in, cur, b, res)
+		}
+		unlockBans()
+		if err != nil {
 			return nil, err
 		}
-	}
-	for _, name := range cur.kernel {
-		if name == b.Name() {
-			continue
-		}
-		old, err := e.backend(name)
-		if err == nil {
-			err = old.Remove(ctx)
-		}
-		if err != nil {
-			return nil, e.failAfterKernel(ctx, in, fmt.Errorf("remove moat's %s rules after switching to %s: %w", name, b.Name(), err))
-		}
-		res.Switched = name
 	}
 	if err := e.step("switched"); err != nil {
 		return nil, err
@@ -494,6 +490,25 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	res.Applied, res.Pending = next, pend
 	res.Covered = work.wait()
 	return res, nil
+}
+
+// removeOld removes moat's rules from the backends other than b, after
+// a change of backend.
+func (e *Engine) removeOld(ctx context.Context, in *Intent, cur *current, b Backend, res *Result) error {
+	for _, name := range cur.kernel {
+		if name == b.Name() {
+			continue
+		}
+		old, err := e.backend(name)
+		if err == nil {
+			err = old.Remove(ctx)
+		}
+		if err != nil {
+			return e.failAfterKernel(ctx, in, fmt.Errorf("remove moat's %s rules after switching to %s: %w", name, b.Name(), err))
+		}
+		res.Switched = name
+	}
+	return nil
 }
 
 // failAfterKernel handles a failure after the kernel took the change (a

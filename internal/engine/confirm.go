@@ -252,6 +252,9 @@ func (e *Engine) rollback(ctx context.Context, p *Pending, id, reason string) (*
 // ruleset saved for boot, then the fail-closed ruleset. Never "leave it".
 func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error) {
 	dir := e.o.StateDir
+	// No ban may land between the read of the bans in force and the
+	// restore that replaces the ban sets.
+	defer e.holdBans(ctx)()
 	if p.PrevBackend == "" {
 		// Nothing of moat's was loaded before: remove what the change put in.
 		return nil, e.removeExcept(ctx)
@@ -644,6 +647,7 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 	var carried []ruleset.Ban
 	switched := in.Prev != nil && in.Next != nil && in.Prev.Backend != in.Next.Backend
 	if switched {
+		defer e.holdBans(ctx)()
 		rec, _ := e.recordedBans(switchID(in))
 		carried = e.liveBans(ctx, rec, in.Next.Backend)
 	}

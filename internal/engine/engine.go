@@ -95,6 +95,9 @@ type Engine struct {
 	// this command's Lock rolled back (its deadline had passed, or a
 	// rollback cut short was finished); nil if none.
 	repairRolledBack *Pending
+	// bansHeld counts the holds of the bans lock this command has
+	// (holdBans: an undo within a change of backend holds it again).
+	bansHeld int
 }
 
 // New returns an engine; missing options get safe defaults.

@@ -1,0 +1,103 @@
+package engine
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/guard"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// A ban the guard makes in the instant of a change of backend (after the
+// switch read the old backend's bans, before it removed its sets) was
+// written to the old backend and lost with it. The guard's bans take the
+// bans lock shared (guard.Following), the switch holds it exclusive from
+// its read to the removal: the ban waits, fails on the removed sets and
+// lands in the backend that holds moat's rules now. Also for the
+// rollback of a --confirm change of backend (a ban between its read of
+// the bans in force and the removal of the unconfirmed backend's sets).
+// The guard runs in a goroutine with its own lock file descriptor, as a
+// second process would (flock locks are per open file).
+func TestBanDuringBackendSwitchNotLost(t *testing.T) {
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+		for _, at := range []string{"switch-bans-recorded", "switch-bans", "rollback-restored"} {
+			t.Run(dir[0]+"-to-"+dir[1]+"/"+at, func(t *testing.T) {
+				r := newRig(t)
+				fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
+				from, to := fakes[dir[0]], fakes[dir[1]]
+				ctx := context.Background()
+				addr := netip.MustParseAddr
+				r.write("backend " + dir[0] + "\n" + base)
+				_, err := r.enable(r.ch(0))
+				r.must(err)
+				r.must(from.Ban(ctx, []ruleset.Ban{{Addr: addr("203.0.113.50"), Timeout: time.Hour, Reason: "before"}}))
+				current := func(context.Context) (guard.Banner, error) {
+					for _, f := range []*Fake{r.nft, r.ipt} {
+						if f.Loaded() != "" {
+							return f, nil
+						}
+					}
+					return nil, nil
+				}
+				lock := func(ctx context.Context) (func(), error) { return LockBans(ctx, r.dir, false) }
+				holder := to
+				g := guard.NewFollowing(from, lock, current)
+				if at == "rollback-restored" {
+					holder = from
+				}
+				done := make(chan error, 1)
+				ban := func() {
+					go func() {
+						done <- g.Ban(ctx, []ruleset.Ban{{Addr: addr("192.0.2.7"), Timeout: time.Hour, Reason: "guard"}})
+					}()
+					// Time for an unserialized ban to land first.
+					select {
+					case err := <-done:
+						done <- err
+					case <-time.After(300 * time.Millisecond):
+					}
+				}
+				r.eng.o.Checkpoint = func(step string) error {
+					if step == at {
+						ban()
+					}
+					return nil
+				}
+				r.write("backend " + dir[1] + "\n" + base)
+				if at == "rollback-restored" {
+					r.eng.o.Checkpoint = nil
+					_, err := r.enable(r.ch(time.Hour))
+					r.must(err)
+					g = guard.NewFollowing(to, lock, current)
+					r.eng.o.Checkpoint = func(step string) error {
+						if step == at {
+							ban()
+						}
+						return nil
+					}
+					r.must(r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err }))
+				} else {
+					_, err := r.enable(r.ch(0))
+					r.must(err)
+				}
+				select {
+				case err := <-done:
+					r.must(err)
+				case <-time.After(10 * time.Second):
+					t.Fatal("the guard's ban never finished")
+				}
+				got := bansOf(t, holder)
+				for _, a := range []string{"203.0.113.50", "192.0.2.7"} {
+					if _, ok := got[a]; !ok {
+						t.Errorf("%s is not banned in %s, which holds moat's rules: %+v", a, holder.Name(), got)
+					}
+				}
+				if g.Name() != holder.Name() {
+					t.Errorf("the guard bans into %s, want %s", g.Name(), holder.Name())
+				}
+			})
+		}
+	}
+}
