@@ -40,6 +40,7 @@ func (a *app) engine() *engine.Engine {
 		case *ipt.Backend:
 			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "ipset."}
 			kb.StateDir = a.stateDir
+			kb.KeyDir = a.stateDir
 		}
 		backends = append(backends, b)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/gctune"
+	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -279,6 +280,11 @@ func (a *app) activeBackend(ctx context.Context) (backend.Backend, error) {
 			return nil, err
 		}
 		if ok {
+			if ib, isIpt := b.(*ipt.Backend); isIpt {
+				// The key of its ipset digests, which the fingerprint
+				// recorded by the last change was taken with.
+				ib.KeyDir = a.stateDir
+			}
 			return b, nil
 		}
 	}

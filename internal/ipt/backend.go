@@ -71,6 +71,12 @@ type Backend struct {
 	// track is what the last Apply did to the nftables ruleset
 	// generation (LastApply).
 	track commitTrack
+	// KeyDir is the state directory that holds the key of the ipset
+	// digests (digestKeyFile); without one they are taken with a fixed
+	// key, and differ from those taken with it.
+	KeyDir string
+	// hasher hashes ipset members for the digests (digestKey).
+	hasher *memberHasher
 }
 
 // New returns the iptables backend.
@@ -927,12 +933,12 @@ func (b *Backend) ProtectedFingerprint(ctx context.Context) string {
 	return hex.EncodeToString(ph.Sum(nil))
 }
 
-// setReader reads the sets of one fingerprint: over one netlink socket
-// (IpsetNetlink), else, and for a set netlink cannot read, with
-// `ipset list`.
+// setReader reads the sets of one fingerprint: over netlink
+// (IpsetNetlink), else, and for a set netlink cannot read, with `ipset
+// list`.
 type setReader struct {
-	b    *Backend
-	conn *ipsetConn
+	b  *Backend
+	mh *memberHasher
 	// loaded: the policy sets hold what the last Apply loaded into
 	// them (their headers are read, not their members).
 	loaded *afterApply
@@ -941,30 +947,26 @@ type setReader struct {
 func (b *Backend) setReader() *setReader {
 	sr := &setReader{b: b}
 	if b.IpsetNetlink {
-		sr.conn, _ = dialIpset()
+		sr.mh = b.digestKey()
 	}
 	return sr
 }
 
-func (sr *setReader) close() {
-	if sr.conn != nil {
-		_ = sr.conn.Close() // read only
-	}
-}
+func (sr *setReader) close() {}
 
 // digest is the hash of one set as the kernel holds it (hashSet over
 // netlink, hashSetListing of `ipset list`): the same for the same set
 // read the same way, different when a member or the header differs.
 func (sr *setReader) digest(ctx context.Context, name string) []byte {
-	if sr.conn != nil && sr.loaded != nil && sr.loaded.sets[name] {
+	if sr.mh != nil && sr.loaded != nil && sr.loaded.sets[name] {
 		h := sha256.New()
-		if err := sr.conn.hashSetLoaded(h, name, sr.loaded.networks(name)); err == nil {
+		if err := hashSetLoaded(h, sr.mh, name, sr.loaded.networks(name)); err == nil {
 			return h.Sum(nil)
 		}
 	}
-	if sr.conn != nil {
+	if sr.mh != nil {
 		h := sha256.New()
-		if err := sr.conn.hashSet(h, name); err == nil {
+		if err := hashSet(h, sr.mh, name); err == nil {
 			return h.Sum(nil)
 		}
 	}

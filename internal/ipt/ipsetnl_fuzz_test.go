@@ -1,8 +1,8 @@
 package ipt
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
+	"net/netip"
 	"testing"
 )
 
@@ -20,8 +20,10 @@ func attr(typ uint16, v []byte) []byte {
 
 // FuzzIpsetMembers: whatever a member's attributes hold (a set of another
 // type made by hand under moat's name: ports, protocols, marks; cut or
-// odd-sized attributes), parsing, sorting and hashing members never
-// panic, and two parses of the same bytes give the same digest.
+// odd-sized attributes), reading and hashing members never panics; the
+// allocation-free read of a plain member (plainMember) takes only what
+// parseMember reads as a network with nothing else, the same network, so
+// the member hashes the same whichever read it.
 func FuzzIpsetMembers(f *testing.F) {
 	v4 := attr(ipsetAttrIP|1<<15, attr(ipsetAttrIPAddrV4|1<<14, []byte{192, 0, 2, 9}))
 	f.Add(append(append([]byte{}, v4...), attr(ipsetAttrCIDR, []byte{24})...))
@@ -29,26 +31,60 @@ func FuzzIpsetMembers(f *testing.F) {
 	f.Add(append(append([]byte{}, v4...), attr(4, []byte{0, 80})...))                // a port
 	f.Add(append(append([]byte{}, v4...), attr(ipsetAttrCIDR, []byte{200})...))      // a prefix too long
 	f.Add(attr(ipsetAttrIP|1<<15, attr(ipsetAttrIPAddrV4|1<<14, []byte{192, 0, 2}))) // cut address
+	f.Add(attr(ipsetAttrIP|1<<15, attr(ipsetAttrIPAddrV4|1<<14, make([]byte, 16))))  // 16 bytes under V4
+	f.Add(append(attr(ipsetAttrCIDR, []byte{64}), attr(ipsetAttrIP|1<<15, attr(ipsetAttrIPAddrV6|1<<14, make([]byte, 16)))...))
+	f.Add(append(append([]byte{}, v4...), v4...)) // the address twice
 	f.Add([]byte{8, 0, 1, 0, 1, 2})
+	mh := newMemberHasher([]byte("0123456789abcdef"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var members []ipsetMember
-		// One member, and the same bytes split into several.
 		mb, _ := parseMember(data)
-		members = append(members, mb)
-		for i := 0; i+8 <= len(data); i += 8 {
-			mb, _ := parseMember(data[i:])
-			members = append(members, mb)
+		slow := func() [2]uint64 { lo, hi := mh.member(mb); return [2]uint64{lo, hi} }()
+		if slow != func() [2]uint64 { lo, hi := mh.member(mb); return [2]uint64{lo, hi} }() {
+			t.Fatal("the same member hashes twice differently")
 		}
-		digest := func() []byte {
-			ms := append([]ipsetMember(nil), members...)
-			sortMembers(ms)
-			h := sha256.New()
-			hashMembers(h, ms)
-			return h.Sum(nil)
-		}
-		if first, second := digest(), digest(); string(first) != string(second) {
-			t.Fatal("the same members hash twice differently")
+		if p, ok := plainMember(data); ok {
+			if mb.extra != "" || !mb.p.IsValid() {
+				t.Fatalf("plainMember took a member parseMember reads with %q (%v)", mb.extra, mb.p)
+			}
+			lo, hi := mh.plain(p.a, p.bits, p.is4)
+			if [2]uint64{lo, hi} != slow {
+				t.Fatalf("plainMember's %v/%d and parseMember's %v hash differently", p.a, p.bits, mb.p)
+			}
 		}
 		_ = walkAttrs(data, func(uint16, []byte) {})
 	})
+}
+
+// A part of a dump of plain members is summed without an allocation a
+// member (there were two: the members kept, and the cipher's block).
+func TestSumMessageAllocs(t *testing.T) {
+	var adt []byte
+	for i := 0; i < 1000; i++ {
+		m := append(attr(ipsetAttrIP|1<<15, attr(ipsetAttrIPAddrV4|1<<14, []byte{198, 51, byte(i >> 8), byte(i)})), attr(ipsetAttrCIDR, []byte{32})...)
+		adt = append(adt, attr(ipsetAttrData|1<<15, m)...)
+	}
+	msg := append(attr(ipsetAttrSetname, []byte("moat-bl4_x\x00")), attr(ipsetAttrADT|1<<15, adt)...)
+	mh := newMemberHasher(make([]byte, 16))
+	var head []string
+	var sum memberSum
+	allocs := testing.AllocsPerRun(10, func() {
+		sum = memberSum{}
+		if err := sumMessage(mh, msg, &head, &sum); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if sum.n != 1000 {
+		t.Fatalf("%d members summed, want 1000", sum.n)
+	}
+	if allocs > 10 {
+		t.Errorf("%v allocations for a part of 1000 members", allocs)
+	}
+	// Their sum is the sum of the networks' hashes, as loaded.
+	var want memberSum
+	for i := 0; i < 1000; i++ {
+		want.add(mh.prefix(netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)}), 32)))
+	}
+	if want != sum {
+		t.Errorf("sum of the part %+v, of the networks %+v", sum, want)
+	}
 }

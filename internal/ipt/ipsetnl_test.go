@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 )
@@ -16,6 +18,7 @@ import (
 func TestIpsetNetlinkDigest(t *testing.T) {
 	b, ns := kernelBackendNS(t)
 	ctx := context.Background()
+	mh := newMemberHasher([]byte("0123456789abcdef"))
 	restore := func(script string) {
 		t.Helper()
 		if out, err := b.Run(ctx, []byte(script), "ipset", "restore"); err != nil {
@@ -26,13 +29,8 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 		t.Helper()
 		var sum []byte
 		err := ns.Do(func() error {
-			c, err := dialIpset()
-			if err != nil {
-				return err
-			}
-			defer func() { _ = c.Close() }()
 			h := sha256.New()
-			if err := c.hashSet(h, name); err != nil {
+			if err := hashSet(h, mh, name); err != nil {
 				return err
 			}
 			sum = h.Sum(nil)
@@ -90,13 +88,8 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 		}
 		var sum []byte
 		err := ns.Do(func() error {
-			c, err := dialIpset()
-			if err != nil {
-				return err
-			}
-			defer func() { _ = c.Close() }()
 			h := sha256.New()
-			if err := c.hashSetLoaded(h, name, ps); err != nil {
+			if err := hashSetLoaded(h, mh, name, ps); err != nil {
 				return err
 			}
 			sum = h.Sum(nil)
@@ -140,5 +133,44 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 	}
 	if max != 131072 {
 		t.Errorf("maxelem = %d, want 131072", max)
+	}
+}
+
+// The key of the digests is made once in KeyDir and read by every later
+// Backend (another command): the same members hash the same. Another
+// key (another state directory, none) gives other hashes; a key file of
+// the wrong size is replaced.
+func TestDigestKey(t *testing.T) {
+	dir := t.TempDir()
+	p := netip.MustParsePrefix("192.0.2.0/24")
+	hash := func(b *Backend) [2]uint64 {
+		lo, hi := b.digestKey().prefix(p)
+		return [2]uint64{lo, hi}
+	}
+	first := hash(&Backend{KeyDir: dir})
+	key, err := os.ReadFile(filepath.Join(dir, digestKeyFile))
+	if err != nil || len(key) != 16 {
+		t.Fatalf("key file: %d bytes, %v", len(key), err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, digestKeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode: %v %v", fi.Mode(), err)
+	}
+	if again := hash(&Backend{KeyDir: dir}); again != first {
+		t.Error("a second Backend on the same state directory hashes differently")
+	}
+	if other := hash(&Backend{KeyDir: t.TempDir()}); other == first {
+		t.Error("two state directories hash alike")
+	}
+	if none := hash(&Backend{}); none == first {
+		t.Error("no key and a key hash alike")
+	}
+	if err := os.WriteFile(filepath.Join(dir, digestKeyFile), []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if h := hash(&Backend{KeyDir: dir}); h == first {
+		t.Error("a damaged key was not replaced")
+	}
+	if key, err := os.ReadFile(filepath.Join(dir, digestKeyFile)); err != nil || len(key) != 16 {
+		t.Errorf("key file after damage: %d bytes, %v", len(key), err)
 	}
 }

@@ -174,7 +174,7 @@ func TestKernelChainCache(t *testing.T) {
 		}
 		saves := 0
 		newBackend := func() *Backend {
-			return &Backend{Netlink: true, IpsetNetlink: true, StateDir: dir, Elements: setstore.Dir{Path: dir, Prefix: "ipset."},
+			return &Backend{Netlink: true, IpsetNetlink: true, StateDir: dir, KeyDir: dir, Elements: setstore.Dir{Path: dir, Prefix: "ipset."},
 				Run: func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
 					if strings.HasSuffix(name, "tables-save") {
 						saves++
@@ -235,7 +235,7 @@ func TestKernelChainCache(t *testing.T) {
 		if saves != 2 {
 			t.Errorf("a rule change ran iptables-save %d times, want 2 (the read after its restores)", saves)
 		}
-		fresh := &Backend{Run: execrun.Exec, Netlink: true, IpsetNetlink: true}
+		fresh := &Backend{Run: execrun.Exec, Netlink: true, IpsetNetlink: true, KeyDir: dir}
 		before, _ := fresh.Fingerprint(ctx)
 		if out, err := execrun.Exec(ctx, nil, "iptables", "-A", "MOAT-INPUT", "-p", "tcp", "--dport", "9999", "-j", "RETURN"); err != nil {
 			t.Fatalf("iptables: %v %s", err, out)
