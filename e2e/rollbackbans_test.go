@@ -1,9 +1,16 @@
 package e2e
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A rollback of a --confirm change undoes the change, not the bans made
@@ -188,4 +195,77 @@ func TestRollbackFallbackOfBackendChangeKeepsBans(t *testing.T) {
 				"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
 		})
 	}
+}
+
+// A rollback cut after its restore (simulated as TestAdvRollbackCut-
+// KeepsBansMadeAfterTheCut does: the records of the rollback put back,
+// pending.bans as the cut one left it) is finished by the next 'moat
+// rollback'. With a snapshot that holds the bans (an nftables text
+// snapshot: a table with named objects, or one taken by an older moat,
+// as here), an address lifted while the change waited and banned again
+// after the cut ('moat ban', recorded in the guard's history) was lifted
+// again by the finished rollback: its ban looked like the snapshot's
+// copy of one lifted meanwhile. It stays banned (real packets dropped);
+// one lifted and not banned again stays lifted. IPv4 and IPv6.
+func TestRollbackCutKeepsAddressBannedAgain(t *testing.T) {
+	requireBackend(t, "nftables")
+	t.Parallel()
+	e := newEnv(t, "nftables", false)
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "lifted meanwhile, banned again after the cut")
+	e.mustMoat("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
+	// The snapshot as an older moat took it: nft's listing, bans and all.
+	text, err := e.topo.Server.Run(context.Background(), "nft", "list", "table", "inet", "moat")
+	if err != nil {
+		t.Fatalf("nft list table: %v\n%s", err, text)
+	}
+	e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
+	writeFile(t, filepath.Join(e.stateDir(), "pending.snapshot"), string(text))
+	pj := filepath.Join(e.stateDir(), "pending.json")
+	var pend map[string]any
+	data, err := os.ReadFile(pj)
+	if err != nil || json.Unmarshal(data, &pend) != nil {
+		t.Fatalf("pending.json: %v\n%s", err, data)
+	}
+	sum := sha256.Sum256(text)
+	pend["snapshot_sha256"] = hex.EncodeToString(sum[:])
+	data, _ = json.Marshal(pend)
+	writeFile(t, pj, string(data))
+
+	e.mustMoat("unban", "192.0.2.3", "2001:db8::3", "203.0.113.51")
+	saved := map[string][]byte{}
+	for _, f := range []string{"pending.json", "pending.snapshot", "pending.policy"} {
+		if data, err := os.ReadFile(filepath.Join(e.stateDir(), f)); err == nil {
+			saved[f] = data
+		}
+	}
+	e.mustMoat("rollback")
+	for f, data := range saved {
+		writeFile(t, filepath.Join(e.stateDir(), f), string(data))
+	}
+	// Cut after the restore: the kernel holds the snapshot's bans, and
+	// pending.bans the bans in force when the rollback began.
+	e.mustMoat("ban", "192.0.2.3", "2001:db8::3", "203.0.113.51", "--for", "1h", "--reason", "the snapshot's copy")
+	writeFile(t, filepath.Join(e.stateDir(), "pending.bans"),
+		fmt.Sprintf(`{"id":%q,"taken":%q,"bans":[]}`, pend["id"], time.Now().UTC().Format(time.RFC3339Nano)))
+	// Only the guard's history tells the ban made again from the copy.
+	time.Sleep(10 * time.Millisecond)
+	if _, err := e.moat("ban", "192.0.2.3", "2001:db8::3", "--for", "2h", "--reason", "again"); err != nil {
+		t.Fatal(err)
+	}
+	e.mustMoat("rollback")
+
+	bans := e.bans()
+	for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
+		if _, ok := bans[a]; !ok {
+			t.Errorf("%s, banned again after the cut, is not banned after the finished rollback: %+v", a, bans)
+		}
+	}
+	if _, ok := bans["203.0.113.51"]; ok {
+		t.Errorf("the ban lifted while the change waited is back")
+	}
+	e.expect(false,
+		"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+		"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
+		"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/blocklist"
+	"github.com/moat-fw/moat/internal/guard"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -839,13 +840,14 @@ type rollbackBanRec struct {
 // kernel's ban sets hold now (both backends'): the bans made after the
 // cut (the guard ran on) are among them, and keepBans keeps those that
 // the snapshot does not hold.
-func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ban, known bool, since []ruleset.Ban) {
-	if rec, ok := e.recordedBans(p.ID); ok {
+func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ban, known bool, since *cutBans) {
+	if rec, taken, ok := e.recordedBansAt(p.ID); ok {
+		since = &cutBans{began: taken}
 		for _, name := range []string{p.PrevBackend, p.Backend} {
 			if b, err := e.backend(name); err == nil {
 				if k, ok := b.(banKeeper); ok {
 					if now, err := k.Bans(ctx); err == nil {
-						since = append(since, now...)
+						since.bans = append(since.bans, now...)
 					}
 				}
 			}
@@ -878,8 +880,13 @@ func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ba
 // the port scan trap's). The snapshot's bans are those of its time, with
 // the time they had left then. since (a rollback finished after a cut):
 // the ban sets before this restore; those of its bans the snapshot does
-// not hold were made after the cut and are kept too.
-func (e *Engine) keepBans(ctx context.Context, b Backend, live, since []ruleset.Ban) {
+// not hold were made after the cut and are kept too. Those it holds that
+// were lifted while the change waited are the snapshot's copies, unless
+// the guard's history (or the record of 'moat ban') says they were banned
+// again since the rollback began (after the cut: the guard finds the
+// address in the set and the kernel keeps the copy): kept then, with the
+// time the history gives them.
+func (e *Engine) keepBans(ctx context.Context, b Backend, live []ruleset.Ban, since *cutBans) {
 	k, ok := b.(banKeeper)
 	if !ok {
 		return
@@ -897,10 +904,22 @@ func (e *Engine) keepBans(ctx context.Context, b Backend, live, since []ruleset.
 	for _, ban := range restored {
 		inRestored[ban.Addr.Unmap()] = true
 	}
-	for _, ban := range since {
-		if a := ban.Addr.Unmap(); !inRestored[a] && !inLive[a] {
+	var again []netip.Addr // lifted meanwhile, in the kernel after the cut
+	for _, ban := range since.list() {
+		a := ban.Addr.Unmap()
+		switch {
+		case inLive[a]:
+		case !inRestored[a]:
 			inLive[a] = true
 			live = append(live, ban)
+		default:
+			again = append(again, a)
+		}
+	}
+	if len(again) > 0 {
+		live = append(live, e.bannedSince(again, since.began)...)
+		for _, ban := range live {
+			inLive[ban.Addr.Unmap()] = true
 		}
 	}
 	var lifted []netip.Addr
@@ -924,6 +943,42 @@ func (e *Engine) keepBans(ctx context.Context, b Backend, live, since []ruleset.
 	if err := k.Ban(ctx, put); err != nil {
 		e.warn(fmt.Sprintf("rollback: could not put back the %d bans in force before it: %v (the guard puts its own back when it starts)", len(put), err))
 	}
+}
+
+// cutBans is what the kernel's ban sets held when a rollback cut short
+// is finished, and when the cut rollback began (its record's time).
+type cutBans struct {
+	bans  []ruleset.Ban
+	began time.Time
+}
+
+func (c *cutBans) list() []ruleset.Ban {
+	if c == nil {
+		return nil
+	}
+	return c.bans
+}
+
+// bannedSince gives those of addrs that the guard's history (its bans,
+// the records of 'moat ban') says were banned at or after began and are still
+// banned, with the time the history gives them. An unreadable history
+// gives none (they stay lifted, as before).
+func (e *Engine) bannedSince(addrs []netip.Addr, began time.Time) []ruleset.Ban {
+	st, err := guard.LoadState(e.o.StateDir)
+	if err != nil {
+		e.warn(fmt.Sprintf("rollback: cannot read the guard's history (%v): bans lifted while the change waited and made again after the cut stay lifted", err))
+		return nil
+	}
+	now := e.o.Now()
+	var out []ruleset.Ban
+	for _, a := range addrs {
+		r := st.Bans[a]
+		if r == nil || r.LastBan.Before(began) || !r.Until.After(now.Add(time.Second)) {
+			continue
+		}
+		out = append(out, ruleset.Ban{Addr: a, Timeout: min(r.Until.Sub(now), maxRecordedLeft), Reason: ruleset.CleanReason(r.Reason)})
+	}
+	return out
 }
 
 // restoreListCopies puts back the saved copies of the file lists as they

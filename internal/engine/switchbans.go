@@ -34,10 +34,16 @@ func switchID(in *Intent) string {
 // when a rollback was cut after its restore; those carried by a switch
 // cut after the old rules went) are lost, and the kernel's are used.
 func (e *Engine) recordedBans(id string) (bans []ruleset.Ban, ok bool) {
+	bans, _, ok = e.recordedBansAt(id)
+	return bans, ok
+}
+
+// recordedBansAt is recordedBans with the time the record was taken.
+func (e *Engine) recordedBansAt(id string) (bans []ruleset.Ban, taken time.Time, ok bool) {
 	var rec rollbackBans
 	data, err := readState(e.o.StateDir, rollbackBansFile)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, false
+		return nil, time.Time{}, false
 	}
 	if err == nil {
 		err = json.Unmarshal(data, &rec)
@@ -45,10 +51,10 @@ func (e *Engine) recordedBans(id string) (bans []ruleset.Ban, ok bool) {
 	if err != nil {
 		e.warn(fmt.Sprintf("%s is unreadable (%v): the bans it recorded are lost; those in the kernel's ban sets are kept",
 			filepath.Join(e.o.StateDir, rollbackBansFile), err))
-		return nil, false
+		return nil, time.Time{}, false
 	}
 	if rec.ID != id {
-		return nil, false
+		return nil, time.Time{}, false
 	}
 	gone := max(e.o.Now().Sub(rec.Taken), 0)
 	for _, b := range rec.Bans {
@@ -62,7 +68,7 @@ func (e *Engine) recordedBans(id string) (bans []ruleset.Ban, ok bool) {
 			bans = append(bans, ruleset.Ban{Addr: b.Addr.Unmap(), Expires: d, Reason: ruleset.CleanReason(b.Reason)})
 		}
 	}
-	return bans, true
+	return bans, rec.Taken, true
 }
 
 // maxRecordedLeft bounds the time left of a ban read from pending.bans
