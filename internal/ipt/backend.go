@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"maps"
 	"net/netip"
@@ -77,7 +78,14 @@ type Backend struct {
 	KeyDir string
 	// hasher hashes ipset members for the digests (digestKey).
 	hasher *memberHasher
+	// needLines: the read must give iptables-save's lines (a state
+	// predicted without them does not serve).
+	needLines bool
 }
+
+// nlPrint says whether the fingerprint reads moat's chains over netlink
+// (iptables-nft, ipsets over netlink) rather than from iptables-save.
+func (b *Backend) nlPrint() bool { return b.IpsetNetlink && b.InNftables() }
 
 // New returns the iptables backend.
 func New() *Backend {
@@ -148,6 +156,10 @@ type state struct {
 	// were read at (the same before and after the reads), when known.
 	readGen   uint32
 	readGenOK bool
+	// noLines: lines are not known (the state was predicted from moat's
+	// own scripts: predictState); only the netlink fingerprint, which
+	// reads the kernel's rules itself, takes it.
+	noLines bool
 }
 
 // chainsOnly is a copy of st without the ipsets present, which the
@@ -166,7 +178,8 @@ func (st *state) chainsOnly() *state {
 func (st *state) clone() *state {
 	c := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
 		gen: maps.Clone(st.gen), sets: maps.Clone(st.sets), lines: map[policy.Family][]string{},
-		held: map[policy.Family]contents{}, rules: maps.Clone(st.rules), readGen: st.readGen, readGenOK: st.readGenOK}
+		held: map[policy.Family]contents{}, rules: maps.Clone(st.rules), readGen: st.readGen, readGenOK: st.readGenOK,
+		noLines: st.noLines}
 	for f, m := range st.jumps {
 		c.jumps[f] = maps.Clone(m)
 	}
@@ -236,10 +249,10 @@ func (b *Backend) readChains(ctx context.Context) (*state, error) {
 		switch {
 		case err != nil:
 			track = false
-		case b.lastRead != nil && b.lastRead.readGen == g:
+		case b.lastRead != nil && b.lastRead.readGen == g && (!b.lastRead.noLines || b.nlPrint() && !b.needLines):
 			return b.lastRead.chainsOnly(), nil
 		default:
-			if st := b.loadChainCache(g); st != nil {
+			if st := b.loadChainCache(g); st != nil && (!st.noLines || !b.needLines) {
 				b.lastRead = st.chainsOnly()
 				return st, nil
 			}
@@ -353,21 +366,27 @@ func parseSave(out []byte) saved {
 			sv.jumps[f[1]] = true
 		}
 		if strings.HasPrefix(line, "-A "+GenChain+" ") {
-			c := CommentOf(line)
-			if _, rest, ok := strings.Cut(c, genTag+" "); ok {
-				sv.gen = rest
-			}
-			if _, rest, ok := strings.Cut(c, rulesTag+" "); ok {
-				sv.rules = rest
-			}
-			if _, rest, ok := strings.Cut(c, setTag+" "); ok {
-				if name, hash, ok := strings.Cut(rest, " "); ok {
-					sv.held[name] = hash
-				}
-			}
+			readGenRule(line, &sv.gen, &sv.rules, sv.held)
 		}
 	}
 	return sv
+}
+
+// readGenRule reads one MOAT-GEN rule's record (iptables-save's or moat's
+// own form: the comment is the same) into gen, rules or held.
+func readGenRule(line string, gen, rules *string, held contents) {
+	c := CommentOf(line)
+	if _, rest, ok := strings.Cut(c, genTag+" "); ok {
+		*gen = rest
+	}
+	if _, rest, ok := strings.Cut(c, rulesTag+" "); ok {
+		*rules = rest
+	}
+	if _, rest, ok := strings.Cut(c, setTag+" "); ok {
+		if name, hash, ok := strings.Cut(rest, " "); ok {
+			held[name] = hash
+		}
+	}
 }
 
 // checkPrefix starts the names of the throwaway ipsets a check creates.
@@ -521,12 +540,15 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	orig := st.clone()
 	genOnly := map[policy.Family]string{}
 	whole := false
+	// wrote: every script restored into each family, in order.
+	wrote := map[policy.Family][]string{}
 	if len(changing) > 0 {
 		script, err := b.markChanging(ctx, st, changing)
 		if err != nil {
 			return err
 		}
 		genOnly[families[0].fam] = script
+		wrote[families[0].fam] = append(wrote[families[0].fam], script)
 		// IPv4's MOAT-GEN now says "changing": it is rewritten below
 		// even when the generation is the one it named before.
 		st.gen[families[0].fam] = dirty
@@ -560,12 +582,13 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		} else {
 			whole = true
 		}
+		wrote[f.fam] = append(wrote[f.fam], script)
 		if err := b.restoreRules(ctx, f, script); err != nil {
 			return fmt.Errorf("load %s rules: %w", f.fam, err)
 		}
 	}
 	b.remember(c, networks)
-	b.track.after = b.afterApply(orig, genOnly, whole, c, networks)
+	b.track.after = b.afterApply(orig, genOnly, wrote, whole, c, networks)
 	if b.track.after != nil {
 		b.track.after.fresh = fresh && whole
 	}
@@ -843,33 +866,99 @@ func protectedSets() []string {
 // FingerprintKernel is Fingerprint with what it covers.
 func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 	after := b.takeAfter()
-	var st *state
 	if after != nil && after.st != nil {
-		st = after.st
+		st := after.st
 		// The chains as moat's restores made them, at the generation
 		// now: the next read (this command's, or the next command's
 		// check and plan) need not run iptables-save.
 		st.readGen, st.readGenOK = after.gen, true
 		b.lastRead = st.chainsOnly()
 		b.saveChainCache(st)
-	} else {
-		var err error
-		if st, err = b.readRules(ctx); err != nil {
-			return KernelPrint{}, err
-		}
 	}
+	if b.nlPrint() {
+		k, err := b.fingerprintNetlink(ctx, after)
+		if err == nil {
+			return k, nil
+		}
+		// An answer it cannot read: iptables-save.
+	}
+	if after != nil && after.st != nil && !after.st.noLines {
+		return b.fingerprintText(ctx, after.st, after)
+	}
+	// A state predicted from moat's scripts has no lines: read anew.
+	b.needLines = true
+	st, err := b.readRules(ctx)
+	b.needLines = false
+	if err != nil {
+		return KernelPrint{}, err
+	}
+	return b.fingerprintText(ctx, st, after)
+}
+
+// fingerprintNetlink is the fingerprint of moat's chains read over
+// netlink (hashChainsNetlink) and of the sets their rules use.
+func (b *Backend) fingerprintNetlink(ctx context.Context, after *afterApply) (KernelPrint, error) {
+	h := sha256.New()
+	if err := hashDormant(h); err != nil {
+		return KernelPrint{}, err
+	}
+	h.Write([]byte("# moat's chains over netlink\n"))
+	rd, err := hashChainsNetlink(h)
+	if err != nil {
+		return KernelPrint{}, err
+	}
+	if !rd.any {
+		return KernelPrint{}, nil
+	}
+	ic, err := dialIpset()
+	if err != nil {
+		return KernelPrint{}, err
+	}
+	byIndex, err := ic.setNamesByIndex()
+	_ = ic.Close() // read only
+	if err != nil {
+		return KernelPrint{}, err
+	}
+	sr := b.setReader()
+	sr.loaded = after
+	defer sr.close()
+	used := map[string]bool{}
+	for idx := range rd.sets {
+		name, ok := byIndex[idx]
+		if !ok {
+			// A set a rule refers to cannot be destroyed: the listing
+			// and the rules were read at different moments.
+			return KernelPrint{}, fmt.Errorf("%w: ipset index %d of a rule not listed", errIpsetNetlink, idx)
+		}
+		used[name] = true
+	}
+	return sr.print(ctx, h, used), nil
+}
+
+// hashDormant writes the tables of iptables-nft made dormant, if any
+// (iptables-save does not show that a table's rules filter nothing);
+// only when one is, so that other fingerprints stay as they were.
+func hashDormant(h io.Writer) error {
+	d, err := nft.DormantTables(nft.XtablesTables)
+	if err != nil {
+		return err
+	}
+	if len(d) > 0 {
+		fmt.Fprintf(h, "# dormant %v\n", d)
+	}
+	return nil
+}
+
+// fingerprintText is the fingerprint of moat's chains as iptables-save
+// printed them (st.lines) and of the sets their rules use.
+func (b *Backend) fingerprintText(ctx context.Context, st *state, after *afterApply) (KernelPrint, error) {
 	if len(st.has[policy.FamilyV4]) == 0 && len(st.has[policy.FamilyV6]) == 0 {
 		return KernelPrint{}, nil
 	}
 	h := sha256.New()
 	if b.InNftables() {
-		// iptables-save does not show a table made dormant (its rules
-		// then filter nothing); only when one is, so that other
-		// fingerprints stay as they were.
-		if d, err := nft.DormantTables(nft.XtablesTables); err != nil {
+		if err := hashDormant(h); err != nil {
 			return KernelPrint{}, err
-		} else if len(d) > 0 {
-			fmt.Fprintf(h, "# dormant %v\n", d)
 		}
 		// Rules iptables-save does not show whole: only when there are
 		// some, so that other fingerprints stay as they were.
@@ -894,12 +983,18 @@ func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 			}
 		}
 	}
-	var k KernelPrint
-	ph := sha256.New()
-	policySets := false
 	sr := b.setReader()
 	sr.loaded = after
 	defer sr.close()
+	return sr.print(ctx, h, used), nil
+}
+
+// print ends a fingerprint h of moat's chains with the digests of the
+// sets they use (but the bans' and the login exemptions').
+func (sr *setReader) print(ctx context.Context, h hash.Hash, used map[string]bool) KernelPrint {
+	var k KernelPrint
+	ph := sha256.New()
+	policySets := false
 	for _, name := range sortedKeys(used) {
 		if name == IPSetName(ruleset.BanSet4) || name == IPSetName(ruleset.BanSet6) ||
 			name == IPSetName(ruleset.LoginSet4) || name == IPSetName(ruleset.LoginSet6) {
@@ -918,7 +1013,7 @@ func (b *Backend) FingerprintKernel(ctx context.Context) (KernelPrint, error) {
 	if k.Sets && !policySets {
 		k.Protected = hex.EncodeToString(ph.Sum(nil))
 	}
-	return k, nil
+	return k
 }
 
 // ProtectedFingerprint is KernelPrint.Protected read anew: the protected
@@ -1176,7 +1271,14 @@ func CommentOf(line string) string {
 // legacyTables says whether the legacy x_tables hold tables (then moat's
 // chains may be there, out of nftables' sight).
 func legacyTables() bool {
-	for _, f := range []string{"/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"} {
+	// The calling thread's network namespace (/proc/net is the thread
+	// group leader's: a test's thread moved into a namespace read the
+	// host's).
+	dir := "/proc/thread-self/net/"
+	if _, err := os.Stat(dir); err != nil {
+		dir = "/proc/net/"
+	}
+	for _, f := range []string{dir + "ip_tables_names", dir + "ip6_tables_names"} {
 		data, err := os.ReadFile(f)
 		if err == nil && len(bytes.TrimSpace(data)) > 0 {
 			return true

@@ -29,6 +29,8 @@ type chainCache struct {
 	Lines map[policy.Family][]string        `json:"lines"`
 	Held  map[policy.Family]contents        `json:"held"`
 	Rules map[policy.Family]string          `json:"rules"`
+	// NoLines: Lines are not known (predicted by predictState).
+	NoLines bool `json:"no_lines,omitempty"`
 }
 
 // hostIdentity is the boot and the network namespace this process runs
@@ -46,7 +48,7 @@ func (b *Backend) loadChainCache(gen uint32) *state {
 		return nil
 	}
 	var c chainCache
-	if json.Unmarshal(data, &c) != nil || c.Gen != gen {
+	if json.Unmarshal(data, &c) != nil || c.Gen != gen || c.NoLines && !b.nlPrint() {
 		return nil
 	}
 	boot, netns, ok := hostIdentity()
@@ -55,7 +57,8 @@ func (b *Backend) loadChainCache(gen uint32) *state {
 	}
 	st := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
 		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{},
-		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}, readGen: gen, readGenOK: true}
+		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}, readGen: gen, readGenOK: true,
+		noLines: c.NoLines}
 	for _, f := range families {
 		st.jumps[f.fam] = orEmpty(c.Jumps[f.fam])
 		st.has[f.fam] = orEmpty(c.Has[f.fam])
@@ -84,7 +87,7 @@ func (b *Backend) saveChainCache(st *state) {
 		return
 	}
 	c := chainCache{Boot: boot, NetNS: netns, Gen: st.readGen, Jumps: st.jumps, Has: st.has, Gens: st.gen,
-		Lines: st.lines, Held: st.held, Rules: st.rules}
+		Lines: st.lines, Held: st.held, Rules: st.rules, NoLines: st.noLines}
 	data, err := json.Marshal(c)
 	if err == nil {
 		err = statedir.WriteCache(b.StateDir, chainCacheFile, data)

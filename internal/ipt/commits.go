@@ -38,7 +38,9 @@ type commitTrack struct {
 // moved it one more.
 func (b *Backend) LastApply() (before, commits uint32, applied, known bool) {
 	t := b.track
-	return t.before, t.commits, t.applied, t.known
+	// Legacy tables made by the restores themselves (the tools are the
+	// legacy kind) are out of the generation's sight.
+	return t.before, t.commits, t.applied, t.known && (!t.applied || b.InNftables())
 }
 
 // startTrack reads the generation at the start of an Apply, before any

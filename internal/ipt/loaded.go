@@ -71,7 +71,12 @@ func (b *Backend) LastApplyFresh() bool {
 // afterApply records what the Apply that read orig left: genOnly has,
 // for each family whose MOAT-GEN alone was restored, the last such
 // script; whole says some restore rewrote the chains.
-func (b *Backend) afterApply(orig *state, genOnly map[policy.Family]string, whole bool, c contents, networks func(string) []netip.Prefix) *afterApply {
+//
+// With the fingerprint taken over netlink (nlPrint), which needs no
+// iptables-save text, the chains are predicted from every script the
+// Apply restored (wrote), whole rewrites included: the next command then
+// plans from them without iptables-save.
+func (b *Backend) afterApply(orig *state, genOnly map[policy.Family]string, wrote map[policy.Family][]string, whole bool, c contents, networks func(string) []netip.Prefix) *afterApply {
 	t := b.track
 	if !t.known || !b.InNftables() {
 		return nil
@@ -82,7 +87,11 @@ func (b *Backend) afterApply(orig *state, genOnly map[policy.Family]string, whol
 	}
 	// The chains were read at the generation the Apply started at: what
 	// they hold now is that and the Apply's own restores.
-	if !whole && orig.readGenOK && orig.readGen == t.before {
+	switch {
+	case !orig.readGenOK || orig.readGen != t.before:
+	case b.nlPrint():
+		a.st = predictState(orig, wrote)
+	case !whole:
 		a.st = predictChains(orig, genOnly)
 	}
 	return a
@@ -147,4 +156,62 @@ func (b *Backend) takeAfter() *afterApply {
 		return nil
 	}
 	return a
+}
+
+// predictState is orig with every script of wrote restored into its
+// family (iptables-restore --noflush), as the chains' state moat plans
+// from: which moat chains exist, which built-in chains jump to them, and
+// MOAT-GEN's record. A declared chain is emptied, then gets the script's
+// rules; the others keep theirs. Its lines (iptables-save's text) are not
+// known (noLines): only the netlink fingerprint may use it. nil when a
+// script holds a line moat's Apply does not write.
+func predictState(orig *state, wrote map[policy.Family][]string) *state {
+	st := orig.clone()
+	for fam, scripts := range wrote {
+		has, jumps := st.has[fam], st.jumps[fam]
+		if has == nil || jumps == nil {
+			return nil
+		}
+		if st.held[fam] == nil {
+			st.held[fam] = contents{}
+		}
+		for _, script := range scripts {
+			table := ""
+			for _, l := range strings.Split(script, "\n") {
+				switch {
+				case l == "" || l == "COMMIT":
+				case strings.HasPrefix(l, "*"):
+					table = l[1:]
+					if !slices.Contains(tables, table) {
+						return nil
+					}
+				case table == "":
+					return nil
+				case strings.HasPrefix(l, ":MOAT-"):
+					name, _, _ := strings.Cut(l[1:], " ")
+					has[name] = true
+					if name == GenChain {
+						// Declared under --noflush: emptied.
+						st.gen[fam], st.rules[fam], st.held[fam] = "", "", contents{}
+					}
+				case strings.HasPrefix(l, "-A "+GenChain+" "):
+					g, r := st.gen[fam], st.rules[fam]
+					readGenRule(l, &g, &r, st.held[fam])
+					st.gen[fam], st.rules[fam] = g, r
+				case strings.HasPrefix(l, "-A MOAT-"):
+				case strings.HasPrefix(l, "-I "):
+					f := strings.Fields(l)
+					if len(f) != 5 || f[2] != "1" || f[3] != "-j" || f[4] != "MOAT-"+f[1] {
+						return nil
+					}
+					jumps[f[1]] = true
+				default:
+					return nil
+				}
+			}
+		}
+		st.lines[fam] = nil
+	}
+	st.noLines = true
+	return st
 }

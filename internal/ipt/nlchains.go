@@ -1,0 +1,385 @@
+package ipt
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"slices"
+	"strings"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// With iptables-nft, moat's chains are chains of the nftables tables ip
+// and ip6 filter and raw, and every rule iptables-restore writes is an
+// nftables rule: its expressions (native ones, and compat matches and
+// targets holding the x_tables data) read over netlink say exactly what
+// the rule does, in the bytes the kernel keeps. The fingerprint of moat's
+// chains is taken from them instead of from iptables-save, which a
+// command ran twice (one process per family) after every rule change:
+// the text form is read only to explain a difference (the drift check).
+//
+// The form: per family, per table, moat's chains (MOAT-*) by name, each
+// with its rules in order, and the built-in chains' jumps to moat's
+// chains (a rule that is nothing but `-j MOAT-<chain>`, as moat writes
+// it), each rule as its expressions (name and data; a counter's data,
+// which traffic changes, left out), its compat attribute (the protocol
+// and flags of `-p`) and its user data. Handles and positions are left
+// out: the same rules written again get new handles. A rule iptables-save
+// cannot show (a set lookup added with nft) is in its expressions.
+
+// nftables netlink attributes (linux/netfilter/nf_tables.h).
+const (
+	nftaChainTable = 1
+	nftaChainName  = 3
+
+	nftaRuleTable       = 1
+	nftaRuleChain       = 2
+	nftaRuleExpressions = 4
+	nftaRuleCompat      = 5
+	nftaRuleUserdata    = 7
+
+	nftaListElem = 1
+	nftaExprName = 1
+	nftaExprData = 2
+
+	nftaXtName = 1 // NFTA_MATCH_NAME, NFTA_TARGET_NAME
+	nftaXtRev  = 2
+	nftaXtInfo = 3
+
+	nftaImmediateDreg = 1
+	nftaImmediateData = 2
+	nftaDataVerdict   = 2
+	nftaVerdictCode   = 1
+	nftaVerdictChain  = 2
+
+	nftJump = 0xfffffffd // NFT_JUMP (-3)
+
+	ipsetAttrIndex = 11 // IPSET_ATTR_INDEX in a set's header
+	ipsetInvalidID = 0xffff
+)
+
+// nlRule is one rule of an iptables-nft table as read over netlink.
+type nlRule struct {
+	chain  string
+	exprs  []nlExpr
+	compat []byte
+	udata  []byte
+}
+
+type nlExpr struct {
+	name string
+	data []byte
+}
+
+// nlChainsRead is moat's chains of both families read over netlink.
+type nlChainsRead struct {
+	// any: some moat chain exists (in either family).
+	any bool
+	// sets are the ipset indexes moat's rules refer to (set matches,
+	// the SET target).
+	sets map[uint16]bool
+}
+
+// nlFamilies are the nftables families of iptables-nft's tables, in the
+// order of families.
+var nlFamilies = []struct {
+	proto uint8
+	name  string
+}{{unix.NFPROTO_IPV4, "ip"}, {unix.NFPROTO_IPV6, "ip6"}}
+
+// hashChainsNetlink writes moat's chains, rules and jumps of both
+// families, read over netlink, into h (the form above).
+func hashChainsNetlink(h hash.Hash) (nlChainsRead, error) {
+	out := nlChainsRead{sets: map[uint16]bool{}}
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return out, fmt.Errorf("read moat's chains over netlink: %w", err)
+	}
+	defer func() { _ = c.Close() }() // read only
+	for _, fam := range nlFamilies {
+		chains, err := moatChains(c, fam.proto)
+		if err != nil {
+			return out, err
+		}
+		fmt.Fprintf(h, "# netlink %s\n", fam.name)
+		for _, t := range tables {
+			rules, err := dumpRules(c, fam.proto, t)
+			if err != nil {
+				return out, fmt.Errorf("read %s %s rules over netlink: %w", fam.name, t, err)
+			}
+			byChain := map[string][]nlRule{}
+			for _, r := range rules {
+				if strings.HasPrefix(r.chain, "MOAT-") || r.isJumpToMoat() {
+					byChain[r.chain] = append(byChain[r.chain], r)
+				}
+			}
+			names := slices.Clone(chains[t])
+			for n := range byChain {
+				if !slices.Contains(names, n) {
+					names = append(names, n)
+				}
+			}
+			slices.Sort(names)
+			fmt.Fprintf(h, "*%s\n", t)
+			for _, n := range names {
+				if strings.HasPrefix(n, "MOAT-") {
+					out.any = true
+					fmt.Fprintf(h, ":%s\n", n)
+				}
+				for _, r := range byChain[n] {
+					r.hash(h)
+					r.setIndexes(out.sets)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// hash writes the rule in a form that tells every two rules apart.
+func (r nlRule) hash(h hash.Hash) {
+	field := func(tag byte, b []byte) {
+		var n [5]byte
+		n[0] = tag
+		binary.BigEndian.PutUint32(n[1:], uint32(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	field('r', []byte(r.chain))
+	for _, e := range r.exprs {
+		field('e', []byte(e.name))
+		if e.name != "counter" {
+			field('d', e.data)
+		}
+	}
+	field('c', r.compat)
+	field('u', r.udata)
+	h.Write([]byte{'\n'})
+}
+
+// isJumpToMoat says whether the rule is a built-in chain's jump to moat's
+// chain of the same hook and nothing else (`-A INPUT -j MOAT-INPUT`).
+func (r nlRule) isJumpToMoat() bool {
+	if strings.HasPrefix(r.chain, "MOAT-") || len(r.compat) > 0 || len(r.udata) > 0 {
+		return false
+	}
+	var verdict []nlExpr
+	for _, e := range r.exprs {
+		if e.name != "counter" {
+			verdict = append(verdict, e)
+		}
+	}
+	if len(verdict) != 1 || verdict[0].name != "immediate" {
+		return false
+	}
+	code, chain, ok := immediateVerdict(verdict[0].data)
+	return ok && code == nftJump && chain == "MOAT-"+r.chain
+}
+
+// immediateVerdict reads an immediate expression's verdict (code and the
+// chain of a jump or goto); ok is false when it loads no verdict.
+func immediateVerdict(data []byte) (code uint32, chain string, ok bool) {
+	dreg := -1
+	_ = walkAttrs(data, func(typ uint16, v []byte) {
+		switch typ {
+		case nftaImmediateDreg:
+			if len(v) == 4 {
+				dreg = int(binary.BigEndian.Uint32(v))
+			}
+		case nftaImmediateData:
+			_ = walkAttrs(v, func(typ uint16, v []byte) {
+				if typ != nftaDataVerdict {
+					return
+				}
+				_ = walkAttrs(v, func(typ uint16, v []byte) {
+					switch typ {
+					case nftaVerdictCode:
+						if len(v) == 4 {
+							code, ok = binary.BigEndian.Uint32(v), true
+						}
+					case nftaVerdictChain:
+						chain = cString(v)
+					}
+				})
+			})
+		}
+	})
+	return code, chain, ok && dreg == 0
+}
+
+// setIndexes adds the ipset indexes the rule's set matches and SET
+// targets refer to (xt_set.h: each set is a struct xt_set_info, its
+// index first; a target's are add_set, del_set and, from revision 3,
+// map_set, in a row). Revision 0 (another layout) is read as none: the
+// rule's bytes still hold the index, and the sets' digests are then
+// missing from the fingerprint, which then differs from the one taken
+// when they were read, and the chains are compared whole.
+func (r nlRule) setIndexes(into map[uint16]bool) {
+	for _, e := range r.exprs {
+		if e.name != "match" && e.name != "target" {
+			continue
+		}
+		var name string
+		var rev uint32
+		var info []byte
+		_ = walkAttrs(e.data, func(typ uint16, v []byte) {
+			switch typ {
+			case nftaXtName:
+				name = cString(v)
+			case nftaXtRev:
+				if len(v) == 4 {
+					rev = binary.BigEndian.Uint32(v)
+				}
+			case nftaXtInfo:
+				info = v
+			}
+		})
+		n := 0
+		switch {
+		case e.name == "match" && name == "set" && rev >= 1:
+			n = 1
+		case e.name == "target" && name == "SET" && rev >= 1 && rev <= 2:
+			n = 2
+		case e.name == "target" && name == "SET" && rev >= 3:
+			n = 3
+		}
+		for i := 0; i < n && 4*i+2 <= len(info); i++ {
+			if idx := binary.NativeEndian.Uint16(info[4*i:]); idx != ipsetInvalidID {
+				into[idx] = true
+			}
+		}
+	}
+}
+
+// moatChains lists the names of moat's chains of one family by table.
+func moatChains(c *netlink.Conn, proto uint8) (map[string][]string, error) {
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETCHAIN), Flags: netlink.Request | netlink.Dump},
+		Data:   []byte{proto, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list chains over netlink: %w", err)
+	}
+	out := map[string][]string{}
+	for _, m := range msgs {
+		var table, name string
+		if err := walkAttrs(nfPayload(m), func(typ uint16, v []byte) {
+			switch typ {
+			case nftaChainTable:
+				table = cString(v)
+			case nftaChainName:
+				name = cString(v)
+			}
+		}); err != nil {
+			return nil, fmt.Errorf("list chains over netlink: %w", err)
+		}
+		if slices.Contains(tables, table) && strings.HasPrefix(name, "MOAT-") {
+			out[table] = append(out[table], name)
+		}
+	}
+	return out, nil
+}
+
+// dumpRules reads every rule of one table of one family, in order; none
+// when the table does not exist.
+func dumpRules(c *netlink.Conn, proto uint8, table string) ([]nlRule, error) {
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: nftaRuleTable, Data: []byte(table + "\x00")}})
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
+		Data:   append([]byte{proto, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		if isNoEntry(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var out []nlRule
+	for _, m := range msgs {
+		var r nlRule
+		var perr error
+		err := walkAttrs(nfPayload(m), func(typ uint16, v []byte) {
+			switch typ {
+			case nftaRuleTable:
+				if cString(v) != table {
+					perr = fmt.Errorf("a rule of table %q in the dump of %q", cString(v), table)
+				}
+			case nftaRuleChain:
+				r.chain = cString(v)
+			case nftaRuleCompat:
+				r.compat = slices.Clone(v)
+			case nftaRuleUserdata:
+				r.udata = slices.Clone(v)
+			case nftaRuleExpressions:
+				perr = cmp.Or(perr, walkAttrs(v, func(typ uint16, v []byte) {
+					if typ != nftaListElem {
+						return
+					}
+					var e nlExpr
+					perr = cmp.Or(perr, walkAttrs(v, func(typ uint16, v []byte) {
+						switch typ {
+						case nftaExprName:
+							e.name = cString(v)
+						case nftaExprData:
+							e.data = slices.Clone(v)
+						}
+					}))
+					r.exprs = append(r.exprs, e)
+				}))
+			}
+		})
+		if err = cmp.Or(err, perr); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func isNoEntry(err error) bool {
+	var oe *netlink.OpError
+	if errors.As(err, &oe) {
+		return oe.Err == unix.ENOENT
+	}
+	return false
+}
+
+// setNamesByIndex maps every ipset's index to its name (its header, over
+// netlink).
+func (c *ipsetConn) setNamesByIndex() (map[uint16]string, error) {
+	msgs, err := c.list("", ipsetFlagListHeader)
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint16]string{}
+	for _, m := range msgs {
+		var name string
+		idx, ok := uint16(0), false
+		if err := walkAttrs(nfPayload(m), func(typ uint16, v []byte) {
+			switch typ {
+			case ipsetAttrSetname:
+				name = cString(v)
+			case ipsetAttrIndex:
+				if len(v) == 2 {
+					idx, ok = binary.BigEndian.Uint16(v), true
+				}
+			}
+		}); err != nil {
+			return nil, err
+		}
+		if name != "" && !ok {
+			return nil, fmt.Errorf("%w: ipset %s listed without its index", errIpsetNetlink, name)
+		}
+		if name != "" {
+			out[idx] = name
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,217 @@
+package ipt
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/labtest"
+)
+
+// The fingerprint read over netlink (iptables-nft) is the same for the
+// same rules written again (new handles) and after traffic (counters),
+// and differs after every kind of hand change to moat's chains, their
+// jumps and the sets they use: a rule inserted or appended with
+// iptables or ip6tables, a native nftables rule (one iptables-save
+// shows as moat's own), a rule's set swapped for another, a jump
+// deleted or added, a chain added, MOAT-GEN's record edited, a member
+// added to a set. Each change undone (by hand or by a whole rewrite),
+// the fingerprint is the first one again. None of it runs iptables-save.
+func TestKernelNetlinkFingerprint(t *testing.T) {
+	ns := labtest.NS(t, "moatnlfp")
+	ctx := context.Background()
+	saves := 0
+	b := &Backend{Netlink: true, IpsetNetlink: true, Run: func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		if strings.HasSuffix(name, "tables-save") {
+			saves++
+		}
+		return execrun.Exec(ctx, stdin, name, args...)
+	}}
+	rs := compile(t, "default deny incoming\ndefault reject outgoing\nlogging medium\nallow 22/tcp\nlimit 2222/tcp\n"+
+		"allow from 192.0.2.0/24 to any port 80 proto tcp\nreject 25/tcp\nallow 1000:2000/udp\nallow out 53\n"+
+		"allow in on lo\nguard portscan ports 10 within 60s bantime 1h\n"+denyList(3, -1))
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here")
+		}
+		run := func(args ...string) {
+			t.Helper()
+			if out, err := execrun.Exec(ctx, nil, args[0], args[1:]...); err != nil {
+				t.Fatalf("%q: %v %s", args, err, out)
+			}
+		}
+		if err := b.Apply(ctx, rs); err != nil {
+			t.Fatal(err)
+		}
+		print := func() string {
+			t.Helper()
+			b.track = commitTrack{} // read the kernel, not what Apply loaded
+			k, err := b.FingerprintKernel(ctx)
+			if err != nil || k.Fingerprint == "" {
+				t.Fatalf("fingerprint: %q %v", k.Fingerprint, err)
+			}
+			return k.Fingerprint
+		}
+		saves = 0
+		fp0 := print()
+		if saves != 0 {
+			t.Errorf("the fingerprint ran iptables-save %d times", saves)
+		}
+		// Traffic through moat's rules (loopback, both families).
+		for _, a := range []string{"127.0.0.1:9", "[::1]:9"} {
+			if c, err := net.DialTimeout("tcp", a, 300*time.Millisecond); err == nil {
+				_ = c.Close()
+			}
+		}
+		if fp := print(); fp != fp0 {
+			t.Errorf("traffic (counters) changed the fingerprint")
+		}
+		b.Full = true
+		if err := b.Apply(ctx, rs); err != nil {
+			t.Fatal(err)
+		}
+		b.Full = false
+		if fp := print(); fp != fp0 {
+			t.Errorf("the same rules written again changed the fingerprint")
+		}
+		port22 := func(fam string) string {
+			t.Helper()
+			out, err := execrun.Exec(ctx, nil, "nft", "-a", "list", "chain", fam, "filter", "MOAT-INPUT")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.Contains(l, "tcp dport 22 ") {
+					return l[strings.LastIndex(l, " ")+1:]
+				}
+			}
+			t.Fatalf("no rule for port 22:\n%s", out)
+			return ""
+		}
+		type change struct {
+			name       string
+			do, undo   [][]string
+			rewriteFix bool // a whole rewrite undoes it
+		}
+		for _, c := range []change{
+			{name: "iptables -I", do: [][]string{{"iptables", "-I", "MOAT-INPUT", "3", "-p", "tcp", "--dport", "9999", "-j", "RETURN"}},
+				undo: [][]string{{"iptables", "-D", "MOAT-INPUT", "3"}}},
+			{name: "ip6tables -A", do: [][]string{{"ip6tables", "-A", "MOAT-OUTPUT", "-j", "RETURN"}},
+				undo: [][]string{{"ip6tables", "-D", "MOAT-OUTPUT", "-j", "RETURN"}}},
+			{name: "a rule's comment", do: [][]string{{"iptables", "-R", "MOAT-FORWARD", "1", "-m", "comment", "--comment", "default:forwarx", "-j", "RETURN"}},
+				rewriteFix: true},
+			{name: "nft add rule", do: [][]string{{"nft", "add", "rule", "ip", "filter", "MOAT-INPUT", "tcp", "dport", "7777", "accept"}},
+				rewriteFix: true},
+			{name: "nft rule iptables-save shows as moat's", do: [][]string{
+				{"nft", "add", "set", "ip", "filter", "hs", "{ type ipv4_addr; }"},
+				{"nft", "replace", "rule", "ip", "filter", "MOAT-INPUT", "handle", "HANDLE4", "ip", "saddr", "!=", "@hs", "tcp", "dport", "22", "counter", "return", "comment", "L3"},
+			}, undo: [][]string{{"REWRITE"}, {"nft", "delete", "set", "ip", "filter", "hs"}}},
+			{name: "another set", do: [][]string{
+				{"ipset", "create", "handset", "hash:net"},
+				{"iptables", "-t", "raw", "-R", "MOAT-PREROUTING", "1", "!", "-i", "lo", "-m", "set", "--match-set", "handset", "src", "-m", "set", "!", "--match-set", "moat-protect4", "src", "-m", "addrtype", "!", "--dst-type", "UNICAST", "-m", "comment", "--comment", "builtin:ban", "-j", "DROP"},
+			}, undo: [][]string{{"REWRITE"}, {"ipset", "destroy", "handset"}}},
+			{name: "a jump deleted", do: [][]string{{"iptables", "-D", "FORWARD", "-j", "MOAT-FORWARD"}}, rewriteFix: true},
+			{name: "a second jump", do: [][]string{{"ip6tables", "-A", "INPUT", "-j", "MOAT-INPUT"}},
+				undo: [][]string{{"ip6tables", "-D", "INPUT", "2"}}},
+			{name: "a chain", do: [][]string{{"iptables", "-N", "MOAT-EXTRA"}}, undo: [][]string{{"iptables", "-X", "MOAT-EXTRA"}}},
+			{name: "MOAT-GEN", do: [][]string{{"iptables", "-A", "MOAT-GEN", "-m", "comment", "--comment", "moat:set moat-x 1", "-j", "RETURN"}},
+				rewriteFix: true},
+			{name: "a protected member", do: [][]string{{"ipset", "add", "moat-protect4", "203.0.113.9"}},
+				undo: [][]string{{"ipset", "del", "moat-protect4", "203.0.113.9"}}},
+		} {
+			for _, args := range c.do {
+				for i, a := range args {
+					args[i] = strings.ReplaceAll(a, "HANDLE4", port22("ip"))
+				}
+				run(args...)
+			}
+			if fp := print(); fp == fp0 {
+				t.Errorf("%s: the fingerprint did not change", c.name)
+			}
+			undo := c.undo
+			if c.rewriteFix {
+				undo = [][]string{{"REWRITE"}}
+			}
+			for _, args := range undo {
+				if args[0] == "REWRITE" {
+					b.Full = true
+					if err := b.Apply(ctx, rs); err != nil {
+						t.Fatalf("%s: rewrite: %v", c.name, err)
+					}
+					b.Full = false
+					continue
+				}
+				run(args...)
+			}
+			if fp := print(); fp != fp0 {
+				t.Errorf("%s undone: the fingerprint is not the first one", c.name)
+			}
+		}
+		return b.Remove(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With legacy x_tables tools (iptables-legacy), moat's chains are not in
+// nftables: no generation tracks them and netlink cannot read them. The
+// backend reads them with iptables-save as before: the fingerprint
+// covers them, a hand change shows, and nothing is predicted.
+func TestKernelLegacyToolsOldPath(t *testing.T) {
+	ns := labtest.NS(t, "moatlegacy")
+	ctx := context.Background()
+	for _, p := range []string{"iptables-legacy", "iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore"} {
+		if _, err := execrun.Exec(ctx, nil, "which", p); err != nil {
+			t.Skipf("no %s", p)
+		}
+	}
+	saves := 0
+	legacy := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		if strings.HasSuffix(name, "tables-save") {
+			saves++
+		}
+		if strings.HasPrefix(name, "ip6tables-") || strings.HasPrefix(name, "iptables-") {
+			name = strings.Replace(name, "tables-", "tables-legacy-", 1)
+		}
+		return execrun.Exec(ctx, stdin, name, args...)
+	}
+	b := &Backend{Netlink: true, IpsetNetlink: true, Run: legacy}
+	rs := compile(t, "default deny incoming\nallow 22/tcp\n"+denyList(3, -1))
+	err := ns.Do(func() error {
+		if err := b.Apply(ctx, rs); err != nil {
+			t.Fatal(err)
+		}
+		if !legacyTables() || b.InNftables() {
+			t.Fatal("the legacy tools made no legacy table")
+		}
+		if _, _, _, known := b.LastApply(); known {
+			t.Error("an Apply through legacy tables says its commits are known")
+		}
+		saves = 0
+		fp0, err := b.Fingerprint(ctx)
+		if err != nil || fp0 == "" || saves == 0 {
+			t.Fatalf("fingerprint %q (%v), %d saves: want one read with iptables-save", fp0, err, saves)
+		}
+		out, err := execrun.Exec(ctx, nil, "iptables-legacy-save")
+		if err != nil || !strings.Contains(string(out), "-A INPUT -j MOAT-INPUT") || !strings.Contains(string(out), "moat:gen") {
+			t.Fatalf("iptables-legacy-save does not list moat's chains (%v):\n%s", err, out)
+		}
+		if nft, _ := execrun.Exec(ctx, nil, "nft", "list", "ruleset"); strings.Contains(string(nft), "MOAT-") {
+			t.Errorf("moat's chains in nftables with the legacy tools:\n%s", nft)
+		}
+		if out, err := execrun.Exec(ctx, nil, "iptables-legacy", "-I", "MOAT-INPUT", "-p", "tcp", "--dport", "9999", "-j", "RETURN"); err != nil {
+			t.Fatal(err, string(out))
+		}
+		if fp, err := b.Fingerprint(ctx); err != nil || fp == fp0 {
+			t.Errorf("a rule added with iptables-legacy: fingerprint %q (%v), unchanged", fp, err)
+		}
+		return b.Remove(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
