@@ -556,11 +556,21 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	// The sets to load whole and the differences, written straight into
 	// the file ipset restore reads (at 100,000 networks 4.7 MB of text,
 	// which moat held whole, with its copies, in memory).
+	// With netlink, the policy sets' members go that way once the
+	// restore made their (temporary) sets (ipsetload.go).
 	again := func(n string) bool { return refill[n] }
 	destroyed := map[string]bool{}
-	if len(setsToLoad(rs, st.sets, names, again)) > 0 || diff.Len() > 0 {
+	if load := setsToLoad(rs, st.sets, names, again); len(load) > 0 || diff.Len() > 0 {
+		var conn *ipsetConn
+		var fills *[]fill
+		if b.IpsetNetlink && slices.ContainsFunc(load, func(s *ruleset.Set) bool { return !s.Bans && s.ScanWindow == 0 }) {
+			if conn, _ = dialIpset(); conn != nil {
+				defer func() { _ = conn.Close() }() // the answers were read
+				fills = new([]fill)
+			}
+		}
 		write := func(w io.Writer) error {
-			if err := writeSets(w, rs, st.sets, names, again, networks, destroyed); err != nil {
+			if err := writeSets(w, rs, st.sets, names, again, networks, destroyed, fills); err != nil {
 				return err
 			}
 			_, err := io.WriteString(w, diff.String())
@@ -568,6 +578,13 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		}
 		if _, err := b.runFrom(ctx, write, "ipset", "-exist", "restore"); err != nil {
 			return fmt.Errorf("load ipsets: %w", err)
+		}
+		if fills != nil {
+			for _, f := range *fills {
+				if err := conn.fillSet(f); err != nil {
+					return fmt.Errorf("load ipsets: %w", err)
+				}
+			}
 		}
 	}
 	for _, f := range families {

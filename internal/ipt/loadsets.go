@@ -36,11 +36,13 @@ func setsToLoad(rs *ruleset.Ruleset, existing map[string]bool, names Names, refi
 // networks gives a policy set's networks, merged and sorted, by ipset
 // name (nil: merged here). destroyed, when not nil, gets the temporary
 // sets the input destroys first (left by a moat killed while filling
-// them). One line is formatted at a time, into w: with 100,000 networks
+// them). fills, when not nil, gets each policy set's members and its
+// rename or swap instead of the input (the caller sends them over
+// netlink once the input created the set: fillSet). One line is formatted at a time, into w: with 100,000 networks
 // the input is 4.7 MB, which Apply writes straight into the file ipset
 // reads (execrun.ExecFrom) instead of holding it, and its copies, whole.
 func writeSets(w io.Writer, rs *ruleset.Ruleset, existing map[string]bool, names Names, refill func(name string) bool,
-	networks func(name string) []netip.Prefix, destroyed map[string]bool) error {
+	networks func(name string) []netip.Prefix, destroyed map[string]bool, fills *[]fill) error {
 	var line []byte
 	put := func(parts ...string) error {
 		line = line[:0]
@@ -76,6 +78,10 @@ func writeSets(w io.Writer, rs *ruleset.Ruleset, existing map[string]bool, names
 			nets = networks(name)
 		} else {
 			nets = merged(s)
+		}
+		if fills != nil {
+			*fills = append(*fills, fill{tmp: tmp, name: name, swap: existing[name], nets: nets})
+			continue
 		}
 		head := "add " + tmp + " "
 		for _, p := range nets {

@@ -489,7 +489,7 @@ func RenderSets(rs *ruleset.Ruleset, existing map[string]bool) string {
 // (writeSets, into memory).
 func renderSets(rs *ruleset.Ruleset, existing map[string]bool, names Names, refill func(name string) bool) string {
 	var b strings.Builder
-	_ = writeSets(&b, rs, existing, names, refill, nil, nil) // a Builder does not fail
+	_ = writeSets(&b, rs, existing, names, refill, nil, nil, nil) // a Builder does not fail
 	return b.String()
 }
 

@@ -1,0 +1,138 @@
+package ipt
+
+import (
+	"context"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/lab"
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// saveOf is `ipset save` in ns without what differs between two loads
+// of the same members (the hash seed, the hash size), members sorted.
+func saveOf(t *testing.T, ns *lab.NS) string {
+	t.Helper()
+	out, err := ns.Run(context.Background(), "ipset", "save")
+	if err != nil {
+		t.Fatalf("ipset save: %v\n%s", err, out)
+	}
+	lines := strings.Split(regexpInitval.ReplaceAllString(string(out), ""), "\n")
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// netlinkBackend is a backend that loads its policy sets' members over
+// netlink, as New's does; its calls must run inside ns.Do.
+func netlinkBackend() *Backend {
+	return &Backend{Run: execrun.Exec, RunFrom: execrun.ExecFrom, IpsetNetlink: true}
+}
+
+// A policy set's members loaded over netlink (many messages of them),
+// then swapped in on a refill, leave ipset holding exactly what the
+// `ipset restore` text leaves: the same sets, headers and members, and
+// no temporary set, also over the temporary sets a killed load left.
+func TestIpsetNetlinkLoadSameAsRestore(t *testing.T) {
+	ctx := context.Background()
+	text, nsText := kernelBackendNS(t)
+	_, nsNl := kernelBackendNS(t)
+	nl := netlinkBackend()
+	// The members go over netlink, not in the restore's input.
+	var inputs []string
+	nl.RunFrom = func(ctx context.Context, write func(io.Writer) error, name string, args ...string) ([]byte, error) {
+		return execrun.ExecFrom(ctx, func(w io.Writer) error {
+			var b strings.Builder
+			if err := write(&b); err != nil {
+				return err
+			}
+			inputs = append(inputs, b.String())
+			_, err := io.WriteString(w, b.String())
+			return err
+		}, name, args...)
+	}
+	// 5,999 networks of each family: three or four messages each.
+	rs := compile(t, "default deny incoming\nallow 22/tcp\n"+denyList(6000, 17))
+	apply := func(full bool) {
+		t.Helper()
+		text.Full, nl.Full = full, full
+		if err := text.Apply(ctx, rs); err != nil {
+			t.Fatal(err)
+		}
+		if err := nsNl.Do(func() error { return nl.Apply(ctx, rs) }); err != nil {
+			t.Fatal(err)
+		}
+		got, want := saveOf(t, nsNl), saveOf(t, nsText)
+		if got != want {
+			t.Fatalf("over netlink ipset holds:\n%.2000s\nthe restore text leaves:\n%.2000s", got, want)
+		}
+		for _, in := range inputs {
+			if strings.Contains(in, "add moatnew-") || !strings.Contains(in, "create moatnew-") {
+				t.Fatalf("the members went through ipset restore:\n%.500s", in)
+			}
+		}
+		inputs = nil
+		if strings.Contains(got, "moatnew-") {
+			t.Fatalf("a temporary set is left:\n%.2000s", got)
+		}
+		if n := strings.Count(got, "\nadd "); n < 11998 {
+			t.Fatalf("%d members loaded, want 11,998 and more", n)
+		}
+	}
+	apply(false) // created and renamed
+	apply(true)  // refilled and swapped in
+	// A load killed half way left the temporary sets, partly filled.
+	for _, s := range rs.Sets {
+		if s.Bans || s.ScanWindow > 0 {
+			continue
+		}
+		tmp := tmpSetName(SetNames(rs).of(s.Name))
+		fam := "inet"
+		if s.Family == policy.FamilyV6 {
+			fam = "inet6"
+		}
+		if out, err := nsNl.Run(ctx, "ipset", "create", tmp, "hash:net", "family", fam); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	apply(true)
+}
+
+// A member the kernel refuses (an IPv6 network in an IPv4 set) fails
+// the load with the set's name, and a set that is missing too.
+func TestIpsetNetlinkLoadErrors(t *testing.T) {
+	_, ns := kernelBackendNS(t)
+	if out, err := ns.Run(context.Background(), "ipset", "create", "t4", "hash:net", "family", "inet"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	err := ns.Do(func() error {
+		c, err := dialIpset()
+		if err != nil {
+			return err
+		}
+		defer func() { _ = c.Close() }()
+		ok := fill{tmp: "t4", name: "n4", nets: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
+		if err := c.fillSet(ok); err != nil {
+			t.Errorf("a good load: %v", err)
+		}
+		bad := fill{tmp: "n4", name: "t4", nets: []netip.Prefix{netip.MustParsePrefix("2001:db8::/64")}}
+		if err := c.fillSet(bad); err == nil || !strings.Contains(err.Error(), "ipset t4 to n4") {
+			t.Errorf("an IPv6 network into an IPv4 set: %v", err)
+		}
+		missing := fill{tmp: "nosuch", name: "t4", nets: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
+		if err := c.fillSet(missing); err == nil || !strings.Contains(err.Error(), "nosuch") {
+			t.Errorf("a missing set: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := ns.Run(context.Background(), "ipset", "list", "n4")
+	if err != nil || !strings.Contains(string(out), "192.0.2.0/24") {
+		t.Errorf("the good load is not in n4: %v\n%s", err, out)
+	}
+}
