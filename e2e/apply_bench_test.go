@@ -69,13 +69,19 @@ func handNft(n int) string {
 }
 
 // handIpt is the same for iptables: one ipset restore, one restore per
-// family.
+// family. Each set's adds come together: ipset restore sends a run of
+// adds to one set in as few netlink messages as fit, and one message per
+// add when the sets alternate (the kernel time of the load doubles:
+// 0.43 s of system time against 0.16 s at 100,000).
 func handIpt(n int) (ipset, v4rules, v6rules string) {
 	v4, v6 := blockAddrs(n)
 	var s strings.Builder
 	s.WriteString("create b4 hash:net family inet maxelem 1048576\ncreate b6 hash:net family inet6 maxelem 1048576\n")
-	for i := range v4 {
-		fmt.Fprintf(&s, "add b4 %s\nadd b6 %s\n", v4[i], v6[i])
+	for _, a := range v4 {
+		fmt.Fprintf(&s, "add b4 %s\n", a)
+	}
+	for _, a := range v6 {
+		fmt.Fprintf(&s, "add b6 %s\n", a)
 	}
 	rules := func(set string) string {
 		return "*filter\n:INPUT DROP [0:0]\n-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n" +
