@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -68,9 +70,11 @@ type SSHState struct {
 	// OpenSSH 9.8 and later) whose parent is root's sshd (the [priv]
 	// process), or by a root dropbear process, child of root's dropbear
 	// daemon, that has a child (the user's shell or command, forked only
-	// after the login); so a user's own program named sshd or dropbear
-	// shields nobody, and a connection still guessing passwords is not
-	// one. (What guard.LoggedInClients gives.)
+	// after the login) or, with none (dbclient -N), holds a forward's
+	// socket or has outlived dropbear's authentication timeout; so a
+	// user's own program named sshd or dropbear shields nobody, and a
+	// connection still guessing passwords is not one. (What
+	// guard.LoggedInClients gives.)
 	LoggedIn []netip.Addr
 }
 
@@ -164,6 +168,46 @@ type procSockets struct {
 	inetd     map[string]bool // sshd -i: its connection is a session
 	activator map[string]bool // PID 1, systemd-socket-activate, inetd
 	client    map[string]bool // ssh and autossh: connections this host opened
+	// dropbearIdle are the connection processes of root's dropbear with
+	// no child: logged in without a shell or command (dbclient -N, a
+	// port-forward-only session), or still authenticating.
+	dropbearIdle []dropbearConn
+}
+
+// dropbearConn is a connection process of root's dropbear that has no
+// child: its sockets, and whether it has lived longer than dropbear lets
+// a connection authenticate.
+type dropbearConn struct {
+	inodes []string
+	old    bool
+}
+
+// dropbearAuthTimeout is how long dropbear lets a connection
+// authenticate (AUTH_TIMEOUT, 300 s in dropbear's default options, as
+// Debian builds it; "Timeout before auth"), with a margin: a connection
+// process older than that is logged in.
+const dropbearAuthTimeout = 300*time.Second + 30*time.Second
+
+// loggedIn: a dropbear connection with no child is logged in when it
+// holds a socket that only a login gives it (a forwarding: the listener
+// of dbclient -R, a channel of -L or -R, none of them the connection to
+// an SSH port nor the daemon's listeners), or when it has outlived
+// dropbear's authentication timeout. Before either, a session with no
+// shell, no command and no forward in use is not told from a connection
+// still guessing passwords.
+func (c dropbearConn) loggedIn(entries []tcpEntry, socks procSockets, listen []netip.AddrPort) bool {
+	if c.old {
+		return true
+	}
+	for _, e := range entries {
+		if !slices.Contains(c.inodes, e.inode) || socks.daemon[e.inode] {
+			continue
+		}
+		if e.state == "0A" || (e.state == "01" && !listened(listen, e.local)) {
+			return true
+		}
+	}
+	return false
 }
 
 func (f *sshFinder) find(sshConn string) (SSHState, error) {
@@ -262,6 +306,13 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 				add(e, fmt.Sprintf("connection to port %d; sshd's processes are not visible from here", e.local.Port()))
 			default:
 				add(e, "established connection to sshd")
+			}
+		}
+	}
+	for _, c := range socks.dropbearIdle {
+		if c.loggedIn(entries, socks, st.Listen) {
+			for _, inode := range c.inodes {
+				socks.loggedIn[inode] = true
 			}
 		}
 	}
@@ -565,11 +616,19 @@ func sshdSockets(procRoot string, listening, hinted map[string]bool) (procSocket
 		}
 	}
 	procs, parents := scanProcs(procRoot, pids)
+	var uptime time.Duration // read once, for the first idle dropbear
 	for _, p := range procs {
 		if p.dropbearSession(procs, parents) {
 			for _, inode := range p.inodes {
 				socks.loggedIn[inode] = true
 			}
+		} else if p.dropbearConnection(procs) {
+			if uptime == 0 {
+				uptime = readUptime(procRoot)
+			}
+			start, ok := readStartTime(p.dir)
+			socks.dropbearIdle = append(socks.dropbearIdle, dropbearConn{inodes: p.inodes,
+				old: ok && uptime > 0 && uptime-start > dropbearAuthTimeout})
 		}
 		if p.sshd {
 			for _, inode := range p.inodes {
@@ -764,11 +823,60 @@ func (p *proc) loggedInSession() bool {
 // daemon of its kind, as for OpenSSH: a user's own dropbear shields
 // nobody.
 func (p *proc) dropbearSession(procs map[int]*proc, parents map[int]bool) bool {
+	return p.dropbearConnection(procs) && parents[p.pid]
+}
+
+// dropbearConnection: a connection process of root's dropbear daemon
+// (logged in or not).
+func (p *proc) dropbearConnection(procs map[int]*proc) bool {
 	if p.comm != "dropbear" || p.uid != 0 {
 		return false
 	}
 	daemon := procs[p.ppid]
-	return daemon != nil && daemon.comm == "dropbear" && daemon.uid == 0 && parents[p.pid]
+	return daemon != nil && daemon.comm == "dropbear" && daemon.uid == 0
+}
+
+// clockTick is the unit of /proc/PID/stat's start time (USER_HZ, 100 on
+// every Linux architecture).
+const clockTick = 10 * time.Millisecond
+
+// readStartTime reads when the process started, since boot (field 22 of
+// /proc/PID/stat).
+func readStartTime(dir string) (time.Duration, bool) {
+	var buf [1024]byte
+	data, err := readSmall(filepath.Join(dir, "stat"), buf[:])
+	if err != nil {
+		return 0, false
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 20 {
+		return 0, false
+	}
+	ticks, err := strconv.ParseUint(f[19], 10, 63)
+	if err != nil || ticks > uint64(math.MaxInt64/int64(clockTick)) {
+		return 0, false
+	}
+	return time.Duration(ticks) * clockTick, true
+}
+
+// readUptime reads the time since boot from procRoot's uptime (0:
+// unknown).
+func readUptime(procRoot string) time.Duration {
+	var buf [128]byte
+	data, err := readSmall(filepath.Join(procRoot, "uptime"), buf[:])
+	if err != nil {
+		return 0
+	}
+	first, _, _ := strings.Cut(strings.TrimSpace(string(data)), " ")
+	secs, err := strconv.ParseFloat(first, 64)
+	if err != nil || secs <= 0 || secs > 1e9 {
+		return 0
+	}
+	return time.Duration(secs * float64(time.Second))
 }
 
 // readUID reads the real user ID from /proc/PID/status (-1 if unknown).

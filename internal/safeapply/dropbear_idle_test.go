@@ -1,0 +1,194 @@
+package safeapply
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/labtest"
+)
+
+// A dropbear session with no shell and no command (dbclient -N, a
+// port-forward-only session) forks no child: it was not seen as logged
+// in (its client could be banned by the guard, dropped by the port scan
+// trap). It is logged in when its process holds a socket that only a
+// login gives (the listener of a remote forward, a channel of a local or
+// remote forward) or when it has outlived dropbear's authentication
+// timeout. A connection still guessing, young and with only its own
+// connection (or the daemon's listener, not closed), is not; nor is a
+// user's own dropbear with a forward. IPv4 and IPv6.
+func TestFindSSHLoggedInDropbearNoShell(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
+	lis6 := b.sock("0A", "[::]:2222", "[::]:0")
+	remoteFwd := b.sock("01", "192.0.2.1:2222", "198.51.100.7:50000")
+	remoteLis := b.sock("0A", "127.0.0.1:2400", "0.0.0.0:0")
+	localFwd := b.sock("01", "[2001:db8::1]:2222", "[2001:db8:5::7]:50001")
+	localChan := b.sock("01", "[2001:db8::1]:40000", "[2001:db8::50]:80")
+	idleOld := b.sock("01", "192.0.2.1:2222", "198.51.100.8:50002")
+	guessing := b.sock("01", "192.0.2.1:2222", "203.0.113.9:50003")
+	guessing2 := b.sock("01", "192.0.2.1:2222", "203.0.113.10:50004")
+	mallory := b.sock("01", "192.0.2.1:2222", "203.0.113.66:50005")
+	malloryLis := b.sock("0A", "0.0.0.0:2401", "0.0.0.0:0")
+	const title = "/usr/sbin/dropbear -F -p 2222"
+	b.procTitled(90, 1, "dropbear", title, 0, lis, lis6)
+	b.procTitled(100, 90, "dropbear", title, 0, remoteFwd, remoteLis)
+	b.procTitled(110, 90, "dropbear", title, 0, localFwd, localChan)
+	b.procTitled(120, 90, "dropbear", title, 0, idleOld)
+	b.procTitled(130, 90, "dropbear", title, 0, guessing)
+	b.procTitled(140, 90, "dropbear", title, 0, guessing2, lis)
+	b.procTitled(150, 90, "dropbear", title, 1000, mallory, malloryLis)
+	// /proc/uptime: 1000 s; start times in clock ticks (10 ms).
+	b.must(os.WriteFile(filepath.Join(b.root, "uptime"), []byte("1000.00 1900.00\n"), 0o644))
+	started := map[int]int{90: 100, 100: 99000, 110: 99000, 120: 50000, 130: 99000, 140: 99000, 150: 50000}
+	for pid, pp := range map[int]int{90: 1, 100: 90, 110: 90, 120: 90, 130: 90, 140: 90, 150: 90} {
+		stat := fmt.Sprintf("%d (dropbear) S %d %d %d 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0\n", pid, pp, pid, pid, started[pid])
+		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "stat"), []byte(stat), 0o644))
+	}
+	st := find(t, b.write(""), nil)
+	if got, want := fmt.Sprint(st.LoggedIn), "[198.51.100.7 198.51.100.8 2001:db8:5::7]"; got != want {
+		t.Errorf("logged in: %s, want %s (forwarding, outlived the auth timeout; not the young ones guessing nor a user's dropbear)", got, want)
+	}
+	if len(st.Sessions) != 6 {
+		t.Errorf("sessions: %s", sessionList(st))
+	}
+}
+
+// The same with a real dropbear in a namespace: dbclient -N with a
+// remote forward (its listener appears at the login) and with a local
+// forward in use (dropbear connects to the target) are logged in; a
+// dbclient -N with no forward, young, is not told from a connection
+// still guessing (it is after dropbear's authentication timeout, which a
+// test does not wait for); nor is a connection that read the banner.
+func TestFindSSHLoggedInRealDropbearNoShell(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	t.Parallel()
+	ns := labtest.NS(t, "moatdbn")
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"addr", "add", "192.0.2.1/32", "dev", "lo"},
+		{"addr", "add", "198.51.100.7/32", "dev", "lo"},
+		{"addr", "add", "198.51.100.8/32", "dev", "lo"},
+		{"addr", "add", "203.0.113.10/32", "dev", "lo"},
+	} {
+		if out, err := ns.Run(context.Background(), "ip", args...); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	server, id := labtest.Dropbear(t, dir, "192.0.2.1:2298")
+	var serverLog strings.Builder
+	server.Stdout, server.Stderr = &serverLog, &serverLog
+	must(ns.Start(server))
+	t.Cleanup(func() {
+		for deadline := time.Now().Add(2 * time.Second); hasChild(server.Process.Pid) && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		_ = server.Process.Kill()
+		_ = server.Wait()
+	})
+	// The local forward's target: a listener that holds what it accepts.
+	var target net.Listener
+	must(ns.Do(func() error {
+		var err error
+		target, err = net.Listen("tcp", "192.0.2.1:8080")
+		return err
+	}))
+	t.Cleanup(func() { _ = target.Close() })
+	go func() {
+		for {
+			c, err := target.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { _ = c.Close() })
+		}
+	}()
+	var clientLog strings.Builder
+	dbclient := func(args ...string) {
+		t.Helper()
+		c := exec.Command("dbclient", append([]string{"-y", "-N", "-i", id, "-p", "2298"}, args...)...)
+		c.Env = append(os.Environ(), "HOME="+dir)
+		c.Stdout, c.Stderr = io.Discard, &clientLog
+		must(ns.Start(c))
+		t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
+	}
+	find := func(want string) SSHState {
+		t.Helper()
+		var st SSHState
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			must(ns.Do(func() error {
+				var err error
+				st, err = FindSSH("/proc", "")
+				return err
+			}))
+			slices.SortFunc(st.LoggedIn, netip.Addr.Compare)
+			if fmt.Sprint(st.LoggedIn) == want || time.Now().After(deadline) {
+				return st
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// Wait for dropbear to listen.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := ns.Do(func() error {
+			c, err := net.DialTimeout("tcp", "192.0.2.1:2298", time.Second)
+			if err == nil {
+				_ = c.Close()
+			}
+			return err
+		})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dropbear does not answer: %v\n%s", err, serverLog.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	dbclient("-b", "203.0.113.10", "root@192.0.2.1")
+	dbclient("-b", "198.51.100.7", "-R", "127.0.0.1:2400:127.0.0.1:9", "root@192.0.2.1")
+	dbclient("-b", "198.51.100.8", "-L", "127.0.0.1:2401:192.0.2.1:8080", "root@192.0.2.1")
+	// Use the local forward once it listens (after the login).
+	var fwd net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		err := ns.Do(func() error {
+			var err error
+			fwd, err = net.DialTimeout("tcp", "127.0.0.1:2401", time.Second)
+			return err
+		})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the local forward does not listen: %v\nclient: %s\nserver: %s", err, clientLog.String(), serverLog.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Cleanup(func() { _ = fwd.Close() })
+	want := "[198.51.100.7 198.51.100.8]"
+	st := find(want)
+	if got := fmt.Sprint(st.LoggedIn); got != want {
+		t.Errorf("logged in: %s, want %s (-N with a forward; not yet -N with none)\nsessions %+v\nclient: %s\nserver: %s", got, want, st.Sessions, clientLog.String(), serverLog.String())
+	}
+	if len(st.Sessions) != 3 {
+		t.Errorf("live sessions: %+v", st.Sessions)
+	}
+}
