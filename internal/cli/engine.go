@@ -37,6 +37,9 @@ func (a *app) engine() *engine.Engine {
 		switch kb := b.(type) {
 		case *nft.Backend:
 			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "nft-set."}
+			// The fingerprint of what it loaded is read back while the
+			// records are written (afterChange takes it).
+			kb.AfterCommit = func(ctx context.Context) { a.startAhead(ctx, kb) }
 		case *ipt.Backend:
 			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "ipset."}
 			kb.StateDir = a.stateDir

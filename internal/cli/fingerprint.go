@@ -284,6 +284,66 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 	if !isNft {
 		return "", 0, false
 	}
+	if ah := a.takeAhead(nb); ah != nil && ah.ok {
+		// Taken right after the commit, at generation ah.gen: it stands
+		// if nothing was committed since (a change in between moved the
+		// generation, and the fingerprint is taken anew below, where the
+		// generations no longer prove the table moat's).
+		if now, err := nft.Generation(); err == nil && now == ah.gen {
+			return ah.fp, ah.gen, true
+		}
+	}
+	return a.loadedFingerprintAt(ctx, nb, a.verified)
+}
+
+// aheadPrint is loadedFingerprint taken right after an nftables commit
+// (nft.Backend.AfterCommit), on a goroutine of its own, while the engine
+// writes its records (two or three disk flushes in a row, which left the
+// CPU idle): afterChange takes it when nothing was committed since.
+type aheadPrint struct {
+	nb               *nft.Backend
+	wait             func()
+	before, after    uint32
+	committed, whole bool
+	fp               string
+	gen              uint32
+	ok               bool
+}
+
+// startAhead starts loadedFingerprint for what nb just committed. It runs
+// on the command's goroutine, inside nb.Apply: a.verified and nb's last
+// commit are what the goroutine reads, and neither changes until
+// takeAhead waits for it.
+func (a *app) startAhead(ctx context.Context, nb *nft.Backend) {
+	if a.ahead != nil {
+		a.ahead.wait() // an earlier apply's, never taken
+	}
+	ah := &aheadPrint{nb: nb, whole: nb.LastCommitWhole()}
+	ah.before, ah.after, ah.committed = nb.LastCommit()
+	verified := a.verified
+	ah.wait = nft.Go(func() { ah.fp, ah.gen, ah.ok = a.loadedFingerprintAt(ctx, nb, verified) })
+	a.ahead = ah
+}
+
+// takeAhead waits for the fingerprint startAhead began for nb, and
+// returns it when it was taken for nb's last commit (nil otherwise).
+func (a *app) takeAhead(nb *nft.Backend) *aheadPrint {
+	ah := a.ahead
+	if ah == nil {
+		return nil
+	}
+	ah.wait()
+	a.ahead = nil
+	before, after, committed := nb.LastCommit()
+	if ah.nb != nb || ah.before != before || ah.after != after || ah.committed != committed || ah.whole != nb.LastCommitWhole() {
+		return nil
+	}
+	return ah
+}
+
+// loadedFingerprintAt is loadedFingerprint for a command that verified
+// the table at verified.
+func (a *app) loadedFingerprintAt(ctx context.Context, nb *nft.Backend, verified verifiedGen) (fp string, gen uint32, ok bool) {
 	now, err := nft.Generation()
 	if err != nil {
 		return "", 0, false
@@ -294,10 +354,10 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 		// The table is what the commit wrote, whatever it held before:
 		// the objects it did not delete were read at before, with
 		// nothing committed between that read and the commit.
-	case !a.verified.ok:
+	case !verified.ok:
 		return "", 0, false
-	case committed && (before == a.verified.gen || a.recordVouches(before)) && after == before+1 && now == after:
-	case !committed && now == a.verified.gen:
+	case committed && (before == verified.gen || a.recordVouches(verified, before)) && after == before+1 && now == after:
+	case !committed && now == verified.gen:
 	default:
 		return "", 0, false
 	}
@@ -336,7 +396,7 @@ func (a *app) ownChangesOnly(nb *nft.Backend, verified verifiedGen) (now uint32,
 	case !committed:
 		return now, now == verified.gen
 	}
-	return now, (before == verified.gen || a.recordVouches(before)) && after == before+1 && now == after
+	return now, (before == verified.gen || a.recordVouches(verified, before)) && after == before+1 && now == after
 }
 
 // ownRestoresOnly is ownChangesOnly for iptables-nft: the generations
@@ -396,12 +456,13 @@ func (a *app) banCommitted(before, after uint32) {
 }
 
 // recordVouches says whether the recorded fingerprint, moved on by the
-// guard's bans since this command verified the table (banCommitted), says
-// that the table was still what this command verified at generation gen.
+// guard's bans since this command verified the table (verified;
+// banCommitted), says that the table was still what this command verified
+// at generation gen.
 // Every record states what the table was at its generation, so one at gen
 // with the verified fingerprint vouches for gen.
-func (a *app) recordVouches(gen uint32) bool {
-	if !a.verified.ok || a.verified.fp == "" {
+func (a *app) recordVouches(verified verifiedGen, gen uint32) bool {
+	if !verified.ok || verified.fp == "" {
 		return false
 	}
 	data, err := statedir.ReadFile(a.stateDir, fingerprintFile)
@@ -410,7 +471,7 @@ func (a *app) recordVouches(gen uint32) bool {
 	}
 	var rec kernelRecord
 	return json.Unmarshal(data, &rec) == nil && rec.Backend == "nftables" && !rec.Sets &&
-		rec.genHere() && rec.Generation == gen && rec.Fingerprint == a.verified.fp
+		rec.genHere() && rec.Generation == gen && rec.Fingerprint == verified.fp
 }
 
 func (a *app) writeKernelRecord(rec kernelRecord) {

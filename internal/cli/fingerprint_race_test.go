@@ -142,3 +142,76 @@ func TestWholeCommitFingerprintFromLoaded(t *testing.T) {
 		}
 	}
 }
+
+// The fingerprint of what moat loaded is read back right after the commit
+// (AfterCommit, on a goroutine whose thread enters the caller's network
+// namespace), while the engine writes its records. It is what the
+// kernel's table gives. A rule added by hand after it was read and before
+// it is recorded moved the generation: it is not taken then, the
+// generations no longer prove the table moat's, and nothing is recorded.
+func TestAheadFingerprint(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("no nft")
+	}
+	for _, hand := range []bool{false, true} {
+		ns := labtest.NS(t, "moatfp")
+		text := "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\n"
+		p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs := ruleset.Compile(p)
+		dir := t.TempDir()
+		var logs strings.Builder
+		a := &app{stateDir: dir, out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+		st := appliedState{Known: true, Backend: "nftables", Policy: "x", Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+		b := &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true, Elements: setstore.Dir{Path: dir, Prefix: "nft-set."}}
+		b.AfterCommit = func(ctx context.Context) { a.startAhead(ctx, b) }
+		var want string
+		err = ns.Do(func() error {
+			if err := b.Apply(context.Background(), rs); err != nil { // a whole load
+				return err
+			}
+			ah := a.ahead
+			if ah == nil {
+				t.Fatal("no fingerprint started after the commit")
+			}
+			ah.wait()
+			k, err := a.kernelFingerprint(context.Background(), b)
+			if err != nil {
+				return err
+			}
+			if !ah.ok || ah.fp != k.Fingerprint {
+				t.Errorf("fingerprint read ahead: %q (ok %v), the kernel's table gives %q", ah.fp, ah.ok, k.Fingerprint)
+			}
+			want = k.Fingerprint
+			if hand {
+				if _, err := execrun.Exec(context.Background(), []byte("add rule inet moat input tcp dport 6000 accept\n"), "nft", "-f", "-"); err != nil {
+					return err
+				}
+			}
+			a.recordFingerprint(context.Background(), b, st, verifiedGen{})
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := statedir.ReadFile(dir, fingerprintFile)
+		if hand {
+			if err == nil {
+				t.Errorf("a fingerprint was recorded with a rule added by hand after it was read: %s", data)
+			}
+			continue
+		}
+		var rec kernelRecord
+		if err != nil || json.Unmarshal(data, &rec) != nil {
+			t.Fatalf("no fingerprint recorded: %v", err)
+		}
+		if rec.Fingerprint != want {
+			t.Errorf("recorded fingerprint %q, the kernel's table gives %q", rec.Fingerprint, want)
+		}
+	}
+}

@@ -66,6 +66,9 @@ type app struct {
 	verified verifiedGen
 	// appsRead is what apps read last.
 	appsRead appsCache
+	// ahead is the fingerprint of what moat loaded, being read back since
+	// the last nftables commit (fingerprint.go).
+	ahead *aheadPrint
 }
 
 // exitError carries an exit code for errors that are not failures of moat
@@ -96,6 +99,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hook func
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if a.ahead != nil {
+		a.ahead.wait() // not taken (the command failed after its apply): done before the socket goes
+	}
 	if err == nil {
 		return 0
 	}

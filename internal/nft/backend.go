@@ -48,6 +48,11 @@ type Backend struct {
 	// from before to after with nothing else committed in between: the
 	// rest of the table is then what it was at before.
 	AfterBan func(before, after uint32)
+	// AfterCommit, when set, is called by Apply when it returns with its
+	// change committed (or nothing to commit), on the calling thread: a
+	// caller may start reading back what it loaded while it writes its
+	// records (LastCommit is what Apply left).
+	AfterCommit func(ctx context.Context)
 
 	// beforeSend, in tests, runs before each netlink transaction is sent;
 	// beforeCommit before a plan is committed through nft.
@@ -477,6 +482,16 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) error {
 // sent (chains whose rules changed, set elements added and deleted),
 // unless b.Full is set or moat's record of the table is missing.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
+	if err := b.apply(ctx, rs); err != nil {
+		return err
+	}
+	if b.AfterCommit != nil {
+		b.AfterCommit(ctx)
+	}
+	return nil
+}
+
+func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	// The generation before the plan reads the table: a commit through nft
 	// vouches for what it did not write (LastCommit, LastCommitWhole) only
 	// if nothing else was committed since the table was read (a chain
