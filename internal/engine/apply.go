@@ -328,17 +328,6 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 			return nil, fmt.Errorf("--confirm: %w", err)
 		}
 	}
-	rs, saveLists, err := e.compileSaveLater(pl.p, true, false)
-	if err != nil {
-		return nil, err
-	}
-	if err := e.checkLockout(rs, pl.p, pl.ch.Force || pl.failReason != "", pl.restore); err != nil {
-		return nil, err
-	}
-	// The ruleset has what the kernel needs: the rules go (Result.Policy).
-	res.Rules = pl.p.NumRules()
-	pl.p.ReleaseRules()
-	work.release()
 	persist := pl.save == saveAlways || (pl.save == saveIfEnabled && safeapply.Enabled(dir))
 	next := &Applied{Backend: b.Name(), Setting: string(pl.p.Backend), Policy: pl.doc.Text(), Source: pl.source,
 		Time: e.o.Now().UTC(), FailClosed: pl.failReason != "", FailReason: pl.failReason}
@@ -362,7 +351,32 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if pl.ch.Confirm > 0 {
 		in.Pending = newID()
 	}
-	if err := writeIntent(dir, in); err != nil {
+	// The journal is written (two disk flushes) while the policy is
+	// compiled and the SSH sessions checked: it needs neither, and it is
+	// durable before anything reaches the kernel. A compile or a lockout
+	// check that refuses removes it; a command stopped before that leaves
+	// a journal of a change that never reached the kernel, which the next
+	// command undoes as any other (the kernel and the file are put back
+	// as they are).
+	journaled := make(chan error, 1)
+	go func() { journaled <- writeIntent(dir, in) }()
+	rs, saveLists, err := e.compileSaveLater(pl.p, true, false)
+	if err == nil {
+		err = e.checkLockout(rs, pl.p, pl.ch.Force || pl.failReason != "", pl.restore)
+	}
+	if err != nil {
+		if jerr := <-journaled; jerr == nil {
+			if rerr := removeState(dir, IntentFile); rerr != nil {
+				return nil, errors.Join(err, rerr)
+			}
+		}
+		return nil, err
+	}
+	// The ruleset has what the kernel needs: the rules go (Result.Policy).
+	res.Rules = pl.p.NumRules()
+	pl.p.ReleaseRules()
+	work.release()
+	if err := <-journaled; err != nil {
 		return nil, fmt.Errorf("journal the change: %w", err)
 	}
 	if err := e.step("intent"); err != nil {

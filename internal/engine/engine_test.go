@@ -1212,6 +1212,14 @@ func TestUnknownSessionsFailClosed(t *testing.T) {
 		t.Errorf("refusal does not say why or how to override: %v", err)
 	}
 	r.kernelIs("nftables", base+"allow 80/tcp\n")
+	// The journal, written while the sessions were checked, is gone, and
+	// the file is as it was.
+	if in, _ := LoadIntent(r.dir); in != nil {
+		t.Errorf("a refused change left its journal: %+v", in)
+	}
+	if r.file() != base+"allow 80/tcp\n" {
+		t.Errorf("file after a refused change:\n%s", r.file())
+	}
 	// The dry run's check refuses it too.
 	r.must(r.do(func(ctx context.Context, e *Engine) error {
 		p, perr := e.policyOf(policy.NewDocument("test", []byte(base+"allow 443/tcp\n")))
