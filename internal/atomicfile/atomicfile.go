@@ -46,16 +46,45 @@ func WriteCache(name string, data []byte, perm os.FileMode) error {
 }
 
 func write(name string, data []byte, perm os.FileMode, durable, dirSync bool) error {
-	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*.tmp")
+	p, err := prepare(name, data, perm, durable)
+	if err == nil {
+		err = p.commit()
+	}
+	if err == nil && dirSync {
+		err = syncDir(filepath.Dir(name))
+	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	renamed := false
-	defer func() {
-		if !renamed {
-			_ = os.Remove(tmp.Name()) // the error that stopped us is what counts
-		}
-	}()
+	return nil
+}
+
+// Prepared is a file written beside its name and synced, not yet in
+// place: Commit renames it over the name, Abort removes it. Until then
+// readers see the old file, and a process stopped in between leaves the
+// old file and a hidden temporary one beside it.
+type Prepared struct {
+	name, tmp string
+	done      bool
+}
+
+// Prepare does what WriteFileSyncDirLater does before the rename: a
+// caller writes and syncs a file while it waits for something else (the
+// kernel taking a change), and puts it in place after (Commit, then
+// SyncDir for the directory).
+func Prepare(name string, data []byte, perm os.FileMode) (*Prepared, error) {
+	p, err := prepare(name, data, perm, true)
+	if err != nil {
+		return nil, fmt.Errorf("write %s: %w", name, err)
+	}
+	return p, nil
+}
+
+func prepare(name string, data []byte, perm os.FileMode, durable bool) (*Prepared, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*.tmp")
+	if err != nil {
+		return nil, err
+	}
 	_, err = tmp.Write(data)
 	if err == nil {
 		err = tmp.Chmod(perm)
@@ -66,20 +95,48 @@ func write(name string, data []byte, perm os.FileMode, durable, dirSync bool) er
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), name)
-		renamed = err == nil
-		if renamed && Trace != nil {
-			Trace("rename", name)
-		}
-	}
-	if err == nil && dirSync {
-		err = syncDir(filepath.Dir(name))
-	}
 	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
+		_ = os.Remove(tmp.Name()) // the error that stopped us is what counts
+		return nil, err
+	}
+	return &Prepared{name: name, tmp: tmp.Name()}, nil
+}
+
+// Commit renames the prepared file over its name (the directory is not
+// synced: SyncDir). A nil Prepared commits nothing.
+func (p *Prepared) Commit() error {
+	if err := p.commit(); err != nil {
+		return fmt.Errorf("write %s: %w", p.name, err)
 	}
 	return nil
+}
+
+func (p *Prepared) commit() error {
+	if p == nil {
+		return nil
+	}
+	if p.done {
+		return errors.New("committed or aborted already")
+	}
+	p.done = true
+	if err := os.Rename(p.tmp, p.name); err != nil {
+		_ = os.Remove(p.tmp) // the rename's error is what counts
+		return err
+	}
+	if Trace != nil {
+		Trace("rename", p.name)
+	}
+	return nil
+}
+
+// Abort removes the prepared file, unless it was committed. A nil
+// Prepared aborts nothing.
+func (p *Prepared) Abort() {
+	if p == nil || p.done {
+		return
+	}
+	p.done = true
+	_ = os.Remove(p.tmp) // hidden and unused: nothing reads it
 }
 
 // Trace, when set (by tests, never concurrently with writes), is told of

@@ -12,10 +12,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // Change is what a command asks of the engine.
@@ -391,6 +393,28 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 			return nil, errors.Join(fmt.Errorf("arm the rollback (nothing was applied): %w", err), removeState(dir, IntentFile))
 		}
 	}
+	if pend != nil {
+		next.Pending = pend.ID
+	}
+	// The boot record, when it is rewritten, goes into the same directory
+	// right after the applied record: its directory sync makes both
+	// renames durable (one disk flush less; the journal still undoes the
+	// change if the machine stops before).
+	var save *safeapply.Saved
+	if pend == nil && persist {
+		s := safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source, Apps: appPorts(e.o.Apps)}
+		if !savedHolds(dir, prevSaved, s) {
+			save = &s
+		}
+	}
+	// The policy file and the records are written and synced while the
+	// kernel takes the change (nft waits in the kernel for most of its
+	// time), beside their names: they take effect by their renames once
+	// the kernel took it (records.commit). A change the kernel refuses
+	// removes them. Until the journal is removed, a command stopped
+	// anywhere in between is undone whole by the next one.
+	recs := e.prepareRecords(pl, next, save)
+	defer recs.abort() // those not committed
 	if err := b.Apply(ctx, rs); err != nil {
 		var errs []error
 		if pend != nil {
@@ -436,41 +460,14 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	if err := e.step("switched"); err != nil {
 		return nil, err
 	}
-	// The policy file is written while the records are: it lives in a
-	// directory of its own (/etc/moat), and its two disk flushes (the file,
-	// the directory) overlap theirs instead of coming first (three flushes
-	// waited for in a row instead of five). Both are finished before any
-	// later step and before anything is undone; until the journal is
-	// removed, a command stopped anywhere in between (kill -9, power loss)
-	// is undone whole by the next one, whichever of these files reached
-	// the disk.
-	fileDone := make(chan error, 1)
-	if pl.writeFile {
-		go func() { fileDone <- pl.doc.Write() }()
-	} else {
-		fileDone <- nil
+	// The policy file is put in place while the records are: it lives in a
+	// directory of its own (/etc/moat), and its directory's disk flush
+	// overlaps the state directory's. Both are finished before any later
+	// step and before anything is undone.
+	if err := e.step("prepared"); err != nil {
+		return nil, err
 	}
-	if pend != nil {
-		next.Pending = pend.ID
-	}
-	// The boot record, when it is rewritten, goes into the same directory
-	// right after the applied record: its directory sync makes both
-	// renames durable (one disk flush less; the journal still undoes the
-	// change if the machine stops before).
-	var save *safeapply.Saved
-	if pend == nil && persist {
-		s := safeapply.Saved{Backend: b.Name(), Policy: next.Policy, Source: pl.source, Apps: appPorts(e.o.Apps)}
-		if !savedHolds(dir, prevSaved, s) {
-			save = &s
-		}
-	}
-	recErr := writeAppliedSync(dir, next, save == nil)
-	if recErr != nil {
-		recErr = fmt.Errorf("record what is applied: %w", recErr)
-	} else if save != nil {
-		recErr = safeapply.Save(dir, *save)
-	}
-	if err := errors.Join(<-fileDone, recErr); err != nil {
+	if err := recs.commit(dir); err != nil {
 		return nil, e.failAfterKernel(ctx, in, err)
 	}
 	if pl.writeFile {
@@ -668,4 +665,71 @@ func (e *Engine) removeExcept(ctx context.Context, keep ...string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// records are the files an apply writes once the kernel took its change:
+// the policy file (an edit's), the applied record and the boot record,
+// prepared (written and synced beside their names) while the kernel
+// takes it.
+type records struct {
+	done          chan struct{}
+	file          *policy.PreparedFile
+	applied, save *atomicfile.Prepared
+	err           error
+}
+
+// prepareRecords starts writing the records of an apply of pl: next is
+// the applied record, save the boot record (nil: not rewritten).
+func (e *Engine) prepareRecords(pl plan, next *Applied, save *safeapply.Saved) *records {
+	dir := e.o.StateDir
+	r := &records{done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		var err error
+		if pl.writeFile {
+			r.file, err = pl.doc.Prepare()
+		}
+		if err == nil {
+			if r.applied, err = prepareApplied(dir, next); err != nil {
+				err = fmt.Errorf("record what is applied: %w", err)
+			}
+		}
+		if err == nil && save != nil {
+			r.save, err = safeapply.PrepareSave(dir, *save)
+		}
+		r.err = err
+	}()
+	return r
+}
+
+// commit puts the prepared records in place: the applied record, then the
+// boot record, then one sync of the state directory, while the policy
+// file is renamed and its directory synced.
+func (r *records) commit(dir string) error {
+	<-r.done
+	if r.err != nil {
+		return r.err
+	}
+	fileDone := make(chan error, 1)
+	go func() { fileDone <- r.file.Commit() }()
+	err := r.applied.Commit()
+	if err != nil {
+		err = fmt.Errorf("record what is applied: %w", err)
+	} else if err = r.save.Commit(); err != nil {
+		err = fmt.Errorf("save ruleset: %w", err)
+	} else {
+		err = statedir.SyncDir(dir)
+	}
+	if ferr := <-fileDone; ferr != nil {
+		err = errors.Join(fmt.Errorf("write policy: %w", ferr), err)
+	}
+	return err
+}
+
+// abort removes the prepared records not committed.
+func (r *records) abort() {
+	<-r.done
+	r.file.Abort()
+	r.applied.Abort()
+	r.save.Abort()
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -1132,62 +1133,83 @@ func TestFullDiskAfterKernelUndoesAtOnce(t *testing.T) {
 	}
 }
 
-// The policy file's disk (/etc) fills up after the kernel took a change:
-// the file is written while the records are (their disk flushes overlap),
-// so the records may already say the change is applied when the file
-// fails. The change must still be undone whole: kernel, file and records,
-// at once or, when the undo cannot write the file either, by the next
-// command.
+// The policy file's disk (/etc) fails while the kernel takes a change:
+// the file and the records are written (and synced) while the kernel takes
+// it, and put in place by their renames after. Either way the change must
+// be undone whole: kernel, file and records, at once or, when the undo
+// cannot write the file either, by the next command.
+//   - full: /etc is full before the file is written (the journal's step):
+//     writing it fails while the kernel takes the change;
+//   - readonly: /etc turns read-only once the file and the records are
+//     written and synced, before their renames: the rename fails after the
+//     kernel took the change.
 func TestFullPolicyDiskAfterKernelUndoes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a tmpfs")
 	}
-	r := newRig(t)
-	etc := filepath.Join(filepath.Dir(r.conf), "etc")
-	r.must(os.MkdirAll(etc, 0o755))
-	if err := syscall.Mount("tmpfs", etc, "tmpfs", 0, "size=64k,mode=0755"); err != nil {
-		t.Skipf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(etc, syscall.MNT_DETACH) })
-	r.conf = filepath.Join(etc, "moat.conf")
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
-	filler := filepath.Join(etc, "fill")
-	r.eng.o.Checkpoint = func(step string) error {
-		if step == "kernel" {
-			f, err := os.Create(filler)
-			r.must(err)
-			defer func() { _ = f.Close() }()
-			buf := make([]byte, 512)
-			for {
-				if _, err := f.Write(buf); err != nil {
-					return nil // ENOSPC: full
-				}
+	for _, mode := range []string{"full", "readonly"} {
+		t.Run(mode, func(t *testing.T) {
+			r := newRig(t)
+			etc := filepath.Join(filepath.Dir(r.conf), "etc")
+			r.must(os.MkdirAll(etc, 0o755))
+			if err := syscall.Mount("tmpfs", etc, "tmpfs", 0, "size=64k,mode=0755"); err != nil {
+				t.Skipf("mount tmpfs: %v", err)
 			}
-		}
-		return nil
-	}
-	if _, err := r.add(r.ch(0), "allow 443/tcp"); err == nil {
-		t.Fatal("the change succeeded on a full disk")
-	}
-	r.backAtBase()
-	r.eng.o.Checkpoint = nil
-	r.must(os.Remove(filler))
-	r.must(r.do(func(context.Context, *Engine) error { return nil }))
-	r.backAtBase()
-	a, err := LoadApplied(r.dir)
-	r.must(err)
-	if a == nil || a.Policy != base {
-		t.Errorf("applied: %+v", a)
-	}
-	s, err := safeapply.LoadSaved(r.dir)
-	r.must(err)
-	if s.Policy != base {
-		t.Errorf("saved: %q", s.Policy)
-	}
-	if in, _ := LoadIntent(r.dir); in != nil {
-		t.Errorf("intent left")
+			t.Cleanup(func() { _ = syscall.Unmount(etc, syscall.MNT_DETACH) })
+			r.conf = filepath.Join(etc, "moat.conf")
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			filler := filepath.Join(etc, "fill")
+			applied := false
+			r.eng.o.Checkpoint = func(step string) error {
+				switch {
+				case step == "kernel":
+					applied = true
+				case mode == "full" && step == "intent":
+					f, err := os.Create(filler)
+					r.must(err)
+					defer func() { _ = f.Close() }()
+					buf := make([]byte, 512)
+					for {
+						if _, err := f.Write(buf); err != nil {
+							return nil // ENOSPC: full
+						}
+					}
+				case mode == "readonly" && step == "prepared":
+					r.must(syscall.Mount("", etc, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""))
+				}
+				return nil
+			}
+			if _, err := r.add(r.ch(0), "allow 443/tcp"); err == nil {
+				t.Fatal("the change succeeded on a failing disk")
+			}
+			if !applied {
+				t.Fatal("the kernel never took the change: the failure came before it")
+			}
+			r.backAtBase()
+			r.eng.o.Checkpoint = nil
+			if mode == "full" {
+				r.must(os.Remove(filler))
+			} else {
+				r.must(syscall.Mount("", etc, "", syscall.MS_REMOUNT, ""))
+			}
+			r.must(r.do(func(context.Context, *Engine) error { return nil }))
+			r.backAtBase()
+			a, err := LoadApplied(r.dir)
+			r.must(err)
+			if a == nil || a.Policy != base {
+				t.Errorf("applied: %+v", a)
+			}
+			s, err := safeapply.LoadSaved(r.dir)
+			r.must(err)
+			if s.Policy != base {
+				t.Errorf("saved: %q", s.Policy)
+			}
+			if in, _ := LoadIntent(r.dir); in != nil {
+				t.Errorf("intent left")
+			}
+		})
 	}
 }
 
@@ -1371,5 +1393,61 @@ func TestProtectedAreLoggedInSessions(t *testing.T) {
 	r.must(err)
 	if protect := r.nft.rs.Set(ruleset.ProtectSet4); len(protect.Entries) != 2 {
 		t.Errorf("protect4 without LoggedIn: %+v", protect)
+	}
+}
+
+// The kernel refuses a change while its records are written beside their
+// names (prepareRecords): nothing changes, the policy file and the
+// records are as they were, and no written-but-unused file is left in
+// the state directory or beside the policy file.
+func TestKernelRefusalLeavesNoPreparedFiles(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	list := func(dir string) []string {
+		entries, err := os.ReadDir(dir)
+		r.must(err)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	stateBefore, confBefore := list(r.dir), list(filepath.Dir(r.conf))
+	r.nft.Fail = func(op string) error {
+		if op != "apply" {
+			return nil
+		}
+		// Refused once the records are written beside their names (as
+		// nft takes milliseconds): they must be removed.
+		for range 200 {
+			if m, _ := filepath.Glob(filepath.Join(r.dir, ".saved.json.*.tmp")); len(m) > 0 {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return errors.New("injected: the kernel refuses")
+	}
+	if _, err := r.add(r.ch(0), "allow 443/tcp"); err == nil || !strings.Contains(err.Error(), "injected") {
+		t.Fatalf("want the kernel's refusal, got %v", err)
+	}
+	r.nft.Fail = nil
+	r.backAtBase()
+	if got := list(r.dir); !slices.Equal(got, stateBefore) {
+		t.Errorf("state directory after a refused change: %v, before: %v", got, stateBefore)
+	}
+	if got := list(filepath.Dir(r.conf)); !slices.Equal(got, confBefore) {
+		t.Errorf("policy directory after a refused change: %v, before: %v", got, confBefore)
+	}
+	a, err := LoadApplied(r.dir)
+	r.must(err)
+	if a == nil || a.Policy != base {
+		t.Errorf("applied: %+v", a)
+	}
+	s, err := safeapply.LoadSaved(r.dir)
+	r.must(err)
+	if s.Policy != base {
+		t.Errorf("saved: %q", s.Policy)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/statedir"
 	"github.com/moat-fw/moat/internal/statetext"
 )
@@ -175,12 +176,7 @@ func writeAppliedSync(dir string, a *Applied, dirSync bool) error {
 	if a == nil {
 		return removeState(dir, AppliedFile)
 	}
-	a.PolicySHA256 = statetext.Hash(a.Policy)
-	rec, err := storeText(dir, a)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", AppliedFile, err)
-	}
-	data, err := marshalState(AppliedFile, rec)
+	data, err := appliedData(dir, a)
 	if err != nil {
 		return err
 	}
@@ -188,18 +184,41 @@ func writeAppliedSync(dir string, a *Applied, dirSync bool) error {
 	if !dirSync {
 		write = statedir.WriteFileSyncDirLater
 	}
-	if err := write(dir, AppliedFile, data); err != nil {
-		return err
+	return write(dir, AppliedFile, data)
+}
+
+// prepareApplied is writeAppliedSync up to the rename (statedir.Prepare):
+// the record takes effect when the caller commits it and syncs dir.
+func prepareApplied(dir string, a *Applied) (*atomicfile.Prepared, error) {
+	data, err := appliedData(dir, a)
+	if err != nil {
+		return nil, err
+	}
+	return statedir.Prepare(dir, AppliedFile, data)
+}
+
+// appliedData is the text of the applied record a (a long policy goes to
+// a text file of its own, written first); it sets a.PolicySHA256.
+func appliedData(dir string, a *Applied) ([]byte, error) {
+	a.PolicySHA256 = statetext.Hash(a.Policy)
+	rec, err := storeText(dir, a)
+	if err != nil {
+		return nil, fmt.Errorf("write %s: %w", AppliedFile, err)
+	}
+	data, err := marshalState(AppliedFile, rec)
+	if err != nil {
+		return nil, err
 	}
 	// What reading these bytes back gives, when JSON keeps every field
 	// as it is (it replaces invalid UTF-8): then the read after this
-	// write need not decode them.
+	// write need not decode them (a memo of exact bytes: it serves no
+	// other file).
 	if roundTrips(a) {
 		rec := *a
 		rec.Time = rec.Time.Round(0) // no monotonic reading, as decoded
 		appliedMemo.put(data, rec)
 	}
-	return nil
+	return data, nil
 }
 
 func roundTrips(a *Applied) bool {

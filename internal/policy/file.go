@@ -127,6 +127,16 @@ func (d *Document) Write() error {
 	return nil
 }
 
+// Prepare is Write up to the rename (PrepareFile): the file takes effect
+// when the caller commits it.
+func (d *Document) Prepare() (*PreparedFile, error) {
+	p, err := PrepareFile(d.Name, d.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("write policy: %w", err)
+	}
+	return p, nil
+}
+
 // newFileMode is the mode of a policy file moat creates.
 const newFileMode = 0o644
 
@@ -141,16 +151,34 @@ const maxSymlinks = 40
 // the directory is synced. A new file gets mode 0644 (its directory is
 // created 0755).
 func WriteFile(name string, data []byte) error {
-	target, err := resolveLinks(name)
+	p, err := PrepareFile(name, data)
 	if err != nil {
 		return err
+	}
+	return p.Commit()
+}
+
+// PreparedFile is a policy file written and synced beside its target, not
+// yet in place (WriteFile up to the rename): Commit puts it in place and
+// syncs the directory, Abort removes it.
+type PreparedFile struct {
+	target, tmp string
+	done        bool
+}
+
+// PrepareFile is WriteFile up to the rename: a caller writes and syncs the
+// file while it waits for something else (the kernel taking the change).
+func PrepareFile(name string, data []byte) (*PreparedFile, error) {
+	target, err := resolveLinks(name)
+	if err != nil {
+		return nil, err
 	}
 	mode, uid, gid := os.FileMode(newFileMode), -1, -1
 	fi, err := os.Stat(target)
 	switch {
 	case err == nil:
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("%s: not a regular file", target)
+			return nil, fmt.Errorf("%s: not a regular file", target)
 		}
 		mode = fi.Mode().Perm() | fi.Mode()&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky)
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
@@ -158,19 +186,15 @@ func WriteFile(name string, data []byte) error {
 		}
 	case errors.Is(err, os.ErrNotExist):
 		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-			return err
+			return nil, err
 		}
 	default:
-		return err
+		return nil, err
 	}
-	dir := filepath.Dir(target)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(target)+".*")
+	tmp, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".*")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	// After the rename this finds nothing; before it, the error that
-	// stopped us is what counts.
-	defer func() { _ = os.Remove(tmp.Name()) }()
 	_, err = tmp.Write(data)
 	if err == nil && uid >= 0 {
 		if tfi, serr := tmp.Stat(); serr != nil {
@@ -189,21 +213,46 @@ func WriteFile(name string, data []byte) error {
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), target)
-	}
 	if err != nil {
-		return fmt.Errorf("write %s: %w", target, err)
+		_ = os.Remove(tmp.Name()) // the error that stopped us is what counts
+		return nil, fmt.Errorf("write %s: %w", target, err)
+	}
+	return &PreparedFile{target: target, tmp: tmp.Name()}, nil
+}
+
+// Commit renames the prepared file over its target and syncs the
+// directory. A nil PreparedFile commits nothing.
+func (p *PreparedFile) Commit() error {
+	if p == nil {
+		return nil
+	}
+	if p.done {
+		return fmt.Errorf("write %s: committed or aborted already", p.target)
+	}
+	p.done = true
+	if err := os.Rename(p.tmp, p.target); err != nil {
+		_ = os.Remove(p.tmp) // the rename's error is what counts
+		return fmt.Errorf("write %s: %w", p.target, err)
 	}
 	// Make the rename durable; the file is in place either way.
-	d, err := os.Open(dir)
+	d, err := os.Open(filepath.Dir(p.target))
 	if err != nil {
 		return nil
 	}
 	if err := errors.Join(d.Sync(), d.Close()); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return fmt.Errorf("write %s: sync directory: %w", target, err)
+		return fmt.Errorf("write %s: sync directory: %w", p.target, err)
 	}
 	return nil
+}
+
+// Abort removes the prepared file, unless it was committed. A nil
+// PreparedFile aborts nothing.
+func (p *PreparedFile) Abort() {
+	if p == nil || p.done {
+		return
+	}
+	p.done = true
+	_ = os.Remove(p.tmp) // hidden and unused: nothing reads it
 }
 
 // resolveLinks follows name through symbolic links to the file they name,

@@ -35,16 +35,7 @@ const savedFile = "saved.json"
 
 // Save records the applied policy for the next boot (atomically).
 func Save(dir string, s Saved) error {
-	s.Saved = time.Now().UTC()
-	s.PolicyFile = ""
-	if len(s.Policy) >= statetext.InlineMax {
-		name, err := statetext.Put(dir, s.Policy)
-		if err != nil {
-			return fmt.Errorf("save ruleset: %w", err)
-		}
-		s.Policy, s.PolicyFile = "", name
-	}
-	data, err := statedir.MarshalJSON(s)
+	data, err := savedData(dir, s)
 	if err != nil {
 		return err
 	}
@@ -52,6 +43,36 @@ func Save(dir string, s Saved) error {
 		return fmt.Errorf("save ruleset: %w", err)
 	}
 	return nil
+}
+
+// PrepareSave is Save up to the rename (statedir.Prepare): the record is
+// written and synced, and takes effect when the caller commits it and
+// syncs dir.
+func PrepareSave(dir string, s Saved) (*atomicfile.Prepared, error) {
+	data, err := savedData(dir, s)
+	if err != nil {
+		return nil, err
+	}
+	p, err := statedir.Prepare(dir, savedFile, data)
+	if err != nil {
+		return nil, fmt.Errorf("save ruleset: %w", err)
+	}
+	return p, nil
+}
+
+// savedData is the text of saved.json for s (a long policy goes to a
+// text file of its own, written first).
+func savedData(dir string, s Saved) ([]byte, error) {
+	s.Saved = time.Now().UTC()
+	s.PolicyFile = ""
+	if len(s.Policy) >= statetext.InlineMax {
+		name, err := statetext.Put(dir, s.Policy)
+		if err != nil {
+			return nil, fmt.Errorf("save ruleset: %w", err)
+		}
+		s.Policy, s.PolicyFile = "", name
+	}
+	return statedir.MarshalJSON(s)
 }
 
 // LoadSaved reads what Save wrote. A reader without moat's lock (status)

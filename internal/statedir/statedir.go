@@ -213,6 +213,18 @@ func WriteFileSyncDirLater(dir, name string, data []byte) error {
 	return atomicfile.WriteFileSyncDirLater(filepath.Join(dir, name), data, Perm)
 }
 
+// Prepare is WriteFileSyncDirLater up to the rename: the file is written
+// and synced beside name, and put in place by its Commit (then SyncDir).
+func Prepare(dir, name string, data []byte) (*atomicfile.Prepared, error) {
+	if err := validName(name); err != nil {
+		return nil, err
+	}
+	if err := Ensure(dir); err != nil {
+		return nil, err
+	}
+	return atomicfile.Prepare(filepath.Join(dir, name), data, Perm)
+}
+
 // SyncDir makes the renames done in dir durable.
 func SyncDir(dir string) error {
 	return atomicfile.SyncDir(dir)
