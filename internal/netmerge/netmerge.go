@@ -4,6 +4,7 @@
 package netmerge
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 
@@ -90,47 +91,71 @@ func walk(ps []netip.Prefix, check bool) (out []netip.Prefix, ok bool) {
 // not overlap make a shorter list only if two in a row are such halves:
 // of the networks covered whole by two or more of them, the smallest has
 // each half covered by one.
+//
+// Each network is read once into two 64-bit words (its address as
+// As16 puts it): the checks are masks and comparisons of words. With
+// netip's methods (Masked, Compare, Contains) it was 50 ns a network, 5
+// ms of a blocklist update at 100,000, which checks a list three times.
 func IsMerged(ps []netip.Prefix) bool {
+	var qhi, qlo uint64
+	q4, qbits := false, 0
 	for i, p := range ps {
-		if !p.IsValid() || p.Addr() != p.Masked().Addr() {
+		if !p.IsValid() {
 			return false
 		}
-		if i == 0 {
-			continue
+		a := p.Addr()
+		is4 := a.Is4()
+		b := a.As16()
+		hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+		bits := p.Bits()
+		if is4 {
+			bits += 96 // As16 puts IPv4 in the last 32 bits
 		}
-		// Both masked: in order means a later start (IPv4 before IPv6);
-		// q, starting before p, overlaps it if it holds p's start.
-		q := ps[i-1]
-		if q.Addr().Compare(p.Addr()) >= 0 {
-			return false
+		mhi, mlo := mask(bits)
+		if hi&^mhi != 0 || lo&^mlo != 0 {
+			return false // not masked
 		}
-		if q.Addr().BitLen() == p.Addr().BitLen() && (q.Contains(p.Addr()) || halves(q, p)) {
-			return false
+		if i > 0 {
+			switch {
+			case q4 && !is4:
+				// IPv4 before IPv6: in order, apart.
+			case !q4 && is4:
+				return false
+			case qhi > hi || qhi == hi && qlo >= lo:
+				return false // not after the one before
+			default:
+				// Both masked: q, starting before p, overlaps it if it
+				// holds p's start.
+				if qmhi, qmlo := mask(qbits); hi&qmhi == qhi && lo&qmlo == qlo {
+					return false
+				}
+				// The two halves of one network: the same length, the
+				// addresses differing in its last bit alone.
+				if qbits == bits && p.Bits() != 0 {
+					bhi, blo := lastBit(bits)
+					if qhi^hi == bhi && qlo^lo == blo {
+						return false
+					}
+				}
+			}
 		}
+		qhi, qlo, q4, qbits = hi, lo, is4, bits
 	}
 	return true
 }
 
-// halves says whether q and p, masked networks of one family, are the two
-// halves of one network: the same length, and their addresses differ in
-// the last bit of it alone.
-func halves(q, p netip.Prefix) bool {
-	bits := q.Bits()
-	if bits == 0 || bits != p.Bits() {
-		return false
+// mask is the mask of a prefix of bits (0 to 128) over an address as two
+// words.
+func mask(bits int) (hi, lo uint64) {
+	return ^(^uint64(0) >> min(bits, 64)), ^(^uint64(0) >> max(bits-64, 0))
+}
+
+// lastBit is the last bit of a prefix of bits (1 to 128), as two words.
+func lastBit(bits int) (hi, lo uint64) {
+	if bits <= 64 {
+		return 1 << (64 - bits), 0
 	}
-	if q.Addr().Is4() {
-		bits += 96 // As16 puts IPv4 in the last 32 bits
-	}
-	a, b := q.Addr().As16(), p.Addr().As16()
-	at, bit := (bits-1)/8, byte(0x80>>((bits-1)%8))
-	for k := range a {
-		x := a[k] ^ b[k]
-		if k == at && x != bit || k != at && x != 0 {
-			return false
-		}
-	}
-	return true
+	return 0, 1 << (128 - bits)
 }
 
 // compareMasked orders networks by their ranges: first address, then the

@@ -90,6 +90,9 @@ func FuzzMerge(f *testing.F) {
 		if IsMerged(ps) && !slices.Equal(ps, want) {
 			t.Fatalf("IsMerged(%v) is true, but it merges to %v", ps, want)
 		}
+		if IsMerged(ps) != isMergedSlow(ps) || IsMerged(got) != isMergedSlow(got) {
+			t.Fatalf("%v: IsMerged %v, netip's check %v", ps, IsMerged(ps), isMergedSlow(ps))
+		}
 		if w, ok := walk(ps, true); ok && IsMerged(ps) != slices.Equal(w, ps) {
 			t.Fatalf("%v: IsMerged %v, the walk gives %v", ps, IsMerged(ps), w)
 		}
@@ -158,10 +161,21 @@ func TestIsMerged(t *testing.T) {
 		{[]string{"::ffff:192.0.2.0/121", "::ffff:192.0.3.0/121"}, true},
 		{[]string{"::ffff:192.0.2.0/121", "::ffff:192.0.2.128/121"}, false},
 		{[]string{"255.255.255.254/32", "255.255.255.255/32"}, false},
+		// Each word of the address: halves and overlaps at 64, 65, 128.
+		{[]string{"2001:db8:0:2::/64", "2001:db8:0:3::/64"}, false},
+		{[]string{"2001:db8:0:1::/64", "2001:db8:0:2::/64"}, true},
+		{[]string{"2001:db8::/65", "2001:db8::8000:0:0:0/65"}, false},
+		{[]string{"2001:db8::/64", "2001:db8::8000:0:0:0/65"}, false},
+		{[]string{"2001:db8::8000:0:0:0/65", "2001:db8:0:1::/65"}, true},
+		{[]string{"2001:db8::fe/128", "2001:db8::ff/128"}, false},
+		{[]string{"2001:db8::ff/128", "2001:db8::100/128"}, true},
+		{[]string{"2001:db8::/127", "2001:db8::1/128"}, false},
+		{[]string{"192.0.2.0/32", "::ffff:192.0.2.1/128"}, true}, // two families
+		{[]string{"::ffff:192.0.2.0/128", "192.0.2.1/32"}, false},
 	} {
 		ps := parse(c.ps...)
-		if got := IsMerged(ps); got != c.want {
-			t.Errorf("IsMerged(%v) = %v", c.ps, got)
+		if got := IsMerged(ps); got != c.want || isMergedSlow(ps) != c.want {
+			t.Errorf("IsMerged(%v) = %v (netip's check %v)", c.ps, got, isMergedSlow(ps))
 		}
 		if c.want && !slices.Equal(Merge(ps), ps) {
 			t.Errorf("%v is merged, but Merge changes it to %v", c.ps, Merge(ps))
@@ -170,4 +184,73 @@ func TestIsMerged(t *testing.T) {
 	if IsMerged([]netip.Prefix{netip.PrefixFrom(netip.MustParseAddr("192.0.2.7"), 24)}) {
 		t.Errorf("an unmasked network counts as merged")
 	}
+}
+
+// isMergedSlow is IsMerged as written with netip's methods (before it
+// read each network into two words): FuzzMerge holds the two equal.
+func isMergedSlow(ps []netip.Prefix) bool {
+	for i, p := range ps {
+		if !p.IsValid() || p.Addr() != p.Masked().Addr() {
+			return false
+		}
+		if i == 0 {
+			continue
+		}
+		// Both masked: in order means a later start (IPv4 before IPv6);
+		// q, starting before p, overlaps it if it holds p's start.
+		q := ps[i-1]
+		if q.Addr().Compare(p.Addr()) >= 0 {
+			return false
+		}
+		if q.Addr().BitLen() == p.Addr().BitLen() && (q.Contains(p.Addr()) || halvesSlow(q, p)) {
+			return false
+		}
+	}
+	return true
+}
+
+// halves says whether q and p, masked networks of one family, are the two
+// halves of one network: the same length, and their addresses differ in
+// the last bit of it alone.
+func halvesSlow(q, p netip.Prefix) bool {
+	bits := q.Bits()
+	if bits == 0 || bits != p.Bits() {
+		return false
+	}
+	if q.Addr().Is4() {
+		bits += 96 // As16 puts IPv4 in the last 32 bits
+	}
+	a, b := q.Addr().As16(), p.Addr().As16()
+	at, bit := (bits-1)/8, byte(0x80>>((bits-1)%8))
+	for k := range a {
+		x := a[k] ^ b[k]
+		if k == at && x != bit || k != at && x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func BenchmarkIsMerged(b *testing.B) {
+	ps := make([]netip.Prefix, 0, 100000)
+	for i := range 50000 {
+		ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{100, byte(i >> 15), byte(i >> 7), byte(2 * (i & 127))}), 32))
+	}
+	for i := range 50000 {
+		a := [16]byte{0x20, 0x01, 0x0d, 0xb8, 0xf0, byte(i >> 15), byte(i >> 7), byte(2 * (i & 127))}
+		ps = append(ps, netip.PrefixFrom(netip.AddrFrom16(a), 64))
+	}
+	if !IsMerged(ps) || !isMergedSlow(ps) {
+		b.Fatal("the list is not merged")
+	}
+	b.Run("words", func(b *testing.B) {
+		for range b.N {
+			IsMerged(ps)
+		}
+	})
+	b.Run("netip", func(b *testing.B) {
+		for range b.N {
+			isMergedSlow(ps)
+		}
+	})
 }
