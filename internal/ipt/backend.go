@@ -505,13 +505,22 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	var diff strings.Builder
 	refill := map[string]bool{}
 	var changing []string
+	// The sums of the policy sets' networks' hashes, where the element
+	// records give them (for the fingerprint afterwards).
+	mh := b.digestKey()
+	sums := map[string]memberSum{}
 	for _, n := range sortedKeys(c) {
 		held := st.heldBy(n)
-		switch {
-		case !st.sets[n]:
+		if !st.sets[n] {
 			continue // new: loaded whole
-		case !b.Full && held == c[n] && b.vouched(n, held):
-			continue // holds it already
+		}
+		if !b.Full && held == c[n] {
+			if ok, ranges := b.vouched(n, held); ok {
+				if sum, ok := mh.decodeSum(ranges); ok {
+					sums[n] = sum
+				}
+				continue // holds it already
+			}
 		}
 		changing = append(changing, n)
 		old, ok := b.stored(n, held)
@@ -526,6 +535,15 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		if peak := len(old.Prefixes) + len(add); peak > minMaxelem && peak > b.maxelem(ctx, n) {
 			refill[n] = true
 			continue
+		}
+		if sum, ok := mh.decodeSum(old.Ranges); ok {
+			for _, p := range add {
+				sum.add(mh.prefix(p))
+			}
+			for _, p := range del {
+				sum.sub(mh.prefix(p))
+			}
+			sums[n] = sum
 		}
 		for _, p := range add {
 			fmt.Fprintf(&diff, "add %s %s\n", n, p)
@@ -604,8 +622,8 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			return fmt.Errorf("load %s rules: %w", f.fam, err)
 		}
 	}
-	b.remember(c, networks)
-	b.track.after = b.afterApply(orig, genOnly, wrote, whole, c, networks)
+	b.remember(c, networks, sums)
+	b.track.after = b.afterApply(orig, genOnly, wrote, whole, c, networks, sums)
 	if b.track.after != nil {
 		b.track.after.fresh = fresh && whole
 	}
@@ -709,12 +727,13 @@ func (b *Backend) maxelem(ctx context.Context, name string) int {
 // vouched says whether nothing can have changed a set since MOAT-GEN
 // recorded its contents: with Elements, its entry there (removed before
 // moat changes the set, written when the change is whole) is for them.
-func (b *Backend) vouched(name, held string) bool {
+// ranges is the entry's Ranges field (the networks' sum: encodeSum).
+func (b *Backend) vouched(name, held string) (ok bool, ranges string) {
 	if b.Elements == nil {
-		return true
+		return true, ""
 	}
-	data, _, err := b.Elements.Head(name)
-	return err == nil && data == held
+	data, ranges, err := b.Elements.Head(name)
+	return err == nil && data == held, ranges
 }
 
 // stored is the record of what a set holds, when it is the contents held.
@@ -758,17 +777,27 @@ func (b *Backend) markChanging(ctx context.Context, st *state, names []string) (
 	return script, nil
 }
 
-// remember records in Elements what each policy set now holds (those
-// already recorded for these contents are left as they are).
-func (b *Backend) remember(c contents, networks func(string) []netip.Prefix) {
+// remember records in Elements what each policy set now holds, with the
+// sum of its networks' hashes (sums, where the change gave it; else
+// hashed here, and added to sums). Those already recorded for these
+// contents with a sum under this key are left as they are.
+func (b *Backend) remember(c contents, networks func(string) []netip.Prefix, sums map[string]memberSum) {
 	if b.Elements == nil {
 		return
 	}
+	mh := b.digestKey()
 	for _, n := range sortedKeys(c) {
-		if data, _, err := b.Elements.Head(n); err == nil && data == c[n] {
-			continue
+		if data, ranges, err := b.Elements.Head(n); err == nil && data == c[n] {
+			if _, ok := mh.decodeSum(ranges); ok {
+				continue
+			}
 		}
-		_ = b.Elements.Save(n, setstore.Set{Data: c[n], Prefixes: networks(n)})
+		sum, ok := sums[n]
+		if !ok {
+			sum = mh.sumOf(networks(n))
+			sums[n] = sum
+		}
+		_ = b.Elements.Save(n, setstore.Set{Data: c[n], Prefixes: networks(n), Ranges: mh.encodeSum(sum)})
 	}
 	_ = b.Elements.Keep(sortedKeys(c))
 }
@@ -1071,8 +1100,12 @@ func (sr *setReader) close() {}
 // read the same way, different when a member or the header differs.
 func (sr *setReader) digest(ctx context.Context, name string) []byte {
 	if sr.mh != nil && sr.loaded != nil && sr.loaded.sets[name] {
+		sum, ok := sr.loaded.sums[name]
+		if !ok {
+			sum = sr.mh.sumOf(sr.loaded.networks(name))
+		}
 		h := sha256.New()
-		if err := hashSetLoaded(h, sr.mh, name, sr.loaded.networks(name)); err == nil {
+		if err := hashSetLoadedSum(h, sr.mh, name, sum); err == nil {
 			return h.Sum(nil)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -172,5 +173,37 @@ func TestDigestKey(t *testing.T) {
 	}
 	if key, err := os.ReadFile(filepath.Join(dir, digestKeyFile)); err != nil || len(key) != 16 {
 		t.Errorf("key file after damage: %d bytes, %v", len(key), err)
+	}
+}
+
+// A sum kept in an element record reads back under its key only; adds
+// and deletes move it to the sum of the networks after them.
+func TestMemberSumKept(t *testing.T) {
+	mh := newMemberHasher([]byte("0123456789abcdef"))
+	other := newMemberHasher([]byte("fedcba9876543210"))
+	nets := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/64"), netip.MustParsePrefix("198.51.100.7/32")}
+	sum := mh.sumOf(nets)
+	kept := mh.encodeSum(sum)
+	if strings.ContainsAny(kept, " \n") {
+		t.Fatalf("%q holds a blank", kept)
+	}
+	if got, ok := mh.decodeSum(kept); !ok || got != sum {
+		t.Errorf("decodeSum(%q) = %+v %v, want %+v", kept, got, ok, sum)
+	}
+	if _, ok := other.decodeSum(kept); ok {
+		t.Error("a sum kept under another key is read")
+	}
+	for _, bad := range []string{"", "-", kept[:len(kept)-1], strings.Replace(kept, sumTag, "sum0", 1), kept + ".1"} {
+		if _, ok := mh.decodeSum(bad); ok {
+			t.Errorf("decodeSum(%q) reads a sum", bad)
+		}
+	}
+	// 198.51.100.7 out, 203.0.113.0/24 in: the sum of the networks after.
+	moved := sum
+	moved.sub(mh.prefix(nets[2]))
+	in := netip.MustParsePrefix("203.0.113.0/24")
+	moved.add(mh.prefix(in))
+	if want := mh.sumOf([]netip.Prefix{nets[0], nets[1], in}); moved != want {
+		t.Errorf("sum moved by a delete and an add %+v, of the networks after %+v", moved, want)
 	}
 }

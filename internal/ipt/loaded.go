@@ -29,6 +29,9 @@ type afterApply struct {
 	// members are networks(name).
 	sets     map[string]bool
 	networks func(string) []netip.Prefix
+	// sums are the sums of their networks' hashes (sumOf), where the
+	// Apply knew them: the others are hashed from networks.
+	sums map[string]memberSum
 	// fresh: the Apply found none of moat's chains in either family
 	// (so no rule jumping to one either: iptables refuses a jump to a
 	// chain that does not exist) and its restores wrote them whole
@@ -76,12 +79,12 @@ func (b *Backend) LastApplyFresh() bool {
 // iptables-save text, the chains are predicted from every script the
 // Apply restored (wrote), whole rewrites included: the next command then
 // plans from them without iptables-save.
-func (b *Backend) afterApply(orig *state, genOnly map[policy.Family]string, wrote map[policy.Family][]string, whole bool, c contents, networks func(string) []netip.Prefix) *afterApply {
+func (b *Backend) afterApply(orig *state, genOnly map[policy.Family]string, wrote map[policy.Family][]string, whole bool, c contents, networks func(string) []netip.Prefix, sums map[string]memberSum) *afterApply {
 	t := b.track
 	if !t.known || !b.InNftables() {
 		return nil
 	}
-	a := &afterApply{gen: t.before + t.commits, sets: map[string]bool{}, networks: networks}
+	a := &afterApply{gen: t.before + t.commits, sets: map[string]bool{}, networks: networks, sums: sums}
 	for n := range c {
 		a.sets[n] = true
 	}

@@ -6,12 +6,15 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math/bits"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -146,6 +149,57 @@ func (s *memberSum) add(lo, hi uint64) {
 	s.n++
 }
 
+// sub takes a member's hash out of the sum.
+func (s *memberSum) sub(lo, hi uint64) {
+	var b uint64
+	s.lo, b = bits.Sub64(s.lo, lo, 0)
+	s.hi, _ = bits.Sub64(s.hi, hi, b)
+	s.n--
+}
+
+// sumOf is the sum of networks' hashes, as loaded (masked).
+func (mh *memberHasher) sumOf(nets []netip.Prefix) memberSum {
+	var sum memberSum
+	for _, p := range nets {
+		sum.add(mh.prefix(p.Masked()))
+	}
+	return sum
+}
+
+// keyID names the key (not secret: a hash of it), so that a sum kept
+// under another key is not taken for one under this.
+func (mh *memberHasher) keyID() string {
+	h := sha256.Sum256(append([]byte("moat ipset digest key id\n"), mh.key...))
+	return hex.EncodeToString(h[:6])
+}
+
+// The element record of a policy ipset (setstore, its Ranges field, which
+// nftables alone uses for ranges) keeps the sum of its networks' hashes
+// under the digest key: a change of the set's networks then gives the
+// sum of the new ones from the adds and deletes, and the fingerprint
+// after it hashes 200 networks instead of 100,000 (3 ms at 100,000).
+const sumTag = "sum1"
+
+// encodeSum is sum as kept in the element record (no blank).
+func (mh *memberHasher) encodeSum(sum memberSum) string {
+	return fmt.Sprintf("%s.%s.%d.%016x%016x", sumTag, mh.keyID(), sum.n, sum.hi, sum.lo)
+}
+
+// decodeSum reads a sum kept by encodeSum under this key.
+func (mh *memberHasher) decodeSum(s string) (memberSum, bool) {
+	f := strings.Split(s, ".")
+	if len(f) != 4 || f[0] != sumTag || f[1] != mh.keyID() || len(f[3]) != 32 {
+		return memberSum{}, false
+	}
+	n, err1 := strconv.Atoi(f[2])
+	hi, err2 := strconv.ParseUint(f[3][:16], 16, 64)
+	lo, err3 := strconv.ParseUint(f[3][16:], 16, 64)
+	if err1 != nil || err2 != nil || err3 != nil || n < 0 {
+		return memberSum{}, false
+	}
+	return memberSum{n: n, hi: hi, lo: lo}, true
+}
+
 // writeSetDigest writes the digest of a set: missing, or its sorted
 // header lines and its members' sum. The form is moat's own, tagged so
 // that it never equals a hash of `ipset list`'s text (hashSetListing).
@@ -176,13 +230,14 @@ func hashSet(h io.Writer, mh *memberHasher, name string) error {
 // loaded into it): the header is read, the members are not. It equals
 // hashSet of the set when it holds exactly nets.
 func hashSetLoaded(h io.Writer, mh *memberHasher, name string, nets []netip.Prefix) error {
+	return hashSetLoadedSum(h, mh, name, mh.sumOf(nets))
+}
+
+// hashSetLoadedSum is hashSetLoaded with the networks' sum (sumOf).
+func hashSetLoadedSum(h io.Writer, mh *memberHasher, name string, sum memberSum) error {
 	head, _, missing, err := readSetSum(mh, name, ipsetFlagListHeader)
 	if err != nil {
 		return err
-	}
-	var sum memberSum
-	for _, p := range nets {
-		sum.add(mh.prefix(p.Masked()))
 	}
 	writeSetDigest(h, name, head, sum, missing)
 	return nil
