@@ -579,10 +579,10 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	again := func(n string) bool { return refill[n] }
 	destroyed := map[string]bool{}
 	if load := setsToLoad(rs, st.sets, names, again); len(load) > 0 || diff.Len() > 0 {
-		var conn *ipsetConn
+		var conn *ipsetWriter
 		var fills *[]fill
 		if b.IpsetNetlink && slices.ContainsFunc(load, func(s *ruleset.Set) bool { return !s.Bans && s.ScanWindow == 0 }) {
-			if conn, _ = dialIpset(); conn != nil {
+			if conn, _ = dialIpsetWriter(); conn != nil {
 				defer func() { _ = conn.Close() }() // the answers were read
 				fills = new([]fill)
 			}

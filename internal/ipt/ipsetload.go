@@ -2,10 +2,10 @@ package ipt
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,74 +38,138 @@ type fill struct {
 	nets      []netip.Prefix
 }
 
-// fillSet loads f over c.
-func (c *ipsetConn) fillSet(f fill) error {
-	if err := c.addNets(f.tmp, f.nets); err != nil {
+// ipsetWriter is a netlink socket of its own for a command's ipset
+// changes, each message built in one buffer and sent as it is (no copy of
+// the 60 KiB messages).
+type ipsetWriter struct {
+	fd  int
+	seq uint32
+	buf []byte
+	ans []byte
+}
+
+func dialIpsetWriter() (*ipsetWriter, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errIpsetNetlink, err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		_ = unix.Close(fd) // the bind error is the one to report
+		return nil, fmt.Errorf("%w: %w", errIpsetNetlink, err)
+	}
+	return &ipsetWriter{fd: fd, buf: make([]byte, 0, ipsetBatch+1024), ans: make([]byte, 1<<16)}, nil
+}
+
+func (w *ipsetWriter) Close() error { return unix.Close(w.fd) }
+
+// fillSet loads f.
+func (w *ipsetWriter) fillSet(f fill) error {
+	if err := w.addNets(f.tmp, f.nets); err != nil {
 		return fmt.Errorf("add the networks of ipset %s to %s: %w", f.name, f.tmp, err)
 	}
 	if !f.swap {
-		if err := c.command(ipsetCmdRename, f.tmp, f.name); err != nil {
+		if err := w.command(ipsetCmdRename, f.tmp, f.name); err != nil {
 			return fmt.Errorf("rename ipset %s to %s: %w", f.tmp, f.name, err)
 		}
 		return nil
 	}
 	// The rules keep pointing at the name while it is swapped.
-	if err := c.command(ipsetCmdSwap, f.tmp, f.name); err != nil {
+	if err := w.command(ipsetCmdSwap, f.tmp, f.name); err != nil {
 		return fmt.Errorf("swap ipset %s with %s: %w", f.tmp, f.name, err)
 	}
-	if err := c.command(ipsetCmdDestroy, f.tmp, ""); err != nil {
+	if err := w.command(ipsetCmdDestroy, f.tmp, ""); err != nil {
 		return fmt.Errorf("destroy ipset %s: %w", f.tmp, err)
 	}
 	return nil
 }
 
-// command sends one of DESTROY (name), RENAME and SWAP (name, name2) and
-// waits for the kernel's answer.
-func (c *ipsetConn) command(cmd int, name, name2 string) error {
-	ae := netlink.NewAttributeEncoder()
-	ae.Uint8(ipsetAttrProtocol, ipsetProtocol)
-	ae.String(ipsetAttrSetname, name)
-	if name2 != "" {
-		ae.String(ipsetAttrSetname2, name2)
-	}
-	attrs, err := ae.Encode()
-	if err != nil {
-		return err
-	}
-	return c.send(cmd, attrs)
+// start begins a message of cmd in w.buf: the netlink and netfilter
+// headers, the protocol version and the set's name.
+func (w *ipsetWriter) start(cmd int, name string) {
+	b := append(w.buf[:0], make([]byte, unix.SizeofNlMsghdr)...)
+	b = append(b, unix.AF_INET, unix.NFNETLINK_V0, 0, 0)
+	b = appendAttr(b, ipsetAttrProtocol, []byte{ipsetProtocol})
+	b = appendAttr(b, ipsetAttrSetname, append([]byte(name), 0))
+	binary.NativeEndian.PutUint16(b[4:6], uint16(nfnlSubsysIPSet<<8|cmd))
+	binary.NativeEndian.PutUint16(b[6:8], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	w.buf = b
 }
 
-func (c *ipsetConn) send(cmd int, attrs []byte) error {
-	req := netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(nfnlSubsysIPSet<<8 | cmd), Flags: netlink.Request | netlink.Acknowledge},
-		Data:   append([]byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+// command sends one of DESTROY (name), RENAME and SWAP (name, name2).
+func (w *ipsetWriter) command(cmd int, name, name2 string) error {
+	w.start(cmd, name)
+	if name2 != "" {
+		w.buf = appendAttr(w.buf, ipsetAttrSetname2, append([]byte(name2), 0))
 	}
-	_, err := c.c.Execute(req)
-	return err
+	return w.send()
+}
+
+// send sends the message in w.buf and waits for the kernel's answer.
+func (w *ipsetWriter) send() error {
+	w.seq++
+	binary.NativeEndian.PutUint32(w.buf[0:4], uint32(len(w.buf)))
+	binary.NativeEndian.PutUint32(w.buf[8:12], w.seq)
+	if err := unix.Sendto(w.fd, w.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return err
+	}
+	for {
+		n, _, err := unix.Recvfrom(w.fd, w.ans, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for b := w.ans[:n]; len(b) >= unix.SizeofNlMsghdr; {
+			l := int(binary.NativeEndian.Uint32(b[0:4]))
+			if l < unix.SizeofNlMsghdr || l > len(b) {
+				return fmt.Errorf("%w: an answer of length %d in %d bytes", errIpsetNetlink, l, len(b))
+			}
+			typ, seq := binary.NativeEndian.Uint16(b[4:6]), binary.NativeEndian.Uint32(b[8:12])
+			msg := b[unix.SizeofNlMsghdr:l]
+			b = b[min((l+3)&^3, len(b)):]
+			if seq != w.seq || typ != unix.NLMSG_ERROR {
+				continue
+			}
+			if len(msg) < 4 {
+				return fmt.Errorf("%w: an answer cut short", errIpsetNetlink)
+			}
+			if errno := -int32(binary.NativeEndian.Uint32(msg[0:4])); errno != 0 {
+				return ipsetError(errno)
+			}
+			return nil
+		}
+	}
+}
+
+// ipsetError names the errors of ipset's own numbers (ip_set.h) an add
+// or a rename can meet.
+func ipsetError(errno int32) error {
+	if msg, ok := map[int32]string{
+		4097: "ipset protocol error", 4099: "the most sets the kernel keeps exist", 4100: "the set is in use",
+		4101: "a set of the new name exists", 4102: "the sets are not of one type", 4104: "invalid prefix length",
+		4106: "an address of the other family", 4352: "the set is full (maxelem)",
+	}[errno]; ok {
+		return fmt.Errorf("%s (%w)", msg, unix.Errno(errno))
+	}
+	return unix.Errno(errno)
 }
 
 // addNets adds nets to the set name, as `ipset -exist add` does (a
 // member there already is no error), many to a message.
-func (c *ipsetConn) addNets(name string, nets []netip.Prefix) error {
-	ae := netlink.NewAttributeEncoder()
-	ae.Uint8(ipsetAttrProtocol, ipsetProtocol)
-	ae.String(ipsetAttrSetname, name)
-	ae.Uint32(ipsetAttrLineno, 0) // required with a list of members
-	head, err := ae.Encode()
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 0, len(head)+4+ipsetBatch+64)
+func (w *ipsetWriter) addNets(name string, nets []netip.Prefix) error {
 	for len(nets) > 0 {
-		buf = append(buf[:0], head...)
-		adt := len(buf)
-		buf = appendAttrHead(buf, 0, ipsetAttrADT|unix.NLA_F_NESTED)
-		for len(nets) > 0 && len(buf)-adt < ipsetBatch {
-			buf = appendMember(buf, nets[0])
+		w.start(ipsetCmdAdd, name)
+		b := appendAttr(w.buf, ipsetAttrLineno, binary.NativeEndian.AppendUint32(nil, 0)) // required with a list of members
+		adt := len(b)
+		b = appendAttrHead(b, 0, ipsetAttrADT|unix.NLA_F_NESTED)
+		for len(nets) > 0 && len(b)-adt < ipsetBatch {
+			b = appendMember(b, nets[0])
 			nets = nets[1:]
 		}
-		binary.NativeEndian.PutUint16(buf[adt:], uint16(len(buf)-adt))
-		if err := c.send(ipsetCmdAdd, buf); err != nil {
+		binary.NativeEndian.PutUint16(b[adt:], uint16(len(b)-adt))
+		w.buf = b
+		if err := w.send(); err != nil {
 			return err
 		}
 	}

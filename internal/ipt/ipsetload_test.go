@@ -109,7 +109,7 @@ func TestIpsetNetlinkLoadErrors(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	err := ns.Do(func() error {
-		c, err := dialIpset()
+		c, err := dialIpsetWriter()
 		if err != nil {
 			return err
 		}
