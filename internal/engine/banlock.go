@@ -52,16 +52,28 @@ func LockBans(ctx context.Context, dir string, exclusive bool) (unlock func(), e
 	return func() { _ = f.Close() }, nil // closing releases the flock
 }
 
+// bansLockWait bounds the wait of a change for the bans lock.
+const bansLockWait = 30 * time.Second
+
 // holdBans takes the bans lock exclusive for a step that reads the ban
 // sets and replaces them. Without it (a state directory that refuses
-// the file) the step goes on, as it did before the lock: the firewall
+// the file, a ban call holding it for more than bansLockWait) the step
+// goes on, as it did before the lock: the firewall
 // matters more than a ban made in that instant.
 func (e *Engine) holdBans(ctx context.Context) func() {
 	if e.bansHeld > 0 {
 		e.bansHeld++
 		return func() { e.bansHeld-- }
 	}
-	unlock, err := LockBans(ctx, e.o.StateDir, true)
+	// A ban call holds the lock for milliseconds; one stuck in the
+	// kernel must not stop a change of the firewall (a rollback).
+	limit := bansLockWait
+	if e.bansWait > 0 {
+		limit = e.bansWait
+	}
+	wait, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	unlock, err := LockBans(wait, e.o.StateDir, true)
 	if err != nil {
 		e.warn(fmt.Sprintf("%v: a ban made by the guard at this instant may be lost", err))
 		return func() {}

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +100,32 @@ func TestBanDuringBackendSwitchNotLost(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A ban call stuck holding the bans lock (a kernel call that hangs) does
+// not stop a change of backend: it waits a bounded time, says so, and
+// goes on as it did before the lock.
+func TestStuckBanHolderDoesNotStopSwitch(t *testing.T) {
+	r := newRig(t)
+	r.eng.bansWait = 200 * time.Millisecond
+	r.write("backend nftables\n" + base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	r.must(r.nft.Ban(context.Background(), []ruleset.Ban{{Addr: netip.MustParseAddr("203.0.113.50"), Timeout: time.Hour}}))
+	unlock, err := LockBans(context.Background(), r.dir, false)
+	r.must(err)
+	defer unlock()
+	r.write("backend iptables\n" + base)
+	res, err := r.enable(r.ch(0))
+	r.must(err)
+	if res.Switched != "nftables" {
+		t.Fatalf("not switched: %+v", res)
+	}
+	if _, ok := bansOf(t, r.ipt)["203.0.113.50"]; !ok {
+		t.Errorf("the bans were not carried over")
+	}
+	if !strings.Contains(strings.Join(r.warnings, "\n"), "bans lock") {
+		t.Errorf("the wait for the lock was not said: %q", r.warnings)
 	}
 }

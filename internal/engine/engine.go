@@ -98,6 +98,8 @@ type Engine struct {
 	// bansHeld counts the holds of the bans lock this command has
 	// (holdBans: an undo within a change of backend holds it again).
 	bansHeld int
+	// bansWait, when set, replaces bansLockWait (tests).
+	bansWait time.Duration
 }
 
 // New returns an engine; missing options get safe defaults.
