@@ -502,7 +502,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			delete(st.sets, n)
 		}
 	}
-	var diff strings.Builder
+	var diffs []setDiff
 	refill := map[string]bool{}
 	var changing []string
 	// The sums of the policy sets' networks' hashes, where the element
@@ -545,11 +545,8 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			}
 			sums[n] = sum
 		}
-		for _, p := range add {
-			fmt.Fprintf(&diff, "add %s %s\n", n, p)
-		}
-		for _, p := range del {
-			fmt.Fprintf(&diff, "del %s %s\n", n, p)
+		if len(add) > 0 || len(del) > 0 {
+			diffs = append(diffs, setDiff{name: n, add: add, del: del})
 		}
 	}
 	// What each family's MOAT-GEN was made to hold by a restore of it
@@ -578,7 +575,18 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	// restore made their (temporary) sets (ipsetload.go).
 	again := func(n string) bool { return refill[n] }
 	destroyed := map[string]bool{}
-	if load := setsToLoad(rs, st.sets, names, again); len(load) > 0 || diff.Len() > 0 {
+	load := setsToLoad(rs, st.sets, names, again)
+	if len(load) == 0 && len(diffs) > 0 && b.IpsetNetlink {
+		// Differences alone: over netlink, else as text below.
+		if err := sendDiffs(diffs); err == nil {
+			diffs = nil
+		}
+	}
+	var diff strings.Builder
+	for _, d := range diffs {
+		d.text(&diff)
+	}
+	if len(load) > 0 || diff.Len() > 0 {
 		var conn *ipsetWriter
 		var fills *[]fill
 		if b.IpsetNetlink && slices.ContainsFunc(load, func(s *ruleset.Set) bool { return !s.Bans && s.ScanWindow == 0 }) {

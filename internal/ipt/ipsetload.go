@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,7 @@ const (
 	ipsetCmdRename  = 5
 	ipsetCmdSwap    = 6
 	ipsetCmdAdd     = 9
+	ipsetCmdDel     = 10
 
 	ipsetAttrSetname2 = 3 // RENAME and SWAP: the other name
 
@@ -158,8 +160,15 @@ func ipsetError(errno int32) error {
 // addNets adds nets to the set name, as `ipset -exist add` does (a
 // member there already is no error), many to a message.
 func (w *ipsetWriter) addNets(name string, nets []netip.Prefix) error {
+	return w.adtNets(ipsetCmdAdd, name, nets)
+}
+
+// adtNets adds (ipsetCmdAdd) or deletes (ipsetCmdDel) nets, as `ipset
+// -exist` does (without NLM_F_EXCL: a member there already, or not there,
+// is no error), many to a message.
+func (w *ipsetWriter) adtNets(cmd int, name string, nets []netip.Prefix) error {
 	for len(nets) > 0 {
-		w.start(ipsetCmdAdd, name)
+		w.start(cmd, name)
 		b := appendAttr(w.buf, ipsetAttrLineno, binary.NativeEndian.AppendUint32(nil, 0)) // required with a list of members
 		adt := len(b)
 		b = appendAttrHead(b, 0, ipsetAttrADT|unix.NLA_F_NESTED)
@@ -204,4 +213,43 @@ func appendMember(b []byte, p netip.Prefix) []byte {
 func appendAttrHead(b []byte, l int, typ uint16) []byte {
 	b = binary.NativeEndian.AppendUint16(b, uint16(l))
 	return binary.NativeEndian.AppendUint16(b, typ)
+}
+
+// setDiff is a change of one policy set's networks: the networks to add
+// and those to delete.
+type setDiff struct {
+	name     string
+	add, del []netip.Prefix
+}
+
+// text is d as ipset restore input: the adds, then the deletes.
+func (d setDiff) text(w *strings.Builder) {
+	for _, p := range d.add {
+		fmt.Fprintf(w, "add %s %s\n", d.name, p)
+	}
+	for _, p := range d.del {
+		fmt.Fprintf(w, "del %s %s\n", d.name, p)
+	}
+}
+
+// sendDiffs sends the changes over netlink, in the order ipset restore
+// of their text would make them (each set's adds, then its deletes): no
+// ipset program to start and no text to format and parse for a change of
+// a few networks. An error leaves some of them made: the caller sends
+// them all again as text, which -exist makes the same.
+func sendDiffs(diffs []setDiff) error {
+	w, err := dialIpsetWriter()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.Close() }() // the answers were read
+	for _, d := range diffs {
+		if err := w.adtNets(ipsetCmdAdd, d.name, d.add); err != nil {
+			return fmt.Errorf("add to ipset %s: %w", d.name, err)
+		}
+		if err := w.adtNets(ipsetCmdDel, d.name, d.del); err != nil {
+			return fmt.Errorf("delete from ipset %s: %w", d.name, err)
+		}
+	}
+	return nil
 }

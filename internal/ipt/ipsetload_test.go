@@ -11,6 +11,8 @@ import (
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/lab"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/setstore"
 )
 
 // saveOf is `ipset save` in ns without what differs between two loads
@@ -134,5 +136,70 @@ func TestIpsetNetlinkLoadErrors(t *testing.T) {
 	out, err := ns.Run(context.Background(), "ipset", "list", "n4")
 	if err != nil || !strings.Contains(string(out), "192.0.2.0/24") {
 		t.Errorf("the good load is not in n4: %v\n%s", err, out)
+	}
+}
+
+// A change of the policy sets' networks alone goes over netlink (no
+// ipset program), each set's adds then its deletes, and leaves ipset as
+// the `ipset -exist restore` text of the same differences does: also
+// where a network to add is there already and one to delete is gone
+// (both made by hand), which -exist takes without an error.
+func TestIpsetNetlinkDiffSameAsRestore(t *testing.T) {
+	ctx := context.Background()
+	text, nsText := kernelBackendNS(t)
+	_, nsNl := kernelBackendNS(t)
+	text.Elements = setstore.Dir{Path: t.TempDir(), Prefix: "ipset."}
+	nl := netlinkBackend()
+	nl.Elements = setstore.Dir{Path: t.TempDir(), Prefix: "ipset."}
+	var programs []string
+	nl.Run = func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		programs = append(programs, name+" "+strings.Join(args, " "))
+		return execrun.Exec(ctx, stdin, name, args...)
+	}
+	nl.RunFrom = func(ctx context.Context, write func(io.Writer) error, name string, args ...string) ([]byte, error) {
+		programs = append(programs, name+" "+strings.Join(args, " "))
+		return execrun.ExecFrom(ctx, write, name, args...)
+	}
+	apply := func(rs *ruleset.Ruleset) {
+		t.Helper()
+		if err := text.Apply(ctx, rs); err != nil {
+			t.Fatal(err)
+		}
+		if err := nsNl.Do(func() error { return nl.Apply(ctx, rs) }); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := saveOf(t, nsNl), saveOf(t, nsText); got != want {
+			t.Fatalf("over netlink ipset holds:\n%.2000s\nthe restore text leaves:\n%.2000s", got, want)
+		}
+	}
+	head := "default deny incoming\nallow 22/tcp\n"
+	apply(compile(t, head+denyList(3000, -1)))
+	// denyList(3000, 5) lacks the fifth pair; the added line is new.
+	next := compile(t, head+denyList(3000, 5)+"deny from 192.0.2.9\ndeny from 2001:db8:ff::/48\n")
+	v4 := ""
+	for _, s := range next.Sets {
+		if !s.Bans && s.ScanWindow == 0 && s.Family == policy.FamilyV4 && len(s.Entries) > 100 {
+			v4 = SetNames(next).of(s.Name)
+		}
+	}
+	if v4 == "" {
+		t.Fatal("no IPv4 policy set")
+	}
+	for _, ns := range []*lab.NS{nsText, nsNl} {
+		for _, args := range [][]string{{"add", v4, "192.0.2.9"}, {"del", v4, "198.18.0.10"}} {
+			if out, err := ns.Run(ctx, "ipset", args...); err != nil {
+				t.Fatalf("ipset %v: %v\n%s", args, err, out)
+			}
+		}
+	}
+	programs = nil
+	apply(next)
+	for _, p := range programs {
+		if strings.HasPrefix(p, "ipset") {
+			t.Errorf("a change of networks alone started %q", p)
+		}
+	}
+	if got := saveOf(t, nsNl); !strings.Contains(got, "add "+v4+" 192.0.2.9\n") || strings.Contains(got, " 198.18.0.10\n") {
+		t.Errorf("the change is not in the set:\n%.1000s", got)
 	}
 }
