@@ -46,11 +46,16 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		build := exec.Command("go", "build", "-o", moatBin, "../cmd/moat")
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e: build moat:", err)
-			return 1
+		// moat, and beside it the guard with its metrics, which
+		// `moat guard --metrics-listen` runs (as the package installs
+		// it in /usr/lib/moat).
+		for _, prog := range []string{"moat", "moat-guard-metrics"} {
+			build := exec.Command("go", "build", "-o", filepath.Join(dir, prog), "../cmd/"+prog)
+			build.Stdout, build.Stderr = os.Stderr, os.Stderr
+			if err := build.Run(); err != nil {
+				fmt.Fprintf(os.Stderr, "e2e: build %s: %v\n", prog, err)
+				return 1
+			}
 		}
 		return m.Run()
 	}()

@@ -101,6 +101,9 @@ say "installed $MOAT_OLD; the firewall is unchanged"
 
 grep -qx "moat $MOAT_OLD" <<<"$(moat version)" || fail "moat version: $(moat version)"
 grep -q "^commit: " <<<"$(moat --version)" || fail "moat --version: $(moat --version)"
+# The guard with its metrics, which 'moat guard --metrics-listen' runs.
+grep -qx "moat $MOAT_OLD" <<<"$(/usr/lib/moat/moat-guard-metrics version)" ||
+	fail "/usr/lib/moat/moat-guard-metrics version: $(/usr/lib/moat/moat-guard-metrics version 2>&1)"
 man -w moat >/dev/null || fail "man -w moat"
 man -w moat.conf >/dev/null || fail "man -w moat.conf"
 man -w moat-allow >/dev/null || fail "man -w moat-allow"
@@ -162,7 +165,7 @@ say "removed: rules and configuration stay"
 out=$(dpkg_wait --purge moat 2>&1) || fail "dpkg --purge: $out"
 left=$(firewall | grep -i moat || true)
 [ -z "$left" ] || fail "purge left rules: $left"
-for p in /usr/sbin/moat /etc/moat /var/lib/moat /lib/systemd/system/moat.service \
+for p in /usr/sbin/moat /usr/lib/moat /etc/moat /var/lib/moat /lib/systemd/system/moat.service \
 	/lib/systemd/system/moat-guard.service /lib/systemd/system/moat-blocklist.service \
 	/lib/systemd/system/moat-blocklist.timer /usr/share/doc/moat /usr/share/man/man8/moat.8.gz \
 	/usr/share/man/man5/moat.conf.5.gz /usr/share/bash-completion/completions/moat \

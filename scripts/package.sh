@@ -48,6 +48,9 @@ mkdir -p "$build/man/man8" "$build/man/man5" "$build/completions" "$build/doc" d
 
 echo "moat package: building moat $version ($commit)"
 CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$build/moat" ./cmd/moat
+# The guard with its Prometheus metrics ('moat guard --metrics-listen' runs
+# it): the metrics library is linked there only (docs/benchmarks.md).
+CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$build/moat-guard-metrics" ./cmd/moat-guard-metrics
 
 # moat(8) and a page per command, from the command tree; moat.conf(5) by hand.
 go run -buildvcs=false -ldflags "$ldflags" ./packaging/gendocs "$build/man/man8"

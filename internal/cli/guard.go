@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -65,7 +66,7 @@ func (a *app) guardCommand() *cobra.Command {
 	cmd.Flags().StringVar(&logFile, "log-file", "", "follow this file (/var/log/auth.log) instead of journald")
 	cmd.Flags().StringVar(&journalctl, "journalctl", "journalctl", "the journalctl program")
 	cmd.Flags().Lookup("journalctl").Hidden = true
-	cmd.Flags().StringVar(&metrics, "metrics-listen", "", "serve Prometheus metrics on this address (127.0.0.1:9550)")
+	cmd.Flags().StringVar(&metrics, "metrics-listen", "", "serve Prometheus metrics on this address (127.0.0.1:9550; runs "+MetricsProgram+")")
 	cmd.AddCommand(a.guardCheckCommand())
 	return cmd
 }
@@ -95,7 +96,75 @@ func filePos(st *guard.State, path string) *guard.FilePos {
 	return nil
 }
 
+// GuardMetrics makes the guard's metrics and the function that serves
+// them on an address. It is set by moat-guard-metrics
+// (cmd/moat-guard-metrics), which links Prometheus' client; in moat it is
+// nil, and `moat guard --metrics-listen` runs that program in its place.
+var GuardMetrics func() (*guard.Metrics, func(ctx context.Context, addr string) error)
+
+// MetricsProgram is the program that serves the guard's metrics, looked
+// for beside the moat executable, then in LibDir.
+const MetricsProgram = "moat-guard-metrics"
+
+// LibDir is where the package installs moat's helper programs.
+const LibDir = "/usr/lib/moat"
+
+// metricsProgram finds MetricsProgram: a regular file, owned by root (or
+// by whoever runs moat) and writable by nobody else, beside the moat
+// executable or in LibDir.
+func metricsProgram() (string, error) {
+	var dirs []string
+	if self, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Dir(self))
+	}
+	return findMetricsProgram(append(dirs, LibDir))
+}
+
+// findMetricsProgram is metricsProgram looking in dirs, in order.
+func findMetricsProgram(dirs []string) (string, error) {
+	var why []string
+	for _, d := range dirs {
+		path := filepath.Join(d, MetricsProgram)
+		fi, err := os.Stat(path)
+		if err != nil {
+			why = append(why, fmt.Sprintf("%s: %v", path, errors.Unwrap(err)))
+			continue
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		switch {
+		case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
+			why = append(why, path+": not an executable file")
+		case fi.Mode().Perm()&0o022 != 0:
+			why = append(why, path+": writable by group or others")
+		case !ok || (st.Uid != 0 && int(st.Uid) != os.Geteuid()):
+			why = append(why, path+": owned by another user")
+		default:
+			return path, nil
+		}
+	}
+	return "", fmt.Errorf("--metrics-listen: the guard's metrics are served by %s, which is not usable here (%s); reinstall moat's package, or build it beside moat: go build -o %s ./cmd/%s",
+		MetricsProgram, strings.Join(why, "; "), filepath.Join(dirs[0], MetricsProgram), MetricsProgram)
+}
+
+// execMetricsGuard replaces this process with MetricsProgram and the same
+// arguments: the guard then runs there, with its metrics, under the same
+// PID (systemd's MAINPID, sd_notify and the watchdog see no change).
+func (a *app) execMetricsGuard() error {
+	path, err := metricsProgram()
+	if err != nil {
+		return err
+	}
+	argv := append([]string{path}, a.args...)
+	if err := syscall.Exec(path, argv, os.Environ()); err != nil {
+		return fmt.Errorf("--metrics-listen: run %s: %w", path, err)
+	}
+	return nil // not reached
+}
+
 func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr string) error {
+	if metricsAddr != "" && GuardMetrics == nil {
+		return a.execMetricsGuard()
+	}
 	p, err := a.loadPolicy()
 	if err != nil {
 		return err
@@ -161,9 +230,10 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 		}
 	}()
 	if metricsAddr != "" {
-		svc.Metrics = guard.NewMetrics()
+		m, serve := GuardMetrics()
+		svc.Metrics = m
 		go func() {
-			if err := svc.Metrics.Serve(ctx, metricsAddr); err != nil {
+			if err := serve(ctx, metricsAddr); err != nil {
 				a.log.Error("metrics", "err", err)
 			}
 		}()

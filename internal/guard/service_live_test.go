@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -210,15 +207,4 @@ func TestServiceWatchdogFollowsLoop(t *testing.T) {
 	waitFor(t, "pings after the hang ended", func() bool { return pings.Load() > before })
 	cancel()
 	<-done
-}
-
-func metricValue(m prometheus.Metric) float64 {
-	var d dto.Metric
-	if err := m.Write(&d); err != nil {
-		return -1
-	}
-	if d.Counter != nil {
-		return d.Counter.GetValue()
-	}
-	return d.Gauge.GetValue()
 }

@@ -191,7 +191,7 @@ func (c chanSource) Run(ctx context.Context, out chan<- Line) error {
 }
 
 func newService(dir string, log *slog.Logger) *Service {
-	return &Service{Cfg: testGuard(), Bans: &fakeBanner{}, StateDir: dir, Log: log, Metrics: NewMetrics(), SaveEvery: 20 * time.Millisecond}
+	return &Service{Cfg: testGuard(), Bans: &fakeBanner{}, StateDir: dir, Log: log, Metrics: newTestMetrics(), SaveEvery: 20 * time.Millisecond}
 }
 
 // A second guard on the same state directory refuses to start and names
@@ -254,34 +254,13 @@ func TestServiceSkips(t *testing.T) {
 		t.Fatalf("bans %v", bans)
 	}
 	for reason, want := range map[string]float64{SkipTooLong: 1, SkipUntrusted: 6} {
-		if got := counterValue(t, svc.Metrics, "moat_guard_lines_skipped_total", reason); got != want {
+		if got := metricValue(svc.Metrics.Skipped.WithLabelValues(reason)); got != want {
 			t.Errorf("skipped %s = %v, want %v", reason, got, want)
 		}
 	}
 	if st, err := LoadState(dir); err != nil || st.JournalCursor != "c3" {
 		t.Errorf("cursor %+v %v", st, err)
 	}
-}
-
-func counterValue(t *testing.T, m *Metrics, name, label string) float64 {
-	t.Helper()
-	mfs, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, mt := range mf.GetMetric() {
-			for _, lp := range mt.GetLabel() {
-				if lp.GetValue() == label {
-					return mt.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return -1
 }
 
 // 'moat ban' and 'moat unban' append changes: counts add up, an unban
