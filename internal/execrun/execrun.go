@@ -48,7 +48,7 @@ type Writer func(ctx context.Context, write func(io.Writer) error, name string, 
 // moat killed while writing leaves no program, and an error from write
 // starts none.
 func ExecFrom(ctx context.Context, write func(io.Writer) error, name string, args ...string) ([]byte, error) {
-	f, err := inputFileFrom(write)
+	f, err := inputFileFrom(write, true)
 	if err != nil {
 		return nil, fmt.Errorf("%s: input: %w", name, err)
 	}
@@ -97,17 +97,18 @@ func inputFile(data []byte) (*os.File, error) {
 	return inputFileFrom(func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err
-	})
+	}, false)
 }
 
-// inputFileFrom is inputFile of what write writes, through a buffer.
-func inputFileFrom(write func(io.Writer) error) (*os.File, error) {
+// inputFileFrom is inputFile of what write writes, through a 64 KiB
+// buffer when buffer is set (write writes a line at a time).
+func inputFileFrom(write func(io.Writer) error, buffer bool) (*os.File, error) {
 	fd, err := unix.MemfdCreate("moat-input", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
-		return tempInput(write)
+		return tempInput(write, buffer)
 	}
 	f := os.NewFile(uintptr(fd), "moat-input")
-	if err := writeAll(f, write); err != nil {
+	if err := writeAll(f, write, buffer); err != nil {
 		_ = f.Close() // the write error is the one to report
 		return nil, err
 	}
@@ -120,8 +121,12 @@ func inputFileFrom(write func(io.Writer) error) (*os.File, error) {
 	return f, nil
 }
 
-// writeAll writes what write writes into f, 64 KiB at a time.
-func writeAll(f *os.File, write func(io.Writer) error) error {
+// writeAll writes what write writes into f, 64 KiB at a time with
+// buffer.
+func writeAll(f *os.File, write func(io.Writer) error, buffer bool) error {
+	if !buffer {
+		return write(f)
+	}
 	bw := bufio.NewWriterSize(f, 64<<10)
 	if err := write(bw); err != nil {
 		return err
@@ -129,13 +134,13 @@ func writeAll(f *os.File, write func(io.Writer) error) error {
 	return bw.Flush()
 }
 
-func tempInput(write func(io.Writer) error) (*os.File, error) {
+func tempInput(write func(io.Writer) error, buffer bool) (*os.File, error) {
 	f, err := os.CreateTemp("", "moat-input-")
 	if err != nil {
 		return nil, err
 	}
 	_ = os.Remove(f.Name()) // unlinked while open: nothing is left behind; a failure leaves a temp file, not an error
-	if err := writeAll(f, write); err != nil {
+	if err := writeAll(f, write, buffer); err != nil {
 		_ = f.Close() // the write error is the one to report
 		return nil, err
 	}
