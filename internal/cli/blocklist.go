@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -313,13 +312,12 @@ fetch, or a refused list, keeps the old copy and says why (exit code 1).`,
 
 func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *blocklist.Fetcher) error {
 	ctx := cmd.Context()
-	if !gctune.AdminGOGC() {
-		// An update of a 100,000-network list allocates about 35 MB in a
-		// few large slices and lives a tenth of a second: collecting half
-		// as often saves about 7% of its CPU for 1 to 3 MB more RSS
-		// (GOGC 200 against 100, interleaved runs; docs/benchmarks.md).
-		defer debug.SetGCPercent(debug.SetGCPercent(200))
-	}
+	// A short command, as an edit (gctune): an update of a 100,000-network
+	// list allocates about 35 MB in a few large slices and lives a tenth
+	// of a second. Collecting as the heap doubled (GOGC 200) cost two
+	// collections, 10 to 12 ms of its 110 to 120 ms of CPU, and no RSS:
+	// the peak is 47 MB either way (docs/benchmarks.md).
+	defer gctune.Short(editHeap)()
 	// Taken before the applied policy is read: an update waiting for
 	// another would otherwise read the record that one replaces, and be
 	// refused as read before an apply (its file lists).
