@@ -968,24 +968,19 @@ func (b *Backend) fingerprintNetlink(ctx context.Context, after *afterApply) (Ke
 	if err != nil {
 		return KernelPrint{}, err
 	}
-	byIndex, err := ic.setNamesByIndex()
-	_ = ic.Close() // read only
-	if err != nil {
-		return KernelPrint{}, err
+	defer func() { _ = ic.Close() }() // read only
+	used := map[string]bool{}
+	for idx := range rd.sets {
+		// A set a rule refers to cannot be destroyed, nor renamed.
+		name, err := ic.setNameByIndex(idx)
+		if err != nil {
+			return KernelPrint{}, err
+		}
+		used[name] = true
 	}
 	sr := b.setReader()
 	sr.loaded = after
 	defer sr.close()
-	used := map[string]bool{}
-	for idx := range rd.sets {
-		name, ok := byIndex[idx]
-		if !ok {
-			// A set a rule refers to cannot be destroyed: the listing
-			// and the rules were read at different moments.
-			return KernelPrint{}, fmt.Errorf("%w: ipset index %d of a rule not listed", errIpsetNetlink, idx)
-		}
-		used[name] = true
-	}
 	return sr.print(ctx, h, used), nil
 }
 

@@ -58,8 +58,9 @@ const (
 
 	nftJump = 0xfffffffd // NFT_JUMP (-3)
 
-	ipsetAttrIndex = 11 // IPSET_ATTR_INDEX in a set's header
-	ipsetInvalidID = 0xffff
+	ipsetAttrIndex     = 11 // IPSET_ATTR_INDEX
+	ipsetCmdGetByIndex = 15 // IPSET_CMD_GET_BYINDEX
+	ipsetInvalidID     = 0xffff
 )
 
 // nlRule is one rule of an iptables-nft table as read over netlink.
@@ -351,35 +352,37 @@ func isNoEntry(err error) bool {
 	return false
 }
 
-// setNamesByIndex maps every ipset's index to its name (its header, over
-// netlink).
-func (c *ipsetConn) setNamesByIndex() (map[uint16]string, error) {
-	msgs, err := c.list("", ipsetFlagListHeader)
+// setNameByIndex asks the kernel for the name of the ipset of one index
+// (IPSET_CMD_GET_BYINDEX): a listing of every set's header, which gave
+// the indexes too, makes the kernel walk each hash set's buckets to size
+// it (3 to 4 ms of a command with 100,000 networks in two sets).
+func (c *ipsetConn) setNameByIndex(idx uint16) (string, error) {
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint8(ipsetAttrProtocol, ipsetProtocol)
+	ae.Bytes(ipsetAttrIndex|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint16(nil, idx))
+	attrs, err := ae.Encode()
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	out := map[uint16]string{}
+	msgs, err := c.c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(nfnlSubsysIPSet<<8 | ipsetCmdGetByIndex), Flags: netlink.Request},
+		Data:   append([]byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		return "", fmt.Errorf("%w: the name of ipset index %d: %w", errIpsetNetlink, idx, err)
+	}
+	name := ""
 	for _, m := range msgs {
-		var name string
-		idx, ok := uint16(0), false
 		if err := walkAttrs(nfPayload(m), func(typ uint16, v []byte) {
-			switch typ {
-			case ipsetAttrSetname:
+			if typ == ipsetAttrSetname {
 				name = cString(v)
-			case ipsetAttrIndex:
-				if len(v) == 2 {
-					idx, ok = binary.BigEndian.Uint16(v), true
-				}
 			}
 		}); err != nil {
-			return nil, err
-		}
-		if name != "" && !ok {
-			return nil, fmt.Errorf("%w: ipset %s listed without its index", errIpsetNetlink, name)
-		}
-		if name != "" {
-			out[idx] = name
+			return "", fmt.Errorf("%w: the name of ipset index %d: %w", errIpsetNetlink, idx, err)
 		}
 	}
-	return out, nil
+	if name == "" {
+		return "", fmt.Errorf("%w: no name for ipset index %d", errIpsetNetlink, idx)
+	}
+	return name, nil
 }
