@@ -613,21 +613,40 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			}
 		}
 	}
+	// The records of the families whose rules are as they were, written
+	// over netlink after the loop, both in one transaction (writeGen).
+	recs := map[policy.Family][]string{}
 	for _, f := range families {
 		if !b.Full && st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam) {
 			continue
 		}
-		script := render(rs, f.fam, st.jumps[f.fam], names, gen, c)
+		var script string
 		if !b.Full && st.rules[f.fam] == rh && b.jumpsComplete(rs, st, f.fam) {
 			// The rules are as they were: only the record changes.
 			script = "*filter\n" + genChainRules(gen, rh, c) + "COMMIT\n"
 			genOnly[f.fam] = script
+			if b.genOverNetlink(st, f.fam) {
+				recs[f.fam] = genComments(gen, rh, c)
+				wrote[f.fam] = append(wrote[f.fam], script)
+				continue
+			}
 		} else {
+			script = render(rs, f.fam, st.jumps[f.fam], names, gen, c)
 			whole = true
 		}
 		wrote[f.fam] = append(wrote[f.fam], script)
 		if err := b.restoreRules(ctx, f, script); err != nil {
 			return fmt.Errorf("load %s rules: %w", f.fam, err)
+		}
+	}
+	if len(recs) > 0 && b.writeGen(recs) != nil {
+		for _, f := range families {
+			if _, ok := recs[f.fam]; !ok {
+				continue
+			}
+			if err := b.restoreRules(ctx, f, genOnly[f.fam]); err != nil {
+				return fmt.Errorf("load %s rules: %w", f.fam, err)
+			}
 		}
 	}
 	b.remember(c, networks, sums)
@@ -779,10 +798,20 @@ func (b *Backend) markChanging(ctx context.Context, st *state, names []string) (
 		}
 	}
 	script := "*filter\n" + genChainRules(dirty, st.rules[f.fam], keep) + "COMMIT\n"
+	if b.genOverNetlink(st, f.fam) &&
+		b.writeGen(map[policy.Family][]string{f.fam: genComments(dirty, st.rules[f.fam], keep)}) == nil {
+		return script, nil
+	}
 	if err := b.restoreRules(ctx, f, script); err != nil {
 		return "", fmt.Errorf("mark %s sets as changing: %w", f.fam, err)
 	}
 	return script, nil
+}
+
+// genOverNetlink says whether MOAT-GEN's record in family fam is written
+// over netlink (writeGen): iptables-nft, and the chain is there.
+func (b *Backend) genOverNetlink(st *state, fam policy.Family) bool {
+	return b.nlPrint() && st.has[fam][GenChain]
 }
 
 // remember records in Elements what each policy set now holds, with the

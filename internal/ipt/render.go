@@ -185,14 +185,22 @@ func rulesHash(rs *ruleset.Ruleset, names Names) string {
 func genChainRules(gen, rules string, c contents) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, ":%s - [0:0]\n", GenChain)
-	fmt.Fprintf(&b, "-A %s -m comment --comment \"%s %s\" -j RETURN\n", GenChain, genTag, gen)
-	if rules != "" {
-		fmt.Fprintf(&b, "-A %s -m comment --comment \"%s %s\" -j RETURN\n", GenChain, rulesTag, rules)
-	}
-	for _, name := range sortedKeys(c) {
-		fmt.Fprintf(&b, "-A %s -m comment --comment \"%s %s %s\" -j RETURN\n", GenChain, setTag, name, c[name])
+	for _, comment := range genComments(gen, rules, c) {
+		fmt.Fprintf(&b, "-A %s -m comment --comment \"%s\" -j RETURN\n", GenChain, comment)
 	}
 	return b.String()
+}
+
+// genComments are the comments of MOAT-GEN's rules, in order.
+func genComments(gen, rules string, c contents) []string {
+	out := []string{genTag + " " + gen}
+	if rules != "" {
+		out = append(out, rulesTag+" "+rules)
+	}
+	for _, name := range sortedKeys(c) {
+		out = append(out, setTag+" "+name+" "+c[name])
+	}
+	return out
 }
 
 // Render writes the iptables-restore input that makes moat's chains of one

@@ -1,0 +1,22 @@
+package nft
+
+import "github.com/mdlayher/netlink"
+
+// XtBatch is one nftables transaction written into the tables of
+// iptables-nft (families ip and ip6) by the iptables backend: MOAT-GEN's
+// record of both families in one commit, instead of an iptables-restore
+// process per family. It shares batch's transaction code.
+type XtBatch struct{ b batch }
+
+// Add appends one message (typ: NFT_MSG_*) of an nftables family
+// (NFPROTO_IPV4, NFPROTO_IPV6).
+func (x *XtBatch) Add(family uint8, typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) {
+	n := len(x.b.msgs)
+	x.b.add(typ, flags, attrs)
+	if len(x.b.msgs) > n {
+		x.b.msgs[n].Data[0] = family
+	}
+}
+
+// Send commits the messages in one transaction, or none of them.
+func (x *XtBatch) Send() error { return x.b.send(0) }
