@@ -38,7 +38,7 @@ func (a *app) engine() *engine.Engine {
 		case *nft.Backend:
 			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "nft-set."}
 			// The fingerprint of what it loaded is read back while the
-			// records are written (afterChange takes it).
+			// records are synced (afterChange takes it).
 			kb.AfterCommit = func(ctx context.Context) { a.startAhead(ctx, kb) }
 		case *ipt.Backend:
 			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "ipset."}

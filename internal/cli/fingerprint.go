@@ -297,12 +297,13 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 }
 
 // aheadPrint is loadedFingerprint taken right after an nftables commit
-// (nft.Backend.AfterCommit), on a goroutine of its own, while the engine
-// writes its records (two or three disk flushes in a row, which left the
-// CPU idle): afterChange takes it when nothing was committed since.
+// (nft.Backend.AfterCommit), inside the apply: the engine's records are
+// then being written and synced (prepared on a goroutine of their own
+// while the kernel took the change), and the fingerprint's reads overlap
+// those disk flushes instead of following them. afterChange takes it
+// when nothing was committed since.
 type aheadPrint struct {
 	nb               *nft.Backend
-	wait             func()
 	before, after    uint32
 	committed, whole bool
 	fp               string
@@ -310,29 +311,24 @@ type aheadPrint struct {
 	ok               bool
 }
 
-// startAhead starts loadedFingerprint for what nb just committed. It runs
-// on the command's goroutine, inside nb.Apply: a.verified and nb's last
-// commit are what the goroutine reads, and neither changes until
-// takeAhead waits for it.
+// startAhead reads the fingerprint of what nb just committed, on the
+// command's goroutine (a goroutine of its own, locked to a thread in the
+// command's namespace, parked at every netlink read: its thread handoffs
+// cost more CPU than the overlap saved).
 func (a *app) startAhead(ctx context.Context, nb *nft.Backend) {
-	if a.ahead != nil {
-		a.ahead.wait() // an earlier apply's, never taken
-	}
 	ah := &aheadPrint{nb: nb, whole: nb.LastCommitWhole()}
 	ah.before, ah.after, ah.committed = nb.LastCommit()
-	verified := a.verified
-	ah.wait = nft.Go(func() { ah.fp, ah.gen, ah.ok = a.loadedFingerprintAt(ctx, nb, verified) })
+	ah.fp, ah.gen, ah.ok = a.loadedFingerprintAt(ctx, nb, a.verified)
 	a.ahead = ah
 }
 
-// takeAhead waits for the fingerprint startAhead began for nb, and
-// returns it when it was taken for nb's last commit (nil otherwise).
+// takeAhead returns the fingerprint startAhead read for nb, when it was
+// taken for nb's last commit (nil otherwise), and forgets it.
 func (a *app) takeAhead(nb *nft.Backend) *aheadPrint {
 	ah := a.ahead
 	if ah == nil {
 		return nil
 	}
-	ah.wait()
 	a.ahead = nil
 	before, after, committed := nb.LastCommit()
 	if ah.nb != nb || ah.before != before || ah.after != after || ah.committed != committed || ah.whole != nb.LastCommitWhole() {

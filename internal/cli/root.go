@@ -66,7 +66,7 @@ type app struct {
 	verified verifiedGen
 	// appsRead is what apps read last.
 	appsRead appsCache
-	// ahead is the fingerprint of what moat loaded, being read back since
+	// ahead is the fingerprint of what moat loaded, read back right after
 	// the last nftables commit (fingerprint.go).
 	ahead *aheadPrint
 }
@@ -99,9 +99,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hook func
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
-	if a.ahead != nil {
-		a.ahead.wait() // not taken (the command failed after its apply): done before the socket goes
-	}
 	if err == nil {
 		return 0
 	}

@@ -3,7 +3,6 @@ package nft
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 
 	gnft "github.com/google/nftables"
@@ -163,41 +162,4 @@ func execute(req netlink.Message) ([]netlink.Message, error) {
 	}
 	defer func() { _ = nl.Close() }() // read only
 	return nl.Execute(req)
-}
-
-// Go runs fn on a goroutine of its own whose thread is in the calling
-// thread's network namespace, and returns a function that waits for it.
-// A process run in a namespace (`ip netns exec`) has every thread there,
-// but a caller locked into a namespace of its own (a test's ns.Do, the
-// drift check's scratch namespace) does not: a plain goroutine would read
-// another kernel's tables. The goroutine's thread enters the caller's
-// namespace when it is elsewhere (and is then discarded when fn returns);
-// if it cannot, fn does not run.
-func Go(fn func()) (wait func()) {
-	done := make(chan struct{})
-	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	var want nsID
-	if err == nil {
-		var st unix.Stat_t
-		if err = unix.Fstat(fd, &st); err == nil {
-			want = nsID{dev: st.Dev, ino: st.Ino}
-		}
-	}
-	go func() {
-		defer close(done)
-		if fd >= 0 {
-			defer func() { _ = unix.Close(fd) }() // a namespace handle: nothing written
-		}
-		if err != nil {
-			return
-		}
-		runtime.LockOSThread()
-		if here, err := threadNS(); err == nil && here == want {
-			defer runtime.UnlockOSThread()
-		} else if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			return // still locked: the thread is discarded
-		}
-		fn()
-	}()
-	return func() { <-done }
 }
