@@ -59,7 +59,16 @@ func dialIpsetWriter() (*ipsetWriter, error) {
 		_ = unix.Close(fd) // the bind error is the one to report
 		return nil, fmt.Errorf("%w: %w", errIpsetNetlink, err)
 	}
-	return &ipsetWriter{fd: fd, buf: make([]byte, 0, ipsetBatch+1024), ans: make([]byte, 1<<16)}, nil
+	// A send buffer that takes a whole message whatever the host's
+	// default (net.core.wmem_default below 64 KiB would refuse every
+	// message: EMSGSIZE), forced as root past wmem_max; and the kernel's
+	// errors without a copy of the refused message (which would not fit
+	// the answer buffer).
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4*ipsetBatch) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4*ipsetBatch) // the kernel's cap: a send may then fail, with its error
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1) // without it: the copy comes, and fits the answer buffer
+	return &ipsetWriter{fd: fd, buf: make([]byte, 0, ipsetBatch+1024), ans: make([]byte, 1<<17)}, nil
 }
 
 func (w *ipsetWriter) Close() error { return unix.Close(w.fd) }

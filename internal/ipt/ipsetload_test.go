@@ -120,7 +120,13 @@ func TestIpsetNetlinkLoadErrors(t *testing.T) {
 		if err := c.fillSet(ok); err != nil {
 			t.Errorf("a good load: %v", err)
 		}
-		bad := fill{tmp: "n4", name: "t4", nets: []netip.Prefix{netip.MustParsePrefix("2001:db8::/64")}}
+		// A whole message of them: the kernel's answer to a message
+		// the size of the buffer is read too.
+		var v6 []netip.Prefix
+		for i := 0; i < 3000; i++ {
+			v6 = append(v6, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 7: byte(i), 6: byte(i >> 8)}), 64))
+		}
+		bad := fill{tmp: "n4", name: "t4", nets: v6}
 		err = c.fillSet(bad)
 		t.Logf("IPv6 into IPv4: %v", err)
 		if err == nil || !strings.Contains(err.Error(), "ipset t4 to n4") {
