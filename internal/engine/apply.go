@@ -450,6 +450,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		unlockBans := e.holdBans(ctx)
 		err := e.carryBans(ctx, switchID(in), from, b)
 		if err == nil {
+			e.carryLogins(ctx, from, b, rs)
 			err = e.removeOld(ctx, in, cur, b, res)
 		}
 		unlockBans()

@@ -22,6 +22,9 @@ type Fake struct {
 	// bans are the ban sets' elements (Expires: the time left, which
 	// does not run down: the fake has no clock).
 	bans map[netip.Addr]ruleset.Ban
+	// logins are the port scan trap's login sets' elements (Expires: the
+	// time left), kept across applies as the ban sets are.
+	logins map[netip.Addr]time.Duration
 	// Calls lists the calls in order ("apply", "remove", "restore", ...).
 	Calls []string
 	// Unavailable makes Available fail.
@@ -85,8 +88,43 @@ func (f *Fake) Remove(context.Context) error {
 	if err := f.fault("remove"); err != nil {
 		return err
 	}
-	f.rs, f.bans = nil, nil
+	f.rs, f.bans, f.logins = nil, nil, nil
 	return nil
+}
+
+// Protect puts addresses in the login sets for ttl (the loaded ruleset
+// must have them: the port scan trap).
+func (f *Fake) Protect(_ context.Context, addrs []netip.Addr, ttl time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fault("protect"); err != nil {
+		return err
+	}
+	if f.rs == nil || !hasLoginSets(f.rs) {
+		return fmt.Errorf("fake %s: no login sets loaded", f.name)
+	}
+	if f.logins == nil {
+		f.logins = map[netip.Addr]time.Duration{}
+	}
+	for _, a := range addrs {
+		f.logins[a.Unmap()] = ttl
+	}
+	return nil
+}
+
+// Logins lists the login sets' elements, sorted.
+func (f *Fake) Logins(context.Context) ([]ruleset.Ban, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rs == nil || !hasLoginSets(f.rs) {
+		return nil, fmt.Errorf("fake %s: no login sets loaded", f.name)
+	}
+	out := make([]ruleset.Ban, 0, len(f.logins))
+	for a, left := range f.logins {
+		out = append(out, ruleset.Ban{Addr: a, Expires: left})
+	}
+	slices.SortFunc(out, func(a, b ruleset.Ban) int { return a.Addr.Compare(b.Addr) })
+	return out, nil
 }
 
 // fakeSnapshot is what the fake's Snapshot holds: the ruleset and the

@@ -179,3 +179,72 @@ func (e *Engine) dropSwitchBans(in *Intent) error {
 	}
 	return removeState(e.o.StateDir, rollbackBansFile)
 }
+
+// loginKeeper is a backend with the port scan trap's login sets: the
+// addresses that logged in over SSH within a day, which the trap spares.
+type loginKeeper interface {
+	Logins(ctx context.Context) ([]ruleset.Ban, error)
+	Protect(ctx context.Context, addrs []netip.Addr, ttl time.Duration) error
+}
+
+// hasLoginSets says whether rs has the port scan trap's login sets.
+func hasLoginSets(rs *ruleset.Ruleset) bool {
+	for _, s := range rs.Sets {
+		if s.Name == ruleset.LoginSet4 || s.Name == ruleset.LoginSet6 {
+			return true
+		}
+	}
+	return false
+}
+
+// carryLogins gives the port scan trap's exemptions of the backends
+// moat's rules leave (from: addresses that logged in within the day, put
+// there by the guard) to the backend that took them (to, loaded with rs),
+// with the time they have left. The new backend's login sets start empty:
+// without this an admin who logged in before a change of backend, and
+// logged out since, was trapped by the first few closed ports tried
+// after it.
+func (e *Engine) carryLogins(ctx context.Context, from []string, to Backend, rs *ruleset.Ruleset) {
+	k, ok := to.(loginKeeper)
+	if !ok || !hasLoginSets(rs) {
+		return
+	}
+	byLeft := map[time.Duration][]netip.Addr{}
+	seen := map[netip.Addr]bool{}
+	for _, name := range from {
+		b, err := e.backend(name)
+		if err != nil || b.Available() != nil {
+			continue
+		}
+		old, ok := b.(loginKeeper)
+		if !ok {
+			continue
+		}
+		if on, err := b.Active(ctx); err != nil || !on {
+			continue
+		}
+		logins, err := old.Logins(ctx)
+		if err != nil {
+			continue // no trap there: no exemptions
+		}
+		for _, l := range logins {
+			a := l.Addr.Unmap()
+			// Whole seconds left, rounded up: an exemption never ends
+			// before it did.
+			left := banLeft(l).Truncate(time.Second)
+			if left < banLeft(l) {
+				left += time.Second
+			}
+			if !a.IsValid() || seen[a] || left < time.Second {
+				continue
+			}
+			seen[a] = true
+			byLeft[left] = append(byLeft[left], a)
+		}
+	}
+	for left, addrs := range byLeft {
+		if err := k.Protect(ctx, addrs, left); err != nil {
+			e.warn(fmt.Sprintf("change of backend: could not carry the port scan trap's exemption of %d logins over to %s: %v (the guard exempts them again at their next login)", len(addrs), to.Name(), err))
+		}
+	}
+}

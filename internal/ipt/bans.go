@@ -76,11 +76,24 @@ func (b *Backend) Banned(ctx context.Context, addr netip.Addr) (bool, error) {
 
 // Bans lists the banned addresses with the time left.
 func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
+	return b.membersOf(ctx, "bans", ruleset.BanSet4, ruleset.BanSet6)
+}
+
+// Logins lists the addresses in the port scan trap's login ipsets
+// (Expires: the time left of their exemption). Without a trap there are
+// no login ipsets: an error.
+func (b *Backend) Logins(ctx context.Context) ([]ruleset.Ban, error) {
+	return b.membersOf(ctx, "logins", ruleset.LoginSet4, ruleset.LoginSet6)
+}
+
+// membersOf lists the addresses of moat's ipsets of timeouts with the
+// time they have left (what names them in an error).
+func (b *Backend) membersOf(ctx context.Context, what string, sets ...string) ([]ruleset.Ban, error) {
 	var out []ruleset.Ban
-	for _, set := range []string{ruleset.BanSet4, ruleset.BanSet6} {
+	for _, set := range sets {
 		data, err := b.Run(ctx, nil, "ipset", "save", IPSetName(set))
 		if err != nil {
-			return nil, fmt.Errorf("list bans: %w ('moat enable' loads moat's ipsets)", err)
+			return nil, fmt.Errorf("list %s: %w ('moat enable' loads moat's ipsets)", what, err)
 		}
 		out = append(out, parseBanSave(data)...)
 	}

@@ -259,12 +259,25 @@ func (b *Backend) BansUpTo(ctx context.Context, n int) (bans []ruleset.Ban, more
 
 // Bans lists the banned addresses with the time left.
 func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
+	return b.elementsOf(ctx, "bans", ruleset.BanSet4, ruleset.BanSet6)
+}
+
+// Logins lists the addresses in the port scan trap's login sets (Expires:
+// the time left of their exemption). Without a trap there are no login
+// sets: an error.
+func (b *Backend) Logins(ctx context.Context) ([]ruleset.Ban, error) {
+	return b.elementsOf(ctx, "logins", ruleset.LoginSet4, ruleset.LoginSet6)
+}
+
+// elementsOf lists the addresses of sets of moat's table with the time
+// they have left (what names them in an error).
+func (b *Backend) elementsOf(ctx context.Context, what string, sets ...string) ([]ruleset.Ban, error) {
 	var out []ruleset.Ban
-	for _, set := range []string{ruleset.BanSet4, ruleset.BanSet6} {
+	for _, set := range sets {
 		if b.NFT != nil {
 			els, err := b.NFT.ListElements(ctx, "set", set)
 			if err != nil {
-				return nil, fmt.Errorf("nftables: list bans: %w", err)
+				return nil, fmt.Errorf("nftables: list %s: %w", what, err)
 			}
 			for _, e := range els {
 				a, err := netip.ParseAddr(strings.Join(e.Key, ""))
@@ -289,7 +302,7 @@ func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
 		}
 		data, err := b.Run(ctx, nil, "nft", "-j", "list", "set", "inet", TableName, set)
 		if err != nil {
-			return nil, fmt.Errorf("nftables: list bans: %s ('moat enable' loads moat's table)", firstLine(err.Error()))
+			return nil, fmt.Errorf("nftables: list %s: %s ('moat enable' loads moat's table)", what, firstLine(err.Error()))
 		}
 		bans, err := parseBanSet(data)
 		if err != nil {

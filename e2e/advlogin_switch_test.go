@@ -1,0 +1,65 @@
+package e2e
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/lab"
+)
+
+// An admin who logged in after the last apply is spared by the port scan
+// trap for a day (the guard puts the address in the login sets). A change
+// of backend (nftables <-> iptables) loaded the new backend with empty
+// login sets: the admin, logged out since, probing a few closed ports
+// from the same address, was banned by the kernel. The login sets go
+// over with the ban sets (their time left). Both directions, IPv4 and
+// IPv6.
+func TestPortscanLoginSurvivesBackendSwitch(t *testing.T) {
+	requireBackend(t, "nftables")
+	requireBackend(t, "iptables")
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
+			t.Parallel()
+			e := newSSHEnv(t, dir[0])
+			srv, logFile := e.loggedSSHD(verboseSSHD)
+			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard sshd\nguard portscan ports 5 within 60s bantime 1h\n"
+			e.apply(policy)
+			e.startGuard("--log-file", logFile, "-v") // -v: the guard logs each exemption
+			s4 := srv.login(lab.ServerV4)
+			s6 := srv.login(lab.ServerV6)
+			exempted := func() bool {
+				seen := map[string]bool{}
+				for _, l := range strings.Split(e.guardLog(), "\n") {
+					if _, rest, ok := strings.Cut(l, `msg="login exempted from the port scan trap" `); ok {
+						for _, f := range strings.Fields(rest) {
+							seen[f] = true
+						}
+					}
+				}
+				return seen["addr="+lab.ClientV4.String()] && seen["addr="+lab.ClientV6.String()]
+			}
+			for end := time.Now().Add(10 * time.Second); !exempted() && time.Now().Before(end); {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if !exempted() {
+				data, _ := os.ReadFile(logFile)
+				t.Fatalf("the guard did not exempt both logins:\n%s\nsshd:\n%s", e.guardLog(), data)
+			}
+			// Logged out: the switch's protected sets do not hold them.
+			s4.kill()
+			s6.kill()
+			time.Sleep(300 * time.Millisecond)
+			e.backend = dir[1]
+			if out := e.mustMoat("enable"); !strings.Contains(out, "Backend changed") {
+				t.Fatalf("no change of backend:\n%s", out)
+			}
+			e.nmapScan(lab.ClientV4, lab.ServerV4)
+			e.nmapScan(lab.ClientV6, lab.ServerV6)
+			if bans := e.bans(); len(bans) != 0 {
+				t.Errorf("the admin who logged in before the change of backend was banned by the trap after it: %+v", bans)
+			}
+		})
+	}
+}

@@ -1,0 +1,57 @@
+package engine
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The port scan trap spares an address that logged in within the day
+// (the guard puts it in the login sets). A change of backend loaded the
+// new backend with empty login sets: the exemptions were lost. They go
+// over with the time they have left, also to a policy without the trap
+// (the login sets always exist and are kept across applies, as the ban
+// sets are: the trap turned on again spares them).
+func TestBackendSwitchCarriesLogins(t *testing.T) {
+	const trap = "guard portscan ports 5 within 60s bantime 1h\n"
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+		for _, next := range []string{trap, ""} {
+			name := dir[0] + "-to-" + dir[1]
+			if next == "" {
+				name += "/no-trap-after"
+			}
+			t.Run(name, func(t *testing.T) {
+				r := newRig(t)
+				fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
+				from, to := fakes[dir[0]], fakes[dir[1]]
+				ctx := context.Background()
+				r.write("backend " + dir[0] + "\n" + base + trap)
+				_, err := r.enable(r.ch(0))
+				r.must(err)
+				admins := []netip.Addr{netip.MustParseAddr("198.51.100.9"), netip.MustParseAddr("2001:db8::9")}
+				r.must(from.Protect(ctx, admins, 20*time.Hour))
+				r.write("backend " + dir[1] + "\n" + base + next)
+				res, err := r.enable(r.ch(0))
+				r.must(err)
+				if res.Switched != dir[0] {
+					t.Fatalf("not switched: %+v", res)
+				}
+				got, err := to.Logins(ctx)
+				r.must(err)
+				if len(got) != 2 {
+					t.Fatalf("logins in %s after the switch: %+v, want %v", to.Name(), got, admins)
+				}
+				for i, l := range got {
+					if l.Addr != admins[i] || l.Expires != 20*time.Hour {
+						t.Errorf("login %d: %s with %s left, want %s with 20h0m0s", i, l.Addr, l.Expires, admins[i])
+					}
+				}
+				if w := strings.Join(r.warnings, "\n"); w != "" {
+					t.Errorf("warnings: %s", w)
+				}
+			})
+		}
+	}
+}
