@@ -3,12 +3,14 @@ package ipt
 import (
 	"context"
 	"net"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/labtest"
+	"github.com/moat-fw/moat/internal/policy"
 )
 
 // The fingerprint read over netlink (iptables-nft) is the same for the
@@ -214,4 +216,56 @@ func TestKernelLegacyToolsOldPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// predictState follows what an iptables-restore --noflush of moat's own
+// scripts does (a declared chain emptied, MOAT-GEN's record replaced,
+// a jump inserted) and refuses a script with anything else, so a
+// prediction never stands for a restore it cannot follow.
+func TestPredictState(t *testing.T) {
+	v4 := families[0].fam
+	orig := &state{jumps: map[policy.Family]map[string]bool{v4: {"INPUT": true}}, has: map[policy.Family]map[string]bool{v4: {"MOAT-INPUT": true, GenChain: true}},
+		gen: map[policy.Family]string{v4: "old"}, sets: map[string]bool{}, lines: map[policy.Family][]string{v4: {":MOAT-INPUT"}},
+		held: map[policy.Family]contents{v4: {"moat-a": "h1", "moat-b": "h2"}}, rules: map[policy.Family]string{v4: "r1"}}
+	script := "*raw\n:MOAT-PREROUTING - [0:0]\n-A MOAT-PREROUTING -j DROP\n-I PREROUTING 1 -j MOAT-PREROUTING\nCOMMIT\n" +
+		"*filter\n:MOAT-INPUT - [0:0]\n" + genChainRules("new", "r2", contents{"moat-b": "h3"}) + "-A MOAT-INPUT -j RETURN\n-I OUTPUT 1 -j MOAT-OUTPUT\nCOMMIT\n"
+	st := predictState(orig, map[policy.Family][]string{v4: {script}})
+	if st == nil {
+		t.Fatal("moat's own script refused")
+	}
+	want := map[string]bool{"MOAT-INPUT": true, GenChain: true, "MOAT-PREROUTING": true}
+	if !reflect.DeepEqual(st.has[v4], want) || !reflect.DeepEqual(st.jumps[v4], map[string]bool{"INPUT": true, "PREROUTING": true, "OUTPUT": true}) ||
+		st.gen[v4] != "new" || st.rules[v4] != "r2" || !reflect.DeepEqual(st.held[v4], contents{"moat-b": "h3"}) || !st.noLines || st.lines[v4] != nil {
+		t.Errorf("predicted %+v", st)
+	}
+	if orig.gen[v4] != "old" || len(orig.held[v4]) != 2 || orig.noLines {
+		t.Errorf("the state read was changed: %+v", orig)
+	}
+	for _, bad := range []string{
+		"*filter\n-D INPUT -j MOAT-INPUT\nCOMMIT\n",
+		"*filter\n-X MOAT-INPUT\nCOMMIT\n",
+		"*nat\n:MOAT-INPUT - [0:0]\nCOMMIT\n",
+		":MOAT-INPUT - [0:0]\n",
+		"*filter\n:OTHER - [0:0]\nCOMMIT\n",
+		"*filter\n-A INPUT -j ACCEPT\nCOMMIT\n",
+		"*filter\n-I INPUT 2 -j MOAT-INPUT\nCOMMIT\n",
+		"*filter\n-I INPUT 1 -j MOAT-OUTPUT\nCOMMIT\n",
+	} {
+		if st := predictState(orig, map[policy.Family][]string{v4: {bad}}); st != nil {
+			t.Errorf("%q predicted: %+v", bad, st)
+		}
+	}
+}
+
+// The rule parsing of a netlink dump takes any bytes without a panic.
+func FuzzNlRule(f *testing.F) {
+	f.Add("immediate", []byte{8, 0, 1, 0, 0, 0, 0, 0, 16, 0, 2, 0, 12, 0, 2, 0, 8, 0, 1, 0, 0xff, 0xff, 0xff, 0xfd}, "INPUT")
+	f.Add("match", []byte{8, 0, 1, 0, 's', 'e', 't', 0, 8, 0, 2, 0, 0, 0, 0, 4, 6, 0, 3, 0, 1, 0}, "MOAT-INPUT")
+	f.Add("target", []byte{8, 0, 1, 0, 'S', 'E', 'T', 0, 8, 0, 2, 0, 0, 0, 0, 3, 16, 0, 3, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0xff, 0xff}, "MOAT-INPUT")
+	f.Fuzz(func(t *testing.T, name string, data []byte, chain string) {
+		r := nlRule{chain: chain, exprs: []nlExpr{{name: "counter"}, {name: name, data: data}}}
+		_ = r.isJumpToMoat()
+		r.setIndexes(map[uint16]bool{})
+		_, _, _ = immediateVerdict(data)
+	})
 }
