@@ -4,8 +4,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestUpgradeEarlierOrderNoFalseDrift: after an upgrade, the kernel holds
@@ -153,43 +156,94 @@ func TestIpsetNomatchHoleIsDrift(t *testing.T) {
 }
 
 // TestIpsetHandChangeDuringRefresh: a member added by hand while a
-// blocklist update runs, right before its ipset restore (after its drift
-// check read the sets), is not vouched for by the fingerprint taken from
+// blocklist update runs, after its drift check read the sets and before
+// it loads its change, is not vouched for by the fingerprint taken from
 // what the update loaded: status reports it, and the next update repairs
-// it.
+// it. The update runs no program any more (its set change goes over
+// netlink), so strace stops it (SIGSTOP) where it writes its journal:
+// after the drift check, before anything reaches the kernel. The hand
+// change is made while it is stopped; nothing in the test's timing
+// decides the step.
 func TestIpsetHandChangeDuringRefresh(t *testing.T) {
 	t.Parallel()
 	requireBackend(t, "iptables")
+	if _, err := exec.LookPath("strace"); err != nil {
+		t.Fatalf("strace is needed (scripts/setup.sh installs it): %v", err)
+	}
 	e := newEnv(t, "iptables", false)
 	list := filepath.Join(e.dir, "list.txt")
 	writeFile(t, list, "198.51.100.7\n2001:db8:5::/48\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist big file " + list + "\n")
-	real, err := exec.LookPath("ipset")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	once := filepath.Join(bin, "once")
-	writeFile(t, filepath.Join(bin, "ipset"), "#!/bin/sh\ncase \" $* \" in *\" restore \"*)\n"+
-		"if mkdir "+once+" 2>/dev/null; then "+real+" add moat-bl4_big 192.0.2.4; "+real+" add moat-bl6_big 2001:db8::4; fi;;\nesac\nexec "+real+" \"$@\"\n")
-	if err := os.Chmod(filepath.Join(bin, "ipset"), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	writeFile(t, list, "198.51.100.7\n198.51.100.8\n2001:db8:5::/48\n")
-	e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "blocklist", "update")
-	if _, err := os.Stat(once); err != nil {
-		t.Fatal("the update ran no ipset restore: the hand change was not made during it")
+	trace := filepath.Join(t.TempDir(), "strace.out")
+	renames := "rename,renameat,renameat2"
+	cmd := exec.Command("strace", "-f", "-qq", "-o", trace, "-P", filepath.Join(e.stateDir(), "intent.json"),
+		"-e", "trace="+renames, "-e", "inject="+renames+":signal=SIGSTOP:when=1",
+		moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "blocklist", "update")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := e.topo.Server.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	done := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(done) }()
+	pid := 0
+	t.Cleanup(func() {
+		// A test stopped half way leaves neither strace nor a stopped moat.
+		if pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	for deadline := time.Now().Add(60 * time.Second); pid == 0; time.Sleep(20 * time.Millisecond) {
+		select {
+		case <-done:
+			t.Fatalf("the update ended before it wrote its journal (%v):\n%s", waitErr, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the update was not stopped at its journal")
+		}
+		data, _ := os.ReadFile(trace)
+		for _, l := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(l); len(f) > 1 && strings.Contains(l, "--- stopped by SIGSTOP ---") {
+				pid, _ = strconv.Atoi(f[0])
+			}
+		}
+	}
+	// Stopped after its drift check, before its change: the kernel holds
+	// the list as it was.
+	if sets := e.run("server", "ipset", "list", "moat-bl4_big"); strings.Contains(sets, "198.51.100.8") {
+		t.Fatalf("the update loaded its list before it was stopped:\n%s", sets)
+	}
+	e.run("server", "ipset", "add", "moat-bl4_big", "192.0.2.4")
+	e.run("server", "ipset", "add", "moat-bl6_big", "2001:db8::4")
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if waitErr != nil {
+		t.Fatalf("the update: %v\n%s", waitErr, out.String())
+	}
+	if sets := e.run("server", "ipset", "list", "moat-bl4_big"); !strings.Contains(sets, "198.51.100.8") {
+		t.Fatalf("the update did not load its list:\n%s\n%s", sets, out.String())
 	}
 	e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout")
-	out := e.mustMoat("status")
-	if !strings.Contains(out, "+192.0.2.4/32") || !strings.Contains(out, "+2001:db8::4/128") {
-		t.Errorf("status does not see members added during the update:\n%s", out)
+	st := e.mustMoat("status")
+	if !strings.Contains(st, "+192.0.2.4/32") || !strings.Contains(st, "+2001:db8::4/128") {
+		t.Errorf("status does not see members added during the update:\n%s", st)
 	}
 	writeFile(t, list, "198.51.100.7\n2001:db8:5::/48\n")
 	e.mustMoat("blocklist", "update")
 	e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open")
-	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
-		t.Errorf("status after the next update:\n%s", out)
+	if st := e.mustMoat("status"); strings.Contains(st, "outside moat") {
+		t.Errorf("status after the next update:\n%s", st)
 	}
 }
 
