@@ -986,7 +986,7 @@ func (b *Backend) fingerprintNetlink(ctx context.Context, after *afterApply) (Ke
 		return KernelPrint{}, err
 	}
 	h.Write([]byte("# moat's chains over netlink\n"))
-	rd, err := hashChainsNetlink(h)
+	rd, err := hashChains(h)
 	if err != nil {
 		return KernelPrint{}, err
 	}

@@ -92,6 +92,10 @@ var nlFamilies = []struct {
 	name  string
 }{{unix.NFPROTO_IPV4, "ip"}, {unix.NFPROTO_IPV6, "ip6"}}
 
+// hashChains is hashChainsNetlink (a variable for the tests of the
+// fallback to iptables-save).
+var hashChains = hashChainsNetlink
+
 // hashChainsNetlink writes moat's chains, rules and jumps of both
 // families, read over netlink, into h (the form above).
 func hashChainsNetlink(h hash.Hash) (nlChainsRead, error) {

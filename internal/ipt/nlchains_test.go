@@ -2,6 +2,7 @@ package ipt
 
 import (
 	"context"
+	"hash"
 	"net"
 	"reflect"
 	"strings"
@@ -268,4 +269,60 @@ func FuzzNlRule(f *testing.F) {
 		r.setIndexes(map[uint16]bool{})
 		_, _, _ = immediateVerdict(data)
 	})
+}
+
+// When moat's chains cannot be read over netlink, the fingerprint reads
+// them with iptables-save anew: never the state predicted from moat's
+// scripts, which has no lines and would leave the chains out. A rule
+// added by hand then changes it.
+func TestKernelNetlinkFingerprintFallback(t *testing.T) {
+	ns := labtest.NS(t, "moatnlfb")
+	ctx := context.Background()
+	saves := 0
+	run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		if strings.HasSuffix(name, "tables-save") {
+			saves++
+		}
+		return execrun.Exec(ctx, stdin, name, args...)
+	}
+	b := &Backend{Netlink: true, IpsetNetlink: true, Run: run}
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here")
+		}
+		if err := b.Apply(ctx, compile(t, "default deny incoming\nallow 22/tcp\n")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Fingerprint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// A rule change: the chains are predicted, without lines.
+		if err := b.Apply(ctx, compile(t, "default deny incoming\nallow 22/tcp\nallow 80/tcp\n")); err != nil {
+			t.Fatal(err)
+		}
+		if b.track.after == nil || b.track.after.st == nil || !b.track.after.st.noLines {
+			t.Fatal("a rule change left no predicted state")
+		}
+		defer func(h func(hash.Hash) (nlChainsRead, error)) { hashChains = h }(hashChains)
+		hashChains = func(hash.Hash) (nlChainsRead, error) { return nlChainsRead{}, errIpsetNetlink }
+		saves = 0
+		fp, err := b.Fingerprint(ctx)
+		if err != nil || fp == "" || saves != 2 {
+			t.Fatalf("fingerprint without netlink: %q (%v), %d saves, want the chains read (2)", fp, err, saves)
+		}
+		fresh := &Backend{Netlink: true, IpsetNetlink: true, Run: run}
+		if again, err := fresh.Fingerprint(ctx); err != nil || again != fp {
+			t.Errorf("read anew: %q (%v), want %q", again, err, fp)
+		}
+		if out, err := execrun.Exec(ctx, nil, "iptables", "-A", "MOAT-INPUT", "-p", "tcp", "--dport", "9999", "-j", "RETURN"); err != nil {
+			t.Fatal(err, string(out))
+		}
+		if after, err := (&Backend{Netlink: true, IpsetNetlink: true, Run: run}).Fingerprint(ctx); err != nil || after == fp {
+			t.Errorf("a rule added by hand: %q (%v), unchanged", after, err)
+		}
+		return b.Remove(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
