@@ -78,6 +78,10 @@ type Backend struct {
 	KeyDir string
 	// hasher hashes ipset members for the digests (digestKey).
 	hasher *memberHasher
+	// readHeads are the header lines of the sets this Backend last read
+	// whole (the drift check's read), for the next Apply's fingerprint
+	// of the sets it changes in place (afterApply.heads).
+	readHeads map[string][]string
 	// needLines: the read must give iptables-save's lines (a state
 	// predicted without them does not serve).
 	needLines bool
@@ -462,6 +466,9 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		}
 	}
 	b.startTrack()
+	// The headers the drift check read: this Apply's alone.
+	heads := b.readHeads
+	b.readHeads = nil
 	st, err := b.read(ctx)
 	if err != nil {
 		return err
@@ -653,6 +660,14 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	b.track.after = b.afterApply(orig, genOnly, wrote, whole, c, networks, sums)
 	if b.track.after != nil {
 		b.track.after.fresh = fresh && whole
+		// The sets changed in place (or not at all) keep the header the
+		// drift check read, but for their number of members.
+		b.track.after.heads = map[string][]string{}
+		for n, head := range heads {
+			if _, policySet := c[n]; policySet && st.sets[n] && !refill[n] {
+				b.track.after.heads[n] = head
+			}
+		}
 	}
 	used := map[string]bool{}
 	for _, n := range names {
@@ -1137,13 +1152,27 @@ func (sr *setReader) digest(ctx context.Context, name string) []byte {
 			sum = sr.mh.sumOf(sr.loaded.networks(name))
 		}
 		h := sha256.New()
+		if head, ok := sr.loaded.heads[name]; ok {
+			writeSetDigest(h, name, withElements(head, sum.n), sum, false)
+			return h.Sum(nil)
+		}
 		if err := hashSetLoadedSum(h, sr.mh, name, sum); err == nil {
 			return h.Sum(nil)
 		}
 	}
 	if sr.mh != nil {
-		h := sha256.New()
-		if err := hashSet(h, sr.mh, name); err == nil {
+		head, sum, missing, err := readSetSum(sr.mh, name, 0)
+		if err == nil {
+			if !missing {
+				// The next Apply's fingerprint takes the header from here
+				// (readHeads).
+				if sr.b.readHeads == nil {
+					sr.b.readHeads = map[string][]string{}
+				}
+				sr.b.readHeads[name] = head
+			}
+			h := sha256.New()
+			writeSetDigest(h, name, head, sum, missing)
 			return h.Sum(nil)
 		}
 	}

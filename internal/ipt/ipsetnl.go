@@ -38,6 +38,7 @@ const (
 	ipsetAttrInitval    = 17 // the header's: random hash seed
 	ipsetAttrHashsize   = 18
 	ipsetAttrMaxelem    = 19
+	ipsetAttrElements   = 24
 	ipsetAttrReferences = 25
 	ipsetAttrMemsize    = 26
 	ipsetAttrIPAddrV4   = 1

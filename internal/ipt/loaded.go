@@ -32,6 +32,13 @@ type afterApply struct {
 	// sums are the sums of their networks' hashes (sumOf), where the
 	// Apply knew them: the others are hashed from networks.
 	sums map[string]memberSum
+	// heads are the header lines of the sets the Apply changed in place
+	// or left as they were, as the drift check read them before it
+	// (withElements gives them their new number of members): those sets'
+	// headers are not read again. Only moat's own changes made since,
+	// which change nothing in a header but that number; the others' are
+	// read.
+	heads map[string][]string
 	// fresh: the Apply found none of moat's chains in either family
 	// (so no rule jumping to one either: iptables refuses a jump to a
 	// chain that does not exist) and its restores wrote them whole

@@ -71,6 +71,21 @@ func TestKernelFingerprintFromLoaded(t *testing.T) {
 		if saves != 0 {
 			t.Errorf("a set change after the drift check's read ran iptables-save %d times", saves)
 		}
+		// The drift check's read whole, then a change of the number of
+		// members: the sets' headers come from that read, with their
+		// new number of members, and equal a read.
+		if _, err := b.Fingerprint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Apply(ctx, compile(t, head+denyList(303, -1))); err != nil {
+			t.Fatal(err)
+		}
+		if a := b.track.after; a == nil || len(a.heads) < 2 {
+			t.Errorf("the Apply kept no header of the drift check's read: %+v", a)
+		}
+		if fp, err = b.Fingerprint(ctx); err != nil || fp != read() {
+			t.Errorf("after a change of the number of members: %q (%v), read whole %q", fp, err, read())
+		}
 		// A rule change: the chains are read back, the sets are not.
 		if err := b.Apply(ctx, compile(t, head+"allow 80/tcp\n"+denyList(301, 7))); err != nil {
 			t.Fatal(err)

@@ -215,6 +215,20 @@ func writeSetDigest(h io.Writer, name string, head []string, sum memberSum, miss
 	fmt.Fprintf(h, "%d members %016x%016x\n", sum.n, sum.hi, sum.lo)
 }
 
+// withElements is a set's header lines (readSetSum) with n members.
+func withElements(head []string, n int) []string {
+	prefix := fmt.Sprintf("data %d ", ipsetAttrElements)
+	out := make([]string, len(head))
+	for i, l := range head {
+		if strings.HasPrefix(l, prefix) {
+			l = fmt.Sprintf("%s%08x", prefix, uint32(n))
+		}
+		out[i] = l
+	}
+	slices.Sort(out)
+	return out
+}
+
 // hashSet hashes a set as the kernel holds it (writeSetDigest), reading
 // its whole dump. A missing set is said to be missing.
 func hashSet(h io.Writer, mh *memberHasher, name string) error {

@@ -168,6 +168,7 @@ func (b *Backend) RestoreKeepingBans(ctx context.Context, snap []byte) (kept boo
 // restore is Restore; with keepBans it first checks that the ban sets can
 // be kept (kept false: nothing done) and then leaves them out.
 func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept bool, err error) {
+	b.readHeads = nil // the sets may be made anew
 	sections := map[string][]string{}
 	sec := ""
 	for _, line := range strings.Split(string(snap), "\n") {
