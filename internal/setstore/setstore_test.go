@@ -2,11 +2,14 @@ package setstore
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // A saved set reads back as saved; a file cut short, changed, planted as
@@ -184,4 +187,70 @@ func TestMergeMergedOneCopy(t *testing.T) {
 	if !slices.Equal(got, ps) {
 		t.Errorf("a merged list came out changed")
 	}
+}
+
+// entriesHashBytes is EntriesHash as first written, one FNV-1a step a
+// byte of the address.
+func entriesHashBytes(entries []ruleset.SetEntry) string {
+	var sum, xor uint64
+	for _, e := range entries {
+		a := e.Prefix.Addr().As16()
+		h := uint64(14695981039346656037)
+		for _, c := range a {
+			h = (h ^ uint64(c)) * 1099511628211
+		}
+		h = (h ^ uint64(e.Prefix.Bits())) * 1099511628211
+		sum += mix64(h)
+		xor ^= mix64(h ^ 0x9e3779b97f4a7c15)
+	}
+	return fmt.Sprintf("%016x%016x", sum, xor)
+}
+
+// FuzzEntriesHash: the hash with runs of zero bytes folded gives the
+// byte loop's value, for IPv4, IPv4-mapped and IPv6 addresses of any
+// bytes (zeros anywhere, 0xff) and any length.
+func FuzzEntriesHash(f *testing.F) {
+	f.Add([]byte{192, 0, 2, 0, 24})
+	f.Add([]byte{0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 64})
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1, 128})
+	f.Add([]byte{0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var entries []ruleset.SetEntry
+		for len(data) > 0 {
+			if len(data) >= 17 && data[0]&1 == 1 {
+				a := netip.AddrFrom16([16]byte(data[:16]))
+				entries = append(entries, ruleset.SetEntry{Prefix: netip.PrefixFrom(a, int(data[16])%129)})
+				data = data[17:]
+				continue
+			}
+			if len(data) < 5 {
+				break
+			}
+			a := netip.AddrFrom4([4]byte(data[:4]))
+			entries = append(entries, ruleset.SetEntry{Prefix: netip.PrefixFrom(a, int(data[4])%33)})
+			data = data[5:]
+		}
+		if got, want := EntriesHash(entries), entriesHashBytes(entries); got != want {
+			t.Fatalf("%v: %s, the byte loop %s", entries, got, want)
+		}
+	})
+}
+
+func BenchmarkEntriesHash(b *testing.B) {
+	var entries []ruleset.SetEntry
+	for i := range 50000 {
+		entries = append(entries, ruleset.SetEntry{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{100, byte(i >> 15), byte(i >> 7), byte(2 * (i & 127))}), 32)})
+		a := [16]byte{0x20, 0x01, 0x0d, 0xb8, 0xf0, byte(i >> 15), byte(i >> 7), byte(2 * (i & 127))}
+		entries = append(entries, ruleset.SetEntry{Prefix: netip.PrefixFrom(netip.AddrFrom16(a), 64)})
+	}
+	b.Run("folded", func(b *testing.B) {
+		for range b.N {
+			EntriesHash(entries)
+		}
+	})
+	b.Run("bytes", func(b *testing.B) {
+		for range b.N {
+			entriesHashBytes(entries)
+		}
+	})
 }
