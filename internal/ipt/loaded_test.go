@@ -86,6 +86,39 @@ func TestKernelFingerprintFromLoaded(t *testing.T) {
 		if fp, err = b.Fingerprint(ctx); err != nil || fp != read() {
 			t.Errorf("after a change of the number of members: %q (%v), read whole %q", fp, err, read())
 		}
+		// A member added by hand after the drift check's read and before
+		// the change in place (e2e: TestIpsetHandChangeDuringRefresh):
+		// the fingerprint of what was loaded does not vouch for it, the
+		// next read finds it.
+		if _, err := b.Fingerprint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		v4set := ""
+		if out, err := execrun.Exec(ctx, nil, "ipset", "list", "-n"); err == nil {
+			for _, n := range strings.Fields(string(out)) {
+				if _, err := execrun.Exec(ctx, nil, "ipset", "test", n, "198.18.0.2"); err == nil {
+					v4set = n
+				}
+			}
+		}
+		if v4set == "" {
+			t.Fatal("no policy set holds 198.18.0.2")
+		}
+		if out, err := execrun.Exec(ctx, nil, "ipset", "add", v4set, "192.0.2.78"); err != nil {
+			t.Fatalf("ipset add: %v %s", err, out)
+		}
+		if err := b.Apply(ctx, compile(t, head+denyList(303, 4))); err != nil {
+			t.Fatal(err)
+		}
+		if fp, err = b.Fingerprint(ctx); err != nil || fp == read() {
+			t.Errorf("a member added by hand between the drift check's read and the change: the loaded fingerprint vouches for it (%v)", err)
+		}
+		if out, err := execrun.Exec(ctx, nil, "ipset", "del", v4set, "192.0.2.78"); err != nil {
+			t.Fatalf("ipset del: %v %s", err, out)
+		}
+		if fp != read() {
+			t.Error("the member taken out again: the loaded fingerprint is not the kernel's")
+		}
 		// A rule change: the chains are read back, the sets are not.
 		if err := b.Apply(ctx, compile(t, head+"allow 80/tcp\n"+denyList(301, 7))); err != nil {
 			t.Fatal(err)
