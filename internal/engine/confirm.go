@@ -260,6 +260,10 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 		// Nothing of moat's was loaded before: remove what the change put in.
 		return nil, e.removeExcept(ctx)
 	}
+	// The port scan trap's exemptions of the logins made while the change
+	// waited (the guard put them in the backend the change loaded): the
+	// snapshot's login sets are those of before.
+	logins := e.liveLogins(ctx, p.Backend)
 	var errs []error
 	snap, err := readState(dir, snapshotFile)
 	if err == nil && Hash(snap) != p.SnapshotSHA256 {
@@ -272,6 +276,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 				if err = e.step("rollback-restored"); err != nil {
 					return nil, err
 				}
+				e.putLogins(ctx, prev, logins)
 				e.restoreListCopies()
 				if err = e.removeExcept(ctx, prev.Name()); err == nil {
 					return p.Prev, nil
@@ -287,6 +292,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 				if known {
 					e.keepBans(ctx, prev, live, since)
 				}
+				e.putLogins(ctx, prev, logins)
 				e.restoreListCopies()
 				if err = e.removeExcept(ctx, prev.Name()); err == nil {
 					return p.Prev, nil
@@ -307,8 +313,11 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 		if err := e.step("rollback-fallback-loaded"); err != nil {
 			return err
 		}
-		if b, err := e.backend(name); err == nil && known {
-			e.keepBans(ctx, b, live, since)
+		if b, err := e.backend(name); err == nil {
+			if known {
+				e.keepBans(ctx, b, live, since)
+			}
+			e.putLogins(ctx, b, logins)
 		}
 		return nil
 	}
@@ -645,12 +654,13 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 	// the old one (those the change carried over, recorded, and those
 	// made since in the new one's ban sets), read before anything is
 	// removed.
-	var carried []ruleset.Ban
+	var carried, logins []ruleset.Ban
 	switched := in.Prev != nil && in.Next != nil && in.Prev.Backend != in.Next.Backend
 	if switched {
 		defer e.holdBans(ctx)()
 		rec, _ := e.recordedBans(switchID(in))
 		carried = e.liveBans(ctx, rec, in.Next.Backend)
+		logins = e.liveLogins(ctx, in.Next.Backend, in.Prev.Backend)
 	}
 	if in.Pending != "" {
 		if p, err := LoadPending(dir); err == nil && p.ID == in.Pending {
@@ -682,6 +692,9 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 			if prev, err := e.backend(in.Prev.Backend); err == nil {
 				e.putBans(ctx, prev, carried)
 			}
+		}
+		if prev, err := e.backend(in.Prev.Backend); err == nil {
+			e.putLogins(ctx, prev, logins)
 		}
 	} else if err := e.removeExcept(ctx); err != nil {
 		return err

@@ -172,7 +172,9 @@ func (f *Fake) Restore(_ context.Context, snap []byte) error {
 	if err := json.Unmarshal(snap, &s); err != nil || s.Ruleset == nil {
 		return fmt.Errorf("fake %s: not a snapshot: %v", f.name, err)
 	}
-	f.rs, f.bans = s.Ruleset, map[netip.Addr]ruleset.Ban{}
+	// The fake's snapshot holds no login sets: restored empty, as a
+	// snapshot taken before a login holds none of it.
+	f.rs, f.bans, f.logins = s.Ruleset, map[netip.Addr]ruleset.Ban{}, nil
 	for _, b := range s.Bans {
 		f.bans[b.Addr] = ruleset.Ban{Addr: b.Addr, Expires: b.Left, Reason: b.Reason}
 	}

@@ -55,3 +55,60 @@ func TestBackendSwitchCarriesLogins(t *testing.T) {
 		}
 	}
 }
+
+// A login made while a --confirm change waits is exempted by the guard in
+// the backend the change loaded. The rollback restored the snapshot of
+// before (its login sets as they were then), and the undo of a change of
+// backend cut by a kill loaded the old backend with empty login sets:
+// the exemption was lost either way. Both directions, and a --confirm
+// change that keeps the backend.
+func TestRollbackKeepsLogins(t *testing.T) {
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}, {"nftables", "nftables"}} {
+		for _, how := range []string{"rollback", "kill+undo"} {
+			if how == "kill+undo" && dir[0] == dir[1] {
+				continue
+			}
+			t.Run(dir[0]+"-to-"+dir[1]+"/"+how, func(t *testing.T) {
+				r := newRig(t)
+				fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
+				from, to := fakes[dir[0]], fakes[dir[1]]
+				ctx := context.Background()
+				admin := netip.MustParseAddr("2001:db8::9")
+				r.write("backend " + dir[0] + "\n" + base)
+				_, err := r.enable(r.ch(0))
+				r.must(err)
+				r.write("backend " + dir[1] + "\n" + base + "allow 80/tcp\n")
+				if how == "rollback" {
+					_, err = r.enable(r.ch(time.Hour))
+					r.must(err)
+					r.must(to.Protect(ctx, []netip.Addr{admin}, 20*time.Hour))
+					r.must(r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err }))
+				} else {
+					// The guard exempts the login while the switch runs,
+					// in the backend holding moat's rules then.
+					kill := r.eng.o.Checkpoint
+					r.eng.o.Checkpoint = func(step string) error {
+						if step == "switched" {
+							if err := to.Protect(ctx, []netip.Addr{admin}, 20*time.Hour); err != nil {
+								return err
+							}
+						}
+						return kill(step)
+					}
+					r.crashAt = "switched"
+					if _, err := r.enable(r.ch(0)); !IsCrash(err) {
+						t.Fatalf("no crash: %v", err)
+					}
+					r.eng.o.Checkpoint = kill
+					r.must(r.do(func(context.Context, *Engine) error { return nil }))
+				}
+				r.kernelIs(dir[0], "backend "+dir[0]+"\n"+base)
+				got, err := from.Logins(ctx)
+				r.must(err)
+				if len(got) != 1 || got[0].Addr != admin || got[0].Expires != 20*time.Hour {
+					t.Errorf("logins in %s after the %s: %+v, want %s with 20h left", from.Name(), how, got, admin)
+				}
+			})
+		}
+	}
+}

@@ -205,46 +205,65 @@ func hasLoginSets(rs *ruleset.Ruleset) bool {
 // logged out since, was trapped by the first few closed ports tried
 // after it.
 func (e *Engine) carryLogins(ctx context.Context, from []string, to Backend, rs *ruleset.Ruleset) {
-	k, ok := to.(loginKeeper)
-	if !ok || !hasLoginSets(rs) {
+	if !hasLoginSets(rs) {
 		return
 	}
-	byLeft := map[time.Duration][]netip.Addr{}
+	e.putLogins(ctx, to, e.liveLogins(ctx, from...))
+}
+
+// liveLogins reads the login sets of the named backends that hold moat's
+// rules (none: a backend without them, or not loaded).
+func (e *Engine) liveLogins(ctx context.Context, names ...string) []ruleset.Ban {
+	var out []ruleset.Ban
 	seen := map[netip.Addr]bool{}
-	for _, name := range from {
+	for _, name := range names {
 		b, err := e.backend(name)
 		if err != nil || b.Available() != nil {
 			continue
 		}
-		old, ok := b.(loginKeeper)
+		k, ok := b.(loginKeeper)
 		if !ok {
 			continue
 		}
 		if on, err := b.Active(ctx); err != nil || !on {
 			continue
 		}
-		logins, err := old.Logins(ctx)
+		logins, err := k.Logins(ctx)
 		if err != nil {
-			continue // no trap there: no exemptions
+			continue // no login sets there (an earlier moat's rules)
 		}
 		for _, l := range logins {
-			a := l.Addr.Unmap()
-			// Whole seconds left, rounded up: an exemption never ends
-			// before it did.
-			left := banLeft(l).Truncate(time.Second)
-			if left < banLeft(l) {
-				left += time.Second
+			if a := l.Addr.Unmap(); a.IsValid() && !seen[a] {
+				seen[a] = true
+				l.Addr = a
+				out = append(out, l)
 			}
-			if !a.IsValid() || seen[a] || left < time.Second {
-				continue
-			}
-			seen[a] = true
-			byLeft[left] = append(byLeft[left], a)
+		}
+	}
+	return out
+}
+
+// putLogins exempts logins from the port scan trap of to (whose rules
+// are loaded) for the time they have left, in whole seconds rounded up
+// (an exemption never ends before it did).
+func (e *Engine) putLogins(ctx context.Context, to Backend, logins []ruleset.Ban) {
+	k, ok := to.(loginKeeper)
+	if !ok || len(logins) == 0 {
+		return
+	}
+	byLeft := map[time.Duration][]netip.Addr{}
+	for _, l := range logins {
+		left := banLeft(l).Truncate(time.Second)
+		if left < banLeft(l) {
+			left += time.Second
+		}
+		if left >= time.Second {
+			byLeft[left] = append(byLeft[left], l.Addr)
 		}
 	}
 	for left, addrs := range byLeft {
 		if err := k.Protect(ctx, addrs, left); err != nil {
-			e.warn(fmt.Sprintf("change of backend: could not carry the port scan trap's exemption of %d logins over to %s: %v (the guard exempts them again at their next login)", len(addrs), to.Name(), err))
+			e.warn(fmt.Sprintf("could not keep the port scan trap's exemption of %d logins in %s: %v (the guard exempts them again at their next login)", len(addrs), to.Name(), err))
 		}
 	}
 }
