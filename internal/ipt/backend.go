@@ -1024,7 +1024,6 @@ func (b *Backend) fingerprintNetlink(ctx context.Context, after *afterApply) (Ke
 	}
 	sr := b.setReader()
 	sr.loaded = after
-	defer sr.close()
 	return sr.print(ctx, h, used), nil
 }
 
@@ -1078,7 +1077,6 @@ func (b *Backend) fingerprintText(ctx context.Context, st *state, after *afterAp
 	}
 	sr := b.setReader()
 	sr.loaded = after
-	defer sr.close()
 	return sr.print(ctx, h, used), nil
 }
 
@@ -1114,7 +1112,6 @@ func (sr *setReader) print(ctx context.Context, h hash.Hash, used map[string]boo
 func (b *Backend) ProtectedFingerprint(ctx context.Context) string {
 	ph := sha256.New()
 	sr := b.setReader()
-	defer sr.close()
 	for _, name := range protectedSets() {
 		ph.Write(sr.digest(ctx, name))
 	}
@@ -1139,8 +1136,6 @@ func (b *Backend) setReader() *setReader {
 	}
 	return sr
 }
-
-func (sr *setReader) close() {}
 
 // digest is the hash of one set as the kernel holds it (hashSet over
 // netlink, hashSetListing of `ipset list`): the same for the same set
