@@ -136,8 +136,11 @@ const want = "expected an address, a CIDR (192.0.2.0/24, 2001:db8::/32) or a ran
 // (FuzzParseFastSameAsSlow).
 func parseLine(dst []netip.Prefix, text []byte) ([]netip.Prefix, string) {
 	end := len(text)
-	if i := bytes.IndexAny(text, "#;"); i >= 0 {
-		end = i
+	for i, c := range text {
+		if c == '#' || c == ';' {
+			end = i
+			break
+		}
 	}
 	start := 0
 	for start < end && asciiSpace(text[start]) {
@@ -151,16 +154,19 @@ func parseLine(dst []netip.Prefix, text []byte) ([]netip.Prefix, string) {
 		// line, or a line of unicode blanks).
 		return parseLineSlow(dst, text)
 	}
+	slash := false
 	for _, c := range text[start:end] {
 		if !plainByte(c) {
 			return parseLineSlow(dst, text)
 		}
+		slash = slash || c == '/'
 	}
 	// Read in place, not copied (100,000 small strings at 100,000
-	// lines): parseEntry keeps nothing of s once it returns (its
-	// messages are formatted copies; a zone, the one part of an address
-	// netip keeps, is refused, and cannot be in a plain line).
-	return parseEntry(dst, unsafe.String(&text[start], end-start))
+	// lines): parseNet keeps nothing of s once it returns (its messages
+	// are formatted copies; a zone, the one part of an address netip
+	// keeps, cannot be in a plain line). A plain line holds no range and
+	// no zone: parseEntry's search for them is left out.
+	return parseNet(dst, unsafe.String(&text[start], end-start), slash)
 }
 
 func asciiSpace(c byte) bool {
@@ -220,7 +226,14 @@ func parseEntry(dst []netip.Prefix, s string) ([]netip.Prefix, string) {
 		}
 		return r.AppendPrefixes(dst), ""
 	}
-	if strings.Contains(s, "/") {
+	return parseNet(dst, s, strings.Contains(s, "/"))
+}
+
+// parseNet reads an address, or a network (slash: s holds a '/'), that
+// holds no range and no zone (parseEntry).
+func parseNet(dst []netip.Prefix, s string, slash bool) ([]netip.Prefix, string) {
+	bad := func() string { return fmt.Sprintf("bad entry %q: %s", clip(s), want) }
+	if slash {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
 			return dst, bad()
