@@ -72,11 +72,19 @@ func handNft(n int) string {
 // family. Each set's adds come together: ipset restore sends a run of
 // adds to one set in as few netlink messages as fit, and one message per
 // add when the sets alternate (the kernel time of the load doubles:
-// 0.43 s of system time against 0.16 s at 100,000).
+// 0.43 s of system time against 0.16 s at 100,000). Each set is made
+// with the hash size its members need (a power of two, at least one
+// bucket a member), so the kernel does not grow it again and again while
+// they are added (at 100,000 a quarter to a third less wall time, the
+// CPU about the same).
 func handIpt(n int) (ipset, v4rules, v6rules string) {
 	v4, v6 := blockAddrs(n)
+	hashsize := 64 // ipset's smallest
+	for hashsize < len(v4) {
+		hashsize *= 2
+	}
 	var s strings.Builder
-	s.WriteString("create b4 hash:net family inet maxelem 1048576\ncreate b6 hash:net family inet6 maxelem 1048576\n")
+	fmt.Fprintf(&s, "create b4 hash:net family inet hashsize %d maxelem 1048576\ncreate b6 hash:net family inet6 hashsize %d maxelem 1048576\n", hashsize, hashsize)
 	for _, a := range v4 {
 		fmt.Fprintf(&s, "add b4 %s\n", a)
 	}
