@@ -3,6 +3,7 @@ package ipt
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -87,4 +88,73 @@ func TestSumMessageAllocs(t *testing.T) {
 	if want != sum {
 		t.Errorf("sum of the part %+v, of the networks %+v", sum, want)
 	}
+}
+
+// nlmsg is one netlink message of type typ, flags and seq with payload p
+// (padded to 4 bytes).
+func nlmsg(typ, flags uint16, seq uint32, p []byte) []byte {
+	b := binary.NativeEndian.AppendUint32(nil, uint32(16+len(p)))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = binary.NativeEndian.AppendUint16(b, flags)
+	b = binary.NativeEndian.AppendUint32(b, seq)
+	b = binary.NativeEndian.AppendUint32(b, 0)
+	b = append(b, p...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// A part of a dump: the set's messages go to fn, another request's are
+// passed over, NLMSG_DONE ends it, ENOENT says the set is missing, any
+// other error, an interrupted dump and a message cut short are errors.
+func TestDumpPart(t *testing.T) {
+	errno := func(e int32) []byte { return binary.NativeEndian.AppendUint32(nil, uint32(-e)) }
+	set := nlmsg(6<<8|7, 2, 1, append([]byte{2, 0, 0, 0}, attr(ipsetAttrSetname, []byte("s\x00"))...))
+	other := nlmsg(6<<8|7, 2, 9, []byte{2, 0, 0, 0, 0xff, 0xff})
+	done := nlmsg(3, 2, 1, []byte{0, 0, 0, 0})
+	for _, c := range []struct {
+		name          string
+		part          []byte
+		parts         int
+		done, missing bool
+		err           bool
+	}{
+		{"two parts of the set, then done", slices.Concat(set, other, set, done), 2, true, false, false},
+		{"more to come", slices.Concat(set, set), 2, false, false, false},
+		{"missing", nlmsg(2, 0, 1, errno(2)), 0, true, true, false},
+		{"another error", slices.Concat(set, nlmsg(2, 0, 1, errno(1))), 1, false, false, true},
+		{"an acknowledgement", nlmsg(2, 0, 1, errno(0)), 0, false, false, false},
+		{"another request's error", nlmsg(2, 0, 7, errno(2)), 0, false, false, false},
+		{"interrupted", nlmsg(6<<8|7, 2|16, 1, []byte{2, 0, 0, 0}), 0, false, false, true},
+		{"cut short", set[:len(set)-8], 0, false, false, true},
+		{"a header cut short", set[:10], 0, false, false, true},
+		{"an error cut short", nlmsg(2, 0, 1, nil), 0, false, false, true},
+	} {
+		parts := 0
+		d, m, err := dumpPart(c.part, 1, func(attrs []byte) error {
+			parts++
+			return nil
+		})
+		if d != c.done || m != c.missing || (err != nil) != c.err || parts != c.parts {
+			t.Errorf("%s: done %v missing %v err %v, %d parts; want %v %v %v, %d", c.name, d, m, err, parts, c.done, c.missing, c.err, c.parts)
+		}
+	}
+}
+
+// FuzzDumpPart: any bytes as a part of a dump's answer are read without a
+// panic, and fn sees only slices of them.
+func FuzzDumpPart(f *testing.F) {
+	f.Add(nlmsg(6<<8|7, 2, 1, append([]byte{2, 0, 0, 0}, attr(ipsetAttrSetname, []byte("s\x00"))...)))
+	f.Add(nlmsg(3, 2, 1, []byte{0, 0, 0, 0}))
+	f.Add(nlmsg(2, 0, 1, []byte{0xfe, 0xff, 0xff, 0xff}))
+	f.Add([]byte{16, 0, 0, 0, 7, 6, 2, 0, 1, 0, 0, 0})
+	mh := newMemberHasher(make([]byte, 16))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var head []string
+		var sum memberSum
+		_, _, _ = dumpPart(data, 1, func(attrs []byte) error {
+			return sumMessage(mh, attrs, &head, &sum)
+		})
+	})
 }

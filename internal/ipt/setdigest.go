@@ -412,52 +412,72 @@ func dumpSet(name string, flags uint32, fn func(attrs []byte) error) (missing bo
 		if n > len(buf) {
 			return false, fmt.Errorf("%w: list %q: a part of %d bytes", errIpsetNetlink, name, n)
 		}
-		b := buf[:n]
-		for len(b) > 0 {
-			if len(b) < unix.SizeofNlMsghdr {
-				return false, fmt.Errorf("%w: list %q: message cut short", errIpsetNetlink, name)
-			}
-			l := int(binary.NativeEndian.Uint32(b[0:4]))
-			typ := binary.NativeEndian.Uint16(b[4:6])
-			mseq := binary.NativeEndian.Uint32(b[8:12])
-			if l < unix.SizeofNlMsghdr || l > len(b) {
-				return false, fmt.Errorf("%w: list %q: message of length %d in %d bytes", errIpsetNetlink, name, l, len(b))
-			}
-			msg := b[unix.SizeofNlMsghdr:l]
-			if al := (l + 3) &^ 3; al < len(b) {
-				b = b[al:]
-			} else {
-				b = nil
-			}
-			if mseq != seq {
-				continue // not an answer to this request
-			}
-			switch typ {
-			case unix.NLMSG_DONE:
-				return false, nil
-			case unix.NLMSG_ERROR:
-				if len(msg) < 4 {
-					return false, fmt.Errorf("%w: list %q: error cut short", errIpsetNetlink, name)
-				}
-				errno := -int32(binary.NativeEndian.Uint32(msg[0:4]))
-				switch {
-				case errno == 0:
-					continue // an acknowledgement
-				case unix.Errno(errno) == unix.ENOENT:
-					return true, nil
-				}
-				return false, fmt.Errorf("%w: list %q: %w", errIpsetNetlink, name, unix.Errno(errno))
-			case unix.NLMSG_NOOP:
-				continue
-			}
-			if len(msg) < 4 {
-				continue // no nfgenmsg: nothing of the set
-			}
-			if err := fn(msg[4:]); err != nil {
-				return false, fmt.Errorf("%w: set %s: %w", errIpsetNetlink, name, err)
-			}
+		done, missing, err := dumpPart(buf[:n], seq, fn)
+		if err != nil {
+			return false, fmt.Errorf("%w: list %q: %w", errIpsetNetlink, name, err)
+		}
+		if done {
+			return missing, nil
 		}
 	}
+}
+
+// dumpPart reads one part of a dump's answer (one recvmsg: netlink
+// messages one after the other), handing each netfilter message of
+// request seq to fn. done: the dump ended (NLMSG_DONE, or an error,
+// missing for ENOENT: no such set).
+func dumpPart(b []byte, seq uint32, fn func(attrs []byte) error) (done, missing bool, err error) {
+	for len(b) > 0 {
+		if len(b) < unix.SizeofNlMsghdr {
+			return false, false, errors.New("message cut short")
+		}
+		l := int(binary.NativeEndian.Uint32(b[0:4]))
+		typ := binary.NativeEndian.Uint16(b[4:6])
+		flags := binary.NativeEndian.Uint16(b[6:8])
+		mseq := binary.NativeEndian.Uint32(b[8:12])
+		if l < unix.SizeofNlMsghdr || l > len(b) {
+			return false, false, fmt.Errorf("message of length %d in %d bytes", l, len(b))
+		}
+		msg := b[unix.SizeofNlMsghdr:l]
+		if al := (l + 3) &^ 3; al < len(b) {
+			b = b[al:]
+		} else {
+			b = nil
+		}
+		if mseq != seq {
+			continue // not an answer to this request
+		}
+		if flags&unix.NLM_F_DUMP_INTR != 0 {
+			// The set changed under the dump (no ipset kernel says so
+			// today): what was read may be neither before nor after.
+			return false, false, errors.New("the dump was interrupted")
+		}
+		switch typ {
+		case unix.NLMSG_DONE:
+			return true, false, nil
+		case unix.NLMSG_ERROR:
+			if len(msg) < 4 {
+				return false, false, errors.New("error cut short")
+			}
+			errno := -int32(binary.NativeEndian.Uint32(msg[0:4]))
+			switch {
+			case errno == 0:
+				continue // an acknowledgement
+			case unix.Errno(errno) == unix.ENOENT:
+				return true, true, nil
+			}
+			return false, false, unix.Errno(errno)
+		case unix.NLMSG_NOOP:
+			continue
+		}
+		if len(msg) < 4 {
+			continue // no nfgenmsg: nothing of the set
+		}
+		if err := fn(msg[4:]); err != nil {
+			return false, false, err
+		}
+	}
+	return false, false, nil
 }
 
 // dumpRequest is the netlink message asking for set name's dump.
