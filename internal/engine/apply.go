@@ -451,6 +451,9 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		err := e.carryBans(ctx, switchID(in), from, b)
 		if err == nil {
 			e.carryLogins(ctx, from, b, rs)
+			err = e.step("switch-logins")
+		}
+		if err == nil {
 			err = e.removeOld(ctx, in, cur, b, res)
 		}
 		unlockBans()

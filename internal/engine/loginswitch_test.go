@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moat-fw/moat/internal/guard"
 )
 
 // The port scan trap spares an address that logged in within the day
@@ -110,5 +112,66 @@ func TestRollbackKeepsLogins(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A login exempted by the guard in the instant of a change of backend
+// (after the switch read the old login sets, before it removed them) was
+// written to the old backend and lost with it: the guard's Protect, like
+// its Ban, takes the bans lock shared, waits for the switch's removal,
+// fails on the removed sets and lands in the backend that holds moat's
+// rules now. The guard runs in a goroutine with its own lock file
+// descriptor, as a second process would.
+func TestProtectDuringBackendSwitchNotLost(t *testing.T) {
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
+			r := newRig(t)
+			fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
+			from, to := fakes[dir[0]], fakes[dir[1]]
+			ctx := context.Background()
+			r.write("backend " + dir[0] + "\n" + base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			current := func(context.Context) (guard.Banner, error) {
+				for _, f := range []*Fake{r.nft, r.ipt} {
+					if f.Loaded() != "" {
+						return f, nil
+					}
+				}
+				return nil, nil
+			}
+			lock := func(ctx context.Context) (func(), error) { return LockBans(ctx, r.dir, false) }
+			g := guard.NewFollowing(from, lock, current)
+			admin := netip.MustParseAddr("198.51.100.9")
+			done := make(chan error, 1)
+			kill := r.eng.o.Checkpoint
+			r.eng.o.Checkpoint = func(step string) error {
+				if step == "switch-logins" {
+					// The switch read the old login sets and is about
+					// to remove them.
+					go func() { done <- g.Protect(ctx, []netip.Addr{admin}, 20*time.Hour) }()
+					select {
+					case err := <-done: // an unserialized call lands at once
+						done <- err
+					case <-time.After(300 * time.Millisecond):
+					}
+				}
+				return kill(step)
+			}
+			r.write("backend " + dir[1] + "\n" + base)
+			_, err = r.enable(r.ch(0))
+			r.must(err)
+			select {
+			case err := <-done:
+				r.must(err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("the guard's Protect never finished")
+			}
+			got, err := to.Logins(ctx)
+			r.must(err)
+			if len(got) != 1 || got[0].Addr != admin {
+				t.Errorf("logins in %s, which holds moat's rules: %+v, want %s", to.Name(), got, admin)
+			}
+		})
 	}
 }

@@ -72,17 +72,32 @@ func (f *Following) Name() string {
 	return ""
 }
 
+// lock takes the bans lock shared for one call that writes the sets a
+// change of backend carries over. Without it (the file refused) the call
+// goes on; an error only when ctx ended.
+func (f *Following) lock(ctx context.Context) (unlock func(), err error) {
+	if f.Lock == nil {
+		return func() {}, nil
+	}
+	unlock, err = f.Lock(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return func() {}, nil
+	}
+	return unlock, nil
+}
+
 // Ban bans into the backend holding moat's rules, under the bans lock.
 func (f *Following) Ban(ctx context.Context, bans []ruleset.Ban) error {
-	if f.Lock != nil {
-		if unlock, err := f.Lock(ctx); err == nil {
-			defer unlock()
-		} else if ctx.Err() != nil {
-			return err
-		}
+	unlock, err := f.lock(ctx)
+	if err != nil {
+		return err
 	}
+	defer unlock()
 	b := f.backend()
-	err := b.Ban(ctx, bans)
+	err = b.Ban(ctx, bans)
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
@@ -125,8 +140,15 @@ func (f *Following) Banned(ctx context.Context, a netip.Addr) (bool, error) {
 }
 
 // Protect exempts logins from the port scan trap of the backend holding
-// moat's rules.
+// moat's rules, under the bans lock as a ban: a change of backend carries
+// the login sets over, and an exemption written to the old backend after
+// its read would be lost with it.
 func (f *Following) Protect(ctx context.Context, addrs []netip.Addr, ttl time.Duration) error {
+	unlock, err := f.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	call := func(b Banner) error {
 		if p, ok := b.(LoginProtector); ok {
 			return p.Protect(ctx, addrs, ttl)
@@ -134,7 +156,7 @@ func (f *Following) Protect(ctx context.Context, addrs []netip.Addr, ttl time.Du
 		return nil
 	}
 	b := f.backend()
-	err := call(b)
+	err = call(b)
 	if err != nil && ctx.Err() == nil {
 		if nb := f.again(ctx, b); nb != nil {
 			return call(nb)
