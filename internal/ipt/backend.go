@@ -447,9 +447,11 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 //
 // A policy set whose networks changed keeps its name: with a record in
 // Elements of what it holds (the contents MOAT-GEN names), it gets the
-// networks added and then those deleted, in one ipset restore, so an
-// address listed before and after is never out of it; without one it is
-// filled whole under a temporary name and swapped in. Before either, the
+// networks added and then those deleted (over ipset's netlink interface
+// when no set is loaded whole, else in the ipset restore that loads
+// them), so an address listed before and after is never out of it;
+// without one it is filled whole under a temporary name (its members
+// over netlink, ipsetload.go) and swapped in. Before either, the
 // set's record leaves MOAT-GEN and its entry Elements, so a moat killed
 // half way leaves a set that Split reports and the next apply loads
 // whole. Only the MOAT-GEN chain is rewritten when the rules themselves
