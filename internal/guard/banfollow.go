@@ -25,6 +25,10 @@ type Following struct {
 	Lock func(ctx context.Context) (unlock func(), err error)
 	// Current finds the backend that holds moat's rules.
 	Current func(ctx context.Context) (Banner, error)
+	// Wait bounds the wait for the lock (0: LockWait). A holder that
+	// never lets go (a change of backend stopped, or stuck in a kernel
+	// call) must not stop the guard's bans for good.
+	Wait time.Duration
 
 	mu sync.Mutex
 	b  Banner
@@ -72,14 +76,25 @@ func (f *Following) Name() string {
 	return ""
 }
 
+// LockWait is how long a ban waits for the bans lock: the change of
+// backend waits as long for a ban call (engine.holdBans).
+const LockWait = 30 * time.Second
+
 // lock takes the bans lock shared for one call that writes the sets a
-// change of backend carries over. Without it (the file refused) the call
-// goes on; an error only when ctx ended.
+// change of backend carries over. Without it (the file refused, a holder
+// that kept it longer than Wait) the call goes on; an error only when ctx
+// ended.
 func (f *Following) lock(ctx context.Context) (unlock func(), err error) {
 	if f.Lock == nil {
 		return func() {}, nil
 	}
-	unlock, err = f.Lock(ctx)
+	wait := f.Wait
+	if wait <= 0 {
+		wait = LockWait
+	}
+	lctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	unlock, err = f.Lock(lctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, err
