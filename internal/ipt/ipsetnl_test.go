@@ -1,6 +1,7 @@
 package ipt
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -175,6 +176,46 @@ func TestDigestKey(t *testing.T) {
 	}
 	if key, err := os.ReadFile(filepath.Join(dir, digestKeyFile)); err != nil || len(key) != 16 {
 		t.Errorf("key file after damage: %d bytes, %v", len(key), err)
+	}
+}
+
+// A key file others can read (a state directory restored from a backup
+// with mode 0644, or copied with the admin's umask) is no secret: a
+// process that may change ipsets but not read root's files could then
+// craft networks whose hashes cancel out in the sum, and a set changed
+// by hand would keep its digest. Such a key is replaced by a new one,
+// written 0600; one readable by root alone is kept.
+func TestDigestKeyExposed(t *testing.T) {
+	p := netip.MustParsePrefix("192.0.2.0/24")
+	known := []byte("0123456789abcdef")
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o600} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, digestKeyFile)
+		if err := os.WriteFile(path, known, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		lo, hi := (&Backend{KeyDir: dir}).digestKey().prefix(p)
+		klo, khi := newMemberHasher(known).prefix(p)
+		used := lo == klo && hi == khi
+		key, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case mode == 0o600 && !used:
+			t.Errorf("mode %04o: a key readable by root alone was replaced", mode)
+		case mode != 0o600 && used:
+			t.Errorf("mode %04o: a key others can read was used", mode)
+		case mode != 0o600 && (bytes.Equal(key, known) || len(key) != 16 || fi.Mode().Perm() != 0o600):
+			t.Errorf("mode %04o: the exposed key was not replaced by a new one readable by root alone (%d bytes, mode %04o)", mode, len(key), fi.Mode().Perm())
+		}
 	}
 }
 
