@@ -115,3 +115,18 @@ func (t *tuner) restore() {
 	debug.SetMemoryLimit(t.oldLimit)
 	t.done = true
 }
+
+// Limited reports whether the collector runs only at a memory limit
+// (GOGC off and a limit set: Short's mode before it falls back, or the
+// admin's GOGC=off with GOMEMLIMIT). A forced collection to bound the
+// heap's peak is then not needed: the limit bounds it, and collecting
+// earlier only marks what is live once more.
+func Limited() bool {
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/gomemlimit:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 || s[1].Value.Kind() != metrics.KindUint64 {
+		return false
+	}
+	// GOGC off is a percent of -1, read as a uint64.
+	return int64(s[0].Value.Uint64()) < 0 && s[1].Value.Uint64() < math.MaxInt64
+}

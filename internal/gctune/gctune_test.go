@@ -131,3 +131,40 @@ func TestMalformedGOGC(t *testing.T) {
 		t.Errorf("GC percent %d after restore, want %d", p, before)
 	}
 }
+
+// TestLimited: true only while the collector runs at a limit alone
+// (Short's mode); false with the usual pacing, with a limit beside the
+// usual pacing, and after Short falls back or is restored. The forced
+// collection of a large apply is skipped only when it is true.
+func TestLimited(t *testing.T) {
+	noEnv(t)
+	if Limited() {
+		t.Fatal("Limited with the usual pacing")
+	}
+	old := debug.SetMemoryLimit(1 << 30)
+	if Limited() {
+		t.Error("Limited with a limit beside the usual pacing")
+	}
+	debug.SetMemoryLimit(old)
+	restore := Short(1 << 30)
+	if !Limited() {
+		t.Error("not Limited under Short")
+	}
+	restore()
+	if Limited() {
+		t.Error("Limited after restore")
+	}
+	tu := start(16 << 20)
+	defer tu.restore()
+	if !Limited() {
+		t.Error("not Limited before falling back")
+	}
+	tu.mu.Lock()
+	debug.SetGCPercent(tu.oldPercent)
+	debug.SetMemoryLimit(math.MaxInt64)
+	tu.done = true
+	tu.mu.Unlock()
+	if Limited() {
+		t.Error("Limited after falling back")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"github.com/moat-fw/moat/internal/boundedfile"
 )
@@ -33,14 +34,29 @@ type Document struct {
 
 // ReadDocument reads a policy file. A missing file is an empty document.
 func ReadDocument(name string) (*Document, error) {
+	d, _, err := ReadDocumentData(name)
+	return d, err
+}
+
+// ReadDocumentData is ReadDocument, and the bytes read (nil for a file
+// that does not exist). The document keeps no reference to them.
+func ReadDocumentData(name string) (*Document, []byte, error) {
 	data, err := ReadFile(name)
 	if errors.Is(err, os.ErrNotExist) {
-		return &Document{Name: name}, nil
+		return &Document{Name: name}, nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return NewDocument(name, data), nil
+	return NewDocument(name, data), data, nil
+}
+
+// SameAsBytes reports whether d.Bytes() would equal data, for the
+// document NewDocument made of data: it does when the text has lines
+// and ends with a newline (NewDocument splits the text without its last
+// newline, and Bytes ends every line with one).
+func SameAsBytes(d *Document, data []byte) bool {
+	return len(d.Lines) > 0 && len(data) > 0 && data[len(data)-1] == '\n'
 }
 
 // ReadFile reads a policy file whole. Only a regular file of at most 64
@@ -131,6 +147,17 @@ func (d *Document) Write() error {
 // when the caller commits it.
 func (d *Document) Prepare() (*PreparedFile, error) {
 	p, err := PrepareFile(d.Name, d.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("write policy: %w", err)
+	}
+	return p, nil
+}
+
+// PrepareText is Prepare with the document's contents given: text must
+// be d.Text() (the caller made it already), written without a copy.
+func (d *Document) PrepareText(text string) (*PreparedFile, error) {
+	// WriteFile's data is only read (written to the file), never kept.
+	p, err := PrepareFile(d.Name, unsafe.Slice(unsafe.StringData(text), len(text)))
 	if err != nil {
 		return nil, fmt.Errorf("write policy: %w", err)
 	}

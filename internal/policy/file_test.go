@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -241,4 +242,51 @@ func TestReadDocumentNotRegular(t *testing.T) {
 	if d, err := ReadDocument(filepath.Join(dir, "missing")); err != nil || len(d.Lines) != 0 {
 		t.Errorf("missing file: %v %v", d, err)
 	}
+}
+
+// The bytes read stand for the document's Bytes wherever SameAsBytes
+// says so (readPolicy keeps them instead of a copy): texts with and
+// without a last newline, blank lines, carriage returns, a lone newline.
+func TestSameAsBytes(t *testing.T) {
+	for _, s := range []string{"", "\n", "\n\n", "a", "a\n", "a\n\n", "\na\n", "a\r\n", "a\nb", "a\nb\n", "a\n\nb\n\n\n", " \n", "\r"} {
+		checkSameAsBytes(t, []byte(s))
+	}
+	got, data, err := ReadDocumentData(filepath.Join(t.TempDir(), "none"))
+	if err != nil || data != nil || got.Lines != nil {
+		t.Fatalf("a missing file: %v, %q, %v", got, data, err)
+	}
+	p := filepath.Join(t.TempDir(), "moat.conf")
+	text := "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.1\n"
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, data, err := ReadDocumentData(p)
+	if err != nil || string(data) != text || !SameAsBytes(d, data) || d.Text() != text {
+		t.Fatalf("ReadDocumentData = %q, %q, %v", d.Lines, data, err)
+	}
+}
+
+func checkSameAsBytes(t *testing.T, data []byte) {
+	t.Helper()
+	d := NewDocument("f", data)
+	if SameAsBytes(d, data) && !bytes.Equal(d.Bytes(), data) {
+		t.Fatalf("%q: SameAsBytes, but Bytes() = %q", data, d.Bytes())
+	}
+	if !SameAsBytes(d, data) && len(d.Lines) > 0 && len(data) > 0 && data[len(data)-1] == '\n' {
+		t.Fatalf("%q: not SameAsBytes", data)
+	}
+}
+
+func FuzzSameAsBytes(f *testing.F) {
+	for _, s := range []string{"", "\n", "a\n", "a", "a\n\n", "deny from 192.0.2.1\r\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkSameAsBytes(t, data)
+		d := NewDocument("f", data)
+		// Text and Bytes agree (PrepareText writes the one for the other).
+		if d.Text() != string(d.Bytes()) {
+			t.Fatalf("%q: Text %q, Bytes %q", data, d.Text(), d.Bytes())
+		}
+	})
 }
