@@ -100,8 +100,8 @@ func (d *Document) index(svc Services) *parsed {
 	c := d.cache
 	if c == nil || c.name != d.Name || !sameMap(c.svc, svc) || !sameMap(c.apps, d.Apps) || len(c.rules.texts) != len(d.Lines) {
 		c = &parsed{name: d.Name, svc: svc, apps: d.Apps,
-			kinds: make([]lineKind, len(d.Lines)), nrules: make([]uint8, len(d.Lines)),
-			rules: ruleStore{name: d.Name, texts: make([]string, len(d.Lines)), ents: make([]ruleEnt, 0, len(d.Lines))}}
+			kinds: make([]lineKind, len(d.Lines), len(d.Lines)+lineSlack), nrules: make([]uint8, len(d.Lines), len(d.Lines)+lineSlack),
+			rules: ruleStore{name: d.Name, texts: make([]string, len(d.Lines), len(d.Lines)+lineSlack), ents: make([]ruleEnt, 0, len(d.Lines)+lineSlack)}}
 		for i := range d.Lines {
 			n := c.rules.len()
 			c.rules.texts[i] = d.Lines[i]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -284,6 +285,10 @@ func FuzzSameAsBytes(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkSameAsBytes(t, data)
 		d := NewDocument("f", data)
+		// The lines are strings.Split's.
+		if text := strings.TrimSuffix(string(data), "\n"); len(data) > 0 && text != "" && !slices.Equal(d.Lines, strings.Split(text, "\n")) {
+			t.Fatalf("%q: lines %q", data, d.Lines)
+		}
 		// Text and Bytes agree (PrepareText writes the one for the other).
 		if d.Text() != string(d.Bytes()) {
 			t.Fatalf("%q: Text %q, Bytes %q", data, d.Text(), d.Bytes())

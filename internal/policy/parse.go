@@ -991,15 +991,15 @@ func parseAddrAt(s string) (netip.Prefix, int, string) {
 			bitsText = strconv.Itoa(bits)
 			s = addrText + "/" + bitsText
 		}
-		_, ok = parseCount(bitsText, 0, a.BitLen())
+		bits, ok := parseCount(bitsText, 0, a.BitLen())
 		if !ok || (len(bitsText) > 1 && bitsText[0] == '0') {
 			return netip.Prefix{}, len(addrText) + 1, fmt.Sprintf("bad address '%s': prefix length '%s' is out of range: expected 0 to %d for an IPv%d address", s, bitsText, a.BitLen(), map[int]int{32: 4, 128: 6}[a.BitLen()])
 		}
-		pp, err := netip.ParsePrefix(s)
-		if err != nil {
-			return netip.Prefix{}, 0, fmt.Sprintf("bad address '%s': expected any, an IP address or a CIDR such as 203.0.113.0/24 or 2001:db8::/32", s)
-		}
-		pfx = pp.Masked()
+		// What netip.ParsePrefix(s) gives, without parsing the address
+		// again (half of a blocklist's lines are IPv6 networks): the
+		// address parsed, without a zone, and a length of decimal digits
+		// in range, without a leading zero (FuzzParseAddrAt).
+		pfx = netip.PrefixFrom(a, bits).Masked()
 	} else {
 		a, err := netip.ParseAddr(s)
 		if err != nil {

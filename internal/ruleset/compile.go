@@ -231,24 +231,6 @@ type userRules struct {
 
 func (u *userRules) at(k int) *policy.Rule { return u.p.RulePtr(u.idx[k], &u.scratch) }
 
-// setKey is setKey(u.at(k)), read from the compact form when the policy
-// holds rule k so (what such a rule is: setKey's conditions hold but the
-// /0's).
-func (u *userRules) setKey(k int) (string, bool) {
-	a, ok := u.p.CompactAddrRule(u.idx[k])
-	if !ok {
-		return setKey(u.at(k))
-	}
-	if a.Prefix.Bits() == 0 {
-		return "", false
-	}
-	side := 0
-	if a.To {
-		side = 1
-	}
-	return setKeys[a.Action][side], true
-}
-
 // entry is rule k as a set entry, and its family's slot (famSlot).
 func (u *userRules) entry(k int) (SetEntry, int) {
 	if a, ok := u.p.CompactAddrRule(u.idx[k]); ok {
@@ -266,15 +248,29 @@ func (u *userRules) entry(k int) (SetEntry, int) {
 	return SetEntry{Prefix: addr, Origin: ruleOrigin(r)}, famSlot(r.Family)
 }
 
-// family is famSlot of rule k's family.
-func (u *userRules) family(k int) int {
-	if a, ok := u.p.CompactAddrRule(u.idx[k]); ok {
-		if a.Prefix.Addr().Is4() {
-			return 0
-		}
-		return 1
+// setKeyFam is setKey(u.at(k)) and famSlot of rule k's family, read
+// from the compact form when the policy holds rule k so (what such a
+// rule is: setKey's conditions hold but the /0's), from one read of the
+// rule (compile's scan reads every rule of a run once for both).
+func (u *userRules) setKeyFam(k int) (string, int, bool) {
+	a, ok := u.p.CompactAddrRule(u.idx[k])
+	if !ok {
+		r := u.at(k)
+		key, ok := setKey(r)
+		return key, famSlot(r.Family), ok
 	}
-	return famSlot(u.at(k).Family)
+	f := 1
+	if a.Prefix.Addr().Is4() {
+		f = 0
+	}
+	if a.Prefix.Bits() == 0 {
+		return "", f, false
+	}
+	side := 0
+	if a.To {
+		side = 1
+	}
+	return setKeys[a.Action][side], f, true
 }
 
 // compileRules compiles a chain's user rules in order. Runs of consecutive
@@ -284,12 +280,22 @@ func (u *userRules) family(k int) int {
 func compileRules(rs *Ruleset, h Hook, rules *userRules) []Rule {
 	var out []Rule
 	for i := 0; i < len(rules.idx); {
-		key, ok := rules.setKey(i)
+		// n counts the run's rules of each family (famSlot), as the run
+		// is found: compileSetRules sizes its entries with it.
+		var n [2]int
+		key, f, ok := rules.setKeyFam(i)
+		if f >= 0 {
+			n[f]++
+		}
 		j := i + 1
 		if ok {
 			for j < len(rules.idx) {
-				if k, ok := rules.setKey(j); !ok || k != key {
+				k, f, ok := rules.setKeyFam(j)
+				if !ok || k != key {
 					break
+				}
+				if f >= 0 {
+					n[f]++
 				}
 				j++
 			}
@@ -299,21 +305,17 @@ func compileRules(rs *Ruleset, h Hook, rules *userRules) []Rule {
 			i++
 			continue
 		}
-		out = append(out, compileSetRules(rs, h, key, rules, i, j)...)
+		out = append(out, compileSetRules(rs, h, key, rules, i, j, n)...)
 		i = j
 	}
 	return out
 }
 
-func compileSetRules(rs *Ruleset, h Hook, key string, rules *userRules, from, to int) []Rule {
+// compileSetRules makes the set rules of the run of rules from to to,
+// n[f] of them of family slot f.
+func compileSetRules(rs *Ruleset, h Hook, key string, rules *userRules, from, to int, n [2]int) []Rule {
 	// Exactly as many entries as each family has: with 100,000 rules,
 	// room for the whole group in each family held 7 MB for nothing.
-	var n [2]int
-	for k := from; k < to; k++ {
-		if f := rules.family(k); f >= 0 {
-			n[f]++
-		}
-	}
 	entries := [2][]SetEntry{make([]SetEntry, 0, n[0]), make([]SetEntry, 0, n[1])}
 	for k := from; k < to; k++ {
 		if e, f := rules.entry(k); f >= 0 {
