@@ -24,31 +24,10 @@ func TestPortscanLoginSurvivesBackendSwitch(t *testing.T) {
 	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
 		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
 			t.Parallel()
-			e := newSSHEnv(t, dir[0])
-			srv, logFile := e.loggedSSHD(verboseSSHD)
-			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard sshd\nguard portscan ports 5 within 60s bantime 1h\n"
-			e.apply(policy)
-			e.startGuard("--log-file", logFile, "-v") // -v: the guard logs each exemption
+			e, srv, logFile := trapGuardEnv(t, dir[0])
 			s4 := srv.login(lab.ServerV4)
 			s6 := srv.login(lab.ServerV6)
-			exempted := func() bool {
-				seen := map[string]bool{}
-				for _, l := range strings.Split(e.guardLog(), "\n") {
-					if _, rest, ok := strings.Cut(l, `msg="login exempted from the port scan trap" `); ok {
-						for _, f := range strings.Fields(rest) {
-							seen[f] = true
-						}
-					}
-				}
-				return seen["addr="+lab.ClientV4.String()] && seen["addr="+lab.ClientV6.String()]
-			}
-			for end := time.Now().Add(10 * time.Second); !exempted() && time.Now().Before(end); {
-				time.Sleep(50 * time.Millisecond)
-			}
-			if !exempted() {
-				data, _ := os.ReadFile(logFile)
-				t.Fatalf("the guard did not exempt both logins:\n%s\nsshd:\n%s", e.guardLog(), data)
-			}
+			e.waitExempted(logFile, lab.ClientV4, lab.ClientV6)
 			// Logged out: the switch's protected sets do not hold them.
 			s4.kill()
 			s6.kill()
@@ -78,36 +57,15 @@ func TestPortscanLoginSurvivesRollback(t *testing.T) {
 	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}, {"nftables", "nftables"}, {"iptables", "iptables"}} {
 		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
 			t.Parallel()
-			e := newSSHEnv(t, dir[0])
-			srv, logFile := e.loggedSSHD(verboseSSHD)
-			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard sshd\nguard portscan ports 5 within 60s bantime 1h\n"
-			e.apply(policy)
-			e.startGuard("--log-file", logFile, "-v") // -v: the guard logs each exemption
+			e, srv, logFile := trapGuardEnv(t, dir[0])
 			e.backend = dir[1]
-			if err := os.WriteFile(e.conf, []byte(policy+"allow 443/tcp\n"), 0o644); err != nil {
+			if err := os.WriteFile(e.conf, []byte(trapPolicy+"allow 443/tcp\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			e.mustMoat("enable", "--confirm", "10m", "--no-wait")
 			s4 := srv.login(lab.ServerV4)
 			s6 := srv.login(lab.ServerV6)
-			exempted := func() bool {
-				seen := map[string]bool{}
-				for _, l := range strings.Split(e.guardLog(), "\n") {
-					if _, rest, ok := strings.Cut(l, `msg="login exempted from the port scan trap" `); ok {
-						for _, f := range strings.Fields(rest) {
-							seen[f] = true
-						}
-					}
-				}
-				return seen["addr="+lab.ClientV4.String()] && seen["addr="+lab.ClientV6.String()]
-			}
-			for end := time.Now().Add(10 * time.Second); !exempted() && time.Now().Before(end); {
-				time.Sleep(50 * time.Millisecond)
-			}
-			if !exempted() {
-				data, _ := os.ReadFile(logFile)
-				t.Fatalf("the guard did not exempt both logins:\n%s\nsshd:\n%s", e.guardLog(), data)
-			}
+			e.waitExempted(logFile, lab.ClientV4, lab.ClientV6)
 			s4.kill()
 			s6.kill()
 			time.Sleep(300 * time.Millisecond)
@@ -174,4 +132,19 @@ func TestPortscanBansSurviveBackendSwitch(t *testing.T) {
 			check("after the switch")
 		})
 	}
+}
+
+// trapPolicy turns on the guard and the port scan trap.
+const trapPolicy = "default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard sshd\nguard portscan ports 5 within 60s bantime 1h\n"
+
+// trapGuardEnv is a server with a real sshd, trapPolicy applied with
+// backend, and the guard following sshd's log (-v: it logs each
+// exemption).
+func trapGuardEnv(t *testing.T, backend string) (*env, *sshd, string) {
+	t.Helper()
+	e := newSSHEnv(t, backend)
+	srv, logFile := e.loggedSSHD(verboseSSHD)
+	e.apply(trapPolicy)
+	e.startGuard("--log-file", logFile, "-v")
+	return e, srv, logFile
 }

@@ -25,24 +25,7 @@ func TestPortscanSparesLoginAfterApply(t *testing.T) {
 		// Logged in after the apply: not in the protected sets.
 		s4 := srv.login(lab.ServerV4) // from lab.ClientV4
 		s6 := srv.login(lab.ServerV6) // from lab.ClientV6
-		exempted := func() bool {
-			seen := map[string]bool{}
-			for _, l := range strings.Split(e.guardLog(), "\n") {
-				if _, rest, ok := strings.Cut(l, `msg="login exempted from the port scan trap" `); ok {
-					for _, f := range strings.Fields(rest) {
-						seen[f] = true
-					}
-				}
-			}
-			return seen["addr="+lab.ClientV4.String()] && seen["addr="+lab.ClientV6.String()]
-		}
-		for end := time.Now().Add(10 * time.Second); !exempted() && time.Now().Before(end); {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if !exempted() {
-			data, _ := os.ReadFile(logFile)
-			t.Fatalf("the guard did not exempt both logins:\n%s\nsshd:\n%s", e.guardLog(), data)
-		}
+		e.waitExempted(logFile, lab.ClientV4, lab.ClientV6)
 		e.nmapScan(lab.ClientV4, lab.ServerV4)
 		e.nmapScan(lab.ClientV6, lab.ServerV6)
 		if bans := e.bans(); len(bans) != 0 {
@@ -68,4 +51,33 @@ func TestPortscanSparesLoginAfterApply(t *testing.T) {
 			}
 		}
 	})
+}
+
+// waitExempted waits until the guard (run with -v) has logged the
+// exemption of each address from the port scan trap.
+func (e *env) waitExempted(logFile string, addrs ...netip.Addr) {
+	e.t.Helper()
+	exempted := func() bool {
+		seen := map[string]bool{}
+		for _, l := range strings.Split(e.guardLog(), "\n") {
+			if _, rest, ok := strings.Cut(l, `msg="login exempted from the port scan trap" `); ok {
+				for _, f := range strings.Fields(rest) {
+					seen[f] = true
+				}
+			}
+		}
+		for _, a := range addrs {
+			if !seen["addr="+a.String()] {
+				return false
+			}
+		}
+		return true
+	}
+	for end := time.Now().Add(10 * time.Second); !exempted() && time.Now().Before(end); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !exempted() {
+		data, _ := os.ReadFile(logFile)
+		e.t.Fatalf("the guard did not exempt the logins %v:\n%s\nsshd:\n%s", addrs, e.guardLog(), data)
+	}
 }

@@ -34,17 +34,8 @@ func TestBanDuringBackendSwitchNotLost(t *testing.T) {
 				_, err := r.enable(r.ch(0))
 				r.must(err)
 				r.must(from.Ban(ctx, []ruleset.Ban{{Addr: addr("203.0.113.50"), Timeout: time.Hour, Reason: "before"}}))
-				current := func(context.Context) (guard.Banner, error) {
-					for _, f := range []*Fake{r.nft, r.ipt} {
-						if f.Loaded() != "" {
-							return f, nil
-						}
-					}
-					return nil, nil
-				}
-				lock := func(ctx context.Context) (func(), error) { return LockBans(ctx, r.dir, false) }
 				holder := to
-				g := guard.NewFollowing(from, lock, current)
+				g := r.following(from)
 				if at == "rollback-restored" {
 					holder = from
 				}
@@ -71,7 +62,7 @@ func TestBanDuringBackendSwitchNotLost(t *testing.T) {
 					r.eng.o.Checkpoint = nil
 					_, err := r.enable(r.ch(time.Hour))
 					r.must(err)
-					g = guard.NewFollowing(to, lock, current)
+					g = r.following(to)
 					r.eng.o.Checkpoint = func(step string) error {
 						if step == at {
 							ban()
@@ -128,4 +119,20 @@ func TestStuckBanHolderDoesNotStopSwitch(t *testing.T) {
 	if !strings.Contains(strings.Join(r.warnings, "\n"), "bans lock") {
 		t.Errorf("the wait for the lock was not said: %q", r.warnings)
 	}
+}
+
+// following is the guard's Following over the rig's fakes, starting with
+// b: it takes the bans lock with a descriptor of its own, as the guard's
+// process would, and finds the fake that holds moat's rules.
+func (r *rig) following(b *Fake) *guard.Following {
+	current := func(context.Context) (guard.Banner, error) {
+		for _, f := range []*Fake{r.nft, r.ipt} {
+			if f.Loaded() != "" {
+				return f, nil
+			}
+		}
+		return nil, nil
+	}
+	lock := func(ctx context.Context) (func(), error) { return LockBans(ctx, r.dir, false) }
+	return guard.NewFollowing(b, lock, current)
 }

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/moat-fw/moat/internal/guard"
 )
 
 // The port scan trap spares an address that logged in within the day
@@ -132,16 +130,7 @@ func TestProtectDuringBackendSwitchNotLost(t *testing.T) {
 			r.write("backend " + dir[0] + "\n" + base)
 			_, err := r.enable(r.ch(0))
 			r.must(err)
-			current := func(context.Context) (guard.Banner, error) {
-				for _, f := range []*Fake{r.nft, r.ipt} {
-					if f.Loaded() != "" {
-						return f, nil
-					}
-				}
-				return nil, nil
-			}
-			lock := func(ctx context.Context) (func(), error) { return LockBans(ctx, r.dir, false) }
-			g := guard.NewFollowing(from, lock, current)
+			g := r.following(from)
 			admin := netip.MustParseAddr("198.51.100.9")
 			done := make(chan error, 1)
 			kill := r.eng.o.Checkpoint

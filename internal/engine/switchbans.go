@@ -83,21 +83,14 @@ func (e *Engine) liveBans(ctx context.Context, have []ruleset.Ban, names ...stri
 	for _, b := range have {
 		seen[b.Addr.Unmap()] = true
 	}
-	for _, name := range names {
-		b, err := e.backend(name)
-		if err != nil || b.Available() != nil {
-			continue
-		}
+	for _, b := range e.loadedBackends(ctx, names...) {
 		k, ok := b.(banKeeper)
 		if !ok {
 			continue
 		}
-		if on, err := b.Active(ctx); err != nil || !on {
-			continue
-		}
 		bans, err := k.Bans(ctx)
 		if err != nil {
-			e.warn(fmt.Sprintf("change of backend: cannot read the bans in force in %s (%v): they are not carried over", name, err))
+			e.warn(fmt.Sprintf("change of backend: cannot read the bans in force in %s (%v): they are not carried over", b.Name(), err))
 			continue
 		}
 		for _, ban := range bans {
@@ -109,6 +102,23 @@ func (e *Engine) liveBans(ctx context.Context, have []ruleset.Ban, names ...stri
 		}
 	}
 	return have
+}
+
+// loadedBackends are those of the named backends that are usable here and
+// hold moat's rules.
+func (e *Engine) loadedBackends(ctx context.Context, names ...string) []Backend {
+	var out []Backend
+	for _, name := range names {
+		b, err := e.backend(name)
+		if err != nil || b.Available() != nil {
+			continue
+		}
+		if on, err := b.Active(ctx); err != nil || !on {
+			continue
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 // recordBans writes bans to pending.bans under id, with the time they
@@ -216,16 +226,9 @@ func (e *Engine) carryLogins(ctx context.Context, from []string, to Backend, rs 
 func (e *Engine) liveLogins(ctx context.Context, names ...string) []ruleset.Ban {
 	var out []ruleset.Ban
 	seen := map[netip.Addr]bool{}
-	for _, name := range names {
-		b, err := e.backend(name)
-		if err != nil || b.Available() != nil {
-			continue
-		}
+	for _, b := range e.loadedBackends(ctx, names...) {
 		k, ok := b.(loginKeeper)
 		if !ok {
-			continue
-		}
-		if on, err := b.Active(ctx); err != nil || !on {
 			continue
 		}
 		logins, err := k.Logins(ctx)
