@@ -63,6 +63,50 @@ func TestFindSSHLoggedInDropbearNoShell(t *testing.T) {
 	}
 }
 
+// dropbear times a connection's authentication on CLOCK_MONOTONIC, which
+// stops while the machine sleeps; /proc's uptime and start times run on.
+// A connection still guessing that slept through a suspend looked older
+// than dropbear's authentication timeout, so logged in (the guard spared
+// its client) until dropbear dropped it. Its age less the time slept is
+// what counts. IPv4 and IPv6.
+func TestFindSSHLoggedInDropbearSuspend(t *testing.T) {
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
+	lis6 := b.sock("0A", "[::]:2222", "[::]:0")
+	guess4 := b.sock("01", "192.0.2.1:2222", "203.0.113.9:50003")
+	guess6 := b.sock("01", "[2001:db8::1]:2222", "[2001:db8:5::9]:50004")
+	const title = "/usr/sbin/dropbear -F -p 2222"
+	b.procTitled(90, 1, "dropbear", title, 0, lis, lis6)
+	b.procTitled(100, 90, "dropbear", title, 0, guess4)
+	b.procTitled(110, 90, "dropbear", title, 0, guess6)
+	// /proc/uptime: 1000 s; both connections started at 100 s (900 s of
+	// /proc's time), 700 s of which the machine slept.
+	b.must(os.WriteFile(filepath.Join(b.root, "uptime"), []byte("1000.00 1900.00\n"), 0o644))
+	parent := map[int]int{90: 1, 100: 90, 110: 90}
+	for pid, start := range map[int]int{90: 100, 100: 10000, 110: 10000} {
+		stat := fmt.Sprintf("%d (dropbear) S %d %d %d 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0\n", pid, parent[pid], pid, pid, start)
+		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "stat"), []byte(stat), 0o644))
+	}
+	root := b.write("")
+	for _, c := range []struct {
+		slept time.Duration
+		want  string
+	}{{700 * time.Second, "[]"}, {0, "[203.0.113.9 2001:db8:5::9]"}} {
+		f := &sshFinder{procRoot: root, hintPorts: []uint16{22}, suspended: func() time.Duration { return c.slept }}
+		st, err := f.find("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(st.LoggedIn, netip.Addr.Compare)
+		if got := fmt.Sprint(st.LoggedIn); got != c.want {
+			t.Errorf("slept %s: logged in %s, want %s", c.slept, got, c.want)
+		}
+	}
+	if d := suspendedTime(); d < 0 {
+		t.Errorf("suspended %s", d)
+	}
+}
+
 // The same with a real dropbear in a namespace: dbclient -N with a
 // remote forward (its listener appears at the login) and with a local
 // forward in use (dropbear connects to the target) are logged in; a

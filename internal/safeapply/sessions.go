@@ -137,6 +137,7 @@ func FindSSH(procRoot, sshConn string) (SSHState, error) {
 	f := &sshFinder{procRoot: procRoot, hintPorts: []uint16{22}, sockIface: sockDiagIfaces, routeIface: replyIface}
 	if procRoot == "/proc" {
 		f.table = kernelTCP
+		f.suspended = suspendedTime
 	}
 	return f.find(sshConn)
 }
@@ -158,6 +159,10 @@ type sshFinder struct {
 	// routeIface names the interface of the route back to client from
 	// the session's own address (nil or "": unknown).
 	routeIface func(client, server netip.Addr) string
+	// suspended is how long the machine slept since boot (nil: never):
+	// /proc's uptime and start times count it, dropbear's authentication
+	// timeout does not.
+	suspended func() time.Duration
 }
 
 // procSockets are the socket inodes of processes, by role.
@@ -236,7 +241,11 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 			hinted[e.inode] = true
 		}
 	}
-	socks, err := sshdSockets(f.procRoot, listening, hinted)
+	var slept time.Duration
+	if f.suspended != nil {
+		slept = f.suspended()
+	}
+	socks, err := sshdSockets(f.procRoot, listening, hinted, slept)
 	if err != nil {
 		return st, err
 	}
@@ -603,7 +612,16 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 // no sshd daemon holds (hinted are the listeners on hint ports): when
 // there is none, their sockets are not read (PID 1 holds hundreds of
 // descriptors, each a readlink, and a classic sshd daemon owns port 22).
-func sshdSockets(procRoot string, listening, hinted map[string]bool) (procSockets, error) {
+//
+// A dropbear connection with no child is old (logged in) when its age,
+// less the time the machine slept since boot (slept: dropbear times its
+// authentication on CLOCK_MONOTONIC, which stops in a suspend, while
+// /proc's start times run on), passed dropbear's authentication timeout.
+// A connection that slept through a suspend would otherwise look old, and
+// logged in, while it still guesses passwords. (One started after a
+// suspend counts as old that much later: only a -N session with no
+// forward in use waits longer to be protected.)
+func sshdSockets(procRoot string, listening, hinted map[string]bool, slept time.Duration) (procSockets, error) {
 	socks := procSockets{daemon: map[string]bool{}, sshd: map[string]bool{}, inetd: map[string]bool{}, activator: map[string]bool{}, client: map[string]bool{}, loggedIn: map[string]bool{}}
 	dirs, err := os.ReadDir(procRoot)
 	if err != nil {
@@ -628,7 +646,7 @@ func sshdSockets(procRoot string, listening, hinted map[string]bool) (procSocket
 			}
 			start, ok := readStartTime(p.dir)
 			socks.dropbearIdle = append(socks.dropbearIdle, dropbearConn{inodes: p.inodes,
-				old: ok && uptime > 0 && uptime-start > dropbearAuthTimeout})
+				old: ok && uptime > 0 && uptime-start-slept > dropbearAuthTimeout})
 		}
 		if p.sshd {
 			for _, inode := range p.inodes {
@@ -861,6 +879,16 @@ func readStartTime(dir string) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(ticks) * clockTick, true
+}
+
+// suspendedTime is how long this machine has been suspended since boot:
+// CLOCK_BOOTTIME less CLOCK_MONOTONIC (0 when unknown).
+func suspendedTime() time.Duration {
+	var boot, mono unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot) != nil || unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono) != nil {
+		return 0
+	}
+	return max(time.Duration(boot.Nano()-mono.Nano()), 0)
 }
 
 // readUptime reads the time since boot from procRoot's uptime (0:
