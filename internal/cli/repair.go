@@ -101,7 +101,16 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 		return "" // the apply itself will say what is wrong
 	}
 	diff, _, err := drift.Against(ctx, b.Name(), want, nil)
-	if err == nil && len(diff) == 0 {
+	if err != nil {
+		// A comparison that cannot be made proves nothing: taken for
+		// "no difference", the fingerprint read next (over netlink, which
+		// may read what iptables-save cannot, such as a table holding an
+		// nftables rule it cannot print) was recorded as moat's, with any
+		// rule added by hand in it, and vouched for it from then on.
+		msg, _, _ := strings.Cut(err.Error(), "\n")
+		return "moat's rules could not be compared with what moat applied (" + msg + ")"
+	}
+	if len(diff) == 0 {
 		diff = a.changedInPlace(ctx, b, rs, want)
 	}
 	if len(diff) > 0 && a.earlierOrder(ctx, b, applied, diff) {
