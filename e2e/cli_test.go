@@ -183,7 +183,7 @@ func TestSwitchBackend(t *testing.T) {
 	if out := e.run("server", "nft", "list", "tables"); strings.Contains(out, "inet moat") {
 		t.Errorf("nftables table left after switching to iptables:\n%s", out)
 	}
-	if out := e.run("server", "iptables-save", "-t", "filter"); !strings.Contains(out, "-A INPUT -j MOAT-INPUT") {
+	if out := e.run("server", "iptables-save", "-t", "filter"); !strings.Contains(out, "-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") {
 		t.Errorf("no iptables jump after switching:\n%s", out)
 	}
 	e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:80 timeout")

@@ -84,7 +84,7 @@ func TestPlainCommandKeepsBackend(t *testing.T) {
 	if tables := e.run("server", "nft", "list", "tables"); strings.Contains(tables, "inet moat") {
 		t.Errorf("a plain allow moved moat's rules to nftables:\n%s\n%s", out, tables)
 	}
-	if save := e.run("server", "iptables-save", "-t", "filter"); !strings.Contains(save, "-A INPUT -j MOAT-INPUT") {
+	if save := e.run("server", "iptables-save", "-t", "filter"); !strings.Contains(save, "-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") {
 		t.Errorf("moat's iptables rules are gone after a plain allow:\n%s", save)
 	}
 	e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:443 timeout")

@@ -9,12 +9,17 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moat-fw/moat/internal/ipt"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // TestUpgradeEarlierOrderNoFalseDrift: after an upgrade, the kernel holds
 // moat's rules as the earlier moat ordered them (every built-in first: it
-// did not sink them past the rules their packets cannot match), and the
-// old fingerprint record cannot vouch for them. The first commands must
+// did not sink them past the rules their packets cannot match; and its
+// jumps had no conditions), and the old fingerprint record cannot vouch
+// for them. The first commands must
 // not call that a change by hand; a real reordering by hand must still be
 // reported.
 func TestUpgradeEarlierOrderNoFalseDrift(t *testing.T) {
@@ -24,28 +29,15 @@ func TestUpgradeEarlierOrderNoFalseDrift(t *testing.T) {
 	list := filepath.Join(e.dir, "list.txt")
 	writeFile(t, list, "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 53/udp\nblocklist big file " + list + "\n")
+	const pol = "default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 53/udp\nblocklist big file "
 	earlier := func() {
 		t.Helper()
-		for _, prog := range []string{"iptables", "ip6tables"} {
-			var builtins, rest []string
-			for _, l := range strings.Split(e.run("server", prog, "-S", "MOAT-INPUT"), "\n") {
-				switch {
-				case !strings.HasPrefix(l, "-A "):
-				case strings.Contains(l, `"builtin:`):
-					builtins = append(builtins, l)
-				default:
-					rest = append(rest, l)
-				}
-			}
-			script := "*filter\n-F MOAT-INPUT\n" + strings.Join(append(builtins, rest...), "\n") + "\nCOMMIT\n"
-			f := filepath.Join(e.dir, prog+".rules")
-			writeFile(t, f, script)
-			e.run("server", prog+"-restore", "--noflush", f)
-		}
-		// The earlier moat's record: it cannot vouch for this kernel.
-		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
+		p, err := policy.NewDocument(e.conf, []byte(pol+list+"\n")).Policy(nil)
+		if err != nil {
 			t.Fatal(err)
 		}
+		// Every built-in first, plain jumps: as that moat loaded it.
+		e.iptLoadLayout(ruleset.CompileEarlierOrder(p))
 	}
 	earlier()
 	out := e.mustMoat("status")
@@ -69,6 +61,124 @@ func TestUpgradeEarlierOrderNoFalseDrift(t *testing.T) {
 	e.run("server", "iptables", "-A", "MOAT-INPUT", "-p", "tcp", "--dport", "22", "-m", "comment", "--comment", "L2", "-j", "RETURN")
 	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
 		t.Errorf("status does not see rules reordered by hand:\n%s", out)
+	}
+}
+
+// iptLoadLayout puts in the server's kernel moat's chains and jumps as
+// the iptables rendering of rs has them (rules only: the ipsets are
+// there already), in place of moat's, as an earlier moat loaded them,
+// and removes the fingerprint record (the earlier moat's cannot vouch
+// for the kernel).
+func (e *env) iptLoadLayout(rs *ruleset.Ruleset) {
+	e.t.Helper()
+	script, err := ipt.New().Script(rs)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, prog := range []string{"iptables", "ip6tables"} {
+		_, section, ok := strings.Cut(script, "# "+prog+"-restore --noflush\n")
+		if !ok {
+			e.t.Fatalf("no %s section:\n%s", prog, script)
+		}
+		section, _, _ = strings.Cut(section, "\n# ")
+		// moat's jumps now go first: the section inserts its own.
+		for _, table := range []string{"raw", "filter"} {
+			var del strings.Builder
+			for _, l := range strings.Split(e.run("server", prog+"-save", "-t", table), "\n") {
+				if _, _, ok := ipt.ParseJump(l); ok {
+					del.WriteString("-D " + strings.TrimPrefix(l, "-A ") + "\n")
+				}
+			}
+			section = strings.Replace(section, "*"+table+"\n", "*"+table+"\n"+del.String(), 1)
+		}
+		f := filepath.Join(e.dir, prog+".layout")
+		writeFile(e.t, f, section)
+		e.run("server", prog+"-restore", "--noflush", f)
+	}
+	if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
+		e.t.Fatal(err)
+	}
+}
+
+// TestUpgradeEarlierLayoutIptNoFalseDrift: after an upgrade from the moat
+// whose iptables jumps had no conditions (every packet jumped to
+// MOAT-INPUT, whose first rule returned the established ones; each early
+// drop tested '! -i lo'), the kernel holds that layout and the old
+// fingerprint record cannot vouch for it. Status must call it an earlier
+// version's, not a hand change; real packets pass as before; the next
+// change puts the conditional jumps where the plain ones stood; and a
+// jump changed by hand on this layout is one (a plain jump into a chain
+// without the established accept would drop every established packet
+// the policy does not allow anew).
+func TestUpgradeEarlierLayoutIptNoFalseDrift(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	const pol = "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
+	e.apply(pol)
+	p, err := policy.NewDocument(e.conf, []byte(pol)).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := ruleset.Compile(p)
+	rs.PlainJumps = true
+	e.iptLoadLayout(rs)
+	// A foreign rule first in INPUT: the new jump must take the old one's
+	// place after it, not go before it.
+	e.run("server", "iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT")
+	save := e.run("server", "iptables-save", "-t", "filter")
+	if !strings.Contains(save, "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\n-A INPUT -j MOAT-INPUT\n") || !strings.Contains(save, `"builtin:established"`) {
+		t.Fatalf("the earlier layout was not loaded:\n%s", save)
+	}
+	out := e.mustMoat("status")
+	if strings.Contains(out, "changed outside moat") || !strings.Contains(out, "earlier version of moat") {
+		t.Errorf("status after an upgrade:\n%s", out)
+	}
+	e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:22 open", "client tcp 192.0.2.1:443 timeout", "client tcp 192.0.2.1:8080 open")
+
+	const pol2 = pol + "allow 443/tcp\n"
+	if err := os.WriteFile(e.conf, []byte(pol2), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.mustMoat("reload"); strings.Contains(out, "changed outside moat") {
+		t.Errorf("the first change after an upgrade:\n%s", out)
+	}
+	save = e.run("server", "iptables-save")
+	for _, want := range []string{"-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\n-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n",
+		"-A PREROUTING ! -i lo -j MOAT-PREROUTING\n", "-A OUTPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-OUTPUT\n"} {
+		if !strings.Contains(save, want) {
+			t.Errorf("the change did not load this version's jumps (%q):\n%s", want, save)
+		}
+	}
+	if strings.Contains(save, "-j MOAT-INPUT\n-A INPUT -j MOAT-INPUT") || strings.Contains(save, "-A INPUT -j MOAT-INPUT\n") || strings.Contains(save, `"builtin:established"`) || strings.Contains(save, "! -i lo -m set") {
+		t.Errorf("the earlier layout's jump or rules are left:\n%s", save)
+	}
+	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") || strings.Contains(out, "earlier version") {
+		t.Errorf("status after the change:\n%s", out)
+	}
+	e.expect(false, "client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:443 open", "client tcp 192.0.2.1:8081 timeout")
+
+	// The jump made plain by hand: established packets now meet moat's
+	// rules without the accept the condition stands for.
+	plain := filepath.Join(e.dir, "plain.rules")
+	writeFile(t, plain, "*filter\n-R INPUT 2 -j MOAT-INPUT\nCOMMIT\n")
+	e.run("server", "iptables-restore", "--noflush", plain)
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") || !strings.Contains(out, "jumps to MOAT-INPUT for every packet") {
+		t.Errorf("status does not see the jump changed by hand:\n%s", out)
+	}
+	e.mustMoat("reload")
+	if save := e.run("server", "iptables-save", "-t", "filter"); !strings.Contains(save, "-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") || strings.Contains(save, "-A INPUT -j MOAT-INPUT\n") {
+		t.Errorf("reload did not repair the jump:\n%s", save)
+	}
+	// A second jump beside moat's (an earlier moat run after this one
+	// adds its plain jump): reported, and removed by the next apply.
+	e.run("server", "iptables", "-A", "INPUT", "-j", "MOAT-INPUT")
+	if out := e.mustMoat("status"); !strings.Contains(out, "jumps to MOAT-INPUT 2 times") {
+		t.Errorf("status does not see a second jump:\n%s", out)
+	}
+	e.mustMoat("reload")
+	if save := e.run("server", "iptables-save", "-t", "filter"); strings.Count(save, "-j MOAT-INPUT\n") != 1 {
+		t.Errorf("reload left two jumps:\n%s", save)
 	}
 }
 

@@ -156,28 +156,44 @@ func (a *app) kernelHolds(ctx context.Context, b backend.Backend, rs *ruleset.Ru
 const earlierOrderReason = "moat's rules are in the order an earlier version of moat loaded them (moat was upgraded; the same verdicts), not changed by hand"
 
 // earlierOrder says whether moat's rules in the kernel, which differ from
-// what this moat renders for applied only in their order (diff), are
-// exactly what a moat that did not sink the built-ins loaded for it
-// (ruleset.CompileEarlierOrder), rule bodies included: an upgrade, no
-// hand change. Any other order, or a rule changed besides, is a hand
-// change.
+// what this moat renders for applied only in their layout (diff), are
+// exactly what an earlier moat loaded for it, rule bodies included: one
+// that did not sink the built-ins (ruleset.CompileEarlierOrder), or, on
+// iptables, one whose jumps carried no conditions (PlainJumps). That is
+// an upgrade, no hand change. Any other order or layout, or a rule
+// changed besides, is a hand change.
 func (a *app) earlierOrder(ctx context.Context, b backend.Backend, applied *policy.Policy, diff []string) bool {
 	for _, d := range diff {
 		if !layoutOnly(b.Name(), d) {
 			return false
 		}
 	}
-	return a.kernelHolds(ctx, b, a.compileAppliedEarlier(applied))
+	if a.kernelHolds(ctx, b, a.compileAppliedEarlier(applied)) {
+		return true
+	}
+	if b.Name() != "iptables" {
+		return false
+	}
+	rs := a.compileApplied(applied)
+	rs.PlainJumps = true
+	return a.kernelHolds(ctx, b, rs)
 }
 
 // layoutOnly says whether d, one difference drift found, can come from
-// the earlier layout alone: the rules in another order, and on nftables
-// the gated chains (input_icmp ...) missing and their gate rules with
-// them, the built-ins they hold inline. Only then is the kernel compared
-// with the earlier layout, which decides.
+// an earlier layout alone: the rules in another order; on nftables the
+// gated chains (input_icmp ...) missing and their gate rules with them,
+// the built-ins they hold inline; on iptables the jumps without their
+// conditions, and the established accept in moat's chains that the
+// condition stands for. Only then is the kernel compared with the
+// earlier layouts, which decides.
 func layoutOnly(backend, d string) bool {
 	if strings.HasSuffix(d, " holds moat's rules in another order") {
 		return true
+	}
+	if backend == "iptables" {
+		return strings.HasSuffix(d, ", moat loaded only where \"-m conntrack ! --ctstate RELATED,ESTABLISHED\"") ||
+			strings.HasSuffix(d, ", moat loaded only where \"! -i lo\"") ||
+			strings.HasPrefix(d, "chain ") && strings.HasSuffix(d, " has 1 rule moat did not load: builtin:established (return)")
 	}
 	if backend != "nftables" || !strings.HasPrefix(d, "chain ") {
 		return false

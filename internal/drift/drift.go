@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/moat-fw/moat/internal/ipt"
@@ -54,6 +55,12 @@ type Layout struct {
 	Chains map[string]*Chain
 	// Jumps present into moat's chains: "ip INPUT" (iptables only).
 	Jumps map[string]bool
+	// JumpConds are the conditions of those jumps that have one ("-m
+	// conntrack ! --ctstate RELATED,ESTABLISHED"), by the same key (of
+	// the first, when a chain has several).
+	JumpConds map[string]string
+	// JumpsMore counts the jumps beyond the first from one chain.
+	JumpsMore map[string]int
 	// Sets are the addresses of moat's policy sets (not bans, not
 	// rate-limit state), by set name as the kernel knows it.
 	Sets map[string]*addrs
@@ -71,7 +78,7 @@ type Layout struct {
 }
 
 func newLayout() *Layout {
-	return &Layout{Chains: map[string]*Chain{}, Jumps: map[string]bool{}, Sets: map[string]*addrs{}}
+	return &Layout{Chains: map[string]*Chain{}, Jumps: map[string]bool{}, JumpConds: map[string]string{}, JumpsMore: map[string]int{}, Sets: map[string]*addrs{}}
 }
 
 func (l *Layout) set(name string) *addrs {
@@ -356,9 +363,25 @@ func iptLine(l *Layout, fam, line string, body bool) {
 		c := l.chain(fam + " " + f[1])
 		c.Rules = append(c.Rules, r)
 	case len(f) >= 3 && (f[0] == "-A" || f[0] == "-I") && f[len(f)-2] == "-j" && f[len(f)-1] == "MOAT-"+f[1]:
-		// A jump into moat's chain from a built-in one, rule by nothing else.
-		if (f[0] == "-A" && len(f) == 4) || (f[0] == "-I" && len(f) == 5) {
-			l.Jumps[fam+" "+f[1]] = true
+		// A jump into moat's chain from a built-in one, of one of moat's
+		// forms (a script inserts it: "-I INPUT 1 ...").
+		rest := f[2:]
+		if f[0] == "-I" {
+			if _, err := strconv.Atoi(f[2]); err != nil {
+				return
+			}
+			rest = f[3:]
+		}
+		spec := "-A " + f[1] + " " + strings.Join(rest, " ")
+		if builtin, cond, ok := ipt.ParseJump(spec); ok {
+			key := fam + " " + builtin
+			switch {
+			case l.Jumps[key]:
+				l.JumpsMore[key]++
+			case cond != "":
+				l.JumpConds[key] = cond
+			}
+			l.Jumps[key] = true
 		}
 	}
 }
@@ -417,9 +440,16 @@ func Compare(want, got *Layout) []string {
 	}
 	var jumps []string
 	for j := range want.Jumps {
-		if !got.Jumps[j] {
-			fam, builtin, _ := strings.Cut(j, " ")
-			jumps = append(jumps, fmt.Sprintf("%s chain %s no longer jumps to MOAT-%s", map[string]string{"ip": "iptables", "ip6": "ip6tables"}[fam], builtin, builtin))
+		fam, builtin, _ := strings.Cut(j, " ")
+		prog := map[string]string{"ip": "iptables", "ip6": "ip6tables"}[fam]
+		switch {
+		case !got.Jumps[j]:
+			jumps = append(jumps, fmt.Sprintf("%s chain %s no longer jumps to MOAT-%s", prog, builtin, builtin))
+		case got.JumpConds[j] != want.JumpConds[j]:
+			jumps = append(jumps, fmt.Sprintf("%s chain %s jumps to MOAT-%s %s, moat loaded %s", prog, builtin, builtin, jumpWhen(got.JumpConds[j]), jumpWhen(want.JumpConds[j])))
+		}
+		if n := got.JumpsMore[j]; n > 0 && want.JumpsMore[j] == 0 {
+			jumps = append(jumps, fmt.Sprintf("%s chain %s jumps to MOAT-%s %d times, moat loaded one jump", prog, builtin, builtin, n+1))
 		}
 	}
 	slices.Sort(jumps)
@@ -428,6 +458,14 @@ func Compare(want, got *Layout) []string {
 		out[i] = termtext.Printable(out[i])
 	}
 	return out
+}
+
+// jumpWhen says when a jump of condition cond jumps.
+func jumpWhen(cond string) string {
+	if cond == "" {
+		return "for every packet"
+	}
+	return "only where " + strconv.Quote(cond)
 }
 
 func orNone(s string) string {

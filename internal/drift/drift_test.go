@@ -147,6 +147,12 @@ func TestCompareSaysWhatChanged(t *testing.T) {
 		{"verdict changed", strings.Replace(v6, `--comment "L2 admins" -j RETURN`, `--comment "L2 admins" -j DROP`, 1), "",
 			[]string{"chain ip6 MOAT-INPUT has 1 rule moat did not load: L2 (drop)", "lacks 1 rule moat loaded: L2 (return)"}},
 		{"jump lost", dropLine(v4, "-A INPUT -j MOAT-INPUT"), v6, []string{"iptables chain INPUT no longer jumps to MOAT-INPUT"}},
+		{"jump given moat's condition by hand", strings.Replace(v4, "-A INPUT -j MOAT-INPUT\n", "-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n", 1), v6,
+			[]string{`iptables chain INPUT jumps to MOAT-INPUT only where "-m conntrack ! --ctstate RELATED,ESTABLISHED", moat loaded for every packet`}},
+		{"jump given another condition", strings.Replace(v4, "-A INPUT -j MOAT-INPUT\n", "-A INPUT -s 192.0.2.9/32 -j MOAT-INPUT\n", 1), v6,
+			[]string{"iptables chain INPUT no longer jumps to MOAT-INPUT"}},
+		{"a second jump", strings.Replace(v4, "-A INPUT -j MOAT-INPUT\n", "-A INPUT -j MOAT-INPUT\n-A INPUT ! -i lo -j MOAT-INPUT\n", 1), v6,
+			[]string{"iptables chain INPUT jumps to MOAT-INPUT 2 times, moat loaded one jump"}},
 		{"chain gone", dropAll(v4, "MOAT-OUTPUT"), v6, []string{"chain ip MOAT-OUTPUT is missing"}},
 	}
 	for _, c := range cases {

@@ -31,8 +31,14 @@ func Fingerprint(l *Layout) (string, error) {
 		}
 	}
 	for _, j := range sortedKeys(l.Jumps) {
-		if l.Jumps[j] {
-			fmt.Fprintf(h, "jump %q\n", j)
+		switch cond := l.JumpConds[j]; {
+		case l.Jumps[j] && cond != "":
+			fmt.Fprintf(h, "jump %q %q\n", j, cond)
+		case l.Jumps[j]:
+			fmt.Fprintf(h, "jump %q\n", j) // as before conditions: the same fingerprint
+		}
+		if n := l.JumpsMore[j]; n > 0 {
+			fmt.Fprintf(h, "jumps more %q %d\n", j, n)
 		}
 	}
 	sets := map[string]string{}

@@ -44,4 +44,14 @@ func TestFingerprint(t *testing.T) {
 	if fp(l) == base {
 		t.Error("jump removed: fingerprint unchanged")
 	}
+	l = layoutOf("tcp dport 22", "192.0.2.0/24, 198.51.100.7")
+	l.JumpConds["ip INPUT"] = "! -i lo"
+	if fp(l) == base {
+		t.Error("jump's condition changed: fingerprint unchanged")
+	}
+	l = layoutOf("tcp dport 22", "192.0.2.0/24, 198.51.100.7")
+	l.JumpsMore["ip INPUT"] = 1
+	if fp(l) == base {
+		t.Error("a second jump: fingerprint unchanged")
+	}
 }

@@ -2,11 +2,14 @@ package foreign
 
 import (
 	"fmt"
+	"net"
+	"reflect"
 	"slices"
 	"strings"
 
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
 	"github.com/moat-fw/moat/internal/nft"
 )
 
@@ -41,7 +44,8 @@ var tablePriority = map[string]*gnft.ChainPriority{"filter": gnft.ChainPriorityF
 // XtablesOnlyMoat says, over netlink, whether iptables-nft's filter and
 // raw tables of family ("ip" or "ip6") hold nothing but moat's: chains
 // MOAT-*, and the built-in chains with policy accept whose only rules are
-// moat's jumps (-A INPUT -j MOAT-INPUT, -A PREROUTING -j MOAT-PREROUTING).
+// moat's jumps (-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j
+// MOAT-INPUT, -A PREROUTING ! -i lo -j MOAT-PREROUTING: moatJump).
 // Then iptables-save would find nothing outside moat there, and need not
 // run (it and ip6tables-save took a tenth of an iptables command).
 // Anything else (another chain, a drop policy, any other rule) is false:
@@ -105,9 +109,18 @@ func builtinChain(ch *gnft.Chain, table string, builtins []string) bool {
 	return ch.Policy != nil && *ch.Policy == gnft.ChainPolicyAccept
 }
 
-// moatJump: the rule is iptables-nft's "-A CHAIN -j MOAT-CHAIN" (a counter
-// and the jump, nothing else).
+// moatJump: the rule is iptables-nft's form of one of moat's jumps (the
+// forms ipt.ParseJump reads as moat's): "-A CHAIN -j MOAT-CHAIN", "-A
+// CHAIN ! -i lo -j MOAT-CHAIN" or "-A CHAIN -m conntrack ! --ctstate
+// RELATED,ESTABLISHED -j MOAT-CHAIN". Its expressions are one of the
+// conditions (or none), a counter and the jump, nothing else.
 func moatJump(exprs []expr.Any, chain string) bool {
+	switch {
+	case len(exprs) >= 2 && notLoopback(exprs[0], exprs[1]):
+		exprs = exprs[2:]
+	case len(exprs) >= 1 && notEstablished(exprs[0]):
+		exprs = exprs[1:]
+	}
 	jumps := 0
 	for _, e := range exprs {
 		switch e := e.(type) {
@@ -122,4 +135,55 @@ func moatJump(exprs []expr.Any, chain string) bool {
 		}
 	}
 	return jumps == 1
+}
+
+// notLoopback: iptables-nft's "! -i lo" (the interface's name loaded,
+// compared with "lo" and its terminating zero).
+func notLoopback(load, cmp expr.Any) bool {
+	m, ok := load.(*expr.Meta)
+	if !ok || m.Key != expr.MetaKeyIIFNAME || m.SourceRegister {
+		return false
+	}
+	c, ok := cmp.(*expr.Cmp)
+	return ok && c.Op == expr.CmpOpNeq && c.Register == m.Register && string(c.Data) == "lo\x00"
+}
+
+// notEstablished: iptables-nft's "-m conntrack ! --ctstate
+// RELATED,ESTABLISHED" (the xt conntrack match, revision 3, testing the
+// state alone, inverted).
+func notEstablished(e expr.Any) bool {
+	m, ok := e.(*expr.Match)
+	if !ok || m.Name != "conntrack" || m.Rev != 3 {
+		return false
+	}
+	info, ok := m.Info.(*xt.ConntrackMtinfo3)
+	if !ok {
+		return false
+	}
+	const established, related = 1 << 1, 1 << 2 // XT_CONNTRACK_STATE_BIT(IP_CT_ESTABLISHED), (IP_CT_RELATED)
+	want := xt.ConntrackMtinfo3{}
+	want.MatchFlags, want.InvertFlags, want.StateMask = uint16(xt.ConntrackState), uint16(xt.ConntrackState), established|related
+	got := *info
+	for _, ip := range []*net.IP{&got.OrigSrcAddr, &got.OrigDstAddr, &got.ReplSrcAddr, &got.ReplDstAddr} {
+		if !zeroBytes(*ip) {
+			return false
+		}
+		*ip = nil
+	}
+	for _, mask := range []*net.IPMask{&got.OrigSrcMask, &got.OrigDstMask, &got.ReplSrcMask, &got.ReplDstMask} {
+		if !zeroBytes(*mask) {
+			return false
+		}
+		*mask = nil
+	}
+	return reflect.DeepEqual(got, want)
+}
+
+func zeroBytes(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }

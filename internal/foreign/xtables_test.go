@@ -138,6 +138,14 @@ func TestXtablesOnlyMoatKernel(t *testing.T) {
 		{"INPUT policy DROP", []string{"iptables", "-P", "INPUT", "DROP"}, []string{"iptables", "-P", "INPUT", "ACCEPT"}, false, true, "", ""},
 		{"a drop rule in INPUT", []string{"iptables", "-A", "INPUT", "-s", "198.51.100.7", "-j", "DROP"}, []string{"iptables", "-D", "INPUT", "-s", "198.51.100.7", "-j", "DROP"}, false, true, "", ""},
 		{"a conditional jump to moat", []string{"iptables", "-I", "INPUT", "-p", "tcp", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "INPUT", "-p", "tcp", "-j", "MOAT-INPUT"}, false, true, "", ""},
+		// moat's jumps carry conditions (ipt.ParseJump): the same jump
+		// with another condition is not moat's.
+		{"INPUT jumps to moat for new connections only", []string{"iptables-restore", "--noflush"}, []string{"iptables-restore", "--noflush"}, false, true,
+			"*filter\n-I INPUT 1 -m conntrack ! --ctstate NEW,RELATED,ESTABLISHED -j MOAT-INPUT\n-D INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\nCOMMIT\n",
+			"*filter\n-I INPUT 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n-D INPUT -m conntrack ! --ctstate NEW,RELATED,ESTABLISHED -j MOAT-INPUT\nCOMMIT\n"},
+		{"raw PREROUTING jumps to moat except from eth0", []string{"ip6tables-restore", "--noflush"}, []string{"ip6tables-restore", "--noflush"}, true, false,
+			"*raw\n-I PREROUTING 1 ! -i eth0 -j MOAT-PREROUTING\n-D PREROUTING ! -i lo -j MOAT-PREROUTING\nCOMMIT\n",
+			"*raw\n-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\n-D PREROUTING ! -i eth0 -j MOAT-PREROUTING\nCOMMIT\n"},
 		{"another chain", []string{"iptables", "-N", "other"}, []string{"iptables", "-X", "other"}, false, true, "", ""},
 		{"an ip6tables REJECT in OUTPUT", []string{"ip6tables", "-A", "OUTPUT", "-j", "REJECT"}, []string{"ip6tables", "-D", "OUTPUT", "-j", "REJECT"}, true, false, "", ""},
 		{"FORWARD jumps to moat's INPUT chain", []string{"iptables", "-A", "FORWARD", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "FORWARD", "-j", "MOAT-INPUT"}, false, true, "", ""},

@@ -149,7 +149,7 @@ func (b *Backend) Script(rs *ruleset.Ruleset) (string, error) {
 
 // state is what Apply needs to know of the host first.
 type state struct {
-	jumps map[policy.Family]map[string]bool // built-in chain → jumps to moat's
+	jumps map[policy.Family]map[string]Jump // built-in chain → its jump to moat's
 	has   map[policy.Family]map[string]bool // moat chains present
 	gen   map[policy.Family]string          // generation of moat's rules
 	sets  map[string]bool                   // ipsets present
@@ -180,7 +180,7 @@ func (st *state) chainsOnly() *state {
 
 // clone copies st deep enough for Apply to change it.
 func (st *state) clone() *state {
-	c := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
+	c := &state{jumps: map[policy.Family]map[string]Jump{}, has: map[policy.Family]map[string]bool{},
 		gen: maps.Clone(st.gen), sets: maps.Clone(st.sets), lines: map[policy.Family][]string{},
 		held: map[policy.Family]contents{}, rules: maps.Clone(st.rules), readGen: st.readGen, readGenOK: st.readGenOK,
 		noLines: st.noLines}
@@ -263,7 +263,7 @@ func (b *Backend) readChains(ctx context.Context) (*state, error) {
 			g0 = g
 		}
 	}
-	st := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
+	st := &state{jumps: map[policy.Family]map[string]Jump{}, has: map[policy.Family]map[string]bool{},
 		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{},
 		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}}
 	for _, f := range families {
@@ -332,16 +332,18 @@ func ownSet(name string) bool {
 }
 
 type saved struct {
-	jumps, chains map[string]bool
-	gen, rules    string
-	held          contents
-	lines         []string // moat's chains, rules and jumps, without counters
+	jumps      map[string]Jump
+	chains     map[string]bool
+	gen, rules string
+	held       contents
+	lines      []string // moat's chains, rules and jumps, without counters
 }
 
 // parseSave finds in iptables-save output which built-in chains jump to a
 // moat chain, which moat chains exist, and the generation of moat's rules.
 func parseSave(out []byte) saved {
-	sv := saved{jumps: map[string]bool{}, chains: map[string]bool{}, held: contents{}}
+	sv := saved{jumps: map[string]Jump{}, chains: map[string]bool{}, held: contents{}}
+	pos := map[string]int{} // rules seen so far in each built-in chain
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	table := tableFilter // output without table lines is the filter table's
@@ -365,9 +367,16 @@ func parseSave(out []byte) saved {
 		if strings.HasPrefix(line, "-A MOAT-") || isJump(line) {
 			sv.lines = append(sv.lines, line)
 		}
-		f := strings.Fields(line)
-		if len(f) == 4 && f[0] == "-A" && f[2] == "-j" && f[3] == "MOAT-"+f[1] {
-			sv.jumps[f[1]] = true
+		if chain, _, ok := strings.Cut(strings.TrimPrefix(line, "-A "), " "); ok && strings.HasPrefix(line, "-A ") {
+			pos[table+" "+chain]++
+		}
+		if builtin, cond, ok := parseJump(line); ok && tableOf(builtin) == table {
+			if j, seen := sv.jumps[builtin]; seen {
+				j.Extra = append(j.Extra, cond)
+				sv.jumps[builtin] = j
+			} else {
+				sv.jumps[builtin] = Jump{Cond: cond, Pos: pos[table+" "+builtin]}
+			}
 		}
 		if strings.HasPrefix(line, "-A "+GenChain+" ") {
 			readGenRule(line, &sv.gen, &sv.rules, sv.held)
@@ -886,7 +895,8 @@ func comparePrefix(a, b netip.Prefix) int {
 // jumpsComplete says whether every chain of rs has its jump.
 func (b *Backend) jumpsComplete(rs *ruleset.Ruleset, st *state, fam policy.Family) bool {
 	for _, c := range rs.Chains {
-		if !st.jumps[fam][builtinChain[c.Hook]] {
+		cond, _ := jumpCond(rs, c)
+		if j, ok := st.jumps[fam][builtinChain[c.Hook]]; !ok || j.Cond != cond || len(j.Extra) > 0 {
 			return false
 		}
 	}
@@ -1293,7 +1303,10 @@ func (b *Backend) Remove(ctx context.Context) error {
 				fmt.Fprintf(&s, ":%s - [0:0]\n", name)
 			}
 			for _, builtin := range jumps {
-				fmt.Fprintf(&s, "-D %s -j MOAT-%s\n", builtin, builtin)
+				j := st.jumps[f.fam][builtin]
+				for _, cond := range append([]string{j.Cond}, j.Extra...) {
+					fmt.Fprintf(&s, "-D %s %s\n", builtin, jumpSpec(builtin, cond))
+				}
 			}
 			for _, name := range chains {
 				fmt.Fprintf(&s, "-X %s\n", name)

@@ -23,7 +23,7 @@ type chainCache struct {
 	Boot  string                            `json:"boot_id"`
 	NetNS uint64                            `json:"netns_cookie"`
 	Gen   uint32                            `json:"nft_generation"`
-	Jumps map[policy.Family]map[string]bool `json:"jumps"`
+	Jumps map[policy.Family]map[string]Jump `json:"jumps"` // a record of jumps without their forms (true) is not read
 	Has   map[policy.Family]map[string]bool `json:"chains"`
 	Gens  map[policy.Family]string          `json:"generations"`
 	Lines map[policy.Family][]string        `json:"lines"`
@@ -55,7 +55,7 @@ func (b *Backend) loadChainCache(gen uint32) *state {
 	if !ok || c.Boot != boot || c.NetNS != netns {
 		return nil
 	}
-	st := &state{jumps: map[policy.Family]map[string]bool{}, has: map[policy.Family]map[string]bool{},
+	st := &state{jumps: map[policy.Family]map[string]Jump{}, has: map[policy.Family]map[string]bool{},
 		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{},
 		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}, readGen: gen, readGenOK: true,
 		noLines: c.NoLines}

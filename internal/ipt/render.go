@@ -9,6 +9,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -205,14 +207,111 @@ func genComments(gen, rules string, c contents) []string {
 
 // Render writes the iptables-restore input that makes moat's chains of one
 // family hold rs. haveJump says which built-in chains already jump to
-// moat's; the others get a jump inserted first.
-func Render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool) string {
+// moat's, and how; the others get a jump inserted first, and a jump of
+// another form is replaced where it stands.
+func Render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump) string {
 	names := SetNames(rs)
 	c := contentsOf(rs, names)
 	return render(rs, fam, haveJump, names, generation(rs, names, c), c)
 }
 
-func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool, names Names, gen string, c contents) string {
+// Jump is a built-in chain's jump into moat's chain: its condition (one
+// of jumpConds, "" for none) and its position in the built-in chain
+// (from 1).
+type Jump struct {
+	Cond string `json:"cond"`
+	Pos  int    `json:"pos"`
+	// Extra are the conditions of further jumps of moat's forms from the
+	// same chain (an earlier moat, run after a later one, added its own
+	// beside it): each is deleted at the next apply.
+	Extra []string `json:"extra,omitempty"`
+}
+
+// The conditions moat's jumps carry, as iptables-save prints them. Each
+// lets past moat's chain only packets that chain would let past anyway,
+// at the cost of one match in the built-in chain instead of a jump, a
+// rule and a return (iptables-nft: the jump and the return are most of
+// what moat's chains cost an accepted packet beyond a hand-written
+// ruleset; see docs/benchmarks.md).
+const (
+	// jumpNotEstablished: packets of established connections skip
+	// MOAT-INPUT (OUTPUT, FORWARD), whose first rule would return them
+	// (the built-in established accept, which is then left out of the
+	// chain: it has no counter to show on nftables either).
+	jumpNotEstablished = "-m conntrack ! --ctstate RELATED,ESTABLISHED"
+	// jumpNotLoopback: loopback skips MOAT-PREROUTING, whose drops all
+	// spare it (then left out of each drop: one interface-name compare
+	// per packet instead of one per list).
+	jumpNotLoopback = "! -i lo"
+)
+
+// jumpConds are the jump forms moat knows as its own.
+var jumpConds = []string{"", jumpNotEstablished, jumpNotLoopback}
+
+// jumpSpec is a jump's rule after its chain: "COND -j MOAT-CHAIN".
+func jumpSpec(builtin, cond string) string {
+	return join(cond, "-j MOAT-"+builtin)
+}
+
+// ParseJump reads a line "-A BUILTIN [COND] -j MOAT-BUILTIN" of one of
+// moat's jump forms (iptables-save prints them so); cond is "" for the
+// plain jump.
+func ParseJump(line string) (builtin, cond string, ok bool) { return parseJump(line) }
+
+func parseJump(line string) (builtin, cond string, ok bool) {
+	rest, ok := strings.CutPrefix(line, "-A ")
+	if !ok {
+		return "", "", false
+	}
+	builtin, rest, ok = strings.Cut(rest, " ")
+	if !ok || builtin == "" || strings.HasPrefix(builtin, "MOAT-") {
+		return "", "", false
+	}
+	for _, c := range jumpConds {
+		if rest == jumpSpec(builtin, c) {
+			return builtin, c, true
+		}
+	}
+	return "", "", false
+}
+
+// jumpCond is the condition on the jump into c's chain, and whether the
+// chain leaves out its first rule (the built-in the condition stands
+// for). A chain that starts with anything but the plain established
+// accept (logging every packet, say) gets a plain jump, as does every
+// chain of the earlier layout (PlainJumps).
+func jumpCond(rs *ruleset.Ruleset, c *ruleset.Chain) (cond string, skipFirst bool) {
+	if rs.PlainJumps {
+		return "", false
+	}
+	if c.Hook == ruleset.Prerouting {
+		for i := range c.Rules {
+			r := &c.Rules[i]
+			if r.Log != "" || r.Limit != nil || r.Trap != nil || (r.Verdict != ruleset.Accept && r.NotInIface != "lo") {
+				return "", false
+			}
+		}
+		return jumpNotLoopback, false
+	}
+	if len(c.Rules) > 0 && establishedAccept(&c.Rules[0]) {
+		return jumpNotEstablished, true
+	}
+	return "", false
+}
+
+// establishedAccept: r accepts packets of established and related
+// connections, and does nothing else.
+func establishedAccept(r *ruleset.Rule) bool {
+	if r.Verdict != ruleset.Accept || r.Log != "" || r.Limit != nil || r.Trap != nil ||
+		!slices.Equal(r.CTStates, []ruleset.CTState{ruleset.CTEstablished, ruleset.CTRelated}) {
+		return false
+	}
+	m := r.Match
+	m.CTStates = nil
+	return reflect.DeepEqual(m, ruleset.Match{})
+}
+
+func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump, names Names, gen string, c contents) string {
 	var b strings.Builder
 	for _, t := range tables {
 		var chains []*ruleset.Chain
@@ -234,8 +333,20 @@ func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]bool, na
 		}
 		b.WriteString(body(rs, fam, names, t))
 		for _, ch := range chains {
-			if !haveJump[builtinChain[ch.Hook]] {
-				fmt.Fprintf(&b, "-I %s 1 -j %s\n", builtinChain[ch.Hook], ChainName(ch.Hook))
+			builtin := builtinChain[ch.Hook]
+			cond, _ := jumpCond(rs, ch)
+			have, ok := haveJump[builtin]
+			switch {
+			case !ok:
+				fmt.Fprintf(&b, "-I %s 1 %s\n", builtin, jumpSpec(builtin, cond))
+			case have.Cond != cond:
+				// Another form (an earlier moat's): the new one where it
+				// stood, in the same commit, so no packet sees neither
+				// or both.
+				fmt.Fprintf(&b, "-I %s %d %s\n-D %s %s\n", builtin, max(have.Pos, 1), jumpSpec(builtin, cond), builtin, jumpSpec(builtin, have.Cond))
+			}
+			for _, x := range have.Extra {
+				fmt.Fprintf(&b, "-D %s %s\n", builtin, jumpSpec(builtin, x))
 			}
 		}
 		b.WriteString("COMMIT\n")
@@ -251,8 +362,19 @@ func body(rs *ruleset.Ruleset, fam policy.Family, names Names, table string) str
 			continue
 		}
 		chain := ChainName(c.Hook)
+		cond, skipFirst := jumpCond(rs, c)
 		for i := range c.Rules {
-			for _, line := range ruleLines(&c.Rules[i], fam, names) {
+			if i == 0 && skipFirst {
+				continue
+			}
+			r := &c.Rules[i]
+			if cond == jumpNotLoopback && r.NotInIface == "lo" {
+				// The jump tests it.
+				cp := *r
+				cp.NotInIface = ""
+				r = &cp
+			}
+			for _, line := range ruleLines(r, fam, names) {
 				fmt.Fprintf(&b, "-A %s %s\n", chain, line)
 			}
 		}

@@ -34,6 +34,53 @@ func TestGoldenScript(t *testing.T) {
 	rulesettest.Golden(t, file, got, *update)
 }
 
+// TestGoldenPlainJumps: the layout before the jumps carried conditions
+// (PlainJumps, what drift compares an upgraded kernel with) renders byte
+// for byte what that moat loaded: testdata/golden-plainjumps.ipt is the
+// golden file of the commit before, never rewritten. Its MOAT-GEN record
+// then matches the earlier moat's too.
+func TestGoldenPlainJumps(t *testing.T) {
+	rs := goldenRuleset(t)
+	rs.PlainJumps = true
+	got, err := New().Script(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile("testdata/golden-plainjumps.ipt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("the earlier layout renders otherwise than the earlier moat:\n%s", got)
+	}
+}
+
+// Each jump moat makes is read back as its own, and only those: a
+// jump by another condition (a hand change, another tool's) is not.
+func TestParseJump(t *testing.T) {
+	for line, want := range map[string]string{
+		"-A INPUT -j MOAT-INPUT": "",
+		"-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT": jumpNotEstablished,
+		"-A PREROUTING ! -i lo -j MOAT-PREROUTING":                            jumpNotLoopback,
+	} {
+		if _, cond, ok := parseJump(line); !ok || cond != want {
+			t.Errorf("%s: %q %v", line, cond, ok)
+		}
+	}
+	for _, line := range []string{
+		"-A INPUT -m conntrack ! --ctstate NEW,RELATED,ESTABLISHED -j MOAT-INPUT",
+		"-A INPUT -s 192.0.2.1/32 -j MOAT-INPUT",
+		"-A INPUT -j MOAT-OUTPUT",
+		"-A INPUT ! -i lo -j MOAT-INPUT -m comment --comment x",
+		"-A MOAT-INPUT -j MOAT-MOAT-INPUT",
+		"-I INPUT 1 -j MOAT-INPUT",
+	} {
+		if _, _, ok := parseJump(line); ok {
+			t.Errorf("%s read as moat's jump", line)
+		}
+	}
+}
+
 // call is one program run seen through the Runner seam.
 type call struct {
 	args  string
@@ -60,11 +107,13 @@ func (f *fakeHost) run(_ context.Context, stdin []byte, name string, args ...str
 }
 
 // Apply runs one restore per family and no per-rule commands, adds the
-// jumps only where missing, and removes only moat's stale ipsets.
+// jumps only where missing, replaces a jump of an earlier form where it
+// stands (INPUT's second rule here, after another tool's), and removes
+// only moat's stale ipsets.
 func TestApplyCommands(t *testing.T) {
 	host := &fakeHost{
 		save: map[string]string{
-			"iptables-save":  "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A INPUT -j DOCKER-USER\nCOMMIT\n",
+			"iptables-save":  "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j DOCKER-USER\n-A INPUT -j MOAT-INPUT\n-A OUTPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-OUTPUT\nCOMMIT\n",
 			"ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n",
 		},
 		// moat-3fa9c1b2d4e5: a set named by an earlier moat (a hash of its contents).
@@ -88,11 +137,12 @@ func TestApplyCommands(t *testing.T) {
 		t.Fatalf("commands:\n%s\nwant:\n%s", strings.Join(cmds, "\n"), strings.Join(want, "\n"))
 	}
 	v4, v6 := host.calls[4].stdin, host.calls[5].stdin
-	if strings.Contains(v4, "-I INPUT 1 -j MOAT-INPUT") || !strings.Contains(v4, "-I OUTPUT 1 -j MOAT-OUTPUT") ||
-		!strings.Contains(v4, "*raw\n:MOAT-PREROUTING - [0:0]\n") || !strings.Contains(v4, "-I PREROUTING 1 -j MOAT-PREROUTING\nCOMMIT\n*filter\n") {
-		t.Errorf("IPv4 jumps wrong (INPUT has one already):\n%s", v4)
+	if !strings.Contains(v4, "\n-I INPUT 2 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\n") ||
+		strings.Contains(v4, "-I INPUT 1") || strings.Contains(v4, "DOCKER") || strings.Contains(v4, "OUTPUT 1") || !strings.Contains(v4, "-I FORWARD 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-FORWARD\n") ||
+		!strings.Contains(v4, "*raw\n:MOAT-PREROUTING - [0:0]\n") || !strings.Contains(v4, "-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\nCOMMIT\n*filter\n") {
+		t.Errorf("IPv4 jumps wrong (INPUT has one of the earlier form, OUTPUT one of this form):\n%s", v4)
 	}
-	if !strings.Contains(v6, "-I INPUT 1 -j MOAT-INPUT") {
+	if !strings.Contains(v6, "-I INPUT 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") {
 		t.Errorf("IPv6 jump missing:\n%s", v6)
 	}
 	if strings.Contains(v6, "203.0.113") || strings.Contains(v4, "2001:db8") {
@@ -140,7 +190,7 @@ func TestApplyNothingChanged(t *testing.T) {
 	names := SetNames(rs)
 	gen := Generation(rs, names)
 	save := func(g string) string {
-		return kernelSave(g, rulesHash(rs, names), contentsOf(rs, names))
+		return kernelSave(rs, g, rulesHash(rs, names), contentsOf(rs, names))
 	}
 	var sets []string
 	for _, n := range names {
@@ -182,12 +232,16 @@ func TestApplyNothingChanged(t *testing.T) {
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-// kernelSave is iptables-save output of moat's chains (empty) and its
-// MOAT-GEN record.
-func kernelSave(gen, rules string, c contents) string {
-	return "*raw\n:PREROUTING ACCEPT [0:0]\n:MOAT-PREROUTING - [0:0]\n-A PREROUTING -j MOAT-PREROUTING\nCOMMIT\n" +
+// kernelSave is iptables-save output of moat's chains (empty) with rs's
+// jumps, and its MOAT-GEN record.
+func kernelSave(rs *ruleset.Ruleset, gen, rules string, c contents) string {
+	jump := func(h ruleset.Hook) string {
+		cond, _ := jumpCond(rs, rs.Chain(h))
+		return "-A " + builtinChain[h] + " " + jumpSpec(builtinChain[h], cond) + "\n"
+	}
+	return "*raw\n:PREROUTING ACCEPT [0:0]\n:MOAT-PREROUTING - [0:0]\n" + jump(ruleset.Prerouting) + "COMMIT\n" +
 		"*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n:MOAT-OUTPUT - [0:0]\n:MOAT-FORWARD - [0:0]\n" +
-		genChainRules(gen, rules, c) + "-A INPUT -j MOAT-INPUT\n-A OUTPUT -j MOAT-OUTPUT\n-A FORWARD -j MOAT-FORWARD\nCOMMIT\n"
+		genChainRules(gen, rules, c) + jump(ruleset.Input) + jump(ruleset.Output) + jump(ruleset.Forward) + "COMMIT\n"
 }
 
 // A change of a policy set's networks keeps the set: with a record of
@@ -224,7 +278,7 @@ func TestApplySetDiff(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	kernel := kernelSave(generation(before, SetNames(before), cb), rulesHash(before, SetNames(before)), cb)
+	kernel := kernelSave(before, generation(before, SetNames(before), cb), rulesHash(before, SetNames(before)), cb)
 	host := &fakeHost{save: map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}, sets: set + "\nmoat-ban4\nmoat-ban6\nmoat-login4\nmoat-login6\nmoat-protect4\nmoat-protect6\n"}
 	b := &Backend{Run: host.run, Elements: store}
 	if err := b.Apply(context.Background(), after); err != nil {
@@ -272,14 +326,14 @@ func TestApplySetDiff(t *testing.T) {
 	}
 
 	// Killed while the set changed: IPv4's MOAT-GEN says so, and Split too.
-	dirtyKernel := kernelSave(dirty, rulesHash(before, SetNames(before)), contents{})
+	dirtyKernel := kernelSave(before, dirty, rulesHash(before, SetNames(before)), contents{})
 	host.save = map[string]string{"iptables-save": dirtyKernel, "ip6tables-save": kernel}
 	if split, err := b.Split(context.Background()); err != nil || !strings.Contains(split, "changing its ipsets") {
 		t.Errorf("an interrupted set change is not reported: %q %v", split, err)
 	}
 
 	// A corrupted entry: refilled whole too.
-	kernel = kernelSave(generation(before, SetNames(before), contentsOf(before, SetNames(before))), rulesHash(before, SetNames(before)), contentsOf(before, SetNames(before)))
+	kernel = kernelSave(before, generation(before, SetNames(before), contentsOf(before, SetNames(before))), rulesHash(before, SetNames(before)), contentsOf(before, SetNames(before)))
 	host.save = map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}
 	data, _ := os.ReadFile(store.File(set))
 	data[len(data)/2] ^= 0x40
@@ -432,7 +486,7 @@ func TestApplyRefillEndsChanging(t *testing.T) {
 	rs := compileText(t, "default deny incoming\ndeny from 198.18.0.0\ndeny from 198.18.0.2\n")
 	names := SetNames(rs)
 	c := contentsOf(rs, names)
-	kernel := kernelSave(generation(rs, names, c), rulesHash(rs, names), c)
+	kernel := kernelSave(rs, generation(rs, names, c), rulesHash(rs, names), c)
 	var sets strings.Builder
 	for _, n := range sortedKeys(c) {
 		sets.WriteString(n + "\n")
@@ -461,7 +515,9 @@ func TestParseSaveOtherTables(t *testing.T) {
 		"-A MOAT-GEN -m comment --comment \"moat:gen forged\" -j RETURN\n-A MOAT-PREROUTING -j DROP\nCOMMIT\n" +
 		"*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\nCOMMIT\n"
 	sv := parseSave([]byte(out))
-	if sv.gen != "" || sv.chains["MOAT-PREROUTING"] || sv.chains["MOAT-GEN"] || sv.jumps["PREROUTING"] || !sv.chains["MOAT-INPUT"] || !sv.jumps["INPUT"] {
+	_, pre := sv.jumps["PREROUTING"]
+	_, in := sv.jumps["INPUT"]
+	if sv.gen != "" || sv.chains["MOAT-PREROUTING"] || sv.chains["MOAT-GEN"] || pre || !sv.chains["MOAT-INPUT"] || !in {
 		t.Errorf("read %+v", sv)
 	}
 	for _, l := range sv.lines {

@@ -99,8 +99,8 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 }
 
 func isJump(line string) bool {
-	f := strings.Fields(line)
-	return len(f) == 4 && f[0] == "-A" && f[2] == "-j" && f[3] == "MOAT-"+f[1]
+	_, _, ok := parseJump(line)
+	return ok
 }
 
 // isBanSet says whether an ipset is one of the ban sets.
@@ -292,17 +292,28 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 				}
 			}
 			for _, l := range tl {
-				if isJump(l) {
-					builtin := strings.Fields(l)[1]
-					if !st.jumps[f.fam][builtin] {
-						fmt.Fprintf(&s, "-I %s 1 -j MOAT-%s\n", builtin, builtin)
-					}
+				builtin, cond, ok := parseJump(l)
+				if !ok {
+					continue
+				}
+				have, there := st.jumps[f.fam][builtin]
+				switch {
+				case !there:
+					fmt.Fprintf(&s, "-I %s 1 %s\n", builtin, jumpSpec(builtin, cond))
+				case have.Cond != cond:
+					// The snapshot's form, where the kernel's stands.
+					fmt.Fprintf(&s, "-I %s %d %s\n-D %s %s\n", builtin, max(have.Pos, 1), jumpSpec(builtin, cond), builtin, jumpSpec(builtin, have.Cond))
+				}
+				for _, x := range have.Extra {
+					fmt.Fprintf(&s, "-D %s %s\n", builtin, jumpSpec(builtin, x))
 				}
 			}
 			for _, name := range stale {
 				builtin := strings.TrimPrefix(name, "MOAT-")
-				if st.jumps[f.fam][builtin] {
-					fmt.Fprintf(&s, "-D %s -j %s\n", builtin, name)
+				if j, ok := st.jumps[f.fam][builtin]; ok {
+					for _, cond := range append([]string{j.Cond}, j.Extra...) {
+						fmt.Fprintf(&s, "-D %s %s\n", builtin, jumpSpec(builtin, cond))
+					}
 				}
 				fmt.Fprintf(&s, "-X %s\n", name)
 			}

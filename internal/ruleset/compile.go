@@ -92,11 +92,13 @@ func Compile(p *policy.Policy) *Ruleset { return compile(p, sinkOn) }
 // the built-ins (every built-in first, as ufw orders them): the same
 // verdicts, another order. After an upgrade the kernel may still hold
 // that order; drift tells it from a reordering by hand with this. The
-// nftables rendering of it has no gates either (Ungated), as the earlier
-// moat loaded it.
+// nftables rendering of it has no gates either (Ungated), nor its iptables
+// rendering conditions on the jumps (PlainJumps), as the earlier moat
+// loaded it.
 func CompileEarlierOrder(p *policy.Policy) *Ruleset {
 	rs := compile(p, false)
 	rs.Ungated = true
+	rs.PlainJumps = true
 	return rs
 }
 

@@ -176,6 +176,13 @@ type Ruleset struct {
 	// compares the kernel with that layout after an upgrade; moat never
 	// loads it.
 	Ungated bool
+	// PlainJumps renders the ruleset for iptables as moat loaded it
+	// before its jumps carried conditions: every built-in chain jumps to
+	// moat's unconditionally, MOAT-INPUT (OUTPUT, FORWARD) starts with
+	// the established accept and each early drop tests '! -i lo'. Set by
+	// CompileEarlierOrder and, for the layout between the two, by drift's
+	// comparison after an upgrade; moat never loads it.
+	PlainJumps bool
 }
 
 // SourceComment is the comment that names the policy file in the kernel:
