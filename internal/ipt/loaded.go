@@ -3,6 +3,7 @@ package ipt
 import (
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/moat-fw/moat/internal/policy"
@@ -210,11 +211,37 @@ func predictState(orig *state, wrote map[policy.Family][]string) *state {
 					st.gen[fam], st.rules[fam] = g, r
 				case strings.HasPrefix(l, "-A MOAT-"):
 				case strings.HasPrefix(l, "-I "):
+					// A jump inserted (render: "-I CHAIN N COND -j
+					// MOAT-CHAIN"); one it replaces is deleted next.
 					f := strings.Fields(l)
-					if len(f) != 5 || f[2] != "1" || f[3] != "-j" || f[4] != "MOAT-"+f[1] {
+					if len(f) < 5 {
 						return nil
 					}
-					jumps[f[1]] = true
+					n, err := strconv.Atoi(f[2])
+					builtin, cond, ok := parseJump("-A " + f[1] + " " + strings.Join(f[3:], " "))
+					if err != nil || n < 1 || !ok {
+						return nil
+					}
+					j := Jump{Cond: cond, Pos: n}
+					if old, there := jumps[builtin]; there {
+						j.Extra = append([]string{old.Cond}, old.Extra...)
+					}
+					jumps[builtin] = j
+				case strings.HasPrefix(l, "-D "):
+					builtin, cond, ok := parseJump("-A " + strings.TrimPrefix(l, "-D "))
+					if !ok {
+						return nil
+					}
+					j, there := jumps[builtin]
+					i := slices.Index(j.Extra, cond)
+					if !there || i < 0 {
+						return nil
+					}
+					j.Extra = slices.Delete(slices.Clone(j.Extra), i, i+1)
+					if len(j.Extra) == 0 {
+						j.Extra = nil
+					}
+					jumps[builtin] = j
 				default:
 					return nil
 				}

@@ -357,3 +357,38 @@ func TestKernelChainCache(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// predictState follows moat's jumps through the restores that change
+// their form: an earlier moat's plain jump replaced where it stood, a
+// second plain jump deleted, a new jump inserted first; a line it cannot
+// follow (a deletion of a jump it does not know of) gives no prediction.
+func TestPredictStateJumps(t *testing.T) {
+	orig := &state{jumps: map[policy.Family]map[string]Jump{policy.FamilyV4: {
+		"INPUT":      {Cond: "", Pos: 2, Extra: []string{""}},
+		"PREROUTING": {Cond: "", Pos: 1},
+	}}, has: map[policy.Family]map[string]bool{policy.FamilyV4: {"MOAT-INPUT": true}},
+		gen: map[policy.Family]string{}, rules: map[policy.Family]string{}, held: map[policy.Family]contents{}, lines: map[policy.Family][]string{}}
+	script := "*raw\n:MOAT-PREROUTING - [0:0]\n-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\n-D PREROUTING -j MOAT-PREROUTING\nCOMMIT\n" +
+		"*filter\n:MOAT-INPUT - [0:0]\n:MOAT-OUTPUT - [0:0]\n" +
+		"-I INPUT 2 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\n" +
+		"-I OUTPUT 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-OUTPUT\nCOMMIT\n"
+	st := predictState(orig, map[policy.Family][]string{policy.FamilyV4: {script}})
+	if st == nil {
+		t.Fatal("no prediction")
+	}
+	want := map[string]Jump{
+		"INPUT":      {Cond: jumpNotEstablished, Pos: 2},
+		"OUTPUT":     {Cond: jumpNotEstablished, Pos: 1},
+		"PREROUTING": {Cond: jumpNotLoopback, Pos: 1},
+	}
+	if !reflect.DeepEqual(st.jumps[policy.FamilyV4], want) {
+		t.Errorf("predicted %+v, want %+v", st.jumps[policy.FamilyV4], want)
+	}
+	if len(orig.jumps[policy.FamilyV4]["INPUT"].Extra) != 1 {
+		t.Error("the prediction changed the state it started from")
+	}
+	bad := "*filter\n-D INPUT ! -i lo -j MOAT-INPUT\nCOMMIT\n"
+	if predictState(orig, map[policy.Family][]string{policy.FamilyV4: {bad}}) != nil {
+		t.Error("a deletion of a jump that is not there was predicted")
+	}
+}

@@ -167,18 +167,20 @@ func (r nlRule) hash(h hash.Hash) {
 }
 
 // isJumpToMoat says whether the rule is a built-in chain's jump to moat's
-// chain of the same hook and nothing else (`-A INPUT -j MOAT-INPUT`).
+// chain of the same hook: its verdict is that jump, whatever comes before
+// it (moat's jumps carry conditions: ParseJump; a jump with another
+// condition, made by hand, is hashed too, so the fingerprint sees it).
 func (r nlRule) isJumpToMoat() bool {
-	if strings.HasPrefix(r.chain, "MOAT-") || len(r.compat) > 0 || len(r.udata) > 0 {
+	if strings.HasPrefix(r.chain, "MOAT-") {
 		return false
 	}
 	var verdict []nlExpr
 	for _, e := range r.exprs {
-		if e.name != "counter" {
+		if e.name == "immediate" {
 			verdict = append(verdict, e)
 		}
 	}
-	if len(verdict) != 1 || verdict[0].name != "immediate" {
+	if len(verdict) != 1 || r.exprs[len(r.exprs)-1].name != "immediate" {
 		return false
 	}
 	code, chain, ok := immediateVerdict(verdict[0].data)

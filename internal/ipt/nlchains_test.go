@@ -117,6 +117,13 @@ func TestKernelNetlinkFingerprint(t *testing.T) {
 				{"iptables", "-t", "raw", "-R", "MOAT-PREROUTING", "1", "!", "-i", "lo", "-m", "set", "--match-set", "handset", "src", "-m", "set", "!", "--match-set", "moat-protect4", "src", "-m", "addrtype", "!", "--dst-type", "UNICAST", "-m", "comment", "--comment", "builtin:ban", "-j", "DROP"},
 			}, undo: [][]string{{"REWRITE"}, {"ipset", "destroy", "handset"}}},
 			{name: "a jump deleted", do: [][]string{{"iptables", "-D", "FORWARD", "-j", "MOAT-FORWARD"}}, rewriteFix: true},
+			// moat's jumps carry conditions: each is part of the print.
+			// (Not a form of moat's: a rewrite leaves it, as any rule of
+			// another's; put back by hand.)
+			{name: "a jump's condition changed", do: [][]string{{"iptables", "-R", "INPUT", "1", "-m", "conntrack", "!", "--ctstate", "NEW,RELATED,ESTABLISHED", "-j", "MOAT-INPUT"}},
+				undo: [][]string{{"iptables", "-R", "INPUT", "1", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-j", "MOAT-INPUT"}}},
+			{name: "a jump made plain", do: [][]string{{"ip6tables", "-t", "raw", "-R", "PREROUTING", "1", "-j", "MOAT-PREROUTING"}},
+				rewriteFix: true},
 			{name: "a second jump", do: [][]string{{"ip6tables", "-A", "INPUT", "-j", "MOAT-INPUT"}},
 				undo: [][]string{{"ip6tables", "-D", "INPUT", "2"}}},
 			{name: "a chain", do: [][]string{{"iptables", "-N", "MOAT-EXTRA"}}, undo: [][]string{{"iptables", "-X", "MOAT-EXTRA"}}},
@@ -200,7 +207,7 @@ func TestKernelLegacyToolsOldPath(t *testing.T) {
 			t.Fatalf("fingerprint %q (%v), %d saves: want one read with iptables-save", fp0, err, saves)
 		}
 		out, err := execrun.Exec(ctx, nil, "iptables-legacy-save")
-		if err != nil || !strings.Contains(string(out), "-A INPUT -j MOAT-INPUT") || !strings.Contains(string(out), "moat:gen") {
+		if err != nil || !strings.Contains(string(out), "-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") || !strings.Contains(string(out), "moat:gen") {
 			t.Fatalf("iptables-legacy-save does not list moat's chains (%v):\n%s", err, out)
 		}
 		if nft, _ := execrun.Exec(ctx, nil, "nft", "list", "ruleset"); strings.Contains(string(nft), "MOAT-") {
