@@ -526,3 +526,26 @@ func TestParseSaveOtherTables(t *testing.T) {
 		}
 	}
 }
+
+// A chain that does not start with the plain established accept keeps
+// the plain jump and the rule: 'logging high' logs every packet first,
+// established ones too, so they must still enter MOAT-INPUT. The raw
+// chain keeps its condition (nothing there logs).
+func TestJumpConditionOnlyBehindEstablished(t *testing.T) {
+	rs := compileText(t, "default deny incoming\nallow 22/tcp\nlogging high\n")
+	v4 := Render(rs, policy.FamilyV4, nil)
+	for _, want := range []string{"-I INPUT 1 -j MOAT-INPUT\n", `-A MOAT-INPUT -m conntrack --ctstate ESTABLISHED,RELATED -m comment --comment "builtin:established" -j RETURN`,
+		"-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\n"} {
+		if !strings.Contains(v4, want) {
+			t.Errorf("lacks %q:\n%s", want, v4)
+		}
+	}
+	if i, j := strings.Index(v4, `"logging:all:input"`), strings.Index(v4, `"builtin:established"`); i < 0 || j < i {
+		t.Errorf("the audit log rule is not first in MOAT-INPUT:\n%s", v4)
+	}
+	plain := compileText(t, "default deny incoming\nallow 22/tcp\n")
+	v4 = Render(plain, policy.FamilyV4, nil)
+	if !strings.Contains(v4, "-I INPUT 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") || strings.Contains(v4, `"builtin:established"`) {
+		t.Errorf("the plain policy's input jump:\n%s", v4)
+	}
+}
