@@ -228,11 +228,12 @@ func TestKernelLegacyToolsOldPath(t *testing.T) {
 
 // predictState follows what an iptables-restore --noflush of moat's own
 // scripts does (a declared chain emptied, MOAT-GEN's record replaced,
-// a jump inserted) and refuses a script with anything else, so a
+// a jump inserted, or one of another form replaced: TestPredictStateJumps)
+// and refuses a script with anything else, so a
 // prediction never stands for a restore it cannot follow.
 func TestPredictState(t *testing.T) {
 	v4 := families[0].fam
-	orig := &state{jumps: map[policy.Family]map[string]bool{v4: {"INPUT": true}}, has: map[policy.Family]map[string]bool{v4: {"MOAT-INPUT": true, GenChain: true}},
+	orig := &state{jumps: map[policy.Family]map[string]Jump{v4: {"INPUT": {Pos: 1}}}, has: map[policy.Family]map[string]bool{v4: {"MOAT-INPUT": true, GenChain: true}},
 		gen: map[policy.Family]string{v4: "old"}, sets: map[string]bool{}, lines: map[policy.Family][]string{v4: {":MOAT-INPUT"}},
 		held: map[policy.Family]contents{v4: {"moat-a": "h1", "moat-b": "h2"}}, rules: map[policy.Family]string{v4: "r1"}}
 	script := "*raw\n:MOAT-PREROUTING - [0:0]\n-A MOAT-PREROUTING -j DROP\n-I PREROUTING 1 -j MOAT-PREROUTING\nCOMMIT\n" +
@@ -242,7 +243,7 @@ func TestPredictState(t *testing.T) {
 		t.Fatal("moat's own script refused")
 	}
 	want := map[string]bool{"MOAT-INPUT": true, GenChain: true, "MOAT-PREROUTING": true}
-	if !reflect.DeepEqual(st.has[v4], want) || !reflect.DeepEqual(st.jumps[v4], map[string]bool{"INPUT": true, "PREROUTING": true, "OUTPUT": true}) ||
+	if !reflect.DeepEqual(st.has[v4], want) || !reflect.DeepEqual(st.jumps[v4], map[string]Jump{"INPUT": {Pos: 1}, "PREROUTING": {Pos: 1}, "OUTPUT": {Pos: 1}}) ||
 		st.gen[v4] != "new" || st.rules[v4] != "r2" || !reflect.DeepEqual(st.held[v4], contents{"moat-b": "h3"}) || !st.noLines || st.lines[v4] != nil {
 		t.Errorf("predicted %+v", st)
 	}
@@ -256,7 +257,9 @@ func TestPredictState(t *testing.T) {
 		":MOAT-INPUT - [0:0]\n",
 		"*filter\n:OTHER - [0:0]\nCOMMIT\n",
 		"*filter\n-A INPUT -j ACCEPT\nCOMMIT\n",
-		"*filter\n-I INPUT 2 -j MOAT-INPUT\nCOMMIT\n",
+		"*filter\n-I INPUT 0 -j MOAT-INPUT\nCOMMIT\n",
+		"*filter\n-I INPUT 1 -s 192.0.2.9/32 -j MOAT-INPUT\nCOMMIT\n",
+		"*filter\n-D INPUT ! -i lo -j MOAT-INPUT\nCOMMIT\n",
 		"*filter\n-I INPUT 1 -j MOAT-OUTPUT\nCOMMIT\n",
 	} {
 		if st := predictState(orig, map[policy.Family][]string{v4: {bad}}); st != nil {
