@@ -79,7 +79,7 @@ func TestKernelGenRecordNetlink(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
+			defer func() { _ = c.Close() }()
 			var out [][]nlRule
 			for _, fam := range nlFamilies {
 				rules, err := dumpRules(c, fam.proto, tableFilter)
