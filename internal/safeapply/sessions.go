@@ -70,8 +70,8 @@ type SSHState struct {
 	// OpenSSH 9.8 and later) whose parent is root's sshd (the [priv]
 	// process), or by a root dropbear process, child of root's dropbear
 	// daemon, that has a child (the user's shell or command, forked only
-	// after the login) or, with none (dbclient -N), holds a forward's
-	// socket or has outlived dropbear's authentication timeout; so a
+	// after the login) or, with none (dbclient -N), listens for a remote
+	// forward or has outlived dropbear's authentication timeout; so a
 	// user's own program named sshd or dropbear shields nobody, and a
 	// connection still guessing passwords is not one. (What
 	// guard.LoggedInClients gives.)
@@ -194,21 +194,22 @@ type dropbearConn struct {
 const dropbearAuthTimeout = 300*time.Second + 30*time.Second
 
 // loggedIn: a dropbear connection with no child is logged in when it
-// holds a socket that only a login gives it (a forwarding: the listener
-// of dbclient -R, a channel of -L or -R, none of them the connection to
-// an SSH port nor the daemon's listeners), or when it has outlived
-// dropbear's authentication timeout. Before either, a session with no
-// shell, no command and no forward in use is not told from a connection
-// still guessing passwords.
-func (c dropbearConn) loggedIn(entries []tcpEntry, socks procSockets, listen []netip.AddrPort) bool {
+// listens (the listener of a remote forward, dbclient -R: dropbear opens
+// it only after the login, and no library does; not the daemon's
+// listeners, should it keep one), or when it has outlived dropbear's
+// authentication timeout. An established connection of its own is no
+// proof: a local forward's channel (dbclient -L) looks like the TCP
+// connection an NSS module keeps in the process (libnss-pgsql2, the old
+// libnss-ldap), which dropbear's lookup of the user name the client sent
+// opens before any password (TestFindSSHLoggedInDropbearNSSConnection).
+// Before either, a session with no shell, no command and no remote
+// forward is not told from a connection still guessing passwords.
+func (c dropbearConn) loggedIn(entries []tcpEntry, socks procSockets) bool {
 	if c.old {
 		return true
 	}
 	for _, e := range entries {
-		if !slices.Contains(c.inodes, e.inode) || socks.daemon[e.inode] {
-			continue
-		}
-		if e.state == "0A" || (e.state == "01" && !listened(listen, e.local)) {
+		if e.state == "0A" && slices.Contains(c.inodes, e.inode) && !socks.daemon[e.inode] {
 			return true
 		}
 	}
@@ -319,7 +320,7 @@ func (f *sshFinder) find(sshConn string) (SSHState, error) {
 		}
 	}
 	for _, c := range socks.dropbearIdle {
-		if c.loggedIn(entries, socks, st.Listen) {
+		if c.loggedIn(entries, socks) {
 			for _, inode := range c.inodes {
 				socks.loggedIn[inode] = true
 			}
