@@ -1,6 +1,11 @@
 package e2e
 
 import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -40,4 +45,68 @@ func TestAdvDriftUnreadableIsNoProof(t *testing.T) {
 	if out := e.mustMoat("status"); strings.Contains(out, "changed outside moat") {
 		t.Errorf("status after the repair:\n%s", out)
 	}
+}
+
+// TestAdvInPlaceUnreadableIsNoProof: the same for the comparison rule by
+// rule with the applied policy loaded into a scratch namespace, which
+// alone sees a rule changed in place that kept its tag and verdict. The
+// allow-22 rule is changed by hand to allow port 80 instead (its tag and
+// verdict kept); the next command's scratch load fails (an
+// iptables-restore that refuses to run outside the server's namespace).
+// The comparison that could not be made was taken for "no difference"
+// and the fingerprint, hand rule in it, recorded as moat's: status then
+// never reported it, and port 80 stayed open.
+func TestAdvInPlaceUnreadableIsNoProof(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	list := filepath.Join(e.dir, "bl.txt")
+	writeFile(t, list, "203.0.113.0/25\n")
+	e.apply("default deny incoming\nallow 22/tcp\nblocklist bl file " + list + "\n")
+	e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:22 open")
+	var n int
+	var tag string
+	for i, l := range strings.Split(e.run("server", "iptables", "-S", "MOAT-INPUT"), "\n") {
+		if strings.Contains(l, "--dport 22 ") {
+			n, tag = i, CommentOf(t, l)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no allow-22 rule in MOAT-INPUT")
+	}
+	e.run("server", "iptables", "-R", "MOAT-INPUT", strconv.Itoa(n), "-p", "tcp", "-m", "tcp", "--dport", "80", "-m", "comment", "--comment", tag, "-j", "RETURN")
+	e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:22 timeout")
+	ns := strings.TrimSpace(e.run("server", "readlink", "/proc/self/ns/net"))
+	bin := t.TempDir()
+	for _, prog := range []string{"iptables-restore", "ip6tables-restore"} {
+		real, err := exec.LookPath(prog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(bin, prog), "#!/bin/sh\n[ \"$(readlink /proc/self/ns/net)\" = '"+ns+"' ] || exit 1\nexec "+real+" \"$@\"\n")
+		if err := os.Chmod(filepath.Join(bin, prog), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A change of the list alone: moat's chains are not rewritten.
+	writeFile(t, list, "203.0.113.0/25\n203.0.113.128/26\n")
+	out, _ := e.topo.Server.Run(context.Background(), "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "blocklist", "update", "bl")
+	t.Logf("the command whose scratch load failed:\n%s", out)
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") && !strings.Contains(e.run("server", "iptables", "-S", "MOAT-INPUT"), "--dport 22 ") {
+		t.Errorf("the rule changed in place by hand is neither reported nor repaired:\n%s", out)
+	}
+	writeFile(t, list, "203.0.113.0/25\n")
+	e.mustMoat("blocklist", "update", "bl")
+	e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:22 open")
+}
+
+// CommentOf is the comment of an iptables -S line.
+func CommentOf(t *testing.T, line string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(line, "--comment ")
+	if !ok {
+		t.Fatalf("no comment in %q", line)
+	}
+	c, _, _ := strings.Cut(rest, " ")
+	return strings.Trim(c, `"`)
 }

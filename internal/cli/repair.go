@@ -111,7 +111,12 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 		return "moat's rules could not be compared with what moat applied (" + msg + ")"
 	}
 	if len(diff) == 0 {
-		diff = a.changedInPlace(ctx, b, rs, want)
+		if diff, err = a.changedInPlace(ctx, b, rs, want); err != nil {
+			// No proof either: a rule changed in place by hand (its tag
+			// and verdict kept) shows only there.
+			msg, _, _ := strings.Cut(err.Error(), "\n")
+			return "moat's rules could not be compared rule by rule with what moat applied (" + msg + ")"
+		}
 	}
 	if len(diff) > 0 && a.earlierOrder(ctx, b, applied, diff) {
 		return earlierOrderReason
@@ -148,7 +153,8 @@ func (a *app) kernelHolds(ctx context.Context, b backend.Backend, rs *ruleset.Ru
 	if d, _, err := drift.Against(ctx, b.Name(), script, nil); err != nil || len(d) > 0 {
 		return false
 	}
-	return len(a.changedInPlace(ctx, b, rs, script)) == 0
+	d, err := a.changedInPlace(ctx, b, rs, script)
+	return err == nil && len(d) == 0
 }
 
 // earlierOrderReason: the kernel holds moat's rules as an earlier moat
@@ -207,8 +213,9 @@ var driftReasonHook func()
 // changedInPlace compares moat's rules in the kernel, rule by rule, with
 // what loading the applied policy into an empty scratch namespace gives:
 // a rule changed by hand that kept its tag and verdict shows only there.
-// When the comparison cannot be made it says nothing (logged).
-func (a *app) changedInPlace(ctx context.Context, b backend.Backend, rs *ruleset.Ruleset, script string) []string {
+// When the comparison cannot be made it says so (err): that proves
+// nothing, and the callers that vouch for the kernel must not.
+func (a *app) changedInPlace(ctx context.Context, b backend.Backend, rs *ruleset.Ruleset, script string) ([]string, error) {
 	// The protected sets, which the layout leaves out, against what moat
 	// loaded into them.
 	if nb, ok := b.(*nft.Backend); ok && nb.Netlink {
@@ -218,7 +225,7 @@ func (a *app) changedInPlace(ctx context.Context, b backend.Backend, rs *ruleset
 		if diff, err := drift.SessionSets(nb.LoadedRanges(ctx)); err != nil {
 			a.log.Debug("compare the protected sets", "err", err)
 		} else if len(diff) > 0 {
-			return diff
+			return diff, nil
 		}
 	}
 	if ib, ok := b.(*ipt.Backend); ok {
@@ -231,14 +238,14 @@ func (a *app) changedInPlace(ctx context.Context, b backend.Backend, rs *ruleset
 				continue
 			}
 			if out, err := ib.Run(ctx, nil, "ipset", "list", name); err == nil && !drift.IpsetHolds(out, want) {
-				return []string{fmt.Sprintf("set %s holds other addresses than moat loaded (the SSH sessions and allowlist at the apply)", name)}
+				return []string{fmt.Sprintf("set %s holds other addresses than moat loaded (the SSH sessions and allowlist at the apply)", name)}, nil
 			}
 		}
 	}
 	diff, err := drift.InPlace(ctx, b.Name(), rs, script)
 	if err != nil {
 		a.log.Debug("compare with a scratch namespace", "err", err)
-		return nil
+		return nil, fmt.Errorf("compare with a scratch namespace: %w", err)
 	}
-	return diff
+	return diff, nil
 }
