@@ -64,8 +64,8 @@ func TestBackendSwitchCarriesLogins(t *testing.T) {
 // change that keeps the backend.
 func TestRollbackKeepsLogins(t *testing.T) {
 	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}, {"nftables", "nftables"}} {
-		for _, how := range []string{"rollback", "kill+undo"} {
-			if how == "kill+undo" && dir[0] == dir[1] {
+		for _, how := range []string{"rollback", "kill+undo", "kill-before-removal+undo"} {
+			if how != "rollback" && dir[0] == dir[1] {
 				continue
 			}
 			t.Run(dir[0]+"-to-"+dir[1]+"/"+how, func(t *testing.T) {
@@ -86,16 +86,20 @@ func TestRollbackKeepsLogins(t *testing.T) {
 				} else {
 					// The guard exempts the login while the switch runs,
 					// in the backend holding moat's rules then.
+					at := "switched" // the old backend removed
+					if how == "kill-before-removal+undo" {
+						at = "switch-logins"
+					}
 					kill := r.eng.o.Checkpoint
 					r.eng.o.Checkpoint = func(step string) error {
-						if step == "switched" {
+						if step == at {
 							if err := to.Protect(ctx, []netip.Addr{admin}, 20*time.Hour); err != nil {
 								return err
 							}
 						}
 						return kill(step)
 					}
-					r.crashAt = "switched"
+					r.crashAt = at
 					if _, err := r.enable(r.ch(0)); !IsCrash(err) {
 						t.Fatalf("no crash: %v", err)
 					}

@@ -21,7 +21,7 @@ import (
 func TestBackendSwitchCarriesBans(t *testing.T) {
 	hostile := "guard \"x\" $(id) `y`\n\\z"
 	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
-		for _, crash := range []string{"", "switch-bans-recorded", "switch-bans", "switched", "applied",
+		for _, crash := range []string{"", "switch-bans-recorded", "switch-bans", "switch-logins", "switched", "applied",
 			"switched+undo-bans-recorded", "switched+undo-applied", "confirm", "confirm+rollback-restored"} {
 			t.Run(dir[0]+"-to-"+dir[1]+"/"+crash, func(t *testing.T) {
 				r := newRig(t)
@@ -110,7 +110,7 @@ func TestBackendSwitchCarriesBans(t *testing.T) {
 					t.Errorf("%s holds %d bans, want %d: %+v", holder.Name(), len(got), len(want), got)
 				}
 				wantReason := ruleset.CleanReason(hostile)
-				if kills[0] == "switch-bans-recorded" || kills[0] == "switch-bans" {
+				if kills[0] == "switch-bans-recorded" || kills[0] == "switch-bans" || kills[0] == "switch-logins" {
 					wantReason = hostile // never left the old backend (the fake keeps text as given)
 				}
 				if b, ok := got["203.0.113.50"]; ok && b.Reason != wantReason {
