@@ -184,7 +184,8 @@ func (e *Engine) current(ctx context.Context) (*current, error) {
 // readPolicy reads the policy file and whether it exists.
 // The contents before are the bytes read (no copy of a 2.6 MB policy
 // made again from its lines) where they are what doc.Bytes gives: lines,
-// each ended by a newline (policy.SameAsBytes).
+// each ended by a newline (policy.SameAsBytes). The document's lines are
+// those bytes (policy.ReadDocumentData): nothing changes them.
 func readPolicy(path string) (*policy.Document, []byte, bool, error) {
 	doc, data, err := policy.ReadDocumentData(path)
 	if err != nil {

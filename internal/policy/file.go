@@ -40,7 +40,8 @@ func ReadDocument(name string) (*Document, error) {
 }
 
 // ReadDocumentData is ReadDocument, and the bytes read (nil for a file
-// that does not exist). The document keeps no reference to them.
+// that does not exist). The document's lines are those bytes, not a copy
+// of them (2.6 MB at 100,000 lines): the caller must never change them.
 func ReadDocumentData(name string) (*Document, []byte, error) {
 	data, err := ReadFile(name)
 	if errors.Is(err, os.ErrNotExist) {
@@ -49,7 +50,7 @@ func ReadDocumentData(name string) (*Document, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return NewDocument(name, data), data, nil
+	return newDocumentText(name, unsafe.String(unsafe.SliceData(data), len(data))), data, nil
 }
 
 // SameAsBytes reports whether d.Bytes() would equal data, for the
@@ -89,7 +90,12 @@ func ReadFile(name string) ([]byte, error) {
 
 // NewDocument splits file contents into lines.
 func NewDocument(name string, data []byte) *Document {
-	text := strings.TrimSuffix(string(data), "\n")
+	return newDocumentText(name, string(data))
+}
+
+// newDocumentText is NewDocument of the text data.
+func newDocumentText(name, data string) *Document {
+	text := strings.TrimSuffix(data, "\n")
 	d := &Document{Name: name}
 	if text != "" || len(data) > 0 {
 		d.Lines = splitLines(text)
