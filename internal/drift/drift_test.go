@@ -150,7 +150,7 @@ func TestCompareSaysWhatChanged(t *testing.T) {
 		{"jump given moat's condition by hand", strings.Replace(v4, "-A INPUT -j MOAT-INPUT\n", "-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n", 1), v6,
 			[]string{`iptables chain INPUT jumps to MOAT-INPUT only where "-m conntrack ! --ctstate RELATED,ESTABLISHED", moat loaded for every packet`}},
 		{"jump given another condition", strings.Replace(v4, "-A INPUT -j MOAT-INPUT\n", "-A INPUT -s 192.0.2.9/32 -j MOAT-INPUT\n", 1), v6,
-			[]string{"iptables chain INPUT no longer jumps to MOAT-INPUT"}},
+			[]string{`iptables chain INPUT jumps to MOAT-INPUT only where "-s 192.0.2.9/32", moat loaded for every packet`}},
 		{"a second jump", strings.Replace(v4, "-A INPUT -j MOAT-INPUT\n", "-A INPUT -j MOAT-INPUT\n-A INPUT ! -i lo -j MOAT-INPUT\n", 1), v6,
 			[]string{"iptables chain INPUT jumps to MOAT-INPUT 2 times, moat loaded one jump"}},
 		{"chain gone", dropAll(v4, "MOAT-OUTPUT"), v6, []string{"chain ip MOAT-OUTPUT is missing"}},

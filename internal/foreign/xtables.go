@@ -110,7 +110,7 @@ func builtinChain(ch *gnft.Chain, table string, builtins []string) bool {
 }
 
 // moatJump: the rule is iptables-nft's form of one of moat's jumps (the
-// forms ipt.ParseJump reads as moat's): "-A CHAIN -j MOAT-CHAIN", "-A
+// forms ipt.KnownJump knows): "-A CHAIN -j MOAT-CHAIN", "-A
 // CHAIN ! -i lo -j MOAT-CHAIN" or "-A CHAIN -m conntrack ! --ctstate
 // RELATED,ESTABLISHED -j MOAT-CHAIN". Its expressions are one of the
 // conditions (or none), a counter and the jump, nothing else.

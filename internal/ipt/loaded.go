@@ -212,36 +212,48 @@ func predictState(orig *state, wrote map[policy.Family][]string) *state {
 				case strings.HasPrefix(l, "-A MOAT-"):
 				case strings.HasPrefix(l, "-I "):
 					// A jump inserted (render: "-I CHAIN N COND -j
-					// MOAT-CHAIN"); one it replaces is deleted next.
+					// MOAT-CHAIN", after the deletion of every jump
+					// there: writeJump).
 					f := strings.Fields(l)
 					if len(f) < 5 {
 						return nil
 					}
 					n, err := strconv.Atoi(f[2])
 					builtin, cond, ok := parseJump("-A " + f[1] + " " + strings.Join(f[3:], " "))
-					if err != nil || n < 1 || !ok {
+					if err != nil || n < 1 || !ok || !KnownJump(cond) {
 						return nil
 					}
 					j := Jump{Cond: cond, Pos: n}
 					if old, there := jumps[builtin]; there {
+						if n > old.Pos {
+							return nil // which comes first is not known
+						}
 						j.Extra = append([]string{old.Cond}, old.Extra...)
 					}
 					jumps[builtin] = j
 				case strings.HasPrefix(l, "-D "):
+					// A jump deleted: the further ones, the last first,
+					// then the first (writeJump). The kernel deletes the
+					// first that matches: the same jumps are left.
 					builtin, cond, ok := parseJump("-A " + strings.TrimPrefix(l, "-D "))
 					if !ok {
 						return nil
 					}
 					j, there := jumps[builtin]
-					i := slices.Index(j.Extra, cond)
-					if !there || i < 0 {
+					switch i := slices.Index(j.Extra, cond); {
+					case !there:
+						return nil
+					case i >= 0:
+						j.Extra = slices.Delete(slices.Clone(j.Extra), i, i+1)
+						if len(j.Extra) == 0 {
+							j.Extra = nil
+						}
+						jumps[builtin] = j
+					case j.Cond == cond && len(j.Extra) == 0:
+						delete(jumps, builtin)
+					default:
 						return nil
 					}
-					j.Extra = slices.Delete(slices.Clone(j.Extra), i, i+1)
-					if len(j.Extra) == 0 {
-						j.Extra = nil
-					}
-					jumps[builtin] = j
 				default:
 					return nil
 				}

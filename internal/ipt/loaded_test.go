@@ -368,9 +368,9 @@ func TestPredictStateJumps(t *testing.T) {
 		"PREROUTING": {Cond: "", Pos: 1},
 	}}, has: map[policy.Family]map[string]bool{policy.FamilyV4: {"MOAT-INPUT": true}},
 		gen: map[policy.Family]string{}, rules: map[policy.Family]string{}, held: map[policy.Family]contents{}, lines: map[policy.Family][]string{}}
-	script := "*raw\n:MOAT-PREROUTING - [0:0]\n-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\n-D PREROUTING -j MOAT-PREROUTING\nCOMMIT\n" +
+	script := "*raw\n:MOAT-PREROUTING - [0:0]\n-D PREROUTING -j MOAT-PREROUTING\n-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\nCOMMIT\n" +
 		"*filter\n:MOAT-INPUT - [0:0]\n:MOAT-OUTPUT - [0:0]\n" +
-		"-I INPUT 2 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\n" +
+		"-D INPUT -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\n-I INPUT 2 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n" +
 		"-I OUTPUT 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-OUTPUT\nCOMMIT\n"
 	st := predictState(orig, map[policy.Family][]string{policy.FamilyV4: {script}})
 	if st == nil {

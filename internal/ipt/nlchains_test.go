@@ -250,8 +250,13 @@ func TestPredictState(t *testing.T) {
 	if orig.gen[v4] != "old" || len(orig.held[v4]) != 2 || orig.noLines {
 		t.Errorf("the state read was changed: %+v", orig)
 	}
+	// The jump deleted (writeJump deletes every jump, then inserts):
+	// none left.
+	if st := predictState(orig, map[policy.Family][]string{v4: {"*filter\n-D INPUT -j MOAT-INPUT\nCOMMIT\n"}}); st == nil || len(st.jumps[v4]) != 0 {
+		t.Errorf("a deletion of the jump predicted %+v", st)
+	}
 	for _, bad := range []string{
-		"*filter\n-D INPUT -j MOAT-INPUT\nCOMMIT\n",
+		"*filter\n-D INPUT -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\nCOMMIT\n",
 		"*filter\n-X MOAT-INPUT\nCOMMIT\n",
 		"*nat\n:MOAT-INPUT - [0:0]\nCOMMIT\n",
 		":MOAT-INPUT - [0:0]\n",

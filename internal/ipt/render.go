@@ -215,15 +215,15 @@ func Render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump) st
 	return render(rs, fam, haveJump, names, generation(rs, names, c), c)
 }
 
-// Jump is a built-in chain's jump into moat's chain: its condition (one
-// of jumpConds, "" for none) and its position in the built-in chain
-// (from 1).
+// Jump is a built-in chain's jump into moat's chain: its condition (""
+// for none; one of jumpConds, or another made by hand) and its position
+// in the built-in chain (from 1).
 type Jump struct {
 	Cond string `json:"cond"`
 	Pos  int    `json:"pos"`
-	// Extra are the conditions of further jumps of moat's forms from the
-	// same chain (an earlier moat, run after a later one, added its own
-	// beside it): each is deleted at the next apply.
+	// Extra are the conditions of further jumps from the same chain (an
+	// earlier moat, run after a later one, added its own beside it; one
+	// made by hand), in their order: each is deleted at the next apply.
 	Extra []string `json:"extra,omitempty"`
 }
 
@@ -253,10 +253,18 @@ func jumpSpec(builtin, cond string) string {
 	return join(cond, "-j MOAT-"+builtin)
 }
 
-// ParseJump reads a line "-A BUILTIN [COND] -j MOAT-BUILTIN" of one of
-// moat's jump forms (iptables-save prints them so); cond is "" for the
-// plain jump.
+// ParseJump reads a line "-A BUILTIN [COND] -j MOAT-BUILTIN": a jump
+// from a built-in chain into moat's chain of the same hook, as
+// iptables-save prints it. cond is "" for the plain jump; it is one of
+// moat's forms (KnownJump), or another condition, made by hand: moat's
+// chains rely on their jump's condition (MOAT-INPUT lacks the
+// established accept its jump stands for), so every such jump is moat's
+// to replace, report and remove, whatever its condition.
 func ParseJump(line string) (builtin, cond string, ok bool) { return parseJump(line) }
+
+// KnownJump says whether cond is the condition of one of moat's jump
+// forms.
+func KnownJump(cond string) bool { return slices.Contains(jumpConds, cond) }
 
 func parseJump(line string) (builtin, cond string, ok bool) {
 	rest, ok := strings.CutPrefix(line, "-A ")
@@ -267,12 +275,37 @@ func parseJump(line string) (builtin, cond string, ok bool) {
 	if !ok || builtin == "" || strings.HasPrefix(builtin, "MOAT-") {
 		return "", "", false
 	}
-	for _, c := range jumpConds {
-		if rest == jumpSpec(builtin, c) {
-			return builtin, c, true
-		}
+	target := "-j MOAT-" + builtin
+	if rest == target {
+		return builtin, "", true
 	}
-	return "", "", false
+	cond, ok = strings.CutSuffix(rest, " "+target)
+	if !ok || strings.TrimSpace(cond) == "" || cond != strings.TrimSpace(cond) {
+		return "", "", false
+	}
+	return builtin, cond, true
+}
+
+// writeJump writes the restore lines that leave builtin with one jump,
+// of form cond, where its first jump (have, when there) stood. Every
+// jump there is deleted (-D deletes the first rule that matches: a
+// jump inserted before a deletion of the same form would be the one
+// deleted, moat's jump then behind the rules that stood between), the
+// last first, then moat's is inserted at the first one's place: the
+// rules before it are untouched, so it follows the same rules as
+// before, in the same commit (no packet sees neither or both).
+func writeJump(b *strings.Builder, builtin, cond string, have Jump, there bool) {
+	switch {
+	case !there:
+		fmt.Fprintf(b, "-I %s 1 %s\n", builtin, jumpSpec(builtin, cond))
+		return
+	case have.Cond == cond && len(have.Extra) == 0:
+		return
+	}
+	for i := len(have.Extra) - 1; i >= 0; i-- {
+		fmt.Fprintf(b, "-D %s %s\n", builtin, jumpSpec(builtin, have.Extra[i]))
+	}
+	fmt.Fprintf(b, "-D %s %s\n-I %s %d %s\n", builtin, jumpSpec(builtin, have.Cond), builtin, max(have.Pos, 1), jumpSpec(builtin, cond))
 }
 
 // jumpCond is the condition on the jump into c's chain, and whether the
@@ -336,18 +369,7 @@ func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump, na
 			builtin := builtinChain[ch.Hook]
 			cond, _ := jumpCond(rs, ch)
 			have, ok := haveJump[builtin]
-			switch {
-			case !ok:
-				fmt.Fprintf(&b, "-I %s 1 %s\n", builtin, jumpSpec(builtin, cond))
-			case have.Cond != cond:
-				// Another form (an earlier moat's): the new one where it
-				// stood, in the same commit, so no packet sees neither
-				// or both.
-				fmt.Fprintf(&b, "-I %s %d %s\n-D %s %s\n", builtin, max(have.Pos, 1), jumpSpec(builtin, cond), builtin, jumpSpec(builtin, have.Cond))
-			}
-			for _, x := range have.Extra {
-				fmt.Fprintf(&b, "-D %s %s\n", builtin, jumpSpec(builtin, x))
-			}
+			writeJump(&b, builtin, cond, have, ok)
 		}
 		b.WriteString("COMMIT\n")
 	}

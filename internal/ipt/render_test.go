@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,22 +56,31 @@ func TestGoldenPlainJumps(t *testing.T) {
 	}
 }
 
-// Each jump moat makes is read back as its own, and only those: a
-// jump by another condition (a hand change, another tool's) is not.
+// Each jump moat makes is read back as its own form (KnownJump); a jump
+// by another condition (a hand change, another tool's) is read as a jump
+// into moat's chain too, with its condition, not as moat's form: moat
+// replaces it (MOAT-INPUT relies on its jump's condition).
 func TestParseJump(t *testing.T) {
 	for line, want := range map[string]string{
 		"-A INPUT -j MOAT-INPUT": "",
-		"-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT": jumpNotEstablished,
-		"-A PREROUTING ! -i lo -j MOAT-PREROUTING":                            jumpNotLoopback,
+		"-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT":     jumpNotEstablished,
+		"-A PREROUTING ! -i lo -j MOAT-PREROUTING":                                jumpNotLoopback,
+		"-A INPUT -m conntrack ! --ctstate NEW,RELATED,ESTABLISHED -j MOAT-INPUT": "-m conntrack ! --ctstate NEW,RELATED,ESTABLISHED",
+		"-A INPUT -s 192.0.2.1/32 -j MOAT-INPUT":                                  "-s 192.0.2.1/32",
 	} {
-		if _, cond, ok := parseJump(line); !ok || cond != want {
+		if _, cond, ok := parseJump(line); !ok || cond != want || KnownJump(cond) != slices.Contains(jumpConds, want) {
 			t.Errorf("%s: %q %v", line, cond, ok)
 		}
 	}
+	for _, cond := range []string{"-s 192.0.2.1/32", "-m conntrack ! --ctstate NEW,RELATED,ESTABLISHED", "! -i lo "} {
+		if KnownJump(cond) {
+			t.Errorf("%q known as moat's", cond)
+		}
+	}
 	for _, line := range []string{
-		"-A INPUT -m conntrack ! --ctstate NEW,RELATED,ESTABLISHED -j MOAT-INPUT",
-		"-A INPUT -s 192.0.2.1/32 -j MOAT-INPUT",
 		"-A INPUT -j MOAT-OUTPUT",
+		"-A INPUT  -j MOAT-INPUT",
+		"-A INPUT -j MOAT-INPUTX",
 		"-A INPUT ! -i lo -j MOAT-INPUT -m comment --comment x",
 		"-A MOAT-INPUT -j MOAT-MOAT-INPUT",
 		"-I INPUT 1 -j MOAT-INPUT",
@@ -137,7 +147,7 @@ func TestApplyCommands(t *testing.T) {
 		t.Fatalf("commands:\n%s\nwant:\n%s", strings.Join(cmds, "\n"), strings.Join(want, "\n"))
 	}
 	v4, v6 := host.calls[4].stdin, host.calls[5].stdin
-	if !strings.Contains(v4, "\n-I INPUT 2 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\n") ||
+	if !strings.Contains(v4, "\n-D INPUT -j MOAT-INPUT\n-I INPUT 2 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") ||
 		strings.Contains(v4, "-I INPUT 1") || strings.Contains(v4, "DOCKER") || strings.Contains(v4, "OUTPUT 1") || !strings.Contains(v4, "-I FORWARD 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-FORWARD\n") ||
 		!strings.Contains(v4, "*raw\n:MOAT-PREROUTING - [0:0]\n") || !strings.Contains(v4, "-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\nCOMMIT\n*filter\n") {
 		t.Errorf("IPv4 jumps wrong (INPUT has one of the earlier form, OUTPUT one of this form):\n%s", v4)

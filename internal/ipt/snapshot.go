@@ -291,22 +291,18 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 					s.WriteString(l + "\n")
 				}
 			}
+			restored := map[string]bool{}
 			for _, l := range tl {
+				// The first jump of moat's forms from each chain: one
+				// made by hand, or a second one, is not moat's to put
+				// back (the kernel's are deleted).
 				builtin, cond, ok := parseJump(l)
-				if !ok {
+				if !ok || !KnownJump(cond) || restored[builtin] {
 					continue
 				}
+				restored[builtin] = true
 				have, there := st.jumps[f.fam][builtin]
-				switch {
-				case !there:
-					fmt.Fprintf(&s, "-I %s 1 %s\n", builtin, jumpSpec(builtin, cond))
-				case have.Cond != cond:
-					// The snapshot's form, where the kernel's stands.
-					fmt.Fprintf(&s, "-I %s %d %s\n-D %s %s\n", builtin, max(have.Pos, 1), jumpSpec(builtin, cond), builtin, jumpSpec(builtin, have.Cond))
-				}
-				for _, x := range have.Extra {
-					fmt.Fprintf(&s, "-D %s %s\n", builtin, jumpSpec(builtin, x))
-				}
+				writeJump(&s, builtin, cond, have, there)
 			}
 			for _, name := range stale {
 				builtin := strings.TrimPrefix(name, "MOAT-")

@@ -208,3 +208,30 @@ func TestKernelSnapshotKeepsBanSets(t *testing.T) {
 		t.Fatalf("changed:\n%s", got)
 	}
 }
+
+// A restore leaves each built-in chain one jump, the snapshot's first of
+// moat's forms, where the kernel's first jump stood: every jump there is
+// deleted once (a snapshot with two jump lines deleted the kernel's
+// second jump twice, and iptables-restore failed the whole undo), one
+// made by hand included, and one made by hand in the snapshot is not put
+// back.
+func TestRestoreJumpsWhereTheyStood(t *testing.T) {
+	save := "*filter\n:INPUT ACCEPT [0:0]\n:MOAT-INPUT - [0:0]\n-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\n" +
+		"-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n-A INPUT -j MOAT-INPUT\n-A INPUT -s 192.0.2.9/32 -j MOAT-INPUT\nCOMMIT\n"
+	host := &fakeHost{save: map[string]string{"iptables-save": save, "ip6tables-save": ""}}
+	b := &Backend{Run: host.run}
+	snap := secV4 + "\n:MOAT-INPUT - [0:0]\n-A MOAT-INPUT -j RETURN\n-A INPUT -s 198.51.100.0/24 -j MOAT-INPUT\n-A INPUT -j MOAT-INPUT\n-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n"
+	if err := b.Restore(context.Background(), []byte(snap)); err != nil {
+		t.Fatal(err)
+	}
+	var v4 string
+	for _, c := range host.calls {
+		if strings.HasPrefix(c.args, "iptables-restore") {
+			v4 = c.stdin
+		}
+	}
+	want := "-D INPUT -s 192.0.2.9/32 -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\n-D INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n-I INPUT 2 -j MOAT-INPUT\nCOMMIT\n"
+	if !strings.HasSuffix(v4, want) || strings.Count(v4, "-D ") != 3 || strings.Count(v4, "-I ") != 1 {
+		t.Errorf("IPv4 restore:\n%s\nwant it to end with:\n%s", v4, want)
+	}
+}
