@@ -188,6 +188,7 @@ func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr str
 			}
 			return nb, nil
 		})
+	bans.Warn = func(err error) { a.log.With("component", "guard").Warn("ban without the bans lock", "err", err) }
 	svc := &guard.Service{Cfg: p.Guard, Bans: bans, StateDir: a.stateDir, Log: a.log.With("component", "guard"), Reload: reload}
 	// Refuse at once when another guard runs on this state.
 	if err := svc.Lock(); err != nil {

@@ -3,6 +3,7 @@ package guard
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -29,6 +30,10 @@ type Following struct {
 	// never lets go (a change of backend stopped, or stuck in a kernel
 	// call) must not stop the guard's bans for good.
 	Wait time.Duration
+	// Warn, when set, is told each time a call goes on without the lock
+	// (the file refused, the wait over): a change of backend in that
+	// instant may lose the ban or exemption, and the guard's log says so.
+	Warn func(err error)
 
 	mu sync.Mutex
 	b  Banner
@@ -98,6 +103,9 @@ func (f *Following) lock(ctx context.Context) (unlock func(), err error) {
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, err
+		}
+		if f.Warn != nil {
+			f.Warn(fmt.Errorf("%w (waited up to %s): going on without it; a change of backend at this instant may lose this ban or exemption (the guard makes it again when the address fails maxretry times again, or logs in again)", err, wait))
 		}
 		return func() {}, nil
 	}

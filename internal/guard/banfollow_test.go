@@ -3,6 +3,8 @@ package guard
 import (
 	"context"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +25,9 @@ func TestFollowingDoesNotWaitForeverForTheLock(t *testing.T) {
 	}
 	g := NewFollowing(b, held, func(context.Context) (Banner, error) { return b, nil })
 	g.Wait = 100 * time.Millisecond
+	var wmu sync.Mutex
+	var warned []string
+	g.Warn = func(err error) { wmu.Lock(); warned = append(warned, err.Error()); wmu.Unlock() }
 	a := netip.MustParseAddr("203.0.113.9")
 	done := make(chan error, 2)
 	go func() { done <- g.Ban(context.Background(), []ruleset.Ban{{Addr: a, Timeout: time.Hour}}) }()
@@ -43,6 +48,13 @@ func TestFollowingDoesNotWaitForeverForTheLock(t *testing.T) {
 	if got := b.got(); got[a] != time.Hour {
 		t.Errorf("protected: %v", got)
 	}
+	// Going on without the lock is said: a change of backend at that
+	// instant may lose the ban (the change says so on its side too).
+	wmu.Lock()
+	if len(warned) != 2 || !strings.Contains(warned[0], "going on without it") || !strings.Contains(warned[0], "may lose this ban") {
+		t.Errorf("warnings: %q, want one per call going on without the lock", warned)
+	}
+	wmu.Unlock()
 	// The guard's own end still ends the wait with its error.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

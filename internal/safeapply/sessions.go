@@ -855,8 +855,9 @@ func (p *proc) dropbearConnection(procs map[int]*proc) bool {
 	return daemon != nil && daemon.comm == "dropbear" && daemon.uid == 0
 }
 
-// clockTick is the unit of /proc/PID/stat's start time (USER_HZ, 100 on
-// every Linux architecture).
+// clockTick is the unit of /proc/PID/stat's start time (USER_HZ: 100 on
+// every architecture Go builds for; only alpha, which it does not, has
+// another).
 const clockTick = 10 * time.Millisecond
 
 // readStartTime reads when the process started, since boot (field 22 of
