@@ -209,3 +209,47 @@ func TestOldIndexReplaced(t *testing.T) {
 		})
 	}
 }
+
+// A reader that finds the index unusable ('moat status', 'moat bans')
+// writes it again only when it can take the guard's state lock at once:
+// it used to wait for it as long as the guard held it (a fold of a large
+// history, a journal write stuck on a slow disk), and the status of the
+// firewall waited with it. With the lock held by another, the answers
+// are the history's, at once, and the index is left for the next reader.
+func TestStaleIndexReaderDoesNotWaitForTheGuard(t *testing.T) {
+	now := time.Now()
+	dir := indexed(t, now)
+	wantActive, wantCounts := truth(t, dir, now)
+	if err := os.WriteFile(filepath.Join(dir, indexFile), []byte("damaged"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := lockState(dir) // the guard, in the middle of a fold
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	type answer struct {
+		active int
+		err    error
+		counts map[netip.Addr]int
+	}
+	done := make(chan answer, 1)
+	go func() {
+		n, err := ActiveBans(dir, now)
+		done <- answer{n, err, BanCounts(dir, []netip.Addr{netip.MustParseAddr("198.51.100.7")})}
+	}()
+	select {
+	case got := <-done:
+		if got.err != nil || got.active != wantActive {
+			t.Errorf("active bans %d (%v), want %d", got.active, got.err, wantActive)
+		}
+		if a := netip.MustParseAddr("198.51.100.7"); got.counts[a] != wantCounts[a] {
+			t.Errorf("count of %s: %d, want %d", a, got.counts[a], wantCounts[a])
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader waits for the guard's state lock")
+	}
+	if data, _ := os.ReadFile(filepath.Join(dir, indexFile)); string(data) != "damaged" {
+		t.Errorf("the index was written without the lock")
+	}
+}

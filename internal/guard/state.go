@@ -273,16 +273,19 @@ func readStateFile(dir string) (*State, error) {
 // guard.json meanwhile), unless a fold cut short left the journal it
 // folded in (the readers of the index replay the whole journal: its
 // bans would count twice; the guard's next fold writes it). Without the
-// lock (a reader that may not take it) nothing is written.
+// lock (a reader that may not take it, or another holds it) nothing is
+// written.
 func loadIndexing(dir string) (*State, error) {
 	if _, err := os.Lstat(filepath.Join(dir, stateFile)); err != nil {
 		return LoadState(dir) // no guard.json: nothing to index
 	}
-	unlock, err := lockState(dir)
+	// Only when the lock is free at once: a status must not wait for the
+	// guard (a fold of a large history, a journal write on a slow disk).
+	l, err := statedir.TryLock(dir, stateLockFile)
 	if err != nil {
 		return LoadState(dir)
 	}
-	defer unlock()
+	defer l.Unlock()
 	before, err := os.Lstat(filepath.Join(dir, stateFile))
 	if err != nil {
 		return LoadState(dir)
