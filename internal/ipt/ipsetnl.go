@@ -98,6 +98,10 @@ func (c *ipsetConn) list(name string, flags uint32) ([]netlink.Message, error) {
 		}
 		return nil, fmt.Errorf("%w: list %q: %w", errIpsetNetlink, name, err)
 	}
+	if interrupted(msgs) {
+		// No ipset kernel says so today; one that does is believed.
+		return nil, fmt.Errorf("%w: list %q: %w", errIpsetNetlink, name, errDumpInterrupted)
+	}
 	return msgs, nil
 }
 

@@ -1,11 +1,13 @@
 package ipt
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"slices"
 	"strings"
 
@@ -96,21 +98,66 @@ var nlFamilies = []struct {
 // fallback to iptables-save).
 var hashChains = hashChainsNetlink
 
+// dialNetfilter opens the netlink socket the chains are read on (a
+// variable for the tests, which answer with made-up messages).
+var dialNetfilter = func() (*netlink.Conn, error) { return netlink.Dial(unix.NETLINK_NETFILTER, nil) }
+
+// errDumpInterrupted says that the ruleset changed while it was read:
+// the kernel marked a part of a dump NLM_F_DUMP_INTR (nf_tables does
+// when a commit lands between two parts: rules may then be skipped or
+// read twice), or the generation moved between the dumps. What was read
+// may be neither the ruleset before nor the one after, so it is read
+// again, never taken as it is.
+var errDumpInterrupted = errors.New("the ruleset changed while it was read")
+
+// nlReadTries bounds the reads of moat's chains while other commits keep
+// interrupting them; then the error stands (the caller falls back to
+// iptables-save, which retries on its own).
+const nlReadTries = 3
+
+// interrupted says whether a part of a dump was marked NLM_F_DUMP_INTR.
+func interrupted(msgs []netlink.Message) bool {
+	return slices.ContainsFunc(msgs, func(m netlink.Message) bool { return m.Header.Flags&netlink.DumpInterrupted != 0 })
+}
+
 // hashChainsNetlink writes moat's chains, rules and jumps of both
-// families, read over netlink, into h (the form above).
+// families, read over netlink, into h (the form above). The dumps are
+// read whole at one ruleset generation (the same before and after, and
+// no part marked interrupted), else again; only such a read is written
+// into h.
 func hashChainsNetlink(h hash.Hash) (nlChainsRead, error) {
+	c, err := dialNetfilter()
+	if err != nil {
+		return nlChainsRead{}, fmt.Errorf("read moat's chains over netlink: %w", err)
+	}
+	defer func() { _ = c.Close() }() // read only
+	var buf bytes.Buffer
+	for try := 1; ; try++ {
+		buf.Reset()
+		out, err := readChainsNetlink(c, &buf)
+		if err == nil {
+			h.Write(buf.Bytes())
+			return out, nil
+		}
+		if !errors.Is(err, errDumpInterrupted) || try == nlReadTries {
+			return nlChainsRead{}, err
+		}
+	}
+}
+
+// readChainsNetlink is one read of hashChainsNetlink, into w.
+func readChainsNetlink(c *netlink.Conn, w io.Writer) (nlChainsRead, error) {
 	out := nlChainsRead{sets: map[uint16]bool{}}
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	g0, err := nftGeneration()
 	if err != nil {
 		return out, fmt.Errorf("read moat's chains over netlink: %w", err)
 	}
-	defer func() { _ = c.Close() }() // read only
 	for _, fam := range nlFamilies {
 		chains, err := moatChains(c, fam.proto)
 		if err != nil {
 			return out, err
 		}
-		fmt.Fprintf(h, "# netlink %s\n", fam.name)
+		fmt.Fprintf(w, "# netlink %s\n", fam.name)
 		for _, t := range tables {
 			rules, err := dumpRules(c, fam.proto, t)
 			if err != nil {
@@ -129,24 +176,29 @@ func hashChainsNetlink(h hash.Hash) (nlChainsRead, error) {
 				}
 			}
 			slices.Sort(names)
-			fmt.Fprintf(h, "*%s\n", t)
+			fmt.Fprintf(w, "*%s\n", t)
 			for _, n := range names {
 				if strings.HasPrefix(n, "MOAT-") {
 					out.any = true
-					fmt.Fprintf(h, ":%s\n", n)
+					fmt.Fprintf(w, ":%s\n", n)
 				}
 				for _, r := range byChain[n] {
-					r.hash(h)
+					r.hash(w)
 					r.setIndexes(out.sets)
 				}
 			}
 		}
 	}
+	if g1, err := nftGeneration(); err != nil {
+		return out, fmt.Errorf("read moat's chains over netlink: %w", err)
+	} else if g1 != g0 {
+		return out, fmt.Errorf("read moat's chains over netlink: generation %d, then %d: %w", g0, g1, errDumpInterrupted)
+	}
 	return out, nil
 }
 
 // hash writes the rule in a form that tells every two rules apart.
-func (r nlRule) hash(h hash.Hash) {
+func (r nlRule) hash(h io.Writer) {
 	field := func(tag byte, b []byte) {
 		var n [5]byte
 		n[0] = tag
@@ -271,6 +323,9 @@ func moatChains(c *netlink.Conn, proto uint8) (map[string][]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list chains over netlink: %w", err)
 	}
+	if interrupted(msgs) {
+		return nil, fmt.Errorf("list chains over netlink: %w", errDumpInterrupted)
+	}
 	out := map[string][]string{}
 	for _, m := range msgs {
 		var table, name string
@@ -307,6 +362,9 @@ func dumpRules(c *netlink.Conn, proto uint8, table string) ([]nlRule, error) {
 			return nil, nil
 		}
 		return nil, err
+	}
+	if interrupted(msgs) {
+		return nil, errDumpInterrupted
 	}
 	var out []nlRule
 	for _, m := range msgs {
