@@ -50,12 +50,7 @@ func TestFindSSHLoggedInDropbearNoShell(t *testing.T) {
 	b.procTitled(140, 90, "dropbear", title, 0, guessing2, lis)
 	b.procTitled(150, 90, "dropbear", title, 1000, mallory, malloryLis)
 	// /proc/uptime: 1000 s; start times in clock ticks (10 ms).
-	b.must(os.WriteFile(filepath.Join(b.root, "uptime"), []byte("1000.00 1900.00\n"), 0o644))
-	started := map[int]int{90: 100, 100: 99000, 110: 99000, 120: 50000, 130: 99000, 140: 99000, 150: 50000}
-	for pid, pp := range map[int]int{90: 1, 100: 90, 110: 90, 120: 90, 130: 90, 140: 90, 150: 90} {
-		stat := fmt.Sprintf("%d (dropbear) S %d %d %d 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0\n", pid, pp, pid, pid, started[pid])
-		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "stat"), []byte(stat), 0o644))
-	}
+	b.started(map[int][2]int{90: {1, 100}, 100: {90, 99000}, 110: {90, 99000}, 120: {90, 50000}, 130: {90, 99000}, 140: {90, 99000}, 150: {90, 50000}})
 	st := find(t, b.write(""), nil)
 	if got, want := fmt.Sprint(st.LoggedIn), "[198.51.100.7 198.51.100.8]"; got != want {
 		t.Errorf("logged in: %s, want %s (forwarding, outlived the auth timeout; not the young ones guessing nor a user's dropbear)", got, want)
@@ -86,12 +81,7 @@ func TestFindSSHLoggedInDropbearNSSConnection(t *testing.T) {
 	b.procTitled(90, 1, "dropbear", title, 0, lis, lis6)
 	b.procTitled(100, 90, "dropbear", title, 0, guess4, nss4)
 	b.procTitled(110, 90, "dropbear", title, 0, guess6, nss6)
-	b.must(os.WriteFile(filepath.Join(b.root, "uptime"), []byte("1000.00 1900.00\n"), 0o644))
-	parent := map[int]int{90: 1, 100: 90, 110: 90}
-	for pid, start := range map[int]int{90: 100, 100: 99000, 110: 99000} {
-		stat := fmt.Sprintf("%d (dropbear) S %d %d %d 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0\n", pid, parent[pid], pid, pid, start)
-		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "stat"), []byte(stat), 0o644))
-	}
+	b.started(map[int][2]int{90: {1, 100}, 100: {90, 99000}, 110: {90, 99000}})
 	if st := find(t, b.write(""), nil); len(st.LoggedIn) != 0 {
 		t.Errorf("connections still guessing, holding an NSS module's connection, taken for logged in: %s", st.LoggedIn)
 	}
@@ -115,12 +105,7 @@ func TestFindSSHLoggedInDropbearSuspend(t *testing.T) {
 	b.procTitled(110, 90, "dropbear", title, 0, guess6)
 	// /proc/uptime: 1000 s; both connections started at 100 s (900 s of
 	// /proc's time), 700 s of which the machine slept.
-	b.must(os.WriteFile(filepath.Join(b.root, "uptime"), []byte("1000.00 1900.00\n"), 0o644))
-	parent := map[int]int{90: 1, 100: 90, 110: 90}
-	for pid, start := range map[int]int{90: 100, 100: 10000, 110: 10000} {
-		stat := fmt.Sprintf("%d (dropbear) S %d %d %d 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0\n", pid, parent[pid], pid, pid, start)
-		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "stat"), []byte(stat), 0o644))
-	}
+	b.started(map[int][2]int{90: {1, 100}, 100: {90, 10000}, 110: {90, 10000}})
 	root := b.write("")
 	for _, c := range []struct {
 		slept time.Duration
@@ -269,5 +254,15 @@ func TestFindSSHLoggedInRealDropbearNoShell(t *testing.T) {
 	}
 	if len(st.Sessions) != 3 {
 		t.Errorf("live sessions: %+v", st.Sessions)
+	}
+}
+
+// started writes /proc/uptime (1000 s) and each dropbear process's stat:
+// its parent and its start time since boot in clock ticks (10 ms), by PID.
+func (b *procBuilder) started(procs map[int][2]int) {
+	b.must(os.WriteFile(filepath.Join(b.root, "uptime"), []byte("1000.00 1900.00\n"), 0o644))
+	for pid, p := range procs {
+		stat := fmt.Sprintf("%d (dropbear) S %d %d %d 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 %d 0 0\n", pid, p[0], pid, pid, p[1])
+		b.must(os.WriteFile(filepath.Join(b.root, fmt.Sprint(pid), "stat"), []byte(stat), 0o644))
 	}
 }
