@@ -58,8 +58,8 @@ const bansLockWait = 30 * time.Second
 // holdBans takes the bans lock exclusive for a step that reads the ban
 // sets and replaces them. Without it (a state directory that refuses
 // the file, a ban call holding it for more than bansLockWait) the step
-// goes on, as it did before the lock: the firewall
-// matters more than a ban made in that instant.
+// goes on, as it did before the lock, and the holds nested in it do not
+// wait again: the firewall matters more than a ban made in that instant.
 func (e *Engine) holdBans(ctx context.Context) func() {
 	if e.bansHeld > 0 {
 		e.bansHeld++
@@ -75,8 +75,11 @@ func (e *Engine) holdBans(ctx context.Context) func() {
 	defer cancel()
 	unlock, err := LockBans(wait, e.o.StateDir, true)
 	if err != nil {
-		e.warn(fmt.Sprintf("%v: a ban made by the guard at this instant may be lost", err))
-		return func() {}
+		e.warn(fmt.Sprintf("%v (waited up to %s): going on without it; a ban made by the guard at this instant may be lost", err, limit))
+		// What this step does within it (the undo of a switch that
+		// failed) goes on without it too, rather than wait again.
+		e.bansHeld = 1
+		return func() { e.bansHeld-- }
 	}
 	e.bansHeld = 1
 	return func() {

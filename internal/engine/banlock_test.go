@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -135,4 +136,37 @@ func (r *rig) following(b *Fake) *guard.Following {
 	}
 	lock := func(ctx context.Context) (func(), error) { return LockBans(ctx, r.dir, false) }
 	return guard.NewFollowing(b, lock, current)
+}
+
+// A change that went on without the bans lock (a stuck ban call held it
+// past the wait) and then undoes itself (the old backend's removal
+// failed) does not wait for the lock a second time: the undo is part of
+// the same change, which already said the lock was not taken. It waited
+// the whole bound again, doubling the time the firewall stayed between
+// two backends.
+func TestStuckBanHolderWaitedForOnce(t *testing.T) {
+	r := newRig(t)
+	r.eng.bansWait = 300 * time.Millisecond
+	r.write("backend nftables\n" + base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	unlock, err := LockBans(context.Background(), r.dir, false)
+	r.must(err)
+	defer unlock()
+	removes := 0
+	r.nft.Fail = func(op string) error {
+		if op == "remove" {
+			if removes++; removes == 1 {
+				return errors.New("remove refused")
+			}
+		}
+		return nil
+	}
+	r.write("backend iptables\n" + base)
+	if _, err := r.enable(r.ch(0)); err == nil || !strings.Contains(err.Error(), "undone") {
+		t.Fatalf("the switch whose old backend's removal failed: %v", err)
+	}
+	if n := strings.Count(strings.Join(r.warnings, "\n"), "bans lock"); n != 1 {
+		t.Errorf("the lock was waited for %d times, want once: %q", n, r.warnings)
+	}
 }
