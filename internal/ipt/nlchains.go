@@ -26,12 +26,14 @@ import (
 //
 // The form: per family, per table, moat's chains (MOAT-*) by name, each
 // with its rules in order, and the built-in chains' jumps to moat's
-// chains (a rule that is nothing but `-j MOAT-<chain>`, as moat writes
-// it), each rule as its expressions (name and data; a counter's data,
-// which traffic changes, left out), its compat attribute (the protocol
-// and flags of `-p`) and its user data. Handles and positions are left
-// out: the same rules written again get new handles. A rule iptables-save
-// cannot show (a set lookup added with nft) is in its expressions.
+// chains (a rule whose verdict is the jump to moat's chain of its hook,
+// whatever condition comes before it: isJumpToMoat), each rule as its
+// expressions (name and data; a counter's data, which traffic changes,
+// left out), its compat attribute (the protocol and flags of `-p`) and
+// its user data. Handles and positions are left out: the same rules
+// written again get new handles. A rule iptables-save cannot show (a set
+// lookup added with nft) is in its expressions. Every dump is read at
+// one ruleset generation (hashChainsNetlink).
 
 // nftables netlink attributes (linux/netfilter/nf_tables.h).
 const (
