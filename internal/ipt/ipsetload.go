@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/nft"
 )
 
 // Loading a policy set's members over ipset's netlink interface
@@ -99,8 +101,8 @@ func (w *ipsetWriter) fillSet(f fill) error {
 func (w *ipsetWriter) start(cmd int, name string) {
 	b := append(w.buf[:0], make([]byte, unix.SizeofNlMsghdr)...)
 	b = append(b, unix.AF_INET, unix.NFNETLINK_V0, 0, 0)
-	b = appendAttr(b, ipsetAttrProtocol, []byte{ipsetProtocol})
-	b = appendAttr(b, ipsetAttrSetname, append([]byte(name), 0))
+	b = nft.AppendAttr(b, ipsetAttrProtocol, []byte{ipsetProtocol})
+	b = nft.AppendAttr(b, ipsetAttrSetname, append([]byte(name), 0))
 	binary.NativeEndian.PutUint16(b[4:6], uint16(nfnlSubsysIPSet<<8|cmd))
 	binary.NativeEndian.PutUint16(b[6:8], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
 	w.buf = b
@@ -110,7 +112,7 @@ func (w *ipsetWriter) start(cmd int, name string) {
 func (w *ipsetWriter) command(cmd int, name, name2 string) error {
 	w.start(cmd, name)
 	if name2 != "" {
-		w.buf = appendAttr(w.buf, ipsetAttrSetname2, append([]byte(name2), 0))
+		w.buf = nft.AppendAttr(w.buf, ipsetAttrSetname2, append([]byte(name2), 0))
 	}
 	return w.send()
 }
@@ -178,7 +180,7 @@ func (w *ipsetWriter) addNets(name string, nets []netip.Prefix) error {
 func (w *ipsetWriter) adtNets(cmd int, name string, nets []netip.Prefix) error {
 	for len(nets) > 0 {
 		w.start(cmd, name)
-		b := appendAttr(w.buf, ipsetAttrLineno, binary.NativeEndian.AppendUint32(nil, 0)) // required with a list of members
+		b := nft.AppendAttr(w.buf, ipsetAttrLineno, binary.NativeEndian.AppendUint32(nil, 0)) // required with a list of members
 		adt := len(b)
 		b = appendAttrHead(b, 0, ipsetAttrADT|unix.NLA_F_NESTED)
 		for len(nets) > 0 && len(b)-adt < ipsetBatch {

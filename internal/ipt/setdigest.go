@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/statedir"
 )
 
@@ -512,27 +513,16 @@ func dumpPart(b []byte, seq uint32, fn func(attrs []byte) error) (done, missing 
 func dumpRequest(name string, flags uint32, seq uint32) []byte {
 	b := make([]byte, unix.SizeofNlMsghdr, 64+len(name))
 	b = append(b, unix.AF_INET, unix.NFNETLINK_V0, 0, 0)
-	b = appendAttr(b, ipsetAttrProtocol, []byte{ipsetProtocol})
+	b = nft.AppendAttr(b, ipsetAttrProtocol, []byte{ipsetProtocol})
 	if name != "" {
-		b = appendAttr(b, ipsetAttrSetname, append([]byte(name), 0))
+		b = nft.AppendAttr(b, ipsetAttrSetname, append([]byte(name), 0))
 	}
 	if flags != 0 {
-		b = appendAttr(b, ipsetAttrFlags|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint32(nil, flags))
+		b = nft.AppendAttr(b, ipsetAttrFlags|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint32(nil, flags))
 	}
 	binary.NativeEndian.PutUint32(b[0:4], uint32(len(b)))
 	binary.NativeEndian.PutUint16(b[4:6], nfnlSubsysIPSet<<8|ipsetCmdList)
 	binary.NativeEndian.PutUint16(b[6:8], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	binary.NativeEndian.PutUint32(b[8:12], seq)
-	return b
-}
-
-// appendAttr appends a netlink attribute (native byte order, padded).
-func appendAttr(b []byte, typ uint16, v []byte) []byte {
-	b = binary.NativeEndian.AppendUint16(b, uint16(4+len(v)))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, v...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
 	return b
 }

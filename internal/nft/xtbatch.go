@@ -20,3 +20,8 @@ func (x *XtBatch) Add(family uint8, typ uint16, flags netlink.HeaderFlags, attrs
 
 // Send commits the messages in one transaction, or none of them.
 func (x *XtBatch) Send() error { return x.b.send(0) }
+
+// AppendAttr appends one netlink attribute (header in native byte order,
+// value, padding to 4 bytes): the iptables backend builds ipset's
+// messages with it too.
+func AppendAttr(b []byte, typ uint16, v []byte) []byte { return appendAttr(b, typ, v) }
