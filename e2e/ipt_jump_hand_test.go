@@ -3,6 +3,9 @@ package e2e
 import (
 	"strings"
 	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // TestIptHandJumpsRepaired: moat's iptables jumps carry conditions, and
@@ -63,4 +66,45 @@ func TestIptHandJumpsRepaired(t *testing.T) {
 			t.Errorf("%s after disable:\n%s", prog, save)
 		}
 	}
+}
+
+// TestIptRollbackRestoresEarlierJumps: a change made on the layout an
+// earlier moat loaded (plain jumps, the established accept in moat's
+// chains) and rolled back puts that layout back whole: the plain jump
+// where the conditional one stood (behind a foreign rule), once, with
+// the chain that holds the established accept again; established
+// packets pass, status sees no hand change.
+func TestIptRollbackRestoresEarlierJumps(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	const pol = "default deny incoming\nallow 22/tcp\n"
+	e.apply(pol)
+	p, err := policy.NewDocument(e.conf, []byte(pol)).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := ruleset.Compile(p)
+	rs.PlainJumps = true
+	e.iptLoadLayout(rs)
+	e.run("server", "iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT")
+	e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
+	if save := e.run("server", "iptables-save", "-t", "filter"); !strings.Contains(save, "--dport 8080 -j ACCEPT\n-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") {
+		t.Fatalf("the change did not load this version's jump:\n%s", save)
+	}
+	e.mustMoat("rollback")
+	for _, prog := range []string{"iptables", "ip6tables"} {
+		save := e.run("server", prog+"-save", "-t", "filter")
+		if strings.Count(save, "-j MOAT-INPUT\n") != 1 || !strings.Contains(save, "-A INPUT -j MOAT-INPUT\n") || !strings.Contains(save, `"builtin:established"`) {
+			t.Errorf("%s after the rollback:\n%s", prog, save)
+		}
+	}
+	if save := e.run("server", "iptables-save", "-t", "filter"); !strings.Contains(save, "--dport 8080 -j ACCEPT\n-A INPUT -j MOAT-INPUT\n") {
+		t.Errorf("the jump is not where it stood:\n%s", save)
+	}
+	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
+		t.Errorf("status after the rollback:\n%s", out)
+	}
+	e.expect(false, "server tcp 192.0.2.2:80 open", "server tcp [2001:db8::2]:80 open",
+		"client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:443 timeout")
 }
