@@ -3,9 +3,6 @@ package e2e
 import (
 	"strings"
 	"testing"
-
-	"github.com/moat-fw/moat/internal/policy"
-	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // TestIptHandJumpsRepaired: moat's iptables jumps carry conditions, and
@@ -80,13 +77,7 @@ func TestIptRollbackRestoresEarlierJumps(t *testing.T) {
 	e := newEnv(t, "iptables", false)
 	const pol = "default deny incoming\nallow 22/tcp\n"
 	e.apply(pol)
-	p, err := policy.NewDocument(e.conf, []byte(pol)).Policy(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs := ruleset.Compile(p)
-	rs.PlainJumps = true
-	e.iptLoadLayout(rs)
+	e.iptLoadPlainJumps(pol)
 	e.run("server", "iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT")
 	e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
 	if save := e.run("server", "iptables-save", "-t", "filter"); !strings.Contains(save, "--dport 8080 -j ACCEPT\n-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") {

@@ -100,6 +100,20 @@ func (e *env) iptLoadLayout(rs *ruleset.Ruleset) {
 	}
 }
 
+// iptLoadPlainJumps puts in the server's kernel moat's rules for the
+// policy text pol (applied already) as the moat whose jumps had no
+// conditions loaded them (iptLoadLayout).
+func (e *env) iptLoadPlainJumps(pol string) {
+	e.t.Helper()
+	p, err := policy.NewDocument(e.conf, []byte(pol)).Policy(nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	rs := ruleset.Compile(p)
+	rs.PlainJumps = true
+	e.iptLoadLayout(rs)
+}
+
 // TestUpgradeEarlierLayoutIptNoFalseDrift: after an upgrade from the moat
 // whose iptables jumps had no conditions (every packet jumped to
 // MOAT-INPUT, whose first rule returned the established ones; each early
@@ -116,13 +130,7 @@ func TestUpgradeEarlierLayoutIptNoFalseDrift(t *testing.T) {
 	e := newEnv(t, "iptables", false)
 	const pol = "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
 	e.apply(pol)
-	p, err := policy.NewDocument(e.conf, []byte(pol)).Policy(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs := ruleset.Compile(p)
-	rs.PlainJumps = true
-	e.iptLoadLayout(rs)
+	e.iptLoadPlainJumps(pol)
 	// A foreign rule first in INPUT: the new jump must take the old one's
 	// place after it, not go before it.
 	e.run("server", "iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT")

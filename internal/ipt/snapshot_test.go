@@ -28,12 +28,7 @@ func TestRestoreDamagedSnapshotLine(t *testing.T) {
 	if err := b.Restore(context.Background(), []byte(snap)); err != nil {
 		t.Fatal(err)
 	}
-	var v4 string
-	for _, c := range host.calls {
-		if strings.HasPrefix(c.args, "iptables-restore") {
-			v4 = c.stdin
-		}
-	}
+	v4 := host.lastInput("iptables-restore")
 	for _, want := range []string{"*raw\n:MOAT-PREROUTING - [0:0]\n-I PREROUTING 1 -j MOAT-PREROUTING\nCOMMIT\n", "*filter\n:MOAT-INPUT - [0:0]\n-A MOAT-INPUT -j RETURN\n-I INPUT 1 -j MOAT-INPUT\nCOMMIT\n"} {
 		if !strings.Contains(v4, want) {
 			t.Errorf("IPv4 restore lacks %q:\n%s", want, v4)
@@ -42,6 +37,17 @@ func TestRestoreDamagedSnapshotLine(t *testing.T) {
 	if strings.Contains(v4, "garbage") {
 		t.Errorf("the damaged line was sent:\n%s", v4)
 	}
+}
+
+// lastInput is what the last run of prog read on its standard input.
+func (h *fakeHost) lastInput(prog string) string {
+	in := ""
+	for _, c := range h.calls {
+		if strings.HasPrefix(c.args, prog+" ") {
+			in = c.stdin
+		}
+	}
+	return in
 }
 
 // A snapshot holds moat's chains of raw and filter only: a MOAT-* chain of
@@ -224,12 +230,7 @@ func TestRestoreJumpsWhereTheyStood(t *testing.T) {
 	if err := b.Restore(context.Background(), []byte(snap)); err != nil {
 		t.Fatal(err)
 	}
-	var v4 string
-	for _, c := range host.calls {
-		if strings.HasPrefix(c.args, "iptables-restore") {
-			v4 = c.stdin
-		}
-	}
+	v4 := host.lastInput("iptables-restore")
 	want := "-D INPUT -s 192.0.2.9/32 -j MOAT-INPUT\n-D INPUT -j MOAT-INPUT\n-D INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n-I INPUT 2 -j MOAT-INPUT\nCOMMIT\n"
 	if !strings.HasSuffix(v4, want) || strings.Count(v4, "-D ") != 3 || strings.Count(v4, "-I ") != 1 {
 		t.Errorf("IPv4 restore:\n%s\nwant it to end with:\n%s", v4, want)

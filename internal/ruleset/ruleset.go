@@ -103,8 +103,10 @@ type Rule struct {
 	LogLimited bool
 	Origin     Origin
 	Comment    string // the admin's comment, shown beside the rule
-	// Uncounted: the rule carries no counter (nftables; iptables counts
-	// every rule). established,related is: nearly every packet passes it,
+	// Uncounted: the rule carries no counter (nftables; on iptables the
+	// established accept is the condition on moat's jump instead of a
+	// rule, unless a rule must come before it). established,related is:
+	// nearly every packet passes it,
 	// its count tells the admin nothing, and the counter cost a
 	// measurable share of an established packet's path
 	// (docs/benchmarks.md, Packet rate).
