@@ -43,10 +43,16 @@ func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout)
 			hidden, _ = ipt.HiddenRules()
 		}
 		v4, err := run(ctx, nil, "iptables-save") // filter and raw: every table
+		if err == nil {
+			err = ipt.CheckSave("iptables-save", v4)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read moat's iptables chains: %w", err)
 		}
 		v6, err := run(ctx, nil, "ip6tables-save")
+		if err == nil {
+			err = ipt.CheckSave("ip6tables-save", v6)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read moat's ip6tables chains: %w", err)
 		}

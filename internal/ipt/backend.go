@@ -268,6 +268,9 @@ func (b *Backend) readChains(ctx context.Context) (*state, error) {
 		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}}
 	for _, f := range families {
 		out, err := b.Run(ctx, nil, f.save) // every table: moat's chains are in filter and raw
+		if err == nil {
+			err = CheckSave(f.save, out)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read %s rules: %w", f.fam, err)
 		}
@@ -1261,6 +1264,9 @@ func (b *Backend) Active(ctx context.Context) (bool, error) {
 	}
 	for _, f := range families {
 		out, err := b.Run(ctx, nil, f.save, "-t", "filter")
+		if err == nil {
+			err = CheckSave(f.save, out)
+		}
 		if err != nil {
 			return false, fmt.Errorf("read %s rules: %w", f.fam, err)
 		}

@@ -341,3 +341,54 @@ func TestKernelNetlinkFingerprintFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestKernelSaveIncompatible: an nftables rule iptables cannot read,
+// added by hand with nft anywhere in iptables-nft's filter table (here in
+// a chain of its own), makes iptables-save print "# Table `filter' is
+// incompatible, use 'nft' tool." instead of the table, and exit 0. Read as
+// a table without moat's chains, it made every apply take moat's chains
+// for absent (a first enable: another jump into MOAT-INPUT each time, the
+// full comparison skipped), status report an apply "interrupted between
+// the two families", and the snapshot a --confirm change rolls back to
+// hold none of moat's filter chains. It is an error that says why.
+func TestKernelSaveIncompatible(t *testing.T) {
+	ns := labtest.NS(t, "moatsaveinc")
+	ctx := context.Background()
+	rs := compile(t, "default deny incoming\nallow 22/tcp\n"+denyList(3, -1))
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here")
+		}
+		b := &Backend{Netlink: true, IpsetNetlink: true, Run: execrun.Exec}
+		if err := b.Apply(ctx, rs); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := execrun.Exec(ctx, nil, "nft", "add", "chain", "ip", "filter", "ADVIPT"); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		if out, err := execrun.Exec(ctx, nil, "nft", "add", "rule", "ip", "filter", "ADVIPT", "socket", "transparent", "1", "accept"); err != nil {
+			t.Skipf("no socket expression here: %v %s", err, out)
+		}
+		out, err := execrun.Exec(ctx, nil, "iptables-save", "-t", "filter")
+		if err != nil || !strings.Contains(string(out), "incompatible") {
+			t.Skipf("iptables-save prints the table here: %v\n%s", err, out)
+		}
+		nb := &Backend{Netlink: true, IpsetNetlink: true, Run: execrun.Exec}
+		if st, err := nb.readChains(ctx); err == nil || !strings.Contains(err.Error(), "nft list table ip filter") {
+			t.Errorf("moat's chains read from an incompatible table: %v (chains %v, jumps %v)", err, st.has, st.jumps)
+		}
+		if _, err := nb.Snapshot(ctx); err == nil {
+			t.Error("a snapshot taken from an incompatible table")
+		}
+		if err := nb.Apply(ctx, rs); err == nil {
+			t.Error("an apply over an incompatible table")
+		}
+		if out, err := execrun.Exec(ctx, nil, "nft", "list", "chain", "ip", "filter", "INPUT"); err != nil || strings.Count(string(out), "jump MOAT-INPUT") != 1 {
+			t.Errorf("INPUT:\n%s%v", out, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

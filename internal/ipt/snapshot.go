@@ -67,6 +67,9 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 	}
 	for _, f := range families {
 		data, err := b.Run(ctx, nil, f.save)
+		if err == nil {
+			err = CheckSave(f.save, data)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s rules: %w", f.fam, err)
 		}

@@ -1,0 +1,43 @@
+package ipt
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"strings"
+)
+
+// CheckSave says whether iptables-save (prog: iptables-save or
+// ip6tables-save) printed every table it read. With iptables-nft, a table
+// holding a rule iptables cannot read (an nftables expression it does not
+// know, added by hand with nft: "do not touch!") is printed as one
+// comment line, "# Table `filter' is incompatible, use 'nft' tool.", and
+// iptables-save still exits 0. Read as a table without moat's chains, it
+// made an apply take them for absent (another jump into them each time),
+// status report an apply cut between the two families, and a snapshot
+// for a rollback hold none of them: it is an error naming the table and
+// how to see the rule.
+func CheckSave(prog string, out []byte) error {
+	if !bytes.Contains(out, []byte("is incompatible")) {
+		return nil
+	}
+	family := "ip"
+	if strings.HasPrefix(prog, "ip6") {
+		family = "ip6"
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "# Table `")
+		if !ok {
+			continue
+		}
+		table, tail, ok := strings.Cut(rest, "'")
+		if !ok || !strings.Contains(tail, "is incompatible") || table == "" || strings.ContainsAny(table, " \t") {
+			continue
+		}
+		return fmt.Errorf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft list table %s %s', delete it, and run 'moat reload'",
+			prog, family, table, family, table)
+	}
+	return nil
+}
