@@ -19,6 +19,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/guard"
@@ -109,10 +110,9 @@ const MetricsProgram = "moat-guard-metrics"
 // LibDir is where the package installs moat's helper programs.
 const LibDir = "/usr/lib/moat"
 
-// metricsProgram finds MetricsProgram: a regular file, owned by root (or
-// by whoever runs moat) and writable by nobody else, beside the moat
-// executable or in LibDir.
-func metricsProgram() (string, error) {
+// metricsProgram finds MetricsProgram beside the moat executable or in
+// LibDir (findMetricsProgram) and opens it.
+func metricsProgram() (string, *os.File, error) {
 	var dirs []string
 	if self, err := os.Executable(); err == nil {
 		dirs = append(dirs, filepath.Dir(self))
@@ -120,42 +120,106 @@ func metricsProgram() (string, error) {
 	return findMetricsProgram(append(dirs, LibDir))
 }
 
-// findMetricsProgram is metricsProgram looking in dirs, in order.
-func findMetricsProgram(dirs []string) (string, error) {
+// findMetricsProgram is metricsProgram looking in dirs, in order. It
+// takes the first MetricsProgram that is an executable regular file (not
+// a symbolic link) owned by root (or by whoever runs moat) and writable by
+// nobody else, in a directory whose every ancestor is owned so and
+// writable by nobody else (or sticky, as /tmp: nobody else can rename what
+// root owns there). It returns the file opened: the checks are made on
+// the open file, and the caller runs that file (/proc/self/fd), so a file
+// put at the name after the check is never run.
+func findMetricsProgram(dirs []string) (string, *os.File, error) {
 	var why []string
 	for _, d := range dirs {
 		path := filepath.Join(d, MetricsProgram)
-		fi, err := os.Stat(path)
+		f, err := openTrusted(path)
 		if err != nil {
-			why = append(why, fmt.Sprintf("%s: %v", path, errors.Unwrap(err)))
+			why = append(why, err.Error())
 			continue
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		switch {
-		case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
-			why = append(why, path+": not an executable file")
-		case fi.Mode().Perm()&0o022 != 0:
-			why = append(why, path+": writable by group or others")
-		case !ok || (st.Uid != 0 && int(st.Uid) != os.Geteuid()):
-			why = append(why, path+": owned by another user")
-		default:
-			return path, nil
+		return path, f, nil
+	}
+	return "", nil, fmt.Errorf("--metrics-listen: the guard's metrics are served by %s, which is not usable here (%s); reinstall moat's package, or build it beside moat: go build -o %s ./cmd/%s",
+		MetricsProgram, strings.Join(why, "; "), filepath.Join(dirs[0], MetricsProgram), MetricsProgram)
+}
+
+// openTrusted opens path (O_PATH, never through a symbolic link at its
+// last component) when only root or whoever runs moat can change it or
+// what its name leads to (findMetricsProgram).
+func openTrusted(path string) (*os.File, error) {
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, errors.Unwrap(err))
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if err := trustedDir(d); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if d == filepath.Dir(d) {
+			break
 		}
 	}
-	return "", fmt.Errorf("--metrics-listen: the guard's metrics are served by %s, which is not usable here (%s); reinstall moat's package, or build it beside moat: go build -o %s ./cmd/%s",
-		MetricsProgram, strings.Join(why, "; "), filepath.Join(dirs[0], MetricsProgram), MetricsProgram)
+	fd, err := unix.Open(filepath.Join(dir, filepath.Base(path)), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	switch {
+	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
+		err = errors.New("not an executable file")
+	case fi.Mode().Perm()&0o022 != 0:
+		err = errors.New("writable by group or others")
+	case !ownedByUs(fi):
+		err = errors.New("owned by another user")
+	default:
+		return f, nil
+	}
+	_ = f.Close()
+	return nil, fmt.Errorf("%s: %w", path, err)
+}
+
+// trustedDir says why others could change what dir holds: it is not a
+// directory owned by root (or whoever runs moat), or others may write it
+// without the sticky bit.
+func trustedDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	switch {
+	case err != nil:
+		return err
+	case !fi.IsDir():
+		return fmt.Errorf("%s: not a directory", dir)
+	case !ownedByUs(fi):
+		return fmt.Errorf("directory %s owned by another user", dir)
+	case fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0:
+		return fmt.Errorf("directory %s writable by group or others", dir)
+	}
+	return nil
+}
+
+// ownedByUs says whether fi is owned by root or by whoever runs moat.
+func ownedByUs(fi os.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && (st.Uid == 0 || int(st.Uid) == os.Geteuid())
 }
 
 // execMetricsGuard replaces this process with MetricsProgram and the same
 // arguments: the guard then runs there, with its metrics, under the same
-// PID (systemd's MAINPID, sd_notify and the watchdog see no change).
+// PID (systemd's MAINPID, sd_notify and the watchdog see no change). The
+// file run is the one checked, through its open descriptor.
 func (a *app) execMetricsGuard() error {
-	path, err := metricsProgram()
+	path, f, err := metricsProgram()
 	if err != nil {
 		return err
 	}
+	defer f.Close()
 	argv := append([]string{path}, a.args...)
-	if err := syscall.Exec(path, argv, os.Environ()); err != nil {
+	fdPath := fmt.Sprintf("/proc/self/fd/%d", f.Fd())
+	if err := syscall.Exec(fdPath, argv, os.Environ()); err != nil {
 		return fmt.Errorf("--metrics-listen: run %s: %w", path, err)
 	}
 	return nil // not reached
