@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -158,4 +159,40 @@ func syncDir(dir string) error {
 		return err
 	}
 	return nil
+}
+
+// RemovePrepared removes the files a Prepare of name (or a write stopped
+// half way) left beside it: a process killed between Prepare and Commit
+// leaves one, hidden (".NAME.<digits>.tmp"), that nothing reads and
+// nothing renames later. A caller that holds the lock of every writer of
+// name calls it once such a process is known to have stopped.
+func RemovePrepared(name string) error {
+	return RemoveHidden(filepath.Dir(name), "."+filepath.Base(name)+".", ".tmp")
+}
+
+// RemoveHidden removes the files of dir named prefix, then digits (the
+// random part os.CreateTemp gives), then suffix: the temporary files
+// os.CreateTemp(dir, prefix+"*"+suffix) made and a killed process left.
+func RemoveHidden(dir, prefix, suffix string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove left temporary files: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		mid, ok := strings.CutPrefix(e.Name(), prefix)
+		if ok {
+			mid, ok = strings.CutSuffix(mid, suffix)
+		}
+		if !ok || mid == "" || strings.Trim(mid, "0123456789") != "" || !e.Type().IsRegular() {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove left temporary file: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }

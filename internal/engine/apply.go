@@ -479,6 +479,7 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 	// directory of its own (/etc/moat), and its directory's disk flush
 	// overlaps the state directory's. Both are finished before any later
 	// step and before anything is undone.
+	<-recs.done // the step "prepared" is where they are all written
 	if err := e.step("prepared"); err != nil {
 		return nil, err
 	}

@@ -546,6 +546,7 @@ func (e *Engine) repair(ctx context.Context) error {
 		}
 		e.warn(fmt.Sprintf("'%s' (PID %d, %s) was interrupted half way: undone, moat's rules, %s and its records are as before it",
 			sanitize(in.Command), in.PID, in.Time.Local().Format(time.DateTime), in.Path))
+		e.removePrepared(in)
 	}
 	if sp, err := loadStalePending(dir); err != nil {
 		e.warn(fmt.Sprintf("%v: ignored", err))
@@ -634,6 +635,22 @@ func (e *Engine) dropStale(p *Pending) error {
 	e.warn(fmt.Sprintf("the change applied at %s was not confirmed before the system restarted: %s is back as it was before it (the unconfirmed one is kept as %s.unconfirmed)",
 		p.Created.Local().Format(time.DateTime), p.PolicyPath, p.PolicyPath))
 	return writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created, Reason: reason})
+}
+
+// removePrepared removes what the interrupted command of in left
+// prepared beside the records and the policy file (apply's
+// prepareRecords: written while the kernel took the change, renamed after
+// it), which nothing reads and nothing renames later. A file that cannot
+// be removed is only logged: it is hidden and harmless.
+func (e *Engine) removePrepared(in *Intent) {
+	dir := e.o.StateDir
+	errs := []error{atomicfile.RemovePrepared(filepath.Join(dir, AppliedFile)), atomicfile.RemovePrepared(filepath.Join(dir, savedFile))}
+	if in.FileChanged && in.Path != "" {
+		errs = append(errs, policy.RemovePrepared(in.Path))
+	}
+	if err := errors.Join(errs...); err != nil {
+		e.o.Log.Warn("files prepared by the interrupted command", "err", err)
+	}
 }
 
 // undoFile puts the policy file back as the intent says it was before.

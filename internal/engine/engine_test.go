@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
 	"os"
@@ -1449,5 +1450,81 @@ func TestKernelRefusalLeavesNoPreparedFiles(t *testing.T) {
 	r.must(err)
 	if s.Policy != base {
 		t.Errorf("saved: %q", s.Policy)
+	}
+}
+
+// A command killed while the kernel takes its change (step "prepared":
+// the policy file and the records written and synced beside their names,
+// not yet renamed) leaves those hidden files behind; the next command
+// undoes the change and removes them, and never takes them for records.
+func TestKillLeavesNoPreparedFiles(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	left := map[string][]byte{} // what a kill -9 at "prepared" leaves: the abort never runs
+	r.eng.o.Checkpoint = func(step string) error {
+		if step != "prepared" {
+			return nil
+		}
+		for _, dir := range []string{r.dir, filepath.Dir(r.conf)} {
+			entries, err := os.ReadDir(dir)
+			r.must(err)
+			for _, e := range entries {
+				if strings.HasPrefix(e.Name(), ".") && e.Type().IsRegular() && e.Name() != ".lock" {
+					data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+					r.must(err)
+					left[filepath.Join(dir, e.Name())] = data
+				}
+			}
+		}
+		return errors.New("killed at " + step)
+	}
+	_, err = r.add(r.ch(0), "allow 443/tcp")
+	if !IsCrash(err) {
+		t.Fatalf("not killed: %v", err)
+	}
+	r.eng.o.Checkpoint = nil
+	var policyLeft, recordLeft bool
+	for name, data := range left {
+		r.must(os.WriteFile(name, data, 0o600))
+		policyLeft = policyLeft || filepath.Dir(name) == filepath.Dir(r.conf) && strings.HasPrefix(filepath.Base(name), "."+filepath.Base(r.conf)+".")
+		recordLeft = recordLeft || strings.HasPrefix(filepath.Base(name), "."+AppliedFile+".")
+	}
+	if !policyLeft || !recordLeft {
+		t.Fatalf("the prepared policy file and applied record were not seen at the kill: %v", slices.Collect(maps.Keys(left)))
+	}
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	for name := range left {
+		if _, err := os.Lstat(name); err == nil {
+			t.Errorf("%s left after the repair", name)
+		}
+	}
+	if r.file() != base {
+		t.Errorf("file:\n%s\nwant:\n%s", r.file(), base)
+	}
+	r.kernelIs("nftables", base)
+	a, err := LoadApplied(r.dir)
+	r.must(err)
+	if a == nil || a.Policy != base {
+		t.Errorf("applied record: %+v", a)
+	}
+	// A hidden file of the admin's that only looks alike stays.
+	mine := filepath.Join(filepath.Dir(r.conf), "."+filepath.Base(r.conf)+".swp")
+	r.must(os.WriteFile(mine, []byte("x"), 0o600))
+	r.eng.o.Checkpoint = func(step string) error {
+		if step == "prepared" {
+			return errors.New("killed at " + step)
+		}
+		return nil
+	}
+	_, err = r.add(r.ch(0), "allow 443/tcp")
+	if !IsCrash(err) {
+		t.Fatalf("not killed: %v", err)
+	}
+	r.eng.o.Checkpoint = nil
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	if _, err := os.Stat(mine); err != nil {
+		t.Errorf("the admin's %s was removed: %v", mine, err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/boundedfile"
 )
 
@@ -307,6 +308,19 @@ func (p *PreparedFile) Abort() {
 	}
 	p.done = true
 	_ = os.Remove(p.tmp) // hidden and unused: nothing reads it
+}
+
+// RemovePrepared removes the files a PrepareFile of name left beside the
+// file it names (".NAME.<digits>", hidden): a command killed between
+// PrepareFile and Commit leaves one, which nothing reads and nothing
+// renames later. The caller holds moat's lock and knows such a command
+// stopped (its journal was undone).
+func RemovePrepared(name string) error {
+	target, err := resolveLinks(name)
+	if err != nil {
+		return err
+	}
+	return atomicfile.RemoveHidden(filepath.Dir(target), "."+filepath.Base(target)+".", "")
 }
 
 // resolveLinks follows name through symbolic links to the file they name,
