@@ -36,7 +36,7 @@ func CheckSave(prog string, out []byte) error {
 		if !ok || !strings.Contains(tail, "is incompatible") || table == "" || strings.ContainsAny(table, " \t") {
 			continue
 		}
-		return fmt.Errorf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft list table %s %s', delete it, and run 'moat reload'",
+		return fmt.Errorf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft list table %s %s' and delete it",
 			prog, family, table, family, table)
 	}
 	return nil
