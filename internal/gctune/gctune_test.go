@@ -1,8 +1,10 @@
 package gctune
 
 import (
+	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -166,5 +168,42 @@ func TestLimited(t *testing.T) {
 	tu.mu.Unlock()
 	if Limited() {
 		t.Error("Limited after falling back")
+	}
+}
+
+// TestLimitedAdminsSettings: with the admin's GOGC and GOMEMLIMIT (read
+// by the runtime at its start: a process of their own), Limited is true
+// only for GOGC=off with a limit, the one setting in which the limit
+// alone bounds the heap; Short leaves every one as it is.
+func TestLimitedAdminsSettings(t *testing.T) {
+	if os.Getenv("MOAT_GCTUNE_CHILD") == "1" {
+		restore := Short(1 << 30)
+		defer restore()
+		fmt.Print(Limited())
+		return
+	}
+	for _, c := range []struct {
+		gogc, limit string
+		want        bool
+	}{
+		{"off", "1GiB", true},
+		{"off", "64MiB", true},
+		{"off", "", false},
+		{"off", "9223372036854775807", false}, // no limit
+		{"", "1GiB", false},
+		{"100", "1GiB", false},
+		{"50", "", false},
+		{"0", "1GiB", false},
+		{"bogus", "1GiB", false}, // the runtime reads 100
+	} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestLimitedAdminsSettings$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "MOAT_GCTUNE_CHILD=1", "GOGC="+c.gogc, "GOMEMLIMIT="+c.limit)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("GOGC=%q GOMEMLIMIT=%q: %v", c.gogc, c.limit, err)
+		}
+		if got := strings.HasPrefix(string(out), fmt.Sprint(c.want)); !got {
+			t.Errorf("GOGC=%q GOMEMLIMIT=%q: Limited printed %q, want %v", c.gogc, c.limit, out, c.want)
+		}
 	}
 }

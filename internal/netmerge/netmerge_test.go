@@ -254,3 +254,45 @@ func BenchmarkIsMerged(b *testing.B) {
 		}
 	})
 }
+
+// FuzzIsMergedSameAsNetip: IsMerged is the netip check it replaced
+// (isMergedSlow) for networks of any address (every bit of both words of
+// an IPv6 address, IPv4-mapped ones beside IPv4), any length, invalid
+// ones (a length past the address's, the zero Prefix) and any order.
+func FuzzIsMergedSameAsNetip(f *testing.F) {
+	f.Add([]byte{4, 192, 0, 2, 0, 24, 4, 192, 0, 2, 128, 25})
+	f.Add([]byte{6, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 65, 6, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 65})
+	f.Add([]byte{0, 4, 255, 255, 255, 255, 33})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var ps []netip.Prefix
+		for len(data) > 0 {
+			switch {
+			case data[0]%3 == 0:
+				ps = append(ps, netip.Prefix{})
+				data = data[1:]
+			case data[0]%3 == 1 && len(data) >= 6:
+				ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte(data[1:5])), int(data[5])%35))
+				data = data[6:]
+			case len(data) >= 18:
+				ps = append(ps, netip.PrefixFrom(netip.AddrFrom16([16]byte(data[1:17])), int(data[17])%131))
+				data = data[18:]
+			default:
+				data = nil
+			}
+		}
+		if got, want := IsMerged(ps), isMergedSlow(ps); got != want {
+			t.Fatalf("%v: IsMerged %v, netip's check %v", ps, got, want)
+		}
+		// Masked and sorted, the list is more often merged.
+		ms := make([]netip.Prefix, 0, len(ps))
+		for _, p := range ps {
+			if p.IsValid() {
+				ms = append(ms, p.Masked())
+			}
+		}
+		slices.SortFunc(ms, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+		if got, want := IsMerged(ms), isMergedSlow(ms); got != want {
+			t.Fatalf("%v: IsMerged %v, netip's check %v", ms, got, want)
+		}
+	})
+}
