@@ -295,3 +295,47 @@ func FuzzSameAsBytes(f *testing.F) {
 		}
 	})
 }
+
+// TestReadDocumentDataEditsLeaveBytes: the lines of a document read with
+// ReadDocumentData are the bytes read (no copy), which the caller keeps
+// as the file's contents before: every edit of the document (and of a
+// second document of the same file read in the same process) leaves
+// those bytes and the other document as they were read.
+func TestReadDocumentDataEditsLeaveBytes(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "moat.conf")
+	text := "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.1\ndeny from 2001:db8::/32\n"
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, data, err := ReadDocumentData(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, odata, err := ReadDocumentData(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := slices.Clone(d.Lines)
+	d.AppendLine("allow 80/tcp")
+	if err := d.InsertRule(1, "allow 443/tcp"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.DeleteRule(3); err != nil {
+		t.Fatal(err)
+	}
+	d.SetDefault(Out, Deny)
+	d.Lines[0] = "default allow incoming"
+	for range 20 { // past the lines' spare room
+		d.AppendLine("deny from 198.51.100.1")
+	}
+	if string(data) != text || string(odata) != text {
+		t.Fatalf("an edit changed the bytes read: %q, %q", data, odata)
+	}
+	if !slices.Equal(other.Lines, before) || other.Text() != text {
+		t.Fatalf("an edit of one document changed another's lines: %q", other.Lines)
+	}
+	other.AppendLine("deny from 203.0.113.1")
+	if d.Lines[len(d.Lines)-1] != "deny from 198.51.100.1" {
+		t.Fatalf("an append to one document changed the other's: %q", d.Lines[len(d.Lines)-1])
+	}
+}
