@@ -226,10 +226,22 @@ func (e *CorruptError) Unwrap() error { return e.Err }
 
 // LoadState reads the guard's state (guard.json, then the journal); a
 // missing file is an empty state, an unreadable guard.json a
-// *CorruptError. It changes nothing on disk.
+// *CorruptError. It changes nothing on disk and takes no lock: when
+// guard.json was replaced while it read (a fold renames the new one in,
+// then removes the journal it folded), it reads again, as the journal
+// it found may not be the one the guard.json it read goes with.
 func LoadState(dir string) (*State, error) {
-	st, _, _, err := loadState(dir)
-	return st, err
+	path := filepath.Join(dir, stateFile)
+	for try := 1; ; try++ {
+		before, berr := os.Lstat(path)
+		st, _, _, err := loadState(dir)
+		after, aerr := os.Lstat(path)
+		same := errors.Is(berr, os.ErrNotExist) && errors.Is(aerr, os.ErrNotExist) ||
+			berr == nil && aerr == nil && fileKey(before) == fileKey(after)
+		if same || try == 3 {
+			return st, err
+		}
+	}
 }
 
 // loadState also returns how many journal lines were damaged (skipped),
@@ -239,9 +251,16 @@ func loadState(dir string) (*State, int, Folded, error) {
 	if err != nil {
 		return nil, 0, Folded{}, err
 	}
+	if afterStateRead != nil {
+		afterStateRead()
+	}
 	bad, read, err := replayJournal(dir, st)
 	return st, bad, read, err
 }
+
+// afterStateRead, set by tests, runs between the reads of guard.json and
+// of the journal.
+var afterStateRead func()
 
 // readStateFile reads guard.json alone (an empty state when missing).
 func readStateFile(dir string) (*State, error) {

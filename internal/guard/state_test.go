@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -431,4 +432,57 @@ func FuzzJournalReplay(f *testing.F) {
 			t.Errorf("journal count %d, history %d", n, want)
 		}
 	})
+}
+
+// LoadState takes no lock (the engine reads the history while the guard
+// runs): a fold between its read of guard.json and its read of the
+// journal (the guard renames the new guard.json in, then removes the
+// journal it folded) left it with the guard.json of before and no
+// journal, so the bans of the journal were missing, and a rollback
+// finished after a cut lifted an address the guard had banned again
+// (engine.bannedSince). It reads again when guard.json changed under it.
+// Also the first fold, which makes guard.json.
+func TestLoadStateDuringFold(t *testing.T) {
+	for _, first := range []bool{false, true} {
+		t.Run(fmt.Sprint("first fold ", first), func(t *testing.T) { loadStateDuringFold(t, first) })
+	}
+}
+
+func loadStateDuringFold(t *testing.T, first bool) {
+	dir := stateDir(t)
+	now := time.Now()
+	a := netip.MustParseAddr
+	if err := RecordManualBans(dir, []ruleset.Ban{{Addr: a("198.51.100.7"), Timeout: time.Hour}}, now); err != nil {
+		t.Fatal(err)
+	}
+	if !first {
+		if err := UpdateState(dir, func(*State) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := RecordManualBans(dir, []ruleset.Ban{{Addr: a("2001:db8::9"), Timeout: time.Hour}}, now); err != nil {
+		t.Fatal(err)
+	}
+	folded := false
+	afterStateRead = func() {
+		if !folded {
+			folded = true
+			if err := UpdateState(dir, func(*State) error { return nil }); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer func() { afterStateRead = nil }()
+	st, err := LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !folded {
+		t.Fatal("no fold happened during the read")
+	}
+	for _, want := range []string{"198.51.100.7", "2001:db8::9"} {
+		if r := st.Bans[a(want)]; r == nil || !r.Until.After(now) {
+			t.Errorf("%s missing from the history read during a fold: %+v", want, st.Bans)
+		}
+	}
 }
