@@ -268,8 +268,8 @@ func KnownJump(cond string) bool { return slices.Contains(jumpConds, cond) }
 
 func parseJump(line string) (builtin, cond string, ok bool) {
 	rest, ok := strings.CutPrefix(line, "-A ")
-	if !ok {
-		return "", "", false
+	if !ok || strings.ContainsAny(line, "\r\n") {
+		return "", "", false // one line of a restore script, never two
 	}
 	builtin, rest, ok = strings.Cut(rest, " ")
 	if !ok || builtin == "" || strings.HasPrefix(builtin, "MOAT-") {

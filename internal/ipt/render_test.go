@@ -559,3 +559,26 @@ func TestJumpConditionOnlyBehindEstablished(t *testing.T) {
 		t.Errorf("the plain policy's input jump:\n%s", v4)
 	}
 }
+
+// A jump read back is written back to the letter: the "-D CHAIN ..." moat
+// sends for a jump it read (writeJump, Remove) names that rule and no
+// other, whatever the line holds.
+func FuzzParseJump(f *testing.F) {
+	for _, s := range []string{"-A INPUT -j MOAT-INPUT", "-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT",
+		"-A PREROUTING ! -i lo -j MOAT-PREROUTING", "-A INPUT -s 192.0.2.1/32 -j MOAT-INPUT", "-A INPUT  -j MOAT-INPUT", "-A  -j MOAT-",
+		`-A INPUT -m comment --comment "x -j MOAT-INPUT" -j MOAT-INPUT`, "-A INPUT x\n-A INPUT -j MOAT-INPUT"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		builtin, cond, ok := parseJump(line)
+		if !ok {
+			return
+		}
+		if got := "-A " + builtin + " " + jumpSpec(builtin, cond); got != line {
+			t.Fatalf("%q read as %q %q, written back %q", line, builtin, cond, got)
+		}
+		if strings.ContainsAny(line, "\r\n") || strings.ContainsAny(builtin, " ") || strings.HasPrefix(builtin, "MOAT-") || cond != strings.TrimSpace(cond) {
+			t.Fatalf("%q read as %q %q", line, builtin, cond)
+		}
+	})
+}
