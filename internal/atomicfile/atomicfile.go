@@ -161,19 +161,40 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// RemovePrepared removes the files a Prepare of name (or a write stopped
-// half way) left beside it: a process killed between Prepare and Commit
-// leaves one, hidden (".NAME.<digits>.tmp"), that nothing reads and
-// nothing renames later. A caller that holds the lock of every writer of
-// name calls it once such a process is known to have stopped.
-func RemovePrepared(name string) error {
-	return RemoveHidden(filepath.Dir(name), "."+filepath.Base(name)+".", ".tmp")
+// RemovePrepared removes the files a Prepare (or a write stopped half
+// way) of each of names in dir left beside it: a process killed before
+// the rename leaves one, hidden (".NAME.<digits>.tmp"), that nothing reads
+// and nothing renames later. The caller holds the lock of every writer of
+// those names, so none of them is being written.
+func RemovePrepared(dir string, names ...string) error {
+	return removeHidden(dir, func(file string) bool {
+		for _, name := range names {
+			if isTemp(file, "."+name+".", ".tmp") {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // RemoveHidden removes the files of dir named prefix, then digits (the
 // random part os.CreateTemp gives), then suffix: the temporary files
 // os.CreateTemp(dir, prefix+"*"+suffix) made and a killed process left.
 func RemoveHidden(dir, prefix, suffix string) error {
+	return removeHidden(dir, func(file string) bool { return isTemp(file, prefix, suffix) })
+}
+
+// isTemp says whether file is prefix, digits, suffix.
+func isTemp(file, prefix, suffix string) bool {
+	mid, ok := strings.CutPrefix(file, prefix)
+	if ok {
+		mid, ok = strings.CutSuffix(mid, suffix)
+	}
+	return ok && mid != "" && strings.Trim(mid, "0123456789") == ""
+}
+
+// removeHidden removes the regular files of dir that match.
+func removeHidden(dir string, match func(file string) bool) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -183,11 +204,7 @@ func RemoveHidden(dir, prefix, suffix string) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		mid, ok := strings.CutPrefix(e.Name(), prefix)
-		if ok {
-			mid, ok = strings.CutSuffix(mid, suffix)
-		}
-		if !ok || mid == "" || strings.Trim(mid, "0123456789") != "" || !e.Type().IsRegular() {
+		if !e.Type().IsRegular() || !match(e.Name()) {
 			continue
 		}
 		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -540,13 +540,13 @@ func (e *Engine) repair(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: a moat command was interrupted and its journal is unreadable; check moat's rules and remove it", err)
 	}
+	e.removePrepared(in)
 	if in != nil {
 		if err := e.undo(ctx, in); err != nil {
 			return fmt.Errorf("undo the interrupted '%s' (PID %d, %s): %w", sanitize(in.Command), in.PID, in.Time.Local().Format(time.DateTime), err)
 		}
 		e.warn(fmt.Sprintf("'%s' (PID %d, %s) was interrupted half way: undone, moat's rules, %s and its records are as before it",
 			sanitize(in.Command), in.PID, in.Time.Local().Format(time.DateTime), in.Path))
-		e.removePrepared(in)
 	}
 	if sp, err := loadStalePending(dir); err != nil {
 		e.warn(fmt.Sprintf("%v: ignored", err))
@@ -637,19 +637,21 @@ func (e *Engine) dropStale(p *Pending) error {
 	return writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created, Reason: reason})
 }
 
-// removePrepared removes what the interrupted command of in left
-// prepared beside the records and the policy file (apply's
-// prepareRecords: written while the kernel took the change, renamed after
-// it), which nothing reads and nothing renames later. A file that cannot
-// be removed is only logged: it is hidden and harmless.
+// removePrepared removes what a command killed half way left prepared
+// beside the records (writeIntent, and apply's prepareRecords: written
+// while the kernel took the change, renamed after it) and, when its
+// journal in says it wrote the policy file, beside that file: nothing
+// reads them and nothing renames them later. A journal killed before its
+// rename leaves no journal (in nil), only its temporary file. Under
+// moat's lock no other command writes these names. A file that cannot be
+// removed is only logged: it is hidden and harmless.
 func (e *Engine) removePrepared(in *Intent) {
-	dir := e.o.StateDir
-	errs := []error{atomicfile.RemovePrepared(filepath.Join(dir, AppliedFile)), atomicfile.RemovePrepared(filepath.Join(dir, savedFile))}
-	if in.FileChanged && in.Path != "" {
+	errs := []error{atomicfile.RemovePrepared(e.o.StateDir, IntentFile, AppliedFile, savedFile)}
+	if in != nil && in.FileChanged && in.Path != "" {
 		errs = append(errs, policy.RemovePrepared(in.Path))
 	}
 	if err := errors.Join(errs...); err != nil {
-		e.o.Log.Warn("files prepared by the interrupted command", "err", err)
+		e.o.Log.Warn("files prepared by an interrupted command", "err", err)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
@@ -1526,5 +1527,18 @@ func TestKillLeavesNoPreparedFiles(t *testing.T) {
 	r.must(r.do(func(context.Context, *Engine) error { return nil }))
 	if _, err := os.Stat(mine); err != nil {
 		t.Errorf("the admin's %s was removed: %v", mine, err)
+	}
+	// A journal killed before its rename (written while the policy
+	// compiles) leaves no journal, only its temporary file.
+	p, err := atomicfile.Prepare(filepath.Join(r.dir, IntentFile), []byte("{}"), 0o600)
+	r.must(err)
+	_ = p // never committed nor aborted, as a kill leaves it
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	entries, err := os.ReadDir(r.dir)
+	r.must(err)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "."+IntentFile+".") {
+			t.Errorf("%s left after the next command", e.Name())
+		}
 	}
 }
