@@ -195,6 +195,8 @@ func TestLimitedAdminsSettings(t *testing.T) {
 		{"50", "", false},
 		{"0", "1GiB", false},
 		{"bogus", "1GiB", false}, // the runtime reads 100
+		{"bogus", "", true},      // no admin's setting: Short tunes
+		{"", "", true},
 	} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestLimitedAdminsSettings$", "-test.count=1")
 		cmd.Env = append(os.Environ(), "MOAT_GCTUNE_CHILD=1", "GOGC="+c.gogc, "GOMEMLIMIT="+c.limit)
