@@ -24,6 +24,7 @@ import (
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/guard"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 const guardLong = `Follow sshd's log and ban addresses that fail to log in too often, in
@@ -170,6 +171,8 @@ func openTrusted(path string) (*os.File, error) {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
 	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		err = errors.New("a symbolic link (not followed: put the program itself there)")
 	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
 		err = errors.New("not an executable file")
 	case fi.Mode().Perm()&0o022 != 0:
@@ -219,14 +222,26 @@ func (a *app) execMetricsGuard() error {
 	defer f.Close()
 	argv := append([]string{path}, a.args...)
 	fdPath := fmt.Sprintf("/proc/self/fd/%d", f.Fd())
-	if err := syscall.Exec(fdPath, argv, os.Environ()); err != nil {
+	env := append(os.Environ(), metricsExecEnv+"="+path)
+	if err := syscall.Exec(fdPath, argv, env); err != nil {
 		return fmt.Errorf("--metrics-listen: run %s: %w", path, err)
 	}
 	return nil // not reached
 }
 
+// metricsExecEnv names, in the environment of the program
+// execMetricsGuard runs, the file it ran: a moat without the metrics that
+// finds it set was run in MetricsProgram's place (a copy of moat
+// installed under that name), and refuses instead of running itself again
+// for ever.
+const metricsExecEnv = "MOAT_GUARD_METRICS_RAN"
+
 func (a *app) runGuard(ctx context.Context, logFile, journalctl, metricsAddr string) error {
 	if metricsAddr != "" && GuardMetrics == nil {
+		if ran := os.Getenv(metricsExecEnv); ran != "" {
+			return fmt.Errorf("--metrics-listen: %s ran moat again, not the guard with its metrics: it is not %s (reinstall moat's package, or build it: go build -o %s ./cmd/%s)",
+				termtext.Printable(ran), MetricsProgram, termtext.Printable(ran), MetricsProgram)
+		}
 		return a.execMetricsGuard()
 	}
 	p, err := a.loadPolicy()

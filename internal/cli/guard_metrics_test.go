@@ -153,3 +153,18 @@ func inode(t *testing.T, path string) uint64 {
 	}
 	return fi.Sys().(*syscall.Stat_t).Ino
 }
+
+// A copy of moat installed as moat-guard-metrics would run itself again
+// for ever (same PID, a loop of execs): the moat it runs finds the mark
+// execMetricsGuard leaves in its environment and refuses.
+func TestMetricsProgramThatIsMoat(t *testing.T) {
+	t.Setenv(metricsExecEnv, "/usr/lib/moat/"+MetricsProgram)
+	saved := GuardMetrics
+	GuardMetrics = nil
+	t.Cleanup(func() { GuardMetrics = saved })
+	a := &app{}
+	err := a.runGuard(t.Context(), "", "", "127.0.0.1:9550")
+	if err == nil || !strings.Contains(err.Error(), "ran moat again") {
+		t.Errorf("moat run in the metrics program's place: %v", err)
+	}
+}
