@@ -222,9 +222,14 @@ func (a *app) changedInPlace(ctx context.Context, b backend.Backend, rs *ruleset
 		if nb.Elements == nil { // status: the store is only read
 			nb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "nft-set."}
 		}
-		if diff, err := drift.SessionSets(nb.LoadedRanges(ctx)); err != nil {
+		// A set that cannot be read is no proof that it holds what moat
+		// loaded: an address added by hand is spared every ban.
+		diff, err := drift.SessionSets(nb.LoadedRanges(ctx))
+		if err != nil {
 			a.log.Debug("compare the protected sets", "err", err)
-		} else if len(diff) > 0 {
+			return nil, fmt.Errorf("compare the protected sets: %w", err)
+		}
+		if len(diff) > 0 {
 			return diff, nil
 		}
 	}
@@ -237,7 +242,12 @@ func (a *app) changedInPlace(ctx context.Context, b backend.Backend, rs *ruleset
 			if !ok {
 				continue
 			}
-			if out, err := ib.Run(ctx, nil, "ipset", "list", name); err == nil && !drift.IpsetHolds(out, want) {
+			out, err := ib.Run(ctx, nil, "ipset", "list", name)
+			if err != nil {
+				a.log.Debug("compare the protected sets", "set", name, "err", err)
+				return nil, fmt.Errorf("compare the protected set %s: %w", name, err)
+			}
+			if !drift.IpsetHolds(out, want) {
 				return []string{fmt.Sprintf("set %s holds other addresses than moat loaded (the SSH sessions and allowlist at the apply)", name)}, nil
 			}
 		}
