@@ -213,3 +213,48 @@ func TestAheadFingerprint(t *testing.T) {
 		}
 	}
 }
+
+// A rule added by hand between moat's commit and the fingerprint read
+// right after it (AfterCommit) moves the generation past the commit's:
+// the fingerprint read then is not taken for moat's, and nothing is
+// recorded.
+func TestAheadFingerprintAfterHandChange(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("no nft")
+	}
+	ns := labtest.NS(t, "moatfp")
+	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\n")).Policy(policy.ParseServices(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := ruleset.Compile(p)
+	dir := t.TempDir()
+	a := &app{stateDir: dir, out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	st := appliedState{Known: true, Backend: "nftables", Policy: "x", Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	b := &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true, Elements: setstore.Dir{Path: dir, Prefix: "nft-set."}}
+	b.AfterCommit = func(ctx context.Context) {
+		if _, err := execrun.Exec(ctx, []byte("add rule inet moat input tcp dport 6000 accept\n"), "nft", "-f", "-"); err != nil {
+			t.Error(err)
+		}
+		a.startAhead(ctx, b)
+	}
+	err = ns.Do(func() error {
+		if err := b.Apply(context.Background(), rs); err != nil { // a whole load
+			return err
+		}
+		if a.ahead == nil || a.ahead.ok {
+			t.Errorf("the fingerprint read after a hand change was taken for moat's: %+v", a.ahead)
+		}
+		a.recordFingerprint(context.Background(), b, st, verifiedGen{})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data, err := statedir.ReadFile(dir, fingerprintFile); err == nil {
+		t.Errorf("a fingerprint was recorded with a rule added by hand before it was read: %s", data)
+	}
+}
