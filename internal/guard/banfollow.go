@@ -82,7 +82,10 @@ func (f *Following) Name() string {
 }
 
 // LockWait is how long a ban waits for the bans lock: the change of
-// backend waits as long for a ban call (engine.holdBans).
+// backend waits as long for a ban call (engine.holdBans). It must stay
+// below what moat-guard.service's watchdog (WatchdogSec=30s) lets the
+// main loop block: no ping after 15 s without progress, and a kill 30 s
+// after the last ping, so at least 35 s into the wait.
 const LockWait = 30 * time.Second
 
 // lock takes the bans lock shared for one call that writes the sets a
