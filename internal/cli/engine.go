@@ -51,8 +51,9 @@ func (a *app) engine() *engine.Engine {
 	o := engine.Options{
 		StateDir: a.stateDir,
 		Backends: backends,
-		Detect:   func() engine.Backend { return backend.Detect() },
-		FindSSH:  findSSH,
+		// The engine takes the backend of Backends by the detected name.
+		Detect:  func() engine.Backend { return backend.Detect() },
+		FindSSH: findSSH,
 		// The logged-in sessions come from the same scan of the
 		// processes and the same TCP table as the live ones (a second
 		// scan, and /proc/net/tcp, cost a third of a command).

@@ -45,7 +45,9 @@ type Options struct {
 	StateDir string
 	// Backends are the backends moat knows (nftables, iptables), each once.
 	Backends []Backend
-	// Detect picks the backend for 'backend auto'.
+	// Detect picks the backend for 'backend auto': the one of Backends by
+	// the name of what it returns (what it returns itself only when
+	// Backends has none of that name).
 	Detect func() Backend
 	// FindSSH finds the live SSH sessions and sshd's ports; nil skips the
 	// lockout check. IfaceFor says on which interface a client's packets
@@ -168,14 +170,31 @@ func (e *Engine) backend(name string) (Backend, error) {
 			}
 			return e.o.Backends[0], nil
 		}
-		return e.o.Detect(), nil
-	}
-	for _, b := range e.o.Backends {
-		if b.Name() == name {
+		// Detect names the backend; the one of Backends by that name is
+		// the one configured as an explicit name gets it (element
+		// records, state and key directories: without them a first
+		// enable with backend auto wrote no element records and no chain
+		// cache).
+		d := e.o.Detect()
+		if b := e.named(d.Name()); b != nil {
 			return b, nil
 		}
+		return d, nil
+	}
+	if b := e.named(name); b != nil {
+		return b, nil
 	}
 	return nil, fmt.Errorf("unknown backend %q: expected auto, nftables or iptables", name)
+}
+
+// named is the backend of Options.Backends with that name (nil: none).
+func (e *Engine) named(name string) Backend {
+	for _, b := range e.o.Backends {
+		if b.Name() == name {
+			return b
+		}
+	}
+	return nil
 }
 
 // State is what the engine knows of moat's state, for status and drift.
