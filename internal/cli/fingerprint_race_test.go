@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/lab"
 	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
@@ -71,27 +72,11 @@ func TestFingerprintNotRecordedAfterHandChange(t *testing.T) {
 // the table moat's: the sets are read back, and the hand-made element is
 // drift, so nothing is recorded.
 func TestWholeCommitFingerprintFromLoaded(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("no nft")
-	}
 	for _, hand := range []bool{false, true} {
-		ns := labtest.NS(t, "moatfp")
-		text := "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\ndeny from 198.51.100.0/24\ndeny from 2001:db8::/64\n"
-		p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices(nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs := ruleset.Compile(p)
-		dir := t.TempDir()
-		var logs strings.Builder
-		a := &app{stateDir: dir, out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-		st := appliedState{Known: true, Backend: "nftables", Policy: text, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-		b := &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true, Elements: setstore.Dir{Path: dir, Prefix: "nft-set."}}
+		r := newNftRig(t, "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\ndeny from 198.51.100.0/24\ndeny from 2001:db8::/64\n")
+		ns, rs, dir, a, st, b, logs := r.ns, r.rs, r.dir, r.a, r.st, r.b, r.logs
 		var want string
-		err = ns.Do(func() error {
+		err := ns.Do(func() error {
 			if err := b.Apply(context.Background(), rs); err != nil {
 				return err
 			}
@@ -149,28 +134,12 @@ func TestWholeCommitFingerprintFromLoaded(t *testing.T) {
 // it is recorded moved the generation: it is not taken then, the
 // generations no longer prove the table moat's, and nothing is recorded.
 func TestAheadFingerprint(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("no nft")
-	}
 	for _, hand := range []bool{false, true} {
-		ns := labtest.NS(t, "moatfp")
-		text := "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\n"
-		p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices(nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs := ruleset.Compile(p)
-		dir := t.TempDir()
-		var logs strings.Builder
-		a := &app{stateDir: dir, out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-		st := appliedState{Known: true, Backend: "nftables", Policy: "x", Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-		b := &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true, Elements: setstore.Dir{Path: dir, Prefix: "nft-set."}}
+		r := newNftRig(t, "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\n")
+		ns, rs, dir, a, st, b := r.ns, r.rs, r.dir, r.a, r.st, r.b
 		b.AfterCommit = func(ctx context.Context) { a.startAhead(ctx, b) }
 		var want string
-		err = ns.Do(func() error {
+		err := ns.Do(func() error {
 			if err := b.Apply(context.Background(), rs); err != nil { // a whole load
 				return err
 			}
@@ -219,29 +188,15 @@ func TestAheadFingerprint(t *testing.T) {
 // the fingerprint read then is not taken for moat's, and nothing is
 // recorded.
 func TestAheadFingerprintAfterHandChange(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("no nft")
-	}
-	ns := labtest.NS(t, "moatfp")
-	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\n")).Policy(policy.ParseServices(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs := ruleset.Compile(p)
-	dir := t.TempDir()
-	a := &app{stateDir: dir, out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	st := appliedState{Known: true, Backend: "nftables", Policy: "x", Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	b := &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true, Elements: setstore.Dir{Path: dir, Prefix: "nft-set."}}
+	r := newNftRig(t, "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\n")
+	ns, rs, dir, a, st, b := r.ns, r.rs, r.dir, r.a, r.st, r.b
 	b.AfterCommit = func(ctx context.Context) {
 		if _, err := execrun.Exec(ctx, []byte("add rule inet moat input tcp dport 6000 accept\n"), "nft", "-f", "-"); err != nil {
 			t.Error(err)
 		}
 		a.startAhead(ctx, b)
 	}
-	err = ns.Do(func() error {
+	err := ns.Do(func() error {
 		if err := b.Apply(context.Background(), rs); err != nil { // a whole load
 			return err
 		}
@@ -257,4 +212,36 @@ func TestAheadFingerprintAfterHandChange(t *testing.T) {
 	if data, err := statedir.ReadFile(dir, fingerprintFile); err == nil {
 		t.Errorf("a fingerprint was recorded with a rule added by hand before it was read: %s", data)
 	}
+}
+
+// nftRig is a network namespace of the test's, a policy compiled from
+// text, a state directory and an app and nftables backend over them, as
+// the fingerprint tests use them.
+type nftRig struct {
+	ns   *lab.NS
+	rs   *ruleset.Ruleset
+	dir  string
+	logs *strings.Builder
+	a    *app
+	st   appliedState
+	b    *nft.Backend
+}
+
+func newNftRig(t *testing.T, text string) *nftRig {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("no nft")
+	}
+	p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &nftRig{ns: labtest.NS(t, "moatfp"), rs: ruleset.Compile(p), dir: t.TempDir(), logs: &strings.Builder{}}
+	r.a = &app{stateDir: r.dir, out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	r.st = appliedState{Known: true, Backend: "nftables", Policy: text, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	r.b = &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true, Elements: setstore.Dir{Path: r.dir, Prefix: "nft-set."}}
+	return r
 }
