@@ -187,6 +187,21 @@ func (r *rig) backAtBase() {
 	}
 }
 
+// allHold checks that the policy file, the kernel (nftables) and the
+// applied record all hold want.
+func (r *rig) allHold(want string) {
+	r.t.Helper()
+	if r.file() != want {
+		r.t.Errorf("file:\n%s\nwant:\n%s", r.file(), want)
+	}
+	r.kernelIs("nftables", want)
+	a, err := LoadApplied(r.dir)
+	r.must(err)
+	if a == nil || a.Policy != want {
+		r.t.Errorf("applied record: %+v", a)
+	}
+}
+
 // expire lets the deadline pass and runs the watchdog.
 func (r *rig) expire(p *Pending) {
 	r.t.Helper()
@@ -421,15 +436,7 @@ func TestKillAtEveryStep(t *testing.T) {
 				if !crashed || step == "done" {
 					want = base + "allow 443/tcp\n"
 				}
-				if r.file() != want {
-					t.Errorf("file:\n%s\nwant:\n%s", r.file(), want)
-				}
-				r.kernelIs("nftables", want)
-				a, err := LoadApplied(r.dir)
-				r.must(err)
-				if a == nil || a.Policy != want {
-					t.Errorf("applied record: %+v", a)
-				}
+				r.allHold(want)
 				s, err := safeapply.LoadSaved(r.dir)
 				r.must(err)
 				if confirm == 0 && s.Policy != want {
@@ -1501,15 +1508,7 @@ func TestKillLeavesNoPreparedFiles(t *testing.T) {
 			t.Errorf("%s left after the repair", name)
 		}
 	}
-	if r.file() != base {
-		t.Errorf("file:\n%s\nwant:\n%s", r.file(), base)
-	}
-	r.kernelIs("nftables", base)
-	a, err := LoadApplied(r.dir)
-	r.must(err)
-	if a == nil || a.Policy != base {
-		t.Errorf("applied record: %+v", a)
-	}
+	r.allHold(base)
 	// A hidden file of the admin's that only looks alike stays.
 	mine := filepath.Join(filepath.Dir(r.conf), "."+filepath.Base(r.conf)+".swp")
 	r.must(os.WriteFile(mine, []byte("x"), 0o600))
