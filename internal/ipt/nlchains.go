@@ -13,6 +13,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/nft"
 )
 
 // With iptables-nft, moat's chains are chains of the nftables tables ip
@@ -104,23 +106,19 @@ var hashChains = hashChainsNetlink
 // variable for the tests, which answer with made-up messages).
 var dialNetfilter = func() (*netlink.Conn, error) { return netlink.Dial(unix.NETLINK_NETFILTER, nil) }
 
-// errDumpInterrupted says that the ruleset changed while it was read:
-// the kernel marked a part of a dump NLM_F_DUMP_INTR (nf_tables does
-// when a commit lands between two parts: rules may then be skipped or
-// read twice), or the generation moved between the dumps. What was read
-// may be neither the ruleset before nor the one after, so it is read
-// again, never taken as it is.
-var errDumpInterrupted = errors.New("the ruleset changed while it was read")
+// errDumpInterrupted says that the ruleset changed while it was read
+// (rules may then be skipped or read twice): read again, never taken as
+// it is. interrupted says whether a part of a dump was marked
+// NLM_F_DUMP_INTR. Both are nftables' (its set dumps check the same).
+var (
+	errDumpInterrupted = nft.ErrDumpInterrupted
+	interrupted        = nft.Interrupted
+)
 
 // nlReadTries bounds the reads of moat's chains while other commits keep
 // interrupting them; then the error stands (the caller falls back to
 // iptables-save, which retries on its own).
 const nlReadTries = 3
-
-// interrupted says whether a part of a dump was marked NLM_F_DUMP_INTR.
-func interrupted(msgs []netlink.Message) bool {
-	return slices.ContainsFunc(msgs, func(m netlink.Message) bool { return m.Header.Flags&netlink.DumpInterrupted != 0 })
-}
 
 // hashChainsNetlink writes moat's chains, rules and jumps of both
 // families, read over netlink, into h (the form above). The dumps are

@@ -265,13 +265,61 @@ func (NetlinkReader) Bans(set string) ([]ruleset.Ban, error) {
 }
 
 // DumpElements dumps the elements of one set of moat's table, in parts of
-// dumpBuffer.
+// dumpBuffer. The parts are taken only from a dump at one ruleset
+// generation (the same before and after, and no part marked
+// NLM_F_DUMP_INTR), else the set is dumped again (dumpTries times, then
+// an error): a commit landing between two parts may make the kernel skip
+// elements or send them twice, and what was read is then neither the set
+// before nor the one after.
 func DumpElements(set string) ([]Elem, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{MessageBufferSize: dumpBuffer})
+	conn, err := dialDump()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	defer func() { _ = conn.Close() }() // read only
+	for try := 1; ; try++ {
+		out, err := dumpElementsOnce(conn, set)
+		if err == nil {
+			return out, nil
+		}
+		if !errors.Is(err, ErrDumpInterrupted) || try == dumpTries {
+			return nil, fmt.Errorf("nftables: list set %s: %w", set, err)
+		}
+	}
+}
+
+// ErrDumpInterrupted says that the ruleset changed while it was read: the
+// kernel marked a part of a dump NLM_F_DUMP_INTR (nf_tables does when a
+// commit lands between two parts), or the generation moved between the
+// dumps. What was read is read again, never taken as it is.
+var ErrDumpInterrupted = errors.New("the ruleset changed while it was read")
+
+// Interrupted says whether a part of a dump was marked NLM_F_DUMP_INTR
+// (mdlayher/netlink passes the flag on silently).
+func Interrupted(msgs []netlink.Message) bool {
+	return slices.ContainsFunc(msgs, func(m netlink.Message) bool { return m.Header.Flags&netlink.DumpInterrupted != 0 })
+}
+
+// dumpTries bounds the dumps of a set while other commits keep
+// interrupting them.
+const dumpTries = 3
+
+// dialDump opens the socket a set is dumped on, and dumpGeneration reads
+// the ruleset generation around the dump (variables for the tests, which
+// answer with made-up messages).
+var (
+	dialDump = func() (*netlink.Conn, error) {
+		return netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{MessageBufferSize: dumpBuffer})
+	}
+	dumpGeneration = Generation
+)
+
+// dumpElementsOnce is one dump of DumpElements.
+func dumpElementsOnce(conn *netlink.Conn, set string) ([]Elem, error) {
+	g0, err := dumpGeneration()
+	if err != nil {
+		return nil, err
+	}
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
 		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(TableName + "\x00")},
 		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
@@ -289,7 +337,10 @@ func DumpElements(set string) ([]Elem, error) {
 	}
 	msgs, err := conn.Execute(req)
 	if err != nil {
-		return nil, fmt.Errorf("nftables: list set %s: %w", set, err)
+		return nil, err
+	}
+	if Interrupted(msgs) {
+		return nil, ErrDumpInterrupted
 	}
 	var out []Elem
 	for _, m := range msgs {
@@ -298,9 +349,14 @@ func DumpElements(set string) ([]Elem, error) {
 		}
 		els, err := parseElemList(m.Data[4:])
 		if err != nil {
-			return nil, fmt.Errorf("nftables: list set %s: %w", set, err)
+			return nil, err
 		}
 		out = append(out, els...)
+	}
+	if g1, err := dumpGeneration(); err != nil {
+		return nil, err
+	} else if g1 != g0 {
+		return nil, fmt.Errorf("generation %d, then %d: %w", g0, g1, ErrDumpInterrupted)
 	}
 	return out, nil
 }
