@@ -162,18 +162,18 @@ func syncDir(dir string) error {
 }
 
 // RemovePrepared removes the files a Prepare (or a write stopped half
-// way) of each of names in dir left beside it: a process killed before
-// the rename leaves one, hidden (".NAME.<digits>.tmp"), that nothing reads
-// and nothing renames later. The caller holds the lock of every writer of
-// those names, so none of them is being written.
-func RemovePrepared(dir string, names ...string) error {
+// way) of a name in dir that matches left beside it: a process killed
+// before the rename leaves one, hidden (".NAME.<digits>.tmp"), that
+// nothing reads and nothing renames later. The caller holds the lock of
+// every writer of those names, so none of them is being written.
+func RemovePrepared(dir string, match func(name string) bool) error {
 	return removeHidden(dir, func(file string) bool {
-		for _, name := range names {
-			if isTemp(file, "."+name+".", ".tmp") {
-				return true
-			}
+		mid, ok := strings.CutPrefix(file, ".")
+		if ok {
+			mid, ok = strings.CutSuffix(mid, ".tmp")
 		}
-		return false
+		i := strings.LastIndexByte(mid, '.')
+		return ok && i > 0 && isTemp(mid[i:], ".", "") && match(mid[:i])
 	})
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/statetext"
 )
 
 // arm records what to go back to and starts the watchdog, before the
@@ -642,11 +643,14 @@ func (e *Engine) dropStale(p *Pending) error {
 // while the kernel took the change, renamed after it) and, when its
 // journal in says it wrote the policy file, beside that file: nothing
 // reads them and nothing renames them later. A journal killed before its
-// rename leaves no journal (in nil), only its temporary file. Under
+// rename leaves no journal (in nil), only its temporary file; a policy
+// text (statetext) written for a record leaves its own. Under
 // moat's lock no other command writes these names. A file that cannot be
 // removed is only logged: it is hidden and harmless.
 func (e *Engine) removePrepared(in *Intent) {
-	errs := []error{atomicfile.RemovePrepared(e.o.StateDir, IntentFile, AppliedFile, savedFile)}
+	errs := []error{atomicfile.RemovePrepared(e.o.StateDir, func(name string) bool {
+		return name == IntentFile || name == AppliedFile || name == savedFile || statetext.IsName(name)
+	})}
 	if in != nil && in.FileChanged && in.Path != "" {
 		errs = append(errs, policy.RemovePrepared(in.Path))
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/statetext"
 )
 
 // rig is an engine on fake backends, a temporary state directory and
@@ -1529,14 +1530,19 @@ func TestKillLeavesNoPreparedFiles(t *testing.T) {
 	}
 	// A journal killed before its rename (written while the policy
 	// compiles) leaves no journal, only its temporary file.
-	p, err := atomicfile.Prepare(filepath.Join(r.dir, IntentFile), []byte("{}"), 0o600)
-	r.must(err)
-	_ = p // never committed nor aborted, as a kill leaves it
+	// A large policy's text (written for the record being prepared)
+	// killed before its rename leaves its own.
+	text := statetext.Name(statetext.Hash(strings.Repeat("deny from 192.0.2.1\n", 4000)))
+	for _, name := range []string{IntentFile, text} {
+		p, err := atomicfile.Prepare(filepath.Join(r.dir, name), []byte("{}"), 0o600)
+		r.must(err)
+		_ = p // never committed nor aborted, as a kill leaves it
+	}
 	r.must(r.do(func(context.Context, *Engine) error { return nil }))
 	entries, err := os.ReadDir(r.dir)
 	r.must(err)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "."+IntentFile+".") {
+		if strings.HasPrefix(e.Name(), "."+IntentFile+".") || strings.HasPrefix(e.Name(), "."+text+".") {
 			t.Errorf("%s left after the next command", e.Name())
 		}
 	}
