@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,4 +110,43 @@ func CommentOf(t *testing.T, line string) string {
 	}
 	c, _, _ := strings.Cut(rest, " ")
 	return strings.Trim(c, `"`)
+}
+
+// TestAdvStatusUnreadableProtectedSet: status whose comparison of a
+// protected set cannot be made does not say the kernel holds what moat
+// applied. An address is added by hand to moat-protect4 (spared every
+// ban) and `ipset list moat-protect4` fails: status said in sync,
+// nothing changed outside moat.
+func TestAdvStatusUnreadableProtectedSet(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	e.run("server", "ipset", "add", "moat-protect4", "192.0.2.2")
+	real, err := exec.LookPath("ipset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	writeFile(t, filepath.Join(bin, "ipset"), "#!/bin/sh\n[ \"$*\" = 'list moat-protect4' ] && exit 1\nexec "+real+" \"$@\"\n")
+	if err := os.Chmod(filepath.Join(bin, "ipset"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := e.topo.Server.Run(context.Background(), "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "status", "--json")
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	var st struct {
+		InSync bool `json:"in_sync"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if st.InSync {
+		t.Errorf("status says in sync although the protected set could not be compared:\n%s", out)
+	}
+	text, _ := e.topo.Server.Run(context.Background(), "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "status")
+	if !strings.Contains(string(text), "could not be compared") {
+		t.Errorf("status does not say the comparison could not be made:\n%s", text)
+	}
 }

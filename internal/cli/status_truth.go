@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"strings"
 	"syscall"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // statusFailClosed says that 'moat restore' fell back to the fail-closed
@@ -36,6 +38,10 @@ type statusTruth struct {
 	// KernelChanged lists how moat's table or chains differ from what moat
 	// loaded: changes made outside moat ('moat reload' repairs them).
 	KernelChanged []string `json:"kernel_changed,omitempty"`
+	// Unverified says why moat's rules in the kernel could not be compared
+	// with what moat applied (a protected set or the scratch namespace's
+	// load unreadable): no proof either way, so not in sync.
+	Unverified string `json:"unverified,omitempty"`
 	// EarlierOrder: moat's rules are as an earlier moat ordered them
 	// (upgraded since; the same verdicts): no hand change, and 'moat
 	// reload' loads this version's order.
@@ -76,7 +82,7 @@ func (a *app) interrupted() *statusInterrupted {
 // the applied policy (nil when it is not recorded).
 func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Policy, fileErr error, rep *statusReport) (*policy.Policy, error) {
 	defer func() {
-		rep.InSync = !rep.FileNotApplied && !rep.AppliedUnknown && rep.FailClosed == nil && len(rep.KernelChanged) == 0 && rep.Interrupted == nil
+		rep.InSync = !rep.FileNotApplied && !rep.AppliedUnknown && rep.FailClosed == nil && len(rep.KernelChanged) == 0 && rep.Unverified == "" && rep.Interrupted == nil
 	}()
 	if fileErr != nil {
 		rep.FileNotApplied, rep.FileError = true, fileErr.Error()
@@ -134,9 +140,11 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 			return nil, err
 		}
 		if len(rep.KernelChanged) == 0 {
-			// A comparison that cannot be made is logged (changedInPlace);
-			// status vouches for nothing (no record is written here).
-			rep.KernelChanged, _ = a.changedInPlace(ctx, b, a.compileApplied(applied), want)
+			// A comparison that cannot be made proves nothing: status
+			// says so (no record is written here).
+			if rep.KernelChanged, err = a.changedInPlace(ctx, b, a.compileApplied(applied), want); err != nil {
+				rep.Unverified, _, _ = strings.Cut(err.Error(), "\n")
+			}
 		}
 		if len(rep.KernelChanged) > 0 && a.earlierOrder(ctx, b, applied, rep.KernelChanged) {
 			rep.KernelChanged, rep.missing, rep.EarlierOrder = nil, nil, true
@@ -187,6 +195,9 @@ func (a *app) printTruth(rep *statusReport) {
 	}
 	if rep.EarlierOrder {
 		a.printf("moat's rules are in the order an earlier version of moat loaded them (the same verdicts; moat was upgraded since): 'moat reload' loads this version's order\n")
+	}
+	if rep.Unverified != "" {
+		a.printf("moat's rules could not be compared with what moat applied (%s): whether they were changed outside moat is not known ('moat reload' rewrites them whole)\n", termtext.Printable(rep.Unverified))
 	}
 	if len(rep.KernelChanged) > 0 {
 		what := "moat's table was changed outside moat"
