@@ -219,7 +219,7 @@ func (a *app) execMetricsGuard() error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // only reached when the exec failed
 	argv := append([]string{path}, a.args...)
 	fdPath := fmt.Sprintf("/proc/self/fd/%d", f.Fd())
 	env := append(os.Environ(), metricsExecEnv+"="+path)

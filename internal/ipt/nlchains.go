@@ -203,8 +203,8 @@ func (r nlRule) hash(h io.Writer) {
 		var n [5]byte
 		n[0] = tag
 		binary.BigEndian.PutUint32(n[1:], uint32(len(b)))
-		h.Write(n[:])
-		h.Write(b)
+		_, _ = h.Write(n[:]) // a hash: never fails
+		_, _ = h.Write(b)
 	}
 	field('r', []byte(r.chain))
 	for _, e := range r.exprs {
@@ -215,7 +215,7 @@ func (r nlRule) hash(h io.Writer) {
 	}
 	field('c', r.compat)
 	field('u', r.udata)
-	h.Write([]byte{'\n'})
+	_, _ = h.Write([]byte{'\n'})
 }
 
 // isJumpToMoat says whether the rule is a built-in chain's jump to moat's
