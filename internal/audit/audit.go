@@ -27,6 +27,12 @@ const (
 	Inactive = "inactive-open"
 	// LocalOnly: bound to a loopback address.
 	LocalOnly = "local-only"
+	// OpenAhead: moat would refuse it, but a rule ahead of moat's jump
+	// (iptables backend) accepts new connections to it before moat sees
+	// them; MaybeOpenAhead: such a rule may (a jump to a chain that
+	// accepts, or conditions that cannot be judged).
+	OpenAhead      = "open-ahead"
+	MaybeOpenAhead = "maybe-open-ahead"
 )
 
 // Socket is what is audited: one listening socket.
@@ -62,6 +68,10 @@ type Finding struct {
 	Except []string `json:"except,omitempty"`
 	// RateLimit: new connections over this rate from one source are rejected.
 	RateLimit string `json:"rate_limit,omitempty"`
+	// AcceptedAhead names the rules ahead of moat's jump that accept (or
+	// may accept) new connections to it (status open-ahead,
+	// maybe-open-ahead).
+	AcceptedAhead []string `json:"accepted_ahead,omitempty"`
 	// Unexplained: exposed without a policy line or built-in rule that
 	// allows it (moat inactive, or the default policy lets it through).
 	Unexplained bool `json:"unexplained"`
@@ -69,7 +79,7 @@ type Finding struct {
 
 // Exposed says whether the outside reaches the socket (some or all of it).
 func (f Finding) Exposed() bool {
-	return f.Status == Open || f.Status == OpenSome || f.Status == Inactive
+	return f.Status == Open || f.Status == OpenSome || f.Status == Inactive || f.Status == OpenAhead || f.Status == MaybeOpenAhead
 }
 
 // UnusedAllow is a policy rule that allows a port nothing listens on.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/audit"
 	"github.com/moat-fw/moat/internal/foreign"
+	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 	"github.com/moat-fw/moat/internal/termtext"
 )
@@ -33,6 +34,11 @@ source that no rule names, of each family the socket takes:
                          listed get through (the built-in rule for DHCP
                          replies opens UDP port 68 to source port 67)
   closed by moat         moat drops or rejects every new connection
+  OPEN: accepted ahead of moat
+                         moat would refuse it, but a foreign rule ahead of
+                         moat's jump (iptables backend) accepts it first
+  may be open: ...       such a rule may accept it (a jump to a chain
+                         that accepts, a match that cannot be judged)
   moat not active: open  moat's rules are not in the kernel
   local only             bound to a loopback address, or to a device
                          (SO_BINDTODEVICE) packets from outside never
@@ -47,7 +53,8 @@ the kernel's socket table and the applied ruleset need it.
 --json prints one object: active, evaluated ("applied", "file" or "none"),
 sockets (one per socket and family: proto, family "ipv4"/"ipv6", address,
 port, device (SO_BINDTODEVICE), pid, process, status "open", "open-some",
-"closed", "inactive-open" or "local-only", from, allowed_by, except, rate_limit, unexplained),
+"closed", "inactive-open", "local-only", "open-ahead" or
+"maybe-open-ahead", accepted_ahead, from, allowed_by, except, rate_limit, unexplained),
 unused_allows (line, rule, proto, ports), warnings, other_filtering,
 unexplained_exposed and kernel_changed.
 
@@ -74,11 +81,13 @@ type auditReport struct {
 }
 
 var auditStatusText = map[string]string{
-	audit.Open:      "open to anyone",
-	audit.OpenSome:  "open to some sources",
-	audit.Closed:    "closed by moat",
-	audit.Inactive:  "moat not active: open",
-	audit.LocalOnly: "local only",
+	audit.Open:           "open to anyone",
+	audit.OpenSome:       "open to some sources",
+	audit.Closed:         "closed by moat",
+	audit.Inactive:       "moat not active: open",
+	audit.LocalOnly:      "local only",
+	audit.OpenAhead:      "OPEN: accepted ahead of moat",
+	audit.MaybeOpenAhead: "may be open: a rule ahead of moat may accept",
 }
 
 func (a *app) auditCommand() *cobra.Command {
@@ -151,12 +160,18 @@ func (a *app) runAudit(ctx context.Context) error {
 		})
 		rep.UnusedAllows = append(rep.UnusedAllows, audit.UnusedAllows(outside, rs)...)
 		rep.OtherFiltering = append(rep.OtherFiltering, src.foreign...)
+		markAcceptedAhead(findings, src.foreign)
 		if src.foreignErr != nil {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("could not look for other filtering: %v", src.foreignErr))
 		}
 	}
-	if len(rep.OtherFiltering) > 0 {
-		rep.Warnings = append(rep.Warnings, "filtering outside moat exists: it may drop what this audit calls open ('moat status' shows it)")
+	if drops, bypass := splitBypass(rep.OtherFiltering); len(drops) > 0 || len(bypass) > 0 {
+		if len(bypass) > 0 {
+			rep.Warnings = append(rep.Warnings, "rules ahead of moat's jump accept packets moat would refuse: moat never sees what they accept")
+		}
+		if len(drops) > 0 {
+			rep.Warnings = append(rep.Warnings, "filtering outside moat exists: it may drop what this audit calls open ('moat status' shows it)")
+		}
 	}
 	rep.Sockets = findings
 	if rep.Sockets == nil {
@@ -181,6 +196,45 @@ func (a *app) runAudit(ctx context.Context) error {
 		return &exitError{code: 1, err: fmt.Errorf("audit: %d socket(s) exposed that no line of the policy allows", rep.Unexplained)}
 	}
 	return nil
+}
+
+// markAcceptedAhead: a socket moat closes (or opens to some sources) whose
+// new connections a rule ahead of moat's jump accepts, or may accept, is
+// not closed by moat: open-ahead (maybe-open-ahead), exposed without a
+// policy line that allows it.
+func markAcceptedAhead(findings []audit.Finding, fs []foreign.Finding) {
+	for i := range findings {
+		f := &findings[i]
+		if f.Status != audit.Closed && f.Status != audit.OpenSome {
+			continue
+		}
+		dst, err := netip.ParseAddr(f.Address)
+		if err != nil {
+			continue
+		}
+		if dst.IsUnspecified() {
+			dst = netip.IPv4Unspecified()
+			if f.Family == "ipv6" {
+				dst = netip.IPv6Unspecified()
+			}
+		}
+		pkt := ruleset.Packet{Hook: ruleset.Input, Proto: f.Proto, Dst: dst.Unmap(), DPort: f.Port, CTState: ruleset.CTNew, InIface: f.Device}
+		if f.Family == "ipv4" && dst.Is6() {
+			pkt.Dst = netip.IPv4Unspecified()
+		}
+		ahead, sure := acceptedAhead(fs, pkt, ruleset.Input)
+		if len(ahead) == 0 {
+			continue
+		}
+		f.Status = audit.MaybeOpenAhead
+		if sure {
+			f.Status, f.From = audit.OpenAhead, nil
+		}
+		f.Unexplained = true
+		for _, a := range ahead {
+			f.AcceptedAhead = append(f.AcceptedAhead, a.Where+": "+strings.Join(a.Rules, "; "))
+		}
+	}
 }
 
 // outsideIfaces are this network namespace's interfaces other than
@@ -251,6 +305,9 @@ func (a *app) printAudit(rep auditReport) {
 			}
 			if f.RateLimit != "" {
 				exp += ", rate limited"
+			}
+			if len(f.AcceptedAhead) > 0 {
+				exp += " (" + strings.Join(f.AcceptedAhead, "; ") + ")"
 			}
 			if f.Exposed() && f.Unexplained && f.Status != audit.Inactive {
 				exp += " - no rule allows it"

@@ -44,6 +44,12 @@ type explanation struct {
 	// OtherFiltering is filtering outside moat that sees this packet and
 	// can drop it although moat accepts it.
 	OtherFiltering []foreign.Finding `json:"other_filtering"`
+	// AcceptedAhead are rules ahead of moat's jump (iptables backend)
+	// that accept, or may accept, this packet before moat sees it: moat's
+	// verdict is then not the kernel's. When one surely does, Verdict is
+	// ACCEPT and MoatVerdict what moat would have done.
+	AcceptedAhead []foreign.Finding `json:"accepted_before_moat"`
+	MoatVerdict   string            `json:"moat_verdict,omitempty"`
 }
 
 type explainedPacket struct {
@@ -111,9 +117,22 @@ func (a *app) explainCommand() *cobra.Command {
 			if ex.Notes == nil {
 				ex.Notes = []string{}
 			}
+			// moat refuses it; a rule ahead of moat's jump may accept it
+			// before moat sees it.
+			ex.AcceptedAhead = []foreign.Finding{}
+			sure := false
+			if d.Verdict != ruleset.Accept {
+				var ahead []foreign.Finding
+				if ahead, sure = acceptedAhead(src.foreign, pkt, d.Chain); len(ahead) > 0 {
+					ex.AcceptedAhead = ahead
+				}
+				if sure {
+					ex.MoatVerdict, ex.Verdict = ex.Verdict, "ACCEPT"
+				}
+			}
 			// moat lets it through; other filtering may not.
 			ex.OtherFiltering = []foreign.Finding{}
-			if d.Verdict == ruleset.Accept {
+			if d.Verdict == ruleset.Accept || sure {
 				// A packet without addresses may be of either family.
 				known := pkt.Src.IsValid() || pkt.Dst.IsValid()
 				for _, f := range src.foreign {
@@ -134,6 +153,9 @@ func (a *app) explainCommand() *cobra.Command {
 			default:
 				ex.Decided = d.Origin.Text
 			}
+			if sure {
+				ex.Decided = fmt.Sprintf("a rule ahead of moat's jump, before moat sees the packet (%s); moat would %s it: %s", ex.AcceptedAhead[0].Where, ex.MoatVerdict, ex.Decided)
+			}
 			if d.Limit != nil {
 				ex.Limited = fmt.Sprintf("a source's %dth new connection within %d s is rejected", d.Limit.Count, d.Limit.Seconds)
 			}
@@ -146,6 +168,14 @@ func (a *app) explainCommand() *cobra.Command {
 			}
 			if ex.Limited != "" {
 				a.printf("  rate limit: %s\n", ex.Limited)
+			}
+			if len(ex.AcceptedAhead) > 0 && !sure {
+				a.printf("  but it may be accepted before moat sees it, by rules ahead of moat's jump:\n")
+			} else if len(ex.AcceptedAhead) > 0 {
+				a.printf("  accepted before moat sees it, by rules ahead of moat's jump:\n")
+			}
+			for _, f := range ex.AcceptedAhead {
+				a.printf("    - %s\n", f)
 			}
 			if len(ex.OtherFiltering) > 0 {
 				a.printf("  but other filtering also sees this packet and can still drop it:\n")

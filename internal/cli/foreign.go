@@ -8,6 +8,8 @@ import (
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/nft"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // foreignFilters finds filtering outside moat in this network namespace
@@ -37,11 +39,55 @@ func (a *app) warnForeignLockout(ctx context.Context) {
 
 // printForeign lists the filtering outside moat that status found.
 func (a *app) printForeign(rep *statusReport) {
-	if len(rep.OtherFiltering) == 0 {
+	drops, bypass := splitBypass(rep.OtherFiltering)
+	if len(bypass) > 0 {
+		a.printf("WARNING: rules ahead of moat's jump accept packets moat would refuse: moat never sees what they accept\n")
+		for _, f := range bypass {
+			a.printf("  - %s\n", f)
+		}
+	}
+	if len(drops) == 0 {
 		return
 	}
 	a.printf("Other filtering also sees these packets (moat's ALLOW does not override it):\n")
-	for _, f := range rep.OtherFiltering {
+	for _, f := range drops {
 		a.printf("  - %s\n", f)
 	}
+}
+
+// splitBypass parts the findings into filtering that can drop and rules
+// ahead of moat's jump that accept (foreign.Finding.Bypass).
+func splitBypass(fs []foreign.Finding) (drops, bypass []foreign.Finding) {
+	for _, f := range fs {
+		if f.Bypass != "" {
+			bypass = append(bypass, f)
+		} else {
+			drops = append(drops, f)
+		}
+	}
+	return drops, bypass
+}
+
+// acceptedAhead are the bypass findings that accept (Yes) or may accept
+// (Maybe) pkt, whose moat verdict was decided in chain, before moat sees
+// it; sure says one of them surely does.
+func acceptedAhead(fs []foreign.Finding, pkt ruleset.Packet, chain ruleset.Hook) (found []foreign.Finding, sure bool) {
+	known := pkt.Src.IsValid() && !pkt.Src.IsUnspecified() || pkt.Dst.IsValid() && !pkt.Dst.IsUnspecified() || pkt.Proto == "icmp" || pkt.Proto == "ipv6-icmp"
+	fp := foreign.Packet{Proto: pkt.Proto, SPort: pkt.SPort, DPort: pkt.DPort, InIface: pkt.InIface, OutIface: pkt.OutIface,
+		State: string(pkt.CTState), Chain: string(chain), V6: pkt.Family() == policy.FamilyV6 || pkt.Proto == "ipv6-icmp", FamilyUnknown: !known}
+	if pkt.Src.IsValid() && !pkt.Src.IsUnspecified() {
+		fp.Src = pkt.Src
+	}
+	if pkt.Dst.IsValid() && !pkt.Dst.IsUnspecified() {
+		fp.Dst = pkt.Dst
+	}
+	for _, f := range fs {
+		switch f.Accepts(fp) {
+		case foreign.Yes:
+			found, sure = append(found, f), true
+		case foreign.Maybe:
+			found = append(found, f)
+		}
+	}
+	return found, sure
 }

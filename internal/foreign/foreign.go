@@ -33,19 +33,34 @@ type Finding struct {
 	// Hooks are the packet paths it sees: input, output, forward,
 	// prerouting, postrouting.
 	Hooks []string `json:"hooks"`
+	// Bypass is set for rules ahead of moat's jump in a built-in chain
+	// that holds it (iptables backend): "accept" (an ACCEPT rule: the
+	// packets it matches never reach moat) or "may accept" (a jump to a
+	// chain that holds an ACCEPT). Such a finding lets packets through
+	// that moat would refuse; the others can only drop.
+	Bypass string `json:"bypass,omitempty"`
+	// Rules are those rules, as iptables-save writes them.
+	Rules []string `json:"rules,omitempty"`
+	// paths are, for a bypass, each way to an ACCEPT: the rules whose
+	// conditions the packet meets on it.
+	paths [][]*xrule
 }
 
 func (f Finding) String() string {
-	s := termtext.Printable(f.Where) + ": " + f.What
+	s := f.Where + ": " + f.What
 	if f.Tool != "" {
 		s = f.Tool + ": " + s
 	}
-	return s + " (" + strings.Join(f.Hooks, ", ") + ")"
+	return termtext.Printable(s + " (" + strings.Join(f.Hooks, ", ") + ")")
 }
 
 // Sees says whether the finding sees packets of a moat chain ("input",
-// "output" or "forward").
+// "output" or "forward") and can drop them; a bypass (rules that accept
+// ahead of moat's jump) drops nothing: Accepts judges those.
 func (f Finding) Sees(chain string) bool {
+	if f.Bypass != "" {
+		return false
+	}
 	for _, h := range f.Hooks {
 		switch {
 		case h == chain,
@@ -462,6 +477,7 @@ var builtinHook = map[string]string{"PREROUTING": "prerouting", "INPUT": "input"
 func fromTable(tool, table string, lines []string) []Finding {
 	policies := map[string]string{}
 	rules := map[string][][]string{} // chain -> rules' words
+	parsed := map[string][]*xrule{}  // chain -> rules read
 	var order []string
 	for _, line := range lines {
 		f := strings.Fields(line)
@@ -470,11 +486,19 @@ func fromTable(tool, table string, lines []string) []Finding {
 			name := strings.TrimPrefix(f[0], ":")
 			policies[name] = f[1]
 			order = append(order, name)
+			if parsed[name] == nil {
+				parsed[name] = []*xrule{}
+			}
 		case len(f) >= 2 && f[0] == "-A":
 			rules[f[1]] = append(rules[f[1]], f)
+			if _, ok := moatJumps[table]; ok {
+				text := strings.TrimSpace(line)
+				text = strings.TrimSpace(strings.TrimPrefix(text, "-A "+f[1]))
+				parsed[f[1]] = append(parsed[f[1]], parseRule(splitRule(line), text))
+			}
 		}
 	}
-	var out []Finding
+	out := bypasses(tool, table, parsed)
 	for _, builtin := range []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"} {
 		hook := builtinHook[builtin]
 		if _, ok := policies[builtin]; !ok {
@@ -562,7 +586,7 @@ func group(in []Finding) []Finding {
 	for _, f := range in {
 		merged := false
 		for i := range out {
-			if out[i].Where == f.Where && out[i].Tool == f.Tool && slices.Equal(out[i].Hooks, f.Hooks) {
+			if out[i].Bypass == "" && f.Bypass == "" && out[i].Where == f.Where && out[i].Tool == f.Tool && slices.Equal(out[i].Hooks, f.Hooks) {
 				out[i].What += ", " + f.What
 				merged = true
 				break

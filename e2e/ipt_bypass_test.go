@@ -1,0 +1,80 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestIptForeignAcceptAheadOfMoat: a foreign ACCEPT put ahead of moat's
+// jump in INPUT (moat keeps foreign rules there on purpose: fail2ban's
+// jump relies on it) really opens a port moat closes, IPv4 and IPv6.
+// status warns, explain says the packet is accepted before moat sees it,
+// audit does not call the port closed by moat.
+func TestIptForeignAcceptAheadOfMoat(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	e.expect(false, "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:8080 timeout")
+	if out := e.mustMoat("status"); strings.Contains(out, "ahead of moat") {
+		t.Errorf("status warns without a foreign rule:\n%s", out)
+	}
+
+	e.run("server", "iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT")
+	e.run("server", "ip6tables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT")
+	e.expect(false, "client tcp 192.0.2.1:8080 open", "client tcp [2001:db8::1]:8080 open",
+		"client tcp 192.0.2.1:25 timeout", "client tcp [2001:db8::1]:25 timeout")
+
+	out := e.mustMoat("status")
+	if !strings.Contains(out, "rules ahead of moat's jump accept packets moat would refuse") ||
+		!strings.Contains(out, "iptables filter chain INPUT") || !strings.Contains(out, "ip6tables filter chain INPUT") {
+		t.Errorf("status does not warn of the accept ahead of moat:\n%s", out)
+	}
+	for _, from := range []string{"192.0.2.2", "2001:db8::2"} {
+		out := e.mustMoat("explain", "in", "tcp", "from", from, "to", "port", "8080")
+		if !strings.HasPrefix(out, "ACCEPT") || !strings.Contains(out, "before moat sees") {
+			t.Errorf("explain from %s to port 8080:\n%s", from, out)
+		}
+		if out := e.mustMoat("explain", "in", "tcp", "from", from, "to", "port", "25"); !strings.HasPrefix(out, "DROP") || strings.Contains(out, "ahead of moat") {
+			t.Errorf("explain from %s to port 25:\n%s", from, out)
+		}
+	}
+	// With no address, the family is unknown: the IPv4 rule surely accepts one of them.
+	if out := e.mustMoat("explain", "in", "tcp", "to", "port", "8080"); !strings.Contains(out, "before moat sees") {
+		t.Errorf("explain to port 8080:\n%s", out)
+	}
+	a, code := e.audit()
+	if code != 1 {
+		t.Errorf("audit exit %d, want 1 (8080 exposed without a policy line)", code)
+	}
+	fams := map[string]bool{}
+	for _, s := range a.Sockets {
+		if s.Proto == "tcp" && s.Port == 8080 {
+			if s.Status == "closed" {
+				t.Errorf("audit calls 8080 closed by moat: %+v", s)
+			}
+			if s.Status == "open-ahead" {
+				fams[s.Family] = true
+			}
+		}
+		if s.Proto == "tcp" && s.Port == 25 && s.Status != "closed" {
+			t.Errorf("audit, port 25: %+v", s)
+		}
+	}
+	if !fams["ipv4"] || !fams["ipv6"] {
+		t.Errorf("audit does not say 8080 is open ahead of moat for both families: %+v", a.Sockets)
+	}
+	if out, _ := e.moat("audit"); !strings.Contains(out, "accepted ahead of moat") {
+		t.Errorf("audit text:\n%s", out)
+	}
+
+	// moat's jump deleted and put back behind the rule: the same.
+	e.run("server", "iptables", "-D", "INPUT", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-j", "MOAT-INPUT")
+	e.run("server", "iptables", "-A", "INPUT", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-j", "MOAT-INPUT")
+	e.run("server", "iptables", "-D", "INPUT", "1")
+	e.run("server", "iptables", "-I", "INPUT", "1", "-j", "ACCEPT")
+	e.expect(false, "client tcp 192.0.2.1:25 open")
+	if out := e.mustMoat("explain", "in", "tcp", "from", "192.0.2.2", "to", "port", "25"); !strings.HasPrefix(out, "ACCEPT") {
+		t.Errorf("explain behind an accept-all:\n%s", out)
+	}
+}
