@@ -161,6 +161,17 @@ func killDuringApply(t *testing.T, policies []string, kills int) {
 				}
 			}()
 			e.mustMoat("enable", "--force")
+			// The records a killed run wrote beside their names and never
+			// renamed are gone (the repair removes them).
+			entries, err := os.ReadDir(e.stateDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range entries {
+				if strings.HasPrefix(f.Name(), ".") && strings.HasSuffix(f.Name(), ".tmp") {
+					t.Errorf("left in the state directory after %d kills and a run: %s", kills, f.Name())
+				}
+			}
 			e.expect(false,
 				"client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open",
 				"client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:443 timeout",
