@@ -68,6 +68,12 @@ func TestIptForeignAcceptAheadOfMoat(t *testing.T) {
 		t.Errorf("audit text:\n%s", out)
 	}
 
+	// reload leaves the rule (moat keeps foreign rules ahead of its jump)
+	// and says so.
+	if out := e.mustMoat("reload"); !strings.Contains(out, "moat: warning: rules ahead of moat's jump accept packets moat would refuse: iptables filter chain INPUT") {
+		t.Errorf("reload does not warn:\n%s", out)
+	}
+
 	// moat's jump deleted and put back behind the rule: the same.
 	e.run("server", "iptables", "-D", "INPUT", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-j", "MOAT-INPUT")
 	e.run("server", "iptables", "-A", "INPUT", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-j", "MOAT-INPUT")
@@ -76,5 +82,34 @@ func TestIptForeignAcceptAheadOfMoat(t *testing.T) {
 	e.expect(false, "client tcp 192.0.2.1:25 open")
 	if out := e.mustMoat("explain", "in", "tcp", "from", "192.0.2.2", "to", "port", "25"); !strings.HasPrefix(out, "ACCEPT") {
 		t.Errorf("explain behind an accept-all:\n%s", out)
+	}
+}
+
+// TestNftForeignAcceptNoBypass: on nftables an accept ends one base chain
+// only, so another table's accept, even ahead of moat's chains (a lower
+// priority) or in iptables-nft's filter table, lets nothing past moat:
+// the port stays closed, and nothing is reported as a bypass.
+func TestNftForeignAcceptNoBypass(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "nftables")
+	e := newEnv(t, "nftables", false)
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	nftFile := e.dir + "/early.nft"
+	writeFile(t, nftFile, "table inet early {\n\tchain input {\n\t\ttype filter hook input priority -400; policy accept;\n\t\ttcp dport 8080 accept\n\t}\n}\n")
+	e.run("server", "nft", "-f", nftFile)
+	e.run("server", "iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT")
+	e.run("server", "ip6tables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT")
+	e.expect(false, "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:8080 timeout", "client tcp 192.0.2.1:22 open")
+	if out := e.mustMoat("status"); strings.Contains(out, "ahead of moat") {
+		t.Errorf("status reports a bypass on nftables:\n%s", out)
+	}
+	if out := e.mustMoat("explain", "in", "tcp", "from", "192.0.2.2", "to", "port", "8080"); !strings.HasPrefix(out, "DROP") || strings.Contains(out, "before moat") {
+		t.Errorf("explain:\n%s", out)
+	}
+	a, _ := e.audit()
+	for _, s := range a.Sockets {
+		if s.Proto == "tcp" && s.Port == 8080 && s.Status != "closed" {
+			t.Errorf("audit, port 8080: %+v", s)
+		}
 	}
 }

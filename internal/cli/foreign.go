@@ -23,7 +23,9 @@ func (a *app) foreignFilters(ctx context.Context) ([]foreign.Finding, error) {
 }
 
 // warnForeignLockout tells the admin that the lockout check only judged
-// moat's rules while other filtering also sees incoming SSH.
+// moat's rules while other filtering also sees incoming SSH, and that
+// rules ahead of moat's jump accept what moat would refuse (the apply
+// leaves them: moat keeps foreign rules ahead of its jump on purpose).
 func (a *app) warnForeignLockout(ctx context.Context) {
 	found, err := a.foreignFilters(ctx)
 	if err != nil {
@@ -31,6 +33,9 @@ func (a *app) warnForeignLockout(ctx context.Context) {
 		return
 	}
 	for _, f := range found {
+		if f.Bypass != "" {
+			fmt.Fprintf(a.errOut, "moat: warning: rules ahead of moat's jump accept packets moat would refuse: %s\n", f)
+		}
 		if f.Sees("input") {
 			fmt.Fprintf(a.errOut, "moat: warning: the lockout check judges moat's rules only; this also filters incoming packets and may drop new SSH connections: %s\n", f)
 		}

@@ -325,7 +325,7 @@ func bypasses(tool, table string, rules map[string][]*xrule) []Finding {
 				paths = append(paths, []*xrule{r})
 				found, kind = true, "accept"
 			case r.target != "" && !moatChain(table, r.target) && rules[r.target] != nil:
-				for _, sub := range acceptPaths(rules, r.target, map[string]bool{builtin: true}) {
+				for _, sub := range acceptPaths(rules, table, r.target, map[string]bool{builtin: true}) {
 					paths = append(paths, append([]*xrule{r}, sub...))
 					found = true
 				}
@@ -375,7 +375,7 @@ func (r *xrule) outLoopback() bool {
 
 // acceptPaths are the ACCEPT rules reachable from chain, each with the
 // jumps that lead to it.
-func acceptPaths(rules map[string][]*xrule, chain string, seen map[string]bool) [][]*xrule {
+func acceptPaths(rules map[string][]*xrule, table, chain string, seen map[string]bool) [][]*xrule {
 	if seen[chain] {
 		return nil
 	}
@@ -385,8 +385,8 @@ func acceptPaths(rules map[string][]*xrule, chain string, seen map[string]bool) 
 		switch {
 		case r.target == "ACCEPT":
 			out = append(out, []*xrule{r})
-		case rules[r.target] != nil:
-			for _, sub := range acceptPaths(rules, r.target, seen) {
+		case rules[r.target] != nil && !moatChain(table, r.target):
+			for _, sub := range acceptPaths(rules, table, r.target, seen) {
 				out = append(out, append([]*xrule{r}, sub...))
 			}
 		}
