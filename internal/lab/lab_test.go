@@ -2,9 +2,11 @@ package lab
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 )
 
 func requireRoot(t *testing.T) {
@@ -56,5 +58,61 @@ func TestTopologyWithoutFirewall(t *testing.T) {
 		if !r.OK() {
 			t.Errorf("%s: expected %s, observed %s (%v)", r.Name, r.Expect, r.Observed, r.Err)
 		}
+	}
+}
+
+// A UDP answer that comes after DropWait (its server's process was slow
+// to run, as on a loaded machine) is still an open port where one was
+// expected; a port that never answers stays a timeout.
+func TestRunChecksSlowUDPAnswer(t *testing.T) {
+	requireRoot(t)
+	t.Parallel()
+	topo, err := NewTopology("labslow", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	var pc net.PacketConn
+	if err := topo.Server.Do(func() error {
+		pc, err = net.ListenPacket("udp", "[::]:5353")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			time.Sleep(DropWait + 300*time.Millisecond) // later than a first probe waits
+			_, _ = pc.WriteTo(buf[:n], from)
+		}
+	}()
+	// A port with a socket that never answers: the kernel keeps what it
+	// receives, no ICMP unreachable comes back.
+	var mute net.PacketConn
+	if err := topo.Server.Do(func() error {
+		mute, err = net.ListenPacket("udp", "[::]:5354")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mute.Close() })
+	res := RunChecks(context.Background(), []Check{
+		{Name: "slow", From: topo.Client, Probe: Probe{Proto: "udp", Dst: netip.AddrPortFrom(ServerV4, 5353)}, Expect: Open},
+		{Name: "mute", From: topo.Client, Probe: Probe{Proto: "udp", Dst: netip.AddrPortFrom(ServerV4, 5354)}, Expect: Open},
+	})
+	if res[0].Observed != Open || res[0].Err != nil {
+		t.Errorf("slow answer: observed %s (%v), want open", res[0].Observed, res[0].Err)
+	}
+	if res[1].Observed != Timeout || res[1].Err != nil {
+		t.Errorf("no answer: observed %s (%v), want timeout", res[1].Observed, res[1].Err)
 	}
 }
