@@ -222,7 +222,7 @@ func markAcceptedAhead(findings []audit.Finding, fs []foreign.Finding) {
 		if f.Family == "ipv4" && dst.Is6() {
 			pkt.Dst = netip.IPv4Unspecified()
 		}
-		ahead, sure := acceptedAhead(fs, pkt, ruleset.Input)
+		ahead, sure := acceptedAhead(fs, pkt, ruleset.Input, true)
 		if len(ahead) == 0 {
 			continue
 		}

@@ -123,7 +123,7 @@ func (a *app) explainCommand() *cobra.Command {
 			sure := false
 			if d.Verdict != ruleset.Accept {
 				var ahead []foreign.Finding
-				if ahead, sure = acceptedAhead(src.foreign, pkt, d.Chain); len(ahead) > 0 {
+				if ahead, sure = acceptedAhead(src.foreign, pkt, d.Chain, false); len(ahead) > 0 {
 					ex.AcceptedAhead = ahead
 				}
 				if sure {

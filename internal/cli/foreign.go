@@ -75,9 +75,11 @@ func splitBypass(fs []foreign.Finding) (drops, bypass []foreign.Finding) {
 
 // acceptedAhead are the bypass findings that accept (Yes) or may accept
 // (Maybe) pkt, whose moat verdict was decided in chain, before moat sees
-// it; sure says one of them surely does.
-func acceptedAhead(fs []foreign.Finding, pkt ruleset.Packet, chain ruleset.Hook) (found []foreign.Finding, sure bool) {
-	known := pkt.Src.IsValid() && !pkt.Src.IsUnspecified() || pkt.Dst.IsValid() && !pkt.Dst.IsUnspecified() || pkt.Proto == "icmp" || pkt.Proto == "ipv6-icmp"
+// it; sure says one of them surely does. famKnown: pkt's family is
+// known (audit's sockets), not only guessed from its unspecified addresses
+// (explain without an address or an ICMP protocol).
+func acceptedAhead(fs []foreign.Finding, pkt ruleset.Packet, chain ruleset.Hook, famKnown bool) (found []foreign.Finding, sure bool) {
+	known := famKnown || pkt.Src.IsValid() && !pkt.Src.IsUnspecified() || pkt.Dst.IsValid() && !pkt.Dst.IsUnspecified() || pkt.Proto == "icmp" || pkt.Proto == "ipv6-icmp"
 	fp := foreign.Packet{Proto: pkt.Proto, SPort: pkt.SPort, DPort: pkt.DPort, InIface: pkt.InIface, OutIface: pkt.OutIface,
 		State: string(pkt.CTState), Chain: string(chain), V6: pkt.Family() == policy.FamilyV6 || pkt.Proto == "ipv6-icmp", FamilyUnknown: !known}
 	if pkt.Src.IsValid() && !pkt.Src.IsUnspecified() {

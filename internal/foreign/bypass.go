@@ -18,8 +18,8 @@ import (
 // the packet, so no other table's rule bypasses moat there.
 
 // Packet is what a bypass is judged against: unknown fields (a zero
-// address, port 0, an empty interface) are ones the rule's conditions on
-// them may or may not match.
+// address, port 0, an empty interface, FamilyUnknown) are ones the
+// rule's conditions on them may or may not match.
 type Packet struct {
 	Proto             string // "tcp", "udp", "icmp", "ipv6-icmp", ...
 	Src, Dst          netip.Addr
@@ -70,6 +70,9 @@ func (f Finding) Accepts(p Packet) Match {
 			m = and(m, Maybe)
 		}
 		best = max(best, m)
+	}
+	if p.FamilyUnknown && (f.SeesFamily(true) != f.SeesFamily(false)) {
+		best = min(best, Maybe) // the packet may be of the other family
 	}
 	return best
 }
@@ -316,7 +319,7 @@ func bypasses(tool, table string, rules map[string][]*xrule) []Finding {
 		var texts []string
 		kind := ""
 		for _, r := range rules[builtin][:jump] {
-			if r.onlyEstablished() || (builtin == "INPUT" || builtin == "PREROUTING") && r.inLoopback() || builtin == "OUTPUT" && r.outLoopback() {
+			if r.onlyEstablished() || (builtin == "INPUT" || builtin == "PREROUTING") && r.loopback(true) || builtin == "OUTPUT" && r.loopback(false) {
 				continue // moat accepts these too
 			}
 			found := false
@@ -365,12 +368,14 @@ func firstTarget(texts []string) string {
 	return ""
 }
 
-func (r *xrule) inLoopback() bool {
-	return r.match(Packet{InIface: "lo"}) != No && r.match(Packet{InIface: "moat-not-lo"}) == No
-}
-
-func (r *xrule) outLoopback() bool {
-	return r.match(Packet{OutIface: "lo"}) != No && r.match(Packet{OutIface: "moat-not-lo"}) == No
+// loopback: the rule matches packets in on lo (out on lo: !in) alone,
+// which moat accepts too.
+func (r *xrule) loopback(in bool) bool {
+	lo, other := Packet{InIface: "lo"}, Packet{InIface: "moat-not-lo"}
+	if !in {
+		lo, other = Packet{OutIface: "lo"}, Packet{OutIface: "moat-not-lo"}
+	}
+	return r.match(lo) != No && r.match(other) == No
 }
 
 // acceptPaths are the ACCEPT rules reachable from chain, each with the

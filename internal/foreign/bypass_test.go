@@ -33,6 +33,7 @@ COMMIT
 -A FORWARD -j DOCKER-USER
 -A FORWARD -j DOCKER-FORWARD
 -A FORWARD -j MOAT-FORWARD
+-A OUTPUT -o lo -j ACCEPT
 -A OUTPUT -m owner --uid-owner 0 -j ACCEPT
 -A OUTPUT -j MOAT-OUTPUT
 -A f2b-sshd -s 203.0.113.9/32 -j REJECT --reject-with icmp-port-unreachable
@@ -78,8 +79,8 @@ func TestBypassesAheadOfMoatsJump(t *testing.T) {
 		{Packet{Chain: "input", Proto: "udp", Src: src, DPort: 6000}, Yes},
 		{Packet{Chain: "input", Proto: "udp", Src: src, DPort: 6001}, No},
 		{Packet{Chain: "input", Proto: "tcp", Src: src, DPort: 8080, State: "invalid"}, Yes},
-		{Packet{Chain: "input", Proto: "tcp", DPort: 8080, V6: true}, No}, // iptables: IPv4 only
-		{Packet{Chain: "input", Proto: "tcp", DPort: 8080, FamilyUnknown: true}, Yes},
+		{Packet{Chain: "input", Proto: "tcp", DPort: 8080, V6: true}, No},               // iptables: IPv4 only
+		{Packet{Chain: "input", Proto: "tcp", DPort: 8080, FamilyUnknown: true}, Maybe}, // it may be IPv6
 		{Packet{Chain: "output", Proto: "tcp", DPort: 8080}, No},
 	} {
 		if got := in.Accepts(c.p); got != c.want {
@@ -98,7 +99,7 @@ func TestBypassesAheadOfMoatsJump(t *testing.T) {
 	}
 	// -m owner is not read: the rule may accept anything.
 	out := bypassOf(fs, "iptables filter chain OUTPUT")
-	if out == nil || out.Accepts(Packet{Chain: "output", Proto: "tcp", DPort: 25}) != Maybe {
+	if out == nil || len(out.Rules) != 1 || out.Accepts(Packet{Chain: "output", Proto: "tcp", DPort: 25}) != Maybe {
 		t.Errorf("OUTPUT: %+v", out)
 	}
 	raw := bypassOf(fs, "iptables raw chain PREROUTING")
