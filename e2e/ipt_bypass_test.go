@@ -74,6 +74,29 @@ func TestIptForeignAcceptAheadOfMoat(t *testing.T) {
 		t.Errorf("reload does not warn:\n%s", out)
 	}
 
+	// A jump ahead of moat's to a chain that accepts, and a rule with a
+	// match moat cannot judge: "may be accepted", the ports really open.
+	e.run("server", "iptables", "-N", "web")
+	e.run("server", "iptables", "-A", "web", "-p", "tcp", "--dport", "6000", "-j", "ACCEPT")
+	e.run("server", "iptables", "-I", "INPUT", "1", "-j", "web")
+	e.run("server", "ip6tables", "-I", "INPUT", "1", "-p", "tcp", "-m", "length", "--length", "0:65535", "--dport", "6003", "-j", "ACCEPT")
+	e.expect(false, "client tcp 192.0.2.1:6000 open", "client tcp [2001:db8::1]:6003 open", "client tcp [2001:db8::1]:6000 timeout")
+	for _, c := range [][2]string{{"192.0.2.2", "6000"}, {"2001:db8::2", "6003"}} {
+		out := e.mustMoat("explain", "in", "tcp", "from", c[0], "to", "port", c[1])
+		if !strings.HasPrefix(out, "DROP") || !strings.Contains(out, "may be accepted before moat sees it") {
+			t.Errorf("explain from %s to port %s:\n%s", c[0], c[1], out)
+		}
+	}
+	if out := e.mustMoat("status"); !strings.Contains(out, "may bypass moat") {
+		t.Errorf("status does not name the jump:\n%s", out)
+	}
+	a, _ = e.audit()
+	for _, s := range a.Sockets {
+		if s.Proto == "tcp" && (s.Port == 6000 && s.Family == "ipv4" || s.Port == 6003 && s.Family == "ipv6") && s.Status != "maybe-open-ahead" {
+			t.Errorf("audit: %+v", s)
+		}
+	}
+
 	// moat's jump deleted and put back behind the rule: the same.
 	e.run("server", "iptables", "-D", "INPUT", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-j", "MOAT-INPUT")
 	e.run("server", "iptables", "-A", "INPUT", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", "-j", "MOAT-INPUT")

@@ -316,39 +316,42 @@ func bypasses(tool, table string, rules map[string][]*xrule) []Finding {
 			continue // no jump: drift reports it
 		}
 		var paths [][]*xrule
-		var texts []string
+		var texts, accepts, jumps []string
 		kind := ""
 		for _, r := range rules[builtin][:jump] {
 			if r.onlyEstablished() || (builtin == "INPUT" || builtin == "PREROUTING") && r.loopback(true) || builtin == "OUTPUT" && r.loopback(false) {
 				continue // moat accepts these too
 			}
-			found := false
 			switch {
 			case r.target == "ACCEPT":
 				paths = append(paths, []*xrule{r})
-				found, kind = true, "accept"
-			case r.target != "" && !moatChain(table, r.target) && rules[r.target] != nil:
-				for _, sub := range acceptPaths(rules, table, r.target, map[string]bool{builtin: true}) {
-					paths = append(paths, append([]*xrule{r}, sub...))
-					found = true
-				}
-				if found && kind == "" {
-					kind = "may accept"
-				}
-			}
-			if found {
+				accepts, kind = append(accepts, r.text), "accept"
 				texts = append(texts, r.text)
+			case r.target != "" && !moatChain(table, r.target) && rules[r.target] != nil:
+				sub := acceptPaths(rules, table, r.target, map[string]bool{builtin: true})
+				for _, s := range sub {
+					paths = append(paths, append([]*xrule{r}, s...))
+				}
+				if len(sub) > 0 {
+					jumps = append(jumps, r.text)
+					texts = append(texts, r.text)
+					if kind == "" {
+						kind = "may accept"
+					}
+				}
 			}
 		}
 		if len(paths) == 0 {
 			continue
 		}
-		what := fmt.Sprintf("%s ahead of moat's jump (%s)", count(len(texts), "rule"), strings.Join(texts, "; "))
-		if kind == "accept" {
-			what += ": accepts packets moat would refuse"
-		} else {
-			what += ": may bypass moat (jumps to chains that accept)"
+		var parts []string
+		if len(accepts) > 0 {
+			parts = append(parts, fmt.Sprintf("%s ahead of moat's jump accepting packets moat would refuse (%s)", count(len(accepts), "rule"), strings.Join(accepts, "; ")))
 		}
+		if len(jumps) > 0 {
+			parts = append(parts, fmt.Sprintf("%s ahead of moat's jump to chains that accept: may bypass moat (%s)", count(len(jumps), "rule"), strings.Join(jumps, "; ")))
+		}
+		what := strings.Join(parts, "; ")
 		out = append(out, Finding{Tool: owner(firstTarget(texts)), Where: fmt.Sprintf("%s %s chain %s", tool, table, builtin), What: what,
 			Hooks: []string{builtinHook[builtin]}, Bypass: kind, Rules: texts, paths: paths})
 	}
