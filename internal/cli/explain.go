@@ -19,7 +19,10 @@ policy file, a default, or a built-in rule. It evaluates, in userspace, the
 ruleset moat applied (what the kernel does now); it says so when the policy
 file differs, when moat is fail-closed, or when moat's rules in the kernel
 were changed by hand. Inactive, or without root, it evaluates the policy
-file. It sends nothing.
+file. It sends nothing. With the iptables backend, a foreign rule ahead
+of moat's jump that accepts the packet decides before moat sees it:
+explain then says ACCEPT and names it (or says it may, when the rule
+cannot be judged).
 
   moat explain [in|out|route] PROTO [from ADDR] [port P] [to ADDR] [port P]
                [on IFACE] [in on IFACE] [out on IFACE] [type N] [state S]
