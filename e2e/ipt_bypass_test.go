@@ -136,3 +136,23 @@ func TestNftForeignAcceptNoBypass(t *testing.T) {
 		}
 	}
 }
+
+// TestIptRawAcceptAheadOfBans: an ACCEPT in raw PREROUTING ahead of
+// MOAT-PREROUTING skips moat's drop of banned sources there; explain and
+// status say so.
+func TestIptRawAcceptAheadOfBans(t *testing.T) {
+	t.Parallel()
+	requireBackend(t, "iptables")
+	e := newEnv(t, "iptables", false)
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	e.mustMoat("ban", "192.0.2.3", "--for", "1h", "--reason", "test")
+	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:22 timeout")
+	e.run("server", "iptables", "-t", "raw", "-I", "PREROUTING", "1", "-s", "192.0.2.3", "-j", "ACCEPT")
+	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:22 open")
+	if out := e.mustMoat("status"); !strings.Contains(out, "iptables raw chain PREROUTING") {
+		t.Errorf("status:\n%s", out)
+	}
+	if out := e.mustMoat("explain", "in", "tcp", "from", "192.0.2.3", "to", "port", "22"); !strings.HasPrefix(out, "ACCEPT") || !strings.Contains(out, "before moat sees") {
+		t.Errorf("explain:\n%s", out)
+	}
+}
