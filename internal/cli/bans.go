@@ -239,6 +239,9 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 			if err != nil {
 				return err
 			}
+			if c, ok := b.(interface{ BansChanged() bool }); ok && c.BansChanged() {
+				fmt.Fprintln(a.errOut, "moat: bans were added or lifted while they were read: this list merges reads taken meanwhile")
+			}
 			var shown []netip.Addr // nil: every address's count
 			if more {
 				shown = make([]netip.Addr, len(bans))

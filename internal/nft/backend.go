@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"sigs.k8s.io/knftables"
 
@@ -48,6 +49,8 @@ type Backend struct {
 	// from before to after with nothing else committed in between: the
 	// rest of the table is then what it was at before.
 	AfterBan func(before, after uint32)
+	// changed: a set was read while it kept changing (BansChanged).
+	changed atomic.Bool
 	// AfterCommit, when set, is called by Apply when it returns with its
 	// change committed (or nothing to commit), on the calling thread: a
 	// caller may start reading back what it loaded while it writes its

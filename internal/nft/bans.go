@@ -262,6 +262,17 @@ func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
 	return b.elementsOf(ctx, "bans", ruleset.BanSet4, ruleset.BanSet6)
 }
 
+// bansChanging is a Reader that may read a set while it changes (see
+// NetlinkReader.BansChanging).
+type bansChanging interface {
+	BansChanging(set string) (bans []ruleset.Ban, changed bool, err error)
+}
+
+// BansChanged says whether a list of bans or logins this Backend read
+// was read while the set kept changing (a ban storm): a merge of dumps
+// that each saw commits land, not a snapshot at one instant.
+func (b *Backend) BansChanged() bool { return b.changed.Load() }
+
 // Logins lists the addresses in the port scan trap's login sets (Expires:
 // the time left of their exemption). Without a trap there are no login
 // sets: an error.
@@ -293,7 +304,17 @@ func (b *Backend) elementsOf(ctx context.Context, what string, sets ...string) (
 			continue
 		}
 		if b.Read != nil {
-			bans, err := b.Read.Bans(set)
+			var bans []ruleset.Ban
+			var err error
+			if r, ok := b.Read.(bansChanging); ok {
+				var changed bool
+				bans, changed, err = r.BansChanging(set)
+				if changed {
+					b.changed.Store(true)
+				}
+			} else {
+				bans, err = b.Read.Bans(set)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("%w ('moat enable' loads moat's table)", err)
 			}
