@@ -16,7 +16,7 @@ type stormBanner struct{ banned int }
 
 var errStorm = errors.New("the ruleset changed while it was read")
 
-func (s *stormBanner) Ban(context.Context, []ruleset.Ban) error { s.banned++; return nil }
+func (s *stormBanner) Ban(context.Context, []ruleset.Ban) error  { s.banned++; return nil }
 func (*stormBanner) Bans(context.Context) ([]ruleset.Ban, error) { return nil, errStorm }
 func (*stormBanner) Banned(context.Context, netip.Addr) (bool, error) {
 	return false, errStorm
