@@ -25,6 +25,16 @@ func (e *env) moatPlain(args ...string) (string, error) {
 	return string(out), err
 }
 
+// mustMoatPlain runs moatPlain and fails the test if moat fails.
+func (e *env) mustMoatPlain(args ...string) string {
+	e.t.Helper()
+	out, err := e.moatPlain(args...)
+	if err != nil {
+		e.t.Fatalf("moat %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
 func (e *env) policyFile() string {
 	data, err := os.ReadFile(e.conf)
 	if err != nil {

@@ -65,39 +65,15 @@ func TestRollbackOfBackendChangeRefillsBans(t *testing.T) {
 		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, dir[0], false)
-			plain := func(args ...string) {
-				t.Helper()
-				if out, err := e.moatPlain(args...); err != nil {
-					t.Fatalf("moat %s: %v\n%s", strings.Join(args, " "), err, out)
-				}
-			}
-			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
-			writeFile(t, e.conf, "backend "+dir[0]+"\n"+policy)
-			plain("enable")
-			plain("ban", "192.0.2.4", "2001:db8::4", "--for", "1h", "--reason", "before")
-			writeFile(t, e.conf, "backend "+dir[1]+"\n"+policy+"allow 443/tcp\n")
-			plain("--confirm", "1h", "--no-wait", "enable")
-			plain("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
+			plain := e.mustMoatPlain
+			changeBackendWaiting(e, dir[0], dir[1])
 			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:443 open",
 				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout")
 			plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
 			plain("unban", "203.0.113.51")
 			plain("rollback")
 
-			bans := e.bans()
-			for _, a := range []string{"192.0.2.3", "2001:db8::3", "192.0.2.4", "2001:db8::4"} {
-				if _, ok := bans[a]; !ok {
-					t.Errorf("%s is not banned after the rollback: %+v", a, bans)
-				}
-			}
-			if _, ok := bans["203.0.113.51"]; ok {
-				t.Errorf("the ban lifted meanwhile is back after the rollback")
-			}
-			e.expect(false,
-				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
-				"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
+			expectBansAfterRollback(e)
 		})
 	}
 }
@@ -113,12 +89,7 @@ func TestBackendChangeKeepsBans(t *testing.T) {
 		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, dir[0], false)
-			plain := func(args ...string) {
-				t.Helper()
-				if out, err := e.moatPlain(args...); err != nil {
-					t.Fatalf("moat %s: %v\n%s", strings.Join(args, " "), err, out)
-				}
-			}
+			plain := e.mustMoatPlain
 			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
 			writeFile(t, e.conf, "backend "+dir[0]+"\n"+policy)
 			plain("enable")
@@ -156,19 +127,8 @@ func TestRollbackFallbackOfBackendChangeKeepsBans(t *testing.T) {
 		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, dir[0], false)
-			plain := func(args ...string) {
-				t.Helper()
-				if out, err := e.moatPlain(args...); err != nil {
-					t.Fatalf("moat %s: %v\n%s", strings.Join(args, " "), err, out)
-				}
-			}
-			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
-			writeFile(t, e.conf, "backend "+dir[0]+"\n"+policy)
-			plain("enable")
-			plain("ban", "192.0.2.4", "2001:db8::4", "--for", "1h", "--reason", "before")
-			writeFile(t, e.conf, "backend "+dir[1]+"\n"+policy+"allow 443/tcp\n")
-			plain("--confirm", "1h", "--no-wait", "enable")
-			plain("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
+			plain := e.mustMoatPlain
+			changeBackendWaiting(e, dir[0], dir[1])
 			plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
 			plain("unban", "203.0.113.51")
 			writeFile(t, filepath.Join(e.stateDir(), "pending.snapshot"), "damaged")
@@ -179,20 +139,7 @@ func TestRollbackFallbackOfBackendChangeKeepsBans(t *testing.T) {
 			if !strings.Contains(out, "loading the previous policy") {
 				t.Errorf("the rollback did not take the fallback:\n%s", out)
 			}
-			bans := e.bans()
-			for _, a := range []string{"192.0.2.3", "2001:db8::3", "192.0.2.4", "2001:db8::4"} {
-				if _, ok := bans[a]; !ok {
-					t.Errorf("%s is not banned after the rollback: %+v", a, bans)
-				}
-			}
-			if _, ok := bans["203.0.113.51"]; ok {
-				t.Errorf("the ban lifted meanwhile is back after the rollback")
-			}
-			e.expect(false,
-				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
-				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
-				"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
+			expectBansAfterRollback(e)
 		})
 	}
 }
@@ -266,6 +213,44 @@ func TestRollbackCutKeepsAddressBannedAgain(t *testing.T) {
 	}
 	e.expect(false,
 		"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+		"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
+		"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
+}
+
+// changeBackendWaiting enables the policy (SSH and port 80 allowed) on
+// backend from, bans 192.0.2.4 and 2001:db8::4 ("before"), applies the
+// policy with port 443 allowed on backend to with --confirm, not waiting,
+// and bans 203.0.113.51 (for the test to lift while the change waits).
+func changeBackendWaiting(e *env, from, to string) {
+	e.t.Helper()
+	policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
+	writeFile(e.t, e.conf, "backend "+from+"\n"+policy)
+	e.mustMoatPlain("enable")
+	e.mustMoatPlain("ban", "192.0.2.4", "2001:db8::4", "--for", "1h", "--reason", "before")
+	writeFile(e.t, e.conf, "backend "+to+"\n"+policy+"allow 443/tcp\n")
+	e.mustMoatPlain("--confirm", "1h", "--no-wait", "enable")
+	e.mustMoatPlain("ban", "203.0.113.51", "--for", "1h", "--reason", "lifted meanwhile")
+}
+
+// expectBansAfterRollback: after the rollback of changeBackendWaiting's
+// change, the bans from before (192.0.2.4, 2001:db8::4) and from while it
+// waited (192.0.2.3, 2001:db8::3) are in force, with real packets
+// dropped, 203.0.113.51 (lifted meanwhile) is not, and port 443 is closed
+// again.
+func expectBansAfterRollback(e *env) {
+	e.t.Helper()
+	bans := e.bans()
+	for _, a := range []string{"192.0.2.3", "2001:db8::3", "192.0.2.4", "2001:db8::4"} {
+		if _, ok := bans[a]; !ok {
+			e.t.Errorf("%s is not banned after the rollback: %+v", a, bans)
+		}
+	}
+	if _, ok := bans["203.0.113.51"]; ok {
+		e.t.Errorf("the ban lifted meanwhile is back after the rollback")
+	}
+	e.expect(false,
+		"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+		"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
 		"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
 		"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
 }
