@@ -19,31 +19,26 @@ import (
 // over with the ban sets (their time left). Both directions, IPv4 and
 // IPv6.
 func TestPortscanLoginSurvivesBackendSwitch(t *testing.T) {
-	requireBackend(t, "nftables")
-	requireBackend(t, "iptables")
-	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
-		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
-			t.Parallel()
-			e, srv, logFile := trapGuardEnv(t, dir[0])
-			s4 := srv.login(lab.ServerV4)
-			s6 := srv.login(lab.ServerV6)
-			e.waitExempted(logFile, lab.ClientV4, lab.ClientV6)
-			// Logged out: the switch's protected sets do not hold them.
-			s4.kill()
-			s6.kill()
-			time.Sleep(300 * time.Millisecond)
-			e.backend = dir[1]
-			if out := e.mustMoat("enable"); !strings.Contains(out, "Backend changed") {
-				t.Fatalf("no change of backend:\n%s", out)
-			}
-			e.nmapScan(lab.ClientV4, lab.ServerV4)
-			e.nmapScan(lab.ClientV6, lab.ServerV6)
-			if bans := e.bans(); len(bans) != 0 {
-				t.Errorf("the admin who logged in before the change of backend was banned by the trap after it: %+v", bans)
-			}
-			noDrift(t, e)
-		})
-	}
+	eachBackendSwitch(t, func(t *testing.T, from, to string) {
+		e, srv, logFile := trapGuardEnv(t, from)
+		s4 := srv.login(lab.ServerV4)
+		s6 := srv.login(lab.ServerV6)
+		e.waitExempted(logFile, lab.ClientV4, lab.ClientV6)
+		// Logged out: the switch's protected sets do not hold them.
+		s4.kill()
+		s6.kill()
+		time.Sleep(300 * time.Millisecond)
+		e.backend = to
+		if out := e.mustMoat("enable"); !strings.Contains(out, "Backend changed") {
+			t.Fatalf("no change of backend:\n%s", out)
+		}
+		e.nmapScan(lab.ClientV4, lab.ServerV4)
+		e.nmapScan(lab.ClientV6, lab.ServerV6)
+		if bans := e.bans(); len(bans) != 0 {
+			t.Errorf("the admin who logged in before the change of backend was banned by the trap after it: %+v", bans)
+		}
+		noDrift(t, e)
+	})
 }
 
 // The same for a login made while a --confirm change waits: the guard
@@ -100,38 +95,33 @@ func noDrift(t *testing.T, e *env) {
 // between the switch's read of the old sets and their removal is lost:
 // docs/design.md.)
 func TestPortscanBansSurviveBackendSwitch(t *testing.T) {
-	requireBackend(t, "nftables")
-	requireBackend(t, "iptables")
-	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
-		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, dir[0], false)
-			policy := "default deny incoming\nallow 80/tcp\nguard portscan ports 10 within 60s bantime 1h\n"
-			e.apply(policy)
-			e.nmapScan(netip.MustParseAddr("192.0.2.3"), lab.ServerV4)
-			e.nmapScan(netip.MustParseAddr("2001:db8::3"), lab.ServerV6)
-			check := func(when string) {
-				t.Helper()
-				bans := e.bans()
-				for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
-					if ban, ok := bans[a]; !ok || ban.Reason != "portscan (kernel trap)" {
-						t.Errorf("%s: scanner %s not banned with the trap's reason: %+v", when, a, bans)
-					}
+	eachBackendSwitch(t, func(t *testing.T, from, to string) {
+		e := newEnv(t, from, false)
+		policy := "default deny incoming\nallow 80/tcp\nguard portscan ports 10 within 60s bantime 1h\n"
+		e.apply(policy)
+		e.nmapScan(netip.MustParseAddr("192.0.2.3"), lab.ServerV4)
+		e.nmapScan(netip.MustParseAddr("2001:db8::3"), lab.ServerV6)
+		check := func(when string) {
+			t.Helper()
+			bans := e.bans()
+			for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
+				if ban, ok := bans[a]; !ok || ban.Reason != "portscan (kernel trap)" {
+					t.Errorf("%s: scanner %s not banned with the trap's reason: %+v", when, a, bans)
 				}
-				e.expect(false,
-					"client/192.0.2.3 tcp 192.0.2.1:80 timeout",
-					"client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-					"client tcp 192.0.2.1:80 open",
-					"client tcp [2001:db8::1]:80 open")
 			}
-			check("before the switch")
-			e.backend = dir[1]
-			if out := e.mustMoat("enable"); !strings.Contains(out, "Backend changed") {
-				t.Fatalf("no change of backend:\n%s", out)
-			}
-			check("after the switch")
-		})
-	}
+			e.expect(false,
+				"client/192.0.2.3 tcp 192.0.2.1:80 timeout",
+				"client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+				"client tcp 192.0.2.1:80 open",
+				"client tcp [2001:db8::1]:80 open")
+		}
+		check("before the switch")
+		e.backend = to
+		if out := e.mustMoat("enable"); !strings.Contains(out, "Backend changed") {
+			t.Fatalf("no change of backend:\n%s", out)
+		}
+		check("after the switch")
+	})
 }
 
 // trapPolicy turns on the guard and the port scan trap.

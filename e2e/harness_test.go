@@ -293,3 +293,18 @@ func eachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
 		})
 	}
 }
+
+// eachBackendSwitch runs fn, in parallel, for each direction of a change
+// of backend (nftables to iptables and back), in a subtest named
+// "from-to-to"; it needs both backends.
+func eachBackendSwitch(t *testing.T, fn func(t *testing.T, from, to string)) {
+	t.Helper()
+	requireBackend(t, "nftables")
+	requireBackend(t, "iptables")
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
+			t.Parallel()
+			fn(t, dir[0], dir[1])
+		})
+	}
+}

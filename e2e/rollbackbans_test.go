@@ -59,23 +59,18 @@ func TestRollbackKeepsBansMadeMeanwhile(t *testing.T) {
 // dropped while the change waits), and the rollback brings them back
 // too. Both directions, IPv4 and IPv6.
 func TestRollbackOfBackendChangeRefillsBans(t *testing.T) {
-	requireBackend(t, "nftables")
-	requireBackend(t, "iptables")
-	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
-		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, dir[0], false)
-			plain := e.mustMoatPlain
-			changeBackendWaiting(e, dir[0], dir[1])
-			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:443 open",
-				"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout")
-			plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
-			plain("unban", "203.0.113.51")
-			plain("rollback")
+	eachBackendSwitch(t, func(t *testing.T, from, to string) {
+		e := newEnv(t, from, false)
+		plain := e.mustMoatPlain
+		changeBackendWaiting(e, from, to)
+		e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:443 open",
+			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout")
+		plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
+		plain("unban", "203.0.113.51")
+		plain("rollback")
 
-			expectBansAfterRollback(e)
-		})
-	}
+		expectBansAfterRollback(e)
+	})
 }
 
 // A change of backend (the policy's backend line, 'moat reload') keeps the
@@ -83,35 +78,30 @@ func TestRollbackOfBackendChangeRefillsBans(t *testing.T) {
 // stays dropped after the switch, and after the switch back. Both
 // directions, IPv4 and IPv6, real packets.
 func TestBackendChangeKeepsBans(t *testing.T) {
-	requireBackend(t, "nftables")
-	requireBackend(t, "iptables")
-	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
-		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, dir[0], false)
-			plain := e.mustMoatPlain
-			policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
-			writeFile(t, e.conf, "backend "+dir[0]+"\n"+policy)
-			plain("enable")
-			plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "before the switch")
-			for _, to := range []string{dir[1], dir[0]} {
-				writeFile(t, e.conf, "backend "+to+"\n"+policy)
-				plain("reload")
-				bans := e.bans()
-				for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
-					b, ok := bans[a]
-					if !ok {
-						t.Errorf("%s is no longer banned after the switch to %s: %+v", a, to, bans)
-					} else if !strings.Contains(b.Reason, "before the switch") || b.SecondsLeft < 3000 || b.SecondsLeft > 3600 {
-						t.Errorf("%s lost its reason or time in the switch to %s: %+v", a, to, b)
-					}
+	eachBackendSwitch(t, func(t *testing.T, from, to string) {
+		e := newEnv(t, from, false)
+		plain := e.mustMoatPlain
+		policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
+		writeFile(t, e.conf, "backend "+from+"\n"+policy)
+		plain("enable")
+		plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "before the switch")
+		for _, now := range []string{to, from} {
+			writeFile(t, e.conf, "backend "+now+"\n"+policy)
+			plain("reload")
+			bans := e.bans()
+			for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
+				b, ok := bans[a]
+				if !ok {
+					t.Errorf("%s is no longer banned after the switch to %s: %+v", a, now, bans)
+				} else if !strings.Contains(b.Reason, "before the switch") || b.SecondsLeft < 3000 || b.SecondsLeft > 3600 {
+					t.Errorf("%s lost its reason or time in the switch to %s: %+v", a, now, b)
 				}
-				e.expect(false,
-					"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-					"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
 			}
-		})
-	}
+			e.expect(false,
+				"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+				"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open")
+		}
+	})
 }
 
 // A --confirm change of backend whose snapshot is damaged on disk is
@@ -121,27 +111,22 @@ func TestBackendChangeKeepsBans(t *testing.T) {
 // carries them: banned before and meanwhile (real packets dropped), not
 // one lifted meanwhile. Both directions, IPv4 and IPv6.
 func TestRollbackFallbackOfBackendChangeKeepsBans(t *testing.T) {
-	requireBackend(t, "nftables")
-	requireBackend(t, "iptables")
-	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
-		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, dir[0], false)
-			plain := e.mustMoatPlain
-			changeBackendWaiting(e, dir[0], dir[1])
-			plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
-			plain("unban", "203.0.113.51")
-			writeFile(t, filepath.Join(e.stateDir(), "pending.snapshot"), "damaged")
-			out, err := e.moatPlain("rollback")
-			if err != nil {
-				t.Fatalf("moat rollback: %v\n%s", err, out)
-			}
-			if !strings.Contains(out, "loading the previous policy") {
-				t.Errorf("the rollback did not take the fallback:\n%s", out)
-			}
-			expectBansAfterRollback(e)
-		})
-	}
+	eachBackendSwitch(t, func(t *testing.T, from, to string) {
+		e := newEnv(t, from, false)
+		plain := e.mustMoatPlain
+		changeBackendWaiting(e, from, to)
+		plain("ban", "192.0.2.3", "2001:db8::3", "--for", "1h", "--reason", "meanwhile")
+		plain("unban", "203.0.113.51")
+		writeFile(t, filepath.Join(e.stateDir(), "pending.snapshot"), "damaged")
+		out, err := e.moatPlain("rollback")
+		if err != nil {
+			t.Fatalf("moat rollback: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "loading the previous policy") {
+			t.Errorf("the rollback did not take the fallback:\n%s", out)
+		}
+		expectBansAfterRollback(e)
+	})
 }
 
 // A rollback cut after its restore (simulated as TestAdvRollbackCut-
