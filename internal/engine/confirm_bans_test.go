@@ -25,27 +25,19 @@ import (
 func TestRollbackKeepsBansInForce(t *testing.T) {
 	for _, crash := range []string{"", "rollback-restored"} {
 		t.Run("crash-"+crash, func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r, ban := newBanRig(t, false)
 			ctx := context.Background()
 			addr := netip.MustParseAddr
-			ban := func(a string, d time.Duration, why string) {
-				r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: addr(a), Timeout: d, Reason: why}}))
-			}
 			ban("203.0.113.50", time.Hour, "before")
 			ban("203.0.113.51", time.Hour, "lifted meanwhile")
 			ban("2001:db8::52", 30*time.Minute, "before, banned again meanwhile")
-			_, err = r.add(r.ch(time.Hour), "allow 443/tcp")
+			_, err := r.add(r.ch(time.Hour), "allow 443/tcp")
 			r.must(err)
 			ban("192.0.2.3", 2*time.Hour, "meanwhile")
 			r.must(r.nft.Unban(ctx, []netip.Addr{addr("203.0.113.51")}))
 			r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: addr("2001:db8::52"), Timeout: 3 * time.Hour, Reason: "again", Replace: true}}))
 
-			rollback := func() error {
-				return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
-			}
+			rollback := r.rollback
 			if crash != "" {
 				r.crashAt = crash
 				if err := rollback(); !IsCrash(err) {
@@ -59,12 +51,7 @@ func TestRollbackKeepsBansInForce(t *testing.T) {
 			}
 			r.kernelIs("nftables", base)
 
-			got, err := r.nft.Bans(ctx)
-			r.must(err)
-			have := map[string]ruleset.Ban{}
-			for _, b := range got {
-				have[b.Addr.String()] = b
-			}
+			have := bansOf(t, r.nft)
 			want := map[string]time.Duration{"203.0.113.50": time.Hour, "192.0.2.3": 2 * time.Hour, "2001:db8::52": 3 * time.Hour}
 			if crash != "" {
 				// The bans recorded when the first rollback began, with
@@ -76,7 +63,7 @@ func TestRollbackKeepsBansInForce(t *testing.T) {
 			for a, left := range want {
 				b, ok := have[a]
 				if !ok {
-					t.Errorf("%s is not banned after the rollback: %+v", a, got)
+					t.Errorf("%s is not banned after the rollback: %+v", a, have)
 					continue
 				}
 				if b.Expires != left {
@@ -84,7 +71,7 @@ func TestRollbackKeepsBansInForce(t *testing.T) {
 				}
 			}
 			if _, ok := have["203.0.113.51"]; ok {
-				t.Errorf("the ban lifted meanwhile is back: %+v", got)
+				t.Errorf("the ban lifted meanwhile is back: %+v", have)
 			}
 			if b := have["192.0.2.3"]; b.Reason != "meanwhile" {
 				t.Errorf("the ban made meanwhile lost its reason: %+v", b)
@@ -104,24 +91,18 @@ func TestRollbackKeepsBansInForce(t *testing.T) {
 // restores the snapshot once more: it read only its record of the bans
 // in force when it began, and lost the bans made since the cut.
 func TestRollbackCutKeepsBansMadeAfterTheCut(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r, ban := newBanRig(t, false)
 	ctx := context.Background()
 	addr := netip.MustParseAddr
-	ban := func(a string, d time.Duration, why string) {
-		r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: addr(a), Timeout: d, Reason: why}}))
-	}
 	ban("203.0.113.50", time.Hour, "before")
 	ban("203.0.113.51", time.Hour, "lifted meanwhile")
-	_, err = r.add(r.ch(time.Hour), "allow 443/tcp")
+	_, err := r.add(r.ch(time.Hour), "allow 443/tcp")
 	r.must(err)
 	ban("192.0.2.3", 2*time.Hour, "meanwhile")
 	r.must(r.nft.Unban(ctx, []netip.Addr{addr("203.0.113.51")}))
 
 	r.crashAt = "rollback-restored"
-	if err := r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err }); !IsCrash(err) {
+	if err := r.rollback(); !IsCrash(err) {
 		t.Fatalf("no crash: %v", err)
 	}
 	r.advance(time.Minute)
@@ -130,22 +111,17 @@ func TestRollbackCutKeepsBansMadeAfterTheCut(t *testing.T) {
 	r.must(r.do(func(context.Context, *Engine) error { return nil }))
 	r.kernelIs("nftables", base)
 
-	got, err := r.nft.Bans(ctx)
-	r.must(err)
-	have := map[string]ruleset.Ban{}
-	for _, b := range got {
-		have[b.Addr.String()] = b
-	}
+	have := bansOf(t, r.nft)
 	for _, a := range []string{"203.0.113.50", "192.0.2.3", "198.51.100.9", "2001:db8::9"} {
 		if _, ok := have[a]; !ok {
-			t.Errorf("%s is not banned after the finished rollback: %+v", a, got)
+			t.Errorf("%s is not banned after the finished rollback: %+v", a, have)
 		}
 	}
 	if b := have["198.51.100.9"]; b.Reason != "after the cut" || b.Expires != time.Hour {
 		t.Errorf("the ban made after the cut: %+v", b)
 	}
 	if _, ok := have["203.0.113.51"]; ok {
-		t.Errorf("the ban lifted while the change waited is back: %+v", got)
+		t.Errorf("the ban lifted while the change waited is back: %+v", have)
 	}
 }
 
@@ -159,26 +135,17 @@ func TestRollbackCutKeepsBansMadeAfterTheCut(t *testing.T) {
 func TestRollbackKeepsBanSets(t *testing.T) {
 	for _, crash := range []string{"", "rollback-marked", "rollback-restored", "rollback-kernel", "rollback-records", "keep-fails"} {
 		t.Run("crash-"+crash, func(t *testing.T) {
-			r := newRig(t)
-			r.nft.KeepBanSets = true
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r, ban := newBanRig(t, true)
 			ctx := context.Background()
 			addr := netip.MustParseAddr
-			ban := func(a string, d time.Duration, why string) {
-				r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: addr(a), Timeout: d, Reason: why}}))
-			}
 			ban("203.0.113.50", time.Hour, "before")
 			ban("203.0.113.51", time.Hour, "lifted meanwhile")
-			_, err = r.add(r.ch(time.Hour), "allow 443/tcp")
+			_, err := r.add(r.ch(time.Hour), "allow 443/tcp")
 			r.must(err)
 			ban("192.0.2.3", 2*time.Hour, "meanwhile")
 			r.must(r.nft.Unban(ctx, []netip.Addr{addr("203.0.113.51")}))
 
-			rollback := func() error {
-				return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
-			}
+			rollback := r.rollback
 			r.nft.Calls = nil
 			switch crash {
 			case "":
@@ -207,19 +174,14 @@ func TestRollbackKeepsBanSets(t *testing.T) {
 					}
 				}
 			}
-			got, err := r.nft.Bans(ctx)
-			r.must(err)
-			have := map[string]ruleset.Ban{}
-			for _, b := range got {
-				have[b.Addr.String()] = b
-			}
+			have := bansOf(t, r.nft)
 			for a, left := range map[string]time.Duration{"203.0.113.50": time.Hour, "192.0.2.3": 2 * time.Hour} {
 				if b, ok := have[a]; !ok || b.Expires != left {
 					t.Errorf("%s after the rollback: %+v (want %v left)", a, b, left)
 				}
 			}
 			if _, ok := have["203.0.113.51"]; ok {
-				t.Errorf("the ban lifted meanwhile is back: %+v", got)
+				t.Errorf("the ban lifted meanwhile is back: %+v", have)
 			}
 			if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
 				t.Errorf("pending after the rollback: %v", err)
@@ -255,9 +217,7 @@ func TestRollbackRestoresFileListCopies(t *testing.T) {
 				t.Fatalf("the change did not load the edited list: %v", got)
 			}
 			r.must(os.WriteFile(list, []byte("203.0.113.0/24\n"), 0o644))
-			rollback := func() error {
-				return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
-			}
+			rollback := r.rollback
 			if crash != "" {
 				r.crashAt = crash
 				if err := rollback(); !IsCrash(err) {
@@ -306,7 +266,7 @@ func TestRollbackCutWithBrokenBansRecord(t *testing.T) {
 			r.must(err)
 			r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: netip.MustParseAddr("192.0.2.3"), Timeout: time.Hour, Reason: "meanwhile"}}))
 			r.crashAt = "rollback-restored"
-			if err := r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err }); !IsCrash(err) {
+			if err := r.rollback(); !IsCrash(err) {
 				t.Fatalf("no crash: %v", err)
 			}
 			path := filepath.Join(r.dir, rollbackBansFile)
@@ -322,14 +282,9 @@ func TestRollbackCutWithBrokenBansRecord(t *testing.T) {
 			r.warnings = nil
 			r.must(r.do(func(context.Context, *Engine) error { return nil }))
 			r.kernelIs("nftables", base)
-			got, err := r.nft.Bans(ctx)
-			r.must(err)
-			have := map[string]ruleset.Ban{}
-			for _, b := range got {
-				have[b.Addr.String()] = b
-			}
+			have := bansOf(t, r.nft)
 			if _, ok := have["198.51.100.9"]; !ok {
-				t.Errorf("the ban in the kernel is gone: %+v", got)
+				t.Errorf("the ban in the kernel is gone: %+v", have)
 			}
 			warned := slices.ContainsFunc(r.warnings, func(w string) bool { return strings.Contains(w, "pending.bans is unreadable") })
 			switch tc.name {
@@ -342,9 +297,29 @@ func TestRollbackCutWithBrokenBansRecord(t *testing.T) {
 					t.Errorf("a readable record reported lost: %q", r.warnings)
 				}
 				if b, ok := have["192.0.2.3"]; !ok || b.Expires != 100*365*24*time.Hour {
-					t.Errorf("the recorded ban with a huge time left: %+v (all: %+v)", b, got)
+					t.Errorf("the recorded ban with a huge time left: %+v (all: %+v)", b, have)
 				}
 			}
 		})
 	}
+}
+
+// newBanRig is a rig with moat enabled on base, the nftables fake keeping
+// its ban sets through a restore when keep is set, and a function that
+// bans an address (its time left and reason) in that fake.
+func newBanRig(t *testing.T, keep bool) (*rig, func(a string, d time.Duration, why string)) {
+	t.Helper()
+	r := newRig(t)
+	r.nft.KeepBanSets = keep
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	return r, func(a string, d time.Duration, why string) {
+		r.must(r.nft.Ban(context.Background(), []ruleset.Ban{{Addr: netip.MustParseAddr(a), Timeout: d, Reason: why}}))
+	}
+}
+
+// rollback asks for a rollback of the change waiting, as 'moat rollback'.
+func (r *rig) rollback() error {
+	return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
 }

@@ -25,15 +25,9 @@ func TestRollbackFallbackCarriesBans(t *testing.T) {
 	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
 		for _, how := range []string{"rollback", "deadline", "kill-after-load", "saved", "fail-closed"} {
 			t.Run(dir[0]+"-to-"+dir[1]+"/"+how, func(t *testing.T) {
-				r := newRig(t)
-				fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
-				from, to := fakes[dir[0]], fakes[dir[1]]
+				r, from, to, oldPolicy := newSwitchRig(t, dir)
 				ctx := context.Background()
 				addr := netip.MustParseAddr
-				oldPolicy := "backend " + dir[0] + "\n" + base
-				r.write(oldPolicy)
-				_, err := r.enable(r.ch(0))
-				r.must(err)
 				r.must(from.Ban(ctx, []ruleset.Ban{
 					{Addr: addr("203.0.113.50"), Timeout: time.Hour, Reason: "before"},
 					{Addr: addr("2001:db8::50"), Timeout: 30 * time.Minute, Reason: "v6"},
@@ -47,9 +41,7 @@ func TestRollbackFallbackCarriesBans(t *testing.T) {
 				r.must(to.Unban(ctx, []netip.Addr{addr("203.0.113.51")}))
 				r.must(os.WriteFile(filepath.Join(r.dir, snapshotFile), []byte("garbage"), 0o600))
 				want := map[string]time.Duration{"203.0.113.50": time.Hour, "2001:db8::50": 30 * time.Minute, "192.0.2.3": 2 * time.Hour}
-				rollback := func() error {
-					return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
-				}
+				rollback := r.rollback
 				holder, other := from, to
 				switch how {
 				case "rollback":

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/guard"
-	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // A rollback cut after its restore (kill -9, the watchdog killed at the
@@ -24,15 +23,9 @@ import (
 func TestRollbackCutKeepsAddressBannedAgain(t *testing.T) {
 	for _, how := range []string{"rollback", "deadline"} {
 		t.Run(how, func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r, ban := newBanRig(t, false)
 			ctx := context.Background()
 			addr := netip.MustParseAddr
-			ban := func(a string, d time.Duration, why string) {
-				r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: addr(a), Timeout: d, Reason: why}}))
-			}
 			ban("203.0.113.50", time.Hour, "before")
 			ban("203.0.113.51", time.Hour, "lifted meanwhile, banned again after the cut")
 			ban("203.0.113.52", time.Hour, "lifted meanwhile")
@@ -48,7 +41,7 @@ func TestRollbackCutKeepsAddressBannedAgain(t *testing.T) {
 				r.advance(time.Hour + time.Second)
 				cut = r.eng.Watch(ctx, res.Pending.ID)
 			} else {
-				cut = r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
+				cut = r.rollback()
 			}
 			if !IsCrash(cut) {
 				t.Fatalf("no crash: %v", cut)

@@ -24,15 +24,9 @@ func TestBackendSwitchCarriesBans(t *testing.T) {
 		for _, crash := range []string{"", "switch-bans-recorded", "switch-bans", "switch-logins", "switched", "applied",
 			"switched+undo-bans-recorded", "switched+undo-applied", "confirm", "confirm+rollback-restored"} {
 			t.Run(dir[0]+"-to-"+dir[1]+"/"+crash, func(t *testing.T) {
-				r := newRig(t)
-				fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
-				from, to := fakes[dir[0]], fakes[dir[1]]
+				r, from, to, oldPolicy := newSwitchRig(t, dir)
 				ctx := context.Background()
 				addr := netip.MustParseAddr
-				oldPolicy := "backend " + dir[0] + "\n" + base
-				r.write(oldPolicy)
-				_, err := r.enable(r.ch(0))
-				r.must(err)
 				r.must(from.Ban(ctx, []ruleset.Ban{
 					{Addr: addr("203.0.113.50"), Timeout: time.Hour, Reason: hostile},
 					{Addr: addr("2001:db8::50"), Timeout: 30 * time.Minute, Reason: "v6"},
@@ -148,4 +142,19 @@ func bansOf(t *testing.T, f *Fake) map[string]ruleset.Ban {
 		m[b.Addr.String()] = b
 	}
 	return m
+}
+
+// newSwitchRig is a rig with moat enabled on base under the backend
+// dir[0] (the policy it wrote, oldPolicy), and the fakes of dir[0] (from)
+// and dir[1] (to), for a change of backend from the one to the other.
+func newSwitchRig(t *testing.T, dir [2]string) (r *rig, from, to *Fake, oldPolicy string) {
+	t.Helper()
+	r = newRig(t)
+	fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
+	from, to = fakes[dir[0]], fakes[dir[1]]
+	oldPolicy = "backend " + dir[0] + "\n" + base
+	r.write(oldPolicy)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	return r, from, to, oldPolicy
 }
