@@ -19,28 +19,8 @@ import (
 // marker. Without the marker the same update changes nothing (the
 // comparison with the saved copy is what makes an update cheap).
 func TestBlocklistUpdateAfterKilledUpdate(t *testing.T) {
-	r := newSMRig(t, "nftables", 1)
-	list := filepath.Join(t.TempDir(), "bad.netset")
-	write := func(name, data string) {
-		t.Helper()
-		if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(list, "192.0.2.0/24\n")
-	write(r.conf, "default deny incoming\nallow 22/tcp\nblocklist bad file "+list+"\n")
-	if out, code := r.moat("--backend", "nftables", "enable"); code != 0 {
-		t.Fatalf("enable: %d\n%s", code, out)
-	}
-	saved := filepath.Join(r.state, blocklist.Dir)
-	copies := map[string][]byte{}
-	for _, n := range []string{"bad.list", "bad.json"} {
-		data, err := os.ReadFile(filepath.Join(saved, n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		copies[n] = data
-	}
+	r, list, write := newFileListRig(t, "nftables")
+	saved, copies := savedCopies(t, r)
 	marker := filepath.Join(r.state, updatingMarker)
 	for _, killed := range []bool{true, false} {
 		write(list, "198.51.100.0/24\n")
@@ -85,28 +65,8 @@ func TestBlocklistUpdateAfterKilledUpdate(t *testing.T) {
 // nothing and keeps the marker: the one after it, with the source back at
 // the old contents, still loads them. The same fault twice.
 func TestBlocklistFailedReadAfterKilledUpdate(t *testing.T) {
-	r := newSMRig(t, "nftables", 1)
-	list := filepath.Join(t.TempDir(), "bad.netset")
-	write := func(name, data string) {
-		t.Helper()
-		if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(list, "192.0.2.0/24\n")
-	write(r.conf, "default deny incoming\nallow 22/tcp\nblocklist bad file "+list+"\n")
-	if out, code := r.moat("--backend", "nftables", "enable"); code != 0 {
-		t.Fatalf("enable: %d\n%s", code, out)
-	}
-	saved := filepath.Join(r.state, blocklist.Dir)
-	copies := map[string][]byte{}
-	for _, n := range []string{"bad.list", "bad.json"} {
-		data, err := os.ReadFile(filepath.Join(saved, n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		copies[n] = data
-	}
+	r, list, write := newFileListRig(t, "nftables")
+	saved, copies := savedCopies(t, r)
 	marker := filepath.Join(r.state, updatingMarker)
 	write(list, "198.51.100.0/24\n")
 	if out, code := r.moat("blocklist", "update"); code != 0 {
@@ -154,19 +114,7 @@ func TestBlocklistUpdateAfterKilledApply(t *testing.T) {
 		for _, step := range []string{"intent", "kernel", "applied", "saved", "done"} {
 			for _, back := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%s/%s/back=%v", b, step, back), func(t *testing.T) {
-					r := newSMRig(t, b, 1)
-					list := filepath.Join(t.TempDir(), "bad.netset")
-					write := func(name, data string) {
-						t.Helper()
-						if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
-							t.Fatal(err)
-						}
-					}
-					write(list, "192.0.2.0/24\n")
-					write(r.conf, "default deny incoming\nallow 22/tcp\nblocklist bad file "+list+"\n")
-					if out, code := r.moat("--backend", b, "enable"); code != 0 {
-						t.Fatalf("enable: %d\n%s", code, out)
-					}
+					r, list, write := newFileListRig(t, b)
 					write(list, "198.51.100.0/24\n")
 					r.now = r.now.Add(time.Second)
 					r.crashAt = step
@@ -197,4 +145,42 @@ func TestBlocklistUpdateAfterKilledApply(t *testing.T) {
 			}
 		}
 	}
+}
+
+// newFileListRig is a rig with moat enabled under backend on a policy
+// with one file blocklist, "bad", whose file (list) holds 192.0.2.0/24;
+// write writes a file, failing the test if it cannot.
+func newFileListRig(t *testing.T, backend string) (r *smRig, list string, write func(name, data string)) {
+	t.Helper()
+	r = newSMRig(t, backend, 1)
+	list = filepath.Join(t.TempDir(), "bad.netset")
+	write = func(name, data string) {
+		t.Helper()
+		if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(list, "192.0.2.0/24\n")
+	write(r.conf, "default deny incoming\nallow 22/tcp\nblocklist bad file "+list+"\n")
+	if out, code := r.moat("--backend", backend, "enable"); code != 0 {
+		t.Fatalf("enable: %d\n%s", code, out)
+	}
+	return r, list, write
+}
+
+// savedCopies reads the saved copy of the list "bad" (its two files, by
+// name) in the folder of saved copies, saved, so that a test can put it
+// back as an update killed before writing it leaves it.
+func savedCopies(t *testing.T, r *smRig) (saved string, copies map[string][]byte) {
+	t.Helper()
+	saved = filepath.Join(r.state, blocklist.Dir)
+	copies = map[string][]byte{}
+	for _, n := range []string{"bad.list", "bad.json"} {
+		data, err := os.ReadFile(filepath.Join(saved, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		copies[n] = data
+	}
+	return saved, copies
 }

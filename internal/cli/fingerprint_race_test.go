@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -27,12 +25,7 @@ import (
 // next command, finding the same generation (or the same fingerprint),
 // would take the hand-made rule for moat's.
 func TestFingerprintNotRecordedAfterHandChange(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("no nft")
-	}
+	needRootAnd(t, "nft")
 	ns := labtest.NS(t, "moatfp")
 	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\n")).Policy(policy.ParseServices(nil))
 	if err != nil {
@@ -229,12 +222,7 @@ type nftRig struct {
 
 func newNftRig(t *testing.T, text string) *nftRig {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("no nft")
-	}
+	needRootAnd(t, "nft")
 	p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices(nil))
 	if err != nil {
 		t.Fatal(err)

@@ -3,17 +3,12 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/labtest"
-	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/setstore"
 	"github.com/moat-fw/moat/internal/statedir"
 )
@@ -29,14 +24,7 @@ import (
 // either way the rules are compared in full, the difference is found
 // and nothing is recorded.
 func TestFreshIptApplyFingerprintWithoutCompare(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	for _, prog := range []string{"iptables-restore", "ipset"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			t.Skip("no " + prog)
-		}
-	}
+	needRootAnd(t, "iptables-restore", "ipset")
 	const text = "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\ndeny from 198.51.100.0/24\ndeny from 2001:db8::/64\n"
 	for _, tc := range []struct {
 		name         string
@@ -50,18 +38,13 @@ func TestFreshIptApplyFingerprintWithoutCompare(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := labtest.NS(t, "moatfresh")
 			dir := t.TempDir()
-			a := &app{stateDir: dir, config: "moat.conf", out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-			p, err := a.parseApplied(text)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rs := ruleset.Compile(p)
+			a, rs := quietApp(t, dir, text)
 			st := appliedState{Known: true, Backend: "iptables", Policy: text, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 			compares := 0
 			driftReasonHook = func() { compares++ }
 			t.Cleanup(func() { driftReasonHook = nil })
 			var want string
-			err = ns.Do(func() error {
+			err := ns.Do(func() error {
 				b := ipt.New()
 				b.Elements = setstore.Dir{Path: dir, Prefix: "ipset."}
 				if !b.InNftables() {

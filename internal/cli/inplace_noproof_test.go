@@ -3,10 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
-	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/moat-fw/moat/internal/execrun"
@@ -24,25 +20,13 @@ import (
 // the fingerprint (hand address in it) was recorded as moat's. Either the
 // difference or the error must come back.
 func TestChangedInPlaceUnreadableProtectedSet(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	for _, prog := range []string{"iptables-restore", "ipset"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			t.Skip("no " + prog)
-		}
-	}
+	needRootAnd(t, "iptables-restore", "ipset")
 	const text = "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.7\n"
 	ns := labtest.NS(t, "moatnoproof")
 	dir := t.TempDir()
-	a := &app{stateDir: dir, config: "moat.conf", out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	p, err := a.parseApplied(text)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs := ruleset.Compile(p)
+	a, rs := quietApp(t, dir, text)
 	ctx := context.Background()
-	err = ns.Do(func() error {
+	err := ns.Do(func() error {
 		b := ipt.New()
 		b.Elements = setstore.Dir{Path: dir, Prefix: "ipset."}
 		if err := b.Apply(ctx, rs); err != nil {

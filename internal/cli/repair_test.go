@@ -3,10 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -16,7 +13,6 @@ import (
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/nft"
-	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/statedir"
 )
 
@@ -25,12 +21,7 @@ import (
 // records stands on that comparison: it is not made a second time. The
 // record is still not written when the ruleset changed after it.
 func TestRepairComparesOnce(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("no nft")
-	}
+	needRootAnd(t, "nft")
 	const text = "default deny incoming\nallow 22/tcp\n"
 	for _, handChange := range []bool{false, true} {
 		ns := labtest.NS(t, "moatrep")
@@ -43,12 +34,7 @@ func TestRepairComparesOnce(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, engine.AppliedFile), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		a := &app{stateDir: dir, config: "moat.conf", out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		p, err := a.parseApplied(text)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs := ruleset.Compile(p)
+		a, rs := quietApp(t, dir, text)
 		b := &nft.Backend{Run: execrun.Exec, Read: nft.NetlinkReader{}, Netlink: true}
 		a.kernel = []backend.Backend{b}
 		compares := 0
