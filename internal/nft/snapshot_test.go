@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/moat-fw/moat/internal/lab"
 )
 
 // snapTable is a table as moat and an admin may leave it: a comment,
@@ -75,16 +77,9 @@ func listNoBans(t *testing.T, r *recorder) string {
 // showed, in one transaction whatever the change made meanwhile.
 func TestNetlinkSnapshotRestoresTable(t *testing.T) {
 	ctx := context.Background()
-	r, ns := kernelNS(t)
-	b := &Backend{Run: r.run, Netlink: true}
-	if _, err := r.run(ctx, []byte(snapTable), "nft", "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
+	r, ns, b := newSnapRig(t, snapTable)
 	want := listNoBans(t, r)
-	var snap []byte
-	if err := ns.Do(func() (err error) { snap, err = b.Snapshot(ctx); return err }); err != nil {
-		t.Fatal(err)
-	}
+	snap := takeSnap(t, ns, b)
 	if !bytes.HasPrefix(snap, []byte(netlinkSnapMagic)) {
 		t.Fatalf("snapshot not read over netlink: %.80q", snap)
 	}
@@ -126,16 +121,8 @@ func TestNetlinkSnapshotRestoresTable(t *testing.T) {
 // A table holding what a netlink snapshot does not copy (a named counter
 // made by hand) is snapshotted by nft, whole.
 func TestNetlinkSnapshotFallsBackToNft(t *testing.T) {
-	ctx := context.Background()
-	r, ns := kernelNS(t)
-	b := &Backend{Run: r.run, Netlink: true}
-	if _, err := r.run(ctx, []byte(snapTable+"add counter inet moat hand\n"), "nft", "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
-	var snap []byte
-	if err := ns.Do(func() (err error) { snap, err = b.Snapshot(ctx); return err }); err != nil {
-		t.Fatal(err)
-	}
+	_, ns, b := newSnapRig(t, snapTable+"add counter inet moat hand\n")
+	snap := takeSnap(t, ns, b)
 	if !bytes.HasPrefix(snap, []byte("table inet moat {")) || !bytes.Contains(snap, []byte("counter hand")) {
 		t.Fatalf("snapshot: %.200q", snap)
 	}
@@ -145,15 +132,8 @@ func TestNetlinkSnapshotFallsBackToNft(t *testing.T) {
 // is (the rollback then loads the previous policy).
 func TestNetlinkSnapshotCorrupt(t *testing.T) {
 	ctx := context.Background()
-	r, ns := kernelNS(t)
-	b := &Backend{Run: r.run, Netlink: true}
-	if _, err := r.run(ctx, []byte(snapTable), "nft", "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
-	var snap []byte
-	if err := ns.Do(func() (err error) { snap, err = b.Snapshot(ctx); return err }); err != nil {
-		t.Fatal(err)
-	}
+	r, ns, b := newSnapRig(t, snapTable)
+	snap := takeSnap(t, ns, b)
 	before := listNoBans(t, r)
 	other := bytes.Replace(snap, []byte("moat\x00"), []byte("mo0t\x00"), 1)
 	for name, bad := range map[string][]byte{
@@ -189,16 +169,9 @@ func FuzzParseNetlinkSnapshot(f *testing.F) {
 // and kept is false (the rollback then restores and refills them).
 func TestNetlinkRestoreKeepsBanSets(t *testing.T) {
 	ctx := context.Background()
-	r, ns := kernelNS(t)
-	b := &Backend{Run: r.run, Netlink: true}
-	if _, err := r.run(ctx, []byte(snapTable), "nft", "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
+	r, ns, b := newSnapRig(t, snapTable)
 	want := listNoBans(t, r)
-	var snap []byte
-	if err := ns.Do(func() (err error) { snap, err = b.Snapshot(ctx); return err }); err != nil {
-		t.Fatal(err)
-	}
+	snap := takeSnap(t, ns, b)
 	// The change: a rule more, a policy set gone, a set more; meanwhile
 	// a ban made and one lifted.
 	change := `flush chain inet moat input
@@ -254,16 +227,9 @@ delete element inet moat ban4 { 203.0.113.6 }
 // read, so it is refused and the restore reads the table again.
 func TestNetlinkRestoreKeepingBansRaced(t *testing.T) {
 	ctx := context.Background()
-	r, ns := kernelNS(t)
-	b := &Backend{Run: r.run, Netlink: true}
-	if _, err := r.run(ctx, []byte(snapTable), "nft", "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
+	r, ns, b := newSnapRig(t, snapTable)
 	want := listNoBans(t, r)
-	var snap []byte
-	if err := ns.Do(func() (err error) { snap, err = b.Snapshot(ctx); return err }); err != nil {
-		t.Fatal(err)
-	}
+	snap := takeSnap(t, ns, b)
 	tries := 0
 	beforeKeepSend = func() {
 		tries++
@@ -281,4 +247,27 @@ func TestNetlinkRestoreKeepingBansRaced(t *testing.T) {
 	if got := listNoBans(t, r); got != want || tries != 2 {
 		t.Fatalf("after %d tries:\n%s\nwant:\n%s", tries, got, want)
 	}
+}
+
+// newSnapRig is a namespace whose moat table is table (loaded by nft), and
+// a netlink backend in it.
+func newSnapRig(t *testing.T, table string) (*recorder, *lab.NS, *Backend) {
+	t.Helper()
+	r, ns := kernelNS(t)
+	b := &Backend{Run: r.run, Netlink: true}
+	if _, err := r.run(context.Background(), []byte(table), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	return r, ns, b
+}
+
+// takeSnap is b's snapshot of the table in ns, failing the test if it
+// cannot be taken.
+func takeSnap(t *testing.T, ns *lab.NS, b *Backend) []byte {
+	t.Helper()
+	var snap []byte
+	if err := ns.Do(func() (err error) { snap, err = b.Snapshot(context.Background()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return snap
 }
