@@ -243,48 +243,32 @@ func TestAdvPacketsDuringStagedEnable(t *testing.T) {
 		var bad []string
 		sent, nbad := 0, 0
 		for _, p := range append(listed, listed...) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					out, err := e.topo.Client.Send(ctx, p)
-					mu.Lock()
-					sent++
-					if err != nil || out != lab.Open {
-						nbad++
-						if len(bad) < 20 {
-							bad = append(bad, fmt.Sprintf("%s: %s %v", p, out, err))
-						}
-					}
-					mu.Unlock()
-					time.Sleep(5 * time.Millisecond)
-				}
-			}()
-		}
-		var seq []lab.Outcome // the unlisted source's outcomes, repeats left out
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				out, _ := e.topo.Client.Send(ctx, other)
+			repeatUntil(&wg, stop, func() bool {
+				out, err := e.topo.Client.Send(ctx, p)
 				mu.Lock()
-				if len(seq) == 0 || seq[len(seq)-1] != out {
-					seq = append(seq, out)
+				sent++
+				if err != nil || out != lab.Open {
+					nbad++
+					if len(bad) < 20 {
+						bad = append(bad, fmt.Sprintf("%s: %s %v", p, out, err))
+					}
 				}
 				mu.Unlock()
 				time.Sleep(5 * time.Millisecond)
+				return true
+			})
+		}
+		var seq []lab.Outcome // the unlisted source's outcomes, repeats left out
+		repeatUntil(&wg, stop, func() bool {
+			out, _ := e.topo.Client.Send(ctx, other)
+			mu.Lock()
+			if len(seq) == 0 || seq[len(seq)-1] != out {
+				seq = append(seq, out)
 			}
-		}()
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+			return true
+		})
 		e.mustMoat("enable")
 		time.Sleep(200 * time.Millisecond)
 		close(stop)

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -292,6 +293,25 @@ func eachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
 			fn(t, b)
 		})
 	}
+}
+
+// repeatUntil runs fn over and over in a goroutine that wg counts, until
+// stop is closed (looked at before each call) or fn returns false.
+func repeatUntil(wg *sync.WaitGroup, stop <-chan struct{}, fn func() bool) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if !fn() {
+				return
+			}
+		}
+	}()
 }
 
 // eachBackendSwitch runs fn, in parallel, for each direction of a change

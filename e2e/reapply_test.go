@@ -51,50 +51,34 @@ func TestReapplyIsAtomic(t *testing.T) {
 		var exchanges, probes atomic.Int64
 		stop := make(chan struct{})
 		for i, c := range conns {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				buf := make([]byte, 8)
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					if err := c.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
-						failures.Store(fmt.Sprintf("flow %s deadline", flows[i]), err)
-						return
-					}
-					if _, err := c.Write([]byte("ping")); err != nil {
-						failures.Store(fmt.Sprintf("flow %s write", flows[i]), err)
-						return
-					}
-					if _, err := c.Read(buf); err != nil {
-						failures.Store(fmt.Sprintf("flow %s read", flows[i]), err)
-						return
-					}
-					exchanges.Add(1)
-					time.Sleep(5 * time.Millisecond)
+			buf := make([]byte, 8)
+			repeatUntil(&wg, stop, func() bool {
+				if err := c.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+					failures.Store(fmt.Sprintf("flow %s deadline", flows[i]), err)
+					return false
 				}
-			}()
+				if _, err := c.Write([]byte("ping")); err != nil {
+					failures.Store(fmt.Sprintf("flow %s write", flows[i]), err)
+					return false
+				}
+				if _, err := c.Read(buf); err != nil {
+					failures.Store(fmt.Sprintf("flow %s read", flows[i]), err)
+					return false
+				}
+				exchanges.Add(1)
+				time.Sleep(5 * time.Millisecond)
+				return true
+			})
 		}
 		for _, dst := range []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:80"), netip.MustParseAddrPort("[2001:db8::1]:80")} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					out, err := e.topo.Client.Send(ctx, lab.Probe{Proto: "tcp", Dst: dst, Wait: 50 * time.Millisecond})
-					probes.Add(1)
-					if err != nil || out == lab.Open {
-						failures.Store(fmt.Sprintf("denied port %s", dst), fmt.Sprintf("%s %v", out, err))
-					}
+			repeatUntil(&wg, stop, func() bool {
+				out, err := e.topo.Client.Send(ctx, lab.Probe{Proto: "tcp", Dst: dst, Wait: 50 * time.Millisecond})
+				probes.Add(1)
+				if err != nil || out == lab.Open {
+					failures.Store(fmt.Sprintf("denied port %s", dst), fmt.Sprintf("%s %v", out, err))
 				}
-			}()
+				return true
+			})
 		}
 		for i := 0; i < 50; i++ {
 			if err := os.WriteFile(e.conf, []byte(policies[i%2]), 0o644); err != nil {
