@@ -260,9 +260,7 @@ func TestAdvBansLimitAndCounts(t *testing.T) {
 func TestAdvEditedFileListIsNoDrift(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newEnv(t, b, false)
-		file := filepath.Join(e.dir, "local.netset")
-		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
-		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist local file " + file + "\n")
+		file := e.applyLocalList()
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n") // not loaded
 		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
 			t.Fatal(err)
@@ -274,9 +272,7 @@ func TestAdvEditedFileListIsNoDrift(t *testing.T) {
 		if err != nil || strings.Contains(out, "changed outside moat") {
 			t.Errorf("an edit: %v\n%s", err, out)
 		}
-		e.expect(false,
-			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
-			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+		e.expect(false, localListedFour...)
 		// A set really changed by hand is still drift.
 		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
 			t.Fatal(err)
@@ -300,17 +296,12 @@ func TestAdvEditedFileListIsNoDrift(t *testing.T) {
 func TestAdvRollbackRestoresFileListCopy(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newEnv(t, b, false)
-		file := filepath.Join(e.dir, "local.netset")
-		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
-		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist local file " + file + "\n")
+		file := e.applyLocalList()
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n")
 		e.mustMoat("--confirm", "1h", "--no-wait", "allow", "443/tcp")
 		e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 open")
 		e.mustMoat("rollback")
-		old := []string{
-			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
-			"client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open",
-		}
+		old := localListedThree
 		e.expect(false, old...)
 		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
 			t.Fatal(err)
@@ -325,9 +316,7 @@ func TestAdvRollbackRestoresFileListCopy(t *testing.T) {
 		e.expect(false, old...)
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n")
 		e.mustMoat("blocklist", "update")
-		e.expect(false,
-			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
-			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+		e.expect(false, localListedFour...)
 		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
 			t.Errorf("status sees drift:\n%s", st)
 		}
@@ -343,9 +332,7 @@ func TestAdvRefusedApplyKeepsFileListCopy(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newSSHEnv(t, b)
 		srv := e.startSSHD(22)
-		file := filepath.Join(e.dir, "local.netset")
-		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
-		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist local file " + file + "\n")
+		file := e.applyLocalList()
 		sess := srv.login(lab.ServerV6)
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n")
 		e.refused([]string{"would be dropped by line 2: deny 22/tcp"}, "deny", "22/tcp")
@@ -353,9 +340,7 @@ func TestAdvRefusedApplyKeepsFileListCopy(t *testing.T) {
 		if strings.Contains(out, "unchanged") {
 			t.Errorf("the edited list is not loaded after the refused apply:\n%s", out)
 		}
-		e.expect(false,
-			"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
-			"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open")
+		e.expect(false, localListedFour...)
 		if err := sess.alive(3 * time.Second); err != nil {
 			t.Errorf("live session cut: %v", err)
 		}
@@ -401,3 +386,28 @@ func TestAdvBlocklistLooksMerged(t *testing.T) {
 		}
 	})
 }
+
+// applyLocalList applies a policy (deny incoming, allow 22/tcp and
+// 80/tcp) with the blocklist "local" read from the file local.netset,
+// which lists 192.0.2.3 and 2001:db8::3; it returns the file's path.
+func (e *env) applyLocalList() string {
+	e.t.Helper()
+	file := filepath.Join(e.dir, "local.netset")
+	writeFile(e.t, file, "192.0.2.3\n2001:db8::3\n")
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist local file " + file + "\n")
+	return file
+}
+
+// localListedThree and localListedFour: real packets to port 80 when the
+// list holds .3 (its first contents) or .4 (the edited ones), IPv4 and
+// IPv6: the listed source dropped, the other one let through.
+var (
+	localListedThree = []string{
+		"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
+		"client/192.0.2.4 tcp 192.0.2.1:80 open", "client/2001:db8::4 tcp [2001:db8::1]:80 open",
+	}
+	localListedFour = []string{
+		"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
+		"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open",
+	}
+)
