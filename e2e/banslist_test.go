@@ -21,12 +21,7 @@ import (
 // once. Both backends.
 func TestBansListLimit(t *testing.T) {
 	eachBackend(t, func(t *testing.T, be string) {
-		e := newEnv(t, be, false)
-		e.apply("default deny incoming\nallow 22/tcp\n")
-		bk, err := backend.ForName(policy.Backend(be))
-		if err != nil {
-			t.Fatal(err)
-		}
+		e, bk := newBanEnv(t, be)
 		want := map[string]bool{}
 		var bans []ruleset.Ban
 		for i := 0; i < 1500; i++ {
@@ -39,9 +34,7 @@ func TestBansListLimit(t *testing.T) {
 				want[a.String()] = true
 			}
 		}
-		if err := e.topo.Server.Do(func() error { return bk.Ban(context.Background(), bans) }); err != nil {
-			t.Fatal(err)
-		}
+		e.banDirect(bk, bans)
 		total := len(want)
 
 		rows := func(out string) []string {
@@ -93,4 +86,27 @@ func TestBansListLimit(t *testing.T) {
 			t.Errorf("--limit 0 accepted:\n%s", out)
 		}
 	})
+}
+
+// newBanEnv is a server with a policy (deny incoming, allow 22/tcp)
+// applied with backend be, and that backend's driver, to ban straight in
+// the kernel (with banDirect) as the guard does.
+func newBanEnv(t *testing.T, be string) (*env, backend.Backend) {
+	t.Helper()
+	e := newEnv(t, be, false)
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	bk, err := backend.ForName(policy.Backend(be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, bk
+}
+
+// banDirect adds bans with the backend's driver in the server's
+// namespace, not through moat.
+func (e *env) banDirect(bk backend.Backend, bans []ruleset.Ban) {
+	e.t.Helper()
+	if err := e.topo.Server.Do(func() error { return bk.Ban(context.Background(), bans) }); err != nil {
+		e.t.Fatal(err)
+	}
 }

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moat-fw/moat/internal/backend"
-	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -22,20 +20,13 @@ import (
 // merges reads taken while bans changed. Both backends.
 func TestBansDuringBanStorm(t *testing.T) {
 	eachBackend(t, func(t *testing.T, be string) {
-		e := newEnv(t, be, false)
-		e.apply("default deny incoming\nallow 22/tcp\n")
-		bk, err := backend.ForName(policy.Backend(be))
-		if err != nil {
-			t.Fatal(err)
-		}
+		e, bk := newBanEnv(t, be)
 		const n = 20000
 		bans := make([]ruleset.Ban, n)
 		for i := range bans {
 			bans[i] = ruleset.Ban{Addr: banAddr(i), Timeout: time.Hour, Reason: "test: before the storm"}
 		}
-		if err := e.topo.Server.Do(func() error { return bk.Ban(context.Background(), bans) }); err != nil {
-			t.Fatal(err)
-		}
+		e.banDirect(bk, bans)
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
 		var storm atomic.Int64
