@@ -83,24 +83,14 @@ func TestGuardSparesDropbearSession(t *testing.T) {
 		e.apply("default deny incoming\nallow 2222/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
 		admin := e.dropbearLogin(key) // from lab.ClientV4
 		e.startGuard("--log-file", logFile)
-		var lines []string
-		for i := 0; i < 3; i++ {
-			lines = append(lines,
-				fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientV4, 6000+i), // the admin
-				fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientAlt[1], 7000+i))
-		}
-		appendLines(t, logFile, lines...)
-		waitFor(t, 5*time.Second, "the other address not banned", func() bool { _, ok := e.bans()[lab.ClientAlt[1].String()]; return ok })
-		time.Sleep(300 * time.Millisecond) // every line read
+		failFromAdminAndOther(t, e, logFile)
 		if _, ok := e.bans()[lab.ClientV4.String()]; ok {
 			t.Errorf("the dropbear admin's address was banned: %v", e.bans())
 		}
 		if err := admin.alive(2 * time.Second); err != nil {
 			t.Fatalf("the admin's dropbear session: %v", err)
 		}
-		if log := e.guardLog(); !strings.Contains(log, "it has a logged-in SSH session here") || !strings.Contains(log, "address="+lab.ClientV4.String()) {
-			t.Errorf("no refusal logged for the admin:\n%s", log)
-		}
+		e.expectAdminBanRefused()
 	})
 }
 
@@ -182,23 +172,39 @@ func TestGuardSparesDropbearForwardOnly(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		e.startGuard("--log-file", logFile)
-		var lines []string
-		for i := 0; i < 3; i++ {
-			lines = append(lines,
-				fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientV4, 6000+i), // the admin
-				fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientAlt[1], 7000+i))
-		}
-		appendLines(t, logFile, lines...)
-		waitFor(t, 5*time.Second, "the other address not banned", func() bool { _, ok := e.bans()[lab.ClientAlt[1].String()]; return ok })
-		time.Sleep(300 * time.Millisecond) // every line read
+		failFromAdminAndOther(t, e, logFile)
 		if _, ok := e.bans()[lab.ClientV4.String()]; ok {
 			t.Errorf("the address of the forward-only dropbear session was banned: %v", e.bans())
 		}
 		if err := echo(); err != nil {
 			t.Errorf("the tunnel no longer carries: %v", err)
 		}
-		if log := e.guardLog(); !strings.Contains(log, "it has a logged-in SSH session here") || !strings.Contains(log, "address="+lab.ClientV4.String()) {
-			t.Errorf("no refusal logged for the admin:\n%s", log)
-		}
+		e.expectAdminBanRefused()
 	})
+}
+
+// failFromAdminAndOther writes three failed passwords from the admin's
+// address (lab.ClientV4) and three from another (lab.ClientAlt[1]) in
+// the log the guard follows, waits until the other address is banned,
+// then a little more for every line to be read.
+func failFromAdminAndOther(t *testing.T, e *env, logFile string) {
+	t.Helper()
+	var lines []string
+	for i := 0; i < 3; i++ {
+		lines = append(lines,
+			fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientV4, 6000+i), // the admin
+			fmt.Sprintf("Failed password for root from %s port %d ssh2", lab.ClientAlt[1], 7000+i))
+	}
+	appendLines(t, logFile, lines...)
+	waitFor(t, 5*time.Second, "the other address not banned", func() bool { _, ok := e.bans()[lab.ClientAlt[1].String()]; return ok })
+	time.Sleep(300 * time.Millisecond) // every line read
+}
+
+// expectAdminBanRefused: the guard logged that it refused to ban the
+// admin's address (lab.ClientV4) for its logged-in SSH session.
+func (e *env) expectAdminBanRefused() {
+	e.t.Helper()
+	if log := e.guardLog(); !strings.Contains(log, "it has a logged-in SSH session here") || !strings.Contains(log, "address="+lab.ClientV4.String()) {
+		e.t.Errorf("no refusal logged for the admin:\n%s", log)
+	}
 }
