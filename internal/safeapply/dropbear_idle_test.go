@@ -1,7 +1,6 @@
 package safeapply
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -13,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/moat-fw/moat/internal/labtest"
 )
 
 // A dropbear session with no shell and no command (dbclient -N, a
@@ -30,8 +27,7 @@ import (
 // IPv6.
 func TestFindSSHLoggedInDropbearNoShell(t *testing.T) {
 	b := newProc(t)
-	lis := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
-	lis6 := b.sock("0A", "[::]:2222", "[::]:0")
+	lis := b.dropbearDaemon()
 	remoteFwd := b.sock("01", "192.0.2.1:2222", "198.51.100.7:50000")
 	remoteLis := b.sock("0A", "127.0.0.1:2400", "0.0.0.0:0")
 	localFwd := b.sock("01", "[2001:db8::1]:2222", "[2001:db8:5::7]:50001")
@@ -41,14 +37,12 @@ func TestFindSSHLoggedInDropbearNoShell(t *testing.T) {
 	guessing2 := b.sock("01", "192.0.2.1:2222", "203.0.113.10:50004")
 	mallory := b.sock("01", "192.0.2.1:2222", "203.0.113.66:50005")
 	malloryLis := b.sock("0A", "0.0.0.0:2401", "0.0.0.0:0")
-	const title = "/usr/sbin/dropbear -F -p 2222"
-	b.procTitled(90, 1, "dropbear", title, 0, lis, lis6)
-	b.procTitled(100, 90, "dropbear", title, 0, remoteFwd, remoteLis)
-	b.procTitled(110, 90, "dropbear", title, 0, localFwd, localChan)
-	b.procTitled(120, 90, "dropbear", title, 0, idleOld)
-	b.procTitled(130, 90, "dropbear", title, 0, guessing)
-	b.procTitled(140, 90, "dropbear", title, 0, guessing2, lis)
-	b.procTitled(150, 90, "dropbear", title, 1000, mallory, malloryLis)
+	b.dropbearSession(100, 0, remoteFwd, remoteLis)
+	b.dropbearSession(110, 0, localFwd, localChan)
+	b.dropbearSession(120, 0, idleOld)
+	b.dropbearSession(130, 0, guessing)
+	b.dropbearSession(140, 0, guessing2, lis)
+	b.dropbearSession(150, 1000, mallory, malloryLis)
 	// /proc/uptime: 1000 s; start times in clock ticks (10 ms).
 	b.started(map[int][2]int{90: {1, 100}, 100: {90, 99000}, 110: {90, 99000}, 120: {90, 50000}, 130: {90, 99000}, 140: {90, 99000}, 150: {90, 50000}})
 	st := find(t, b.write(""), nil)
@@ -71,16 +65,13 @@ func TestFindSSHLoggedInDropbearNoShell(t *testing.T) {
 // connection. IPv4 and IPv6.
 func TestFindSSHLoggedInDropbearNSSConnection(t *testing.T) {
 	b := newProc(t)
-	lis := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
-	lis6 := b.sock("0A", "[::]:2222", "[::]:0")
+	b.dropbearDaemon()
 	guess4 := b.sock("01", "192.0.2.1:2222", "203.0.113.9:50003")
 	nss4 := b.sock("01", "192.0.2.1:41000", "192.0.2.53:5432")
 	guess6 := b.sock("01", "[2001:db8::1]:2222", "[2001:db8:5::9]:50004")
 	nss6 := b.sock("01", "[2001:db8::1]:41001", "[2001:db8::53]:389")
-	const title = "/usr/sbin/dropbear -F -p 2222"
-	b.procTitled(90, 1, "dropbear", title, 0, lis, lis6)
-	b.procTitled(100, 90, "dropbear", title, 0, guess4, nss4)
-	b.procTitled(110, 90, "dropbear", title, 0, guess6, nss6)
+	b.dropbearSession(100, 0, guess4, nss4)
+	b.dropbearSession(110, 0, guess6, nss6)
 	b.started(map[int][2]int{90: {1, 100}, 100: {90, 99000}, 110: {90, 99000}})
 	if st := find(t, b.write(""), nil); len(st.LoggedIn) != 0 {
 		t.Errorf("connections still guessing, holding an NSS module's connection, taken for logged in: %s", st.LoggedIn)
@@ -95,14 +86,11 @@ func TestFindSSHLoggedInDropbearNSSConnection(t *testing.T) {
 // what counts. IPv4 and IPv6.
 func TestFindSSHLoggedInDropbearSuspend(t *testing.T) {
 	b := newProc(t)
-	lis := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
-	lis6 := b.sock("0A", "[::]:2222", "[::]:0")
+	b.dropbearDaemon()
 	guess4 := b.sock("01", "192.0.2.1:2222", "203.0.113.9:50003")
 	guess6 := b.sock("01", "[2001:db8::1]:2222", "[2001:db8:5::9]:50004")
-	const title = "/usr/sbin/dropbear -F -p 2222"
-	b.procTitled(90, 1, "dropbear", title, 0, lis, lis6)
-	b.procTitled(100, 90, "dropbear", title, 0, guess4)
-	b.procTitled(110, 90, "dropbear", title, 0, guess6)
+	b.dropbearSession(100, 0, guess4)
+	b.dropbearSession(110, 0, guess6)
 	// /proc/uptime: 1000 s; both connections started at 100 s (900 s of
 	// /proc's time), 700 s of which the machine slept.
 	b.started(map[int][2]int{90: {1, 100}, 100: {90, 10000}, 110: {90, 10000}})
@@ -138,36 +126,13 @@ func TestFindSSHLoggedInRealDropbearNoShell(t *testing.T) {
 		t.Skip("needs root for a network namespace")
 	}
 	t.Parallel()
-	ns := labtest.NS(t, "moatdbn")
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"addr", "add", "192.0.2.1/32", "dev", "lo"},
-		{"addr", "add", "198.51.100.7/32", "dev", "lo"},
-		{"addr", "add", "198.51.100.8/32", "dev", "lo"},
-		{"addr", "add", "203.0.113.10/32", "dev", "lo"},
-	} {
-		if out, err := ns.Run(context.Background(), "ip", args...); err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-	}
+	ns, dir, id, serverLog := startDropbear(t, "moatdbn", "192.0.2.1:2298", "198.51.100.7", "198.51.100.8", "203.0.113.10")
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	dir := t.TempDir()
-	server, id := labtest.Dropbear(t, dir, "192.0.2.1:2298")
-	var serverLog strings.Builder
-	server.Stdout, server.Stderr = &serverLog, &serverLog
-	must(ns.Start(server))
-	t.Cleanup(func() {
-		for deadline := time.Now().Add(2 * time.Second); hasChild(server.Process.Pid) && time.Now().Before(deadline); {
-			time.Sleep(20 * time.Millisecond)
-		}
-		_ = server.Process.Kill()
-		_ = server.Wait()
-	})
 	// The local forward's target: a listener that holds what it accepts.
 	var target net.Listener
 	must(ns.Do(func() error {
@@ -211,40 +176,18 @@ func TestFindSSHLoggedInRealDropbearNoShell(t *testing.T) {
 		}
 	}
 	// Wait for dropbear to listen.
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		err := ns.Do(func() error {
-			c, err := net.DialTimeout("tcp", "192.0.2.1:2298", time.Second)
-			if err == nil {
-				_ = c.Close()
-			}
-			return err
-		})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dropbear does not answer: %v\n%s", err, serverLog.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	c, err := dialUntil(ns, net.Dialer{Timeout: time.Second}, "192.0.2.1:2298", 5*time.Second)
+	if err != nil {
+		t.Fatalf("dropbear does not answer: %v\n%s", err, serverLog.String())
 	}
+	_ = c.Close()
 	dbclient("-b", "203.0.113.10", "root@192.0.2.1")
 	dbclient("-b", "198.51.100.7", "-R", "127.0.0.1:2400:127.0.0.1:9", "root@192.0.2.1")
 	dbclient("-b", "198.51.100.8", "-L", "127.0.0.1:2401:192.0.2.1:8080", "root@192.0.2.1")
 	// Use the local forward once it listens (after the login).
-	var fwd net.Conn
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		err := ns.Do(func() error {
-			var err error
-			fwd, err = net.DialTimeout("tcp", "127.0.0.1:2401", time.Second)
-			return err
-		})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the local forward does not listen: %v\nclient: %s\nserver: %s", err, clientLog.String(), serverLog.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	fwd, err := dialUntil(ns, net.Dialer{Timeout: time.Second}, "127.0.0.1:2401", 10*time.Second)
+	if err != nil {
+		t.Fatalf("the local forward does not listen: %v\nclient: %s\nserver: %s", err, clientLog.String(), serverLog.String())
 	}
 	t.Cleanup(func() { _ = fwd.Close() })
 	want := "[198.51.100.7]"
@@ -256,6 +199,24 @@ func TestFindSSHLoggedInRealDropbearNoShell(t *testing.T) {
 		t.Errorf("live sessions: %+v", st.Sessions)
 	}
 }
+
+// dropbearDaemon makes dropbear's daemon (PID 90, "/usr/sbin/dropbear -F
+// -p 2222") listening on port 2222, IPv4 and IPv6; it gives the IPv4
+// listener.
+func (b *procBuilder) dropbearDaemon() string {
+	lis := b.sock("0A", "0.0.0.0:2222", "0.0.0.0:0")
+	lis6 := b.sock("0A", "[::]:2222", "[::]:0")
+	b.procTitled(90, 1, "dropbear", dropbearTitle, 0, lis, lis6)
+	return lis
+}
+
+// dropbearSession makes a process forked by that daemon for a
+// connection, run as uid, holding the sockets inodes.
+func (b *procBuilder) dropbearSession(pid, uid int, inodes ...string) {
+	b.procTitled(pid, 90, "dropbear", dropbearTitle, uid, inodes...)
+}
+
+const dropbearTitle = "/usr/sbin/dropbear -F -p 2222"
 
 // started writes /proc/uptime (1000 s) and each dropbear process's stat:
 // its parent and its start time since boot in clock ticks (10 ms), by PID.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moat-fw/moat/internal/lab"
 	"github.com/moat-fw/moat/internal/labtest"
 )
 
@@ -25,54 +26,17 @@ func TestFindSSHLoggedInRealDropbear(t *testing.T) {
 		t.Skip("needs root for a network namespace")
 	}
 	t.Parallel()
-	ns := labtest.NS(t, "moatdb")
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"addr", "add", "192.0.2.1/32", "dev", "lo"},
-		{"addr", "add", "198.51.100.7/32", "dev", "lo"},
-		{"addr", "add", "203.0.113.9/32", "dev", "lo"},
-	} {
-		if out, err := ns.Run(context.Background(), "ip", args...); err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-	}
-	dir := t.TempDir()
-	server, id := labtest.Dropbear(t, dir, "192.0.2.1:2299")
+	ns, dir, id, serverLog := startDropbear(t, "moatdb", "192.0.2.1:2299", "198.51.100.7", "203.0.113.9")
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	var serverLog strings.Builder
-	server.Stdout, server.Stderr = &serverLog, &serverLog
-	must(ns.Start(server))
-	t.Cleanup(func() {
-		// The connections' processes end with their connections (closed
-		// by the cleanups before this one): the daemon is killed last.
-		for deadline := time.Now().Add(2 * time.Second); hasChild(server.Process.Pid) && time.Now().Before(deadline); {
-			time.Sleep(20 * time.Millisecond)
-		}
-		_ = server.Process.Kill()
-		_ = server.Wait()
-	})
 
 	// A connection still authenticating: it read the banner, nothing more.
-	var guessing net.Conn
-	var err error
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err = ns.Do(func() error {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("203.0.113.9")}, Timeout: time.Second}
-			c, err := d.Dial("tcp", "192.0.2.1:2299")
-			guessing = c
-			return err
-		})
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("203.0.113.9")}, Timeout: time.Second}
+	guessing, err := dialUntil(ns, d, "192.0.2.1:2299", 5*time.Second)
 	if err != nil {
 		t.Fatalf("dropbear does not answer: %v\n%s", err, serverLog.String())
 	}
@@ -108,6 +72,58 @@ func TestFindSSHLoggedInRealDropbear(t *testing.T) {
 	}
 	if len(st.Sessions) != 2 {
 		t.Errorf("live sessions: %+v", st.Sessions)
+	}
+}
+
+// startDropbear makes a network namespace (name its prefix) with lo up,
+// 192.0.2.1 and addrs on it, and runs dropbear in it listening on listen
+// (root's key id; dir is root's home), logging to serverLog. The daemon
+// is killed last: the connections' processes end with their connections
+// (closed by the cleanups registered after this one).
+func startDropbear(t *testing.T, name, listen string, addrs ...string) (ns *lab.NS, dir, id string, serverLog *strings.Builder) {
+	t.Helper()
+	ns = labtest.NS(t, name)
+	cmds := [][]string{{"link", "set", "lo", "up"}, {"addr", "add", "192.0.2.1/32", "dev", "lo"}}
+	for _, a := range addrs {
+		cmds = append(cmds, []string{"addr", "add", a + "/32", "dev", "lo"})
+	}
+	for _, args := range cmds {
+		if out, err := ns.Run(context.Background(), "ip", args...); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	dir = t.TempDir()
+	server, id := labtest.Dropbear(t, dir, listen)
+	serverLog = &strings.Builder{}
+	server.Stdout, server.Stderr = serverLog, serverLog
+	if err := ns.Start(server); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for deadline := time.Now().Add(2 * time.Second); hasChild(server.Process.Pid) && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		_ = server.Process.Kill()
+		_ = server.Wait()
+	})
+	return ns, dir, id, serverLog
+}
+
+// dialUntil dials addr from ns with d until it answers or wait has
+// passed, and gives the connection or the last error.
+func dialUntil(ns *lab.NS, d net.Dialer, addr string, wait time.Duration) (net.Conn, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		var c net.Conn
+		err := ns.Do(func() error {
+			var err error
+			c, err = d.Dial("tcp", addr)
+			return err
+		})
+		if err == nil || time.Now().After(deadline) {
+			return c, err
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
