@@ -27,28 +27,11 @@ func TestAdvBlocklistSourceChangedDuringFetch(t *testing.T) {
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n")
 		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist drop url %s refresh 1h\n", ls.url("/drop.txt")))
 
-		arrived, release := make(chan struct{}), make(chan struct{})
-		ls.mu.Lock()
-		ls.gate = func() { arrived <- struct{}{}; <-release }
-		ls.mu.Unlock()
-		type res struct {
-			out string
-			err error
-		}
-		done := make(chan res, 1)
-		go func() {
-			out, err := e.moatTLS(ls, "blocklist", "update")
-			done <- res{out, err}
-		}()
-		<-arrived
+		finish := updateHeldInFetch(e, ls)
 		e.apply("default deny incoming\nallow 80/tcp\nblocklist drop file " + file + "\n")
-		ls.mu.Lock()
-		ls.gate = nil
-		ls.mu.Unlock()
-		close(release)
-		r := <-done
-		if exitCode(r.err) != 1 || !strings.Contains(r.out, "run 'moat blocklist update' again") {
-			t.Errorf("the update of the old source: exit %d, want 1 saying to run it again:\n%s", exitCode(r.err), r.out)
+		out, err := finish()
+		if exitCode(err) != 1 || !strings.Contains(out, "run 'moat blocklist update' again") {
+			t.Errorf("the update of the old source: exit %d, want 1 saying to run it again:\n%s", exitCode(err), out)
 		}
 		drops := []string{
 			"client/192.0.2.3 tcp 192.0.2.1:80 open",
@@ -142,29 +125,12 @@ func TestAdvBlocklistFileEditedDuringFetch(t *testing.T) {
 		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist local file %s\nblocklist drop url %s refresh 1h\n", file, ls.url("/drop.txt")))
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n") // read by the update
 
-		arrived, release := make(chan struct{}), make(chan struct{})
-		ls.mu.Lock()
-		ls.gate = func() { arrived <- struct{}{}; <-release }
-		ls.mu.Unlock()
-		type res struct {
-			out string
-			err error
-		}
-		done := make(chan res, 1)
-		go func() {
-			out, err := e.moatTLS(ls, "blocklist", "update")
-			done <- res{out, err}
-		}()
-		<-arrived
+		finish := updateHeldInFetch(e, ls)
 		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
 		e.mustMoat("reload")
-		ls.mu.Lock()
-		ls.gate = nil
-		ls.mu.Unlock()
-		close(release)
-		r := <-done
-		if exitCode(r.err) != 1 || !strings.Contains(r.out, "run 'moat blocklist update' again") {
-			t.Errorf("the update with the older read: exit %d, want 1 saying to run it again:\n%s", exitCode(r.err), r.out)
+		out, err := finish()
+		if exitCode(err) != 1 || !strings.Contains(out, "run 'moat blocklist update' again") {
+			t.Errorf("the update with the older read: exit %d, want 1 saying to run it again:\n%s", exitCode(err), out)
 		}
 		drops := []string{
 			"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout",
@@ -411,3 +377,31 @@ var (
 		"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open",
 	}
 )
+
+// updateHeldInFetch starts 'moat blocklist update' and returns once its
+// fetch from ls is held; finish lets the fetch (and those after it) go
+// on and returns the update's output and error.
+func updateHeldInFetch(e *env, ls *listServer) (finish func() (string, error)) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	ls.mu.Lock()
+	ls.gate = func() { arrived <- struct{}{}; <-release }
+	ls.mu.Unlock()
+	type res struct {
+		out string
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		out, err := e.moatTLS(ls, "blocklist", "update")
+		done <- res{out, err}
+	}()
+	<-arrived
+	return func() (string, error) {
+		ls.mu.Lock()
+		ls.gate = nil
+		ls.mu.Unlock()
+		close(release)
+		r := <-done
+		return r.out, r.err
+	}
+}
