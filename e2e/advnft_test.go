@@ -60,20 +60,30 @@ func (e *env) moatWith(bin string, args ...string) string {
 // in $set.
 const policySet4 = "set=$($nft list sets inet | sed -n 's/.*set \\(input_deny_src4_[0-9]*\\) .*/\\1/p')"
 
-// An element added by hand to a set the first enable staged, between the
-// stage's netlink transaction and nft's (nft only declares the staged sets,
-// so the element stays): the fingerprint must not vouch for it; status
-// names the drift and the next change takes the element out.
-func TestAdvHandElementBetweenStageAndRules(t *testing.T) {
+// enableWithStagedSetEdit runs the first enable (nftables; deny from
+// 192.0.2.3, 192.0.2.9 and 2001:db8::3) with script run between the
+// stage's netlink transaction and nft's (the nft wrapper, $set naming
+// it with policySet4), and fails the test if the enable ran no nft -f.
+func enableWithStagedSetEdit(t *testing.T, script string) *env {
+	t.Helper()
 	t.Parallel()
 	requireBackend(t, "nftables")
 	e := newEnv(t, "nftables", false)
-	bin, once := nftWrapper(t, policySet4+"\n$nft add element inet moat \"$set\" '{ 192.0.2.2 }'", "")
+	bin, once := nftWrapper(t, script, "")
 	writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
 	e.moatWith(bin, "enable")
 	if _, err := os.Stat(once); err != nil {
 		t.Fatal("the enable ran no nft -f")
 	}
+	return e
+}
+
+// An element added by hand to a set the first enable staged, between the
+// stage's netlink transaction and nft's (nft only declares the staged sets,
+// so the element stays): the fingerprint must not vouch for it; status
+// names the drift and the next change takes the element out.
+func TestAdvHandElementBetweenStageAndRules(t *testing.T) {
+	e := enableWithStagedSetEdit(t, policySet4+"\n$nft add element inet moat \"$set\" '{ 192.0.2.2 }'")
 	if out := e.run("server", "nft", "list", "table", "inet", "moat"); !strings.Contains(out, "192.0.2.2") {
 		t.Fatalf("the hand element was not made between the stage and the rules (no stage?):\n%s", out)
 	}
@@ -90,15 +100,7 @@ func TestAdvHandElementBetweenStageAndRules(t *testing.T) {
 // deny it made is gone from the kernel; moat must not record the table as
 // its own (status names the drift, the next change puts the element back).
 func TestAdvHandDeleteBetweenStageAndRules(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
-	bin, once := nftWrapper(t, policySet4+"\n$nft delete element inet moat \"$set\" '{ 192.0.2.3 }'", "")
-	writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
-	e.moatWith(bin, "enable")
-	if _, err := os.Stat(once); err != nil {
-		t.Fatal("the enable ran no nft -f")
-	}
+	e := enableWithStagedSetEdit(t, policySet4+"\n$nft delete element inet moat \"$set\" '{ 192.0.2.3 }'")
 	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 open")
 	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
 		t.Errorf("status does not see the element deleted between the stage and the rules:\n%s", out)
