@@ -92,14 +92,7 @@ func TestRollbackKeepsBansInForce(t *testing.T) {
 // in force when it began, and lost the bans made since the cut.
 func TestRollbackCutKeepsBansMadeAfterTheCut(t *testing.T) {
 	r, ban := newBanRig(t, false)
-	ctx := context.Background()
-	addr := netip.MustParseAddr
-	ban("203.0.113.50", time.Hour, "before")
-	ban("203.0.113.51", time.Hour, "lifted meanwhile")
-	_, err := r.add(r.ch(time.Hour), "allow 443/tcp")
-	r.must(err)
-	ban("192.0.2.3", 2*time.Hour, "meanwhile")
-	r.must(r.nft.Unban(ctx, []netip.Addr{addr("203.0.113.51")}))
+	banAroundChange(r, ban)
 
 	r.crashAt = "rollback-restored"
 	if err := r.rollback(); !IsCrash(err) {
@@ -136,14 +129,7 @@ func TestRollbackKeepsBanSets(t *testing.T) {
 	for _, crash := range []string{"", "rollback-marked", "rollback-restored", "rollback-kernel", "rollback-records", "keep-fails"} {
 		t.Run("crash-"+crash, func(t *testing.T) {
 			r, ban := newBanRig(t, true)
-			ctx := context.Background()
-			addr := netip.MustParseAddr
-			ban("203.0.113.50", time.Hour, "before")
-			ban("203.0.113.51", time.Hour, "lifted meanwhile")
-			_, err := r.add(r.ch(time.Hour), "allow 443/tcp")
-			r.must(err)
-			ban("192.0.2.3", 2*time.Hour, "meanwhile")
-			r.must(r.nft.Unban(ctx, []netip.Addr{addr("203.0.113.51")}))
+			banAroundChange(r, ban)
 
 			rollback := r.rollback
 			r.nft.Calls = nil
@@ -317,6 +303,18 @@ func newBanRig(t *testing.T, keep bool) (*rig, func(a string, d time.Duration, w
 	return r, func(a string, d time.Duration, why string) {
 		r.must(r.nft.Ban(context.Background(), []ruleset.Ban{{Addr: netip.MustParseAddr(a), Timeout: d, Reason: why}}))
 	}
+}
+
+// banAroundChange bans 203.0.113.50 and 203.0.113.51 (an hour each),
+// applies a change waiting an hour for its confirmation, then, while it
+// waits, bans 192.0.2.3 (two hours) and lifts the ban of 203.0.113.51.
+func banAroundChange(r *rig, ban func(a string, d time.Duration, why string)) {
+	ban("203.0.113.50", time.Hour, "before")
+	ban("203.0.113.51", time.Hour, "lifted meanwhile")
+	_, err := r.add(r.ch(time.Hour), "allow 443/tcp")
+	r.must(err)
+	ban("192.0.2.3", 2*time.Hour, "meanwhile")
+	r.must(r.nft.Unban(context.Background(), []netip.Addr{netip.MustParseAddr("203.0.113.51")}))
 }
 
 // rollback asks for a rollback of the change waiting, as 'moat rollback'.
