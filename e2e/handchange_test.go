@@ -149,19 +149,10 @@ func TestHandChangeAfterWholeCommit(t *testing.T) {
 	t.Parallel()
 	requireBackend(t, "nftables")
 	e := newEnv(t, "nftables", false)
-	real, err := exec.LookPath("nft")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ] && mkdir "+filepath.Join(bin, "once")+" 2>/dev/null; then\n"+
-		real+" \"$@\"; rc=$?\n"+real+" insert rule inet moat output ip daddr 192.0.2.2 tcp sport 80 drop\nexit $rc\nfi\nexec "+real+" \"$@\"\n")
-	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin, once := nftWrapper(t, "", "$nft insert rule inet moat output ip daddr 192.0.2.2 tcp sport 80 drop")
 	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
-	e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
-	if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
+	e.moatWith(bin, "enable")
+	if _, err := os.Stat(once); err != nil {
 		t.Fatal("the enable ran no nft -f: the hand change was not made during it")
 	}
 	e.expect(false, "client tcp 192.0.2.1:80 timeout")
@@ -187,27 +178,15 @@ func TestHandElementAfterWholeCommit(t *testing.T) {
 			t.Parallel()
 			requireBackend(t, "nftables")
 			e := newEnv(t, "nftables", false)
-			real, err := exec.LookPath("nft")
-			if err != nil {
-				t.Fatal(err)
-			}
-			bin := t.TempDir()
-			hand := "set=$(" + real + " list sets inet | sed -n 's/.*set \\(input_deny_src4_[0-9]*\\) .*/\\1/p')\n" +
-				real + " add element inet moat \"$set\" '{ 192.0.2.2 }' || exit 9\n"
-			script := "#!/bin/sh\nif [ \"$1\" = -f ] && mkdir " + filepath.Join(bin, "once") + " 2>/dev/null; then\n"
+			hand := policySet4 + "\n$nft add element inet moat \"$set\" '{ 192.0.2.2 }' || exit 9"
+			pre, post := hand, "" // between: before nft's transaction
 			if when == "after" {
-				script += real + " \"$@\"; rc=$?\n" + hand + "exit $rc\n"
-			} else {
-				script += hand + "exec " + real + " \"$@\"\n"
+				pre, post = "", hand
 			}
-			script += "fi\nexec " + real + " \"$@\"\n"
-			writeFile(t, filepath.Join(bin, "nft"), script)
-			if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
-				t.Fatal(err)
-			}
+			bin, once := nftWrapper(t, pre, post)
 			writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
-			e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
-			if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
+			e.moatWith(bin, "enable")
+			if _, err := os.Stat(once); err != nil {
 				t.Fatal("the enable ran no nft -f: the hand change was not made during it")
 			}
 			e.expect(false, "client/192.0.2.2 tcp 192.0.2.1:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 timeout")
