@@ -300,15 +300,8 @@ func TestLockoutSocketActivated(t *testing.T) {
 // the live session's own port is not among them.
 func TestLockoutSourcePorts(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
-		e := newSSHEnv(t, b)
-		srv := e.startSSHD(22)
-		e.apply("default deny incoming\nallow 22/tcp\n")
-		// The client's session comes from 50000-60999, outside the rule;
-		// the server's namespace has Linux's default range 32768-60999.
-		if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "50000 60999"); err != nil {
-			t.Fatal(err)
-		}
-		sess, sess6 := srv.loginBoth()
+		// The client's session comes from 50000-60999, outside the rule.
+		e, srv, sess, sess6 := sessionsFromHighPorts(t, b)
 		e.refused([]string{"session 192.0.2.2:", "session [2001:db8::2]:", "a reconnect from source port 32768 would be rejected by line 2"},
 			"prepend", "reject", "proto", "tcp", "from", "any", "port", "32768:45000", "to", "any", "port", "22")
 		// IANA's range (Windows, macOS clients) counts too.
@@ -318,15 +311,40 @@ func TestLockoutSourcePorts(t *testing.T) {
 
 		// The danger was real: forced through, a client whose source
 		// port falls in the range cannot log in; the live sessions stay.
-		e.mustMoat("--force", "prepend", "reject", "proto", "tcp", "from", "any", "port", "32768:45000", "to", "any", "port", "22")
-		if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "32768 45000"); err != nil {
-			t.Fatal(err)
-		}
-		if srv.canLogin(lab.ServerV4) || srv.canLogin(lab.ServerV6) {
-			t.Errorf("a login from source port 32768-45000 got through the reject rule")
-		}
-		assertAlive(t, "live session", sess, sess6)
+		expectForcedRejectCuts(t, e, srv, "32768:45000", "32768", "45000", sess, sess6)
 	})
+}
+
+// sessionsFromHighPorts: a server (backend b) with sshd on port 22 that
+// the policy allows, and a live session over IPv4 and one over IPv6 from
+// a client whose source ports are 50000-60999 (the server's namespace has
+// Linux's default range, 32768-60999).
+func sessionsFromHighPorts(t *testing.T, b string) (e *env, srv *sshd, v4, v6 *session) {
+	t.Helper()
+	e = newSSHEnv(t, b)
+	srv = e.startSSHD(22)
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", "50000 60999"); err != nil {
+		t.Fatal(err)
+	}
+	v4, v6 = srv.loginBoth()
+	return e, srv, v4, v6
+}
+
+// expectForcedRejectCuts forces through a rule rejecting SSH from the
+// source ports ports ("from:to"), then checks that a client whose source
+// ports are lo-hi (within them) cannot log in, over IPv4 nor IPv6, and
+// that the live sessions stay.
+func expectForcedRejectCuts(t *testing.T, e *env, srv *sshd, ports, lo, hi string, live ...*session) {
+	t.Helper()
+	e.mustMoat("--force", "prepend", "reject", "proto", "tcp", "from", "any", "port", ports, "to", "any", "port", "22")
+	if err := e.topo.Client.Sysctl("net/ipv4/ip_local_port_range", lo+" "+hi); err != nil {
+		t.Fatal(err)
+	}
+	if srv.canLogin(lab.ServerV4) || srv.canLogin(lab.ServerV6) {
+		t.Errorf("a login from source port %s-%s got through the reject rule", lo, hi)
+	}
+	assertAlive(t, "live session", live...)
 }
 
 // linkLocal returns the IPv6 link-local address of dev in ns.
