@@ -94,19 +94,7 @@ func TestAdvRollbackCutKeepsBansMadeAfterTheCut(t *testing.T) {
 		e.mustMoat("ban", "198.51.100.9", "2001:db8::3", "--for", "1h", "--reason", "after the cut")
 		e.mustMoat("rollback")
 
-		bans := e.bans()
-		for _, a := range []string{"203.0.113.50", "2001:db8::50", "192.0.2.3", "198.51.100.9", "2001:db8::3"} {
-			if _, ok := bans[a]; !ok {
-				t.Errorf("%s is not banned after the finished rollback: %+v", a, bans)
-			}
-		}
-		if _, ok := bans["203.0.113.51"]; ok {
-			t.Errorf("the ban lifted while the change waited is back")
-		}
-		e.expect(false,
-			"client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:80 timeout",
-			"client/192.0.2.2 tcp 192.0.2.1:80 open", "client/2001:db8::2 tcp [2001:db8::1]:80 open",
-			"client/192.0.2.2 tcp 192.0.2.1:443 timeout")
+		expectFinishedRollback(e, "", "203.0.113.50", "2001:db8::50", "192.0.2.3", "198.51.100.9", "2001:db8::3")
 	})
 }
 

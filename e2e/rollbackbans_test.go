@@ -187,10 +187,21 @@ func TestRollbackCutKeepsAddressBannedAgain(t *testing.T) {
 	}
 	e.mustMoat("rollback")
 
+	expectFinishedRollback(e, ", banned again after the cut,", "192.0.2.3", "2001:db8::3")
+}
+
+// expectFinishedRollback: after a cut rollback finished by the next one,
+// each of banned is banned (how names them in the message), the ban of
+// 203.0.113.51 lifted while the change waited is not back, and real
+// packets agree: 192.0.2.3 and 2001:db8::3 dropped, 192.0.2.2 and
+// 2001:db8::2 let in on port 80, port 443 (the change's) closed again.
+func expectFinishedRollback(e *env, how string, banned ...string) {
+	t := e.t
+	t.Helper()
 	bans := e.bans()
-	for _, a := range []string{"192.0.2.3", "2001:db8::3"} {
+	for _, a := range banned {
 		if _, ok := bans[a]; !ok {
-			t.Errorf("%s, banned again after the cut, is not banned after the finished rollback: %+v", a, bans)
+			t.Errorf("%s%s is not banned after the finished rollback: %+v", a, how, bans)
 		}
 	}
 	if _, ok := bans["203.0.113.51"]; ok {
