@@ -21,22 +21,14 @@ import (
 func TestPortscanLoginSurvivesBackendSwitch(t *testing.T) {
 	eachBackendSwitch(t, func(t *testing.T, from, to string) {
 		e, srv, logFile := trapGuardEnv(t, from)
-		s4 := srv.login(lab.ServerV4)
-		s6 := srv.login(lab.ServerV6)
-		e.waitExempted(logFile, lab.ClientV4, lab.ClientV6)
-		// Logged out: the switch's protected sets do not hold them.
-		s4.kill()
-		s6.kill()
-		time.Sleep(300 * time.Millisecond)
+		// Logged in, exempted, logged out: the switch's protected sets do
+		// not hold them.
+		loginExemptedThenOut(e, srv, logFile)
 		e.backend = to
 		if out := e.mustMoat("enable"); !strings.Contains(out, "Backend changed") {
 			t.Fatalf("no change of backend:\n%s", out)
 		}
-		e.nmapScan(lab.ClientV4, lab.ServerV4)
-		e.nmapScan(lab.ClientV6, lab.ServerV6)
-		if bans := e.bans(); len(bans) != 0 {
-			t.Errorf("the admin who logged in before the change of backend was banned by the trap after it: %+v", bans)
-		}
+		expectScanNotBanned(t, e, "the admin who logged in before the change of backend was banned by the trap after it")
 		noDrift(t, e, "the exemptions were carried")
 	})
 }
@@ -47,31 +39,42 @@ func TestPortscanLoginSurvivesBackendSwitch(t *testing.T) {
 // exemption was lost. A change of backend both ways, and a change that
 // keeps the backend.
 func TestPortscanLoginSurvivesRollback(t *testing.T) {
-	requireBackend(t, "nftables")
-	requireBackend(t, "iptables")
-	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}, {"nftables", "nftables"}, {"iptables", "iptables"}} {
-		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
-			t.Parallel()
-			e, srv, logFile := trapGuardEnv(t, dir[0])
-			e.backend = dir[1]
-			if err := os.WriteFile(e.conf, []byte(trapPolicy+"allow 443/tcp\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			e.mustMoat("enable", "--confirm", "10m", "--no-wait")
-			s4 := srv.login(lab.ServerV4)
-			s6 := srv.login(lab.ServerV6)
-			e.waitExempted(logFile, lab.ClientV4, lab.ClientV6)
-			s4.kill()
-			s6.kill()
-			time.Sleep(300 * time.Millisecond)
-			e.mustMoat("rollback")
-			e.nmapScan(lab.ClientV4, lab.ServerV4)
-			e.nmapScan(lab.ClientV6, lab.ServerV6)
-			if bans := e.bans(); len(bans) != 0 {
-				t.Errorf("the admin who logged in while the change waited was banned by the trap after the rollback: %+v", bans)
-			}
-			noDrift(t, e, "the exemptions were carried")
-		})
+	pairs := [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}, {"nftables", "nftables"}, {"iptables", "iptables"}}
+	eachBackendPair(t, pairs, func(t *testing.T, from, to string) {
+		e, srv, logFile := trapGuardEnv(t, from)
+		e.backend = to
+		if err := os.WriteFile(e.conf, []byte(trapPolicy+"allow 443/tcp\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.mustMoat("enable", "--confirm", "10m", "--no-wait")
+		loginExemptedThenOut(e, srv, logFile)
+		e.mustMoat("rollback")
+		expectScanNotBanned(t, e, "the admin who logged in while the change waited was banned by the trap after the rollback")
+		noDrift(t, e, "the exemptions were carried")
+	})
+}
+
+// loginExemptedThenOut: the admin logs in over SSH from lab.ClientV4 and
+// lab.ClientV6, waits until the guard has exempted both addresses from
+// the port scan trap, and logs out.
+func loginExemptedThenOut(e *env, srv *sshd, logFile string) {
+	e.t.Helper()
+	s4 := srv.login(lab.ServerV4)
+	s6 := srv.login(lab.ServerV6)
+	e.waitExempted(logFile, lab.ClientV4, lab.ClientV6)
+	s4.kill()
+	s6.kill()
+	time.Sleep(300 * time.Millisecond)
+}
+
+// expectScanNotBanned: the admin probes closed ports from lab.ClientV4
+// and lab.ClientV6, and the trap bans no one (what: who was banned).
+func expectScanNotBanned(t *testing.T, e *env, what string) {
+	t.Helper()
+	e.nmapScan(lab.ClientV4, lab.ServerV4)
+	e.nmapScan(lab.ClientV6, lab.ServerV6)
+	if bans := e.bans(); len(bans) != 0 {
+		t.Errorf("%s: %+v", what, bans)
 	}
 }
 

@@ -319,9 +319,15 @@ func repeatUntil(wg *sync.WaitGroup, stop <-chan struct{}, fn func() bool) {
 // "from-to-to"; it needs both backends.
 func eachBackendSwitch(t *testing.T, fn func(t *testing.T, from, to string)) {
 	t.Helper()
+	eachBackendPair(t, [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}}, fn)
+}
+
+// eachBackendPair is eachBackendSwitch over the pairs (from, to) given.
+func eachBackendPair(t *testing.T, pairs [][2]string, fn func(t *testing.T, from, to string)) {
+	t.Helper()
 	requireBackend(t, "nftables")
 	requireBackend(t, "iptables")
-	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+	for _, dir := range pairs {
 		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
 			t.Parallel()
 			fn(t, dir[0], dir[1])
