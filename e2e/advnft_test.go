@@ -56,6 +56,26 @@ func (e *env) moatWith(bin string, args ...string) string {
 	return e.run("server", full...)
 }
 
+// moatWithErr is moatWith returning moat's output and error.
+func (e *env) moatWithErr(bin string, args ...string) ([]byte, error) {
+	full := append([]string{"PATH=" + bin + ":" + os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir()}, args...)
+	return e.topo.Server.Run(context.Background(), "env", full...)
+}
+
+// nftKiller is a directory with an nft that kills its caller when asked
+// to load a file (nft -f): moat run with it first in PATH is killed
+// between the stage's netlink transaction and nft's.
+func nftKiller(t *testing.T) string {
+	t.Helper()
+	real := realNft(t)
+	bin := t.TempDir()
+	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ]; then kill -9 $PPID; exit 1; fi\nexec "+real+" \"$@\"\n")
+	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
 // policySet4 is the shell that puts the name of moat's IPv4 source deny set
 // in $set.
 const policySet4 = "set=$($nft list sets inet | sed -n 's/.*set \\(input_deny_src4_[0-9]*\\) .*/\\1/p')"
@@ -291,13 +311,10 @@ func TestAdvKillBetweenStageAndRulesTwice(t *testing.T) {
 	t.Parallel()
 	requireBackend(t, "nftables")
 	e := newEnv(t, "nftables", false)
-	bin, _ := nftWrapper(t, "", "")
-	real := realNft(t)
-	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ]; then kill -9 $PPID; exit 1; fi\nexec "+real+" \"$@\"\n")
+	bin := nftKiller(t)
 	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:ffff::/48\nallow 80/tcp\n")
-	ctx := context.Background()
 	for k := range 2 {
-		out, err := e.topo.Server.Run(ctx, "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
+		out, err := e.moatWithErr(bin, "enable")
 		if err == nil {
 			t.Fatalf("kill %d: moat was not killed:\n%s", k, out)
 		}
@@ -331,12 +348,9 @@ func TestAdvLeftoverStageWithoutJournal(t *testing.T) {
 	t.Parallel()
 	requireBackend(t, "nftables")
 	e := newEnv(t, "nftables", false)
-	bin, _ := nftWrapper(t, "", "")
-	real := realNft(t)
-	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ]; then kill -9 $PPID; exit 1; fi\nexec "+real+" \"$@\"\n")
+	bin := nftKiller(t)
 	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:ffff::/48\nallow 80/tcp\n")
-	ctx := context.Background()
-	if out, err := e.topo.Server.Run(ctx, "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable"); err == nil {
+	if out, err := e.moatWithErr(bin, "enable"); err == nil {
 		t.Fatalf("moat was not killed:\n%s", out)
 	}
 	if err := os.RemoveAll(e.stateDir()); err != nil {

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -329,18 +328,10 @@ func TestKillBetweenStageAndRules(t *testing.T) {
 	t.Parallel()
 	requireBackend(t, "nftables")
 	e := newEnv(t, "nftables", false)
-	real, err := exec.LookPath("nft")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	writeFile(t, filepath.Join(bin, "nft"), "#!/bin/sh\nif [ \"$1\" = -f ]; then kill -9 $PPID; exit 1; fi\nexec "+real+" \"$@\"\n")
-	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := nftKiller(t)
 	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:ffff::/48\n")
 	ctx := context.Background()
-	out, err := e.topo.Server.Run(ctx, "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "enable")
+	out, err := e.moatWithErr(bin, "enable")
 	if err == nil {
 		t.Fatalf("moat was not killed:\n%s", out)
 	}
