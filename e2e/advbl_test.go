@@ -23,8 +23,7 @@ func TestAdvBlocklistSourceChangedDuringFetch(t *testing.T) {
 		e := newEnv(t, b, false)
 		ls := e.startListServer()
 		ls.set("/drop.txt", "192.0.2.3\n2001:db8::3\n", 0)
-		file := filepath.Join(e.dir, "b.netset")
-		writeFile(t, file, "192.0.2.4\n2001:db8::4\n")
+		file := e.newFile("b.netset", "192.0.2.4\n2001:db8::4\n")
 		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist drop url %s refresh 1h\n", ls.url("/drop.txt")))
 
 		finish := updateHeldInFetch(e, ls)
@@ -108,8 +107,7 @@ func TestAdvBlocklistFileEditedDuringFetch(t *testing.T) {
 		e := newEnv(t, b, false)
 		ls := e.startListServer()
 		ls.set("/drop.txt", "198.51.100.7\n2001:db8:7::/48\n", 0)
-		file := filepath.Join(e.dir, "local.netset")
-		writeFile(t, file, "198.51.100.0/28\n")
+		file := e.newFile("local.netset", "198.51.100.0/28\n")
 		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist local file %s\nblocklist drop url %s refresh 1h\n", file, ls.url("/drop.txt")))
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n") // read by the update
 
@@ -216,9 +214,7 @@ func TestAdvEditedFileListIsNoDrift(t *testing.T) {
 		e := newEnv(t, b, false)
 		file := e.applyLocalList()
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n") // not loaded
-		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
-			t.Fatal(err)
-		}
+		e.removeFingerprint()
 		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
 			t.Errorf("status sees drift:\n%s", st)
 		}
@@ -228,9 +224,7 @@ func TestAdvEditedFileListIsNoDrift(t *testing.T) {
 		}
 		e.expect(false, localListedFour...)
 		// A set really changed by hand is still drift.
-		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
-			t.Fatal(err)
-		}
+		e.removeFingerprint()
 		if b == "nftables" {
 			e.run("server", "nft", "add", "element", "inet", "moat", "bl4_local", "{ 198.51.100.1 }")
 		} else {
@@ -257,9 +251,7 @@ func TestAdvRollbackRestoresFileListCopy(t *testing.T) {
 		e.mustMoat("rollback")
 		old := localListedThree
 		e.expect(false, old...)
-		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
-			t.Fatal(err)
-		}
+		e.removeFingerprintIfAny()
 		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
 			t.Errorf("status after the rollback sees drift:\n%s", st)
 		}
@@ -309,8 +301,7 @@ func TestAdvRefusedApplyKeepsFileListCopy(t *testing.T) {
 func TestAdvBlocklistLooksMerged(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newEnv(t, b, false)
-		file := filepath.Join(e.dir, "l.netset")
-		writeFile(t, file, "198.51.100.0/24\n")
+		file := e.newFile("l.netset", "198.51.100.0/24\n")
 		e.apply("default deny incoming\nallow 80/tcp\nblocklist l file " + file + "\n")
 		for i, list := range []string{
 			"198.51.100.0/25\n198.51.100.128/25\n2001:db8:1::/49\n2001:db8:1:8000::/49\n",
@@ -346,8 +337,7 @@ func TestAdvBlocklistLooksMerged(t *testing.T) {
 // which lists 192.0.2.3 and 2001:db8::3; it returns the file's path.
 func (e *env) applyLocalList() string {
 	e.t.Helper()
-	file := filepath.Join(e.dir, "local.netset")
-	writeFile(e.t, file, "192.0.2.3\n2001:db8::3\n")
+	file := e.newFile("local.netset", "192.0.2.3\n2001:db8::3\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist local file " + file + "\n")
 	return file
 }

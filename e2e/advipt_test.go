@@ -61,8 +61,7 @@ func TestAdvInPlaceUnreadableIsNoProof(t *testing.T) {
 	t.Parallel()
 	requireBackend(t, "iptables")
 	e := newEnv(t, "iptables", false)
-	list := filepath.Join(e.dir, "bl.txt")
-	writeFile(t, list, "203.0.113.0/25\n")
+	list := e.newFile("bl.txt", "203.0.113.0/25\n")
 	e.apply("default deny incoming\nallow 22/tcp\nblocklist bl file " + list + "\n")
 	e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:22 open")
 	var n int

@@ -17,8 +17,7 @@ import (
 func TestAdvLastUpdateSameAsReload(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, false)
-		list := filepath.Join(e.dir, "l.netset")
-		writeFile(t, list, "192.0.2.3\n")
+		list := e.newFile("l.netset", "192.0.2.3\n")
 		e.apply(fmt.Sprintf("default deny incoming\nallow 22/tcp\nblocklist l file %s\n", list))
 		sets := func() string { return e.blocklistSets("l") }
 		steps := []struct{ content, dropped, open string }{
@@ -62,8 +61,7 @@ func TestAdvLastUpdateSameAsReload(t *testing.T) {
 				writeFile(t, saved, string(data))
 			},
 			func() {
-				other := filepath.Join(e.dir, "other.list")
-				writeFile(t, other, "# moat blocklist l: 0 networks, merged\n")
+				other := e.newFile("other.list", "# moat blocklist l: 0 networks, merged\n")
 				if err := os.Remove(saved); err != nil {
 					t.Fatal(err)
 				}

@@ -100,8 +100,7 @@ func TestAdvSetListOutgrowsSet(t *testing.T) {
 func TestAdvSetMulticastFromListed(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newEnv(t, b, false)
-		list := filepath.Join(e.dir, "bad.list")
-		writeFile(t, list, "2001:db8::3\n")
+		list := e.newFile("bad.list", "2001:db8::3\n")
 		e.apply("default allow incoming\nblocklist bad file " + list + "\n")
 		e.mustMoat("ban", "2001:db8::4")
 		counts := func() map[string]uint64 {
@@ -125,8 +124,7 @@ func TestAdvSetMulticastFromListed(t *testing.T) {
 func TestAdvSetForwardedSpared(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newEnv(t, b, true)
-		list := filepath.Join(e.dir, "bad.list")
-		writeFile(t, list, "192.0.2.3\n2001:db8::3\n")
+		list := e.newFile("bad.list", "192.0.2.3\n2001:db8::3\n")
 		e.apply("default allow incoming\ndefault allow routed\nblocklist bad file " + list + "\n")
 		e.mustMoat("ban", "192.0.2.4", "2001:db8::4")
 		e.expect(false,

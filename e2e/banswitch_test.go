@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,8 +22,7 @@ func TestGuardBansAcrossBackendSwitches(t *testing.T) {
 	requireBackend(t, "iptables")
 	t.Parallel()
 	e := newEnv(t, "nftables", false)
-	logFile := filepath.Join(e.dir, "auth.log")
-	writeFile(t, logFile, "")
+	logFile := e.newFile("auth.log", "")
 	policy := "default deny incoming\nallow 22/tcp\nguard sshd maxretry 1 findtime 10m bantime 1h\n"
 	writeFile(t, e.conf, "backend nftables\n"+policy)
 	if out, err := e.moatPlain("enable"); err != nil {

@@ -17,8 +17,7 @@ func TestGuardSingleInstance(t *testing.T) {
 	requireBackend(t, "nftables")
 	t.Parallel()
 	e := newEnv(t, "nftables", false)
-	logFile := filepath.Join(e.dir, "auth.log")
-	writeFile(t, logFile, "")
+	logFile := e.newFile("auth.log", "")
 	e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 2 findtime 10m bantime 1h\n")
 	stop := e.startGuard("--log-file", logFile)
 	first := e.guard.Process.Pid
@@ -57,11 +56,9 @@ func TestGuardHostileStateDir(t *testing.T) {
 	requireBackend(t, "nftables")
 	t.Parallel()
 	e := newEnv(t, "nftables", false)
-	logFile := filepath.Join(e.dir, "auth.log")
-	writeFile(t, logFile, "")
+	logFile := e.newFile("auth.log", "")
 	e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 1 findtime 10m bantime 1h\n")
-	victim := filepath.Join(e.dir, "victim")
-	writeFile(t, victim, "root:x:0:0::/root:/bin/bash\n")
+	victim := e.newFile("victim", "root:x:0:0::/root:/bin/bash\n")
 	for _, name := range []string{"guard.journal", "guard.json"} {
 		link := filepath.Join(e.stateDir(), name)
 		if err := os.Symlink(victim, link); err != nil {

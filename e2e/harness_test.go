@@ -295,6 +295,33 @@ func eachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
 	}
 }
 
+// newFile writes contents to the file name in the test's directory and
+// returns its path.
+func (e *env) newFile(name, contents string) string {
+	e.t.Helper()
+	path := filepath.Join(e.dir, name)
+	writeFile(e.t, path, contents)
+	return path
+}
+
+// removeFingerprint removes the kernel fingerprint record (as after an
+// upgrade), failing the test if there was none.
+func (e *env) removeFingerprint() {
+	e.t.Helper()
+	if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// removeFingerprintIfAny removes the kernel fingerprint record if there
+// is one.
+func (e *env) removeFingerprintIfAny() {
+	e.t.Helper()
+	if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
+		e.t.Fatal(err)
+	}
+}
+
 // repeatUntil runs fn over and over in a goroutine that wg counts, until
 // stop is closed (looked at before each call) or fn returns false.
 func repeatUntil(wg *sync.WaitGroup, stop <-chan struct{}, fn func() bool) {

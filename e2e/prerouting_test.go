@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -84,8 +83,7 @@ func TestDropsBeforeConntrack(t *testing.T) {
 		}
 		srv := e.startSSHD(22)
 		admin4, admin6 := srv.login(lab.ServerV4), srv.login(lab.ServerV6) // from 192.0.2.2, 2001:db8::2
-		list := filepath.Join(e.dir, "bad.list")
-		writeFile(t, list, "192.0.2.3\n192.0.2.4\n192.0.2.2\n2001:db8::3\n2001:db8::4\n2001:db8::2\n")
+		list := e.newFile("bad.list", "192.0.2.3\n192.0.2.4\n192.0.2.2\n2001:db8::3\n2001:db8::4\n2001:db8::2\n")
 		// The list covers the admin: it is refused with the reason.
 		writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\nallowlist 192.0.2.4 2001:db8::4\nblocklist bad file "+list+"\n")
 		if out, err := e.moat("enable"); err == nil {
@@ -192,8 +190,7 @@ func TestDropsBeforeConntrackSpoofedLocalSource(t *testing.T) {
 					}
 				}
 			}
-			list := filepath.Join(e.dir, "bad.list")
-			writeFile(t, list, "192.0.2.9\n2001:db8::9\n")
+			list := e.newFile("bad.list", "192.0.2.9\n2001:db8::9\n")
 			e.apply("default allow incoming\nblocklist bad file " + list + "\n")
 			const probe = `table inet ctprobe {
 	chain pre {

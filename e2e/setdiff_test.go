@@ -57,9 +57,7 @@ func TestSetDiffRefresh(t *testing.T) {
 		// Without the record, the full comparison (rule by rule against
 		// a scratch namespace loaded by nft or iptables-restore) agrees
 		// too: what moat wrote over netlink is what nft writes.
-		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
-			t.Fatal(err)
-		}
+		e.removeFingerprintIfAny()
 		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
 			t.Errorf("the full comparison sees drift after the refresh:\n%s", st)
 		}
@@ -138,8 +136,7 @@ func TestBanKeepsFingerprint(t *testing.T) {
 func TestSetDiffEmptyList(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, false)
-		list := filepath.Join(e.dir, "l.netset")
-		writeFile(t, list, "0.0.0.0/8\n192.0.2.3\n2001:db8::3\n")
+		list := e.newFile("l.netset", "0.0.0.0/8\n192.0.2.3\n2001:db8::3\n")
 		e.apply(fmt.Sprintf("default deny incoming\nallow 22/tcp\nblocklist l file %s\n", list))
 		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:22 timeout", "client/2001:db8::3 tcp [2001:db8::1]:22 timeout", "client tcp 192.0.2.1:22 open")
 		for i, content := range []string{"# nothing listed today\n", "192.0.2.4\n2001:db8::4\n", "0.0.0.0/8\n192.0.2.3\n2001:db8::3\n"} {

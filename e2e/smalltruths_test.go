@@ -36,8 +36,7 @@ func TestStatusSmallTruths(t *testing.T) {
 			t.Errorf("status says the guard is on while none runs:\n%s", out)
 		}
 
-		logFile := filepath.Join(e.dir, "auth.log")
-		writeFile(t, logFile, "")
+		logFile := e.newFile("auth.log", "")
 		stop := e.startGuard("--log-file", logFile)
 		waitFor(t, 5*time.Second, "status never saw the running guard", func() bool {
 			return strings.Contains(e.mustMoat("status", "verbose"), "Guard: on (pid ")

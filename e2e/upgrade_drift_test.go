@@ -26,8 +26,7 @@ func TestUpgradeEarlierOrderNoFalseDrift(t *testing.T) {
 	t.Parallel()
 	requireBackend(t, "iptables")
 	e := newEnv(t, "iptables", false)
-	list := filepath.Join(e.dir, "list.txt")
-	writeFile(t, list, "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n")
+	list := e.newFile("list.txt", "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 53/udp\nblocklist big file " + list + "\n")
 	const pol = "default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 53/udp\nblocklist big file "
 	earlier := func() {
@@ -168,8 +167,7 @@ func TestUpgradeEarlierLayoutIptNoFalseDrift(t *testing.T) {
 
 	// The jump made plain by hand: established packets now meet moat's
 	// rules without the accept the condition stands for.
-	plain := filepath.Join(e.dir, "plain.rules")
-	writeFile(t, plain, "*filter\n-R INPUT 2 -j MOAT-INPUT\nCOMMIT\n")
+	plain := e.newFile("plain.rules", "*filter\n-R INPUT 2 -j MOAT-INPUT\nCOMMIT\n")
 	e.run("server", "iptables-restore", "--noflush", plain)
 	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") || !strings.Contains(out, "jumps to MOAT-INPUT for every packet") {
 		t.Errorf("status does not see the jump changed by hand:\n%s", out)
@@ -199,13 +197,10 @@ func TestUpgradeEarlierLayoutIptNoFalseDrift(t *testing.T) {
 func TestFileListEditedNoFalseDrift(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, false)
-		list := filepath.Join(e.dir, "list.txt")
-		writeFile(t, list, "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n")
+		list := e.newFile("list.txt", "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n")
 		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist big file " + list + "\n")
 		noRecord := func() {
-			if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
-				t.Fatal(err)
-			}
+			e.removeFingerprintIfAny()
 		}
 		noRecord()
 		writeFile(t, list, "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n192.0.2.3\n2001:db8::3\n")
@@ -245,8 +240,7 @@ func TestIpsetNomatchHoleIsDrift(t *testing.T) {
 	t.Parallel()
 	requireBackend(t, "iptables")
 	e := newEnv(t, "iptables", false)
-	list := filepath.Join(e.dir, "list.txt")
-	writeFile(t, list, "192.0.2.4/31\n2001:db8::4/127\n")
+	list := e.newFile("list.txt", "192.0.2.4/31\n2001:db8::4/127\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist big file " + list + "\n")
 	blocked := []string{"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout"}
 	e.expect(false, blocked...)
@@ -256,9 +250,7 @@ func TestIpsetNomatchHoleIsDrift(t *testing.T) {
 	for _, fp := range []bool{true, false} {
 		if !fp {
 			// Without the record: the full comparison alone.
-			if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
-				t.Fatal(err)
-			}
+			e.removeFingerprintIfAny()
 		}
 		out := e.mustMoat("status")
 		if !strings.Contains(out, "moat-bl4_big holds other addresses") || !strings.Contains(out, "192.0.2.4 nomatch") ||
@@ -289,8 +281,7 @@ func TestIpsetHandChangeDuringRefresh(t *testing.T) {
 		t.Fatalf("strace is needed (scripts/setup.sh installs it): %v", err)
 	}
 	e := newEnv(t, "iptables", false)
-	list := filepath.Join(e.dir, "list.txt")
-	writeFile(t, list, "198.51.100.7\n2001:db8:5::/48\n")
+	list := e.newFile("list.txt", "198.51.100.7\n2001:db8:5::/48\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist big file " + list + "\n")
 	writeFile(t, list, "198.51.100.7\n198.51.100.8\n2001:db8:5::/48\n")
 	trace := filepath.Join(t.TempDir(), "strace.out")
@@ -374,8 +365,7 @@ func TestIpsetHandChangeDuringRefresh(t *testing.T) {
 func TestKilledUpdateBeforeRecordNoFalseDrift(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newEnv(t, b, false)
-		list := filepath.Join(e.dir, "bad.list")
-		writeFile(t, list, "192.0.2.3\n2001:db8::3\n")
+		list := e.newFile("bad.list", "192.0.2.3\n2001:db8::3\n")
 		e.apply("default deny incoming\nallow 80/tcp\nblocklist bad file " + list + "\n")
 		saved := filepath.Join(e.stateDir(), "blocklists")
 		before := filepath.Join(e.dir, "saved-before")
@@ -384,9 +374,7 @@ func TestKilledUpdateBeforeRecordNoFalseDrift(t *testing.T) {
 		e.mustMoat("blocklist", "update")
 		restoreDir(t, before, saved)
 		writeFile(t, filepath.Join(e.stateDir(), "blocklist-update.pending"), "bad\n")
-		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
-			t.Fatal(err)
-		}
+		e.removeFingerprint()
 		e.expect(false, "client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout")
 		if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
 			t.Errorf("status after the killed update:\n%s", out)
@@ -405,9 +393,7 @@ func TestKilledUpdateBeforeRecordNoFalseDrift(t *testing.T) {
 			e.mustMoat("blocklist", "update")
 			restoreDir(t, before, saved)
 			writeFile(t, filepath.Join(e.stateDir(), "blocklist-update.pending"), "bad\n")
-			if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil {
-				t.Fatal(err)
-			}
+			e.removeFingerprint()
 			e.run("server", "ipset", "add", "moat-bl4_bad", "198.51.100.99")
 			if out := e.mustMoat("status"); !strings.Contains(out, "+198.51.100.99/32") {
 				t.Errorf("status does not see a member added by hand after a killed update:\n%s", out)
@@ -462,9 +448,7 @@ func TestHiddenNftRuleInIptChains(t *testing.T) {
 	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout")
 	for _, record := range []bool{true, false} {
 		if !record {
-			if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
-				t.Fatal(err)
-			}
+			e.removeFingerprintIfAny()
 		}
 		out := e.mustMoat("status")
 		if !strings.Contains(out, "chain ip MOAT-INPUT rule") || !strings.Contains(out, "chain ip6 MOAT-INPUT rule") {

@@ -41,9 +41,7 @@ func TestUpgradeEarlierLayoutNftNoFalseDrift(t *testing.T) {
 		e.run("server", "nft", "delete", "table", "inet", nft.TableName)
 		e.run("server", "nft", "-f", f)
 		// The earlier moat's record: it cannot vouch for this kernel.
-		if err := os.Remove(filepath.Join(e.stateDir(), "kernel-fingerprint.json")); err != nil && !os.IsNotExist(err) {
-			t.Fatal(err)
-		}
+		e.removeFingerprintIfAny()
 	}
 	earlier(pol)
 	if out := e.run("server", "nft", "list", "table", "inet", nft.TableName); strings.Contains(out, "input_icmp") {
