@@ -24,9 +24,7 @@ import (
 // as it was (the next command compares again) and make the next apply
 // rewrite moat's rules whole.
 func TestAdvDriftUnreadableIsNoProof(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	e.apply("default deny incoming\nallow 22/tcp\n")
 	e.expect(false, "client tcp 192.0.2.1:80 timeout")
 	e.run("server", "iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "80", "-j", "RETURN")
@@ -58,9 +56,7 @@ func TestAdvDriftUnreadableIsNoProof(t *testing.T) {
 // and the fingerprint, hand rule in it, recorded as moat's: status then
 // never reported it, and port 80 stayed open.
 func TestAdvInPlaceUnreadableIsNoProof(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	list := e.newFile("bl.txt", "203.0.113.0/25\n")
 	e.apply("default deny incoming\nallow 22/tcp\nblocklist bl file " + list + "\n")
 	e.expect(false, "client tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:22 open")
@@ -117,9 +113,7 @@ func CommentOf(t *testing.T, line string) string {
 // ban) and `ipset list moat-protect4` fails: status said in sync,
 // nothing changed outside moat.
 func TestAdvStatusUnreadableProtectedSet(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	e.apply("default deny incoming\nallow 22/tcp\n")
 	e.run("server", "ipset", "add", "moat-protect4", "192.0.2.2")
 	real, err := exec.LookPath("ipset")

@@ -87,9 +87,7 @@ const policySet4 = "set=$($nft list sets inet | sed -n 's/.*set \\(input_deny_sr
 // fails the test if the enable ran no nft -f.
 func enableWithStagedSetEdit(t *testing.T, pre, post string) *env {
 	t.Helper()
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	bin, once := nftWrapper(t, pre, post)
 	writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
 	e.moatWith(bin, "enable")
@@ -130,9 +128,7 @@ func TestAdvHandDeleteBetweenStageAndRules(t *testing.T) {
 // the whole commit replaces the hand objects; packets follow the policy
 // and no drift is reported.
 func TestAdvHandTableWithMoatsSetNames(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	pol := "default allow incoming\ndeny from 192.0.2.3\ndeny from 2001:db8::3\n"
 	// Learn the set's name from a first enable, then start again.
 	e.apply(pol)
@@ -234,9 +230,7 @@ func TestAdvFingerprintRecordOtherNamespace(t *testing.T) {
 // after each enable. A source not listed (.4) goes from open (no firewall
 // yet) to dropped once, never back.
 func TestAdvPacketsDuringStagedEnable(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	var b strings.Builder
 	b.WriteString("default deny incoming\nallow 22/tcp\n")
 	for i := range 12500 {
@@ -308,9 +302,7 @@ func TestAdvPacketsDuringStagedEnable(t *testing.T) {
 // the fault: the kernel holds the policy whole (real packets), no drift,
 // nothing interrupted left.
 func TestAdvKillBetweenStageAndRulesTwice(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	bin := nftKiller(t)
 	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:ffff::/48\nallow 80/tcp\n")
 	for k := range 2 {
@@ -345,9 +337,7 @@ func TestAdvKillBetweenStageAndRulesTwice(t *testing.T) {
 // a table of sets and no chains, does not stage over it, replaces it whole,
 // and records it as moat's (no drift; real packets).
 func TestAdvLeftoverStageWithoutJournal(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	bin := nftKiller(t)
 	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:ffff::/48\nallow 80/tcp\n")
 	if out, err := e.moatWithErr(bin, "enable"); err == nil {

@@ -14,9 +14,7 @@ import (
 // enable wrote none. The server's namespace has no legacy iptables
 // tables: auto picks nftables.
 func TestAutoBackendFirstEnableRecords(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	writeFile(t, e.conf, "backend auto\ndefault deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 203.0.113.0/24\n")
 	out, err := e.topo.Server.Run(context.Background(), moatBin, "--config", e.conf, "--state-dir", e.stateDir(), "enable")
 	if err != nil {

@@ -67,9 +67,7 @@ func TestIptablesHandChangeDuringCommand(t *testing.T) {
 // own. An address added by hand to moat-protect4 (no commit) is still
 // seen: the check then reads the fingerprint whole.
 func TestIptablesProtectedSetsVouch(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	e.apply("default deny incoming\nallow 22/tcp\n")
 	if rec := readKernelRecord(t, e); !rec.HasGeneration || !rec.Sets || rec.Protected == "" {
 		t.Fatalf("the record of a policy without policy ipsets has no hash of the protected sets: %+v", rec)

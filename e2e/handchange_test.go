@@ -115,9 +115,7 @@ func TestLegacyTableNamed(t *testing.T) {
 // the fingerprint recorded after the command must not vouch for it, so
 // the next command finds it and rewrites the table, and status says so.
 func TestHandChangeDuringCommand(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
 	real, err := exec.LookPath("nft")
 	if err != nil {
@@ -146,9 +144,7 @@ func TestHandChangeDuringCommand(t *testing.T) {
 // the one right after that commit; a rule added by hand after it, before
 // the fingerprint is recorded, is drift.
 func TestHandChangeAfterWholeCommit(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	bin, once := nftWrapper(t, "", "$nft insert rule inet moat output ip daddr 192.0.2.2 tcp sport 80 drop")
 	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
 	e.moatWith(bin, "enable")

@@ -341,6 +341,15 @@ func repeatUntil(wg *sync.WaitGroup, stop <-chan struct{}, fn func() bool) {
 	}()
 }
 
+// onBackend is the environment of a parallel test of backend b alone
+// (skipped where b is missing).
+func onBackend(t *testing.T, b string) *env {
+	t.Helper()
+	t.Parallel()
+	requireBackend(t, b)
+	return newEnv(t, b, false)
+}
+
 // eachBackendSwitch runs fn, in parallel, for each direction of a change
 // of backend (nftables to iptables and back), in a subtest named
 // "from-to-to"; it needs both backends.

@@ -21,9 +21,7 @@ import (
 // sees no drift, and real packets from listed and unlisted sources
 // (IPv4 and IPv6) are dropped and let through.
 func TestKillDuringIpsetFill(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	const n = 25000
 	policy := func(v4, v6 string) string {
 		var b strings.Builder

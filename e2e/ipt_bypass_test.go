@@ -11,9 +11,7 @@ import (
 // status warns, explain says the packet is accepted before moat sees it,
 // audit does not call the port closed by moat.
 func TestIptForeignAcceptAheadOfMoat(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	e.apply("default deny incoming\nallow 22/tcp\n")
 	e.expect(false, "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:8080 timeout")
 	if out := e.mustMoat("status"); strings.Contains(out, "ahead of moat") {
@@ -113,9 +111,7 @@ func TestIptForeignAcceptAheadOfMoat(t *testing.T) {
 // priority) or in iptables-nft's filter table, lets nothing past moat:
 // the port stays closed, and nothing is reported as a bypass.
 func TestNftForeignAcceptNoBypass(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	e.apply("default deny incoming\nallow 22/tcp\n")
 	nftFile := e.dir + "/early.nft"
 	writeFile(t, nftFile, "table inet early {\n\tchain input {\n\t\ttype filter hook input priority -400; policy accept;\n\t\ttcp dport 8080 accept\n\t}\n}\n")
@@ -141,9 +137,7 @@ func TestNftForeignAcceptNoBypass(t *testing.T) {
 // MOAT-PREROUTING skips moat's drop of banned sources there; explain and
 // status say so.
 func TestIptRawAcceptAheadOfBans(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	e.apply("default deny incoming\nallow 22/tcp\n")
 	e.mustMoat("ban", "192.0.2.3", "--for", "1h", "--reason", "test")
 	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:22 timeout")

@@ -15,9 +15,7 @@ import (
 // removed, not moat's first one (which put moat's jump behind the
 // foreign accept).
 func TestIptHandJumpsRepaired(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	e.apply("default deny incoming\nallow 22/tcp\n")
 	const jump = "-A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n"
 	jumps := func(prog string) int {
@@ -72,9 +70,7 @@ func TestIptHandJumpsRepaired(t *testing.T) {
 // the chain that holds the established accept again; established
 // packets pass, status sees no hand change.
 func TestIptRollbackRestoresEarlierJumps(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	const pol = "default deny incoming\nallow 22/tcp\n"
 	e.apply(pol)
 	e.iptLoadPlainJumps(pol)

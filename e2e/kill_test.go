@@ -325,9 +325,7 @@ var regexpChains = regexp.MustCompile(`chain \S+`)
 // the interrupted command and sees no drift, and the next command undoes
 // it (the table goes with the interrupted change) and applies.
 func TestKillBetweenStageAndRules(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	bin := nftKiller(t)
 	writeFile(t, e.conf, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:ffff::/48\n")
 	ctx := context.Background()

@@ -74,9 +74,7 @@ func setHandles(listing string) string {
 // left at an older generation by hand) shows in `moat status`, and the
 // next reload rewrites only what differs and clears it.
 func TestSplitFamiliesReported(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	e.apply("default deny incoming\nallow 22/tcp\n")
 	if out := e.mustMoat("status"); strings.Contains(out, "interrupted between the two families") {
 		t.Fatalf("split reported after a clean apply:\n%s", out)

@@ -106,9 +106,7 @@ func (e *env) ipsetHolding(addr string) string {
 // is as applied, instead of reading every policy set back; and the record
 // still cannot hide a change made by hand after the ban.
 func TestBanKeepsFingerprint(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	list := filepath.Join(e.dir, "big.netset")
 	bigList(t, list, 2000, "192.0.2.3")
 	e.apply(fmt.Sprintf("default deny incoming\nallow 22/tcp\nblocklist big file %s\n", list))

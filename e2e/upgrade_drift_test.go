@@ -23,9 +23,7 @@ import (
 // not call that a change by hand; a real reordering by hand must still be
 // reported.
 func TestUpgradeEarlierOrderNoFalseDrift(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	list := e.newFile("list.txt", "198.51.100.7\n203.0.113.0/24\n2001:db8:5::/48\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 53/udp\nblocklist big file " + list + "\n")
 	const pol = "default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 53/udp\nblocklist big file "
@@ -124,9 +122,7 @@ func (e *env) iptLoadPlainJumps(pol string) {
 // without the established accept would drop every established packet
 // the policy does not allow anew).
 func TestUpgradeEarlierLayoutIptNoFalseDrift(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	const pol = "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
 	e.apply(pol)
 	e.iptLoadPlainJumps(pol)
@@ -237,9 +233,7 @@ func TestFileListEditedNoFalseDrift(t *testing.T) {
 // again), though the address is still covered by the set's networks: a
 // hand change status must report, and 'moat reload' repairs.
 func TestIpsetNomatchHoleIsDrift(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	list := e.newFile("list.txt", "192.0.2.4/31\n2001:db8::4/127\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist big file " + list + "\n")
 	blocked := []string{"client/192.0.2.4 tcp 192.0.2.1:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout"}
@@ -408,9 +402,7 @@ func TestKilledUpdateBeforeRecordNoFalseDrift(t *testing.T) {
 // set's addresses. Status must report it, with or without the fingerprint
 // record, and 'moat reload' repair it. IPv4 and IPv6, real packets.
 func TestHiddenNftRuleInIptChains(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "iptables")
-	e := newEnv(t, "iptables", false)
+	e := onBackend(t, "iptables")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
 	open := []string{"client/192.0.2.3 tcp 192.0.2.1:80 open", "client/2001:db8::3 tcp [2001:db8::1]:80 open"}
 	e.expect(false, open...)

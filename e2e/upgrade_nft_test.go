@@ -18,9 +18,7 @@ import (
 // report a change by hand; the next edit rewrites whole; a real hand
 // change on top of the earlier layout is still reported.
 func TestUpgradeEarlierLayoutNftNoFalseDrift(t *testing.T) {
-	t.Parallel()
-	requireBackend(t, "nftables")
-	e := newEnv(t, "nftables", false)
+	e := onBackend(t, "nftables")
 	const pol = "default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 53/udp\n"
 	e.apply(pol)
 	earlier := func(text string) {
