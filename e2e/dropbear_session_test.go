@@ -77,10 +77,7 @@ func (e *env) dropbearLogin(key string) *session {
 // address for the same lines.
 func TestGuardSparesDropbearSession(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
-		e := newSSHEnv(t, b)
-		key := e.startDropbear()
-		logFile := filepath.Join(e.dir, "auth.log")
-		e.apply("default deny incoming\nallow 2222/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
+		e, key, logFile := dropbearGuardEnv(t, b)
 		admin := e.dropbearLogin(key) // from lab.ClientV4
 		e.startGuard("--log-file", logFile)
 		failFromAdminAndOther(t, e, logFile)
@@ -102,10 +99,7 @@ func TestGuardSparesDropbearSession(t *testing.T) {
 // another address is banned for the same lines.
 func TestGuardSparesDropbearForwardOnly(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
-		e := newSSHEnv(t, b)
-		key := e.startDropbear()
-		logFile := filepath.Join(e.dir, "auth.log")
-		e.apply("default deny incoming\nallow 2222/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
+		e, key, logFile := dropbearGuardEnv(t, b)
 		// The forward's target, on the client: echoes a line.
 		var target net.Listener
 		if err := e.topo.Client.Do(func() error {
@@ -181,6 +175,18 @@ func TestGuardSparesDropbearForwardOnly(t *testing.T) {
 		}
 		e.expectAdminBanRefused()
 	})
+}
+
+// dropbearGuardEnv is a server (backend b) running dropbear on port
+// 2222 with a policy allowing it and guarding sshd (two failures ban);
+// it returns the client's key and the log file for the guard to follow.
+func dropbearGuardEnv(t *testing.T, b string) (e *env, key, logFile string) {
+	t.Helper()
+	e = newSSHEnv(t, b)
+	key = e.startDropbear()
+	logFile = filepath.Join(e.dir, "auth.log")
+	e.apply("default deny incoming\nallow 2222/tcp\nguard sshd maxretry 2 findtime 10m bantime 1m weak 1\n")
+	return e, key, logFile
 }
 
 // failFromAdminAndOther writes three failed passwords from the admin's
