@@ -39,9 +39,7 @@ func TestAdvBlocklistSourceChangedDuringFetch(t *testing.T) {
 			"client/2001:db8::4 tcp [2001:db8::1]:80 timeout",
 		}
 		e.expect(false, drops...)
-		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-			t.Errorf("status sees drift:\n%s", st)
-		}
+		e.expectStatusClean("status sees drift")
 		if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
 			t.Fatalf("the next update: %v\n%s", err, out)
 		}
@@ -132,9 +130,7 @@ func TestAdvBlocklistFileEditedDuringFetch(t *testing.T) {
 		if !strings.Contains(sets, "198.51.100.7") || !strings.Contains(sets, "2001:db8:7::/48") {
 			t.Errorf("the URL list is not loaded:\n%s", sets)
 		}
-		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-			t.Errorf("status sees drift:\n%s", st)
-		}
+		e.expectStatusClean("status sees drift")
 		e.mustMoat("reload")
 		if got := e.blocklistSets("local") + e.blocklistSets("drop"); got != sets {
 			t.Errorf("a reload changes the sets:\n%s\nafter the update:\n%s", got, sets)
@@ -215,9 +211,7 @@ func TestAdvEditedFileListIsNoDrift(t *testing.T) {
 		file := e.applyLocalList()
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n") // not loaded
 		e.removeFingerprint()
-		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-			t.Errorf("status sees drift:\n%s", st)
-		}
+		e.expectStatusClean("status sees drift")
 		out, err := e.moat("allow", "8080/tcp")
 		if err != nil || strings.Contains(out, "changed outside moat") {
 			t.Errorf("an edit: %v\n%s", err, out)
@@ -252,9 +246,7 @@ func TestAdvRollbackRestoresFileListCopy(t *testing.T) {
 		old := localListedThree
 		e.expect(false, old...)
 		e.removeFingerprintIfAny()
-		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-			t.Errorf("status after the rollback sees drift:\n%s", st)
-		}
+		e.expectStatusClean("status after the rollback sees drift")
 		writeFile(t, file, "192.0.2.3\n2001:db8::3\n")
 		if out := e.mustMoat("blocklist", "update"); !strings.Contains(out, "unchanged") {
 			t.Errorf("the list back at what the kernel holds:\n%s", out)
@@ -263,9 +255,7 @@ func TestAdvRollbackRestoresFileListCopy(t *testing.T) {
 		writeFile(t, file, "192.0.2.4\n2001:db8::4\n")
 		e.mustMoat("blocklist", "update")
 		e.expect(false, localListedFour...)
-		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-			t.Errorf("status sees drift:\n%s", st)
-		}
+		e.expectStatusClean("status sees drift")
 	})
 }
 
@@ -326,9 +316,7 @@ func TestAdvBlocklistLooksMerged(t *testing.T) {
 		e.expect(false,
 			"client/192.0.2.2 tcp 192.0.2.1:80 timeout", "client/192.0.2.4 tcp 192.0.2.1:80 timeout",
 			"client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client/2001:db8::4 tcp [2001:db8::1]:80 timeout")
-		if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
-			t.Errorf("status sees drift:\n%s", st)
-		}
+		e.expectStatusClean("status sees drift")
 	})
 }
 

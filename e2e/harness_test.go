@@ -322,6 +322,15 @@ func (e *env) removeFingerprintIfAny() {
 	}
 }
 
+// expectStatusClean: 'moat status' names no change made outside moat
+// (what: the error if it does).
+func (e *env) expectStatusClean(what string) {
+	e.t.Helper()
+	if st := e.mustMoat("status"); strings.Contains(st, "changed outside moat") {
+		e.t.Errorf("%s:\n%s", what, st)
+	}
+}
+
 // repeatUntil runs fn over and over in a goroutine that wg counts, until
 // stop is closed (looked at before each call) or fn returns false.
 func repeatUntil(wg *sync.WaitGroup, stop <-chan struct{}, fn func() bool) {
