@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -84,7 +83,7 @@ func TestAdvInPlaceUnreadableIsNoProof(t *testing.T) {
 	}
 	// A change of the list alone: moat's chains are not rewritten.
 	writeFile(t, list, "203.0.113.0/25\n203.0.113.128/26\n")
-	out, _ := e.topo.Server.Run(context.Background(), "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "blocklist", "update", "bl")
+	out, _ := e.moatWithErr(bin, "blocklist", "update", "bl")
 	t.Logf("the command whose scratch load failed:\n%s", out)
 	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") && !strings.Contains(e.run("server", "iptables", "-S", "MOAT-INPUT"), "--dport 22 ") {
 		t.Errorf("the rule changed in place by hand is neither reported nor repaired:\n%s", out)
@@ -123,7 +122,7 @@ func TestAdvStatusUnreadableProtectedSet(t *testing.T) {
 	if err := os.Chmod(filepath.Join(bin, "ipset"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out, err := e.topo.Server.Run(context.Background(), "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "status", "--json")
+	out, err := e.moatWithErr(bin, "status", "--json")
 	if err != nil {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
@@ -136,7 +135,7 @@ func TestAdvStatusUnreadableProtectedSet(t *testing.T) {
 	if st.InSync {
 		t.Errorf("status says in sync although the protected set could not be compared:\n%s", out)
 	}
-	text, _ := e.topo.Server.Run(context.Background(), "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "status")
+	text, _ := e.moatWithErr(bin, "status")
 	if !strings.Contains(string(text), "could not be compared") {
 		t.Errorf("status does not say the comparison could not be made:\n%s", text)
 	}

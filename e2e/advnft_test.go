@@ -49,19 +49,6 @@ func realNft(t *testing.T) string {
 	return ""
 }
 
-// moatWith runs moat in the server namespace with bin first in PATH.
-func (e *env) moatWith(bin string, args ...string) string {
-	e.t.Helper()
-	full := append([]string{"env", "PATH=" + bin + ":" + os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir()}, args...)
-	return e.run("server", full...)
-}
-
-// moatWithErr is moatWith returning moat's output and error.
-func (e *env) moatWithErr(bin string, args ...string) ([]byte, error) {
-	full := append([]string{"PATH=" + bin + ":" + os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir()}, args...)
-	return e.topo.Server.Run(context.Background(), "env", full...)
-}
-
 // nftKiller is a directory with an nft that kills its caller when asked
 // to load a file (nft -f): moat run with it first in PATH is killed
 // between the stage's netlink transaction and nft's.

@@ -47,7 +47,7 @@ func TestIptablesHandChangeDuringCommand(t *testing.T) {
 			if err := os.Chmod(filepath.Join(bin, "ip6tables-restore"), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "allow", "8080/tcp")
+			e.moatWith(bin, "allow", "8080/tcp")
 			if _, err := os.Stat(once); err != nil {
 				t.Fatal("the command ran no ip6tables-restore: the hand change was not made during it")
 			}
@@ -84,7 +84,7 @@ func TestIptablesProtectedSetsVouch(t *testing.T) {
 	}
 	plainSaves := func() (int, string) {
 		_ = os.Remove(log)
-		out := e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "status")
+		out := e.moatWith(bin, "status")
 		data, _ := os.ReadFile(log)
 		return strings.Count(string(data), "iptables-save \n"), out
 	}

@@ -127,7 +127,7 @@ func TestHandChangeDuringCommand(t *testing.T) {
 	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "nftables", "--state-dir", e.stateDir(), "allow", "8080/tcp")
+	e.moatWith(bin, "allow", "8080/tcp")
 	if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
 		t.Fatal("the command ran no nft -f: the hand change was not made during it")
 	}

@@ -331,6 +331,23 @@ func (e *env) expectStatusClean(what string) {
 	}
 }
 
+// moatWith runs moat in the server namespace with bin (a directory of
+// wrappers) first in PATH.
+func (e *env) moatWith(bin string, args ...string) string {
+	e.t.Helper()
+	return e.run("server", append([]string{"env"}, e.withPath(bin, args)...)...)
+}
+
+// moatWithErr is moatWith returning moat's output and error.
+func (e *env) moatWithErr(bin string, args ...string) ([]byte, error) {
+	return e.topo.Server.Run(context.Background(), "env", e.withPath(bin, args)...)
+}
+
+// withPath is env's arguments for moatWith.
+func (e *env) withPath(bin string, args []string) []string {
+	return append([]string{"PATH=" + bin + ":" + os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir()}, args...)
+}
+
 // repeatUntil runs fn over and over in a goroutine that wg counts, until
 // stop is closed (looked at before each call) or fn returns false.
 func repeatUntil(wg *sync.WaitGroup, stop <-chan struct{}, fn func() bool) {

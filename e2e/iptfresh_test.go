@@ -43,7 +43,7 @@ func TestIptHandChangeAfterFirstEnable(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeFile(t, e.conf, "default allow incoming\ndeny from 192.0.2.3\ndeny from 192.0.2.9\ndeny from 2001:db8::3\n")
-			e.run("server", "env", "PATH="+bin+":"+os.Getenv("PATH"), moatBin, "--config", e.conf, "--backend", "iptables", "--state-dir", e.stateDir(), "enable")
+			e.moatWith(bin, "enable")
 			if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
 				t.Fatal("the enable ran no ip6tables-restore: the hand change was not made during it")
 			}
