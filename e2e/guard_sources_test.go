@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -93,13 +92,7 @@ func (e *env) expectConnectionBans() {
 // no address count against their connection. 'moat guard check' on the
 // same JSON agrees.
 func TestGuardConnectionsJournald(t *testing.T) {
-	requireBackend(t, "nftables")
-	t.Parallel()
-	e := newEnv(t, "nftables", false)
-	fake := filepath.Join(e.dir, "journalctl")
-	if out, err := exec.Command("go", "build", "-o", fake, "./testdata/fakejournalctl").CombinedOutput(); err != nil {
-		t.Fatalf("build the stand-in: %v\n%s", err, out)
-	}
+	e, fake := journalEnv(t)
 	rec := filepath.Join(e.dir, "journal.json")
 	lines, _ := connectionLog()
 	f, err := os.Create(rec)

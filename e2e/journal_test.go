@@ -47,10 +47,11 @@ func journalEntries(t *testing.T, path string, first int, addr string, n int) {
 	fmt.Fprintf(f, `{"MESSAGE":[73,110,118,97,108,105,100,32,117,115,101,114,32,255,32,102,114,111,109,32,49,57,56,46,53,49,46,49,48,48,46,50],"SYSLOG_IDENTIFIER":"sshd","_EXE":"/usr/sbin/sshd","_UID":"0","__CURSOR":"s=feed;i=bytes%d"}`+"\n", first)
 }
 
-// The journald source, with a recorded stream played by a stand-in
-// journalctl: it bans, saves the cursor, and resumes after it without
-// reading anything twice. Metrics count what it did.
-func TestGuardJournald(t *testing.T) {
+// journalEnv is a parallel test's environment on nftables and the path
+// of the stand-in journalctl (testdata/fakejournalctl) built in its
+// directory.
+func journalEnv(t *testing.T) (*env, string) {
+	t.Helper()
 	requireBackend(t, "nftables")
 	t.Parallel()
 	e := newEnv(t, "nftables", false)
@@ -58,6 +59,14 @@ func TestGuardJournald(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", fake, "./testdata/fakejournalctl").CombinedOutput(); err != nil {
 		t.Fatalf("build the stand-in: %v\n%s", err, out)
 	}
+	return e, fake
+}
+
+// The journald source, with a recorded stream played by a stand-in
+// journalctl: it bans, saves the cursor, and resumes after it without
+// reading anything twice. Metrics count what it did.
+func TestGuardJournald(t *testing.T) {
+	e, fake := journalEnv(t)
 	rec, argsFile := filepath.Join(e.dir, "journal.json"), filepath.Join(e.dir, "journalctl.args")
 	e.guardEnv = []string{"FAKE_JOURNAL=" + rec, "FAKE_JOURNAL_ARGS=" + argsFile} // inherited by its journalctl
 	journalEntries(t, rec, 1, "203.0.113.50", 3)
@@ -114,13 +123,7 @@ func TestGuardJournald(t *testing.T) {
 // not count. One entry of 5 MiB must not stop the guard. Both are counted
 // in moat_guard_lines_skipped_total, and the guard goes on banning.
 func TestGuardJournaldTrust(t *testing.T) {
-	requireBackend(t, "nftables")
-	t.Parallel()
-	e := newEnv(t, "nftables", false)
-	fake := filepath.Join(e.dir, "journalctl")
-	if out, err := exec.Command("go", "build", "-o", fake, "./testdata/fakejournalctl").CombinedOutput(); err != nil {
-		t.Fatalf("build the stand-in: %v\n%s", err, out)
-	}
+	e, fake := journalEnv(t)
 	rec := filepath.Join(e.dir, "journal.json")
 	f, err := os.Create(rec)
 	if err != nil {
