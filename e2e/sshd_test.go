@@ -68,21 +68,7 @@ func (e *env) startSSHDWith(port uint16, extra, logFile string) *sshd {
 	}
 	writeFile(e.t, filepath.Join(dir, "authorized_keys"), string(pub))
 	// sshd keeps the first value of a keyword: extra lines go first.
-	conf := extra + fmt.Sprintf(`Port %d
-ListenAddress 0.0.0.0
-ListenAddress ::
-HostKey %s/host
-PidFile %s/sshd.pid
-AuthorizedKeysFile %s/authorized_keys
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-MaxStartups 100:30:200
-LoginGraceTime 20
-`, port, dir, dir, dir)
+	conf := extra + fmt.Sprintf("Port %d\nListenAddress 0.0.0.0\nListenAddress ::\n", port) + sshdCommon(dir)
 	writeFile(e.t, filepath.Join(dir, "sshd_config"), conf)
 	args := []string{"-D", "-e", "-f", filepath.Join(dir, "sshd_config")}
 	if logFile != "" {
