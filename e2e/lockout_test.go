@@ -54,25 +54,8 @@ LoginGraceTime 20
 // (not started) and its config path.
 func (e *env) prepareSSHD(s sshdSetup) (*sshd, string) {
 	e.t.Helper()
-	requireSSH(e.t)
-	dir := filepath.Join(e.dir, s.name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		e.t.Fatal(err)
-	}
-	srv := &sshd{e: e, dir: dir, port: s.port, key: filepath.Join(dir, "client")}
-	for _, k := range []string{"host", "client"} {
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
-			e.t.Fatalf("ssh-keygen: %v\n%s", err, out)
-		}
-	}
-	pub, err := os.ReadFile(srv.key + ".pub")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	writeFile(e.t, filepath.Join(dir, "authorized_keys"), string(pub))
+	srv := e.newSSHDDir(s.name, s.port)
+	dir := srv.dir
 	for name, text := range s.files {
 		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
 			e.t.Fatal(err)

@@ -37,19 +37,13 @@ func requireSSH(t testing.TB) {
 	}
 }
 
-// startSSHD starts sshd on port in the server namespace; it is killed when
-// the test ends.
-func (e *env) startSSHD(port uint16) *sshd {
-	e.t.Helper()
-	return e.startSSHDWith(port, "", "")
-}
-
-// startSSHDWith adds config lines and, with logFile, writes sshd's log
-// there (sshd -E) for the guard to follow.
-func (e *env) startSSHDWith(port uint16, extra, logFile string) *sshd {
+// newSSHDDir makes the directory name under the env's for an sshd on
+// port: a host key ("host"), the client's key ("client") and
+// authorized_keys holding it.
+func (e *env) newSSHDDir(name string, port uint16) *sshd {
 	e.t.Helper()
 	requireSSH(e.t)
-	dir := filepath.Join(e.dir, fmt.Sprintf("sshd%d", port))
+	dir := filepath.Join(e.dir, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		e.t.Fatal(err)
 	}
@@ -67,6 +61,22 @@ func (e *env) startSSHDWith(port uint16, extra, logFile string) *sshd {
 		e.t.Fatal(err)
 	}
 	writeFile(e.t, filepath.Join(dir, "authorized_keys"), string(pub))
+	return s
+}
+
+// startSSHD starts sshd on port in the server namespace; it is killed when
+// the test ends.
+func (e *env) startSSHD(port uint16) *sshd {
+	e.t.Helper()
+	return e.startSSHDWith(port, "", "")
+}
+
+// startSSHDWith adds config lines and, with logFile, writes sshd's log
+// there (sshd -E) for the guard to follow.
+func (e *env) startSSHDWith(port uint16, extra, logFile string) *sshd {
+	e.t.Helper()
+	s := e.newSSHDDir(fmt.Sprintf("sshd%d", port), port)
+	dir := s.dir
 	// sshd keeps the first value of a keyword: extra lines go first.
 	conf := extra + fmt.Sprintf("Port %d\nListenAddress 0.0.0.0\nListenAddress ::\n", port) + sshdCommon(dir)
 	writeFile(e.t, filepath.Join(dir, "sshd_config"), conf)
