@@ -135,9 +135,18 @@ const trapPolicy = "default deny incoming\nallow 22/tcp\nallow 80/tcp\nguard ssh
 // exemption).
 func trapGuardEnv(t *testing.T, backend string) (*env, *sshd, string) {
 	t.Helper()
-	e := newSSHEnv(t, backend)
-	srv, logFile := e.loggedSSHD(verboseSSHD)
-	e.apply(trapPolicy)
-	e.startGuard("--log-file", logFile, "-v")
+	return guardedSSHEnv(t, backend, verboseSSHD, trapPolicy, "-v")
+}
+
+// guardedSSHEnv is a server (backend b) with a real sshd (sshdExtra: its
+// config lines) logging to a file, policy applied, and the guard
+// following that log (guardArgs: more of its flags); it returns the
+// sshd and the log file.
+func guardedSSHEnv(t *testing.T, b, sshdExtra, policy string, guardArgs ...string) (*env, *sshd, string) {
+	t.Helper()
+	e := newSSHEnv(t, b)
+	srv, logFile := e.loggedSSHD(sshdExtra)
+	e.apply(policy)
+	e.startGuard(append([]string{"--log-file", logFile}, guardArgs...)...)
 	return e, srv, logFile
 }

@@ -78,10 +78,7 @@ func (e *env) wrongKeysFromPort(srv *sshd, src netip.Addr, port int, dst netip.A
 // however many connections. Both backends, IPv4 and IPv6.
 func TestGuardFixedSourcePort(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
-		e := newSSHEnv(t, b)
-		srv, logFile := e.loggedSSHD("")
-		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
-		e.startGuard("--log-file", logFile)
+		e, srv, logFile := guardedSSHEnv(t, b, "", "default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
 		// More keys than MaxAuthTries (6): sshd ends each connection with
 		// "Too many authentication failures", logged at INFO.
 		keys := srv.wrongKeys(7)

@@ -136,10 +136,7 @@ func (e *env) agree(logFile string, maxretry int, weak float64) {
 // with the running guard. Both backends, IPv4 and IPv6.
 func TestGuardAgentKeys(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
-		e := newSSHEnv(t, b)
-		srv, logFile := e.loggedSSHD(verboseSSHD)
-		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
-		e.startGuard("--log-file", logFile)
+		e, srv, logFile := guardedSSHEnv(t, b, verboseSSHD, "default deny incoming\nallow 22/tcp\nguard sshd maxretry 3 findtime 10m bantime 1m\n")
 		two, five := srv.wrongKeys(2), srv.wrongKeys(5)
 
 		// 20 logins each with 2 and with 5 rejected keys first.

@@ -148,12 +148,9 @@ func (e *env) bans() map[string]banJSON {
 // banned.
 func TestGuardBansBruteForce(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
-		e := newSSHEnv(t, b)
-		srv, logFile := e.loggedSSHD("PasswordAuthentication yes\n")
 		// Each failed attempt logs two failures (Invalid user, Failed
 		// password); weak evidence is off so the count is exact.
-		e.apply("default deny incoming\nallow 22/tcp\nguard sshd maxretry 4 findtime 1m bantime 3s weak 0\nallowlist 192.0.2.3 2001:db8::3\n")
-		e.startGuard("--log-file", logFile)
+		e, srv, _ := guardedSSHEnv(t, b, "PasswordAuthentication yes\n", "default deny incoming\nallow 22/tcp\nguard sshd maxretry 4 findtime 1m bantime 3s weak 0\nallowlist 192.0.2.3 2001:db8::3\n")
 
 		for _, fam := range []struct{ client, alt, server netip.Addr }{
 			{lab.ClientV4, lab.ClientAlt[0], lab.ServerV4},
