@@ -47,19 +47,7 @@ func (e *env) dropbearLogin(key string) *session {
 	for {
 		cmd := exec.Command("dbclient", "-y", "-i", key, "-p", "2222", "root@"+lab.ServerV4.String(), "cat")
 		cmd.Env = append(os.Environ(), "HOME="+filepath.Dir(key))
-		in, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		outPipe, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := e.topo.Client.Start(cmd); err != nil {
-			t.Fatalf("dbclient: %v", err)
-		}
-		sess = &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+		sess = startSession(t, e.topo.Client, cmd, "dbclient")
 		if err := sess.alive(5 * time.Second); err == nil {
 			break
 		} else if time.Now().After(deadline) {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/netip"
@@ -185,21 +184,9 @@ func (s *sshd) loginFrom(ns *lab.NS, addr netip.Addr) *session {
 	t := s.e.t
 	t.Helper()
 	cmd := exec.Command("ssh", s.sshArgs(addr, "cat")...)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	outPipe, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := ns.Start(cmd); err != nil {
-		t.Fatalf("ssh: %v", err)
-	}
+	sess := startSession(t, ns, cmd, "ssh")
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // may be gone already
-	sess := &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
-	if err := sess.alive(20 * time.Second); err != nil { // see login
+	if err := sess.alive(20 * time.Second); err != nil {         // see login
 		t.Fatalf("ssh login to %s: %v", addr, err)
 	}
 	return sess

@@ -174,12 +174,10 @@ func (s *sshd) loginBoth() (v4, v6 *session) {
 	return s.login(lab.ServerV4), s.login(lab.ServerV6)
 }
 
-// loginWith is login with more ssh options (before the destination), such
-// as forwarded ports.
-func (s *sshd) loginWith(addr netip.Addr, opts ...string) *session {
-	t := s.e.t
+// startSession starts cmd (a login that runs cat; what names it in an
+// error) in ns with pipes to its input and output.
+func startSession(t testing.TB, ns *lab.NS, cmd *exec.Cmd, what string) *session {
 	t.Helper()
-	cmd := exec.Command("ssh", append(opts, s.sshArgs(addr, "cat")...)...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -189,11 +187,20 @@ func (s *sshd) loginWith(addr netip.Addr, opts ...string) *session {
 		t.Fatal(err)
 	}
 	cmd.Stderr = os.Stderr
-	if err := s.e.topo.Client.Start(cmd); err != nil {
-		t.Fatalf("ssh: %v", err)
+	if err := ns.Start(cmd); err != nil {
+		t.Fatalf("%s: %v", what, err)
 	}
+	return &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
+}
+
+// loginWith is login with more ssh options (before the destination), such
+// as forwarded ports.
+func (s *sshd) loginWith(addr netip.Addr, opts ...string) *session {
+	t := s.e.t
+	t.Helper()
+	cmd := exec.Command("ssh", append(opts, s.sshArgs(addr, "cat")...)...)
+	sess := startSession(t, s.e.topo.Client, cmd, "ssh")
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // may be gone already
-	sess := &session{cmd: cmd, in: in, out: bufio.NewReader(outPipe)}
 	// A login on a loaded machine takes seconds (key exchange, sshd
 	// execs itself, then the session's shell runs cat); a login that
 	// cannot work never answers, however long the wait.
