@@ -19,11 +19,10 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-// Without any firewall every probe gets through: the lab itself works.
-func TestTopologyWithoutFirewall(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	topo, err := NewTopology("labtest", true)
+// testTopology makes the namespaces of a test, removed when it ends.
+func testTopology(t *testing.T, prefix string, withBackend bool) *Topology {
+	t.Helper()
+	topo, err := NewTopology(prefix, withBackend)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,6 +31,14 @@ func TestTopologyWithoutFirewall(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	return topo
+}
+
+// Without any firewall every probe gets through: the lab itself works.
+func TestTopologyWithoutFirewall(t *testing.T) {
+	requireRoot(t)
+	t.Parallel()
+	topo := testTopology(t, "labtest", true)
 	var svc Services
 	t.Cleanup(func() { _ = svc.Close() }) // closes sockets the test may have ended
 	for _, ns := range []*NS{topo.Server, topo.Client, topo.Backend} {
@@ -67,17 +74,10 @@ func TestTopologyWithoutFirewall(t *testing.T) {
 func TestRunChecksSlowUDPAnswer(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
-	topo, err := NewTopology("labslow", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	topo := testTopology(t, "labslow", false)
 	var pc net.PacketConn
 	if err := topo.Server.Do(func() error {
+		var err error
 		pc, err = net.ListenPacket("udp", "[::]:5353")
 		return err
 	}); err != nil {
@@ -99,6 +99,7 @@ func TestRunChecksSlowUDPAnswer(t *testing.T) {
 	// receives, no ICMP unreachable comes back.
 	var mute net.PacketConn
 	if err := topo.Server.Do(func() error {
+		var err error
 		mute, err = net.ListenPacket("udp", "[::]:5354")
 		return err
 	}); err != nil {

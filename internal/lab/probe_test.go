@@ -148,15 +148,7 @@ func TestProbeHonoursCancel(t *testing.T) {
 func TestProbeFixedPortWhileForking(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
-	topo, err := NewTopology("labfork", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	topo := testTopology(t, "labfork", false)
 	var svc Services
 	t.Cleanup(func() { _ = svc.Close() })
 	if err := svc.ServeAll(context.Background(), topo.Server, []uint16{80}, []uint16{53}); err != nil {
