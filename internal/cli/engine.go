@@ -70,6 +70,7 @@ func (a *app) engine() *engine.Engine {
 		Apps:             a.apps(),
 		Log:              a.log,
 		Warn:             func(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) },
+		OtherRecords:     append([]string{fingerprintFile, updatingMarker}, ipt.StateFiles()...),
 	}
 	if a.engineHook != nil {
 		a.engineHook(&o)

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
@@ -640,7 +641,8 @@ func (e *Engine) dropStale(p *Pending) error {
 
 // removePrepared removes what a command killed half way left prepared
 // beside the records (writeIntent, and apply's prepareRecords: written
-// while the kernel took the change, renamed after it) and, when its
+// while the kernel took the change, renamed after it; every other record
+// and Options.OtherRecords, written through a temporary file) and, when its
 // journal in says it wrote the policy file, beside that file: nothing
 // reads them and nothing renames them later. A journal killed before its
 // rename leaves no journal (in nil), only its temporary file; a policy
@@ -649,7 +651,9 @@ func (e *Engine) dropStale(p *Pending) error {
 // removed is only logged: it is hidden and harmless.
 func (e *Engine) removePrepared(in *Intent) {
 	errs := []error{atomicfile.RemovePrepared(e.o.StateDir, func(name string) bool {
-		return name == IntentFile || name == AppliedFile || name == savedFile || statetext.IsName(name)
+		return name == IntentFile || name == AppliedFile || name == savedFile || statetext.IsName(name) ||
+			name == pendingFile || name == snapshotFile || name == policyFile || name == rollbackBansFile ||
+			name == listCopiesFile || name == outcomeFile || slices.Contains(e.o.OtherRecords, name)
 	})}
 	if in != nil && in.FileChanged && in.Path != "" {
 		errs = append(errs, policy.RemovePrepared(in.Path))

@@ -82,6 +82,11 @@ type Options struct {
 	// Log records what the engine does; Warn tells the admin (stderr).
 	Log  *slog.Logger
 	Warn func(msg string)
+	// OtherRecords name the files other parts of moat write in StateDir
+	// (kernel-fingerprint.json, the iptables backend's caches): a kill
+	// during their write leaves a hidden temporary file beside them that
+	// the repair removes with its own (removePrepared).
+	OtherRecords []string
 	// Checkpoint, if set, is called between the steps of a change; a test
 	// returns an error there to simulate kill -9 at that point (the
 	// engine then returns at once, cleaning up nothing).

@@ -1547,3 +1547,45 @@ func TestKillLeavesNoPreparedFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestRepairRemovesOtherRecordsTemps: a kill during the write of any
+// record of a command under the lock (the pending change's files, the
+// outcome, and the files Options.OtherRecords name: the kernel
+// fingerprint, the iptables caches) leaves a hidden temporary file that
+// the next command's repair removes; the guard's files, written under
+// its own lock while commands run, stay.
+func TestRepairRemovesOtherRecordsTemps(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	r.eng.o.OtherRecords = []string{"kernel-fingerprint.json", "ipt-chains.json"}
+	gone := []string{pendingFile, snapshotFile, policyFile, rollbackBansFile, listCopiesFile, outcomeFile, "kernel-fingerprint.json", "ipt-chains.json"}
+	kept := []string{"guard.json", "guard.index", "unknown.json"}
+	for _, name := range append(slices.Clone(gone), kept...) {
+		p, err := atomicfile.Prepare(filepath.Join(r.dir, name), []byte("{}"), 0o600)
+		r.must(err)
+		_ = p // never committed nor aborted, as a kill leaves it
+	}
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	entries, err := os.ReadDir(r.dir)
+	r.must(err)
+	left := map[string]bool{}
+	for _, e := range entries {
+		for _, name := range append(slices.Clone(gone), kept...) {
+			if strings.HasPrefix(e.Name(), "."+name+".") && strings.HasSuffix(e.Name(), ".tmp") {
+				left[name] = true
+			}
+		}
+	}
+	for _, name := range gone {
+		if left[name] {
+			t.Errorf("the temporary file of %s is left after the repair", name)
+		}
+	}
+	for _, name := range kept {
+		if !left[name] {
+			t.Errorf("the temporary file of %s, not a command's record, was removed", name)
+		}
+	}
+}

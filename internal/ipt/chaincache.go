@@ -19,6 +19,10 @@ import (
 // while the machine runs), and any other is not read.
 const chainCacheFile = "ipt-chains.json"
 
+// StateFiles are the files the backend writes in the state directory
+// (through a temporary file beside each).
+func StateFiles() []string { return []string{chainCacheFile, digestKeyFile} }
+
 type chainCache struct {
 	Boot  string                            `json:"boot_id"`
 	NetNS uint64                            `json:"netns_cookie"`
