@@ -296,7 +296,7 @@ func (b *Backend) readChains(ctx context.Context) (*state, error) {
 func (b *Backend) setNames(ctx context.Context) ([]string, error) {
 	if b.IpsetNetlink {
 		if c, err := dialIpset(); err == nil {
-			names, err := c.names()
+			names, err := c.names(ctx)
 			_ = c.Close() // read only
 			if err == nil {
 				return names, nil
@@ -599,7 +599,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	load := setsToLoad(rs, st.sets, names, again)
 	if len(load) == 0 && len(diffs) > 0 && b.IpsetNetlink {
 		// Differences alone: over netlink, else as text below.
-		if err := sendDiffs(diffs); err == nil {
+		if err := sendDiffs(ctx, diffs); err == nil {
 			diffs = nil
 		}
 	}
@@ -628,7 +628,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		}
 		if fills != nil {
 			for _, f := range *fills {
-				if err := conn.fillSet(f); err != nil {
+				if err := conn.fillSet(ctx, f); err != nil {
 					return fmt.Errorf("load ipsets: %w", err)
 				}
 			}
@@ -713,7 +713,7 @@ func (b *Backend) foreignSet(ctx context.Context, name string, fam policy.Family
 	}
 	if b.IpsetNetlink {
 		if c, err := dialIpset(); err == nil {
-			typ, f, err := c.kind(name)
+			typ, f, err := c.kind(ctx, name)
 			_ = c.Close() // read only
 			if err == nil && typ != "" {
 				got := map[uint8]string{unix.NFPROTO_IPV4: "inet", unix.NFPROTO_IPV6: "inet6"}[f]
@@ -754,7 +754,7 @@ func (b *Backend) ipsetHeader(ctx context.Context, name string) (typ, header str
 func (b *Backend) maxelem(ctx context.Context, name string) int {
 	if b.IpsetNetlink {
 		if c, err := dialIpset(); err == nil {
-			n := c.maxelem(name)
+			n := c.maxelem(ctx, name)
 			_ = c.Close() // read only
 			if n > 0 {
 				return n
@@ -1031,7 +1031,7 @@ func (b *Backend) fingerprintNetlink(ctx context.Context, after *afterApply) (Ke
 	used := map[string]bool{}
 	for idx := range rd.sets {
 		// A set a rule refers to cannot be destroyed, nor renamed.
-		name, err := ic.setNameByIndex(idx)
+		name, err := ic.setNameByIndex(ctx, idx)
 		if err != nil {
 			return KernelPrint{}, err
 		}
@@ -1166,12 +1166,12 @@ func (sr *setReader) digest(ctx context.Context, name string) []byte {
 			writeSetDigest(h, name, withElements(head, sum.n), sum, false)
 			return h.Sum(nil)
 		}
-		if err := hashSetLoadedSum(h, sr.mh, name, sum); err == nil {
+		if err := hashSetLoadedSum(ctx, h, sr.mh, name, sum); err == nil {
 			return h.Sum(nil)
 		}
 	}
 	if sr.mh != nil {
-		head, sum, missing, err := readSetSum(sr.mh, name, 0)
+		head, sum, missing, err := readSetSum(ctx, sr.mh, name, 0)
 		if err == nil {
 			if !missing {
 				// The next Apply's fingerprint takes the header from here

@@ -1,11 +1,12 @@
 package ipt
 
 import (
+	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -53,13 +54,9 @@ type ipsetWriter struct {
 }
 
 func dialIpsetWriter() (*ipsetWriter, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	fd, err := dialIpsetFD()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errIpsetNetlink, err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		_ = unix.Close(fd) // the bind error is the one to report
-		return nil, fmt.Errorf("%w: %w", errIpsetNetlink, err)
+		return nil, err
 	}
 	// A send buffer that takes a whole message whatever the host's
 	// default (net.core.wmem_default below 64 KiB would refuse every
@@ -76,21 +73,21 @@ func dialIpsetWriter() (*ipsetWriter, error) {
 func (w *ipsetWriter) Close() error { return unix.Close(w.fd) }
 
 // fillSet loads f.
-func (w *ipsetWriter) fillSet(f fill) error {
-	if err := w.addNets(f.tmp, f.nets); err != nil {
+func (w *ipsetWriter) fillSet(ctx context.Context, f fill) error {
+	if err := w.addNets(ctx, f.tmp, f.nets); err != nil {
 		return fmt.Errorf("add the networks of ipset %s to %s: %w", f.name, f.tmp, err)
 	}
 	if !f.swap {
-		if err := w.command(ipsetCmdRename, f.tmp, f.name); err != nil {
+		if err := w.command(ctx, ipsetCmdRename, f.tmp, f.name); err != nil {
 			return fmt.Errorf("rename ipset %s to %s: %w", f.tmp, f.name, err)
 		}
 		return nil
 	}
 	// The rules keep pointing at the name while it is swapped.
-	if err := w.command(ipsetCmdSwap, f.tmp, f.name); err != nil {
+	if err := w.command(ctx, ipsetCmdSwap, f.tmp, f.name); err != nil {
 		return fmt.Errorf("swap ipset %s with %s: %w", f.tmp, f.name, err)
 	}
-	if err := w.command(ipsetCmdDestroy, f.tmp, ""); err != nil {
+	if err := w.command(ctx, ipsetCmdDestroy, f.tmp, ""); err != nil {
 		return fmt.Errorf("destroy ipset %s: %w", f.tmp, err)
 	}
 	return nil
@@ -109,27 +106,25 @@ func (w *ipsetWriter) start(cmd int, name string) {
 }
 
 // command sends one of DESTROY (name), RENAME and SWAP (name, name2).
-func (w *ipsetWriter) command(cmd int, name, name2 string) error {
+func (w *ipsetWriter) command(ctx context.Context, cmd int, name, name2 string) error {
 	w.start(cmd, name)
 	if name2 != "" {
 		w.buf = nft.AppendAttr(w.buf, ipsetAttrSetname2, append([]byte(name2), 0))
 	}
-	return w.send()
+	return w.send(ctx)
 }
 
 // send sends the message in w.buf and waits for the kernel's answer.
-func (w *ipsetWriter) send() error {
+func (w *ipsetWriter) send(ctx context.Context) error {
 	w.seq++
 	binary.NativeEndian.PutUint32(w.buf[0:4], uint32(len(w.buf)))
 	binary.NativeEndian.PutUint32(w.buf[8:12], w.seq)
-	if err := unix.Sendto(w.fd, w.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := sendFD(w.fd, w.buf); err != nil {
 		return err
 	}
+	deadline := time.Now().Add(ipsetAnswerTimeout)
 	for {
-		n, _, err := unix.Recvfrom(w.fd, w.ans, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
+		n, err := recvWithin(ctx, w.fd, w.ans, 0, deadline)
 		if err != nil {
 			return err
 		}
@@ -170,14 +165,14 @@ func ipsetError(errno int32) error {
 
 // addNets adds nets to the set name, as `ipset -exist add` does (a
 // member there already is no error), many to a message.
-func (w *ipsetWriter) addNets(name string, nets []netip.Prefix) error {
-	return w.adtNets(ipsetCmdAdd, name, nets)
+func (w *ipsetWriter) addNets(ctx context.Context, name string, nets []netip.Prefix) error {
+	return w.adtNets(ctx, ipsetCmdAdd, name, nets)
 }
 
 // adtNets adds (ipsetCmdAdd) or deletes (ipsetCmdDel) nets, as `ipset
 // -exist` does (without NLM_F_EXCL: a member there already, or not there,
 // is no error), many to a message.
-func (w *ipsetWriter) adtNets(cmd int, name string, nets []netip.Prefix) error {
+func (w *ipsetWriter) adtNets(ctx context.Context, cmd int, name string, nets []netip.Prefix) error {
 	for len(nets) > 0 {
 		w.start(cmd, name)
 		b := nft.AppendAttr(w.buf, ipsetAttrLineno, binary.NativeEndian.AppendUint32(nil, 0)) // required with a list of members
@@ -189,7 +184,7 @@ func (w *ipsetWriter) adtNets(cmd int, name string, nets []netip.Prefix) error {
 		}
 		binary.NativeEndian.PutUint16(b[adt:], uint16(len(b)-adt))
 		w.buf = b
-		if err := w.send(); err != nil {
+		if err := w.send(ctx); err != nil {
 			return err
 		}
 	}
@@ -248,17 +243,17 @@ func (d setDiff) text(w *strings.Builder) {
 // ipset program to start and no text to format and parse for a change of
 // a few networks. An error leaves some of them made: the caller sends
 // them all again as text, which -exist makes the same.
-func sendDiffs(diffs []setDiff) error {
+func sendDiffs(ctx context.Context, diffs []setDiff) error {
 	w, err := dialIpsetWriter()
 	if err != nil {
 		return err
 	}
 	defer func() { _ = w.Close() }() // the answers were read
 	for _, d := range diffs {
-		if err := w.adtNets(ipsetCmdAdd, d.name, d.add); err != nil {
+		if err := w.adtNets(ctx, ipsetCmdAdd, d.name, d.add); err != nil {
 			return fmt.Errorf("add to ipset %s: %w", d.name, err)
 		}
-		if err := w.adtNets(ipsetCmdDel, d.name, d.del); err != nil {
+		if err := w.adtNets(ctx, ipsetCmdDel, d.name, d.del); err != nil {
 			return fmt.Errorf("delete from ipset %s: %w", d.name, err)
 		}
 	}

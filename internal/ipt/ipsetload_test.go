@@ -153,7 +153,7 @@ func TestIpsetNetlinkLoadErrors(t *testing.T) {
 		}
 		defer func() { _ = c.Close() }()
 		ok := fill{tmp: "t4", name: "n4", nets: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
-		if err := c.fillSet(ok); err != nil {
+		if err := c.fillSet(context.Background(), ok); err != nil {
 			t.Errorf("a good load: %v", err)
 		}
 		// A whole message of them: the kernel's answer to a message
@@ -163,13 +163,13 @@ func TestIpsetNetlinkLoadErrors(t *testing.T) {
 			v6 = append(v6, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 7: byte(i), 6: byte(i >> 8)}), 64))
 		}
 		bad := fill{tmp: "n4", name: "t4", nets: v6}
-		err = c.fillSet(bad)
+		err = c.fillSet(context.Background(), bad)
 		t.Logf("IPv6 into IPv4: %v", err)
 		if err == nil || !strings.Contains(err.Error(), "ipset t4 to n4") {
 			t.Errorf("an IPv6 network into an IPv4 set: %v", err)
 		}
 		missing := fill{tmp: "nosuch", name: "t4", nets: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
-		if err := c.fillSet(missing); err == nil || !strings.Contains(err.Error(), "nosuch") {
+		if err := c.fillSet(context.Background(), missing); err == nil || !strings.Contains(err.Error(), "nosuch") {
 			t.Errorf("a missing set: %v", err)
 		}
 		return nil

@@ -1,12 +1,14 @@
 package ipt
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -55,8 +57,117 @@ const (
 // program instead.
 var errIpsetNetlink = errors.New("ipset netlink")
 
+// ipsetAnswerTimeout bounds the wait for the kernel's whole answer to one ipset
+// request (a dump of 200,000 members takes well under a second): a
+// kernel that never answers (wedged, or a module that lost the request)
+// must not hang a command, nor the guard, forever.
+var ipsetAnswerTimeout = 30 * time.Second
+
+// errIpsetTimeout is the error of a request the kernel did not answer
+// within ipsetAnswerTimeout (a read then falls back to the ipset program,
+// a load to ipset restore).
+var errIpsetTimeout = errors.New("the kernel did not answer")
+
+// timeoutError is errIpsetTimeout with the time waited.
+func timeoutError() error {
+	return fmt.Errorf("%w within %s", errIpsetTimeout, ipsetAnswerTimeout)
+}
+
+// dialIpsetFD opens the raw netlink socket of dumpSet and ipsetWriter,
+// bound, and connected to the kernel: only the kernel's messages reach
+// it (another process's are refused), and requests are written to it.
+// Tests replace it with a socket that never answers.
+var dialIpsetFD = func() (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return -1, fmt.Errorf("%w: %w", errIpsetNetlink, err)
+	}
+	kernel := &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
+	if err := unix.Bind(fd, kernel); err != nil {
+		_ = unix.Close(fd) // the bind error is the one to report
+		return -1, fmt.Errorf("%w: %w", errIpsetNetlink, err)
+	}
+	if err := unix.Connect(fd, kernel); err != nil {
+		_ = unix.Close(fd) // the connect error is the one to report
+		return -1, fmt.Errorf("%w: %w", errIpsetNetlink, err)
+	}
+	return fd, nil
+}
+
+// sendFD writes one request to a socket of dialIpsetFD.
+func sendFD(fd int, b []byte) error {
+	for {
+		_, err := unix.Write(fd, b)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// recvWithin reads one datagram of fd into buf (flags: unix.MSG_TRUNC),
+// waiting until deadline at most, and no longer than ctx lives.
+func recvWithin(ctx context.Context, fd int, buf []byte, flags int, deadline time.Time) (int, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return 0, timeoutError()
+		}
+		// In slices, so that a cancelled ctx is seen soon.
+		ms := int(min(left, 100*time.Millisecond)/time.Millisecond) + 1
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, ms)
+		if errors.Is(err, unix.EINTR) || (err == nil && n == 0) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		n, _, err = unix.Recvfrom(fd, buf, flags|unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+			continue
+		}
+		return n, err
+	}
+}
+
 // ipsetConn is one netlink socket for a command's ipset reads.
-type ipsetConn struct{ c *netlink.Conn }
+type ipsetConn struct {
+	c *netlink.Conn
+	// broken: a request was not answered in time, and the socket was
+	// closed to end it; every later request fails.
+	broken error
+}
+
+// execute sends req and reads the answer, within ipsetAnswerTimeout and
+// while ctx lives: else the socket is closed (which ends a blocked read).
+func (c *ipsetConn) execute(ctx context.Context, req netlink.Message) ([]netlink.Message, error) {
+	if c.broken != nil {
+		return nil, c.broken
+	}
+	type answer struct {
+		msgs []netlink.Message
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		msgs, err := c.c.Execute(req)
+		done <- answer{msgs, err}
+	}()
+	t := time.NewTimer(ipsetAnswerTimeout)
+	defer t.Stop()
+	select {
+	case a := <-done:
+		return a.msgs, a.err
+	case <-t.C:
+		c.broken = timeoutError()
+	case <-ctx.Done():
+		c.broken = ctx.Err()
+	}
+	_ = c.c.Close() // ends the read; the error is c.broken
+	return nil, c.broken
+}
 
 func dialIpset() (*ipsetConn, error) {
 	// Receive buffers of 64 KiB: the kernel sizes each part of a dump
@@ -74,7 +185,7 @@ func (c *ipsetConn) Close() error { return c.c.Close() }
 
 // list dumps one set (name) or every set (name ""), with flags
 // (ipsetFlagList*: names or headers only).
-func (c *ipsetConn) list(name string, flags uint32) ([]netlink.Message, error) {
+func (c *ipsetConn) list(ctx context.Context, name string, flags uint32) ([]netlink.Message, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint8(ipsetAttrProtocol, ipsetProtocol)
 	if name != "" {
@@ -91,7 +202,7 @@ func (c *ipsetConn) list(name string, flags uint32) ([]netlink.Message, error) {
 		Header: netlink.Header{Type: netlink.HeaderType(nfnlSubsysIPSet<<8 | ipsetCmdList), Flags: netlink.Request | netlink.Dump | netlink.Acknowledge},
 		Data:   append([]byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	}
-	msgs, err := c.c.Execute(req)
+	msgs, err := c.execute(ctx, req)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil, err
@@ -106,8 +217,8 @@ func (c *ipsetConn) list(name string, flags uint32) ([]netlink.Message, error) {
 }
 
 // names lists the names of every set.
-func (c *ipsetConn) names() ([]string, error) {
-	msgs, err := c.list("", ipsetFlagListSetname)
+func (c *ipsetConn) names(ctx context.Context) ([]string, error) {
+	msgs, err := c.list(ctx, "", ipsetFlagListSetname)
 	if err != nil {
 		return nil, err
 	}
@@ -126,8 +237,8 @@ func (c *ipsetConn) names() ([]string, error) {
 }
 
 // maxelem is the most entries a set takes, from its header (0: unknown).
-func (c *ipsetConn) maxelem(name string) int {
-	msgs, err := c.list(name, ipsetFlagListHeader)
+func (c *ipsetConn) maxelem(ctx context.Context, name string) int {
+	msgs, err := c.list(ctx, name, ipsetFlagListHeader)
 	if err != nil {
 		return 0
 	}
@@ -236,8 +347,8 @@ func cString(v []byte) string {
 
 // kind is a set's type and family as the kernel lists them in its header
 // ("hash:net inet"; family 0 for types without one, such as list:set).
-func (c *ipsetConn) kind(name string) (typ string, family uint8, err error) {
-	msgs, err := c.list(name, ipsetFlagListHeader)
+func (c *ipsetConn) kind(ctx context.Context, name string) (typ string, family uint8, err error) {
+	msgs, err := c.list(ctx, name, ipsetFlagListHeader)
 	if err != nil {
 		return "", 0, err
 	}

@@ -34,7 +34,7 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 		var sum []byte
 		err := ns.Do(func() error {
 			h := sha256.New()
-			if err := hashSet(h, mh, name); err != nil {
+			if err := hashSet(ctx, h, mh, name); err != nil {
 				return err
 			}
 			sum = h.Sum(nil)
@@ -93,7 +93,7 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 		var sum []byte
 		err := ns.Do(func() error {
 			h := sha256.New()
-			if err := hashSetLoaded(h, mh, name, ps); err != nil {
+			if err := hashSetLoaded(ctx, h, mh, name, ps); err != nil {
 				return err
 			}
 			sum = h.Sum(nil)
@@ -124,8 +124,8 @@ func TestIpsetNetlinkDigest(t *testing.T) {
 			return err
 		}
 		defer func() { _ = c.Close() }()
-		max = c.maxelem("m4")
-		names, err = c.names()
+		max = c.maxelem(ctx, "m4")
+		names, err = c.names(ctx)
 		return err
 	})
 	if err != nil {
@@ -287,13 +287,13 @@ func BenchmarkSetDigest(b *testing.B) {
 		for range b.N {
 			c0 := cpuTime()
 			for _, n := range sets {
-				if _, err := dumpSet(n, 0, func([]byte) error { return nil }); err != nil {
+				if _, err := dumpSet(context.Background(), n, 0, func([]byte) error { return nil }); err != nil {
 					return err
 				}
 			}
 			c1 := cpuTime()
 			for _, n := range sets {
-				if err := hashSet(sha256.New(), mh, n); err != nil {
+				if err := hashSet(context.Background(), sha256.New(), mh, n); err != nil {
 					return err
 				}
 			}

@@ -3,6 +3,7 @@ package ipt
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -420,7 +421,7 @@ func isNoEntry(err error) bool {
 // (IPSET_CMD_GET_BYINDEX): a listing of every set's header, which gave
 // the indexes too, makes the kernel walk each hash set's buckets to size
 // it (3 to 4 ms of a command with 100,000 networks in two sets).
-func (c *ipsetConn) setNameByIndex(idx uint16) (string, error) {
+func (c *ipsetConn) setNameByIndex(ctx context.Context, idx uint16) (string, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint8(ipsetAttrProtocol, ipsetProtocol)
 	ae.Bytes(ipsetAttrIndex|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint16(nil, idx))
@@ -428,7 +429,7 @@ func (c *ipsetConn) setNameByIndex(idx uint16) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	msgs, err := c.c.Execute(netlink.Message{
+	msgs, err := c.execute(ctx, netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(nfnlSubsysIPSet<<8 | ipsetCmdGetByIndex), Flags: netlink.Request},
 		Data:   append([]byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	})

@@ -1,6 +1,7 @@
 package ipt
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"testing"
@@ -144,7 +145,7 @@ func TestIpsetListDumpInterrupted(t *testing.T) {
 			{Header: netlink.Header{Type: netlink.Done, Flags: netlink.Multi, Sequence: req.Header.Sequence, PID: nltest.PID}, Data: make([]byte, 4)},
 		}, nil
 	})}
-	if names, err := c.names(); !errors.Is(err, errDumpInterrupted) || !errors.Is(err, errIpsetNetlink) {
+	if names, err := c.names(context.Background()); !errors.Is(err, errDumpInterrupted) || !errors.Is(err, errIpsetNetlink) {
 		t.Errorf("an interrupted listing: %q, %v; want %v", names, err, errDumpInterrupted)
 	}
 }

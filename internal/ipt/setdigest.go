@@ -1,6 +1,7 @@
 package ipt
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -16,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -260,8 +262,8 @@ func withElements(head []string, n int) []string {
 
 // hashSet hashes a set as the kernel holds it (writeSetDigest), reading
 // its whole dump. A missing set is said to be missing.
-func hashSet(h io.Writer, mh *memberHasher, name string) error {
-	head, sum, missing, err := readSetSum(mh, name, 0)
+func hashSet(ctx context.Context, h io.Writer, mh *memberHasher, name string) error {
+	head, sum, missing, err := readSetSum(ctx, mh, name, 0)
 	if err != nil {
 		return err
 	}
@@ -272,13 +274,13 @@ func hashSet(h io.Writer, mh *memberHasher, name string) error {
 // hashSetLoaded is hashSet of a set whose members are nets (what moat
 // loaded into it): the header is read, the members are not. It equals
 // hashSet of the set when it holds exactly nets.
-func hashSetLoaded(h io.Writer, mh *memberHasher, name string, nets []netip.Prefix) error {
-	return hashSetLoadedSum(h, mh, name, mh.sumOf(nets))
+func hashSetLoaded(ctx context.Context, h io.Writer, mh *memberHasher, name string, nets []netip.Prefix) error {
+	return hashSetLoadedSum(ctx, h, mh, name, mh.sumOf(nets))
 }
 
 // hashSetLoadedSum is hashSetLoaded with the networks' sum (sumOf).
-func hashSetLoadedSum(h io.Writer, mh *memberHasher, name string, sum memberSum) error {
-	head, _, missing, err := readSetSum(mh, name, ipsetFlagListHeader)
+func hashSetLoadedSum(ctx context.Context, h io.Writer, mh *memberHasher, name string, sum memberSum) error {
+	head, _, missing, err := readSetSum(ctx, mh, name, ipsetFlagListHeader)
 	if err != nil {
 		return err
 	}
@@ -288,8 +290,8 @@ func hashSetLoadedSum(h io.Writer, mh *memberHasher, name string, sum memberSum)
 
 // readSetSum reads a set's header lines (sorted) and the sum of its
 // members (none with ipsetFlagListHeader), or says it is missing.
-func readSetSum(mh *memberHasher, name string, flags uint32) (head []string, sum memberSum, missing bool, err error) {
-	missing, err = dumpSet(name, flags, func(attrs []byte) error {
+func readSetSum(ctx context.Context, mh *memberHasher, name string, flags uint32) (head []string, sum memberSum, missing bool, err error) {
+	missing, err = dumpSet(ctx, name, flags, func(attrs []byte) error {
 		return sumMessage(mh, attrs, &head, &sum)
 	})
 	if err != nil || missing {
@@ -414,27 +416,22 @@ func plainMember(v []byte) (p plainNet, ok bool) {
 // ipsetFlagListHeader) and hands each netfilter message's attributes to
 // fn as it arrives, over a socket of its own, into one buffer: nothing of
 // a part is kept once fn returns. missing: there is no such set.
-func dumpSet(name string, flags uint32, fn func(attrs []byte) error) (missing bool, err error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+func dumpSet(ctx context.Context, name string, flags uint32, fn func(attrs []byte) error) (missing bool, err error) {
+	fd, err := dialIpsetFD()
 	if err != nil {
-		return false, fmt.Errorf("%w: %w", errIpsetNetlink, err)
+		return false, err
 	}
 	defer func() { _ = unix.Close(fd) }() // read only
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return false, fmt.Errorf("%w: %w", errIpsetNetlink, err)
-	}
 	const seq = 1
 	req := dumpRequest(name, flags, seq)
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := sendFD(fd, req); err != nil {
 		return false, fmt.Errorf("%w: list %q: %w", errIpsetNetlink, name, err)
 	}
 	// 64 KiB: the kernel makes each part of a dump up to 32 KiB.
 	buf := make([]byte, 1<<16)
+	deadline := time.Now().Add(ipsetAnswerTimeout)
 	for {
-		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_TRUNC)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
+		n, err := recvWithin(ctx, fd, buf, unix.MSG_TRUNC, deadline)
 		if err != nil {
 			return false, fmt.Errorf("%w: list %q: %w", errIpsetNetlink, name, err)
 		}
