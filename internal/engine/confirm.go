@@ -265,7 +265,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 	// The port scan trap's exemptions of the logins made while the change
 	// waited (the guard put them in the backend the change loaded): the
 	// snapshot's login sets are those of before.
-	logins := e.liveLogins(ctx, p.Backend)
+	logins := e.liveLogins(ctx, nil, p.Backend)
 	var errs []error
 	snap, err := readState(dir, snapshotFile)
 	if err == nil && Hash(snap) != p.SnapshotSHA256 {
@@ -687,7 +687,7 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 		defer e.holdBans(ctx)()
 		rec, _ := e.recordedBans(switchID(in))
 		carried = e.liveBans(ctx, rec, in.Next.Backend)
-		logins = e.liveLogins(ctx, in.Next.Backend, in.Prev.Backend)
+		logins = e.liveLogins(ctx, nil, in.Next.Backend, in.Prev.Backend)
 	}
 	if in.Pending != "" {
 		if p, err := LoadPending(dir); err == nil && p.ID == in.Pending {

@@ -30,7 +30,7 @@ type Fake struct {
 	// Unavailable makes Available fail.
 	Unavailable error
 	// Fail, when it returns an error for an operation ("apply", "remove",
-	// "snapshot", "restore", "active"), that operation fails and changes
+	// "snapshot", "restore", "active", "logins"), that operation fails and changes
 	// nothing (as an atomic kernel transaction does).
 	Fail func(op string) error
 	// KeepBanSets makes RestoreKeepingBans restore (as nftables does when
@@ -116,6 +116,9 @@ func (f *Fake) Protect(_ context.Context, addrs []netip.Addr, ttl time.Duration)
 func (f *Fake) Logins(context.Context) ([]ruleset.Ban, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("logins"); err != nil {
+		return nil, err
+	}
 	if f.rs == nil || !hasLoginSets(f.rs) {
 		return nil, fmt.Errorf("fake %s: no login sets loaded", f.name)
 	}

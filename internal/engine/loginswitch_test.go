@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -164,6 +165,56 @@ func TestProtectDuringBackendSwitchNotLost(t *testing.T) {
 			r.must(err)
 			if len(got) != 1 || got[0].Addr != admin {
 				t.Errorf("logins in %s, which holds moat's rules: %+v, want %s", to.Name(), got, admin)
+			}
+		})
+	}
+}
+
+// A failure to read the login sets (during a change of backend, a
+// rollback, the undo of a change cut by a kill) lost the exemptions
+// without a word: it is said, naming the backend and the error.
+func TestLoginsReadFailureSaid(t *testing.T) {
+	broken := errors.New("netlink: no buffer space")
+	failLogins := func(op string) error {
+		if op == "logins" {
+			return broken
+		}
+		return nil
+	}
+	for _, how := range []string{"switch", "rollback", "kill+undo"} {
+		t.Run(how, func(t *testing.T) {
+			r := newRig(t)
+			ctx := context.Background()
+			admin := netip.MustParseAddr("198.51.100.9")
+			r.write("backend nftables\n" + base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			r.must(r.nft.Protect(ctx, []netip.Addr{admin}, 20*time.Hour))
+			switch how {
+			case "switch":
+				r.nft.Fail = failLogins
+				r.write("backend iptables\n" + base)
+				_, err = r.enable(r.ch(0))
+				r.must(err)
+			case "rollback":
+				r.write("backend nftables\n" + base + "allow 80/tcp\n")
+				_, err = r.enable(r.ch(time.Hour))
+				r.must(err)
+				r.nft.Fail = failLogins
+				r.must(r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err }))
+			case "kill+undo":
+				r.write("backend iptables\n" + base)
+				r.crashAt = "switched"
+				if _, err := r.enable(r.ch(0)); !IsCrash(err) {
+					t.Fatalf("no crash: %v", err)
+				}
+				r.crashAt = ""
+				r.ipt.Fail = failLogins
+				r.must(r.do(func(context.Context, *Engine) error { return nil }))
+			}
+			w := strings.Join(r.warnings, "\n")
+			if !strings.Contains(w, "cannot read the port scan trap's login exemptions") || !strings.Contains(w, broken.Error()) {
+				t.Errorf("the login sets could not be read, and nothing said so: warnings %q", w)
 			}
 		})
 	}

@@ -218,14 +218,37 @@ func (e *Engine) carryLogins(ctx context.Context, from []string, to Backend, rs 
 	if !hasLoginSets(rs) {
 		return
 	}
-	e.putLogins(ctx, to, e.liveLogins(ctx, from...))
+	e.putLogins(ctx, to, e.liveLogins(ctx, nil, from...))
 }
 
 // liveLogins reads the login sets of the named backends that hold moat's
-// rules (none: a backend without them, or not loaded).
-func (e *Engine) liveLogins(ctx context.Context, names ...string) []ruleset.Ban {
-	var out []ruleset.Ban
-	seen := map[netip.Addr]bool{}
+// rules, adding those not in have already (the exemptions recorded in
+// pending.bans, kept whatever the read gives). A backend whose login sets
+// cannot be read is said loudly: its exemptions are lost unless recorded,
+// and the admin they spared may be trapped at the next closed port tried.
+func (e *Engine) liveLogins(ctx context.Context, have []ruleset.Ban, names ...string) []ruleset.Ban {
+	out := make([]ruleset.Ban, 0, len(have))
+	at := map[netip.Addr]int{}
+	add := func(l ruleset.Ban) {
+		a := l.Addr.Unmap()
+		if !a.IsValid() {
+			return
+		}
+		l.Addr = a
+		if i, ok := at[a]; ok {
+			// Twice (recorded and live, or in both backends): the
+			// exemption that lasts longer.
+			if banLeft(l) > banLeft(out[i]) {
+				out[i] = l
+			}
+			return
+		}
+		at[a] = len(out)
+		out = append(out, l)
+	}
+	for _, l := range have {
+		add(l)
+	}
 	for _, b := range e.loadedBackends(ctx, names...) {
 		k, ok := b.(loginKeeper)
 		if !ok {
@@ -233,14 +256,15 @@ func (e *Engine) liveLogins(ctx context.Context, names ...string) []ruleset.Ban 
 		}
 		logins, err := k.Logins(ctx)
 		if err != nil {
-			continue // no login sets there (an earlier moat's rules)
+			kept := "they are lost: an admin they spared is trapped by the port scan trap until the guard sees the next login"
+			if len(have) > 0 {
+				kept = fmt.Sprintf("the %d recorded in %s are kept", len(have), filepath.Join(e.o.StateDir, rollbackBansFile))
+			}
+			e.warn(fmt.Sprintf("cannot read the port scan trap's login exemptions in %s (%v): %s", b.Name(), err, kept))
+			continue
 		}
 		for _, l := range logins {
-			if a := l.Addr.Unmap(); a.IsValid() && !seen[a] {
-				seen[a] = true
-				l.Addr = a
-				out = append(out, l)
-			}
+			add(l)
 		}
 	}
 	return out
