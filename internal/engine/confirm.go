@@ -137,7 +137,17 @@ func (e *Engine) finishConfirm(p *Pending) error {
 	p.Watchdog.Stop()
 	a, err := LoadApplied(dir)
 	if err != nil {
-		return err
+		// The watchdog is stopped and the kernel keeps the change: an
+		// unreadable record must not leave it half confirmed (every
+		// command would fail to finish it, and nothing would roll it
+		// back). The next change writes a good record.
+		saved := ""
+		if p.Persist {
+			saved = " and it is not saved for boot"
+		}
+		e.warn(fmt.Sprintf("%v: the change is kept, but what moat applied is unknown%s: 'moat reload' records it", err, saved))
+		e.o.Log.Error("confirm: the applied record is unreadable; change kept", "err", err)
+		a = nil
 	}
 	if a != nil && a.Pending == p.ID {
 		if p.Persist {

@@ -1589,3 +1589,54 @@ func TestRepairRemovesOtherRecordsTemps(t *testing.T) {
 		}
 	}
 }
+
+// The applied record is unreadable (torn, garbage) while a change waits:
+// 'moat confirm' stopped the watchdog, marked the change confirming, then
+// failed on the record, and so did every command after it (the repair
+// could not finish the confirmation), 'moat rollback' included: the
+// change stayed, neither confirmed nor ever rolled back. The confirmation
+// is finished (the kernel keeps the change), says the record is
+// unknown, and the next change records and saves what it applies.
+func TestConfirmWithUnreadableAppliedRecord(t *testing.T) {
+	for _, how := range []string{"confirm", "killed at confirm-marked"} {
+		t.Run(how, func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
+			r.must(err)
+			r.must(os.WriteFile(filepath.Join(r.dir, AppliedFile), []byte(`{"backend":"nftab`), 0o600))
+			confirm := func() error {
+				return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Confirm(ctx); return err })
+			}
+			if how == "confirm" {
+				r.must(confirm())
+			} else {
+				r.crashAt = "confirm-marked"
+				if err := confirm(); !IsCrash(err) {
+					t.Fatalf("confirm: %v", err)
+				}
+				r.must(r.do(func(context.Context, *Engine) error { return nil })) // the next command
+			}
+			if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
+				t.Fatalf("the change still waits: %v", err)
+			}
+			r.kernelIs("nftables", base+"allow 443/tcp\n")
+			if w := strings.Join(r.warnings, "\n"); !strings.Contains(w, AppliedFile) || !strings.Contains(w, "saved for boot") {
+				t.Errorf("the unreadable record is not said: %q", r.warnings)
+			}
+			r.advance(2 * time.Minute)
+			r.must(r.do(func(context.Context, *Engine) error { return nil }))
+			r.kernelIs("nftables", base+"allow 443/tcp\n")
+			_, err = r.add(r.ch(0), "allow 80/tcp")
+			r.must(err)
+			r.allHold(base + "allow 443/tcp\nallow 80/tcp\n")
+			s, err := safeapply.LoadSaved(r.dir)
+			r.must(err)
+			if s.Policy != base+"allow 443/tcp\nallow 80/tcp\n" {
+				t.Errorf("saved for boot: %q", s.Policy)
+			}
+		})
+	}
+}
