@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
-	"sort"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,7 +16,6 @@ import (
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
-	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // banBackend is the backend holding moat's ban sets.
@@ -185,13 +181,6 @@ func (a *app) unbanCommand() *cobra.Command {
 	}
 }
 
-type banJSON struct {
-	Address     string `json:"address"`
-	Reason      string `json:"reason"`
-	SecondsLeft int64  `json:"seconds_left"`
-	BanCount    int    `json:"ban_count"`
-}
-
 // defaultBansShown is how many bans 'moat bans' prints without --all.
 const defaultBansShown = 1000
 
@@ -222,6 +211,7 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 				return err
 			}
 			var bans []ruleset.Ban
+			var counts map[netip.Addr]int // read with the bans, or below
 			more := false
 			switch lb, ok := b.(interface {
 				BansUpTo(ctx context.Context, n int) ([]ruleset.Ban, bool, error)
@@ -249,27 +239,22 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 					shown[i] = ban.Addr
 				}
 			}
-			counts := guard.BanCounts(a.stateDir, shown)
-			sort.Slice(bans, func(i, j int) bool { return bans[i].Addr.Less(bans[j].Addr) })
-			list := make([]banJSON, 0, len(bans))
-			for _, ban := range bans {
-				if ban.Reason == "" { // only the kernel's port scan trap adds bans without one
-					ban.Reason = ruleset.ReasonPortscan
-				}
-				list = append(list, banJSON{Address: ban.Addr.String(), Reason: ban.Reason, SecondsLeft: int64(ban.Expires.Seconds()), BanCount: counts[ban.Addr]})
+			if counts == nil {
+				counts = guard.BanCounts(a.stateDir, shown)
 			}
+			rows := banRows(bans, counts)
 			if a.json {
-				return a.printJSON(list)
+				return quietPipe(writeBanJSON(a.out, rows))
 			}
-			if len(list) == 0 {
+			if len(rows) == 0 {
 				a.printf("No bans\n")
 				return nil
 			}
-			if err := writeBanTable(a.out, list); err != nil {
-				return err
+			if err := writeBanRows(a.out, rows); err != nil {
+				return quietPipe(err)
 			}
 			if more {
-				a.printf("%s\n", a.moreBans(len(list)))
+				a.printf("%s\n", a.moreBans(len(rows)))
 			}
 			return nil
 		},
@@ -277,19 +262,6 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 	cmd.Flags().BoolVar(&all, "all", false, "list every ban (slow with many: seconds for 200,000)")
 	cmd.Flags().IntVar(&limit, "limit", defaultBansShown, "without --all, show at most this many bans")
 	return cmd
-}
-
-// writeBanTable prints the bans as a table. A reason is the comment of a
-// ban set's element, which anyone with nft or ipset can write: its
-// control characters (an escape sequence, a line break that would fake a
-// row) are dropped.
-func writeBanTable(w io.Writer, list []banJSON) error {
-	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ADDRESS\tTIME LEFT\tBANS\tREASON")
-	for _, l := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", l.Address, time.Duration(l.SecondsLeft)*time.Second, l.BanCount, termtext.Printable(l.Reason))
-	}
-	return tw.Flush()
 }
 
 // moreBans is the line after a listing cut at shown bans.

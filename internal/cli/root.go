@@ -102,7 +102,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hook func
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "moat: %v\n", err)
+	if !errors.Is(err, errSilent) {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code

@@ -1,0 +1,180 @@
+package cli
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/termtext"
+)
+
+// The listing of 'moat bans' is written as it is made: with 200,000 bans
+// a table built whole (text/tabwriter holds every cell until it is
+// flushed) and a JSON document built whole cost more than the kernel's
+// read, and every row went to the terminal in five unbuffered writes.
+// The bytes are those text/tabwriter and encoding/json printed
+// (TestBanListingSameBytes).
+
+// banRow is one ban as 'moat bans' shows it.
+type banRow struct {
+	addr     netip.Addr
+	reason   string
+	left     int64 // whole seconds
+	banCount int
+}
+
+// banRows sorts bans by address (once) and gives each its count and the
+// reason shown (the kernel's port scan trap adds bans without one).
+func banRows(bans []ruleset.Ban, counts map[netip.Addr]int) []banRow {
+	slices.SortFunc(bans, func(x, y ruleset.Ban) int { return x.Addr.Compare(y.Addr) })
+	rows := make([]banRow, len(bans))
+	for i, b := range bans {
+		r := b.Reason
+		if r == "" {
+			r = ruleset.ReasonPortscan
+		}
+		rows[i] = banRow{addr: b.Addr, reason: r, left: int64(b.Expires.Seconds()), banCount: counts[b.Addr]}
+	}
+	return rows
+}
+
+// Columns of the ban table: what text/tabwriter.NewWriter(w, 2, 8, 2,
+// ' ', 0) made of them (each column as wide as its widest cell plus 2,
+// the last one not padded).
+const banTablePad = 2
+
+var banTableHead = [...]string{"ADDRESS", "TIME LEFT", "BANS", "REASON"}
+
+// writeBanRows prints the bans as a table through one buffer. A reason is
+// the comment of a ban set's element, which anyone with nft or ipset can
+// write: its control characters (an escape sequence, a line break or a
+// tab that would fake a row or a column) are dropped.
+func writeBanRows(w io.Writer, rows []banRow) error {
+	// The widths first: one pass over the rows, nothing kept.
+	var num [64]byte
+	wAddr, wLeft, wCount := len(banTableHead[0]), len(banTableHead[1]), len(banTableHead[2])
+	for i := range rows {
+		r := &rows[i]
+		wAddr = max(wAddr, len(r.addr.AppendTo(num[:0])))
+		wLeft = max(wLeft, len(leftText(num[:0], r.left)))
+		wCount = max(wCount, len(strconv.AppendInt(num[:0], int64(r.banCount), 10)))
+	}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	line := make([]byte, 0, 256)
+	line = padCell(line, []byte(banTableHead[0]), wAddr)
+	line = padCell(line, []byte(banTableHead[1]), wLeft)
+	line = padCell(line, []byte(banTableHead[2]), wCount)
+	line = append(line, banTableHead[3]...)
+	line = append(line, '\n')
+	if _, err := bw.Write(line); err != nil {
+		return err
+	}
+	for i := range rows {
+		r := &rows[i]
+		line = padCell(line[:0], r.addr.AppendTo(num[:0]), wAddr)
+		line = padCell(line, leftText(num[:0], r.left), wLeft)
+		line = padCell(line, strconv.AppendInt(num[:0], int64(r.banCount), 10), wCount)
+		line = appendPrintable(line, r.reason)
+		line = append(line, '\n')
+		if _, err := bw.Write(line); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+// leftText is the time left as the table shows it (a time.Duration's
+// text: 1h2m3s).
+func leftText(dst []byte, secs int64) []byte {
+	return append(dst, (time.Duration(secs) * time.Second).String()...)
+}
+
+// padCell appends a cell padded to the column's width (ASCII cells: a
+// width in bytes is one in runes, which text/tabwriter counts).
+func padCell(dst, cell []byte, width int) []byte {
+	dst = append(dst, cell...)
+	for n := utf8.RuneCount(cell); n < width+banTablePad; n++ {
+		dst = append(dst, ' ')
+	}
+	return dst
+}
+
+// appendPrintable appends s without what termtext.Printable drops.
+func appendPrintable(dst []byte, s string) []byte {
+	for _, r := range s {
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) || termtext.IsBidi(r) {
+			continue
+		}
+		dst = utf8.AppendRune(dst, r)
+	}
+	return dst
+}
+
+// writeBanJSON prints the bans as the JSON array of banJSON that
+// json.Encoder with a two-space indent printed, one ban at a time.
+func writeBanJSON(w io.Writer, rows []banRow) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	if len(rows) == 0 {
+		_, err := bw.WriteString("[]\n")
+		if err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	line := make([]byte, 0, 256)
+	line = append(line, "[\n"...)
+	for i := range rows {
+		r := &rows[i]
+		line = append(line, "  {\n    \"address\": \""...)
+		line = r.addr.AppendTo(line)
+		line = append(line, "\",\n    \"reason\": "...)
+		q, err := json.Marshal(r.reason) // escapes as the encoder did (HTML, invalid UTF-8)
+		if err != nil {
+			return err
+		}
+		line = append(line, q...)
+		line = append(line, ",\n    \"seconds_left\": "...)
+		line = strconv.AppendInt(line, r.left, 10)
+		line = append(line, ",\n    \"ban_count\": "...)
+		line = strconv.AppendInt(line, int64(r.banCount), 10)
+		line = append(line, "\n  }"...)
+		if i < len(rows)-1 {
+			line = append(line, ',')
+		}
+		line = append(line, '\n')
+		if _, err := bw.Write(line); err != nil {
+			return err
+		}
+		line = line[:0]
+	}
+	if _, err := bw.WriteString("]\n"); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// exitBrokenPipe is the exit code of a listing whose reader went away:
+// the shell's for a command killed by SIGPIPE (128+13), which is how it
+// ends when SIGPIPE is not ignored.
+const exitBrokenPipe = 141
+
+// errSilent is an error run does not print.
+var errSilent = errors.New("(not printed)")
+
+// quietPipe makes a listing read by a program that stopped reading
+// ('moat bans --all | head') end quietly: a write to a closed pipe with
+// SIGPIPE ignored fails with EPIPE, which is not the admin's error.
+func quietPipe(err error) error {
+	if errors.Is(err, syscall.EPIPE) {
+		return &exitError{code: exitBrokenPipe, err: errSilent}
+	}
+	return err
+}
