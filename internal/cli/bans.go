@@ -217,7 +217,7 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 				BansUpTo(ctx context.Context, n int) ([]ruleset.Ban, bool, error)
 			}); {
 			case all || a.json:
-				bans, err = b.Bans(cmd.Context())
+				bans, counts, err = a.allBans(cmd.Context(), b)
 			case ok:
 				bans, more, err = lb.BansUpTo(cmd.Context(), limit)
 			default:
@@ -262,6 +262,41 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 	cmd.Flags().BoolVar(&all, "all", false, "list every ban (slow with many: seconds for 200,000)")
 	cmd.Flags().IntVar(&limit, "limit", defaultBansShown, "without --all, show at most this many bans")
 	return cmd
+}
+
+// recordedSlack is how long after the history says a ban ended it is
+// still looked up: the kernel's timeout starts when the ban is loaded,
+// a little before or after the history's clock reads.
+const recordedSlack = time.Minute
+
+// allBans lists every ban and how often each address was banned. Where
+// the backend can (nftables), the addresses the guard's history says may
+// be banned are looked up one by one, which costs the kernel a few
+// microseconds each, where its dump of a set costs n² (seconds at
+// 200,000); when the lookups did not find every element of the ban sets
+// (a ban the history does not know: the port scan trap's, one written by
+// hand; sets that changed meanwhile) the sets are dumped as before.
+func (a *app) allBans(ctx context.Context, b backend.Backend) ([]ruleset.Ban, map[netip.Addr]int, error) {
+	lb, ok := b.(interface {
+		BansOf(ctx context.Context, known []netip.Addr) ([]ruleset.Ban, bool, error)
+	})
+	if !ok {
+		bans, err := b.Bans(ctx)
+		return bans, nil, err
+	}
+	known, counts := guard.RecordedBans(a.stateDir, time.Now().Add(-recordedSlack))
+	bans, complete, err := lb.BansOf(ctx, known)
+	switch {
+	case err == nil && complete:
+		a.log.Debug("bans: listed by lookups of the addresses the history records", "looked_up", len(known), "bans", len(bans))
+		return bans, counts, nil
+	case err != nil:
+		a.log.Debug("bans: the lookups failed, dumping the ban sets", "err", err)
+	default:
+		a.log.Debug("bans: the lookups did not find every ban, dumping the ban sets", "looked_up", len(known))
+	}
+	bans, err = b.Bans(ctx)
+	return bans, counts, err
 }
 
 // moreBans is the line after a listing cut at shown bans.

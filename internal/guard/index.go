@@ -225,3 +225,73 @@ func eachJournalRecord(dir string, fn func(*journalRecord)) error {
 		}
 	}
 }
+
+// RecordedBans reads from the history the addresses whose ban had not
+// ended by since (those that may be banned now) and how often every
+// address was banned (BanCounts' answer for all of them), in one read:
+// guard.index and the journal when the index matches guard.json, else
+// the whole history. Nothing recorded (no history, or one that does not
+// read): none. 'moat bans --all' looks these addresses up in the kernel
+// instead of dumping the ban sets.
+func RecordedBans(dir string, since time.Time) (active []netip.Addr, counts map[netip.Addr]int) {
+	type rec struct {
+		until int64 // Unix nanoseconds, 0: lifted or none
+		count int
+	}
+	var recs map[netip.Addr]rec
+	if data, err := readIndex(dir); err == nil {
+		recs = make(map[netip.Addr]rec, (len(data)-indexHeader)/indexEntry)
+		for p := indexHeader; p < len(data); p += indexEntry {
+			a := netip.AddrFrom16([16]byte(data[p : p+16])).Unmap()
+			recs[a] = rec{until: int64(binary.BigEndian.Uint64(data[p+16:])), count: int(binary.BigEndian.Uint32(data[p+24:]))}
+		}
+		err = eachJournalRecord(dir, func(j *journalRecord) {
+			for a, r := range j.Bans {
+				if r != nil && a.IsValid() {
+					recs[a] = rec{until: unixNano(r.Until), count: r.Count}
+				}
+			}
+			for _, m := range j.Manual {
+				if m.Addr.IsValid() {
+					recs[m.Addr] = rec{until: unixNano(m.Until), count: recs[m.Addr].count + 1}
+				}
+			}
+			for _, a := range j.Unbans {
+				if r, ok := recs[a]; ok {
+					r.until = 0
+					recs[a] = r
+				}
+			}
+		})
+		if err != nil {
+			recs = nil
+		}
+	}
+	if recs == nil {
+		st, err := loadIndexing(dir)
+		if err != nil {
+			return nil, map[netip.Addr]int{}
+		}
+		recs = make(map[netip.Addr]rec, len(st.Bans))
+		for a, r := range st.Bans {
+			recs[a] = rec{until: unixNano(r.Until), count: r.Count}
+		}
+	}
+	counts = make(map[netip.Addr]int, len(recs))
+	s := since.UnixNano()
+	for a, r := range recs {
+		counts[a] = r.count
+		if r.until > s {
+			active = append(active, a)
+		}
+	}
+	return active, counts
+}
+
+// unixNano is t in Unix nanoseconds, 0 for the zero time.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}

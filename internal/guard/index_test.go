@@ -4,9 +4,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -251,5 +253,56 @@ func TestStaleIndexReaderDoesNotWaitForTheGuard(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(filepath.Join(dir, indexFile)); string(data) != "damaged" {
 		t.Errorf("the index was written without the lock")
+	}
+}
+
+// RecordedBans answers as the history decoded the slow way: the
+// addresses whose ban had not ended (a lifted one and one run out are
+// not), how often every address was banned; from the index and the
+// journal, and from the history alone when the index is damaged. An
+// unban in the journal after the fold, and a ban after the unban, count.
+func TestRecordedBans(t *testing.T) {
+	now := time.Now()
+	dir := indexed(t, now)
+	a := netip.MustParseAddr
+	if err := RecordUnbans(dir, []netip.Addr{a("198.51.100.7")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := RecordManualBans(dir, []ruleset.Ban{{Addr: a("2001:db8::8"), Timeout: time.Hour}}, now); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string) {
+		t.Helper()
+		active, counts := RecordedBans(dir, now)
+		st, err := LoadState(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []netip.Addr
+		for ad, r := range st.Bans {
+			if r.Until.After(now) {
+				want = append(want, ad)
+			}
+		}
+		slices.SortFunc(active, netip.Addr.Compare)
+		slices.SortFunc(want, netip.Addr.Compare)
+		if !slices.Equal(active, want) || len(want) != 2 {
+			t.Errorf("%s: active %v, want %v (192.0.2.10 and 2001:db8::8)", what, active, want)
+		}
+		_, wantCounts := truth(t, dir, now)
+		if !maps.Equal(counts, wantCounts) {
+			t.Errorf("%s: counts %v, want %v", what, counts, wantCounts)
+		}
+		if !maps.Equal(counts, BanCounts(dir, nil)) {
+			t.Errorf("%s: counts %v, BanCounts %v", what, counts, BanCounts(dir, nil))
+		}
+	}
+	check("index")
+	if err := os.WriteFile(filepath.Join(dir, indexFile), []byte("MOATIDX3 damaged"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check("damaged index")
+	if active, counts := RecordedBans(t.TempDir(), now); len(active) != 0 || len(counts) != 0 {
+		t.Errorf("no history: %v %v", active, counts)
 	}
 }

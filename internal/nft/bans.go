@@ -407,3 +407,36 @@ func (b *Backend) Protect(ctx context.Context, addrs []netip.Addr, ttl time.Dura
 	}
 	return b.runScript(ctx, "protect a login from the port scan trap", script.String())
 }
+
+// BansOf lists the bans by looking up the addresses that may be banned
+// (known: the guard's records), without the kernel's whole dump (see
+// NetlinkReader.BansOf). complete false: some element of a ban set was
+// not among the addresses looked up, or the sets changed meanwhile, or
+// the kernel does not count a set's elements; Bans must list them.
+func (b *Backend) BansOf(ctx context.Context, known []netip.Addr) (bans []ruleset.Ban, complete bool, err error) {
+	r, ok := b.Read.(interface {
+		BansOf(set string, known []netip.Addr) ([]ruleset.Ban, bool, error)
+	})
+	if b.NFT != nil || !ok {
+		return nil, false, nil
+	}
+	var v4, v6 []netip.Addr
+	for _, a := range known {
+		if a = a.Unmap(); a.Is4() {
+			v4 = append(v4, a)
+		} else {
+			v6 = append(v6, a)
+		}
+	}
+	for _, s := range []struct {
+		set   string
+		known []netip.Addr
+	}{{ruleset.BanSet4, v4}, {ruleset.BanSet6, v6}} {
+		got, complete, err := r.BansOf(s.set, s.known)
+		if err != nil || !complete {
+			return nil, false, err
+		}
+		bans = append(bans, got...)
+	}
+	return bans, true, nil
+}

@@ -1,0 +1,228 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// moatSplit runs moat in the server's namespace with its output and its
+// errors apart.
+func (e *env) moatSplit(args ...string) (stdout, stderr string, err error) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	full := append([]string{"--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir()}, args...)
+	cmd := exec.CommandContext(ctx, moatBin, full...)
+	var o, s bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &s
+	if err := e.topo.Server.Start(cmd); err != nil {
+		return "", "", err
+	}
+	err = cmd.Wait()
+	return o.String(), s.String(), err
+}
+
+// kernelBans is the kernel's own list of moat's bans (nft or ipset, as an
+// outside observer reads it).
+func (e *env) kernelBans() []string {
+	e.t.Helper()
+	var out []string
+	for _, fam := range []string{"4", "6"} {
+		var args []string
+		if e.backend == "nftables" {
+			args = []string{"nft", "-j", "list", "set", "inet", "moat", "ban" + fam}
+		} else {
+			args = []string{"ipset", "list", "moat-ban" + fam}
+		}
+		text, err := e.topo.Server.Run(context.Background(), args[0], args[1:]...)
+		if err != nil {
+			e.t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, text)
+		}
+		if e.backend == "nftables" {
+			var doc struct {
+				Nftables []struct {
+					Set *struct {
+						Elem []json.RawMessage `json:"elem"`
+					} `json:"set"`
+				} `json:"nftables"`
+			}
+			if err := json.Unmarshal(text, &doc); err != nil {
+				e.t.Fatal(err)
+			}
+			for _, o := range doc.Nftables {
+				if o.Set == nil {
+					continue
+				}
+				for _, el := range o.Set.Elem {
+					var x struct {
+						Elem struct {
+							Val string `json:"val"`
+						} `json:"elem"`
+					}
+					var s string
+					if json.Unmarshal(el, &s) == nil {
+						out = append(out, s)
+					} else if json.Unmarshal(el, &x) == nil {
+						out = append(out, x.Elem.Val)
+					}
+				}
+			}
+			continue
+		}
+		members := false
+		for _, l := range strings.Split(string(text), "\n") {
+			if strings.HasPrefix(l, "Members:") {
+				members = true
+				continue
+			}
+			if f := strings.Fields(l); members && len(f) > 0 {
+				out = append(out, f[0])
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return netip.MustParseAddr(a).Compare(netip.MustParseAddr(b)) })
+	return out
+}
+
+// listedBans reads the addresses and reasons of 'moat bans --all' (text).
+func listedBans(t *testing.T, out string) (addrs []string, reasons map[string]string) {
+	t.Helper()
+	reasons = map[string]string{}
+	for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 4 || f[0] == "ADDRESS" {
+			continue
+		}
+		addrs = append(addrs, f[0])
+		reasons[f[0]] = strings.Join(f[3:], " ")
+	}
+	return addrs, reasons
+}
+
+// 'moat bans --all' and --json list the kernel's bans exactly (what nft
+// or ipset lists), sorted, with the reasons sanitized: on nftables from
+// lookups of the addresses the history records when those are every ban,
+// and from the kernel's dump when one is not (a ban written by hand
+// here, as the port scan trap's are), which then is listed too. Both
+// backends, IPv4 and IPv6.
+func TestBansAllRecordedAndUnknown(t *testing.T) {
+	eachBackend(t, func(t *testing.T, be string) {
+		e, bk := newBanEnv(t, be)
+		var args []string
+		for i := 0; i < 1200; i++ {
+			args = append(args, banAddr(i).String(), netip.AddrFrom4([4]byte{198, 51, 100 + byte(i/250), byte(1 + i%250)}).String())
+		}
+		e.mustMoat(append([]string{"ban", "--for", "2h", "--reason", "user \x1b[2J<bob>\n203.0.113.1  1h"}, args...)...)
+		check := func(what string, wantLookups bool, extra string) {
+			t.Helper()
+			out, stderr, err := e.moatSplit("-v", "bans", "--all")
+			if err != nil {
+				t.Fatalf("%s: moat bans --all: %v\n%s", what, err, stderr)
+			}
+			got, reasons := listedBans(t, out)
+			want := e.kernelBans()
+			if !slices.Equal(got, want) {
+				t.Errorf("%s: %d bans listed, the kernel holds %d; first listed %.5q, kernel %.5q", what, len(got), len(want), got, want)
+			}
+			wantN := 2400
+			if extra != "" {
+				wantN++
+			}
+			if len(want) != wantN {
+				t.Errorf("%s: the kernel holds %d bans", what, len(want))
+			}
+			if strings.ContainsAny(out, "\x1b") || strings.Count(out, "\n") != len(want)+1 {
+				t.Errorf("%s: a reason not sanitized: %d lines for %d bans", what, strings.Count(out, "\n"), len(want))
+			}
+			if r := reasons[banAddr(7).String()]; r != "manual: user [2J<bob>203.0.113.1 1h" {
+				t.Errorf("%s: reason %q", what, r)
+			}
+			if extra != "" && reasons[extra] != ruleset.ReasonPortscan {
+				t.Errorf("%s: %s listed with reason %q", what, extra, reasons[extra])
+			}
+			if be == "nftables" {
+				if looked := strings.Contains(stderr, "listed by lookups"); looked != wantLookups {
+					t.Errorf("%s: listed by lookups %v, want %v\n%s", what, looked, wantLookups, stderr)
+				}
+			}
+			var list []struct {
+				Address string `json:"address"`
+				Reason  string `json:"reason"`
+				Count   int    `json:"ban_count"`
+			}
+			js := e.mustMoat("bans", "--json")
+			if err := json.Unmarshal([]byte(js), &list); err != nil {
+				t.Fatalf("%s: --json: %v", what, err)
+			}
+			var jaddrs []string
+			for _, l := range list {
+				jaddrs = append(jaddrs, l.Address)
+				if l.Address == banAddr(3).String() && (l.Count != 1 || l.Reason != "manual: user [2J<bob>203.0.113.1  1h") {
+					t.Errorf("%s: --json: %+v", what, l)
+				}
+			}
+			if !slices.Equal(jaddrs, want) {
+				t.Errorf("%s: --json lists %d bans, the kernel holds %d", what, len(jaddrs), len(want))
+			}
+		}
+		check("recorded bans", true, "")
+		unknown := "2001:db8:77::1"
+		e.banDirect(bk, []ruleset.Ban{{Addr: netip.MustParseAddr(unknown), Timeout: time.Hour}})
+		check("a ban not recorded", false, unknown)
+	})
+}
+
+// 'moat bans --all | head -1': the reader goes away after one line; moat
+// ends quietly (SIGPIPE, or exit 141 where SIGPIPE is ignored), with no
+// error printed. Both backends.
+func TestBansAllBrokenPipe(t *testing.T) {
+	eachBackend(t, func(t *testing.T, be string) {
+		e, bk := newBanEnv(t, be)
+		bans := make([]ruleset.Ban, 3000) // well over a pipe's 64 KiB
+		for i := range bans {
+			bans[i] = ruleset.Ban{Addr: banAddr(i), Timeout: time.Hour, Reason: "test: a long enough reason to fill the pipe"}
+		}
+		e.banDirect(bk, bans)
+		for _, args := range [][]string{{"bans", "--all"}, {"bans", "--json"}} {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			full := append([]string{"--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir()}, args...)
+			cmd := exec.Command(moatBin, full...)
+			var stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = w, &stderr
+			if err := e.topo.Server.Start(cmd); err != nil {
+				t.Fatal(errors.Join(err, r.Close(), w.Close()))
+			}
+			_ = w.Close() // the child's copy stays open
+			first, err := bufio.NewReader(r).ReadString('\n')
+			if err != nil {
+				t.Errorf("%v: first line: %v", args, err)
+			}
+			_ = r.Close() // the reader goes away
+			err = cmd.Wait()
+			var ee *exec.ExitError
+			quiet := errors.As(err, &ee) && (ee.ExitCode() == 141 || ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGPIPE)
+			if err == nil || !quiet {
+				t.Errorf("%v after %q: %v, want SIGPIPE or exit 141", args, first, err)
+			}
+			if stderr.Len() != 0 {
+				t.Errorf("%v: errors printed for a reader that went away: %q", args, stderr.String())
+			}
+		}
+	})
+}
