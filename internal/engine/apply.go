@@ -459,9 +459,9 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		// bans and the removal of its sets (the guard's wait for the
 		// lock, then finds the new backend).
 		unlockBans := e.holdBans(ctx)
-		err := e.carryBans(ctx, switchID(in), from, b)
+		logins, err := e.carryBans(ctx, switchID(in), from, b, rs)
 		if err == nil {
-			e.carryLogins(ctx, from, b, rs)
+			e.carryLogins(ctx, logins, b)
 			err = e.step("switch-logins")
 		}
 		if err == nil {

@@ -275,7 +275,10 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 	// The port scan trap's exemptions of the logins made while the change
 	// waited (the guard put them in the backend the change loaded): the
 	// snapshot's login sets are those of before.
-	logins := e.liveLogins(ctx, nil, p.Backend)
+	// Those recorded by a rollback of p cut after its restore (the
+	// kernel's login sets are the snapshot's since) are kept.
+	_, recLogins, _ := e.recordedBans(p.ID)
+	logins := e.liveLogins(ctx, recLogins, p.Backend)
 	var errs []error
 	snap, err := readState(dir, snapshotFile)
 	if err == nil && Hash(snap) != p.SnapshotSHA256 {
@@ -296,7 +299,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 			}
 		}
 		if err == nil {
-			live, known, since := e.bansInForce(ctx, p)
+			live, known, since := e.bansInForce(ctx, p, logins)
 			if err = prev.Restore(ctx, snap); err == nil {
 				if err = e.step("rollback-restored"); err != nil {
 					return nil, err
@@ -320,7 +323,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 	// recorded in pending.bans, so that a kill after the load still puts
 	// them back) before, and put back after, as the snapshot's restore
 	// does.
-	live, known, since := e.bansInForce(ctx, p)
+	live, known, since := e.bansInForce(ctx, p, logins)
 	loaded := func(name string) error {
 		if err := e.step("rollback-fallback-loaded"); err != nil {
 			return err
@@ -695,9 +698,9 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 	switched := in.Prev != nil && in.Next != nil && in.Prev.Backend != in.Next.Backend
 	if switched {
 		defer e.holdBans(ctx)()
-		rec, _ := e.recordedBans(switchID(in))
+		rec, recLogins, _ := e.recordedBans(switchID(in))
 		carried = e.liveBans(ctx, rec, in.Next.Backend)
-		logins = e.liveLogins(ctx, nil, in.Next.Backend, in.Prev.Backend)
+		logins = e.liveLogins(ctx, recLogins, in.Next.Backend, in.Prev.Backend)
 	}
 	if in.Pending != "" {
 		if p, err := LoadPending(dir); err == nil && p.ID == in.Pending {
@@ -712,9 +715,9 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 		}
 	}
 	if in.Prev != nil {
-		if len(carried) > 0 {
+		if len(carried) > 0 || len(logins) > 0 {
 			// clearPending removed the record: a kill from here on finds it again.
-			e.recordBans("change of backend", switchID(in), carried)
+			e.recordBans("change of backend", switchID(in), carried, logins)
 			if err := e.step("undo-bans-recorded"); err != nil {
 				return err
 			}
@@ -868,11 +871,15 @@ type banKeeper interface {
 	Unban(ctx context.Context, addrs []netip.Addr) error
 }
 
-// rollbackBans is the bans in force when a rollback began (pending.bans).
+// rollbackBans is the bans in force when a rollback began (pending.bans),
+// and the port scan trap's login exemptions then (a kill after the
+// restore, which brings back the login sets of before, must not lose the
+// exemption of an admin who logged in while the change waited).
 type rollbackBans struct {
-	ID    string           `json:"id"` // the pending change's
-	Taken time.Time        `json:"taken"`
-	Bans  []rollbackBanRec `json:"bans"`
+	ID     string           `json:"id"` // the pending change's
+	Taken  time.Time        `json:"taken"`
+	Bans   []rollbackBanRec `json:"bans"`
+	Logins []rollbackBanRec `json:"logins,omitempty"`
 }
 
 type rollbackBanRec struct {
@@ -889,9 +896,10 @@ type rollbackBanRec struct {
 // bans are what the rollback leaves). With the record, since is what the
 // kernel's ban sets hold now (both backends'): the bans made after the
 // cut (the guard ran on) are among them, and keepBans keeps those that
-// the snapshot does not hold.
-func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ban, known bool, since *cutBans) {
-	if rec, taken, ok := e.recordedBansAt(p.ID); ok {
+// the snapshot does not hold. logins (the login exemptions in force) are
+// recorded with the bans.
+func (e *Engine) bansInForce(ctx context.Context, p *Pending, logins []ruleset.Ban) (bans []ruleset.Ban, known bool, since *cutBans) {
+	if rec, _, taken, ok := e.recordedBansAt(p.ID); ok {
 		since = &cutBans{began: taken}
 		for _, name := range []string{p.PrevBackend, p.Backend} {
 			if b, err := e.backend(name); err == nil {
@@ -919,7 +927,7 @@ func (e *Engine) bansInForce(ctx context.Context, p *Pending) (bans []ruleset.Ba
 		e.warn(fmt.Sprintf("rollback: cannot read the bans in force (%v): the bans are those from before the change", err))
 		return nil, false, nil
 	}
-	e.recordBans("rollback", p.ID, bans)
+	e.recordBans("rollback", p.ID, bans, logins)
 	return bans, true, nil
 }
 

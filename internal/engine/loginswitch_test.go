@@ -1,12 +1,15 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // The port scan trap spares an address that logged in within the day
@@ -217,5 +220,93 @@ func TestLoginsReadFailureSaid(t *testing.T) {
 				t.Errorf("the login sets could not be read, and nothing said so: warnings %q", w)
 			}
 		})
+	}
+}
+
+// The login exemptions travel in pending.bans with the bans: a kill -9 of
+// a rollback after its restore (which brings back the login sets of
+// before), or of the undo of a change of backend after it loaded the old
+// backend, loses none. Before, they were read into memory only, and the
+// repair found the login sets empty: the admin's exemption was lost.
+// Every checkpoint of each path, killed once, then twice in a row.
+func TestKillKeepsLogins(t *testing.T) {
+	type path struct {
+		name, from, to string
+		confirm        time.Duration
+		steps          []string // killed at, in the command, then in the repair
+	}
+	paths := []path{
+		{"rollback", "iptables", "iptables", time.Hour, []string{"rollback-marked", "rollback-restored", "rollback-kernel", "rollback-records"}},
+		{"rollback-switch", "nftables", "iptables", time.Hour, []string{"rollback-marked", "rollback-restored", "rollback-kernel", "rollback-records"}},
+		{"switch", "nftables", "iptables", 0, []string{"kernel", "switch-bans-recorded", "switch-bans", "switch-logins", "switched", "undo-bans-recorded", "undo-applied"}},
+		{"switch-back", "iptables", "nftables", 0, []string{"kernel", "switch-bans-recorded", "switch-bans", "switch-logins", "switched", "undo-bans-recorded", "undo-applied"}},
+	}
+	for _, pa := range paths {
+		for _, first := range pa.steps {
+			for _, second := range append([]string{""}, pa.steps...) {
+				if second != "" && !strings.HasPrefix(second, "undo") && !strings.HasPrefix(second, "rollback") {
+					continue
+				}
+				t.Run(pa.name+"/"+first+"/"+cmp.Or(second, "once"), func(t *testing.T) {
+					r := newRig(t)
+					fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
+					from, to := fakes[pa.from], fakes[pa.to]
+					ctx := context.Background()
+					before := netip.MustParseAddr("198.51.100.9") // logged in before the change
+					during := netip.MustParseAddr("2001:db8::9")  // while it waited
+					r.write("backend " + pa.from + "\n" + base)
+					_, err := r.enable(r.ch(0))
+					r.must(err)
+					r.must(from.Protect(ctx, []netip.Addr{before}, 20*time.Hour))
+					// A ban in force: the switch's and the undo's records
+					// and their checkpoints are made for it.
+					r.must(from.Ban(ctx, []ruleset.Ban{{Addr: netip.MustParseAddr("203.0.113.66"), Timeout: time.Hour}}))
+					want := []netip.Addr{before}
+					r.write("backend " + pa.to + "\n" + base + "allow 80/tcp\n")
+					var cmdErr error
+					if pa.confirm > 0 {
+						_, err = r.enable(r.ch(pa.confirm))
+						r.must(err)
+						r.must(to.Protect(ctx, []netip.Addr{during}, 20*time.Hour))
+						want = append(want, during)
+						r.crashAt = first
+						cmdErr = r.do(func(ctx context.Context, e *Engine) error { _, err := e.Rollback(ctx, "", "test"); return err })
+					} else {
+						r.crashAt = first
+						_, cmdErr = r.enable(r.ch(0))
+					}
+					crashed := IsCrash(cmdErr)
+					if cmdErr != nil && !crashed {
+						t.Fatal(cmdErr)
+					}
+					r.crashAt = second
+					if err := r.do(func(context.Context, *Engine) error { return nil }); err != nil && !IsCrash(err) {
+						t.Fatal(err)
+					}
+					r.crashAt = ""
+					r.must(r.do(func(context.Context, *Engine) error { return nil }))
+					// Where moat's rules are now.
+					holder := from
+					if pa.confirm == 0 && (!crashed || first == "") {
+						holder = to
+					}
+					if on, _ := to.Active(ctx); on && pa.confirm == 0 {
+						holder = to
+					}
+					got, err := holder.Logins(ctx)
+					r.must(err)
+					have := map[netip.Addr]time.Duration{}
+					for _, l := range got {
+						have[l.Addr] = l.Expires
+					}
+					for _, a := range want {
+						if left, ok := have[a]; !ok || left < 19*time.Hour {
+							t.Errorf("crashed %v: the exemption of %s in %s: %v (present %v), want 20h; logins %+v; warnings %q",
+								crashed, a, holder.Name(), left, ok, got, r.warnings)
+						}
+					}
+				})
+			}
+		}
 	}
 }

@@ -28,47 +28,52 @@ func switchID(in *Intent) string {
 }
 
 // recordedBans reads pending.bans when it was written under id, with the
-// time gone since taken off (bans run out meanwhile are dropped). ok is
-// false when it holds no record of id. A record there but unreadable is
-// said loudly: the bans only it held (those made while a change waited,
-// when a rollback was cut after its restore; those carried by a switch
-// cut after the old rules went) are lost, and the kernel's are used.
-func (e *Engine) recordedBans(id string) (bans []ruleset.Ban, ok bool) {
-	bans, _, ok = e.recordedBansAt(id)
-	return bans, ok
+// time gone since taken off (bans run out meanwhile are dropped): the
+// bans, and the port scan trap's login exemptions. ok is false when it
+// holds no record of id. A record there but unreadable is said loudly:
+// the bans only it held (those made while a change waited, when a
+// rollback was cut after its restore; those carried by a switch cut after
+// the old rules went) are lost, and the kernel's are used.
+func (e *Engine) recordedBans(id string) (bans, logins []ruleset.Ban, ok bool) {
+	bans, logins, _, ok = e.recordedBansAt(id)
+	return bans, logins, ok
 }
 
 // recordedBansAt is recordedBans with the time the record was taken.
-func (e *Engine) recordedBansAt(id string) (bans []ruleset.Ban, taken time.Time, ok bool) {
+func (e *Engine) recordedBansAt(id string) (bans, logins []ruleset.Ban, taken time.Time, ok bool) {
 	var rec rollbackBans
 	data, err := readState(e.o.StateDir, rollbackBansFile)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, time.Time{}, false
+		return nil, nil, time.Time{}, false
 	}
 	if err == nil {
 		err = json.Unmarshal(data, &rec)
 	}
 	if err != nil {
-		e.warn(fmt.Sprintf("%s is unreadable (%v): the bans it recorded are lost; those in the kernel's ban sets are kept",
+		e.warn(fmt.Sprintf("%s is unreadable (%v): the bans and login exemptions it recorded are lost; those in the kernel's sets are kept",
 			filepath.Join(e.o.StateDir, rollbackBansFile), err))
-		return nil, time.Time{}, false
+		return nil, nil, time.Time{}, false
 	}
 	if rec.ID != id {
-		return nil, time.Time{}, false
+		return nil, nil, time.Time{}, false
 	}
 	gone := max(e.o.Now().Sub(rec.Taken), 0)
-	for _, b := range rec.Bans {
-		if !b.Addr.IsValid() || b.LeftMS < 0 {
-			continue
+	left := func(recs []rollbackBanRec) []ruleset.Ban {
+		var out []ruleset.Ban
+		for _, b := range recs {
+			if !b.Addr.IsValid() || b.LeftMS < 0 {
+				continue
+			}
+			// A hostile or broken record must not overflow the time left.
+			left := min(b.LeftMS, maxRecordedLeft.Milliseconds())
+			d := time.Duration(left)*time.Millisecond - gone
+			if d >= time.Second || b.LeftMS == 0 {
+				out = append(out, ruleset.Ban{Addr: b.Addr.Unmap(), Expires: d, Reason: ruleset.CleanReason(b.Reason)})
+			}
 		}
-		// A hostile or broken record must not overflow the time left.
-		left := min(b.LeftMS, maxRecordedLeft.Milliseconds())
-		d := time.Duration(left)*time.Millisecond - gone
-		if d >= time.Second || b.LeftMS == 0 {
-			bans = append(bans, ruleset.Ban{Addr: b.Addr.Unmap(), Expires: d, Reason: ruleset.CleanReason(b.Reason)})
-		}
+		return out
 	}
-	return bans, rec.Taken, true
+	return left(rec.Bans), left(rec.Logins), rec.Taken, true
 }
 
 // maxRecordedLeft bounds the time left of a ban read from pending.bans
@@ -121,12 +126,20 @@ func (e *Engine) loadedBackends(ctx context.Context, names ...string) []Backend 
 	return out
 }
 
-// recordBans writes bans to pending.bans under id, with the time they
-// have left now. what names the command in the warning a failure gives.
-func (e *Engine) recordBans(what, id string, bans []ruleset.Ban) {
-	rec := rollbackBans{ID: id, Taken: e.o.Now(), Bans: make([]rollbackBanRec, 0, len(bans))}
-	for _, b := range bans {
-		rec.Bans = append(rec.Bans, rollbackBanRec{Addr: b.Addr.Unmap(), LeftMS: banLeft(b).Milliseconds(), Reason: ruleset.CleanReason(b.Reason)})
+// recordBans writes bans and the login exemptions (logins) to
+// pending.bans under id, with the time they have left now. what names the
+// command in the warning a failure gives.
+func (e *Engine) recordBans(what, id string, bans, logins []ruleset.Ban) {
+	recs := func(bans []ruleset.Ban) []rollbackBanRec {
+		out := make([]rollbackBanRec, 0, len(bans))
+		for _, b := range bans {
+			out = append(out, rollbackBanRec{Addr: b.Addr.Unmap(), LeftMS: banLeft(b).Milliseconds(), Reason: ruleset.CleanReason(b.Reason)})
+		}
+		return out
+	}
+	rec := rollbackBans{ID: id, Taken: e.o.Now(), Bans: recs(bans)}
+	if len(logins) > 0 {
+		rec.Logins = recs(logins)
 	}
 	if err := writeJSON(e.o.StateDir, rollbackBansFile, &rec); err != nil {
 		// The command goes on: only a kill before its end would lose them.
@@ -164,19 +177,25 @@ func (e *Engine) putBans(ctx context.Context, to Backend, bans []ruleset.Ban) {
 }
 
 // carryBans gives the bans in force in the backends moat's rules leave
-// (from) to the backend that took them (to), recording them first.
-func (e *Engine) carryBans(ctx context.Context, id string, from []string, to Backend) error {
-	rec, _ := e.recordedBans(id)
+// (from) to the backend that took them (to, loaded with rs), recording
+// them first, with the port scan trap's login exemptions (carried by
+// carryLogins after them): a kill from here to the end of the command
+// finds both in the record.
+func (e *Engine) carryBans(ctx context.Context, id string, from []string, to Backend, rs *ruleset.Ruleset) (logins []ruleset.Ban, err error) {
+	rec, recLogins, _ := e.recordedBans(id)
 	bans := e.liveBans(ctx, rec, from...)
-	if len(bans) == 0 {
-		return nil
+	if hasLoginSets(rs) {
+		logins = e.liveLogins(ctx, recLogins, from...)
 	}
-	e.recordBans("change of backend", id, bans)
+	if len(bans) == 0 && len(logins) == 0 {
+		return nil, nil
+	}
+	e.recordBans("change of backend", id, bans, logins)
 	if err := e.step("switch-bans-recorded"); err != nil {
-		return err
+		return nil, err
 	}
 	e.putBans(ctx, to, bans)
-	return e.step("switch-bans")
+	return logins, e.step("switch-bans")
 }
 
 // dropSwitchBans removes the record of the change of in (a record of
@@ -208,17 +227,14 @@ func hasLoginSets(rs *ruleset.Ruleset) bool {
 }
 
 // carryLogins gives the port scan trap's exemptions of the backends
-// moat's rules leave (from: addresses that logged in within the day, put
-// there by the guard) to the backend that took them (to, loaded with rs),
-// with the time they have left. The new backend's login sets start empty:
-// without this an admin who logged in before a change of backend, and
-// logged out since, was trapped by the first few closed ports tried
-// after it.
-func (e *Engine) carryLogins(ctx context.Context, from []string, to Backend, rs *ruleset.Ruleset) {
-	if !hasLoginSets(rs) {
-		return
-	}
-	e.putLogins(ctx, to, e.liveLogins(ctx, nil, from...))
+// moat's rules leave (logins, read and recorded by carryBans: addresses
+// that logged in within the day, put there by the guard) to the backend
+// that took them (to), with the time they have left. The new backend's
+// login sets start empty: without this an admin who logged in before a
+// change of backend, and logged out since, was trapped by the first few
+// closed ports tried after it.
+func (e *Engine) carryLogins(ctx context.Context, logins []ruleset.Ban, to Backend) {
+	e.putLogins(ctx, to, logins)
 }
 
 // liveLogins reads the login sets of the named backends that hold moat's
