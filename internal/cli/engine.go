@@ -71,6 +71,7 @@ func (a *app) engine() *engine.Engine {
 		Log:              a.log,
 		Warn:             func(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) },
 		OtherRecords:     append([]string{fingerprintFile, updatingMarker}, ipt.StateFiles()...),
+		PolicyPath:       a.config,
 	}
 	if a.engineHook != nil {
 		a.engineHook(&o)

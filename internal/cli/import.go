@@ -53,7 +53,7 @@ is kept as FILE.TIME.bak).`,
 			if err != nil {
 				return err
 			}
-			return a.finishImport(res, "ufw ("+from+")", write, true)
+			return a.finishImport(cmd, res, "ufw ("+from+")", write, true)
 		},
 	}
 	ufw.Flags().StringVar(&from, "from", "/etc/ufw", "ufw's configuration folder")
@@ -76,7 +76,7 @@ bantime, bantime.increment, bantime.factor, bantime.maxtime, ignoreip) to
 			if err != nil {
 				return err
 			}
-			return a.finishImport(res, "fail2ban ("+f2bFrom+")", f2bWrite, false)
+			return a.finishImport(cmd, res, "fail2ban ("+f2bFrom+")", f2bWrite, false)
 		},
 	}
 	f2b.Flags().StringVar(&f2bFrom, "from", "/etc/fail2ban", "fail2ban's configuration folder")
@@ -86,7 +86,7 @@ bantime, bantime.increment, bantime.factor, bantime.maxtime, ignoreip) to
 }
 
 // finishImport checks the imported policy, then prints or writes it.
-func (a *app) finishImport(res *importer.Result, source string, write, replace bool) error {
+func (a *app) finishImport(cmd *cobra.Command, res *importer.Result, source string, write, replace bool) error {
 	// A line moat refuses (a non-contiguous netmask, an unknown profile)
 	// is named, not written.
 	apps, svc := a.apps(), a.services()
@@ -104,6 +104,14 @@ func (a *app) finishImport(res *importer.Result, source string, write, replace b
 	}
 	res.Lines = kept
 	text := res.Text(source)
+	if write && !a.dryRun {
+		// Read and write the policy under moat's lock, as every edit.
+		unlock, err := a.engine().Lock(cmd.Context(), a.commandLine(cmd))
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	doc := policy.NewDocument(a.config, []byte(text))
 	if !replace {
 		old, err := a.loadDocument()

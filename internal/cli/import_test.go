@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/engine"
 )
 
 // runMoat runs moat with its state in the test's own folder, never the
@@ -54,5 +57,48 @@ func TestImportWrite(t *testing.T) {
 	}
 	if out, code := runMoat(t, "--config", conf, "check"); code != 0 && !strings.Contains(out, "root") {
 		t.Errorf("check: exit %d\n%s", code, out)
+	}
+}
+
+// 'moat import --write' edits the policy file under moat's lock, as every
+// edit: it read and wrote the file while another command held the lock
+// (a 'moat allow' between its read and its write was lost from the file),
+// and a kill during its write left a temporary file the next command
+// never removed.
+func TestImportWriteTakesTheLock(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "moat.conf")
+	state := filepath.Join(dir, "state")
+	if err := os.WriteFile(conf, []byte("allow 22/tcp\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eng := engine.New(engine.Options{StateDir: state})
+	unlock, err := eng.Lock(context.Background(), "moat allow 80/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--state-dir", state, "--config", conf, "import", "fail2ban", "--from", "../importer/testdata/fail2ban", "--write"}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	var out bytes.Buffer
+	code := Main(ctx, args, &out, &out)
+	if data, _ := os.ReadFile(conf); code == 0 || string(data) != "allow 22/tcp\n" || !strings.Contains(out.String(), "waiting for PID") {
+		t.Fatalf("import while another command holds the lock: exit %d\n%s\nfile:\n%s", code, out.String(), data)
+	}
+	unlock()
+	// A temporary file a killed write left is removed by the next one.
+	left := filepath.Join(dir, ".moat.conf.12345")
+	if err := os.WriteFile(left, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if code := Main(context.Background(), args, &out, &out); code != 0 {
+		t.Fatalf("import: exit %d\n%s", code, out.String())
+	}
+	if data, _ := os.ReadFile(conf); !strings.Contains(string(data), "allow 22/tcp\n") || !strings.Contains(string(data), "guard sshd") {
+		t.Errorf("after the import:\n%s", data)
+	}
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Errorf("the temporary file a kill left is still there: %v", err)
 	}
 }

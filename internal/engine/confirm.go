@@ -655,9 +655,11 @@ func (e *Engine) dropStale(p *Pending) error {
 // removePrepared removes what a command killed half way left prepared
 // beside the records (writeIntent, and apply's prepareRecords: written
 // while the kernel took the change, renamed after it; every other record
-// and Options.OtherRecords, written through a temporary file) and, when its
-// journal in says it wrote the policy file, beside that file: nothing
-// reads them and nothing renames them later. A journal killed before its
+// and Options.OtherRecords, written through a temporary file) and beside
+// the policy files (Options.PolicyPath, the one its journal in says it
+// wrote, the pending change's, and their .unconfirmed copies, which a
+// rollback writes with no journal): nothing reads them and nothing
+// renames them later. A journal killed before its
 // rename leaves no journal (in nil), only its temporary file; a policy
 // text (statetext) written for a record leaves its own. Under
 // moat's lock no other command writes these names. A file that cannot be
@@ -668,8 +670,23 @@ func (e *Engine) removePrepared(in *Intent) {
 			name == pendingFile || name == snapshotFile || name == policyFile || name == rollbackBansFile ||
 			name == listCopiesFile || name == outcomeFile || slices.Contains(e.o.OtherRecords, name)
 	})}
-	if in != nil && in.FileChanged && in.Path != "" {
-		errs = append(errs, policy.RemovePrepared(in.Path))
+	// The policy files: the command's, the one the journal says it
+	// wrote, and the one a rollback of the pending change writes (with
+	// its .unconfirmed copy; a rollback keeps no journal).
+	paths := []string{e.o.PolicyPath}
+	if in != nil && in.FileChanged {
+		paths = append(paths, in.Path)
+	}
+	if p, err := readPending(e.o.StateDir); err == nil {
+		paths = append(paths, p.PolicyPath)
+	}
+	slices.Sort(paths)
+	for _, path := range slices.Compact(paths) {
+		if path == "" {
+			continue
+		}
+		errs = append(errs, policy.RemovePrepared(path),
+			atomicfile.RemoveHidden(filepath.Dir(path), "."+filepath.Base(path)+".unconfirmed.", ".tmp"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		e.o.Log.Warn("files prepared by an interrupted command", "err", err)

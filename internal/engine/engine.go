@@ -87,6 +87,11 @@ type Options struct {
 	// during their write leaves a hidden temporary file beside them that
 	// the repair removes with its own (removePrepared).
 	OtherRecords []string
+	// PolicyPath is the policy file the command edits (--config): the
+	// repair removes the temporary files a kill left beside it and its
+	// FILE.unconfirmed copy (written by commands with no journal: a
+	// rollback, 'moat init'); "" skips it.
+	PolicyPath string
 	// Checkpoint, if set, is called between the steps of a change; a test
 	// returns an error there to simulate kill -9 at that point (the
 	// engine then returns at once, cleaning up nothing).

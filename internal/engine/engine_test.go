@@ -1640,3 +1640,49 @@ func TestConfirmWithUnreadableAppliedRecord(t *testing.T) {
 		})
 	}
 }
+
+// A kill while a rollback (moat rollback, the watchdog, the next command
+// finishing it) writes the policy file and keeps the unconfirmed one
+// (FILE.unconfirmed) leaves their hidden temporary files beside the
+// policy file; so does a kill of 'moat init' (it writes the file under
+// the lock, with no journal). No journal names the file, so nothing
+// removed them: they stayed in /etc/moat for good. The next command
+// removes them (the policy file of the command, Options.PolicyPath, and
+// the pending change's).
+func TestRepairRemovesPolicyFileTemps(t *testing.T) {
+	for _, pending := range []bool{false, true} {
+		t.Run(fmt.Sprintf("rollback=%v", pending), func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			if pending {
+				_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
+				r.must(err)
+				r.crashAt = "rollback-marked"
+				if err := r.rollback(); !IsCrash(err) {
+					t.Fatalf("rollback: %v", err)
+				}
+			} else {
+				r.eng.o.PolicyPath = r.conf
+			}
+			dir := filepath.Dir(r.conf)
+			left := []string{".moat.conf.unconfirmed.123.tmp", ".moat.conf.4567"}
+			for _, name := range left {
+				r.must(os.WriteFile(filepath.Join(dir, name), []byte("allow 1/tcp\n"), 0o600))
+			}
+			other := filepath.Join(dir, ".moat.conf.bak")
+			r.must(os.WriteFile(other, nil, 0o600))
+			r.must(r.do(func(context.Context, *Engine) error { return nil })) // the next command
+			for _, name := range left {
+				if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("left beside the policy file: %s (%v)", name, err)
+				}
+			}
+			if _, err := os.Stat(other); err != nil {
+				t.Errorf("a file moat did not write was removed: %v", err)
+			}
+			r.backAtBase()
+		})
+	}
+}
