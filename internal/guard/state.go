@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/statedir"
 )
@@ -210,7 +211,20 @@ func lockState(dir string) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("guard state: %w", err)
 	}
+	removeLeftTemps(dir)
 	return l.Unlock, nil
+}
+
+// removeLeftTemps removes the temporary files a kill left beside
+// guard.json and guard.index (written under stateLockFile, which the
+// caller holds: none is being written now). The engine's repair leaves
+// them to the guard. A file that cannot be removed is hidden and
+// harmless: only logged.
+func removeLeftTemps(dir string) {
+	err := atomicfile.RemovePrepared(dir, func(name string) bool { return name == stateFile || name == indexFile })
+	if err != nil {
+		slog.Warn("files left by an interrupted write of the guard's state", "err", err)
+	}
 }
 
 // CorruptError says guard.json cannot be read as a state.
@@ -305,6 +319,7 @@ func loadIndexing(dir string) (*State, error) {
 		return LoadState(dir)
 	}
 	defer l.Unlock()
+	removeLeftTemps(dir)
 	before, err := os.Lstat(filepath.Join(dir, stateFile))
 	if err != nil {
 		return LoadState(dir)

@@ -486,3 +486,58 @@ func loadStateDuringFold(t *testing.T, first bool) {
 		}
 	}
 }
+
+// A kill (of the guard folding its journal, or of a status writing the
+// index) while guard.json or guard.index is written leaves its hidden
+// temporary file; nothing removed it (the engine's repair keeps the
+// guard's files: they are written under the guard's own lock), so it
+// stayed for good, one more each kill. The next writer under that lock
+// ('moat ban', the guard) and a reader that takes it (status, 'moat bans')
+// remove them; other files stay.
+func TestKillLeftTempsRemoved(t *testing.T) {
+	for _, next := range []string{"append", "update", "index"} {
+		t.Run(next, func(t *testing.T) {
+			dir := stateDir(t)
+			now := time.Now().Truncate(time.Second)
+			if _, err := Append(dir, rec(1, now.Add(time.Hour)), "c1", nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := UpdateState(dir, func(*State) error { return nil }); err != nil {
+				t.Fatal(err)
+			}
+			left := []string{"." + stateFile + ".123.tmp", "." + indexFile + ".456.tmp"}
+			kept := []string{"." + stateFile + ".x.tmp", ".other.789.tmp"}
+			for _, name := range append(left, kept...) {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte("{"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var err error
+			switch next {
+			case "append":
+				_, err = Append(dir, rec(2, now.Add(time.Hour)), "c2", nil)
+			case "update":
+				err = UpdateState(dir, func(*State) error { return nil })
+			case "index":
+				// No index: the count reads guard.json and writes one.
+				if err := os.Remove(filepath.Join(dir, indexFile)); err != nil {
+					t.Fatal(err)
+				}
+				_, err = ActiveBans(dir, now)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range left {
+				if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("left: %s (%v)", name, err)
+				}
+			}
+			for _, name := range kept {
+				if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+					t.Errorf("removed: %s (%v)", name, err)
+				}
+			}
+		})
+	}
+}
