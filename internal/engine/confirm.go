@@ -1020,6 +1020,10 @@ func (e *Engine) keepBans(ctx context.Context, b Backend, live []ruleset.Ban, si
 	}
 }
 
+// maxGuardHistory bounds the guard.json bannedSince reads (200,000
+// addresses take 35 MB).
+var maxGuardHistory int64 = 256 << 20
+
 // cutBans is what the kernel's ban sets held when a rollback cut short
 // is finished, and when the cut rollback began (its record's time).
 type cutBans struct {
@@ -1037,9 +1041,11 @@ func (c *cutBans) list() []ruleset.Ban {
 // bannedSince gives those of addrs that the guard's history (its bans,
 // the records of 'moat ban') says were banned at or after began and are still
 // banned, with the time the history gives them. An unreadable history
-// gives none (they stay lifted, as before).
+// gives none (they stay lifted, as before), with a warning.
 func (e *Engine) bannedSince(addrs []netip.Addr, began time.Time) []ruleset.Ban {
-	st, err := guard.LoadState(e.o.StateDir)
+	// Only the records of addrs are kept, and a history past the bound
+	// is not read: guard.json may be huge, or not what the guard wrote.
+	recs, err := guard.LookupHistory(e.o.StateDir, addrs, maxGuardHistory)
 	if err != nil {
 		e.warn(fmt.Sprintf("rollback: cannot read the guard's history (%v): bans lifted while the change waited and made again after the cut stay lifted", err))
 		return nil
@@ -1047,7 +1053,7 @@ func (e *Engine) bannedSince(addrs []netip.Addr, began time.Time) []ruleset.Ban 
 	now := e.o.Now()
 	var out []ruleset.Ban
 	for _, a := range addrs {
-		r := st.Bans[a]
+		r := recs[a]
 		if r == nil || r.LastBan.Before(began) || !r.Until.After(now.Add(time.Second)) {
 			continue
 		}
