@@ -109,6 +109,10 @@ func LookupElements(set string, addrs []netip.Addr) ([]Elem, error) {
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
+	// Connected to the kernel: no other process's message reaches it.
+	if err := unix.Connect(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
 	var (
 		out []Elem
 		req []byte
