@@ -195,7 +195,10 @@ often each was banned. Without --all at most --limit bans are read and shown
 (1000 unless given): the first the kernel lists, sorted, not the first of
 all bans in order; a last line says that there are more (reading a ban
 set of 200,000 from the kernel takes seconds). --json lists every ban, as
---all does.`,
+--all does: on nftables by looking up the addresses the guard recorded
+(under a second for 200,000), or, when the kernel holds a ban the guard
+did not record (the port scan trap's, one added by hand), by reading the
+whole sets (seconds for 200,000).`,
 		Example: `  moat bans
   moat bans --all | grep 2001:db8::7
   moat bans --limit 20
@@ -259,7 +262,7 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&all, "all", false, "list every ban (slow with many: seconds for 200,000)")
+	cmd.Flags().BoolVar(&all, "all", false, "list every ban (seconds for 200,000 the guard did not record)")
 	cmd.Flags().IntVar(&limit, "limit", defaultBansShown, "without --all, show at most this many bans")
 	return cmd
 }
