@@ -196,6 +196,9 @@ func TestBlocklistUpdateKilled(t *testing.T) {
 			}
 			cur = final
 		}
+		// What a kill left beside the lists' copies is gone after the
+		// next command (the last reload).
+		e.expectNoTemps("after the kills, an update and a reload")
 		t.Logf("an update took %v", took)
 	})
 }

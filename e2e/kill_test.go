@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -162,15 +163,7 @@ func killDuringApply(t *testing.T, policies []string, kills int) {
 			e.mustMoat("enable", "--force")
 			// The records a killed run wrote beside their names and never
 			// renamed are gone (the repair removes them).
-			entries, err := os.ReadDir(e.stateDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, f := range entries {
-				if strings.HasPrefix(f.Name(), ".") && strings.HasSuffix(f.Name(), ".tmp") {
-					t.Errorf("left in the state directory after %d kills and a run: %s", kills, f.Name())
-				}
-			}
+			e.expectNoTemps(fmt.Sprintf("after %d kills and a run", kills))
 			e.expect(false,
 				"client tcp 192.0.2.1:22 open", "client tcp [2001:db8::1]:22 open",
 				"client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:443 timeout",
@@ -355,4 +348,24 @@ func TestKillBetweenStageAndRules(t *testing.T) {
 	e.mustMoat("enable")
 	e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout")
 	e.expectStatusClean("status after the enable")
+}
+
+// expectNoTemps fails the test if a hidden temporary file (".NAME.N.tmp",
+// or ".NAME.N" beside the policy file) is left in the state directory,
+// its blocklists directory or the policy file's directory.
+func (e *env) expectNoTemps(when string) {
+	e.t.Helper()
+	conf := filepath.Base(e.conf)
+	for _, dir := range []string{e.stateDir(), filepath.Join(e.stateDir(), "blocklists"), filepath.Dir(e.conf)} {
+		entries, err := os.ReadDir(dir)
+		if err != nil && !os.IsNotExist(err) {
+			e.t.Fatal(err)
+		}
+		for _, f := range entries {
+			n := f.Name()
+			if strings.HasPrefix(n, ".") && (strings.HasSuffix(n, ".tmp") || strings.HasPrefix(n, "."+conf+".")) {
+				e.t.Errorf("left in %s %s: %s", dir, when, n)
+			}
+		}
+	}
 }

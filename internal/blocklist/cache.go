@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/boundedfile"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/statedir"
@@ -20,6 +21,19 @@ import (
 
 // Dir is the directory under moat's state directory that keeps the lists.
 const Dir = "blocklists"
+
+// LockFile, in the state directory, keeps two updates apart; an update
+// saves its lists' copies holding it (and not moat's state lock).
+const LockFile = "blocklist.lock"
+
+// RemoveLeftTemps removes the temporary files that writes of the lists'
+// copies and metadata killed half way left in Dir. The caller holds
+// LockFile and moat's state lock: no write is in progress.
+func RemoveLeftTemps(stateDir string) error {
+	return atomicfile.RemovePrepared(listDir(stateDir), func(name string) bool {
+		return strings.HasSuffix(name, ".list") || strings.HasSuffix(name, ".json")
+	})
+}
 
 // MaxFileSize bounds a list file (and a download).
 const MaxFileSize = 64 << 20

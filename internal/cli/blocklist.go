@@ -245,7 +245,7 @@ func (a *app) lockBlocklists() (func(), error) {
 	if err := statedir.Ensure(a.stateDir); err != nil {
 		return nil, err
 	}
-	l, err := statedir.WaitLock(a.stateDir, "blocklist.lock", func(pid int) {
+	l, err := statedir.WaitLock(a.stateDir, blocklist.LockFile, func(pid int) {
 		fmt.Fprintf(a.errOut, "moat: waiting for another blocklist update (PID %d)\n", pid)
 	})
 	if err != nil {
@@ -446,6 +446,11 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		}
 		start := time.Now()
 		err := a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
+			// Both locks held: what a killed update left beside the
+			// copies goes (the lock's repair leaves it to this update).
+			if err := blocklist.RemoveLeftTemps(a.stateDir); err != nil {
+				a.log.Warn("files left by an interrupted blocklist update", "err", err)
+			}
 			res, err := eng.Refresh(ctx, a.change(cmd), lists, pre)
 			if err != nil {
 				return err

@@ -16,6 +16,7 @@ import (
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/statedir"
 	"github.com/moat-fw/moat/internal/statetext"
 )
 
@@ -687,6 +688,14 @@ func (e *Engine) removePrepared(in *Intent) {
 		}
 		errs = append(errs, policy.RemovePrepared(path),
 			atomicfile.RemoveHidden(filepath.Dir(path), "."+filepath.Base(path)+".unconfirmed.", ".tmp"))
+	}
+	// The blocklists' copies: an update writes them holding its own
+	// lock alone; when none runs, no write is in progress.
+	if _, err := os.Lstat(filepath.Join(e.o.StateDir, blocklist.Dir)); err == nil {
+		if l, err := statedir.TryLock(e.o.StateDir, blocklist.LockFile); err == nil {
+			errs = append(errs, blocklist.RemoveLeftTemps(e.o.StateDir))
+			l.Unlock()
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		e.o.Log.Warn("files prepared by an interrupted command", "err", err)

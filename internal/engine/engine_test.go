@@ -19,9 +19,11 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
+	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/statedir"
 	"github.com/moat-fw/moat/internal/statetext"
 )
 
@@ -1684,5 +1686,53 @@ func TestRepairRemovesPolicyFileTemps(t *testing.T) {
 			}
 			r.backAtBase()
 		})
+	}
+}
+
+// A kill while a blocklist's saved copy or metadata is written ('moat
+// blocklist update' saving a large list, an apply saving a file list's
+// copy, a rollback restoring them) leaves a hidden temporary file in the
+// blocklists directory that nothing removed, one more each kill. The
+// next command removes them when no update holds the blocklists' lock
+// (an update writes them under that lock alone); while one does, they
+// stay.
+func TestRepairRemovesBlocklistTemps(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	dir := filepath.Join(r.dir, blocklist.Dir)
+	r.must(os.MkdirAll(dir, 0o700))
+	left := []string{".drop.list.123.tmp", ".drop.json.456.tmp"}
+	plant := func() {
+		for _, name := range left {
+			r.must(os.WriteFile(filepath.Join(dir, name), []byte("192.0.2.0/24\n"), 0o600))
+		}
+	}
+	there := func() int {
+		n := 0
+		for _, name := range left {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				n++
+			}
+		}
+		return n
+	}
+	kept := filepath.Join(dir, "drop.list")
+	r.must(os.WriteFile(kept, []byte("192.0.2.0/24\n"), 0o600))
+	plant()
+	l, err := statedir.TryLock(r.dir, blocklist.LockFile)
+	r.must(err)
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	if there() != len(left) {
+		t.Errorf("removed while an update holds the blocklists' lock")
+	}
+	l.Unlock()
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	if n := there(); n != 0 {
+		t.Errorf("%d temporary files left in %s after the next command", n, dir)
+	}
+	if _, err := os.Stat(kept); err != nil {
+		t.Errorf("a saved copy was removed: %v", err)
 	}
 }
