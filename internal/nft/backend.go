@@ -57,6 +57,9 @@ type Backend struct {
 	// records (LastCommit is what Apply left).
 	AfterCommit func(ctx context.Context)
 
+	// noEncode, in tests, sends changed chains through nft (as before the
+	// encoder), to compare.
+	noEncode bool
 	// beforeSend, in tests, runs before each netlink transaction is sent;
 	// beforeCommit before a plan is committed through nft.
 	beforeSend, beforeCommit func()
@@ -366,27 +369,40 @@ func (b *Backend) planFor(ctx context.Context, d *desired, full, netlink bool, s
 // the sets through nft.
 const maxNetlinkElems = 400000
 
-// netlinkPatch is the difference as one netlink transaction when only
-// policy set elements changed and the element store holds what each
-// changed set was loaded with (its entries hash is the one in the kernel's
-// record): the elements to delete and to add, and the new record, sent
-// only if the ruleset generation is still gen. nil when that cannot be
-// done (chains changed, no store entry, an entry of other contents).
+// netlinkPatch is the difference as one netlink transaction, sent only
+// if the ruleset generation is still gen, as patchPlan would send it
+// through nft: the chains whose rules changed flushed and refilled (their
+// rules written by ruleEncoder, as nft writes them), the element deletes
+// and adds of each changed policy set when the element store holds what
+// it was loaded with (its entries hash is the one in the kernel's record),
+// and the new record. nil when that cannot be done, and then all of it
+// goes through nft: a rule the encoder does not know, a changed set with
+// no store entry or one of other contents, too many elements.
 func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
-	if !b.Netlink || b.Elements == nil || gen == 0 || b.NFT != nil {
+	if !b.Netlink || gen == 0 || b.NFT != nil {
 		return nil
 	}
+	var changed []*wantChain
 	for _, c := range d.chains {
 		if old["chain "+c.chain.Name] != c.hash {
-			return nil
+			changed = append(changed, c)
 		}
 	}
 	sets := changedSets(d, old)
-	if len(sets) == 0 {
+	if len(changed) == 0 && len(sets) == 0 || len(sets) > 0 && b.Elements == nil || len(changed) > 0 && b.noEncode {
 		return nil
 	}
 	p := b.newPlan()
 	p.nl, p.gen, p.save = &batch{}, gen, map[string]StoredSet{}
+	// In patchPlan's order: the chains (a base chain's policy, as nft's
+	// `add chain` sets it) and their flushes, the sets, the record, the
+	// rules.
+	for _, c := range changed {
+		if c.chain.Policy != nil {
+			p.nl.chainPolicy(c.chain.Name, *c.chain.Policy)
+		}
+		p.nl.flushChain(c.chain.Name)
+	}
 	n := 0
 	for _, s := range sets {
 		_, oldData, _ := strings.Cut(old["set "+s.set.Name], " ")
@@ -408,6 +424,14 @@ func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
 	p.nl.flushChain(SyncChain)
 	for _, r := range d.record().rules() {
 		p.nl.returnRule(SyncChain, *r.Comment)
+	}
+	enc := &ruleEncoder{b: p.nl}
+	for _, c := range changed {
+		for _, r := range c.rules {
+			if err := enc.rule(c.chain.Name, r.Rule, *r.Comment); err != nil {
+				return nil
+			}
+		}
 	}
 	return p
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+	"sigs.k8s.io/knftables"
 
 	"github.com/moat-fw/moat/internal/setstore"
 )
@@ -163,6 +164,20 @@ func (w *elemWriter) flush() {
 		{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: w.list},
 	})
 	w.list = nil
+}
+
+// chainPolicy sets a base chain's policy, as nft's `add chain` of a
+// chain that is there does (the kernel changes nothing else of it).
+func (b *batch) chainPolicy(chain string, policy knftables.BaseChainPolicy) {
+	verdict := uint32(1) // NF_ACCEPT
+	if policy == knftables.DropPolicy {
+		verdict = 0 // NF_DROP
+	}
+	b.add(unix.NFT_MSG_NEWCHAIN, netlink.Create, []netlink.Attribute{
+		{Type: unix.NFTA_CHAIN_TABLE, Data: []byte(TableName + "\x00")},
+		{Type: unix.NFTA_CHAIN_NAME, Data: []byte(chain + "\x00")},
+		{Type: unix.NFTA_CHAIN_POLICY, Data: binary.BigEndian.AppendUint32(nil, verdict)},
+	})
 }
 
 // flushChain deletes every rule of a chain of moat's table.
