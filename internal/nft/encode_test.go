@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
+	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
@@ -265,5 +266,43 @@ func TestKernelEncodedPatches(t *testing.T) {
 		if _, _, ok := enc.be.LastCommit(); !ok {
 			t.Errorf("step %d: no commit tracked", i)
 		}
+	}
+}
+
+// A rule added by hand to a chain an encoded edit does not rewrite, after
+// the edit read the generation and before its transaction is sent (where
+// e2e's TestHandChangeDuringCommand adds it from inside nft on the nft
+// path): the kernel refuses the transaction (its generation moved), the
+// edit is planned again and committed over netlink, the hand rule stays,
+// and the commit does not vouch for it: the generation it reports before
+// it is the one after the hand change, not the one the command verified.
+func TestKernelEncodedEditAfterHandChange(t *testing.T) {
+	k := newNLKernel(t)
+	k.apply(compile(t, "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"))
+	var verified uint32
+	if err := k.do(func() (err error) { verified, err = Generation(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	hand := 0
+	k.be.beforeSend = func() {
+		if hand == 0 {
+			hand++
+			if _, err := execrun.Exec(context.Background(), []byte("insert rule inet moat output ip daddr 192.0.2.2 tcp sport 80 drop\n"), "nft", "-f", "-"); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	n := len(k.rec.inputs)
+	k.apply(compile(t, "default deny incoming\nallow 22/tcp\nallow 80/tcp\nallow 8080/tcp\n"))
+	if hand != 1 || len(k.rec.inputs) != n {
+		t.Errorf("%d hand changes, %d nft runs (want 1 and none)", hand, len(k.rec.inputs)-n)
+	}
+	before, after, ok := k.be.LastCommit()
+	if !ok || before == verified || after != before+1 {
+		t.Errorf("last commit %d -> %d (%v), verified at %d: the commit vouches for the hand change", before, after, ok, verified)
+	}
+	table := k.table()
+	if !strings.Contains(table, "ip daddr 192.0.2.2 tcp sport 80 drop") || !strings.Contains(table, "tcp dport 8080") {
+		t.Errorf("the hand rule or the edit is missing:\n%s", table)
 	}
 }
