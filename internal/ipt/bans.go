@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -91,6 +93,13 @@ func (b *Backend) Logins(ctx context.Context) ([]ruleset.Ban, error) {
 func (b *Backend) membersOf(ctx context.Context, what string, sets ...string) ([]ruleset.Ban, error) {
 	var out []ruleset.Ban
 	for _, set := range sets {
+		if b.IpsetNetlink {
+			if got, err := membersNetlink(ctx, IPSetName(set)); err == nil {
+				out = append(out, got...)
+				continue
+			}
+			// Read again with the program, whose error names the cause.
+		}
 		data, err := b.Run(ctx, nil, "ipset", "save", IPSetName(set))
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w ('moat enable' loads moat's ipsets)", what, err)
@@ -98,6 +107,81 @@ func (b *Backend) membersOf(ctx context.Context, what string, sets ...string) ([
 		out = append(out, parseBanSave(data)...)
 	}
 	return out, nil
+}
+
+// Attributes of a member of an ipset of timeouts (IPSET_ATTR_TIMEOUT,
+// IPSET_ATTR_COMMENT).
+const (
+	ipsetAttrTimeout = 6
+	ipsetAttrComment = 26
+)
+
+// membersNetlink dumps an ipset of timeouts over netlink: each member's
+// address, time left and comment, what `ipset save` prints and
+// parseBanSave reads, without the program and its text (a third of the
+// CPU of 'moat bans --all' at 200,000 bans). The comment is the kernel's
+// as it is (`ipset save` prints it between quotes, unescaped).
+func membersNetlink(ctx context.Context, name string) ([]ruleset.Ban, error) {
+	c, err := dialIpset()
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = c.Close() }() // read only
+	msgs, err := c.list(ctx, name, 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []ruleset.Ban
+	var perr error
+	for _, m := range msgs {
+		err := walkAttrs(nfPayload(m), func(typ uint16, v []byte) {
+			if typ != ipsetAttrADT {
+				return
+			}
+			perr = errors.Join(perr, walkAttrs(v, func(typ uint16, v []byte) {
+				if typ != ipsetAttrData {
+					return
+				}
+				ban, err := parseBanMember(v)
+				if err != nil {
+					perr = errors.Join(perr, err)
+					return
+				}
+				if ban.Addr.IsValid() {
+					out = append(out, ban)
+				}
+			}))
+		})
+		if err = errors.Join(err, perr); err != nil {
+			return nil, fmt.Errorf("%w: list %q: %w", errIpsetNetlink, name, err)
+		}
+	}
+	return out, nil
+}
+
+// parseBanMember reads one member of an ipset of timeouts.
+func parseBanMember(v []byte) (ruleset.Ban, error) {
+	var ban ruleset.Ban
+	var ierr error
+	err := walkAttrs(v, func(typ uint16, v []byte) {
+		switch typ {
+		case ipsetAttrIP:
+			ierr = walkAttrs(v, func(t uint16, v []byte) {
+				if t == ipsetAttrIPAddrV4 || t == ipsetAttrIPAddrV6 {
+					if a, ok := netip.AddrFromSlice(v); ok {
+						ban.Addr = a
+					}
+				}
+			})
+		case ipsetAttrTimeout:
+			if len(v) == 4 {
+				ban.Expires = time.Duration(binary.BigEndian.Uint32(v)) * time.Second
+			}
+		case ipsetAttrComment:
+			ban.Reason = cString(v)
+		}
+	})
+	return ban, errors.Join(err, ierr)
 }
 
 // parseBanSave reads `add SET ADDR timeout N [comment "X"]` lines.
