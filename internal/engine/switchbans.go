@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -181,21 +182,44 @@ func (e *Engine) putBans(ctx context.Context, to Backend, bans []ruleset.Ban) {
 // them first, with the port scan trap's login exemptions (carried by
 // carryLogins after them): a kill from here to the end of the command
 // finds both in the record.
-func (e *Engine) carryBans(ctx context.Context, id string, from []string, to Backend, rs *ruleset.Ruleset) (logins []ruleset.Ban, err error) {
+func (e *Engine) carryBans(ctx context.Context, id string, from []string, to Backend, rs *ruleset.Ruleset) (bans, logins []ruleset.Ban, err error) {
 	rec, recLogins, _ := e.recordedBans(id)
-	bans := e.liveBans(ctx, rec, from...)
+	bans = e.liveBans(ctx, rec, from...)
 	if hasLoginSets(rs) {
 		logins = e.liveLogins(ctx, recLogins, from...)
 	}
 	if len(bans) == 0 && len(logins) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	e.recordBans("change of backend", id, bans, logins)
 	if err := e.step("switch-bans-recorded"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	e.putBans(ctx, to, bans)
-	return logins, e.step("switch-bans")
+	return bans, logins, e.step("switch-bans")
+}
+
+// carryLateBans gives to the bans that landed in the backends moat's
+// rules leave (from) after carryBans read them (carried): the port scan
+// trap bans in the kernel, from the old rules, without the bans lock, and
+// putting many bans in the new backend takes seconds. Read again just
+// before the old rules go, in rounds while new ones appear (a few: a
+// scan that keeps the trap busy has its bans carried by the rounds, and
+// what the last read misses is the instant before the removal).
+func (e *Engine) carryLateBans(ctx context.Context, id string, from []string, to Backend, carried, logins []ruleset.Ban) error {
+	for range 3 {
+		late := e.liveBans(ctx, slices.Clip(carried), from...)[len(carried):]
+		if len(late) == 0 {
+			return nil
+		}
+		carried = append(carried, late...)
+		e.recordBans("change of backend", id, carried, logins)
+		if err := e.step("switch-late-bans-recorded"); err != nil {
+			return err
+		}
+		e.putBans(ctx, to, late)
+	}
+	return nil
 }
 
 // dropSwitchBans removes the record of the change of in (a record of

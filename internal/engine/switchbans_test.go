@@ -2,7 +2,9 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -157,4 +159,69 @@ func newSwitchRig(t *testing.T, dir [2]string) (r *rig, from, to *Fake, oldPolic
 	_, err := r.enable(r.ch(0))
 	r.must(err)
 	return r, from, to, oldPolicy
+}
+
+// The port scan trap bans in the kernel, from the old backend's rules,
+// without the bans lock: a trap ban made after the switch read the old
+// ban sets (while it recorded them, put them in the new backend, carried
+// the logins) was removed with the old rules. The switch reads the old
+// sets again just before removing them and carries what landed since;
+// a kill after that finds them in pending.bans. Both directions, a ban
+// at each checkpoint after the read, one at each of two (a trap kept
+// busy).
+func TestTrapBanDuringSwitchCarried(t *testing.T) {
+	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
+		for _, at := range [][]string{{"switch-bans-recorded"}, {"switch-bans"}, {"switch-logins"}, {"switch-bans", "switch-logins"}} {
+			for _, kill := range []bool{false, true} {
+				name := dir[0] + "-to-" + dir[1] + "/" + strings.Join(at, "+")
+				if kill {
+					name += "/killed-after"
+				}
+				t.Run(name, func(t *testing.T) {
+					r := newRig(t)
+					fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
+					from, to := fakes[dir[0]], fakes[dir[1]]
+					ctx := context.Background()
+					r.write("backend " + dir[0] + "\n" + base)
+					_, err := r.enable(r.ch(0))
+					r.must(err)
+					r.must(from.Ban(ctx, []ruleset.Ban{{Addr: netip.MustParseAddr("203.0.113.1"), Timeout: time.Hour, Reason: "before"}}))
+					var trapped []string
+					step := r.eng.o.Checkpoint
+					r.eng.o.Checkpoint = func(s string) error {
+						if slices.Contains(at, s) {
+							a := fmt.Sprintf("198.51.100.%d", 10+len(trapped))
+							trapped = append(trapped, a)
+							if err := from.Ban(ctx, []ruleset.Ban{{Addr: netip.MustParseAddr(a), Timeout: time.Hour, Reason: "portscan"}}); err != nil {
+								return err
+							}
+						}
+						return step(s)
+					}
+					r.write("backend " + dir[1] + "\n" + base)
+					if kill {
+						// Killed once the old rules are gone: the repair
+						// undoes the switch, the bans go back.
+						r.crashAt = "switched"
+						if _, err := r.enable(r.ch(0)); !IsCrash(err) {
+							t.Fatalf("no crash: %v", err)
+						}
+						r.crashAt = ""
+						r.eng.o.Checkpoint = step
+						r.must(r.do(func(context.Context, *Engine) error { return nil }))
+						to = from
+					} else {
+						_, err = r.enable(r.ch(0))
+						r.must(err)
+					}
+					have := bansOf(t, to)
+					for _, a := range append([]string{"203.0.113.1"}, trapped...) {
+						if _, ok := have[a]; !ok {
+							t.Errorf("%s, banned by the trap during the switch, is not banned in %s: %v", a, to.Name(), have)
+						}
+					}
+				})
+			}
+		}
+	}
 }
