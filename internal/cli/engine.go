@@ -24,6 +24,13 @@ import (
 	"github.com/moat-fw/moat/internal/statedir"
 )
 
+// The prefixes of the backends' element records in the state directory
+// (setstore: what each policy set holds).
+const (
+	nftElementsPrefix = "nft-set."
+	iptElementsPrefix = "ipset."
+)
+
 // engine returns the apply engine, wired to the real kernel, /proc and
 // the moat binary (tests replace the options through a.engineHook).
 func (a *app) engine() *engine.Engine {
@@ -36,12 +43,12 @@ func (a *app) engine() *engine.Engine {
 		// Policy set changes are sent as differences.
 		switch kb := b.(type) {
 		case *nft.Backend:
-			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "nft-set."}
+			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: nftElementsPrefix}
 			// The fingerprint of what it loaded is read back while the
 			// records are synced (afterChange takes it).
 			kb.AfterCommit = func(ctx context.Context) { a.startAhead(ctx, kb) }
 		case *ipt.Backend:
-			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "ipset."}
+			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: iptElementsPrefix}
 			kb.StateDir = a.stateDir
 			kb.KeyDir = a.stateDir
 		}
@@ -72,6 +79,8 @@ func (a *app) engine() *engine.Engine {
 		Warn:             func(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) },
 		OtherRecords:     append([]string{fingerprintFile, updatingMarker}, ipt.StateFiles()...),
 		PolicyPath:       a.config,
+		// The element records of the backends' policy sets.
+		OtherRecordPrefixes: []string{nftElementsPrefix, iptElementsPrefix},
 	}
 	if a.engineHook != nil {
 		a.engineHook(&o)

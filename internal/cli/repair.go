@@ -220,7 +220,7 @@ func (a *app) changedInPlace(ctx context.Context, b backend.Backend, rs *ruleset
 	// loaded into them.
 	if nb, ok := b.(*nft.Backend); ok && nb.Netlink {
 		if nb.Elements == nil { // status: the store is only read
-			nb.Elements = setstore.Dir{Path: a.stateDir, Prefix: "nft-set."}
+			nb.Elements = setstore.Dir{Path: a.stateDir, Prefix: nftElementsPrefix}
 		}
 		// A set that cannot be read is no proof that it holds what moat
 		// loaded: an address added by hand is spared every ban.
@@ -235,7 +235,7 @@ func (a *app) changedInPlace(ctx context.Context, b backend.Backend, rs *ruleset
 	}
 	if ib, ok := b.(*ipt.Backend); ok {
 		if ib.Elements == nil { // status: the store is only read
-			ib.Elements = setstore.Dir{Path: a.stateDir, Prefix: "ipset."}
+			ib.Elements = setstore.Dir{Path: a.stateDir, Prefix: iptElementsPrefix}
 		}
 		for _, name := range []string{ipt.IPSetName(ruleset.ProtectSet4), ipt.IPSetName(ruleset.ProtectSet6)} {
 			want, ok := ib.LoadedSet(ctx, name)

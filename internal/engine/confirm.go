@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
@@ -669,7 +670,8 @@ func (e *Engine) removePrepared(in *Intent) {
 	errs := []error{atomicfile.RemovePrepared(e.o.StateDir, func(name string) bool {
 		return name == IntentFile || name == AppliedFile || name == savedFile || statetext.IsName(name) ||
 			name == pendingFile || name == snapshotFile || name == policyFile || name == rollbackBansFile ||
-			name == listCopiesFile || name == outcomeFile || slices.Contains(e.o.OtherRecords, name)
+			name == listCopiesFile || name == outcomeFile || slices.Contains(e.o.OtherRecords, name) ||
+			slices.ContainsFunc(e.o.OtherRecordPrefixes, func(p string) bool { return strings.HasPrefix(name, p) })
 	})}
 	// The policy files: the command's, the one the journal says it
 	// wrote, and the one a rollback of the pending change writes (with

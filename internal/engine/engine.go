@@ -87,6 +87,11 @@ type Options struct {
 	// during their write leaves a hidden temporary file beside them that
 	// the repair removes with its own (removePrepared).
 	OtherRecords []string
+	// OtherRecordPrefixes are the prefixes of the files the backends
+	// write in StateDir under moat's lock (the records of the policy
+	// sets' elements: nft-set., ipset.); the repair removes their
+	// temporary files too.
+	OtherRecordPrefixes []string
 	// PolicyPath is the policy file the command edits (--config): the
 	// repair removes the temporary files a kill left beside it and its
 	// FILE.unconfirmed copy (written by commands with no journal: a

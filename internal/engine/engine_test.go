@@ -1736,3 +1736,35 @@ func TestRepairRemovesBlocklistTemps(t *testing.T) {
 		t.Errorf("a saved copy was removed: %v", err)
 	}
 }
+
+// A kill while a backend writes the record of a policy set's elements
+// (nft-set.NAME, ipset.NAME: a change of backend, a first enable) leaves
+// its hidden temporary file; the set store removed it only at the next
+// write of that set or of the whole table, so a command that changed
+// neither (a plain reload) left it (found by killing changes of backend
+// with 500 bans). The repair removes those of the prefixes
+// Options.OtherRecordPrefixes names (the backends write them under
+// moat's lock only).
+func TestRepairRemovesElementRecordTemps(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	r.eng.o.OtherRecordPrefixes = []string{"nft-set.", "ipset."}
+	gone := []string{".nft-set.protect4.116274129.tmp", ".ipset.moat-protect6.42.tmp"}
+	kept := []string{".guard.json.7.tmp", ".nft-set.protect4.x.tmp", "nft-set.protect4"}
+	for _, name := range append(slices.Clone(gone), kept...) {
+		r.must(os.WriteFile(filepath.Join(r.dir, name), []byte("{}"), 0o600))
+	}
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	for _, name := range gone {
+		if _, err := os.Stat(filepath.Join(r.dir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("left after the next command: %s (%v)", name, err)
+		}
+	}
+	for _, name := range kept {
+		if _, err := os.Stat(filepath.Join(r.dir, name)); err != nil {
+			t.Errorf("removed: %s (%v)", name, err)
+		}
+	}
+}
