@@ -518,6 +518,19 @@ func (e *Engine) expire(ctx context.Context, known *Pending) error {
 		}
 		unlock, err = e.Lock(ctx, "moat watchdog "+id)
 	}
+	var rerr *repairError
+	if errors.As(err, &rerr) && ctx.Err() == nil {
+		// What an interrupted command left cannot be repaired (its
+		// journal is unreadable, the kernel refused its undo): every
+		// command refuses to run until an admin sees to it, but the
+		// rollback must not wait for that. It puts the kernel and the
+		// policy file back to before the change, which the command that
+		// armed it (the only one that runs while a change waits) would
+		// have been undone to as well; the journal stays, named.
+		e.o.Log.Error("watchdog: rolling back without repairing what an interrupted command left", "err", err)
+		e.warn(fmt.Sprintf("%v: rolling back the change applied at %s all the same", err, known.Created.Local().Format(time.TimeOnly)))
+		unlock, err = e.LockToRemove(ctx, "moat watchdog "+id)
+	}
 	if err != nil {
 		return err
 	}

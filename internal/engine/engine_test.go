@@ -1768,3 +1768,37 @@ func TestRepairRemovesElementRecordTemps(t *testing.T) {
 		}
 	}
 }
+
+// The journal of an interrupted command (intent.json) is unreadable
+// (torn, garbage) while a change waits for confirmation: every Lock's
+// repair refused, the watchdog's too, so at the deadline it retried for
+// ever and the unconfirmed change (which may lock the admin out) stayed.
+// The watchdog rolls back without the repair (the kernel and the policy
+// file go back to before the change, as the journal's undo would have
+// put them), and the journal stays for the admin, named.
+func TestWatchdogRollsBackPastUnreadableJournal(t *testing.T) {
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
+	r.must(err)
+	r.must(os.WriteFile(filepath.Join(r.dir, IntentFile), []byte(`{"pid": 12, "comm`), 0o600))
+	r.advance(2 * time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.eng.Watch(ctx, res.Pending.ID); err != nil {
+		t.Fatalf("watchdog: %v", err)
+	}
+	r.backAtBase()
+	if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
+		t.Errorf("the change still waits: %v", err)
+	}
+	if !strings.Contains(strings.Join(r.warnings, "\n"), IntentFile) {
+		t.Errorf("the unreadable journal is not named: %q", r.warnings)
+	}
+	// The next command still names the journal (it is not guessed away).
+	if err := r.do(func(context.Context, *Engine) error { return nil }); err == nil || !strings.Contains(err.Error(), "journal is unreadable") {
+		t.Errorf("the next command: %v", err)
+	}
+}

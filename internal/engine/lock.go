@@ -75,10 +75,17 @@ func (e *Engine) lock(ctx context.Context, command string, repair bool) (unlock 
 	}
 	if err := e.repair(ctx); err != nil {
 		unlock()
-		return nil, fmt.Errorf("%w\n('moat disable' removes moat's rules and state whatever they are)", err)
+		return nil, &repairError{fmt.Errorf("%w\n('moat disable' removes moat's rules and state whatever they are)", err)}
 	}
 	return unlock, nil
 }
+
+// repairError says that Lock took the lock but could not repair what an
+// interrupted command left (and let the lock go).
+type repairError struct{ err error }
+
+func (r *repairError) Error() string { return r.err.Error() }
+func (r *repairError) Unwrap() error { return r.err }
 
 // flockWait blocks for the lock, giving up when ctx ends.
 func flockWait(ctx context.Context, f *os.File) error {
