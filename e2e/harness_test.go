@@ -34,6 +34,13 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "e2e: skipped, needs root for network namespaces")
 			return 0
 		}
+		// The namespaces a run killed before its cleanup left (kill -9
+		// of a test or of the packet rate benchmark, a go test timeout):
+		// those of moat's test prefix whose process is gone, never
+		// another's (lab.RemoveStale).
+		if gone, err := lab.RemoveStale("moat"); len(gone) > 0 || err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: removed %d namespaces left by runs that were killed %q (%v)\n", len(gone), gone, err)
+		}
 		dir, err := os.MkdirTemp("", "moat-e2e-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)

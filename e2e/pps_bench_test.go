@@ -47,6 +47,11 @@ import (
 // its own (a new conntrack entry each).
 //
 //	go test -run XXX -bench PacketRate -benchtime 1x -timeout 30m ./e2e/     # as root
+//
+// A run killed before its cleanup (kill -9, the timeout) leaves its
+// namespaces (moatpps-srv-PID-N, moatpps-cli-PID-N): the next e2e run
+// removes them at its start (TestMain, lab.RemoveStale), and only those
+// whose PID is gone.
 func BenchmarkPacketRate(b *testing.B) {
 	// New flows take a source port each: rounds*perRound stays below the
 	// 64,512 ports.
