@@ -37,7 +37,7 @@ func TestRemoveStale(t *testing.T) {
 	names := []string{
 		fmt.Sprintf("%s-srv-%d-1", prefix, child.Process.Pid), // the killed run's
 		fmt.Sprintf("%s-cli-%d-2", prefix, os.Getpid()),       // this live run's
-		prefix + "-keep",                                      // not of UniqueName's form
+		prefix + "-keep", // not of UniqueName's form
 	}
 	for _, n := range names {
 		ns, err := NewNS(n)
