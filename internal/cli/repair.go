@@ -165,7 +165,8 @@ const earlierOrderReason = "moat's rules are in the order an earlier version of 
 // what this moat renders for applied only in their layout (diff), are
 // exactly what an earlier moat loaded for it, rule bodies included: one
 // that did not sink the built-ins (ruleset.CompileEarlierOrder), or, on
-// iptables, one whose jumps carried no conditions (PlainJumps). That is
+// iptables, one whose jumps carried no conditions (PlainJumps), or one
+// whose raw jump let only loopback past (LoopbackRawJump). That is
 // an upgrade, no hand change. Any other order or layout, or a rule
 // changed besides, is a hand change.
 func (a *app) earlierOrder(ctx context.Context, b backend.Backend, applied *policy.Policy, diff []string) bool {
@@ -182,6 +183,12 @@ func (a *app) earlierOrder(ctx context.Context, b backend.Backend, applied *poli
 	}
 	rs := a.compileApplied(applied)
 	rs.PlainJumps = true
+	if a.kernelHolds(ctx, b, rs) {
+		return true
+	}
+	// The layout before the raw jump was gated by the early lists.
+	rs = a.compileApplied(applied)
+	rs.LoopbackRawJump = true
 	return a.kernelHolds(ctx, b, rs)
 }
 
@@ -199,6 +206,9 @@ func layoutOnly(backend, d string) bool {
 	if backend == "iptables" {
 		return strings.HasSuffix(d, ", moat loaded only where \"-m conntrack ! --ctstate RELATED,ESTABLISHED\"") ||
 			strings.HasSuffix(d, ", moat loaded only where \"! -i lo\"") ||
+			d == "set moat-early4 is missing" || d == "set moat-early6 is missing" ||
+			strings.HasSuffix(d, ", moat loaded only where \"-m set --match-set moat-early4 src\"") ||
+			strings.HasSuffix(d, ", moat loaded only where \"-m set --match-set moat-early6 src\"") ||
 			strings.HasPrefix(d, "chain ") && strings.HasSuffix(d, " has 1 rule moat did not load: builtin:established (return)")
 	}
 	if backend != "nftables" || !strings.HasPrefix(d, "chain ") {

@@ -10,6 +10,7 @@ import (
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
+	"github.com/moat-fw/moat/internal/ipt"
 	"github.com/moat-fw/moat/internal/nft"
 )
 
@@ -88,7 +89,7 @@ func XtablesOnlyMoat(family string) (bool, error) {
 			return false, fmt.Errorf("nftables: list %s %s %s: %w", family, ch.Table.Name, ch.Name, err)
 		}
 		for _, r := range rules {
-			if !slices.Contains(moatJumps[ch.Table.Name], ch.Name) || !moatJump(r.Exprs, ch.Name) {
+			if !slices.Contains(moatJumps[ch.Table.Name], ch.Name) || !moatJump(r.Exprs, ch.Name, family) {
 				return false, nil
 			}
 		}
@@ -111,14 +112,17 @@ func builtinChain(ch *gnft.Chain, table string, builtins []string) bool {
 
 // moatJump: the rule is iptables-nft's form of one of moat's jumps (the
 // forms ipt.KnownJump knows): "-A CHAIN -j MOAT-CHAIN", "-A
-// CHAIN ! -i lo -j MOAT-CHAIN" or "-A CHAIN -m conntrack ! --ctstate
-// RELATED,ESTABLISHED -j MOAT-CHAIN". Its expressions are one of the
+// CHAIN ! -i lo -j MOAT-CHAIN", "-A CHAIN -m conntrack ! --ctstate
+// RELATED,ESTABLISHED -j MOAT-CHAIN" or "-A PREROUTING -m set
+// --match-set moat-early4 src -j MOAT-PREROUTING". Its expressions are one of the
 // conditions (or none), a counter and the jump, nothing else.
-func moatJump(exprs []expr.Any, chain string) bool {
+func moatJump(exprs []expr.Any, chain, family string) bool {
 	switch {
 	case len(exprs) >= 2 && notLoopback(exprs[0], exprs[1]):
 		exprs = exprs[2:]
 	case len(exprs) >= 1 && notEstablished(exprs[0]):
+		exprs = exprs[1:]
+	case len(exprs) >= 1 && chain == "PREROUTING" && earlyList(exprs[0], family):
 		exprs = exprs[1:]
 	}
 	jumps := 0
@@ -135,6 +139,18 @@ func moatJump(exprs []expr.Any, chain string) bool {
 		}
 	}
 	return jumps == 1
+}
+
+// earlyList: iptables-nft's "-m set --match-set moat-early4 src" (or
+// moat-early6 for ip6: ipt.EarlyListMatch), the raw jump's condition
+// that only a listed source enters MOAT-PREROUTING.
+func earlyList(e expr.Any, family string) bool {
+	m, ok := e.(*expr.Match)
+	if !ok || m.Name != "set" {
+		return false
+	}
+	info, ok := m.Info.(*xt.Unknown)
+	return ok && ipt.EarlyListMatch(family, m.Rev, *info)
 }
 
 // notLoopback: iptables-nft's "! -i lo" (the interface's name loaded,

@@ -144,8 +144,20 @@ func TestXtablesOnlyMoatKernel(t *testing.T) {
 			"*filter\n-I INPUT 1 -m conntrack ! --ctstate NEW,RELATED,ESTABLISHED -j MOAT-INPUT\n-D INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\nCOMMIT\n",
 			"*filter\n-I INPUT 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n-D INPUT -m conntrack ! --ctstate NEW,RELATED,ESTABLISHED -j MOAT-INPUT\nCOMMIT\n"},
 		{"raw PREROUTING jumps to moat except from eth0", []string{"ip6tables-restore", "--noflush"}, []string{"ip6tables-restore", "--noflush"}, true, false,
-			"*raw\n-I PREROUTING 1 ! -i eth0 -j MOAT-PREROUTING\n-D PREROUTING ! -i lo -j MOAT-PREROUTING\nCOMMIT\n",
-			"*raw\n-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\n-D PREROUTING ! -i eth0 -j MOAT-PREROUTING\nCOMMIT\n"},
+			"*raw\n-I PREROUTING 1 ! -i eth0 -j MOAT-PREROUTING\n-D PREROUTING -m set --match-set moat-early6 src -j MOAT-PREROUTING\nCOMMIT\n",
+			"*raw\n-I PREROUTING 1 -m set --match-set moat-early6 src -j MOAT-PREROUTING\n-D PREROUTING ! -i eth0 -j MOAT-PREROUTING\nCOMMIT\n"},
+		// The raw jump gated by another set, or by the early list's
+		// destination, or by the other family's early list name on a
+		// set of another kind, is not moat's.
+		{"raw PREROUTING jumps to moat for sources in the protected set", []string{"ip6tables-restore", "--noflush"}, []string{"ip6tables-restore", "--noflush"}, true, false,
+			"*raw\n-I PREROUTING 1 -m set --match-set moat-protect6 src -j MOAT-PREROUTING\n-D PREROUTING -m set --match-set moat-early6 src -j MOAT-PREROUTING\nCOMMIT\n",
+			"*raw\n-I PREROUTING 1 -m set --match-set moat-early6 src -j MOAT-PREROUTING\n-D PREROUTING -m set --match-set moat-protect6 src -j MOAT-PREROUTING\nCOMMIT\n"},
+		{"raw PREROUTING jumps to moat for destinations in the early list", []string{"iptables-restore", "--noflush"}, []string{"iptables-restore", "--noflush"}, false, true,
+			"*raw\n-I PREROUTING 1 -m set --match-set moat-early4 dst -j MOAT-PREROUTING\n-D PREROUTING -m set --match-set moat-early4 src -j MOAT-PREROUTING\nCOMMIT\n",
+			"*raw\n-I PREROUTING 1 -m set --match-set moat-early4 src -j MOAT-PREROUTING\n-D PREROUTING -m set --match-set moat-early4 dst -j MOAT-PREROUTING\nCOMMIT\n"},
+		{"raw PREROUTING jumps to moat for sources not in the early list", []string{"iptables-restore", "--noflush"}, []string{"iptables-restore", "--noflush"}, false, true,
+			"*raw\n-I PREROUTING 1 -m set ! --match-set moat-early4 src -j MOAT-PREROUTING\n-D PREROUTING -m set --match-set moat-early4 src -j MOAT-PREROUTING\nCOMMIT\n",
+			"*raw\n-I PREROUTING 1 -m set --match-set moat-early4 src -j MOAT-PREROUTING\n-D PREROUTING -m set ! --match-set moat-early4 src -j MOAT-PREROUTING\nCOMMIT\n"},
 		{"another chain", []string{"iptables", "-N", "other"}, []string{"iptables", "-X", "other"}, false, true, "", ""},
 		{"an ip6tables REJECT in OUTPUT", []string{"ip6tables", "-A", "OUTPUT", "-j", "REJECT"}, []string{"ip6tables", "-D", "OUTPUT", "-j", "REJECT"}, true, false, "", ""},
 		{"FORWARD jumps to moat's INPUT chain", []string{"iptables", "-A", "FORWARD", "-j", "MOAT-INPUT"}, []string{"iptables", "-D", "FORWARD", "-j", "MOAT-INPUT"}, false, true, "", ""},

@@ -136,9 +136,22 @@ func (b *Backend) Available() error {
 // Script is what Apply loads into a host that has no moat chains yet.
 func (b *Backend) Script(rs *ruleset.Ruleset) (string, error) {
 	var s strings.Builder
-	if sets := RenderSets(rs, nil); sets != "" {
+	sets := RenderSets(rs, nil)
+	// The early lists as the policy sets are written (filled under a
+	// temporary name, renamed): drift compares their members.
+	var early strings.Builder
+	for _, l := range earlyLists(rs, SetNames(rs)) {
+		tmp := tmpSetName(l.name)
+		fmt.Fprintf(&early, "%s\n", earlyCreate(tmp))
+		for _, m := range l.members {
+			fmt.Fprintf(&early, "add %s %s\n", tmp, m)
+		}
+		fmt.Fprintf(&early, "rename %s %s\n", tmp, l.name)
+	}
+	if sets != "" || early.Len() > 0 {
 		s.WriteString("# ipset restore\n")
 		s.WriteString(sets)
+		s.WriteString(early.String())
 	}
 	for _, f := range families {
 		fmt.Fprintf(&s, "# %s --noflush\n", f.restore)
@@ -428,12 +441,25 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 		}
 		fmt.Fprintf(&create, "%s\n", createLine(s, name))
 	}
+	// The early lists under throwaway names too (empty: the rules only
+	// need them to exist).
+	var early []string
+	for _, l := range earlyLists(rs, names) {
+		key := strings.TrimPrefix(l.name, SetPrefix)
+		name := fmt.Sprintf("%s%s-%s", checkPrefix, tag, key)
+		names[key] = name
+		early = append(early, name)
+		if st.sets[name] {
+			fmt.Fprintf(&create, "destroy %s\n", name)
+		}
+		fmt.Fprintf(&create, "%s\n", earlyCreate(name))
+	}
 	if create.Len() > 0 {
 		if _, err := b.Run(ctx, []byte(create.String()), "ipset", "restore"); err != nil {
 			return fmt.Errorf("iptables check: create throwaway ipsets: %w", err)
 		}
 		defer func() {
-			var del []string
+			del := early
 			for _, s := range rs.Sets {
 				del = append(del, names[s.Name])
 			}
@@ -607,6 +633,19 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	for _, d := range diffs {
 		d.text(&diff)
 	}
+	// The early lists hold every set a drop of the new rules needs
+	// before those are loaded (and what the old rules need still): in
+	// the restore that makes the sets when their members are not filled
+	// (and renamed) over netlink after it, else in one of their own.
+	early := earlyLists(rs, names)
+	rewrite := false
+	for _, f := range families {
+		rewrite = rewrite || b.Full || st.rules[f.fam] != rh || !b.jumpsComplete(rs, st, f.fam, names)
+	}
+	var addEarly strings.Builder
+	if rewrite {
+		writeEarlyAdd(&addEarly, early)
+	}
 	if len(load) > 0 || diff.Len() > 0 {
 		var conn *ipsetWriter
 		var fills *[]fill
@@ -620,8 +659,15 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			if err := writeSets(w, rs, st.sets, names, again, networks, destroyed, fills); err != nil {
 				return err
 			}
-			_, err := io.WriteString(w, diff.String())
-			return err
+			if _, err := io.WriteString(w, diff.String()); err != nil {
+				return err
+			}
+			if fills == nil {
+				_, err := io.WriteString(w, addEarly.String())
+				addEarly.Reset()
+				return err
+			}
+			return nil
 		}
 		if _, err := b.runFrom(ctx, write, "ipset", "-exist", "restore"); err != nil {
 			return fmt.Errorf("load ipsets: %w", err)
@@ -634,15 +680,20 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			}
 		}
 	}
+	if addEarly.Len() > 0 {
+		if _, err := b.Run(ctx, []byte(addEarly.String()), "ipset", "-exist", "restore"); err != nil {
+			return fmt.Errorf("load ipsets: early lists: %w", err)
+		}
+	}
 	// The records of the families whose rules are as they were, written
 	// over netlink after the loop, both in one transaction (writeGen).
 	recs := map[policy.Family][]string{}
 	for _, f := range families {
-		if !b.Full && st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam) {
+		if !b.Full && st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam, names) {
 			continue
 		}
 		var script string
-		if !b.Full && st.rules[f.fam] == rh && b.jumpsComplete(rs, st, f.fam) {
+		if !b.Full && st.rules[f.fam] == rh && b.jumpsComplete(rs, st, f.fam, names) {
 			// The rules are as they were: only the record changes.
 			script = "*filter\n" + genChainRules(gen, rh, c) + "COMMIT\n"
 			genOnly[f.fam] = script
@@ -687,6 +738,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	for _, n := range names {
 		used[n] = true
 	}
+	earlyUsed(used, early)
 	var stale []string
 	for name := range st.sets {
 		if used[name] || strings.HasPrefix(name, checkPrefix) {
@@ -700,7 +752,17 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		}
 		stale = append(stale, name)
 	}
-	return b.destroySets(ctx, stale)
+	var exact strings.Builder
+	if (rewrite || len(stale) > 0) && len(early) > 0 {
+		// Each early list then holds its members alone: the sets no
+		// rule drops by leave it before they are destroyed, in the
+		// same restore.
+		writeEarlyExact(&exact, early, st.sets, rewrite)
+		stale = slices.DeleteFunc(stale, func(n string) bool {
+			return slices.ContainsFunc(early, func(l earlyList) bool { return n == tmpSetName(l.name) })
+		})
+	}
+	return b.destroySetsAfter(ctx, exact.String(), stale)
 }
 
 // foreignSet says whether the ipset name is not of the kind moat makes
@@ -896,9 +958,9 @@ func comparePrefix(a, b netip.Prefix) int {
 }
 
 // jumpsComplete says whether every chain of rs has its jump.
-func (b *Backend) jumpsComplete(rs *ruleset.Ruleset, st *state, fam policy.Family) bool {
+func (b *Backend) jumpsComplete(rs *ruleset.Ruleset, st *state, fam policy.Family, names Names) bool {
 	for _, c := range rs.Chains {
-		cond, _ := jumpCond(rs, c)
+		cond, _ := jumpCond(rs, c, fam, names)
 		if j, ok := st.jumps[fam][builtinChain[c.Hook]]; !ok || j.Cond != cond || len(j.Extra) > 0 {
 			return false
 		}
@@ -1241,11 +1303,18 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 func (b *Backend) destroySets(ctx context.Context, names []string) error {
-	if len(names) == 0 {
+	return b.destroySetsAfter(ctx, "", names)
+}
+
+// destroySetsAfter destroys the ipsets names (the early lists first)
+// in one ipset restore after the lines first.
+func (b *Backend) destroySetsAfter(ctx context.Context, first string, names []string) error {
+	if len(names) == 0 && first == "" {
 		return nil
 	}
-	names = slices.Sorted(slices.Values(names))
+	names = earlyFirst(names)
 	var s strings.Builder
+	s.WriteString(first)
 	for _, n := range names {
 		fmt.Fprintf(&s, "destroy %s\n", n)
 	}

@@ -245,8 +245,37 @@ const (
 	jumpNotLoopback = "! -i lo"
 )
 
+// The early lists: per family an ipset list:set of the sets whose
+// sources MOAT-PREROUTING drops (the ban set and every blocklist's).
+// The raw jump is taken only by a source in one of them
+// (jumpEarlyList), so a packet from an unlisted source pays the set
+// lookups alone, as in a hand-written ruleset, and no jump, interface
+// compare nor return (docs/benchmarks.md); the drops keep every
+// exemption ('! -i lo', the protected set, forwarded packets). Apply
+// adds a list's set to it before any rule drops by that set, and takes
+// it out before the set is destroyed.
+const (
+	earlyKey4 = "early4" // Names key; the ipset is moat-early4 (moatchk... in a check)
+	earlyKey6 = "early6"
+	// earlySize is the most members an early list holds (ipset list:set
+	// size); a policy with more blocklists keeps the '! -i lo' jump.
+	earlySize = 64
+)
+
+// earlyKey is the Names key of fam's early list.
+func earlyKey(fam policy.Family) string {
+	if fam == policy.FamilyV6 {
+		return earlyKey6
+	}
+	return earlyKey4
+}
+
+// jumpEarlyList is the condition of the raw jump gated by the early list
+// named list.
+func jumpEarlyList(list string) string { return "-m set --match-set " + list + " src" }
+
 // jumpConds are the jump forms moat knows as its own.
-var jumpConds = []string{"", jumpNotEstablished, jumpNotLoopback}
+var jumpConds = []string{"", jumpNotEstablished, jumpNotLoopback, jumpEarlyList(IPSetName(earlyKey4)), jumpEarlyList(IPSetName(earlyKey6))}
 
 // jumpSpec is a jump's rule after its chain: "COND -j MOAT-CHAIN".
 func jumpSpec(builtin, cond string) string {
@@ -308,16 +337,23 @@ func writeJump(b *strings.Builder, builtin, cond string, have Jump, there bool) 
 	fmt.Fprintf(b, "-D %s %s\n-I %s %d %s\n", builtin, jumpSpec(builtin, have.Cond), builtin, max(have.Pos, 1), jumpSpec(builtin, cond))
 }
 
-// jumpCond is the condition on the jump into c's chain, and whether the
-// chain leaves out its first rule (the built-in the condition stands
-// for). A chain that starts with anything but the plain established
-// accept (logging every packet, say) gets a plain jump, as does every
-// chain of the earlier layout (PlainJumps).
-func jumpCond(rs *ruleset.Ruleset, c *ruleset.Chain) (cond string, skipFirst bool) {
+// jumpCond is the condition on the jump into c's chain for family fam,
+// and whether the chain leaves out its first rule (the built-in the
+// condition stands for). A chain that starts with anything but the plain
+// established accept (logging every packet, say) gets a plain jump, as
+// does every chain of the earlier layout (PlainJumps). The raw jump is
+// gated by the family's early list when every rule of MOAT-PREROUTING
+// that does more than let a packet past drops by a source set
+// (earlyMembers), else it lets only loopback past (as did the layout
+// before the early lists: LoopbackRawJump).
+func jumpCond(rs *ruleset.Ruleset, c *ruleset.Chain, fam policy.Family, names Names) (cond string, skipFirst bool) {
 	if rs.PlainJumps {
 		return "", false
 	}
 	if c.Hook == ruleset.Prerouting {
+		if _, ok := earlyMembers(rs, c, fam, names); ok {
+			return jumpEarlyList(names.of(earlyKey(fam))), false
+		}
 		for i := range c.Rules {
 			r := &c.Rules[i]
 			if r.Log != "" || r.Limit != nil || r.Trap != nil || (r.Verdict != ruleset.Accept && r.NotInIface != "lo") {
@@ -330,6 +366,41 @@ func jumpCond(rs *ruleset.Ruleset, c *ruleset.Chain) (cond string, skipFirst boo
 		return jumpNotEstablished, true
 	}
 	return "", false
+}
+
+// earlyMembers are the ipsets fam's early list holds for the prerouting
+// chain c (the source sets of its drops, in order), and whether the raw
+// jump can be gated by it: every rule of fam does nothing but let a
+// packet past (a packet that skips the chain goes past anyway) or drop a
+// source in one of those sets (a packet from no set matches none), and
+// there is at least one and at most earlySize.
+func earlyMembers(rs *ruleset.Ruleset, c *ruleset.Chain, fam policy.Family, names Names) ([]string, bool) {
+	if rs.PlainJumps || rs.LoopbackRawJump || c == nil || c.Hook != ruleset.Prerouting {
+		return nil, false
+	}
+	var out []string
+	for i := range c.Rules {
+		r := &c.Rules[i]
+		if r.Family != "" && r.Family != policy.FamilyAny && r.Family != fam {
+			continue
+		}
+		if r.Log != "" || r.Limit != nil || r.Trap != nil {
+			return nil, false
+		}
+		switch {
+		case r.Verdict == ruleset.Accept:
+		case r.Verdict == ruleset.Drop && r.SrcSet != "" && r.Family == fam:
+			if n := names.of(r.SrcSet); !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		default:
+			return nil, false
+		}
+	}
+	if len(out) == 0 || len(out) > earlySize {
+		return nil, false
+	}
+	return out, true
 }
 
 // establishedAccept: r accepts packets of established and related
@@ -367,7 +438,7 @@ func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump, na
 		b.WriteString(body(rs, fam, names, t))
 		for _, ch := range chains {
 			builtin := builtinChain[ch.Hook]
-			cond, _ := jumpCond(rs, ch)
+			cond, _ := jumpCond(rs, ch, fam, names)
 			have, ok := haveJump[builtin]
 			writeJump(&b, builtin, cond, have, ok)
 		}
@@ -384,7 +455,7 @@ func body(rs *ruleset.Ruleset, fam policy.Family, names Names, table string) str
 			continue
 		}
 		chain := ChainName(c.Hook)
-		cond, skipFirst := jumpCond(rs, c)
+		cond, skipFirst := jumpCond(rs, c, fam, names)
 		for i := range c.Rules {
 			if i == 0 && skipFirst {
 				continue

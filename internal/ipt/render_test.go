@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -149,7 +150,7 @@ func TestApplyCommands(t *testing.T) {
 	v4, v6 := host.calls[4].stdin, host.calls[5].stdin
 	if !strings.Contains(v4, "\n-D INPUT -j MOAT-INPUT\n-I INPUT 2 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") ||
 		strings.Contains(v4, "-I INPUT 1") || strings.Contains(v4, "DOCKER") || strings.Contains(v4, "OUTPUT 1") || !strings.Contains(v4, "-I FORWARD 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-FORWARD\n") ||
-		!strings.Contains(v4, "*raw\n:MOAT-PREROUTING - [0:0]\n") || !strings.Contains(v4, "-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\nCOMMIT\n*filter\n") {
+		!strings.Contains(v4, "*raw\n:MOAT-PREROUTING - [0:0]\n") || !strings.Contains(v4, "-I PREROUTING 1 -m set --match-set moat-early4 src -j MOAT-PREROUTING\nCOMMIT\n*filter\n") {
 		t.Errorf("IPv4 jumps wrong (INPUT has one of the earlier form, OUTPUT one of this form):\n%s", v4)
 	}
 	if !strings.Contains(v6, "-I INPUT 1 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n") {
@@ -161,13 +162,18 @@ func TestApplyCommands(t *testing.T) {
 	sets := host.calls[3].stdin
 	names := SetNames(goldenRuleset(t))
 	v4set := names["input_deny_src4_3"]
-	if !strings.Contains(sets, "rename "+tmpSetName(v4set)+" "+v4set+"\n") || strings.Contains(sets, "moat-ban") {
+	if !strings.Contains(sets, "rename "+tmpSetName(v4set)+" "+v4set+"\n") || strings.Contains(sets, "create moat-ban") {
 		t.Errorf("set load:\n%s", sets)
 	}
 	if !strings.Contains(v4, "--match-set "+v4set+" src") {
 		t.Errorf("IPv4 rules do not use the new set %s", v4set)
 	}
-	if got := host.calls[6].stdin; got != "destroy moat-3fa9c1b2d4e5\ndestroy moat-input_old_9\n" {
+	if !strings.HasSuffix(sets, "create moat-early4 list:set size 64\nadd moat-early4 moat-ban4\ncreate moat-early6 list:set size 64\nadd moat-early6 moat-ban6\n") {
+		t.Errorf("the early lists are not made with the sets:\n%s", sets)
+	}
+	if got := host.calls[6].stdin; got != "create moatnew-early4 list:set size 64\nadd moatnew-early4 moat-ban4\nswap moatnew-early4 moat-early4\ndestroy moatnew-early4\n"+
+		"create moatnew-early6 list:set size 64\nadd moatnew-early6 moat-ban6\nswap moatnew-early6 moat-early6\ndestroy moatnew-early6\n"+
+		"destroy moat-3fa9c1b2d4e5\ndestroy moat-input_old_9\n" {
 		t.Errorf("stale sets: %q (docker-set must stay)", got)
 	}
 }
@@ -199,14 +205,14 @@ func TestApplyNothingChanged(t *testing.T) {
 	rs := goldenRuleset(t)
 	names := SetNames(rs)
 	gen := Generation(rs, names)
-	save := func(g string) string {
+	save := func(g string) map[string]string {
 		return kernelSave(rs, g, rulesHash(rs, names), contentsOf(rs, names))
 	}
 	var sets []string
 	for _, n := range names {
 		sets = append(sets, n)
 	}
-	host := &fakeHost{save: map[string]string{"iptables-save": save(gen), "ip6tables-save": save(gen)}, sets: strings.Join(sets, "\n")}
+	host := &fakeHost{save: save(gen), sets: strings.Join(sets, "\n")}
 	b := &Backend{Run: host.run}
 	if split, err := b.Split(context.Background()); split != "" || err != nil {
 		t.Fatalf("split %q %v", split, err)
@@ -220,7 +226,7 @@ func TestApplyNothingChanged(t *testing.T) {
 			t.Errorf("sent %s:\n%s", c.args, c.stdin)
 		}
 	}
-	host.save["ip6tables-save"] = save("0123456789abcdef")
+	host.save["ip6tables-save"] = save("0123456789abcdef")["ip6tables-save"]
 	split, err := b.Split(context.Background())
 	if err != nil || !strings.Contains(split, "IPv6 rules generation 0123456789abcdef") {
 		t.Errorf("split not reported: %q %v", split, err)
@@ -244,9 +250,13 @@ func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // kernelSave is iptables-save output of moat's chains (empty) with rs's
 // jumps, and its MOAT-GEN record.
-func kernelSave(rs *ruleset.Ruleset, gen, rules string, c contents) string {
+func kernelSave(rs *ruleset.Ruleset, gen, rules string, c contents) map[string]string {
+	return map[string]string{"iptables-save": kernelSaveOf(rs, policy.FamilyV4, gen, rules, c), "ip6tables-save": kernelSaveOf(rs, policy.FamilyV6, gen, rules, c)}
+}
+
+func kernelSaveOf(rs *ruleset.Ruleset, fam policy.Family, gen, rules string, c contents) string {
 	jump := func(h ruleset.Hook) string {
-		cond, _ := jumpCond(rs, rs.Chain(h))
+		cond, _ := jumpCond(rs, rs.Chain(h), fam, SetNames(rs))
 		return "-A " + builtinChain[h] + " " + jumpSpec(builtinChain[h], cond) + "\n"
 	}
 	return "*raw\n:PREROUTING ACCEPT [0:0]\n:MOAT-PREROUTING - [0:0]\n" + jump(ruleset.Prerouting) + "COMMIT\n" +
@@ -289,7 +299,7 @@ func TestApplySetDiff(t *testing.T) {
 		}
 	}
 	kernel := kernelSave(before, generation(before, SetNames(before), cb), rulesHash(before, SetNames(before)), cb)
-	host := &fakeHost{save: map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}, sets: set + "\nmoat-ban4\nmoat-ban6\nmoat-login4\nmoat-login6\nmoat-protect4\nmoat-protect6\n"}
+	host := &fakeHost{save: maps.Clone(kernel), sets: set + "\nmoat-ban4\nmoat-ban6\nmoat-login4\nmoat-login6\nmoat-protect4\nmoat-protect6\n"}
 	b := &Backend{Run: host.run, Elements: store}
 	if err := b.Apply(context.Background(), after); err != nil {
 		t.Fatal(err)
@@ -320,7 +330,7 @@ func TestApplySetDiff(t *testing.T) {
 	// is gone, MOAT-GEN names the old contents. The next apply (here: back
 	// to those very contents) fills the set whole.
 	_ = store.Forget(set)
-	host.save = map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}
+	host.save = maps.Clone(kernel)
 	host.calls = nil
 	if err := b.Apply(context.Background(), before); err != nil {
 		t.Fatal(err)
@@ -337,14 +347,14 @@ func TestApplySetDiff(t *testing.T) {
 
 	// Killed while the set changed: IPv4's MOAT-GEN says so, and Split too.
 	dirtyKernel := kernelSave(before, dirty, rulesHash(before, SetNames(before)), contents{})
-	host.save = map[string]string{"iptables-save": dirtyKernel, "ip6tables-save": kernel}
+	host.save = map[string]string{"iptables-save": dirtyKernel["iptables-save"], "ip6tables-save": kernel["ip6tables-save"]}
 	if split, err := b.Split(context.Background()); err != nil || !strings.Contains(split, "changing its ipsets") {
 		t.Errorf("an interrupted set change is not reported: %q %v", split, err)
 	}
 
 	// A corrupted entry: refilled whole too.
 	kernel = kernelSave(before, generation(before, SetNames(before), contentsOf(before, SetNames(before))), rulesHash(before, SetNames(before)), contentsOf(before, SetNames(before)))
-	host.save = map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}
+	host.save = maps.Clone(kernel)
 	data, _ := os.ReadFile(store.File(set))
 	data[len(data)/2] ^= 0x40
 	_ = os.WriteFile(store.File(set), data, 0o600)
@@ -457,7 +467,7 @@ func TestApplyLeftoverTemporarySet(t *testing.T) {
 			restores = append(restores, c.stdin)
 		}
 	}
-	if len(restores) != 2 || !strings.Contains(restores[0], "destroy moatnew-protect4\ncreate moatnew-protect4 ") || restores[1] != "destroy moatnew-gone\n" {
+	if len(restores) != 2 || !strings.Contains(restores[0], "destroy moatnew-protect4\ncreate moatnew-protect4 ") || !strings.HasSuffix(restores[1], "\ndestroy moatnew-gone\n") {
 		t.Errorf("ipset restores:\n%s", strings.Join(restores, "--\n"))
 	}
 }
@@ -502,7 +512,7 @@ func TestApplyRefillEndsChanging(t *testing.T) {
 		sets.WriteString(n + "\n")
 	}
 	sets.WriteString("moat-ban4\nmoat-ban6\nmoat-login4\nmoat-login6\n")
-	host := &fakeHost{save: map[string]string{"iptables-save": kernel, "ip6tables-save": kernel}, sets: sets.String()}
+	host := &fakeHost{save: maps.Clone(kernel), sets: sets.String()}
 	b := &Backend{Run: host.run, Elements: setstore.Dir{Path: t.TempDir(), Prefix: "ipset."}}
 	if err := b.Apply(context.Background(), rs); err != nil {
 		t.Fatal(err)
@@ -545,7 +555,7 @@ func TestJumpConditionOnlyBehindEstablished(t *testing.T) {
 	rs := compileText(t, "default deny incoming\nallow 22/tcp\nlogging high\n")
 	v4 := Render(rs, policy.FamilyV4, nil)
 	for _, want := range []string{"-I INPUT 1 -j MOAT-INPUT\n", `-A MOAT-INPUT -m conntrack --ctstate ESTABLISHED,RELATED -m comment --comment "builtin:established" -j RETURN`,
-		"-I PREROUTING 1 ! -i lo -j MOAT-PREROUTING\n"} {
+		"-I PREROUTING 1 -m set --match-set moat-early4 src -j MOAT-PREROUTING\n"} {
 		if !strings.Contains(v4, want) {
 			t.Errorf("lacks %q:\n%s", want, v4)
 		}

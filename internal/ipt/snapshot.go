@@ -44,7 +44,9 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 	}
 	var out bytes.Buffer
 	out.WriteString(secSets + "\n")
-	for _, name := range sortedKeys(st.sets) {
+	// The early lists last: they refer to the others (swapSetsScript
+	// fills them once those are in place).
+	for _, name := range slices.Concat(slices.DeleteFunc(sortedKeys(st.sets), isEarlyList), slices.DeleteFunc(sortedKeys(st.sets), func(n string) bool { return !isEarlyList(n) })) {
 		if !strings.HasPrefix(name, SetPrefix) {
 			continue
 		}
@@ -342,7 +344,9 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 // set under a temporary name and swaps it in (or renames it, for a set
 // that does not exist now).
 func swapSetsScript(lines []string, existing map[string]bool) (string, map[string]bool, error) {
-	var s strings.Builder
+	// The early lists (list:set) are made after the others are in
+	// place: their members are those sets' names.
+	var s, early strings.Builder
 	names := map[string]bool{}
 	var order []string
 	for _, l := range lines {
@@ -352,26 +356,38 @@ func swapSetsScript(lines []string, existing map[string]bool) (string, map[strin
 		}
 		name := f[1]
 		tmp := tmpSetName(name)
+		w := &s
+		if isEarlyList(name) {
+			w = &early
+		}
 		switch f[0] {
 		case "create":
 			if existing[tmp] {
-				fmt.Fprintf(&s, "destroy %s\n", tmp)
+				fmt.Fprintf(w, "destroy %s\n", tmp)
 			}
-			fmt.Fprintf(&s, "create %s %s\n", tmp, strings.Join(f[2:], " "))
+			fmt.Fprintf(w, "create %s %s\n", tmp, strings.Join(f[2:], " "))
 			names[name] = true
 			order = append(order, name)
 		case "add":
-			fmt.Fprintf(&s, "add %s %s\n", tmp, strings.Join(f[2:], " "))
+			fmt.Fprintf(w, "add %s %s\n", tmp, strings.Join(f[2:], " "))
 		default:
 			return "", nil, fmt.Errorf("iptables restore: unexpected ipset command %q", f[0])
 		}
 	}
-	for _, name := range order {
-		tmp := tmpSetName(name)
-		if existing[name] {
-			fmt.Fprintf(&s, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
-		} else {
-			fmt.Fprintf(&s, "rename %s %s\n", tmp, name)
+	for _, last := range []bool{false, true} {
+		if last {
+			s.WriteString(early.String())
+		}
+		for _, name := range order {
+			if isEarlyList(name) != last {
+				continue
+			}
+			tmp := tmpSetName(name)
+			if existing[name] {
+				fmt.Fprintf(&s, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
+			} else {
+				fmt.Fprintf(&s, "rename %s %s\n", tmp, name)
+			}
 		}
 	}
 	return s.String(), names, nil

@@ -29,7 +29,7 @@ func TestTrapAndBlocklistRender(t *testing.T) {
 	v4 := Render(rs, policy.FamilyV4, nil)
 	protect := names["protect4"]
 	for _, want := range []string{
-		"-A MOAT-PREROUTING -m set --match-set " + names["bl4_drop"] + " src -m set ! --match-set " + protect + " src -m addrtype ! --dst-type UNICAST" + ` -m comment --comment "blocklist:drop" -j DROP`,
+		"-A MOAT-PREROUTING ! -i lo -m set --match-set " + names["bl4_drop"] + " src -m set ! --match-set " + protect + " src -m addrtype ! --dst-type UNICAST" + ` -m comment --comment "blocklist:drop" -j DROP`,
 		"-A MOAT-INPUT -p tcp -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m set ! --match-set " + protect + " src -m set ! --match-set moat-login4 src -m set ! --match-set moat-scan4-60 src,dst " +
 			"-m hashlimit --hashlimit-above 9/min --hashlimit-burst 9 --hashlimit-mode srcip --hashlimit-name moat_scan4 --hashlimit-htable-expire 120000 " +
 			`-m comment --comment "portscan" -j SET --add-set moat-ban4 src --timeout 3600 --exist`,

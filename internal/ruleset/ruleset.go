@@ -185,6 +185,12 @@ type Ruleset struct {
 	// CompileEarlierOrder and, for the layout between the two, by drift's
 	// comparison after an upgrade; moat never loads it.
 	PlainJumps bool
+	// LoopbackRawJump renders the ruleset for iptables as moat loaded it
+	// before the raw jump was taken only by a listed source: "-A
+	// PREROUTING ! -i lo -j MOAT-PREROUTING", the early drops without
+	// their own '! -i lo'. Set by drift's comparison after an upgrade
+	// from that layout; moat never loads it.
+	LoopbackRawJump bool
 }
 
 // SourceComment is the comment that names the policy file in the kernel:

@@ -1,0 +1,139 @@
+package ipt
+
+import (
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// earlyList is one family's early list (jumpEarlyList): its ipset and
+// the sets it must hold.
+type earlyList struct {
+	name    string
+	members []string
+}
+
+// earlyLists are the early lists rs gates its raw jumps by, one per
+// family whose MOAT-PREROUTING allows it (earlyMembers).
+func earlyLists(rs *ruleset.Ruleset, names Names) []earlyList {
+	var out []earlyList
+	for _, f := range families {
+		if m, ok := earlyMembers(rs, rs.Chain(ruleset.Prerouting), f.fam, names); ok {
+			out = append(out, earlyList{name: names.of(earlyKey(f.fam)), members: m})
+		}
+	}
+	return out
+}
+
+// earlyCreate is the create line of an early list.
+func earlyCreate(name string) string {
+	return fmt.Sprintf("create %s list:set size %d", name, earlySize)
+}
+
+// isEarlyList says whether an ipset name is that of an early list, or
+// its temporary twin: they refer to other sets, which cannot be
+// destroyed before them.
+func isEarlyList(name string) bool {
+	for _, k := range []string{earlyKey4, earlyKey6} {
+		if name == IPSetName(k) || name == tmpSetName(IPSetName(k)) {
+			return true
+		}
+	}
+	return strings.HasPrefix(name, checkPrefix) && (strings.HasSuffix(name, "-"+earlyKey4) || strings.HasSuffix(name, "-"+earlyKey6))
+}
+
+// writeEarlyAdd writes the ipset restore lines (for `ipset -exist
+// restore`) that make each early list exist and hold at least its
+// members, keeping those it holds: written before the rules that drop by
+// a new member are loaded, so that a moat killed at any point leaves
+// each list holding every set the loaded rules drop by (a set missing
+// from it would silently drop nothing).
+func writeEarlyAdd(b *strings.Builder, lists []earlyList) {
+	for _, l := range lists {
+		fmt.Fprintf(b, "%s\n", earlyCreate(l.name))
+		for _, m := range l.members {
+			fmt.Fprintf(b, "add %s %s\n", l.name, m)
+		}
+	}
+}
+
+// writeEarlyExact writes the ipset restore lines that make each early
+// list hold its members alone: filled under its temporary name and
+// swapped in whole (no packet sees a list without a member it needs),
+// then the old one, with the members no rule drops by any more,
+// destroyed, so those sets can be. Written after the rules are loaded.
+// It also puts back a member deleted by hand and drops one added by
+// hand. made: writeEarlyAdd made the lists before (else each is made
+// here if missing).
+func writeEarlyExact(b *strings.Builder, lists []earlyList, existing map[string]bool, made bool) {
+	for _, l := range lists {
+		tmp := tmpSetName(l.name)
+		if existing[tmp] {
+			fmt.Fprintf(b, "destroy %s\n", tmp)
+		}
+		fmt.Fprintf(b, "%s\n", earlyCreate(tmp))
+		for _, m := range l.members {
+			fmt.Fprintf(b, "add %s %s\n", tmp, m)
+		}
+		if !made && !existing[l.name] {
+			fmt.Fprintf(b, "%s\n", earlyCreate(l.name))
+		}
+		fmt.Fprintf(b, "swap %s %s\ndestroy %s\n", tmp, l.name, tmp)
+	}
+}
+
+// earlyFirst orders ipset names for destruction: the early lists first
+// (a set an early list holds cannot be destroyed before it), then by
+// name.
+func earlyFirst(names []string) []string {
+	names = slices.Clone(names)
+	slices.SortFunc(names, func(a, b string) int {
+		ea, eb := isEarlyList(a), isEarlyList(b)
+		switch {
+		case ea && !eb:
+			return -1
+		case eb && !ea:
+			return 1
+		}
+		return cmp.Compare(a, b)
+	})
+	return names
+}
+
+// earlyUsed marks the early lists of lists used (an Apply destroys the
+// sets no rule uses).
+func earlyUsed(used map[string]bool, lists []earlyList) {
+	for _, l := range lists {
+		used[l.name] = true
+	}
+}
+
+// EarlyListMatch says whether an xt "set" match (revision rev, its info
+// bytes as the kernel holds them) is the condition of moat's raw jump
+// for family ("ip" or "ip6"): "-m set --match-set moat-early4 src" (or
+// moat-early6), nothing more (xt_set.h: struct xt_set_info_match_v4 is
+// the set's index, its dimension and flags, then counter tests, all
+// zero here). The set is named by its index: the kernel is asked.
+func EarlyListMatch(family string, rev uint32, info []byte) bool {
+	const dimOne, srcFlag = 1, 1 << 1 // IPSET_DIM_ONE, IPSET_DIM_ONE_SRC
+	if rev != 4 || len(info) < 4 || info[2] != dimOne || info[3] != srcFlag {
+		return false
+	}
+	for _, c := range info[4:] {
+		if c != 0 {
+			return false
+		}
+	}
+	want := map[string]string{"ip": IPSetName(earlyKey4), "ip6": IPSetName(earlyKey6)}[family]
+	c, err := dialIpset()
+	if err != nil {
+		return false
+	}
+	defer func() { _ = c.Close() }() // read only
+	name, err := c.setNameByIndex(binary.NativeEndian.Uint16(info))
+	return err == nil && want != "" && name == want
+}
