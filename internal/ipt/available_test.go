@@ -50,7 +50,9 @@ func TestFingerprintCommands(t *testing.T) {
 		{"bans only", "*filter\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A MOAT-INPUT -m set --match-set moat-ban4 src -j DROP\nCOMMIT\n",
 			false, "iptables-save \nip6tables-save "},
 		{"the protected set after the ban set", "*raw\n:MOAT-PREROUTING - [0:0]\n-A PREROUTING -j MOAT-PREROUTING\n-A MOAT-PREROUTING -m set --match-set moat-ban4 src -m set ! --match-set moat-protect4 src -j DROP\nCOMMIT\n",
-			true, "iptables-save \nip6tables-save \nipset list moat-protect4"},
+			// then the other sets ProtectedFingerprint reads, for the
+			// hash of the protected sets (none is a policy set).
+			true, "iptables-save \nip6tables-save \nipset list moat-protect4\nipset list moat-early4\nipset list moat-early6\nipset list moat-protect6"},
 		{"a policy set", "*filter\n:MOAT-INPUT - [0:0]\n-A INPUT -j MOAT-INPUT\n-A MOAT-INPUT -m set --match-set moat-0123abcd src -j DROP\nCOMMIT\n",
 			true, "iptables-save \nip6tables-save \nipset list moat-0123abcd"},
 	} {
@@ -112,8 +114,9 @@ func TestFingerprintSetMembers(t *testing.T) {
 }
 
 // With the protected sets as the only sets besides the bans', the
-// fingerprint says the hash of their listings, which ProtectedFingerprint
-// reads again with two `ipset list` and nothing else; a member added by
+// fingerprint says the hash of their listings and the early lists',
+// which ProtectedFingerprint reads again with four `ipset list` and
+// nothing else (the early lists are missing here); a member added by
 // hand changes it. With a policy set there is none.
 func TestProtectedFingerprint(t *testing.T) {
 	v4 := "*raw\n:MOAT-PREROUTING - [0:0]\n-A PREROUTING -j MOAT-PREROUTING\n-A MOAT-PREROUTING -m set --match-set moat-ban4 src -m set ! --match-set moat-protect4 src -j DROP\nCOMMIT\n"
@@ -129,7 +132,8 @@ func TestProtectedFingerprint(t *testing.T) {
 	if got := b.ProtectedFingerprint(context.Background()); got != k.Protected {
 		t.Errorf("read again: %s, with the fingerprint: %s", got, k.Protected)
 	}
-	if len(host.calls) != 2 || host.calls[0].args != "ipset list moat-protect4" || host.calls[1].args != "ipset list moat-protect6" {
+	if len(host.calls) != 4 || host.calls[0].args != "ipset list moat-early4" || host.calls[1].args != "ipset list moat-early6" ||
+		host.calls[2].args != "ipset list moat-protect4" || host.calls[3].args != "ipset list moat-protect6" {
 		t.Errorf("commands: %+v", host.calls)
 	}
 	host.sets = strings.Replace(list, "Number of entries: 1\nMembers:\n", "Number of entries: 2\nMembers:\n192.0.2.2\n", 1)

@@ -1033,9 +1033,12 @@ type KernelPrint struct {
 }
 
 // protectedSets are the ipsets of the clients of logged-in sessions and
-// the allowlist at the apply, which every ruleset has.
+// the allowlist at the apply, which every ruleset has, and the early
+// lists (which hold the ban sets but for a policy whose allowlist holds
+// a whole family), in the order of their names: the sets an unchanged
+// generation cannot vouch for in a policy without policy ipsets.
 func protectedSets() []string {
-	return []string{IPSetName(ruleset.ProtectSet4), IPSetName(ruleset.ProtectSet6)}
+	return []string{IPSetName(earlyKey4), IPSetName(earlyKey6), IPSetName(ruleset.ProtectSet4), IPSetName(ruleset.ProtectSet6)}
 }
 
 // FingerprintKernel is Fingerprint with what it covers.
@@ -1161,7 +1164,7 @@ func (b *Backend) fingerprintText(ctx context.Context, st *state, after *afterAp
 // sets they use (but the bans' and the login exemptions').
 func (sr *setReader) print(ctx context.Context, h hash.Hash, used map[string]bool) KernelPrint {
 	var k KernelPrint
-	ph := sha256.New()
+	sums := map[string][]byte{}
 	policySets := false
 	for _, name := range sortedKeys(used) {
 		if name == IPSetName(ruleset.BanSet4) || name == IPSetName(ruleset.BanSet6) ||
@@ -1172,13 +1175,23 @@ func (sr *setReader) print(ctx context.Context, h hash.Hash, used map[string]boo
 		sum := sr.digest(ctx, name)
 		h.Write(sum)
 		if slices.Contains(protectedSets(), name) {
-			ph.Write(sum)
+			sums[name] = sum
 		} else {
 			policySets = true
 		}
 	}
 	k.Fingerprint = hex.EncodeToString(h.Sum(nil))
 	if k.Sets && !policySets {
+		// Each of protectedSets, as ProtectedFingerprint reads them (an
+		// early list no rule uses too: missing, or not).
+		ph := sha256.New()
+		for _, name := range protectedSets() {
+			sum, ok := sums[name]
+			if !ok {
+				sum = sr.digest(ctx, name)
+			}
+			ph.Write(sum)
+		}
 		k.Protected = hex.EncodeToString(ph.Sum(nil))
 	}
 	return k

@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// earlyMembers lists the members of an early list in the server's
+// kernel ("" for none).
+func (e *env) earlyMembers(name string) string {
+	e.t.Helper()
+	_, members, _ := strings.Cut(e.run("server", "ipset", "list", name), "Members:\n")
+	return strings.Join(strings.Fields(members), " ")
+}
+
+// TestIptEarlyListsKeptWithLists: on iptables the raw jump is taken only
+// by a source in the family's early list (an ipset list:set of the ban
+// set and every blocklist's set). The lists follow the policy: a
+// blocklist added drops its sources at once (its set is in the list
+// before its rule), one removed is destroyed (out of the list first); a
+// member deleted by hand (which silently switched that blocklist off) or
+// added by hand is reported and repaired; disable removes the lists.
+// Real packets, IPv4 and IPv6.
+func TestIptEarlyListsKeptWithLists(t *testing.T) {
+	e := onBackend(t, "iptables")
+	ctx := context.Background()
+	for _, a := range []string{"192.0.2.13/24", "192.0.2.14/24", "2001:db8::13/64", "2001:db8::14/64"} {
+		if out, err := e.topo.Client.Run(ctx, "ip", "addr", "add", a, "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
+			t.Fatalf("ip addr add %s: %v\n%s", a, err, out)
+		}
+	}
+	one := e.newFile("one.list", "192.0.2.13\n2001:db8::13\n")
+	two := e.newFile("two.list", "192.0.2.14\n2001:db8::14\n")
+	const head = "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
+	e.apply(head + "blocklist one file " + one + "\n")
+	for prog, jump := range map[string]string{"iptables": "-A PREROUTING -m set --match-set moat-early4 src -j MOAT-PREROUTING\n",
+		"ip6tables": "-A PREROUTING -m set --match-set moat-early6 src -j MOAT-PREROUTING\n"} {
+		if save := e.run("server", prog+"-save", "-t", "raw"); !strings.Contains(save, jump) || !strings.Contains(save, "-A MOAT-PREROUTING ! -i lo -m set --match-set moat-bl") {
+			t.Errorf("%s: the raw jump is not gated by the early list, or a drop lost its loopback exemption:\n%s", prog, save)
+		}
+	}
+	if m4, m6 := e.earlyMembers("moat-early4"), e.earlyMembers("moat-early6"); m4 != "moat-ban4 moat-bl4_one" || m6 != "moat-ban6 moat-bl6_one" {
+		t.Errorf("early lists: %q, %q", m4, m6)
+	}
+	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client/2001:db8::13 tcp [2001:db8::1]:80 timeout",
+		"client/192.0.2.14 tcp 192.0.2.1:80 open", "client/2001:db8::14 tcp [2001:db8::1]:80 open")
+
+	// A second list: its sources are dropped.
+	e.apply(head + "blocklist one file " + one + "\nblocklist two file " + two + "\n")
+	if m4 := e.earlyMembers("moat-early4"); m4 != "moat-ban4 moat-bl4_one moat-bl4_two" {
+		t.Errorf("early list after a blocklist was added: %q", m4)
+	}
+	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client/2001:db8::14 tcp [2001:db8::1]:80 timeout",
+		"client/192.0.2.14 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
+
+	// A member deleted by hand: that list drops nothing any more.
+	e.run("server", "ipset", "del", "moat-early6", "moat-bl6_two")
+	e.expect(false, "client/2001:db8::14 tcp [2001:db8::1]:80 open")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") || !strings.Contains(out, "moat-early6") {
+		t.Errorf("status does not see a member deleted from the early list by hand:\n%s", out)
+	}
+	e.mustMoat("reload")
+	if m6 := e.earlyMembers("moat-early6"); m6 != "moat-ban6 moat-bl6_one moat-bl6_two" {
+		t.Errorf("early list after the repair: %q", m6)
+	}
+	e.expect(false, "client/2001:db8::14 tcp [2001:db8::1]:80 timeout", "client tcp [2001:db8::1]:80 open")
+	// One added by hand (the protected set): reported, taken out.
+	e.run("server", "ipset", "add", "moat-early4", "moat-protect4")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+		t.Errorf("status does not see a member added to the early list by hand:\n%s", out)
+	}
+	e.mustMoat("reload")
+	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
+		t.Errorf("status after the repair:\n%s", out)
+	}
+	if m4 := e.earlyMembers("moat-early4"); m4 != "moat-ban4 moat-bl4_one moat-bl4_two" {
+		t.Errorf("early list after the repair: %q", m4)
+	}
+
+	// The first list removed: its sets are gone, its sources pass.
+	e.apply(head + "blocklist two file " + two + "\n")
+	if m4, m6 := e.earlyMembers("moat-early4"), e.earlyMembers("moat-early6"); m4 != "moat-ban4 moat-bl4_two" || m6 != "moat-ban6 moat-bl6_two" {
+		t.Errorf("early lists after a blocklist was removed: %q, %q", m4, m6)
+	}
+	if sets := e.run("server", "ipset", "list", "-n"); strings.Contains(sets, "bl4_one") || strings.Contains(sets, "bl6_one") || strings.Contains(sets, "moatnew-") {
+		t.Errorf("sets after a blocklist was removed:\n%s", sets)
+	}
+	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 open", "client/2001:db8::13 tcp [2001:db8::1]:80 open",
+		"client/192.0.2.14 tcp 192.0.2.1:80 timeout", "client/2001:db8::14 tcp [2001:db8::1]:80 timeout")
+	// Bans: the ban set is always a member.
+	e.mustMoat("ban", "192.0.2.13", "2001:db8::13")
+	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client/2001:db8::13 tcp [2001:db8::1]:80 timeout")
+
+	e.mustMoat("disable")
+	if sets := e.run("server", "ipset", "list", "-n"); strings.Contains(sets, "moat") {
+		t.Errorf("sets after disable:\n%s", sets)
+	}
+	for _, prog := range []string{"iptables", "ip6tables"} {
+		if save := e.run("server", prog+"-save"); strings.Contains(save, "MOAT-") {
+			t.Errorf("%s after disable:\n%s", prog, save)
+		}
+	}
+}
+
+// TestUpgradeLoopbackRawJumpNoFalseDrift: after an upgrade from the moat
+// whose raw jump let every source but loopback into MOAT-PREROUTING ("!
+// -i lo", the drops without their own exemption; no early list), the
+// kernel holds that layout and the old fingerprint record cannot vouch
+// for it. Status must call it an earlier version's, not a hand change;
+// the next change puts the gated jump where the old one stood (behind a
+// foreign rule); a drop changed by hand on that layout is still one.
+func TestUpgradeLoopbackRawJumpNoFalseDrift(t *testing.T) {
+	e := onBackend(t, "iptables")
+	ctx := context.Background()
+	if out, err := e.topo.Client.Run(ctx, "ip", "addr", "add", "192.0.2.13/24", "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	list := e.newFile("bad.list", "192.0.2.13\n2001:db8::13\n")
+	pol := "default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist bad file " + list + "\n"
+	earlier := func() {
+		t.Helper()
+		p, err := policy.NewDocument(e.conf, []byte(pol)).Policy(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs := ruleset.Compile(p)
+		rs.LoopbackRawJump = true
+		e.iptLoadLayout(rs)
+		for _, prog := range []string{"iptables", "ip6tables"} {
+			if save := e.run("server", prog+"-save", "-t", "raw"); !strings.Contains(save, "-A PREROUTING ! -i lo -j MOAT-PREROUTING\n") || strings.Contains(save, "! -i lo -m set") {
+				t.Fatalf("%s: the earlier layout was not loaded:\n%s", prog, save)
+			}
+		}
+	}
+	e.apply(pol)
+	earlier()
+	// A foreign rule first in raw PREROUTING: the new jump must take the
+	// old one's place after it.
+	e.run("server", "iptables", "-t", "raw", "-I", "PREROUTING", "1", "-s", "198.51.100.9", "-j", "DROP")
+	out := e.mustMoat("status")
+	if strings.Contains(out, "changed outside moat") || !strings.Contains(out, "earlier version of moat") {
+		t.Errorf("status after an upgrade:\n%s", out)
+	}
+	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
+	e.apply(pol + "allow 443/tcp\n")
+	save := e.run("server", "iptables-save", "-t", "raw")
+	if !strings.Contains(save, "-A PREROUTING -s 198.51.100.9/32 -j DROP\n-A PREROUTING -m set --match-set moat-early4 src -j MOAT-PREROUTING\n") || strings.Count(save, "-j MOAT-PREROUTING") != 1 {
+		t.Errorf("the change did not put the gated jump where the old one stood:\n%s", save)
+	}
+	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") || strings.Contains(out, "earlier version") {
+		t.Errorf("status after the change:\n%s", out)
+	}
+	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:443 open")
+
+	// On the earlier layout, a drop's exemption changed by hand is a
+	// hand change.
+	pol += "allow 443/tcp\n"
+	earlier()
+	if save := e.run("server", "iptables-save", "-t", "raw"); !strings.Contains(save, "-A MOAT-PREROUTING -m set --match-set moat-ban4 src") {
+		t.Fatalf("the ban drop is not MOAT-PREROUTING's first rule:\n%s", save)
+	}
+	e.run("server", "iptables", "-t", "raw", "-R", "MOAT-PREROUTING", "2", "-m", "set", "--match-set", "moat-bl4_bad", "src", "-m", "comment", "--comment", "blocklist:bad", "-j", "DROP")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+		t.Errorf("status does not see a drop changed by hand on the earlier layout:\n%s", out)
+	}
+}
