@@ -2,6 +2,7 @@ package ipt
 
 import (
 	"cmp"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -134,6 +135,6 @@ func EarlyListMatch(family string, rev uint32, info []byte) bool {
 		return false
 	}
 	defer func() { _ = c.Close() }() // read only
-	name, err := c.setNameByIndex(binary.NativeEndian.Uint16(info))
+	name, err := c.setNameByIndex(context.Background(), binary.NativeEndian.Uint16(info))
 	return err == nil && want != "" && name == want
 }
