@@ -226,3 +226,68 @@ func TestBansAllBrokenPipe(t *testing.T) {
 		}
 	})
 }
+
+// Bans the history records, banned one 'moat ban' after another while
+// 'moat bans --all' runs (the lookups' path, where the ruleset
+// generation or a set's count moves under it): each list exits 0, holds
+// every ban made before, each address once, and every address of the
+// storm it lists is a ban. Both backends.
+func TestBansAllRecordedDuringStorm(t *testing.T) {
+	eachBackend(t, func(t *testing.T, be string) {
+		e, _ := newBanEnv(t, be)
+		var before []string
+		for i := 0; i < 4000; i++ {
+			before = append(before, banAddr(i).String())
+		}
+		e.mustMoat(append([]string{"ban", "--for", "2h", "--reason", "before the storm"}, before...)...)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan int)
+		go func() {
+			n := 0
+			for i := 100000; ctx.Err() == nil; i++ {
+				if _, _, err := e.moatSplit("ban", banAddr(i).String()); err != nil && ctx.Err() == nil {
+					t.Errorf("storm ban %d: %v", i, err)
+					break
+				}
+				n++
+			}
+			done <- n
+		}()
+		stopped := false
+		stop := func() int {
+			if stopped {
+				return 0
+			}
+			stopped = true
+			cancel()
+			return <-done
+		}
+		t.Cleanup(func() { stop() })
+		for range 3 {
+			out, stderr, err := e.moatSplit("-v", "bans", "--all")
+			if err != nil {
+				t.Fatalf("moat bans --all during a storm of recorded bans: %v\n%s", err, stderr)
+			}
+			t.Logf("listed by lookups: %v; merged dumps: %v", strings.Contains(stderr, "listed by lookups"), strings.Contains(stderr, "merges reads"))
+			got, _ := listedBans(t, out)
+			seen := map[string]bool{}
+			for _, a := range got {
+				if seen[a] {
+					t.Errorf("%s listed twice", a)
+				}
+				seen[a] = true
+				if !strings.HasPrefix(a, "2001:db8:ff:1::") && !slices.Contains(before, a) { // the storm's, or before it
+					t.Errorf("%s listed: not a ban", a)
+				}
+			}
+			for _, a := range before {
+				if !seen[a] {
+					t.Fatalf("%s (banned before the storm) not listed", a)
+				}
+			}
+		}
+		if n := stop(); n == 0 {
+			t.Fatal("no ban was added during the lists: not a storm")
+		}
+	})
+}

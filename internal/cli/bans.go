@@ -262,7 +262,7 @@ whole sets (seconds for 200,000).`,
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&all, "all", false, "list every ban (seconds for 200,000 the guard did not record)")
+	cmd.Flags().BoolVar(&all, "all", false, "list every ban (nftables: seconds for 200,000 the guard did not record)")
 	cmd.Flags().IntVar(&limit, "limit", defaultBansShown, "without --all, show at most this many bans")
 	return cmd
 }
