@@ -586,6 +586,21 @@ func (e *Engine) Disable(ctx context.Context) error {
 				p.Created.Local().Format(time.TimeOnly), p.PolicyPath, p.PolicyPath))
 		}
 	}
+	// moat's rules go before the pending change and its watchdog: a kill
+	// in between must not leave the unconfirmed change in the kernel
+	// with nothing to roll it back (the watchdog, left, rolls it back
+	// at the deadline: the rules before it, not the change).
+	for _, b := range e.o.Backends {
+		if b.Available() != nil {
+			continue
+		}
+		if err := b.Remove(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("remove moat's %s rules: %w", b.Name(), err))
+		}
+	}
+	if err := e.step("disable-removed"); err != nil {
+		return err
+	}
 	// Cleared even when unreadable: nothing is left to roll back to.
 	errs = append(errs, clearPending(dir))
 	if err == nil {
@@ -597,13 +612,8 @@ func (e *Engine) Disable(ctx context.Context) error {
 		}
 		p.Watchdog.Stop()
 	}
-	for _, b := range e.o.Backends {
-		if b.Available() != nil {
-			continue
-		}
-		if err := b.Remove(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("remove moat's %s rules: %w", b.Name(), err))
-		}
+	if err := e.step("disable-cleared"); err != nil {
+		return err
 	}
 	errs = append(errs, safeapply.Forget(dir), removeState(dir, AppliedFile), removeState(dir, IntentFile))
 	if err := errors.Join(errs...); err != nil {

@@ -1802,3 +1802,40 @@ func TestWatchdogRollsBackPastUnreadableJournal(t *testing.T) {
 		t.Errorf("the next command: %v", err)
 	}
 }
+
+// 'moat disable' killed half way while a change waits for confirmation:
+// it cleared the pending change and stopped its watchdog before it
+// removed moat's rules, so a kill in between left the unconfirmed change
+// in the kernel (it may cut the admin off) with nothing left to roll it
+// back, for good. Wherever the kill falls, the unconfirmed change is
+// gone from the kernel once the deadline passed and the next command ran:
+// moat's rules are removed, or the change is rolled back.
+func TestKillDisableWhileChangeWaits(t *testing.T) {
+	for _, step := range []string{"disable-cleared", "disable-removed"} {
+		t.Run(step, func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
+			r.must(err)
+			r.crashAt = step
+			ctx := context.Background()
+			unlock, err := r.eng.LockToRemove(ctx, "moat disable")
+			r.must(err)
+			err = r.eng.Disable(ctx)
+			unlock()
+			if !IsCrash(err) {
+				t.Fatalf("disable: %v", err)
+			}
+			r.advance(2 * time.Minute)
+			r.must(r.do(func(context.Context, *Engine) error { return nil })) // the next command
+			if got := r.nft.Loaded(); got != "" && got == compiled(t, base+"allow 443/tcp\n", r.conf) {
+				t.Fatal("the unconfirmed change is still in the kernel, and nothing rolls it back")
+			}
+			if r.file() != base {
+				t.Errorf("the policy file keeps the unconfirmed change:\n%s", r.file())
+			}
+		})
+	}
+}
