@@ -89,6 +89,7 @@ func TestKernelGenRecordNetlink(t *testing.T) {
 				var gens []nlRule
 				for _, r := range rules {
 					if r.chain == GenChain {
+						r.handle = 0 // new rules, new handles
 						gens = append(gens, r)
 					}
 				}

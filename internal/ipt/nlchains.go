@@ -45,6 +45,7 @@ const (
 
 	nftaRuleTable       = 1
 	nftaRuleChain       = 2
+	nftaRuleHandle      = 3
 	nftaRuleExpressions = 4
 	nftaRuleCompat      = 5
 	nftaRuleUserdata    = 7
@@ -73,6 +74,7 @@ const (
 // nlRule is one rule of an iptables-nft table as read over netlink.
 type nlRule struct {
 	chain  string
+	handle uint64
 	exprs  []nlExpr
 	compat []byte
 	udata  []byte
@@ -379,6 +381,10 @@ func dumpRules(c *netlink.Conn, proto uint8, table string) ([]nlRule, error) {
 				}
 			case nftaRuleChain:
 				r.chain = cString(v)
+			case nftaRuleHandle:
+				if len(v) == 8 {
+					r.handle = binary.BigEndian.Uint64(v)
+				}
 			case nftaRuleCompat:
 				r.compat = slices.Clone(v)
 			case nftaRuleUserdata:

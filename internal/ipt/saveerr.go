@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // CheckSave says whether iptables-save (prog: iptables-save or
@@ -16,7 +18,8 @@ import (
 // made an apply take them for absent (another jump into them each time),
 // status report an apply cut between the two families, and a snapshot
 // for a rollback hold none of them: it is an error naming the table and
-// how to see the rule.
+// how to see the rule, and each rule (chain and handle) and base chain
+// iptables cannot read, found over netlink.
 func CheckSave(prog string, out []byte) error {
 	if !bytes.Contains(out, []byte("is incompatible")) {
 		return nil
@@ -36,8 +39,29 @@ func CheckSave(prog string, out []byte) error {
 		if !ok || !strings.Contains(tail, "is incompatible") || table == "" || strings.ContainsAny(table, " \t") {
 			continue
 		}
-		return fmt.Errorf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft list table %s %s' and delete it",
-			prog, family, table, family, table)
+		proto := uint8(unix.NFPROTO_IPV4)
+		if family == "ip6" {
+			proto = unix.NFPROTO_IPV6
+		}
+		// Which rules: read over netlink (best effort; the table's name
+		// alone when that fails or finds none).
+		parts, _ := findIncompatible(proto, table)
+		if len(parts) == 0 {
+			return fmt.Errorf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft -a list table %s %s' and delete it",
+				prog, family, table, family, table)
+		}
+		const most = 10
+		more := ""
+		if len(parts) > most {
+			more = fmt.Sprintf("\n  and %d more", len(parts)-most)
+			parts = parts[:most]
+		}
+		return fmt.Errorf("%s cannot print table %s %s, so moat cannot read its own chains there: iptables cannot read\n  %s%s\n"+
+			"(added with nft?) see them with 'nft -a list table %s %s', and delete a rule with 'nft delete rule %s %s CHAIN handle N'",
+			prog, family, table, strings.Join(parts, "\n  "), more, family, table, family, table)
 	}
 	return nil
 }
+
+// findIncompatible is incompatibleParts (a variable for the tests).
+var findIncompatible = incompatibleParts

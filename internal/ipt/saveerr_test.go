@@ -1,6 +1,8 @@
 package ipt
 
 import (
+	"context"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -8,6 +10,10 @@ import (
 // CheckSave names the table iptables-save could not print, and takes no
 // rule's comment for that line (an admin's comment may say anything).
 func TestCheckSave(t *testing.T) {
+	// Not the host's rules: none found, the table's name alone.
+	old := findIncompatible
+	t.Cleanup(func() { findIncompatible = old })
+	findIncompatible = func(uint8, string) ([]string, error) { return nil, nil }
 	for _, c := range []struct {
 		prog, out, want string
 	}{
@@ -22,6 +28,47 @@ func TestCheckSave(t *testing.T) {
 			t.Errorf("%q: %v", c.out, err)
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%q: %v, want an error naming %s", c.out, err, c.want)
+		}
+	}
+}
+
+// A rule iptables cannot read (added with nft) makes iptables-save print
+// its table as "incompatible": the error names each such rule by chain
+// and handle with the expression iptables cannot read, and each base
+// chain that is not iptables' own, not the rules iptables reads; both
+// families. In a namespace of the test's, the real tools.
+func TestKernelCheckSaveNamesTheRule(t *testing.T) {
+	_, ns := kernelBackendNS(t)
+	ctx := context.Background()
+	for _, fam := range []struct{ save, iptables, nft string }{{"iptables-save", "iptables", "ip"}, {"ip6tables-save", "ip6tables", "ip6"}} {
+		for _, cmd := range [][]string{
+			{fam.iptables, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"},
+			{"nft", "add", "rule", fam.nft, "filter", "INPUT", "ct", "state", "new", "counter", "accept"},
+			{"nft", "add", "chain", fam.nft, "filter", "weird", "{ type filter hook input priority 10; }"},
+			{"nft", "add", "rule", fam.nft, "filter", "weird", "meta", "l4proto", "tcp", "limit", "rate", "10", "mbytes/second", "accept"},
+		} {
+			if out, err := ns.Run(ctx, cmd[0], cmd[1:]...); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+		}
+		out, err := ns.Run(ctx, fam.save)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		var cerr error
+		if err := ns.Do(func() error { cerr = CheckSave(fam.save, out); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %v", fam.save, cerr)
+		msg := fmt.Sprint(cerr)
+		for _, want := range []string{"table " + fam.nft + " filter", `rule handle 3 in chain "INPUT" (nftables expression ct)`,
+			`base chain "weird" (hook 1, priority 10)`, `in chain "weird" (nftables expression limit)`, "nft delete rule " + fam.nft + " filter CHAIN handle N"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s: %q does not say %q", fam.save, msg, want)
+			}
+		}
+		if strings.Contains(msg, "handle 2 ") {
+			t.Errorf("%s: the rule iptables reads (handle 2) is named: %q", fam.save, msg)
 		}
 	}
 }
