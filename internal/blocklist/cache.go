@@ -26,13 +26,24 @@ const Dir = "blocklists"
 // saves its lists' copies holding it (and not moat's state lock).
 const LockFile = "blocklist.lock"
 
+// UpdatingMarker, in the state directory, names the lists of an update
+// that changes the kernel and saves their copies (written and removed
+// holding LockFile alone).
+const UpdatingMarker = "blocklist-update.pending"
+
 // RemoveLeftTemps removes the temporary files that writes of the lists'
-// copies and metadata killed half way left in Dir. The caller holds
-// LockFile and moat's state lock: no write is in progress.
+// copies and metadata, and of UpdatingMarker, killed half way left. The
+// caller holds LockFile and moat's state lock: no write is in progress.
 func RemoveLeftTemps(stateDir string) error {
-	return atomicfile.RemovePrepared(listDir(stateDir), func(name string) bool {
+	return errors.Join(RemoveMarkerTemps(stateDir), atomicfile.RemovePrepared(listDir(stateDir), func(name string) bool {
 		return strings.HasSuffix(name, ".list") || strings.HasSuffix(name, ".json")
-	})
+	}))
+}
+
+// RemoveMarkerTemps removes the temporary files of UpdatingMarker a
+// killed update left. The caller holds LockFile.
+func RemoveMarkerTemps(stateDir string) error {
+	return atomicfile.RemovePrepared(stateDir, func(name string) bool { return name == UpdatingMarker })
 }
 
 // MaxFileSize bounds a list file (and a download).

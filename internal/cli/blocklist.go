@@ -267,7 +267,7 @@ func (a *app) repairFirst(cmd *cobra.Command) error {
 
 // updatingMarker is in the state directory while an update changes the
 // kernel and saves its lists' copies.
-const updatingMarker = "blocklist-update.pending"
+const updatingMarker = blocklist.UpdatingMarker
 
 var errFailClosed = errors.New("moat runs the fail-closed ruleset: the new copies are kept for the next 'moat enable'")
 
@@ -326,6 +326,12 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		return err
 	}
 	defer unlock()
+	// The marker is written under that lock alone: what a killed update
+	// left of its write goes now (moat's repair leaves it while an
+	// update runs).
+	if err := blocklist.RemoveMarkerTemps(a.stateDir); err != nil {
+		a.log.Warn("files left by an interrupted blocklist update", "err", err)
+	}
 	// A command interrupted half way (its journal) or a change whose
 	// rollback is due is repaired before the applied record and the lists
 	// are read: the repair restores (or rolls back) the applied record,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/blocklist"
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/statedir"
 )
 
 // An update killed after the kernel took a new list but before its saved
@@ -183,4 +184,38 @@ func savedCopies(t *testing.T, r *smRig) (saved string, copies map[string][]byte
 		copies[n] = data
 	}
 	return saved, copies
+}
+
+// An update writes its marker holding the blocklists' lock, not moat's
+// state lock: a command running at the same time (a reload, a ban, an
+// allow) removed the marker's temporary file in its repair, as a file a
+// kill left, and the update failed ("rename .blocklist-update.pending.N.tmp
+// ...: no such file or directory"; found by running updates with other
+// commands at once). A marker's temporary file is removed only when no
+// update holds the blocklists' lock: by the next update, or the next
+// command once none runs.
+func TestMarkerTempOfRunningUpdateKept(t *testing.T) {
+	r, _, write := newFileListRig(t, "nftables")
+	tmp := filepath.Join(r.state, "."+updatingMarker+".123.tmp")
+	l, err := statedir.TryLock(r.state, blocklist.LockFile) // the update runs
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(tmp, "bad\n") // and writes its marker
+	if out, code := r.moat("allow", "80/tcp"); code != 0 {
+		t.Fatalf("allow: %d\n%s", code, out)
+	}
+	if _, err := os.Stat(tmp); err != nil {
+		t.Fatalf("the marker a running update writes was removed under it: %v", err)
+	}
+	l.Unlock() // the update was killed: its temporary file is left
+	for _, next := range [][]string{{"blocklist", "update"}, {"reload"}} {
+		write(tmp, "bad\n")
+		if out, code := r.moat(next...); code != 0 {
+			t.Fatalf("%v: %d\n%s", next, code, out)
+		}
+		if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+			t.Errorf("the marker's temporary file a killed update left is still there after %v: %v", next, err)
+		}
+	}
 }

@@ -77,7 +77,7 @@ func (a *app) engine() *engine.Engine {
 		Apps:             a.apps(),
 		Log:              a.log,
 		Warn:             func(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) },
-		OtherRecords:     append([]string{fingerprintFile, updatingMarker}, ipt.StateFiles()...),
+		OtherRecords:     append([]string{fingerprintFile}, ipt.StateFiles()...),
 		PolicyPath:       a.config,
 		// The element records of the backends' policy sets.
 		OtherRecordPrefixes: []string{nftElementsPrefix, iptElementsPrefix},

@@ -704,9 +704,10 @@ func (e *Engine) removePrepared(in *Intent) {
 		errs = append(errs, policy.RemovePrepared(path),
 			atomicfile.RemoveHidden(filepath.Dir(path), "."+filepath.Base(path)+".unconfirmed.", ".tmp"))
 	}
-	// The blocklists' copies: an update writes them holding its own
-	// lock alone; when none runs, no write is in progress.
-	if _, err := os.Lstat(filepath.Join(e.o.StateDir, blocklist.Dir)); err == nil {
+	// The blocklists' copies and an update's marker: an update writes
+	// them holding its own lock alone; when none runs, no write is in
+	// progress.
+	if _, err := os.Lstat(filepath.Join(e.o.StateDir, blocklist.LockFile)); err == nil {
 		if l, err := statedir.TryLock(e.o.StateDir, blocklist.LockFile); err == nil {
 			errs = append(errs, blocklist.RemoveLeftTemps(e.o.StateDir))
 			l.Unlock()
