@@ -184,6 +184,12 @@ func RemoveHidden(dir, prefix, suffix string) error {
 	return removeHidden(dir, func(file string) bool { return isTemp(file, prefix, suffix) })
 }
 
+// RemoveHiddenFunc removes the regular files of dir whose names match:
+// for temporary files of a form RemoveHidden does not know.
+func RemoveHiddenFunc(dir string, match func(file string) bool) error {
+	return removeHidden(dir, match)
+}
+
 // isTemp says whether file is prefix, digits, suffix.
 func isTemp(file, prefix, suffix string) bool {
 	mid, ok := strings.CutPrefix(file, prefix)

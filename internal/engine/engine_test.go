@@ -1647,7 +1647,8 @@ func TestConfirmWithUnreadableAppliedRecord(t *testing.T) {
 // finishing it) writes the policy file and keeps the unconfirmed one
 // (FILE.unconfirmed) leaves their hidden temporary files beside the
 // policy file; so does a kill of 'moat init' (it writes the file under
-// the lock, with no journal). No journal names the file, so nothing
+// the lock, with no journal), and of 'moat reset' or 'moat import
+// --write' while they write the backup FILE.<time>.bak. No journal names the file, so nothing
 // removed them: they stayed in /etc/moat for good. The next command
 // removes them (the policy file of the command, Options.PolicyPath, and
 // the pending change's).
@@ -1669,20 +1670,24 @@ func TestRepairRemovesPolicyFileTemps(t *testing.T) {
 				r.eng.o.PolicyPath = r.conf
 			}
 			dir := filepath.Dir(r.conf)
-			left := []string{".moat.conf.unconfirmed.123.tmp", ".moat.conf.4567"}
+			left := []string{".moat.conf.unconfirmed.123.tmp", ".moat.conf.4567", ".moat.conf.20260102T030405Z.bak.890"}
 			for _, name := range left {
 				r.must(os.WriteFile(filepath.Join(dir, name), []byte("allow 1/tcp\n"), 0o600))
 			}
 			other := filepath.Join(dir, ".moat.conf.bak")
 			r.must(os.WriteFile(other, nil, 0o600))
+			backup := filepath.Join(dir, "moat.conf.20260102T030405Z.bak")
+			r.must(os.WriteFile(backup, nil, 0o600))
 			r.must(r.do(func(context.Context, *Engine) error { return nil })) // the next command
 			for _, name := range left {
 				if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("left beside the policy file: %s (%v)", name, err)
 				}
 			}
-			if _, err := os.Stat(other); err != nil {
-				t.Errorf("a file moat did not write was removed: %v", err)
+			for _, f := range []string{other, backup} {
+				if _, err := os.Stat(f); err != nil {
+					t.Errorf("a file that is no temporary file was removed: %v", err)
+				}
 			}
 			r.backAtBase()
 		})

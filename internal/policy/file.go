@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/moat-fw/moat/internal/atomicfile"
@@ -315,13 +316,30 @@ func (p *PreparedFile) Abort() {
 // PrepareFile and Commit leaves one, which nothing reads and nothing
 // renames later. The caller holds moat's lock and knows such a command
 // stopped (its journal was undone).
+//
+// So are those of its backups (NAME.<UTC time>.bak, which 'moat reset'
+// and 'moat import --write' write beside name before they replace it):
+// ".NAME.<time>.bak.<digits>".
 func RemovePrepared(name string) error {
 	target, err := resolveLinks(name)
 	if err != nil {
 		return err
 	}
-	return atomicfile.RemoveHidden(filepath.Dir(target), "."+filepath.Base(target)+".", "")
+	base := "." + filepath.Base(name) + "."
+	backups := atomicfile.RemoveHiddenFunc(filepath.Dir(name), func(file string) bool {
+		rest, ok := strings.CutPrefix(file, base)
+		if !ok {
+			return false
+		}
+		stamp, digits, ok := strings.Cut(rest, ".bak.")
+		_, terr := time.Parse(backupStamp, stamp)
+		return ok && terr == nil && digits != "" && strings.Trim(digits, "0123456789") == ""
+	})
+	return errors.Join(atomicfile.RemoveHidden(filepath.Dir(target), "."+filepath.Base(target)+".", ""), backups)
 }
+
+// backupStamp is the form of the time in a backup's name.
+const backupStamp = "20060102T150405Z"
 
 // resolveLinks follows name through symbolic links to the file they name,
 // which need not exist yet (a dangling link is written through too).
