@@ -10,7 +10,8 @@ import (
 // "incompatible": moat, on the iptables backend, refuses to change
 // anything there (it cannot read its own chains), and says which rule:
 // its chain and handle, and the expression, not only the table. The
-// rule iptables reads, and moat's rules, stay as they were.
+// rule iptables reads, and moat's rules, stay as they were; status still
+// works (it reads moat's chains over netlink).
 func TestIncompatibleRuleNamed(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "iptables", false)
@@ -39,6 +40,11 @@ func TestIncompatibleRuleNamed(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("moat enable said:\n%s\nwithout %q", out, want)
 		}
+	}
+	// Status still reads moat's own chains (over netlink: no
+	// iptables-save) and says they are as applied.
+	if st, err := e.moat("status"); err != nil || !strings.Contains(st, "Status: active") || strings.Contains(st, "changed outside") {
+		t.Errorf("moat status with the foreign rule: %v\n%s", err, st)
 	}
 	// Nothing applied: 443 stays closed, 80 open.
 	e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout")
