@@ -642,8 +642,14 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	for _, f := range families {
 		rewrite = rewrite || b.Full || st.rules[f.fam] != rh || !b.jumpsComplete(rs, st, f.fam, names)
 	}
+	// Lists that hold their members already (the common case of a rule
+	// change) need no ipset process before nor after.
+	needAdd, needExact := false, false
+	if rewrite || b.Full {
+		needAdd, needExact = b.earlyNeeds(ctx, early)
+	}
 	var addEarly strings.Builder
-	if rewrite {
+	if needAdd {
 		writeEarlyAdd(&addEarly, early)
 	}
 	if len(load) > 0 || diff.Len() > 0 {
@@ -753,11 +759,15 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		stale = append(stale, name)
 	}
 	var exact strings.Builder
-	if (rewrite || len(stale) > 0) && len(early) > 0 {
+	if len(stale) > 0 && !needExact && len(early) > 0 {
+		// A set to destroy may be held by an early list.
+		_, needExact = b.earlyNeeds(ctx, early)
+	}
+	if needExact {
 		// Each early list then holds its members alone: the sets no
 		// rule drops by leave it before they are destroyed, in the
 		// same restore.
-		writeEarlyExact(&exact, early, st.sets, rewrite)
+		writeEarlyExact(&exact, early, st.sets, needAdd)
 		stale = slices.DeleteFunc(stale, func(n string) bool {
 			return slices.ContainsFunc(early, func(l earlyList) bool { return n == tmpSetName(l.name) })
 		})

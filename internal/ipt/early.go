@@ -138,3 +138,61 @@ func EarlyListMatch(family string, rev uint32, info []byte) bool {
 	name, err := c.setNameByIndex(context.Background(), binary.NativeEndian.Uint16(info))
 	return err == nil && want != "" && name == want
 }
+
+// ipsetAttrName is a list:set member's set name in a member's data
+// (IPSET_ATTR_NAME, after IPSET_ATTR_ETHER = IPSET_ATTR_CADT_MAX + 1).
+const ipsetAttrName = 18
+
+// earlyHeld reads over netlink which sets an early list holds, in its
+// order; missing when there is no such set.
+func earlyHeld(ctx context.Context, name string) (members []string, missing bool, err error) {
+	missing, err = dumpSet(ctx, name, 0, func(attrs []byte) error {
+		return walkAttrs(attrs, func(typ uint16, v []byte) {
+			if typ != ipsetAttrADT {
+				return
+			}
+			_ = walkAttrs(v, func(typ uint16, v []byte) {
+				if typ != ipsetAttrData {
+					return
+				}
+				found := false
+				_ = walkAttrs(v, func(typ uint16, v []byte) {
+					if typ == ipsetAttrName && !found {
+						members, found = append(members, cString(v)), true
+					}
+				})
+				if !found {
+					members = append(members, "") // not a set name: never what moat wants
+				}
+			})
+		})
+	})
+	return members, missing, err
+}
+
+// earlyNeeds says which steps the early lists need (writeEarlyAdd
+// before the rules, writeEarlyExact after): those that hold them already
+// (read over netlink) need neither; when the lists cannot be read, both.
+func (b *Backend) earlyNeeds(ctx context.Context, lists []earlyList) (add, exact bool) {
+	if len(lists) == 0 {
+		return false, false
+	}
+	if !b.IpsetNetlink {
+		return true, true
+	}
+	for _, l := range lists {
+		held, missing, err := earlyHeld(ctx, l.name)
+		if err != nil || missing {
+			return true, true
+		}
+		if !slices.Equal(held, l.members) {
+			exact = true
+		}
+		for _, m := range l.members {
+			if !slices.Contains(held, m) {
+				add = true
+			}
+		}
+	}
+	return add, exact
+}

@@ -1,0 +1,72 @@
+package ipt
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/labtest"
+)
+
+// The early lists over netlink: earlyHeld reads the members the kernel
+// holds, in order; a rule change on lists that hold their members
+// already runs no ipset process for them; a member deleted by hand is
+// put back by a full apply, in the order moat loads them.
+func TestKernelEarlyListsHeld(t *testing.T) {
+	ctx := context.Background()
+	ns := labtest.NS(t, "moatearly")
+	run := labtest.Runner(ns)
+	var sent []string
+	b := &Backend{IpsetNetlink: true, Run: func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		sent = append(sent, name+" "+strings.Join(args, " ")+"\n"+string(stdin))
+		return run(ctx, stdin, name, args...)
+	}}
+	held := func(name string) []string {
+		t.Helper()
+		var m []string
+		if err := ns.Do(func() error {
+			var err error
+			var missing bool
+			m, missing, err = earlyHeld(ctx, name)
+			if missing {
+				m = nil
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	apply := func(text string) {
+		t.Helper()
+		if err := ns.Do(func() error { return b.Apply(ctx, compile(t, text)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply("default deny incoming\nallow 22/tcp\n")
+	if m4, m6 := held("moat-early4"), held("moat-early6"); !slices.Equal(m4, []string{"moat-ban4"}) || !slices.Equal(m6, []string{"moat-ban6"}) {
+		t.Fatalf("early lists: %q %q", m4, m6)
+	}
+	if m := held("moat-none"); m != nil {
+		t.Errorf("a missing list holds %q", m)
+	}
+	sent = nil
+	apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	for _, s := range sent {
+		if strings.HasPrefix(s, "ipset") && strings.Contains(s, "early") {
+			t.Errorf("a rule change on early lists that hold their members sent:\n%s", s)
+		}
+	}
+	if _, err := run(ctx, nil, "ipset", "del", "moat-early4", "moat-ban4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(ctx, nil, "ipset", "add", "moat-early4", "moat-protect4"); err != nil {
+		t.Fatal(err)
+	}
+	b.Full = true
+	apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	if m4 := held("moat-early4"); !slices.Equal(m4, []string{"moat-ban4"}) {
+		t.Errorf("a full apply left the early list holding %q", m4)
+	}
+}
