@@ -25,12 +25,19 @@ type appliedState struct {
 // loadApplied reads what is applied; an unreadable record counts as
 // unknown (status then says so).
 func (a *app) loadApplied() appliedState {
+	st, _ := a.loadAppliedErr()
+	return st
+}
+
+// loadAppliedErr is loadApplied with the error that made the record
+// unreadable (nil when it is read, or there is none).
+func (a *app) loadAppliedErr() (appliedState, error) {
 	rec, err := engine.LoadApplied(a.stateDir)
 	if err != nil || rec == nil {
-		return appliedState{}
+		return appliedState{}, err
 	}
 	return appliedState{Known: true, Backend: rec.Backend, Policy: rec.Policy, PolicySHA256: rec.PolicySHA256, Time: rec.Time,
-		FailClosed: rec.FailClosed, FailReason: rec.FailReason}
+		FailClosed: rec.FailClosed, FailReason: rec.FailReason}, nil
 }
 
 // parseApplied compiles a recorded policy text as the engine did: with

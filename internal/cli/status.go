@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -133,6 +134,8 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	if pend, err := engine.LoadPending(a.stateDir); err == nil {
 		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(pend.Left().Seconds())),
 			WatchdogPID: pend.Watchdog.PID, WatchdogRunning: pend.Watchdog.Alive(), WatchdogStopped: pend.Watchdog.Stopped()}
+	} else if !errors.Is(err, engine.ErrNoPending) {
+		rep.stateError(err, "a change waits for confirmation and its record is unreadable: its watchdog rolls back what it read of it at the deadline; commands that change moat's state refuse to run meanwhile ('moat disable' removes moat's rules and state whatever they are)")
 	}
 	b, err := a.activeBackend(ctx)
 	if err != nil {
@@ -142,7 +145,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		return nil, fileErr
 	}
 	rep.GuardPID, rep.Guard = guard.Running(a.stateDir)
-	if rep.Interrupted = a.interrupted(); rep.Interrupted != nil {
+	if rep.Interrupted = a.interrupted(&rep.statusTruth); rep.Interrupted != nil {
 		rep.InSync = false
 	}
 	if rep.OtherFiltering, err = a.foreignFilters(ctx); err != nil {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"syscall"
 	"time"
@@ -57,6 +58,17 @@ type statusTruth struct {
 	// Interrupted is a change that a moat command began and did not
 	// finish (killed); the next state-changing command undoes it.
 	Interrupted *statusInterrupted `json:"interrupted,omitempty"`
+	// StateErrors name the records of the state directory that cannot
+	// be read (torn, damaged): what moat applied, the journal of an
+	// interrupted command, the change waiting for confirmation.
+	StateErrors []string `json:"state_errors,omitempty"`
+}
+
+// stateError records a record of the state directory that cannot be
+// read, saying what follows from it.
+func (t *statusTruth) stateError(err error, follows string) {
+	t.StateErrors = append(t.StateErrors, fmt.Sprintf("%v: %s", err, follows))
+	t.InSync = false
 }
 
 type statusInterrupted struct {
@@ -68,9 +80,13 @@ type statusInterrupted struct {
 	Running bool `json:"running"`
 }
 
-// interrupted reads the engine's journal of a change in progress.
-func (a *app) interrupted() *statusInterrupted {
+// interrupted reads the engine's journal of a change in progress (an
+// unreadable one is a state error of rep).
+func (a *app) interrupted(rep *statusTruth) *statusInterrupted {
 	in, err := engine.LoadIntent(a.stateDir)
+	if err != nil {
+		rep.stateError(err, "a moat command was interrupted and its journal is unreadable: commands that change moat's state refuse to run until it is removed ('moat disable' removes moat's rules and state whatever they are)")
+	}
 	if err != nil || in == nil {
 		return nil
 	}
@@ -82,12 +98,16 @@ func (a *app) interrupted() *statusInterrupted {
 // the applied policy (nil when it is not recorded).
 func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Policy, fileErr error, rep *statusReport) (*policy.Policy, error) {
 	defer func() {
-		rep.InSync = !rep.FileNotApplied && !rep.AppliedUnknown && rep.FailClosed == nil && len(rep.KernelChanged) == 0 && rep.Unverified == "" && rep.Interrupted == nil
+		rep.InSync = !rep.FileNotApplied && !rep.AppliedUnknown && rep.FailClosed == nil && len(rep.KernelChanged) == 0 && rep.Unverified == "" && rep.Interrupted == nil &&
+			len(rep.StateErrors) == 0
 	}()
 	if fileErr != nil {
 		rep.FileNotApplied, rep.FileError = true, fileErr.Error()
 	}
-	st := a.loadApplied()
+	st, stErr := a.loadAppliedErr()
+	if stErr != nil {
+		rep.stateError(stErr, "what moat applied is unknown, so are changes made outside moat (the next change, 'moat reload', rewrites the record)")
+	}
 	var applied *policy.Policy
 	var err error
 	if st.Known {
@@ -164,6 +184,9 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 
 // printTruth writes what differs between file, applied and kernel.
 func (a *app) printTruth(rep *statusReport) {
+	for _, e := range rep.StateErrors {
+		a.printf("DAMAGED STATE: %s\n", termtext.Printable(e))
+	}
 	if in := rep.Interrupted; in != nil {
 		if in.Running {
 			a.printf("In progress: '%s' (pid %d) is changing moat's state\n", in.Command, in.PID)
