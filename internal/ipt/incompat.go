@@ -1,6 +1,7 @@
 package ipt
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -107,7 +108,7 @@ type nlBaseChain struct {
 
 // dumpBaseChains reads the base chains (those with a hook) of one table.
 func dumpBaseChains(c *netlink.Conn, proto uint8, table string) ([]nlBaseChain, error) {
-	msgs, err := c.Execute(netlink.Message{
+	msgs, _, err := executeWithin(context.Background(), c, netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETCHAIN), Flags: netlink.Request | netlink.Dump},
 		Data:   []byte{proto, unix.NFNETLINK_V0, 0, 0},
 	})

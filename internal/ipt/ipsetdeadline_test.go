@@ -2,6 +2,7 @@ package ipt
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"net/netip"
 	"testing"
@@ -133,5 +134,32 @@ func TestIpsetConnNoAnswer(t *testing.T) {
 	err = within(t, "cancelled", func() error { _, err := c2.setNameByIndex(cctx, 3); return err })
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("a cancelled request: %v, want %v", err, context.Canceled)
+	}
+}
+
+// moat's chains read over netlink (the fingerprint of the iptables
+// backend), and the search for the rules iptables-save cannot print, end
+// with the same error when the kernel never answers, instead of hanging
+// the command.
+func TestChainsNetlinkNoAnswer(t *testing.T) {
+	oldTimeout, oldDial, oldGen := ipsetAnswerTimeout, dialNetfilter, nftGeneration
+	t.Cleanup(func() { ipsetAnswerTimeout, dialNetfilter, nftGeneration = oldTimeout, oldDial, oldGen })
+	ipsetAnswerTimeout = 300 * time.Millisecond
+	never := make(chan struct{})
+	t.Cleanup(func() { close(never) })
+	dialNetfilter = func() (*netlink.Conn, error) {
+		return nltest.Dial(func([]netlink.Message) ([]netlink.Message, error) {
+			<-never
+			return nil, errors.New("closed")
+		}), nil
+	}
+	nftGeneration = func() (uint32, error) { return 7, nil }
+	err := within(t, "chains", func() error { _, err := hashChainsNetlink(sha256.New()); return err })
+	if !errors.Is(err, errIpsetTimeout) {
+		t.Errorf("moat's chains: %v, want %v", err, errIpsetTimeout)
+	}
+	err = within(t, "incompatible", func() error { _, err := incompatibleParts(unix.NFPROTO_IPV4, "filter"); return err })
+	if !errors.Is(err, errIpsetTimeout) {
+		t.Errorf("the incompatible rules: %v, want %v", err, errIpsetTimeout)
 	}
 }

@@ -57,10 +57,11 @@ const (
 // program instead.
 var errIpsetNetlink = errors.New("ipset netlink")
 
-// ipsetAnswerTimeout bounds the wait for the kernel's whole answer to one ipset
-// request (a dump of 200,000 members takes well under a second): a
-// kernel that never answers (wedged, or a module that lost the request)
-// must not hang a command, nor the guard, forever.
+// ipsetAnswerTimeout bounds the wait for the kernel's whole answer to one
+// netlink request of this package (ipset's, and the dumps of moat's
+// chains and rules: executeWithin); a dump of 200,000 members takes well
+// under a second. A kernel that never answers (wedged, or a module that
+// lost the request) must not hang a command, nor the guard, forever.
 var ipsetAnswerTimeout = 30 * time.Second
 
 // errIpsetTimeout is the error of a request the kernel did not answer
@@ -146,27 +147,38 @@ func (c *ipsetConn) execute(ctx context.Context, req netlink.Message) ([]netlink
 	if c.broken != nil {
 		return nil, c.broken
 	}
+	msgs, ended, err := executeWithin(ctx, c.c, req)
+	if ended {
+		c.broken = err
+	}
+	return msgs, err
+}
+
+// executeWithin is c.Execute(req) waiting ipsetAnswerTimeout at most, and
+// no longer than ctx lives: then c is closed, which ends the blocked read
+// (ended: c is closed, any later request on it fails).
+func executeWithin(ctx context.Context, c *netlink.Conn, req netlink.Message) (msgs []netlink.Message, ended bool, err error) {
 	type answer struct {
 		msgs []netlink.Message
 		err  error
 	}
 	done := make(chan answer, 1)
 	go func() {
-		msgs, err := c.c.Execute(req)
+		msgs, err := c.Execute(req)
 		done <- answer{msgs, err}
 	}()
 	t := time.NewTimer(ipsetAnswerTimeout)
 	defer t.Stop()
 	select {
 	case a := <-done:
-		return a.msgs, a.err
+		return a.msgs, false, a.err
 	case <-t.C:
-		c.broken = timeoutError()
+		err = timeoutError()
 	case <-ctx.Done():
-		c.broken = ctx.Err()
+		err = ctx.Err()
 	}
-	_ = c.c.Close() // ends the read; the error is c.broken
-	return nil, c.broken
+	_ = c.Close() // ends the read; the error is err
+	return nil, true, err
 }
 
 func dialIpset() (*ipsetConn, error) {

@@ -319,7 +319,7 @@ func (r nlRule) setIndexes(into map[uint16]bool) {
 
 // moatChains lists the names of moat's chains of one family by table.
 func moatChains(c *netlink.Conn, proto uint8) (map[string][]string, error) {
-	msgs, err := c.Execute(netlink.Message{
+	msgs, _, err := executeWithin(context.Background(), c, netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETCHAIN), Flags: netlink.Request | netlink.Dump},
 		Data:   []byte{proto, unix.NFNETLINK_V0, 0, 0},
 	})
@@ -356,7 +356,7 @@ func dumpRules(c *netlink.Conn, proto uint8, table string) ([]nlRule, error) {
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := c.Execute(netlink.Message{
+	msgs, _, err := executeWithin(context.Background(), c, netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
 		Data:   append([]byte{proto, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	})
