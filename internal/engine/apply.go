@@ -77,6 +77,9 @@ type Result struct {
 	Covered []ruleset.Covered
 	// wantCovered: Covered is to be filled (Edit, Enable).
 	wantCovered bool
+	// memoDir is the state directory that keeps the covered-rule
+	// search's memo (coveredMemoFile; "" none).
+	memoDir string
 }
 
 // bigPolicy is the number of rules from which an apply collects its
@@ -87,7 +90,7 @@ const bigPolicy = 10000
 // apply does (an edit while moat is inactive or fail-closed).
 func (res *Result) noteRules(p *policy.Policy) {
 	res.Rules = p.NumRules()
-	res.Covered = ruleset.Shadowed(p)
+	res.Covered = shadowedKept(res.memoDir, p)
 }
 
 // ruleWork is what an apply does with the policy's rules beside its
@@ -109,7 +112,7 @@ func (res *Result) startRuleWork(p *policy.Policy) ruleWork {
 	go func() {
 		var covered []ruleset.Covered
 		if res.wantCovered {
-			covered = ruleset.Shadowed(rules)
+			covered = shadowedKept(res.memoDir, rules)
 		}
 		n := rules.NumRules()
 		rules = nil
@@ -229,7 +232,7 @@ func (e *Engine) Edit(ctx context.Context, ch Change, edit func(*policy.Document
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Message: msg, Policy: p, wantCovered: true}
+	res := &Result{Message: msg, Policy: p, wantCovered: true, memoDir: e.o.StateDir}
 	switch {
 	case len(cur.kernel) == 0:
 		res.Inactive = true
@@ -265,7 +268,7 @@ func (e *Engine) Enable(ctx context.Context, ch Change) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Policy: p, wantCovered: true}
+	res := &Result{Policy: p, wantCovered: true, memoDir: e.o.StateDir}
 	return e.apply(ctx, cur, plan{ch: ch, doc: doc, p: p, prevFile: prev, hadFile: had, save: saveAlways, source: ch.Path}, res)
 }
 

@@ -683,7 +683,7 @@ func (e *Engine) removePrepared(in *Intent) {
 	errs := []error{atomicfile.RemovePrepared(e.o.StateDir, func(name string) bool {
 		return name == IntentFile || name == AppliedFile || name == savedFile || statetext.IsName(name) ||
 			name == pendingFile || name == snapshotFile || name == policyFile || name == rollbackBansFile ||
-			name == listCopiesFile || name == outcomeFile || slices.Contains(e.o.OtherRecords, name) ||
+			name == listCopiesFile || name == outcomeFile || name == coveredMemoFile || name == coveredMemoKeyFile || slices.Contains(e.o.OtherRecords, name) ||
 			slices.ContainsFunc(e.o.OtherRecordPrefixes, func(p string) bool { return strings.HasPrefix(name, p) })
 	})}
 	// The policy files: the command's, the one the journal says it

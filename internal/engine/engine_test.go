@@ -1562,7 +1562,7 @@ func TestRepairRemovesOtherRecordsTemps(t *testing.T) {
 	_, err := r.enable(r.ch(0))
 	r.must(err)
 	r.eng.o.OtherRecords = []string{"kernel-fingerprint.json", "ipt-chains.json"}
-	gone := []string{pendingFile, snapshotFile, policyFile, rollbackBansFile, listCopiesFile, outcomeFile, "kernel-fingerprint.json", "ipt-chains.json"}
+	gone := []string{pendingFile, snapshotFile, policyFile, rollbackBansFile, listCopiesFile, outcomeFile, coveredMemoFile, coveredMemoKeyFile, "kernel-fingerprint.json", "ipt-chains.json"}
 	kept := []string{"guard.json", "guard.index", "unknown.json"}
 	for _, name := range append(slices.Clone(gone), kept...) {
 		p, err := atomicfile.Prepare(filepath.Join(r.dir, name), []byte("{}"), 0o600)

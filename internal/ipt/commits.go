@@ -82,7 +82,10 @@ func commitsOf(script string) (n uint32, sure bool) {
 	sure = true
 	changes := false
 	sc := bufio.NewScanner(strings.NewReader(script))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	// Room for a line of up to 1 MiB, grown as needed (a buffer of 1 MiB
+	// made for each of the two scripts of a rule change was 2 MB of fresh
+	// memory, page faults included).
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		switch {

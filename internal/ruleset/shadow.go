@@ -38,7 +38,25 @@ func (c Covered) String() string {
 // a rule can only be covered by a rule whose network contains its own, or
 // by one without a network on that side.
 func Shadowed(p *policy.Policy) []Covered {
-	var out []Covered
+	return coveredOf(p, shadowedPairs(p))
+}
+
+// coveredOf is the Covered of each pair [rule, by] of rule indexes.
+func coveredOf(p *policy.Policy, pairs [][2]int) []Covered {
+	if len(pairs) == 0 {
+		return nil
+	}
+	out := make([]Covered, 0, len(pairs))
+	for _, pr := range pairs {
+		out = append(out, Covered{Rule: p.Rule(pr[0]), By: p.Rule(pr[1])})
+	}
+	return out
+}
+
+// shadowedPairs is Shadowed's search: the covered rules and the first
+// rule covering each, as [rule, by] indexes in policy order.
+func shadowedPairs(p *policy.Policy) [][2]int {
+	var out [][2]int
 	// How many networks of each family and length each side holds: the
 	// index's maps are sized at once.
 	var nFrom, nTo [2][129]int
@@ -76,7 +94,7 @@ func Shadowed(p *policy.Policy) []Covered {
 			byTo.candidates(to, &s)
 		}
 		if s.best >= 0 {
-			out = append(out, Covered{Rule: p.Rule(i), By: p.Rule(s.best)})
+			out = append(out, [2]int{i, s.best})
 		}
 		switch {
 		case from.IsValid():

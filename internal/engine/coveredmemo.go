@@ -1,0 +1,184 @@
+package engine
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/statedir"
+)
+
+// coveredMemoFile keeps the covered-rule search's result for the
+// policy's rules up to its last rule with a network (ruleset.CoveredMemo),
+// so that an edit of a port rule at the end of a policy of 100,000
+// address rules does not search them again (about 12 ms of the edit's
+// CPU). It is a cache: written without fsync (statedir.WriteCache), and
+// its reader checks everything in it before using it, so a file old,
+// torn, corrupted or written by hand is not used and is rewritten:
+//
+//   - its MAC (the first line: HMAC-SHA256 of the rest under the key in
+//     coveredMemoKeyFile, 32 random bytes that only root can read): a
+//     memo made by anyone without the key, or torn, is not used. A memo
+//     that leaves out covered rules cannot be told from the rules without
+//     searching them, so the MAC is what stands between a forged memo
+//     and warnings hidden from the admin;
+//   - the format's version and the moat build that wrote it (another
+//     build may search differently);
+//   - the sum of the rules it was computed from (policy.RulesSum), which
+//     the policy's first N rules must have: a rule changed, moved,
+//     added or deleted among them, or one line moved up or down, and the
+//     search runs whole;
+//   - each covered rule it names: in range, in order, and covered by the
+//     earlier rule it names (ruleset.ShadowedMemo).
+//
+// A cache that cannot be written costs only the next search's time.
+const coveredMemoFile = "covered-rules.cache"
+
+// coveredMemoKeyFile holds the key of coveredMemoFile's MAC.
+const coveredMemoKeyFile = "covered-rules.key"
+
+// coveredMemoVersion is the memo's format and the search's version: a
+// change to what ruleset.Shadowed finds must change it.
+const coveredMemoVersion = 1
+
+type coveredMemoRecord struct {
+	Version int      `json:"version"`
+	Build   string   `json:"build"`
+	N       int      `json:"n"`
+	Sum     string   `json:"sum"`
+	Pairs   [][2]int `json:"pairs"`
+}
+
+// buildID names the running moat build: its module version and, when
+// built from a repository, the commit and whether the tree had changes.
+var buildID = sync.OnceValue(func() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	id := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" || s.Key == "vcs.modified" {
+			id += " " + s.Value
+		}
+	}
+	return id
+})
+
+// shadowedKept is ruleset.Shadowed(p), with the memo kept in dir ("":
+// none) used where it holds and rewritten where it did not.
+func shadowedKept(dir string, p *policy.Policy) []ruleset.Covered {
+	if dir == "" {
+		return ruleset.Shadowed(p)
+	}
+	key := coveredMemoKey(dir)
+	covered, next := ruleset.ShadowedMemo(p, readCoveredMemo(dir, key))
+	if next != nil {
+		writeCoveredMemo(dir, key, next)
+	}
+	return covered
+}
+
+// readCoveredMemo reads the memo, nil if there is none or it fails its
+// checks (ruleset.ShadowedMemo checks the rest against the policy).
+func readCoveredMemo(dir string, key []byte) *ruleset.CoveredMemo {
+	data, err := statedir.ReadFile(dir, coveredMemoFile)
+	if err != nil {
+		return nil
+	}
+	macHex, body, ok := strings.Cut(string(data), "\n")
+	if !ok {
+		return nil
+	}
+	if mac, err := hex.DecodeString(macHex); err != nil || !hmac.Equal(mac, memoMAC(key, body)) {
+		return nil
+	}
+	var rec coveredMemoRecord
+	if err := json.Unmarshal([]byte(body), &rec); err != nil || rec.Version != coveredMemoVersion || rec.Build != buildID() {
+		return nil
+	}
+	m := &ruleset.CoveredMemo{N: rec.N, Pairs: rec.Pairs}
+	sum, err := hex.DecodeString(rec.Sum)
+	if err != nil || len(sum) != len(m.Sum) {
+		return nil
+	}
+	copy(m.Sum[:], sum)
+	return m
+}
+
+func memoMAC(key []byte, body string) []byte {
+	h := hmac.New(sha256.New, key)
+	_, _ = io.WriteString(h, body) // never fails (hash.Hash)
+	return h.Sum(nil)
+}
+
+// coveredMemoKey is the memo's key, read from dir or made there. A key
+// others can read, or not root's (the owner moat runs as), is replaced:
+// memos made under it could be forged. A key that cannot be read or
+// written is a random one for this process (its memo is then never used
+// again: slower, never wrong).
+func coveredMemoKey(dir string) []byte {
+	if key, err := readMemoKey(dir); err == nil {
+		return key
+	}
+	key := make([]byte, 32)
+	_, _ = rand.Read(key) // never fails (crypto/rand)
+	if statedir.WriteCache(dir, coveredMemoKeyFile, key) == nil {
+		// Another command may have written its key in between: the one
+		// in the file is the one every command uses.
+		if k, err := readMemoKey(dir); err == nil {
+			return k
+		}
+	}
+	return key
+}
+
+func readMemoKey(dir string) ([]byte, error) {
+	f, err := statedir.OpenFile(dir, coveredMemoKeyFile, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }() // read only
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, err
+	}
+	if st.Mode&0o077 != 0 || int(st.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("%s: mode %04o, owner %d: readable by others", f.Name(), st.Mode&0o7777, st.Uid)
+	}
+	key := make([]byte, 33)
+	n, err := io.ReadFull(f, key)
+	if !errors.Is(err, io.ErrUnexpectedEOF) || n != 32 {
+		return nil, fmt.Errorf("%s: not a key of 32 bytes", f.Name())
+	}
+	return key[:n], nil
+}
+
+// writeCoveredMemo replaces the memo (a cache: a failure is ignored, and
+// a kill during the write leaves a temporary file that the repair removes,
+// removePrepared).
+func writeCoveredMemo(dir string, key []byte, m *ruleset.CoveredMemo) {
+	pairs := m.Pairs
+	if pairs == nil {
+		pairs = [][2]int{}
+	}
+	body, err := json.Marshal(coveredMemoRecord{Version: coveredMemoVersion, Build: buildID(), N: m.N, Sum: hex.EncodeToString(m.Sum[:]), Pairs: pairs})
+	if err != nil {
+		return
+	}
+	data := append([]byte(hex.EncodeToString(memoMAC(key, string(body)))+"\n"), body...)
+	_ = statedir.WriteCache(dir, coveredMemoFile, data) // a cache: the next search runs whole
+}

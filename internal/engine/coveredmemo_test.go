@@ -1,0 +1,193 @@
+package engine
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// memoBase is a policy whose address rules cover two of their own
+// (lines 3 and 5), then port rules.
+const memoBase = "default deny incoming\ndeny from 198.51.100.0/24\ndeny from 198.51.100.7\ndeny from 2001:db8::/32\n" +
+	"allow from 2001:db8::5\nallow 22/tcp\n"
+
+// coveredLines is "line<by" of each covered rule.
+func coveredLines(cs []ruleset.Covered) string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.String())
+	}
+	return strings.Join(out, "\n")
+}
+
+// wantCovered checks res.Covered against a whole search of the file.
+func (r *rig) wantCovered(res *Result) {
+	r.t.Helper()
+	p, err := policy.NewDocument(r.conf, []byte(r.file())).Policy(nil)
+	r.must(err)
+	if got, want := coveredLines(res.Covered), coveredLines(ruleset.Shadowed(p)); got != want {
+		r.t.Fatalf("covered:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func (r *rig) memoInode() uint64 {
+	r.t.Helper()
+	fi, err := os.Stat(filepath.Join(r.dir, coveredMemoFile))
+	r.must(err)
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func (r *rig) deleteLast() (*Result, error) {
+	var res *Result
+	err := r.do(func(ctx context.Context, e *Engine) error {
+		var err error
+		res, err = e.Edit(ctx, r.ch(0), func(d *policy.Document) (string, bool, error) {
+			line, err := d.DeleteRule(d.RuleCount())
+			return "Rule deleted: " + line, true, err
+		})
+		return err
+	})
+	return res, err
+}
+
+// An edit of a port rule at the end uses the memo (its file is not
+// rewritten) and warns of the same covered rules as a whole search; a
+// line of the memo's part changed by hand between two commands makes the
+// next one search again, and warn of what the change covers.
+func TestCoveredMemoEdits(t *testing.T) {
+	r := newRig(t)
+	r.write(memoBase)
+	res, err := r.enable(r.ch(0))
+	r.must(err)
+	r.wantCovered(res)
+	if len(res.Covered) != 2 {
+		t.Fatalf("covered %q: want lines 3 and 5", coveredLines(res.Covered))
+	}
+	ino := r.memoInode()
+	for _, line := range []string{"allow 80/tcp", "allow 22/tcp", "deny in on eth0"} {
+		res, err = r.add(r.ch(0), line)
+		r.must(err)
+		r.wantCovered(res)
+		if r.memoInode() != ino {
+			t.Fatalf("after %q the memo was made again: the edit searched the address rules", line)
+		}
+	}
+	res, err = r.deleteLast()
+	r.must(err)
+	r.wantCovered(res)
+	if r.memoInode() != ino {
+		t.Fatal("after a delete the memo was made again")
+	}
+	// By hand: line 2 now covers line 4's network too.
+	r.write(strings.Replace(r.file(), "deny from 2001:db8::/32", "deny from 2001:db8::/31", 1))
+	r.write(strings.Replace(r.file(), "deny from 198.51.100.0/24", "deny from 2001:db8::/30", 1))
+	res, err = r.add(r.ch(0), "allow 443/tcp")
+	r.must(err)
+	r.wantCovered(res)
+	if !strings.Contains(coveredLines(res.Covered), ":4: 'deny from 2001:db8::/31' never matches: line 2") {
+		t.Fatalf("covered %q: the changed line's cover is missing", coveredLines(res.Covered))
+	}
+	// An address rule at the end: searched whole.
+	res, err = r.add(r.ch(0), "deny from 2001:db8::9")
+	r.must(err)
+	r.wantCovered(res)
+}
+
+// The memo's file is checked: torn, changed, forged without the key (a
+// memo hiding the covered rules), made by another build, or under a key
+// others can read, it is not used; the warnings are a whole search's,
+// and the file is made again.
+func TestCoveredMemoFileChecked(t *testing.T) {
+	memo := func(r *rig) string { return filepath.Join(r.dir, coveredMemoFile) }
+	forge := func(r *rig, edit func(rec *coveredMemoRecord), key []byte) {
+		data, err := os.ReadFile(memo(r))
+		r.must(err)
+		_, body, _ := strings.Cut(string(data), "\n")
+		var rec coveredMemoRecord
+		r.must(json.Unmarshal([]byte(body), &rec))
+		edit(&rec)
+		b, err := json.Marshal(rec)
+		r.must(err)
+		r.must(os.WriteFile(memo(r), []byte(hex.EncodeToString(memoMAC(key, string(b)))+"\n"+string(b)), 0o600))
+	}
+	hide := func(rec *coveredMemoRecord) { rec.Pairs = [][2]int{} }
+	cases := map[string]func(r *rig){
+		"torn": func(r *rig) {
+			data, err := os.ReadFile(memo(r))
+			r.must(err)
+			r.must(os.WriteFile(memo(r), data[:len(data)/2], 0o600))
+		},
+		"a byte changed": func(r *rig) {
+			data, err := os.ReadFile(memo(r))
+			r.must(err)
+			i := strings.Index(string(data), `"pairs":[[`) + len(`"pairs":[[`)
+			data[i]++
+			r.must(os.WriteFile(memo(r), data, 0o600))
+		},
+		"forged without the key": func(r *rig) { forge(r, hide, make([]byte, 32)) },
+		"another build": func(r *rig) {
+			forge(r, func(rec *coveredMemoRecord) { hide(rec); rec.Build += "x" }, coveredMemoKey(r.dir))
+		},
+		"another version": func(r *rig) {
+			forge(r, func(rec *coveredMemoRecord) { hide(rec); rec.Version++ }, coveredMemoKey(r.dir))
+		},
+		"a key others can read": func(r *rig) {
+			forge(r, hide, coveredMemoKey(r.dir))
+			r.must(os.Chmod(filepath.Join(r.dir, coveredMemoKeyFile), 0o644))
+		},
+		"a short key": func(r *rig) {
+			forge(r, hide, []byte("k"))
+			r.must(os.WriteFile(filepath.Join(r.dir, coveredMemoKeyFile), []byte("k"), 0o600))
+		},
+		"not a file": func(r *rig) {
+			r.must(os.Remove(memo(r)))
+			r.must(os.Mkdir(memo(r), 0o700))
+		},
+	}
+	for name, spoil := range cases {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t)
+			r.write(memoBase)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			spoil(r)
+			res, err := r.add(r.ch(0), "allow 80/tcp")
+			r.must(err)
+			r.wantCovered(res)
+			if len(res.Covered) != 2 {
+				t.Fatalf("covered %q: want lines 3 and 5", coveredLines(res.Covered))
+			}
+			if name == "not a file" {
+				return
+			}
+			key := coveredMemoKey(r.dir)
+			m := readCoveredMemo(r.dir, key)
+			if m == nil || len(m.Pairs) != 2 {
+				t.Fatalf("the memo was not made again: %+v", m)
+			}
+			if fi, err := os.Stat(filepath.Join(r.dir, coveredMemoKeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("key file: %v, %v", fi, err)
+			}
+		})
+	}
+	// The forgery works when the key is known (the test can fail): the
+	// MAC is what refuses the ones above.
+	r := newRig(t)
+	r.write(memoBase)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	forge(r, hide, coveredMemoKey(r.dir))
+	res, err := r.add(r.ch(0), "allow 80/tcp")
+	r.must(err)
+	if len(res.Covered) != 0 {
+		t.Fatalf("a memo under the key was not used: %q", coveredLines(res.Covered))
+	}
+}
