@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -80,5 +81,64 @@ func TestCoveredRulesWarned(t *testing.T) {
 			"client tcp 192.0.2.1:22 open")
 		e.expect(false, "client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client/192.0.2.3 tcp 192.0.2.1:6003 open",
 			"client/192.0.2.3 udp 192.0.2.1:6007 open")
+	})
+}
+
+// The covered-rule search keeps its result for the address rules between
+// commands (covered-rules.cache): a port rule added or deleted after them
+// warns exactly as before; lines among them changed by hand between two
+// commands are searched again (a new cover named while the one kept
+// still holds, then a cover gone); a cache file spoiled by hand is not
+// used.
+func TestCoveredRulesKeptBetweenEdits(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		policy := "default deny incoming\n" + // 1
+			"allow 22/tcp\n" + // 2
+			"deny from 198.51.100.0/24\n" + // 3
+			"deny from 198.51.100.7\n" + // 4: never matches
+			"deny from 2001:db8:1::/48\n" + // 5
+			"deny from 2001:db8:2::5\n" // 6
+		writeFile(t, e.conf, policy)
+		line4 := e.conf + ":4: 'deny from 198.51.100.7' never matches: line 3 'deny from 198.51.100.0/24'"
+		line6 := e.conf + ":6: 'deny from 2001:db8::/32' never matches: line 5 'deny from 2001:db8::/31'"
+		check := func(out string, want ...string) {
+			t.Helper()
+			for _, w := range want {
+				if !strings.Contains(out, "moat: warning: "+w) {
+					t.Errorf("no warning %q:\n%s", w, out)
+				}
+			}
+			if n := strings.Count(out, "never matches"); n != len(want) {
+				t.Errorf("%d warnings, want %d:\n%s", n, len(want), out)
+			}
+		}
+		cache := filepath.Join(e.stateDir(), "covered-rules.cache")
+		check(e.mustMoat("enable"), line4)
+		if _, err := os.Stat(cache); err != nil {
+			t.Fatalf("no cache of the covered rules: %v", err)
+		}
+		check(e.mustMoat("allow", "443/tcp"), line4)
+		check(e.mustMoat("delete", "allow", "443/tcp"), line4)
+		// By hand: line 6 is now covered too.
+		edit := func(from, to string) {
+			t.Helper()
+			data, err := os.ReadFile(e.conf)
+			if err != nil || !strings.Contains(string(data), from) {
+				t.Fatalf("%s: %v, or no %q", e.conf, err, from)
+			}
+			writeFile(t, e.conf, strings.Replace(string(data), from, to, 1))
+		}
+		edit("deny from 2001:db8:1::/48\ndeny from 2001:db8:2::5", "deny from 2001:db8::/31\ndeny from 2001:db8::/32")
+		check(e.mustMoat("allow", "443/tcp"), line4, line6)
+		check(e.mustMoat("delete", "allow", "443/tcp"), line4, line6)
+		// By hand: line 4 is no longer covered.
+		edit("198.51.100.7", "203.0.113.7")
+		check(e.mustMoat("allow", "443/tcp"), line6)
+		check(e.mustMoat("delete", "allow", "443/tcp"), line6)
+		// A cache that hides the covered rule, written by hand.
+		writeFile(t, cache, "00\n{\"version\":1,\"n\":6,\"pairs\":[]}")
+		check(e.mustMoat("allow", "443/tcp"), line6)
+		check(e.mustMoat("delete", "allow", "443/tcp"), line6)
 	})
 }
