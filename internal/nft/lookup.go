@@ -224,11 +224,31 @@ var (
 	lookupElems = LookupElements
 )
 
+// freshSlack widens the window in which an element found counts as added
+// during the lookups: the kernel's times are whole jiffies (up to 10 ms)
+// read in whole milliseconds.
+const freshSlack = 15 * time.Millisecond
+
 // BansOf lists a ban set by looking up the addresses that may be banned
 // (known: the guard's records), without a dump. complete says that the
 // lookups found every element of the set: as many as the kernel counts in
-// it, at one ruleset generation and one count before and after. When it
-// is false the bans are nil and the set must be dumped (Bans).
+// it, at one ruleset generation and one count before and after, and none
+// of them added (or its timeout set again) since the first count was
+// read. When it is false the bans are nil and the set must be dumped
+// (Bans).
+//
+// The last condition is what makes equal counts a proof. The port scan
+// trap adds bans from the packet path, which moves no generation, and
+// the kernel's collector frees expired ones, which moves the count down:
+// a recorded address the trap banned again during the lookups (found)
+// and a ban found that expired and was freed before the second count
+// leave both counts and the generation as they were, and the lookups
+// would find as many elements as the set counts while a ban nobody
+// recorded (the trap's, held all along) was never looked up. An element
+// whose time since its timeout was set (timeout minus time left) is
+// longer than the lookups took was in the set at the first count and was
+// counted in it; when every element found is such, finding as many as
+// that count is finding every one.
 func (NetlinkReader) BansOf(set string, known []netip.Addr) (bans []ruleset.Ban, complete bool, err error) {
 	// Each address once: two lookups of one address would count its
 	// element twice and pass for another element of the set.
@@ -238,6 +258,7 @@ func (NetlinkReader) BansOf(set string, known []netip.Addr) (bans []ruleset.Ban,
 	}
 	slices.SortFunc(known, netip.Addr.Compare)
 	known = slices.Compact(known)
+	start := time.Now() // before the first count: see above
 	g0, err := dumpGeneration()
 	if err != nil {
 		return nil, false, err
@@ -249,6 +270,9 @@ func (NetlinkReader) BansOf(set string, known []netip.Addr) (bans []ruleset.Ban,
 	els, err := lookupElems(set, known)
 	if err != nil {
 		return nil, false, err
+	}
+	if addedSince(els, time.Since(start)+freshSlack) {
+		return nil, false, nil // may not have been counted in c0: dump
 	}
 	c1, ok, err := lookupCount(set)
 	if err != nil || !ok {
@@ -262,4 +286,17 @@ func (NetlinkReader) BansOf(set string, known []netip.Addr) (bans []ruleset.Ban,
 		return nil, false, nil
 	}
 	return elemBans(els), true, nil
+}
+
+// addedSince says whether an element of els may have been added (or had
+// its timeout set again) within the last d: the time since its timeout
+// was set is less. An element without a timeout is put by a commit
+// alone, which moves the generation.
+func addedSince(els []Elem, d time.Duration) bool {
+	for _, e := range els {
+		if e.Timeout > 0 && e.Timeout-e.Expires < d {
+			return true
+		}
+	}
+	return false
 }
