@@ -120,7 +120,10 @@ const (
 // address, time left and comment, what `ipset save` prints and
 // parseBanSave reads, without the program and its text (a third of the
 // CPU of 'moat bans --all' at 200,000 bans). The comment is the kernel's
-// as it is (`ipset save` prints it between quotes, unescaped).
+// as it is (`ipset save` prints it between quotes, unescaped). A set of
+// another type than moat's hash:ip (made by hand) is an error, and is
+// read with the program: its members may be networks or carry ports,
+// which `ipset save` prints as no address and parseBanSave leaves out.
 func membersNetlink(ctx context.Context, name string) ([]ruleset.Ban, error) {
 	c, err := dialIpset()
 	if err != nil {
@@ -133,9 +136,13 @@ func membersNetlink(ctx context.Context, name string) ([]ruleset.Ban, error) {
 	}
 	var out []ruleset.Ban
 	var perr error
+	setType := ""
 	for _, m := range msgs {
-		err := walkAttrs(nfPayload(m), func(typ uint16, v []byte) {
-			if typ != ipsetAttrADT {
+		err := walkAttrs(nfPayload(m), func(t uint16, v []byte) {
+			if t == ipsetAttrTypename && setType == "" {
+				setType = cString(v)
+			}
+			if t != ipsetAttrADT {
 				return
 			}
 			perr = errors.Join(perr, walkAttrs(v, func(typ uint16, v []byte) {
@@ -155,6 +162,9 @@ func membersNetlink(ctx context.Context, name string) ([]ruleset.Ban, error) {
 		if err = errors.Join(err, perr); err != nil {
 			return nil, fmt.Errorf("%w: list %q: %w", errIpsetNetlink, name, err)
 		}
+	}
+	if setType != "hash:ip" {
+		return nil, fmt.Errorf("%w: list %q: a set of type %q, not hash:ip", errIpsetNetlink, name, setType)
 	}
 	return out, nil
 }
@@ -184,12 +194,16 @@ func parseBanMember(v []byte) (ruleset.Ban, error) {
 	return ban, errors.Join(err, ierr)
 }
 
-// parseBanSave reads `add SET ADDR timeout N [comment "X"]` lines.
+// parseBanSave reads `add SET ADDR timeout N [comment "X"]` lines. The
+// options are read before the comment, which `ipset save` prints between
+// quotes as it is: its words ("timeout 5") are no option, and its spaces
+// are kept.
 func parseBanSave(data []byte) []ruleset.Ban {
 	var out []ruleset.Ban
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
-		f := strings.Fields(sc.Text())
+		opts, comment, commented := strings.Cut(sc.Text(), ` comment "`)
+		f := strings.Fields(opts)
 		if len(f) < 3 || f[0] != "add" {
 			continue
 		}
@@ -199,14 +213,16 @@ func parseBanSave(data []byte) []ruleset.Ban {
 		}
 		ban := ruleset.Ban{Addr: a}
 		for i := 3; i+1 < len(f); i++ {
-			switch f[i] {
-			case "timeout":
+			if f[i] == "timeout" {
 				n, _ := strconv.Atoi(f[i+1])
 				ban.Expires = time.Duration(n) * time.Second
-			case "comment":
-				_, c, _ := strings.Cut(sc.Text(), `comment "`)
-				ban.Reason = strings.TrimSuffix(strings.TrimSpace(c), `"`)
 			}
+		}
+		if commented {
+			if i := strings.LastIndexByte(comment, '"'); i >= 0 {
+				comment = comment[:i]
+			}
+			ban.Reason = comment
 		}
 		out = append(out, ban)
 	}

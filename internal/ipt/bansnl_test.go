@@ -99,3 +99,64 @@ func FuzzParseBanMember(f *testing.F) {
 		}
 	})
 }
+
+// Ban ipsets of another type than moat's (a hand-made hash:net, a
+// hash:ip,port, a bitmap, a netmask) and members with odd comments
+// (spaces at the ends, "timeout N" in the text, a tab, none, a permanent
+// member) read over netlink as 'ipset save' lists them: a network or an
+// address with a port is no banned address, and the words of a comment
+// are no option. Both reads give each member its exact comment and time
+// left.
+func TestKernelBansNetlinkOddSetsAsSave(t *testing.T) {
+	b, ns := kernelBackendNS(t)
+	ctx := context.Background()
+	v4, v6 := IPSetName(ruleset.BanSet4), IPSetName(ruleset.BanSet6)
+	ban6 := fmt.Sprintf("create %s hash:ip family inet6 timeout 0 comment\nadd %s 2001:db8::1 timeout 300 comment \"manual: v6\"\n", v6, v6)
+	for _, tc := range []struct {
+		name, restore string
+		want          []ruleset.Ban // of ban4
+	}{
+		{"hash:net", "create %[1]s hash:net family inet timeout 0 comment\nadd %[1]s 192.0.2.0/24 timeout 100 comment \"net\"\nadd %[1]s 198.51.100.7/32 timeout 50 comment \"host\"\n",
+			[]ruleset.Ban{{Addr: netip.MustParseAddr("198.51.100.7"), Expires: 50 * time.Second, Reason: "host"}}},
+		{"hash:ip,port", "create %[1]s hash:ip,port family inet timeout 0 comment\nadd %[1]s 192.0.2.1,tcp:80 timeout 100 comment \"port\"\n", nil},
+		{"bitmap:ip", "create %[1]s bitmap:ip range 192.0.2.0/24 timeout 0 comment\nadd %[1]s 192.0.2.5 timeout 100 comment \"bitmap\"\n",
+			[]ruleset.Ban{{Addr: netip.MustParseAddr("192.0.2.5"), Expires: 100 * time.Second, Reason: "bitmap"}}},
+		{"hash:ip netmask", "create %[1]s hash:ip family inet netmask 24 timeout 0 comment\nadd %[1]s 192.0.2.77 timeout 100\n",
+			[]ruleset.Ban{{Addr: netip.MustParseAddr("192.0.2.0"), Expires: 100 * time.Second}}},
+		{"comments", "create %[1]s hash:ip family inet timeout 0 comment\nadd %[1]s 192.0.2.1 timeout 100 comment \" lead  trail \"\nadd %[1]s 192.0.2.2 timeout 0 comment \"x timeout 5 y\"\nadd %[1]s 192.0.2.3 timeout 100 comment \"tab\tx timeout\"\nadd %[1]s 192.0.2.4 timeout 7\n",
+			[]ruleset.Ban{{Addr: netip.MustParseAddr("192.0.2.1"), Expires: 100 * time.Second, Reason: " lead  trail "},
+				{Addr: netip.MustParseAddr("192.0.2.2"), Reason: "x timeout 5 y"},
+				{Addr: netip.MustParseAddr("192.0.2.3"), Expires: 100 * time.Second, Reason: "tab\tx timeout"},
+				{Addr: netip.MustParseAddr("192.0.2.4"), Expires: 7 * time.Second}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if out, err := b.Run(ctx, nil, "ipset", "destroy"); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if out, err := b.Run(ctx, []byte(fmt.Sprintf(tc.restore, v4)+ban6), "ipset", "restore"); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			want := append(slices.Clone(tc.want), ruleset.Ban{Addr: netip.MustParseAddr("2001:db8::1"), Expires: 300 * time.Second, Reason: "manual: v6"})
+			for _, nl := range []bool{false, true} {
+				b.IpsetNetlink = nl
+				var got []ruleset.Ban
+				var err error
+				if err := ns.Do(func() error { got, err = b.Bans(ctx); return nil }); err != nil {
+					t.Fatal(err)
+				}
+				if err != nil {
+					t.Fatalf("netlink %v: %v", nl, err)
+				}
+				slices.SortFunc(got, func(x, y ruleset.Ban) int { return x.Addr.Compare(y.Addr) })
+				ok := len(got) == len(want)
+				for i := 0; ok && i < len(got); i++ {
+					g, w := got[i], want[i]
+					ok = g.Addr == w.Addr && g.Reason == w.Reason && g.Expires <= w.Expires && g.Expires >= w.Expires-2*time.Second
+				}
+				if !ok {
+					t.Errorf("netlink %v: %+v, want %+v", nl, got, want)
+				}
+			}
+		})
+	}
+}
