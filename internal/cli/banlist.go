@@ -82,7 +82,7 @@ func writeBanRows(w io.Writer, rows []banRow) error {
 		line = padCell(line[:0], r.addr.AppendTo(num[:0]), wAddr)
 		line = padCell(line, leftText(num[:0], r.left), wLeft)
 		line = padCell(line, strconv.AppendInt(num[:0], int64(r.banCount), 10), wCount)
-		line = appendPrintable(line, r.reason)
+		line = termtext.AppendPrintable(line, r.reason)
 		line = append(line, '\n')
 		if _, err := bw.Write(line); err != nil {
 			return err
@@ -103,17 +103,6 @@ func padCell(dst, cell []byte, width int) []byte {
 	dst = append(dst, cell...)
 	for n := utf8.RuneCount(cell); n < width+banTablePad; n++ {
 		dst = append(dst, ' ')
-	}
-	return dst
-}
-
-// appendPrintable appends s without what termtext.Printable drops.
-func appendPrintable(dst []byte, s string) []byte {
-	for _, r := range s {
-		if r < 0x20 || (r >= 0x7f && r <= 0x9f) || termtext.IsBidi(r) {
-			continue
-		}
-		dst = utf8.AppendRune(dst, r)
 	}
 	return dst
 }

@@ -181,17 +181,33 @@ func LookupElements(set string, addrs []netip.Addr) ([]Elem, error) {
 
 // appendGetElem appends the request for one element of set (sequence seq).
 func appendGetElem(dst []byte, set string, a netip.Addr, seq uint32) ([]byte, error) {
-	key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: a.AsSlice()}})
+	m, err := getElemRequest(set, a)
 	if err != nil {
 		return nil, err
+	}
+	m.Header.Sequence = seq
+	m.Header.Length = uint32(unix.NLMSG_HDRLEN + len(m.Data))
+	b, err := m.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	return append(dst, b...), nil
+}
+
+// getElemRequest is the request for one element of a set of moat's table
+// (what `nft get element` sends): its answer is the element, or ENOENT.
+func getElemRequest(set string, a netip.Addr) (netlink.Message, error) {
+	key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: a.AsSlice()}})
+	if err != nil {
+		return netlink.Message{}, err
 	}
 	el, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_KEY, Data: key}})
 	if err != nil {
-		return nil, err
+		return netlink.Message{}, err
 	}
 	list, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: el}})
 	if err != nil {
-		return nil, err
+		return netlink.Message{}, err
 	}
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
 		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(TableName + "\x00")},
@@ -199,22 +215,15 @@ func appendGetElem(dst []byte, set string, a netip.Addr, seq uint32) ([]byte, er
 		{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: list},
 	})
 	if err != nil {
-		return nil, err
+		return netlink.Message{}, err
 	}
-	m := netlink.Message{
+	return netlink.Message{
 		Header: netlink.Header{
-			Type:     netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
-			Flags:    netlink.Request,
-			Sequence: seq,
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
+			Flags: netlink.Request,
 		},
 		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	}
-	m.Header.Length = uint32(unix.NLMSG_HDRLEN + len(m.Data))
-	b, err := m.MarshalBinary()
-	if err != nil {
-		return nil, err
-	}
-	return append(dst, b...), nil
+	}, nil
 }
 
 // lookupSteps are the reads BansOf makes (variables for the tests, which

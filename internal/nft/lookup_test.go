@@ -149,7 +149,19 @@ func TestKernelLookupElements(t *testing.T) {
 			return err
 		}
 		_, lessComplete, err = NetlinkReader{}.BansOf("ban6", slices.Delete(slices.Clone(all), 7, 8))
-		return err
+		if err != nil {
+			return err
+		}
+		// The one-element lookup the guard makes asks the same.
+		for _, c := range []struct {
+			a    netip.Addr
+			want bool
+		}{{in[0], true}, {in[n-1], true}, {out[0], false}} {
+			if got, err := (NetlinkReader{}).Banned("ban6", c.a); err != nil || got != c.want {
+				return fmt.Errorf("Banned(%s) = %v, %v, want %v", c.a, got, err, c.want)
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -189,32 +189,9 @@ const dumpBuffer = 32 << 10
 // Banned asks the kernel whether addr is in a ban set: one element lookup
 // (what `nft get element` does), whatever the size of the set.
 func (NetlinkReader) Banned(set string, addr netip.Addr) (bool, error) {
-	key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: addr.AsSlice()}})
+	req, err := getElemRequest(set, addr)
 	if err != nil {
 		return false, err
-	}
-	el, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_KEY, Data: key}})
-	if err != nil {
-		return false, err
-	}
-	list, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: el}})
-	if err != nil {
-		return false, err
-	}
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(TableName + "\x00")},
-		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
-		{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: list},
-	})
-	if err != nil {
-		return false, err
-	}
-	req := netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
-			Flags: netlink.Request,
-		},
-		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	}
 	msgs, err := execute(req)
 	if errors.Is(err, unix.ENOENT) {

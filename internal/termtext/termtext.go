@@ -2,18 +2,38 @@
 // from the kernel, profile files) from steering the admin's terminal.
 package termtext
 
-import "strings"
+import (
+	"strings"
+	"unicode/utf8"
+)
 
 // Printable drops control characters (C0, DEL, C1: escape sequences start
 // with them) and bidirectional controls (they show text in another order
 // than it has).
 func Printable(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || (r >= 0x7f && r <= 0x9f) || IsBidi(r) {
+		if Dropped(r) {
 			return -1
 		}
 		return r
 	}, s)
+}
+
+// AppendPrintable appends Printable(s) to dst (invalid UTF-8 as U+FFFD,
+// as Printable writes it).
+func AppendPrintable(dst []byte, s string) []byte {
+	for _, r := range s {
+		if !Dropped(r) {
+			dst = utf8.AppendRune(dst, r)
+		}
+	}
+	return dst
+}
+
+// Dropped says whether Printable drops r: a control character or a
+// bidirectional control.
+func Dropped(r rune) bool {
+	return r < 0x20 || (r >= 0x7f && r <= 0x9f) || IsBidi(r)
 }
 
 // IsBidi says whether r is a bidirectional embedding, override or isolate

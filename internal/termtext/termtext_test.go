@@ -10,9 +10,13 @@ func TestPrintable(t *testing.T) {
 		"evil\u202egnp.exe\u2066x\u2069": "evilgnp.exex",
 		"\u200fmark\u061c":               "mark",
 		"café ✓":                         "café ✓",
+		"bad \xff utf8":                  "bad \ufffd utf8",
 	} {
 		if got := Printable(in); got != want {
 			t.Errorf("Printable(%q) = %q, want %q", in, got, want)
+		}
+		if got := string(AppendPrintable([]byte("> "), in)); got != "> "+want {
+			t.Errorf("AppendPrintable(%q) = %q, want %q", in, got, "> "+want)
 		}
 	}
 }
