@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"slices"
@@ -20,8 +21,9 @@ import (
 // a table built whole (text/tabwriter holds every cell until it is
 // flushed) and a JSON document built whole cost more than the kernel's
 // read, and every row went to the terminal in five unbuffered writes.
-// The bytes are those text/tabwriter and encoding/json printed
-// (TestBanListingSameBytes).
+// The bytes are those text/tabwriter and encoding/json printed, but for
+// the terminal's controls in a JSON reason, now escaped
+// (TestBanListingSameBytes, appendReasonJSON).
 
 // banRow is one ban as 'moat bans' shows it.
 type banRow struct {
@@ -108,7 +110,8 @@ func padCell(dst, cell []byte, width int) []byte {
 }
 
 // writeBanJSON prints the bans as the JSON array of banJSON that
-// json.Encoder with a two-space indent printed, one ban at a time.
+// json.Encoder with a two-space indent printed, one ban at a time (the
+// reasons as appendReasonJSON writes them).
 func writeBanJSON(w io.Writer, rows []banRow) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	if len(rows) == 0 {
@@ -125,11 +128,10 @@ func writeBanJSON(w io.Writer, rows []banRow) error {
 		line = append(line, "  {\n    \"address\": \""...)
 		line = r.addr.AppendTo(line)
 		line = append(line, "\",\n    \"reason\": "...)
-		q, err := json.Marshal(r.reason) // escapes as the encoder did (HTML, invalid UTF-8)
-		if err != nil {
+		var err error
+		if line, err = appendReasonJSON(line, r.reason); err != nil {
 			return err
 		}
-		line = append(line, q...)
 		line = append(line, ",\n    \"seconds_left\": "...)
 		line = strconv.AppendInt(line, r.left, 10)
 		line = append(line, ",\n    \"ban_count\": "...)
@@ -148,6 +150,33 @@ func writeBanJSON(w io.Writer, rows []banRow) error {
 		return err
 	}
 	return bw.Flush()
+}
+
+// appendReasonJSON appends s as a JSON string: what encoding/json wrote
+// (control characters, HTML and invalid UTF-8 escaped), with the
+// characters it leaves as they are that a terminal takes as controls
+// (DEL, C1 such as the CSI U+009B, bidirectional controls) escaped as
+// \uXXXX too. A JSON reader reads the same string; the terminal of an
+// admin reading 'moat bans --json' gets no escape sequence, nor text
+// shown in another order, from a ban's comment.
+func appendReasonJSON(dst []byte, s string) ([]byte, error) {
+	q, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.ContainsFunc(q, func(c byte) bool { return c >= 0x7f }) {
+		return append(dst, q...), nil
+	}
+	for len(q) > 0 {
+		r, n := utf8.DecodeRune(q)
+		if r >= 0x20 && termtext.Dropped(r) {
+			dst = fmt.Appendf(dst, `\u%04x`, r)
+		} else {
+			dst = append(dst, q[:n]...)
+		}
+		q = q[n:]
+	}
+	return dst, nil
 }
 
 // exitBrokenPipe is the exit code of a listing whose reader went away:
