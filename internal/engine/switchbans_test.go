@@ -168,14 +168,15 @@ func newSwitchRig(t *testing.T, dir [2]string) (r *rig, from, to *Fake, oldPolic
 // sets again just before removing them and carries what landed since;
 // a kill after that finds them in pending.bans. Both directions, a ban
 // at each checkpoint after the read, one at each of two (a trap kept
-// busy).
+// busy), and a kill after the late bans were recorded or after the
+// removal.
 func TestTrapBanDuringSwitchCarried(t *testing.T) {
 	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
 		for _, at := range [][]string{{"switch-bans-recorded"}, {"switch-bans"}, {"switch-logins"}, {"switch-bans", "switch-logins"}} {
-			for _, kill := range []bool{false, true} {
+			for _, kill := range []string{"", "switch-late-bans-recorded", "switched"} {
 				name := dir[0] + "-to-" + dir[1] + "/" + strings.Join(at, "+")
-				if kill {
-					name += "/killed-after"
+				if kill != "" {
+					name += "/killed-at-" + kill
 				}
 				t.Run(name, func(t *testing.T) {
 					r := newRig(t)
@@ -199,10 +200,11 @@ func TestTrapBanDuringSwitchCarried(t *testing.T) {
 						return step(s)
 					}
 					r.write("backend " + dir[1] + "\n" + base)
-					if kill {
-						// Killed once the old rules are gone: the repair
-						// undoes the switch, the bans go back.
-						r.crashAt = "switched"
+					if kill != "" {
+						// Killed once the late bans are recorded, or once
+						// the old rules are gone: the repair undoes the
+						// switch, the bans go back.
+						r.crashAt = kill
 						if _, err := r.enable(r.ch(0)); !IsCrash(err) {
 							t.Fatalf("no crash: %v", err)
 						}
