@@ -110,14 +110,24 @@ change waiting, it fails, saying when the last one was rolled back.`,
 		GroupID: "state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
+			rollback := func(ctx context.Context, eng *engine.Engine) error {
 				p, err := eng.Rollback(ctx, "", "moat rollback")
 				if err != nil {
 					return err
 				}
 				a.printf("Rolled back: moat's rules and %s are as they were before %s\n", p.PolicyPath, p.Created.Format(time.TimeOnly))
 				return nil
-			})
+			}
+			err := a.locked(cmd, rollback)
+			if engine.IsRepairError(err) {
+				// What an interrupted command left cannot be repaired:
+				// the change goes back all the same, as its watchdog
+				// takes it back at the deadline; what is left stays
+				// for the admin, named.
+				fmt.Fprintf(a.errOut, "moat: warning: %v\nmoat: rolling back the change waiting for confirmation all the same\n", err)
+				return a.lockedToRemove(cmd, rollback)
+			}
+			return err
 		},
 	}
 }

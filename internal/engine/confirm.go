@@ -518,8 +518,7 @@ func (e *Engine) expire(ctx context.Context, known *Pending) error {
 		}
 		unlock, err = e.Lock(ctx, "moat watchdog "+id)
 	}
-	var rerr *repairError
-	if errors.As(err, &rerr) && ctx.Err() == nil && !IsCrash(err) {
+	if IsRepairError(err) && ctx.Err() == nil {
 		// What an interrupted command left cannot be repaired (its
 		// journal is unreadable, the kernel refused its undo): every
 		// command refuses to run until an admin sees to it, but the

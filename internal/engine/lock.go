@@ -87,6 +87,13 @@ type repairError struct{ err error }
 func (r *repairError) Error() string { return r.err.Error() }
 func (r *repairError) Unwrap() error { return r.err }
 
+// IsRepairError says whether err is Lock's: it could not repair what an
+// interrupted command left (a simulated kill is not one).
+func IsRepairError(err error) bool {
+	var r *repairError
+	return errors.As(err, &r) && !IsCrash(err)
+}
+
 // flockWait blocks for the lock, giving up when ctx ends.
 func flockWait(ctx context.Context, f *os.File) error {
 	for {
