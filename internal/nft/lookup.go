@@ -256,8 +256,9 @@ const freshSlack = 15 * time.Millisecond
 // recorded (the trap's, held all along) was never looked up. An element
 // whose time since its timeout was set (timeout minus time left) is
 // longer than the lookups took was in the set at the first count and was
-// counted in it; when every element found is such, finding as many as
-// that count is finding every one.
+// counted in it, as was one a commit put (see addedSince); when every
+// element found is such, finding as many as that count is finding every
+// one.
 func (NetlinkReader) BansOf(set string, known []netip.Addr) (bans []ruleset.Ban, complete bool, err error) {
 	// Each address once: two lookups of one address would count its
 	// element twice and pass for another element of the set.
@@ -297,13 +298,15 @@ func (NetlinkReader) BansOf(set string, known []netip.Addr) (bans []ruleset.Ban,
 	return elemBans(els), true, nil
 }
 
-// addedSince says whether an element of els may have been added (or had
-// its timeout set again) within the last d: the time since its timeout
-// was set is less. An element without a timeout is put by a commit
-// alone, which moves the generation.
+// addedSince says whether an element of els may have been added by the
+// packet path (or had its timeout set again) within the last d: the time
+// since its timeout was set is less. An element without a timeout or with
+// a comment (a ban moat or the guard made: the packet path writes no
+// comment) was put by a commit, which moves the generation; one made just
+// before the lookups does not send them to the dump.
 func addedSince(els []Elem, d time.Duration) bool {
 	for _, e := range els {
-		if e.Timeout > 0 && e.Timeout-e.Expires < d {
+		if e.Timeout > 0 && e.Comment == "" && e.Timeout-e.Expires < d {
 			return true
 		}
 	}

@@ -16,7 +16,8 @@ type fakeSet struct {
 	elems  []netip.Addr
 	counts []uint32
 	gens   []uint32
-	fresh  []netip.Addr // of elems: their timeout was set just now
+	fresh  []netip.Addr // of elems: their timeout was set just now (by the trap: no comment)
+	made   []netip.Addr // of elems: banned by moat just now (a comment)
 }
 
 func next[T any](s *[]T) T {
@@ -41,6 +42,9 @@ func (f *fakeSet) install(t *testing.T) {
 			if slices.Contains(f.elems, a) {
 				e := Elem{Key: a.AsSlice(), Comment: "manual", Timeout: time.Hour, Expires: 50 * time.Minute}
 				if slices.Contains(f.fresh, a) {
+					e.Expires, e.Comment = time.Hour-time.Millisecond, ""
+				}
+				if slices.Contains(f.made, a) {
 					e.Expires = time.Hour - time.Millisecond
 				}
 				out = append(out, e)
@@ -78,6 +82,9 @@ func TestBansOfCompleteOnlyWhenCounted(t *testing.T) {
 		// 2 (one of them b), and c, banned by the trap and not recorded,
 		// would be left out.
 		{"an element found was added during the lookups", fakeSet{elems: []netip.Addr{a, b}, fresh: []netip.Addr{b}, counts: []uint32{2}, gens: []uint32{9}}, []netip.Addr{a, b}, false},
+		// A ban moat made just before (a commit, before the first
+		// generation read) was counted.
+		{"a ban moat made just before", fakeSet{elems: []netip.Addr{a, b}, made: []netip.Addr{b}, counts: []uint32{2}, gens: []uint32{9}}, []netip.Addr{a, b}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.set.install(t)
@@ -223,5 +230,19 @@ func TestKernelLookupElements(t *testing.T) {
 	}
 	if len(els) != 1 || !addedSince(els, time.Since(start)+freshSlack) {
 		t.Errorf("an element added %s ago: %+v, not taken for one added since", time.Since(start), els)
+	}
+	// One with a comment was put by a commit (moat's, the guard's).
+	made := netip.MustParseAddr("2001:db8:ff::3")
+	if _, err := r.run(ctx, nil, "nft", "add", "element", "inet", "moat", "ban6", "{ "+made.String()+` timeout 1h comment "manual: x" }`); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Do(func() error {
+		els, err = LookupElements("ban6", []netip.Addr{made})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(els) != 1 || addedSince(els, time.Hour) {
+		t.Errorf("an element with a comment: %+v, taken for one the packet path added", els)
 	}
 }
