@@ -389,7 +389,9 @@ func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
 		}
 	}
 	sets := changedSets(d, old)
-	if len(changed) == 0 && len(sets) == 0 || len(sets) > 0 && b.Elements == nil || len(changed) > 0 && b.noEncode {
+	removed, added := removedSets(d, old), addedSets(d, old)
+	if len(changed) == 0 && len(sets) == 0 && len(removed) == 0 && len(added) == 0 ||
+		len(sets) > 0 && b.Elements == nil || (len(changed) > 0 || len(removed) > 0 || len(added) > 0) && b.noEncode {
 		return nil
 	}
 	p := b.newPlan()
@@ -402,6 +404,23 @@ func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
 			p.nl.chainPolicy(c.chain.Name, *c.chain.Policy)
 		}
 		p.nl.flushChain(c.chain.Name)
+	}
+	var id uint32 // the transaction's set IDs: new sets, then anonymous ones
+	for _, name := range removed {
+		p.nl.deleteSet(name)
+	}
+	for _, s := range added {
+		id++
+		if !p.nl.newSet(s.set, id) {
+			return nil
+		}
+		if s.kind == policySet {
+			w := p.nl.elementWriter(createElems, s.set.Name)
+			eachIntervalElem(s.elems(), w.add)
+			w.flush()
+			ps := s.elems()
+			p.save[s.set.Name] = StoredSet{Data: s.data, Prefixes: ps, Ranges: prefixesHash(ps)}
+		}
 	}
 	n := 0
 	for _, s := range sets {
@@ -425,7 +444,7 @@ func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
 	for _, r := range d.record().rules() {
 		p.nl.returnRule(SyncChain, *r.Comment)
 	}
-	enc := &ruleEncoder{b: p.nl}
+	enc := &ruleEncoder{b: p.nl, setID: id}
 	for _, c := range changed {
 		for _, r := range c.rules {
 			if err := enc.rule(c.chain.Name, r.Rule, *r.Comment); err != nil {

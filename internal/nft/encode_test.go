@@ -252,6 +252,13 @@ func TestKernelEncodedPatches(t *testing.T) {
 		{"default allow incoming\n" + base + "deny from 203.0.113.0/24\nallow 1:2,3:4/tcp\n", false},
 		{"default deny incoming\n" + base + "allow 1:2,3:4/tcp\nallow 8080/tcp\n", false},
 		{"default deny incoming\n" + base + "allow 8080/tcp\n", true},
+		// Sets gained and lost in a patch: a first rate limit (its two
+		// sets), a first `deny from` of a family (a policy set, filled),
+		// and both gone again.
+		{"default deny incoming\n" + base + "allow 8080/tcp\nlimit ssh\n", true},
+		{"default deny incoming\n" + base + "allow 8080/tcp\nlimit ssh\ndeny from 2001:db8:1::/48\ndeny from 2001:db8:3::1\n", true},
+		{"default deny incoming\n" + base + "limit 2222/tcp rate 3/10s\ndeny from 2001:db8:1::/48\n", true},
+		{"default deny incoming\n" + base + "allow 8080/tcp\n", true},
 	}
 	for i, s := range steps {
 		rs := compile(t, s.policy)

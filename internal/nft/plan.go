@@ -577,35 +577,94 @@ func fullPlanMigrating(p *Plan, d *desired, existing map[string][]string, migrat
 }
 
 // canPatch says whether the table recorded as old can be turned into d by
-// patching: the same chains and sets with the same definitions.
+// patching: the same chains; the sets it keeps with the same definitions;
+// sets it gains or loses only policy sets and rate-limit sets (addedSets,
+// removedSets), never a ban set or the port scan trap's.
 func canPatch(d *desired, old record) bool {
-	now := d.record()
-	if len(now) != len(old) {
-		return false
-	}
+	chains := map[string]bool{}
 	for _, c := range d.chains {
 		if _, ok := old["chain "+c.chain.Name]; !ok {
 			return false
 		}
+		chains[c.chain.Name] = true
 	}
+	sets := map[string]bool{}
 	for _, s := range d.sets {
+		sets[s.set.Name] = true
 		v, ok := old["set "+s.set.Name]
 		if !ok {
-			return false
+			if !addable(s) {
+				return false
+			}
+			continue
 		}
 		def, _, _ := strings.Cut(v, " ")
 		if def != s.def {
 			return false
 		}
 	}
+	for k, v := range old {
+		typ, name, _ := strings.Cut(k, " ")
+		switch {
+		case typ == "chain" && chains[name], typ == "set" && sets[name]:
+		case typ == "set" && removable(name, v):
+		default:
+			return false
+		}
+	}
 	return true
 }
 
-// changedSets lists the policy sets whose elements differ from the record.
+// addable says whether a patch may create s: a policy set, or a rate
+// limit's set, of a definition batch.newSet writes as nft does.
+func addable(s *wantSet) bool {
+	if s.kind != policySet && !(s.kind == limitSet && strings.HasPrefix(s.set.Name, "limit_")) {
+		return false
+	}
+	return (&batch{}).newSet(s.set, 1)
+}
+
+// removable says whether a patch may delete the set recorded as name with
+// value v: a policy set (recorded with its entries' hash) or a rate
+// limit's set.
+func removable(name, v string) bool {
+	return strings.Contains(v, " ") || strings.HasPrefix(name, "limit_")
+}
+
+// addedSets lists d's sets the record does not have, in d's order.
+func addedSets(d *desired, old record) []*wantSet {
+	var out []*wantSet
+	for _, s := range d.sets {
+		if _, ok := old["set "+s.set.Name]; !ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// removedSets lists the record's sets d does not have, sorted.
+func removedSets(d *desired, old record) []string {
+	want := map[string]bool{}
+	for _, s := range d.sets {
+		want[s.set.Name] = true
+	}
+	var out []string
+	for k := range old {
+		if name, ok := strings.CutPrefix(k, "set "); ok && !want[name] {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// changedSets lists the policy sets the record has whose elements differ
+// from it.
 func changedSets(d *desired, old record) []*wantSet {
 	var out []*wantSet
 	for _, s := range d.sets {
-		if s.kind == policySet && old["set "+s.set.Name] != s.def+" "+s.data {
+		v, ok := old["set "+s.set.Name]
+		if ok && s.kind == policySet && v != s.def+" "+s.data {
 			out = append(out, s)
 		}
 	}
@@ -634,6 +693,20 @@ func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefi
 			tx.Flush(&knftables.Chain{Name: c.chain.Name})
 		}
 	}
+	// Sets gone (their rules went with the chains flushed above), sets
+	// new (a first rate limit, a first `deny from`), filled.
+	removed, added := removedSets(d, old), addedSets(d, old)
+	for _, n := range removed {
+		p.tx().Delete(&knftables.Set{Name: n})
+	}
+	for _, s := range added {
+		if s.kind == policySet {
+			p.addSet(s.set, prefixStrings(s.elems()))
+			p.loaded(s)
+		} else {
+			p.tx().Add(s.set)
+		}
+	}
 	sets := changedSets(d, old)
 	for _, s := range sets {
 		have, ok := current[s.set.Name]
@@ -649,7 +722,7 @@ func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefi
 		p.elements("add", s.set.Name, prefixStrings(s.elems()))
 		p.loaded(s)
 	}
-	if len(changed) == 0 && len(sets) == 0 {
+	if len(changed) == 0 && len(sets) == 0 && len(removed) == 0 && len(added) == 0 {
 		return p
 	}
 	tx = p.tx()

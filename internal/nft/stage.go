@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -54,9 +55,9 @@ func (b *batch) newTable(comment string) {
 
 // newSet creates a set of moat's table as nft does for its `add set`
 // command (the same attributes and user data: `nft list` shows the two
-// alike), for the definitions moat's policy and ban sets have: a type
-// ipv4_addr or ipv6_addr; flags interval, or dynamic and timeout; a size;
-// a comment. ok is false for any other definition (nothing is added). The
+// alike), for the definitions moat's policy, ban and rate-limit sets
+// have: a type ipv4_addr or ipv6_addr; flags interval, or dynamic and
+// timeout; a timeout; a size; a comment. ok is false for any other definition (nothing is added). The
 // transaction fails if the set exists.
 func (b *batch) newSet(set *knftables.Set, id uint32) (ok bool) {
 	keyType, keyLen := uint32(7), uint32(4) // TYPE_IPADDR
@@ -67,7 +68,7 @@ func (b *batch) newSet(set *knftables.Set, id uint32) (ok bool) {
 	default:
 		return false
 	}
-	if set.TypeOf != "" || set.Timeout != nil || set.GCInterval != nil || set.Policy != nil || set.AutoMerge != nil {
+	if set.TypeOf != "" || set.GCInterval != nil || set.Policy != nil || set.AutoMerge != nil {
 		return false
 	}
 	var flags uint32
@@ -91,6 +92,12 @@ func (b *batch) newSet(set *knftables.Set, id uint32) (ok bool) {
 		{Type: unix.NFTA_SET_KEY_LEN, Data: binary.BigEndian.AppendUint32(nil, keyLen)},
 		{Type: unix.NFTA_SET_ID, Data: binary.BigEndian.AppendUint32(nil, id)},
 	}
+	if set.Timeout != nil {
+		if *set.Timeout <= 0 || *set.Timeout%time.Millisecond != 0 {
+			return false
+		}
+		attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_TIMEOUT, Data: binary.BigEndian.AppendUint64(nil, uint64(set.Timeout.Milliseconds()))})
+	}
 	if set.Size != nil {
 		if *set.Size > 1<<32-1 {
 			return false
@@ -107,6 +114,15 @@ func (b *batch) newSet(set *knftables.Set, id uint32) (ok bool) {
 	attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_USERDATA, Data: ud})
 	b.add(unix.NFT_MSG_NEWSET, netlink.Create|netlink.Excl, attrs)
 	return true
+}
+
+// deleteSet deletes a set of moat's table (the transaction fails if a
+// rule still refers to it).
+func (b *batch) deleteSet(name string) {
+	b.add(unix.NFT_MSG_DELSET, 0, []netlink.Attribute{
+		{Type: unix.NFTA_SET_TABLE, Data: []byte(TableName + "\x00")},
+		{Type: unix.NFTA_SET_NAME, Data: []byte(name + "\x00")},
+	})
 }
 
 // deleteTable deletes moat's table (NFT_MSG_DESTROYTABLE is newer than
