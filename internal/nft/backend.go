@@ -408,6 +408,7 @@ func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
 	var id uint32 // the transaction's set IDs: new sets, then anonymous ones
 	for _, name := range removed {
 		p.nl.deleteSet(name)
+		p.dropped = true
 	}
 	for _, s := range added {
 		id++
@@ -673,6 +674,16 @@ func (b *Backend) saveSets(p *Plan) {
 			ps := s.elems()
 			_ = b.Elements.Save(s.set.Name, StoredSet{Data: s.data, Prefixes: ps, Ranges: prefixesHash(ps)})
 		}
+	}
+	if p.dropped {
+		// Sets the patch deleted: their entries go too.
+		var keep []string
+		for _, s := range p.want.sets {
+			if s.kind == policySet {
+				keep = append(keep, s.set.Name)
+			}
+		}
+		_ = b.Elements.Keep(keep)
 	}
 }
 

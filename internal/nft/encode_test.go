@@ -273,6 +273,27 @@ func TestKernelEncodedPatches(t *testing.T) {
 		if _, _, ok := enc.be.LastCommit(); !ok {
 			t.Errorf("step %d: no commit tracked", i)
 		}
+		// The element store holds the policy sets the kernel has, no
+		// other (a set a patch deleted leaves no entry).
+		for _, k := range []*nlKernel{enc, viaNft} {
+			var wantSets, got []string
+			for _, s := range want(rs).sets {
+				if s.kind == policySet {
+					wantSets = append(wantSets, "nft-set."+s.set.Name)
+				}
+			}
+			entries, err := os.ReadDir(k.store.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range entries {
+				got = append(got, e.Name())
+			}
+			slices.Sort(wantSets)
+			if !slices.Equal(got, wantSets) {
+				t.Errorf("step %d: element store holds %q, want %q", i, got, wantSets)
+			}
+		}
 	}
 }
 

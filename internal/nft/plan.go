@@ -369,6 +369,8 @@ type Plan struct {
 	parts  []any // *knftables.Transaction or string
 	// Full is true when the plan rewrites the whole table.
 	Full bool
+	// dropped: the plan (a patch) deletes sets.
+	dropped bool
 	// nl, when set, is the whole plan as a netlink transaction, to be
 	// committed only at ruleset generation gen.
 	nl  *batch
@@ -698,6 +700,7 @@ func patchPlan(p *Plan, d *desired, old record, current map[string][]netip.Prefi
 	removed, added := removedSets(d, old), addedSets(d, old)
 	for _, n := range removed {
 		p.tx().Delete(&knftables.Set{Name: n})
+		p.dropped = true
 	}
 	for _, s := range added {
 		if s.kind == policySet {
