@@ -15,6 +15,7 @@ import (
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
+	"github.com/moat-fw/moat/internal/rulesettest"
 )
 
 // acceptedLines are the left sides of policy/testdata/accept.txt: every
@@ -333,4 +334,28 @@ func TestKernelEncodedEditAfterHandChange(t *testing.T) {
 	if !strings.Contains(table, "ip daddr 192.0.2.2 tcp sport 80 drop") || !strings.Contains(table, "tcp dport 8080") {
 		t.Errorf("the hand rule or the edit is missing:\n%s", table)
 	}
+}
+
+// FuzzEncodeRule: the encoder never panics on any rule text or comment,
+// and takes or refuses it whole (a refused rule adds nothing to the
+// batch).
+func FuzzEncodeRule(f *testing.F) {
+	rs := rulesettest.CompileFile(f, "testdata/golden.policy", "auth 113/tcp\n")
+	for _, c := range want(rs).chains {
+		for _, r := range c.rules {
+			f.Add(r.Rule, *r.Comment)
+		}
+	}
+	f.Add(`ip saddr != @x tcp sport 1 tcp dport { 2, 3 } update @s { ip saddr limit rate over 1/day burst 1 packets }`, "")
+	f.Add(`iifname "a*" oifname != "b" reject with tcp reset`, "c")
+	f.Fuzz(func(t *testing.T, text, comment string) {
+		e := &ruleEncoder{b: &batch{}}
+		err := e.rule("input", text, comment)
+		if err != nil && len(e.b.msgs) != 0 {
+			t.Fatalf("refused %q (%v) but wrote %d messages", text, err, len(e.b.msgs))
+		}
+		if err != nil && !errors.Is(err, errUnencodable) {
+			t.Fatalf("%q: %v", text, err)
+		}
+	})
 }
