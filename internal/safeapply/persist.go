@@ -228,6 +228,14 @@ func (s Systemd) Packaged(u Unit) (string, bool) {
 	return "", false
 }
 
+// removeLeft removes what a write of u killed half way left beside it
+// (".NAME.N.tmp": nothing renames it later). Units are written by moat
+// commands under moat's lock; a file that cannot be removed is hidden and
+// harmless.
+func (s Systemd) removeLeft(u Unit) {
+	_ = atomicfile.RemoveHidden(s.Dir, "."+u.Name+".", ".tmp")
+}
+
 // ownUnit reports whether the unit in Dir was written by moat.
 func (s Systemd) ownUnit(u Unit) bool {
 	data, err := os.ReadFile(filepath.Join(s.Dir, u.Name))
@@ -240,6 +248,7 @@ func (s Systemd) ownUnit(u Unit) bool {
 // path, but only when self is installed (see InstalledDirs): a unit never
 // points into a build folder.
 func (s Systemd) Install(ctx context.Context, u Unit, self string) error {
+	s.removeLeft(u)
 	if _, ok := s.Packaged(u); ok {
 		if s.ownUnit(u) {
 			if err := os.Remove(filepath.Join(s.Dir, u.Name)); err != nil {
@@ -280,6 +289,7 @@ func (s Systemd) Install(ctx context.Context, u Unit, self string) error {
 // Uninstall stops and disables a unit, and removes it if moat wrote it
 // (a packaged unit stays, disabled).
 func (s Systemd) Uninstall(ctx context.Context, u Unit) error {
+	s.removeLeft(u)
 	path := filepath.Join(s.Dir, u.Name)
 	_, packaged := s.Packaged(u)
 	_, err := os.Stat(path)

@@ -138,3 +138,36 @@ func TestPackagedUnitsRunUsrSbin(t *testing.T) {
 		}
 	}
 }
+
+// A kill while moat writes a unit (beside it, renamed over it) left
+// .moat.service.N.tmp in /etc/systemd/system for good. The next install
+// or removal of that unit removes what a killed write of it left; other
+// files stay.
+func TestInstallRemovesLeftTemps(t *testing.T) {
+	sd, root, _ := fakeSystemd(t)
+	self := filepath.Join(root, "sbin", "moat")
+	for _, op := range []string{"install", "uninstall"} {
+		left := filepath.Join(sd.Dir, ".moat.service.123.tmp")
+		kept := filepath.Join(sd.Dir, ".moat-guard.service.456.tmp")
+		for _, f := range []string{left, kept} {
+			if err := os.WriteFile(f, []byte("[Unit]\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var err error
+		if op == "install" {
+			err = sd.Install(context.Background(), BootUnit, self)
+		} else {
+			err = sd.Uninstall(context.Background(), BootUnit)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(left); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: left: %v", op, err)
+		}
+		if _, err := os.Stat(kept); err != nil {
+			t.Errorf("%s: another unit's file was removed: %v", op, err)
+		}
+	}
+}
