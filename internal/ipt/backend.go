@@ -1174,6 +1174,7 @@ func (b *Backend) fingerprintText(ctx context.Context, st *state, after *afterAp
 // sets they use (but the bans' and the login exemptions').
 func (sr *setReader) print(ctx context.Context, h hash.Hash, used map[string]bool) KernelPrint {
 	var k KernelPrint
+	sr.earlyKeep = used
 	sums := map[string][]byte{}
 	policySets := false
 	for _, name := range sortedKeys(used) {
@@ -1212,6 +1213,12 @@ func (sr *setReader) print(ctx context.Context, h hash.Hash, used map[string]boo
 func (b *Backend) ProtectedFingerprint(ctx context.Context) string {
 	ph := sha256.New()
 	sr := b.setReader()
+	// The sets a ruleset with no policy set uses (print: an early list
+	// is hashed by the members the rules use).
+	sr.earlyKeep = map[string]bool{}
+	for _, n := range []string{ruleset.BanSet4, ruleset.BanSet6, ruleset.ProtectSet4, ruleset.ProtectSet6, ruleset.LoginSet4, ruleset.LoginSet6, earlyKey4, earlyKey6} {
+		sr.earlyKeep[IPSetName(n)] = true
+	}
 	for _, name := range protectedSets() {
 		ph.Write(sr.digest(ctx, name))
 	}
@@ -1227,6 +1234,9 @@ type setReader struct {
 	// loaded: the policy sets hold what the last Apply loaded into
 	// them (their headers are read, not their members).
 	loaded *afterApply
+	// earlyKeep: the sets whose membership of an early list counts
+	// (earlyDigest).
+	earlyKeep map[string]bool
 }
 
 func (b *Backend) setReader() *setReader {
@@ -1241,6 +1251,9 @@ func (b *Backend) setReader() *setReader {
 // netlink, hashSetListing of `ipset list`): the same for the same set
 // read the same way, different when a member or the header differs.
 func (sr *setReader) digest(ctx context.Context, name string) []byte {
+	if isEarlyList(name) {
+		return sr.earlyDigest(ctx, name)
+	}
 	if sr.mh != nil && sr.loaded != nil && sr.loaded.sets[name] {
 		sum, ok := sr.loaded.sums[name]
 		if !ok {

@@ -3,6 +3,7 @@ package ipt
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -195,4 +196,39 @@ func (b *Backend) earlyNeeds(ctx context.Context, lists []earlyList) (add, exact
 		}
 	}
 	return add, exact
+}
+
+// earlyDigest is the hash of an early list as the fingerprint sees it:
+// the sets it holds that moat's rules use (sr.earlyKeep), in the order
+// of their names. A set the rules drop by missing from it (a blocklist
+// switched off) changes it, and so does another set of moat's added; a
+// member no rule uses changes no verdict and is left out, so that a moat
+// killed between the early list's steps and the rules' restore (the list
+// holds the old rules' sets and the new ones') leaves the fingerprint of
+// the old or the new ruleset, as a kill anywhere else does.
+func (sr *setReader) earlyDigest(ctx context.Context, name string) []byte {
+	h := sha256.New()
+	var held []string
+	missing := false
+	var err error
+	if sr.mh != nil {
+		held, missing, err = earlyHeld(ctx, name)
+	}
+	if sr.mh == nil || err != nil {
+		var out []byte
+		out, err = sr.b.Run(ctx, nil, "ipset", "list", name)
+		missing, held = err != nil, nil
+		if err == nil {
+			_, members, _ := strings.Cut(string(out), "Members:\n")
+			held = strings.Fields(members)
+		}
+	}
+	if missing {
+		fmt.Fprintf(h, "set %s missing\n", name)
+		return h.Sum(nil)
+	}
+	held = slices.DeleteFunc(held, func(m string) bool { return !sr.earlyKeep[m] })
+	slices.Sort(held)
+	fmt.Fprintf(h, "early list %s holds %q\n", name, held)
+	return h.Sum(nil)
 }

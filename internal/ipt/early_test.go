@@ -64,9 +64,53 @@ func TestKernelEarlyListsHeld(t *testing.T) {
 	if _, err := run(ctx, nil, "ipset", "add", "moat-early4", "moat-protect4"); err != nil {
 		t.Fatal(err)
 	}
+	// The fingerprint counts the members the rules use: one deleted
+	// or added changes it; a set no rule uses (the old rules' sets
+	// left by a moat killed between the list's steps and the rules)
+	// does not.
+	fingerprint := func() string {
+		t.Helper()
+		var fp string
+		if err := ns.Do(func() error {
+			var err error
+			fp, err = b.Fingerprint(ctx)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return fp
+	}
+	if _, err := run(ctx, nil, "ipset", "del", "moat-early4", "moat-protect4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(ctx, nil, "ipset", "add", "moat-early4", "moat-ban4"); err != nil {
+		t.Fatal(err)
+	}
+	fp := fingerprint()
+	if _, err := run(ctx, []byte("create moat-bl4_gone hash:net\nadd moat-early4 moat-bl4_gone\n"), "ipset", "restore"); err != nil {
+		t.Fatal(err)
+	}
+	if fingerprint() != fp {
+		t.Error("a member no rule uses changed the fingerprint")
+	}
+	if _, err := run(ctx, nil, "ipset", "add", "moat-early4", "moat-protect4"); err != nil {
+		t.Fatal(err)
+	}
+	if fingerprint() == fp {
+		t.Error("a used set added to the early list by hand left the fingerprint")
+	}
+	if _, err := run(ctx, nil, "ipset", "del", "moat-early4", "moat-ban4"); err != nil {
+		t.Fatal(err)
+	}
+	if fingerprint() == fp {
+		t.Error("the ban set deleted from the early list by hand left the fingerprint")
+	}
 	b.Full = true
 	apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
 	if m4 := held("moat-early4"); !slices.Equal(m4, []string{"moat-ban4"}) {
 		t.Errorf("a full apply left the early list holding %q", m4)
+	}
+	if fingerprint() != fp {
+		t.Error("the repaired early list has another fingerprint")
 	}
 }
