@@ -90,7 +90,11 @@ const bigPolicy = 10000
 // apply does (an edit while moat is inactive or fail-closed).
 func (res *Result) noteRules(p *policy.Policy) {
 	res.Rules = p.NumRules()
-	res.Covered = shadowedKept(res.memoDir, p)
+	var keep func()
+	res.Covered, keep = shadowedKept(res.memoDir, p)
+	if keep != nil {
+		keep()
+	}
 }
 
 // ruleWork is what an apply does with the policy's rules beside its
@@ -102,17 +106,29 @@ func (res *Result) noteRules(p *policy.Policy) {
 // is left).
 type ruleWork struct {
 	release func()
-	wait    func() []ruleset.Covered
+	// wait is the search's result, once the apply succeeded: it writes
+	// the search's memo (shadowedKept's keep), holding the lock.
+	wait func() []ruleset.Covered
 }
+
+// coveredFound is the covered-rule search's result and what keeps it.
+type coveredFound struct {
+	covered []ruleset.Covered
+	keep    func()
+}
+
+// searchEnded, when set (tests), is called as an apply's covered-rule
+// search ends, whether or not anything waits for it.
+var searchEnded func()
 
 func (res *Result) startRuleWork(p *policy.Policy) ruleWork {
 	rules := p.RulesOnly()
 	released := make(chan struct{})
-	done := make(chan []ruleset.Covered, 1)
+	done := make(chan coveredFound, 1)
 	go func() {
-		var covered []ruleset.Covered
+		var found coveredFound
 		if res.wantCovered {
-			covered = shadowedKept(res.memoDir, rules)
+			found.covered, found.keep = shadowedKept(res.memoDir, rules)
 		}
 		n := rules.NumRules()
 		rules = nil
@@ -123,12 +139,21 @@ func (res *Result) startRuleWork(p *policy.Policy) ruleWork {
 		if n >= bigPolicy && !gctune.Limited() {
 			runtime.GC()
 		}
-		done <- covered
+		if searchEnded != nil && res.wantCovered {
+			searchEnded()
+		}
+		done <- found
 	}()
 	var once sync.Once
 	return ruleWork{
 		release: func() { once.Do(func() { close(released) }) },
-		wait:    func() []ruleset.Covered { return <-done },
+		wait: func() []ruleset.Covered {
+			found := <-done
+			if found.keep != nil {
+				found.keep()
+			}
+			return found.covered
+		},
 	}
 }
 

@@ -79,17 +79,32 @@ var buildID = sync.OnceValue(func() string {
 })
 
 // shadowedKept is ruleset.Shadowed(p), with the memo kept in dir ("":
-// none) used where it holds and rewritten where it did not.
-func shadowedKept(dir string, p *policy.Policy) []ruleset.Covered {
+// none) used where it holds. keep writes the memo again where it did not
+// hold (nil: nothing to write): the caller runs it on the command's own
+// path, holding moat's lock, once the change succeeded. The search runs
+// beside an apply, which may fail and return (its process then exits)
+// while the search goes on: the search only reads, so a command that
+// failed writes nothing of it, not after it let go of the lock, nor half
+// (a temporary file left by its exit).
+func shadowedKept(dir string, p *policy.Policy) (covered []ruleset.Covered, keep func()) {
 	if dir == "" {
-		return ruleset.Shadowed(p)
+		return ruleset.Shadowed(p), nil
 	}
-	key := coveredMemoKey(dir)
-	covered, next := ruleset.ShadowedMemo(p, readCoveredMemo(dir, key))
-	if next != nil {
+	var m *ruleset.CoveredMemo
+	key, err := readMemoKey(dir)
+	if err == nil {
+		m = readCoveredMemo(dir, key)
+	}
+	covered, next := ruleset.ShadowedMemo(p, m)
+	if next == nil {
+		return covered, nil
+	}
+	return covered, func() {
+		if key == nil {
+			key = coveredMemoKey(dir)
+		}
 		writeCoveredMemo(dir, key, next)
 	}
-	return covered
 }
 
 // readCoveredMemo reads the memo, nil if there is none or it fails its

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -189,5 +192,80 @@ func TestCoveredMemoFileChecked(t *testing.T) {
 	r.must(err)
 	if len(res.Covered) != 0 {
 		t.Fatalf("a memo under the key was not used: %q", coveredLines(res.Covered))
+	}
+}
+
+// An apply that fails writes nothing of the covered-rule search: the
+// search runs beside the apply and goes on after the command returned
+// its error (let go of moat's lock, its process exiting), so a write of
+// the memo or its key there happened unlocked, or was cut by the exit
+// and left its temporary file in the state directory. A change that
+// succeeds writes both.
+func TestCoveredMemoNotWrittenByFailedApply(t *testing.T) {
+	ended := make(chan struct{}, 8)
+	searchEnded = func() {
+		select {
+		case ended <- struct{}{}:
+		default:
+		}
+	}
+	t.Cleanup(func() { searchEnded = nil })
+	waitSearch := func(r *rig) {
+		r.t.Helper()
+		select {
+		case <-ended:
+		case <-time.After(10 * time.Second):
+			r.t.Fatal("the covered-rule search never ended")
+		}
+	}
+	written := func(r *rig) []string {
+		r.t.Helper()
+		entries, err := os.ReadDir(r.dir)
+		r.must(err)
+		var out []string
+		for _, e := range entries {
+			if strings.Contains(e.Name(), "covered-rules") {
+				out = append(out, e.Name())
+			}
+		}
+		return out
+	}
+	r := newRig(t)
+	r.write(memoBase)
+	r.nft.Fail = func(op string) error {
+		if op == "apply" {
+			return errors.New("the kernel refused")
+		}
+		return nil
+	}
+	if _, err := r.enable(r.ch(0)); err == nil {
+		t.Fatal("enable succeeded with the kernel refusing")
+	}
+	waitSearch(r)
+	if got := written(r); len(got) != 0 {
+		t.Fatalf("a failed enable wrote %q", got)
+	}
+	r.nft.Fail = nil
+	res, err := r.enable(r.ch(0))
+	r.must(err)
+	waitSearch(r)
+	r.wantCovered(res)
+	if got := written(r); !slices.Equal(got, []string{coveredMemoFile, coveredMemoKeyFile}) {
+		t.Fatalf("after enable the state directory holds %q", got)
+	}
+	// An edit that fails after the search began leaves the memo as it was.
+	ino := r.memoInode()
+	r.nft.Fail = func(op string) error {
+		if op == "apply" {
+			return errors.New("the kernel refused")
+		}
+		return nil
+	}
+	if _, err := r.add(r.ch(0), "deny from 203.0.113.9"); err == nil {
+		t.Fatal("an edit succeeded with the kernel refusing")
+	}
+	waitSearch(r)
+	if r.memoInode() != ino {
+		t.Fatal("a failed edit wrote the memo")
 	}
 }
