@@ -63,20 +63,46 @@ type coveredMemoRecord struct {
 }
 
 // buildID names the running moat build: its module version and, when
-// built from a repository, the commit and whether the tree had changes.
+// built from a repository, the commit and whether the tree had changes;
+// and the executable file itself (device, inode, size, modification and
+// change times of /proc/self/exe). The packages are built without the
+// repository's data (-buildvcs=false: every release is "(devel)"), so
+// the version alone would let a moat whose search finds more take the
+// memo of the moat before it; an executable replaced or rewritten in
+// place is another build. An executable that cannot be named makes an
+// ID of this process alone (its memo is never used again).
 var buildID = sync.OnceValue(func() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "unknown"
+		bi = nil
 	}
-	id := bi.Main.Version
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" || s.Key == "vcs.modified" {
-			id += " " + s.Value
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/exe", &st); err != nil {
+		return buildIDOf(bi, nil)
+	}
+	return buildIDOf(bi, &st)
+})
+
+// buildIDOf is buildID of the build bi (nil: unknown) and the executable
+// exe (nil: unknown).
+func buildIDOf(bi *debug.BuildInfo, exe *unix.Stat_t) string {
+	id := "unknown"
+	if bi != nil {
+		id = bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" || s.Key == "vcs.modified" {
+				id += " " + s.Value
+			}
 		}
 	}
-	return id
-})
+	if exe == nil {
+		nonce := make([]byte, 16)
+		_, _ = rand.Read(nonce) // never fails (crypto/rand)
+		return id + " process " + hex.EncodeToString(nonce)
+	}
+	return fmt.Sprintf("%s exe %d:%d %d %d.%09d %d.%09d", id, exe.Dev, exe.Ino, exe.Size,
+		exe.Mtim.Sec, exe.Mtim.Nsec, exe.Ctim.Sec, exe.Ctim.Nsec)
+}
 
 // shadowedKept is ruleset.Shadowed(p), with the memo kept in dir ("":
 // none) used where it holds. keep writes the memo again where it did not

@@ -7,11 +7,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -267,5 +270,58 @@ func TestCoveredMemoNotWrittenByFailedApply(t *testing.T) {
 	waitSearch(r)
 	if r.memoInode() != ino {
 		t.Fatal("a failed edit wrote the memo")
+	}
+}
+
+// The build a memo names is the executable itself: two moat packages
+// built without the repository's data (-buildvcs=false) have the same
+// version, "(devel)", and a moat whose search finds more took the memo
+// of the one before it (hiding the covered rules it finds). The same
+// executable keeps its ID; one that cannot be named never matches.
+func TestBuildIDNamesTheExecutable(t *testing.T) {
+	dir := t.TempDir()
+	// Written an hour ago (the kernel's file times move by its clock
+	// tick: a file rewritten within one could keep its times).
+	stat := func(name, text string) *unix.Stat_t {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, time.Now().Add(-time.Hour), time.Now().Add(-time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return &st
+	}
+	release := &debug.BuildInfo{Main: debug.Module{Path: "github.com/moat-fw/moat", Version: "(devel)"}}
+	old, upgraded := stat("moat-1.0", "moat 1.0"), stat("moat-1.1", "moat 1.1")
+	if buildIDOf(release, old) == buildIDOf(release, upgraded) {
+		t.Fatalf("two executables have the build ID %q", buildIDOf(release, old))
+	}
+	p := filepath.Join(dir, "moat-1.0")
+	if err := os.WriteFile(p, []byte("moat 1.1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var again unix.Stat_t
+	if err := unix.Stat(p, &again); err != nil {
+		t.Fatal(err)
+	}
+	if again.Ino != old.Ino {
+		t.Fatal("not rewritten in place")
+	}
+	if buildIDOf(release, old) == buildIDOf(release, &again) {
+		t.Fatal("an executable rewritten in place kept its build ID")
+	}
+	if a, b := buildIDOf(release, old), buildIDOf(release, old); a != b {
+		t.Fatalf("one executable has two build IDs: %q, %q", a, b)
+	}
+	if a, b := buildIDOf(release, nil), buildIDOf(release, nil); a == b {
+		t.Fatalf("an executable that cannot be named has one build ID: %q", a)
+	}
+	if a, b := buildID(), buildID(); a != b || !strings.Contains(a, " exe ") {
+		t.Fatalf("the test's build ID %q, then %q", a, b)
 	}
 }
