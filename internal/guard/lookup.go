@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/moat-fw/moat/internal/boundedfile"
 	"github.com/moat-fw/moat/internal/statedir"
@@ -73,7 +74,9 @@ func readStateWanted(dir string, want map[netip.Addr]bool, max int64) (*State, e
 	if fi, err := f.Stat(); err == nil && fi.Size() > max {
 		return nil, fmt.Errorf("read guard state %s: %w", path, &boundedfile.TooLargeError{Size: fi.Size(), Max: max})
 	}
-	lr := &limitReader{r: bufio.NewReaderSize(f, 64<<10), left: max}
+	// One byte more than max is read, so that a file of max bytes ends
+	// (EOF) where one that grew past max is seen to.
+	lr := &limitReader{r: bufio.NewReaderSize(f, 64<<10), left: max + 1}
 	if err := decodeWanted(json.NewDecoder(lr), st, want); err != nil {
 		if lr.over {
 			return nil, fmt.Errorf("read guard state %s: %w", path, &boundedfile.TooLargeError{Size: -1, Max: max})
@@ -101,56 +104,78 @@ func (l *limitReader) Read(p []byte) (int, error) {
 	}
 	n, err := l.r.Read(p)
 	l.left -= int64(n)
+	if l.left <= 0 {
+		l.over = true
+		return 0, errors.New("file too large")
+	}
 	return n, err
 }
 
-// decodeWanted decodes guard.json's object from dec into st, keeping of
-// its bans only those of want; one record at a time is decoded.
+// decodeWanted decodes guard.json's object from dec into st as
+// json.Unmarshal does (the names of its fields in any case, a field twice
+// decoded twice, null for the whole), keeping of its bans only those of
+// want; one record at a time is decoded.
 func decodeWanted(dec *json.Decoder, st *State, want map[netip.Addr]bool) error {
-	if err := expectDelim(dec, '{'); err != nil {
+	tok, err := dec.Token()
+	if err != nil {
 		return err
 	}
-	for dec.More() {
+	if d, ok := tok.(json.Delim); tok != nil && (!ok || d != '{') {
+		return fmt.Errorf("%v where an object was expected", tok)
+	}
+	for tok != nil && dec.More() {
 		key, err := dec.Token()
 		if err != nil {
 			return err
 		}
-		switch key {
-		case "bans":
+		k, _ := key.(string)
+		switch {
+		case strings.EqualFold(k, "bans"):
 			if err := decodeBansWanted(dec, st, want); err != nil {
 				return fmt.Errorf("bans: %w", err)
 			}
-		case "journal_cursor":
+		case strings.EqualFold(k, "journal_cursor"):
 			err = dec.Decode(&st.JournalCursor)
-		case "file":
+		case strings.EqualFold(k, "file"):
 			err = dec.Decode(&st.File)
-		case "folded_journal":
+		case strings.EqualFold(k, "folded_journal"):
 			err = dec.Decode(&st.Folded)
 		default:
 			var skip json.RawMessage
 			err = dec.Decode(&skip)
 		}
 		if err != nil {
-			return fmt.Errorf("%v: %w", key, err)
+			return fmt.Errorf("%v: %w", k, err)
 		}
 	}
-	if err := expectDelim(dec, '}'); err != nil {
-		return err
+	if tok != nil {
+		if err := expectDelim(dec, '}'); err != nil {
+			return err
+		}
 	}
 	// Nothing after the object (as json.Unmarshal).
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errors.New("data after the state's object")
 	}
+	for a, r := range st.Bans {
+		if r == nil || !a.IsValid() {
+			delete(st.Bans, a)
+		}
+	}
 	return nil
 }
 
-// decodeBansWanted decodes the "bans" object (or null).
+// decodeBansWanted decodes the "bans" object (null empties it, as
+// json.Unmarshal sets the map to nil). Every record is decoded (a record
+// of the wrong type is damage, whoever it is of), and kept only when of
+// want: the last one of an address twice, null included.
 func decodeBansWanted(dec *json.Decoder, st *State, want map[netip.Addr]bool) error {
 	tok, err := dec.Token()
 	if err != nil {
 		return err
 	}
 	if tok == nil {
+		clear(st.Bans)
 		return nil
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
@@ -162,22 +187,15 @@ func decodeBansWanted(dec *json.Decoder, st *State, want map[netip.Addr]bool) er
 			return err
 		}
 		k, _ := key.(string)
-		a, perr := netip.ParseAddr(k)
-		if perr != nil {
-			return fmt.Errorf("key %q: %w", k, perr)
-		}
-		if !want[a] {
-			var skip json.RawMessage
-			if err := dec.Decode(&skip); err != nil {
-				return fmt.Errorf("%s: %w", a, err)
-			}
-			continue
+		var a netip.Addr // as json.Unmarshal reads a key: "" is the zero address
+		if err := a.UnmarshalText([]byte(k)); err != nil {
+			return fmt.Errorf("key %q: %w", k, err)
 		}
 		var r *Record
 		if err := dec.Decode(&r); err != nil {
 			return fmt.Errorf("%s: %w", a, err)
 		}
-		if r != nil {
+		if want[a] {
 			st.Bans[a] = r
 		}
 	}

@@ -2,7 +2,10 @@ package guard
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -41,4 +44,89 @@ func TestLookupHistoryLikeLoadState(t *testing.T) {
 	if _, err := LookupHistory(dir, []netip.Addr{a}, 10); err == nil {
 		t.Error("a guard.json past the bound was read")
 	}
+}
+
+// lookupLikeLoadState checks LookupHistory against LoadState on a
+// guard.json holding data: both refuse it, or LookupHistory gives
+// LoadState's records of the addresses asked (all of LoadState's, and a
+// few others alone: those it skips must be checked as LoadState checks
+// them).
+func lookupLikeLoadState(t *testing.T, data []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, stateFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, lerr := LoadState(dir)
+	few := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}
+	all := slices.Clone(few)
+	if lerr == nil {
+		for a := range st.Bans {
+			all = append(all, a)
+		}
+	}
+	for _, addrs := range [][]netip.Addr{all, few} {
+		got, err := LookupHistory(dir, addrs, int64(len(data)))
+		if (err != nil) != (lerr != nil) {
+			t.Fatalf("%q asking %v: LookupHistory's error %v, LoadState's %v", data, addrs, err, lerr)
+		}
+		if err != nil {
+			continue
+		}
+		want := map[netip.Addr]*Record{}
+		for _, a := range addrs {
+			if r := st.Bans[a]; r != nil {
+				want[a] = r
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q asking %v: LookupHistory %v, LoadState %v", data, addrs, got, want)
+		}
+	}
+}
+
+// Files LoadState reads as json.Unmarshal does, which LookupHistory read
+// otherwise: an address twice (the last wins, null removes it), names in
+// another case, a null object, an empty key, a record of the wrong type
+// among those skipped, a file of exactly the bound.
+func TestLookupHistoryOddFiles(t *testing.T) {
+	for _, s := range []string{
+		`{"bans":{"192.0.2.1":{"count":1},"192.0.2.1":null}}`,
+		`{"bans":{"192.0.2.1":{"count":1},"192.0.2.1":{"reason":"x"}}}`,
+		`{"Bans":{"192.0.2.1":{"count":1}}}`,
+		`{"BANS":{"192.0.2.1":{"count":1}},"bans":{"2001:db8::1":{"count":2}}}`,
+		`{"banſ":{"192.0.2.1":{"count":1}}}`,
+		`null`,
+		` null `,
+		`{"bans":{"":{"count":1},"192.0.2.1":{"count":3}}}`,
+		`{"bans":{"198.51.100.7":{"count":"x"},"192.0.2.1":{"count":3}}}`,
+		`{"bans":{"198.51.100.7":5}}`,
+		`{"bans":{"198.51.100.7":{"until":"yesterday"}}}`,
+		`{"bans":{"192.0.2.1":{"count":3}},"journal_cursor":5}`,
+		`{"bans":{"192.0.2.1":{"count":3}},"File":{"path":"x"},"file":{"inode":3}}`,
+		`{"bans":null,"bans":{"192.0.2.1":{"count":3}}}`,
+		`{"bans":{"192.0.2.1":{"count":3}}}   `,
+		`{"bans":{"192.0.2.1":{"count":3}}} x`,
+		`{"bans":{"192.0.2.1":{"count":3}}`,
+		`{"bans":{"192.0.2.1":{"count":3}}}}`,
+		`[]`,
+		``,
+	} {
+		lookupLikeLoadState(t, []byte(s))
+	}
+}
+
+// FuzzLookupHistory: LookupHistory is LoadState on any guard.json, and
+// never panics.
+func FuzzLookupHistory(f *testing.F) {
+	for _, s := range []string{
+		`{"bans":{"192.0.2.1":{"count":1,"last_ban":"2026-01-02T03:04:05Z","until":"2026-01-02T04:04:05Z","reason":"ssh"},"2001:db8::1":{"count":2}},"journal_cursor":"c","file":{"path":"/var/log/auth.log","inode":3,"offset":4},"folded_journal":{"id":"j","size":5}}`,
+		`{"bans":{"192.0.2.1":{"count":1},"192.0.2.1":null}}`,
+		`{"Bans":{"::ffff:192.0.2.1":{"count":1}}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		lookupLikeLoadState(t, data)
+	})
 }
