@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // CheckSave says whether iptables-save (prog: iptables-save or
@@ -36,7 +38,11 @@ func CheckSave(prog string, out []byte) error {
 			continue
 		}
 		table, tail, ok := strings.Cut(rest, "'")
-		if !ok || !strings.Contains(tail, "is incompatible") || table == "" || strings.ContainsAny(table, " \t") {
+		// iptables-save names only its own tables there; a rule's comment
+		// holding a newline prints a line of that start too (with its
+		// quote escaped, "\'"), which says anything, terminal controls
+		// included.
+		if _, known := builtinHooks[table]; !ok || !known || !strings.Contains(tail, "is incompatible") {
 			continue
 		}
 		proto := uint8(unix.NFPROTO_IPV4)
@@ -49,6 +55,9 @@ func CheckSave(prog string, out []byte) error {
 		if len(parts) == 0 {
 			return fmt.Errorf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft -a list table %s %s' and delete it",
 				prog, family, table, family, table)
+		}
+		for i, p := range parts { // read from the kernel: the names say anything
+			parts[i] = termtext.Printable(p)
 		}
 		const most = 10
 		more := ""

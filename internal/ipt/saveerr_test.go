@@ -21,6 +21,13 @@ func TestCheckSave(t *testing.T) {
 		{"ip6tables-save", "# Table `raw' is incompatible, use 'nft' tool.\n", "table ip6 raw"},
 		{"iptables-save", "*filter\n-A INPUT -m comment --comment \"# Table `filter' is incompatible, use 'nft' tool.\" -j ACCEPT\nCOMMIT\n", ""},
 		{"iptables-save", "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", ""},
+		// A comment holding a newline: iptables-save 1.8.9 prints it as it
+		// is, its quote escaped ('\''), so that a line of it starts as
+		// the real one. Not a table of iptables': no table is named, and
+		// its terminal controls do not reach the error.
+		{"iptables-save", "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"a\n# Table `\x1b[31mZ\\' is incompatible\" -j ACCEPT\nCOMMIT\n", ""},
+		{"iptables-save", "*filter\n-A INPUT -m comment --comment \"a\n# Table `filter\\' is incompatible, use \\'nft\\' tool.\" -j ACCEPT\nCOMMIT\n", ""},
+		{"iptables-save", "# Table `\x1b]0;x\x07' is incompatible, use 'nft' tool.\n", ""},
 	} {
 		err := CheckSave(c.prog, []byte(c.out))
 		switch {
@@ -70,5 +77,19 @@ func TestKernelCheckSaveNamesTheRule(t *testing.T) {
 		if strings.Contains(msg, "handle 2 ") {
 			t.Errorf("%s: the rule iptables reads (handle 2) is named: %q", fam.save, msg)
 		}
+	}
+}
+
+// What the kernel says of the rules (expression and chain names) reaches
+// the error without its terminal controls.
+func TestCheckSavePartsPrintable(t *testing.T) {
+	old := findIncompatible
+	t.Cleanup(func() { findIncompatible = old })
+	findIncompatible = func(uint8, string) ([]string, error) {
+		return []string{"rule handle 3 in chain \"INPUT\" (nftables expression \x1b]0;owned\x07\u202e\u009b2J)"}, nil
+	}
+	err := CheckSave("iptables-save", []byte("# Table `filter' is incompatible, use 'nft' tool.\n"))
+	if err == nil || strings.ContainsAny(err.Error(), "\x1b\x07\u202e\u009b") || !strings.Contains(err.Error(), "rule handle 3") {
+		t.Errorf("%q", err)
 	}
 }
