@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -136,8 +137,18 @@ func TestCoveredRulesKeptBetweenEdits(t *testing.T) {
 		edit("198.51.100.7", "203.0.113.7")
 		check(e.mustMoat("allow", "443/tcp"), line6)
 		check(e.mustMoat("delete", "allow", "443/tcp"), line6)
-		// A cache that hides the covered rule, written by hand.
-		writeFile(t, cache, "00\n{\"version\":1,\"n\":6,\"pairs\":[]}")
+		// A cache that hides the covered rule, written by hand: the one
+		// moat wrote, its pairs emptied and its MAC kept (all else holds:
+		// the MAC alone refuses it).
+		data, err := os.ReadFile(cache)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forged := regexp.MustCompile(`"pairs":\[\[[0-9,\[\]]*\]\]`).ReplaceAllString(string(data), `"pairs":[]`)
+		if forged == string(data) {
+			t.Fatalf("no covered rule in the cache: %s", data)
+		}
+		writeFile(t, cache, forged)
 		check(e.mustMoat("allow", "443/tcp"), line6)
 		check(e.mustMoat("delete", "allow", "443/tcp"), line6)
 	})
