@@ -308,6 +308,29 @@ func sessionSet(name string) bool {
 	return name == ruleset.ProtectSet4 || name == ruleset.ProtectSet6
 }
 
+// earlyList says whether a set is one of iptables' early lists (an
+// ipset list:set whose members are the names of the sets the raw jump
+// sends to moat's drops).
+func earlyList(name string) bool { return name == "moat-early4" || name == "moat-early6" }
+
+// earlyDiff says how an early list's members got differ from want, in
+// any order (a list:set tests each member: the order decides nothing):
+// "" when they are the same sets.
+func earlyDiff(want, got []string) string {
+	var parts []string
+	for _, m := range want {
+		if !slices.Contains(got, m) {
+			parts = append(parts, "-"+m+" (its sources are no longer dropped)")
+		}
+	}
+	for _, m := range got {
+		if !slices.Contains(want, m) {
+			parts = append(parts, "+"+m)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 // ParseIpsetList reads `ipset list NAME` into l.Sets[name].
 func ParseIpsetList(l *Layout, name string, data []byte) {
 	s := l.set(name)
@@ -432,6 +455,12 @@ func Compare(want, got *Layout) []string {
 		g, ok := got.Sets[n]
 		if !ok {
 			out = append(out, fmt.Sprintf("set %s is missing", n))
+			continue
+		}
+		if earlyList(n) {
+			if d := earlyDiff(want.Sets[n].bad, g.bad); d != "" {
+				out = append(out, fmt.Sprintf("set %s holds other sets than moat loaded: %s", n, d))
+			}
 			continue
 		}
 		if d := want.Sets[n].diff(g); d != "" && !sessionSet(n) {

@@ -247,3 +247,25 @@ func TestCompareSkipsBookkeepingBodies(t *testing.T) {
 		t.Error("a rule changed in place went unseen")
 	}
 }
+
+// An early list (iptables' list:set of the sets the raw jump sends to
+// moat's drops) is compared as a set of set names: another order is no
+// difference, a member missing or added is named.
+func TestEarlyListCompared(t *testing.T) {
+	want := ParseIptScript("# ipset restore\ncreate moatnew-early4 list:set size 64\nadd moatnew-early4 moat-ban4\nadd moatnew-early4 moat-bl4_a\nrename moatnew-early4 moat-early4\n")
+	for _, c := range []struct {
+		members, want string
+	}{
+		{"moat-ban4\nmoat-bl4_a\n", ""},
+		{"moat-bl4_a\nmoat-ban4\n", ""},
+		{"moat-ban4\n", "set moat-early4 holds other sets than moat loaded: -moat-bl4_a (its sources are no longer dropped)"},
+		{"moat-ban4\nmoat-bl4_a\nmoat-protect4\n", "set moat-early4 holds other sets than moat loaded: +moat-protect4"},
+	} {
+		got := newLayout()
+		ParseIpsetList(got, "moat-early4", []byte("Name: moat-early4\nType: list:set\nMembers:\n"+c.members))
+		d := Compare(want, got)
+		if strings.Join(d, "\n") != c.want {
+			t.Errorf("members %q: %q, want %q", c.members, d, c.want)
+		}
+	}
+}
