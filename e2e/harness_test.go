@@ -36,8 +36,9 @@ func TestMain(m *testing.M) {
 		}
 		// The namespaces a run killed before its cleanup left (kill -9
 		// of a test or of the packet rate benchmark, a go test timeout):
-		// those of moat's test prefix whose process is gone, never
-		// another's (lab.RemoveStale).
+		// those lab.NewNS made (its mark: maker's PID namespace, PID and
+		// start time) under moat's test prefix whose maker is gone,
+		// never another's (lab.RemoveStale).
 		if gone, err := lab.RemoveStale("moat"); len(gone) > 0 || err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: removed %d namespaces left by runs that were killed %q (%v)\n", len(gone), gone, err)
 		}

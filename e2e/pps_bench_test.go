@@ -51,7 +51,7 @@ import (
 // A run killed before its cleanup (kill -9, the timeout) leaves its
 // namespaces (moatpps-srv-PID-N, moatpps-cli-PID-N): the next e2e run
 // removes them at its start (TestMain, lab.RemoveStale), and only those
-// whose PID is gone.
+// lab.NewNS made whose maker is gone (by PID and start time).
 func BenchmarkPacketRate(b *testing.B) {
 	// New flows take a source port each: rounds*perRound stays below the
 	// 64,512 ports.

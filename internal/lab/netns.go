@@ -62,6 +62,14 @@ func NewNS(name string) (*NS, error) {
 	if err := ns.linkUp("lo"); err != nil {
 		return nil, errors.Join(err, ns.Close())
 	}
+	// Its maker, for RemoveStale once this process is gone.
+	self, err := selfOwner()
+	if err == nil {
+		err = markOwner(ns, self)
+	}
+	if err != nil {
+		return nil, errors.Join(err, ns.Close())
+	}
 	return ns, nil
 }
 
