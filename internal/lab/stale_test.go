@@ -32,7 +32,9 @@ func TestRemoveStale(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
-	prefix := fmt.Sprintf("moatstale%d", os.Getpid())
+	// Not under "moat": an e2e run starting meanwhile (RemoveStale("moat")
+	// in its TestMain) would remove the stale ones before this test looks.
+	prefix := fmt.Sprintf("labstale%d", os.Getpid())
 	child := exec.Command("sleep", "60")
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
