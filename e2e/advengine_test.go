@@ -140,7 +140,11 @@ func TestRestartDropsUnconfirmedChange(t *testing.T) {
 		flush := [][]string{{"nft", "flush", "ruleset"}}
 		if b == "iptables" {
 			flush = [][]string{{"iptables", "-F"}, {"iptables", "-X"}, {"ip6tables", "-F"}, {"ip6tables", "-X"},
-				{"iptables", "-t", "raw", "-F"}, {"iptables", "-t", "raw", "-X"}, {"ip6tables", "-t", "raw", "-F"}, {"ip6tables", "-t", "raw", "-X"}, {"ipset", "destroy"}}
+				{"iptables", "-t", "raw", "-F"}, {"iptables", "-t", "raw", "-X"}, {"ip6tables", "-t", "raw", "-F"}, {"ip6tables", "-t", "raw", "-X"},
+				// Emptied first: a list:set (the early lists) holds its
+				// members, and 'ipset destroy' refuses to destroy any set
+				// while one is held ("in use by a kernel component").
+				{"ipset", "flush"}, {"ipset", "destroy"}}
 		}
 		for _, c := range flush {
 			if out, err := e.topo.Server.Run(ctx, c[0], c[1:]...); err != nil {
