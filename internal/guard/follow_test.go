@@ -50,10 +50,36 @@ func startFollow(t *testing.T, s *FileSource) <-chan Line {
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan Line, 1000)
 	done := make(chan error, 1)
+	before := openCount(t, s.Path)
 	go func() { done <- s.Run(ctx, ch) }()
 	t.Cleanup(func() { cancel(); <-done })
-	time.Sleep(50 * time.Millisecond) // the watcher is set up
+	// The follower has the file open (its watcher is set up before):
+	// lines appended from now on are new to it. A fixed wait (50 ms) lost
+	// them on a loaded machine, where the follower opened the file after
+	// the test appended them, and started at their end.
+	for deadline := time.Now().Add(5 * time.Second); openCount(t, s.Path) <= before; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the follower did not open %s", s.Path)
+		}
+		time.Sleep(time.Millisecond)
+	}
 	return ch
+}
+
+// openCount is how many descriptors of this process have path open.
+func openCount(t *testing.T, path string) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if l, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && l == path {
+			n++
+		}
+	}
+	return n
 }
 
 func expectLines(t *testing.T, got []string, from, to int) {
