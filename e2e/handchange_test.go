@@ -137,10 +137,11 @@ func TestHandChangeDuringCommand(t *testing.T) {
 	if err := os.Chmod(filepath.Join(bin, "nft"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// A port set with ranges: a rule the netlink encoder does not write,
-	// so the change goes through nft -f, where the hand change is made (an
+	// A source and a destination address in one rule (adjacent compares
+	// nft merges): a rule the netlink encoder does not write, so the
+	// change goes through nft -f, where the hand change is made (an
 	// encoded edit's case: nft's TestKernelEncodedEditAfterHandChange).
-	e.moatWith(bin, "allow", "8080:8081,9000/tcp")
+	e.moatWith(bin, "allow", "from", "192.0.2.0/24", "to", "192.0.2.1", "port", "8080", "proto", "tcp")
 	if _, err := os.Stat(filepath.Join(bin, "once")); err != nil {
 		t.Fatal("the command ran no nft -f: the hand change was not made during it")
 	}

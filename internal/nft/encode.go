@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -239,7 +240,7 @@ func (e *ruleEncoder) rule(chain, text, comment string) error {
 				return err
 			}
 			if set != nil {
-				pre = append(pre, e.lookupAnon(st, set.key, set.items))
+				pre = append(pre, e.lookupAnonSet(st, set))
 			}
 			i += n
 		case t == "icmp" || t == "icmpv6":
@@ -371,15 +372,24 @@ func (e *ruleEncoder) rule(chain, text, comment string) error {
 // lookupAnon appends a lookup of register 1 in a new anonymous set of
 // items, and returns what writes the set (before the rule).
 func (e *ruleEncoder) lookupAnon(st *ruleState, key anonKey, items [][]byte) func() {
+	return e.lookupAnonSet(st, &anonItems{key: key, items: items})
+}
+
+func (e *ruleEncoder) lookupAnonSet(st *ruleState, set *anonItems) func() {
 	e.setID++
 	id := e.setID
+	key, items := set.key, set.items
 	st.exprs = append(st.exprs, &expr.Lookup{SourceRegister: 1, SetName: "__set%d", SetID: id})
 	return func() {
-		desc, _ := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_SET_DESC_SIZE, Data: binary.BigEndian.AppendUint32(nil, uint32(len(items)))}})
+		size, flags := uint32(len(items)), uint32(unix.NFT_SET_ANONYMOUS|unix.NFT_SET_CONSTANT)
+		if set.interval {
+			size, flags = set.size, flags|unix.NFT_SET_INTERVAL
+		}
+		desc, _ := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_SET_DESC_SIZE, Data: binary.BigEndian.AppendUint32(nil, size)}})
 		e.b.add(unix.NFT_MSG_NEWSET, netlink.Create, []netlink.Attribute{
 			{Type: unix.NFTA_SET_TABLE, Data: []byte(TableName + "\x00")},
 			{Type: unix.NFTA_SET_NAME, Data: []byte("__set%d\x00")},
-			{Type: unix.NFTA_SET_FLAGS, Data: binary.BigEndian.AppendUint32(nil, unix.NFT_SET_ANONYMOUS|unix.NFT_SET_CONSTANT)},
+			{Type: unix.NFTA_SET_FLAGS, Data: binary.BigEndian.AppendUint32(nil, flags)},
 			{Type: unix.NFTA_SET_KEY_TYPE, Data: binary.BigEndian.AppendUint32(nil, key.typ)},
 			{Type: unix.NFTA_SET_KEY_LEN, Data: binary.BigEndian.AppendUint32(nil, key.size)},
 			{Type: unix.NFTA_SET_ID, Data: binary.BigEndian.AppendUint32(nil, id)},
@@ -390,6 +400,17 @@ func (e *ruleEncoder) lookupAnon(st *ruleState, key anonKey, items [][]byte) fun
 		for _, it := range items {
 			k := appendAttr(nil, unix.NFTA_DATA_VALUE, it)
 			el := appendAttr(nil, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_KEY, k)
+			list = appendAttr(list, unix.NLA_F_NESTED|unix.NFTA_LIST_ELEM, el)
+		}
+		for _, it := range set.elems {
+			el := appendAttr(nil, unix.NLA_F_NESTED|unix.NFTA_SET_ELEM_KEY, appendAttr(nil, unix.NFTA_DATA_VALUE, it.key))
+			if it.end {
+				el = appendAttr(el, unix.NFTA_SET_ELEM_FLAGS, binary.BigEndian.AppendUint32(nil, unix.NFT_SET_ELEM_INTERVAL_END))
+			}
+			if it.open {
+				// NFTNL_UDATA_SET_ELEM_FLAGS: NFTNL_SET_ELEM_F_INTERVAL_OPEN.
+				el = appendAttr(el, unix.NFTA_SET_ELEM_USERDATA, []byte{1, 4, 1, 0, 0, 0})
+			}
 			list = appendAttr(list, unix.NLA_F_NESTED|unix.NFTA_LIST_ELEM, el)
 		}
 		e.b.add(unix.NFT_MSG_NEWSETELEM, netlink.Create, []netlink.Attribute{
@@ -530,9 +551,20 @@ func (st *ruleState) lastLoad(base expr.PayloadBase) bool {
 	return false
 }
 
+// anonItems is an anonymous set: its key and its values, or (interval)
+// its elements and the size nft declares.
 type anonItems struct {
-	key   anonKey
-	items [][]byte
+	key      anonKey
+	items    [][]byte
+	interval bool
+	elems    []anonElem
+	size     uint32
+}
+
+// anonElem is one element of an interval set.
+type anonElem struct {
+	key       []byte
+	end, open bool
 }
 
 // portMatch: `tcp|udp|th sport|dport PORTS`, where PORTS is a port, a
@@ -592,15 +624,58 @@ func (st *ruleState) portMatch(toks []string) (int, *anonItems, error) {
 		return n, nil, nil
 	}
 	ports := make([][]byte, len(items))
+	ranges := make([][2]uint16, len(items))
+	interval := false
 	for k, it := range items {
 		first, last, err := portRange(it)
-		if err != nil || first != last {
-			return 0, nil, unencodable("port set with ranges")
+		if err != nil {
+			return 0, nil, err
 		}
 		ports[k] = binary.BigEndian.AppendUint16(nil, first)
+		ranges[k] = [2]uint16{first, last}
+		interval = interval || first != last
 	}
 	st.exprs = append(st.exprs, &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2})
-	return n, &anonItems{payloadKey(typeInetService, 2, h.desc, field), ports}, nil
+	key := payloadKey(typeInetService, 2, h.desc, field)
+	if interval {
+		return n, portIntervals(key, ranges), nil
+	}
+	return n, &anonItems{key: key, items: ports}, nil
+}
+
+// portIntervals is the interval set nft makes of a port set with ranges:
+// the ranges merged where they overlap or touch, each a start and an end
+// (the port after it), a range that runs to 65535 a start marked open, an
+// end at port 0 when no range starts there; its size counts each range's
+// start and end and that end at 0. nft marks its user data
+// NFTNL_UDATA_SET_MERGE_ELEMENTS.
+func portIntervals(key anonKey, ranges [][2]uint16) *anonItems {
+	slices.SortFunc(ranges, func(a, b [2]uint16) int { return int(a[0]) - int(b[0]) })
+	var merged [][2]uint16
+	for _, r := range ranges {
+		if n := len(merged); n > 0 && int(r[0]) <= int(merged[n-1][1])+1 {
+			merged[n-1][1] = max(merged[n-1][1], r[1])
+			continue
+		}
+		merged = append(merged, r)
+	}
+	it := &anonItems{key: key, interval: true, size: uint32(2 * len(merged))}
+	// Byte order, merge elements, typeof: the merge entry after the first.
+	bo := key.udata[:6]
+	it.key.udata = append(append(append([]byte{}, bo...), udataU32(2, 1)...), key.udata[6:]...)
+	port := func(p uint16) []byte { return binary.BigEndian.AppendUint16(nil, p) }
+	if merged[0][0] != 0 {
+		it.elems = append(it.elems, anonElem{key: port(0), end: true})
+		it.size++
+	}
+	for _, r := range merged {
+		if r[1] == 65535 {
+			it.elems = append(it.elems, anonElem{key: port(r[0]), open: true})
+			continue
+		}
+		it.elems = append(it.elems, anonElem{key: port(r[0])}, anonElem{key: port(r[1] + 1), end: true})
+	}
+	return it
 }
 
 // update: `update @SET { ip|ip6 saddr limit rate over N/UNIT burst B

@@ -58,6 +58,8 @@ func encoderCases(t *testing.T) map[string]*ruleset.Ruleset {
 		"accepted": compileLines(t, acceptedLines(t)),
 		"bench":    compile(t, "default deny incoming\ndeny from 192.0.2.1\ndeny from 2001:db8::1\nallow 22/tcp\nallow 8080/tcp\nlimit ssh\ndeny from 198.51.100.0/25\n"),
 		"routed":   compile(t, "default allow routed\nroute deny in on eth1 to 192.0.2.0/25\nreject 53/udp\nreject out 53\nallow in on lo0 from 2001:db8::/33\nallow log-all 2000:2100/tcp\n"),
+		// Port sets with ranges: merged, touching, from port 0, to 65535.
+		"ranges": compile(t, "allow 80,1000:2000/tcp\nallow 1:2,3:4,13/udp\nallow 1:10,65000:65535/tcp\nallow 5:9,7:12,20/tcp\nallow out 100:200,300/udp\nallow 65535,1/tcp\n"),
 	}
 }
 
@@ -249,9 +251,12 @@ func TestKernelEncodedPatches(t *testing.T) {
 		{"default deny incoming\n" + base + "deny from 203.0.113.0/24\nreject 53\nallow in on eth0 log to any port 6000:6007 proto udp\n", true},
 		{"default allow incoming\n" + base + "deny from 203.0.113.0/24\nreject 53\n", true},
 		{"default allow incoming\n" + base + "deny from 203.0.113.0/24\ndeny out 25/tcp\nallow from 2001:db8::/48 to any port 22 proto tcp\n", true},
-		// A port set with ranges: not encoded, the whole change through nft.
-		{"default allow incoming\n" + base + "deny from 203.0.113.0/24\nallow 1:2,3:4/tcp\n", false},
-		{"default deny incoming\n" + base + "allow 1:2,3:4/tcp\nallow 8080/tcp\n", false},
+		// A port set with ranges: an interval set, encoded.
+		{"default allow incoming\n" + base + "deny from 203.0.113.0/24\nallow 1:2,3:4/tcp\n", true},
+		// A source and a destination address: not encoded, the whole
+		// change through nft.
+		{"default allow incoming\n" + base + "deny from 203.0.113.0/24\nallow 1:2,3:4/tcp\nallow from 198.51.100.0/24 to 192.0.2.1\n", false},
+		{"default deny incoming\n" + base + "allow 1:2,3:4/tcp\nallow 8080/tcp\nallow from 198.51.100.0/24 to 192.0.2.1\n", false},
 		{"default deny incoming\n" + base + "allow 8080/tcp\n", true},
 		// Sets gained and lost in a patch: a first rate limit (its two
 		// sets), a first `deny from` of a family (a policy set, filled),
