@@ -28,24 +28,17 @@ func LookupHistory(dir string, addrs []netip.Addr, max int64) (map[netip.Addr]*R
 	for _, a := range addrs {
 		want[a] = true
 	}
-	path := filepath.Join(dir, stateFile)
 	var st *State
-	var err error
-	for try := 1; ; try++ {
-		// As LoadState: a fold that renames guard.json between the reads
-		// of guard.json and of the journal makes the reads disagree.
-		before, berr := os.Lstat(path)
-		st, err = readStateWanted(dir, want, max)
-		if err == nil {
-			_, _, err = replayJournal(dir, st)
+	err := readAgainWhileFolded(dir, func() (err error) {
+		if st, err = readStateWanted(dir, want, max); err != nil {
+			return err
 		}
-		after, aerr := os.Lstat(path)
-		same := errors.Is(berr, os.ErrNotExist) && errors.Is(aerr, os.ErrNotExist) ||
-			berr == nil && aerr == nil && fileKey(before) == fileKey(after)
-		if same || try == 3 {
-			break
+		if afterStateRead != nil {
+			afterStateRead()
 		}
-	}
+		_, _, err = replayJournal(dir, st)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

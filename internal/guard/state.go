@@ -245,15 +245,28 @@ func (e *CorruptError) Unwrap() error { return e.Err }
 // then removes the journal it folded), it reads again, as the journal
 // it found may not be the one the guard.json it read goes with.
 func LoadState(dir string) (*State, error) {
+	var st *State
+	err := readAgainWhileFolded(dir, func() (err error) {
+		st, _, _, err = loadState(dir)
+		return err
+	})
+	return st, err
+}
+
+// readAgainWhileFolded runs read (of guard.json, then of the journal)
+// again while guard.json was replaced under it (a fold renamed a new one
+// in: the journal read may not be the one the guard.json read goes
+// with), three times at most; read's last error.
+func readAgainWhileFolded(dir string, read func() error) error {
 	path := filepath.Join(dir, stateFile)
 	for try := 1; ; try++ {
 		before, berr := os.Lstat(path)
-		st, _, _, err := loadState(dir)
+		err := read()
 		after, aerr := os.Lstat(path)
 		same := errors.Is(berr, os.ErrNotExist) && errors.Is(aerr, os.ErrNotExist) ||
 			berr == nil && aerr == nil && fileKey(before) == fileKey(after)
 		if same || try == 3 {
-			return st, err
+			return err
 		}
 	}
 }

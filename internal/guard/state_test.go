@@ -444,11 +444,18 @@ func FuzzJournalReplay(f *testing.F) {
 // Also the first fold, which makes guard.json.
 func TestLoadStateDuringFold(t *testing.T) {
 	for _, first := range []bool{false, true} {
-		t.Run(fmt.Sprint("first fold ", first), func(t *testing.T) { loadStateDuringFold(t, first) })
+		t.Run(fmt.Sprint("first fold ", first), func(t *testing.T) { loadStateDuringFold(t, first, LoadState) })
+		// LookupHistory (a rollback's bannedSince) reads again as well.
+		t.Run(fmt.Sprint("lookup, first fold ", first), func(t *testing.T) {
+			loadStateDuringFold(t, first, func(dir string) (*State, error) {
+				bans, err := LookupHistory(dir, []netip.Addr{netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("2001:db8::9")}, 1<<20)
+				return &State{Bans: bans}, err
+			})
+		})
 	}
 }
 
-func loadStateDuringFold(t *testing.T, first bool) {
+func loadStateDuringFold(t *testing.T, first bool, load func(dir string) (*State, error)) {
 	dir := stateDir(t)
 	now := time.Now()
 	a := netip.MustParseAddr
@@ -473,7 +480,7 @@ func loadStateDuringFold(t *testing.T, first bool) {
 		}
 	}
 	defer func() { afterStateRead = nil }()
-	st, err := LoadState(dir)
+	st, err := load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
