@@ -650,7 +650,10 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	}
 	var addEarly strings.Builder
 	if needAdd {
-		writeEarlyAdd(&addEarly, early)
+		if err := b.replaceForeignEarly(ctx, st, early, wrote); err != nil {
+			return err
+		}
+		writeEarlyAdd(&addEarly, early, st.sets)
 	}
 	if len(load) > 0 || diff.Len() > 0 {
 		var conn *ipsetWriter
@@ -783,25 +786,34 @@ func (b *Backend) foreignSet(ctx context.Context, name string, fam policy.Family
 	if fam == policy.FamilyV6 {
 		want = "inet6"
 	}
+	typ, got := b.setKind(ctx, name)
+	if typ == "" {
+		return "", false
+	}
+	return strings.TrimSpace(typ + " " + got), typ != "hash:net" || got != want
+}
+
+// setKind is the type of the ipset name and its family ("inet",
+// "inet6", "" for none), over netlink when it can be, else from `ipset
+// list -t`; "" when it cannot be read.
+func (b *Backend) setKind(ctx context.Context, name string) (typ, family string) {
 	if b.IpsetNetlink {
 		if c, err := dialIpset(); err == nil {
 			typ, f, err := c.kind(ctx, name)
 			_ = c.Close() // read only
 			if err == nil && typ != "" {
-				got := map[uint8]string{unix.NFPROTO_IPV4: "inet", unix.NFPROTO_IPV6: "inet6"}[f]
-				return strings.TrimSpace(typ + " " + got), typ != "hash:net" || got != want
+				return typ, map[uint8]string{unix.NFPROTO_IPV4: "inet", unix.NFPROTO_IPV6: "inet6"}[f]
 			}
 		}
 	}
 	typ, header, err := b.ipsetHeader(ctx, name)
 	if err != nil || typ == "" {
-		return "", false
+		return "", ""
 	}
-	var got string
 	if f := strings.Fields(header); len(f) >= 2 && f[0] == "family" {
-		got = f[1]
+		family = f[1]
 	}
-	return strings.TrimSpace(typ + " " + got), typ != "hash:net" || got != want
+	return typ, family
 }
 
 // ipsetHeader reads the Type and Header lines of `ipset list -t name`

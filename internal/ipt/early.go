@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
+	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -53,10 +55,14 @@ func isEarlyList(name string) bool {
 // members, keeping those it holds: written before the rules that drop by
 // a new member are loaded, so that a moat killed at any point leaves
 // each list holding every set the loaded rules drop by (a set missing
-// from it would silently drop nothing).
-func writeEarlyAdd(b *strings.Builder, lists []earlyList) {
+// from it would silently drop nothing). A list in existing is not
+// created again: one of another header (a list:set made by hand) would
+// refuse it; writeEarlyExact swaps in one of moat's.
+func writeEarlyAdd(b *strings.Builder, lists []earlyList, existing map[string]bool) {
 	for _, l := range lists {
-		fmt.Fprintf(b, "%s\n", earlyCreate(l.name))
+		if !existing[l.name] {
+			fmt.Fprintf(b, "%s\n", earlyCreate(l.name))
+		}
 		for _, m := range l.members {
 			fmt.Fprintf(b, "add %s %s\n", l.name, m)
 		}
@@ -231,4 +237,48 @@ func (sr *setReader) earlyDigest(ctx context.Context, name string) []byte {
 	slices.Sort(held)
 	fmt.Fprintf(h, "early list %s holds %q\n", name, held)
 	return h.Sum(nil)
+}
+
+// replaceForeignEarly destroys each early list of lists that is there
+// but is no list:set (made by hand under its name): the create that
+// makes it exist, and any add of a set name to it, are refused, and
+// every apply failed. The jumps that refer to it (moat's, put back by
+// hand) are made plain first, where they stood (every source then goes
+// through MOAT-PREROUTING, whose drops each carry their own exemptions:
+// the same verdicts), recorded in wrote; the list is then made anew by
+// writeEarlyAdd and the gated jump put back by the rules' restore. A
+// list:set of another header is swapped away by writeEarlyExact.
+func (b *Backend) replaceForeignEarly(ctx context.Context, st *state, lists []earlyList, wrote map[policy.Family][]string) error {
+	for _, l := range lists {
+		if !st.sets[l.name] {
+			continue
+		}
+		typ, _ := b.setKind(ctx, l.name)
+		if typ == "" || typ == "list:set" {
+			continue
+		}
+		gated := jumpEarlyList(l.name)
+		for _, f := range families {
+			have, there := st.jumps[f.fam][builtinChain[ruleset.Prerouting]]
+			if !there || have.Cond != gated && !slices.Contains(have.Extra, gated) {
+				continue
+			}
+			var s strings.Builder
+			s.WriteString("*raw\n")
+			writeJump(&s, builtinChain[ruleset.Prerouting], "", have, true)
+			s.WriteString("COMMIT\n")
+			if _, err := b.Run(ctx, []byte(s.String()), f.restore, "-w", "5", "--noflush"); err != nil {
+				return fmt.Errorf("ipset %s is no early list (%s): %s jump: %w", l.name, typ, f.fam, err)
+			}
+			wrote[f.fam] = append(wrote[f.fam], s.String())
+			jumps := maps.Clone(st.jumps[f.fam])
+			jumps[builtinChain[ruleset.Prerouting]] = Jump{Pos: have.Pos}
+			st.jumps[f.fam] = jumps
+		}
+		if _, err := b.Run(ctx, nil, "ipset", "destroy", l.name); err != nil {
+			return fmt.Errorf("ipset %s is no early list (%s) and cannot be destroyed (remove what uses it by hand): %w", l.name, typ, err)
+		}
+		delete(st.sets, l.name)
+	}
+	return nil
 }

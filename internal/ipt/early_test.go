@@ -114,3 +114,67 @@ func TestKernelEarlyListsHeld(t *testing.T) {
 		t.Error("the repaired early list has another fingerprint")
 	}
 }
+
+// An early list made anew by hand under its name, of another type (a
+// hash:ip) or a list:set of another header (its members expire), with
+// moat's gated jump put back by hand: the create that makes the list
+// exist was refused ("set with the same name already exists") and every
+// apply after failed, 'moat reload' too, though status said it repairs
+// it. The repair makes the jump plain for a moment (the same verdicts:
+// each drop carries its own exemptions), destroys the impostor and makes
+// the list anew; the fingerprint moat records is the kernel's.
+func TestKernelEarlyListReplacedByHand(t *testing.T) {
+	for _, create := range []string{"hash:ip", "list:set size 8 timeout 600"} {
+		t.Run(strings.Fields(create)[0], func(t *testing.T) {
+			ctx := context.Background()
+			ns := labtest.NS(t, "moatearlyhand")
+			run := labtest.Runner(ns)
+			b := &Backend{IpsetNetlink: true, Run: run}
+			const pol = "default deny incoming\nallow 22/tcp\n"
+			if err := ns.Do(func() error { return b.Apply(ctx, compile(t, pol)) }); err != nil {
+				t.Fatal(err)
+			}
+			const jump = "PREROUTING -m set --match-set moat-early4 src -j MOAT-PREROUTING"
+			for _, c := range [][]string{
+				append([]string{"iptables", "-t", "raw", "-D"}, strings.Fields(jump)...),
+				{"ipset", "destroy", "moat-early4"},
+				append([]string{"ipset", "create", "moat-early4"}, strings.Fields(create)...),
+				append([]string{"iptables", "-t", "raw", "-I"}, strings.Fields(strings.Replace(jump, "PREROUTING", "PREROUTING 1", 1))...),
+			} {
+				if out, err := run(ctx, nil, c[0], c[1:]...); err != nil {
+					t.Fatalf("%q: %v\n%s", c, err, out)
+				}
+			}
+			b.Full = true
+			if err := ns.Do(func() error { return b.Apply(ctx, compile(t, pol)) }); err != nil {
+				t.Fatalf("the repair: %v", err)
+			}
+			out, err := run(ctx, nil, "ipset", "list", "-t", "moat-early4")
+			if err != nil || !strings.Contains(string(out), "Type: list:set\n") || !strings.Contains(string(out), "Header: size 64\n") {
+				t.Errorf("the early list after the repair (%v):\n%s", err, out)
+			}
+			var m4 []string
+			if err := ns.Do(func() error { m4, _, err = earlyHeld(ctx, "moat-early4"); return err }); err != nil || !slices.Equal(m4, []string{"moat-ban4"}) {
+				t.Errorf("early list after the repair: %q (%v)", m4, err)
+			}
+			save, err := run(ctx, nil, "iptables-save", "-t", "raw")
+			if err != nil || strings.Count(string(save), "-j MOAT-PREROUTING") != 1 || !strings.Contains(string(save), "-A "+jump+"\n") {
+				t.Errorf("raw after the repair (%v):\n%s", err, save)
+			}
+			var recorded, read string
+			if err := ns.Do(func() error {
+				var err error
+				if recorded, err = b.Fingerprint(ctx); err != nil {
+					return err
+				}
+				read, err = (&Backend{IpsetNetlink: true, Run: run}).Fingerprint(ctx)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if recorded != read {
+				t.Errorf("the fingerprint after the repair is not the kernel's: %s, read %s", recorded, read)
+			}
+		})
+	}
+}
