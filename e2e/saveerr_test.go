@@ -53,3 +53,26 @@ func TestIncompatibleRuleNamed(t *testing.T) {
 	e.mustMoat("enable")
 	e.expect(false, "client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:443 open")
 }
+
+// A rule's comment holding a newline and the start of iptables-save's
+// "incompatible" line (iptables-save prints a comment as it is, its
+// quote escaped) is not taken for that line: moat works on, and its
+// terminal controls reach no output.
+func TestIncompatibleLineInComment(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "iptables", false)
+	policy := "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
+	e.apply(policy)
+	for _, c := range []string{"a\n# Table `\x1b[31mZ' is incompatible", "b\n# Table `filter' is incompatible, use 'nft' tool.\nc"} {
+		e.run("server", "iptables", "-A", "INPUT", "-s", "198.51.100.99", "-m", "comment", "--comment", c, "-j", "ACCEPT")
+	}
+	writeFile(t, e.conf, policy+"allow 443/tcp\n")
+	out, err := e.moat("enable")
+	if err != nil || strings.Contains(out, "\x1b") {
+		t.Fatalf("moat enable with a comment holding the line: %v\n%q", err, out)
+	}
+	if st, err := e.moat("status"); err != nil || !strings.Contains(st, "Status: active") || strings.Contains(st, "\x1b") {
+		t.Errorf("moat status: %v\n%q", err, st)
+	}
+	e.expect(false, "client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:443 open")
+}
