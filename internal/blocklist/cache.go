@@ -289,6 +289,12 @@ func load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save
 		return Loaded{Prefixes: cached.Prefixes(), Meta: m,
 			Warning: fmt.Errorf("blocklist %s: %w; keeping the copy of %s (%d networks)", bl.Name, err, m.Updated.Format(time.RFC3339), m.Networks)}, nil
 	}
+	if !have && cerr != nil && m.SHA256 != "" {
+		if l, ok := savedAsIs(stateDir, bl, pr); ok {
+			return Loaded{Prefixes: l.Prefixes(), Meta: m,
+				Warning: fmt.Errorf("%w: used as saved (an update killed between saving the list and its metadata leaves it so); 'moat blocklist update %s' fetches it again", cerr, bl.Name)}, nil
+		}
+	}
 	if !have {
 		w := fmt.Errorf("blocklist %s: not fetched yet; run 'moat blocklist update %s'", bl.Name, bl.Name)
 		if err := errors.Join(merr, cerr); err != nil {
@@ -297,6 +303,24 @@ func load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save
 		return Loaded{Meta: m, Warning: w}, nil
 	}
 	return Loaded{Prefixes: cached.Prefixes(), Meta: m}, nil
+}
+
+// savedAsIs reads the saved copy of a url list whose checksum its
+// metadata does not match. SaveResult writes the list, then its metadata,
+// each whole (renamed in): a kill between them leaves the new list beside
+// the old metadata, and loading nothing instead let in what the list
+// blocks until the next update. A copy that parses and passes Check is
+// that list (ok); one damaged otherwise is not used.
+func savedAsIs(stateDir string, bl *policy.Blocklist, pr Protect) (*List, bool) {
+	data, err := statedir.ReadFile(listDir(stateDir), bl.Name+".list")
+	if err != nil {
+		return nil, false
+	}
+	l, err := parseCache(stateDir, bl.Name, data)
+	if err != nil || Check(bl.Name, l, pr) != nil {
+		return nil, false
+	}
+	return l, true
 }
 
 // FillLoaded fills the blocklists with what moat loaded: the saved copy of

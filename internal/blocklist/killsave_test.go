@@ -1,0 +1,57 @@
+package blocklist
+
+import (
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/statedir"
+)
+
+// An update killed between the two writes of a url list's saved copy
+// (the list, then its metadata, after the kernel took the new list)
+// leaves the new list beside the old metadata, whose checksum it does
+// not match. The next apply (a reload, any rule edit) loaded the url list
+// empty ("not fetched yet"): the networks it blocked came in until the
+// next update, a day later with 'refresh 24h'. The list, written whole
+// (renamed in), is used as saved, checked again, with a warning; a copy
+// that does not parse is still ignored.
+func TestLoadURLListKilledBetweenSaves(t *testing.T) {
+	state := t.TempDir()
+	bl := &policy.Blocklist{Name: "drop", Source: policy.BlocklistURL, URL: "https://lists.example/drop.txt"}
+	old := &List{V4: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}
+	m := Meta{Name: "drop", Source: string(bl.Source), Where: bl.Where(), Updated: time.Now()}
+	if err := WriteCache(state, &m, old); err != nil {
+		t.Fatal(err)
+	}
+	// The update saves the new list, and is killed before the metadata.
+	newer := &List{V4: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}
+	if err := statedir.WriteFile(listDir(state), "drop.list", Canonical("drop", newer)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load(state, bl, Protect{}, time.Now(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Prefixes) != 1 || got.Prefixes[0] != newer.V4[0] {
+		t.Errorf("loaded %v, want the list as saved (%v)", got.Prefixes, newer.V4)
+	}
+	if got.Warning == nil || !strings.Contains(got.Warning.Error(), "checksum") {
+		t.Errorf("no warning says the copy does not match its metadata: %v", got.Warning)
+	}
+	// A live SSH session inside it: refused as an update would refuse it.
+	got, _ = Load(state, bl, Protect{Sessions: []netip.Addr{netip.MustParseAddr("203.0.113.9")}}, time.Now(), false)
+	if len(got.Prefixes) != 0 {
+		t.Errorf("a copy covering a live session was loaded: %v", got.Prefixes)
+	}
+	// Damaged beyond parsing: ignored, as before.
+	if err := os.WriteFile(listPath(state, "drop"), []byte("203.0.113.0/24\nnot a network\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := Load(state, bl, Protect{}, time.Now(), false); len(got.Prefixes) != 0 {
+		t.Errorf("a damaged copy was loaded: %v", got.Prefixes)
+	}
+}
