@@ -1103,7 +1103,7 @@ func (b *Backend) fingerprintNetlink(ctx context.Context, after *afterApply) (Ke
 		return KernelPrint{}, err
 	}
 	h.Write([]byte("# moat's chains over netlink\n"))
-	rd, err := hashChains(h)
+	rd, err := hashChains(ctx, h)
 	if err != nil {
 		return KernelPrint{}, err
 	}

@@ -82,7 +82,7 @@ func TestKernelGenRecordNetlink(t *testing.T) {
 			defer func() { _ = c.Close() }()
 			var out [][]nlRule
 			for _, fam := range nlFamilies {
-				rules, err := dumpRules(c, fam.proto, tableFilter)
+				rules, err := dumpRules(context.Background(), c, fam.proto, tableFilter)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -83,7 +83,7 @@ func incompatibleParts(proto uint8, table string) ([]string, error) {
 			out = append(out, fmt.Sprintf("base chain %q (hook %d, priority %d), which is not one of iptables' built-in chains of table %s", ch.name, ch.hook[0], ch.hook[1], table))
 		}
 	}
-	rules, err := dumpRules(c, proto, table)
+	rules, err := dumpRules(context.Background(), c, proto, table)
 	if err != nil {
 		return nil, err
 	}

@@ -154,12 +154,22 @@ func TestChainsNetlinkNoAnswer(t *testing.T) {
 		}), nil
 	}
 	nftGeneration = func() (uint32, error) { return 7, nil }
-	err := within(t, "chains", func() error { _, err := hashChainsNetlink(sha256.New()); return err })
+	ctx := context.Background()
+	err := within(t, "chains", func() error { _, err := hashChainsNetlink(ctx, sha256.New()); return err })
 	if !errors.Is(err, errIpsetTimeout) {
 		t.Errorf("moat's chains: %v, want %v", err, errIpsetTimeout)
 	}
 	err = within(t, "incompatible", func() error { _, err := incompatibleParts(unix.NFPROTO_IPV4, "filter"); return err })
 	if !errors.Is(err, errIpsetTimeout) {
 		t.Errorf("the incompatible rules: %v, want %v", err, errIpsetTimeout)
+	}
+	// The command's context ends the read of moat's chains at once (an
+	// interrupted command), whatever the timeout.
+	ipsetAnswerTimeout = time.Hour
+	cctx, cancel := context.WithCancel(ctx)
+	time.AfterFunc(100*time.Millisecond, cancel)
+	err = within(t, "cancelled chains", func() error { _, err := hashChainsNetlink(cctx, sha256.New()); return err })
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("moat's chains, cancelled: %v, want %v", err, context.Canceled)
 	}
 }

@@ -128,7 +128,7 @@ const nlReadTries = 3
 // read whole at one ruleset generation (the same before and after, and
 // no part marked interrupted), else again; only such a read is written
 // into h.
-func hashChainsNetlink(h hash.Hash) (nlChainsRead, error) {
+func hashChainsNetlink(ctx context.Context, h hash.Hash) (nlChainsRead, error) {
 	c, err := dialNetfilter()
 	if err != nil {
 		return nlChainsRead{}, fmt.Errorf("read moat's chains over netlink: %w", err)
@@ -137,7 +137,7 @@ func hashChainsNetlink(h hash.Hash) (nlChainsRead, error) {
 	var buf bytes.Buffer
 	for try := 1; ; try++ {
 		buf.Reset()
-		out, err := readChainsNetlink(c, &buf)
+		out, err := readChainsNetlink(ctx, c, &buf)
 		if err == nil {
 			h.Write(buf.Bytes())
 			return out, nil
@@ -149,20 +149,20 @@ func hashChainsNetlink(h hash.Hash) (nlChainsRead, error) {
 }
 
 // readChainsNetlink is one read of hashChainsNetlink, into w.
-func readChainsNetlink(c *netlink.Conn, w io.Writer) (nlChainsRead, error) {
+func readChainsNetlink(ctx context.Context, c *netlink.Conn, w io.Writer) (nlChainsRead, error) {
 	out := nlChainsRead{sets: map[uint16]bool{}}
 	g0, err := nftGeneration()
 	if err != nil {
 		return out, fmt.Errorf("read moat's chains over netlink: %w", err)
 	}
 	for _, fam := range nlFamilies {
-		chains, err := moatChains(c, fam.proto)
+		chains, err := moatChains(ctx, c, fam.proto)
 		if err != nil {
 			return out, err
 		}
 		fmt.Fprintf(w, "# netlink %s\n", fam.name)
 		for _, t := range tables {
-			rules, err := dumpRules(c, fam.proto, t)
+			rules, err := dumpRules(ctx, c, fam.proto, t)
 			if err != nil {
 				return out, fmt.Errorf("read %s %s rules over netlink: %w", fam.name, t, err)
 			}
@@ -318,8 +318,8 @@ func (r nlRule) setIndexes(into map[uint16]bool) {
 }
 
 // moatChains lists the names of moat's chains of one family by table.
-func moatChains(c *netlink.Conn, proto uint8) (map[string][]string, error) {
-	msgs, _, err := executeWithin(context.Background(), c, netlink.Message{
+func moatChains(ctx context.Context, c *netlink.Conn, proto uint8) (map[string][]string, error) {
+	msgs, _, err := executeWithin(ctx, c, netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETCHAIN), Flags: netlink.Request | netlink.Dump},
 		Data:   []byte{proto, unix.NFNETLINK_V0, 0, 0},
 	})
@@ -351,12 +351,12 @@ func moatChains(c *netlink.Conn, proto uint8) (map[string][]string, error) {
 
 // dumpRules reads every rule of one table of one family, in order; none
 // when the table does not exist.
-func dumpRules(c *netlink.Conn, proto uint8, table string) ([]nlRule, error) {
+func dumpRules(ctx context.Context, c *netlink.Conn, proto uint8, table string) ([]nlRule, error) {
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: nftaRuleTable, Data: []byte(table + "\x00")}})
 	if err != nil {
 		return nil, err
 	}
-	msgs, _, err := executeWithin(context.Background(), c, netlink.Message{
+	msgs, _, err := executeWithin(ctx, c, netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
 		Data:   append([]byte{proto, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	})

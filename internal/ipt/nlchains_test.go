@@ -318,8 +318,8 @@ func TestKernelNetlinkFingerprintFallback(t *testing.T) {
 		if b.track.after == nil || b.track.after.st == nil || !b.track.after.st.noLines {
 			t.Fatal("a rule change left no predicted state")
 		}
-		defer func(h func(hash.Hash) (nlChainsRead, error)) { hashChains = h }(hashChains)
-		hashChains = func(hash.Hash) (nlChainsRead, error) { return nlChainsRead{}, errIpsetNetlink }
+		defer func(h func(context.Context, hash.Hash) (nlChainsRead, error)) { hashChains = h }(hashChains)
+		hashChains = func(context.Context, hash.Hash) (nlChainsRead, error) { return nlChainsRead{}, errIpsetNetlink }
 		saves = 0
 		fp, err := b.Fingerprint(ctx)
 		if err != nil || fp == "" || saves != 2 {

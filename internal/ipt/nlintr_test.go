@@ -83,7 +83,7 @@ func TestNlChainsDumpInterrupted(t *testing.T) {
 		var dumps *int
 		dialNetfilter, dumps = fakeChains(body, intr)
 		h := sha256.New()
-		rd, err := hashChainsNetlink(h)
+		rd, err := hashChainsNetlink(context.Background(), h)
 		if err == nil && !rd.any {
 			t.Fatalf("no moat chain read")
 		}
@@ -115,7 +115,7 @@ func TestNlChainsDumpInterrupted(t *testing.T) {
 		if kind == "rules" {
 			want *= 3 // ip's chains, raw rules, then filter rules
 		}
-		if _, err := hashChainsNetlink(h); !errors.Is(err, errDumpInterrupted) || *dumps != want {
+		if _, err := hashChainsNetlink(context.Background(), h); !errors.Is(err, errDumpInterrupted) || *dumps != want {
 			t.Errorf("the %s interrupted every time: %v after %d dumps, want %v after %d", kind, err, *dumps, errDumpInterrupted, want)
 		}
 		if string(h.Sum(nil)) != string(sha256.New().Sum(nil)) {
