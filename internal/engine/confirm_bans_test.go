@@ -275,8 +275,10 @@ func TestRollbackCutWithBrokenBansRecord(t *testing.T) {
 			warned := slices.ContainsFunc(r.warnings, func(w string) bool { return strings.Contains(w, "pending.bans is unreadable") })
 			switch tc.name {
 			case "corrupt":
-				if !warned {
-					t.Errorf("the lost record was not reported: %q", r.warnings)
+				// Once: the rollback reads the record for the bans and
+				// for the login exemptions.
+				if n := len(slices.DeleteFunc(slices.Clone(r.warnings), func(w string) bool { return !strings.Contains(w, "pending.bans is unreadable") })); n != 1 {
+					t.Errorf("the lost record was reported %d times, want once: %q", n, r.warnings)
 				}
 			case "huge-left":
 				if warned {

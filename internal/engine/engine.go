@@ -117,6 +117,10 @@ type Engine struct {
 	bansHeld int
 	// bansWait, when set, replaces bansLockWait (tests).
 	bansWait time.Duration
+	// bansRecordWarned is the warning given for an unreadable
+	// pending.bans: a rollback reads it for the login exemptions, then
+	// for the bans, and says it once.
+	bansRecordWarned string
 }
 
 // New returns an engine; missing options get safe defaults.

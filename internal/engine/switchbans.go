@@ -51,8 +51,12 @@ func (e *Engine) recordedBansAt(id string) (bans, logins []ruleset.Ban, taken ti
 		err = json.Unmarshal(data, &rec)
 	}
 	if err != nil {
-		e.warn(fmt.Sprintf("%s is unreadable (%v): the bans and login exemptions it recorded are lost; those in the kernel's sets are kept",
-			filepath.Join(e.o.StateDir, rollbackBansFile), err))
+		msg := fmt.Sprintf("%s is unreadable (%v): the bans and login exemptions it recorded are lost; those in the kernel's sets are kept",
+			filepath.Join(e.o.StateDir, rollbackBansFile), err)
+		if msg != e.bansRecordWarned {
+			e.bansRecordWarned = msg
+			e.warn(msg)
+		}
 		return nil, nil, time.Time{}, false
 	}
 	if rec.ID != id {
