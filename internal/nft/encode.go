@@ -108,6 +108,14 @@ func (e *ruleEncoder) rule(chain, text, comment string) error {
 	if len(comment) > 127 {
 		return unencodable("long comment")
 	}
+	// nft is given the comment as knftables writes it, quoted by Go's
+	// %q, and keeps the quoted text as it is: a character %q escapes (a
+	// control, a quote, a character Go does not call printable such as
+	// U+200B or U+00A0, a byte that is not UTF-8) is kept by nft as its
+	// escape ("\u200b"), not as the character.
+	if strconv.Quote(comment) != `"`+comment+`"` {
+		return unencodable("comment nft is given escaped")
+	}
 	var pre []func() // the anonymous sets, written before the rule
 	st := &ruleState{}
 	verdict := false

@@ -60,6 +60,14 @@ func encoderCases(t *testing.T) map[string]*ruleset.Ruleset {
 		"routed":   compile(t, "default allow routed\nroute deny in on eth1 to 192.0.2.0/25\nreject 53/udp\nreject out 53\nallow in on lo0 from 2001:db8::/33\nallow log-all 2000:2100/tcp\n"),
 		// Port sets with ranges: merged, touching, from port 0, to 65535.
 		"ranges": compile(t, "allow 80,1000:2000/tcp\nallow 1:2,3:4,13/udp\nallow 1:10,65000:65535/tcp\nallow 5:9,7:12,20/tcp\nallow out 100:200,300/udp\nallow 65535,1/tcp\n"),
+		// Edges: a range to 65535, the lowest and highest ports, a
+		// 15-character interface name and a wildcard,
+		// comments of the most bytes and of characters nft is given
+		// escaped (Go's %q, as knftables writes them).
+		"edges": compile(t, "allow 65000:65535/tcp\nallow 1/udp\nallow 65535/tcp\nallow in on abcdefghijklmno to any port 80 proto tcp\n"+
+			"allow in on e+ to any port 81 proto tcp\n"+
+			"allow 82/tcp comment '"+strings.Repeat("é", 50)+"'\nallow 83/tcp comment 'zero\u200bwidth'\nallow 84/tcp comment 'no\u00a0break'\n"+
+			"allow 85/tcp comment 'x\u2028y'\n"),
 	}
 }
 
@@ -95,6 +103,11 @@ func TestEncoderMatchesNft(t *testing.T) {
 			t.Logf("%d rules not encodable (through nft): %s", len(skipped), strings.Join(skipped, "\n"))
 			if name == "golden" && len(skipped) > 0 {
 				t.Errorf("golden rules not encodable: %q", skipped)
+			}
+			// The edges are encoded, but for the comments nft is given
+			// escaped.
+			if name == "edges" && len(skipped) != 3 {
+				t.Errorf("edges not encodable: %q, want the three escaped comments", skipped)
 			}
 			empty := &desired{comment: d.comment, sets: d.sets}
 			for _, c := range d.chains {
