@@ -63,11 +63,14 @@ func encoderCases(t *testing.T) map[string]*ruleset.Ruleset {
 		// Edges: a range to 65535, the lowest and highest ports, a
 		// 15-character interface name and a wildcard,
 		// comments of the most bytes and of characters nft is given
-		// escaped (Go's %q, as knftables writes them).
+		// escaped (Go's %q, as knftables writes them), source and
+		// destination ports of one protocol and of two (th).
 		"edges": compile(t, "allow 65000:65535/tcp\nallow 1/udp\nallow 65535/tcp\nallow in on abcdefghijklmno to any port 80 proto tcp\n"+
 			"allow in on e+ to any port 81 proto tcp\n"+
 			"allow 82/tcp comment '"+strings.Repeat("é", 50)+"'\nallow 83/tcp comment 'zero\u200bwidth'\nallow 84/tcp comment 'no\u00a0break'\n"+
-			"allow 85/tcp comment 'x\u2028y'\n"),
+			"allow 85/tcp comment 'x\u2028y'\n"+
+			"allow from any port 53 to any port 5353\nallow from any port 1000:2000 to any port 53 proto udp\nallow proto tcp from any port 7 to any port 8\n"+
+			"deny out to 2001:db8::/32 port 1:65535 proto tcp\nallow from 2001:db8::/33 port 80,443 proto tcp\n"),
 	}
 }
 
@@ -105,9 +108,9 @@ func TestEncoderMatchesNft(t *testing.T) {
 				t.Errorf("golden rules not encodable: %q", skipped)
 			}
 			// The edges are encoded, but for the comments nft is given
-			// escaped.
-			if name == "edges" && len(skipped) != 3 {
-				t.Errorf("edges not encodable: %q, want the three escaped comments", skipped)
+			// escaped and a source port range before a destination port.
+			if name == "edges" && len(skipped) != 4 {
+				t.Errorf("edges not encodable: %q, want the three escaped comments and the port range", skipped)
 			}
 			empty := &desired{comment: d.comment, sets: d.sets}
 			for _, c := range d.chains {
