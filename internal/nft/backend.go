@@ -557,7 +557,9 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		// Nothing was committed. Another change came first (a ban from the
 		// guard): plan again at the new generation, a few times. Or the
 		// kernel does not hold what the store says: the same change
-		// through nft, refilling the changed sets.
+		// through nft, refilling the changed sets. (Or the acks were
+		// lost and the batch was committed whole: the plan made again
+		// reads the record it wrote and has nothing to do.)
 		netlink := errors.Is(err, errGenerationMoved) && try < 3
 		pre, preErr = b.generation()
 		if p, err = b.plan(ctx, rs, b.Full, netlink, stageGen(pre, preErr)); err != nil {

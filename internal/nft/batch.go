@@ -286,6 +286,11 @@ func (b *batch) send(genID uint32) error {
 			if errors.Is(err, unix.ERESTART) {
 				return errGenerationMoved
 			}
+			if errors.Is(err, unix.ENOBUFS) {
+				// The kernel dropped acks: the batch was handled whole,
+				// committed or not.
+				return fmt.Errorf("nftables: transaction's acks lost, committed or not: %w", err)
+			}
 			return fmt.Errorf("nftables: transaction refused: %w", err)
 		}
 		acked += len(replies)
