@@ -487,13 +487,13 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		// bans and the removal of its sets (the guard's wait for the
 		// lock, then finds the new backend).
 		unlockBans := e.holdBans(ctx)
-		bans, logins, err := e.carryBans(ctx, switchID(in), from, b, rs)
+		bans, logins, read, err := e.carryBans(ctx, switchID(in), from, b, rs)
 		if err == nil {
 			e.carryLogins(ctx, logins, b)
 			err = e.step("switch-logins")
 		}
 		if err == nil {
-			err = e.carryLateBans(ctx, switchID(in), from, b, bans, logins)
+			err = e.carryLateBans(ctx, switchID(in), from, b, bans, logins, read)
 		}
 		if err == nil {
 			err = e.removeOld(ctx, in, cur, b, res)

@@ -186,21 +186,23 @@ func (e *Engine) putBans(ctx context.Context, to Backend, bans []ruleset.Ban) {
 // them first, with the port scan trap's login exemptions (carried by
 // carryLogins after them): a kill from here to the end of the command
 // finds both in the record.
-func (e *Engine) carryBans(ctx context.Context, id string, from []string, to Backend, rs *ruleset.Ruleset) (bans, logins []ruleset.Ban, err error) {
+// read is when they were read (their times left are of then).
+func (e *Engine) carryBans(ctx context.Context, id string, from []string, to Backend, rs *ruleset.Ruleset) (bans, logins []ruleset.Ban, read time.Time, err error) {
+	read = e.o.Now()
 	rec, recLogins, _ := e.recordedBans(id)
 	bans = e.liveBans(ctx, rec, from...)
 	if hasLoginSets(rs) {
 		logins = e.liveLogins(ctx, recLogins, from...)
 	}
 	if len(bans) == 0 && len(logins) == 0 {
-		return nil, nil, nil
+		return nil, nil, read, nil
 	}
 	e.recordBans("change of backend", id, bans, logins)
 	if err := e.step("switch-bans-recorded"); err != nil {
-		return nil, nil, err
+		return nil, nil, read, err
 	}
 	e.putBans(ctx, to, bans)
-	return bans, logins, e.step("switch-bans")
+	return bans, logins, read, e.step("switch-bans")
 }
 
 // carryLateBans gives to the bans that landed in the backends moat's
@@ -210,20 +212,44 @@ func (e *Engine) carryBans(ctx context.Context, id string, from []string, to Bac
 // before the old rules go, in rounds while new ones appear (a few: a
 // scan that keeps the trap busy has its bans carried by the rounds, and
 // what the last read misses is the instant before the removal).
-func (e *Engine) carryLateBans(ctx context.Context, id string, from []string, to Backend, carried, logins []ruleset.Ban) error {
+// The record gives each ban (and login exemption) the time it has left
+// at the record's time: those read at read have aged since.
+func (e *Engine) carryLateBans(ctx context.Context, id string, from []string, to Backend, carried, logins []ruleset.Ban, read time.Time) error {
+	rec := carried
 	for range 3 {
 		late := e.liveBans(ctx, slices.Clip(carried), from...)[len(carried):]
 		if len(late) == 0 {
 			return nil
 		}
 		carried = append(carried, late...)
-		e.recordBans("change of backend", id, carried, logins)
+		now := e.o.Now()
+		rec = append(agedBans(rec, now.Sub(read)), late...)
+		logins = agedBans(logins, now.Sub(read))
+		read = now
+		e.recordBans("change of backend", id, rec, logins)
 		if err := e.step("switch-late-bans-recorded"); err != nil {
 			return err
 		}
 		e.putBans(ctx, to, late)
 	}
 	return nil
+}
+
+// agedBans is bans with d less left (read d ago): one without a timeout
+// stays, one run out since goes.
+func agedBans(bans []ruleset.Ban, d time.Duration) []ruleset.Ban {
+	out := make([]ruleset.Ban, 0, len(bans))
+	for _, b := range bans {
+		left := banLeft(b)
+		if left > 0 {
+			if left -= max(d, 0); left < time.Second {
+				continue
+			}
+			b.Expires, b.Timeout = left, 0
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 // dropSwitchBans removes the record of the change of in (a record of

@@ -2,7 +2,9 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -225,5 +227,56 @@ func TestTrapBanDuringSwitchCarried(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// The late bans' record (carryLateBans) gives the bans carried before
+// the time they have left then, not the time they had at the first read:
+// a switch that spent 10 minutes putting bans in the new backend, killed
+// after the record, got them back (and the login exemptions) for 10
+// minutes more than they had, and one that had run out meanwhile for
+// good, taken for a ban without a timeout.
+func TestLateBansRecordAged(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	r.write("backend nftables\n" + base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	r.must(r.nft.Ban(ctx, []ruleset.Ban{
+		{Addr: netip.MustParseAddr("203.0.113.1"), Timeout: time.Hour, Reason: "hour"},
+		{Addr: netip.MustParseAddr("203.0.113.2"), Timeout: 5 * time.Minute, Reason: "five minutes"},
+		{Addr: netip.MustParseAddr("203.0.113.3"), Reason: "permanent"},
+	}))
+	r.must(r.nft.Protect(ctx, []netip.Addr{netip.MustParseAddr("198.51.100.9")}, time.Hour))
+	step := r.eng.o.Checkpoint
+	r.eng.o.Checkpoint = func(s string) error {
+		if s == "switch-bans" {
+			r.now = r.now.Add(10 * time.Minute)
+			r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: netip.MustParseAddr("198.51.100.10"), Timeout: time.Hour, Reason: "portscan"}}))
+		}
+		return step(s)
+	}
+	r.write("backend iptables\n" + base)
+	r.crashAt = "switch-late-bans-recorded"
+	if _, err := r.enable(r.ch(0)); !IsCrash(err) {
+		t.Fatalf("no crash: %v", err)
+	}
+	r.crashAt = ""
+	var rec rollbackBans
+	data, err := readState(r.dir, rollbackBansFile)
+	r.must(err)
+	r.must(json.Unmarshal(data, &rec))
+	left := map[string]int64{}
+	for _, b := range append(rec.Bans, rec.Logins...) {
+		left[b.Addr.String()] = b.LeftMS
+	}
+	want := map[string]int64{
+		"203.0.113.1":   (50 * time.Minute).Milliseconds(),
+		"203.0.113.3":   0,
+		"198.51.100.10": time.Hour.Milliseconds(),
+		"198.51.100.9":  (50 * time.Minute).Milliseconds(),
+	}
+	if !maps.Equal(left, want) {
+		t.Errorf("the late record's time left: %v, want %v", left, want)
 	}
 }
