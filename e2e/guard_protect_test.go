@@ -206,8 +206,14 @@ func TestGuardHostileFields(t *testing.T) {
 				if _, ok := e.bans()[fam.victim.String()]; ok {
 					t.Fatalf("%s: banned the victim %s named by the attacker", vector.name, fam.victim)
 				}
-				if len(e.bans()) != 1 {
-					t.Fatalf("%s: bans %v", vector.name, e.bans())
+				// An attacker unbanned before may be banned again: sshd
+				// logs the end of a connection the ban cut (after its
+				// login grace time) later, and that counts. Only the
+				// attackers are ever banned.
+				for a := range e.bans() {
+					if a != lab.ClientAlt[0].String() && a != lab.ClientAlt[2].String() {
+						t.Fatalf("%s: banned %s, not an attacker: %v", vector.name, a, e.bans())
+					}
 				}
 				_, lines := e.guardCheck(logFile, 1)
 				for _, l := range lines {
