@@ -2,9 +2,7 @@ package cli
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/netip"
 	"slices"
@@ -23,7 +21,7 @@ import (
 // read, and every row went to the terminal in five unbuffered writes.
 // The bytes are those text/tabwriter and encoding/json printed, but for
 // the terminal's controls in a JSON reason, now escaped
-// (TestBanListingSameBytes, appendReasonJSON).
+// (TestBanListingSameBytes, termtext.AppendJSONString).
 
 // banRow is one ban as 'moat bans' shows it.
 type banRow struct {
@@ -69,7 +67,9 @@ func writeBanRows(w io.Writer, rows []banRow) error {
 		wLeft = max(wLeft, len(leftText(num[:0], r.left)))
 		wCount = max(wCount, len(strconv.AppendInt(num[:0], int64(r.banCount), 10)))
 	}
-	bw := bufio.NewWriterSize(w, 64<<10)
+	// Every cell is ASCII or AppendPrintable's: the terminal's filter
+	// (termtext.Writer) would only scan the megabytes again.
+	bw := bufio.NewWriterSize(termtext.Verbatim(w), 64<<10)
 	line := make([]byte, 0, 256)
 	line = padCell(line, []byte(banTableHead[0]), wAddr)
 	line = padCell(line, []byte(banTableHead[1]), wLeft)
@@ -111,9 +111,9 @@ func padCell(dst, cell []byte, width int) []byte {
 
 // writeBanJSON prints the bans as the JSON array of banJSON that
 // json.Encoder with a two-space indent printed, one ban at a time (the
-// reasons as appendReasonJSON writes them).
+// reasons as termtext.AppendJSONString writes them).
 func writeBanJSON(w io.Writer, rows []banRow) error {
-	bw := bufio.NewWriterSize(w, 64<<10)
+	bw := bufio.NewWriterSize(termtext.Verbatim(w), 64<<10) // AppendJSONString's
 	if len(rows) == 0 {
 		_, err := bw.WriteString("[]\n")
 		if err != nil {
@@ -128,10 +128,7 @@ func writeBanJSON(w io.Writer, rows []banRow) error {
 		line = append(line, "  {\n    \"address\": \""...)
 		line = r.addr.AppendTo(line)
 		line = append(line, "\",\n    \"reason\": "...)
-		var err error
-		if line, err = appendReasonJSON(line, r.reason); err != nil {
-			return err
-		}
+		line = termtext.AppendJSONString(line, r.reason)
 		line = append(line, ",\n    \"seconds_left\": "...)
 		line = strconv.AppendInt(line, r.left, 10)
 		line = append(line, ",\n    \"ban_count\": "...)
@@ -150,33 +147,6 @@ func writeBanJSON(w io.Writer, rows []banRow) error {
 		return err
 	}
 	return bw.Flush()
-}
-
-// appendReasonJSON appends s as a JSON string: what encoding/json wrote
-// (control characters, HTML and invalid UTF-8 escaped), with the
-// characters it leaves as they are that a terminal takes as controls
-// (DEL, C1 such as the CSI U+009B, bidirectional controls) escaped as
-// \uXXXX too. A JSON reader reads the same string; the terminal of an
-// admin reading 'moat bans --json' gets no escape sequence, nor text
-// shown in another order, from a ban's comment.
-func appendReasonJSON(dst []byte, s string) ([]byte, error) {
-	q, err := json.Marshal(s)
-	if err != nil {
-		return nil, err
-	}
-	if !slices.ContainsFunc(q, func(c byte) bool { return c >= 0x7f }) {
-		return append(dst, q...), nil
-	}
-	for len(q) > 0 {
-		r, n := utf8.DecodeRune(q)
-		if r >= 0x20 && termtext.Dropped(r) {
-			dst = fmt.Appendf(dst, `\u%04x`, r)
-		} else {
-			dst = append(dst, q[:n]...)
-		}
-		q = q[n:]
-	}
-	return dst, nil
 }
 
 // exitBrokenPipe is the exit code of a listing whose reader went away:

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -434,7 +433,9 @@ addresses never banned.`,
 }
 
 func (a *app) guardCheck(in io.Reader, locals []netip.Addr) error {
-	enc := json.NewEncoder(a.out)
+	// The log's text (user names, services) is the attacker's: the lines
+	// are escaped for a terminal (termtext.AppendJSON).
+	enc := termtext.NewJSONEncoder(a.out)
 	sum := checkSummary{ByKind: map[string]int{}}
 	perAddr := map[string]int{}
 	// The addresses the guard would never ban here: this host's, its

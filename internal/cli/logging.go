@@ -3,7 +3,6 @@ package cli
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 func (a *app) loggingCommand() *cobra.Command {
@@ -265,8 +265,10 @@ top blocked sources and ports. --follow prints each new line as it comes
 	return cmd
 }
 
+// printJSONLine prints v as one line of JSON, its strings escaped for a
+// terminal (termtext.AppendJSON).
 func (a *app) printJSONLine(v any) error {
-	return json.NewEncoder(a.out).Encode(v)
+	return termtext.NewJSONEncoder(a.out).Encode(v)
 }
 
 // kernelLog opens the kernel log: a file, or journalctl -k.

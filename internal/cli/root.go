@@ -4,7 +4,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +21,7 @@ import (
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/safeapply"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // Version is set at build time (-ldflags "-X .../cli.Version=...").
@@ -90,6 +90,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, hook func(*engine.Options)) int {
 	// One netlink socket for the command's nftables reads.
 	defer nft.Share()()
+	// Everything moat prints goes through termtext.Writer: no control
+	// character from text others wrote (journal, blocklists, kernel
+	// rules' comments, policy files, process names) reaches a terminal.
+	tout, terr := termtext.NewWriter(stdout), termtext.NewWriter(stderr)
+	defer func() { _, _ = tout.Flush(), terr.Flush() }()
+	stdout, stderr = tout, terr
 	a := &app{out: stdout, errOut: stderr, args: args, engineHook: hook}
 	for _, w := range gctune.EnvWarnings() {
 		fmt.Fprintf(stderr, "moat: warning: %s\n", w)
@@ -302,8 +308,10 @@ func (a *app) activeBackend(ctx context.Context) (backend.Backend, error) {
 	return nil, nil
 }
 
+// printJSON prints v as indented JSON, its strings escaped for a
+// terminal (termtext.AppendJSON).
 func (a *app) printJSON(v any) error {
-	enc := json.NewEncoder(a.out)
+	enc := termtext.NewJSONEncoder(a.out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }

@@ -3,9 +3,10 @@ package cli
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
+
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // rulesNull is how the report's rules read, indented, when they are left
@@ -14,19 +15,19 @@ import (
 const rulesNull = "\n  \"rules\": null,\n"
 
 // writeStatusJSON writes the report as printJSON does (two-space indent,
-// HTML escaped, a newline at the end), byte for byte, but encodes the
+// HTML and the terminal's controls escaped, a newline at the end), byte for byte, but encodes the
 // rules one at a time as it writes them: encoding/json builds the whole
 // document and then its indented copy in memory, 50 MB each at 100,000
 // rules.
 func writeStatusJSON(w io.Writer, rep *statusReport) error {
 	rules := rep.Rules
 	if len(rules) == 0 {
-		enc := json.NewEncoder(w)
+		enc := termtext.NewJSONEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
 	rep.Rules = nil
-	head, err := json.MarshalIndent(rep, "", "  ")
+	head, err := termtext.MarshalIndent(rep, "", "  ")
 	rep.Rules = rules
 	if err != nil {
 		return fmt.Errorf("status json: %w", err)
@@ -37,7 +38,7 @@ func writeStatusJSON(w io.Writer, rep *statusReport) error {
 	}
 	// bufio keeps the first write error and Flush returns it; each write
 	// checks it too, so a closed pipe stops the loop at once.
-	bw := bufio.NewWriterSize(w, 64<<10)
+	bw := bufio.NewWriterSize(termtext.Verbatim(w), 64<<10) // termtext.MarshalIndent's
 	put := func(b []byte) error {
 		if _, err := bw.Write(b); err != nil {
 			return fmt.Errorf("status json: %w", err)
@@ -48,7 +49,7 @@ func writeStatusJSON(w io.Writer, rep *statusReport) error {
 		return err
 	}
 	for n := range rules {
-		b, err := json.MarshalIndent(&rules[n], "    ", "  ")
+		b, err := termtext.MarshalIndent(&rules[n], "    ", "  ")
 		if err != nil {
 			return fmt.Errorf("status json: rule %d: %w", n+1, err)
 		}
