@@ -225,10 +225,10 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 		}
 		sections[secSets] = rest
 	}
-	setScript := ""
+	setScript, exact := "", ""
 	if len(sections[secSets]) > 0 {
-		script, names, err := swapSetsScript(sections[secSets], st.sets)
-		setScript = script
+		script, names, after, err := swapSetsScript(sections[secSets], st.sets, b.earlyHeldNow(ctx, st.sets))
+		setScript, exact = script, after
 		if err != nil {
 			return false, err
 		}
@@ -337,22 +337,61 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 		}
 		stale = append(stale, name)
 	}
-	return keepBans, b.destroySets(ctx, stale)
+	return keepBans, b.destroySetsAfter(ctx, exact, stale)
+}
+
+// earlyHeldNow are the members of the early lists among sets (the sets
+// there now) that are moat's sets (no early list, no temporary set), by
+// list: those the rules in the kernel may drop by.
+func (b *Backend) earlyHeldNow(ctx context.Context, sets map[string]bool) map[string][]string {
+	out := map[string][]string{}
+	for name := range sets {
+		if !strings.HasPrefix(name, SetPrefix) || !isEarlyList(name) {
+			continue
+		}
+		var held []string
+		var err error
+		missing := false
+		if b.IpsetNetlink {
+			held, missing, err = earlyHeld(ctx, name)
+		}
+		if !b.IpsetNetlink || err != nil {
+			var text []byte
+			text, err = b.Run(ctx, nil, "ipset", "list", name)
+			held = nil
+			if err == nil {
+				_, members, _ := strings.Cut(string(text), "Members:\n")
+				held = strings.Fields(members)
+			}
+		}
+		if err != nil || missing {
+			continue
+		}
+		out[name] = slices.DeleteFunc(held, func(m string) bool {
+			return !strings.HasPrefix(m, SetPrefix) || isEarlyList(m) || !ownSet(m)
+		})
+	}
+	return out
 }
 
 // swapSetsScript turns `ipset save` output into a restore that fills each
 // set under a temporary name and swaps it in (or renames it, for a set
-// that does not exist now).
-func swapSetsScript(lines []string, existing map[string]bool) (string, map[string]bool, error) {
+// that does not exist now). An early list also keeps the sets of held
+// (the members it has now: the sets the rules in the kernel drop by,
+// until the snapshot's rules replace them); exact, run after the rules,
+// then makes each such list hold the snapshot's members alone.
+func swapSetsScript(lines []string, existing map[string]bool, held map[string][]string) (script string, names map[string]bool, exact string, err error) {
 	// The early lists (list:set) are made after the others are in
 	// place: their members are those sets' names.
-	var s, early strings.Builder
-	names := map[string]bool{}
+	var s, early, after strings.Builder
+	names = map[string]bool{}
 	var order []string
+	creates := map[string]string{}   // an early list's create arguments
+	members := map[string][]string{} // its members in the snapshot
 	for _, l := range lines {
 		f := strings.Fields(l)
 		if len(f) < 2 || !strings.HasPrefix(f[1], SetPrefix) {
-			return "", nil, fmt.Errorf("iptables restore: unexpected ipset line %q", l)
+			return "", nil, "", fmt.Errorf("iptables restore: unexpected ipset line %q", l)
 		}
 		name := f[1]
 		tmp := tmpSetName(name)
@@ -368,11 +407,38 @@ func swapSetsScript(lines []string, existing map[string]bool) (string, map[strin
 			fmt.Fprintf(w, "create %s %s\n", tmp, strings.Join(f[2:], " "))
 			names[name] = true
 			order = append(order, name)
+			creates[name] = strings.Join(f[2:], " ")
 		case "add":
 			fmt.Fprintf(w, "add %s %s\n", tmp, strings.Join(f[2:], " "))
+			if isEarlyList(name) && len(f) == 3 {
+				members[name] = append(members[name], f[2])
+			}
 		default:
-			return "", nil, fmt.Errorf("iptables restore: unexpected ipset command %q", f[0])
+			return "", nil, "", fmt.Errorf("iptables restore: unexpected ipset command %q", f[0])
 		}
+	}
+	for _, name := range order {
+		if !isEarlyList(name) {
+			continue
+		}
+		var extra []string
+		for _, m := range held[name] {
+			if !slices.Contains(members[name], m) && !slices.Contains(extra, m) {
+				extra = append(extra, m)
+			}
+		}
+		if len(extra) == 0 {
+			continue
+		}
+		tmp := tmpSetName(name)
+		for _, m := range extra {
+			fmt.Fprintf(&early, "add %s %s\n", tmp, m)
+		}
+		fmt.Fprintf(&after, "create %s %s\n", tmp, creates[name])
+		for _, m := range members[name] {
+			fmt.Fprintf(&after, "add %s %s\n", tmp, m)
+		}
+		fmt.Fprintf(&after, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
 	}
 	for _, last := range []bool{false, true} {
 		if last {
@@ -390,5 +456,5 @@ func swapSetsScript(lines []string, existing map[string]bool) (string, map[strin
 			}
 		}
 	}
-	return s.String(), names, nil
+	return s.String(), names, after.String(), nil
 }
