@@ -55,9 +55,20 @@ func parseOwnerMark(s string) (owner, bool) {
 	return o, true
 }
 
-// selfOwner is this process as the maker of a namespace.
+// selfOwner is this process as the maker of a namespace, by its PID as
+// /proc names it (where RemoveStale looks for it): in a PID namespace
+// whose /proc is its parent's, getpid() names another process there, and
+// the mark then matches no name UniqueName made (never removed).
 func selfOwner() (owner, error) {
-	return processOwner(os.Getpid())
+	l, err := os.Readlink("/proc/self")
+	if err != nil {
+		return owner{}, fmt.Errorf("read this process's ID in /proc: %w", err)
+	}
+	pid, err := strconv.Atoi(l)
+	if err != nil {
+		return owner{}, fmt.Errorf("read this process's ID in /proc: %q", l)
+	}
+	return processOwner(pid)
 }
 
 // processOwner reads process pid's PID namespace (this process's: /proc

@@ -110,6 +110,9 @@ func TestRemoveStale(t *testing.T) {
 }
 
 func TestOwnerMark(t *testing.T) {
+	if self, err := selfOwner(); err != nil || self.pid != os.Getpid() || self.start == 0 {
+		t.Errorf("selfOwner: %+v, %v (pid %d)", self, err, os.Getpid())
+	}
 	o := owner{pidNS: 4026531836, pid: 123, start: 456}
 	if got, ok := parseOwnerMark(o.mark()); !ok || got != o {
 		t.Errorf("parseOwnerMark(%q) = %+v, %v", o.mark(), got, ok)
