@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // An address swapped by hand in one of moat's policy ipsets (one added,
@@ -150,6 +153,60 @@ func TestHandChangeDuringCommand(t *testing.T) {
 		t.Errorf("status does not see the rule added during the command:\n%s", out)
 	}
 	e.mustMoat("allow", "8081/tcp")
+	e.expect(false, "client tcp 192.0.2.1:80 open")
+}
+
+// TestHandChangeDuringCommand for edits that go over netlink (no nft
+// process to make the hand change from): the hand rule is added at a
+// random moment while `moat allow` runs, some of the times before the
+// command verified the table (then it repairs it, through nft), some
+// after (the encoded edit, refused by the kernel if the rule came between
+// its plan and its send, and planned again). Whenever the hand rule is in
+// the kernel after the command, status names the drift and the next
+// command takes the rule out. nft's TestKernelEncodedEditAfterHandChange
+// puts the rule between the plan and the send every time.
+func TestHandChangeDuringEncodedEdit(t *testing.T) {
+	e := onBackend(t, "nftables")
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+	hand := []string{"nft", "insert", "rule", "inet", "moat", "output", "ip", "daddr", "192.0.2.2", "tcp", "sport", "80", "drop"}
+	start := time.Now()
+	e.mustMoat("allow", "8000/tcp")
+	took := time.Since(start)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 17))
+	encoded := 0
+	for k := 0; k < 8; k++ {
+		bin, once := nftWrapper(t, "", "")
+		done := make(chan string, 1)
+		go func() {
+			out, err := e.moatWithErr(bin, "allow", fmt.Sprintf("%d/tcp", 8001+k))
+			if err != nil {
+				out = append(out, []byte("\nerror: "+err.Error())...)
+			}
+			done <- string(out)
+		}()
+		time.Sleep(time.Duration(rng.Int64N(int64(took))))
+		e.run("server", hand...)
+		if out := <-done; strings.Contains(out, "error: ") {
+			t.Fatalf("edit %d: %s", k, out)
+		}
+		if _, err := os.Stat(once); err != nil {
+			encoded++
+		}
+		if !strings.Contains(e.run("server", "nft", "list", "chain", "inet", "moat", "output"), "192.0.2.2 tcp sport 80 drop") {
+			continue // seen before the edit and repaired
+		}
+		if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
+			t.Fatalf("edit %d: status does not see the rule added during the command:\n%s", k, out)
+		}
+		e.mustMoat("allow", fmt.Sprintf("%d/tcp", 9001+k))
+		if strings.Contains(e.run("server", "nft", "list", "chain", "inet", "moat", "output"), "192.0.2.2 tcp sport 80 drop") {
+			t.Fatalf("edit %d: the next command left the hand rule", k)
+		}
+	}
+	t.Logf("%d of 8 edits encoded (an edit %v)", encoded, took)
+	if encoded == 0 {
+		t.Error("no edit went over netlink")
+	}
 	e.expect(false, "client tcp 192.0.2.1:80 open")
 }
 
