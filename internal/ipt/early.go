@@ -214,22 +214,8 @@ func (b *Backend) earlyNeeds(ctx context.Context, lists []earlyList) (add, exact
 // the old or the new ruleset, as a kill anywhere else does.
 func (sr *setReader) earlyDigest(ctx context.Context, name string) []byte {
 	h := sha256.New()
-	var held []string
-	missing := false
-	var err error
-	if sr.mh != nil {
-		held, missing, err = earlyHeld(ctx, name)
-	}
-	if sr.mh == nil || err != nil {
-		var out []byte
-		out, err = sr.b.Run(ctx, nil, "ipset", "list", name)
-		missing, held = err != nil, nil
-		if err == nil {
-			_, members, _ := strings.Cut(string(out), "Members:\n")
-			held = strings.Fields(members)
-		}
-	}
-	if missing {
+	held, missing, err := sr.b.readEarly(ctx, name, sr.mh != nil)
+	if missing || err != nil {
 		fmt.Fprintf(h, "set %s missing\n", name)
 		return h.Sum(nil)
 	}
@@ -281,4 +267,21 @@ func (b *Backend) replaceForeignEarly(ctx context.Context, st *state, lists []ea
 		delete(st.sets, l.name)
 	}
 	return nil
+}
+
+// readEarly reads which sets the early list name holds: over netlink
+// when netlink (earlyHeld), else, or when that fails, from `ipset list`
+// (a list that cannot be listed is missing).
+func (b *Backend) readEarly(ctx context.Context, name string, netlink bool) (held []string, missing bool, err error) {
+	if netlink {
+		if held, missing, err = earlyHeld(ctx, name); err == nil {
+			return held, missing, nil
+		}
+	}
+	out, err := b.Run(ctx, nil, "ipset", "list", name)
+	if err != nil {
+		return nil, true, nil
+	}
+	_, members, _ := strings.Cut(string(out), "Members:\n")
+	return strings.Fields(members), false, nil
 }

@@ -25,19 +25,7 @@ func TestKernelEarlyListsKillAtEachStep(t *testing.T) {
 	ctx := context.Background()
 	ns := labtest.NS(t, "moatearlykill")
 	run := labtest.Runner(ns)
-	dir := t.TempDir()
-	for _, n := range []string{"one", "two", "three"} {
-		if err := os.WriteFile(filepath.Join(dir, n), []byte("192.0.2.13\n2001:db8::13\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pol := func(lists ...string) string {
-		s := "default deny incoming\nallow 22/tcp\n"
-		for _, l := range lists {
-			s += fmt.Sprintf("blocklist %s file %s\n", l, filepath.Join(dir, l))
-		}
-		return s
-	}
+	pol := blocklistPolicy(t)
 	check := func(what string) { t.Helper(); checkEarlyLists(t, ns, what) }
 	errKilled := errors.New("killed")
 	for _, step := range []struct{ from, to []string }{
@@ -130,19 +118,7 @@ func TestKernelEarlyListsRestoreKillAtEachStep(t *testing.T) {
 	ctx := context.Background()
 	ns := labtest.NS(t, "moatearlyrst")
 	run := labtest.Runner(ns)
-	dir := t.TempDir()
-	for _, n := range []string{"one", "two"} {
-		if err := os.WriteFile(filepath.Join(dir, n), []byte("192.0.2.13\n2001:db8::13\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pol := func(lists ...string) string {
-		s := "default deny incoming\nallow 22/tcp\n"
-		for _, l := range lists {
-			s += fmt.Sprintf("blocklist %s file %s\n", l, filepath.Join(dir, l))
-		}
-		return s
-	}
+	pol := blocklistPolicy(t)
 	errKilled := errors.New("killed")
 	// A rollback's (keeping the bans) of a blocklist added; a restore's
 	// (bans refilled) of one replaced.
@@ -217,5 +193,23 @@ func TestKernelEarlyListsRestoreKillAtEachStep(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// blocklistPolicy makes a policy with a file blocklist of each name given
+// (its file in a directory of the test's, listing 192.0.2.13 and
+// 2001:db8::13).
+func blocklistPolicy(t *testing.T) func(lists ...string) string {
+	dir := t.TempDir()
+	return func(lists ...string) string {
+		s := "default deny incoming\nallow 22/tcp\n"
+		for _, l := range lists {
+			file := filepath.Join(dir, l)
+			if err := os.WriteFile(file, []byte("192.0.2.13\n2001:db8::13\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s += fmt.Sprintf("blocklist %s file %s\n", l, file)
+		}
+		return s
 	}
 }

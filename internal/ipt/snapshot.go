@@ -349,21 +349,7 @@ func (b *Backend) earlyHeldNow(ctx context.Context, sets map[string]bool) map[st
 		if !strings.HasPrefix(name, SetPrefix) || !isEarlyList(name) {
 			continue
 		}
-		var held []string
-		var err error
-		missing := false
-		if b.IpsetNetlink {
-			held, missing, err = earlyHeld(ctx, name)
-		}
-		if !b.IpsetNetlink || err != nil {
-			var text []byte
-			text, err = b.Run(ctx, nil, "ipset", "list", name)
-			held = nil
-			if err == nil {
-				_, members, _ := strings.Cut(string(text), "Members:\n")
-				held = strings.Fields(members)
-			}
-		}
+		held, missing, err := b.readEarly(ctx, name, b.IpsetNetlink)
 		if err != nil || missing {
 			continue
 		}
