@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -69,7 +70,7 @@ func readStateWanted(dir string, want map[netip.Addr]bool, max int64) (*State, e
 	}
 	// One byte more than max is read, so that a file of max bytes ends
 	// (EOF) where one that grew past max is seen to.
-	lr := &limitReader{r: bufio.NewReaderSize(f, 64<<10), left: max + 1}
+	lr := &limitReader{r: bufio.NewReaderSize(f, 64<<10), left: max + min(1, math.MaxInt64-max)}
 	if err := decodeWanted(json.NewDecoder(lr), st, want); err != nil {
 		if lr.over {
 			return nil, fmt.Errorf("read guard state %s: %w", path, &boundedfile.TooLargeError{Size: -1, Max: max})

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -43,6 +44,10 @@ func TestLookupHistoryLikeLoadState(t *testing.T) {
 	}
 	if _, err := LookupHistory(dir, []netip.Addr{a}, 10); err == nil {
 		t.Error("a guard.json past the bound was read")
+	}
+	// No bound (the largest): read.
+	if got, err := LookupHistory(dir, []netip.Addr{a, c}, math.MaxInt64); err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("LookupHistory without a bound: %+v, %v", got, err)
 	}
 }
 
