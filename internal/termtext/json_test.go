@@ -120,12 +120,12 @@ func TestWriterNoControls(t *testing.T) {
 			}
 		}
 	}
-	// Plain text passes unchanged; a character left cut at the end is U+FFFD.
+	// Plain text passes unchanged; a character left cut at the end is a U+FFFD a byte.
 	var out bytes.Buffer
 	w := NewWriter(&out)
 	_, _ = w.Write([]byte("a\tb\n"))
 	_, _ = w.Write([]byte("\xe6\x97"))
-	if err := w.Flush(); err != nil || out.String() != "a\tb\n\ufffd" {
+	if err := w.Flush(); err != nil || out.String() != "a\tb\n\ufffd\ufffd" {
 		t.Errorf("got %q, %v", out.String(), err)
 	}
 }
@@ -194,4 +194,41 @@ func TestPlainPrefix(t *testing.T) {
 			t.Fatalf("%q: %d, want %d", p, got, want)
 		}
 	}
+}
+
+// For any text: AppendJSONString reads back as encoding/json's string and
+// holds no control; the Writer, given it in two parts cut anywhere,
+// prints what Printable keeps (line feeds and tabs too) and no control.
+func FuzzEscapes(f *testing.F) {
+	for _, h := range hostile[:len(hostile)-1] {
+		f.Add(h, uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, s string, cut uint8) {
+		q := AppendJSONString(nil, s)
+		noControls(t, "AppendJSONString", q, "")
+		var back, want string
+		w, _ := json.Marshal(s)
+		if err := json.Unmarshal(w, &want); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(q, &back); err != nil || back != want {
+			t.Fatalf("%q read back as %q (%v), want %q", s, back, err, want)
+		}
+		c := min(int(cut), len(s))
+		var out bytes.Buffer
+		tw := NewWriter(&out)
+		_, _ = tw.Write([]byte(s[:c]))
+		_, _ = tw.Write([]byte(s[c:]))
+		_ = tw.Flush()
+		noControls(t, "Writer", out.Bytes(), "\n\t")
+		keep := strings.Map(func(r rune) rune {
+			if r == '\n' || r == '\t' || !Dropped(r) {
+				return r
+			}
+			return -1
+		}, s)
+		if out.String() != keep {
+			t.Fatalf("%q cut at %d printed as %q, want %q", s, c, out.String(), keep)
+		}
+	})
 }

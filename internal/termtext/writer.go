@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"math/bits"
+	"strings"
 	"sync"
 	"unicode/utf8"
 )
@@ -127,15 +128,16 @@ func appendKept(dst []byte, r rune, enc []byte) []byte {
 }
 
 // Flush writes a character held from the last write, incomplete, as
-// U+FFFD.
+// Printable does: a U+FFFD for each of its bytes.
 func (t *Writer) Flush() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.nh == 0 {
 		return nil
 	}
+	n := t.nh
 	t.nh = 0
-	_, err := t.w.Write([]byte(string(utf8.RuneError)))
+	_, err := t.w.Write([]byte(strings.Repeat(string(utf8.RuneError), n)))
 	return err
 }
 
