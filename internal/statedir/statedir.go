@@ -187,6 +187,20 @@ func ReadFile(dir, name string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// notReplaceable turns the error of a write whose target is there but is
+// neither a regular file nor a link (a directory: damage, or planted)
+// into the error the reads give, which names the fix; rename's "file
+// exists" named none.
+func notReplaceable(path string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if fi, lerr := os.Lstat(path); lerr == nil && !fi.Mode().IsRegular() && fi.Mode()&os.ModeSymlink == 0 {
+		return &UnsafeError{Path: path, Reason: "is not a regular file", Fix: "rm -r " + path}
+	}
+	return err
+}
+
 // WriteFile replaces name in dir atomically (a new file beside it, fsynced,
 // renamed over it), mode 0600. A symbolic link at name is replaced, never
 // followed.
@@ -197,7 +211,7 @@ func WriteFile(dir, name string, data []byte) error {
 	if err := Ensure(dir); err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(filepath.Join(dir, name), data, Perm)
+	return notReplaceable(filepath.Join(dir, name), atomicfile.WriteFile(filepath.Join(dir, name), data, Perm))
 }
 
 // WriteFileSyncDirLater is WriteFile leaving the directory's sync to the
@@ -210,7 +224,7 @@ func WriteFileSyncDirLater(dir, name string, data []byte) error {
 	if err := Ensure(dir); err != nil {
 		return err
 	}
-	return atomicfile.WriteFileSyncDirLater(filepath.Join(dir, name), data, Perm)
+	return notReplaceable(filepath.Join(dir, name), atomicfile.WriteFileSyncDirLater(filepath.Join(dir, name), data, Perm))
 }
 
 // Prepare is WriteFileSyncDirLater up to the rename: the file is written
@@ -240,7 +254,7 @@ func WriteCache(dir, name string, data []byte) error {
 	if err := Ensure(dir); err != nil {
 		return err
 	}
-	return atomicfile.WriteCache(filepath.Join(dir, name), data, Perm)
+	return notReplaceable(filepath.Join(dir, name), atomicfile.WriteCache(filepath.Join(dir, name), data, Perm))
 }
 
 // MarshalJSON is a state file's text for v: indented for the admin's eyes

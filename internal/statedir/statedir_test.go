@@ -238,3 +238,36 @@ func TestReadFileOneBuffer(t *testing.T) {
 		t.Errorf("reading %d bytes allocated %d", len(data), n)
 	}
 }
+
+// A directory where a record goes (damage, or planted): the write failed
+// with rename's "file exists", which names no fix, and 'moat confirm'
+// (saving for boot) said only that. It is refused as the reads refuse
+// it: "is not a regular file (fix: rm -r PATH)", and leaves no temporary
+// file. A symbolic link there is still replaced, not followed.
+func TestWriteOverDirectoryNamed(t *testing.T) {
+	dir := newDir(t)
+	for _, write := range []func(string) error{
+		func(n string) error { return WriteFile(dir, n, []byte("{}")) },
+		func(n string) error { return WriteFileSyncDirLater(dir, n, []byte("{}")) },
+		func(n string) error { return WriteCache(dir, n, []byte("{}")) },
+	} {
+		path := filepath.Join(dir, "saved.json")
+		if err := os.MkdirAll(filepath.Join(path, "x"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		err := write("saved.json")
+		var ue *UnsafeError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), "is not a regular file") || !strings.Contains(err.Error(), "rm -r "+path) {
+			t.Errorf("write over a directory: %v", err)
+		}
+		if err := os.RemoveAll(path); err != nil {
+			t.Fatal(err)
+		}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if strings.HasSuffix(e.Name(), ".tmp") {
+				t.Errorf("left: %s", e.Name())
+			}
+		}
+	}
+}
