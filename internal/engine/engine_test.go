@@ -1118,8 +1118,19 @@ func TestFullDiskAfterKernelUndoesAtOnce(t *testing.T) {
 			r.write(base)
 			_, err := r.enable(r.ch(0))
 			r.must(err)
+			// The records are written while the kernel takes the
+			// change (prepareRecords, beside the backend's Apply): the
+			// disk fills at the last step before they start (the
+			// journal, or the armed rollback), so that none of them is
+			// written before the kernel has the change. Filled at
+			// "kernel", under load they were at times all written
+			// already, and the change rightly succeeded.
+			fillAt := "intent"
+			if confirm > 0 {
+				fillAt = "armed"
+			}
 			r.eng.o.Checkpoint = func(step string) error {
-				if step == "kernel" {
+				if step == fillAt {
 					fill()
 				}
 				return nil
