@@ -74,6 +74,34 @@ func TestKillDuringSetDiff(t *testing.T) {
 	killDuringApply(t, []string{bigPolicy(0, "allow 80/tcp\n"), bigPolicy(3000, "allow 80/tcp\n")}, 15)
 }
 
+// TestKillDuringBlocklistSwap is TestKillDuringKernelApply for a change
+// that adds one blocklist and removes another: on iptables the early
+// lists (which gate the raw jump) get the new list's sets before the
+// rules and lose the old one's after them, before those are destroyed. A
+// kill between those steps leaves the old or the new rules with a list
+// holding both lists' sets: the fingerprint (which counts only the sets
+// the rules use) must still be the old or the new ruleset's. A kill
+// between a family's raw table commit and its filter one (MOAT-GEN is in
+// filter) must be reported as a split and repaired: it left raw at the
+// new blocklist under the old record, which the repair trusted; it then
+// failed to destroy the sets raw still used ("in use by a kernel
+// component").
+func TestKillDuringBlocklistSwap(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var policies []string
+	for i, name := range []string{"a", "b"} {
+		var b strings.Builder
+		for j := 0; j < 20000; j++ {
+			fmt.Fprintf(&b, "198.18.%d.%d\n2001:db8:%x:%x::/64\n", j>>7&255, 2*(j&127)+i, j>>7, 2*(j&127)+i)
+		}
+		list := filepath.Join(dir, name+".list")
+		writeFile(t, list, b.String())
+		policies = append(policies, "default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist "+name+" file "+list+"\n")
+	}
+	killDuringApply(t, policies, 15)
+}
+
 // killDuringApply kills moat at random points while it applies one
 // policy over the other, kills times per backend.
 func killDuringApply(t *testing.T, policies []string, kills int) {

@@ -694,6 +694,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			return fmt.Errorf("load ipsets: early lists: %w", err)
 		}
 	}
+	mark := b.markRewriting(rs, st, gen, rh, names, changing, wrote)
 	// The records of the families whose rules are as they were, written
 	// over netlink after the loop, both in one transaction (writeGen).
 	recs := map[policy.Family][]string{}
@@ -712,7 +713,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 				continue
 			}
 		} else {
-			script = render(rs, f.fam, st.jumps[f.fam], names, gen, c)
+			script = mark[f.fam] + render(rs, f.fam, st.jumps[f.fam], names, gen, c)
 			whole = true
 		}
 		wrote[f.fam] = append(wrote[f.fam], script)
@@ -921,6 +922,62 @@ func (b *Backend) markChanging(ctx context.Context, st *state, names []string) (
 	return script, nil
 }
 
+// markRewriting marks MOAT-GEN "rewriting", without the rules' record,
+// in each family whose rules are about to be rewritten whole (render)
+// and that has a record a later apply could trust: the restore commits
+// the raw table (the blocklists' and bans' drops) before filter, which
+// holds MOAT-GEN, and a moat killed between the two left raw at the new
+// rules under the old record: the repair (an apply of the old ruleset)
+// trusted it, left raw as it was and failed to destroy the sets raw
+// still used. Marked, Split reports the family and the next apply
+// rewrites it whole. Over netlink (both families in one transaction)
+// the mark is written here, into wrote; else it is returned, per
+// family, for the start of that family's restore (its own section,
+// committed first).
+func (b *Backend) markRewriting(rs *ruleset.Ruleset, st *state, gen, rh string, names Names, changing []string, wrote map[policy.Family][]string) map[policy.Family]string {
+	if !slices.ContainsFunc(rs.Chains, func(c *ruleset.Chain) bool { return tableOfHook(c.Hook) == tableRaw }) {
+		return nil // one table: one commit
+	}
+	recs := map[policy.Family][]string{}
+	scripts := map[policy.Family]string{}
+	for _, f := range families {
+		complete := b.jumpsComplete(rs, st, f.fam, names)
+		switch {
+		case !b.Full && st.gen[f.fam] == gen && complete:
+			continue // left as it is
+		case !b.Full && st.rules[f.fam] == rh && complete:
+			continue // only MOAT-GEN is written
+		case !st.has[f.fam][GenChain] || st.gen[f.fam] == rewriting && st.rules[f.fam] == "":
+			continue // no record to trust
+		}
+		keep := contents{}
+		for n, h := range st.held[f.fam] {
+			if !slices.Contains(changing, n) {
+				keep[n] = h
+			}
+		}
+		recs[f.fam] = genComments(rewriting, "", keep)
+		scripts[f.fam] = "*filter\n" + genChainRules(rewriting, "", keep) + "COMMIT\n"
+		st.gen[f.fam], st.rules[f.fam], st.held[f.fam] = rewriting, "", keep
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	nl := true
+	for f := range recs {
+		nl = nl && b.genOverNetlink(st, f)
+	}
+	if nl && b.writeGen(recs) == nil {
+		for _, f := range families {
+			if s, ok := scripts[f.fam]; ok {
+				wrote[f.fam] = append(wrote[f.fam], s)
+			}
+		}
+		return nil
+	}
+	return scripts
+}
+
 // genOverNetlink says whether MOAT-GEN's record in family fam is written
 // over netlink (writeGen): iptables-nft, and the chain is there.
 func (b *Backend) genOverNetlink(st *state, fam policy.Family) bool {
@@ -1005,6 +1062,9 @@ func splitOf(st *state) string {
 	g4, g6 := st.gen[policy.FamilyV4], st.gen[policy.FamilyV6]
 	if g4 == dirty || g6 == dirty {
 		return "moat was changing its ipsets when it stopped: some may hold part of a change ('moat reload' loads them whole)"
+	}
+	if g4 == rewriting || g6 == rewriting {
+		return "moat was rewriting its rules when it stopped: a family may hold part of the change ('moat reload' rewrites them)"
 	}
 	has4, has6 := len(st.has[policy.FamilyV4]) > 0, len(st.has[policy.FamilyV6]) > 0
 	if g4 == g6 && has4 == has6 {

@@ -154,6 +154,13 @@ const (
 	// dirty is the generation while sets are being changed in place: a
 	// set without its record in MOAT-GEN is loaded whole next time.
 	dirty = "changing"
+	// rewriting is the generation while a family's rules are being
+	// rewritten: iptables-restore commits the raw table before filter
+	// (one nf_tables transaction, or one table blob, each), so a moat
+	// killed between the two leaves raw at the new rules and MOAT-GEN,
+	// in filter, at the old ones. With no rules record beside it, the
+	// next apply rewrites the family whole (markRewriting).
+	rewriting = "rewriting"
 )
 
 // Generation is a hash of both families' rules of rs (set names included)
