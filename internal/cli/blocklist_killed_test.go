@@ -219,3 +219,29 @@ func TestMarkerTempOfRunningUpdateKept(t *testing.T) {
 		}
 	}
 }
+
+// A command that applies a policy with a file blocklist saves the list's
+// copy and metadata holding moat's state lock (no update ever ran, so the
+// blocklists' lock file is not there): what a kill during those writes
+// left beside them stayed after the next command's repair (found by
+// e2e's TestKillDuringBlocklistSwap: ".b.json.N.tmp" after 15 kills).
+func TestCopyTempsLeftWithoutUpdateRemoved(t *testing.T) {
+	r, _, write := newFileListRig(t, "nftables")
+	if _, err := os.Lstat(filepath.Join(r.state, blocklist.LockFile)); err == nil {
+		t.Fatal("the blocklists' lock file is there: the test needs a state no update ran in")
+	}
+	var temps []string
+	for _, n := range []string{".bad.json.123.tmp", ".bad.list.456.tmp"} {
+		tmp := filepath.Join(r.state, blocklist.Dir, n)
+		write(tmp, "torn")
+		temps = append(temps, tmp)
+	}
+	if out, code := r.moat("reload"); code != 0 {
+		t.Fatalf("reload: %d\n%s", code, out)
+	}
+	for _, tmp := range temps {
+		if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+			t.Errorf("%s left by a killed apply is still there after the next command: %v", tmp, err)
+		}
+	}
+}

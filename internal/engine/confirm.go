@@ -705,8 +705,13 @@ func (e *Engine) removePrepared(in *Intent) {
 	}
 	// The blocklists' copies and an update's marker: an update writes
 	// them holding its own lock alone; when none runs, no write is in
-	// progress.
-	if _, err := os.Lstat(filepath.Join(e.o.StateDir, blocklist.LockFile)); err == nil {
+	// progress. A command that applies a policy with a blocklist writes
+	// the copies too (holding the state lock): with no update ever run,
+	// the lock file is not there, and what such a command killed half way
+	// left stayed.
+	_, lerr := os.Lstat(filepath.Join(e.o.StateDir, blocklist.LockFile))
+	_, derr := os.Lstat(filepath.Join(e.o.StateDir, blocklist.Dir))
+	if lerr == nil || derr == nil {
 		if l, err := statedir.TryLock(e.o.StateDir, blocklist.LockFile); err == nil {
 			errs = append(errs, blocklist.RemoveLeftTemps(e.o.StateDir))
 			l.Unlock()
