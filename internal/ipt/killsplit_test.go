@@ -153,6 +153,9 @@ func (k *tableKernel) ipset(args []string, stdin string) ([]byte, error) {
 		case "rename":
 			delete(k.sets, f[1])
 			k.sets[f[2]] = true
+		case "add", "flush", "swap":
+		default:
+			return nil, fmt.Errorf("ipset: unexpected line %q", l)
 		}
 	}
 	return nil, nil
@@ -232,6 +235,52 @@ func TestKillBetweenRawAndFilter(t *testing.T) {
 		}
 		if got := k.save("iptables") + k.save("ip6tables"); got != newSave {
 			t.Errorf("kill after commit %d: the change after the repair did not load the new rules", kill)
+		}
+	}
+
+	// A rollback's restore of the old rules' snapshot commits raw before
+	// filter too: killed between, Split reports it, and the restore run
+	// again (the engine's repair finishes the rollback) loads it whole.
+	var snap strings.Builder
+	snap.WriteString(secSets + "\n")
+	for _, n := range sortedKeys(base.sets) {
+		fmt.Fprintf(&snap, "create %s hash:net family inet hashsize 1024 maxelem 65536\n", n)
+	}
+	for _, f := range []struct{ sec, prog string }{{secV4, "iptables"}, {secV6, "ip6tables"}} {
+		snap.WriteString(f.sec + "\n")
+		for _, l := range strings.Split(base.save(f.prog), "\n") {
+			if strings.HasPrefix(l, ":MOAT-") || strings.HasPrefix(l, "-A MOAT-") || isJump(l) {
+				snap.WriteString(l + "\n")
+			}
+		}
+	}
+	for kill := 1; ; kill++ {
+		k := full.clone()
+		k.killAt = full.commits + kill
+		err := (&Backend{Run: k.run}).Restore(context.Background(), []byte(snap.String()))
+		if err == nil {
+			if kill < 3 {
+				t.Fatalf("the snapshot's restore made %d commits", kill-1)
+			}
+			break
+		}
+		if !errors.Is(err, errKilled) {
+			t.Fatalf("restore killed after commit %d: %v", kill, err)
+		}
+		k.killAt = 0
+		now := k.save("iptables") + k.save("ip6tables")
+		split, err := (&Backend{Run: k.run}).Split(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now != oldSave && now != newSave && split == "" {
+			t.Fatalf("restore killed after commit %d: neither the old nor the new rules, and no split reported:\n%s", kill, now)
+		}
+		if err := (&Backend{Run: k.run}).Restore(context.Background(), []byte(snap.String())); err != nil {
+			t.Fatalf("restore killed after commit %d: the restore again: %v", kill, err)
+		}
+		if got := k.save("iptables") + k.save("ip6tables"); got != oldSave {
+			t.Errorf("restore killed after commit %d: the restore again did not load the old rules:\n%s\nwant:\n%s", kill, got, oldSave)
 		}
 	}
 }

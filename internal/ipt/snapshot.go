@@ -323,7 +323,13 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 		if s.Len() == 0 {
 			continue
 		}
-		if _, err := b.Run(ctx, []byte(s.String()), f.restore, "-w", "5", "--noflush"); err != nil {
+		script := s.String()
+		if st.has[f.fam][GenChain] && strings.HasPrefix(script, "*"+tableRaw+"\n") && strings.Contains(script, "\n*"+tableFilter+"\n") {
+			// raw commits before filter, which holds MOAT-GEN: marked
+			// first, a kill between the two is reported (markRewriting).
+			script = "*filter\n" + genChainRules(rewriting, "", nil) + "COMMIT\n" + script
+		}
+		if _, err := b.Run(ctx, []byte(script), f.restore, "-w", "5", "--noflush"); err != nil {
 			return false, fmt.Errorf("restore %s rules: %w", f.fam, err)
 		}
 	}
