@@ -168,3 +168,36 @@ func TestUpgradeLoopbackRawJumpNoFalseDrift(t *testing.T) {
 		t.Errorf("status does not see a drop changed by hand on the earlier layout:\n%s", out)
 	}
 }
+
+// TestIptEarlyListReplacedByHand: an early list made anew by hand under
+// its name as another type (moat's jump put back by hand) drops nothing
+// of a blocklist's sources; status reports it and 'moat reload' repairs
+// it (it failed: the list's create was refused, every apply too). Real
+// packets.
+func TestIptEarlyListReplacedByHand(t *testing.T) {
+	e := onBackend(t, "iptables")
+	ctx := context.Background()
+	if out, err := e.topo.Client.Run(ctx, "ip", "addr", "add", "192.0.2.13/24", "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
+		t.Fatalf("ip addr add: %v\n%s", err, out)
+	}
+	list := e.newFile("bad.list", "192.0.2.13\n")
+	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist bad file " + list + "\n")
+	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
+	jump := []string{"PREROUTING", "-m", "set", "--match-set", "moat-early4", "src", "-j", "MOAT-PREROUTING"}
+	e.run("server", append([]string{"iptables", "-t", "raw", "-D"}, jump...)...)
+	e.run("server", "ipset", "destroy", "moat-early4")
+	e.run("server", "ipset", "create", "moat-early4", "hash:ip")
+	e.run("server", append([]string{"iptables", "-t", "raw", "-I"}, jump...)...)
+	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 open")
+	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") || !strings.Contains(out, "-moat-bl4_bad (its sources are no longer dropped)") {
+		t.Errorf("status does not see the early list replaced by hand:\n%s", out)
+	}
+	e.mustMoat("reload")
+	if m4 := e.earlyMembers("moat-early4"); m4 != "moat-ban4 moat-bl4_bad" {
+		t.Errorf("early list after the repair: %q", m4)
+	}
+	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
+	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
+		t.Errorf("status after the repair:\n%s", out)
+	}
+}
