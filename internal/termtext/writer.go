@@ -89,12 +89,15 @@ func (t *Writer) Write(p []byte) (int, error) {
 		t.nh = 0
 	}
 	for len(in) > 0 {
-		c := in[0]
-		if plain[c] {
-			out = append(out, c)
-			in = in[1:]
+		if k := plainPrefix(in); k > 0 {
+			// A run of plain bytes at once ('moat status' with a
+			// comment in another script: the rest of the chunk is
+			// ASCII).
+			out = append(out, in[:k]...)
+			in = in[k:]
 			continue
 		}
+		c := in[0]
 		if c >= utf8.RuneSelf && !utf8.FullRune(in) {
 			t.nh = copy(t.held[:], in)
 			break
