@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -147,9 +146,9 @@ func (a *app) change(cmd *cobra.Command) engine.Change {
 	return engine.Change{Command: a.commandLine(cmd), Path: a.config, Backend: a.backend, Force: a.force, Confirm: a.confirm}
 }
 
-// startWatchdog starts 'moat watchdog ID' in its own session (no
-// terminal; the caller's death, SIGHUP and the SSH session being cut do
-// not stop it), logging to the state directory.
+// startWatchdog starts 'moat watchdog ID' outside this command and its
+// login session (a transient systemd unit, else setsid: see
+// watchdogStarter), logging to the state directory.
 func (a *app) startWatchdog(id string) (int, error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -160,21 +159,16 @@ func (a *app) startWatchdog(id string) (int, error) {
 		return 0, fmt.Errorf("watchdog log: %w", err)
 	}
 	defer func() { _ = logf.Close() }() // the watchdog has its own descriptor
+	logPath := filepath.Join(a.stateDir, engine.LogFile)
+	if abs, err := filepath.Abs(logPath); err == nil {
+		logPath = abs
+	}
 	args := []string{"--state-dir", a.stateDir, "--config", a.config}
 	if a.verbose {
 		args = append(args, "--verbose")
 	}
-	cmd := exec.Command(self, append(args, "watchdog", id)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("start rollback watchdog: %w", err)
-	}
-	pid := cmd.Process.Pid
-	// Reap it if it dies while this process still runs (a zombie would
-	// look alive), without waiting for it.
-	go func() { _ = cmd.Wait() }()
-	return pid, nil
+	s := &watchdogStarter{root: "/", lookPath: exec.LookPath, run: execOutput, setsid: startSetsid, log: a.log, env: os.Getenv, getwd: os.Getwd}
+	return s.start(self, append(args, "watchdog", id), id, logf, logPath)
 }
 
 // report prints what an apply did that the admin must know.
