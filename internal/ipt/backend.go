@@ -169,6 +169,12 @@ type state struct {
 	lines map[policy.Family][]string        // moat's lines of iptables-save
 	held  map[policy.Family]contents        // MOAT-GEN's record of each policy set's contents
 	rules map[policy.Family]string          // MOAT-GEN's hash of the rules
+	// raw is, per family, the rawSum of the raw section moat's own
+	// restore last wrote, known only in a state predicted from moat's
+	// restores (never from a read: "" or absent, unknown). MOAT-GEN's
+	// record is in filter and covers both tables; a family whose raw
+	// section is this one is rewritten in filter alone.
+	raw map[policy.Family]string
 	// readGen is the nftables ruleset generation both families' chains
 	// were read at (the same before and after the reads), when known.
 	readGen   uint32
@@ -196,7 +202,7 @@ func (st *state) clone() *state {
 	c := &state{jumps: map[policy.Family]map[string]Jump{}, has: map[policy.Family]map[string]bool{},
 		gen: maps.Clone(st.gen), sets: maps.Clone(st.sets), lines: map[policy.Family][]string{},
 		held: map[policy.Family]contents{}, rules: maps.Clone(st.rules), readGen: st.readGen, readGenOK: st.readGenOK,
-		noLines: st.noLines}
+		noLines: st.noLines, raw: maps.Clone(st.raw)}
 	for f, m := range st.jumps {
 		c.jumps[f] = maps.Clone(m)
 	}
@@ -694,7 +700,20 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			return fmt.Errorf("load ipsets: early lists: %w", err)
 		}
 	}
-	mark := b.markRewriting(rs, st, gen, rh, names, changing, wrote)
+	// keepRaw: the family's raw section is already the one it would be
+	// rewritten to (moat's own restore wrote it, and the generation
+	// says nothing committed since): its restore is the filter section
+	// alone, one commit that carries the rules and their record, which
+	// needs no "rewriting" mark (markRewriting).
+	rawSums := map[policy.Family]string{}
+	keepRaw := map[policy.Family]bool{}
+	for _, f := range families {
+		rawSums[f.fam] = rawSum(rs, f.fam, names)
+		keepRaw[f.fam] = !b.Full && rawSums[f.fam] != "" && st.raw[f.fam] == rawSums[f.fam] &&
+			st.has[f.fam][ChainName(ruleset.Prerouting)] && b.jumpsComplete(rs, st, f.fam, names)
+	}
+	mark := b.markRewriting(rs, st, gen, rh, names, changing, wrote, keepRaw)
+	rewrote := map[policy.Family]bool{}
 	// The records of the families whose rules are as they were, written
 	// over netlink after the loop, both in one transaction (writeGen).
 	recs := map[policy.Family][]string{}
@@ -713,8 +732,13 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 				continue
 			}
 		} else {
-			script = mark[f.fam] + render(rs, f.fam, st.jumps[f.fam], names, gen, c)
+			ts := tables
+			if keepRaw[f.fam] {
+				ts = []string{tableFilter}
+			}
+			script = mark[f.fam] + renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, ts)
 			whole = true
+			rewrote[f.fam] = true
 		}
 		wrote[f.fam] = append(wrote[f.fam], script)
 		if err := b.restoreRules(ctx, f, script); err != nil {
@@ -733,6 +757,16 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	}
 	b.remember(c, networks, sums)
 	b.track.after = b.afterApply(orig, genOnly, wrote, whole, c, networks, sums)
+	if a := b.track.after; a != nil && a.st != nil {
+		// The raw section each family rewritten whole now holds: the
+		// one written, or the one kept (the same).
+		if a.st.raw == nil {
+			a.st.raw = map[policy.Family]string{}
+		}
+		for f := range rewrote {
+			a.st.raw[f] = rawSums[f]
+		}
+	}
 	if b.track.after != nil {
 		b.track.after.fresh = fresh && whole
 		// The sets changed in place (or not at all) keep the header the
@@ -934,7 +968,10 @@ func (b *Backend) markChanging(ctx context.Context, st *state, names []string) (
 // the mark is written here, into wrote; else it is returned, per
 // family, for the start of that family's restore (its own section,
 // committed first).
-func (b *Backend) markRewriting(rs *ruleset.Ruleset, st *state, gen, rh string, names Names, changing []string, wrote map[policy.Family][]string) map[policy.Family]string {
+//
+// A family in keepRaw is rewritten in filter alone (its raw section is
+// the one it would write): one commit, not marked.
+func (b *Backend) markRewriting(rs *ruleset.Ruleset, st *state, gen, rh string, names Names, changing []string, wrote map[policy.Family][]string, keepRaw map[policy.Family]bool) map[policy.Family]string {
 	if !slices.ContainsFunc(rs.Chains, func(c *ruleset.Chain) bool { return tableOfHook(c.Hook) == tableRaw }) {
 		return nil // one table: one commit
 	}
@@ -949,6 +986,8 @@ func (b *Backend) markRewriting(rs *ruleset.Ruleset, st *state, gen, rh string, 
 			continue // only MOAT-GEN is written
 		case !st.has[f.fam][GenChain] || st.gen[f.fam] == rewriting && st.rules[f.fam] == "":
 			continue // no record to trust
+		case keepRaw[f.fam]:
+			continue // filter alone: one commit
 		}
 		keep := contents{}
 		for n, h := range st.held[f.fam] {

@@ -35,6 +35,9 @@ type chainCache struct {
 	Rules map[policy.Family]string          `json:"rules"`
 	// NoLines: Lines are not known (predicted by predictState).
 	NoLines bool `json:"no_lines,omitempty"`
+	// Raw: the state's raw (the rawSum of the raw section moat's own
+	// restore wrote), per family; absent: unknown.
+	Raw map[policy.Family]string `json:"raw,omitempty"`
 }
 
 // hostIdentity is the boot and the network namespace this process runs
@@ -62,7 +65,7 @@ func (b *Backend) loadChainCache(gen uint32) *state {
 	st := &state{jumps: map[policy.Family]map[string]Jump{}, has: map[policy.Family]map[string]bool{},
 		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{},
 		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}, readGen: gen, readGenOK: true,
-		noLines: c.NoLines}
+		noLines: c.NoLines, raw: c.Raw}
 	for _, f := range families {
 		st.jumps[f.fam] = orEmpty(c.Jumps[f.fam])
 		st.has[f.fam] = orEmpty(c.Has[f.fam])
@@ -91,7 +94,7 @@ func (b *Backend) saveChainCache(st *state) {
 		return
 	}
 	c := chainCache{Boot: boot, NetNS: netns, Gen: st.readGen, Jumps: st.jumps, Has: st.has, Gens: st.gen,
-		Lines: st.lines, Held: st.held, Rules: st.rules, NoLines: st.noLines}
+		Lines: st.lines, Held: st.held, Rules: st.rules, NoLines: st.noLines, Raw: st.raw}
 	data, err := json.Marshal(c)
 	if err == nil {
 		err = statedir.WriteCache(b.StateDir, chainCacheFile, data)

@@ -9,6 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	pol "github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // tableKernel emulates what moat's Apply needs of iptables-restore,
@@ -238,6 +241,10 @@ func TestKillBetweenRawAndFilter(t *testing.T) {
 		}
 	}
 
+	if !legacyTables() {
+		killRawKnown(t, base, oldRS, newRS, policy)
+	}
+
 	// A rollback's restore of the old rules' snapshot commits raw before
 	// filter too: killed between, Split reports it, and the restore run
 	// again (the engine's repair finishes the rollback) loads it whole.
@@ -281,6 +288,106 @@ func TestKillBetweenRawAndFilter(t *testing.T) {
 		}
 		if got := k.save("iptables") + k.save("ip6tables"); got != oldSave {
 			t.Errorf("restore killed after commit %d: the restore again did not load the old rules:\n%s\nwant:\n%s", kill, got, oldSave)
+		}
+	}
+}
+
+// killRawKnown is TestKillBetweenRawAndFilter with moat's state known
+// from its own restore of oldRS (as the chain cache gives it while the
+// nftables generation has not moved: here the fake kernel's count of
+// commits), raw sections included. A change in filter alone (a port
+// rule) restores the filter section alone, one commit per family and no
+// "rewriting" mark, and every kill still leaves the old rules, the new
+// or a split reported; a change of raw (the blocklist swapped) is still
+// marked. Fails if the mark is kept for the first (raw then rewritten
+// too) or dropped for the second (its raw would be left as it was, or
+// unmarked), or if the condition is inverted.
+func killRawKnown(t *testing.T, base *tableKernel, oldRS *ruleset.Ruleset, newRS *ruleset.Ruleset, policy func(string, int) string) {
+	old := nftGeneration
+	t.Cleanup(func() { nftGeneration = old })
+	var cur *tableKernel
+	nftGeneration = func() (uint32, error) { return uint32(cur.commits), nil }
+	// known is a Backend on k whose next read is k's chains with the raw
+	// sections of oldRS known; scripts gets every restore it runs.
+	known := func(k *tableKernel, scripts *[]string) *Backend {
+		t.Helper()
+		cur = k
+		run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+			if strings.HasSuffix(name, "-restore") && !slices.Contains(args, "--test") {
+				*scripts = append(*scripts, string(stdin))
+			}
+			return k.run(ctx, stdin, name, args...)
+		}
+		b := &Backend{Run: run, Netlink: true}
+		if _, err := b.read(context.Background()); err != nil || b.lastRead == nil {
+			t.Fatalf("read: %v (kept: %v)", err, b.lastRead != nil)
+		}
+		names := SetNames(oldRS)
+		b.lastRead.raw = map[pol.Family]string{}
+		for _, f := range families {
+			b.lastRead.raw[f.fam] = rawSum(oldRS, f.fam, names)
+		}
+		return b
+	}
+	ctx := context.Background()
+	for _, c := range []struct {
+		name    string
+		to      *ruleset.Ruleset
+		rawSame bool
+	}{
+		{"a port rule changed (raw the same)", compileText(t, policy("a", 443)), true},
+		{"the blocklist swapped (raw changed)", newRS, false},
+	} {
+		// The rules to reach, from a Backend that knows nothing.
+		want := base.clone()
+		if err := (&Backend{Run: want.run}).Apply(ctx, c.to); err != nil {
+			t.Fatal(err)
+		}
+		wantSave := want.save("iptables") + want.save("ip6tables")
+		oldSave := base.save("iptables") + base.save("ip6tables")
+		full := base.clone()
+		var scripts []string
+		if err := known(full, &scripts).Apply(ctx, c.to); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if got := full.save("iptables") + full.save("ip6tables"); got != wantSave {
+			t.Fatalf("%s: the rules loaded:\n%s\nwant:\n%s", c.name, got, wantSave)
+		}
+		all := strings.Join(scripts, "")
+		marked, raw := strings.Contains(all, rewriting), strings.Contains(all, "*"+tableRaw+"\n")
+		if c.rawSame && (marked || raw || full.commits-base.commits != 2) {
+			t.Fatalf("%s: %d commits, marked %v, raw restored %v:\n%s", c.name, full.commits-base.commits, marked, raw, all)
+		}
+		if !c.rawSame && (!marked || !raw) {
+			t.Fatalf("%s: marked %v, raw restored %v:\n%s", c.name, marked, raw, all)
+		}
+		for kill := 1; kill < full.commits-base.commits; kill++ {
+			k := base.clone()
+			k.killAt = base.commits + kill
+			if err := known(k, new([]string)).Apply(ctx, c.to); !errors.Is(err, errKilled) {
+				t.Fatalf("%s: kill after commit %d: %v", c.name, kill, err)
+			}
+			k.killAt = 0
+			now := k.save("iptables") + k.save("ip6tables")
+			split, err := (&Backend{Run: k.run}).Split(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if now != oldSave && now != wantSave && split == "" {
+				t.Fatalf("%s: kill after commit %d: neither the old nor the new rules, and no split reported:\n%s", c.name, kill, now)
+			}
+			if err := (&Backend{Run: k.run}).Apply(ctx, oldRS); err != nil {
+				t.Fatalf("%s: kill after commit %d: repair: %v", c.name, kill, err)
+			}
+			if got := k.save("iptables") + k.save("ip6tables"); got != oldSave {
+				t.Errorf("%s: kill after commit %d: the repair did not load the old rules:\n%s\nwant:\n%s", c.name, kill, got, oldSave)
+			}
+			if err := (&Backend{Run: k.run}).Apply(ctx, c.to); err != nil {
+				t.Fatalf("%s: kill after commit %d: the change after the repair: %v", c.name, kill, err)
+			}
+			if got := k.save("iptables") + k.save("ip6tables"); got != wantSave {
+				t.Errorf("%s: kill after commit %d: the change after the repair did not load the new rules", c.name, kill)
+			}
 		}
 	}
 }

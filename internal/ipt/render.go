@@ -423,8 +423,13 @@ func establishedAccept(r *ruleset.Rule) bool {
 }
 
 func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump, names Names, gen string, c contents) string {
+	return renderTables(rs, fam, haveJump, names, gen, c, tables)
+}
+
+// renderTables is render of the tables ts alone (in tables' order).
+func renderTables(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump, names Names, gen string, c contents, ts []string) string {
 	var b strings.Builder
-	for _, t := range tables {
+	for _, t := range ts {
 		var chains []*ruleset.Chain
 		for _, ch := range rs.Chains {
 			if tableOfHook(ch.Hook) == t {
@@ -452,6 +457,19 @@ func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump, na
 		b.WriteString("COMMIT\n")
 	}
 	return b.String()
+}
+
+// rawSum is a hash of the raw table's section of render for family fam,
+// with the jump into MOAT-PREROUTING inserted anew (it does not depend
+// on the jumps there): what MOAT-PREROUTING and its jump hold once moat
+// restored it. "" when rs has no chain in raw.
+func rawSum(rs *ruleset.Ruleset, fam policy.Family, names Names) string {
+	text := renderTables(rs, fam, nil, names, "", nil, []string{tableRaw})
+	if text == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(text))
+	return hex.EncodeToString(sum[:])
 }
 
 // body is the rules of moat's chains of one table for one family.
