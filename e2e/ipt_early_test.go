@@ -17,6 +17,26 @@ func (e *env) earlyMembers(name string) string {
 	return strings.Join(strings.Fields(members), " ")
 }
 
+// earlyRepaired checks that status reports a hand change of moat's early
+// list (with each of notes), and that 'moat reload' repairs the list
+// name: it holds want again.
+func (e *env) earlyRepaired(name, want string, notes ...string) {
+	e.t.Helper()
+	out := e.mustMoat("status")
+	if !strings.Contains(out, "changed outside moat") {
+		e.t.Errorf("status does not see %s changed by hand:\n%s", name, out)
+	}
+	for _, n := range notes {
+		if !strings.Contains(out, n) {
+			e.t.Errorf("status does not say %q of %s changed by hand:\n%s", n, name, out)
+		}
+	}
+	e.mustMoat("reload")
+	if m := e.earlyMembers(name); m != want {
+		e.t.Errorf("%s after the repair: %q", name, m)
+	}
+}
+
 // TestIptEarlyListsKeptWithLists: on iptables the raw jump is taken only
 // by a source in the family's early list (an ipset list:set of the ban
 // set and every blocklist's set). The lists follow the policy: a
@@ -60,25 +80,13 @@ func TestIptEarlyListsKeptWithLists(t *testing.T) {
 	// A member deleted by hand: that list drops nothing any more.
 	e.run("server", "ipset", "del", "moat-early6", "moat-bl6_two")
 	e.expect(false, "client/2001:db8::14 tcp [2001:db8::1]:80 open")
-	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") || !strings.Contains(out, "set moat-early6 holds other sets than moat loaded: -moat-bl6_two") {
-		t.Errorf("status does not see a member deleted from the early list by hand:\n%s", out)
-	}
-	e.mustMoat("reload")
-	if m6 := e.earlyMembers("moat-early6"); m6 != "moat-ban6 moat-bl6_one moat-bl6_two" {
-		t.Errorf("early list after the repair: %q", m6)
-	}
+	e.earlyRepaired("moat-early6", "moat-ban6 moat-bl6_one moat-bl6_two", "set moat-early6 holds other sets than moat loaded: -moat-bl6_two")
 	e.expect(false, "client/2001:db8::14 tcp [2001:db8::1]:80 timeout", "client tcp [2001:db8::1]:80 open")
 	// One added by hand (the protected set): reported, taken out.
 	e.run("server", "ipset", "add", "moat-early4", "moat-protect4")
-	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") {
-		t.Errorf("status does not see a member added to the early list by hand:\n%s", out)
-	}
-	e.mustMoat("reload")
+	e.earlyRepaired("moat-early4", "moat-ban4 moat-bl4_one moat-bl4_two")
 	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
 		t.Errorf("status after the repair:\n%s", out)
-	}
-	if m4 := e.earlyMembers("moat-early4"); m4 != "moat-ban4 moat-bl4_one moat-bl4_two" {
-		t.Errorf("early list after the repair: %q", m4)
 	}
 
 	// The first list removed: its sets are gone, its sources pass.
@@ -189,13 +197,7 @@ func TestIptEarlyListReplacedByHand(t *testing.T) {
 	e.run("server", "ipset", "create", "moat-early4", "hash:ip")
 	e.run("server", append([]string{"iptables", "-t", "raw", "-I"}, jump...)...)
 	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 open")
-	if out := e.mustMoat("status"); !strings.Contains(out, "changed outside moat") || !strings.Contains(out, "-moat-bl4_bad (its sources are no longer dropped)") {
-		t.Errorf("status does not see the early list replaced by hand:\n%s", out)
-	}
-	e.mustMoat("reload")
-	if m4 := e.earlyMembers("moat-early4"); m4 != "moat-ban4 moat-bl4_bad" {
-		t.Errorf("early list after the repair: %q", m4)
-	}
+	e.earlyRepaired("moat-early4", "moat-ban4 moat-bl4_bad", "-moat-bl4_bad (its sources are no longer dropped)")
 	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
 	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
 		t.Errorf("status after the repair:\n%s", out)
