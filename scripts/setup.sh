@@ -13,7 +13,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   nftables iptables ipset iproute2 kmod netbase procps openssh-server openssh-client dropbear-bin ca-certificates nmap \
-  lintian man-db systemd ufw strace >/dev/null
+  lintian man-db systemd ufw strace jq >/dev/null
 export PATH="$PATH:/usr/local/go/bin"
 if ! command -v go >/dev/null 2>&1; then
   echo "moat setup: Go is not installed: install Go $(sed -n 's/^go //p' "$(dirname "$0")/../go.mod") or later" >&2
