@@ -51,6 +51,26 @@ func newRig(t *testing.T) *rig {
 	return r
 }
 
+// enabledRig is a rig whose policy file holds base, enabled (no
+// confirmation): where most tests start.
+func enabledRig(t *testing.T) *rig {
+	t.Helper()
+	r := newRig(t)
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	return r
+}
+
+// waiting adds "allow 443/tcp" with a minute to confirm it: a change
+// that waits for confirmation (its watchdog armed).
+func (r *rig) waiting() *Result {
+	r.t.Helper()
+	res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
+	r.must(err)
+	return res
+}
+
 func (r *rig) newEngine() *Engine {
 	return New(Options{
 		StateDir:         r.dir,
@@ -1568,10 +1588,7 @@ func TestKillLeavesNoPreparedFiles(t *testing.T) {
 // the next command's repair removes; the guard's files, written under
 // its own lock while commands run, stay.
 func TestRepairRemovesOtherRecordsTemps(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	r.eng.o.OtherRecords = []string{"kernel-fingerprint.json", "ipt-chains.json"}
 	gone := []string{pendingFile, snapshotFile, policyFile, rollbackBansFile, listCopiesFile, outcomeFile, coveredMemoFile, coveredMemoKeyFile, "kernel-fingerprint.json", "ipt-chains.json"}
 	kept := []string{"guard.json", "guard.index", "unknown.json"}
@@ -1613,12 +1630,8 @@ func TestRepairRemovesOtherRecordsTemps(t *testing.T) {
 func TestConfirmWithUnreadableAppliedRecord(t *testing.T) {
 	for _, how := range []string{"confirm", "killed at confirm-marked"} {
 		t.Run(how, func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
-			_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
-			r.must(err)
+			r := enabledRig(t)
+			r.waiting()
 			r.must(os.WriteFile(filepath.Join(r.dir, AppliedFile), []byte(`{"backend":"nftab`), 0o600))
 			confirm := func() error {
 				return r.do(func(ctx context.Context, e *Engine) error { _, err := e.Confirm(ctx); return err })
@@ -1642,7 +1655,7 @@ func TestConfirmWithUnreadableAppliedRecord(t *testing.T) {
 			r.advance(2 * time.Minute)
 			r.must(r.do(func(context.Context, *Engine) error { return nil }))
 			r.kernelIs("nftables", base+"allow 443/tcp\n")
-			_, err = r.add(r.ch(0), "allow 80/tcp")
+			_, err := r.add(r.ch(0), "allow 80/tcp")
 			r.must(err)
 			r.allHold(base + "allow 443/tcp\nallow 80/tcp\n")
 			s, err := safeapply.LoadSaved(r.dir)
@@ -1666,13 +1679,9 @@ func TestConfirmWithUnreadableAppliedRecord(t *testing.T) {
 func TestRepairRemovesPolicyFileTemps(t *testing.T) {
 	for _, pending := range []bool{false, true} {
 		t.Run(fmt.Sprintf("rollback=%v", pending), func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r := enabledRig(t)
 			if pending {
-				_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
-				r.must(err)
+				r.waiting()
 				r.crashAt = "rollback-marked"
 				if err := r.rollback(); !IsCrash(err) {
 					t.Fatalf("rollback: %v", err)
@@ -1713,10 +1722,7 @@ func TestRepairRemovesPolicyFileTemps(t *testing.T) {
 // (an update writes them under that lock alone); while one does, they
 // stay.
 func TestRepairRemovesBlocklistTemps(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	dir := filepath.Join(r.dir, blocklist.Dir)
 	r.must(os.MkdirAll(dir, 0o700))
 	left := []string{".drop.list.123.tmp", ".drop.json.456.tmp"}
@@ -1762,10 +1768,7 @@ func TestRepairRemovesBlocklistTemps(t *testing.T) {
 // Options.OtherRecordPrefixes names (the backends write them under
 // moat's lock only).
 func TestRepairRemovesElementRecordTemps(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	r.eng.o.OtherRecordPrefixes = []string{"nft-set.", "ipset."}
 	gone := []string{".nft-set.protect4.116274129.tmp", ".ipset.moat-protect6.42.tmp"}
 	kept := []string{".guard.json.7.tmp", ".nft-set.protect4.x.tmp", "nft-set.protect4"}
@@ -1793,12 +1796,8 @@ func TestRepairRemovesElementRecordTemps(t *testing.T) {
 // file go back to before the change, as the journal's undo would have
 // put them), and the journal stays for the admin, named.
 func TestWatchdogRollsBackPastUnreadableJournal(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
-	res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
-	r.must(err)
+	r := enabledRig(t)
+	res := r.waiting()
 	r.must(os.WriteFile(filepath.Join(r.dir, IntentFile), []byte(`{"pid": 12, "comm`), 0o600))
 	r.advance(2 * time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -1829,12 +1828,8 @@ func TestWatchdogRollsBackPastUnreadableJournal(t *testing.T) {
 func TestKillDisableWhileChangeWaits(t *testing.T) {
 	for _, step := range []string{"disable-cleared", "disable-removed"} {
 		t.Run(step, func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
-			_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
-			r.must(err)
+			r := enabledRig(t)
+			r.waiting()
 			r.crashAt = step
 			ctx := context.Background()
 			unlock, err := r.eng.LockToRemove(ctx, "moat disable")
