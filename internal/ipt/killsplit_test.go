@@ -54,6 +54,40 @@ func (k *tableKernel) clone() *tableKernel {
 	return c
 }
 
+// wholeOrSplit checks what a kill (what names it) left in k: the old
+// rules, the new ones, or a split that Split reports.
+func (k *tableKernel) wholeOrSplit(t *testing.T, ctx context.Context, what, oldSave, newSave string) {
+	t.Helper()
+	k.killAt = 0
+	now := k.save("iptables") + k.save("ip6tables")
+	split, err := (&Backend{Run: k.run}).Split(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now != oldSave && now != newSave && split == "" {
+		t.Fatalf("%s: neither the old nor the new rules, and no split reported:\n%s", what, now)
+	}
+}
+
+// repairThenChange applies oldRS over what a kill left in k (the
+// engine's repair), then newRS (the change again), and checks that each
+// loads its rules whole.
+func (k *tableKernel) repairThenChange(t *testing.T, ctx context.Context, what string, oldRS, newRS *ruleset.Ruleset, oldSave, newSave string) {
+	t.Helper()
+	if err := (&Backend{Run: k.run}).Apply(ctx, oldRS); err != nil {
+		t.Fatalf("%s: repair: %v", what, err)
+	}
+	if got := k.save("iptables") + k.save("ip6tables"); got != oldSave {
+		t.Errorf("%s: the repair did not load the old rules:\n%s\nwant:\n%s", what, got, oldSave)
+	}
+	if err := (&Backend{Run: k.run}).Apply(ctx, newRS); err != nil {
+		t.Fatalf("%s: the change after the repair: %v", what, err)
+	}
+	if got := k.save("iptables") + k.save("ip6tables"); got != newSave {
+		t.Errorf("%s: the change after the repair did not load the new rules", what)
+	}
+}
+
 func (k *tableKernel) save(prog string) string {
 	var b strings.Builder
 	for _, t := range []string{"raw", "filter"} {
@@ -218,27 +252,9 @@ func TestKillBetweenRawAndFilter(t *testing.T) {
 		if err := (&Backend{Run: k.run}).Apply(context.Background(), newRS); !errors.Is(err, errKilled) {
 			t.Fatalf("kill after commit %d: %v", kill, err)
 		}
-		k.killAt = 0
-		now := k.save("iptables") + k.save("ip6tables")
-		split, err := (&Backend{Run: k.run}).Split(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if now != oldSave && now != newSave && split == "" {
-			t.Fatalf("kill after commit %d: neither the old nor the new rules, and no split reported:\n%s", kill, now)
-		}
-		if err := (&Backend{Run: k.run}).Apply(context.Background(), oldRS); err != nil {
-			t.Fatalf("kill after commit %d: repair: %v", kill, err)
-		}
-		if got := k.save("iptables") + k.save("ip6tables"); got != oldSave {
-			t.Errorf("kill after commit %d: the repair did not load the old rules:\n%s\nwant:\n%s", kill, got, oldSave)
-		}
-		if err := (&Backend{Run: k.run}).Apply(context.Background(), newRS); err != nil {
-			t.Fatalf("kill after commit %d: the change after the repair: %v", kill, err)
-		}
-		if got := k.save("iptables") + k.save("ip6tables"); got != newSave {
-			t.Errorf("kill after commit %d: the change after the repair did not load the new rules", kill)
-		}
+		what := fmt.Sprintf("kill after commit %d", kill)
+		k.wholeOrSplit(t, context.Background(), what, oldSave, newSave)
+		k.repairThenChange(t, context.Background(), what, oldRS, newRS, oldSave, newSave)
 	}
 
 	if !legacyTables() {
@@ -274,15 +290,7 @@ func TestKillBetweenRawAndFilter(t *testing.T) {
 		if !errors.Is(err, errKilled) {
 			t.Fatalf("restore killed after commit %d: %v", kill, err)
 		}
-		k.killAt = 0
-		now := k.save("iptables") + k.save("ip6tables")
-		split, err := (&Backend{Run: k.run}).Split(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if now != oldSave && now != newSave && split == "" {
-			t.Fatalf("restore killed after commit %d: neither the old nor the new rules, and no split reported:\n%s", kill, now)
-		}
+		k.wholeOrSplit(t, context.Background(), fmt.Sprintf("restore killed after commit %d", kill), oldSave, newSave)
 		if err := (&Backend{Run: k.run}).Restore(context.Background(), []byte(snap.String())); err != nil {
 			t.Fatalf("restore killed after commit %d: the restore again: %v", kill, err)
 		}
@@ -367,27 +375,9 @@ func killRawKnown(t *testing.T, base *tableKernel, oldRS *ruleset.Ruleset, newRS
 			if err := known(k, new([]string)).Apply(ctx, c.to); !errors.Is(err, errKilled) {
 				t.Fatalf("%s: kill after commit %d: %v", c.name, kill, err)
 			}
-			k.killAt = 0
-			now := k.save("iptables") + k.save("ip6tables")
-			split, err := (&Backend{Run: k.run}).Split(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if now != oldSave && now != wantSave && split == "" {
-				t.Fatalf("%s: kill after commit %d: neither the old nor the new rules, and no split reported:\n%s", c.name, kill, now)
-			}
-			if err := (&Backend{Run: k.run}).Apply(ctx, oldRS); err != nil {
-				t.Fatalf("%s: kill after commit %d: repair: %v", c.name, kill, err)
-			}
-			if got := k.save("iptables") + k.save("ip6tables"); got != oldSave {
-				t.Errorf("%s: kill after commit %d: the repair did not load the old rules:\n%s\nwant:\n%s", c.name, kill, got, oldSave)
-			}
-			if err := (&Backend{Run: k.run}).Apply(ctx, c.to); err != nil {
-				t.Fatalf("%s: kill after commit %d: the change after the repair: %v", c.name, kill, err)
-			}
-			if got := k.save("iptables") + k.save("ip6tables"); got != wantSave {
-				t.Errorf("%s: kill after commit %d: the change after the repair did not load the new rules", c.name, kill)
-			}
+			what := fmt.Sprintf("%s: kill after commit %d", c.name, kill)
+			k.wholeOrSplit(t, ctx, what, oldSave, wantSave)
+			k.repairThenChange(t, ctx, what, oldRS, c.to, oldSave, wantSave)
 		}
 	}
 }
