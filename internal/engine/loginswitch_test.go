@@ -131,13 +131,8 @@ func TestRollbackKeepsLogins(t *testing.T) {
 func TestProtectDuringBackendSwitchNotLost(t *testing.T) {
 	for _, dir := range [][2]string{{"nftables", "iptables"}, {"iptables", "nftables"}} {
 		t.Run(dir[0]+"-to-"+dir[1], func(t *testing.T) {
-			r := newRig(t)
-			fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
-			from, to := fakes[dir[0]], fakes[dir[1]]
+			r, from, to, _ := newSwitchRig(t, dir)
 			ctx := context.Background()
-			r.write("backend " + dir[0] + "\n" + base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
 			g := r.following(from)
 			admin := netip.MustParseAddr("198.51.100.9")
 			done := make(chan error, 1)
@@ -156,7 +151,7 @@ func TestProtectDuringBackendSwitchNotLost(t *testing.T) {
 				return kill(step)
 			}
 			r.write("backend " + dir[1] + "\n" + base)
-			_, err = r.enable(r.ch(0))
+			_, err := r.enable(r.ch(0))
 			r.must(err)
 			select {
 			case err := <-done:

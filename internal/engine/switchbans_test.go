@@ -181,13 +181,8 @@ func TestTrapBanDuringSwitchCarried(t *testing.T) {
 					name += "/killed-at-" + kill
 				}
 				t.Run(name, func(t *testing.T) {
-					r := newRig(t)
-					fakes := map[string]*Fake{"nftables": r.nft, "iptables": r.ipt}
-					from, to := fakes[dir[0]], fakes[dir[1]]
+					r, from, to, _ := newSwitchRig(t, dir)
 					ctx := context.Background()
-					r.write("backend " + dir[0] + "\n" + base)
-					_, err := r.enable(r.ch(0))
-					r.must(err)
 					r.must(from.Ban(ctx, []ruleset.Ban{{Addr: netip.MustParseAddr("203.0.113.1"), Timeout: time.Hour, Reason: "before"}}))
 					var trapped []string
 					step := r.eng.o.Checkpoint
@@ -215,7 +210,7 @@ func TestTrapBanDuringSwitchCarried(t *testing.T) {
 						r.must(r.do(func(context.Context, *Engine) error { return nil }))
 						to = from
 					} else {
-						_, err = r.enable(r.ch(0))
+						_, err := r.enable(r.ch(0))
 						r.must(err)
 					}
 					have := bansOf(t, to)
