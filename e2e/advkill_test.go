@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,12 +25,9 @@ func TestKillSettlingAPendingChange(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newEnv(t, b, false)
 		e.apply(engineBase)
-		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13))
 		// How long a rollback takes here: the kills fall within it.
 		e.mustMoat("--confirm", "60s", "--no-wait", "allow", "443/tcp")
-		start := time.Now()
-		e.mustMoat("rollback")
-		took := time.Since(start)
+		took, rng := e.timedMoat(13, "rollback")
 		e.assertNoWatchdog()
 		counts := map[string]int{}
 		for k := 0; k < 9; k++ {

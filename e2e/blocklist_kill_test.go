@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -167,10 +166,7 @@ func TestBlocklistUpdateKilled(t *testing.T) {
 		lists[0]()
 		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist bad file %s\n", list))
 		lists[1]()
-		start := time.Now()
-		e.mustMoat("blocklist", "update")
-		took := time.Since(start)
-		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+		took, rng := e.timedMoat(7, "blocklist", "update")
 		cur := 1
 		for k := 0; k < 8; k++ {
 			next := 1 - cur

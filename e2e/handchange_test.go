@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,10 +168,7 @@ func TestHandChangeDuringEncodedEdit(t *testing.T) {
 	e := onBackend(t, "nftables")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
 	hand := []string{"nft", "insert", "rule", "inet", "moat", "output", "ip", "daddr", "192.0.2.2", "tcp", "sport", "80", "drop"}
-	start := time.Now()
-	e.mustMoat("allow", "8000/tcp")
-	took := time.Since(start)
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 17))
+	took, rng := e.timedMoat(17, "allow", "8000/tcp")
 	encoded := 0
 	for k := 0; k < 8; k++ {
 		bin, once := nftWrapper(t, "", "")

@@ -200,6 +200,17 @@ func killDuringApply(t *testing.T, policies []string, kills int) {
 	}
 }
 
+// timedMoat runs a moat command once and says how long it took, with a
+// random source (seeded from the clock; stream tells the tests apart) for
+// the moments within that time at which the runs that follow are killed
+// or changed by hand.
+func (e *env) timedMoat(stream uint64, args ...string) (time.Duration, *rand.Rand) {
+	e.t.Helper()
+	start := time.Now()
+	e.mustMoat(args...)
+	return time.Since(start), rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), stream))
+}
+
 // killMoatAfter starts moat in the server namespace in a process group of
 // its own, sends it SIGKILL after delay, and waits until every program it
 // started has ended too. It says whether moat had exited by itself first.
