@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,9 +145,7 @@ func TestStatusNamesDamagedState(t *testing.T) {
 func TestURLListKilledBetweenSaves(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newEnv(t, b, false)
-		ls := e.startListServer()
-		ls.set("/drop.txt", "192.0.2.3/32\n2001:db8::3/128\n", 0)
-		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist drop url %s\n", ls.url("/drop.txt")))
+		ls := e.dropListServed("192.0.2.3/32\n2001:db8::3/128\n", "")
 		if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
 			t.Fatalf("first update: %v\n%s", err, out)
 		}

@@ -91,6 +91,16 @@ type listServer struct {
 	gate        func() // if set, each request first calls it (outside mu)
 }
 
+// dropListServed serves body as /drop.txt and applies a policy that lets
+// 80/tcp in and blocks the url list 'drop' there (opts after its url).
+func (e *env) dropListServed(body, opts string) *listServer {
+	e.t.Helper()
+	ls := e.startListServer()
+	ls.set("/drop.txt", body, 0)
+	e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist drop url %s%s\n", ls.url("/drop.txt"), opts))
+	return ls
+}
+
 func (e *env) startListServer() *listServer {
 	e.t.Helper()
 	ls := &listServer{body: map[string]string{}}
@@ -171,9 +181,7 @@ func (e *env) moatTLS(ls *listServer, args ...string) (string, error) {
 func TestBlocklistUpdate(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e := newEnv(t, b, false)
-		ls := e.startListServer()
-		ls.set("/drop.txt", "; Spamhaus DROP\n192.0.2.3/32 ; SBL1\n2001:db8::3/128 ; SBL2\n", 0)
-		e.apply(fmt.Sprintf("default deny incoming\nallow 80/tcp\nblocklist drop url %s refresh 1h\n", ls.url("/drop.txt")))
+		ls := e.dropListServed("; Spamhaus DROP\n192.0.2.3/32 ; SBL1\n2001:db8::3/128 ; SBL2\n", " refresh 1h")
 		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 open") // not fetched yet
 
 		out, err := e.moatTLS(ls, "blocklist", "update")
