@@ -6,10 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -117,7 +115,7 @@ func shadowedKept(dir string, p *policy.Policy) (covered []ruleset.Covered, keep
 		return ruleset.Shadowed(p), nil
 	}
 	var m *ruleset.CoveredMemo
-	key, err := readMemoKey(dir)
+	key, err := statedir.ReadKey(dir, coveredMemoKeyFile, 32)
 	if err == nil {
 		m = readCoveredMemo(dir, key)
 	}
@@ -172,40 +170,7 @@ func memoMAC(key []byte, body string) []byte {
 // written is a random one for this process (its memo is then never used
 // again: slower, never wrong).
 func coveredMemoKey(dir string) []byte {
-	if key, err := readMemoKey(dir); err == nil {
-		return key
-	}
-	key := make([]byte, 32)
-	_, _ = rand.Read(key) // never fails (crypto/rand)
-	if statedir.WriteCache(dir, coveredMemoKeyFile, key) == nil {
-		// Another command may have written its key in between: the one
-		// in the file is the one every command uses.
-		if k, err := readMemoKey(dir); err == nil {
-			return k
-		}
-	}
-	return key
-}
-
-func readMemoKey(dir string) ([]byte, error) {
-	f, err := statedir.OpenFile(dir, coveredMemoKeyFile, os.O_RDONLY, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }() // read only
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return nil, err
-	}
-	if st.Mode&0o077 != 0 || int(st.Uid) != os.Geteuid() {
-		return nil, fmt.Errorf("%s: mode %04o, owner %d: readable by others", f.Name(), st.Mode&0o7777, st.Uid)
-	}
-	key := make([]byte, 33)
-	n, err := io.ReadFull(f, key)
-	if !errors.Is(err, io.ErrUnexpectedEOF) || n != 32 {
-		return nil, fmt.Errorf("%s: not a key of 32 bytes", f.Name())
-	}
-	return key[:n], nil
+	return statedir.Key(dir, coveredMemoKeyFile, 32)
 }
 
 // writeCoveredMemo replaces the memo (a cache: a failure is ignored, and

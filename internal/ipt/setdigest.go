@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -13,7 +12,6 @@ import (
 	"io"
 	"math/bits"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,7 +64,7 @@ func newMemberHasher(key []byte) *memberHasher {
 
 // digestKey is the key of the ipset digests, read from KeyDir or made
 // there (once per Backend). A key that others can read is replaced by a
-// new one (readDigestKey). A key that cannot be read
+// new one (statedir.Key). A key that cannot be read
 // or written is replaced by a random one for this process: its digests
 // then differ from any recorded, and the drift check compares in full
 // (slower, never wrong).
@@ -81,46 +79,9 @@ func (b *Backend) digestKey() *memberHasher {
 		b.hasher = newMemberHasher(make([]byte, 16))
 		return b.hasher
 	}
-	key, err := readDigestKey(b.KeyDir)
-	if err != nil || len(key) != 16 {
-		key = make([]byte, 16)
-		_, _ = rand.Read(key) // never fails (crypto/rand)
-		if statedir.WriteCache(b.KeyDir, digestKeyFile, key) == nil {
-			// Another command may have written its key in between: the
-			// one in the file is the one every command uses.
-			if k, err := readDigestKey(b.KeyDir); err == nil && len(k) == 16 {
-				key = k
-			}
-		}
-	}
+	key := statedir.Key(b.KeyDir, digestKeyFile, 16)
 	b.hasher = newMemberHasher(key)
 	return b.hasher
-}
-
-// readDigestKey reads the key file, refusing one that is not root's
-// (the owner moat runs as) alone: a key others can read is no secret,
-// and the sums made under it can be forged (a set changed by hand
-// keeping its digest). The caller then makes a new key, written 0600
-// over it.
-func readDigestKey(dir string) ([]byte, error) {
-	f, err := statedir.OpenFile(dir, digestKeyFile, os.O_RDONLY, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }() // read only
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return nil, fmt.Errorf("ipset digest key: %w", err)
-	}
-	if st.Mode&0o077 != 0 || int(st.Uid) != os.Geteuid() {
-		return nil, fmt.Errorf("ipset digest key %s: mode %04o, owner %d: readable by others", f.Name(), st.Mode&0o7777, st.Uid)
-	}
-	key := make([]byte, 17)
-	n, err := io.ReadFull(f, key)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return nil, fmt.Errorf("ipset digest key: %w", err)
-	}
-	return key[:n], nil
 }
 
 // plain is the hash of a member that is a network and nothing else:
