@@ -312,6 +312,17 @@ func (e *env) newFile(name, contents string) string {
 	return path
 }
 
+// addClientAddrs gives the client namespace's eth0 more addresses (a
+// prefix each, ready at once), to send from.
+func (e *env) addClientAddrs(addrs ...string) {
+	e.t.Helper()
+	for _, a := range addrs {
+		if out, err := e.topo.Client.Run(context.Background(), "ip", "addr", "add", a, "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
+			e.t.Fatalf("ip addr add %s: %v\n%s", a, err, out)
+		}
+	}
+}
+
 // removeFingerprint removes the kernel fingerprint record (as after an
 // upgrade), failing the test if there was none.
 func (e *env) removeFingerprint() {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"strings"
 	"testing"
 
@@ -47,12 +46,7 @@ func (e *env) earlyRepaired(name, want string, notes ...string) {
 // Real packets, IPv4 and IPv6.
 func TestIptEarlyListsKeptWithLists(t *testing.T) {
 	e := onBackend(t, "iptables")
-	ctx := context.Background()
-	for _, a := range []string{"192.0.2.13/24", "192.0.2.14/24", "2001:db8::13/64", "2001:db8::14/64"} {
-		if out, err := e.topo.Client.Run(ctx, "ip", "addr", "add", a, "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
-			t.Fatalf("ip addr add %s: %v\n%s", a, err, out)
-		}
-	}
+	e.addClientAddrs("192.0.2.13/24", "192.0.2.14/24", "2001:db8::13/64", "2001:db8::14/64")
 	one := e.newFile("one.list", "192.0.2.13\n2001:db8::13\n")
 	two := e.newFile("two.list", "192.0.2.14\n2001:db8::14\n")
 	const head = "default deny incoming\nallow 22/tcp\nallow 80/tcp\n"
@@ -123,10 +117,7 @@ func TestIptEarlyListsKeptWithLists(t *testing.T) {
 // foreign rule); a drop changed by hand on that layout is still one.
 func TestUpgradeLoopbackRawJumpNoFalseDrift(t *testing.T) {
 	e := onBackend(t, "iptables")
-	ctx := context.Background()
-	if out, err := e.topo.Client.Run(ctx, "ip", "addr", "add", "192.0.2.13/24", "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
-		t.Fatalf("ip addr add: %v\n%s", err, out)
-	}
+	e.addClientAddrs("192.0.2.13/24")
 	list := e.newFile("bad.list", "192.0.2.13\n2001:db8::13\n")
 	pol := "default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist bad file " + list + "\n"
 	earlier := func() {
@@ -184,10 +175,7 @@ func TestUpgradeLoopbackRawJumpNoFalseDrift(t *testing.T) {
 // packets.
 func TestIptEarlyListReplacedByHand(t *testing.T) {
 	e := onBackend(t, "iptables")
-	ctx := context.Background()
-	if out, err := e.topo.Client.Run(ctx, "ip", "addr", "add", "192.0.2.13/24", "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
-		t.Fatalf("ip addr add: %v\n%s", err, out)
-	}
+	e.addClientAddrs("192.0.2.13/24")
 	list := e.newFile("bad.list", "192.0.2.13\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist bad file " + list + "\n")
 	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")

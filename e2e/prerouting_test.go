@@ -76,11 +76,7 @@ func TestDropsBeforeConntrack(t *testing.T) {
 		ctx := context.Background()
 		// Two more client addresses to ban (never a listed or
 		// allowlisted one).
-		for _, a := range []string{"192.0.2.5/24", "2001:db8::5/64"} {
-			if out, err := e.topo.Client.Run(ctx, "ip", "addr", "add", a, "dev", "eth0", "nodad", "preferred_lft", "0"); err != nil {
-				t.Fatalf("ip addr add %s: %v\n%s", a, err, out)
-			}
-		}
+		e.addClientAddrs("192.0.2.5/24", "2001:db8::5/64")
 		srv := e.startSSHD(22)
 		admin4, admin6 := srv.login(lab.ServerV4), srv.login(lab.ServerV6) // from 192.0.2.2, 2001:db8::2
 		list := e.newFile("bad.list", "192.0.2.3\n192.0.2.4\n192.0.2.2\n2001:db8::3\n2001:db8::4\n2001:db8::2\n")
