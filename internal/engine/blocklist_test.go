@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -87,12 +86,7 @@ func TestRefreshBlocklists(t *testing.T) {
 	}
 
 	before := r.nft.Loaded()
-	r.nft.Fail = func(op string) error {
-		if op == "apply" {
-			return errors.New("kernel says no")
-		}
-		return nil
-	}
+	r.nft.Fail = refuse("apply", "kernel says no")
 	if _, err := r.refresh(map[string][]netip.Prefix{"drop": {netip.MustParsePrefix("198.51.100.0/24")}}); err == nil || !strings.Contains(err.Error(), "kernel says no") {
 		t.Errorf("a refused apply: %v", err)
 	}
@@ -313,12 +307,7 @@ func TestFailedApplyKeepsFileListCopies(t *testing.T) {
 			}
 			r.must(os.WriteFile(list, []byte("198.51.100.0/24\n"), 0o644))
 			if fault == "refused" {
-				r.nft.Fail = func(op string) error {
-					if op == "apply" {
-						return errors.New("kernel says no")
-					}
-					return nil
-				}
+				r.nft.Fail = refuse("apply", "kernel says no")
 				if _, err := r.add(r.ch(0), "allow 443/tcp"); err == nil {
 					t.Fatal("the refused apply succeeded")
 				}

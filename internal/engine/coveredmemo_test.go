@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -235,12 +234,7 @@ func TestCoveredMemoNotWrittenByFailedApply(t *testing.T) {
 	}
 	r := newRig(t)
 	r.write(memoBase)
-	r.nft.Fail = func(op string) error {
-		if op == "apply" {
-			return errors.New("the kernel refused")
-		}
-		return nil
-	}
+	r.nft.Fail = refuse("apply", "the kernel refused")
 	if _, err := r.enable(r.ch(0)); err == nil {
 		t.Fatal("enable succeeded with the kernel refusing")
 	}
@@ -258,12 +252,7 @@ func TestCoveredMemoNotWrittenByFailedApply(t *testing.T) {
 	}
 	// An edit that fails after the search began leaves the memo as it was.
 	ino := r.memoInode()
-	r.nft.Fail = func(op string) error {
-		if op == "apply" {
-			return errors.New("the kernel refused")
-		}
-		return nil
-	}
+	r.nft.Fail = refuse("apply", "the kernel refused")
 	if _, err := r.add(r.ch(0), "deny from 203.0.113.9"); err == nil {
 		t.Fatal("an edit succeeded with the kernel refusing")
 	}

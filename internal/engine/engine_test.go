@@ -71,6 +71,17 @@ func (r *rig) waiting() *Result {
 	return res
 }
 
+// refuse is a fake's Fail that refuses the operation op with msg
+// (the kernel refusing it) and lets every other one through.
+func refuse(op, msg string) func(string) error {
+	return func(o string) error {
+		if o == op {
+			return errors.New(msg)
+		}
+		return nil
+	}
+}
+
 func (r *rig) newEngine() *Engine {
 	return New(Options{
 		StateDir:         r.dir,
@@ -626,12 +637,7 @@ func TestSameFaultTwice(t *testing.T) {
 	r.write(base)
 	_, err := r.enable(r.ch(0))
 	r.must(err)
-	r.nft.Fail = func(op string) error {
-		if op == "apply" {
-			return errors.New("kernel says no")
-		}
-		return nil
-	}
+	r.nft.Fail = refuse("apply", "kernel says no")
 	for i := 0; i < 2; i++ {
 		for _, confirm := range []time.Duration{0, time.Minute} {
 			if _, err := r.add(r.ch(confirm), "allow 443/tcp"); err == nil {
