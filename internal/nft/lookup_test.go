@@ -217,31 +217,32 @@ func TestKernelLookupElements(t *testing.T) {
 	// The kernel's time since an element's timeout was set (what BansOf
 	// reads as "added during the lookups") is never more than the time
 	// that passed: an element added during the lookups is taken for one.
+	// addThenLook adds a to ban6 by hand (with the element's other words
+	// after "timeout 1h") and looks it up.
+	addThenLook := func(a netip.Addr, more string) []Elem {
+		t.Helper()
+		if _, err := r.run(ctx, nil, "nft", "add", "element", "inet", "moat", "ban6", "{ "+a.String()+" timeout 1h"+more+" }"); err != nil {
+			t.Fatal(err)
+		}
+		var els []Elem
+		if err := ns.Do(func() error {
+			var err error
+			els, err = LookupElements("ban6", []netip.Addr{a})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return els
+	}
 	added := netip.MustParseAddr("2001:db8:ff::2")
 	start := time.Now()
-	if _, err := r.run(ctx, nil, "nft", "add", "element", "inet", "moat", "ban6", "{ "+added.String()+" timeout 1h }"); err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Do(func() error {
-		els, err = LookupElements("ban6", []netip.Addr{added})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	els = addThenLook(added, "")
 	if len(els) != 1 || !addedSince(els, time.Since(start)+freshSlack) {
 		t.Errorf("an element added %s ago: %+v, not taken for one added since", time.Since(start), els)
 	}
 	// One with a comment was put by a commit (moat's, the guard's).
 	made := netip.MustParseAddr("2001:db8:ff::3")
-	if _, err := r.run(ctx, nil, "nft", "add", "element", "inet", "moat", "ban6", "{ "+made.String()+` timeout 1h comment "manual: x" }`); err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Do(func() error {
-		els, err = LookupElements("ban6", []netip.Addr{made})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	els = addThenLook(made, ` comment "manual: x"`)
 	if len(els) != 1 || addedSince(els, time.Hour) {
 		t.Errorf("an element with a comment: %+v, taken for one the packet path added", els)
 	}
