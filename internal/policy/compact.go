@@ -209,12 +209,21 @@ func (p *Policy) RulePtr(i int, scratch *Rule) *Rule {
 	return scratch
 }
 
+// compactEnt is rule i's compact entry, nil when p holds the rule whole.
+func (p *Policy) compactEnt(i int) *ruleEnt {
+	if p.store == nil {
+		return nil
+	}
+	if e := &p.store.ents[i]; e.flags&entWhole == 0 {
+		return e
+	}
+	return nil
+}
+
 // RuleDirection is rule i's Direction, without building the rule.
 func (p *Policy) RuleDirection(i int) Direction {
-	if p.store != nil {
-		if e := &p.store.ents[i]; e.flags&entWhole == 0 {
-			return In
-		}
+	if p.compactEnt(i) != nil {
+		return In
 	}
 	var scratch Rule
 	return p.RulePtr(i, &scratch).Direction
@@ -257,10 +266,8 @@ func (p *Policy) CompactAddrRule(i int) (AddrRule, bool) {
 
 // RuleText is rule i's Text, without building the rule.
 func (p *Policy) RuleText(i int) string {
-	if p.store != nil {
-		if e := &p.store.ents[i]; e.flags&entWhole == 0 {
-			return strings.TrimSpace(p.store.texts[e.line-1])
-		}
+	if e := p.compactEnt(i); e != nil {
+		return strings.TrimSpace(p.store.texts[e.line-1])
 	}
 	return p.Rule(i).Text
 }

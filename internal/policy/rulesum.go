@@ -22,18 +22,16 @@ func (p *Policy) RulesSum(n int) [32]byte {
 	buf := make([]byte, 0, 64<<10)
 	var scratch Rule
 	for i := range n {
-		if p.store != nil {
-			if e := &p.store.ents[i]; e.flags&entWhole == 0 {
-				buf = append(buf, 'c')
-				buf = append(buf, e.addr[:]...)
-				buf = append(buf, e.bits, e.flags)
-				buf = binary.LittleEndian.AppendUint32(buf, uint32(e.line))
-				if len(buf) > 60<<10 {
-					_, _ = h.Write(buf) // never fails (hash.Hash)
-					buf = buf[:0]
-				}
-				continue
+		if e := p.compactEnt(i); e != nil {
+			buf = append(buf, 'c')
+			buf = append(buf, e.addr[:]...)
+			buf = append(buf, e.bits, e.flags)
+			buf = binary.LittleEndian.AppendUint32(buf, uint32(e.line))
+			if len(buf) > 60<<10 {
+				_, _ = h.Write(buf) // never fails (hash.Hash)
+				buf = buf[:0]
 			}
+			continue
 		}
 		r := p.RulePtr(i, &scratch)
 		k := r.Key()
@@ -58,10 +56,8 @@ func (p *Policy) RulesSum(n int) [32]byte {
 // network, without building the rule when the policy holds it compact
 // (a compact rule always has one).
 func (p *Policy) HasNets(i int) bool {
-	if p.store != nil {
-		if e := &p.store.ents[i]; e.flags&entWhole == 0 {
-			return true
-		}
+	if p.compactEnt(i) != nil {
+		return true
 	}
 	var scratch Rule
 	r := p.RulePtr(i, &scratch)
