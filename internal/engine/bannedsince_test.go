@@ -18,10 +18,7 @@ import (
 // 300 MB guard.json was read whole into memory before (and decoded whole
 // when valid), a corrupt one gives a warning and no bans, never a panic.
 func TestBannedSinceBoundedHistory(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	path := filepath.Join(r.dir, "guard.json")
 	began := r.now.Add(-time.Hour)
 	want := netip.MustParseAddr("203.0.113.7")

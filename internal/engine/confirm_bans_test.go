@@ -243,12 +243,9 @@ func TestRollbackCutWithBrokenBansRecord(t *testing.T) {
 		{"huge-left", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r := enabledRig(t)
 			ctx := context.Background()
-			_, err = r.add(r.ch(time.Hour), "allow 443/tcp")
+			_, err := r.add(r.ch(time.Hour), "allow 443/tcp")
 			r.must(err)
 			r.must(r.nft.Ban(ctx, []ruleset.Ban{{Addr: netip.MustParseAddr("192.0.2.3"), Timeout: time.Hour, Reason: "meanwhile"}}))
 			r.crashAt = "rollback-restored"

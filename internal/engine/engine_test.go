@@ -249,10 +249,7 @@ const base = "default deny incoming\nallow 22/tcp\n"
 // file and the kernel are exactly as before the first, and a later plain
 // change does not bring a rolled-back rule back.
 func TestUnconfirmedChangesLeaveNoTrace(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	for _, port := range []string{"443", "8080"} {
 		res, err := r.add(r.ch(2*time.Second), "allow "+port+"/tcp")
 		r.must(err)
@@ -263,7 +260,7 @@ func TestUnconfirmedChangesLeaveNoTrace(t *testing.T) {
 		}
 		r.kernelIs("nftables", base)
 	}
-	_, err = r.add(r.ch(0), "allow 9999/tcp")
+	_, err := r.add(r.ch(0), "allow 9999/tcp")
 	r.must(err)
 	want := base + "allow 9999/tcp\n"
 	if got := r.file(); got != want {
@@ -314,10 +311,7 @@ func TestPlainCommandKeepsBackend(t *testing.T) {
 // Issue 8: a corrupted snapshot falls back to the policy applied before;
 // if that cannot load either, to the saved ruleset, then fail-closed.
 func TestCorruptSnapshotFallsBack(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	res, err := r.add(r.ch(time.Second), "allow 443/tcp")
 	r.must(err)
 	r.must(os.WriteFile(filepath.Join(r.dir, snapshotFile), []byte("garbage"), 0o600))
@@ -413,10 +407,7 @@ func TestRestoreTwiceStaysFailClosed(t *testing.T) {
 
 // Issue 7: confirm after a rollback says when it was rolled back.
 func TestConfirmAfterRollbackSaysWhen(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	res, err := r.add(r.ch(time.Second), "allow 443/tcp")
 	r.must(err)
 	r.expire(res.Pending)
@@ -429,12 +420,9 @@ func TestConfirmAfterRollbackSaysWhen(t *testing.T) {
 // Issue 8: a change is refused before the kernel changes when the
 // rollback cannot be armed.
 func TestArmFailureChangesNothing(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	r.eng.o.StartWatchdog = func(string) (int, error) { return 0, errors.New("no fork today") }
-	_, err = r.add(r.ch(time.Second), "allow 443/tcp")
+	_, err := r.add(r.ch(time.Second), "allow 443/tcp")
 	if err == nil || !strings.Contains(err.Error(), "nothing was applied") {
 		t.Fatalf("arm failure: %v", err)
 	}
@@ -454,12 +442,9 @@ func TestKillAtEveryStep(t *testing.T) {
 	for _, confirm := range []time.Duration{0, time.Minute} {
 		for _, step := range steps {
 			t.Run(fmt.Sprintf("%s/confirm=%v", step, confirm), func(t *testing.T) {
-				r := newRig(t)
-				r.write(base)
-				_, err := r.enable(r.ch(0))
-				r.must(err)
+				r := enabledRig(t)
 				r.crashAt = step
-				_, err = r.add(r.ch(confirm), "allow 443/tcp")
+				_, err := r.add(r.ch(confirm), "allow 443/tcp")
 				crashed := IsCrash(err)
 				if err != nil && !crashed {
 					t.Fatal(err)
@@ -490,10 +475,7 @@ func TestKillAtEveryStep(t *testing.T) {
 // Two commands at once never lose an update: 20 engines (as 20 processes)
 // add a rule each, under the lock.
 func TestParallelEditsSerialize(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)
 	for i := 0; i < 20; i++ {
@@ -601,11 +583,8 @@ func TestLockSaysWhoHoldsIt(t *testing.T) {
 func TestCorruptStateFiles(t *testing.T) {
 	for _, name := range []string{AppliedFile, pendingFile, snapshotFile, policyFile, IntentFile, savedFile, outcomeFile} {
 		t.Run(name, func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
-			_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
+			r := enabledRig(t)
+			_, err := r.add(r.ch(time.Minute), "allow 443/tcp")
 			r.must(err)
 			r.must(os.WriteFile(filepath.Join(r.dir, name), []byte("\x00{garbage"), 0o600))
 			_, err = r.add(r.ch(0), "allow 80/tcp")
@@ -633,10 +612,7 @@ func TestCorruptStateFiles(t *testing.T) {
 // nothing, each time; a rollback that fails at the deadline is tried
 // again until it works.
 func TestSameFaultTwice(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	r.nft.Fail = refuse("apply", "kernel says no")
 	for i := 0; i < 2; i++ {
 		for _, confirm := range []time.Duration{0, time.Minute} {
@@ -682,10 +658,7 @@ func TestSameFaultTwice(t *testing.T) {
 // The watchdog waits for its pending state if it is not there yet, and
 // then rolls the change back at the deadline.
 func TestWatchdogWaitsForPending(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	res, err := r.add(r.ch(time.Second), "allow 443/tcp")
 	r.must(err)
 	pend := filepath.Join(r.dir, pendingFile)
@@ -824,10 +797,7 @@ func TestRollbackOnFullDisk(t *testing.T) {
 // A negative --confirm used to apply at once, with no rollback armed,
 // and save the change for boot.
 func TestNegativeConfirmRefused(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	for _, d := range []time.Duration{-5 * time.Second, -1} {
 		if _, err := r.add(r.ch(d), "allow 443/tcp"); err == nil || !strings.Contains(err.Error(), "--confirm") {
 			t.Errorf("--confirm %v: %v", d, err)
@@ -919,10 +889,7 @@ func TestRebootDropsUnconfirmedChange(t *testing.T) {
 func TestDeadlineIgnoresWallClockJumps(t *testing.T) {
 	for _, jump := range []time.Duration{-time.Hour, time.Hour} {
 		t.Run(jump.String(), func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r := enabledRig(t)
 			res, err := r.add(r.ch(10*time.Second), "allow 443/tcp")
 			r.must(err)
 			r.setWall(jump)
@@ -943,10 +910,7 @@ func TestDeadlineIgnoresWallClockJumps(t *testing.T) {
 
 // --confirm near the largest duration does not wrap into the past.
 func TestHugeConfirmDoesNotWrap(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	res, err := r.add(r.ch(time.Duration(math.MaxInt64)), "allow 443/tcp")
 	r.must(err)
 	if left := r.eng.left(res.Pending); left < 100*365*24*time.Hour {
@@ -1010,10 +974,7 @@ func TestKilledWatchdogIsRestarted(t *testing.T) {
 func TestWatchdogRollsBackWhenRecordLost(t *testing.T) {
 	for _, damage := range []string{"garbage", "truncated", "deleted", "directory"} {
 		t.Run(damage, func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r := enabledRig(t)
 			res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
 			r.must(err)
 			done := make(chan error, 1)
@@ -1056,10 +1017,7 @@ func TestWatchdogRollsBackWhenRecordLost(t *testing.T) {
 // disable while the watchdog is paused (SIGSTOP): when it resumes, it
 // finds its change settled and does not roll the disabled rules back in.
 func TestWatchdogAfterDisable(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
 	r.must(err)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -1080,11 +1038,8 @@ func TestWatchdogAfterDisable(t *testing.T) {
 // leaves the policy file too. It stayed there, and the next 'moat enable'
 // applied it for good.
 func TestDisableDropsUnconfirmedChange(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
-	_, err = r.add(r.ch(time.Minute), "allow 443/tcp")
+	r := enabledRig(t)
+	_, err := r.add(r.ch(time.Minute), "allow 443/tcp")
 	r.must(err)
 	unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
 	r.must(err)
@@ -1355,10 +1310,7 @@ func TestProcStopped(t *testing.T) {
 func TestWatchdogRollsBackWhenLockFileIsJunk(t *testing.T) {
 	for _, junk := range []string{"directory", "fifo", "symlink"} {
 		t.Run(junk, func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r := enabledRig(t)
 			res, err := r.add(r.ch(time.Second), "allow 443/tcp")
 			r.must(err)
 			lock := filepath.Join(r.dir, lockFile)
@@ -1393,10 +1345,7 @@ func TestWatchdogRollsBackWhenLockFileIsJunk(t *testing.T) {
 func TestDisableAfterInterruptedEdit(t *testing.T) {
 	for _, step := range []string{"file", "applied", "saved"} {
 		t.Run(step, func(t *testing.T) {
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r := enabledRig(t)
 			r.crashAt = step
 			if _, err := r.add(r.ch(0), "allow 443/tcp"); !IsCrash(err) {
 				t.Fatalf("no crash: %v", err)
@@ -1450,10 +1399,7 @@ func TestProtectedAreLoggedInSessions(t *testing.T) {
 // records are as they were, and no written-but-unused file is left in
 // the state directory or beside the policy file.
 func TestKernelRefusalLeavesNoPreparedFiles(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	list := func(dir string) []string {
 		entries, err := os.ReadDir(dir)
 		r.must(err)
@@ -1506,10 +1452,7 @@ func TestKernelRefusalLeavesNoPreparedFiles(t *testing.T) {
 // not yet renamed) leaves those hidden files behind; the next command
 // undoes the change and removes them, and never takes them for records.
 func TestKillLeavesNoPreparedFiles(t *testing.T) {
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	left := map[string][]byte{} // what a kill -9 at "prepared" leaves: the abort never runs
 	r.eng.o.Checkpoint = func(step string) error {
 		if step != "prepared" {
@@ -1528,7 +1471,7 @@ func TestKillLeavesNoPreparedFiles(t *testing.T) {
 		}
 		return errors.New("killed at " + step)
 	}
-	_, err = r.add(r.ch(0), "allow 443/tcp")
+	_, err := r.add(r.ch(0), "allow 443/tcp")
 	if !IsCrash(err) {
 		t.Fatalf("not killed: %v", err)
 	}

@@ -66,10 +66,7 @@ func TestStoredTexts(t *testing.T) {
 // record names are kept; disable leaves none.
 func TestStoredTextsOnDisk(t *testing.T) {
 	storeAll(t)
-	r := newRig(t)
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
+	r := enabledRig(t)
 	for _, line := range []string{"allow 443/tcp", "allow 80/tcp", "deny from 192.0.2.7"} {
 		_, err := r.add(r.ch(0), line)
 		r.must(err)
@@ -197,10 +194,7 @@ func TestSavedNotRewrittenWhenUnchanged(t *testing.T) {
 			if stored {
 				storeAll(t)
 			}
-			r := newRig(t)
-			r.write(base)
-			_, err := r.enable(r.ch(0))
-			r.must(err)
+			r := enabledRig(t)
 			ino := func() uint64 {
 				fi, err := os.Stat(filepath.Join(r.dir, savedFile))
 				r.must(err)
@@ -208,7 +202,7 @@ func TestSavedNotRewrittenWhenUnchanged(t *testing.T) {
 			}
 			before := ino()
 			r.advance(time.Minute)
-			_, err = r.enable(r.ch(0))
+			_, err := r.enable(r.ch(0))
 			r.must(err)
 			if ino() != before {
 				t.Error("saved.json written again with the same contents")
