@@ -748,21 +748,21 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 		carried = e.liveBans(ctx, rec, in.Next.Backend)
 		logins = e.liveLogins(ctx, recLogins, in.Next.Backend, in.Prev.Backend)
 	}
+	// The change the command armed stays waiting until the kernel is
+	// back: if the undo is refused (the kernel, a policy of before that
+	// no longer compiles), its watchdog still rolls it back from its
+	// snapshot at the deadline; a kill before it is cleared undoes again.
+	var armed *Pending
 	if in.Pending != "" {
 		if p, err := LoadPending(dir); err == nil && p.ID == in.Pending {
-			if err := clearPending(dir); err != nil {
-				return err
-			}
-			p.Watchdog.Stop()
-			if err := writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created,
-				Reason: "the command that applied it was interrupted"}); err != nil {
-				return err
-			}
+			armed = p
 		}
 	}
 	if in.Prev != nil {
 		if len(carried) > 0 || len(logins) > 0 {
-			// clearPending removed the record: a kill from here on finds it again.
+			// A kill from here on finds the bans again (the record
+			// takes the place of the armed change's, which the undo
+			// drops).
 			e.recordBans("change of backend", switchID(in), carried, logins)
 			if err := e.step("undo-bans-recorded"); err != nil {
 				return err
@@ -785,6 +785,11 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 	} else if err := e.removeExcept(ctx); err != nil {
 		return err
 	}
+	if armed != nil {
+		if err := e.dropArmed(armed, in, switched); err != nil {
+			return err
+		}
+	}
 	if in.FileChanged {
 		if err := e.undoFile(in); err != nil {
 			return err
@@ -806,6 +811,30 @@ func (e *Engine) undo(ctx context.Context, in *Intent) error {
 		}
 	}
 	return removeState(dir, IntentFile)
+}
+
+// dropArmed ends the change the undone command armed, once the kernel is
+// back as before it: its records go (pending.bans only when it is not the
+// record of the bans an undone change of backend carries), its watchdog
+// stops, and the outcome says it was rolled back.
+func (e *Engine) dropArmed(p *Pending, in *Intent, switched bool) error {
+	dir := e.o.StateDir
+	files := []string{pendingFile, snapshotFile, policyFile, listCopiesFile}
+	if !switched {
+		files = append(files, rollbackBansFile)
+	} else if _, _, ok := e.recordedBans(switchID(in)); !ok {
+		files = append(files, rollbackBansFile)
+	}
+	var errs []error
+	for _, f := range files {
+		errs = append(errs, removeState(dir, f))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	p.Watchdog.Stop()
+	return writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created,
+		Reason: "the command that applied it was interrupted"})
 }
 
 // Restore loads the ruleset saved for boot. If it is missing or broken,

@@ -1799,3 +1799,37 @@ func TestKillDisableWhileChangeWaits(t *testing.T) {
 		})
 	}
 }
+
+// The command that applied a change with --confirm is killed before it
+// finished, and the undo of its journal is refused (the kernel, or a
+// policy of before that no longer compiles): the repair must leave the
+// change waiting, so that the watchdog still rolls it back (from its
+// snapshot) at the deadline. The undo cleared the pending change, stopped
+// its watchdog and recorded it as rolled back before it tried the kernel:
+// the unconfirmed change stayed in the kernel, with nothing left to roll
+// it back.
+func TestWatchdogRollsBackPastRefusedUndo(t *testing.T) {
+	r := enabledRig(t)
+	r.crashAt = "applied"
+	if _, err := r.add(r.ch(time.Minute), "allow 443/tcp"); !IsCrash(err) {
+		t.Fatalf("the apply was not cut: %v", err)
+	}
+	p, err := LoadPending(r.dir)
+	r.must(err)
+	r.nft.Fail = refuse("apply", "kernel says no")
+	r.advance(2 * time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.eng.Watch(ctx, p.ID); err != nil {
+		t.Fatalf("watchdog: %v", err)
+	}
+	r.nft.Fail = nil
+	r.backAtBase()
+	if o, err := LastOutcome(r.dir); err != nil || o.ID != p.ID || o.Reason != "not confirmed by the deadline" {
+		t.Errorf("outcome %+v, %v", o, err)
+	}
+	// The journal stays for the admin; once the kernel takes the undo,
+	// the next command finishes it.
+	r.must(r.do(func(context.Context, *Engine) error { return nil }))
+	r.backAtBase()
+}
