@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -52,7 +53,22 @@ type FileSource struct {
 	From *FilePos
 	// Poll is how often the file is checked besides inotify events.
 	Poll time.Duration
+
+	followOnce sync.Once
+	following  chan struct{}
 }
+
+// Following is closed once Run has the file open where it reads from (or
+// found none: a file made later is read from its start): every line
+// written after that is read. Run opens it on its own goroutine, later
+// than it starts.
+func (s *FileSource) Following() <-chan struct{} {
+	s.followOnce.Do(func() { s.following = make(chan struct{}) })
+	return s.following
+}
+
+// beforeOpen, in tests, runs before Run opens the file (a slow start).
+var beforeOpen func()
 
 type openFile struct {
 	f      *os.File
@@ -153,7 +169,14 @@ func (s *FileSource) Run(ctx context.Context, out chan<- Line) error {
 	if err := w.Add(filepath.Dir(s.Path)); err != nil {
 		return fmt.Errorf("follow %s: %w", s.Path, err)
 	}
+	if beforeOpen != nil {
+		beforeOpen()
+	}
 	cur, err := s.open(true)
+	if err == nil || errors.Is(err, os.ErrNotExist) {
+		s.Following()
+		close(s.following)
+	}
 	for err != nil {
 		// The file may not exist yet (a fresh system); wait for it.
 		if !errors.Is(err, os.ErrNotExist) {

@@ -3,6 +3,9 @@ package guard
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -190,5 +193,50 @@ func TestFollowSkipsOverlongLine(t *testing.T) {
 	}
 	if got[1].Skip != "" || got[1].Text != "line 1" || got[1].File.Offset != int64(len(long)+1+len("line 1\n")) {
 		t.Errorf("the next line: %+v", got[1])
+	}
+}
+
+// The guard is ready (sd_notify READY=1; the e2e tests write the log
+// then) only once its file source has the file open at its end: a line
+// written right after is read. Ready came as soon as the source's
+// goroutine started, and under load a line written before the file was
+// opened at its end was lost (e2e TestGuardReload failed in CI).
+func TestReadyOnceFollowing(t *testing.T) {
+	dir := stateDir(t)
+	logPath := filepath.Join(t.TempDir(), "auth.log")
+	if err := os.WriteFile(logPath, []byte("an old line, not read\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	beforeOpen = func() { time.Sleep(300 * time.Millisecond) }
+	t.Cleanup(func() { beforeOpen = nil })
+	svc := newService(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	svc.Ready = func() {
+		f, err := os.OpenFile(logPath, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer func() { _ = f.Close() }()
+		for i := 0; i < svc.Cfg.MaxRetry; i++ {
+			if _, err := fmt.Fprintf(f, "Nov 25 11:40:01 srv sshd[%d]: Failed password for root from 203.0.113.9 port 22 ssh2\n", 100+i); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx, &FileSource{Path: logPath, Poll: 50 * time.Millisecond}) }()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		bans, _ := svc.Bans.Bans(ctx)
+		if len(bans) > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if bans, _ := svc.Bans.Bans(context.Background()); len(bans) != 1 || bans[0].Addr != netip.MustParseAddr("203.0.113.9") {
+		t.Fatalf("the failures written once the guard was ready: bans %v", bans)
 	}
 }

@@ -330,6 +330,18 @@ func (s *Service) RunWith(ctx context.Context, pick func(*State) (Source, error)
 	lines := make(chan Line, 4096)
 	errc := make(chan error, 1)
 	go func() { errc <- src.Run(srcCtx, lines) }()
+	// Ready once the source reads every line written from now on: READY=1
+	// (and a caller that writes the log then) came while a file source
+	// had not yet opened its file at its end, and what was written in
+	// between was never read.
+	if f, ok := src.(interface{ Following() <-chan struct{} }); ok {
+		select {
+		case <-f.Following():
+		case err := <-errc:
+			errc <- err // the source failed: the main loop reports it
+		case <-ctx.Done():
+		}
+	}
 	if s.Ready != nil {
 		s.Ready()
 	}
