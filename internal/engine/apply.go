@@ -584,7 +584,8 @@ const savedFile = "saved.json"
 
 // Disable removes moat's rules from every backend that has them, the
 // saved ruleset, the records and any pending confirmation. The policy file
-// stays.
+// stays. A change waiting for confirmation that the kernel refuses to
+// remove stays waiting (its watchdog rolls it back at the deadline).
 func (e *Engine) Disable(ctx context.Context) error {
 	if err := e.mustHoldLock(); err != nil {
 		return err
@@ -618,27 +619,36 @@ func (e *Engine) Disable(ctx context.Context) error {
 	// in between must not leave the unconfirmed change in the kernel
 	// with nothing to roll it back (the watchdog, left, rolls it back
 	// at the deadline: the rules before it, not the change).
+	kept := false // the unconfirmed change is still in the kernel
 	for _, b := range e.o.Backends {
 		if b.Available() != nil {
 			continue
 		}
-		if err := b.Remove(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("remove moat's %s rules: %w", b.Name(), err))
+		if rerr := b.Remove(ctx); rerr != nil {
+			errs = append(errs, fmt.Errorf("remove moat's %s rules: %w", b.Name(), rerr))
+			kept = kept || (err == nil && p.State != stateConfirming && b.Name() == p.Backend)
 		}
 	}
 	if err := e.step("disable-removed"); err != nil {
 		return err
 	}
-	// Cleared even when unreadable: nothing is left to roll back to.
-	errs = append(errs, clearPending(dir))
-	if err == nil {
-		// The outcome first: a watchdog that is stopped (SIGSTOP) and
-		// resumes later must find its change settled, not roll it back
-		// from its copy on top of the disable.
-		if oerr := writeOutcome(dir, Outcome{ID: p.ID, Outcome: "disabled", Time: e.o.Now(), Applied: p.Created, Reason: "moat disable"}); oerr != nil {
-			e.warn(oerr.Error())
+	if kept {
+		// The kernel refused to remove it: the change stays waiting,
+		// and its watchdog rolls it back at the deadline.
+		e.warn(fmt.Sprintf("disable: the unconfirmed change applied at %s is still in the kernel: it waits for confirmation, and is rolled back at %s",
+			p.Created.Local().Format(time.TimeOnly), p.Deadline.Local().Format(time.TimeOnly)))
+	} else {
+		// Cleared even when unreadable: nothing is left to roll back to.
+		errs = append(errs, clearPending(dir))
+		if err == nil {
+			// The outcome first: a watchdog that is stopped (SIGSTOP)
+			// and resumes later must find its change settled, not roll
+			// it back from its copy on top of the disable.
+			if oerr := writeOutcome(dir, Outcome{ID: p.ID, Outcome: "disabled", Time: e.o.Now(), Applied: p.Created, Reason: "moat disable"}); oerr != nil {
+				e.warn(oerr.Error())
+			}
+			p.Watchdog.Stop()
 		}
-		p.Watchdog.Stop()
 	}
 	if err := e.step("disable-cleared"); err != nil {
 		return err

@@ -1833,3 +1833,31 @@ func TestWatchdogRollsBackPastRefusedUndo(t *testing.T) {
 	r.must(r.do(func(context.Context, *Engine) error { return nil }))
 	r.backAtBase()
 }
+
+// 'moat disable' while a change waits for confirmation, and the kernel
+// refuses to remove moat's rules: the disable cleared the pending change
+// and stopped its watchdog all the same, so the unconfirmed change (which
+// may cut the admin off) stayed in the kernel with nothing to roll it
+// back. It stays waiting: its watchdog rolls it back at the deadline.
+func TestDisableRefusedKeepsChangeWaiting(t *testing.T) {
+	r := enabledRig(t)
+	res := r.waiting()
+	r.nft.Fail = refuse("remove", "kernel says no")
+	ctx := context.Background()
+	unlock, err := r.eng.LockToRemove(ctx, "moat disable")
+	r.must(err)
+	err = r.eng.Disable(ctx)
+	unlock()
+	if err == nil || !strings.Contains(err.Error(), "kernel says no") {
+		t.Fatalf("disable: %v", err)
+	}
+	r.nft.Fail = nil
+	if _, err := LoadPending(r.dir); err != nil {
+		t.Fatalf("the change no longer waits: %v", err)
+	}
+	r.advance(2 * time.Minute)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	r.must(r.eng.Watch(wctx, res.Pending.ID))
+	r.backAtBase()
+}
