@@ -85,7 +85,7 @@ type statusInterrupted struct {
 func (a *app) interrupted(rep *statusTruth) *statusInterrupted {
 	in, err := engine.LoadIntent(a.stateDir)
 	if err != nil {
-		rep.stateError(err, "a moat command was interrupted and its journal is unreadable: commands that change moat's state refuse to run until it is removed ('moat disable' removes moat's rules and state whatever they are)")
+		rep.stateError(err, "a moat command was interrupted and its journal is unreadable: commands that change moat's state refuse to run until it is removed, but a change waiting for confirmation is still rolled back ('moat rollback', or its watchdog at the deadline); 'moat disable' removes moat's rules and state whatever they are")
 	}
 	if err != nil || in == nil {
 		return nil
