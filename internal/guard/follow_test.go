@@ -223,20 +223,8 @@ func TestReadyOnceFollowing(t *testing.T) {
 			}
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx, &FileSource{Path: logPath, Poll: 50 * time.Millisecond}) }()
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		bans, _ := svc.Bans.Bans(ctx)
-		if len(bans) > 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	<-done
-	if bans, _ := svc.Bans.Bans(context.Background()); len(bans) != 1 || bans[0].Addr != netip.MustParseAddr("203.0.113.9") {
+	bans := runUntilBanned(svc, &FileSource{Path: logPath, Poll: 50 * time.Millisecond}, 3*time.Second)
+	if len(bans) != 1 || bans[0].Addr != netip.MustParseAddr("203.0.113.9") {
 		t.Fatalf("the failures written once the guard was ready: bans %v", bans)
 	}
 }

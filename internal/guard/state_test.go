@@ -191,6 +191,23 @@ func (c chanSource) Run(ctx context.Context, out chan<- Line) error {
 	}
 }
 
+// runUntilBanned runs svc on src until it has banned (or wait has
+// passed), stops it, and returns its bans.
+func runUntilBanned(svc *Service, src Source, wait time.Duration) []ruleset.Ban {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx, src) }()
+	for deadline := time.Now().Add(wait); ; time.Sleep(10 * time.Millisecond) {
+		if bans, _ := svc.Bans.Bans(ctx); len(bans) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	cancel()
+	<-done
+	bans, _ := svc.Bans.Bans(context.Background())
+	return bans
+}
+
 func newService(dir string, log *slog.Logger) *Service {
 	return &Service{Cfg: testGuard(), Bans: &fakeBanner{}, StateDir: dir, Log: log, Metrics: newTestMetrics(), SaveEvery: 20 * time.Millisecond}
 }
@@ -237,20 +254,7 @@ func TestServiceSkips(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		src <- Line{Text: "Nov 25 11:40:01 srv sshd[12]: Failed password for root from 203.0.113.10 port 22 ssh2", Cursor: "c3"}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx, src) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		bans, _ := svc.Bans.Bans(ctx)
-		if len(bans) > 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	<-done
-	bans, _ := svc.Bans.Bans(context.Background())
+	bans := runUntilBanned(svc, src, 5*time.Second)
 	if len(bans) != 1 || bans[0].Addr != netip.MustParseAddr("203.0.113.10") {
 		t.Fatalf("bans %v", bans)
 	}
