@@ -69,6 +69,11 @@ type Meta struct {
 	V6        int       `json:"ipv6"`
 	Lines     int       `json:"entries_as_written"`
 	SHA256    string    `json:"sha256"` // of the cached list file
+	// Saving is the checksum of a list being saved where no metadata
+	// vouched for a copy of this source yet (its first save): written
+	// before the list, it vouches for the list if the save is killed
+	// before the metadata that follows it (writeCacheData).
+	Saving string `json:"saving,omitempty"`
 }
 
 func listDir(stateDir string) string        { return filepath.Join(stateDir, Dir) }
@@ -167,8 +172,12 @@ func ReadCache(stateDir, name string, m Meta) (l *List, ok bool, err error) {
 }
 
 // WriteCache saves a good list and its metadata (list first, each
-// atomically: a crash in between leaves a list whose checksum the old
-// metadata does not match, which is then refetched).
+// atomically: a kill in between leaves a list whose checksum the old
+// metadata does not match, which load then uses as saved). The first save
+// of a source writes its metadata before the list too, with the list's
+// checksum as Saving: without it, a kill between the list and its
+// metadata left a list that no metadata of this source vouched for, and
+// the next apply loaded the list empty until the next update.
 func WriteCache(stateDir string, m *Meta, l *List) error {
 	return writeCacheData(stateDir, m, l, Canonical(m.Name, l))
 }
@@ -178,11 +187,18 @@ func writeCacheData(stateDir string, m *Meta, l *List, data []byte) error {
 	if err := statedir.Ensure(stateDir); err != nil {
 		return err
 	}
+	sum := sha256.Sum256(data)
+	if old, err := ReadMeta(stateDir, m.Name); err != nil || old.Where != m.Where || old.SHA256 == "" {
+		pending := *m
+		pending.SHA256, pending.Saving = "", hex.EncodeToString(sum[:])
+		if err := WriteMeta(stateDir, pending); err != nil {
+			return err
+		}
+	}
 	if err := statedir.WriteFile(listDir(stateDir), m.Name+".list", data); err != nil {
 		return fmt.Errorf("blocklist %s: %w", m.Name, err)
 	}
-	sum := sha256.Sum256(data)
-	m.SHA256 = hex.EncodeToString(sum[:])
+	m.SHA256, m.Saving = hex.EncodeToString(sum[:]), ""
 	m.Networks, m.V4, m.V6 = len(l.V4)+len(l.V6), len(l.V4), len(l.V6)
 	return WriteMeta(stateDir, *m)
 }
@@ -290,9 +306,15 @@ func load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save
 			Warning: fmt.Errorf("blocklist %s: %w; keeping the copy of %s (%d networks)", bl.Name, err, m.Updated.Format(time.RFC3339), m.Networks)}, nil
 	}
 	if !have && cerr != nil && m.SHA256 != "" {
-		if l, ok := savedAsIs(stateDir, bl, pr); ok {
+		if l, ok := savedAsIs(stateDir, bl, pr, ""); ok {
 			return Loaded{Prefixes: l.Prefixes(), Meta: m,
 				Warning: fmt.Errorf("%w: used as saved (an update killed between saving the list and its metadata leaves it so); 'moat blocklist update %s' fetches it again", cerr, bl.Name)}, nil
+		}
+	}
+	if !have && cerr == nil && m.SHA256 == "" && m.Saving != "" {
+		if l, ok := savedAsIs(stateDir, bl, pr, m.Saving); ok {
+			return Loaded{Prefixes: l.Prefixes(), Meta: m,
+				Warning: fmt.Errorf("blocklist %s: its first update was interrupted before its metadata was saved; the list it saved is used; 'moat blocklist update %s' completes it", bl.Name, bl.Name)}, nil
 		}
 	}
 	if !have {
@@ -310,10 +332,14 @@ func load(stateDir string, bl *policy.Blocklist, pr Protect, now time.Time, save
 // each whole (renamed in): a kill between them leaves the new list beside
 // the old metadata, and loading nothing instead let in what the list
 // blocks until the next update. A copy that parses and passes Check is
-// that list (ok); one damaged otherwise is not used.
-func savedAsIs(stateDir string, bl *policy.Blocklist, pr Protect) (*List, bool) {
+// that list (ok); one damaged otherwise is not used. With sum, the copy
+// is used only if that is its checksum (Meta.Saving).
+func savedAsIs(stateDir string, bl *policy.Blocklist, pr Protect, sum string) (*List, bool) {
 	data, err := statedir.ReadFile(listDir(stateDir), bl.Name+".list")
 	if err != nil {
+		return nil, false
+	}
+	if got := sha256.Sum256(data); sum != "" && hex.EncodeToString(got[:]) != sum {
 		return nil, false
 	}
 	l, err := parseCache(stateDir, bl.Name, data)

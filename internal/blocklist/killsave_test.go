@@ -55,3 +55,70 @@ func TestLoadURLListKilledBetweenSaves(t *testing.T) {
 		t.Errorf("a damaged copy was loaded: %v", got.Prefixes)
 	}
 }
+
+// The first save of a url list's source (no metadata of that source
+// vouches for a copy yet) killed between the list and its metadata: the
+// metadata written before the list (Saving, its checksum) vouches for it,
+// and the next apply loads it (it loaded nothing: "not fetched yet").
+// Killed before the list is in place, what is there (another source's
+// copy) is not used. Each state is what writeCacheData leaves at the kill.
+func TestLoadURLListFirstSaveKilled(t *testing.T) {
+	for _, before := range []string{"none", "failed fetch", "other source"} {
+		t.Run(before, func(t *testing.T) {
+			state := t.TempDir()
+			bl := &policy.Blocklist{Name: "drop", Source: policy.BlocklistURL, URL: "https://lists.example/drop.txt"}
+			other := &List{V4: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}
+			switch before {
+			case "failed fetch":
+				if err := WriteMeta(state, Meta{Name: "drop", Source: "url", Where: bl.Where(), LastError: "server answered 500"}); err != nil {
+					t.Fatal(err)
+				}
+			case "other source":
+				m := Meta{Name: "drop", Source: "url", Where: "https://old.example/drop.txt"}
+				if err := WriteCache(state, &m, other); err != nil {
+					t.Fatal(err)
+				}
+			}
+			newer := &List{V4: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}
+			m := Meta{Name: "drop", Source: "url", Where: bl.Where(), Updated: time.Now()}
+			if err := WriteCache(state, &m, newer); err != nil {
+				t.Fatal(err)
+			}
+			full, err := os.ReadFile(metaPath(state, "drop"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The kill after the list: the metadata written before it.
+			pending := m
+			pending.SHA256, pending.Saving, pending.Networks, pending.V4 = "", m.SHA256, 0, 0
+			if err := WriteMeta(state, pending); err != nil {
+				t.Fatal(err)
+			}
+			got, err := Load(state, bl, Protect{}, time.Now(), false)
+			if err != nil || len(got.Prefixes) != 1 || got.Prefixes[0] != newer.V4[0] || got.Warning == nil {
+				t.Errorf("killed after the list: loaded %v (%v, warning %v), want %v with a warning", got.Prefixes, err, got.Warning, newer.V4)
+			}
+			// A copy covering a live session is refused, as an update refuses it.
+			if got, _ := Load(state, bl, Protect{Sessions: []netip.Addr{netip.MustParseAddr("203.0.113.9")}}, time.Now(), false); len(got.Prefixes) != 0 {
+				t.Errorf("a copy covering a live session was loaded: %v", got.Prefixes)
+			}
+			// The kill before the list: another copy is there.
+			if err := statedir.WriteFile(listDir(state), "drop.list", Canonical("drop", other)); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := Load(state, bl, Protect{}, time.Now(), false); len(got.Prefixes) != 0 {
+				t.Errorf("killed before the list: loaded %v, a copy nothing vouches for", got.Prefixes)
+			}
+			// The save completed: no warning, and no Saving left.
+			if err := os.WriteFile(metaPath(state, "drop"), full, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := statedir.WriteFile(listDir(state), "drop.list", Canonical("drop", newer)); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := Load(state, bl, Protect{}, time.Now(), false); err != nil || len(got.Prefixes) != 1 || got.Warning != nil || got.Meta.Saving != "" {
+				t.Errorf("after the whole save: %v, %v, %v, saving %q", got.Prefixes, err, got.Warning, got.Meta.Saving)
+			}
+		})
+	}
+}
