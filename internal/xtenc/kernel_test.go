@@ -1,0 +1,447 @@
+package xtenc
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/labtest"
+	"github.com/moat-fw/moat/internal/nft"
+)
+
+type dumpedExpr struct {
+	name string
+	data []byte
+}
+
+type dumpedRule struct {
+	chain string
+	exprs []dumpedExpr
+	udata []byte
+}
+
+func walk(b []byte, fn func(typ uint16, v []byte)) error {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return err
+	}
+	for ad.Next() {
+		fn(ad.Type()&nlaTypeMask, ad.Bytes())
+	}
+	return ad.Err()
+}
+
+func cstr(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+// dump reads every rule of one table of one family in the calling
+// thread's namespace.
+func dump(t *testing.T, proto uint8, table string) []dumpedRule {
+	t.Helper()
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: 1, Data: []byte(table + "\x00")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
+		Data:   append([]byte{proto, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []dumpedRule
+	for _, m := range msgs {
+		var r dumpedRule
+		err := walk(m.Data[4:], func(typ uint16, v []byte) {
+			switch typ {
+			case 2:
+				r.chain = cstr(v)
+			case 7:
+				r.udata = slices.Clone(v)
+			case 4:
+				_ = walk(v, func(_ uint16, v []byte) {
+					var e dumpedExpr
+					_ = walk(v, func(typ uint16, v []byte) {
+						switch typ {
+						case nftaExprName:
+							e.name = cstr(v)
+						case nftaExprData:
+							e.data = slices.Clone(v)
+						}
+					})
+					r.exprs = append(r.exprs, e)
+				})
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// xtParts reads a compat match or target's name, revision and info.
+func xtParts(data []byte) (name string, rev uint32, info []byte) {
+	_ = walk(data, func(typ uint16, v []byte) {
+		switch typ {
+		case nftaXtName:
+			name = cstr(v)
+		case nftaXtRev:
+			if len(v) == 4 {
+				rev = binary.BigEndian.Uint32(v)
+			}
+		case nftaXtInfo:
+			info = v
+		}
+	})
+	return
+}
+
+// normalize replaces the set indexes in a rule's set matches and SET
+// targets with the sets' names (each namespace numbers its sets), takes
+// the compat comment match out (its text returned) and drops counters'
+// data.
+func normalize(r dumpedRule, names map[uint16]string) (out []string, comment string) {
+	for _, e := range r.exprs {
+		name, rev, info := xtParts(e.data)
+		switch {
+		case e.name == "match" && name == "comment":
+			comment = cstr(info)
+			continue
+		case e.name == "match" && name == "set" && rev == 4 && len(info) >= 2:
+			info = slices.Clone(info)
+			idx := binary.NativeEndian.Uint16(info)
+			binary.NativeEndian.PutUint16(info, 0)
+			out = append(out, fmt.Sprintf("match set(%s) %x", names[idx], info))
+			continue
+		case e.name == "target" && name == "SET" && rev == 3 && len(info) >= 2:
+			info = slices.Clone(info)
+			idx := binary.NativeEndian.Uint16(info)
+			binary.NativeEndian.PutUint16(info, 0)
+			out = append(out, fmt.Sprintf("target SET(%s) %x", names[idx], info))
+			continue
+		}
+		out = append(out, e.name+" "+hex.EncodeToString(e.data))
+	}
+	return out, comment
+}
+
+// udataComment reads the comment out of a rule's user data.
+func udataComment(ud []byte) string {
+	for len(ud) >= 2 {
+		typ, n := ud[0], int(ud[1])
+		if len(ud) < 2+n {
+			return "<bad udata>"
+		}
+		if typ == 0 {
+			return cstr(ud[2 : 2+n])
+		}
+		ud = ud[2+n:]
+	}
+	return ""
+}
+
+var setRef = regexp.MustCompile(`--(?:match-set|add-set) (\S+) (\S+)`)
+
+// corpusSets are the sets a corpus's lines name, with an ipset create
+// line each (the kind the directions want).
+func corpusSets(lines []string, family string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range lines {
+		for _, m := range setRef.FindAllStringSubmatch(l, -1) {
+			if seen[m[1]] {
+				continue
+			}
+			seen[m[1]] = true
+			kind := "hash:net family " + family
+			switch {
+			case strings.Contains(m[2], ","):
+				kind = "hash:ip,port family " + family + " timeout 60"
+			case strings.Contains(m[1], "early"):
+				kind = "list:set"
+			case strings.Contains(m[1], "ban") || strings.Contains(m[1], "login"):
+				kind = "hash:ip family " + family + " timeout 0 comment"
+			}
+			out = append(out, fmt.Sprintf("create %s %s", m[1], kind))
+		}
+	}
+	return out
+}
+
+// tableOf: MOAT-PREROUTING and PREROUTING are raw's.
+func tableOf(chain string) string {
+	if strings.TrimPrefix(chain, "MOAT-") == "PREROUTING" {
+		return "raw"
+	}
+	return "filter"
+}
+
+var builtins = map[string]bool{"INPUT": true, "OUTPUT": true, "FORWARD": true, "PREROUTING": true}
+
+// declarations is the restore script that makes the chains lines use.
+func declarations(lines []string) string {
+	chains := map[string][]string{}
+	for _, l := range lines {
+		f := strings.Fields(l)
+		for i, w := range f {
+			if (i == 1 || (i > 0 && f[i-1] == "-j")) && (strings.HasPrefix(w, "MOAT-") || builtins[w]) {
+				t := tableOf(w)
+				if !slices.Contains(chains[t], w) {
+					chains[t] = append(chains[t], w)
+				}
+			}
+		}
+	}
+	var b strings.Builder
+	for _, t := range []string{"raw", "filter"} {
+		if len(chains[t]) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "*%s\n", t)
+		for _, c := range chains[t] {
+			policy := "-"
+			if builtins[c] {
+				policy = "ACCEPT"
+			}
+			fmt.Fprintf(&b, ":%s %s [0:0]\n", c, policy)
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+func ruleScript(lines []string) string {
+	var b strings.Builder
+	for _, t := range []string{"raw", "filter"} {
+		var ls []string
+		for _, l := range lines {
+			if tableOf(strings.Fields(l)[1]) == t {
+				ls = append(ls, l)
+			}
+		}
+		if len(ls) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "*%s\n%s\nCOMMIT\n", t, strings.Join(ls, "\n"))
+	}
+	return b.String()
+}
+
+type famTools struct {
+	proto         uint8
+	family        string
+	restore, save string
+}
+
+var fams = []famTools{{unix.NFPROTO_IPV4, "inet", "iptables-restore", "iptables-save"}, {unix.NFPROTO_IPV6, "inet6", "ip6tables-restore", "ip6tables-save"}}
+
+// saveText is iptables-save without its comment lines.
+func saveText(t *testing.T, tool string) string {
+	t.Helper()
+	out, err := execrun.Exec(context.Background(), nil, tool)
+	if err != nil {
+		t.Fatal(err, string(out))
+	}
+	var keep []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(l, "#") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// setNames maps each namespace's set indexes to the names.
+func setNames(t *testing.T, sets []string) map[uint16]string {
+	t.Helper()
+	lookup, closeFn, err := KernelSetIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = closeFn() }()
+	out := map[uint16]string{}
+	for _, s := range sets {
+		name := strings.Fields(s)[1]
+		idx, err := lookup(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[idx] = name
+	}
+	return out
+}
+
+// compareKernel loads lines (one family) with the restore tool into one
+// namespace and, encoded, over netlink into another, and compares the
+// rules' expressions and iptables-save's text.
+func compareKernel(t *testing.T, f famTools, lines []string) {
+	t.Helper()
+	if len(lines) == 0 {
+		return
+	}
+	ctx := context.Background()
+	sets := corpusSets(lines, f.family)
+	nsA, nsB := labtest.NS(t, "xtencA"), labtest.NS(t, "xtencB")
+	var dumpA, dumpB map[string][]dumpedRule
+	var saveA, saveB string
+	var namesA, namesB map[uint16]string
+	readBack := func() (map[string][]dumpedRule, string) {
+		d := map[string][]dumpedRule{}
+		for _, tb := range []string{"raw", "filter"} {
+			d[tb] = dump(t, f.proto, tb)
+		}
+		return d, saveText(t, f.save)
+	}
+	loadSets := func(extra string) {
+		script := extra + strings.Join(sets, "\n") + "\n"
+		if out, err := execrun.Exec(ctx, []byte(script), "ipset", "restore"); err != nil {
+			t.Fatalf("ipset restore: %v %s\n%s", err, out, script)
+		}
+	}
+	err := nsA.Do(func() error {
+		loadSets("")
+		script := declarations(lines) + ruleScript(lines)
+		if out, err := execrun.Exec(ctx, []byte(script), f.restore, "--noflush"); err != nil {
+			var numbered strings.Builder
+			for i, l := range strings.Split(script, "\n") {
+				fmt.Fprintf(&numbered, "%d: %s\n", i+1, l)
+			}
+			t.Fatalf("%s: %v %s\n%s", f.restore, err, out, numbered.String())
+		}
+		dumpA, saveA = readBack()
+		namesA = setNames(t, sets)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var encoded [][]Rule
+	err = nsB.Do(func() error {
+		// Another set first: the indexes differ from A's.
+		loadSets("create xtenc-other hash:ip\ncreate xtenc-other2 hash:ip\n")
+		if out, err := execrun.Exec(ctx, []byte(declarations(lines)), f.restore, "--noflush"); err != nil {
+			t.Fatalf("%s: %v %s", f.restore, err, out)
+		}
+		lookup, closeFn, err := KernelSetIndex()
+		if err != nil {
+			return err
+		}
+		defer func() { _ = closeFn() }()
+		var x nft.XtBatch
+		type sent struct {
+			line  string
+			attrs []netlink.Attribute
+		}
+		var all []sent
+		for _, l := range lines {
+			rules, err := EncodeAll(f.proto, l, lookup)
+			if err != nil {
+				t.Errorf("%s: %v", l, err)
+				encoded = append(encoded, nil)
+				continue
+			}
+			encoded = append(encoded, rules)
+			for _, r := range rules {
+				attrs := []netlink.Attribute{
+					{Type: 1, Data: []byte(tableOf(r.Chain) + "\x00")},
+					{Type: 2, Data: []byte(r.Chain + "\x00")},
+					{Type: unix.NLA_F_NESTED | 4, Data: r.Exprs},
+				}
+				if r.Compat != nil {
+					attrs = append(attrs, netlink.Attribute{Type: unix.NLA_F_NESTED | 5, Data: r.Compat})
+				}
+				if r.UserData != nil {
+					attrs = append(attrs, netlink.Attribute{Type: 7, Data: r.UserData})
+				}
+				x.Add(f.proto, unix.NFT_MSG_NEWRULE, netlink.Create|0x800, attrs)
+				all = append(all, sent{l, attrs})
+			}
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+		if err := x.Send(); err != nil {
+			// Which rule: each alone.
+			for _, s := range all {
+				var one nft.XtBatch
+				one.Add(f.proto, unix.NFT_MSG_NEWRULE, netlink.Create|0x800, s.attrs)
+				if err := one.Send(); err != nil {
+					t.Errorf("%s: the kernel refuses the encoding: %v", s.line, err)
+				}
+			}
+			t.Fatalf("netlink: %v", err)
+		}
+		dumpB, saveB = readBack()
+		namesB = setNames(t, sets)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range []string{"raw", "filter"} {
+		a, b := dumpA[tb], dumpB[tb]
+		if len(a) != len(b) {
+			t.Errorf("%s: %d rules by %s, %d encoded", tb, len(a), f.restore, len(b))
+			continue
+		}
+		for i := range a {
+			ea, ca := normalize(a[i], namesA)
+			eb, cb := normalize(b[i], namesB)
+			if a[i].udata != nil {
+				t.Errorf("%s rule %d: %s wrote user data %x", tb, i, f.restore, a[i].udata)
+			}
+			if cb != "" {
+				t.Errorf("%s rule %d: encoded with a compat comment", tb, i)
+			}
+			cb = udataComment(b[i].udata)
+			if a[i].chain != b[i].chain || !slices.Equal(ea, eb) || ca != cb {
+				t.Errorf("%s rule %d (%s):\nrestore: %s %q\n%s\nencoded: %s %q\n%s", tb, i, lineOf(lines, a[i].chain, i), a[i].chain, ca, strings.Join(ea, "\n"), b[i].chain, cb, strings.Join(eb, "\n"))
+			}
+		}
+	}
+	if saveA != saveB {
+		t.Errorf("%s differs:\nrestore:\n%s\nencoded:\n%s", f.save, saveA, saveB)
+	}
+}
+
+func lineOf(lines []string, chain string, _ int) string { return chain }
+
+// kernelFamilies runs fn per family in a subtest of its own.
+func skipWithoutNft(t *testing.T) {
+	t.Helper()
+	out, err := execrun.Exec(context.Background(), nil, "iptables", "--version")
+	if err != nil || !strings.Contains(string(out), "nf_tables") {
+		t.Skip("iptables is not iptables-nft here")
+	}
+}
+
+func TestKernelShapes(t *testing.T) {
+	skipWithoutNft(t)
+	for _, f := range fams {
+		t.Run(f.family, func(t *testing.T) {
+			t.Parallel()
+			compareKernel(t, f, shapes(f.proto))
+		})
+	}
+}
