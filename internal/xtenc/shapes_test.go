@@ -59,6 +59,8 @@ func shapes(proto uint8) []string {
 	if proto == unix.NFPROTO_IPV4 {
 		return append(common,
 			`-A MOAT-INPUT -s 192.0.2.0/24 -j DROP`,
+			`-A MOAT-INPUT -s 0.0.0.0/0 -p tcp --dport 22 -m comment --comment "L1" -j RETURN`,
+			`-A MOAT-INPUT -s 0.0.0.0/0,192.0.2.0/24 -d 0.0.0.0/0 -j RETURN`,
 			`-A MOAT-INPUT -s 192.0.2.1/32 -d 198.51.100.0/23 -j DROP`,
 			`-A MOAT-INPUT ! -s 192.0.2.128/25 -j DROP`,
 			`-A MOAT-INPUT ! -d 203.0.113.7/32 -j DROP`,
@@ -82,6 +84,7 @@ func shapes(proto uint8) []string {
 	}
 	return append(common,
 		`-A MOAT-INPUT -s 2001:db8::/32 -j DROP`,
+		`-A MOAT-INPUT -s ::/0 -p tcp --dport 22 -j RETURN`,
 		`-A MOAT-INPUT -s 2001:db8::1/128 -d 2001:db8:1::/33 -j DROP`,
 		`-A MOAT-INPUT ! -s 2001:db8:2::/48 -j DROP`,
 		`-A MOAT-INPUT -s fe80::/10 -p ipv6-icmp --icmpv6-type 130 -j RETURN`,

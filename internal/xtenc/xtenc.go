@@ -227,8 +227,8 @@ func parse(fam uint8, args []string, sets SetIndex) (*rule, error) {
 			if err != nil {
 				return nil, err
 			}
-			if inv && len(ps) > 1 {
-				return nil, unsupported("'!' before a list of addresses")
+			if inv && (len(ps) > 1 || ps[0].Bits() == 0) {
+				return nil, unsupported("'!' before %s", v)
 			}
 			if a == "-s" {
 				if r.src != nil {
@@ -355,7 +355,7 @@ func parseAddrs(fam uint8, v string) ([]netip.Prefix, error) {
 		if err != nil {
 			return nil, unsupported("address %q", s)
 		}
-		if p.Addr().Zone() != "" || p.Addr().Is4In6() || p.Addr().Is4() != (fam == unix.NFPROTO_IPV4) || p.Bits() == 0 {
+		if p.Addr().Zone() != "" || p.Addr().Is4In6() || p.Addr().Is4() != (fam == unix.NFPROTO_IPV4) {
 			return nil, unsupported("address %q", s)
 		}
 		out = append(out, p.Masked())
@@ -494,7 +494,8 @@ func (r *rule) header(e *exprs, src, dst netip.Prefix) {
 		e.cmp(cmpEq, []byte{r.l4})
 	}
 	addr := func(p netip.Prefix, off4, off6 uint32, inv bool) {
-		if !p.IsValid() {
+		if !p.IsValid() || p.Bits() == 0 {
+			// Any address: iptables writes nothing for it.
 			return
 		}
 		off := off4
