@@ -97,15 +97,25 @@ func (s *watchdogStarter) startUnit(self string, args []string, id, logPath stri
 	if err != nil {
 		return 0, fmt.Errorf("systemd-run: %w", err)
 	}
+	// The unit must run in this working directory: a relative --config
+	// or --state-dir (and the policy path the pending change records as
+	// given) name files relative to it, and a unit started in / would
+	// read another state directory, find no change waiting and never
+	// roll it back. A directory that cannot be passed as is: setsid.
+	wd, err := s.getwd()
+	if err != nil {
+		return 0, fmt.Errorf("working directory: %w", err)
+	}
+	if !safeUnitPath(wd) {
+		return 0, fmt.Errorf("working directory %q cannot be given to a unit as it is (relative paths would name other files)", wd)
+	}
 	unit := unitName(id)
 	argv := []string{"--unit=" + unit, "--description=moat rollback watchdog (change " + sanitizeUnit(id) + ")",
 		"--collect", "--quiet", "--property=Type=exec"}
 	if safeUnitPath(logPath) {
 		argv = append(argv, "--property=StandardOutput=append:"+logPath, "--property=StandardError=append:"+logPath)
 	}
-	if wd, err := s.getwd(); err == nil && safeUnitPath(wd) {
-		argv = append(argv, "--working-directory="+wd) // a relative --config still names the same file
-	}
+	argv = append(argv, "--working-directory="+wd) // a relative --config still names the same file
 	for _, k := range unitEnv {
 		if v := s.env(k); v != "" && !strings.ContainsAny(v, "\x00\n") {
 			argv = append(argv, "--setenv="+k+"="+v)

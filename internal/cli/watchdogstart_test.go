@@ -171,11 +171,10 @@ func TestWatchdogNoMainPIDStopsUnitAndFallsBack(t *testing.T) {
 	}
 }
 
-// Hostile text (an ID, a state directory, a working directory) never
-// reaches a unit name or property unsanitized.
+// Hostile text (an ID, a state directory) never reaches a unit name or
+// property unsanitized.
 func TestWatchdogUnitHostileText(t *testing.T) {
 	f := newFakeStarter(t, true)
-	f.getwd = func() (string, error) { return "/tmp/a b\n--property=ExecStartPre=/bin/sh", nil }
 	id := "../x y;\n--property=User=nobody" + strings.Repeat("z", 300)
 	if _, err := f.start("/usr/sbin/moat", wdArgs, id, nil, "/tmp/state dir/moat.log"); err != nil {
 		t.Fatal(err)
@@ -186,8 +185,33 @@ func TestWatchdogUnitHostileText(t *testing.T) {
 	}
 	dash := slices.Index(run, "--")
 	for _, a := range run[1:dash] {
-		if strings.Contains(a, "StandardOutput") || strings.Contains(a, "working-directory") || strings.ContainsAny(a, "\n ;") && !strings.HasPrefix(a, "--description=moat rollback watchdog (change ") {
+		if strings.Contains(a, "StandardOutput") || strings.HasPrefix(a, "--working-directory=") && a != "--working-directory=/root" || strings.ContainsAny(a, "\n ;") && !strings.HasPrefix(a, "--description=moat rollback watchdog (change ") {
 			t.Fatalf("unsafe systemd-run option %q", a)
+		}
+	}
+}
+
+// A working directory that cannot be given to the unit as it is (hostile
+// text, or none) starts the watchdog with setsid, in this directory: a
+// unit started elsewhere reads a relative --state-dir and --config (and
+// the policy path the pending change records) as other files, finds no
+// change waiting and never rolls it back. It left the directory out and
+// started the unit in / all the same.
+func TestWatchdogUnitUnsafeWorkingDirUsesSetsid(t *testing.T) {
+	for _, wd := range []func() (string, error){
+		func() (string, error) { return "/tmp/a b\n--property=ExecStartPre=/bin/sh", nil },
+		func() (string, error) { return "/root/my configs", nil },
+		func() (string, error) { return "", errors.New("getwd: no such file or directory") },
+	} {
+		f := newFakeStarter(t, true)
+		f.getwd = wd
+		pid, err := f.start("/usr/sbin/moat", wdArgs, "0123456789abcdef", nil, "/var/lib/moat/moat.log")
+		if err != nil || pid != 777 || f.setsids != 1 || len(f.calls) != 0 {
+			dir, _ := wd()
+			t.Fatalf("working directory %q: pid %d err %v setsids %d calls %q: want the setsid start, no unit", dir, pid, err, f.setsids, f.calls)
+		}
+		if !strings.Contains(f.logBuf.String(), "working directory") {
+			t.Fatalf("the fallback does not say why: %q", f.logBuf.String())
 		}
 	}
 }
