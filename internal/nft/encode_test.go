@@ -83,83 +83,86 @@ func encoderCases(t *testing.T) map[string]*ruleset.Ruleset {
 // refilled in one transaction) both ways, and compares again.
 func TestEncoderMatchesNft(t *testing.T) {
 	for name, rs := range encoderCases(t) {
-		t.Run(name, func(t *testing.T) {
-			d := want(rs)
-			// The rules the encoder takes; the golden policy's must all be.
-			enc := &ruleEncoder{b: &batch{}}
-			var skipped []string
-			kept := &desired{comment: d.comment, sets: d.sets}
-			for _, c := range d.chains {
-				kc := &wantChain{chain: c.chain, hash: c.hash}
-				for _, r := range c.rules {
-					if err := enc.rule(c.chain.Name, r.Rule, *r.Comment); err != nil {
-						if !errors.Is(err, errUnencodable) {
-							t.Fatal(err)
-						}
-						skipped = append(skipped, r.Rule+": "+err.Error())
-						continue
-					}
-					kc.rules = append(kc.rules, r)
-				}
-				kept.chains = append(kept.chains, kc)
-			}
-			t.Logf("%d rules not encodable (through nft): %s", len(skipped), strings.Join(skipped, "\n"))
-			if name == "golden" && len(skipped) > 0 {
-				t.Errorf("golden rules not encodable: %q", skipped)
-			}
-			// The edges are encoded, but for the comments nft is given
-			// escaped and a source port range before a destination port.
-			if name == "edges" && len(skipped) != 4 {
-				t.Errorf("edges not encodable: %q, want the three escaped comments and the port range", skipped)
-			}
-			empty := &desired{comment: d.comment, sets: d.sets}
-			for _, c := range d.chains {
-				empty.chains = append(empty.chains, &wantChain{chain: c.chain, hash: c.hash})
-			}
-			script := func(d *desired) string {
-				fake := knftables.NewFake(knftables.InetFamily, TableName)
-				return fullPlan(newPlan(fake.NewTransaction, true), d, nil).Script()
-			}
-			rA, nsA := kernelNS(t)
-			rB, nsB := kernelNS(t)
-			ctx := context.Background()
-			if _, err := rA.run(ctx, []byte(script(kept)), "nft", "-f", "-"); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := rB.run(ctx, []byte(script(empty)), "nft", "-f", "-"); err != nil {
-				t.Fatal(err)
-			}
-			if err := nsB.Do(func() error { return enc.b.send(0) }); err != nil {
-				t.Fatal(err)
-			}
-			compareKernels(t, "loaded", rA, rB, nsA.Do, nsB.Do)
-
-			// A patch: each chain flushed and refilled, in one transaction.
-			var text strings.Builder
-			pb := &ruleEncoder{b: &batch{}}
-			for _, c := range kept.chains {
-				text.WriteString("flush chain inet " + TableName + " " + c.chain.Name + "\n")
-				pb.b.flushChain(c.chain.Name)
-			}
-			for _, c := range kept.chains {
-				for _, r := range c.rules {
-					tx := knftables.NewFake(knftables.InetFamily, TableName).NewTransaction()
-					tx.Add(r)
-					text.WriteString(tx.String())
-					if err := pb.rule(c.chain.Name, r.Rule, *r.Comment); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			if _, err := rA.run(ctx, []byte(text.String()), "nft", "-f", "-"); err != nil {
-				t.Fatal(err)
-			}
-			if err := nsB.Do(func() error { return pb.b.send(0) }); err != nil {
-				t.Fatal(err)
-			}
-			compareKernels(t, "patched", rA, rB, nsA.Do, nsB.Do)
-		})
+		t.Run(name, func(t *testing.T) { encoderMatchesNft(t, name, rs) })
 	}
+}
+
+// encoderMatchesNft is TestEncoderMatchesNft's comparison for one ruleset.
+func encoderMatchesNft(t *testing.T, name string, rs *ruleset.Ruleset) {
+	d := want(rs)
+	// The rules the encoder takes; the golden policy's must all be.
+	enc := &ruleEncoder{b: &batch{}}
+	var skipped []string
+	kept := &desired{comment: d.comment, sets: d.sets}
+	for _, c := range d.chains {
+		kc := &wantChain{chain: c.chain, hash: c.hash}
+		for _, r := range c.rules {
+			if err := enc.rule(c.chain.Name, r.Rule, *r.Comment); err != nil {
+				if !errors.Is(err, errUnencodable) {
+					t.Fatal(err)
+				}
+				skipped = append(skipped, r.Rule+": "+err.Error())
+				continue
+			}
+			kc.rules = append(kc.rules, r)
+		}
+		kept.chains = append(kept.chains, kc)
+	}
+	t.Logf("%d rules not encodable (through nft): %s", len(skipped), strings.Join(skipped, "\n"))
+	if name == "golden" && len(skipped) > 0 {
+		t.Errorf("golden rules not encodable: %q", skipped)
+	}
+	// The edges are encoded, but for the comments nft is given
+	// escaped and a source port range before a destination port.
+	if name == "edges" && len(skipped) != 4 {
+		t.Errorf("edges not encodable: %q, want the three escaped comments and the port range", skipped)
+	}
+	empty := &desired{comment: d.comment, sets: d.sets}
+	for _, c := range d.chains {
+		empty.chains = append(empty.chains, &wantChain{chain: c.chain, hash: c.hash})
+	}
+	script := func(d *desired) string {
+		fake := knftables.NewFake(knftables.InetFamily, TableName)
+		return fullPlan(newPlan(fake.NewTransaction, true), d, nil).Script()
+	}
+	rA, nsA := kernelNS(t)
+	rB, nsB := kernelNS(t)
+	ctx := context.Background()
+	if _, err := rA.run(ctx, []byte(script(kept)), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rB.run(ctx, []byte(script(empty)), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nsB.Do(func() error { return enc.b.send(0) }); err != nil {
+		t.Fatal(err)
+	}
+	compareKernels(t, "loaded", rA, rB, nsA.Do, nsB.Do)
+
+	// A patch: each chain flushed and refilled, in one transaction.
+	var text strings.Builder
+	pb := &ruleEncoder{b: &batch{}}
+	for _, c := range kept.chains {
+		text.WriteString("flush chain inet " + TableName + " " + c.chain.Name + "\n")
+		pb.b.flushChain(c.chain.Name)
+	}
+	for _, c := range kept.chains {
+		for _, r := range c.rules {
+			tx := knftables.NewFake(knftables.InetFamily, TableName).NewTransaction()
+			tx.Add(r)
+			text.WriteString(tx.String())
+			if err := pb.rule(c.chain.Name, r.Rule, *r.Comment); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := rA.run(ctx, []byte(text.String()), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nsB.Do(func() error { return pb.b.send(0) }); err != nil {
+		t.Fatal(err)
+	}
+	compareKernels(t, "patched", rA, rB, nsA.Do, nsB.Do)
 }
 
 // compareKernels compares moat's table in two namespaces.
