@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -443,5 +444,61 @@ func TestKernelShapes(t *testing.T) {
 			t.Parallel()
 			compareKernel(t, f, shapes(f.proto))
 		})
+	}
+}
+
+// KernelSetIndex asks the namespace of the calling thread: a set of
+// another namespace, or none, is an error (never an index of another
+// set), and a set made after the first lookup is found.
+func TestKernelSetIndex(t *testing.T) {
+	nsA, nsB := labtest.NS(t, "xtencSA"), labtest.NS(t, "xtencSB")
+	ctx := context.Background()
+	err := nsA.Do(func() error {
+		if out, err := execrun.Exec(ctx, []byte("create a hash:ip\ncreate b hash:net family inet6\n"), "ipset", "restore"); err != nil {
+			t.Fatal(err, string(out))
+		}
+		lookup, closeFn, err := KernelSetIndex()
+		if err != nil {
+			return err
+		}
+		defer func() { _ = closeFn() }()
+		ia, err := lookup("a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ib, err := lookup("b")
+		if err != nil || ia == ib {
+			t.Errorf("indexes %d %d (%v)", ia, ib, err)
+		}
+		if _, err := lookup("c"); err == nil || errors.Is(err, ErrUnsupported) {
+			t.Errorf("a missing set: %v", err)
+		}
+		if _, err := lookup(strings.Repeat("x", 32)); !errors.Is(err, ErrUnsupported) {
+			t.Errorf("a name of 32 bytes: %v", err)
+		}
+		if out, err := execrun.Exec(ctx, nil, "ipset", "create", "c", "hash:ip"); err != nil {
+			t.Fatal(err, string(out))
+		}
+		if ic, err := lookup("c"); err != nil || ic == ia || ic == ib {
+			t.Errorf("a set made later: %d, %v", ic, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = nsB.Do(func() error {
+		lookup, closeFn, err := KernelSetIndex()
+		if err != nil {
+			return err
+		}
+		defer func() { _ = closeFn() }()
+		if idx, err := lookup("a"); err == nil {
+			t.Errorf("another namespace's set: index %d", idx)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -11,14 +11,15 @@ const maxParam = 1023
 
 // split cuts one rule line into arguments as iptables-restore does
 // (add_param_to_argv): blanks separate arguments, a double-quoted part
-// may hold blanks, and inside quotes a backslash takes the next character
-// as it is. A closing quote ends its argument. What iptables-restore would
-// refuse or read in a way moat never writes (a quote left open, control
-// characters, a quote in the middle of a word) is an error.
+// may hold blanks, and a closing quote ends its argument. What
+// iptables-restore would refuse or read in a way moat never writes (a
+// quote left open, control characters, a quote in the middle of a word,
+// a backslash, which iptables-restore takes as an escape inside quotes)
+// is an error.
 func split(line string) ([]string, error) {
 	for i := 0; i < len(line); i++ {
-		if c := line[i]; c < 0x20 && c != '\t' || c == 0x7f {
-			return nil, fmt.Errorf("%w: control character %#x in the line", ErrUnsupported, c)
+		if c := line[i]; c < 0x20 && c != '\t' || c == 0x7f || c == '\\' {
+			return nil, fmt.Errorf("%w: character %#x in the line", ErrUnsupported, c)
 		}
 	}
 	var (
@@ -26,7 +27,6 @@ func split(line string) ([]string, error) {
 		cur    strings.Builder
 		inWord bool // cur holds an argument begun
 		quoted bool
-		esc    bool
 	)
 	end := func() error {
 		if cur.Len() > maxParam {
@@ -41,11 +41,6 @@ func split(line string) ([]string, error) {
 		c := line[i]
 		if quoted {
 			switch {
-			case esc:
-				cur.WriteByte(c)
-				esc = false
-			case c == '\\':
-				esc = true
 			case c == '"':
 				quoted = false
 				if i+1 < len(line) && line[i+1] != ' ' && line[i+1] != '\t' {

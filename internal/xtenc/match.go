@@ -313,8 +313,22 @@ func (m *match) finish(r *rule) error {
 	if len(m.seen) == 0 {
 		return unsupported("-m %s without options", m.kind)
 	}
-	if m.kind == "limit" && !m.seen["--limit-burst"] {
-		m.limBurst = 5 // XT_LIMIT_BURST
+	switch m.kind {
+	case "limit":
+		if !m.seen["--limit-burst"] {
+			m.limBurst = 5 // XT_LIMIT_BURST
+		}
+		// libxt_limit: XT_LIMIT_SCALE times the seconds per packet, in
+		// 32 bits, not 0 ("Rate too fast").
+		n, secs, ok := rateUnit(m.limRate)
+		if !ok || xtLimitScale*secs/n == 0 {
+			return unsupported("limit %q", m.limRate)
+		}
+	case "hashlimit":
+		n, secs, ok := rateUnit(m.hlAbove)
+		if !ok || xtHashlimitScale2*secs/n == 0 {
+			return unsupported("hashlimit %q", m.hlAbove)
+		}
 	}
 	return nil
 }

@@ -47,6 +47,8 @@ func KernelSetIndex() (SetIndex, func() error, error) {
 	var (
 		mu    sync.Mutex
 		cache = map[string]uint16{}
+		// stuck: a lookup timed out and may still hold the socket.
+		stuck bool
 	)
 	lookup := func(name string) (uint16, error) {
 		if name == "" || len(name) > maxSetName {
@@ -56,6 +58,9 @@ func KernelSetIndex() (SetIndex, func() error, error) {
 		defer mu.Unlock()
 		if idx, ok := cache[name]; ok {
 			return idx, nil
+		}
+		if stuck {
+			return 0, fmt.Errorf("ipset %q: %w (an earlier lookup)", name, ErrSetIndexTimeout)
 		}
 		type answer struct {
 			idx uint16
@@ -74,6 +79,7 @@ func KernelSetIndex() (SetIndex, func() error, error) {
 			cache[name] = a.idx
 			return a.idx, nil
 		case <-time.After(SetIndexTimeout):
+			stuck = true
 			return 0, fmt.Errorf("ipset %q: %w", name, ErrSetIndexTimeout)
 		}
 	}
