@@ -502,3 +502,58 @@ func TestKernelSetIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A rule whose comment is in user data is found by its text as iptables
+// prints it: iptables -C and -D (which compare rules as iptables-nft
+// reads them back) take it for the rule of the same line.
+func TestKernelCommentRuleBySpec(t *testing.T) {
+	skipWithoutNft(t)
+	ns := labtest.NS(t, "xtencC")
+	ctx := context.Background()
+	for _, f := range fams {
+		tool := strings.TrimSuffix(f.restore, "-restore")
+		err := ns.Do(func() error {
+			line := `-A MOAT-INPUT -p tcp --dport 22 -m comment --comment "input:allow:1 admins é" -j RETURN`
+			if out, err := execrun.Exec(ctx, []byte(declarations([]string{line})), f.restore, "--noflush"); err != nil {
+				t.Fatal(err, string(out))
+			}
+			r, err := Encode(f.proto, line, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var x nft.XtBatch
+			x.Add(f.proto, unix.NFT_MSG_NEWRULE, netlink.Create|0x800, []netlink.Attribute{
+				{Type: 1, Data: []byte("filter\x00")},
+				{Type: 2, Data: []byte(r.Chain + "\x00")},
+				{Type: unix.NLA_F_NESTED | 4, Data: r.Exprs},
+				{Type: unix.NLA_F_NESTED | 5, Data: r.Compat},
+				{Type: 7, Data: r.UserData},
+			})
+			if err := x.Send(); err != nil {
+				t.Fatal(err)
+			}
+			spec := []string{"MOAT-INPUT", "-p", "tcp", "--dport", "22", "-m", "comment", "--comment", "input:allow:1 admins é", "-j", "RETURN"}
+			if out, err := execrun.Exec(ctx, nil, tool, append([]string{"-S"}, spec[0])...); err != nil || !strings.Contains(string(out), `-A MOAT-INPUT -p tcp -m tcp --dport 22 -m comment --comment "input:allow:1 admins é" -j RETURN`) {
+				t.Errorf("%s -S: %v\n%s", tool, err, out)
+			}
+			other := slices.Clone(spec)
+			other[8] = "input:allow:1 admins"
+			if _, err := execrun.Exec(ctx, nil, tool, append([]string{"-C"}, other...)...); err == nil {
+				t.Errorf("%s -C found the rule under another comment", tool)
+			}
+			if out, err := execrun.Exec(ctx, nil, tool, append([]string{"-C"}, spec...)...); err != nil {
+				t.Errorf("%s -C: %v %s", tool, err, out)
+			}
+			if out, err := execrun.Exec(ctx, nil, tool, append([]string{"-D"}, spec...)...); err != nil {
+				t.Errorf("%s -D: %v %s", tool, err, out)
+			}
+			if rules := dump(t, f.proto, "filter"); len(rules) != 0 {
+				t.Errorf("%s -D left %d rules", tool, len(rules))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
