@@ -77,7 +77,7 @@ func (a *app) engine() *engine.Engine {
 		Log:              a.log,
 		Warn:             func(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) },
 		OtherRecords:     append([]string{fingerprintFile}, ipt.StateFiles()...),
-		PolicyPath:       a.config,
+		PolicyPath:       a.configPath(),
 		// The element records of the backends' policy sets.
 		OtherRecordPrefixes: []string{nftElementsPrefix, iptElementsPrefix},
 	}
@@ -143,7 +143,19 @@ func (a *app) commandLine(cmd *cobra.Command) string {
 
 // change is the engine request the global flags make.
 func (a *app) change(cmd *cobra.Command) engine.Change {
-	return engine.Change{Command: a.commandLine(cmd), Path: a.config, Backend: a.backend, Force: a.force, Confirm: a.confirm}
+	return engine.Change{Command: a.commandLine(cmd), Path: a.configPath(), Backend: a.backend, Force: a.force, Confirm: a.confirm}
+}
+
+// configPath is the policy file's absolute name (as given if it has
+// none): the engine records it (the journal, a change waiting for
+// confirmation) for what repairs or rolls back later, which may run in
+// another working directory (another command's repair, a watchdog it
+// restarts), where a relative name is another file.
+func (a *app) configPath() string {
+	if abs, err := filepath.Abs(a.config); err == nil {
+		return abs
+	}
+	return a.config
 }
 
 // startWatchdog starts 'moat watchdog ID' outside this command and its
@@ -163,7 +175,11 @@ func (a *app) startWatchdog(id string) (int, error) {
 	if abs, err := filepath.Abs(logPath); err == nil {
 		logPath = abs
 	}
-	args := []string{"--state-dir", a.stateDir, "--config", a.config}
+	stateDir := a.stateDir
+	if abs, err := filepath.Abs(stateDir); err == nil {
+		stateDir = abs
+	}
+	args := []string{"--state-dir", stateDir, "--config", a.configPath()}
 	if a.verbose {
 		args = append(args, "--verbose")
 	}

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,5 +44,43 @@ func TestRollbackPastUnreadableJournal(t *testing.T) {
 	}
 	if out, code := r.moat("allow", "80/tcp"); code == 0 || !strings.Contains(out, "journal is unreadable") {
 		t.Errorf("the next change with the journal still unreadable: %d\n%s", code, out)
+	}
+}
+
+// A change waiting for confirmation made with a relative --config is
+// rolled back into that file whatever the working directory of what
+// rolls it back ('moat rollback' run from elsewhere with the file's full
+// name, a watchdog restarted by another command's repair). The pending
+// record kept the path as given, so the rollback wrote the old policy
+// to moat.conf in its own working directory and left the unconfirmed
+// rule in the file the change wrote.
+func TestRollbackRelativeConfigFromElsewhere(t *testing.T) {
+	r := newSMRig(t, "nftables", 1)
+	base := "default deny incoming\nallow 22/tcp\n"
+	if err := os.WriteFile(r.conf, []byte(base), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := r.moat("enable"); code != 0 {
+		t.Fatalf("enable: %d\n%s", code, out)
+	}
+	moatIn := func(dir, conf string, args ...string) (string, int) {
+		t.Chdir(dir)
+		var out bytes.Buffer
+		code := run(context.Background(), append([]string{"--config", conf, "--state-dir", r.state}, args...), &out, &out, r.hook)
+		return out.String(), code
+	}
+	if out, code := moatIn(filepath.Dir(r.conf), "moat.conf", "--confirm", "60s", "--no-wait", "allow", "443/tcp"); code != 0 {
+		t.Fatalf("allow: %d\n%s", code, out)
+	}
+	elsewhere := t.TempDir()
+	out, code := moatIn(elsewhere, r.conf, "rollback")
+	if code != 0 || !strings.Contains(out, "Rolled back") {
+		t.Fatalf("rollback: %d\n%s", code, out)
+	}
+	if data, _ := os.ReadFile(r.conf); string(data) != base {
+		t.Errorf("%s after the rollback:\n%s", r.conf, data)
+	}
+	if _, err := os.Stat(filepath.Join(elsewhere, "moat.conf")); err == nil {
+		t.Errorf("the rollback wrote moat.conf in its own working directory")
 	}
 }
