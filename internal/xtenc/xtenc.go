@@ -327,6 +327,11 @@ func parse(fam uint8, args []string, sets SetIndex) (*rule, error) {
 	if !haveTarget {
 		return nil, unsupported("no target")
 	}
+	if (len(r.src) > 1 || len(r.dst) > 1) && (r.srcInv || r.dstInv) {
+		// iptables: "! not allowed with multiple source or destination
+		// IP addresses".
+		return nil, unsupported("'!' with a list of addresses")
+	}
 	for _, m := range r.matches {
 		if err := m.finish(r); err != nil {
 			return nil, err

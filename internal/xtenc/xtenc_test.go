@@ -81,6 +81,8 @@ func TestEncodeUnsupported(t *testing.T) {
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT ! -s 0.0.0.0/0 -j DROP`},
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT ! -s 192.0.2.0/24,198.51.100.0/24 -j DROP`},
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -s 192.0.2.0/24 -s 192.0.2.0/24 -j DROP`},
+		{unix.NFPROTO_IPV4, `-A MOAT-INPUT ! -s 192.0.2.0/24 -d 192.0.2.1/32,192.0.2.2/32 -j DROP`},
+		{unix.NFPROTO_IPV6, `-A MOAT-INPUT -s 2001:db8::/64,2001:db8:1::/64 ! -d 2001:db8::1/128 -j DROP`},
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -s 192.0.2.0/33 -j DROP`},
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -s 192.0.2.0/24,198.51.100.0/24 -j DROP`}, // Encode: two rules
 		// Protocols and ports.
