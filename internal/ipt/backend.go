@@ -436,11 +436,14 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 	if err != nil {
 		return err
 	}
+	// What killed checks left goes first (checksets.go).
+	if err := b.removeStaleCheckSets(ctx, st.sets); err != nil {
+		return fmt.Errorf("iptables check: %w", err)
+	}
 	names := Names{}
 	var create strings.Builder
-	tag := strconv.FormatInt(int64(os.Getpid())%1000000, 36)
 	for i, s := range rs.Sets {
-		name := fmt.Sprintf("%s%s-%d", checkPrefix, tag, i)
+		name := checkSetName(strconv.Itoa(i))
 		names[s.Name] = name
 		if st.sets[name] {
 			fmt.Fprintf(&create, "destroy %s\n", name)
@@ -452,7 +455,7 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 	var early []string
 	for _, l := range earlyLists(rs, names) {
 		key := strings.TrimPrefix(l.name, SetPrefix)
-		name := fmt.Sprintf("%s%s-%s", checkPrefix, tag, key)
+		name := checkSetName(key)
 		names[key] = name
 		early = append(early, name)
 		if st.sets[name] {
@@ -785,7 +788,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	earlyUsed(used, early)
 	var stale []string
 	for name := range st.sets {
-		if used[name] || strings.HasPrefix(name, checkPrefix) {
+		if used[name] || strings.HasPrefix(name, checkPrefix) && checkSetLive(name) {
 			continue
 		}
 		// A temporary set left by a moat killed while filling it is
@@ -1539,7 +1542,8 @@ func (b *Backend) Remove(ctx context.Context) error {
 			return fmt.Errorf("remove %s rules: %w", f.fam, err)
 		}
 	}
-	return b.destroySets(ctx, sortedKeys(st.sets))
+	// A check running meanwhile keeps its throwaway sets.
+	return b.destroySets(ctx, slices.DeleteFunc(sortedKeys(st.sets), checkSetLive))
 }
 
 // Counters reads the counters of moat's rules, summed by origin ID over

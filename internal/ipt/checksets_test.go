@@ -1,0 +1,74 @@
+package ipt
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// A check's throwaway sets are named after its process (PID and start
+// time): those of a process that ended (or of another process under the
+// same PID, or a zombie) are stale; this process's are not.
+func TestCheckSetLive(t *testing.T) {
+	mine := checkSetName("0")
+	start, ok := procStart(os.Getpid())
+	if !ok || !strings.HasPrefix(mine, checkPrefix+strconv.FormatInt(int64(os.Getpid()), 36)+"-"+strconv.FormatUint(start, 36)+"-") {
+		t.Fatalf("this process's name %q (start %d, %v)", mine, start, ok)
+	}
+	if len(checkSetName(earlyKey6)) > 31 {
+		t.Errorf("%q is longer than an ipset name may be", checkSetName(earlyKey6))
+	}
+	pid := strconv.FormatInt(int64(os.Getpid()), 36)
+	for name, live := range map[string]bool{
+		mine:                            true,
+		checkSetName(earlyKey4):         true,
+		checkPrefix + pid + "-0":        true,  // the older form: the PID alone
+		checkPrefix + pid + "-zz-0":     false, // the PID reused
+		checkPrefix + "zzzzz-1-0":       false, // no such process
+		checkPrefix + "zzzzz-early4":    false,
+		checkPrefix + "-0":              false,
+		checkPrefix + "junk":            false,
+		"moat-input_deny_src4_3":        false,
+		checkPrefix + pid + "-" + "-x-": false,
+	} {
+		if got := checkSetLive(name); got != live {
+			t.Errorf("checkSetLive(%q) = %v, want %v", name, got, live)
+		}
+	}
+}
+
+// A check destroys what killed checks left before it makes its own, and
+// leaves the sets of a check running meanwhile (this process's, here).
+func TestCheckRemovesStaleCheckSets(t *testing.T) {
+	live := checkSetName("other")
+	host := &fakeHost{
+		save: map[string]string{"iptables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", "ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"},
+		sets: "moatchkzzzzz-1-0\nmoatchkzzzzz-1-early4\nmoatchkzzzzz-0\n" + live + "\nmoat-ban4\n",
+	}
+	b := &Backend{Run: host.run}
+	if err := b.Check(context.Background(), goldenRuleset(t)); err != nil {
+		t.Fatal(err)
+	}
+	var destroyed []string
+	for _, c := range host.calls {
+		for _, l := range strings.Split(c.stdin, "\n") {
+			if n, ok := strings.CutPrefix(l, "destroy "); ok {
+				destroyed = append(destroyed, n)
+			}
+		}
+	}
+	got := strings.Join(destroyed, " ")
+	for _, n := range []string{"moatchkzzzzz-1-0", "moatchkzzzzz-1-early4", "moatchkzzzzz-0"} {
+		if !strings.Contains(got, n) {
+			t.Errorf("%s, left by a killed check, not destroyed: %s", n, got)
+		}
+	}
+	if strings.Contains(got, live) || strings.Contains(got, "moat-ban4") {
+		t.Errorf("destroyed a live check's set or moat's own: %s", got)
+	}
+	if strings.Index(got, "moatchkzzzzz-1-early4") > strings.Index(got, "moatchkzzzzz-1-0") {
+		t.Errorf("an early list destroyed after a set it may hold: %s", got)
+	}
+}
