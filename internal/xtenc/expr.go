@@ -3,7 +3,6 @@ package xtenc
 import (
 	"encoding/binary"
 
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,111 +81,138 @@ const (
 func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 func be64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
-// exprs builds the NFTA_LIST_ELEM list of a rule.
+// exprs builds the NFTA_LIST_ELEM list of a rule, appending netlink
+// attributes (header in native byte order, value, padding to 4 bytes) to
+// one buffer; a nested attribute's length is written when it ends.
 type exprs struct {
-	elems []netlink.Attribute
-	err   error
+	b []byte
 }
 
-func (e *exprs) add(name string, attrs ...netlink.Attribute) {
-	if e.err != nil {
-		return
+type attr struct {
+	typ uint16
+	v   []byte
+}
+
+func (e *exprs) put(typ uint16, v []byte) {
+	e.b = binary.NativeEndian.AppendUint16(e.b, uint16(4+len(v)))
+	e.b = binary.NativeEndian.AppendUint16(e.b, typ)
+	e.b = append(e.b, v...)
+	for len(e.b)%4 != 0 {
+		e.b = append(e.b, 0)
 	}
-	data, err := netlink.MarshalAttributes(attrs)
-	if err != nil {
-		e.err = err
-		return
+}
+
+func (e *exprs) begin(typ uint16) int {
+	at := len(e.b)
+	e.b = binary.NativeEndian.AppendUint16(e.b, 0)
+	e.b = binary.NativeEndian.AppendUint16(e.b, unix.NLA_F_NESTED|typ)
+	return at
+}
+
+func (e *exprs) end(at int) { binary.NativeEndian.PutUint16(e.b[at:], uint16(len(e.b)-at)) }
+
+// add appends one expression: its name and its data's attributes.
+func (e *exprs) add(name string, attrs ...attr) {
+	el := e.begin(nftaListElem)
+	e.b = binary.NativeEndian.AppendUint16(e.b, uint16(4+len(name)+1))
+	e.b = binary.NativeEndian.AppendUint16(e.b, nftaExprName)
+	e.b = append(e.b, name...)
+	e.b = append(e.b, 0)
+	for len(e.b)%4 != 0 {
+		e.b = append(e.b, 0)
 	}
-	el, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: nftaExprName, Data: []byte(name + "\x00")},
-		{Type: unix.NLA_F_NESTED | nftaExprData, Data: data},
-	})
-	if err != nil {
-		e.err = err
-		return
+	data := e.begin(nftaExprData)
+	for _, a := range attrs {
+		if a.typ&unix.NLA_F_NESTED != 0 {
+			// A value nested in NFTA_DATA_VALUE, or a verdict's
+			// attributes (marshaled already).
+			n := e.begin(a.typ &^ unix.NLA_F_NESTED)
+			if a.typ&^unix.NLA_F_NESTED == nftaImmediateData {
+				e.b = append(e.b, a.v...)
+			} else {
+				e.put(nftaDataValue, a.v)
+			}
+			e.end(n)
+			continue
+		}
+		e.put(a.typ, a.v)
 	}
-	e.elems = append(e.elems, netlink.Attribute{Type: unix.NLA_F_NESTED | nftaListElem, Data: el})
+	e.end(data)
+	e.end(el)
 }
 
 func (e *exprs) bytes() ([]byte, error) {
-	if e.err != nil {
-		return nil, e.err
+	if len(e.b) > 0xffff-4 { // nested by the caller under a 4-byte header
+		return nil, unsupported("a rule of %d bytes", len(e.b))
 	}
-	return netlink.MarshalAttributes(e.elems)
+	return e.b, nil
 }
 
-func nestData(typ uint16, v []byte) netlink.Attribute {
-	b, _ := netlink.MarshalAttributes([]netlink.Attribute{{Type: nftaDataValue, Data: v}})
-	return netlink.Attribute{Type: unix.NLA_F_NESTED | typ, Data: b}
-}
+// nestData is a value nested in NFTA_DATA_VALUE under typ.
+func nestData(typ uint16, v []byte) attr { return attr{unix.NLA_F_NESTED | typ, v} }
 
 func (e *exprs) meta(key uint32) {
-	e.add("meta", netlink.Attribute{Type: nftaMetaKey, Data: be32(key)}, netlink.Attribute{Type: nftaMetaDreg, Data: be32(reg1)})
+	e.add("meta", attr{nftaMetaKey, be32(key)}, attr{nftaMetaDreg, be32(reg1)})
 }
 
 func (e *exprs) cmp(op uint32, data []byte) {
-	e.add("cmp", netlink.Attribute{Type: nftaCmpSreg, Data: be32(reg1)}, netlink.Attribute{Type: nftaCmpOp, Data: be32(op)}, nestData(nftaCmpData, data))
+	e.add("cmp", attr{nftaCmpSreg, be32(reg1)}, attr{nftaCmpOp, be32(op)}, nestData(nftaCmpData, data))
 }
 
 func (e *exprs) payload(base, offset, length uint32) {
 	e.add("payload",
-		netlink.Attribute{Type: nftaPayloadDreg, Data: be32(reg1)},
-		netlink.Attribute{Type: nftaPayloadBase, Data: be32(base)},
-		netlink.Attribute{Type: nftaPayloadOffset, Data: be32(offset)},
-		netlink.Attribute{Type: nftaPayloadLen, Data: be32(length)})
+		attr{nftaPayloadDreg, be32(reg1)},
+		attr{nftaPayloadBase, be32(base)},
+		attr{nftaPayloadOffset, be32(offset)},
+		attr{nftaPayloadLen, be32(length)})
 }
 
 func (e *exprs) bitwise(mask []byte) {
 	e.add("bitwise",
-		netlink.Attribute{Type: nftaBitwiseSreg, Data: be32(reg1)},
-		netlink.Attribute{Type: nftaBitwiseDreg, Data: be32(reg1)},
-		netlink.Attribute{Type: nftaBitwiseLen, Data: be32(uint32(len(mask)))},
+		attr{nftaBitwiseSreg, be32(reg1)},
+		attr{nftaBitwiseDreg, be32(reg1)},
+		attr{nftaBitwiseLen, be32(uint32(len(mask)))},
 		nestData(nftaBitwiseMask, mask),
 		nestData(nftaBitwiseXor, make([]byte, len(mask))))
 }
 
 func (e *exprs) rangeEq(from, to []byte) {
 	e.add("range",
-		netlink.Attribute{Type: nftaRangeSreg, Data: be32(reg1)},
-		netlink.Attribute{Type: nftaRangeOp, Data: be32(cmpEq)},
+		attr{nftaRangeSreg, be32(reg1)},
+		attr{nftaRangeOp, be32(cmpEq)},
 		nestData(nftaRangeFrom, from),
 		nestData(nftaRangeTo, to))
 }
 
 func (e *exprs) limit(rate, unit uint64, burst uint32) {
 	e.add("limit",
-		netlink.Attribute{Type: nftaLimitRate, Data: be64(rate)},
-		netlink.Attribute{Type: nftaLimitUnit, Data: be64(unit)},
-		netlink.Attribute{Type: nftaLimitBurst, Data: be32(burst)},
-		netlink.Attribute{Type: nftaLimitType, Data: be32(0)}, // NFT_LIMIT_PKTS
-		netlink.Attribute{Type: nftaLimitFlags, Data: be32(0)})
+		attr{nftaLimitRate, be64(rate)},
+		attr{nftaLimitUnit, be64(unit)},
+		attr{nftaLimitBurst, be32(burst)},
+		attr{nftaLimitType, be32(0)}, // NFT_LIMIT_PKTS
+		attr{nftaLimitFlags, be32(0)})
 }
 
 func (e *exprs) counter() {
-	e.add("counter", netlink.Attribute{Type: nftaCounterBytes, Data: make([]byte, 8)}, netlink.Attribute{Type: nftaCounterPackets, Data: make([]byte, 8)})
+	e.add("counter", attr{nftaCounterBytes, make([]byte, 8)}, attr{nftaCounterPackets, make([]byte, 8)})
 }
 
 func (e *exprs) xt(kind, name string, rev uint32, info []byte) {
 	e.add(kind,
-		netlink.Attribute{Type: nftaXtName, Data: []byte(name + "\x00")},
-		netlink.Attribute{Type: nftaXtRev, Data: be32(rev)},
-		netlink.Attribute{Type: nftaXtInfo, Data: info})
+		attr{nftaXtName, []byte(name + "\x00")},
+		attr{nftaXtRev, be32(rev)},
+		attr{nftaXtInfo, info})
 }
 
+// verdict writes the immediate expression of a verdict (a jump names its
+// chain).
 func (e *exprs) verdict(code uint32, chain string) {
-	v := []netlink.Attribute{{Type: nftaVerdictCode, Data: be32(code)}}
+	var v exprs
+	vd := v.begin(nftaDataVerdict)
+	v.put(nftaVerdictCode, be32(code))
 	if chain != "" {
-		v = append(v, netlink.Attribute{Type: nftaVerdictChan, Data: []byte(chain + "\x00")})
+		v.put(nftaVerdictChan, []byte(chain+"\x00"))
 	}
-	vb, err := netlink.MarshalAttributes(v)
-	if err != nil {
-		e.err = err
-		return
-	}
-	data, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | nftaDataVerdict, Data: vb}})
-	if err != nil {
-		e.err = err
-		return
-	}
-	e.add("immediate", netlink.Attribute{Type: nftaImmediateDreg, Data: be32(regVerdict)}, netlink.Attribute{Type: unix.NLA_F_NESTED | nftaImmediateData, Data: data})
+	v.end(vd)
+	e.add("immediate", attr{nftaImmediateDreg, be32(regVerdict)}, attr{unix.NLA_F_NESTED | nftaImmediateData, v.b})
 }

@@ -22,62 +22,39 @@ func split(line string) ([]string, error) {
 			return nil, fmt.Errorf("%w: character %#x in the line", ErrUnsupported, c)
 		}
 	}
-	var (
-		args   []string
-		cur    strings.Builder
-		inWord bool // cur holds an argument begun
-		quoted bool
-	)
-	end := func() error {
-		if cur.Len() > maxParam {
-			return fmt.Errorf("%w: an argument of %d bytes", ErrUnsupported, cur.Len())
-		}
-		args = append(args, cur.String())
-		cur.Reset()
-		inWord = false
-		return nil
-	}
-	for i := 0; i < len(line); i++ {
-		c := line[i]
-		if quoted {
-			switch {
-			case c == '"':
-				quoted = false
-				if i+1 < len(line) && line[i+1] != ' ' && line[i+1] != '\t' {
-					return nil, fmt.Errorf("%w: text right after a closing quote", ErrUnsupported)
-				}
-				if err := end(); err != nil {
-					return nil, err
-				}
-			default:
-				cur.WriteByte(c)
-			}
+	blank := func(c byte) bool { return c == ' ' || c == '\t' }
+	args := make([]string, 0, 24)
+	for i := 0; i < len(line); {
+		if blank(line[i]) {
+			i++
 			continue
 		}
-		switch c {
-		case '"':
-			if inWord {
+		var arg string
+		if line[i] == '"' {
+			j := strings.IndexByte(line[i+1:], '"')
+			if j < 0 {
+				return nil, fmt.Errorf("%w: a quote left open", ErrUnsupported)
+			}
+			arg = line[i+1 : i+1+j]
+			i += j + 2
+			if i < len(line) && !blank(line[i]) {
+				return nil, fmt.Errorf("%w: text right after a closing quote", ErrUnsupported)
+			}
+		} else {
+			j := i
+			for j < len(line) && !blank(line[j]) {
+				j++
+			}
+			arg = line[i:j]
+			i = j
+			if strings.IndexByte(arg, '"') >= 0 {
 				return nil, fmt.Errorf("%w: a quote inside a word", ErrUnsupported)
 			}
-			quoted, inWord = true, true
-		case ' ', '\t':
-			if inWord {
-				if err := end(); err != nil {
-					return nil, err
-				}
-			}
-		default:
-			cur.WriteByte(c)
-			inWord = true
 		}
-	}
-	if quoted {
-		return nil, fmt.Errorf("%w: a quote left open", ErrUnsupported)
-	}
-	if inWord {
-		if err := end(); err != nil {
-			return nil, err
+		if len(arg) > maxParam {
+			return nil, fmt.Errorf("%w: an argument of %d bytes", ErrUnsupported, len(arg))
 		}
+		args = append(args, arg)
 	}
 	return args, nil
 }

@@ -12,7 +12,7 @@ import (
 // match is one -m (or implicit) match of a line and its options.
 type match struct {
 	kind string
-	seen map[string]bool
+	seen opts
 
 	// tcp, udp: ports as [first, last]; multiport: the list.
 	spts, dpts       [2]uint16
@@ -143,13 +143,10 @@ var ctStateBits = map[string]uint16{"INVALID": 1 << 0, "ESTABLISHED": 1 << 1, "R
 var addrTypes = map[string]uint16{"UNSPEC": 1 << 0, "UNICAST": 1 << 1, "LOCAL": 1 << 2, "BROADCAST": 1 << 3, "ANYCAST": 1 << 4, "MULTICAST": 1 << 5, "BLACKHOLE": 1 << 6, "UNREACHABLE": 1 << 7, "PROHIBIT": 1 << 8, "THROW": 1 << 9, "NAT": 1 << 10, "XRESOLVE": 1 << 11}
 
 func (m *match) option(r *rule, opt string, inv bool, val func() (string, error), sets SetIndex) error {
-	if m.seen[opt] {
+	if m.seen.has(opt) {
 		return unsupported("%s twice in one match", opt)
 	}
-	if m.seen == nil {
-		m.seen = map[string]bool{}
-	}
-	m.seen[opt] = true
+	m.seen = append(m.seen, opt)
 	invertible := opt == "--ctstate" || opt == "--match-set" || opt == "--src-type" || opt == "--dst-type"
 	if inv && !invertible {
 		return unsupported("'!' before %s", opt)
@@ -293,20 +290,27 @@ func (m *match) option(r *rule, opt string, inv bool, val func() (string, error)
 // /proc/net/ipt_hashlimit; moat's are short.
 const maxHashlimitName = 64
 
-// finish checks a match has what it needs and builds its info.
-func (m *match) finish(r *rule) error {
-	need := map[string][]string{
-		"comment":   {"--comment"},
-		"conntrack": {"--ctstate"},
-		"set":       {"--match-set"},
-		"hl":        {"--hl-eq"},
-		"limit":     {"--limit"},
-		"hashlimit": {"--hashlimit-above", "--hashlimit-burst", "--hashlimit-mode", "--hashlimit-name", "--hashlimit-htable-expire"},
-		"icmp":      {"--icmp-type"},
-		"icmp6":     {"--icmpv6-type"},
-	}
-	for _, o := range need[m.kind] {
-		if !m.seen[o] {
+// opts are the options given, in order.
+type opts []string
+
+func (o opts) has(opt string) bool { return slices.Contains(o, opt) }
+
+// needOptions are the options a match must have.
+var needOptions = map[string][]string{
+	"comment":   {"--comment"},
+	"conntrack": {"--ctstate"},
+	"set":       {"--match-set"},
+	"hl":        {"--hl-eq"},
+	"limit":     {"--limit"},
+	"hashlimit": {"--hashlimit-above", "--hashlimit-burst", "--hashlimit-mode", "--hashlimit-name", "--hashlimit-htable-expire"},
+	"icmp":      {"--icmp-type"},
+	"icmp6":     {"--icmpv6-type"},
+}
+
+// finish checks a match has what it needs.
+func (m *match) finish() error {
+	for _, o := range needOptions[m.kind] {
+		if !m.seen.has(o) {
 			return unsupported("-m %s without %s", m.kind, o)
 		}
 	}
@@ -315,7 +319,7 @@ func (m *match) finish(r *rule) error {
 	}
 	switch m.kind {
 	case "limit":
-		if !m.seen["--limit-burst"] {
+		if !m.seen.has("--limit-burst") {
 			m.limBurst = 5 // XT_LIMIT_BURST
 		}
 		// libxt_limit: XT_LIMIT_SCALE times the seconds per packet, in

@@ -34,11 +34,13 @@ var ErrSetIndexTimeout = errors.New("the kernel did not answer the ipset lookup 
 // KernelSetIndex returns a SetIndex asking the kernel of the calling
 // thread's network namespace (IPSET_CMD_GET_BYNAME over netlink: the
 // index libxt_set gets with getsockopt IP_SET_OP_GET_BYNAME), each lookup
-// bounded by SetIndexTimeout. Answers are kept: a set's index does not
-// change while it exists. A set that does not exist is an error (iptables
-// refuses such a rule too): the sets a rule names must exist before the
-// rule is encoded. close releases the socket; it waits for no lookup
-// still blocked in the kernel.
+// bounded by SetIndexTimeout. Answers are kept for the SetIndex's life:
+// make one per transaction, after the last ipset change it depends on
+// (ipset rename and swap give a name another set's index). A set that
+// does not exist is an error, not ErrUnsupported (iptables refuses such a
+// rule too): the sets a rule names must exist before it is encoded. close
+// releases the socket; it waits for no lookup still blocked in the
+// kernel.
 func KernelSetIndex() (SetIndex, func() error, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {

@@ -16,7 +16,7 @@ var (
 
 // targetState collects a compat target's options.
 type targetState struct {
-	seen      map[string]bool
+	seen      opts
 	reject    string
 	logPrefix string
 	logLevel  string
@@ -30,10 +30,10 @@ var logLevels = map[string]byte{"emerg": 0, "alert": 1, "crit": 2, "error": 3, "
 
 func (r *rule) targetOption(opt string, val func() (string, error)) error {
 	ts := r.ts()
-	if ts.seen[opt] {
+	if ts.seen.has(opt) {
 		return unsupported("%s twice", opt)
 	}
-	ts.seen[opt] = true
+	ts.seen = append(ts.seen, opt)
 	if opt == "--exist" && r.target.xtName == "SET" {
 		ts.exist = true
 		return nil
@@ -68,7 +68,7 @@ func (r *rule) targetOption(opt string, val func() (string, error)) error {
 
 func (r *rule) ts() *targetState {
 	if r.tstate == nil {
-		r.tstate = &targetState{seen: map[string]bool{}}
+		r.tstate = &targetState{}
 	}
 	return r.tstate
 }
@@ -86,7 +86,7 @@ func (r *rule) finishTarget(sets SetIndex) error {
 		if r.fam == unix.NFPROTO_IPV6 {
 			table, with = reject6, 4
 		}
-		if ts.seen["--reject-with"] {
+		if ts.seen.has("--reject-with") {
 			w, ok := table[ts.reject]
 			if !ok {
 				return unsupported("reject type %q", ts.reject)
@@ -98,14 +98,14 @@ func (r *rule) finishTarget(sets SetIndex) error {
 		}
 		r.target.info = xtAlign(ne.AppendUint32(nil, with))
 	case "LOG":
-		if !ts.seen["--log-prefix"] || ts.logPrefix == "" || len(ts.logPrefix) > maxLogPrefix {
+		if !ts.seen.has("--log-prefix") || ts.logPrefix == "" || len(ts.logPrefix) > maxLogPrefix {
 			return unsupported("log prefix of %d bytes", len(ts.logPrefix))
 		}
 		if err := checkText(ts.logPrefix); err != nil {
 			return err
 		}
 		level := byte(4)
-		if ts.seen["--log-level"] {
+		if ts.seen.has("--log-level") {
 			l, ok := logLevels[ts.logLevel]
 			if n, isNum := parseUint(ts.logLevel, 8); isNum && n <= 7 {
 				l, ok = byte(n), true
@@ -120,7 +120,7 @@ func (r *rule) finishTarget(sets SetIndex) error {
 		copy(info[2:], ts.logPrefix)
 		r.target.info = info
 	case "SET":
-		if !ts.seen["--add-set"] {
+		if !ts.seen.has("--add-set") {
 			return unsupported("SET without --add-set")
 		}
 		if ts.setDirs != "src" && ts.setDirs != "dst" && ts.setDirs != "src,dst" {
@@ -134,7 +134,7 @@ func (r *rule) finishTarget(sets SetIndex) error {
 			return err
 		}
 		timeout := uint32(0xffffffff)
-		if ts.seen["--timeout"] {
+		if ts.seen.has("--timeout") {
 			n, ok := parseUint(ts.timeout, 32)
 			if !ok || n == 0xffffffff {
 				return unsupported("timeout %q", ts.timeout)

@@ -333,7 +333,7 @@ func parse(fam uint8, args []string, sets SetIndex) (*rule, error) {
 		return nil, unsupported("'!' with a list of addresses")
 	}
 	for _, m := range r.matches {
-		if err := m.finish(r); err != nil {
+		if err := m.finish(); err != nil {
 			return nil, err
 		}
 	}
@@ -451,7 +451,7 @@ func (r *rule) encode() ([]Rule, error) {
 	var out []Rule
 	for _, s := range srcs {
 		for _, d := range dsts {
-			var e exprs
+			e := exprs{b: make([]byte, 0, 1024)}
 			r.header(&e, s, d)
 			for _, m := range r.matches {
 				m.encode(&e, r)
