@@ -136,6 +136,7 @@ func TestKernelCorpus(t *testing.T) {
 				t.Parallel()
 				t.Logf("%d lines", len(lines))
 				xtenc.CompareKernel(t, f, lines)
+				xtenc.CompareWire(t, f, lines)
 			})
 		}
 	}

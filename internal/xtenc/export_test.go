@@ -3,6 +3,7 @@ package xtenc
 // For the corpus test (package xtenc_test, which imports internal/ipt).
 var (
 	CompareKernel  = compareKernel
+	CompareWire    = compareWire
 	SkipWithoutNft = skipWithoutNft
 )
 

@@ -108,7 +108,8 @@ func randomLine(rng *rand.Rand, proto uint8) string {
 
 // TestKernelRandomLines: lines drawn at random are refused by the encoder
 // when iptables-restore refuses them, and those both take are the same
-// rules (compareKernel); the encoder may refuse more (ErrUnsupported).
+// rules (compareKernel) and the same bytes on the wire (compareWire); the
+// encoder may refuse more (ErrUnsupported).
 func TestKernelRandomLines(t *testing.T) {
 	skipWithoutNft(t)
 	// A fixed seed keeps CI the same run after run; XTENC_SEED=random
@@ -187,6 +188,7 @@ func TestKernelRandomLines(t *testing.T) {
 			}
 			t.Logf("%d lines: %d encoded as iptables-restore writes them, %d refused by the encoder only", len(lines), len(taken), refused)
 			compareKernel(t, f, taken)
+			compareWire(t, f, taken)
 		})
 	}
 }
