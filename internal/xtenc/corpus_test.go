@@ -28,6 +28,8 @@ route allow in on eth1 out on eth2 to 192.0.2.0/24 port 80 proto tcp
 	"guard": `default deny incoming
 guard sshd maxretry 5 findtime 10m bantime 1h
 guard portscan ports 10 within 60s bantime 1h
+blocklist spamhaus_drop file /etc/moat/lists/drop.txt
+blocklist cn file /etc/moat/lists/cn.zone
 allowlist 198.51.100.0/24 2001:db8:1::/48
 limit ssh rate 6/30s
 logging full
@@ -91,7 +93,8 @@ var renderedShapes = []string{
 	"-m hashlimit --hashlimit-above ", "-m limit --limit 3/min --limit-burst 10", "-j LOG --log-prefix ",
 	"-j REJECT --reject-with tcp-reset", "-j REJECT\n", "-j SET --add-set ", " --timeout ", "-j DROP", "-j RETURN",
 	"-p 50 ", "-p 51 ", "-p 47 ", "-p 2 ", "-p 112 ", "-p 41 ", "-p udp ", "-p tcp ",
-	`--comment "builtin:`, `--comment "moat:gen `, `--comment "moat:set `, "€",
+	`--comment "builtin:`, `--comment "moat:gen `, "--match-set moat-bl4_", "--match-set moat-bl6_", `--comment "blocklist:`,
+	"-A INPUT -j MOAT-INPUT", "-A PREROUTING ! -i lo -j MOAT-PREROUTING", `--comment "moat:set `, "€",
 }
 
 // ruleLines are the rules of a restore script as -A lines (a jump
@@ -121,8 +124,13 @@ func TestKernelCorpus(t *testing.T) {
 		policies[k] = v
 	}
 	var all strings.Builder
+	// The jumps of earlier layouts, which moat still writes for them.
+	policies["golden-plainjumps"] = string(golden)
+	policies["guard-loopbackjump"] = corpusPolicies["guard"]
 	for name, text := range policies {
 		rs := rulesettest.Compile(t, text, "ssh 22/tcp\nauth 113/tcp\n")
+		rs.PlainJumps = strings.HasSuffix(name, "-plainjumps")
+		rs.LoopbackRawJump = strings.HasSuffix(name, "-loopbackjump")
 		for fname, f := range xtenc.Families() {
 			fam := policy.FamilyV4
 			if fname == "inet6" {
