@@ -27,6 +27,19 @@
 // and the packet path pays nothing for it (the compat comment match costs
 // a call on every packet that reaches it).
 //
+// A comment must fit the user data (253 bytes; the compat match held 255) and
+// be printable UTF-8 without quotes or backslashes: otherwise ErrUnsupported.
+//
+// Only -A lines are read: a jump moat inserts (-I CHAIN N ...) is the rule of
+// "-A CHAIN ...", placed by the caller.
+//
+// Kernel-side fields are sent as iptables sends them: hashlimit's hinfo
+// pointer (the last 8 bytes of its 312) zero, which the kernel keeps for
+// itself and dumps as zero; the set match's and SET target's ipset
+// indexes are the kernel's of the namespace the rules go to (SetIndex,
+// KernelSetIndex), so the same line encodes differently in another
+// namespace, as iptables-restore's rules do.
+//
 // Anything outside that allow-list (an option, match or target not listed,
 // a form moat never writes, a text iptables would read otherwise or refuse)
 // is ErrUnsupported, never a guess: the caller then runs iptables-restore.
