@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -189,5 +192,58 @@ func TestIptEarlyListReplacedByHand(t *testing.T) {
 	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
 	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
 		t.Errorf("status after the repair:\n%s", out)
+	}
+}
+
+// TestIptRollbackOverEarlyListReplacedByHand: an early list made anew by
+// hand as another type while a --confirm change waits: 'moat rollback'
+// (and the watchdog at the deadline) failed, its ipset swap refused
+// ("their type does not match"), until an apply repaired the list. The
+// rollback repairs it as apply does: real packets from the blocklist's
+// source are dropped again, the change is undone, status is clean.
+func TestIptRollbackOverEarlyListReplacedByHand(t *testing.T) {
+	for _, by := range []string{"rollback", "watchdog"} {
+		t.Run(by, func(t *testing.T) {
+			e := onBackend(t, "iptables")
+			e.addClientAddrs("192.0.2.13/24")
+			list := e.newFile("bad.list", "192.0.2.13\n")
+			e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist bad file " + list + "\n")
+			e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
+			confirm := "1h"
+			if by == "watchdog" {
+				confirm = "6s"
+			}
+			e.mustMoat("--confirm", confirm, "--no-wait", "allow", "443/tcp")
+			jump := []string{"PREROUTING", "-m", "set", "--match-set", "moat-early4", "src", "-j", "MOAT-PREROUTING"}
+			e.run("server", append([]string{"iptables", "-t", "raw", "-D"}, jump...)...)
+			e.run("server", "ipset", "destroy", "moat-early4")
+			e.run("server", "ipset", "create", "moat-early4", "hash:ip")
+			e.run("server", append([]string{"iptables", "-t", "raw", "-I"}, jump...)...)
+			e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 open")
+			if by == "rollback" {
+				out, err := e.moat("rollback")
+				if err != nil {
+					t.Fatalf("rollback over the early list replaced by hand: %v\n%s", err, out)
+				}
+				// It fell back to loading the previous policy (the
+				// file lists' copies, the bans' snapshot not put back).
+				if strings.Contains(out, "cannot restore the snapshot") || strings.Contains(out, "failed") {
+					t.Errorf("the snapshot's restore failed:\n%s", out)
+				}
+			} else {
+				e.waitRolledBack(20 * time.Second)
+				wlog, _ := os.ReadFile(filepath.Join(e.stateDir(), "moat.log"))
+				if !strings.Contains(string(wlog), "rolled back") || strings.Contains(string(wlog), "cannot restore the snapshot") || strings.Contains(string(wlog), "failed") {
+					t.Errorf("the watchdog's rollback (its log):\n%s", wlog)
+				}
+			}
+			e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:443 timeout")
+			if out := e.mustMoat("status"); strings.Contains(out, "outside moat") || strings.Contains(out, "waiting") {
+				t.Errorf("status after the rollback:\n%s", out)
+			}
+			if typ := e.run("server", "ipset", "-t", "list", "moat-early4"); !strings.Contains(typ, "list:set") {
+				t.Errorf("moat-early4 after the rollback:\n%s", typ)
+			}
+		})
 	}
 }

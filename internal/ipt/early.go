@@ -269,6 +269,18 @@ func (b *Backend) replaceForeignEarly(ctx context.Context, st *state, lists []ea
 	return nil
 }
 
+// snapshotEarlyLists are the early lists a snapshot's ipset lines
+// make (their names: what replaceForeignEarly needs).
+func snapshotEarlyLists(lines []string) []earlyList {
+	var out []earlyList
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "create" && strings.HasPrefix(f[1], SetPrefix) && isEarlyList(f[1]) {
+			out = append(out, earlyList{name: f[1]})
+		}
+	}
+	return out
+}
+
 // readEarly reads which sets the early list name holds: over netlink
 // when netlink (earlyHeld), else, or when that fails, from `ipset list`
 // (a list that cannot be listed is missing).

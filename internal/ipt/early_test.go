@@ -2,6 +2,7 @@ package ipt
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -174,6 +175,70 @@ func TestKernelEarlyListReplacedByHand(t *testing.T) {
 			}
 			if recorded != read {
 				t.Errorf("the fingerprint after the repair is not the kernel's: %s, read %s", recorded, read)
+			}
+		})
+	}
+}
+
+// An early list made anew by hand as another type (moat's jump put back
+// by hand) between a snapshot and its restore (a rollback): the restore
+// failed ("The sets cannot be swapped: their type does not match"), the
+// rollback fell back to an apply. Restore and RestoreKeepingBans replace
+// it as apply does: the snapshot's list:set comes back, holding its sets,
+// and the raw jump is moat's alone.
+func TestKernelRestoreEarlyListReplacedByHand(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keepBans=%v", keep), func(t *testing.T) {
+			ctx := context.Background()
+			ns := labtest.NS(t, "moatearlyrest")
+			run := labtest.Runner(ns)
+			b := &Backend{IpsetNetlink: true, Run: run}
+			const pol = "default deny incoming\nallow 22/tcp\n"
+			var snap []byte
+			if err := ns.Do(func() error {
+				if err := b.Apply(ctx, compile(t, pol)); err != nil {
+					return err
+				}
+				var err error
+				snap, err = b.Snapshot(ctx)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			const jump = "PREROUTING -m set --match-set moat-early4 src -j MOAT-PREROUTING"
+			for _, c := range [][]string{
+				append([]string{"iptables", "-t", "raw", "-D"}, strings.Fields(jump)...),
+				{"ipset", "destroy", "moat-early4"},
+				{"ipset", "create", "moat-early4", "hash:ip"},
+				append([]string{"iptables", "-t", "raw", "-I"}, strings.Fields(strings.Replace(jump, "PREROUTING", "PREROUTING 1", 1))...),
+			} {
+				if out, err := run(ctx, nil, c[0], c[1:]...); err != nil {
+					t.Fatalf("%q: %v\n%s", c, err, out)
+				}
+			}
+			if err := ns.Do(func() error {
+				if keep {
+					kept, err := b.RestoreKeepingBans(ctx, snap)
+					if err == nil && !kept {
+						err = fmt.Errorf("the ban sets were not kept")
+					}
+					return err
+				}
+				return b.Restore(ctx, snap)
+			}); err != nil {
+				t.Fatalf("restore: %v", err)
+			}
+			out, err := run(ctx, nil, "ipset", "list", "-t", "moat-early4")
+			if err != nil || !strings.Contains(string(out), "Type: list:set\n") {
+				t.Errorf("the early list after the restore (%v):\n%s", err, out)
+			}
+			var m4 []string
+			if err := ns.Do(func() error { m4, _, err = earlyHeld(ctx, "moat-early4"); return err }); err != nil || !slices.Equal(m4, []string{"moat-ban4"}) {
+				t.Errorf("early list after the restore: %q (%v)", m4, err)
+			}
+			save, err := run(ctx, nil, "iptables-save", "-t", "raw")
+			if err != nil || strings.Count(string(save), "-j MOAT-PREROUTING") != 1 || !strings.Contains(string(save), "-A "+jump+"\n") {
+				t.Errorf("raw after the restore (%v):\n%s", err, save)
 			}
 		})
 	}

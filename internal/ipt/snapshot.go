@@ -225,6 +225,12 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 		}
 		sections[secSets] = rest
 	}
+	// An early list made anew by hand as another type would refuse the
+	// swap of the snapshot's list (and the rollback fall back to an
+	// apply, or fail): replaced as apply replaces it.
+	if err := b.replaceForeignEarly(ctx, st, snapshotEarlyLists(sections[secSets]), map[policy.Family][]string{}); err != nil {
+		return false, fmt.Errorf("iptables restore: %w", err)
+	}
 	setScript, exact := "", ""
 	if len(sections[secSets]) > 0 {
 		script, names, after, err := swapSetsScript(sections[secSets], st.sets, b.earlyHeldNow(ctx, st.sets))
