@@ -557,3 +557,46 @@ func TestKernelCommentRuleBySpec(t *testing.T) {
 		}
 	}
 }
+
+// Rule.Compat is needed: the kernel checks the protocol of compat
+// extensions that name one (icmp, multiport, REJECT's tcp-reset) against
+// NFTA_RULE_COMPAT, and refuses them without it.
+func TestKernelCompatNeeded(t *testing.T) {
+	skipWithoutNft(t)
+	ns := labtest.NS(t, "xtencP")
+	ctx := context.Background()
+	err := ns.Do(func() error {
+		if out, err := execrun.Exec(ctx, []byte("*filter\n:MOAT-INPUT - [0:0]\nCOMMIT\n"), "iptables-restore", "--noflush"); err != nil {
+			t.Fatal(err, string(out))
+		}
+		for _, line := range []string{`-A MOAT-INPUT -p icmp --icmp-type 8 -j RETURN`, `-A MOAT-INPUT -p tcp -m multiport --dports 1,2 -j RETURN`, `-A MOAT-INPUT -p tcp -j REJECT --reject-with tcp-reset`} {
+			r, err := Encode(unix.NFPROTO_IPV4, line, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			send := func(compat bool) error {
+				attrs := []netlink.Attribute{
+					{Type: 1, Data: []byte("filter\x00")},
+					{Type: 2, Data: []byte(r.Chain + "\x00")},
+					{Type: unix.NLA_F_NESTED | 4, Data: r.Exprs},
+				}
+				if compat {
+					attrs = append(attrs, netlink.Attribute{Type: unix.NLA_F_NESTED | 5, Data: r.Compat})
+				}
+				var x nft.XtBatch
+				x.Add(unix.NFPROTO_IPV4, unix.NFT_MSG_NEWRULE, netlink.Create|0x800, attrs)
+				return x.Send()
+			}
+			if err := send(false); err == nil {
+				t.Errorf("%s: taken without NFTA_RULE_COMPAT", line)
+			}
+			if err := send(true); err != nil {
+				t.Errorf("%s: %v", line, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
