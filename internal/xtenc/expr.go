@@ -56,6 +56,12 @@ const (
 	nftaXtRev  = 2
 	nftaXtInfo = 3
 
+	nftaRuleTable       = 1
+	nftaRuleChain       = 2
+	nftaRuleExpressions = 4
+	nftaRuleCompat      = 5
+	nftaRuleUserdata    = 7
+
 	nftaRuleCompatProto = 1
 	nftaRuleCompatFlags = 2
 

@@ -364,17 +364,7 @@ func compareKernel(t *testing.T, f famTools, lines []string) {
 			}
 			encoded = append(encoded, rules)
 			for _, r := range rules {
-				attrs := []netlink.Attribute{
-					{Type: 1, Data: []byte(tableOf(r.Chain) + "\x00")},
-					{Type: 2, Data: []byte(r.Chain + "\x00")},
-					{Type: unix.NLA_F_NESTED | 4, Data: r.Exprs},
-				}
-				if r.Compat != nil {
-					attrs = append(attrs, netlink.Attribute{Type: unix.NLA_F_NESTED | 5, Data: r.Compat})
-				}
-				if r.UserData != nil {
-					attrs = append(attrs, netlink.Attribute{Type: 7, Data: r.UserData})
-				}
+				attrs := r.Attributes(tableOf(r.Chain))
 				x.Add(f.proto, unix.NFT_MSG_NEWRULE, netlink.Create|0x800, attrs)
 				all = append(all, sent{l, attrs})
 			}
@@ -522,13 +512,7 @@ func TestKernelCommentRuleBySpec(t *testing.T) {
 				t.Fatal(err)
 			}
 			var x nft.XtBatch
-			x.Add(f.proto, unix.NFT_MSG_NEWRULE, netlink.Create|0x800, []netlink.Attribute{
-				{Type: 1, Data: []byte("filter\x00")},
-				{Type: 2, Data: []byte(r.Chain + "\x00")},
-				{Type: unix.NLA_F_NESTED | 4, Data: r.Exprs},
-				{Type: unix.NLA_F_NESTED | 5, Data: r.Compat},
-				{Type: 7, Data: r.UserData},
-			})
+			x.Add(f.proto, unix.NFT_MSG_NEWRULE, netlink.Create|0x800, r.Attributes("filter"))
 			if err := x.Send(); err != nil {
 				t.Fatal(err)
 			}

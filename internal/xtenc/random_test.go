@@ -161,12 +161,7 @@ func TestKernelRandomLines(t *testing.T) {
 						// (iptables-restore's refusal came from it).
 						var x nft.XtBatch
 						for _, r := range rules {
-							x.Add(f.proto, unix.NFT_MSG_NEWRULE, netlink.Create|0x800, []netlink.Attribute{
-								{Type: 1, Data: []byte("filter\x00")},
-								{Type: 2, Data: []byte(r.Chain + "\x00")},
-								{Type: unix.NLA_F_NESTED | 4, Data: r.Exprs},
-								{Type: unix.NLA_F_NESTED | 5, Data: r.Compat},
-							})
+							x.Add(f.proto, unix.NFT_MSG_NEWRULE, netlink.Create|0x800, r.Attributes("filter"))
 						}
 						if err := x.Send(); err == nil {
 							t.Errorf("%s refuses, the encoder and the kernel take: %s\n%s", f.restore, l, out)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -21,6 +22,7 @@ type sentRule struct {
 	family                 uint8
 	exprs, compat, udata   []byte
 	hasCompat, hasUserData bool
+	types                  []uint16 // the attributes' types, in order
 }
 
 // straceSends reads the data of every sendmsg in an strace log written
@@ -87,6 +89,7 @@ func newRules(t *testing.T, sends [][]byte) []sentRule {
 			}
 			r := sentRule{family: m[16]}
 			if err := walk(m[20:], func(typ uint16, v []byte) {
+				r.types = append(r.types, typ)
 				switch typ {
 				case 4:
 					r.exprs = v
@@ -197,6 +200,15 @@ func compareWire(t *testing.T, f famTools, lines []string) {
 		for i, g := range got {
 			w := want[i]
 			exprs, comment := withoutComment(t, g.exprs)
+			var types []uint16
+			for _, a := range w.Attributes("filter") {
+				if a.Type&nlaTypeMask != nftaRuleUserdata {
+					types = append(types, a.Type&nlaTypeMask)
+				}
+			}
+			if !slices.Equal(types, g.types) {
+				t.Errorf("%s: %s sent the attributes %v, Attributes has %v", wantLines[i], f.restore, g.types, types)
+			}
 			if g.family != f.proto || !bytes.Equal(exprs, w.Exprs) || comment != udataComment(w.UserData) ||
 				!g.hasCompat || !bytes.Equal(g.compat, w.Compat) || g.hasUserData {
 				t.Errorf("%s\n%s sent (family %d, comment %q, compat %x, user data %v %x):\n%x\nencoded (comment %q, compat %x):\n%x",

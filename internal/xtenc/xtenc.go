@@ -70,6 +70,24 @@ type Rule struct {
 	Compat []byte
 }
 
+// Attributes are the rule's attributes of an NFT_MSG_NEWRULE message
+// into table (filter, raw) of the family it was encoded for, in the order
+// iptables-nft sends them (table, chain, expressions, compat), then the
+// user data when there is a comment. Position attributes are the
+// caller's.
+func (r Rule) Attributes(table string) []netlink.Attribute {
+	attrs := []netlink.Attribute{
+		{Type: nftaRuleTable, Data: []byte(table + "\x00")},
+		{Type: nftaRuleChain, Data: []byte(r.Chain + "\x00")},
+		{Type: unix.NLA_F_NESTED | nftaRuleExpressions, Data: r.Exprs},
+		{Type: unix.NLA_F_NESTED | nftaRuleCompat, Data: r.Compat},
+	}
+	if r.UserData != nil {
+		attrs = append(attrs, netlink.Attribute{Type: nftaRuleUserdata, Data: r.UserData})
+	}
+	return attrs
+}
+
 // SetIndex gives the kernel's index of an ipset by name (iptables' -m set
 // and -j SET carry the index).
 type SetIndex func(name string) (uint16, error)
