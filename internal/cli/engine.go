@@ -175,16 +175,30 @@ func (a *app) startWatchdog(id string) (int, error) {
 	if abs, err := filepath.Abs(logPath); err == nil {
 		logPath = abs
 	}
-	stateDir := a.stateDir
-	if abs, err := filepath.Abs(stateDir); err == nil {
-		stateDir = abs
+	s := &watchdogStarter{root: "/", lookPath: exec.LookPath, run: execOutput, setsid: startSetsid, log: a.log, env: os.Getenv, getwd: os.Getwd}
+	return s.start(self, a.watchdogArgs(id), id, logf, logPath)
+}
+
+// watchdogArgs are the arguments of 'moat watchdog ID': this command's
+// state directory and policy file by their absolute names, and the sshd
+// configuration its fail-closed rollback reads SSH's ports from (the
+// last resort when nothing else loads: a --sshd-config left out made it
+// read /etc/ssh/sshd_config, and open another port than sshd's).
+func (a *app) watchdogArgs(id string) []string {
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return a
+		}
+		return p
 	}
-	args := []string{"--state-dir", stateDir, "--config", a.configPath()}
+	args := []string{"--state-dir", abs(a.stateDir), "--config", a.configPath()}
+	if a.sshdConfig != "" {
+		args = append(args, "--sshd-config", abs(a.sshdConfig))
+	}
 	if a.verbose {
 		args = append(args, "--verbose")
 	}
-	s := &watchdogStarter{root: "/", lookPath: exec.LookPath, run: execOutput, setsid: startSetsid, log: a.log, env: os.Getenv, getwd: os.Getwd}
-	return s.start(self, append(args, "watchdog", id), id, logf, logPath)
+	return append(args, "watchdog", id)
 }
 
 // report prints what an apply did that the admin must know.

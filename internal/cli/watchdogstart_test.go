@@ -242,3 +242,19 @@ func TestWatchdogOtherNamespaceUsesSetsid(t *testing.T) {
 		}
 	}
 }
+
+// The watchdog gets what its rollback reads, by absolute names: the
+// state directory, the policy file and sshd's configuration (the
+// fail-closed last resort opens sshd's ports from it). --sshd-config was
+// left out, and relative names were passed as given.
+func TestWatchdogArgs(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	a := &app{stateDir: "state", config: "moat.conf", sshdConfig: "sshd/custom_config", verbose: true}
+	got := a.watchdogArgs("0123456789abcdef")
+	want := []string{"--state-dir", filepath.Join(dir, "state"), "--config", filepath.Join(dir, "moat.conf"),
+		"--sshd-config", filepath.Join(dir, "sshd/custom_config"), "--verbose", "watchdog", "0123456789abcdef"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("watchdog args\n got %q\nwant %q", got, want)
+	}
+}
