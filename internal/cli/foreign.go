@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"os/exec"
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/foreign"
@@ -17,7 +16,7 @@ import (
 // firewalld, Docker).
 func (a *app) foreignFilters(ctx context.Context) ([]foreign.Finding, error) {
 	return foreign.DetectOver(ctx, execrun.Exec, func(prog string) bool {
-		_, err := exec.LookPath(prog)
+		_, err := execrun.LookPath(prog)
 		return err == nil
 	}, nft.ListTables, foreign.XtablesOnlyMoat)
 }

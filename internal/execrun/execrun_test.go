@@ -85,3 +85,32 @@ func TestExecFromWritesAFile(t *testing.T) {
 		t.Fatalf("Buffered: %v, %d bytes of %d", err, len(seen), len(big))
 	}
 }
+
+func TestLookPathRemembersFoundOnly(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("PATH", dir)
+	prog := filepath.Join(dir, "moat-lookpath-test")
+	if _, err := LookPath("moat-lookpath-test"); err == nil {
+		t.Fatal("found a program that does not exist")
+	}
+	// Installed after a failed lookup: found (failures are not kept).
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := LookPath("moat-lookpath-test")
+	if err != nil || p != prog {
+		t.Fatalf("LookPath = %q, %v; want %q", p, err, prog)
+	}
+	// Found once: remembered for this PATH.
+	if err := os.Remove(prog); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := LookPath("moat-lookpath-test"); err != nil || p != prog {
+		t.Fatalf("LookPath after removal = %q, %v; want the remembered %q", p, err, prog)
+	}
+	// Another PATH: looked up there.
+	t.Setenv("PATH", t.TempDir())
+	if _, err := LookPath("moat-lookpath-test"); err == nil {
+		t.Fatal("another PATH used what was found in the first")
+	}
+}

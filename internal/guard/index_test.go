@@ -148,7 +148,7 @@ func TestIndexDamageDetected(t *testing.T) {
 	}
 }
 
-func crcOf(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+func crcOf(b []byte) uint32 { return crc32.Checksum(b, castagnoliTable()) }
 
 // A damaged index whose checksum was made to match (a hostile edit by
 // root, not damage) is still a well-formed index: what it says is

@@ -13,7 +13,6 @@ import (
 	"maps"
 	"net/netip"
 	"os"
-	"os/exec"
 	"regexp"
 	"slices"
 	"strconv"
@@ -125,7 +124,7 @@ func (b *Backend) Available() error {
 		return nil
 	}
 	for _, prog := range []string{"iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore", "ipset"} {
-		if _, err := exec.LookPath(prog); err != nil {
+		if _, err := execrun.LookPath(prog); err != nil {
 			return fmt.Errorf("iptables backend: %s not found: %w", prog, err)
 		}
 	}

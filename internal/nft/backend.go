@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -111,7 +110,7 @@ func (b *Backend) Available() error {
 	if b.available {
 		return nil
 	}
-	if _, err := exec.LookPath("nft"); err != nil {
+	if _, err := execrun.LookPath("nft"); err != nil {
 		return fmt.Errorf("nftables: nft not found: %w", err)
 	}
 	if err := kernelAvailable(); err != nil {
