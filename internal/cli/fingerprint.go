@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/moat-fw/moat/internal/backend"
@@ -46,6 +47,46 @@ type kernelRecord struct {
 	// chains and this for the sets: two `ipset list` instead of
 	// iptables-save, ip6tables-save and the same two.
 	Protected string `json:"protected_ipsets,omitempty"`
+}
+
+// chainsKnown is what ReadNftLoadedReusing may take from the chains of
+// the record verified (read at generation verified.gen) instead of the
+// kernel: every chain but those nb's last commit wrote, when that commit
+// was a netlink patch committed right at verified.gen and nothing since
+// (or nothing was committed and the generation is still verified.gen).
+// nil when the generations or the commit do not prove that: then every
+// chain is read.
+func (a *app) chainsKnown(nb *nft.Backend, verified verifiedGen, now uint32) func(chain, head string) ([]drift.Rule, bool) {
+	if !verified.ok {
+		return nil
+	}
+	before, after, committed := nb.LastCommit()
+	var wrote []string
+	switch {
+	case committed && !nb.LastCommitWhole() && before == verified.gen && after == before+1 && now == after:
+		w, ok := nb.LastCommitChains()
+		if !ok {
+			return nil
+		}
+		wrote = w
+	case !committed && now == verified.gen:
+	default:
+		return nil
+	}
+	chains := a.readChains(verified.fp)
+	if chains == nil {
+		return nil
+	}
+	return func(chain, head string) ([]drift.Rule, bool) {
+		if slices.Contains(wrote, chain) {
+			return nil, false
+		}
+		c, ok := chains[chain]
+		if !ok || c.Head != head {
+			return nil, false
+		}
+		return c.Rules, true
+	}
 }
 
 // verifiedGen is an nftables ruleset generation at which moat's table was
@@ -185,10 +226,11 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		return
 	}
 	rec := kernelRecord{Backend: st.Backend, PolicySHA256: st.PolicySHA256, Time: st.Time}
-	if fp, gen, ok := a.loadedFingerprint(ctx, b); ok {
+	if fp, gen, chains, ok := a.loadedFingerprint(ctx, b); ok {
 		a.log.Debug("fingerprint of moat's rules taken from what moat loaded", "generation", gen)
 		rec.Fingerprint, rec.Generation, rec.HasGeneration = fp, gen, true
 		a.verified = verifiedGen{gen: gen, fp: fp, ok: true}
+		a.writeChains(fp, chains)
 		a.writeKernelRecord(rec)
 		return
 	}
@@ -279,10 +321,10 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 // Otherwise ok is false and the caller reads the kernel whole, so a set
 // changed by hand (`nft add element`, which moves the generation) is
 // always seen.
-func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp string, gen uint32, ok bool) {
+func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp string, gen uint32, chains map[string]drift.Chain, ok bool) {
 	nb, isNft := b.(*nft.Backend)
 	if !isNft {
-		return "", 0, false
+		return "", 0, nil, false
 	}
 	if ah := a.takeAhead(nb); ah != nil && ah.ok {
 		// Taken right after the commit, at generation ah.gen: it stands
@@ -290,7 +332,7 @@ func (a *app) loadedFingerprint(ctx context.Context, b backend.Backend) (fp stri
 		// generation, and the fingerprint is taken anew below, where the
 		// generations no longer prove the table moat's).
 		if now, err := nft.Generation(); err == nil && now == ah.gen {
-			return ah.fp, ah.gen, true
+			return ah.fp, ah.gen, ah.chains, true
 		}
 	}
 	return a.loadedFingerprintAt(ctx, nb, a.verified)
@@ -308,6 +350,7 @@ type aheadPrint struct {
 	committed, whole bool
 	fp               string
 	gen              uint32
+	chains           map[string]drift.Chain
 	ok               bool
 }
 
@@ -318,7 +361,7 @@ type aheadPrint struct {
 func (a *app) startAhead(ctx context.Context, nb *nft.Backend) {
 	ah := &aheadPrint{nb: nb, whole: nb.LastCommitWhole()}
 	ah.before, ah.after, ah.committed = nb.LastCommit()
-	ah.fp, ah.gen, ah.ok = a.loadedFingerprintAt(ctx, nb, a.verified)
+	ah.fp, ah.gen, ah.chains, ah.ok = a.loadedFingerprintAt(ctx, nb, a.verified)
 	a.ahead = ah
 }
 
@@ -339,10 +382,10 @@ func (a *app) takeAhead(nb *nft.Backend) *aheadPrint {
 
 // loadedFingerprintAt is loadedFingerprint for a command that verified
 // the table at verified.
-func (a *app) loadedFingerprintAt(ctx context.Context, nb *nft.Backend, verified verifiedGen) (fp string, gen uint32, ok bool) {
+func (a *app) loadedFingerprintAt(ctx context.Context, nb *nft.Backend, verified verifiedGen) (fp string, gen uint32, chains map[string]drift.Chain, ok bool) {
 	now, err := nft.Generation()
 	if err != nil {
-		return "", 0, false
+		return "", 0, nil, false
 	}
 	before, after, committed := nb.LastCommit()
 	switch {
@@ -351,26 +394,38 @@ func (a *app) loadedFingerprintAt(ctx context.Context, nb *nft.Backend, verified
 		// the objects it did not delete were read at before, with
 		// nothing committed between that read and the commit.
 	case !verified.ok:
-		return "", 0, false
+		return "", 0, nil, false
 	case committed && (before == verified.gen || a.recordVouches(verified, before)) && after == before+1 && now == after:
 	case !committed && now == verified.gen:
 	default:
-		return "", 0, false
+		return "", 0, nil, false
 	}
 	if fingerprintHook != nil {
 		fingerprintHook()
 	}
-	l, err := drift.ReadNftLoaded(nb.LoadedRanges(ctx))
-	if err != nil || l.Empty() {
-		return "", 0, false
+	known, reused := a.chainsKnown(nb, verified, now), 0
+	if known != nil {
+		inner := known
+		known = func(chain, head string) ([]drift.Rule, bool) {
+			rules, ok := inner(chain, head)
+			if ok {
+				reused++
+			}
+			return rules, ok
+		}
 	}
+	l, err := drift.ReadNftLoadedReusing(nb.LoadedRanges(ctx), known)
+	if err != nil || l.Empty() {
+		return "", 0, nil, false
+	}
+	a.log.Debug("fingerprint: chains read back", "read", len(l.Chains)-reused, "from the record", reused)
 	if fp, err = drift.Fingerprint(l); err != nil {
-		return "", 0, false
+		return "", 0, nil, false
 	}
 	if again, err := nft.Generation(); err != nil || again != now {
-		return "", 0, false // something was committed while the chains were read
+		return "", 0, nil, false // something was committed while the chains were read
 	}
-	return fp, now, true
+	return fp, now, recordableChains(l), true
 }
 
 // ownChangesOnly says whether the generations prove that nothing but

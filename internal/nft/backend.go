@@ -68,6 +68,9 @@ type Backend struct {
 	committed       bool
 	committedWhole  bool
 	genPre, genPost uint32
+	// wrote: the chains the last transaction flushed and refilled, when
+	// it was a netlink patch (nil otherwise: unknown).
+	wrote []string
 	// available: Available succeeded once (a command asked four times,
 	// each a netlink round trip).
 	available bool
@@ -86,6 +89,19 @@ func (b *Backend) LastCommit() (before, after uint32, ok bool) {
 // rewrote moat's table whole: then the table held what it committed, at
 // its generation after, whatever it held before.
 func (b *Backend) LastCommitWhole() bool { return b.committedWhole }
+
+// LastCommitChains names the chains the last transaction (see LastCommit)
+// flushed and refilled or whose policy it set, when it was a netlink
+// patch: it touched no other chain (set elements aside: the policy sets
+// it changed are in the element store, the others as they were). ok is
+// false when that is not known (a transaction through nft, a whole
+// rewrite, nothing committed).
+func (b *Backend) LastCommitChains() (chains []string, ok bool) {
+	if !b.committed || b.committedWhole || b.wrote == nil {
+		return nil, false
+	}
+	return b.wrote, true
+}
 
 // New returns the nftables backend driving the nft program, reading over
 // netlink.
@@ -398,11 +414,13 @@ func (b *Backend) netlinkPatch(d *desired, old record, gen uint32) *Plan {
 	// In patchPlan's order: the chains (a base chain's policy, as nft's
 	// `add chain` sets it) and their flushes, the sets, the record, the
 	// rules.
+	p.wrote = []string{SyncChain}
 	for _, c := range changed {
 		if c.chain.Policy != nil {
 			p.nl.chainPolicy(c.chain.Name, *c.chain.Policy)
 		}
 		p.nl.flushChain(c.chain.Name)
+		p.wrote = append(p.wrote, c.chain.Name)
 	}
 	var id uint32 // the transaction's set IDs: new sets, then anonymous ones
 	for _, name := range removed {
@@ -622,7 +640,7 @@ func (b *Backend) generation() (uint32, error) {
 
 // track records a commit made at generation pre (or unknown, preErr).
 func (b *Backend) track(pre uint32, preErr error) {
-	b.committed, b.committedWhole = false, false
+	b.committed, b.committedWhole, b.wrote = false, false, nil
 	if preErr != nil {
 		return
 	}
@@ -642,6 +660,7 @@ func (b *Backend) sendBatch(p *Plan) error {
 		return err
 	}
 	b.track(p.gen, nil)
+	b.wrote = p.wrote
 	return nil
 }
 

@@ -287,12 +287,33 @@ func TestKernelEncodedPatches(t *testing.T) {
 	}
 	for i, s := range steps {
 		rs := compile(t, s.policy)
+		var chainsBefore map[string]string
+		if i > 0 {
+			chainsBefore = chainBlocks(enc.table())
+		}
 		before := len(enc.rec.inputs)
 		enc.apply(rs)
 		viaNft.apply(rs)
 		ran := len(enc.rec.inputs) > before
 		if ran == s.encoded {
 			t.Errorf("step %d: nft ran %v, want %v (%q)", i, ran, !s.encoded, s.policy)
+		}
+		// LastCommitChains names every chain the patch changed (the
+		// fingerprint takes the others from its record).
+		wrote, ok := enc.be.LastCommitChains()
+		if ok != s.encoded {
+			t.Errorf("step %d: LastCommitChains ok %v, want %v", i, ok, s.encoded)
+		}
+		if ok {
+			chainsAfter := chainBlocks(enc.table())
+			for name, text := range chainsAfter {
+				if chainsBefore[name] != text && !slices.Contains(wrote, name) {
+					t.Errorf("step %d: chain %s changed, LastCommitChains names %q only:\n%s\n->\n%s", i, name, wrote, chainsBefore[name], text)
+				}
+			}
+			if len(chainsAfter) != len(chainsBefore) {
+				t.Errorf("step %d: a netlink patch added or removed a chain", i)
+			}
 		}
 		compareKernels(t, fmt.Sprintf("step %d", i), enc.rec, viaNft.rec, enc.do, viaNft.do)
 		if _, _, ok := enc.be.LastCommit(); !ok {
@@ -412,4 +433,21 @@ func TestKernelEncodedEditLarge(t *testing.T) {
 	if !strings.Contains(k.table(), "tcp dport 22 ") {
 		t.Error("the edit is not in the kernel")
 	}
+}
+
+// chainBlocks splits `nft -s list table` into its chains' text by name.
+func chainBlocks(table string) map[string]string {
+	out := map[string]string{}
+	name := ""
+	for line := range strings.Lines(table) {
+		switch {
+		case strings.HasPrefix(line, "\tchain "):
+			name = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(line), "chain "), " {")
+		case name != "" && line == "\t}\n":
+			name = ""
+		case name != "":
+			out[name] += line
+		}
+	}
+	return out
 }

@@ -375,6 +375,9 @@ type Plan struct {
 	// committed only at ruleset generation gen.
 	nl  *batch
 	gen uint32
+	// wrote names the chains nl flushes and refills (or sets the policy
+	// of), moat_sync among them.
+	wrote []string
 	// save is what the plan loads into policy sets, for the element store.
 	save map[string]StoredSet
 	// want is the table the plan makes.
