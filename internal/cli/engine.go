@@ -76,7 +76,7 @@ func (a *app) engine() *engine.Engine {
 		Apps:             a.apps(),
 		Log:              a.log,
 		Warn:             func(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) },
-		OtherRecords:     append([]string{fingerprintFile}, ipt.StateFiles()...),
+		OtherRecords:     append([]string{fingerprintFile, chainsFile}, ipt.StateFiles()...),
 		PolicyPath:       a.configPath(),
 		// The element records of the backends' policy sets.
 		OtherRecordPrefixes: []string{nftElementsPrefix, iptElementsPrefix},
