@@ -673,10 +673,25 @@ func matchVariants(m ruleset.Match, fam policy.Family, names Names) []string {
 				out = append(out, join(pm, fmt.Sprintf("%s %d", opt, t)))
 			}
 		default:
-			out = append(out, join(pm, portMatch(m.SPorts, "sport"), portMatch(m.DPorts, "dport")))
+			out = append(out, join(pm, portMatches(m.SPorts, m.DPorts)))
 		}
 	}
 	return out
+}
+
+// portMatches writes the source and destination port matches. A single
+// port or range (-p's own tcp or udp match) goes before a multiport
+// list: iptables' getopt_long takes "--dport 22" after "-m multiport"
+// as an abbreviation of multiport's --dports, and iptables-restore then
+// refuses the rule ("--source-ports" cannot be used together with
+// "--destination-ports"). Two lists are two multiport matches, which
+// iptables-save lists back as written.
+func portMatches(src, dst policy.Ports) string {
+	s, d := portMatch(src, "sport"), portMatch(dst, "dport")
+	if len(src) > 1 && len(dst) == 1 {
+		return join(d, s)
+	}
+	return join(s, d)
 }
 
 // portMatch writes a port match: --dport for one port or range, multiport

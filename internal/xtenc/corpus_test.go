@@ -68,6 +68,11 @@ allow from 0.0.0.0/0 to any port 22 proto tcp
 allow from ::/0 to any port 22 proto tcp
 allow from 192.0.2.0/24 port 53,54 proto udp
 allow from 192.0.2.0/24 port 67 to any port 68 proto udp
+allow from ::/0 port 80,443 to any port 22 proto tcp
+allow from 0.0.0.0/0 port 80,443 to any port 22 proto tcp
+allow from any port 1000,2000 to any port 3000:4000 proto udp
+allow out to any port 25,587 proto tcp
+route allow from any port 80,443 to any port 8080,8443 proto tcp
 `,
 	"low": `default deny incoming
 default reject outgoing
@@ -90,6 +95,7 @@ var renderedShapes = []string{
 	"-m addrtype --dst-type LOCAL", "-m addrtype ! --dst-type UNICAST", "-m addrtype ! --src-type LOCAL",
 	"-p icmp --icmp-type ", "-p ipv6-icmp --icmpv6-type ", "--sport 67 --dport 68", "--dport 22 ", "--dport 6000:6007 ", "--dport 1000:2000 ",
 	"-m multiport --dports 80,443", "-m multiport --sports 53,54", "-m multiport --dports 80,443,8000:8080",
+	"-p tcp --dport 22 -m multiport --sports 80,443 ", "-p udp --dport 3000:4000 -m multiport --sports 1000,2000 ", "-m multiport --sports 80,443 -m multiport --dports 8080,8443 ",
 	"-m hashlimit --hashlimit-above ", "-m limit --limit 3/min --limit-burst 10", "-j LOG --log-prefix ",
 	"-j REJECT --reject-with tcp-reset", "-j REJECT\n", "-j SET --add-set ", " --timeout ", "-j DROP", "-j RETURN",
 	"-p 50 ", "-p 51 ", "-p 47 ", "-p 2 ", "-p 112 ", "-p 41 ", "-p udp ", "-p tcp ",
