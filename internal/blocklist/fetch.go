@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // DefaultTimeout bounds one download, connection to last byte.
@@ -80,7 +81,7 @@ func (f *Fetcher) Fetch(ctx context.Context, url string, m Meta) (*Response, err
 	}
 	resp, err := f.client().Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", url, err)
+		return nil, fmt.Errorf("fetch %s: %w", url, peerText(err))
 	}
 	defer func() { _ = resp.Body.Close() }() // read below; a close error loses nothing
 	switch {
@@ -100,12 +101,34 @@ func (f *Fetcher) Fetch(ctx context.Context, url string, m Meta) (*Response, err
 	var body bytes.Buffer
 	n, err := io.Copy(&body, io.LimitReader(resp.Body, max+1))
 	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", url, err)
+		return nil, fmt.Errorf("fetch %s: %w", url, peerText(err))
 	}
 	if n > max {
 		return nil, fmt.Errorf("fetch %s: more than the %d bytes allowed", url, max)
 	}
 	return &Response{Body: body.Bytes(), ETag: validator(resp.Header.Get("ETag")), LastModified: validator(resp.Header.Get("Last-Modified"))}, nil
+}
+
+// peerError is an error whose text holds what the server sent (a name of
+// its certificate: "x509: certificate is valid for NAME, not HOST"), with
+// the characters that break a line escaped and terminal controls dropped
+// (termtext.Printable): printed in 'moat blocklist update', saved as the
+// list's last problem and shown by 'moat blocklist list', a line feed in
+// it started a line of the server's own.
+type peerError struct {
+	err  error
+	text string
+}
+
+func (e *peerError) Error() string { return e.text }
+func (e *peerError) Unwrap() error { return e.err }
+
+// peerText is err, its text made printable on one line if it is not.
+func peerText(err error) error {
+	if t := termtext.Printable(err.Error()); t != err.Error() {
+		return &peerError{err: err, text: t}
+	}
+	return err
 }
 
 // validator keeps an ETag or Last-Modified the server sent only if it can

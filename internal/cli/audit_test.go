@@ -27,7 +27,7 @@ func TestAuditHostileProcessName(t *testing.T) {
 			t.Errorf("table holds %q:\n%q", bad, s)
 		}
 	}
-	if !strings.Contains(s, "evil]0;pwned[2Jgnp.exe[42]") || !strings.Contains(s, "open to anyone") {
+	if !strings.Contains(s, `evil]0;pwned[2Jgnp.exe\r\n[42]`) || !strings.Contains(s, "open to anyone") {
 		t.Errorf("table:\n%s", s)
 	}
 	if strings.Count(s, "\n") != 6 {

@@ -21,6 +21,7 @@ import (
 	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 	"github.com/moat-fw/moat/internal/statedir"
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 const blocklistLong = `Blocklists are lists of networks whose packets moat drops before anything
@@ -128,7 +129,9 @@ func (a *app) printBlocklists(list []blocklistInfo) {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", l.Name, l.Networks, updated, checked, l.Where)
 		if l.LastError != "" {
-			fmt.Fprintf(tw, "  last problem:\t%s\n", l.LastError)
+			// The server's text may be in it (a certificate's names), and
+			// the record is a file: its line breaks stay escaped.
+			fmt.Fprintf(tw, "  last problem:\t%s\n", termtext.Printable(l.LastError))
 		}
 	}
 	_ = tw.Flush() // a.out errors show on the next write

@@ -2,11 +2,16 @@ package termtext
 
 import "testing"
 
+// Printable drops terminal controls, and escapes the characters that
+// break a line: text others wrote stays in the line moat prints it in.
 func TestPrintable(t *testing.T) {
 	for in, want := range map[string]string{
 		"MOAT-input":                     "MOAT-input",
 		"\x1b]0;owned\x07chain":          "]0;ownedchain",
-		"a\x1b[2Jb\r\nc\x7f\u009bd":      "a[2Jbcd",
+		"a\x1b[2Jb\r\nc\x7f\u009bd":      "a[2Jb\\r\\ncd",
+		"user\nmoat: banned 192.0.2.9":   "user\\nmoat: banned 192.0.2.9",
+		"a\vb\fc\u0085d\u2028e\u2029f":   "a\\vb\\fc\\u0085d\\u2028e\\u2029f",
+		"tab\there":                      "tabhere",
 		"evil\u202egnp.exe\u2066x\u2069": "evilgnp.exex",
 		"\u200fmark\u061c":               "mark",
 		"café ✓":                         "café ✓",
