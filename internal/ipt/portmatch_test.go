@@ -66,6 +66,21 @@ func TestRenderSourceListDestinationPort(t *testing.T) {
 	}
 }
 
+// otherPortShapes puts lists and single ports next to the other matches:
+// rate limits, logging, rejects, interfaces, addresses, the guards.
+const otherPortShapes = `default deny incoming
+guard sshd maxretry 5 findtime 10m bantime 1h
+guard portscan ports 10 within 60s bantime 1h
+allowlist 198.51.100.0/24 2001:db8:1::/48
+logging full
+limit from any port 80,443 to any port 22 proto tcp rate 6/30s
+limit from any port 53 to any port 1000,2000 proto udp
+reject from any port 80,443 to any port 22 proto tcp
+reject log from any port 80,443 to any port 22 proto udp
+deny log-all from any port 80,443 to any port 22 proto tcp
+allow in on eth0 from 2001:db8::/32 port 80,443 to 2001:db8::1 port 22 proto tcp
+`
+
 // matchOpts are the long options of the matches moat renders, as
 // iptables 1.8.9 defines them (`iptables -m NAME -h`).
 var matchOpts = map[string][]string{
@@ -192,18 +207,7 @@ func TestRenderedOptionsReadAsWritten(t *testing.T) {
 	for name, text := range map[string]string{
 		"ports":  portCombinations(),
 		"golden": string(golden),
-		"other": `default deny incoming
-guard sshd maxretry 5 findtime 10m bantime 1h
-guard portscan ports 10 within 60s bantime 1h
-allowlist 198.51.100.0/24 2001:db8:1::/48
-logging full
-limit from any port 80,443 to any port 22 proto tcp rate 6/30s
-limit from any port 53 to any port 1000,2000 proto udp
-reject from any port 80,443 to any port 22 proto tcp
-reject log from any port 80,443 to any port 22 proto udp
-deny log-all from any port 80,443 to any port 22 proto tcp
-allow in on eth0 from 2001:db8::/32 port 80,443 to 2001:db8::1 port 22 proto tcp
-`,
+		"other":  otherPortShapes,
 		"more": `default reject incoming
 default deny outgoing
 default reject routed
@@ -235,10 +239,18 @@ deny log 23
 }
 
 // Every port combination loads into the kernel's iptables-restore (both
-// families, tcp and udp, in, out and routed), and the check passes.
+// families, tcp and udp, in, out and routed), and so do port lists next
+// to the other matches; the check passes.
 func TestKernelPortCombinations(t *testing.T) {
 	ctx := context.Background()
 	b := kernelBackend(t)
+	other := compile(t, otherPortShapes)
+	if err := b.Check(ctx, other); err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	if err := b.Apply(ctx, other); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
 	rs := compile(t, portCombinations())
 	if err := b.Check(ctx, rs); err != nil {
 		t.Fatalf("check: %v", err)
