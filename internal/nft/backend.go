@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -376,7 +377,94 @@ func (b *Backend) planFor(ctx context.Context, d *desired, full, netlink bool, s
 			p.gen = stageAt
 		}
 	}
+	if b.Netlink && b.NFT == nil {
+		existing = splitOdd(p, existing)
+	}
 	return fullPlanMigrating(p, d, existing, migrate), nil
+}
+
+// splitOdd moves the chains and sets of existing whose names cannot be
+// written into an nft script (scriptName) to p.oddChains and p.oddSets,
+// and returns the rest. Every name moat gives is a script name, so these
+// are never among the objects the plan keeps.
+func splitOdd(p *Plan, existing map[string][]string) map[string][]string {
+	out := make(map[string][]string, len(existing))
+	for typ, names := range existing {
+		for _, n := range names {
+			switch {
+			case scriptName(n):
+				out[typ] = append(out[typ], n)
+			case typ == "chain":
+				p.oddChains = append(p.oddChains, n)
+			case typ == "set":
+				p.oddSets = append(p.oddSets, n)
+			}
+		}
+	}
+	return out
+}
+
+// scriptName says whether a name read from the kernel can be written as
+// it is into an nft script: a letter or '_', then letters, digits and
+// '_' (nft's identifiers allow a few more characters, which no name of
+// moat's has). Any other name (a newline, a quote, a control character,
+// a space, a leading digit) would break the script's syntax or write its
+// text into it as commands.
+func scriptName(s string) bool {
+	if s == "" || s[0] >= '0' && s[0] <= '9' {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// removeOdd removes the plan's odd objects over netlink around the
+// script's commit (commit): before it their chains are flushed (a rule of
+// theirs may use a set the script deletes), after it the chains and sets
+// are deleted (a rule of moat's chains, which the script flushes, may
+// jump to them). Two commits of their own: the objects are no part of
+// moat's rules, and the table's record is the script's.
+func (b *Backend) removeOdd(p *Plan, commit func() error) error {
+	if len(p.oddChains) == 0 && len(p.oddSets) == 0 {
+		return commit()
+	}
+	flush := &batch{}
+	for _, c := range p.oddChains {
+		flush.flushChain(c)
+	}
+	if err := flush.send(0); err != nil {
+		return fmt.Errorf("flush the chains moat's table holds under names nft cannot write (%s): %w", oddNames(p), err)
+	}
+	if err := commit(); err != nil {
+		return err
+	}
+	del := &batch{}
+	for _, c := range p.oddChains {
+		del.deleteChain(c)
+	}
+	for _, s := range p.oddSets {
+		del.deleteSet(s)
+	}
+	if err := del.send(0); err != nil {
+		return fmt.Errorf("delete the objects moat's table holds under names nft cannot write (%s): %w", oddNames(p), err)
+	}
+	return nil
+}
+
+// oddNames names the plan's odd objects for an error, quoted.
+func oddNames(p *Plan) string {
+	var names []string
+	for _, c := range p.oddChains {
+		names = append(names, "chain "+strconv.Quote(c))
+	}
+	for _, s := range p.oddSets {
+		names = append(names, "set "+strconv.Quote(s))
+	}
+	return strings.Join(names, ", ")
 }
 
 // maxNetlinkElems bounds the element deletes and adds of one netlink
@@ -608,7 +696,7 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	if b.beforeCommit != nil {
 		b.beforeCommit()
 	}
-	if err := b.commit(ctx, p, false); err != nil {
+	if err := b.removeOdd(p, func() error { return b.commit(ctx, p, false) }); err != nil {
 		if staged {
 			err = unstage(err)
 		}

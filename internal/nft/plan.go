@@ -387,6 +387,12 @@ type Plan struct {
 	// sets in staged filled; the plan only declares those sets.
 	pre    *batch
 	staged map[string]bool
+	// oddChains and oddSets are objects of moat's table, none of moat's,
+	// whose names nft's parser cannot take (scriptName): made over
+	// netlink by someone else, they are left out of the script (where
+	// they broke every whole rewrite, or wrote their text into it as
+	// commands) and removed over netlink around its commit (removeOdd).
+	oddChains, oddSets []string
 }
 
 // loaded notes what a policy set is loaded with, for the element store.

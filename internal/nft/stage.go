@@ -125,6 +125,15 @@ func (b *batch) deleteSet(name string) {
 	})
 }
 
+// deleteChain deletes a chain of moat's table (the transaction fails if
+// it holds rules or a rule jumps to it).
+func (b *batch) deleteChain(name string) {
+	b.add(unix.NFT_MSG_DELCHAIN, 0, []netlink.Attribute{
+		{Type: unix.NFTA_CHAIN_TABLE, Data: []byte(TableName + "\x00")},
+		{Type: unix.NFTA_CHAIN_NAME, Data: []byte(name + "\x00")},
+	})
+}
+
 // deleteTable deletes moat's table (NFT_MSG_DESTROYTABLE is newer than
 // some kernels moat runs on: the transaction fails if there is none).
 func (b *batch) deleteTable() {
