@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -82,10 +83,22 @@ func (b *Backend) Bans(ctx context.Context) ([]ruleset.Ban, error) {
 }
 
 // Logins lists the addresses in the port scan trap's login ipsets
-// (Expires: the time left of their exemption). Without a trap there are
-// no login ipsets: an error.
+// (Expires: the time left of their exemption).
 func (b *Backend) Logins(ctx context.Context) ([]ruleset.Ban, error) {
-	return b.membersOf(ctx, "logins", ruleset.LoginSet4, ruleset.LoginSet6)
+	// A login set not there (no trap, or rules of a moat from before the
+	// login sets: an upgrade) has none: a change of backend warned that
+	// the exemptions in it were lost. A list that fails is an error.
+	names, err := b.setNames(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list logins: %w", err)
+	}
+	var sets []string
+	for _, s := range []string{ruleset.LoginSet4, ruleset.LoginSet6} {
+		if slices.Contains(names, IPSetName(s)) {
+			sets = append(sets, s)
+		}
+	}
+	return b.membersOf(ctx, "logins", sets...)
 }
 
 // membersOf lists the addresses of moat's ipsets of timeouts with the

@@ -274,10 +274,30 @@ type bansChanging interface {
 func (b *Backend) BansChanged() bool { return b.changed.Load() }
 
 // Logins lists the addresses in the port scan trap's login sets (Expires:
-// the time left of their exemption). Without a trap there are no login
-// sets: an error.
+// the time left of their exemption). A login set that moat's table does
+// not hold (no trap, or rules of a moat from before the login sets: an
+// upgrade) has none: a change of backend warned that the exemptions in
+// it were lost. A read that fails otherwise is an error.
 func (b *Backend) Logins(ctx context.Context) ([]ruleset.Ban, error) {
-	return b.elementsOf(ctx, "logins", ruleset.LoginSet4, ruleset.LoginSet6)
+	var out []ruleset.Ban
+	for _, set := range []string{ruleset.LoginSet4, ruleset.LoginSet6} {
+		got, err := b.elementsOf(ctx, "logins", set)
+		if err != nil {
+			if noSuchSet(err) {
+				continue
+			}
+			return nil, err
+		}
+		out = append(out, got...)
+	}
+	return out, nil
+}
+
+// noSuchSet says whether a read of a set of moat's table failed because
+// the table holds no set of that name (netlink's ENOENT, knftables', or
+// nft's message).
+func noSuchSet(err error) bool {
+	return errors.Is(err, unix.ENOENT) || knftables.IsNotFound(err) || strings.Contains(err.Error(), "No such file or directory")
 }
 
 // elementsOf lists the addresses of sets of moat's table with the time
