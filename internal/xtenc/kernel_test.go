@@ -274,7 +274,7 @@ func saveText(t *testing.T, tool string) string {
 }
 
 // setNames maps each namespace's set indexes to the names.
-func setNames(t *testing.T, sets []string) map[uint16]string {
+func setNames(t *testing.T, proto uint8, sets []string) map[uint16]string {
 	t.Helper()
 	lookup, closeFn, err := KernelSetIndex()
 	if err != nil {
@@ -284,7 +284,7 @@ func setNames(t *testing.T, sets []string) map[uint16]string {
 	out := map[uint16]string{}
 	for _, s := range sets {
 		name := strings.Fields(s)[1]
-		idx, err := lookup(name)
+		idx, err := lookup(name, proto)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -331,7 +331,7 @@ func compareKernel(t *testing.T, f famTools, lines []string) {
 			t.Fatalf("%s: %v %s\n%s", f.restore, err, out, numbered.String())
 		}
 		dumpA, saveA = readBack()
-		namesA = setNames(t, sets)
+		namesA = setNames(t, f.proto, sets)
 		return nil
 	})
 	if err != nil {
@@ -384,7 +384,7 @@ func compareKernel(t *testing.T, f famTools, lines []string) {
 			t.Fatalf("netlink: %v", err)
 		}
 		dumpB, saveB = readBack()
-		namesB = setNames(t, sets)
+		namesB = setNames(t, f.proto, sets)
 		return nil
 	})
 	if err != nil {
@@ -452,24 +452,24 @@ func TestKernelSetIndex(t *testing.T) {
 			return err
 		}
 		defer func() { _ = closeFn() }()
-		ia, err := lookup("a")
+		ia, err := lookup("a", unix.NFPROTO_IPV4)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ib, err := lookup("b")
+		ib, err := lookup("b", unix.NFPROTO_IPV6)
 		if err != nil || ia == ib {
 			t.Errorf("indexes %d %d (%v)", ia, ib, err)
 		}
-		if _, err := lookup("c"); err == nil || errors.Is(err, ErrUnsupported) {
+		if _, err := lookup("c", unix.NFPROTO_IPV4); err == nil || errors.Is(err, ErrUnsupported) {
 			t.Errorf("a missing set: %v", err)
 		}
-		if _, err := lookup(strings.Repeat("x", 32)); !errors.Is(err, ErrUnsupported) {
+		if _, err := lookup(strings.Repeat("x", 32), unix.NFPROTO_IPV4); !errors.Is(err, ErrUnsupported) {
 			t.Errorf("a name of 32 bytes: %v", err)
 		}
 		if out, err := execrun.Exec(ctx, nil, "ipset", "create", "c", "hash:ip"); err != nil {
 			t.Fatal(err, string(out))
 		}
-		if ic, err := lookup("c"); err != nil || ic == ia || ic == ib {
+		if ic, err := lookup("c", unix.NFPROTO_IPV4); err != nil || ic == ia || ic == ib {
 			t.Errorf("a set made later: %d, %v", ic, err)
 		}
 		return nil
@@ -483,7 +483,7 @@ func TestKernelSetIndex(t *testing.T) {
 			return err
 		}
 		defer func() { _ = closeFn() }()
-		if idx, err := lookup("a"); err == nil {
+		if idx, err := lookup("a", unix.NFPROTO_IPV4); err == nil {
 			t.Errorf("another namespace's set: index %d", idx)
 		}
 		return nil
@@ -576,6 +576,63 @@ func TestKernelCompatNeeded(t *testing.T) {
 			}
 			if err := send(true); err != nil {
 				t.Errorf("%s: %v", line, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A set of the other family is refused as iptables refuses it ("The
+// protocol family of set s6 is IPv6, which is not applicable"): the
+// kernel takes such a rule, which then never matches the set (a '!'
+// before it matches every packet). A list:set serves both families.
+func TestKernelSetFamily(t *testing.T) {
+	skipWithoutNft(t)
+	ns := labtest.NS(t, "xtencF")
+	ctx := context.Background()
+	err := ns.Do(func() error {
+		if out, err := execrun.Exec(ctx, []byte("create s4 hash:net family inet\ncreate s6 hash:net family inet6\ncreate sl list:set\n"), "ipset", "restore"); err != nil {
+			t.Fatal(err, string(out))
+		}
+		lookup, closeFn, err := KernelSetIndex()
+		if err != nil {
+			return err
+		}
+		defer func() { _ = closeFn() }()
+		for _, f := range fams {
+			own, other := "s4", "s6"
+			if f.proto == unix.NFPROTO_IPV6 {
+				own, other = other, own
+			}
+			if out, err := execrun.Exec(ctx, []byte("*filter\n:MOAT-INPUT - [0:0]\nCOMMIT\n"), f.restore, "--noflush"); err != nil {
+				t.Fatal(err, string(out))
+			}
+			for _, tc := range []struct {
+				line string
+				ok   bool
+			}{
+				{"-A MOAT-INPUT -m set --match-set " + own + " src -j DROP", true},
+				{"-A MOAT-INPUT -m set --match-set sl src -j DROP", true},
+				{"-A MOAT-INPUT -j SET --add-set " + own + " src", true},
+				{"-A MOAT-INPUT -m set ! --match-set " + other + " src -j DROP", false},
+				{"-A MOAT-INPUT -m set --match-set " + other + " src -j DROP", false},
+				{"-A MOAT-INPUT -j SET --add-set " + other + " src", false},
+			} {
+				// iptables-restore says the same.
+				_, rerr := execrun.Exec(ctx, []byte("*filter\n"+tc.line+"\nCOMMIT\n"), f.restore, "--noflush", "--test")
+				if (rerr == nil) != tc.ok {
+					t.Errorf("%s: %s: %v, want ok %v", f.restore, tc.line, rerr, tc.ok)
+				}
+				_, err := Encode(f.proto, tc.line, lookup)
+				if (err == nil) != tc.ok {
+					t.Errorf("family %d: %s: %v, want ok %v", f.proto, tc.line, err, tc.ok)
+				}
+				if err != nil && (tc.ok || errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), other)) {
+					t.Errorf("family %d: %s: %v, want an error naming the set", f.proto, tc.line, err)
+				}
 			}
 		}
 		return nil

@@ -221,7 +221,7 @@ func (m *match) option(r *rule, opt string, inv bool, val func() (string, error)
 		if sets == nil {
 			return unsupported("a set and no SetIndex")
 		}
-		idx, err := sets(v)
+		idx, err := sets(v, r.fam)
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ const (
 	ipsetProtocol     = 7  // IPSET_PROTOCOL
 	ipsetAttrProtocol = 1
 	ipsetAttrSetname  = 2
+	ipsetAttrFamily   = 5
 	ipsetAttrIndex    = 11
 	ipsetInvalidID    = 0xffff
 	nlaTypeMask       = 0x3fff
@@ -33,8 +34,9 @@ var ErrSetIndexTimeout = errors.New("the kernel did not answer the ipset lookup 
 
 // KernelSetIndex returns a SetIndex asking the kernel of the calling
 // thread's network namespace (IPSET_CMD_GET_BYNAME over netlink: the
-// index libxt_set gets with getsockopt IP_SET_OP_GET_BYNAME), each lookup
-// bounded by SetIndexTimeout. Answers are kept for the SetIndex's life:
+// index and family libxt_set gets with getsockopt IP_SET_OP_GET_FNAME),
+// each lookup bounded by SetIndexTimeout. A set of the rule's family or
+// of none (list:set) is found; one of the other family is an error. Answers are kept for the SetIndex's life:
 // make one per transaction, after the last ipset change it depends on
 // (ipset rename and swap give a name another set's index). A set that
 // does not exist is an error, not ErrUnsupported (iptables refuses such a
@@ -48,63 +50,89 @@ func KernelSetIndex() (SetIndex, func() error, error) {
 	}
 	var (
 		mu    sync.Mutex
-		cache = map[string]uint16{}
+		cache = map[string]setID{}
 		// stuck: a lookup timed out and may still hold the socket.
 		stuck bool
 	)
-	lookup := func(name string) (uint16, error) {
+	lookup := func(name string) (setID, error) {
 		if name == "" || len(name) > maxSetName {
-			return 0, fmt.Errorf("ipset name %q: %w", name, ErrUnsupported)
+			return setID{}, fmt.Errorf("ipset name %q: %w", name, ErrUnsupported)
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if idx, ok := cache[name]; ok {
-			return idx, nil
+		if id, ok := cache[name]; ok {
+			return id, nil
 		}
 		if stuck {
-			return 0, fmt.Errorf("ipset %q: %w (an earlier lookup)", name, ErrSetIndexTimeout)
+			return setID{}, fmt.Errorf("ipset %q: %w (an earlier lookup)", name, ErrSetIndexTimeout)
 		}
 		type answer struct {
-			idx uint16
+			id  setID
 			err error
 		}
 		ch := make(chan answer, 1)
 		go func() {
-			idx, err := getByName(c, name)
-			ch <- answer{idx, err}
+			id, err := getByName(c, name)
+			ch <- answer{id, err}
 		}()
 		select {
 		case a := <-ch:
 			if a.err != nil {
-				return 0, a.err
+				return setID{}, a.err
 			}
-			cache[name] = a.idx
-			return a.idx, nil
+			cache[name] = a.id
+			return a.id, nil
 		case <-time.After(SetIndexTimeout):
 			stuck = true
-			return 0, fmt.Errorf("ipset %q: %w", name, ErrSetIndexTimeout)
+			return setID{}, fmt.Errorf("ipset %q: %w", name, ErrSetIndexTimeout)
 		}
 	}
-	return lookup, c.Close, nil
+	return func(name string, proto uint8) (uint16, error) {
+		id, err := lookup(name)
+		if err != nil {
+			return 0, err
+		}
+		if id.family != unix.NFPROTO_UNSPEC && id.family != proto {
+			return 0, fmt.Errorf("ipset %q is of family %s, not applicable to an %s rule", name, familyName(id.family), familyName(proto))
+		}
+		return id.idx, nil
+	}, c.Close, nil
 }
 
-func getByName(c *netlink.Conn, name string) (uint16, error) {
+// setID is what the kernel says of a set: its index and family
+// (NFPROTO_UNSPEC for a list:set).
+type setID struct {
+	idx    uint16
+	family uint8
+}
+
+func familyName(f uint8) string {
+	switch f {
+	case unix.NFPROTO_IPV4:
+		return "IPv4"
+	case unix.NFPROTO_IPV6:
+		return "IPv6"
+	}
+	return fmt.Sprintf("number %d", f)
+}
+
+func getByName(c *netlink.Conn, name string) (setID, error) {
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
 		{Type: ipsetAttrProtocol, Data: []byte{ipsetProtocol}},
 		{Type: ipsetAttrSetname, Data: append([]byte(name), 0)},
 	})
 	if err != nil {
-		return 0, err
+		return setID{}, err
 	}
 	if err := c.SetDeadline(time.Now().Add(SetIndexTimeout)); err != nil {
-		return 0, fmt.Errorf("ipset %q: %w", name, err)
+		return setID{}, fmt.Errorf("ipset %q: %w", name, err)
 	}
 	msgs, err := c.Execute(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(nfnlSubsysIPSet<<8 | ipsetCmdGetByName), Flags: netlink.Request},
 		Data:   append([]byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	})
 	if err != nil {
-		return 0, fmt.Errorf("ipset %q: the kernel's index: %w", name, err)
+		return setID{}, fmt.Errorf("ipset %q: the kernel's index: %w", name, err)
 	}
 	for _, m := range msgs {
 		if len(m.Data) < 4 {
@@ -112,24 +140,35 @@ func getByName(c *netlink.Conn, name string) (uint16, error) {
 		}
 		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
 		if err != nil {
-			return 0, fmt.Errorf("ipset %q: %w", name, err)
+			return setID{}, fmt.Errorf("ipset %q: %w", name, err)
 		}
+		var id setID
+		haveIdx, haveFamily := false, false
 		for ad.Next() {
-			if ad.Type()&nlaTypeMask == ipsetAttrIndex {
+			switch ad.Type() & nlaTypeMask {
+			case ipsetAttrIndex:
 				b := ad.Bytes()
 				if len(b) != 2 {
-					return 0, fmt.Errorf("ipset %q: an index of %d bytes", name, len(b))
+					return setID{}, fmt.Errorf("ipset %q: an index of %d bytes", name, len(b))
 				}
-				idx := binary.BigEndian.Uint16(b)
-				if idx == ipsetInvalidID {
-					return 0, fmt.Errorf("ipset %q does not exist", name)
+				id.idx, haveIdx = binary.BigEndian.Uint16(b), true
+			case ipsetAttrFamily:
+				b := ad.Bytes()
+				if len(b) != 1 {
+					return setID{}, fmt.Errorf("ipset %q: a family of %d bytes", name, len(b))
 				}
-				return idx, nil
+				id.family, haveFamily = b[0], true
 			}
 		}
 		if err := ad.Err(); err != nil {
-			return 0, fmt.Errorf("ipset %q: %w", name, err)
+			return setID{}, fmt.Errorf("ipset %q: %w", name, err)
+		}
+		if haveIdx && id.idx == ipsetInvalidID {
+			return setID{}, fmt.Errorf("ipset %q does not exist", name)
+		}
+		if haveIdx && haveFamily {
+			return id, nil
 		}
 	}
-	return 0, fmt.Errorf("ipset %q: no index in the kernel's answer", name)
+	return setID{}, fmt.Errorf("ipset %q: no index and family in the kernel's answer", name)
 }

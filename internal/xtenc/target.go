@@ -129,7 +129,7 @@ func (r *rule) finishTarget(sets SetIndex) error {
 		if sets == nil {
 			return unsupported("a set and no SetIndex")
 		}
-		idx, err := sets(ts.setName)
+		idx, err := sets(ts.setName, r.fam)
 		if err != nil {
 			return err
 		}

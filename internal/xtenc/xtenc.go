@@ -89,8 +89,11 @@ func (r Rule) Attributes(table string) []netlink.Attribute {
 }
 
 // SetIndex gives the kernel's index of an ipset by name (iptables' -m set
-// and -j SET carry the index).
-type SetIndex func(name string) (uint16, error)
+// and -j SET carry the index) for a rule of family proto: a set of the
+// other family is an error, as libxt_set's lookup refuses it ("The
+// protocol family of set ... is not applicable"; the kernel would take
+// the rule, which then never finds an address in the set).
+type SetIndex func(name string, proto uint8) (uint16, error)
 
 // ErrUnsupported: the line holds something outside the encoder's
 // allow-list; the caller then uses iptables-restore for the whole change.

@@ -14,7 +14,7 @@ import (
 // fakeSets numbers sets by the order they are asked for.
 func fakeSets() SetIndex {
 	m := map[string]uint16{}
-	return func(name string) (uint16, error) {
+	return func(name string, _ uint8) (uint16, error) {
 		if strings.Contains(name, "missing") {
 			return 0, fmt.Errorf("ipset %q does not exist", name)
 		}
