@@ -36,7 +36,15 @@ type kernelChains struct {
 }
 
 func encodeChains(k kernelChains) []byte {
-	b := append([]byte(nil), chainsMagic...)
+	// Sized at once: grown by append it allocated 60 KB for 8.
+	size := len(chainsMagic) + len(k.fp) + 2*binary.MaxVarintLen64
+	for name, c := range k.chains {
+		size += len(name) + len(c.Head) + 3*binary.MaxVarintLen64
+		for _, r := range c.Rules {
+			size += len(r.Tag) + len(r.Verdict) + len(r.Body) + 3*binary.MaxVarintLen64
+		}
+	}
+	b := append(make([]byte, 0, size), chainsMagic...)
 	str := func(s string) {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)

@@ -935,21 +935,46 @@ const pfKthread = 0x00200000
 // PGRP SESSION TTY_NR TPGID FLAGS ...". COMM may hold anything, spaces
 // and parentheses too: it ends at the last ')'.
 func parseStat(data []byte) (comm string, ppid int, flags uint64, ok bool) {
-	s := string(data)
-	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	// Fields are read in place (every process of the host is read each
+	// command: strings.Fields made a slice of some fifty strings each).
+	open, end := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
 	if open < 0 || end < open {
 		return "", 0, 0, false
 	}
-	f := strings.Fields(s[end+1:])
-	if len(f) < 7 {
-		return "", 0, 0, false
+	rest := data[end+1:]
+	// field returns the next field of rest, as strings.Fields splits.
+	field := func() []byte {
+		i := 0
+		for i < len(rest) && isStatSpace(rest[i]) {
+			i++
+		}
+		j := i
+		for j < len(rest) && !isStatSpace(rest[j]) {
+			j++
+		}
+		f := rest[i:j]
+		rest = rest[j:]
+		return f
 	}
-	pp, err1 := strconv.Atoi(f[1])
-	fl, err2 := strconv.ParseUint(f[6], 10, 64)
+	var f [7][]byte
+	for i := range f {
+		if f[i] = field(); len(f[i]) == 0 {
+			return "", 0, 0, false
+		}
+	}
+	pp, err1 := strconv.Atoi(string(f[1]))
+	fl, err2 := strconv.ParseUint(string(f[6]), 10, 64)
 	if err1 != nil || err2 != nil || pp < 0 {
 		return "", 0, 0, false
 	}
-	return s[open+1 : end], pp, fl, true
+	return string(data[open+1 : end]), pp, fl, true
+}
+
+// isStatSpace is what strings.Fields splits /proc/PID/stat at after the
+// command name: ASCII white space (the kernel writes single spaces and a
+// newline; a byte of UTF-8's is never one of these).
+func isStatSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
 }
 
 // readSocketInodes lists the inodes of the sockets process dir holds.
