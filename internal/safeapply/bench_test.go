@@ -88,6 +88,13 @@ func BenchmarkTCPTable(b *testing.B) {
 			return nil
 		}},
 		{"proc-large-reads", func() error { _, err := readTCP("/proc"); return err }},
+		{"sock-diag-per-family", func() error {
+			_, diag, err := tcpTable(diagTCP, "/proc")
+			if err == nil && !diag {
+				err = fmt.Errorf("sock_diag did not answer")
+			}
+			return err
+		}},
 		{"sock-diag", func() error {
 			_, diag, err := kernelTCP()
 			if err == nil && !diag {

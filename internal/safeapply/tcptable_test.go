@@ -189,7 +189,31 @@ func TestKernelTCPTable(t *testing.T) {
 		}
 		var err error
 		diagEntries, diag, err = kernelTCP()
-		return err
+		if err != nil {
+			return err
+		}
+		// kernelTCP's one dump of both families (TCPDIAG_GETSOCK) is the
+		// two dumps of one family each, every field.
+		both, err := diagTCPBoth()
+		if err != nil {
+			return fmt.Errorf("TCPDIAG_GETSOCK: %w", err)
+		}
+		perFamily, viaDiag, err := tcpTable(diagTCP, "/proc")
+		if err != nil || !viaDiag {
+			return fmt.Errorf("the dumps per family: %v (sock_diag %v)", err, viaDiag)
+		}
+		full := func(es []tcpEntry) []string {
+			var out []string
+			for _, e := range es {
+				out = append(out, fmt.Sprintf("%+v", e))
+			}
+			slices.Sort(out)
+			return out
+		}
+		if a, b := full(both), full(perFamily); !slices.Equal(a, b) || len(a) == 0 {
+			t.Errorf("one dump of both families:\n%s\nthe dumps per family:\n%s", strings.Join(a, "\n"), strings.Join(b, "\n"))
+		}
+		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
