@@ -84,6 +84,9 @@ type Backend struct {
 	// needLines: the read must give iptables-save's lines (a state
 	// predicted without them does not serve).
 	needLines bool
+	// noRulesNetlink: Apply restores its rule changes (the retry after
+	// a transaction whose answer was lost: writeRulesNetlink).
+	noRulesNetlink bool
 }
 
 // nlPrint says whether the fingerprint reads moat's chains over netlink
@@ -714,13 +717,47 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		keepRaw[f.fam] = !b.Full && rawSums[f.fam] != "" && st.raw[f.fam] == rawSums[f.fam] &&
 			st.has[f.fam][ChainName(ruleset.Prerouting)] && b.jumpsComplete(rs, st, f.fam, names)
 	}
-	mark := b.markRewriting(rs, st, gen, rh, names, changing, wrote, keepRaw)
 	rewrote := map[policy.Family]bool{}
+	// Over netlink when it can be (rulesnl.go): both families, their
+	// tables and MOAT-GEN's record in one transaction, no process.
+	viaNetlink := false
+	plan, ok := b.rulesNetlinkPlan(rs, st, gen, rh, c, names, keepRaw)
+	if ok {
+		switch b.writeRulesNetlink(st, plan) {
+		case nlCommitted:
+			viaNetlink = true
+		case nlUnknown:
+			// All of it or none of it was committed: the change again
+			// from what the kernel holds now, through iptables-restore.
+			b.noRulesNetlink = true
+			defer func() { b.noRulesNetlink = false }()
+			return b.Apply(ctx, rs)
+		}
+	}
+	if viaNetlink {
+		for _, f := range families {
+			p, ok := plan[f.fam]
+			if !ok {
+				continue
+			}
+			wrote[f.fam] = append(wrote[f.fam], p.script)
+			if p.whole {
+				whole = true
+				rewrote[f.fam] = true
+			} else {
+				genOnly[f.fam] = p.script
+			}
+		}
+	}
+	var mark map[policy.Family]string
+	if !viaNetlink {
+		mark = b.markRewriting(rs, st, gen, rh, names, changing, wrote, keepRaw)
+	}
 	// The records of the families whose rules are as they were, written
 	// over netlink after the loop, both in one transaction (writeGen).
 	recs := map[policy.Family][]string{}
 	for _, f := range families {
-		if !b.Full && st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam, names) {
+		if viaNetlink || !b.Full && st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam, names) {
 			continue
 		}
 		var script string

@@ -319,6 +319,12 @@ func (r nlRule) setIndexes(into map[uint16]bool) {
 
 // moatChains lists the names of moat's chains of one family by table.
 func moatChains(ctx context.Context, c *netlink.Conn, proto uint8) (map[string][]string, error) {
+	return chainsOf(ctx, c, proto, func(name string) bool { return strings.HasPrefix(name, "MOAT-") })
+}
+
+// chainsOf lists the names of the chains of one family's tables moat
+// writes (raw, filter) that keep says, by table.
+func chainsOf(ctx context.Context, c *netlink.Conn, proto uint8, keep func(string) bool) (map[string][]string, error) {
 	msgs, _, err := executeWithin(ctx, c, netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETCHAIN), Flags: netlink.Request | netlink.Dump},
 		Data:   []byte{proto, unix.NFNETLINK_V0, 0, 0},
@@ -342,7 +348,7 @@ func moatChains(ctx context.Context, c *netlink.Conn, proto uint8) (map[string][
 		}); err != nil {
 			return nil, fmt.Errorf("list chains over netlink: %w", err)
 		}
-		if slices.Contains(tables, table) && strings.HasPrefix(name, "MOAT-") {
+		if slices.Contains(tables, table) && keep(name) {
 			out[table] = append(out[table], name)
 		}
 	}

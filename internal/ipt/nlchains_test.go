@@ -190,6 +190,10 @@ func TestKernelLegacyToolsOldPath(t *testing.T) {
 		return execrun.Exec(ctx, stdin, name, args...)
 	}
 	b := &Backend{Netlink: true, IpsetNetlink: true, Run: legacy}
+	// The tools are the legacy ones (Run): moat writes no rule itself.
+	old := nftTools
+	nftTools = func() bool { return false }
+	t.Cleanup(func() { nftTools = old })
 	rs := compile(t, "default deny incoming\nallow 22/tcp\n"+denyList(3, -1))
 	err := ns.Do(func() error {
 		if err := b.Apply(ctx, rs); err != nil {

@@ -1,0 +1,444 @@
+package ipt
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/nft"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// With iptables-nft, a rule change is written by moat itself over
+// netlink, as one nf_tables transaction for both families: every chain
+// of moat's that the change rewrites is flushed and gets its rules (the
+// expressions iptables-nft 1.8.9 writes for the same line, package
+// xtenc; the comment in the rule's user data, which iptables-save prints
+// the same and which costs a packet nothing, where iptables-restore
+// writes the compat comment match), and MOAT-GEN its record. The kernel
+// switches both families, raw and filter, and the record at once: a moat
+// killed at any point leaves all of it or none of it (iptables-restore
+// commits each table of each family on its own: four commits, and the
+// "rewriting" mark before them, markRewriting). No process is started
+// (two restores were most of a command's time).
+//
+// The transaction is sent at the ruleset generation moat read its
+// chains at (plus its own commits since): a change made by anyone else
+// in between (iptables -I, another tool's commit) makes the kernel
+// refuse it whole, and the change is made by iptables-restore instead,
+// as before, whose commits then do not account for the generation
+// (ownRestoresOnly: the kernel is read back and compared). A line the
+// encoder does not know (ErrUnsupported: a match outside its list), a
+// jump in a built-in chain to insert or delete, a table that is not
+// there: iptables-restore for the whole change, never part one way and
+// part the other.
+
+// xtRule is one rule encoded for the kernel (xtenc.Rule).
+type xtRule struct {
+	exprs  []byte // payload of NFTA_RULE_EXPRESSIONS
+	udata  []byte // payload of NFTA_RULE_USERDATA, or nil
+	compat []byte // payload of NFTA_RULE_COMPAT (nested), or nil
+}
+
+// errXtUnsupported says that a line cannot be written over netlink:
+// the change goes through iptables-restore whole.
+var errXtUnsupported = errors.New("iptables rule not written over netlink")
+
+// xtEncoder encodes one rule line ("-A CHAIN ...", as render writes it)
+// of a family (NFPROTO_IPV4, NFPROTO_IPV6) as the rules iptables makes
+// of it, in order. An error wrapping errXtUnsupported: iptables-restore
+// writes the change.
+type xtEncoder interface {
+	encode(proto uint8, line string) ([]xtRule, error)
+	close() error
+}
+
+// newXtEncoder opens the encoder (the ipsets' indexes are read from the
+// kernel); nil when there is none (the change goes through
+// iptables-restore). A variable for the tests.
+var newXtEncoder = func() (xtEncoder, error) { return nil, errXtUnsupported }
+
+// rulesTxn is the transaction of a rule change: per family, the scripts
+// render wrote (the sections of the tables to rewrite, MOAT-GEN's record
+// in filter's), as the messages that do what iptables-restore --noflush
+// would do with them.
+type rulesTxn struct {
+	x nft.XtBatch
+	// ops says what each message does, in order ("ip flush filter
+	// MOAT-INPUT", "ip6 chain raw MOAT-PREROUTING", "ip add filter
+	// LINE"): the tests read it.
+	ops []string
+}
+
+// buildRulesTxn makes the transaction of scripts (family → script).
+// has says which of moat's chains exist in each family: a chain
+// declared (":MOAT-X - [0:0]", which iptables-restore --noflush empties)
+// is flushed where it exists, else made. Any line but a chain's
+// declaration, a rule appended to one of moat's chains, a jump inserted
+// first into a built-in chain, a table line and COMMIT (a jump deleted
+// from a built-in chain, or inserted further down) is errXtUnsupported.
+func buildRulesTxn(plan map[policy.Family]nlFamilyPlan, has map[policy.Family]map[string]bool, enc xtEncoder) (*rulesTxn, error) {
+	t := &rulesTxn{}
+	for i, f := range families {
+		p, ok := plan[f.fam]
+		if !ok {
+			continue
+		}
+		script, builtins := p.script, maps.Clone(p.builtins)
+		proto := nlFamilies[i].proto
+		table := ""
+		deleted := map[string]int{} // jumps deleted, not yet put back
+		for _, l := range strings.Split(script, "\n") {
+			attrs := func(chain string) []netlink.Attribute {
+				return []netlink.Attribute{
+					{Type: nftaRuleTable, Data: []byte(table + "\x00")},
+					{Type: nftaRuleChain, Data: []byte(chain + "\x00")},
+				}
+			}
+			switch {
+			case l == "" || l == "COMMIT":
+			case strings.HasPrefix(l, "*"):
+				table = l[1:]
+				if table != tableFilter && table != tableRaw {
+					return nil, fmt.Errorf("%w: table %q", errXtUnsupported, table)
+				}
+				if builtins != nil && !builtins[table] {
+					// Made as iptables-nft makes it: its name alone.
+					t.ops = append(t.ops, nlFamilies[i].name+" table "+table)
+					t.x.Add(proto, unix.NFT_MSG_NEWTABLE, netlink.Create, []netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: []byte(table + "\x00")}})
+					builtins[table] = true
+				}
+			case table == "":
+				return nil, fmt.Errorf("%w: %q before a table", errXtUnsupported, l)
+			case strings.HasPrefix(l, ":MOAT-"):
+				name, _, _ := strings.Cut(l[1:], " ")
+				if has[f.fam][name] {
+					t.ops = append(t.ops, nlFamilies[i].name+" flush "+table+" "+name)
+					t.x.Add(proto, unix.NFT_MSG_DELRULE, 0, attrs(name))
+				} else {
+					t.ops = append(t.ops, nlFamilies[i].name+" chain "+table+" "+name)
+					t.x.Add(proto, unix.NFT_MSG_NEWCHAIN, netlink.Create, []netlink.Attribute{
+						{Type: nftaChainTable, Data: []byte(table + "\x00")},
+						{Type: nftaChainName, Data: []byte(name + "\x00")},
+					})
+				}
+			case strings.HasPrefix(l, "-A "+GenChain+" "):
+				// MOAT-GEN's record as writeGen writes it (the compat
+				// comment: no packet goes through MOAT-GEN).
+				exprs, err := genRuleExprs(CommentOf(l))
+				if err != nil {
+					return nil, fmt.Errorf("%w: %w", errXtUnsupported, err)
+				}
+				t.x.Add(proto, unix.NFT_MSG_NEWRULE, netlink.Create|nlmFAppend,
+					append(attrs(GenChain), netlink.Attribute{Type: unix.NLA_F_NESTED | nftaRuleExpressions, Data: exprs}))
+				t.ops = append(t.ops, nlFamilies[i].name+" add "+table+" "+l)
+			case strings.HasPrefix(l, "-A MOAT-"), strings.HasPrefix(l, "-I "):
+				// A rule appended to moat's chain, or a jump inserted
+				// first into a built-in chain that has none (writeJump:
+				// "-I CHAIN 1 COND -j MOAT-CHAIN"; the kernel puts a rule
+				// sent without NLM_F_APPEND nor a position at the head).
+				flags, op, line := netlink.Create|nlmFAppend, " add ", l
+				var extra []netlink.Attribute
+				var drop []uint64
+				if rest, ok := strings.CutPrefix(l, "-I "); ok {
+					builtin, rest, _ := strings.Cut(rest, " ")
+					pos, spec, _ := strings.Cut(rest, " ")
+					hook, known := builtinHooks[table][builtin]
+					if _, _, ok := parseJump("-A " + builtin + " " + spec); !ok || !known {
+						return nil, fmt.Errorf("%w: %q", errXtUnsupported, l)
+					}
+					flags, op, line = netlink.Create, " insert ", "-A "+builtin+" "+spec
+					switch n := deleted[table+" "+builtin]; {
+					case n > 0:
+						// writeJump deleted every jump there and inserts the
+						// new one where the first stood: the first replaced
+						// in place, the others deleted, by their handles
+						// (read at the generation the transaction is sent
+						// at, or it is refused).
+						handles := p.jumps[table+" "+builtin]
+						if len(handles) != n {
+							return nil, fmt.Errorf("%w: %d jumps deleted from %s, %d there", errXtUnsupported, n, builtin, len(handles))
+						}
+						deleted[table+" "+builtin] = 0
+						flags, op = netlink.Create|netlink.Replace, " replace "
+						extra = []netlink.Attribute{{Type: nftaRuleHandle, Data: binary.BigEndian.AppendUint64(nil, handles[0])}}
+						drop = handles[1:]
+					case pos != "1" || builtins == nil:
+						return nil, fmt.Errorf("%w: %q", errXtUnsupported, l)
+					case !builtins[table+" "+builtin]:
+						// iptables-nft makes a built-in chain when a rule
+						// first goes into it: a base chain of type filter at
+						// its hook and the table's priority, policy accept.
+						h, err := netlink.MarshalAttributes([]netlink.Attribute{
+							{Type: unix.NFTA_HOOK_HOOKNUM, Data: binary.BigEndian.AppendUint32(nil, uint32(hook[0]))},
+							{Type: unix.NFTA_HOOK_PRIORITY, Data: binary.BigEndian.AppendUint32(nil, uint32(hook[1]))},
+						})
+						if err != nil {
+							return nil, err
+						}
+						t.ops = append(t.ops, nlFamilies[i].name+" base "+table+" "+builtin)
+						t.x.Add(proto, unix.NFT_MSG_NEWCHAIN, netlink.Create, []netlink.Attribute{
+							{Type: nftaChainTable, Data: []byte(table + "\x00")},
+							{Type: nftaChainName, Data: []byte(builtin + "\x00")},
+							{Type: unix.NLA_F_NESTED | unix.NFTA_CHAIN_HOOK, Data: h},
+							{Type: unix.NFTA_CHAIN_POLICY, Data: binary.BigEndian.AppendUint32(nil, 1)}, // NF_ACCEPT
+							{Type: unix.NFTA_CHAIN_TYPE, Data: []byte("filter\x00")},
+						})
+						builtins[table+" "+builtin] = true
+					}
+				}
+				chain, _, _ := strings.Cut(line[3:], " ")
+				rules, err := enc.encode(proto, line)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", l, err)
+				}
+				if len(rules) != 1 && flags&nlmFAppend == 0 {
+					// Inserted at the head one by one, they would stand in
+					// the reverse order.
+					return nil, fmt.Errorf("%w: %q makes %d rules", errXtUnsupported, l, len(rules))
+				}
+				if len(rules) != 1 && extra != nil {
+					return nil, fmt.Errorf("%w: %q makes %d rules", errXtUnsupported, l, len(rules))
+				}
+				for _, r := range rules {
+					a := append(append(attrs(chain), extra...), netlink.Attribute{Type: unix.NLA_F_NESTED | nftaRuleExpressions, Data: r.exprs})
+					if r.compat != nil {
+						a = append(a, netlink.Attribute{Type: unix.NLA_F_NESTED | nftaRuleCompat, Data: r.compat})
+					}
+					if r.udata != nil {
+						a = append(a, netlink.Attribute{Type: nftaRuleUserdata, Data: r.udata})
+					}
+					t.x.Add(proto, unix.NFT_MSG_NEWRULE, flags, a)
+					t.ops = append(t.ops, nlFamilies[i].name+op+table+" "+line)
+				}
+				for _, h := range drop {
+					t.ops = append(t.ops, fmt.Sprintf("%s delete %s %s %d", nlFamilies[i].name, table, chain, h))
+					t.x.Add(proto, unix.NFT_MSG_DELRULE, 0, append(attrs(chain), netlink.Attribute{Type: nftaRuleHandle, Data: binary.BigEndian.AppendUint64(nil, h)}))
+				}
+			case strings.HasPrefix(l, "-D "):
+				// A jump deleted (writeJump): done with the insert that
+				// follows it.
+				builtin, _, ok := parseJump("-A " + l[3:])
+				if !ok {
+					return nil, fmt.Errorf("%w: %q", errXtUnsupported, l)
+				}
+				deleted[table+" "+builtin]++
+			default:
+				return nil, fmt.Errorf("%w: %q", errXtUnsupported, l)
+			}
+		}
+		for b, n := range deleted {
+			if n > 0 {
+				return nil, fmt.Errorf("%w: %s's jumps deleted, none put back", errXtUnsupported, b)
+			}
+		}
+	}
+	return t, nil
+}
+
+// sendRules is the transaction's send at generation gen (a variable
+// for the tests).
+var sendRules = func(t *rulesTxn, gen uint32) error { return t.x.SendAt(gen) }
+
+// nlFamilyPlan is what the transaction writes into one family: script
+// (render's text, as iptables-restore would take it: what predictState
+// reads), and whether it rewrites moat's chains (whole) or MOAT-GEN's
+// record alone.
+type nlFamilyPlan struct {
+	script string
+	whole  bool
+	// builtins: where render inserts jumps, the tables ("TABLE") and
+	// built-in chains ("TABLE CHAIN") there (readBuiltins); nil: no
+	// jump is inserted.
+	builtins map[string]bool
+	// jumps: where render replaces jumps, the handles of each built-in
+	// chain's jumps into moat's chain, in order (readBuiltins).
+	jumps map[string][]uint64
+}
+
+// rulesNetlinkPlan is, per family to change, what Apply's loop would
+// restore into it (without the "rewriting" mark, which one transaction
+// does not need: nothing is committed before the record), when the
+// change can go over netlink: iptables-nft, some family's rules
+// rewritten (the record alone goes through writeGen), and every jump
+// from a built-in chain as it should be (the tables are then there, and
+// the scripts only flush and fill moat's chains: the same scripts
+// restored again after a transaction whose answer was lost leave the
+// same rules).
+func (b *Backend) rulesNetlinkPlan(rs *ruleset.Ruleset, st *state, gen, rh string, c contents, names Names, keepRaw map[policy.Family]bool) (map[policy.Family]nlFamilyPlan, bool) {
+	if !b.nlPrint() || !nftTools() {
+		return nil, false
+	}
+	plan := map[policy.Family]nlFamilyPlan{}
+	anyWhole, jumps, replaces := false, false, false
+	for _, f := range families {
+		complete := b.jumpsComplete(rs, st, f.fam, names)
+		switch {
+		case !b.Full && st.gen[f.fam] == gen && complete:
+			continue // left as it is
+		case !complete:
+			jumps = true
+			replaces = replaces || !onlyInserts(rs, st, f.fam, names)
+			plan[f.fam] = nlFamilyPlan{script: renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, tables), whole: true}
+			anyWhole = true
+		case !b.Full && st.rules[f.fam] == rh:
+			plan[f.fam] = nlFamilyPlan{script: "*filter\n" + genChainRules(gen, rh, c) + "COMMIT\n"}
+		default:
+			ts := tables
+			if keepRaw[f.fam] {
+				ts = []string{tableFilter}
+			}
+			plan[f.fam] = nlFamilyPlan{script: renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, ts), whole: true}
+			anyWhole = true
+		}
+	}
+	if jumps && anyWhole {
+		there, handles, err := readBuiltins(replaces)
+		if err != nil {
+			return nil, false
+		}
+		for f, p := range plan {
+			p.builtins, p.jumps = there[f], handles[f]
+			plan[f] = p
+		}
+	}
+	return plan, anyWhole
+}
+
+// onlyInserts says whether every jump into moat's chains that family fam
+// lacks is missing, none there in another form: render then inserts
+// them first (writeJump), and deletes none.
+func onlyInserts(rs *ruleset.Ruleset, st *state, fam policy.Family, names Names) bool {
+	for _, c := range rs.Chains {
+		cond, _ := jumpCond(rs, c, fam, names)
+		if j, ok := st.jumps[fam][builtinChain[c.Hook]]; ok && (j.Cond != cond || len(j.Extra) > 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// nftTools says whether the iptables-restore and ip6tables-restore moat
+// would run are iptables-nft's (xtables-nft-multi): only then does moat
+// write their rules into nftables itself. The legacy tools on a host
+// that has no legacy table yet (InNftables cannot tell) would have made
+// x_tables rules; a wrapper, whatever it does, is run. A variable for
+// the tests.
+var nftTools = func() bool {
+	for _, prog := range []string{"iptables-restore", "ip6tables-restore"} {
+		path, err := exec.LookPath(prog)
+		if err != nil {
+			return false
+		}
+		if path, err = filepath.EvalSymlinks(path); err != nil || filepath.Base(path) != "xtables-nft-multi" {
+			return false
+		}
+	}
+	return true
+}
+
+// readBuiltins reads which tables of iptables-nft's (raw, filter) hold
+// chains in each family, and which of their built-in chains exist
+// ("TABLE" and "TABLE CHAIN"); with handles, also the handles of each
+// built-in chain's jumps into moat's chain ("TABLE CHAIN"), in order.
+// A variable for the tests.
+var readBuiltins = func(handles bool) (map[policy.Family]map[string]bool, map[policy.Family]map[string][]uint64, error) {
+	c, err := dialNetfilter()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() { _ = c.Close() }() // read only
+	ctx := context.Background()
+	out, jumps := map[policy.Family]map[string]bool{}, map[policy.Family]map[string][]uint64{}
+	for i, fam := range nlFamilies {
+		chains, err := chainsOf(ctx, c, fam.proto, func(string) bool { return true })
+		if err != nil {
+			return nil, nil, err
+		}
+		there := map[string]bool{}
+		for t, names := range chains {
+			there[t] = true
+			for _, n := range names {
+				if !strings.HasPrefix(n, "MOAT-") {
+					there[t+" "+n] = true
+				}
+			}
+		}
+		out[families[i].fam] = there
+		if !handles {
+			continue
+		}
+		jumps[families[i].fam] = map[string][]uint64{}
+		for _, t := range tables {
+			if !there[t] {
+				continue
+			}
+			rules, err := dumpRules(ctx, c, fam.proto, t)
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, r := range rules {
+				if r.isJumpToMoat() {
+					jumps[families[i].fam][t+" "+r.chain] = append(jumps[families[i].fam][t+" "+r.chain], r.handle)
+				}
+			}
+		}
+	}
+	return out, jumps, nil
+}
+
+// nlOutcome is what became of a transaction of writeRulesNetlink.
+type nlOutcome int
+
+const (
+	nlNotSent   nlOutcome = iota // nothing committed: restore the change
+	nlCommitted                  // the change is in the kernel
+	nlUnknown                    // its answer was lost: read the kernel again
+)
+
+// writeRulesNetlink sends plan in one transaction at the generation
+// Apply read moat's chains at plus its own commits since. Not sent, or
+// refused: nothing was committed (a change by anyone else since the
+// read makes the kernel refuse it whole), and Apply restores the change
+// whole. Unknown (its answer lost): LastApply no longer vouches, and
+// Apply starts again from a new read of the kernel, which holds all of
+// the transaction or none of it.
+func (b *Backend) writeRulesNetlink(st *state, plan map[policy.Family]nlFamilyPlan) nlOutcome {
+	t := b.track
+	if b.noRulesNetlink || !t.known || !st.readGenOK || st.readGen != t.before {
+		return nlNotSent // the generation to send at is not known
+	}
+	enc, err := newXtEncoder()
+	if err != nil || enc == nil {
+		return nlNotSent
+	}
+	defer func() { _ = enc.close() }() // read only
+	txn, err := buildRulesTxn(plan, st.has, enc)
+	if err != nil {
+		slog.Debug("iptables rules through iptables-restore", "reason", err)
+		return nlNotSent
+	}
+	err = sendRules(txn, t.before+t.commits)
+	switch {
+	case err == nil:
+		b.track.commits++
+		return nlCommitted
+	case nft.AckLost(err):
+		b.track.known = false
+		b.lastRead = nil
+		slog.Debug("iptables rules over netlink: answer lost, reading the kernel again", "err", err)
+		return nlUnknown
+	}
+	slog.Debug("iptables rules over netlink refused: through iptables-restore", "err", err)
+	return nlNotSent
+}

@@ -1,0 +1,224 @@
+package ipt
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// fakeEncoder encodes every line but those holding refuse; it records
+// what it was asked.
+type fakeEncoder struct {
+	refuse string
+	lines  []string
+	closed bool
+}
+
+func (e *fakeEncoder) encode(proto uint8, line string) ([]xtRule, error) {
+	e.lines = append(e.lines, fmt.Sprintf("%d %s", proto, line))
+	if e.refuse != "" && strings.Contains(line, e.refuse) {
+		return nil, fmt.Errorf("%w: fake", errXtUnsupported)
+	}
+	return []xtRule{{exprs: []byte{0, 0, 0, 0}, udata: []byte("c")}}, nil
+}
+
+func (e *fakeEncoder) close() error { e.closed = true; return nil }
+
+// The transaction does what iptables-restore --noflush does with the
+// same scripts: a declared chain is flushed where it exists and made
+// where it does not, each rule appended in order, MOAT-GEN's record
+// written as writeGen writes it; a line it cannot write (a jump in a
+// built-in chain, a line the encoder refuses) fails it whole.
+func TestBuildRulesTxn(t *testing.T) {
+	rs := compileText(t, "default deny incoming\nallow 22/tcp\ndeny from 198.51.100.0/24\n")
+	names := SetNames(rs)
+	c := contentsOf(rs, names)
+	gen := generation(rs, names, c)
+	// Jumps there: no jump line.
+	jumps := map[policy.Family]map[string]Jump{}
+	st := &state{jumps: jumps}
+	scripts := map[policy.Family]string{}
+	for _, f := range families {
+		jumps[f.fam] = map[string]Jump{}
+		for _, ch := range rs.Chains {
+			cond, _ := jumpCond(rs, ch, f.fam, names)
+			jumps[f.fam][builtinChain[ch.Hook]] = Jump{Cond: cond, Pos: 1}
+		}
+		if !(&Backend{}).jumpsComplete(rs, st, f.fam, names) {
+			t.Fatal("jumps incomplete")
+		}
+		scripts[f.fam] = renderTables(rs, f.fam, jumps[f.fam], names, gen, c, tables)
+	}
+	has := map[policy.Family]map[string]bool{
+		policy.FamilyV4: {"MOAT-INPUT": true, "MOAT-PREROUTING": true, GenChain: true},
+		policy.FamilyV6: {"MOAT-INPUT": true, GenChain: true},
+	}
+	enc := &fakeEncoder{}
+	plan := func(scripts map[policy.Family]string, builtins map[string]bool) map[policy.Family]nlFamilyPlan {
+		p := map[policy.Family]nlFamilyPlan{}
+		for f, s := range scripts {
+			p[f] = nlFamilyPlan{script: s, builtins: builtins}
+		}
+		return p
+	}
+	txn, err := buildRulesTxn(plan(scripts, nil), has, enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if txn.x.Len() != len(txn.ops) {
+		t.Fatalf("%d messages, %d ops", txn.x.Len(), len(txn.ops))
+	}
+	var want []string
+	for i, f := range families {
+		fam := nlFamilies[i].name
+		table := ""
+		for _, l := range strings.Split(scripts[f.fam], "\n") {
+			switch {
+			case strings.HasPrefix(l, "*"):
+				table = l[1:]
+			case strings.HasPrefix(l, ":"):
+				name, _, _ := strings.Cut(l[1:], " ")
+				op := " chain "
+				if has[f.fam][name] {
+					op = " flush "
+				}
+				want = append(want, fam+op+table+" "+name)
+			case strings.HasPrefix(l, "-A "):
+				want = append(want, fam+" add "+table+" "+l)
+			case l == "" || l == "COMMIT":
+			default:
+				t.Fatalf("line %q", l)
+			}
+		}
+	}
+	if !slices.Equal(txn.ops, want) {
+		t.Errorf("ops:\n%s\nwant:\n%s", strings.Join(txn.ops, "\n"), strings.Join(want, "\n"))
+	}
+	for _, op := range []string{"ip flush filter MOAT-INPUT", "ip6 chain raw MOAT-PREROUTING", "ip6 flush filter MOAT-GEN"} {
+		if !slices.Contains(txn.ops, op) {
+			t.Errorf("no %q in %q", op, txn.ops)
+		}
+	}
+	// The encoder is asked for moat's rules, never MOAT-GEN's record.
+	for _, l := range enc.lines {
+		if strings.Contains(l, GenChain) {
+			t.Errorf("encoder asked for %q", l)
+		}
+	}
+	if !slices.ContainsFunc(enc.lines, func(l string) bool { return strings.HasPrefix(l, fmt.Sprint(unix.NFPROTO_IPV6)+" -A MOAT-INPUT") }) {
+		t.Errorf("no IPv6 line encoded as IPv6: %q", enc.lines)
+	}
+
+	// Refused lines: the whole transaction is refused.
+	if _, err := buildRulesTxn(plan(scripts, nil), has, &fakeEncoder{refuse: "--dport 22"}); !errors.Is(err, errXtUnsupported) {
+		t.Errorf("a refused line: %v", err)
+	}
+	// A jump inserted first into a built-in chain: at the head; the
+	// table and the built-in chain made first where they are not there,
+	// as iptables-nft makes them.
+	first := "*raw\n:MOAT-PREROUTING - [0:0]\n-I PREROUTING 1 -m set --match-set moat-early6 src -j MOAT-PREROUTING\nCOMMIT\n" +
+		"*filter\n:MOAT-INPUT - [0:0]\n-I INPUT 1 -j MOAT-INPUT\nCOMMIT\n"
+	for _, c := range []struct {
+		builtins map[string]bool
+		want     []string
+	}{
+		{map[string]bool{"raw": true, "raw PREROUTING": true, "filter": true, "filter INPUT": true}, []string{
+			"ip6 chain raw MOAT-PREROUTING", "ip6 insert raw -A PREROUTING -m set --match-set moat-early6 src -j MOAT-PREROUTING",
+			"ip6 chain filter MOAT-INPUT", "ip6 insert filter -A INPUT -j MOAT-INPUT"}},
+		{map[string]bool{"filter": true, "filter OUTPUT": true}, []string{
+			"ip6 table raw", "ip6 chain raw MOAT-PREROUTING", "ip6 base raw PREROUTING", "ip6 insert raw -A PREROUTING -m set --match-set moat-early6 src -j MOAT-PREROUTING",
+			"ip6 chain filter MOAT-INPUT", "ip6 base filter INPUT", "ip6 insert filter -A INPUT -j MOAT-INPUT"}},
+	} {
+		ins, err := buildRulesTxn(map[policy.Family]nlFamilyPlan{policy.FamilyV6: {script: first, builtins: c.builtins}}, nil, &fakeEncoder{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(ins.ops, c.want) || ins.x.Len() != len(c.want) {
+			t.Errorf("insert with %v:\n%q\nwant\n%q", c.builtins, ins.ops, c.want)
+		}
+	}
+	// Not knowing what is there: no insert.
+	if _, err := buildRulesTxn(map[policy.Family]nlFamilyPlan{policy.FamilyV6: {script: first}}, nil, &fakeEncoder{}); !errors.Is(err, errXtUnsupported) {
+		t.Errorf("insert without the built-ins read: %v", err)
+	}
+	for _, bad := range []string{
+		"*filter\n-I INPUT 2 -j MOAT-INPUT\nCOMMIT\n",
+		"*filter\n-I INPUT 1 -j DROP\nCOMMIT\n",
+		"*filter\n-I MOAT-INPUT 1 -j DROP\nCOMMIT\n",
+		"*filter\n-D INPUT -j MOAT-INPUT\nCOMMIT\n",
+		"*nat\n:MOAT-INPUT - [0:0]\nCOMMIT\n",
+		"-A MOAT-INPUT -j DROP\n",
+		"*filter\n-X MOAT-INPUT\nCOMMIT\n",
+	} {
+		if _, err := buildRulesTxn(map[policy.Family]nlFamilyPlan{policy.FamilyV4: {script: bad, builtins: map[string]bool{"filter": true, "filter INPUT": true}}}, has, &fakeEncoder{}); !errors.Is(err, errXtUnsupported) {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}
+
+// writeRulesNetlink sends at the generation the chains were read at plus
+// Apply's own commits; without it known, with the encoder refusing a
+// line, or with the kernel refusing, nothing is sent or nothing was
+// committed, and Apply restores; a lost answer makes LastApply unknown.
+func TestWriteRulesNetlink(t *testing.T) {
+	plan := map[policy.Family]nlFamilyPlan{
+		policy.FamilyV4: {script: "*filter\n:MOAT-INPUT - [0:0]\n-A MOAT-INPUT -j DROP\nCOMMIT\n", whole: true},
+	}
+	st := &state{has: map[policy.Family]map[string]bool{policy.FamilyV4: {"MOAT-INPUT": true}}, readGen: 40, readGenOK: true}
+	oldEnc, oldSend := newXtEncoder, sendRules
+	t.Cleanup(func() { newXtEncoder, sendRules = oldEnc, oldSend })
+	var enc *fakeEncoder
+	newXtEncoder = func() (xtEncoder, error) { enc = &fakeEncoder{}; return enc, nil }
+	var sentAt []uint32
+	var sendErr error
+	sendRules = func(txn *rulesTxn, gen uint32) error {
+		sentAt = append(sentAt, gen)
+		return sendErr
+	}
+	for _, tc := range []struct {
+		name    string
+		track   commitTrack
+		unread  bool
+		refuse  string
+		sendErr error
+		ok      nlOutcome
+		sent    []uint32
+		known   bool
+		commits uint32
+	}{
+		{name: "committed", track: commitTrack{known: true, before: 40, commits: 1}, ok: nlCommitted, sent: []uint32{41}, known: true, commits: 2},
+		{name: "generation unknown", track: commitTrack{before: 40}, known: false},
+		{name: "read at another generation", track: commitTrack{known: true, before: 39}, known: true},
+		{name: "read unknown", track: commitTrack{known: true, before: 40}, unread: true, known: true},
+		{name: "encoder refuses", track: commitTrack{known: true, before: 40}, refuse: "DROP", known: true},
+		{name: "generation moved", track: commitTrack{known: true, before: 40}, sendErr: errors.New("nftables: the ruleset changed meanwhile"), sent: []uint32{40}, known: true},
+		{name: "answer lost", track: commitTrack{known: true, before: 40}, sendErr: fmt.Errorf("acks lost: %w", unix.ENOBUFS), sent: []uint32{40}, ok: nlUnknown, known: false},
+	} {
+		sentAt, sendErr = nil, tc.sendErr
+		newXtEncoder = func() (xtEncoder, error) { enc = &fakeEncoder{refuse: tc.refuse}; return enc, nil }
+		b := &Backend{track: tc.track}
+		s := *st
+		s.readGenOK = !tc.unread
+		if got := b.writeRulesNetlink(&s, plan); got != tc.ok {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.ok)
+		}
+		if !slices.Equal(sentAt, tc.sent) {
+			t.Errorf("%s: sent at %v, want %v", tc.name, sentAt, tc.sent)
+		}
+		if b.track.known != tc.known {
+			t.Errorf("%s: known %v, want %v", tc.name, b.track.known, tc.known)
+		}
+		if tc.ok == nlCommitted && b.track.commits != tc.commits {
+			t.Errorf("%s: commits %d, want %d", tc.name, b.track.commits, tc.commits)
+		}
+		if enc != nil && len(enc.lines) > 0 && !enc.closed {
+			t.Errorf("%s: encoder left open", tc.name)
+		}
+	}
+}
