@@ -493,6 +493,9 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 // then the sets no rule uses any more are destroyed. The two families
 // cannot switch in one commit: if moat dies between them, their
 // generations differ, Split reports it and the next Apply rewrites both.
+// With iptables-nft's tools, the rules of both families switch in one
+// transaction that moat writes over netlink instead (rulesnl.go), and
+// the restores are the fallback.
 //
 // A policy set whose networks changed keeps its name: with a record in
 // Elements of what it holds (the contents MOAT-GEN names), it gets the
@@ -1009,7 +1012,10 @@ func (b *Backend) markChanging(ctx context.Context, st *state, names []string) (
 // committed first).
 //
 // A family in keepRaw is rewritten in filter alone (its raw section is
-// the one it would write): one commit, not marked.
+// the one it would write): one commit, not marked. A change written
+// over netlink (rulesnl.go) is never marked either: its one transaction
+// holds raw, filter and the record of both families, so no moat killed
+// half way can leave raw new under an old record.
 func (b *Backend) markRewriting(rs *ruleset.Ruleset, st *state, gen, rh string, names Names, changing []string, wrote map[policy.Family][]string, keepRaw map[policy.Family]bool) map[policy.Family]string {
 	if !slices.ContainsFunc(rs.Chains, func(c *ruleset.Chain) bool { return tableOfHook(c.Hook) == tableRaw }) {
 		return nil // one table: one commit

@@ -83,7 +83,7 @@ type rulesTxn struct {
 // buildRulesTxn makes the transaction of scripts (family → script).
 // has says which of moat's chains exist in each family: a chain
 // declared (":MOAT-X - [0:0]", which iptables-restore --noflush empties)
-// is flushed where it exists, else made. Any line but a chain's
+// is made where it does not, and flushed. Any line but a chain's
 // declaration, a rule appended to one of moat's chains, a jump inserted
 // first into a built-in chain, a table line and COMMIT (a jump deleted
 // from a built-in chain, or inserted further down) is errXtUnsupported.
@@ -121,17 +121,21 @@ func buildRulesTxn(plan map[policy.Family]nlFamilyPlan, has map[policy.Family]ma
 			case table == "":
 				return nil, fmt.Errorf("%w: %q before a table", errXtUnsupported, l)
 			case strings.HasPrefix(l, ":MOAT-"):
+				// Made where moat's read did not find it, and flushed
+				// whatever it holds: Apply may have made it since (a
+				// restore of the "changing" mark into a family without
+				// MOAT-GEN), which that read does not know. A chain made
+				// in the transaction is flushed empty.
 				name, _, _ := strings.Cut(l[1:], " ")
-				if has[f.fam][name] {
-					t.ops = append(t.ops, nlFamilies[i].name+" flush "+table+" "+name)
-					t.x.Add(proto, unix.NFT_MSG_DELRULE, 0, attrs(name))
-				} else {
+				if !has[f.fam][name] {
 					t.ops = append(t.ops, nlFamilies[i].name+" chain "+table+" "+name)
 					t.x.Add(proto, unix.NFT_MSG_NEWCHAIN, netlink.Create, []netlink.Attribute{
 						{Type: nftaChainTable, Data: []byte(table + "\x00")},
 						{Type: nftaChainName, Data: []byte(name + "\x00")},
 					})
 				}
+				t.ops = append(t.ops, nlFamilies[i].name+" flush "+table+" "+name)
+				t.x.Add(proto, unix.NFT_MSG_DELRULE, 0, attrs(name))
 			case strings.HasPrefix(l, "-A "+GenChain+" "):
 				// MOAT-GEN's record as writeGen writes it (the compat
 				// comment: no packet goes through MOAT-GEN).

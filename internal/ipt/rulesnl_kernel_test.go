@@ -422,3 +422,50 @@ func TestKernelRulesNetlinkJumpsRepaired(t *testing.T) {
 		}
 	}
 }
+
+// MOAT-GEN deleted by hand from one family, then a change of sets and
+// rules: Apply restores the "changing" mark into a new MOAT-GEN (the
+// chain its read did not find), then the transaction declares the chain
+// again, which must empty it as iptables-restore would (it appended the
+// record after the mark, left behind: a kill of a first enable in
+// TestKillDuringFirstEnable left that state).
+func TestKernelRulesNetlinkChainMadeMeanwhile(t *testing.T) {
+	ns := labtest.NS(t, "moatrulesgen")
+	ctx := context.Background()
+	progs := map[string]int{}
+	b := countingBackend(t, progs)
+	head := "default deny incoming\nallow 22/tcp\n"
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here")
+		}
+		if err := b.Apply(ctx, compile(t, head+denyList(5, -1))); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{{"iptables", "-F", GenChain}, {"iptables", "-X", GenChain}} {
+			if out, err := execrun.Exec(ctx, nil, args[0], args[1:]...); err != nil {
+				t.Fatal(err, string(out))
+			}
+		}
+		rs := compile(t, head+"allow 8080/tcp\n"+denyList(6, 2))
+		if err := b.Apply(ctx, rs); err != nil {
+			t.Fatal(err)
+		}
+		names := SetNames(rs)
+		c := contentsOf(rs, names)
+		want := genRuleLines("*filter\n" + genChainRules(generation(rs, names, c), rulesHash(rs, names), c))
+		for _, f := range families {
+			save, err := execrun.Exec(ctx, nil, f.save, "-t", "filter")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := genRuleLines(string(save)); !slices.Equal(got, want) {
+				t.Errorf("%s MOAT-GEN:\n%s\nwant:\n%s", f.fam, strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		}
+		return b.Remove(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

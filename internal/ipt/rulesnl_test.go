@@ -3,6 +3,9 @@ package ipt
 import (
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -84,11 +87,10 @@ func TestBuildRulesTxn(t *testing.T) {
 				table = l[1:]
 			case strings.HasPrefix(l, ":"):
 				name, _, _ := strings.Cut(l[1:], " ")
-				op := " chain "
-				if has[f.fam][name] {
-					op = " flush "
+				if !has[f.fam][name] {
+					want = append(want, fam+" chain "+table+" "+name)
 				}
-				want = append(want, fam+op+table+" "+name)
+				want = append(want, fam+" flush "+table+" "+name)
 			case strings.HasPrefix(l, "-A "):
 				want = append(want, fam+" add "+table+" "+l)
 			case l == "" || l == "COMMIT":
@@ -100,7 +102,7 @@ func TestBuildRulesTxn(t *testing.T) {
 	if !slices.Equal(txn.ops, want) {
 		t.Errorf("ops:\n%s\nwant:\n%s", strings.Join(txn.ops, "\n"), strings.Join(want, "\n"))
 	}
-	for _, op := range []string{"ip flush filter MOAT-INPUT", "ip6 chain raw MOAT-PREROUTING", "ip6 flush filter MOAT-GEN"} {
+	for _, op := range []string{"ip flush filter MOAT-INPUT", "ip6 chain raw MOAT-PREROUTING", "ip6 flush raw MOAT-PREROUTING", "ip6 flush filter MOAT-GEN"} {
 		if !slices.Contains(txn.ops, op) {
 			t.Errorf("no %q in %q", op, txn.ops)
 		}
@@ -129,11 +131,11 @@ func TestBuildRulesTxn(t *testing.T) {
 		want     []string
 	}{
 		{map[string]bool{"raw": true, "raw PREROUTING": true, "filter": true, "filter INPUT": true}, []string{
-			"ip6 chain raw MOAT-PREROUTING", "ip6 insert raw -A PREROUTING -m set --match-set moat-early6 src -j MOAT-PREROUTING",
-			"ip6 chain filter MOAT-INPUT", "ip6 insert filter -A INPUT -j MOAT-INPUT"}},
+			"ip6 chain raw MOAT-PREROUTING", "ip6 flush raw MOAT-PREROUTING", "ip6 insert raw -A PREROUTING -m set --match-set moat-early6 src -j MOAT-PREROUTING",
+			"ip6 chain filter MOAT-INPUT", "ip6 flush filter MOAT-INPUT", "ip6 insert filter -A INPUT -j MOAT-INPUT"}},
 		{map[string]bool{"filter": true, "filter OUTPUT": true}, []string{
-			"ip6 table raw", "ip6 chain raw MOAT-PREROUTING", "ip6 base raw PREROUTING", "ip6 insert raw -A PREROUTING -m set --match-set moat-early6 src -j MOAT-PREROUTING",
-			"ip6 chain filter MOAT-INPUT", "ip6 base filter INPUT", "ip6 insert filter -A INPUT -j MOAT-INPUT"}},
+			"ip6 table raw", "ip6 chain raw MOAT-PREROUTING", "ip6 flush raw MOAT-PREROUTING", "ip6 base raw PREROUTING", "ip6 insert raw -A PREROUTING -m set --match-set moat-early6 src -j MOAT-PREROUTING",
+			"ip6 chain filter MOAT-INPUT", "ip6 flush filter MOAT-INPUT", "ip6 base filter INPUT", "ip6 insert filter -A INPUT -j MOAT-INPUT"}},
 	} {
 		ins, err := buildRulesTxn(map[policy.Family]nlFamilyPlan{policy.FamilyV6: {script: first, builtins: c.builtins}}, nil, &fakeEncoder{})
 		if err != nil {
@@ -219,6 +221,76 @@ func TestWriteRulesNetlink(t *testing.T) {
 		}
 		if enc != nil && len(enc.lines) > 0 && !enc.closed {
 			t.Errorf("%s: encoder left open", tc.name)
+		}
+	}
+}
+
+// Jumps of another form are replaced where the first stood (by its
+// handle) and the others deleted, as writeJump's deletes and insert
+// leave them; a count of jumps that is not the kernel's is no
+// transaction.
+func TestBuildRulesTxnReplacesJumps(t *testing.T) {
+	script := "*filter\n:MOAT-INPUT - [0:0]\n-D INPUT -j MOAT-INPUT\n-D INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\n" +
+		"-I INPUT 3 -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT\nCOMMIT\n"
+	has := map[policy.Family]map[string]bool{policy.FamilyV4: {"MOAT-INPUT": true}}
+	builtins := map[string]bool{"filter": true, "filter INPUT": true}
+	txn, err := buildRulesTxn(map[policy.Family]nlFamilyPlan{policy.FamilyV4: {script: script, builtins: builtins,
+		jumps: map[string][]uint64{"filter INPUT": {7, 9}}}}, has, &fakeEncoder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"ip flush filter MOAT-INPUT", "ip replace filter -A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT", "ip delete filter INPUT 9"}
+	if !slices.Equal(txn.ops, want) || txn.x.Len() != len(want) {
+		t.Errorf("ops %q, want %q", txn.ops, want)
+	}
+	for _, jumps := range []map[string][]uint64{nil, {"filter INPUT": {7}}, {"filter INPUT": {7, 9, 11}}} {
+		if _, err := buildRulesTxn(map[policy.Family]nlFamilyPlan{policy.FamilyV4: {script: script, builtins: builtins, jumps: jumps}}, has, &fakeEncoder{}); !errors.Is(err, errXtUnsupported) {
+			t.Errorf("handles %v: %v", jumps, err)
+		}
+	}
+}
+
+// Only iptables-nft's own tools (xtables-nft-multi) let moat write
+// their rules itself: the legacy tools, a wrapper, a missing tool do not.
+func TestNftTools(t *testing.T) {
+	nftMulti, err1 := exec.LookPath("xtables-nft-multi")
+	legacyMulti, err2 := exec.LookPath("xtables-legacy-multi")
+	if err1 != nil || err2 != nil {
+		t.Skip("xtables-nft-multi or xtables-legacy-multi not installed")
+	}
+	for _, c := range []struct {
+		name   string
+		v4, v6 string // a symlink's target, or "script"
+		want   bool
+	}{
+		{"nft", nftMulti, nftMulti, true},
+		{"legacy", legacyMulti, legacyMulti, false},
+		{"one legacy", nftMulti, legacyMulti, false},
+		{"wrapper", "script", nftMulti, false},
+		{"missing", nftMulti, "", false},
+	} {
+		dir := t.TempDir()
+		for prog, target := range map[string]string{"iptables-restore": c.v4, "ip6tables-restore": c.v6} {
+			p := filepath.Join(dir, prog)
+			switch target {
+			case "":
+			case "script":
+				if err := os.WriteFile(p, []byte("#!/bin/sh\nexec "+nftMulti+" \"$@\"\n"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				// Through a link of its own, as /etc/alternatives.
+				if err := os.Symlink(target, p+".alt"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(p+".alt", p); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		t.Setenv("PATH", dir)
+		if got := nftTools(); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
 	}
 }
