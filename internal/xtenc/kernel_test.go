@@ -641,3 +641,40 @@ func TestKernelSetFamily(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Lines iptables-restore cannot read whole: more arguments than its
+// parser holds (fewer with set matches), a line longer than its buffer
+// (read as two lines). The encoder refuses them too.
+func TestKernelLongLines(t *testing.T) {
+	skipWithoutNft(t)
+	ns := labtest.NS(t, "xtencL")
+	ctx := context.Background()
+	for _, line := range []string{
+		"-A MOAT-INPUT" + strings.Repeat(" -m addrtype --dst-type LOCAL", 62) + " -j DROP",
+		"-A MOAT-INPUT" + strings.Repeat(" -m set --match-set s src", 50) + " -j DROP",
+		"-A MOAT-INPUT" + strings.Repeat(" ", 10220) + "-j DROP",
+	} {
+		err := ns.Do(func() error {
+			if out, err := execrun.Exec(ctx, []byte("create s hash:net -exist\n"), "ipset", "restore"); err != nil {
+				t.Fatal(err, string(out))
+			}
+			if out, err := execrun.Exec(ctx, []byte("*filter\n:MOAT-INPUT - [0:0]\n"+line+"\nCOMMIT\n"), "iptables-restore", "--noflush", "--test"); err == nil {
+				t.Errorf("iptables-restore takes a line of %d arguments, %d bytes", len(strings.Fields(line)), len(line))
+			} else {
+				t.Logf("%d arguments, %d bytes: %v %s", len(strings.Fields(line)), len(line), err, strings.SplitN(string(out), "\n", 2)[0])
+			}
+			lookup, closeFn, err := KernelSetIndex()
+			if err != nil {
+				return err
+			}
+			defer func() { _ = closeFn() }()
+			if _, err := EncodeAll(unix.NFPROTO_IPV4, line, lookup); !errors.Is(err, ErrUnsupported) {
+				t.Errorf("a line of %d arguments, %d bytes: %v, want ErrUnsupported", len(strings.Fields(line)), len(line), err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}

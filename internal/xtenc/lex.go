@@ -5,9 +5,16 @@ import (
 	"strings"
 )
 
-// maxParam is the longest argument iptables-restore reads (its parameter
-// buffer); a longer one is refused here too.
-const maxParam = 1023
+// iptables-restore's limits: the longest argument (its parameter
+// buffer), the longest line (its line buffer: a longer line is read as
+// two), the most arguments (its parser holds 255 with its own few, and
+// each set match takes one more: a line of 50 set matches, 204
+// arguments, is refused; moat's longest lines have about 70).
+const (
+	maxParam = 1023
+	maxLine  = 10239
+	maxArgs  = 128
+)
 
 // split cuts one rule line into arguments as iptables-restore does
 // (add_param_to_argv): blanks separate arguments, a double-quoted part
@@ -17,6 +24,9 @@ const maxParam = 1023
 // a backslash, which iptables-restore takes as an escape inside quotes)
 // is an error.
 func split(line string) ([]string, error) {
+	if len(line) > maxLine {
+		return nil, fmt.Errorf("%w: a line of %d bytes", ErrUnsupported, len(line))
+	}
 	for i := 0; i < len(line); i++ {
 		if c := line[i]; c < 0x20 && c != '\t' || c == 0x7f || c == '\\' {
 			return nil, fmt.Errorf("%w: character %#x in the line", ErrUnsupported, c)
@@ -55,6 +65,9 @@ func split(line string) ([]string, error) {
 			return nil, fmt.Errorf("%w: an argument of %d bytes", ErrUnsupported, len(arg))
 		}
 		args = append(args, arg)
+		if len(args) > maxArgs {
+			return nil, fmt.Errorf("%w: more than %d arguments", ErrUnsupported, maxArgs)
+		}
 	}
 	return args, nil
 }
