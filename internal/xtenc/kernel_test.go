@@ -678,3 +678,37 @@ func TestKernelLongLines(t *testing.T) {
 		}
 	}
 }
+
+// Text an attacker may write that the encoder takes (words iptables
+// reads as options or restore commands, blanks at the ends, quotes of the
+// other kind, line separators of Unicode, names starting with '-') is
+// the rule iptables-restore writes, byte for byte, and iptables-save
+// prints it alike.
+func TestKernelHostileText(t *testing.T) {
+	skipWithoutNft(t)
+	var lines []string
+	for _, c := range []string{"!", "-j ACCEPT", "--comment", " leading", "trailing ", "#x", "a  b", "*filter", "COMMIT", "a'b", "'", "\u2028x\u2029", "\u00a0", "-", "--", "é€"} {
+		lines = append(lines, `-A MOAT-INPUT -m comment --comment "`+c+`" -j DROP`)
+	}
+	lines = append(lines,
+		`-A MOAT-INPUT -j LOG --log-prefix "!"`,
+		`-A MOAT-INPUT -j LOG --log-prefix " "`,
+		`-A MOAT-INPUT -j LOG --log-prefix "-j ACCEPT"`,
+		`-A MOAT-INPUT -m hashlimit --hashlimit-above 5/sec --hashlimit-burst 3 --hashlimit-mode srcip --hashlimit-name -x --hashlimit-htable-expire 1000 -j DROP`,
+		`-A MOAT-INPUT -i -x -j DROP`,
+		`-A MOAT-INPUT -i . -j DROP`,
+		`-A MOAT-INPUT ! -o -+ -j DROP`,
+	)
+	for _, f := range fams {
+		t.Run(f.family, func(t *testing.T) {
+			t.Parallel()
+			for _, l := range lines {
+				if _, err := EncodeAll(f.proto, l, func(string, uint8) (uint16, error) { return 1, nil }); err != nil {
+					t.Errorf("%s: %v", l, err)
+				}
+			}
+			compareKernel(t, f, lines)
+			compareWire(t, f, lines)
+		})
+	}
+}
