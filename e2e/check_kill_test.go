@@ -95,6 +95,27 @@ func TestCheckKilledLeavesNoSets(t *testing.T) {
 	e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
 	e.expectStatusClean("status after the killed checks")
 
+	// Interrupted (Ctrl-C, SIGTERM) while iptables-restore tests: it
+	// destroys its sets itself before it ends (as it did before; an
+	// interrupt during their create: TestCheckCreateFailedRemovesItsSets).
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		// (A child held by strace dies only when strace lets it go: the
+		// check then ends after the hold.)
+		cmd, _ := e.heldCheck(ctx, 2*time.Second)
+		// moat alone (strace's child), as a terminal's Ctrl-C or
+		// systemd's stop would.
+		children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+		var pid int
+		if _, serr := fmt.Sscan(string(children), &pid); err != nil || serr != nil {
+			t.Fatalf("the check's PID: %v %v %q", err, serr, children)
+		}
+		_ = syscall.Kill(pid, sig)
+		_ = cmd.Wait()
+		if got := checkSets(e); len(got) != 0 {
+			t.Errorf("a check interrupted by %v left %v", sig, got)
+		}
+	}
+
 	// A check held mid-way while another check, a reload and a
 	// disable run: its sets stay, it succeeds, and it destroys them.
 	for _, other := range [][]string{{"check"}, {"reload"}, {"disable"}} {

@@ -467,7 +467,9 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 	}
 	if create.Len() > 0 {
 		if _, err := b.Run(ctx, []byte(create.String()), "ipset", "restore"); err != nil {
-			return fmt.Errorf("iptables check: create throwaway ipsets: %w", err)
+			// Refused or interrupted (Ctrl-C) half way: the sets it
+			// made go now.
+			return errors.Join(fmt.Errorf("iptables check: create throwaway ipsets: %w", err), b.removeOwnCheckSets(context.WithoutCancel(ctx)))
 		}
 		defer func() {
 			del := early

@@ -110,3 +110,18 @@ func (b *Backend) removeStaleCheckSets(ctx context.Context, sets map[string]bool
 	}
 	return nil
 }
+
+// removeOwnCheckSets destroys the throwaway sets of this process that are
+// there (a create refused or interrupted half way made some).
+func (b *Backend) removeOwnCheckSets(ctx context.Context) error {
+	names, err := b.setNames(ctx)
+	if err != nil {
+		return fmt.Errorf("the throwaway ipsets of this check: %w", err)
+	}
+	own := checkPrefix + checkTagOnce() + "-"
+	names = slices.DeleteFunc(names, func(n string) bool { return !strings.HasPrefix(n, own) })
+	if err := b.destroySets(ctx, names); err != nil {
+		return fmt.Errorf("the throwaway ipsets of this check: %w", err)
+	}
+	return nil
+}

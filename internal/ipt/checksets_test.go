@@ -2,6 +2,7 @@ package ipt
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strconv"
 	"strings"
@@ -70,5 +71,32 @@ func TestCheckRemovesStaleCheckSets(t *testing.T) {
 	}
 	if strings.Index(got, "moatchkzzzzz-1-early4") > strings.Index(got, "moatchkzzzzz-1-0") {
 		t.Errorf("an early list destroyed after a set it may hold: %s", got)
+	}
+}
+
+// A check whose create of its throwaway sets is refused (or interrupted:
+// Ctrl-C kills the ipset restore) half way destroys the sets it made
+// before it returns: they were left until the next command.
+func TestCheckCreateFailedRemovesItsSets(t *testing.T) {
+	made := checkSetName("0")
+	host := &fakeHost{save: map[string]string{"iptables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", "ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"}}
+	var destroyed string
+	run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+		if name == "ipset" && len(args) == 1 && args[0] == "restore" {
+			if strings.Contains(string(stdin), "create "+made) {
+				host.sets = made + "\n" // the first create went through
+				return nil, errors.New("ipset v7.17: Error in line 2: interrupted")
+			}
+			destroyed += string(stdin)
+		}
+		return host.run(ctx, stdin, name, args...)
+	}
+	b := &Backend{Run: run}
+	err := b.Check(context.Background(), goldenRuleset(t))
+	if err == nil || !strings.Contains(err.Error(), "create throwaway ipsets") {
+		t.Fatalf("got %v", err)
+	}
+	if !strings.Contains(destroyed, "destroy "+made+"\n") {
+		t.Errorf("the set the refused create made is not destroyed: %q", destroyed)
 	}
 }
