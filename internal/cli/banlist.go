@@ -27,7 +27,7 @@ import (
 type banRow struct {
 	addr     netip.Addr
 	reason   string
-	left     int64 // whole seconds
+	left     int64 // whole seconds; permanentLeft: no timeout
 	banCount int
 }
 
@@ -41,7 +41,14 @@ func banRows(bans []ruleset.Ban, counts map[netip.Addr]int) []banRow {
 		if r == "" {
 			r = ruleset.ReasonPortscan
 		}
-		rows[i] = banRow{addr: b.Addr, reason: r, left: int64(b.Expires.Seconds()), banCount: counts[b.Addr]}
+		left := int64(b.Expires.Seconds())
+		if b.Expires == 0 && b.Timeout == 0 {
+			// An element without a timeout (added by hand): it never
+			// expires. A ban with one is read back with its time left
+			// (ipset says 1 s until it runs out; nft its timeout too).
+			left = permanentLeft
+		}
+		rows[i] = banRow{addr: b.Addr, reason: r, left: left, banCount: counts[b.Addr]}
 	}
 	return rows
 }
@@ -93,9 +100,16 @@ func writeBanRows(w io.Writer, rows []banRow) error {
 	return bw.Flush()
 }
 
+// permanentLeft is banRow.left of a ban without a timeout.
+const permanentLeft = -1
+
 // leftText is the time left as the table shows it (a time.Duration's
-// text: 1h2m3s).
+// text: 1h2m3s; "permanent" for a ban without a timeout, which showed as
+// 0s, as if it ran out at once).
 func leftText(dst []byte, secs int64) []byte {
+	if secs == permanentLeft {
+		return append(dst, "permanent"...)
+	}
 	return append(dst, (time.Duration(secs) * time.Second).String()...)
 }
 
@@ -130,7 +144,12 @@ func writeBanJSON(w io.Writer, rows []banRow) error {
 		line = append(line, "\",\n    \"reason\": "...)
 		line = termtext.AppendJSONString(line, r.reason)
 		line = append(line, ",\n    \"seconds_left\": "...)
-		line = strconv.AppendInt(line, r.left, 10)
+		if r.left == permanentLeft {
+			// 0 as before, and said: it never runs out.
+			line = append(line, "0,\n    \"permanent\": true"...)
+		} else {
+			line = strconv.AppendInt(line, r.left, 10)
+		}
 		line = append(line, ",\n    \"ban_count\": "...)
 		line = strconv.AppendInt(line, int64(r.banCount), 10)
 		line = append(line, "\n  }"...)

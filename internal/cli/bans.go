@@ -198,7 +198,9 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 --all does: on nftables by looking up the addresses the guard recorded
 (under a second for 200,000), or, when the kernel holds a ban the guard
 did not record (the port scan trap's, one added by hand), by reading the
-whole sets (seconds for 200,000).`,
+whole sets (seconds for 200,000). A ban added by hand without a timeout
+never runs out: its time left is "permanent" ("permanent": true in
+--json, seconds_left 0).`,
 		Example: `  moat bans
   moat bans --all | grep 2001:db8::7
   moat bans --limit 20

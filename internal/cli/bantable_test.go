@@ -88,7 +88,9 @@ func hostileBans(n int, seed uint64) ([]ruleset.Ban, map[netip.Addr]int) {
 		}
 		counts[a] = r.IntN(3) * r.IntN(100000)
 		left := []time.Duration{0, 999 * time.Millisecond, time.Second, 59 * time.Minute, 400 * 24 * time.Hour, time.Duration(r.Int64N(int64(48 * time.Hour)))}[r.IntN(6)]
-		bans = append(bans, ruleset.Ban{Addr: a, Expires: left, Reason: reasons[r.IntN(len(reasons))]})
+		// Read back, a ban with a timeout has it (the listing's bytes
+		// are those of bans that run out; TestBanPermanent has the rest).
+		bans = append(bans, ruleset.Ban{Addr: a, Timeout: time.Hour, Expires: left, Reason: reasons[r.IntN(len(reasons))]})
 	}
 	return bans, counts
 }
@@ -220,5 +222,41 @@ func TestBanListingBrokenPipeQuiet(t *testing.T) {
 	code := run(t.Context(), []string{"bans", "--no-such-flag"}, io.Discard, &stderr, nil)
 	if code == 0 || stderr.Len() == 0 {
 		t.Errorf("a real error is still printed: code %d, %q", code, stderr.String())
+	}
+}
+
+// A ban without a timeout (an element added by hand, 'ipset add moat-ban4
+// ADDR timeout 0') never runs out: the table says "permanent" and the
+// JSON "permanent": true beside a seconds_left of 0. Both said 0 s left,
+// as if it ran out at once. One read back with its timeout and nothing
+// left (nft, a ban running out now) still shows 0s.
+func TestBanPermanent(t *testing.T) {
+	bans := []ruleset.Ban{
+		{Addr: netip.MustParseAddr("192.0.2.7"), Reason: "by hand"},
+		{Addr: netip.MustParseAddr("192.0.2.8"), Timeout: time.Hour, Reason: "running out"},
+		{Addr: netip.MustParseAddr("192.0.2.9"), Expires: time.Minute, Reason: "ipset"},
+	}
+	rows := banRows(bans, nil)
+	var table, js strings.Builder
+	if err := writeBanRows(&table, rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeBanJSON(&js, rows); err != nil {
+		t.Fatal(err)
+	}
+	want := "ADDRESS    TIME LEFT  BANS  REASON\n" +
+		"192.0.2.7  permanent  0     by hand\n" +
+		"192.0.2.8  0s         0     running out\n" +
+		"192.0.2.9  1m0s       0     ipset\n"
+	if table.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", table.String(), want)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal([]byte(js.String()), &got); err != nil {
+		t.Fatalf("%v: %s", err, js.String())
+	}
+	if len(got) != 3 || got[0]["permanent"] != true || got[0]["seconds_left"] != float64(0) ||
+		got[1]["permanent"] != nil || got[2]["seconds_left"] != float64(60) {
+		t.Errorf("JSON: %s", js.String())
 	}
 }
