@@ -642,34 +642,49 @@ func TestKernelSetFamily(t *testing.T) {
 	}
 }
 
-// Lines iptables-restore cannot read whole: more arguments than its
-// parser holds (fewer with set matches), a line longer than its buffer
-// (read as two lines). The encoder refuses them too.
-func TestKernelLongLines(t *testing.T) {
+// Lines iptables-restore refuses that the encoder's allow-list would
+// take: more arguments than its parser holds (fewer with set matches), a
+// line longer than its buffer (read as two lines), an interface the
+// built-in chain cannot have (-o in INPUT and PREROUTING, -i in OUTPUT).
+// The encoder refuses them too.
+func TestKernelRefusedLines(t *testing.T) {
 	skipWithoutNft(t)
 	ns := labtest.NS(t, "xtencL")
 	ctx := context.Background()
-	for _, line := range []string{
-		"-A MOAT-INPUT" + strings.Repeat(" -m addrtype --dst-type LOCAL", 62) + " -j DROP",
-		"-A MOAT-INPUT" + strings.Repeat(" -m set --match-set s src", 50) + " -j DROP",
-		"-A MOAT-INPUT" + strings.Repeat(" ", 10220) + "-j DROP",
+	for _, tc := range []struct{ table, line string }{
+		{"filter", "-A MOAT-INPUT" + strings.Repeat(" -m addrtype --dst-type LOCAL", 62) + " -j DROP"},
+		{"filter", "-A MOAT-INPUT" + strings.Repeat(" -m set --match-set s src", 50) + " -j DROP"},
+		{"filter", "-A MOAT-INPUT" + strings.Repeat(" ", 10220) + "-j DROP"},
+		{"filter", "-A INPUT -o eth0 -j MOAT-INPUT"},
+		{"filter", "-A INPUT ! -o eth+ -j MOAT-INPUT"},
+		{"filter", "-A OUTPUT -i eth0 -j MOAT-INPUT"},
+		{"raw", "-A PREROUTING -o eth0 -j MOAT-PREROUTING"},
+		{"raw", "-A OUTPUT ! -i lo -j MOAT-PREROUTING"},
 	} {
 		err := ns.Do(func() error {
 			if out, err := execrun.Exec(ctx, []byte("create s hash:net -exist\n"), "ipset", "restore"); err != nil {
 				t.Fatal(err, string(out))
 			}
-			if out, err := execrun.Exec(ctx, []byte("*filter\n:MOAT-INPUT - [0:0]\n"+line+"\nCOMMIT\n"), "iptables-restore", "--noflush", "--test"); err == nil {
-				t.Errorf("iptables-restore takes a line of %d arguments, %d bytes", len(strings.Fields(line)), len(line))
+			chain := "MOAT-INPUT"
+			if tc.table == "raw" {
+				chain = "MOAT-PREROUTING"
+			}
+			short := tc.line
+			if len(short) > 80 {
+				short = fmt.Sprintf("%s... (%d arguments, %d bytes)", short[:80], len(strings.Fields(short)), len(short))
+			}
+			if out, err := execrun.Exec(ctx, []byte("*"+tc.table+"\n:"+chain+" - [0:0]\n"+tc.line+"\nCOMMIT\n"), "iptables-restore", "--noflush", "--test"); err == nil {
+				t.Errorf("iptables-restore takes %s", short)
 			} else {
-				t.Logf("%d arguments, %d bytes: %v %s", len(strings.Fields(line)), len(line), err, strings.SplitN(string(out), "\n", 2)[0])
+				t.Logf("%s: %v %s", short, err, strings.SplitN(string(out), "\n", 2)[0])
 			}
 			lookup, closeFn, err := KernelSetIndex()
 			if err != nil {
 				return err
 			}
 			defer func() { _ = closeFn() }()
-			if _, err := EncodeAll(unix.NFPROTO_IPV4, line, lookup); !errors.Is(err, ErrUnsupported) {
-				t.Errorf("a line of %d arguments, %d bytes: %v, want ErrUnsupported", len(strings.Fields(line)), len(line), err)
+			if _, err := EncodeAll(unix.NFPROTO_IPV4, tc.line, lookup); !errors.Is(err, ErrUnsupported) {
+				t.Errorf("%s: %v, want ErrUnsupported", short, err)
 			}
 			return nil
 		})

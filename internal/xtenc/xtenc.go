@@ -361,6 +361,18 @@ func parse(fam uint8, args []string, sets SetIndex) (*rule, error) {
 	if !haveTarget {
 		return nil, unsupported("no target")
 	}
+	// iptables: "Can't use -o with INPUT" (and PREROUTING), "Can't use -i
+	// with OUTPUT" (and POSTROUTING): the packets have no such interface.
+	switch r.chain {
+	case "INPUT", "PREROUTING":
+		if r.outIf != "" {
+			return nil, unsupported("-o in %s", r.chain)
+		}
+	case "OUTPUT", "POSTROUTING":
+		if r.inIf != "" {
+			return nil, unsupported("-i in %s", r.chain)
+		}
+	}
 	if (len(r.src) > 1 || len(r.dst) > 1) && (r.srcInv || r.dstInv) {
 		// iptables: "! not allowed with multiple source or destination
 		// IP addresses".
