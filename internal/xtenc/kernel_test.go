@@ -727,3 +727,55 @@ func TestKernelHostileText(t *testing.T) {
 		})
 	}
 }
+
+// What KernelSetIndex's answers are worth after ipset changes: a swap
+// keeps each name's index (a rule made before it matches the name's new
+// contents, as iptables-save says), a rename moves the index with the set.
+func TestKernelSetIndexAcrossSwapAndRename(t *testing.T) {
+	ns := labtest.NS(t, "xtencS")
+	ctx := context.Background()
+	err := ns.Do(func() error {
+		index := func(name string) uint16 {
+			t.Helper()
+			lookup, closeFn, err := KernelSetIndex()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = closeFn() }()
+			idx, err := lookup(name, unix.NFPROTO_IPV4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return idx
+		}
+		ipset := func(args ...string) {
+			t.Helper()
+			if out, err := execrun.Exec(ctx, nil, "ipset", args...); err != nil {
+				t.Fatal(err, string(out))
+			}
+		}
+		ipset("create", "a", "hash:ip")
+		ipset("create", "b", "hash:ip")
+		ipset("add", "b", "192.0.2.1")
+		ia, ib := index("a"), index("b")
+		ipset("swap", "a", "b")
+		if index("a") != ia || index("b") != ib {
+			t.Errorf("after a swap: a %d (was %d), b %d (was %d)", index("a"), ia, index("b"), ib)
+		}
+		if out, err := execrun.Exec(ctx, nil, "ipset", "test", "a", "192.0.2.1"); err != nil {
+			t.Errorf("the swap did not trade the members: %v %s", err, out)
+		}
+		ipset("rename", "a", "c")
+		if index("c") != ia {
+			t.Errorf("after a rename: c %d, a was %d", index("c"), ia)
+		}
+		ipset("create", "a", "hash:ip")
+		if index("a") == ia {
+			t.Errorf("a made anew has the renamed set's index %d", ia)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -36,10 +36,13 @@ var ErrSetIndexTimeout = errors.New("the kernel did not answer the ipset lookup 
 // thread's network namespace (IPSET_CMD_GET_BYNAME over netlink: the
 // index and family libxt_set gets with getsockopt IP_SET_OP_GET_FNAME),
 // each lookup bounded by SetIndexTimeout. A set of the rule's family or
-// of none (list:set) is found; one of the other family is an error. Answers are kept for the SetIndex's life:
-// make one per transaction, after the last ipset change it depends on
-// (ipset rename and swap give a name another set's index). A set that
-// does not exist is an error, not ErrUnsupported (iptables refuses such a
+// of none (list:set) is found; one of the other family is an error.
+// Answers are kept for the SetIndex's life: make one per transaction,
+// after the last ipset change it depends on. A swap keeps each name's
+// index (the two sets, of one family and kind, trade their members); a
+// rename, or a destroy and a create, gives a name another index
+// (TestKernelSetIndexAcrossSwapAndRename). A set that does
+// not exist is an error, not ErrUnsupported (iptables refuses such a
 // rule too): the sets a rule names must exist before it is encoded. close
 // releases the socket; it waits for no lookup still blocked in the
 // kernel.
