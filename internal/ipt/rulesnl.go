@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/mdlayher/netlink"
@@ -377,6 +378,15 @@ var readBuiltins = func(handles bool) (map[policy.Family]map[string]bool, map[po
 					there[t+" "+n] = true
 				}
 			}
+			// A chain named as a built-in one must be that built-in:
+			// a base chain at its hook and priority. A regular chain
+			// INPUT (nft add chain ip filter INPUT) sees no packet, and
+			// a jump inserted there filters nothing; iptables-restore
+			// refuses to take either for its built-in (CHAIN_ADD:
+			// Operation not supported), so the change goes that way.
+			if err := checkBuiltins(c, fam.proto, t, there); err != nil {
+				return nil, nil, err
+			}
 		}
 		out[families[i].fam] = there
 		if !handles {
@@ -445,4 +455,41 @@ func (b *Backend) writeRulesNetlink(st *state, plan map[policy.Family]nlFamilyPl
 	}
 	slog.Debug("iptables rules over netlink refused: through iptables-restore", "err", err)
 	return nlNotSent
+}
+
+// checkBuiltins says, of table (of family proto) whose chains there
+// lists ("TABLE CHAIN"), whether every chain named as one of the
+// built-in chains moat jumps from (filter's INPUT, OUTPUT and FORWARD,
+// raw's PREROUTING) is a base chain at that built-in's hook and
+// priority (as iptables-nft makes it); an error wrapping
+// errXtUnsupported names the first that is not.
+func checkBuiltins(c *netlink.Conn, proto uint8, table string, there map[string]bool) error {
+	used := func(n string) bool {
+		_, ok := builtinHooks[table][n]
+		return ok && tableOf(n) == table && there[table+" "+n]
+	}
+	named := false
+	for n := range builtinHooks[table] {
+		named = named || used(n)
+	}
+	if !named {
+		return nil
+	}
+	base, err := dumpBaseChains(c, proto, table)
+	if err != nil {
+		return err
+	}
+	for n, hook := range builtinHooks[table] {
+		if !used(n) {
+			continue
+		}
+		i := slices.IndexFunc(base, func(ch nlBaseChain) bool { return ch.name == n })
+		if i < 0 {
+			return fmt.Errorf("%w: chain %s of table %s is not a base chain", errXtUnsupported, n, table)
+		}
+		if base[i].hook != hook {
+			return fmt.Errorf("%w: chain %s of table %s is at hook %d, priority %d, not iptables' (%d, %d)", errXtUnsupported, n, table, base[i].hook[0], base[i].hook[1], hook[0], hook[1])
+		}
+	}
+	return nil
 }

@@ -469,3 +469,69 @@ func TestKernelRulesNetlinkChainMadeMeanwhile(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A chain named as a built-in one that is not iptables' built-in (a
+// regular chain INPUT, which no packet goes through, or a base chain at
+// another priority or hook), made before the first enable: the
+// transaction inserted moat's jump into it and Apply said nothing,
+// leaving IPv4 or IPv6 unfiltered behind an "active" moat, where
+// iptables-restore refuses such a chain for its built-in (CHAIN_ADD:
+// Operation not supported). Now the change goes through
+// iptables-restore, which refuses it as before; no jump into moat's
+// chain is left in a chain that sees no packet.
+func TestKernelRulesNetlinkBuiltinNotBase(t *testing.T) {
+	ctx := context.Background()
+	rs := compile(t, "default deny incoming\nallow 22/tcp\n")
+	oldEnc := newXtEncoder
+	t.Cleanup(func() { newXtEncoder = oldEnc })
+	cases := []struct {
+		name string
+		nft  [][]string // made before the first enable
+	}{
+		{"ip regular INPUT", [][]string{{"add", "table", "ip", "filter"}, {"add", "chain", "ip", "filter", "INPUT"}}},
+		{"ip6 regular OUTPUT", [][]string{{"add", "table", "ip6", "filter"}, {"add", "chain", "ip6", "filter", "OUTPUT"}}},
+		{"ip raw regular PREROUTING", [][]string{{"add", "table", "ip", "raw"}, {"add", "chain", "ip", "raw", "PREROUTING"}}},
+		{"ip INPUT at priority 10", [][]string{{"add", "table", "ip", "filter"}, {"add", "chain", "ip", "filter", "INPUT", "{ type filter hook input priority 10; }"}}},
+		{"ip6 INPUT at the output hook", [][]string{{"add", "table", "ip6", "filter"}, {"add", "chain", "ip6", "filter", "INPUT", "{ type filter hook output priority 0; }"}}},
+	}
+	for _, c := range cases {
+		for _, nl := range []bool{false, true} {
+			ns := labtest.NS(t, "moatrulesbase")
+			err := ns.Do(func() error {
+				if legacyTables() {
+					t.Skip("legacy x_tables loaded here")
+				}
+				for _, args := range c.nft {
+					if out, err := execrun.Exec(ctx, nil, "nft", args...); err != nil {
+						t.Fatal(err, string(out))
+					}
+				}
+				newXtEncoder = oldEnc
+				if !nl {
+					newXtEncoder = func() (xtEncoder, error) { return nil, errXtUnsupported }
+				}
+				b := countingBackend(t, map[string]int{})
+				err := b.Apply(ctx, rs)
+				newXtEncoder = oldEnc
+				if err == nil {
+					t.Errorf("%s (netlink %v): applied without an error", c.name, nl)
+				}
+				out, lerr := execrun.Exec(ctx, nil, "nft", "list", "ruleset")
+				if lerr != nil {
+					t.Fatal(lerr)
+				}
+				// A jump into moat's chain from a chain that is not a
+				// base chain (no "hook" line in its block).
+				for _, block := range strings.Split(string(out), "chain ")[1:] {
+					if strings.Contains(block, "jump MOAT-") && !strings.Contains(block, " hook ") {
+						t.Errorf("%s (netlink %v): a jump into moat's chain in a chain no packet goes through:\n%s", c.name, nl, out)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
