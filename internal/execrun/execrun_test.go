@@ -101,12 +101,49 @@ func TestLookPathRemembersFoundOnly(t *testing.T) {
 	if err != nil || p != prog {
 		t.Fatalf("LookPath = %q, %v; want %q", p, err, prog)
 	}
-	// Found once: remembered for this PATH.
-	if err := os.Remove(prog); err != nil {
+	// Found once: remembered for this PATH, but checked again: a program
+	// removed since (the admin uninstalled it while the guard ran) is
+	// not found, as a fresh command would not find it; one made no
+	// longer executable neither; one installed in another directory of
+	// the PATH is found there.
+	if err := os.Chmod(prog, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := LookPath("moat-lookpath-test"); err == nil {
+		t.Fatalf("LookPath of a program no longer executable = %q", p)
+	}
+	if err := os.Chmod(prog, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if p, err := LookPath("moat-lookpath-test"); err != nil || p != prog {
-		t.Fatalf("LookPath after removal = %q, %v; want the remembered %q", p, err, prog)
+		t.Fatalf("LookPath = %q, %v; want %q", p, err, prog)
+	}
+	if err := os.Remove(prog); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := LookPath("moat-lookpath-test"); err == nil {
+		t.Fatalf("LookPath after removal = %q; want not found", p)
+	}
+	other := t.TempDir()
+	t.Setenv("PATH", dir+":"+other)
+	if p, err := LookPath("moat-lookpath-test"); err == nil {
+		t.Fatalf("LookPath = %q; want not found", p)
+	}
+	moved := filepath.Join(other, "moat-lookpath-test")
+	if err := os.WriteFile(moved, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := LookPath("moat-lookpath-test"); err != nil || p != moved {
+		t.Fatalf("LookPath = %q, %v; want %q", p, err, moved)
+	}
+	if err := os.Remove(moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := LookPath("moat-lookpath-test"); err != nil || p != prog {
+		t.Fatalf("LookPath after a move back = %q, %v; want %q", p, err, prog)
 	}
 	// Another PATH: looked up there.
 	t.Setenv("PATH", t.TempDir())
