@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 
@@ -154,4 +155,95 @@ func FuzzDecodeChains(f *testing.F) {
 			t.Errorf("decoded %+v, re-encoded gives %+v (%v)", k, again, err)
 		}
 	})
+}
+
+// The chains kept in kernel-chains are taken only while the generations
+// prove that nothing but the edit's own patch was committed since the
+// verification. A rule added by hand to a chain the patch does not write
+// (output_udp: the edit writes input), at each moment of the edit: right
+// after the commit, before the read-back (AfterCommit); after the
+// read-back, before the record (takeAhead); and, for a command that
+// commits nothing, after the verification. Each time the hand rule is
+// found (drift): no fingerprint is recorded that would vouch for the
+// hand rule as moat's.
+func TestFingerprintChainsHandChangeWindows(t *testing.T) {
+	const p0 = "default deny incoming\nallow 22/tcp\n"
+	hand := []byte("add rule inet moat output_udp udp dport 9999 accept\n")
+	for _, when := range []string{"after-commit", "after-readback", "no-commit"} {
+		t.Run(when, func(t *testing.T) {
+			r := newNftRig(t, p0)
+			ns, dir, b := r.ns, r.dir, r.b
+			compile := func(text string) *ruleset.Ruleset {
+				p, err := policy.NewDocument("moat.conf", []byte(text)).Policy(policy.ParseServices(nil))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return ruleset.Compile(p)
+			}
+			// The first command: a whole load, its fingerprint and chains
+			// kept.
+			err := ns.Do(func() error {
+				if err := b.Apply(context.Background(), r.rs); err != nil {
+					return err
+				}
+				r.a.recordFingerprint(context.Background(), b, r.st, verifiedGen{})
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			next := p0 + "allow 8080/tcp\n"
+			if when == "no-commit" {
+				next = p0
+			}
+			logs := &strings.Builder{}
+			a := &app{stateDir: dir, out: io.Discard, errOut: io.Discard, log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+			addHand := func() {
+				if _, err := execrun.Exec(context.Background(), hand, "nft", "-f", "-"); err != nil {
+					t.Error(err)
+				}
+			}
+			b.AfterCommit = func(ctx context.Context) {
+				if when == "after-commit" {
+					addHand()
+				}
+				a.startAhead(ctx, b)
+				if when == "after-readback" {
+					addHand()
+				}
+			}
+			var whole string
+			err = ns.Do(func() error {
+				if !a.unchangedSinceApply(context.Background(), b, r.st, false) || a.readChains(a.verified.fp) == nil {
+					t.Fatal("the first command's record and chains were not verified")
+				}
+				if when == "no-commit" {
+					addHand()
+				}
+				if err := b.Apply(context.Background(), compile(next)); err != nil {
+					return err
+				}
+				if w, ok := b.LastCommitChains(); when != "no-commit" && (!ok || slices.Contains(w, "output_udp")) {
+					t.Fatalf("the edit was not a netlink patch leaving output_udp alone: %v %v", w, ok)
+				}
+				a.recordFingerprint(context.Background(), b, r.st, verifiedGen{})
+				k, err := a.kernelFingerprint(context.Background(), b)
+				whole = k.Fingerprint
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Read back after the hand rule: nothing taken from the file.
+			// (Read back before it, the chains were taken rightly; the
+			// generation moved before the record.)
+			if when != "after-readback" && strings.Contains(logs.String(), `"from the record"=`) && !strings.Contains(logs.String(), `"from the record"=0`) {
+				t.Errorf("chains taken from kernel-chains after a hand change:\n%s", logs)
+			}
+			// The hand rule is drift: no fingerprint may vouch for it.
+			if data, err := statedir.ReadFile(dir, fingerprintFile); err == nil {
+				t.Errorf("a fingerprint was recorded with a rule added by hand (a whole read gives %q): %s\n%s", whole, data, logs)
+			}
+		})
+	}
 }
