@@ -73,22 +73,9 @@ func diagTCP(family uint8) ([]tcpEntry, error) {
 // of the calling thread's network namespace.
 func diagSockets(r inetDiagReq) ([]tcpEntry, error) {
 	family := r.family
-	req := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
-	req.AddData(r)
-	var out []tcpEntry
-	var bad error
-	err := req.ExecuteIter(unix.NETLINK_SOCK_DIAG, nl.SOCK_DIAG_BY_FAMILY, func(msg []byte) bool {
-		e, err := parseInetDiagMsg(msg, family)
-		if err != nil {
-			bad = err
-			return false
-		}
-		out = append(out, e)
-		return true
+	out, err := dumpSockets(nl.SOCK_DIAG_BY_FAMILY, r, func(msg []byte) (tcpEntry, error) {
+		return parseInetDiagMsg(msg, family)
 	})
-	if err == nil {
-		err = bad
-	}
 	if err != nil {
 		name := familyName(family)
 		if r.proto == unix.IPPROTO_UDP {
@@ -186,16 +173,28 @@ func (inetDiagReqCompat) Serialize() []byte {
 // diagTCPBoth is diagTCP of both families in one dump (TCPDIAG_GETSOCK).
 // An error (a kernel without it) sends the caller to the dumps per family.
 func diagTCPBoth() ([]tcpEntry, error) {
-	req := nl.NewNetlinkRequest(tcpDiagGetSock, unix.NLM_F_DUMP)
-	req.AddData(inetDiagReqCompat{})
+	out, err := dumpSockets(tcpDiagGetSock, inetDiagReqCompat{}, func(msg []byte) (tcpEntry, error) {
+		if len(msg) < 1 || msg[0] != unix.AF_INET && msg[0] != unix.AF_INET6 {
+			return tcpEntry{}, fmt.Errorf("socket of family %v", msg[:min(len(msg), 1)])
+		}
+		return parseInetDiagMsg(msg, msg[0])
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sock_diag tcp: %w", err)
+	}
+	return out, nil
+}
+
+// dumpSockets sends the sock_diag dump request data as a message of type
+// typ and reads each socket of the answer with parse; the first socket
+// parse refuses ends the dump with its error.
+func dumpSockets(typ uint16, data nl.NetlinkRequestData, parse func(msg []byte) (tcpEntry, error)) ([]tcpEntry, error) {
+	req := nl.NewNetlinkRequest(int(typ), unix.NLM_F_DUMP)
+	req.AddData(data)
 	var out []tcpEntry
 	var bad error
-	err := req.ExecuteIter(unix.NETLINK_SOCK_DIAG, tcpDiagGetSock, func(msg []byte) bool {
-		if len(msg) < 1 || msg[0] != unix.AF_INET && msg[0] != unix.AF_INET6 {
-			bad = fmt.Errorf("socket of family %v", msg[:min(len(msg), 1)])
-			return false
-		}
-		e, err := parseInetDiagMsg(msg, msg[0])
+	err := req.ExecuteIter(unix.NETLINK_SOCK_DIAG, typ, func(msg []byte) bool {
+		e, err := parse(msg)
 		if err != nil {
 			bad = err
 			return false
@@ -206,10 +205,7 @@ func diagTCPBoth() ([]tcpEntry, error) {
 	if err == nil {
 		err = bad
 	}
-	if err != nil {
-		return nil, fmt.Errorf("sock_diag tcp: %w", err)
-	}
-	return out, nil
+	return out, err
 }
 
 // tcpTable is kernelTCP with the dump and /proc given.
