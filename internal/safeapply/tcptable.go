@@ -142,10 +142,16 @@ func parseInetDiagMsg(msg []byte, family uint8) (tcpEntry, error) {
 // from /proc when the kernel cannot answer (no inet_diag): never less
 // than /proc would tell.
 func kernelTCP() (entries []tcpEntry, diag bool, err error) {
-	if e, err := diagTCPBoth(); err == nil {
+	return tcpTableBoth(diagTCPBoth, diagTCP, "/proc")
+}
+
+// tcpTableBoth is kernelTCP with the dumps and /proc given: the one dump
+// of both families, else tcpTable.
+func tcpTableBoth(both func() ([]tcpEntry, error), dump func(family uint8) ([]tcpEntry, error), procRoot string) (entries []tcpEntry, diag bool, err error) {
+	if e, err := both(); err == nil {
 		return e, true, nil
 	}
-	return tcpTable(diagTCP, "/proc")
+	return tcpTable(dump, procRoot)
 }
 
 // tcpDiagGetSock is TCPDIAG_GETSOCK, inet_diag's first request: the

@@ -353,6 +353,27 @@ func TestTCPTableFallback(t *testing.T) {
 	if _, _, err := tcpTable(noDiag, filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Fatal("no sock_diag and no /proc: no error")
 	}
+	// The one dump of both families refused (TCPDIAG_GETSOCK: a kernel
+	// without it, an interrupted dump): the dumps per family, and /proc
+	// when they fail too.
+	refused := func() ([]tcpEntry, error) { return nil, unix.EOPNOTSUPP }
+	one := tcpEntry{local: netip.MustParseAddrPort("[2001:db8::1]:22"), state: "0A", inode: "7"}
+	perFamily := func(family uint8) ([]tcpEntry, error) {
+		if family == unix.AF_INET6 {
+			return []tcpEntry{one}, nil
+		}
+		return nil, nil
+	}
+	if entries, diag, err := tcpTableBoth(refused, perFamily, root); err != nil || !diag || len(entries) != 1 || entries[0] != one {
+		t.Fatalf("TCPDIAG_GETSOCK refused: %v entries, diag %v, %v; want the dumps per family's", entries, diag, err)
+	}
+	if entries, diag, err := tcpTableBoth(refused, noDiag, root); err != nil || diag || len(entries) != 2 {
+		t.Fatalf("every dump refused: %v entries, diag %v, %v; want /proc's", entries, diag, err)
+	}
+	answered := func() ([]tcpEntry, error) { return []tcpEntry{one, one}, nil }
+	if entries, diag, err := tcpTableBoth(answered, noDiag, root); err != nil || !diag || len(entries) != 2 || entries[0] != one {
+		t.Fatalf("TCPDIAG_GETSOCK answered: %v entries, diag %v, %v; want its answer", entries, diag, err)
+	}
 	f := &sshFinder{procRoot: root, hintPorts: []uint16{22}, table: func() ([]tcpEntry, bool, error) {
 		return tcpTable(noDiag, filepath.Join(t.TempDir(), "missing"))
 	}}
