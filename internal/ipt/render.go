@@ -1,7 +1,9 @@
 // Package ipt renders a ruleset for iptables: moat's own chains (MOAT-INPUT,
 // MOAT-OUTPUT, MOAT-FORWARD) loaded with one iptables-restore --noflush and
-// one ip6tables-restore --noflush, and address sets loaded with ipset
-// restore. It works with both iptables-nft and iptables-legacy.
+// one ip6tables-restore --noflush (with iptables-nft's tools, written by
+// moat over netlink in one transaction instead: rulesnl.go), and address
+// sets loaded with ipset restore. It works with both iptables-nft and
+// iptables-legacy.
 package ipt
 
 import (
