@@ -1,7 +1,9 @@
 package safeapply
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -73,4 +75,39 @@ func FuzzParseStat(f *testing.F) {
 			t.Errorf("%q: %q %d %#x %v; strings.Fields: %q %d %#x %v", data, c1, p1, f1, ok1, c2, p2, f2, ok2)
 		}
 	})
+}
+
+// Processes whose names an attacker chose to look like the fields after
+// them (') R 1 2 3', a newline, parentheses, spaces), read from the
+// kernel's own /proc/PID/stat: the name is theirs, the parent is the
+// test, the kernel-thread flag is clear.
+func TestParseStatHostileNames(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep")
+	}
+	dir := t.TempDir()
+	for _, name := range []string{") R 1 2 3 4 5 6", ") S 0 0 0 0 -1 2097152", "a\nb) R 9 9 9", "((x)) (y", " ) ", "sshd) S 1"} {
+		link := filepath.Join(dir, strings.ReplaceAll(name, "/", "_"))
+		if err := os.Symlink(sleep, link); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(link, "10")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := name
+		if len(want) > 15 { // TASK_COMM_LEN
+			want = want[:15]
+		}
+		comm, ppid, flags, ok := parseStat(data)
+		if !ok || comm != want || ppid != os.Getpid() || flags&pfKthread != 0 {
+			t.Errorf("%q: comm %q, ppid %d (want %d), flags %#x, ok %v", data, comm, ppid, os.Getpid(), flags, ok)
+		}
+	}
 }
