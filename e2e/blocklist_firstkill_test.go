@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,12 +14,14 @@ import (
 
 // The FIRST 'moat blocklist update' of a url list, SIGKILLed after the
 // kernel took the list and its saved copy was written but before its
-// metadata was: the next reload dropped the list (no metadata of its
-// source vouched for the copy: "not fetched yet"), and the networks it
-// blocks came in until the next update. The kill is real: strace holds
-// every rename onto the list's metadata for a while (delay_enter), and
-// the test kills the update once the list's copy is in place. A copy in
-// place is loaded by the reload; then an update completes it.
+// final metadata was: the next reload dropped the list (no metadata of
+// its source vouched for the copy: "not fetched yet"), and the networks
+// it blocks came in until the next update. The kill is real: strace
+// holds every rename onto the list's metadata for a while (delay_enter),
+// and the test kills the update once that metadata vouches for the copy
+// as 'saving' and the kernel change is committed: it is then in the
+// delay of its final metadata's rename. A copy in place is loaded by the
+// reload; then an update completes it.
 func TestBlocklistFirstUpdateKilledBeforeMeta(t *testing.T) {
 	if _, err := exec.LookPath("strace"); err != nil {
 		t.Skip("strace not installed (scripts/setup.sh installs it)")
@@ -30,6 +33,12 @@ func TestBlocklistFirstUpdateKilledBeforeMeta(t *testing.T) {
 		list := filepath.Join(e.stateDir(), "blocklists", "drop.list")
 		meta := filepath.Join(e.stateDir(), "blocklists", "drop.json")
 
+		applied := filepath.Join(e.stateDir(), "applied.json")
+		intent := filepath.Join(e.stateDir(), "intent.json")
+		recBefore, err := os.ReadFile(applied)
+		if err != nil {
+			t.Fatal(err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		full := []string{"-f", "-qq", "-o", "/dev/null", "-P", meta,
@@ -45,29 +54,99 @@ func TestBlocklistFirstUpdateKilledBeforeMeta(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		// Once the metadata vouches for the copy as 'saving' and the
+		// kernel change is committed (its applied record written, its
+		// journal removed), the update is at its copy's write or in the
+		// delay of the rename of its final metadata.
 		for {
-			if _, err := os.Stat(list); err == nil {
-				// strace and the update at once (the update is in its
-				// rename's delay: its metadata is not written).
-				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			m, _ := os.ReadFile(meta)
+			rec, _ := os.ReadFile(applied)
+			_, ierr := os.Lstat(intent)
+			if strings.Contains(string(m), `"saving": "`) && len(rec) > 0 && string(rec) != string(recBefore) && errors.Is(ierr, os.ErrNotExist) {
 				break
 			}
 			if ctx.Err() != nil {
-				t.Fatal("the update never saved its list")
+				t.Fatal("the update never got past its kernel change")
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+		time.Sleep(300 * time.Millisecond) // the copy's write, in the delay
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		_ = cmd.Wait()
-		if data, err := os.ReadFile(meta); err == nil && strings.Contains(string(data), `"sha256": "`) && !strings.Contains(string(data), `"sha256": ""`) {
-			t.Fatalf("the kill came after the metadata: the test proves nothing\n%s", data)
+		if _, err := os.Stat(list); err != nil {
+			t.Fatalf("the killed update saved no list (%v): not the step this test is about", err)
+		}
+		if data, err := os.ReadFile(meta); err != nil || !strings.Contains(string(data), `"saving": "`) || !strings.Contains(string(data), `"sha256": ""`) {
+			t.Fatalf("the kill did not come between the list and its final metadata (%v): the test proves nothing\n%s", err, data)
 		}
 		e.expect(false, dropped...) // the kernel took it before the saves
 
-		out := e.mustMoat("reload")
+		out2 := e.mustMoat("reload")
 		e.expect(false, dropped...)
-		if !strings.Contains(out, "first update was interrupted") {
-			t.Errorf("the reload does not say the list's first update was interrupted:\n%s", out)
+		if !strings.Contains(out2, "first update was interrupted") {
+			t.Errorf("the reload does not say the list's first update was interrupted:\n%s", out2)
 		}
+		// An update completes it; nothing left to say after.
+		if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
+			t.Fatalf("update after the kill: %v\n%s", err, out)
+		}
+		if out := e.mustMoat("reload"); strings.Contains(out, "interrupted") || strings.Contains(out, "not fetched") {
+			t.Errorf("a reload after the completing update still warns:\n%s", out)
+		}
+		e.expect(false, dropped...)
+		e.expectStatusClean("status sees drift after the completed update")
+	})
+}
+
+// The FIRST 'moat blocklist update' of a url list, SIGKILLed after the
+// kernel took the list and before any of its copy was saved (strace
+// kills it at the removal of its apply's journal, which comes after the
+// kernel batch and before the saves): the next reload dropped the list
+// (no copy, "not fetched yet"), and the networks it blocks came in until
+// the next update. The copy of a first save is written before the kernel
+// changes, vouched for by its metadata's 'saving' checksum: the reload
+// loads it, says so, and an update completes it.
+func TestBlocklistFirstUpdateKilledAfterKernel(t *testing.T) {
+	if _, err := exec.LookPath("strace"); err != nil {
+		t.Skip("strace not installed (scripts/setup.sh installs it)")
+	}
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		ls := e.dropListServed("192.0.2.3/32\n2001:db8::3/128\n", "")
+		dropped := []string{"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client tcp 192.0.2.1:80 open"}
+		intent := filepath.Join(e.stateDir(), "intent.json")
+		meta := filepath.Join(e.stateDir(), "blocklists", "drop.json")
+
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		full := []string{"-f", "-qq", "-o", "/dev/null", "-P", intent, "-e", "trace=unlink,unlinkat",
+			"-e", "inject=unlink,unlinkat:error=EIO:signal=SIGKILL",
+			moatBin, "--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir(), "blocklist", "update"}
+		var out []byte
+		err := e.topo.Server.Do(func() error {
+			cmd := exec.CommandContext(ctx, "strace", full...)
+			cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+ls.caFile)
+			var err error
+			out, err = cmd.CombinedOutput()
+			return err
+		})
+		if err == nil {
+			t.Fatalf("the update was not killed at its journal's removal:\n%s", out)
+		}
+		if _, err := os.Lstat(intent); err != nil {
+			t.Fatalf("the killed update left no journal (%v): not the step this test is about\n%s", err, out)
+		}
+		if data, err := os.ReadFile(meta); err == nil && strings.Contains(string(data), `"sha256": "`) && !strings.Contains(string(data), `"sha256": ""`) {
+			t.Fatalf("the kill came after the metadata: the test proves nothing\n%s", data)
+		}
+		e.expect(false, dropped...) // the kernel took it
+
+		out2 := e.mustMoat("reload")
+		e.expect(false, dropped...)
+		if !strings.Contains(out2, "first update was interrupted") {
+			t.Errorf("the reload does not say the list's first update was interrupted:\n%s", out2)
+		}
+		e.expectStatusClean("status sees drift after the reload")
 		// An update completes it; nothing left to say after.
 		if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
 			t.Fatalf("update after the kill: %v\n%s", err, out)

@@ -72,7 +72,8 @@ type Meta struct {
 	// Saving is the checksum of a list being saved where no metadata
 	// vouched for a copy of this source yet (its first save): written
 	// before the list, it vouches for the list if the save is killed
-	// before the metadata that follows it (writeCacheData).
+	// before the metadata that follows it (writeCacheData; an update
+	// writes it before the kernel takes the list: SaveFirstBefore).
 	Saving string `json:"saving,omitempty"`
 }
 
@@ -188,7 +189,10 @@ func writeCacheData(stateDir string, m *Meta, l *List, data []byte) error {
 		return err
 	}
 	sum := sha256.Sum256(data)
-	if old, err := ReadMeta(stateDir, m.Name); err != nil || old.Where != m.Where || old.SHA256 == "" {
+	// The first save of a source, unless its metadata vouches for this
+	// list as Saving already (SaveFirstBefore wrote it).
+	old, err := ReadMeta(stateDir, m.Name)
+	if same := err == nil && old.Where == m.Where; !same || old.SHA256 == "" && old.Saving != hex.EncodeToString(sum[:]) {
 		pending := *m
 		pending.SHA256, pending.Saving = "", hex.EncodeToString(sum[:])
 		if err := WriteMeta(stateDir, pending); err != nil {
@@ -201,6 +205,30 @@ func writeCacheData(stateDir string, m *Meta, l *List, data []byte) error {
 	m.SHA256, m.Saving = hex.EncodeToString(sum[:]), ""
 	m.Networks, m.V4, m.V6 = len(l.V4)+len(l.V6), len(l.V4), len(l.V6)
 	return WriteMeta(stateDir, *m)
+}
+
+// vouched says whether metadata of m's source vouches for a saved copy
+// of it (a save that is not the source's first).
+func vouched(stateDir string, m *Meta) bool {
+	old, err := ReadMeta(stateDir, m.Name)
+	return err == nil && old.Where == m.Where && old.SHA256 != ""
+}
+
+// writePending writes m as metadata that vouches for data as Saving, then
+// data as the list's copy: a first save killed after it leaves a copy
+// that the next apply loads (and one killed before the list is in place
+// leaves a copy whose checksum is not Saving, which is not used).
+func writePending(stateDir string, m *Meta, data []byte) error {
+	sum := sha256.Sum256(data)
+	pending := *m
+	pending.SHA256, pending.Saving = "", hex.EncodeToString(sum[:])
+	if err := WriteMeta(stateDir, pending); err != nil {
+		return err
+	}
+	if err := statedir.WriteFile(listDir(stateDir), m.Name+".list", data); err != nil {
+		return fmt.Errorf("blocklist %s: %w", m.Name, err)
+	}
+	return nil
 }
 
 // Remove deletes a list's saved copy and metadata.

@@ -8,9 +8,11 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/statedir"
 	"github.com/moat-fw/moat/internal/termtext"
 )
 
@@ -393,4 +395,54 @@ func SaveResult(stateDir string, r *Result) error {
 		return writeCacheData(stateDir, &r.Meta, r.New, r.data)
 	}
 	return WriteCache(stateDir, &r.Meta, r.New)
+}
+
+// SaveFirstBefore writes the copy of a url list's first save (no
+// metadata of its source vouches for a copy yet) before the kernel takes
+// the update's list, vouched for by its metadata's Saving checksum: an
+// update killed after the kernel took the list and before SaveResult
+// left no copy, and the next apply loaded the list empty ("not fetched
+// yet"), letting in what it blocks until the next update. SaveResult
+// completes the save. undo puts the copy and metadata back as they were,
+// for an update whose kernel change is refused. Other results are saved
+// by SaveResult alone: an apply keeps the copy their metadata vouches
+// for, and a file list is read again.
+func SaveFirstBefore(stateDir string, r *Result) (undo func() error, err error) {
+	undo = func() error { return nil }
+	if r.NotModified || r.Meta.Source != string(policy.BlocklistURL) || vouched(stateDir, &r.Meta) {
+		return undo, nil
+	}
+	dir, name := listDir(stateDir), r.Name
+	oldMeta, merr := statedir.ReadFile(dir, name+".json")
+	oldList, lerr := statedir.ReadFile(dir, name+".list")
+	for _, err := range []error{merr, lerr} {
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return undo, fmt.Errorf("blocklist %s: %w", name, err)
+		}
+	}
+	data := r.data
+	if data == nil {
+		data = Canonical(name, r.New)
+	}
+	undo = func() error {
+		put := func(file string, data []byte, err error) error {
+			if err != nil {
+				return statedir.Remove(dir, file)
+			}
+			return statedir.WriteFile(dir, file, data)
+		}
+		// The metadata first: until the list is back, it vouches for
+		// nothing that is there.
+		if err := put(name+".json", oldMeta, merr); err != nil {
+			return fmt.Errorf("blocklist %s: %w", name, err)
+		}
+		if err := put(name+".list", oldList, lerr); err != nil {
+			return fmt.Errorf("blocklist %s: %w", name, err)
+		}
+		return nil
+	}
+	if err := writePending(stateDir, &r.Meta, data); err != nil {
+		return func() error { return nil }, errors.Join(err, undo())
+	}
+	return undo, nil
 }

@@ -1,8 +1,10 @@
 package blocklist
 
 import (
+	"maps"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +120,92 @@ func TestLoadURLListFirstSaveKilled(t *testing.T) {
 			}
 			if got, err := Load(state, bl, Protect{}, time.Now(), false); err != nil || len(got.Prefixes) != 1 || got.Warning != nil || got.Meta.Saving != "" {
 				t.Errorf("after the whole save: %v, %v, %v, saving %q", got.Prefixes, err, got.Warning, got.Meta.Saving)
+			}
+		})
+	}
+}
+
+// SaveFirstBefore writes a url list's first copy, vouched for as Saving,
+// before the kernel takes it: an update killed after the kernel batch
+// left no copy, and the next apply loaded the list empty. Its undo (the
+// kernel refused the change) puts back the files as they were, byte for
+// byte; SaveResult after it completes the save. A list that metadata of
+// its source vouches for already, an unchanged one and a file list are
+// left to SaveResult.
+func TestSaveFirstBefore(t *testing.T) {
+	bl := &policy.Blocklist{Name: "drop", Source: policy.BlocklistURL, URL: "https://lists.example/drop.txt"}
+	other := &List{V4: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}
+	newer := &List{V4: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}
+	files := func(state string) map[string]string {
+		got := map[string]string{}
+		for _, n := range []string{"drop.json", "drop.list"} {
+			if data, err := os.ReadFile(filepath.Join(listDir(state), n)); err == nil {
+				got[n] = string(data)
+			}
+		}
+		return got
+	}
+	for _, before := range []string{"none", "failed fetch", "other source", "interrupted first save"} {
+		t.Run(before, func(t *testing.T) {
+			state := t.TempDir()
+			switch before {
+			case "failed fetch":
+				if err := WriteMeta(state, Meta{Name: "drop", Source: "url", Where: bl.Where(), LastError: "server answered 500"}); err != nil {
+					t.Fatal(err)
+				}
+			case "other source":
+				m := Meta{Name: "drop", Source: "url", Where: "https://old.example/drop.txt"}
+				if err := WriteCache(state, &m, other); err != nil {
+					t.Fatal(err)
+				}
+			case "interrupted first save":
+				m := Meta{Name: "drop", Source: "url", Where: bl.Where()}
+				if err := writePending(state, &m, Canonical("drop", other)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			was := files(state)
+			r := &Result{Name: "drop", New: newer, Meta: Meta{Name: "drop", Source: "url", Where: bl.Where(), Updated: time.Now()}}
+			undo, err := SaveFirstBefore(state, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Killed after the kernel took it: the next apply loads it.
+			got, err := Load(state, bl, Protect{}, time.Now(), false)
+			if err != nil || len(got.Prefixes) != 1 || got.Prefixes[0] != newer.V4[0] || got.Warning == nil {
+				t.Errorf("killed after the kernel change: loaded %v (%v, warning %v), want %v with a warning", got.Prefixes, err, got.Warning, newer.V4)
+			}
+			// The kernel refused it: the files as they were.
+			if err := undo(); err != nil {
+				t.Fatal(err)
+			}
+			if now := files(state); !maps.Equal(now, was) {
+				t.Errorf("after the undo:\n%v\nwant\n%v", now, was)
+			}
+			// Taken: SaveResult completes the save, without Saving.
+			if _, err := SaveFirstBefore(state, r); err != nil {
+				t.Fatal(err)
+			}
+			if err := SaveResult(state, r); err != nil {
+				t.Fatal(err)
+			}
+			got, err = Load(state, bl, Protect{}, time.Now(), false)
+			if err != nil || len(got.Prefixes) != 1 || got.Prefixes[0] != newer.V4[0] || got.Warning != nil || got.Meta.Saving != "" || got.Meta.SHA256 == "" {
+				t.Errorf("after the whole save: %v, %v, %v, saving %q", got.Prefixes, err, got.Warning, got.Meta.Saving)
+			}
+			// Now vouched for: the next update's copy waits for SaveResult.
+			saved := files(state)
+			for _, r := range []*Result{
+				{Name: "drop", New: other, Meta: got.Meta},
+				{Name: "drop", New: newer, Meta: got.Meta, NotModified: true},
+				{Name: "drop", New: other, Meta: Meta{Name: "drop", Source: "file", Where: "/etc/moat/drop.list"}},
+			} {
+				if _, err := SaveFirstBefore(state, r); err != nil {
+					t.Fatal(err)
+				}
+				if now := files(state); !maps.Equal(now, saved) {
+					t.Errorf("%s (not modified %v) written before the kernel change", r.Meta.Where, r.NotModified)
+				}
 			}
 		})
 	}

@@ -449,9 +449,25 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		if err := statedir.WriteFile(a.stateDir, updatingMarker, []byte(strings.Join(order, "\n")+"\n")); err != nil {
 			return fmt.Errorf("blocklist update: %w", err)
 		}
+		// A url list's first copy is saved before the kernel takes it
+		// (vouched for as 'saving'): killed after the kernel batch, the
+		// update left no copy and the next apply dropped the list.
+		var undos []func() error
+		undo := func() error {
+			var errs []error
+			for _, u := range undos {
+				errs = append(errs, u())
+			}
+			return errors.Join(errs...)
+		}
 		lists := map[string][]netip.Prefix{}
 		for _, r := range results {
 			lists[r.Name] = prefixes[r.Name]
+			u, err := blocklist.SaveFirstBefore(a.stateDir, r)
+			if err != nil {
+				return fmt.Errorf("blocklist update: %w", errors.Join(err, undo()))
+			}
+			undos = append(undos, u)
 		}
 		start := time.Now()
 		err := a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
@@ -480,6 +496,9 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		})
 		if err != nil && !errors.Is(err, errFailClosed) {
 			// The kernel is as it was; so are the saved copies.
+			if uerr := undo(); uerr != nil {
+				a.log.Warn("blocklist update: the first copies saved before the kernel change", "err", uerr)
+			}
 			for _, r := range results {
 				if !r.NotModified {
 					report[r.Name].Outcome, report[r.Name].Message = "failed", "not loaded: "+err.Error()
