@@ -153,3 +153,32 @@ func TestIptablesKillDuringRuleChange(t *testing.T) {
 		"client tcp 192.0.2.1:443 timeout", "client tcp [2001:db8::1]:443 timeout", "client tcp 192.0.2.1:22 open")
 	e.expectStatusClean("after the kills and a run")
 }
+
+// A built-in chain replaced by hand with a regular chain of its name
+// (nft delete chain ip filter INPUT; nft add chain ip filter INPUT),
+// which no packet goes through: moat must not put its jump there and
+// call itself active. The change went over netlink, said nothing, and
+// the status was clean while IPv4 took every port; now it goes through
+// iptables-restore, which refuses the chain (as it did before the
+// netlink path): the command fails, and IPv6, whose INPUT is iptables'
+// own, still filters.
+func TestIptablesBuiltinReplacedByRegularChain(t *testing.T) {
+	e := onBackend(t, "iptables")
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp 192.0.2.1:8080 timeout", "client tcp [2001:db8::1]:8080 timeout")
+	e.run("server", "nft", "flush", "chain", "ip", "filter", "INPUT")
+	e.run("server", "nft", "delete", "chain", "ip", "filter", "INPUT")
+	e.run("server", "nft", "add", "chain", "ip", "filter", "INPUT")
+	for _, args := range [][]string{{"reload"}, {"allow", "80/tcp"}} {
+		if out, err := e.moat(args...); err == nil {
+			t.Errorf("moat %v over a regular chain INPUT succeeded:\n%s\n%s", args, out, e.run("server", "nft", "list", "table", "ip", "filter"))
+		}
+	}
+	if out := e.run("server", "nft", "list", "chain", "ip", "filter", "INPUT"); strings.Contains(out, "MOAT-INPUT") {
+		t.Errorf("moat's jump in a chain no packet goes through:\n%s", out)
+	}
+	if st, _ := e.moat("status"); !strings.Contains(st, "INPUT no longer jumps to MOAT-INPUT") {
+		t.Errorf("status does not say that IPv4's INPUT does not reach moat:\n%s", st)
+	}
+	e.expect(false, "client tcp [2001:db8::1]:8080 timeout", "client tcp [2001:db8::1]:22 open")
+}
