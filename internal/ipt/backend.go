@@ -1503,6 +1503,10 @@ func (b *Backend) destroySets(ctx context.Context, names []string) error {
 // destroySetsAfter destroys the ipsets names (the early lists first)
 // in one ipset restore after the lines first.
 func (b *Backend) destroySetsAfter(ctx context.Context, first string, names []string) error {
+	names, err := b.destroyCheckSets(ctx, names)
+	if err != nil {
+		return err
+	}
 	if len(names) == 0 && first == "" {
 		return nil
 	}

@@ -125,3 +125,34 @@ func (b *Backend) removeOwnCheckSets(ctx context.Context) error {
 	}
 	return nil
 }
+
+// destroyCheckSets destroys the throwaway sets of checks among names in
+// an ipset restore of their own, with -exist (a destroy of a set that is
+// not there passes), and gives the other names. A set listed a moment
+// before may be gone: its check ended and destroyed it (its owner then
+// gone, a command judging it after took it for a killed check's), or
+// another command destroyed a killed check's first; the destroy failed
+// and with it the command (a check, a disable, an apply whose rules had
+// switched). No early list of moat's holds a check's set.
+func (b *Backend) destroyCheckSets(ctx context.Context, names []string) ([]string, error) {
+	var checks, rest []string
+	for _, n := range names {
+		if strings.HasPrefix(n, checkPrefix) {
+			checks = append(checks, n)
+		} else {
+			rest = append(rest, n)
+		}
+	}
+	if len(checks) == 0 {
+		return names, nil
+	}
+	checks = earlyFirst(checks)
+	var s strings.Builder
+	for _, n := range checks {
+		fmt.Fprintf(&s, "destroy %s\n", n)
+	}
+	if _, err := b.Run(ctx, []byte(s.String()), "ipset", "-exist", "restore"); err != nil {
+		return rest, fmt.Errorf("remove the throwaway ipsets of checks %q: %w", checks, err)
+	}
+	return rest, nil
+}

@@ -3,7 +3,9 @@ package ipt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -82,7 +84,7 @@ func TestCheckCreateFailedRemovesItsSets(t *testing.T) {
 	host := &fakeHost{save: map[string]string{"iptables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", "ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"}}
 	var destroyed string
 	run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
-		if name == "ipset" && len(args) == 1 && args[0] == "restore" {
+		if name == "ipset" && slices.Contains(args, "restore") {
 			if strings.Contains(string(stdin), "create "+made) {
 				host.sets = made + "\n" // the first create went through
 				return nil, errors.New("ipset v7.17: Error in line 2: interrupted")
@@ -98,5 +100,55 @@ func TestCheckCreateFailedRemovesItsSets(t *testing.T) {
 	}
 	if !strings.Contains(destroyed, "destroy "+made+"\n") {
 		t.Errorf("the set the refused create made is not destroyed: %q", destroyed)
+	}
+}
+
+// A check's throwaway sets listed by another command a moment before
+// they went (their check ended and destroyed them, or another check
+// destroyed a killed one's first): that command's destroy of them, its
+// check's owner gone by then, failed ("The set with the given name does
+// not exist"), and with it the check, the disable, or an apply whose
+// rules had switched. They are destroyed tolerating their absence.
+func TestCheckSetsGoneMeanwhile(t *testing.T) {
+	empty := map[string]string{"iptables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", "ip6tables-save": "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"}
+	for _, cmd := range []string{"check", "disable"} {
+		t.Run(cmd, func(t *testing.T) {
+			gone := "moatchkzzzzz-1-0"
+			host := &fakeHost{save: empty, sets: gone + "\nmoatchkzzzzz-1-early4\nmoat-ban4\n"}
+			run := func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+				out, err := host.run(ctx, stdin, name, args...)
+				if name == "ipset" && len(args) > 0 && args[0] == "list" {
+					// Listed; destroyed right after by its owner.
+					host.sets = strings.ReplaceAll(host.sets, gone+"\n", "")
+				}
+				if name == "ipset" && !slices.Contains(args, "-exist") {
+					for i, l := range strings.Split(string(stdin), "\n") {
+						if n, ok := strings.CutPrefix(l, "destroy "); ok && !strings.Contains(host.sets, n+"\n") {
+							return nil, fmt.Errorf("ipset v7.17: Error in line %d: The set with the given name does not exist", i+1)
+						}
+					}
+				}
+				return out, err
+			}
+			b := &Backend{Run: run}
+			var err error
+			if cmd == "check" {
+				err = b.Check(context.Background(), goldenRuleset(t))
+			} else {
+				err = b.Remove(context.Background())
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", cmd, err)
+			}
+			var destroyed string
+			for _, c := range host.calls {
+				if c.args == "ipset -exist restore" || c.args == "ipset restore" {
+					destroyed += c.stdin
+				}
+			}
+			if !strings.Contains(destroyed, "destroy moatchkzzzzz-1-early4\n") {
+				t.Errorf("the killed check's set still there is not destroyed: %q", destroyed)
+			}
+		})
 	}
 }
