@@ -18,6 +18,9 @@ import (
 // files overriding earlier ones.
 type iniFile map[string]map[string]string
 
+// blanks are the white space of a line that fail2ban's files may hold.
+var blanks = strings.NewReplacer("\t", " ", "\f", " ", "\v", " ")
+
 // readINI merges one file into ini.
 func readINI(ini iniFile, data []byte) {
 	sec := ""
@@ -26,8 +29,9 @@ func readINI(ini iniFile, data []byte) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		// Values are quoted in notes (terminal, '# NOTE:' lines): control
-		// characters are dropped, a tab is a space.
-		raw := termtext.Printable(strings.ReplaceAll(sc.Text(), "\t", " "))
+		// characters are dropped; a tab, form feed or vertical tab is a
+		// space (Printable would write the last two as escapes).
+		raw := termtext.Printable(blanks.Replace(sc.Text()))
 		line := strings.TrimSpace(raw)
 		if line == "" || line[0] == '#' || line[0] == ';' {
 			continue

@@ -82,3 +82,15 @@ func FuzzParseTuples(f *testing.F) {
 		}
 	})
 }
+
+// Form feeds and vertical tabs in fail2ban's files (a page break, ^L, as
+// old editors write them) are blanks, as a tab is: when the notes' text
+// escaped them (\f) instead of dropping them, a section or key after one
+// on its line was no longer read.
+func TestFail2banFormFeedIsBlank(t *testing.T) {
+	ini := iniFile{}
+	readINI(ini, []byte("\f\n\f[sshd]\n\venabled = true\nport\f= 2222\n"))
+	if got := ini["sshd"]; got["enabled"] != "true" || got["port"] != "2222" {
+		t.Errorf("read %v", ini)
+	}
+}
