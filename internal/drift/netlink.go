@@ -66,7 +66,13 @@ func ReadNftLoadedReusing(loaded func(set string) (string, bool), known func(cha
 	if err != nil {
 		return nil, fmt.Errorf("read moat's nftables sets: %w", err)
 	}
+	// anon: the table's anonymous sets (a rule's port list, ICMP types),
+	// their elements read when a rule read looks one up (anonElems).
+	anon := map[string]string{}
 	for _, s := range sets {
+		if s.Anonymous {
+			anon[s.Name] = ""
+		}
 		// Policy sets only: not bans, not rate-limit state.
 		if !s.Interval || s.HasTimeout || s.Dynamic || s.Anonymous {
 			continue
@@ -113,7 +119,10 @@ func ReadNftLoadedReusing(loaded func(set string) (string, bool), known func(cha
 			return nil, fmt.Errorf("read moat's nftables chain %s: %w", ch.Name, err)
 		}
 		for _, r := range rules {
-			rule := Rule{Tag: ruleset.OriginID(nft.RuleComment(r.UserData)), Body: exprBody(r.Exprs)}
+			if err := anonElems(anon, r.Exprs); err != nil {
+				return nil, fmt.Errorf("read moat's nftables chain %s: %w", ch.Name, err)
+			}
+			rule := Rule{Tag: ruleset.OriginID(nft.RuleComment(r.UserData)), Body: exprBody(r.Exprs, anon)}
 			for _, e := range r.Exprs {
 				if v := verdictOf(e); v != "" {
 					rule.Verdict = v
@@ -212,10 +221,42 @@ func verdictOf(e expr.Any) string {
 	return ""
 }
 
+// anonElems reads the elements of the anonymous sets exprs look up into
+// anon (by set name, for exprBody), each set once.
+func anonElems(anon map[string]string, exprs []expr.Any) error {
+	for _, e := range exprs {
+		l, ok := e.(*expr.Lookup)
+		if !ok {
+			continue
+		}
+		if text, isAnon := anon[l.SetName]; !isAnon || text != "" {
+			continue
+		}
+		els, err := nft.DumpElements(l.SetName)
+		if err != nil {
+			return err
+		}
+		keys := make([]string, 0, len(els))
+		for _, el := range els {
+			k := fmt.Sprintf("%x", el.Key)
+			if el.End {
+				k += "/end"
+			}
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		anon[l.SetName] = "{" + strings.Join(keys, ",") + "}"
+	}
+	return nil
+}
+
 // exprBody is what a rule matches and does, comparable between two kernels
 // (network namespaces): its expressions as JSON, without counters and
-// without the set IDs the kernel hands out (set names stay).
-func exprBody(exprs []expr.Any) string {
+// without the set IDs the kernel hands out (set names stay). A lookup in
+// an anonymous set (anon: their elements by name, anonElems) carries the
+// set's elements: the set is the rule's own (a port list), and a rule
+// replaced by hand with another list differs in nothing else.
+func exprBody(exprs []expr.Any, anon map[string]string) string {
 	var out []any
 	for _, e := range exprs {
 		switch x := e.(type) {
@@ -224,8 +265,13 @@ func exprBody(exprs []expr.Any) string {
 		case *expr.Lookup:
 			c := *x
 			c.SetID = 0
+			elems, isAnon := anon[c.SetName]
 			if strings.HasPrefix(c.SetName, "__set") {
 				c.SetName = "__set" // anonymous sets are numbered per table, in creation order
+			}
+			if isAnon {
+				out = append(out, map[string]any{"lookup": c, "elements": elems})
+				continue
 			}
 			out = append(out, map[string]any{"lookup": c})
 		case *expr.Dynset:
