@@ -3,9 +3,12 @@ package ipt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/labtest"
@@ -533,5 +536,72 @@ func TestKernelRulesNetlinkBuiltinNotBase(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+// A transaction whose answer is lost (ENOBUFS: committed or not, whole)
+// makes Apply start again from a new read, through iptables-restore:
+// committed, that read finds the change made and nothing is restored;
+// not committed, the restores make it. Either way the rules and the
+// record are the new ones in both families, and LastApply does not
+// vouch for the lost transaction (it starts at the generation after).
+func TestKernelRulesNetlinkAckLost(t *testing.T) {
+	ns := labtest.NS(t, "moatrulesack")
+	ctx := context.Background()
+	progs := map[string]int{}
+	b := countingBackend(t, progs)
+	head := "default deny incoming\nallow 22/tcp\n"
+	oldSend := sendRules
+	t.Cleanup(func() { sendRules = oldSend })
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here")
+		}
+		if err := b.Apply(ctx, compile(t, head)); err != nil {
+			t.Fatal(err)
+		}
+		for i, committed := range []bool{true, false} {
+			sent := 0
+			var g0 uint32
+			sendRules = func(txn *rulesTxn, gen uint32) error {
+				sent++
+				g0 = gen
+				if committed {
+					if err := oldSend(txn, gen); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return fmt.Errorf("nftables: transaction's acks lost, committed or not: %w", unix.ENOBUFS)
+			}
+			clear(progs)
+			rs := compile(t, head+"allow "+string(rune('5'+i))+"000/tcp\n")
+			if err := b.Apply(ctx, rs); err != nil {
+				t.Fatalf("committed %v: %v", committed, err)
+			}
+			restores := progs["iptables-restore"] + progs["ip6tables-restore"]
+			if sent != 1 || committed != (restores == 0) {
+				t.Errorf("committed %v: %d sent, then %v", committed, sent, progs)
+			}
+			before, _, _, _ := b.LastApply()
+			if committed && before == g0 {
+				t.Errorf("committed %v: LastApply starts at %d, the generation the lost transaction was sent at", committed, before)
+			}
+			names := SetNames(rs)
+			gen := generation(rs, names, contentsOf(rs, names))
+			st, err := (&Backend{Run: execrun.Exec}).readChains(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.gen[policy.FamilyV4] != gen || st.gen[policy.FamilyV6] != gen || splitOf(st) != "" {
+				t.Errorf("committed %v: MOAT-GEN reads %q %q, want %q (%s)", committed, st.gen[policy.FamilyV4], st.gen[policy.FamilyV6], gen, splitOf(st))
+			}
+			if jumps := strings.Count(strings.Join(moatLines(t, ctx)[policy.FamilyV4], "\n"), "-j MOAT-INPUT"); jumps != 1 {
+				t.Errorf("committed %v: %d jumps into MOAT-INPUT", committed, jumps)
+			}
+		}
+		return b.Remove(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
