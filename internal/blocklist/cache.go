@@ -193,13 +193,10 @@ func writeCacheData(stateDir string, m *Meta, l *List, data []byte) error {
 	// list as Saving already (SaveFirstBefore wrote it).
 	old, err := ReadMeta(stateDir, m.Name)
 	if same := err == nil && old.Where == m.Where; !same || old.SHA256 == "" && old.Saving != hex.EncodeToString(sum[:]) {
-		pending := *m
-		pending.SHA256, pending.Saving = "", hex.EncodeToString(sum[:])
-		if err := WriteMeta(stateDir, pending); err != nil {
+		if err := writePending(stateDir, m, data); err != nil {
 			return err
 		}
-	}
-	if err := statedir.WriteFile(listDir(stateDir), m.Name+".list", data); err != nil {
+	} else if err := statedir.WriteFile(listDir(stateDir), m.Name+".list", data); err != nil {
 		return fmt.Errorf("blocklist %s: %w", m.Name, err)
 	}
 	m.SHA256, m.Saving = hex.EncodeToString(sum[:]), ""
