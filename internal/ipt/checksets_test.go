@@ -1,10 +1,13 @@
 package ipt
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -150,5 +153,44 @@ func TestCheckSetsGoneMeanwhile(t *testing.T) {
 				t.Errorf("the killed check's set still there is not destroyed: %q", destroyed)
 			}
 		})
+	}
+}
+
+// procStart reads the start time of a process whose name (its
+// program's file name, any user's to choose) holds spaces and
+// parentheses and looks like the fields after it (a zombie's state,
+// other numbers): its own start time, and alive. A name ending at the
+// first ')' would read the fake fields: a live check taken for ended,
+// its sets destroyed under it.
+func TestProcStartHostileName(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	for _, name := range []string{") Z 1 2 3 4 5", "a (b) X 7 7 7", ")) 9 9 9 9 9 9", "x\n) Z 0"} {
+		prog := filepath.Join(dir, name)
+		if err := os.Symlink(sleep, prog); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(prog, "30")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pid := cmd.Process.Pid
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if !strings.Contains(string(data), "("+name) {
+			t.Errorf("the process is not named %q: %q", name, data)
+		}
+		fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+		want, _ := strconv.ParseUint(fields[19], 10, 64)
+		if got, ok := procStart(pid); !ok || got != want {
+			t.Errorf("named %q (%q): start %d, alive %v; want %d, alive", name, data, got, ok, want)
+		}
+		if set := checkPrefix + strconv.FormatInt(int64(pid), 36) + "-" + strconv.FormatUint(want, 36) + "-0"; !checkSetLive(set) {
+			t.Errorf("named %q: its set %s taken for a killed check's", name, set)
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 	}
 }
