@@ -62,15 +62,7 @@ func TestKernelTCPTableManySockets(t *testing.T) {
 		if err != nil || !viaDiag {
 			return fmt.Errorf("the dumps per family: %v (sock_diag %v)", err, viaDiag)
 		}
-		full := func(es []tcpEntry) []string {
-			out := make([]string, 0, len(es))
-			for _, e := range es {
-				out = append(out, fmt.Sprintf("%+v", e))
-			}
-			slices.Sort(out)
-			return out
-		}
-		a, b := full(both), full(perFam)
+		a, b := entryTexts(both), entryTexts(perFam)
 		if want := 2*perFamily + 1 + 2*200; len(a) != want {
 			t.Errorf("one dump: %d sockets, want %d", len(a), want)
 		}

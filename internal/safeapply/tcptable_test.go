@@ -202,15 +202,7 @@ func TestKernelTCPTable(t *testing.T) {
 		if err != nil || !viaDiag {
 			return fmt.Errorf("the dumps per family: %v (sock_diag %v)", err, viaDiag)
 		}
-		full := func(es []tcpEntry) []string {
-			var out []string
-			for _, e := range es {
-				out = append(out, fmt.Sprintf("%+v", e))
-			}
-			slices.Sort(out)
-			return out
-		}
-		if a, b := full(both), full(perFamily); !slices.Equal(a, b) || len(a) == 0 {
+		if a, b := entryTexts(both), entryTexts(perFamily); !slices.Equal(a, b) || len(a) == 0 {
 			t.Errorf("one dump of both families:\n%s\nthe dumps per family:\n%s", strings.Join(a, "\n"), strings.Join(b, "\n"))
 		}
 		return nil
@@ -385,4 +377,14 @@ func TestTCPTableFallback(t *testing.T) {
 	if err != nil || len(st.Sessions) != 1 {
 		t.Fatalf("FindSSH from /proc: %+v, %v", st, err)
 	}
+}
+
+// entryTexts is each entry with every field, sorted: dumps to compare.
+func entryTexts(es []tcpEntry) []string {
+	out := make([]string, 0, len(es))
+	for _, e := range es {
+		out = append(out, fmt.Sprintf("%+v", e))
+	}
+	slices.Sort(out)
+	return out
 }
