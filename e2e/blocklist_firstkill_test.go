@@ -158,3 +158,30 @@ func TestBlocklistFirstUpdateKilledAfterKernel(t *testing.T) {
 		e.expectStatusClean("status sees drift after the completed update")
 	})
 }
+
+// A url list's first copy, saved before the kernel takes it, is saved
+// under moat's lock after the drift check that runs first: saved before,
+// the full comparison (no fingerprint to vouch for the kernel) compared
+// the kernel without the list with a copy holding it, and said moat's
+// rules were changed outside moat, of the update's own copy. Both
+// backends; status clean after.
+func TestBlocklistFirstUpdateNoFalseDrift(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		ls := e.dropListServed("192.0.2.3/32\n2001:db8::3/128\n", "")
+		for _, f := range []string{"kernel-fingerprint.json", "kernel-chains"} {
+			if err := os.Remove(filepath.Join(e.stateDir(), f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+		}
+		out, err := e.moatTLS(ls, "blocklist", "update")
+		if err != nil || !strings.Contains(out, "drop: 2 networks (+2 -0)") {
+			t.Fatalf("first update: %v\n%s", err, out)
+		}
+		if strings.Contains(out, "outside moat") {
+			t.Errorf("the first update took its own copy for a change outside moat:\n%s", out)
+		}
+		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client tcp 192.0.2.1:80 open")
+		e.expectStatusClean("status after the first update")
+	})
+}

@@ -449,25 +449,9 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		if err := statedir.WriteFile(a.stateDir, updatingMarker, []byte(strings.Join(order, "\n")+"\n")); err != nil {
 			return fmt.Errorf("blocklist update: %w", err)
 		}
-		// A url list's first copy is saved before the kernel takes it
-		// (vouched for as 'saving'): killed after the kernel batch, the
-		// update left no copy and the next apply dropped the list.
-		var undos []func() error
-		undo := func() error {
-			var errs []error
-			for _, u := range undos {
-				errs = append(errs, u())
-			}
-			return errors.Join(errs...)
-		}
 		lists := map[string][]netip.Prefix{}
 		for _, r := range results {
 			lists[r.Name] = prefixes[r.Name]
-			u, err := blocklist.SaveFirstBefore(a.stateDir, r)
-			if err != nil {
-				return fmt.Errorf("blocklist update: %w", errors.Join(err, undo()))
-			}
-			undos = append(undos, u)
 		}
 		start := time.Now()
 		err := a.locked(cmd, func(ctx context.Context, eng *engine.Engine) error {
@@ -476,8 +460,32 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 			if err := blocklist.RemoveLeftTemps(a.stateDir); err != nil {
 				a.log.Warn("files left by an interrupted blocklist update", "err", err)
 			}
+			// A url list's first copy is saved before the kernel takes
+			// it (vouched for as 'saving'): killed after the kernel
+			// batch, the update left no copy and the next apply dropped
+			// the list. Under moat's lock: no apply reads it before the
+			// kernel change, or after a refused one until it is undone.
+			var undos []func() error
+			undo := func() error {
+				var errs []error
+				for _, u := range undos {
+					errs = append(errs, u())
+				}
+				return errors.Join(errs...)
+			}
+			for _, r := range results {
+				u, err := blocklist.SaveFirstBefore(a.stateDir, r)
+				if err != nil {
+					return errors.Join(err, undo())
+				}
+				undos = append(undos, u)
+			}
 			res, err := eng.Refresh(ctx, a.change(cmd), lists, pre)
 			if err != nil {
+				// The kernel is as it was: so are the copies.
+				if uerr := undo(); uerr != nil {
+					a.log.Warn("blocklist update: the first copies saved before the kernel change", "err", uerr)
+				}
 				return err
 			}
 			switch {
@@ -496,9 +504,6 @@ func (a *app) blocklistUpdate(cmd *cobra.Command, args []string, due bool, f *bl
 		})
 		if err != nil && !errors.Is(err, errFailClosed) {
 			// The kernel is as it was; so are the saved copies.
-			if uerr := undo(); uerr != nil {
-				a.log.Warn("blocklist update: the first copies saved before the kernel change", "err", uerr)
-			}
 			for _, r := range results {
 				if !r.NotModified {
 					report[r.Name].Outcome, report[r.Name].Message = "failed", "not loaded: "+err.Error()
