@@ -1,7 +1,6 @@
 package ipt
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -9,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/moat-fw/moat/internal/procstat"
 )
 
 // A check's throwaway ipsets are named checkPrefix, the checking
@@ -42,19 +43,9 @@ func procStart(pid int) (uint64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	// The command name (field 2) is in parentheses and may hold any
-	// byte: the fields after it follow the last ')'.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, false
-	}
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
-		// A zombie has ended: nobody reaps it where init does not.
-		return 0, false
-	}
-	start, err := strconv.ParseUint(f[19], 10, 64) // field 22: f[0] is field 3
-	return start, err == nil
+	state, start, ok := procstat.Start(data)
+	// A zombie has ended: nobody reaps it where init does not.
+	return start, ok && state != "Z" && state != "X"
 }
 
 // checkSetLive says whether a check's throwaway set belongs to a check

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/procstat"
 )
 
 // Session is a live SSH connection: Client is the admin's end (no zone).
@@ -868,16 +869,8 @@ func readStartTime(dir string) (time.Duration, bool) {
 	if err != nil {
 		return 0, false
 	}
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, false
-	}
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 20 {
-		return 0, false
-	}
-	ticks, err := strconv.ParseUint(f[19], 10, 63)
-	if err != nil || ticks > uint64(math.MaxInt64/int64(clockTick)) {
+	_, ticks, ok := procstat.Start(data)
+	if !ok || ticks > uint64(math.MaxInt64/int64(clockTick)) {
 		return 0, false
 	}
 	return time.Duration(ticks) * clockTick, true
