@@ -147,6 +147,9 @@ func TestBlocklistFirstUpdateKilledAfterKernel(t *testing.T) {
 			t.Errorf("the reload does not say the list's first update was interrupted:\n%s", out2)
 		}
 		e.expectStatusClean("status sees drift after the reload")
+		if l := e.mustMoat("blocklist", "list"); !strings.Contains(l, "first update was interrupted") || !strings.Contains(strings.Join(strings.Fields(l), " "), "drop 2 ") {
+			t.Errorf("blocklist list after the killed first update:\n%s", l)
+		}
 		// An update completes it; nothing left to say after.
 		if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
 			t.Fatalf("update after the kill: %v\n%s", err, out)

@@ -193,7 +193,7 @@ func writeCacheData(stateDir string, m *Meta, l *List, data []byte) error {
 	// list as Saving already (SaveFirstBefore wrote it).
 	old, err := ReadMeta(stateDir, m.Name)
 	if same := err == nil && old.Where == m.Where; !same || old.SHA256 == "" && old.Saving != hex.EncodeToString(sum[:]) {
-		if err := writePending(stateDir, m, data); err != nil {
+		if err := writePending(stateDir, m, l, data); err != nil {
 			return err
 		}
 	} else if err := statedir.WriteFile(listDir(stateDir), m.Name+".list", data); err != nil {
@@ -211,14 +211,16 @@ func vouched(stateDir string, m *Meta) bool {
 	return err == nil && old.Where == m.Where && old.SHA256 != ""
 }
 
-// writePending writes m as metadata that vouches for data as Saving, then
+// writePending writes m as metadata that vouches for data (l's canonical
+// form) as Saving, with l's counts ('blocklist list' shows them), then
 // data as the list's copy: a first save killed after it leaves a copy
 // that the next apply loads (and one killed before the list is in place
 // leaves a copy whose checksum is not Saving, which is not used).
-func writePending(stateDir string, m *Meta, data []byte) error {
+func writePending(stateDir string, m *Meta, l *List, data []byte) error {
 	sum := sha256.Sum256(data)
 	pending := *m
 	pending.SHA256, pending.Saving = "", hex.EncodeToString(sum[:])
+	pending.Networks, pending.V4, pending.V6 = len(l.V4)+len(l.V6), len(l.V4), len(l.V6)
 	if err := WriteMeta(stateDir, pending); err != nil {
 		return err
 	}

@@ -441,7 +441,7 @@ func SaveFirstBefore(stateDir string, r *Result) (undo func() error, err error) 
 		}
 		return nil
 	}
-	if err := writePending(stateDir, &r.Meta, data); err != nil {
+	if err := writePending(stateDir, &r.Meta, r.New, data); err != nil {
 		return func() error { return nil }, errors.Join(err, undo())
 	}
 	return undo, nil

@@ -160,7 +160,7 @@ func TestSaveFirstBefore(t *testing.T) {
 				}
 			case "interrupted first save":
 				m := Meta{Name: "drop", Source: "url", Where: bl.Where()}
-				if err := writePending(state, &m, Canonical("drop", other)); err != nil {
+				if err := writePending(state, &m, other, Canonical("drop", other)); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -95,6 +95,12 @@ func blocklistStatus(p *policy.Policy, stateDir string, now time.Time) []blockli
 		switch {
 		case err != nil:
 			info.LastError = err.Error()
+		case m.Where == bl.Where() && m.SHA256 == "" && m.Saving != "":
+			// Its first save was killed before its metadata: an apply
+			// loads the copy (blocklist.Load), which is in force.
+			info.Networks, info.IPv4, info.IPv6 = m.Networks, m.V4, m.V6
+			info.Updated, info.Checked = m.Updated, m.Checked
+			info.LastError = "its first update was interrupted before its metadata was saved: 'moat blocklist update " + bl.Name + "' completes it"
 		case m.Where != bl.Where() || m.SHA256 == "":
 			info.LastError = "not loaded yet"
 			if bl.Source == policy.BlocklistURL {

@@ -65,3 +65,24 @@ func TestBanReasonOnOneLine(t *testing.T) {
 		}
 	}
 }
+
+// A url list whose first update was killed after its copy was saved but
+// before its metadata (the copy vouched for as 'saving'): an apply loads
+// it, and 'blocklist list' showed it as "not fetched yet", 0 networks. It
+// shows the copy's networks and says what is left to do.
+func TestBlocklistListFirstSaveInterrupted(t *testing.T) {
+	const url = "https://lists.example/drop.txt"
+	setup := func(stateDir string) {
+		m := blocklist.Meta{Name: "drop", Source: "url", Where: url, Saving: "00", Networks: 3, V4: 2, V6: 1}
+		if err := blocklist.WriteMeta(stateDir, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errOut, _ := runHostile(t, "allow 22/tcp\nblocklist drop url "+url+"\n", setup, "blocklist", "list")
+	if !strings.Contains(strings.Join(strings.Fields(string(out)), " "), "drop 3 never never "+url) {
+		t.Errorf("the saved copy's networks are not shown:\n%s%s", out, errOut)
+	}
+	if bytes.Contains(out, []byte("not fetched")) || !bytes.Contains(out, []byte("first update was interrupted")) {
+		t.Errorf("blocklist list of a first save killed before its metadata:\n%s%s", out, errOut)
+	}
+}
