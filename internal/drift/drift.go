@@ -75,6 +75,10 @@ type Layout struct {
 	// Hidden are rules of moat's iptables-nft chains holding nftables
 	// expressions iptables-save does not show (ipt.HiddenRules).
 	Hidden []string
+	// Odd describes chains of iptables-nft's tables under names
+	// iptables-save cannot print (ipt.OddChains): the text of the
+	// tables is not read then, and the layout holds nothing else.
+	Odd []string
 }
 
 func newLayout() *Layout {
@@ -412,6 +416,9 @@ func iptLine(l *Layout, fam, line string, body bool) {
 // Compare lists how got (the kernel) differs from want (what moat loaded),
 // in words, most telling first; nil when they agree.
 func Compare(want, got *Layout) []string {
+	if len(got.Odd) > 0 {
+		return slices.Clone(got.Odd)
+	}
 	var out []string
 	if got.Dormant && !want.Dormant {
 		out = append(out, "a table holding moat's rules was made dormant: none of its chains filters")
@@ -599,6 +606,9 @@ func short(items []string) string {
 // chain): the policy lines whose rules are gone from the kernel.
 func Missing(want, got *Layout) map[string]bool {
 	out := map[string]bool{}
+	if len(got.Odd) > 0 {
+		return out // not read
+	}
 	for name, w := range want.Chains {
 		have := map[string]int{}
 		if g := got.Chains[name]; g != nil {

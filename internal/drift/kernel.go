@@ -41,6 +41,14 @@ func Read(ctx context.Context, backend string, run execrun.Runner, want *Layout)
 			d, err := nft.DormantTables(nft.XtablesTables)
 			dormant = err == nil && len(d) > 0
 			hidden, _ = ipt.HiddenRules()
+			// A chain whose name iptables-save cannot print writes
+			// lines of its own into the text: the chains are not read
+			// from it while one is there.
+			if odd, err := ipt.OddChains(); err == nil && len(odd) > 0 {
+				l := newLayout()
+				l.Odd = ipt.OddChainsDrift(odd)
+				return l, nil
+			}
 		}
 		v4, err := run(ctx, nil, "iptables-save") // filter and raw: every table
 		if err == nil {

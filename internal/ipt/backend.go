@@ -230,19 +230,24 @@ func (st *state) heldBy(name string) string {
 	return h4
 }
 
+// read is the read for a change: chains iptables-save cannot print are
+// removed first (checkOddChains).
 func (b *Backend) read(ctx context.Context) (*state, error) {
-	return b.readState(ctx, true)
+	return b.readState(ctx, true, true)
 }
 
 // readRules is read without the ipsets present (st.sets stays empty):
 // for what needs only the chains (the fingerprint, Split), one process
 // less.
 func (b *Backend) readRules(ctx context.Context) (*state, error) {
-	return b.readState(ctx, false)
+	return b.readState(ctx, false, false)
 }
 
-func (b *Backend) readState(ctx context.Context, withSets bool) (*state, error) {
-	st, err := b.readChains(ctx)
+// readState reads moat's chains, with withSets the ipsets present too;
+// with repair, chains iptables-save cannot print are removed first, else
+// they fail the read (checkOddChains).
+func (b *Backend) readState(ctx context.Context, withSets, repair bool) (*state, error) {
+	st, err := b.readChainsOdd(ctx, repair)
 	if err != nil {
 		return nil, err
 	}
@@ -266,7 +271,11 @@ func (b *Backend) readState(ctx context.Context, withSets bool) (*state, error) 
 // says that nothing was committed since (iptables-nft: every change to
 // a chain is an nf_tables transaction). A command read them twice
 // before: for the drift check's fingerprint, then for its plan.
-func (b *Backend) readChains(ctx context.Context) (*state, error) {
+func (b *Backend) readChains(ctx context.Context) (*state, error) { return b.readChainsOdd(ctx, false) }
+
+// readChainsOdd is readChains; with repair, chains iptables-save cannot
+// print are removed first, else they fail the read (checkOddChains).
+func (b *Backend) readChainsOdd(ctx context.Context, repair bool) (*state, error) {
 	track := b.InNftables()
 	var g0 uint32
 	if track {
@@ -282,6 +291,15 @@ func (b *Backend) readChains(ctx context.Context) (*state, error) {
 				return st, nil
 			}
 			g0 = g
+		}
+	}
+	// A cached read was taken at a generation without chains
+	// iptables-save cannot print (checked below at that generation).
+	if removed, err := b.checkOddChains(repair); err != nil {
+		return nil, err
+	} else if removed && track {
+		if g0, err = nftGeneration(); err != nil {
+			track = false
 		}
 	}
 	st := &state{jumps: map[policy.Family]map[string]Jump{}, has: map[policy.Family]map[string]bool{},
@@ -434,7 +452,8 @@ const checkPrefix = "moatchk"
 // throwaway names first (the set match needs them in the kernel) and
 // destroyed afterwards.
 func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
-	st, err := b.read(ctx)
+	st, err := b.readState(ctx, true, false) // a check changes nothing
+
 	if err != nil {
 		return err
 	}
@@ -1528,6 +1547,9 @@ func (b *Backend) Active(ctx context.Context) (bool, error) {
 		if ok, err := chainsOverNetlink(); err == nil {
 			return ok, nil
 		}
+	}
+	if _, err := b.checkOddChains(false); err != nil {
+		return false, err
 	}
 	for _, f := range families {
 		out, err := b.Run(ctx, nil, f.save, "-t", "filter")

@@ -181,9 +181,14 @@ func readChainsNetlink(ctx context.Context, c *netlink.Conn, w io.Writer) (nlCha
 			slices.Sort(names)
 			fmt.Fprintf(w, "*%s\n", t)
 			for _, n := range names {
-				if strings.HasPrefix(n, "MOAT-") {
+				switch {
+				case strings.HasPrefix(n, "MOAT-"):
 					out.any = true
 					fmt.Fprintf(w, ":%s\n", n)
+				case oddChainName(n):
+					// Not moat's, but it forges iptables-save's text
+					// (oddchains.go): seen as drift.
+					fmt.Fprintf(w, "!odd %q\n", n)
 				}
 				for _, r := range byChain[n] {
 					r.hash(w)
@@ -317,9 +322,11 @@ func (r nlRule) setIndexes(into map[uint16]bool) {
 	}
 }
 
-// moatChains lists the names of moat's chains of one family by table.
+// moatChains lists the names of moat's chains of one family by table,
+// and those of chains under names iptables-save cannot print
+// (oddChainName).
 func moatChains(ctx context.Context, c *netlink.Conn, proto uint8) (map[string][]string, error) {
-	return chainsOf(ctx, c, proto, func(name string) bool { return strings.HasPrefix(name, "MOAT-") })
+	return chainsOf(ctx, c, proto, func(name string) bool { return strings.HasPrefix(name, "MOAT-") || oddChainName(name) })
 }
 
 // chainsOf lists the names of the chains of one family's tables moat

@@ -67,6 +67,11 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 		}
 		out.Write(data)
 	}
+	// The read above removed them, or took a read of a generation
+	// without them: one made since would write lines into the text.
+	if _, err := b.checkOddChains(true); err != nil {
+		return nil, err
+	}
 	for _, f := range families {
 		data, err := b.Run(ctx, nil, f.save)
 		if err == nil {
