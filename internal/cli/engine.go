@@ -112,11 +112,70 @@ func (a *app) locked(cmd *cobra.Command, fn func(ctx context.Context, eng *engin
 		return fn(ctx, eng)
 	}
 	before, clean := a.repairDrift(ctx)
-	if err := fn(ctx, eng); err != nil {
-		return err
+	for try := 1; ; try++ {
+		a.setChecked(before)
+		err := fn(ctx, eng)
+		a.setChecked(appliedState{})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, nft.ErrChangedSinceCheck) {
+			return err
+		}
+		if try >= recheckTries {
+			return fmt.Errorf("%w, again and again (%d times): nothing was changed; run the command again", err, try)
+		}
+		// Another program committed after the drift check (nothing
+		// of this command was): moat's rules are checked again, and
+		// the command either goes on (the change was not to moat's
+		// rules: a ban, another table) or reports the drift as at its
+		// start. The guard's bans, which move the generation too,
+		// wait from the last tries on.
+		a.log.Debug("the ruleset changed after moat's rules were checked: checking them again", "try", try)
+		if try == recheckTries-recheckHoldingBans {
+			fmt.Fprintf(a.errOut, "moat: the nftables ruleset kept changing while this command ran: checking moat's rules again with the guard's bans held\n")
+			unlockBans := eng.HoldBans(ctx)
+			defer unlockBans()
+		}
+		before, clean = a.repairDrift(ctx)
 	}
 	a.afterChange(ctx, before, clean)
 	return nil
+}
+
+// recheckTries bounds the runs of a command whose change was refused
+// because the ruleset changed after moat's rules were checked; the last
+// recheckHoldingBans of them hold the bans lock (the guard's bans wait).
+const (
+	recheckTries       = 6
+	recheckHoldingBans = 2
+)
+
+// setChecked gives the backend holding the applied record st the
+// generation at which this command's drift check found moat's rules to
+// be what moat applied: it commits a change only there (or after its own
+// commits), never over a change made since (nft.ErrChangedSinceCheck).
+// A zero st takes it back.
+func (a *app) setChecked(st appliedState) {
+	checked := nft.CheckedGen{}
+	if st.Known && a.verified.ok {
+		checked = nft.CheckedGen{Gen: a.verified.gen, OK: true}
+	}
+	for _, b := range a.kernel {
+		on := checked
+		if b.Name() != st.Backend {
+			on = nft.CheckedGen{}
+		}
+		switch kb := b.(type) {
+		case *nft.Backend:
+			kb.Checked = on
+		case *ipt.Backend:
+			if !kb.InNftables() {
+				on = nft.CheckedGen{}
+			}
+			kb.Checked = on
+		}
+	}
 }
 
 // lockedToRemove is locked for disable and reset: no repair first, so a

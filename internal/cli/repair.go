@@ -31,6 +31,7 @@ var noApply = map[string]bool{"confirm": true, "rollback": true, "disable": true
 func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 	st := a.loadApplied()
 	clean := true
+	a.verified = verifiedGen{} // only what this check finds vouches
 	for _, b := range a.kernel {
 		if !st.Known || b.Name() != st.Backend || b.Available() != nil {
 			continue

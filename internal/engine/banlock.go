@@ -55,6 +55,11 @@ func LockBans(ctx context.Context, dir string, exclusive bool) (unlock func(), e
 // bansLockWait bounds the wait of a change for the bans lock.
 const bansLockWait = 30 * time.Second
 
+// HoldBans is holdBans for a caller that retries a change the guard's
+// bans keep refusing (they move the ruleset generation): they wait until
+// the returned function is called.
+func (e *Engine) HoldBans(ctx context.Context) func() { return e.holdBans(ctx) }
+
 // holdBans takes the bans lock exclusive for a step that reads the ban
 // sets and replaces them. Without it (a state directory that refuses
 // the file, a ban call holding it for more than bansLockWait) the step

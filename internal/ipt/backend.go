@@ -50,6 +50,11 @@ type Backend struct {
 	// the iptables tools are the nf_tables kind: moat's chains are then
 	// chains of the nftables tables "ip filter" and "ip6 filter".
 	Netlink bool
+	// Checked, when OK, is the generation the command's drift check
+	// vouched for: Apply changes nothing unless the ruleset is still
+	// there (nft.ErrChangedSinceCheck), and moves it on by its own
+	// commits.
+	Checked nft.CheckedGen
 	// IpsetNetlink reads ipsets (their names, headers and members) over
 	// netlink instead of starting `ipset list` (New sets it; tests on a
 	// fake Runner leave it off).
@@ -531,6 +536,28 @@ func (b *Backend) Check(ctx context.Context, rs *ruleset.Ruleset) (err error) {
 // did not change.
 // Nothing changed: nothing is sent.
 func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
+	if !b.Checked.OK {
+		return b.apply(ctx, rs)
+	}
+	if !b.Checked.At(nftGeneration()) {
+		// A change since the check (a rule put by hand into moat's
+		// chains?) is in what Apply would read and overwrite.
+		return fmt.Errorf("iptables apply: %w", nft.ErrChangedSinceCheck)
+	}
+	err := b.apply(ctx, rs)
+	// The checked generation moves on by Apply's own commits, when
+	// nothing else committed in between.
+	before, commits, applied, known := b.LastApply()
+	g, gerr := nftGeneration()
+	if err == nil && b.Checked.OK && applied && known && before == b.Checked.Gen && gerr == nil && g == before+commits {
+		b.Checked.Gen = g
+	} else {
+		b.Checked = nft.CheckedGen{}
+	}
+	return err
+}
+
+func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	if b.InNftables() {
 		// A table made dormant by hand filters nothing, and
 		// iptables-restore leaves its flags as they are: woken first.
@@ -640,6 +667,9 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	// wrote: every script restored into each family, in order.
 	wrote := map[policy.Family][]string{}
 	if len(changing) > 0 {
+		if b.Checked.OK && !b.Checked.At(nftGeneration()) {
+			return fmt.Errorf("iptables apply: %w", nft.ErrChangedSinceCheck)
+		}
 		script, err := b.markChanging(ctx, st, changing)
 		if err != nil {
 			return err
@@ -753,9 +783,21 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		case nlUnknown:
 			// All of it or none of it was committed: the change again
 			// from what the kernel holds now, through iptables-restore.
+			// (No generation vouches for that read.)
 			b.noRulesNetlink = true
+			b.Checked = nft.CheckedGen{}
 			defer func() { b.noRulesNetlink = false }()
-			return b.Apply(ctx, rs)
+			return b.apply(ctx, rs)
+		case nlMoved:
+			// Another program committed after the read: the restore
+			// would empty moat's chains and write them again, with a
+			// rule put there by hand in between. Nothing of the rules
+			// committed yet: checked again first. Else (the ipsets'
+			// "changing" mark is in): the restore goes on only if
+			// moat's chains are still as read.
+			if b.track.commits == 0 || b.chainsChanged(ctx, orig) {
+				return fmt.Errorf("iptables apply: %w", nft.ErrChangedSinceCheck)
+			}
 		}
 	}
 	if viaNetlink {

@@ -418,6 +418,10 @@ const (
 	nlNotSent   nlOutcome = iota // nothing committed: restore the change
 	nlCommitted                  // the change is in the kernel
 	nlUnknown                    // its answer was lost: read the kernel again
+	// nlMoved: refused, the generation moved since the read, and a drift
+	// check vouches for the read (Checked): nothing committed, and
+	// whether the change is made otherwise is Apply's to say.
+	nlMoved
 )
 
 // writeRulesNetlink sends plan in one transaction at the generation
@@ -453,8 +457,45 @@ func (b *Backend) writeRulesNetlink(st *state, plan map[policy.Family]nlFamilyPl
 		slog.Debug("iptables rules over netlink: answer lost, reading the kernel again", "err", err)
 		return nlUnknown
 	}
+	if b.Checked.OK && nft.GenerationMoved(err) {
+		slog.Debug("iptables rules over netlink refused: the ruleset changed after the read", "err", err)
+		return nlMoved
+	}
 	slog.Debug("iptables rules over netlink refused: through iptables-restore", "err", err)
 	return nlNotSent
+}
+
+// chainsChanged says whether moat's chains (their rules and the jumps
+// into them, MOAT-GEN's record aside) are no longer those of orig, read
+// by this Apply: read again from the kernel. Not known (orig has no
+// lines, a read that fails): changed.
+func (b *Backend) chainsChanged(ctx context.Context, orig *state) bool {
+	if orig.noLines {
+		return true
+	}
+	b.lastRead = nil
+	now, err := b.readRules(ctx)
+	if err != nil || now.noLines {
+		return true
+	}
+	rules := func(lines []string) []string {
+		var out []string
+		for _, l := range lines {
+			// MOAT-GEN's record (its comments, each returning), which
+			// Apply's own restore rewrote.
+			rec := strings.HasPrefix(l, "-A "+GenChain+" -m comment --comment ") && strings.HasSuffix(l, " -j RETURN")
+			if !rec {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	for _, f := range families {
+		if !slices.Equal(rules(orig.lines[f.fam]), rules(now.lines[f.fam])) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkBuiltins says, of table (of family proto) whose chains there

@@ -56,6 +56,10 @@ type Backend struct {
 	// caller may start reading back what it loaded while it writes its
 	// records (LastCommit is what Apply left).
 	AfterCommit func(ctx context.Context)
+	// Checked, when OK, is the generation the command's drift check
+	// vouched for: Apply commits only there (ErrChangedSinceCheck), and
+	// moves it on by its own commit.
+	Checked CheckedGen
 
 	// noEncode, in tests, sends changed chains through nft (as before the
 	// encoder), to compare.
@@ -649,6 +653,16 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	// if nothing else was committed since the table was read (a chain
 	// added by hand after the read is not among those a rewrite deletes).
 	pre, preErr := b.generation()
+	if b.Checked.OK {
+		if preErr != nil {
+			pre, preErr = Generation()
+		}
+		if !b.Checked.At(pre, preErr) {
+			// A change since the check (a rule put by hand into moat's
+			// table?) is in what the plan would read and overwrite.
+			return fmt.Errorf("nftables apply: %w", ErrChangedSinceCheck)
+		}
+	}
 	p, err := b.plan(ctx, rs, b.Full, b.Netlink, stageGen(pre, preErr))
 	if err != nil {
 		return fmt.Errorf("nftables apply: %w", err)
@@ -656,8 +670,15 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	for try := 0; p.nl != nil; try++ {
 		err := b.sendBatch(p)
 		if err == nil {
+			b.checkedAfter()
 			b.saveSets(p)
 			return nil
+		}
+		if b.Checked.OK && errors.Is(err, errGenerationMoved) {
+			// Committed after the plan's read, and the plan made again
+			// would overwrite it: checked again first (nothing was
+			// committed).
+			return fmt.Errorf("nftables apply: %w", ErrChangedSinceCheck)
 		}
 		// Nothing was committed. Another change came first (a ban from the
 		// guard): plan again at the new generation, a few times. Or the
@@ -684,6 +705,9 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			// Nothing was committed: another change came first, or the
 			// table was there. The whole table through nft alone.
 			pre, preErr = b.generation()
+			if b.Checked.OK && !b.Checked.At(Generation()) {
+				return fmt.Errorf("nftables apply: %w", ErrChangedSinceCheck)
+			}
 			if p, err = b.plan(ctx, rs, b.Full, false, 0); err != nil {
 				return fmt.Errorf("nftables apply: %w", err)
 			}
@@ -696,6 +720,12 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	if b.beforeCommit != nil {
 		b.beforeCommit()
 	}
+	if b.Checked.OK && !staged {
+		// nft -f commits at any generation: the last look before it.
+		if g, err := Generation(); !b.Checked.At(g, err) {
+			return fmt.Errorf("nftables apply: %w", ErrChangedSinceCheck)
+		}
+	}
 	if err := b.removeOdd(p, func() error { return b.commit(ctx, p, false) }); err != nil {
 		if staged {
 			err = unstage(err)
@@ -704,8 +734,24 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	}
 	b.track(pre, preErr)
 	b.committedWhole = b.committed && p.Full
+	b.checkedAfter()
 	b.saveSets(p)
 	return nil
+}
+
+// checkedAfter moves the checked generation on by the commit just made:
+// to the generation after it when it went from the checked one to the
+// next, nothing else in between; else no generation is vouched for any
+// more.
+func (b *Backend) checkedAfter() {
+	if !b.Checked.OK {
+		return
+	}
+	if b.committed && b.genPre == b.Checked.Gen && b.genPost == b.genPre+1 {
+		b.Checked.Gen = b.genPost
+		return
+	}
+	b.Checked = CheckedGen{}
 }
 
 // stageGen is the generation a plan may stage at: 0 (none) when it is
