@@ -12,7 +12,6 @@ import (
 	"io"
 	"maps"
 	"net/netip"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -1725,25 +1724,6 @@ func CommentOf(line string) string {
 	}
 	word, _, _ := strings.Cut(rest, " ")
 	return word
-}
-
-// legacyTables says whether the legacy x_tables hold tables (then moat's
-// chains may be there, out of nftables' sight).
-func legacyTables() bool {
-	// The calling thread's network namespace (/proc/net is the thread
-	// group leader's: a test's thread moved into a namespace read the
-	// host's).
-	dir := "/proc/thread-self/net/"
-	if _, err := os.Stat(dir); err != nil {
-		dir = "/proc/net/"
-	}
-	for _, f := range []string{dir + "ip_tables_names", dir + "ip6_tables_names"} {
-		data, err := os.ReadFile(f)
-		if err == nil && len(bytes.TrimSpace(data)) > 0 {
-			return true
-		}
-	}
-	return false
 }
 
 // chainsOverNetlink says whether a MOAT- chain exists in the nftables
