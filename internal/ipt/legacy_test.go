@@ -91,3 +91,30 @@ func TestKernelLegacyTablesAsBefore(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkLegacyTables is one question (both files read, neither
+// listing a table, as on a host with iptables-nft alone), by the reader
+// and by the os.ReadFile one it replaced, in a namespace of the
+// benchmark's: go test -run XXX -bench LegacyTables ./internal/ipt/
+func BenchmarkLegacyTables(b *testing.B) {
+	ns := labtest.NS(b, "moatlegb")
+	for _, c := range []struct {
+		name string
+		f    func() bool
+	}{{"readfile", legacyTablesReadFile}, {"reader", legacyTables}} {
+		b.Run(c.name, func(b *testing.B) {
+			err := ns.Do(func() error {
+				b.ResetTimer()
+				for range b.N {
+					if c.f() {
+						b.Fatal("a new namespace lists a legacy table")
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
