@@ -112,35 +112,48 @@ func (a *app) locked(cmd *cobra.Command, fn func(ctx context.Context, eng *engin
 		return fn(ctx, eng)
 	}
 	before, clean := a.repairDrift(ctx)
-	for try := 1; ; try++ {
+	err = runChecked(func() error {
 		a.setChecked(before)
-		err := fn(ctx, eng)
-		a.setChecked(appliedState{})
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, nft.ErrChangedSinceCheck) {
+		defer a.setChecked(appliedState{})
+		return fn(ctx, eng)
+	}, func(try int) {
+		a.log.Debug("the ruleset changed after moat's rules were checked: checking them again", "try", try)
+		before, clean = a.repairDrift(ctx)
+	}, func() func() {
+		fmt.Fprintf(a.errOut, "moat: the nftables ruleset kept changing while this command ran: checking moat's rules again with the guard's bans held\n")
+		return eng.HoldBans(ctx)
+	})
+	if err != nil {
+		return err
+	}
+	a.afterChange(ctx, before, clean)
+	return nil
+}
+
+// runChecked runs a command (run) whose change Apply refuses when the
+// ruleset changed after moat's rules were checked
+// (nft.ErrChangedSinceCheck: nothing of it was committed) again, after
+// recheck has checked moat's rules again: the command then goes on (the
+// change was not to moat's rules: a ban, another table) or reports the
+// drift as at its start. At most recheckTries runs; the last
+// recheckHoldingBans of them with the bans lock held (holdBans: the
+// guard's bans, which move the generation too, wait), then a clear
+// error, nothing changed.
+func runChecked(run func() error, recheck func(try int), holdBans func() func()) error {
+	for try := 1; ; try++ {
+		err := run()
+		if err == nil || !errors.Is(err, nft.ErrChangedSinceCheck) {
 			return err
 		}
 		if try >= recheckTries {
 			return fmt.Errorf("%w, again and again (%d times): nothing was changed; run the command again", err, try)
 		}
-		// Another program committed after the drift check (nothing
-		// of this command was): moat's rules are checked again, and
-		// the command either goes on (the change was not to moat's
-		// rules: a ban, another table) or reports the drift as at its
-		// start. The guard's bans, which move the generation too,
-		// wait from the last tries on.
-		a.log.Debug("the ruleset changed after moat's rules were checked: checking them again", "try", try)
 		if try == recheckTries-recheckHoldingBans {
-			fmt.Fprintf(a.errOut, "moat: the nftables ruleset kept changing while this command ran: checking moat's rules again with the guard's bans held\n")
-			unlockBans := eng.HoldBans(ctx)
-			defer unlockBans()
+			unlock := holdBans()
+			defer unlock()
 		}
-		before, clean = a.repairDrift(ctx)
+		recheck(try)
 	}
-	a.afterChange(ctx, before, clean)
-	return nil
 }
 
 // recheckTries bounds the runs of a command whose change was refused

@@ -1,0 +1,112 @@
+package ipt
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/labtest"
+	"github.com/moat-fw/moat/internal/nft"
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// Apply with a checked generation (the command's drift check vouched
+// for it): a change committed after it by another program, before
+// Apply's read or between the read and the netlink transaction, makes
+// Apply commit nothing and say so (nft.ErrChangedSinceCheck), with no
+// iptables-restore run: before, the refused transaction fell back to
+// iptables-restore, which emptied moat's chains and wrote them again,
+// the hand rule gone. Nothing in between: the change is one transaction
+// and the checked generation moves on by it.
+func TestKernelCheckedApply(t *testing.T) {
+	ns := labtest.NS(t, "moatchecked")
+	ctx := context.Background()
+	progs := map[string]int{}
+	b := countingBackend(t, progs)
+	head := "default deny incoming\nallow 22/tcp\n"
+	const hand = "-A MOAT-INPUT -p tcp -m tcp --dport 7070 -m comment --comment HAND -j DROP"
+	insertHand := []string{"iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "7070", "-m", "comment", "--comment", "HAND", "-j", "DROP"}
+	oldSend := sendRules
+	t.Cleanup(func() { sendRules = oldSend })
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here")
+		}
+		if err := b.Apply(ctx, compile(t, head)); err != nil {
+			t.Fatal(err)
+		}
+		check := func() {
+			g, err := nft.Generation()
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Checked = nft.CheckedGen{Gen: g, OK: true}
+		}
+		hasHand := func() bool {
+			return strings.Contains(strings.Join(moatLines(t, ctx)[policy.FamilyV4], "\n"), hand)
+		}
+		for _, c := range []struct {
+			name       string
+			before     []string // run before Apply
+			beforeSend []string // run before the transaction is sent
+		}{
+			{name: "hand rule before the read", before: insertHand},
+			{name: "hand rule before the send", beforeSend: insertHand},
+			{name: "another table before the send", beforeSend: []string{"nft", "add", "table", "inet", "moatcheckedother"}},
+		} {
+			check()
+			if c.before != nil {
+				if _, err := execrun.Exec(ctx, nil, c.before[0], c.before[1:]...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sent := 0
+			sendRules = func(txn *rulesTxn, gen uint32) error {
+				if sent++; c.beforeSend != nil {
+					if _, err := execrun.Exec(ctx, nil, c.beforeSend[0], c.beforeSend[1:]...); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return oldSend(txn, gen)
+			}
+			clear(progs)
+			err := b.Apply(ctx, compile(t, head+"allow 9903/tcp\n"))
+			if !errors.Is(err, nft.ErrChangedSinceCheck) {
+				t.Errorf("%s: %v, want ErrChangedSinceCheck", c.name, err)
+			}
+			if restores := progs["iptables-restore"] + progs["ip6tables-restore"]; restores != 0 {
+				t.Errorf("%s: %d restores ran: %v", c.name, restores, progs)
+			}
+			if c.before != nil && sent != 0 {
+				t.Errorf("%s: the transaction was sent", c.name)
+			}
+			if strings.Contains(strings.Join(moatLines(t, ctx)[policy.FamilyV4], "\n"), "9903") {
+				t.Errorf("%s: the change was committed", c.name)
+			}
+			if want := c.name != "another table before the send"; hasHand() != want {
+				t.Errorf("%s: hand rule there %v, want %v", c.name, !want, want)
+			}
+			if hasHand() {
+				if _, err := execrun.Exec(ctx, nil, "iptables", "-D", "MOAT-INPUT", "1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		sendRules = oldSend
+		check()
+		g0 := b.Checked.Gen
+		if err := b.Apply(ctx, compile(t, head+"allow 9903/tcp\n")); err != nil {
+			t.Fatal(err)
+		}
+		if !b.Checked.OK || b.Checked.Gen != g0+1 {
+			t.Errorf("checked %+v after one transaction from %d", b.Checked, g0)
+		}
+		b.Checked = nft.CheckedGen{}
+		return b.Remove(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
