@@ -290,6 +290,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 		var prev Backend
 		if prev, err = e.backend(p.PrevBackend); err == nil {
 			if e.restoreKeepingBans(ctx, p, prev, snap) {
+				e.restoreNote(prev)
 				if err = e.step("rollback-restored"); err != nil {
 					return nil, err
 				}
@@ -303,6 +304,7 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 		if err == nil {
 			live, known, since := e.bansInForce(ctx, p, logins)
 			if err = prev.Restore(ctx, snap); err == nil {
+				e.restoreNote(prev)
 				if err = e.step("rollback-restored"); err != nil {
 					return nil, err
 				}
@@ -361,6 +363,14 @@ func (e *Engine) restoreKernel(ctx context.Context, p *Pending) (*Applied, error
 	}
 	e.warn("rollback: nothing else could be loaded: moat is FAIL-CLOSED (only SSH comes in)")
 	return rec, loaded(rec.Backend)
+}
+
+// restoreNote warns of what a snapshot's restore could not read or put
+// back (ipt.Backend.RestoreNote: a table iptables cannot print).
+func (e *Engine) restoreNote(b Backend) {
+	if n, ok := b.(interface{ RestoreNote() string }); ok && n.RestoreNote() != "" {
+		e.warn("rollback: " + n.RestoreNote())
+	}
 }
 
 // settingOf is the 'backend' line of a policy text.

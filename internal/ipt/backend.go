@@ -91,6 +91,8 @@ type Backend struct {
 	// noRulesNetlink: Apply restores its rule changes (the retry after
 	// a transaction whose answer was lost: writeRulesNetlink).
 	noRulesNetlink bool
+	// restoreNote is RestoreNote's.
+	restoreNote string
 }
 
 // nlPrint says whether the fingerprint reads moat's chains over netlink

@@ -53,8 +53,8 @@ func CheckSave(prog string, out []byte) error {
 		// alone when that fails or finds none).
 		parts, _ := findIncompatible(proto, table)
 		if len(parts) == 0 {
-			return fmt.Errorf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft -a list table %s %s' and delete it",
-				prog, family, table, family, table)
+			return &IncompatibleError{Family: family, Table: table, msg: fmt.Sprintf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft -a list table %s %s' and delete it",
+				prog, family, table, family, table)}
 		}
 		for i, p := range parts { // read from the kernel: the names say anything
 			parts[i] = termtext.Printable(p)
@@ -65,12 +65,25 @@ func CheckSave(prog string, out []byte) error {
 			more = fmt.Sprintf("\n  and %d more", len(parts)-most)
 			parts = parts[:most]
 		}
-		return fmt.Errorf("%s cannot print table %s %s, so moat cannot read its own chains there: iptables cannot read\n  %s%s\n"+
+		return &IncompatibleError{Family: family, Table: table, Parts: parts, msg: fmt.Sprintf("%s cannot print table %s %s, so moat cannot read its own chains there: iptables cannot read\n  %s%s\n"+
 			"(added with nft?) see them with 'nft -a list table %s %s', and delete a rule with 'nft delete rule %s %s CHAIN handle N'",
-			prog, family, table, strings.Join(parts, "\n  "), more, family, table, family, table)
+			prog, family, table, strings.Join(parts, "\n  "), more, family, table, family, table)}
 	}
 	return nil
 }
+
+// IncompatibleError is CheckSave's error: iptables-save could not print
+// a table (the first one found) of a family.
+type IncompatibleError struct {
+	Family string // "ip" or "ip6"
+	Table  string
+	// Parts are what iptables cannot read there, read over netlink and
+	// made printable (none when that read failed).
+	Parts []string
+	msg   string
+}
+
+func (e *IncompatibleError) Error() string { return e.msg }
 
 // findIncompatible is incompatibleParts (a variable for the tests).
 var findIncompatible = incompatibleParts

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -194,9 +195,19 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 			sections[sec] = append(sections[sec], line)
 		}
 	}
+	b.restoreNote = ""
 	st, err := b.read(ctx)
+	var blocked blockedTables
+	var left []string // built-in chains whose jumps were left as they were
 	if err != nil {
-		return false, err
+		var ie *IncompatibleError
+		if !errors.As(err, &ie) {
+			return false, err
+		}
+		var rerr error
+		if st, blocked, rerr = b.readAroundIncompatible(ctx); rerr != nil {
+			return false, errors.Join(err, rerr)
+		}
 	}
 	keepSets := map[string]bool{}
 	if keepBans {
@@ -318,10 +329,19 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 				}
 				restored[builtin] = true
 				have, there := st.jumps[f.fam][builtin]
+				if blocked[f.fam][t] != nil && there {
+					// Read over netlink: its condition is not known.
+					left = append(left, builtin)
+					continue
+				}
 				writeJump(&s, builtin, cond, have, there)
 			}
 			for _, name := range stale {
 				builtin := strings.TrimPrefix(name, "MOAT-")
+				if _, ok := st.jumps[f.fam][builtin]; ok && blocked[f.fam][t] != nil {
+					left = append(left, builtin) // emptied above, jumped to still
+					continue
+				}
 				if j, ok := st.jumps[f.fam][builtin]; ok {
 					for _, cond := range append([]string{j.Cond}, j.Extra...) {
 						fmt.Fprintf(&s, "-D %s %s\n", builtin, jumpSpec(builtin, cond))
@@ -354,8 +374,20 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 		}
 		stale = append(stale, name)
 	}
-	return keepBans, b.destroySetsAfter(ctx, exact, stale)
+	if err := b.destroySetsAfter(ctx, exact, stale); err != nil {
+		return keepBans, err
+	}
+	if len(blocked) > 0 {
+		slices.Sort(left)
+		b.restoreNote = blocked.note(slices.Compact(left))
+	}
+	return keepBans, nil
 }
+
+// RestoreNote says what the last Restore could not read or put back
+// (the tables iptables-save cannot print, and the jumps it left as they
+// were), "" when nothing: the rollback tells the admin.
+func (b *Backend) RestoreNote() string { return b.restoreNote }
 
 // earlyHeldNow are the members of the early lists among sets (the sets
 // there now) that are moat's sets (no early list, no temporary set), by
