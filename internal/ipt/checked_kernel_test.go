@@ -110,3 +110,73 @@ func TestKernelCheckedApply(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The same when Apply's ipsets change too: their "changing" mark is
+// committed (iptables-restore) before the rules' transaction, so a
+// refusal of that transaction is no longer "nothing committed". A new
+// read decides: moat's chains changed (a hand rule): nothing more is
+// committed (nft.ErrChangedSinceCheck), the hand rule kept; a change
+// elsewhere (another table): the rules go through iptables-restore as
+// before, and the hand rule question does not arise.
+func TestKernelCheckedApplyAfterMark(t *testing.T) {
+	ns := labtest.NS(t, "moatcheckmark")
+	ctx := context.Background()
+	progs := map[string]int{}
+	b := countingBackend(t, progs)
+	head := "default deny incoming\nallow 22/tcp\n"
+	oldSend := sendRules
+	t.Cleanup(func() { sendRules = oldSend })
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here")
+		}
+		for i, c := range []struct {
+			name   string
+			change []string
+			hand   bool
+		}{
+			{"hand rule", []string{"iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "7070", "-m", "comment", "--comment", "HAND", "-j", "DROP"}, true},
+			{"another table", []string{"nft", "add", "table", "inet", "moatcheckmarkother"}, false},
+		} {
+			sendRules = oldSend
+			b.Checked = nft.CheckedGen{}
+			if err := b.Apply(ctx, compile(t, head+denyList(50, -1))); err != nil {
+				t.Fatal(err)
+			}
+			g, err := nft.Generation()
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Checked = nft.CheckedGen{Gen: g, OK: true}
+			sent := 0
+			sendRules = func(txn *rulesTxn, gen uint32) error {
+				if sent++; sent == 1 {
+					if _, err := execrun.Exec(ctx, nil, c.change[0], c.change[1:]...); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return oldSend(txn, gen)
+			}
+			clear(progs)
+			err = b.Apply(ctx, compile(t, head+denyList(51, i)+"allow 9903/tcp\n"))
+			lines := strings.Join(moatLines(t, ctx)[policy.FamilyV4], "\n")
+			if c.hand {
+				if !errors.Is(err, nft.ErrChangedSinceCheck) || !strings.Contains(lines, "HAND") || strings.Contains(lines, "9903") {
+					t.Errorf("%s: %v, want ErrChangedSinceCheck, the hand rule kept and the edit not made:\n%s", c.name, err, lines)
+				}
+				if _, err := execrun.Exec(ctx, nil, "iptables", "-D", "MOAT-INPUT", "1"); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			if err != nil || !strings.Contains(lines, "9903") || progs["iptables-restore"] == 0 {
+				t.Errorf("%s: %v, restores %v, want the edit made through iptables-restore:\n%s", c.name, err, progs, lines)
+			}
+		}
+		b.Checked = nft.CheckedGen{}
+		return b.Remove(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
