@@ -172,6 +172,8 @@ func TestIptablesBuiltinReplacedByRegularChain(t *testing.T) {
 	for _, args := range [][]string{{"reload"}, {"allow", "80/tcp"}} {
 		if out, err := e.moat(args...); err == nil {
 			t.Errorf("moat %v over a regular chain INPUT succeeded:\n%s\n%s", args, out, e.run("server", "nft", "list", "table", "ip", "filter"))
+		} else if !strings.Contains(out, "ip filter INPUT: a regular chain") || !strings.Contains(out, "nft delete chain ip filter INPUT") {
+			t.Errorf("moat %v does not say which chain iptables-restore refused and what to do:\n%s", args, out)
 		}
 	}
 	if out := e.run("server", "nft", "list", "chain", "ip", "filter", "INPUT"); strings.Contains(out, "MOAT-INPUT") {

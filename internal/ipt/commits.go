@@ -70,7 +70,7 @@ func (b *Backend) restoreRules(ctx context.Context, f family, script string) err
 		// How much of it committed is unknown.
 		b.track.known = false
 	}
-	return err
+	return explainReplacedBuiltin(err, f)
 }
 
 // commitsOf counts the table sections of an iptables-restore script,

@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/moat-fw/moat/internal/nft"
+	"github.com/moat-fw/moat/internal/policy"
 )
 
 // With iptables-nft, a chain made over netlink (nft, or any nftables
@@ -195,4 +196,45 @@ func removeOddChainsNetlink(odd []OddChain) error {
 		c.DelChain(ch)
 	}
 	return c.Flush()
+}
+
+// explainReplacedBuiltin adds to an iptables-restore error of family f
+// that refused a chain ("CHAIN_ADD failed (Operation not supported)":
+// iptables-nft cannot make a built-in chain where a regular chain of its
+// name is) which chains those are and what to do: the error alone named
+// neither. Read over netlink; err as it is when none is found.
+func explainReplacedBuiltin(err error, f family) error {
+	if err == nil || !strings.Contains(err.Error(), "CHAIN_ADD failed") {
+		return err
+	}
+	want := gnft.TableFamilyIPv4
+	fam := "ip"
+	if f.fam == policy.FamilyV6 {
+		want, fam = gnft.TableFamilyIPv6, "ip6"
+	}
+	c, done, cerr := nft.Conn()
+	defer done()
+	if cerr != nil {
+		return err
+	}
+	chains, cerr := c.ListChains()
+	if cerr != nil {
+		return err
+	}
+	var bad []string
+	for _, ch := range chains {
+		if ch.Table == nil || ch.Table.Family != want || ch.Hooknum != nil {
+			continue
+		}
+		if _, builtin := builtinHooks[ch.Table.Name][ch.Name]; builtin && slices.Contains(tables, ch.Table.Name) {
+			bad = append(bad, fmt.Sprintf("%s %s %s", fam, ch.Table.Name, ch.Name))
+		}
+	}
+	if len(bad) == 0 {
+		return err
+	}
+	slices.Sort(bad)
+	return fmt.Errorf("%w\n%s: a regular chain of a built-in chain's name (made with nft: no packet goes through it), which iptables cannot make its built-in chain again over; "+
+		"delete it ('nft flush chain %[3]s; nft delete chain %[3]s') and run 'moat reload', which makes the built-in chain again",
+		err, strings.Join(bad, ", "), bad[0])
 }
