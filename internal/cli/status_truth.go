@@ -227,7 +227,18 @@ func (a *app) printTruth(rep *statusReport) {
 		if rep.Backend == "iptables" {
 			what = "moat's chains were changed outside moat"
 		}
-		a.printf("%s (moat reload repairs it):\n", what)
+		switch in := rep.Interrupted; {
+		case in != nil && in.Running:
+			// Not outside moat: the command running is changing them.
+			what = fmt.Sprintf("moat's rules differ from what moat last applied while '%s' (pid %d) changes them", termtext.Printable(in.Command), in.PID)
+			a.printf("%s:\n", what)
+		case in != nil:
+			// Not outside moat: the command killed left them part changed.
+			what = fmt.Sprintf("moat's rules differ from what moat last applied: the interrupted '%s' left them part changed (the next moat command that changes something undoes it)", termtext.Printable(in.Command))
+			a.printf("%s:\n", what)
+		default:
+			a.printf("%s (moat reload repairs it):\n", what)
+		}
 		for _, c := range rep.KernelChanged {
 			a.printf("  - %s\n", c)
 		}
