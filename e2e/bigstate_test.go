@@ -17,7 +17,7 @@ func TestLargePolicyState(t *testing.T) {
 		e := newEnv(t, b, false)
 		e.apply(bigPolicy(0, ""))
 		e.mustMoat("allow", "80/tcp")
-		e.mustMoat("delete", "deny", "from", "198.18.0.2")
+		e.mustMoat("delete", "deny", "from", listSource(1, 0))
 		want := e.mustMoat("show")
 		kernel := e.kernelState()
 		for _, f := range []string{"applied.json", "saved.json"} {

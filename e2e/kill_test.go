@@ -40,17 +40,35 @@ func viewOf(backend string, ns *lab.NS) (kernelView, func(context.Context) (stri
 	return b, func(context.Context) (string, error) { return "", nil }
 }
 
-// bigPolicy is a 50k-rule policy: two rules, then deny rules for 25,000
-// IPv4 and 25,000 IPv6 sources, shifted by shift so two policies differ
-// in a few thousand entries, and extra rules.
+// bigPolicy is a 50k-rule policy: two rules, then deny rules for 50,000
+// sources (listSource's), shifted by shift so two policies differ in a
+// few thousand entries, and extra rules.
 func bigPolicy(shift int, extra string) string {
 	var b strings.Builder
 	b.WriteString("default deny incoming\nallow 22/tcp\n" + extra)
 	for i := shift; i < shift+25000; i++ {
-		fmt.Fprintf(&b, "deny from 198.18.%d.%d\n", i>>7&255, 2*(i&127))
+		fmt.Fprintf(&b, "deny from %s\n", listSource(i, 0))
 		fmt.Fprintf(&b, "deny from 2001:db8:%x:%x::/64\n", i>>7, 2*(i&127))
 	}
 	return b.String()
+}
+
+// listSource is the i-th of a long list of sources inside the
+// documentation ranges, none adjacent to another (no two merge into a
+// larger prefix), odd shifting it by one: every 160th an IPv4 address of
+// 203.0.113.0/24 and 198.51.100.128/25 (only 768 IPv4 addresses are
+// documentation ones: the lab's hosts are below 198.51.100.128 and in
+// 192.0.2.0/24), the others /64s of 2001:db8:4000::/36 (the lab's
+// networks and the other lists' are below 2001:db8:1000::).
+func listSource(i, odd int) string {
+	if i%160 == 0 {
+		if idx := i / 160; idx < 127 {
+			return fmt.Sprintf("203.0.113.%d", 2*idx+odd)
+		} else if idx < 127+63 {
+			return fmt.Sprintf("198.51.100.%d", 128+2*(idx-127)+odd)
+		}
+	}
+	return fmt.Sprintf("2001:db8:4%03x:%x::/64", i>>7, 2*(i&127)+odd)
 }
 
 // TestKillDuringKernelApply kills `moat enable` with SIGKILL at random points
@@ -93,7 +111,7 @@ func TestKillDuringBlocklistSwap(t *testing.T) {
 	for i, name := range []string{"a", "b"} {
 		var b strings.Builder
 		for j := 0; j < 20000; j++ {
-			fmt.Fprintf(&b, "198.18.%d.%d\n2001:db8:%x:%x::/64\n", j>>7&255, 2*(j&127)+i, j>>7, 2*(j&127)+i)
+			fmt.Fprintf(&b, "%s\n2001:db8:%x:%x::/64\n", listSource(j, i), j>>7, 2*(j&127)+i)
 		}
 		list := filepath.Join(dir, name+".list")
 		writeFile(t, list, b.String())
