@@ -245,11 +245,20 @@ func (e *Engine) rollback(ctx context.Context, p *Pending, id, reason string) (*
 	if err := e.step("rollback-records"); err != nil {
 		return nil, err
 	}
+	// The watchdog stops before the record goes: one that finds the
+	// record gone and no outcome for its change rolls back the copy it
+	// read at the deadline (a rollback killed between the two left it
+	// waiting to roll back, again, what was rolled back already). Killed
+	// once it is stopped, the change stays marked "rolling back" and the
+	// next command finishes the rollback.
+	if id == "" {
+		p.Watchdog.Stop()
+	}
 	if err := clearPending(dir); err != nil {
 		return nil, fmt.Errorf("rollback: %w", err)
 	}
-	if id == "" {
-		p.Watchdog.Stop()
+	if err := e.step("rollback-cleared"); err != nil {
+		return nil, err
 	}
 	e.o.Log.Warn("rolled back an unconfirmed change", "applied", p.Created.Format(time.RFC3339), "deadline", p.Deadline.Format(time.RFC3339),
 		"reason", reason, "backend", p.Backend, "policy", p.PolicyPath, "unconfirmed_policy_kept_in", p.PolicyPath+".unconfirmed")
@@ -835,6 +844,11 @@ func (e *Engine) dropArmed(p *Pending, in *Intent, switched bool) error {
 	} else if _, _, ok := e.recordedBans(switchID(in)); !ok {
 		files = append(files, rollbackBansFile)
 	}
+	// Stopped before its record goes (as a rollback stops it): a
+	// watchdog that finds the record gone and no outcome rolls back the
+	// copy it read at the deadline. Killed once it is stopped, the
+	// journal is still there and the next command undoes again.
+	p.Watchdog.Stop()
 	var errs []error
 	for _, f := range files {
 		errs = append(errs, removeState(dir, f))
@@ -842,7 +856,9 @@ func (e *Engine) dropArmed(p *Pending, in *Intent, switched bool) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	p.Watchdog.Stop()
+	if err := e.step("armed-dropped"); err != nil {
+		return err
+	}
 	return writeOutcome(dir, Outcome{ID: p.ID, Outcome: "rolled back", Time: e.o.Now(), Applied: p.Created,
 		Reason: "the command that applied it was interrupted"})
 }
