@@ -36,6 +36,23 @@ func (e *env) waitRolledBack(wait time.Duration) {
 	waitFor(e.t, wait, "the unconfirmed change to be rolled back", func() bool { return !e.pending() })
 }
 
+// waitOutcome waits until the outcome of change id is recorded
+// (last-outcome.json names it) and returns it. The record of the change
+// goes before its outcome, the rollback's log line and the watchdog's
+// exit: what a rollback writes last.
+func (e *env) waitOutcome(id string, wait time.Duration) string {
+	e.t.Helper()
+	var o struct {
+		ID      string `json:"id"`
+		Outcome string `json:"outcome"`
+	}
+	waitFor(e.t, wait, "the outcome of change "+id, func() bool {
+		data, err := os.ReadFile(filepath.Join(e.stateDir(), "last-outcome.json"))
+		return err == nil && json.Unmarshal(data, &o) == nil && o.ID == id
+	})
+	return o.Outcome
+}
+
 // The deadline passes while the state directory's disk is full: the
 // kernel must still go back. The "rolling back" mark was the rollback's
 // first write, so the watchdog retried in silence (its log is on the same

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -211,15 +212,21 @@ func TestIptRollbackOverEarlyListReplacedByHand(t *testing.T) {
 			e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
 			confirm := "1h"
 			if by == "watchdog" {
-				confirm = "6s"
+				confirm = "2s"
 			}
 			e.mustMoat("--confirm", confirm, "--no-wait", "allow", "443/tcp")
+			id, _ := e.pendingFile()["id"].(string)
+			// The hand change is made before the watchdog acts: moat's
+			// lock is held meanwhile (the watchdog waits for it past its
+			// deadline). A deadline alone came first on a loaded machine.
+			unlock := e.holdLock()
 			jump := []string{"PREROUTING", "-m", "set", "--match-set", "moat-early4", "src", "-j", "MOAT-PREROUTING"}
 			e.run("server", append([]string{"iptables", "-t", "raw", "-D"}, jump...)...)
 			e.run("server", "ipset", "destroy", "moat-early4")
 			e.run("server", "ipset", "create", "moat-early4", "hash:ip")
 			e.run("server", append([]string{"iptables", "-t", "raw", "-I"}, jump...)...)
 			e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 open")
+			unlock()
 			if by == "rollback" {
 				out, err := e.moat("rollback")
 				if err != nil {
@@ -231,7 +238,11 @@ func TestIptRollbackOverEarlyListReplacedByHand(t *testing.T) {
 					t.Errorf("the snapshot's restore failed:\n%s", out)
 				}
 			} else {
-				e.waitRolledBack(20 * time.Second)
+				// Its outcome, written after its log line: the pending
+				// record goes first (the log was read empty between).
+				if o := e.waitOutcome(id, 20*time.Second); o != "rolled back" {
+					t.Errorf("the watchdog's outcome: %q", o)
+				}
 				wlog, _ := os.ReadFile(filepath.Join(e.stateDir(), "moat.log"))
 				if !strings.Contains(string(wlog), "rolled back") || strings.Contains(string(wlog), "cannot restore the snapshot") || strings.Contains(string(wlog), "failed") {
 					t.Errorf("the watchdog's rollback (its log):\n%s", wlog)
@@ -246,4 +257,28 @@ func TestIptRollbackOverEarlyListReplacedByHand(t *testing.T) {
 			}
 		})
 	}
+}
+
+// holdLock takes moat's state lock as a moat command does (a flock on
+// STATE_DIR/lock) and returns what lets it go: no moat command and no
+// watchdog acts meanwhile.
+func (e *env) holdLock() (unlock func()) {
+	e.t.Helper()
+	f, err := os.OpenFile(filepath.Join(e.stateDir(), "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		_ = f.Close()
+		e.t.Fatal(err)
+	}
+	done := false
+	unlock = func() {
+		if !done {
+			done = true
+			_ = f.Close() // lets the flock go
+		}
+	}
+	e.t.Cleanup(unlock)
+	return unlock
 }

@@ -286,13 +286,20 @@ func (e *env) assertNoWatchdog() {
 		cmdline, _ := os.ReadFile("/proc/" + ent.Name() + "/cmdline")
 		args := strings.Split(string(cmdline), "\x00")
 		if strings.Contains(string(cmdline), e.stateDir()) && len(args) > 1 && strings.Contains(string(cmdline), "\x00watchdog\x00") {
-			// Give a watchdog that was just told to stop a moment.
-			time.Sleep(300 * time.Millisecond)
-			if _, err := os.Stat("/proc/" + ent.Name()); err == nil {
-				state, _ := os.ReadFile("/proc/" + ent.Name() + "/stat")
-				if !strings.Contains(string(state), ") Z ") {
-					e.t.Errorf("watchdog process %s left behind: %q", ent.Name(), args)
-				}
+			// A watchdog that was just told to stop (SIGTERM), or whose
+			// change was just settled (it looks every 200ms), is ending:
+			// wait until it has, as long as the load makes it take (300ms
+			// were too few at a load of 28), but not for a deadline.
+			gone := func() bool {
+				state, err := os.ReadFile("/proc/" + ent.Name() + "/stat")
+				return err != nil || strings.Contains(string(state), ") Z ")
+			}
+			start := time.Now()
+			for !gone() && time.Since(start) < 5*time.Second {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if !gone() {
+				e.t.Errorf("watchdog process %s left behind (alive after %v): %q", ent.Name(), time.Since(start).Round(time.Millisecond), args)
 			}
 		}
 	}
