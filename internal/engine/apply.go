@@ -638,16 +638,27 @@ func (e *Engine) Disable(ctx context.Context) error {
 		e.warn(fmt.Sprintf("disable: the unconfirmed change applied at %s is still in the kernel: it waits for confirmation, and is rolled back at %s",
 			p.Created.Local().Format(time.TimeOnly), p.Deadline.Local().Format(time.TimeOnly)))
 	} else {
+		// The watchdog is told to stop before its record goes: killed
+		// between the two, one finding the record gone and no outcome
+		// rolled back the copy it read at the deadline, on top of the
+		// disable. Killed once it is stopped, the change still waits
+		// (the next command starts a new watchdog, or disable again
+		// clears it).
+		if err == nil {
+			p.Watchdog.Stop()
+		}
 		// Cleared even when unreadable: nothing is left to roll back to.
 		errs = append(errs, clearPending(dir))
+		if err := e.step("disable-pending-cleared"); err != nil {
+			return err
+		}
 		if err == nil {
-			// The outcome first: a watchdog that is stopped (SIGSTOP)
-			// and resumes later must find its change settled, not roll
-			// it back from its copy on top of the disable.
+			// A watchdog that is stopped (SIGSTOP) gets SIGTERM when it
+			// resumes; one that acts first must find its change settled,
+			// not roll it back from its copy on top of the disable.
 			if oerr := writeOutcome(dir, Outcome{ID: p.ID, Outcome: "disabled", Time: e.o.Now(), Applied: p.Created, Reason: "moat disable"}); oerr != nil {
 				e.warn(oerr.Error())
 			}
-			p.Watchdog.Stop()
 		}
 	}
 	if err := e.step("disable-cleared"); err != nil {

@@ -121,3 +121,52 @@ func TestUndoOfArmedChangeKilledAfterClearingStopsWatchdog(t *testing.T) {
 	r.must(r.do(func(context.Context, *Engine) error { return nil })) // the journal's undo, again
 	r.backAtBase()
 }
+
+// The same for 'moat disable' with a change waiting: killed once the
+// pending record was cleared, before the outcome and the watchdog's stop,
+// the watchdog was left, and at the deadline loaded the policy of before
+// the change (its snapshot gone) on top of the disable.
+func TestDisableKilledAfterClearingStopsWatchdog(t *testing.T) {
+	r := newRig(t)
+	var procs []*exec.Cmd
+	t.Cleanup(func() {
+		for _, c := range procs {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	})
+	r.eng.o.StartWatchdog = func(id string) (int, error) {
+		c := exec.Command("/bin/sh", "-c", "sleep 30", "watchdog", id)
+		if err := c.Start(); err != nil {
+			return 0, err
+		}
+		procs = append(procs, c)
+		time.Sleep(50 * time.Millisecond) // let it exec
+		return c.Process.Pid, nil
+	}
+	r.write(base)
+	_, err := r.enable(r.ch(0))
+	r.must(err)
+	r.waiting()
+	r.crashAt = "disable-pending-cleared"
+	ctx := context.Background()
+	unlock, err := r.eng.LockToRemove(ctx, "moat disable")
+	r.must(err)
+	err = r.eng.Disable(ctx)
+	unlock()
+	if !IsCrash(err) {
+		t.Fatalf("disable was not killed after clearing the record: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- procs[0].Wait() }()
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+			t.Errorf("the watchdog ended otherwise than stopped: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watchdog was not told to stop: it rolls back its copy on top of the disable at the deadline")
+	}
+	procs = nil
+}
