@@ -114,7 +114,7 @@ func ReadNftLoadedReusing(loaded func(set string) (string, bool), known func(cha
 				continue
 			}
 		}
-		rules, err := c.GetRules(table, ch)
+		rules, err := nft.GetRules(c, table, ch)
 		if err != nil {
 			return nil, fmt.Errorf("read moat's nftables chain %s: %w", ch.Name, err)
 		}
@@ -122,7 +122,7 @@ func ReadNftLoadedReusing(loaded func(set string) (string, bool), known func(cha
 			if err := anonElems(anon, r.Exprs); err != nil {
 				return nil, fmt.Errorf("read moat's nftables chain %s: %w", ch.Name, err)
 			}
-			rule := Rule{Tag: ruleset.OriginID(nft.RuleComment(r.UserData)), Body: exprBody(r.Exprs, anon)}
+			rule := Rule{Tag: ruleset.OriginID(nft.RuleComment(r.UserData)), Body: exprBody(r.Exprs, anon) + undecodedBody(r.Undecoded)}
 			for _, e := range r.Exprs {
 				if v := verdictOf(e); v != "" {
 					rule.Verdict = v
@@ -287,6 +287,21 @@ func exprBody(exprs []expr.Any, anon map[string]string) string {
 		return fmt.Sprintf("unreadable: %v", err)
 	}
 	return string(data)
+}
+
+// undecodedBody is what exprBody adds for a rule whose expressions
+// google/nftables did not all decode (nft.Rule.Undecoded): every
+// expression as the kernel dumped it, so that the rule reads as what it
+// is, never as the rule without the expressions left out ("" when none).
+func undecodedBody(raw []nft.RawExpr) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	parts := make([]string, len(raw))
+	for i, e := range raw {
+		parts[i] = e.String()
+	}
+	return " undecoded[" + strings.Join(parts, " ") + "]"
 }
 
 // SessionSets compares moat's protected sets in the kernel (nftables, this

@@ -84,12 +84,14 @@ func XtablesOnlyMoat(family string) (bool, error) {
 		if !builtinChain(ch, ch.Table.Name, builtins) {
 			return false, nil
 		}
-		rules, err := c.GetRules(&gnft.Table{Family: fam, Name: ch.Table.Name}, ch)
+		rules, err := nft.GetRules(c, &gnft.Table{Family: fam, Name: ch.Table.Name}, ch)
 		if err != nil {
 			return false, fmt.Errorf("nftables: list %s %s %s: %w", family, ch.Table.Name, ch.Name, err)
 		}
 		for _, r := range rules {
-			if !slices.Contains(moatJumps[ch.Table.Name], ch.Name) || !moatJump(r.Exprs, ch.Name, family) {
+			// An expression google/nftables could not decode (Undecoded)
+			// makes the rule one moat never writes.
+			if !slices.Contains(moatJumps[ch.Table.Name], ch.Name) || len(r.Undecoded) > 0 || !moatJump(r.Exprs, ch.Name, family) {
 				return false, nil
 			}
 		}

@@ -42,12 +42,20 @@ func HiddenRules() ([]string, error) {
 		if fam == "" {
 			continue
 		}
-		rules, err := c.GetRules(ch.Table, ch)
+		rules, err := nft.GetRules(c, ch.Table, ch)
 		if err != nil {
 			return nil, fmt.Errorf("read %s %s %s: %w", fam, ch.Table.Name, ch.Name, err)
 		}
 		for i, r := range rules {
-			if kinds := foreignExprs(r.Exprs); len(kinds) > 0 {
+			kinds := foreignExprs(r.Exprs)
+			// The expressions google/nftables could not decode (it drops
+			// them: a rule with a byteorder or rt step read as moat's).
+			for _, k := range r.Kinds() {
+				if !iptablesExprs[k] && !containsString(kinds, k) {
+					kinds = append(kinds, k)
+				}
+			}
+			if len(kinds) > 0 {
 				out = append(out, fmt.Sprintf("chain %s %s rule %d holds nftables expressions iptables-save does not show (%s)", fam, ch.Name, i+1, strings.Join(kinds, ", ")))
 			}
 		}
@@ -73,6 +81,11 @@ func foreignExprs(exprs []expr.Any) []string {
 	}
 	return kinds
 }
+
+// iptablesExprs are the kernel's names of the expressions foreignExprs
+// lets through.
+var iptablesExprs = map[string]bool{"payload": true, "cmp": true, "bitwise": true, "meta": true, "counter": true,
+	"immediate": true, "match": true, "target": true, "ct": true, "range": true, "limit": true, "log": true, "reject": true}
 
 func containsString(ss []string, s string) bool {
 	for _, x := range ss {
