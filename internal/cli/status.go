@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -167,6 +168,7 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		if n, err := guard.ActiveBans(a.stateDir, time.Now()); err == nil {
 			rep.BansActive = n
 		}
+		rep.BansActive = kernelBansAtLeast(ctx, b, rep.BansActive)
 		applied, err := a.compare(ctx, b, filePolicy, fileErr, rep)
 		if err != nil {
 			return nil, err
@@ -494,4 +496,27 @@ func ruleNumbers(p *policy.Policy) []int {
 		nums[i] = num
 	}
 	return nums
+}
+
+// kernelBanBound bounds the kernel's bans status counts itself.
+const kernelBanBound = 1000
+
+// kernelBansAtLeast is the count of active bans: recorded (the ban
+// history's), or the kernel's when it holds more (a ban the history does
+// not record: the port scan trap's, one added by hand; 'moat bans' lists
+// them), counted up to kernelBanBound where the backend's dump stops
+// there (nftables). Above the bound the history's count stands: reading
+// the kernel's sets whole costs seconds with 200,000 bans.
+func kernelBansAtLeast(ctx context.Context, b any, recorded int) int {
+	lb, ok := b.(interface {
+		BansUpTo(ctx context.Context, n int) ([]ruleset.Ban, bool, error)
+	})
+	if !ok || recorded >= kernelBanBound {
+		return recorded
+	}
+	bans, _, err := lb.BansUpTo(ctx, kernelBanBound)
+	if err != nil {
+		return recorded
+	}
+	return max(recorded, len(bans))
 }
