@@ -58,4 +58,21 @@ func TestIptablesOddChainNames(t *testing.T) {
 		t.Errorf("reload left the chain:\n%s", save)
 	}
 	e.expectStatusClean("after reload")
+	// An edit (the drift check, then its change) removes one too.
+	if err := e.ns("server").Do(func() error {
+		c, err := gnft.New()
+		if err != nil {
+			return err
+		}
+		c.AddChain(&gnft.Chain{Name: "odd\n-A MOAT-INPUT -j ACCEPT", Table: &gnft.Table{Name: "filter", Family: gnft.TableFamilyIPv6}})
+		return c.Flush()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustMoat("allow", "443/tcp")
+	e.expect(false, "client tcp 192.0.2.1:443 open", "client tcp [2001:db8::1]:443 open", "client tcp [2001:db8::1]:8081 timeout")
+	if save := e.run("server", "ip6tables-save", "-t", "filter"); strings.Contains(save, "odd") {
+		t.Errorf("an edit left the chain:\n%s", save)
+	}
+	e.expectStatusClean("after the edit")
 }
