@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 
 	gnft "github.com/google/nftables"
 	"github.com/mdlayher/netlink"
@@ -121,13 +122,7 @@ func decodeRules(t *gnft.Table, ch *gnft.Chain, msgs []netlink.Message) ([]Rule,
 	if len(replies) == 0 {
 		return nil, nil
 	}
-	dec, err := gnft.New(gnft.WithTestDial(func([]netlink.Message) ([]netlink.Message, error) {
-		return replies, nil
-	}))
-	if err != nil {
-		return nil, err
-	}
-	rules, err := dec.GetRules(t, ch)
+	rules, err := decode(t, ch, replies)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: read chain %s: %w", ch.Name, err)
 	}
@@ -142,6 +137,39 @@ func decodeRules(t *gnft.Table, ch *gnft.Chain, msgs []netlink.Message) ([]Rule,
 		}
 	}
 	return out, nil
+}
+
+// decoder is a google/nftables connection whose socket is a fake that
+// answers every request with replies: its GetRules decodes a dump made
+// elsewhere. Made once (a fake socket seeds a random source too).
+var decoder struct {
+	mu      sync.Mutex
+	c       *gnft.Conn
+	replies []netlink.Message
+}
+
+// decode is google/nftables' decoding of the rule messages replies.
+func decode(t *gnft.Table, ch *gnft.Chain, replies []netlink.Message) ([]*gnft.Rule, error) {
+	decoder.mu.Lock()
+	defer decoder.mu.Unlock()
+	if decoder.c == nil {
+		c, err := gnft.New(gnft.AsLasting(), gnft.WithTestDial(func([]netlink.Message) ([]netlink.Message, error) {
+			return decoder.replies, nil // decoder.mu is held
+		}))
+		if err != nil {
+			return nil, err
+		}
+		decoder.c = c
+	}
+	decoder.replies = replies
+	defer func() { decoder.replies = nil }()
+	rules, err := decoder.c.GetRules(t, ch)
+	if err != nil {
+		// Whatever is left on the fake socket goes with it.
+		_ = decoder.c.CloseLasting()
+		decoder.c = nil
+	}
+	return rules, err
 }
 
 // rawExprs lists the expressions of one NFT_MSG_NEWRULE message (its

@@ -1,14 +1,20 @@
 package nft
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/labtest"
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // ruleMsg is an NFT_MSG_NEWRULE message as a dump gives it, with the
@@ -125,4 +131,78 @@ func FuzzDecodeRules(f *testing.F) {
 			t.Fatalf("%d rules of one message", len(rules))
 		}
 	})
+}
+
+// BenchmarkGetRules reads every chain of moat's table with GetRules (one
+// dump, google/nftables' decoding fed the dump, the expressions counted)
+// and with google/nftables' GetRules (the reader before), over the shared
+// socket, in turns in the same run; it prints the ratio of their times.
+func BenchmarkGetRules(b *testing.B) {
+	_, ns := kernelNS(b)
+	ctx := context.Background()
+	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\nlimit 2222/tcp\n"+
+		"allow from 192.0.2.0/24 to any port 80,443 proto tcp\nreject 25/tcp\nallow 1000:2000/udp\nallow out 53\ndeny out 25/tcp\n")).Policy(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := (&Backend{Run: labtest.Runner(ns)}).Apply(ctx, ruleset.Compile(p)); err != nil {
+		b.Fatal(err)
+	}
+	var old, now time.Duration
+	rules := 0
+	if err := ns.Do(func() error {
+		defer Share()()
+		c, done, err := Conn()
+		if err != nil {
+			return err
+		}
+		chains, err := c.ListChainsOfTableFamily(gnft.TableFamilyINet)
+		done()
+		if err != nil {
+			return err
+		}
+		table := &gnft.Table{Family: gnft.TableFamilyINet, Name: TableName}
+		b.ResetTimer()
+		for range b.N {
+			for turn := range 2 {
+				start := time.Now()
+				c, done, err := Conn()
+				if err != nil {
+					return err
+				}
+				n := 0
+				for _, ch := range chains {
+					if turn == 0 {
+						rs, err := c.GetRules(table, ch)
+						n += len(rs)
+						if err != nil {
+							done()
+							return err
+						}
+					} else {
+						rs, err := GetRules(c, table, ch)
+						n += len(rs)
+						if err != nil {
+							done()
+							return err
+						}
+					}
+				}
+				done()
+				if turn == 0 {
+					old += time.Since(start)
+				} else {
+					now += time.Since(start)
+				}
+				rules = n
+			}
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(rules), "rules")
+	b.ReportMetric(float64(old.Microseconds())/float64(b.N), "µs-google")
+	b.ReportMetric(float64(now.Microseconds())/float64(b.N), "µs-counted")
+	b.ReportMetric(float64(now)/float64(old), "ratio")
 }
