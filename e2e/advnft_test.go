@@ -218,12 +218,23 @@ func TestAdvPacketsDuringStagedEnable(t *testing.T) {
 	e := onBackend(t, "nftables")
 	var b strings.Builder
 	b.WriteString("default deny incoming\nallow 22/tcp\n")
+	// Sources of the documentation ranges only, none adjacent: a few
+	// IPv4 (203.0.113.0/24 here, 198.51.100.128/25 below), the rest
+	// IPv6, 25,000 a list.
 	for i := range 12500 {
-		fmt.Fprintf(&b, "allow from 198.18.%d.%d\nallow from 2001:db8:%x:%x::/64\n", i>>7&255, 2*(i&127), i>>7, 2*(i&127))
+		src := fmt.Sprintf("2001:db8:5%03x:%x::/64", i>>7, 2*(i&127))
+		if i%100 == 0 {
+			src = fmt.Sprintf("203.0.113.%d", 2*(i/100))
+		}
+		fmt.Fprintf(&b, "allow from %s\nallow from 2001:db8:%x:%x::/64\n", src, i>>7, 2*(i&127))
 	}
 	b.WriteString("allow from 192.0.2.3\nallow from 2001:db8::3\n")
 	for i := range 12500 {
-		fmt.Fprintf(&b, "deny from 198.19.%d.%d\ndeny from 2001:db8:f%x:%x::/64\n", i>>7&255, 2*(i&127), i>>7, 2*(i&127))
+		src := fmt.Sprintf("2001:db8:6%03x:%x::/64", i>>7, 2*(i&127))
+		if i%200 == 0 {
+			src = fmt.Sprintf("198.51.100.%d", 128+2*(i/200))
+		}
+		fmt.Fprintf(&b, "deny from %s\ndeny from 2001:db8:f%x:%x::/64\n", src, i>>7, 2*(i&127))
 	}
 	writeFile(t, e.conf, b.String())
 	probe := func(src, dst string) lab.Probe {

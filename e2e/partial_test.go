@@ -16,8 +16,15 @@ func TestPartialSync(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, false)
 		var deny strings.Builder
+		// 4,000 sources of the documentation ranges: 100 of them IPv4
+		// (203.0.113.0/24, none adjacent), the rest IPv6.
 		for i := 0; i < 2000; i++ {
-			fmt.Fprintf(&deny, "deny from 198.18.%d.%d\ndeny from 2001:db8:ff:%x::/64\n", i>>8, i&255, i)
+			if i < 100 {
+				fmt.Fprintf(&deny, "deny from 203.0.113.%d\n", 2*i)
+			} else {
+				fmt.Fprintf(&deny, "deny from 2001:db8:fe:%x::/64\n", i)
+			}
+			fmt.Fprintf(&deny, "deny from 2001:db8:ff:%x::/64\n", i)
 		}
 		base := "default deny incoming\n" + deny.String() + "allow 22/tcp\n"
 		e.apply(base)
