@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	gnft "github.com/google/nftables"
+	"golang.org/x/sys/unix"
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/ipt"
@@ -233,5 +234,49 @@ func TestBuiltinChainHook(t *testing.T) {
 		if got := builtinChain(ch, c.table, moatTables[c.table]); got != c.want {
 			t.Errorf("%s %s hook %d priority %d: %v, want %v", c.table, c.name, *c.hook, *c.prio, got, c.want)
 		}
+	}
+}
+
+// moat's jump from INPUT given by hand, over netlink, an expression
+// google/nftables cannot decode (it dropped it without a word: the rule
+// read as moat's jump) is not moat's: the tables are read with
+// iptables-save.
+func TestXtablesOnlyMoatUndecodedExpr(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run this test as root")
+		}
+		t.Skip("needs root for a network namespace")
+	}
+	t.Parallel()
+	ns := labtest.NS(t, "moatfx")
+	ctx := context.Background()
+	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\n")).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&ipt.Backend{Run: labtest.Runner(ns)}).Apply(ctx, ruleset.Compile(p)); err != nil {
+		t.Fatal(err)
+	}
+	var before, after bool
+	if err := ns.Do(func() error {
+		var err error
+		if before, err = XtablesOnlyMoat("ip"); err != nil {
+			return err
+		}
+		if err := labtest.ReplaceRuleRaw(unix.NFPROTO_IPV4, "filter", func(chain string, _ uint64, _ []byte, _ []string) bool {
+			return chain == "INPUT"
+		}, func(es []labtest.RawExpr) []labtest.RawExpr {
+			return append(es[:len(es)-1:len(es)-1], labtest.RawExpr{Name: "last"}, es[len(es)-1])
+		}); err != nil {
+			return err
+		}
+		after, err = XtablesOnlyMoat("ip")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !before || after {
+		t.Errorf("moat's alone: %v before, %v with last in moat's jump; want true, false", before, after)
 	}
 }
