@@ -113,8 +113,8 @@ func (a *app) locked(cmd *cobra.Command, fn func(ctx context.Context, eng *engin
 	}
 	before, clean := a.repairDrift(ctx)
 	err = runChecked(func() error {
-		a.setChecked(before)
-		defer a.setChecked(appliedState{})
+		a.setChecked(ctx, before)
+		defer a.setChecked(ctx, appliedState{})
 		return fn(ctx, eng)
 	}, func(try int) {
 		a.log.Debug("the ruleset changed after moat's rules were checked: checking them again", "try", try)
@@ -168,16 +168,22 @@ const (
 // generation at which this command's drift check found moat's rules to
 // be what moat applied: it commits a change only there (or after its own
 // commits), never over a change made since (nft.ErrChangedSinceCheck).
-// A zero st takes it back.
-func (a *app) setChecked(st appliedState) {
-	checked := nft.CheckedGen{}
-	if st.Known && a.verified.ok {
-		checked = nft.CheckedGen{Gen: a.verified.gen, OK: true}
-	}
+// Apply, finding the generation moved, checks moat's rules again itself
+// (the fingerprint against the record, as this check did) and goes on
+// from the generation read before it when they are unchanged. A zero st
+// takes it back.
+func (a *app) setChecked(ctx context.Context, st appliedState) {
 	for _, b := range a.kernel {
-		on := checked
-		if b.Name() != st.Backend {
-			on = nft.CheckedGen{}
+		on := nft.CheckedGen{}
+		if st.Known && a.verified.ok && b.Name() == st.Backend {
+			on = nft.CheckedGen{Gen: a.verified.gen, OK: true, Recheck: func() (uint32, bool) {
+				a.verified = verifiedGen{}
+				if !a.unchangedSinceApply(ctx, b, st, false) || !a.verified.ok {
+					return 0, false
+				}
+				a.log.Debug("the ruleset changed after the drift check; moat's rules unchanged", "generation", a.verified.gen)
+				return a.verified.gen, true
+			}}
 		}
 		switch kb := b.(type) {
 		case *nft.Backend:

@@ -540,7 +540,7 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	if !b.Checked.OK {
 		return b.apply(ctx, rs)
 	}
-	if !b.Checked.At(nftGeneration()) {
+	if !b.Checked.Still(nftGeneration()) {
 		// A change since the check (a rule put by hand into moat's
 		// chains?) is in what Apply would read and overwrite.
 		return fmt.Errorf("iptables apply: %w", nft.ErrChangedSinceCheck)
@@ -569,6 +569,10 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		}
 	}
 	b.startTrack()
+	if b.Checked.OK && (!b.track.known || b.track.before != b.Checked.Gen) {
+		// Moved since the check (or since the one Apply made again).
+		return fmt.Errorf("iptables apply: %w", nft.ErrChangedSinceCheck)
+	}
 	// The headers the drift check read: this Apply's alone.
 	heads := b.readHeads
 	b.readHeads = nil

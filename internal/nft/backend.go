@@ -657,7 +657,7 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		if preErr != nil {
 			pre, preErr = Generation()
 		}
-		if !b.Checked.At(pre, preErr) {
+		if !b.Checked.Still(pre, preErr) {
 			// A change since the check (a rule put by hand into moat's
 			// table?) is in what the plan would read and overwrite.
 			return fmt.Errorf("nftables apply: %w", ErrChangedSinceCheck)
@@ -674,20 +674,22 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			b.saveSets(p)
 			return nil
 		}
-		if b.Checked.OK && errors.Is(err, errGenerationMoved) {
-			// Committed after the plan's read, and the plan made again
-			// would overwrite it: checked again first (nothing was
-			// committed).
-			return fmt.Errorf("nftables apply: %w", ErrChangedSinceCheck)
-		}
 		// Nothing was committed. Another change came first (a ban from the
 		// guard): plan again at the new generation, a few times. Or the
 		// kernel does not hold what the store says: the same change
 		// through nft, refilling the changed sets. (Or the acks were
 		// lost and the batch was committed whole: the plan made again
 		// reads the record it wrote and has nothing to do.)
-		netlink := errors.Is(err, errGenerationMoved) && try < 3
+		moved := errors.Is(err, errGenerationMoved)
+		netlink := moved && try < 3
 		pre, preErr = b.generation()
+		if b.Checked.OK && moved && (try >= 2 || !b.Checked.Still(pre, preErr)) {
+			// Committed after the plan's read, and moat's rules are no
+			// longer found as checked (or keep moving): a plan made
+			// again would overwrite what changed. Nothing was
+			// committed; the command checks them again.
+			return fmt.Errorf("nftables apply: %w", ErrChangedSinceCheck)
+		}
 		if p, err = b.plan(ctx, rs, b.Full, netlink, stageGen(pre, preErr)); err != nil {
 			return fmt.Errorf("nftables apply: %w", err)
 		}

@@ -21,6 +21,32 @@ var ErrChangedSinceCheck = errors.New("the nftables ruleset changed after moat's
 type CheckedGen struct {
 	Gen uint32
 	OK  bool
+	// Recheck, when set, checks moat's rules again now (the fingerprint
+	// against the record the command's check vouched for) and returns
+	// the generation read before it when they are still what moat
+	// applied: Apply, finding the generation moved since the check,
+	// goes on from there rather than refuse (a ban, a change of another
+	// table). A generation moved again by the time Apply reads is
+	// refused all the same.
+	Recheck func() (gen uint32, ok bool)
+}
+
+// Still moves c on to a generation at which moat's rules were found
+// unchanged again, when gen (read without error) is not c's; it says
+// whether c is now at gen.
+func (c *CheckedGen) Still(gen uint32, err error) bool {
+	if c.At(gen, err) {
+		return true
+	}
+	if err != nil || c.Recheck == nil {
+		return false
+	}
+	g, ok := c.Recheck()
+	if !ok || g != gen {
+		return false
+	}
+	c.Gen = g
+	return true
 }
 
 // At says whether gen (read without error) is the checked generation.

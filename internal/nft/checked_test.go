@@ -110,3 +110,59 @@ func TestKernelCheckedMovesOn(t *testing.T) {
 		t.Errorf("the edit without a check was not committed:\n%s", table)
 	}
 }
+
+// With Recheck (the command's check made again, here: "no HAND rule in
+// moat's table"), a generation moved since the check by a change
+// elsewhere, before the read or before the send, lets Apply go on from
+// the generation read before the new check: the edit committed, the
+// other table kept. A hand rule fails the new check: nothing committed.
+func TestKernelCheckedRecheck(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		change     string
+		beforeSend bool
+		ok         bool
+	}{
+		{"another table before the read", "add table inet other\n", false, true},
+		{"another table before the send", "add table inet other\n", true, true},
+		{"hand rule before the read", handRule, false, false},
+		{"hand rule before the send", handRule, true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			k := checkedKernel(t)
+			rechecks := 0
+			k.be.Checked.Recheck = func() (uint32, bool) {
+				rechecks++
+				g, err := Generation()
+				return g, err == nil && !strings.Contains(k.table(), "HAND")
+			}
+			change := func() {
+				if _, err := execrun.Exec(context.Background(), []byte(c.change), "nft", "-f", "-"); err != nil {
+					t.Error(err)
+				}
+			}
+			sends := 0
+			k.be.beforeSend = func() {
+				if sends++; sends == 1 && c.beforeSend {
+					change()
+				}
+			}
+			if !c.beforeSend {
+				if err := k.do(func() error { change(); return nil }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := k.do(func() error { return k.be.Apply(context.Background(), compile(t, checkedEdit)) })
+			table := k.table()
+			if c.ok && (err != nil || !strings.Contains(table, "8080")) {
+				t.Errorf("apply: %v, want the edit committed:\n%s", err, table)
+			}
+			if !c.ok && (!errors.Is(err, ErrChangedSinceCheck) || strings.Contains(table, "8080") || !strings.Contains(table, "HAND")) {
+				t.Errorf("apply: %v, want ErrChangedSinceCheck, nothing committed, the hand rule kept:\n%s", err, table)
+			}
+			if rechecks != 1 {
+				t.Errorf("%d rechecks, want 1", rechecks)
+			}
+		})
+	}
+}
