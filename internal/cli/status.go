@@ -68,6 +68,8 @@ type statusPending struct {
 	// WatchdogStopped: it is there but stopped (SIGSTOP): the rollback
 	// waits until it is continued or the next moat command runs.
 	WatchdogStopped bool `json:"watchdog_stopped,omitempty"`
+	// rollingBack: a rollback began (it runs, or was killed part way).
+	rollingBack bool
 }
 
 type statusReport struct {
@@ -136,7 +138,8 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		Persistent: safeapply.Enabled(a.stateDir), statusTruth: statusTruth{InSync: true}}
 	if pend, err := engine.LoadPending(a.stateDir); err == nil {
 		rep.Pending = &statusPending{Applied: pend.Created, Deadline: pend.Deadline, SecondsLeft: max(0, int(pend.Left().Seconds())),
-			WatchdogPID: pend.Watchdog.PID, WatchdogRunning: pend.Watchdog.Alive(), WatchdogStopped: pend.Watchdog.Stopped()}
+			WatchdogPID: pend.Watchdog.PID, WatchdogRunning: pend.Watchdog.Alive(), WatchdogStopped: pend.Watchdog.Stopped(),
+			rollingBack: pend.RollingBack()}
 	} else if !errors.Is(err, engine.ErrNoPending) {
 		rep.stateError(err, "a change waits for confirmation and its record is unreadable: its watchdog rolls back what it read of it at the deadline; commands that change moat's state refuse to run meanwhile ('moat disable' removes moat's rules and state whatever they are)")
 	}

@@ -228,6 +228,10 @@ func (a *app) printTruth(rep *statusReport) {
 			what = "moat's chains were changed outside moat"
 		}
 		switch in := rep.Interrupted; {
+		case rep.Pending != nil && rep.Pending.rollingBack:
+			// Not outside moat: the rollback puts back the rules of
+			// before the change (it runs, or was killed part way).
+			a.printf("moat's rules differ from what moat last applied: the rollback of the unconfirmed change began and has not finished (it runs, or was killed part way: the watchdog, 'moat rollback', or the next moat command that changes something finishes it):\n")
 		case in != nil && in.Running:
 			// Not outside moat: the command running is changing them.
 			what = fmt.Sprintf("moat's rules differ from what moat last applied while '%s' (pid %d) changes them", termtext.Printable(in.Command), in.PID)

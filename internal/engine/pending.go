@@ -72,6 +72,10 @@ func bootID() string {
 	return strings.TrimSpace(string(data))
 }
 
+// RollingBack says whether a rollback of the change began (it may have
+// been killed part way: the kernel then holds part of either).
+func (p *Pending) RollingBack() bool { return p.State == stateRollingBack }
+
 // LoadPending returns the change waiting for confirmation, or ErrNoPending.
 // A pending change from an earlier boot is stale: nothing can roll it back
 // any more, and the boot loaded the saved ruleset anyway.
