@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	gnft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -132,12 +133,54 @@ func decodeRules(t *gnft.Table, ch *gnft.Chain, msgs []netlink.Message) ([]Rule,
 	out := make([]Rule, len(rules))
 	for i, r := range rules {
 		out[i] = Rule{Rule: r}
-		if len(r.Exprs) != len(raw[i]) {
+		if !allDecoded(r.Exprs, raw[i]) {
 			out[i].Undecoded = raw[i]
 		}
 	}
 	return out, nil
 }
+
+// allDecoded says whether exprs, google/nftables' decoding of a rule,
+// holds every expression of raw, the rule as dumped: as many, and as
+// many within each dynset (its per-element expressions, which
+// google/nftables decodes alike, dropping what it cannot).
+func allDecoded(exprs []expr.Any, raw []RawExpr) bool {
+	if len(exprs) != len(raw) {
+		return false
+	}
+	for i, e := range raw {
+		if e.Name != "dynset" {
+			continue
+		}
+		d, ok := exprs[i].(*expr.Dynset)
+		if !ok {
+			return false
+		}
+		n := 0
+		err := eachAttr(e.Data, func(typ uint16, v []byte) error {
+			switch typ {
+			case unix.NFTA_DYNSET_EXPR:
+				n++
+			case nftaDynsetExpressions:
+				return eachAttr(v, func(typ uint16, _ []byte) error {
+					if typ == unix.NFTA_LIST_ELEM {
+						n++
+					}
+					return nil
+				})
+			}
+			return nil
+		})
+		if err != nil || n != len(d.Exprs) {
+			return false
+		}
+	}
+	return true
+}
+
+// nftaDynsetExpressions is NFTA_DYNSET_EXPRESSIONS (a list of
+// expressions; NFTA_DYNSET_EXPR holds one).
+const nftaDynsetExpressions = 10
 
 // decoder is a google/nftables connection whose socket is a fake that
 // answers every request with replies: its GetRules decodes a dump made

@@ -206,3 +206,48 @@ func BenchmarkGetRules(b *testing.B) {
 	b.ReportMetric(float64(now.Microseconds())/float64(b.N), "µs-counted")
 	b.ReportMetric(float64(now)/float64(old), "ratio")
 }
+
+// A dynset's per-element expressions are counted too: google/nftables
+// drops the ones it cannot decode there alike.
+func TestDecodeRulesUndecodedInDynset(t *testing.T) {
+	marshal := func(as []netlink.Attribute) []byte {
+		b, err := netlink.MarshalAttributes(as)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	dynset := func(inner ...[]netlink.Attribute) []netlink.Attribute {
+		var elems []netlink.Attribute
+		for _, e := range inner {
+			elems = append(elems, netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: marshal(e)})
+		}
+		data := marshal([]netlink.Attribute{
+			{Type: unix.NFTA_DYNSET_SET_NAME, Data: []byte("meter\x00")},
+			{Type: unix.NFTA_DYNSET_SREG_KEY, Data: []byte{0, 0, 0, 1}},
+			{Type: unix.NFTA_DYNSET_OP, Data: []byte{0, 0, 0, 1}},
+			{Type: unix.NLA_F_NESTED | nftaDynsetExpressions, Data: marshal(elems)},
+		})
+		return []netlink.Attribute{{Type: unix.NFTA_EXPR_NAME, Data: []byte("dynset\x00")}, {Type: unix.NLA_F_NESTED | unix.NFTA_EXPR_DATA, Data: data}}
+	}
+	limit := exprAttrs(t, "limit", &expr.Limit{Type: expr.LimitTypePkts, Rate: 10, Unit: expr.LimitTimeSecond, Burst: 5})
+	counter := exprAttrs(t, "counter", &expr.Counter{})
+	last := []netlink.Attribute{{Type: unix.NFTA_EXPR_NAME, Data: []byte("last\x00")}}
+	verdict := exprAttrs(t, "immediate", &expr.Verdict{Kind: expr.VerdictDrop})
+	rules, err := decodeRules(&gnft.Table{Family: gnft.TableFamilyINet, Name: "moat"}, &gnft.Chain{Name: "input"}, []netlink.Message{
+		ruleMsg(t, dynset(limit, counter), verdict),
+		ruleMsg(t, dynset(limit, last), verdict),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rules) != 2 {
+		t.Fatalf("%d rules", len(rules))
+	}
+	if d, ok := rules[0].Exprs[0].(*expr.Dynset); !ok || len(d.Exprs) != 2 || rules[0].Undecoded != nil {
+		t.Errorf("a dynset decoded whole: %+v, undecoded %v", rules[0].Exprs, rules[0].Undecoded)
+	}
+	if got := rules[1].Kinds(); !slices.Equal(got, []string{"dynset", "immediate"}) || !strings.Contains(rules[1].Undecoded[0].String(), "6c61737400") /* "last\0" */ {
+		t.Errorf("a dynset with last: kinds %q, %v", got, rules[1].Undecoded)
+	}
+}
