@@ -1,16 +1,19 @@
 package ipt
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -334,10 +337,14 @@ func onlyInserts(rs *ruleset.Ruleset, st *state, fam policy.Family, names Names)
 }
 
 // nftTools says whether the iptables-restore and ip6tables-restore moat
-// would run are iptables-nft's (xtables-nft-multi): only then does moat
-// write their rules into nftables itself. The legacy tools on a host
-// that has no legacy table yet (InNftables cannot tell) would have made
-// x_tables rules; a wrapper, whatever it does, is run. A variable for
+// would run are iptables-nft's (xtables-nft-multi) of the version whose
+// rules xtenc's bytes are proven against (provenIptables): only then
+// does moat write their rules into nftables itself. The legacy tools on
+// a host that has no legacy table yet (InNftables cannot tell) would
+// have made x_tables rules; a wrapper, whatever it does, is run; another
+// iptables-nft (Debian 13's 1.8.11 writes some matches otherwise, and
+// its iptables-save, -C and -D are not proven to read 1.8.9's bytes as
+// the lines moat rendered) restores the change itself. A variable for
 // the tests.
 var nftTools = func() bool {
 	for _, prog := range []string{"iptables-restore", "ip6tables-restore"} {
@@ -345,11 +352,51 @@ var nftTools = func() bool {
 		if err != nil {
 			return false
 		}
-		if path, err = filepath.EvalSymlinks(path); err != nil || filepath.Base(path) != "xtables-nft-multi" {
+		if path, err = filepath.EvalSymlinks(path); err != nil || filepath.Base(path) != "xtables-nft-multi" || !provenVersion(path) {
 			return false
 		}
 	}
 	return true
+}
+
+// provenIptables is the iptables-nft whose rules xtenc writes byte for
+// byte (TestKernelShapes, TestKernelCorpus, TestWireMatchesIptables):
+// the version string xtables-nft-multi is built with (PACKAGE_VERSION
+// " (nf_tables)", which `iptables --version` prints).
+const provenIptables = "1.8.9 (nf_tables)"
+
+// provenVersion says whether the binary at path (xtables-nft-multi) is
+// of provenIptables: its file holds that version string, whole (NUL
+// ended, not the tail of a longer version such as 11.8.9). Read from the
+// file, not asked of the program (no process is started); the answer is
+// kept for the process (its file does not change under one command).
+func provenVersion(path string) bool {
+	if v, ok := provenVersions.Load(path); ok {
+		return v.(bool)
+	}
+	data, err := os.ReadFile(path)
+	ok := err == nil && holdsVersion(data, provenIptables)
+	provenVersions.Store(path, ok)
+	return ok
+}
+
+var provenVersions sync.Map // path → bool
+
+// holdsVersion says whether data holds the NUL-ended string v not
+// preceded by a digit or a dot.
+func holdsVersion(data []byte, v string) bool {
+	want := []byte(v + "\x00")
+	for off := 0; ; {
+		i := bytes.Index(data[off:], want)
+		if i < 0 {
+			return false
+		}
+		i += off
+		if i == 0 || (data[i-1] != '.' && (data[i-1] < '0' || data[i-1] > '9')) {
+			return true
+		}
+		off = i + 1
+	}
 }
 
 // readBuiltins reads which tables of iptables-nft's (raw, filter) hold

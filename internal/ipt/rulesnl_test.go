@@ -1,6 +1,7 @@
 package ipt
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -268,11 +269,36 @@ func TestNftTools(t *testing.T) {
 		{"one legacy", nftMulti, legacyMulti, false},
 		{"wrapper", "script", nftMulti, false},
 		{"missing", nftMulti, "", false},
+		// iptables-nft of a version xtenc's bytes are not proven against
+		// (Debian 13's): its own restore writes the change.
+		{"newer nft", "1.8.11", "1.8.11", false},
+		{"one newer", nftMulti, "1.8.11", false},
+		{"proven copy", "1.8.9", "1.8.9", true},
 	} {
 		dir := t.TempDir()
 		for prog, target := range map[string]string{"iptables-restore": c.v4, "ip6tables-restore": c.v6} {
 			p := filepath.Join(dir, prog)
 			switch target {
+			case "1.8.9", "1.8.11":
+				// xtables-nft-multi's file with that version string.
+				data, err := os.ReadFile(nftMulti)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Contains(data, []byte("\x001.8.9 (nf_tables)\x00")) {
+					t.Skip("xtables-nft-multi is not 1.8.9")
+				}
+				data = bytes.ReplaceAll(data, []byte("\x001.8.9"), []byte("\x00"+target))
+				bin := filepath.Join(dir, target, "xtables-nft-multi")
+				if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(bin, data, 0o755); err != nil && !os.IsExist(err) {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(bin, p); err != nil {
+					t.Fatal(err)
+				}
 			case "":
 			case "script":
 				if err := os.WriteFile(p, []byte("#!/bin/sh\nexec "+nftMulti+" \"$@\"\n"), 0o755); err != nil {
@@ -291,6 +317,30 @@ func TestNftTools(t *testing.T) {
 		t.Setenv("PATH", dir)
 		if got := nftTools(); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// holdsVersion finds the version string whole: not the tail of another
+// version, not without its NUL.
+func TestHoldsVersion(t *testing.T) {
+	v := "1.8.9 (nf_tables)"
+	for _, c := range []struct {
+		data string
+		want bool
+	}{
+		{"\x001.8.9 (nf_tables)\x00", true},
+		{"1.8.9 (nf_tables)\x00rest", true},
+		{"x\x00" + "11.8.9 (nf_tables)\x00", false},
+		{"v1.8.9 (nf_tables)\x00", true},
+		{"2.1.8.9 (nf_tables)\x00\x001.8.9 (nf_tables)\x00", true},
+		{"\x001.8.9 (nf_tables)", false},
+		{"\x001.8.9 (nf_tables)-rc1\x00", false},
+		{"\x001.8.11 (nf_tables)\x00", false},
+		{"", false},
+	} {
+		if got := holdsVersion([]byte(c.data), v); got != c.want {
+			t.Errorf("%q: %v, want %v", c.data, got, c.want)
 		}
 	}
 }
