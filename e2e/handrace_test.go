@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -121,6 +122,42 @@ func TestHandChangeWhileCommandHeld(t *testing.T) {
 					e.run("server", "nft", "list", "table", "inet", "genrace")
 				})
 			})
+		}
+	})
+}
+
+// Another program committing all the time (a table made and deleted in
+// a loop, as a busy Docker or fail2ban might) moves the generation
+// between each command's drift check and its commit: every edit still
+// goes through (Apply checks moat's rules again itself, and the command
+// runs again a bounded number of times), with no drift reported.
+func TestEditsDuringForeignChurn(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\nallow 22/tcp\n")
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		churns := 0
+		repeatUntil(&wg, stop, func() bool {
+			churns++
+			_, err := e.ns("server").Run(context.Background(), "nft", "add table inet churn; delete table inet churn")
+			return err == nil
+		})
+		func() {
+			defer func() { close(stop); wg.Wait() }()
+			for _, port := range []string{"80", "8080", "6000"} {
+				out, err := e.moat("allow", port+"/tcp")
+				if err != nil || strings.Contains(out, "changed outside moat") {
+					t.Errorf("allow %s during the churn: %v\n%s", port, err, out)
+				}
+			}
+		}()
+		if churns < 10 {
+			t.Errorf("only %d foreign commits during the edits", churns)
+		}
+		e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:8080 open", "client tcp 192.0.2.1:6000 open")
+		if status := e.mustMoat("status"); strings.Contains(status, "changed outside moat") {
+			t.Errorf("status after the edits:\n%s", status)
 		}
 	})
 }
