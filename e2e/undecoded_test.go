@@ -48,7 +48,8 @@ func TestRuleUndecodedExprByHand(t *testing.T) {
 		t.Errorf("allow after a byteorder step was added by hand did not notice (err %v):\n%s", err, out)
 	}
 	out := e.mustMoat("status")
-	if !strings.Contains(out, "changed outside moat (moat reload repairs it)") || !strings.Contains(out, "1 rule changed in place (tag and verdict kept): L3") {
+	if !strings.Contains(out, "changed outside moat (moat reload repairs it)") || !strings.Contains(out, "1 rule changed in place (tag and verdict kept): L3") ||
+		!strings.Contains(out, "its nftables expressions now: meta, cmp, payload, byteorder, cmp") {
 		t.Errorf("status after a byteorder step was added by hand:\n%s", out)
 	}
 	e.mustMoat("reload")

@@ -531,7 +531,11 @@ func compareRules(chain string, want, got []Rule) []string {
 		var changed []string
 		for i := range origWant {
 			if origWant[i].Body != origGot[i].Body {
-				changed = append(changed, origWant[i].String())
+				r := origWant[i].String()
+				if names := undecodedNames(origGot[i].Body); len(names) > 0 {
+					r += " (its nftables expressions now: " + strings.Join(names, ", ") + ")"
+				}
+				changed = append(changed, r)
 			}
 		}
 		return []string{fmt.Sprintf("chain %s: %s changed in place (tag and verdict kept): %s", chain, plural(len(changed), "rule"), short(changed))}
@@ -567,6 +571,34 @@ func compareRules(chain string, want, got []Rule) []string {
 	}
 	if len(out) == 0 {
 		out = append(out, fmt.Sprintf("chain %s holds moat's rules in another order", chain))
+	}
+	return out
+}
+
+// undecodedNames is the names of the expressions of a rule read raw
+// (undecodedBody: google/nftables could not decode one of them, which
+// the admin is shown), in order; nil for any other body.
+func undecodedNames(body string) []string {
+	i := strings.LastIndex(body, " undecoded[") // appended last
+	if i < 0 {
+		return nil
+	}
+	raw := body[i+len(" undecoded["):]
+	var out []string
+	for raw != "" && raw[0] == '"' {
+		q, err := strconv.QuotedPrefix(raw)
+		if err != nil {
+			break
+		}
+		name, _ := strconv.Unquote(q)
+		shown := strconv.QuoteToASCII(name) // the kernel's text: never raw on a terminal
+		out = append(out, shown[1:len(shown)-1])
+		raw = raw[len(q):]
+		// its data (hex, or none), then the next
+		_, raw, _ = strings.Cut(raw, " ")
+		for raw != "" && raw[0] != '"' {
+			_, raw, _ = strings.Cut(raw, " ")
+		}
 	}
 	return out
 }

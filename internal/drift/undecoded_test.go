@@ -2,6 +2,7 @@ package drift
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -94,7 +95,9 @@ func TestKernelUndecodedExpressionSeen(t *testing.T) {
 			if d == nil {
 				t.Fatalf("a rule with %s added by hand reads as moat's own", name)
 			}
-			t.Logf("drift: %q", d)
+			if !strings.Contains(strings.Join(d, "\n"), name) {
+				t.Errorf("the drift report does not name %s: %q", name, d)
+			}
 			fp1, err := Fingerprint(after)
 			if err != nil {
 				t.Fatal(err)
@@ -114,5 +117,21 @@ func TestKernelUndecodedExpressionSeen(t *testing.T) {
 				t.Errorf("the rule's body does not name %s: %s", name, body)
 			}
 		})
+	}
+}
+
+// The names of a rule read raw are given to the admin, escaped; other
+// bodies give none.
+func TestUndecodedNames(t *testing.T) {
+	body := exprBody(nil, nil) + undecodedBody([]nft.RawExpr{{Name: "payload", Data: []byte{1, 2}}, {Name: "last", Data: []byte{3}},
+		{Name: "by\x1b[2Jte order"}, {Name: "immediate", Data: []byte{4}}})
+	if got, want := undecodedNames(body), []string{"payload", "last", `by\x1b[2Jte order`, "immediate"}; !slices.Equal(got, want) {
+		t.Errorf("names %q, want %q (body %s)", got, want, body)
+	}
+	for _, b := range []string{"", `[{"*expr.Log":{"Data":" undecoded["}}]`, " undecoded[", ` undecoded["x`} {
+		_ = undecodedNames(b) // never panics
+	}
+	if got := undecodedNames(`[{"*expr.Cmp":{}}]`); got != nil {
+		t.Errorf("names of a decoded rule: %q", got)
 	}
 }
