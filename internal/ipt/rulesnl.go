@@ -41,11 +41,16 @@ import (
 // in between (iptables -I, another tool's commit) makes the kernel
 // refuse it whole, and the change is made by iptables-restore instead,
 // as before, whose commits then do not account for the generation
-// (ownRestoresOnly: the kernel is read back and compared). A line the
-// encoder does not know (ErrUnsupported: a match outside its list), a
-// jump in a built-in chain to insert or delete, a table that is not
-// there: iptables-restore for the whole change, never part one way and
-// part the other.
+// (ownRestoresOnly: the kernel is read back and compared). Jumps from the
+// built-in chains are written too: inserted first where there is none
+// (the table and the built-in chain made first where they are not
+// there, as iptables-nft makes them), or replaced in place by handle
+// where there are others. A line the encoder does not know
+// (ErrUnsupported: a match outside its list), a jump inserted further
+// down or deleted and not put back, a chain of a built-in's name that is
+// not that built-in (checkBuiltins), tools other than iptables-nft
+// 1.8.9's (nftTools): iptables-restore for the whole change, never part
+// one way and part the other.
 
 // xtRule is one rule encoded for the kernel (xtenc.Rule).
 type xtRule struct {
@@ -89,8 +94,11 @@ type rulesTxn struct {
 // declared (":MOAT-X - [0:0]", which iptables-restore --noflush empties)
 // is made where it does not, and flushed. Any line but a chain's
 // declaration, a rule appended to one of moat's chains, a jump inserted
-// first into a built-in chain, a table line and COMMIT (a jump deleted
-// from a built-in chain, or inserted further down) is errXtUnsupported.
+// first into a built-in chain (plan's builtins say whether the table and
+// the chain are there: made first where not), jumps deleted and one
+// inserted in their stead (writeJump: replaced by plan's handles), a
+// table line and COMMIT (a jump deleted and not put back, one inserted
+// further down, a count of jumps not the kernel's) is errXtUnsupported.
 func buildRulesTxn(plan map[policy.Family]nlFamilyPlan, has map[policy.Family]map[string]bool, enc xtEncoder) (*rulesTxn, error) {
 	t := &rulesTxn{}
 	for i, f := range families {
@@ -212,10 +220,7 @@ func buildRulesTxn(plan map[policy.Family]nlFamilyPlan, has map[policy.Family]ma
 				}
 				if len(rules) != 1 && flags&nlmFAppend == 0 {
 					// Inserted at the head one by one, they would stand in
-					// the reverse order.
-					return nil, fmt.Errorf("%w: %q makes %d rules", errXtUnsupported, l, len(rules))
-				}
-				if len(rules) != 1 && extra != nil {
+					// the reverse order; one handle replaces one rule.
 					return nil, fmt.Errorf("%w: %q makes %d rules", errXtUnsupported, l, len(rules))
 				}
 				for _, r := range rules {
@@ -276,13 +281,14 @@ type nlFamilyPlan struct {
 
 // rulesNetlinkPlan is, per family to change, what Apply's loop would
 // restore into it (without the "rewriting" mark, which one transaction
-// does not need: nothing is committed before the record), when the
-// change can go over netlink: iptables-nft, some family's rules
-// rewritten (the record alone goes through writeGen), and every jump
-// from a built-in chain as it should be (the tables are then there, and
-// the scripts only flush and fill moat's chains: the same scripts
-// restored again after a transaction whose answer was lost leave the
-// same rules).
+// does not need: nothing of the rules is committed before the record),
+// when the change can go over netlink: iptables-nft 1.8.9's tools
+// (nftTools), and some family's rules rewritten (the record alone goes
+// through writeGen). Where a family's jumps from the built-in chains are
+// not as they should be, readBuiltins says which tables and built-in
+// chains are there (and, where jumps are replaced, their handles); a
+// read that fails, or a chain of a built-in's name that is not that
+// built-in: not over netlink.
 func (b *Backend) rulesNetlinkPlan(rs *ruleset.Ruleset, st *state, gen, rh string, c contents, names Names, keepRaw map[policy.Family]bool) (map[policy.Family]nlFamilyPlan, bool) {
 	if !b.nlPrint() || !nftTools() {
 		return nil, false

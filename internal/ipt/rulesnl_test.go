@@ -34,6 +34,15 @@ func (e *fakeEncoder) encode(proto uint8, line string) ([]xtRule, error) {
 
 func (e *fakeEncoder) close() error { e.closed = true; return nil }
 
+// twoRules encodes every line as two rules (as a line with two
+// multiport lists is).
+type twoRules struct{}
+
+func (twoRules) encode(uint8, string) ([]xtRule, error) {
+	return []xtRule{{exprs: []byte{0, 0, 0, 0}}, {exprs: []byte{0, 0, 0, 0}}}, nil
+}
+func (twoRules) close() error { return nil }
+
 // The transaction does what iptables-restore --noflush does with the
 // same scripts: a declared chain is flushed where it exists and made
 // where it does not, each rule appended in order, MOAT-GEN's record
@@ -243,6 +252,16 @@ func TestBuildRulesTxnReplacesJumps(t *testing.T) {
 	want := []string{"ip flush filter MOAT-INPUT", "ip replace filter -A INPUT -m conntrack ! --ctstate RELATED,ESTABLISHED -j MOAT-INPUT", "ip delete filter INPUT 9"}
 	if !slices.Equal(txn.ops, want) || txn.x.Len() != len(want) {
 		t.Errorf("ops %q, want %q", txn.ops, want)
+	}
+	// A jump the encoder makes two rules of: one handle replaces one
+	// rule, and inserted one by one they would stand reversed.
+	if _, err := buildRulesTxn(map[policy.Family]nlFamilyPlan{policy.FamilyV4: {script: script, builtins: builtins,
+		jumps: map[string][]uint64{"filter INPUT": {7, 9}}}}, has, twoRules{}); !errors.Is(err, errXtUnsupported) {
+		t.Errorf("a replaced jump of two rules: %v", err)
+	}
+	first := "*filter\n:MOAT-INPUT - [0:0]\n-I INPUT 1 -j MOAT-INPUT\nCOMMIT\n"
+	if _, err := buildRulesTxn(map[policy.Family]nlFamilyPlan{policy.FamilyV4: {script: first, builtins: builtins}}, has, twoRules{}); !errors.Is(err, errXtUnsupported) {
+		t.Errorf("an inserted jump of two rules: %v", err)
 	}
 	for _, jumps := range []map[string][]uint64{nil, {"filter INPUT": {7}}, {"filter INPUT": {7, 9, 11}}} {
 		if _, err := buildRulesTxn(map[policy.Family]nlFamilyPlan{policy.FamilyV4: {script: script, builtins: builtins, jumps: jumps}}, has, &fakeEncoder{}); !errors.Is(err, errXtUnsupported) {
