@@ -33,8 +33,10 @@ import (
 // switches both families, raw and filter, and the record at once: a moat
 // killed at any point leaves all of it or none of it (iptables-restore
 // commits each table of each family on its own: four commits, and the
-// "rewriting" mark before them, markRewriting). No process is started
-// (two restores were most of a command's time).
+// "rewriting" mark before them, markRewriting). Only a change of ipsets
+// is committed before it, on its own, with the "changing" mark that
+// says so (markChanging) until the transaction writes the new record.
+// No process is started (two restores were most of a command's time).
 //
 // The transaction is sent at the ruleset generation moat read its
 // chains at (plus its own commits since): a change made by anyone else
