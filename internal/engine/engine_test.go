@@ -926,23 +926,7 @@ func TestHugeConfirmDoesNotWrap(t *testing.T) {
 // watchdog for it.
 func TestKilledWatchdogIsRestarted(t *testing.T) {
 	r := newRig(t)
-	var procs []*exec.Cmd
-	t.Cleanup(func() {
-		for _, c := range procs {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-	})
-	r.eng.o.StartWatchdog = func(id string) (int, error) {
-		// A stand-in with the watchdog's arguments.
-		c := exec.Command("/bin/sh", "-c", "sleep 30", "watchdog", id)
-		if err := c.Start(); err != nil {
-			return 0, err
-		}
-		procs = append(procs, c)
-		time.Sleep(50 * time.Millisecond) // let it exec
-		return c.Process.Pid, nil
-	}
+	w := r.standInWatchdogs()
 	r.write(base)
 	_, err := r.enable(r.ch(0))
 	r.must(err)
@@ -952,8 +936,8 @@ func TestKilledWatchdogIsRestarted(t *testing.T) {
 	if !first.Alive() {
 		t.Fatal("the first watchdog is not recognized")
 	}
-	r.must(procs[0].Process.Kill())
-	_ = procs[0].Wait()
+	r.must(w.procs[0].Process.Kill())
+	_ = w.procs[0].Wait()
 	r.advance(10 * time.Second)
 	r.must(r.do(func(context.Context, *Engine) error { return nil })) // the next command
 	p, err := LoadPending(r.dir)
@@ -965,6 +949,59 @@ func TestKilledWatchdogIsRestarted(t *testing.T) {
 		t.Errorf("the restart was not reported: %q", r.warnings)
 	}
 	r.kernelIs("nftables", base+"allow 443/tcp\n")
+}
+
+// standInWatchdogs makes r's engine start, for each watchdog, a sleeping
+// stand-in process with the watchdog's arguments (so Alive and identify
+// recognize it); the ones not yet waited for are killed at the test's end.
+func (r *rig) standInWatchdogs() *standIns {
+	w := &standIns{t: r.t}
+	r.t.Cleanup(func() {
+		for _, c := range w.procs {
+			if c.ProcessState == nil {
+				_ = c.Process.Kill()
+				_ = c.Wait()
+			}
+		}
+	})
+	r.eng.o.StartWatchdog = func(id string) (int, error) {
+		c := exec.Command("/bin/sh", "-c", "sleep 30", "watchdog", id)
+		if err := c.Start(); err != nil {
+			return 0, err
+		}
+		w.procs = append(w.procs, c)
+		time.Sleep(50 * time.Millisecond) // let it exec
+		return c.Process.Pid, nil
+	}
+	return w
+}
+
+// standIns are the stand-in watchdogs started, in order.
+type standIns struct {
+	t     *testing.T
+	procs []*exec.Cmd
+}
+
+// stopped fails the test unless the first stand-in ends by SIGTERM (the
+// engine's stop) within 5 s; left says what a watchdog left running does.
+func (w *standIns) stopped(left string) {
+	w.t.Helper()
+	if len(w.procs) == 0 {
+		w.t.Fatal("no watchdog was started")
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.procs[0].Wait() }()
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+			w.t.Errorf("the watchdog ended otherwise than stopped: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		_ = w.procs[0].Process.Kill()
+		<-done
+		w.t.Fatal("the watchdog was not told to stop: " + left)
+	}
 }
 
 // The watchdog read its change, then pending.json is damaged or deleted

@@ -3,8 +3,6 @@ package engine
 import (
 	"context"
 	"errors"
-	"os/exec"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -19,23 +17,7 @@ import (
 // leaves none.
 func TestRollbackKilledAfterClearingStopsWatchdog(t *testing.T) {
 	r := newRig(t)
-	var procs []*exec.Cmd
-	t.Cleanup(func() {
-		for _, c := range procs {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-	})
-	r.eng.o.StartWatchdog = func(id string) (int, error) {
-		// A stand-in with the watchdog's arguments.
-		c := exec.Command("/bin/sh", "-c", "sleep 30", "watchdog", id)
-		if err := c.Start(); err != nil {
-			return 0, err
-		}
-		procs = append(procs, c)
-		time.Sleep(50 * time.Millisecond) // let it exec
-		return c.Process.Pid, nil
-	}
+	w := r.standInWatchdogs()
 	r.write(base)
 	_, err := r.enable(r.ch(0))
 	r.must(err)
@@ -52,18 +34,7 @@ func TestRollbackKilledAfterClearingStopsWatchdog(t *testing.T) {
 		t.Fatalf("the record is still there: %v", err)
 	}
 	r.backAtBase()
-	done := make(chan error, 1)
-	go func() { done <- procs[0].Wait() }()
-	select {
-	case err := <-done:
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
-			t.Errorf("the watchdog ended otherwise than stopped: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the watchdog was not told to stop: it rolls back its copy again at the deadline")
-	}
-	procs = nil
+	w.stopped("it rolls back its copy again at the deadline")
 }
 
 // The same for the undo of a command killed after it armed its change:
@@ -73,22 +44,7 @@ func TestRollbackKilledAfterClearingStopsWatchdog(t *testing.T) {
 // finds no armed change), and it rolled back its copy at the deadline.
 func TestUndoOfArmedChangeKilledAfterClearingStopsWatchdog(t *testing.T) {
 	r := newRig(t)
-	var procs []*exec.Cmd
-	t.Cleanup(func() {
-		for _, c := range procs {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-	})
-	r.eng.o.StartWatchdog = func(id string) (int, error) {
-		c := exec.Command("/bin/sh", "-c", "sleep 30", "watchdog", id)
-		if err := c.Start(); err != nil {
-			return 0, err
-		}
-		procs = append(procs, c)
-		time.Sleep(50 * time.Millisecond) // let it exec
-		return c.Process.Pid, nil
-	}
+	w := r.standInWatchdogs()
 	r.write(base)
 	_, err := r.enable(r.ch(0))
 	r.must(err)
@@ -96,8 +52,8 @@ func TestUndoOfArmedChangeKilledAfterClearingStopsWatchdog(t *testing.T) {
 	if _, err := r.add(r.ch(time.Minute), "allow 443/tcp"); !IsCrash(err) {
 		t.Fatalf("the change was not killed after the kernel took it: %v", err)
 	}
-	if len(procs) != 1 {
-		t.Fatalf("%d watchdogs started", len(procs))
+	if len(w.procs) != 1 {
+		t.Fatalf("%d watchdogs started", len(w.procs))
 	}
 	r.crashAt = "armed-dropped"
 	if err := r.do(func(context.Context, *Engine) error { return nil }); !IsCrash(err) {
@@ -106,18 +62,7 @@ func TestUndoOfArmedChangeKilledAfterClearingStopsWatchdog(t *testing.T) {
 	if _, err := LoadPending(r.dir); !errors.Is(err, ErrNoPending) {
 		t.Fatalf("the record is still there: %v", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- procs[0].Wait() }()
-	select {
-	case err := <-done:
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
-			t.Errorf("the watchdog ended otherwise than stopped: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the watchdog was not told to stop: it rolls back its copy again at the deadline")
-	}
-	procs = nil
+	w.stopped("it rolls back its copy again at the deadline")
 	r.must(r.do(func(context.Context, *Engine) error { return nil })) // the journal's undo, again
 	r.backAtBase()
 }
@@ -128,22 +73,7 @@ func TestUndoOfArmedChangeKilledAfterClearingStopsWatchdog(t *testing.T) {
 // the change (its snapshot gone) on top of the disable.
 func TestDisableKilledAfterClearingStopsWatchdog(t *testing.T) {
 	r := newRig(t)
-	var procs []*exec.Cmd
-	t.Cleanup(func() {
-		for _, c := range procs {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-	})
-	r.eng.o.StartWatchdog = func(id string) (int, error) {
-		c := exec.Command("/bin/sh", "-c", "sleep 30", "watchdog", id)
-		if err := c.Start(); err != nil {
-			return 0, err
-		}
-		procs = append(procs, c)
-		time.Sleep(50 * time.Millisecond) // let it exec
-		return c.Process.Pid, nil
-	}
+	w := r.standInWatchdogs()
 	r.write(base)
 	_, err := r.enable(r.ch(0))
 	r.must(err)
@@ -157,16 +87,5 @@ func TestDisableKilledAfterClearingStopsWatchdog(t *testing.T) {
 	if !IsCrash(err) {
 		t.Fatalf("disable was not killed after clearing the record: %v", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- procs[0].Wait() }()
-	select {
-	case err := <-done:
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
-			t.Errorf("the watchdog ended otherwise than stopped: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the watchdog was not told to stop: it rolls back its copy on top of the disable at the deadline")
-	}
-	procs = nil
+	w.stopped("it rolls back its copy on top of the disable at the deadline")
 }
