@@ -828,11 +828,12 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	// over netlink after the loop, both in one transaction (writeGen).
 	recs := map[policy.Family][]string{}
 	for _, f := range families {
-		if viaNetlink || !b.Full && st.gen[f.fam] == gen && b.jumpsComplete(rs, st, f.fam, names) {
+		w, ts := b.familyWrite(rs, st, f.fam, gen, rh, names, keepRaw[f.fam])
+		if viaNetlink || w == writeNone {
 			continue
 		}
 		var script string
-		if !b.Full && st.rules[f.fam] == rh && b.jumpsComplete(rs, st, f.fam, names) {
+		if w == writeRecord {
 			// The rules are as they were: only the record changes.
 			script = "*filter\n" + genChainRules(gen, rh, c) + "COMMIT\n"
 			genOnly[f.fam] = script
@@ -842,10 +843,6 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 				continue
 			}
 		} else {
-			ts := tables
-			if keepRaw[f.fam] {
-				ts = []string{tableFilter}
-			}
 			script = mark[f.fam] + renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, ts)
 			whole = true
 			rewrote[f.fam] = true
@@ -1091,15 +1088,13 @@ func (b *Backend) markRewriting(rs *ruleset.Ruleset, st *state, gen, rh string, 
 	recs := map[policy.Family][]string{}
 	scripts := map[policy.Family]string{}
 	for _, f := range families {
-		complete := b.jumpsComplete(rs, st, f.fam, names)
+		w, ts := b.familyWrite(rs, st, f.fam, gen, rh, names, keepRaw[f.fam])
 		switch {
-		case !b.Full && st.gen[f.fam] == gen && complete:
-			continue // left as it is
-		case !b.Full && st.rules[f.fam] == rh && complete:
-			continue // only MOAT-GEN is written
+		case w != writeWhole:
+			continue // left as it is, or only MOAT-GEN is written
 		case !st.has[f.fam][GenChain] || st.gen[f.fam] == rewriting && st.rules[f.fam] == "":
 			continue // no record to trust
-		case keepRaw[f.fam]:
+		case !slices.Contains(ts, tableRaw):
 			continue // filter alone: one commit
 		}
 		keep := contents{}
@@ -1187,6 +1182,34 @@ func comparePrefix(a, b netip.Prefix) int {
 	}
 	return a.Bits() - b.Bits()
 }
+
+// familyWrite is what Apply writes into family fam: nothing
+// (writeNone: its record is the new generation's and its jumps are
+// there), MOAT-GEN's record alone (writeRecord: the rules are as they
+// were), or its rules whole (writeWhole) in the tables ts, filter alone
+// where keepRaw holds raw as it is. Apply's restores and the netlink
+// transaction (rulesNetlinkPlan) both follow it.
+func (b *Backend) familyWrite(rs *ruleset.Ruleset, st *state, fam policy.Family, gen, rh string, names Names, keepRaw bool) (familyWriteKind, []string) {
+	complete := b.jumpsComplete(rs, st, fam, names)
+	switch {
+	case !b.Full && st.gen[fam] == gen && complete:
+		return writeNone, nil
+	case !b.Full && st.rules[fam] == rh && complete:
+		return writeRecord, nil
+	case keepRaw:
+		return writeWhole, []string{tableFilter}
+	}
+	return writeWhole, tables
+}
+
+// familyWriteKind is familyWrite's answer.
+type familyWriteKind int
+
+const (
+	writeNone familyWriteKind = iota
+	writeRecord
+	writeWhole
+)
 
 // jumpsComplete says whether every chain of rs has its jump.
 func (b *Backend) jumpsComplete(rs *ruleset.Ruleset, st *state, fam policy.Family, names Names) bool {

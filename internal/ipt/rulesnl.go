@@ -298,21 +298,16 @@ func (b *Backend) rulesNetlinkPlan(rs *ruleset.Ruleset, st *state, gen, rh strin
 	plan := map[policy.Family]nlFamilyPlan{}
 	anyWhole, jumps, replaces := false, false, false
 	for _, f := range families {
-		complete := b.jumpsComplete(rs, st, f.fam, names)
-		switch {
-		case !b.Full && st.gen[f.fam] == gen && complete:
+		w, ts := b.familyWrite(rs, st, f.fam, gen, rh, names, keepRaw[f.fam])
+		switch w {
+		case writeNone:
 			continue // left as it is
-		case !complete:
-			jumps = true
-			replaces = replaces || !onlyInserts(rs, st, f.fam, names)
-			plan[f.fam] = nlFamilyPlan{script: renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, tables), whole: true}
-			anyWhole = true
-		case !b.Full && st.rules[f.fam] == rh:
+		case writeRecord:
 			plan[f.fam] = nlFamilyPlan{script: "*filter\n" + genChainRules(gen, rh, c) + "COMMIT\n"}
 		default:
-			ts := tables
-			if keepRaw[f.fam] {
-				ts = []string{tableFilter}
+			if !b.jumpsComplete(rs, st, f.fam, names) {
+				jumps = true
+				replaces = replaces || !onlyInserts(rs, st, f.fam, names)
 			}
 			plan[f.fam] = nlFamilyPlan{script: renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, ts), whole: true}
 			anyWhole = true
