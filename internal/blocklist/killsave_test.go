@@ -70,17 +70,7 @@ func TestLoadURLListFirstSaveKilled(t *testing.T) {
 			state := t.TempDir()
 			bl := &policy.Blocklist{Name: "drop", Source: policy.BlocklistURL, URL: "https://lists.example/drop.txt"}
 			other := &List{V4: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}
-			switch before {
-			case "failed fetch":
-				if err := WriteMeta(state, Meta{Name: "drop", Source: "url", Where: bl.Where(), LastError: "server answered 500"}); err != nil {
-					t.Fatal(err)
-				}
-			case "other source":
-				m := Meta{Name: "drop", Source: "url", Where: "https://old.example/drop.txt"}
-				if err := WriteCache(state, &m, other); err != nil {
-					t.Fatal(err)
-				}
-			}
+			writeBefore(t, state, before, bl, other)
 			newer := &List{V4: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}
 			m := Meta{Name: "drop", Source: "url", Where: bl.Where(), Updated: time.Now()}
 			if err := WriteCache(state, &m, newer); err != nil {
@@ -96,10 +86,7 @@ func TestLoadURLListFirstSaveKilled(t *testing.T) {
 			if err := WriteMeta(state, pending); err != nil {
 				t.Fatal(err)
 			}
-			got, err := Load(state, bl, Protect{}, time.Now(), false)
-			if err != nil || len(got.Prefixes) != 1 || got.Prefixes[0] != newer.V4[0] || got.Warning == nil {
-				t.Errorf("killed after the list: loaded %v (%v, warning %v), want %v with a warning", got.Prefixes, err, got.Warning, newer.V4)
-			}
+			loadsWithWarning(t, state, bl, newer, "killed after the list")
 			// A copy covering a live session is refused, as an update refuses it.
 			if got, _ := Load(state, bl, Protect{Sessions: []netip.Addr{netip.MustParseAddr("203.0.113.9")}}, time.Now(), false); len(got.Prefixes) != 0 {
 				t.Errorf("a copy covering a live session was loaded: %v", got.Prefixes)
@@ -148,22 +135,7 @@ func TestSaveFirstBefore(t *testing.T) {
 	for _, before := range []string{"none", "failed fetch", "other source", "interrupted first save"} {
 		t.Run(before, func(t *testing.T) {
 			state := t.TempDir()
-			switch before {
-			case "failed fetch":
-				if err := WriteMeta(state, Meta{Name: "drop", Source: "url", Where: bl.Where(), LastError: "server answered 500"}); err != nil {
-					t.Fatal(err)
-				}
-			case "other source":
-				m := Meta{Name: "drop", Source: "url", Where: "https://old.example/drop.txt"}
-				if err := WriteCache(state, &m, other); err != nil {
-					t.Fatal(err)
-				}
-			case "interrupted first save":
-				m := Meta{Name: "drop", Source: "url", Where: bl.Where()}
-				if err := writePending(state, &m, other, Canonical("drop", other)); err != nil {
-					t.Fatal(err)
-				}
-			}
+			writeBefore(t, state, before, bl, other)
 			was := files(state)
 			r := &Result{Name: "drop", New: newer, Meta: Meta{Name: "drop", Source: "url", Where: bl.Where(), Updated: time.Now()}}
 			undo, err := SaveFirstBefore(state, r)
@@ -171,10 +143,7 @@ func TestSaveFirstBefore(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Killed after the kernel took it: the next apply loads it.
-			got, err := Load(state, bl, Protect{}, time.Now(), false)
-			if err != nil || len(got.Prefixes) != 1 || got.Prefixes[0] != newer.V4[0] || got.Warning == nil {
-				t.Errorf("killed after the kernel change: loaded %v (%v, warning %v), want %v with a warning", got.Prefixes, err, got.Warning, newer.V4)
-			}
+			loadsWithWarning(t, state, bl, newer, "killed after the kernel change")
 			// The kernel refused it: the files as they were.
 			if err := undo(); err != nil {
 				t.Fatal(err)
@@ -189,7 +158,7 @@ func TestSaveFirstBefore(t *testing.T) {
 			if err := SaveResult(state, r); err != nil {
 				t.Fatal(err)
 			}
-			got, err = Load(state, bl, Protect{}, time.Now(), false)
+			got, err := Load(state, bl, Protect{}, time.Now(), false)
 			if err != nil || len(got.Prefixes) != 1 || got.Prefixes[0] != newer.V4[0] || got.Warning != nil || got.Meta.Saving != "" || got.Meta.SHA256 == "" {
 				t.Errorf("after the whole save: %v, %v, %v, saving %q", got.Prefixes, err, got.Warning, got.Meta.Saving)
 			}
@@ -208,5 +177,40 @@ func TestSaveFirstBefore(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// writeBefore leaves in state the drop list's files as before names them:
+// "none" (no files), "failed fetch" (metadata of the source with an error
+// and no copy), "other source" (another source's copy, other) and
+// "interrupted first save" (other, vouched for as Saving).
+func writeBefore(t *testing.T, state, before string, bl *policy.Blocklist, other *List) {
+	t.Helper()
+	var err error
+	switch before {
+	case "none":
+	case "failed fetch":
+		err = WriteMeta(state, Meta{Name: "drop", Source: "url", Where: bl.Where(), LastError: "server answered 500"})
+	case "other source":
+		m := Meta{Name: "drop", Source: "url", Where: "https://old.example/drop.txt"}
+		err = WriteCache(state, &m, other)
+	case "interrupted first save":
+		m := Meta{Name: "drop", Source: "url", Where: bl.Where()}
+		err = writePending(state, &m, other, Canonical("drop", other))
+	default:
+		t.Fatalf("no such state before: %q", before)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// loadsWithWarning fails the test unless the next apply loads bl's copy
+// as want (its one network) with a warning; at says where the kill came.
+func loadsWithWarning(t *testing.T, state string, bl *policy.Blocklist, want *List, at string) {
+	t.Helper()
+	got, err := Load(state, bl, Protect{}, time.Now(), false)
+	if err != nil || len(got.Prefixes) != 1 || got.Prefixes[0] != want.V4[0] || got.Warning == nil {
+		t.Errorf("%s: loaded %v (%v, warning %v), want %v with a warning", at, got.Prefixes, err, got.Warning, want.V4)
 	}
 }
