@@ -81,20 +81,8 @@ func TestBlocklistFirstUpdateKilledBeforeMeta(t *testing.T) {
 		}
 		e.expect(false, dropped...) // the kernel took it before the saves
 
-		out2 := e.mustMoat("reload")
-		e.expect(false, dropped...)
-		if !strings.Contains(out2, "first update was interrupted") {
-			t.Errorf("the reload does not say the list's first update was interrupted:\n%s", out2)
-		}
-		// An update completes it; nothing left to say after.
-		if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
-			t.Fatalf("update after the kill: %v\n%s", err, out)
-		}
-		if out := e.mustMoat("reload"); strings.Contains(out, "interrupted") || strings.Contains(out, "not fetched") {
-			t.Errorf("a reload after the completing update still warns:\n%s", out)
-		}
-		e.expect(false, dropped...)
-		e.expectStatusClean("status sees drift after the completed update")
+		e.reloadSaysFirstUpdateInterrupted(dropped)
+		e.updateCompletesFirst(ls, dropped)
 	})
 }
 
@@ -141,24 +129,12 @@ func TestBlocklistFirstUpdateKilledAfterKernel(t *testing.T) {
 		}
 		e.expect(false, dropped...) // the kernel took it
 
-		out2 := e.mustMoat("reload")
-		e.expect(false, dropped...)
-		if !strings.Contains(out2, "first update was interrupted") {
-			t.Errorf("the reload does not say the list's first update was interrupted:\n%s", out2)
-		}
+		e.reloadSaysFirstUpdateInterrupted(dropped)
 		e.expectStatusClean("status sees drift after the reload")
 		if l := e.mustMoat("blocklist", "list"); !strings.Contains(l, "first update was interrupted") || !strings.Contains(strings.Join(strings.Fields(l), " "), "drop 2 ") {
 			t.Errorf("blocklist list after the killed first update:\n%s", l)
 		}
-		// An update completes it; nothing left to say after.
-		if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
-			t.Fatalf("update after the kill: %v\n%s", err, out)
-		}
-		if out := e.mustMoat("reload"); strings.Contains(out, "interrupted") || strings.Contains(out, "not fetched") {
-			t.Errorf("a reload after the completing update still warns:\n%s", out)
-		}
-		e.expect(false, dropped...)
-		e.expectStatusClean("status sees drift after the completed update")
+		e.updateCompletesFirst(ls, dropped)
 	})
 }
 
@@ -187,4 +163,31 @@ func TestBlocklistFirstUpdateNoFalseDrift(t *testing.T) {
 		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client tcp 192.0.2.1:80 open")
 		e.expectStatusClean("status after the first update")
 	})
+}
+
+// reloadSaysFirstUpdateInterrupted reloads after a url list's first update
+// was killed: the list's saved copy is loaded (the traffic is as dropped
+// says) and the reload says the first update was interrupted.
+func (e *env) reloadSaysFirstUpdateInterrupted(dropped []string) {
+	e.t.Helper()
+	out := e.mustMoat("reload")
+	e.expect(false, dropped...)
+	if !strings.Contains(out, "first update was interrupted") {
+		e.t.Errorf("the reload does not say the list's first update was interrupted:\n%s", out)
+	}
+}
+
+// updateCompletesFirst runs the update that completes an interrupted
+// first update: nothing is left to say after, in a reload or in status,
+// and the traffic is as dropped says.
+func (e *env) updateCompletesFirst(ls *listServer, dropped []string) {
+	e.t.Helper()
+	if out, err := e.moatTLS(ls, "blocklist", "update"); err != nil {
+		e.t.Fatalf("update after the kill: %v\n%s", err, out)
+	}
+	if out := e.mustMoat("reload"); strings.Contains(out, "interrupted") || strings.Contains(out, "not fetched") {
+		e.t.Errorf("a reload after the completing update still warns:\n%s", out)
+	}
+	e.expect(false, dropped...)
+	e.expectStatusClean("status sees drift after the completed update")
 }
