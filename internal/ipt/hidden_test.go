@@ -17,23 +17,12 @@ import (
 // fingerprint changes. Moat's own rules, of every kind a policy makes,
 // hold none.
 func TestKernelHiddenNftRule(t *testing.T) {
-	ns := labtest.NS(t, "moatipt")
 	ctx := context.Background()
-	b := &Backend{Netlink: true, Run: labtest.Runner(ns)}
-	rs := compile(t, "default deny incoming\ndefault reject outgoing\nlogging medium\nallow 22/tcp\nlimit 2222/tcp\n"+
+	b, run := hiddenRig(t, "default deny incoming\ndefault reject outgoing\nlogging medium\nallow 22/tcp\nlimit 2222/tcp\n"+
 		"allow from 192.0.2.0/24 to any port 80 proto tcp\nreject 25/tcp\nallow 1000:2000/udp\nallow out 53\n"+
 		"allow in on lo\nguard portscan ports 10 within 60s bantime 1h\n"+denyList(3, -1))
-	if err := b.Apply(ctx, rs); err != nil {
-		t.Fatal(err)
-	}
 	var hidden []string
 	var fp1, fp2 KernelPrint
-	run := func(fn func() error) {
-		t.Helper()
-		if err := ns.Do(fn); err != nil {
-			t.Fatal(err)
-		}
-	}
 	run(func() (err error) {
 		if hidden, err = HiddenRules(); err != nil {
 			return err
@@ -92,20 +81,10 @@ func TestKernelHiddenNftRule(t *testing.T) {
 // fingerprint changes (or cannot be taken: iptables-save refuses the
 // rule).
 func TestKernelHiddenUndecodedExpr(t *testing.T) {
-	ns := labtest.NS(t, "moatipt")
 	ctx := context.Background()
-	b := &Backend{Netlink: true, Run: labtest.Runner(ns)}
-	if err := b.Apply(ctx, compile(t, "default deny incoming\nallow 22/tcp\nallow 80/tcp\n")); err != nil {
-		t.Fatal(err)
-	}
+	b, run := hiddenRig(t, "default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
 	var hidden []string
 	var fp1, fp2 KernelPrint
-	run := func(fn func() error) {
-		t.Helper()
-		if err := ns.Do(fn); err != nil {
-			t.Fatal(err)
-		}
-	}
 	run(func() (err error) {
 		fp1, err = b.FingerprintKernel(ctx)
 		return err
@@ -129,9 +108,7 @@ func TestKernelHiddenUndecodedExpr(t *testing.T) {
 	run(func() error {
 		return labtest.ReplaceRuleRaw(unix.NFPROTO_IPV4, "filter", func(chain string, h uint64, _ []byte, _ []string) bool {
 			return chain == "MOAT-INPUT" && h == handle
-		}, func(es []labtest.RawExpr) []labtest.RawExpr {
-			return append(es[:len(es)-1:len(es)-1], labtest.RawExpr{Name: "last"}, es[len(es)-1])
-		})
+		}, labtest.LastBeforeVerdict)
 	})
 	again, _ := b.Run(ctx, nil, "iptables", "-S", "MOAT-INPUT")
 	t.Logf("iptables -S before and after:\n%s\n%s", save, again)
@@ -152,4 +129,22 @@ func TestKernelHiddenUndecodedExpr(t *testing.T) {
 		t.Error("the fingerprint does not change with the hand-made expression")
 	}
 	t.Logf("fingerprint: %v", fpErr)
+}
+
+// hiddenRig applies the policy conf with a netlink backend in a namespace
+// of the test's own, and gives the backend and a run of fn in that
+// namespace that fails the test on fn's error.
+func hiddenRig(t *testing.T, conf string) (*Backend, func(fn func() error)) {
+	t.Helper()
+	ns := labtest.NS(t, "moatipt")
+	b := &Backend{Netlink: true, Run: labtest.Runner(ns)}
+	if err := b.Apply(context.Background(), compile(t, conf)); err != nil {
+		t.Fatal(err)
+	}
+	return b, func(fn func() error) {
+		t.Helper()
+		if err := ns.Do(fn); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -149,3 +149,13 @@ func ReplaceRuleRaw(proto uint8, table string, pick func(chain string, handle ui
 	}
 	return fmt.Errorf("no rule of %s to replace", table)
 }
+
+// LastBeforeVerdict is an edit for ReplaceRuleRaw: the rule's expressions
+// with a 'last' expression (which google/nftables v0.3.0 cannot decode)
+// put before the final one, the verdict.
+func LastBeforeVerdict(es []RawExpr) []RawExpr {
+	if len(es) == 0 {
+		return []RawExpr{{Name: "last"}}
+	}
+	return append(es[:len(es)-1:len(es)-1], RawExpr{Name: "last"}, es[len(es)-1])
+}
