@@ -13,6 +13,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/ipt"
+	"github.com/moat-fw/moat/internal/lab"
 	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
@@ -82,23 +83,9 @@ func TestDetectOverSkipsMoatOnlyFilter(t *testing.T) {
 // ip6tables only) is not, for that family; whatever the proof says, DetectOver finds what Detect
 // (iptables-save) finds.
 func TestXtablesOnlyMoatKernel(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run this test as root")
-		}
-		t.Skip("needs root for a network namespace")
-	}
-	t.Parallel()
-	ns := labtest.NS(t, "moatfx")
+	ns := moatKernel(t, "default deny incoming\nallow 22/tcp\ndeny from 192.0.2.0/24\n")
 	ctx := context.Background()
 	run := labtest.Runner(ns)
-	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\ndeny from 192.0.2.0/24\n")).Policy(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := (&ipt.Backend{Run: run}).Apply(ctx, ruleset.Compile(p)); err != nil {
-		t.Fatal(err)
-	}
 	has := func(string) bool { return true }
 	check := func(name string, want4, want6 bool) {
 		t.Helper()
@@ -242,22 +229,7 @@ func TestBuiltinChainHook(t *testing.T) {
 // read as moat's jump) is not moat's: the tables are read with
 // iptables-save.
 func TestXtablesOnlyMoatUndecodedExpr(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI must run this test as root")
-		}
-		t.Skip("needs root for a network namespace")
-	}
-	t.Parallel()
-	ns := labtest.NS(t, "moatfx")
-	ctx := context.Background()
-	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\n")).Policy(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := (&ipt.Backend{Run: labtest.Runner(ns)}).Apply(ctx, ruleset.Compile(p)); err != nil {
-		t.Fatal(err)
-	}
+	ns := moatKernel(t, "default deny incoming\nallow 22/tcp\n")
 	var before, after bool
 	if err := ns.Do(func() error {
 		var err error
@@ -266,9 +238,7 @@ func TestXtablesOnlyMoatUndecodedExpr(t *testing.T) {
 		}
 		if err := labtest.ReplaceRuleRaw(unix.NFPROTO_IPV4, "filter", func(chain string, _ uint64, _ []byte, _ []string) bool {
 			return chain == "INPUT"
-		}, func(es []labtest.RawExpr) []labtest.RawExpr {
-			return append(es[:len(es)-1:len(es)-1], labtest.RawExpr{Name: "last"}, es[len(es)-1])
-		}); err != nil {
+		}, labtest.LastBeforeVerdict); err != nil {
 			return err
 		}
 		after, err = XtablesOnlyMoat("ip")
@@ -279,4 +249,28 @@ func TestXtablesOnlyMoatUndecodedExpr(t *testing.T) {
 	if !before || after {
 		t.Errorf("moat's alone: %v before, %v with last in moat's jump; want true, false", before, after)
 	}
+}
+
+// moatKernel runs the test in parallel in a network namespace of its own
+// (as root: in CI without root it fails, elsewhere it is skipped) where
+// moat's iptables backend applied the policy conf, and gives that
+// namespace.
+func moatKernel(t *testing.T, conf string) *lab.NS {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run this test as root")
+		}
+		t.Skip("needs root for a network namespace")
+	}
+	t.Parallel()
+	ns := labtest.NS(t, "moatfx")
+	p, err := policy.NewDocument("moat.conf", []byte(conf)).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&ipt.Backend{Run: labtest.Runner(ns)}).Apply(context.Background(), ruleset.Compile(p)); err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }
