@@ -1,8 +1,6 @@
 package ipt
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -116,15 +114,8 @@ func (b *Backend) readAroundIncompatible(ctx context.Context) (*state, blockedTa
 // iptables-save's output prints as incompatible (CheckSave).
 func incompatibleTables(out []byte) []string {
 	var bad []string
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "# Table `")
-		if !ok {
-			continue
-		}
-		table, tail, ok := strings.Cut(rest, "'")
-		if ok && slices.Contains(tables, table) && strings.Contains(tail, "is incompatible") && !slices.Contains(bad, table) {
+	for _, table := range incompatibleNamed(out) {
+		if slices.Contains(tables, table) {
 			bad = append(bad, table)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +31,44 @@ func CheckSave(prog string, out []byte) error {
 	if strings.HasPrefix(prog, "ip6") {
 		family = "ip6"
 	}
+	named := incompatibleNamed(out)
+	if len(named) == 0 {
+		return nil
+	}
+	table := named[0] // the first: the error names one table
+	proto := uint8(unix.NFPROTO_IPV4)
+	if family == "ip6" {
+		proto = unix.NFPROTO_IPV6
+	}
+	// Which rules: read over netlink (best effort; the table's name
+	// alone when that fails or finds none).
+	parts, _ := findIncompatible(proto, table)
+	if len(parts) == 0 {
+		return &IncompatibleError{Family: family, Table: table, msg: fmt.Sprintf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft -a list table %s %s' and delete it",
+			prog, family, table, family, table)}
+	}
+	for i, p := range parts { // read from the kernel: the names say anything
+		parts[i] = termtext.Printable(p)
+	}
+	const most = 10
+	more := ""
+	if len(parts) > most {
+		more = fmt.Sprintf("\n  and %d more", len(parts)-most)
+		parts = parts[:most]
+	}
+	return &IncompatibleError{Family: family, Table: table, Parts: parts, msg: fmt.Sprintf("%s cannot print table %s %s, so moat cannot read its own chains there: iptables cannot read\n  %s%s\n"+
+		"(added with nft?) see them with 'nft -a list table %s %s', and delete a rule with 'nft delete rule %s %s CHAIN handle N'",
+		prog, family, table, strings.Join(parts, "\n  "), more, family, table, family, table)}
+}
+
+// incompatibleNamed lists, in order and once each, the tables that
+// iptables-save's output out says it cannot print ("# Table `T' is
+// incompatible, use 'nft' tool."). iptables-save names only its own
+// tables there; a rule's comment holding a newline prints a line of that
+// start too (with its quote escaped, "\'"), which says anything, terminal
+// controls included: only names of iptables' tables count.
+func incompatibleNamed(out []byte) []string {
+	var named []string
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -38,38 +77,11 @@ func CheckSave(prog string, out []byte) error {
 			continue
 		}
 		table, tail, ok := strings.Cut(rest, "'")
-		// iptables-save names only its own tables there; a rule's comment
-		// holding a newline prints a line of that start too (with its
-		// quote escaped, "\'"), which says anything, terminal controls
-		// included.
-		if _, known := builtinHooks[table]; !ok || !known || !strings.Contains(tail, "is incompatible") {
-			continue
+		if _, known := builtinHooks[table]; ok && known && strings.Contains(tail, "is incompatible") && !slices.Contains(named, table) {
+			named = append(named, table)
 		}
-		proto := uint8(unix.NFPROTO_IPV4)
-		if family == "ip6" {
-			proto = unix.NFPROTO_IPV6
-		}
-		// Which rules: read over netlink (best effort; the table's name
-		// alone when that fails or finds none).
-		parts, _ := findIncompatible(proto, table)
-		if len(parts) == 0 {
-			return &IncompatibleError{Family: family, Table: table, msg: fmt.Sprintf("%s cannot print table %s %s: it holds a rule iptables cannot read (added with nft?); see it with 'nft -a list table %s %s' and delete it",
-				prog, family, table, family, table)}
-		}
-		for i, p := range parts { // read from the kernel: the names say anything
-			parts[i] = termtext.Printable(p)
-		}
-		const most = 10
-		more := ""
-		if len(parts) > most {
-			more = fmt.Sprintf("\n  and %d more", len(parts)-most)
-			parts = parts[:most]
-		}
-		return &IncompatibleError{Family: family, Table: table, Parts: parts, msg: fmt.Sprintf("%s cannot print table %s %s, so moat cannot read its own chains there: iptables cannot read\n  %s%s\n"+
-			"(added with nft?) see them with 'nft -a list table %s %s', and delete a rule with 'nft delete rule %s %s CHAIN handle N'",
-			prog, family, table, strings.Join(parts, "\n  "), more, family, table, family, table)}
 	}
-	return nil
+	return named
 }
 
 // IncompatibleError is CheckSave's error: iptables-save could not print

@@ -93,3 +93,21 @@ func TestCheckSavePartsPrintable(t *testing.T) {
 		t.Errorf("%q", err)
 	}
 }
+
+// incompatibleTables (a restore around unprintable tables) reads the
+// same lines as CheckSave: moat's tables (raw, filter) each once, in
+// order; another table of iptables' (nat) and a rule's comment that
+// prints a line of that start are not moat's to restore around.
+func TestIncompatibleTables(t *testing.T) {
+	out := "# Table `nat' is incompatible, use 'nft' tool.\n" +
+		"*filter\n-A INPUT -m comment --comment \"a\n# Table `raw\\' is incompatible\" -j ACCEPT\nCOMMIT\n" +
+		"# Table `filter' is incompatible, use 'nft' tool.\n" +
+		"# Table `raw' is incompatible, use 'nft' tool.\n" +
+		"# Table `filter' is incompatible, use 'nft' tool.\n"
+	if got := fmt.Sprint(incompatibleTables([]byte(out))); got != "[filter raw]" {
+		t.Errorf("incompatible tables: %s, want [filter raw]", got)
+	}
+	if got := incompatibleTables([]byte("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")); got != nil {
+		t.Errorf("a printable save: %v", got)
+	}
+}
