@@ -138,6 +138,16 @@ func parseUint(s string, bits int) (uint64, bool) {
 	return n, true
 }
 
+// parseBurst reads a --limit-burst or --hashlimit-burst: a number from 1
+// to 10000 (the most iptables takes), written as iptables-save writes it.
+func parseBurst(s string) (uint32, bool) {
+	n, ok := parseUint(s, 32)
+	if !ok || n == 0 || n > 10000 {
+		return 0, false
+	}
+	return uint32(n), true
+}
+
 var ctStateBits = map[string]uint16{"INVALID": 1 << 0, "ESTABLISHED": 1 << 1, "RELATED": 1 << 2, "NEW": 1 << 3, "SNAT": 1 << 6, "DNAT": 1 << 7, "UNTRACKED": 1 << 8}
 
 var addrTypes = map[string]uint16{"UNSPEC": 1 << 0, "UNICAST": 1 << 1, "LOCAL": 1 << 2, "BROADCAST": 1 << 3, "ANYCAST": 1 << 4, "MULTICAST": 1 << 5, "BLACKHOLE": 1 << 6, "UNREACHABLE": 1 << 7, "PROHIBIT": 1 << 8, "THROW": 1 << 9, "NAT": 1 << 10, "XRESOLVE": 1 << 11}
@@ -251,19 +261,19 @@ func (m *match) option(r *rule, opt string, inv bool, val func() (string, error)
 	case "--limit":
 		m.limRate = v
 	case "--limit-burst":
-		n, ok := parseUint(v, 32)
-		if !ok || n == 0 || n > 10000 {
+		n, ok := parseBurst(v)
+		if !ok {
 			return unsupported("limit burst %q", v)
 		}
-		m.limBurst = uint32(n)
+		m.limBurst = n
 	case "--hashlimit-above":
 		m.hlAbove = v
 	case "--hashlimit-burst":
-		n, ok := parseUint(v, 32)
-		if !ok || n == 0 || n > 10000 {
+		n, ok := parseBurst(v)
+		if !ok {
 			return unsupported("hashlimit burst %q", v)
 		}
-		m.hlBurst = n
+		m.hlBurst = uint64(n)
 	case "--hashlimit-mode":
 		if v != "srcip" {
 			return unsupported("hashlimit mode %q", v)

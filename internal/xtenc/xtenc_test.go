@@ -146,6 +146,12 @@ func TestEncodeUnsupported(t *testing.T) {
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m hashlimit --hashlimit-above 5/sec --hashlimit-burst 3 --hashlimit-mode srcip --hashlimit-name x/y --hashlimit-htable-expire 1000 -j DROP`},
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m hashlimit --hashlimit-above 5/sec --hashlimit-burst 3 --hashlimit-mode srcip --hashlimit-name ` + strings.Repeat("n", 65) + ` --hashlimit-htable-expire 1000 -j DROP`},
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m hashlimit --hashlimit-above 5000000/sec --hashlimit-burst 3 --hashlimit-mode srcip --hashlimit-name x --hashlimit-htable-expire 1000 -j DROP`},
+		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m limit --limit 3/min --limit-burst 0 -j DROP`},
+		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m limit --limit 3/min --limit-burst 10001 -j DROP`},
+		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m limit --limit 3/min --limit-burst 05 -j DROP`},
+		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m hashlimit --hashlimit-above 5/sec --hashlimit-burst 0 --hashlimit-mode srcip --hashlimit-name x --hashlimit-htable-expire 1000 -j DROP`},
+		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m hashlimit --hashlimit-above 5/sec --hashlimit-burst 10001 --hashlimit-mode srcip --hashlimit-name x --hashlimit-htable-expire 1000 -j DROP`},
+		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m hashlimit --hashlimit-above 5/sec --hashlimit-burst 4294967296 --hashlimit-mode srcip --hashlimit-name x --hashlimit-htable-expire 1000 -j DROP`},
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m recent --set -j DROP`},
 		{unix.NFPROTO_IPV4, `-A MOAT-INPUT -m tcp -j DROP`},
 		// Targets.
