@@ -17,14 +17,8 @@ import (
 // deadline. It rolls back all the same, as the watchdog does at the
 // deadline, says why, and leaves the journal named for the admin.
 func TestRollbackPastUnreadableJournal(t *testing.T) {
-	r := newSMRig(t, "nftables", 1)
 	base := "default deny incoming\nallow 22/tcp\n"
-	if err := os.WriteFile(r.conf, []byte(base), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, code := r.moat("enable"); code != 0 {
-		t.Fatalf("enable: %d\n%s", code, out)
-	}
+	r := enabledSMRig(t, base)
 	before := r.fakes["nftables"].Loaded()
 	if out, code := r.moat("--confirm", "60s", "--no-wait", "allow", "443/tcp"); code != 0 {
 		t.Fatalf("allow: %d\n%s", code, out)
@@ -55,14 +49,8 @@ func TestRollbackPastUnreadableJournal(t *testing.T) {
 // to moat.conf in its own working directory and left the unconfirmed
 // rule in the file the change wrote.
 func TestRollbackRelativeConfigFromElsewhere(t *testing.T) {
-	r := newSMRig(t, "nftables", 1)
 	base := "default deny incoming\nallow 22/tcp\n"
-	if err := os.WriteFile(r.conf, []byte(base), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, code := r.moat("enable"); code != 0 {
-		t.Fatalf("enable: %d\n%s", code, out)
-	}
+	r := enabledSMRig(t, base)
 	moatIn := func(dir, conf string, args ...string) (string, int) {
 		t.Chdir(dir)
 		var out bytes.Buffer
@@ -83,4 +71,18 @@ func TestRollbackRelativeConfigFromElsewhere(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(elsewhere, "moat.conf")); err == nil {
 		t.Errorf("the rollback wrote moat.conf in its own working directory")
 	}
+}
+
+// enabledSMRig is an nftables smRig whose policy file holds base,
+// enabled.
+func enabledSMRig(t *testing.T, base string) *smRig {
+	t.Helper()
+	r := newSMRig(t, "nftables", 1)
+	if err := os.WriteFile(r.conf, []byte(base), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := r.moat("enable"); code != 0 {
+		t.Fatalf("enable: %d\n%s", code, out)
+	}
+	return r
 }
