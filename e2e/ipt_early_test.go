@@ -172,23 +172,39 @@ func TestUpgradeLoopbackRawJumpNoFalseDrift(t *testing.T) {
 	}
 }
 
-// TestIptEarlyListReplacedByHand: an early list made anew by hand under
-// its name as another type (moat's jump put back by hand) drops nothing
-// of a blocklist's sources; status reports it and 'moat reload' repairs
-// it (it failed: the list's create was refused, every apply too). Real
-// packets.
-func TestIptEarlyListReplacedByHand(t *testing.T) {
+// earlyBlocklisted is an iptables env whose policy drops, by blocklist
+// bad, the client's 192.0.2.13 in moat's early list (moat-early4).
+func earlyBlocklisted(t *testing.T) *env {
+	t.Helper()
 	e := onBackend(t, "iptables")
 	e.addClientAddrs("192.0.2.13/24")
 	list := e.newFile("bad.list", "192.0.2.13\n")
 	e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist bad file " + list + "\n")
 	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
+	return e
+}
+
+// earlyListReplacedByHand makes moat's early list anew by hand, empty
+// and of another type (hash:ip), with moat's raw jump through it taken
+// out and put back: 192.0.2.13 comes in.
+func (e *env) earlyListReplacedByHand() {
+	e.t.Helper()
 	jump := []string{"PREROUTING", "-m", "set", "--match-set", "moat-early4", "src", "-j", "MOAT-PREROUTING"}
 	e.run("server", append([]string{"iptables", "-t", "raw", "-D"}, jump...)...)
 	e.run("server", "ipset", "destroy", "moat-early4")
 	e.run("server", "ipset", "create", "moat-early4", "hash:ip")
 	e.run("server", append([]string{"iptables", "-t", "raw", "-I"}, jump...)...)
 	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 open")
+}
+
+// TestIptEarlyListReplacedByHand: an early list made anew by hand under
+// its name as another type (moat's jump put back by hand) drops nothing
+// of a blocklist's sources; status reports it and 'moat reload' repairs
+// it (it failed: the list's create was refused, every apply too). Real
+// packets.
+func TestIptEarlyListReplacedByHand(t *testing.T) {
+	e := earlyBlocklisted(t)
+	e.earlyListReplacedByHand()
 	e.earlyRepaired("moat-early4", "moat-ban4 moat-bl4_bad", "-moat-bl4_bad (its sources are no longer dropped)")
 	e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
 	if out := e.mustMoat("status"); strings.Contains(out, "outside moat") {
@@ -205,11 +221,7 @@ func TestIptEarlyListReplacedByHand(t *testing.T) {
 func TestIptRollbackOverEarlyListReplacedByHand(t *testing.T) {
 	for _, by := range []string{"rollback", "watchdog"} {
 		t.Run(by, func(t *testing.T) {
-			e := onBackend(t, "iptables")
-			e.addClientAddrs("192.0.2.13/24")
-			list := e.newFile("bad.list", "192.0.2.13\n")
-			e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\nblocklist bad file " + list + "\n")
-			e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 timeout", "client tcp 192.0.2.1:80 open")
+			e := earlyBlocklisted(t)
 			confirm := "1h"
 			if by == "watchdog" {
 				confirm = "2s"
@@ -220,12 +232,7 @@ func TestIptRollbackOverEarlyListReplacedByHand(t *testing.T) {
 			// lock is held meanwhile (the watchdog waits for it past its
 			// deadline). A deadline alone came first on a loaded machine.
 			unlock := e.holdLock()
-			jump := []string{"PREROUTING", "-m", "set", "--match-set", "moat-early4", "src", "-j", "MOAT-PREROUTING"}
-			e.run("server", append([]string{"iptables", "-t", "raw", "-D"}, jump...)...)
-			e.run("server", "ipset", "destroy", "moat-early4")
-			e.run("server", "ipset", "create", "moat-early4", "hash:ip")
-			e.run("server", append([]string{"iptables", "-t", "raw", "-I"}, jump...)...)
-			e.expect(false, "client/192.0.2.13 tcp 192.0.2.1:80 open")
+			e.earlyListReplacedByHand()
 			unlock()
 			if by == "rollback" {
 				out, err := e.moat("rollback")
