@@ -27,9 +27,7 @@ func TestBlocklistFirstUpdateKilledBeforeMeta(t *testing.T) {
 		t.Skip("strace not installed (scripts/setup.sh installs it)")
 	}
 	eachBackend(t, func(t *testing.T, b string) {
-		e := newEnv(t, b, false)
-		ls := e.dropListServed("192.0.2.3/32\n2001:db8::3/128\n", "")
-		dropped := []string{"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client tcp 192.0.2.1:80 open"}
+		e, ls, dropped := firstUpdateEnv(t, b)
 		list := filepath.Join(e.stateDir(), "blocklists", "drop.list")
 		meta := filepath.Join(e.stateDir(), "blocklists", "drop.json")
 
@@ -99,9 +97,7 @@ func TestBlocklistFirstUpdateKilledAfterKernel(t *testing.T) {
 		t.Skip("strace not installed (scripts/setup.sh installs it)")
 	}
 	eachBackend(t, func(t *testing.T, b string) {
-		e := newEnv(t, b, false)
-		ls := e.dropListServed("192.0.2.3/32\n2001:db8::3/128\n", "")
-		dropped := []string{"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client tcp 192.0.2.1:80 open"}
+		e, ls, dropped := firstUpdateEnv(t, b)
 		intent := filepath.Join(e.stateDir(), "intent.json")
 		meta := filepath.Join(e.stateDir(), "blocklists", "drop.json")
 
@@ -146,8 +142,7 @@ func TestBlocklistFirstUpdateKilledAfterKernel(t *testing.T) {
 // backends; status clean after.
 func TestBlocklistFirstUpdateNoFalseDrift(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
-		e := newEnv(t, b, false)
-		ls := e.dropListServed("192.0.2.3/32\n2001:db8::3/128\n", "")
+		e, ls, dropped := firstUpdateEnv(t, b)
 		for _, f := range []string{"kernel-fingerprint.json", "kernel-chains"} {
 			if err := os.Remove(filepath.Join(e.stateDir(), f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				t.Fatal(err)
@@ -160,9 +155,20 @@ func TestBlocklistFirstUpdateNoFalseDrift(t *testing.T) {
 		if strings.Contains(out, "outside moat") {
 			t.Errorf("the first update took its own copy for a change outside moat:\n%s", out)
 		}
-		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client tcp 192.0.2.1:80 open")
+		e.expect(false, dropped...)
 		e.expectStatusClean("status after the first update")
 	})
+}
+
+// firstUpdateEnv is an env of backend b whose policy holds a url list,
+// drop, not fetched yet, of two networks (192.0.2.3, 2001:db8::3) its
+// list server serves; dropped is what real traffic shows while the list
+// is in force (its networks dropped, the client's usual address let in).
+func firstUpdateEnv(t *testing.T, b string) (e *env, ls *listServer, dropped []string) {
+	t.Helper()
+	e = newEnv(t, b, false)
+	return e, e.dropListServed("192.0.2.3/32\n2001:db8::3/128\n", ""),
+		[]string{"client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/2001:db8::3 tcp [2001:db8::1]:80 timeout", "client tcp 192.0.2.1:80 open"}
 }
 
 // reloadSaysFirstUpdateInterrupted reloads after a url list's first update
