@@ -50,6 +50,8 @@ func (a *app) engine() *engine.Engine {
 			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: iptElementsPrefix}
 			kb.StateDir = a.stateDir
 			kb.KeyDir = a.stateDir
+			// --verbose: why a rule change went through iptables-restore.
+			kb.Log = a.log
 		}
 		backends = append(backends, b)
 	}

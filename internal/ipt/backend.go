@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"regexp"
@@ -79,6 +80,9 @@ type Backend struct {
 	// digests (digestKeyFile); without one they are taken with a fixed
 	// key, and differ from those taken with it.
 	KeyDir string
+	// Log takes the backend's debug messages (why a rule change went
+	// through iptables-restore rather than netlink); nil: slog's default.
+	Log *slog.Logger
 	// hasher hashes ipset members for the digests (digestKey).
 	hasher *memberHasher
 	// readHeads are the header lines of the sets this Backend last read
@@ -93,6 +97,14 @@ type Backend struct {
 	noRulesNetlink bool
 	// restoreNote is RestoreNote's.
 	restoreNote string
+}
+
+// log is Log, or slog's default logger.
+func (b *Backend) log() *slog.Logger {
+	if b.Log != nil {
+		return b.Log
+	}
+	return slog.Default()
 }
 
 // nlPrint says whether the fingerprint reads moat's chains over netlink

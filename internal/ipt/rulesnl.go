@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"os"
 	"os/exec"
@@ -90,6 +89,17 @@ type rulesTxn struct {
 	// LINE"): the tests read it.
 	ops []string
 }
+
+// lineRefused is the encoder's refusal of one line of a family's script
+// (its error: errXtUnsupported's reason, or another), where it stood:
+// what the debug log says of a change that went through iptables-restore.
+type lineRefused struct {
+	family, table, chain, line string
+	err                        error
+}
+
+func (e *lineRefused) Error() string { return fmt.Sprintf("%s %s: %s", e.family, e.line, e.err) }
+func (e *lineRefused) Unwrap() error { return e.err }
 
 // buildRulesTxn makes the transaction of scripts (family → script).
 // has says which of moat's chains exist in each family: a chain
@@ -218,7 +228,7 @@ func buildRulesTxn(plan map[policy.Family]nlFamilyPlan, has map[policy.Family]ma
 				chain, _, _ := strings.Cut(line[3:], " ")
 				rules, err := enc.encode(proto, line)
 				if err != nil {
-					return nil, fmt.Errorf("%s: %w", l, err)
+					return nil, &lineRefused{family: nlFamilies[i].name, table: table, chain: chain, line: l, err: err}
 				}
 				if len(rules) != 1 && flags&nlmFAppend == 0 {
 					// Inserted at the head one by one, they would stand in
@@ -292,7 +302,11 @@ type nlFamilyPlan struct {
 // read that fails, or a chain of a built-in's name that is not that
 // built-in: not over netlink.
 func (b *Backend) rulesNetlinkPlan(rs *ruleset.Ruleset, st *state, gen, rh string, c contents, names Names, keepRaw map[policy.Family]bool) (map[policy.Family]nlFamilyPlan, bool) {
-	if !b.nlPrint() || !nftTools() {
+	if !b.nlPrint() {
+		return nil, false
+	}
+	if !nftTools() {
+		b.log().Debug("iptables rules through iptables-restore: the iptables-restore and ip6tables-restore found are not iptables-nft 1.8.9's")
 		return nil, false
 	}
 	plan := map[policy.Family]nlFamilyPlan{}
@@ -316,6 +330,7 @@ func (b *Backend) rulesNetlinkPlan(rs *ruleset.Ruleset, st *state, gen, rh strin
 	if jumps && anyWhole {
 		there, handles, err := readBuiltins(replaces)
 		if err != nil {
+			b.log().Debug("iptables rules through iptables-restore: the built-in chains could not be read over netlink", "reason", err)
 			return nil, false
 		}
 		for f, p := range plan {
@@ -486,14 +501,20 @@ func (b *Backend) writeRulesNetlink(st *state, plan map[policy.Family]nlFamilyPl
 	if b.noRulesNetlink || !t.known || !st.readGenOK || st.readGen != t.before {
 		return nlNotSent // the generation to send at is not known
 	}
+	log := b.log()
 	enc, err := newXtEncoder()
 	if err != nil || enc == nil {
+		log.Debug("iptables rules through iptables-restore: the rule encoder did not open", "reason", err)
 		return nlNotSent
 	}
 	defer func() { _ = enc.close() }() // read only
 	txn, err := buildRulesTxn(plan, st.has, enc)
+	if lr := (*lineRefused)(nil); errors.As(err, &lr) {
+		log.Debug("iptables rules through iptables-restore: a line not written over netlink", "family", lr.family, "table", lr.table, "chain", lr.chain, "line", lr.line, "reason", lr.err)
+		return nlNotSent
+	}
 	if err != nil {
-		slog.Debug("iptables rules through iptables-restore", "reason", err)
+		log.Debug("iptables rules through iptables-restore", "reason", err)
 		return nlNotSent
 	}
 	err = sendRules(txn, t.before+t.commits)
@@ -504,14 +525,14 @@ func (b *Backend) writeRulesNetlink(st *state, plan map[policy.Family]nlFamilyPl
 	case nft.AckLost(err):
 		b.track.known = false
 		b.lastRead = nil
-		slog.Debug("iptables rules over netlink: answer lost, reading the kernel again", "err", err)
+		log.Debug("iptables rules over netlink: answer lost, reading the kernel again", "err", err)
 		return nlUnknown
 	}
 	if b.Checked.OK && nft.GenerationMoved(err) {
-		slog.Debug("iptables rules over netlink refused: the ruleset changed after the read", "err", err)
+		log.Debug("iptables rules over netlink refused: the ruleset changed after the read", "err", err)
 		return nlMoved
 	}
-	slog.Debug("iptables rules over netlink refused: through iptables-restore", "err", err)
+	log.Debug("iptables rules over netlink refused: through iptables-restore", "err", err)
 	return nlNotSent
 }
 

@@ -2,8 +2,10 @@ package ipt
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -360,6 +362,72 @@ func TestHoldsVersion(t *testing.T) {
 	} {
 		if got := holdsVersion([]byte(c.data), v); got != c.want {
 			t.Errorf("%q: %v, want %v", c.data, got, c.want)
+		}
+	}
+}
+
+// recordHandler keeps the records logged through it, their attributes
+// as text.
+type recordHandler struct{ recs *[]map[string]string }
+
+func (h recordHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h recordHandler) Handle(_ context.Context, r slog.Record) error {
+	m := map[string]string{"msg": r.Message, "level": r.Level.String()}
+	r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
+	*h.recs = append(*h.recs, m)
+	return nil
+}
+func (h recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h recordHandler) WithGroup(string) slog.Handler      { return h }
+
+// reasonEncoder refuses every line with reason.
+type reasonEncoder struct{ reason string }
+
+func (e reasonEncoder) encode(uint8, string) ([]xtRule, error) {
+	return nil, fmt.Errorf("%w: %s", errXtUnsupported, e.reason)
+}
+func (reasonEncoder) close() error { return nil }
+
+// A change that goes through iptables-restore says why in the debug log
+// of the Backend's Log: the line the encoder refused (its family, chain
+// and the encoder's reason), or the encoder that did not open.
+func TestNetlinkFallbackLogged(t *testing.T) {
+	oldEnc, oldSend := newXtEncoder, sendRules
+	t.Cleanup(func() { newXtEncoder, sendRules = oldEnc, oldSend })
+	sendRules = func(*rulesTxn, uint32) error { t.Error("sent a transaction the encoder refused"); return nil }
+	line := "-A MOAT-INPUT -m owner --uid-owner 0 -j DROP"
+	plan := map[policy.Family]nlFamilyPlan{
+		policy.FamilyV6: {script: "*filter\n:MOAT-INPUT - [0:0]\n" + line + "\nCOMMIT\n", whole: true},
+	}
+	st := &state{has: map[policy.Family]map[string]bool{policy.FamilyV6: {"MOAT-INPUT": true}}, readGen: 40, readGenOK: true}
+	reason := "match \"owner\"\n not in the list"
+	for _, tc := range []struct {
+		name string
+		open func() (xtEncoder, error)
+		want map[string]string
+	}{
+		{name: "line refused", open: func() (xtEncoder, error) { return reasonEncoder{reason}, nil },
+			want: map[string]string{"family": "ip6", "table": "filter", "chain": "MOAT-INPUT", "line": line, "reason": errXtUnsupported.Error() + ": " + reason}},
+		{name: "encoder not open", open: func() (xtEncoder, error) { return nil, errors.New("ipset indexes: " + reason) },
+			want: map[string]string{"reason": "ipset indexes: " + reason}},
+	} {
+		var recs []map[string]string
+		newXtEncoder = tc.open
+		b := &Backend{track: commitTrack{known: true, before: 40}, Log: slog.New(recordHandler{&recs})}
+		s := *st
+		if got := b.writeRulesNetlink(&s, plan); got != nlNotSent {
+			t.Errorf("%s: %v, want not sent", tc.name, got)
+		}
+		if len(recs) != 1 {
+			t.Fatalf("%s: logged %v, want one record", tc.name, recs)
+		}
+		if recs[0]["level"] != "DEBUG" || !strings.Contains(recs[0]["msg"], "iptables-restore") {
+			t.Errorf("%s: logged %q at %s, want a debug message naming iptables-restore", tc.name, recs[0]["msg"], recs[0]["level"])
+		}
+		for k, v := range tc.want {
+			if recs[0][k] != v {
+				t.Errorf("%s: %s=%q, want %q (all: %v)", tc.name, k, recs[0][k], v, recs[0])
+			}
 		}
 	}
 }
