@@ -37,16 +37,7 @@ func TestKernelHiddenNftRule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	listing, _ := b.Run(ctx, nil, "nft", "-a", "list", "chain", "ip", "filter", "MOAT-INPUT")
-	handle := ""
-	for _, l := range strings.Split(string(listing), "\n") {
-		if strings.Contains(l, "tcp dport 22 ") {
-			handle = l[strings.LastIndex(l, " ")+1:]
-		}
-	}
-	if handle == "" {
-		t.Fatalf("no rule for port 22:\n%s", listing)
-	}
+	handle := fmt.Sprint(port22Handle(t, b))
 	for _, args := range [][]string{
 		{"add", "set", "ip", "filter", "hs", "{ type ipv4_addr; }"},
 		{"add", "element", "ip", "filter", "hs", "{ 192.0.2.2 }"},
@@ -89,18 +80,7 @@ func TestKernelHiddenUndecodedExpr(t *testing.T) {
 		fp1, err = b.FingerprintKernel(ctx)
 		return err
 	})
-	listing, _ := b.Run(ctx, nil, "nft", "-a", "list", "chain", "ip", "filter", "MOAT-INPUT")
-	var handle uint64
-	for _, l := range strings.Split(string(listing), "\n") {
-		if strings.Contains(l, "tcp dport 22 ") {
-			if _, err := fmt.Sscan(l[strings.LastIndex(l, " ")+1:], &handle); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if handle == 0 {
-		t.Fatalf("no rule for port 22:\n%s", listing)
-	}
+	handle := port22Handle(t, b)
 	save, err := b.Run(ctx, nil, "iptables", "-S", "MOAT-INPUT")
 	if err != nil {
 		t.Fatal(err)
@@ -147,4 +127,23 @@ func hiddenRig(t *testing.T, conf string) (*Backend, func(fn func() error)) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// port22Handle is the handle of the rule for port 22 in moat's chain
+// MOAT-INPUT of table ip filter, as 'nft -a' lists it.
+func port22Handle(t *testing.T, b *Backend) uint64 {
+	t.Helper()
+	listing, _ := b.Run(context.Background(), nil, "nft", "-a", "list", "chain", "ip", "filter", "MOAT-INPUT")
+	var handle uint64
+	for _, l := range strings.Split(string(listing), "\n") {
+		if strings.Contains(l, "tcp dport 22 ") {
+			if _, err := fmt.Sscan(l[strings.LastIndex(l, " ")+1:], &handle); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if handle == 0 {
+		t.Fatalf("no rule for port 22:\n%s", listing)
+	}
+	return handle
 }
