@@ -79,10 +79,7 @@ func TestKernelUndecodedExpressionSeen(t *testing.T) {
 			if err := ns.Do(func() error {
 				if err := labtest.ReplaceRuleRaw(unix.NFPROTO_INET, nft.TableName, func(_ string, _ uint64, udata []byte, _ []string) bool {
 					return ruleset.OriginID(nft.RuleComment(udata)) == tag
-				}, func(es []labtest.RawExpr) []labtest.RawExpr {
-					// before the verdict
-					return append(es[:len(es)-1:len(es)-1], extra, es[len(es)-1])
-				}); err != nil {
+				}, labtest.BeforeVerdict(extra)); err != nil {
 					return err
 				}
 				var err error

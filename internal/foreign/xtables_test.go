@@ -238,7 +238,7 @@ func TestXtablesOnlyMoatUndecodedExpr(t *testing.T) {
 		}
 		if err := labtest.ReplaceRuleRaw(unix.NFPROTO_IPV4, "filter", func(chain string, _ uint64, _ []byte, _ []string) bool {
 			return chain == "INPUT"
-		}, labtest.LastBeforeVerdict); err != nil {
+		}, labtest.BeforeVerdict(labtest.RawExpr{Name: "last"})); err != nil {
 			return err
 		}
 		after, err = XtablesOnlyMoat("ip")

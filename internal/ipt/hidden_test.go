@@ -88,7 +88,7 @@ func TestKernelHiddenUndecodedExpr(t *testing.T) {
 	run(func() error {
 		return labtest.ReplaceRuleRaw(unix.NFPROTO_IPV4, "filter", func(chain string, h uint64, _ []byte, _ []string) bool {
 			return chain == "MOAT-INPUT" && h == handle
-		}, labtest.LastBeforeVerdict)
+		}, labtest.BeforeVerdict(labtest.RawExpr{Name: "last"}))
 	})
 	again, _ := b.Run(ctx, nil, "iptables", "-S", "MOAT-INPUT")
 	t.Logf("iptables -S before and after:\n%s\n%s", save, again)

@@ -150,12 +150,14 @@ func ReplaceRuleRaw(proto uint8, table string, pick func(chain string, handle ui
 	return fmt.Errorf("no rule of %s to replace", table)
 }
 
-// LastBeforeVerdict is an edit for ReplaceRuleRaw: the rule's expressions
-// with a 'last' expression (which google/nftables v0.3.0 cannot decode)
-// put before the final one, the verdict.
-func LastBeforeVerdict(es []RawExpr) []RawExpr {
-	if len(es) == 0 {
-		return []RawExpr{{Name: "last"}}
+// BeforeVerdict is an edit for ReplaceRuleRaw: the rule's expressions
+// with e put before the final one, the verdict (e alone for a rule of
+// none).
+func BeforeVerdict(e RawExpr) func([]RawExpr) []RawExpr {
+	return func(es []RawExpr) []RawExpr {
+		if len(es) == 0 {
+			return []RawExpr{e}
+		}
+		return append(es[:len(es)-1:len(es)-1], e, es[len(es)-1])
 	}
-	return append(es[:len(es)-1:len(es)-1], RawExpr{Name: "last"}, es[len(es)-1])
 }
