@@ -925,11 +925,8 @@ func TestHugeConfirmDoesNotWrap(t *testing.T) {
 // happened to run after it. The next state-changing command starts a new
 // watchdog for it.
 func TestKilledWatchdogIsRestarted(t *testing.T) {
-	r := newRig(t)
+	r := enabledRig(t)
 	w := r.standInWatchdogs()
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
 	res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
 	r.must(err)
 	first := res.Pending.Watchdog

@@ -16,11 +16,8 @@ import (
 // watchdog is stopped before the record goes, so a kill anywhere after
 // leaves none.
 func TestRollbackKilledAfterClearingStopsWatchdog(t *testing.T) {
-	r := newRig(t)
+	r := enabledRig(t)
 	w := r.standInWatchdogs()
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
 	res, err := r.add(r.ch(time.Minute), "allow 443/tcp")
 	r.must(err)
 	if !res.Pending.Watchdog.Alive() {
@@ -43,11 +40,8 @@ func TestRollbackKilledAfterClearingStopsWatchdog(t *testing.T) {
 // stop, nothing stopped the watchdog any more (the journal's next undo
 // finds no armed change), and it rolled back its copy at the deadline.
 func TestUndoOfArmedChangeKilledAfterClearingStopsWatchdog(t *testing.T) {
-	r := newRig(t)
+	r := enabledRig(t)
 	w := r.standInWatchdogs()
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
 	r.crashAt = "kernel" // the change armed and in the kernel
 	if _, err := r.add(r.ch(time.Minute), "allow 443/tcp"); !IsCrash(err) {
 		t.Fatalf("the change was not killed after the kernel took it: %v", err)
@@ -72,11 +66,8 @@ func TestUndoOfArmedChangeKilledAfterClearingStopsWatchdog(t *testing.T) {
 // the watchdog was left, and at the deadline loaded the policy of before
 // the change (its snapshot gone) on top of the disable.
 func TestDisableKilledAfterClearingStopsWatchdog(t *testing.T) {
-	r := newRig(t)
+	r := enabledRig(t)
 	w := r.standInWatchdogs()
-	r.write(base)
-	_, err := r.enable(r.ch(0))
-	r.must(err)
 	r.waiting()
 	r.crashAt = "disable-pending-cleared"
 	ctx := context.Background()
