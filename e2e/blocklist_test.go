@@ -101,17 +101,25 @@ func (e *env) dropListServed(body, opts string) *listServer {
 	return ls
 }
 
-func (e *env) startListServer() *listServer {
-	e.t.Helper()
-	ls := &listServer{body: map[string]string{}}
+// loopbackListener is a TCP listener on a free loopback port of ns, made in ns
+// (the caller closes it).
+func loopbackListener(t testing.TB, ns *lab.NS) net.Listener {
+	t.Helper()
 	var ln net.Listener
-	if err := e.topo.Server.Do(func() error {
+	if err := ns.Do(func() error {
 		var err error
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 		return err
 	}); err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
+	return ln
+}
+
+func (e *env) startListServer() *listServer {
+	e.t.Helper()
+	ls := &listServer{body: map[string]string{}}
+	ln := loopbackListener(e.t, e.topo.Server)
 	ls.srv = httptest.NewUnstartedServer(ls)
 	_ = ls.srv.Listener.Close() // replaced by the one in the server namespace
 	ls.srv.Listener = ln

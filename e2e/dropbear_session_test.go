@@ -89,14 +89,7 @@ func TestGuardSparesDropbearForwardOnly(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b string) {
 		e, key, logFile := dropbearGuardEnv(t, b)
 		// The forward's target, on the client: echoes a line.
-		var target net.Listener
-		if err := e.topo.Client.Do(func() error {
-			var err error
-			target, err = net.Listen("tcp", "127.0.0.1:0")
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
+		target := loopbackListener(t, e.topo.Client)
 		t.Cleanup(func() { _ = target.Close() })
 		go func() {
 			for {

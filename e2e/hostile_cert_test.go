@@ -44,14 +44,7 @@ func TestBlocklistHostileCertificateText(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ln net.Listener
-	if err := e.topo.Server.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	ln := loopbackListener(t, e.topo.Server)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "192.0.2.3") }))
 	_ = srv.Listener.Close()
 	srv.Listener = ln
