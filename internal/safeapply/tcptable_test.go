@@ -194,15 +194,11 @@ func TestKernelTCPTable(t *testing.T) {
 		}
 		// kernelTCP's one dump of both families (TCPDIAG_GETSOCK) is the
 		// two dumps of one family each, every field.
-		both, err := diagTCPBoth()
+		_, a, b, err := oneDumpAndPerFamily()
 		if err != nil {
-			return fmt.Errorf("TCPDIAG_GETSOCK: %w", err)
+			return err
 		}
-		perFamily, viaDiag, err := tcpTable(diagTCP, "/proc")
-		if err != nil || !viaDiag {
-			return fmt.Errorf("the dumps per family: %v (sock_diag %v)", err, viaDiag)
-		}
-		if a, b := entryTexts(both), entryTexts(perFamily); !slices.Equal(a, b) || len(a) == 0 {
+		if !slices.Equal(a, b) || len(a) == 0 {
 			t.Errorf("one dump of both families:\n%s\nthe dumps per family:\n%s", strings.Join(a, "\n"), strings.Join(b, "\n"))
 		}
 		return nil
@@ -377,6 +373,22 @@ func TestTCPTableFallback(t *testing.T) {
 	if err != nil || len(st.Sessions) != 1 {
 		t.Fatalf("FindSSH from /proc: %+v, %v", st, err)
 	}
+}
+
+// oneDumpAndPerFamily reads the TCP sockets of the calling thread's
+// namespace in one sock_diag dump of both families (TCPDIAG_GETSOCK),
+// both, and in a dump of each family: a and b are their entryTexts, to
+// compare. A table that did not come from sock_diag is an error.
+func oneDumpAndPerFamily() (both []tcpEntry, a, b []string, err error) {
+	both, err = diagTCPBoth()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("TCPDIAG_GETSOCK: %w", err)
+	}
+	perFamily, viaDiag, err := tcpTable(diagTCP, "/proc")
+	if err != nil || !viaDiag {
+		return nil, nil, nil, fmt.Errorf("the dumps per family: %v (sock_diag %v)", err, viaDiag)
+	}
+	return both, entryTexts(both), entryTexts(perFamily), nil
 }
 
 // entryTexts is each entry with every field, sorted: dumps to compare.
