@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/lab"
 	"github.com/moat-fw/moat/internal/labtest"
 )
 
@@ -135,33 +137,12 @@ func TestKernelEarlyListReplacedByHand(t *testing.T) {
 			if err := ns.Do(func() error { return b.Apply(ctx, compile(t, pol)) }); err != nil {
 				t.Fatal(err)
 			}
-			const jump = "PREROUTING -m set --match-set moat-early4 src -j MOAT-PREROUTING"
-			for _, c := range [][]string{
-				append([]string{"iptables", "-t", "raw", "-D"}, strings.Fields(jump)...),
-				{"ipset", "destroy", "moat-early4"},
-				append([]string{"ipset", "create", "moat-early4"}, strings.Fields(create)...),
-				append([]string{"iptables", "-t", "raw", "-I"}, strings.Fields(strings.Replace(jump, "PREROUTING", "PREROUTING 1", 1))...),
-			} {
-				if out, err := run(ctx, nil, c[0], c[1:]...); err != nil {
-					t.Fatalf("%q: %v\n%s", c, err, out)
-				}
-			}
+			earlyReplacedByHand(t, run, create)
 			b.Full = true
 			if err := ns.Do(func() error { return b.Apply(ctx, compile(t, pol)) }); err != nil {
 				t.Fatalf("the repair: %v", err)
 			}
-			out, err := run(ctx, nil, "ipset", "list", "-t", "moat-early4")
-			if err != nil || !strings.Contains(string(out), "Type: list:set\n") || !strings.Contains(string(out), "Header: size 64\n") {
-				t.Errorf("the early list after the repair (%v):\n%s", err, out)
-			}
-			var m4 []string
-			if err := ns.Do(func() error { m4, _, err = earlyHeld(ctx, "moat-early4"); return err }); err != nil || !slices.Equal(m4, []string{"moat-ban4"}) {
-				t.Errorf("early list after the repair: %q (%v)", m4, err)
-			}
-			save, err := run(ctx, nil, "iptables-save", "-t", "raw")
-			if err != nil || strings.Count(string(save), "-j MOAT-PREROUTING") != 1 || !strings.Contains(string(save), "-A "+jump+"\n") {
-				t.Errorf("raw after the repair (%v):\n%s", err, save)
-			}
+			earlyMoats(t, ns, "the repair", "Header: size 64\n")
 			var recorded, read string
 			if err := ns.Do(func() error {
 				var err error
@@ -205,17 +186,7 @@ func TestKernelRestoreEarlyListReplacedByHand(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			const jump = "PREROUTING -m set --match-set moat-early4 src -j MOAT-PREROUTING"
-			for _, c := range [][]string{
-				append([]string{"iptables", "-t", "raw", "-D"}, strings.Fields(jump)...),
-				{"ipset", "destroy", "moat-early4"},
-				{"ipset", "create", "moat-early4", "hash:ip"},
-				append([]string{"iptables", "-t", "raw", "-I"}, strings.Fields(strings.Replace(jump, "PREROUTING", "PREROUTING 1", 1))...),
-			} {
-				if out, err := run(ctx, nil, c[0], c[1:]...); err != nil {
-					t.Fatalf("%q: %v\n%s", c, err, out)
-				}
-			}
+			earlyReplacedByHand(t, run, "hash:ip")
 			if err := ns.Do(func() error {
 				if keep {
 					kept, err := b.RestoreKeepingBans(ctx, snap)
@@ -228,18 +199,52 @@ func TestKernelRestoreEarlyListReplacedByHand(t *testing.T) {
 			}); err != nil {
 				t.Fatalf("restore: %v", err)
 			}
-			out, err := run(ctx, nil, "ipset", "list", "-t", "moat-early4")
-			if err != nil || !strings.Contains(string(out), "Type: list:set\n") {
-				t.Errorf("the early list after the restore (%v):\n%s", err, out)
-			}
-			var m4 []string
-			if err := ns.Do(func() error { m4, _, err = earlyHeld(ctx, "moat-early4"); return err }); err != nil || !slices.Equal(m4, []string{"moat-ban4"}) {
-				t.Errorf("early list after the restore: %q (%v)", m4, err)
-			}
-			save, err := run(ctx, nil, "iptables-save", "-t", "raw")
-			if err != nil || strings.Count(string(save), "-j MOAT-PREROUTING") != 1 || !strings.Contains(string(save), "-A "+jump+"\n") {
-				t.Errorf("raw after the restore (%v):\n%s", err, save)
-			}
+			earlyMoats(t, ns, "the restore")
 		})
+	}
+}
+
+// earlyJump is moat's gated raw jump through its IPv4 early list.
+const earlyJump = "PREROUTING -m set --match-set moat-early4 src -j MOAT-PREROUTING"
+
+// earlyReplacedByHand makes moat's IPv4 early list anew by hand as create
+// (an ipset type and its options), moat's jump through it taken out
+// before and put back first after, as an admin would.
+func earlyReplacedByHand(t *testing.T, run execrun.Runner, create string) {
+	t.Helper()
+	for _, c := range [][]string{
+		append([]string{"iptables", "-t", "raw", "-D"}, strings.Fields(earlyJump)...),
+		{"ipset", "destroy", "moat-early4"},
+		append([]string{"ipset", "create", "moat-early4"}, strings.Fields(create)...),
+		append([]string{"iptables", "-t", "raw", "-I"}, strings.Fields(strings.Replace(earlyJump, "PREROUTING", "PREROUTING 1", 1))...),
+	} {
+		if out, err := run(context.Background(), nil, c[0], c[1:]...); err != nil {
+			t.Fatalf("%q: %v\n%s", c, err, out)
+		}
+	}
+}
+
+// earlyMoats checks, after what, that moat's IPv4 early list in ns is a
+// list:set (its listing holding each of header too) holding moat-ban4
+// alone, and that raw holds one jump into MOAT-PREROUTING: moat's.
+func earlyMoats(t *testing.T, ns *lab.NS, after string, header ...string) {
+	t.Helper()
+	ctx := context.Background()
+	run := labtest.Runner(ns)
+	out, err := run(ctx, nil, "ipset", "list", "-t", "moat-early4")
+	whole := err == nil && strings.Contains(string(out), "Type: list:set\n")
+	for _, h := range header {
+		whole = whole && strings.Contains(string(out), h)
+	}
+	if !whole {
+		t.Errorf("the early list after %s (%v):\n%s", after, err, out)
+	}
+	var m4 []string
+	if err := ns.Do(func() error { m4, _, err = earlyHeld(ctx, "moat-early4"); return err }); err != nil || !slices.Equal(m4, []string{"moat-ban4"}) {
+		t.Errorf("early list after %s: %q (%v)", after, m4, err)
+	}
+	save, err := run(ctx, nil, "iptables-save", "-t", "raw")
+	if err != nil || strings.Count(string(save), "-j MOAT-PREROUTING") != 1 || !strings.Contains(string(save), "-A "+earlyJump+"\n") {
+		t.Errorf("raw after %s (%v):\n%s", after, err, save)
 	}
 }
