@@ -591,10 +591,7 @@ func TestCorruptStateFiles(t *testing.T) {
 			if err != nil && !strings.Contains(err.Error(), r.dir) && !strings.Contains(err.Error(), "waiting for confirmation") {
 				t.Errorf("an error that does not name the state: %v", err)
 			}
-			unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
-			r.must(err)
-			r.must(r.eng.Disable(context.Background()))
-			unlock()
+			r.must(r.disable())
 			r.kernelIs("nftables", "")
 			for _, f := range []string{AppliedFile, pendingFile, IntentFile, savedFile} {
 				if _, err := os.Stat(filepath.Join(r.dir, f)); err == nil {
@@ -948,6 +945,17 @@ func TestKilledWatchdogIsRestarted(t *testing.T) {
 	r.kernelIs("nftables", base+"allow 443/tcp\n")
 }
 
+// disable runs 'moat disable' as the command does: under the lock a
+// removal of moat's rules takes.
+func (r *rig) disable() error {
+	r.t.Helper()
+	ctx := context.Background()
+	unlock, err := r.eng.LockToRemove(ctx, "moat disable")
+	r.must(err)
+	defer unlock()
+	return r.eng.Disable(ctx)
+}
+
 // standInWatchdogs makes r's engine start, for each watchdog, a sleeping
 // stand-in process with the watchdog's arguments (so Alive and identify
 // recognize it); the ones not yet waited for are killed at the test's end.
@@ -1059,10 +1067,7 @@ func TestWatchdogAfterDisable(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.newEngine().Watch(ctx, res.Pending.ID) }()
 	time.Sleep(300 * time.Millisecond) // it has read its change
-	unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
-	r.must(err)
-	r.must(r.eng.Disable(context.Background()))
-	unlock()
+	r.must(r.disable())
 	r.advance(2 * time.Minute)
 	r.must(<-done)
 	r.kernelIs("nftables", "")
@@ -1075,10 +1080,7 @@ func TestDisableDropsUnconfirmedChange(t *testing.T) {
 	r := enabledRig(t)
 	_, err := r.add(r.ch(time.Minute), "allow 443/tcp")
 	r.must(err)
-	unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
-	r.must(err)
-	r.must(r.eng.Disable(context.Background()))
-	unlock()
+	r.must(r.disable())
 	r.kernelIs("nftables", "")
 	if r.file() != base {
 		t.Errorf("after disable the file holds the unconfirmed change:\n%s", r.file())
@@ -1384,10 +1386,7 @@ func TestDisableAfterInterruptedEdit(t *testing.T) {
 			if _, err := r.add(r.ch(0), "allow 443/tcp"); !IsCrash(err) {
 				t.Fatalf("no crash: %v", err)
 			}
-			unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
-			r.must(err)
-			r.must(r.eng.Disable(context.Background()))
-			unlock()
+			r.must(r.disable())
 			if r.file() != base {
 				t.Errorf("after disable the file holds the interrupted change:\n%s", r.file())
 			}
@@ -1814,11 +1813,7 @@ func TestKillDisableWhileChangeWaits(t *testing.T) {
 			r := enabledRig(t)
 			r.waiting()
 			r.crashAt = step
-			ctx := context.Background()
-			unlock, err := r.eng.LockToRemove(ctx, "moat disable")
-			r.must(err)
-			err = r.eng.Disable(ctx)
-			unlock()
+			err := r.disable()
 			if !IsCrash(err) {
 				t.Fatalf("disable: %v", err)
 			}
@@ -1878,10 +1873,7 @@ func TestDisableRefusedKeepsChangeWaiting(t *testing.T) {
 	res := r.waiting()
 	r.nft.Fail = refuse("remove", "kernel says no")
 	ctx := context.Background()
-	unlock, err := r.eng.LockToRemove(ctx, "moat disable")
-	r.must(err)
-	err = r.eng.Disable(ctx)
-	unlock()
+	err := r.disable()
 	if err == nil || !strings.Contains(err.Error(), "kernel says no") {
 		t.Fatalf("disable: %v", err)
 	}

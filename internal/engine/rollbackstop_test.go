@@ -70,11 +70,7 @@ func TestDisableKilledAfterClearingStopsWatchdog(t *testing.T) {
 	w := r.standInWatchdogs()
 	r.waiting()
 	r.crashAt = "disable-pending-cleared"
-	ctx := context.Background()
-	unlock, err := r.eng.LockToRemove(ctx, "moat disable")
-	r.must(err)
-	err = r.eng.Disable(ctx)
-	unlock()
+	err := r.disable()
 	if !IsCrash(err) {
 		t.Fatalf("disable was not killed after clearing the record: %v", err)
 	}

@@ -108,10 +108,7 @@ func TestStoredTextsOnDisk(t *testing.T) {
 	if a, err := decodeFresh(t, r.dir); err != nil || a.Policy != r.file() {
 		t.Errorf("after the next change: %+v %v", a, err)
 	}
-	unlock, err := r.eng.LockToRemove(context.Background(), "moat disable")
-	r.must(err)
-	r.must(r.eng.Disable(context.Background()))
-	unlock()
+	r.must(r.disable())
 	if got := texts(t, r.dir); len(got) > 0 {
 		t.Errorf("texts left after disable: %q", got)
 	}
