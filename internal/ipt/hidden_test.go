@@ -21,15 +21,10 @@ func TestKernelHiddenNftRule(t *testing.T) {
 	b, run := hiddenRig(t, "default deny incoming\ndefault reject outgoing\nlogging medium\nallow 22/tcp\nlimit 2222/tcp\n"+
 		"allow from 192.0.2.0/24 to any port 80 proto tcp\nreject 25/tcp\nallow 1000:2000/udp\nallow out 53\n"+
 		"allow in on lo\nguard portscan ports 10 within 60s bantime 1h\n"+denyList(3, -1))
-	var hidden []string
-	var fp1, fp2 KernelPrint
-	run(func() (err error) {
-		if hidden, err = HiddenRules(); err != nil {
-			return err
-		}
-		fp1, err = b.FingerprintKernel(ctx)
-		return err
-	})
+	hidden, fp1, err := hiddenAndPrint(b, run)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(hidden) > 0 {
 		t.Fatalf("moat's own rules: %v", hidden)
 	}
@@ -51,13 +46,10 @@ func TestKernelHiddenNftRule(t *testing.T) {
 	if again, _ := b.Run(ctx, nil, "iptables", "-S", "MOAT-INPUT"); string(again) != string(save) {
 		t.Logf("iptables-save now shows the hand rule (the test's premise no longer holds):\n%s\n%s", save, again)
 	}
-	run(func() (err error) {
-		if hidden, err = HiddenRules(); err != nil {
-			return err
-		}
-		fp2, err = b.FingerprintKernel(ctx)
-		return err
-	})
+	hidden, fp2, err := hiddenAndPrint(b, run)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(hidden) != 1 || !strings.Contains(hidden[0], "ip MOAT-INPUT") || !strings.Contains(hidden[0], "lookup") {
 		t.Errorf("hidden rules: %v", hidden)
 	}
@@ -74,8 +66,7 @@ func TestKernelHiddenNftRule(t *testing.T) {
 func TestKernelHiddenUndecodedExpr(t *testing.T) {
 	ctx := context.Background()
 	b, run := hiddenRig(t, "default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
-	var hidden []string
-	var fp1, fp2 KernelPrint
+	var fp1 KernelPrint
 	run(func() (err error) {
 		fp1, err = b.FingerprintKernel(ctx)
 		return err
@@ -92,14 +83,7 @@ func TestKernelHiddenUndecodedExpr(t *testing.T) {
 	})
 	again, _ := b.Run(ctx, nil, "iptables", "-S", "MOAT-INPUT")
 	t.Logf("iptables -S before and after:\n%s\n%s", save, again)
-	var fpErr error
-	run(func() (err error) {
-		if hidden, err = HiddenRules(); err != nil {
-			return err
-		}
-		fp2, fpErr = b.FingerprintKernel(ctx)
-		return nil
-	})
+	hidden, fp2, fpErr := hiddenAndPrint(b, run)
 	if len(hidden) != 1 || !strings.Contains(hidden[0], "ip MOAT-INPUT") || !strings.Contains(hidden[0], "last") {
 		t.Errorf("hidden rules: %v", hidden)
 	}
@@ -146,4 +130,18 @@ func port22Handle(t *testing.T, b *Backend) uint64 {
 		t.Fatalf("no rule for port 22:\n%s", listing)
 	}
 	return handle
+}
+
+// hiddenAndPrint reads in the rig's namespace (run) the rules HiddenRules
+// names (its error fails the test) and the kernel's fingerprint, with
+// the error of that read.
+func hiddenAndPrint(b *Backend, run func(fn func() error)) (hidden []string, fp KernelPrint, fpErr error) {
+	run(func() (err error) {
+		if hidden, err = HiddenRules(); err != nil {
+			return err
+		}
+		fp, fpErr = b.FingerprintKernel(context.Background())
+		return nil
+	})
+	return hidden, fp, fpErr
 }
