@@ -259,3 +259,89 @@ func (b *Backend) Protect(ctx context.Context, addrs []netip.Addr, ttl time.Dura
 	}
 	return nil
 }
+
+// BansUpTo lists the banned addresses as Bans does, n at most (more:
+// the ban ipsets hold others). Over netlink the dump stops there (the
+// socket is closed: the kernel ends it), so that 'moat status' counts the
+// kernel's bans without reading 200,000 of them.
+// A dump that fails (no such set, one of another type made by hand) is
+// read again whole as Bans reads it: the program's error names the cause.
+func (b *Backend) BansUpTo(ctx context.Context, n int) (bans []ruleset.Ban, more bool, err error) {
+	if b.IpsetNetlink {
+		if bans, more, err := bansUpToNetlink(ctx, n); err == nil {
+			return bans, more, nil
+		}
+	}
+	all, err := b.Bans(ctx)
+	if err != nil || len(all) <= n {
+		return all, false, err
+	}
+	return all[:n], true, nil
+}
+
+// bansUpToNetlink is BansUpTo's dump of the ban ipsets over netlink.
+func bansUpToNetlink(ctx context.Context, n int) (bans []ruleset.Ban, more bool, err error) {
+	for _, set := range []string{ruleset.BanSet4, ruleset.BanSet6} {
+		got, m, err := banMembersUpTo(ctx, IPSetName(set), n-len(bans))
+		if err != nil {
+			return nil, false, err
+		}
+		bans = append(bans, got...)
+		if m {
+			return bans, true, nil
+		}
+	}
+	return bans, false, nil
+}
+
+// errEnough ends a dump that read as many members as asked for.
+var errEnough = errors.New("enough members read")
+
+// banMembersUpTo dumps an ipset of timeouts over netlink as
+// membersNetlink does, stopping after n members (more: the set holds
+// others). A set that is not there, or of another type than moat's
+// hash:ip, is an error.
+func banMembersUpTo(ctx context.Context, name string, n int) (out []ruleset.Ban, more bool, err error) {
+	setType := ""
+	missing, err := dumpSet(ctx, name, 0, func(attrs []byte) error {
+		var perr error
+		werr := walkAttrs(attrs, func(t uint16, v []byte) {
+			if t == ipsetAttrTypename && setType == "" {
+				setType = cString(v)
+			}
+			if t != ipsetAttrADT || perr != nil {
+				return
+			}
+			werr := walkAttrs(v, func(typ uint16, v []byte) {
+				if typ != ipsetAttrData || perr != nil {
+					return
+				}
+				if len(out) >= n {
+					more, perr = true, errEnough
+					return
+				}
+				ban, err := parseBanMember(v)
+				if err != nil {
+					perr = err
+					return
+				}
+				if ban.Addr.IsValid() {
+					out = append(out, ban)
+				}
+			})
+			perr = errors.Join(perr, werr)
+		})
+		return errors.Join(werr, perr)
+	})
+	switch {
+	case more:
+	case err != nil:
+		return nil, false, err
+	case missing:
+		return nil, false, fmt.Errorf("%w: no set %q", errIpsetNetlink, name)
+	}
+	if setType != "hash:ip" {
+		return nil, false, fmt.Errorf("%w: list %q: a set of type %q, not hash:ip", errIpsetNetlink, name, setType)
+	}
+	return out, more, nil
+}

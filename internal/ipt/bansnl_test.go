@@ -160,3 +160,86 @@ func TestKernelBansNetlinkOddSetsAsSave(t *testing.T) {
 		})
 	}
 }
+
+// BansUpTo lists n bans at most, and says whether there are more: over
+// netlink (a dump of many parts that stops at n) as `ipset save` lists
+// them, across both ban ipsets, in a real kernel; the count 'moat status'
+// shows of the port scan trap's bans, which the ban history lacks.
+func TestKernelBansUpTo(t *testing.T) {
+	b, ns := kernelBackendNS(t)
+	ctx := context.Background()
+	var in strings.Builder
+	v4, v6 := IPSetName(ruleset.BanSet4), IPSetName(ruleset.BanSet6)
+	fmt.Fprintf(&in, "create %s hash:ip family inet timeout 0 comment\ncreate %s hash:ip family inet6 timeout 0 comment maxelem 65536\n", v4, v6)
+	fmt.Fprintf(&in, "add %s 192.0.2.7 timeout 500 comment \"portscan\"\nadd %s 198.51.100.9 timeout 9\n", v4, v4)
+	for i := 0; i < 3000; i++ {
+		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, byte(i >> 8), byte(i)})
+		fmt.Fprintf(&in, "add %s %s timeout %d comment \"guard: maxretry reached %d\"\n", v6, a, 3600+i, i)
+	}
+	if _, err := b.Run(ctx, []byte(in.String()), "ipset", "restore"); err != nil {
+		t.Fatal(err)
+	}
+	save, err := b.Bans(ctx) // IpsetNetlink false: `ipset save`
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := map[netip.Addr]bool{}
+	for _, ban := range save {
+		has[ban.Addr] = true
+	}
+	nl := &Backend{Run: b.Run, IpsetNetlink: true}
+	for _, tc := range []struct {
+		n, want int
+		more    bool
+	}{{1000, 1000, true}, {1, 1, true}, {2, 2, true}, {3001, 3001, true}, {3002, 3002, false}, {5000, 3002, false}, {0, 0, true}} {
+		for _, bk := range []*Backend{b, nl} {
+			var got []ruleset.Ban
+			var more bool
+			err := ns.Do(func() error { var err error; got, more, err = bk.BansUpTo(ctx, tc.n); return err })
+			if err != nil {
+				t.Fatalf("netlink %v, %d: %v", bk.IpsetNetlink, tc.n, err)
+			}
+			if len(got) != tc.want || more != tc.more {
+				t.Errorf("netlink %v, up to %d: %d bans, more %v; want %d, %v", bk.IpsetNetlink, tc.n, len(got), more, tc.want, tc.more)
+			}
+			seen := map[netip.Addr]bool{}
+			for _, ban := range got {
+				if !has[ban.Addr] || seen[ban.Addr] {
+					t.Errorf("netlink %v, up to %d: %v not a ban of ipset save's, or twice", bk.IpsetNetlink, tc.n, ban.Addr)
+				}
+				seen[ban.Addr] = true
+			}
+		}
+	}
+	// Without the ban ipsets (moat not enabled): an error, which leaves
+	// status the history's count.
+	if _, err := b.Run(ctx, nil, "ipset", "destroy", v6); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Do(func() error { _, _, err := nl.BansUpTo(ctx, 1000); return err }); err == nil {
+		t.Error("BansUpTo without the IPv6 ban ipset: no error")
+	}
+}
+
+// Without netlink, BansUpTo cuts `ipset save`'s list at n.
+func TestBansUpToSave(t *testing.T) {
+	b := &Backend{Run: func(_ context.Context, _ []byte, name string, a ...string) ([]byte, error) {
+		if name != "ipset" || len(a) != 2 || a[0] != "save" {
+			return nil, fmt.Errorf("ran %s %v", name, a)
+		}
+		if a[1] == IPSetName(ruleset.BanSet4) {
+			return []byte("create " + a[1] + " hash:ip family inet timeout 0\nadd " + a[1] + " 192.0.2.7 timeout 500\nadd " + a[1] + " 192.0.2.8 timeout 5\n"), nil
+		}
+		return []byte("add " + a[1] + " 2001:db8::7 timeout 50\n"), nil
+	}}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		n, want int
+		more    bool
+	}{{1, 1, true}, {3, 3, false}, {1000, 3, false}} {
+		got, more, err := b.BansUpTo(ctx, tc.n)
+		if err != nil || len(got) != tc.want || more != tc.more {
+			t.Errorf("up to %d: %d bans, more %v, %v; want %d, %v", tc.n, len(got), more, err, tc.want, tc.more)
+		}
+	}
+}
