@@ -40,9 +40,14 @@ import (
 // The transaction is sent at the ruleset generation moat read its
 // chains at (plus its own commits since): a change made by anyone else
 // in between (iptables -I, another tool's commit) makes the kernel
-// refuse it whole, and the change is made by iptables-restore instead,
-// as before, whose commits then do not account for the generation
-// (ownRestoresOnly: the kernel is read back and compared). Jumps from the
+// refuse it whole. When the command's drift check vouches for the read
+// (Checked), Apply then checks moat's rules again: unchanged (a foreign
+// commit, a ban), it goes on; changed, it says so
+// (nft.ErrChangedSinceCheck: the command runs its drift check again)
+// and never writes over the hand change. Without that check, the change
+// is made by iptables-restore instead, as before, whose commits then do
+// not account for the generation (ownRestoresOnly: the kernel is read
+// back and compared). Jumps from the
 // built-in chains are written too: inserted first where there is none
 // (the table and the built-in chain made first where they are not
 // there, as iptables-nft makes them), or replaced in place by handle
@@ -493,7 +498,8 @@ const (
 // Apply read moat's chains at plus its own commits since. Not sent, or
 // refused: nothing was committed (a change by anyone else since the
 // read makes the kernel refuse it whole), and Apply restores the change
-// whole. Unknown (its answer lost): LastApply no longer vouches, and
+// whole, unless a drift check vouches for the read (nlMoved: Apply
+// checks moat's rules again first). Unknown (its answer lost): LastApply no longer vouches, and
 // Apply starts again from a new read of the kernel, which holds all of
 // the transaction or none of it.
 func (b *Backend) writeRulesNetlink(st *state, plan map[policy.Family]nlFamilyPlan) nlOutcome {
