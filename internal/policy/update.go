@@ -21,7 +21,10 @@ func (r Rule) MatchKey() string {
 }
 
 // FindMatch returns the number (1-based) of the first rule that matches
-// the same packets as r, with that rule, or 0.
+// the same packets as r, with that rule, or 0. As in ufw, a rule naming an
+// application profile matches only a rule naming the same profiles: 'allow
+// OpenSSH' is a rule of its own next to 'limit ssh' (and does not replace
+// it, dropping the rate limit).
 func (d *Document) FindMatch(r Rule, svc Services) (int, Rule) {
 	c := d.index(svc)
 	want := r.MatchKey()
@@ -31,7 +34,7 @@ func (d *Document) FindMatch(r Rule, svc Services) (int, Rule) {
 		case lineRule:
 			n++
 			if c.rules.mayEqual(k, &r) {
-				if got := c.rules.rule(k); got.MatchKey() == want {
+				if got := c.rules.rule(k); got.MatchKey() == want && got.FromApp == r.FromApp && got.ToApp == r.ToApp {
 					return n, got
 				}
 			}

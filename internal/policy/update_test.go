@@ -37,3 +37,38 @@ func TestFindMatchAndReplace(t *testing.T) {
 		t.Error("ReplaceRule(3) of 2 rules succeeded")
 	}
 }
+
+// TestFindMatchApps: as ufw, a rule naming an application profile is
+// another rule than the same ports written as ports: 'limit ssh' then
+// 'allow OpenSSH' adds the profile's rule (ufw lists '22/tcp (OpenSSH)'
+// apart) instead of replacing, and so losing, the rate limit; the same
+// profile again updates it.
+func TestFindMatchApps(t *testing.T) {
+	svc := ParseServices([]byte("ssh 22/tcp\n"))
+	apps := AppsFromPorts(map[string]string{"OpenSSH": "22/tcp"})
+	d := NewDocument("moat.conf", []byte("limit ssh\nallow from 192.0.2.0/24 to any app OpenSSH\nallow OpenSSH\n"))
+	d.Apps = apps
+	parse := func(s string) Rule {
+		st, err := ParseStatementApps(ArgsTokens(strings.Fields(s)), Pos{}, svc, apps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Rule
+	}
+	for _, c := range []struct {
+		rule string
+		want int
+	}{
+		{"allow 22/tcp", 1}, {"limit OpenSSH", 3}, {"deny from 192.0.2.0/24 to any app OpenSSH", 2},
+		{"allow from 192.0.2.0/24 to any port 22 proto tcp", 0},
+	} {
+		if n, _ := d.FindMatch(parse(c.rule), svc); n != c.want {
+			t.Errorf("FindMatch(%q) = %d, want %d", c.rule, n, c.want)
+		}
+	}
+	d = NewDocument("moat.conf", []byte("limit ssh\n"))
+	d.Apps = apps
+	if n, _ := d.FindMatch(parse("allow OpenSSH"), svc); n != 0 {
+		t.Errorf("FindMatch(allow OpenSSH) = %d in a policy of 'limit ssh', want 0 (a rule of its own, as ufw)", n)
+	}
+}
