@@ -77,16 +77,19 @@ type statusReport struct {
 	Persistent bool   `json:"persistent"`
 	// Guard is true only while a guard process really runs (it holds its
 	// lock in the state directory); GuardConfigured is 'guard sshd'.
-	Guard           bool                     `json:"guard"`
-	GuardPID        int                      `json:"guard_pid,omitempty"`
-	GuardConfigured bool                     `json:"guard_configured"`
-	BansActive      int                      `json:"bans_active"`
-	Pending         *statusPending           `json:"pending_confirmation,omitempty"`
-	Backend         string                   `json:"backend,omitempty"`
-	Config          string                   `json:"config"`
-	Defaults        map[string]statusDefault `json:"defaults"`
-	Rules           []statusRule             `json:"rules"`
-	Builtins        []statusBuiltin          `json:"builtins"`
+	Guard           bool           `json:"guard"`
+	GuardPID        int            `json:"guard_pid,omitempty"`
+	GuardConfigured bool           `json:"guard_configured"`
+	BansActive      int            `json:"bans_active"`
+	Pending         *statusPending `json:"pending_confirmation,omitempty"`
+	Backend         string         `json:"backend,omitempty"`
+	Config          string         `json:"config"`
+	// Logging is the kernel logging level ('moat logging'): off, low,
+	// medium, high or full.
+	Logging  string                   `json:"logging"`
+	Defaults map[string]statusDefault `json:"defaults"`
+	Rules    []statusRule             `json:"rules"`
+	Builtins []statusBuiltin          `json:"builtins"`
 	statusTruth
 	Blocklists []blocklistInfo `json:"blocklists"`
 }
@@ -185,6 +188,10 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	}
 	if shown != nil {
 		rep.Blocklists = blocklistStatus(shown, a.stateDir, time.Now())
+	}
+	rep.Logging = string(policy.LogOff)
+	if shown != nil && shown.Logging != "" {
+		rep.Logging = string(shown.Logging)
 	}
 	rs := a.compile(shown)
 	inSet := map[int]string{}
@@ -296,6 +303,7 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 		}
 		a.printf("Persistent: %s\n", persist)
 		a.printf("Guard: %s; %s ('moat bans' lists them)\n", guardState(rep), count(rep.BansActive, "active ban"))
+		a.printf("Logging: %s\n", loggingWord(rep.Logging))
 		a.printf("Default: %s (incoming), %s (outgoing), %s (routed)\n",
 			defaultWord(rep.Defaults["incoming"]), defaultWord(rep.Defaults["outgoing"]), defaultWord(rep.Defaults["routed"]))
 	}
@@ -314,8 +322,19 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 	}
 	fmt.Fprintln(tw, head+"\t")
 	fmt.Fprintln(tw, strings.NewReplacer("To", "--", "Action", "------", "From", "----", "Packets", "-------", "Bytes", "-----").Replace(head)+"\t")
+	prev := ""
 	for _, r := range rep.Rules {
-		row := fmt.Sprintf("%s\t%s\t%s", toColumn(r.RuleJSON), actionColumn(r.RuleJSON), fromColumn(r.RuleJSON))
+		row := fmt.Sprintf("%s\t%s\t%s", toColumn(r.RuleJSON, verbose), actionColumn(r.RuleJSON), fromColumn(r.RuleJSON, verbose))
+		if !verbose {
+			// An application profile with ports of several protocols
+			// is one line of the policy and one kernel rule per
+			// protocol: named by the profile, as ufw, it is one row.
+			key := fmt.Sprintf("%d\x00%d\x00%s\x00%s", r.Number, r.Line, row, ruleMark(rep, r))
+			if (r.ToApp != "" || r.FromApp != "") && key == prev {
+				continue
+			}
+			prev = key
+		}
 		if mode == "numbered" {
 			if r.Number > 0 {
 				row = fmt.Sprintf("[%2d] %s", r.Number, row)
@@ -417,6 +436,14 @@ func guardState(rep *statusReport) string {
 	return "off (add 'guard sshd')"
 }
 
+// loggingWord is a logging level as ufw prints it: "on (low)", "off".
+func loggingWord(level string) string {
+	if level == "" || level == string(policy.LogOff) {
+		return "off"
+	}
+	return "on (" + level + ")"
+}
+
 // defaultWord is a default as ufw prints it: "deny", "disabled".
 func defaultWord(d statusDefault) string {
 	if d.Disabled {
@@ -438,8 +465,11 @@ func actionColumn(r policy.RuleJSON) string {
 }
 
 // endpoint writes one side of a rule as ufw does: "22/tcp", "192.0.2.1
-// 80/tcp", "Anywhere", "Anywhere (v6)", "... on eth0".
-func endpoint(addr, port, proto string, fam policy.Family, iface string, showProto bool) string {
+// 80/tcp", "Anywhere", "Anywhere (v6)", "... on eth0". A side whose ports
+// come from an application profile is named by it as ufw names it: the
+// profile alone ("OpenSSH"), or with verbose its ports too ("22/tcp
+// (OpenSSH)").
+func endpoint(addr, port, proto string, fam policy.Family, iface string, showProto bool, app string, verbose bool) string {
 	s := "Anywhere"
 	if addr != "any" {
 		if p, err := netip.ParsePrefix(addr); err == nil && p.IsSingleIP() {
@@ -447,16 +477,26 @@ func endpoint(addr, port, proto string, fam policy.Family, iface string, showPro
 		}
 		s = addr
 	}
+	ports := ""
 	if port != "any" {
-		if addr == "any" {
-			s = port
-		} else {
-			s += " " + port
-		}
+		ports = port
 		if proto != "any" {
-			s += "/" + proto
+			ports += "/" + proto
 		}
-	} else if showProto && proto != "any" {
+	}
+	if app != "" {
+		if verbose && ports != "" {
+			ports += " (" + app + ")"
+		} else {
+			ports = app
+		}
+	}
+	switch {
+	case ports != "" && addr == "any":
+		s = ports
+	case ports != "":
+		s += " " + ports
+	case showProto && proto != "any":
 		s += "/" + proto
 	}
 	if addr == "any" && fam == policy.FamilyV6 {
@@ -468,7 +508,7 @@ func endpoint(addr, port, proto string, fam policy.Family, iface string, showPro
 	return s
 }
 
-func toColumn(r policy.RuleJSON) string {
+func toColumn(r policy.RuleJSON, verbose bool) string {
 	iface := r.InterfaceIn
 	if r.Direction == policy.Out {
 		iface = r.InterfaceOut
@@ -476,15 +516,15 @@ func toColumn(r policy.RuleJSON) string {
 	if r.Direction == policy.Route {
 		iface = r.InterfaceOut
 	}
-	return endpoint(r.To, r.ToPort, r.Proto, r.Family, iface, r.FromPort == "any")
+	return endpoint(r.To, r.ToPort, r.Proto, r.Family, iface, r.FromPort == "any" && r.FromApp == "", r.ToApp, verbose)
 }
 
-func fromColumn(r policy.RuleJSON) string {
+func fromColumn(r policy.RuleJSON, verbose bool) string {
 	iface := ""
 	if r.Direction == policy.Route {
 		iface = r.InterfaceIn
 	}
-	return endpoint(r.From, r.FromPort, r.Proto, r.Family, iface, false)
+	return endpoint(r.From, r.FromPort, r.Proto, r.Family, iface, false, r.FromApp, verbose)
 }
 
 // ruleNumbers are the rules' positions as 'moat delete N' counts them: one

@@ -1,0 +1,71 @@
+package cli
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// TestStatusAsUFW: 'moat status' names a rule's application profile as
+// ufw does (the profile alone; verbose, its ports and the profile), a
+// profile of several protocols is one row unless verbose (one row per
+// kernel rule, with its counters), and verbose says the logging level
+// as ufw's 'Logging: on (low)'. Before, the profile rules read as bare
+// ports ('22/tcp') and verbose never said whether logging was on.
+func TestStatusAsUFW(t *testing.T) {
+	rule := func(n int, j policy.RuleJSON) statusRule {
+		j.Action, j.Direction, j.From, j.FromPort, j.To, j.Family = policy.Allow, policy.In, "any", "any", "any", policy.FamilyAny
+		if j.Proto == "" {
+			j.Proto = "tcp"
+		}
+		return statusRule{Number: n, Line: n, Applied: true, InFile: true, RuleJSON: j}
+	}
+	from := rule(3, policy.RuleJSON{FromApp: "OpenSSH"})
+	from.FromPort, from.ToPort = "22", "any"
+	rep := &statusReport{Status: "active", Logging: "low", Defaults: map[string]statusDefault{}, Rules: []statusRule{
+		rule(1, policy.RuleJSON{ToPort: "22", ToApp: "OpenSSH"}),
+		rule(2, policy.RuleJSON{Proto: "udp", ToPort: "137,138", ToApp: "CIFS"}),
+		rule(2, policy.RuleJSON{Proto: "tcp", ToPort: "139,445", ToApp: "CIFS"}),
+		from,
+		rule(4, policy.RuleJSON{ToPort: "80"}),
+	}}
+	for _, c := range []struct {
+		mode       string
+		want, nots []string
+	}{
+		{"", []string{"\nOpenSSH ", "\nCIFS ", "ALLOW IN  OpenSSH", "\n80/tcp "}, []string{"137,138", "Logging"}},
+		{"numbered", []string{"[ 1] OpenSSH ", "[ 2] CIFS ", "[ 4] 80/tcp "}, []string{"139,445"}},
+		{"verbose", []string{"Logging: on (low)\n", "\n22/tcp (OpenSSH) ", "\n137,138/udp (CIFS) ", "\n139,445/tcp (CIFS) ", "ALLOW IN  22/tcp (OpenSSH)"}, nil},
+	} {
+		var out bytes.Buffer
+		a := &app{out: &out, errOut: &bytes.Buffer{}}
+		if err := a.printStatus(rep, c.mode); err != nil {
+			t.Fatal(err)
+		}
+		s := out.String()
+		for _, w := range c.want {
+			if !strings.Contains(s, w) {
+				t.Errorf("status %s: no %q in\n%s", c.mode, w, s)
+			}
+		}
+		for _, w := range c.nots {
+			if strings.Contains(s, w) {
+				t.Errorf("status %s: %q in\n%s", c.mode, w, s)
+			}
+		}
+		if c.mode == "numbered" && strings.Count(s, "CIFS") != 1 {
+			t.Errorf("status numbered: the CIFS line is not one row:\n%s", s)
+		}
+	}
+	rep.Logging = "off"
+	var out bytes.Buffer
+	a := &app{out: &out, errOut: &bytes.Buffer{}}
+	if err := a.printStatus(rep, "verbose"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "Logging: off\n") {
+		t.Errorf("status verbose, logging off:\n%s", out.String())
+	}
+}
