@@ -130,7 +130,15 @@ becomes one kernel rule per protocol.`,
 			if args[0] == "all" {
 				names = apps.Names()
 			}
-			for i, n := range names {
+			type infoJSON struct {
+				Name        string   `json:"name"`
+				Title       string   `json:"title"`
+				Description string   `json:"description"`
+				Ports       []string `json:"ports"`
+				File        string   `json:"file"`
+			}
+			infos := []infoJSON{}
+			for _, n := range names {
 				p, ok := apps.Lookup(n)
 				if !ok {
 					msg := fmt.Sprintf("unknown application profile '%s'", n)
@@ -141,10 +149,6 @@ becomes one kernel rule per protocol.`,
 					}
 					return fmt.Errorf("%s", msg)
 				}
-				if i > 0 {
-					a.printf("\n--\n\n")
-				}
-				a.printf("Profile: %s\nTitle: %s\nDescription: %s\nFile: %s\n\n", p.Name, p.Title, p.Description, p.File)
 				var ports []string
 				for _, part := range p.Parts {
 					s := part.Ports.String()
@@ -153,12 +157,22 @@ becomes one kernel rule per protocol.`,
 					}
 					ports = append(ports, s)
 				}
-				if len(ports) == 1 {
+				infos = append(infos, infoJSON{Name: p.Name, Title: p.Title, Description: p.Description, Ports: ports, File: p.File})
+			}
+			if a.json {
+				return a.printJSON(infos)
+			}
+			for i, p := range infos {
+				if i > 0 {
+					a.printf("\n--\n\n")
+				}
+				a.printf("Profile: %s\nTitle: %s\nDescription: %s\nFile: %s\n\n", p.Name, p.Title, p.Description, p.File)
+				if len(p.Ports) == 1 {
 					a.printf("Port:\n")
 				} else {
 					a.printf("Ports:\n")
 				}
-				for _, s := range ports {
+				for _, s := range p.Ports {
 					a.printf("  %s\n", s)
 				}
 			}

@@ -186,6 +186,9 @@ func (a *app) rootCommand() *cobra.Command {
 				// 0 or less used to apply at once with nothing armed.
 				return fmt.Errorf("--confirm %s: want a positive duration such as 60s (leave --confirm out to apply without a rollback)", a.confirm)
 			}
+			if err := a.checkJSON(cmd); err != nil {
+				return err
+			}
 			return a.needRoot(cmd)
 		},
 	}
@@ -198,7 +201,7 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVarP(&a.config, "config", "c", def, "policy file (env MOAT_CONFIG)")
 	f.StringVar(&a.backend, "backend", "", "backend: auto, nftables or iptables (default: the policy's 'backend', else auto)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "show what would change; change nothing")
-	f.BoolVar(&a.json, "json", false, "print JSON for scripts")
+	f.BoolVar(&a.json, "json", false, "print JSON for scripts (status, explain, audit, bans, blocklist, log, version, app; a rule with --dry-run)")
 	f.BoolVarP(&a.verbose, "verbose", "v", false, "log what moat does")
 	f.BoolVarP(&a.force, "force", "f", false, "apply even if it cuts an SSH session; do not ask")
 	stateDef := os.Getenv("MOAT_STATE_DIR")
