@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
 
 	"github.com/moat-fw/moat/internal/cli"
@@ -20,6 +22,7 @@ import (
 // commit's date, so builds are reproducible).
 func Write(dir string, date time.Time) error {
 	root := cli.DocCommand()
+	preformatTree(root)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("man pages: %w", err)
 	}
@@ -38,4 +41,44 @@ func Write(dir string, date time.Time) error {
 		_ = os.Remove(filepath.Join(dir, name))
 	}
 	return nil
+}
+
+// preformatTree keeps the layout of the indented blocks of every
+// command's long help (examples, syntax, tables): the generator reads the
+// text as markdown, which fills an indented line into its paragraph.
+func preformatTree(c *cobra.Command) {
+	c.Long = preformat(c.Long)
+	for _, sub := range c.Commands() {
+		preformatTree(sub)
+	}
+}
+
+// preformat fences each run of indented lines as a code block (shown
+// as written, in no-fill mode), with a blank line before and after.
+func preformat(long string) string {
+	lines := strings.Split(long, "\n")
+	var out []string
+	in := false
+	for _, l := range lines {
+		indented := strings.HasPrefix(l, " ") || strings.HasPrefix(l, "\t")
+		switch {
+		case indented && strings.TrimSpace(l) != "" && !in:
+			if len(out) > 0 && out[len(out)-1] != "" {
+				out = append(out, "")
+			}
+			out = append(out, "```")
+			in = true
+		case in && !indented:
+			out = append(out, "```")
+			if l != "" {
+				out = append(out, "")
+			}
+			in = false
+		}
+		out = append(out, l)
+	}
+	if in {
+		out = append(out, "```")
+	}
+	return strings.Join(out, "\n")
 }

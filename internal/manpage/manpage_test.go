@@ -36,3 +36,41 @@ func TestWrite(t *testing.T) {
 		t.Errorf("moat.8 refers to internal commands")
 	}
 }
+
+// TestWritePreformatted: the indented blocks of the long help (the quick
+// start, the rule syntax, audit's table of statuses) keep their layout in
+// the pages, in no-fill mode: they were filled into paragraphs, so 'man
+// moat' ran the quick start's commands and their comments together.
+func TestWritePreformatted(t *testing.T) {
+	dir := t.TempDir()
+	if err := Write(dir, time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	for page, lines := range map[string][]string{
+		"moat.8": {"  moat enable --confirm 60s       # apply and save for boot; rolled back unless...\n",
+			"  PROTO is tcp, udp, icmp, ipv6-icmp, esp, ah, gre, igmp, vrrp or ipv6.\n"},
+		"moat-audit.8":   {"\n  closed by moat         moat drops or rejects every new connection\n"},
+		"moat-explain.8": {"\n               [on IFACE] [in on IFACE] [out on IFACE] [type N] [state S]\n"},
+	} {
+		b, err := os.ReadFile(filepath.Join(dir, page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roff := string(b)
+		for _, l := range lines {
+			i := strings.Index(roff, l)
+			if i < 0 {
+				t.Errorf("%s lacks the line %q as written", page, l)
+				continue
+			}
+			// In an example block (.EX: no-fill mode) not closed before it.
+			before := roff[:i]
+			if ex, ee := strings.LastIndex(before, "\n.EX\n"), strings.LastIndex(before, "\n.EE\n"); ex < 0 || ee > ex {
+				t.Errorf("%s: %q is not in a no-fill block", page, l)
+			}
+		}
+	}
+	if got := preformat("a\n  b\n  c\nd"); got != "a\n\n```\n  b\n  c\n```\n\nd" {
+		t.Errorf("preformat: %q", got)
+	}
+}
