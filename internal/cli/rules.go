@@ -27,29 +27,126 @@ var ruleHelp = map[string]string{
 	"route":  "Add a rule for forwarded traffic: route allow|deny|reject in on IF out on IF ...",
 }
 
-const ruleExamples = `  moat allow 22/tcp
-  moat allow ssh
+// ruleSyntax is the rule grammar, as ufw's (VERB stands for the command).
+const ruleSyntax = `Syntax (ufw's):
+  moat VERB [in|out] [on IFACE] [log|log-all] PORT[/tcp|/udp]|PROFILE [comment TEXT]
+  moat VERB [in|out] [on IFACE] [log|log-all] [proto PROTO]
+       [from ADDR [port PORT|app PROFILE]] [to ADDR [port PORT|app PROFILE]] [comment TEXT]
+
+PORT is 22, 80,443 (up to 15), 6000:6007 or a name from /etc/services
+(ssh, auth); lists and ranges need /tcp or /udp. PROFILE is an application
+profile ('moat app list'). ADDR is any, an IPv4 or IPv6 address, a CIDR or
+ADDR/NETMASK: an address makes the rule IPv4 or IPv6 only, else it is for
+both. PROTO is tcp, udp, icmp, ipv6-icmp, esp, ah, gre, igmp, vrrp or
+ipv6. IFACE may end in + (eth+). 'in' is the default direction.
+
+The rule is added to the end of the policy file (first match wins: 'moat
+insert N' or 'moat prepend' to put it earlier) and applied at once when
+moat is active. A rule that matches exactly the packets of an existing rule
+replaces it in place ("Rule updated"), as in ufw; the very same rule again
+is skipped. --dry-run shows what would change (--json: the rule as JSON);
+--confirm 60s rolls the change back unless 'moat confirm' runs in time.`
+
+var ruleLong = map[string]string{
+	"allow": "Allow traffic that matches the rule: moat accepts it (rules of other\ntools still apply).",
+	"deny":  "Drop traffic that matches the rule, silently: the sender gets no answer.",
+	"reject": "Refuse traffic that matches the rule: a TCP reset, or an ICMP (ICMPv6)\n" +
+		"port unreachable for other protocols, so the sender knows at once.",
+	"limit": "Allow new connections that match the rule, but refuse a source that opens\n" +
+		"too many: by default its 6th new connection within 30 seconds, as ufw;\n" +
+		"'rate N/Ts' after the rule sets another rate (N from 2 to 10000, T at most\n" +
+		"a day). For incoming and outgoing traffic, not routed.",
+}
+
+var ruleExamples = map[string]string{
+	"allow": `  moat allow 22/tcp
+  moat allow ssh                                    # a service name from /etc/services
   moat allow 80,443/tcp comment 'web'
-  moat deny from 203.0.113.0/24
-  moat allow proto tcp from 198.51.100.0/24 to any port 5432
-  moat allow in on eth0 to any port 80 proto tcp
-  moat deny out 25/tcp
-  moat reject auth
-  moat limit ssh
+  moat allow 6000:6007/tcp
+  moat allow OpenSSH                                # an application profile
+  moat allow from 192.0.2.0/24 to any port 22 proto tcp
+  moat allow from 2001:db8::/32 to any port 443 proto tcp
+  moat allow in on eth0 to any port 80
+  moat allow proto udp from 198.51.100.1 port 53
+  moat allow out 53                                 # with 'default deny outgoing'`,
+	"deny": `  moat deny from 203.0.113.0/24
+  moat deny out 25/tcp                              # no mail from this host
+  moat deny in on eth1 to any port 3306 proto tcp
+  moat deny proto udp from 2001:db8:bad::/48`,
+	"reject": `  moat reject auth                                  # 113/tcp: answer at once
+  moat reject out to 203.0.113.0/24
+  moat reject from 198.51.100.0/24 to any port 25 proto tcp`,
+	"limit": `  moat limit ssh
   moat limit 22/tcp rate 10/60s
-  moat route allow in on eth1 out on eth2 to 192.0.2.0/24 port 80 proto tcp`
+  moat limit from 2001:db8::/32 to any port 443 proto tcp`,
+	"route": `  moat route allow in on eth1 out on eth2
+  moat route allow in on eth1 out on eth2 to 192.0.2.0/24 port 80 proto tcp
+  moat route deny in on eth1 out on eth0 from 198.51.100.0/24
+  moat route allow 443/tcp
+  moat route insert 1 deny in on eth1 out on eth2 from 203.0.113.7
+  moat route delete allow in on eth1 out on eth2
+  moat route delete 3                               # rule 3 of 'moat status numbered'`,
+}
+
+const routeLong = `Add a rule for traffic this host forwards (a router, a host of containers
+or virtual machines), as ufw's 'route':
+
+  moat route allow|deny|reject [in on IFACE] [out on IFACE] [log|log-all]
+       [proto PROTO] [from ADDR [port PORT]] [to ADDR [port PORT]] [comment TEXT]
+  moat route allow|deny|reject PORT[/tcp|/udp]
+  moat route insert N RULE       (as 'moat insert N route RULE')
+  moat route delete N|RULE       (as 'moat delete', for route rules)
+
+PORT, PROTO and ADDR are as for 'moat allow'. Routed traffic is left to the
+kernel and other tools (Docker, libvirt) until the policy has a route rule
+or 'default deny routed'; from then on moat's forward chain decides, first
+match wins, and the routed default applies. 'limit' is not available for
+routed traffic.`
+
+// needRule is cobra.MinimumNArgs(n) with a message that teaches.
+func needRule(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) >= n {
+			return nil
+		}
+		ex := strings.SplitN(strings.TrimSpace(cmd.Example), "\n", 2)[0]
+		if i := strings.Index(ex, "#"); i > 0 {
+			ex = strings.TrimSpace(ex[:i])
+		}
+		return fmt.Errorf("'%s' needs %s, e.g. '%s' ('%s --help' shows the syntax)", cmd.CommandPath(), what, ex, cmd.CommandPath())
+	}
+}
 
 func (a *app) ruleCommands() []*cobra.Command {
 	var cmds []*cobra.Command
 	for _, word := range []string{"allow", "deny", "reject", "limit", "route"} {
-		word := word
+		long := routeLong
+		if word != "route" {
+			long = ruleLong[word] + "\n\n" + strings.ReplaceAll(ruleSyntax, "VERB", word)
+		}
 		cmds = append(cmds, &cobra.Command{
 			Use:     word + " RULE...",
 			Short:   ruleHelp[word],
-			Example: ruleExamples,
+			Long:    long,
+			Example: ruleExamples[word],
 			GroupID: "rules",
-			Args:    cobra.MinimumNArgs(1),
+			Args:    needRule(1, "a rule"),
 			RunE: func(cmd *cobra.Command, args []string) error {
+				if word == "route" {
+					switch args[0] {
+					case "delete":
+						return a.deleteRule(cmd, args[1:], true)
+					case "insert":
+						if len(args) < 3 {
+							return fmt.Errorf("'moat route insert' needs a rule number and a rule, e.g. 'moat route insert 1 deny in on eth1 out on eth2'")
+						}
+						n, _, ok := policy.RuleNumber(args[1])
+						if !ok {
+							return fmt.Errorf("cannot insert at position %q: expected a rule number from 1", args[1])
+						}
+						return a.addRule(cmd, append([]string{"route"}, args[2:]...), n)
+					}
+				}
 				return a.addRule(cmd, append([]string{word}, args...), 0)
 			},
 		})
@@ -63,7 +160,7 @@ func (a *app) insertCommand() *cobra.Command {
 		Short:   "Insert a rule before rule number N (see 'moat status numbered')",
 		Example: "  moat insert 1 deny from 203.0.113.7",
 		GroupID: "rules",
-		Args:    cobra.MinimumNArgs(2),
+		Args:    needRule(2, "a rule number and a rule"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, _, ok := policy.RuleNumber(args[0])
 			if !ok {
@@ -80,7 +177,7 @@ func (a *app) prependCommand() *cobra.Command {
 		Short:   "Add a rule before all others",
 		Example: "  moat prepend deny from 203.0.113.7",
 		GroupID: "rules",
-		Args:    cobra.MinimumNArgs(1),
+		Args:    needRule(1, "a rule"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.addRule(cmd, args, 1)
 		},
@@ -205,41 +302,66 @@ func (a *app) deleteCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "delete N | delete RULE...",
 		Short: "Delete rule number N, or the rule written as RULE",
+		Long: `Delete rule number N of 'moat status numbered', or the rule written as
+RULE (as it was added: 'moat delete allow 80/tcp' deletes the rule added by
+'moat allow 80/tcp', whatever its spelling: 'allow 80/tcp' and 'allow to
+any port 80 proto tcp' are the same rule). The policy file keeps its other
+lines, comments and order; when moat is active the change is applied at
+once (--confirm 60s rolls it back unless 'moat confirm' runs in time).`,
 		Example: `  moat delete 3
-  moat delete allow 80/tcp`,
+  moat delete allow 80/tcp
+  moat delete route allow in on eth1 out on eth2`,
 		GroupID: "rules",
-		Args:    cobra.MinimumNArgs(1),
+		Args:    needRule(1, "a rule number or a rule"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, isNumber, ok := policy.RuleNumber(args[0])
-			byNumber := isNumber && len(args) == 1
-			if byNumber && !ok {
-				return fmt.Errorf("invalid rule number %s: expected 1 to the number of rules ('moat status numbered')", args[0])
-			}
-			var st policy.Statement
-			if !byNumber {
-				var err error
-				if st, err = a.parseArgs(args); err != nil {
-					return err
-				}
-				if st.Kind != policy.StmtRule {
-					return fmt.Errorf("'%s' is not a rule", strings.Join(args, " "))
-				}
-			}
-			return a.edit(cmd, func(doc *policy.Document) (string, bool, error) {
-				n := n
-				if !byNumber {
-					if n = doc.FindRule(st.Rule, a.services()); n == 0 {
-						return "", false, errors.New("could not delete non-existent rule: 'moat status numbered' lists the rules")
-					}
-				}
-				line, err := doc.DeleteRule(n)
-				if err != nil {
-					return "", false, err
-				}
-				return "Rule deleted: " + strings.TrimSpace(line), true, nil
-			})
+			return a.deleteRule(cmd, args, false)
 		},
 	}
+}
+
+// deleteRule deletes rule number N (args ["N"]) or the rule written as
+// args. routeOnly ('moat route delete'): the rule is a route rule, whose
+// words lack the leading 'route'.
+func (a *app) deleteRule(cmd *cobra.Command, args []string, routeOnly bool) error {
+	if len(args) == 0 {
+		return fmt.Errorf("'moat route delete' needs a rule number or a rule, e.g. 'moat route delete 3' or 'moat route delete allow in on eth1 out on eth2'")
+	}
+	n, isNumber, ok := policy.RuleNumber(args[0])
+	byNumber := isNumber && len(args) == 1
+	if byNumber && !ok {
+		return fmt.Errorf("invalid rule number %s: expected 1 to the number of rules ('moat status numbered')", args[0])
+	}
+	if routeOnly && !byNumber {
+		args = append([]string{"route"}, args...)
+	}
+	var st policy.Statement
+	if !byNumber {
+		var err error
+		if st, err = a.parseArgs(args); err != nil {
+			return err
+		}
+		if st.Kind != policy.StmtRule {
+			return fmt.Errorf("'%s' is not a rule", strings.Join(args, " "))
+		}
+	}
+	return a.edit(cmd, func(doc *policy.Document) (string, bool, error) {
+		n := n
+		if !byNumber {
+			if n = doc.FindRule(st.Rule, a.services()); n == 0 {
+				return "", false, errors.New("could not delete non-existent rule: 'moat status numbered' lists the rules")
+			}
+		}
+		line, err := doc.DeleteRule(n)
+		if err != nil {
+			return "", false, err
+		}
+		if routeOnly {
+			if f := strings.Fields(line); len(f) == 0 || f[0] != "route" {
+				return "", false, fmt.Errorf("rule %d is not a route rule ('%s'): 'moat delete %d' deletes it", n, strings.TrimSpace(line), n)
+			}
+		}
+		return "Rule deleted: " + strings.TrimSpace(line), true, nil
+	})
 }
 
 func (a *app) defaultCommand() *cobra.Command {

@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+)
+
+// TestRouteInsertDelete: ufw's 'route insert N RULE' and 'route delete
+// N|RULE' work (they failed: "unknown action 'delete'"); 'route delete N'
+// deletes only a route rule; a rule command without a rule says what it
+// needs with an example, not cobra's "requires at least 1 arg(s)".
+func TestRouteInsertDelete(t *testing.T) {
+	r := newSMRig(t, "nftables", 1)
+	if err := os.WriteFile(r.conf, []byte("allow 22/tcp\nroute allow in on eth1 out on eth2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := func() string {
+		b, err := os.ReadFile(r.conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if out, code := r.moat("route", "insert", "1", "deny", "in", "on", "eth1", "out", "on", "eth2", "from", "203.0.113.7"); code != 0 ||
+		file() != "route deny in on eth1 out on eth2 from 203.0.113.7\nallow 22/tcp\nroute allow in on eth1 out on eth2\n" {
+		t.Fatalf("route insert: exit %d\n%s\n%s", code, out, file())
+	}
+	if out, code := r.moat("route", "delete", "2"); code != 1 || !strings.Contains(out, "rule 2 is not a route rule ('allow 22/tcp'): 'moat delete 2' deletes it") ||
+		!strings.Contains(file(), "allow 22/tcp") {
+		t.Fatalf("route delete 2 (not a route rule): exit %d\n%s\n%s", code, out, file())
+	}
+	if out, code := r.moat("route", "delete", "allow", "in", "on", "eth1", "out", "on", "eth2"); code != 0 || strings.Contains(file(), "route allow") {
+		t.Fatalf("route delete RULE: exit %d\n%s\n%s", code, out, file())
+	}
+	if out, code := r.moat("route", "delete", "1"); code != 0 || file() != "allow 22/tcp\n" {
+		t.Fatalf("route delete 1: exit %d\n%s\n%s", code, out, file())
+	}
+	for args, want := range map[string]string{
+		"allow":        "'moat allow' needs a rule, e.g. 'moat allow 22/tcp' ('moat allow --help' shows the syntax)",
+		"delete":       "'moat delete' needs a rule number or a rule, e.g. 'moat delete 3'",
+		"insert 1":     "'moat insert' needs a rule number and a rule, e.g. 'moat insert 1 deny from 203.0.113.7'",
+		"route delete": "'moat route delete' needs a rule number or a rule",
+		"route insert": "'moat route insert' needs a rule number and a rule",
+	} {
+		if out, code := r.moat(strings.Fields(args)...); code != 1 || !strings.Contains(out, want) {
+			t.Errorf("moat %s: exit %d\n%s", args, code, out)
+		}
+	}
+	if file() != "allow 22/tcp\n" {
+		t.Errorf("a refused command changed the file:\n%s", file())
+	}
+}
+
+// TestRuleHelpExamples: every example of the rule commands' help is a
+// rule moat takes (the help teaches what works), and each command's
+// help shows its own syntax and examples (deny's help showed allow's).
+func TestRuleHelpExamples(t *testing.T) {
+	apps := policy.AppsFromPorts(map[string]string{"OpenSSH": "22/tcp"})
+	svc := policy.ParseServices([]byte("ssh 22/tcp\nauth 113/tcp\n"))
+	a := &app{}
+	root := a.rootCommand()
+	for _, name := range []string{"allow", "deny", "reject", "limit", "route", "insert", "prepend", "delete"} {
+		cmd, _, err := root.Find([]string{name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name != "delete" && name != "insert" && name != "prepend" && !strings.Contains(cmd.Long, "moat "+name+" ") {
+			t.Errorf("'moat %s --help' has no syntax of its own", name)
+		}
+		n := 0
+		for _, l := range strings.Split(cmd.Example, "\n") {
+			if i := strings.Index(l, "#"); i >= 0 {
+				l = l[:i]
+			}
+			words := strings.Fields(strings.ReplaceAll(l, "'", ""))
+			if len(words) < 3 || words[0] != "moat" {
+				t.Errorf("%s: example %q is not a moat command", name, l)
+				continue
+			}
+			words = words[1:]
+			if words[0] != name {
+				t.Errorf("'moat %s --help' shows an example of another command: %q", name, l)
+			}
+			switch {
+			case words[0] == "insert" || (words[0] == "route" && words[1] == "insert"):
+				words = words[1:]
+				if words[0] == "insert" {
+					words = append([]string{"route"}, words[2:]...)
+				} else {
+					words = words[1:]
+				}
+			case words[0] == "delete" || (words[0] == "route" && words[1] == "delete"):
+				if _, isNum, _ := policy.RuleNumber(words[len(words)-1]); isNum && len(words) <= 3 {
+					n++
+					continue
+				}
+				if words[0] == "delete" {
+					words = words[1:]
+				} else {
+					words = append([]string{"route"}, words[2:]...)
+				}
+			case words[0] == "prepend":
+				words = words[1:]
+			}
+			if _, err := policy.ParseStatementApps(policy.ArgsTokens(words), policy.Pos{}, svc, apps); err != nil {
+				t.Errorf("'moat %s --help' example %q: %v", name, l, err)
+			}
+			n++
+		}
+		if n == 0 {
+			t.Errorf("'moat %s --help' has no examples", name)
+		}
+	}
+}
