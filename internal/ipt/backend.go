@@ -195,6 +195,12 @@ type state struct {
 	// record is in filter and covers both tables; a family whose raw
 	// section is this one is rewritten in filter alone.
 	raw map[policy.Family]string
+	// sums are, per family, the chainSum of each of moat's chains (but
+	// MOAT-GEN) as moat's own script last wrote it, known only in a
+	// state predicted from moat's scripts (predictState) and kept with
+	// it at its generation: a chain whose rules render as the same text
+	// is not rewritten (onlyChanged). Absent: unknown, rewritten.
+	sums map[policy.Family]map[string]string
 	// readGen is the nftables ruleset generation both families' chains
 	// were read at (the same before and after the reads), when known.
 	readGen   uint32
@@ -222,7 +228,10 @@ func (st *state) clone() *state {
 	c := &state{jumps: map[policy.Family]map[string]Jump{}, has: map[policy.Family]map[string]bool{},
 		gen: maps.Clone(st.gen), sets: maps.Clone(st.sets), lines: map[policy.Family][]string{},
 		held: map[policy.Family]contents{}, rules: maps.Clone(st.rules), readGen: st.readGen, readGenOK: st.readGenOK,
-		noLines: st.noLines, raw: maps.Clone(st.raw)}
+		noLines: st.noLines, raw: maps.Clone(st.raw), sums: map[policy.Family]map[string]string{}}
+	for f, m := range st.sums {
+		c.sums[f] = maps.Clone(m)
+	}
 	for f, m := range st.jumps {
 		c.jumps[f] = maps.Clone(m)
 	}

@@ -38,6 +38,9 @@ type chainCache struct {
 	// Raw: the state's raw (the rawSum of the raw section moat's own
 	// restore wrote), per family; absent: unknown.
 	Raw map[policy.Family]string `json:"raw,omitempty"`
+	// Sums: the state's sums (each chain's chainSum as moat's script
+	// wrote it), per family; absent: unknown.
+	Sums map[policy.Family]map[string]string `json:"sums,omitempty"`
 }
 
 // hostIdentity is the boot and the network namespace this process runs
@@ -65,12 +68,15 @@ func (b *Backend) loadChainCache(gen uint32) *state {
 	st := &state{jumps: map[policy.Family]map[string]Jump{}, has: map[policy.Family]map[string]bool{},
 		gen: map[policy.Family]string{}, sets: map[string]bool{}, lines: map[policy.Family][]string{},
 		held: map[policy.Family]contents{}, rules: map[policy.Family]string{}, readGen: gen, readGenOK: true,
-		noLines: c.NoLines, raw: c.Raw}
+		noLines: c.NoLines, raw: c.Raw, sums: map[policy.Family]map[string]string{}}
 	for _, f := range families {
 		st.jumps[f.fam] = orEmpty(c.Jumps[f.fam])
 		st.has[f.fam] = orEmpty(c.Has[f.fam])
 		st.gen[f.fam], st.lines[f.fam], st.rules[f.fam] = c.Gens[f.fam], c.Lines[f.fam], c.Rules[f.fam]
 		st.held[f.fam] = contents(orEmpty(c.Held[f.fam]))
+		if c.Sums[f.fam] != nil {
+			st.sums[f.fam] = c.Sums[f.fam]
+		}
 	}
 	return st
 }
@@ -94,7 +100,7 @@ func (b *Backend) saveChainCache(st *state) {
 		return
 	}
 	c := chainCache{Boot: boot, NetNS: netns, Gen: st.readGen, Jumps: st.jumps, Has: st.has, Gens: st.gen,
-		Lines: st.lines, Held: st.held, Rules: st.rules, NoLines: st.noLines, Raw: st.raw}
+		Lines: st.lines, Held: st.held, Rules: st.rules, NoLines: st.noLines, Raw: st.raw, Sums: st.sums}
 	data, err := json.Marshal(c)
 	if err == nil {
 		err = statedir.WriteCache(b.StateDir, chainCacheFile, data)

@@ -1,6 +1,8 @@
 package ipt
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -186,7 +188,19 @@ func predictState(orig *state, wrote map[policy.Family][]string) *state {
 		if st.held[fam] == nil {
 			st.held[fam] = contents{}
 		}
+		if st.sums == nil {
+			st.sums = map[policy.Family]map[string]string{}
+		}
+		sums := st.sums[fam]
+		if sums == nil {
+			sums = map[string]string{}
+			st.sums[fam] = sums
+		}
 		for _, script := range scripts {
+			// The rules each chain the script declares (so empties) gets
+			// after it: the chain's sum once the script is in. A rule
+			// appended to a chain not declared leaves its sum unknown.
+			declared, appended, unknown := map[string]bool{}, map[string][]string{}, map[string]bool{}
 			table := ""
 			for _, l := range strings.Split(script, "\n") {
 				switch {
@@ -204,12 +218,20 @@ func predictState(orig *state, wrote map[policy.Family][]string) *state {
 					if name == GenChain {
 						// Declared under --noflush: emptied.
 						st.gen[fam], st.rules[fam], st.held[fam] = "", "", contents{}
+					} else {
+						declared[name], appended[name] = true, nil
 					}
 				case strings.HasPrefix(l, "-A "+GenChain+" "):
 					g, r := st.gen[fam], st.rules[fam]
 					readGenRule(l, &g, &r, st.held[fam])
 					st.gen[fam], st.rules[fam] = g, r
 				case strings.HasPrefix(l, "-A MOAT-"):
+					name, _, _ := strings.Cut(l[3:], " ")
+					if declared[name] {
+						appended[name] = append(appended[name], l)
+					} else {
+						unknown[name] = true
+					}
 				case strings.HasPrefix(l, "-I "):
 					// A jump inserted (render: "-I CHAIN N COND -j
 					// MOAT-CHAIN", after the deletion of every jump
@@ -258,9 +280,26 @@ func predictState(orig *state, wrote map[policy.Family][]string) *state {
 					return nil
 				}
 			}
+			for name := range unknown {
+				delete(sums, name)
+			}
+			for name := range declared {
+				sums[name] = chainSum(appended[name])
+			}
 		}
 		st.lines[fam] = nil
 	}
 	st.noLines = true
 	return st
+}
+
+// chainSum is a hash of the rule lines ("-A CHAIN ...", as render wrote
+// them) of one of moat's chains, in order.
+func chainSum(lines []string) string {
+	h := sha256.New()
+	for _, l := range lines {
+		h.Write([]byte(l))
+		h.Write([]byte{'\n'})
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

@@ -328,7 +328,11 @@ func (b *Backend) rulesNetlinkPlan(rs *ruleset.Ruleset, st *state, gen, rh strin
 				jumps = true
 				replaces = replaces || !onlyInserts(rs, st, f.fam, names)
 			}
-			plan[f.fam] = nlFamilyPlan{script: renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, ts), whole: true}
+			script := renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, ts)
+			if !b.Full {
+				script = onlyChanged(script, st.sums[f.fam], st.has[f.fam])
+			}
+			plan[f.fam] = nlFamilyPlan{script: script, whole: true}
 			anyWhole = true
 		}
 	}
@@ -344,6 +348,78 @@ func (b *Backend) rulesNetlinkPlan(rs *ruleset.Ruleset, st *state, gen, rh strin
 		}
 	}
 	return plan, anyWhole
+}
+
+// onlyChanged is script (render's, for one family) without the chains
+// that already hold what it writes into them: a chain of moat's (but
+// MOAT-GEN, whose record changes with the rules) that exists (has) and
+// whose sum (state.sums: what moat's own script last wrote into it, at
+// the generation the state was read at, which the transaction is sent
+// at) is the chainSum of the script's rules for it loses its
+// declaration (which would flush it) and its rules; a table left with
+// nothing to write is left out. Jumps inserted or replaced stay. An
+// edit of one rule rewrites MOAT-INPUT and MOAT-GEN of each family, not
+// every chain: fewer rules for the kernel to check and swap. A chain
+// changed by anyone else moved the generation since the state (the
+// transaction is refused, and a state read anew has no sums), so an
+// unchanged sum is what the kernel holds.
+func onlyChanged(script string, sums map[string]string, has map[string]bool) string {
+	if len(sums) == 0 {
+		return script
+	}
+	lines := strings.Split(script, "\n")
+	rules := map[string][]string{}
+	for _, l := range lines {
+		if strings.HasPrefix(l, "-A MOAT-") {
+			name, _, _ := strings.Cut(l[3:], " ")
+			rules[name] = append(rules[name], l)
+		}
+	}
+	keep := map[string]bool{}
+	for _, l := range lines {
+		if rest, ok := strings.CutPrefix(l, ":"); ok && strings.HasPrefix(rest, "MOAT-") {
+			name, _, _ := strings.Cut(rest, " ")
+			sum, known := sums[name]
+			keep[name] = name == GenChain || !known || !has[name] || sum != chainSum(rules[name])
+		}
+	}
+	var b strings.Builder
+	var section []string
+	for _, l := range lines {
+		switch {
+		case strings.HasPrefix(l, "*"):
+			section = []string{l}
+			continue
+		case l == "COMMIT":
+			if len(section) > 1 {
+				for _, s := range section {
+					b.WriteString(s + "\n")
+				}
+				b.WriteString("COMMIT\n")
+			}
+			section = nil
+			continue
+		case strings.HasPrefix(l, ":MOAT-"):
+			if name, _, _ := strings.Cut(l[1:], " "); !keep[name] {
+				continue
+			}
+		case strings.HasPrefix(l, "-A MOAT-"):
+			if name, _, _ := strings.Cut(l[3:], " "); !keep[name] {
+				if _, declared := keep[name]; declared {
+					continue
+				}
+			}
+		case l == "":
+			continue
+		}
+		if section == nil {
+			// Outside a table: left as it is (buildRulesTxn refuses it).
+			b.WriteString(l + "\n")
+			continue
+		}
+		section = append(section, l)
+	}
+	return b.String()
 }
 
 // onlyInserts says whether every jump into moat's chains that family fam
