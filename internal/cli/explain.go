@@ -30,7 +30,20 @@ cannot be judged).
 PROTO is tcp, udp, icmp, ipv6-icmp (icmpv6), esp, ah, gre, ...; 'to port 80'
 leaves the address out. An ICMP packet is an echo request unless 'type N'
 says otherwise; S is new (default), established, related or invalid. A
-missing address is one that no 'from'/'to' rule names.`
+missing address is one that no 'from'/'to' rule names (IPv4 unless the
+other address or the protocol is IPv6), a missing port or interface one
+that no rule names: when a rule names one that changes the verdict, explain
+lists it ("in on eth0: ACCEPT, moat.conf:7: ..."), so give it to explain
+that packet.
+
+--json prints one object: verdict (ACCEPT, DROP or REJECT), decided_by,
+origin (id, line, text), chain (prerouting, input, output or forward),
+packet (direction, proto, from, from_port, to, to_port, interface_in,
+interface_out), rate_limit, evaluated ("applied" or "file"), notes,
+other_filtering, accepted_before_moat, moat_verdict, and other_answers
+(if, verdict, decided_by: the verdicts for left-out parts rules name).
+Exit code 0 whatever the verdict; 1 when the packet cannot be read or the
+policy cannot be evaluated.`
 
 type explanation struct {
 	Verdict string          `json:"verdict"`
@@ -53,6 +66,9 @@ type explanation struct {
 	// ACCEPT and MoatVerdict what moat would have done.
 	AcceptedAhead []foreign.Finding `json:"accepted_before_moat"`
 	MoatVerdict   string            `json:"moat_verdict,omitempty"`
+	// OtherAnswers are the verdicts the packet gets when a part it left
+	// out (source, destination, port, interface) is one a rule names.
+	OtherAnswers []otherAnswer `json:"other_answers"`
 }
 
 type explainedPacket struct {
@@ -159,6 +175,12 @@ func (a *app) explainCommand() *cobra.Command {
 			if sure {
 				ex.Decided = fmt.Sprintf("a rule ahead of moat's jump, before moat sees the packet (%s); moat would %s it: %s", ex.AcceptedAhead[0].Where, ex.MoatVerdict, ex.Decided)
 			}
+			ex.OtherAnswers = []otherAnswer{}
+			if !sure {
+				other, more := otherAnswers(rs, src.policy, pkt, d, src.where)
+				ex.OtherAnswers = append(ex.OtherAnswers, other...)
+				ex.Notes = append(ex.Notes, more...)
+			}
 			if d.Limit != nil {
 				ex.Limited = fmt.Sprintf("a source's %dth new connection within %d s is rejected", d.Limit.Count, d.Limit.Seconds)
 			}
@@ -184,6 +206,12 @@ func (a *app) explainCommand() *cobra.Command {
 				a.printf("  but other filtering also sees this packet and can still drop it:\n")
 				for _, f := range ex.OtherFiltering {
 					a.printf("    - %s\n", f)
+				}
+			}
+			if len(ex.OtherAnswers) > 0 {
+				a.printf("  for a source, destination, port or interface the packet leaves out, rules decide otherwise:\n")
+				for _, o := range ex.OtherAnswers {
+					a.printf("    %s: %s, %s\n", o.If, o.Verdict, o.Decided)
 				}
 			}
 			for _, n := range ex.Notes {

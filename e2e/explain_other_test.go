@@ -1,0 +1,61 @@
+package e2e
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// TestExplainOtherAnswersPackets: explain's answer for a packet that
+// leaves out its interface, source or source port is checked against real
+// packets, and the answers it lists for the values rules name are the
+// verdicts real packets get: 'explain in tcp from 192.0.2.2 to port 80'
+// said DROP, with no word of the 'allow in on eth0' rule that lets the
+// client's packet (which comes in on eth0) through.
+func TestExplainOtherAnswersPackets(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.apply("default deny incoming\n" +
+			"allow in on eth0 to any port 80 proto tcp\n" +
+			"allow from 192.0.2.2 to any port 5432 proto tcp\n" +
+			"allow from 2001:db8::2 to any port 8080 proto tcp\n" +
+			"allow proto udp from any port 5353 to any port 53\n")
+		e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open",
+			"client tcp 192.0.2.1:5432 open", "client tcp [2001:db8::1]:5432 timeout",
+			"client tcp [2001:db8::1]:8080 open", "client tcp 192.0.2.1:8080 timeout",
+			"client/192.0.2.2:5353 udp 192.0.2.1:53 open", "client/192.0.2.2:5354 udp 192.0.2.1:53 timeout")
+		for _, c := range []struct {
+			packet []string
+			want   string // the verdict, then the other answers
+		}{
+			{[]string{"in", "tcp", "from", "192.0.2.2", "to", "port", "80"}, "DROP|in on eth0 ACCEPT"},
+			{[]string{"in", "tcp", "from", "192.0.2.2", "to", "port", "80", "on", "eth0"}, "ACCEPT|"},
+			{[]string{"in", "tcp", "to", "port", "5432"}, "DROP|from 192.0.2.2 ACCEPT"},
+			{[]string{"in", "tcp", "to", "port", "8080"}, "DROP|from 2001:db8::2 ACCEPT"},
+			{[]string{"in", "tcp", "from", "192.0.2.2", "to", "port", "8080"}, "DROP|"},
+			{[]string{"in", "udp", "from", "192.0.2.2", "to", "port", "53"}, "DROP|from port 5353 ACCEPT"},
+		} {
+			var ex struct {
+				Verdict string `json:"verdict"`
+				Other   []struct {
+					If      string `json:"if"`
+					Verdict string `json:"verdict"`
+				} `json:"other_answers"`
+			}
+			out := e.mustMoat(append([]string{"explain", "--json"}, c.packet...)...)
+			if err := json.Unmarshal([]byte(out), &ex); err != nil {
+				t.Fatalf("explain --json %v: %v\n%s", c.packet, err, out)
+			}
+			var other []string
+			for _, o := range ex.Other {
+				other = append(other, o.If+" "+o.Verdict)
+			}
+			if got := ex.Verdict + "|" + strings.Join(other, ","); got != c.want {
+				t.Errorf("explain %v: %s, want %s\n%s", c.packet, got, c.want, out)
+			}
+		}
+		if out := e.mustMoat("explain", "in", "tcp", "from", "192.0.2.2", "to", "port", "80"); !strings.Contains(out, "    in on eth0: ACCEPT, ") {
+			t.Errorf("explain (text) does not name the interface's answer:\n%s", out)
+		}
+	})
+}

@@ -1,0 +1,168 @@
+package cli
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// otherAnswer is the verdict a packet gets when a part it left out (the
+// source, the destination, a port, an interface) is one that a rule
+// names: 'moat explain in tcp to port 5432' answers for a source no rule
+// names, while 'allow from 192.0.2.0/25 to any port 5432' opens it to
+// some.
+type otherAnswer struct {
+	If      string `json:"if"`
+	Verdict string `json:"verdict"`
+	Decided string `json:"decided_by"`
+}
+
+// otherAnswersMax bounds the answers listed, and the values tried per
+// left-out part (a policy of 100,000 address rules names 100,000
+// sources: explain says so rather than evaluate each).
+const otherAnswersMax = 4
+
+// otherAnswers evaluates pkt again with each part it leaves out set to a
+// value a rule of its direction names, and lists those that change the
+// verdict. where names the policy file in decided_by; more counts the
+// parts with more values than were tried.
+func otherAnswers(rs *ruleset.Ruleset, p *policy.Policy, pkt ruleset.Packet, base ruleset.Decision, where string) (out []otherAnswer, more []string) {
+	if p == nil {
+		return nil, nil
+	}
+	dir := map[ruleset.Hook]policy.Direction{ruleset.Input: policy.In, ruleset.Output: policy.Out, ruleset.Forward: policy.Route}[pkt.Hook]
+	type variant struct {
+		label string
+		set   func(*ruleset.Packet)
+	}
+	var vars []variant
+	seen := map[string]bool{}
+	counts := map[string]int{}
+	over := map[string]bool{}
+	add := func(part, label string, set func(*ruleset.Packet)) {
+		if over[part] || seen[label] {
+			return
+		}
+		if counts[part] == otherAnswersMax {
+			over[part] = true
+			return
+		}
+		seen[label] = true
+		counts[part]++
+		vars = append(vars, variant{label, set})
+	}
+	// A packet's left-out address is the unspecified one of its family
+	// (IPv4 unless the other address or the protocol says IPv6); a
+	// rule's network of the other family fits when both are left out.
+	srcOut, dstOut := !pkt.Src.IsValid() || pkt.Src.IsUnspecified(), !pkt.Dst.IsValid() || pkt.Dst.IsUnspecified()
+	v6 := pkt.Src.Is6() || pkt.Dst.Is6()
+	setAddr := func(q *ruleset.Packet, a netip.Addr, src bool) {
+		if a.Is6() != v6 {
+			unspec := netip.IPv4Unspecified()
+			if a.Is6() {
+				unspec = netip.IPv6Unspecified()
+			}
+			q.Src, q.Dst = unspec, unspec
+		}
+		if src {
+			q.Src = a
+		} else {
+			q.Dst = a
+		}
+	}
+	fits := func(a netip.Addr) bool {
+		return a.Is6() == v6 || (srcOut && dstOut && pkt.Proto != "icmp" && pkt.Proto != "ipv6-icmp")
+	}
+	addNet := func(from bool, n netip.Prefix) {
+		a := n.Addr()
+		if from && srcOut && fits(a) {
+			add("from", "from "+netString(n), func(q *ruleset.Packet) { setAddr(q, a, true) })
+		}
+		if !from && dstOut && fits(a) {
+			add("to", "to "+netString(n), func(q *ruleset.Packet) { setAddr(q, a, false) })
+		}
+	}
+	for i := range p.NumRules() {
+		// An address-only rule (incoming, any protocol), read without
+		// building it: a policy may hold 100,000.
+		if ar, ok := p.CompactAddrRule(i); ok {
+			if dir == policy.In && ar.Prefix.IsValid() && !over[map[bool]string{true: "to", false: "from"}[ar.To]] {
+				addNet(!ar.To, ar.Prefix)
+			}
+			continue
+		}
+		r := p.Rule(i)
+		if r.Direction != dir {
+			continue
+		}
+		if r.From.IsValid() {
+			addNet(true, r.From)
+		}
+		if r.To.IsValid() {
+			addNet(false, r.To)
+		}
+		portProto := pkt.Proto == "tcp" || pkt.Proto == "udp"
+		if pkt.SPort == 0 && len(r.FromPort) > 0 && portProto {
+			n := r.FromPort[0].First
+			add("from port", fmt.Sprintf("from port %d", n), func(q *ruleset.Packet) { q.SPort = n })
+		}
+		if pkt.DPort == 0 && len(r.ToPort) > 0 && portProto {
+			n := r.ToPort[0].First
+			add("to port", fmt.Sprintf("to port %d", n), func(q *ruleset.Packet) { q.DPort = n })
+		}
+		if pkt.InIface == "" && r.InIface != "" && dir != policy.Out {
+			name := ifaceExample(r.InIface)
+			add("in on", "in on "+r.InIface, func(q *ruleset.Packet) { q.InIface = name })
+		}
+		if pkt.OutIface == "" && r.OutIface != "" && dir != policy.In {
+			name := ifaceExample(r.OutIface)
+			add("out on", "out on "+r.OutIface, func(q *ruleset.Packet) { q.OutIface = name })
+		}
+	}
+	for _, part := range []string{"from", "to", "from port", "to port", "in on", "out on"} {
+		if over[part] {
+			more = append(more, fmt.Sprintf("the rules name more than %d '%s' values (the first %d tried): give one to explain that packet", otherAnswersMax, part, otherAnswersMax))
+		}
+	}
+	for _, v := range vars {
+		q := pkt
+		v.set(&q)
+		d, err := rs.Evaluate(q)
+		if err != nil || (d.Verdict == base.Verdict && d.Origin.ID == base.Origin.ID) {
+			continue
+		}
+		if d.Verdict == base.Verdict && d.Origin.Line == base.Origin.Line {
+			continue
+		}
+		dec := d.Origin.Text
+		if d.Origin.Line > 0 {
+			dec = fmt.Sprintf("%s:%d: %s", where, d.Origin.Line, d.Origin.Text)
+		}
+		o := otherAnswer{If: v.label, Verdict: strings.ToUpper(string(d.Verdict)), Decided: dec}
+		if slices.ContainsFunc(out, func(x otherAnswer) bool { return x.Verdict == o.Verdict && x.Decided == o.Decided }) {
+			continue // another value already led to this rule
+		}
+		out = append(out, o)
+	}
+	return out, more
+}
+
+// ifaceExample is a name the interface pattern matches ("eth+": "eth0").
+func ifaceExample(pattern string) string {
+	if s, ok := strings.CutSuffix(pattern, "+"); ok {
+		return s + "0"
+	}
+	return pattern
+}
+
+// netString is a network as a rule writes it: an address alone, or a CIDR.
+func netString(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
