@@ -126,9 +126,25 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 		return ""
 	}
 	if len(diff) > 0 {
-		return "moat's rules were changed outside moat (" + diff[0] + ")"
+		return "moat's rules were changed outside moat (" + differences(diff) + ")"
 	}
 	return ""
+}
+
+// maxNamedDifferences bounds the differences a command's drift message
+// names (each is one chain's or set's, already summed up by drift).
+const maxNamedDifferences = 8
+
+// differences names every difference the comparison found, up to
+// maxNamedDifferences and how many more: the command that reports them
+// then rewrites moat's rules whole, so a difference it left unnamed (a
+// rule put by hand in the other family's chain, beside the one named) was
+// erased without a word.
+func differences(diff []string) string {
+	if len(diff) <= maxNamedDifferences {
+		return strings.Join(diff, "; ")
+	}
+	return strings.Join(diff[:maxNamedDifferences], "; ") + fmt.Sprintf("; and %d more differences", len(diff)-maxNamedDifferences)
 }
 
 // heldByKilledUpdate says whether moat's rules in the kernel are the
