@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -26,5 +27,39 @@ func TestDriftMessageNamesEveryChange(t *testing.T) {
 			t.Errorf("the edit that rewrote moat's rules does not name both rules put in by hand:\n%s", out)
 		}
 		e.expectStatusClean("after the rewrite")
+	})
+}
+
+// A command that finds moat's rules changed by hand rewrites them whole
+// (the repair): a second rule put in by hand after that check (held at
+// the journal's rename), before the rewrite, was erased in silence: no
+// check vouched for the generation the repair wrote at, so it committed
+// as it read, and the check after its commit found moat's rules as
+// written. It must be named, or kept and reported by status.
+func TestHandChangeDuringRepairNamed(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\nallow 22/tcp\nallow 80/tcp\n")
+		first := []string{"nft", "insert", "rule", "inet", "moat", "input", "tcp", "dport", "80", "drop", "comment", `"HANDA"`}
+		second := []string{"nft", "insert", "rule", "inet", "moat", "input", "ip6", "saddr", "2001:db8::2", "accept", "comment", `"HANDB"`}
+		if b == "iptables" {
+			first = []string{"iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "80", "-m", "comment", "--comment", "HANDA", "-j", "DROP"}
+			second = []string{"ip6tables", "-I", "MOAT-INPUT", "1", "-s", "2001:db8::2", "-m", "comment", "--comment", "HANDB", "-j", "ACCEPT"}
+		}
+		e.run("server", first...)
+		out, err := e.heldMoat(filepath.Join(e.stateDir(), "intent.json"), "rename,renameat,renameat2", func() { e.run("server", second...) }, "allow", "8080/tcp")
+		if err != nil {
+			t.Fatalf("moat allow: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "HANDA") {
+			t.Errorf("the first hand rule is not reported:\n%s", out)
+		}
+		e.expect(false, "client tcp 192.0.2.1:8080 open")
+		if strings.Contains(out, "HANDB") {
+			return // reported by the command
+		}
+		if status := e.mustMoat("status"); !strings.Contains(status, "HANDB") {
+			t.Errorf("the rule put in by hand during the repair is gone unreported:\n%s\nstatus:\n%s", out, status)
+		}
 	})
 }

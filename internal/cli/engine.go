@@ -186,6 +186,23 @@ func (a *app) setChecked(ctx context.Context, st appliedState) {
 				a.log.Debug("the ruleset changed after the drift check; moat's rules unchanged", "generation", a.verified.gen)
 				return a.verified.gen, true
 			}}
+		} else if st.Known && a.repairing.ok && b.Name() == st.Backend {
+			// The check found moat's rules changed outside moat and this
+			// command rewrites them whole: a change made since (another
+			// rule put in by hand) would be erased unreported. Apply,
+			// finding the generation moved, compares them again and
+			// reports what it finds before it goes on.
+			on = nft.CheckedGen{Gen: a.repairing.gen, OK: true, Recheck: func() (uint32, bool) {
+				g, err := nft.Generation()
+				if err != nil {
+					return 0, false
+				}
+				if why := a.driftReason(ctx, b, st); why != "" && why != a.repairWhy {
+					fmt.Fprintf(a.errOut, "moat: %s (found again after this command's check): the next apply rewrites moat's rules whole\n", why)
+					a.repairWhy = why
+				}
+				return g, true
+			}}
 		}
 		switch kb := b.(type) {
 		case *nft.Backend:

@@ -32,6 +32,7 @@ func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 	st := a.loadApplied()
 	clean := true
 	a.verified = verifiedGen{} // only what this check finds vouches
+	a.repairing, a.repairWhy = verifiedGen{}, ""
 	for _, b := range a.kernel {
 		if !st.Known || b.Name() != st.Backend || b.Available() != nil {
 			continue
@@ -48,12 +49,21 @@ func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 				compared = verifiedGen{gen: g, ok: true}
 			}
 		}
+		// The generation the comparison starts at: the repair below
+		// commits only there (or says what changed since first).
+		var at verifiedGen
+		if generationTracks(b) {
+			if g, err := nft.Generation(); err == nil {
+				at = verifiedGen{gen: g, ok: true}
+			}
+		}
 		why := a.driftReason(ctx, b, st)
 		if why == "" {
 			a.recordFingerprint(ctx, b, st, compared)
 			continue
 		}
 		clean = false
+		a.repairing, a.repairWhy = at, why
 		switch fb := b.(type) {
 		case *nft.Backend:
 			fb.Full = true

@@ -64,6 +64,12 @@ type app struct {
 	// verified is the nftables generation at which this command found the
 	// kernel to hold what moat applied (fingerprint.go).
 	verified verifiedGen
+	// repairing is the nftables generation at which this command's drift
+	// check compared moat's rules and found them changed outside moat
+	// (repairWhy, as it reported them): the repair commits only there,
+	// or reports what changed since first (repair.go, setChecked).
+	repairing verifiedGen
+	repairWhy string
 	// appsRead is what apps read last.
 	appsRead appsCache
 	// ahead is the fingerprint of what moat loaded, read back right after
