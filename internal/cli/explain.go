@@ -249,6 +249,9 @@ func addrOrAny(a netip.Addr) string {
 // parsePacket reads the packet description of 'moat explain'.
 func parsePacket(args []string) (ruleset.Packet, error) {
 	p := ruleset.Packet{Hook: ruleset.Input}
+	if err := checkArgs(args); err != nil {
+		return p, err
+	}
 	i := 0
 	switch strings.ToLower(args[0]) {
 	case "in", "incoming":

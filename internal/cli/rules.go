@@ -186,9 +186,12 @@ func (a *app) prependCommand() *cobra.Command {
 
 // parseArgs parses command-line words as one policy statement.
 func (a *app) parseArgs(args []string) (policy.Statement, error) {
+	if err := checkArgs(args); err != nil {
+		return policy.Statement{}, fmt.Errorf("invalid rule '%s': %w", echoArgs(args), err)
+	}
 	st, err := policy.ParseStatementApps(policy.ArgsTokens(args), policy.Pos{}, a.services(), a.apps())
 	if err != nil {
-		return st, fmt.Errorf("invalid rule '%s': %w", strings.Join(args, " "), err)
+		return st, fmt.Errorf("invalid rule '%s': %w", echoArgs(args), err)
 	}
 	return st, nil
 }

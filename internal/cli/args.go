@@ -1,0 +1,52 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Bounds of what the command line hands the rule and packet parsers: no
+// word of a rule is near maxArgBytes (a comment is at most 100 bytes, a
+// profile name 64, an IPv6 CIDR 43) and no rule has maxArgWords words.
+const (
+	maxArgBytes = 1024
+	maxArgWords = 256
+	// maxEcho bounds the command line an error message repeats.
+	maxEcho = 200
+)
+
+// checkArgs refuses command-line words no rule or packet can have: too
+// many, too long, or not UTF-8. Each error names the argument (counted as
+// the parser counts, from 1) and quotes at most maxEcho bytes of it, so a
+// 100 kB argument does not come back as a 200 kB message.
+func checkArgs(args []string) error {
+	if len(args) > maxArgWords {
+		return fmt.Errorf("%d arguments: a rule has far fewer (at most %d)", len(args), maxArgWords)
+	}
+	for i, s := range args {
+		if !utf8.ValidString(s) {
+			return fmt.Errorf("argument %d (%q) is not valid UTF-8", i+1, echo(s))
+		}
+		if len(s) > maxArgBytes {
+			return fmt.Errorf("argument %d ('%s') is %d bytes long: no word of a rule is longer than %d", i+1, echo(s), len(s), maxArgBytes)
+		}
+	}
+	return nil
+}
+
+// echo is s cut to maxEcho bytes (at a character boundary), with "..."
+// when cut.
+func echo(s string) string {
+	if len(s) <= maxEcho {
+		return s
+	}
+	cut := maxEcho
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+// echoArgs is the words joined as typed, cut by echo.
+func echoArgs(args []string) string { return echo(strings.Join(args, " ")) }

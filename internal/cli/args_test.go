@@ -1,0 +1,41 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestHostileArgs: a rule or packet from the command line with a huge
+// word, a huge number of words or bytes that are not UTF-8 is refused
+// with a short message naming the argument: a 100 kB argument came back
+// twice in a 200 kB message, and a comment that is not UTF-8 was blamed
+// on a line of the policy file ("line is not valid UTF-8").
+func TestHostileArgs(t *testing.T) {
+	a := &app{}
+	huge := strings.Repeat("x", 100000)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"allow", "22/tcp", "comment", huge}, "argument 4 ('" + strings.Repeat("x", maxEcho) + "...') is 100000 bytes long: no word of a rule is longer than 1024"},
+		{[]string{"allow", huge}, "argument 2 ("},
+		{append([]string{"allow"}, strings.Fields(strings.Repeat("from ", 20000))...), "20001 arguments: a rule has far fewer"},
+		{[]string{"allow", "22/tcp", "comment", "a\xffb"}, `argument 4 ("a\xffb") is not valid UTF-8`},
+		{[]string{"allow", "22/tcp", "comment", strings.Repeat("é", 300)}, "comment is 600 bytes long; at most 100"},
+	} {
+		_, err := a.parseArgs(c.args)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("parseArgs(%.40q...): %.300v, want %q", strings.Join(c.args, " "), err, c.want)
+			continue
+		}
+		if len(err.Error()) > 3000 {
+			t.Errorf("parseArgs(%.40q...): a %d-byte message", strings.Join(c.args, " "), len(err.Error()))
+		}
+	}
+	if _, err := parsePacket([]string{"in", "tcp", "from", huge}); err == nil || len(err.Error()) > 1000 || !strings.Contains(err.Error(), "argument 4") {
+		t.Errorf("parsePacket with a huge address: %.300v", err)
+	}
+	if _, err := parsePacket([]string{"in", "tcp", "from", "192.0.2.1\xff"}); err == nil || !strings.Contains(err.Error(), "not valid UTF-8") {
+		t.Errorf("parsePacket with bytes that are not UTF-8: %v", err)
+	}
+}
