@@ -39,3 +39,14 @@ func TestHostileArgs(t *testing.T) {
 		t.Errorf("parsePacket with bytes that are not UTF-8: %v", err)
 	}
 }
+
+// TestExitCodesDocumented: 'moat --help' (and so moat(8)) lists the exit
+// codes the commands use; it listed only 3.
+func TestExitCodesDocumented(t *testing.T) {
+	for code, what := range map[int]string{0: "done", 1: "an error", 2: "'moat audit' could not judge",
+		exitLockout: "refused: the change would cut a live SSH session", exitRolledBack: "not confirmed in time"} {
+		if !strings.Contains(rootLong, "\n  "+string(rune('0'+code))+"  ") || !strings.Contains(rootLong, what) {
+			t.Errorf("moat --help does not document exit code %d (%s)", code, what)
+		}
+	}
+}

@@ -172,7 +172,16 @@ Rule syntax (as ufw):
   limit refuses a source's 6th new connection within 30 s (rate N/Ts to change).
 
 moat acts on the network namespace it runs in: 'ip netns exec NS moat ...'
-manages NS.`
+manages NS.
+
+Exit codes:
+  0  done
+  1  an error (the message says what; a refused rule or policy changes
+     nothing); 'moat audit': a socket is exposed that no rule allows
+  2  'moat audit' could not judge, or moat's rules were changed by hand;
+     'moat lab': what the packets did differs from the policy
+  3  refused: the change would cut a live SSH session (--force overrides)
+  4  a change applied with --confirm was not confirmed in time: rolled back`
 
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
