@@ -43,7 +43,7 @@ func (b *Backend) Ban(ctx context.Context, bans []ruleset.Ban) error {
 		}
 		s.WriteString(" -exist\n")
 	}
-	if _, err := b.Run(ctx, []byte(s.String()), "ipset", "restore"); err != nil {
+	if _, err := b.runIpset(ctx, []byte(s.String()), "restore"); err != nil {
 		return fmt.Errorf("ban: %w ('moat enable' loads moat's ipsets)", err)
 	}
 	return nil
@@ -58,7 +58,7 @@ func (b *Backend) Unban(ctx context.Context, addrs []netip.Addr) error {
 	for _, a := range addrs {
 		fmt.Fprintf(&s, "del %s %s -exist\n", IPSetName(ruleset.BanSetFor(a)), a)
 	}
-	if _, err := b.Run(ctx, []byte(s.String()), "ipset", "restore"); err != nil {
+	if _, err := b.runIpset(ctx, []byte(s.String()), "restore"); err != nil {
 		return fmt.Errorf("unban: %w", err)
 	}
 	return nil
@@ -67,7 +67,7 @@ func (b *Backend) Unban(ctx context.Context, addrs []netip.Addr) error {
 // Banned reports whether addr is banned: one 'ipset test', not a listing.
 func (b *Backend) Banned(ctx context.Context, addr netip.Addr) (bool, error) {
 	addr = addr.Unmap()
-	out, err := b.Run(ctx, nil, "ipset", "test", IPSetName(ruleset.BanSetFor(addr)), addr.String())
+	out, err := b.runIpset(ctx, nil, "test", IPSetName(ruleset.BanSetFor(addr)), addr.String())
 	if err == nil {
 		return true, nil
 	}
@@ -113,7 +113,7 @@ func (b *Backend) membersOf(ctx context.Context, what string, sets ...string) ([
 			}
 			// Read again with the program, whose error names the cause.
 		}
-		data, err := b.Run(ctx, nil, "ipset", "save", IPSetName(set))
+		data, err := b.runIpset(ctx, nil, "save", IPSetName(set))
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w ('moat enable' loads moat's ipsets)", what, err)
 		}
@@ -254,7 +254,7 @@ func (b *Backend) Protect(ctx context.Context, addrs []netip.Addr, ttl time.Dura
 		a = a.Unmap()
 		fmt.Fprintf(&s, "add %s %s timeout %d -exist\n", IPSetName(ruleset.LoginSetFor(a)), a, ipsetTimeout(ttl))
 	}
-	if _, err := b.Run(ctx, []byte(s.String()), "ipset", "restore"); err != nil {
+	if _, err := b.runIpset(ctx, []byte(s.String()), "restore"); err != nil {
 		return fmt.Errorf("protect a login from the port scan trap: %w", err)
 	}
 	return nil

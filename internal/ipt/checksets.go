@@ -142,7 +142,7 @@ func (b *Backend) destroyCheckSets(ctx context.Context, names []string) ([]strin
 	for _, n := range checks {
 		fmt.Fprintf(&s, "destroy %s\n", n)
 	}
-	if _, err := b.Run(ctx, []byte(s.String()), "ipset", "-exist", "restore"); err != nil {
+	if _, err := b.runIpset(ctx, []byte(s.String()), "-exist", "restore"); err != nil {
 		return rest, fmt.Errorf("remove the throwaway ipsets of checks %q: %w", checks, err)
 	}
 	return rest, nil

@@ -261,7 +261,7 @@ func (b *Backend) replaceForeignEarly(ctx context.Context, st *state, lists []ea
 			jumps[builtinChain[ruleset.Prerouting]] = Jump{Pos: have.Pos}
 			st.jumps[f.fam] = jumps
 		}
-		if _, err := b.Run(ctx, nil, "ipset", "destroy", l.name); err != nil {
+		if _, err := b.runIpset(ctx, nil, "destroy", l.name); err != nil {
 			return fmt.Errorf("ipset %s is no early list (%s) and cannot be destroyed (remove what uses it by hand): %w", l.name, typ, err)
 		}
 		delete(st.sets, l.name)
@@ -290,7 +290,7 @@ func (b *Backend) readEarly(ctx context.Context, name string, netlink bool) (hel
 			return held, missing, nil
 		}
 	}
-	out, err := b.Run(ctx, nil, "ipset", "list", name)
+	out, err := b.runIpset(ctx, nil, "list", name)
 	if err != nil {
 		return nil, true, nil
 	}

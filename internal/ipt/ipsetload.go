@@ -70,7 +70,12 @@ func dialIpsetWriter() (*ipsetWriter, error) {
 	return &ipsetWriter{fd: fd, buf: make([]byte, 0, ipsetBatch+1024), ans: make([]byte, 1<<17)}, nil
 }
 
-func (w *ipsetWriter) Close() error { return unix.Close(w.fd) }
+// Close releases the socket off the caller's path (ipsetConn.Close).
+func (w *ipsetWriter) Close() error {
+	fd := w.fd
+	nft.CloseLater(func() error { return unix.Close(fd) })
+	return nil
+}
 
 // fillSet loads f.
 func (w *ipsetWriter) fillSet(ctx context.Context, f fill) error {
@@ -107,6 +112,9 @@ func (w *ipsetWriter) start(cmd int, name string) {
 
 // command sends one of DESTROY (name), RENAME and SWAP (name, name2).
 func (w *ipsetWriter) command(ctx context.Context, cmd int, name, name2 string) error {
+	if cmd == ipsetCmdDestroy || cmd == ipsetCmdRename {
+		nft.WaitClosed() // a set a removed rule used may be held until then (Backend.runIpset)
+	}
 	w.start(cmd, name)
 	if name2 != "" {
 		w.buf = nft.AppendAttr(w.buf, ipsetAttrSetname2, append([]byte(name2), 0))

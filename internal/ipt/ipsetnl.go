@@ -12,6 +12,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/nft"
 )
 
 // ipset's netlink interface (linux/netfilter/ipset/ip_set.h), read
@@ -193,7 +195,13 @@ func dialIpset() (*ipsetConn, error) {
 	return &ipsetConn{c: c}, nil
 }
 
-func (c *ipsetConn) Close() error { return c.c.Close() }
+// Close releases the socket off the caller's path (nft.CloseLater: the
+// release of a netfilter socket waits for the kernel to free what an
+// nf_tables commit replaced, this command's or another's).
+func (c *ipsetConn) Close() error {
+	nft.CloseLater(c.c.Close)
+	return nil
+}
 
 // list dumps one set (name) or every set (name ""), with flags
 // (ipsetFlagList*: names or headers only).

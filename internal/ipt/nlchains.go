@@ -133,7 +133,7 @@ func hashChainsNetlink(ctx context.Context, h hash.Hash) (nlChainsRead, error) {
 	if err != nil {
 		return nlChainsRead{}, fmt.Errorf("read moat's chains over netlink: %w", err)
 	}
-	defer func() { _ = c.Close() }() // read only
+	defer nft.CloseLater(c.Close) // read only; off the caller's path (ipsetConn.Close)
 	var buf bytes.Buffer
 	for try := 1; ; try++ {
 		buf.Reset()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/execrun"
 	"github.com/moat-fw/moat/internal/labtest"
+	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/policy"
 )
 
@@ -42,6 +43,11 @@ func TestKernelNetlinkFingerprint(t *testing.T) {
 		}
 		run := func(args ...string) {
 			t.Helper()
+			// A program started right after an Apply in this process
+			// (ipset destroy of a set the rewrite stopped using) finds the
+			// set free once Apply's sockets are closed (nft.CloseLater);
+			// between commands, the process's exit closes them.
+			nft.WaitClosed()
 			if out, err := execrun.Exec(ctx, nil, args[0], args[1:]...); err != nil {
 				t.Fatalf("%q: %v %s", args, err, out)
 			}

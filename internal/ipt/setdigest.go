@@ -87,6 +87,10 @@ func (b *Backend) digestKey() *memberHasher {
 // plain is the hash of a member that is a network and nothing else:
 // AES-CBC-MAC of two blocks, the address (IPv4 mapped into IPv6), then
 // its prefix length and whether it is IPv4 (apart from ::ffff:a.b.c.d).
+// clone is a memberHasher with the same key for another goroutine (x is
+// each one's scratch).
+func (mh *memberHasher) clone() *memberHasher { return newMemberHasher(mh.key) }
+
 func (mh *memberHasher) plain(a [16]byte, bits int, is4 bool) (lo, hi uint64) {
 	x := mh.x[:]
 	copy(x, a[:])
@@ -252,7 +256,16 @@ func hashSetLoadedSum(ctx context.Context, h io.Writer, mh *memberHasher, name s
 // readSetSum reads a set's header lines (sorted) and the sum of its
 // members (none with ipsetFlagListHeader), or says it is missing.
 func readSetSum(ctx context.Context, mh *memberHasher, name string, flags uint32) (head []string, sum memberSum, missing bool, err error) {
-	missing, err = dumpSet(ctx, name, flags, func(attrs []byte) error {
+	fd, err := dialIpsetFD()
+	if err != nil {
+		return nil, memberSum{}, false, err
+	}
+	return readSetSumOn(ctx, fd, mh, name, flags)
+}
+
+// readSetSumOn is readSetSum over fd (dumpSetOn), which it closes.
+func readSetSumOn(ctx context.Context, fd int, mh *memberHasher, name string, flags uint32) (head []string, sum memberSum, missing bool, err error) {
+	missing, err = dumpSetOn(ctx, fd, name, flags, func(attrs []byte) error {
 		return sumMessage(mh, attrs, &head, &sum)
 	})
 	if err != nil || missing {
@@ -382,7 +395,14 @@ func dumpSet(ctx context.Context, name string, flags uint32, fn func(attrs []byt
 	if err != nil {
 		return false, err
 	}
-	defer func() { _ = unix.Close(fd) }() // read only
+	return dumpSetOn(ctx, fd, name, flags, fn)
+}
+
+// dumpSetOn is dumpSet over fd, a socket dialIpsetFD opened (in the
+// network namespace whose set is read: the calling thread's when it was
+// opened, whichever thread reads it); it closes fd.
+func dumpSetOn(ctx context.Context, fd int, name string, flags uint32, fn func(attrs []byte) error) (missing bool, err error) {
+	defer nft.CloseLater(func() error { return unix.Close(fd) }) // read only; off the caller's path (ipsetConn.Close)
 	const seq = 1
 	req := dumpRequest(name, flags, seq)
 	if err := sendFD(fd, req); err != nil {

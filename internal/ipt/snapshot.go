@@ -62,7 +62,7 @@ func (b *Backend) Snapshot(ctx context.Context) ([]byte, error) {
 			out.WriteString(line + "\n")
 			continue
 		}
-		data, err := b.Run(ctx, nil, "ipset", "save", name)
+		data, err := b.runIpset(ctx, nil, "save", name)
 		if err != nil {
 			return nil, fmt.Errorf("snapshot ipset %s: %w", name, err)
 		}
@@ -254,7 +254,7 @@ func (b *Backend) restore(ctx context.Context, snap []byte, keepBans bool) (kept
 		if err != nil {
 			return false, err
 		}
-		if _, err := b.Run(ctx, []byte(script), "ipset", "restore"); err != nil {
+		if _, err := b.runIpset(ctx, []byte(script), "restore"); err != nil {
 			return false, fmt.Errorf("restore ipsets: %w", err)
 		}
 		for name := range names {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/moat-fw/moat/internal/nft"
 	"github.com/moat-fw/moat/internal/xtenc"
 )
 
@@ -39,4 +40,11 @@ func (e *xtencEncoder) encode(proto uint8, line string) ([]xtRule, error) {
 	return out, nil
 }
 
-func (e *xtencEncoder) close() error { return e.done() }
+// close releases the lookups' socket off the caller's path: it is
+// closed right after the transaction the rules went in, and the release
+// of a netfilter socket then waits for the kernel to free what the commit
+// replaced (nft.CloseLater).
+func (e *xtencEncoder) close() error {
+	nft.CloseLater(e.done)
+	return nil
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/google/nftables/expr"
@@ -216,6 +217,35 @@ func (b *batch) returnRule(chain, comment string) {
 // of the batch was.
 var errGenerationMoved = errors.New("nftables: the ruleset changed meanwhile")
 
+// closing counts the sockets closeLater is closing.
+var closing sync.WaitGroup
+
+// closeLater closes a socket that sent a transaction on a goroutine of
+// its own, off the caller's path. The kernel frees what a commit
+// replaced after an RCU grace period (nf_tables' destroy work), and the
+// release of any netfilter netlink socket waits for that work to finish
+// (nft_rcv_nl_event flushes it): a close right after the commit waited
+// 5 to 40 ms (perf, sched_switch stacks: __flush_work under
+// netlink_release), for nothing the command needs. The transaction is
+// over once its acks are read, whatever the close waits for; a command
+// that exits first has the kernel close the socket at its exit.
+func closeLater(c *netlink.Conn) { CloseLater(c.Close) }
+
+// CloseLater runs close, the release of a netfilter netlink socket, on a
+// goroutine of its own (closeLater): for a socket that is done with and
+// may be released right after an nf_tables commit, this process's or
+// another's.
+func CloseLater(close func() error) {
+	closing.Add(1)
+	go func() {
+		defer closing.Done()
+		_ = close() // done with: nothing is read from it again
+	}()
+}
+
+// WaitClosed waits until every socket closeLater was given is closed.
+func WaitClosed() { closing.Wait() }
+
 // send commits the batch in one transaction. With a generation (genID
 // non-zero) the kernel commits it only if the ruleset generation is still
 // that one, else nothing (errGenerationMoved).
@@ -241,7 +271,7 @@ func (b *batch) send(genID uint32) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	defer func() { _ = conn.Close() }() // the acks below say what happened
+	defer closeLater(conn) // the acks below say what happened
 	// Acks without the request echoed (errors would repeat whole element
 	// lists).
 	_ = conn.SetOption(netlink.CapAcknowledge, true)
