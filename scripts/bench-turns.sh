@@ -30,6 +30,12 @@
 #            --force` into a namespace and state directory made fresh
 #            (untimed) before it: a first apply.
 #
+# CHRT=1 runs each timed command (and what it starts) at real-time
+# priority (`chrt -f 50`): it then runs ahead of the machine's other work,
+# which stands in for a quiet machine when the load is high (the kernel's
+# own threads, the disk and the locks other processes hold still count;
+# see docs/benchmarks.md, eighth session, big100).
+#
 # Reported per binary, over all its timed commands: the median wall time
 # and the median CPU time (user+sys: the command and every program it
 # started and waited for; bash's `time` inside the namespace, 1 ms
@@ -55,6 +61,12 @@ BACKEND=${BACKEND:-nftables}
 N=${N:-100000}
 K=${K:-10}
 ROUNDS=${ROUNDS:-4}
+CHRT=${CHRT:-}
+prio=()
+if [[ -n $CHRT ]]; then
+	command -v chrt >/dev/null || die "CHRT needs chrt (util-linux)"
+	prio=(chrt -f 50)
+fi
 [[ $BACKEND == nftables || $BACKEND == iptables ]] || die "BACKEND must be nftables or iptables"
 [[ $N =~ ^[0-9]+$ && $K =~ ^[1-9][0-9]*$ && $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "N, K and ROUNDS must be numbers (K, ROUNDS >= 1)"
 if [[ $scenario == refresh && $N -lt 202 ]]; then
@@ -150,7 +162,7 @@ timed() {
 	# shellcheck disable=SC2016 # expanded by the inner bash
 	if ! ip netns exec "moatbt-$$-$name" bash -c 'TIMEFORMAT="%3R %3U %3S"; out=$1 rss=$2; shift 2
 		{ time /usr/bin/time -f %M -o "$rss" "$@" >"$out" 2>&1; } 2>&1' bash \
-		"$tmp/$name/last" "$tmp/$name/rss" \
+		"$tmp/$name/last" "$tmp/$name/rss" "${prio[@]}" \
 		"$tmp/$name/moat" --config "$tmp/$name/moat.conf" --backend "$BACKEND" \
 		--state-dir "$tmp/$name/state" "$@" >"$tmp/$name/time"; then
 		cat "$tmp/$name/last" >&2
@@ -217,7 +229,7 @@ if [[ $scenario == refresh ]]; then
 	gen_list "$N" 1 >"$tmp/list.1"
 fi
 echo "scenario $scenario, backend $BACKEND, N=$N, K=$K, ROUNDS=$ROUNDS"
-echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)${CHRT:+ (timed commands at real-time priority: chrt -f 50)}"
 for name in old new; do
 	: >"$tmp/$name/results"
 	[[ $scenario == enable ]] || setup "$name"
