@@ -637,7 +637,7 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		return nets[n]
 	}
 	rh := rulesHash(rs, names)
-	gen := generation(rs, names, c)
+	gen := generationOf(rh, c)
 
 	// A set under the name of one of moat's policy sets that is not of
 	// their kind (made by hand: moat's rules can refer to it only once it
@@ -881,7 +881,7 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 				continue
 			}
 		} else {
-			script = mark[f.fam] + renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, ts)
+			script = mark[f.fam] + renderTablesRH(rs, f.fam, st.jumps[f.fam], names, gen, rh, c, ts)
 			whole = true
 			rewrote[f.fam] = true
 		}

@@ -137,3 +137,24 @@ func TestOnlyChangedKeeps(t *testing.T) {
 		t.Errorf("no sums: got\n%s", got)
 	}
 }
+
+// Apply renders each family's script with the rules' hash it computed
+// once (renderTablesRH, generationOf): the same text and generation as
+// renderTables and generation compute themselves.
+func TestRenderTablesRH(t *testing.T) {
+	rs := goldenRuleset(t)
+	names := SetNames(rs)
+	c := contentsOf(rs, names)
+	rh := rulesHash(rs, names)
+	gen := generation(rs, names, c)
+	if got := generationOf(rh, c); got != gen {
+		t.Errorf("generationOf %s, generation %s", got, gen)
+	}
+	for _, f := range families {
+		for _, ts := range [][]string{tables, {tableFilter}} {
+			if got, want := renderTablesRH(rs, f.fam, nil, names, gen, rh, c, ts), renderTables(rs, f.fam, nil, names, gen, c, ts); got != want {
+				t.Errorf("%s %v:\n%s\nwant\n%s", f.fam, ts, got, want)
+			}
+		}
+	}
+}

@@ -172,8 +172,13 @@ func Generation(rs *ruleset.Ruleset, names Names) string {
 }
 
 func generation(rs *ruleset.Ruleset, names Names, c contents) string {
+	return generationOf(rulesHash(rs, names), c)
+}
+
+// generationOf is generation of the rules whose rulesHash is rh.
+func generationOf(rh string, c contents) string {
 	h := sha256.New()
-	h.Write([]byte(rulesHash(rs, names)))
+	h.Write([]byte(rh))
 	for _, name := range sortedKeys(c) {
 		fmt.Fprintf(h, "set %s %s\n", name, c[name])
 	}
@@ -430,6 +435,13 @@ func render(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump, na
 
 // renderTables is render of the tables ts alone (in tables' order).
 func renderTables(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump, names Names, gen string, c contents, ts []string) string {
+	return renderTablesRH(rs, fam, haveJump, names, gen, "", c, ts)
+}
+
+// renderTablesRH is renderTables with rulesHash(rs, names) given as rh
+// (Apply has it: each family's script rendered both families' rules
+// again for it); "": computed here when a table needs it.
+func renderTablesRH(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Jump, names Names, gen, rh string, c contents, ts []string) string {
 	var b strings.Builder
 	for _, t := range ts {
 		var chains []*ruleset.Chain
@@ -447,7 +459,10 @@ func renderTables(rs *ruleset.Ruleset, fam policy.Family, haveJump map[string]Ju
 			fmt.Fprintf(&b, ":%s - [0:0]\n", ChainName(ch.Hook))
 		}
 		if t == tableFilter {
-			b.WriteString(genChainRules(gen, rulesHash(rs, names), c))
+			if rh == "" {
+				rh = rulesHash(rs, names)
+			}
+			b.WriteString(genChainRules(gen, rh, c))
 		}
 		b.WriteString(body(rs, fam, names, t))
 		for _, ch := range chains {

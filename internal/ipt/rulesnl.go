@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"os/exec"
@@ -328,7 +329,7 @@ func (b *Backend) rulesNetlinkPlan(rs *ruleset.Ruleset, st *state, gen, rh strin
 				jumps = true
 				replaces = replaces || !onlyInserts(rs, st, f.fam, names)
 			}
-			script := renderTables(rs, f.fam, st.jumps[f.fam], names, gen, c, ts)
+			script := renderTablesRH(rs, f.fam, st.jumps[f.fam], names, gen, rh, c, ts)
 			if !b.Full {
 				script = onlyChanged(script, st.sums[f.fam], st.has[f.fam])
 			}
@@ -473,19 +474,48 @@ func provenVersion(path string) bool {
 	if v, ok := provenVersions.Load(path); ok {
 		return v.(bool)
 	}
-	data, err := os.ReadFile(path)
-	ok := err == nil && holdsVersion(data, provenIptables)
+	f, err := os.Open(path)
+	ok := err == nil && readerHoldsVersion(f, provenIptables, 32<<10)
+	if err == nil {
+		_ = f.Close() // read only
+	}
 	provenVersions.Store(path, ok)
 	return ok
+}
+
+// readerHoldsVersion is holdsVersion of everything r reads, read in
+// pieces of size bytes (the program is 230 KB: read whole, its fresh
+// pages cost more than the search). Each piece after the first starts
+// with the last len(v)+1 bytes of the one before: a string across the
+// boundary is found whole, with the byte before it; one at the start of
+// such a piece lay wholly within the piece before, which looked at it.
+func readerHoldsVersion(r io.Reader, v string, size int) bool {
+	carry := len(v) + 1
+	buf := make([]byte, max(size, 2*carry+1))
+	have, from := 0, 0
+	for {
+		n, err := io.ReadFull(r, buf[have:])
+		if data := buf[:have+n]; len(data) > from && holdsVersionAfter(data, v, from) {
+			return true
+		}
+		if err != nil {
+			return false // the end (io.EOF, io.ErrUnexpectedEOF) or a failed read
+		}
+		have, from = copy(buf, buf[len(buf)-carry:]), 1
+	}
 }
 
 var provenVersions sync.Map // path → bool
 
 // holdsVersion says whether data holds the NUL-ended string v not
 // preceded by a digit or a dot.
-func holdsVersion(data []byte, v string) bool {
+func holdsVersion(data []byte, v string) bool { return holdsVersionAfter(data, v, 0) }
+
+// holdsVersionAfter is holdsVersion of the strings that start at index
+// from or later (one at index 0 counts as preceded by nothing).
+func holdsVersionAfter(data []byte, v string, from int) bool {
 	want := []byte(v + "\x00")
-	for off := 0; ; {
+	for off := from; ; {
 		i := bytes.Index(data[off:], want)
 		if i < 0 {
 			return false

@@ -363,6 +363,33 @@ func TestHoldsVersion(t *testing.T) {
 		if got := holdsVersion([]byte(c.data), v); got != c.want {
 			t.Errorf("%q: %v, want %v", c.data, got, c.want)
 		}
+		// Read in pieces (readerHoldsVersion): the same answer wherever
+		// the pieces' boundaries fall.
+		carry := len(v) + 1
+		for pad := 0; pad <= 2*carry+1; pad++ {
+			data := strings.Repeat("z", pad) + c.data
+			want := holdsVersion([]byte(data), v)
+			for size := 2*carry + 1; size <= 3*carry+3; size++ {
+				if got := readerHoldsVersion(strings.NewReader(data), v, size); got != want {
+					t.Errorf("%q after %d bytes, in pieces of %d: %v, want %v", c.data, pad, size, got, want)
+				}
+			}
+		}
+	}
+	// The program on this machine: the same answer as read whole.
+	if path, err := exec.LookPath("xtables-nft-multi"); err == nil {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = f.Close() }() // read only
+		if got, want := readerHoldsVersion(f, v, 32<<10), holdsVersion(data, v); got != want {
+			t.Errorf("%s: %v in pieces, %v whole", path, got, want)
+		}
 	}
 }
 
