@@ -46,12 +46,16 @@ func (a *app) engine() *engine.Engine {
 			// The fingerprint of what it loaded is read back while the
 			// records are synced (afterChange takes it).
 			kb.AfterCommit = func(ctx context.Context) { a.startAhead(ctx, kb) }
+			// A hand change nft -f may have written over is said.
+			kb.Warn = a.warn
+			kb.Log = a.log
 		case *ipt.Backend:
 			kb.Elements = setstore.Dir{Path: a.stateDir, Prefix: iptElementsPrefix}
 			kb.StateDir = a.stateDir
 			kb.KeyDir = a.stateDir
 			// --verbose: why a rule change went through iptables-restore.
 			kb.Log = a.log
+			kb.Warn = a.warn
 		}
 		backends = append(backends, b)
 	}
@@ -77,7 +81,7 @@ func (a *app) engine() *engine.Engine {
 		Services:         a.services(),
 		Apps:             a.apps(),
 		Log:              a.log,
-		Warn:             func(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) },
+		Warn:             a.warn,
 		OtherRecords:     append([]string{fingerprintFile, chainsFile}, ipt.StateFiles()...),
 		PolicyPath:       a.configPath(),
 		// The element records of the backends' policy sets.
@@ -410,3 +414,6 @@ func recentSSH() func() (safeapply.SSHState, error) {
 		return st, nil
 	}
 }
+
+// warn prints a warning on stderr.
+func (a *app) warn(msg string) { fmt.Fprintf(a.errOut, "moat: warning: %s\n", msg) }

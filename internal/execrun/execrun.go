@@ -80,7 +80,14 @@ func run(ctx context.Context, stdin *os.File, name string, args ...string) ([]by
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	err := cmd.Start()
+	if err == nil {
+		if started, ok := ctx.Value(startedKey{}).(func(int)); ok && started != nil {
+			started(cmd.Process.Pid)
+		}
+		err = cmd.Wait()
+	}
+	if err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		if msg == "" {
 			return nil, fmt.Errorf("%s: %w", name, err)
@@ -149,4 +156,13 @@ func tempInput(write func(io.Writer) error, buffer bool) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+type startedKey struct{}
+
+// WithStarted returns a context under which Exec and ExecFrom tell
+// started the PID of each program they start, once it runs (a caller
+// that watches the nf_tables commits tells the program's from others').
+func WithStarted(ctx context.Context, started func(pid int)) context.Context {
+	return context.WithValue(ctx, startedKey{}, started)
 }

@@ -56,6 +56,20 @@ type Backend struct {
 	// there (nft.ErrChangedSinceCheck), and moves it on by its own
 	// commits.
 	Checked nft.CheckedGen
+	// Warn, when set, is told of changes of moat's chains that another
+	// program committed while moat's iptables-restore ran, which the
+	// restore may have written over (LastOverwritten); else they are
+	// logged.
+	Warn func(msg string)
+	// The nf_tables commits watched from the last look at the
+	// generation before a restore of Apply until Apply ends
+	// (commitwatch.go in nft): the watch, the restores' PIDs, and what
+	// the last Apply may have written over.
+	watch      *nft.CommitWatch
+	watchPIDs  []int
+	watchMu    sync.Mutex
+	overwrote  []string
+	beforeLook func() // tests: before the last look ahead of a restore
 	// IpsetNetlink reads ipsets (their names, headers and members) over
 	// netlink instead of starting `ipset list` (New sets it; tests on a
 	// fake Runner leave it off).
@@ -597,6 +611,10 @@ func (b *Backend) Apply(ctx context.Context, rs *ruleset.Ruleset) error {
 }
 
 func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
+	b.overwrote = nil
+	defer b.closeWatch()
+	// The tools' PIDs, to tell their commits from others' (overwrite.go).
+	ctx = execrun.WithStarted(ctx, b.restoreStarted)
 	if b.InNftables() {
 		// A table made dormant by hand filters nothing, and
 		// iptables-restore leaves its flags as they are: woken first.
@@ -606,10 +624,18 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			}
 		}
 	}
+	if !b.Checked.OK {
+		// No drift check vouches for the read below (a first enable, a
+		// repair): the commits are watched from before it.
+		b.startWatch()
+	}
 	b.startTrack()
 	if b.Checked.OK && (!b.track.known || b.track.before != b.Checked.Gen) {
 		// Moved since the check (or since the one Apply made again).
 		return fmt.Errorf("iptables apply: %w", nft.ErrChangedSinceCheck)
+	}
+	if b.track.known {
+		b.watch.From(b.track.before)
 	}
 	// The headers the drift check read: this Apply's alone.
 	heads := b.readHeads
@@ -710,9 +736,12 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	// wrote: every script restored into each family, in order.
 	wrote := map[policy.Family][]string{}
 	if len(changing) > 0 {
-		if b.Checked.OK && !b.Checked.At(nftGeneration()) {
+		b.startWatch()
+		g, gerr := nftGeneration()
+		if b.Checked.OK && !b.Checked.At(g, gerr) {
 			return fmt.Errorf("iptables apply: %w", nft.ErrChangedSinceCheck)
 		}
+		b.watch.From(g)
 		script, err := b.markChanging(ctx, st, changing)
 		if err != nil {
 			return err
@@ -861,6 +890,9 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	var mark map[policy.Family]string
 	if !viaNetlink {
 		mark = b.markRewriting(rs, st, gen, rh, names, changing, wrote, keepRaw)
+		if err := b.lookBeforeRestore(ctx, orig); err != nil {
+			return err
+		}
 	}
 	// The records of the families whose rules are as they were, written
 	// over netlink after the loop, both in one transaction (writeGen).
@@ -900,6 +932,7 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			}
 		}
 	}
+	b.endWatch()
 	b.remember(c, networks, sums)
 	b.track.after = b.afterApply(orig, genOnly, wrote, whole, c, networks, sums)
 	if a := b.track.after; a != nil && a.st != nil {

@@ -8,12 +8,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
 	"github.com/moat-fw/moat/internal/execrun"
@@ -60,13 +64,22 @@ type Backend struct {
 	// vouched for: Apply commits only there (ErrChangedSinceCheck), and
 	// moves it on by its own commit.
 	Checked CheckedGen
+	// Warn, when set, is told of changes of moat's table that another
+	// program committed while moat's nft ran, which nft's commit may
+	// have written over (LastOverwritten); else they are logged.
+	Warn func(msg string)
+	// Log, when set, gets the debug messages (--verbose).
+	Log *slog.Logger
 
 	// noEncode, in tests, sends changed chains through nft (as before the
 	// encoder), to compare.
 	noEncode bool
 	// beforeSend, in tests, runs before each netlink transaction is sent;
-	// beforeCommit before a plan is committed through nft.
-	beforeSend, beforeCommit func()
+	// beforeCommit before a plan is committed through nft; afterLastLook
+	// after the last look at the generation before nft runs.
+	beforeSend, beforeCommit, afterLastLook func()
+	// overwrote: LastOverwritten.
+	overwrote []string
 
 	// The last transaction this backend committed: the ruleset generation
 	// before it and right after it (see LastCommit).
@@ -652,7 +665,24 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	// vouches for what it did not write (LastCommit, LastCommitWhole) only
 	// if nothing else was committed since the table was read (a chain
 	// added by hand after the read is not among those a rewrite deletes).
+	b.overwrote = nil
+	// Unchecked (a first enable, a repair: no drift check vouches for
+	// the read), the commits are watched from before the plan's read;
+	// checked, from the last look before nft (below): the checked
+	// generation covers the time before it.
+	var w *CommitWatch
+	if !b.Checked.OK {
+		w = b.watchCommits()
+	}
+	defer func() { w.Close() }()
+	covered := w != nil
+	pids := &toolPIDs{pids: []int{os.Getpid()}}
 	pre, preErr := b.generation()
+	if preErr == nil {
+		w.From(pre)
+	} else {
+		covered = false
+	}
 	if b.Checked.OK {
 		if preErr != nil {
 			pre, preErr = Generation()
@@ -672,6 +702,9 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		if err == nil {
 			b.checkedAfter()
 			b.saveSets(p)
+			// Unchecked, a patch planned again after a refusal may
+			// have flushed a chain a hand rule was put in meanwhile.
+			b.judge(w, covered, pids, rs, "")
 			return nil
 		}
 		// Nothing was committed. Another change came first (a ban from the
@@ -699,10 +732,22 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		if b.beforeSend != nil {
 			b.beforeSend()
 		}
-		if err := p.pre.send(p.gen); err == nil {
+		// The stage's own notifications (every policy set element:
+		// 100,000 and more) are not listened to: it is committed at
+		// p.gen or not at all, and the generation after it says
+		// whether anything came between it and the listening again.
+		w.pause()
+		err := p.pre.send(p.gen)
+		if !w.resume() {
+			covered = false
+		}
+		if err == nil {
 			// Committed alone at p.gen (the kernel refuses the stage at
 			// any other generation), right after the plan's read.
 			staged, pre, preErr = true, p.gen+1, nil
+			if g, err := b.generation(); err != nil || g != pre {
+				covered = false
+			}
 		} else {
 			// Nothing was committed: another change came first, or the
 			// table was there. The whole table through nft alone.
@@ -722,13 +767,30 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	if b.beforeCommit != nil {
 		b.beforeCommit()
 	}
+	// nft -f commits at any generation: the commits until it has ended
+	// are watched (commitwatch.go), so a change of moat's table that
+	// another program committed before nft's commit, which that commit
+	// may write over, is told.
+	if w == nil {
+		// Checked: from the last look.
+		w = b.watchCommits()
+		g, gerr := b.generation()
+		covered = w != nil && gerr == nil && preErr == nil && g == pre
+		if gerr == nil {
+			w.From(g)
+		}
+	}
 	if b.Checked.OK && !staged {
-		// nft -f commits at any generation: the last look before it.
+		// The last look before it.
 		if g, err := Generation(); !b.Checked.At(g, err) {
 			return fmt.Errorf("nftables apply: %w", ErrChangedSinceCheck)
 		}
 	}
-	if err := b.removeOdd(p, func() error { return b.commit(ctx, p, false) }); err != nil {
+	if b.afterLastLook != nil {
+		b.afterLastLook()
+	}
+	cctx := execrun.WithStarted(ctx, pids.add)
+	if err := b.removeOdd(p, func() error { return b.commit(cctx, p, false) }); err != nil {
 		if staged {
 			err = unstage(err)
 		}
@@ -738,8 +800,122 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 	b.committedWhole = b.committed && p.Full
 	b.checkedAfter()
 	b.saveSets(p)
+	b.judge(w, covered, pids, rs, "nft -f")
 	return nil
 }
+
+// toolPIDs are the processes whose commits are moat's: moat itself and
+// the tools it started.
+type toolPIDs struct {
+	mu   sync.Mutex
+	pids []int
+}
+
+func (t *toolPIDs) add(pid int) {
+	t.mu.Lock()
+	t.pids = append(t.pids, pid)
+	t.mu.Unlock()
+}
+
+// judge reads the commits w saw once moat's own have ended, and tells
+// which change of moat's table by another program one of moat's
+// commits may have written over (tool: what made them, "" for moat's
+// own transaction). covered: w listened from a generation at which the
+// table was what the plan read.
+func (b *Backend) judge(w *CommitWatch, covered bool, pids *toolPIDs, rs *ruleset.Ruleset, tool string) {
+	if w == nil {
+		return
+	}
+	post, err := Generation()
+	if err != nil {
+		return
+	}
+	commits, complete := w.Stop(post)
+	pids.mu.Lock()
+	ours := func(c Commit) bool { return CommittedBy(c, pids.pids) }
+	b.overwrote = Overwritten(commits, ours, moatTableChange(rs))
+	pids.mu.Unlock()
+	if !complete || !covered {
+		b.log().Debug("the commits while moat wrote its table are not all known", "complete", complete, "covered", covered)
+	}
+	b.tellOverwritten(tool)
+}
+
+// log is the backend's logger (nothing logged when Log is unset).
+func (b *Backend) log() *slog.Logger {
+	if b.Log != nil {
+		return b.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// watchCommits starts watching the nf_tables commits (nil: not on
+// netlink, or the watch could not start).
+func (b *Backend) watchCommits() *CommitWatch {
+	if !b.Netlink {
+		return nil
+	}
+	w, err := WatchCommits()
+	if err != nil {
+		b.log().Debug("nft -f unwatched", "err", err)
+		return nil
+	}
+	return w
+}
+
+// moatTableChange says whether a change is to moat's table: its chains,
+// rules, sets, objects, and the elements of its policy sets (not the
+// bans, login exemptions, trap entries and protected addresses, which
+// the kernel, the guard and moat itself change).
+func moatTableChange(rs *ruleset.Ruleset) func(Change) bool {
+	policySets := map[string]bool{}
+	for _, s := range rs.Sets {
+		if !s.Bans && s.ScanWindow == 0 && !s.Protect && s.Name != ruleset.LoginSet4 && s.Name != ruleset.LoginSet6 {
+			policySets[s.Name] = true
+		}
+	}
+	return func(ch Change) bool {
+		if ch.Family != unix.NFPROTO_INET || ch.Table != TableName {
+			return false
+		}
+		if ch.Msg == unix.NFT_MSG_NEWSETELEM || ch.Msg == unix.NFT_MSG_DELSETELEM {
+			return policySets[ch.Name]
+		}
+		return true
+	}
+}
+
+// LastOverwritten names the changes of moat's table that other programs
+// committed while the last Apply's nft ran, and that its commit may
+// have written over (one line each, see Overwritten); nil when none.
+func (b *Backend) LastOverwritten() []string { return b.overwrote }
+
+// tellOverwritten says, through Warn, what the last commit by tool may
+// have written over.
+func (b *Backend) tellOverwritten(tool string) {
+	if len(b.overwrote) == 0 {
+		return
+	}
+	msg := overwrittenMessage(tool, b.overwrote)
+	if b.Warn != nil {
+		b.Warn(msg)
+		return
+	}
+	b.log().Warn(msg)
+}
+
+// overwrittenMessage is what the admin is told of changes that moat's
+// tool may have written over.
+func overwrittenMessage(tool string, what []string) string {
+	by := "moat"
+	if tool != "" {
+		by = "moat's " + tool
+	}
+	return fmt.Sprintf("another program changed moat's rules while %s wrote them, and moat's write may have replaced that change (%s); 'moat status' shows moat's rules as they are now: make the change again if it is still wanted", by, strings.Join(what, "; "))
+}
+
+// OverwrittenMessage is overwrittenMessage for the iptables backend.
+func OverwrittenMessage(tool string, what []string) string { return overwrittenMessage(tool, what) }
 
 // checkedAfter moves the checked generation on by the commit just made:
 // to the generation after it when it went from the checked one to the

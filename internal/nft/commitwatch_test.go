@@ -1,0 +1,102 @@
+package nft
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/ruleset"
+)
+
+// Overwritten names a commit of another program only where a commit of
+// moat's after it wrote the same chain or set (or the table whole).
+func TestOverwrittenOrder(t *testing.T) {
+	inet := uint8(unix.NFPROTO_INET)
+	rule := func(chain string) Change {
+		return Change{Msg: unix.NFT_MSG_NEWRULE, Family: inet, Table: TableName, Name: chain}
+	}
+	del := func(chain string) Change {
+		return Change{Msg: unix.NFT_MSG_DELRULE, Family: inet, Table: TableName, Name: chain}
+	}
+	hand := func(gen uint32, ch ...Change) Commit {
+		return Commit{Gen: gen, PID: 99, PortID: 99, Comm: "nft", Changes: ch}
+	}
+	moat := func(gen uint32, ch ...Change) Commit {
+		return Commit{Gen: gen, PID: 7, PortID: 7, Comm: "nft", Changes: ch}
+	}
+	ours := func(c Commit) bool { return CommittedBy(c, []int{7}) }
+	mine := moatTableChange(&ruleset.Ruleset{})
+	for _, c := range []struct {
+		name    string
+		commits []Commit
+		want    int
+	}{
+		{"hand rule then moat rewrites its chain", []Commit{hand(2, rule("input")), moat(3, del("input"), rule("input"))}, 1},
+		{"hand rule after moat's commit", []Commit{moat(2, del("input"), rule("input")), hand(3, rule("input"))}, 0},
+		{"hand rule in a chain moat did not write", []Commit{hand(2, rule("output")), moat(3, del("input"), rule("input"))}, 0},
+		{"moat deletes and makes the table", []Commit{hand(2, rule("output")), moat(3, Change{Msg: unix.NFT_MSG_DELTABLE, Family: inet, Table: TableName})}, 1},
+		{"another table", []Commit{hand(2, Change{Msg: unix.NFT_MSG_NEWRULE, Family: inet, Table: "other", Name: "input"}), moat(3, rule("input"))}, 0},
+		{"a ban (elements of a set that is no policy set)", []Commit{hand(2, Change{Msg: unix.NFT_MSG_NEWSETELEM, Family: inet, Table: TableName, Name: "ban4"}), moat(3, Change{Msg: unix.NFT_MSG_DELSET, Family: inet, Table: TableName, Name: "ban4"})}, 0},
+		{"moat's own commits only", []Commit{moat(2, rule("input")), moat(3, rule("input"))}, 0},
+	} {
+		got := Overwritten(c.commits, ours, mine)
+		if len(got) != c.want {
+			t.Errorf("%s: %q, want %d", c.name, got, c.want)
+		}
+	}
+	// Hostile names are printed, not obeyed.
+	got := Overwritten([]Commit{{Gen: 2, PID: 99, Comm: "x\x1b[2J", Changes: []Change{rule("in\nput")}}, moat(3, rule("in\nput"))}, ours, mine)
+	if len(got) != 1 || strings.ContainsAny(got[0], "\n\x1b") {
+		t.Errorf("hostile names: %q", got)
+	}
+}
+
+// A rule put by hand into moat's table while moat's nft -f runs (after
+// its last look at the generation, before nft's commit): nft's commit
+// writes the chain over and the rule is gone. Before, nothing said so
+// (the full comparison afterwards found moat's rules as written); now
+// the commits are watched and Apply tells which change it may have
+// written over, by whom. A change elsewhere, or after nft's commit, is
+// not told.
+func TestKernelHandChangeDuringNft(t *testing.T) {
+	for _, c := range []struct {
+		name, change string
+		told         bool
+	}{
+		{"hand rule in a chain nft rewrites", handRule, true},
+		{"another table", "add table inet other\n", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, checked := range []bool{true, false} {
+				k := checkedKernel(t)
+				if !checked {
+					k.be.Checked = CheckedGen{}
+				}
+				k.be.noEncode = true // the changed chain through nft -f
+				var warned []string
+				k.be.Warn = func(msg string) { warned = append(warned, msg) }
+				k.be.afterLastLook = func() {
+					if _, err := execrun.Exec(context.Background(), []byte(c.change), "nft", "-f", "-"); err != nil {
+						t.Error(err)
+					}
+				}
+				k.apply(compile(t, checkedEdit))
+				table := k.table()
+				if !strings.Contains(table, "8080") {
+					t.Fatalf("the edit was not committed:\n%s", table)
+				}
+				got := k.be.LastOverwritten()
+				lost := strings.Contains(c.change, "HAND") && !strings.Contains(table, "HAND")
+				if c.told != (len(got) > 0) || len(got) != len(warned) {
+					t.Errorf("checked %v: told %q (warned %q), want told %v", checked, got, warned, c.told)
+				}
+				if lost && (len(got) == 0 || !strings.Contains(got[0], `chain "input" of table inet moat`) || !strings.Contains(got[0], "(nft)")) {
+					t.Errorf("checked %v: the hand rule was lost and %q does not say so", checked, got)
+				}
+			}
+		})
+	}
+}
