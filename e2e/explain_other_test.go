@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 )
@@ -56,6 +57,40 @@ func TestExplainOtherAnswersPackets(t *testing.T) {
 		}
 		if out := e.mustMoat("explain", "in", "tcp", "from", "192.0.2.2", "to", "port", "80"); !strings.Contains(out, "    in on eth0: ACCEPT, ") {
 			t.Errorf("explain (text) does not name the interface's answer:\n%s", out)
+		}
+	})
+}
+
+// TestShowSaysWhenFileDiffers: 'moat show' prints the script of the policy
+// file; after a hand edit that is not applied, it says so (the README
+// called it "the exact script loaded into the kernel"). 'moat show added'
+// lists the rules as commands, as ufw's.
+func TestShowSaysWhenFileDiffers(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.apply("default deny incoming\nallow 22/tcp\n")
+		if out := e.mustMoat("show"); strings.Contains(out, "differs from what is applied") {
+			t.Errorf("show of the applied policy:\n%s", out)
+		}
+		f, err := os.OpenFile(e.conf, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString("allow 8080/tcp comment 'by hand'\n"); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if out := e.mustMoat("show"); !strings.Contains(out, "differs from what is applied: this is the script 'moat reload' would load") {
+			t.Errorf("show after a hand edit says nothing of it:\n%s", out)
+		}
+		if out := e.mustMoat("show", "added"); out != "Added user rules (see 'moat status' for running firewall):\nmoat allow 22/tcp\nmoat allow 8080/tcp comment 'by hand'\n" {
+			t.Errorf("show added:\n%s", out)
+		}
+		e.mustMoat("reload")
+		if out := e.mustMoat("show"); strings.Contains(out, "differs from what is applied") {
+			t.Errorf("show after reload:\n%s", out)
 		}
 	})
 }

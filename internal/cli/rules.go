@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/gctune"
 	"github.com/moat-fw/moat/internal/policy"
@@ -611,15 +612,36 @@ func (a *app) checkCommand() *cobra.Command {
 
 func (a *app) showCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:   "show",
-		Short: "Print exactly what moat loads into the kernel (built-ins included)",
-		Long: `Print the script moat loads for the policy: an nft script for nftables,
-or the ipset and iptables-restore input for iptables. Built-in rules
-(loopback, conntrack, ICMP, DHCP) are part of it. --backend picks the
-renderer.`,
-		GroupID: "inspect",
-		Args:    cobra.NoArgs,
+		Use:   "show [raw|added]",
+		Short: "Print the script moat loads into the kernel for the policy (built-ins included)",
+		Long: `Print the script moat loads for the policy file: an nft script for
+nftables, or the ipset and iptables-restore input for iptables. Built-in
+rules (loopback, conntrack, ICMP, DHCP) are part of it. --backend picks the
+renderer. When moat is active and the file differs from what is applied, a
+note on stderr says so: the script is what 'moat reload' would load ('moat
+status' says what differs).
+
+As ufw's 'show': 'moat show raw' is the same; 'moat show added' lists the
+policy's rules as the commands that add them. ufw's 'show listening' is
+'moat audit'.`,
+		Example: `  moat show
+  moat show --backend iptables
+  moat show added`,
+		GroupID:   "inspect",
+		Args:      cobra.MaximumNArgs(1),
+		ValidArgs: []string{"raw", "added"},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				switch args[0] {
+				case "raw":
+				case "added":
+					return a.showAdded()
+				case "listening":
+					return fmt.Errorf("'moat audit' lists the listening sockets and whether the outside reaches them (ufw's 'show listening')")
+				default:
+					return fmt.Errorf("unknown report %q: expected raw or added ('moat audit' for the listening sockets)", echo(args[0]))
+				}
+			}
 			p, b, err := a.policyAndBackend()
 			if err != nil {
 				return err
@@ -629,7 +651,54 @@ renderer.`,
 				return err
 			}
 			a.printf("%s", script)
+			a.noteShowDiffers(cmd.Context(), b, script)
 			return nil
 		},
+	}
+}
+
+// showAdded prints the policy's rules as the commands that add them, as
+// ufw's 'show added'.
+func (a *app) showAdded() error {
+	doc, err := a.loadDocument()
+	if err != nil {
+		return err
+	}
+	a.printf("Added user rules (see 'moat status' for running firewall):\n")
+	texts := doc.RuleTexts()
+	if len(texts) == 0 {
+		a.printf("(None)\n")
+	}
+	for _, t := range texts {
+		a.printf("moat %s\n", t)
+	}
+	return nil
+}
+
+// noteShowDiffers says on stderr when the script shown (the file's) is
+// not what is applied: moat is active with the same backend, and what it
+// recorded applying renders another script (or it is fail-closed).
+func (a *app) noteShowDiffers(ctx context.Context, b backend.Backend, script string) {
+	if os.Geteuid() != 0 {
+		return
+	}
+	active, err := a.activeBackend(ctx)
+	if err != nil || active == nil || active.Name() != b.Name() {
+		return
+	}
+	st := a.loadApplied()
+	if !st.Known {
+		return
+	}
+	if st.FailClosed {
+		fmt.Fprintf(a.errOut, "moat: note: the fail-closed ruleset is applied, not this script ('moat status' says why; 'moat reload' loads this)\n")
+		return
+	}
+	applied, err := a.parseApplied(st.Policy)
+	if err != nil {
+		return
+	}
+	if want, err := b.Script(a.compileApplied(applied)); err == nil && want != script {
+		fmt.Fprintf(a.errOut, "moat: note: %s differs from what is applied: this is the script 'moat reload' would load ('moat status' says what differs)\n", a.config)
 	}
 }
