@@ -708,3 +708,41 @@ func TestFindSSHLoggedInNotForwardedChannels(t *testing.T) {
 		t.Errorf("logged in: %s, want [198.51.100.7] (not the peers of forwarded channels)", got)
 	}
 }
+
+// The processes are read only to attribute the namespace's sockets: with
+// no listening or established socket the scan is not made (a /proc that
+// cannot be read is no error then), and with one socket, of any port, it
+// is made and still fails closed when /proc cannot be read.
+func TestFindSSHNoSocketsNoScan(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-proc")
+	one := []tcpEntry{{local: netip.MustParseAddrPort("[::]:8080"), state: "0A", inode: "1001"}}
+	for _, c := range []struct {
+		name    string
+		entries []tcpEntry
+		wantErr bool
+	}{
+		{"no sockets", nil, false},
+		{"a listener on 8080", one, true},
+		{"an established connection", []tcpEntry{{local: netip.MustParseAddrPort("192.0.2.1:40000"), remote: netip.MustParseAddrPort("192.0.2.2:443"), state: "01", inode: "1002"}}, true},
+	} {
+		f := &sshFinder{procRoot: missing, hintPorts: []uint16{22},
+			table: func() ([]tcpEntry, bool, error) { return c.entries, true, nil }}
+		st, err := f.find("192.0.2.2 50000 192.0.2.1 22")
+		if (err != nil) != c.wantErr {
+			t.Errorf("%s: err %v, want an error %v", c.name, err, c.wantErr)
+		}
+		if err == nil && (len(st.Sessions) > 0 || len(st.Listen) > 0 || len(st.LoggedIn) > 0 || len(st.Outgoing) > 0) {
+			t.Errorf("%s: found %+v", c.name, st)
+		}
+	}
+	// The same with a real sshd in the fake /proc: one established
+	// session and its listener are found as before.
+	b := newProc(t)
+	lis := b.sock("0A", "0.0.0.0:22", "0.0.0.0:0")
+	conn := b.sock("01", "192.0.2.1:22", "192.0.2.2:50000")
+	b.proc(100, 1, "sshd", lis)
+	b.proc(101, 100, "sshd", conn)
+	if got := sessionList(find(t, b.write(""), nil)); got != "192.0.2.2:50000>192.0.2.1:22" {
+		t.Errorf("sessions %q", got)
+	}
+}
