@@ -192,6 +192,11 @@ func (a *app) rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			// Every command but an edit gets the processors main's
+			// gctune.StartSerial took (an edit, when its policy is large).
+			if cmd.Annotations[serialAnnotation] == "" {
+				gctune.Parallel()
+			}
 			level := slog.LevelWarn
 			if a.verbose {
 				level = slog.LevelDebug
@@ -233,15 +238,16 @@ func (a *app) rootCommand() *cobra.Command {
 	f.BoolVar(&a.noWait, "no-wait", false, "with --confirm: return at once instead of waiting for the confirmation")
 	root.AddGroup(&cobra.Group{ID: "rules", Title: "Rules:"}, &cobra.Group{ID: "state", Title: "Firewall:"},
 		&cobra.Group{ID: "guard", Title: "Brute-force guard:"}, &cobra.Group{ID: "inspect", Title: "Inspect:"})
-	root.AddCommand(a.ruleCommands()...)
-	root.AddCommand(a.defaultCommand(), a.insertCommand(), a.prependCommand(), a.deleteCommand())
+	root.AddCommand(serialEdits(a.ruleCommands()...)...)
+	root.AddCommand(serialEdits(a.defaultCommand(), a.insertCommand(), a.prependCommand(), a.deleteCommand())...)
 	root.AddCommand(a.enableCommand(), a.disableCommand(), a.reloadCommand(), a.resetCommand())
 	root.AddCommand(a.statusCommand(), a.showCommand(), a.explainCommand(), a.checkCommand(), a.auditCommand())
 	root.AddCommand(a.labCommand())
 	root.AddCommand(a.initCommand(), a.confirmCommand(), a.rollbackCommand(), a.restoreCommand(), a.watchdogCommand())
 	root.AddCommand(a.guardCommand(), a.banCommand(), a.unbanCommand(), a.bansCommand())
 	root.AddCommand(a.blocklistCommand())
-	root.AddCommand(a.versionCommand(), a.appCommand(), a.importCommand(), a.loggingCommand(), a.logCommand())
+	root.AddCommand(a.versionCommand(), a.appCommand(), a.importCommand(), a.logCommand())
+	root.AddCommand(serialEdits(a.loggingCommand())...)
 	a.addCompletions(root)
 	return root
 }
@@ -336,4 +342,19 @@ func (a *app) printJSON(v any) error {
 
 func (a *app) printf(format string, args ...any) {
 	fmt.Fprintf(a.out, format, args...)
+}
+
+// serialAnnotation marks the commands that edit the policy (a.edit): they
+// stay on the one processor main's gctune.StartSerial left them, unless
+// the policy is large (a.parallelIfLarge).
+const serialAnnotation = "moat-serial-edit"
+
+func serialEdits(cmds ...*cobra.Command) []*cobra.Command {
+	for _, c := range cmds {
+		if c.Annotations == nil {
+			c.Annotations = map[string]string{}
+		}
+		c.Annotations[serialAnnotation] = "yes"
+	}
+	return cmds
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -246,6 +247,7 @@ func (a *app) edit(cmd *cobra.Command, fn func(*policy.Document) (string, bool, 
 	// A short command: collect only at editHeap, unless a large policy
 	// keeps more than half of that live (gctune).
 	defer gctune.Short(editHeap)()
+	a.parallelIfLarge()
 	if a.dryRun {
 		doc, err := a.loadDocument()
 		if err != nil {
@@ -701,4 +703,37 @@ func (a *app) noteShowDiffers(ctx context.Context, b backend.Backend, script str
 	if want, err := b.Script(a.compileApplied(applied)); err == nil && want != script {
 		fmt.Fprintf(a.errOut, "moat: note: %s differs from what is applied: this is the script 'moat reload' would load ('moat status' says what differs)\n", a.config)
 	}
+}
+
+// serialPolicyBytes is the largest policy file an edit runs on one
+// processor (gctune.StartSerial): about 2,000 rules.
+const serialPolicyBytes = 64 << 10
+
+// parallelIfLarge gives an edit every processor when its policy is
+// large (over serialPolicyBytes, or not a regular file) or names a
+// blocklist (whose networks, up to hundreds of thousands, are read and
+// merged): work where the collector and the covered-rule search run
+// beside the apply.
+func (a *app) parallelIfLarge() {
+	if !gctune.Serial() {
+		return
+	}
+	if fi, err := os.Stat(a.config); err != nil || !fi.Mode().IsRegular() || fi.Size() > serialPolicyBytes {
+		gctune.Parallel()
+		return
+	}
+	data, err := os.ReadFile(a.config)
+	if err != nil || len(data) > serialPolicyBytes || namesBlocklist(data) {
+		gctune.Parallel()
+	}
+}
+
+// namesBlocklist: a line of the policy starts with the word blocklist.
+func namesBlocklist(data []byte) bool {
+	for line := range bytes.Lines(data) {
+		if f := bytes.Fields(line); len(f) > 0 && string(f[0]) == "blocklist" {
+			return true
+		}
+	}
+	return false
 }

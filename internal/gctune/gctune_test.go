@@ -209,3 +209,32 @@ func TestLimitedAdminsSettings(t *testing.T) {
 		}
 	}
 }
+
+// StartSerial runs on one processor until Parallel gives back what it
+// found; both are idempotent, and GOMAXPROCS in the environment wins.
+func TestSerialThenParallel(t *testing.T) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("GOMAXPROCS set: StartSerial leaves the scheduler alone")
+	}
+	before := runtime.GOMAXPROCS(0)
+	if before < 2 {
+		runtime.GOMAXPROCS(2)
+		defer runtime.GOMAXPROCS(before)
+	}
+	want := runtime.GOMAXPROCS(0)
+	StartSerial()
+	StartSerial()
+	if got := runtime.GOMAXPROCS(0); got != 1 || !Serial() {
+		t.Fatalf("after StartSerial: GOMAXPROCS %d, Serial %v; want 1, true", got, Serial())
+	}
+	Parallel()
+	Parallel()
+	if got := runtime.GOMAXPROCS(0); got != want || Serial() {
+		t.Fatalf("after Parallel: GOMAXPROCS %d, Serial %v; want %d, false", got, Serial(), want)
+	}
+	t.Setenv("GOMAXPROCS", fmt.Sprint(want))
+	StartSerial()
+	if got := runtime.GOMAXPROCS(0); got != want || Serial() {
+		t.Errorf("with GOMAXPROCS in the environment: %d, Serial %v", got, Serial())
+	}
+}
