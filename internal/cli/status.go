@@ -292,6 +292,10 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 		return nil
 	}
 	verbose := mode == "verbose"
+	// Counters exist only in the kernel: inactive, verbose shows the
+	// file's policy without them (they read 0 packets, as if the rules
+	// were there and matched nothing).
+	counted := verbose && rep.Status == "active"
 	if verbose {
 		if rep.Backend != "" {
 			a.printf("Backend: %s\n", rep.Backend)
@@ -312,12 +316,15 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 		return nil
 	}
 	a.printf("\n")
+	if verbose && !counted {
+		a.printf("Rules of %s, none applied (moat is inactive: 'moat enable' applies them):\n", rep.Config)
+	}
 	tw := newTable(a.out, 2, 8, 2)
 	head := "To\tAction\tFrom"
 	if mode == "numbered" {
 		head = "     " + head
 	}
-	if verbose {
+	if counted {
 		head += "\tPackets\tBytes"
 	}
 	fmt.Fprintln(tw, head+"\t")
@@ -342,7 +349,7 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 				row = "[--] " + row
 			}
 		}
-		if verbose {
+		if counted {
 			mark := ""
 			if strings.HasPrefix(r.CounterID, "set:") {
 				mark = "*"
@@ -383,6 +390,10 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 			fmt.Fprintf(tw, "  DISABLED %s\t(no route rule or routed default: moat leaves it to the kernel and other tools)\t\t\n", d)
 			continue
 		}
+		if !counted {
+			fmt.Fprintf(tw, "  %s %s\t(%s)\t\n", strings.ToUpper(string(def.Policy)), d, where)
+			continue
+		}
 		fmt.Fprintf(tw, "  %s %s\t(%s)\t%s\t%s\n", strings.ToUpper(string(def.Policy)), d, where, count(int(def.Packets), "packet"), count(int(def.Bytes), "byte"))
 	}
 	if err := tw.Flush(); err != nil {
@@ -391,8 +402,12 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 	a.printf("\nBuilt-in rules (see 'moat show'):\n")
 	tw = newTable(a.out, 2, 8, 2)
 	for _, b := range rep.Builtins {
-		if b.NotCounted {
-			fmt.Fprintf(tw, "  %s\t%s\t(not counted)\t\n", b.Chain, b.Text)
+		if b.NotCounted || !counted {
+			what := "(not counted)"
+			if !counted {
+				what = ""
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t\n", b.Chain, b.Text, what)
 			continue
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", b.Chain, b.Text, count(int(b.Packets), "packet"), count(int(b.Bytes), "byte"))

@@ -69,3 +69,33 @@ func TestStatusAsUFW(t *testing.T) {
 		t.Errorf("status verbose, logging off:\n%s", out.String())
 	}
 }
+
+// TestStatusVerboseInactive: inactive, 'status verbose' shows the file's
+// policy without counters and says none of it is applied: it showed
+// "0 packets  0 bytes" for every rule, default and built-in, as if they
+// were in the kernel and matched nothing.
+func TestStatusVerboseInactive(t *testing.T) {
+	rep := &statusReport{Status: "inactive", Config: "/etc/moat/moat.conf", Defaults: map[string]statusDefault{
+		"incoming": {Policy: policy.Deny, Line: 1}, "outgoing": {Policy: policy.Allow}, "routed": {Disabled: true}},
+		Builtins: []statusBuiltin{{Chain: "input", Text: "accept loopback traffic"}},
+		Rules: []statusRule{{Number: 1, Line: 2, InFile: true, RuleJSON: policy.RuleJSON{Action: policy.Allow, Direction: policy.In,
+			Proto: "tcp", From: "any", FromPort: "any", To: "any", ToPort: "22", Family: policy.FamilyAny}}}}
+	var out bytes.Buffer
+	a := &app{out: &out, errOut: &bytes.Buffer{}}
+	if err := a.printStatus(rep, "verbose"); err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	if strings.Contains(s, "packet") || strings.Contains(s, "Bytes") || !strings.Contains(s, "Rules of /etc/moat/moat.conf, none applied (moat is inactive") ||
+		!strings.Contains(s, "\n22/tcp  ") || !strings.Contains(s, "DENY incoming") {
+		t.Errorf("status verbose, inactive:\n%s", s)
+	}
+	rep.Status = "active"
+	out.Reset()
+	if err := a.printStatus(rep, "verbose"); err != nil {
+		t.Fatal(err)
+	}
+	if s := out.String(); !strings.Contains(s, "Packets") || !strings.Contains(s, "0 packets") || strings.Contains(s, "none applied") {
+		t.Errorf("status verbose, active:\n%s", s)
+	}
+}
