@@ -30,9 +30,11 @@ with the reason, on stderr and as '# NOTE:' lines.`,
 		Use:   "ufw [--from DIR] [--write]",
 		Short: "Import ufw's rules, default policies and settings",
 		Long: `Read ufw's own state: the '### tuple ###' lines of user.rules and
-user6.rules, the default policies of /etc/default/ufw, and ufw.conf. The
-IPv4 and IPv6 twins of a ufw rule become one moat rule; comments and order
-are kept; rules naming application profiles keep the name. --write
+user6.rules, the default policies of /etc/default/ufw, and ufw.conf (its
+LOGLEVEL becomes 'logging LEVEL'). The IPv4 and IPv6 twins of a ufw rule
+become one moat rule; comments and order are kept; rules naming
+application profiles keep the name (one rule for all the profile's
+protocols). --write
 replaces the policy file (a policy with rules needs --force; the old file
 is kept as FILE.TIME.bak).`,
 		Example: `  moat import ufw                       # print the policy

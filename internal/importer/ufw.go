@@ -323,8 +323,19 @@ func ImportUFW(src UFWSource) (*Result, error) {
 	if strings.EqualFold(conf["ENABLED"], "yes") {
 		res.Notes = append(res.Notes, "ufw is enabled: run 'ufw disable' before 'moat enable', so that one firewall decides")
 	}
-	if lv := conf["LOGLEVEL"]; lv != "" && !strings.EqualFold(lv, "off") {
-		res.Notes = append(res.Notes, fmt.Sprintf("ufw's LOGLEVEL=%s is not carried over", lv))
+	// ufw's logging levels are moat's ('moat logging'); ufw.conf has no
+	// LOGLEVEL until 'ufw logging' sets one, and then "off" is moat's
+	// default.
+	if lv := strings.ToLower(conf["LOGLEVEL"]); lv != "" && lv != "off" {
+		if lv == "on" {
+			lv = "low"
+		}
+		switch lv {
+		case "low", "medium", "high", "full":
+			res.Lines = append(res.Lines, "logging "+lv)
+		default:
+			res.Notes = append(res.Notes, fmt.Sprintf("ufw's LOGLEVEL=%s is not a level (off, low, medium, high, full): not imported", conf["LOGLEVEL"]))
+		}
 	}
 	res.Notes = append(res.Notes, "ufw's before.rules and after.rules (ping allowed, DHCP, mDNS, UPnP, your own additions) are not imported: moat has its own built-ins ('moat show'); ping follows the policy, add 'allow proto icmp from any' and 'allow proto ipv6-icmp from any' to keep it")
 
@@ -340,7 +351,14 @@ func ImportUFW(src UFWSource) (*Result, error) {
 	emit := func(t tuple, family string) {
 		w, notes := t.words(family)
 		res.Notes = append(res.Notes, notes...)
-		res.Lines = append(res.Lines, policy.QuoteArgs(w))
+		line := policy.QuoteArgs(w)
+		// ufw keeps a profile of several protocols (CIFS: udp and
+		// tcp) as one tuple a protocol, side by side; moat's rule
+		// names the profile once and covers all its ports.
+		if (t.dapp != "" || t.sapp != "") && len(res.Lines) > 0 && res.Lines[len(res.Lines)-1] == line {
+			return
+		}
+		res.Lines = append(res.Lines, line)
 	}
 	// Pair the twins, keeping each family's order: IPv6-only rules before a
 	// pair are written before it.
