@@ -1422,12 +1422,12 @@ func (b *Backend) fingerprintNetlink(ctx context.Context, after *afterApply) (Ke
 	}
 	defer func() { _ = ic.Close() }() // read only
 	used := map[string]bool{}
-	for idx := range rd.sets {
-		// A set a rule refers to cannot be destroyed, nor renamed.
-		name, err := ic.setNameByIndex(ctx, idx)
-		if err != nil {
-			return KernelPrint{}, err
-		}
+	// A set a rule refers to cannot be destroyed, nor renamed.
+	names, err := ic.setNamesByIndex(ctx, slices.Sorted(maps.Keys(rd.sets)))
+	if err != nil {
+		return KernelPrint{}, err
+	}
+	for _, name := range names {
 		used[name] = true
 	}
 	sr := b.setReader()

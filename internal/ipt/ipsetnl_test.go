@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -308,4 +310,63 @@ func BenchmarkSetDigest(b *testing.B) {
 	b.ReportMetric(float64(digest.Microseconds())/1000/float64(b.N), "ms-cpu-digest")
 	b.ReportMetric(float64(dump.Microseconds())/1000/float64(b.N), "ms-cpu-dump")
 	b.ReportMetric(float64(digest)/float64(dump), "x-dump")
+}
+
+// The names of several ipset indexes asked in one exchange
+// (setNamesByIndex) are those asked one by one; an index without a set
+// fails it as it fails alone, and the connection still answers after.
+func TestKernelSetNamesByIndex(t *testing.T) {
+	b, ns := kernelBackendNS(t)
+	ctx := context.Background()
+	var script strings.Builder
+	for i := range 9 {
+		fmt.Fprintf(&script, "create names%d hash:net family inet\n", i)
+	}
+	if out, err := b.Run(ctx, []byte(script.String()+"destroy names4\n"), "ipset", "restore"); err != nil {
+		t.Fatalf("ipset restore: %v\n%s", err, out)
+	}
+	err := ns.Do(func() error {
+		c, err := dialIpset()
+		if err != nil {
+			return err
+		}
+		defer func() { _ = c.Close() }() // read only
+		alone := map[uint16]string{}
+		var idxs []uint16
+		var gap uint16 = ipsetInvalidID
+		for idx := uint16(0); idx < 64 && len(alone) < 8; idx++ {
+			name, err := c.setNameByIndex(ctx, idx)
+			if err != nil {
+				if gap == ipsetInvalidID {
+					gap = idx
+				}
+				continue
+			}
+			alone[idx] = name
+			idxs = append(idxs, idx)
+		}
+		if len(alone) != 8 || gap == ipsetInvalidID {
+			t.Fatalf("names alone %v, no set at %d", alone, gap)
+		}
+		// The exchange itself answers (not the fallback, one by one).
+		if once, err := c.namesTogether(ctx, idxs); err != nil || !maps.Equal(once, alone) {
+			t.Errorf("one exchange %v (%v), alone %v", once, err, alone)
+		}
+		together, err := c.setNamesByIndex(ctx, idxs)
+		if err != nil || !maps.Equal(together, alone) {
+			t.Errorf("together %v (%v), alone %v", together, err, alone)
+		}
+		if _, err := c.setNamesByIndex(ctx, append(slices.Clone(idxs), gap)); err == nil {
+			t.Errorf("index %d without a set named", gap)
+		} else if _, alone := c.setNameByIndex(ctx, gap); alone == nil || !strings.Contains(err.Error(), "index "+strconv.Itoa(int(gap))) {
+			t.Errorf("together: %v; alone: %v", err, alone)
+		}
+		if again, err := c.setNamesByIndex(ctx, idxs[:3]); err != nil || len(again) != 3 {
+			t.Errorf("after a failed exchange: %v %v", again, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

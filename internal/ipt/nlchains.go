@@ -11,6 +11,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -441,17 +442,11 @@ func isNoEntry(err error) bool {
 // the indexes too, makes the kernel walk each hash set's buckets to size
 // it (3 to 4 ms of a command with 100,000 networks in two sets).
 func (c *ipsetConn) setNameByIndex(ctx context.Context, idx uint16) (string, error) {
-	ae := netlink.NewAttributeEncoder()
-	ae.Uint8(ipsetAttrProtocol, ipsetProtocol)
-	ae.Bytes(ipsetAttrIndex|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint16(nil, idx))
-	attrs, err := ae.Encode()
+	req, err := nameByIndexRequest(idx)
 	if err != nil {
 		return "", err
 	}
-	msgs, err := c.execute(ctx, netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(nfnlSubsysIPSet<<8 | ipsetCmdGetByIndex), Flags: netlink.Request},
-		Data:   append([]byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
+	msgs, err := c.execute(ctx, req)
 	if err != nil {
 		return "", fmt.Errorf("%w: the name of ipset index %d: %w", errIpsetNetlink, idx, err)
 	}
@@ -469,4 +464,124 @@ func (c *ipsetConn) setNameByIndex(ctx context.Context, idx uint16) (string, err
 		return "", fmt.Errorf("%w: no name for ipset index %d", errIpsetNetlink, idx)
 	}
 	return name, nil
+}
+
+// nameByIndexRequest is the IPSET_CMD_GET_BYINDEX request for idx.
+func nameByIndexRequest(idx uint16) (netlink.Message, error) {
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint8(ipsetAttrProtocol, ipsetProtocol)
+	ae.Bytes(ipsetAttrIndex|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint16(nil, idx))
+	attrs, err := ae.Encode()
+	if err != nil {
+		return netlink.Message{}, err
+	}
+	return netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(nfnlSubsysIPSet<<8 | ipsetCmdGetByIndex), Flags: netlink.Request},
+		Data:   append([]byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	}, nil
+}
+
+// setNamesByIndex is setNameByIndex of each of idxs, the requests
+// written together and the answers read back in one exchange (the
+// fingerprint asked for eight names, each a round trip through a
+// goroutine and a timer). An exchange that does not name every index
+// (an error answered, an answer it cannot read) is dropped with its
+// socket, and each name is asked alone on a new one, as before: the
+// same names, the same errors. Within ipsetAnswerTimeout and while ctx
+// lives, as execute.
+func (c *ipsetConn) setNamesByIndex(ctx context.Context, idxs []uint16) (map[uint16]string, error) {
+	if len(idxs) > 1 && c.broken == nil {
+		names, err := c.namesTogether(ctx, idxs)
+		if err != nil {
+			return nil, fmt.Errorf("%w: the names of ipset indexes %v: %w", errIpsetNetlink, idxs, err)
+		}
+		if names != nil {
+			return names, nil
+		}
+		nc, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{MessageBufferSize: 1 << 16})
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", errIpsetNetlink, err)
+		}
+		nft.CloseLater(c.c.Close)
+		c.c = nc
+	}
+	out := make(map[uint16]string, len(idxs))
+	for _, idx := range idxs {
+		name, err := c.setNameByIndex(ctx, idx)
+		if err != nil {
+			return nil, err
+		}
+		out[idx] = name
+	}
+	return out, nil
+}
+
+// namesTogether is the one exchange of setNamesByIndex: the names, or
+// nil when an answer does not give one (err: the wait ended, and c is
+// broken).
+func (c *ipsetConn) namesTogether(ctx context.Context, idxs []uint16) (map[uint16]string, error) {
+	reqs := make([]netlink.Message, len(idxs))
+	for i, idx := range idxs {
+		req, err := nameByIndexRequest(idx)
+		if err != nil {
+			return nil, err
+		}
+		reqs[i] = req
+	}
+	done := make(chan map[uint16]string, 1)
+	go func() {
+		done <- exchangeNames(c.c, reqs, idxs)
+	}()
+	t := time.NewTimer(ipsetAnswerTimeout)
+	defer t.Stop()
+	var err error
+	select {
+	case names := <-done:
+		return names, nil
+	case <-t.C:
+		err = timeoutError()
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	c.broken = err
+	_ = c.c.Close() // ends the read; the error is err
+	return nil, err
+}
+
+// exchangeNames writes reqs (for idxs) and reads an answer to each:
+// the names, or nil when an answer is an error, is not one of them, or
+// names no set.
+func exchangeNames(c *netlink.Conn, reqs []netlink.Message, idxs []uint16) map[uint16]string {
+	sent, err := c.SendMessages(reqs)
+	if err != nil || len(sent) != len(idxs) {
+		return nil
+	}
+	bySeq := make(map[uint32]uint16, len(sent))
+	for i, m := range sent {
+		bySeq[m.Header.Sequence] = idxs[i]
+	}
+	out := make(map[uint16]string, len(idxs))
+	for len(bySeq) > 0 {
+		msgs, err := c.Receive()
+		if err != nil || len(msgs) == 0 {
+			return nil
+		}
+		for _, m := range msgs {
+			idx, ok := bySeq[m.Header.Sequence]
+			if !ok {
+				return nil
+			}
+			delete(bySeq, m.Header.Sequence)
+			name := ""
+			if err := walkAttrs(nfPayload(m), func(typ uint16, v []byte) {
+				if typ == ipsetAttrSetname {
+					name = cString(v)
+				}
+			}); err != nil || name == "" {
+				return nil
+			}
+			out[idx] = name
+		}
+	}
+	return out
 }
