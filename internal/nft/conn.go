@@ -160,6 +160,6 @@ func execute(req netlink.Message) ([]netlink.Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	defer func() { _ = nl.Close() }() // read only
+	defer CloseLater(nl.Close) // read only; off the caller's path (closeLater)
 	return nl.Execute(req)
 }

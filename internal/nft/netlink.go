@@ -298,7 +298,7 @@ func dumpElements(set string, merge bool) ([]Elem, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("nftables: %w", err)
 	}
-	defer func() { _ = conn.Close() }() // read only
+	defer CloseLater(conn.Close) // read only; off the caller's path (closeLater)
 	var (
 		union  map[string]int // key -> index in merged
 		merged []Elem
@@ -721,7 +721,7 @@ func setComment(set string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("nftables: %w", err)
 	}
-	defer func() { _ = conn.Close() }() // read only
+	defer CloseLater(conn.Close) // read only; off the caller's path (closeLater)
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
 		{Type: unix.NFTA_SET_TABLE, Data: []byte(TableName + "\x00")},
 		{Type: unix.NFTA_SET_NAME, Data: []byte(set + "\x00")},

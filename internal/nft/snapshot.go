@@ -83,7 +83,7 @@ func dumpMsgs(typ uint16, attrs []netlink.Attribute) ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = conn.Close() }() // read only
+	defer CloseLater(conn.Close) // read only; off the caller's path (closeLater)
 	data, err := netlink.MarshalAttributes(attrs)
 	if err != nil {
 		return nil, err
