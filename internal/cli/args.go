@@ -1,9 +1,12 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/spf13/cobra"
 )
 
 // Bounds of what the command line hands the rule and packet parsers: no
@@ -50,3 +53,45 @@ func echo(s string) string {
 
 // echoArgs is the words joined as typed, cut by echo.
 func echoArgs(args []string) string { return echo(strings.Join(args, " ")) }
+
+// teachError is an argument error that already says what is expected.
+type teachError struct{ msg string }
+
+func (e *teachError) Error() string { return e.msg }
+
+// teachArgs wraps the argument check of every command so that a wrong
+// count says what the command takes and shows an example, not cobra's
+// bare "accepts 1 arg(s), received 0".
+func teachArgs(c *cobra.Command) {
+	if orig := c.Args; orig != nil {
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			err := orig(cmd, args)
+			var te *teachError
+			if err == nil || errors.As(err, &te) {
+				return err
+			}
+			use := strings.TrimSuffix(cmd.UseLine(), " [flags]")
+			msg := fmt.Sprintf("'%s': %v: usage '%s'", cmd.CommandPath(), err, use)
+			if ex := firstExample(cmd); ex != "" {
+				msg += fmt.Sprintf(", e.g. '%s'", ex)
+			}
+			return &teachError{msg + fmt.Sprintf(" ('%s --help' says more)", cmd.CommandPath())}
+		}
+	}
+	for _, sub := range c.Commands() {
+		teachArgs(sub)
+	}
+}
+
+// firstExample is the first example line of cmd, without its comment.
+func firstExample(cmd *cobra.Command) string {
+	for _, l := range strings.Split(cmd.Example, "\n") {
+		if i := strings.Index(l, "#"); i >= 0 {
+			l = l[:i]
+		}
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "moat ") || strings.HasPrefix(l, "sudo moat ") {
+			return strings.TrimPrefix(l, "sudo ")
+		}
+	}
+	return ""
+}

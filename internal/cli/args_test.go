@@ -50,3 +50,20 @@ func TestExitCodesDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestArgCountTeaches: a command given too few or too many arguments says
+// its usage and an example, not only cobra's "accepts 1 arg(s), received 0".
+func TestArgCountTeaches(t *testing.T) {
+	for args, want := range map[string]string{
+		"explain":    "'moat explain': requires at least 1 arg(s), only received 0: usage 'moat explain [in|out|route] PROTO [from ADDR] [to ADDR] [port P] ...', e.g. 'moat explain in tcp from 203.0.113.5 to port 80' ('moat explain --help' says more)",
+		"logging":    "usage 'moat logging on|off|low|medium|high|full', e.g. 'moat logging low'",
+		"status a b": "usage 'moat status [numbered|verbose]'",
+		"default":    "usage 'moat default allow|deny|reject [incoming|outgoing|routed]', e.g. 'moat default deny incoming'",
+		"allow":      "'moat allow' needs a rule, e.g. 'moat allow 22/tcp' ('moat allow --help' shows the syntax)\n",
+	} {
+		out, code := runMoat(t, strings.Fields(args)...)
+		if code != 1 || !strings.Contains(out, want) {
+			t.Errorf("moat %s: exit %d\n%s\nwant %q", args, code, out, want)
+		}
+	}
+}

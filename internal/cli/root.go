@@ -249,6 +249,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.AddCommand(a.versionCommand(), a.appCommand(), a.importCommand(), a.logCommand())
 	root.AddCommand(serialEdits(a.loggingCommand())...)
 	a.addCompletions(root)
+	teachArgs(root)
 	return root
 }
 

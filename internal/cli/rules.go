@@ -115,7 +115,7 @@ func needRule(n int, what string) cobra.PositionalArgs {
 		if i := strings.Index(ex, "#"); i > 0 {
 			ex = strings.TrimSpace(ex[:i])
 		}
-		return fmt.Errorf("'%s' needs %s, e.g. '%s' ('%s --help' shows the syntax)", cmd.CommandPath(), what, ex, cmd.CommandPath())
+		return &teachError{fmt.Sprintf("'%s' needs %s, e.g. '%s' ('%s --help' shows the syntax)", cmd.CommandPath(), what, ex, cmd.CommandPath())}
 	}
 }
 
