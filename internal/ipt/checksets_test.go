@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,23 +15,41 @@ import (
 	"testing"
 )
 
-// A check's throwaway sets are named after its process (PID and start
-// time): those of a process that ended (or of another process under the
-// same PID, or a zombie) are stale; this process's are not.
+// A check's throwaway sets are named after a tag of its process, whose
+// abstract socket it holds while it runs: those of a process that ended
+// are stale; this process's, and another live process's, are not.
+// Names of the older forms are judged by PID and start time: those of a
+// process that ended (or of another process under the same PID, or a
+// zombie) are stale.
 func TestCheckSetLive(t *testing.T) {
 	mine := checkSetName("0")
-	start, ok := procStart(os.Getpid())
-	if !ok || !strings.HasPrefix(mine, checkPrefix+strconv.FormatInt(int64(os.Getpid()), 36)+"-"+strconv.FormatUint(start, 36)+"-") {
-		t.Fatalf("this process's name %q (start %d, %v)", mine, start, ok)
+	tag := checkTagHere()
+	if mine != checkPrefix+"_"+tag+"-0" || len(tag) != 8 {
+		t.Fatalf("this process's name %q (tag %q)", mine, tag)
 	}
 	if len(checkSetName(earlyKey6)) > 31 {
 		t.Errorf("%q is longer than an ipset name may be", checkSetName(earlyKey6))
 	}
+	// Another check's socket, held and then let go.
+	other, err := net.Listen("unix", checkSocketName("otherchk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, ok := procStart(os.Getpid())
+	if !ok {
+		t.Fatal("no start time for this process")
+	}
 	pid := strconv.FormatInt(int64(os.Getpid()), 36)
 	for name, live := range map[string]bool{
-		mine:                            true,
-		checkSetName(earlyKey4):         true,
-		checkPrefix + pid + "-0":        true,  // the older form: the PID alone
+		mine:                        true,
+		checkSetName(earlyKey4):     true,
+		checkPrefix + "_otherchk-0": true,
+		checkPrefix + "_goneaway-0": false, // no socket: its check ended
+		checkPrefix + "_-0":         false,
+		checkPrefix + "_otherchk":   false,
+		checkPrefix + "_OTHER-0":    false,
+		checkPrefix + pid + "-" + strconv.FormatUint(start, 36) + "-0": true, // the older form
+		checkPrefix + pid + "-0":        true,  // the oldest: the PID alone
 		checkPrefix + pid + "-zz-0":     false, // the PID reused
 		checkPrefix + "zzzzz-1-0":       false, // no such process
 		checkPrefix + "zzzzz-early4":    false,
@@ -42,6 +61,10 @@ func TestCheckSetLive(t *testing.T) {
 		if got := checkSetLive(name); got != live {
 			t.Errorf("checkSetLive(%q) = %v, want %v", name, got, live)
 		}
+	}
+	_ = other.Close() // the other check ends
+	if checkSetLive(checkPrefix + "_otherchk-0") {
+		t.Error("a check's sets still live once its socket is gone")
 	}
 }
 
