@@ -87,7 +87,9 @@ becomes one kernel rule per protocol.`,
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the application profiles",
-		Args:  cobra.NoArgs,
+		Long: `List the application profiles (ufw's, and yours in /etc/moat/apps.d).
+--json prints an array of {name, title, ports, file}.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			apps := a.apps()
 			if a.json {
@@ -117,7 +119,12 @@ becomes one kernel rule per protocol.`,
 	info := &cobra.Command{
 		Use:   "info NAME|all",
 		Short: "Show a profile: title, description, ports",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show a profile (or every profile: all): title, description, the file it
+comes from and its ports. --json prints an array of {name, title,
+description, ports (one "PORTS/PROTO" a protocol), file}.`,
+		Example: `  moat app info OpenSSH
+  moat app info 'Nginx Full' --json`,
+		Args: cobra.ExactArgs(1),
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
 			if len(args) > 0 {
 				return nil, noFiles

@@ -200,7 +200,10 @@ set of 200,000 from the kernel takes seconds). --json lists every ban, as
 did not record (the port scan trap's, one added by hand), by reading the
 whole sets (seconds for 200,000). A ban added by hand without a timeout
 never runs out: its time left is "permanent" ("permanent": true in
---json, seconds_left 0).`,
+--json, seconds_left 0).
+
+--json prints an array of {address, reason, seconds_left, permanent (only
+when true), ban_count}, sorted by address.`,
 		Example: `  moat bans
   moat bans --all | grep 2001:db8::7
   moat bans --limit 20

@@ -300,7 +300,10 @@ func (a *app) blocklistUpdateCommand() *cobra.Command {
 file list, check them, keep the good ones as the last good copy in the state
 directory and, when moat is active, swap the new contents into the kernel
 (only what changed: 'moat blocklist --help' says how). A failed or malformed
-fetch, or a refused list, keeps the old copy and says why (exit code 1).`,
+fetch, or a refused list, keeps the old copy and says why (exit code 1).
+
+--json prints an array of {name, outcome ("updated", "unchanged",
+"skipped" or "failed"), networks, added, removed, message}.`,
 		Example: `  moat blocklist update
   moat blocklist update drop
   moat blocklist update --due      # only lists whose refresh has passed (the timer)`,
@@ -584,7 +587,15 @@ func (a *app) blocklistListCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
 		Short: "Show each blocklist: networks, source, last update and age",
-		Args:  cobra.NoArgs,
+		Long: `Show each blocklist of the policy: its networks (IPv4 and IPv6), where
+it comes from, the last update and its age, and the last error.
+
+--json prints an array of {name, source ("url" or "file"), where (the URL
+or path), networks, ipv4, ipv6, updated, checked, age_seconds, refresh,
+last_error}; a field that is empty may be left out.`,
+		Example: `  moat blocklist list
+  moat blocklist list --json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := a.loadPolicy()
 			if err != nil {

@@ -208,7 +208,11 @@ func (a *app) logCommand() *cobra.Command {
 		Long: `Read moat's kernel log lines ([MOAT BLOCK] ...) from the journal
 (journalctl -k), or from a file such as /var/log/kern.log, and print the
 top blocked sources and ports. --follow prints each new line as it comes
-(as JSON with --json). 'moat logging low' turns the logging on.`,
+(as JSON with --json). 'moat logging low' turns the logging on.
+
+--json prints {lines, top_sources, top_ports} (each a list of {key,
+count}); with --follow, one object a line: {time, kind, rule, in, src,
+dst, proto, dport}.`,
 		Example: `  moat log
   moat log --file /var/log/kern.log --json
   moat log --follow`,

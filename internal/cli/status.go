@@ -106,7 +106,22 @@ the file not applied ('moat reload'), the fail-closed ruleset loaded by
 them), a change a killed moat left half done. Rules only in the file are
 marked "not applied". It also lists filtering outside moat (other nftables
 tables, iptables rules, ufw, firewalld, Docker) that can still drop what
-moat allows.`,
+moat allows.
+
+--json prints one object (a field that is empty or false may be left out):
+status ("active" or "inactive"), backend, config, persistent, logging
+("off", "low", ...), guard, guard_pid, guard_configured, bans_active,
+pending_confirmation (applied, deadline, seconds_left, watchdog_pid,
+watchdog_running, watchdog_stopped), defaults (incoming, outgoing, routed:
+policy, line, disabled, packets, bytes), rules (number, line, text, action,
+direction, interface_in, interface_out, proto, from, from_port, to,
+to_port, family, comment, log, rate (count, seconds, burst), from_app,
+to_app, counter_id, packets, bytes, applied, in_file), builtins (chain, id,
+text, packets, bytes, not_counted), in_sync, file_not_applied, file_error,
+applied_unknown, fail_closed (since, reason), kernel_changed, unverified,
+earlier_order, other_filtering, apps_changed, interrupted (command, time,
+pid, running), state_errors, blocklists (name, source, where, networks,
+ipv4, ipv6, updated, checked, age_seconds, refresh, last_error).`,
 		Example: `  moat status
   moat status numbered      # positions for 'moat delete N' and 'moat insert N'
   moat status verbose       # defaults, built-ins, packet and byte counters

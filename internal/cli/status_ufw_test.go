@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bytes"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -97,5 +99,43 @@ func TestStatusVerboseInactive(t *testing.T) {
 	}
 	if s := out.String(); !strings.Contains(s, "Packets") || !strings.Contains(s, "0 packets") || strings.Contains(s, "none applied") {
 		t.Errorf("status verbose, active:\n%s", s)
+	}
+}
+
+// TestStatusJSONDocumented: every field 'status --json' can print is
+// named in 'moat status --help' (and so in moat-status(8)); only some
+// were, in the README.
+func TestStatusJSONDocumented(t *testing.T) {
+	a := &app{}
+	cmd, _, err := a.rootCommand().Find([]string{"status"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	help := cmd.Long
+	seen := map[reflect.Type]bool{}
+	var walk func(reflect.Type)
+	walk = func(ty reflect.Type) {
+		for ty.Kind() == reflect.Pointer || ty.Kind() == reflect.Slice || ty.Kind() == reflect.Map {
+			ty = ty.Elem()
+		}
+		if ty.Kind() != reflect.Struct || seen[ty] || ty.PkgPath() == "time" || strings.HasSuffix(ty.PkgPath(), "/foreign") {
+			return
+		}
+		seen[ty] = true
+		for i := range ty.NumField() {
+			f := ty.Field(i)
+			name := strings.Split(f.Tag.Get("json"), ",")[0]
+			if name == "-" || (name == "" && !f.Anonymous) {
+				continue
+			}
+			if name != "" && !regexp.MustCompile(`\b`+name+`\b`).MatchString(help) {
+				t.Errorf("status --json field %q (%s.%s) is not in 'moat status --help'", name, ty.Name(), f.Name)
+			}
+			walk(f.Type)
+		}
+	}
+	walk(reflect.TypeOf(statusReport{}))
+	if len(seen) < 6 {
+		t.Errorf("walked %d types", len(seen))
 	}
 }
