@@ -63,3 +63,38 @@ func TestHandChangeDuringRepairNamed(t *testing.T) {
 		}
 	})
 }
+
+// moat's rules removed outside moat whole (nft flush ruleset, which a
+// restart of nftables.service runs): status said "Status: inactive" and
+// nothing more, as after 'moat disable', though the policy was applied and
+// saved for boot; an edit said the next apply rewrites moat's rules,
+// and then that moat was inactive. Status must say the rules were removed
+// outside moat, and 'moat enable' loads them again.
+func TestRulesRemovedOutsideMoat(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\nallow 22/tcp\n")
+		e.run("server", "nft", "flush", "ruleset")
+		e.expect(false, "client tcp 192.0.2.1:80 open")
+		status := e.mustMoat("status")
+		if !strings.Contains(status, "Status: inactive") || !strings.Contains(status, "NOT IN THE KERNEL") || !strings.Contains(status, "removed outside moat") {
+			t.Errorf("status does not say moat's rules were removed outside moat:\n%s", status)
+		}
+		if js := e.mustMoat("status", "--json"); !strings.Contains(js, `"rules_removed"`) || !strings.Contains(js, `"in_sync": false`) {
+			t.Errorf("status --json:\n%s", js)
+		}
+		out := e.mustMoat("allow", "80/tcp")
+		if strings.Contains(out, "the next apply rewrites") || !strings.Contains(out, "'moat enable' loads them again") {
+			t.Errorf("the edit's message:\n%s", out)
+		}
+		e.mustMoat("enable")
+		e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:25 timeout")
+		if status := e.mustMoat("status"); strings.Contains(status, "NOT IN THE KERNEL") {
+			t.Errorf("status after enable:\n%s", status)
+		}
+		e.mustMoat("disable")
+		if status := e.mustMoat("status"); strings.Contains(status, "NOT IN THE KERNEL") {
+			t.Errorf("status after disable:\n%s", status)
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/moat-fw/moat/internal/backend"
 	"github.com/moat-fw/moat/internal/drift"
@@ -69,6 +70,13 @@ func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 			fb.Full = true
 		case *ipt.Backend:
 			fb.Full = true
+		}
+		if active, err := b.Active(ctx); err == nil && !active {
+			// None of moat's rules left: no apply comes unless moat is
+			// enabled again (an edit says moat is inactive).
+			fmt.Fprintf(a.errOut, "moat: moat's rules are not in the kernel, though what moat applied at %s is recorded: removed outside moat or not restored at boot; 'moat enable' loads them again\n",
+				st.Time.Local().Format(time.DateTime))
+			continue
 		}
 		fmt.Fprintf(a.errOut, "moat: %s: the next apply rewrites moat's rules whole\n", why)
 	}

@@ -172,6 +172,14 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	if rep.Interrupted = a.interrupted(&rep.statusTruth); rep.Interrupted != nil {
 		rep.InSync = false
 	}
+	if b == nil && rep.Interrupted == nil && rep.Pending == nil {
+		// 'moat disable' removes the record with the rules: a record
+		// without them in the kernel is a firewall gone without moat.
+		if st := a.loadApplied(); st.Known {
+			t := st.Time
+			rep.RulesRemoved, rep.InSync = &t, false
+		}
+	}
 	if rep.OtherFiltering, err = a.foreignFilters(ctx); err != nil {
 		return nil, err
 	}

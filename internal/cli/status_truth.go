@@ -58,6 +58,12 @@ type statusTruth struct {
 	// Interrupted is a change that a moat command began and did not
 	// finish (killed); the next state-changing command undoes it.
 	Interrupted *statusInterrupted `json:"interrupted,omitempty"`
+	// RulesRemoved: moat is inactive though what it applied is recorded
+	// (at this time; 'moat disable' removes the record after the rules):
+	// its rules were removed outside moat (nft flush ruleset, which a
+	// restart of nftables.service runs; iptables -F and -X), not
+	// restored at boot, or by a disable killed before its end.
+	RulesRemoved *time.Time `json:"rules_removed,omitempty"`
 	// StateErrors name the records of the state directory that cannot
 	// be read (torn, damaged): what moat applied, the journal of an
 	// interrupted command, the change waiting for confirmation.
@@ -194,6 +200,10 @@ func (a *app) printTruth(rep *statusReport) {
 			a.printf("INTERRUPTED: '%s' died at %s in the middle of a change; the next moat command that changes something undoes it\n",
 				in.Command, in.Time.Local().Format(time.DateTime))
 		}
+	}
+	if t := rep.RulesRemoved; t != nil {
+		a.printf("moat's rules are NOT IN THE KERNEL, though what moat applied at %s is recorded: removed outside moat (nft flush ruleset, a restart of nftables.service, iptables -F and -X), not restored at boot, or by a 'moat disable' that did not finish; 'moat enable' loads them again ('moat disable' clears the record)\n",
+			t.Local().Format(time.DateTime))
 	}
 	if rep.Status != "active" {
 		return
