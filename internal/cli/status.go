@@ -120,8 +120,9 @@ to_app, counter_id, packets, bytes, applied, in_file), builtins (chain, id,
 text, packets, bytes, not_counted), in_sync, file_not_applied, file_error,
 applied_unknown, fail_closed (since, reason), kernel_changed, unverified,
 earlier_order, other_filtering, apps_changed, interrupted (command, time,
-pid, running), state_errors, blocklists (name, source, where, networks,
-ipv4, ipv6, updated, checked, age_seconds, refresh, last_error).`,
+pid, running), rules_removed, state_errors, blocklists (name, source,
+where, networks, ipv4, ipv6, updated, checked, age_seconds, refresh,
+last_error).`,
 		Example: `  moat status
   moat status numbered      # positions for 'moat delete N' and 'moat insert N'
   moat status verbose       # defaults, built-ins, packet and byte counters
