@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -54,11 +55,10 @@ func Generation() (uint32, error) {
 // so a generation recorded with another scope says nothing here. ok is
 // false when either cannot be told.
 func GenerationScope() (boot string, netns uint64, ok bool) {
-	data, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	boot, err := bootID()
 	if err != nil {
 		return "", 0, false
 	}
-	boot = strings.TrimSpace(string(data))
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return "", 0, false
@@ -71,3 +71,21 @@ func GenerationScope() (boot string, netns uint64, ok bool) {
 	}
 	return boot, netns, true
 }
+
+// bootID is this boot's id, read once per process: it names the boot,
+// which a running process never leaves (a command asked it four times,
+// each an open and a read in procfs). A failed read is not kept.
+func bootID() (string, error) {
+	if id := bootIDRead.Load(); id != nil {
+		return *id, nil
+	}
+	data, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", err
+	}
+	id := strings.TrimSpace(string(data))
+	bootIDRead.Store(&id)
+	return id, nil
+}
+
+var bootIDRead atomic.Pointer[string]

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -44,4 +45,22 @@ func TestGeneration(t *testing.T) {
 		}
 	}()
 	<-done
+}
+
+// The boot id is read once per process and is the kernel's, each time
+// it is asked; GenerationScope names it.
+func TestBootIDKept(t *testing.T) {
+	data, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Skip(err)
+	}
+	want := strings.TrimSpace(string(data))
+	for i := 0; i < 2; i++ {
+		if got, err := bootID(); err != nil || got != want {
+			t.Fatalf("ask %d: %q (%v), want %q", i, got, err, want)
+		}
+	}
+	if boot, _, ok := GenerationScope(); ok && boot != want {
+		t.Errorf("GenerationScope names boot %q, want %q", boot, want)
+	}
 }
