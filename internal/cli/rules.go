@@ -311,7 +311,8 @@ func (a *app) deleteCommand() *cobra.Command {
 		Long: `Delete rule number N of 'moat status numbered', or the rule written as
 RULE (as it was added: 'moat delete allow 80/tcp' deletes the rule added by
 'moat allow 80/tcp', whatever its spelling: 'allow 80/tcp' and 'allow to
-any port 80 proto tcp' are the same rule). The policy file keeps its other
+any port 80 proto tcp' are the same rule; as in ufw, a RULE without a
+comment also deletes the rule that has one). The policy file keeps its other
 lines, comments and order; when moat is active the change is applied at
 once (--confirm 60s rolls it back unless 'moat confirm' runs in time).`,
 		Example: `  moat delete 3

@@ -574,22 +574,34 @@ func (d *Document) DeleteRule(n int) (string, error) {
 }
 
 // FindRule returns the number (1-based) of the first rule equal to r, or 0.
+// As ufw's 'delete', a rule that r leaves without a comment is found
+// whatever comment it has, when no rule is equal to r: 'delete allow
+// 2222/tcp' deletes 'allow 2222/tcp comment admin'.
 func (d *Document) FindRule(r Rule, svc Services) int {
 	c := d.index(svc)
-	n, k := 0, 0
+	n, k, loose := 0, 0, 0
 	for i, kind := range c.kinds {
 		switch kind {
 		case lineRule:
 			n++
-			if c.rules.mayEqual(k, &r) && c.rules.rule(k).Equal(r) {
-				return n
+			if c.rules.mayEqual(k, &r) {
+				got := c.rules.rule(k)
+				if got.Equal(r) {
+					return n
+				}
+				if loose == 0 && r.Comment == "" && got.Comment != "" {
+					got.Comment = ""
+					if got.Equal(r) {
+						loose = n
+					}
+				}
 			}
 		case lineBadRule:
 			n++
 		}
 		k += int(c.nrules[i])
 	}
-	return 0
+	return loose
 }
 
 // mayEqual is false when a and b cannot have the same Key or MatchKey:

@@ -72,3 +72,29 @@ func TestFindMatchApps(t *testing.T) {
 		t.Errorf("FindMatch(allow OpenSSH) = %d in a policy of 'limit ssh', want 0 (a rule of its own, as ufw)", n)
 	}
 }
+
+// TestFindRuleUnsaidComment: as ufw's 'delete', a rule given without a
+// comment finds the rule that has one, when none is equal; one given with
+// a comment finds only that comment ('delete allow 2222/tcp' said "could
+// not delete non-existent rule" for 'allow 2222/tcp comment admin').
+func TestFindRuleUnsaidComment(t *testing.T) {
+	svc := ParseServices([]byte("ssh 22/tcp\n"))
+	d := NewDocument("moat.conf", []byte("allow 80/tcp\nallow 2222/tcp comment 'admin'\nlimit ssh rate 10/60s\nallow 443/tcp comment 'a'\nallow 443/tcp\n"))
+	parse := func(s string) Rule {
+		st, err := ParseStatement(ArgsTokens(strings.Fields(s)), Pos{}, svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Rule
+	}
+	for rule, want := range map[string]int{
+		"allow 2222/tcp": 2, "allow 2222/tcp comment other": 0, "allow 2222/tcp comment admin": 2,
+		"limit 22/tcp rate 10/60s": 3, "limit ssh rate 6/30s": 0, "allow ssh": 0,
+		"allow 443/tcp": 5, // the equal rule before the one with a comment
+		"deny 2222/tcp": 0, "allow 80/tcp": 1,
+	} {
+		if got := d.FindRule(parse(rule), svc); got != want {
+			t.Errorf("FindRule(%q) = %d, want %d", rule, got, want)
+		}
+	}
+}
