@@ -131,20 +131,32 @@ func checkSame(t *testing.T, d *Document, svc Services, probe []Rule) {
 
 // refFindRule and refFindMatch are the searches as they were: every line
 // parsed the general way.
+// refFindRule also finds, when no rule is equal, the first rule that is
+// but for a comment r does not give (ufw's delete).
 func refFindRule(d *Document, r Rule, svc Services) int {
+	loose := 0
 	for n, i := range d.ruleLines() {
 		st, ok, err := slowStatement(d.Lines[i], Pos{File: d.Name, Line: i + 1}, svc, d.Apps)
-		if err == nil && ok && st.Kind == StmtRule && st.Rule.Equal(r) {
+		if err != nil || !ok || st.Kind != StmtRule {
+			continue
+		}
+		if st.Rule.Equal(r) {
 			return n + 1
 		}
+		if c := st.Rule; loose == 0 && r.Comment == "" {
+			c.Comment = ""
+			if c.Equal(r) {
+				loose = n + 1
+			}
+		}
 	}
-	return 0
+	return loose
 }
 
 func refFindMatch(d *Document, r Rule, svc Services) (int, Rule) {
 	for n, i := range d.ruleLines() {
 		st, ok, err := slowStatement(d.Lines[i], Pos{File: d.Name, Line: i + 1}, svc, d.Apps)
-		if err == nil && ok && st.Kind == StmtRule && st.Rule.MatchKey() == r.MatchKey() {
+		if err == nil && ok && st.Kind == StmtRule && st.Rule.MatchKey() == r.MatchKey() && st.Rule.FromApp == r.FromApp && st.Rule.ToApp == r.ToApp {
 			return n + 1, st.Rule
 		}
 	}
