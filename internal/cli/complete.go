@@ -177,6 +177,24 @@ func (a *app) addCompletions(root *cobra.Command) {
 		case slices.Contains(actions, name):
 			route := name == "route"
 			c.ValidArgsFunction = func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+				if route {
+					// ufw's 'route insert N RULE' and 'route delete N|RULE'.
+					switch {
+					case len(args) == 0:
+						return filterPrefix([]string{"allow", "deny", "reject", "insert\tbefore rule N", "delete\trule N, or a rule"}, toComplete), noFiles
+					case args[0] == "insert" && len(args) == 1:
+						return a.ruleNumberCompletions(toComplete), noFiles | cobra.ShellCompDirectiveKeepOrder
+					case args[0] == "insert":
+						return a.completeRule(args[2:], toComplete, true), noFiles
+					case args[0] == "delete" && len(args) == 1:
+						return append(a.ruleNumberCompletions(toComplete), filterPrefix([]string{"allow", "deny", "reject"}, toComplete)...), noFiles | cobra.ShellCompDirectiveKeepOrder
+					case args[0] == "delete":
+						if _, err := strconv.Atoi(args[1]); err == nil {
+							return nil, noFiles
+						}
+						return a.completeRule(args[1:], toComplete, true), noFiles
+					}
+				}
 				return a.completeRule(args, toComplete, route), noFiles
 			}
 		case name == "insert":
