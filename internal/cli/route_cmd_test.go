@@ -115,3 +115,42 @@ func TestRuleHelpExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestInsertMovesMatchingRule: 'insert N RULE' where a rule matching the
+// same packets exists elsewhere puts RULE at N and drops the other (it
+// was updated where it stood: 'insert 1 deny 22/tcp' after 'allow from
+// 192.0.2.0/24' and 'allow 22/tcp' left SSH open to 192.0.2.0/24).
+func TestInsertMovesMatchingRule(t *testing.T) {
+	r := newSMRig(t, "nftables", 1)
+	write := func(s string) {
+		if err := os.WriteFile(r.conf, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := func() string {
+		b, err := os.ReadFile(r.conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	write("allow from 192.0.2.0/24\nallow 80/tcp\nallow 22/tcp\n")
+	if out, code := r.moat("insert", "1", "deny", "22/tcp"); code != 0 || file() != "deny 22/tcp\nallow from 192.0.2.0/24\nallow 80/tcp\n" ||
+		!strings.Contains(out, "Rule updated and moved from 3 to 1: allow 22/tcp -> deny 22/tcp") {
+		t.Fatalf("insert 1 over rule 3: exit %d\n%s\n%s", code, out, file())
+	}
+	// Moving down: before rule 3 as numbered now, which is rule 2 once
+	// rule 1 is gone.
+	if out, code := r.moat("insert", "3", "deny", "22/tcp"); code != 0 || file() != "allow from 192.0.2.0/24\ndeny 22/tcp\nallow 80/tcp\n" ||
+		!strings.Contains(out, "Rule moved from 1 to 2: deny 22/tcp") {
+		t.Fatalf("insert 3 of rule 1: exit %d\n%s\n%s", code, out, file())
+	}
+	if out, code := r.moat("insert", "2", "reject", "22/tcp"); code != 0 || file() != "allow from 192.0.2.0/24\nreject 22/tcp\nallow 80/tcp\n" ||
+		!strings.Contains(out, "Rule updated (rule 2)") {
+		t.Fatalf("insert 2 at its own place: exit %d\n%s\n%s", code, out, file())
+	}
+	if out, code := r.moat("insert", "9", "deny", "22/tcp"); code != 1 || !strings.Contains(out, "invalid position 9: expected 1 to 3") ||
+		file() != "allow from 192.0.2.0/24\nreject 22/tcp\nallow 80/tcp\n" {
+		t.Fatalf("insert 9: exit %d\n%s\n%s", code, out, file())
+	}
+}

@@ -158,9 +158,16 @@ func (a *app) ruleCommands() []*cobra.Command {
 
 func (a *app) insertCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "insert N RULE...",
-		Short:   "Insert a rule before rule number N (see 'moat status numbered')",
-		Example: "  moat insert 1 deny from 203.0.113.7",
+		Use:   "insert N RULE...",
+		Short: "Insert a rule before rule number N (see 'moat status numbered')",
+		Long: `Insert a rule before rule number N of 'moat status numbered' (first match
+wins: the rules before it still decide first). The rule syntax is that of
+'moat allow --help'. When a rule that matches exactly the same packets is
+elsewhere in the policy, it is taken out and the new rule goes to N ("Rule
+updated and moved"): left where it was, the rules before it would decide
+first (ufw skips such an insert).`,
+		Example: `  moat insert 1 deny from 203.0.113.7
+  moat insert 2 allow from 198.51.100.0/24 to any port 22 proto tcp`,
 		GroupID: "rules",
 		Args:    needRule(2, "a rule number and a rule"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -216,6 +223,13 @@ func (a *app) addRule(cmd *cobra.Command, args []string, pos int) error {
 		// As ufw: a rule that matches the same packets as an existing one
 		// replaces it in place (a second one could never match).
 		if n, old := doc.FindMatch(st.Rule, a.services()); n > 0 {
+			if pos > 0 && n != pos {
+				// 'insert N' asks for the rule at N: the rule that
+				// matches the same packets moves there (left where
+				// it was, the rules before it would still decide
+				// first; ufw skips the insert, saying so).
+				return a.moveRule(doc, n, pos, line, old.Equal(st.Rule))
+			}
 			if old.Equal(st.Rule) {
 				return fmt.Sprintf("Skipping adding existing rule (rule %d)", n), false, nil
 			}
@@ -234,6 +248,29 @@ func (a *app) addRule(cmd *cobra.Command, args []string, pos int) error {
 		doc.AppendLine(line)
 		return "Rule added: " + line, true, nil
 	})
+}
+
+// moveRule deletes rule n (which matches the same packets as line) and
+// inserts line before rule pos as numbered now.
+func (a *app) moveRule(doc *policy.Document, n, pos int, line string, same bool) (string, bool, error) {
+	if pos > doc.RuleCount() {
+		return "", false, doc.InsertRule(pos, line) // the usual message for a bad position
+	}
+	before, err := doc.DeleteRule(n)
+	if err != nil {
+		return "", false, err
+	}
+	at := pos
+	if n < pos {
+		at = pos - 1 // the rules after n moved up
+	}
+	if err := doc.InsertRule(at, line); err != nil {
+		return "", false, err
+	}
+	if same {
+		return fmt.Sprintf("Rule moved from %d to %d: %s", n, at, line), true, nil
+	}
+	return fmt.Sprintf("Rule updated and moved from %d to %d: %s -> %s", n, at, strings.TrimSpace(before), line), true, nil
 }
 
 // editHeap is the heap at which an edit collects: an edit of a
