@@ -844,6 +844,8 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			st.has[f.fam][ChainName(ruleset.Prerouting)] && b.jumpsComplete(rs, st, f.fam, names)
 	}
 	rewrote := map[policy.Family]bool{}
+	// restored: the rule scripts iptables-restore wrote, per family.
+	restored := map[policy.Family][]string{}
 	// Over netlink when it can be (rulesnl.go): both families, their
 	// tables and MOAT-GEN's record in one transaction, no process.
 	viaNetlink := false
@@ -916,6 +918,7 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			script = mark[f.fam] + renderTablesRH(rs, f.fam, st.jumps[f.fam], names, gen, rh, c, ts)
 			whole = true
 			rewrote[f.fam] = true
+			restored[f.fam] = append(restored[f.fam], script)
 		}
 		wrote[f.fam] = append(wrote[f.fam], script)
 		if err := b.restoreRules(ctx, f, script); err != nil {
@@ -943,6 +946,9 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 		}
 		for f := range rewrote {
 			a.st.raw[f] = rawSums[f]
+		}
+		for f, scripts := range restored {
+			forgetRestored(a.st, f, scripts)
 		}
 	}
 	if b.track.after != nil {
