@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -65,5 +67,20 @@ func TestArgCountTeaches(t *testing.T) {
 		if code != 1 || !strings.Contains(out, want) {
 			t.Errorf("moat %s: exit %d\n%s\nwant %q", args, code, out, want)
 		}
+	}
+}
+
+// TestInitSaysPorts: 'moat init' says which SSH ports it opens and why
+// in one readable clause ("SSH (port 22: the configuration ... names
+// 22)"; it said "SSH (ports 22, the configuration ... names 22)").
+func TestInitSaysPorts(t *testing.T) {
+	dir := t.TempDir()
+	cfg := dir + "/sshd_config"
+	if err := os.WriteFile(cfg, []byte("Port 2222\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runMoat(t, "--config", dir+"/moat.conf", "--sshd-config", cfg, "init")
+	if code != 0 || !regexp.MustCompile(`except SSH \(ports? [0-9, and]+: `).MatchString(out) {
+		t.Errorf("init: exit %d\n%s", code, out)
 	}
 }

@@ -232,12 +232,16 @@ is kept unless --force.`,
 				return err
 			}
 			a.printf("Wrote %s:\n%s\n", a.config, newDoc.Bytes())
-			a.printf("It drops incoming connections except SSH (ports %s, %s) and lets this host\n"+
+			word := "port"
+			if len(ports) > 1 {
+				word = "ports"
+			}
+			a.printf("It drops incoming connections except SSH (%s %s: %s) and lets this host\n"+
 				"connect out. Replies to its own connections always get back in. The guard bans\n"+
 				"addresses that keep failing to log in, once 'moat guard' runs (moat-guard.service).\n"+
 				"Add what else must be reachable ('moat allow 80,443/tcp'), then 'moat enable'\n"+
 				"(or 'moat enable --confirm 60s').\n",
-				portList(ports), where)
+				word, portList(ports), where)
 			return nil
 		},
 	}
