@@ -507,8 +507,10 @@ func actionColumn(r policy.RuleJSON) string {
 // 80/tcp", "Anywhere", "Anywhere (v6)", "... on eth0". A side whose ports
 // come from an application profile is named by it as ufw names it: the
 // profile alone ("OpenSSH"), or with verbose its ports too ("22/tcp
-// (OpenSSH)").
-func endpoint(addr, port, proto string, fam policy.Family, iface string, showProto bool, app string, verbose bool) string {
+// (OpenSSH)"). As ufw, an IPv6 rule's side says "(v6)" when it is
+// Anywhere, or when it has ports and neither side an address (so that it
+// does not read as the IPv4 rule's twin).
+func endpoint(addr, port, proto string, fam policy.Family, iface string, showProto bool, app string, verbose, bothAny bool) string {
 	s := "Anywhere"
 	if addr != "any" {
 		if p, err := netip.ParsePrefix(addr); err == nil && p.IsSingleIP() {
@@ -538,7 +540,7 @@ func endpoint(addr, port, proto string, fam policy.Family, iface string, showPro
 	case showProto && proto != "any":
 		s += "/" + proto
 	}
-	if addr == "any" && fam == policy.FamilyV6 {
+	if fam == policy.FamilyV6 && ((ports == "" && addr == "any") || (ports != "" && bothAny)) {
 		s += " (v6)"
 	}
 	if iface != "" {
@@ -555,7 +557,7 @@ func toColumn(r policy.RuleJSON, verbose bool) string {
 	if r.Direction == policy.Route {
 		iface = r.InterfaceOut
 	}
-	return endpoint(r.To, r.ToPort, r.Proto, r.Family, iface, r.FromPort == "any" && r.FromApp == "", r.ToApp, verbose)
+	return endpoint(r.To, r.ToPort, r.Proto, r.Family, iface, r.FromPort == "any" && r.FromApp == "", r.ToApp, verbose, r.From == "any" && r.To == "any")
 }
 
 func fromColumn(r policy.RuleJSON, verbose bool) string {
@@ -563,7 +565,7 @@ func fromColumn(r policy.RuleJSON, verbose bool) string {
 	if r.Direction == policy.Route {
 		iface = r.InterfaceIn
 	}
-	return endpoint(r.From, r.FromPort, r.Proto, r.Family, iface, false, r.FromApp, verbose)
+	return endpoint(r.From, r.FromPort, r.Proto, r.Family, iface, false, r.FromApp, verbose, r.From == "any" && r.To == "any")
 }
 
 // ruleNumbers are the rules' positions as 'moat delete N' counts them: one

@@ -26,18 +26,28 @@ func TestStatusAsUFW(t *testing.T) {
 	}
 	from := rule(3, policy.RuleJSON{FromApp: "OpenSSH"})
 	from.FromPort, from.ToPort = "22", "any"
+	// ufw: "443/tcp  ALLOW IN  2001:db8::/32" (a side with ports says
+	// "(v6)" only when neither side has an address), "Anywhere (v6)  DENY
+	// IN  2001:db8::3" (an Anywhere side always says it).
+	v6from := rule(5, policy.RuleJSON{ToPort: "443"})
+	v6from.From, v6from.Family = "2001:db8::/32", policy.FamilyV6
+	v6deny := rule(7, policy.RuleJSON{Proto: "any"})
+	v6deny.Action, v6deny.From, v6deny.ToPort, v6deny.Family = policy.Deny, "2001:db8::3/128", "any", policy.FamilyV6
+	v6only := rule(6, policy.RuleJSON{Proto: "ipv6-icmp"})
+	v6only.ToPort, v6only.Family = "any", policy.FamilyV6
 	rep := &statusReport{Status: "active", Logging: "low", Defaults: map[string]statusDefault{}, Rules: []statusRule{
 		rule(1, policy.RuleJSON{ToPort: "22", ToApp: "OpenSSH"}),
 		rule(2, policy.RuleJSON{Proto: "udp", ToPort: "137,138", ToApp: "CIFS"}),
 		rule(2, policy.RuleJSON{Proto: "tcp", ToPort: "139,445", ToApp: "CIFS"}),
 		from,
 		rule(4, policy.RuleJSON{ToPort: "80"}),
+		v6from, v6only, v6deny,
 	}}
 	for _, c := range []struct {
 		mode       string
 		want, nots []string
 	}{
-		{"", []string{"\nOpenSSH ", "\nCIFS ", "ALLOW IN  OpenSSH", "\n80/tcp "}, []string{"137,138", "Logging"}},
+		{"", []string{"\nOpenSSH ", "\nCIFS ", "ALLOW IN  OpenSSH", "\n80/tcp ", "\n443/tcp ", "2001:db8::/32", "\nAnywhere/ipv6-icmp (v6) ", "\nAnywhere (v6)            DENY IN   2001:db8::3"}, []string{"137,138", "Logging", "443/tcp (v6)"}},
 		{"numbered", []string{"[ 1] OpenSSH ", "[ 2] CIFS ", "[ 4] 80/tcp "}, []string{"139,445"}},
 		{"verbose", []string{"Logging: on (low)\n", "\n22/tcp (OpenSSH) ", "\n137,138/udp (CIFS) ", "\n139,445/tcp (CIFS) ", "ALLOW IN  22/tcp (OpenSSH)"}, nil},
 	} {
