@@ -94,3 +94,31 @@ func TestShowSaysWhenFileDiffers(t *testing.T) {
 		}
 	})
 }
+
+// TestStatusInactiveBrokenFile: inactive, with a policy file that does
+// not parse, status says it is inactive and why the file is invalid (it
+// printed only the file's error and exit 1: whether moat was active was
+// not said).
+func TestStatusInactiveBrokenFile(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		writeFile(t, e.conf, "default deny incoming\nallow 99999/tcp\n")
+		out, err := e.moat("status")
+		if err != nil || !strings.HasPrefix(out, "Status: inactive\n") || !strings.Contains(out, "is invalid (nothing of it is applied") ||
+			!strings.Contains(out, ":2:7: bad port '99999'") {
+			t.Errorf("status (err %v):\n%s", err, out)
+		}
+		var st struct {
+			Status    string `json:"status"`
+			FileError string `json:"file_error"`
+			InSync    bool   `json:"in_sync"`
+		}
+		js := e.mustMoat("status", "--json")
+		if err := json.Unmarshal([]byte(js), &st); err != nil || st.Status != "inactive" || !strings.Contains(st.FileError, "bad port") || st.InSync {
+			t.Errorf("status --json (%v):\n%s", err, js)
+		}
+		if out, err := e.moat("enable"); err == nil || !strings.Contains(out, "bad port") {
+			t.Errorf("enable of the broken file (err %v):\n%s", err, out)
+		}
+	})
+}

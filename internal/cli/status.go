@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moat-fw/moat/internal/engine"
+	"github.com/moat-fw/moat/internal/foreign"
 	"github.com/moat-fw/moat/internal/guard"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -167,7 +168,17 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 		return nil, err
 	}
 	if b == nil && fileErr != nil {
-		return nil, fileErr
+		// Inactive with a policy file that does not parse: say both
+		// (it said only the file's error, not whether moat is active).
+		rep.FileError, rep.InSync, rep.Logging, rep.Blocklists = fileErr.Error(), false, string(policy.LogOff), []blocklistInfo{}
+		rep.GuardPID, rep.Guard = guard.Running(a.stateDir)
+		if rep.OtherFiltering, err = a.foreignFilters(ctx); err != nil {
+			return nil, err
+		}
+		if rep.OtherFiltering == nil {
+			rep.OtherFiltering = []foreign.Finding{}
+		}
+		return rep, nil
 	}
 	rep.GuardPID, rep.Guard = guard.Running(a.stateDir)
 	if rep.Interrupted = a.interrupted(&rep.statusTruth); rep.Interrupted != nil {
@@ -312,7 +323,7 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 				"  the next moat command that changes state rolls the change back if the deadline passed\n", rep.Pending.WatchdogPID, rep.Pending.WatchdogPID)
 		}
 	}
-	if rep.Status != "active" && mode != "verbose" {
+	if rep.Status != "active" && (mode != "verbose" || rep.FileError != "") {
 		return nil
 	}
 	verbose := mode == "verbose"

@@ -206,6 +206,9 @@ func (a *app) printTruth(rep *statusReport) {
 			t.Local().Format(time.DateTime))
 	}
 	if rep.Status != "active" {
+		if rep.FileError != "" {
+			a.printf("%s is invalid (nothing of it is applied; 'moat check' says where):\n%s\n", rep.Config, rep.FileError)
+		}
 		return
 	}
 	if fc := rep.FailClosed; fc != nil {
