@@ -40,6 +40,30 @@ func Write(dir string, date time.Time) error {
 	for _, name := range []string{"moat-watchdog.8", "moat-help.8"} {
 		_ = os.Remove(filepath.Join(dir, name))
 	}
+	return seeAlsoConf(filepath.Join(dir, "moat.8"))
+}
+
+// seeAlsoConf adds moat.conf(5) and ufw(8) to moat(8)'s SEE ALSO, which
+// the generator fills with the command pages only.
+func seeAlsoConf(page string) error {
+	b, err := os.ReadFile(page)
+	if err != nil {
+		return fmt.Errorf("man pages: %w", err)
+	}
+	s := string(b)
+	i := strings.Index(s, "\n.SH SEE ALSO\n")
+	if i < 0 {
+		return fmt.Errorf("man pages: %s has no SEE ALSO", page)
+	}
+	j := i + len("\n.SH SEE ALSO\n")
+	end := strings.IndexByte(s[j:], '\n')
+	if end < 0 {
+		end = len(s) - j
+	}
+	s = s[:j+end] + ", \\fBmoat.conf(5)\\fP, \\fBufw(8)\\fP" + s[j+end:]
+	if err := os.WriteFile(page, []byte(s), 0o644); err != nil {
+		return fmt.Errorf("man pages: %w", err)
+	}
 	return nil
 }
 

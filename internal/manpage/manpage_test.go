@@ -17,7 +17,8 @@ func TestWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`.TH "MOAT" "8" "Nov 2026"`, "moat-allow(8)", "moat-enable(8)", "moat-version(8)", "SYNOPSIS", "ufw"} {
+	for _, want := range []string{`.TH "MOAT" "8" "Nov 2026"`, "moat-allow(8)", "moat-enable(8)", "moat-version(8)", "SYNOPSIS", "ufw",
+		`\fBmoat-version(8)\fP, \fBmoat.conf(5)\fP, \fBufw(8)\fP`} {
 		if !strings.Contains(string(page), want) {
 			t.Errorf("moat.8 lacks %q", want)
 		}
