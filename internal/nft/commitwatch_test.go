@@ -100,3 +100,32 @@ func TestKernelHandChangeDuringNft(t *testing.T) {
 		})
 	}
 }
+
+// A first load (its sets staged over netlink, then nft -f) tells nothing
+// when nothing else commits, though the stage's own notifications are
+// not listened to; a rule put by hand into moat's table between the
+// stage and nft's commit, which nft's commit writes over, is told.
+func TestKernelHandChangeDuringFirstLoad(t *testing.T) {
+	for _, hand := range []bool{false, true} {
+		k := newNLKernel(t)
+		rs := compile(t, edgeList(denyList(50, -1)))
+		k.be.beforeCommit = func() {
+			if !hand {
+				return
+			}
+			if _, err := execrun.Exec(context.Background(), []byte("add chain inet moat input { type filter hook input priority 0; }\nadd rule inet moat input tcp dport 7070 drop comment \"HAND\"\n"), "nft", "-f", "-"); err != nil {
+				t.Error(err)
+			}
+		}
+		k.apply(rs)
+		got := k.be.LastOverwritten()
+		lost := hand && !strings.Contains(k.table(), "HAND")
+		if !hand && len(got) != 0 {
+			t.Errorf("a first load alone told %q", got)
+		}
+		if lost && len(got) == 0 {
+			t.Error("the hand rule was lost and nothing said so")
+		}
+		t.Logf("hand %v: lost %v, told %q", hand, lost, got)
+	}
+}
