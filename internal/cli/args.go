@@ -63,6 +63,27 @@ func (e *teachError) Error() string { return e.msg }
 // count says what the command takes and shows an example, not cobra's
 // bare "accepts 1 arg(s), received 0".
 func teachArgs(c *cobra.Command) {
+	if !c.Runnable() && c.HasSubCommands() && c.HasParent() {
+		// A group ('moat app', 'moat blocklist'): given a word that is
+		// none of its commands, cobra printed the help and exit 0.
+		c.Args = cobra.ArbitraryArgs
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return cmd.Help()
+			}
+			what := cmd.CommandPath() + " " + args[0]
+			if hint, ok := ufwOnly[strings.TrimPrefix(what, "moat ")]; ok {
+				return fmt.Errorf("'%s' (ufw's) is not needed in moat: %s", what, hint)
+			}
+			var names []string
+			for _, sub := range cmd.Commands() {
+				if sub.IsAvailableCommand() {
+					names = append(names, sub.Name())
+				}
+			}
+			return fmt.Errorf("unknown command '%s' for '%s': expected %s ('%s --help')", echo(args[0]), cmd.CommandPath(), strings.Join(names, ", "), cmd.CommandPath())
+		}
+	}
 	if orig := c.Args; orig != nil {
 		c.Args = func(cmd *cobra.Command, args []string) error {
 			err := orig(cmd, args)
@@ -81,6 +102,12 @@ func teachArgs(c *cobra.Command) {
 	for _, sub := range c.Commands() {
 		teachArgs(sub)
 	}
+}
+
+// ufwOnly are ufw's commands that moat has no need of, and why.
+var ufwOnly = map[string]string{
+	"app update":  "moat reads the profiles each time it applies; after a profile changes, 'moat reload' applies its new ports",
+	"app default": "moat adds no rule when a profile is installed (ufw's DEFAULT_APPLICATION_POLICY); add one with 'moat allow PROFILE'",
 }
 
 // firstExample is the first example line of cmd, without its comment.

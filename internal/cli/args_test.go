@@ -84,3 +84,22 @@ func TestInitSaysPorts(t *testing.T) {
 		t.Errorf("init: exit %d\n%s", code, out)
 	}
 }
+
+// TestGroupUnknownCommand: a word that is none of a group's commands
+// ('moat blocklist foo', ufw's 'moat app update X') is an error naming
+// what is expected; cobra printed the group's help and exit 0.
+func TestGroupUnknownCommand(t *testing.T) {
+	for args, want := range map[string]string{
+		"blocklist foo":      "unknown command 'foo' for 'moat blocklist': expected list, update",
+		"import pf":          "unknown command 'pf' for 'moat import': expected fail2ban, ufw",
+		"app update OpenSSH": "'moat app update' (ufw's) is not needed in moat: moat reads the profiles each time it applies",
+		"app default allow":  "'moat app default' (ufw's) is not needed in moat",
+	} {
+		if out, code := runMoat(t, strings.Fields(args)...); code != 1 || !strings.Contains(out, want) {
+			t.Errorf("moat %s: exit %d\n%s", args, code, out)
+		}
+	}
+	if out, code := runMoat(t, "app"); code != 0 || !strings.Contains(out, "Available Commands:") {
+		t.Errorf("moat app: exit %d\n%s", code, out)
+	}
+}
