@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestExplainOtherAnswersPackets: explain's answer for a packet that
@@ -121,4 +123,35 @@ func TestStatusInactiveBrokenFile(t *testing.T) {
 			t.Errorf("enable of the broken file (err %v):\n%s", err, out)
 		}
 	})
+}
+
+// TestShowAndDryRunUseAppliedBackend: with iptables applied and a policy
+// that says no backend, 'moat show' and 'moat enable --dry-run' print the
+// iptables script that a reload loads (they printed auto's nftables
+// script, while the reload kept iptables).
+func TestShowAndDryRunUseAppliedBackend(t *testing.T) {
+	requireBackend(t, "iptables")
+	t.Parallel()
+	e := newEnv(t, "iptables", false)
+	e.apply("default deny incoming\nallow 22/tcp\n")
+	run := func(args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		out, err := e.topo.Server.Run(ctx, moatBin, append([]string{"--config", e.conf, "--state-dir", e.stateDir()}, args...)...)
+		if err != nil {
+			t.Fatalf("moat %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	for _, args := range [][]string{{"show"}, {"enable", "--dry-run"}, {"reload", "--dry-run"}} {
+		if out := run(args...); !strings.Contains(out, "-A MOAT-INPUT") || strings.Contains(out, "add table inet moat") {
+			t.Errorf("moat %v prints another backend's script than the applied iptables:\n%.600s", args, out)
+		}
+	}
+	if out := run("reload"); !strings.Contains(out, "moat is active (iptables)") {
+		t.Errorf("reload:\n%s", out)
+	}
+	if out := run("show", "--backend", "nftables"); !strings.Contains(out, "add table inet moat") {
+		t.Errorf("show --backend nftables:\n%.300s", out)
+	}
 }

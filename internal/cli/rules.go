@@ -508,7 +508,11 @@ func (a *app) dryRunLockout(p *policy.Policy) error {
 
 // dryRunApply prints what would be loaded and checks it with the kernel.
 func (a *app) dryRunApply(ctx context.Context) error {
-	p, b, err := a.policyAndBackend()
+	p, err := a.loadPolicy()
+	if err != nil {
+		return err
+	}
+	b, err := a.applyBackend(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -656,8 +660,9 @@ func (a *app) showCommand() *cobra.Command {
 		Short: "Print the script moat loads into the kernel for the policy (built-ins included)",
 		Long: `Print the script moat loads for the policy file: an nft script for
 nftables, or the ipset and iptables-restore input for iptables. Built-in
-rules (loopback, conntrack, ICMP, DHCP) are part of it. --backend picks the
-renderer. When moat is active and the file differs from what is applied, a
+rules (loopback, conntrack, ICMP, DHCP) are part of it. The backend is the
+one 'moat reload' would load (the one applied now, unless the policy's
+'backend' line changed); --backend picks another. When moat is active and the file differs from what is applied, a
 note on stderr says so: the script is what 'moat reload' would load ('moat
 status' says what differs).
 
@@ -682,7 +687,11 @@ policy's rules as the commands that add them. ufw's 'show listening' is
 					return fmt.Errorf("unknown report %q: expected raw or added ('moat audit' for the listening sockets)", echo(args[0]))
 				}
 			}
-			p, b, err := a.policyAndBackend()
+			p, err := a.loadPolicy()
+			if err != nil {
+				return err
+			}
+			b, err := a.applyBackend(cmd.Context(), p)
 			if err != nil {
 				return err
 			}
