@@ -640,6 +640,11 @@ func (b *Backend) writeRulesNetlink(st *state, plan map[policy.Family]nlFamilyPl
 	case err == nil:
 		b.track.commits++
 		return nlCommitted
+	case nft.AckLost(err) && b.Checked.OK:
+		// A drift check vouches for the read: settled from the
+		// generation and the record (acklost.go), never by a read
+		// that would take a hand change made meanwhile for moat's.
+		return b.afterLostAck(plan, t.before+t.commits, err)
 	case nft.AckLost(err):
 		b.track.known = false
 		b.lastRead = nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -307,11 +308,36 @@ func (b *batch) send(genID uint32) error {
 	if _, err := conn.SendMessages(msgs); err != nil {
 		return fmt.Errorf("nftables: send transaction: %w", err)
 	}
-	// The kernel handles the batch within the send: every ack (or the
-	// errors, and then nothing was committed) is queued already.
-	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	for acked := 0; acked < len(b.msgs); {
-		replies, err := conn.Receive()
+	return readAcks(conn, len(b.msgs))
+}
+
+// batchAnswerTimeout bounds the wait for a transaction's acks. The kernel
+// handles the whole batch within the send (nfnetlink runs in the
+// sender's call) and queues every ack, or the errors, before it
+// returns: an ack not there by then never comes (lost). It was 30 s: a
+// command held that long, its drift vouch with it, for an answer that
+// could not come.
+var batchAnswerTimeout = 2 * time.Second
+
+// ackReader is the socket a transaction's acks are read from.
+type ackReader interface {
+	Receive() ([]netlink.Message, error)
+	SetReadDeadline(time.Time) error
+}
+
+// readAcks reads the n acks of a transaction just sent on c.
+func readAcks(c ackReader, n int) error {
+	_ = c.SetReadDeadline(time.Now().Add(batchAnswerTimeout))
+	late := false
+	for acked := 0; acked < n; {
+		replies, err := c.Receive()
+		if errors.Is(err, os.ErrDeadlineExceeded) && !late {
+			// Once more: a deadline passed while this thread waited
+			// for the CPU (a loaded machine) fails the read unread.
+			late = true
+			_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			continue
+		}
 		if err != nil {
 			if errors.Is(err, unix.ERESTART) {
 				return errGenerationMoved
@@ -320,6 +346,9 @@ func (b *batch) send(genID uint32) error {
 				// The kernel dropped acks: the batch was handled whole,
 				// committed or not.
 				return fmt.Errorf("nftables: transaction's acks lost, committed or not: %w", err)
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("nftables: %d of the transaction's %d acks never came (lost), committed or not: %w", n-acked, n, err)
 			}
 			return fmt.Errorf("nftables: transaction refused: %w", err)
 		}

@@ -2,8 +2,12 @@ package nft
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/mdlayher/netlink"
 
 	"golang.org/x/sys/unix"
 
@@ -127,5 +131,30 @@ func TestKernelHandChangeDuringFirstLoad(t *testing.T) {
 			t.Error("the hand rule was lost and nothing said so")
 		}
 		t.Logf("hand %v: lost %v, told %q", hand, lost, got)
+	}
+}
+
+// silentAcks is a socket whose acks never come: Receive waits for the
+// deadline set.
+type silentAcks struct{ deadline time.Time }
+
+func (s *silentAcks) SetReadDeadline(t time.Time) error { s.deadline = t; return nil }
+func (s *silentAcks) Receive() ([]netlink.Message, error) {
+	time.Sleep(time.Until(s.deadline))
+	return nil, os.ErrDeadlineExceeded
+}
+
+// A transaction whose acks never come (lost; committed or not) ends at
+// once with an error AckLost names: the kernel queues them within the
+// send, so none comes later. It waited 30 s, the command and its drift
+// vouch held.
+func TestBatchAcksLostFailFast(t *testing.T) {
+	start := time.Now()
+	err := readAcks(&silentAcks{}, 3)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("waited %s for acks that never came", d)
+	}
+	if !AckLost(err) || !strings.Contains(err.Error(), "3 of the transaction's 3 acks never came") {
+		t.Errorf("got %v, want the acks said lost", err)
 	}
 }
