@@ -155,3 +155,20 @@ func TestShowAndDryRunUseAppliedBackend(t *testing.T) {
 		t.Errorf("show --backend nftables:\n%.300s", out)
 	}
 }
+
+// TestUnbanSaysWhatWasNotBanned: unban of an address that was not banned
+// says so (it said "Unbanned" for any address).
+func TestUnbanSaysWhatWasNotBanned(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.apply("default deny incoming\nallow 22/tcp\n")
+		e.mustMoat("ban", "203.0.113.7")
+		out := e.mustMoat("unban", "203.0.113.7", "203.0.113.8", "2001:db8::8")
+		if out != "Unbanned 203.0.113.7\n203.0.113.8 was not banned\n2001:db8::8 was not banned\n" {
+			t.Errorf("unban:\n%s", out)
+		}
+		if out := e.mustMoat("bans"); strings.Contains(out, "203.0.113.7") {
+			t.Errorf("bans after unban:\n%s", out)
+		}
+	})
+}

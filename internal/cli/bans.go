@@ -167,6 +167,21 @@ func (a *app) unbanCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Which were banned, asked before: "Unbanned" for an
+			// address that was not is a wrong answer to "was it?".
+			was := map[netip.Addr]bool{}
+			bc, asks := b.(interface {
+				Banned(context.Context, netip.Addr) (bool, error)
+			})
+			for _, ad := range addrs {
+				in := true
+				if asks {
+					if ok, err := bc.Banned(cmd.Context(), ad); err == nil {
+						in = ok
+					}
+				}
+				was[ad] = in
+			}
 			if err := b.Unban(cmd.Context(), addrs); err != nil {
 				return err
 			}
@@ -174,7 +189,11 @@ func (a *app) unbanCommand() *cobra.Command {
 				fmt.Fprintf(a.errOut, "moat: warning: unbanned, but the ban history was not saved: %v\n", err)
 			}
 			for _, ad := range addrs {
-				a.printf("Unbanned %s\n", ad)
+				if was[ad] {
+					a.printf("Unbanned %s\n", ad)
+				} else {
+					a.printf("%s was not banned\n", ad)
+				}
 			}
 			return nil
 		},
