@@ -87,6 +87,8 @@ becomes one kernel rule per protocol.`,
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the application profiles",
+		Example: `  moat app list
+  moat app list --json`,
 		Long: `List the application profiles (ufw's, and yours in /etc/moat/apps.d).
 --json prints an array of {name, title, ports, file}.`,
 		Args: cobra.NoArgs,

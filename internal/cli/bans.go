@@ -141,7 +141,9 @@ host's own addresses (any interface's, loopback) are always refused.`,
 
 func (a *app) unbanCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "unban ADDRESS...",
+		Use: "unban ADDRESS...",
+		Example: `  moat unban 203.0.113.7
+  moat unban 203.0.113.7 2001:db8::66`,
 		Short:   "Lift bans now",
 		GroupID: "guard",
 		Args:    cobra.MinimumNArgs(1),

@@ -55,7 +55,10 @@ the guard stops (exit 0; bans already made run out).`
 func (a *app) guardCommand() *cobra.Command {
 	var logFile, journalctl, metrics string
 	cmd := &cobra.Command{
-		Use:     "guard",
+		Use: "guard",
+		Example: `  moat guard                                 # follow the journal (what moat-guard.service runs)
+  moat guard --log-file /var/log/auth.log
+  moat guard check /var/log/auth.log`,
 		Short:   "Stop SSH brute force: follow sshd's log, ban offenders in the kernel",
 		Long:    guardLong,
 		GroupID: "guard",
@@ -389,7 +392,9 @@ type addrCount struct {
 func (a *app) guardCheckCommand() *cobra.Command {
 	var locals []string
 	cmd := &cobra.Command{
-		Use:   "check FILE|-",
+		Use: "check FILE|-",
+		Example: `  moat guard check /var/log/auth.log
+  journalctl -u ssh -o json | moat guard check -`,
 		Short: "Show what the guard sees in log lines, and why (like fail2ban-regex)",
 		Long: `Read log lines (syslog, RFC 5424, ISO timestamps, journalctl's short
 forms and -o cat, sshd -E, or journalctl -o json) and print one JSON object

@@ -16,7 +16,10 @@ import (
 
 func (a *app) importCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "import ufw|fail2ban",
+		Use: "import ufw|fail2ban",
+		Example: `  moat import ufw                  # print the policy for ufw's rules
+  moat import ufw --write          # write it to the policy file
+  moat import fail2ban --write     # add the sshd jail's 'guard sshd' settings`,
 		Short: "Turn ufw's rules or fail2ban's sshd jail into moat policy",
 		Long: `Read another tool's state and print the equivalent moat policy, or with
 --write put it in the policy file. Nothing is applied: review the result,

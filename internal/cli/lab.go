@@ -12,7 +12,9 @@ import (
 
 func (a *app) labCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:   "lab",
+		Use: "lab",
+		Example: `  sudo moat lab
+  sudo moat lab --backend iptables`,
 		Short: "Prove the classic hardening policy with real packets between namespaces (root)",
 		Long: `Build two network namespaces joined by a veth pair (client and server, with
 IPv4 and IPv6 documentation addresses), start listeners in the server (TCP

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+
 	"github.com/moat-fw/moat/internal/policy"
 )
 
@@ -153,4 +155,30 @@ func TestInsertMovesMatchingRule(t *testing.T) {
 		file() != "allow from 192.0.2.0/24\nreject 22/tcp\nallow 80/tcp\n" {
 		t.Fatalf("insert 9: exit %d\n%s\n%s", code, out, file())
 	}
+}
+
+// TestEveryCommandHasExamples: the README says 'moat COMMAND --help'
+// explains each command with examples; init, enable, reload, confirm,
+// rollback, restore, disable, reset, check, guard, guard check, unban,
+// lab, app list and import had none.
+func TestEveryCommandHasExamples(t *testing.T) {
+	a := &app{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if !sub.IsAvailableCommand() || sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			if strings.TrimSpace(sub.Example) == "" {
+				t.Errorf("'%s --help' has no examples", sub.CommandPath())
+			}
+			for _, l := range strings.Split(sub.Example, "\n") {
+				if l = strings.TrimSpace(l); l != "" && !strings.Contains(l, "moat ") && !strings.HasPrefix(l, "#") {
+					t.Errorf("'%s --help' example %q runs no moat command", sub.CommandPath(), l)
+				}
+			}
+			walk(sub)
+		}
+	}
+	walk(a.rootCommand())
 }

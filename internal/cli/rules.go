@@ -437,7 +437,11 @@ set a routed default or write a route rule.`,
 
 func (a *app) enableCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "enable",
+		Use: "enable",
+		Example: `  moat enable
+  moat enable --confirm 60s      # rolled back in 60 s unless 'moat confirm' runs
+  moat enable --dry-run          # print the script, check it with the kernel
+  moat enable --backend iptables`,
 		Aliases: []string{"apply"},
 		Short:   "Apply the policy now and keep it across reboots (moat apply is the same)",
 		Long: `Apply the policy file now, atomically: the kernel gets the whole new
@@ -537,7 +541,9 @@ func (a *app) dryRunApply(ctx context.Context) error {
 
 func (a *app) reloadCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "reload",
+		Use: "reload",
+		Example: `  moat reload                    # after editing the policy file by hand
+  moat reload --confirm 60s`,
 		Short:   "Apply the policy file again if moat is active",
 		GroupID: "state",
 		Args:    cobra.NoArgs,
@@ -549,7 +555,9 @@ func (a *app) reloadCommand() *cobra.Command {
 
 func (a *app) disableCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "disable",
+		Use: "disable",
+		Example: `  moat disable
+  moat disable --dry-run`,
 		Short:   "Remove moat's rules from the kernel (other tools' rules stay)",
 		GroupID: "state",
 		Args:    cobra.NoArgs,
@@ -571,7 +579,9 @@ func (a *app) disableCommand() *cobra.Command {
 
 func (a *app) resetCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "reset",
+		Use: "reset",
+		Example: `  moat reset
+  moat reset --force             # without a terminal`,
 		Short: "Remove moat's rules and empty the policy (a backup is kept)",
 		Long: `Remove moat's rules from the kernel and start over with an empty policy.
 The old policy file is kept as FILE.TIMESTAMP.bak. Asks first; --force
@@ -631,7 +641,9 @@ func confirm(cmd *cobra.Command, question string) (bool, error) {
 
 func (a *app) checkCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "check",
+		Use: "check",
+		Example: `  moat check
+  moat check --config /tmp/new.conf`,
 		Short:   "Validate the policy file (and, as root, test it against the kernel)",
 		GroupID: "inspect",
 		Args:    cobra.NoArgs,

@@ -72,7 +72,9 @@ func (a *app) removeBootHook(ctx context.Context) error {
 
 func (a *app) confirmCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:   "confirm",
+		Use: "confirm",
+		Example: `  moat allow 2222/tcp --confirm 60s    # then, from a new SSH connection:
+  moat confirm`,
 		Short: "Keep a change applied with --confirm (run it from a new connection)",
 		Long: `Keep the change applied with --confirm. Run it over a NEW SSH connection:
 that the connection works is the proof the new rules let you in. The
@@ -100,8 +102,9 @@ passed), it says when the change was rolled back.`,
 
 func (a *app) rollbackCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:   "rollback",
-		Short: "Undo a change applied with --confirm, now",
+		Use:     "rollback",
+		Example: `  moat rollback`,
+		Short:   "Undo a change applied with --confirm, now",
 		Long: `Undo the change applied with --confirm now: moat's rules, the policy file
 and the saved state go back to what they were before it (the unconfirmed
 policy is kept as FILE.unconfirmed). Past the deadline, a change not rolled
@@ -155,8 +158,9 @@ func (a *app) watchdogCommand() *cobra.Command {
 
 func (a *app) restoreCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:   "restore",
-		Short: "Load the ruleset saved by 'moat enable' (what the boot unit runs)",
+		Use:     "restore",
+		Example: `  moat restore                   # what moat.service runs at boot`,
+		Short:   "Load the ruleset saved by 'moat enable' (what the boot unit runs)",
 		Long: `Load the ruleset that 'moat enable' saved. This is what moat.service runs
 at boot, before the network is up. If the saved ruleset is missing or
 broken, moat fails closed: it loads 'default deny incoming', 'default allow
@@ -182,7 +186,10 @@ failing) until an admin applies a good policy with 'moat enable'.`,
 
 func (a *app) initCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:   "init",
+		Use: "init",
+		Example: `  moat init                  # write the first policy (not applied)
+  moat init --dry-run        # print it, write nothing
+  moat init --force          # replace a policy that has rules`,
 		Short: "Write a first policy that keeps SSH open (does not apply it)",
 		Long: `Write a first policy file: 'default deny incoming', 'default allow
 outgoing', and an allow rule for each SSH port: those sshd (or systemd for
