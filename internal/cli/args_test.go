@@ -103,3 +103,27 @@ func TestGroupUnknownCommand(t *testing.T) {
 		t.Errorf("moat app: exit %d\n%s", code, out)
 	}
 }
+
+// TestLogNoJournal: on a host without a journal, 'moat log' says so and
+// what to do (exit 1); it printed journalctl's complaint and then an empty
+// report, "0 blocked packets logged", as if nothing had been blocked.
+func TestLogNoJournal(t *testing.T) {
+	bin := t.TempDir()
+	script := "#!/bin/sh\necho 'No journal files were found.' >&2\nexit 1\n"
+	if err := os.WriteFile(bin+"/journalctl", []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	out, code := runMoat(t, "log")
+	if code != 1 || !strings.Contains(out, "this host has no journal to read: use --file /var/log/kern.log") || strings.Contains(out, "0 blocked packets") {
+		t.Errorf("log without a journal: exit %d\n%s", code, out)
+	}
+	// A journal without moat's lines: journalctl --grep exits 1 too.
+	script = "#!/bin/sh\nexit 1\n"
+	if err := os.WriteFile(bin+"/journalctl", []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := runMoat(t, "log"); code != 0 || !strings.Contains(out, "0 blocked packets") {
+		t.Errorf("log of a journal without moat's lines: exit %d\n%s", code, out)
+	}
+}

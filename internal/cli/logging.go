@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -302,12 +303,19 @@ func (a *app) kernelLog(ctx context.Context, file string, follow bool) (io.ReadC
 	if err != nil {
 		return nil, nil, err
 	}
-	c.Stderr = a.errOut
+	// journalctl's complaints are passed on, and kept to tell a host
+	// without a journal ("No journal files were found.", exit 1 as for
+	// no match) from a journal without moat's lines.
+	var complaint bytes.Buffer
+	c.Stderr = io.MultiWriter(a.errOut, &limitedBuffer{buf: &complaint, max: 4096})
 	if err := c.Start(); err != nil {
 		return nil, nil, fmt.Errorf("read the journal (journalctl): %w; use --file /var/log/kern.log", err)
 	}
 	return out, func() error {
 		err := c.Wait()
+		if strings.Contains(complaint.String(), "No journal files were found") {
+			return errors.New("this host has no journal to read: use --file /var/log/kern.log (or where the kernel log goes)")
+		}
 		var ee *exec.ExitError
 		// journalctl exits 1 when --grep matches nothing.
 		if errors.As(err, &ee) && ee.ExitCode() == 1 || ctx.Err() != nil {
@@ -315,6 +323,19 @@ func (a *app) kernelLog(ctx context.Context, file string, follow bool) (io.ReadC
 		}
 		return err
 	}, nil
+}
+
+// limitedBuffer keeps the first max bytes written to it.
+type limitedBuffer struct {
+	buf *bytes.Buffer
+	max int
+}
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if room := l.max - l.buf.Len(); room > 0 {
+		l.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
 }
 
 // tailReader follows a file that grows (kern.log with --follow).
