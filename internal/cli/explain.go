@@ -28,7 +28,8 @@ cannot be judged).
                [on IFACE] [in on IFACE] [out on IFACE] [type N] [state S]
 
 PROTO is tcp, udp, icmp, ipv6-icmp (icmpv6), esp, ah, gre, ...; 'to port 80'
-leaves the address out. An ICMP packet is an echo request unless 'type N'
+(or 'port 80') leaves the address out, and 'explain in 80/tcp' is short for
+'explain in tcp to port 80'. P is a number or a name from /etc/services. An ICMP packet is an echo request unless 'type N'
 says otherwise; S is new (default), established, related or invalid. A
 missing address is one that no 'from'/'to' rule names (IPv4 unless the
 other address or the protocol is IPv6), a missing port or interface one
@@ -88,6 +89,7 @@ func (a *app) explainCommand() *cobra.Command {
 		Short: "Show the verdict for a packet and the rule that decides it",
 		Long:  explainLong,
 		Example: `  moat explain in tcp from 203.0.113.5 to port 80
+  moat explain in ssh/tcp from 198.51.100.7
   moat explain in udp from 2001:db8::5 to port 53
   moat explain in icmp from 198.51.100.7
   moat explain out tcp to 203.0.113.9 port 25
@@ -95,7 +97,7 @@ func (a *app) explainCommand() *cobra.Command {
 		GroupID: "inspect",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			pkt, err := parsePacket(args)
+			pkt, err := parsePacketSvc(args, a.services())
 			if err != nil {
 				return fmt.Errorf("explain: %w", err)
 			}
@@ -248,6 +250,29 @@ func addrOrAny(a netip.Addr) string {
 
 // parsePacket reads the packet description of 'moat explain'.
 func parsePacket(args []string) (ruleset.Packet, error) {
+	return parsePacketSvc(args, nil)
+}
+
+// packetPort reads a port of 'moat explain': a number, or a service name
+// of svc (/etc/services), as a rule's port.
+func packetPort(v string, svc policy.Services) (uint16, error) {
+	if n, err := strconv.Atoi(v); err == nil {
+		if n < 1 || n > 65535 {
+			return 0, fmt.Errorf("bad port %q: expected 1 to 65535", v)
+		}
+		return uint16(n), nil
+	}
+	if s, ok := svc[strings.ToLower(v)]; ok && s.Port > 0 {
+		return s.Port, nil
+	}
+	return 0, fmt.Errorf("bad port %q: expected 1 to 65535 or a service name from /etc/services", v)
+}
+
+// parsePacketSvc is parsePacket with service names for ports. As in a
+// rule, 'PORT/PROTO' stands for the protocol and the destination port
+// ('explain in 22/tcp'), and a 'port' after neither 'from' nor 'to' is
+// the destination's.
+func parsePacketSvc(args []string, svc policy.Services) (ruleset.Packet, error) {
 	p := ruleset.Packet{Hook: ruleset.Input}
 	if err := checkArgs(args); err != nil {
 		return p, err
@@ -267,6 +292,13 @@ func parsePacket(args []string) (ruleset.Packet, error) {
 		return p, fmt.Errorf("missing protocol: expected tcp, udp, icmp, ipv6-icmp, esp, ah or gre")
 	}
 	p.Proto = strings.ToLower(args[i])
+	if port, proto, ok := strings.Cut(p.Proto, "/"); ok && (proto == "tcp" || proto == "udp") {
+		n, err := packetPort(port, svc)
+		if err != nil {
+			return p, err
+		}
+		p.Proto, p.DPort = proto, n
+	}
 	if p.Proto == "icmpv6" {
 		p.Proto = "ipv6-icmp"
 	}
@@ -306,17 +338,14 @@ func parsePacket(args []string) (ruleset.Packet, error) {
 			if err != nil {
 				return p, err
 			}
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > 65535 {
-				return p, fmt.Errorf("bad port %q: expected 1 to 65535", v)
+			n, err := packetPort(v, svc)
+			if err != nil {
+				return p, err
 			}
-			switch side {
-			case "from":
-				p.SPort = uint16(n)
-			case "to":
-				p.DPort = uint16(n)
-			default:
-				return p, fmt.Errorf("'port' must follow 'from' or 'to'")
+			if side == "from" {
+				p.SPort = n
+			} else {
+				p.DPort = n // 'to port P', or 'port P' alone: the destination's
 			}
 		case "on", "in", "out":
 			dir := word

@@ -81,3 +81,37 @@ deny out on wg0 to any port 25
 		t.Errorf("many values: %+v, %q", got, more)
 	}
 }
+
+// TestExplainPacketShorthand: explain reads a packet as a rule reads its
+// ports: 'PORT/PROTO', service names, and 'port P' alone for the
+// destination ('explain in 22/tcp', 'to port ssh' and 'tcp port 22' were
+// errors).
+func TestExplainPacketShorthand(t *testing.T) {
+	svc := policy.ParseServices([]byte("ssh 22/tcp\ndomain 53/tcp\ndomain 53/udp\n"))
+	for in, want := range map[string]string{
+		"in 22/tcp":                          "tcp 0 22",
+		"in ssh/tcp from 192.0.2.1":          "tcp 0 22",
+		"tcp to port ssh":                    "tcp 0 22",
+		"in tcp port 22":                     "tcp 0 22",
+		"in udp from 192.0.2.1 port domain":  "udp 53 0",
+		"in 53/udp from 192.0.2.1 port 1234": "udp 1234 53",
+	} {
+		p, err := parsePacketSvc(strings.Fields(in), svc)
+		if err != nil {
+			t.Errorf("%s: %v", in, err)
+			continue
+		}
+		if got := fmt.Sprintf("%s %d %d", p.Proto, p.SPort, p.DPort); got != want {
+			t.Errorf("%s: %s, want %s", in, got, want)
+		}
+	}
+	for in, want := range map[string]string{
+		"in 22/sctp":         "unknown protocol",
+		"in tcp port nosuch": "expected 1 to 65535 or a service name",
+		"in tcp port 70000":  "bad port \"70000\": expected 1 to 65535",
+	} {
+		if _, err := parsePacketSvc(strings.Fields(in), svc); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", in, err, want)
+		}
+	}
+}
