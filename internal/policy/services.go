@@ -1,8 +1,6 @@
 package policy
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"slices"
@@ -44,13 +42,17 @@ func SystemServices() (Services, error) {
 }
 
 // ParseServices reads the services(5) format: "name port/proto aliases...".
-// Malformed lines are skipped, as libc does.
+// Malformed lines are skipped, as libc does. Every command reads
+// /etc/services: the names are substrings of one copy of data, and the
+// protocol lists shared (read-only, full: an append copies).
 func ParseServices(data []byte) Services {
-	s := Services{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	var f []string // reused: /etc/services is read by every command
-	for sc.Scan() {
-		line := sc.Text()
+	text := string(data)
+	s := make(Services, strings.Count(text, "\n"))
+	var f []string
+	for len(text) > 0 {
+		var line string
+		line, text, _ = strings.Cut(text, "\n")
+		line = strings.TrimSuffix(line, "\r")
 		if i := strings.IndexByte(line, '#'); i >= 0 {
 			line = line[:i]
 		}
@@ -76,11 +78,34 @@ func ParseServices(data []byte) Services {
 				continue // first definition wins, as in getservbyname
 			}
 			svc.Port = uint16(port)
-			if !slices.Contains(svc.Protos, proto) {
-				svc.Protos = append(svc.Protos, proto)
-			}
+			svc.Protos = withProto(svc.Protos, proto)
 			s[name] = svc
 		}
 	}
 	return s
+}
+
+// The protocol lists a service can have, in the order they were found.
+var (
+	protosTCP    = []string{"tcp"}
+	protosUDP    = []string{"udp"}
+	protosTCPUDP = []string{"tcp", "udp"}
+	protosUDPTCP = []string{"udp", "tcp"}
+)
+
+// withProto is protos with proto added last (if not in it already).
+func withProto(protos []string, proto string) []string {
+	switch {
+	case len(protos) == 0 && proto == "tcp":
+		return protosTCP
+	case len(protos) == 0:
+		return protosUDP
+	case slices.Contains(protos, proto):
+		return protos
+	case len(protos) == 1 && protos[0] == "tcp":
+		return protosTCPUDP
+	case len(protos) == 1:
+		return protosUDPTCP
+	}
+	return append(protos[:len(protos):len(protos)], proto)
 }
