@@ -218,8 +218,18 @@ func (b *batch) returnRule(chain, comment string) {
 // of the batch was.
 var errGenerationMoved = errors.New("nftables: the ruleset changed meanwhile")
 
-// closing counts the sockets closeLater is closing.
-var closing sync.WaitGroup
+// closing counts the sockets closeLater is closing. Not a sync.WaitGroup:
+// CloseLater and WaitClosed are called at once from several goroutines
+// (a long-running guard's bans beside its other work, tests in parallel),
+// and a WaitGroup given an Add as a Wait is ending panics ("WaitGroup is
+// reused before previous Wait has returned").
+var closing = struct {
+	mu   sync.Mutex
+	n    int
+	none *sync.Cond // n reached 0
+}{}
+
+func init() { closing.none = sync.NewCond(&closing.mu) }
 
 // closeLater closes a socket that sent a transaction on a goroutine of
 // its own, off the caller's path. The kernel frees what a commit
@@ -237,15 +247,30 @@ func closeLater(c *netlink.Conn) { CloseLater(c.Close) }
 // may be released right after an nf_tables commit, this process's or
 // another's.
 func CloseLater(close func() error) {
-	closing.Add(1)
+	closing.mu.Lock()
+	closing.n++
+	closing.mu.Unlock()
 	go func() {
-		defer closing.Done()
+		defer func() {
+			closing.mu.Lock()
+			if closing.n--; closing.n == 0 {
+				closing.none.Broadcast()
+			}
+			closing.mu.Unlock()
+		}()
 		_ = close() // done with: nothing is read from it again
 	}()
 }
 
-// WaitClosed waits until every socket closeLater was given is closed.
-func WaitClosed() { closing.Wait() }
+// WaitClosed waits until every socket closeLater was given is closed
+// (those given while it waits too).
+func WaitClosed() {
+	closing.mu.Lock()
+	for closing.n > 0 {
+		closing.none.Wait()
+	}
+	closing.mu.Unlock()
+}
 
 // send commits the batch in one transaction. With a generation (genID
 // non-zero) the kernel commits it only if the ruleset generation is still

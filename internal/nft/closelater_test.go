@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"runtime"
+	"sync"
 	"testing"
 	"time"
 )
@@ -46,4 +48,41 @@ func TestCloseLater(t *testing.T) {
 	if len(closed) != 2 {
 		t.Fatalf("%d closes ran, want 2", len(closed))
 	}
+}
+
+// CloseLater and WaitClosed called at once from many goroutines (the
+// guard's bans beside its other work, tests in parallel in one process):
+// a sync.WaitGroup panicked ("WaitGroup is reused before previous Wait
+// has returned") when a close was added as a wait was ending (e2e
+// TestBansDuringBanStorm, once). With the WaitGroup this test fails under
+// -race (the Add beside the Wait); the panic itself is rarely hit.
+func TestCloseLaterWhileWaiting(t *testing.T) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				CloseLater(func() error { runtime.Gosched(); return nil })
+			}
+		})
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				WaitClosed()
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	WaitClosed()
 }
