@@ -14,6 +14,7 @@ var jsonCommands = map[string]bool{
 	"status": true, "explain": true, "audit": true, "bans": true, "blocklist list": true,
 	"blocklist update": true, "log": true, "version": true, "app list": true, "app info": true,
 	"guard check": true, // JSON always
+	"check":       true,
 }
 
 // ruleCommands print the normalized rule as JSON with --dry-run --json.
@@ -45,5 +46,5 @@ func (a *app) checkJSON(cmd *cobra.Command) error {
 
 // jsonList names the commands with JSON output, for checkJSON's message.
 func jsonList() string {
-	return "status, explain, audit, bans, blocklist list, blocklist update, log, version, app list, app info, guard check, and a rule command with --dry-run"
+	return "status, explain, audit, check, bans, blocklist list, blocklist update, log, version, app list, app info, guard check, and a rule command with --dry-run"
 }

@@ -1,11 +1,15 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // TestJSONFlagRefused: --json on a command without JSON output is refused
@@ -47,7 +51,7 @@ func TestJSONFlagRefused(t *testing.T) {
 		{[]string{"explain"}, false, ""}, {[]string{"audit"}, false, ""}, {[]string{"app", "info"}, false, ""},
 		{[]string{"allow"}, true, ""}, {[]string{"insert"}, true, ""},
 		{[]string{"allow"}, false, "only with --dry-run"}, {[]string{"route"}, false, "only with --dry-run"},
-		{[]string{"check"}, false, "'moat check' has no JSON output"}, {[]string{"show"}, false, "has no JSON output"},
+		{[]string{"check"}, false, ""}, {[]string{"show"}, false, "'moat show' has no JSON output"},
 		{[]string{"enable"}, false, "has no JSON output"}, {[]string{"reload"}, false, "has no JSON output"},
 		{[]string{"delete"}, false, "has no JSON output"}, {[]string{"ban"}, false, "has no JSON output"},
 	} {
@@ -63,5 +67,45 @@ func TestJSONFlagRefused(t *testing.T) {
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%v --json (dry run %v): %v, want %q", c.args, c.dryRun, err, c.want)
 		}
+	}
+}
+
+// TestCheckJSON: 'moat check --json' says whether the file is valid, and
+// where it is not (file, line, column, message), with exit code 1; the
+// covered rules are its warnings.
+func TestCheckJSON(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "moat.conf")
+	if err := os.WriteFile(conf, []byte("default deny incoming\nallow 99999/tcp\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runMoat(t, "--config", conf, "check", "--json")
+	var got struct {
+		Valid bool `json:"valid"`
+		Error *struct {
+			File    string `json:"file"`
+			Line    int    `json:"line"`
+			Column  int    `json:"column"`
+			Message string `json:"message"`
+		} `json:"error"`
+		Rules    int      `json:"rules"`
+		Warnings []string `json:"warnings"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); code != 1 || err != nil || got.Valid || got.Error == nil ||
+		got.Error.File != conf || got.Error.Line != 2 || got.Error.Column != 7 || !strings.Contains(got.Error.Message, "bad port '99999'") {
+		t.Errorf("check --json of a broken file: exit %d, %v\n%s", code, err, out)
+	}
+	p, err := policy.NewDocument(conf, []byte("allow 22/tcp\nlimit ssh\n")).Policy(policy.ParseServices([]byte("ssh 22/tcp\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	a := &app{out: &buf, config: conf}
+	if err := a.printCheckJSON(p, nil, ruleset.Shadowed(p), false); err != nil {
+		t.Fatal(err)
+	}
+	got.Error, got.Warnings = nil, nil
+	if err := json.Unmarshal(buf.Bytes(), &got); err != nil || !got.Valid || got.Rules != 2 || got.Error != nil || len(got.Warnings) != 1 ||
+		!strings.Contains(got.Warnings[0], "'limit ssh' never matches") {
+		t.Errorf("check --json of a valid file with a dead rule: %v\n%s", err, buf.String())
 	}
 }

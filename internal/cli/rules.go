@@ -18,6 +18,7 @@ import (
 	"github.com/moat-fw/moat/internal/engine"
 	"github.com/moat-fw/moat/internal/gctune"
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 	"github.com/moat-fw/moat/internal/safeapply"
 )
 
@@ -641,29 +642,89 @@ func confirm(cmd *cobra.Command, question string) (bool, error) {
 
 func (a *app) checkCommand() *cobra.Command {
 	return &cobra.Command{
-		Use: "check",
+		Use:   "check",
+		Short: "Validate the policy file (and, as root, test it against the kernel)",
+		Long: `Validate the policy file: every line parses, and (as root) the kernel
+accepts the ruleset it compiles to; nothing is applied. An error names
+FILE:LINE:COLUMN and what was expected (exit 1). Rules that an earlier rule
+covers (they can never match) are warned about.
+
+--json prints one object: config, valid, rules (how many), tested (the
+kernel checked the ruleset), error ({file, line, column, message}, or null)
+and warnings (the covered rules); the exit code is 1 when it is not valid.`,
 		Example: `  moat check
-  moat check --config /tmp/new.conf`,
-		Short:   "Validate the policy file (and, as root, test it against the kernel)",
+  moat check --config /tmp/new.conf
+  moat check --json`,
 		GroupID: "inspect",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, b, err := a.policyAndBackend()
+			var covered []ruleset.Covered
+			tested := false
+			if err == nil {
+				covered = ruleset.Shadowed(p)
+				if os.Geteuid() == 0 && b.Available() == nil {
+					if err = b.Check(cmd.Context(), a.compile(p)); err == nil {
+						tested = true
+					}
+				}
+			}
+			if a.json {
+				return a.printCheckJSON(p, err, covered, tested)
+			}
 			if err != nil {
 				return err
 			}
-			a.warnCovered(p)
-			tested := " (not tested against the kernel: that needs root)"
-			if os.Geteuid() == 0 && b.Available() == nil {
-				if err := b.Check(cmd.Context(), a.compile(p)); err != nil {
-					return err
-				}
-				tested = ""
+			a.printCovered(covered)
+			note := " (not tested against the kernel: that needs root)"
+			if tested {
+				note = ""
 			}
-			a.printf("%s: %s, valid%s\n", a.config, count(p.NumRules(), "rule"), tested)
+			a.printf("%s: %s, valid%s\n", a.config, count(p.NumRules(), "rule"), note)
 			return nil
 		},
 	}
+}
+
+// checkError is where and why a policy file is invalid, for 'check --json'.
+type checkError struct {
+	File    string `json:"file"`
+	Line    int    `json:"line"`
+	Column  int    `json:"column"`
+	Message string `json:"message"`
+}
+
+// printCheckJSON prints check's verdict as JSON; an invalid file is exit 1
+// (said in the JSON, not again on stderr).
+func (a *app) printCheckJSON(p *policy.Policy, err error, covered []ruleset.Covered, tested bool) error {
+	out := struct {
+		Config   string      `json:"config"`
+		Valid    bool        `json:"valid"`
+		Rules    int         `json:"rules"`
+		Tested   bool        `json:"tested"`
+		Error    *checkError `json:"error"`
+		Warnings []string    `json:"warnings"`
+	}{Config: a.config, Valid: err == nil, Tested: tested, Warnings: []string{}}
+	if p != nil {
+		out.Rules = p.NumRules()
+	}
+	for _, c := range covered {
+		out.Warnings = append(out.Warnings, c.String())
+	}
+	if err != nil {
+		out.Error = &checkError{Message: err.Error()}
+		var pe *policy.Error
+		if errors.As(err, &pe) {
+			out.Error = &checkError{File: pe.Pos.File, Line: pe.Pos.Line, Column: pe.Pos.Col, Message: pe.Msg}
+		}
+	}
+	if perr := a.printJSON(out); perr != nil {
+		return perr
+	}
+	if err != nil {
+		return &exitError{code: 1, err: errSilent}
+	}
+	return nil
 }
 
 func (a *app) showCommand() *cobra.Command {
@@ -674,9 +735,9 @@ func (a *app) showCommand() *cobra.Command {
 nftables, or the ipset and iptables-restore input for iptables. Built-in
 rules (loopback, conntrack, ICMP, DHCP) are part of it. The backend is the
 one 'moat reload' would load (the one applied now, unless the policy's
-'backend' line changed); --backend picks another. When moat is active and the file differs from what is applied, a
-note on stderr says so: the script is what 'moat reload' would load ('moat
-status' says what differs).
+'backend' line changed); --backend picks another. When moat is active and
+the file differs from what is applied, a note on stderr says so: the
+script is what 'moat reload' would load ('moat status' says what differs).
 
 As ufw's 'show': 'moat show raw' is the same; 'moat show added' lists the
 policy's rules as the commands that add them. ufw's 'show listening' is
