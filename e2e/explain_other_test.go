@@ -172,3 +172,34 @@ func TestUnbanSaysWhatWasNotBanned(t *testing.T) {
 		}
 	})
 }
+
+// TestAuditNamesDenyExceptions: audit's "open to anyone" names the lines
+// that drop some sources first, and real packets agree: the denied source
+// times out, another gets through (audit named only blocklists, so an
+// admin who denied a source read that the port was open to it).
+func TestAuditNamesDenyExceptions(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, false)
+		e.addClientAddrs("192.0.2.3/24")
+		e.apply("default deny incoming\ndeny from 192.0.2.3 to any port 80 proto tcp\nallow 80/tcp\n")
+		e.expect(false, "client/192.0.2.3 tcp 192.0.2.1:80 timeout", "client/192.0.2.2 tcp 192.0.2.1:80 open", "client tcp [2001:db8::1]:80 open")
+		a, _ := e.audit()
+		seen := 0
+		for _, s := range a.Sockets {
+			if s.Proto != "tcp" || s.Port != 80 {
+				continue
+			}
+			seen++
+			want := []string{"line 2 (deny from 192.0.2.3 to any port 80 proto tcp)"}
+			if s.Family == "ipv6" {
+				want = nil
+			}
+			if s.Status != "open" || strings.Join(s.Except, "|") != strings.Join(want, "|") {
+				t.Errorf("audit of tcp/80 %s: %+v, want open except %q", s.Family, s, want)
+			}
+		}
+		if seen == 0 {
+			t.Errorf("audit lists no tcp/80: %+v", a.Sockets)
+		}
+	})
+}

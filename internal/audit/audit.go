@@ -63,7 +63,8 @@ type Finding struct {
 	From []string `json:"from,omitempty"`
 	// AllowedBy are the policy lines that let it through ("L12: allow 80/tcp").
 	AllowedBy []string `json:"allowed_by,omitempty"`
-	// Except are the blocklists and bans that still drop some sources
+	// Except are the blocklists and bans, and the policy's lines before
+	// the allowing rule ("line N (TEXT)"), that still drop some sources
 	// of an open socket.
 	Except []string `json:"except,omitempty"`
 	// RateLimit: new connections over this rate from one source are rejected.
@@ -271,6 +272,14 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 		if all {
 			f.Status = Open
 			f.Except = exceptions(rs, pkt)
+			p := pkt
+			p.Dst = dsts[0]
+			if len(ifaces) > 0 {
+				p.InIface = ifaces[0]
+			}
+			if d, err := rs.Evaluate(p); err == nil && d.Chain == ruleset.Input && d.Index > 0 {
+				f.Except = append(f.Except, denyExceptions(rs, p, d.Index, ifaces)...)
+			}
 			return f
 		}
 		for _, i := range on {
@@ -485,6 +494,58 @@ func matching(ifaces []string, pattern string) []string {
 
 func protoMatch(protos []string, proto string) bool {
 	return len(protos) == 0 || slices.Contains(protos, proto)
+}
+
+// denyExceptions names the policy's lines before the accepting rule
+// (input rules [0, upto)) that drop or reject some sources of the
+// packet's family, protocol and port: 'open to anyone' then says which
+// sources are not ("except line 4 (deny from 192.0.2.2 ...)"); it named
+// only blocklists, and an admin who denied a source read that the port
+// was open to it too.
+func denyExceptions(rs *ruleset.Ruleset, pkt ruleset.Packet, upto int, ifaces []string) []string {
+	c := rs.Chain(ruleset.Input)
+	if c == nil || upto > len(c.Rules) {
+		return nil
+	}
+	const most = 5
+	var out []string
+	lines := 0
+	add := func(line int, text string) {
+		if lines++; lines <= most {
+			out = append(out, fmt.Sprintf("line %d (%s)", line, text))
+		}
+	}
+	v6 := pkt.Src.Is6()
+	for _, r := range c.Rules[:upto] {
+		if (r.Verdict != ruleset.Drop && r.Verdict != ruleset.Reject) || r.Limit != nil || r.Trap != nil ||
+			(len(r.Src) == 0 && r.SrcSet == "") || !protoMatch(r.Protos, pkt.Proto) || !r.DPorts.Contains(pkt.DPort) ||
+			(r.Family == policy.FamilyV4 && v6) || (r.Family == policy.FamilyV6 && !v6) ||
+			(len(r.CTStates) > 0 && !slices.Contains(r.CTStates, ruleset.CTNew)) {
+			continue
+		}
+		if r.InIface != "" && !slices.ContainsFunc(ifaces, func(i string) bool { return slices.Contains(matching([]string{i}, r.InIface), i) }) {
+			continue
+		}
+		if r.SrcSet == "" {
+			if r.Origin.Line > 0 {
+				add(r.Origin.Line, r.Origin.Text)
+			}
+			continue
+		}
+		set := rs.Set(r.SrcSet)
+		if set == nil || set.Blocklist != "" || strings.HasPrefix(r.SrcSet, "ban") {
+			continue // blocklists and bans: exceptions() names them
+		}
+		for _, e := range set.Entries {
+			if e.Origin.Line > 0 && e.Prefix.Addr().Is6() == v6 {
+				add(e.Origin.Line, e.Origin.Text)
+			}
+		}
+	}
+	if lines > most {
+		out = append(out, fmt.Sprintf("%d more lines", lines-most))
+	}
+	return out
 }
 
 // exceptions names the blocklists and ban sets that drop some sources

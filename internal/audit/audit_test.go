@@ -338,3 +338,23 @@ func TestClassifyBlocklistFamily(t *testing.T) {
 		t.Errorf("ipv6: %+v, want no exception (the list holds no IPv6 network)", f)
 	}
 }
+
+// TestClassifyDenyExceptions: 'open to anyone' names the policy's lines
+// before the allowing rule that drop or reject some sources of the port
+// (a rule of its own, or address rules held in a set), of the socket's
+// family only; it named only blocklists.
+func TestClassifyDenyExceptions(t *testing.T) {
+	p, _ := compile(t, "default deny incoming\ndeny from 203.0.113.9\ndeny from 203.0.113.10\ndeny from 2001:db8:bad::/48\n"+
+		"reject from 198.51.100.0/24 to any port 443 proto tcp\ndeny from 192.0.2.7 to any port 22 proto tcp\nallow 443/tcp\nallow 80/tcp\n")
+	fs := Classify([]Socket{sock("tcp", "[::]:443", 1, "web"), sock("tcp", "[::]:80", 1, "web")}, ruleset.Compile(p), true, []string{"eth0"})
+	want4 := []string{"line 2 (deny from 203.0.113.9)", "line 3 (deny from 203.0.113.10)", "line 5 (reject from 198.51.100.0/24 to any port 443 proto tcp)"}
+	if f := find(t, fs, "tcp", "ipv4", 443); f.Status != Open || !slices.Equal(f.Except, want4) {
+		t.Errorf("ipv4 443: %+v\nwant except %q", f, want4)
+	}
+	if f := find(t, fs, "tcp", "ipv6", 443); f.Status != Open || !slices.Equal(f.Except, []string{"line 4 (deny from 2001:db8:bad::/48)"}) {
+		t.Errorf("ipv6 443: %+v", f)
+	}
+	if f := find(t, fs, "tcp", "ipv4", 80); !slices.Equal(f.Except, want4[:2]) {
+		t.Errorf("ipv4 80 (line 5 is for 443 only): %+v", f)
+	}
+}

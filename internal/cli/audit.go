@@ -28,8 +28,10 @@ and whether the outside reaches it under the policy moat applied. Each is
 judged with the evaluator of 'moat explain', for a new connection from a
 source that no rule names, of each family the socket takes:
 
-  open to anyone         a source no rule names gets through (blocklists
-                         and rate limits that still apply are named)
+  open to anyone         a source no rule names gets through (blocklists,
+                         lines before the allowing rule that drop or
+                         reject some sources, and rate limits that still
+                         apply are named)
   open to some sources   only the networks, interfaces or source ports
                          listed get through (the built-in rule for DHCP
                          replies opens UDP port 68 to source port 67)
@@ -54,7 +56,8 @@ the kernel's socket table and the applied ruleset need it.
 sockets (one per socket and family: proto, family "ipv4"/"ipv6", address,
 port, device (SO_BINDTODEVICE), pid, process, status "open", "open-some",
 "closed", "inactive-open", "local-only", "open-ahead" or
-"maybe-open-ahead", accepted_ahead, from, allowed_by, except, rate_limit, unexplained),
+"maybe-open-ahead", accepted_ahead, from, allowed_by, except (blocklists, and policy lines
+"line N (TEXT)" that drop some sources first), rate_limit, unexplained),
 unused_allows (line, rule, proto, ports), warnings, other_filtering,
 unexplained_exposed and kernel_changed.
 
