@@ -27,7 +27,7 @@ func (b *Backend) startWatch() {
 	if b.watch != nil || !b.InNftables() || !b.Netlink {
 		return
 	}
-	w, err := nft.WatchCommits()
+	w, err := watchCommits()
 	if err != nil {
 		b.log().Debug("iptables-restore unwatched", "err", err)
 		return
@@ -37,6 +37,9 @@ func (b *Backend) startWatch() {
 	b.watchPIDs = []int{os.Getpid()}
 	b.watchMu.Unlock()
 }
+
+// watchCommits starts a commit watch (a variable for the tests).
+var watchCommits = nft.WatchCommits
 
 // restoreStarted records the PID of a restore Apply started.
 func (b *Backend) restoreStarted(pid int) {
@@ -84,21 +87,33 @@ func (b *Backend) endWatch() {
 	post, err := nftGeneration()
 	if err != nil {
 		w.Close()
+		b.watchMu.Lock()
+		ran := len(b.watchPIDs) > 1
+		b.watchMu.Unlock()
+		if ran {
+			b.tell(nft.UnheardMessage("iptables-restore"))
+		}
 		return
 	}
 	commits, complete := w.Stop(post)
-	if !complete {
-		b.log().Debug("the commits while iptables-restore ran are not all known")
-	}
 	b.watchMu.Lock()
 	pids := append([]int(nil), b.watchPIDs...)
 	b.watchMu.Unlock()
 	ours := func(c nft.Commit) bool { return nft.CommittedBy(c, pids) }
 	b.overwrote = nft.Overwritten(commits, ours, moatChainChange)
-	if len(b.overwrote) == 0 {
-		return
+	if len(b.overwrote) > 0 {
+		b.tell(nft.OverwrittenMessage("iptables-restore", b.overwrote))
 	}
-	msg := nft.OverwrittenMessage("iptables-restore", b.overwrote)
+	if !complete && len(pids) > 1 {
+		// A tool ran (its PID after moat's): silence would read as
+		// nothing written over.
+		b.log().Debug("the commits while iptables-restore ran are not all known")
+		b.tell(nft.UnheardMessage("iptables-restore"))
+	}
+}
+
+// tell says msg through Warn, else logs it.
+func (b *Backend) tell(msg string) {
 	if b.Warn != nil {
 		b.Warn(msg)
 		return

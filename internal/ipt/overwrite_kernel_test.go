@@ -3,6 +3,7 @@ package ipt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -124,6 +125,67 @@ func TestKernelHandChangeDuringRestore(t *testing.T) {
 			if _, err := execrun.Exec(ctx, nil, "iptables", "-D", "MOAT-INPUT", "1"); err != nil {
 				t.Fatal(err)
 			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Notifications lost while moat's iptables-restore runs (a flood of
+// another program's commits overruns the watch's socket): Apply cannot
+// tell whether the restore wrote over a change of moat's chains, and
+// says so. Before, it said nothing, which reads as nothing written over.
+func TestKernelRestoreUnheardSaid(t *testing.T) {
+	ns := labtest.NS(t, "moatunheard")
+	ctx := context.Background()
+	old := watchCommits
+	small := false
+	watchCommits = func() (*nft.CommitWatch, error) {
+		if small {
+			return nft.WatchCommitsBuffer(0)
+		}
+		return old()
+	}
+	t.Cleanup(func() { watchCommits = old })
+	var flood strings.Builder
+	flood.WriteString("add table inet flood\nadd chain inet flood c\n")
+	for i := range 3000 {
+		fmt.Fprintf(&flood, "add rule inet flood c tcp dport %d accept\n", i+1)
+	}
+	head := "default deny incoming\nallow 22/tcp\n"
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here")
+		}
+		b := countingBackend(t, map[string]int{})
+		run := b.Run
+		flooding := false
+		b.Run = func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+			if name == "iptables-restore" && flooding {
+				flooding = false
+				if _, err := execrun.Exec(context.Background(), []byte(flood.String()), "nft", "-f", "-"); err != nil {
+					t.Error(err)
+				}
+			}
+			return run(ctx, stdin, name, args...)
+		}
+		b.noRulesNetlink = true // the change through iptables-restore
+		var warned []string
+		b.Warn = func(msg string) { warned = append(warned, msg) }
+		if err := b.Apply(ctx, compile(t, head)); err != nil {
+			t.Fatal(err)
+		}
+		if len(warned) != 0 {
+			t.Errorf("nothing else committed: warned %q", warned)
+		}
+		flooding, small = true, true
+		if err := b.Apply(ctx, compile(t, head+"allow 9901/tcp\n")); err != nil {
+			t.Fatal(err)
+		}
+		if len(warned) != 1 || !strings.Contains(warned[0], "could not hear every change") || !strings.Contains(warned[0], "iptables-restore") {
+			t.Errorf("notifications lost, warned %q", warned)
 		}
 		return nil
 	})

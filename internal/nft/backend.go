@@ -747,11 +747,18 @@ func (b *Backend) apply(ctx context.Context, rs *ruleset.Ruleset) error {
 			staged, pre, preErr = true, p.gen+1, nil
 			if g, err := b.generation(); err != nil || g != pre {
 				covered = false
+			} else {
+				// Listening again from the stage's commit on.
+				w.From(g)
 			}
 		} else {
 			// Nothing was committed: another change came first, or the
 			// table was there. The whole table through nft alone.
 			pre, preErr = b.generation()
+			if preErr == nil {
+				// Listening again before the read below.
+				w.From(pre)
+			}
 			if b.Checked.OK && !b.Checked.At(Generation()) {
 				return fmt.Errorf("nftables apply: %w", ErrChangedSinceCheck)
 			}
@@ -821,13 +828,22 @@ func (t *toolPIDs) add(pid int) {
 // which change of moat's table by another program one of moat's
 // commits may have written over (tool: what made them, "" for moat's
 // own transaction). covered: w listened from a generation at which the
-// table was what the plan read.
+// table was what the plan read. Where tool's commit may have written
+// over commits not heard (the watch not started, notifications lost),
+// it says it cannot tell: silence would read as none.
 func (b *Backend) judge(w *CommitWatch, covered bool, pids *toolPIDs, rs *ruleset.Ruleset, tool string) {
 	if w == nil {
+		if b.Netlink && tool != "" {
+			b.tell(UnheardMessage(tool))
+		}
 		return
 	}
 	post, err := Generation()
 	if err != nil {
+		w.Close()
+		if tool != "" {
+			b.tell(UnheardMessage(tool))
+		}
 		return
 	}
 	commits, complete := w.Stop(post)
@@ -835,10 +851,15 @@ func (b *Backend) judge(w *CommitWatch, covered bool, pids *toolPIDs, rs *rulese
 	ours := func(c Commit) bool { return CommittedBy(c, pids.pids) }
 	b.overwrote = Overwritten(commits, ours, moatTableChange(rs))
 	pids.mu.Unlock()
-	if !complete || !covered {
-		b.log().Debug("the commits while moat wrote its table are not all known", "complete", complete, "covered", covered)
-	}
 	b.tellOverwritten(tool)
+	if !complete || !covered {
+		// moat's own transaction commits at the generation its plan
+		// read: nothing came between.
+		b.log().Debug("the commits while moat wrote its table are not all known", "complete", complete, "covered", covered)
+		if tool != "" {
+			b.tell(UnheardMessage(tool))
+		}
+	}
 }
 
 // log is the backend's logger (nothing logged when Log is unset).
@@ -896,12 +917,23 @@ func (b *Backend) tellOverwritten(tool string) {
 	if len(b.overwrote) == 0 {
 		return
 	}
-	msg := overwrittenMessage(tool, b.overwrote)
+	b.tell(overwrittenMessage(tool, b.overwrote))
+}
+
+// tell says msg through Warn, else logs it.
+func (b *Backend) tell(msg string) {
 	if b.Warn != nil {
 		b.Warn(msg)
 		return
 	}
 	b.log().Warn(msg)
+}
+
+// UnheardMessage is what the admin is told when the commits made while
+// moat's tool wrote moat's rules are not all known: another program's
+// change then may have been written over, unseen.
+func UnheardMessage(tool string) string {
+	return fmt.Sprintf("moat could not hear every change committed while moat's %s wrote its rules (the kernel's notifications were lost or did not come), so it cannot tell whether it replaced another program's change; 'moat status' shows moat's rules as they are now", tool)
 }
 
 // overwrittenMessage is what the admin is told of changes that moat's

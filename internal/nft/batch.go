@@ -333,7 +333,10 @@ func (b *batch) send(genID uint32) error {
 	if _, err := conn.SendMessages(msgs); err != nil {
 		return fmt.Errorf("nftables: send transaction: %w", err)
 	}
-	return readAcks(conn, len(b.msgs))
+	return readAcks(conn, len(b.msgs), func() bool {
+		raw, err := conn.SyscallConn()
+		return err == nil && pollIn(raw)
+	})
 }
 
 // batchAnswerTimeout bounds the wait for a transaction's acks. The kernel
@@ -350,18 +353,19 @@ type ackReader interface {
 	SetReadDeadline(time.Time) error
 }
 
-// readAcks reads the n acks of a transaction just sent on c.
-func readAcks(c ackReader, n int) error {
+// readAcks reads the n acks of a transaction just sent on c; queued
+// says whether an answer waits in the socket.
+func readAcks(c ackReader, n int, queued func() bool) error {
 	_ = c.SetReadDeadline(time.Now().Add(batchAnswerTimeout))
-	late := false
 	for acked := 0; acked < n; {
 		replies, err := c.Receive()
-		if errors.Is(err, os.ErrDeadlineExceeded) && !late {
-			// Once more: a deadline passed while this thread waited
-			// for the CPU (a loaded machine) fails the read unread.
-			late = true
-			_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-			continue
+		if errors.Is(err, os.ErrDeadlineExceeded) && queued() {
+			// The deadline passed while this thread waited for the
+			// CPU (a loaded machine), the answer there: read without
+			// one (it does not wait), then wait again for the rest.
+			_ = c.SetReadDeadline(time.Time{})
+			replies, err = c.Receive()
+			_ = c.SetReadDeadline(time.Now().Add(batchAnswerTimeout))
 		}
 		if err != nil {
 			if errors.Is(err, unix.ERESTART) {

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -63,18 +64,43 @@ type CommitWatch struct {
 	cur  []Change
 	all  []Commit
 	// last is the highest generation seen; lost: the socket overran
-	// (ENOBUFS) or a message could not be read, so commits may be
-	// missing.
+	// (ENOBUFS), a message could not be read, or a generation was
+	// skipped (a commit not heard), so commits may be missing.
 	last  uint32
 	seen  bool
 	lost  bool
 	ended bool
+	// paused: not listening since pause, until From says where the
+	// listening began again (a gap up to there is expected).
+	paused bool
+	// taken counts the notifications read: Stop waits on while they
+	// come.
+	taken uint64
 	done  chan struct{}
 }
 
+// watchBuffer is the receive buffer a watch asks for (tests make it
+// small to overrun it).
+var watchBuffer = 16 << 20
+
+// Stop waits for the generation it is given for stopWait without a
+// notification read (and none queued), and stopMost at most.
+var (
+	stopWait = time.Second
+	stopMost = 10 * time.Second
+)
+
+// readHook, in tests, runs in the reader before each read of the socket
+// (a reader late to its socket).
+var readHook func()
+
 // WatchCommits starts listening to the commits of the calling thread's
 // network namespace.
-func WatchCommits() (*CommitWatch, error) {
+func WatchCommits() (*CommitWatch, error) { return WatchCommitsBuffer(watchBuffer) }
+
+// WatchCommitsBuffer is WatchCommits with a receive buffer of size bytes
+// (tests overrun a small one).
+func WatchCommitsBuffer(size int) (*CommitWatch, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: watch commits: %w", err)
@@ -84,8 +110,8 @@ func WatchCommits() (*CommitWatch, error) {
 	// overruns says so (lost).
 	if raw, err := c.SyscallConn(); err == nil {
 		_ = raw.Control(func(fd uintptr) {
-			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20) != nil {
-				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<20)
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, size)
 			}
 		})
 	}
@@ -102,6 +128,9 @@ func WatchCommits() (*CommitWatch, error) {
 func (w *CommitWatch) read() {
 	defer close(w.done)
 	for {
+		if readHook != nil {
+			readHook()
+		}
 		msgs, err := w.c.Receive()
 		w.mu.Lock()
 		if err != nil {
@@ -126,6 +155,7 @@ func (w *CommitWatch) read() {
 		for _, m := range msgs {
 			w.take(m)
 		}
+		w.taken += uint64(len(msgs))
 		w.cond.Broadcast()
 		w.mu.Unlock()
 	}
@@ -161,6 +191,13 @@ func (w *CommitWatch) take(m netlink.Message) {
 		w.cur = nil
 		w.all = append(w.all, cm)
 		if !w.seen || int32(cm.Gen-w.last) > 0 {
+			// The kernel moves the generation by one a commit (an
+			// aborted transaction moves it not) and tells each: a
+			// generation skipped while listening is a commit not
+			// heard, whatever the socket said.
+			if w.seen && !w.paused && cm.Gen != w.last+1 {
+				w.lost = true
+			}
 			w.last, w.seen = cm.Gen, true
 		}
 		return
@@ -216,25 +253,39 @@ func (w *CommitWatch) From(gen uint32) {
 	if !w.seen || int32(gen-w.last) > 0 {
 		w.last, w.seen = gen, true
 	}
+	w.paused = false
 }
 
 // Stop ends the watch once it has seen the commit of generation gen (the
 // generation read after the programs watched ended: their commits'
-// notifications were queued before they returned), or after a second.
-// complete is false when commits may be missing (the socket overran, a
-// notification could not be read, gen never came).
+// notifications were queued before they returned). It waits while
+// notifications come or wait in the socket (a reader late on a loaded
+// machine), and gives up after stopWait without any (gen will not come)
+// or stopMost in all. complete is false when commits may be missing (the
+// socket overran, a notification could not be read or was skipped, gen
+// never came).
 func (w *CommitWatch) Stop(gen uint32) (commits []Commit, complete bool) {
 	if w == nil {
 		return nil, false
 	}
-	deadline := time.Now().Add(time.Second)
-	timer := time.AfterFunc(time.Second, func() {
+	start := time.Now()
+	deadline := start.Add(stopWait)
+	timer := time.AfterFunc(stopWait, func() {
 		w.mu.Lock()
 		w.cond.Broadcast()
 		w.mu.Unlock()
 	})
 	w.mu.Lock()
-	for !w.ended && (!w.seen || int32(gen-w.last) > 0) && time.Now().Before(deadline) {
+	taken := w.taken
+	for !w.ended && !w.lost && (!w.seen || int32(gen-w.last) > 0) {
+		if now := time.Now(); !now.Before(deadline) {
+			if w.taken == taken && !w.queued() || now.Sub(start) >= stopMost {
+				break
+			}
+			// Still reading: another while.
+			taken, deadline = w.taken, now.Add(stopWait)
+			timer.Reset(stopWait)
+		}
 		w.cond.Wait()
 	}
 	reached := w.seen && int32(gen-w.last) <= 0
@@ -246,6 +297,27 @@ func (w *CommitWatch) Stop(gen uint32) (commits []Commit, complete bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.all, reached && !w.lost
+}
+
+// queued says whether notifications wait in the socket, unread.
+func (w *CommitWatch) queued() bool {
+	raw, err := w.c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	return pollIn(raw)
+}
+
+// pollIn says whether a read of the socket would not wait: a message
+// queued, or an error (ENOBUFS) to read.
+func pollIn(raw syscall.RawConn) bool {
+	in := false
+	_ = raw.Control(func(fd uintptr) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(pfd, 0)
+		in = err == nil && n > 0 && pfd[0].Revents != 0
+	})
+	return in
 }
 
 // Close ends the watch, its commits unread.
@@ -264,6 +336,9 @@ func (w *CommitWatch) Close() {
 // notifications would only cost: the stage of a first load).
 func (w *CommitWatch) pause() {
 	if w != nil {
+		w.mu.Lock()
+		w.paused = true
+		w.mu.Unlock()
 		_ = w.c.LeaveGroup(unix.NFNLGRP_NFTABLES) // resume says whether it listens
 	}
 }
