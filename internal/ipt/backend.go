@@ -150,10 +150,42 @@ func (b *Backend) runFrom(ctx context.Context, write func(io.Writer) error, name
 // of the transaction's socket waits for that, and ipset refuses to
 // destroy or rename a set still referenced ("in use by a kernel
 // component"). nft.CloseLater releases those sockets off the command's
-// path: whatever changes sets waits for them here.
+// path: whatever may destroy or rename a set waits for them here
+// (mayFreeSets); a ban, a read or a member added does not wait (a
+// long-running guard bans beside the closes of its other work).
 func (b *Backend) runIpset(ctx context.Context, stdin []byte, args ...string) ([]byte, error) {
-	nft.WaitClosed()
+	if mayFreeSets(stdin, args) {
+		nft.WaitClosed()
+	}
 	return b.Run(ctx, stdin, "ipset", args...)
+}
+
+// mayFreeSets says whether ipset with args (and stdin, for restore) may
+// destroy, rename or swap a set: a command of these among the arguments,
+// or a line of the script that starts with one (ipset's short forms too).
+// A swap is refused while a dump of either set is open (a dump cut short
+// keeps it open until its socket is closed, which CloseLater does later).
+// When in doubt, yes: a wait is only time.
+func mayFreeSets(stdin []byte, args []string) bool {
+	frees := func(cmd string) bool {
+		switch cmd {
+		case "destroy", "x", "rename", "e", "swap", "w", "-X", "-E", "-W", "--destroy", "--rename", "--swap":
+			return true
+		}
+		return false
+	}
+	for _, a := range args {
+		if frees(a) {
+			return true
+		}
+	}
+	for line := range bytes.Lines(stdin) {
+		cmd, _, _ := bytes.Cut(bytes.TrimLeft(line, " \t"), []byte(" "))
+		if frees(string(bytes.TrimRight(cmd, "\r\n\t"))) {
+			return true
+		}
+	}
+	return false
 }
 
 // Name is the backend's name.

@@ -121,3 +121,35 @@ func TestKernelSetPrefetchSameAsOneByOne(t *testing.T) {
 		t.Error("a member swapped by hand: not seen in the prefetched digest, or seen in the wrong set")
 	}
 }
+
+// runIpset waits for the transactions' sockets only when ipset may
+// destroy or rename a set: the scripts and arguments moat gives it for
+// bans, reads and members added do not wait. Fails if a destroy or
+// rename (in any of ipset's spellings, anywhere in a restore script) is
+// taken for one that does not free a set, or a ban for one that does.
+func TestMayFreeSets(t *testing.T) {
+	for _, c := range []struct {
+		stdin string
+		args  []string
+		want  bool
+	}{
+		{"", []string{"destroy", "moat-x"}, true},
+		{"", []string{"rename", "a", "b"}, true},
+		{"", []string{"-X", "a"}, true},
+		{"create a hash:net\nadd a 192.0.2.1\nswap a b\ndestroy a\n", []string{"restore"}, true},
+		{"add a 192.0.2.1 -exist\n  destroy a\r\n", []string{"-exist", "restore"}, true},
+		{"x a\n", []string{"restore"}, true},
+		{"create t hash:net\nswap t a\n", []string{"restore"}, true},
+		{"", []string{"swap", "a", "b"}, true},
+		{"e a b", []string{"restore"}, true},
+		{"add moat-ban4 192.0.2.1 timeout 3600 comment \"destroy x\" -exist\n", []string{"restore"}, false},
+		{"del moat-ban4 192.0.2.1 -exist\n", []string{"restore"}, false},
+		{"", []string{"test", "moat-ban4", "192.0.2.1"}, false},
+		{"", []string{"save", "moat-ban6"}, false},
+		{"", []string{"list", "-n"}, false},
+	} {
+		if got := mayFreeSets([]byte(c.stdin), c.args); got != c.want {
+			t.Errorf("mayFreeSets(%q, %q) = %v, want %v", c.stdin, c.args, got, c.want)
+		}
+	}
+}

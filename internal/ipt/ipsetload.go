@@ -112,8 +112,8 @@ func (w *ipsetWriter) start(cmd int, name string) {
 
 // command sends one of DESTROY (name), RENAME and SWAP (name, name2).
 func (w *ipsetWriter) command(ctx context.Context, cmd int, name, name2 string) error {
-	if cmd == ipsetCmdDestroy || cmd == ipsetCmdRename {
-		nft.WaitClosed() // a set a removed rule used may be held until then (Backend.runIpset)
+	if cmd == ipsetCmdDestroy || cmd == ipsetCmdRename || cmd == ipsetCmdSwap {
+		nft.WaitClosed() // a set a removed rule used, or a dump cut short, may hold it until then (Backend.runIpset)
 	}
 	w.start(cmd, name)
 	if name2 != "" {
