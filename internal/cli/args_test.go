@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"bytes"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestHostileArgs: a rule or packet from the command line with a huge
@@ -125,5 +127,32 @@ func TestLogNoJournal(t *testing.T) {
 	}
 	if out, code := runMoat(t, "log"); code != 0 || !strings.Contains(out, "0 blocked packets") {
 		t.Errorf("log of a journal without moat's lines: exit %d\n%s", code, out)
+	}
+}
+
+// TestDeadlineAndEmptyConfig: a confirmation deadline far away is said
+// with its date (--confirm 99999h said "before 04:58:24"), status says the
+// time left as a duration; an empty --config is refused (status read ""
+// and said "Changes in  not applied").
+func TestDeadlineAndEmptyConfig(t *testing.T) {
+	now := time.Date(2026, 11, 26, 13, 0, 0, 0, time.Local)
+	if got := deadlineText(now.Add(60*time.Second), now); got != "13:01:00" {
+		t.Errorf("60 s: %s", got)
+	}
+	if got := deadlineText(now.Add(99999*time.Hour), now); !strings.HasPrefix(got, "2038-") {
+		t.Errorf("99999 h: %s", got)
+	}
+	rep := &statusReport{Status: "active", Defaults: map[string]statusDefault{},
+		Pending: &statusPending{Applied: now, Deadline: time.Now().Add(90 * time.Second), SecondsLeft: 90}}
+	var out bytes.Buffer
+	a := &app{out: &out, errOut: &bytes.Buffer{}}
+	if err := a.printStatus(rep, ""); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "rolls back in 1m30s (at ") {
+		t.Errorf("status with a pending change:\n%s", out.String())
+	}
+	if out, code := runMoat(t, "--config", "", "status"); code != 1 || !strings.Contains(out, "--config is empty") {
+		t.Errorf("--config '': exit %d\n%s", code, out)
 	}
 }

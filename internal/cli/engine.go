@@ -302,6 +302,16 @@ func (a *app) watchdogArgs(id string) []string {
 	return append(args, "watchdog", id)
 }
 
+// deadlineText is a confirmation deadline as the admin reads it: the time
+// of day, with the date when it is not within the next 12 hours (a
+// '--confirm 99999h' said "before 04:58:24", eleven years away).
+func deadlineText(deadline, now time.Time) string {
+	if d := deadline.Sub(now); d >= 0 && d < 12*time.Hour {
+		return deadline.Format(time.TimeOnly)
+	}
+	return deadline.Format(time.DateTime)
+}
+
 // report prints what an apply did that the admin must know.
 func (a *app) report(res *engine.Result) {
 	if res.Switched != "" && res.Applied != nil {
@@ -317,7 +327,7 @@ func (a *app) waitConfirm(ctx context.Context, p *engine.Pending) error {
 	}
 	a.printf("Waiting for confirmation: from a NEW connection, run 'moat confirm' before %s (%s from now),\n"+
 		"or the previous rules come back. 'moat rollback' goes back at once.\n",
-		p.Deadline.Format(time.TimeOnly), time.Until(p.Deadline).Round(time.Second))
+		deadlineText(p.Deadline, time.Now()), time.Until(p.Deadline).Round(time.Second))
 	if a.noWait {
 		return nil
 	}

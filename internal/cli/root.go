@@ -209,6 +209,9 @@ func (a *app) rootCommand() *cobra.Command {
 			if err := a.checkJSON(cmd); err != nil {
 				return err
 			}
+			if a.config == "" {
+				return errors.New("--config is empty: expected the policy file's path (default " + policy.DefaultPath + ")")
+			}
 			return a.needRoot(cmd)
 		},
 	}

@@ -312,8 +312,9 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 	a.printTruth(rep)
 	a.printForeign(rep)
 	if rep.Pending != nil {
-		a.printf("Pending: the change applied at %s rolls back in %ds unless 'moat confirm' is run\n",
-			rep.Pending.Applied.Format(time.TimeOnly), rep.Pending.SecondsLeft)
+		a.printf("Pending: the change applied at %s rolls back in %s (at %s) unless 'moat confirm' is run\n",
+			rep.Pending.Applied.Format(time.TimeOnly), time.Duration(rep.Pending.SecondsLeft)*time.Second,
+			deadlineText(rep.Pending.Deadline, time.Now()))
 		if rep.Pending.WatchdogPID > 0 && !rep.Pending.WatchdogRunning {
 			a.printf("WARNING: its rollback watchdog (PID %d) is gone: nothing rolls it back until the next moat command that changes state\n"+
 				"  (which starts a new watchdog, or rolls it back if the deadline passed); 'moat rollback' now, or 'moat confirm'\n", rep.Pending.WatchdogPID)
