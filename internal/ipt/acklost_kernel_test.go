@@ -89,3 +89,56 @@ func TestKernelRulesNetlinkAckLostChecked(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// 'moat reload' (a whole rewrite of the same policy) whose answer is
+// lost after a hand rule made the kernel refuse it, a drift check
+// vouching for the read: MOAT-GEN's record read back must not count it
+// committed because the policy is the same (here the ipsets' "changing"
+// mark, written first, says it is not). Nothing restored over the hand
+// rule (ErrChangedSinceCheck).
+func TestKernelRulesNetlinkAckLostSameRecord(t *testing.T) {
+	ns := labtest.NS(t, "moatacksame")
+	ctx := context.Background()
+	b := countingBackend(t, map[string]int{})
+	head := "default deny incoming\nallow 22/tcp\n"
+	const hand = "-A MOAT-INPUT -p tcp -m tcp --dport 7070 -m comment --comment HAND -j DROP"
+	oldSend := sendRules
+	t.Cleanup(func() { sendRules = oldSend })
+	err := ns.Do(func() error {
+		if legacyTables() {
+			t.Skip("legacy x_tables loaded here")
+		}
+		if err := b.Apply(ctx, compile(t, head)); err != nil {
+			t.Fatal(err)
+		}
+		g, err := nft.Generation()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Checked = nft.CheckedGen{Gen: g, OK: true}
+		sent := false
+		sendRules = func(txn *rulesTxn, gen uint32) error {
+			sent = true
+			if _, err := execrun.Exec(context.Background(), nil, "iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "7070", "-m", "comment", "--comment", "HAND", "-j", "DROP"); err != nil {
+				t.Fatal(err)
+			}
+			if err := oldSend(txn, gen); !nft.GenerationMoved(err) {
+				t.Fatalf("the transaction after a hand rule: %v, want refused", err)
+			}
+			return fmt.Errorf("nftables: transaction's acks lost, committed or not: %w", unix.ENOBUFS)
+		}
+		b.Full = true // moat reload
+		err = b.Apply(ctx, compile(t, head))
+		if !sent {
+			t.Fatal("the same policy again wrote nothing over netlink: the case is not made")
+		}
+		lines := strings.Join(moatLines(t, ctx)[policy.FamilyV4], "\n")
+		if !errors.Is(err, nft.ErrChangedSinceCheck) || !strings.Contains(lines, hand) {
+			t.Errorf("refused after a hand rule, answer lost: %v, want ErrChangedSinceCheck:\n%s", err, lines)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

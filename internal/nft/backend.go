@@ -943,6 +943,12 @@ func overwrittenMessage(tool string, what []string) string {
 	if tool != "" {
 		by = "moat's " + tool
 	}
+	// A program committing in a loop meanwhile makes as many lines:
+	// the first few are said, and how many more.
+	const most = 8
+	if len(what) > most {
+		what = append(what[:most:most], fmt.Sprintf("%d more commits", len(what)-most))
+	}
 	return fmt.Sprintf("another program changed moat's rules while %s wrote them, and moat's write may have replaced that change (%s); 'moat status' shows moat's rules as they are now: make the change again if it is still wanted", by, strings.Join(what, "; "))
 }
 

@@ -54,6 +54,17 @@ func TestOverwrittenOrder(t *testing.T) {
 			t.Errorf("%s: %q, want %d", c.name, got, c.want)
 		}
 	}
+	// A program committing in a loop: the message says the first few
+	// commits and how many more, not each (it was one line per commit,
+	// unbounded).
+	var loop []Commit
+	for g := range uint32(1000) {
+		loop = append(loop, hand(g+2, rule(strings.Repeat("x", 200))))
+	}
+	loop = append(loop, moat(1002, del(strings.Repeat("x", 200))))
+	if msg := overwrittenMessage("nft -f", Overwritten(loop, ours, mine)); len(msg) > 4096 || !strings.Contains(msg, "992 more commits") {
+		t.Errorf("1000 commits: a message of %d bytes: %.300s", len(msg), msg)
+	}
 	// Hostile names are printed, not obeyed.
 	got := Overwritten([]Commit{{Gen: 2, PID: 99, Comm: "x\x1b[2J", Changes: []Change{rule("in\nput")}}, moat(3, rule("in\nput"))}, ours, mine)
 	if len(got) != 1 || strings.ContainsAny(got[0], "\n\x1b") {
@@ -129,6 +140,10 @@ func TestKernelHandChangeDuringFirstLoad(t *testing.T) {
 		lost := hand && !strings.Contains(k.table(), "HAND")
 		if !hand && len(got) != 0 {
 			t.Errorf("a first load alone told %q", got)
+		}
+		if hand && !lost {
+			// Else the case below tests nothing.
+			t.Fatalf("the first load kept the hand rule:\n%s", k.table())
 		}
 		if lost && len(got) == 0 {
 			t.Error("the hand rule was lost and nothing said so")
