@@ -10,12 +10,13 @@ import (
 	"testing"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // cachedState is a state as a command leaves it in chainCacheFile: the
 // head policy written whole (predictState from render's scripts), with
 // every chain's sum, at generation gen.
-func cachedState(t testing.TB, gen uint32) (*state, map[policy.Family]string) {
+func cachedState(t testing.TB, gen uint32) (*state, map[policy.Family]string, *ruleset.Ruleset) {
 	t.Helper()
 	rs := compile(t, "default deny incoming\nallow 22/tcp\ndeny out 25/tcp\ndeny from 198.51.100.0/24\ndeny from 2001:db8:5::/48\n")
 	names := SetNames(rs)
@@ -37,7 +38,7 @@ func cachedState(t testing.TB, gen uint32) (*state, map[policy.Family]string) {
 	// The record is read without the netlink fingerprint here (no
 	// kernel): as lines known.
 	next.noLines, next.readGen, next.readGenOK = false, gen, true
-	return next, scripts
+	return next, scripts, rs
 }
 
 // dropped are the chains render's script declares that onlyChanged left
@@ -65,7 +66,7 @@ func TestChainCacheHostile(t *testing.T) {
 	dir := t.TempDir()
 	b := &Backend{StateDir: dir}
 	const gen = 4242
-	st, scripts := cachedState(t, gen)
+	st, scripts, _ := cachedState(t, gen)
 	b.saveChainCache(st)
 	good, err := os.ReadFile(filepath.Join(dir, chainCacheFile))
 	if err != nil {
@@ -200,7 +201,7 @@ func chainLines(script, name string) []string {
 // onlyChanged leaves out is there (has) with a sum that is its own
 // lines' chainSum.
 func FuzzChainCache(f *testing.F) {
-	st, scripts := cachedState(f, 7)
+	st, scripts, rs := cachedState(f, 7)
 	dir := f.TempDir()
 	b := &Backend{StateDir: dir}
 	b.saveChainCache(st)
@@ -234,7 +235,29 @@ func FuzzChainCache(f *testing.F) {
 				}
 			}
 			_ = predictState(st, map[policy.Family][]string{fam.fam: {short}})
-			_ = restoredForm(st, fam.fam)
+			_ = restoredForm(st, fam.fam, rs)
 		}
 	})
+}
+
+// restoredForm counts the chains moat renders: one of them without a
+// sum (iptables-restore wrote it) has the family rewritten; a MOAT-*
+// chain made by hand, which no script of moat's gives a sum, does not
+// (before, it had every apply, 'moat reload' with nothing changed
+// included, rewrite the family's MOAT-GEN for ever).
+func TestRestoredFormRenderedChains(t *testing.T) {
+	st, _, rs := cachedState(t, 7)
+	for _, f := range families {
+		if restoredForm(st, f.fam, rs) {
+			t.Fatalf("%s: every chain written by moat's script, in restored form", f.fam)
+		}
+	}
+	st.has[policy.FamilyV4]["MOAT-EXTRA"] = true
+	if restoredForm(st, policy.FamilyV4, rs) {
+		t.Errorf("a MOAT-* chain made by hand: in restored form")
+	}
+	forgetRestored(st, policy.FamilyV6, []string{"*filter\n:MOAT-OUTPUT - [0:0]\nCOMMIT\n"})
+	if !restoredForm(st, policy.FamilyV6, rs) || restoredForm(st, policy.FamilyV4, rs) {
+		t.Errorf("MOAT-OUTPUT restored in IPv6: %v %v", restoredForm(st, policy.FamilyV6, rs), restoredForm(st, policy.FamilyV4, rs))
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/moat-fw/moat/internal/policy"
+	"github.com/moat-fw/moat/internal/ruleset"
 )
 
 // forgetRestored makes the chains that scripts, restored into family fam
@@ -38,14 +39,16 @@ func forgetRestored(st *state, fam policy.Family, scripts []string) {
 // chains and MOAT-GEN), even when its rules are what the policy wants:
 // 'moat reload', or any apply, makes the chains converge. A state read
 // from the kernel has no sums: its chains are rewritten by the next
-// change of rules anyway.
-func restoredForm(st *state, fam policy.Family) bool {
+// change of rules anyway. Only the chains rs renders count: a MOAT-*
+// chain made by hand, which no script of moat's declares (so none gives
+// it a sum), would have the family rewritten by every apply.
+func restoredForm(st *state, fam policy.Family, rs *ruleset.Ruleset) bool {
 	sums := st.sums[fam]
 	if sums == nil {
 		return false
 	}
-	for name := range st.has[fam] {
-		if strings.HasPrefix(name, "MOAT-") && name != GenChain && sums[name] == "" {
+	for _, ch := range rs.Chains {
+		if name := ChainName(ch.Hook); st.has[fam][name] && sums[name] == "" {
 			return true
 		}
 	}

@@ -319,7 +319,7 @@ func (b *Backend) rulesNetlinkPlan(rs *ruleset.Ruleset, st *state, gen, rh strin
 	anyWhole, jumps, replaces := false, false, false
 	for _, f := range families {
 		w, ts := b.familyWrite(rs, st, f.fam, gen, rh, names, keepRaw[f.fam])
-		if w != writeWhole && restoredForm(st, f.fam) {
+		if w != writeWhole && restoredForm(st, f.fam, rs) {
 			// Chains iptables-restore wrote (compat comments):
 			// rewritten over netlink, the others left out by
 			// onlyChanged (compat.go).
