@@ -277,8 +277,13 @@ func classifyOne(s Socket, v6 bool, rs *ruleset.Ruleset, active bool, ifaces []s
 			if len(ifaces) > 0 {
 				p.InIface = ifaces[0]
 			}
-			if d, err := rs.Evaluate(p); err == nil && d.Chain == ruleset.Input && d.Index > 0 {
-				f.Except = append(f.Except, denyExceptions(rs, p, d.Index, ifaces)...)
+			if d, err := rs.Evaluate(p); err == nil && d.Chain == ruleset.Input && d.Index != 0 {
+				upto := d.Index
+				if upto < 0 {
+					// The default accepts: every rule comes before it.
+					upto = len(rs.Chain(ruleset.Input).Rules)
+				}
+				f.Except = append(f.Except, denyExceptions(rs, p, upto, ifaces)...)
 			}
 			return f
 		}

@@ -358,3 +358,16 @@ func TestClassifyDenyExceptions(t *testing.T) {
 		t.Errorf("ipv4 80 (line 5 is for 443 only): %+v", f)
 	}
 }
+
+// TestClassifyDenyExceptionsDefaultAllow: with 'default allow incoming'
+// the default accepts (no rule: the decision's index is -1), and every
+// rule of the chain comes before it: the denied sources are named as
+// when a rule accepts (they were left out, the port read as open to them).
+func TestClassifyDenyExceptionsDefaultAllow(t *testing.T) {
+	p, _ := compile(t, "default allow incoming\ndeny from 203.0.113.9\ndeny from 192.0.2.7 to any port 22 proto tcp\n")
+	fs := Classify([]Socket{sock("tcp", "0.0.0.0:22", 1, "sshd")}, ruleset.Compile(p), true, []string{"eth0"})
+	want := []string{"line 2 (deny from 203.0.113.9)", "line 3 (deny from 192.0.2.7 to any port 22 proto tcp)"}
+	if f := find(t, fs, "tcp", "ipv4", 22); f.Status != Open || !slices.Equal(f.Except, want) {
+		t.Errorf("ipv4 22 under default allow: %+v\nwant except %q", f, want)
+	}
+}
