@@ -95,3 +95,44 @@ func TestImportFail2banHostileValues(t *testing.T) {
 		t.Errorf("the allowlist is lost: %q", res.Lines)
 	}
 }
+
+// TestImportUFWHostileConf: ufw.conf's LOGLEVEL and /etc/default/ufw's
+// values that are not imported are named in the notes, which go to the
+// terminal and into the policy file as '# NOTE:' lines: quoted (no raw
+// escape sequence, carriage return or bidi override) and cut, so that the
+// file written still parses (a policy line is at most 4096 bytes).
+func TestImportUFWHostileConf(t *testing.T) {
+	for name, v := range map[string]string{
+		"escape": "\x1b]0;owned\x07low",
+		"cr":     "bogus\rallow 22/tcp",
+		"bidi":   "low\u202e",
+		"long":   strings.Repeat("x", 5000),
+	} {
+		dir := t.TempDir()
+		rules := "*filter\n### RULES ###\n\n### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in\n### END RULES ###\nCOMMIT\n"
+		if err := os.WriteFile(filepath.Join(dir, "user.rules"), []byte(rules), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "ufw.conf"), []byte("ENABLED=no\nLOGLEVEL="+v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		defs := filepath.Join(dir, "default-ufw")
+		if err := os.WriteFile(defs, []byte("DEFAULT_APPLICATION_POLICY=\""+v+"\"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		res, err := ImportUFW(UFWSource{Dir: dir, Defaults: defs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := res.Text("ufw")
+		if !strings.Contains(text, "LOGLEVEL=") || !strings.Contains(text, "DEFAULT_APPLICATION_POLICY=") {
+			t.Errorf("%s: no note names the values:\n%s", name, text)
+		}
+		if strings.ContainsAny(text, "\x1b\x07\r\u202e") {
+			t.Errorf("%s: raw control characters reach the output: %q", name, text)
+		}
+		if _, err := policy.NewDocument("moat.conf", []byte(text)).Policy(nil); err != nil {
+			t.Errorf("%s: the imported policy does not parse: %v", name, err)
+		}
+	}
+}

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/termtext"
@@ -86,6 +88,26 @@ func shellVars(data []byte) map[string]string {
 	return vars
 }
 
+// maxNoteValue bounds the bytes of another tool's value that a note
+// quotes.
+const maxNoteValue = 64
+
+// quoteValue is a value read from ufw's files as a note quotes it: Go
+// quoted (no raw control character, carriage return or bidi override
+// reaches the terminal or the '# NOTE:' line of the policy file) and cut
+// to maxNoteValue bytes, so that the note stays within a policy line's
+// 4096 bytes.
+func quoteValue(v string) string {
+	if len(v) <= maxNoteValue {
+		return strconv.Quote(v)
+	}
+	cut := maxNoteValue
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return strconv.Quote(v[:cut]) + fmt.Sprintf("... (%d bytes)", len(v))
+}
+
 // tuple is one '### tuple ###' line of user.rules or user6.rules.
 type tuple struct {
 	route            bool
@@ -154,7 +176,7 @@ func parseTuple(f []string) (tuple, string) {
 		// The lines and notes made from the fields reach the terminal
 		// and the policy file.
 		if w != termtext.Printable(w) {
-			return t, fmt.Sprintf("field %q holds control characters", w)
+			return t, fmt.Sprintf("field %s holds control characters", quoteValue(w))
 		}
 	}
 	switch len(f) {
@@ -173,12 +195,12 @@ func parseTuple(f []string) (tuple, string) {
 	switch t.action {
 	case "allow", "deny", "reject", "limit":
 	default:
-		return t, fmt.Sprintf("unknown action %q", f[0])
+		return t, fmt.Sprintf("unknown action %s", quoteValue(f[0]))
 	}
 	switch t.log {
 	case "", "log", "log-all":
 	default:
-		return t, fmt.Sprintf("unknown logging %q", f[0])
+		return t, fmt.Sprintf("unknown logging %s", quoteValue(f[0]))
 	}
 	t.proto, t.dport, t.dst, t.sport, t.src = f[1], f[2], f[3], f[4], f[5]
 	for _, app := range []*string{&t.dapp, &t.sapp} {
@@ -196,7 +218,7 @@ func parseTuple(f []string) (tuple, string) {
 		case "out":
 			t.outIf = iface
 		default:
-			return t, fmt.Sprintf("unknown direction %q", t.dir)
+			return t, fmt.Sprintf("unknown direction %s", quoteValue(t.dir))
 		}
 	}
 	t.dir, _, _ = strings.Cut(t.dir, "_")
@@ -312,13 +334,13 @@ func ImportUFW(src UFWSource) (*Result, error) {
 		}
 		act := map[string]string{"DROP": "deny", "REJECT": "reject", "ACCEPT": "allow"}[strings.ToUpper(v)]
 		if act == "" {
-			res.Notes = append(res.Notes, fmt.Sprintf("%s: unknown %s %q: not imported", src.Defaults, d.key, v))
+			res.Notes = append(res.Notes, fmt.Sprintf("%s: unknown %s %s: not imported", src.Defaults, d.key, quoteValue(v)))
 			continue
 		}
 		res.Lines = append(res.Lines, fmt.Sprintf("default %s %s", act, d.dir))
 	}
 	if v := defs["DEFAULT_APPLICATION_POLICY"]; v != "" && !strings.EqualFold(v, "SKIP") {
-		res.Notes = append(res.Notes, fmt.Sprintf("DEFAULT_APPLICATION_POLICY=%s is not carried over: moat adds no rules when a profile is installed", v))
+		res.Notes = append(res.Notes, fmt.Sprintf("DEFAULT_APPLICATION_POLICY=%s is not carried over: moat adds no rules when a profile is installed", quoteValue(v)))
 	}
 	if strings.EqualFold(conf["ENABLED"], "yes") {
 		res.Notes = append(res.Notes, "ufw is enabled: run 'ufw disable' before 'moat enable', so that one firewall decides")
@@ -334,7 +356,7 @@ func ImportUFW(src UFWSource) (*Result, error) {
 		case "low", "medium", "high", "full":
 			res.Lines = append(res.Lines, "logging "+lv)
 		default:
-			res.Notes = append(res.Notes, fmt.Sprintf("ufw's LOGLEVEL=%s is not a level (off, low, medium, high, full): not imported", conf["LOGLEVEL"]))
+			res.Notes = append(res.Notes, fmt.Sprintf("ufw's LOGLEVEL=%s is not a level (off, low, medium, high, full): not imported", quoteValue(conf["LOGLEVEL"])))
 		}
 	}
 	res.Notes = append(res.Notes, "ufw's before.rules and after.rules (ping allowed, DHCP, mDNS, UPnP, your own additions) are not imported: moat has its own built-ins ('moat show'); ping follows the policy, add 'allow proto icmp from any' and 'allow proto ipv6-icmp from any' to keep it")
