@@ -41,16 +41,55 @@ func Shadowed(p *policy.Policy) []Covered {
 	return coveredOf(p, shadowedPairs(p))
 }
 
-// coveredOf is the Covered of each pair [rule, by] of rule indexes.
+// coveredOf is the Covered of each pair [rule, by] of rule indexes (in
+// rule order, one a rule). The rules of one line (an application
+// profile's protocols, Samba's udp and tcp) are one rule to the admin:
+// the line is named once, and only when every one of its rules is
+// covered (a line whose tcp part still matches is not dead).
 func coveredOf(p *policy.Policy, pairs [][2]int) []Covered {
 	if len(pairs) == 0 {
 		return nil
 	}
 	out := make([]Covered, 0, len(pairs))
-	for _, pr := range pairs {
-		out = append(out, Covered{Rule: p.Rule(pr[0]), By: p.Rule(pr[1])})
+	var scratch policy.Rule
+	for k := 0; k < len(pairs); {
+		pr := pairs[k]
+		r := p.Rule(pr[0])
+		first, last := lineRules(p, pr[0], r.Pos, &scratch)
+		j := k + 1
+		for j < len(pairs) && pairs[j][0] <= last {
+			j++
+		}
+		if j-k == last-first+1 {
+			out = append(out, Covered{Rule: r, By: p.Rule(pr[1])})
+		}
+		k = j
 	}
 	return out
+}
+
+// lineRules is the range [first, last] of the rules written on the line
+// of rule i (pos): i alone unless a line holds several rules (a profile of
+// several protocols), which are side by side.
+func lineRules(p *policy.Policy, i int, pos policy.Pos, scratch *policy.Rule) (first, last int) {
+	first, last = i, i
+	if pos.Line == 0 {
+		return first, last
+	}
+	same := func(j int) bool {
+		if _, ok := p.CompactAddrRule(j); ok {
+			return false // an address rule is a line of its own
+		}
+		q := p.RulePtr(j, scratch).Pos
+		return q.Line == pos.Line && q.File == pos.File
+	}
+	for first > 0 && same(first-1) {
+		first--
+	}
+	for last < p.NumRules()-1 && same(last+1) {
+		last++
+	}
+	return first, last
 }
 
 // shadowedPairs is Shadowed's search: the covered rules and the first

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -307,4 +308,44 @@ func TestShadowedFilteredIndexMatchesPairs(t *testing.T) {
 	bigIndex = 1
 	t.Cleanup(func() { bigIndex = old })
 	randomPairs(t, rand.New(rand.NewPCG(7, 8)))
+}
+
+// TestShadowedProfileWarnedOnce: a rule naming a profile of several
+// protocols (Samba: udp and tcp) is one line to the admin; covered by
+// another such line, it is named once, not once a protocol ('moat check'
+// printed the same warning for each).
+func TestShadowedProfileWarnedOnce(t *testing.T) {
+	v6 := netip.MustParsePrefix("2001:db8::/32")
+	udp := policy.Ports{{First: 137, Last: 138}}
+	tcp := policy.Ports{{First: 139, Last: 139}, {First: 445, Last: 445}}
+	p := policy.New()
+	p.SetRules([]policy.Rule{
+		{Action: policy.Allow, Direction: policy.In, Proto: "udp", ToPort: udp, ToApp: "Samba", Pos: policy.Pos{Line: 4}, Text: "allow Samba"},
+		{Action: policy.Allow, Direction: policy.In, Proto: "tcp", ToPort: tcp, ToApp: "Samba", Pos: policy.Pos{Line: 4}, Text: "allow Samba"},
+		{Action: policy.Allow, Direction: policy.In, Proto: "udp", ToPort: udp, ToApp: "Samba", From: v6, Family: policy.FamilyV6, Pos: policy.Pos{Line: 5}, Text: "allow from 2001:db8::/32 app Samba"},
+		{Action: policy.Allow, Direction: policy.In, Proto: "tcp", ToPort: tcp, ToApp: "Samba", From: v6, Family: policy.FamilyV6, Pos: policy.Pos{Line: 5}, Text: "allow from 2001:db8::/32 app Samba"},
+		{Action: policy.Deny, Direction: policy.In, Proto: "tcp", ToPort: policy.Ports{{First: 445, Last: 445}}, Pos: policy.Pos{Line: 6}, Text: "deny 445/tcp"},
+	})
+	got := Shadowed(p)
+	var lines []string
+	for _, c := range got {
+		lines = append(lines, fmt.Sprintf("%d by %d", c.Rule.Pos.Line, c.By.Pos.Line))
+	}
+	if strings.Join(lines, ", ") != "5 by 4, 6 by 4" {
+		t.Errorf("covered: %q, want 5 by 4, 6 by 4", lines)
+	}
+}
+
+// TestShadowedProfilePartlyCovered: a profile line of which one protocol
+// is covered still matches the other's packets: it is not called dead.
+func TestShadowedProfilePartlyCovered(t *testing.T) {
+	p := policy.New()
+	p.SetRules([]policy.Rule{
+		{Action: policy.Deny, Direction: policy.In, Proto: "udp", ToPort: policy.Ports{{First: 137, Last: 138}}, Pos: policy.Pos{Line: 3}, Text: "deny 137:138/udp"},
+		{Action: policy.Allow, Direction: policy.In, Proto: "udp", ToPort: policy.Ports{{First: 137, Last: 138}}, ToApp: "Samba", Pos: policy.Pos{Line: 4}, Text: "allow Samba"},
+		{Action: policy.Allow, Direction: policy.In, Proto: "tcp", ToPort: policy.Ports{{First: 139, Last: 139}, {First: 445, Last: 445}}, ToApp: "Samba", Pos: policy.Pos{Line: 4}, Text: "allow Samba"},
+	})
+	if got := Shadowed(p); len(got) != 0 {
+		t.Errorf("covered: %v, want none (Samba's tcp part matches)", got)
+	}
 }
