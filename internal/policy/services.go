@@ -47,7 +47,9 @@ func SystemServices() (Services, error) {
 // protocol lists shared (read-only, full: an append copies).
 func ParseServices(data []byte) Services {
 	text := string(data)
-	s := make(Services, strings.Count(text, "\n"))
+	// Sized for a usual file (Debian's names about 600 services and
+	// aliases), never by a count a file of empty lines can make huge.
+	s := make(Services, min(strings.Count(text, "\n"), maxServicesHint))
 	var f []string
 	for len(text) > 0 {
 		var line string
@@ -84,6 +86,10 @@ func ParseServices(data []byte) Services {
 	}
 	return s
 }
+
+// maxServicesHint is the most services ParseServices makes room for
+// before it reads them.
+const maxServicesHint = 2048
 
 // The protocol lists a service can have, in the order they were found.
 var (

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"os"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -174,4 +175,24 @@ func BenchmarkParseServicesSystem(b *testing.B) {
 			b.ReportMetric(float64(time.Since(start)/time.Duration(b.N))/float64(old), "x-scanner")
 		}
 	})
+}
+
+// A services file of many empty or malformed lines (the file is root's,
+// but every input is hostile) costs memory for what it names, not for
+// its line count: the map was sized by the count of newlines, and 1 MiB
+// of them asked for a map of a million services (about 56 MB; a 64 MB
+// file, gigabytes).
+func TestParseServicesManyLinesFewNames(t *testing.T) {
+	data := bytes.Repeat([]byte("\n"), 1<<20)
+	data = append(data, "ssh 22/tcp\n"...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	s := ParseServices(data)
+	runtime.ReadMemStats(&after)
+	if len(s) != 1 || s["ssh"].Port != 22 {
+		t.Fatalf("got %v", s)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4<<20 {
+		t.Errorf("parsing %d empty lines and one service allocated %d bytes, want under 4 MiB", len(data)-11, alloc)
+	}
 }
