@@ -848,10 +848,11 @@ func (a *app) parallelIfLarge() {
 	}
 }
 
-// namesBlocklist: a line of the policy starts with the word blocklist.
+// namesBlocklist: a line of the policy starts with the word blocklist,
+// as the parser reads it (a keyword in any case, quoted or not).
 func namesBlocklist(data []byte) bool {
 	for line := range bytes.Lines(data) {
-		if f := bytes.Fields(line); len(f) > 0 && string(f[0]) == "blocklist" {
+		if f := bytes.Fields(line); len(f) > 0 && bytes.EqualFold(bytes.Trim(f[0], `"'`), []byte("blocklist")) {
 			return true
 		}
 	}

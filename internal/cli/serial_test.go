@@ -47,6 +47,9 @@ func TestEditSerialOnlyWhenSmall(t *testing.T) {
 		{"small default", "default deny incoming\nallow 22/tcp\n", enable, []string{"default", "reject"}, true},
 		{"large edit", big.String(), enable, []string{"allow", "8080/tcp"}, false},
 		{"blocklist", "default deny incoming\nallow 22/tcp\nblocklist bad file " + list + "\n", enable, []string{"allow", "8080/tcp"}, false},
+		// The parser takes its keywords in any case, and quoted.
+		{"BLOCKLIST", "default deny incoming\nallow 22/tcp\n  BlockList bad file " + list + "\n", enable, []string{"allow", "8080/tcp"}, false},
+		{"quoted blocklist", "default deny incoming\nallow 22/tcp\n'blocklist' bad file " + list + "\n", enable, []string{"allow", "8080/tcp"}, false},
 		{"reload", "default deny incoming\nallow 22/tcp\n", enable, []string{"reload"}, false},
 		{"enable", "default deny incoming\nallow 22/tcp\n", nil, []string{"enable", "--force"}, false},
 	} {
