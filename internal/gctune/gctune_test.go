@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func percent() int {
@@ -210,18 +212,19 @@ func TestLimitedAdminsSettings(t *testing.T) {
 	}
 }
 
-// StartSerial runs on one processor until Parallel gives back what it
-// found; both are idempotent, and GOMAXPROCS in the environment wins.
+// StartSerial runs on one processor until Parallel gives back the
+// runtime's default; both are idempotent, and GOMAXPROCS in the environment wins.
 func TestSerialThenParallel(t *testing.T) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		t.Skip("GOMAXPROCS set: StartSerial leaves the scheduler alone")
 	}
-	before := runtime.GOMAXPROCS(0)
-	if before < 2 {
-		runtime.GOMAXPROCS(2)
-		defer runtime.GOMAXPROCS(before)
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU: StartSerial has nothing to take")
 	}
-	want := runtime.GOMAXPROCS(0)
+	before := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(before)
+	runtime.SetDefaultGOMAXPROCS()
+	want := runtime.GOMAXPROCS(0) // the runtime's default, what Parallel gives back
 	StartSerial()
 	StartSerial()
 	if got := runtime.GOMAXPROCS(0); got != 1 || !Serial() {
@@ -236,5 +239,53 @@ func TestSerialThenParallel(t *testing.T) {
 	StartSerial()
 	if got := runtime.GOMAXPROCS(0); got != want || Serial() {
 		t.Errorf("with GOMAXPROCS in the environment: %d, Serial %v", got, Serial())
+	}
+}
+
+// Parallel gives back the runtime's default, worked out anew (the CPUs
+// the process may use, its cgroup's limit), with which the runtime goes
+// on following them: not the number StartSerial found, which would fix
+// GOMAXPROCS for good in a long-running guard. Here the CPUs the thread
+// may use fall to one while serial: Parallel gives one, not the two
+// found at start.
+func TestParallelIsTheDefault(t *testing.T) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("GOMAXPROCS set: StartSerial leaves the scheduler alone")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		t.Skip(err)
+	}
+	if all.Count() < 2 {
+		t.Skip("one CPU: StartSerial has nothing to take")
+	}
+	before := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(before)
+	runtime.SetDefaultGOMAXPROCS()
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Skip("the runtime's default is one processor here")
+	}
+	StartSerial()
+	defer Parallel()
+	var one unix.CPUSet
+	for i := range 1024 {
+		if all.IsSet(i) {
+			one.Set(i)
+			break
+		}
+	}
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := unix.SchedSetaffinity(0, &all); err != nil {
+			t.Error(err)
+		}
+	}()
+	Parallel()
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Errorf("after Parallel on a thread that may use one CPU: GOMAXPROCS %d, want the default, 1", got)
 	}
 }

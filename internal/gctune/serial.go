@@ -18,9 +18,8 @@ import (
 // starts: at 100,000 rules the search for covered rules and the
 // collector run beside the apply.
 var serial struct {
-	mu   sync.Mutex
-	on   bool
-	prev int
+	mu sync.Mutex
+	on bool
 }
 
 // StartSerial, called first in main, runs the Go scheduler on one
@@ -36,19 +35,22 @@ func StartSerial() {
 		return
 	}
 	if prev := runtime.GOMAXPROCS(1); prev > 1 {
-		serial.on, serial.prev = true, prev
+		serial.on = true
 	}
 }
 
 // Parallel gives back the processors StartSerial took (nothing when it
-// took none).
+// took none): the runtime's default, as if GOMAXPROCS had never been set,
+// which goes on following the CPUs the process may use and its cgroup's
+// CPU limit (a long-running guard whose limit changes). Setting back the
+// number found at start would fix it for good.
 func Parallel() {
 	serial.mu.Lock()
 	defer serial.mu.Unlock()
 	if !serial.on {
 		return
 	}
-	runtime.GOMAXPROCS(serial.prev)
+	runtime.SetDefaultGOMAXPROCS()
 	serial.on = false
 }
 
