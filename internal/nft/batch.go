@@ -224,12 +224,25 @@ var errGenerationMoved = errors.New("nftables: the ruleset changed meanwhile")
 // and a WaitGroup given an Add as a Wait is ending panics ("WaitGroup is
 // reused before previous Wait has returned").
 var closing = struct {
-	mu   sync.Mutex
-	n    int
-	none *sync.Cond // n reached 0
+	mu      sync.Mutex
+	n       int
+	zeros   uint64     // the times n came down to 0
+	none    *sync.Cond // n came down to 0
+	waiting int        // goroutines in WaitClosed (for tests)
 }{}
 
 func init() { closing.none = sync.NewCond(&closing.mu) }
+
+// closeStartLocked and closeEndLocked count a close in and out, under
+// closing.mu.
+func closeStartLocked() { closing.n++ }
+
+func closeEndLocked() {
+	if closing.n--; closing.n == 0 {
+		closing.zeros++
+		closing.none.Broadcast()
+	}
+}
 
 // closeLater closes a socket that sent a transaction on a goroutine of
 // its own, off the caller's path. The kernel frees what a commit
@@ -248,27 +261,31 @@ func closeLater(c *netlink.Conn) { CloseLater(c.Close) }
 // another's.
 func CloseLater(close func() error) {
 	closing.mu.Lock()
-	closing.n++
+	closeStartLocked()
 	closing.mu.Unlock()
 	go func() {
 		defer func() {
 			closing.mu.Lock()
-			if closing.n--; closing.n == 0 {
-				closing.none.Broadcast()
-			}
+			closeEndLocked()
 			closing.mu.Unlock()
 		}()
 		_ = close() // done with: nothing is read from it again
 	}()
 }
 
-// WaitClosed waits until every socket closeLater was given is closed
-// (those given while it waits too).
+// WaitClosed waits until every socket closeLater was given before it is
+// closed: until no close is left, once. It does not wait for none left
+// again when a close given since keeps the count up (as a WaitGroup's
+// Wait, released when its count reaches 0): the guard's bans, closing
+// sockets one after another beside it, would hold it without end.
 func WaitClosed() {
 	closing.mu.Lock()
-	for closing.n > 0 {
+	zeros := closing.zeros
+	closing.waiting++
+	for closing.n > 0 && closing.zeros == zeros {
 		closing.none.Wait()
 	}
+	closing.waiting--
 	closing.mu.Unlock()
 }
 

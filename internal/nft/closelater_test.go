@@ -86,3 +86,42 @@ func TestCloseLaterWhileWaiting(t *testing.T) {
 	wg.Wait()
 	WaitClosed()
 }
+
+// WaitClosed returns once every close it waits for has ended, though a
+// close given after it started begins before it runs again: waiting for
+// a moment with no close at all, it waited without end beside a guard
+// closing one socket after another. The interleaving is made by hand,
+// under closing.mu: the last close's end, then a new close's start.
+func TestWaitClosedNotHeldByLaterCloses(t *testing.T) {
+	WaitClosed()
+	closing.mu.Lock()
+	closeStartLocked() // a close WaitClosed waits for
+	closing.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		WaitClosed()
+		close(done)
+	}()
+	for {
+		closing.mu.Lock()
+		w := closing.waiting
+		closing.mu.Unlock()
+		if w > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	closing.mu.Lock()
+	closeEndLocked()   // every close it waited for has ended...
+	closeStartLocked() // ...and another begins before it runs again
+	closing.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Error("WaitClosed still waits after every close given before it ended")
+	}
+	closing.mu.Lock()
+	closeEndLocked()
+	closing.mu.Unlock()
+	<-done
+}
