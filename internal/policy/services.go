@@ -47,8 +47,9 @@ func SystemServices() (Services, error) {
 // protocol lists shared (read-only, full: an append copies).
 func ParseServices(data []byte) Services {
 	text := string(data)
-	// Sized for a usual file (Debian's names about 600 services and
-	// aliases), never by a count a file of empty lines can make huge.
+	// Sized by the lines of a usual file (Debian's 361, Fedora's whole
+	// IANA list about 11,000), never by a count a file of empty lines
+	// can make huge.
 	s := make(Services, min(strings.Count(text, "\n"), maxServicesHint))
 	var f []string
 	for len(text) > 0 {
@@ -89,7 +90,7 @@ func ParseServices(data []byte) Services {
 
 // maxServicesHint is the most services ParseServices makes room for
 // before it reads them.
-const maxServicesHint = 2048
+const maxServicesHint = 1 << 14
 
 // The protocol lists a service can have, in the order they were found.
 var (
