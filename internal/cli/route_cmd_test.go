@@ -151,6 +151,19 @@ func TestInsertMovesMatchingRule(t *testing.T) {
 		!strings.Contains(out, "Rule updated (rule 2)") {
 		t.Fatalf("insert 2 at its own place: exit %d\n%s\n%s", code, out, file())
 	}
+	// 'insert 3' of rule 2: it stands before rule 3 already, where it
+	// is asked for (it said 'Rule moved from 2 to 2').
+	if out, code := r.moat("insert", "3", "reject", "22/tcp"); code != 0 || file() != "allow from 192.0.2.0/24\nreject 22/tcp\nallow 80/tcp\n" ||
+		!strings.Contains(out, "Skipping adding existing rule (rule 2)") {
+		t.Fatalf("insert 3 of rule 2 as it is: exit %d\n%s\n%s", code, out, file())
+	}
+	if out, code := r.moat("insert", "3", "deny", "22/tcp"); code != 0 || file() != "allow from 192.0.2.0/24\ndeny 22/tcp\nallow 80/tcp\n" ||
+		!strings.Contains(out, "Rule updated (rule 2): reject 22/tcp -> deny 22/tcp") {
+		t.Fatalf("insert 3 over rule 2: exit %d\n%s\n%s", code, out, file())
+	}
+	if _, code := r.moat("insert", "2", "reject", "22/tcp"); code != 0 {
+		t.Fatalf("insert 2 back: exit %d", code)
+	}
 	if out, code := r.moat("insert", "9", "deny", "22/tcp"); code != 1 || !strings.Contains(out, "invalid position 9: expected 1 to 3") ||
 		file() != "allow from 192.0.2.0/24\nreject 22/tcp\nallow 80/tcp\n" {
 		t.Fatalf("insert 9: exit %d\n%s\n%s", code, out, file())

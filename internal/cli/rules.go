@@ -224,11 +224,12 @@ func (a *app) addRule(cmd *cobra.Command, args []string, pos int) error {
 		// As ufw: a rule that matches the same packets as an existing one
 		// replaces it in place (a second one could never match).
 		if n, old := doc.FindMatch(st.Rule, a.services()); n > 0 {
-			if pos > 0 && n != pos {
+			if pos > 0 && n != pos && (n+1 != pos || pos > doc.RuleCount()) {
 				// 'insert N' asks for the rule at N: the rule that
 				// matches the same packets moves there (left where
 				// it was, the rules before it would still decide
-				// first; ufw skips the insert, saying so).
+				// first; ufw skips the insert, saying so). Before
+				// rule n+1 it stands already: updated in place.
 				return a.moveRule(doc, n, pos, line, old.Equal(st.Rule))
 			}
 			if old.Equal(st.Rule) {
