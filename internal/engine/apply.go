@@ -483,6 +483,10 @@ func (e *Engine) apply(ctx context.Context, cur *current, pl plan, res *Result) 
 		}
 	}
 	if len(from) > 0 {
+		// Every ban in force is read and loaded again, up to hundreds
+		// of thousands: a small edit main started on one processor
+		// (gctune.StartSerial) gets them back.
+		gctune.Parallel()
 		// No ban may land in the old backend between the read of its
 		// bans and the removal of its sets (the guard's wait for the
 		// lock, then finds the new backend).
