@@ -498,12 +498,14 @@ func (c *ipsetConn) setNamesByIndex(ctx context.Context, idxs []uint16) (map[uin
 		if names != nil {
 			return names, nil
 		}
-		nc, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{MessageBufferSize: 1 << 16})
+		// A new socket as dialIpset makes it: the answers left on the
+		// old one are dropped with it.
+		fresh, err := dialIpset()
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", errIpsetNetlink, err)
+			return nil, err
 		}
 		nft.CloseLater(c.c.Close)
-		c.c = nc
+		c.c = fresh.c
 	}
 	out := make(map[uint16]string, len(idxs))
 	for _, idx := range idxs {
