@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -96,5 +99,42 @@ func TestRulesRemovedOutsideMoat(t *testing.T) {
 		if status := e.mustMoat("status"); strings.Contains(status, "NOT IN THE KERNEL") {
 			t.Errorf("status after disable:\n%s", status)
 		}
+	})
+}
+
+// A repair (an edit that finds moat's rules changed by hand and rewrites
+// them whole) while another program commits all the time (a table made
+// and deleted in a loop, as a busy Docker might): since the repair
+// commits only where its check looked, the iptables repair (restores,
+// which take long) was refused run after run and failed ('again and
+// again (6 times): nothing was changed'), the hand rule left in place,
+// and the drift was said on every run. Each repair goes through and
+// says the drift once.
+func TestRepairDuringForeignChurn(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b string) {
+		e := newEnv(t, b, false)
+		e.apply("default deny incoming\nallow 22/tcp\n")
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		repeatUntil(&wg, stop, func() bool {
+			_, err := e.ns("server").Run(context.Background(), "nft", "add table inet churn; delete table inet churn")
+			return err == nil
+		})
+		func() {
+			defer func() { close(stop); wg.Wait() }()
+			for i, port := range []string{"80", "8080", "6000", "6003"} {
+				hand := []string{"nft", "insert", "rule", "inet", "moat", "input", "tcp", "dport", "25", "accept", "comment", fmt.Sprintf(`"churnhand%d"`, i)}
+				if b == "iptables" {
+					hand = []string{"iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "25", "-m", "comment", "--comment", fmt.Sprintf("churnhand%d", i), "-j", "ACCEPT"}
+				}
+				e.run("server", hand...)
+				out, err := e.moat("allow", port+"/tcp")
+				if err != nil || !strings.Contains(out, fmt.Sprintf("churnhand%d", i)) || strings.Count(out, "the next apply rewrites") != 1 {
+					t.Errorf("allow %s, a repair during the churn: %v\n%s", port, err, out)
+				}
+			}
+		}()
+		e.expect(false, "client tcp 192.0.2.1:6003 open", "client tcp 192.0.2.1:25 timeout")
+		e.expectStatusClean("after the repairs")
 	})
 }

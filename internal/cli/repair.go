@@ -50,13 +50,13 @@ func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 				compared = verifiedGen{gen: g, ok: true}
 			}
 		}
-		// The generation the comparison starts at: the repair below
-		// commits only there (or says what changed since first).
+		// The generation the comparison starts at, with moat's rules'
+		// fingerprint there: the repair below commits only there, or
+		// once they are found as they were (a foreign commit), or says
+		// what changed since first.
 		var at verifiedGen
 		if generationTracks(b) {
-			if g, err := nft.Generation(); err == nil {
-				at = verifiedGen{gen: g, ok: true}
-			}
+			at = a.driftPoint(ctx, b)
 		}
 		why := a.driftReason(ctx, b, st)
 		if why == "" {
@@ -78,7 +78,11 @@ func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 				st.Time.Local().Format(time.DateTime))
 			continue
 		}
-		fmt.Fprintf(a.errOut, "moat: %s: the next apply rewrites moat's rules whole\n", why)
+		if why != a.driftSaid {
+			// Said once a command, not again on each run of it.
+			fmt.Fprintf(a.errOut, "moat: %s: the next apply rewrites moat's rules whole\n", why)
+			a.driftSaid = why
+		}
 	}
 	return st, clean
 }
@@ -147,6 +151,39 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 		return "moat's rules were changed outside moat (" + differences(diff) + ")"
 	}
 	return ""
+}
+
+// driftPoint is the generation with the fingerprint of moat's rules
+// read at it (nothing committed from before the read to after it; a few
+// tries), or the generation alone (fp "") when the ruleset kept moving
+// or the fingerprint could not be read.
+func (a *app) driftPoint(ctx context.Context, b backend.Backend) verifiedGen {
+	var at verifiedGen
+	for range 3 {
+		g, err := nft.Generation()
+		if err != nil {
+			return verifiedGen{}
+		}
+		at = verifiedGen{gen: g, ok: true}
+		if fp := a.repairPrint(ctx, b); fp != "" {
+			if g2, err := nft.Generation(); err == nil && g2 == g {
+				at.fp = fp
+				return at
+			}
+		}
+	}
+	return at
+}
+
+// repairPrint is the fingerprint of moat's rules that a repair's check
+// compares (with the protected ipsets' listings, which change without a
+// commit), or "".
+func (a *app) repairPrint(ctx context.Context, b backend.Backend) string {
+	k, err := a.kernelFingerprint(ctx, b)
+	if err != nil || k.Fingerprint == "" {
+		return ""
+	}
+	return k.Fingerprint + "\x00" + k.Protected
 }
 
 // maxNamedDifferences bounds the differences a command's drift message

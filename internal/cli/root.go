@@ -70,6 +70,14 @@ type app struct {
 	// or reports what changed since first (repair.go, setChecked).
 	repairing verifiedGen
 	repairWhy string
+	// repairUnchecked: the command's last run, after its repairs were
+	// refused again and again by a ruleset that kept moving (another
+	// program's commits): the repair is made as it reads, as a repair
+	// was before it was checked, rather than fail (engine.go).
+	repairUnchecked bool
+	// driftSaid is the drift this command reported last: its runs again
+	// (runChecked) do not repeat it.
+	driftSaid string
 	// appsRead is what apps read last.
 	appsRead appsCache
 	// ahead is the fingerprint of what moat loaded, read back right after
