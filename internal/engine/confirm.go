@@ -13,6 +13,7 @@ import (
 
 	"github.com/moat-fw/moat/internal/atomicfile"
 	"github.com/moat-fw/moat/internal/blocklist"
+	"github.com/moat-fw/moat/internal/gctune"
 	"github.com/moat-fw/moat/internal/guard"
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/ruleset"
@@ -590,6 +591,10 @@ func (e *Engine) repair(ctx context.Context) error {
 	}
 	e.removePrepared(in)
 	if in != nil {
+		// An undo, as a rollback below, may load a whole policy and put
+		// back every ban in force: a small edit main started on one
+		// processor (gctune.StartSerial) gets them back first.
+		gctune.Parallel()
 		if err := e.undo(ctx, in); err != nil {
 			return fmt.Errorf("undo the interrupted '%s' (PID %d, %s): %w", sanitize(in.Command), in.PID, in.Time.Local().Format(time.DateTime), err)
 		}
@@ -612,12 +617,14 @@ func (e *Engine) repair(ctx context.Context) error {
 			return fmt.Errorf("finish the interrupted confirmation: %w", err)
 		}
 	case p.State == stateRollingBack:
+		gctune.Parallel()
 		if _, err := e.Rollback(ctx, p.ID, "moat rollback (finished after an interruption)"); err != nil {
 			return fmt.Errorf("finish the interrupted rollback: %w", err)
 		}
 		e.repairRolledBack = p
 		e.warn(fmt.Sprintf("the interrupted rollback of the change applied at %s is finished", p.Created.Local().Format(time.TimeOnly)))
 	case e.left(p) <= 0:
+		gctune.Parallel()
 		if _, err := e.Rollback(ctx, p.ID, "not confirmed by the deadline"); err != nil {
 			return err
 		}

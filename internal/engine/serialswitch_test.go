@@ -1,9 +1,11 @@
 package engine
 
 import (
+	"context"
 	"os"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/moat-fw/moat/internal/gctune"
 )
@@ -38,5 +40,58 @@ func TestBackendSwitchGetsProcessors(t *testing.T) {
 	}
 	if gctune.Serial() {
 		t.Errorf("a change of backend carried the bans over on one processor")
+	}
+}
+
+// The repair a command runs when it takes the lock undoes a command
+// killed half way (here an enable killed after its kernel step) or
+// finishes a rollback, with the bans in force put back: heavy work, up
+// to a whole policy and hundreds of thousands of bans, that an edit
+// main started on one processor does first. It gets its processors
+// back; a lock with nothing to repair leaves it on one.
+func TestRepairGetsProcessors(t *testing.T) {
+	if os.Getenv("GOMAXPROCS") != "" || runtime.NumCPU() < 2 {
+		t.Skip("GOMAXPROCS set or one CPU: StartSerial leaves the scheduler alone")
+	}
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { gctune.Parallel(); runtime.GOMAXPROCS(before) })
+	runtime.GOMAXPROCS(max(before, 2))
+	noop := func(context.Context, *Engine) error { return nil }
+	for _, c := range []struct {
+		name string
+		kill func(r *rig)
+	}{
+		{"killed enable", func(r *rig) {
+			r.write(base + "allow 8080/tcp\n")
+			r.crashAt = "applied"
+			if _, err := r.enable(r.ch(0)); !IsCrash(err) {
+				t.Fatalf("no crash: %v", err)
+			}
+			r.crashAt = ""
+		}},
+		{"deadline passed", func(r *rig) {
+			r.write(base + "allow 8080/tcp\n")
+			_, err := r.enable(r.ch(time.Minute))
+			r.must(err)
+			r.advance(2 * time.Minute)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newRig(t)
+			r.write(base)
+			_, err := r.enable(r.ch(0))
+			r.must(err)
+			gctune.StartSerial()
+			r.must(r.do(noop))
+			if !gctune.Serial() {
+				t.Errorf("a lock with nothing to repair left its one processor")
+			}
+			c.kill(r)
+			gctune.StartSerial()
+			r.must(r.do(noop))
+			if gctune.Serial() {
+				t.Errorf("the repair ran on one processor")
+			}
+		})
 	}
 }
