@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -169,6 +170,29 @@ func TestUnbanSaysWhatWasNotBanned(t *testing.T) {
 		}
 		if out := e.mustMoat("bans"); strings.Contains(out, "203.0.113.7") {
 			t.Errorf("bans after unban:\n%s", out)
+		}
+		// A list (more than unban asks about one by one): the answer
+		// comes from one listing of the bans, IPv4 and IPv6.
+		e.mustMoat("ban", "203.0.113.9", "2001:db8::9")
+		args := []string{"unban"}
+		var want strings.Builder
+		for i := 1; i <= 40; i++ {
+			a := fmt.Sprintf("203.0.113.%d", i)
+			if i == 20 {
+				a = "2001:db8::9"
+			}
+			args = append(args, a)
+			if i == 9 || i == 20 {
+				fmt.Fprintf(&want, "Unbanned %s\n", a)
+			} else {
+				fmt.Fprintf(&want, "%s was not banned\n", a)
+			}
+		}
+		if out := e.mustMoat(args...); out != want.String() {
+			t.Errorf("unban of 40:\n%s\nwant:\n%s", out, want.String())
+		}
+		if out := e.mustMoat("bans"); strings.Contains(out, "203.0.113.9") || strings.Contains(out, "2001:db8::9") {
+			t.Errorf("bans after unban of 40:\n%s", out)
 		}
 	})
 }
