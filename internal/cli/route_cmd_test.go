@@ -164,6 +164,15 @@ func TestInsertMovesMatchingRule(t *testing.T) {
 	if _, code := r.moat("insert", "2", "reject", "22/tcp"); code != 0 {
 		t.Fatalf("insert 2 back: exit %d", code)
 	}
+	// The line's '#' comment goes with the rule, as an update in place
+	// keeps it (the move dropped it, and the message quoted it).
+	write("allow from 192.0.2.0/24\nallow 80/tcp\nallow 22/tcp comment 'a'  # admins, ticket 42\n")
+	if out, code := r.moat("insert", "1", "deny", "22/tcp"); code != 0 ||
+		file() != "deny 22/tcp  # admins, ticket 42\nallow from 192.0.2.0/24\nallow 80/tcp\n" ||
+		!strings.Contains(out, "Rule updated and moved from 3 to 1: allow 22/tcp comment 'a' -> deny 22/tcp\n") {
+		t.Fatalf("insert 1 over rule 3 with a '#' comment: exit %d\n%s\n%s", code, out, file())
+	}
+	write("allow from 192.0.2.0/24\nreject 22/tcp\nallow 80/tcp\n")
 	if out, code := r.moat("insert", "9", "deny", "22/tcp"); code != 1 || !strings.Contains(out, "invalid position 9: expected 1 to 3") ||
 		file() != "allow from 192.0.2.0/24\nreject 22/tcp\nallow 80/tcp\n" {
 		t.Fatalf("insert 9: exit %d\n%s\n%s", code, out, file())

@@ -258,21 +258,18 @@ func (a *app) moveRule(doc *policy.Document, n, pos int, line string, same bool)
 	if pos > doc.RuleCount() {
 		return "", false, doc.InsertRule(pos, line) // the usual message for a bad position
 	}
-	before, err := doc.DeleteRule(n)
-	if err != nil {
-		return "", false, err
-	}
 	at := pos
 	if n < pos {
 		at = pos - 1 // the rules after n moved up
 	}
-	if err := doc.InsertRule(at, line); err != nil {
+	before, err := doc.MoveRule(n, at, line)
+	if err != nil {
 		return "", false, err
 	}
 	if same {
 		return fmt.Sprintf("Rule moved from %d to %d: %s", n, at, line), true, nil
 	}
-	return fmt.Sprintf("Rule updated and moved from %d to %d: %s -> %s", n, at, strings.TrimSpace(before), line), true, nil
+	return fmt.Sprintf("Rule updated and moved from %d to %d: %s -> %s", n, at, before, line), true, nil
 }
 
 // editHeap is the heap at which an edit collects: an edit of a

@@ -65,3 +65,28 @@ func (d *Document) ReplaceRule(n int, line string) (string, error) {
 	d.Lines[at] = old[:start] + line + old[start+len(text):]
 	return text, nil
 }
+
+// MoveRule takes rule n (1-based) out and puts line before rule at, as
+// numbered once n is out. The old
+// line's '#' comment goes with it, as ReplaceRule keeps it; the old rule
+// text is returned.
+func (d *Document) MoveRule(n, at int, line string) (string, error) {
+	idx := d.ruleLines()
+	if n < 1 || n > len(idx) {
+		return d.DeleteRule(n) // the same message for a bad number
+	}
+	old := d.Lines[idx[n-1]]
+	text := ruleText(old)
+	if start := strings.Index(old, text); start >= 0 {
+		if trail := old[start+len(text):]; strings.TrimSpace(trail) != "" {
+			line += trail
+		}
+	}
+	if _, err := d.DeleteRule(n); err != nil {
+		return "", err
+	}
+	if err := d.InsertRule(at, line); err != nil {
+		return "", err
+	}
+	return text, nil
+}
