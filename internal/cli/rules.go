@@ -166,7 +166,8 @@ wins: the rules before it still decide first). The rule syntax is that of
 'moat allow --help'. When a rule that matches exactly the same packets is
 elsewhere in the policy, it is taken out and the new rule goes to N ("Rule
 updated and moved"): left where it was, the rules before it would decide
-first (ufw skips such an insert).`,
+first (ufw skips such an insert). At N or just before it, it is updated in
+place.`,
 		Example: `  moat insert 1 deny from 203.0.113.7
   moat insert 2 allow from 198.51.100.0/24 to any port 22 proto tcp`,
 		GroupID: "rules",
