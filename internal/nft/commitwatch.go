@@ -189,17 +189,22 @@ func (w *CommitWatch) take(m netlink.Message) {
 			w.lost = true
 		}
 		w.cur = nil
-		w.all = append(w.all, cm)
 		if !w.seen || int32(cm.Gen-w.last) > 0 {
 			// The kernel moves the generation by one a commit (an
 			// aborted transaction moves it not) and tells each: a
 			// generation skipped while listening is a commit not
-			// heard, whatever the socket said.
+			// heard, whatever the socket said. The changes read
+			// since the last NEWGEN heard are then of this commit
+			// or of those whose NEWGEN was lost: they are nobody's,
+			// not this committer's (an overrun socket had moat's
+			// own record named as another program's change).
 			if w.seen && !w.paused && cm.Gen != w.last+1 {
 				w.lost = true
+				cm.Changes = nil
 			}
 			w.last, w.seen = cm.Gen, true
 		}
+		w.all = append(w.all, cm)
 		return
 	}
 	// The attribute numbers of the table and of the object's name.
