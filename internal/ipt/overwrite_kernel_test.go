@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/moat-fw/moat/internal/execrun"
@@ -162,12 +163,30 @@ func TestKernelRestoreUnheardSaid(t *testing.T) {
 		b := countingBackend(t, map[string]int{})
 		run := b.Run
 		flooding := false
+		// The watch's reader is held while the flood commits: a reader
+		// on the other processor could keep up with it.
+		var mu sync.Mutex
+		var gate chan struct{}
+		nft.HoldReader(func() <-chan struct{} {
+			mu.Lock()
+			defer mu.Unlock()
+			return gate
+		})
+		t.Cleanup(func() { nft.HoldReader(nil) })
 		b.Run = func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
 			if name == "iptables-restore" && flooding {
 				flooding = false
+				g := make(chan struct{})
+				mu.Lock()
+				gate = g
+				mu.Unlock()
 				if _, err := execrun.Exec(context.Background(), []byte(flood.String()), "nft", "-f", "-"); err != nil {
 					t.Error(err)
 				}
+				mu.Lock()
+				gate = nil
+				mu.Unlock()
+				close(g)
 			}
 			return run(ctx, stdin, name, args...)
 		}

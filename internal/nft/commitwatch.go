@@ -94,6 +94,22 @@ var (
 // (a reader late to its socket).
 var readHook func()
 
+// HoldReader makes every watch's reader wait, before each read of its
+// socket, while hold returns a channel that is not closed (tests in
+// other packages overrun a watch by holding its reader through a flood
+// of commits); HoldReader(nil) ends it. Call it with no watch reading.
+func HoldReader(hold func() <-chan struct{}) {
+	if hold == nil {
+		readHook = nil
+		return
+	}
+	readHook = func() {
+		if c := hold(); c != nil {
+			<-c
+		}
+	}
+}
+
 // WatchCommits starts listening to the commits of the calling thread's
 // network namespace.
 func WatchCommits() (*CommitWatch, error) { return WatchCommitsBuffer(watchBuffer) }
