@@ -218,30 +218,42 @@ func (b *batch) returnRule(chain, comment string) {
 // of the batch was.
 var errGenerationMoved = errors.New("nftables: the ruleset changed meanwhile")
 
-// closing counts the sockets closeLater is closing. Not a sync.WaitGroup:
-// CloseLater and WaitClosed are called at once from several goroutines
-// (a long-running guard's bans beside its other work, tests in parallel),
-// and a WaitGroup given an Add as a Wait is ending panics ("WaitGroup is
-// reused before previous Wait has returned").
+// closing holds the closes CloseLater runs, each under a number given in
+// order. Not a sync.WaitGroup: CloseLater and WaitClosed are called at
+// once from several goroutines (a long-running guard's bans beside its
+// other work, tests in parallel), and a WaitGroup given an Add as a Wait
+// is ending panics ("WaitGroup is reused before previous Wait has
+// returned").
 var closing = struct {
 	mu      sync.Mutex
-	n       int
-	zeros   uint64     // the times n came down to 0
-	none    *sync.Cond // n came down to 0
-	waiting int        // goroutines in WaitClosed (for tests)
-}{}
+	next    uint64              // the number the next close is given
+	pending map[uint64]struct{} // the closes still running
+	done    *sync.Cond          // a close ended
+	waiting int                 // goroutines in WaitClosed (for tests)
+}{pending: map[uint64]struct{}{}}
 
-func init() { closing.none = sync.NewCond(&closing.mu) }
+func init() { closing.done = sync.NewCond(&closing.mu) }
+
+// maxPendingCloses is how many closes CloseLater runs at once: past it,
+// the caller closes the socket itself. A close waits for the kernel's
+// frees, which wait for the machine's load; a long-running process that
+// opens sockets faster than the kernel lets it close them (a guard's bans
+// in a storm) then waits as it did before CloseLater, and holds no more
+// than this many sockets and goroutines for them.
+const maxPendingCloses = 64
 
 // closeStartLocked and closeEndLocked count a close in and out, under
 // closing.mu.
-func closeStartLocked() { closing.n++ }
+func closeStartLocked() uint64 {
+	id := closing.next
+	closing.next++
+	closing.pending[id] = struct{}{}
+	return id
+}
 
-func closeEndLocked() {
-	if closing.n--; closing.n == 0 {
-		closing.zeros++
-		closing.none.Broadcast()
-	}
+func closeEndLocked(id uint64) {
+	delete(closing.pending, id)
+	closing.done.Broadcast()
 }
 
 // closeLater closes a socket that sent a transaction on a goroutine of
@@ -258,35 +270,51 @@ func closeLater(c *netlink.Conn) { CloseLater(c.Close) }
 // CloseLater runs close, the release of a netfilter netlink socket, on a
 // goroutine of its own (closeLater): for a socket that is done with and
 // may be released right after an nf_tables commit, this process's or
-// another's.
+// another's. With maxPendingCloses closes running, it closes on the
+// caller.
 func CloseLater(close func() error) {
 	closing.mu.Lock()
-	closeStartLocked()
+	if len(closing.pending) >= maxPendingCloses {
+		closing.mu.Unlock()
+		_ = close() // done with: nothing is read from it again
+		return
+	}
+	id := closeStartLocked()
 	closing.mu.Unlock()
 	go func() {
 		defer func() {
 			closing.mu.Lock()
-			closeEndLocked()
+			closeEndLocked(id)
 			closing.mu.Unlock()
 		}()
 		_ = close() // done with: nothing is read from it again
 	}()
 }
 
-// WaitClosed waits until every socket closeLater was given before it is
-// closed: until no close is left, once. It does not wait for none left
-// again when a close given since keeps the count up (as a WaitGroup's
-// Wait, released when its count reaches 0): the guard's bans, closing
-// sockets one after another beside it, would hold it without end.
+// WaitClosed waits until every socket CloseLater was given before the
+// call is closed. Not those given while it waits: they come from work
+// the caller's next step is not ordered after (another goroutine's), and
+// a stream of them (a guard's bans, one close beginning before the last
+// ends, so that none is ever left) would keep it waiting for good.
 func WaitClosed() {
 	closing.mu.Lock()
-	zeros := closing.zeros
+	defer closing.mu.Unlock()
+	before := closing.next
 	closing.waiting++
-	for closing.n > 0 && closing.zeros == zeros {
-		closing.none.Wait()
+	defer func() { closing.waiting-- }()
+	for {
+		older := false
+		for id := range closing.pending {
+			if id < before {
+				older = true
+				break
+			}
+		}
+		if !older {
+			return
+		}
+		closing.done.Wait()
 	}
-	closing.waiting--
-	closing.mu.Unlock()
 }
 
 // send commits the batch in one transaction. With a generation (genID

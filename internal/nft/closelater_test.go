@@ -95,7 +95,7 @@ func TestCloseLaterWhileWaiting(t *testing.T) {
 func TestWaitClosedNotHeldByLaterCloses(t *testing.T) {
 	WaitClosed()
 	closing.mu.Lock()
-	closeStartLocked() // a close WaitClosed waits for
+	first := closeStartLocked() // a close WaitClosed waits for
 	closing.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
@@ -112,8 +112,8 @@ func TestWaitClosedNotHeldByLaterCloses(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	closing.mu.Lock()
-	closeEndLocked()   // every close it waited for has ended...
-	closeStartLocked() // ...and another begins before it runs again
+	closeEndLocked(first)       // every close it waited for has ended...
+	later := closeStartLocked() // ...and another begins before it runs again
 	closing.mu.Unlock()
 	select {
 	case <-done:
@@ -121,7 +121,81 @@ func TestWaitClosedNotHeldByLaterCloses(t *testing.T) {
 		t.Error("WaitClosed still waits after every close given before it ended")
 	}
 	closing.mu.Lock()
-	closeEndLocked()
+	closeEndLocked(later)
 	closing.mu.Unlock()
 	<-done
+}
+
+// WaitClosed waits for the closes given before it, not for those given
+// while it waits: another goroutine's stream of closes (a guard's bans)
+// kept it waiting as long as one of them was running. Fails when
+// WaitClosed waits for a close given after it started.
+func TestWaitClosedNotForLaterCloses(t *testing.T) {
+	WaitClosed()
+	first, later := make(chan struct{}), make(chan struct{})
+	var releaseFirst sync.Once
+	defer func() {
+		releaseFirst.Do(func() { close(first) })
+		close(later)
+	}()
+	CloseLater(func() error { <-first; return nil })
+	waited := make(chan struct{})
+	go func() {
+		WaitClosed()
+		close(waited)
+	}()
+	time.Sleep(50 * time.Millisecond) // WaitClosed is waiting for the first
+	CloseLater(func() error { <-later; return nil })
+	select {
+	case <-waited:
+		t.Fatal("WaitClosed returned before the close given before it")
+	case <-time.After(50 * time.Millisecond):
+	}
+	releaseFirst.Do(func() { close(first) })
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitClosed waited for a close given after it")
+	}
+}
+
+// With maxPendingCloses closes running, CloseLater closes on the caller:
+// a process whose sockets the kernel releases slower than it opens them
+// (a guard's bans in a storm, the machine's load delaying the kernel's
+// frees) holds a bounded number of sockets and goroutines. Fails when
+// CloseLater returns before the close past the bound ran.
+func TestCloseLaterBounded(t *testing.T) {
+	WaitClosed()
+	release := make(chan struct{})
+	for range maxPendingCloses {
+		CloseLater(func() error { <-release; return nil })
+	}
+	defer func() {
+		close(release)
+		WaitClosed()
+	}()
+	ran := make(chan struct{})
+	returned := make(chan struct{})
+	gate := make(chan struct{})
+	go func() {
+		CloseLater(func() error { <-gate; close(ran); return nil })
+		close(returned)
+	}()
+	select {
+	case <-returned:
+		close(gate)
+		t.Fatalf("CloseLater returned with %d closes running, before its close ran", maxPendingCloses)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(gate)
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("CloseLater did not return once its close ran")
+	}
+	select {
+	case <-ran:
+	default:
+		t.Fatal("CloseLater returned before its close ran")
+	}
 }
