@@ -14,6 +14,7 @@ import (
 	"maps"
 	"net/netip"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1615,7 +1616,9 @@ type setRead struct {
 // as one after the other: each socket is opened here, on the calling
 // thread, so that it reads that thread's network namespace whatever
 // thread reads it; each goroutine hashes with a memberHasher of its own.
-// digest takes each result once (a second digest of a name reads anew).
+// As many dumps at once as there are processors, two at least
+// (eachLimited). digest takes each result once (a second digest of a
+// name reads anew).
 func (sr *setReader) prefetch(ctx context.Context, used map[string]bool) {
 	if sr.mh == nil {
 		return
@@ -1632,29 +1635,48 @@ func (sr *setReader) prefetch(ctx context.Context, used map[string]bool) {
 	if len(names) < 2 {
 		return
 	}
-	fds := make([]int, 0, len(names))
-	for range names {
+	reads := make([]setRead, len(names))
+	n := eachLimited(len(names), max(2, runtime.GOMAXPROCS(0)), func(i int) func() {
 		fd, err := dialIpsetFD()
 		if err != nil {
-			break // digest reads the rest itself
+			return nil // digest reads the rest itself
 		}
-		fds = append(fds, fd)
-	}
-	reads := make([]setRead, len(fds))
-	var wg sync.WaitGroup
-	for i, fd := range fds {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		return func() {
 			r := &reads[i]
 			r.head, r.sum, r.missing, r.err = readSetSumOn(ctx, fd, sr.mh.clone(), names[i], 0)
-		}()
-	}
-	wg.Wait()
-	sr.read = make(map[string]setRead, len(fds))
-	for i := range fds {
+		}
+	})
+	sr.read = make(map[string]setRead, n)
+	for i := range n {
 		sr.read[names[i]] = reads[i]
 	}
+}
+
+// eachLimited calls start(0), start(1), ... start(n-1) on the calling
+// goroutine (its thread: its network namespace), each once at most limit
+// of the functions they returned are running, and runs each of those on
+// a goroutine of its own; it returns once they all returned, with the
+// number started. A start that returns nil stops it there. A policy may
+// hold hundreds of sets (each run of rules that differ only in their
+// address is one): dumped all at once, each held a socket, the kernel's
+// answers queued in it and a 64 KiB buffer.
+func eachLimited(n, limit int, start func(i int) func()) int {
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	i := 0
+	for ; i < n; i++ {
+		sem <- struct{}{}
+		run := start(i)
+		if run == nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			run()
+		})
+	}
+	wg.Wait()
+	return i
 }
 
 func (b *Backend) setReader() *setReader {

@@ -84,13 +84,13 @@ func (b *Backend) digestKey() *memberHasher {
 	return b.hasher
 }
 
-// plain is the hash of a member that is a network and nothing else:
-// AES-CBC-MAC of two blocks, the address (IPv4 mapped into IPv6), then
-// its prefix length and whether it is IPv4 (apart from ::ffff:a.b.c.d).
 // clone is a memberHasher with the same key for another goroutine (x is
 // each one's scratch).
 func (mh *memberHasher) clone() *memberHasher { return newMemberHasher(mh.key) }
 
+// plain is the hash of a member that is a network and nothing else:
+// AES-CBC-MAC of two blocks, the address (IPv4 mapped into IPv6), then
+// its prefix length and whether it is IPv4 (apart from ::ffff:a.b.c.d).
 func (mh *memberHasher) plain(a [16]byte, bits int, is4 bool) (lo, hi uint64) {
 	x := mh.x[:]
 	copy(x, a[:])
