@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+
+	"github.com/moat-fw/moat/internal/termtext"
 )
 
 // Bounds of what the command line hands the rule and packet parsers: no
@@ -41,14 +43,10 @@ func checkArgs(args []string) error {
 // echo is s cut to maxEcho bytes (at a character boundary), with "..."
 // when cut.
 func echo(s string) string {
-	if len(s) <= maxEcho {
-		return s
+	if c, cut := termtext.Cut(s, maxEcho); cut {
+		return c + "..."
 	}
-	cut := maxEcho
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "..."
+	return s
 }
 
 // echoArgs is the words joined as typed, cut by echo.

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/moat-fw/moat/internal/policy"
 	"github.com/moat-fw/moat/internal/termtext"
@@ -98,14 +97,10 @@ const maxNoteValue = 64
 // to maxNoteValue bytes, so that the note stays within a policy line's
 // 4096 bytes.
 func quoteValue(v string) string {
-	if len(v) <= maxNoteValue {
-		return strconv.Quote(v)
+	if c, cut := termtext.Cut(v, maxNoteValue); cut {
+		return strconv.Quote(c) + fmt.Sprintf("... (%d bytes)", len(v))
 	}
-	cut := maxNoteValue
-	for cut > 0 && !utf8.RuneStart(v[cut]) {
-		cut--
-	}
-	return strconv.Quote(v[:cut]) + fmt.Sprintf("... (%d bytes)", len(v))
+	return strconv.Quote(v)
 }
 
 // tuple is one '### tuple ###' line of user.rules or user6.rules.

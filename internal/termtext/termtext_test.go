@@ -25,3 +25,20 @@ func TestPrintable(t *testing.T) {
 		}
 	}
 }
+
+// TestCut: a cut never splits a character, and says when it cut.
+func TestCut(t *testing.T) {
+	for _, c := range []struct {
+		s    string
+		n    int
+		want string
+		cut  bool
+	}{
+		{"abc", 3, "abc", false}, {"abcd", 3, "abc", true}, {"aé", 2, "a", true}, {"aé", 3, "aé", false},
+		{"€€", 4, "€", true}, {"€", 0, "", true}, {"", 0, "", false},
+	} {
+		if got, cut := Cut(c.s, c.n); got != c.want || cut != c.cut {
+			t.Errorf("Cut(%q, %d) = %q, %v; want %q, %v", c.s, c.n, got, cut, c.want, c.cut)
+		}
+	}
+}
