@@ -9,7 +9,7 @@
 #
 # Usage:
 #   OLD=REV|PATH [NEW=REV|PATH] [BACKEND=nftables|iptables] [N=100000] \
-#     [K=10] [ROUNDS=4] scripts/bench-turns.sh SCENARIO
+#     [K=10] [ROUNDS=4] [CHRT=1] scripts/bench-turns.sh SCENARIO
 #
 # OLD and NEW are a moat binary (an executable path) or a git revision of
 # this repository, built with `go build ./cmd/moat` from `git archive`.
@@ -51,7 +51,7 @@ die() { echo "bench-turns: $*" >&2; exit 2; }
 scenario=${1:-}
 case $scenario in
 edit | refresh | enable) ;;
-*) die "usage: OLD=REV|PATH [NEW=REV|PATH] [BACKEND=..] [N=..] [K=..] [ROUNDS=..] $0 edit|refresh|enable" ;;
+*) die "usage: OLD=REV|PATH [NEW=REV|PATH] [BACKEND=..] [N=..] [K=..] [ROUNDS=..] [CHRT=1] $0 edit|refresh|enable" ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (network namespaces)"
 [[ -x /usr/bin/time ]] || die "needs GNU time (/usr/bin/time; apt-get install time)"
@@ -61,9 +61,10 @@ BACKEND=${BACKEND:-nftables}
 N=${N:-100000}
 K=${K:-10}
 ROUNDS=${ROUNDS:-4}
-CHRT=${CHRT:-}
+CHRT=${CHRT:-0}
+[[ $CHRT == 0 || $CHRT == 1 ]] || die "CHRT must be 0 or 1"
 prio=()
-if [[ -n $CHRT ]]; then
+if [[ $CHRT == 1 ]]; then
 	command -v chrt >/dev/null || die "CHRT needs chrt (util-linux)"
 	prio=(chrt -f 50)
 fi
@@ -229,7 +230,7 @@ if [[ $scenario == refresh ]]; then
 	gen_list "$N" 1 >"$tmp/list.1"
 fi
 echo "scenario $scenario, backend $BACKEND, N=$N, K=$K, ROUNDS=$ROUNDS"
-echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)${CHRT:+ (timed commands at real-time priority: chrt -f 50)}"
+echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)${prio[*]:+ (timed commands at real-time priority: ${prio[*]})}"
 for name in old new; do
 	: >"$tmp/$name/results"
 	[[ $scenario == enable ]] || setup "$name"
