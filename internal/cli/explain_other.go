@@ -90,13 +90,17 @@ func otherAnswers(rs *ruleset.Ruleset, p *policy.Policy, pkt ruleset.Packet, bas
 		// An address-only rule (incoming, any protocol), read without
 		// building it: a policy may hold 100,000.
 		if ar, ok := p.CompactAddrRule(i); ok {
-			if dir == policy.In && ar.Prefix.IsValid() && !over[map[bool]string{true: "to", false: "from"}[ar.To]] {
+			side := "from"
+			if ar.To {
+				side = "to"
+			}
+			if dir == policy.In && ar.Prefix.IsValid() && !over[side] && mayDecideOtherwise(ar.Action, base) {
 				addNet(!ar.To, ar.Prefix)
 			}
 			continue
 		}
 		r := p.Rule(i)
-		if r.Direction != dir {
+		if r.Direction != dir || !mayDecideOtherwise(r.Action, base) || !mayMatchGiven(&r, pkt) {
 			continue
 		}
 		if r.From.IsValid() {
@@ -132,11 +136,8 @@ func otherAnswers(rs *ruleset.Ruleset, p *policy.Policy, pkt ruleset.Packet, bas
 		q := pkt
 		v.set(&q)
 		d, err := rs.Evaluate(q)
-		if err != nil || (d.Verdict == base.Verdict && d.Origin.ID == base.Origin.ID) {
-			continue
-		}
-		if d.Verdict == base.Verdict && d.Origin.Line == base.Origin.Line {
-			continue
+		if err != nil || (d.Verdict == base.Verdict && (d.Limit == nil) == (base.Limit == nil)) {
+			continue // the same answer, whichever rule gives it
 		}
 		dec := d.Origin.Text
 		if d.Origin.Line > 0 {
@@ -149,6 +150,39 @@ func otherAnswers(rs *ruleset.Ruleset, p *policy.Policy, pkt ruleset.Packet, bas
 		out = append(out, o)
 	}
 	return out, more
+}
+
+// mayDecideOtherwise: a rule of action act can give another answer than
+// base (a rule that answers the same is no other answer; a limit accepts,
+// and rejects a source over its rate).
+func mayDecideOtherwise(act policy.Action, base ruleset.Decision) bool {
+	switch act {
+	case policy.Allow:
+		return base.Verdict != ruleset.Accept || base.Limit != nil
+	case policy.Deny:
+		return base.Verdict != ruleset.Drop
+	case policy.Reject:
+		return base.Verdict != ruleset.Reject
+	}
+	return true
+}
+
+// mayMatchGiven: rule r may match pkt, judged by what pkt gives (its
+// ports and addresses): a rule that cannot match it whatever
+// the left-out parts are names no value worth trying (in a large policy
+// the values tried are few: otherAnswersMax a part).
+func mayMatchGiven(r *policy.Rule, pkt ruleset.Packet) bool {
+	switch {
+	case pkt.DPort != 0 && len(r.ToPort) > 0 && !r.ToPort.Contains(pkt.DPort):
+		return false
+	case pkt.SPort != 0 && len(r.FromPort) > 0 && !r.FromPort.Contains(pkt.SPort):
+		return false
+	case r.From.IsValid() && pkt.Src.IsValid() && !pkt.Src.IsUnspecified() && !r.From.Contains(pkt.Src):
+		return false
+	case r.To.IsValid() && pkt.Dst.IsValid() && !pkt.Dst.IsUnspecified() && !r.To.Contains(pkt.Dst):
+		return false
+	}
+	return true
 }
 
 // ifaceExample is a name the interface pattern matches ("eth+": "eth0").
