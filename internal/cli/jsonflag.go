@@ -24,13 +24,19 @@ var ruleCommands = map[string]bool{
 
 // checkJSON refuses --json on a command that has no JSON output, before
 // anything is read or changed: a script that asked for JSON would get
-// text it cannot parse, and exit code 0.
-func (a *app) checkJSON(cmd *cobra.Command) error {
+// text it cannot parse, and exit code 0. args are the command's words.
+func (a *app) checkJSON(cmd *cobra.Command, args []string) error {
 	if !a.json {
 		return nil
 	}
 	path := strings.Fields(cmd.CommandPath())
 	name := strings.Join(path[1:], " ")
+	if name == "route" && len(args) > 0 && args[0] == "delete" {
+		// ufw's 'route delete', a word of 'route': a delete, which
+		// prints no rule ('--dry-run --json route delete 2' printed
+		// text and exit 0).
+		name = "route delete"
+	}
 	switch {
 	case jsonCommands[name]:
 		return nil

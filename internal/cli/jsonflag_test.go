@@ -54,13 +54,15 @@ func TestJSONFlagRefused(t *testing.T) {
 		{[]string{"check"}, false, ""}, {[]string{"show"}, false, "'moat show' has no JSON output"},
 		{[]string{"enable"}, false, "has no JSON output"}, {[]string{"reload"}, false, "has no JSON output"},
 		{[]string{"delete"}, false, "has no JSON output"}, {[]string{"ban"}, false, "has no JSON output"},
+		{[]string{"route", "delete", "2"}, true, "'moat route delete' has no JSON output"},
+		{[]string{"route", "insert", "1", "allow", "in", "on", "eth0"}, true, ""},
 	} {
-		cmd, _, err := root.Find(c.args)
+		cmd, rest, err := root.Find(c.args)
 		if err != nil {
 			t.Fatal(err)
 		}
 		a.json, a.dryRun = true, c.dryRun
-		err = a.checkJSON(cmd)
+		err = a.checkJSON(cmd, rest)
 		switch {
 		case c.want == "" && err != nil:
 			t.Errorf("%v --json (dry run %v): %v", c.args, c.dryRun, err)

@@ -214,7 +214,7 @@ func (a *app) rootCommand() *cobra.Command {
 				// 0 or less used to apply at once with nothing armed.
 				return fmt.Errorf("--confirm %s: want a positive duration such as 60s (leave --confirm out to apply without a rollback)", a.confirm)
 			}
-			if err := a.checkJSON(cmd); err != nil {
+			if err := a.checkJSON(cmd, args); err != nil {
 				return err
 			}
 			if a.config == "" {
