@@ -3,9 +3,7 @@ package ipt
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/moat-fw/moat/internal/execrun"
@@ -150,11 +148,7 @@ func TestKernelRestoreUnheardSaid(t *testing.T) {
 		return old()
 	}
 	t.Cleanup(func() { watchCommits = old })
-	var flood strings.Builder
-	flood.WriteString("add table inet flood\nadd chain inet flood c\n")
-	for i := range 3000 {
-		fmt.Fprintf(&flood, "add rule inet flood c tcp dport %d accept\n", i+1)
-	}
+	flood := labtest.NftFlood(3000)
 	head := "default deny incoming\nallow 22/tcp\n"
 	err := ns.Do(func() error {
 		if legacyTables() {
@@ -165,28 +159,16 @@ func TestKernelRestoreUnheardSaid(t *testing.T) {
 		flooding := false
 		// The watch's reader is held while the flood commits: a reader
 		// on the other processor could keep up with it.
-		var mu sync.Mutex
-		var gate chan struct{}
-		nft.HoldReader(func() <-chan struct{} {
-			mu.Lock()
-			defer mu.Unlock()
-			return gate
-		})
-		t.Cleanup(func() { nft.HoldReader(nil) })
+		hold, end := nft.HoldReaders()
+		t.Cleanup(end)
 		b.Run = func(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
 			if name == "iptables-restore" && flooding {
 				flooding = false
-				g := make(chan struct{})
-				mu.Lock()
-				gate = g
-				mu.Unlock()
-				if _, err := execrun.Exec(context.Background(), []byte(flood.String()), "nft", "-f", "-"); err != nil {
+				release := hold()
+				if _, err := execrun.Exec(context.Background(), flood, "nft", "-f", "-"); err != nil {
 					t.Error(err)
 				}
-				mu.Lock()
-				gate = nil
-				mu.Unlock()
-				close(g)
+				release()
 			}
 			return run(ctx, stdin, name, args...)
 		}

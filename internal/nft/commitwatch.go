@@ -94,20 +94,36 @@ var (
 // (a reader late to its socket).
 var readHook func()
 
-// HoldReader makes every watch's reader wait, before each read of its
-// socket, while hold returns a channel that is not closed (tests in
-// other packages overrun a watch by holding its reader through a flood
-// of commits); HoldReader(nil) ends it. Call it with no watch reading.
-func HoldReader(hold func() <-chan struct{}) {
-	if hold == nil {
-		readHook = nil
-		return
-	}
+// HoldReaders makes every watch's reader wait, before each read of its
+// socket, from a call of hold until a call of the release that call
+// returns (tests in this and other packages overrun a watch by holding
+// its reader through a flood of commits: a reader on the other
+// processor could keep up with it); end ends it. Call HoldReaders and
+// end with no watch reading.
+func HoldReaders() (hold func() (release func()), end func()) {
+	var mu sync.Mutex
+	var gate chan struct{}
 	readHook = func() {
-		if c := hold(); c != nil {
+		mu.Lock()
+		c := gate
+		mu.Unlock()
+		if c != nil {
 			<-c
 		}
 	}
+	hold = func() func() {
+		g := make(chan struct{})
+		mu.Lock()
+		gate = g
+		mu.Unlock()
+		return func() {
+			mu.Lock()
+			gate = nil
+			mu.Unlock()
+			close(g)
+		}
+	}
+	return hold, func() { readHook = nil }
 }
 
 // WatchCommits starts listening to the commits of the calling thread's

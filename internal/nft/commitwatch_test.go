@@ -3,7 +3,6 @@ package nft
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/moat-fw/moat/internal/execrun"
+	"github.com/moat-fw/moat/internal/labtest"
 	"github.com/moat-fw/moat/internal/ruleset"
 )
 
@@ -357,14 +357,11 @@ func TestKernelNftUnheardSaid(t *testing.T) {
 	old := watchBuffer
 	watchBuffer = 0 // the kernel's least
 	t.Cleanup(func() { watchBuffer = old })
-	var flood strings.Builder
-	flood.WriteString("add table inet flood\nadd chain inet flood c\n")
-	for i := range 3000 {
-		fmt.Fprintf(&flood, "add rule inet flood c tcp dport %d accept\n", i+1)
-	}
+	flood := labtest.NftFlood(3000)
 	// The reader is held while the flood commits: a reader on the other
 	// processor could keep up with it (the test failed so once).
-	gate := floodGate(t)
+	gate, end := HoldReaders()
+	t.Cleanup(end)
 	for _, checked := range []bool{true, false} {
 		k := checkedKernel(t)
 		if !checked {
@@ -375,38 +372,13 @@ func TestKernelNftUnheardSaid(t *testing.T) {
 		k.be.Warn = func(msg string) { warned = append(warned, msg) }
 		k.be.afterLastLook = func() {
 			defer gate()()
-			if _, err := execrun.Exec(context.Background(), []byte(flood.String()), "nft", "-f", "-"); err != nil {
+			if _, err := execrun.Exec(context.Background(), flood, "nft", "-f", "-"); err != nil {
 				t.Error(err)
 			}
 		}
 		k.apply(compile(t, checkedEdit))
 		if len(warned) != 1 || !strings.Contains(warned[0], "could not hear every change") || !strings.Contains(warned[0], "nft -f") {
 			t.Errorf("checked %v: notifications lost, warned %q", checked, warned)
-		}
-	}
-}
-
-// floodGate holds every watch's reader from a call of the function it
-// returns until a call of the function that call returns.
-func floodGate(t *testing.T) func() func() {
-	var mu sync.Mutex
-	var gate chan struct{}
-	HoldReader(func() <-chan struct{} {
-		mu.Lock()
-		defer mu.Unlock()
-		return gate
-	})
-	t.Cleanup(func() { HoldReader(nil) })
-	return func() func() {
-		g := make(chan struct{})
-		mu.Lock()
-		gate = g
-		mu.Unlock()
-		return func() {
-			mu.Lock()
-			gate = nil
-			mu.Unlock()
-			close(g)
 		}
 	}
 }
