@@ -72,8 +72,7 @@ func dialIpsetWriter() (*ipsetWriter, error) {
 
 // Close releases the socket off the caller's path (ipsetConn.Close).
 func (w *ipsetWriter) Close() error {
-	fd := w.fd
-	nft.CloseLater(func() error { return unix.Close(fd) })
+	closeFDLater(w.fd)
 	return nil
 }
 

@@ -97,6 +97,12 @@ var dialIpsetFD = func() (int, error) {
 	return fd, nil
 }
 
+// closeFDLater releases fd, a socket of dialIpsetFD, off the caller's
+// path (ipsetConn.Close).
+func closeFDLater(fd int) {
+	nft.CloseLater(func() error { return unix.Close(fd) })
+}
+
 // sendFD writes one request to a socket of dialIpsetFD.
 func sendFD(fd int, b []byte) error {
 	for {

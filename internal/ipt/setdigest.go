@@ -402,7 +402,7 @@ func dumpSet(ctx context.Context, name string, flags uint32, fn func(attrs []byt
 // network namespace whose set is read: the calling thread's when it was
 // opened, whichever thread reads it); it closes fd.
 func dumpSetOn(ctx context.Context, fd int, name string, flags uint32, fn func(attrs []byte) error) (missing bool, err error) {
-	defer nft.CloseLater(func() error { return unix.Close(fd) }) // read only; off the caller's path (ipsetConn.Close)
+	defer closeFDLater(fd) // read only
 	const seq = 1
 	req := dumpRequest(name, flags, seq)
 	if err := sendFD(fd, req); err != nil {
