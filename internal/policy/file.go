@@ -578,30 +578,44 @@ func (d *Document) DeleteRule(n int) (string, error) {
 // whatever comment it has, when no rule is equal to r: 'delete allow
 // 2222/tcp' deletes 'allow 2222/tcp comment admin'.
 func (d *Document) FindRule(r Rule, svc Services) int {
+	loose := 0
+	exact := d.eachMayEqual(&r, svc, func(n int, got Rule) bool {
+		if got.Equal(r) {
+			return true
+		}
+		if loose == 0 && r.Comment == "" && got.Comment != "" {
+			got.Comment = ""
+			if got.Equal(r) {
+				loose = n
+			}
+		}
+		return false
+	})
+	if exact != 0 {
+		return exact
+	}
+	return loose
+}
+
+// eachMayEqual calls found with the number (1-based) and the rule of
+// each rule that mayEqual r, in order, until found says it is the one;
+// it returns that number, or 0.
+func (d *Document) eachMayEqual(r *Rule, svc Services, found func(n int, got Rule) bool) int {
 	c := d.index(svc)
-	n, k, loose := 0, 0, 0
+	n, k := 0, 0
 	for i, kind := range c.kinds {
 		switch kind {
 		case lineRule:
 			n++
-			if c.rules.mayEqual(k, &r) {
-				got := c.rules.rule(k)
-				if got.Equal(r) {
-					return n
-				}
-				if loose == 0 && r.Comment == "" && got.Comment != "" {
-					got.Comment = ""
-					if got.Equal(r) {
-						loose = n
-					}
-				}
+			if c.rules.mayEqual(k, r) && found(n, c.rules.rule(k)) {
+				return n
 			}
 		case lineBadRule:
 			n++
 		}
 		k += int(c.nrules[i])
 	}
-	return loose
+	return 0
 }
 
 // mayEqual is false when a and b cannot have the same Key or MatchKey:

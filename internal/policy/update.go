@@ -26,24 +26,16 @@ func (r Rule) MatchKey() string {
 // OpenSSH' is a rule of its own next to 'limit ssh' (and does not replace
 // it, dropping the rate limit).
 func (d *Document) FindMatch(r Rule, svc Services) (int, Rule) {
-	c := d.index(svc)
 	want := r.MatchKey()
-	n, k := 0, 0
-	for i, kind := range c.kinds {
-		switch kind {
-		case lineRule:
-			n++
-			if c.rules.mayEqual(k, &r) {
-				if got := c.rules.rule(k); got.MatchKey() == want && got.FromApp == r.FromApp && got.ToApp == r.ToApp {
-					return n, got
-				}
-			}
-		case lineBadRule:
-			n++
+	var match Rule
+	n := d.eachMayEqual(&r, svc, func(_ int, got Rule) bool {
+		if got.MatchKey() == want && got.FromApp == r.FromApp && got.ToApp == r.ToApp {
+			match = got
+			return true
 		}
-		k += int(c.nrules[i])
-	}
-	return 0, Rule{}
+		return false
+	})
+	return n, match
 }
 
 // ReplaceRule writes line in place of rule number n (1-based), keeping the
