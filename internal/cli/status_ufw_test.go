@@ -114,14 +114,37 @@ func TestStatusVerboseInactive(t *testing.T) {
 
 // TestStatusJSONDocumented: every field 'status --json' can print is
 // named in 'moat status --help' (and so in moat-status(8)); only some
-// were, in the README.
+// were, in the README. The same for the other commands whose --help
+// lists their --json fields.
 func TestStatusJSONDocumented(t *testing.T) {
-	a := &app{}
-	cmd, _, err := a.rootCommand().Find([]string{"status"})
-	if err != nil {
-		t.Fatal(err)
+	for _, c := range []struct {
+		cmd      []string
+		ty       reflect.Type
+		minTypes int
+	}{
+		{[]string{"status"}, reflect.TypeOf(statusReport{}), 6},
+		{[]string{"explain"}, reflect.TypeOf(explanation{}), 3},
+		{[]string{"blocklist", "list"}, reflect.TypeOf(blocklistInfo{}), 1},
+		{[]string{"blocklist", "update"}, reflect.TypeOf(updateJSON{}), 1},
+		{[]string{"log"}, reflect.TypeOf(logSummary{}), 2},
+	} {
+		a := &app{}
+		cmd, _, err := a.rootCommand().Find(c.cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := strings.Join(c.cmd, " ")
+		if walked := jsonUndocumented(t, name, c.ty, cmd.Long); walked < c.minTypes {
+			t.Errorf("%s: walked %d types", name, walked)
+		}
 	}
-	help := cmd.Long
+}
+
+// jsonUndocumented fails t for each JSON field of ty (and the types of
+// its fields) that help does not name, and says how many types it
+// walked.
+func jsonUndocumented(t *testing.T, cmd string, ty reflect.Type, help string) int {
+	t.Helper()
 	seen := map[reflect.Type]bool{}
 	var walk func(reflect.Type)
 	walk = func(ty reflect.Type) {
@@ -139,13 +162,11 @@ func TestStatusJSONDocumented(t *testing.T) {
 				continue
 			}
 			if name != "" && !regexp.MustCompile(`\b`+name+`\b`).MatchString(help) {
-				t.Errorf("status --json field %q (%s.%s) is not in 'moat status --help'", name, ty.Name(), f.Name)
+				t.Errorf("%s --json field %q (%s.%s) is not in 'moat %s --help'", cmd, name, ty.Name(), f.Name, cmd)
 			}
 			walk(f.Type)
 		}
 	}
-	walk(reflect.TypeOf(statusReport{}))
-	if len(seen) < 6 {
-		t.Errorf("walked %d types", len(seen))
-	}
+	walk(ty)
+	return len(seen)
 }
