@@ -31,7 +31,6 @@ func TestKernelRulesNetlinkAckLostChecked(t *testing.T) {
 	progs := map[string]int{}
 	b := countingBackend(t, progs)
 	head := "default deny incoming\nallow 22/tcp\n"
-	const hand = "-A MOAT-INPUT -p tcp -m tcp --dport 7070 -m comment --comment HAND -j DROP"
 	oldSend := sendRules
 	t.Cleanup(func() { sendRules = oldSend })
 	err := ns.Do(func() error {
@@ -54,7 +53,7 @@ func TestKernelRulesNetlinkAckLostChecked(t *testing.T) {
 						t.Fatal(err)
 					}
 				case "hand rule first":
-					if _, err := execrun.Exec(context.Background(), nil, "iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "7070", "-m", "comment", "--comment", "HAND", "-j", "DROP"); err != nil {
+					if _, err := execrun.Exec(context.Background(), nil, insertHandRule[0], insertHandRule[1:]...); err != nil {
 						t.Fatal(err)
 					}
 					if err := oldSend(txn, gen); !nft.GenerationMoved(err) {
@@ -78,7 +77,7 @@ func TestKernelRulesNetlinkAckLostChecked(t *testing.T) {
 					t.Errorf("%s: %v, %d restores, vouch %v:\n%s", c, err, restores, b.Checked.OK, lines)
 				}
 			default:
-				if !errors.Is(err, nft.ErrChangedSinceCheck) || restores != 0 || !strings.Contains(lines, hand) || strings.Contains(lines, port) {
+				if !errors.Is(err, nft.ErrChangedSinceCheck) || restores != 0 || !strings.Contains(lines, handRule) || strings.Contains(lines, port) {
 					t.Errorf("%s: %v, %d restores:\n%s", c, err, restores, lines)
 				}
 			}
@@ -101,7 +100,6 @@ func TestKernelRulesNetlinkAckLostSameRecord(t *testing.T) {
 	ctx := context.Background()
 	b := countingBackend(t, map[string]int{})
 	head := "default deny incoming\nallow 22/tcp\n"
-	const hand = "-A MOAT-INPUT -p tcp -m tcp --dport 7070 -m comment --comment HAND -j DROP"
 	oldSend := sendRules
 	t.Cleanup(func() { sendRules = oldSend })
 	err := ns.Do(func() error {
@@ -119,7 +117,7 @@ func TestKernelRulesNetlinkAckLostSameRecord(t *testing.T) {
 		sent := false
 		sendRules = func(txn *rulesTxn, gen uint32) error {
 			sent = true
-			if _, err := execrun.Exec(context.Background(), nil, "iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "7070", "-m", "comment", "--comment", "HAND", "-j", "DROP"); err != nil {
+			if _, err := execrun.Exec(context.Background(), nil, insertHandRule[0], insertHandRule[1:]...); err != nil {
 				t.Fatal(err)
 			}
 			if err := oldSend(txn, gen); !nft.GenerationMoved(err) {
@@ -133,7 +131,7 @@ func TestKernelRulesNetlinkAckLostSameRecord(t *testing.T) {
 			t.Fatal("the same policy again wrote nothing over netlink: the case is not made")
 		}
 		lines := strings.Join(moatLines(t, ctx)[policy.FamilyV4], "\n")
-		if !errors.Is(err, nft.ErrChangedSinceCheck) || !strings.Contains(lines, hand) {
+		if !errors.Is(err, nft.ErrChangedSinceCheck) || !strings.Contains(lines, handRule) {
 			t.Errorf("refused after a hand rule, answer lost: %v, want ErrChangedSinceCheck:\n%s", err, lines)
 		}
 		return nil

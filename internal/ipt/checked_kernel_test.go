@@ -12,6 +12,13 @@ import (
 	"github.com/moat-fw/moat/internal/policy"
 )
 
+// handRule is the rule insertHandRule puts by hand at the head of
+// MOAT-INPUT, as iptables-save prints it.
+const handRule = "-A MOAT-INPUT -p tcp -m tcp --dport 7070 -m comment --comment HAND -j DROP"
+
+// insertHandRule is the command that puts handRule by hand.
+var insertHandRule = []string{"iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "7070", "-m", "comment", "--comment", "HAND", "-j", "DROP"}
+
 // Apply with a checked generation (the command's drift check vouched
 // for it): a change committed after it by another program, before
 // Apply's read or between the read and the netlink transaction, makes
@@ -26,8 +33,6 @@ func TestKernelCheckedApply(t *testing.T) {
 	progs := map[string]int{}
 	b := countingBackend(t, progs)
 	head := "default deny incoming\nallow 22/tcp\n"
-	const hand = "-A MOAT-INPUT -p tcp -m tcp --dport 7070 -m comment --comment HAND -j DROP"
-	insertHand := []string{"iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "7070", "-m", "comment", "--comment", "HAND", "-j", "DROP"}
 	oldSend := sendRules
 	t.Cleanup(func() { sendRules = oldSend })
 	err := ns.Do(func() error {
@@ -45,15 +50,15 @@ func TestKernelCheckedApply(t *testing.T) {
 			b.Checked = nft.CheckedGen{Gen: g, OK: true}
 		}
 		hasHand := func() bool {
-			return strings.Contains(strings.Join(moatLines(t, ctx)[policy.FamilyV4], "\n"), hand)
+			return strings.Contains(strings.Join(moatLines(t, ctx)[policy.FamilyV4], "\n"), handRule)
 		}
 		for _, c := range []struct {
 			name       string
 			before     []string // run before Apply
 			beforeSend []string // run before the transaction is sent
 		}{
-			{name: "hand rule before the read", before: insertHand},
-			{name: "hand rule before the send", beforeSend: insertHand},
+			{name: "hand rule before the read", before: insertHandRule},
+			{name: "hand rule before the send", beforeSend: insertHandRule},
 			{name: "another table before the send", beforeSend: []string{"nft", "add", "table", "inet", "moatcheckedother"}},
 		} {
 			check()
@@ -135,7 +140,7 @@ func TestKernelCheckedApplyAfterMark(t *testing.T) {
 			change []string
 			hand   bool
 		}{
-			{"hand rule", []string{"iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "7070", "-m", "comment", "--comment", "HAND", "-j", "DROP"}, true},
+			{"hand rule", insertHandRule, true},
 			{"another table", []string{"nft", "add", "table", "inet", "moatcheckmarkother"}, false},
 		} {
 			sendRules = oldSend

@@ -28,8 +28,6 @@ func TestKernelHandChangeDuringRestore(t *testing.T) {
 	ns := labtest.NS(t, "moatoverw")
 	ctx := context.Background()
 	head := "default deny incoming\nallow 22/tcp\n"
-	const hand = "-A MOAT-INPUT -p tcp -m tcp --dport 7070 -m comment --comment HAND -j DROP"
-	insertHand := []string{"iptables", "-I", "MOAT-INPUT", "1", "-p", "tcp", "--dport", "7070", "-m", "comment", "--comment", "HAND", "-j", "DROP"}
 	otherTable := []string{"nft", "add", "table", "inet", "moatoverwother"}
 	err := ns.Do(func() error {
 		if legacyTables() {
@@ -41,8 +39,8 @@ func TestKernelHandChangeDuringRestore(t *testing.T) {
 			checked bool
 			told    bool
 		}{
-			{"hand rule, checked", insertHand, true, true},
-			{"hand rule, not checked", insertHand, false, true},
+			{"hand rule, checked", insertHandRule, true, true},
+			{"hand rule, not checked", insertHandRule, false, true},
 			{"another table, checked", otherTable, true, false},
 		} {
 			var during []string
@@ -85,10 +83,10 @@ func TestKernelHandChangeDuringRestore(t *testing.T) {
 			if c.told != (len(got) > 0) || len(got) != len(warned) {
 				t.Errorf("%s: told %q (warned %q), want told %v", c.name, got, warned, c.told)
 			}
-			if !strings.Contains(lines, hand) && c.told && (len(got) == 0 || !strings.Contains(got[0], `chain "MOAT-INPUT" of table ip filter`) || !strings.Contains(got[0], "(iptables)")) {
+			if !strings.Contains(lines, handRule) && c.told && (len(got) == 0 || !strings.Contains(got[0], `chain "MOAT-INPUT" of table ip filter`) || !strings.Contains(got[0], "(iptables)")) {
 				t.Errorf("%s: the hand rule was lost and %q does not say so", c.name, got)
 			}
-			if strings.Contains(lines, hand) {
+			if strings.Contains(lines, handRule) {
 				if _, err := execrun.Exec(ctx, nil, "iptables", "-D", "MOAT-INPUT", "1"); err != nil {
 					t.Fatal(err)
 				}
@@ -104,7 +102,7 @@ func TestKernelHandChangeDuringRestore(t *testing.T) {
 			}
 			b.Checked = nft.CheckedGen{Gen: g, OK: true}
 			b.beforeLook = func() {
-				if _, err := execrun.Exec(ctx, nil, insertHand[0], insertHand[1:]...); err != nil {
+				if _, err := execrun.Exec(ctx, nil, insertHandRule[0], insertHandRule[1:]...); err != nil {
 					t.Error(err)
 				}
 			}
@@ -118,7 +116,7 @@ func TestKernelHandChangeDuringRestore(t *testing.T) {
 				t.Errorf("%s: %d restores ran", c.name, n)
 			}
 			lines = strings.Join(moatLines(t, ctx)[policy.FamilyV4], "\n")
-			if !strings.Contains(lines, hand) || strings.Contains(lines, "9909") {
+			if !strings.Contains(lines, handRule) || strings.Contains(lines, "9909") {
 				t.Errorf("%s: the hand rule was lost or the change made:\n%s", c.name, lines)
 			}
 			if _, err := execrun.Exec(ctx, nil, "iptables", "-D", "MOAT-INPUT", "1"); err != nil {
