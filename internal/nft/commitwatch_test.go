@@ -223,19 +223,27 @@ func TestKernelBatchAcksPastDeadline(t *testing.T) {
 
 // newGen is the NEWGEN notification of generation gen.
 func newGen(t *testing.T, gen uint32) netlink.Message {
+	return notification(t, unix.NFT_MSG_NEWGEN, unix.AF_UNSPEC, func(ae *netlink.AttributeEncoder) {
+		ae.Uint32(unix.NFTA_GEN_ID, gen)
+		ae.Uint32(unix.NFTA_GEN_PROC_PID, 99)
+		ae.String(unix.NFTA_GEN_PROC_NAME, "nft")
+	})
+}
+
+// notification is an nf_tables notification of type msg for family,
+// with the attributes attrs encodes.
+func notification(t *testing.T, msg, family uint8, attrs func(*netlink.AttributeEncoder)) netlink.Message {
 	t.Helper()
 	ae := netlink.NewAttributeEncoder()
 	ae.ByteOrder = binary.BigEndian
-	ae.Uint32(unix.NFTA_GEN_ID, gen)
-	ae.Uint32(unix.NFTA_GEN_PROC_PID, 99)
-	ae.String(unix.NFTA_GEN_PROC_NAME, "nft")
+	attrs(ae)
 	data, err := ae.Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWGEN)},
-		Data:   append([]byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0}, data...),
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | uint16(msg))},
+		Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, data...),
 	}
 }
 
@@ -297,19 +305,10 @@ func TestCommitWatchGapChangesNobodys(t *testing.T) {
 
 // newRule is a NEWRULE notification for chain of table ip filter.
 func newRule(t *testing.T, chain string) netlink.Message {
-	t.Helper()
-	ae := netlink.NewAttributeEncoder()
-	ae.ByteOrder = binary.BigEndian
-	ae.String(unix.NFTA_RULE_TABLE, "filter")
-	ae.String(unix.NFTA_RULE_CHAIN, chain)
-	data, err := ae.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWRULE)},
-		Data:   append([]byte{unix.NFPROTO_IPV4, unix.NFNETLINK_V0, 0, 0}, data...),
-	}
+	return notification(t, unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV4, func(ae *netlink.AttributeEncoder) {
+		ae.String(unix.NFTA_RULE_TABLE, "filter")
+		ae.String(unix.NFTA_RULE_CHAIN, chain)
+	})
 }
 
 // A reader late to its socket (a loaded machine) past Stop's second
