@@ -342,11 +342,17 @@ func parsePacketSvc(args []string, svc policy.Services) (ruleset.Packet, error) 
 			if err != nil {
 				return p, err
 			}
+			// 'to port P', or 'port P' alone: the destination's. A
+			// second port for a side is an error: it overwrote the
+			// first ('from A port 1234 port 22' asked for source port 22).
+			at, which := &p.DPort, "destination"
 			if side == "from" {
-				p.SPort = n
-			} else {
-				p.DPort = n // 'to port P', or 'port P' alone: the destination's
+				at, which = &p.SPort, "source"
 			}
+			if *at != 0 {
+				return p, fmt.Errorf("the %s port is given twice (%d, then '%s'): a packet has one", which, *at, echo(v))
+			}
+			*at = n
 		case "on", "in", "out":
 			dir := word
 			if word != "on" {

@@ -148,6 +148,10 @@ func TestExplainPacketShorthand(t *testing.T) {
 		"in 22/sctp":         "unknown protocol",
 		"in tcp port nosuch": "expected 1 to 65535 or a service name",
 		"in tcp port 70000":  "bad port \"70000\": expected 1 to 65535",
+		// A second port of a side overwrote the first.
+		"in tcp from 192.0.2.1 port 1234 port 22": "the source port is given twice (1234, then '22')",
+		"in 22/tcp port 80":                       "the destination port is given twice (22, then '80')",
+		"in tcp to port 22 to port 23":            "the destination port is given twice",
 	} {
 		if _, err := parsePacketSvc(strings.Fields(in), svc); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", in, err, want)
