@@ -165,21 +165,14 @@ func (a *app) explainCommand() *cobra.Command {
 			if src.foreignErr != nil {
 				ex.Notes = append(ex.Notes, fmt.Sprintf("could not look for other filtering: %v", src.foreignErr))
 			}
-			switch {
-			case d.Origin.Line > 0:
-				ex.Decided = fmt.Sprintf("%s:%d: %s", src.where, d.Origin.Line, d.Origin.Text)
-				if src.where != a.config {
-					ex.Decided = fmt.Sprintf("%s, line %d: %s", src.where, d.Origin.Line, d.Origin.Text)
-				}
-			default:
-				ex.Decided = d.Origin.Text
-			}
+			isFile := src.where == a.config
+			ex.Decided = decidedBy(src.where, isFile, d.Origin)
 			if sure {
 				ex.Decided = fmt.Sprintf("a rule ahead of moat's jump, before moat sees the packet (%s); moat would %s it: %s", ex.AcceptedAhead[0].Where, ex.MoatVerdict, ex.Decided)
 			}
 			ex.OtherAnswers = []otherAnswer{}
 			if !sure {
-				other, more := otherAnswers(rs, src.policy, pkt, d, src.where)
+				other, more := otherAnswers(rs, src.policy, pkt, d, src.where, isFile)
 				ex.OtherAnswers = append(ex.OtherAnswers, other...)
 				ex.Notes = append(ex.Notes, more...)
 			}
@@ -428,4 +421,18 @@ func isExplainKeyword(s string) bool {
 		return true
 	}
 	return false
+}
+
+// decidedBy names the rule of o as explain says it: "FILE:LINE: TEXT"
+// where where is the policy file (isFile), "WHERE, line N: TEXT" where it
+// names what moat applied, and the text alone for a rule of no line (a
+// built-in, a default).
+func decidedBy(where string, isFile bool, o ruleset.Origin) string {
+	switch {
+	case o.Line > 0 && isFile:
+		return fmt.Sprintf("%s:%d: %s", where, o.Line, o.Text)
+	case o.Line > 0:
+		return fmt.Sprintf("%s, line %d: %s", where, o.Line, o.Text)
+	}
+	return o.Text
 }

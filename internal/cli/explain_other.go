@@ -28,9 +28,10 @@ const otherAnswersMax = 4
 
 // otherAnswers evaluates pkt again with each part it leaves out set to a
 // value a rule of its direction names, and lists those that change the
-// verdict. where names the policy file in decided_by; more counts the
-// parts with more values than were tried.
-func otherAnswers(rs *ruleset.Ruleset, p *policy.Policy, pkt ruleset.Packet, base ruleset.Decision, where string) (out []otherAnswer, more []string) {
+// verdict. where names the policy file (isFile) or what moat applied in
+// decided_by, as explain's own (decidedBy); more counts the parts with
+// more values than were tried.
+func otherAnswers(rs *ruleset.Ruleset, p *policy.Policy, pkt ruleset.Packet, base ruleset.Decision, where string, isFile bool) (out []otherAnswer, more []string) {
 	if p == nil {
 		return nil, nil
 	}
@@ -139,11 +140,7 @@ func otherAnswers(rs *ruleset.Ruleset, p *policy.Policy, pkt ruleset.Packet, bas
 		if err != nil || (d.Verdict == base.Verdict && (d.Limit == nil) == (base.Limit == nil)) {
 			continue // the same answer, whichever rule gives it
 		}
-		dec := d.Origin.Text
-		if d.Origin.Line > 0 {
-			dec = fmt.Sprintf("%s:%d: %s", where, d.Origin.Line, d.Origin.Text)
-		}
-		o := otherAnswer{If: v.label, Verdict: strings.ToUpper(string(d.Verdict)), Decided: dec}
+		o := otherAnswer{If: v.label, Verdict: strings.ToUpper(string(d.Verdict)), Decided: decidedBy(where, isFile, d.Origin)}
 		if slices.ContainsFunc(out, func(x otherAnswer) bool { return x.Verdict == o.Verdict && x.Decided == o.Decided }) {
 			continue // another value already led to this rule
 		}

@@ -52,7 +52,7 @@ deny out on wg0 to any port 25
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, more := otherAnswers(rs, p, pkt, d, "moat.conf")
+		got, more := otherAnswers(rs, p, pkt, d, "moat.conf", true)
 		var gs []string
 		for _, o := range got {
 			line := strings.SplitN(strings.TrimPrefix(o.Decided, "moat.conf:"), ":", 2)[0]
@@ -76,7 +76,7 @@ deny out on wg0 to any port 25
 	rs = ruleset.Compile(p)
 	pkt, _ := parsePacket(strings.Fields("in tcp to port 1000"))
 	d, _ := rs.Evaluate(pkt)
-	got, more := otherAnswers(rs, p, pkt, d, "moat.conf")
+	got, more := otherAnswers(rs, p, pkt, d, "moat.conf", true)
 	if len(got) != 1 || got[0].If != "from 203.0.113.0" || len(more) != 0 {
 		t.Errorf("many values: %+v, %q", got, more)
 	}
@@ -99,7 +99,7 @@ deny out on wg0 to any port 25
 	rs = ruleset.Compile(p)
 	pkt, _ = parsePacket(strings.Fields("in tcp to port 1005"))
 	d, _ = rs.Evaluate(pkt)
-	got, more = otherAnswers(rs, p, pkt, d, "moat.conf")
+	got, more = otherAnswers(rs, p, pkt, d, "moat.conf", true)
 	if len(got) != 1 || got[0].If != "from 172.16.0.5" || got[0].Verdict != "ACCEPT" || len(more) != 0 {
 		t.Errorf("one allowed source among denied ones: %+v, %q", got, more)
 	}
@@ -115,9 +115,43 @@ deny out on wg0 to any port 25
 	rs = ruleset.Compile(p)
 	pkt, _ = parsePacket(strings.Fields("in tcp to port 1000"))
 	d, _ = rs.Evaluate(pkt)
-	got, more = otherAnswers(rs, p, pkt, d, "moat.conf")
+	got, more = otherAnswers(rs, p, pkt, d, "moat.conf", true)
 	if len(got) != 4 || got[3].If != "from 203.0.113.3" || len(more) != 1 || !strings.Contains(more[0], "the rules name more than 4 'from' values (the first 4 tried)") {
 		t.Errorf("many values: %+v, %q", got, more)
+	}
+}
+
+// TestExplainOtherAnswersApplied: the other answers name their rule as
+// explain names its own (decidedBy): "the applied policy, line 3: ..."
+// when moat's applied policy is evaluated, not "the applied policy:3:
+// ...", which otherAnswers said (it wrote the text again, file form
+// only).
+func TestExplainOtherAnswersApplied(t *testing.T) {
+	p, err := policy.NewDocument("moat.conf", []byte("default deny incoming\nallow 22/tcp\nallow from 192.0.2.0/25 to any port 5432 proto tcp\n")).Policy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := ruleset.Compile(p)
+	pkt, err := parsePacket(strings.Fields("in tcp to port 5432"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := rs.Evaluate(pkt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		where  string
+		isFile bool
+		want   string
+	}{
+		{"the applied policy", false, "the applied policy, line 3: allow from 192.0.2.0/25 to any port 5432 proto tcp"},
+		{"/etc/moat/moat.conf", true, "/etc/moat/moat.conf:3: allow from 192.0.2.0/25 to any port 5432 proto tcp"},
+	} {
+		got, _ := otherAnswers(rs, p, pkt, d, c.where, c.isFile)
+		if len(got) != 1 || got[0].Decided != c.want {
+			t.Errorf("%s: other answers %+v, want decided_by %q", c.where, got, c.want)
+		}
 	}
 }
 
