@@ -19,17 +19,24 @@ import (
 // all in the kernel, with the check sets then there.
 func (e *env) heldCheck(ctx context.Context, hold time.Duration) (*exec.Cmd, []string) {
 	e.t.Helper()
+	return e.heldCheckUnder(ctx, hold)
+}
+
+// heldCheckUnder is heldCheck with strace started by the command in
+// under (a program and its arguments; none: strace itself).
+func (e *env) heldCheckUnder(ctx context.Context, hold time.Duration, under ...string) (*exec.Cmd, []string) {
+	e.t.Helper()
 	before := checkSets(e)
 	restore, err := exec.LookPath("iptables-restore")
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	args := []string{"-f", "-qq", "-o", "/dev/null", "-P", restore, "-e", "trace=execve",
+	args := append(append([]string{}, under...), "strace", "-f", "-qq", "-o", "/dev/null", "-P", restore, "-e", "trace=execve",
 		"-e", fmt.Sprintf("inject=execve:delay_enter=%d", hold.Microseconds()),
-		moatBin, "--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir(), "check"}
+		moatBin, "--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir(), "check")
 	var cmd *exec.Cmd
 	if err := e.topo.Server.Do(func() error {
-		cmd = exec.CommandContext(ctx, "strace", args...)
+		cmd = exec.CommandContext(ctx, args[0], args[1:]...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		return cmd.Start()
 	}); err != nil {

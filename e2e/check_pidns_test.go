@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,35 +30,9 @@ func TestCheckInOtherPIDNamespace(t *testing.T) {
 	e.apply("default deny incoming\nallow 80/tcp\ndeny from 192.0.2.3\ndeny from 2001:db8::3\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	restore, err := exec.LookPath("iptables-restore")
-	if err != nil {
-		t.Fatal(err)
-	}
 	held := func(hold time.Duration) (*exec.Cmd, []string) {
 		t.Helper()
-		before := checkSets(e)
-		args := []string{"--pid", "--fork", "--mount-proc", "strace", "-f", "-qq", "-o", "/dev/null", "-P", restore, "-e", "trace=execve",
-			"-e", fmt.Sprintf("inject=execve:delay_enter=%d", hold.Microseconds()),
-			moatBin, "--config", e.conf, "--backend", e.backend, "--state-dir", e.stateDir(), "check"}
-		var cmd *exec.Cmd
-		if err := e.topo.Server.Do(func() error {
-			cmd = exec.CommandContext(ctx, "unshare", args...)
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-			return cmd.Start()
-		}); err != nil {
-			t.Fatal(err)
-		}
-		for {
-			if now := checkSets(e); len(now) > len(before) && slices.ContainsFunc(now, func(n string) bool {
-				return strings.HasSuffix(n, "-early6") && !slices.Contains(before, n)
-			}) {
-				return cmd, now
-			}
-			if ctx.Err() != nil {
-				t.Fatal("the check never made its throwaway ipsets")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		return e.heldCheckUnder(ctx, hold, "unshare", "--pid", "--fork", "--mount-proc")
 	}
 	for _, other := range [][]string{{"check"}, {"reload"}} {
 		cmd, sets := held(1500 * time.Millisecond)
