@@ -228,6 +228,11 @@ func (a *app) status(cmd *cobra.Command) (*statusReport, error) {
 	if shown != nil && shown.Logging != "" {
 		rep.Logging = string(shown.Logging)
 	}
+	if shown == nil {
+		// Active, the file does not parse and what was applied is not
+		// known either: no rules to show (compiling nothing panicked).
+		return rep, nil
+	}
 	rs := a.compile(shown)
 	inSet := map[int]string{}
 	for _, s := range rs.Sets {

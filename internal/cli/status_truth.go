@@ -118,6 +118,13 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 	var err error
 	if st.Known {
 		applied, err = a.parseApplied(st.Policy)
+		if err != nil {
+			// A profile it names is gone (or changed) since: what was
+			// applied is the text with the profiles of then.
+			if then, _ := a.appliedWithApps(b, st.Policy); then != nil {
+				applied, err, rep.AppsChanged = then, nil, true
+			}
+		}
 	}
 	if !st.Known || err != nil {
 		// Nothing recorded (an older moat applied it): when the kernel
