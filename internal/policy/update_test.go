@@ -8,13 +8,7 @@ import (
 func TestFindMatchAndReplace(t *testing.T) {
 	svc := ParseServices([]byte("ssh 22/tcp\nhttp 80/tcp\n"))
 	d := NewDocument("moat.conf", []byte("# admins\n  allow 22/tcp   # keep me\nallow 80/tcp\n"))
-	parse := func(s string) Rule {
-		st, err := ParseStatement(ArgsTokens(strings.Fields(s)), Pos{}, svc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st.Rule
-	}
+	parse := func(s string) Rule { return argsRule(t, s, svc, nil) }
 	for _, c := range []struct {
 		rule string
 		want int
@@ -48,13 +42,7 @@ func TestFindMatchApps(t *testing.T) {
 	apps := AppsFromPorts(map[string]string{"OpenSSH": "22/tcp"})
 	d := NewDocument("moat.conf", []byte("limit ssh\nallow from 192.0.2.0/24 to any app OpenSSH\nallow OpenSSH\n"))
 	d.Apps = apps
-	parse := func(s string) Rule {
-		st, err := ParseStatementApps(ArgsTokens(strings.Fields(s)), Pos{}, svc, apps)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st.Rule
-	}
+	parse := func(s string) Rule { return argsRule(t, s, svc, apps) }
 	for _, c := range []struct {
 		rule string
 		want int
@@ -80,13 +68,7 @@ func TestFindMatchApps(t *testing.T) {
 func TestFindRuleUnsaidComment(t *testing.T) {
 	svc := ParseServices([]byte("ssh 22/tcp\n"))
 	d := NewDocument("moat.conf", []byte("allow 80/tcp\nallow 2222/tcp comment 'admin'\nlimit ssh rate 10/60s\nallow 443/tcp comment 'a'\nallow 443/tcp\n"))
-	parse := func(s string) Rule {
-		st, err := ParseStatement(ArgsTokens(strings.Fields(s)), Pos{}, svc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st.Rule
-	}
+	parse := func(s string) Rule { return argsRule(t, s, svc, nil) }
 	for rule, want := range map[string]int{
 		"allow 2222/tcp": 2, "allow 2222/tcp comment other": 0, "allow 2222/tcp comment admin": 2,
 		"limit 22/tcp rate 10/60s": 3, "limit ssh rate 6/30s": 0, "allow ssh": 0,
@@ -97,4 +79,15 @@ func TestFindRuleUnsaidComment(t *testing.T) {
 			t.Errorf("FindRule(%q) = %d, want %d", rule, got, want)
 		}
 	}
+}
+
+// argsRule is the rule of the command-line words in s (as 'moat allow
+// ...' reads them), with svc and apps.
+func argsRule(t *testing.T, s string, svc Services, apps Apps) Rule {
+	t.Helper()
+	st, err := ParseStatementApps(ArgsTokens(strings.Fields(s)), Pos{}, svc, apps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Rule
 }
