@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,6 +44,15 @@ func TestStatusProfileGone(t *testing.T) {
 				t.Errorf("status --json with the profile gone: %v %v %+v\n%s", err, jerr, st, out)
 			}
 			e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp 192.0.2.1:80 open")
+			// Without the profiles of then (nothing saved for boot),
+			// what was applied is not known: said, no empty table.
+			if err := os.Remove(filepath.Join(e.stateDir(), "saved.json")); err != nil {
+				t.Fatal(err)
+			}
+			out, err = e.moat("status", "verbose")
+			if err != nil || !strings.Contains(out, "What moat applied is not known") || strings.Contains(out, "Default:  (incoming)") {
+				t.Errorf("status verbose, nothing known: %v\n%s", err, out)
+			}
 		})
 	}
 }

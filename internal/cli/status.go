@@ -332,6 +332,13 @@ func (a *app) printStatus(rep *statusReport, mode string) error {
 	if rep.Status != "active" && (mode != "verbose" || rep.FileError != "") {
 		return nil
 	}
+	if rep.Status == "active" && rep.FileError != "" && rep.AppliedUnknown {
+		// Neither the file nor a record of what was applied: the
+		// rules, defaults and logging in the kernel are not known
+		// (verbose printed empty defaults and an empty table).
+		a.printf("What moat applied is not known (not recorded, or with profiles gone) and %s does not parse: fix it, then 'moat reload'\n", rep.Config)
+		return nil
+	}
 	verbose := mode == "verbose"
 	// Counters exist only in the kernel: inactive, verbose shows the
 	// file's policy without them (they read 0 packets, as if the rules
