@@ -12,7 +12,8 @@ import (
 // names is removed. status panicked (nothing parsed: the file names an
 // unknown profile, and what was applied was read with today's profiles);
 // it now shows what was applied with the profiles of then, says that the
-// profiles changed and the file's error, on both backends.
+// profiles changed and the file's error, on both backends; explain
+// evaluates that too (it failed on the file's error).
 func TestStatusProfileGone(t *testing.T) {
 	apps := t.TempDir()
 	profile := filepath.Join(apps, "test")
@@ -44,6 +45,12 @@ func TestStatusProfileGone(t *testing.T) {
 				t.Errorf("status --json with the profile gone: %v %v %+v\n%s", err, jerr, st, out)
 			}
 			e.expect(false, "client tcp 192.0.2.1:22 open", "client tcp 192.0.2.1:80 open")
+			// explain evaluates what is applied, as the kernel does (it
+			// failed on the file's error).
+			if ex, err := e.moat("explain", "in", "tcp", "to", "port", "22"); err != nil || !strings.HasPrefix(ex, "ACCEPT\n") ||
+				!strings.Contains(ex, "application profiles changed") {
+				t.Errorf("explain with the profile gone: %v\n%s", err, ex)
+			}
 			// Without the profiles of then (nothing saved for boot),
 			// what was applied is not known: said, no empty table.
 			if err := os.Remove(filepath.Join(e.stateDir(), "saved.json")); err != nil {

@@ -95,7 +95,7 @@ func (a *app) explainPolicy(ctx context.Context) (*explainSource, error) {
 	st := a.loadApplied()
 	var applied *policy.Policy
 	if st.Known {
-		applied, err = a.parseApplied(st.Policy)
+		applied, _, err = a.parseAppliedThen(b, st.Policy)
 	}
 	if !st.Known || err != nil {
 		return fromFile("what moat applied is not recorded: this is " + a.config + " ('moat reload' applies and records it)")

@@ -117,14 +117,7 @@ func (a *app) compare(ctx context.Context, b backend.Backend, file *policy.Polic
 	var applied *policy.Policy
 	var err error
 	if st.Known {
-		applied, err = a.parseApplied(st.Policy)
-		if err != nil {
-			// A profile it names is gone (or changed) since: what was
-			// applied is the text with the profiles of then.
-			if then, _ := a.appliedWithApps(b, st.Policy); then != nil {
-				applied, err, rep.AppsChanged = then, nil, true
-			}
-		}
+		applied, rep.AppsChanged, err = a.parseAppliedThen(b, st.Policy)
 	}
 	if !st.Known || err != nil {
 		// Nothing recorded (an older moat applied it): when the kernel
@@ -292,6 +285,19 @@ func usesApps(p *policy.Policy) bool {
 		}
 	}
 	return false
+}
+
+// parseAppliedThen is parseApplied, or when that fails (a profile the
+// applied policy names is gone since) the applied text read with the
+// profiles of then, saved for boot; then says it is the latter.
+func (a *app) parseAppliedThen(b backend.Backend, text string) (p *policy.Policy, then bool, err error) {
+	p, err = a.parseApplied(text)
+	if err != nil {
+		if old, _ := a.appliedWithApps(b, text); old != nil {
+			return old, true, nil
+		}
+	}
+	return p, false, err
 }
 
 // appliedWithApps is the applied policy compiled with the application
