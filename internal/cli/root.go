@@ -232,7 +232,7 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVarP(&a.config, "config", "c", def, "policy file (env MOAT_CONFIG)")
 	f.StringVar(&a.backend, "backend", "", "backend: auto, nftables or iptables (default: the policy's 'backend', else auto)")
 	f.BoolVar(&a.dryRun, "dry-run", false, "show what would change; change nothing")
-	f.BoolVar(&a.json, "json", false, "print JSON for scripts (status, explain, audit, check, bans, blocklist, log, version, app; a rule with --dry-run)")
+	f.BoolVar(&a.json, "json", false, "print JSON for scripts (status, explain, audit, check, bans, blocklist, log, version, app, guard check; a rule with --dry-run)")
 	f.BoolVarP(&a.verbose, "verbose", "v", false, "log what moat does")
 	f.BoolVarP(&a.force, "force", "f", false, "apply even if it cuts an SSH session; do not ask")
 	stateDef := os.Getenv("MOAT_STATE_DIR")
