@@ -381,3 +381,50 @@ func TestKernelNftUnheardSaid(t *testing.T) {
 		}
 	}
 }
+
+// Stop ends the reader at a read deadline and leaves the release of the
+// socket (which waits for the destroy work of the commits it heard) to
+// CloseLater: it still returns every commit up to the generation it is
+// given, the reader has ended when it returns, and the socket is closed
+// once WaitClosed returns. Fails if Stop returns before its reader ended
+// or the socket is never released.
+func TestKernelCommitWatchStopReleasesLater(t *testing.T) {
+	k := newNLKernel(t)
+	if err := k.do(func() error {
+		w, err := WatchCommits()
+		if err != nil {
+			return err
+		}
+		g, err := Generation()
+		if err != nil {
+			return err
+		}
+		w.From(g)
+		for _, s := range []string{"add table inet later1\n", "add table inet later2\n"} {
+			if _, err := execrun.Exec(context.Background(), []byte(s), "nft", "-f", "-"); err != nil {
+				return err
+			}
+		}
+		post, err := Generation()
+		if err != nil {
+			return err
+		}
+		commits, complete := w.Stop(post)
+		if !complete || len(commits) != 2 || commits[1].Gen != post {
+			t.Errorf("complete %v, commits %+v, want two up to %d", complete, commits, post)
+		}
+		select {
+		case <-w.done:
+		default:
+			t.Error("Stop returned before its reader ended")
+		}
+		WaitClosed()
+		// A closed socket refuses every use (a double Close is no error).
+		if err := w.c.JoinGroup(unix.NFNLGRP_NFTABLES); err == nil {
+			t.Error("the watch's socket is still open after WaitClosed")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
