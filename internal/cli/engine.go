@@ -210,7 +210,7 @@ func (a *app) setChecked(ctx context.Context, st appliedState) {
 					// or a ban. Cheap, so a busy namespace lets it by.
 					return g, true
 				}
-				if why := a.driftReason(ctx, b, st); why != "" && why != a.repairWhy {
+				if why := a.driftReason(ctx, b, st); why != "" && !sameDrift(why, a.repairWhy) && !sameDrift(why, a.driftSaid) {
 					fmt.Fprintf(a.errOut, "moat: %s (found again after this command's check): the next apply rewrites moat's rules whole\n", why)
 					a.repairWhy, a.driftSaid = why, why
 				}

@@ -262,7 +262,9 @@ func (a *app) recordFingerprint(ctx context.Context, b backend.Backend, st appli
 		a.log.Debug("the generations do not prove moat's rules unchanged: comparing them in full before the fingerprint")
 		g0, err := nft.Generation()
 		if why := a.driftReason(ctx, b, st); why != "" {
-			fmt.Fprintf(a.errOut, "moat: warning: %s (while this command ran): the next apply rewrites moat's rules whole\n", why)
+			if !sameDrift(why, a.driftSaid) {
+				fmt.Fprintf(a.errOut, "moat: warning: %s (while this command ran): the next apply rewrites moat's rules whole\n", why)
+			}
 			_ = statedir.Remove(a.stateDir, fingerprintFile)
 			return
 		}

@@ -78,7 +78,7 @@ func (a *app) repairDrift(ctx context.Context) (appliedState, bool) {
 				st.Time.Local().Format(time.DateTime))
 			continue
 		}
-		if why != a.driftSaid {
+		if !sameDrift(why, a.driftSaid) {
 			// Said once a command, not again on each run of it.
 			fmt.Fprintf(a.errOut, "moat: %s: the next apply rewrites moat's rules whole\n", why)
 			a.driftSaid = why
@@ -151,6 +151,21 @@ func (a *app) driftReason(ctx context.Context, b backend.Backend, st appliedStat
 		return "moat's rules were changed outside moat (" + differences(diff) + ")"
 	}
 	return ""
+}
+
+// sameDrift says whether drift reason why says nothing new after said:
+// the same text, or both say that the rules could not be compared (their
+// parenthesis names the set and the generations of the dump a commit
+// spoiled, other on each run of the check while another program commits:
+// a reload during a guard's ban storm said it eight times).
+func sameDrift(why, said string) bool {
+	if why == said {
+		return true
+	}
+	unverified := func(s string) bool {
+		return strings.HasPrefix(s, "moat's rules could not be compared ")
+	}
+	return unverified(why) && unverified(said)
 }
 
 // driftPoint is the generation with the fingerprint of moat's rules
