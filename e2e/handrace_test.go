@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -137,23 +139,30 @@ func TestEditsDuringForeignChurn(t *testing.T) {
 		e.apply("default deny incoming\nallow 22/tcp\n")
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
-		churns := 0
+		var churns atomic.Int64
 		repeatUntil(&wg, stop, func() bool {
-			churns++
+			churns.Add(1)
 			_, err := e.ns("server").Run(context.Background(), "nft", "add table inet churn; delete table inet churn")
 			return err == nil
 		})
 		func() {
 			defer func() { close(stop); wg.Wait() }()
-			for _, port := range []string{"80", "8080", "6000"} {
+			// Three edits, and more (6001, 6002, ...) until ten foreign
+			// commits came during them: an edit takes about as long
+			// as one churn, and three were once over after nine.
+			for i := 0; i < 3 || churns.Load() < 10 && i < 40; i++ {
+				port := []string{"80", "8080", "6000"}[min(i, 2)]
+				if i > 2 {
+					port = fmt.Sprint(6000 + i - 2)
+				}
 				out, err := e.moat("allow", port+"/tcp")
 				if err != nil || strings.Contains(out, "changed outside moat") {
 					t.Errorf("allow %s during the churn: %v\n%s", port, err, out)
 				}
 			}
 		}()
-		if churns < 10 {
-			t.Errorf("only %d foreign commits during the edits", churns)
+		if n := churns.Load(); n < 10 {
+			t.Errorf("only %d foreign commits during the edits", n)
 		}
 		e.expect(false, "client tcp 192.0.2.1:80 open", "client tcp 192.0.2.1:8080 open", "client tcp 192.0.2.1:6000 open")
 		if status := e.mustMoat("status"); strings.Contains(status, "changed outside moat") {
